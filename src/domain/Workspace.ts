@@ -1,0 +1,104 @@
+/**
+ * Workspaces: names, resource profiles, the persisted record.
+ */
+import { Schema } from "effect"
+import { State } from "./State.ts"
+
+/** Names that collide with directories of the state root. */
+export const reservedNames: ReadonlyArray<string> = [
+  "build",
+  "host-workers",
+  "images",
+  "kernels",
+  "models",
+  "oci",
+  "runners",
+  "volumes",
+  "workspaces",
+  "networks",
+  "runtime"
+]
+
+const namePattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
+
+/** Explains why a candidate name is not a workspace name, or undefined when it is one. */
+export const nameProblem = (name: string): string | undefined => {
+  if (name.length === 0) return "a workspace name cannot be empty"
+  if (/[*?[\]]/.test(name)) return `"${name}" looks like an unexpanded shell glob`
+  if (name.length > 63) return `"${name}" is longer than 63 characters`
+  if (!namePattern.test(name)) {
+    return `"${name}" must start with a letter or digit and contain only letters, digits, '.', '_' and '-'`
+  }
+  if (reservedNames.includes(name)) return `"${name}" is reserved (it names a directory of the state root)`
+  return undefined
+}
+
+export const WorkspaceName = Schema.String.pipe(
+  Schema.filter((s) => nameProblem(s) ?? true, { identifier: "WorkspaceName" }),
+  Schema.brand("WorkspaceName")
+)
+export type WorkspaceName = typeof WorkspaceName.Type
+
+export const ProfileName = Schema.Literal("tiny", "small", "medium", "large")
+export type ProfileName = typeof ProfileName.Type
+
+export class Resources extends Schema.Class<Resources>("Resources")({
+  memoryMiB: Schema.Int.pipe(Schema.between(64, 1024 * 1024)),
+  cpus: Schema.Int.pipe(Schema.between(1, 256)),
+  /** Root disk size; undefined means "image content plus headroom". */
+  sizeMiB: Schema.optional(Schema.Int.pipe(Schema.between(16, 16 * 1024 * 1024)))
+}) {}
+
+export const profiles: Record<ProfileName, { memoryMiB: number; cpus: number; sizeMiB: number }> = {
+  tiny: { memoryMiB: 256, cpus: 1, sizeMiB: 512 },
+  small: { memoryMiB: 512, cpus: 2, sizeMiB: 1024 },
+  medium: { memoryMiB: 2048, cpus: 2, sizeMiB: 8192 },
+  large: { memoryMiB: 4096, cpus: 4, sizeMiB: 16384 }
+}
+
+export const defaultResources = { memoryMiB: 512, cpus: 2 } as const
+
+export const RestartPolicy = Schema.Literal("never", "on-failure", "always")
+export const NetworkMode = Schema.Literal("user", "isolated")
+export type NetworkMode = typeof NetworkMode.Type
+
+export const Backend = Schema.Literal("qemu", "firecracker", "fake")
+export type Backend = typeof Backend.Type
+
+/** What the workspace runs when started without an explicit command. */
+export class ImageInfo extends Schema.Class<ImageInfo>("ImageInfo")({
+  ref: Schema.String,
+  digest: Schema.optional(Schema.String),
+  entrypoint: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  cmd: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  env: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  user: Schema.optional(Schema.String),
+  workingDir: Schema.optional(Schema.String),
+  stopSignal: Schema.optional(Schema.String)
+}) {}
+
+/** The persisted record of a workspace. Paths are absolute. */
+export class Workspace extends Schema.Class<Workspace>("Workspace")({
+  name: WorkspaceName,
+  state: State,
+  backend: Backend,
+  profile: Schema.optional(ProfileName),
+  resources: Resources,
+  image: ImageInfo,
+  env: Schema.Record({ key: Schema.String, value: Schema.String }),
+  hostname: Schema.String,
+  network: NetworkMode,
+  restart: RestartPolicy,
+  /** Shell command each `start` runs and reports as the workspace's result. */
+  entrypoint: Schema.optional(Schema.String),
+  /** One-shot workspaces made by `run` (deleted afterwards unless kept). */
+  ephemeral: Schema.Boolean,
+  rootfsPath: Schema.String,
+  runtimeDir: Schema.String,
+  /** Identifies one VM execution; new on every start. */
+  sessionId: Schema.optional(Schema.String),
+  /** Backend-specific handle of the running VMM (pid, sockets), JSON. */
+  vm: Schema.optional(Schema.Unknown),
+  createdAt: Schema.DateTimeUtc,
+  updatedAt: Schema.DateTimeUtc
+}) {}

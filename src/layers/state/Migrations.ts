@@ -1,0 +1,52 @@
+/**
+ * Schema migrations of `state.db`, applied in order. Append only: never edit a released entry.
+ * The version is SQLite's `user_version`; each migration runs in its own IMMEDIATE transaction, so
+ * concurrent processes opening a fresh store apply it exactly once.
+ */
+export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: string }> = [
+  {
+    name: "initial",
+    sql: `
+      CREATE TABLE workspaces (
+        name TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        record TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+      );
+      CREATE TABLE events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        workspace TEXT NOT NULL,
+        at TEXT NOT NULL,
+        type TEXT NOT NULL,
+        state TEXT,
+        detail TEXT NOT NULL DEFAULT ''
+      );
+      CREATE INDEX events_by_workspace ON events (workspace, id);
+      CREATE TABLE images (
+        ref TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE INDEX images_by_digest ON images (digest);
+      CREATE TABLE volumes (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        attached_to TEXT,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE networks (
+        name TEXT PRIMARY KEY,
+        record TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE TABLE network_members (
+        network TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        PRIMARY KEY (network, workspace),
+        UNIQUE (network, ip)
+      );
+    `
+  }
+]

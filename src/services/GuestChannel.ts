@@ -1,0 +1,68 @@
+/**
+ * The host side of the guest channel: one multiplexed connection per VM carrying execs, stdin,
+ * output, files, secrets and shutdown.
+ */
+import { Context, type Effect, Schema, type Scope, type Stream } from "effect"
+import type { ExecOutput, ExecRequest, ExecResult } from "../domain/Exec.ts"
+import type { ChannelEndpoint } from "./Hypervisor.ts"
+
+/** The agent could not be reached (not booted yet, VM gone, socket refused). Retryable. */
+export class GuestUnreachable extends Schema.TaggedError<GuestUnreachable>()("GuestUnreachable", {
+  message: Schema.String
+}) {}
+
+/** The peer broke the protocol (bad frame, unexpected message, version mismatch). */
+export class GuestProtocolError extends Schema.TaggedError<GuestProtocolError>()("GuestProtocolError", {
+  message: Schema.String
+}) {}
+
+/** The agent understood the request and reported a failure (no such file, permission denied, …). */
+export class GuestRemoteError extends Schema.TaggedError<GuestRemoteError>()("GuestRemoteError", {
+  message: Schema.String,
+  code: Schema.optional(Schema.String)
+}) {}
+
+export type GuestError = GuestUnreachable | GuestProtocolError | GuestRemoteError
+
+export interface PutFile {
+  readonly path: string
+  readonly mode: number
+  readonly uid?: number
+  readonly gid?: number
+  readonly data: Stream.Stream<Uint8Array, GuestError>
+}
+
+export interface GuestFile {
+  readonly mode: number
+  readonly size: number
+  readonly data: Stream.Stream<Uint8Array, GuestError>
+}
+
+export interface GuestConnection {
+  /** Runs a command to completion; stdin is closed at once unless given. */
+  readonly exec: (
+    request: ExecRequest,
+    stdin?: Stream.Stream<Uint8Array, GuestError>
+  ) => Effect.Effect<ExecResult, GuestError>
+  /** Runs a command, streaming its output; interrupting the stream signals the guest process. */
+  readonly execStream: (
+    request: ExecRequest,
+    stdin?: Stream.Stream<Uint8Array, GuestError>
+  ) => Stream.Stream<ExecOutput, GuestError>
+  readonly putFile: (file: PutFile) => Effect.Effect<void, GuestError>
+  readonly getFile: (path: string) => Effect.Effect<GuestFile, GuestError>
+  /** Secrets land in a tmpfs at /run/secrets, one 0400 file each. */
+  readonly deliverSecrets: (secrets: ReadonlyArray<{ name: string; value: Uint8Array }>) => Effect.Effect<
+    void,
+    GuestError
+  >
+  readonly ping: Effect.Effect<void, GuestError>
+  /** Asks PID 1 to stop workloads, sync and power off. */
+  readonly shutdown: Effect.Effect<void, GuestError>
+}
+
+export interface GuestChannelShape {
+  readonly connect: (endpoint: ChannelEndpoint) => Effect.Effect<GuestConnection, GuestError, Scope.Scope>
+}
+
+export class GuestChannel extends Context.Tag("microagent/GuestChannel")<GuestChannel, GuestChannelShape>() {}

@@ -1,0 +1,92 @@
+/**
+ * The backend that boots and controls VMMs. One implementation per backend (qemu, firecracker, fake);
+ * each declares what it can do, and refuses the rest with `Unsupported`.
+ */
+import { Context, type Effect, Schema } from "effect"
+import type { MicroagentError } from "../domain/Errors.ts"
+import { Backend, NetworkMode } from "../domain/Workspace.ts"
+
+export const Capability = Schema.Literal(
+  "StructuredExec",
+  "Console",
+  "PauseResume",
+  "LiveFileCopy",
+  "OfflineFileCopy",
+  "NetworkPublish",
+  "NamedNetworks",
+  "Volumes",
+  "Secrets",
+  "Snapshot"
+)
+export type Capability = typeof Capability.Type
+
+/** How the host reaches the guest agent. */
+export const ChannelEndpoint = Schema.Union(
+  Schema.TaggedStruct("UnixSocket", { path: Schema.String }),
+  /** The fake backend: commands run on the host under `root`. */
+  Schema.TaggedStruct("HostDirectory", { root: Schema.String })
+)
+export type ChannelEndpoint = typeof ChannelEndpoint.Type
+
+export class DiskAttachment extends Schema.Class<DiskAttachment>("DiskAttachment")({
+  name: Schema.String,
+  path: Schema.String,
+  mountpoint: Schema.String,
+  readOnly: Schema.Boolean
+}) {}
+
+export class PortForward extends Schema.Class<PortForward>("PortForward")({
+  hostIp: Schema.String,
+  hostPort: Schema.Int,
+  guestPort: Schema.Int,
+  protocol: Schema.Literal("tcp")
+}) {}
+
+/** Everything a backend needs to boot one VM. */
+export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
+  workspace: Schema.String,
+  /** Per-run directory for sockets, the console log and pid files (0700). */
+  runtimeDir: Schema.String,
+  rootfsPath: Schema.String,
+  kernelPath: Schema.optional(Schema.String),
+  initrdPath: Schema.optional(Schema.String),
+  memoryMiB: Schema.Int,
+  cpus: Schema.Int,
+  hostname: Schema.String,
+  network: NetworkMode,
+  ports: Schema.optionalWith(Schema.Array(PortForward), { default: () => [] }),
+  disks: Schema.optionalWith(Schema.Array(DiskAttachment), { default: () => [] }),
+  /** Seconds allowed until the guest agent answers. */
+  bootTimeoutSeconds: Schema.Number
+}) {}
+
+/** A launched VMM, persisted in the store so that any later process can re-attach to it. */
+export class VmHandle extends Schema.Class<VmHandle>("VmHandle")({
+  backend: Backend,
+  pid: Schema.Int,
+  /** Start time of `pid` (from /proc), so a recycled pid is never mistaken for our VMM. */
+  pidStartTime: Schema.optional(Schema.String),
+  channel: ChannelEndpoint,
+  consoleLog: Schema.String,
+  controlSocket: Schema.optional(Schema.String)
+}) {}
+
+export type VmStatus = "running" | "paused" | "exited"
+
+export interface HypervisorShape {
+  readonly backend: Backend
+  readonly capabilities: ReadonlySet<Capability>
+  /** Boots a detached VMM and waits until its guest agent answers (bounded by `bootTimeoutSeconds`). */
+  readonly launch: (config: LaunchConfig) => Effect.Effect<VmHandle, MicroagentError>
+  /** Confirms that a recorded handle still names a live VMM of ours. */
+  readonly attach: (handle: VmHandle) => Effect.Effect<VmHandle, MicroagentError>
+  readonly inspect: (handle: VmHandle) => Effect.Effect<VmStatus, MicroagentError>
+  /** Asks the guest to shut down; waits at most `timeoutSeconds`. Fails with `Transient` on overrun. */
+  readonly halt: (handle: VmHandle, timeoutSeconds: number) => Effect.Effect<void, MicroagentError>
+  /** Ends the VMM at once. Idempotent. */
+  readonly kill: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+  readonly pause: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+  readonly resume: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+}
+
+export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}
