@@ -1,0 +1,44 @@
+/* Shared declarations of the agent: logging, time, the channel server and PID 1 duties. */
+#ifndef MA_AGENT_H
+#define MA_AGENT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#define MA_AGENT_VERSION "0.1.0"
+
+extern int ma_debug;
+void ma_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+#define ma_dbg(...)                \
+  do {                             \
+    if (ma_debug) ma_log(__VA_ARGS__); \
+  } while (0)
+
+int64_t ma_now_ms(void);
+int64_t ma_now_us(void);
+int ma_set_nonblock(int fd);
+/* Writes everything or fails; for regular files and small blocking writes. */
+int ma_write_all(int fd, const void *p, size_t n);
+void ma_sleep_ms(int ms);
+
+enum ma_channel_kind { MA_CH_UNIX, MA_CH_VSOCK, MA_CH_VIRTIO };
+
+typedef struct {
+  int pid1;
+  enum ma_channel_kind channel;
+  const char *unix_path;     /* MA_CH_UNIX */
+  unsigned vsock_port;       /* MA_CH_VSOCK */
+  const char *virtio_name;   /* MA_CH_VIRTIO: the port name in /sys/class/virtio-ports/ * /name */
+  const char *secrets_dir;   /* where SECRETS land */
+  int secrets_tmpfs;         /* mount a tmpfs on secrets_dir before first use (PID 1) */
+} ma_serve_config;
+
+/* Runs the channel server until a SHUTDOWN; returns the requested action (0 power off, 1 reboot)
+ * and grace in ms. Only returns in host mode or to let PID 1 power off. */
+int ma_serve(const ma_serve_config *cfg, uint32_t *grace_ms);
+
+/* PID 1 duties (init.c). */
+void ma_init_main(void) __attribute__((noreturn));
+void ma_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+#endif

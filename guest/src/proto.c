@@ -1,0 +1,527 @@
+#include "proto.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t rd32(const uint8_t *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static void wr16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)v;
+  p[1] = (uint8_t)(v >> 8);
+}
+static void wr32(uint8_t *p, uint32_t v) {
+  for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (8 * i));
+}
+
+const char *ma_err_code(int err) {
+  switch (err) {
+  case MA_E_OK: return "ok";
+  case MA_E_BAD_MAGIC: return "bad_magic";
+  case MA_E_HARD_TOO_LARGE: return "frame_too_large";
+  case MA_E_TOO_LARGE: return "frame_too_large";
+  case MA_E_BAD_FRAME: return "bad_frame";
+  case MA_E_UNKNOWN_TYPE: return "unknown_type";
+  default: return "bad_message";
+  }
+}
+
+int ma_parse_header(const uint8_t *p, ma_header *h) {
+  if (p[0] != MA_MAGIC0 || p[1] != MA_MAGIC1) return MA_E_BAD_MAGIC;
+  h->type = p[2];
+  h->flags = p[3];
+  h->stream = rd32(p + 4);
+  h->length = rd32(p + 8);
+  if (h->length > MA_HARD_LIMIT) return MA_E_HARD_TOO_LARGE;
+  return MA_E_OK;
+}
+
+int ma_type_known(uint8_t t) {
+  switch (t) {
+  case MA_HELLO: case MA_PING: case MA_PONG: case MA_ERROR: case MA_OK: case MA_WINDOW:
+  case MA_EXEC: case MA_STDIN: case MA_EOF: case MA_STDOUT: case MA_STDERR: case MA_EXIT:
+  case MA_SIGNAL: case MA_RESIZE: case MA_CANCEL: case MA_STARTED: case MA_FILE_PUT:
+  case MA_FILE_GET: case MA_FILE_INFO: case MA_FILE_DATA: case MA_SECRETS: case MA_SHUTDOWN:
+    return 1;
+  default: return 0;
+  }
+}
+
+int ma_type_is_raw(uint8_t t) {
+  return t == MA_PING || t == MA_PONG || t == MA_STDIN || t == MA_STDOUT || t == MA_STDERR ||
+         t == MA_FILE_DATA;
+}
+
+const char *ma_type_name(uint8_t t) {
+  switch (t) {
+  case MA_HELLO: return "HELLO";
+  case MA_PING: return "PING";
+  case MA_PONG: return "PONG";
+  case MA_ERROR: return "ERROR";
+  case MA_OK: return "OK";
+  case MA_WINDOW: return "WINDOW";
+  case MA_EXEC: return "EXEC";
+  case MA_STDIN: return "STDIN";
+  case MA_EOF: return "EOF";
+  case MA_STDOUT: return "STDOUT";
+  case MA_STDERR: return "STDERR";
+  case MA_EXIT: return "EXIT";
+  case MA_SIGNAL: return "SIGNAL";
+  case MA_RESIZE: return "RESIZE";
+  case MA_CANCEL: return "CANCEL";
+  case MA_STARTED: return "STARTED";
+  case MA_FILE_PUT: return "FILE_PUT";
+  case MA_FILE_GET: return "FILE_GET";
+  case MA_FILE_INFO: return "FILE_INFO";
+  case MA_FILE_DATA: return "FILE_DATA";
+  case MA_SECRETS: return "SECRETS";
+  case MA_SHUTDOWN: return "SHUTDOWN";
+  default: return "UNKNOWN";
+  }
+}
+
+int ma_check_header(const ma_header *h) {
+  if (h->length > MA_MAX_PAYLOAD) return MA_E_TOO_LARGE;
+  if (h->flags != 0) return MA_E_BAD_FRAME;
+  if (!ma_type_known(h->type)) return MA_E_UNKNOWN_TYPE;
+  return MA_E_OK;
+}
+
+void ma_write_header(uint8_t *p, uint8_t type, uint32_t stream, uint32_t length) {
+  p[0] = MA_MAGIC0;
+  p[1] = MA_MAGIC1;
+  p[2] = type;
+  p[3] = 0;
+  wr32(p + 4, stream);
+  wr32(p + 8, length);
+}
+
+void ma_tlv_init(ma_tlv_iter *it, const uint8_t *p, size_t len) {
+  it->p = p;
+  it->len = len;
+  it->off = 0;
+}
+
+int ma_tlv_next(ma_tlv_iter *it, uint16_t *tag, const uint8_t **val, uint32_t *vlen) {
+  if (it->off == it->len) return 0;
+  if (it->len - it->off < 6) return -1;
+  uint16_t t = rd16(it->p + it->off);
+  uint32_t l = rd32(it->p + it->off + 2);
+  if ((size_t)l > it->len - it->off - 6) return -1;
+  *tag = t;
+  *val = it->p + it->off + 6;
+  *vlen = l;
+  it->off += 6 + (size_t)l;
+  return 1;
+}
+
+int ma_get_uint(const uint8_t *val, uint32_t vlen, uint64_t max, uint64_t *out) {
+  if (vlen != 1 && vlen != 2 && vlen != 4 && vlen != 8) return -1;
+  uint64_t v = 0;
+  for (uint32_t i = 0; i < vlen; i++) v |= (uint64_t)val[i] << (8 * i);
+  if (v > max) return -1;
+  *out = v;
+  return 0;
+}
+
+void ma_writer_init(ma_writer *w, uint8_t *p, size_t cap) {
+  w->p = p;
+  w->cap = cap;
+  w->len = 0;
+  w->overflow = 0;
+}
+
+void ma_put_bytes(ma_writer *w, uint16_t tag, const void *val, size_t vlen) {
+  if (w->overflow || vlen > 0xFFFFFFFFu || w->cap - w->len < 6 || w->cap - w->len - 6 < vlen) {
+    w->overflow = 1;
+    return;
+  }
+  wr16(w->p + w->len, tag);
+  wr32(w->p + w->len + 2, (uint32_t)vlen);
+  if (vlen) memcpy(w->p + w->len + 6, val, vlen);
+  w->len += 6 + vlen;
+}
+
+void ma_put_str(ma_writer *w, uint16_t tag, const char *s) { ma_put_bytes(w, tag, s, strlen(s)); }
+
+static void put_le(ma_writer *w, uint16_t tag, uint64_t v, int width) {
+  uint8_t b[8];
+  for (int i = 0; i < width; i++) b[i] = (uint8_t)(v >> (8 * i));
+  ma_put_bytes(w, tag, b, (size_t)width);
+}
+void ma_put_u8(ma_writer *w, uint16_t tag, uint8_t v) { put_le(w, tag, v, 1); }
+void ma_put_u16(ma_writer *w, uint16_t tag, uint16_t v) { put_le(w, tag, v, 2); }
+void ma_put_u32(ma_writer *w, uint16_t tag, uint32_t v) { put_le(w, tag, v, 4); }
+void ma_put_u64(ma_writer *w, uint16_t tag, uint64_t v) { put_le(w, tag, v, 8); }
+
+/* ---- decoding ---- */
+
+/* Bump allocator over one malloc: room for every string copy plus the pointer arrays. */
+typedef struct {
+  uint8_t *base;
+  size_t cap, used;
+} arena;
+
+static void *arena_alloc(arena *a, size_t n, size_t align) {
+  size_t off = (a->used + (align - 1)) & ~(align - 1);
+  if (off > a->cap || a->cap - off < n) return NULL;
+  a->used = off + n;
+  return a->base + off;
+}
+
+static const char *arena_str(arena *a, const uint8_t *v, uint32_t n) {
+  if (memchr(v, 0, n)) return NULL; /* NUL would silently cut a C string */
+  char *s = arena_alloc(a, (size_t)n + 1, 1);
+  if (!s) return NULL;
+  memcpy(s, v, n);
+  s[n] = 0;
+  return s;
+}
+
+#define U8MAX 0xFFull
+#define U16MAX 0xFFFFull
+#define U32MAX 0xFFFFFFFFull
+#define U64MAX 0xFFFFFFFFFFFFFFFFull
+
+#define GETU(dst, max)                                   \
+  do {                                                   \
+    uint64_t v_;                                         \
+    if (ma_get_uint(val, vlen, (max), &v_)) goto bad;    \
+    (dst) = (__typeof__(dst))v_;                         \
+  } while (0)
+#define GETS(dst)                                        \
+  do {                                                   \
+    if (!((dst) = arena_str(&a, val, vlen))) goto bad;   \
+  } while (0)
+
+static int valid_secret_name(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 128) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    int alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || c == '_';
+    int digit = c >= '0' && c <= '9';
+    if (!(alpha || (i > 0 && digit))) return 0;
+  }
+  return 1;
+}
+
+int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t len, ma_msg *m) {
+  memset(m, 0, sizeof *m);
+  m->type = type;
+  m->stream = stream;
+  if (!ma_type_known(type)) return MA_E_UNKNOWN_TYPE;
+  if (len > MA_MAX_PAYLOAD) return MA_E_TOO_LARGE;
+  if (ma_type_is_raw(type)) {
+    m->raw = payload;
+    m->raw_len = len;
+    return MA_E_OK;
+  }
+  /* First pass: validate the TLV structure and count fields to size the arena. */
+  ma_tlv_iter it;
+  uint16_t tag;
+  const uint8_t *val;
+  uint32_t vlen;
+  size_t nfields = 0;
+  int r;
+  ma_tlv_init(&it, payload, len);
+  while ((r = ma_tlv_next(&it, &tag, &val, &vlen)) == 1) nfields++;
+  if (r < 0) return MA_E_BAD_MESSAGE;
+
+  size_t cap = (size_t)len + nfields + (nfields + 4) * 2 * sizeof(char *) + 64;
+  if (type == MA_SECRETS) cap += sizeof(ma_secrets) + 16;
+  arena a = {malloc(cap), cap, 0};
+  if (!a.base) return MA_E_BAD_MESSAGE;
+  m->arena = a.base;
+
+  ma_tlv_init(&it, payload, len);
+  switch (type) {
+  case MA_HELLO: {
+    ma_hello *h = &m->u.hello;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) { GETU(h->version, U32MAX); h->has_version = 1; }
+      else if (tag == 2) GETS(h->software);
+      else if (tag == 3) {
+        if (h->ncaps >= MA_MAX_CAPS) goto bad;
+        GETS(h->caps[h->ncaps]);
+        h->ncaps++;
+      } else if (tag == 4) { GETU(h->max_payload, U32MAX); h->has_max_payload = 1; }
+      else if (tag == 5) { GETU(h->window, U32MAX); h->has_window = 1; }
+    }
+    if (!h->has_version) goto bad;
+    break;
+  }
+  case MA_ERROR: {
+    ma_error *e = &m->u.error;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) GETS(e->code);
+      else if (tag == 2) GETS(e->message);
+      else if (tag == 3) { GETU(e->err_no, U32MAX); e->has_errno = 1; }
+    }
+    if (!e->code) goto bad;
+    break;
+  }
+  case MA_OK: case MA_EOF: case MA_CANCEL: break;
+  case MA_WINDOW: {
+    int has = 0;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1)
+      if (tag == 1) { GETU(m->u.window, U32MAX); has = 1; }
+    if (!has || m->u.window == 0) goto bad;
+    break;
+  }
+  case MA_EXEC: {
+    ma_exec *x = &m->u.exec;
+    uint32_t nargv = 0, nenv = 0;
+    ma_tlv_iter c;
+    ma_tlv_init(&c, payload, len);
+    while (ma_tlv_next(&c, &tag, &val, &vlen) == 1) {
+      if (tag == 1) nargv++;
+      else if (tag == 2) nenv++;
+    }
+    if (nargv == 0 || nargv > MA_MAX_ARGV || nenv > MA_MAX_ENV) goto bad;
+    x->argv = arena_alloc(&a, (nargv + 1) * sizeof(char *), sizeof(char *));
+    x->env = arena_alloc(&a, (nenv + 1) * sizeof(char *), sizeof(char *));
+    if (!x->argv || !x->env) goto bad;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      switch (tag) {
+      case 1: {
+        const char *arg;
+        GETS(arg);
+        x->argv[x->argc++] = (char *)arg;
+        break;
+      }
+      case 2: {
+        const char *e;
+        GETS(e);
+        const char *eq = strchr(e, '=');
+        if (!eq || eq == e) goto bad;
+        x->env[x->envc++] = (char *)e;
+        break;
+      }
+      case 3: GETS(x->cwd); break;
+      case 4: GETS(x->user); break;
+      case 5: GETU(x->timeout_ms, U64MAX); x->has_timeout = 1; break;
+      case 6: GETU(x->kill_grace_ms, U32MAX); x->has_grace = 1; break;
+      case 7: GETU(x->stdout_limit, U64MAX); x->has_stdout_limit = 1; break;
+      case 8: GETU(x->stderr_limit, U64MAX); x->has_stderr_limit = 1; break;
+      case 9: GETU(x->stdin_open, 1); break;
+      case 10: GETU(x->pty_rows, U16MAX); x->has_pty_rows = 1; break;
+      case 11: GETU(x->pty_cols, U16MAX); x->has_pty_cols = 1; break;
+      default: break;
+      }
+    }
+    x->argv[x->argc] = NULL;
+    x->env[x->envc] = NULL;
+    if (x->argv[0][0] == 0) goto bad;
+    if (x->has_pty_rows != x->has_pty_cols) goto bad;
+    break;
+  }
+  case MA_EXIT: {
+    ma_exit *x = &m->u.exit;
+    int has_status = 0, has_code = 0;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      switch (tag) {
+      case 1: GETU(x->status, 3); has_status = 1; break;
+      case 2: GETU(x->exit_code, U32MAX); has_code = 1; break;
+      case 3: GETU(x->signal, U32MAX); x->has_signal = 1; break;
+      case 4: GETU(x->stdout_truncated, 1); break;
+      case 5: GETU(x->stderr_truncated, 1); break;
+      case 6: GETU(x->duration_us, U64MAX); x->has_duration = 1; break;
+      case 7: GETS(x->error); break;
+      case 8: GETU(x->stdout_bytes, U64MAX); x->has_stdout_bytes = 1; break;
+      case 9: GETU(x->stderr_bytes, U64MAX); x->has_stderr_bytes = 1; break;
+      default: break;
+      }
+    }
+    if (!has_status || !has_code) goto bad;
+    break;
+  }
+  case MA_SIGNAL: {
+    int has = 0;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1)
+      if (tag == 1) { GETU(m->u.signal, 64); has = 1; }
+    if (!has || m->u.signal == 0) goto bad;
+    break;
+  }
+  case MA_RESIZE: {
+    int hr = 0, hc = 0;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) { GETU(m->u.resize.rows, U16MAX); hr = 1; }
+      else if (tag == 2) { GETU(m->u.resize.cols, U16MAX); hc = 1; }
+    }
+    if (!hr || !hc) goto bad;
+    break;
+  }
+  case MA_STARTED: {
+    int has = 0;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1)
+      if (tag == 1) { GETU(m->u.pid, U32MAX); has = 1; }
+    if (!has) goto bad;
+    break;
+  }
+  case MA_FILE_PUT: {
+    ma_file_put *f = &m->u.put;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) GETS(f->path);
+      else if (tag == 2) { GETU(f->mode, 07777); f->has_mode = 1; }
+      else if (tag == 3) { GETU(f->uid, U32MAX); f->has_uid = 1; }
+      else if (tag == 4) { GETU(f->gid, U32MAX); f->has_gid = 1; }
+    }
+    if (!f->path || f->path[0] != '/' || !f->has_mode) goto bad;
+    break;
+  }
+  case MA_FILE_GET: {
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1)
+      if (tag == 1) GETS(m->u.get_path);
+    if (!m->u.get_path || m->u.get_path[0] != '/') goto bad;
+    break;
+  }
+  case MA_FILE_INFO: {
+    ma_file_info *f = &m->u.info;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) { GETU(f->mode, U32MAX); f->has_mode = 1; }
+      else if (tag == 2) { GETU(f->size, U64MAX); f->has_size = 1; }
+      else if (tag == 3) { GETU(f->uid, U32MAX); f->has_uid = 1; }
+      else if (tag == 4) { GETU(f->gid, U32MAX); f->has_gid = 1; }
+    }
+    if (!f->has_mode || !f->has_size) goto bad;
+    break;
+  }
+  case MA_SECRETS: {
+    ma_secrets *s = arena_alloc(&a, sizeof(ma_secrets), 16);
+    if (!s) goto bad;
+    memset(s, 0, sizeof *s);
+    m->u.secrets = s;
+    const char *pending = NULL;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) {
+        if (pending) goto bad;
+        GETS(pending);
+        if (!valid_secret_name(pending)) goto bad;
+        for (uint32_t i = 0; i < s->count; i++)
+          if (strcmp(s->items[i].name, pending) == 0) goto bad;
+      } else if (tag == 2) {
+        if (!pending || s->count >= MA_MAX_SECRETS) goto bad;
+        uint8_t *copy = arena_alloc(&a, vlen ? vlen : 1, 1);
+        if (!copy) goto bad;
+        if (vlen) memcpy(copy, val, vlen);
+        s->items[s->count].name = pending;
+        s->items[s->count].value = copy;
+        s->items[s->count].value_len = vlen;
+        s->count++;
+        pending = NULL;
+      }
+    }
+    if (pending) goto bad;
+    break;
+  }
+  case MA_SHUTDOWN: {
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag == 1) GETU(m->u.shutdown.action, 1);
+      else if (tag == 2) { GETU(m->u.shutdown.grace_ms, U32MAX); m->u.shutdown.has_grace = 1; }
+    }
+    break;
+  }
+  default: goto bad;
+  }
+  return MA_E_OK;
+bad:
+  free(m->arena);
+  m->arena = NULL;
+  return MA_E_BAD_MESSAGE;
+}
+
+void ma_msg_free(ma_msg *m) {
+  free(m->arena);
+  m->arena = NULL;
+}
+
+/* ---- encoding (canonical: tags ascending, repeated fields in order, widths per the spec) ---- */
+
+long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
+  if (ma_type_is_raw(m->type)) {
+    if (m->raw_len > cap) return -1;
+    if (m->raw_len) memcpy(buf, m->raw, m->raw_len);
+    return (long)m->raw_len;
+  }
+  ma_writer w;
+  ma_writer_init(&w, buf, cap);
+  switch (m->type) {
+  case MA_HELLO: {
+    const ma_hello *h = &m->u.hello;
+    ma_put_u32(&w, 1, h->version);
+    if (h->software) ma_put_str(&w, 2, h->software);
+    for (uint32_t i = 0; i < h->ncaps; i++) ma_put_str(&w, 3, h->caps[i]);
+    if (h->has_max_payload) ma_put_u32(&w, 4, h->max_payload);
+    if (h->has_window) ma_put_u32(&w, 5, h->window);
+    break;
+  }
+  case MA_ERROR:
+    ma_put_str(&w, 1, m->u.error.code);
+    if (m->u.error.message) ma_put_str(&w, 2, m->u.error.message);
+    if (m->u.error.has_errno) ma_put_u32(&w, 3, m->u.error.err_no);
+    break;
+  case MA_OK: case MA_EOF: case MA_CANCEL: break;
+  case MA_WINDOW: ma_put_u32(&w, 1, m->u.window); break;
+  case MA_EXEC: {
+    const ma_exec *x = &m->u.exec;
+    for (uint32_t i = 0; i < x->argc; i++) ma_put_str(&w, 1, x->argv[i]);
+    for (uint32_t i = 0; i < x->envc; i++) ma_put_str(&w, 2, x->env[i]);
+    if (x->cwd) ma_put_str(&w, 3, x->cwd);
+    if (x->user) ma_put_str(&w, 4, x->user);
+    if (x->has_timeout) ma_put_u64(&w, 5, x->timeout_ms);
+    if (x->has_grace) ma_put_u32(&w, 6, x->kill_grace_ms);
+    if (x->has_stdout_limit) ma_put_u64(&w, 7, x->stdout_limit);
+    if (x->has_stderr_limit) ma_put_u64(&w, 8, x->stderr_limit);
+    if (x->stdin_open) ma_put_u8(&w, 9, 1);
+    if (x->has_pty_rows) ma_put_u16(&w, 10, x->pty_rows);
+    if (x->has_pty_cols) ma_put_u16(&w, 11, x->pty_cols);
+    break;
+  }
+  case MA_EXIT: {
+    const ma_exit *x = &m->u.exit;
+    ma_put_u8(&w, 1, x->status);
+    ma_put_u32(&w, 2, x->exit_code);
+    if (x->has_signal) ma_put_u32(&w, 3, x->signal);
+    if (x->stdout_truncated) ma_put_u8(&w, 4, 1);
+    if (x->stderr_truncated) ma_put_u8(&w, 5, 1);
+    if (x->has_duration) ma_put_u64(&w, 6, x->duration_us);
+    if (x->error) ma_put_str(&w, 7, x->error);
+    if (x->has_stdout_bytes) ma_put_u64(&w, 8, x->stdout_bytes);
+    if (x->has_stderr_bytes) ma_put_u64(&w, 9, x->stderr_bytes);
+    break;
+  }
+  case MA_SIGNAL: ma_put_u32(&w, 1, m->u.signal); break;
+  case MA_RESIZE:
+    ma_put_u16(&w, 1, m->u.resize.rows);
+    ma_put_u16(&w, 2, m->u.resize.cols);
+    break;
+  case MA_STARTED: ma_put_u32(&w, 1, m->u.pid); break;
+  case MA_FILE_PUT:
+    ma_put_str(&w, 1, m->u.put.path);
+    ma_put_u32(&w, 2, m->u.put.mode);
+    if (m->u.put.has_uid) ma_put_u32(&w, 3, m->u.put.uid);
+    if (m->u.put.has_gid) ma_put_u32(&w, 4, m->u.put.gid);
+    break;
+  case MA_FILE_GET: ma_put_str(&w, 1, m->u.get_path); break;
+  case MA_FILE_INFO:
+    ma_put_u32(&w, 1, m->u.info.mode);
+    ma_put_u64(&w, 2, m->u.info.size);
+    if (m->u.info.has_uid) ma_put_u32(&w, 3, m->u.info.uid);
+    if (m->u.info.has_gid) ma_put_u32(&w, 4, m->u.info.gid);
+    break;
+  case MA_SECRETS:
+    for (uint32_t i = 0; i < m->u.secrets->count; i++) {
+      ma_put_str(&w, 1, m->u.secrets->items[i].name);
+      ma_put_bytes(&w, 2, m->u.secrets->items[i].value, m->u.secrets->items[i].value_len);
+    }
+    break;
+  case MA_SHUTDOWN:
+    ma_put_u8(&w, 1, m->u.shutdown.action);
+    if (m->u.shutdown.has_grace) ma_put_u32(&w, 2, m->u.shutdown.grace_ms);
+    break;
+  default: return -1;
+  }
+  return w.overflow ? -1 : (long)w.len;
+}
