@@ -99,6 +99,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   sessionId: Schema.optional(Schema.String),
   /** Backend-specific handle of the running VMM (pid, sockets), JSON. */
   vm: Schema.optional(Schema.Unknown),
+  /** The process carrying out a start or halt right now; if it dies, the next reader repairs the state. */
+  owner: Schema.optional(Schema.Struct({ pid: Schema.Int, startTime: Schema.String })),
   createdAt: Schema.DateTimeUtc,
   updatedAt: Schema.DateTimeUtc
 }) {}

@@ -11,6 +11,7 @@ export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: st
         name TEXT PRIMARY KEY,
         state TEXT NOT NULL,
         record TEXT NOT NULL,
+        version INTEGER NOT NULL,
         updated_at TEXT NOT NULL
       );
       CREATE TABLE events (

@@ -1,0 +1,121 @@
+/**
+ * Splits the command line before @effect/cli sees it: global flags are lifted out wherever they stand
+ * (before the guest's argv), aliases become their verb, and the guest's argv of `run`/`exec` is set
+ * aside untouched so that flags meant for the guest (`sh -c …`, `--help`) are never interpreted.
+ */
+import { Either } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import { Backend } from "../domain/Workspace.ts"
+import type { InvocationShape } from "./Invocation.ts"
+import { findVerb, suggestVerb } from "./Verbs.ts"
+
+export type Parsed =
+  | { readonly _tag: "Help"; readonly topic?: string }
+  | { readonly _tag: "Version" }
+  | { readonly _tag: "Command"; readonly verb: string; readonly args: ReadonlyArray<string>; readonly invocation: InvocationShape }
+
+const usage = (message: string, remediation = "run `microagent help` for the list of commands") =>
+  Either.left(new InvalidInput({ message, remediation }))
+
+export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, InvalidInput> => {
+  let json: boolean | undefined
+  let stateDir: string | undefined
+  let backend: Backend | undefined
+  let noColor = process.env.NO_COLOR !== undefined && process.env.NO_COLOR !== ""
+  const rest: Array<string> = []
+  let guestArgv: ReadonlyArray<string> = []
+  let verbName: string | undefined
+  let positionals = 0
+
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    const [flag, inline] = arg.startsWith("--") && arg.includes("=")
+      ? [arg.slice(0, arg.indexOf("=")), arg.slice(arg.indexOf("=") + 1)]
+      : [arg, undefined]
+    const value = () => inline ?? argv[++i]
+    if (arg === "--") {
+      guestArgv = argv.slice(i + 1)
+      break
+    }
+    switch (flag) {
+      case "--json":
+        json = true
+        continue
+      case "--output": {
+        const format = value()
+        // `--output NAME=/path` declares an artifact; only json|text is the output format.
+        if (format === "json" || format === "text") {
+          json = format === "json"
+          continue
+        }
+        if (format === undefined) return usage("--output needs a value: json or text")
+        rest.push("--output", format)
+        continue
+      }
+      case "--no-color":
+        noColor = true
+        continue
+      case "--state-dir": {
+        const dir = value()
+        if (dir === undefined || dir === "") return usage("--state-dir needs a directory")
+        stateDir = dir
+        continue
+      }
+      case "--backend": {
+        const name = value()
+        if (!Backend.literals.includes(name as Backend)) {
+          return usage(`unknown backend "${name ?? ""}"`, `choose one of: ${Backend.literals.join(", ")}`)
+        }
+        backend = name as Backend
+        continue
+      }
+    }
+    if (verbName === undefined) {
+      if (arg === "--help" || arg === "-h") return Either.right({ _tag: "Help" })
+      if (arg === "--version" || arg === "-v") return Either.right({ _tag: "Version" })
+      if (arg.startsWith("-")) return usage(`unknown global flag ${arg}`)
+      const verb = findVerb(arg)
+      if (verb === undefined) {
+        const suggestion = suggestVerb(arg)
+        return usage(
+          `unknown command "${arg}"`,
+          suggestion ? `did you mean \`microagent ${suggestion}\`?` : "run `microagent help` for the list of commands"
+        )
+      }
+      verbName = verb.name
+      if (verb.name === "help") {
+        const topic = argv.slice(i + 1).find((word) => !word.startsWith("-"))
+        const target = topic === undefined ? undefined : findVerb(topic)
+        if (topic !== undefined && target === undefined) {
+          const suggestion = suggestVerb(topic)
+          return usage(`unknown command "${topic}"`, suggestion ? `did you mean \`${suggestion}\`?` : "")
+        }
+        return Either.right(target === undefined || target.name === "help" ? { _tag: "Help" } : { _tag: "Help", topic: target.name })
+      }
+      if (verb.name === "version") return Either.right({ _tag: "Version" })
+      continue
+    }
+    const verb = findVerb(verbName)!
+    // Help never performs the operation, wherever it stands before the guest's argv.
+    if (arg === "--help" || arg === "-h") return Either.right({ _tag: "Help", topic: verb.name })
+    rest.push(arg)
+    if (arg.startsWith("-") && arg !== "-") {
+      if (inline === undefined && verb.valueFlags?.includes(arg) && i + 1 < argv.length) rest.push(argv[++i]!)
+      continue
+    }
+    positionals++
+    if (verb.guestArgv && positionals === 1) {
+      // Everything after the image (run) or the workspace (exec) belongs to the guest, verbatim.
+      const after = argv.slice(i + 1)
+      guestArgv = after[0] === "--" ? after.slice(1) : after
+      break
+    }
+  }
+  if (verbName === undefined) return Either.right({ _tag: "Help" })
+  return Either.right({
+    _tag: "Command",
+    verb: verbName,
+    args: rest,
+    invocation: { json, stateDir, backend, noColor, guestArgv }
+  })
+}

@@ -1,0 +1,74 @@
+/**
+ * Options shared by several commands, and parsing of values the CLI takes as text.
+ */
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Options } from "@effect/cli"
+import { Effect, Either, Option } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import { decodeSpec, type Spec } from "../domain/Spec.ts"
+
+export const envOption = Options.text("env").pipe(
+  Options.withAlias("e"),
+  Options.withDescription("set a guest environment variable, KEY=VALUE (repeatable)"),
+  Options.repeated
+)
+
+/** `KEY=VALUE` pairs to a record; a malformed pair is a usage error naming it. */
+export const parseEnv = (pairs: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const env: Record<string, string> = {}
+    for (const pair of pairs) {
+      const at = pair.indexOf("=")
+      const key = at > 0 ? pair.slice(0, at) : ""
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) {
+        return yield* new InvalidInput({
+          message: `invalid --env "${pair}"`,
+          remediation: "write KEY=VALUE, where KEY is letters, digits and '_', not starting with a digit"
+        })
+      }
+      env[key] = pair.slice(at + 1)
+    }
+    return env
+  })
+
+export const optionalInt = (name: string, description: string) =>
+  Options.integer(name).pipe(Options.withDescription(description), Options.optional)
+
+export const workspaceOptions = {
+  name: Options.text("name").pipe(Options.withDescription("workspace name (default: generated)"), Options.optional),
+  env: envOption,
+  profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
+    Options.withDescription("resource profile (see `microagent profiles`)"),
+    Options.optional
+  ),
+  memory: optionalInt("memory", "guest memory in MiB (default 512)"),
+  cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
+  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: image content plus headroom)"),
+  file: Options.file("file").pipe(Options.withDescription("a microagent.yaml workspace spec"), Options.optional),
+  hostname: Options.text("hostname").pipe(Options.withDescription("guest hostname"), Options.optional),
+  network: Options.choice("network", ["user", "isolated"]).pipe(
+    Options.withDescription("user (default): outbound NAT; isolated: no network device"),
+    Options.optional
+  ),
+  bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)")
+}
+
+export const readSpec = (file: Option.Option<string>) =>
+  Option.match(file, {
+    onNone: () => Effect.succeed<Spec>({}),
+    onSome: (path) =>
+      Effect.gen(function*() {
+        const text = yield* Effect.try({
+          try: () => NodeFs.readFileSync(path, "utf8"),
+          catch: (cause) =>
+            new InvalidInput({ message: `cannot read spec ${path}: ${String(cause)}`, remediation: "check the path" })
+        })
+        return yield* Either.match(decodeSpec(text, NodePath.basename(path)), {
+          onLeft: Effect.fail,
+          onRight: Effect.succeed
+        })
+      })
+  })
+
+export const orUndefined = <A>(option: Option.Option<A>): A | undefined => Option.getOrUndefined(option)

@@ -1,0 +1,182 @@
+/**
+ * The Lifecycle and Observe groups: `inspect`, `wait`, `halt`, `kill`, `delete`, `list`, `ps`, `logs`,
+ * `events`, and `profiles`.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { Duration, Effect, Stream } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import { isLive } from "../domain/State.ts"
+import type { WorkspaceEvent } from "../domain/Event.ts"
+import { profiles, type Workspace } from "../domain/Workspace.ts"
+import { remove } from "../programs/Delete.ts"
+import { halt, kill } from "../programs/Halt.ts"
+import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { optionalInt, orUndefined } from "./Flags.ts"
+import { withStore, withWorkspaceBackend } from "./Layers.ts"
+import { emit, jsonMode, table, writeStdout } from "./Output.ts"
+
+const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
+
+const stateLine = (ws: Workspace) => `${ws.name}: ${ws.state}`
+
+const inspectCommand = Command.make("inspect", { name: nameArg }, ({ name }) =>
+  withWorkspaceBackend(name, inspect(name)).pipe(
+    Effect.flatMap((report) =>
+      emit(report, ({ workspace: ws, lastEvent }) =>
+        [
+          `name:      ${ws.name}`,
+          `state:     ${ws.state}`,
+          `backend:   ${ws.backend}`,
+          `image:     ${ws.image.ref}${ws.image.digest ? ` (${ws.image.digest})` : ""}`,
+          `resources: ${ws.resources.memoryMiB} MiB, ${ws.resources.cpus} vCPU${ws.profile ? ` (profile ${ws.profile})` : ""}`,
+          `network:   ${ws.network}`,
+          `hostname:  ${ws.hostname}`,
+          `created:   ${ws.createdAt.toJSON()}`,
+          ...(lastEvent ? [`last:      ${lastEvent.at} ${lastEvent.type} ${lastEvent.detail}`.trimEnd()] : [])
+        ].join("\n")
+      )
+    )
+  )).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
+
+const waitCommand = Command.make("wait", {
+  timeout: optionalInt("timeout", "give up after this many seconds (exit 75)"),
+  name: nameArg
+}, ({ name, timeout }) =>
+  withWorkspaceBackend(
+    name,
+    wait(name, timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {})
+  ).pipe(
+    Effect.flatMap((ws) => {
+      const ok = ws.state !== "failed" && ws.state !== "quarantined"
+      if (!ok) process.exitCode = 1
+      return emit({ workspace: ws.name, state: ws.state, ok }, () => stateLine(ws))
+    })
+  )).pipe(Command.withDescription("block until a workspace is stopped, halted, failed or prepared"))
+
+const haltCommand = Command.make("halt", {
+  timeout: optionalInt("timeout", "seconds the guest gets to shut down before it is killed (default 15)"),
+  reason: Options.text("reason").pipe(Options.withDescription("recorded in the events"), Options.optional),
+  name: nameArg
+}, ({ name, reason, timeout }) =>
+  withWorkspaceBackend(name, halt(name, { timeoutSeconds: orUndefined(timeout), reason: orUndefined(reason) })).pipe(
+    Effect.flatMap((ws) => emit(ws, stateLine))
+  )).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
+
+const killCommand = Command.make("kill", { name: nameArg }, ({ name }) =>
+  withWorkspaceBackend(name, kill(name)).pipe(Effect.flatMap((ws) => emit(ws, stateLine)))).pipe(
+    Command.withDescription("stop a workspace's VM at once")
+  )
+
+const deleteCommand = Command.make("delete", {
+  yes: Options.boolean("yes").pipe(Options.withAlias("y"), Options.withDescription("halt a running workspace first")),
+  force: Options.boolean("force").pipe(Options.withAlias("f"), Options.withDescription("kill a running workspace first")),
+  names: Args.text({ name: "name" }).pipe(Args.atLeast(1))
+}, ({ force, names, yes }) =>
+  Effect.forEach(names, (name) =>
+    withWorkspaceBackend(name, remove(name, { force, yes })).pipe(
+      // Deleting what is not there is not an error: delete is idempotent.
+      Effect.catchTag("NotFound", () => Effect.succeed({ workspace: name, deleted: false }))
+    )).pipe(
+    Effect.flatMap((results) =>
+      emit(
+        results.length === 1 ? results[0]! : { results },
+        () => results.map((r) => `${r.workspace}: ${r.deleted ? "deleted" : "not found (nothing to do)"}`).join("\n")
+      )
+    )
+  )).pipe(Command.withDescription("delete workspaces and their disks; idempotent (alias: rm)"))
+
+const listTable = (workspaces: ReadonlyArray<Workspace>) =>
+  table(
+    ["NAME", "STATE", "BACKEND", "PROFILE", "NETWORK", "IMAGE"],
+    workspaces.map((ws) => [ws.name, ws.state, ws.backend, ws.profile ?? "-", ws.network, ws.image.ref])
+  )
+
+const listRows = (workspaces: ReadonlyArray<Workspace>) => ({
+  workspaces: workspaces.map((ws) => ({
+    name: ws.name,
+    state: ws.state,
+    backend: ws.backend,
+    profile: ws.profile ?? null,
+    restart: ws.restart,
+    network: ws.network,
+    image: ws.image.ref,
+    observed_at: ws.updatedAt
+  }))
+})
+
+/** Lists every backend's workspaces; each is reconciled against its own backend. */
+const listAll = (runningOnly: boolean) =>
+  withStore(Effect.flatMap(StateStore, (store) => store.list)).pipe(
+    Effect.flatMap((all) =>
+      Effect.forEach(all, (ws) =>
+        withWorkspaceBackend(ws.name, inspect(ws.name)).pipe(
+          Effect.map((report) => [report.workspace]),
+          Effect.catchTag("NotFound", () => Effect.succeed([]))
+        ))
+    ),
+    Effect.map((found) => found.flat().filter((ws) => !runningOnly || isLive(ws.state))),
+    Effect.flatMap((workspaces) => emit(listRows(workspaces), () => listTable(workspaces)))
+  )
+
+const listCommand = Command.make("list", {}, () => listAll(false)).pipe(
+  Command.withDescription("list workspaces (alias: ls)")
+)
+const psCommand = Command.make("ps", {}, () => listAll(true)).pipe(Command.withDescription("list running workspaces"))
+
+const follow = Options.boolean("follow").pipe(Options.withAlias("f"), Options.withDescription("keep following"))
+
+const logsCommand = Command.make("logs", { follow, name: nameArg }, ({ follow, name }) =>
+  Effect.gen(function*() {
+    const json = yield* jsonMode
+    if (json && follow) {
+      return yield* new InvalidInput({ message: "--follow cannot be combined with JSON output", remediation: "drop --json or --follow" })
+    }
+    const stream = logs(name, { follow })
+    if (json) {
+      const chunks = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
+      const text = Buffer.concat([...chunks].map((chunk) => Buffer.from(chunk))).toString("utf8")
+      return yield* emit({ logs: text }, () => "")
+    }
+    yield* withWorkspaceBackend(name, Stream.runForEach(stream, (chunk) => writeStdout(chunk)))
+  })).pipe(Command.withDescription("show a workspace's serial console log (alias: log)"))
+
+const eventLine = (event: WorkspaceEvent) =>
+  `${event.at}  ${event.type.padEnd(12)} ${event.state ?? ""}${event.detail ? `  ${event.detail}` : ""}`
+
+const eventsCommand = Command.make("events", { follow, name: nameArg }, ({ follow, name }) =>
+  Effect.gen(function*() {
+    const json = yield* jsonMode
+    const stream = events(name, { follow })
+    if (json && !follow) {
+      const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
+      return yield* emit({ events: [...all] }, () => "")
+    }
+    yield* withWorkspaceBackend(
+      name,
+      Stream.runForEach(stream, (event) => writeStdout(`${json ? JSON.stringify(event) : eventLine(event)}\n`))
+    )
+  })).pipe(Command.withDescription("show a workspace's lifecycle events, oldest first"))
+
+const profilesCommand = Command.make("profiles", {}, () =>
+  emit(
+    { profiles },
+    () =>
+      table(
+        ["PROFILE", "MEMORY_MIB", "CPUS", "DISK_MIB"],
+        Object.entries(profiles).map(([name, p]) => [name, `${p.memoryMiB}`, `${p.cpus}`, `${p.sizeMiB}`])
+      )
+  )).pipe(Command.withDescription("show the resource profiles"))
+
+export const lifecycleGroup = [
+  inspectCommand,
+  waitCommand,
+  haltCommand,
+  killCommand,
+  deleteCommand,
+  listCommand,
+  psCommand,
+  logsCommand,
+  eventsCommand,
+  profilesCommand
+] as const

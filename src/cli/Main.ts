@@ -1,0 +1,114 @@
+/**
+ * The command tree and the top-level flow of the CLI: split the command line, print grouped help,
+ * run the command with @effect/cli, and turn failures into a message and an exit code
+ * (0 ok, 1 failed, 2 usage, 75 retryable; `run` and `exec` pass the guest's exit code through).
+ */
+import { CliConfig, Command, HelpDoc, ValidationError } from "@effect/cli"
+import * as NodeContext from "@effect/platform-node/NodeContext"
+import { Cause, Effect, Either, HashSet, Option } from "effect"
+import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
+import { version } from "../Version.ts"
+import { parseArgv } from "./Argv.ts"
+import { Invocation } from "./Invocation.ts"
+import { lifecycleGroup } from "./LifecycleCommands.ts"
+import { renderError, wantsJson } from "./Output.ts"
+import { runGroup } from "./RunCommands.ts"
+import { verbs } from "./Verbs.ts"
+
+export const subcommands = [...runGroup, ...lifecycleGroup] as const
+
+export const rootCommand = Command.make("microagent").pipe(
+  Command.withDescription("AI-agent workspaces in microVMs"),
+  Command.withSubcommands(subcommands)
+)
+
+const groups = ["Run", "Lifecycle", "Observe", "Resources", "Misc"] as const
+
+export const topLevelHelp = (): string => {
+  const lines = [
+    `microagent ${version} — AI-agent workspaces in microVMs, booted from OCI images`,
+    "",
+    "Usage: microagent [global flags] COMMAND [flags] [args]",
+    ""
+  ]
+  for (const group of groups) {
+    lines.push(`${group}:`)
+    for (const verb of verbs.filter((v) => v.group === group)) {
+      const aliases = verb.aliases?.length ? ` (alias: ${verb.aliases.join(", ")})` : ""
+      lines.push(`  ${verb.name.padEnd(10)} ${verb.summary}${aliases}`)
+    }
+    lines.push("")
+  }
+  lines.push(
+    "Global flags (before or after the command):",
+    "  --json, --output json|text   output format (default: text on a terminal, JSON otherwise)",
+    "  --state-dir DIR              state directory (default: $MICROAGENT_HOME or ~/.microagent)",
+    "  --backend qemu|fake          backend for new workspaces (default: $MICROAGENT_BACKEND or qemu)",
+    "  --no-color                   no colour",
+    "",
+    "`microagent help COMMAND` or `microagent COMMAND --help` shows a command's flags."
+  )
+  return `${lines.join("\n")}\n`
+}
+
+const stripAnsi = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "")
+
+/** A command's own help: its usage, flags and arguments; plain text unless on a colour terminal. */
+export const commandHelp = (verb: string, color: boolean): string => {
+  // The commands differ in their handlers' types; only their descriptors matter here.
+  const commands = subcommands as unknown as ReadonlyArray<Command.Command<string, never, never, unknown>>
+  const command = commands.find((c) => HashSet.has(Command.getNames(c), verb))
+  if (command === undefined) return topLevelHelp()
+  const usage = verbs.find((v) => v.name === verb)?.usage ?? `microagent ${verb}`
+  const text = `Usage: ${usage}\n${HelpDoc.toAnsiText(Command.getHelp(command, CliConfig.defaultConfig))}`
+  return color ? text : stripAnsi(text)
+}
+
+const cli = Command.run(rootCommand, { name: "microagent", version })
+
+/** Runs the CLI on `argv` (without node and script); resolves with the process exit code. */
+export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
+  const parsed = parseArgv(argv)
+  const json = wantsJson(argv.includes("--json") ? true : undefined)
+  if (Either.isLeft(parsed)) {
+    process.stderr.write(renderError(parsed.left, json))
+    return Effect.succeed(ExitCode.usage)
+  }
+  const request = parsed.right
+  if (request._tag === "Version") {
+    process.stdout.write(`${version}\n`)
+    return Effect.succeed(ExitCode.ok)
+  }
+  if (request._tag === "Help" && request.topic === undefined) {
+    process.stdout.write(topLevelHelp())
+    return Effect.succeed(ExitCode.ok)
+  }
+  if (request._tag === "Help") {
+    process.stdout.write(commandHelp(request.topic!, process.stdout.isTTY === true && !process.env.NO_COLOR))
+    return Effect.succeed(ExitCode.ok)
+  }
+  const invocation = request.invocation
+  return cli(["node", "microagent", request.verb, ...request.args]).pipe(
+    Effect.provideService(Invocation, invocation),
+    Effect.provide(NodeContext.layer),
+    Effect.map(() => Number(process.exitCode ?? ExitCode.ok)),
+    Effect.catchAllCause((cause) => {
+      const failure = Cause.failureOption(cause)
+      if (Option.isSome(failure)) {
+        const error = failure.value
+        if (isMicroagentError(error)) {
+          process.stderr.write(renderError(error, wantsJson(invocation.json)))
+          return Effect.succeed(exitCodeFor(error))
+        }
+        if (ValidationError.isValidationError(error)) {
+          // @effect/cli has printed the problem already.
+          return Effect.succeed(ExitCode.usage)
+        }
+      }
+      if (Cause.isInterruptedOnly(cause)) return Effect.succeed(130)
+      process.stderr.write(`microagent: internal error: ${Cause.pretty(cause)}\n`)
+      return Effect.succeed(ExitCode.failed)
+    })
+  )
+}
+

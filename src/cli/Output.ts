@@ -1,0 +1,48 @@
+/**
+ * How results and errors reach the user: text on a terminal, JSON when piped or asked for
+ * (`--json`, `--output json`, `MICROAGENT_OUTPUT=json`). Progress and errors go to stderr.
+ */
+import { Effect } from "effect"
+import { type MicroagentError, toErrorBody } from "../domain/Errors.ts"
+import { Invocation } from "./Invocation.ts"
+
+export const wantsJson = (explicit: boolean | undefined): boolean => {
+  if (explicit !== undefined) return explicit
+  const fromEnv = process.env.MICROAGENT_OUTPUT
+  if (fromEnv === "json") return true
+  if (fromEnv === "text") return false
+  return !process.stdout.isTTY
+}
+
+export const jsonMode = Invocation.pipe(Effect.map((invocation) => wantsJson(invocation.json)))
+
+const writeOut = (text: string | Uint8Array) =>
+  Effect.async<void>((resume) => {
+    process.stdout.write(text, () => resume(Effect.void))
+  })
+
+/** Prints a result: the JSON form when piped, else the text rendering. */
+export const emit = <A>(value: A, text: (value: A) => string) =>
+  Effect.gen(function*() {
+    const json = yield* jsonMode
+    if (json) yield* writeOut(`${JSON.stringify(value)}\n`)
+    else {
+      const rendered = text(value)
+      if (rendered.length > 0) yield* writeOut(rendered.endsWith("\n") ? rendered : `${rendered}\n`)
+    }
+  })
+
+export const writeStdout = writeOut
+
+export const renderError = (error: MicroagentError, json: boolean): string => {
+  const body = toErrorBody(error)
+  if (json) return `${JSON.stringify({ ok: false, error: body })}\n`
+  return `error: ${body.message}\n${body.remediation ? `  ${body.remediation}\n` : ""}`
+}
+
+/** A fixed-width table for text output. */
+export const table = (header: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string => {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => (row[i] ?? "").length)))
+  const line = (cells: ReadonlyArray<string>) => cells.map((cell, i) => cell.padEnd(widths[i]!)).join("  ").trimEnd()
+  return [line(header), ...rows.map(line)].join("\n")
+}

@@ -1,0 +1,187 @@
+/**
+ * The Run group: `run`, `create`, `start`, `exec`.
+ */
+import * as NodeFs from "node:fs"
+import { Args, Command, Options } from "@effect/cli"
+import * as NodeStream from "@effect/platform-node/NodeStream"
+import { Effect, Option, Stream } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import type { ExecResult } from "../domain/Exec.ts"
+import type { Workspace } from "../domain/Workspace.ts"
+import { create } from "../programs/Create.ts"
+import { exec, execStream } from "../programs/Exec.ts"
+import { execRequestFor, type ExecOverrides } from "../programs/internal/Requests.ts"
+import { run } from "../programs/Run.ts"
+import { start } from "../programs/Start.ts"
+import { GuestRemoteError } from "../services/GuestChannel.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
+import { Invocation } from "./Invocation.ts"
+import { withNewBackend, withWorkspaceBackend } from "./Layers.ts"
+import { emit, jsonMode, writeStdout } from "./Output.ts"
+
+const stdinStream = (source: Option.Option<string>) =>
+  Option.map(source, (path) =>
+    NodeStream.fromReadable<GuestRemoteError>(
+      () => (path === "-" ? process.stdin : NodeFs.createReadStream(path)),
+      (cause) => new GuestRemoteError({ message: `cannot read stdin source ${path}: ${String(cause)}` })
+    ))
+
+const execOptions = {
+  env: workspaceOptions.env,
+  cwd: Options.text("cwd").pipe(Options.withDescription("working directory in the guest"), Options.optional),
+  user: Options.text("user").pipe(Options.withDescription("user (name or uid[:gid]) in the guest"), Options.optional),
+  timeout: optionalInt("timeout", "seconds before the command is stopped (TERM, then KILL)"),
+  stdin: Options.text("stdin").pipe(Options.withDescription("feed the command's stdin from a file, or - for ours"), Options.optional)
+}
+
+const overridesFrom = (
+  options: { cwd: Option.Option<string>; user: Option.Option<string>; timeout: Option.Option<number> },
+  env: Record<string, string>
+): ExecOverrides => ({
+  env,
+  cwd: orUndefined(options.cwd),
+  user: orUndefined(options.user),
+  timeoutSeconds: orUndefined(options.timeout)
+})
+
+/** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
+const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
+  Effect.gen(function*() {
+    if (yield* jsonMode) yield* emit({ ...extra, result }, () => "")
+    else {
+      yield* writeStdout(result.stdout)
+      if (result.stderr.length > 0) process.stderr.write(result.stderr)
+      if (result.status === "timed_out") process.stderr.write(`microagent: command timed out\n`)
+      if (result.status === "failed_to_start") process.stderr.write(`microagent: ${result.error ?? "command failed to start"}\n`)
+    }
+    process.exitCode = result.exitCode
+  })
+
+const runCommand = Command.make("run", {
+  ...workspaceOptions,
+  ...execOptions,
+  keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
+  rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+  image: Args.text({ name: "image" }).pipe(Args.withDescription("OCI image reference"), Args.optional)
+}, (options) =>
+  Effect.gen(function*() {
+    const invocation = yield* Invocation
+    const spec = yield* readSpec(options.file)
+    if (options.keep && options.rm) {
+      return yield* new InvalidInput({ message: "--keep and --rm contradict each other", remediation: "pick one" })
+    }
+    const image = orUndefined(options.image) ?? spec.image
+    if (image === undefined) {
+      return yield* new InvalidInput({
+        message: "no image given",
+        remediation: "microagent run IMAGE [-- CMD ARG...], or an `image:` in the --file spec"
+      })
+    }
+    const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
+    const json = yield* jsonMode
+    const outcome = yield* withNewBackend(run({
+      image,
+      command: invocation.guestArgv,
+      name: orUndefined(options.name) ?? spec.name,
+      profile: orUndefined(options.profile) ?? spec.profile,
+      memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+      cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+      sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+      hostname: orUndefined(options.hostname) ?? spec.hostname,
+      network: orUndefined(options.network) ?? spec.network?.mode,
+      env,
+      keep: options.keep,
+      bootTimeoutSeconds: orUndefined(options.bootTimeout),
+      exec: overridesFrom(options, {}),
+      stdin: Option.getOrUndefined(stdinStream(options.stdin)),
+      onCreated: (name) =>
+        options.keep && !json ? Effect.sync(() => process.stderr.write(`workspace: ${name}\n`)) : Effect.void
+    }))
+    yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
+  })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
+
+const describeWorkspace = (ws: Workspace) =>
+  `${ws.name}  ${ws.state}  image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
+
+const createCommand = Command.make("create", {
+  ...workspaceOptions,
+  imageFlag: Options.text("image").pipe(Options.withDescription("OCI image reference"), Options.optional),
+  entrypoint: Options.text("entrypoint").pipe(Options.withDescription("shell command each start runs"), Options.optional),
+  restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(Options.optional),
+  positionalName: Args.text({ name: "name" }).pipe(Args.optional)
+}, (options) =>
+  Effect.gen(function*() {
+    const spec = yield* readSpec(options.file)
+    const image = orUndefined(options.imageFlag) ?? spec.image
+    if (image === undefined) {
+      return yield* new InvalidInput({ message: "no image given", remediation: "pass --image REF, or `image:` in the --file spec" })
+    }
+    const positional = orUndefined(options.positionalName)
+    const flagged = orUndefined(options.name)
+    if (positional !== undefined && flagged !== undefined && positional !== flagged) {
+      return yield* new InvalidInput({ message: `two names given: ${positional} and ${flagged}`, remediation: "give one" })
+    }
+    const workspace = yield* withNewBackend(create({
+      image,
+      name: positional ?? flagged ?? spec.name,
+      profile: orUndefined(options.profile) ?? spec.profile,
+      memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+      cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+      sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+      hostname: orUndefined(options.hostname) ?? spec.hostname,
+      network: orUndefined(options.network) ?? spec.network?.mode,
+      restart: orUndefined(options.restart) ?? spec.restart,
+      entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
+      env: { ...spec.env, ...(yield* parseEnv(options.env)) }
+    }))
+    yield* emit(workspace, describeWorkspace)
+  })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
+
+const startCommand = Command.make("start", {
+  bootTimeout: workspaceOptions.bootTimeout,
+  name: Args.text({ name: "name" })
+}, (options) =>
+  withWorkspaceBackend(options.name, start(options.name, { bootTimeoutSeconds: orUndefined(options.bootTimeout) })).pipe(
+    Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
+  )).pipe(Command.withDescription("boot a workspace from its disk"))
+
+const execCommand = Command.make("exec", {
+  ...execOptions,
+  stream: Options.boolean("stream").pipe(Options.withDescription("stream output as it comes (JSON lines when piped)")),
+  name: Args.text({ name: "workspace" })
+}, (options) =>
+  Effect.gen(function*() {
+    const invocation = yield* Invocation
+    const [first, ...rest] = invocation.guestArgv
+    if (first === undefined) {
+      return yield* new InvalidInput({
+        message: "no command given",
+        remediation: `microagent exec ${options.name} -- CMD [ARG...]`
+      })
+    }
+    const env = yield* parseEnv(options.env)
+    const stdin = Option.getOrUndefined(stdinStream(options.stdin))
+    const json = yield* jsonMode
+    yield* withWorkspaceBackend(options.name, Effect.gen(function*() {
+      const workspace = yield* (yield* StateStore).get(options.name)
+      const request = execRequestFor(workspace, [first, ...rest], overridesFrom(options, env))
+      if (!options.stream) {
+        const result = yield* exec(options.name, request, stdin)
+        return yield* reportResult(result, { workspace: options.name })
+      }
+      yield* execStream(options.name, request, stdin).pipe(Stream.runForEach((output) =>
+        Effect.gen(function*() {
+          if (output._tag === "Exit") {
+            if (json) yield* writeStdout(`${JSON.stringify({ type: "exit", result: { ...output.result, stdout: undefined, stderr: undefined } })}\n`)
+            process.exitCode = output.result.exitCode
+          } else if (json) {
+            yield* writeStdout(`${JSON.stringify({ type: output._tag === "Stdout" ? "stdout" : "stderr", data: Buffer.from(output.data).toString("utf8") })}\n`)
+          } else if (output._tag === "Stdout") yield* writeStdout(output.data)
+          else process.stderr.write(output.data)
+        })
+      ))
+    }))
+  })).pipe(Command.withDescription("run a command in a running workspace: exec NAME [flags] -- CMD [ARG...]"))
+
+export const runGroup = [runCommand, createCommand, startCommand, execCommand] as const

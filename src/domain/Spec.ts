@@ -1,0 +1,128 @@
+/**
+ * `microagent.yaml`: the workspace spec, decoded strictly. Unknown or misplaced fields are errors that
+ * say where the field belongs; fields this version does not act on are refused, never ignored.
+ */
+import { Either, ParseResult, Schema } from "effect"
+import * as Yaml from "yaml"
+import { InvalidInput } from "./Errors.ts"
+import { NetworkMode, ProfileName, RestartPolicy, WorkspaceName } from "./Workspace.ts"
+
+const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: () => "not a valid environment variable name" }))
+
+export const SpecResources = Schema.Struct({
+  memoryMiB: Schema.optional(Schema.Int.pipe(Schema.between(64, 1024 * 1024))),
+  cpuCount: Schema.optional(Schema.Int.pipe(Schema.between(1, 256))),
+  sizeMiB: Schema.optional(Schema.Int.pipe(Schema.between(16, 16 * 1024 * 1024))),
+  headroomMiB: Schema.optional(Schema.Int.pipe(Schema.between(0, 1024 * 1024)))
+})
+
+export const SpecNetwork = Schema.Struct({
+  mode: Schema.optional(NetworkMode)
+})
+
+export const Spec = Schema.Struct({
+  name: Schema.optional(WorkspaceName),
+  image: Schema.optional(Schema.NonEmptyTrimmedString),
+  profile: Schema.optional(ProfileName),
+  restart: Schema.optional(RestartPolicy),
+  entrypoint: Schema.optional(Schema.String),
+  hostname: Schema.optional(
+    Schema.String.pipe(Schema.pattern(/^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$/, {
+      message: () => "a hostname is 1 to 63 letters, digits and '-', not starting or ending with '-'"
+    }))
+  ),
+  env: Schema.optional(Schema.Record({ key: EnvName, value: Schema.String })),
+  resources: Schema.optional(SpecResources),
+  network: Schema.optional(SpecNetwork)
+})
+export type Spec = typeof Spec.Type
+
+const known: Record<string, ReadonlyArray<string>> = {
+  "": ["name", "image", "profile", "restart", "entrypoint", "hostname", "env", "resources", "network"],
+  resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
+  network: ["mode"]
+}
+
+/** Fields of the original spec format that this version does not act on yet. */
+const notYet: Record<string, ReadonlyArray<string>> = {
+  "": [
+    "service",
+    "shell",
+    "setup",
+    "setupFiles",
+    "files",
+    "model",
+    "modelRunner",
+    "modelMediation",
+    "mediation",
+    "health",
+    "disks",
+    "bundles",
+    "outputs",
+    "acknowledgeCapabilityRisk",
+    "agent"
+  ],
+  network: ["forwards", "dns", "routes", "ip", "subnet", "gateway", "ipv6", "ipv6Subnet", "ipv6Gateway"]
+}
+
+/** Where a field that is misplaced at `section` actually belongs. */
+const homeOf = (field: string): string | undefined => {
+  for (const [section, fields] of Object.entries(known)) {
+    if (fields.includes(field)) return section
+  }
+  return undefined
+}
+
+const isRecord = (value: unknown): value is Record<string, unknown> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+
+const checkFields = (value: Record<string, unknown>, section: string): string | undefined => {
+  for (const field of Object.keys(value)) {
+    const where = section === "" ? "top-level field" : `field in ${section}`
+    if (known[section]?.includes(field)) {
+      const nested = value[field]
+      if (known[field] && section === "" && isRecord(nested)) {
+        const problem = checkFields(nested, field)
+        if (problem) return problem
+      }
+      continue
+    }
+    if (notYet[section]?.includes(field)) {
+      return `${section === "" ? "" : `${section}.`}${field} is not supported by this version of microagent`
+    }
+    const home = homeOf(field)
+    if (home !== undefined && home !== section) {
+      return `unknown ${where} "${field}"; it belongs ${home === "" ? "at the top level" : `under ${home}:`}`
+    }
+    return `unknown ${where} "${field}"`
+  }
+  return undefined
+}
+
+const formatIssues = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => `${issue.path.length > 0 ? `${issue.path.join(".")}: ` : ""}${issue.message}`)
+    .join("; ")
+
+/** Decodes spec text; `source` names the file in messages. */
+export const decodeSpec = (text: string, source: string): Either.Either<Spec, InvalidInput> => {
+  const invalid = (detail: string) =>
+    Either.left(
+      new InvalidInput({
+        message: `${source}: ${detail}`,
+        remediation: "see docs/spec.md for the fields of microagent.yaml"
+      })
+    )
+  const document = Yaml.parseDocument(text, { uniqueKeys: true })
+  if (document.errors.length > 0) return invalid(`not valid YAML: ${document.errors[0]!.message.split("\n")[0]}`)
+  const value: unknown = document.toJS() ?? {}
+  if (!isRecord(value)) return invalid("the spec must be a mapping of fields")
+  const problem = checkFields(value, "")
+  if (problem) return invalid(problem)
+  return Schema.decodeUnknownEither(Spec, { onExcessProperty: "error", errors: "all" })(value).pipe(
+    Either.mapLeft((error) => new InvalidInput({
+      message: `${source}: ${formatIssues(error)}`,
+      remediation: "see docs/spec.md for the fields of microagent.yaml"
+    }))
+  )
+}

@@ -1,0 +1,177 @@
+/**
+ * The fake backend's guest channel: runs commands as host processes inside the workspace's scratch
+ * directory (guest `/` is that directory for `cwd` and files). For the fast test tier only.
+ */
+import { spawn } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Chunk, Effect, Layer, Stream } from "effect"
+import { type ExecOutput, type ExecRequest, ExecResult } from "../../../domain/Exec.ts"
+import {
+  GuestChannel,
+  type GuestConnection,
+  type GuestError,
+  GuestRemoteError,
+  GuestUnreachable
+} from "../../../services/GuestChannel.ts"
+
+const defaultLimit = 16 * 1024 * 1024
+
+/** Resolves a guest path inside the scratch root; `..` cannot climb out of it. */
+const hostPath = (root: string, guestPath: string) => NodePath.join(root, NodePath.resolve("/", guestPath))
+
+const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGQUIT: 3, SIGABRT: 6, SIGSEGV: 11, SIGPIPE: 13 }
+
+const execStream = (
+  root: string,
+  request: ExecRequest,
+  stdin?: Stream.Stream<Uint8Array, GuestError>
+): Stream.Stream<ExecOutput, GuestError> =>
+  Stream.asyncPush<ExecOutput, GuestError>((emit) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const started = Date.now()
+        const limits = { stdout: request.stdoutLimit ?? defaultLimit, stderr: request.stderrLimit ?? defaultLimit }
+        const seen = { stdout: 0, stderr: 0 }
+        const collected: Record<"stdout" | "stderr", Array<Buffer>> = { stdout: [], stderr: [] }
+        let timedOut = false
+        let finished = false
+        const child = spawn(request.argv[0], request.argv.slice(1), {
+          cwd: hostPath(root, request.cwd ?? "/"),
+          env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: root, ...request.env },
+          detached: true,
+          stdio: ["pipe", "pipe", "pipe"]
+        })
+        const take = (which: "stdout" | "stderr") => (data: Buffer) => {
+          const room = Math.max(0, limits[which] - seen[which])
+          seen[which] += data.length
+          if (room === 0) return
+          const piece = data.subarray(0, room)
+          collected[which].push(piece)
+          emit.single({ _tag: which === "stdout" ? "Stdout" : "Stderr", data: new Uint8Array(piece) })
+        }
+        child.stdout.on("data", take("stdout"))
+        child.stderr.on("data", take("stderr"))
+        child.stdin.on("error", () => {})
+        const timer = request.timeoutSeconds === undefined ? undefined : setTimeout(() => {
+          timedOut = true
+          try {
+            process.kill(-child.pid!, "SIGTERM")
+            setTimeout(() => {
+              try {
+                process.kill(-child.pid!, "SIGKILL")
+              } catch {
+                // Gone already.
+              }
+            }, 2000).unref()
+          } catch {
+            // Gone already.
+          }
+        }, request.timeoutSeconds * 1000)
+        const finish = (status: ExecResult["status"], exitCode: number, extra: { signal?: number; error?: string }) => {
+          if (finished) return
+          finished = true
+          if (timer) clearTimeout(timer)
+          emit.single({
+            _tag: "Exit",
+            result: new ExecResult({
+              status,
+              exitCode,
+              ...extra,
+              stdout: Buffer.concat(collected.stdout).toString("utf8"),
+              stderr: Buffer.concat(collected.stderr).toString("utf8"),
+              stdoutTruncated: seen.stdout > limits.stdout,
+              stderrTruncated: seen.stderr > limits.stderr,
+              durationMs: Date.now() - started
+            })
+          })
+          emit.end()
+        }
+        child.on("error", (error) => finish("failed_to_start", 127, { error: error.message }))
+        child.on("close", (code, signal) => {
+          if (timedOut) return finish("timed_out", 124, {})
+          if (signal !== null) {
+            const number = signalNumbers[signal] ?? 0
+            return finish("signaled", 128 + number, { signal: number })
+          }
+          finish("exited", code ?? 0, {})
+        })
+        return child
+      }).pipe(
+        Effect.tap((child) =>
+          stdin === undefined
+            ? Effect.sync(() => child.stdin.end())
+            : stdin.pipe(
+              Stream.runForEach((chunk) => Effect.sync(() => child.stdin.write(chunk))),
+              Effect.ensuring(Effect.sync(() => child.stdin.end())),
+              Effect.forkScoped
+            )
+        )
+      ),
+      (child) =>
+        Effect.sync(() => {
+          // Interrupting the stream ends the command, like a signal to the guest process group.
+          if (child.exitCode === null && child.signalCode === null && child.pid !== undefined) {
+            try {
+              process.kill(-child.pid, "SIGKILL")
+            } catch {
+              // Gone already.
+            }
+          }
+        })
+    ), { bufferSize: "unbounded" })
+
+const connection = (root: string): GuestConnection => ({
+  exec: (request, stdin) =>
+    execStream(root, request, stdin).pipe(
+      Stream.runCollect,
+      Effect.flatMap((outputs) => {
+        const last = Chunk.last(outputs)
+        return last._tag === "Some" && last.value._tag === "Exit"
+          ? Effect.succeed(last.value.result)
+          : Effect.fail(new GuestUnreachable({ message: "the command ended without a result" }))
+      })
+    ),
+  execStream: (request, stdin) => execStream(root, request, stdin),
+  putFile: (file) =>
+    Effect.gen(function*() {
+      const chunks = yield* Stream.runCollect(file.data)
+      yield* Effect.try({
+        try: () => {
+          const target = hostPath(root, file.path)
+          NodeFs.writeFileSync(target, Buffer.concat(Chunk.toArray(chunks)), { mode: file.mode })
+          NodeFs.chmodSync(target, file.mode)
+        },
+        catch: (cause) => new GuestRemoteError({ message: String(cause) })
+      })
+    }),
+  getFile: (path) =>
+    Effect.try({
+      try: () => {
+        const target = hostPath(root, path)
+        const data = NodeFs.readFileSync(target)
+        return { mode: NodeFs.statSync(target).mode & 0o7777, size: data.length, data: Stream.make(new Uint8Array(data)) }
+      },
+      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+    }),
+  deliverSecrets: (secrets) =>
+    Effect.try({
+      try: () => {
+        const dir = hostPath(root, "/run/secrets")
+        NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+        for (const secret of secrets) {
+          NodeFs.writeFileSync(NodePath.join(dir, secret.name), secret.value, { mode: 0o400 })
+        }
+      },
+      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+    }),
+  ping: Effect.void,
+  shutdown: Effect.void
+})
+
+export const FakeGuestChannel = Layer.succeed(GuestChannel, {
+  connect: (endpoint) =>
+    endpoint._tag === "HostDirectory" && NodeFs.existsSync(endpoint.root)
+      ? Effect.succeed(connection(endpoint.root))
+      : Effect.fail(new GuestUnreachable({ message: `the fake guest channel cannot reach ${JSON.stringify(endpoint)}` }))
+})

@@ -1,0 +1,102 @@
+/**
+ * The fake backend, for the fast test tier only: the "VMM" is a detached host process that stands for
+ * the VM's lifetime (so state survives across CLI processes, like a real detached VMM), and the
+ * "guest" runs commands on the host inside the workspace's scratch directory. It honours the same
+ * capability table and lifecycle contract as a real backend.
+ */
+import { spawn } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Effect, Layer } from "effect"
+import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
+import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
+import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
+
+const capabilities: ReadonlySet<Capability> = new Set<Capability>(["StructuredExec", "PauseResume"])
+
+const appendConsole = (handle: { consoleLog: string }, line: string) =>
+  Effect.sync(() => NodeFs.appendFileSync(handle.consoleLog, `${line}\n`, { mode: 0o600 }))
+
+export const make: HypervisorShape = {
+  backend: "fake",
+  capabilities,
+  launch: (config) =>
+    Effect.gen(function*() {
+      if (config.ports.length > 0 || config.disks.length > 0) {
+        return yield* new Unsupported({
+          message: "the fake backend does not publish ports or attach disks",
+          remediation: "use --backend qemu",
+          backend: "fake",
+          feature: config.ports.length > 0 ? "NetworkPublish" : "Volumes"
+        })
+      }
+      if (!NodeFs.existsSync(config.rootfsPath)) {
+        return yield* new Permanent({
+          message: `root filesystem ${config.rootfsPath} is missing`,
+          remediation: "delete and re-create the workspace"
+        })
+      }
+      const consoleLog = NodePath.join(config.runtimeDir, "console.log")
+      // A process that lives until it is signalled, detached from our process group and stdio.
+      const child = yield* Effect.try({
+        try: () => {
+          const proc = spawn("sleep", ["2147483647"], { detached: true, stdio: "ignore" })
+          proc.unref()
+          return proc
+        },
+        catch: (cause) => new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
+      })
+      const pid = child.pid
+      if (pid === undefined) {
+        return yield* new Transient({ message: "fake VMM did not start", remediation: "retry" })
+      }
+      const handle = new VmHandle({
+        backend: "fake",
+        pid,
+        pidStartTime: startTimeOf(pid) ?? "",
+        channel: { _tag: "HostDirectory", root: config.rootfsPath },
+        consoleLog
+      })
+      yield* appendConsole(handle, `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`)
+      return handle
+    }),
+  attach: (handle) =>
+    isAlive(handle.pid, handle.pidStartTime)
+      ? Effect.succeed(handle)
+      : Effect.fail(
+        new Transient({ message: `the VMM (pid ${handle.pid}) is gone`, remediation: "start the workspace again" })
+      ),
+  inspect: (handle) =>
+    Effect.sync(() =>
+      !isAlive(handle.pid, handle.pidStartTime)
+        ? "exited" as const
+        : stateOf(handle.pid) === "T"
+        ? "paused" as const
+        : "running" as const
+    ),
+  halt: (handle, timeoutSeconds) =>
+    Effect.gen(function*() {
+      if (!isAlive(handle.pid, handle.pidStartTime)) return
+      yield* appendConsole(handle, "fake: shutdown requested")
+      signal(handle.pid, "SIGCONT")
+      signal(handle.pid, "SIGTERM")
+      const gone = yield* waitGone(handle.pid, handle.pidStartTime, `${timeoutSeconds} seconds`)
+      if (!gone) {
+        return yield* new Transient({
+          message: `the VM did not power off within ${timeoutSeconds}s`,
+          remediation: "use `microagent kill` to stop it at once"
+        })
+      }
+      yield* appendConsole(handle, "fake: powered off")
+    }),
+  kill: (handle) =>
+    Effect.gen(function*() {
+      if (!isAlive(handle.pid, handle.pidStartTime)) return
+      signal(handle.pid, "SIGKILL")
+      yield* waitGone(handle.pid, handle.pidStartTime, "5 seconds")
+    }),
+  pause: (handle) => Effect.sync(() => signal(handle.pid, "SIGSTOP")),
+  resume: (handle) => Effect.sync(() => signal(handle.pid, "SIGCONT"))
+}
+
+export const FakeHypervisor = Layer.succeed(Hypervisor, make)

@@ -1,0 +1,52 @@
+/**
+ * Small helpers for detached host processes that outlive the process that started them (VMMs):
+ * identity by pid plus start time, so a recycled pid is never mistaken for ours.
+ */
+import * as NodeFs from "node:fs"
+import { Duration, Effect, Schedule } from "effect"
+
+/** Field 22 of /proc/PID/stat: the start time in clock ticks since boot; undefined if gone. */
+export const startTimeOf = (pid: number): string | undefined => {
+  try {
+    const stat = NodeFs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    // The command name (field 2) may contain spaces and parentheses: split after the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+    return fields[19]
+  } catch {
+    return undefined
+  }
+}
+
+/** The one-letter state of /proc/PID/stat (R, S, T for stopped, Z for zombie, …). */
+export const stateOf = (pid: number): string | undefined => {
+  try {
+    const stat = NodeFs.readFileSync(`/proc/${pid}/stat`, "utf8")
+    return stat.slice(stat.lastIndexOf(")") + 2).split(" ")[0]
+  } catch {
+    return undefined
+  }
+}
+
+/** Alive and the same process (not a zombie, not a recycled pid). */
+export const isAlive = (pid: number, startTime: string | undefined): boolean => {
+  const state = stateOf(pid)
+  if (state === undefined || state === "Z" || state === "X") return false
+  return startTime === undefined || startTimeOf(pid) === startTime
+}
+
+export const signal = (pid: number, sig: NodeJS.Signals): void => {
+  try {
+    process.kill(pid, sig)
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Polls until the process is gone; false if it outlives `timeout`. */
+export const waitGone = (pid: number, startTime: string | undefined, timeout: Duration.DurationInput) =>
+  Effect.suspend(() => isAlive(pid, startTime) ? Effect.fail("alive" as const) : Effect.void).pipe(
+    Effect.retry(Schedule.spaced(Duration.millis(20))),
+    Effect.timeout(timeout),
+    Effect.as(true),
+    Effect.catchAll(() => Effect.succeed(false))
+  )

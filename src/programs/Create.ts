@@ -1,0 +1,114 @@
+/**
+ * `create`: a persistent workspace with its own root disk, in state `prepared`.
+ */
+import { randomBytes } from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { DateTime, Effect } from "effect"
+import { InvalidInput, Permanent } from "../domain/Errors.ts"
+import {
+  defaultResources,
+  ImageInfo,
+  nameProblem,
+  type NetworkMode,
+  type ProfileName,
+  profiles,
+  Resources,
+  Workspace,
+  type WorkspaceName
+} from "../domain/Workspace.ts"
+import { Home } from "../services/Home.ts"
+import { Hypervisor } from "../services/Hypervisor.ts"
+import { ImageStore } from "../services/ImageStore.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { generateName } from "./internal/Names.ts"
+
+export interface CreateOptions {
+  readonly image: string
+  readonly name?: string | undefined
+  readonly profile?: ProfileName | undefined
+  readonly memoryMiB?: number | undefined
+  readonly cpus?: number | undefined
+  readonly sizeMiB?: number | undefined
+  readonly env?: Readonly<Record<string, string>> | undefined
+  readonly hostname?: string | undefined
+  readonly network?: NetworkMode | undefined
+  readonly restart?: "never" | "on-failure" | "always" | undefined
+  readonly entrypoint?: string | undefined
+  /** One-shot workspaces of `run`. */
+  readonly ephemeral?: boolean | undefined
+  readonly namePrefix?: string | undefined
+}
+
+/** Hostnames are the workspace name made DNS-safe. */
+const hostnameFor = (name: string) =>
+  name.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "").slice(0, 63) || "workspace"
+
+export const resolveResources = (options: CreateOptions) => {
+  const profile = options.profile === undefined ? undefined : profiles[options.profile]
+  const sizeMiB = options.sizeMiB ?? profile?.sizeMiB
+  return new Resources({
+    memoryMiB: options.memoryMiB ?? profile?.memoryMiB ?? defaultResources.memoryMiB,
+    cpus: options.cpus ?? profile?.cpus ?? defaultResources.cpus,
+    ...(sizeMiB === undefined ? {} : { sizeMiB })
+  })
+}
+
+const removeTree = (path: string) => Effect.sync(() => NodeFs.rmSync(path, { recursive: true, force: true }))
+
+export const create = Effect.fn("create")(function*(options: CreateOptions) {
+  const name = options.name ?? generateName(options.namePrefix ?? "ws")
+  const problem = nameProblem(name)
+  if (problem !== undefined) {
+    return yield* new InvalidInput({
+      message: `invalid workspace name: ${problem}`,
+      remediation: "names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+    })
+  }
+  const resources = yield* Effect.try({
+    try: () => resolveResources(options),
+    catch: (cause) =>
+      new InvalidInput({ message: `invalid resources: ${String(cause)}`, remediation: "see `microagent profiles`" })
+  })
+  const home = yield* Home
+  const store = yield* StateStore
+  const images = yield* ImageStore
+  const hypervisor = yield* Hypervisor
+
+  const image = yield* images.ensure(options.image, resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB })
+  const workspaceDir = home.workspaceDir(name)
+  // The disk is prepared in a staging directory and renamed into place once the name is ours.
+  const staging = yield* home.ensureDir(NodePath.join(home.workspaces, `.staging-${randomBytes(6).toString("hex")}`))
+  return yield* Effect.gen(function*() {
+    yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)
+    const now = yield* DateTime.now
+    const workspace = new Workspace({
+      name: name as WorkspaceName,
+      state: "prepared",
+      backend: hypervisor.backend,
+      ...(options.profile === undefined ? {} : { profile: options.profile }),
+      resources,
+      image: new ImageInfo({ ...image.config, ref: image.ref, digest: image.digest }),
+      env: { ...options.env },
+      hostname: options.hostname ?? hostnameFor(name),
+      network: options.network ?? "user",
+      restart: options.restart ?? "never",
+      ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
+      ephemeral: options.ephemeral ?? false,
+      rootfsPath: NodePath.join(workspaceDir, "rootfs"),
+      runtimeDir: home.runtimeDir(name),
+      createdAt: now,
+      updatedAt: now
+    })
+    yield* store.create(workspace)
+    yield* Effect.try({
+      try: () => NodeFs.renameSync(staging, workspaceDir),
+      catch: (cause) =>
+        new Permanent({
+          message: `cannot move the workspace disk into ${workspaceDir}: ${String(cause)}`,
+          remediation: "remove the stale directory, or run `microagent gc`"
+        })
+    }).pipe(Effect.tapError(() => store.remove(name)))
+    return workspace
+  }).pipe(Effect.ensuring(removeTree(staging)))
+})

@@ -1,0 +1,51 @@
+/**
+ * `delete`: idempotent; a live workspace needs `yes` (halt first) or `force` (kill first).
+ */
+import * as NodeFs from "node:fs"
+import { Effect, Option } from "effect"
+import { Conflict, Permanent } from "../domain/Errors.ts"
+import { isDeletable } from "../domain/State.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { halt, kill } from "./Halt.ts"
+import { reconcile, requireBackend } from "./internal/Reconcile.ts"
+import { Home } from "../services/Home.ts"
+
+export interface DeleteOptions {
+  /** Halt a live workspace gracefully first. */
+  readonly yes?: boolean | undefined
+  /** Kill a live workspace first. */
+  readonly force?: boolean | undefined
+}
+
+export const remove = Effect.fn("delete")(function*(name: string, options: DeleteOptions = {}) {
+  const store = yield* StateStore
+  const home = yield* Home
+  const found = yield* store.find(name)
+  if (Option.isNone(found)) return { workspace: name, deleted: false }
+  const workspace = yield* reconcile(found.value)
+  if (!isDeletable(workspace.state)) {
+    yield* requireBackend(workspace)
+    if (options.force) yield* kill(name)
+    else if (options.yes) yield* halt(name)
+    else {
+      return yield* new Conflict({
+        message: `workspace ${name} is ${workspace.state}`,
+        remediation: `pass --yes to halt it first, or --force to kill it first`
+      })
+    }
+  }
+  yield* Effect.try({
+    try: () => {
+      for (const dir of [home.workspaceDir(name), workspace.runtimeDir]) {
+        NodeFs.rmSync(dir, { recursive: true, force: true })
+      }
+    },
+    catch: (cause) =>
+      new Permanent({
+        message: `cannot remove the files of workspace ${name}: ${String(cause)}`,
+        remediation: "fix the permissions and run delete again; the record is kept until its files are gone"
+      })
+  })
+  yield* store.remove(name)
+  return { workspace: name, deleted: true }
+})

@@ -1,0 +1,61 @@
+/**
+ * `halt` (graceful, bounded, then forced) and `kill` (at once).
+ */
+import { Effect, Option } from "effect"
+import { Conflict } from "../domain/Errors.ts"
+import type { Workspace } from "../domain/Workspace.ts"
+import { Hypervisor } from "../services/Hypervisor.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
+
+export interface HaltOptions {
+  /** Seconds the guest gets to shut down before the VM is killed. */
+  readonly timeoutSeconds?: number | undefined
+  readonly reason?: string | undefined
+}
+
+const detached = (workspace: Workspace) => withoutOwner({ ...workspace, vm: undefined } as Workspace)
+
+export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptions = {}) {
+  const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
+  const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  yield* requireBackend(current)
+  const stopping = yield* store.transition(name, "halt", { patch: ownedByMe, detail: options.reason ?? "" })
+  const handle = vmHandleOf(stopping)
+  const timeoutSeconds = options.timeoutSeconds ?? 15
+  // Once stopping, finish the job even if interrupted, so the record and the VMM agree.
+  return yield* Effect.uninterruptible(Effect.gen(function*() {
+    if (Option.isNone(handle)) {
+      return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
+    }
+    const graceful = yield* Effect.either(hypervisor.halt(handle.value, timeoutSeconds))
+    if (graceful._tag === "Left") {
+      yield* hypervisor.kill(handle.value)
+      return yield* store.transition(name, "halted", {
+        patch: detached,
+        detail: `forced: ${graceful.left.message}`
+      })
+    }
+    return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
+  }))
+})
+
+export const kill = Effect.fn("kill")(function*(name: string) {
+  const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
+  const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  yield* requireBackend(current)
+  const handle = vmHandleOf(current)
+  if (current.state === "starting" && Option.isNone(handle)) {
+    return yield* new Conflict({
+      message: `workspace ${name} is still starting`,
+      remediation: `wait for it (microagent wait ${name}) or retry kill in a moment`
+    })
+  }
+  return yield* Effect.uninterruptible(
+    store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
+      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void)
+    )
+  )
+})

@@ -1,0 +1,53 @@
+/**
+ * `run`: create a one-shot workspace, boot it, run one command, tear it all down. The workspace is a
+ * scoped resource: failure or interruption (Ctrl-C) kills the VM and removes every file and record,
+ * unless `keep` asks to keep it (halted) for inspection.
+ */
+import { Effect, Exit, type Stream } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import type { GuestError } from "../services/GuestChannel.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { create, type CreateOptions } from "./Create.ts"
+import { remove } from "./Delete.ts"
+import { exec } from "./Exec.ts"
+import { halt } from "./Halt.ts"
+import { execRequestFor, type ExecOverrides, imageCommand } from "./internal/Requests.ts"
+import { start } from "./Start.ts"
+
+export interface RunOptions extends CreateOptions {
+  /** The command; the image's Entrypoint and Cmd when empty. */
+  readonly command: ReadonlyArray<string>
+  readonly exec?: ExecOverrides | undefined
+  /** Keep the workspace (halted) afterwards instead of deleting it. */
+  readonly keep?: boolean | undefined
+  readonly bootTimeoutSeconds?: number | undefined
+  readonly stdin?: Stream.Stream<Uint8Array, GuestError> | undefined
+  /** Called once the workspace has a name (the CLI prints it with `keep`). */
+  readonly onCreated?: ((name: string) => Effect.Effect<void>) | undefined
+}
+
+export const run = Effect.fn("run")(function*(options: RunOptions) {
+  const store = yield* StateStore
+  const acquire = create({ ...options, ephemeral: !options.keep, namePrefix: options.namePrefix ?? "run" })
+  const release = (name: string, exit: Exit.Exit<unknown, unknown>) =>
+    options.keep && Exit.isSuccess(exit)
+      ? halt(name, { reason: "run finished" }).pipe(Effect.ignore)
+      : remove(name, { force: true }).pipe(Effect.ignore)
+
+  return yield* Effect.scoped(Effect.gen(function*() {
+    const workspace = yield* Effect.acquireRelease(acquire, (ws, exit) => release(ws.name, exit))
+    if (options.onCreated) yield* options.onCreated(workspace.name)
+    const argv = options.command.length > 0 ? options.command : imageCommand(workspace)
+    if (argv.length === 0) {
+      return yield* new InvalidInput({
+        message: `image ${workspace.image.ref} has no Entrypoint or Cmd, and no command was given`,
+        remediation: "give a command after the image: microagent run IMAGE -- CMD [ARG...]"
+      })
+    }
+    yield* start(workspace.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })
+    const latest = yield* store.get(workspace.name)
+    const request = execRequestFor(latest, argv as [string, ...Array<string>], options.exec)
+    const result = yield* exec(workspace.name, request, options.stdin)
+    return { workspace: workspace.name, kept: options.keep ?? false, result }
+  }))
+})

@@ -1,0 +1,69 @@
+/**
+ * `start`: boot a workspace's VM from its disk. The `start` transition is the admission check: of two
+ * concurrent starts, one wins and the other gets `Conflict`. Failure or interruption at any point
+ * kills whatever was launched and records `failed`; the store never says `running` for a VM that is not.
+ */
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { randomUUID } from "node:crypto"
+import { Effect, Exit } from "effect"
+import type { Workspace } from "../domain/Workspace.ts"
+import { Home } from "../services/Home.ts"
+import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
+
+export interface StartOptions {
+  readonly bootTimeoutSeconds?: number | undefined
+}
+
+const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
+
+export const start = Effect.fn("start")(function*(name: string, options: StartOptions = {}) {
+  const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
+  const home = yield* Home
+
+  const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  yield* requireBackend(current)
+  const starting = yield* store.transition(name, "start", {
+    patch: (ws) => ownedByMe({ ...ws, sessionId: randomUUID(), vm: undefined } as Workspace),
+    detail: `backend ${hypervisor.backend}`
+  })
+  const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
+  // A new session starts with a fresh console log.
+  NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
+
+  const config = new LaunchConfig({
+    workspace: starting.name,
+    runtimeDir,
+    rootfsPath: starting.rootfsPath,
+    memoryMiB: starting.resources.memoryMiB,
+    cpus: starting.resources.cpus,
+    hostname: starting.hostname,
+    network: starting.network,
+    bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
+  })
+
+  return yield* Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function*() {
+      const launched = yield* Effect.exit(restore(hypervisor.launch(config)))
+      if (Exit.isFailure(launched)) {
+        yield* store.transition(name, "bootFailed", {
+          patch: withoutOwner,
+          detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
+        }).pipe(Effect.ignore)
+        return yield* Effect.failCause(launched.cause)
+      }
+      const handle: VmHandle = launched.value
+      const running = yield* store.transition(name, "booted", {
+        patch: (ws) => withoutOwner({ ...ws, vm: handle } as Workspace),
+        detail: `pid ${handle.pid}`
+      }).pipe(
+        // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
+        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+      )
+      return running
+    })
+  )
+})

@@ -1,0 +1,78 @@
+/**
+ * Bringing the store in line with reality: a record that says a VM is live is checked against the
+ * backend, and repaired when the VMM or the process that was starting or halting it is gone.
+ */
+import { Effect, Option, Schema } from "effect"
+import { Conflict } from "../../domain/Errors.ts"
+import { isLive } from "../../domain/State.ts"
+import type { Workspace } from "../../domain/Workspace.ts"
+import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
+import { StateStore } from "../../services/StateStore.ts"
+import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
+
+export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
+  workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
+
+/** Marks the calling process as the one carrying out a start or halt. */
+export const ownedByMe = (workspace: Workspace): Workspace => ({
+  ...workspace,
+  owner: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" }
+}) as Workspace
+
+export const withoutOwner = (workspace: Workspace): Workspace => ({ ...workspace, owner: undefined }) as Workspace
+
+/** The backend of the workspace must be the one this process was given. */
+export const requireBackend = (workspace: Workspace) =>
+  Effect.gen(function*() {
+    const hypervisor = yield* Hypervisor
+    if (hypervisor.backend !== workspace.backend) {
+      return yield* new Conflict({
+        message: `workspace ${workspace.name} runs on the ${workspace.backend} backend, not ${hypervisor.backend}`,
+        remediation: `drop --backend, or pass --backend ${workspace.backend}`
+      })
+    }
+  })
+
+const ownerGone = (workspace: Workspace) =>
+  workspace.owner !== undefined && workspace.owner.pid !== process.pid &&
+  !isAlive(workspace.owner.pid, workspace.owner.startTime || undefined)
+
+/** Returns the workspace with a state that matches its VMM. */
+export const reconcile = (workspace: Workspace) =>
+  Effect.gen(function*() {
+    if (!isLive(workspace.state) || workspace.backend !== (yield* Hypervisor).backend) return workspace
+    const hypervisor = yield* Hypervisor
+    const store = yield* StateStore
+    const handle = vmHandleOf(workspace)
+    if (Option.isNone(handle)) {
+      // Starting, with no VMM recorded yet: only stale if the starting process died.
+      if (!ownerGone(workspace)) return workspace
+      return yield* store.transition(workspace.name, "crashed", {
+        patch: withoutOwner,
+        detail: "the process starting it exited before the VM booted"
+      })
+    }
+    const status = yield* hypervisor.inspect(handle.value)
+    if (status === "exited") {
+      return yield* store.transition(workspace.name, "crashed", {
+        patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),
+        detail: "the VMM exited"
+      })
+    }
+    if (workspace.state === "stopping" && ownerGone(workspace)) {
+      // The halting process died half way: finish the job so that no VM outlives a stopped record.
+      yield* hypervisor.kill(handle.value)
+      return yield* store.transition(workspace.name, "kill", {
+        patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),
+        detail: "the process halting it exited; the VM was killed"
+      })
+    }
+    const expected = status === "paused" ? "paused" : "running"
+    if (workspace.state === "paused" && expected === "running") {
+      return yield* store.transition(workspace.name, "resume", { detail: "found running" })
+    }
+    return workspace
+  }).pipe(
+    // A concurrent command may have moved it already; what it says now is the truth.
+    Effect.catchTag("Conflict", () => StateStore.pipe(Effect.flatMap((store) => store.get(workspace.name))))
+  )

@@ -1,0 +1,48 @@
+/**
+ * Builds exec requests the way a container user expects: the image's Env, User and WorkingDir are the
+ * defaults, the workspace's env overrides the image's, and the request's overrides both.
+ */
+import { ExecRequest } from "../../domain/Exec.ts"
+import type { Workspace } from "../../domain/Workspace.ts"
+
+export interface ExecOverrides {
+  readonly env?: Readonly<Record<string, string>> | undefined
+  readonly cwd?: string | undefined
+  readonly user?: string | undefined
+  readonly timeoutSeconds?: number | undefined
+  readonly stdoutLimit?: number | undefined
+  readonly stderrLimit?: number | undefined
+}
+
+const imageEnv = (workspace: Workspace): Record<string, string> => {
+  const env: Record<string, string> = {}
+  for (const entry of workspace.image.env) {
+    const at = entry.indexOf("=")
+    if (at > 0) env[entry.slice(0, at)] = entry.slice(at + 1)
+  }
+  return env
+}
+
+export const execRequestFor = (
+  workspace: Workspace,
+  argv: readonly [string, ...Array<string>],
+  overrides: ExecOverrides = {}
+): ExecRequest => {
+  const cwd = overrides.cwd ?? workspace.image.workingDir
+  const user = overrides.user ?? workspace.image.user
+  return new ExecRequest({
+    argv,
+    env: { ...imageEnv(workspace), ...workspace.env, ...overrides.env },
+    ...(cwd ? { cwd } : {}),
+    ...(user ? { user } : {}),
+    ...(overrides.timeoutSeconds === undefined ? {} : { timeoutSeconds: overrides.timeoutSeconds }),
+    ...(overrides.stdoutLimit === undefined ? {} : { stdoutLimit: overrides.stdoutLimit }),
+    ...(overrides.stderrLimit === undefined ? {} : { stderrLimit: overrides.stderrLimit })
+  })
+}
+
+/** What the image runs when no command is given: Entrypoint followed by Cmd. */
+export const imageCommand = (workspace: Workspace): ReadonlyArray<string> => [
+  ...workspace.image.entrypoint,
+  ...workspace.image.cmd
+]
