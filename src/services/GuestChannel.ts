@@ -2,7 +2,7 @@
  * The host side of the guest channel: one multiplexed connection per VM carrying execs, stdin,
  * output, files, secrets and shutdown.
  */
-import { Context, type Effect, Schema, type Scope, type Stream } from "effect"
+import { Context, type Duration, type Effect, Schema, type Scope, type Stream } from "effect"
 import type { ExecOutput, ExecRequest, ExecResult } from "../domain/Exec.ts"
 import type { ChannelEndpoint } from "./Hypervisor.ts"
 
@@ -38,8 +38,27 @@ export interface GuestFile {
   readonly data: Stream.Stream<Uint8Array, GuestError>
 }
 
+/** What the agent announced in its handshake. */
+export interface AgentInfo {
+  readonly version: number
+  readonly software: string
+  readonly capabilities: ReadonlyArray<string>
+  readonly maxPayload: number
+}
+
+export interface ConnectOptions {
+  /** How long to keep retrying until the agent answers the handshake (default 60 s). */
+  readonly timeout?: Duration.DurationInput
+}
+
 export interface GuestConnection {
-  /** Runs a command to completion; stdin is closed at once unless given. */
+  /** The agent's handshake; absent on fakes that have no agent. */
+  readonly agent?: AgentInfo
+  /**
+   * Runs a command to completion; stdin is closed at once unless given. Output is decoded as
+   * UTF-8 and capped at 10 MiB per stream unless the request sets limits (use `execStream` for
+   * binary output).
+   */
   readonly exec: (
     request: ExecRequest,
     stdin?: Stream.Stream<Uint8Array, GuestError>
@@ -62,7 +81,14 @@ export interface GuestConnection {
 }
 
 export interface GuestChannelShape {
-  readonly connect: (endpoint: ChannelEndpoint) => Effect.Effect<GuestConnection, GuestError, Scope.Scope>
+  /**
+   * Connects and handshakes, retrying while the agent is unreachable (the VM may still be booting)
+   * for at most `options.timeout`. The connection lives as long as the scope.
+   */
+  readonly connect: (
+    endpoint: ChannelEndpoint,
+    options?: ConnectOptions
+  ) => Effect.Effect<GuestConnection, GuestError, Scope.Scope>
 }
 
 export class GuestChannel extends Context.Tag("microagent/GuestChannel")<GuestChannel, GuestChannelShape>() {}

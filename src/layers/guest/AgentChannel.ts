@@ -1,0 +1,553 @@
+/**
+ * The real `GuestChannel`: speaks docs/protocol.md to the guest agent over a unix stream socket
+ * (QEMU's virtio-serial chardev, or the agent's own `--listen-unix` test mode).
+ *
+ * One socket per connection; every exec, transfer and ping is a stream on it. Incoming data is
+ * bounded by the credit this side grants (`HOST_WINDOW` per stream, topped up as the consumer
+ * pulls), outgoing data by the agent's credit, so neither side buffers without bound.
+ */
+import { Cause, Duration, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
+import * as Net from "node:net"
+import { type ExecOutput, type ExecRequest, ExecResult } from "../../domain/Exec.ts"
+import {
+  type AgentInfo,
+  type ConnectOptions,
+  GuestChannel,
+  type GuestConnection,
+  type GuestError,
+  GuestProtocolError,
+  GuestRemoteError,
+  GuestUnreachable,
+  type PutFile
+} from "../../services/GuestChannel.ts"
+import type { ChannelEndpoint } from "../../services/Hypervisor.ts"
+import { decodeMessage, frameBytes, type Message, SecretName } from "./internal/messages.ts"
+import { FrameDecoder, MAX_PAYLOAD, PROTOCOL_VERSION, WireError } from "./internal/wire.ts"
+
+/** Credit granted to the agent per stream for stdout/stderr/file data. */
+const HOST_WINDOW = 4 * 1024 * 1024
+/** Largest data frame we send; the agent's window (256 KiB) usually bounds it first. */
+const MAX_CHUNK = 256 * 1024
+/** What `exec` keeps of each output stream when the request sets no limit. */
+export const DEFAULT_COLLECT_LIMIT = 10 * 1024 * 1024
+const HANDSHAKE_ATTEMPT = Duration.seconds(3)
+const DEFAULT_CONNECT_TIMEOUT = Duration.seconds(60)
+
+const protocolCodes = new Set([
+  "bad_magic",
+  "frame_too_large",
+  "bad_frame",
+  "unknown_type",
+  "bad_message",
+  "bad_stream",
+  "unsupported_version",
+  "flow_control",
+  "too_many_streams"
+])
+
+const errorFromWire = (m: { code: string; message?: string | undefined }): GuestError =>
+  protocolCodes.has(m.code)
+    ? new GuestProtocolError({ message: `agent: ${m.code}${m.message ? `: ${m.message}` : ""}` })
+    : new GuestRemoteError({ message: m.message ?? m.code, code: m.code })
+
+type Item = Message | { readonly _tag: "Failed"; readonly error: GuestError }
+
+/** One stream's inbox (single consumer) and its send credit. */
+class StreamState {
+  private items: Array<Item> = []
+  private waiter: ((item: Item) => void) | undefined
+  private creditWaiters: Array<() => void> = []
+  private pendingGrant = 0
+  /** The agent sent its final message (or the stream failed): no Cancel needed. */
+  finished = false
+  failure: GuestError | undefined
+
+  constructor(readonly conn: Connection, readonly id: number, public credit: number) {}
+
+  push(item: Item): void {
+    if (item._tag === "Failed") {
+      this.failure ??= item.error
+      const waiters = this.creditWaiters
+      this.creditWaiters = []
+      for (const w of waiters) w()
+    }
+    const w = this.waiter
+    if (w) {
+      this.waiter = undefined
+      w(item)
+    } else {
+      this.items.push(item)
+    }
+  }
+
+  readonly take: Effect.Effect<Item> = Effect.async<Item>((resume) => {
+    const item = this.items.shift()
+    if (item !== undefined) return resume(Effect.succeed(item))
+    this.waiter = (i) => resume(Effect.succeed(i))
+    return Effect.sync(() => {
+      this.waiter = undefined
+    })
+  })
+
+  addCredit(n: number): void {
+    this.credit += n
+    const waiters = this.creditWaiters
+    this.creditWaiters = []
+    for (const w of waiters) w()
+  }
+
+  /** Waits for send credit and takes up to `want` bytes of it. */
+  acquire(want: number): Effect.Effect<number, GuestError> {
+    return Effect.suspend(() => {
+      if (this.failure) return Effect.fail(this.failure)
+      if (this.credit > 0) {
+        const n = Math.min(this.credit, want)
+        this.credit -= n
+        return Effect.succeed(n)
+      }
+      return Effect.async<void>((resume) => {
+        const w = () => resume(Effect.void)
+        this.creditWaiters.push(w)
+        return Effect.sync(() => {
+          this.creditWaiters = this.creditWaiters.filter((x) => x !== w)
+        })
+      }).pipe(Effect.zipRight(this.acquire(want)))
+    })
+  }
+
+  /** The consumer took `n` data bytes: give the agent that much credit back, in batches. */
+  consumed(n: number): void {
+    this.pendingGrant += n
+    if (this.pendingGrant >= HOST_WINDOW / 4 && !this.finished) {
+      this.conn.send(this.id, { _tag: "Window", increment: this.pendingGrant })
+      this.pendingGrant = 0
+    }
+  }
+
+  /** Sends data under the agent's credit, split into frames. */
+  sendData(tag: "Stdin" | "FileData", data: Uint8Array): Effect.Effect<void, GuestError> {
+    const loop = (offset: number): Effect.Effect<void, GuestError> =>
+      offset >= data.length
+        ? Effect.void
+        : Effect.flatMap(this.acquire(Math.min(MAX_CHUNK, data.length - offset)), (n) => {
+          this.conn.send(this.id, { _tag: tag, data: data.subarray(offset, offset + n) })
+          return loop(offset + n)
+        })
+    return loop(0)
+  }
+}
+
+class Connection {
+  private readonly decoder = new FrameDecoder()
+  private readonly streams = new Map<number, StreamState>()
+  private nextStream = 1
+  private failure: GuestError | undefined
+  private helloWaiter: ((r: Either.Either<AgentInfo, GuestError>) => void) | undefined
+  agentWindow = 256 * 1024
+  info: AgentInfo | undefined
+
+  constructor(private readonly socket: Net.Socket) {
+    socket.on("data", (chunk: Buffer) => this.onData(chunk))
+    socket.on("error", (e) => this.fail(new GuestUnreachable({ message: `guest channel: ${e.message}` })))
+    socket.on("close", () => this.fail(new GuestUnreachable({ message: "guest channel closed" })))
+  }
+
+  send(stream: number, message: Message): void {
+    if (this.failure) return
+    this.socket.write(frameBytes(stream, message))
+  }
+
+  open(): StreamState {
+    const st = new StreamState(this, this.nextStream++, this.agentWindow)
+    if (this.failure) st.push({ _tag: "Failed", error: this.failure })
+    else this.streams.set(st.id, st)
+    return st
+  }
+
+  /** Forgets a stream; tells the agent to stop it unless it already finished. */
+  release(st: StreamState): void {
+    if (!this.streams.has(st.id)) return
+    this.streams.delete(st.id)
+    if (!st.finished) this.send(st.id, { _tag: "Cancel" })
+  }
+
+  handshake(): Effect.Effect<AgentInfo, GuestError> {
+    return Effect.async<AgentInfo, GuestError>((resume) => {
+      if (this.failure) return resume(Effect.fail(this.failure))
+      this.helloWaiter = (r) => resume(r)
+      this.send(0, { _tag: "Hello", version: PROTOCOL_VERSION, capabilities: [], window: HOST_WINDOW })
+      return Effect.sync(() => {
+        this.helloWaiter = undefined
+      })
+    })
+  }
+
+  close(): void {
+    this.fail(new GuestUnreachable({ message: "guest connection closed by the host" }))
+  }
+
+  private fail(error: GuestError): void {
+    if (this.failure) return
+    this.failure = error
+    this.socket.destroy()
+    const hw = this.helloWaiter
+    this.helloWaiter = undefined
+    hw?.(Either.left(error))
+    for (const st of this.streams.values()) st.push({ _tag: "Failed", error })
+    this.streams.clear()
+  }
+
+  private onData(chunk: Uint8Array): void {
+    for (const f of this.decoder.push(chunk)) {
+      if (this.failure) return
+      if (f instanceof WireError) {
+        // The agent never sends malformed frames: the byte stream is no longer trustworthy.
+        this.fail(new GuestProtocolError({ message: `from agent: ${f.code}: ${f.message}` }))
+        return
+      }
+      const decoded = decodeMessage(f.type, f.payload)
+      if (Either.isLeft(decoded)) {
+        this.fail(new GuestProtocolError({ message: `from agent: ${decoded.left.message}` }))
+        return
+      }
+      this.dispatch(f.stream, decoded.right)
+    }
+  }
+
+  private dispatch(stream: number, m: Message): void {
+    if (stream === 0) {
+      if (m._tag === "Hello") {
+        this.agentWindow = m.window ?? this.agentWindow
+        this.info = {
+          version: m.version,
+          software: m.software ?? "unknown",
+          capabilities: m.capabilities,
+          maxPayload: m.maxPayload ?? MAX_PAYLOAD
+        }
+        const hw = this.helloWaiter
+        this.helloWaiter = undefined
+        hw?.(Either.right(this.info))
+      } else if (m._tag === "Error") {
+        this.fail(errorFromWire(m)._tag === "GuestRemoteError"
+          ? new GuestProtocolError({ message: `agent: ${m.code}: ${m.message ?? ""}` })
+          : errorFromWire(m))
+      } else if (m._tag !== "Pong") {
+        this.fail(new GuestProtocolError({ message: `unexpected ${m._tag} on stream 0` }))
+      }
+      return
+    }
+    const st = this.streams.get(stream)
+    if (!st) return // late frames for a stream we already let go of
+    if (m._tag === "Window") {
+      st.addCredit(m.increment)
+      return
+    }
+    if (m._tag === "Exit" || m._tag === "Ok" || m._tag === "Error" || m._tag === "Eof" || m._tag === "Pong") {
+      st.finished = true
+    }
+    st.push(m)
+  }
+}
+
+// ---- opening ----
+
+const connectSocket = (path: string) =>
+  Effect.async<Net.Socket, GuestUnreachable>((resume) => {
+    const socket = Net.createConnection({ path })
+    const onError = (e: Error) => {
+      socket.destroy()
+      resume(Effect.fail(new GuestUnreachable({ message: `cannot connect to ${path}: ${e.message}` })))
+    }
+    socket.once("error", onError)
+    socket.once("connect", () => {
+      socket.off("error", onError)
+      socket.setNoDelay?.(true)
+      resume(Effect.succeed(socket))
+    })
+    return Effect.sync(() => socket.destroy())
+  })
+
+/** One attempt: connect and handshake; the socket is closed again if the attempt fails. */
+const attempt = (path: string) =>
+  Effect.flatMap(connectSocket(path), (socket) => {
+    const conn = new Connection(socket)
+    return conn.handshake().pipe(
+      Effect.timeoutFail({
+        duration: HANDSHAKE_ATTEMPT,
+        onTimeout: () => new GuestUnreachable({ message: `no handshake from the agent at ${path}` })
+      }),
+      Effect.as(conn),
+      Effect.onExit((exit) => (exit._tag === "Failure" ? Effect.sync(() => conn.close()) : Effect.void))
+    )
+  })
+
+// ---- operations ----
+
+const takeOrFail = (st: StreamState): Effect.Effect<Message, GuestError> =>
+  Effect.flatMap(st.take, (item) => item._tag === "Failed" ? Effect.fail(item.error) : Effect.succeed(item))
+
+/** Waits for a stream's final `OK` (or its `ERROR`). */
+const awaitOk = (st: StreamState): Effect.Effect<void, GuestError> =>
+  Effect.flatMap(takeOrFail(st), (m): Effect.Effect<void, GuestError> => {
+    switch (m._tag) {
+      case "Ok":
+        return Effect.void
+      case "Error":
+        return Effect.fail(errorFromWire(m))
+      case "Window":
+        return awaitOk(st)
+      default:
+        return Effect.fail(new GuestProtocolError({ message: `unexpected ${m._tag} while waiting for OK` }))
+    }
+  })
+
+const scopedStream = (conn: Connection) =>
+  Effect.acquireRelease(Effect.sync(() => conn.open()), (st) => Effect.sync(() => conn.release(st)))
+
+const execMessage = (request: ExecRequest, hasStdin: boolean, collect: boolean): Message => ({
+  _tag: "Exec",
+  argv: request.argv,
+  env: Object.entries(request.env).map(([k, v]) => `${k}=${v}`),
+  stdin: hasStdin,
+  ...(request.cwd !== undefined ? { cwd: request.cwd } : {}),
+  ...(request.user !== undefined ? { user: request.user } : {}),
+  ...(request.timeoutSeconds !== undefined ? { timeoutMs: Math.max(1, Math.round(request.timeoutSeconds * 1000)) } : {}),
+  ...(request.stdoutLimit !== undefined
+    ? { stdoutLimit: request.stdoutLimit }
+    : collect
+    ? { stdoutLimit: DEFAULT_COLLECT_LIMIT }
+    : {}),
+  ...(request.stderrLimit !== undefined
+    ? { stderrLimit: request.stderrLimit }
+    : collect
+    ? { stderrLimit: DEFAULT_COLLECT_LIMIT }
+    : {}),
+  ...(request.tty !== undefined ? { ptyRows: request.tty.rows, ptyCols: request.tty.cols } : {})
+})
+
+const toResult = (m: Extract<Message, { _tag: "Exit" }>, stdout: string, stderr: string) =>
+  new ExecResult({
+    status: m.status,
+    exitCode: m.exitCode,
+    ...(m.signal !== undefined ? { signal: m.signal } : {}),
+    stdout,
+    stderr,
+    stdoutTruncated: m.stdoutTruncated,
+    stderrTruncated: m.stderrTruncated,
+    durationMs: (m.durationUs ?? 0) / 1000,
+    ...(m.error !== undefined ? { error: m.error } : {})
+  })
+
+/** Streams an exec's output; the scope (the Stream's) cancels the process if it ends early. */
+const runExec = (
+  conn: Connection,
+  request: ExecRequest,
+  stdin: Stream.Stream<Uint8Array, GuestError> | undefined,
+  collect: boolean
+): Stream.Stream<ExecOutput, GuestError> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const st = yield* scopedStream(conn)
+    conn.send(st.id, execMessage(request, stdin !== undefined, collect))
+    if (stdin !== undefined) {
+      yield* stdin.pipe(
+        Stream.runForEach((chunk) => st.sendData("Stdin", chunk)),
+        Effect.zipRight(Effect.sync(() => conn.send(st.id, { _tag: "Eof" }))),
+        Effect.catchAllCause((cause) =>
+          Effect.sync(() => {
+            if (Cause.isInterruptedOnly(cause)) return
+            // stdin broke: stop the process and report why
+            const error = Cause.failureOption(cause).pipe(
+              Option.getOrElse(() => new GuestProtocolError({ message: `stdin failed: ${Cause.pretty(cause)}` }))
+            )
+            if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
+            st.push({ _tag: "Failed", error })
+          })
+        ),
+        Effect.forkScoped
+      )
+    }
+    let done = false
+    const next: Effect.Effect<ExecOutput, Option.Option<GuestError>> = Effect.suspend(() =>
+      done ? Effect.fail(Option.none()) : Effect.mapError(takeOrFail(st), Option.some)
+    ).pipe(Effect.flatMap((m): Effect.Effect<ExecOutput, Option.Option<GuestError>> => {
+      switch (m._tag) {
+        case "Stdout":
+        case "Stderr":
+          st.consumed(m.data.length)
+          return Effect.succeed({ _tag: m._tag, data: m.data })
+        case "Exit":
+          done = true
+          return Effect.succeed({ _tag: "Exit", result: toResult(m, "", "") })
+        case "Error":
+          done = true
+          return Effect.fail(Option.some(errorFromWire(m)))
+        case "Started":
+          return next
+        default:
+          done = true
+          return Effect.fail(Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in an exec` })))
+      }
+    }))
+    return Stream.repeatEffectOption(next)
+  }))
+
+const decoder = new TextDecoder()
+const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => Buffer.concat(chunks)
+
+const makeConnection = (conn: Connection): GuestConnection => {
+  const exec = Effect.fn("GuestChannel.exec")(function*(
+    request: ExecRequest,
+    stdin?: Stream.Stream<Uint8Array, GuestError>
+  ) {
+    const out: Array<Uint8Array> = []
+    const err: Array<Uint8Array> = []
+    let result: ExecResult | undefined
+    yield* runExec(conn, request, stdin, true).pipe(Stream.runForEach((o) =>
+      Effect.sync(() => {
+        if (o._tag === "Stdout") out.push(o.data)
+        else if (o._tag === "Stderr") err.push(o.data)
+        else result = o.result
+      })
+    ))
+    if (result === undefined) return yield* new GuestProtocolError({ message: "exec ended without a result" })
+    return new ExecResult({
+      ...result,
+      stdout: decoder.decode(concat(out)),
+      stderr: decoder.decode(concat(err))
+    })
+  })
+
+  const execStream = (request: ExecRequest, stdin?: Stream.Stream<Uint8Array, GuestError>) =>
+    runExec(conn, request, stdin, false)
+
+  const putFile = Effect.fn("GuestChannel.putFile")(function*(file: PutFile) {
+    const st = yield* scopedStream(conn)
+    conn.send(st.id, {
+      _tag: "FilePut",
+      path: file.path,
+      mode: file.mode,
+      ...(file.uid !== undefined ? { uid: file.uid } : {}),
+      ...(file.gid !== undefined ? { gid: file.gid } : {})
+    })
+    yield* file.data.pipe(
+      Stream.runForEach((chunk) => st.sendData("FileData", chunk)),
+      Effect.zipRight(Effect.sync(() => conn.send(st.id, { _tag: "Eof" }))),
+      Effect.catchAllCause((cause) =>
+        Effect.sync(() => {
+          if (Cause.isInterruptedOnly(cause)) return
+          const error = Cause.failureOption(cause).pipe(
+            Option.getOrElse(() => new GuestProtocolError({ message: `upload failed: ${Cause.pretty(cause)}` }))
+          )
+          if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
+          st.push({ _tag: "Failed", error })
+        })
+      ),
+      Effect.forkScoped
+    )
+    yield* awaitOk(st)
+  }, Effect.scoped)
+
+  const getFile = Effect.fn("GuestChannel.getFile")(function*(path: string) {
+    const st = conn.open()
+    const release = Effect.sync(() => conn.release(st))
+    conn.send(st.id, { _tag: "FileGet", path })
+    const first = yield* takeOrFail(st).pipe(Effect.onInterrupt(() => release), Effect.tapError(() => release))
+    if (first._tag === "Error") {
+      yield* release
+      return yield* errorFromWire(first)
+    }
+    if (first._tag !== "FileInfo") {
+      yield* release
+      return yield* new GuestProtocolError({ message: `unexpected ${first._tag} answering FILE_GET` })
+    }
+    let done = false
+    const next: Effect.Effect<Uint8Array, Option.Option<GuestError>> = Effect.suspend(() =>
+      done ? Effect.fail(Option.none()) : Effect.mapError(takeOrFail(st), Option.some)
+    ).pipe(Effect.flatMap((m): Effect.Effect<Uint8Array, Option.Option<GuestError>> => {
+      switch (m._tag) {
+        case "FileData":
+          st.consumed(m.data.length)
+          return Effect.succeed(m.data)
+        case "Eof":
+          done = true
+          return Effect.fail(Option.none())
+        case "Error":
+          done = true
+          return Effect.fail(Option.some(errorFromWire(m)))
+        default:
+          done = true
+          return Effect.fail(Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in a download` })))
+      }
+    }))
+    return {
+      mode: first.mode,
+      size: first.size,
+      data: Stream.repeatEffectOption(next).pipe(Stream.ensuring(release))
+    }
+  })
+
+  const deliverSecrets = Effect.fn("GuestChannel.deliverSecrets")(function*(
+    secrets: ReadonlyArray<{ name: string; value: Uint8Array }>
+  ) {
+    const invalid = secrets.find((s) => !Schema.is(SecretName)(s.name))
+    if (invalid) {
+      return yield* new GuestRemoteError({
+        code: "invalid_argument",
+        message: `secret name ${JSON.stringify(invalid.name)} must match [A-Za-z_][A-Za-z0-9_]*`
+      })
+    }
+    const size = secrets.reduce((n, s) => n + 12 + s.name.length + s.value.length, 0)
+    if (size > MAX_PAYLOAD) {
+      return yield* new GuestRemoteError({ code: "invalid_argument", message: "secrets exceed 1 MiB in total" })
+    }
+    const st = yield* scopedStream(conn)
+    conn.send(st.id, { _tag: "Secrets", secrets })
+    yield* awaitOk(st)
+  }, Effect.scoped)
+
+  const ping = Effect.gen(function*() {
+    const st = yield* scopedStream(conn)
+    conn.send(st.id, { _tag: "Ping", data: new Uint8Array(0) })
+    const m = yield* takeOrFail(st)
+    if (m._tag !== "Pong") return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering PING` })
+  }).pipe(Effect.scoped, Effect.withSpan("GuestChannel.ping"))
+
+  const shutdown = Effect.gen(function*() {
+    const st = yield* scopedStream(conn)
+    conn.send(st.id, { _tag: "Shutdown", action: "poweroff" })
+    yield* awaitOk(st)
+  }).pipe(Effect.scoped, Effect.withSpan("GuestChannel.shutdown"))
+
+  return { exec, execStream, putFile, getFile, deliverSecrets, ping, shutdown, agent: conn.info! }
+}
+
+const connect = Effect.fn("GuestChannel.connect")(function*(endpoint: ChannelEndpoint, options?: ConnectOptions) {
+  if (endpoint._tag !== "UnixSocket") {
+    return yield* new GuestUnreachable({ message: `the agent channel cannot reach a ${endpoint._tag} endpoint` })
+  }
+  const timeout = options?.timeout ?? DEFAULT_CONNECT_TIMEOUT
+  const conn = yield* Effect.uninterruptibleMask((restore) =>
+    Effect.gen(function*() {
+      const conn = yield* restore(
+        attempt(endpoint.path).pipe(
+          // The VM may still be booting: the socket may not exist yet, or nobody answers yet.
+          Effect.retry({ while: (e) => e._tag === "GuestUnreachable", schedule: Schedule.spaced("50 millis") }),
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () =>
+              new GuestUnreachable({
+                message: `the guest agent at ${endpoint.path} did not answer within ${Duration.format(timeout)}`
+              })
+          })
+        )
+      )
+      yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
+      return conn
+    })
+  )
+  return makeConnection(conn)
+})
+
+export const AgentChannel = {
+  layer: Layer.succeed(GuestChannel, GuestChannel.of({ connect }))
+} as const

@@ -1,0 +1,453 @@
+/**
+ * The messages of the guest channel (docs/protocol.md §3) as Schemas, and their TLV codecs.
+ * `decodeMessage` / `encodeMessage` map between a frame's (type, payload) and a validated message;
+ * `FrameFromBytes` is the same as a Schema transformation over a whole frame.
+ */
+import { Either, ParseResult, Schema } from "effect"
+import {
+  checkHeader,
+  encodeFrame,
+  FieldWriter,
+  HEADER_SIZE,
+  MessageType,
+  rawTags,
+  readFields,
+  readUint,
+  tagOfType,
+  textOf,
+  WireError
+} from "./wire.ts"
+
+const U16 = 0xffff
+const U32 = 0xffffffff
+const U64 = Number.MAX_SAFE_INTEGER
+
+const uint = (max: number) => Schema.Int.pipe(Schema.between(0, max))
+/** Strings become C strings in the agent: a NUL would silently cut them. */
+const WireString = Schema.String.pipe(Schema.filter((s) => !s.includes("\0"), { message: () => "contains NUL" }))
+const Bytes = Schema.Uint8ArrayFromSelf
+
+export const Hello = Schema.TaggedStruct("Hello", {
+  version: uint(U32),
+  software: Schema.optional(WireString),
+  capabilities: Schema.Array(WireString),
+  maxPayload: Schema.optional(uint(U32)),
+  window: Schema.optional(uint(U32))
+})
+export const Ping = Schema.TaggedStruct("Ping", { data: Bytes })
+export const Pong = Schema.TaggedStruct("Pong", { data: Bytes })
+export const ErrorMessage = Schema.TaggedStruct("Error", {
+  code: WireString,
+  message: Schema.optional(WireString),
+  errno: Schema.optional(uint(U32))
+})
+export const Ok = Schema.TaggedStruct("Ok", {})
+export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
+export const Exec = Schema.TaggedStruct("Exec", {
+  argv: Schema.NonEmptyArray(WireString),
+  env: Schema.Array(WireString.pipe(Schema.pattern(/^[^=]+=/))),
+  cwd: Schema.optional(WireString),
+  user: Schema.optional(WireString),
+  timeoutMs: Schema.optional(uint(U64)),
+  killGraceMs: Schema.optional(uint(U32)),
+  stdoutLimit: Schema.optional(uint(U64)),
+  stderrLimit: Schema.optional(uint(U64)),
+  stdin: Schema.Boolean,
+  ptyRows: Schema.optional(uint(U16)),
+  ptyCols: Schema.optional(uint(U16))
+})
+export const Stdin = Schema.TaggedStruct("Stdin", { data: Bytes })
+export const Eof = Schema.TaggedStruct("Eof", {})
+export const Stdout = Schema.TaggedStruct("Stdout", { data: Bytes })
+export const Stderr = Schema.TaggedStruct("Stderr", { data: Bytes })
+export const ExitStatusWire = Schema.Literal("exited", "signaled", "timed_out", "failed_to_start")
+const exitStatuses = ["exited", "signaled", "timed_out", "failed_to_start"] as const
+export const Exit = Schema.TaggedStruct("Exit", {
+  status: ExitStatusWire,
+  exitCode: uint(U32),
+  signal: Schema.optional(uint(U32)),
+  stdoutTruncated: Schema.Boolean,
+  stderrTruncated: Schema.Boolean,
+  durationUs: Schema.optional(uint(U64)),
+  error: Schema.optional(WireString),
+  stdoutBytes: Schema.optional(uint(U64)),
+  stderrBytes: Schema.optional(uint(U64))
+})
+export const Signal = Schema.TaggedStruct("Signal", { signal: Schema.Int.pipe(Schema.between(1, 64)) })
+export const Resize = Schema.TaggedStruct("Resize", { rows: uint(U16), cols: uint(U16) })
+export const Cancel = Schema.TaggedStruct("Cancel", {})
+export const Started = Schema.TaggedStruct("Started", { pid: uint(U32) })
+const AbsolutePath = WireString.pipe(Schema.pattern(/^\//))
+export const FilePut = Schema.TaggedStruct("FilePut", {
+  path: AbsolutePath,
+  mode: uint(0o7777),
+  uid: Schema.optional(uint(U32)),
+  gid: Schema.optional(uint(U32))
+})
+export const FileGet = Schema.TaggedStruct("FileGet", { path: AbsolutePath })
+export const FileInfo = Schema.TaggedStruct("FileInfo", {
+  mode: uint(U32),
+  size: uint(U64),
+  uid: Schema.optional(uint(U32)),
+  gid: Schema.optional(uint(U32))
+})
+export const FileData = Schema.TaggedStruct("FileData", { data: Bytes })
+export const SecretName = WireString.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]{0,127}$/))
+export const Secrets = Schema.TaggedStruct("Secrets", {
+  secrets: Schema.Array(Schema.Struct({ name: SecretName, value: Bytes })).pipe(
+    Schema.filter((items) => new Set(items.map((s) => s.name)).size === items.length, {
+      message: () => "duplicate secret names"
+    })
+  )
+})
+export const Shutdown = Schema.TaggedStruct("Shutdown", {
+  action: Schema.Literal("poweroff", "reboot"),
+  graceMs: Schema.optional(uint(U32))
+})
+
+export const Message = Schema.Union(
+  Hello,
+  Ping,
+  Pong,
+  ErrorMessage,
+  Ok,
+  Window,
+  Exec,
+  Stdin,
+  Eof,
+  Stdout,
+  Stderr,
+  Exit,
+  Signal,
+  Resize,
+  Cancel,
+  Started,
+  FilePut,
+  FileGet,
+  FileInfo,
+  FileData,
+  Secrets,
+  Shutdown
+)
+export type Message = typeof Message.Type
+
+const validate = Schema.validateEither(Message)
+
+// ---- payload decoding ----
+
+const bad = (what: string) => new WireError("bad_message", what)
+
+/** Decodes a frame payload of a known type into a validated message. */
+export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<Message, WireError> => {
+  const tag = tagOfType(type)
+  if (tag === undefined) return Either.left(new WireError("unknown_type", `unknown type 0x${type.toString(16)}`))
+  if (rawTags.has(tag)) return Either.right({ _tag: tag, data: payload } as Message)
+  const fields = readFields(payload)
+  if (fields === undefined) return Either.left(bad(`malformed ${tag} fields`))
+  const o: Record<string, unknown> = { _tag: tag }
+  let failure: string | undefined
+  const u = (v: Uint8Array, max: number, name: string) => {
+    const n = readUint(v, max)
+    if (n === undefined) failure ??= `${tag}.${name} out of range`
+    return n
+  }
+  const s = (v: Uint8Array, name: string) => {
+    if (v.includes(0)) failure ??= `${tag}.${name} contains NUL`
+    return textOf(v)
+  }
+  switch (tag) {
+    case "Hello": {
+      const caps: Array<string> = []
+      o.capabilities = caps
+      for (const f of fields) {
+        if (f.tag === 1) o.version = u(f.value, U32, "version")
+        else if (f.tag === 2) o.software = s(f.value, "software")
+        else if (f.tag === 3) caps.push(s(f.value, "capability"))
+        else if (f.tag === 4) o.maxPayload = u(f.value, U32, "max_payload")
+        else if (f.tag === 5) o.window = u(f.value, U32, "window")
+      }
+      break
+    }
+    case "Error":
+      for (const f of fields) {
+        if (f.tag === 1) o.code = s(f.value, "code")
+        else if (f.tag === 2) o.message = s(f.value, "message")
+        else if (f.tag === 3) o.errno = u(f.value, U32, "errno")
+      }
+      break
+    case "Window":
+      for (const f of fields) if (f.tag === 1) o.increment = u(f.value, U32, "increment")
+      break
+    case "Exec": {
+      const argv: Array<string> = []
+      const env: Array<string> = []
+      o.argv = argv
+      o.env = env
+      o.stdin = false
+      for (const f of fields) {
+        switch (f.tag) {
+          case 1:
+            argv.push(s(f.value, "argv"))
+            break
+          case 2:
+            env.push(s(f.value, "env"))
+            break
+          case 3:
+            o.cwd = s(f.value, "cwd")
+            break
+          case 4:
+            o.user = s(f.value, "user")
+            break
+          case 5:
+            o.timeoutMs = u(f.value, U64, "timeout_ms")
+            break
+          case 6:
+            o.killGraceMs = u(f.value, U32, "kill_grace_ms")
+            break
+          case 7:
+            o.stdoutLimit = u(f.value, U64, "stdout_limit")
+            break
+          case 8:
+            o.stderrLimit = u(f.value, U64, "stderr_limit")
+            break
+          case 9:
+            o.stdin = u(f.value, 1, "stdin") === 1
+            break
+          case 10:
+            o.ptyRows = u(f.value, U16, "pty_rows")
+            break
+          case 11:
+            o.ptyCols = u(f.value, U16, "pty_cols")
+            break
+        }
+      }
+      if ((o.ptyRows === undefined) !== (o.ptyCols === undefined)) failure ??= "Exec needs both pty_rows and pty_cols"
+      if (argv.length > 0 && argv[0] === "") failure ??= "Exec.argv[0] is empty"
+      break
+    }
+    case "Exit": {
+      o.stdoutTruncated = false
+      o.stderrTruncated = false
+      for (const f of fields) {
+        switch (f.tag) {
+          case 1: {
+            const n = u(f.value, 3, "status")
+            o.status = n === undefined ? undefined : exitStatuses[n]
+            break
+          }
+          case 2:
+            o.exitCode = u(f.value, U32, "exit_code")
+            break
+          case 3:
+            o.signal = u(f.value, U32, "signal")
+            break
+          case 4:
+            o.stdoutTruncated = u(f.value, 1, "stdout_truncated") === 1
+            break
+          case 5:
+            o.stderrTruncated = u(f.value, 1, "stderr_truncated") === 1
+            break
+          case 6:
+            o.durationUs = u(f.value, U64, "duration_us")
+            break
+          case 7:
+            o.error = s(f.value, "error")
+            break
+          case 8:
+            o.stdoutBytes = u(f.value, U64, "stdout_bytes")
+            break
+          case 9:
+            o.stderrBytes = u(f.value, U64, "stderr_bytes")
+            break
+        }
+      }
+      break
+    }
+    case "Signal":
+      for (const f of fields) if (f.tag === 1) o.signal = u(f.value, 64, "signal")
+      break
+    case "Resize":
+      for (const f of fields) {
+        if (f.tag === 1) o.rows = u(f.value, U16, "rows")
+        else if (f.tag === 2) o.cols = u(f.value, U16, "cols")
+      }
+      break
+    case "Started":
+      for (const f of fields) if (f.tag === 1) o.pid = u(f.value, U32, "pid")
+      break
+    case "FilePut":
+      for (const f of fields) {
+        if (f.tag === 1) o.path = s(f.value, "path")
+        else if (f.tag === 2) o.mode = u(f.value, 0o7777, "mode")
+        else if (f.tag === 3) o.uid = u(f.value, U32, "uid")
+        else if (f.tag === 4) o.gid = u(f.value, U32, "gid")
+      }
+      break
+    case "FileGet":
+      for (const f of fields) if (f.tag === 1) o.path = s(f.value, "path")
+      break
+    case "FileInfo":
+      for (const f of fields) {
+        if (f.tag === 1) o.mode = u(f.value, U32, "mode")
+        else if (f.tag === 2) o.size = u(f.value, U64, "size")
+        else if (f.tag === 3) o.uid = u(f.value, U32, "uid")
+        else if (f.tag === 4) o.gid = u(f.value, U32, "gid")
+      }
+      break
+    case "Secrets": {
+      const secrets: Array<{ name: string; value: Uint8Array }> = []
+      let pending: string | undefined
+      for (const f of fields) {
+        if (f.tag === 1) {
+          if (pending !== undefined) failure ??= "Secrets: name without value"
+          pending = s(f.value, "name")
+        } else if (f.tag === 2) {
+          if (pending === undefined) failure ??= "Secrets: value without name"
+          else secrets.push({ name: pending, value: f.value })
+          pending = undefined
+        }
+      }
+      if (pending !== undefined) failure ??= "Secrets: name without value"
+      o.secrets = secrets
+      break
+    }
+    case "Shutdown":
+      o.action = "poweroff"
+      for (const f of fields) {
+        if (f.tag === 1) {
+          const n = u(f.value, 1, "action")
+          o.action = n === 1 ? "reboot" : "poweroff"
+        } else if (f.tag === 2) o.graceMs = u(f.value, U32, "grace_ms")
+      }
+      break
+    case "Ok":
+    case "Eof":
+    case "Cancel":
+      break
+  }
+  if (failure !== undefined) return Either.left(bad(failure))
+  return Either.mapLeft(validate(o), (e) => bad(`${tag}: ${ParseResult.TreeFormatter.formatErrorSync(e)}`))
+}
+
+// ---- payload encoding (canonical: tags ascending, widths per the spec) ----
+
+export const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
+  const type = MessageType[m._tag]
+  const w = new FieldWriter()
+  switch (m._tag) {
+    case "Ping":
+    case "Pong":
+    case "Stdin":
+    case "Stdout":
+    case "Stderr":
+    case "FileData":
+      return { type, payload: m.data }
+    case "Hello":
+      w.uint(1, m.version, 4)
+      if (m.software !== undefined) w.string(2, m.software)
+      for (const c of m.capabilities) w.string(3, c)
+      if (m.maxPayload !== undefined) w.uint(4, m.maxPayload, 4)
+      if (m.window !== undefined) w.uint(5, m.window, 4)
+      break
+    case "Error":
+      w.string(1, m.code)
+      if (m.message !== undefined) w.string(2, m.message)
+      if (m.errno !== undefined) w.uint(3, m.errno, 4)
+      break
+    case "Window":
+      w.uint(1, m.increment, 4)
+      break
+    case "Exec":
+      for (const a of m.argv) w.string(1, a)
+      for (const e of m.env) w.string(2, e)
+      if (m.cwd !== undefined) w.string(3, m.cwd)
+      if (m.user !== undefined) w.string(4, m.user)
+      if (m.timeoutMs !== undefined) w.uint(5, m.timeoutMs, 8)
+      if (m.killGraceMs !== undefined) w.uint(6, m.killGraceMs, 4)
+      if (m.stdoutLimit !== undefined) w.uint(7, m.stdoutLimit, 8)
+      if (m.stderrLimit !== undefined) w.uint(8, m.stderrLimit, 8)
+      if (m.stdin) w.uint(9, 1, 1)
+      if (m.ptyRows !== undefined) w.uint(10, m.ptyRows, 2)
+      if (m.ptyCols !== undefined) w.uint(11, m.ptyCols, 2)
+      break
+    case "Exit":
+      w.uint(1, exitStatuses.indexOf(m.status), 1)
+      w.uint(2, m.exitCode, 4)
+      if (m.signal !== undefined) w.uint(3, m.signal, 4)
+      if (m.stdoutTruncated) w.uint(4, 1, 1)
+      if (m.stderrTruncated) w.uint(5, 1, 1)
+      if (m.durationUs !== undefined) w.uint(6, m.durationUs, 8)
+      if (m.error !== undefined) w.string(7, m.error)
+      if (m.stdoutBytes !== undefined) w.uint(8, m.stdoutBytes, 8)
+      if (m.stderrBytes !== undefined) w.uint(9, m.stderrBytes, 8)
+      break
+    case "Signal":
+      w.uint(1, m.signal, 4)
+      break
+    case "Resize":
+      w.uint(1, m.rows, 2).uint(2, m.cols, 2)
+      break
+    case "Started":
+      w.uint(1, m.pid, 4)
+      break
+    case "FilePut":
+      w.string(1, m.path).uint(2, m.mode, 4)
+      if (m.uid !== undefined) w.uint(3, m.uid, 4)
+      if (m.gid !== undefined) w.uint(4, m.gid, 4)
+      break
+    case "FileGet":
+      w.string(1, m.path)
+      break
+    case "FileInfo":
+      w.uint(1, m.mode, 4).uint(2, m.size, 8)
+      if (m.uid !== undefined) w.uint(3, m.uid, 4)
+      if (m.gid !== undefined) w.uint(4, m.gid, 4)
+      break
+    case "Secrets":
+      for (const s of m.secrets) w.string(1, s.name).bytes(2, s.value)
+      break
+    case "Shutdown":
+      w.uint(1, m.action === "reboot" ? 1 : 0, 1)
+      if (m.graceMs !== undefined) w.uint(2, m.graceMs, 4)
+      break
+    case "Ok":
+    case "Eof":
+    case "Cancel":
+      break
+  }
+  return { type, payload: w.finish() }
+}
+
+export interface Frame {
+  readonly stream: number
+  readonly message: Message
+}
+
+export const frameBytes = (stream: number, message: Message): Uint8Array => {
+  const { payload, type } = encodeMessage(message)
+  return encodeFrame(type, stream, payload)
+}
+
+/** Decodes exactly one whole frame (header and payload). */
+export const decodeFrame = (bytes: Uint8Array): Either.Either<Frame, WireError> => {
+  if (bytes.length < HEADER_SIZE) return Either.left(new WireError("bad_frame", "shorter than a header"))
+  const h = checkHeader(bytes)
+  if (h.error) return Either.left(h.error)
+  if (bytes.length !== HEADER_SIZE + h.length) {
+    return Either.left(new WireError("bad_frame", "length does not match the bytes given", h.stream))
+  }
+  return Either.map(decodeMessage(h.type, bytes.subarray(HEADER_SIZE)), (message) => ({ stream: h.stream, message }))
+}
+
+const FrameSchema = Schema.Struct({ stream: uint(U32), message: Message })
+
+/** A whole frame as a Schema: bytes on the encoded side, `{ stream, message }` on the other. */
+export const FrameFromBytes = Schema.transformOrFail(Bytes, FrameSchema, {
+  strict: true,
+  decode: (bytes, _, ast) =>
+    Either.match(decodeFrame(bytes), {
+      onLeft: (e) => ParseResult.fail(new ParseResult.Type(ast, bytes, `${e.code}: ${e.message}`)),
+      onRight: (f) => ParseResult.succeed(f)
+    }),
+  encode: (f) => ParseResult.succeed(frameBytes(f.stream, f.message))
+})
