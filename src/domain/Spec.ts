@@ -7,7 +7,8 @@ import * as Yaml from "yaml"
 import { InvalidInput } from "./Errors.ts"
 import { NetworkMode, ProfileName, RestartPolicy, WorkspaceName } from "./Workspace.ts"
 
-const EnvName = Schema.String.pipe(Schema.pattern(/^[A-Za-z_][A-Za-z0-9_]*$/, { message: () => "not a valid environment variable name" }))
+const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]*$/
+const EnvName = Schema.String.pipe(Schema.pattern(envNamePattern, { message: () => "not a valid environment variable name" }))
 
 export const SpecResources = Schema.Struct({
   memoryMiB: Schema.optional(Schema.Int.pipe(Schema.between(64, 1024 * 1024))),
@@ -99,10 +100,28 @@ const checkFields = (value: Record<string, unknown>, section: string): string | 
   return undefined
 }
 
-const formatIssues = (error: ParseResult.ParseError): string =>
-  ParseResult.ArrayFormatter.formatErrorSync(error)
-    .map((issue) => `${issue.path.length > 0 ? `${issue.path.join(".")}: ` : ""}${issue.message}`)
-    .join("; ")
+/**
+ * One line per offending field: the alternatives of a union are folded into "expected one of …", the
+ * "or undefined" of optional fields is dropped, and a parent is not reported when its child is.
+ */
+const formatIssues = (error: ParseResult.ParseError): string => {
+  const issues = ParseResult.ArrayFormatter.formatErrorSync(error)
+  const byPath = new Map<string, Array<string>>()
+  for (const issue of issues) {
+    const path = issue.path.join(".")
+    if (/^Expected undefined, actual/.test(issue.message)) continue
+    byPath.set(path, [...(byPath.get(path) ?? []), issue.message])
+  }
+  const paths = [...byPath.keys()].filter((path) => ![...byPath.keys()].some((other) => other !== path && other.startsWith(`${path}.`)))
+  return paths.map((path) => {
+    const messages = byPath.get(path)!
+    const expected = messages.map((m) => /^Expected (.*), actual (.*)$/s.exec(m)).filter((m) => m !== null)
+    const text = expected.length === messages.length && expected.length > 1
+      ? `expected one of ${expected.map((m) => m[1]).join(", ")}; got ${expected[0]![2]}`
+      : messages[0]!
+    return `${path.length > 0 ? `${path}: ` : ""}${text}`
+  }).join("; ")
+}
 
 /** Decodes spec text; `source` names the file in messages. */
 export const decodeSpec = (text: string, source: string): Either.Either<Spec, InvalidInput> => {
@@ -119,6 +138,10 @@ export const decodeSpec = (text: string, source: string): Either.Either<Spec, In
   if (!isRecord(value)) return invalid("the spec must be a mapping of fields")
   const problem = checkFields(value, "")
   if (problem) return invalid(problem)
+  if (isRecord(value.env)) {
+    const bad = Object.keys(value.env).find((key) => !envNamePattern.test(key))
+    if (bad !== undefined) return invalid(`env: "${bad}" is not a valid environment variable name`)
+  }
   return Schema.decodeUnknownEither(Spec, { onExcessProperty: "error", errors: "all" })(value).pipe(
     Either.mapLeft((error) => new InvalidInput({
       message: `${source}: ${formatIssues(error)}`,

@@ -1,0 +1,170 @@
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterEach, assert, beforeEach, describe, it } from "vitest"
+import { cli, cliAsync, errorOf } from "../support/cli.ts"
+
+let stateDir: string
+const text = { MICROAGENT_OUTPUT: "text" }
+
+beforeEach(() => {
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-cli-"))
+})
+afterEach(() => {
+  cli(["delete", "--force", ...listNames()], { stateDir })
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+})
+
+const listNames = (): Array<string> => {
+  const out = cli(["list", "--json"], { stateDir })
+  if (out.code !== 0) return []
+  return (JSON.parse(out.stdout) as { workspaces: Array<{ name: string }> }).workspaces.map((w) => w.name)
+}
+
+describe("the microagent CLI on the fake backend", () => {
+  it("run prints the guest's output and passes its exit code through", () => {
+    const hi = cli(["run", "--backend", "fake", "alpine", "--", "echo", "hi"], { stateDir, env: text })
+    assert.strictEqual(hi.stdout, "hi\n")
+    assert.strictEqual(hi.code, 0)
+    const seven = cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "exit 7"], { stateDir, env: text })
+    assert.strictEqual(seven.code, 7)
+    assert.deepStrictEqual(listNames(), [])
+  })
+
+  it("passes everything after the image to the guest verbatim, flags included", () => {
+    const out = cli(["run", "--backend", "fake", "alpine", "sh", "-c", "echo \"$@\"", "x", "--json", "--help", "-e", "A=1"], {
+      stateDir,
+      env: text
+    })
+    assert.strictEqual(out.stdout, "--json --help -e A=1\n")
+    assert.strictEqual(out.code, 0)
+  })
+
+  it("keeps state across separate processes: create, start, exec, halt, start, exec, delete", () => {
+    assert.strictEqual(cli(["create", "--backend", "fake", "--image", "alpine", "-e", "WHO=world", "w1"], { stateDir }).code, 0)
+    assert.strictEqual(cli(["start", "w1"], { stateDir }).code, 0)
+    const wrote = cli(["exec", "w1", "--", "sh", "-c", "echo hello $WHO > tmp/note"], { stateDir })
+    assert.strictEqual(wrote.code, 0, wrote.stderr)
+    assert.strictEqual(cli(["stop", "w1"], { stateDir }).code, 0)
+    const inspected = JSON.parse(cli(["status", "w1", "--json"], { stateDir }).stdout)
+    assert.strictEqual(inspected.workspace.state, "halted")
+    assert.strictEqual(cli(["start", "w1"], { stateDir }).code, 0)
+    const read = cli(["exec", "w1", "--", "cat", "tmp/note"], { stateDir, env: text })
+    assert.strictEqual(read.stdout, "hello world\n")
+    const refused = cli(["rm", "w1"], { stateDir })
+    assert.strictEqual(refused.code, 1)
+    assert.strictEqual(errorOf(refused).error.kind, "conflict")
+    const deleted = cli(["rm", "--yes", "w1", "--json"], { stateDir })
+    assert.deepStrictEqual(JSON.parse(deleted.stdout), { workspace: "w1", deleted: true })
+    const again = cli(["delete", "w1", "--json"], { stateDir })
+    assert.strictEqual(again.code, 0)
+    assert.deepStrictEqual(JSON.parse(again.stdout), { workspace: "w1", deleted: false })
+  })
+
+  it("prints JSON when piped and the documented shapes", () => {
+    cli(["create", "--backend", "fake", "--image", "alpine", "--profile", "small", "j1"], { stateDir })
+    const list = JSON.parse(cli(["ls"], { stateDir }).stdout)
+    assert.deepStrictEqual(Object.keys(list), ["workspaces"])
+    assert.deepStrictEqual(
+      Object.keys(list.workspaces[0]).sort(),
+      ["backend", "image", "name", "network", "observed_at", "profile", "restart", "state"]
+    )
+    assert.strictEqual(list.workspaces[0].profile, "small")
+    const events = JSON.parse(cli(["events", "j1"], { stateDir }).stdout)
+    assert.strictEqual(events.events[0].type, "created")
+    const ran = JSON.parse(cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "echo o; echo e >&2; exit 3"], { stateDir }).stdout)
+    assert.deepStrictEqual(
+      { stdout: ran.result.stdout, stderr: ran.result.stderr, exitCode: ran.result.exitCode, status: ran.result.status },
+      { stdout: "o\n", stderr: "e\n", exitCode: 3, status: "exited" }
+    )
+    const textList = cli(["list"], { stateDir, env: text }).stdout
+    assert.match(textList, /^NAME\s+STATE\s+BACKEND\s+PROFILE\s+NETWORK\s+IMAGE\nj1\s+prepared\s+fake\s+small\s+user\s+alpine\n$/)
+  })
+
+  it("exit codes: 2 for usage, 1 for failures, with a classified error", () => {
+    const unknown = cli(["lsit"], { stateDir })
+    assert.strictEqual(unknown.code, 2)
+    assert.include(errorOf(unknown).error.remediation, "microagent list")
+    assert.strictEqual(cli(["exec"], { stateDir }).code, 2)
+    assert.strictEqual(cli(["create", "--backend", "fake", "--image", "alpine", "bad/name"], { stateDir }).code, 2)
+    assert.strictEqual(cli(["run", "--backend", "nope", "alpine"], { stateDir }).code, 2)
+    const missing = cli(["inspect", "ghost"], { stateDir })
+    assert.strictEqual(missing.code, 1)
+    assert.deepStrictEqual(errorOf(missing).error, {
+      kind: "not_found",
+      message: "workspace ghost not found",
+      remediation: "`microagent list` shows the workspaces of this state directory",
+      retryable: false
+    })
+    const textError = cli(["inspect", "ghost"], { stateDir, env: text })
+    assert.strictEqual(textError.stderr, "error: workspace ghost not found\n  `microagent list` shows the workspaces of this state directory\n")
+    const badSpec = NodePath.join(stateDir, "bad.yaml")
+    NodeFs.writeFileSync(badSpec, "image: alpine\nresource:\n  memoryMiB: 1\n")
+    const spec = cli(["create", "--backend", "fake", "--file", badSpec], { stateDir })
+    assert.strictEqual(spec.code, 2)
+    assert.strictEqual(errorOf(spec).error.message, `bad.yaml: unknown top-level field "resource"`)
+  })
+
+  it("wait times out with exit 75 (retryable) on a running workspace", () => {
+    cli(["create", "--backend", "fake", "--image", "alpine", "busy"], { stateDir })
+    cli(["start", "busy"], { stateDir })
+    const waited = cli(["wait", "--timeout", "1", "busy"], { stateDir })
+    assert.strictEqual(waited.code, 75)
+    assert.strictEqual(errorOf(waited).error.retryable, true)
+    cli(["kill", "busy"], { stateDir })
+    const settled = cli(["wait", "busy"], { stateDir })
+    assert.deepStrictEqual(JSON.parse(settled.stdout), { workspace: "busy", state: "stopped", ok: true })
+  })
+
+  it("help never performs the operation, wherever it stands", () => {
+    cli(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })
+    cli(["start", "keepme"], { stateDir })
+    for (const args of [["delete", "--force", "keepme", "--help"], ["kill", "-h", "keepme"], ["help", "halt"]]) {
+      const out = cli(args, { stateDir })
+      assert.strictEqual(out.code, 0)
+      assert.match(out.stdout, /^Usage: microagent /)
+    }
+    assert.strictEqual(JSON.parse(cli(["inspect", "keepme"], { stateDir }).stdout).workspace.state, "running")
+    const fresh = NodePath.join(stateDir, "never-created")
+    for (const args of [[], ["--help"], ["help"], ["run", "--help"], ["list", "--help"]]) {
+      const out = cli(args, { stateDir: fresh })
+      assert.strictEqual(out.code, 0)
+    }
+    assert.isFalse(NodeFs.existsSync(fresh), "help must not open the state directory")
+    const top = cli(["help"], { stateDir }).stdout
+    for (const group of ["Run:", "Lifecycle:", "Observe:"]) assert.include(top, group)
+  })
+
+  it("two starts of one workspace from two processes: one wins, the other gets conflict", async () => {
+    cli(["create", "--backend", "fake", "--image", "alpine", "race"], { stateDir })
+    const results = await Promise.all([1, 2, 3, 4].map(() => cliAsync(["start", "race"], { stateDir })))
+    const winners = results.filter((r) => r.code === 0)
+    const losers = results.filter((r) => r.code !== 0)
+    assert.strictEqual(winners.length, 1, JSON.stringify(results))
+    for (const loser of losers) {
+      assert.strictEqual(loser.code, 1)
+      assert.strictEqual(errorOf(loser).error.kind, "conflict")
+    }
+    const state = JSON.parse(cli(["inspect", "race"], { stateDir }).stdout).workspace
+    assert.strictEqual(state.state, "running")
+    // Exactly one VMM was launched: the recorded one.
+    const starts = JSON.parse(cli(["events", "race"], { stateDir }).stdout).events.filter((e: { type: string }) => e.type === "booted")
+    assert.strictEqual(starts.length, 1)
+  })
+
+  it("state files are private: directories 0700, files 0600", () => {
+    cli(["run", "--backend", "fake", "--keep", "--name", "priv", "alpine", "--", "true"], { stateDir })
+    const walk = (dir: string): Array<string> =>
+      NodeFs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
+        const path = NodePath.join(dir, entry.name)
+        return entry.isDirectory() && !path.includes("/rootfs/") && !path.endsWith("/rootfs") ? [path, ...walk(path)] : [path]
+      })
+    for (const path of walk(stateDir)) {
+      const mode = NodeFs.statSync(path).mode & 0o777
+      const stat = NodeFs.statSync(path)
+      assert.strictEqual(mode & 0o077, 0, `${path} is ${mode.toString(8)}`)
+      if (stat.isFile()) assert.strictEqual(mode, 0o600, path)
+    }
+    assert.strictEqual(NodeFs.statSync(stateDir).mode & 0o777, 0o700)
+  })
+})

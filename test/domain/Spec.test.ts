@@ -1,0 +1,90 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Either } from "effect"
+import { decodeSpec } from "../../src/domain/Spec.ts"
+
+const ok = (text: string) => Either.getOrThrow(decodeSpec(text, "microagent.yaml"))
+const error = (text: string) => {
+  const result = decodeSpec(text, "microagent.yaml")
+  assert.isTrue(Either.isLeft(result), "expected a decoding error")
+  const failure = Either.getOrThrow(Either.flip(result))
+  assert.strictEqual(failure._tag, "InvalidInput")
+  return failure.message
+}
+
+describe("microagent.yaml", () => {
+  it("decodes a full spec", () => {
+    const spec = ok(`
+name: agent-1
+image: alpine:3.20
+profile: small
+restart: on-failure
+entrypoint: "python -m agent"
+hostname: agent-one
+env:
+  MODE: test
+  EMPTY: ""
+resources:
+  memoryMiB: 1024
+  cpuCount: 2
+  sizeMiB: 2048
+  headroomMiB: 256
+network:
+  mode: isolated
+`)
+    assert.strictEqual(spec.name, "agent-1")
+    assert.strictEqual(spec.image, "alpine:3.20")
+    assert.deepStrictEqual(spec.env, { MODE: "test", EMPTY: "" })
+    assert.deepStrictEqual(spec.resources, { memoryMiB: 1024, cpuCount: 2, sizeMiB: 2048, headroomMiB: 256 })
+    assert.deepStrictEqual(spec.network, { mode: "isolated" })
+  })
+
+  it("decodes an empty file as an empty spec", () => {
+    assert.deepStrictEqual(ok(""), {})
+  })
+
+  it("names an unknown top-level field", () => {
+    assert.strictEqual(error("imagee: alpine\n"), `microagent.yaml: unknown top-level field "imagee"`)
+  })
+
+  it("says where a misplaced field belongs", () => {
+    assert.strictEqual(
+      error("resources:\n  mode: user\n"),
+      `microagent.yaml: unknown field in resources "mode"; it belongs under network:`
+    )
+    assert.strictEqual(
+      error("memoryMiB: 512\n"),
+      `microagent.yaml: unknown top-level field "memoryMiB"; it belongs under resources:`
+    )
+    assert.strictEqual(
+      error("resources:\n  network: {}\n"),
+      `microagent.yaml: unknown field in resources "network"; it belongs at the top level`
+    )
+  })
+
+  it("refuses fields this version does not act on", () => {
+    assert.strictEqual(error("setup:\n  - apt-get update\n"), "microagent.yaml: setup is not supported by this version of microagent")
+    assert.strictEqual(error("network:\n  forwards: []\n"), "microagent.yaml: network.forwards is not supported by this version of microagent")
+  })
+
+  it("reports wrong values with their path", () => {
+    assert.strictEqual(error("resources:\n  memoryMiB: lots\n"), `microagent.yaml: resources.memoryMiB: Expected number, actual "lots"`)
+    assert.strictEqual(
+      error("profile: huge\n"),
+      `microagent.yaml: profile: expected one of "tiny", "small", "medium", "large"; got "huge"`
+    )
+    assert.match(error("name: -bad\n"), /^microagent\.yaml: name: .*must start with a letter or digit/)
+    assert.strictEqual(error("env:\n  1X: y\n"), `microagent.yaml: env: "1X" is not a valid environment variable name`)
+    assert.strictEqual(error("env:\n  A: [1]\n"), `microagent.yaml: env.A: Expected string, actual [1]`)
+    assert.strictEqual(
+      error("network:\n  mode: bridged\n"),
+      `microagent.yaml: network.mode: expected one of "user", "isolated"; got "bridged"`
+    )
+    assert.strictEqual(error("resources:\n  cpuCount: 0\n"), "microagent.yaml: resources.cpuCount: Expected a number between 1 and 256, actual 0")
+  })
+
+  it("rejects malformed YAML, duplicate keys and non-mappings", () => {
+    assert.match(error("name: [unclosed\n"), /^microagent\.yaml: not valid YAML/)
+    assert.match(error("name: a\nname: b\n"), /^microagent\.yaml: not valid YAML/)
+    assert.strictEqual(error("- a\n- b\n"), "microagent.yaml: the spec must be a mapping of fields")
+  })
+})

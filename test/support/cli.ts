@@ -1,0 +1,54 @@
+/**
+ * Runs the bundled CLI as a separate process, the way users and scripts do.
+ */
+import { spawn, spawnSync } from "node:child_process"
+import * as NodePath from "node:path"
+
+export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
+
+export interface CliResult {
+  readonly code: number
+  readonly stdout: string
+  readonly stderr: string
+}
+
+export interface CliOptions {
+  readonly stateDir: string
+  readonly env?: Record<string, string>
+  readonly input?: string
+}
+
+const environment = (options: CliOptions) => ({
+  ...process.env,
+  MICROAGENT_HOME: options.stateDir,
+  MICROAGENT_OUTPUT: "",
+  NO_COLOR: "1",
+  ...options.env
+})
+
+export const cli = (args: ReadonlyArray<string>, options: CliOptions): CliResult => {
+  const result = spawnSync(process.execPath, [binPath, ...args], {
+    env: environment(options),
+    input: options.input ?? "",
+    encoding: "utf8",
+    timeout: 60_000
+  })
+  return { code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr }
+}
+
+/** Like `cli`, without blocking: for commands raced against each other. */
+export const cliAsync = (args: ReadonlyArray<string>, options: CliOptions): Promise<CliResult> =>
+  new Promise((resolve) => {
+    const child = spawn(process.execPath, [binPath, ...args], { env: environment(options), stdio: ["ignore", "pipe", "pipe"] })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (d) => (stdout += d))
+    child.stderr.on("data", (d) => (stderr += d))
+    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }))
+  })
+
+/** Parses the one-line JSON error a failing command writes on stderr. */
+export const errorOf = (result: CliResult) => {
+  const line = result.stderr.trim().split("\n").at(-1) ?? ""
+  return JSON.parse(line) as { ok: false; error: { kind: string; message: string; remediation: string; retryable: boolean } }
+}
