@@ -51,6 +51,9 @@ export const topLevelHelp = (): string => {
   return `${lines.join("\n")}\n`
 }
 
+/** Help without @effect/cli's built-in options and type hints: only what the command itself takes. */
+const cliConfig = CliConfig.make({ showBuiltIns: false, showTypes: false })
+
 const stripAnsi = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "")
 
 /** A command's own help: its usage, flags and arguments; plain text unless on a colour terminal. */
@@ -60,7 +63,7 @@ export const commandHelp = (verb: string, color: boolean): string => {
   const command = commands.find((c) => HashSet.has(Command.getNames(c), verb))
   if (command === undefined) return topLevelHelp()
   const usage = verbs.find((v) => v.name === verb)?.usage ?? `microagent ${verb}`
-  const text = `Usage: ${usage}\n${HelpDoc.toAnsiText(Command.getHelp(command, CliConfig.defaultConfig))}`
+  const text = `Usage: ${usage}\n${HelpDoc.toAnsiText(Command.getHelp(command, cliConfig))}`
   return color ? text : stripAnsi(text)
 }
 
@@ -90,6 +93,7 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
   const invocation = request.invocation
   return cli(["node", "microagent", request.verb, ...request.args]).pipe(
     Effect.provideService(Invocation, invocation),
+    Effect.provide(CliConfig.layer(cliConfig)),
     Effect.provide(NodeContext.layer),
     Effect.map(() => Number(process.exitCode ?? ExitCode.ok)),
     Effect.catchAllCause((cause) => {

@@ -110,7 +110,7 @@ describe("lifecycle programs on the fake backend", () => {
           hypervisor.launch(config).pipe(
             Effect.tap((handle) => Effect.sync(() => launched.push(handle.pid))),
             Effect.flatMap((handle) =>
-              Effect.never.pipe(Effect.onInterrupt(() => hypervisor.kill(handle)), Effect.as(handle))
+              Effect.never.pipe(Effect.onInterrupt(() => Effect.ignore(hypervisor.kill(handle))), Effect.as(handle))
             )
           )
       })
