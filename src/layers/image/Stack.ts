@@ -1,0 +1,30 @@
+/**
+ * The image store with everything it needs, for a given state directory: Home, the SQLite store,
+ * the HTTP registry client and the host rootfs builder. Used by the `image` commands and tests;
+ * the lifecycle programs get ImageStoreLive from their own composition.
+ */
+import type { SqlClient } from "@effect/sql"
+import { Layer } from "effect"
+import type { Permanent } from "../../domain/Errors.ts"
+import { Home } from "../../services/Home.ts"
+import type { ImageStore } from "../../services/ImageStore.ts"
+import type { Registry } from "../../services/Registry.ts"
+import type { RootfsBuilder } from "../../services/RootfsBuilder.ts"
+import { RegistryHttp } from "../registry/Http.ts"
+import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
+import { DatabaseLive } from "../state/Database.ts"
+import { ImageStoreLive } from "./ImageStoreLive.ts"
+
+/** Home, SqlClient, Registry and RootfsBuilder for the state directory `root`. */
+export const imageDependencies = (
+  root: string
+): Layer.Layer<Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent> =>
+  Layer.mergeAll(DatabaseLive, RegistryHttp.layer(root), RootfsBuilderLive).pipe(
+    Layer.provideMerge(Home.layer(root))
+  )
+
+/** ImageStore and its dependencies for the state directory `root`. */
+export const imageStoreLayer = (
+  root: string
+): Layer.Layer<ImageStore | Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent> =>
+  ImageStoreLive.pipe(Layer.provideMerge(imageDependencies(root)))

@@ -1,0 +1,163 @@
+/**
+ * The RootfsBuilder on the host: a scoped work directory under the Home's tmp dir holds the stage, the
+ * image being built and the debugfs batch; success renames the image into place, and any failure or
+ * interruption removes the whole directory. Work directories left by a killed process are removed by
+ * the next build.
+ */
+import { Effect, Layer } from "effect"
+import * as NodeCrypto from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import {
+  InvalidInput,
+  type MicroagentError,
+  Permanent,
+  PolicyDenied,
+  ResourceExhausted
+} from "../../domain/Errors.ts"
+import { Home } from "../../services/Home.ts"
+import { type BuildRequest, type BuildResult, RootfsBuilder } from "../../services/RootfsBuilder.ts"
+import { applyLayer } from "./Apply.ts"
+import { buildExt4 } from "./Ext4.ts"
+import { defaultStageOptions, Stage } from "./Stage.ts"
+
+const workPrefix = "rootfs-build-"
+
+const pidAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (cause) {
+    return (cause as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/** Removes work directories whose builder process is gone (killed mid-build). */
+export const removeStaleWork = (tmp: string): Effect.Effect<ReadonlyArray<string>> =>
+  Effect.sync(() => {
+    const removed: Array<string> = []
+    let names: Array<string> = []
+    try {
+      names = NodeFs.readdirSync(tmp)
+    } catch {
+      return removed
+    }
+    for (const name of names) {
+      const match = /^(?:rootfs-build|image-pull|image-import)-(\d+)-/.exec(name)
+      if (match === null || pidAlive(Number(match[1]))) continue
+      NodeFs.rmSync(NodePath.join(tmp, name), { recursive: true, force: true })
+      removed.push(name)
+    }
+    return removed
+  })
+
+/** A private directory under `tmp`, removed with its content when the scope closes. */
+export const scopedWorkDir = (tmp: string, prefix: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      NodeFs.mkdirSync(tmp, { recursive: true, mode: 0o700 })
+      const dir = NodePath.join(tmp, `${prefix}${process.pid}-${NodeCrypto.randomBytes(6).toString("hex")}`)
+      NodeFs.mkdirSync(dir, { mode: 0o700 })
+      return dir
+    }),
+    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+  )
+
+const permanent = (message: string, remediation = "") => new Permanent({ message, remediation })
+
+export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildResult, MicroagentError> =>
+  Effect.scoped(Effect.gen(function*() {
+    yield* removeStaleWork(tmp)
+    const work = yield* scopedWorkDir(tmp, workPrefix).pipe(
+      Effect.catchAllDefect((cause) =>
+        Effect.fail(permanent(`cannot create a build directory in ${tmp}: ${cause}`))
+      )
+    )
+    const stage = new Stage(NodePath.join(work, "stage"), {
+      ...defaultStageOptions,
+      allowSetuid: request.allowGuestSetuid === true,
+      allowDevices: request.allowDevices === true
+    })
+    const progress = request.onProgress ?? (() => {})
+    let entries = 0
+    let bytes = 0
+    for (const [index, layer] of request.layers.entries()) {
+      const blob = yield* layer.blob
+      progress({ phase: "extract-layers", layer: index, layers: request.layers.length, bytes })
+      const applied = yield* applyLayer(stage, blob, layer.digest, (n) => {
+        bytes += n
+      }).pipe(
+        Effect.mapError((error): MicroagentError =>
+          error._tag === "ToolMissing"
+            ? permanent(error.message, error.remediation)
+            : error.unsafe
+            ? new PolicyDenied({
+              message: `refusing image: ${error.message}`,
+              remediation: error.reason.includes("device")
+                ? "device nodes are refused by default; allow them with --allow-devices if the image really needs them"
+                : "the layer tries to write outside its root filesystem; do not use this image"
+            })
+            : permanent(
+              `cannot apply ${error.message}`,
+              "the layer is not a valid tar stream; check the image"
+            )
+        )
+      )
+      entries += applied.entries
+      progress({ phase: "extract-layers", layer: index + 1, layers: request.layers.length, bytes })
+    }
+    yield* Effect.try({
+      try: () => stage.finish(),
+      catch: (cause) => permanent(`finishing the stage failed: ${cause}`)
+    })
+    progress({ phase: "build-ext4" })
+    const image = NodePath.join(work, "rootfs.ext4")
+    const built = yield* buildExt4(stage, { output: image, sizeMiB: request.sizeMiB, workDir: work }).pipe(
+      Effect.mapError((error): MicroagentError => {
+        switch (error._tag) {
+          case "TooSmall":
+            return new ResourceExhausted({
+              message: error.message,
+              remediation:
+                `use --size-mib ${error.neededMiB} or more, or leave the size out to size it to the content`
+            })
+          case "ToolMissing":
+            return permanent(error.message, error.remediation)
+          default:
+            return permanent(error.message)
+        }
+      })
+    )
+    yield* Effect.try({
+      try: () => {
+        NodeFs.chmodSync(image, 0o600)
+        NodeFs.renameSync(image, request.output)
+      },
+      catch: (cause) => permanent(`cannot move the image to ${request.output}: ${cause}`)
+    })
+    progress({ phase: "complete" })
+    return {
+      sizeBytes: built.sizeBytes,
+      neededMiB: built.neededMiB,
+      entries,
+      setuidStripped: [...stage.setuidStripped].sort(),
+      setuidPolicy: request.allowGuestSetuid === true ? "keep" : "strip"
+    } satisfies BuildResult
+  }))
+
+export const RootfsBuilderLive: Layer.Layer<RootfsBuilder, never, Home> = Layer.effect(
+  RootfsBuilder,
+  Effect.gen(function*() {
+    const home = yield* Home
+    return RootfsBuilder.of({
+      build: Effect.fn("RootfsBuilder.build")(function*(request: BuildRequest) {
+        if (request.sizeMiB !== undefined && (!Number.isInteger(request.sizeMiB) || request.sizeMiB < 16)) {
+          return yield* new InvalidInput({
+            message: `--size-mib must be an integer of at least 16 (got ${request.sizeMiB})`
+          })
+        }
+        return yield* build(home.tmp, request)
+      })
+    })
+  })
+)

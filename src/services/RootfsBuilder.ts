@@ -1,0 +1,48 @@
+/**
+ * RootfsBuilder: applies an image's layers, in order, to a private stage and writes an ext4 image.
+ * The output appears atomically (renamed into place) or not at all.
+ */
+import { Context, type Effect } from "effect"
+import type { MicroagentError } from "../domain/Errors.ts"
+
+export interface BuildProgress {
+  readonly phase: "extract-layers" | "build-ext4" | "apply-ledger" | "complete"
+  readonly layer?: number
+  readonly layers?: number
+  readonly bytes?: number
+}
+
+export interface BuildRequest {
+  /**
+   * The layers, bottom first. Each is an effect yielding the path of a verified blob, so the builder can
+   * start on the first while later ones are still downloading.
+   */
+  readonly layers: ReadonlyArray<
+    { readonly digest: string; readonly blob: Effect.Effect<string, MicroagentError> }
+  >
+  /** Where the finished image goes; must be on the same filesystem as the Home's tmp dir. */
+  readonly output: string
+  /** Fixed size; fails with the size needed when the content does not fit. Default: content plus headroom. */
+  readonly sizeMiB?: number | undefined
+  readonly allowGuestSetuid?: boolean | undefined
+  readonly allowDevices?: boolean | undefined
+  readonly onProgress?: ((progress: BuildProgress) => void) | undefined
+}
+
+export interface BuildResult {
+  readonly sizeBytes: number
+  /** The smallest size (MiB) the content fits in. */
+  readonly neededMiB: number
+  readonly entries: number
+  /** Guest paths whose setuid/setgid bits the policy removed. */
+  readonly setuidStripped: ReadonlyArray<string>
+  readonly setuidPolicy: "strip" | "keep"
+}
+
+export interface RootfsBuilderShape {
+  readonly build: (request: BuildRequest) => Effect.Effect<BuildResult, MicroagentError>
+}
+
+export class RootfsBuilder
+  extends Context.Tag("microagent/RootfsBuilder")<RootfsBuilder, RootfsBuilderShape>()
+{}

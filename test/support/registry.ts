@@ -1,0 +1,158 @@
+/**
+ * A real OCI registry for tests: Debian's `docker-registry` (CNCF distribution) on a free loopback port,
+ * optionally behind htpasswd (bcrypt, from apache2-utils). Images are pushed with skopeo.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeNet from "node:net"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+
+/** Fails (never skips) when a tool is missing, naming the Debian package. */
+export const requireTool = (tool: string, pkg: string): string => {
+  const dirs = [...(process.env.PATH ?? "").split(":"), "/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+  for (const dir of dirs) {
+    const path = NodePath.join(dir, tool)
+    try {
+      NodeFs.accessSync(path, NodeFs.constants.X_OK)
+      return path
+    } catch {
+      // Keep looking.
+    }
+  }
+  throw new Error(`${tool} is required by this test but not installed: apt-get install ${pkg}`)
+}
+
+export const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = NodeNet.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address() as NodeNet.AddressInfo
+      server.close(() => resolve(address.port))
+    })
+  })
+
+export interface TestRegistry {
+  /** `127.0.0.1:PORT` */
+  readonly host: string
+  readonly port: number
+  readonly root: string
+  readonly credentials?: { readonly username: string; readonly password: string } | undefined
+  readonly stop: () => Promise<void>
+}
+
+const waitForPort = async (port: number, child: NodeChild.ChildProcess, log: () => string) => {
+  const deadline = Date.now() + 20_000
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`docker-registry exited (${child.exitCode}): ${log()}`)
+    const ok = await new Promise<boolean>((resolve) => {
+      const socket = NodeNet.connect(port, "127.0.0.1")
+      socket.once("connect", () => {
+        socket.destroy()
+        resolve(true)
+      })
+      socket.once("error", () => resolve(false))
+    })
+    if (ok) return
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  throw new Error(`docker-registry did not listen on ${port}: ${log()}`)
+}
+
+/** Starts a registry; with `auth`, every request needs basic credentials. */
+export const startRegistry = async (
+  options: { readonly auth?: { readonly username: string; readonly password: string } } = {}
+): Promise<TestRegistry> => {
+  const binary = requireTool("docker-registry", "docker-registry")
+  const root = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-registry-"))
+  const port = await freePort()
+  let authBlock = ""
+  if (options.auth !== undefined) {
+    requireTool("htpasswd", "apache2-utils")
+    const line = NodeChild.execFileSync("htpasswd", ["-Bbn", options.auth.username, options.auth.password], {
+      encoding: "utf8"
+    }).trim()
+    NodeFs.writeFileSync(NodePath.join(root, "htpasswd"), `${line}\n`)
+    authBlock = `auth:\n  htpasswd:\n    realm: microagent-test\n    path: ${
+      NodePath.join(root, "htpasswd")
+    }\n`
+  }
+  const config = [
+    "version: 0.1",
+    "log:",
+    "  level: error",
+    "  accesslog:",
+    "    disabled: true",
+    "storage:",
+    "  filesystem:",
+    `    rootdirectory: ${NodePath.join(root, "data")}`,
+    "  delete:",
+    "    enabled: true",
+    "http:",
+    `  addr: 127.0.0.1:${port}`,
+    authBlock
+  ].join("\n")
+  NodeFs.writeFileSync(NodePath.join(root, "config.yml"), config)
+  const output: Array<string> = []
+  const child = NodeChild.spawn(binary, ["serve", NodePath.join(root, "config.yml")], {
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  child.stdout!.on("data", (b: Buffer) => output.push(b.toString()))
+  child.stderr!.on("data", (b: Buffer) => output.push(b.toString()))
+  await waitForPort(port, child, () => output.join("").slice(-2000))
+  return {
+    host: `127.0.0.1:${port}`,
+    port,
+    root,
+    credentials: options.auth,
+    stop: async () => {
+      if (child.exitCode === null) {
+        const exited = new Promise((r) => child.once("exit", r))
+        child.kill("SIGTERM")
+        await exited
+      }
+      NodeFs.rmSync(root, { recursive: true, force: true })
+    }
+  }
+}
+
+/** `skopeo copy` from any transport (`oci:dir:tag`, `oci-archive:…`) to `registry/repo:tag`; `--all` keeps indexes. */
+export const pushImage = (registry: TestRegistry, source: string, target: string): void => {
+  requireTool("skopeo", "skopeo")
+  const args = ["copy", "--quiet", "--all", "--dest-tls-verify=false"]
+  if (registry.credentials !== undefined) {
+    args.push("--dest-creds", `${registry.credentials.username}:${registry.credentials.password}`)
+  }
+  args.push(source, `docker://${registry.host}/${target}`)
+  skopeo(args)
+}
+
+/** skopeo needs a signature policy; tests carry their own "accept anything" one. */
+const policyFile = (): string => {
+  const dir = NodePath.join(NodeOs.tmpdir(), "ma-skopeo-policy")
+  const file = NodePath.join(dir, "policy.json")
+  if (!NodeFs.existsSync(file)) {
+    NodeFs.mkdirSync(dir, { recursive: true })
+    NodeFs.writeFileSync(file, JSON.stringify({ default: [{ type: "insecureAcceptAnything" }] }))
+  }
+  return file
+}
+
+/** Runs skopeo with the test policy and returns stdout. */
+export const skopeo = (args: ReadonlyArray<string>): string => {
+  requireTool("skopeo", "skopeo")
+  const withPolicy = ["--policy", policyFile(), ...args]
+  return NodeChild.execFileSync("skopeo", withPolicy, { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
+}
+
+/** `skopeo inspect` of an image in the registry (the manifest's digest, layers, platform). */
+export const inspectImage = (registry: TestRegistry, target: string, raw = false): unknown => {
+  const args = ["inspect", "--tls-verify=false"]
+  if (raw) args.push("--raw")
+  if (registry.credentials !== undefined) {
+    args.push("--creds", `${registry.credentials.username}:${registry.credentials.password}`)
+  }
+  args.push(`docker://${registry.host}/${target}`)
+  return JSON.parse(skopeo(args))
+}
