@@ -21,6 +21,10 @@ const storeFor = (stateDir: string | undefined) => {
 export const withStore = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(Invocation, (invocation) => Effect.provide(effect, storeFor(invocation.stateDir)))
 
+/** Runs an effect against a named backend. */
+export const withBackend = <A, E, R>(backend: Backend, effect: Effect.Effect<A, E, R>) =>
+  withStore(Effect.provide(effect, backendLayer(backend)))
+
 /** Runs an effect against a backend chosen for a new workspace: `--backend`, then the spec, then the default. */
 export const withNewBackend = <A, E, R>(effect: Effect.Effect<A, E, R>, fromSpec?: Backend) =>
   withStore(Effect.flatMap(Invocation, (invocation) =>
@@ -30,7 +34,10 @@ export const withNewBackend = <A, E, R>(effect: Effect.Effect<A, E, R>, fromSpec
     )))
 
 /** Runs an effect against the backend a workspace was created on; an unknown name is `NotFound`. */
-export const withWorkspaceBackend = <A, E, R>(name: string, effect: Effect.Effect<A, E, R | BackendServices>) =>
+export const withWorkspaceBackend = <A, E, R>(
+  name: string,
+  effect: Effect.Effect<A, E, R | BackendServices>
+) =>
   withStore(Effect.gen(function*() {
     const store = yield* StateStore
     const workspace = yield* store.get(name)

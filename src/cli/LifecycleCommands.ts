@@ -5,39 +5,47 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Duration, Effect, Stream } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
-import { isLive } from "../domain/State.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
+import { isLive } from "../domain/State.ts"
 import { profiles, type Workspace } from "../domain/Workspace.ts"
 import { remove } from "../programs/Delete.ts"
+import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalInt, orUndefined } from "./Flags.ts"
-import { withStore, withWorkspaceBackend } from "./Layers.ts"
+import { withBackend, withStore, withWorkspaceBackend } from "./Layers.ts"
 import { emit, jsonMode, table, writeStdout } from "./Output.ts"
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
 
 const stateLine = (ws: Workspace) => `${ws.name}: ${ws.state}`
 
-const inspectCommand = Command.make("inspect", { name: nameArg }, ({ name }) =>
-  withWorkspaceBackend(name, inspect(name)).pipe(
-    Effect.flatMap((report) =>
-      emit(report, ({ workspace: ws, lastEvent }) =>
-        [
-          `name:      ${ws.name}`,
-          `state:     ${ws.state}`,
-          `backend:   ${ws.backend}`,
-          `image:     ${ws.image.ref}${ws.image.digest ? ` (${ws.image.digest})` : ""}`,
-          `resources: ${ws.resources.memoryMiB} MiB, ${ws.resources.cpus} vCPU${ws.profile ? ` (profile ${ws.profile})` : ""}`,
-          `network:   ${ws.network}`,
-          `hostname:  ${ws.hostname}`,
-          `created:   ${ws.createdAt.toJSON()}`,
-          ...(lastEvent ? [`last:      ${lastEvent.at} ${lastEvent.type} ${lastEvent.detail}`.trimEnd()] : [])
-        ].join("\n")
+const inspectCommand = Command.make(
+  "inspect",
+  { name: nameArg },
+  ({ name }) =>
+    withWorkspaceBackend(name, inspect(name)).pipe(
+      Effect.flatMap((report) =>
+        emit(report, ({ workspace: ws, lastEvent }) =>
+          [
+            `name:      ${ws.name}`,
+            `state:     ${ws.state}`,
+            `backend:   ${ws.backend}`,
+            `image:     ${ws.image.ref}${ws.image.digest ? ` (${ws.image.digest})` : ""}`,
+            `resources: ${ws.resources.memoryMiB} MiB, ${ws.resources.cpus} vCPU${
+              ws.profile ? ` (profile ${ws.profile})` : ""
+            }`,
+            `network:   ${ws.network}`,
+            `hostname:  ${ws.hostname}`,
+            `created:   ${ws.createdAt.toJSON()}`,
+            ...(lastEvent
+              ? [`last:      ${lastEvent.at} ${lastEvent.type} ${lastEvent.detail}`.trimEnd()]
+              : [])
+          ].join("\n"))
       )
     )
-  )).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
+).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
 
 const waitCommand = Command.make("wait", {
   timeout: optionalInt("timeout", "give up after this many seconds (exit 75)"),
@@ -54,37 +62,59 @@ const waitCommand = Command.make("wait", {
     })
   )).pipe(Command.withDescription("block until a workspace is stopped, halted, failed or prepared"))
 
-const haltCommand = Command.make("halt", {
-  timeout: optionalInt("timeout", "seconds the guest gets to shut down before it is killed (default 15)"),
-  reason: Options.text("reason").pipe(Options.withDescription("recorded in the events"), Options.optional),
-  name: nameArg
-}, ({ name, reason, timeout }) =>
-  withWorkspaceBackend(name, halt(name, { timeoutSeconds: orUndefined(timeout), reason: orUndefined(reason) })).pipe(
-    Effect.flatMap((ws) => emit(ws, stateLine))
-  )).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
-
-const killCommand = Command.make("kill", { name: nameArg }, ({ name }) =>
-  withWorkspaceBackend(name, kill(name)).pipe(Effect.flatMap((ws) => emit(ws, stateLine)))).pipe(
-    Command.withDescription("stop a workspace's VM at once")
-  )
-
-const deleteCommand = Command.make("delete", {
-  yes: Options.boolean("yes").pipe(Options.withAlias("y"), Options.withDescription("halt a running workspace first")),
-  force: Options.boolean("force").pipe(Options.withAlias("f"), Options.withDescription("kill a running workspace first")),
-  names: Args.text({ name: "name" }).pipe(Args.atLeast(1))
-}, ({ force, names, yes }) =>
-  Effect.forEach(names, (name) =>
-    withWorkspaceBackend(name, remove(name, { force, yes })).pipe(
-      // Deleting what is not there is not an error: delete is idempotent.
-      Effect.catchTag("NotFound", () => Effect.succeed({ workspace: name, deleted: false }))
-    )).pipe(
-    Effect.flatMap((results) =>
-      emit(
-        results.length === 1 ? results[0]! : { results },
-        () => results.map((r) => `${r.workspace}: ${r.deleted ? "deleted" : "not found (nothing to do)"}`).join("\n")
-      )
+const haltCommand = Command.make(
+  "halt",
+  {
+    timeout: optionalInt("timeout", "seconds the guest gets to shut down before it is killed (default 15)"),
+    reason: Options.text("reason").pipe(Options.withDescription("recorded in the events"), Options.optional),
+    name: nameArg
+  },
+  ({ name, reason, timeout }) =>
+    withWorkspaceBackend(
+      name,
+      halt(name, { timeoutSeconds: orUndefined(timeout), reason: orUndefined(reason) })
+    ).pipe(
+      Effect.flatMap((ws) => emit(ws, stateLine))
     )
-  )).pipe(Command.withDescription("delete workspaces and their disks; idempotent (alias: rm)"))
+).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
+
+const killCommand = Command.make(
+  "kill",
+  { name: nameArg },
+  ({ name }) => withWorkspaceBackend(name, kill(name)).pipe(Effect.flatMap((ws) => emit(ws, stateLine)))
+).pipe(
+  Command.withDescription("stop a workspace's VM at once")
+)
+
+const deleteCommand = Command.make(
+  "delete",
+  {
+    yes: Options.boolean("yes").pipe(
+      Options.withAlias("y"),
+      Options.withDescription("halt a running workspace first")
+    ),
+    force: Options.boolean("force").pipe(
+      Options.withAlias("f"),
+      Options.withDescription("kill a running workspace first")
+    ),
+    names: Args.text({ name: "name" }).pipe(Args.atLeast(1))
+  },
+  ({ force, names, yes }) =>
+    Effect.forEach(names, (name) =>
+      withWorkspaceBackend(name, remove(name, { force, yes })).pipe(
+        // Deleting what is not there is not an error: delete is idempotent.
+        Effect.catchTag("NotFound", () => Effect.succeed({ workspace: name, deleted: false }))
+      )).pipe(
+        Effect.flatMap((results) =>
+          emit(
+            results.length === 1 ? results[0]! : { results },
+            () =>
+              results.map((r) => `${r.workspace}: ${r.deleted ? "deleted" : "not found (nothing to do)"}`)
+                .join("\n")
+          )
+        )
+      )
+).pipe(Command.withDescription("delete workspaces and their disks; idempotent (alias: rm)"))
 
 const listTable = (workspaces: ReadonlyArray<Workspace>) =>
   table(
@@ -122,41 +152,60 @@ const listAll = (runningOnly: boolean) =>
 const listCommand = Command.make("list", {}, () => listAll(false)).pipe(
   Command.withDescription("list workspaces (alias: ls)")
 )
-const psCommand = Command.make("ps", {}, () => listAll(true)).pipe(Command.withDescription("list running workspaces"))
+const psCommand = Command.make("ps", {}, () => listAll(true)).pipe(
+  Command.withDescription("list running workspaces")
+)
 
-const follow = Options.boolean("follow").pipe(Options.withAlias("f"), Options.withDescription("keep following"))
+const follow = Options.boolean("follow").pipe(
+  Options.withAlias("f"),
+  Options.withDescription("keep following")
+)
 
-const logsCommand = Command.make("logs", { follow, name: nameArg }, ({ follow, name }) =>
-  Effect.gen(function*() {
-    const json = yield* jsonMode
-    if (json && follow) {
-      return yield* new InvalidInput({ message: "--follow cannot be combined with JSON output", remediation: "drop --json or --follow" })
-    }
-    const stream = logs(name, { follow })
-    if (json) {
-      const chunks = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
-      const text = Buffer.concat([...chunks].map((chunk) => Buffer.from(chunk))).toString("utf8")
-      return yield* emit({ logs: text }, () => "")
-    }
-    yield* withWorkspaceBackend(name, Stream.runForEach(stream, (chunk) => writeStdout(chunk)))
-  })).pipe(Command.withDescription("show a workspace's serial console log (alias: log)"))
+const logsCommand = Command.make(
+  "logs",
+  { follow, name: nameArg },
+  ({ follow, name }) =>
+    Effect.gen(function*() {
+      const json = yield* jsonMode
+      if (json && follow) {
+        return yield* new InvalidInput({
+          message: "--follow cannot be combined with JSON output",
+          remediation: "drop --json or --follow"
+        })
+      }
+      const stream = logs(name, { follow })
+      if (json) {
+        const chunks = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
+        const text = Buffer.concat([...chunks].map((chunk) => Buffer.from(chunk))).toString("utf8")
+        return yield* emit({ logs: text }, () => "")
+      }
+      yield* withWorkspaceBackend(name, Stream.runForEach(stream, (chunk) => writeStdout(chunk)))
+    })
+).pipe(Command.withDescription("show a workspace's serial console log (alias: log)"))
 
 const eventLine = (event: WorkspaceEvent) =>
   `${event.at}  ${event.type.padEnd(12)} ${event.state ?? ""}${event.detail ? `  ${event.detail}` : ""}`
 
-const eventsCommand = Command.make("events", { follow, name: nameArg }, ({ follow, name }) =>
-  Effect.gen(function*() {
-    const json = yield* jsonMode
-    const stream = events(name, { follow })
-    if (json && !follow) {
-      const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
-      return yield* emit({ events: [...all] }, () => "")
-    }
-    yield* withWorkspaceBackend(
-      name,
-      Stream.runForEach(stream, (event) => writeStdout(`${json ? JSON.stringify(event) : eventLine(event)}\n`))
-    )
-  })).pipe(Command.withDescription("show a workspace's lifecycle events, oldest first"))
+const eventsCommand = Command.make(
+  "events",
+  { follow, name: nameArg },
+  ({ follow, name }) =>
+    Effect.gen(function*() {
+      const json = yield* jsonMode
+      const stream = events(name, { follow })
+      if (json && !follow) {
+        const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
+        return yield* emit({ events: [...all] }, () => "")
+      }
+      yield* withWorkspaceBackend(
+        name,
+        Stream.runForEach(
+          stream,
+          (event) => writeStdout(`${json ? JSON.stringify(event) : eventLine(event)}\n`)
+        )
+      )
+    })
+).pipe(Command.withDescription("show a workspace's lifecycle events, oldest first"))
 
 const profilesCommand = Command.make("profiles", {}, () =>
   emit(
@@ -180,3 +229,23 @@ export const lifecycleGroup = [
   eventsCommand,
   profilesCommand
 ] as const
+
+const gcCommand = Command.make("gc", {}, () =>
+  Effect.gen(function*() {
+    const all = yield* withStore(Effect.flatMap(StateStore, (store) => store.list))
+    // Each workspace is reconciled against its own backend; the sweep needs only the store.
+    const backends = [...new Set(all.map((ws) => ws.backend))]
+    const reconciled = yield* Effect.forEach(backends, (backend) => withBackend(backend, gcReconcile()))
+    const swept = yield* withStore(gcSweep())
+    const report: GcReport = { reconciled: reconciled.flat(), ...swept }
+    yield* emit(report, (r) =>
+      [
+        ...r.reconciled.map((x) => `reconciled ${x.workspace}: ${x.from} -> ${x.to}`),
+        ...r.killed.map((pid) => `killed orphaned VMM ${pid}`),
+        ...r.removed.map((path) => `removed ${path}`)
+      ].join("\n") || "nothing to do")
+  })).pipe(
+    Command.withDescription("reap what a crash left behind; never deletes a recorded workspace's disk")
+  )
+
+export const maintenanceGroup = [gcCommand] as const

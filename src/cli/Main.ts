@@ -10,19 +10,19 @@ import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { Invocation } from "./Invocation.ts"
-import { lifecycleGroup } from "./LifecycleCommands.ts"
+import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { verbs } from "./Verbs.ts"
 
-export const subcommands = [...runGroup, ...lifecycleGroup] as const
+export const subcommands = [...runGroup, ...lifecycleGroup, ...maintenanceGroup] as const
 
 export const rootCommand = Command.make("microagent").pipe(
   Command.withDescription("AI-agent workspaces in microVMs"),
   Command.withSubcommands(subcommands)
 )
 
-const groups = ["Run", "Lifecycle", "Observe", "Resources", "Misc"] as const
+const groups = ["Run", "Lifecycle", "Observe", "Resources", "Maintenance", "Misc"] as const
 
 export const topLevelHelp = (): string => {
   const lines = [
@@ -54,7 +54,7 @@ export const topLevelHelp = (): string => {
 /** Help without @effect/cli's built-in options and type hints: only what the command itself takes. */
 const cliConfig = CliConfig.make({ showBuiltIns: false, showTypes: false })
 
-const stripAnsi = (text: string) => text.replace(/\x1b\[[0-9;]*m/g, "")
+const stripAnsi = (text: string) => text.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "")
 
 /** A command's own help: its usage, flags and arguments; plain text unless on a colour terminal. */
 export const commandHelp = (verb: string, color: boolean): string => {
@@ -115,4 +115,3 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
     })
   )
 }
-

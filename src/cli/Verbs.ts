@@ -4,7 +4,7 @@
  */
 export interface Verb {
   readonly name: string
-  readonly group: "Run" | "Lifecycle" | "Observe" | "Resources" | "Misc"
+  readonly group: "Run" | "Lifecycle" | "Observe" | "Resources" | "Maintenance" | "Misc"
   readonly summary: string
   readonly usage: string
   readonly aliases?: ReadonlyArray<string>
@@ -28,40 +28,105 @@ const workspaceFlags = [
   "--restart",
   "--boot-timeout"
 ]
-const execFlags = ["-e", "--env", "--cwd", "--user", "--timeout", "--stdin", "--stdout-limit", "--stderr-limit"]
+const execFlags = [
+  "-e",
+  "--env",
+  "--cwd",
+  "--user",
+  "--timeout",
+  "--stdin",
+  "--stdout-limit",
+  "--stderr-limit"
+]
 
 export const verbs: ReadonlyArray<Verb> = [
   {
     name: "run",
-    group: "Run", usage: "microagent run [flags] IMAGE [--] [CMD [ARG...]]",
+    group: "Run",
+    usage: "microagent run [flags] IMAGE [--] [CMD [ARG...]]",
     summary: "boot a one-shot workspace, run a command, tear it down",
     valueFlags: [...workspaceFlags, "--timeout", "--stdin", "--cwd", "--user"],
     guestArgv: true
   },
   {
     name: "create",
-    group: "Run", usage: "microagent create [flags] [--image REF] [NAME]",
+    group: "Run",
+    usage: "microagent create [flags] [--image REF] [NAME]",
     summary: "create a persistent workspace (state: prepared)",
     valueFlags: [...workspaceFlags, "--entrypoint"]
   },
-  { name: "start", group: "Run", usage: "microagent start [--boot-timeout S] NAME", summary: "boot a workspace from its disk", valueFlags: ["--boot-timeout"] },
-  { name: "exec", group: "Run", usage: "microagent exec [flags] NAME [--] CMD [ARG...]", summary: "run a command in a running workspace", valueFlags: execFlags, guestArgv: true },
-  { name: "inspect", group: "Lifecycle", usage: "microagent inspect NAME", summary: "show a workspace's record and state", aliases: ["status"] },
-  { name: "wait", group: "Lifecycle", usage: "microagent wait [--timeout S] NAME", summary: "block until a workspace settles", valueFlags: ["--timeout"] },
+  {
+    name: "start",
+    group: "Run",
+    usage: "microagent start [--boot-timeout S] NAME",
+    summary: "boot a workspace from its disk",
+    valueFlags: ["--boot-timeout"]
+  },
+  {
+    name: "exec",
+    group: "Run",
+    usage: "microagent exec [flags] NAME [--] CMD [ARG...]",
+    summary: "run a command in a running workspace",
+    valueFlags: execFlags,
+    guestArgv: true
+  },
+  {
+    name: "inspect",
+    group: "Lifecycle",
+    usage: "microagent inspect NAME",
+    summary: "show a workspace's record and state",
+    aliases: ["status"]
+  },
+  {
+    name: "wait",
+    group: "Lifecycle",
+    usage: "microagent wait [--timeout S] NAME",
+    summary: "block until a workspace settles",
+    valueFlags: ["--timeout"]
+  },
   {
     name: "halt",
-    group: "Lifecycle", usage: "microagent halt [--timeout S] [--reason TEXT] NAME",
+    group: "Lifecycle",
+    usage: "microagent halt [--timeout S] [--reason TEXT] NAME",
     summary: "shut a workspace down gracefully (bounded, then forced)",
     aliases: ["stop"],
     valueFlags: ["--timeout", "--reason"]
   },
-  { name: "kill", group: "Lifecycle", usage: "microagent kill NAME", summary: "stop a workspace's VM at once" },
-  { name: "delete", group: "Lifecycle", usage: "microagent delete [--yes|--force] NAME...", summary: "delete workspaces and their disks", aliases: ["rm"] },
+  {
+    name: "kill",
+    group: "Lifecycle",
+    usage: "microagent kill NAME",
+    summary: "stop a workspace's VM at once"
+  },
+  {
+    name: "delete",
+    group: "Lifecycle",
+    usage: "microagent delete [--yes|--force] NAME...",
+    summary: "delete workspaces and their disks",
+    aliases: ["rm"]
+  },
   { name: "list", group: "Observe", usage: "microagent list", summary: "list workspaces", aliases: ["ls"] },
   { name: "ps", group: "Observe", usage: "microagent ps", summary: "list running workspaces" },
-  { name: "logs", group: "Observe", usage: "microagent logs [--follow] NAME", summary: "show a workspace's console log", aliases: ["log"] },
-  { name: "events", group: "Observe", usage: "microagent events [--follow] NAME", summary: "show a workspace's lifecycle events" },
-  { name: "profiles", group: "Resources", usage: "microagent profiles", summary: "show the resource profiles" },
+  {
+    name: "logs",
+    group: "Observe",
+    usage: "microagent logs [--follow] NAME",
+    summary: "show a workspace's console log",
+    aliases: ["log"]
+  },
+  {
+    name: "events",
+    group: "Observe",
+    usage: "microagent events [--follow] NAME",
+    summary: "show a workspace's lifecycle events"
+  },
+  {
+    name: "profiles",
+    group: "Resources",
+    usage: "microagent profiles",
+    summary: "show the resource profiles"
+  },
+  { name: "gc", group: "Maintenance", usage: "microagent gc", summary: "reap what a crash left behind" },
   { name: "version", group: "Misc", usage: "microagent version", summary: "print the version" },
   { name: "help", group: "Misc", usage: "microagent help [COMMAND]", summary: "show help for a command" }
 ]
@@ -71,12 +136,17 @@ export const findVerb = (word: string): Verb | undefined =>
 
 /** Optimal string alignment distance: edits, with a swap of neighbours counting as one. */
 const distance = (a: string, b: string): number => {
-  const d = Array.from({ length: a.length + 1 }, (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0)))
+  const d = Array.from(
+    { length: a.length + 1 },
+    (_, i) => Array.from({ length: b.length + 1 }, (_, j) => (i === 0 ? j : j === 0 ? i : 0))
+  )
   for (let i = 1; i <= a.length; i++) {
     for (let j = 1; j <= b.length; j++) {
       const cost = a[i - 1] === b[j - 1] ? 0 : 1
       d[i]![j] = Math.min(d[i - 1]![j]! + 1, d[i]![j - 1]! + 1, d[i - 1]![j - 1]! + cost)
-      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i]![j] = Math.min(d[i]![j]!, d[i - 2]![j - 2]! + 1)
+      }
     }
   }
   return d[a.length]![b.length]!

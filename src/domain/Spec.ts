@@ -8,7 +8,9 @@ import { InvalidInput } from "./Errors.ts"
 import { NetworkMode, ProfileName, RestartPolicy, WorkspaceName } from "./Workspace.ts"
 
 const envNamePattern = /^[A-Za-z_][A-Za-z0-9_]*$/
-const EnvName = Schema.String.pipe(Schema.pattern(envNamePattern, { message: () => "not a valid environment variable name" }))
+const EnvName = Schema.String.pipe(
+  Schema.pattern(envNamePattern, { message: () => "not a valid environment variable name" })
+)
 
 export const SpecResources = Schema.Struct({
   memoryMiB: Schema.optional(Schema.Int.pipe(Schema.between(64, 1024 * 1024))),
@@ -109,10 +111,12 @@ const formatIssues = (error: ParseResult.ParseError): string => {
   const byPath = new Map<string, Array<string>>()
   for (const issue of issues) {
     const path = issue.path.join(".")
-    if (/^Expected undefined, actual/.test(issue.message)) continue
+    if (issue.message.startsWith("Expected undefined, actual")) continue
     byPath.set(path, [...(byPath.get(path) ?? []), issue.message])
   }
-  const paths = [...byPath.keys()].filter((path) => ![...byPath.keys()].some((other) => other !== path && other.startsWith(`${path}.`)))
+  const paths = [...byPath.keys()].filter((path) =>
+    ![...byPath.keys()].some((other) => other !== path && other.startsWith(`${path}.`))
+  )
   return paths.map((path) => {
     const messages = byPath.get(path)!
     const expected = messages.map((m) => /^Expected (.*), actual (.*)$/s.exec(m)).filter((m) => m !== null)
@@ -133,7 +137,9 @@ export const decodeSpec = (text: string, source: string): Either.Either<Spec, In
       })
     )
   const document = Yaml.parseDocument(text, { uniqueKeys: true })
-  if (document.errors.length > 0) return invalid(`not valid YAML: ${document.errors[0]!.message.split("\n")[0]}`)
+  if (document.errors.length > 0) {
+    return invalid(`not valid YAML: ${document.errors[0]!.message.split("\n")[0]}`)
+  }
   const value: unknown = document.toJS() ?? {}
   if (!isRecord(value)) return invalid("the spec must be a mapping of fields")
   const problem = checkFields(value, "")
@@ -143,9 +149,11 @@ export const decodeSpec = (text: string, source: string): Either.Either<Spec, In
     if (bad !== undefined) return invalid(`env: "${bad}" is not a valid environment variable name`)
   }
   return Schema.decodeUnknownEither(Spec, { onExcessProperty: "error", errors: "all" })(value).pipe(
-    Either.mapLeft((error) => new InvalidInput({
-      message: `${source}: ${formatIssues(error)}`,
-      remediation: "see docs/spec.md for the fields of microagent.yaml"
-    }))
+    Either.mapLeft((error) =>
+      new InvalidInput({
+        message: `${source}: ${formatIssues(error)}`,
+        remediation: "see docs/spec.md for the fields of microagent.yaml"
+      })
+    )
   )
 }

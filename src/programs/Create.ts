@@ -1,10 +1,10 @@
 /**
  * `create`: a persistent workspace with its own root disk, in state `prepared`.
  */
+import { DateTime, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { DateTime, Effect } from "effect"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import {
   defaultResources,
@@ -62,23 +62,32 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   if (problem !== undefined) {
     return yield* new InvalidInput({
       message: `invalid workspace name: ${problem}`,
-      remediation: "names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+      remediation:
+        "names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
     })
   }
   const resources = yield* Effect.try({
     try: () => resolveResources(options),
     catch: (cause) =>
-      new InvalidInput({ message: `invalid resources: ${String(cause)}`, remediation: "see `microagent profiles`" })
+      new InvalidInput({
+        message: `invalid resources: ${String(cause)}`,
+        remediation: "see `microagent profiles`"
+      })
   })
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore
   const hypervisor = yield* Hypervisor
 
-  const image = yield* images.ensure(options.image, resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB })
+  const image = yield* images.ensure(
+    options.image,
+    resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB }
+  )
   const workspaceDir = home.workspaceDir(name)
   // The disk is prepared in a staging directory and renamed into place once the name is ours.
-  const staging = yield* home.ensureDir(NodePath.join(home.workspaces, `.staging-${randomBytes(6).toString("hex")}`))
+  const staging = yield* home.ensureDir(
+    NodePath.join(home.workspaces, `.staging-${randomBytes(6).toString("hex")}`)
+  )
   return yield* Effect.gen(function*() {
     yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)
     const now = yield* DateTime.now

@@ -1,14 +1,14 @@
 /**
  * `delete`: idempotent; a live workspace needs `yes` (halt first) or `force` (kill first).
  */
-import * as NodeFs from "node:fs"
 import { Effect, Option } from "effect"
+import * as NodeFs from "node:fs"
 import { Conflict, Permanent } from "../domain/Errors.ts"
 import { isDeletable } from "../domain/State.ts"
+import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
-import { Home } from "../services/Home.ts"
 
 export interface DeleteOptions {
   /** Halt a live workspace gracefully first. */

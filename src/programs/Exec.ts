@@ -43,7 +43,9 @@ export const runningHandle = Effect.fn("runningHandle")(function*(name: string) 
 
 const recordExec = (name: string, request: ExecRequest, outcome: string) =>
   StateStore.pipe(
-    Effect.flatMap((store) => store.appendEvent(name, { type: "exec", detail: `${request.argv[0]} ${outcome}` })),
+    Effect.flatMap((store) =>
+      store.appendEvent(name, { type: "exec", detail: `${request.argv[0]} ${outcome}` })
+    ),
     Effect.ignore
   )
 
@@ -62,7 +64,11 @@ export const exec = Effect.fn("exec")(function*(
 })
 
 /** Like `exec`, with output streamed as it comes. */
-export const execStream = (name: string, request: ExecRequest, stdin?: Stream.Stream<Uint8Array, GuestError>) =>
+export const execStream = (
+  name: string,
+  request: ExecRequest,
+  stdin?: Stream.Stream<Uint8Array, GuestError>
+) =>
   Stream.unwrapScoped(
     Effect.gen(function*() {
       const handle = yield* runningHandle(name)
@@ -71,7 +77,9 @@ export const execStream = (name: string, request: ExecRequest, stdin?: Stream.St
       return connection.execStream(request, stdin).pipe(
         Stream.mapError(guestFailure(name)),
         Stream.tap((output) =>
-          output._tag === "Exit" ? recordExec(name, request, `${output.result.status} ${output.result.exitCode}`) : Effect.void
+          output._tag === "Exit"
+            ? recordExec(name, request, `${output.result.status} ${output.result.exitCode}`)
+            : Effect.void
         )
       )
     })

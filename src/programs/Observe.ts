@@ -2,9 +2,9 @@
  * The observing verbs: `inspect`, `list`, `logs`, `events`, `wait`. Each reconciles what it reports
  * with the backend first, so a dead VMM is never reported as running.
  */
+import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Duration, Effect, Option, Schedule, Stream } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import { isLive, isSettled } from "../domain/State.ts"
 import type { Workspace } from "../domain/Workspace.ts"
@@ -66,7 +66,9 @@ export const logs = (name: string, options: { readonly follow?: boolean } = {}) 
         return new Uint8Array(chunk)
       })
     )
-    return Stream.concat(Stream.make(new Uint8Array(first)), more).pipe(Stream.filter((chunk) => chunk.length > 0))
+    return Stream.concat(Stream.make(new Uint8Array(first)), more).pipe(
+      Stream.filter((chunk) => chunk.length > 0)
+    )
   }))
 
 /** Lifecycle events, oldest first; with `follow`, new ones until the workspace settles. */
@@ -93,25 +95,27 @@ export const events = (name: string, options: { readonly follow?: boolean } = {}
   }))
 
 /** Blocks until the workspace is stopped, halted, failed, quarantined or prepared. */
-export const wait = Effect.fn("wait")(function*(name: string, options: { readonly timeout?: Duration.Duration } = {}) {
-  const store = yield* StateStore
-  const settled = store.get(name).pipe(
-    Effect.flatMap(reconcile),
-    Effect.filterOrFail((ws) => isSettled(ws.state), () => "waiting" as const),
-    Effect.retry({ schedule: Schedule.spaced(Duration.millis(250)), while: (error) => error === "waiting" })
-  )
-  const limit = options.timeout ?? Duration.infinity
-  const result = yield* settled.pipe(
-    Effect.timeoutFail({
-      duration: limit,
-      onTimeout: () =>
-        new Transient({
-          message: `workspace ${name} did not settle within ${Duration.format(limit)}`,
-          remediation: "wait longer, or halt it",
-          retryAfterMs: 1000
-        })
-    }),
-    Effect.catchIf((error) => error === "waiting", () => Effect.die("unreachable"))
-  )
-  return result
-})
+export const wait = Effect.fn("wait")(
+  function*(name: string, options: { readonly timeout?: Duration.Duration } = {}) {
+    const store = yield* StateStore
+    const settled = store.get(name).pipe(
+      Effect.flatMap(reconcile),
+      Effect.filterOrFail((ws) => isSettled(ws.state), () => "waiting" as const),
+      Effect.retry({ schedule: Schedule.spaced(Duration.millis(250)), while: (error) => error === "waiting" })
+    )
+    const limit = options.timeout ?? Duration.infinity
+    const result = yield* settled.pipe(
+      Effect.timeoutFail({
+        duration: limit,
+        onTimeout: () =>
+          new Transient({
+            message: `workspace ${name} did not settle within ${Duration.format(limit)}`,
+            remediation: "wait longer, or halt it",
+            retryAfterMs: 1000
+          })
+      }),
+      Effect.catchIf((error) => error === "waiting", () => Effect.die("unreachable"))
+    )
+    return result
+  }
+)

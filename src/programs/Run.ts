@@ -11,7 +11,7 @@ import { create, type CreateOptions } from "./Create.ts"
 import { remove } from "./Delete.ts"
 import { exec } from "./Exec.ts"
 import { halt } from "./Halt.ts"
-import { execRequestFor, type ExecOverrides, imageCommand } from "./internal/Requests.ts"
+import { type ExecOverrides, execRequestFor, imageCommand } from "./internal/Requests.ts"
 import { start } from "./Start.ts"
 
 export interface RunOptions extends CreateOptions {

@@ -3,10 +3,10 @@
  * concurrent starts, one wins and the other gets `Conflict`. Failure or interruption at any point
  * kills whatever was launched and records `failed`; the store never says `running` for a VM that is not.
  */
+import { Effect, Exit } from "effect"
+import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { randomUUID } from "node:crypto"
-import { Effect, Exit } from "effect"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"

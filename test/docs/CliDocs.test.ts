@@ -23,7 +23,9 @@ describe("docs/cli.md matches the command tree", () => {
       for (const alias of verb.aliases ?? []) assert.include(section, `alias \`${alias}\``)
       const help = commandHelp(verb.name, false)
       const flags = new Set([...help.matchAll(/^(?:\(-[a-z], )?(--[a-z-]+)/gm)].map((m) => m[1]!))
-      for (const flag of flags) assert.include(section, `\`${flag}`, `${verb.name}: ${flag} is not documented`)
+      for (const flag of flags) {
+        assert.include(section, `\`${flag}`, `${verb.name}: ${flag} is not documented`)
+      }
     })
   }
 })

@@ -62,24 +62,39 @@ network:
   })
 
   it("refuses fields this version does not act on", () => {
-    assert.strictEqual(error("setup:\n  - apt-get update\n"), "microagent.yaml: setup is not supported by this version of microagent")
-    assert.strictEqual(error("network:\n  forwards: []\n"), "microagent.yaml: network.forwards is not supported by this version of microagent")
+    assert.strictEqual(
+      error("setup:\n  - apt-get update\n"),
+      "microagent.yaml: setup is not supported by this version of microagent"
+    )
+    assert.strictEqual(
+      error("network:\n  forwards: []\n"),
+      "microagent.yaml: network.forwards is not supported by this version of microagent"
+    )
   })
 
   it("reports wrong values with their path", () => {
-    assert.strictEqual(error("resources:\n  memoryMiB: lots\n"), `microagent.yaml: resources.memoryMiB: Expected number, actual "lots"`)
+    assert.strictEqual(
+      error("resources:\n  memoryMiB: lots\n"),
+      `microagent.yaml: resources.memoryMiB: Expected number, actual "lots"`
+    )
     assert.strictEqual(
       error("profile: huge\n"),
       `microagent.yaml: profile: expected one of "tiny", "small", "medium", "large"; got "huge"`
     )
     assert.match(error("name: -bad\n"), /^microagent\.yaml: name: .*must start with a letter or digit/)
-    assert.strictEqual(error("env:\n  1X: y\n"), `microagent.yaml: env: "1X" is not a valid environment variable name`)
+    assert.strictEqual(
+      error("env:\n  1X: y\n"),
+      `microagent.yaml: env: "1X" is not a valid environment variable name`
+    )
     assert.strictEqual(error("env:\n  A: [1]\n"), `microagent.yaml: env.A: Expected string, actual [1]`)
     assert.strictEqual(
       error("network:\n  mode: bridged\n"),
       `microagent.yaml: network.mode: expected one of "user", "isolated"; got "bridged"`
     )
-    assert.strictEqual(error("resources:\n  cpuCount: 0\n"), "microagent.yaml: resources.cpuCount: Expected a number between 1 and 256, actual 0")
+    assert.strictEqual(
+      error("resources:\n  cpuCount: 0\n"),
+      "microagent.yaml: resources.cpuCount: Expected a number between 1 and 256, actual 0"
+    )
   })
 
   it("rejects malformed YAML, duplicate keys and non-mappings", () => {

@@ -3,7 +3,9 @@ import { nameProblem, reservedNames } from "../../src/domain/Workspace.ts"
 
 describe("workspace names", () => {
   it("accepts the documented grammar", () => {
-    for (const name of ["a", "w1", "A.b_c-d", "9lives", "x".repeat(63)]) assert.isUndefined(nameProblem(name), name)
+    for (const name of ["a", "w1", "A.b_c-d", "9lives", "x".repeat(63)]) {
+      assert.isUndefined(nameProblem(name), name)
+    }
   })
   it("rejects what cannot be a name, saying why", () => {
     assert.include(nameProblem("")!, "empty")

@@ -1,22 +1,22 @@
-import * as NodeFs from "node:fs"
-import * as NodePath from "node:path"
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Fiber, Option, Stream } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
+import { isAlive } from "../../src/layers/process/Processes.ts"
 import { create } from "../../src/programs/Create.ts"
 import { remove } from "../../src/programs/Delete.ts"
 import { exec, execStream } from "../../src/programs/Exec.ts"
 import { halt, kill } from "../../src/programs/Halt.ts"
-import { events, inspect, list, wait } from "../../src/programs/Observe.ts"
 import { vmHandleOf } from "../../src/programs/internal/Reconcile.ts"
+import { events, inspect, list, wait } from "../../src/programs/Observe.ts"
 import { run } from "../../src/programs/Run.ts"
 import { start } from "../../src/programs/Start.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor } from "../../src/services/Hypervisor.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
-import { isAlive } from "../../src/layers/process/Processes.ts"
 
 const sh = (script: string) => new ExecRequest({ argv: ["sh", "-c", script] })
 
@@ -53,18 +53,29 @@ describe("lifecycle programs on the fake backend", () => {
       assert.strictEqual(workspace.state, "halted")
       const failed = yield* Effect.exit(run({ image: "alpine", command: [], name: "nocmd" }))
       assert.isTrue(Exit.isFailure(failed))
-      assert.strictEqual(Exit.isFailure(failed) && Option.getOrThrow(Cause.failureOption(failed.cause))._tag, "InvalidInput")
+      assert.strictEqual(
+        Exit.isFailure(failed) && Option.getOrThrow(Cause.failureOption(failed.cause))._tag,
+        "InvalidInput"
+      )
       const store = yield* StateStore
       assert.isTrue(Option.isNone(yield* store.find("nocmd")))
     }).pipe(Effect.provide(fakeEnvironment)))
 
   it.scopedLive("create, start, exec, halt, start, exec, delete keeps the disk across boots", () =>
     Effect.gen(function*() {
-      const created = yield* create({ image: "alpine", name: "w1", profile: "tiny", env: { GREETING: "hello" } })
+      const created = yield* create({
+        image: "alpine",
+        name: "w1",
+        profile: "tiny",
+        env: { GREETING: "hello" }
+      })
       assert.strictEqual(created.state, "prepared")
       assert.deepStrictEqual(created.resources.memoryMiB, 256)
       yield* start("w1")
-      const written = yield* exec("w1", new ExecRequest({ argv: ["sh", "-c", "echo $GREETING > tmp/file"], env: { GREETING: "hello" } }))
+      const written = yield* exec(
+        "w1",
+        new ExecRequest({ argv: ["sh", "-c", "echo $GREETING > tmp/file"], env: { GREETING: "hello" } })
+      )
       assert.strictEqual(written.exitCode, 0)
       const halted = yield* halt("w1")
       assert.strictEqual(halted.state, "halted")
@@ -110,7 +121,10 @@ describe("lifecycle programs on the fake backend", () => {
           hypervisor.launch(config).pipe(
             Effect.tap((handle) => Effect.sync(() => launched.push(handle.pid))),
             Effect.flatMap((handle) =>
-              Effect.never.pipe(Effect.onInterrupt(() => Effect.ignore(hypervisor.kill(handle))), Effect.as(handle))
+              Effect.never.pipe(
+                Effect.onInterrupt(() => Effect.ignore(hypervisor.kill(handle))),
+                Effect.as(handle)
+              )
             )
           )
       })
@@ -162,10 +176,16 @@ describe("lifecycle programs on the fake backend", () => {
       yield* start("x")
       const slow = yield* exec("x", new ExecRequest({ argv: ["sleep", "30"], timeoutSeconds: 0.3 }))
       assert.strictEqual(slow.status, "timed_out")
-      const big = yield* exec("x", new ExecRequest({ argv: ["sh", "-c", "head -c 100000 /dev/zero"], stdoutLimit: 1000 }))
+      const big = yield* exec(
+        "x",
+        new ExecRequest({ argv: ["sh", "-c", "head -c 100000 /dev/zero"], stdoutLimit: 1000 })
+      )
       assert.strictEqual(big.stdout.length, 1000)
       assert.isTrue(big.stdoutTruncated)
-      const env = yield* exec("x", new ExecRequest({ argv: ["sh", "-c", "echo $A-$B"], env: { A: "1", B: "2" } }))
+      const env = yield* exec(
+        "x",
+        new ExecRequest({ argv: ["sh", "-c", "echo $A-$B"], env: { A: "1", B: "2" } })
+      )
       assert.strictEqual(env.stdout, "1-2\n")
       const cwd = yield* exec("x", new ExecRequest({ argv: ["sh", "-c", "basename $PWD"], cwd: "/etc" }))
       assert.strictEqual(cwd.stdout, "etc\n")

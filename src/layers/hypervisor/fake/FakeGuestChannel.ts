@@ -2,10 +2,10 @@
  * The fake backend's guest channel: runs commands as host processes inside the workspace's scratch
  * directory (guest `/` is that directory for `cwd` and files). For the fast test tier only.
  */
+import { Chunk, Effect, Layer, Stream } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Chunk, Effect, Layer, Stream } from "effect"
 import { type ExecOutput, type ExecRequest, ExecResult } from "../../../domain/Exec.ts"
 import {
   GuestChannel,
@@ -20,7 +20,16 @@ const defaultLimit = 16 * 1024 * 1024
 /** Resolves a guest path inside the scratch root; `..` cannot climb out of it. */
 const hostPath = (root: string, guestPath: string) => NodePath.join(root, NodePath.resolve("/", guestPath))
 
-const signalNumbers: Record<string, number> = { SIGHUP: 1, SIGINT: 2, SIGKILL: 9, SIGTERM: 15, SIGQUIT: 3, SIGABRT: 6, SIGSEGV: 11, SIGPIPE: 13 }
+const signalNumbers: Record<string, number> = {
+  SIGHUP: 1,
+  SIGINT: 2,
+  SIGKILL: 9,
+  SIGTERM: 15,
+  SIGQUIT: 3,
+  SIGABRT: 6,
+  SIGSEGV: 11,
+  SIGPIPE: 13
+}
 
 const execStream = (
   root: string,
@@ -31,7 +40,10 @@ const execStream = (
     Effect.acquireRelease(
       Effect.sync(() => {
         const started = Date.now()
-        const limits = { stdout: request.stdoutLimit ?? defaultLimit, stderr: request.stderrLimit ?? defaultLimit }
+        const limits = {
+          stdout: request.stdoutLimit ?? defaultLimit,
+          stderr: request.stderrLimit ?? defaultLimit
+        }
         const seen = { stdout: 0, stderr: 0 }
         const collected: Record<"stdout" | "stderr", Array<Buffer>> = { stdout: [], stderr: [] }
         let timedOut = false
@@ -68,7 +80,11 @@ const execStream = (
             // Gone already.
           }
         }, request.timeoutSeconds * 1000)
-        const finish = (status: ExecResult["status"], exitCode: number, extra: { signal?: number; error?: string }) => {
+        const finish = (
+          status: ExecResult["status"],
+          exitCode: number,
+          extra: { signal?: number; error?: string }
+        ) => {
           if (finished) return
           finished = true
           if (timer) clearTimeout(timer)
@@ -150,7 +166,11 @@ const connection = (root: string): GuestConnection => ({
       try: () => {
         const target = hostPath(root, path)
         const data = NodeFs.readFileSync(target)
-        return { mode: NodeFs.statSync(target).mode & 0o7777, size: data.length, data: Stream.make(new Uint8Array(data)) }
+        return {
+          mode: NodeFs.statSync(target).mode & 0o7777,
+          size: data.length,
+          data: Stream.make(new Uint8Array(data))
+        }
       },
       catch: (cause) => new GuestRemoteError({ message: String(cause) })
     }),
@@ -173,5 +193,7 @@ export const FakeGuestChannel = Layer.succeed(GuestChannel, {
   connect: (endpoint) =>
     endpoint._tag === "HostDirectory" && NodeFs.existsSync(endpoint.root)
       ? Effect.succeed(connection(endpoint.root))
-      : Effect.fail(new GuestUnreachable({ message: `the fake guest channel cannot reach ${JSON.stringify(endpoint)}` }))
+      : Effect.fail(
+        new GuestUnreachable({ message: `the fake guest channel cannot reach ${JSON.stringify(endpoint)}` })
+      )
 })

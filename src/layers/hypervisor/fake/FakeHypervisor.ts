@@ -4,10 +4,10 @@
  * "guest" runs commands on the host inside the workspace's scratch directory. It honours the same
  * capability table and lifecycle contract as a real backend.
  */
+import { Effect, Layer } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Effect, Layer } from "effect"
 import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
 import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
 import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
@@ -44,7 +44,8 @@ export const make: HypervisorShape = {
           proc.unref()
           return proc
         },
-        catch: (cause) => new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
+        catch: (cause) =>
+          new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
       })
       const pid = child.pid
       if (pid === undefined) {
@@ -57,14 +58,24 @@ export const make: HypervisorShape = {
         channel: { _tag: "HostDirectory", root: config.rootfsPath },
         consoleLog
       })
-      yield* appendConsole(handle, `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`)
+      // Like a real VMM's pid file: lets `gc` find the process even if the record is lost.
+      NodeFs.writeFileSync(NodePath.join(config.runtimeDir, "vmm.pid"), `${pid} ${handle.pidStartTime}\n`, {
+        mode: 0o600
+      })
+      yield* appendConsole(
+        handle,
+        `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`
+      )
       return handle
     }),
   attach: (handle) =>
     isAlive(handle.pid, handle.pidStartTime)
       ? Effect.succeed(handle)
       : Effect.fail(
-        new Transient({ message: `the VMM (pid ${handle.pid}) is gone`, remediation: "start the workspace again" })
+        new Transient({
+          message: `the VMM (pid ${handle.pid}) is gone`,
+          remediation: "start the workspace again"
+        })
       ),
   inspect: (handle) =>
     Effect.sync(() =>

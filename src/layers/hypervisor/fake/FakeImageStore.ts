@@ -2,15 +2,15 @@
  * The fake backend's image store: accepts any well-formed reference without pulling it, and gives each
  * workspace an empty scratch directory as its "root filesystem". For the fast test tier only.
  */
+import { DateTime, Effect, Layer } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { DateTime, Effect, Layer } from "effect"
 import { InvalidInput, NotFound, Permanent } from "../../../domain/Errors.ts"
 import { ImageInfo } from "../../../domain/Workspace.ts"
 import { ImageRecord, ImageStore } from "../../../services/ImageStore.ts"
 
-const refPattern = /^[a-z0-9]+([._\-/:@][A-Za-z0-9_.\-]+)*$/
+const refPattern = /^[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*$/
 
 const record = (ref: string) =>
   new ImageRecord({
@@ -26,7 +26,10 @@ export const FakeImageStore = Layer.succeed(ImageStore, {
     refPattern.test(ref)
       ? Effect.succeed(record(ref))
       : Effect.fail(
-        new InvalidInput({ message: `invalid image reference "${ref}"`, remediation: "for example: alpine:3.20" })
+        new InvalidInput({
+          message: `invalid image reference "${ref}"`,
+          remediation: "for example: alpine:3.20"
+        })
       ),
   cloneRootfs: (_image, destination) =>
     Effect.try({
@@ -35,9 +38,12 @@ export const FakeImageStore = Layer.succeed(ImageStore, {
           NodeFs.mkdirSync(NodePath.join(destination, dir), { recursive: true, mode: 0o700 })
         }
       },
-      catch: (cause) => new Permanent({ message: `cannot create ${destination}: ${String(cause)}`, remediation: "" })
+      catch: (cause) =>
+        new Permanent({ message: `cannot create ${destination}: ${String(cause)}`, remediation: "" })
     }),
   list: Effect.succeed([]),
   inspect: (ref) =>
-    Effect.fail(new NotFound({ message: `image ${ref} not found`, remediation: "the fake backend keeps no images" }))
+    Effect.fail(
+      new NotFound({ message: `image ${ref} not found`, remediation: "the fake backend keeps no images" })
+    )
 })

@@ -1,0 +1,96 @@
+/**
+ * `gc`: reaps what a crash left behind. Live records are reconciled with their VMMs; runtime
+ * directories and staging directories that no record owns are removed, and a VMM still running for
+ * such a directory is killed. Disks of recorded workspaces are never touched.
+ */
+import { Effect } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { isAlive, signal } from "../layers/process/Processes.ts"
+import { Home } from "../services/Home.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { reconcile } from "./internal/Reconcile.ts"
+
+export interface GcReport {
+  readonly reconciled: ReadonlyArray<
+    { readonly workspace: string; readonly from: string; readonly to: string }
+  >
+  readonly removed: ReadonlyArray<string>
+  readonly killed: ReadonlyArray<number>
+}
+
+const entries = (dir: string) => (NodeFs.existsSync(dir) ? NodeFs.readdirSync(dir) : [])
+
+/** Scratch that another command may still be using is left alone until it is this old. */
+const staleAfterMs = 15 * 60 * 1000
+const isStale = (path: string, now: number) => {
+  try {
+    return now - NodeFs.statSync(path).mtimeMs > staleAfterMs
+  } catch {
+    return false
+  }
+}
+
+/** A VMM pid left in a runtime directory (`vmm.pid`: "PID STARTTIME"), if it is still alive. */
+const livePidIn = (dir: string): number | undefined => {
+  try {
+    const [pid, startTime] = NodeFs.readFileSync(NodePath.join(dir, "vmm.pid"), "utf8").trim().split(/\s+/)
+    const number = Number(pid)
+    return Number.isInteger(number) && isAlive(number, startTime) ? number : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** Reconciles the live workspaces of the provided backend with their VMMs; reports what changed. */
+export const gcReconcile = Effect.fn("gcReconcile")(function*() {
+  const store = yield* StateStore
+  const reconciled: Array<GcReport["reconciled"][number]> = []
+  for (const workspace of yield* store.list) {
+    const after = yield* reconcile(workspace).pipe(Effect.catchAll(() => Effect.succeed(workspace)))
+    if (after.state !== workspace.state) {
+      reconciled.push({ workspace: workspace.name, from: workspace.state, to: after.state })
+    }
+  }
+  return reconciled
+})
+
+/** Removes runtime and staging directories no record owns, killing any VMM left running for them. */
+export const gcSweep = Effect.fn("gcSweep")(function*() {
+  const store = yield* StateStore
+  const home = yield* Home
+  const workspaces = yield* store.list
+  const known = new Set<string>(workspaces.map((ws) => ws.name))
+  const removed: Array<string> = []
+  const killed: Array<number> = []
+  const runRoot = NodePath.join(home.root, "run")
+  for (const name of entries(runRoot)) {
+    const dir = NodePath.join(runRoot, name)
+    if (known.has(name) || !NodeFs.statSync(dir).isDirectory()) continue
+    if ((yield* store.find(name))._tag === "Some") continue
+    const pid = livePidIn(dir)
+    if (pid !== undefined) {
+      signal(pid, "SIGKILL")
+      killed.push(pid)
+    }
+    NodeFs.rmSync(dir, { recursive: true, force: true })
+    removed.push(dir)
+  }
+  const now = Date.now()
+  for (const name of entries(home.workspaces)) {
+    const dir = NodePath.join(home.workspaces, name)
+    if (known.has(name) || (name.startsWith(".staging-") && !isStale(dir, now))) continue
+    // A create may have finished since the list was read.
+    if ((yield* store.find(name))._tag === "Some") continue
+    // Staging directories of interrupted creates, and directories whose record is gone.
+    NodeFs.rmSync(dir, { recursive: true, force: true })
+    removed.push(dir)
+  }
+  for (const name of entries(home.tmp)) {
+    const path = NodePath.join(home.tmp, name)
+    if (!isStale(path, now)) continue
+    NodeFs.rmSync(path, { recursive: true, force: true })
+    removed.push(path)
+  }
+  return { removed, killed }
+})
