@@ -3,6 +3,8 @@
  * htpasswd), images written as OCI layouts and pushed with skopeo, trees cross-checked with
  * `umoci unpack --rootless`, filesystems checked with e2fsck and read back with debugfs.
  */
+import { Command } from "@effect/cli"
+import * as NodeContext from "@effect/platform-node/NodeContext"
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
 import * as NodeChild from "node:child_process"
@@ -10,6 +12,8 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, beforeAll } from "vitest"
+import { imageCommand } from "../../src/cli/image.ts"
+import { Invocation } from "../../src/cli/Invocation.ts"
 import { makeImageStore } from "../../src/layers/image/ImageStoreLive.ts"
 import { imageDependencies } from "../../src/layers/image/Stack.ts"
 import type { ImageStoreAdmin } from "../../src/services/ImageStore.ts"
@@ -508,5 +512,86 @@ describe("images against a real registry", () => {
       assert.strictEqual(error._tag, "NotFound")
       const exit = yield* withStore(freshHome(), (store) => store.ensure("Not A Ref")).pipe(Effect.exit)
       assert.isTrue(Exit.isFailure(exit))
+    }))
+})
+
+describe("image commands", () => {
+  /** Runs `microagent image …` in-process, capturing stdout. */
+  const runImage = (args: ReadonlyArray<string>, stateDir: string) =>
+    Effect.gen(function*() {
+      const chunks: Array<string> = []
+      const write = process.stdout.write.bind(process.stdout)
+      const cli = Command.run(imageCommand, { name: "microagent", version: "test" })
+      const exit = yield* Effect.acquireUseRelease(
+        Effect.sync(() => {
+          process.stdout.write = ((chunk: string | Uint8Array, ...rest: Array<unknown>) => {
+            chunks.push(typeof chunk === "string" ? chunk : Buffer.from(chunk).toString())
+            const callback = rest.find((r) => typeof r === "function") as (() => void) | undefined
+            callback?.()
+            return true
+          }) as typeof process.stdout.write
+        }),
+        () =>
+          cli(["node", "microagent", ...args.slice(1)]).pipe(
+            Effect.provideService(Invocation, {
+              json: true,
+              stateDir,
+              backend: undefined,
+              noColor: true,
+              guestArgv: []
+            }),
+            Effect.provide(NodeContext.layer),
+            Effect.exit
+          ),
+        () => Effect.sync(() => (process.stdout.write = write))
+      )
+      return { exit, stdout: chunks.join("") }
+    })
+
+  it.effect("pull, list, inspect, tag, rm and prune through the CLI with JSON output", () =>
+    Effect.gen(function*() {
+      const busybox = pushBusyboxImage(registry, scratch, "cli/busybox:1")
+      const state = freshHome()
+      const pulled = yield* runImage(["image", "pull", busybox.ref], state)
+      assert.isTrue(Exit.isSuccess(pulled.exit), String(pulled.exit))
+      const record = JSON.parse(pulled.stdout) as {
+        ref: string
+        digest: string
+        config: { cmd: Array<string> }
+      }
+      assert.strictEqual(record.digest, busybox.digest)
+      assert.deepStrictEqual(record.config.cmd, ["/bin/sh"])
+      const listed = JSON.parse((yield* runImage(["image", "ls"], state)).stdout) as {
+        images: Array<{ ref: string }>
+      }
+      assert.deepStrictEqual(listed.images.map((i) => i.ref), [busybox.ref])
+      const inspected = JSON.parse(
+        (yield* runImage(["image", "inspect", busybox.digest.slice(7, 20)], state)).stdout
+      ) as {
+        ref: string
+      }
+      assert.strictEqual(inspected.ref, busybox.ref)
+      yield* runImage(["image", "tag", busybox.ref, "localhost/cli:2"], state)
+      const removed = JSON.parse(
+        (yield* runImage(["image", "rm", "--purge", busybox.ref], state)).stdout
+      ) as {
+        removed: Array<string>
+        kept: Array<string>
+      }
+      assert.deepStrictEqual(removed.removed, [busybox.ref])
+      assert.strictEqual(removed.kept.length > 0, true)
+      const pruned = JSON.parse((yield* runImage(["image", "prune", "--purge"], state)).stdout) as {
+        removed: Array<string>
+      }
+      assert.deepStrictEqual(pruned.removed, ["localhost/cli:2"])
+      const missing = yield* runImage(["image", "inspect", "nothing:here"], state)
+      assert.isTrue(Exit.isFailure(missing.exit))
+    }))
+
+  it.effect("--help opens no database", () =>
+    Effect.gen(function*() {
+      const state = freshHome()
+      yield* runImage(["image", "pull", "--help"], state)
+      assert.isFalse(NodeFs.existsSync(NodePath.join(state, "state.db")))
     }))
 })
