@@ -9,20 +9,21 @@ import { Cause, Effect, Either, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
+import { hostGroup } from "./HostCommands.ts"
 import { Invocation } from "./Invocation.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { verbs } from "./Verbs.ts"
 
-export const subcommands = [...runGroup, ...lifecycleGroup, ...maintenanceGroup] as const
+export const subcommands = [...hostGroup, ...runGroup, ...lifecycleGroup, ...maintenanceGroup] as const
 
 export const rootCommand = Command.make("microagent").pipe(
   Command.withDescription("AI-agent workspaces in microVMs"),
   Command.withSubcommands(subcommands)
 )
 
-const groups = ["Run", "Lifecycle", "Observe", "Resources", "Maintenance", "Misc"] as const
+const groups = ["Getting started", "Run", "Lifecycle", "Observe", "Resources", "Maintenance", "Misc"] as const
 
 export const topLevelHelp = (): string => {
   const lines = [

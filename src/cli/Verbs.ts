@@ -4,7 +4,7 @@
  */
 export interface Verb {
   readonly name: string
-  readonly group: "Run" | "Lifecycle" | "Observe" | "Resources" | "Maintenance" | "Misc"
+  readonly group: "Getting started" | "Run" | "Lifecycle" | "Observe" | "Resources" | "Maintenance" | "Misc"
   readonly summary: string
   readonly usage: string
   readonly aliases?: ReadonlyArray<string>
@@ -40,6 +40,12 @@ const execFlags = [
 ]
 
 export const verbs: ReadonlyArray<Verb> = [
+  {
+    name: "doctor",
+    group: "Getting started",
+    usage: "microagent doctor",
+    summary: "check what this host has and lacks"
+  },
   {
     name: "run",
     group: "Run",

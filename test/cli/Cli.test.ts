@@ -26,13 +26,29 @@ describe("the microagent CLI on the fake backend", () => {
     const hi = cli(["run", "--backend", "fake", "alpine", "--", "echo", "hi"], { stateDir, env: text })
     assert.strictEqual(hi.stdout, "hi\n")
     assert.strictEqual(hi.code, 0)
-    const seven = cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "exit 7"], { stateDir, env: text })
+    const seven = cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "exit 7"], {
+      stateDir,
+      env: text
+    })
     assert.strictEqual(seven.code, 7)
     assert.deepStrictEqual(listNames(), [])
   })
 
   it("passes everything after the image to the guest verbatim, flags included", () => {
-    const out = cli(["run", "--backend", "fake", "alpine", "sh", "-c", "echo \"$@\"", "x", "--json", "--help", "-e", "A=1"], {
+    const out = cli([
+      "run",
+      "--backend",
+      "fake",
+      "alpine",
+      "sh",
+      "-c",
+      'echo "$@"',
+      "x",
+      "--json",
+      "--help",
+      "-e",
+      "A=1"
+    ], {
       stateDir,
       env: text
     })
@@ -41,7 +57,10 @@ describe("the microagent CLI on the fake backend", () => {
   })
 
   it("keeps state across separate processes: create, start, exec, halt, start, exec, delete", () => {
-    assert.strictEqual(cli(["create", "--backend", "fake", "--image", "alpine", "-e", "WHO=world", "w1"], { stateDir }).code, 0)
+    assert.strictEqual(
+      cli(["create", "--backend", "fake", "--image", "alpine", "-e", "WHO=world", "w1"], { stateDir }).code,
+      0
+    )
     assert.strictEqual(cli(["start", "w1"], { stateDir }).code, 0)
     const wrote = cli(["exec", "w1", "--", "sh", "-c", "echo hello $WHO > tmp/note"], { stateDir })
     assert.strictEqual(wrote.code, 0, wrote.stderr)
@@ -72,13 +91,25 @@ describe("the microagent CLI on the fake backend", () => {
     assert.strictEqual(list.workspaces[0].profile, "small")
     const events = JSON.parse(cli(["events", "j1"], { stateDir }).stdout)
     assert.strictEqual(events.events[0].type, "created")
-    const ran = JSON.parse(cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "echo o; echo e >&2; exit 3"], { stateDir }).stdout)
+    const ran = JSON.parse(
+      cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "echo o; echo e >&2; exit 3"], {
+        stateDir
+      }).stdout
+    )
     assert.deepStrictEqual(
-      { stdout: ran.result.stdout, stderr: ran.result.stderr, exitCode: ran.result.exitCode, status: ran.result.status },
+      {
+        stdout: ran.result.stdout,
+        stderr: ran.result.stderr,
+        exitCode: ran.result.exitCode,
+        status: ran.result.status
+      },
       { stdout: "o\n", stderr: "e\n", exitCode: 3, status: "exited" }
     )
     const textList = cli(["list"], { stateDir, env: text }).stdout
-    assert.match(textList, /^NAME\s+STATE\s+BACKEND\s+PROFILE\s+NETWORK\s+IMAGE\nj1\s+prepared\s+fake\s+small\s+user\s+alpine\n$/)
+    assert.match(
+      textList,
+      /^NAME\s+STATE\s+BACKEND\s+PROFILE\s+NETWORK\s+IMAGE\nj1\s+prepared\s+fake\s+small\s+user\s+alpine\n$/
+    )
   })
 
   it("exit codes: 2 for usage, 1 for failures, with a classified error", () => {
@@ -86,7 +117,10 @@ describe("the microagent CLI on the fake backend", () => {
     assert.strictEqual(unknown.code, 2)
     assert.include(errorOf(unknown).error.remediation, "microagent list")
     assert.strictEqual(cli(["exec"], { stateDir }).code, 2)
-    assert.strictEqual(cli(["create", "--backend", "fake", "--image", "alpine", "bad/name"], { stateDir }).code, 2)
+    assert.strictEqual(
+      cli(["create", "--backend", "fake", "--image", "alpine", "bad/name"], { stateDir }).code,
+      2
+    )
     assert.strictEqual(cli(["run", "--backend", "nope", "alpine"], { stateDir }).code, 2)
     const missing = cli(["inspect", "ghost"], { stateDir })
     assert.strictEqual(missing.code, 1)
@@ -97,7 +131,10 @@ describe("the microagent CLI on the fake backend", () => {
       retryable: false
     })
     const textError = cli(["inspect", "ghost"], { stateDir, env: text })
-    assert.strictEqual(textError.stderr, "error: workspace ghost not found\n  `microagent list` shows the workspaces of this state directory\n")
+    assert.strictEqual(
+      textError.stderr,
+      "error: workspace ghost not found\n  `microagent list` shows the workspaces of this state directory\n"
+    )
     const badSpec = NodePath.join(stateDir, "bad.yaml")
     NodeFs.writeFileSync(badSpec, "image: alpine\nresource:\n  memoryMiB: 1\n")
     const spec = cli(["create", "--backend", "fake", "--file", badSpec], { stateDir })
@@ -119,7 +156,9 @@ describe("the microagent CLI on the fake backend", () => {
   it("help never performs the operation, wherever it stands", () => {
     cli(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })
     cli(["start", "keepme"], { stateDir })
-    for (const args of [["delete", "--force", "keepme", "--help"], ["kill", "-h", "keepme"], ["help", "halt"]]) {
+    for (
+      const args of [["delete", "--force", "keepme", "--help"], ["kill", "-h", "keepme"], ["help", "halt"]]
+    ) {
       const out = cli(args, { stateDir })
       assert.strictEqual(out.code, 0)
       assert.match(out.stdout, /^Usage: microagent /)
@@ -148,7 +187,9 @@ describe("the microagent CLI on the fake backend", () => {
     const state = JSON.parse(cli(["inspect", "race"], { stateDir }).stdout).workspace
     assert.strictEqual(state.state, "running")
     // Exactly one VMM was launched: the recorded one.
-    const starts = JSON.parse(cli(["events", "race"], { stateDir }).stdout).events.filter((e: { type: string }) => e.type === "booted")
+    const starts = JSON.parse(cli(["events", "race"], { stateDir }).stdout).events.filter((
+      e: { type: string }
+    ) => e.type === "booted")
     assert.strictEqual(starts.length, 1)
   })
 
@@ -157,7 +198,9 @@ describe("the microagent CLI on the fake backend", () => {
     const walk = (dir: string): Array<string> =>
       NodeFs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
         const path = NodePath.join(dir, entry.name)
-        return entry.isDirectory() && !path.includes("/rootfs/") && !path.endsWith("/rootfs") ? [path, ...walk(path)] : [path]
+        return entry.isDirectory() && !path.includes("/rootfs/") && !path.endsWith("/rootfs")
+          ? [path, ...walk(path)]
+          : [path]
       })
     for (const path of walk(stateDir)) {
       const mode = NodeFs.statSync(path).mode & 0o777
@@ -166,5 +209,21 @@ describe("the microagent CLI on the fake backend", () => {
       if (stat.isFile()) assert.strictEqual(mode, 0o600, path)
     }
     assert.strictEqual(NodeFs.statSync(stateDir).mode & 0o777, 0o700)
+  })
+
+  it("doctor names the package that installs a missing tool, and fails when a required one is missing", () => {
+    const present = cli(["doctor", "--json"], { stateDir })
+    const report = JSON.parse(present.stdout) as {
+      ok: boolean
+      checks: Array<{ name: string; ok: boolean; remediation?: string }>
+    }
+    assert.strictEqual(present.code, report.ok ? 0 : 1)
+    const bare = cli(["doctor", "--json"], { stateDir, env: { PATH: NodePath.join(stateDir, "empty") } })
+    assert.strictEqual(bare.code, 1)
+    const checks = (JSON.parse(bare.stdout) as typeof report).checks
+    const qemu = checks.find((c) => c.name === "qemu")!
+    assert.isFalse(qemu.ok)
+    assert.strictEqual(qemu.remediation, "apt-get install qemu-system-x86")
+    assert.strictEqual(checks.find((c) => c.name === "lz4")!.remediation, "apt-get install lz4")
   })
 })
