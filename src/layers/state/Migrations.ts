@@ -49,5 +49,19 @@ export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: st
         UNIQUE (network, ip)
       );
     `
+  },
+  {
+    name: "mcp idempotency keys",
+    sql: `
+      CREATE TABLE mcp_idempotency (
+        tool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        args_hash TEXT NOT NULL,
+        envelope TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (tool, key)
+      );
+      CREATE INDEX mcp_idempotency_by_time ON mcp_idempotency (created_at);
+    `
   }
 ]
