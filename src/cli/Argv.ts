@@ -10,9 +10,14 @@ import type { InvocationShape } from "./Invocation.ts"
 import { findVerb, suggestVerb } from "./Verbs.ts"
 
 export type Parsed =
-  | { readonly _tag: "Help"; readonly topic?: string }
+  | { readonly _tag: "Help"; readonly topic?: string; readonly subcommand?: string }
   | { readonly _tag: "Version" }
-  | { readonly _tag: "Command"; readonly verb: string; readonly args: ReadonlyArray<string>; readonly invocation: InvocationShape }
+  | {
+    readonly _tag: "Command"
+    readonly verb: string
+    readonly args: ReadonlyArray<string>
+    readonly invocation: InvocationShape
+  }
 
 const usage = (message: string, remediation = "run `microagent help` for the list of commands") =>
   Either.left(new InvalidInput({ message, remediation }))
@@ -79,7 +84,9 @@ export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, In
         const suggestion = suggestVerb(arg)
         return usage(
           `unknown command "${arg}"`,
-          suggestion ? `did you mean \`microagent ${suggestion}\`?` : "run `microagent help` for the list of commands"
+          suggestion
+            ? `did you mean \`microagent ${suggestion}\`?`
+            : "run `microagent help` for the list of commands"
         )
       }
       verbName = verb.name
@@ -90,14 +97,25 @@ export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, In
           const suggestion = suggestVerb(topic)
           return usage(`unknown command "${topic}"`, suggestion ? `did you mean \`${suggestion}\`?` : "")
         }
-        return Either.right(target === undefined || target.name === "help" ? { _tag: "Help" } : { _tag: "Help", topic: target.name })
+        return Either.right(
+          target === undefined || target.name === "help"
+            ? { _tag: "Help" }
+            : { _tag: "Help", topic: target.name }
+        )
       }
       if (verb.name === "version") return Either.right({ _tag: "Version" })
       continue
     }
     const verb = findVerb(verbName)!
     // Help never performs the operation, wherever it stands before the guest's argv.
-    if (arg === "--help" || arg === "-h") return Either.right({ _tag: "Help", topic: verb.name })
+    if (arg === "--help" || arg === "-h") {
+      const subcommand = verb.subcommands ? rest.find((word) => !word.startsWith("-")) : undefined
+      return Either.right(
+        subcommand === undefined
+          ? { _tag: "Help", topic: verb.name }
+          : { _tag: "Help", topic: verb.name, subcommand }
+      )
+    }
     rest.push(arg)
     if (arg.startsWith("-") && arg !== "-") {
       if (inline === undefined && verb.valueFlags?.includes(arg) && i + 1 < argv.length) rest.push(argv[++i]!)

@@ -3,20 +3,27 @@
  * run the command with @effect/cli, and turn failures into a message and an exit code
  * (0 ok, 1 failed, 2 usage, 75 retryable; `run` and `exec` pass the guest's exit code through).
  */
-import { CliConfig, Command, HelpDoc, ValidationError } from "@effect/cli"
+import { CliConfig, Command, CommandDescriptor, HelpDoc, ValidationError } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Cause, Effect, Either, HashSet, Option } from "effect"
+import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { hostGroup } from "./HostCommands.ts"
+import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { verbs } from "./Verbs.ts"
 
-export const subcommands = [...hostGroup, ...runGroup, ...lifecycleGroup, ...maintenanceGroup] as const
+export const subcommands = [
+  ...hostGroup,
+  ...runGroup,
+  ...lifecycleGroup,
+  imageCommand,
+  ...maintenanceGroup
+] as const
 
 export const rootCommand = Command.make("microagent").pipe(
   Command.withDescription("AI-agent workspaces in microVMs"),
@@ -58,13 +65,22 @@ const cliConfig = CliConfig.make({ showBuiltIns: false, showTypes: false })
 const stripAnsi = (text: string) => text.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "")
 
 /** A command's own help: its usage, flags and arguments; plain text unless on a colour terminal. */
-export const commandHelp = (verb: string, color: boolean): string => {
+export const commandHelp = (verb: string, color: boolean, subcommand?: string): string => {
   // The commands differ in their handlers' types; only their descriptors matter here.
   const commands = subcommands as unknown as ReadonlyArray<Command.Command<string, never, never, unknown>>
-  const command = commands.find((c) => HashSet.has(Command.getNames(c), verb))
-  if (command === undefined) return topLevelHelp()
-  const usage = verbs.find((v) => v.name === verb)?.usage ?? `microagent ${verb}`
-  const text = `Usage: ${usage}\n${HelpDoc.toAnsiText(Command.getHelp(command, cliConfig))}`
+  const group = commands.find((c) => HashSet.has(Command.getNames(c), verb))
+  if (group === undefined) return topLevelHelp()
+  const child = subcommand === undefined
+    ? undefined
+    : Command.getSubcommands(group).pipe(HashMap.get(subcommand), Option.getOrUndefined)
+  const usage = child === undefined
+    ? verbs.find((v) => v.name === verb)?.usage ?? `microagent ${verb}`
+    : `microagent ${verb} ${subcommand} [flags] [args]`
+  const text = `Usage: ${usage}\n${
+    HelpDoc.toAnsiText(
+      child === undefined ? Command.getHelp(group, cliConfig) : CommandDescriptor.getHelp(child, cliConfig)
+    )
+  }`
   return color ? text : stripAnsi(text)
 }
 
@@ -88,7 +104,9 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
     return Effect.succeed(ExitCode.ok)
   }
   if (request._tag === "Help") {
-    process.stdout.write(commandHelp(request.topic!, process.stdout.isTTY === true && !process.env.NO_COLOR))
+    process.stdout.write(
+      commandHelp(request.topic!, process.stdout.isTTY === true && !process.env.NO_COLOR, request.subcommand)
+    )
     return Effect.succeed(ExitCode.ok)
   }
   const invocation = request.invocation

@@ -10,6 +10,8 @@ export interface Verb {
   readonly aliases?: ReadonlyArray<string>
   /** Flags of this verb that take a value, with their short forms. */
   readonly valueFlags?: ReadonlyArray<string>
+  /** A group of subcommands (`image pull`, …): help may name the subcommand. */
+  readonly subcommands?: boolean
   /** `run` and `exec`: everything after the first positional is the guest's argv. */
   readonly guestArgv?: boolean
 }
@@ -125,6 +127,14 @@ export const verbs: ReadonlyArray<Verb> = [
     group: "Observe",
     usage: "microagent events [--follow] NAME",
     summary: "show a workspace's lifecycle events"
+  },
+  {
+    name: "image",
+    group: "Resources",
+    usage: "microagent image pull|import|list|inspect|tag|rm|prune ...",
+    summary: "pull, import and manage OCI images",
+    aliases: ["images"],
+    subcommands: true
   },
   {
     name: "profiles",

@@ -3,13 +3,14 @@
  * concurrent starts, one wins and the other gets `Conflict`. Failure or interruption at any point
  * kills whatever was launched and records `failed`; the store never says `running` for a VM that is not.
  */
-import { Effect, Exit } from "effect"
+import { Effect, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"
+import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 
@@ -26,6 +27,14 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
+  // before the workspace changes state, so a slow first install leaves nothing half-started.
+  const kernels = yield* Effect.serviceOption(KernelCache)
+  const boot = Option.isSome(kernels)
+    ? yield* kernels.value.ensure(process.arch === "arm64" ? "aarch64" : "x86_64").pipe(
+      Effect.map((artifacts) => ({ kernelPath: artifacts.kernelPath, initrdPath: artifacts.initrdPath }))
+    )
+    : {}
   const starting = yield* store.transition(name, "start", {
     patch: (ws) => ownedByMe({ ...ws, sessionId: randomUUID(), vm: undefined } as Workspace),
     detail: `backend ${hypervisor.backend}`
@@ -35,6 +44,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
 
   const config = new LaunchConfig({
+    ...boot,
     workspace: starting.name,
     runtimeDir,
     rootfsPath: starting.rootfsPath,

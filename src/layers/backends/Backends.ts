@@ -1,19 +1,29 @@
 /**
  * Which layers make up each backend: the Hypervisor, the guest channel and the image store it boots from.
  */
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import type { SqlClient } from "@effect/sql"
 import { Layer } from "effect"
+import { Effect } from "effect"
 import { Unsupported } from "../../domain/Errors.ts"
 import type { Backend } from "../../domain/Workspace.ts"
 import type { GuestChannel } from "../../services/GuestChannel.ts"
 import type { Home } from "../../services/Home.ts"
+import { Home as HomeTag } from "../../services/Home.ts"
 import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
-import type { SqlClient } from "@effect/sql"
+import type { KernelCache } from "../../services/KernelCache.ts"
+import { AgentChannel } from "../guest/AgentChannel.ts"
 import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
 import { FakeHypervisor } from "../hypervisor/fake/FakeHypervisor.ts"
 import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
+import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
+import { ImageStoreLive } from "../image/ImageStoreLive.ts"
+import { FileKernelCache } from "../kernel/FileKernelCache.ts"
+import { RegistryHttp } from "../registry/Http.ts"
+import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
 
-export type BackendServices = Hypervisor | GuestChannel | ImageStore
+export type BackendServices = Hypervisor | GuestChannel | ImageStore | KernelCache
 
 export const defaultBackend = (): Backend => {
   const fromEnv = process.env.MICROAGENT_BACKEND
@@ -22,10 +32,21 @@ export const defaultBackend = (): Backend => {
 
 export const backendLayer = (
   backend: Backend
-): Layer.Layer<BackendServices, Unsupported, Home | SqlClient.SqlClient> => {
+): Layer.Layer<
+  Hypervisor | GuestChannel | ImageStore | KernelCache,
+  Unsupported,
+  Home | SqlClient.SqlClient
+> => {
   switch (backend) {
     case "fake":
-      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore)
+      // The fake backend boots no kernel: programs see no KernelCache and launch without one.
+      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore) as Layer.Layer<
+        Hypervisor | GuestChannel | ImageStore | KernelCache,
+        never,
+        never
+      >
+    case "qemu":
+      return qemuLayer
     default:
       return Layer.fail(
         new Unsupported({
@@ -37,3 +58,15 @@ export const backendLayer = (
       )
   }
 }
+
+/** QEMU microVMs: the agent channel over virtio-serial, images from registries, the Debian cloud kernel. */
+const qemuLayer = Layer.unwrapEffect(
+  Effect.map(
+    HomeTag,
+    (home) =>
+      Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer()).pipe(
+        Layer.provideMerge(AgentChannel.layer),
+        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
+      )
+  )
+)
