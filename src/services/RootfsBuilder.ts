@@ -17,9 +17,12 @@ export interface BuildRequest {
    * The layers, bottom first. Each is an effect yielding the path of a verified blob, so the builder can
    * start on the first while later ones are still downloading.
    */
-  readonly layers: ReadonlyArray<
-    { readonly digest: string; readonly blob: Effect.Effect<string, MicroagentError> }
-  >
+  readonly layers: ReadonlyArray<{
+    readonly digest: string
+    /** Compressed size, used to decide whether the stage fits in memory. */
+    readonly size?: number | undefined
+    readonly blob: Effect.Effect<string, MicroagentError>
+  }>
   /** Where the finished image goes; must be on the same filesystem as the Home's tmp dir. */
   readonly output: string
   /** Fixed size; fails with the size needed when the content does not fit. Default: content plus headroom. */

@@ -140,6 +140,12 @@ const compareTrees = (ours: Map<string, TreeEntry>, theirs: Map<string, TreeEntr
   return problems
 }
 
+/** Stage directories this process left in the memory stage dir (there must be none after a build). */
+const leftoverStages = () =>
+  NodeFs.existsSync("/dev/shm")
+    ? NodeFs.readdirSync("/dev/shm").filter((n) => n.startsWith(`rootfs-stage-${process.pid}-`))
+    : []
+
 const fsck = (image: string) => {
   const result = NodeChild.spawnSync("e2fsck", ["-f", "-n", image], { encoding: "utf8" })
   assert.strictEqual(result.status, 0, `e2fsck: ${result.stdout}${result.stderr}`)
@@ -310,6 +316,7 @@ describe("images against a real registry", () => {
       assert.strictEqual(list.length, 0)
       assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(home, "images", "rootfs")), [])
       assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(home, "tmp")), [])
+      assert.deepStrictEqual(leftoverStages(), [])
       assert.isFalse(
         NodeFs.readdirSync(NodePath.join(home, "images", "blobs", "sha256")).some((f) => f.startsWith(hex))
       )
@@ -423,6 +430,7 @@ describe("images against a real registry", () => {
       assert.strictEqual(list.length, 0)
       assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(home, "images", "rootfs")), [])
       assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(home, "tmp")), [])
+      assert.deepStrictEqual(leftoverStages(), [])
     }))
 
   it.effect("tags, removes with --purge only unused files, and prunes", () =>

@@ -313,6 +313,7 @@ export const makeImageStore = Effect.gen(function*() {
         const build = builder.build({
           layers: image.layers.map((layer, i) => ({
             digest: layer.digest,
+            size: layer.size,
             blob: Deferred.await(deferreds[i]!)
           })),
           output: baseline,
