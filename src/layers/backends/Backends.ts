@@ -7,6 +7,7 @@ import { Layer } from "effect"
 import { Effect } from "effect"
 import { Unsupported } from "../../domain/Errors.ts"
 import type { Backend } from "../../domain/Workspace.ts"
+import { SharedGuestChannel } from "../../runtime/SharedGuestChannel.ts"
 import type { GuestChannel } from "../../services/GuestChannel.ts"
 import type { Home } from "../../services/Home.ts"
 import { Home as HomeTag } from "../../services/Home.ts"
@@ -65,7 +66,7 @@ const qemuLayer = Layer.unwrapEffect(
     HomeTag,
     (home) =>
       Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer()).pipe(
-        Layer.provideMerge(AgentChannel.layer),
+        Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
         Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
       )
   )
