@@ -14,7 +14,15 @@ const lines: Array<string> = []
 
 const valid = (name: string, stream: number, message: Message) => {
   const frame = frameBytes(stream, message)
-  lines.push(JSON.stringify({ name, hex: hex(frame), stream, message: toJson(message), summary: summarize(stream, message) }))
+  lines.push(
+    JSON.stringify({
+      name,
+      hex: hex(frame),
+      stream,
+      message: toJson(message),
+      summary: summarize(stream, message)
+    })
+  )
 }
 /** Decodes to `message`, but is not what the canonical encoder would write. */
 const lenient = (name: string, type: number, stream: number, payload: Uint8Array, message: Message) => {
@@ -51,14 +59,19 @@ valid("hello from agent", 0, {
 valid("ping empty", 0, { _tag: "Ping", data: new Uint8Array() })
 valid("ping with data", 7, { _tag: "Ping", data: bytes("hello") })
 valid("pong", 7, { _tag: "Pong", data: bytes("hello") })
-valid("error with errno", 3, { _tag: "Error", code: "not_found", message: "/x: No such file or directory", errno: 2 })
+valid("error with errno", 3, {
+  _tag: "Error",
+  code: "not_found",
+  message: "/x: No such file or directory",
+  errno: 2
+})
 valid("error code only", 0, { _tag: "Error", code: "bad_magic" })
 valid("ok", 9, { _tag: "Ok" })
 valid("window", 1, { _tag: "Window", increment: 262144 })
 valid("exec minimal", 1, { _tag: "Exec", argv: ["true"], env: [], stdin: false })
 valid("exec full", 4294967295, {
   _tag: "Exec",
-  argv: ["sh", "-c", "echo \"$A\" | tr a-z A-Z"],
+  argv: ["sh", "-c", 'echo "$A" | tr a-z A-Z'],
   env: ["A=b c", "EMPTY="],
   cwd: "/tmp",
   user: "nobody:65534",
@@ -96,7 +109,14 @@ valid("exit signaled", 2, {
   stdoutBytes: 20000000,
   stderrBytes: 0
 })
-valid("exit timed out", 3, { _tag: "Exit", status: "timed_out", exitCode: 124, signal: 15, stdoutTruncated: false, stderrTruncated: true })
+valid("exit timed out", 3, {
+  _tag: "Exit",
+  status: "timed_out",
+  exitCode: 124,
+  signal: 15,
+  stdoutTruncated: false,
+  stderrTruncated: true
+})
 valid("exit failed to start", 4, {
   _tag: "Exit",
   status: "failed_to_start",
@@ -139,29 +159,85 @@ lenient(
 
 invalid("bad magic", new Uint8Array([0x4d, 0x42, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0]), "bad_magic")
 invalid("oversized payload (header only)", encodeHeader(MessageType.Stdin, 1, 1048577), "frame_too_large")
-invalid("beyond the hard limit (header only)", encodeHeader(MessageType.Stdin, 1, 16777217), "frame_too_large")
+invalid(
+  "beyond the hard limit (header only)",
+  encodeHeader(MessageType.Stdin, 1, 16777217),
+  "frame_too_large"
+)
 invalid("non-zero flags", frame(MessageType.Ping, 0, new Uint8Array(), 1), "bad_frame")
 invalid("unknown type", frame(0x7f, 1, new Uint8Array()), "unknown_type")
-invalid("truncated field", frame(MessageType.Exec, 1, tlv().string(1, "true").finish().subarray(0, 8)), "bad_message")
+invalid(
+  "truncated field",
+  frame(MessageType.Exec, 1, tlv().string(1, "true").finish().subarray(0, 8)),
+  "bad_message"
+)
 invalid("field header cut short", frame(MessageType.Ok, 1, new Uint8Array([1, 0, 0])), "bad_message")
 invalid("exec without argv", frame(MessageType.Exec, 1, tlv().string(3, "/").finish()), "bad_message")
-invalid("exec env without =", frame(MessageType.Exec, 1, tlv().string(1, "env").string(2, "NOEQUALS").finish()), "bad_message")
+invalid(
+  "exec env without =",
+  frame(MessageType.Exec, 1, tlv().string(1, "env").string(2, "NOEQUALS").finish()),
+  "bad_message"
+)
 invalid("exec argv with NUL", frame(MessageType.Exec, 1, tlv().string(1, "a\u0000b").finish()), "bad_message")
 invalid("exec empty argv[0]", frame(MessageType.Exec, 1, tlv().string(1, "").finish()), "bad_message")
-invalid("exec pty rows without cols", frame(MessageType.Exec, 1, tlv().string(1, "sh").uint(10, 24, 2).finish()), "bad_message")
-invalid("exec pty rows overflow", frame(MessageType.Exec, 1, tlv().string(1, "sh").uint(10, 70000, 4).uint(11, 80, 2).finish()), "bad_message")
-invalid("integer of width 3", frame(MessageType.Window, 1, tlv().bytes(1, new Uint8Array([1, 0, 0])).finish()), "bad_message")
+invalid(
+  "exec pty rows without cols",
+  frame(MessageType.Exec, 1, tlv().string(1, "sh").uint(10, 24, 2).finish()),
+  "bad_message"
+)
+invalid(
+  "exec pty rows overflow",
+  frame(MessageType.Exec, 1, tlv().string(1, "sh").uint(10, 70000, 4).uint(11, 80, 2).finish()),
+  "bad_message"
+)
+invalid(
+  "integer of width 3",
+  frame(MessageType.Window, 1, tlv().bytes(1, new Uint8Array([1, 0, 0])).finish()),
+  "bad_message"
+)
 invalid("window of zero", frame(MessageType.Window, 1, tlv().uint(1, 0, 4).finish()), "bad_message")
 invalid("signal out of range", frame(MessageType.Signal, 1, tlv().uint(1, 65, 4).finish()), "bad_message")
 invalid("hello without version", frame(MessageType.Hello, 0, tlv().uint(5, 1024, 4).finish()), "bad_message")
-invalid("exit status 4", frame(MessageType.Exit, 1, tlv().uint(1, 4, 1).uint(2, 0, 4).finish()), "bad_message")
-invalid("file put relative path", frame(MessageType.FilePut, 1, tlv().string(1, "etc/x").uint(2, 0o644, 4).finish()), "bad_message")
-invalid("file put mode beyond 07777", frame(MessageType.FilePut, 1, tlv().string(1, "/x").uint(2, 0o10000, 4).finish()), "bad_message")
+invalid(
+  "exit status 4",
+  frame(MessageType.Exit, 1, tlv().uint(1, 4, 1).uint(2, 0, 4).finish()),
+  "bad_message"
+)
+invalid(
+  "file put relative path",
+  frame(MessageType.FilePut, 1, tlv().string(1, "etc/x").uint(2, 0o644, 4).finish()),
+  "bad_message"
+)
+invalid(
+  "file put mode beyond 07777",
+  frame(MessageType.FilePut, 1, tlv().string(1, "/x").uint(2, 0o10000, 4).finish()),
+  "bad_message"
+)
 invalid("file put without mode", frame(MessageType.FilePut, 1, tlv().string(1, "/x").finish()), "bad_message")
-invalid("secrets duplicate names", frame(MessageType.Secrets, 1, tlv().string(1, "A").bytes(2, bytes("1")).string(1, "A").bytes(2, bytes("2")).finish()), "bad_message")
-invalid("secrets bad name", frame(MessageType.Secrets, 1, tlv().string(1, "../x").bytes(2, bytes("1")).finish()), "bad_message")
-invalid("secrets name without value", frame(MessageType.Secrets, 1, tlv().string(1, "A").finish()), "bad_message")
-invalid("secrets value without name", frame(MessageType.Secrets, 1, tlv().bytes(2, bytes("1")).finish()), "bad_message")
+invalid(
+  "secrets duplicate names",
+  frame(
+    MessageType.Secrets,
+    1,
+    tlv().string(1, "A").bytes(2, bytes("1")).string(1, "A").bytes(2, bytes("2")).finish()
+  ),
+  "bad_message"
+)
+invalid(
+  "secrets bad name",
+  frame(MessageType.Secrets, 1, tlv().string(1, "../x").bytes(2, bytes("1")).finish()),
+  "bad_message"
+)
+invalid(
+  "secrets name without value",
+  frame(MessageType.Secrets, 1, tlv().string(1, "A").finish()),
+  "bad_message"
+)
+invalid(
+  "secrets value without name",
+  frame(MessageType.Secrets, 1, tlv().bytes(2, bytes("1")).finish()),
+  "bad_message"
+)
 invalid("shutdown action 2", frame(MessageType.Shutdown, 1, tlv().uint(1, 2, 1).finish()), "bad_message")
 
 writeFileSync("guest/vectors/frames.jsonl", lines.join("\n") + "\n")

@@ -228,9 +228,11 @@ class Connection {
         this.helloWaiter = undefined
         hw?.(Either.right(this.info))
       } else if (m._tag === "Error") {
-        this.fail(errorFromWire(m)._tag === "GuestRemoteError"
-          ? new GuestProtocolError({ message: `agent: ${m.code}: ${m.message ?? ""}` })
-          : errorFromWire(m))
+        this.fail(
+          errorFromWire(m)._tag === "GuestRemoteError"
+            ? new GuestProtocolError({ message: `agent: ${m.code}: ${m.message ?? ""}` })
+            : errorFromWire(m)
+        )
       } else if (m._tag !== "Pong") {
         this.fail(new GuestProtocolError({ message: `unexpected ${m._tag} on stream 0` }))
       }
@@ -311,7 +313,9 @@ const execMessage = (request: ExecRequest, hasStdin: boolean, collect: boolean):
   stdin: hasStdin,
   ...(request.cwd !== undefined ? { cwd: request.cwd } : {}),
   ...(request.user !== undefined ? { user: request.user } : {}),
-  ...(request.timeoutSeconds !== undefined ? { timeoutMs: Math.max(1, Math.round(request.timeoutSeconds * 1000)) } : {}),
+  ...(request.timeoutSeconds !== undefined
+    ? { timeoutMs: Math.max(1, Math.round(request.timeoutSeconds * 1000)) }
+    : {}),
   ...(request.stdoutLimit !== undefined
     ? { stdoutLimit: request.stdoutLimit }
     : collect
@@ -357,7 +361,9 @@ const runExec = (
             if (Cause.isInterruptedOnly(cause)) return
             // stdin broke: stop the process and report why
             const error = Cause.failureOption(cause).pipe(
-              Option.getOrElse(() => new GuestProtocolError({ message: `stdin failed: ${Cause.pretty(cause)}` }))
+              Option.getOrElse(() =>
+                new GuestProtocolError({ message: `stdin failed: ${Cause.pretty(cause)}` })
+              )
             )
             if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
             st.push({ _tag: "Failed", error })
@@ -385,7 +391,9 @@ const runExec = (
           return next
         default:
           done = true
-          return Effect.fail(Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in an exec` })))
+          return Effect.fail(
+            Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in an exec` }))
+          )
       }
     }))
     return Stream.repeatEffectOption(next)
@@ -436,7 +444,9 @@ const makeConnection = (conn: Connection): GuestConnection => {
         Effect.sync(() => {
           if (Cause.isInterruptedOnly(cause)) return
           const error = Cause.failureOption(cause).pipe(
-            Option.getOrElse(() => new GuestProtocolError({ message: `upload failed: ${Cause.pretty(cause)}` }))
+            Option.getOrElse(() =>
+              new GuestProtocolError({ message: `upload failed: ${Cause.pretty(cause)}` })
+            )
           )
           if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
           st.push({ _tag: "Failed", error })
@@ -451,7 +461,10 @@ const makeConnection = (conn: Connection): GuestConnection => {
     const st = conn.open()
     const release = Effect.sync(() => conn.release(st))
     conn.send(st.id, { _tag: "FileGet", path })
-    const first = yield* takeOrFail(st).pipe(Effect.onInterrupt(() => release), Effect.tapError(() => release))
+    const first = yield* takeOrFail(st).pipe(
+      Effect.onInterrupt(() => release),
+      Effect.tapError(() => release)
+    )
     if (first._tag === "Error") {
       yield* release
       return yield* errorFromWire(first)
@@ -476,7 +489,9 @@ const makeConnection = (conn: Connection): GuestConnection => {
           return Effect.fail(Option.some(errorFromWire(m)))
         default:
           done = true
-          return Effect.fail(Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in a download` })))
+          return Effect.fail(
+            Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in a download` }))
+          )
       }
     }))
     return {
@@ -498,7 +513,10 @@ const makeConnection = (conn: Connection): GuestConnection => {
     }
     const size = secrets.reduce((n, s) => n + 12 + s.name.length + s.value.length, 0)
     if (size > MAX_PAYLOAD) {
-      return yield* new GuestRemoteError({ code: "invalid_argument", message: "secrets exceed 1 MiB in total" })
+      return yield* new GuestRemoteError({
+        code: "invalid_argument",
+        message: "secrets exceed 1 MiB in total"
+      })
     }
     const st = yield* scopedStream(conn)
     conn.send(st.id, { _tag: "Secrets", secrets })
@@ -509,7 +527,9 @@ const makeConnection = (conn: Connection): GuestConnection => {
     const st = yield* scopedStream(conn)
     conn.send(st.id, { _tag: "Ping", data: new Uint8Array(0) })
     const m = yield* takeOrFail(st)
-    if (m._tag !== "Pong") return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering PING` })
+    if (m._tag !== "Pong") {
+      return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering PING` })
+    }
   }).pipe(Effect.scoped, Effect.withSpan("GuestChannel.ping"))
 
   const shutdown = Effect.gen(function*() {
@@ -521,32 +541,41 @@ const makeConnection = (conn: Connection): GuestConnection => {
   return { exec, execStream, putFile, getFile, deliverSecrets, ping, shutdown, agent: conn.info! }
 }
 
-const connect = Effect.fn("GuestChannel.connect")(function*(endpoint: ChannelEndpoint, options?: ConnectOptions) {
-  if (endpoint._tag !== "UnixSocket") {
-    return yield* new GuestUnreachable({ message: `the agent channel cannot reach a ${endpoint._tag} endpoint` })
-  }
-  const timeout = options?.timeout ?? DEFAULT_CONNECT_TIMEOUT
-  const conn = yield* Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      const conn = yield* restore(
-        attempt(endpoint.path).pipe(
-          // The VM may still be booting: the socket may not exist yet, or nobody answers yet.
-          Effect.retry({ while: (e) => e._tag === "GuestUnreachable", schedule: Schedule.spaced("50 millis") }),
-          Effect.timeoutFail({
-            duration: timeout,
-            onTimeout: () =>
-              new GuestUnreachable({
-                message: `the guest agent at ${endpoint.path} did not answer within ${Duration.format(timeout)}`
-              })
-          })
+const connect = Effect.fn("GuestChannel.connect")(
+  function*(endpoint: ChannelEndpoint, options?: ConnectOptions) {
+    if (endpoint._tag !== "UnixSocket") {
+      return yield* new GuestUnreachable({
+        message: `the agent channel cannot reach a ${endpoint._tag} endpoint`
+      })
+    }
+    const timeout = options?.timeout ?? DEFAULT_CONNECT_TIMEOUT
+    const conn = yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        const conn = yield* restore(
+          attempt(endpoint.path).pipe(
+            // The VM may still be booting: the socket may not exist yet, or nobody answers yet.
+            Effect.retry({
+              while: (e) => e._tag === "GuestUnreachable",
+              schedule: Schedule.spaced("50 millis")
+            }),
+            Effect.timeoutFail({
+              duration: timeout,
+              onTimeout: () =>
+                new GuestUnreachable({
+                  message: `the guest agent at ${endpoint.path} did not answer within ${
+                    Duration.format(timeout)
+                  }`
+                })
+            })
+          )
         )
-      )
-      yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
-      return conn
-    })
-  )
-  return makeConnection(conn)
-})
+        yield* Effect.addFinalizer(() => Effect.sync(() => conn.close()))
+        return conn
+      })
+    )
+    return makeConnection(conn)
+  }
+)
 
 export const AgentChannel = {
   layer: Layer.succeed(GuestChannel, GuestChannel.of({ connect }))

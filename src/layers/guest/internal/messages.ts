@@ -24,7 +24,9 @@ const U64 = Number.MAX_SAFE_INTEGER
 
 const uint = (max: number) => Schema.Int.pipe(Schema.between(0, max))
 /** Strings become C strings in the agent: a NUL would silently cut them. */
-const WireString = Schema.String.pipe(Schema.filter((s) => !s.includes("\0"), { message: () => "contains NUL" }))
+const WireString = Schema.String.pipe(
+  Schema.filter((s) => !s.includes("\0"), { message: () => "contains NUL" })
+)
 const Bytes = Schema.Uint8ArrayFromSelf
 
 export const Hello = Schema.TaggedStruct("Hello", {
@@ -140,7 +142,9 @@ const bad = (what: string) => new WireError("bad_message", what)
 /** Decodes a frame payload of a known type into a validated message. */
 export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<Message, WireError> => {
   const tag = tagOfType(type)
-  if (tag === undefined) return Either.left(new WireError("unknown_type", `unknown type 0x${type.toString(16)}`))
+  if (tag === undefined) {
+    return Either.left(new WireError("unknown_type", `unknown type 0x${type.toString(16)}`))
+  }
   if (rawTags.has(tag)) return Either.right({ _tag: tag, data: payload } as Message)
   const fields = readFields(payload)
   if (fields === undefined) return Either.left(bad(`malformed ${tag} fields`))
@@ -221,7 +225,9 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
             break
         }
       }
-      if ((o.ptyRows === undefined) !== (o.ptyCols === undefined)) failure ??= "Exec needs both pty_rows and pty_cols"
+      if ((o.ptyRows === undefined) !== (o.ptyCols === undefined)) {
+        failure ??= "Exec needs both pty_rows and pty_cols"
+      }
       if (argv.length > 0 && argv[0] === "") failure ??= "Exec.argv[0] is empty"
       break
     }
@@ -436,7 +442,10 @@ export const decodeFrame = (bytes: Uint8Array): Either.Either<Frame, WireError> 
   if (bytes.length !== HEADER_SIZE + h.length) {
     return Either.left(new WireError("bad_frame", "length does not match the bytes given", h.stream))
   }
-  return Either.map(decodeMessage(h.type, bytes.subarray(HEADER_SIZE)), (message) => ({ stream: h.stream, message }))
+  return Either.map(
+    decodeMessage(h.type, bytes.subarray(HEADER_SIZE)),
+    (message) => ({ stream: h.stream, message })
+  )
 }
 
 const FrameSchema = Schema.Struct({ stream: uint(U32), message: Message })

@@ -42,7 +42,14 @@ const tagByType = new Map<number, MessageTag>(
 export const tagOfType = (type: number): MessageTag | undefined => tagByType.get(type)
 
 /** Messages whose payload is raw bytes rather than TLV fields. */
-export const rawTags: ReadonlySet<MessageTag> = new Set(["Ping", "Pong", "Stdin", "Stdout", "Stderr", "FileData"])
+export const rawTags: ReadonlySet<MessageTag> = new Set([
+  "Ping",
+  "Pong",
+  "Stdin",
+  "Stdout",
+  "Stderr",
+  "FileData"
+])
 
 /** A failure to parse, named with the protocol's error codes (§7). */
 export class WireError {
@@ -106,11 +113,23 @@ export const checkHeader = (
     }
   }
   if (length > MAX_PAYLOAD) {
-    return { type, stream, length, error: new WireError("frame_too_large", `payload of ${length} bytes`, stream) }
+    return {
+      type,
+      stream,
+      length,
+      error: new WireError("frame_too_large", `payload of ${length} bytes`, stream)
+    }
   }
-  if (flags !== 0) return { type, stream, length, error: new WireError("bad_frame", "non-zero flags", stream) }
+  if (flags !== 0) {
+    return { type, stream, length, error: new WireError("bad_frame", "non-zero flags", stream) }
+  }
   if (!tagByType.has(type)) {
-    return { type, stream, length, error: new WireError("unknown_type", `unknown type 0x${type.toString(16)}`, stream) }
+    return {
+      type,
+      stream,
+      length,
+      error: new WireError("unknown_type", `unknown type 0x${type.toString(16)}`, stream)
+    }
   }
   return { type, stream, length }
 }
@@ -163,6 +182,7 @@ export class FrameDecoder {
   }
 
   private peek(n: number): Uint8Array {
+    if (n === 0) return new Uint8Array(0)
     const first = this.chunks[0]!
     if (first.length >= n) return first.subarray(0, n)
     const out = new Uint8Array(n)
