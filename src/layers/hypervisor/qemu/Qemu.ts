@@ -1,0 +1,472 @@
+/**
+ * The `qemu` backend: QEMU `-M microvm` (q35 as an option), KVM when a probe shows it runs a stock
+ * kernel and TCG otherwise, PVH boot of the cached vmlinux with the agent's initramfs, virtio-blk
+ * disks, the guest channel over virtio-serial, the console in a file and QMP for control.
+ *
+ * VMMs are started with `-daemonize` (own session, reparented away from us) so they outlive the
+ * process that launched them; the handle (pid, pid start time, socket paths) is all a later process
+ * needs to re-attach.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Data, Duration, Effect, Layer, Schedule } from "effect"
+import {
+  Conflict,
+  InvalidInput,
+  type MicroagentError,
+  NotFound,
+  Permanent,
+  Transient,
+  Unsupported
+} from "../../../domain/Errors.ts"
+import { GuestChannel } from "../../../services/GuestChannel.ts"
+import { Home } from "../../../services/Home.ts"
+import {
+  type Capability,
+  type ChannelEndpoint,
+  Hypervisor,
+  type HypervisorShape,
+  type LaunchConfig,
+  VmHandle,
+  type VmStatus
+} from "../../../services/Hypervisor.ts"
+import { isAlive, startTimeOf, waitGone } from "../../process/Processes.ts"
+import {
+  type AccelVerdict,
+  hostBootId,
+  hostTscKhz,
+  kvmDisqualifier,
+  probeKvmBoot,
+  readHostFacts
+} from "./internal/accel.ts"
+import { cmdlineProblem, type Machine, qemuArgs, type RuntimePaths, runtimePaths } from "./internal/args.ts"
+import { qmpExecute, qmpStatus } from "./internal/Qmp.ts"
+
+export interface QemuOptions {
+  readonly machine?: Machine
+  /** `auto` probes KVM once per host boot and falls back to TCG. */
+  readonly accel?: "auto" | "kvm" | "tcg"
+  readonly binary?: string
+  /** Bound of the KVM probe boot. */
+  readonly kvmProbeTimeoutMs?: number
+}
+
+/**
+ * How the backend knows the guest is up and asks it to stop. The real one uses the guest channel
+ * (the agent's answer to HELLO is the readiness signal); tests of the VMM plumbing alone can plug in
+ * another (see `QemuHypervisor.layerWithGuestControl`).
+ */
+export interface GuestControl {
+  /** One attempt to reach the agent; retried by the backend until the boot deadline. */
+  readonly ready: (channel: ChannelEndpoint) => Effect.Effect<void, unknown>
+  /** Asks the agent to power off; the backend then waits for the VMM to exit. */
+  readonly shutdown: (channel: ChannelEndpoint) => Effect.Effect<void, unknown>
+}
+
+/** The guest channel as readiness probe and shutdown path. */
+export const guestChannelControl = Effect.map(GuestChannel, (channel): GuestControl => ({
+  ready: (endpoint) => Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.ping)),
+  shutdown: (endpoint) => Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.shutdown))
+}))
+
+export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
+  "StructuredExec",
+  "Console",
+  "PauseResume",
+  "LiveFileCopy",
+  "NetworkPublish",
+  "Volumes",
+  "Secrets"
+])
+
+class BootFailure extends Data.TaggedError("BootFailure")<{
+  readonly reason: "Timeout" | "Exited"
+}> {}
+
+const consoleTail = (path: string, lines = 12): string => {
+  try {
+    const text = NodeFs.readFileSync(path, "utf8")
+    const tail = text.trimEnd().split("\n").slice(-lines).join("\n")
+    return tail.length === 0 ? "(console empty)" : tail
+  } catch {
+    return "(no console log)"
+  }
+}
+
+const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
+  Effect.sync(() => {
+    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile]) NodeFs.rmSync(file, { force: true })
+    if (options.console) NodeFs.rmSync(paths.consoleLog, { force: true })
+  })
+
+const pathsOf = (handle: VmHandle): RuntimePaths => runtimePaths(NodePath.dirname(handle.consoleLog))
+
+const unsupported = (feature: string, remediation = "") =>
+  new Unsupported({ message: `the qemu backend does not support ${feature}`, remediation, backend: "qemu", feature })
+
+/** Starts QEMU, which daemonizes once its sockets listen; resolves to the daemon's pid. */
+const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePaths) =>
+  Effect.async<number, MicroagentError>((resume) => {
+    // Sockets and the console log are created by QEMU: make them private from the start.
+    const umask = process.umask(0o077)
+    let child: NodeChild.ChildProcess
+    try {
+      child = NodeChild.spawn(binary, [...args], { detached: true, stdio: ["ignore", "ignore", "pipe"] })
+    } finally {
+      process.umask(umask)
+    }
+    const stderr: Array<Buffer> = []
+    child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk))
+    child.on("error", (error: NodeJS.ErrnoException) =>
+      resume(Effect.fail(
+        error.code === "ENOENT"
+          ? new Permanent({
+            message: `${binary} is not installed`,
+            remediation: "install QEMU: apt-get install qemu-system-x86"
+          })
+          : new Permanent({ message: `cannot start ${binary}: ${error.message}` })
+      )))
+    child.on("close", (code) => {
+      const message = Buffer.concat(stderr).toString("utf8").trim()
+      if (code !== 0) {
+        return resume(Effect.fail(
+          new Permanent({
+            message: `QEMU refused to start (exit ${code}): ${message}`,
+            remediation: "check the kernel, initramfs and disk paths, and that no other VM uses the same disk"
+          })
+        ))
+      }
+      const pid = Number(NodeFs.readFileSync(paths.pidFile, "utf8").trim())
+      if (!Number.isInteger(pid) || pid <= 0) {
+        return resume(Effect.fail(new Permanent({ message: `QEMU wrote no usable pid to ${paths.pidFile}` })))
+      }
+      resume(Effect.succeed(pid))
+    })
+  }).pipe(Effect.uninterruptible)
+
+export const make = (options: QemuOptions, control: GuestControl) =>
+  Effect.gen(function*() {
+    const home = yield* Home
+    const machine = options.machine ?? "microvm"
+    const binary = options.binary ?? "qemu-system-x86_64"
+    const hostFile = NodePath.join(home.root, "qemu-host.json")
+
+    /** The accelerator verdict and TSC frequency, cached per host boot in the state directory. */
+    const hostVerdict = (kernelPath: string) =>
+      Effect.gen(function*() {
+        const bootId = hostBootId()
+        if (options.accel === "tcg") return { kvm: false, reason: "TCG requested", tscKhz: hostTscKhz() }
+        if (options.accel === "kvm") return { kvm: true, reason: "KVM requested", tscKhz: hostTscKhz() }
+        const cached = yield* Effect.sync(() => {
+          try {
+            const parsed = JSON.parse(NodeFs.readFileSync(hostFile, "utf8")) as {
+              bootId?: string
+              binary?: string
+              kvm?: boolean
+              reason?: string
+              tscKhz?: number
+            }
+            return parsed.bootId === bootId && parsed.binary === binary && typeof parsed.kvm === "boolean"
+              ? { kvm: parsed.kvm, reason: parsed.reason ?? "", tscKhz: parsed.tscKhz }
+              : undefined
+          } catch {
+            return undefined
+          }
+        })
+        if (cached !== undefined) return cached
+        const disqualified = kvmDisqualifier(readHostFacts())
+        const verdict: AccelVerdict = disqualified !== undefined
+          ? { kvm: false, reason: disqualified }
+          : yield* probeKvmBoot(binary, kernelPath, home.tmp, options.kvmProbeTimeoutMs ?? 10_000)
+        const result = { ...verdict, tscKhz: hostTscKhz() }
+        yield* Effect.sync(() => {
+          const temp = `${hostFile}.${process.pid}.tmp`
+          NodeFs.writeFileSync(temp, JSON.stringify({ bootId, binary, ...result }) + "\n", { mode: 0o600 })
+          NodeFs.renameSync(temp, hostFile)
+        }).pipe(Effect.ignore)
+        return result
+      })
+
+    const validate = (config: LaunchConfig) =>
+      Effect.gen(function*() {
+        if (process.arch !== "x64") {
+          return yield* unsupported(`${process.arch} hosts`, "the qemu backend drives qemu-system-x86_64 only")
+        }
+        if (config.kernelPath === undefined || config.initrdPath === undefined) {
+          return yield* new InvalidInput({
+            message: "the qemu backend needs kernelPath and initrdPath",
+            remediation: "get them from KernelCache.ensure"
+          })
+        }
+        const problems = [
+          cmdlineProblem("the hostname", config.hostname),
+          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint))
+        ].filter((p) => p !== undefined)
+        if (problems.length > 0) return yield* new InvalidInput({ message: problems.join("; ") })
+        if (config.network !== "user" && config.ports.length > 0) {
+          return yield* unsupported(
+            "published ports without user networking",
+            "use --network user to publish ports"
+          )
+        }
+        for (const file of [config.kernelPath, config.initrdPath, config.rootfsPath, ...config.disks.map((d) => d.path)]) {
+          if (!NodeFs.existsSync(file)) return yield* new NotFound({ message: `${file} does not exist` })
+        }
+        return { kernelPath: config.kernelPath, initrdPath: config.initrdPath }
+      })
+
+    /** Ends a VMM at once and removes its sockets and pid file. */
+    const destroy = (handle: VmHandle, removeConsole: boolean) =>
+      Effect.gen(function*() {
+        if (isAlive(handle.pid, handle.pidStartTime)) {
+          yield* Effect.sync(() => {
+            try {
+              process.kill(handle.pid, "SIGKILL")
+            } catch {
+              // Gone in between.
+            }
+          })
+          yield* waitGone(handle.pid, handle.pidStartTime, Duration.seconds(10))
+        }
+        yield* removeFiles(pathsOf(handle), { console: removeConsole })
+      })
+
+    const awaitBoot = (handle: VmHandle, timeoutSeconds: number) => {
+      const exited = Effect.suspend(() =>
+        isAlive(handle.pid, handle.pidStartTime) ? Effect.fail("alive" as const) : Effect.void
+      ).pipe(
+        Effect.retry(Schedule.spaced(Duration.millis(50))),
+        Effect.orDie,
+        Effect.zipRight(Effect.fail(new BootFailure({ reason: "Exited" })))
+      )
+      const ready = control.ready(handle.channel).pipe(
+        Effect.timeout(Duration.seconds(Math.max(1, timeoutSeconds))),
+        Effect.retry(Schedule.spaced(Duration.millis(50))),
+        // Retried until the deadline below: an attempt's failure is not the boot's.
+        Effect.catchAll(() => Effect.never)
+      )
+      return Effect.raceFirst(ready, exited).pipe(
+        Effect.timeoutFail({
+          duration: Duration.millis(Math.round(timeoutSeconds * 1000)),
+          onTimeout: () => new BootFailure({ reason: "Timeout" })
+        })
+      )
+    }
+
+    const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
+      const { initrdPath, kernelPath } = yield* validate(config)
+      const paths = runtimePaths(config.runtimeDir)
+      yield* Effect.try({
+        try: () => {
+          NodeFs.mkdirSync(config.runtimeDir, { recursive: true, mode: 0o700 })
+          NodeFs.chmodSync(config.runtimeDir, 0o700)
+        },
+        catch: (cause) => new Permanent({ message: `cannot create ${config.runtimeDir}: ${String(cause)}` })
+      })
+      const previous = readPid(paths.pidFile)
+      if (previous !== undefined && isAlive(previous, undefined) && isQemu(previous)) {
+        return yield* new Conflict({
+          message: `a VMM (pid ${previous}) already runs in ${config.runtimeDir}`,
+          remediation: "halt or kill the workspace first"
+        })
+      }
+      yield* removeFiles(paths, { console: true })
+      const host = yield* hostVerdict(kernelPath)
+      const args = qemuArgs({
+        workspace: config.workspace,
+        machine,
+        accel: host.kvm ? "kvm" : "tcg",
+        tscKhz: host.tscKhz,
+        kernelPath,
+        initrdPath,
+        rootfsPath: config.rootfsPath,
+        memoryMiB: config.memoryMiB,
+        cpus: config.cpus,
+        hostname: config.hostname,
+        network: config.network,
+        ports: config.ports,
+        disks: config.disks,
+        paths
+      })
+      const pid = yield* startVmm(binary, args, paths)
+      const handle = new VmHandle({
+        backend: "qemu",
+        pid,
+        pidStartTime: startTimeOf(pid),
+        channel: { _tag: "UnixSocket", path: paths.agentSocket },
+        consoleLog: paths.consoleLog,
+        controlSocket: paths.qmpSocket
+      })
+      yield* Effect.sync(() => {
+        for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
+          try {
+            NodeFs.chmodSync(file, 0o600)
+          } catch {
+            // Not there (yet): the directory is 0700 anyway.
+          }
+        }
+      })
+      yield* awaitBoot(handle, config.bootTimeoutSeconds).pipe(
+        Effect.catchAll((failure) => {
+          const tail = consoleTail(paths.consoleLog)
+          return destroy(handle, true).pipe(
+            Effect.zipRight(Effect.fail<MicroagentError>(
+              failure.reason === "Timeout"
+                ? new Transient({
+                  message:
+                    `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
+                  remediation: "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
+                })
+                : new Permanent({
+                  message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
+                  remediation: "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
+                })
+            ))
+          )
+        }),
+        // Interrupted while booting (Ctrl-C): leave nothing behind.
+        Effect.onInterrupt(() => destroy(handle, true))
+      )
+      return handle
+    })
+
+    const requireQemu = (handle: VmHandle) =>
+      handle.backend === "qemu"
+        ? Effect.void
+        : Effect.fail(new InvalidInput({ message: `handle belongs to the ${handle.backend} backend, not qemu` }))
+
+    const controlSocket = (handle: VmHandle) => handle.controlSocket ?? pathsOf(handle).qmpSocket
+
+    const qmp = (handle: VmHandle, command: string) =>
+      qmpExecute(controlSocket(handle), command).pipe(
+        Effect.mapError((error) =>
+          new Transient({
+            message: `QMP ${command} on pid ${handle.pid} failed: ${error.message}`,
+            remediation: "retry; if the VMM is wedged, kill the workspace"
+          })
+        )
+      )
+
+    const requireAlive = (handle: VmHandle, action: string) =>
+      isAlive(handle.pid, handle.pidStartTime)
+        ? Effect.void
+        : Effect.fail(new Conflict({ message: `cannot ${action}: the VMM (pid ${handle.pid}) is not running` }))
+
+    const attach = Effect.fn("Hypervisor.attach")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      if (!isAlive(handle.pid, handle.pidStartTime)) {
+        return yield* new NotFound({
+          message: `the VMM (pid ${handle.pid}) is gone`,
+          remediation: "start the workspace again"
+        })
+      }
+      yield* qmpStatus(controlSocket(handle)).pipe(
+        Effect.mapError((error) =>
+          new Transient({ message: `pid ${handle.pid} is alive but its QMP socket does not answer: ${error.message}` })
+        )
+      )
+      return handle
+    })
+
+    const inspect = Effect.fn("Hypervisor.inspect")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      if (!isAlive(handle.pid, handle.pidStartTime)) return "exited" as VmStatus
+      const status = yield* qmpStatus(controlSocket(handle)).pipe(
+        // It may have exited between the check and the query.
+        Effect.catchAll((error) =>
+          isAlive(handle.pid, handle.pidStartTime)
+            ? Effect.fail(new Transient({ message: `QMP query-status failed: ${error.message}` }))
+            : Effect.succeed("shutdown")
+        )
+      )
+      switch (status) {
+        case "running":
+          return "running" as VmStatus
+        case "shutdown":
+        case "internal-error":
+        case "guest-panicked":
+          return "exited" as VmStatus
+        default:
+          return "paused" as VmStatus
+      }
+    })
+
+    const halt = Effect.fn("Hypervisor.halt")(function*(handle: VmHandle, timeoutSeconds: number) {
+      yield* requireQemu(handle)
+      const paths = pathsOf(handle)
+      if (isAlive(handle.pid, handle.pidStartTime)) {
+        const budget = Duration.millis(Math.round(timeoutSeconds * 1000))
+        // The agent powers off on SHUTDOWN; system_powerdown is a fallback for guests that listen to ACPI.
+        yield* control.shutdown(handle.channel).pipe(
+          Effect.timeout(Duration.min(budget, Duration.seconds(5))),
+          Effect.catchAllCause(() => qmpExecute(controlSocket(handle), "system_powerdown").pipe(Effect.ignore))
+        )
+        const gone = yield* waitGone(handle.pid, handle.pidStartTime, budget)
+        if (!gone) {
+          return yield* new Transient({
+            message: `the VM (pid ${handle.pid}) did not power off within ${timeoutSeconds} s`,
+            remediation: "kill it, or halt again with a longer timeout"
+          })
+        }
+      }
+      yield* removeFiles(paths, { console: false })
+    })
+
+    const kill = Effect.fn("Hypervisor.kill")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      yield* destroy(handle, false)
+    })
+
+    const pause = Effect.fn("Hypervisor.pause")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "pause")
+      yield* qmp(handle, "stop")
+    })
+
+    const resume = Effect.fn("Hypervisor.resume")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "resume")
+      yield* qmp(handle, "cont")
+    })
+
+    return Hypervisor.of({
+      backend: "qemu",
+      capabilities: qemuCapabilities,
+      launch,
+      attach,
+      inspect,
+      halt,
+      kill,
+      pause,
+      resume
+    } satisfies HypervisorShape)
+  })
+
+const readPid = (file: string): number | undefined => {
+  try {
+    const pid = Number(NodeFs.readFileSync(file, "utf8").trim())
+    return Number.isInteger(pid) && pid > 0 ? pid : undefined
+  } catch {
+    return undefined
+  }
+}
+
+const isQemu = (pid: number): boolean => {
+  try {
+    return NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("qemu")
+  } catch {
+    return false
+  }
+}
+
+export const QemuHypervisor = {
+  /** The backend with the guest channel as readiness probe and shutdown path. Needs Home and GuestChannel. */
+  layer: (options: QemuOptions = {}) =>
+    Layer.effect(Hypervisor, Effect.flatMap(guestChannelControl, (control) => make(options, control))),
+  /** The backend with another readiness/shutdown path (tests of the VMM plumbing). Needs Home. */
+  layerWithGuestControl: (control: GuestControl, options: QemuOptions = {}) =>
+    Layer.effect(Hypervisor, make(options, control))
+} as const
+
+

@@ -1,0 +1,85 @@
+/**
+ * A QMP client for one command at a time: connect, read the greeting, negotiate capabilities, send
+ * the command, wait for its answer (events in between are skipped), hang up. QEMU serves one QMP
+ * client per socket at a time, so connections are never held.
+ */
+import * as NodeNet from "node:net"
+import { Data, Duration, Effect } from "effect"
+
+export class QmpError extends Data.TaggedError("QmpError")<{
+  readonly reason: "Unreachable" | "Protocol" | "Command" | "Timeout"
+  readonly message: string
+}> {}
+
+export const qmpExecute = (
+  socketPath: string,
+  command: string,
+  args?: Record<string, unknown>,
+  timeout: Duration.DurationInput = Duration.seconds(5)
+): Effect.Effect<unknown, QmpError> =>
+  Effect.async<unknown, QmpError>((resume) => {
+    const socket = NodeNet.createConnection({ path: socketPath })
+    let buffered = ""
+    let phase: "greeting" | "capabilities" | "command" = "greeting"
+    let settled = false
+    const finish = (result: Effect.Effect<unknown, QmpError>) => {
+      if (settled) return
+      settled = true
+      socket.destroy()
+      resume(result)
+    }
+    const send = (message: object) => socket.write(JSON.stringify(message) + "\n")
+    socket.setEncoding("utf8")
+    socket.on("error", (error) =>
+      finish(Effect.fail(new QmpError({ reason: "Unreachable", message: `QMP ${socketPath}: ${error.message}` }))))
+    socket.on("close", () =>
+      finish(Effect.fail(new QmpError({ reason: "Unreachable", message: `QMP ${socketPath} closed during ${command}` }))))
+    socket.on("data", (chunk: string) => {
+      buffered += chunk
+      let newline: number
+      while ((newline = buffered.indexOf("\n")) >= 0) {
+        const line = buffered.slice(0, newline).trim()
+        buffered = buffered.slice(newline + 1)
+        if (line.length === 0) continue
+        let message: Record<string, unknown>
+        try {
+          message = JSON.parse(line) as Record<string, unknown>
+        } catch {
+          return finish(Effect.fail(new QmpError({ reason: "Protocol", message: `QMP sent bad JSON: ${line}` })))
+        }
+        if ("event" in message) continue
+        if (phase === "greeting") {
+          if (!("QMP" in message)) {
+            return finish(Effect.fail(new QmpError({ reason: "Protocol", message: "no QMP greeting" })))
+          }
+          phase = "capabilities"
+          send({ execute: "qmp_capabilities" })
+        } else if ("error" in message) {
+          const error = message.error as { class?: string; desc?: string }
+          return finish(
+            Effect.fail(new QmpError({ reason: "Command", message: `${command}: ${error.class}: ${error.desc}` }))
+          )
+        } else if (phase === "capabilities") {
+          phase = "command"
+          send(args === undefined ? { execute: command } : { execute: command, arguments: args })
+        } else {
+          return finish(Effect.succeed(message.return))
+        }
+      }
+    })
+    return Effect.sync(() => {
+      settled = true
+      socket.destroy()
+    })
+  }).pipe(
+    Effect.timeoutFail({
+      duration: timeout,
+      onTimeout: () => new QmpError({ reason: "Timeout", message: `QMP ${command} got no answer` })
+    })
+  )
+
+/** `query-status`'s run state: running, paused, shutdown, internal-error, … */
+export const qmpStatus = (socketPath: string) =>
+  qmpExecute(socketPath, "query-status").pipe(
+    Effect.map((result) => String((result as { status?: unknown } | undefined)?.status ?? "unknown"))
+  )

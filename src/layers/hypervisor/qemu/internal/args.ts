@@ -1,0 +1,152 @@
+/**
+ * The QEMU command line and the guest kernel command line for one VM. Pure: everything the VMM
+ * needs is in the input, so the construction is tested without booting anything.
+ */
+import * as NodePath from "node:path"
+import type { DiskAttachment, PortForward } from "../../../../services/Hypervisor.ts"
+
+export type Machine = "microvm" | "q35"
+export type Accel = "kvm" | "tcg"
+
+/** The virtio-serial port name the agent looks for (`microagent.channel=virtio:<name>`). */
+export const agentPortName = "microagent.agent"
+
+/** Slirp's fixed addressing (`-netdev user` defaults). */
+export const userNetwork = { ip: "10.0.2.15/24", gateway: "10.0.2.2", dns: "10.0.2.3" } as const
+
+export interface RuntimePaths {
+  readonly qmpSocket: string
+  readonly agentSocket: string
+  readonly consoleLog: string
+  readonly pidFile: string
+}
+
+export const runtimePaths = (runtimeDir: string): RuntimePaths => ({
+  qmpSocket: NodePath.join(runtimeDir, "qmp.sock"),
+  agentSocket: NodePath.join(runtimeDir, "agent.sock"),
+  consoleLog: NodePath.join(runtimeDir, "console.log"),
+  pidFile: NodePath.join(runtimeDir, "qemu.pid")
+})
+
+export interface QemuArgsInput {
+  readonly workspace: string
+  readonly machine: Machine
+  readonly accel: Accel
+  /** Host TSC frequency; passed under TCG on microvm, where the guest has no other clock to calibrate against. */
+  readonly tscKhz: number | undefined
+  readonly kernelPath: string
+  readonly initrdPath: string
+  readonly rootfsPath: string
+  readonly memoryMiB: number
+  readonly cpus: number
+  readonly hostname: string
+  readonly network: "user" | "isolated"
+  readonly ports: ReadonlyArray<PortForward>
+  readonly disks: ReadonlyArray<DiskAttachment>
+  readonly paths: RuntimePaths
+  readonly extraCmdline?: ReadonlyArray<string>
+}
+
+/** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
+export const diskDeviceName = (index: number): string => {
+  // vda … vdz, then vdaa … like the kernel's virtio_blk naming.
+  const letters = (n: number): string => n < 26 ? String.fromCharCode(97 + n) : letters(Math.floor(n / 26) - 1) + letters(n % 26)
+  return `vd${letters(index)}`
+}
+
+/** Characters that would break the kernel command line or the agent's `name:path:mode` lists. */
+export const cmdlineProblem = (what: string, value: string): string | undefined =>
+  value.length === 0
+    ? `${what} is empty`
+    : /[\s,:"]/.test(value) || /[^\x21-\x7e]/.test(value)
+    ? `${what} "${value}" contains a space, comma, colon, quote or non-ASCII character`
+    : undefined
+
+export const kernelCmdline = (input: QemuArgsInput): string => {
+  const words = [
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    ...(input.accel === "tcg" && input.tscKhz !== undefined ? [`tsc_early_khz=${input.tscKhz}`] : []),
+    "microagent.root=/dev/vda",
+    `microagent.channel=virtio:${agentPortName}`,
+    `microagent.hostname=${input.hostname}`,
+    ...(input.network === "user"
+      ? [`microagent.ip=${userNetwork.ip}`, `microagent.gateway=${userNetwork.gateway}`, `microagent.dns=${userNetwork.dns}`]
+      : []),
+    ...(input.disks.length > 0
+      ? [
+        `microagent.disks=${
+          input.disks.map((d, i) => `${diskDeviceName(i + 1)}:${d.mountpoint}:${d.readOnly ? "ro" : "rw"}`).join(",")
+        }`
+      ]
+      : []),
+    ...(input.extraCmdline ?? [])
+  ]
+  return words.join(" ")
+}
+
+/** QEMU's option syntax doubles commas inside values. */
+const escapeOption = (value: string) => value.replace(/,/g, ",,")
+
+export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
+  const mmio = input.machine === "microvm"
+  const device = (kind: "blk" | "serial" | "net") =>
+    mmio
+      ? { blk: "virtio-blk-device", serial: "virtio-serial-device", net: "virtio-net-device" }[kind]
+      : { blk: "virtio-blk-pci", serial: "virtio-serial-pci", net: "virtio-net-pci" }[kind]
+  const drives = [
+    { id: "root", path: input.rootfsPath, readOnly: false },
+    ...input.disks.map((d, i) => ({ id: `disk${i + 1}`, path: d.path, readOnly: d.readOnly }))
+  ]
+  const hostfwd = input.ports.map((p) => `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`).join("")
+  return [
+    "-name",
+    escapeOption(`microagent-${input.workspace}`),
+    "-M",
+    input.machine,
+    ...(input.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"]),
+    "-m",
+    String(input.memoryMiB),
+    "-smp",
+    String(input.cpus),
+    "-nodefaults",
+    "-no-user-config",
+    "-display",
+    "none",
+    "-no-reboot",
+    "-kernel",
+    input.kernelPath,
+    "-initrd",
+    input.initrdPath,
+    "-append",
+    kernelCmdline(input),
+    // The serial console goes to a file so it outlives whoever started the VMM.
+    "-chardev",
+    `file,id=console,path=${escapeOption(input.paths.consoleLog)}`,
+    "-serial",
+    "chardev:console",
+    "-chardev",
+    `socket,id=qmp,path=${escapeOption(input.paths.qmpSocket)},server=on,wait=off`,
+    "-mon",
+    "chardev=qmp,mode=control",
+    ...drives.flatMap((d) => [
+      "-drive",
+      `id=${d.id},file=${escapeOption(d.path)},format=raw,if=none${d.readOnly ? ",readonly=on" : ""}`,
+      "-device",
+      `${device("blk")},drive=${d.id}`
+    ]),
+    "-device",
+    device("serial"),
+    "-chardev",
+    `socket,id=agent,path=${escapeOption(input.paths.agentSocket)},server=on,wait=off`,
+    "-device",
+    `virtserialport,chardev=agent,name=${agentPortName}`,
+    ...(input.network === "user"
+      ? ["-netdev", `user,id=net0,restrict=off${hostfwd}`, "-device", `${device("net")},netdev=net0`]
+      : []),
+    "-daemonize",
+    "-pidfile",
+    input.paths.pidFile
+  ]
+}

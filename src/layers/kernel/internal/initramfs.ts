@@ -1,0 +1,35 @@
+/**
+ * The initramfs layout the guest agent expects: `/init` (the agent, PID 1), the modules it loads in
+ * the order of `/lib/modules/load.list`, and the mount points it uses before switching root.
+ */
+import * as NodeZlib from "node:zlib"
+import { type CpioEntry, writeCpio } from "./cpio.ts"
+
+export interface InitramfsInput {
+  readonly agent: Uint8Array
+  /** In load order. */
+  readonly modules: ReadonlyArray<{ readonly name: string; readonly data: Uint8Array }>
+  readonly compression: "gzip" | "none"
+}
+
+export const initramfsEntries = (input: InitramfsInput): ReadonlyArray<CpioEntry> => [
+  { type: "directory", path: "dev" },
+  { type: "directory", path: "proc", mode: 0o555 },
+  { type: "directory", path: "sys", mode: 0o555 },
+  { type: "directory", path: "newroot" },
+  { type: "directory", path: "lib" },
+  { type: "directory", path: "lib/modules" },
+  { type: "file", path: "init", mode: 0o755, data: input.agent },
+  ...input.modules.map((m): CpioEntry => ({ type: "file", path: `lib/modules/${m.name}.ko`, data: m.data })),
+  {
+    type: "file",
+    path: "lib/modules/load.list",
+    data: new TextEncoder().encode(input.modules.map((m) => `${m.name}.ko\n`).join(""))
+  }
+]
+
+export const buildInitramfs = (input: InitramfsInput): Uint8Array => {
+  const archive = writeCpio(initramfsEntries(input))
+  // Level 1: under TCG the guest's inflate time matters more than a few hundred KB of size.
+  return input.compression === "gzip" ? NodeZlib.gzipSync(archive, { level: 1 }) : archive
+}
