@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what microagent needs on a fresh Debian or Ubuntu machine (run as root), then the npm
+# dependencies (which also builds the guest agent and the CLI bundle). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  # VMs: QEMU, the kernel extraction tools, ext4 images, the built-in busybox image
+  qemu-system-x86 lz4 zstd xz-utils e2fsprogs busybox-static
+  # The guest agent: a static C build
+  musl-tools build-essential
+)
+if [ "${1:-}" = "--test" ]; then
+  # The test tiers: a loopback OCI registry and image tools, fuzzing, networking helpers
+  packages+=(docker-registry skopeo umoci apache2-utils clang socat passt mmdebstrap)
+fi
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing packages: ${missing[*]}; run as root or: sudo apt-get install ${missing[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+npm ci --no-audit --no-fund

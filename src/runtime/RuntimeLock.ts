@@ -1,0 +1,36 @@
+/**
+ * The runtime's lock: at most one runtime per state directory. It is an exclusive SQLite (fcntl) lock
+ * on `run/runtime.lock`, held for the process's life and released by the kernel when the process
+ * ends, however it ends — so a runtime killed with -9 never leaves a stale lock behind.
+ */
+import Sqlite from "better-sqlite3"
+import { Effect } from "effect"
+import { Conflict, Permanent } from "../domain/Errors.ts"
+
+export const acquireRuntimeLock = (path: string) =>
+  Effect.acquireRelease(
+    Effect.try({
+      try: () => {
+        const db = new Sqlite(path, { timeout: 0 })
+        try {
+          db.pragma("journal_mode = DELETE")
+          db.exec("BEGIN EXCLUSIVE")
+        } catch (error) {
+          db.close()
+          throw error
+        }
+        return db
+      },
+      catch: (cause) =>
+        String((cause as { code?: string }).code).startsWith("SQLITE_BUSY")
+          ? new Conflict({
+            message: "another runtime already serves this state directory",
+            remediation: "there is nothing to do: commands use the running one"
+          })
+          : new Permanent({
+            message: `cannot take the runtime lock ${path}: ${String(cause)}`,
+            remediation: "check the state directory's permissions"
+          })
+    }),
+    (db) => Effect.sync(() => db.close())
+  )
