@@ -15,6 +15,7 @@ import { Invocation } from "./Invocation.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
+import { serve } from "./ServeCommands.ts"
 import { verbs } from "./Verbs.ts"
 
 export const subcommands = [
@@ -22,7 +23,8 @@ export const subcommands = [
   ...runGroup,
   ...lifecycleGroup,
   imageCommand,
-  ...maintenanceGroup
+  ...maintenanceGroup,
+  serve
 ] as const
 
 export const rootCommand = Command.make("microagent").pipe(

@@ -143,6 +143,12 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "show the resource profiles"
   },
   { name: "gc", group: "Maintenance", usage: "microagent gc", summary: "reap what a crash left behind" },
+  {
+    name: "serve",
+    group: "Misc", usage: "microagent serve rpc [--socket PATH] | microagent serve mcp",
+    summary: "serve the RPC API on a unix socket, or MCP on stdio",
+    valueFlags: ["--socket"]
+  },
   { name: "version", group: "Misc", usage: "microagent version", summary: "print the version" },
   { name: "help", group: "Misc", usage: "microagent help [COMMAND]", summary: "show help for a command" }
 ]

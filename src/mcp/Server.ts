@@ -1,0 +1,345 @@
+/**
+ * The MCP server (`microagent serve mcp`): the tool table registered on @effect/ai's McpServer, spoken
+ * over stdio. Every tool validates its arguments against its Schema, answers in one envelope
+ * (`{ok, result | error, meta}`), replays keyed mutations, and previews destructive ones on request.
+ * Nothing but protocol goes to stdout.
+ */
+import { CallToolResult, Tool as McpTool, ToolAnnotations } from "@effect/ai/McpSchema"
+import * as McpServer from "@effect/ai/McpServer"
+import * as NodeSink from "@effect/platform-node/NodeSink"
+import * as NodeStream from "@effect/platform-node/NodeStream"
+import { RpcSerialization, RpcServer } from "@effect/rpc"
+import {
+  Cause,
+  Clock,
+  Deferred,
+  Effect,
+  Either,
+  Fiber,
+  JSONSchema,
+  Layer,
+  ParseResult,
+  Ref,
+  Schedule,
+  Schema,
+  Stream
+} from "effect"
+import {
+  type ErrorBody,
+  ErrorKind,
+  InvalidInput,
+  isMicroagentError,
+  type MicroagentError,
+  Permanent,
+  toErrorBody,
+  Transient
+} from "../domain/Errors.ts"
+import type { Backend } from "../domain/Workspace.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { version } from "../Version.ts"
+import { Idempotency } from "./Idempotency.ts"
+import { type AnyTool, defineTool, Envelope, PreviewResult, type ToolContext } from "./Tool.ts"
+import { describeTool, tools } from "./Tools.ts"
+
+export interface McpOptions {
+  /** The backend of new workspaces when a call names none. */
+  readonly defaultBackend: Backend
+}
+
+/** The arguments every mutating tool takes besides its own. */
+const idempotencyField = {
+  idempotency_key: Schema.optional(
+    Schema.String.pipe(Schema.minLength(1), Schema.maxLength(256)).annotations({
+      description: "repeat a call with the same key within 15 minutes to get its first result again "
+        + "instead of doing it twice; the same key with other arguments is a conflict"
+    })
+  )
+}
+
+const previewField = {
+  preview: Schema.optional(
+    Schema.Boolean.annotations({ description: "say what the call would do, and do nothing" })
+  )
+}
+
+/** A tool's whole input: its own arguments, and the common ones its kind takes. */
+export const inputSchemaOf = (
+  tool: AnyTool
+): Schema.Schema<Record<string, unknown>, Record<string, unknown>> =>
+  Schema.Struct({
+    ...tool.input,
+    ...(tool.kind === "read" ? {} : idempotencyField),
+    ...(tool.kind === "destructive" ? previewField : {})
+  }) as unknown as Schema.Schema<Record<string, unknown>, Record<string, unknown>>
+
+/** Inlines `$ref`s, since not every MCP client resolves `$defs`; our schemas are not recursive. */
+const inline = (node: unknown, defs: Record<string, unknown>): unknown => {
+  if (Array.isArray(node)) return node.map((item) => inline(item, defs))
+  if (node === null || typeof node !== "object") return node
+  const { $ref, ...rest } = node as Record<string, unknown>
+  const out: Record<string, unknown> = {}
+  if (typeof $ref === "string" && $ref.startsWith("#/$defs/")) {
+    Object.assign(out, inline(defs[$ref.slice("#/$defs/".length)], defs))
+  }
+  for (const [key, value] of Object.entries(rest)) out[key] = inline(value, defs)
+  return out
+}
+
+/** The JSON Schema of a Schema's encoded form, self-contained. */
+export const jsonSchemaOf = (schema: Schema.Schema<any, any, never>): Record<string, unknown> => {
+  const { $defs, $schema: _, ...rest } = JSONSchema.make(schema) as unknown as Record<string, unknown>
+  return inline(rest, ($defs ?? {}) as Record<string, unknown>) as Record<string, unknown>
+}
+
+const Operation = Schema.Struct({
+  name: Schema.String,
+  title: Schema.String,
+  description: Schema.String,
+  inputSchema: Schema.Unknown,
+  outputSchema: Schema.Unknown,
+  /** Destructive tools: the result of `preview: true`. */
+  previewSchema: Schema.optional(Schema.Unknown),
+  sideEffects: Schema.Array(Schema.String),
+  /** `read_only`, or `keyed_replay`: a repeat with the same `idempotency_key` replays the first result. */
+  idempotency: Schema.Literal("read_only", "keyed_replay"),
+  destructive: Schema.Boolean,
+  costClass: Schema.String,
+  errors: Schema.Array(ErrorKind)
+})
+
+const Manifest = Schema.Struct({
+  service: Schema.Literal("microagent"),
+  version: Schema.String,
+  transport: Schema.Literal("mcp_stdio"),
+  defaultBackend: Schema.String,
+  envelope: Schema.Unknown,
+  operations: Schema.Array(Operation)
+})
+
+const describeEntry = (all: () => ReadonlyArray<AnyTool>) =>
+  defineTool({
+    name: describeTool,
+    title: "Describe microagent's operations",
+    description: "Every operation of this server with its input and output JSON Schema, side effects, "
+      + "idempotency and cost class, and the envelope every result comes in.",
+    input: {},
+    output: Manifest,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (_args, context: ToolContext) =>
+      Effect.succeed({
+        service: "microagent" as const,
+        version,
+        transport: "mcp_stdio" as const,
+        defaultBackend: context.defaultBackend,
+        envelope: jsonSchemaOf(Envelope),
+        operations: all().map((tool) => ({
+          name: tool.name,
+          title: tool.title,
+          description: tool.description,
+          inputSchema: jsonSchemaOf(inputSchemaOf(tool)),
+          outputSchema: jsonSchemaOf(tool.output),
+          ...(tool.kind === "destructive" ? { previewSchema: jsonSchemaOf(PreviewResult) } : {}),
+          sideEffects: tool.sideEffects,
+          idempotency: tool.kind === "read" ? "read_only" as const : "keyed_replay" as const,
+          destructive: tool.kind === "destructive",
+          costClass: tool.cost,
+          errors: ErrorKind.literals
+        }))
+      })
+  })
+
+/** Every tool this server offers: the table, and `microagent.describe` over it. */
+export const allTools: ReadonlyArray<AnyTool> = [...tools, describeEntry(() => allTools)]
+
+/** One line per offending argument. */
+const formatIssues = (error: ParseResult.ParseError): string =>
+  ParseResult.ArrayFormatter.formatErrorSync(error)
+    .map((issue) => `${issue.path.length > 0 ? `${issue.path.join(".")}: ` : ""}${issue.message}`)
+    .join("; ")
+
+type Body = { readonly ok: true; readonly result: unknown } | {
+  readonly ok: false
+  readonly error: ErrorBody
+}
+
+const failed = (error: MicroagentError): Body => ({ ok: false, error: toErrorBody(error) })
+
+const classify = (cause: Cause.Cause<unknown>): MicroagentError => {
+  const failure = Cause.failureOption(cause)
+  if (failure._tag === "Some") {
+    const error = failure.value
+    if (isMicroagentError(error)) return error
+    if (
+      typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
+    ) {
+      return new Transient({
+        message: `lost the connection to the microagent server: ${
+          String((error as { message?: unknown }).message)
+        }`,
+        remediation: "retry; the server restarts on demand",
+        retryAfterMs: 1000
+      })
+    }
+  }
+  return new Permanent({
+    message: `internal error: ${Cause.pretty(cause).split("\n")[0]}`,
+    remediation: "this is a bug in microagent; the server's stderr has the details"
+  })
+}
+
+/** Registers the tools on the McpServer; calls go to `MicroagentClient`. */
+export const registerTools = (options: McpOptions) =>
+  Effect.gen(function*() {
+    const server = yield* McpServer.McpServer
+    const client = yield* MicroagentClient
+    const idempotency = yield* Idempotency
+    const inFlight = yield* InFlight
+    const context: ToolContext = { defaultBackend: options.defaultBackend }
+
+    const execute = (tool: AnyTool, args: unknown, preview: boolean): Effect.Effect<Body> => {
+      const work = preview && tool.preview !== undefined
+        ? tool.preview(args, context)
+        : tool.run(args, context)
+      const schema: Schema.Schema<any, any, never> = preview ? PreviewResult : tool.output
+      return work.pipe(
+        Effect.flatMap((result) => Schema.encodeUnknown(schema)(result)),
+        Effect.map((result): Body => ({ ok: true, result })),
+        Effect.provideService(MicroagentClient, client),
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Effect.failCause(cause as Cause.Cause<never>)
+            : Effect.gen(function*() {
+              const error = classify(cause)
+              if (error.message.startsWith("internal error")) {
+                yield* Effect.logError(`${tool.name} failed`, cause)
+              }
+              return failed(error)
+            })
+        )
+      )
+    }
+
+    const call = (tool: AnyTool, payload: unknown) =>
+      Effect.gen(function*() {
+        const started = yield* Clock.currentTimeMillis
+        const decoded = Schema.decodeUnknownEither(inputSchemaOf(tool), {
+          onExcessProperty: "error",
+          errors: "all"
+        })(
+          payload ?? {}
+        )
+        let body: Body
+        const extra: { idempotencyReplay?: boolean; preview?: boolean } = {}
+        if (Either.isLeft(decoded)) {
+          body = failed(
+            new InvalidInput({
+              message: `${tool.name}: invalid arguments: ${formatIssues(decoded.left)}`,
+              remediation: `see the input schema of ${tool.name} in tools/list or microagent.describe`
+            })
+          )
+        } else {
+          const { idempotency_key: key, preview, ...args } = decoded.right as Record<string, unknown> & {
+            idempotency_key?: string
+            preview?: boolean
+          }
+          if (preview === true) {
+            extra.preview = true
+            body = yield* execute(tool, args, true)
+          } else if (key === undefined || tool.kind === "read") {
+            body = yield* execute(tool, args, false)
+          } else {
+            const { idempotency_key: _key, preview: _preview, ...raw } = (payload ?? {}) as Record<
+              string,
+              unknown
+            >
+            const outcome = yield* idempotency.once(
+              { tool: tool.name, key, args: raw },
+              execute(tool, args, false),
+              // A retryable failure is not kept: the retry should run.
+              (envelope) => (envelope as Body).ok || !(envelope as { error: ErrorBody }).error.retryable
+            ).pipe(
+              Effect.catchAll((error) => Effect.succeed({ envelope: failed(error), replayed: false }))
+            )
+            body = outcome.envelope as Body
+            if (outcome.replayed) extra.idempotencyReplay = true
+          }
+        }
+        const durationMs = (yield* Clock.currentTimeMillis) - started
+        const envelope = { ...body, meta: { tool: tool.name, durationMs, ...extra } }
+        return new CallToolResult({
+          isError: !body.ok,
+          structuredContent: envelope,
+          content: [{ type: "text", text: JSON.stringify(envelope) }]
+        })
+      }).pipe(inFlight.track)
+
+    for (const tool of allTools) {
+      yield* server.addTool({
+        tool: new McpTool({
+          name: tool.name,
+          title: tool.title,
+          description: tool.description,
+          inputSchema: jsonSchemaOf(inputSchemaOf(tool)),
+          annotations: new ToolAnnotations({
+            title: tool.title,
+            readOnlyHint: tool.kind === "read",
+            destructiveHint: tool.kind === "destructive",
+            idempotentHint: tool.kind === "read",
+            openWorldHint: false
+          })
+        }),
+        handle: (payload) => call(tool, payload)
+      })
+    }
+  })
+
+/** Counts the tool calls under way, so that the server can finish them before it exits. */
+class InFlight extends Effect.Service<InFlight>()("microagent/mcp/InFlight", {
+  effect: Effect.gen(function*() {
+    const count = yield* Ref.make(0)
+    return {
+      track: <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.acquireUseRelease(
+          Ref.update(count, (n) => n + 1),
+          () => effect,
+          () => Ref.update(count, (n) => n - 1)
+        ),
+      idle: Ref.get(count).pipe(
+        Effect.repeat({ until: (n) => n === 0, schedule: Schedule.spaced("50 millis") })
+      )
+    }
+  })
+}) {}
+
+/**
+ * Serves MCP on this process's stdin and stdout until the client closes stdin, then finishes the calls
+ * under way and returns.
+ */
+export const serveStdio = (options: McpOptions) =>
+  Effect.scoped(Effect.gen(function*() {
+    const scope = yield* Effect.scope
+    const closed = yield* Deferred.make<void>()
+    const stdin = NodeStream.stdin.pipe(Stream.ensuring(Deferred.succeed(closed, undefined)))
+    // Built in a fiber of its own: the stdio protocol interrupts the fiber that built it when stdin ends,
+    // and this one is gone by then, so the calls under way get to finish.
+    const protocol = yield* Layer.buildWithScope(
+      RpcServer.layerProtocolStdio({ stdin, stdout: NodeSink.stdout }),
+      scope
+    ).pipe(Effect.provide(RpcSerialization.layerNdJsonRpc()), Effect.fork, Effect.flatMap(Fiber.join))
+    const inFlight = yield* InFlight
+    // Tools are registered before the server reads its first message, so `initialize` sees them.
+    const registry = McpServer.McpServer.layer
+    const running = Layer.scopedDiscard(Effect.forkScoped(McpServer.run({ name: "microagent", version })))
+    yield* Layer.buildWithScope(
+      running.pipe(
+        Layer.provide(Layer.effectDiscard(registerTools(options)).pipe(Layer.provideMerge(registry)))
+      ),
+      scope
+    ).pipe(Effect.provide(protocol), Effect.provideService(InFlight, inFlight))
+    yield* Deferred.await(closed)
+    yield* inFlight.idle
+    // Let the last replies drain to stdout.
+    yield* Effect.sleep("100 millis")
+  })).pipe(Effect.provide(InFlight.Default))

@@ -1,0 +1,100 @@
+/**
+ * What an MCP tool is here: a name, an input made of domain Schemas, an output Schema, what it changes
+ * and costs, and a thin call into the RPC API. The server adds `idempotency_key` to mutating tools and
+ * `preview` to destructive ones, validates arguments, and wraps every outcome in one envelope.
+ */
+import type { RpcClientError } from "@effect/rpc"
+import { type Effect, Schema } from "effect"
+import { ErrorKind, type MicroagentError } from "../domain/Errors.ts"
+import type { Backend } from "../domain/Workspace.ts"
+import type { MicroagentClient } from "../rpc/Client.ts"
+
+/** `read`: no side effects; `mutate`: changes state, takes `idempotency_key`; `destructive`: also `preview`. */
+export type ToolKind = "read" | "mutate" | "destructive"
+
+/** Roughly what a call costs the host. */
+export type CostClass = "host_compute_and_storage" | "host_io" | "metadata"
+
+export interface ToolContext {
+  /** The backend of new workspaces when the call names none. */
+  readonly defaultBackend: Backend
+}
+
+type Failure = MicroagentError | RpcClientError.RpcClientError
+
+export interface ToolDefinition<F extends Schema.Struct.Fields, A, I> {
+  readonly name: string
+  readonly title: string
+  readonly description: string
+  readonly input: F
+  readonly output: Schema.Schema<A, I>
+  readonly kind: ToolKind
+  readonly sideEffects: ReadonlyArray<string>
+  readonly cost: CostClass
+  readonly run: (
+    args: Schema.Struct.Type<F>,
+    context: ToolContext
+  ) => Effect.Effect<A, Failure, MicroagentClient>
+  /** Destructive tools: what `run` would do, found out without changing anything. */
+  readonly preview?: (args: Schema.Struct.Type<F>, context: ToolContext) => Effect.Effect<
+    PreviewResult,
+    Failure,
+    MicroagentClient
+  >
+}
+
+/** A tool with its types erased, as kept in the table. */
+export interface AnyTool {
+  readonly name: string
+  readonly title: string
+  readonly description: string
+  readonly input: Schema.Struct.Fields
+  readonly output: Schema.Schema<any, any>
+  readonly kind: ToolKind
+  readonly sideEffects: ReadonlyArray<string>
+  readonly cost: CostClass
+  readonly run: (args: any, context: ToolContext) => Effect.Effect<unknown, Failure, MicroagentClient>
+  readonly preview?: (
+    args: any,
+    context: ToolContext
+  ) => Effect.Effect<PreviewResult, Failure, MicroagentClient>
+}
+
+export const defineTool = <F extends Schema.Struct.Fields, A, I>(
+  definition: ToolDefinition<F, A, I>
+): AnyTool => definition as unknown as AnyTool
+
+export const ErrorBodySchema = Schema.Struct({
+  kind: ErrorKind,
+  message: Schema.String,
+  remediation: Schema.String,
+  retryable: Schema.Boolean,
+  retry_after_ms: Schema.optional(Schema.Number),
+  usage: Schema.optional(Schema.Boolean)
+})
+
+/** What a destructive tool answers with `preview: true`. */
+export const PreviewResult = Schema.Struct({
+  preview: Schema.Literal(true),
+  workspace: Schema.String,
+  /** The workspace's state now; absent when there is no such workspace. */
+  state: Schema.optional(Schema.String),
+  /** What the call would do, in order; empty when it would do nothing. */
+  actions: Schema.Array(Schema.String),
+  /** The error the call would fail with, if it would. */
+  wouldFail: Schema.optional(ErrorBodySchema)
+})
+export type PreviewResult = typeof PreviewResult.Type
+
+export const Meta = Schema.Struct({
+  tool: Schema.String,
+  durationMs: Schema.Number,
+  idempotencyReplay: Schema.optional(Schema.Boolean),
+  preview: Schema.optional(Schema.Boolean)
+})
+
+/** The envelope of every tool result, success or failure. */
+export const Envelope = Schema.Union(
+  Schema.Struct({ ok: Schema.Literal(true), result: Schema.Unknown, meta: Meta }),
+  Schema.Struct({ ok: Schema.Literal(false), error: ErrorBodySchema, meta: Meta })
+)

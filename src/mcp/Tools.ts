@@ -1,0 +1,491 @@
+/**
+ * The MCP tool table: one entry per operation. Adding a tool (images, kernels, volumes, networks, cp as
+ * they land) is one more `defineTool` in `tools`; `microagent.describe` and `tools/list` follow from it.
+ */
+import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
+import { Conflict, toErrorBody } from "../domain/Errors.ts"
+import { WorkspaceEvent } from "../domain/Event.ts"
+import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { Spec, SpecResources } from "../domain/Spec.ts"
+import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
+import {
+  Backend,
+  NetworkMode,
+  ProfileName,
+  profiles,
+  RestartPolicy,
+  Workspace,
+  WorkspaceName
+} from "../domain/Workspace.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
+
+const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
+  schema.annotations({ description }) as S
+
+const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
+  Schema.optional(described(schema, description))
+
+const workspaceName = { name: described(Schema.String, "the workspace's name") }
+
+const newWorkspace = {
+  image: described(
+    Schema.NonEmptyTrimmedString,
+    "OCI image reference, e.g. alpine:3.20 or docker.io/library/debian:12"
+  ),
+  name: optional(
+    WorkspaceName.annotations({ jsonSchema: { pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" } }),
+    "workspace name (default: generated); 1-63 letters, digits, '.', '_' and '-'"
+  ),
+  profile: optional(ProfileName, "resource profile (see microagent.profiles)"),
+  memory_mib: SpecResources.fields.memoryMiB.annotations({
+    description: "guest memory in MiB (default 512)"
+  }),
+  cpus: SpecResources.fields.cpuCount.annotations({ description: "virtual CPUs (default 2)" }),
+  size_mib: SpecResources.fields.sizeMiB.annotations({
+    description: "root disk size in MiB (default: image content plus headroom)"
+  }),
+  env: Spec.fields.env.annotations({
+    description: "environment variables of every command in the workspace"
+  }),
+  hostname: Spec.fields.hostname.annotations({ description: "guest hostname (default: from the name)" }),
+  network: optional(NetworkMode, "user (default): outbound NAT; isolated: no network device"),
+  backend: optional(Backend, "backend of the new workspace (default: the server's)")
+}
+
+const execFields = {
+  env: optional(
+    Schema.Record({ key: Schema.String, value: Schema.String }),
+    "environment variables, over the image's and the workspace's"
+  ),
+  cwd: ExecRequest.fields.cwd.annotations({
+    description: "working directory in the guest (default: the image's)"
+  }),
+  user: ExecRequest.fields.user.annotations({
+    description: "user, name or uid[:gid] (default: the image's)"
+  }),
+  timeout_seconds: ExecRequest.fields.timeoutSeconds.annotations({
+    description: "seconds before the command is stopped (TERM, then KILL); the result says timed_out"
+  }),
+  stdout_limit: ExecRequest.fields.stdoutLimit.annotations({
+    description: "bytes of stdout kept (default 10 MiB)"
+  }),
+  stderr_limit: ExecRequest.fields.stderrLimit.annotations({
+    description: "bytes of stderr kept (default 10 MiB)"
+  }),
+  stdin: optional(Schema.String, "text fed to the command's stdin (closed at once when absent)")
+}
+
+const encoder = new TextEncoder()
+const stdinOf = (text: string | undefined) => (text === undefined ? {} : { stdin: encoder.encode(text) })
+
+/** Drops undefined fields, for payloads with exact optional properties. */
+const defined = <A extends Record<string, unknown>>(value: A) =>
+  Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as {
+    [K in keyof A]: Exclude<A[K], undefined>
+  }
+
+const WorkspaceSummary = Schema.Struct({
+  name: Schema.String,
+  state: State,
+  backend: Backend,
+  profile: Schema.optional(ProfileName),
+  image: Schema.String,
+  network: NetworkMode,
+  createdAt: Schema.String
+})
+
+const ListResult = Schema.Struct({ workspaces: Schema.Array(WorkspaceSummary) })
+
+const LogsResult = Schema.Struct({
+  workspace: Schema.String,
+  logs: Schema.String,
+  /** Whether earlier lines were left out (`tail_lines`). */
+  truncated: Schema.Boolean
+})
+
+const EventsResult = Schema.Struct({
+  workspace: Schema.String,
+  events: Schema.Array(WorkspaceEvent),
+  /** Pass as `after_id` to get only newer events. */
+  nextAfterId: Schema.Int
+})
+
+const WaitResult = Schema.Struct({ workspace: Schema.String, state: State, ok: Schema.Boolean })
+
+/** The workspace's current state, or none when it does not exist. */
+const currentState = (name: string) =>
+  Effect.flatMap(MicroagentClient, (client) => client.inspect({ name })).pipe(
+    Effect.map((report) => Option.some(report.workspace.state)),
+    Effect.catchTag("NotFound", () => Effect.succeed(Option.none<State>()))
+  )
+
+/** A preview of a state-machine transition: the actions, or why it would be refused. */
+const transitionPreview = (name: string, t: Transition, action: (state: State) => ReadonlyArray<string>) =>
+  Effect.map(currentState(name), (state): PreviewResult => {
+    if (Option.isNone(state)) {
+      return {
+        preview: true,
+        workspace: name,
+        actions: [],
+        wouldFail: toErrorBody(new Conflict({ message: `workspace ${name} not found`, remediation: "" }))
+      }
+    }
+    const next = transition(name, state.value, t)
+    return Either.isLeft(next)
+      ? { preview: true, workspace: name, state: state.value, actions: [], wouldFail: toErrorBody(next.left) }
+      : { preview: true, workspace: name, state: state.value, actions: action(state.value) }
+  })
+
+export const describeTool = "microagent.describe"
+
+export const tools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "workspace.run",
+    title: "Run a command in a fresh workspace",
+    description: "Create a one-shot workspace from an image, boot it, run one command, and delete it "
+      + "(or keep it halted with keep: true). A non-zero exit is a result, not an error.",
+    input: {
+      ...newWorkspace,
+      command: optional(
+        Schema.Array(Schema.String),
+        "the command and its arguments, run without a shell (default: the image's Entrypoint and Cmd)"
+      ),
+      ...execFields,
+      keep: optional(Schema.Boolean, "keep the workspace, halted, instead of deleting it"),
+      boot_timeout_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "seconds to wait for the guest (default 60)"
+      )
+    },
+    output: RunResult,
+    kind: "mutate",
+    sideEffects: [
+      "creates a workspace and its disk",
+      "boots a VM",
+      "runs the command",
+      "deletes the workspace unless keep"
+    ],
+    cost: "host_compute_and_storage",
+    run: (args, context) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.run(defined({
+          image: args.image,
+          name: args.name,
+          profile: args.profile,
+          memoryMiB: args.memory_mib,
+          cpus: args.cpus,
+          sizeMiB: args.size_mib,
+          env: args.env,
+          hostname: args.hostname,
+          network: args.network,
+          backend: args.backend ?? context.defaultBackend,
+          command: args.command ?? [],
+          cwd: args.cwd,
+          user: args.user,
+          timeoutSeconds: args.timeout_seconds,
+          stdoutLimit: args.stdout_limit,
+          stderrLimit: args.stderr_limit,
+          keep: args.keep,
+          bootTimeoutSeconds: args.boot_timeout_seconds,
+          ...stdinOf(args.stdin)
+        })))
+  }),
+  defineTool({
+    name: "workspace.create",
+    title: "Create a workspace",
+    description: "Create a persistent workspace from an image, with its own root disk; it is `prepared` "
+      + "until workspace.start boots it.",
+    input: {
+      ...newWorkspace,
+      restart: optional(RestartPolicy, "restart policy (default never)"),
+      entrypoint: optional(Schema.String, "shell command each start runs")
+    },
+    output: Workspace,
+    kind: "mutate",
+    sideEffects: ["pulls the image if missing", "creates a workspace record and its disk"],
+    cost: "host_compute_and_storage",
+    run: (args, context) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.create(defined({
+          image: args.image,
+          name: args.name,
+          profile: args.profile,
+          memoryMiB: args.memory_mib,
+          cpus: args.cpus,
+          sizeMiB: args.size_mib,
+          env: args.env,
+          hostname: args.hostname,
+          network: args.network,
+          restart: args.restart,
+          entrypoint: args.entrypoint,
+          backend: args.backend ?? context.defaultBackend
+        })))
+  }),
+  defineTool({
+    name: "workspace.start",
+    title: "Boot a workspace",
+    description: "Boot a prepared, halted, stopped or failed workspace from its disk and wait for its guest.",
+    input: {
+      ...workspaceName,
+      boot_timeout_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "seconds to wait for the guest (default 60)"
+      )
+    },
+    output: Workspace,
+    kind: "mutate",
+    sideEffects: ["boots a VM"],
+    cost: "host_compute_and_storage",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.start(defined({ name: args.name, bootTimeoutSeconds: args.boot_timeout_seconds }))
+      )
+  }),
+  defineTool({
+    name: "workspace.exec",
+    title: "Run a command in a running workspace",
+    description: 'Run a command (argv, no shell; use ["sh", "-c", "..."] for one) in a running workspace '
+      + "and return its exit status and output. A non-zero exit is a result, not an error.",
+    input: {
+      ...workspaceName,
+      argv: described(ExecRequest.fields.argv, "the command and its arguments"),
+      ...execFields
+    },
+    output: ExecResult,
+    kind: "mutate",
+    sideEffects: ["runs a command in the guest"],
+    cost: "host_compute_and_storage",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.exec(defined({
+          name: args.name,
+          argv: args.argv,
+          env: args.env ?? {},
+          cwd: args.cwd,
+          user: args.user,
+          timeoutSeconds: args.timeout_seconds,
+          stdoutLimit: args.stdout_limit,
+          stderrLimit: args.stderr_limit,
+          ...stdinOf(args.stdin)
+        })))
+  }),
+  defineTool({
+    name: "workspace.halt",
+    title: "Halt a workspace",
+    description: "Shut a running workspace down gracefully; the VM is killed if the guest has not powered "
+      + "off in time. The disk is kept; workspace.start boots it again.",
+    input: {
+      ...workspaceName,
+      timeout_seconds: optional(Schema.Number.pipe(Schema.positive()), "seconds the guest gets (default 15)"),
+      reason: optional(Schema.String, "recorded in the workspace's events")
+    },
+    output: Workspace,
+    kind: "destructive",
+    sideEffects: ["stops the VM (processes in the guest end)"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) =>
+          client.halt(defined({ name: args.name, timeoutSeconds: args.timeout_seconds, reason: args.reason }))
+      ),
+    preview: (args) =>
+      transitionPreview(args.name, "halt", (state) => [
+        `ask the guest of ${args.name} (${state}) to power off`,
+        `kill its VM if it is still running after ${args.timeout_seconds ?? 15} s`,
+        `record ${args.name} as halted (its disk is kept)`
+      ])
+  }),
+  defineTool({
+    name: "workspace.kill",
+    title: "Kill a workspace",
+    description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",
+    input: workspaceName,
+    output: Workspace,
+    kind: "destructive",
+    sideEffects: ["kills the VM (unsynced guest writes may be lost)"],
+    cost: "host_io",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.kill({ name: args.name })),
+    preview: (args) =>
+      transitionPreview(args.name, "kill", (state) => [
+        `kill the VM of ${args.name} (${state}) at once`,
+        `record ${args.name} as stopped (its disk is kept)`
+      ])
+  }),
+  defineTool({
+    name: "workspace.delete",
+    title: "Delete a workspace",
+    description: "Delete a workspace, its disk and its record. Idempotent: deleting what is not there "
+      + "answers deleted: false. A live workspace needs force: true (it is killed first).",
+    input: {
+      ...workspaceName,
+      force: optional(Schema.Boolean, "kill a live workspace first")
+    },
+    output: DeleteResult,
+    kind: "destructive",
+    sideEffects: ["deletes the workspace's disk and record", "kills its VM with force"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.delete(defined({ name: args.name, force: args.force }))
+      ),
+    preview: (args) =>
+      Effect.map(currentState(args.name), (state): PreviewResult => {
+        if (Option.isNone(state)) return { preview: true, workspace: args.name, actions: [] }
+        const remove = `delete the disk and record of ${args.name}`
+        if (isDeletable(state.value)) {
+          return { preview: true, workspace: args.name, state: state.value, actions: [remove] }
+        }
+        if (args.force) {
+          return {
+            preview: true,
+            workspace: args.name,
+            state: state.value,
+            actions: [`kill the VM of ${args.name} (${state.value})`, remove]
+          }
+        }
+        return {
+          preview: true,
+          workspace: args.name,
+          state: state.value,
+          actions: [],
+          wouldFail: toErrorBody(
+            new Conflict({
+              message: `workspace ${args.name} is ${state.value}`,
+              remediation: "pass force: true to kill it first, or halt it with workspace.halt"
+            })
+          )
+        }
+      })
+  }),
+  defineTool({
+    name: "workspace.inspect",
+    title: "Inspect a workspace",
+    description: "A workspace's record (state, image, resources, backend) and its last event.",
+    input: workspaceName,
+    output: InspectResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.inspect({ name: args.name }))
+  }),
+  defineTool({
+    name: "workspace.list",
+    title: "List workspaces",
+    description: "Every workspace of this state directory, with its state.",
+    input: { running_only: optional(Schema.Boolean, "only workspaces whose VM is live") },
+    output: ListResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.list(defined({ runningOnly: args.running_only })))
+        .pipe(
+          Effect.map((all) => ({
+            workspaces: all.map((ws) => ({
+              name: ws.name,
+              state: ws.state,
+              backend: ws.backend,
+              ...(ws.profile === undefined ? {} : { profile: ws.profile }),
+              image: ws.image.ref,
+              network: ws.network,
+              createdAt: DateTime.formatIso(ws.createdAt)
+            }))
+          }))
+        )
+  }),
+  defineTool({
+    name: "workspace.logs",
+    title: "Read a workspace's console log",
+    description: "The serial console log of a workspace's current or last boot.",
+    input: {
+      ...workspaceName,
+      tail_lines: optional(Schema.Int.pipe(Schema.positive()), "only the last this many lines")
+    },
+    output: LogsResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => Stream.runCollect(client.logs({ name: args.name }))).pipe(
+        Effect.map((chunks) => {
+          const text = Buffer.concat([...chunks]).toString("utf8")
+          if (args.tail_lines === undefined) return { workspace: args.name, logs: text, truncated: false }
+          const lines = text.split("\n")
+          const last = text.endsWith("\n") ? lines.slice(0, -1) : lines
+          const kept = last.slice(-args.tail_lines)
+          return {
+            workspace: args.name,
+            logs: kept.join("\n") + (text.endsWith("\n") && kept.length > 0 ? "\n" : ""),
+            truncated: kept.length < last.length
+          }
+        })
+      )
+  }),
+  defineTool({
+    name: "workspace.events",
+    title: "Read a workspace's lifecycle events",
+    description: "Lifecycle events, oldest first. Poll with after_id = the previous call's nextAfterId.",
+    input: {
+      ...workspaceName,
+      after_id: optional(Schema.Int.pipe(Schema.nonNegative()), "only events after this id"),
+      limit: optional(Schema.Int.pipe(Schema.between(1, 1024)), "at most this many events (default 100)")
+    },
+    output: EventsResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => Stream.runCollect(client.events({ name: args.name })))
+        .pipe(
+          Effect.map((all) => {
+            const after = args.after_id ?? 0
+            const events = [...all].filter((event) => event.id > after).slice(0, args.limit ?? 100)
+            return { workspace: args.name, events, nextAfterId: events.at(-1)?.id ?? after }
+          })
+        )
+  }),
+  defineTool({
+    name: "workspace.wait",
+    title: "Wait for a workspace to settle",
+    description: "Block until a workspace is prepared, halted, stopped, failed or quarantined. Running out "
+      + "of time is a retryable (transient) error.",
+    input: {
+      ...workspaceName,
+      timeout_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "give up after this many seconds (default 60)"
+      )
+    },
+    output: WaitResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.wait({ name: args.name, timeoutSeconds: args.timeout_seconds ?? 60 })
+      ).pipe(
+        Effect.map((ws) => ({
+          workspace: ws.name,
+          state: ws.state,
+          ok: ws.state !== "failed" && ws.state !== "quarantined"
+        }))
+      )
+  }),
+  defineTool({
+    name: "microagent.profiles",
+    title: "Resource profiles",
+    description: "The resource profiles a workspace can be created with (memory, vCPUs, disk).",
+    input: {},
+    output: ProfilesResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () => Effect.succeed({ profiles })
+  })
+]

@@ -1,0 +1,154 @@
+/**
+ * The RPC API: one procedure per lifecycle program, with the domain Schemas as payloads and results and
+ * the classified `MicroagentError` as the failure of every one. It is the whole program surface, so the
+ * same group serves host applications, the MCP server and (later) the CLI talking to the runtime.
+ */
+import { Rpc, RpcGroup } from "@effect/rpc"
+import { Schema } from "effect"
+import { MicroagentError } from "../domain/Errors.ts"
+import { WorkspaceEvent } from "../domain/Event.ts"
+import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { Backend, NetworkMode, ProfileName, RestartPolicy, Workspace } from "../domain/Workspace.ts"
+
+/** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
+const Bytes = Schema.Uint8ArrayFromBase64
+
+const PositiveInt = Schema.Int.pipe(Schema.positive())
+
+/** What shapes a new workspace (names are checked by the program, which explains what is wrong). */
+export const WorkspaceFields = {
+  image: Schema.String,
+  name: Schema.optional(Schema.String),
+  profile: Schema.optional(ProfileName),
+  memoryMiB: Schema.optional(PositiveInt),
+  cpus: Schema.optional(PositiveInt),
+  sizeMiB: Schema.optional(PositiveInt),
+  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  hostname: Schema.optional(Schema.String),
+  network: Schema.optional(NetworkMode),
+  /** The backend of the new workspace; the server's default when absent. */
+  backend: Schema.optional(Backend)
+}
+
+const { tty: _tty, ...execRequestFields } = ExecRequest.fields
+
+/** An exec: the request fields, merged over the image's and the workspace's defaults by the server. */
+export const ExecFields = {
+  ...execRequestFields,
+  /** The whole of the command's stdin; closed at once when absent. */
+  stdin: Schema.optional(Bytes)
+}
+
+export const CreatePayload = Schema.Struct({
+  ...WorkspaceFields,
+  restart: Schema.optional(RestartPolicy),
+  entrypoint: Schema.optional(Schema.String)
+})
+
+export const RunPayload = Schema.Struct({
+  ...WorkspaceFields,
+  /** The command; the image's Entrypoint and Cmd when empty. */
+  command: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  cwd: Schema.optional(Schema.String),
+  user: Schema.optional(Schema.String),
+  timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+  stdoutLimit: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+  stderrLimit: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+  stdin: Schema.optional(Bytes),
+  /** Keep the workspace (halted) afterwards instead of deleting it. */
+  keep: Schema.optional(Schema.Boolean),
+  bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+})
+
+export const RunResult = Schema.Struct({
+  workspace: Schema.String,
+  kept: Schema.Boolean,
+  result: ExecResult
+})
+
+export const ExecPayload = Schema.Struct({ name: Schema.String, ...ExecFields })
+
+/** A piece of streamed exec output; the last one is `Exit`. */
+export const ExecOutput = Schema.Union(
+  Schema.TaggedStruct("Stdout", { data: Bytes }),
+  Schema.TaggedStruct("Stderr", { data: Bytes }),
+  Schema.TaggedStruct("Exit", { result: ExecResult })
+)
+export type ExecOutput = typeof ExecOutput.Type
+
+export const DeleteResult = Schema.Struct({ workspace: Schema.String, deleted: Schema.Boolean })
+
+export const InspectResult = Schema.Struct({
+  workspace: Workspace,
+  lastEvent: Schema.optional(WorkspaceEvent)
+})
+
+export const Profile = Schema.Struct({ memoryMiB: Schema.Int, cpus: Schema.Int, sizeMiB: Schema.Int })
+
+export const ProfilesResult = Schema.Struct({
+  profiles: Schema.Record({ key: ProfileName, value: Profile })
+})
+
+const named = { name: Schema.String }
+
+export class Rpcs extends RpcGroup.make(
+  Rpc.make("version", { success: Schema.Struct({ version: Schema.String }) }),
+  /** Create, boot, run one command, tear down (or keep, halted). */
+  Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
+  Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
+  Rpc.make("start", {
+    payload: { ...named, bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())) },
+    success: Workspace,
+    error: MicroagentError
+  }),
+  Rpc.make("exec", { payload: ExecPayload, success: ExecResult, error: MicroagentError }),
+  /** Output as it comes; interrupting the stream stops the guest command. */
+  Rpc.make("execStream", { payload: ExecPayload, success: ExecOutput, error: MicroagentError, stream: true }),
+  Rpc.make("halt", {
+    payload: {
+      ...named,
+      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+      reason: Schema.optional(Schema.String)
+    },
+    success: Workspace,
+    error: MicroagentError
+  }),
+  Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  /** Idempotent: deleting what is not there answers `deleted: false`. */
+  Rpc.make("delete", {
+    payload: {
+      ...named,
+      /** Halt a live workspace first. */
+      yes: Schema.optional(Schema.Boolean),
+      /** Kill a live workspace first. */
+      force: Schema.optional(Schema.Boolean)
+    },
+    success: DeleteResult,
+    error: MicroagentError
+  }),
+  Rpc.make("inspect", { payload: named, success: InspectResult, error: MicroagentError }),
+  Rpc.make("list", {
+    payload: { runningOnly: Schema.optional(Schema.Boolean) },
+    success: Schema.Array(Workspace),
+    error: MicroagentError
+  }),
+  Rpc.make("logs", {
+    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    success: Bytes,
+    error: MicroagentError,
+    stream: true
+  }),
+  Rpc.make("events", {
+    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    success: WorkspaceEvent,
+    error: MicroagentError,
+    stream: true
+  }),
+  /** Blocks until the workspace settles; running out of time is `Transient`. */
+  Rpc.make("wait", {
+    payload: { ...named, timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())) },
+    success: Workspace,
+    error: MicroagentError
+  }),
+  Rpc.make("profiles", { success: ProfilesResult })
+) {}

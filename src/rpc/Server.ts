@@ -1,0 +1,260 @@
+/**
+ * The RPC server: handlers that are thin calls into the lifecycle programs, each run against the
+ * backend of its workspace, served on a private unix socket (0600, in a 0700 directory).
+ */
+import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import * as SocketServer from "@effect/platform/SocketServer"
+import { RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
+import { Duration, Effect, Layer, Stream } from "effect"
+import * as NodeFs from "node:fs"
+import * as Net from "node:net"
+import * as NodePath from "node:path"
+import { Conflict, InvalidInput, Permanent } from "../domain/Errors.ts"
+import { isLive } from "../domain/State.ts"
+import { profiles } from "../domain/Workspace.ts"
+import {
+  streamWithWorkspaceBackend,
+  withBackend,
+  withWorkspaceBackend,
+  WorkspaceBackends
+} from "../layers/backends/WorkspaceBackends.ts"
+import { create } from "../programs/Create.ts"
+import { remove } from "../programs/Delete.ts"
+import { exec, execStream } from "../programs/Exec.ts"
+import { halt, kill } from "../programs/Halt.ts"
+import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
+import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { run } from "../programs/Run.ts"
+import { start } from "../programs/Start.ts"
+import type { Home } from "../services/Home.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { version } from "../Version.ts"
+import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
+import { Rpcs } from "./Rpcs.ts"
+
+type ExecFieldsOf<P> = P & {
+  readonly env: { readonly [key: string]: string }
+  readonly cwd?: string | undefined
+  readonly user?: string | undefined
+  readonly timeoutSeconds?: number | undefined
+  readonly stdoutLimit?: number | undefined
+  readonly stderrLimit?: number | undefined
+  readonly stdin?: Uint8Array | undefined
+}
+
+const overridesOf = <P>(payload: ExecFieldsOf<P>): ExecOverrides => ({
+  env: payload.env,
+  cwd: payload.cwd,
+  user: payload.user,
+  timeoutSeconds: payload.timeoutSeconds,
+  stdoutLimit: payload.stdoutLimit,
+  stderrLimit: payload.stderrLimit
+})
+
+const stdinOf = (bytes: Uint8Array | undefined) => (bytes === undefined ? undefined : Stream.make(bytes))
+
+/** The exec request for a workspace: the image's and the workspace's defaults under the caller's fields. */
+const requestFor = (
+  payload: ExecFieldsOf<{ readonly name: string; readonly argv: readonly [string, ...Array<string>] }>
+) =>
+  Effect.map(
+    Effect.flatMap(StateStore, (store) => store.get(payload.name)),
+    (workspace) => execRequestFor(workspace, payload.argv, overridesOf(payload))
+  )
+
+/** The handlers of every procedure; they need the state store and the backends of this process. */
+export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
+  const context = yield* Effect.context<WorkspaceBackends | StateStore | Home>()
+  const local = <A, E>(effect: Effect.Effect<A, E, WorkspaceBackends | StateStore | Home>) =>
+    Effect.provide(effect, context)
+  const localStream = <A, E>(stream: Stream.Stream<A, E, WorkspaceBackends | StateStore | Home>) =>
+    Stream.provideContext(stream, context)
+
+  return Rpcs.of({
+    version: () => Effect.succeed({ version }),
+    run: (p) =>
+      local(withBackend(
+        p.backend,
+        run({
+          image: p.image,
+          command: p.command,
+          name: p.name,
+          profile: p.profile,
+          memoryMiB: p.memoryMiB,
+          cpus: p.cpus,
+          sizeMiB: p.sizeMiB,
+          env: p.env,
+          hostname: p.hostname,
+          network: p.network,
+          keep: p.keep,
+          bootTimeoutSeconds: p.bootTimeoutSeconds,
+          exec: {
+            cwd: p.cwd,
+            user: p.user,
+            timeoutSeconds: p.timeoutSeconds,
+            stdoutLimit: p.stdoutLimit,
+            stderrLimit: p.stderrLimit
+          },
+          stdin: stdinOf(p.stdin)
+        })
+      )),
+    create: (p) =>
+      local(withBackend(
+        p.backend,
+        create({
+          image: p.image,
+          name: p.name,
+          profile: p.profile,
+          memoryMiB: p.memoryMiB,
+          cpus: p.cpus,
+          sizeMiB: p.sizeMiB,
+          env: p.env,
+          hostname: p.hostname,
+          network: p.network,
+          restart: p.restart,
+          entrypoint: p.entrypoint
+        })
+      )),
+    start: (p) =>
+      local(withWorkspaceBackend(p.name, start(p.name, { bootTimeoutSeconds: p.bootTimeoutSeconds }))),
+    exec: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        Effect.flatMap(requestFor(p), (request) => exec(p.name, request, stdinOf(p.stdin)))
+      )),
+    execStream: (p) =>
+      localStream(streamWithWorkspaceBackend(
+        p.name,
+        Stream.unwrap(Effect.map(requestFor(p), (request) => execStream(p.name, request, stdinOf(p.stdin))))
+      )),
+    halt: (p) =>
+      local(
+        withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
+      ),
+    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    delete: (p) =>
+      local(
+        withWorkspaceBackend(p.name, remove(p.name, { yes: p.yes, force: p.force })).pipe(
+          // Deleting what is not there is not an error: delete is idempotent.
+          Effect.catchTag("NotFound", () => Effect.succeed({ workspace: p.name, deleted: false }))
+        )
+      ),
+    inspect: (p) => local(withWorkspaceBackend(p.name, inspect(p.name))),
+    list: (p) =>
+      local(Effect.gen(function*() {
+        const all = yield* Effect.flatMap(StateStore, (store) => store.list)
+        // Each workspace is reconciled against its own backend; one this build lacks is reported as recorded.
+        const found = yield* Effect.forEach(all, (workspace) =>
+          withBackend(workspace.backend, inspect(workspace.name)).pipe(
+            Effect.map((report) => [report.workspace]),
+            Effect.catchTag("NotFound", () =>
+              Effect.succeed([])),
+            Effect.catchTag("Unsupported", () => Effect.succeed([workspace]))
+          ))
+        return found.flat().filter((workspace) =>
+          !p.runningOnly || isLive(workspace.state)
+        )
+      })),
+    logs: (p) => localStream(streamWithWorkspaceBackend(p.name, logs(p.name, { follow: p.follow ?? false }))),
+    events: (p) =>
+      localStream(streamWithWorkspaceBackend(p.name, events(p.name, { follow: p.follow ?? false }))),
+    wait: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
+      )),
+    profiles: () => Effect.succeed({ profiles })
+  })
+}))
+
+/** Whether something answers on a unix socket path. */
+const answers = (path: string) =>
+  Effect.async<boolean>((resume) => {
+    const socket = Net.connect({ path })
+    socket.once("connect", () => {
+      socket.destroy()
+      resume(Effect.succeed(true))
+    })
+    socket.once("error", () => resume(Effect.succeed(false)))
+  })
+
+/**
+ * A socket server on `path`: the directory is made 0700, a stale socket left by a dead server is
+ * replaced, a live one is a `Conflict`, and the socket is 0600 and removed when the scope closes.
+ */
+export const unixSocketServer = (path: string) =>
+  Layer.scoped(
+    SocketServer.SocketServer,
+    Effect.gen(function*() {
+      const directory = NodePath.dirname(path)
+      yield* Effect.try({
+        try: () => {
+          NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
+          NodeFs.chmodSync(directory, 0o700)
+        },
+        catch: (cause) =>
+          new Permanent({
+            message: `cannot create ${directory}: ${String(cause)}`,
+            remediation: "pick another --socket"
+          })
+      })
+      const existing = NodeFs.lstatSync(path, { throwIfNoEntry: false })
+      if (existing !== undefined) {
+        if (!existing.isSocket()) {
+          return yield* new InvalidInput({
+            message: `${path} exists and is not a socket`,
+            remediation: "pick another --socket, or remove the file"
+          })
+        }
+        if (yield* answers(path)) {
+          return yield* new Conflict({
+            message: `a server is already listening on ${path}`,
+            remediation: "stop it first, or pick another --socket"
+          })
+        }
+        NodeFs.rmSync(path, { force: true })
+      }
+      const server = yield* NodeSocketServer.make({ path }).pipe(
+        Effect.mapError((error) =>
+          new Permanent({
+            message: `cannot listen on ${path}: ${String(error.cause)}`,
+            remediation: "check the directory's permissions, or pick another --socket"
+          })
+        )
+      )
+      yield* Effect.addFinalizer(() => Effect.sync(() => NodeFs.rmSync(path, { force: true })))
+      // The directory is private already; the socket's own mode makes that hold wherever it lives.
+      NodeFs.chmodSync(path, 0o600)
+      return server
+    })
+  )
+
+/** Serves the API on `socket` until the scope closes. */
+export const layerServer = (options: { readonly socket: string }) =>
+  RpcServer.layer(Rpcs, { disableFatalDefects: true }).pipe(
+    Layer.provide(RpcHandlers),
+    Layer.provide(RpcServer.layerProtocolSocketServer),
+    Layer.provide(unixSocketServer(options.socket)),
+    Layer.provide(RpcSerialization.layerNdjson)
+  )
+
+/**
+ * A client that calls the handlers in this process, without a socket or serialization: what the MCP
+ * server uses until it talks to a runtime process. A defect fails only the call that raised it.
+ */
+export const makeInProcessClient = Effect.gen(function*() {
+  let client!: Effect.Effect.Success<ReturnType<typeof RpcClient.makeNoSerialization<MicroagentRpcs, never>>>
+  const server = yield* RpcServer.makeNoSerialization(Rpcs, {
+    disableFatalDefects: true,
+    onFromServer: (response) => client.write(response)
+  })
+  client = yield* RpcClient.makeNoSerialization(Rpcs, {
+    supportsAck: true,
+    onFromClient: ({ message }) => server.write(0, message)
+  })
+  return client.client
+})
+
+export const layerInProcessClient = Layer.scoped(MicroagentClient, makeInProcessClient).pipe(
+  Layer.provide(RpcHandlers)
+)
