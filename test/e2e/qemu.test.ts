@@ -10,27 +10,22 @@ import * as NodePath from "node:path"
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Schema } from "effect"
 import { probeKvmBoot, kvmDisqualifier, readHostFacts } from "../../src/layers/hypervisor/qemu/internal/accel.ts"
-import { type GuestControl, QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
+import { AgentChannel } from "../../src/layers/guest/AgentChannel.ts"
+import { QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { isAlive } from "../../src/layers/process/Processes.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, DiskAttachment, VmHandle } from "../../src/services/Hypervisor.ts"
 import { type BootArtifacts, KernelCache } from "../../src/services/KernelCache.ts"
-import {
-  kernelCacheLayer,
-  makeRootfs,
-  realAgentBinary,
-  requireVmTools,
-  testInitBinary,
-  testInitControl
-} from "../support/kernel.ts"
+import { GuestChannel } from "../../src/services/GuestChannel.ts"
+import { ExecRequest } from "../../src/domain/Exec.ts"
+import { agentBinary, kernelCacheLayer, makeRootfs, requireVmTools } from "../support/kernel.ts"
 
 requireVmTools()
 const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-qemu-e2e-"))
-const agentPath = realAgentBinary() ?? testInitBinary()
-const control: GuestControl = testInitControl
+const agentPath = agentBinary()
 
-const hypervisorLayer = (options: Parameters<typeof QemuHypervisor.layerWithGuestControl>[1] = {}) =>
-  QemuHypervisor.layerWithGuestControl(control, options).pipe(Layer.provide(Home.layer(stateDir)))
+const hypervisorLayer = (options: Parameters<typeof QemuHypervisor.layer>[0] = {}) =>
+  QemuHypervisor.layer(options).pipe(Layer.provideMerge(AgentChannel.layer), Layer.provide(Home.layer(stateDir)))
 
 let boot: BootArtifacts
 let rootfs: string
@@ -68,7 +63,7 @@ const qemuProcessesFor = (runtimeDir: string) =>
   )
 
 describe("qemu backend", () => {
-  it.effect("installs the Debian cloud kernel into a fresh state directory", () =>
+  it.live("installs the Debian cloud kernel into a fresh state directory", () =>
     Effect.gen(function*() {
       const cache = yield* KernelCache
       const entry = yield* cache.install({})
@@ -83,7 +78,7 @@ describe("qemu backend", () => {
       rootfs = makeRootfs(NodePath.join(stateDir, "root.ext4"))
     }).pipe(Effect.provide(kernelCacheLayer(stateDir, agentPath))), 240_000)
 
-  it.effect("boots, pauses, resumes and halts a microvm with user networking and an extra disk", () =>
+  it.live("boots, pauses, resumes and halts a microvm with user networking and an extra disk", () =>
     Effect.gen(function*() {
       const hypervisor = yield* Hypervisor
       const data = makeRootfs(NodePath.join(stateDir, "data.ext4"), { sizeMiB: 16 })
@@ -103,6 +98,16 @@ describe("qemu backend", () => {
       assert.include(cmdline, "microagent.disks=vdb:/data:rw")
       assert.include(cmdline, `hostfwd=tcp:127.0.0.1:${port}-:80`)
       assert.strictEqual(yield* hypervisor.inspect(handle), "running")
+      // The agent mounted the extra disk where the command line said.
+      const channel = yield* GuestChannel
+      const mounts = yield* Effect.scoped(
+        Effect.flatMap(channel.connect(handle.channel), (c) =>
+          c.exec(new ExecRequest({ argv: ["/bin/sh", "-c", "hostname; grep -E ' / | /data ' /proc/mounts"] })))
+      )
+      assert.strictEqual(mounts.exitCode, 0, mounts.stderr)
+      assert.match(mounts.stdout, /^full\n/)
+      assert.match(mounts.stdout, /\/dev\/vdb \/data ext4 rw/)
+      assert.match(mounts.stdout, /\/dev\/vda \/ ext4 rw/)
       yield* hypervisor.pause(handle)
       assert.strictEqual(yield* hypervisor.inspect(handle), "paused")
       yield* hypervisor.resume(handle)
@@ -115,7 +120,7 @@ describe("qemu backend", () => {
       yield* hypervisor.halt(handle, 5)
     }).pipe(Effect.provide(hypervisorLayer())), 120_000)
 
-  it.effect("re-attaches from a fresh layer using only the persisted handle, then kills", () =>
+  it.live("re-attaches from a fresh layer using only the persisted handle, then kills", () =>
     Effect.gen(function*() {
       const cfg = config("reattach")
       const launched = yield* Effect.flatMap(Hypervisor, (h) => h.launch(cfg)).pipe(Effect.provide(hypervisorLayer()))
@@ -141,7 +146,7 @@ describe("qemu backend", () => {
       assert.deepStrictEqual(filesIn(cfg.runtimeDir), ["console.log"])
     }), 120_000)
 
-  it.effect("a root that does not mount fails the launch and leaves nothing behind", () =>
+  it.live("a root that does not mount fails the launch and leaves nothing behind", () =>
     Effect.gen(function*() {
       const hypervisor = yield* Hypervisor
       const junk = NodePath.join(stateDir, "junk.img")
@@ -157,7 +162,7 @@ describe("qemu backend", () => {
       assert.deepStrictEqual(qemuProcessesFor(cfg.runtimeDir), [])
     }).pipe(Effect.provide(hypervisorLayer())), 120_000)
 
-  it.effect("a boot that overruns its timeout is killed and fails as Transient", () =>
+  it.live("a boot that overruns its timeout is killed and fails as Transient", () =>
     Effect.gen(function*() {
       const hypervisor = yield* Hypervisor
       const cfg = config("slow", { bootTimeoutSeconds: 0.4 })
@@ -172,7 +177,7 @@ describe("qemu backend", () => {
       assert.deepStrictEqual(qemuProcessesFor(cfg.runtimeDir), [])
     }).pipe(Effect.provide(hypervisorLayer())), 120_000)
 
-  it.effect("boots on q35 with the q35 initramfs", () =>
+  it.live("boots on q35 with the q35 initramfs", () =>
     Effect.gen(function*() {
       const q35 = yield* Effect.flatMap(KernelCache, (cache) => cache.ensure("x86_64", { machine: "q35" })).pipe(
         Effect.provide(kernelCacheLayer(stateDir, agentPath))
@@ -183,7 +188,7 @@ describe("qemu backend", () => {
       yield* hypervisor.halt(handle, 30)
     }).pipe(Effect.provide(hypervisorLayer({ machine: "q35" }))), 120_000)
 
-  it.effect("rules out this host's KVM for stock kernels", () =>
+  it.live("rules out this host's KVM for stock kernels", () =>
     Effect.gen(function*() {
       const reason = kvmDisqualifier(readHostFacts())
       if (reason === undefined) return // a host with working hardware KVM: nothing to rule out
@@ -195,14 +200,16 @@ describe("qemu backend", () => {
       assert.isAbove(cached.tscKhz, 100_000)
     }), 60_000)
 
-  it.effect("installs a kernel from a URL with its sha256 and refuses a wrong one", () =>
+  it.live("installs a kernel from a URL with its sha256 and refuses a wrong one", () =>
     Effect.gen(function*() {
       const body = NodeFs.readFileSync(boot.kernelPath)
       const server = NodeHttp.createServer((_, response) => {
         response.writeHead(200, { "content-type": "application/octet-stream" })
         response.end(body)
       })
-      yield* Effect.async<void>((resume) => server.listen(0, "127.0.0.1", () => resume(Effect.void)))
+      yield* Effect.async<void>((resume) => {
+        server.listen(0, "127.0.0.1", () => resume(Effect.void))
+      })
       const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/vmlinux`
       const other = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-url-"))
       const result = yield* Effect.gen(function*() {

@@ -1,21 +1,17 @@
 /**
  * Helpers for tests that boot real VMs: required host tools (a missing one fails, naming its Debian
- * package), a shared kernel cache filled once per machine, small ext4 root filesystems, and the
- * stand-in init (test/kernel/fixtures/testinit.c) with its line-protocol guest control.
+ * package), the guest agent built from source, a shared kernel cache filled once per machine, and
+ * small ext4 root filesystems.
  */
 import * as NodeChild from "node:child_process"
-import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
-import * as NodeNet from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as NodeUrl from "node:url"
 import { FetchHttpClient } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import { FileKernelCache } from "../../src/layers/kernel/FileKernelCache.ts"
-import type { GuestControl } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { Home } from "../../src/services/Home.ts"
-import type { ChannelEndpoint } from "../../src/services/Hypervisor.ts"
 import { type BootArtifacts, KernelCache, type Machine } from "../../src/services/KernelCache.ts"
 
 const here = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
@@ -46,27 +42,19 @@ export const testCacheDir = (): string => {
   return dir
 }
 
-/** Compiles the stand-in init once per source version. */
-export const testInitBinary = (): string => {
+/** The guest agent, built by `make -C guest` (incrementally) so tests boot the current source. */
+export const agentBinary = (): string => {
+  requireTool("make", "make")
   requireTool("gcc", "gcc")
-  const source = NodePath.join(repoRoot, "test/kernel/fixtures/testinit.c")
-  const digest = NodeCrypto.createHash("sha256").update(NodeFs.readFileSync(source)).digest("hex").slice(0, 16)
-  const out = NodePath.join(testCacheDir(), `testinit-${digest}`)
-  if (!NodeFs.existsSync(out)) {
-    const temp = `${out}.${process.pid}.tmp`
-    NodeChild.execFileSync("gcc", ["-static", "-O2", "-o", temp, source], { stdio: "pipe" })
-    NodeFs.renameSync(temp, out)
+  const guest = NodePath.join(repoRoot, "guest")
+  try {
+    NodeChild.execFileSync("make", ["-s", "-C", guest], { stdio: "pipe" })
+  } catch (error) {
+    throw new Error(`make -C guest failed: ${String((error as { stderr?: unknown }).stderr ?? error)}`)
   }
-  return out
-}
-
-/** The real guest agent, built by `make -C guest`; undefined when the guest tree has no agent yet. */
-export const realAgentBinary = (): string | undefined => {
-  const makefile = NodePath.join(repoRoot, "guest/Makefile")
-  if (!NodeFs.existsSync(makefile)) return undefined
-  NodeChild.execFileSync("make", ["-s", "-C", NodePath.join(repoRoot, "guest")], { stdio: "pipe" })
-  const binary = NodePath.join(repoRoot, "guest/build/microagent-agent")
-  return NodeFs.existsSync(binary) ? binary : undefined
+  const binary = NodePath.join(guest, "build/microagent-agent")
+  if (!NodeFs.existsSync(binary)) throw new Error(`make -C guest did not produce ${binary}`)
+  return binary
 }
 
 export const kernelCacheLayer = (stateDir: string, agentPath?: string) =>
@@ -87,7 +75,7 @@ export const sharedBootArtifacts = (options: { readonly agentPath?: string; read
     Effect.provide(
       kernelCacheLayer(
         NodePath.join(testCacheDir(), "state"),
-        options.agentPath ?? realAgentBinary() ?? testInitBinary()
+        options.agentPath ?? agentBinary()
       )
     )
   ) as Effect.Effect<BootArtifacts, unknown>
@@ -125,39 +113,4 @@ export const makeRootfs = (
   )
   NodeFs.rmSync(tree, { recursive: true, force: true })
   return image
-}
-
-/** One line exchange with the stand-in init over the agent socket. */
-const lineExchange = (endpoint: ChannelEndpoint, line: string, expect: string | undefined) =>
-  Effect.async<void, Error>((resume) => {
-    if (endpoint._tag !== "UnixSocket") {
-      resume(Effect.fail(new Error("the stand-in init speaks over a unix socket only")))
-      return
-    }
-    const socket = NodeNet.createConnection({ path: endpoint.path })
-    let received = ""
-    let done = false
-    const finish = (result: Effect.Effect<void, Error>) => {
-      if (done) return
-      done = true
-      socket.destroy()
-      resume(result)
-    }
-    socket.on("connect", () => {
-      socket.write(`${line}\n`)
-      if (expect === undefined) socket.end(() => finish(Effect.void))
-    })
-    socket.on("data", (chunk) => {
-      received += chunk.toString("utf8")
-      if (expect !== undefined && received.includes(`${expect}\n`)) finish(Effect.void)
-    })
-    socket.on("error", (error) => finish(Effect.fail(error)))
-    socket.on("close", () => finish(Effect.fail(new Error("closed"))))
-    return Effect.sync(() => finish(Effect.void))
-  })
-
-/** Guest control for the stand-in init: "ping" answered by "pong" is readiness. */
-export const testInitControl: GuestControl = {
-  ready: (endpoint) => lineExchange(endpoint, "ping", "pong"),
-  shutdown: (endpoint) => lineExchange(endpoint, "shutdown", undefined)
 }
