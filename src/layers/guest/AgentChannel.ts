@@ -342,14 +342,14 @@ const toResult = (m: Extract<Message, { _tag: "Exit" }>, stdout: string, stderr:
     ...(m.error !== undefined ? { error: m.error } : {})
   })
 
-/** Streams an exec's output; the scope (the Stream's) cancels the process if it ends early. */
-const runExec = (
+/** Opens an exec stream in the current scope (closing it early cancels the process). */
+const startExec = (
   conn: Connection,
   request: ExecRequest,
   stdin: Stream.Stream<Uint8Array, GuestError> | undefined,
   collect: boolean
-): Stream.Stream<ExecOutput, GuestError> =>
-  Stream.unwrapScoped(Effect.gen(function*() {
+) =>
+  Effect.gen(function*() {
     const st = yield* scopedStream(conn)
     conn.send(st.id, execMessage(request, stdin !== undefined, collect))
     if (stdin !== undefined) {
@@ -372,61 +372,67 @@ const runExec = (
         Effect.forkScoped
       )
     }
-    let done = false
-    const next: Effect.Effect<ExecOutput, Option.Option<GuestError>> = Effect.suspend(() =>
-      done ? Effect.fail(Option.none()) : Effect.mapError(takeOrFail(st), Option.some)
-    ).pipe(Effect.flatMap((m): Effect.Effect<ExecOutput, Option.Option<GuestError>> => {
-      switch (m._tag) {
-        case "Stdout":
-        case "Stderr":
-          st.consumed(m.data.length)
-          return Effect.succeed({ _tag: m._tag, data: m.data })
-        case "Exit":
-          done = true
-          return Effect.succeed({ _tag: "Exit", result: toResult(m, "", "") })
-        case "Error":
-          done = true
-          return Effect.fail(Option.some(errorFromWire(m)))
-        case "Started":
-          return next
-        default:
-          done = true
-          return Effect.fail(
-            Option.some(new GuestProtocolError({ message: `unexpected ${m._tag} in an exec` }))
-          )
-      }
-    }))
-    return Stream.repeatEffectOption(next)
-  }))
+    return st
+  })
+
+/** The next piece of an exec's output; `Exit` is the last. */
+const nextOutput = (st: StreamState): Effect.Effect<ExecOutput, GuestError> =>
+  Effect.flatMap(takeOrFail(st), (m): Effect.Effect<ExecOutput, GuestError> => {
+    switch (m._tag) {
+      case "Stdout":
+      case "Stderr":
+        st.consumed(m.data.length)
+        return Effect.succeed({ _tag: m._tag, data: m.data })
+      case "Exit":
+        return Effect.succeed({ _tag: "Exit", result: toResult(m, "", "") })
+      case "Error":
+        return Effect.fail(errorFromWire(m))
+      case "Started":
+        return nextOutput(st)
+      default:
+        return Effect.fail(new GuestProtocolError({ message: `unexpected ${m._tag} in an exec` }))
+    }
+  })
 
 const decoder = new TextDecoder()
 const concat = (chunks: ReadonlyArray<Uint8Array>): Uint8Array => Buffer.concat(chunks)
 
 const makeConnection = (conn: Connection): GuestConnection => {
+  // A plain loop rather than a Stream: this is the latency-sensitive path.
   const exec = Effect.fn("GuestChannel.exec")(function*(
     request: ExecRequest,
     stdin?: Stream.Stream<Uint8Array, GuestError>
   ) {
+    const st = yield* startExec(conn, request, stdin, true)
     const out: Array<Uint8Array> = []
     const err: Array<Uint8Array> = []
-    let result: ExecResult | undefined
-    yield* runExec(conn, request, stdin, true).pipe(Stream.runForEach((o) =>
-      Effect.sync(() => {
-        if (o._tag === "Stdout") out.push(o.data)
-        else if (o._tag === "Stderr") err.push(o.data)
-        else result = o.result
-      })
-    ))
-    if (result === undefined) return yield* new GuestProtocolError({ message: "exec ended without a result" })
-    return new ExecResult({
-      ...result,
-      stdout: decoder.decode(concat(out)),
-      stderr: decoder.decode(concat(err))
-    })
-  })
+    for (;;) {
+      const o = yield* nextOutput(st)
+      if (o._tag === "Stdout") out.push(o.data)
+      else if (o._tag === "Stderr") err.push(o.data)
+      else {
+        return new ExecResult({
+          ...o.result,
+          stdout: decoder.decode(concat(out)),
+          stderr: decoder.decode(concat(err))
+        })
+      }
+    }
+  }, Effect.scoped)
 
-  const execStream = (request: ExecRequest, stdin?: Stream.Stream<Uint8Array, GuestError>) =>
-    runExec(conn, request, stdin, false)
+  const execStream = (
+    request: ExecRequest,
+    stdin?: Stream.Stream<Uint8Array, GuestError>
+  ): Stream.Stream<ExecOutput, GuestError> =>
+    Stream.unwrapScoped(Effect.map(startExec(conn, request, stdin, false), (st) => {
+      let done = false
+      return Stream.repeatEffectOption(
+        Effect.suspend(() => done ? Effect.fail(Option.none()) : Effect.mapError(nextOutput(st), Option.some))
+          .pipe(Effect.tap((o) => {
+            if (o._tag === "Exit") done = true
+          }))
+      )
+    }))
 
   const putFile = Effect.fn("GuestChannel.putFile")(function*(file: PutFile) {
     const st = yield* scopedStream(conn)

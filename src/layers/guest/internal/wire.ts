@@ -248,11 +248,13 @@ export const readFields = (payload: Uint8Array): Array<Field> | undefined => {
 
 /** Reads an unsigned value of 1, 2, 4 or 8 bytes no larger than `max`. */
 export const readUint = (value: Uint8Array, max: number): number | undefined => {
-  if (value.length !== 1 && value.length !== 2 && value.length !== 4 && value.length !== 8) return undefined
-  let n = 0n
-  for (let i = value.length - 1; i >= 0; i--) n = (n << 8n) | BigInt(value[i]!)
-  if (n > BigInt(max)) return undefined
-  return Number(n)
+  const len = value.length
+  if (len !== 1 && len !== 2 && len !== 4 && len !== 8) return undefined
+  let n = 0
+  // byte by byte in floating point: exact up to 2^53, and anything larger is out of range anyway
+  for (let i = len - 1; i >= 0; i--) n = n * 256 + value[i]!
+  if (n > max || n > Number.MAX_SAFE_INTEGER) return undefined
+  return n
 }
 
 const utf8 = new TextEncoder()
@@ -277,10 +279,10 @@ export class FieldWriter {
   }
   uint(tag: number, n: number, width: 1 | 2 | 4 | 8): this {
     const b = new Uint8Array(width)
-    let big = BigInt(n)
+    let rest = n
     for (let i = 0; i < width; i++) {
-      b[i] = Number(big & 0xffn)
-      big >>= 8n
+      b[i] = rest % 256
+      rest = Math.floor(rest / 256)
     }
     return this.bytes(tag, b)
   }
