@@ -12,6 +12,7 @@ import { RpcSerialization, RpcServer } from "@effect/rpc"
 import {
   Cause,
   Clock,
+  Context,
   Deferred,
   Effect,
   Either,
@@ -72,7 +73,13 @@ export const inputSchemaOf = (
     ...(tool.kind === "destructive" ? previewField : {})
   }) as unknown as Schema.Schema<Record<string, unknown>, Record<string, unknown>>
 
-/** Inlines `$ref`s, since not every MCP client resolves `$defs`; our schemas are not recursive. */
+/** A tool's input as JSON Schema; always an object schema, even for a tool without arguments. */
+export const inputJsonSchemaOf = (tool: AnyTool): Record<string, unknown> =>
+  Object.keys(tool.input).length === 0 && tool.kind === "read"
+    ? { type: "object", properties: {}, required: [], additionalProperties: false }
+    : jsonSchemaOf(inputSchemaOf(tool))
+
+/** Inlines `$ref`s, since not every MCP client resolves `$defs` (our schemas are not recursive). */
 const inline = (node: unknown, defs: Record<string, unknown>): unknown => {
   if (Array.isArray(node)) return node.map((item) => inline(item, defs))
   if (node === null || typeof node !== "object") return node
@@ -81,7 +88,11 @@ const inline = (node: unknown, defs: Record<string, unknown>): unknown => {
   if (typeof $ref === "string" && $ref.startsWith("#/$defs/")) {
     Object.assign(out, inline(defs[$ref.slice("#/$defs/".length)], defs))
   }
-  for (const [key, value] of Object.entries(rest)) out[key] = inline(value, defs)
+  for (const [key, value] of Object.entries(rest)) {
+    // Effect marks `unknown` and friends with a fixed `$id`, which may not repeat within one schema.
+    if (key === "$id" && typeof value === "string" && value.startsWith("/schemas/")) continue
+    out[key] = inline(value, defs)
+  }
   return out
 }
 
@@ -138,7 +149,7 @@ const describeEntry = (all: () => ReadonlyArray<AnyTool>) =>
           name: tool.name,
           title: tool.title,
           description: tool.description,
-          inputSchema: jsonSchemaOf(inputSchemaOf(tool)),
+          inputSchema: inputJsonSchemaOf(tool),
           outputSchema: jsonSchemaOf(tool.output),
           ...(tool.kind === "destructive" ? { previewSchema: jsonSchemaOf(PreviewResult) } : {}),
           sideEffects: tool.sideEffects,
@@ -156,6 +167,8 @@ export const allTools: ReadonlyArray<AnyTool> = [...tools, describeEntry(() => a
 /** One line per offending argument. */
 const formatIssues = (error: ParseResult.ParseError): string =>
   ParseResult.ArrayFormatter.formatErrorSync(error)
+    // An optional argument's other alternative ("or undefined") says nothing useful.
+    .filter((issue) => !issue.message.startsWith("Expected undefined, actual"))
     .map((issue) => `${issue.path.length > 0 ? `${issue.path.join(".")}: ` : ""}${issue.message}`)
     .join("; ")
 
@@ -281,7 +294,7 @@ export const registerTools = (options: McpOptions) =>
           name: tool.name,
           title: tool.title,
           description: tool.description,
-          inputSchema: jsonSchemaOf(inputSchemaOf(tool)),
+          inputSchema: inputJsonSchemaOf(tool),
           annotations: new ToolAnnotations({
             title: tool.title,
             readOnlyHint: tool.kind === "read",
@@ -314,6 +327,30 @@ class InFlight extends Effect.Service<InFlight>()("microagent/mcp/InFlight", {
 }) {}
 
 /**
+ * MCP lets `tools/call` leave out `arguments` for a tool that takes none, which the McpServer's schema
+ * does not: such calls get `{}`.
+ */
+const withDefaultArguments = (context: Context.Context<RpcServer.Protocol>) => {
+  const protocol = Context.get(context, RpcServer.Protocol)
+  return Context.make(
+    RpcServer.Protocol,
+    RpcServer.Protocol.of({
+      ...protocol,
+      run: (handle) =>
+        protocol.run((clientId, message) => {
+          if (message._tag === "Request" && message.tag === "tools/call") {
+            const payload = message.payload as { arguments?: unknown } | undefined
+            if (payload !== undefined && payload !== null && payload.arguments === undefined) {
+              return handle(clientId, { ...message, payload: { ...payload, arguments: {} } })
+            }
+          }
+          return handle(clientId, message)
+        })
+    })
+  )
+}
+
+/**
  * Serves MCP on this process's stdin and stdout until the client closes stdin, then finishes the calls
  * under way and returns.
  */
@@ -329,6 +366,7 @@ export const serveStdio = (options: McpOptions) =>
       scope
     ).pipe(Effect.provide(RpcSerialization.layerNdJsonRpc()), Effect.fork, Effect.flatMap(Fiber.join))
     const inFlight = yield* InFlight
+    const patched = withDefaultArguments(protocol)
     // Tools are registered before the server reads its first message, so `initialize` sees them.
     const registry = McpServer.McpServer.layer
     const running = Layer.scopedDiscard(Effect.forkScoped(McpServer.run({ name: "microagent", version })))
@@ -337,7 +375,7 @@ export const serveStdio = (options: McpOptions) =>
         Layer.provide(Layer.effectDiscard(registerTools(options)).pipe(Layer.provideMerge(registry)))
       ),
       scope
-    ).pipe(Effect.provide(protocol), Effect.provideService(InFlight, inFlight))
+    ).pipe(Effect.provide(patched), Effect.provideService(InFlight, inFlight))
     yield* Deferred.await(closed)
     yield* inFlight.idle
     // Let the last replies drain to stdout.

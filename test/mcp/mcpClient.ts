@@ -1,0 +1,78 @@
+/**
+ * A real MCP client (the official SDK) connected to `microagent serve mcp` started as its subprocess,
+ * the way agent hosts run it. The backend is a parameter, so the same tests run on real VMs later.
+ */
+import { Client } from "@modelcontextprotocol/sdk/client/index.js"
+import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
+import { Effect } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { killFakeVmms } from "../support/fakeEnvironment.ts"
+
+export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
+
+export const testBackend = process.env.MICROAGENT_TEST_BACKEND ?? "fake"
+
+export interface Envelope {
+  readonly ok: boolean
+  readonly result?: any
+  readonly error?: {
+    readonly kind: string
+    readonly message: string
+    readonly remediation: string
+    readonly retryable: boolean
+    readonly usage?: boolean
+  }
+  readonly meta: {
+    readonly tool: string
+    readonly durationMs: number
+    readonly idempotencyReplay?: boolean
+    readonly preview?: boolean
+  }
+}
+
+export interface Connected {
+  readonly client: Client
+  /** Everything the server wrote on stderr so far. */
+  readonly stderr: () => string
+  /** Transport errors: a line on stdout that is not protocol would show up here. */
+  readonly transportErrors: Array<Error>
+  /** Calls a tool and returns its envelope, checking that the text and structured forms agree. */
+  readonly call: (name: string, args?: Record<string, unknown>) => Promise<Envelope>
+  readonly close: () => Promise<void>
+}
+
+export const makeStateDir = () => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-mcp-"))
+
+export const removeStateDir = async (stateDir: string) => {
+  await Effect.runPromise(killFakeVmms(stateDir))
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+}
+
+export const connect = async (stateDir: string, backend = testBackend): Promise<Connected> => {
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [binPath, "serve", "mcp", "--backend", backend],
+    env: { ...getDefaultEnvironment(), MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
+    stderr: "pipe"
+  })
+  let stderr = ""
+  transport.stderr?.on("data", (data) => (stderr += data))
+  const transportErrors: Array<Error> = []
+  const client = new Client({ name: "microagent-tests", version: "1.0.0" })
+  await client.connect(transport)
+  transport.onerror = (error) => transportErrors.push(error)
+  const call = async (name: string, args: Record<string, unknown> = {}): Promise<Envelope> => {
+    const result = await client.callTool({ name, arguments: args })
+    const content = result.content as Array<{ type: string; text: string }>
+    const envelope = result.structuredContent as unknown as Envelope
+    if (content[0]?.type !== "text") throw new Error(`${name}: no text content`)
+    if (JSON.stringify(JSON.parse(content[0].text)) !== JSON.stringify(envelope)) {
+      throw new Error(`${name}: the text and structured results differ`)
+    }
+    if (result.isError !== !envelope.ok) throw new Error(`${name}: isError disagrees with the envelope`)
+    return envelope
+  }
+  return { client, stderr: () => stderr, transportErrors, call, close: () => client.close() }
+}
