@@ -27,7 +27,14 @@ import {
   type TreeEntry,
   umociUnpack
 } from "../support/images.ts"
-import { inspectImage, requireTool, skopeo, startRegistry, type TestRegistry } from "../support/registry.ts"
+import {
+  inspectImage,
+  requireTool,
+  skopeo,
+  startRegistry,
+  startTokenProxy,
+  type TestRegistry
+} from "../support/registry.ts"
 
 let registry: TestRegistry
 let secured: TestRegistry
@@ -357,6 +364,52 @@ describe("images against a real registry", () => {
         }))
       )
       assert.strictEqual(record.ref, `${secured.host}/private/app:1`)
+    }))
+
+  it.live("gets bearer tokens, follows blob redirects without leaking credentials, and resumes cut transfers", () =>
+    Effect.gen(function*() {
+      const pushed = pushSpec(registry, scratch, "tokens/app:1", [{
+        layers: [[{ path: "etc/", type: "dir" }, {
+          path: "etc/big",
+          content: NodeFs.readFileSync("/bin/busybox")
+        }], [{
+          path: "etc/second",
+          content: Buffer.alloc(300_000, 3)
+        }]],
+        architecture: hostArchitecture
+      }])
+      const proxy = yield* Effect.promise(() =>
+        startTokenProxy(registry, { login: { username: "hub", password: "token-pass" }, cutAfter: 32 * 1024 })
+      )
+      const saved = process.env.REGISTRY_AUTH_FILE
+      const authFile = NodePath.join(scratch, "token-auth.json")
+      NodeFs.writeFileSync(
+        authFile,
+        JSON.stringify({
+          auths: { [proxy.host]: { username: "hub", password: "token-pass" } }
+        })
+      )
+      process.env.REGISTRY_AUTH_FILE = authFile
+      const ref = `${proxy.host}/tokens/app:1`
+      const record = yield* withStore(freshHome(), (store) => store.ensure(ref)).pipe(
+        Effect.ensuring(Effect.promise(() => proxy.stop())),
+        Effect.ensuring(Effect.sync(() => {
+          if (saved === undefined) delete process.env.REGISTRY_AUTH_FILE
+          else process.env.REGISTRY_AUTH_FILE = saved
+        }))
+      )
+      assert.strictEqual(record.digest, pushed.digest)
+      assert.isAtLeast(proxy.tokens.length, 1)
+      assert.strictEqual(proxy.tokens[0]!.scope, "repository:tokens/app:pull")
+      assert.strictEqual(proxy.tokens[0]!.basic, `Basic ${Buffer.from("hub:token-pass").toString("base64")}`)
+      assert.deepStrictEqual(proxy.leakedAuthorization, [])
+      // The busybox layer (the only one over 32 KiB compressed) was cut there and resumed from there.
+      assert.deepStrictEqual(proxy.ranges, ["bytes=32768-"])
+      const content = NodeChild.execFileSync("debugfs", ["-R", "cat /etc/big", record.baselinePath!], {
+        maxBuffer: 1 << 26,
+        stdio: "pipe"
+      })
+      assert.isTrue(content.equals(NodeFs.readFileSync("/bin/busybox")))
     }))
 
   it.effect("clones workspace disks from the baseline, grows them, and never re-extracts", () =>

@@ -156,3 +156,135 @@ export const inspectImage = (registry: TestRegistry, target: string, raw = false
   args.push(`docker://${registry.host}/${target}`)
   return JSON.parse(skopeo(args))
 }
+
+export interface TokenProxy {
+  /** `127.0.0.1:PORT`: the registry API, behind bearer tokens. */
+  readonly host: string
+  /** Scopes tokens were issued for, and whether the request carried basic credentials. */
+  readonly tokens: Array<{ readonly scope: string; readonly basic: string | undefined }>
+  /** Range headers blob downloads were resumed with. */
+  readonly ranges: Array<string>
+  /** Requests the storage host received with an Authorization header (must stay empty). */
+  readonly leakedAuthorization: Array<string>
+  readonly stop: () => Promise<void>
+}
+
+/**
+ * A registry front like Docker Hub's: bearer tokens from a separate realm (optionally only for basic
+ * credentials), blobs redirected to a storage host on another name (`localhost`), and the first transfer
+ * of every large blob cut in the middle so clients must resume with a Range request.
+ */
+export const startTokenProxy = async (
+  upstream: TestRegistry,
+  options: {
+    readonly login?: { readonly username: string; readonly password: string }
+    readonly cutAfter?: number
+  } = {}
+): Promise<TokenProxy> => {
+  const NodeHttp = await import("node:http")
+  const issued = new Set<string>()
+  const tokens: TokenProxy["tokens"] = []
+  const ranges: Array<string> = []
+  const leakedAuthorization: Array<string> = []
+  const cut = new Set<string>()
+  const cutAfter = options.cutAfter ?? 64 * 1024
+  const forward = (
+    path: string,
+    headers: Record<string, string>,
+    res: import("node:http").ServerResponse,
+    onBody?: (upstreamRes: import("node:http").IncomingMessage) => boolean
+  ) => {
+    const req = NodeHttp.request({ host: "127.0.0.1", port: upstream.port, path, headers }, (up) => {
+      if (onBody?.(up) === true) return
+      res.writeHead(up.statusCode ?? 502, up.headers)
+      up.pipe(res)
+    })
+    req.on("error", () => res.destroy())
+    req.end()
+  }
+  const storagePort = await freePort()
+  const storage = NodeHttp.createServer((req, res) => {
+    if (req.headers.authorization !== undefined) leakedAuthorization.push(req.url ?? "")
+    const path = (req.url ?? "").replace(/^\/storage/, "")
+    const headers: Record<string, string> = {}
+    if (req.headers.range !== undefined) {
+      headers.range = req.headers.range
+      ranges.push(req.headers.range)
+    }
+    forward(path, headers, res, (up) => {
+      const length = Number(up.headers["content-length"] ?? 0)
+      if (up.statusCode !== 200 || length <= cutAfter || cut.has(path)) return false
+      cut.add(path)
+      // Send the headers and part of the body, then drop the connection.
+      res.writeHead(200, up.headers)
+      let sent = 0
+      up.on("data", (chunk: Buffer) => {
+        if (sent >= cutAfter) return
+        const piece = chunk.subarray(0, Math.max(0, cutAfter - sent))
+        sent += piece.length
+        res.write(piece)
+        if (sent >= cutAfter) {
+          up.destroy()
+          // Let the client read what was sent before the connection drops.
+          setTimeout(() => res.socket?.destroy(), 100)
+        }
+      })
+      return true
+    })
+  })
+  const port = await freePort()
+  const realm = `http://127.0.0.1:${port}/token`
+  const api = NodeHttp.createServer((req, res) => {
+    const url = new URL(req.url ?? "/", `http://127.0.0.1:${port}`)
+    if (url.pathname === "/token") {
+      const basic = req.headers.authorization
+      if (options.login !== undefined) {
+        const expected = `Basic ${
+          Buffer.from(`${options.login.username}:${options.login.password}`).toString("base64")
+        }`
+        if (basic !== expected) {
+          res.writeHead(401, { "content-type": "application/json" })
+          res.end(JSON.stringify({ errors: [{ code: "UNAUTHORIZED", message: "bad credentials" }] }))
+          return
+        }
+      }
+      const token = `tok-${Math.random().toString(36).slice(2)}`
+      issued.add(token)
+      tokens.push({ scope: url.searchParams.get("scope") ?? "", basic })
+      res.writeHead(200, { "content-type": "application/json" })
+      res.end(JSON.stringify({ token, expires_in: 300 }))
+      return
+    }
+    const bearer = /^Bearer (.+)$/.exec(req.headers.authorization ?? "")?.[1]
+    const repo = /^\/v2\/(.+?)\/(?:manifests|blobs|tags)\//.exec(url.pathname)?.[1] ?? ""
+    if (bearer === undefined || !issued.has(bearer)) {
+      res.writeHead(401, {
+        "www-authenticate": `Bearer realm="${realm}",service="test-registry",scope="repository:${repo}:pull"`,
+        "content-type": "application/json"
+      })
+      res.end(JSON.stringify({ errors: [{ code: "UNAUTHORIZED", message: "authentication required" }] }))
+      return
+    }
+    if (/\/blobs\/sha256:/.test(url.pathname)) {
+      res.writeHead(307, { location: `http://localhost:${storagePort}/storage${url.pathname}` })
+      res.end()
+      return
+    }
+    const headers: Record<string, string> = {}
+    if (req.headers.accept !== undefined) headers.accept = String(req.headers.accept)
+    forward(url.pathname, headers, res)
+  })
+  await new Promise<void>((resolve) => storage.listen(storagePort, "127.0.0.1", resolve))
+  await new Promise<void>((resolve) => api.listen(port, "127.0.0.1", resolve))
+  return {
+    host: `127.0.0.1:${port}`,
+    tokens,
+    ranges,
+    leakedAuthorization,
+    stop: async () => {
+      storage.closeAllConnections()
+      api.closeAllConnections()
+      await Promise.all([new Promise((r) => storage.close(r)), new Promise((r) => api.close(r))])
+    }
+  }
+}
