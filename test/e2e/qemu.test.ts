@@ -2,22 +2,32 @@
  * The qemu backend against real QEMU (TCG here) and the Debian cloud kernel, installed through the
  * KernelCache into a temporary state directory.
  */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Layer, Schema } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Schema } from "effect"
-import { probeKvmBoot, kvmDisqualifier, readHostFacts } from "../../src/layers/hypervisor/qemu/internal/accel.ts"
+import { ExecRequest } from "../../src/domain/Exec.ts"
 import { AgentChannel } from "../../src/layers/guest/AgentChannel.ts"
+import {
+  kvmDisqualifier,
+  probeKvmBoot,
+  readHostFacts
+} from "../../src/layers/hypervisor/qemu/internal/accel.ts"
 import { QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { isAlive } from "../../src/layers/process/Processes.ts"
-import { Home } from "../../src/services/Home.ts"
-import { Hypervisor, LaunchConfig, PortForward, DiskAttachment, VmHandle } from "../../src/services/Hypervisor.ts"
-import { type BootArtifacts, KernelCache } from "../../src/services/KernelCache.ts"
 import { GuestChannel } from "../../src/services/GuestChannel.ts"
-import { ExecRequest } from "../../src/domain/Exec.ts"
+import { Home } from "../../src/services/Home.ts"
+import {
+  DiskAttachment,
+  Hypervisor,
+  LaunchConfig,
+  PortForward,
+  VmHandle
+} from "../../src/services/Hypervisor.ts"
+import { type BootArtifacts, KernelCache } from "../../src/services/KernelCache.ts"
 import { agentBinary, kernelCacheLayer, makeRootfs, requireVmTools } from "../support/kernel.ts"
 
 requireVmTools()
@@ -25,7 +35,10 @@ const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-q
 const agentPath = agentBinary()
 
 const hypervisorLayer = (options: Parameters<typeof QemuHypervisor.layer>[0] = {}) =>
-  QemuHypervisor.layer(options).pipe(Layer.provideMerge(AgentChannel.layer), Layer.provide(Home.layer(stateDir)))
+  QemuHypervisor.layer(options).pipe(
+    Layer.provideMerge(AgentChannel.layer),
+    Layer.provide(Home.layer(stateDir))
+  )
 
 let boot: BootArtifacts
 let rootfs: string
@@ -78,89 +91,105 @@ describe("qemu backend", () => {
       rootfs = makeRootfs(NodePath.join(stateDir, "root.ext4"))
     }).pipe(Effect.provide(kernelCacheLayer(stateDir, agentPath))), 240_000)
 
-  it.live("boots, pauses, resumes and halts a microvm with user networking and an extra disk", () =>
-    Effect.gen(function*() {
-      const hypervisor = yield* Hypervisor
-      const data = makeRootfs(NodePath.join(stateDir, "data.ext4"), { sizeMiB: 16 })
-      const port = yield* Effect.promise(freePort)
-      const cfg = config("full", {
-        network: "user",
-        ports: [new PortForward({ hostIp: "127.0.0.1", hostPort: port, guestPort: 80, protocol: "tcp" })],
-        disks: [new DiskAttachment({ name: "data", path: data, mountpoint: "/data", readOnly: false })]
-      })
-      const handle = yield* hypervisor.launch(cfg)
-      assert.isTrue(isAlive(handle.pid, handle.pidStartTime))
-      for (const file of ["qmp.sock", "agent.sock", "console.log", "qemu.pid"]) {
-        assert.strictEqual(mode(NodePath.join(cfg.runtimeDir, file)), 0o600, file)
-      }
-      assert.strictEqual(mode(cfg.runtimeDir), 0o700)
-      const cmdline = NodeFs.readFileSync(`/proc/${handle.pid}/cmdline`, "utf8")
-      assert.include(cmdline, "microagent.disks=vdb:/data:rw")
-      assert.include(cmdline, `hostfwd=tcp:127.0.0.1:${port}-:80`)
-      assert.strictEqual(yield* hypervisor.inspect(handle), "running")
-      // The agent mounted the extra disk where the command line said.
-      const channel = yield* GuestChannel
-      const mounts = yield* Effect.scoped(
-        Effect.flatMap(channel.connect(handle.channel), (c) =>
-          c.exec(new ExecRequest({ argv: ["/bin/sh", "-c", "hostname; grep -E ' / | /data ' /proc/mounts"] })))
-      )
-      assert.strictEqual(mounts.exitCode, 0, mounts.stderr)
-      assert.match(mounts.stdout, /^full\n/)
-      assert.match(mounts.stdout, /\/dev\/vdb \/data ext4 rw/)
-      assert.match(mounts.stdout, /\/dev\/vda \/ ext4 rw/)
-      yield* hypervisor.pause(handle)
-      assert.strictEqual(yield* hypervisor.inspect(handle), "paused")
-      yield* hypervisor.resume(handle)
-      assert.strictEqual(yield* hypervisor.inspect(handle), "running")
-      yield* hypervisor.halt(handle, 30)
-      assert.isFalse(isAlive(handle.pid, handle.pidStartTime))
-      assert.strictEqual(yield* hypervisor.inspect(handle), "exited")
-      assert.deepStrictEqual(filesIn(cfg.runtimeDir), ["console.log"])
-      // Halting a stopped VM is a no-op.
-      yield* hypervisor.halt(handle, 5)
-    }).pipe(Effect.provide(hypervisorLayer())), 120_000)
-
-  it.live("re-attaches from a fresh layer using only the persisted handle, then kills", () =>
-    Effect.gen(function*() {
-      const cfg = config("reattach")
-      const launched = yield* Effect.flatMap(Hypervisor, (h) => h.launch(cfg)).pipe(Effect.provide(hypervisorLayer()))
-      const persisted = JSON.stringify(Schema.encodeSync(VmHandle)(launched))
-      // A new layer instance, as a later process would build it.
-      yield* Effect.gen(function*() {
+  it.live(
+    "boots, pauses, resumes and halts a microvm with user networking and an extra disk",
+    () =>
+      Effect.gen(function*() {
         const hypervisor = yield* Hypervisor
-        const handle = Schema.decodeSync(Schema.parseJson(VmHandle))(persisted)
-        assert.deepStrictEqual(yield* hypervisor.attach(handle), handle)
+        const data = makeRootfs(NodePath.join(stateDir, "data.ext4"), { sizeMiB: 16 })
+        const port = yield* Effect.promise(freePort)
+        const cfg = config("full", {
+          network: "user",
+          ports: [new PortForward({ hostIp: "127.0.0.1", hostPort: port, guestPort: 80, protocol: "tcp" })],
+          disks: [new DiskAttachment({ name: "data", path: data, mountpoint: "/data", readOnly: false })]
+        })
+        const handle = yield* hypervisor.launch(cfg)
+        assert.isTrue(isAlive(handle.pid, handle.pidStartTime))
+        for (const file of ["qmp.sock", "agent.sock", "console.log", "qemu.pid"]) {
+          assert.strictEqual(mode(NodePath.join(cfg.runtimeDir, file)), 0o600, file)
+        }
+        assert.strictEqual(mode(cfg.runtimeDir), 0o700)
+        const cmdline = NodeFs.readFileSync(`/proc/${handle.pid}/cmdline`, "utf8")
+        assert.include(cmdline, "microagent.disks=vdb:/data:rw")
+        assert.include(cmdline, `hostfwd=tcp:127.0.0.1:${port}-:80`)
         assert.strictEqual(yield* hypervisor.inspect(handle), "running")
-        yield* hypervisor.kill(handle)
+        // The agent mounted the extra disk where the command line said.
+        const channel = yield* GuestChannel
+        const mounts = yield* Effect.scoped(
+          Effect.flatMap(channel.connect(handle.channel), (c) =>
+            c.exec(
+              new ExecRequest({ argv: ["/bin/sh", "-c", "hostname; grep -E ' / | /data ' /proc/mounts"] })
+            ))
+        )
+        assert.strictEqual(mounts.exitCode, 0, mounts.stderr)
+        assert.match(mounts.stdout, /^full\n/)
+        assert.match(mounts.stdout, /\/dev\/vdb \/data ext4 rw/)
+        assert.match(mounts.stdout, /\/dev\/vda \/ ext4 rw/)
+        yield* hypervisor.pause(handle)
+        assert.strictEqual(yield* hypervisor.inspect(handle), "paused")
+        yield* hypervisor.resume(handle)
+        assert.strictEqual(yield* hypervisor.inspect(handle), "running")
+        yield* hypervisor.halt(handle, 30)
         assert.isFalse(isAlive(handle.pid, handle.pidStartTime))
-        yield* hypervisor.kill(handle)
-        const gone = yield* Effect.exit(hypervisor.attach(handle))
-        assert.isTrue(Exit.isFailure(gone))
-        if (Exit.isFailure(gone)) assert.include(JSON.stringify(gone.cause), "NotFound")
-        const paused = yield* Effect.exit(hypervisor.pause(handle))
-        assert.isTrue(Exit.isFailure(paused))
-        // A recycled pid (same number, other start time) is never taken for ours.
-        const impostor = new VmHandle({ ...handle, pid: process.pid, pidStartTime: "1" })
-        assert.isTrue(Exit.isFailure(yield* Effect.exit(hypervisor.attach(impostor))))
-      }).pipe(Effect.provide(hypervisorLayer()))
-      assert.deepStrictEqual(filesIn(cfg.runtimeDir), ["console.log"])
-    }), 120_000)
+        assert.strictEqual(yield* hypervisor.inspect(handle), "exited")
+        assert.deepStrictEqual(filesIn(cfg.runtimeDir), ["console.log"])
+        // Halting a stopped VM is a no-op.
+        yield* hypervisor.halt(handle, 5)
+      }).pipe(Effect.provide(hypervisorLayer())),
+    120_000
+  )
 
-  it.live("a root that does not mount fails the launch and leaves nothing behind", () =>
-    Effect.gen(function*() {
-      const hypervisor = yield* Hypervisor
-      const junk = NodePath.join(stateDir, "junk.img")
-      NodeFs.writeFileSync(junk, Buffer.alloc(4 * 1024 * 1024))
-      const cfg = config("badroot", { rootfsPath: junk, bootTimeoutSeconds: 30 })
-      const exit = yield* Effect.exit(hypervisor.launch(cfg))
-      assert.isTrue(Exit.isFailure(exit))
-      if (Exit.isFailure(exit)) {
-        const text = JSON.stringify(exit.cause)
-        assert.include(text, "console tail")
-      }
-      assert.deepStrictEqual(filesIn(cfg.runtimeDir), [])
-      assert.deepStrictEqual(qemuProcessesFor(cfg.runtimeDir), [])
-    }).pipe(Effect.provide(hypervisorLayer())), 120_000)
+  it.live(
+    "re-attaches from a fresh layer using only the persisted handle, then kills",
+    () =>
+      Effect.gen(function*() {
+        const cfg = config("reattach")
+        const launched = yield* Effect.flatMap(Hypervisor, (h) => h.launch(cfg)).pipe(
+          Effect.provide(hypervisorLayer())
+        )
+        const persisted = JSON.stringify(Schema.encodeSync(VmHandle)(launched))
+        // A new layer instance, as a later process would build it.
+        yield* Effect.gen(function*() {
+          const hypervisor = yield* Hypervisor
+          const handle = Schema.decodeSync(Schema.parseJson(VmHandle))(persisted)
+          assert.deepStrictEqual(yield* hypervisor.attach(handle), handle)
+          assert.strictEqual(yield* hypervisor.inspect(handle), "running")
+          yield* hypervisor.kill(handle)
+          assert.isFalse(isAlive(handle.pid, handle.pidStartTime))
+          yield* hypervisor.kill(handle)
+          const gone = yield* Effect.exit(hypervisor.attach(handle))
+          assert.isTrue(Exit.isFailure(gone))
+          if (Exit.isFailure(gone)) assert.include(JSON.stringify(gone.cause), "NotFound")
+          const paused = yield* Effect.exit(hypervisor.pause(handle))
+          assert.isTrue(Exit.isFailure(paused))
+          // A recycled pid (same number, other start time) is never taken for ours.
+          const impostor = new VmHandle({ ...handle, pid: process.pid, pidStartTime: "1" })
+          assert.isTrue(Exit.isFailure(yield* Effect.exit(hypervisor.attach(impostor))))
+        }).pipe(Effect.provide(hypervisorLayer()))
+        assert.deepStrictEqual(filesIn(cfg.runtimeDir), ["console.log"])
+      }),
+    120_000
+  )
+
+  it.live(
+    "a root that does not mount fails the launch and leaves nothing behind",
+    () =>
+      Effect.gen(function*() {
+        const hypervisor = yield* Hypervisor
+        const junk = NodePath.join(stateDir, "junk.img")
+        NodeFs.writeFileSync(junk, Buffer.alloc(4 * 1024 * 1024))
+        const cfg = config("badroot", { rootfsPath: junk, bootTimeoutSeconds: 30 })
+        const exit = yield* Effect.exit(hypervisor.launch(cfg))
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const text = JSON.stringify(exit.cause)
+          assert.include(text, "console tail")
+        }
+        assert.deepStrictEqual(filesIn(cfg.runtimeDir), [])
+        assert.deepStrictEqual(qemuProcessesFor(cfg.runtimeDir), [])
+      }).pipe(Effect.provide(hypervisorLayer())),
+    120_000
+  )
 
   it.live("a boot that overruns its timeout is killed and fails as Transient", () =>
     Effect.gen(function*() {
@@ -179,9 +208,10 @@ describe("qemu backend", () => {
 
   it.live("boots on q35 with the q35 initramfs", () =>
     Effect.gen(function*() {
-      const q35 = yield* Effect.flatMap(KernelCache, (cache) => cache.ensure("x86_64", { machine: "q35" })).pipe(
-        Effect.provide(kernelCacheLayer(stateDir, agentPath))
-      )
+      const q35 = yield* Effect.flatMap(KernelCache, (cache) => cache.ensure("x86_64", { machine: "q35" }))
+        .pipe(
+          Effect.provide(kernelCacheLayer(stateDir, agentPath))
+        )
       const hypervisor = yield* Hypervisor
       const handle = yield* hypervisor.launch(config("q35", { initrdPath: q35.initrdPath }))
       assert.strictEqual(yield* hypervisor.inspect(handle), "running")
@@ -200,30 +230,37 @@ describe("qemu backend", () => {
       assert.isAbove(cached.tscKhz, 100_000)
     }), 60_000)
 
-  it.live("installs a kernel from a URL with its sha256 and refuses a wrong one", () =>
-    Effect.gen(function*() {
-      const body = NodeFs.readFileSync(boot.kernelPath)
-      const server = NodeHttp.createServer((_, response) => {
-        response.writeHead(200, { "content-type": "application/octet-stream" })
-        response.end(body)
-      })
-      yield* Effect.async<void>((resume) => {
-        server.listen(0, "127.0.0.1", () => resume(Effect.void))
-      })
-      const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/vmlinux`
-      const other = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-url-"))
-      const result = yield* Effect.gen(function*() {
-        const cache = yield* KernelCache
-        const bad = yield* Effect.exit(cache.install({ url, sha256: "0".repeat(64) }))
-        assert.isTrue(Exit.isFailure(bad))
-        const entry = yield* cache.install({ url, sha256: boot.kernelSha256 })
-        assert.strictEqual(entry.sha256, boot.kernelSha256)
-        assert.match(entry.source, /^url:/)
-        const verified = yield* cache.verify
-        assert.isTrue(verified.length > 0 && verified.every((v) => v.ok))
-        return entry
-      }).pipe(Effect.provide(kernelCacheLayer(other, agentPath)), Effect.ensuring(Effect.sync(() => server.close())))
-      assert.strictEqual(result.version, boot.kernelVersion)
-      NodeFs.rmSync(other, { recursive: true, force: true })
-    }), 60_000)
+  it.live(
+    "installs a kernel from a URL with its sha256 and refuses a wrong one",
+    () =>
+      Effect.gen(function*() {
+        const body = NodeFs.readFileSync(boot.kernelPath)
+        const server = NodeHttp.createServer((_, response) => {
+          response.writeHead(200, { "content-type": "application/octet-stream" })
+          response.end(body)
+        })
+        yield* Effect.async<void>((resume) => {
+          server.listen(0, "127.0.0.1", () => resume(Effect.void))
+        })
+        const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/vmlinux`
+        const other = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-url-"))
+        const result = yield* Effect.gen(function*() {
+          const cache = yield* KernelCache
+          const bad = yield* Effect.exit(cache.install({ url, sha256: "0".repeat(64) }))
+          assert.isTrue(Exit.isFailure(bad))
+          const entry = yield* cache.install({ url, sha256: boot.kernelSha256 })
+          assert.strictEqual(entry.sha256, boot.kernelSha256)
+          assert.match(entry.source, /^url:/)
+          const verified = yield* cache.verify
+          assert.isTrue(verified.length > 0 && verified.every((v) => v.ok))
+          return entry
+        }).pipe(
+          Effect.provide(kernelCacheLayer(other, agentPath)),
+          Effect.ensuring(Effect.sync(() => server.close()))
+        )
+        assert.strictEqual(result.version, boot.kernelVersion)
+        NodeFs.rmSync(other, { recursive: true, force: true })
+      }),
+    60_000
+  )
 })

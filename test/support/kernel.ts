@@ -3,13 +3,13 @@
  * package), the guest agent built from source, a shared kernel cache filled once per machine, and
  * small ext4 root filesystems.
  */
+import { FetchHttpClient } from "@effect/platform"
+import { Effect, Layer } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as NodeUrl from "node:url"
-import { FetchHttpClient } from "@effect/platform"
-import { Effect, Layer } from "effect"
 import { FileKernelCache } from "../../src/layers/kernel/FileKernelCache.ts"
 import { Home } from "../../src/services/Home.ts"
 import { type BootArtifacts, KernelCache, type Machine } from "../../src/services/KernelCache.ts"
@@ -32,7 +32,9 @@ export const requireVmTools = () => {
   requireTool("apt-get", "apt")
   requireTool("dpkg-deb", "dpkg")
   requireTool("gcc", "gcc")
-  if (!NodeFs.existsSync("/bin/busybox")) throw new Error("/bin/busybox is required: apt-get install busybox-static")
+  if (!NodeFs.existsSync("/bin/busybox")) {
+    throw new Error("/bin/busybox is required: apt-get install busybox-static")
+  }
 }
 
 /** Survives across test files and runs (a machine-wide cache; set MICROAGENT_TEST_CACHE to move it). */
@@ -67,7 +69,9 @@ export const kernelCacheLayer = (stateDir: string, agentPath?: string) =>
  * Kernel and initramfs from a state directory shared by every test of the machine, so the Debian
  * kernel is downloaded once. The agent defaults to the real one (built if needed), else the stand-in.
  */
-export const sharedBootArtifacts = (options: { readonly agentPath?: string; readonly machine?: Machine } = {}) =>
+export const sharedBootArtifacts = (
+  options: { readonly agentPath?: string; readonly machine?: Machine } = {}
+) =>
   Effect.gen(function*() {
     const cache = yield* KernelCache
     return yield* cache.ensure("x86_64", options.machine === undefined ? {} : { machine: options.machine })
@@ -89,7 +93,9 @@ export const makeRootfs = (
   options: { readonly sizeMiB?: number; readonly extra?: Record<string, string> } = {}
 ): string => {
   requireTool("mke2fs", "e2fsprogs")
-  if (!NodeFs.existsSync("/bin/busybox")) throw new Error("/bin/busybox is required: apt-get install busybox-static")
+  if (!NodeFs.existsSync("/bin/busybox")) {
+    throw new Error("/bin/busybox is required: apt-get install busybox-static")
+  }
   const tree = `${image}.tree`
   NodeFs.rmSync(tree, { recursive: true, force: true })
   for (const dir of ["bin", "sbin", "etc", "proc", "sys", "dev", "tmp", "run", "root", "mnt"]) {
@@ -99,7 +105,9 @@ export const makeRootfs = (
   NodeFs.chmodSync(NodePath.join(tree, "bin/busybox"), 0o755)
   const applets = NodeChild.execFileSync("/bin/busybox", ["--list"], { encoding: "utf8" }).split("\n")
   for (const applet of applets) {
-    if (applet.length > 0 && applet !== "busybox") NodeFs.symlinkSync("busybox", NodePath.join(tree, "bin", applet))
+    if (applet.length > 0 && applet !== "busybox") {
+      NodeFs.symlinkSync("busybox", NodePath.join(tree, "bin", applet))
+    }
   }
   NodeFs.symlinkSync("../bin/busybox", NodePath.join(tree, "sbin/init"))
   for (const [path, content] of Object.entries(options.extra ?? {})) {
@@ -113,4 +121,68 @@ export const makeRootfs = (
   )
   NodeFs.rmSync(tree, { recursive: true, force: true })
   return image
+}
+
+/** Runs `f` while holding a machine-wide lock directory in the test cache (stale after 10 minutes). */
+const withMachineLock = (name: string, f: () => void) => {
+  const lock = NodePath.join(testCacheDir(), `${name}.lock`)
+  const sleeper = new Int32Array(new SharedArrayBuffer(4))
+  for (let waited = 0;; waited += 100) {
+    try {
+      NodeFs.mkdirSync(lock)
+      break
+    } catch {
+      const stat = NodeFs.statSync(lock, { throwIfNoEntry: false })
+      if (stat !== undefined && Date.now() - stat.mtimeMs > 600_000) {
+        NodeFs.rmSync(lock, { recursive: true, force: true })
+      }
+      if (waited > 300_000) throw new Error(`timed out waiting for ${lock}`)
+      Atomics.wait(sleeper, 0, 0, 100)
+    }
+  }
+  try {
+    f()
+  } finally {
+    NodeFs.rmSync(lock, { recursive: true, force: true })
+  }
+}
+
+/**
+ * The Debian cloud kernel package unpacked once per machine (for tests that need the raw bzImage
+ * and module files, which the kernel cache does not keep).
+ */
+export const debianKernelTree = (): {
+  readonly bzImage: string
+  readonly modulesDir: string
+  readonly version: string
+} => {
+  requireTool("apt-get", "apt")
+  requireTool("dpkg-deb", "dpkg")
+  const depends = NodeChild.execFileSync("apt-cache", ["depends", "linux-image-cloud-amd64"], {
+    encoding: "utf8"
+  })
+  const pkg = /Depends:\s*(linux-image-[0-9]\S*)/.exec(depends)?.[1]
+  if (pkg === undefined) {
+    throw new Error("apt-cache cannot resolve linux-image-cloud-amd64: run apt-get update")
+  }
+  const version = pkg.replace(/^linux-image-/, "")
+  const root = NodePath.join(testCacheDir(), "deb", version)
+  const bzImage = NodePath.join(root, "boot", `vmlinuz-${version}`)
+  if (!NodeFs.existsSync(bzImage)) {
+    // Test files run in parallel workers: one downloads, the others wait for it.
+    withMachineLock(`deb-${version}`, () => {
+      if (NodeFs.existsSync(bzImage)) return
+      const download = NodeFs.mkdtempSync(NodePath.join(testCacheDir(), "apt-"))
+      const sandbox = process.getuid?.() === 0 ? ["-o", "APT::Sandbox::User=root"] : []
+      NodeChild.execFileSync("apt-get", [...sandbox, "download", "-q", pkg], { cwd: download, stdio: "pipe" })
+      const deb = NodeFs.readdirSync(download).find((f) => f.endsWith(".deb"))!
+      const staging = `${root}.${process.pid}.tmp`
+      NodeFs.mkdirSync(staging, { recursive: true })
+      NodeChild.execFileSync("dpkg-deb", ["-x", NodePath.join(download, deb), staging], { stdio: "pipe" })
+      NodeFs.rmSync(download, { recursive: true, force: true })
+      NodeFs.rmSync(root, { recursive: true, force: true })
+      NodeFs.renameSync(staging, root)
+    })
+  }
+  return { bzImage, modulesDir: NodePath.join(root, "lib/modules", version), version }
 }

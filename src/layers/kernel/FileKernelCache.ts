@@ -3,12 +3,12 @@
  * (`sha256/<hex>`, 0600) and a small JSON index (`index.json`, replaced atomically under a lock
  * file, so concurrent CLI processes never lose an entry).
  */
+import { HttpClient, HttpClientRequest } from "@effect/platform"
+import { Duration, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import * as NodeZlib from "node:zlib"
-import { HttpClient, HttpClientRequest } from "@effect/platform"
-import { Duration, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import { type MicroagentError, NotFound, Permanent, Transient, Unsupported } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import {
@@ -126,11 +126,18 @@ const readModule = (path: string): Effect.Effect<Uint8Array, KernelCacheFailure 
   }
   const [command, debianPackage] = path.endsWith(".xz") ? ["xz", "xz-utils"] : ["zstd", "zstd"]
   const out = `${path}.plain`
-  return runTool({ command: command!, args: ["-dc"], debianPackage: debianPackage!, stdinFile: path, stdoutFile: out })
+  return runTool({
+    command: command!,
+    args: ["-dc"],
+    debianPackage: debianPackage!,
+    stdinFile: path,
+    stdoutFile: out
+  })
     .pipe(
       Effect.filterOrFail(
         (result) => result.code === 0,
-        (result) => new KernelCacheFailure({ reason: "ToolFailed", message: `${command} ${path}: ${result.stderr}` })
+        (result) =>
+          new KernelCacheFailure({ reason: "ToolFailed", message: `${command} ${path}: ${result.stderr}` })
       ),
       Effect.flatMap(() => io(`reading ${out}`, () => NodeFs.readFileSync(out)))
     )
@@ -154,7 +161,9 @@ export const make = (options: FileKernelCacheOptions = {}) =>
     const readIndex: Effect.Effect<Index, KernelCacheFailure> = Effect.gen(function*() {
       const text = yield* io("reading the kernel index", () =>
         NodeFs.existsSync(indexPath) ? NodeFs.readFileSync(indexPath, "utf8") : undefined)
-      if (text === undefined) return { kernels: [], initramfs: [] }
+      if (text === undefined) {
+        return { kernels: [], initramfs: [] }
+      }
       return yield* Schema.decodeUnknown(IndexJson)(text).pipe(
         Effect.mapError(() =>
           new KernelCacheFailure({
@@ -173,11 +182,17 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         return Effect.void
       } catch (error) {
         if ((error as NodeJS.ErrnoException).code !== "EEXIST") {
-          return Effect.fail(new KernelCacheFailure({ reason: "Io", message: `locking ${lockPath}: ${String(error)}` }))
+          return Effect.fail(
+            new KernelCacheFailure({ reason: "Io", message: `locking ${lockPath}: ${String(error)}` })
+          )
         }
         const stat = NodeFs.statSync(lockPath, { throwIfNoEntry: false })
-        if (stat !== undefined && Date.now() - stat.mtimeMs > 60_000) NodeFs.rmSync(lockPath, { force: true })
-        return Effect.fail(new KernelCacheFailure({ reason: "ToolFailed", message: "kernel index is locked" }))
+        if (stat !== undefined && Date.now() - stat.mtimeMs > 60_000) {
+          NodeFs.rmSync(lockPath, { force: true })
+        }
+        return Effect.fail(
+          new KernelCacheFailure({ reason: "ToolFailed", message: "kernel index is locked" })
+        )
       }
     }).pipe(Effect.retry({ schedule: Schedule.spaced(Duration.millis(25)), times: 2400 }))
 
@@ -189,7 +204,8 @@ export const make = (options: FileKernelCacheOptions = {}) =>
             const next = f(yield* readIndex)
             yield* writeFileAtomic(indexPath, JSON.stringify(Schema.encodeSync(Index)(next), null, 2) + "\n")
           }),
-        () => Effect.sync(() => NodeFs.rmSync(lockPath, { force: true }))
+        () =>
+          Effect.sync(() => NodeFs.rmSync(lockPath, { force: true }))
       )
 
     /** Stores bytes under their sha256 (a no-op when already there). */
@@ -246,8 +262,10 @@ export const make = (options: FileKernelCacheOptions = {}) =>
       }).pipe(
         Effect.scoped,
         Effect.catchTags({
-          RequestError: (e) => Effect.fail(new KernelCacheFailure({ reason: "ToolFailed", message: e.message })),
-          ResponseError: (e) => Effect.fail(new KernelCacheFailure({ reason: "ToolFailed", message: e.message }))
+          RequestError: (e) =>
+            Effect.fail(new KernelCacheFailure({ reason: "ToolFailed", message: e.message })),
+          ResponseError: (e) =>
+            Effect.fail(new KernelCacheFailure({ reason: "ToolFailed", message: e.message }))
         })
       )
 
@@ -277,7 +295,8 @@ export const make = (options: FileKernelCacheOptions = {}) =>
               path,
               yield* Effect.try({
                 try: () => moduleDepends(bytes).map(canonicalModuleName),
-                catch: (cause) => new KernelCacheFailure({ reason: "BadInput", message: `${path}: ${String(cause)}` })
+                catch: (cause) =>
+                  new KernelCacheFailure({ reason: "BadInput", message: `${path}: ${String(cause)}` })
               })
             )
             return bytes
@@ -317,7 +336,12 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         for (const [name, path] of chosen) {
           const blob = yield* putBlob(bytesByPath.get(path)!)
           modules.push(
-            new KernelModule({ name, path: blob.path, sha256: blob.sha256, depends: dependsByPath.get(path) ?? [] })
+            new KernelModule({
+              name,
+              path: blob.path,
+              sha256: blob.sha256,
+              depends: dependsByPath.get(path) ?? []
+            })
           )
         }
         const builtinModules = [...seen].filter((name) => builtin.has(name)).sort()
@@ -360,8 +384,10 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           if (!isDebianLike()) {
             return yield* new KernelCacheFailure({
               reason: "NotFound",
-              message: "no kernel is cached and this host has no apt to fetch the distribution's cloud kernel",
-              remediation: "microagent kernel install --path <vmlinux|bzImage|.deb> (or --url <url> --sha256 <sum>)"
+              message:
+                "no kernel is cached and this host has no apt to fetch the distribution's cloud kernel",
+              remediation:
+                "microagent kernel install --path <vmlinux|bzImage|.deb> (or --url <url> --sha256 <sum>)"
             })
           }
           const wanted = source.debianPackage ?? defaultDebianPackage(arch)
@@ -455,13 +481,16 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         const names = modules.map((m) => m.name)
         const index = yield* readIndex
         const cached = index.initramfs.find((entry) =>
-          entry.kernelSha256 === kernel.sha256 && entry.agentSha256 === agentSha256 && entry.machine === machine &&
-          entry.compression === compression && sameStrings(entry.modules, names) &&
-          NodeFs.statSync(entry.path, { throwIfNoEntry: false })?.size === entry.sizeBytes
+          entry.kernelSha256 === kernel.sha256 && entry.agentSha256 === agentSha256
+          && entry.machine === machine
+          && entry.compression === compression && sameStrings(entry.modules, names)
+          && NodeFs.statSync(entry.path, { throwIfNoEntry: false })?.size === entry.sizeBytes
         )
         if (cached !== undefined) return cached
-        const moduleData = yield* Effect.forEach(modules, (m) =>
-          io(`reading module ${m.name}`, () => ({ name: m.name, data: NodeFs.readFileSync(m.path) })))
+        const moduleData = yield* Effect.forEach(
+          modules,
+          (m) => io(`reading module ${m.name}`, () => ({ name: m.name, data: NodeFs.readFileSync(m.path) }))
+        )
         const bytes = buildInitramfs({ agent, modules: moduleData, compression })
         const blob = yield* putBlob(bytes)
         const entry = new InitramfsEntry({

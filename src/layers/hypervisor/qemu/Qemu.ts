@@ -7,10 +7,10 @@
  * process that launched them; the handle (pid, pid start time, socket paths) is all a later process
  * needs to re-attach.
  */
+import { Data, Duration, Effect, Layer, Schedule } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Data, Duration, Effect, Layer, Schedule } from "effect"
 import {
   Conflict,
   InvalidInput,
@@ -66,8 +66,10 @@ export interface GuestControl {
 
 /** The guest channel as readiness probe and shutdown path. */
 export const guestChannelControl = Effect.map(GuestChannel, (channel): GuestControl => ({
-  ready: (endpoint) => Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.ping)),
-  shutdown: (endpoint) => Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.shutdown))
+  ready: (endpoint) =>
+    Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.ping)),
+  shutdown: (endpoint) =>
+    Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.shutdown))
 }))
 
 export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
@@ -96,14 +98,21 @@ const consoleTail = (path: string, lines = 12): string => {
 
 const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
   Effect.sync(() => {
-    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile]) NodeFs.rmSync(file, { force: true })
+    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile]) {
+      NodeFs.rmSync(file, { force: true })
+    }
     if (options.console) NodeFs.rmSync(paths.consoleLog, { force: true })
   })
 
 const pathsOf = (handle: VmHandle): RuntimePaths => runtimePaths(NodePath.dirname(handle.consoleLog))
 
 const unsupported = (feature: string, remediation = "") =>
-  new Unsupported({ message: `the qemu backend does not support ${feature}`, remediation, backend: "qemu", feature })
+  new Unsupported({
+    message: `the qemu backend does not support ${feature}`,
+    remediation,
+    backend: "qemu",
+    feature
+  })
 
 /** Starts QEMU, which daemonizes once its sockets listen; resolves to the daemon's pid. */
 const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePaths) =>
@@ -191,7 +200,10 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const validate = (config: LaunchConfig) =>
       Effect.gen(function*() {
         if (process.arch !== "x64") {
-          return yield* unsupported(`${process.arch} hosts`, "the qemu backend drives qemu-system-x86_64 only")
+          return yield* unsupported(
+            `${process.arch} hosts`,
+            "the qemu backend drives qemu-system-x86_64 only"
+          )
         }
         if (config.kernelPath === undefined || config.initrdPath === undefined) {
           return yield* new InvalidInput({
@@ -210,7 +222,14 @@ export const make = (options: QemuOptions, control: GuestControl) =>
             "use --network user to publish ports"
           )
         }
-        for (const file of [config.kernelPath, config.initrdPath, config.rootfsPath, ...config.disks.map((d) => d.path)]) {
+        for (
+          const file of [
+            config.kernelPath,
+            config.initrdPath,
+            config.rootfsPath,
+            ...config.disks.map((d) => d.path)
+          ]
+        ) {
           if (!NodeFs.existsSync(file)) return yield* new NotFound({ message: `${file} does not exist` })
         }
         return { kernelPath: config.kernelPath, initrdPath: config.initrdPath }
@@ -316,11 +335,13 @@ export const make = (options: QemuOptions, control: GuestControl) =>
                 ? new Transient({
                   message:
                     `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
-                  remediation: "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
+                  remediation:
+                    "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
                 })
                 : new Permanent({
                   message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
-                  remediation: "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
+                  remediation:
+                    "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
                 })
             ))
           )
@@ -334,7 +355,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const requireQemu = (handle: VmHandle) =>
       handle.backend === "qemu"
         ? Effect.void
-        : Effect.fail(new InvalidInput({ message: `handle belongs to the ${handle.backend} backend, not qemu` }))
+        : Effect.fail(
+          new InvalidInput({ message: `handle belongs to the ${handle.backend} backend, not qemu` })
+        )
 
     const controlSocket = (handle: VmHandle) => handle.controlSocket ?? pathsOf(handle).qmpSocket
 
@@ -351,7 +374,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const requireAlive = (handle: VmHandle, action: string) =>
       isAlive(handle.pid, handle.pidStartTime)
         ? Effect.void
-        : Effect.fail(new Conflict({ message: `cannot ${action}: the VMM (pid ${handle.pid}) is not running` }))
+        : Effect.fail(
+          new Conflict({ message: `cannot ${action}: the VMM (pid ${handle.pid}) is not running` })
+        )
 
     const attach = Effect.fn("Hypervisor.attach")(function*(handle: VmHandle) {
       yield* requireQemu(handle)
@@ -363,7 +388,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       }
       yield* qmpStatus(controlSocket(handle)).pipe(
         Effect.mapError((error) =>
-          new Transient({ message: `pid ${handle.pid} is alive but its QMP socket does not answer: ${error.message}` })
+          new Transient({
+            message: `pid ${handle.pid} is alive but its QMP socket does not answer: ${error.message}`
+          })
         )
       )
       return handle
@@ -400,7 +427,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         // The agent powers off on SHUTDOWN; system_powerdown is a fallback for guests that listen to ACPI.
         yield* control.shutdown(handle.channel).pipe(
           Effect.timeout(Duration.min(budget, Duration.seconds(5))),
-          Effect.catchAllCause(() => qmpExecute(controlSocket(handle), "system_powerdown").pipe(Effect.ignore))
+          Effect.catchAllCause(() =>
+            qmpExecute(controlSocket(handle), "system_powerdown").pipe(Effect.ignore)
+          )
         )
         const gone = yield* waitGone(handle.pid, handle.pidStartTime, budget)
         if (!gone) {
@@ -430,17 +459,19 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       yield* qmp(handle, "cont")
     })
 
-    return Hypervisor.of({
-      backend: "qemu",
-      capabilities: qemuCapabilities,
-      launch,
-      attach,
-      inspect,
-      halt,
-      kill,
-      pause,
-      resume
-    } satisfies HypervisorShape)
+    return Hypervisor.of(
+      {
+        backend: "qemu",
+        capabilities: qemuCapabilities,
+        launch,
+        attach,
+        inspect,
+        halt,
+        kill,
+        pause,
+        resume
+      } satisfies HypervisorShape
+    )
   })
 
 const readPid = (file: string): number | undefined => {
@@ -468,5 +499,3 @@ export const QemuHypervisor = {
   layerWithGuestControl: (control: GuestControl, options: QemuOptions = {}) =>
     Layer.effect(Hypervisor, make(options, control))
 } as const
-
-

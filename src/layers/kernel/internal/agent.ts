@@ -14,7 +14,10 @@ export const agentCandidates = (): ReadonlyArray<string> => {
   }
   let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
   for (let i = 0; i < 8; i++) {
-    out.push(NodePath.join(dir, "guest/build/microagent-agent"), NodePath.join(dir, "libexec/microagent-agent"))
+    out.push(
+      NodePath.join(dir, "guest/build/microagent-agent"),
+      NodePath.join(dir, "libexec/microagent-agent")
+    )
     const parent = NodePath.dirname(dir)
     if (parent === dir) break
     dir = parent

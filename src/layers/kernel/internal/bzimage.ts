@@ -42,7 +42,9 @@ export const parseBzImage = (bytes: Uint8Array): BzImage => {
   const payloadOffset = view.getUint32(0x248, true)
   const payloadLength = view.getUint32(0x24c, true)
   const start = setupBytes + payloadOffset
-  if (start + payloadLength > bytes.length) throw new Error("bzImage payload extends past the end of the file")
+  if (start + payloadLength > bytes.length) {
+    throw new Error("bzImage payload extends past the end of the file")
+  }
   const payload = bytes.subarray(start, start + payloadLength)
   // kernel_version points (relative to 0x200) at a NUL-terminated string in the setup code.
   const versionPointer = view.getUint16(0x20e, true)

@@ -22,8 +22,8 @@ const header = (fields: {
   fileSize: number
   nameSize: number
 }) =>
-  "070701" +
-  [
+  "070701"
+  + [
     fields.ino,
     fields.mode,
     0, // uid: root
@@ -46,7 +46,9 @@ export const writeCpio = (entries: ReadonlyArray<CpioEntry>): Uint8Array => {
   const zeros = new Uint8Array(4)
   const push = (name: string, mode: number, nlink: number, data: Uint8Array, ino: number) => {
     const nameBytes = encoder.encode(name + "\0")
-    const head = encoder.encode(header({ ino, mode, nlink, fileSize: data.length, nameSize: nameBytes.length }))
+    const head = encoder.encode(
+      header({ ino, mode, nlink, fileSize: data.length, nameSize: nameBytes.length })
+    )
     chunks.push(head, nameBytes, zeros.subarray(0, pad4(head.length + nameBytes.length)))
     if (data.length > 0) chunks.push(data, zeros.subarray(0, pad4(data.length)))
   }

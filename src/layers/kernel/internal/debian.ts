@@ -3,18 +3,20 @@
  * the real package (`apt-cache depends`), `apt-get download` it into a scratch directory and unpack
  * it with `dpkg-deb -x`.
  */
+import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Effect } from "effect"
 import type { Arch } from "../../../services/KernelCache.ts"
 import { io, KernelCacheFailure, runTool, runToolChecked } from "./tools.ts"
 
 export const defaultDebianPackage = (arch: Arch): string =>
   arch === "x86_64" ? "linux-image-cloud-amd64" : "linux-image-cloud-arm64"
 
-export const isDebianLike = (): boolean => NodeFs.existsSync("/usr/bin/apt-get") && NodeFs.existsSync("/usr/bin/dpkg-deb")
+export const isDebianLike = (): boolean =>
+  NodeFs.existsSync("/usr/bin/apt-get") && NodeFs.existsSync("/usr/bin/dpkg-deb")
 
-const withVersion = (pkg: string, version: string | undefined) => version === undefined ? pkg : `${pkg}=${version}`
+const withVersion = (pkg: string, version: string | undefined) =>
+  version === undefined ? pkg : `${pkg}=${version}`
 
 /** The real kernel package behind a metapackage, or the name itself when it is already real. */
 export const resolvePackage = (pkg: string, version: string | undefined) =>
@@ -62,7 +64,10 @@ export const downloadPackage = (name: string, version: string | undefined, dir: 
     const debs = yield* io(`listing ${dir}`, () => NodeFs.readdirSync(dir).filter((f) => f.endsWith(".deb")))
     const deb = debs.find((file) => file.startsWith(`${name}_`))
     if (deb === undefined) {
-      return yield* new KernelCacheFailure({ reason: "ToolFailed", message: `apt-get download left no ${name}_*.deb` })
+      return yield* new KernelCacheFailure({
+        reason: "ToolFailed",
+        message: `apt-get download left no ${name}_*.deb`
+      })
     }
     return NodePath.join(dir, deb)
   })
@@ -86,11 +91,17 @@ export const findKernelInTree = (root: string) =>
         : [])
     const kernel = candidates.sort()[0]
     if (kernel === undefined) {
-      return yield* new KernelCacheFailure({ reason: "BadInput", message: "the package has no boot/vmlinuz-*" })
+      return yield* new KernelCacheFailure({
+        reason: "BadInput",
+        message: "the package has no boot/vmlinuz-*"
+      })
     }
     const version = kernel.replace(/^vmlinu[zx]-/, "")
     // Merged-/usr distributions put modules under usr/lib/modules.
-    const modulesDir = [NodePath.join(root, "lib/modules", version), NodePath.join(root, "usr/lib/modules", version)]
+    const modulesDir = [
+      NodePath.join(root, "lib/modules", version),
+      NodePath.join(root, "usr/lib/modules", version)
+    ]
       .find((dir) => NodeFs.existsSync(dir))
     return { kernelFile: NodePath.join(bootDir, kernel), version, modulesDir } satisfies UnpackedPackage
   })

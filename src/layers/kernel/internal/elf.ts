@@ -136,7 +136,9 @@ export const linuxVersionIn = (bytes: Uint8Array): string | undefined => {
     const at = buffer.indexOf(needle, from)
     if (at < 0) return undefined
     const end = buffer.indexOf(0x20, at + needle.length)
-    const version = buffer.subarray(at + needle.length, end < 0 ? at + needle.length + 64 : end).toString("latin1")
+    const version = buffer.subarray(at + needle.length, end < 0 ? at + needle.length + 64 : end).toString(
+      "latin1"
+    )
     // Skip format strings such as "Linux version %s".
     if (/^[0-9]+\.[0-9]+/.test(version)) return version
     from = at + needle.length

@@ -12,7 +12,13 @@ export const isLz4Legacy = (bytes: Uint8Array): boolean =>
   bytes.length >= 4 && bytes[0] === 0x02 && bytes[1] === 0x21 && bytes[2] === 0x4c && bytes[3] === 0x18
 
 /** Decodes one LZ4 block into `out` at `outPos`; returns the new output position. */
-const decodeBlock = (src: Uint8Array, start: number, end: number, out: Uint8Array, outPos: number): number => {
+const decodeBlock = (
+  src: Uint8Array,
+  start: number,
+  end: number,
+  out: Uint8Array,
+  outPos: number
+): number => {
   let ip = start
   let op = outPos
   while (ip < end) {

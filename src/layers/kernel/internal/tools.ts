@@ -2,11 +2,11 @@
  * Host tools run as subprocesses (apt-get, dpkg-deb, xz, zstd, …), and the few file helpers the
  * cache needs: atomic 0600 writes and streaming sha256.
  */
+import { Data, Effect } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Data, Effect } from "effect"
 
 /** A tool is not installed; names the Debian package that ships it. */
 export class ToolMissing extends Data.TaggedError("ToolMissing")<{
@@ -109,7 +109,8 @@ export const io = <A>(what: string, f: () => A): Effect.Effect<A, KernelCacheFai
     catch: (cause) => new KernelCacheFailure({ reason: "Io", message: `${what}: ${String(cause)}` })
   })
 
-export const sha256Hex = (bytes: Uint8Array): string => NodeCrypto.createHash("sha256").update(bytes).digest("hex")
+export const sha256Hex = (bytes: Uint8Array): string =>
+  NodeCrypto.createHash("sha256").update(bytes).digest("hex")
 
 /** Streams a file through sha256 (kernels are tens of MB; no need to hold them). */
 export const sha256File = (path: string): Effect.Effect<string, KernelCacheFailure> =>
@@ -117,14 +118,22 @@ export const sha256File = (path: string): Effect.Effect<string, KernelCacheFailu
     const hash = NodeCrypto.createHash("sha256")
     const stream = NodeFs.createReadStream(path)
     stream.on("data", (chunk) => hash.update(chunk))
-    stream.on("error", (error) =>
-      resume(Effect.fail(new KernelCacheFailure({ reason: "Io", message: `reading ${path}: ${error.message}` }))))
+    stream.on(
+      "error",
+      (error) =>
+        resume(
+          Effect.fail(new KernelCacheFailure({ reason: "Io", message: `reading ${path}: ${error.message}` }))
+        )
+    )
     stream.on("end", () => resume(Effect.succeed(hash.digest("hex"))))
     return Effect.sync(() => stream.destroy())
   })
 
 /** Writes a file 0600 through a temporary name in the same directory, then renames it into place. */
-export const writeFileAtomic = (path: string, data: Uint8Array | string): Effect.Effect<void, KernelCacheFailure> =>
+export const writeFileAtomic = (
+  path: string,
+  data: Uint8Array | string
+): Effect.Effect<void, KernelCacheFailure> =>
   io(`writing ${path}`, () => {
     const temp = NodePath.join(
       NodePath.dirname(path),

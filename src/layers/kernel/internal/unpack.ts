@@ -3,10 +3,10 @@
  * gzipped) into what the VMM boots: for x86 the ELF vmlinux, booted directly via its PVH note, which
  * skips the in-guest decompressor (slow under TCG).
  */
+import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import * as NodeZlib from "node:zlib"
-import { Effect } from "effect"
 import type { Arch, KernelFormat } from "../../../services/KernelCache.ts"
 import { type Compression, decompressors, isBzImage, parseBzImage } from "./bzimage.ts"
 import { EM_AARCH64, EM_X86_64, hasPvhEntry, isElf, linuxVersionIn, parseElf } from "./elf.ts"
@@ -23,7 +23,8 @@ export interface BootableKernel {
 const bad = (message: string) => new KernelCacheFailure({ reason: "BadInput", message })
 
 const isArm64Image = (bytes: Uint8Array) =>
-  bytes.length > 0x40 && Buffer.from(bytes.buffer, bytes.byteOffset + 0x38, 4).toString("latin1") === "ARM\x64"
+  bytes.length > 0x40
+  && Buffer.from(bytes.buffer, bytes.byteOffset + 0x38, 4).toString("latin1") === "ARM\x64"
 
 const isGzip = (bytes: Uint8Array) => bytes[0] === 0x1f && bytes[1] === 0x8b
 
@@ -69,8 +70,15 @@ const decompressPayload = (
     case "none":
       return Effect.succeed(payload)
     case "gzip":
+      // Some builds append the size word after gzip's own trailer; zlib rejects it as a new member.
       return Effect.try({
-        try: () => NodeZlib.gunzipSync(payload),
+        try: () => {
+          try {
+            return NodeZlib.gunzipSync(payload)
+          } catch {
+            return NodeZlib.gunzipSync(payload.subarray(0, payload.length - 4))
+          }
+        },
         catch: (cause) => bad(`gzip kernel payload: ${String(cause)}`)
       })
     case "lz4":
@@ -91,13 +99,19 @@ export const unpackKernel = (
 ): Effect.Effect<BootableKernel, KernelCacheFailure | ToolMissing> =>
   Effect.gen(function*() {
     if (isBzImage(input)) {
-      const image = yield* Effect.try({ try: () => parseBzImage(input), catch: (cause) => bad(String(cause)) })
+      const image = yield* Effect.try({
+        try: () => parseBzImage(input),
+        catch: (cause) => bad(String(cause))
+      })
       const vmlinux = yield* decompressPayload(image.payload, image.compression, scratchDir)
       return yield* fromElf(vmlinux, versionHint ?? image.version)
     }
     if (isElf(input)) return yield* fromElf(input, versionHint)
     const plain = isGzip(input)
-      ? yield* Effect.try({ try: () => NodeZlib.gunzipSync(input), catch: (cause) => bad(`gzip: ${String(cause)}`) })
+      ? yield* Effect.try({
+        try: () => NodeZlib.gunzipSync(input),
+        catch: (cause) => bad(`gzip: ${String(cause)}`)
+      })
       : input
     if (isArm64Image(plain)) {
       const version = versionHint ?? linuxVersionIn(plain)
@@ -110,7 +124,11 @@ export const unpackKernel = (
 const fromElf = (bytes: Uint8Array, versionHint: string | undefined) =>
   Effect.gen(function*() {
     const elf = yield* Effect.try({ try: () => parseElf(bytes), catch: (cause) => bad(String(cause)) })
-    const arch = elf.machine === EM_X86_64 ? "x86_64" as const : elf.machine === EM_AARCH64 ? "aarch64" as const : undefined
+    const arch = elf.machine === EM_X86_64
+      ? "x86_64" as const
+      : elf.machine === EM_AARCH64
+      ? "aarch64" as const
+      : undefined
     if (arch === undefined) return yield* bad(`unsupported ELF machine ${elf.machine}`)
     if (arch === "x86_64" && !hasPvhEntry(elf)) {
       return yield* bad("the x86 vmlinux has no PVH entry note (the kernel needs CONFIG_PVH=y)")

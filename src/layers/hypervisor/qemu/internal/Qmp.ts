@@ -3,8 +3,8 @@
  * the command, wait for its answer (events in between are skipped), hang up. QEMU serves one QMP
  * client per socket at a time, so connections are never held.
  */
-import * as NodeNet from "node:net"
 import { Data, Duration, Effect } from "effect"
+import * as NodeNet from "node:net"
 
 export class QmpError extends Data.TaggedError("QmpError")<{
   readonly reason: "Unreachable" | "Protocol" | "Command" | "Timeout"
@@ -31,23 +31,35 @@ export const qmpExecute = (
     const send = (message: object) => socket.write(JSON.stringify(message) + "\n")
     socket.setEncoding("utf8")
     socket.on("error", (error) =>
-      finish(Effect.fail(new QmpError({ reason: "Unreachable", message: `QMP ${socketPath}: ${error.message}` }))))
+      finish(
+        Effect.fail(new QmpError({ reason: "Unreachable", message: `QMP ${socketPath}: ${error.message}` }))
+      ))
     socket.on("close", () =>
-      finish(Effect.fail(new QmpError({ reason: "Unreachable", message: `QMP ${socketPath} closed during ${command}` }))))
+      finish(
+        Effect.fail(
+          new QmpError({ reason: "Unreachable", message: `QMP ${socketPath} closed during ${command}` })
+        )
+      ))
     socket.on("data", (chunk: string) => {
       buffered += chunk
       let newline: number
       while ((newline = buffered.indexOf("\n")) >= 0) {
         const line = buffered.slice(0, newline).trim()
         buffered = buffered.slice(newline + 1)
-        if (line.length === 0) continue
+        if (line.length === 0) {
+          continue
+        }
         let message: Record<string, unknown>
         try {
           message = JSON.parse(line) as Record<string, unknown>
         } catch {
-          return finish(Effect.fail(new QmpError({ reason: "Protocol", message: `QMP sent bad JSON: ${line}` })))
+          return finish(
+            Effect.fail(new QmpError({ reason: "Protocol", message: `QMP sent bad JSON: ${line}` }))
+          )
         }
-        if ("event" in message) continue
+        if ("event" in message) {
+          continue
+        }
         if (phase === "greeting") {
           if (!("QMP" in message)) {
             return finish(Effect.fail(new QmpError({ reason: "Protocol", message: "no QMP greeting" })))
@@ -57,7 +69,9 @@ export const qmpExecute = (
         } else if ("error" in message) {
           const error = message.error as { class?: string; desc?: string }
           return finish(
-            Effect.fail(new QmpError({ reason: "Command", message: `${command}: ${error.class}: ${error.desc}` }))
+            Effect.fail(
+              new QmpError({ reason: "Command", message: `${command}: ${error.class}: ${error.desc}` })
+            )
           )
         } else if (phase === "capabilities") {
           phase = "command"

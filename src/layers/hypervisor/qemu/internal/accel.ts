@@ -8,11 +8,11 @@
  * it against, so the host TSC frequency is passed as `tsc_early_khz` (without it about one boot in
  * five hangs).
  */
+import { Effect } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Effect } from "effect"
 
 export interface AccelVerdict {
   readonly kvm: boolean
@@ -75,7 +75,11 @@ export const tscKhzFromCpuinfo = (cpuinfo: string): number | undefined => {
 export const hostTscKhz = (): number | undefined => {
   let log = ""
   try {
-    log = NodeChild.execFileSync("dmesg", [], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"], timeout: 2000 })
+    log = NodeChild.execFileSync("dmesg", [], {
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"],
+      timeout: 2000
+    })
   } catch {
     // dmesg may be restricted to root; cpuinfo is the fallback.
   }
@@ -125,7 +129,11 @@ export const probeKvmBoot = (qemuBinary: string, kernelPath: string, scratchDir:
       resume(Effect.succeed(verdict))
     }
     const timer = setTimeout(
-      () => finish({ kvm: false, reason: `a stock kernel did not finish booting under KVM within ${timeoutMs} ms` }),
+      () =>
+        finish({
+          kvm: false,
+          reason: `a stock kernel did not finish booting under KVM within ${timeoutMs} ms`
+        }),
       timeoutMs
     )
     child.on("error", (error) => finish({ kvm: false, reason: `cannot run ${qemuBinary}: ${error.message}` }))

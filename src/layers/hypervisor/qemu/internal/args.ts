@@ -50,7 +50,8 @@ export interface QemuArgsInput {
 /** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
 export const diskDeviceName = (index: number): string => {
   // vda … vdz, then vdaa … like the kernel's virtio_blk naming.
-  const letters = (n: number): string => n < 26 ? String.fromCharCode(97 + n) : letters(Math.floor(n / 26) - 1) + letters(n % 26)
+  const letters = (n: number): string =>
+    n < 26 ? String.fromCharCode(97 + n) : letters(Math.floor(n / 26) - 1) + letters(n % 26)
   return `vd${letters(index)}`
 }
 
@@ -72,12 +73,17 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     `microagent.channel=virtio:${agentPortName}`,
     `microagent.hostname=${input.hostname}`,
     ...(input.network === "user"
-      ? [`microagent.ip=${userNetwork.ip}`, `microagent.gateway=${userNetwork.gateway}`, `microagent.dns=${userNetwork.dns}`]
+      ? [
+        `microagent.ip=${userNetwork.ip}`,
+        `microagent.gateway=${userNetwork.gateway}`,
+        `microagent.dns=${userNetwork.dns}`
+      ]
       : []),
     ...(input.disks.length > 0
       ? [
         `microagent.disks=${
-          input.disks.map((d, i) => `${diskDeviceName(i + 1)}:${d.mountpoint}:${d.readOnly ? "ro" : "rw"}`).join(",")
+          input.disks.map((d, i) => `${diskDeviceName(i + 1)}:${d.mountpoint}:${d.readOnly ? "ro" : "rw"}`)
+            .join(",")
         }`
       ]
       : []),
@@ -99,7 +105,8 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     { id: "root", path: input.rootfsPath, readOnly: false },
     ...input.disks.map((d, i) => ({ id: `disk${i + 1}`, path: d.path, readOnly: d.readOnly }))
   ]
-  const hostfwd = input.ports.map((p) => `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`).join("")
+  const hostfwd = input.ports.map((p) => `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`)
+    .join("")
   return [
     "-name",
     escapeOption(`microagent-${input.workspace}`),

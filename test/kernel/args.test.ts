@@ -1,0 +1,171 @@
+import { assert, describe, it } from "@effect/vitest"
+import {
+  kvmDisqualifier,
+  tscKhzFromCpuinfo,
+  tscKhzFromKernelLog
+} from "../../src/layers/hypervisor/qemu/internal/accel.ts"
+import {
+  cmdlineProblem,
+  diskDeviceName,
+  kernelCmdline,
+  qemuArgs,
+  type QemuArgsInput,
+  runtimePaths
+} from "../../src/layers/hypervisor/qemu/internal/args.ts"
+import { DiskAttachment, PortForward } from "../../src/services/Hypervisor.ts"
+
+const base: QemuArgsInput = {
+  workspace: "ws1",
+  machine: "microvm",
+  accel: "tcg",
+  tscKhz: 2596122,
+  kernelPath: "/k/vmlinux",
+  initrdPath: "/k/initrd",
+  rootfsPath: "/w/root.ext4",
+  memoryMiB: 512,
+  cpus: 2,
+  hostname: "box",
+  network: "isolated",
+  ports: [],
+  disks: [],
+  paths: runtimePaths("/run/ws1")
+}
+
+/** The value following each occurrence of a flag. */
+const values = (args: ReadonlyArray<string>, flag: string) =>
+  args.flatMap((arg, i) => (arg === flag ? [args[i + 1]!] : []))
+
+describe("kernel command line", () => {
+  it("is exactly the agent's contract for an isolated VM", () => {
+    assert.strictEqual(
+      kernelCmdline(base),
+      "console=ttyS0 quiet panic=-1 tsc_early_khz=2596122 microagent.root=/dev/vda "
+        + "microagent.channel=virtio:microagent.agent microagent.hostname=box"
+    )
+  })
+
+  it("adds slirp addressing for user networking and the disk list in attachment order", () => {
+    const line = kernelCmdline({
+      ...base,
+      network: "user",
+      disks: [
+        new DiskAttachment({ name: "a", path: "/d/a.img", mountpoint: "/data", readOnly: false }),
+        new DiskAttachment({ name: "b", path: "/d/b.img", mountpoint: "/ro", readOnly: true })
+      ]
+    })
+    assert.include(line, " microagent.ip=10.0.2.15/24 microagent.gateway=10.0.2.2 microagent.dns=10.0.2.3")
+    assert.isTrue(line.endsWith(" microagent.disks=vdb:/data:rw,vdc:/ro:ro"))
+  })
+
+  it("leaves tsc_early_khz out under KVM", () => {
+    assert.notInclude(kernelCmdline({ ...base, accel: "kvm" }), "tsc_early_khz")
+  })
+
+  it("names disks like virtio_blk and rejects values that would break the line", () => {
+    assert.deepStrictEqual([0, 1, 25, 26, 27].map(diskDeviceName), ["vda", "vdb", "vdz", "vdaa", "vdab"])
+    assert.isUndefined(cmdlineProblem("hostname", "my-box.local"))
+    for (const bad of ["a b", "a,b", "a:b", "", "é"]) assert.isDefined(cmdlineProblem("hostname", bad), bad)
+  })
+})
+
+describe("QEMU arguments", () => {
+  it("boots microvm under TCG, detached, with console file, QMP and the agent port", () => {
+    const args = qemuArgs(base)
+    assert.deepStrictEqual(values(args, "-M"), ["microvm"])
+    assert.deepStrictEqual(values(args, "-accel"), ["tcg"])
+    assert.deepStrictEqual(values(args, "-cpu"), [])
+    assert.deepStrictEqual(values(args, "-m"), ["512"])
+    assert.deepStrictEqual(values(args, "-smp"), ["2"])
+    for (const flag of ["-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"]) {
+      assert.include(args, flag)
+    }
+    assert.deepStrictEqual(values(args, "-display"), ["none"])
+    assert.deepStrictEqual(values(args, "-kernel"), ["/k/vmlinux"])
+    assert.deepStrictEqual(values(args, "-initrd"), ["/k/initrd"])
+    assert.deepStrictEqual(values(args, "-pidfile"), ["/run/ws1/qemu.pid"])
+    assert.deepStrictEqual(values(args, "-chardev"), [
+      "file,id=console,path=/run/ws1/console.log",
+      "socket,id=qmp,path=/run/ws1/qmp.sock,server=on,wait=off",
+      "socket,id=agent,path=/run/ws1/agent.sock,server=on,wait=off"
+    ])
+    assert.deepStrictEqual(values(args, "-serial"), ["chardev:console"])
+    assert.deepStrictEqual(values(args, "-mon"), ["chardev=qmp,mode=control"])
+    assert.deepStrictEqual(values(args, "-device"), [
+      "virtio-blk-device,drive=root",
+      "virtio-serial-device",
+      "virtserialport,chardev=agent,name=microagent.agent"
+    ])
+    assert.deepStrictEqual(values(args, "-drive"), ["id=root,file=/w/root.ext4,format=raw,if=none"])
+    assert.deepStrictEqual(values(args, "-netdev"), [])
+  })
+
+  it("adds slirp with host forwards, and extra disks after the root, read-only where asked", () => {
+    const args = qemuArgs({
+      ...base,
+      network: "user",
+      ports: [
+        new PortForward({ hostIp: "127.0.0.1", hostPort: 8080, guestPort: 80, protocol: "tcp" }),
+        new PortForward({ hostIp: "0.0.0.0", hostPort: 2222, guestPort: 22, protocol: "tcp" })
+      ],
+      disks: [
+        new DiskAttachment({ name: "a", path: "/d/a,1.img", mountpoint: "/data", readOnly: false }),
+        new DiskAttachment({ name: "b", path: "/d/b.img", mountpoint: "/ro", readOnly: true })
+      ]
+    })
+    assert.deepStrictEqual(values(args, "-netdev"), [
+      "user,id=net0,restrict=off,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=tcp:0.0.0.0:2222-:22"
+    ])
+    assert.deepStrictEqual(values(args, "-drive"), [
+      "id=root,file=/w/root.ext4,format=raw,if=none",
+      "id=disk1,file=/d/a,,1.img,format=raw,if=none", // QEMU's comma escape
+      "id=disk2,file=/d/b.img,format=raw,if=none,readonly=on"
+    ])
+    assert.deepStrictEqual(values(args, "-device").filter((d) => d.startsWith("virtio-blk")), [
+      "virtio-blk-device,drive=root",
+      "virtio-blk-device,drive=disk1",
+      "virtio-blk-device,drive=disk2"
+    ])
+    assert.include(values(args, "-device"), "virtio-net-device,netdev=net0")
+  })
+
+  it("uses PCI devices on q35 and the host CPU under KVM", () => {
+    const args = qemuArgs({ ...base, machine: "q35", accel: "kvm", network: "user" })
+    assert.deepStrictEqual(values(args, "-M"), ["q35"])
+    assert.deepStrictEqual(values(args, "-accel"), ["kvm"])
+    assert.deepStrictEqual(values(args, "-cpu"), ["host"])
+    const devices = values(args, "-device")
+    assert.includeMembers(devices, [
+      "virtio-blk-pci,drive=root",
+      "virtio-serial-pci",
+      "virtio-net-pci,netdev=net0"
+    ])
+  })
+})
+
+describe("accelerator facts", () => {
+  it("reads the TSC frequency from the kernel log, preferring the refined calibration", () => {
+    assert.strictEqual(tscKhzFromKernelLog("[0.0] tsc: Detected 2445.406 MHz processor\n"), 2445406)
+    assert.strictEqual(
+      tscKhzFromKernelLog(
+        "tsc: Detected 2400.000 MHz processor\ntsc: Refined TSC clocksource calibration: 2396.381 MHz\n"
+      ),
+      2396381
+    )
+    assert.isUndefined(tscKhzFromKernelLog("nothing here"))
+    assert.strictEqual(tscKhzFromCpuinfo("processor\t: 0\ncpu MHz\t\t: 2596.122\n"), 2596122)
+  })
+
+  it("rules KVM out without a probe when it cannot run stock kernels", () => {
+    const flags = new Set(["fpu", "vmx"])
+    assert.match(
+      kvmDisqualifier({ devKvmUsable: false, pvmLoaded: false, cpuFlags: flags })!,
+      /not accessible/
+    )
+    assert.match(kvmDisqualifier({ devKvmUsable: true, pvmLoaded: true, cpuFlags: flags })!, /PVM/)
+    assert.match(
+      kvmDisqualifier({ devKvmUsable: true, pvmLoaded: false, cpuFlags: new Set(["fpu"]) })!,
+      /vmx\/svm/
+    )
+    assert.isUndefined(kvmDisqualifier({ devKvmUsable: true, pvmLoaded: false, cpuFlags: flags }))
+  })
+})

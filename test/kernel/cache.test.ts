@@ -1,0 +1,135 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit } from "effect"
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { KernelCache } from "../../src/services/KernelCache.ts"
+import { debianKernelTree, kernelCacheLayer } from "../support/kernel.ts"
+import { fakeVmlinux } from "./fixtures.ts"
+
+const temp = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
+const mode = (path: string) => NodeFs.statSync(path).mode & 0o777
+
+/** The file names of an initramfs (plain cpio), via busybox. */
+const cpioList = (path: string) =>
+  NodeChild.execFileSync("/bin/busybox", ["cpio", "-t"], { input: NodeFs.readFileSync(path), stdio: "pipe" })
+    .toString("utf8")
+    .split("\n")
+    .filter((l) => l.length > 0)
+
+const cpioFile = (archive: string, name: string) => {
+  const dir = temp("microagent-cpio-")
+  NodeChild.execFileSync("/bin/busybox", ["cpio", "-i", "-d", name], {
+    cwd: dir,
+    input: NodeFs.readFileSync(archive),
+    stdio: "pipe"
+  })
+  return NodeFs.readFileSync(NodePath.join(dir, name), "utf8")
+}
+
+describe("FileKernelCache", () => {
+  const tree = debianKernelTree()
+
+  it.effect("installs a kernel file with a modules directory and builds the initramfs per machine", () => {
+    const state = temp("microagent-kcache-")
+    const work = temp("microagent-kwork-")
+    const vmlinux = NodePath.join(work, "vmlinux")
+    NodeFs.writeFileSync(vmlinux, fakeVmlinux({ version: "6.1.0-test" }))
+    const agent = NodePath.join(work, "agent")
+    NodeFs.writeFileSync(agent, "#!agent v1\n")
+    return Effect.gen(function*() {
+      const cache = yield* KernelCache
+      const entry = yield* cache.install({ path: vmlinux, modulesDir: tree.modulesDir })
+      assert.strictEqual(entry.version, "6.1.0-test")
+      assert.strictEqual(entry.format, "elf")
+      assert.strictEqual(entry.source, `path:${vmlinux}`)
+      assert.strictEqual(mode(entry.path), 0o600)
+      assert.strictEqual(mode(NodePath.join(state, "kernels")), 0o700)
+      assert.strictEqual(mode(NodePath.join(state, "kernels/index.json")), 0o600)
+      assert.includeMembers(entry.modules.map((m) => m.name), [
+        "virtio_mmio",
+        "virtio_pci",
+        "virtio_net",
+        "failover"
+      ])
+
+      const microvm = yield* cache.ensure("x86_64")
+      assert.strictEqual(microvm.kernelPath, entry.path)
+      assert.strictEqual(microvm.kernelVersion, "6.1.0-test")
+      const files = cpioList(microvm.initrdPath)
+      assert.includeMembers(files, ["init", "dev", "proc", "sys", "newroot", "lib/modules/load.list"])
+      const order = cpioFile(microvm.initrdPath, "lib/modules/load.list").trim().split("\n")
+      assert.isBelow(order.indexOf("virtio_ring.ko"), order.indexOf("virtio_mmio.ko"))
+      assert.isBelow(order.indexOf("virtio.ko"), order.indexOf("virtio_mmio.ko"))
+      assert.isBelow(order.indexOf("net_failover.ko"), order.indexOf("virtio_net.ko"))
+      assert.notInclude(order, "virtio_pci.ko")
+      for (const module of order) assert.include(files, `lib/modules/${module}`)
+      assert.strictEqual(cpioFile(microvm.initrdPath, "init"), "#!agent v1\n")
+
+      // Cached: the same initramfs comes back.
+      assert.strictEqual((yield* cache.ensure("x86_64")).initrdSha256, microvm.initrdSha256)
+      const q35 = yield* cache.ensure("x86_64", { machine: "q35" })
+      assert.notStrictEqual(q35.initrdSha256, microvm.initrdSha256)
+      assert.include(cpioFile(q35.initrdPath, "lib/modules/load.list"), "virtio_pci.ko\n")
+
+      // A new agent gives a new initramfs.
+      NodeFs.writeFileSync(agent, "#!agent v2\n")
+      const rebuilt = yield* cache.ensure("x86_64")
+      assert.notStrictEqual(rebuilt.initrdSha256, microvm.initrdSha256)
+      assert.strictEqual(cpioFile(rebuilt.initrdPath, "init"), "#!agent v2\n")
+
+      assert.deepStrictEqual((yield* cache.list).map((k) => k.sha256), [entry.sha256])
+      const verified = yield* cache.verify
+      assert.isTrue(verified.length > entry.modules.length && verified.every((v) => v.ok))
+
+      // Tampering is detected.
+      NodeFs.appendFileSync(rebuilt.initrdPath, "x")
+      const after = yield* cache.verify
+      const bad = after.filter((v) => !v.ok)
+      assert.deepStrictEqual(bad.map((v) => v.path), [rebuilt.initrdPath])
+      assert.strictEqual(bad[0]!.expected, rebuilt.initrdSha256)
+    }).pipe(Effect.provide(kernelCacheLayer(state, agent)))
+  }, 60_000)
+
+  it.effect("boots bare kernels with an empty module list and refuses what is not a kernel", () => {
+    const state = temp("microagent-kcache-")
+    const work = temp("microagent-kwork-")
+    const vmlinux = NodePath.join(work, "vmlinux")
+    NodeFs.writeFileSync(vmlinux, fakeVmlinux())
+    const junk = NodePath.join(work, "junk")
+    NodeFs.writeFileSync(junk, "hello")
+    const agent = NodePath.join(work, "agent")
+    NodeFs.writeFileSync(agent, "agent")
+    return Effect.gen(function*() {
+      const cache = yield* KernelCache
+      const entry = yield* cache.install({ path: vmlinux })
+      assert.deepStrictEqual(entry.modules, [])
+      const boot = yield* cache.ensure("x86_64")
+      assert.strictEqual(cpioFile(boot.initrdPath, "lib/modules/load.list"), "")
+      const refused = yield* Effect.exit(cache.install({ path: junk }))
+      assert.isTrue(Exit.isFailure(refused))
+      assert.include(JSON.stringify(refused), "not a kernel")
+      const missing = yield* Effect.exit(cache.install({ path: NodePath.join(work, "nope") }))
+      assert.include(JSON.stringify(missing), "NotFound")
+      const badSum = yield* Effect.exit(cache.install({ url: "http://127.0.0.1:1/k", sha256: "abc" }))
+      assert.include(JSON.stringify(badSum), "not a sha256")
+      const wrongArch = yield* Effect.exit(cache.install({ path: vmlinux }, "aarch64"))
+      assert.include(JSON.stringify(wrongArch), "not aarch64")
+    }).pipe(Effect.provide(kernelCacheLayer(state, agent)))
+  })
+
+  it.effect("names the build step when the guest agent is missing", () => {
+    const state = temp("microagent-kcache-")
+    const work = temp("microagent-kwork-")
+    const vmlinux = NodePath.join(work, "vmlinux")
+    NodeFs.writeFileSync(vmlinux, fakeVmlinux())
+    return Effect.gen(function*() {
+      const cache = yield* KernelCache
+      yield* cache.install({ path: vmlinux })
+      const exit = yield* Effect.exit(cache.ensure("x86_64"))
+      assert.isTrue(Exit.isFailure(exit))
+      assert.include(JSON.stringify(exit), "make -C guest")
+    }).pipe(Effect.provide(kernelCacheLayer(state, NodePath.join(work, "no-agent"))))
+  })
+})
