@@ -31,15 +31,23 @@ export const cli = (args: ReadonlyArray<string>, options: CliOptions): CliResult
     env: environment(options),
     input: options.input ?? "",
     encoding: "utf8",
+    maxBuffer: 256 * 1024 * 1024,
     timeout: 60_000
   })
   return { code: result.status ?? -1, stdout: result.stdout, stderr: result.stderr }
 }
 
-/** Like `cli`, without blocking: for commands raced against each other. */
+/**
+ * Like `cli`, without blocking the test worker: for long commands (a blocked worker misses vitest's
+ * own heartbeats) and for commands raced against each other.
+ */
 export const cliAsync = (args: ReadonlyArray<string>, options: CliOptions): Promise<CliResult> =>
   new Promise((resolve) => {
-    const child = spawn(process.execPath, [binPath, ...args], { env: environment(options), stdio: ["ignore", "pipe", "pipe"] })
+    const child = spawn(process.execPath, [binPath, ...args], {
+      env: environment(options),
+      stdio: ["pipe", "pipe", "pipe"]
+    })
+    child.stdin.end(options.input ?? "")
     let stdout = ""
     let stderr = ""
     child.stdout.on("data", (d) => (stdout += d))
@@ -50,5 +58,8 @@ export const cliAsync = (args: ReadonlyArray<string>, options: CliOptions): Prom
 /** Parses the one-line JSON error a failing command writes on stderr. */
 export const errorOf = (result: CliResult) => {
   const line = result.stderr.trim().split("\n").at(-1) ?? ""
-  return JSON.parse(line) as { ok: false; error: { kind: string; message: string; remediation: string; retryable: boolean } }
+  return JSON.parse(line) as {
+    ok: false
+    error: { kind: string; message: string; remediation: string; retryable: boolean }
+  }
 }
