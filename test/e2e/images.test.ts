@@ -7,6 +7,7 @@ import { Command } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Exit, Fiber, Layer } from "effect"
+import * as esbuild from "esbuild"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -25,7 +26,8 @@ import {
   readExt4Tree,
   type TarSpec,
   type TreeEntry,
-  umociUnpack
+  umociUnpack,
+  writeOciLayout
 } from "../support/images.ts"
 import {
   inspectImage,
@@ -573,6 +575,78 @@ describe("images against a real registry", () => {
       assert.strictEqual(error._tag, "NotFound")
       const exit = yield* withStore(freshHome(), (store) => store.ensure("Not A Ref")).pipe(Effect.exit)
       assert.isTrue(Exit.isFailure(exit))
+    }))
+})
+
+describe("building without root", () => {
+  it.effect("keeps owners, special bits, devices and xattrs when the builder is not root", () =>
+    Effect.gen(function*() {
+      requireTool("setpriv", "util-linux")
+      const layout = NodePath.join(scratch, "nonroot-layout")
+      writeOciLayout(layout, [{
+        layers: [[
+          { path: "etc/", type: "dir" },
+          { path: "etc/root-owned", content: "root" },
+          { path: "home/", type: "dir" },
+          { path: "home/user/", type: "dir", uid: 1000, gid: 1000, mode: 0o700 },
+          { path: "home/user/file", content: "mine", uid: 1000, gid: 1000, mode: 0o600 },
+          { path: "usr/", type: "dir" },
+          { path: "usr/su", content: "su", mode: 0o4755 },
+          { path: "etc/unreadable", content: "secret", mode: 0o000 },
+          { path: "dev/", type: "dir" },
+          { path: "dev/null", type: "char", devmajor: 1, devminor: 3, mode: 0o666 },
+          { path: "etc/attr", content: "x", xattrs: { "user.origin": "layer" } }
+        ]],
+        architecture: hostArchitecture
+      }])
+      const state = NodePath.join(scratch, "nonroot-state")
+      NodeFs.mkdirSync(state, { mode: 0o700 })
+      NodeFs.chmodSync(scratch, 0o755)
+      NodeChild.execFileSync("chown", ["-R", "65534:65534", state, layout])
+      const bundle = NodePath.join(process.cwd(), ".cache", "import-as-user.mjs")
+      yield* Effect.promise(() =>
+        esbuild.build({
+          entryPoints: [NodePath.join(process.cwd(), "test", "images", "fixtures", "import-as-user.ts")],
+          bundle: true,
+          platform: "node",
+          format: "esm",
+          packages: "external",
+          outfile: bundle,
+          logLevel: "error"
+        })
+      )
+      const out = NodeChild.execFileSync(
+        "setpriv",
+        ["--reuid=65534", "--regid=65534", "--clear-groups", process.execPath, bundle, layout, state],
+        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] }
+      )
+      const result = JSON.parse(out) as { uid: number; baseline: string }
+      assert.strictEqual(result.uid, 65534)
+      const tree = readExt4Tree(result.baseline, scratch)
+      assert.deepStrictEqual(tree.get("/etc/root-owned"), {
+        type: "file",
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        sha256: "4813494d137e1631bba301d5acab6e7bb7aa74ce1185d456565ef51d737677b2"
+      })
+      assert.strictEqual(tree.get("/")?.uid ?? 0, 0)
+      assert.include(tree.get("/home/user"), { uid: 1000, gid: 1000, mode: 0o700 })
+      assert.include(tree.get("/home/user/file"), { uid: 1000, gid: 1000, mode: 0o600 })
+      assert.include(tree.get("/usr/su"), { uid: 0, mode: 0o4755 })
+      assert.include(tree.get("/etc/unreadable"), { uid: 0, mode: 0 })
+      assert.include(tree.get("/dev/null"), { type: "char", mode: 0o666, uid: 0 })
+      const root = NodeChild.execFileSync("debugfs", ["-R", "stat /", result.baseline], {
+        encoding: "utf8",
+        stdio: "pipe"
+      })
+      assert.match(root, /User:\s+0\s+Group:\s+0/)
+      const attr = NodeChild.execFileSync("debugfs", ["-R", "ea_list /etc/attr", result.baseline], {
+        encoding: "utf8",
+        stdio: "pipe"
+      })
+      assert.include(attr, "user.origin")
+      fsck(result.baseline)
     }))
 })
 
