@@ -88,8 +88,9 @@ struct stream {
 struct conn {
   conn *next;
   int fd;
-  int is_port; /* virtio-serial: re-opened instead of freed */
+  int is_port; /* virtio-serial: one long-lived fd, one host session at a time */
   int dead, closing;
+  int discarding; /* port after a framing error: drop input until the host hangs up */
   int handshaken;
   uint32_t peer_window;
   uint32_t max_seen;
@@ -187,6 +188,8 @@ static void send_window(conn *c, uint32_t stream, uint32_t n) {
 
 static void send_empty(conn *c, uint8_t type, uint32_t stream) { send_frame(c, type, stream, NULL, 0); }
 
+static void port_session_end(conn *c);
+
 static void flush_conn(conn *c) {
   while (!c->dead && out_pending(c) > 0) {
     ssize_t w = write(c->fd, c->out + c->out_off, out_pending(c));
@@ -194,12 +197,24 @@ static void flush_conn(conn *c) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) return;
       ma_dbg("connection write failed: %s", strerror(errno));
-      c->dead = 1;
+      if (c->is_port && (errno == EPIPE || errno == ENODEV)) {
+        ma_dbg("virtio port: host gone while writing");
+        port_session_end(c);
+      }
+      else c->dead = 1;
       return;
     }
     c->out_off += (size_t)w;
   }
-  if (!c->dead && c->closing && out_pending(c) == 0) c->dead = 1;
+  if (!c->dead && c->closing && out_pending(c) == 0) {
+    if (c->is_port) {
+      ma_dbg("virtio port: discarding input until the host hangs up");
+      c->closing = 0;
+      c->discarding = 1;
+    } else {
+      c->dead = 1;
+    }
+  }
 }
 
 /* ---------- streams ---------- */
@@ -1122,12 +1137,36 @@ static void conn_readable(conn *c) {
   do r = read(c->fd, c->in + c->in_len, MA_IN_CAP - c->in_len);
   while (r < 0 && errno == EINTR);
   if (r < 0 && errno == EAGAIN) return;
+  if (r == 0 && c->is_port) {
+    /* The host side hung up (virtio_console reads EOF only once its data is drained). The port
+     * stays open: closing and re-opening it could throw away a reconnecting host's HELLO. */
+    ma_dbg("virtio port: host disconnected");
+    port_session_end(c);
+    return;
+  }
   if (r <= 0) {
     ma_dbg("connection closed (%s)", r == 0 ? "eof" : strerror(errno));
     c->dead = 1;
     return;
   }
   c->in_len += (size_t)r;
+  if (c->discarding) {
+    /* Resynchronise on the next HELLO header (magic, HELLO, no flags, stream 0): a reconnecting
+     * host whose hang-up we never saw starts with one. */
+    static const uint8_t hello[8] = {MA_MAGIC0, MA_MAGIC1, MA_HELLO, 0, 0, 0, 0, 0};
+    uint8_t *at = memmem(c->in, c->in_len, hello, sizeof hello);
+    if (!at) {
+      size_t keep = c->in_len < sizeof hello - 1 ? c->in_len : sizeof hello - 1;
+      memmove(c->in, c->in + c->in_len - keep, keep);
+      c->in_len = keep;
+      return;
+    }
+    ma_dbg("virtio port: found a HELLO, resynchronised");
+    memmove(c->in, at, c->in_len - (size_t)(at - c->in));
+    c->in_len -= (size_t)(at - c->in);
+    c->discarding = 0;
+    end_session(c);
+  }
   if (process_input(c) < 0) {
     /* Framing is lost: say why, then drop the connection (its streams die with it). */
     c->closing = 1;
@@ -1136,6 +1175,17 @@ static void conn_readable(conn *c) {
 }
 
 /* ---------- connections ---------- */
+
+/* Ends the host's session on the virtio port and waits for the next host on the same fd. */
+static void port_session_end(conn *c) {
+  end_session(c);
+  c->in_len = 0;
+  c->skip = 0;
+  c->closing = 0;
+  c->discarding = 0;
+  c->out_off = c->out_len = 0; /* nobody left to read it */
+  port_idle = 1;
+}
 
 static conn *new_conn(int fd, int is_port) {
   conn *c = calloc(1, sizeof *c);
@@ -1293,7 +1343,7 @@ static void sweep(void) {
       }
       close(c->fd);
       if (c == port_conn) {
-        /* Re-opening the port drops stale bytes; the host's next HELLO starts afresh. */
+        /* An I/O error on the port: re-open it (which also drops whatever it still buffers). */
         port_conn = NULL;
         port_retry_at = ma_now_ms() + 50;
       }
@@ -1441,7 +1491,10 @@ int ma_serve(const ma_serve_config *config, uint32_t *grace_out) {
     if (cfg->channel == MA_CH_VIRTIO && !port_conn && now >= port_retry_at) open_port();
     if (port_conn && port_idle) {
       struct pollfd p = {.fd = port_conn->fd, .events = POLLIN};
-      if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP)) port_idle = 0;
+      if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP)) {
+        port_idle = 0;
+        ma_dbg("virtio port: host connected");
+      }
     }
     if (cfg->channel == MA_CH_VIRTIO && (!port_conn || port_idle)) {
       int64_t t = port_conn ? now + 100 : port_retry_at;
@@ -1483,9 +1536,8 @@ int ma_serve(const ma_serve_config *config, uint32_t *grace_out) {
         conn *c = sl.p;
         if (c->dead) continue;
         if (c == port_conn && (re & POLLHUP) && !(re & POLLIN)) {
-          /* Host side of the virtio port went away: end the session and re-open. */
-          ma_dbg("virtio port hang-up");
-          c->dead = 1;
+          ma_dbg("virtio port: hang-up");
+          port_session_end(c);
           continue;
         }
         if (re & POLLOUT) flush_conn(c);
