@@ -488,6 +488,35 @@ describe("images against a real registry", () => {
       assert.deepStrictEqual(leftoverStages(), [])
     }))
 
+  it.effect("removes work directories and partial downloads of dead processes on the next pull", () =>
+    Effect.gen(function*() {
+      const pushed = pushSpec(registry, scratch, "stale:latest", [{
+        layers: [[{ path: "etc/", type: "dir" }, { path: "etc/x", content: "x" }]],
+        architecture: hostArchitecture
+      }])
+      const home = freshHome()
+      // A pid that cannot be alive (above the kernel's pid_max).
+      const dead = 4_194_305
+      const staleWork = NodePath.join(home, "tmp", `rootfs-build-${dead}-abcdef`)
+      const stalePartial = NodePath.join(
+        home,
+        "images",
+        "blobs",
+        "sha256",
+        `${"0".repeat(64)}.partial-${dead}-abcd`
+      )
+      const liveWork = NodePath.join(home, "tmp", `rootfs-build-${process.pid}-keepme`)
+      for (const dir of [NodePath.join(staleWork, "stage"), NodePath.dirname(stalePartial), liveWork]) {
+        NodeFs.mkdirSync(dir, { recursive: true })
+      }
+      NodeFs.writeFileSync(stalePartial, "half a blob")
+      yield* withStore(home, (store) => store.ensure(pushed.ref))
+      assert.isFalse(NodeFs.existsSync(staleWork))
+      assert.isFalse(NodeFs.existsSync(stalePartial))
+      assert.isTrue(NodeFs.existsSync(liveWork), "a live process's work directory is left alone")
+      NodeFs.rmSync(liveWork, { recursive: true })
+    }))
+
   it.effect("tags, removes with --purge only unused files, and prunes", () =>
     Effect.gen(function*() {
       const busybox = pushBusyboxImage(registry, scratch, "bb2:latest")

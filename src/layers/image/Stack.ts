@@ -4,7 +4,7 @@
  * the lifecycle programs get ImageStoreLive from their own composition.
  */
 import type { SqlClient } from "@effect/sql"
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import type { Permanent } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
@@ -28,3 +28,15 @@ export const imageStoreLayer = (
   root: string
 ): Layer.Layer<ImageStore | Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent> =>
   ImageStoreLive.pipe(Layer.provideMerge(imageDependencies(root)))
+
+/**
+ * ImageStore for a composition that already has Home and SqlClient (the runtime, the lifecycle programs):
+ * adds the HTTP registry client (credentials include `<home>/auth.json`) and the host rootfs builder.
+ */
+export const ImageStoreOnHome: Layer.Layer<ImageStore, never, Home | SqlClient.SqlClient> = Layer
+  .unwrapEffect(
+    Effect.map(Home, (home) =>
+      ImageStoreLive.pipe(
+        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive))
+      ))
+  )
