@@ -678,6 +678,7 @@ static void exec_read(stream *s, int is_err) {
     }
     return;
   }
+  if (out_pending(c) >= MA_OUT_HIGH) return; /* other streams filled it this round */
   size_t n = MA_READ_CHUNK;
   if ((int64_t)n > s->out_credit) n = (size_t)s->out_credit;
   if ((uint64_t)n > room) n = (size_t)room;
@@ -1232,7 +1233,11 @@ static int find_virtio_port(char *dev, size_t devlen) {
 
 static void open_port(void) {
   char dev[300];
+  static int misses;
   if (find_virtio_port(dev, sizeof dev) < 0) {
+    if (++misses == 100)
+      ma_log("virtio port %s not found after 10 s (is virtio_console in /lib/modules/load.list?)",
+             cfg->virtio_name);
     port_retry_at = ma_now_ms() + 100;
     return;
   }

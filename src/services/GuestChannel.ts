@@ -38,6 +38,11 @@ export interface GuestFile {
   readonly data: Stream.Stream<Uint8Array, GuestError>
 }
 
+/** Sent to a running exec: a signal for its process group, or a new terminal size (PTY only). */
+export type ExecControl =
+  | { readonly _tag: "Signal"; readonly signal: number }
+  | { readonly _tag: "Resize"; readonly rows: number; readonly cols: number }
+
 /** What the agent announced in its handshake. */
 export interface AgentInfo {
   readonly version: number
@@ -63,10 +68,14 @@ export interface GuestConnection {
     request: ExecRequest,
     stdin?: Stream.Stream<Uint8Array, GuestError>
   ) => Effect.Effect<ExecResult, GuestError>
-  /** Runs a command, streaming its output; interrupting the stream signals the guest process. */
+  /**
+   * Runs a command, streaming its output; interrupting the stream signals the guest process.
+   * `controls` delivers signals and terminal resizes while it runs.
+   */
   readonly execStream: (
     request: ExecRequest,
-    stdin?: Stream.Stream<Uint8Array, GuestError>
+    stdin?: Stream.Stream<Uint8Array, GuestError>,
+    controls?: Stream.Stream<ExecControl, GuestError>
   ) => Stream.Stream<ExecOutput, GuestError>
   readonly putFile: (file: PutFile) => Effect.Effect<void, GuestError>
   readonly getFile: (path: string) => Effect.Effect<GuestFile, GuestError>

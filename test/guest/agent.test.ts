@@ -2,7 +2,7 @@
  * The real agent (host test mode, unix socket) under the real host-side client.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Either, Exit, Fiber, Option, type Scope, Stream } from "effect"
+import { Chunk, Deferred, Effect, Either, Exit, Fiber, Option, type Scope, Stream } from "effect"
 import { readFileSync, statSync, writeFileSync } from "node:fs"
 import { join } from "node:path"
 import { beforeAll } from "vitest"
@@ -229,6 +229,45 @@ describe("guest agent over a unix socket", () => {
         Stream.make(new TextEncoder().encode("hello\n"))
       )
       assert.include(echo.stdout, "got:hello")
+    }))
+
+  live("delivers signals and terminal resizes to a running exec", () =>
+    Effect.gen(function*() {
+      const { conn } = yield* connectedAgent
+      const script = "trap 'echo got-usr1; exit 7' USR1; echo ready; while :; do sleep 0.05; done"
+      const ready = yield* Deferred.make<void>()
+      const controls = Stream.fromEffect(Deferred.await(ready)).pipe(
+        Stream.as({ _tag: "Signal", signal: 10 } as const)
+      )
+      const out = yield* conn.execStream(req(["sh", "-c", script]), undefined, controls).pipe(
+        Stream.tap((o) => (o._tag === "Stdout" ? Deferred.succeed(ready, undefined) : Effect.void)),
+        Stream.runCollect
+      )
+      const text = new TextDecoder().decode(
+        bytesOf(Chunk.filterMap(out, (o) => (o._tag === "Stdout" ? Option.some(o.data) : Option.none())))
+      )
+      assert.strictEqual(text, "ready\ngot-usr1\n")
+      const last = Chunk.unsafeLast(out)
+      assert.isTrue(last._tag === "Exit" && last.result.exitCode === 7)
+
+      // resize: the shell sees the new size after SIGWINCH
+      const resized = yield* Deferred.make<void>()
+      const sized = yield* conn.execStream(
+        req(["sh", "-c", "trap 'stty size; exit 0' WINCH; echo ready; while :; do sleep 0.05; done"], {
+          tty: { rows: 24, cols: 80 }
+        }),
+        undefined,
+        Stream.fromEffect(Deferred.await(resized)).pipe(
+          Stream.as({ _tag: "Resize", rows: 50, cols: 132 } as const)
+        )
+      ).pipe(
+        Stream.tap((o) => (o._tag === "Stdout" ? Deferred.succeed(resized, undefined) : Effect.void)),
+        Stream.runCollect
+      )
+      const tty = new TextDecoder().decode(
+        bytesOf(Chunk.filterMap(sized, (o) => (o._tag === "Stdout" ? Option.some(o.data) : Option.none())))
+      )
+      assert.include(tty, "50 132")
     }))
 
   live("round-trips files with modes and owners", () =>

@@ -12,6 +12,7 @@ import { type ExecOutput, type ExecRequest, ExecResult } from "../../domain/Exec
 import {
   type AgentInfo,
   type ConnectOptions,
+  type ExecControl,
   GuestChannel,
   type GuestConnection,
   type GuestError,
@@ -347,7 +348,8 @@ const startExec = (
   conn: Connection,
   request: ExecRequest,
   stdin: Stream.Stream<Uint8Array, GuestError> | undefined,
-  collect: boolean
+  collect: boolean,
+  controls?: Stream.Stream<ExecControl, GuestError>
 ) =>
   Effect.gen(function*() {
     const st = yield* scopedStream(conn)
@@ -372,8 +374,38 @@ const startExec = (
         Effect.forkScoped
       )
     }
+    if (controls !== undefined) {
+      yield* controls.pipe(
+        Stream.runForEach((c) =>
+          c._tag === "Signal"
+            ? Number.isInteger(c.signal) && c.signal >= 1 && c.signal <= 64
+              ? Effect.sync(() => conn.send(st.id, { _tag: "Signal", signal: c.signal }))
+              : Effect.fail(
+                new GuestRemoteError({ code: "invalid_argument", message: `no signal ${c.signal}` })
+              )
+            : Effect.sync(() =>
+              conn.send(st.id, { _tag: "Resize", rows: clamp16(c.rows), cols: clamp16(c.cols) })
+            )
+        ),
+        Effect.catchAllCause((cause) =>
+          Effect.sync(() => {
+            if (Cause.isInterruptedOnly(cause)) return
+            const error = Cause.failureOption(cause).pipe(
+              Option.getOrElse(() =>
+                new GuestProtocolError({ message: `controls failed: ${Cause.pretty(cause)}` })
+              )
+            )
+            if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
+            st.push({ _tag: "Failed", error })
+          })
+        ),
+        Effect.forkScoped
+      )
+    }
     return st
   })
+
+const clamp16 = (n: number) => Math.max(0, Math.min(0xffff, Math.trunc(n)))
 
 /** The next piece of an exec's output; `Exit` is the last. */
 const nextOutput = (st: StreamState): Effect.Effect<ExecOutput, GuestError> =>
@@ -422,9 +454,10 @@ const makeConnection = (conn: Connection): GuestConnection => {
 
   const execStream = (
     request: ExecRequest,
-    stdin?: Stream.Stream<Uint8Array, GuestError>
+    stdin?: Stream.Stream<Uint8Array, GuestError>,
+    controls?: Stream.Stream<ExecControl, GuestError>
   ): Stream.Stream<ExecOutput, GuestError> =>
-    Stream.unwrapScoped(Effect.map(startExec(conn, request, stdin, false), (st) => {
+    Stream.unwrapScoped(Effect.map(startExec(conn, request, stdin, false, controls), (st) => {
       let done = false
       return Stream.repeatEffectOption(
         Effect.suspend(() => done ? Effect.fail(Option.none()) : Effect.mapError(nextOutput(st), Option.some))
