@@ -263,7 +263,7 @@ export const tools: ReadonlyArray<AnyTool> = [
         client.exec(defined({
           name: args.name,
           argv: args.argv,
-          env: args.env ?? {},
+          env: args.env,
           cwd: args.cwd,
           user: args.user,
           timeoutSeconds: args.timeout_seconds,

@@ -35,6 +35,7 @@ const { tty: _tty, ...execRequestFields } = ExecRequest.fields
 /** An exec: the request fields, merged over the image's and the workspace's defaults by the server. */
 export const ExecFields = {
   ...execRequestFields,
+  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
   /** The whole of the command's stdin; closed at once when absent. */
   stdin: Schema.optional(Bytes)
 }

@@ -33,7 +33,7 @@ import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
 import { Rpcs } from "./Rpcs.ts"
 
 type ExecFieldsOf<P> = P & {
-  readonly env: { readonly [key: string]: string }
+  readonly env?: { readonly [key: string]: string } | undefined
   readonly cwd?: string | undefined
   readonly user?: string | undefined
   readonly timeoutSeconds?: number | undefined

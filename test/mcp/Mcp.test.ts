@@ -194,6 +194,32 @@ describe(`serve mcp (${testBackend} backend)`, () => {
     await mcp.call("workspace.delete", { name: "p1" })
   })
 
+  it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {
+    const controller = new AbortController()
+    const running = mcp.client.callTool(
+      { name: "workspace.run", arguments: { image: "alpine", command: ["sleep", "100"] } },
+      undefined,
+      { signal: controller.signal, timeout: 60_000 }
+    )
+    const outcome = running.then(() => "answered", () => "rejected")
+    const names = async () =>
+      (await mcp.call("workspace.list")).result.workspaces.map((w: { name: string }) => w.name)
+    const waitFor = async (done: (names: Array<string>) => boolean) => {
+      for (let i = 0; i < 200; i++) {
+        if (done(await names())) return true
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      return false
+    }
+    const started = await waitFor((all) => all.length === 1)
+    assert.isTrue(started, "the run never created its workspace")
+    // Give the run a moment to get to its command, then cancel.
+    await mcp.call("workspace.wait", { name: (await names())[0], timeout_seconds: 0.5 })
+    controller.abort()
+    assert.strictEqual(await outcome, "rejected")
+    assert.isTrue(await waitFor((all) => all.length === 0), "the cancelled run left its workspace")
+  })
+
   it("runs a command in a fresh workspace and cleans up, using only what tools/list said", async () => {
     const { tools } = await mcp.client.listTools()
     const byName = new Map(tools.map((tool) => [tool.name, tool]))

@@ -61,7 +61,6 @@ describe(`serve rpc (${backend} backend)`, () => {
       const result = yield* client.exec({
         name: "r1",
         argv: ["sh", "-c", 'read line; echo "$line $WHO"; echo oops >&2; exit 3'],
-        env: {},
         stdin: new TextEncoder().encode("hello\n")
       })
       assert.strictEqual(result.status, "exited")
@@ -93,7 +92,7 @@ describe(`serve rpc (${backend} backend)`, () => {
       assert.strictEqual(missing._tag, "NotFound")
       assert.strictEqual((missing as { kind?: string }).kind, "not_found")
       yield* client.create({ image: "alpine", name: "r2" })
-      const notRunning = yield* Effect.flip(client.exec({ name: "r2", argv: ["true"], env: {} }))
+      const notRunning = yield* Effect.flip(client.exec({ name: "r2", argv: ["true"] }))
       assert.strictEqual(notRunning._tag, "Conflict")
       assert.include((notRunning as { remediation: string }).remediation, "start")
       const badName = yield* Effect.flip(client.create({ image: "alpine", name: "../evil" }))
@@ -112,8 +111,7 @@ describe(`serve rpc (${backend} backend)`, () => {
       const outputs: Array<ExecOutput> = []
       yield* client.execStream({
         name: "r3",
-        argv: ["sh", "-c", "echo one; while [ ! -e tmp/go ]; do sleep 0.05; done; echo two; echo err >&2"],
-        env: {}
+        argv: ["sh", "-c", "echo one; while [ ! -e tmp/go ]; do sleep 0.05; done; echo two; echo err >&2"]
       }).pipe(Stream.runForEach((output) =>
         Effect.sync(() => {
           outputs.push(output)
@@ -137,8 +135,7 @@ describe(`serve rpc (${backend} backend)`, () => {
       yield* client.start({ name: "r4" })
       const first = yield* client.execStream({
         name: "r4",
-        argv: ["sh", "-c", "echo $$ > tmp/pid; echo started; sleep 100"],
-        env: {}
+        argv: ["sh", "-c", "echo $$ > tmp/pid; echo started; sleep 100"]
       }).pipe(Stream.take(1), Stream.runCollect)
       assert.strictEqual(Chunk.unsafeHead(first)._tag, "Stdout")
       // The fake backend runs guest commands as host processes: the shell's pid is a host pid.
@@ -151,7 +148,7 @@ describe(`serve rpc (${backend} backend)`, () => {
       )
       assert.isTrue(Option.isSome(gone), `guest process ${pid} still alive`)
       // The workspace is still usable afterwards.
-      const after = yield* client.exec({ name: "r4", argv: ["echo", "still here"], env: {} })
+      const after = yield* client.exec({ name: "r4", argv: ["echo", "still here"] })
       assert.strictEqual(after.stdout, "still here\n")
       yield* client.delete({ name: "r4", force: true })
     })))

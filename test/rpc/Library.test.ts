@@ -1,0 +1,118 @@
+/**
+ * The examples of docs/library.md, run: a host application composes the layers itself and drives
+ * workspaces through the programs, with the fake backend swapped in for its tests; and the same
+ * procedures through a `MicroagentClient` that calls the handlers in-process.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Layer, Stream } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { ExecRequest } from "../../src/domain/Exec.ts"
+import { backendLayer } from "../../src/layers/backends/Backends.ts"
+import {
+  withBackend,
+  withWorkspaceBackend,
+  WorkspaceBackends
+} from "../../src/layers/backends/WorkspaceBackends.ts"
+import { DatabaseLive } from "../../src/layers/state/Database.ts"
+import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
+import { create } from "../../src/programs/Create.ts"
+import { remove } from "../../src/programs/Delete.ts"
+import { exec } from "../../src/programs/Exec.ts"
+import { run } from "../../src/programs/Run.ts"
+import { start } from "../../src/programs/Start.ts"
+import { MicroagentClient } from "../../src/rpc/Client.ts"
+import { layerInProcessClient } from "../../src/rpc/Server.ts"
+import { Home } from "../../src/services/Home.ts"
+import { Hypervisor } from "../../src/services/Hypervisor.ts"
+import { killFakeVmms } from "../support/fakeEnvironment.ts"
+
+// --- docs/library.md: "Composing the layers" ---
+
+/** The state directory, its database and the workspace store. */
+const Store = (root: string) =>
+  SqliteStateStore.pipe(
+    Layer.provideMerge(DatabaseLive),
+    Layer.provideMerge(Home.layer(root))
+  )
+
+/** Everything the programs need, on one backend. */
+const Microagent = (root: string, backend: "qemu" | "fake") =>
+  Layer.provideMerge(backendLayer(backend), Store(root))
+
+/** A workspace that is deleted (its VM killed first) when the scope closes, however it closes. */
+const workspace = (image: string, name: string) =>
+  Effect.acquireRelease(
+    create({ image, name }).pipe(Effect.tap((ws) => start(ws.name))),
+    (ws) => remove(ws.name, { force: true }).pipe(Effect.ignore)
+  )
+
+const task = Effect.scoped(Effect.gen(function*() {
+  const ws = yield* workspace("alpine:3.20", "agent-1")
+  const result = yield* exec(ws.name, new ExecRequest({ argv: ["sh", "-c", "echo hello from $0"] }))
+  return result.stdout
+}))
+
+// --- the tests ---
+
+/** A fresh state directory for one test, and no fake VMM left behind. */
+const tempRoot = Effect.acquireRelease(
+  Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-lib-"))),
+  (root) =>
+    killFakeVmms(root).pipe(Effect.andThen(() => NodeFs.rmSync(root, { recursive: true, force: true })))
+)
+
+describe("the library, as docs/library.md shows it", () => {
+  it.scopedLive("a host application drives a workspace through the programs, on the fake backend", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRoot
+      const stdout = yield* task.pipe(Effect.provide(Microagent(root, "fake")))
+      assert.strictEqual(stdout, "hello from sh\n")
+      const oneShot = yield* run({ image: "alpine:3.20", command: ["echo", "once"] }).pipe(
+        Effect.provide(Microagent(root, "fake"))
+      )
+      assert.strictEqual(oneShot.result.stdout, "once\n")
+      assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(root, "workspaces")), [])
+    }))
+
+  it.scopedLive("a long-lived host builds each backend once and runs each workspace on its own", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRoot
+      const Runtime = Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" }), Store(root))
+      const program = Effect.gen(function*() {
+        yield* withBackend(undefined, create({ image: "alpine", name: "lib-1" }))
+        yield* withWorkspaceBackend("lib-1", start("lib-1"))
+        return yield* withWorkspaceBackend("lib-1", exec("lib-1", new ExecRequest({ argv: ["echo", "ok"] })))
+      }).pipe(Effect.provide(Runtime))
+      const result = yield* program
+      assert.strictEqual(result.stdout, "ok\n")
+      const backend = yield* Effect.provide(
+        withWorkspaceBackend("lib-1", Effect.flatMap(Hypervisor, (h) => Effect.succeed(h.backend))),
+        Runtime
+      )
+      assert.strictEqual(backend, "fake")
+      yield* Effect.provide(withWorkspaceBackend("lib-1", remove("lib-1", { force: true })), Runtime)
+    }))
+
+  it.scopedLive("the RPC procedures in-process: the same MicroagentClient, no socket", () =>
+    Effect.gen(function*() {
+      const root = yield* tempRoot
+      const InProcess = layerInProcessClient.pipe(
+        Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
+        Layer.provideMerge(Store(root))
+      )
+      const chunks = yield* Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        yield* client.create({ image: "alpine", name: "lib-2" })
+        yield* client.start({ name: "lib-2" })
+        const output = yield* client.execStream({ name: "lib-2", argv: ["sh", "-c", "echo a; echo b"] }).pipe(
+          Stream.runCollect
+        )
+        yield* client.delete({ name: "lib-2", force: true })
+        return [...output].map((o) => o._tag)
+      }).pipe(Effect.provide(InProcess))
+      assert.strictEqual(chunks.at(-1), "Exit")
+      assert.include(chunks, "Stdout")
+    }))
+})
