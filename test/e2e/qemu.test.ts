@@ -2,7 +2,7 @@
  * The qemu backend against real QEMU (TCG here) and the Debian cloud kernel, installed through the
  * KernelCache into a temporary state directory.
  */
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Schema } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -76,6 +76,8 @@ const qemuProcessesFor = (runtimeDir: string) =>
   )
 
 describe("qemu backend", () => {
+  afterAll(() => NodeFs.rmSync(stateDir, { recursive: true, force: true }))
+
   it.live("installs the Debian cloud kernel into a fresh state directory", () =>
     Effect.gen(function*() {
       const cache = yield* KernelCache

@@ -160,13 +160,16 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const machine = options.machine ?? "microvm"
     const binary = options.binary ?? "qemu-system-x86_64"
     const hostFile = NodePath.join(home.root, "qemu-host.json")
+    // Runs dmesg at most once per layer.
+    let tscMemo: { readonly khz: number | undefined } | undefined
+    const tscKhz = () => (tscMemo ??= { khz: hostTscKhz() }).khz
 
     /** The accelerator verdict and TSC frequency, cached per host boot in the state directory. */
     const hostVerdict = (kernelPath: string) =>
       Effect.gen(function*() {
         const bootId = hostBootId()
-        if (options.accel === "tcg") return { kvm: false, reason: "TCG requested", tscKhz: hostTscKhz() }
-        if (options.accel === "kvm") return { kvm: true, reason: "KVM requested", tscKhz: hostTscKhz() }
+        if (options.accel === "tcg") return { kvm: false, reason: "TCG requested", tscKhz: tscKhz() }
+        if (options.accel === "kvm") return { kvm: true, reason: "KVM requested", tscKhz: tscKhz() }
         const cached = yield* Effect.sync(() => {
           try {
             const parsed = JSON.parse(NodeFs.readFileSync(hostFile, "utf8")) as {
@@ -188,7 +191,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         const verdict: AccelVerdict = disqualified !== undefined
           ? { kvm: false, reason: disqualified }
           : yield* probeKvmBoot(binary, kernelPath, home.tmp, options.kvmProbeTimeoutMs ?? 10_000)
-        const result = { ...verdict, tscKhz: hostTscKhz() }
+        const result = { ...verdict, tscKhz: tscKhz() }
         yield* Effect.sync(() => {
           const temp = `${hostFile}.${process.pid}.tmp`
           NodeFs.writeFileSync(temp, JSON.stringify({ bootId, binary, ...result }) + "\n", { mode: 0o600 })
@@ -308,46 +311,53 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         disks: config.disks,
         paths
       })
-      const pid = yield* startVmm(binary, args, paths)
-      const handle = new VmHandle({
-        backend: "qemu",
-        pid,
-        pidStartTime: startTimeOf(pid),
-        channel: { _tag: "UnixSocket", path: paths.agentSocket },
-        consoleLog: paths.consoleLog,
-        controlSocket: paths.qmpSocket
-      })
-      yield* Effect.sync(() => {
-        for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
-          try {
-            NodeFs.chmodSync(file, 0o600)
-          } catch {
-            // Not there (yet): the directory is 0700 anyway.
-          }
-        }
-      })
-      yield* awaitBoot(handle, config.bootTimeoutSeconds).pipe(
-        Effect.catchAll((failure) => {
-          const tail = consoleTail(paths.consoleLog)
-          return destroy(handle, true).pipe(
-            Effect.zipRight(Effect.fail<MicroagentError>(
-              failure.reason === "Timeout"
-                ? new Transient({
-                  message:
-                    `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
-                  remediation:
-                    "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
-                })
-                : new Permanent({
-                  message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
-                  remediation:
-                    "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
-                })
-            ))
+      const handleOf = (pid: number) =>
+        new VmHandle({
+          backend: "qemu",
+          pid,
+          pidStartTime: startTimeOf(pid),
+          channel: { _tag: "UnixSocket", path: paths.agentSocket },
+          consoleLog: paths.consoleLog,
+          controlSocket: paths.qmpSocket
+        })
+      const bootFailed = (failure: BootFailure) => {
+        const tail = consoleTail(paths.consoleLog)
+        return failure.reason === "Timeout"
+          ? new Transient({
+            message:
+              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
+            remediation:
+              "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
+          })
+          : new Permanent({
+            message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
+            remediation:
+              "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
+          })
+      }
+      // From the moment the VMM exists until it answers, any failure or interruption (Ctrl-C) kills
+      // it and removes its files: a failed launch leaves nothing behind.
+      const handle = yield* Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(startVmm(binary, args, paths), (pid) => {
+          const handle = handleOf(pid)
+          return restore(
+            Effect.sync(() => {
+              for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
+                try {
+                  NodeFs.chmodSync(file, 0o600)
+                } catch {
+                  // Not there (yet): the directory is 0700 anyway.
+                }
+              }
+            }).pipe(
+              Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
+              Effect.mapError(bootFailed)
+            )
+          ).pipe(
+            Effect.onError(() => destroy(handle, true)),
+            Effect.as(handle)
           )
-        }),
-        // Interrupted while booting (Ctrl-C): leave nothing behind.
-        Effect.onInterrupt(() => destroy(handle, true))
+        })
       )
       return handle
     })
