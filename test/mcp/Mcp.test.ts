@@ -4,7 +4,15 @@
 import { Ajv } from "ajv"
 import { spawn } from "node:child_process"
 import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
-import { binPath, connect, type Connected, makeStateDir, removeStateDir, testBackend } from "./mcpClient.ts"
+import {
+  binPath,
+  connect,
+  type Connected,
+  makeStateDir,
+  removeStateDir,
+  testBackend,
+  testImage
+} from "./mcpClient.ts"
 
 const expectedTools = [
   "workspace.run",
@@ -74,7 +82,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
   })
 
   it("drives a workspace: create, start, exec, inspect, delete", async () => {
-    const created = await mcp.call("workspace.create", { image: "alpine", name: "m1", env: { WHO: "mcp" } })
+    const created = await mcp.call("workspace.create", { image: testImage, name: "m1", env: { WHO: "mcp" } })
     assert.isTrue(created.ok, JSON.stringify(created.error))
     assert.strictEqual(created.result.name, "m1")
     assert.strictEqual(created.result.state, "prepared")
@@ -112,7 +120,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
   })
 
   it("replays a repeated idempotent call, across a restart too, and refuses the key with other arguments", async () => {
-    const args = { image: "alpine", name: "idem", idempotency_key: "create-idem-1" }
+    const args = { image: testImage, name: "idem", idempotency_key: "create-idem-1" }
     const first = await mcp.call("workspace.create", args)
     assert.isTrue(first.ok)
     assert.isUndefined(first.meta.idempotencyReplay)
@@ -155,10 +163,10 @@ describe(`serve mcp (${testBackend} backend)`, () => {
     assert.isFalse(wrongType.error?.retryable)
     assert.include(wrongType.error?.message ?? "", "argv")
     assert.isString(wrongType.error?.remediation)
-    const unknown = await mcp.call("workspace.create", { image: "alpine", state_dir: "/tmp" })
+    const unknown = await mcp.call("workspace.create", { image: testImage, state_dir: "/tmp" })
     assert.isFalse(unknown.ok)
     assert.include(unknown.error?.message ?? "", "state_dir")
-    const badName = await mcp.call("workspace.create", { image: "alpine", name: "no/slashes" })
+    const badName = await mcp.call("workspace.create", { image: testImage, name: "no/slashes" })
     assert.isFalse(badName.ok)
     assert.strictEqual(badName.error?.kind, "permanent")
     const missing = await mcp.call("workspace.start", {})
@@ -170,7 +178,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
   })
 
   it("previews a destructive call without doing it", async () => {
-    await mcp.call("workspace.create", { image: "alpine", name: "p1" })
+    await mcp.call("workspace.create", { image: testImage, name: "p1" })
     await mcp.call("workspace.start", { name: "p1" })
     const previewDelete = await mcp.call("workspace.delete", { name: "p1", force: true, preview: true })
     assert.isTrue(previewDelete.ok)
@@ -197,7 +205,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
   it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {
     const controller = new AbortController()
     const running = mcp.client.callTool(
-      { name: "workspace.run", arguments: { image: "alpine", command: ["sleep", "100"] } },
+      { name: "workspace.run", arguments: { image: testImage, command: ["sleep", "100"] } },
       undefined,
       { signal: controller.signal, timeout: 60_000 }
     )
@@ -236,7 +244,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
     }
     const create = byName.get("workspace.create")!
     assert.deepStrictEqual(create.inputSchema.required, ["image"])
-    const workspace = await call("workspace.create", { image: "alpine" })
+    const workspace = await call("workspace.create", { image: testImage })
     const name = workspace.name as string
     await call("workspace.start", { name })
     const result = await call("workspace.exec", {
@@ -248,7 +256,7 @@ describe(`serve mcp (${testBackend} backend)`, () => {
     await call("workspace.delete", { name, force: true })
     const listed = await call("workspace.list", {})
     assert.deepStrictEqual(listed.workspaces, [])
-    const oneShot = await call("workspace.run", { image: "alpine", command: ["echo", "one-shot"] })
+    const oneShot = await call("workspace.run", { image: testImage, command: ["echo", "one-shot"] })
     assert.strictEqual(oneShot.result.stdout, "one-shot\n")
     assert.deepStrictEqual((await call("workspace.list", {})).workspaces, [])
   })
@@ -286,7 +294,7 @@ describe("serve mcp on raw stdio", () => {
       method: "tools/call",
       params: {
         name: "workspace.run",
-        arguments: { image: "alpine", command: ["sh", "-c", "sleep 0.3; echo late"] }
+        arguments: { image: testImage, command: ["sh", "-c", "sleep 0.3; echo late"] }
       }
     })
     // MCP lets a call to a tool without arguments leave `arguments` out.

@@ -14,6 +14,9 @@ export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microage
 
 export const testBackend = process.env.MICROAGENT_TEST_BACKEND ?? "fake"
 
+/** The image workspaces boot from; the real-VM tier points this at its loopback registry. */
+export const testImage = process.env.MICROAGENT_TEST_IMAGE ?? "alpine"
+
 export interface Envelope {
   readonly ok: boolean
   readonly result?: any

@@ -11,6 +11,8 @@ import type { ExecOutput } from "../../src/rpc/Rpcs.ts"
 import { type ServerProcess, startServer, stopServer } from "./serverProcess.ts"
 
 const backend = process.env.MICROAGENT_TEST_BACKEND ?? "fake"
+/** The image workspaces boot from; the real-VM tier points this at its loopback registry. */
+const image = process.env.MICROAGENT_TEST_IMAGE ?? "alpine"
 
 let server: ServerProcess
 
@@ -52,7 +54,7 @@ describe(`serve rpc (${backend} backend)`, () => {
       const client = yield* MicroagentClient
       const { version } = yield* client.version()
       assert.match(version, /^\d+\.\d+\.\d+/)
-      const created = yield* client.create({ image: "alpine", name: "r1", env: { WHO: "rpc" } })
+      const created = yield* client.create({ image, name: "r1", env: { WHO: "rpc" } })
       assert.strictEqual(created.name, "r1")
       assert.strictEqual(created.state, "prepared")
       assert.strictEqual(created.backend, backend)
@@ -91,11 +93,11 @@ describe(`serve rpc (${backend} backend)`, () => {
       const missing = yield* Effect.flip(client.inspect({ name: "nope" }))
       assert.strictEqual(missing._tag, "NotFound")
       assert.strictEqual((missing as { kind?: string }).kind, "not_found")
-      yield* client.create({ image: "alpine", name: "r2" })
+      yield* client.create({ image, name: "r2" })
       const notRunning = yield* Effect.flip(client.exec({ name: "r2", argv: ["true"] }))
       assert.strictEqual(notRunning._tag, "Conflict")
       assert.include((notRunning as { remediation: string }).remediation, "start")
-      const badName = yield* Effect.flip(client.create({ image: "alpine", name: "../evil" }))
+      const badName = yield* Effect.flip(client.create({ image, name: "../evil" }))
       assert.strictEqual(badName._tag, "InvalidInput")
       yield* client.delete({ name: "r2" })
     })))
@@ -103,20 +105,20 @@ describe(`serve rpc (${backend} backend)`, () => {
   it.scopedLive("streams exec output as it comes", () =>
     withClient(Effect.gen(function*() {
       const client = yield* MicroagentClient
-      const ws = yield* client.create({ image: "alpine", name: "r3" })
+      yield* client.create({ image, name: "r3" })
       yield* client.start({ name: "r3" })
-      const gate = NodePath.join(ws.rootfsPath, "tmp", "go")
-      // The command prints, then waits for the test to open the gate: "two" can only come after the
-      // test has seen "one", so the stream cannot have been buffered to the end.
+      // The command prints, then waits for the test to open a gate (with a second exec): "two" can only
+      // come after the test has seen "one", so the stream cannot have been buffered to the end.
       const outputs: Array<ExecOutput> = []
       yield* client.execStream({
         name: "r3",
-        argv: ["sh", "-c", "echo one; while [ ! -e tmp/go ]; do sleep 0.05; done; echo two; echo err >&2"]
+        argv: ["sh", "-c", "echo one; while [ ! -e tmp/go ]; do sleep 0.05; done; echo two; echo err >&2"],
+        cwd: "/"
       }).pipe(Stream.runForEach((output) =>
-        Effect.sync(() => {
+        Effect.gen(function*() {
           outputs.push(output)
           if (output._tag === "Stdout" && Buffer.from(output.data).toString().includes("one")) {
-            NodeFs.writeFileSync(gate, "")
+            yield* client.exec({ name: "r3", argv: ["sh", "-c", "touch tmp/go"], cwd: "/" })
           }
         })
       ))
@@ -131,22 +133,32 @@ describe(`serve rpc (${backend} backend)`, () => {
   it.scopedLive("interrupting a streamed exec stops the guest command", () =>
     withClient(Effect.gen(function*() {
       const client = yield* MicroagentClient
-      const ws = yield* client.create({ image: "alpine", name: "r4" })
+      const ws = yield* client.create({ image, name: "r4" })
       yield* client.start({ name: "r4" })
       const first = yield* client.execStream({
         name: "r4",
-        argv: ["sh", "-c", "echo $$ > tmp/pid; echo started; sleep 100"]
+        argv: ["sh", "-c", "echo $$ > tmp/pid; echo started; sleep 100"],
+        cwd: "/"
       }).pipe(Stream.take(1), Stream.runCollect)
       assert.strictEqual(Chunk.unsafeHead(first)._tag, "Stdout")
-      // The fake backend runs guest commands as host processes: the shell's pid is a host pid.
-      const pid = Number(NodeFs.readFileSync(NodePath.join(ws.rootfsPath, "tmp", "pid"), "utf8").trim())
-      assert.isAbove(pid, 1)
-      const gone = yield* Effect.sync(() => isGone(pid)).pipe(
-        Effect.filterOrFail((dead) => dead),
-        Effect.retry({ schedule: Schedule.spaced("50 millis"), times: 200 }),
+      // Asked inside the guest: is the shell gone?
+      const probe = client.exec({
+        name: "r4",
+        argv: ["sh", "-c", "kill -0 $(cat tmp/pid) 2>/dev/null"],
+        cwd: "/"
+      })
+      const goneInGuest = yield* probe.pipe(
+        Effect.filterOrFail((result) => result.exitCode !== 0),
+        Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 100 }),
         Effect.option
       )
-      assert.isTrue(Option.isSome(gone), `guest process ${pid} still alive`)
+      assert.isTrue(Option.isSome(goneInGuest), "the guest command is still running")
+      if (backend === "fake") {
+        // The fake backend runs guest commands as host processes: the shell's pid is a host pid.
+        const pid = Number(NodeFs.readFileSync(NodePath.join(ws.rootfsPath, "tmp", "pid"), "utf8").trim())
+        assert.isAbove(pid, 1)
+        assert.isTrue(isGone(pid), `guest process ${pid} is still alive on the host`)
+      }
       // The workspace is still usable afterwards.
       const after = yield* client.exec({ name: "r4", argv: ["echo", "still here"] })
       assert.strictEqual(after.stdout, "still here\n")
@@ -156,7 +168,7 @@ describe(`serve rpc (${backend} backend)`, () => {
   it.scopedLive("a one-shot run leaves nothing behind", () =>
     withClient(Effect.gen(function*() {
       const client = yield* MicroagentClient
-      const outcome = yield* client.run({ image: "alpine", command: ["sh", "-c", "echo ran; exit 4"] })
+      const outcome = yield* client.run({ image, command: ["sh", "-c", "echo ran; exit 4"] })
       assert.strictEqual(outcome.result.exitCode, 4)
       assert.strictEqual(outcome.result.stdout, "ran\n")
       assert.isFalse(outcome.kept)
