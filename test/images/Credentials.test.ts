@@ -5,6 +5,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { lookupCredential, normalizeAuthKey } from "../../src/layers/registry/Credentials.ts"
 import { choosePlatform, parseChallenge } from "../../src/layers/registry/Http.ts"
+import { findTool, ToolMissing, toolPackages } from "../../src/layers/rootfs/Tools.ts"
 
 const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-creds-"))
 const file = (name: string, content: unknown) => {
@@ -105,4 +106,17 @@ describe("registry credentials", () => {
     assert.isUndefined(choosePlatform(index, { os: "linux", architecture: "arm", variant: "v6" }))
     assert.isUndefined(choosePlatform(index, { os: "linux", architecture: "s390x" }))
   })
+})
+
+describe("host tools", () => {
+  it.effect("a missing tool fails with the Debian package to install", () =>
+    Effect.gen(function*() {
+      const error = yield* findTool("mke2fs-that-does-not-exist").pipe(Effect.flip)
+      assert.include(error.message, "not installed")
+      assert.strictEqual(toolPackages.zstd, "zstd")
+      assert.strictEqual(toolPackages.debugfs, "e2fsprogs")
+      const zstd = new ToolMissing({ tool: "zstd", pkg: toolPackages.zstd! })
+      assert.strictEqual(zstd.message, "zstd is not installed (Debian package: zstd)")
+      assert.strictEqual(zstd.remediation, "install it: apt-get install zstd")
+    }))
 })
