@@ -43,7 +43,7 @@ struct ma_sockaddr_vm {
 #define MA_AGENT_WINDOW (256u * 1024u)  /* credit we grant per stream */
 #define MA_DEFAULT_PEER_WINDOW (256u * 1024u)
 #define MA_OUT_HIGH (2u * 1024u * 1024u) /* stop producing above this much unsent output */
-#define MA_READ_CHUNK (256u * 1024u)
+#define MA_READ_CHUNK (1024u * 1024u) /* = MA_MAX_PAYLOAD: one read, one frame */
 #define MA_MAX_STREAMS 256
 #define MA_MAX_CONNS 32
 #define MA_LINGER_MS 5000
@@ -684,6 +684,12 @@ static void exec_read(stream *s, int is_err) {
   if ((uint64_t)n > room) n = (size_t)room;
   if (n == 0 || out_reserve(c, MA_HEADER_SIZE + n) < 0) return;
   ssize_t r = read(*fd, c->out + c->out_len + MA_HEADER_SIZE, n);
+  /* Top the frame up with whatever else is already in the pipe: fewer, larger frames. */
+  while (r > 0 && (size_t)r < n) {
+    ssize_t more = read(*fd, c->out + c->out_len + MA_HEADER_SIZE + r, n - (size_t)r);
+    if (more <= 0) break; /* EAGAIN, or EOF/error: seen again on the next poll */
+    r += more;
+  }
   if (r > 0) {
     ma_write_header(c->out + c->out_len, is_err ? MA_STDERR : MA_STDOUT, s->id, (uint32_t)r);
     c->out_len += MA_HEADER_SIZE + (size_t)r;

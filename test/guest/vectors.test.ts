@@ -88,6 +88,28 @@ describe("incremental frame decoder", () => {
     }
   })
 
+  it("reassembles frames from random splits, with the caller reusing its buffer", () => {
+    let seed = 42
+    const rand = () => ((seed = (seed * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+    const scratch = new Uint8Array(4096)
+    for (let round = 0; round < 200; round++) {
+      const d = new FrameDecoder()
+      const out: Array<unknown> = []
+      for (let off = 0; off < stream.length;) {
+        const n = Math.min(stream.length - off, 1 + Math.floor(rand() * 300))
+        scratch.set(stream.subarray(off, off + n))
+        out.push(...d.push(scratch.subarray(0, n)))
+        scratch.fill(0xee) // whatever the decoder kept must be its own copy
+        off += n
+      }
+      assert.strictEqual(out.length, frames.length)
+      out.forEach((f, i) => {
+        assert.isFalse(f instanceof WireError)
+        assert.strictEqual(hex((f as { payload: Uint8Array }).payload), hex(frames[i]!.subarray(12)))
+      })
+    }
+  })
+
   it("skips an oversized payload without buffering it and carries on", () => {
     const d = new FrameDecoder()
     const big = encodeHeader(MessageType.Stdout, 4, 2 * 1024 * 1024)

@@ -6,7 +6,7 @@
  * bounded by the credit this side grants (`HOST_WINDOW` per stream, topped up as the consumer
  * pulls), outgoing data by the agent's credit, so neither side buffers without bound.
  */
-import { Cause, Duration, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
+import { Cause, Chunk, Duration, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
 import * as Net from "node:net"
 import { type ExecOutput, type ExecRequest, ExecResult } from "../../domain/Exec.ts"
 import {
@@ -81,6 +81,16 @@ class StreamState {
     }
   }
 
+  /** Everything queued, or waits for the next item: amortises per-element work on bulk output. */
+  readonly takeBatch: Effect.Effect<ReadonlyArray<Item>> = Effect.suspend(() => {
+    if (this.items.length > 0) {
+      const all = this.items
+      this.items = []
+      return Effect.succeed(all)
+    }
+    return Effect.map(this.take, (item) => [item])
+  })
+
   readonly take: Effect.Effect<Item> = Effect.async<Item>((resume) => {
     const item = this.items.shift()
     if (item !== undefined) return resume(Effect.succeed(item))
@@ -147,8 +157,8 @@ class Connection {
   agentWindow = 256 * 1024
   info: AgentInfo | undefined
 
-  constructor(private readonly socket: Net.Socket) {
-    socket.on("data", (chunk: Buffer) => this.onData(chunk))
+  constructor(private readonly socket: Net.Socket, sink: Sink) {
+    sink.onData = (chunk) => this.onData(chunk)
     socket.on("error", (e) => this.fail(new GuestUnreachable({ message: `guest channel: ${e.message}` })))
     socket.on("close", () => this.fail(new GuestUnreachable({ message: "guest channel closed" })))
   }
@@ -254,9 +264,24 @@ class Connection {
 
 // ---- opening ----
 
+/** Receives the socket's bytes; the chunk is only valid during the call (one reused buffer). */
+type Sink = { onData: (chunk: Uint8Array) => void }
+
 const connectSocket = (path: string) =>
-  Effect.async<Net.Socket, GuestUnreachable>((resume) => {
-    const socket = Net.createConnection({ path })
+  Effect.async<{ socket: Net.Socket; sink: Sink }, GuestUnreachable>((resume) => {
+    const sink: Sink = { onData: () => {} }
+    // One read buffer per socket: bulk output arrives in up to 1 MiB reads with no per-read
+    // allocation (the decoder copies what it keeps).
+    const socket = Net.createConnection({
+      path,
+      onread: {
+        buffer: new Uint8Array(1024 * 1024),
+        callback: (n, buf) => {
+          sink.onData(buf.subarray(0, n))
+          return true
+        }
+      }
+    })
     const onError = (e: Error) => {
       socket.destroy()
       resume(Effect.fail(new GuestUnreachable({ message: `cannot connect to ${path}: ${e.message}` })))
@@ -264,16 +289,15 @@ const connectSocket = (path: string) =>
     socket.once("error", onError)
     socket.once("connect", () => {
       socket.off("error", onError)
-      socket.setNoDelay?.(true)
-      resume(Effect.succeed(socket))
+      resume(Effect.succeed({ socket, sink }))
     })
     return Effect.sync(() => socket.destroy())
   })
 
 /** One attempt: connect and handshake; the socket is closed again if the attempt fails. */
 const attempt = (path: string) =>
-  Effect.flatMap(connectSocket(path), (socket) => {
-    const conn = new Connection(socket)
+  Effect.flatMap(connectSocket(path), ({ sink, socket }) => {
+    const conn = new Connection(socket, sink)
     return conn.handshake().pipe(
       Effect.timeoutFail({
         duration: HANDSHAKE_ATTEMPT,
@@ -407,6 +431,26 @@ const startExec = (
 
 const clamp16 = (n: number) => Math.max(0, Math.min(0xffff, Math.trunc(n)))
 
+/** Maps one queued item of an exec: output, a failure, or nothing (STARTED). */
+const outputOf = (st: StreamState, item: Item): ExecOutput | GuestError | undefined => {
+  switch (item._tag) {
+    case "Failed":
+      return item.error
+    case "Stdout":
+    case "Stderr":
+      st.consumed(item.data.length)
+      return { _tag: item._tag, data: item.data }
+    case "Exit":
+      return { _tag: "Exit", result: toResult(item, "", "") }
+    case "Error":
+      return errorFromWire(item)
+    case "Started":
+      return undefined
+    default:
+      return new GuestProtocolError({ message: `unexpected ${item._tag} in an exec` })
+  }
+}
+
 /** The next piece of an exec's output; `Exit` is the last. */
 const nextOutput = (st: StreamState): Effect.Effect<ExecOutput, GuestError> =>
   Effect.flatMap(takeOrFail(st), (m): Effect.Effect<ExecOutput, GuestError> => {
@@ -459,12 +503,34 @@ const makeConnection = (conn: Connection): GuestConnection => {
   ): Stream.Stream<ExecOutput, GuestError> =>
     Stream.unwrapScoped(Effect.map(startExec(conn, request, stdin, false, controls), (st) => {
       let done = false
-      return Stream.repeatEffectOption(
-        Effect.suspend(() => done ? Effect.fail(Option.none()) : Effect.mapError(nextOutput(st), Option.some))
-          .pipe(Effect.tap((o) => {
-            if (o._tag === "Exit") done = true
-          }))
-      )
+      let failure: GuestError | undefined
+      // One pull takes every queued frame, so a burst of output costs one Effect step.
+      const pull: Effect.Effect<Chunk.Chunk<ExecOutput>, Option.Option<GuestError>> = Effect.suspend(() => {
+        if (failure !== undefined) return Effect.fail(Option.some(failure))
+        if (done) return Effect.fail(Option.none())
+        return Effect.flatMap(st.takeBatch, (items) => {
+          const out: Array<ExecOutput> = []
+          for (const item of items) {
+            const o = outputOf(st, item)
+            if (o === undefined) continue
+            if (
+              o instanceof GuestProtocolError || o instanceof GuestRemoteError
+              || o instanceof GuestUnreachable
+            ) {
+              // output that arrived before the failure is delivered first
+              failure = o
+              return out.length > 0 ? Effect.succeed(Chunk.unsafeFromArray(out)) : Effect.fail(Option.some(o))
+            }
+            out.push(o)
+            if (o._tag === "Exit") {
+              done = true
+              break
+            }
+          }
+          return out.length > 0 ? Effect.succeed(Chunk.unsafeFromArray(out)) : pull
+        })
+      })
+      return Stream.repeatEffectChunkOption(pull)
     }))
 
   const putFile = Effect.fn("GuestChannel.putFile")(function*(file: PutFile) {

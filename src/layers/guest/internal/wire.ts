@@ -136,90 +136,100 @@ export const checkHeader = (
 
 /**
  * Incremental decoder: feed socket chunks, get whole frames. Holds at most one partial frame
- * (≤ 1 MiB + header); oversized payloads are skipped without being buffered.
+ * (≤ 1 MiB + header); oversized payloads are skipped without being buffered. Everything it keeps
+ * or returns is copied, so the caller may reuse the chunk's memory (one read buffer per socket).
  */
 export class FrameDecoder {
-  private chunks: Array<Uint8Array> = []
-  private buffered = 0
+  private pending = new Uint8Array(HEADER_SIZE)
+  private pendingLen = 0
   private skip = 0
+  private failed = false
 
-  /** Returns the frames completed by `chunk`, and per-frame errors in order; throws nothing. */
   push(chunk: Uint8Array): Array<RawFrame | WireError> {
     const out: Array<RawFrame | WireError> = []
+    if (this.failed) return out
     let data = chunk
-    if (this.skip > 0) {
-      const n = Math.min(this.skip, data.length)
-      this.skip -= n
-      data = data.subarray(n)
-    }
-    if (data.length > 0) {
-      this.chunks.push(data)
-      this.buffered += data.length
-    }
-    while (this.skip === 0 && this.buffered >= HEADER_SIZE) {
-      const head = this.peek(HEADER_SIZE)
-      const h = checkHeader(head)
-      if (h.fatal) {
-        out.push(h.error!)
-        this.chunks = []
-        this.buffered = 0
-        return out
-      }
-      if (h.error && h.error.code === "frame_too_large") {
-        this.consume(HEADER_SIZE)
-        const n = Math.min(h.length, this.buffered)
-        this.consume(n)
-        this.skip = h.length - n
-        out.push(h.error)
+    while (data.length > 0) {
+      if (this.skip > 0) {
+        const n = Math.min(this.skip, data.length)
+        this.skip -= n
+        data = data.subarray(n)
         continue
       }
-      if (this.buffered < HEADER_SIZE + h.length) break
-      this.consume(HEADER_SIZE)
-      const payload = this.take(h.length)
-      out.push(h.error ?? { type: h.type, stream: h.stream, payload })
-    }
-    return out
-  }
-
-  private peek(n: number): Uint8Array {
-    if (n === 0) return new Uint8Array(0)
-    const first = this.chunks[0]!
-    if (first.length >= n) return first.subarray(0, n)
-    const out = new Uint8Array(n)
-    let off = 0
-    for (const c of this.chunks) {
-      const k = Math.min(c.length, n - off)
-      out.set(c.subarray(0, k), off)
-      off += k
-      if (off === n) break
-    }
-    return out
-  }
-
-  private take(n: number): Uint8Array {
-    const first = this.chunks[0]
-    if (first && first.length >= n) {
-      const out = first.subarray(0, n)
-      this.consume(n)
-      return out
-    }
-    const out = this.peek(n)
-    this.consume(n)
-    return out
-  }
-
-  private consume(n: number): void {
-    this.buffered -= n
-    while (n > 0) {
-      const first = this.chunks[0]!
-      if (first.length <= n) {
-        n -= first.length
-        this.chunks.shift()
-      } else {
-        this.chunks[0] = first.subarray(n)
-        n = 0
+      if (this.pendingLen > 0 || data.length < HEADER_SIZE) {
+        // assemble a frame that straddles chunks in `pending`
+        data = this.fill(data, HEADER_SIZE)
+        if (this.pendingLen < HEADER_SIZE) break
+        const h = checkHeader(this.pending)
+        if (this.handleHeaderError(h, out)) {
+          if (this.failed) return out
+          continue
+        }
+        data = this.fill(data, HEADER_SIZE + h.length)
+        if (this.pendingLen < HEADER_SIZE + h.length) break
+        this.pendingLen = 0
+        out.push(
+          h.error
+            ?? {
+              type: h.type,
+              stream: h.stream,
+              payload: this.pending.slice(HEADER_SIZE, HEADER_SIZE + h.length)
+            }
+        )
+        continue
       }
+      const h = checkHeader(data)
+      if (this.handleHeaderError(h, out, () => (data = data.subarray(HEADER_SIZE)))) {
+        if (this.failed) return out
+        continue
+      }
+      if (data.length < HEADER_SIZE + h.length) {
+        data = this.fill(data, HEADER_SIZE + h.length)
+        break
+      }
+      out.push(
+        h.error
+          ?? { type: h.type, stream: h.stream, payload: data.slice(HEADER_SIZE, HEADER_SIZE + h.length) }
+      )
+      data = data.subarray(HEADER_SIZE + h.length)
     }
+    return out
+  }
+
+  /** Fatal errors stop the decoder; an oversized frame turns into a skip. True when handled. */
+  private handleHeaderError(
+    h: ReturnType<typeof checkHeader>,
+    out: Array<RawFrame | WireError>,
+    consumeHeader?: () => void
+  ): boolean {
+    if (h.fatal) {
+      out.push(h.error!)
+      this.failed = true
+      return true
+    }
+    if (h.error?.code === "frame_too_large") {
+      out.push(h.error)
+      this.skip = h.length
+      if (consumeHeader) consumeHeader()
+      else this.pendingLen = 0
+      return true
+    }
+    return false
+  }
+
+  /** Copies from `data` into `pending` until it holds `target` bytes; returns the rest of `data`. */
+  private fill(data: Uint8Array, target: number): Uint8Array {
+    if (this.pending.length < target) {
+      const grown = new Uint8Array(Math.max(target, this.pending.length * 2))
+      grown.set(this.pending.subarray(0, this.pendingLen))
+      this.pending = grown
+    }
+    const n = Math.max(0, Math.min(target - this.pendingLen, data.length))
+    if (n > 0) {
+      this.pending.set(data.subarray(0, n), this.pendingLen)
+      this.pendingLen += n
+    }
+    return data.subarray(n)
   }
 }
 
