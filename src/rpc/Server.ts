@@ -178,6 +178,17 @@ const answers = (path: string) =>
     socket.once("error", () => resume(Effect.succeed(false)))
   })
 
+/** A filesystem step of setting up the socket; failing it is `Permanent`, naming what failed. */
+const fsStep = <A>(what: string, step: () => A) =>
+  Effect.try({
+    try: step,
+    catch: (cause) =>
+      new Permanent({
+        message: `cannot ${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
+        remediation: "check the directory's owner and permissions, or pick another --socket"
+      })
+  })
+
 /**
  * A socket server on `path`: the directory is made 0700, a stale socket left by a dead server is
  * replaced, a live one is a `Conflict`, and the socket is 0600 and removed when the scope closes.
@@ -187,18 +198,14 @@ export const unixSocketServer = (path: string) =>
     SocketServer.SocketServer,
     Effect.gen(function*() {
       const directory = NodePath.dirname(path)
-      yield* Effect.try({
-        try: () => {
-          NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
-          NodeFs.chmodSync(directory, 0o700)
-        },
-        catch: (cause) =>
-          new Permanent({
-            message: `cannot create ${directory}: ${String(cause)}`,
-            remediation: "pick another --socket"
-          })
+      yield* fsStep(`create ${directory}`, () => {
+        NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
+        NodeFs.chmodSync(directory, 0o700)
       })
-      const existing = NodeFs.lstatSync(path, { throwIfNoEntry: false })
+      const existing = yield* fsStep(
+        `examine ${path}`,
+        () => NodeFs.lstatSync(path, { throwIfNoEntry: false })
+      )
       if (existing !== undefined) {
         if (!existing.isSocket()) {
           return yield* new InvalidInput({
@@ -212,19 +219,19 @@ export const unixSocketServer = (path: string) =>
             remediation: "stop it first, or pick another --socket"
           })
         }
-        NodeFs.rmSync(path, { force: true })
+        yield* fsStep(`remove the stale socket ${path}`, () => NodeFs.rmSync(path, { force: true }))
       }
       const server = yield* NodeSocketServer.make({ path }).pipe(
         Effect.mapError((error) =>
           new Permanent({
             message: `cannot listen on ${path}: ${String(error.cause)}`,
-            remediation: "check the directory's permissions, or pick another --socket"
+            remediation: "check the directory's permissions, or pick another --socket (at most 107 bytes)"
           })
         )
       )
       yield* Effect.addFinalizer(() => Effect.sync(() => NodeFs.rmSync(path, { force: true })))
       // The directory is private already; the socket's own mode makes that hold wherever it lives.
-      NodeFs.chmodSync(path, 0o600)
+      yield* fsStep(`restrict ${path} to its owner`, () => NodeFs.chmodSync(path, 0o600))
       return server
     })
   )

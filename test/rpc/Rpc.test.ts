@@ -4,11 +4,12 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Option, Schedule, Stream } from "effect"
+import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import type { ExecOutput } from "../../src/rpc/Rpcs.ts"
-import { type ServerProcess, startServer, stopServer } from "./serverProcess.ts"
+import { binPath, type ServerProcess, startServer, stopServer } from "./serverProcess.ts"
 
 const backend = process.env.MICROAGENT_TEST_BACKEND ?? "fake"
 /** The image workspaces boot from; the real-VM tier points this at its loopback registry. */
@@ -48,6 +49,30 @@ describe(`serve rpc (${backend} backend)`, () => {
       assert.strictEqual(NodeFs.statSync(server.socket).mode & 0o777, 0o600)
       assert.strictEqual(NodeFs.statSync(NodePath.dirname(server.socket)).mode & 0o777, 0o700)
     }))
+
+  it("refuses a socket another server listens on, and replaces a stale one", async () => {
+    const second = spawnSync(process.execPath, [binPath, "serve", "rpc", "--socket", server.socket], {
+      env: { ...process.env, MICROAGENT_HOME: server.stateDir, MICROAGENT_OUTPUT: "json" },
+      encoding: "utf8",
+      timeout: 20_000
+    })
+    assert.strictEqual(second.status, 1)
+    assert.strictEqual(JSON.parse(second.stderr.trim().split("\n").at(-1)!).error.kind, "conflict")
+    // A server killed outright leaves its socket file behind; the next one takes the path over.
+    const stale = NodePath.join(server.stateDir, "stale", "api.sock")
+    NodeFs.mkdirSync(NodePath.dirname(stale), { recursive: true, mode: 0o700 })
+    const holder = spawnSync(process.execPath, [
+      "-e",
+      `require("net").createServer().listen(${
+        JSON.stringify(stale)
+      }, () => process.kill(process.pid, "SIGKILL"))`
+    ])
+    assert.strictEqual(holder.signal, "SIGKILL")
+    assert.isTrue(NodeFs.statSync(stale).isSocket())
+    const next = await startServer(backend, { stateDir: server.stateDir, socket: stale })
+    await stopServer(next, true)
+    assert.isFalse(NodeFs.existsSync(stale))
+  })
 
   it.scopedLive("create, start, exec, inspect, list, events, logs, halt, delete", () =>
     withClient(Effect.gen(function*() {

@@ -9,7 +9,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
-const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
+export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
 
 export interface ServerProcess {
   readonly stateDir: string
@@ -18,10 +18,13 @@ export interface ServerProcess {
   readonly stderr: () => string
 }
 
-export const startServer = (backend: string): Promise<ServerProcess> =>
+export const startServer = (
+  backend: string,
+  options: { readonly stateDir?: string; readonly socket?: string } = {}
+): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
-    const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-rpc-"))
-    const socket = NodePath.join(stateDir, "sockets", "api.sock")
+    const stateDir = options.stateDir ?? NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-rpc-"))
+    const socket = options.socket ?? NodePath.join(stateDir, "sockets", "api.sock")
     const child = spawn(
       process.execPath,
       [binPath, "serve", "rpc", "--socket", socket, "--backend", backend],
@@ -45,14 +48,17 @@ export const startServer = (backend: string): Promise<ServerProcess> =>
     })
   })
 
-export const stopServer = async (server: ServerProcess): Promise<number | null> => {
+/** Stops the server; its state directory is removed unless `keepState`. */
+export const stopServer = async (server: ServerProcess, keepState = false): Promise<number | null> => {
   const exited = new Promise<number | null>((resolve) => {
     if (server.child.exitCode !== null) resolve(server.child.exitCode)
     else server.child.on("exit", (code) => resolve(code))
   })
   server.child.kill("SIGTERM")
   const code = await exited
-  await Effect.runPromise(killFakeVmms(server.stateDir))
-  NodeFs.rmSync(server.stateDir, { recursive: true, force: true })
+  if (!keepState) {
+    await Effect.runPromise(killFakeVmms(server.stateDir))
+    NodeFs.rmSync(server.stateDir, { recursive: true, force: true })
+  }
   return code
 }
