@@ -5,7 +5,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { KernelCache } from "../../src/services/KernelCache.ts"
-import { debianKernelTree, kernelCacheLayer } from "../support/kernel.ts"
+import { debianKernelTree, kernelCacheLayer, requireTool } from "../support/kernel.ts"
 import { fakeVmlinux } from "./fixtures.ts"
 
 const temp = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
@@ -91,6 +91,49 @@ describe("FileKernelCache", () => {
       assert.strictEqual(bad[0]!.expected, rebuilt.initrdSha256)
     }).pipe(Effect.provide(kernelCacheLayer(state, agent)))
   }, 60_000)
+
+  it.effect(
+    "stores compressed modules (.ko.xz, .ko.zst) uncompressed, leaving the source directory alone",
+    () => {
+      requireTool("xz", "xz-utils")
+      requireTool("zstd", "zstd")
+      const state = temp("microagent-kcache-")
+      const work = temp("microagent-kwork-")
+      const modulesDir = NodePath.join(work, "modules")
+      const originals = new Map<string, Buffer>()
+      let index = 0
+      const walk = (dir: string) => {
+        for (const entry of NodeFs.readdirSync(dir, { withFileTypes: true })) {
+          const path = NodePath.join(dir, entry.name)
+          if (entry.isDirectory()) walk(path)
+          else if (/^(virtio|failover|net_failover|vsock|vmw_vsock_virtio).*\.ko$/.test(entry.name)) {
+            const bytes = NodeFs.readFileSync(path)
+            originals.set(entry.name.replace(/\.ko$/, ""), bytes)
+            const [tool, suffix] = index++ % 2 === 0 ? ["xz", ".xz"] : ["zstd", ".zst"]
+            const target = NodePath.join(modulesDir, NodePath.relative(tree.modulesDir, path)) + suffix
+            NodeFs.mkdirSync(NodePath.dirname(target), { recursive: true })
+            NodeFs.writeFileSync(target, NodeChild.execFileSync(tool!, ["-c", "-q"], { input: bytes }))
+          }
+        }
+      }
+      walk(tree.modulesDir)
+      const before = NodeFs.readdirSync(modulesDir, { recursive: true }).length
+      const vmlinux = NodePath.join(work, "vmlinux")
+      NodeFs.writeFileSync(vmlinux, fakeVmlinux())
+      const agent = NodePath.join(work, "agent")
+      NodeFs.writeFileSync(agent, "agent")
+      return Effect.gen(function*() {
+        const cache = yield* KernelCache
+        const entry = yield* cache.install({ path: vmlinux, modulesDir })
+        assert.includeMembers(entry.modules.map((m) => m.name), ["virtio_mmio", "virtio_net", "virtio_pci"])
+        for (const module of entry.modules) {
+          assert.deepStrictEqual(NodeFs.readFileSync(module.path), originals.get(module.name), module.name)
+        }
+        assert.strictEqual(NodeFs.readdirSync(modulesDir, { recursive: true }).length, before)
+      }).pipe(Effect.provide(kernelCacheLayer(state, agent)))
+    },
+    60_000
+  )
 
   it.effect("boots bare kernels with an empty module list and refuses what is not a kernel", () => {
     const state = temp("microagent-kcache-")

@@ -119,13 +119,16 @@ const scanModules = (dir: string) =>
   })
 
 /** A module's plain ELF bytes (compressed modules are unpacked with the matching host tool). */
-const readModule = (path: string): Effect.Effect<Uint8Array, KernelCacheFailure | ToolMissing> => {
+const readModule = (
+  path: string,
+  scratchDir: string
+): Effect.Effect<Uint8Array, KernelCacheFailure | ToolMissing> => {
   if (path.endsWith(".ko")) return io(`reading ${path}`, () => NodeFs.readFileSync(path))
   if (path.endsWith(".gz")) {
     return io(`reading ${path}`, () => NodeZlib.gunzipSync(NodeFs.readFileSync(path)))
   }
   const [command, debianPackage] = path.endsWith(".xz") ? ["xz", "xz-utils"] : ["zstd", "zstd"]
-  const out = `${path}.plain`
+  const out = NodePath.join(scratchDir, `${NodePath.basename(path)}.plain`)
   return runTool({
     command: command!,
     args: ["-dc"],
@@ -279,7 +282,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
       })
 
     /** Picks, stores and records the guest modules of a modules directory. */
-    const storeModules = (modulesDir: string) =>
+    const storeModules = (modulesDir: string, scratchDir: string) =>
       Effect.gen(function*() {
         const { builtin, found } = yield* scanModules(modulesDir)
         const bytesByPath = new Map<string, Uint8Array>()
@@ -289,7 +292,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           Effect.gen(function*() {
             const cached = bytesByPath.get(path)
             if (cached !== undefined) return cached
-            const bytes = yield* readModule(path)
+            const bytes = yield* readModule(path, scratchDir)
             bytesByPath.set(path, bytes)
             dependsByPath.set(
               path,
@@ -420,7 +423,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         }
         const { builtinModules, modules } = modulesDir === undefined
           ? { modules: [], builtinModules: [] }
-          : yield* storeModules(modulesDir)
+          : yield* storeModules(modulesDir, dir)
         const blob = yield* putBlob(kernel.bytes)
         const entry = new KernelEntry({
           version: kernel.version,
