@@ -234,6 +234,25 @@ describe("images against a real registry", () => {
       assert.strictEqual(tree.get("/usr/bin/wall")!.mode, 0o755)
     }))
 
+  it.effect("builds a baseline once when two pulls of the same image race in one process", () =>
+    Effect.gen(function*() {
+      const pushed = pushSpec(registry, scratch, "features:race", [{
+        layers: featureLayers,
+        architecture: hostArchitecture
+      }])
+      const home = freshHome()
+      let builds = 0
+      const [a, b] = yield* withStore(home, (store) =>
+        Effect.all([
+          store.ensure(pushed.ref, { onProgress: (e) => e.phase === "build-ext4" && builds++ }),
+          store.ensure(pushed.ref, { onProgress: (e) => e.phase === "build-ext4" && builds++ })
+        ], { concurrency: 2 }))
+      assert.strictEqual(builds, 1)
+      assert.strictEqual(a.baselinePath, b.baselinePath)
+      assert.deepStrictEqual(a.setuidStripped, b.setuidStripped)
+      assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(home, "images", "rootfs")).length, 1)
+    }))
+
   it.effect("resolves a multi-arch index for the requested platform", () =>
     Effect.gen(function*() {
       const archLayer = (

@@ -170,6 +170,15 @@ export const makeImageStore = Effect.gen(function*() {
   const builder = yield* RootfsBuilder
 
   const rootfsDir = NodePath.join(home.images, "rootfs")
+  const locks = new Map<string, Effect.Semaphore>()
+  const lockFor = (key: string) => {
+    let lock = locks.get(key)
+    if (lock === undefined) {
+      lock = Effect.unsafeMakeSemaphore(1)
+      locks.set(key, lock)
+    }
+    return lock
+  }
   const blobDir = NodePath.join(home.blobs, "sha256")
   const blobPath = (digest: string) => NodePath.join(blobDir, hexOf(digest))
   const ensureDirs = Effect.all([
@@ -292,71 +301,77 @@ export const makeImageStore = Effect.gen(function*() {
         },
         catch: storeError("writing metadata blobs")
       })
-      let built: { sizeBytes: number; neededMiB: number; setuidStripped: ReadonlyArray<string> } | undefined
-      if (!NodeFs.existsSync(baseline)) {
-        const total = image.layers.reduce((sum, l) => sum + l.size, 0)
-        let received = 0
-        const onBytes = (n: number) => {
-          received += n
-          progress({ phase: "download", done: received, total })
+      // One build per baseline at a time in this process: a second caller finds the finished file and record.
+      const record = yield* lockFor(baseline).withPermits(1)(Effect.gen(function*() {
+        let built: { sizeBytes: number; neededMiB: number; setuidStripped: ReadonlyArray<string> } | undefined
+        if (!NodeFs.existsSync(baseline)) {
+          const total = image.layers.reduce((sum, l) => sum + l.size, 0)
+          let received = 0
+          const onBytes = (n: number) => {
+            received += n
+            progress({ phase: "download", done: received, total })
+          }
+          const deferreds = yield* Effect.forEach(
+            image.layers,
+            () => Deferred.make<string, MicroagentError>()
+          )
+          const downloads = Effect.forEach(
+            image.layers,
+            (layer, i) =>
+              image.fetchLayer(layer, blobPath(layer.digest), onBytes).pipe(
+                Effect.as(blobPath(layer.digest)),
+                Effect.intoDeferred(deferreds[i]!)
+              ),
+            { concurrency: 3, discard: true }
+          )
+          const build = builder.build({
+            layers: image.layers.map((layer, i) => ({
+              digest: layer.digest,
+              size: layer.size,
+              blob: Deferred.await(deferreds[i]!)
+            })),
+            output: baseline,
+            sizeMiB: options?.baselineSizeMiB,
+            allowGuestSetuid: options?.allowGuestSetuid,
+            allowDevices: options?.allowDevices,
+            onProgress: (p) =>
+              progress(
+                p.phase === "extract-layers"
+                  ? { phase: "extract", done: p.layer ?? 0, total: p.layers ?? image.layers.length }
+                  : { phase: p.phase }
+              )
+          })
+          const [, result] = yield* Effect.all([downloads, build], { concurrency: 2 })
+          built = result
         }
-        const deferreds = yield* Effect.forEach(image.layers, () => Deferred.make<string, MicroagentError>())
-        const downloads = Effect.forEach(
-          image.layers,
-          (layer, i) =>
-            image.fetchLayer(layer, blobPath(layer.digest), onBytes).pipe(
-              Effect.as(blobPath(layer.digest)),
-              Effect.intoDeferred(deferreds[i]!)
-            ),
-          { concurrency: 3, discard: true }
-        )
-        const build = builder.build({
-          layers: image.layers.map((layer, i) => ({
-            digest: layer.digest,
-            size: layer.size,
-            blob: Deferred.await(deferreds[i]!)
-          })),
-          output: baseline,
-          sizeMiB: options?.baselineSizeMiB,
-          allowGuestSetuid: options?.allowGuestSetuid,
-          allowDevices: options?.allowDevices,
-          onProgress: (p) =>
-            progress(
-              p.phase === "extract-layers"
-                ? { phase: "extract", done: p.layer ?? 0, total: p.layers ?? image.layers.length }
-                : { phase: p.phase }
-            )
+        const previous = yield* findExact(image.ref)
+        const sameBaseline = (yield* readAll).find((r) => r.baselinePath === baseline)
+        const now = yield* DateTime.now
+        const c = image.config.config ?? {}
+        const made = new ImageRecord({
+          ref: image.ref,
+          digest: image.digest,
+          config: imageInfo(image.ref, image.digest, image.config),
+          baselinePath: baseline,
+          sizeBytes: built?.sizeBytes ?? sameBaseline?.sizeBytes
+            ?? (yield* Effect.sync(() => NodeFs.statSync(baseline).size)),
+          createdAt: previous?.digest === image.digest ? previous.createdAt : now,
+          platform: image.platform,
+          ...(image.indexDigest !== undefined ? { indexDigest: image.indexDigest } : {}),
+          configDigest: image.configDescriptor.digest,
+          layers: image.layers.map((l) => l.digest),
+          source: image.source,
+          setuidPolicy: options?.allowGuestSetuid === true ? "keep" : "strip",
+          setuidStripped: built?.setuidStripped ?? sameBaseline?.setuidStripped ?? [],
+          ...(built?.neededMiB ?? sameBaseline?.neededMiB) !== undefined
+            ? { neededMiB: (built?.neededMiB ?? sameBaseline?.neededMiB)! }
+            : {},
+          ...(c.Labels ? { labels: { ...c.Labels } } : {}),
+          exposedPorts: Object.keys(c.ExposedPorts ?? {}),
+          lastUsedAt: now
         })
-        const [, result] = yield* Effect.all([downloads, build], { concurrency: 2 })
-        built = result
-      }
-      const previous = yield* findExact(image.ref)
-      const sameBaseline = (yield* readAll).find((r) => r.baselinePath === baseline)
-      const now = yield* DateTime.now
-      const c = image.config.config ?? {}
-      const record = new ImageRecord({
-        ref: image.ref,
-        digest: image.digest,
-        config: imageInfo(image.ref, image.digest, image.config),
-        baselinePath: baseline,
-        sizeBytes: built?.sizeBytes ?? sameBaseline?.sizeBytes
-          ?? (yield* Effect.sync(() => NodeFs.statSync(baseline).size)),
-        createdAt: previous?.digest === image.digest ? previous.createdAt : now,
-        platform: image.platform,
-        ...(image.indexDigest !== undefined ? { indexDigest: image.indexDigest } : {}),
-        configDigest: image.configDescriptor.digest,
-        layers: image.layers.map((l) => l.digest),
-        source: image.source,
-        setuidPolicy: options?.allowGuestSetuid === true ? "keep" : "strip",
-        setuidStripped: built?.setuidStripped ?? sameBaseline?.setuidStripped ?? [],
-        ...(built?.neededMiB ?? sameBaseline?.neededMiB) !== undefined
-          ? { neededMiB: (built?.neededMiB ?? sameBaseline?.neededMiB)! }
-          : {},
-        ...(c.Labels ? { labels: { ...c.Labels } } : {}),
-        exposedPorts: Object.keys(c.ExposedPorts ?? {}),
-        lastUsedAt: now
-      })
-      yield* upsert(record)
+        return yield* upsert(made)
+      }))
       progress({ phase: "complete" })
       return yield* checkFits(record, options)
     })

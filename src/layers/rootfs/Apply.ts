@@ -48,7 +48,8 @@ export const applyLayer = (
     })
     const zstd = compression === "zstd" ? yield* findTool("zstd") : undefined
     return yield* Effect.async<{ readonly entries: number }, LayerFailed>((resume) => {
-      const reader = new TarReader(stage.layer())
+      const handler = stage.layer()
+      const reader = new TarReader(handler)
       const file = NodeFs.createReadStream(path, { highWaterMark: 256 * 1024 })
       let child: NodeChild.ChildProcess | undefined
       let source: Readable = file
@@ -66,6 +67,7 @@ export const applyLayer = (
         resume(Effect.fail(new LayerFailed({ layer: label, reason, unsafe })))
       }
       const cleanup = () => {
+        handler.abort?.()
         file.destroy()
         if (source !== file) source.destroy()
         child?.kill("SIGKILL")

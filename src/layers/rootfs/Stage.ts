@@ -243,6 +243,10 @@ export class Stage {
         }
         fd = undefined
         fileEntry = undefined
+      },
+      abort: () => {
+        if (fd !== undefined) NodeFs.closeSync(fd)
+        fd = undefined
       }
     }
   }

@@ -33,6 +33,8 @@ export interface TarHandler {
   readonly entry: (entry: TarEntry) => void
   readonly data: (chunk: Buffer) => void
   readonly end: () => void
+  /** Releases what an unfinished entry holds, when the stream fails part-way. */
+  readonly abort?: () => void
 }
 
 export class TarFormatError extends Error {
