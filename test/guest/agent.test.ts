@@ -96,6 +96,11 @@ describe("guest agent over a unix socket", () => {
       assert.strictEqual(badDir.status, "failed_to_start")
       assert.include(badDir.error ?? "", "chdir")
 
+      const huge = yield* Effect.either(conn.exec(req(["echo", "x".repeat(2 * 1024 * 1024)])))
+      assert.isTrue(
+        Either.isLeft(huge) && huge.left._tag === "GuestRemoteError" && huge.left.code === "invalid_argument"
+      )
+
       const badUser = yield* conn.exec(req(["true"], { user: "no-such-user-here" }))
       assert.strictEqual(badUser.status, "failed_to_start")
       assert.include(badUser.error ?? "", "unknown user")

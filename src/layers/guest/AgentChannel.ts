@@ -23,7 +23,7 @@ import {
 } from "../../services/GuestChannel.ts"
 import type { ChannelEndpoint } from "../../services/Hypervisor.ts"
 import { decodeMessage, frameBytes, type Message, SecretName } from "./internal/messages.ts"
-import { FrameDecoder, MAX_PAYLOAD, PROTOCOL_VERSION, WireError } from "./internal/wire.ts"
+import { FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, PROTOCOL_VERSION, WireError } from "./internal/wire.ts"
 
 /** Credit granted to the agent per stream for stdout/stderr/file data. */
 const HOST_WINDOW = 4 * 1024 * 1024
@@ -168,6 +168,24 @@ class Connection {
     this.socket.write(frameBytes(stream, message))
   }
 
+  /** Sends a request frame, refusing one the agent would reject as oversized. */
+  sendRequest(st: StreamState, message: Message): Effect.Effect<void, GuestRemoteError> {
+    return Effect.suspend(() => {
+      const bytes = frameBytes(st.id, message)
+      if (bytes.length - HEADER_SIZE > (this.info?.maxPayload ?? MAX_PAYLOAD)) {
+        st.finished = true // never opened on the agent: nothing to cancel
+        return Effect.fail(
+          new GuestRemoteError({
+            code: "invalid_argument",
+            message: `${message._tag} request of ${bytes.length} bytes exceeds the 1 MiB frame limit`
+          })
+        )
+      }
+      if (!this.failure) this.socket.write(bytes)
+      return Effect.void
+    })
+  }
+
   open(): StreamState {
     const st = new StreamState(this, this.nextStream++, this.agentWindow)
     if (this.failure) st.push({ _tag: "Failed", error: this.failure })
@@ -228,6 +246,10 @@ class Connection {
   private dispatch(stream: number, m: Message): void {
     if (stream === 0) {
       if (m._tag === "Hello") {
+        if (m.version !== PROTOCOL_VERSION) {
+          this.fail(new GuestProtocolError({ message: `agent speaks protocol version ${m.version}, not 1` }))
+          return
+        }
         this.agentWindow = m.window ?? this.agentWindow
         this.info = {
           version: m.version,
@@ -377,7 +399,7 @@ const startExec = (
 ) =>
   Effect.gen(function*() {
     const st = yield* scopedStream(conn)
-    conn.send(st.id, execMessage(request, stdin !== undefined, collect))
+    yield* conn.sendRequest(st, execMessage(request, stdin !== undefined, collect))
     if (stdin !== undefined) {
       yield* stdin.pipe(
         Stream.runForEach((chunk) => st.sendData("Stdin", chunk)),
@@ -535,7 +557,7 @@ const makeConnection = (conn: Connection): GuestConnection => {
 
   const putFile = Effect.fn("GuestChannel.putFile")(function*(file: PutFile) {
     const st = yield* scopedStream(conn)
-    conn.send(st.id, {
+    yield* conn.sendRequest(st, {
       _tag: "FilePut",
       path: file.path,
       mode: file.mode,
@@ -565,7 +587,7 @@ const makeConnection = (conn: Connection): GuestConnection => {
   const getFile = Effect.fn("GuestChannel.getFile")(function*(path: string) {
     const st = conn.open()
     const release = Effect.sync(() => conn.release(st))
-    conn.send(st.id, { _tag: "FileGet", path })
+    yield* conn.sendRequest(st, { _tag: "FileGet", path }).pipe(Effect.tapError(() => release))
     const first = yield* takeOrFail(st).pipe(
       Effect.onInterrupt(() => release),
       Effect.tapError(() => release)
@@ -624,7 +646,7 @@ const makeConnection = (conn: Connection): GuestConnection => {
       })
     }
     const st = yield* scopedStream(conn)
-    conn.send(st.id, { _tag: "Secrets", secrets })
+    yield* conn.sendRequest(st, { _tag: "Secrets", secrets })
     yield* awaitOk(st)
   }, Effect.scoped)
 
