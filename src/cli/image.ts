@@ -96,25 +96,25 @@ const shortDigest = (digest: string) => digest.replace(/^sha256:/, "").slice(0, 
 
 const describe = (r: ImageRecord) =>
   [
-    `ref:       ${r.ref}`,
-    `digest:    ${r.digest}`,
-    ...(r.indexDigest ? [`index:     ${r.indexDigest}`] : []),
-    `platform:  ${r.platform ? formatPlatform(r.platform) : "?"}`,
-    `source:    ${r.source ?? "registry"}`,
-    `size:      ${human(r.sizeBytes)}${
+    `ref:        ${r.ref}`,
+    `digest:     ${r.digest}`,
+    ...(r.indexDigest ? [`index:      ${r.indexDigest}`] : []),
+    `platform:   ${r.platform ? formatPlatform(r.platform) : "?"}`,
+    `source:     ${r.source ?? "registry"}`,
+    `size:       ${human(r.sizeBytes)}${
       r.neededMiB !== undefined ? ` (content needs ${r.neededMiB} MiB)` : ""
     }`,
-    `baseline:  ${r.baselinePath ?? "-"}`,
-    `layers:    ${r.layers.length}`,
-    `setuid:    ${r.setuidPolicy ?? "strip"}${
+    `baseline:   ${r.baselinePath ?? "-"}`,
+    `layers:     ${r.layers.length}`,
+    `setuid:     ${r.setuidPolicy ?? "strip"}${
       r.setuidStripped.length ? ` (stripped: ${r.setuidStripped.join(", ")})` : ""
     }`,
     `entrypoint: ${JSON.stringify(r.config.entrypoint)}`,
-    `cmd:       ${JSON.stringify(r.config.cmd)}`,
-    `env:       ${r.config.env.join(" ")}`,
-    ...(r.config.user ? [`user:      ${r.config.user}`] : []),
-    ...(r.config.workingDir ? [`workdir:   ${r.config.workingDir}`] : []),
-    ...(r.config.stopSignal ? [`stop:      ${r.config.stopSignal}`] : [])
+    `cmd:        ${JSON.stringify(r.config.cmd)}`,
+    `env:        ${r.config.env.join(" ")}`,
+    ...(r.config.user ? [`user:       ${r.config.user}`] : []),
+    ...(r.config.workingDir ? [`workdir:    ${r.config.workingDir}`] : []),
+    ...(r.config.stopSignal ? [`stop:       ${r.config.stopSignal}`] : [])
   ].join("\n")
 
 const buildOptions = {
