@@ -62,9 +62,9 @@ export class Idempotency extends Context.Tag("microagent/mcp/Idempotency")<Idemp
           yield* sql`INSERT OR REPLACE INTO mcp_idempotency (tool, key, args_hash, envelope, created_at)
             VALUES (${tool}, ${key}, ${argsHash}, ${JSON.stringify(envelope)}, ${now})`
           yield* sql`DELETE FROM mcp_idempotency WHERE created_at <= ${now - replayWindowMs}`
-          yield* sql`DELETE FROM mcp_idempotency WHERE rowid NOT IN (
-            SELECT rowid FROM mcp_idempotency ORDER BY created_at DESC LIMIT ${maxKeys})`
-        }).pipe(Effect.mapError(storeError))
+          yield* sql`DELETE FROM mcp_idempotency WHERE rowid IN (
+            SELECT rowid FROM mcp_idempotency ORDER BY created_at DESC, rowid DESC LIMIT -1 OFFSET ${maxKeys})`
+        }).pipe(sql.withTransaction, Effect.mapError(storeError))
 
       const conflict = (tool: string, key: string) =>
         new Conflict({
