@@ -1,10 +1,10 @@
 /**
  * Options shared by several commands, and parsing of values the CLI takes as text.
  */
-import * as NodeFs from "node:fs"
-import * as NodePath from "node:path"
 import { Options } from "@effect/cli"
 import { Effect, Either, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { decodeSpec, type Spec } from "../domain/Spec.ts"
 
@@ -36,7 +36,10 @@ export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 
 export const workspaceOptions = {
-  name: Options.text("name").pipe(Options.withDescription("workspace name (default: generated)"), Options.optional),
+  name: Options.text("name").pipe(
+    Options.withDescription("workspace name (default: generated)"),
+    Options.optional
+  ),
   env: envOption,
   profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
     Options.withDescription("resource profile (see `microagent profiles`)"),
@@ -45,7 +48,10 @@ export const workspaceOptions = {
   memory: optionalInt("memory", "guest memory in MiB (default 512)"),
   cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
   sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: image content plus headroom)"),
-  file: Options.file("file").pipe(Options.withDescription("a microagent.yaml workspace spec"), Options.optional),
+  file: Options.file("file").pipe(
+    Options.withDescription("a microagent.yaml workspace spec"),
+    Options.optional
+  ),
   hostname: Options.text("hostname").pipe(Options.withDescription("guest hostname"), Options.optional),
   network: Options.choice("network", ["user", "isolated"]).pipe(
     Options.withDescription("user (default): outbound NAT; isolated: no network device"),
@@ -62,7 +68,10 @@ export const readSpec = (file: Option.Option<string>) =>
         const text = yield* Effect.try({
           try: () => NodeFs.readFileSync(path, "utf8"),
           catch: (cause) =>
-            new InvalidInput({ message: `cannot read spec ${path}: ${String(cause)}`, remediation: "check the path" })
+            new InvalidInput({
+              message: `cannot read spec ${path}: ${String(cause)}`,
+              remediation: "check the path"
+            })
         })
         return yield* Either.match(decodeSpec(text, NodePath.basename(path)), {
           onLeft: Effect.fail,

@@ -1,9 +1,13 @@
 /**
- * Host commands: `doctor`.
+ * Host commands: `doctor`, and `runtime` (the per-state-directory process the CLI starts on demand).
  */
 import { Command } from "@effect/cli"
-import { Effect } from "effect"
+import { Effect, Logger } from "effect"
 import { doctor } from "../programs/Doctor.ts"
+import { serveRuntime } from "../runtime/Runtime.ts"
+import { Home } from "../services/Home.ts"
+import { optionalInt, orUndefined } from "./Flags.ts"
+import { Invocation } from "./Invocation.ts"
 import { emit } from "./Output.ts"
 
 const doctorCommand = Command.make("doctor", {}, () =>
@@ -28,3 +32,32 @@ const doctorCommand = Command.make("doctor", {}, () =>
   )).pipe(Command.withDescription("check this host: QEMU, acceleration, e2fsprogs, kernel tools, networking"))
 
 export const hostGroup = [doctorCommand] as const
+
+const defaultIdleSeconds = () => {
+  const fromEnv = Number(process.env.MICROAGENT_RUNTIME_IDLE_SECONDS)
+  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30
+}
+
+const runtimeCommand = Command.make("runtime", {
+  idleSeconds: optionalInt(
+    "idle-seconds",
+    "exit after this many seconds with no client and no running workspace (default 30)"
+  )
+}, ({ idleSeconds }) =>
+  Effect.gen(function*() {
+    const invocation = yield* Invocation
+    yield* serveRuntime(Home.resolveRoot(invocation.stateDir), {
+      idleSeconds: orUndefined(idleSeconds) ?? defaultIdleSeconds(),
+      defaultBackend: invocation.backend
+    }).pipe(
+      // Another runtime won the race to serve this directory: nothing to do.
+      Effect.catchTag("Conflict", () => Effect.void),
+      Effect.provide(Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)))
+    )
+  })).pipe(
+    Command.withDescription(
+      "serve this state directory's runtime in the foreground (commands start it on demand)"
+    )
+  )
+
+export const runtimeGroup = [runtimeCommand] as const

@@ -3,10 +3,13 @@
  * directory, and the backend of the workspace at hand.
  */
 import { Effect, Layer } from "effect"
+import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { backendLayer, type BackendServices, defaultBackend } from "../layers/backends/Backends.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { ensureRuntime } from "../runtime/Launcher.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { Invocation } from "./Invocation.ts"
@@ -43,3 +46,30 @@ export const withWorkspaceBackend = <A, E, R>(
     const workspace = yield* store.get(name)
     return yield* Effect.provide(effect, backendLayer(workspace.backend))
   }))
+
+/**
+ * Runs an effect against the state directory's runtime (started on demand): the commands that boot,
+ * drive or stop VMs go through it, because it holds the VMs' guest connections.
+ */
+export const withRuntime = <A, E, R>(effect: Effect.Effect<A, E, R | MicroagentClient>) =>
+  Effect.flatMap(Invocation, (invocation) =>
+    Effect.scoped(Effect.gen(function*() {
+      const home = yield* Home.make(Home.resolveRoot(invocation.stateDir))
+      yield* ensureRuntime(home)
+      const context = yield* Layer.build(MicroagentClient.layer({ socket: home.runtimeSocket }))
+      return yield* Effect.provide(effect, context)
+    })).pipe(
+      Effect.mapError((error) => {
+        // The transport's own failures (socket gone, runtime killed) are worth a retry.
+        const tag = (error as { readonly _tag?: unknown })._tag
+        return tag === "RpcClientError" || tag === "SocketError"
+          ? new Transient({
+            message: `lost the connection to the runtime: ${
+              String((error as { message?: unknown }).message)
+            }`,
+            remediation: "retry; `microagent gc` repairs what a dead runtime left",
+            retryAfterMs: 1000
+          })
+          : error
+      })
+    ))

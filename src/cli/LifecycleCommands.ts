@@ -8,13 +8,12 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { profiles, type Workspace } from "../domain/Workspace.ts"
-import { remove } from "../programs/Delete.ts"
 import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
-import { halt, kill } from "../programs/Halt.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { optionalInt, orUndefined } from "./Flags.ts"
-import { withBackend, withStore, withWorkspaceBackend } from "./Layers.ts"
+import { optionalInt } from "./Flags.ts"
+import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
 import { emit, jsonMode, table, writeStdout } from "./Output.ts"
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
@@ -70,18 +69,23 @@ const haltCommand = Command.make(
     name: nameArg
   },
   ({ name, reason, timeout }) =>
-    withWorkspaceBackend(
-      name,
-      halt(name, { timeoutSeconds: orUndefined(timeout), reason: orUndefined(reason) })
-    ).pipe(
-      Effect.flatMap((ws) => emit(ws, stateLine))
-    )
+    withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+      client.halt({
+        name,
+        ...(timeout._tag === "Some" ? { timeoutSeconds: timeout.value } : {}),
+        ...(reason._tag === "Some" ? { reason: reason.value } : {})
+      }))).pipe(
+        Effect.flatMap((ws) => emit(ws, stateLine))
+      )
 ).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
 
 const killCommand = Command.make(
   "kill",
   { name: nameArg },
-  ({ name }) => withWorkspaceBackend(name, kill(name)).pipe(Effect.flatMap((ws) => emit(ws, stateLine)))
+  ({ name }) =>
+    withRuntime(Effect.flatMap(MicroagentClient, (client) => client.kill({ name }))).pipe(
+      Effect.flatMap((ws) => emit(ws, stateLine))
+    )
 ).pipe(
   Command.withDescription("stop a workspace's VM at once")
 )
@@ -101,10 +105,8 @@ const deleteCommand = Command.make(
   },
   ({ force, names, yes }) =>
     Effect.forEach(names, (name) =>
-      withWorkspaceBackend(name, remove(name, { force, yes })).pipe(
-        // Deleting what is not there is not an error: delete is idempotent.
-        Effect.catchTag("NotFound", () => Effect.succeed({ workspace: name, deleted: false }))
-      )).pipe(
+      // Idempotent: deleting what is not there answers `deleted: false`.
+      withRuntime(Effect.flatMap(MicroagentClient, (client) => client.delete({ name, force, yes })))).pipe(
         Effect.flatMap((results) =>
           emit(
             results.length === 1 ? results[0]! : { results },

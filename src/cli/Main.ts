@@ -9,7 +9,7 @@ import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
-import { hostGroup } from "./HostCommands.ts"
+import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
@@ -24,6 +24,7 @@ export const subcommands = [
   ...lifecycleGroup,
   imageCommand,
   ...maintenanceGroup,
+  ...runtimeGroup,
   serve
 ] as const
 

@@ -1,49 +1,59 @@
 /**
  * The Run group: `run`, `create`, `start`, `exec`.
  */
-import * as NodeFs from "node:fs"
 import { Args, Command, Options } from "@effect/cli"
-import * as NodeStream from "@effect/platform-node/NodeStream"
 import { Effect, Option, Stream } from "effect"
+import * as NodeFs from "node:fs"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
+import { defaultBackend } from "../layers/backends/Backends.ts"
 import { create } from "../programs/Create.ts"
-import { exec, execStream } from "../programs/Exec.ts"
-import { execRequestFor, type ExecOverrides } from "../programs/internal/Requests.ts"
-import { run } from "../programs/Run.ts"
-import { start } from "../programs/Start.ts"
-import { GuestRemoteError } from "../services/GuestChannel.ts"
-import { StateStore } from "../services/StateStore.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
 import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withNewBackend, withWorkspaceBackend } from "./Layers.ts"
+import { withNewBackend, withRuntime } from "./Layers.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
 
-const stdinStream = (source: Option.Option<string>) =>
-  Option.map(source, (path) =>
-    NodeStream.fromReadable<GuestRemoteError>(
-      () => (path === "-" ? process.stdin : NodeFs.createReadStream(path)),
-      (cause) => new GuestRemoteError({ message: `cannot read stdin source ${path}: ${String(cause)}` })
-    ))
+/** The whole of `--stdin`: a file, or `-` for our own stdin. */
+const stdinBytes = (source: Option.Option<string>) =>
+  Option.match(source, {
+    onNone: () => Effect.succeed(undefined),
+    onSome: (path) =>
+      Effect.tryPromise({
+        try: async () => {
+          if (path !== "-") return new Uint8Array(NodeFs.readFileSync(path))
+          const chunks: Array<Buffer> = []
+          for await (const chunk of process.stdin) chunks.push(chunk as Buffer)
+          return new Uint8Array(Buffer.concat(chunks))
+        },
+        catch: (cause) =>
+          new InvalidInput({
+            message: `cannot read --stdin ${path}: ${String(cause)}`,
+            remediation: "check the path"
+          })
+      })
+  })
 
 const execOptions = {
   env: workspaceOptions.env,
   cwd: Options.text("cwd").pipe(Options.withDescription("working directory in the guest"), Options.optional),
-  user: Options.text("user").pipe(Options.withDescription("user (name or uid[:gid]) in the guest"), Options.optional),
+  user: Options.text("user").pipe(
+    Options.withDescription("user (name or uid[:gid]) in the guest"),
+    Options.optional
+  ),
   timeout: optionalInt("timeout", "seconds before the command is stopped (TERM, then KILL)"),
-  stdin: Options.text("stdin").pipe(Options.withDescription("feed the command's stdin from a file, or - for ours"), Options.optional)
+  stdin: Options.text("stdin").pipe(
+    Options.withDescription("feed the command's stdin from a file, or - for ours"),
+    Options.optional
+  )
 }
 
-const overridesFrom = (
-  options: { cwd: Option.Option<string>; user: Option.Option<string>; timeout: Option.Option<number> },
-  env: Record<string, string>
-): ExecOverrides => ({
-  env,
-  cwd: orUndefined(options.cwd),
-  user: orUndefined(options.user),
-  timeoutSeconds: orUndefined(options.timeout)
-})
+/** Drops undefined fields, which the RPC payloads' optional fields do not accept. */
+const definedOnly = <A extends Record<string, unknown>>(
+  fields: A
+): { [K in keyof A]: Exclude<A[K], undefined> } =>
+  Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)) as never
 
 /** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
 const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
@@ -53,7 +63,9 @@ const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
       yield* writeStdout(result.stdout)
       if (result.stderr.length > 0) process.stderr.write(result.stderr)
       if (result.status === "timed_out") process.stderr.write(`microagent: command timed out\n`)
-      if (result.status === "failed_to_start") process.stderr.write(`microagent: ${result.error ?? "command failed to start"}\n`)
+      if (result.status === "failed_to_start") {
+        process.stderr.write(`microagent: ${result.error ?? "command failed to start"}\n`)
+      }
     }
     process.exitCode = result.exitCode
   })
@@ -69,7 +81,10 @@ const runCommand = Command.make("run", {
     const invocation = yield* Invocation
     const spec = yield* readSpec(options.file)
     if (options.keep && options.rm) {
-      return yield* new InvalidInput({ message: "--keep and --rm contradict each other", remediation: "pick one" })
+      return yield* new InvalidInput({
+        message: "--keep and --rm contradict each other",
+        remediation: "pick one"
+      })
     }
     const image = orUndefined(options.image) ?? spec.image
     if (image === undefined) {
@@ -80,24 +95,28 @@ const runCommand = Command.make("run", {
     }
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
-    const outcome = yield* withNewBackend(run({
-      image,
-      command: invocation.guestArgv,
-      name: orUndefined(options.name) ?? spec.name,
-      profile: orUndefined(options.profile) ?? spec.profile,
-      memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
-      cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
-      sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
-      hostname: orUndefined(options.hostname) ?? spec.hostname,
-      network: orUndefined(options.network) ?? spec.network?.mode,
-      env,
-      keep: options.keep,
-      bootTimeoutSeconds: orUndefined(options.bootTimeout),
-      exec: overridesFrom(options, {}),
-      stdin: Option.getOrUndefined(stdinStream(options.stdin)),
-      onCreated: (name) =>
-        options.keep && !json ? Effect.sync(() => process.stderr.write(`workspace: ${name}\n`)) : Effect.void
-    }))
+    const stdin = yield* stdinBytes(options.stdin)
+    const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+      client.run(definedOnly({
+        image,
+        command: [...invocation.guestArgv],
+        name: orUndefined(options.name) ?? spec.name,
+        profile: orUndefined(options.profile) ?? spec.profile,
+        memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+        cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+        sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+        hostname: orUndefined(options.hostname) ?? spec.hostname,
+        network: orUndefined(options.network) ?? spec.network?.mode,
+        env,
+        keep: options.keep,
+        bootTimeoutSeconds: orUndefined(options.bootTimeout),
+        cwd: orUndefined(options.cwd),
+        user: orUndefined(options.user),
+        timeoutSeconds: orUndefined(options.timeout),
+        stdin,
+        backend: invocation.backend ?? defaultBackend()
+      }))))
+    if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
     yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
   })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
 
@@ -107,7 +126,10 @@ const describeWorkspace = (ws: Workspace) =>
 const createCommand = Command.make("create", {
   ...workspaceOptions,
   imageFlag: Options.text("image").pipe(Options.withDescription("OCI image reference"), Options.optional),
-  entrypoint: Options.text("entrypoint").pipe(Options.withDescription("shell command each start runs"), Options.optional),
+  entrypoint: Options.text("entrypoint").pipe(
+    Options.withDescription("shell command each start runs"),
+    Options.optional
+  ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(Options.optional),
   positionalName: Args.text({ name: "name" }).pipe(Args.optional)
 }, (options) =>
@@ -115,12 +137,18 @@ const createCommand = Command.make("create", {
     const spec = yield* readSpec(options.file)
     const image = orUndefined(options.imageFlag) ?? spec.image
     if (image === undefined) {
-      return yield* new InvalidInput({ message: "no image given", remediation: "pass --image REF, or `image:` in the --file spec" })
+      return yield* new InvalidInput({
+        message: "no image given",
+        remediation: "pass --image REF, or `image:` in the --file spec"
+      })
     }
     const positional = orUndefined(options.positionalName)
     const flagged = orUndefined(options.name)
     if (positional !== undefined && flagged !== undefined && positional !== flagged) {
-      return yield* new InvalidInput({ message: `two names given: ${positional} and ${flagged}`, remediation: "give one" })
+      return yield* new InvalidInput({
+        message: `two names given: ${positional} and ${flagged}`,
+        remediation: "give one"
+      })
     }
     const workspace = yield* withNewBackend(create({
       image,
@@ -138,17 +166,28 @@ const createCommand = Command.make("create", {
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
 
-const startCommand = Command.make("start", {
-  bootTimeout: workspaceOptions.bootTimeout,
-  name: Args.text({ name: "name" })
-}, (options) =>
-  withWorkspaceBackend(options.name, start(options.name, { bootTimeoutSeconds: orUndefined(options.bootTimeout) })).pipe(
-    Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
-  )).pipe(Command.withDescription("boot a workspace from its disk"))
+const startCommand = Command.make(
+  "start",
+  {
+    bootTimeout: workspaceOptions.bootTimeout,
+    name: Args.text({ name: "name" })
+  },
+  (options) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.start(
+          definedOnly({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout) })
+        ))
+    ).pipe(
+      Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
+    )
+).pipe(Command.withDescription("boot a workspace from its disk"))
 
 const execCommand = Command.make("exec", {
   ...execOptions,
-  stream: Options.boolean("stream").pipe(Options.withDescription("stream output as it comes (JSON lines when piped)")),
+  stream: Options.boolean("stream").pipe(
+    Options.withDescription("stream output as it comes (JSON lines when piped)")
+  ),
   name: Args.text({ name: "workspace" })
 }, (options) =>
   Effect.gen(function*() {
@@ -161,22 +200,36 @@ const execCommand = Command.make("exec", {
       })
     }
     const env = yield* parseEnv(options.env)
-    const stdin = Option.getOrUndefined(stdinStream(options.stdin))
+    const stdin = yield* stdinBytes(options.stdin)
     const json = yield* jsonMode
-    yield* withWorkspaceBackend(options.name, Effect.gen(function*() {
-      const workspace = yield* (yield* StateStore).get(options.name)
-      const request = execRequestFor(workspace, [first, ...rest], overridesFrom(options, env))
+    const payload = definedOnly({
+      name: options.name,
+      argv: [first, ...rest] as [string, ...Array<string>],
+      env,
+      cwd: orUndefined(options.cwd),
+      user: orUndefined(options.user),
+      timeoutSeconds: orUndefined(options.timeout),
+      stdin
+    })
+    yield* withRuntime(Effect.gen(function*() {
+      const client = yield* MicroagentClient
       if (!options.stream) {
-        const result = yield* exec(options.name, request, stdin)
+        const result = yield* client.exec(payload)
         return yield* reportResult(result, { workspace: options.name })
       }
-      yield* execStream(options.name, request, stdin).pipe(Stream.runForEach((output) =>
+      yield* client.execStream(payload).pipe(Stream.runForEach((output) =>
         Effect.gen(function*() {
           if (output._tag === "Exit") {
-            if (json) yield* writeStdout(`${JSON.stringify({ type: "exit", result: { ...output.result, stdout: undefined, stderr: undefined } })}\n`)
+            if (json) {
+              const { stderr: _e, stdout: _o, ...rest } = output.result
+              yield* writeStdout(`${JSON.stringify({ type: "exit", result: rest })}\n`)
+            }
             process.exitCode = output.result.exitCode
           } else if (json) {
-            yield* writeStdout(`${JSON.stringify({ type: output._tag === "Stdout" ? "stdout" : "stderr", data: Buffer.from(output.data).toString("utf8") })}\n`)
+            const type = output._tag === "Stdout" ? "stdout" : "stderr"
+            yield* writeStdout(
+              `${JSON.stringify({ type, data: Buffer.from(output.data).toString("utf8") })}\n`
+            )
           } else if (output._tag === "Stdout") yield* writeStdout(output.data)
           else process.stderr.write(output.data)
         })

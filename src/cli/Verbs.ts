@@ -142,10 +142,18 @@ export const verbs: ReadonlyArray<Verb> = [
     usage: "microagent profiles",
     summary: "show the resource profiles"
   },
+  {
+    name: "runtime",
+    group: "Maintenance",
+    usage: "microagent runtime [--idle-seconds S]",
+    summary: "serve this state directory's runtime (started on demand)",
+    valueFlags: ["--idle-seconds"]
+  },
   { name: "gc", group: "Maintenance", usage: "microagent gc", summary: "reap what a crash left behind" },
   {
     name: "serve",
-    group: "Misc", usage: "microagent serve rpc [--socket PATH] | microagent serve mcp",
+    group: "Misc",
+    usage: "microagent serve rpc [--socket PATH] | microagent serve mcp",
     summary: "serve the RPC API on a unix socket, or MCP on stdio",
     valueFlags: ["--socket"]
   },

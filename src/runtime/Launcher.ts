@@ -3,11 +3,11 @@
  * socket, and if nobody answers, starts a detached runtime process and waits for it to listen. Several
  * commands may do so at once; the runtime lock lets one runtime win and the others exit.
  */
+import { Duration, Effect, Schedule } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
-import { Duration, Effect, Schedule } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { HomeShape } from "../services/Home.ts"
 

@@ -2,7 +2,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterEach, assert, beforeEach, describe, it } from "vitest"
-import { cli, cliAsync, errorOf } from "../support/cli.ts"
+import { cliAsync, errorOf, stopRuntime } from "../support/cli.ts"
 
 let stateDir: string
 const text = { MICROAGENT_OUTPUT: "text" }
@@ -10,32 +10,36 @@ const text = { MICROAGENT_OUTPUT: "text" }
 beforeEach(() => {
   stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-cli-"))
 })
-afterEach(() => {
-  cli(["delete", "--force", ...listNames()], { stateDir })
+afterEach(async () => {
+  await cliAsync(["delete", "--force", ...(await listNames())], { stateDir })
+  stopRuntime(stateDir)
   NodeFs.rmSync(stateDir, { recursive: true, force: true })
 })
 
-const listNames = (): Array<string> => {
-  const out = cli(["list", "--json"], { stateDir })
+const listNames = async (): Promise<Array<string>> => {
+  const out = await cliAsync(["list", "--json"], { stateDir })
   if (out.code !== 0) return []
   return (JSON.parse(out.stdout) as { workspaces: Array<{ name: string }> }).workspaces.map((w) => w.name)
 }
 
 describe("the microagent CLI on the fake backend", () => {
-  it("run prints the guest's output and passes its exit code through", () => {
-    const hi = cli(["run", "--backend", "fake", "alpine", "--", "echo", "hi"], { stateDir, env: text })
+  it("run prints the guest's output and passes its exit code through", async () => {
+    const hi = await cliAsync(["run", "--backend", "fake", "alpine", "--", "echo", "hi"], {
+      stateDir,
+      env: text
+    })
     assert.strictEqual(hi.stdout, "hi\n")
     assert.strictEqual(hi.code, 0)
-    const seven = cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "exit 7"], {
+    const seven = await cliAsync(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "exit 7"], {
       stateDir,
       env: text
     })
     assert.strictEqual(seven.code, 7)
-    assert.deepStrictEqual(listNames(), [])
+    assert.deepStrictEqual(await listNames(), [])
   })
 
-  it("passes everything after the image to the guest verbatim, flags included", () => {
-    const out = cli([
+  it("passes everything after the image to the guest verbatim, flags included", async () => {
+    const out = await cliAsync([
       "run",
       "--backend",
       "fake",
@@ -56,45 +60,52 @@ describe("the microagent CLI on the fake backend", () => {
     assert.strictEqual(out.code, 0)
   })
 
-  it("keeps state across separate processes: create, start, exec, halt, start, exec, delete", () => {
+  it("keeps state across separate processes: create, start, exec, halt, start, exec, delete", async () => {
     assert.strictEqual(
-      cli(["create", "--backend", "fake", "--image", "alpine", "-e", "WHO=world", "w1"], { stateDir }).code,
+      (await cliAsync(["create", "--backend", "fake", "--image", "alpine", "-e", "WHO=world", "w1"], {
+        stateDir
+      })).code,
       0
     )
-    assert.strictEqual(cli(["start", "w1"], { stateDir }).code, 0)
-    const wrote = cli(["exec", "w1", "--", "sh", "-c", "echo hello $WHO > tmp/note"], { stateDir })
+    assert.strictEqual((await cliAsync(["start", "w1"], { stateDir })).code, 0)
+    const wrote = await cliAsync(["exec", "w1", "--", "sh", "-c", "echo hello $WHO > tmp/note"], { stateDir })
     assert.strictEqual(wrote.code, 0, wrote.stderr)
-    assert.strictEqual(cli(["stop", "w1"], { stateDir }).code, 0)
-    const inspected = JSON.parse(cli(["status", "w1", "--json"], { stateDir }).stdout)
+    assert.strictEqual((await cliAsync(["stop", "w1"], { stateDir })).code, 0)
+    const inspected = JSON.parse((await cliAsync(["status", "w1", "--json"], { stateDir })).stdout)
     assert.strictEqual(inspected.workspace.state, "halted")
-    assert.strictEqual(cli(["start", "w1"], { stateDir }).code, 0)
-    const read = cli(["exec", "w1", "--", "cat", "tmp/note"], { stateDir, env: text })
+    assert.strictEqual((await cliAsync(["start", "w1"], { stateDir })).code, 0)
+    const read = await cliAsync(["exec", "w1", "--", "cat", "tmp/note"], { stateDir, env: text })
     assert.strictEqual(read.stdout, "hello world\n")
-    const refused = cli(["rm", "w1"], { stateDir })
+    const refused = await cliAsync(["rm", "w1"], { stateDir })
     assert.strictEqual(refused.code, 1)
     assert.strictEqual(errorOf(refused).error.kind, "conflict")
-    const deleted = cli(["rm", "--yes", "w1", "--json"], { stateDir })
+    const deleted = await cliAsync(["rm", "--yes", "w1", "--json"], { stateDir })
     assert.deepStrictEqual(JSON.parse(deleted.stdout), { workspace: "w1", deleted: true })
-    const again = cli(["delete", "w1", "--json"], { stateDir })
+    const again = await cliAsync(["delete", "w1", "--json"], { stateDir })
     assert.strictEqual(again.code, 0)
     assert.deepStrictEqual(JSON.parse(again.stdout), { workspace: "w1", deleted: false })
   })
 
-  it("prints JSON when piped and the documented shapes", () => {
-    cli(["create", "--backend", "fake", "--image", "alpine", "--profile", "small", "j1"], { stateDir })
-    const list = JSON.parse(cli(["ls"], { stateDir }).stdout)
+  it("prints JSON when piped and the documented shapes", async () => {
+    await cliAsync(["create", "--backend", "fake", "--image", "alpine", "--profile", "small", "j1"], {
+      stateDir
+    })
+    const list = JSON.parse((await cliAsync(["ls"], { stateDir })).stdout)
     assert.deepStrictEqual(Object.keys(list), ["workspaces"])
     assert.deepStrictEqual(
       Object.keys(list.workspaces[0]).sort(),
       ["backend", "image", "name", "network", "observed_at", "profile", "restart", "state"]
     )
     assert.strictEqual(list.workspaces[0].profile, "small")
-    const events = JSON.parse(cli(["events", "j1"], { stateDir }).stdout)
+    const events = JSON.parse((await cliAsync(["events", "j1"], { stateDir })).stdout)
     assert.strictEqual(events.events[0].type, "created")
     const ran = JSON.parse(
-      cli(["run", "--backend", "fake", "alpine", "--", "sh", "-c", "echo o; echo e >&2; exit 3"], {
-        stateDir
-      }).stdout
+      (await cliAsync(
+        ["run", "--backend", "fake", "alpine", "--", "sh", "-c", "echo o; echo e >&2; exit 3"],
+        {
+          stateDir
+        }
+      )).stdout
     )
     assert.deepStrictEqual(
       {
@@ -105,24 +116,24 @@ describe("the microagent CLI on the fake backend", () => {
       },
       { stdout: "o\n", stderr: "e\n", exitCode: 3, status: "exited" }
     )
-    const textList = cli(["list"], { stateDir, env: text }).stdout
+    const textList = (await cliAsync(["list"], { stateDir, env: text })).stdout
     assert.match(
       textList,
       /^NAME\s+STATE\s+BACKEND\s+PROFILE\s+NETWORK\s+IMAGE\nj1\s+prepared\s+fake\s+small\s+user\s+alpine\n$/
     )
   })
 
-  it("exit codes: 2 for usage, 1 for failures, with a classified error", () => {
-    const unknown = cli(["lsit"], { stateDir })
+  it("exit codes: 2 for usage, 1 for failures, with a classified error", async () => {
+    const unknown = await cliAsync(["lsit"], { stateDir })
     assert.strictEqual(unknown.code, 2)
     assert.include(errorOf(unknown).error.remediation, "microagent list")
-    assert.strictEqual(cli(["exec"], { stateDir }).code, 2)
+    assert.strictEqual((await cliAsync(["exec"], { stateDir })).code, 2)
     assert.strictEqual(
-      cli(["create", "--backend", "fake", "--image", "alpine", "bad/name"], { stateDir }).code,
+      (await cliAsync(["create", "--backend", "fake", "--image", "alpine", "bad/name"], { stateDir })).code,
       2
     )
-    assert.strictEqual(cli(["run", "--backend", "nope", "alpine"], { stateDir }).code, 2)
-    const missing = cli(["inspect", "ghost"], { stateDir })
+    assert.strictEqual((await cliAsync(["run", "--backend", "nope", "alpine"], { stateDir })).code, 2)
+    const missing = await cliAsync(["inspect", "ghost"], { stateDir })
     assert.strictEqual(missing.code, 1)
     assert.deepStrictEqual(errorOf(missing).error, {
       kind: "not_found",
@@ -130,52 +141,55 @@ describe("the microagent CLI on the fake backend", () => {
       remediation: "`microagent list` shows the workspaces of this state directory",
       retryable: false
     })
-    const textError = cli(["inspect", "ghost"], { stateDir, env: text })
+    const textError = await cliAsync(["inspect", "ghost"], { stateDir, env: text })
     assert.strictEqual(
       textError.stderr,
       "error: workspace ghost not found\n  `microagent list` shows the workspaces of this state directory\n"
     )
     const badSpec = NodePath.join(stateDir, "bad.yaml")
     NodeFs.writeFileSync(badSpec, "image: alpine\nresource:\n  memoryMiB: 1\n")
-    const spec = cli(["create", "--backend", "fake", "--file", badSpec], { stateDir })
+    const spec = await cliAsync(["create", "--backend", "fake", "--file", badSpec], { stateDir })
     assert.strictEqual(spec.code, 2)
     assert.strictEqual(errorOf(spec).error.message, `bad.yaml: unknown top-level field "resource"`)
   })
 
-  it("wait times out with exit 75 (retryable) on a running workspace", () => {
-    cli(["create", "--backend", "fake", "--image", "alpine", "busy"], { stateDir })
-    cli(["start", "busy"], { stateDir })
-    const waited = cli(["wait", "--timeout", "1", "busy"], { stateDir })
+  it("wait times out with exit 75 (retryable) on a running workspace", async () => {
+    await cliAsync(["create", "--backend", "fake", "--image", "alpine", "busy"], { stateDir })
+    await cliAsync(["start", "busy"], { stateDir })
+    const waited = await cliAsync(["wait", "--timeout", "1", "busy"], { stateDir })
     assert.strictEqual(waited.code, 75)
     assert.strictEqual(errorOf(waited).error.retryable, true)
-    cli(["kill", "busy"], { stateDir })
-    const settled = cli(["wait", "busy"], { stateDir })
+    await cliAsync(["kill", "busy"], { stateDir })
+    const settled = await cliAsync(["wait", "busy"], { stateDir })
     assert.deepStrictEqual(JSON.parse(settled.stdout), { workspace: "busy", state: "stopped", ok: true })
   })
 
-  it("help never performs the operation, wherever it stands", () => {
-    cli(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })
-    cli(["start", "keepme"], { stateDir })
+  it("help never performs the operation, wherever it stands", async () => {
+    await cliAsync(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })
+    await cliAsync(["start", "keepme"], { stateDir })
     for (
       const args of [["delete", "--force", "keepme", "--help"], ["kill", "-h", "keepme"], ["help", "halt"]]
     ) {
-      const out = cli(args, { stateDir })
+      const out = await cliAsync(args, { stateDir })
       assert.strictEqual(out.code, 0)
       assert.match(out.stdout, /^Usage: microagent /)
     }
-    assert.strictEqual(JSON.parse(cli(["inspect", "keepme"], { stateDir }).stdout).workspace.state, "running")
+    assert.strictEqual(
+      JSON.parse((await cliAsync(["inspect", "keepme"], { stateDir })).stdout).workspace.state,
+      "running"
+    )
     const fresh = NodePath.join(stateDir, "never-created")
     for (const args of [[], ["--help"], ["help"], ["run", "--help"], ["list", "--help"]]) {
-      const out = cli(args, { stateDir: fresh })
+      const out = await cliAsync(args, { stateDir: fresh })
       assert.strictEqual(out.code, 0)
     }
     assert.isFalse(NodeFs.existsSync(fresh), "help must not open the state directory")
-    const top = cli(["help"], { stateDir }).stdout
+    const top = (await cliAsync(["help"], { stateDir })).stdout
     for (const group of ["Run:", "Lifecycle:", "Observe:"]) assert.include(top, group)
   })
 
   it("two starts of one workspace from two processes: one wins, the other gets conflict", async () => {
-    cli(["create", "--backend", "fake", "--image", "alpine", "race"], { stateDir })
+    await cliAsync(["create", "--backend", "fake", "--image", "alpine", "race"], { stateDir })
     const results = await Promise.all([1, 2, 3, 4].map(() => cliAsync(["start", "race"], { stateDir })))
     const winners = results.filter((r) => r.code === 0)
     const losers = results.filter((r) => r.code !== 0)
@@ -184,17 +198,19 @@ describe("the microagent CLI on the fake backend", () => {
       assert.strictEqual(loser.code, 1)
       assert.strictEqual(errorOf(loser).error.kind, "conflict")
     }
-    const state = JSON.parse(cli(["inspect", "race"], { stateDir }).stdout).workspace
+    const state = JSON.parse((await cliAsync(["inspect", "race"], { stateDir })).stdout).workspace
     assert.strictEqual(state.state, "running")
     // Exactly one VMM was launched: the recorded one.
-    const starts = JSON.parse(cli(["events", "race"], { stateDir }).stdout).events.filter((
+    const starts = JSON.parse((await cliAsync(["events", "race"], { stateDir })).stdout).events.filter((
       e: { type: string }
     ) => e.type === "booted")
     assert.strictEqual(starts.length, 1)
   })
 
-  it("state files are private: directories 0700, files 0600", () => {
-    cli(["run", "--backend", "fake", "--keep", "--name", "priv", "alpine", "--", "true"], { stateDir })
+  it("state files are private: directories 0700, files 0600", async () => {
+    await cliAsync(["run", "--backend", "fake", "--keep", "--name", "priv", "alpine", "--", "true"], {
+      stateDir
+    })
     const walk = (dir: string): Array<string> =>
       NodeFs.readdirSync(dir, { withFileTypes: true }).flatMap((entry) => {
         const path = NodePath.join(dir, entry.name)
@@ -211,14 +227,17 @@ describe("the microagent CLI on the fake backend", () => {
     assert.strictEqual(NodeFs.statSync(stateDir).mode & 0o777, 0o700)
   })
 
-  it("doctor names the package that installs a missing tool, and fails when a required one is missing", () => {
-    const present = cli(["doctor", "--json"], { stateDir })
+  it("doctor names the package that installs a missing tool, and fails when a required one is missing", async () => {
+    const present = await cliAsync(["doctor", "--json"], { stateDir })
     const report = JSON.parse(present.stdout) as {
       ok: boolean
       checks: Array<{ name: string; ok: boolean; remediation?: string }>
     }
     assert.strictEqual(present.code, report.ok ? 0 : 1)
-    const bare = cli(["doctor", "--json"], { stateDir, env: { PATH: NodePath.join(stateDir, "empty") } })
+    const bare = await cliAsync(["doctor", "--json"], {
+      stateDir,
+      env: { PATH: NodePath.join(stateDir, "empty") }
+    })
     assert.strictEqual(bare.code, 1)
     const checks = (JSON.parse(bare.stdout) as typeof report).checks
     const qemu = checks.find((c) => c.name === "qemu")!

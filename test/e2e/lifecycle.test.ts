@@ -7,7 +7,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
-import { cli, cliAsync, type CliResult, errorOf } from "../support/cli.ts"
+import { cli, cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { busyboxLayers, hostArchitecture, pushBusyboxImage, pushSpec } from "../support/images.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
@@ -73,6 +73,7 @@ beforeAll(async () => {
 }, 600_000)
 
 afterAll(async () => {
+  stopRuntime(stateDir)
   for (const pid of qemuProcesses()) process.kill(pid, "SIGKILL")
   await registry?.stop()
   NodeFs.rmSync(stateDir, { recursive: true, force: true })

@@ -2,7 +2,9 @@
  * Runs the bundled CLI as a separate process, the way users and scripts do.
  */
 import { spawn, spawnSync } from "node:child_process"
+import { readFileSync } from "node:fs"
 import * as NodePath from "node:path"
+import { join } from "node:path"
 
 export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
 
@@ -23,6 +25,8 @@ const environment = (options: CliOptions) => ({
   MICROAGENT_HOME: options.stateDir,
   MICROAGENT_OUTPUT: "",
   NO_COLOR: "1",
+  // Runtimes started by tests go away soon after their last workspace.
+  MICROAGENT_RUNTIME_IDLE_SECONDS: "2",
   ...options.env
 })
 
@@ -61,5 +65,15 @@ export const errorOf = (result: CliResult) => {
   return JSON.parse(line) as {
     ok: false
     error: { kind: string; message: string; remediation: string; retryable: boolean }
+  }
+}
+
+/** Stops the runtime of a state directory, if one runs (tests clean up after themselves). */
+export const stopRuntime = (stateDir: string): void => {
+  try {
+    const [pid] = readFileSync(join(stateDir, "run", "runtime.pid"), "utf8").trim().split(/\s+/)
+    process.kill(Number(pid), "SIGTERM")
+  } catch {
+    // None runs.
   }
 }

@@ -1,0 +1,120 @@
+/**
+ * The runtime: one long-lived process per state directory, started on demand by the CLI. It serves the
+ * RPC API on the state directory's socket (0600), holds the guest connection of every running VM (a
+ * VM's channel takes one client at a time), keeps the store in line with the VMMs, and exits once no
+ * workspace runs and no client has been connected for a while. VMMs run detached: if the runtime dies
+ * they keep running, and the next runtime picks them up from the store.
+ */
+import * as SocketServer from "@effect/platform/SocketServer"
+import { RpcSerialization, RpcServer } from "@effect/rpc"
+import { Duration, Effect, Layer, Ref } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { isLive } from "../domain/State.ts"
+import type { Backend } from "../domain/Workspace.ts"
+import { defaultBackend } from "../layers/backends/Backends.ts"
+import { withBackend, WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import { startTimeOf } from "../layers/process/Processes.ts"
+import { DatabaseLive } from "../layers/state/Database.ts"
+import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import { reconcile } from "../programs/internal/Reconcile.ts"
+import { Rpcs } from "../rpc/Rpcs.ts"
+import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
+import { Home } from "../services/Home.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { acquireRuntimeLock } from "./RuntimeLock.ts"
+
+export interface RuntimeOptions {
+  /** Seconds without clients and running workspaces before the runtime exits. */
+  readonly idleSeconds: number
+  readonly defaultBackend?: Backend | undefined
+}
+
+export const runtimeFiles = (root: string) => ({
+  lock: NodePath.join(root, "run", "runtime.lock"),
+  pid: NodePath.join(root, "run", "runtime.pid")
+})
+
+interface Activity {
+  readonly connections: number
+  /** When a connection last opened or closed: a client probes the socket just before it connects. */
+  readonly lastChange: number
+}
+
+/** Counts the connections a socket server is serving, and when that last changed. */
+const countingConnections = (activity: Ref.Ref<Activity>) =>
+  Layer.effect(
+    SocketServer.SocketServer,
+    Effect.map(SocketServer.SocketServer, (inner) =>
+      SocketServer.SocketServer.of({
+        address: inner.address,
+        run: (handler) =>
+          inner.run((socket) =>
+            Effect.acquireUseRelease(
+              Ref.update(activity, (a) => ({ connections: a.connections + 1, lastChange: Date.now() })),
+              () => handler(socket),
+              () => Ref.update(activity, (a) => ({ connections: a.connections - 1, lastChange: Date.now() }))
+            )
+          )
+      }))
+  )
+
+/** Brings every live record in line with its VMM; true if any workspace is still live. */
+const reconcileAll = Effect.gen(function*() {
+  const store = yield* StateStore
+  let live = false
+  for (const workspace of yield* store.list) {
+    if (!isLive(workspace.state)) continue
+    const now = yield* withBackend(workspace.backend, reconcile(workspace)).pipe(
+      Effect.catchAll(() => Effect.succeed(workspace))
+    )
+    live ||= isLive(now.state)
+  }
+  return live
+})
+
+/** Serves until idle; fails with `Conflict` when another runtime already serves this directory. */
+export const serveRuntime = (root: string, options: RuntimeOptions) =>
+  Effect.scoped(Effect.gen(function*() {
+    const home = yield* Home.make(root)
+    const files = runtimeFiles(home.root)
+    yield* acquireRuntimeLock(files.lock)
+    yield* Effect.acquireRelease(
+      Effect.sync(() =>
+        NodeFs.writeFileSync(files.pid, `${process.pid} ${startTimeOf(process.pid) ?? ""}\n`, { mode: 0o600 })
+      ),
+      () => Effect.sync(() => NodeFs.rmSync(files.pid, { force: true }))
+    )
+    const activity = yield* Ref.make<Activity>({ connections: 0, lastChange: Date.now() })
+    const store = SqliteStateStore.pipe(
+      Layer.provideMerge(DatabaseLive),
+      Layer.provideMerge(Home.layer(home.root))
+    )
+    const services = WorkspaceBackends.layer({ defaultBackend: options.defaultBackend ?? defaultBackend() })
+      .pipe(
+        Layer.provideMerge(store)
+      )
+    const server = RpcServer.layer(Rpcs, { disableFatalDefects: true }).pipe(
+      Layer.provide(RpcHandlers),
+      Layer.provide(RpcServer.layerProtocolSocketServer),
+      Layer.provide(countingConnections(activity)),
+      Layer.provide(unixSocketServer(home.runtimeSocket)),
+      Layer.provide(RpcSerialization.layerNdjson),
+      Layer.provideMerge(services)
+    )
+    const context = yield* Layer.build(server)
+    yield* Effect.logInfo(`runtime ${process.pid} serving ${home.runtimeSocket}`)
+
+    // Idle when nothing runs and nobody has been connected for `idleSeconds`.
+    let liveUntil = Date.now()
+    for (;;) {
+      const live = yield* reconcileAll.pipe(Effect.provide(context))
+      const now = Date.now()
+      if (live) liveUntil = now
+      const { connections, lastChange } = yield* Ref.get(activity)
+      const quietSince = Math.max(liveUntil, lastChange)
+      if (connections === 0 && now - quietSince >= options.idleSeconds * 1000) break
+      yield* Effect.sleep(Duration.millis(Math.min(1000, Math.max(100, options.idleSeconds * 250))))
+    }
+    yield* Effect.logInfo(`runtime ${process.pid} idle: exiting`)
+  }))
