@@ -12,10 +12,21 @@ import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
 export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
 
-export const testBackend = process.env.MICROAGENT_TEST_BACKEND ?? "fake"
+/** Where the tests run: the backend, the image workspaces boot from, and how a state directory is set up. */
+export interface TestTarget {
+  readonly backend: string
+  readonly image: string
+  /** Prepares a fresh state directory (the real-VM tier installs a kernel there, say). */
+  readonly prepare?: (stateDir: string) => Promise<void>
+  /** More environment for the server process. */
+  readonly env?: Readonly<Record<string, string>>
+}
 
-/** The image workspaces boot from; the real-VM tier points this at its loopback registry. */
-export const testImage = process.env.MICROAGENT_TEST_IMAGE ?? "alpine"
+/** The fast tier by default; `MICROAGENT_TEST_BACKEND` and `MICROAGENT_TEST_IMAGE` pick another. */
+export const targetFromEnvironment = (): TestTarget => ({
+  backend: process.env.MICROAGENT_TEST_BACKEND ?? "fake",
+  image: process.env.MICROAGENT_TEST_IMAGE ?? "alpine"
+})
 
 export interface Envelope {
   readonly ok: boolean
@@ -46,18 +57,22 @@ export interface Connected {
   readonly close: () => Promise<void>
 }
 
-export const makeStateDir = () => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-mcp-"))
+export const makeStateDir = async (target: TestTarget) => {
+  const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-mcp-"))
+  await target.prepare?.(stateDir)
+  return stateDir
+}
 
 export const removeStateDir = async (stateDir: string) => {
   await Effect.runPromise(killFakeVmms(stateDir))
   NodeFs.rmSync(stateDir, { recursive: true, force: true })
 }
 
-export const connect = async (stateDir: string, backend = testBackend): Promise<Connected> => {
+export const connect = async (stateDir: string, target: TestTarget): Promise<Connected> => {
   const transport = new StdioClientTransport({
     command: process.execPath,
-    args: [binPath, "serve", "mcp", "--backend", backend],
-    env: { ...getDefaultEnvironment(), MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
+    args: [binPath, "serve", "mcp", "--backend", target.backend],
+    env: { ...getDefaultEnvironment(), ...target.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
     stderr: "pipe"
   })
   let stderr = ""

@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import type { TestTarget } from "../mcp/mcpClient.ts"
 import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
 export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
@@ -18,18 +19,24 @@ export interface ServerProcess {
   readonly stderr: () => string
 }
 
+/** A fresh state directory, set up for the target. */
+export const makeStateDir = async (target: TestTarget) => {
+  const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-rpc-"))
+  await target.prepare?.(stateDir)
+  return stateDir
+}
+
 export const startServer = (
-  backend: string,
-  options: { readonly stateDir?: string; readonly socket?: string } = {}
+  target: TestTarget,
+  stateDir: string,
+  socket = NodePath.join(stateDir, "sockets", "api.sock")
 ): Promise<ServerProcess> =>
   new Promise((resolve, reject) => {
-    const stateDir = options.stateDir ?? NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-rpc-"))
-    const socket = options.socket ?? NodePath.join(stateDir, "sockets", "api.sock")
     const child = spawn(
       process.execPath,
-      [binPath, "serve", "rpc", "--socket", socket, "--backend", backend],
+      [binPath, "serve", "rpc", "--socket", socket, "--backend", target.backend],
       {
-        env: { ...process.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
+        env: { ...process.env, ...target.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
         stdio: ["ignore", "pipe", "pipe"]
       }
     )

@@ -1,0 +1,329 @@
+/**
+ * The MCP server's tests, driven by the official MCP SDK client over stdio as an agent host runs it.
+ * The target (backend, image, state setup) is a parameter: the fast tier runs them on the fake backend,
+ * the real-VM tier on QEMU.
+ */
+import { Ajv } from "ajv"
+import { spawn } from "node:child_process"
+import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
+import {
+  binPath,
+  connect,
+  type Connected,
+  makeStateDir,
+  removeStateDir,
+  type TestTarget
+} from "./mcpClient.ts"
+
+const expectedTools = [
+  "workspace.run",
+  "workspace.create",
+  "workspace.start",
+  "workspace.exec",
+  "workspace.halt",
+  "workspace.kill",
+  "workspace.delete",
+  "workspace.inspect",
+  "workspace.list",
+  "workspace.logs",
+  "workspace.events",
+  "workspace.wait",
+  "microagent.profiles",
+  "microagent.describe"
+]
+
+const ajv = new Ajv({ allErrors: true })
+
+export const describeMcpServer = (target: TestTarget) => {
+  const testBackend = target.backend
+  const testImage = target.image
+
+  describe(`serve mcp (${testBackend} backend)`, () => {
+    let stateDir: string
+    let mcp: Connected
+
+    beforeEach(async () => {
+      stateDir = await makeStateDir(target)
+      mcp = await connect(stateDir, target)
+    })
+    afterEach(async () => {
+      await mcp.close()
+      assert.deepStrictEqual(
+        mcp.transportErrors.map(String),
+        [],
+        "the server wrote something that is not protocol"
+      )
+      await removeStateDir(stateDir)
+    })
+
+    it("lists every tool, each with a valid JSON Schema object as input", async () => {
+      const { tools } = await mcp.client.listTools()
+      assert.deepStrictEqual(tools.map((t) => t.name).sort(), [...expectedTools].sort())
+      for (const tool of tools) {
+        assert.strictEqual(tool.inputSchema.type, "object", tool.name)
+        assert.isString(tool.description, tool.name)
+        // Compiling it is the check: ajv refuses anything that is not a valid schema.
+        ajv.compile(tool.inputSchema)
+        const mutating = !tool.annotations?.readOnlyHint
+        assert.strictEqual("idempotency_key" in (tool.inputSchema.properties ?? {}), mutating, tool.name)
+        assert.strictEqual(
+          "preview" in (tool.inputSchema.properties ?? {}),
+          tool.annotations?.destructiveHint === true,
+          tool.name
+        )
+      }
+      const described = await mcp.call("microagent.describe")
+      assert.isTrue(described.ok)
+      const operations = described.result.operations as Array<Record<string, any>>
+      assert.deepStrictEqual(operations.map((o) => o.name).sort(), [...expectedTools].sort())
+      for (const operation of operations) {
+        ajv.compile(operation.inputSchema)
+        ajv.compile(operation.outputSchema)
+        assert.isArray(operation.sideEffects)
+        assert.include(["read_only", "keyed_replay"], operation.idempotency)
+        assert.include(["host_compute_and_storage", "host_io", "metadata"], operation.costClass)
+      }
+      ajv.compile(described.result.envelope)
+    })
+
+    it("drives a workspace: create, start, exec, inspect, delete", async () => {
+      const created = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "m1",
+        env: { WHO: "mcp" }
+      })
+      assert.isTrue(created.ok, JSON.stringify(created.error))
+      assert.strictEqual(created.result.name, "m1")
+      assert.strictEqual(created.result.state, "prepared")
+      assert.strictEqual(created.result.backend, testBackend)
+      assert.strictEqual(created.meta.tool, "workspace.create")
+      assert.isNumber(created.meta.durationMs)
+      const started = await mcp.call("workspace.start", { name: "m1" })
+      assert.strictEqual(started.result.state, "running")
+      const ran = await mcp.call("workspace.exec", {
+        name: "m1",
+        argv: ["sh", "-c", 'read x; echo "$x $WHO"; exit 5'],
+        stdin: "hello\n"
+      })
+      assert.isTrue(ran.ok, "a non-zero exit is a result, not an error")
+      assert.strictEqual(ran.result.exitCode, 5)
+      assert.strictEqual(ran.result.stdout, "hello mcp\n")
+      const inspected = await mcp.call("workspace.inspect", { name: "m1" })
+      assert.strictEqual(inspected.result.workspace.state, "running")
+      const listed = await mcp.call("workspace.list")
+      assert.deepStrictEqual(listed.result.workspaces.map((w: { name: string }) => w.name), ["m1"])
+      const events = await mcp.call("workspace.events", { name: "m1" })
+      assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), ["created", "exec"])
+      const newer = await mcp.call("workspace.events", { name: "m1", after_id: events.result.nextAfterId })
+      assert.deepStrictEqual(newer.result.events, [])
+      const logs = await mcp.call("workspace.logs", { name: "m1", tail_lines: 1 })
+      assert.isTrue(logs.ok)
+      const refused = await mcp.call("workspace.delete", { name: "m1" })
+      assert.isFalse(refused.ok)
+      assert.strictEqual(refused.error?.kind, "conflict")
+      const deleted = await mcp.call("workspace.delete", { name: "m1", force: true })
+      assert.deepStrictEqual(deleted.result, { workspace: "m1", deleted: true })
+      const missing = await mcp.call("workspace.inspect", { name: "m1" })
+      assert.strictEqual(missing.error?.kind, "not_found")
+      assert.isFalse(missing.error?.retryable)
+    })
+
+    it("replays a repeated idempotent call, across a restart too, and refuses the key with other arguments", async () => {
+      const args = { image: testImage, name: "idem", idempotency_key: "create-idem-1" }
+      const first = await mcp.call("workspace.create", args)
+      assert.isTrue(first.ok)
+      assert.isUndefined(first.meta.idempotencyReplay)
+      const again = await mcp.call("workspace.create", args)
+      assert.isTrue(again.ok, "a replay, not a name conflict")
+      assert.isTrue(again.meta.idempotencyReplay)
+      assert.deepStrictEqual(again.result, first.result)
+      const listed = await mcp.call("workspace.list")
+      assert.strictEqual(listed.result.workspaces.length, 1)
+      const other = await mcp.call("workspace.create", { ...args, profile: "large" })
+      assert.isFalse(other.ok)
+      assert.strictEqual(other.error?.kind, "conflict")
+      assert.include(other.error?.message ?? "", "idempotency_key")
+      // The keys are in the state store: a new server process replays the same result.
+      await mcp.close()
+      mcp = await connect(stateDir, target)
+      const afterRestart = await mcp.call("workspace.create", args)
+      assert.isTrue(afterRestart.meta.idempotencyReplay)
+      assert.deepStrictEqual(afterRestart.result, first.result)
+      // A keyed exec runs once.
+      await mcp.call("workspace.start", { name: "idem" })
+      const exec = {
+        name: "idem",
+        argv: ["sh", "-c", "echo x >> tmp/count; wc -l < tmp/count"],
+        idempotency_key: "e1"
+      }
+      const once = await mcp.call("workspace.exec", exec)
+      const twice = await mcp.call("workspace.exec", exec)
+      assert.strictEqual(once.result.stdout.trim(), "1")
+      assert.strictEqual(twice.result.stdout.trim(), "1")
+      assert.isTrue(twice.meta.idempotencyReplay)
+      await mcp.call("workspace.delete", { name: "idem", force: true })
+    })
+
+    it("answers invalid arguments with a structured error and stays up", async () => {
+      const wrongType = await mcp.call("workspace.exec", { name: "x", argv: "echo hi" })
+      assert.isFalse(wrongType.ok)
+      assert.strictEqual(wrongType.error?.kind, "permanent")
+      assert.isTrue(wrongType.error?.usage)
+      assert.isFalse(wrongType.error?.retryable)
+      assert.include(wrongType.error?.message ?? "", "argv")
+      assert.isString(wrongType.error?.remediation)
+      const unknown = await mcp.call("workspace.create", { image: testImage, state_dir: "/tmp" })
+      assert.isFalse(unknown.ok)
+      assert.include(unknown.error?.message ?? "", "state_dir")
+      const badName = await mcp.call("workspace.create", { image: testImage, name: "no/slashes" })
+      assert.isFalse(badName.ok)
+      assert.strictEqual(badName.error?.kind, "permanent")
+      const missing = await mcp.call("workspace.start", {})
+      assert.include(missing.error?.message ?? "", "name")
+      // Still serving.
+      const profiles = await mcp.call("microagent.profiles")
+      assert.isTrue(profiles.ok)
+      assert.deepStrictEqual(Object.keys(profiles.result.profiles).sort(), [
+        "large",
+        "medium",
+        "small",
+        "tiny"
+      ])
+    })
+
+    it("previews a destructive call without doing it", async () => {
+      await mcp.call("workspace.create", { image: testImage, name: "p1" })
+      await mcp.call("workspace.start", { name: "p1" })
+      const previewDelete = await mcp.call("workspace.delete", { name: "p1", force: true, preview: true })
+      assert.isTrue(previewDelete.ok)
+      assert.isTrue(previewDelete.meta.preview)
+      assert.strictEqual(previewDelete.result.state, "running")
+      assert.lengthOf(previewDelete.result.actions, 2)
+      const refusedPreview = await mcp.call("workspace.delete", { name: "p1", preview: true })
+      assert.strictEqual(refusedPreview.result.wouldFail.kind, "conflict")
+      const previewKill = await mcp.call("workspace.kill", { name: "p1", preview: true })
+      assert.isAbove(previewKill.result.actions.length, 0)
+      const previewHalt = await mcp.call("workspace.halt", { name: "p1", preview: true })
+      assert.isAbove(previewHalt.result.actions.length, 0)
+      const still = await mcp.call("workspace.inspect", { name: "p1" })
+      assert.strictEqual(still.result.workspace.state, "running", "nothing was done")
+      const halted = await mcp.call("workspace.halt", { name: "p1" })
+      assert.strictEqual(halted.result.state, "halted")
+      const haltAgain = await mcp.call("workspace.halt", { name: "p1", preview: true })
+      assert.strictEqual(haltAgain.result.wouldFail.kind, "conflict")
+      const nothing = await mcp.call("workspace.delete", { name: "ghost", preview: true })
+      assert.deepStrictEqual(nothing.result.actions, [])
+      await mcp.call("workspace.delete", { name: "p1" })
+    })
+
+    it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {
+      const controller = new AbortController()
+      const running = mcp.client.callTool(
+        { name: "workspace.run", arguments: { image: testImage, command: ["sleep", "100"] } },
+        undefined,
+        { signal: controller.signal, timeout: 60_000 }
+      )
+      const outcome = running.then(() => "answered", () => "rejected")
+      const names = async () =>
+        (await mcp.call("workspace.list")).result.workspaces.map((w: { name: string }) => w.name)
+      const waitFor = async (done: (names: Array<string>) => boolean) => {
+        for (let i = 0; i < 200; i++) {
+          if (done(await names())) return true
+          await new Promise((resolve) => setTimeout(resolve, 50))
+        }
+        return false
+      }
+      const started = await waitFor((all) => all.length === 1)
+      assert.isTrue(started, "the run never created its workspace")
+      // Give the run a moment to get to its command, then cancel.
+      await mcp.call("workspace.wait", { name: (await names())[0], timeout_seconds: 0.5 })
+      controller.abort()
+      assert.strictEqual(await outcome, "rejected")
+      assert.isTrue(await waitFor((all) => all.length === 0), "the cancelled run left its workspace")
+    })
+
+    it("runs a command in a fresh workspace and cleans up, using only what tools/list said", async () => {
+      const { tools } = await mcp.client.listTools()
+      const byName = new Map(tools.map((tool) => [tool.name, tool]))
+      // Every call is checked against the schema the server advertised before it is made.
+      const call = async (name: string, args: Record<string, unknown>) => {
+        const tool = byName.get(name)
+        assert.isDefined(tool, `tools/list has no ${name}`)
+        const validate = ajv.compile(tool!.inputSchema)
+        assert.isTrue(validate(args), `${name}: ${ajv.errorsText(validate.errors)}`)
+        for (const required of tool!.inputSchema.required ?? []) assert.property(args, required)
+        const envelope = await mcp.call(name, args)
+        assert.isTrue(envelope.ok, `${name}: ${JSON.stringify(envelope.error)}`)
+        return envelope.result
+      }
+      const create = byName.get("workspace.create")!
+      assert.deepStrictEqual(create.inputSchema.required, ["image"])
+      const workspace = await call("workspace.create", { image: testImage })
+      const name = workspace.name as string
+      await call("workspace.start", { name })
+      const result = await call("workspace.exec", {
+        name,
+        argv: ["sh", "-c", "echo hello from $(hostname -s 2>/dev/null || echo guest)"]
+      })
+      assert.strictEqual(result.exitCode, 0)
+      assert.match(result.stdout, /^hello from /)
+      await call("workspace.delete", { name, force: true })
+      const listed = await call("workspace.list", {})
+      assert.deepStrictEqual(listed.workspaces, [])
+      const oneShot = await call("workspace.run", { image: testImage, command: ["echo", "one-shot"] })
+      assert.strictEqual(oneShot.result.stdout, "one-shot\n")
+      assert.deepStrictEqual((await call("workspace.list", {})).workspaces, [])
+    })
+  })
+
+  describe("serve mcp on raw stdio", () => {
+    let stateDir: string
+    beforeAll(async () => {
+      stateDir = await makeStateDir(target)
+    })
+    afterAll(async () => {
+      await removeStateDir(stateDir)
+    })
+
+    it("writes only protocol on stdout, finishes the calls under way, and exits 0 when stdin closes", async () => {
+      const child = spawn(process.execPath, [binPath, "serve", "mcp", "--backend", testBackend], {
+        env: { ...process.env, ...target.env, MICROAGENT_HOME: stateDir },
+        stdio: ["pipe", "pipe", "pipe"]
+      })
+      let stdout = ""
+      child.stdout.on("data", (data) => (stdout += data))
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+      const send = (message: object) => child.stdin.write(`${JSON.stringify(message)}\n`)
+      send({
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "raw", version: "0" } }
+      })
+      send({ jsonrpc: "2.0", method: "notifications/initialized" })
+      send({ jsonrpc: "2.0", id: 2, method: "tools/list" })
+      send({
+        jsonrpc: "2.0",
+        id: 3,
+        method: "tools/call",
+        params: {
+          name: "workspace.run",
+          arguments: { image: testImage, command: ["sh", "-c", "sleep 0.3; echo late"] }
+        }
+      })
+      // MCP lets a call to a tool without arguments leave `arguments` out.
+      send({ jsonrpc: "2.0", id: 4, method: "tools/call", params: { name: "workspace.list" } })
+      child.stdin.end()
+      assert.strictEqual(await exited, 0)
+      const messages = stdout.trim().split("\n").map((line) =>
+        JSON.parse(line) as { id?: number; result?: any }
+      )
+      const byId = new Map(messages.filter((m) => m.id !== undefined).map((m) => [m.id, m]))
+      assert.strictEqual(byId.get(1)?.result.serverInfo.name, "microagent")
+      assert.isDefined(byId.get(1)?.result.capabilities.tools)
+      assert.strictEqual(byId.get(2)?.result.tools.length, expectedTools.length)
+      assert.strictEqual(byId.get(3)?.result.structuredContent.result.result.stdout, "late\n")
+      assert.deepStrictEqual(byId.get(4)?.result.structuredContent.result, { workspaces: [] })
+    })
+  })
+}
