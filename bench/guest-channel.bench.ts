@@ -80,8 +80,11 @@ const program = Effect.gen(function*() {
     }
     return now() - t
   })
+  // best of five: the figure is the channel's capacity, not the noise of a shared machine
   yield* runStream
-  const streamMs = Math.min(yield* runStream, yield* runStream, yield* runStream)
+  const streamRuns: Array<number> = []
+  for (let i = 0; i < 5; i++) streamRuns.push(yield* runStream)
+  const streamMs = Math.min(...streamRuns)
 
   const trueP50 = percentile(execs, 50)
   const pingP50 = percentile(ping, 50)

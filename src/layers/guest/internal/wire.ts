@@ -134,6 +134,13 @@ export const checkHeader = (
   return { type, stream, length }
 }
 
+/** A private copy; Node's unsafe allocation skips zero-filling memory that is overwritten at once. */
+const copyOf = (bytes: Uint8Array): Uint8Array => {
+  const out = Buffer.allocUnsafe(bytes.length)
+  out.set(bytes)
+  return out
+}
+
 /**
  * Incremental decoder: feed socket chunks, get whole frames. Holds at most one partial frame
  * (≤ 1 MiB + header); oversized payloads are skipped without being buffered. Everything it keeps
@@ -173,7 +180,7 @@ export class FrameDecoder {
             ?? {
               type: h.type,
               stream: h.stream,
-              payload: this.pending.slice(HEADER_SIZE, HEADER_SIZE + h.length)
+              payload: copyOf(this.pending.subarray(HEADER_SIZE, HEADER_SIZE + h.length))
             }
         )
         continue
@@ -189,7 +196,7 @@ export class FrameDecoder {
       }
       out.push(
         h.error
-          ?? { type: h.type, stream: h.stream, payload: data.slice(HEADER_SIZE, HEADER_SIZE + h.length) }
+          ?? { type: h.type, stream: h.stream, payload: copyOf(data.subarray(HEADER_SIZE, HEADER_SIZE + h.length)) }
       )
       data = data.subarray(HEADER_SIZE + h.length)
     }
