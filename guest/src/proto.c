@@ -97,6 +97,44 @@ void ma_write_header(uint8_t *p, uint8_t type, uint32_t stream, uint32_t length)
   wr32(p + 8, length);
 }
 
+int ma_reader_next(ma_reader *r, const uint8_t *buf, size_t len, size_t *used, ma_header *h,
+                   const uint8_t **payload, int *err) {
+  size_t off = 0;
+  *used = 0;
+  if (r->skip) {
+    size_t n = len < r->skip ? len : (size_t)r->skip;
+    off = n;
+    r->skip -= n;
+    if (r->skip) {
+      *used = off;
+      return MA_RD_NEED_MORE;
+    }
+  }
+  *used = off;
+  if (len - off < MA_HEADER_SIZE) return MA_RD_NEED_MORE;
+  int e = ma_parse_header(buf + off, h);
+  if (e != MA_E_OK) {
+    *err = e;
+    return MA_RD_FATAL;
+  }
+  int fe = ma_check_header(h);
+  if (fe == MA_E_TOO_LARGE) {
+    /* Never buffered: the caller reports it, the reader drops the payload as it arrives. */
+    r->skip = h->length;
+    *used = off + MA_HEADER_SIZE;
+    *err = fe;
+    return MA_RD_FRAME_ERROR;
+  }
+  if (len - off - MA_HEADER_SIZE < h->length) return MA_RD_NEED_MORE;
+  *payload = buf + off + MA_HEADER_SIZE;
+  *used = off + MA_HEADER_SIZE + h->length;
+  if (fe != MA_E_OK) {
+    *err = fe;
+    return MA_RD_FRAME_ERROR;
+  }
+  return MA_RD_FRAME;
+}
+
 void ma_tlv_init(ma_tlv_iter *it, const uint8_t *p, size_t len) {
   it->p = p;
   it->len = len;

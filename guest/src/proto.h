@@ -68,6 +68,21 @@ int ma_type_known(uint8_t type);
 int ma_type_is_raw(uint8_t type);
 const char *ma_type_name(uint8_t type);
 
+/* Incremental frame reader over a caller-owned input buffer (the agent's per-connection buffer,
+ * the fuzzer's). It holds only the count of oversized payload bytes still to skip. */
+typedef struct {
+  uint64_t skip;
+} ma_reader;
+enum {
+  MA_RD_NEED_MORE = 0, /* no complete event in the bytes given */
+  MA_RD_FRAME,         /* *h and *payload (inside buf) are a whole frame that passed ma_check_header */
+  MA_RD_FRAME_ERROR,   /* *h's frame is refused (*err); its payload is consumed or being skipped */
+  MA_RD_FATAL          /* *err is MA_E_BAD_MAGIC or MA_E_HARD_TOO_LARGE: no further parsing possible */
+};
+/* Reports the next event in buf[0..len); *used is how many bytes it consumed (always <= len). */
+int ma_reader_next(ma_reader *r, const uint8_t *buf, size_t len, size_t *used, ma_header *h,
+                   const uint8_t **payload, int *err);
+
 /* TLV iteration. */
 typedef struct {
   const uint8_t *p;

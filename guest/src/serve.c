@@ -96,7 +96,7 @@ struct conn {
   uint32_t max_seen;
   uint8_t *in;
   size_t in_len;
-  uint64_t skip; /* payload bytes of an oversized frame still to discard */
+  ma_reader reader; /* framing state: oversized payload bytes still to discard */
   uint8_t *out;
   size_t out_off, out_len, out_cap;
   stream *streams;
@@ -1094,39 +1094,26 @@ static void handle_frame(conn *c, const ma_header *h, const uint8_t *payload) {
 static int process_input(conn *c) {
   size_t off = 0;
   while (!c->dead && !c->closing) {
-    size_t avail = c->in_len - off;
-    if (c->skip) {
-      size_t n = avail < c->skip ? avail : (size_t)c->skip;
-      off += n;
-      c->skip -= n;
-      if (c->skip) break;
-      continue;
-    }
-    if (avail < MA_HEADER_SIZE) break;
+    size_t used = 0;
     ma_header h;
-    int e = ma_parse_header(c->in + off, &h);
-    if (e != MA_E_OK) {
-      send_error(c, 0, ma_err_code(e), e == MA_E_BAD_MAGIC ? "bad frame magic" : "frame length beyond 16 MiB", 0);
+    const uint8_t *payload = NULL;
+    int err = 0;
+    int ev = ma_reader_next(&c->reader, c->in + off, c->in_len - off, &used, &h, &payload, &err);
+    off += used;
+    if (ev == MA_RD_NEED_MORE) break;
+    if (ev == MA_RD_FATAL) {
+      send_error(c, 0, ma_err_code(err), err == MA_E_BAD_MAGIC ? "bad frame magic" : "frame length beyond 16 MiB", 0);
       return -1;
     }
-    int fe = ma_check_header(&h);
-    if (fe == MA_E_TOO_LARGE) {
-      off += MA_HEADER_SIZE;
-      c->skip = h.length;
+    if (ev == MA_RD_FRAME_ERROR) {
       stream *s = h.stream ? find_stream(c, h.stream) : NULL;
-      if (s) stream_error(s, "frame_too_large", "frame payload beyond 1 MiB");
-      else send_error(c, h.stream, "frame_too_large", "frame payload beyond 1 MiB", 0);
-      if (h.stream > c->max_seen) c->max_seen = h.stream;
-      continue;
-    }
-    if (avail - MA_HEADER_SIZE < h.length) break;
-    const uint8_t *payload = c->in + off + MA_HEADER_SIZE;
-    off += MA_HEADER_SIZE + h.length;
-    if (fe != MA_E_OK) {
-      stream *s = h.stream ? find_stream(c, h.stream) : NULL;
-      const char *msg = fe == MA_E_BAD_FRAME ? "non-zero flags" : "unknown message type";
-      if (s) stream_error(s, ma_err_code(fe), msg);
-      else send_error(c, h.stream, ma_err_code(fe), msg, 0);
+      const char *msg = err == MA_E_TOO_LARGE   ? "frame payload beyond 1 MiB"
+                        : err == MA_E_BAD_FRAME ? "non-zero flags"
+                                                : "unknown message type";
+      if (s) stream_error(s, ma_err_code(err), msg);
+      else send_error(c, h.stream, ma_err_code(err), msg, 0);
+      /* a refused frame still uses up its id */
+      if (err == MA_E_TOO_LARGE && h.stream > c->max_seen) c->max_seen = h.stream;
       continue;
     }
     handle_frame(c, &h, payload);
@@ -1187,7 +1174,7 @@ static void conn_readable(conn *c) {
 static void port_session_end(conn *c) {
   end_session(c);
   c->in_len = 0;
-  c->skip = 0;
+  c->reader.skip = 0;
   c->closing = 0;
   c->discarding = 0;
   c->out_off = c->out_len = 0; /* nobody left to read it */

@@ -266,7 +266,72 @@ static void unit_tests(void) {
   check(ma_parse_header(hdr, &h) == MA_E_OK && ma_check_header(&h) == MA_E_TOO_LARGE, "max+1 too large", "accepted");
 }
 
+/* The reader over a byte stream fed in `chunk`-sized pieces, as the agent's buffer does. */
+static int count_frames(const uint8_t *data, size_t size, size_t chunk, int *fatal, int *refused) {
+  static uint8_t buf[MA_HEADER_SIZE + MA_MAX_PAYLOAD + 65536];
+  size_t len = 0, fed = 0;
+  ma_reader r = {0};
+  int frames = 0;
+  *fatal = *refused = 0;
+  while (fed < size && !*fatal) {
+    size_t n = size - fed < chunk ? size - fed : chunk;
+    memcpy(buf + len, data + fed, n);
+    len += n;
+    fed += n;
+    size_t off = 0;
+    for (;;) {
+      size_t used;
+      ma_header h;
+      const uint8_t *p;
+      int err;
+      int ev = ma_reader_next(&r, buf + off, len - off, &used, &h, &p, &err);
+      off += used;
+      if (ev == MA_RD_NEED_MORE) break;
+      if (ev == MA_RD_FATAL) {
+        *fatal = err;
+        break;
+      }
+      if (ev == MA_RD_FRAME_ERROR) (*refused)++;
+      else frames++;
+    }
+    memmove(buf, buf + off, len - off);
+    len -= off;
+  }
+  return frames;
+}
+
+static void reader_tests(void) {
+  /* ping(5 bytes), an oversized stdin (2 MiB payload), a frame with flags, ping(0), then garbage */
+  size_t big = 2u * 1024 * 1024;
+  size_t total = (12 + 5) + (12 + big) + 12 + 12 + 12;
+  uint8_t *s = calloc(1, total);
+  size_t o = 0;
+  ma_write_header(s + o, MA_PING, 1, 5);
+  memcpy(s + o + 12, "hello", 5);
+  o += 17;
+  ma_write_header(s + o, MA_STDIN, 2, (uint32_t)big);
+  memset(s + o + 12, 'M', big); /* payload that looks like frame magic must still be skipped */
+  o += 12 + big;
+  ma_write_header(s + o, MA_PING, 3, 0);
+  s[o + 3] = 1;
+  o += 12;
+  ma_write_header(s + o, MA_PING, 4, 0);
+  o += 12;
+  memset(s + o, 'x', 12);
+  size_t chunks[] = {1, 7, 12, 13, 4096, 65536, 1u << 20};
+  for (size_t i = 0; i < sizeof chunks / sizeof chunks[0]; i++) {
+    int fatal, refused;
+    int frames = count_frames(s, total, chunks[i], &fatal, &refused);
+    char name[64];
+    snprintf(name, sizeof name, "reader chunk %zu", chunks[i]);
+    check(frames == 2 && refused == 2 && fatal == MA_E_BAD_MAGIC, name, "frames %d refused %d fatal %d", frames,
+          refused, fatal);
+  }
+  free(s);
+}
+
 int main(int argc, char **argv) {
+  reader_tests();
   unit_tests();
   run_vectors(argc > 1 ? argv[1] : "vectors/frames.jsonl");
   printf("%d passed, %d failed\n", passed, failed);
