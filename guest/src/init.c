@@ -450,7 +450,15 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
-  ma_log("ready, serving %s", bc.channel);
+  char up[32] = "?";
+  int ufd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
+  if (ufd >= 0) {
+    ssize_t n = read(ufd, up, sizeof up - 1);
+    close(ufd);
+    up[n > 0 ? n : 0] = 0;
+    up[strcspn(up, " \n")] = 0;
+  }
+  ma_log("ready at %ss uptime, serving %s", up, bc.channel);
   uint32_t grace = 0;
   int action = ma_serve(&sc, &grace);
   power_off(action);
