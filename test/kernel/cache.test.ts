@@ -5,7 +5,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { KernelCache } from "../../src/services/KernelCache.ts"
-import { debianKernelTree, kernelCacheLayer, requireTool } from "../support/kernel.ts"
+import { debianKernelTree, kernelCacheLayer, requireTool, sharedBootArtifacts } from "../support/kernel.ts"
 import { fakeVmlinux } from "./fixtures.ts"
 
 const temp = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
@@ -175,4 +175,19 @@ describe("FileKernelCache", () => {
       assert.include(JSON.stringify(exit), "make -C guest")
     }).pipe(Effect.provide(kernelCacheLayer(state, NodePath.join(work, "no-agent"))))
   })
+})
+
+describe("sharedBootArtifacts (for other real-VM tests)", () => {
+  it.live(
+    "installs the Debian kernel once into the machine-wide cache and builds the agent's initramfs",
+    () =>
+      Effect.gen(function*() {
+        const first = yield* sharedBootArtifacts()
+        const second = yield* sharedBootArtifacts()
+        assert.deepStrictEqual(second, first)
+        assert.strictEqual(first.kernelVersion, debianKernelTree().version)
+        assert.include(cpioList(first.initrdPath), "lib/modules/virtio_mmio.ko")
+      }),
+    120_000
+  )
 })

@@ -66,23 +66,25 @@ export const kernelCacheLayer = (stateDir: string, agentPath?: string) =>
   )
 
 /**
- * Kernel and initramfs from a state directory shared by every test of the machine, so the Debian
- * kernel is downloaded once. The agent defaults to the real one (built if needed), else the stand-in.
+ * Kernel and initramfs from a state directory shared by every test of the machine. The kernel is
+ * installed from the Debian cloud kernel package unpacked by `debianKernelTree` (downloaded once per
+ * machine); the agent defaults to the one built from `guest/`.
  */
 export const sharedBootArtifacts = (
   options: { readonly agentPath?: string; readonly machine?: Machine } = {}
-) =>
+): Effect.Effect<BootArtifacts, unknown> =>
   Effect.gen(function*() {
     const cache = yield* KernelCache
+    if ((yield* cache.list).length === 0) {
+      const tree = debianKernelTree()
+      yield* cache.install({ path: tree.bzImage, modulesDir: tree.modulesDir }, "x86_64")
+    }
     return yield* cache.ensure("x86_64", options.machine === undefined ? {} : { machine: options.machine })
   }).pipe(
     Effect.provide(
-      kernelCacheLayer(
-        NodePath.join(testCacheDir(), "state"),
-        options.agentPath ?? agentBinary()
-      )
+      kernelCacheLayer(NodePath.join(testCacheDir(), "state"), options.agentPath ?? agentBinary())
     )
-  ) as Effect.Effect<BootArtifacts, unknown>
+  )
 
 /**
  * An ext4 image with busybox and its applets (`mke2fs -d`, no root needed). `extra` files are
