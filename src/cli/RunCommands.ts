@@ -8,6 +8,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
+import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
@@ -86,13 +87,7 @@ const runCommand = Command.make("run", {
         remediation: "pick one"
       })
     }
-    const image = orUndefined(options.image) ?? spec.image
-    if (image === undefined) {
-      return yield* new InvalidInput({
-        message: "no image given",
-        remediation: "microagent run IMAGE [-- CMD ARG...], or an `image:` in the --file spec"
-      })
-    }
+    const image = orUndefined(options.image) ?? spec.image ?? defaultImage
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
@@ -135,13 +130,7 @@ const createCommand = Command.make("create", {
 }, (options) =>
   Effect.gen(function*() {
     const spec = yield* readSpec(options.file)
-    const image = orUndefined(options.imageFlag) ?? spec.image
-    if (image === undefined) {
-      return yield* new InvalidInput({
-        message: "no image given",
-        remediation: "pass --image REF, or `image:` in the --file spec"
-      })
-    }
+    const image = orUndefined(options.imageFlag) ?? spec.image ?? defaultImage
     const positional = orUndefined(options.positionalName)
     const flagged = orUndefined(options.name)
     if (positional !== undefined && flagged !== undefined && positional !== flagged) {

@@ -42,6 +42,7 @@ import {
 import { RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { removeStaleWork, scopedWorkDir } from "../rootfs/RootfsBuilderLive.ts"
 import { runTool } from "../rootfs/Tools.ts"
+import { isBuiltinImage, MissingBuiltinTool, writeBuiltinLayout } from "./BuiltinImages.ts"
 import { openLocalSource } from "./LocalSource.ts"
 
 const MiB = 1024 * 1024
@@ -426,6 +427,26 @@ export const makeImageStore = Effect.gen(function*() {
 
   const localTransport = /^(oci|oci-archive|docker-archive):(.+)$/
 
+  /** Builds a built-in image on the host and imports it under its name: no network involved. */
+  const importBuiltin = (ref: string, options: EnsureOptions) =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => NodePath.join(home.tmp, `builtin-${process.pid}-${Date.now()}`)),
+      (layout) =>
+        Effect.try({
+          try: () => writeBuiltinLayout(ref, layout),
+          catch: (cause) =>
+            new ResourceExhausted({
+              message: `cannot build the built-in image ${ref}: ${
+                cause instanceof Error ? cause.message : String(cause)
+              }`,
+              remediation: cause instanceof MissingBuiltinTool
+                ? "install the package named above"
+                : "see `microagent doctor`"
+            })
+        }).pipe(Effect.zipRight(importImage(layout, { ...options, tag: ref }))),
+      (layout) => Effect.sync(() => NodeFs.rmSync(layout, { recursive: true, force: true }))
+    )
+
   const ensure = Effect.fn("ImageStore.ensure")(function*(text: string, options?: EnsureOptions) {
     const local = localTransport.exec(text)
     if (local !== null) return yield* importImage(local[2]!, options ?? {})
@@ -446,6 +467,7 @@ export const makeImageStore = Effect.gen(function*() {
         }
       }
     }
+    if (isBuiltinImage(key)) return yield* importBuiltin(key, options ?? {})
     return yield* fromRegistry(ref, options)
   })
 
