@@ -12,7 +12,8 @@ import { FrameDecoder, WireError } from "../../src/layers/guest/internal/wire.ts
 import { GuestChannel, type GuestConnection } from "../../src/services/GuestChannel.ts"
 
 export const guestDir = resolve(import.meta.dirname, "../../guest")
-export const agentBinary = join(guestDir, "build/microagent-agent")
+/** The static agent, or another build of it (`make -C guest asan`) named by the environment. */
+export const agentBinary = process.env.MICROAGENT_AGENT_BINARY ?? join(guestDir, "build/microagent-agent")
 
 const hasCompiler = () =>
   ["musl-gcc", "gcc", "cc"].some((cc) => {
