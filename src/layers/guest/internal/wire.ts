@@ -196,7 +196,11 @@ export class FrameDecoder {
       }
       out.push(
         h.error
-          ?? { type: h.type, stream: h.stream, payload: copyOf(data.subarray(HEADER_SIZE, HEADER_SIZE + h.length)) }
+          ?? {
+            type: h.type,
+            stream: h.stream,
+            payload: copyOf(data.subarray(HEADER_SIZE, HEADER_SIZE + h.length))
+          }
       )
       data = data.subarray(HEADER_SIZE + h.length)
     }
