@@ -42,7 +42,8 @@ const summary = (xs: ReadonlyArray<number>) => ({
 })
 
 const agentPath = () => {
-  NodeChild.execFileSync("make", ["-s", "-C", NodePath.join(repo, "guest")], { stdio: "inherit" })
+  // Its output goes to stderr: stdout carries only the JSON result.
+  NodeChild.execFileSync("make", ["-s", "-C", NodePath.join(repo, "guest")], { stdio: ["ignore", 2, 2] })
   return NodePath.join(repo, "guest/build/microagent-agent")
 }
 

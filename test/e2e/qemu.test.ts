@@ -4,7 +4,6 @@
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Schema } from "effect"
-import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
@@ -70,10 +69,16 @@ const config = (name: string, overrides: Partial<ConstructorParameters<typeof La
 const filesIn = (dir: string) => NodeFs.existsSync(dir) ? NodeFs.readdirSync(dir).sort() : []
 const mode = (path: string) => NodeFs.statSync(path).mode & 0o777
 
+/** Command lines of live QEMU processes that mention a runtime directory (read from /proc). */
 const qemuProcessesFor = (runtimeDir: string) =>
-  NodeChild.execFileSync("ps", ["-eo", "args"], { encoding: "utf8" }).split("\n").filter((l) =>
-    l.includes("qemu-system") && l.includes(runtimeDir)
-  )
+  NodeFs.readdirSync("/proc").filter((pid) => /^[0-9]+$/.test(pid)).flatMap((pid) => {
+    try {
+      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
+      return cmdline.includes("qemu-system") && cmdline.includes(runtimeDir) ? [cmdline] : []
+    } catch {
+      return []
+    }
+  })
 
 describe("qemu backend", () => {
   afterAll(() => NodeFs.rmSync(stateDir, { recursive: true, force: true }))
