@@ -1,15 +1,16 @@
 // `npm run bench`: bundles each bench/*.bench.ts, runs it, and prints one JSON object with every
 // bench's figures (each bench measures its own baseline in the same run and reports the ratio).
 import { execFileSync } from "node:child_process"
-import { mkdtempSync, readdirSync, rmSync } from "node:fs"
-import { tmpdir } from "node:os"
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { join } from "node:path"
 import { build } from "esbuild"
 
 const only = process.argv.slice(2)
 const benches = readdirSync("bench").filter((f) => f.endsWith(".bench.ts"))
   .filter((f) => only.length === 0 || only.some((name) => f.startsWith(name)))
-const out = mkdtempSync(join(tmpdir(), "microagent-bench-"))
+// Inside the checkout, so the bundles resolve node_modules.
+mkdirSync(".cache", { recursive: true })
+const out = mkdtempSync(join(".cache", "bench-"))
 const results = {}
 try {
   for (const file of benches) {
