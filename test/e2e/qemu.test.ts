@@ -3,7 +3,7 @@
  * KernelCache into a temporary state directory.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Layer, Schema } from "effect"
+import { Effect, Exit, Layer, Schedule, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
@@ -132,6 +132,24 @@ describe("qemu backend", () => {
         assert.match(mounts.stdout, /^full\n/)
         assert.match(mounts.stdout, /\/dev\/vdb \/data ext4 rw/)
         assert.match(mounts.stdout, /\/dev\/vda \/ ext4 rw/)
+        // A published port reaches a server in the guest (slirp hostfwd + the agent's static address).
+        const served = yield* Effect.scoped(
+          Effect.flatMap(channel.connect(handle.channel), (c) =>
+            c.exec(
+              new ExecRequest({
+                argv: [
+                  "/bin/sh",
+                  "-c",
+                  "mkdir -p /tmp/www && echo hello-from-guest > /tmp/www/index.html && httpd -p 80 -h /tmp/www"
+                ]
+              })
+            ))
+        )
+        assert.strictEqual(served.exitCode, 0, served.stderr)
+        const body = yield* Effect.tryPromise(() =>
+          fetch(`http://127.0.0.1:${port}/index.html`).then((r) => r.text())
+        ).pipe(Effect.retry({ times: 20, schedule: Schedule.spaced("100 millis") }))
+        assert.strictEqual(body, "hello-from-guest\n")
         yield* hypervisor.pause(handle)
         assert.strictEqual(yield* hypervisor.inspect(handle), "paused")
         yield* hypervisor.resume(handle)
