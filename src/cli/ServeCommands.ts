@@ -1,52 +1,45 @@
 /**
- * `serve`: the agent and application surfaces. `serve rpc` serves the RPC API on a unix socket;
- * `serve mcp` is an MCP server on stdio, started by an MCP client. Both run the lifecycle programs in
- * this process, each workspace on its own backend; `--backend` sets the backend of new workspaces.
+ * `serve`: the agent and application surfaces, both thin clients of the state directory's runtime
+ * (started on demand), which runs the programs and holds the VMs. `serve rpc` puts a socket of the
+ * caller's choosing in front of it; `serve mcp` is an MCP server on stdio, started by an MCP client.
+ * `--backend` sets the backend of new workspaces.
  */
 import { Command, Options } from "@effect/cli"
 import { Effect, Layer, Logger } from "effect"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
-import { WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
-import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { Idempotency } from "../mcp/Idempotency.ts"
 import { serveStdio } from "../mcp/Server.ts"
-import { defaultSocketPath } from "../rpc/Client.ts"
-import { layerInProcessClient, layerServer } from "../rpc/Server.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { layerForwardingServer } from "../rpc/Server.ts"
 import { Home } from "../services/Home.ts"
-import { orUndefined } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-
-/** The state store of this invocation, and the backends (built on first use) of a long-lived server. */
-const runtimeLayer = Effect.map(Invocation, (invocation) => {
-  const home = Home.layer(Home.resolveRoot(invocation.stateDir))
-  const store = SqliteStateStore.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(home))
-  const backends = WorkspaceBackends.layer({ defaultBackend: invocation.backend ?? defaultBackend() })
-  return Layer.provideMerge(backends, store)
-})
 
 /** Logs go to stderr: stdout is the protocol's (MCP) or the caller's. */
 const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger))
 
 const rpcCommand = Command.make("rpc", {
   socket: Options.text("socket").pipe(
-    Options.withDescription("unix socket to listen on (default: run/runtime.sock in the state directory)"),
-    Options.optional
+    Options.withDescription("unix socket to listen on (made 0600, its directory 0700)")
   )
 }, ({ socket }) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
-    const path = NodePath.resolve(orUndefined(socket) ?? defaultSocketPath(invocation.stateDir))
-    const runtime = yield* runtimeLayer
+    const path = NodePath.resolve(socket)
+    const runtime = MicroagentClient.layerRuntime(Home.resolveRoot(invocation.stateDir))
+    const server = layerForwardingServer({
+      socket: path,
+      defaultBackend: invocation.backend ?? defaultBackend()
+    })
     yield* Effect.scoped(Effect.gen(function*() {
-      yield* Layer.build(layerServer({ socket: path }).pipe(Layer.provide(runtime)))
+      yield* Layer.build(server.pipe(Layer.provide(runtime)))
       process.stderr.write(`microagent: RPC API listening on ${path}\n`)
       return yield* Effect.never
     }))
   }).pipe(Effect.provide(stderrLogger))).pipe(
-    Command.withDescription("serve the RPC API on a unix socket (0600) until interrupted")
+    Command.withDescription("serve the RPC API on a unix socket of your choosing until interrupted")
   )
 
 const mcpGuidance = `microagent serve mcp speaks the Model Context Protocol on stdin and stdout; an MCP client
@@ -67,10 +60,10 @@ const mcpCommand = Command.make("mcp", {}, () =>
       })
     }
     const invocation = yield* Invocation
-    const runtime = yield* runtimeLayer
-    const services = Layer.mergeAll(layerInProcessClient, Idempotency.layer).pipe(Layer.provideMerge(runtime))
+    const root = Home.resolveRoot(invocation.stateDir)
+    const idempotency = Idempotency.layer.pipe(Layer.provide(DatabaseLive), Layer.provide(Home.layer(root)))
     yield* serveStdio({ defaultBackend: invocation.backend ?? defaultBackend() }).pipe(
-      Effect.provide(services)
+      Effect.provide(Layer.merge(MicroagentClient.layerRuntime(root), idempotency))
     )
   }).pipe(Effect.provide(stderrLogger))).pipe(
     Command.withDescription("serve MCP on stdio (started by an MCP client; exits when it closes stdin)")

@@ -153,7 +153,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "serve",
     group: "Misc",
-    usage: "microagent serve rpc [--socket PATH] | microagent serve mcp",
+    usage: "microagent serve rpc --socket PATH | microagent serve mcp",
     summary: "serve the RPC API on a unix socket, or MCP on stdio",
     valueFlags: ["--socket"]
   },

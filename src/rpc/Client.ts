@@ -1,23 +1,46 @@
 /**
  * The client of the RPC API, for host applications: a `MicroagentClient` whose methods are the
- * procedures of `Rpcs` (`client.create({...})`, `client.execStream({...})`, …), connected over the
- * server's unix socket.
+ * procedures of `Rpcs` (`client.create({...})`, `client.execStream({...})`, …), connected over a unix
+ * socket: a state directory's runtime (started on demand), or any socket a server listens on.
  *
  * The connection lives as long as the layer's scope: build the layer once around everything that
  * uses it (a `Layer`, `Effect.scoped` over the whole program), not around each call.
  */
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { RpcClient, type RpcClientError, type RpcGroup, RpcSerialization } from "@effect/rpc"
-import { Context, Layer } from "effect"
-import * as NodePath from "node:path"
+import { Context, Effect, Layer, Stream } from "effect"
+import { ensureRuntime } from "../runtime/Launcher.ts"
 import { Home } from "../services/Home.ts"
 import { Rpcs } from "./Rpcs.ts"
 
 export type MicroagentRpcs = RpcGroup.Rpcs<typeof Rpcs>
 
+export type MicroagentClientShape = RpcClient.RpcClient<MicroagentRpcs, RpcClientError.RpcClientError>
+
+const isClientError = (error: unknown) =>
+  typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
+
+/** The same client, running `onLost` whenever a call fails because the connection did. */
+const onConnectionLost = (
+  client: MicroagentClientShape,
+  onLost: Effect.Effect<void>
+): MicroagentClientShape => {
+  const tap = (error: unknown) => (isClientError(error) ? onLost : Effect.void)
+  const wrapped: Record<string, unknown> = {}
+  for (
+    const [tag, call] of Object.entries(client as unknown as Record<string, (...args: Array<any>) => any>)
+  ) {
+    wrapped[tag] = (...args: Array<any>) => {
+      const result = call(...args)
+      return Effect.isEffect(result) ? Effect.tapError(result, tap) : Stream.tapError(result, tap)
+    }
+  }
+  return wrapped as unknown as MicroagentClientShape
+}
+
 export class MicroagentClient extends Context.Tag("microagent/MicroagentClient")<
   MicroagentClient,
-  RpcClient.RpcClient<MicroagentRpcs, RpcClientError.RpcClientError>
+  MicroagentClientShape
 >() {
   /** Connects to the server listening on `socket`. */
   static readonly layer = (options: { readonly socket: string }) =>
@@ -26,8 +49,20 @@ export class MicroagentClient extends Context.Tag("microagent/MicroagentClient")
       Layer.provide(NodeSocket.layerNet({ path: options.socket })),
       Layer.provide(RpcSerialization.layerNdjson)
     )
-}
 
-/** Where `serve rpc` listens by default: `run/runtime.sock` in the state directory. */
-export const defaultSocketPath = (stateDir?: string): string =>
-  NodePath.join(Home.resolveRoot(stateDir), "run", "runtime.sock")
+  /**
+   * Connects to the runtime of the state directory `root`, starting it if none runs, and starting it
+   * again if it goes away (the call that found it gone fails with `RpcClientError`; the next one works).
+   */
+  static readonly layerRuntime = (root: string) =>
+    Layer.scoped(
+      MicroagentClient,
+      Effect.gen(function*() {
+        const home = yield* Home.make(root)
+        const revive = ensureRuntime(home).pipe(Effect.ignore)
+        yield* ensureRuntime(home)
+        const client = yield* Layer.build(MicroagentClient.layer({ socket: home.runtimeSocket }))
+        return onConnectionLost(Context.get(client, MicroagentClient), revive)
+      })
+    )
+}

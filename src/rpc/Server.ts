@@ -4,14 +4,14 @@
  */
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
-import { RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
+import { type Rpc, RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
 import { Duration, Effect, Layer, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
-import { Conflict, InvalidInput, Permanent } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
 import { isLive } from "../domain/State.ts"
-import { profiles } from "../domain/Workspace.ts"
+import { type Backend, profiles } from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
   withBackend,
@@ -240,6 +240,52 @@ export const unixSocketServer = (path: string) =>
 export const layerServer = (options: { readonly socket: string }) =>
   RpcServer.layer(Rpcs, { disableFatalDefects: true }).pipe(
     Layer.provide(RpcHandlers),
+    Layer.provide(RpcServer.layerProtocolSocketServer),
+    Layer.provide(unixSocketServer(options.socket)),
+    Layer.provide(RpcSerialization.layerNdjson)
+  )
+
+/** A lost connection to the server a call was forwarded to: worth a retry. */
+const lostUpstream = <E>(error: E) =>
+  typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
+    ? new Transient({
+      message: `lost the connection to the runtime: ${String((error as { message?: unknown }).message)}`,
+      remediation: "retry; the runtime is started again on demand",
+      retryAfterMs: 1000
+    })
+    : error
+
+/**
+ * Handlers that forward every procedure to a `MicroagentClient` (the state directory's runtime): a
+ * socket of one's own in front of it. New workspaces get `defaultBackend` when the call names none.
+ * Interrupting a forwarded call interrupts it upstream.
+ */
+export const forwardingHandlers = (
+  options: { readonly defaultBackend: Backend }
+): Layer.Layer<Rpc.ToHandler<MicroagentRpcs>, never, MicroagentClient> =>
+  Rpcs.toLayer(Effect.map(MicroagentClient, (client) => {
+    const calls = client as unknown as Record<string, (payload: unknown) => unknown>
+    const handlers: Record<string, (payload: unknown) => unknown> = {}
+    for (const tag of Rpcs.requests.keys()) {
+      handlers[tag] = (payload) => {
+        const withBackend = tag === "create" || tag === "run"
+          ? { backend: options.defaultBackend, ...(payload as object) }
+          : payload
+        const result = calls[tag]!(withBackend)
+        return Effect.isEffect(result)
+          ? Effect.mapError(result, lostUpstream)
+          : Stream.mapError(result as Stream.Stream<unknown, unknown>, lostUpstream)
+      }
+    }
+    return handlers as unknown as Parameters<typeof Rpcs.of>[0]
+  })) as Layer.Layer<Rpc.ToHandler<MicroagentRpcs>, never, MicroagentClient>
+
+/** Serves the API on `socket`, forwarding every call to a `MicroagentClient`, until the scope closes. */
+export const layerForwardingServer = (
+  options: { readonly socket: string; readonly defaultBackend: Backend }
+) =>
+  RpcServer.layer(Rpcs, { disableFatalDefects: true }).pipe(
+    Layer.provide(forwardingHandlers(options)),
     Layer.provide(RpcServer.layerProtocolSocketServer),
     Layer.provide(unixSocketServer(options.socket)),
     Layer.provide(RpcSerialization.layerNdjson)

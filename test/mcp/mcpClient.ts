@@ -63,16 +63,47 @@ export const makeStateDir = async (target: TestTarget) => {
   return stateDir
 }
 
+/** Stops the state directory's runtime (the servers start one on demand) and waits until it is gone. */
+export const stopRuntime = async (stateDir: string) => {
+  let pid: number
+  try {
+    pid = Number(
+      NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").trim().split(/\s+/)[0]
+    )
+    process.kill(pid, "SIGTERM")
+  } catch {
+    return
+  }
+  for (let i = 0; i < 100; i++) {
+    try {
+      process.kill(pid, 0)
+    } catch {
+      return
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+}
+
 export const removeStateDir = async (stateDir: string) => {
+  await stopRuntime(stateDir)
   await Effect.runPromise(killFakeVmms(stateDir))
   NodeFs.rmSync(stateDir, { recursive: true, force: true })
 }
+
+/** Runtimes started by the tests exit soon after they are left alone. */
+export const runtimeEnv = { MICROAGENT_RUNTIME_IDLE_SECONDS: "2" }
 
 export const connect = async (stateDir: string, target: TestTarget): Promise<Connected> => {
   const transport = new StdioClientTransport({
     command: process.execPath,
     args: [binPath, "serve", "mcp", "--backend", target.backend],
-    env: { ...getDefaultEnvironment(), ...target.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
+    env: {
+      ...getDefaultEnvironment(),
+      ...runtimeEnv,
+      ...target.env,
+      MICROAGENT_HOME: stateDir,
+      NO_COLOR: "1"
+    },
     stderr: "pipe"
   })
   let stderr = ""

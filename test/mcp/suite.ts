@@ -12,6 +12,7 @@ import {
   type Connected,
   makeStateDir,
   removeStateDir,
+  runtimeEnv,
   type TestTarget
 } from "./mcpClient.ts"
 
@@ -287,7 +288,7 @@ export const describeMcpServer = (target: TestTarget) => {
 
     it("writes only protocol on stdout, finishes the calls under way, and exits 0 when stdin closes", async () => {
       const child = spawn(process.execPath, [binPath, "serve", "mcp", "--backend", testBackend], {
-        env: { ...process.env, ...target.env, MICROAGENT_HOME: stateDir },
+        env: { ...process.env, ...runtimeEnv, ...target.env, MICROAGENT_HOME: stateDir },
         stdio: ["pipe", "pipe", "pipe"]
       })
       let stdout = ""

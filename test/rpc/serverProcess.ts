@@ -7,7 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import type { TestTarget } from "../mcp/mcpClient.ts"
+import { runtimeEnv, stopRuntime, type TestTarget } from "../mcp/mcpClient.ts"
 import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
 export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
@@ -36,7 +36,7 @@ export const startServer = (
       process.execPath,
       [binPath, "serve", "rpc", "--socket", socket, "--backend", target.backend],
       {
-        env: { ...process.env, ...target.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
+        env: { ...process.env, ...runtimeEnv, ...target.env, MICROAGENT_HOME: stateDir, NO_COLOR: "1" },
         stdio: ["ignore", "pipe", "pipe"]
       }
     )
@@ -64,6 +64,7 @@ export const stopServer = async (server: ServerProcess, keepState = false): Prom
   server.child.kill("SIGTERM")
   const code = await exited
   if (!keepState) {
+    await stopRuntime(server.stateDir)
     await Effect.runPromise(killFakeVmms(server.stateDir))
     NodeFs.rmSync(server.stateDir, { recursive: true, force: true })
   }
