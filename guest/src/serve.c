@@ -47,6 +47,11 @@ struct ma_sockaddr_vm {
 #define MA_MAX_STREAMS 256
 #define MA_MAX_CONNS 32
 #define MA_LINGER_MS 5000
+/* A stream that has already sent this much and then returns a small read is in bulk mode: its
+ * pipes are left alone for a millisecond so the next frame carries more (fewer, larger frames;
+ * interactive output, which never gets here, is not delayed). */
+#define MA_BULK_BYTES (1024u * 1024u)
+#define MA_SMALL_READ (16u * 1024u)
 #define MA_DEFAULT_GRACE_MS 1000
 #define MA_IN_CAP (MA_HEADER_SIZE + MA_MAX_PAYLOAD + 65536u)
 
@@ -76,6 +81,7 @@ struct stream {
   int has_out_limit, has_err_limit;
   uint64_t out_limit, err_limit, out_bytes, err_bytes, out_sent, err_sent;
   int64_t start_us, deadline_ms, kill_at_ms, linger_until_ms;
+  int64_t hold_until_ms; /* bulk output: let the pipe fill a little before the next read */
   uint32_t grace_ms;
   int timed_out, cancelled;
   /* files */
@@ -697,6 +703,8 @@ static void exec_read(stream *s, int is_err) {
     *sent += (uint64_t)r;
     s->out_credit -= r;
     s->linger_until_ms = 0;
+    if ((size_t)r < MA_SMALL_READ && s->out_bytes + s->err_bytes > MA_BULK_BYTES && !s->exited)
+      s->hold_until_ms = ma_now_ms() + 1;
   } else if (r == 0 || (errno != EAGAIN && errno != EINTR)) {
     /* EIO on a PTY master means every slave is closed: the terminal's EOF. */
     if (s->pty && s->out_fd == *fd) s->in_fd = -1;
@@ -1370,8 +1378,9 @@ static void timers(int64_t now, int64_t *next) {
       }
       exec_maybe_finish(s, now);
       if (s->dead) continue;
-      int64_t d[3] = {s->deadline_ms, s->kill_at_ms, s->exited ? s->linger_until_ms : 0};
-      for (int i = 0; i < 3; i++)
+      if (s->hold_until_ms && now >= s->hold_until_ms) s->hold_until_ms = 0;
+      int64_t d[4] = {s->deadline_ms, s->kill_at_ms, s->exited ? s->linger_until_ms : 0, s->hold_until_ms};
+      for (int i = 0; i < 4; i++)
         if (d[i] && d[i] < *next) *next = d[i];
       if (s->exited && !s->linger_until_ms && (s->out_fd >= 0 || s->err_fd >= 0) && now + MA_LINGER_MS < *next)
         *next = now + MA_LINGER_MS;
@@ -1510,8 +1519,10 @@ int ma_serve(const ma_serve_config *config, uint32_t *grace_out) {
       add_poll(&n, c->fd, ev, K_CONN, c);
       for (stream *s = c->streams; s; s = s->next) {
         if (s->kind != S_EXEC || s->dead) continue;
-        if (s->out_fd >= 0 && exec_can_read(s, 0)) add_poll(&n, s->out_fd, POLLIN, K_OUT, s);
-        if (s->err_fd >= 0 && exec_can_read(s, 1)) add_poll(&n, s->err_fd, POLLIN, K_ERR, s);
+        if (!s->hold_until_ms) { /* only output is held; stdin goes on */
+          if (s->out_fd >= 0 && exec_can_read(s, 0)) add_poll(&n, s->out_fd, POLLIN, K_OUT, s);
+          if (s->err_fd >= 0 && exec_can_read(s, 1)) add_poll(&n, s->err_fd, POLLIN, K_ERR, s);
+        }
         if (s->in_fd >= 0 && (s->inlen > 0 || s->stdin_eof == 1) && !s->exited)
           add_poll(&n, s->in_fd, POLLOUT, K_IN, s);
       }
