@@ -240,7 +240,10 @@ describe("qemu backend", () => {
       const hypervisor = yield* Hypervisor
       const handle = yield* hypervisor.launch(config("q35", { initrdPath: q35.initrdPath }))
       assert.strictEqual(yield* hypervisor.inspect(handle), "running")
+      // Halting a paused VM resumes it so the agent can power off.
+      yield* hypervisor.pause(handle)
       yield* hypervisor.halt(handle, 30)
+      assert.isFalse(isAlive(handle.pid, handle.pidStartTime))
     }).pipe(Effect.provide(hypervisorLayer({ machine: "q35" }))), 120_000)
 
   it.live("rules out this host's KVM for stock kernels", () =>

@@ -434,6 +434,13 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       const paths = pathsOf(handle)
       if (isAlive(handle.pid, handle.pidStartTime)) {
         const budget = Duration.millis(Math.round(timeoutSeconds * 1000))
+        // A paused guest cannot hear the request: let it run first.
+        yield* qmpStatus(controlSocket(handle)).pipe(
+          Effect.flatMap((status) =>
+            status === "paused" ? qmpExecute(controlSocket(handle), "cont") : Effect.void
+          ),
+          Effect.ignore
+        )
         // The agent powers off on SHUTDOWN; system_powerdown is a fallback for guests that listen to ACPI.
         yield* control.shutdown(handle.channel).pipe(
           Effect.timeout(Duration.min(budget, Duration.seconds(5))),
