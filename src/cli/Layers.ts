@@ -2,7 +2,7 @@
  * Layers provided per command (so `--help` opens no database): the state store of the chosen state
  * directory, and the backend of the workspace at hand.
  */
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { backendLayer, type BackendServices, defaultBackend } from "../layers/backends/Backends.ts"
@@ -47,6 +47,19 @@ export const withWorkspaceBackend = <A, E, R>(
     return yield* Effect.provide(effect, backendLayer(workspace.backend))
   }))
 
+/** The transport's own failures (socket gone, runtime killed): worth a retry. */
+const isTransportFailure = (error: unknown) => {
+  const tag = (error as { readonly _tag?: unknown } | undefined)?._tag
+  return tag === "RpcClientError" || tag === "SocketError"
+}
+
+const lostRuntime = (error: unknown) =>
+  new Transient({
+    message: `lost the connection to the runtime: ${String((error as { message?: unknown }).message)}`,
+    remediation: "retry; a new runtime starts and picks the VMs up (`microagent gc` repairs leftovers)",
+    retryAfterMs: 1000
+  })
+
 /**
  * Runs an effect against the state directory's runtime (started on demand): the commands that boot,
  * drive or stop VMs go through it, because it holds the VMs' guest connections.
@@ -59,17 +72,9 @@ export const withRuntime = <A, E, R>(effect: Effect.Effect<A, E, R | MicroagentC
       const context = yield* Layer.build(MicroagentClient.layer({ socket: home.runtimeSocket }))
       return yield* Effect.provide(effect, context)
     })).pipe(
-      Effect.mapError((error) => {
-        // The transport's own failures (socket gone, runtime killed) are worth a retry.
-        const tag = (error as { readonly _tag?: unknown })._tag
-        return tag === "RpcClientError" || tag === "SocketError"
-          ? new Transient({
-            message: `lost the connection to the runtime: ${
-              String((error as { message?: unknown }).message)
-            }`,
-            remediation: "retry; `microagent gc` repairs what a dead runtime left",
-            retryAfterMs: 1000
-          })
-          : error
-      })
+      Effect.mapError((error) => (isTransportFailure(error) ? lostRuntime(error) : error)),
+      // The RPC client reports a socket that died under it as a defect.
+      Effect.catchSomeDefect((defect) =>
+        isTransportFailure(defect) ? Option.some(Effect.fail(lostRuntime(defect))) : Option.none()
+      )
     ))

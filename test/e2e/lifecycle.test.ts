@@ -163,6 +163,46 @@ describe("real microVMs through the CLI", () => {
     assert.deepStrictEqual(qemuProcesses(), [])
   })
 
+  it("runs 8 concurrent execs on one workspace from separate processes", async () => {
+    assert.strictEqual((await ma(["create", "--image", busybox, "busy8"])).code, 0)
+    assert.strictEqual((await ma(["start", "busy8"])).code, 0)
+    const results = await Promise.all(
+      [1, 2, 3, 4, 5, 6, 7, 8].map((n) =>
+        ma(["exec", "busy8", "--", "sh", "-c", `sleep 1; echo ${n}; exit ${n}`])
+      )
+    )
+    results.forEach((result, i) => {
+      assert.strictEqual(result.code, i + 1, result.stderr)
+      assert.strictEqual(json(result).result.stdout, `${i + 1}\n`)
+    })
+    assert.strictEqual((await ma(["delete", "--force", "busy8"])).code, 0)
+  })
+
+  it("survives kill -9 of the runtime in the middle of an exec: the VM lives on, the next exec works", async () => {
+    assert.strictEqual((await ma(["create", "--image", busybox, "survivor"])).code, 0)
+    assert.strictEqual((await ma(["start", "survivor"])).code, 0)
+    const [vmm] = qemuProcesses()
+    const pending = ma(["exec", "survivor", "--", "sleep", "30"])
+    await new Promise((resolve) => setTimeout(resolve, 1500))
+    const runtimePid = Number(
+      NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
+    )
+    process.kill(runtimePid, "SIGKILL")
+    const interrupted = await pending
+    assert.strictEqual(interrupted.code, 75, interrupted.stderr)
+    assert.strictEqual(errorOf(interrupted).error.kind, "transient")
+    assert.deepStrictEqual(qemuProcesses(), [vmm], "the VM outlives the runtime")
+    const next = await ma(["exec", "survivor", "--", "echo", "still here"])
+    assert.strictEqual(next.code, 0, next.stderr)
+    assert.strictEqual(json(next).result.stdout, "still here\n")
+    const newRuntime = Number(
+      NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
+    )
+    assert.notStrictEqual(newRuntime, runtimePid)
+    assert.strictEqual((await ma(["delete", "--force", "survivor"])).code, 0)
+    assert.deepStrictEqual(qemuProcesses(), [])
+  })
+
   it("notices a QEMU killed from outside, and delete cleans up", async () => {
     await ma(["create", "--image", busybox, "victim"])
     await ma(["start", "victim"])
