@@ -104,6 +104,7 @@ describe("qemu backend without booting", () => {
       const hypervisor = yield* Hypervisor
       const text = failure(yield* Effect.exit(hypervisor.launch(config())))
       assert.include(text, "QEMU refused to start")
+      assert.deepStrictEqual(NodeFs.readdirSync(config().runtimeDir), [])
     }).pipe(Effect.provide(layer())))
 
   it.live("treats a gone VMM as exited: kill and halt are no-ops, attach is NotFound, pause a Conflict", () =>

@@ -126,9 +126,15 @@ const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePat
       process.umask(umask)
     }
     const stderr: Array<Buffer> = []
+    let settled = false
+    const settle = (result: Effect.Effect<number, MicroagentError>) => {
+      if (settled) return
+      settled = true
+      resume(result)
+    }
     child.stderr?.on("data", (chunk: Buffer) => stderr.push(chunk))
     child.on("error", (error: NodeJS.ErrnoException) =>
-      resume(Effect.fail(
+      settle(Effect.fail(
         error.code === "ENOENT"
           ? new Permanent({
             message: `${binary} is not installed`,
@@ -139,18 +145,19 @@ const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePat
     child.on("close", (code) => {
       const message = Buffer.concat(stderr).toString("utf8").trim()
       if (code !== 0) {
-        return resume(Effect.fail(
+        return settle(Effect.fail(
           new Permanent({
             message: `QEMU refused to start (exit ${code}): ${message}`,
             remediation: "check the kernel, initramfs and disk paths, and that no other VM uses the same disk"
           })
         ))
       }
-      const pid = Number(NodeFs.readFileSync(paths.pidFile, "utf8").trim())
-      if (!Number.isInteger(pid) || pid <= 0) {
-        return resume(Effect.fail(new Permanent({ message: `QEMU wrote no usable pid to ${paths.pidFile}` })))
-      }
-      resume(Effect.succeed(pid))
+      const pid = readPid(paths.pidFile)
+      settle(
+        pid === undefined
+          ? Effect.fail(new Permanent({ message: `QEMU wrote no usable pid to ${paths.pidFile}` }))
+          : Effect.succeed(pid)
+      )
     })
   }).pipe(Effect.uninterruptible)
 
@@ -338,26 +345,29 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       // From the moment the VMM exists until it answers, any failure or interruption (Ctrl-C) kills
       // it and removes its files: a failed launch leaves nothing behind.
       const handle = yield* Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(startVmm(binary, args, paths), (pid) => {
-          const handle = handleOf(pid)
-          return restore(
-            Effect.sync(() => {
-              for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
-                try {
-                  NodeFs.chmodSync(file, 0o600)
-                } catch {
-                  // Not there (yet): the directory is 0700 anyway.
+        Effect.flatMap(
+          startVmm(binary, args, paths).pipe(Effect.tapError(() => removeFiles(paths, { console: true }))),
+          (pid) => {
+            const handle = handleOf(pid)
+            return restore(
+              Effect.sync(() => {
+                for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
+                  try {
+                    NodeFs.chmodSync(file, 0o600)
+                  } catch {
+                    // Not there (yet): the directory is 0700 anyway.
+                  }
                 }
-              }
-            }).pipe(
-              Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
-              Effect.mapError(bootFailed)
+              }).pipe(
+                Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
+                Effect.mapError(bootFailed)
+              )
+            ).pipe(
+              Effect.onError(() => destroy(handle, true)),
+              Effect.as(handle)
             )
-          ).pipe(
-            Effect.onError(() => destroy(handle, true)),
-            Effect.as(handle)
-          )
-        })
+          }
+        )
       )
       return handle
     })
