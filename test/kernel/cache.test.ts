@@ -11,12 +11,23 @@ import { fakeVmlinux } from "./fixtures.ts"
 const temp = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
 const mode = (path: string) => NodeFs.statSync(path).mode & 0o777
 
+const requireBusybox = () => {
+  if (!NodeFs.existsSync("/bin/busybox")) {
+    throw new Error("/bin/busybox is required: apt-get install busybox-static")
+  }
+}
+
 /** The file names of an initramfs (plain cpio), via busybox. */
-const cpioList = (path: string) =>
-  NodeChild.execFileSync("/bin/busybox", ["cpio", "-t"], { input: NodeFs.readFileSync(path), stdio: "pipe" })
+const cpioList = (path: string) => {
+  requireBusybox()
+  return NodeChild.execFileSync("/bin/busybox", ["cpio", "-t"], {
+    input: NodeFs.readFileSync(path),
+    stdio: "pipe"
+  })
     .toString("utf8")
     .split("\n")
     .filter((l) => l.length > 0)
+}
 
 const cpioFile = (archive: string, name: string) => {
   const dir = temp("microagent-cpio-")

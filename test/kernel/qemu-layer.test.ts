@@ -10,6 +10,7 @@ import * as NodePath from "node:path"
 import { type GuestControl, qemuCapabilities, QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, VmHandle } from "../../src/services/Hypervisor.ts"
+import { requireTool } from "../support/kernel.ts"
 
 const state = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "mq-"))
 const file = (name: string) => {
@@ -101,6 +102,7 @@ describe("qemu backend without booting", () => {
 
   it.live("reports QEMU's own refusal (a kernel that is not one)", () =>
     Effect.gen(function*() {
+      requireTool("qemu-system-x86_64", "qemu-system-x86")
       const hypervisor = yield* Hypervisor
       const text = failure(yield* Effect.exit(hypervisor.launch(config())))
       assert.include(text, "QEMU refused to start")
