@@ -27,7 +27,14 @@ import {
   VmHandle
 } from "../../src/services/Hypervisor.ts"
 import { type BootArtifacts, KernelCache } from "../../src/services/KernelCache.ts"
-import { agentBinary, kernelCacheLayer, makeRootfs, requireVmTools } from "../support/kernel.ts"
+import {
+  agentBinary,
+  cleanupTempDirs,
+  kernelCacheLayer,
+  makeRootfs,
+  requireVmTools,
+  tempDir
+} from "../support/kernel.ts"
 
 requireVmTools()
 const stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-qemu-e2e-"))
@@ -79,6 +86,8 @@ const qemuProcessesFor = (runtimeDir: string) =>
       return []
     }
   })
+
+afterAll(cleanupTempDirs)
 
 describe("qemu backend", () => {
   afterAll(() => NodeFs.rmSync(stateDir, { recursive: true, force: true }))
@@ -271,7 +280,7 @@ describe("qemu backend", () => {
           server.listen(0, "127.0.0.1", () => resume(Effect.void))
         })
         const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/vmlinux`
-        const other = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-url-"))
+        const other = tempDir("microagent-url-")
         const result = yield* Effect.gen(function*() {
           const cache = yield* KernelCache
           const bad = yield* Effect.exit(cache.install({ url, sha256: "0".repeat(64) }))

@@ -1,10 +1,8 @@
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
-import * as NodeOs from "node:os"
-import * as NodePath from "node:path"
 import * as NodeZlib from "node:zlib"
 import { detectCompression, isBzImage, parseBzImage } from "../../src/layers/kernel/internal/bzimage.ts"
 import {
@@ -16,15 +14,17 @@ import {
 } from "../../src/layers/kernel/internal/elf.ts"
 import { decodeLz4Legacy } from "../../src/layers/kernel/internal/lz4.ts"
 import { unpackKernel } from "../../src/layers/kernel/internal/unpack.ts"
-import { debianKernelTree, requireTool } from "../support/kernel.ts"
+import { cleanupTempDirs, debianKernelTree, requireTool, tempDir } from "../support/kernel.ts"
 import { fakeBzImage, fakeVmlinux } from "./fixtures.ts"
 
 const sha = (bytes: Uint8Array) => NodeCrypto.createHash("sha256").update(bytes).digest("hex")
-const scratch = () => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-unpack-"))
+const scratch = () => tempDir("microagent-unpack-")
 
 /** Compresses with a host tool, as the kernel build would. */
 const compress = (command: string, args: ReadonlyArray<string>, input: Uint8Array) =>
   NodeChild.execFileSync(command, [...args], { input, maxBuffer: 64 * 1024 * 1024 })
+
+afterAll(cleanupTempDirs)
 
 describe("bzImage on the Debian cloud kernel", () => {
   const tree = debianKernelTree()

@@ -1,14 +1,20 @@
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { KernelCache } from "../../src/services/KernelCache.ts"
-import { debianKernelTree, kernelCacheLayer, requireTool, sharedBootArtifacts } from "../support/kernel.ts"
+import {
+  cleanupTempDirs,
+  debianKernelTree,
+  kernelCacheLayer,
+  requireTool,
+  sharedBootArtifacts,
+  tempDir
+} from "../support/kernel.ts"
 import { fakeVmlinux } from "./fixtures.ts"
 
-const temp = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
+const temp = tempDir
 const mode = (path: string) => NodeFs.statSync(path).mode & 0o777
 
 const requireBusybox = () => {
@@ -38,6 +44,8 @@ const cpioFile = (archive: string, name: string) => {
   })
   return NodeFs.readFileSync(NodePath.join(dir, name), "utf8")
 }
+
+afterAll(cleanupTempDirs)
 
 describe("FileKernelCache", () => {
   const tree = debianKernelTree()

@@ -1,12 +1,13 @@
 import { Command } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { Invocation } from "../../src/cli/Invocation.ts"
 import { kernelCommand } from "../../src/cli/kernel.ts"
+import { cleanupTempDirs, tempDir } from "../support/kernel.ts"
 import { fakeVmlinux } from "./fixtures.ts"
 
 /** Runs `microagent kernel …` in-process with JSON output, returning what it printed. */
@@ -37,10 +38,12 @@ const run = (stateDir: string, args: ReadonlyArray<string>) =>
     return { exit, output: printed.join("") }
   })
 
+afterAll(cleanupTempDirs)
+
 describe("microagent kernel", () => {
   it.live("installs from a path, lists, verifies and reports tampering", () =>
     Effect.gen(function*() {
-      const state = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-kcli-"))
+      const state = tempDir("microagent-kcli-")
       const vmlinux = NodePath.join(state, "vmlinux-in")
       NodeFs.writeFileSync(vmlinux, fakeVmlinux({ version: "6.6.6-cli" }))
 

@@ -1,25 +1,18 @@
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as NodeZlib from "node:zlib"
 import { writeCpio } from "../../src/layers/kernel/internal/cpio.ts"
 import { buildInitramfs } from "../../src/layers/kernel/internal/initramfs.ts"
+import { cleanupTempDirs, tempDir } from "../support/kernel.ts"
 
 const busybox = "/bin/busybox"
 const requireBusybox = () => {
   if (!NodeFs.existsSync(busybox)) throw new Error("/bin/busybox is required: apt-get install busybox-static")
 }
 
-const withTemp = <A>(f: (dir: string) => A): A => {
-  const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-cpio-"))
-  try {
-    return f(dir)
-  } finally {
-    NodeFs.rmSync(dir, { recursive: true, force: true })
-  }
-}
+const withTemp = <A>(f: (dir: string) => A): A => f(tempDir("microagent-cpio-"))
 
 /** busybox cpio's listing of an archive. */
 const listing = (archive: Uint8Array) =>
@@ -27,6 +20,8 @@ const listing = (archive: Uint8Array) =>
     .toString("utf8")
     .split("\n")
     .filter((l) => l.length > 0)
+
+afterAll(cleanupTempDirs)
 
 describe("cpio newc writer", () => {
   it("writes archives busybox cpio lists and extracts with the same names, data, modes and links", () => {

@@ -2,17 +2,16 @@
  * The qemu backend's refusals and bookkeeping, without booting anything (the real boots are in
  * test/e2e/qemu.test.ts).
  */
-import { assert, describe, it } from "@effect/vitest"
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer } from "effect"
 import * as NodeFs from "node:fs"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { type GuestControl, qemuCapabilities, QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, VmHandle } from "../../src/services/Hypervisor.ts"
-import { requireTool } from "../support/kernel.ts"
+import { cleanupTempDirs, requireTool, tempDir } from "../support/kernel.ts"
 
-const state = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "mq-"))
+const state = tempDir("mq-")
 const file = (name: string) => {
   const path = NodePath.join(state, name)
   NodeFs.writeFileSync(path, "x")
@@ -56,6 +55,8 @@ const deadHandle = () =>
     consoleLog: NodePath.join(state, "run", "d", "console.log"),
     controlSocket: NodePath.join(state, "run", "d", "qmp.sock")
   })
+
+afterAll(cleanupTempDirs)
 
 describe("qemu backend without booting", () => {
   it.live("declares its capabilities", () =>

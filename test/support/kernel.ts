@@ -17,6 +17,19 @@ import { type BootArtifacts, KernelCache, type Machine } from "../../src/service
 const here = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
 export const repoRoot = NodePath.resolve(here, "../..")
 
+const temporaries: Array<string> = []
+
+/** A private temporary directory; `cleanupTempDirs` (run it in `afterAll`) removes it. */
+export const tempDir = (prefix: string): string => {
+  const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
+  temporaries.push(dir)
+  return dir
+}
+
+export const cleanupTempDirs = (): void => {
+  for (const path of temporaries.splice(0)) NodeFs.rmSync(path, { recursive: true, force: true })
+}
+
 /** Fails (never skips) when a tool is missing, naming the Debian package to install. */
 export const requireTool = (command: string, debianPackage: string): string => {
   for (const dir of (process.env.PATH ?? "").split(":").concat(["/usr/sbin", "/sbin"])) {
