@@ -11,6 +11,7 @@ import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
+import { kernelCommand } from "./kernel.ts"
 import { Invocation } from "./Invocation.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
@@ -23,6 +24,7 @@ export const subcommands = [
   ...runGroup,
   ...lifecycleGroup,
   imageCommand,
+  kernelCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

@@ -137,6 +137,13 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "kernel",
+    group: "Resources",
+    usage: "microagent kernel list|install|verify|ensure ...",
+    summary: "install and verify guest kernels",
+    subcommands: true
+  },
+  {
     name: "profiles",
     group: "Resources",
     usage: "microagent profiles",
