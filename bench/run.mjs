@@ -1,9 +1,9 @@
 // `npm run bench`: bundles each bench/*.bench.ts, runs it, and prints one JSON object with every
 // bench's figures (each bench measures its own baseline in the same run and reports the ratio).
+import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs"
 import { join } from "node:path"
-import { build } from "esbuild"
 
 const only = process.argv.slice(2)
 const benches = readdirSync("bench").filter((f) => f.endsWith(".bench.ts"))
@@ -27,7 +27,11 @@ try {
     })
     process.stderr.write(`bench: ${name}\n`)
     try {
-      const stdout = execFileSync(process.execPath, [bundle], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"], maxBuffer: 64 << 20 })
+      const stdout = execFileSync(process.execPath, [bundle], {
+        encoding: "utf8",
+        stdio: ["ignore", "pipe", "inherit"],
+        maxBuffer: 64 << 20
+      })
       results[name] = JSON.parse(stdout.trim().split("\n").at(-1))
     } catch (error) {
       results[name] = { error: String(error.message ?? error).split("\n")[0] }

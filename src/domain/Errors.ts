@@ -96,7 +96,9 @@ export const toErrorBody = (error: MicroagentError): ErrorBody => ({
   message: error.message,
   remediation: error.remediation,
   retryable: error.kind === "transient",
-  ...(error._tag === "Transient" && error.retryAfterMs !== undefined ? { retry_after_ms: error.retryAfterMs } : {}),
+  ...(error._tag === "Transient" && error.retryAfterMs !== undefined
+    ? { retry_after_ms: error.retryAfterMs }
+    : {}),
   ...(error._tag === "InvalidInput" ? { usage: true } : {})
 })
 
@@ -109,4 +111,8 @@ export const ExitCode = {
 } as const
 
 export const exitCodeFor = (error: MicroagentError): number =>
-  error._tag === "InvalidInput" ? ExitCode.usage : error.kind === "transient" ? ExitCode.retryable : ExitCode.failed
+  error._tag === "InvalidInput"
+    ? ExitCode.usage
+    : error.kind === "transient"
+    ? ExitCode.retryable
+    : ExitCode.failed

@@ -6,7 +6,9 @@ import { Schema } from "effect"
 export class ExecRequest extends Schema.Class<ExecRequest>("ExecRequest")({
   /** Executed directly, no shell. */
   argv: Schema.NonEmptyArray(Schema.String),
-  env: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), { default: () => ({}) }),
+  env: Schema.optionalWith(Schema.Record({ key: Schema.String, value: Schema.String }), {
+    default: () => ({})
+  }),
   cwd: Schema.optional(Schema.String),
   user: Schema.optional(Schema.String),
   /** Seconds; the guest sends TERM then KILL to the process group when it runs out. */

@@ -58,8 +58,8 @@ export const isLive = (state: State): boolean => live.includes(state)
 
 /** States `wait` returns on. */
 export const isSettled = (state: State): boolean =>
-  state === "stopped" || state === "halted" || state === "failed" || state === "quarantined" ||
-  state === "prepared"
+  state === "stopped" || state === "halted" || state === "failed" || state === "quarantined"
+  || state === "prepared"
 
 /** States from which a workspace can be deleted without stopping it first. */
 export const isDeletable = (state: State): boolean =>
@@ -102,7 +102,7 @@ export const transition = (
     : Either.left(
       new Conflict({
         message: `cannot ${verbs[t]} workspace ${name} from state ${from}`,
-        remediation: remedies[from] ??
-          `it must be ${transitions[t].from.join(", ")} to ${verbs[t]}; see \`microagent inspect ${name}\``
+        remediation: remedies[from]
+          ?? `it must be ${transitions[t].from.join(", ")} to ${verbs[t]}; see \`microagent inspect ${name}\``
       })
     )

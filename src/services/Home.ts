@@ -2,10 +2,10 @@
  * The state directory (`$MICROAGENT_HOME`, default `~/.microagent`, or `--state-dir`) and its layout.
  * Directories are 0700 and files 0600; everything else in the project asks this service for paths.
  */
+import { Context, Effect, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Context, Effect, Layer } from "effect"
 import { Permanent } from "../domain/Errors.ts"
 
 export interface HomeShape {
@@ -30,7 +30,9 @@ export interface HomeShape {
 export class Home extends Context.Tag("microagent/Home")<Home, HomeShape>() {
   /** `--state-dir` wins, then `$MICROAGENT_HOME`, then `~/.microagent`. */
   static readonly resolveRoot = (explicit?: string): string =>
-    NodePath.resolve(explicit ?? process.env.MICROAGENT_HOME ?? NodePath.join(NodeOs.homedir(), ".microagent"))
+    NodePath.resolve(
+      explicit ?? process.env.MICROAGENT_HOME ?? NodePath.join(NodeOs.homedir(), ".microagent")
+    )
 
   static readonly make = (root: string): Effect.Effect<HomeShape, Permanent> =>
     Effect.gen(function*() {

@@ -18,7 +18,10 @@ export interface NetworksShape {
   readonly inspect: (name: string) => Effect.Effect<Network, MicroagentError>
   readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
   /** Allocates (or returns the persisted) address of a workspace on a network. */
-  readonly join: (name: string, workspace: string) => Effect.Effect<{ ip: string; gateway: string; prefix: number }, MicroagentError>
+  readonly join: (
+    name: string,
+    workspace: string
+  ) => Effect.Effect<{ ip: string; gateway: string; prefix: number }, MicroagentError>
   readonly leave: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
 }
 

@@ -20,7 +20,11 @@ export interface VolumesShape {
   readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
   readonly resize: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
   /** Claims a volume for a workspace; a second read-write claim is a `Conflict`. */
-  readonly attach: (name: string, workspace: string, readOnly: boolean) => Effect.Effect<Volume, MicroagentError>
+  readonly attach: (
+    name: string,
+    workspace: string,
+    readOnly: boolean
+  ) => Effect.Effect<Volume, MicroagentError>
   readonly detach: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
 }
 

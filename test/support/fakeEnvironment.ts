@@ -2,10 +2,10 @@
  * A complete fast-tier environment: a fresh temporary state directory, the real SQLite store, and the
  * fake backend. The directory is removed, and any fake VMM killed, when the scope closes.
  */
+import { Effect, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Effect, Layer } from "effect"
 import { backendLayer } from "../../src/layers/backends/Backends.ts"
 import { DatabaseLive } from "../../src/layers/state/Database.ts"
 import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"

@@ -2,8 +2,8 @@
  * Small helpers for detached host processes that outlive the process that started them (VMMs):
  * identity by pid plus start time, so a recycled pid is never mistaken for ours.
  */
-import * as NodeFs from "node:fs"
 import { Duration, Effect, Schedule } from "effect"
+import * as NodeFs from "node:fs"
 
 /** Field 22 of /proc/PID/stat: the start time in clock ticks since boot; undefined if gone. */
 export const startTimeOf = (pid: number): string | undefined => {

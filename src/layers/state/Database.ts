@@ -2,10 +2,10 @@
  * The SQLite database behind every store: opened in WAL mode with a busy timeout (better-sqlite3's
  * default), migrated on open, file modes 0600.
  */
-import * as NodeFs from "node:fs"
 import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Effect, Layer } from "effect"
+import * as NodeFs from "node:fs"
 import { Permanent } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import { migrations } from "./Migrations.ts"

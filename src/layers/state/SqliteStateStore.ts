@@ -77,7 +77,9 @@ export const make = Effect.gen(function*() {
   const store: StateStoreShape = {
     create: (workspace) =>
       Effect.gen(function*() {
-        const inserted = yield* sql<{ name: string }>`INSERT INTO workspaces (name, state, record, version, updated_at)
+        const inserted = yield* sql<
+          { name: string }
+        >`INSERT INTO workspaces (name, state, record, version, updated_at)
           VALUES (${workspace.name}, ${workspace.state}, ${encode(workspace)}, 1,
                   ${DateTime.formatIso(workspace.updatedAt)})
           ON CONFLICT (name) DO NOTHING RETURNING name`.pipe(Effect.mapError(storeError))
@@ -87,7 +89,11 @@ export const make = Effect.gen(function*() {
             remediation: "pick another --name, or delete the existing one with `microagent delete`"
           })
         }
-        yield* appendEvent(workspace.name, { type: "created", state: workspace.state, detail: workspace.image.ref })
+        yield* appendEvent(workspace.name, {
+          type: "created",
+          state: workspace.state,
+          detail: workspace.image.ref
+        })
         return workspace
       }),
     get: (name) =>
@@ -120,12 +126,17 @@ export const make = Effect.gen(function*() {
           Effect.map(({ after }) => after)
         ),
     update: (name, patch) =>
-      compareAndSet(name, (current) => Either.right(new Workspace({ ...patch(current), state: current.state }))).pipe(
+      compareAndSet(
+        name,
+        (current) => Either.right(new Workspace({ ...patch(current), state: current.state }))
+      ).pipe(
         Effect.map(({ after }) => after)
       ),
     remove: (name) =>
       Effect.gen(function*() {
-        const removed = yield* sql<{ name: string }>`DELETE FROM workspaces WHERE name = ${name} RETURNING name`
+        const removed = yield* sql<
+          { name: string }
+        >`DELETE FROM workspaces WHERE name = ${name} RETURNING name`
         yield* sql`DELETE FROM events WHERE workspace = ${name}`
         return removed.length > 0
       }).pipe(Effect.mapError(storeError)),

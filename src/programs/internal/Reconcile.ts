@@ -6,20 +6,22 @@ import { Effect, Option, Schema } from "effect"
 import { Conflict } from "../../domain/Errors.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
+import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
 import { StateStore } from "../../services/StateStore.ts"
-import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 
 export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
   workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
 
 /** Marks the calling process as the one carrying out a start or halt. */
-export const ownedByMe = (workspace: Workspace): Workspace => ({
-  ...workspace,
-  owner: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" }
-}) as Workspace
+export const ownedByMe = (workspace: Workspace): Workspace =>
+  ({
+    ...workspace,
+    owner: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" }
+  }) as Workspace
 
-export const withoutOwner = (workspace: Workspace): Workspace => ({ ...workspace, owner: undefined }) as Workspace
+export const withoutOwner = (workspace: Workspace): Workspace =>
+  ({ ...workspace, owner: undefined }) as Workspace
 
 /** The backend of the workspace must be the one this process was given. */
 export const requireBackend = (workspace: Workspace) =>
@@ -27,15 +29,16 @@ export const requireBackend = (workspace: Workspace) =>
     const hypervisor = yield* Hypervisor
     if (hypervisor.backend !== workspace.backend) {
       return yield* new Conflict({
-        message: `workspace ${workspace.name} runs on the ${workspace.backend} backend, not ${hypervisor.backend}`,
+        message:
+          `workspace ${workspace.name} runs on the ${workspace.backend} backend, not ${hypervisor.backend}`,
         remediation: `drop --backend, or pass --backend ${workspace.backend}`
       })
     }
   })
 
 const ownerGone = (workspace: Workspace) =>
-  workspace.owner !== undefined && workspace.owner.pid !== process.pid &&
-  !isAlive(workspace.owner.pid, workspace.owner.startTime || undefined)
+  workspace.owner !== undefined && workspace.owner.pid !== process.pid
+  && !isAlive(workspace.owner.pid, workspace.owner.startTime || undefined)
 
 /** Returns the workspace with a state that matches its VMM. */
 export const reconcile = (workspace: Workspace) =>
