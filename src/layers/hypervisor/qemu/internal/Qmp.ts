@@ -3,7 +3,7 @@
  * the command, wait for its answer (events in between are skipped), hang up. QEMU serves one QMP
  * client per socket at a time, so connections are never held.
  */
-import { Data, Duration, Effect } from "effect"
+import { Data, Duration, Effect, Schedule } from "effect"
 import * as NodeNet from "node:net"
 
 export class QmpError extends Data.TaggedError("QmpError")<{
@@ -11,7 +11,37 @@ export class QmpError extends Data.TaggedError("QmpError")<{
   readonly message: string
 }> {}
 
+/** One QMP conversation per socket at a time within this process. */
+const conversations = new Map<string, Effect.Semaphore>()
+const conversationLock = (socketPath: string) => {
+  let lock = conversations.get(socketPath)
+  if (lock === undefined) {
+    lock = Effect.unsafeMakeSemaphore(1)
+    conversations.set(socketPath, lock)
+  }
+  return lock
+}
+
+/**
+ * Runs one QMP command. Conversations on a socket are serialized here; a socket busy with another
+ * process's conversation refuses the connection (EAGAIN), so that is retried for a moment.
+ */
 export const qmpExecute = (
+  socketPath: string,
+  command: string,
+  args?: Record<string, unknown>,
+  timeout: Duration.DurationInput = Duration.seconds(5)
+): Effect.Effect<unknown, QmpError> =>
+  conversationLock(socketPath).withPermits(1)(
+    qmpConversation(socketPath, command, args, timeout).pipe(
+      Effect.retry({
+        while: (error) => error.reason === "Unreachable" && /EAGAIN|ECONNREFUSED/.test(error.message),
+        schedule: Schedule.intersect(Schedule.spaced(Duration.millis(20)), Schedule.recurs(100))
+      })
+    )
+  )
+
+const qmpConversation = (
   socketPath: string,
   command: string,
   args?: Record<string, unknown>,
