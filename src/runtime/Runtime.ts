@@ -108,7 +108,11 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
     // Idle when nothing runs and nobody has been connected for `idleSeconds`.
     let liveUntil = Date.now()
     for (;;) {
-      const live = yield* reconcileAll.pipe(Effect.provide(context))
+      // A failed pass (a busy store, say) must not take the runtime down: count it as live, retry.
+      const live = yield* reconcileAll.pipe(
+        Effect.provide(context),
+        Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("reconcile failed", cause), true))
+      )
       const now = Date.now()
       if (live) liveUntil = now
       const { connections, lastChange } = yield* Ref.get(activity)

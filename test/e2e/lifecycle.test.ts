@@ -22,6 +22,7 @@ const ma = (args: ReadonlyArray<string>, input?: string): Promise<CliResult> =>
 
 const json = (result: CliResult) => {
   assert.strictEqual(result.stderr.includes("internal error"), false, result.stderr)
+  assert.isAbove(result.stdout.length, 0, `no output; exit ${result.code}; stderr: ${result.stderr}`)
   return JSON.parse(result.stdout)
 }
 
