@@ -6,6 +6,7 @@ import { Effect, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
@@ -56,6 +57,26 @@ const definedOnly = <A extends Record<string, unknown>>(
 ): { [K in keyof A]: Exclude<A[K], undefined> } =>
   Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)) as never
 
+/** What shapes a new workspace: each flag, else the spec's field. */
+const workspaceFields = (
+  options: {
+    readonly profile: Option.Option<Spec["profile"] & string>
+    readonly memory: Option.Option<number>
+    readonly cpus: Option.Option<number>
+    readonly sizeMiB: Option.Option<number>
+    readonly hostname: Option.Option<string>
+    readonly network: Option.Option<"user" | "isolated">
+  },
+  spec: Spec
+) => ({
+  profile: orUndefined(options.profile) ?? spec.profile,
+  memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+  cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+  sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+  hostname: orUndefined(options.hostname) ?? spec.hostname,
+  network: orUndefined(options.network) ?? spec.network?.mode
+})
+
 /** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
 const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
   Effect.gen(function*() {
@@ -95,13 +116,8 @@ const runCommand = Command.make("run", {
       client.run(definedOnly({
         image,
         command: [...invocation.guestArgv],
+        ...workspaceFields(options, spec),
         name: orUndefined(options.name) ?? spec.name,
-        profile: orUndefined(options.profile) ?? spec.profile,
-        memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
-        cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
-        sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
-        hostname: orUndefined(options.hostname) ?? spec.hostname,
-        network: orUndefined(options.network) ?? spec.network?.mode,
         env,
         keep: options.keep,
         bootTimeoutSeconds: orUndefined(options.bootTimeout),
@@ -141,13 +157,8 @@ const createCommand = Command.make("create", {
     }
     const workspace = yield* withNewBackend(create({
       image,
+      ...workspaceFields(options, spec),
       name: positional ?? flagged ?? spec.name,
-      profile: orUndefined(options.profile) ?? spec.profile,
-      memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
-      cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
-      sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
-      hostname: orUndefined(options.hostname) ?? spec.hostname,
-      network: orUndefined(options.network) ?? spec.network?.mode,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
       env: { ...spec.env, ...(yield* parseEnv(options.env)) }
