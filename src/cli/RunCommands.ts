@@ -12,6 +12,7 @@ import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
+import { defined } from "../rpc/Rpcs.ts"
 import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
@@ -50,12 +51,6 @@ const execOptions = {
     Options.optional
   )
 }
-
-/** Drops undefined fields, which the RPC payloads' optional fields do not accept. */
-const definedOnly = <A extends Record<string, unknown>>(
-  fields: A
-): { [K in keyof A]: Exclude<A[K], undefined> } =>
-  Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)) as never
 
 /** What shapes a new workspace: each flag, else the spec's field. */
 const workspaceFields = (
@@ -113,7 +108,7 @@ const runCommand = Command.make("run", {
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-      client.run(definedOnly({
+      client.run(defined({
         image,
         command: [...invocation.guestArgv],
         ...workspaceFields(options, spec),
@@ -176,7 +171,7 @@ const startCommand = Command.make(
     withRuntime(
       Effect.flatMap(MicroagentClient, (client) =>
         client.start(
-          definedOnly({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout) })
+          defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout) })
         ))
     ).pipe(
       Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
@@ -202,7 +197,7 @@ const execCommand = Command.make("exec", {
     const env = yield* parseEnv(options.env)
     const stdin = yield* stdinBytes(options.stdin)
     const json = yield* jsonMode
-    const payload = definedOnly({
+    const payload = defined({
       name: options.name,
       argv: [first, ...rest] as [string, ...Array<string>],
       env,

@@ -18,7 +18,7 @@ import {
   WorkspaceName
 } from "../domain/Workspace.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
 import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
 
 const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
@@ -80,11 +80,33 @@ const execFields = {
 const encoder = new TextEncoder()
 const stdinOf = (text: string | undefined) => (text === undefined ? {} : { stdin: encoder.encode(text) })
 
-/** Drops undefined fields, for payloads with exact optional properties. */
-const defined = <A extends Record<string, unknown>>(value: A) =>
-  Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as {
-    [K in keyof A]: Exclude<A[K], undefined>
-  }
+/** The fields of a new workspace, from a tool's arguments. */
+const newWorkspaceFields = (
+  args: {
+    readonly image: string
+    readonly name?: string | undefined
+    readonly profile?: typeof ProfileName.Type | undefined
+    readonly memory_mib?: number | undefined
+    readonly cpus?: number | undefined
+    readonly size_mib?: number | undefined
+    readonly env?: { readonly [key: string]: string } | undefined
+    readonly hostname?: string | undefined
+    readonly network?: typeof NetworkMode.Type | undefined
+    readonly backend?: typeof Backend.Type | undefined
+  },
+  defaultBackend: typeof Backend.Type
+) => ({
+  image: args.image,
+  name: args.name,
+  profile: args.profile,
+  memoryMiB: args.memory_mib,
+  cpus: args.cpus,
+  sizeMiB: args.size_mib,
+  env: args.env,
+  hostname: args.hostname,
+  network: args.network,
+  backend: args.backend ?? defaultBackend
+})
 
 const WorkspaceSummary = Schema.Struct({
   name: Schema.String,
@@ -171,16 +193,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.flatMap(MicroagentClient, (client) =>
         client.run(defined({
-          image: args.image,
-          name: args.name,
-          profile: args.profile,
-          memoryMiB: args.memory_mib,
-          cpus: args.cpus,
-          sizeMiB: args.size_mib,
-          env: args.env,
-          hostname: args.hostname,
-          network: args.network,
-          backend: args.backend ?? context.defaultBackend,
+          ...newWorkspaceFields(args, context.defaultBackend),
           command: args.command ?? [],
           cwd: args.cwd,
           user: args.user,
@@ -209,18 +222,9 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.flatMap(MicroagentClient, (client) =>
         client.create(defined({
-          image: args.image,
-          name: args.name,
-          profile: args.profile,
-          memoryMiB: args.memory_mib,
-          cpus: args.cpus,
-          sizeMiB: args.size_mib,
-          env: args.env,
-          hostname: args.hostname,
-          network: args.network,
+          ...newWorkspaceFields(args, context.defaultBackend),
           restart: args.restart,
-          entrypoint: args.entrypoint,
-          backend: args.backend ?? context.defaultBackend
+          entrypoint: args.entrypoint
         })))
   }),
   defineTool({

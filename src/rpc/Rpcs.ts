@@ -92,6 +92,12 @@ export const ProfilesResult = Schema.Struct({
 
 const named = { name: Schema.String }
 
+/** Drops undefined fields: the payloads' optional fields are exact and do not accept them. */
+export const defined = <A extends Record<string, unknown>>(fields: A) =>
+  Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)) as {
+    [K in keyof A]: Exclude<A[K], undefined>
+  }
+
 export class Rpcs extends RpcGroup.make(
   Rpc.make("version", { success: Schema.Struct({ version: Schema.String }) }),
   /** Create, boot, run one command, tear down (or keep, halted). */

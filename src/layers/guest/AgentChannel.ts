@@ -401,24 +401,7 @@ const startExec = (
     const st = yield* scopedStream(conn)
     yield* conn.sendRequest(st, execMessage(request, stdin !== undefined, collect))
     if (stdin !== undefined) {
-      yield* stdin.pipe(
-        Stream.runForEach((chunk) => st.sendData("Stdin", chunk)),
-        Effect.zipRight(Effect.sync(() => conn.send(st.id, { _tag: "Eof" }))),
-        Effect.catchAllCause((cause) =>
-          Effect.sync(() => {
-            if (Cause.isInterruptedOnly(cause)) return
-            // stdin broke: stop the process and report why
-            const error = Cause.failureOption(cause).pipe(
-              Option.getOrElse(() =>
-                new GuestProtocolError({ message: `stdin failed: ${Cause.pretty(cause)}` })
-              )
-            )
-            if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
-            st.push({ _tag: "Failed", error })
-          })
-        ),
-        Effect.forkScoped
-      )
+      yield* pump(conn, st, stdin, "Stdin", "stdin")
     }
     if (controls !== undefined) {
       yield* controls.pipe(
@@ -564,23 +547,7 @@ const makeConnection = (conn: Connection): GuestConnection => {
       ...(file.uid !== undefined ? { uid: file.uid } : {}),
       ...(file.gid !== undefined ? { gid: file.gid } : {})
     })
-    yield* file.data.pipe(
-      Stream.runForEach((chunk) => st.sendData("FileData", chunk)),
-      Effect.zipRight(Effect.sync(() => conn.send(st.id, { _tag: "Eof" }))),
-      Effect.catchAllCause((cause) =>
-        Effect.sync(() => {
-          if (Cause.isInterruptedOnly(cause)) return
-          const error = Cause.failureOption(cause).pipe(
-            Option.getOrElse(() =>
-              new GuestProtocolError({ message: `upload failed: ${Cause.pretty(cause)}` })
-            )
-          )
-          if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
-          st.push({ _tag: "Failed", error })
-        })
-      ),
-      Effect.forkScoped
-    )
+    yield* pump(conn, st, file.data, "FileData", "upload")
     yield* awaitOk(st)
   }, Effect.scoped)
 
@@ -667,6 +634,35 @@ const makeConnection = (conn: Connection): GuestConnection => {
 
   return { exec, execStream, putFile, getFile, deliverSecrets, ping, shutdown, agent: conn.info! }
 }
+
+/**
+ * Sends a stream (stdin, a file's contents) on an open stream, then EOF, in the background. If the
+ * source fails, the guest side is cancelled and the failure is reported on the stream.
+ */
+const pump = (
+  conn: Connection,
+  st: StreamState,
+  data: Stream.Stream<Uint8Array, GuestError>,
+  tag: "Stdin" | "FileData",
+  what: string
+) =>
+  data.pipe(
+    Stream.runForEach((chunk) => st.sendData(tag, chunk)),
+    Effect.zipRight(Effect.sync(() => conn.send(st.id, { _tag: "Eof" }))),
+    Effect.catchAllCause((cause) =>
+      Effect.sync(() => {
+        if (Cause.isInterruptedOnly(cause)) return
+        const error = Cause.failureOption(cause).pipe(
+          Option.getOrElse(() =>
+            new GuestProtocolError({ message: `${what} failed: ${Cause.pretty(cause)}` })
+          )
+        )
+        if (!st.finished) conn.send(st.id, { _tag: "Cancel" })
+        st.push({ _tag: "Failed", error })
+      })
+    ),
+    Effect.forkScoped
+  )
 
 const connect = Effect.fn("GuestChannel.connect")(
   function*(endpoint: ChannelEndpoint, options?: ConnectOptions) {
