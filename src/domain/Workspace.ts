@@ -77,6 +77,38 @@ export class ImageInfo extends Schema.Class<ImageInfo>("ImageInfo")({
   stopSignal: Schema.optional(Schema.String)
 }) {}
 
+/** A published port, `[ip:]hostPort:guestPort[/tcp]`. */
+export class PublishedPort extends Schema.Class<PublishedPort>("PublishedPort")({
+  hostIp: Schema.String,
+  hostPort: Schema.Int.pipe(Schema.between(1, 65535)),
+  guestPort: Schema.Int.pipe(Schema.between(1, 65535)),
+  protocol: Schema.Literal("tcp")
+}) {}
+
+/**
+ * A disk attached at a guest path (`-v SOURCE:/path[:ro]`): a named volume, a tar bundle built into a
+ * one-shot ext4 disk at every start, or an ext4 image file the user owns, attached as it is.
+ */
+export class Mount extends Schema.Class<Mount>("Mount")({
+  kind: Schema.Literal("volume", "bundle", "image"),
+  /** The volume name, or the absolute host path of the bundle or image. */
+  source: Schema.String,
+  target: Schema.String,
+  readOnly: Schema.Boolean
+}) {}
+
+/** A secret reference (`NAME=env:VAR`, `file:PATH`, `dotenv:PATH[:KEY]`); never its value. */
+export class SecretRef extends Schema.Class<SecretRef>("SecretRef")({
+  name: Schema.String,
+  source: Schema.String
+}) {}
+
+/** A declared output (`--output NAME=/path`), collected as an artifact. */
+export class OutputDecl extends Schema.Class<OutputDecl>("OutputDecl")({
+  name: Schema.String,
+  path: Schema.String
+}) {}
+
 /** The persisted record of a workspace. Paths are absolute. */
 export class Workspace extends Schema.Class<Workspace>("Workspace")({
   name: WorkspaceName,
@@ -89,6 +121,12 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   hostname: Schema.String,
   network: NetworkMode,
   restart: RestartPolicy,
+  ports: Schema.optionalWith(Schema.Array(PublishedPort), { default: () => [] }),
+  /** Named networks this workspace is a member of (its address on each is in the store). */
+  networks: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  mounts: Schema.optionalWith(Schema.Array(Mount), { default: () => [] }),
+  secrets: Schema.optionalWith(Schema.Array(SecretRef), { default: () => [] }),
+  outputs: Schema.optionalWith(Schema.Array(OutputDecl), { default: () => [] }),
   /** Shell command each `start` runs and reports as the workspace's result. */
   entrypoint: Schema.optional(Schema.String),
   /** One-shot workspaces made by `run` (deleted afterwards unless kept). */

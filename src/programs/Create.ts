@@ -9,11 +9,15 @@ import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import {
   defaultResources,
   ImageInfo,
+  type Mount,
   nameProblem,
   type NetworkMode,
+  type OutputDecl,
   type ProfileName,
   profiles,
+  type PublishedPort,
   Resources,
+  type SecretRef,
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
@@ -38,6 +42,11 @@ export interface CreateOptions {
   /** One-shot workspaces of `run`. */
   readonly ephemeral?: boolean | undefined
   readonly namePrefix?: string | undefined
+  readonly ports?: ReadonlyArray<PublishedPort> | undefined
+  readonly networks?: ReadonlyArray<string> | undefined
+  readonly mounts?: ReadonlyArray<Mount> | undefined
+  readonly secrets?: ReadonlyArray<SecretRef> | undefined
+  readonly outputs?: ReadonlyArray<OutputDecl> | undefined
 }
 
 /** Hostnames are the workspace name made DNS-safe. */
@@ -102,6 +111,11 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       hostname: options.hostname ?? hostnameFor(name),
       network: options.network ?? "user",
       restart: options.restart ?? "never",
+      ports: options.ports ?? [],
+      networks: options.networks ?? [],
+      mounts: options.mounts ?? [],
+      secrets: options.secrets ?? [],
+      outputs: options.outputs ?? [],
       ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
       ephemeral: options.ephemeral ?? false,
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),

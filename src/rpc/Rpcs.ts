@@ -8,7 +8,17 @@ import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
-import { Backend, NetworkMode, ProfileName, RestartPolicy, Workspace } from "../domain/Workspace.ts"
+import {
+  Backend,
+  Mount,
+  NetworkMode,
+  OutputDecl,
+  ProfileName,
+  PublishedPort,
+  RestartPolicy,
+  SecretRef,
+  Workspace
+} from "../domain/Workspace.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -26,6 +36,13 @@ export const WorkspaceFields = {
   env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
   hostname: Schema.optional(Schema.String),
   network: Schema.optional(NetworkMode),
+  ports: Schema.optional(Schema.Array(PublishedPort)),
+  /** Named networks to join. */
+  networks: Schema.optional(Schema.Array(Schema.String)),
+  mounts: Schema.optional(Schema.Array(Mount)),
+  /** References only; values are resolved by the caller and sent with each start. */
+  secrets: Schema.optional(Schema.Array(SecretRef)),
+  outputs: Schema.optional(Schema.Array(OutputDecl)),
   /** The backend of the new workspace; the server's default when absent. */
   backend: Schema.optional(Backend)
 }

@@ -86,6 +86,11 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           env: p.env,
           hostname: p.hostname,
           network: p.network,
+          ports: p.ports,
+          networks: p.networks,
+          mounts: p.mounts,
+          secrets: p.secrets,
+          outputs: p.outputs,
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           exec: {
@@ -111,6 +116,11 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           env: p.env,
           hostname: p.hostname,
           network: p.network,
+          ports: p.ports,
+          networks: p.networks,
+          mounts: p.mounts,
+          secrets: p.secrets,
+          outputs: p.outputs,
           restart: p.restart,
           entrypoint: p.entrypoint
         })
