@@ -76,7 +76,10 @@ export const ErrorBodySchema = Schema.Struct({
 /** What a destructive tool answers with `preview: true`. */
 export const PreviewResult = Schema.Struct({
   preview: Schema.Literal(true),
-  workspace: Schema.String,
+  /** The workspace the call acts on (workspace tools). */
+  workspace: Schema.optional(Schema.String),
+  /** What else the call acts on: an image reference, a volume, a network. */
+  target: Schema.optional(Schema.String),
   /** The workspace's state now; absent when there is no such workspace. */
   state: Schema.optional(Schema.String),
   /** What the call would do, in order; empty when it would do nothing. */

@@ -19,6 +19,7 @@ import {
 } from "../domain/Workspace.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { hostTools } from "./HostTools.ts"
 import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
 
 const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
@@ -491,5 +492,6 @@ export const tools: ReadonlyArray<AnyTool> = [
     sideEffects: [],
     cost: "metadata",
     run: () => Effect.succeed({ profiles })
-  })
+  }),
+  ...hostTools
 ]

@@ -19,6 +19,7 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { hostRpcs } from "./HostRpcs.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -117,6 +118,7 @@ export const defined = <A extends Record<string, unknown>>(fields: A) =>
 
 export class Rpcs extends RpcGroup.make(
   Rpc.make("version", { success: Schema.Struct({ version: Schema.String }) }),
+  ...hostRpcs,
   /** Create, boot, run one command, tear down (or keep, halted). */
   Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
   Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),

@@ -30,6 +30,7 @@ import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { version } from "../Version.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
+import { makeHostHandlers } from "./HostHandlers.ts"
 import { Rpcs } from "./Rpcs.ts"
 
 type ExecFieldsOf<P> = P & {
@@ -65,6 +66,7 @@ const requestFor = (
 /** The handlers of every procedure; they need the state store and the backends of this process. */
 export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
   const context = yield* Effect.context<WorkspaceBackends | StateStore | Home>()
+  const host = yield* makeHostHandlers
   const local = <A, E>(effect: Effect.Effect<A, E, WorkspaceBackends | StateStore | Home>) =>
     Effect.provide(effect, context)
   const localStream = <A, E>(stream: Stream.Stream<A, E, WorkspaceBackends | StateStore | Home>) =>
@@ -72,6 +74,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
 
   return Rpcs.of({
     version: () => Effect.succeed({ version }),
+    ...host,
     run: (p) =>
       local(withBackend(
         p.backend,

@@ -78,12 +78,13 @@ export const KernelSource = Schema.Union(
 )
 export type KernelSource = typeof KernelSource.Type
 
-export interface VerifyResult {
-  readonly path: string
-  readonly ok: boolean
-  readonly expected: string
-  readonly actual: string
-}
+export const VerifyResultSchema = Schema.Struct({
+  path: Schema.String,
+  ok: Schema.Boolean,
+  expected: Schema.String,
+  actual: Schema.String
+})
+export type VerifyResult = typeof VerifyResultSchema.Type
 
 export interface EnsureOptions {
   readonly machine?: Machine

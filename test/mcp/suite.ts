@@ -30,7 +30,14 @@ const expectedTools = [
   "workspace.events",
   "workspace.wait",
   "microagent.profiles",
-  "microagent.describe"
+  "microagent.describe",
+  "images.pull",
+  "images.list",
+  "images.inspect",
+  "images.delete",
+  "kernel.list",
+  "kernel.verify",
+  "doctor.check"
 ]
 
 const ajv = new Ajv({ allErrors: true })
@@ -190,6 +197,77 @@ export const describeMcpServer = (target: TestTarget) => {
         "small",
         "tiny"
       ])
+    })
+
+    it("pulls, lists, inspects and deletes an image; lists and verifies kernels; checks the host", async () => {
+      const builtin = "microagent.local/busybox:latest"
+      const pulled = await mcp.call("images.pull", { image: builtin, idempotency_key: "pull-1" })
+      assert.isTrue(pulled.ok, JSON.stringify(pulled.error))
+      assert.strictEqual(pulled.result.ref, builtin)
+      assert.match(pulled.result.digest, /^sha256:[0-9a-f]{64}$/)
+      assert.isAbove(pulled.result.sizeBytes, 0)
+      const listed = await mcp.call("images.list")
+      assert.include(listed.result.images.map((i: { ref: string }) => i.ref), builtin)
+      const byDigest = await mcp.call("images.inspect", { image: pulled.result.digest.slice(7, 23) })
+      assert.isTrue(byDigest.ok, JSON.stringify(byDigest.error))
+      assert.strictEqual(byDigest.result.image.ref, builtin)
+      assert.isAbove(byDigest.result.layers.length, 0)
+      const badRef = await mcp.call("images.pull", { image: "UPPER/Case::x", idempotency_key: "pull-2" })
+      assert.isFalse(badRef.ok)
+      assert.strictEqual(badRef.error?.kind, "permanent")
+      assert.isString(badRef.error?.remediation)
+
+      const preview = await mcp.call("images.delete", { image: builtin, delete_files: true, preview: true })
+      assert.isTrue(preview.ok, JSON.stringify(preview.error))
+      assert.strictEqual(preview.result.target, builtin)
+      assert.isAbove(preview.result.actions.length, 0)
+      const still = await mcp.call("images.list")
+      assert.include(
+        still.result.images.map((i: { ref: string }) => i.ref),
+        builtin,
+        "a preview changes nothing"
+      )
+      const deleted = await mcp.call("images.delete", {
+        image: builtin,
+        delete_files: true,
+        idempotency_key: "rm-1"
+      })
+      assert.isTrue(deleted.ok, JSON.stringify(deleted.error))
+      assert.include(deleted.result.removed, builtin)
+      const after = await mcp.call("images.list")
+      assert.notInclude(after.result.images.map((i: { ref: string }) => i.ref), builtin)
+      const gone = await mcp.call("images.inspect", { image: builtin })
+      assert.strictEqual(gone.error?.kind, "not_found")
+      const ghostPreview = await mcp.call("images.delete", { image: builtin, preview: true })
+      assert.strictEqual(ghostPreview.result.wouldFail?.kind, "not_found")
+
+      if (testBackend === "qemu") {
+        // A boot installs the default kernel into this fresh state directory's cache.
+        const booted = await mcp.call("workspace.run", {
+          image: testImage,
+          command: ["true"],
+          idempotency_key: "boot-1"
+        })
+        assert.isTrue(booted.ok, JSON.stringify(booted.error))
+      }
+      const kernels = await mcp.call("kernel.list")
+      assert.isTrue(kernels.ok, JSON.stringify(kernels.error))
+      assert.isArray(kernels.result.kernels)
+      if (testBackend === "qemu") {
+        // The real tier boots a cached kernel, so the cache has one, and it verifies.
+        assert.isAbove(kernels.result.kernels.length, 0)
+        assert.match(kernels.result.kernels[0].sha256, /^[0-9a-f]{64}$/)
+        const verified = await mcp.call("kernel.verify")
+        assert.isTrue(verified.result.ok, JSON.stringify(verified.result.files.filter((f: any) => !f.ok)))
+        assert.isAbove(verified.result.files.length, 0)
+      }
+      const doctor = await mcp.call("doctor.check")
+      assert.isTrue(doctor.ok, JSON.stringify(doctor.error))
+      const names = doctor.result.checks.map((c: { name: string }) => c.name)
+      assert.includeMembers(names, ["qemu", "mke2fs", "acceleration"])
+      for (const check of doctor.result.checks) {
+        if (!check.ok) assert.isString(check.remediation, `${check.name} says how to install what is missing`)
+      }
     })
 
     it("previews a destructive call without doing it", async () => {

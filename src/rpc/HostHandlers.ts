@@ -1,0 +1,61 @@
+/**
+ * Handlers of the host-level procedures (HostRpcs.ts): thin calls into the image store, the kernel
+ * cache and `doctor`. The store and the cache are built once, on first use, for the server's state
+ * directory, whatever backend its workspaces use: images and kernels are the same files for all.
+ */
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import { SqlClient } from "@effect/sql"
+import { Effect, Layer } from "effect"
+import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
+import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
+import { RegistryHttp } from "../layers/registry/Http.ts"
+import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
+import { doctor } from "../programs/Doctor.ts"
+import { Home } from "../services/Home.ts"
+import { KernelCache } from "../services/KernelCache.ts"
+
+export const makeHostHandlers = Effect.gen(function*() {
+  const home = yield* Home
+  const sql = yield* SqlClient.SqlClient
+  const here = Layer.mergeAll(Layer.succeed(Home, home), Layer.succeed(SqlClient.SqlClient, sql))
+  const images = yield* Effect.cached(
+    makeImageStore.pipe(
+      Effect.provide(
+        Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive).pipe(Layer.provideMerge(here))
+      )
+    )
+  )
+  const kernels = yield* Effect.cached(
+    KernelCache.pipe(
+      Effect.provide(FileKernelCache.layer().pipe(Layer.provide(Layer.merge(here, FetchHttpClient.layer))))
+    )
+  )
+  return {
+    imagePull: (p: {
+      readonly ref: string
+      readonly platform?: string | undefined
+      readonly refresh?: boolean | undefined
+      readonly insecureRegistry?: boolean | undefined
+      readonly allowGuestSetuid?: boolean | undefined
+    }) =>
+      Effect.flatMap(images, (store) =>
+        store.ensure(p.ref, {
+          refresh: p.refresh ?? true,
+          ...(p.platform === undefined ? {} : { platform: p.platform }),
+          ...(p.insecureRegistry === undefined ? {} : { insecureRegistry: p.insecureRegistry }),
+          ...(p.allowGuestSetuid === undefined ? {} : { allowGuestSetuid: p.allowGuestSetuid })
+        })),
+    imageList: () => Effect.map(Effect.flatMap(images, (store) => store.list), (list) => ({ images: list })),
+    imageInspect: (p: { readonly ref: string }) => Effect.flatMap(images, (store) => store.inspect(p.ref)),
+    imageRemove: (p: { readonly refs: ReadonlyArray<string>; readonly purge?: boolean | undefined }) =>
+      Effect.flatMap(images, (store) => store.remove(p.refs, { purge: p.purge ?? false })),
+    kernelList: () =>
+      Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
+    kernelVerify: () =>
+      Effect.map(
+        Effect.flatMap(kernels, (cache) => cache.verify),
+        (files) => ({ ok: files.every((file) => file.ok), files })
+      ),
+    doctor: () => doctor
+  }
+})

@@ -1,0 +1,63 @@
+/**
+ * The host-level procedures of the RPC API: the image store, the kernel cache and the host check. They
+ * touch no VM, but they run in the runtime like everything else, so the MCP server and host
+ * applications reach them over the same socket.
+ */
+import { Rpc } from "@effect/rpc"
+import { Schema } from "effect"
+import { MicroagentError } from "../domain/Errors.ts"
+import { ImageRecord } from "../services/ImageStore.ts"
+import { KernelEntry, VerifyResultSchema } from "../services/KernelCache.ts"
+
+export const ImagePullPayload = Schema.Struct({
+  ref: Schema.String,
+  /** `linux/amd64`, `linux/arm64/v8`…; default the host's. */
+  platform: Schema.optional(Schema.String),
+  /** Resolve the reference again even when it is recorded. */
+  refresh: Schema.optional(Schema.Boolean),
+  /** Plain http to a registry that is not on loopback. */
+  insecureRegistry: Schema.optional(Schema.Boolean),
+  allowGuestSetuid: Schema.optional(Schema.Boolean)
+})
+
+export const ImageRemoveResult = Schema.Struct({
+  removed: Schema.Array(Schema.String),
+  deleted: Schema.Array(Schema.String),
+  kept: Schema.Array(Schema.String)
+})
+
+export const DoctorCheck = Schema.Struct({
+  name: Schema.String,
+  ok: Schema.Boolean,
+  required: Schema.Boolean,
+  detail: Schema.String,
+  remediation: Schema.optional(Schema.String)
+})
+
+export const DoctorResult = Schema.Struct({ ok: Schema.Boolean, checks: Schema.Array(DoctorCheck) })
+
+export const hostRpcs = [
+  Rpc.make("imagePull", { payload: ImagePullPayload, success: ImageRecord, error: MicroagentError }),
+  Rpc.make("imageList", {
+    success: Schema.Struct({ images: Schema.Array(ImageRecord) }),
+    error: MicroagentError
+  }),
+  /** By reference, full digest or a digest prefix of 12+ hex digits. */
+  Rpc.make("imageInspect", { payload: { ref: Schema.String }, success: ImageRecord, error: MicroagentError }),
+  /** Removes records; with `purge`, their files when no record or workspace uses them. */
+  Rpc.make("imageRemove", {
+    payload: { refs: Schema.Array(Schema.String), purge: Schema.optional(Schema.Boolean) },
+    success: ImageRemoveResult,
+    error: MicroagentError
+  }),
+  Rpc.make("kernelList", {
+    success: Schema.Struct({ kernels: Schema.Array(KernelEntry) }),
+    error: MicroagentError
+  }),
+  /** Recomputes every cached kernel file's sha256. */
+  Rpc.make("kernelVerify", {
+    success: Schema.Struct({ ok: Schema.Boolean, files: Schema.Array(VerifyResultSchema) }),
+    error: MicroagentError
+  }),
+  Rpc.make("doctor", { success: DoctorResult })
+] as const
