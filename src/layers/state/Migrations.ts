@@ -63,5 +63,20 @@ export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: st
       );
       CREATE INDEX mcp_idempotency_by_time ON mcp_idempotency (created_at);
     `
+  },
+  {
+    name: "mcp idempotency claims",
+    sql: `
+      CREATE TABLE mcp_idempotency_claims (
+        tool TEXT NOT NULL,
+        key TEXT NOT NULL,
+        args_hash TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        start_time TEXT NOT NULL,
+        claimed_at INTEGER NOT NULL,
+        PRIMARY KEY (tool, key)
+      );
+    `
   }
 ]
