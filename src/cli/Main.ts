@@ -18,6 +18,7 @@ import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { serve } from "./ServeCommands.ts"
 import { verbs } from "./Verbs.ts"
+import { volumeCommand } from "./volume.ts"
 
 export const subcommands = [
   ...hostGroup,
@@ -25,6 +26,7 @@ export const subcommands = [
   ...lifecycleGroup,
   imageCommand,
   kernelCommand,
+  volumeCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

@@ -10,6 +10,7 @@ import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
+import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { create } from "../programs/Create.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
@@ -17,6 +18,7 @@ import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
+import { mountsOf, resolveSecrets, secretRefsOf } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>
@@ -107,6 +109,9 @@ const runCommand = Command.make("run", {
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
+    const mounts = yield* mountsOf(options.volume)
+    const secrets = yield* secretRefsOf(options.secret)
+    const secretValues = yield* resolveSecrets(secrets ?? [])
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
@@ -120,6 +125,9 @@ const runCommand = Command.make("run", {
         user: orUndefined(options.user),
         timeoutSeconds: orUndefined(options.timeout),
         stdin,
+        mounts,
+        secrets,
+        secretValues,
         backend: invocation.backend ?? defaultBackend()
       }))))
     if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
@@ -150,13 +158,19 @@ const createCommand = Command.make("create", {
         remediation: "give one"
       })
     }
+    const mounts = yield* mountsOf(options.volume)
+    const secrets = yield* secretRefsOf(options.secret)
+    // Resolved once so that a secret that cannot be read fails now, not at the first start.
+    yield* resolveSecrets(secrets ?? [])
     const workspace = yield* withNewBackend(create({
       image,
       ...workspaceFields(options, spec),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
-      env: { ...spec.env, ...(yield* parseEnv(options.env)) }
+      env: { ...spec.env, ...(yield* parseEnv(options.env)) },
+      mounts,
+      secrets
     }))
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
@@ -165,15 +179,28 @@ const startCommand = Command.make(
   "start",
   {
     bootTimeout: workspaceOptions.bootTimeout,
+    secret: workspaceOptions.secret,
     name: Args.text({ name: "name" })
   },
   (options) =>
-    withRuntime(
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.start(
-          defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout) })
-        ))
-    ).pipe(
+    Effect.gen(function*() {
+      const given = yield* secretRefsOf(options.secret)
+      return yield* withRuntime(Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        // The workspace's secrets are resolved here, in the caller's environment, at every start.
+        const { workspace } = yield* client.inspect({ name: options.name })
+        const refs = mergeRefs(workspace.secrets, given ?? [])
+        const secretValues = yield* resolveSecrets(refs)
+        return yield* client.start(
+          defined({
+            name: options.name,
+            bootTimeoutSeconds: orUndefined(options.bootTimeout),
+            secrets: given,
+            secretValues
+          })
+        )
+      }))
+    }).pipe(
       Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
     )
 ).pipe(Command.withDescription("boot a workspace from its disk"))

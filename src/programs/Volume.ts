@@ -1,0 +1,65 @@
+/**
+ * `volume create|ls|inspect|rm|resize`: named volumes and their holders. A holder whose workspace is
+ * gone or no longer running is stale: listings do not report it, and rm and resize let it go.
+ */
+import { Effect } from "effect"
+import { Conflict } from "../domain/Errors.ts"
+import { defaultVolumeMiB } from "../layers/volume/VolumesLive.ts"
+import { Volume, Volumes } from "../services/Volumes.ts"
+import { holderIsLive } from "./internal/Mounts.ts"
+
+/** The volume with its holder only if that holder is live. */
+const current = (volume: Volume) =>
+  volume.attachedTo === undefined
+    ? Effect.succeed(volume)
+    : Effect.map(
+      holderIsLive(volume.attachedTo),
+      (live) => (live ? volume : new Volume({ ...volume, attachedTo: undefined }))
+    )
+
+export const volumeCreate = Effect.fn("volume.create")(function*(name: string, sizeMiB?: number) {
+  const volumes = yield* Volumes
+  return yield* volumes.create(name, sizeMiB ?? defaultVolumeMiB)
+})
+
+export const volumeList = Effect.fn("volume.list")(function*() {
+  const volumes = yield* Volumes
+  return yield* Effect.forEach(yield* volumes.list, current)
+})
+
+export const volumeInspect = Effect.fn("volume.inspect")(function*(name: string) {
+  const volumes = yield* Volumes
+  return yield* current(yield* volumes.inspect(name))
+})
+
+/** Lets go of a stale holder; a live one is a `Conflict` unless `force`. */
+const freeFor = (volume: Volume, what: string, force: boolean) =>
+  Effect.gen(function*() {
+    const holder = volume.attachedTo
+    if (holder === undefined) return
+    if ((yield* holderIsLive(holder)) && !force) {
+      return yield* new Conflict({
+        message: `volume ${volume.name} is attached to workspace ${holder}, which is running`,
+        remediation: what === "remove"
+          ? `halt ${holder} first (microagent halt ${holder}), or pass --force to remove it anyway`
+          : `halt ${holder} first (microagent halt ${holder}): resizing is done offline`
+      })
+    }
+    if (what === "resize") yield* Effect.flatMap(Volumes, (volumes) => volumes.detach(volume.name, holder))
+  })
+
+export const volumeRemove = Effect.fn("volume.remove")(
+  function*(name: string, options: { readonly force?: boolean | undefined } = {}) {
+    const volumes = yield* Volumes
+    const volume = yield* volumes.inspect(name)
+    yield* freeFor(volume, "remove", options.force ?? false)
+    yield* volumes.remove(name)
+    return { volume: name, removed: true }
+  }
+)
+
+export const volumeResize = Effect.fn("volume.resize")(function*(name: string, sizeMiB: number) {
+  const volumes = yield* Volumes
+  yield* freeFor(yield* volumes.inspect(name), "resize", false)
+  return yield* volumes.resize(name, sizeMiB)
+})
