@@ -6,6 +6,7 @@
 import { Effect, Redacted } from "effect"
 import { InvalidInput, Permanent } from "../../domain/Errors.ts"
 import type { SecretRef } from "../../domain/Workspace.ts"
+import { validateSecretRefs } from "../../layers/secrets/SecretRefs.ts"
 import { GuestChannel } from "../../services/GuestChannel.ts"
 import type { VmHandle } from "../../services/Hypervisor.ts"
 
@@ -16,6 +17,7 @@ export type SecretValues = ReadonlyArray<
 /** Every reference has a value and every value a reference; checked before the workspace changes state. */
 export const checkSecretValues = (workspace: string, refs: ReadonlyArray<SecretRef>, values: SecretValues) =>
   Effect.gen(function*() {
+    yield* validateSecretRefs(refs)
     const missing = refs.filter((ref) => !values.some((v) => v.name === ref.name)).map((ref) => ref.name)
     if (missing.length > 0) {
       return yield* new InvalidInput({
