@@ -58,8 +58,13 @@ const describe = (v: Volume) =>
     `size:      ${v.sizeMiB} MiB`,
     `path:      ${v.path}`,
     `attached:  ${v.attachedTo ?? "-"}`,
+    `readers:   ${v.readers.length > 0 ? v.readers.join(", ") : "-"}`,
     `created:   ${DateTime.formatIso(v.createdAt)}`
   ].join("\n")
+
+/** Who uses a volume: its read-write holder, or its read-only readers. */
+const users = (v: Volume) =>
+  v.attachedTo ?? (v.readers.length > 0 ? v.readers.map((r) => `${r} (ro)`).join(", ") : "-")
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("volume name"))
 

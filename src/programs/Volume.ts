@@ -8,14 +8,15 @@ import { defaultVolumeMiB } from "../layers/volume/VolumesLive.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
 import { holderIsLive } from "./internal/Mounts.ts"
 
-/** The volume with its holder only if that holder is live. */
+/** The volume with only its live holder and readers. */
 const current = (volume: Volume) =>
-  volume.attachedTo === undefined
-    ? Effect.succeed(volume)
-    : Effect.map(
-      holderIsLive(volume.attachedTo),
-      (live) => (live ? volume : new Volume({ ...volume, attachedTo: undefined }))
-    )
+  Effect.gen(function*() {
+    const holder = volume.attachedTo !== undefined && (yield* holderIsLive(volume.attachedTo))
+      ? volume.attachedTo
+      : undefined
+    const readers = yield* Effect.filter(volume.readers, holderIsLive)
+    return new Volume({ ...volume, attachedTo: holder, readers })
+  })
 
 export const volumeCreate = Effect.fn("volume.create")(function*(name: string, sizeMiB?: number) {
   const volumes = yield* Volumes
@@ -32,20 +33,24 @@ export const volumeInspect = Effect.fn("volume.inspect")(function*(name: string)
   return yield* current(yield* volumes.inspect(name))
 })
 
-/** Lets go of a stale holder; a live one is a `Conflict` unless `force`. */
-const freeFor = (volume: Volume, what: string, force: boolean) =>
+/** Lets go of stale holders and readers; a live one is a `Conflict` unless `force`. */
+const freeFor = (volume: Volume, what: "remove" | "resize", force: boolean) =>
   Effect.gen(function*() {
-    const holder = volume.attachedTo
-    if (holder === undefined) return
-    if ((yield* holderIsLive(holder)) && !force) {
-      return yield* new Conflict({
-        message: `volume ${volume.name} is attached to workspace ${holder}, which is running`,
-        remediation: what === "remove"
-          ? `halt ${holder} first (microagent halt ${holder}), or pass --force to remove it anyway`
-          : `halt ${holder} first (microagent halt ${holder}): resizing is done offline`
-      })
+    const volumes = yield* Volumes
+    const users = [...(volume.attachedTo === undefined ? [] : [volume.attachedTo]), ...volume.readers]
+    for (const user of users) {
+      if ((yield* holderIsLive(user)) && !force) {
+        return yield* new Conflict({
+          message: `volume ${volume.name} is ${
+            user === volume.attachedTo ? "attached to" : "mounted read-only by"
+          } workspace ${user}, which is running`,
+          remediation: what === "remove"
+            ? `halt ${user} first (microagent halt ${user}), or pass --force to remove it anyway`
+            : `halt ${user} first (microagent halt ${user}): resizing is done offline`
+        })
+      }
+      if (what === "resize") yield* volumes.detach(volume.name, user)
     }
-    if (what === "resize") yield* Effect.flatMap(Volumes, (volumes) => volumes.detach(volume.name, holder))
   })
 
 export const volumeRemove = Effect.fn("volume.remove")(

@@ -11,6 +11,8 @@ export class Volume extends Schema.Class<Volume>("Volume")({
   sizeMiB: Schema.Int,
   /** The workspace holding it read-write, if any. */
   attachedTo: Schema.optional(Schema.String),
+  /** The workspaces that have it mounted read-only. */
+  readers: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   createdAt: Schema.DateTimeUtc
 }) {}
 
@@ -21,6 +23,8 @@ export interface AttachOptions {
    * volume from it. Any other holder is a `Conflict`.
    */
   readonly replacing?: string | undefined
+  /** Read-only users the caller found stale: they are let go; any other reader stops a read-write claim. */
+  readonly staleReaders?: ReadonlyArray<string> | undefined
 }
 
 export interface VolumesShape {
@@ -30,19 +34,20 @@ export interface VolumesShape {
   readonly inspect: (name: string) => Effect.Effect<Volume, MicroagentError>
   /** Removes the volume and its data; the caller decides whether its holder still runs. */
   readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
-  /** Offline: grows the filesystem, or shrinks it when the content fits. Refused while held. */
+  /** Offline: grows the filesystem, or shrinks it when the content fits. Refused while held or read. */
   readonly resize: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
   /**
    * Claims a volume for a workspace. Read-write claims record the holder atomically: a volume held
-   * by another workspace (other than `replacing`) is a `Conflict` naming the holder. Read-only
-   * attachments record nothing, but are refused while another workspace holds the volume.
+   * by another workspace (other than `replacing`), or read by one (other than `staleReaders`), is a
+   * `Conflict` naming it. Read-only claims record a reader, refused while another workspace holds
+   * the volume read-write; several readers may share a volume.
    */
   readonly attach: (
     name: string,
     workspace: string,
     options: AttachOptions
   ) => Effect.Effect<Volume, MicroagentError>
-  /** Releases the claim of `workspace` on the volume, if it holds it. */
+  /** Releases the claim (read-write or read-only) of `workspace` on the volume, if it has one. */
   readonly detach: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
   /** Releases every claim of `workspace`. */
   readonly release: (workspace: string) => Effect.Effect<void, MicroagentError>

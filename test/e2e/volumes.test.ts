@@ -153,6 +153,18 @@ describe("volumes on real microVMs", () => {
     await ok(["halt", "holder"])
     assert.strictEqual(await holderOf("single"), undefined)
     await ok(["delete", "holder"])
+
+    // Readers share a volume; a writer waits until the last running one is gone.
+    await ok(["create", "--image", defaultImage, "-v", "single:/data:ro", "reader"])
+    await ok(["start", "reader"])
+    assert.deepStrictEqual(json(await ok(["volume", "inspect", "single"])).readers, ["reader"])
+    assert.strictEqual(await runOut(["-v", "single:/data:ro", defaultImage, "--", "echo", "second reader"]), "second reader\n")
+    const writer = await ma(["run", "-v", "single:/data", defaultImage, "--", "true"])
+    assert.strictEqual(errorOf(writer).error.kind, "conflict")
+    assert.match(errorOf(writer).error.message, /mounted read-only by workspace reader/)
+    assert.strictEqual(errorOf(await ma(["volume", "rm", "single"])).error.kind, "conflict")
+    await ok(["delete", "--force", "reader"])
+    assert.deepStrictEqual(json(await ok(["volume", "inspect", "single"])).readers, [])
     await ok(["volume", "rm", "single"])
     assert.isFalse(NodeFs.existsSync(NodePath.join(stateDir, "volumes", "single.ext4")))
   })

@@ -63,5 +63,16 @@ export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: st
       );
       CREATE INDEX mcp_idempotency_by_time ON mcp_idempotency (created_at);
     `
+  },
+  {
+    name: "volume readers",
+    sql: `
+      CREATE TABLE volume_readers (
+        volume TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        PRIMARY KEY (volume, workspace)
+      );
+      CREATE INDEX volume_readers_by_workspace ON volume_readers (workspace);
+    `
   }
 ]

@@ -103,13 +103,30 @@ export const make = Effect.gen(function*() {
 
   const pathOf = (name: string) => NodePath.join(home.volumes, `${name}.ext4`)
 
-  const toVolume = (row: Row) =>
-    decodeStored(row.record).pipe(
-      Effect.map((stored) =>
-        new Volume({ ...stored, ...(row.attached_to === null ? {} : { attachedTo: row.attached_to }) })
-      ),
+  const readersOf = (name: string) =>
+    sql<{ workspace: string }>`SELECT workspace FROM volume_readers WHERE volume = ${name} ORDER BY workspace`.pipe(
+      Effect.map((rows) => rows.map((row) => row.workspace)),
       Effect.mapError(storeError)
     )
+
+  const toVolume = (row: Row) =>
+    Effect.gen(function*() {
+      const stored = yield* decodeStored(row.record).pipe(Effect.mapError(storeError))
+      const readers = yield* readersOf(row.name)
+      return new Volume({ ...stored, readers, ...(row.attached_to === null ? {} : { attachedTo: row.attached_to }) })
+    })
+
+  const dropReader = (name: string, workspace: string) =>
+    sql`DELETE FROM volume_readers WHERE volume = ${name} AND workspace = ${workspace}`.pipe(
+      Effect.mapError(storeError),
+      Effect.asVoid
+    )
+
+  const readBy = (volume: string, reader: string) =>
+    new Conflict({
+      message: `volume ${volume} is mounted read-only by workspace ${reader}`,
+      remediation: `halt or delete ${reader} first (microagent halt ${reader}), or mount the volume read-only too`
+    })
 
   const readRow = (name: string) =>
     sql<Row>`SELECT name, record, attached_to FROM volumes WHERE name = ${name}`.pipe(
@@ -208,6 +225,7 @@ export const make = Effect.gen(function*() {
       yield* checkSize(sizeMiB)
       const volume = yield* inspect(name)
       if (volume.attachedTo !== undefined) return yield* heldBy(name, volume.attachedTo)
+      if (volume.readers.length > 0) return yield* readBy(name, volume.readers[0]!)
       if (sizeMiB === volume.sizeMiB) return volume
       const holder = resizeHolder(process.pid)
       if (!(yield* swapHolder(name, null, holder))) {
@@ -258,7 +276,7 @@ export const make = Effect.gen(function*() {
           }
           yield* fsStep(`cannot shrink ${volume.path}`, () => NodeFs.truncateSync(volume.path, sizeMiB * MiB))
         }
-        const resized = new Volume({ ...volume, sizeMiB, attachedTo: undefined })
+        const resized = new Volume({ ...volume, sizeMiB, attachedTo: undefined, readers: [] })
         yield* sql`UPDATE volumes SET record = ${
           encodeStored({ name, path: volume.path, sizeMiB, createdAt: volume.createdAt })
         } WHERE name = ${name}`.pipe(Effect.mapError(storeError))
@@ -287,6 +305,7 @@ export const make = Effect.gen(function*() {
             remediation: "look at `microagent volume inspect` and retry"
           })
         }
+        yield* sql`DELETE FROM volume_readers WHERE volume = ${name}`.pipe(Effect.mapError(storeError))
         yield* fsStep(`cannot remove ${volume.path}`, () => NodeFs.rmSync(volume.path, { force: true }))
       }),
     resize,
@@ -297,23 +316,39 @@ export const make = Effect.gen(function*() {
         if (holder !== undefined && holder !== workspace && holder !== options.replacing) {
           return yield* heldBy(name, holder)
         }
+        // Claim first, then look again: of two racing claims, at worst both give up, never both win.
         if (options.readOnly) {
-          // A read-only user records nothing; a stale read-write holder is let go.
           if (holder !== undefined && holder !== workspace) yield* swapHolder(name, holder, null)
-          return new Volume({ ...volume, attachedTo: undefined })
+          yield* sql`INSERT INTO volume_readers (volume, workspace) VALUES (${name}, ${workspace})
+            ON CONFLICT DO NOTHING`.pipe(Effect.mapError(storeError))
+          const now = yield* inspect(name)
+          if (now.attachedTo !== undefined && now.attachedTo !== workspace) {
+            yield* dropReader(name, workspace)
+            return yield* heldBy(name, now.attachedTo)
+          }
+          return now
         }
-        if (holder === workspace) return volume
-        if (!(yield* swapHolder(name, holder ?? null, workspace))) {
+        for (const stale of options.staleReaders ?? []) yield* dropReader(name, stale)
+        const reader = (yield* readersOf(name)).find((r) => r !== workspace)
+        if (reader !== undefined) return yield* readBy(name, reader)
+        if (holder !== workspace && !(yield* swapHolder(name, holder ?? null, workspace))) {
           return yield* heldBy(name, (yield* inspect(name)).attachedTo ?? "another workspace")
         }
-        return new Volume({ ...volume, attachedTo: workspace })
+        const now = yield* inspect(name)
+        const late = now.readers.find((r) => r !== workspace)
+        if (late !== undefined) {
+          yield* swapHolder(name, workspace, null)
+          return yield* readBy(name, late)
+        }
+        return now
       }),
-    detach: (name, workspace) => swapHolder(name, workspace, null).pipe(Effect.asVoid),
+    detach: (name, workspace) =>
+      Effect.zipRight(swapHolder(name, workspace, null), dropReader(name, workspace)),
     release: (workspace) =>
-      sql`UPDATE volumes SET attached_to = NULL WHERE attached_to = ${workspace}`.pipe(
-        Effect.mapError(storeError),
-        Effect.asVoid
-      )
+      Effect.zipRight(
+        sql`UPDATE volumes SET attached_to = NULL WHERE attached_to = ${workspace}`,
+        sql`DELETE FROM volume_readers WHERE workspace = ${workspace}`
+      ).pipe(Effect.mapError(storeError), Effect.asVoid)
   })
 })
 

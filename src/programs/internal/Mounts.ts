@@ -49,7 +49,10 @@ const requireVolumes = (workspace: string) =>
     return volumes.value
   })
 
-/** A volume held read-write by another live workspace, or the holder to take it from when stale. */
+/**
+ * Whether `workspace` may have the volume: a live holder (or, for a read-write mount, a live reader)
+ * is a `Conflict` naming it; stale ones are returned for the claim to let go.
+ */
 const claimable = (workspace: string, mount: Mount) =>
   Effect.gen(function*() {
     const volumes = yield* requireVolumes(workspace)
@@ -63,18 +66,33 @@ const claimable = (workspace: string, mount: Mount) =>
         ))
     )
     const holder = volume.attachedTo
-    if (holder === undefined || holder === workspace) return undefined
-    if (yield* holderIsLive(holder)) {
-      return yield* new Conflict({
-        message: holder.startsWith("!resize:")
-          ? `volume ${mount.source} is being resized`
-          : `volume ${mount.source} is attached read-write to workspace ${holder}, which is running`,
-        remediation: holder.startsWith("!resize:")
-          ? "retry when the resize has finished"
-          : `halt or delete ${holder} first (microagent halt ${holder}), or use another volume`
-      })
+    let replacing: string | undefined
+    if (holder !== undefined && holder !== workspace) {
+      if (yield* holderIsLive(holder)) {
+        return yield* new Conflict({
+          message: holder.startsWith("!resize:")
+            ? `volume ${mount.source} is being resized`
+            : `volume ${mount.source} is attached read-write to workspace ${holder}, which is running`,
+          remediation: holder.startsWith("!resize:")
+            ? "retry when the resize has finished"
+            : `halt or delete ${holder} first (microagent halt ${holder}), or use another volume`
+        })
+      }
+      replacing = holder
     }
-    return holder
+    const staleReaders: Array<string> = []
+    if (!mount.readOnly) {
+      for (const reader of volume.readers.filter((r) => r !== workspace)) {
+        if (!(yield* holderIsLive(reader))) staleReaders.push(reader)
+        else {
+          return yield* new Conflict({
+            message: `volume ${mount.source} is mounted read-only by workspace ${reader}, which is running`,
+            remediation: `halt or delete ${reader} first (microagent halt ${reader}), or mount it read-only (:ro)`
+          })
+        }
+      }
+    }
+    return { replacing, staleReaders }
   })
 
 /**
@@ -145,10 +163,7 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
       if (mount.kind === "volume") {
         const volumes = yield* requireVolumes(workspace.name)
         const stale = yield* claimable(workspace.name, mount)
-        const volume = yield* volumes.attach(mount.source, workspace.name, {
-          readOnly: mount.readOnly,
-          replacing: stale
-        })
+        const volume = yield* volumes.attach(mount.source, workspace.name, { readOnly: mount.readOnly, ...stale })
         disks.push(
           new DiskAttachment({
             name: mount.source,
