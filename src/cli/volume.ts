@@ -95,7 +95,7 @@ const listHandler = () =>
               ["NAME", "SIZE", "ATTACHED", "CREATED"],
               all.map((
                 v
-              ) => [v.name, `${v.sizeMiB} MiB`, v.attachedTo ?? "-", DateTime.formatIso(v.createdAt)])
+              ) => [v.name, `${v.sizeMiB} MiB`, users(v), DateTime.formatIso(v.createdAt)])
             )
       )
     )

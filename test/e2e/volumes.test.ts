@@ -158,7 +158,10 @@ describe("volumes on real microVMs", () => {
     await ok(["create", "--image", defaultImage, "-v", "single:/data:ro", "reader"])
     await ok(["start", "reader"])
     assert.deepStrictEqual(json(await ok(["volume", "inspect", "single"])).readers, ["reader"])
-    assert.strictEqual(await runOut(["-v", "single:/data:ro", defaultImage, "--", "echo", "second reader"]), "second reader\n")
+    assert.strictEqual(
+      await runOut(["-v", "single:/data:ro", defaultImage, "--", "echo", "second reader"]),
+      "second reader\n"
+    )
     const writer = await ma(["run", "-v", "single:/data", defaultImage, "--", "true"])
     assert.strictEqual(errorOf(writer).error.kind, "conflict")
     assert.match(errorOf(writer).error.message, /mounted read-only by workspace reader/)

@@ -76,16 +76,26 @@ describe("VolumesLive", () => {
         // Readers share; a writer waits for them, unless the caller found them stale.
         assert.deepStrictEqual((yield* volumes.attach("data", "c", { readOnly: true })).readers, ["c"])
         assert.deepStrictEqual((yield* volumes.attach("data", "e", { readOnly: true })).readers, ["c", "e"])
-        const writer = yield* Effect.either(volumes.attach("data", "d", { readOnly: false, staleReaders: ["e"] }))
+        const writer = yield* Effect.either(
+          volumes.attach("data", "d", { readOnly: false, staleReaders: ["e"] })
+        )
         assert.isTrue(Either.isLeft(writer))
         if (Either.isLeft(writer)) assert.match(writer.left.message, /read-only by workspace c/)
-        assert.strictEqual((yield* volumes.inspect("data")).attachedTo, undefined, "the refused writer holds nothing")
+        assert.strictEqual(
+          (yield* volumes.inspect("data")).attachedTo,
+          undefined,
+          "the refused writer holds nothing"
+        )
         const taken = yield* volumes.attach("data", "d", { readOnly: false, staleReaders: ["c"] })
         assert.strictEqual(taken.attachedTo, "d")
         assert.deepStrictEqual(taken.readers, [])
         const lateReader = yield* Effect.either(volumes.attach("data", "f", { readOnly: true }))
         assert.strictEqual(Either.isLeft(lateReader) && lateReader.left._tag, "Conflict")
-        assert.deepStrictEqual((yield* volumes.inspect("data")).readers, [], "the refused reader is not recorded")
+        assert.deepStrictEqual(
+          (yield* volumes.inspect("data")).readers,
+          [],
+          "the refused reader is not recorded"
+        )
         yield* volumes.release("d")
         yield* volumes.remove("data")
         assert.deepStrictEqual(yield* volumes.list, [])

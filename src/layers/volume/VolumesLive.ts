@@ -104,16 +104,21 @@ export const make = Effect.gen(function*() {
   const pathOf = (name: string) => NodePath.join(home.volumes, `${name}.ext4`)
 
   const readersOf = (name: string) =>
-    sql<{ workspace: string }>`SELECT workspace FROM volume_readers WHERE volume = ${name} ORDER BY workspace`.pipe(
-      Effect.map((rows) => rows.map((row) => row.workspace)),
-      Effect.mapError(storeError)
-    )
+    sql<{ workspace: string }>`SELECT workspace FROM volume_readers WHERE volume = ${name} ORDER BY workspace`
+      .pipe(
+        Effect.map((rows) => rows.map((row) => row.workspace)),
+        Effect.mapError(storeError)
+      )
 
   const toVolume = (row: Row) =>
     Effect.gen(function*() {
       const stored = yield* decodeStored(row.record).pipe(Effect.mapError(storeError))
       const readers = yield* readersOf(row.name)
-      return new Volume({ ...stored, readers, ...(row.attached_to === null ? {} : { attachedTo: row.attached_to }) })
+      return new Volume({
+        ...stored,
+        readers,
+        ...(row.attached_to === null ? {} : { attachedTo: row.attached_to })
+      })
     })
 
   const dropReader = (name: string, workspace: string) =>
@@ -125,7 +130,8 @@ export const make = Effect.gen(function*() {
   const readBy = (volume: string, reader: string) =>
     new Conflict({
       message: `volume ${volume} is mounted read-only by workspace ${reader}`,
-      remediation: `halt or delete ${reader} first (microagent halt ${reader}), or mount the volume read-only too`
+      remediation:
+        `halt or delete ${reader} first (microagent halt ${reader}), or mount the volume read-only too`
     })
 
   const readRow = (name: string) =>

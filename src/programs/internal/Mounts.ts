@@ -87,7 +87,8 @@ const claimable = (workspace: string, mount: Mount) =>
         else {
           return yield* new Conflict({
             message: `volume ${mount.source} is mounted read-only by workspace ${reader}, which is running`,
-            remediation: `halt or delete ${reader} first (microagent halt ${reader}), or mount it read-only (:ro)`
+            remediation:
+              `halt or delete ${reader} first (microagent halt ${reader}), or mount it read-only (:ro)`
           })
         }
       }
@@ -163,7 +164,10 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
       if (mount.kind === "volume") {
         const volumes = yield* requireVolumes(workspace.name)
         const stale = yield* claimable(workspace.name, mount)
-        const volume = yield* volumes.attach(mount.source, workspace.name, { readOnly: mount.readOnly, ...stale })
+        const volume = yield* volumes.attach(mount.source, workspace.name, {
+          readOnly: mount.readOnly,
+          ...stale
+        })
         disks.push(
           new DiskAttachment({
             name: mount.source,
