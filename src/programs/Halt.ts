@@ -25,23 +25,22 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   const stopping = yield* store.transition(name, "halt", { patch: ownedByMe, detail: options.reason ?? "" })
   const handle = vmHandleOf(stopping)
   const timeoutSeconds = options.timeoutSeconds ?? 15
-  // Once stopping, finish the job even if interrupted, so the record and the VMM agree.
-  return yield* Effect.uninterruptible(
-    Effect.gen(function*() {
-      if (Option.isNone(handle)) {
-        return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
-      }
-      const graceful = yield* Effect.either(hypervisor.halt(handle.value, timeoutSeconds))
-      if (graceful._tag === "Left") {
-        yield* hypervisor.kill(handle.value)
-        return yield* store.transition(name, "halted", {
-          patch: detached,
-          detail: `forced: ${graceful.left.message}`
-        })
-      }
-      return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
-    }).pipe(Effect.tap(releaseMounts))
-  )
+  // Once stopping, finish the job even if interrupted, so the record and the VMM agree; once stopped,
+  // its volumes are released and its bundle disks removed.
+  return yield* Effect.uninterruptible(Effect.gen(function*() {
+    if (Option.isNone(handle)) {
+      return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
+    }
+    const graceful = yield* Effect.either(hypervisor.halt(handle.value, timeoutSeconds))
+    if (graceful._tag === "Left") {
+      yield* hypervisor.kill(handle.value)
+      return yield* store.transition(name, "halted", {
+        patch: detached,
+        detail: `forced: ${graceful.left.message}`
+      })
+    }
+    return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
+  })).pipe(Effect.tap(releaseMounts), Effect.uninterruptible)
 })
 
 export const kill = Effect.fn("kill")(function*(name: string) {
