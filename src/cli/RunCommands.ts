@@ -10,7 +10,6 @@ import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
-import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { create } from "../programs/Create.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
@@ -18,7 +17,7 @@ import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
-import { mountsOf, resolveSecrets, secretRefsOf } from "./volume.ts"
+import { mountsOf, resolveSecrets, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>
@@ -183,25 +182,16 @@ const startCommand = Command.make(
     name: Args.text({ name: "name" })
   },
   (options) =>
-    Effect.gen(function*() {
-      const given = yield* secretRefsOf(options.secret)
-      return yield* withRuntime(Effect.gen(function*() {
-        const client = yield* MicroagentClient
-        // The workspace's secrets are resolved here, in the caller's environment, at every start.
-        const { workspace } = yield* client.inspect({ name: options.name })
-        const refs = mergeRefs(workspace.secrets, given ?? [])
-        const secretValues = yield* resolveSecrets(refs)
-        return yield* client.start(
-          defined({
-            name: options.name,
-            bootTimeoutSeconds: orUndefined(options.bootTimeout),
-            secrets: given,
-            secretValues
-          })
-        )
-      }))
-    }).pipe(
-      Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        Effect.flatMap(secretsForStart(client, options.name, options.secret), (secrets) =>
+          client.start(
+            defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout), ...secrets })
+          )))
+    ).pipe(
+      Effect.flatMap((workspace) =>
+        emit(workspace, describeWorkspace)
+      )
     )
 ).pipe(Command.withDescription("boot a workspace from its disk"))
 

@@ -7,11 +7,12 @@
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
 import type { SecretRef } from "../domain/Workspace.ts"
-import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
+import { mergeRefs, parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
 import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
 import { parseMountFlags } from "../layers/volume/MountFlag.ts"
 import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
+import type { MicroagentClient } from "../rpc/Client.ts"
 import { Secrets } from "../services/Secrets.ts"
 import { Volume } from "../services/Volumes.ts"
 import { withNewBackend } from "./Layers.ts"
@@ -45,6 +46,25 @@ export const resolveSecrets = (refs: ReadonlyArray<SecretRef>) =>
   refs.length === 0
     ? Effect.succeed(undefined)
     : Effect.flatMap(Secrets, (secrets) => secrets.resolve(refs)).pipe(Effect.provide(SecretsLive))
+
+/**
+ * What `start` sends: the references given to it, and the values of every reference the workspace
+ * will have, resolved here, in the caller's environment, at every start.
+ */
+export const secretsForStart = (
+  client: MicroagentClient["Type"],
+  name: string,
+  texts: ReadonlyArray<string>
+) =>
+  Effect.gen(function*() {
+    const given = yield* secretRefsOf(texts)
+    const { workspace } = yield* client.inspect({ name })
+    const secretValues = yield* resolveSecrets(mergeRefs(workspace.secrets, given ?? []))
+    return {
+      ...(given === undefined ? {} : { secrets: given }),
+      ...(secretValues === undefined ? {} : { secretValues })
+    }
+  })
 
 const withVolumes = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   withNewBackend(Effect.provide(effect, VolumesLive))
