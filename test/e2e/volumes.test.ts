@@ -3,6 +3,7 @@
  * its workspace, read-only mounts, the single read-write holder, tar bundles built into one-shot
  * disks, ext4 images attached as they are, offline resize.
  */
+import Database from "better-sqlite3"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -51,6 +52,22 @@ const leftovers = async () => ({
   qemu: qemuProcesses().length
 })
 
+/** The claims as recorded in the store, unfiltered: a release must have cleared them, not merely staled them. */
+const recordedUsers = (volume: string) => {
+  const db = new Database(NodePath.join(stateDir, "state.db"), { readonly: true, fileMustExist: true })
+  try {
+    const row = db.prepare("SELECT attached_to FROM volumes WHERE name = ?").get(volume) as
+      | { attached_to: string | null }
+      | undefined
+    const readers = db.prepare("SELECT workspace FROM volume_readers WHERE volume = ?").all(volume) as Array<
+      { workspace: string }
+    >
+    return { holder: row?.attached_to ?? null, readers: readers.map((r) => r.workspace) }
+  } finally {
+    db.close()
+  }
+}
+
 const holderOf = async (volume: string) =>
   json(await ok(["volume", "inspect", volume])).attachedTo as string | undefined
 
@@ -85,7 +102,11 @@ describe("volumes on real microVMs", () => {
     assert.strictEqual(await holderOf("shared"), "writer")
     await ok(["exec", "writer", "--", "sh", "-c", "echo from writer > /data/note && sync"])
     await ok(["delete", "--force", "writer"])
-    assert.strictEqual(await holderOf("shared"), undefined, "delete releases the volume")
+    assert.deepStrictEqual(
+      recordedUsers("shared"),
+      { holder: null, readers: [] },
+      "delete releases the volume"
+    )
     assert.deepStrictEqual(await leftovers(), { workspaces: [], run: [], dirs: [], qemu: 0 })
 
     assert.strictEqual(
@@ -151,7 +172,7 @@ describe("volumes on real microVMs", () => {
     await ok(["start", "holder"])
     assert.strictEqual(await holderOf("single"), "holder")
     await ok(["halt", "holder"])
-    assert.strictEqual(await holderOf("single"), undefined)
+    assert.deepStrictEqual(recordedUsers("single"), { holder: null, readers: [] }, "halt releases the volume")
     await ok(["delete", "holder"])
 
     // Readers share a volume; a writer waits until the last running one is gone.
@@ -167,9 +188,22 @@ describe("volumes on real microVMs", () => {
     assert.match(errorOf(writer).error.message, /mounted read-only by workspace reader/)
     assert.strictEqual(errorOf(await ma(["volume", "rm", "single"])).error.kind, "conflict")
     await ok(["delete", "--force", "reader"])
-    assert.deepStrictEqual(json(await ok(["volume", "inspect", "single"])).readers, [])
+    assert.deepStrictEqual(recordedUsers("single"), { holder: null, readers: [] }, "kill releases the reader")
     await ok(["volume", "rm", "single"])
     assert.isFalse(NodeFs.existsSync(NodePath.join(stateDir, "volumes", "single.ext4")))
+  })
+
+  it("a boot that fails releases the volume it claimed", async () => {
+    await ok(["volume", "create", "--size-mib", "32", "bootfail"])
+    // /etc/passwd is a file in the image: the agent cannot mount a disk there and stops the boot.
+    await ok(["create", "--image", defaultImage, "-v", "bootfail:/etc/passwd", "doomed"])
+    const started = await ma(["start", "--boot-timeout", "120", "doomed"])
+    assert.strictEqual(started.code, 1, started.stderr)
+    assert.strictEqual(json(await ok(["inspect", "doomed"])).workspace.state, "failed")
+    assert.deepStrictEqual(recordedUsers("bootfail"), { holder: null, readers: [] })
+    assert.strictEqual(qemuProcesses().length, 0)
+    await ok(["delete", "doomed"])
+    await ok(["volume", "rm", "bootfail"])
   })
 
   it("mounts a tar bundle as a one-shot disk, removed at stop, and refuses one that escapes its root", async () => {
