@@ -16,6 +16,7 @@ import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
+import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { verbs } from "./Verbs.ts"
 import { volumeCommand } from "./volume.ts"
@@ -27,6 +28,7 @@ export const subcommands = [
   imageCommand,
   kernelCommand,
   volumeCommand,
+  secretCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

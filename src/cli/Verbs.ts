@@ -155,6 +155,14 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "secret",
+    group: "Resources",
+    usage: "microagent secret check NAME=SOURCE...",
+    summary: "resolve secret references without delivering them",
+    aliases: ["secrets"],
+    subcommands: true
+  },
+  {
     name: "profiles",
     group: "Resources",
     usage: "microagent profiles",
