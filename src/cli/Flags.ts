@@ -7,6 +7,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { decodeSpec, type Spec } from "../domain/Spec.ts"
+import { secretFlag, volumeFlag } from "./volume.ts"
 
 export const envOption = Options.text("env").pipe(
   Options.withAlias("e"),
@@ -57,7 +58,9 @@ export const workspaceOptions = {
     Options.withDescription("user (default): outbound NAT; isolated: no network device"),
     Options.optional
   ),
-  bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)")
+  bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
+  volume: volumeFlag,
+  secret: secretFlag
 }
 
 export const readSpec = (file: Option.Option<string>) =>

@@ -37,6 +37,10 @@ const inspectCommand = Command.make(
             }`,
             `network:   ${ws.network}`,
             `hostname:  ${ws.hostname}`,
+            ...ws.mounts.map((m) =>
+              `mount:     ${m.source}:${m.target}${m.readOnly ? ":ro" : ""} (${m.kind})`
+            ),
+            ...ws.secrets.map((r) => `secret:    ${r.name} from ${r.source}`),
             `created:   ${ws.createdAt.toJSON()}`,
             ...(lastEvent
               ? [`last:      ${lastEvent.at} ${lastEvent.type} ${lastEvent.detail}`.trimEnd()]

@@ -16,8 +16,10 @@ import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
+import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { verbs } from "./Verbs.ts"
+import { volumeCommand } from "./volume.ts"
 
 export const subcommands = [
   ...hostGroup,
@@ -25,6 +27,8 @@ export const subcommands = [
   ...lifecycleGroup,
   imageCommand,
   kernelCommand,
+  volumeCommand,
+  secretCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

@@ -17,6 +17,7 @@ import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
+import { mountsOf, resolveSecrets, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>
@@ -107,6 +108,9 @@ const runCommand = Command.make("run", {
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
+    const mounts = yield* mountsOf(options.volume)
+    const secrets = yield* secretRefsOf(options.secret)
+    const secretValues = yield* resolveSecrets(secrets ?? [])
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
@@ -120,6 +124,9 @@ const runCommand = Command.make("run", {
         user: orUndefined(options.user),
         timeoutSeconds: orUndefined(options.timeout),
         stdin,
+        mounts,
+        secrets,
+        secretValues,
         backend: invocation.backend ?? defaultBackend()
       }))))
     if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
@@ -150,13 +157,19 @@ const createCommand = Command.make("create", {
         remediation: "give one"
       })
     }
+    const mounts = yield* mountsOf(options.volume)
+    const secrets = yield* secretRefsOf(options.secret)
+    // Resolved once so that a secret that cannot be read fails now, not at the first start.
+    yield* resolveSecrets(secrets ?? [])
     const workspace = yield* withNewBackend(create({
       image,
       ...workspaceFields(options, spec),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
-      env: { ...spec.env, ...(yield* parseEnv(options.env)) }
+      env: { ...spec.env, ...(yield* parseEnv(options.env)) },
+      mounts,
+      secrets
     }))
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
@@ -165,16 +178,20 @@ const startCommand = Command.make(
   "start",
   {
     bootTimeout: workspaceOptions.bootTimeout,
+    secret: workspaceOptions.secret,
     name: Args.text({ name: "name" })
   },
   (options) =>
     withRuntime(
       Effect.flatMap(MicroagentClient, (client) =>
-        client.start(
-          defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout) })
-        ))
+        Effect.flatMap(secretsForStart(client, options.name, options.secret), (secrets) =>
+          client.start(
+            defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout), ...secrets })
+          )))
     ).pipe(
-      Effect.flatMap((workspace) => emit(workspace, describeWorkspace))
+      Effect.flatMap((workspace) =>
+        emit(workspace, describeWorkspace)
+      )
     )
 ).pipe(Command.withDescription("boot a workspace from its disk"))
 

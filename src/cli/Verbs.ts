@@ -28,7 +28,10 @@ const workspaceFlags = [
   "--hostname",
   "--network",
   "--restart",
-  "--boot-timeout"
+  "--boot-timeout",
+  "-v",
+  "--volume",
+  "--secret"
 ]
 const execFlags = [
   "-e",
@@ -66,9 +69,9 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "start",
     group: "Run",
-    usage: "microagent start [--boot-timeout S] NAME",
+    usage: "microagent start [--boot-timeout S] [--secret NAME=SOURCE] NAME",
     summary: "boot a workspace from its disk",
-    valueFlags: ["--boot-timeout"]
+    valueFlags: ["--boot-timeout", "--secret"]
   },
   {
     name: "exec",
@@ -141,6 +144,22 @@ export const verbs: ReadonlyArray<Verb> = [
     group: "Resources",
     usage: "microagent kernel list|install|verify|ensure ...",
     summary: "install and verify guest kernels",
+    subcommands: true
+  },
+  {
+    name: "volume",
+    group: "Resources",
+    usage: "microagent volume create|ls|inspect|rm|resize ...",
+    summary: "create and manage named volumes",
+    aliases: ["volumes"],
+    subcommands: true
+  },
+  {
+    name: "secret",
+    group: "Resources",
+    usage: "microagent secret check NAME=SOURCE...",
+    summary: "resolve secret references without delivering them",
+    aliases: ["secrets"],
     subcommands: true
   },
   {

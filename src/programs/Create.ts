@@ -21,6 +21,8 @@ import {
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
+import { validateSecretRefs } from "../layers/secrets/SecretRefs.ts"
+import { validateMounts } from "../layers/volume/MountFlag.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
@@ -83,6 +85,8 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
         remediation: "see `microagent profiles`"
       })
   })
+  yield* validateMounts(options.mounts)
+  yield* validateSecretRefs(options.secrets)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore

@@ -8,6 +8,7 @@ import { isDeletable } from "../domain/State.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
+import { releaseVolumesOf } from "./internal/Mounts.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 
 export interface DeleteOptions {
@@ -47,5 +48,7 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
       })
   })
   yield* store.remove(name)
+  // The volumes outlive the workspace; only its claims go.
+  yield* releaseVolumesOf(name)
   return { workspace: name, deleted: true }
 })

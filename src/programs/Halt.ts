@@ -6,6 +6,7 @@ import { Conflict } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { releaseMounts } from "./internal/Mounts.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
 export interface HaltOptions {
@@ -24,7 +25,8 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   const stopping = yield* store.transition(name, "halt", { patch: ownedByMe, detail: options.reason ?? "" })
   const handle = vmHandleOf(stopping)
   const timeoutSeconds = options.timeoutSeconds ?? 15
-  // Once stopping, finish the job even if interrupted, so the record and the VMM agree.
+  // Once stopping, finish the job even if interrupted, so the record and the VMM agree; once stopped,
+  // its volumes are released and its bundle disks removed.
   return yield* Effect.uninterruptible(Effect.gen(function*() {
     if (Option.isNone(handle)) {
       return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
@@ -38,7 +40,7 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
       })
     }
     return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
-  }))
+  })).pipe(Effect.tap(releaseMounts), Effect.uninterruptible)
 })
 
 export const kill = Effect.fn("kill")(function*(name: string) {
@@ -55,7 +57,8 @@ export const kill = Effect.fn("kill")(function*(name: string) {
   }
   return yield* Effect.uninterruptible(
     store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
-      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void)
+      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
+      Effect.tap(releaseMounts)
     )
   )
 })

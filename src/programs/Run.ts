@@ -12,6 +12,7 @@ import { remove } from "./Delete.ts"
 import { exec } from "./Exec.ts"
 import { halt } from "./Halt.ts"
 import { type ExecOverrides, execRequestFor, imageCommand } from "./internal/Requests.ts"
+import type { SecretValues } from "./internal/SecretDelivery.ts"
 import { start } from "./Start.ts"
 
 export interface RunOptions extends CreateOptions {
@@ -21,6 +22,8 @@ export interface RunOptions extends CreateOptions {
   /** Keep the workspace (halted) afterwards instead of deleting it. */
   readonly keep?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
+  /** The values of `secrets`, resolved by the caller; delivered before the command runs. */
+  readonly secretValues?: SecretValues | undefined
   readonly stdin?: Stream.Stream<Uint8Array, GuestError> | undefined
   /** Called once the workspace has a name (the CLI prints it with `keep`). */
   readonly onCreated?: ((name: string) => Effect.Effect<void>) | undefined
@@ -44,7 +47,10 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
         remediation: "give a command after the image: microagent run IMAGE -- CMD [ARG...]"
       })
     }
-    yield* start(workspace.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })
+    yield* start(workspace.name, {
+      bootTimeoutSeconds: options.bootTimeoutSeconds,
+      secretValues: options.secretValues
+    })
     const latest = yield* store.get(workspace.name)
     const request = execRequestFor(latest, argv as [string, ...Array<string>], options.exec)
     const result = yield* exec(workspace.name, request, options.stdin)

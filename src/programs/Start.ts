@@ -7,15 +7,22 @@ import { Effect, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import type { Workspace } from "../domain/Workspace.ts"
+import type { SecretRef, Workspace } from "../domain/Workspace.ts"
+import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
+import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
+  /** References to record before this start (replacing those of the same name). */
+  readonly secrets?: ReadonlyArray<SecretRef> | undefined
+  /** The values of every secret the workspace references, resolved by the caller; in memory only. */
+  readonly secretValues?: SecretValues | undefined
 }
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -27,6 +34,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  const secrets = mergeRefs(current.secrets, options.secrets ?? [])
+  yield* checkSecretValues(name, secrets, options.secretValues ?? [])
+  yield* checkMounts(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
@@ -36,7 +46,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     )
     : {}
   const starting = yield* store.transition(name, "start", {
-    patch: (ws) => ownedByMe({ ...ws, sessionId: randomUUID(), vm: undefined } as Workspace),
+    patch: (ws) => ownedByMe({ ...ws, secrets, sessionId: randomUUID(), vm: undefined } as Workspace),
     detail: `backend ${hypervisor.backend}`
   })
   const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
@@ -57,8 +67,18 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   return yield* Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
-      const launched = yield* Effect.exit(restore(hypervisor.launch(config)))
+      const launched = yield* Effect.exit(restore(
+        attachMounts(starting, runtimeDir).pipe(
+          Effect.flatMap((disks) => hypervisor.launch(new LaunchConfig({ ...config, disks }))),
+          Effect.tap((handle) =>
+            deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+              Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+            )
+          )
+        )
+      ))
       if (Exit.isFailure(launched)) {
+        yield* releaseMounts(starting)
         yield* store.transition(name, "bootFailed", {
           patch: withoutOwner,
           detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
@@ -71,7 +91,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         detail: `pid ${handle.pid}`
       }).pipe(
         // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
-        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+        Effect.tapError(() =>
+          hypervisor.kill(handle).pipe(Effect.ignore, Effect.zipRight(releaseMounts(starting)))
+        )
       )
       return running
     })

@@ -19,12 +19,21 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { Volume } from "../services/Volumes.ts"
 import { hostRpcs } from "./HostRpcs.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
 
 const PositiveInt = Schema.Int.pipe(Schema.positive())
+
+/**
+ * Secret values the caller resolved in its own process (`env:` is the caller's environment), sent in
+ * memory over the private socket; `Redacted`, so they never print.
+ */
+export const SecretValues = Schema.Array(
+  Schema.Struct({ name: Schema.String, value: Schema.Redacted(Bytes) })
+)
 
 /** What shapes a new workspace (names are checked by the program, which explains what is wrong). */
 export const WorkspaceFields = {
@@ -76,7 +85,8 @@ export const RunPayload = Schema.Struct({
   stdin: Schema.optional(Bytes),
   /** Keep the workspace (halted) afterwards instead of deleting it. */
   keep: Schema.optional(Schema.Boolean),
-  bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+  bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+  secretValues: Schema.optional(SecretValues)
 })
 
 export const RunResult = Schema.Struct({
@@ -123,7 +133,13 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
   Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
   Rpc.make("start", {
-    payload: { ...named, bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())) },
+    payload: {
+      ...named,
+      bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+      /** References to record before this start, replacing those of the same name. */
+      secrets: Schema.optional(Schema.Array(SecretRef)),
+      secretValues: Schema.optional(SecretValues)
+    },
     success: Workspace,
     error: MicroagentError
   }),
@@ -176,5 +192,24 @@ export class Rpcs extends RpcGroup.make(
     success: Workspace,
     error: MicroagentError
   }),
-  Rpc.make("profiles", { success: ProfilesResult })
+  Rpc.make("profiles", { success: ProfilesResult }),
+  Rpc.make("volumeCreate", {
+    payload: { ...named, sizeMiB: Schema.optional(PositiveInt) },
+    success: Volume,
+    error: MicroagentError
+  }),
+  Rpc.make("volumeList", { success: Schema.Array(Volume), error: MicroagentError }),
+  Rpc.make("volumeInspect", { payload: named, success: Volume, error: MicroagentError }),
+  /** Refused while a running workspace holds the volume, unless `force`. */
+  Rpc.make("volumeRemove", {
+    payload: { ...named, force: Schema.optional(Schema.Boolean) },
+    success: Schema.Struct({ volume: Schema.String, removed: Schema.Boolean }),
+    error: MicroagentError
+  }),
+  /** Offline: refused while a running workspace holds the volume. */
+  Rpc.make("volumeResize", {
+    payload: { ...named, sizeMiB: PositiveInt },
+    success: Volume,
+    error: MicroagentError
+  })
 ) {}

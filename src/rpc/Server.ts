@@ -26,8 +26,10 @@ import { type ExecOverrides, execRequestFor } from "../programs/internal/Request
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
+import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
+import type { Volumes } from "../services/Volumes.ts"
 import { version } from "../Version.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
 import { makeHostHandlers } from "./HostHandlers.ts"
@@ -65,11 +67,11 @@ const requestFor = (
 
 /** The handlers of every procedure; they need the state store and the backends of this process. */
 export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
-  const context = yield* Effect.context<WorkspaceBackends | StateStore | Home>()
+  const context = yield* Effect.context<WorkspaceBackends | StateStore | Home | Volumes>()
   const host = yield* makeHostHandlers
-  const local = <A, E>(effect: Effect.Effect<A, E, WorkspaceBackends | StateStore | Home>) =>
+  const local = <A, E>(effect: Effect.Effect<A, E, WorkspaceBackends | StateStore | Home | Volumes>) =>
     Effect.provide(effect, context)
-  const localStream = <A, E>(stream: Stream.Stream<A, E, WorkspaceBackends | StateStore | Home>) =>
+  const localStream = <A, E>(stream: Stream.Stream<A, E, WorkspaceBackends | StateStore | Home | Volumes>) =>
     Stream.provideContext(stream, context)
 
   return Rpcs.of({
@@ -96,6 +98,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           outputs: p.outputs,
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
+          secretValues: p.secretValues,
           exec: {
             cwd: p.cwd,
             user: p.user,
@@ -129,7 +132,14 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         })
       )),
     start: (p) =>
-      local(withWorkspaceBackend(p.name, start(p.name, { bootTimeoutSeconds: p.bootTimeoutSeconds }))),
+      local(withWorkspaceBackend(
+        p.name,
+        start(p.name, {
+          bootTimeoutSeconds: p.bootTimeoutSeconds,
+          secrets: p.secrets,
+          secretValues: p.secretValues
+        })
+      )),
     exec: (p) =>
       local(withWorkspaceBackend(
         p.name,
@@ -176,7 +186,13 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         p.name,
         wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
       )),
-    profiles: () => Effect.succeed({ profiles })
+    profiles: () => Effect.succeed({ profiles }),
+    // Holders are checked against the default backend (the runtime reconciles every backend anyway).
+    volumeCreate: (p) => local(withBackend(undefined, volumeCreate(p.name, p.sizeMiB))),
+    volumeList: () => local(withBackend(undefined, volumeList())),
+    volumeInspect: (p) => local(withBackend(undefined, volumeInspect(p.name))),
+    volumeRemove: (p) => local(withBackend(undefined, volumeRemove(p.name, { force: p.force }))),
+    volumeResize: (p) => local(withBackend(undefined, volumeResize(p.name, p.sizeMiB)))
   })
 }))
 

@@ -17,6 +17,7 @@ import { withBackend, WorkspaceBackends } from "../layers/backends/WorkspaceBack
 import { startTimeOf } from "../layers/process/Processes.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
@@ -86,7 +87,7 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
       () => Effect.sync(() => NodeFs.rmSync(files.pid, { force: true }))
     )
     const activity = yield* Ref.make<Activity>({ connections: 0, lastChange: Date.now() })
-    const store = SqliteStateStore.pipe(
+    const store = Layer.merge(SqliteStateStore, VolumesLive).pipe(
       Layer.provideMerge(DatabaseLive),
       Layer.provideMerge(Home.layer(home.root))
     )

@@ -1,5 +1,6 @@
 /**
- * Named volumes: ext4 disks that outlive workspaces.
+ * Named volumes: ext4 disks that outlive workspaces. A volume is held read-write by at most one
+ * workspace at a time; the holder is recorded so that a second claim can be refused.
  */
 import { Context, type Effect, Schema } from "effect"
 import type { MicroagentError } from "../domain/Errors.ts"
@@ -10,22 +11,46 @@ export class Volume extends Schema.Class<Volume>("Volume")({
   sizeMiB: Schema.Int,
   /** The workspace holding it read-write, if any. */
   attachedTo: Schema.optional(Schema.String),
+  /** The workspaces that have it mounted read-only. */
+  readers: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   createdAt: Schema.DateTimeUtc
 }) {}
 
+export interface AttachOptions {
+  readonly readOnly: boolean
+  /**
+   * A holder the caller found stale (its workspace is gone or not running): the claim may take the
+   * volume from it. Any other holder is a `Conflict`.
+   */
+  readonly replacing?: string | undefined
+  /** Read-only users the caller found stale: they are let go; any other reader stops a read-write claim. */
+  readonly staleReaders?: ReadonlyArray<string> | undefined
+}
+
 export interface VolumesShape {
+  /** Makes an empty ext4 volume; a taken name is a `Conflict`, a bad one `InvalidInput`. */
   readonly create: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
   readonly list: Effect.Effect<ReadonlyArray<Volume>, MicroagentError>
   readonly inspect: (name: string) => Effect.Effect<Volume, MicroagentError>
+  /** Removes the volume and its data; the caller decides whether its holder still runs. */
   readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
+  /** Offline: grows the filesystem, or shrinks it when the content fits. Refused while held or read. */
   readonly resize: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
-  /** Claims a volume for a workspace; a second read-write claim is a `Conflict`. */
+  /**
+   * Claims a volume for a workspace. Read-write claims record the holder atomically: a volume held
+   * by another workspace (other than `replacing`), or read by one (other than `staleReaders`), is a
+   * `Conflict` naming it. Read-only claims record a reader, refused while another workspace holds
+   * the volume read-write; several readers may share a volume.
+   */
   readonly attach: (
     name: string,
     workspace: string,
-    readOnly: boolean
+    options: AttachOptions
   ) => Effect.Effect<Volume, MicroagentError>
+  /** Releases the claim (read-write or read-only) of `workspace` on the volume, if it has one. */
   readonly detach: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
+  /** Releases every claim of `workspace`. */
+  readonly release: (workspace: string) => Effect.Effect<void, MicroagentError>
 }
 
 export class Volumes extends Context.Tag("microagent/Volumes")<Volumes, VolumesShape>() {}

@@ -17,6 +17,7 @@ import {
 } from "../../src/layers/backends/WorkspaceBackends.ts"
 import { DatabaseLive } from "../../src/layers/state/Database.ts"
 import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
+import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
 import { create } from "../../src/programs/Create.ts"
 import { remove } from "../../src/programs/Delete.ts"
 import { exec } from "../../src/programs/Exec.ts"
@@ -100,6 +101,7 @@ describe("the library, as docs/library.md shows it", () => {
       const root = yield* tempRoot
       const InProcess = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
+        Layer.provideMerge(VolumesLive),
         Layer.provideMerge(Store(root))
       )
       const chunks = yield* Effect.gen(function*() {

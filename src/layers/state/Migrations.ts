@@ -78,5 +78,16 @@ export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: st
         PRIMARY KEY (tool, key)
       );
     `
+  },
+  {
+    name: "volume readers",
+    sql: `
+      CREATE TABLE volume_readers (
+        volume TEXT NOT NULL,
+        workspace TEXT NOT NULL,
+        PRIMARY KEY (volume, workspace)
+      );
+      CREATE INDEX volume_readers_by_workspace ON volume_readers (workspace);
+    `
   }
 ]

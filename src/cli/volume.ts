@@ -1,0 +1,167 @@
+/**
+ * `microagent volume create|ls|inspect|rm|resize` (`list` for ls, `delete` for rm), run in this
+ * process against the store like `create`; and the `-v/--volume` and `--secret` flags of run, create
+ * and start. Secrets are resolved here, in the process of the user who typed the command (so `env:`
+ * is their environment), and travel to the runtime in memory only.
+ */
+import { Args, Command, Options } from "@effect/cli"
+import { DateTime, Effect, Schema } from "effect"
+import type { SecretRef } from "../domain/Workspace.ts"
+import { mergeRefs, parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
+import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
+import { parseMountFlags } from "../layers/volume/MountFlag.ts"
+import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
+import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
+import type { MicroagentClient } from "../rpc/Client.ts"
+import { Secrets } from "../services/Secrets.ts"
+import { Volume } from "../services/Volumes.ts"
+import { withNewBackend } from "./Layers.ts"
+import { emit, table } from "./Output.ts"
+
+export const volumeFlag = Options.text("volume").pipe(
+  Options.withAlias("v"),
+  Options.withDescription(
+    "attach a disk, SOURCE:/guest/path[:ro|rw]: a volume name, a .tar/.tar.gz/.tgz bundle or an .ext4/.img image (repeatable)"
+  ),
+  Options.repeated
+)
+
+export const secretFlag = Options.text("secret").pipe(
+  Options.withDescription(
+    "deliver a secret to /run/secrets/NAME: NAME=env:VAR, NAME=file:PATH or NAME=dotenv:PATH[:KEY] (repeatable)"
+  ),
+  Options.repeated
+)
+
+/** The mounts of `-v` flags, relative paths taken from our working directory. */
+export const mountsOf = (texts: ReadonlyArray<string>) =>
+  texts.length === 0 ? Effect.succeed(undefined) : parseMountFlags(texts, process.cwd())
+
+/** The references of `--secret` flags. */
+export const secretRefsOf = (texts: ReadonlyArray<string>) =>
+  texts.length === 0 ? Effect.succeed(undefined) : parseSecretFlags(texts, process.cwd())
+
+/** Resolves references here, into memory; a secret that cannot be resolved fails before anything starts. */
+export const resolveSecrets = (refs: ReadonlyArray<SecretRef>) =>
+  refs.length === 0
+    ? Effect.succeed(undefined)
+    : Effect.flatMap(Secrets, (secrets) => secrets.resolve(refs)).pipe(Effect.provide(SecretsLive))
+
+/**
+ * What `start` sends: the references given to it, and the values of every reference the workspace
+ * will have, resolved here, in the caller's environment, at every start.
+ */
+export const secretsForStart = (
+  client: MicroagentClient["Type"],
+  name: string,
+  texts: ReadonlyArray<string>
+) =>
+  Effect.gen(function*() {
+    const given = yield* secretRefsOf(texts)
+    const { workspace } = yield* client.inspect({ name })
+    const secretValues = yield* resolveSecrets(mergeRefs(workspace.secrets, given ?? []))
+    return {
+      ...(given === undefined ? {} : { secrets: given }),
+      ...(secretValues === undefined ? {} : { secretValues })
+    }
+  })
+
+const withVolumes = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  withNewBackend(Effect.provide(effect, VolumesLive))
+
+const encodeVolume = Schema.encodeSync(Volume)
+const encode = (volume: Volume) => encodeVolume(volume)
+
+const describe = (v: Volume) =>
+  [
+    `name:      ${v.name}`,
+    `size:      ${v.sizeMiB} MiB`,
+    `path:      ${v.path}`,
+    `attached:  ${v.attachedTo ?? "-"}`,
+    `readers:   ${v.readers.length > 0 ? v.readers.join(", ") : "-"}`,
+    `created:   ${DateTime.formatIso(v.createdAt)}`
+  ].join("\n")
+
+/** Who uses a volume: its read-write holder, or its read-only readers. */
+const users = (v: Volume) =>
+  v.attachedTo ?? (v.readers.length > 0 ? v.readers.map((r) => `${r} (ro)`).join(", ") : "-")
+
+const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("volume name"))
+
+const create = Command.make(
+  "create",
+  {
+    sizeMiB: Options.integer("size-mib").pipe(
+      Options.withDescription(`size in MiB (default ${defaultVolumeMiB})`),
+      Options.optional
+    ),
+    name: nameArg
+  },
+  ({ name, sizeMiB }) =>
+    withVolumes(volumeCreate(name, sizeMiB._tag === "Some" ? sizeMiB.value : undefined)).pipe(
+      Effect.flatMap((v) => emit(encode(v), () => `${v.name}  ${v.sizeMiB} MiB  ${v.path}`))
+    )
+).pipe(Command.withDescription("make an empty ext4 volume that outlives workspaces"))
+
+const listHandler = () =>
+  withVolumes(volumeList()).pipe(
+    Effect.flatMap((all) =>
+      emit(
+        { volumes: all.map(encode) },
+        () =>
+          all.length === 0
+            ? "no volumes"
+            : table(
+              ["NAME", "SIZE", "ATTACHED", "CREATED"],
+              all.map((
+                v
+              ) => [v.name, `${v.sizeMiB} MiB`, users(v), DateTime.formatIso(v.createdAt)])
+            )
+      )
+    )
+  )
+const list = Command.make("ls", {}, listHandler).pipe(
+  Command.withDescription("list the volumes (alias: list)")
+)
+const listAlias = Command.make("list", {}, listHandler).pipe(Command.withDescription("list the volumes"))
+
+const inspect = Command.make(
+  "inspect",
+  { name: nameArg },
+  ({ name }) =>
+    withVolumes(volumeInspect(name)).pipe(Effect.flatMap((v) => emit(encode(v), () => describe(v))))
+).pipe(
+  Command.withDescription("show a volume: size, file, the running workspace holding it")
+)
+
+const rmConfig = {
+  force: Options.boolean("force").pipe(
+    Options.withDescription("remove it even while a running workspace holds it")
+  ),
+  name: nameArg
+}
+const rmHandler = ({ name, force }: { readonly name: string; readonly force: boolean }) =>
+  withVolumes(volumeRemove(name, { force })).pipe(Effect.flatMap((r) => emit(r, () => `removed ${r.volume}`)))
+const rm = Command.make("rm", rmConfig, rmHandler).pipe(
+  Command.withDescription("remove a volume and its data (alias: delete)")
+)
+const del = Command.make("delete", rmConfig, rmHandler).pipe(
+  Command.withDescription("remove a volume and its data")
+)
+
+const resize = Command.make("resize", {
+  sizeMiB: Options.integer("size-mib").pipe(Options.withDescription("the new size in MiB")),
+  name: nameArg
+}, ({ name, sizeMiB }) =>
+  withVolumes(volumeResize(name, sizeMiB)).pipe(
+    Effect.flatMap((v) => emit(encode(v), () => `${v.name}  ${v.sizeMiB} MiB`))
+  )).pipe(
+    Command.withDescription(
+      "grow or shrink a volume offline (e2fsck + resize2fs; shrinking stops at its content)"
+    )
+  )
+
+export const volumeCommand = Command.make("volume").pipe(
+  Command.withDescription("create, list, inspect, resize and remove named volumes (alias: volumes)"),
+  Command.withSubcommands([create, list, listAlias, inspect, rm, del, resize])
+)
