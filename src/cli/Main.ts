@@ -14,6 +14,7 @@ import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
+import { networkCommand } from "./network.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { serve } from "./ServeCommands.ts"
@@ -25,6 +26,7 @@ export const subcommands = [
   ...lifecycleGroup,
   imageCommand,
   kernelCommand,
+  networkCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

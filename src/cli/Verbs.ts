@@ -27,6 +27,8 @@ const workspaceFlags = [
   "--file",
   "--hostname",
   "--network",
+  "-p",
+  "--publish",
   "--restart",
   "--boot-timeout"
 ]
@@ -142,6 +144,14 @@ export const verbs: ReadonlyArray<Verb> = [
     usage: "microagent kernel list|install|verify|ensure ...",
     summary: "install and verify guest kernels",
     subcommands: true
+  },
+  {
+    name: "network",
+    group: "Resources",
+    usage: "microagent network create|ls|inspect|rm ...",
+    summary: "create and manage named networks",
+    subcommands: true,
+    valueFlags: ["--subnet"]
   },
   {
     name: "profiles",

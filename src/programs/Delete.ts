@@ -9,6 +9,7 @@ import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
+import { forgetNetworks } from "./Network.ts"
 
 export interface DeleteOptions {
   /** Halt a live workspace gracefully first. */
@@ -47,5 +48,6 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
       })
   })
   yield* store.remove(name)
+  yield* forgetNetworks(workspace)
   return { workspace: name, deleted: true }
 })

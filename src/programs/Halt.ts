@@ -7,6 +7,7 @@ import type { Workspace } from "../domain/Workspace.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
+import { detachNetworks } from "./Network.ts"
 
 export interface HaltOptions {
   /** Seconds the guest gets to shut down before the VM is killed. */
@@ -38,7 +39,7 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
       })
     }
     return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
-  }))
+  })).pipe(Effect.tap(detachNetworks))
 })
 
 export const kill = Effect.fn("kill")(function*(name: string) {
@@ -55,7 +56,8 @@ export const kill = Effect.fn("kill")(function*(name: string) {
   }
   return yield* Effect.uninterruptible(
     store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
-      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void)
+      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
+      Effect.tap(detachNetworks)
     )
   )
 })

@@ -8,11 +8,13 @@ import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { Workspace } from "../domain/Workspace.ts"
+import { probePorts } from "../layers/network/Publish.ts"
 import { Home } from "../services/Home.ts"
-import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"
+import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
+import { launchWithNetworks } from "./Network.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -27,6 +29,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  // A published host port in use fails here, naming it, before anything changes or boots.
+  yield* probePorts(current.ports)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
@@ -52,12 +56,17 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     cpus: starting.resources.cpus,
     hostname: starting.hostname,
     network: starting.network,
+    ports: starting.ports.map((p) => new PortForward(p)),
     bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
   })
 
   return yield* Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
-      const launched = yield* Effect.exit(restore(hypervisor.launch(config)))
+      const launched = yield* Effect.exit(
+        restore(
+          launchWithNetworks(starting, (nics) => hypervisor.launch(new LaunchConfig({ ...config, nics })))
+        )
+      )
       if (Exit.isFailure(launched)) {
         yield* store.transition(name, "bootFailed", {
           patch: withoutOwner,

@@ -23,6 +23,7 @@ import { remove } from "../programs/Delete.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
+import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
@@ -173,7 +174,11 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         p.name,
         wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
       )),
-    profiles: () => Effect.succeed({ profiles })
+    profiles: () => Effect.succeed({ profiles }),
+    networkCreate: (p) => local(withBackend(undefined, networkCreate(p.name, p.subnet))),
+    networkList: () => local(withBackend(undefined, networkList())),
+    networkInspect: (p) => local(withBackend(undefined, networkInspect(p.name))),
+    networkRemove: (p) => local(withBackend(undefined, networkRemove(p.name, { force: p.force ?? false })))
   })
 }))
 

@@ -9,6 +9,7 @@ import type { Workspace } from "../../domain/Workspace.ts"
 import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
 import { StateStore } from "../../services/StateStore.ts"
+import { reapNetworks } from "../Network.ts"
 
 export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
   workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
@@ -60,7 +61,7 @@ export const reconcile = (workspace: Workspace) =>
       return yield* store.transition(workspace.name, "crashed", {
         patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),
         detail: "the VMM exited"
-      })
+      }).pipe(Effect.tap(() => workspace.networks.length > 0 ? Effect.ignore(reapNetworks) : Effect.void))
     }
     if (workspace.state === "stopping" && ownerGone(workspace)) {
       // The halting process died half way: finish the job so that no VM outlives a stopped record.

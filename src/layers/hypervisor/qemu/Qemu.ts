@@ -78,6 +78,7 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "PauseResume",
   "LiveFileCopy",
   "NetworkPublish",
+  "NamedNetworks",
   "Volumes",
   "Secrets"
 ])
@@ -316,6 +317,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         network: config.network,
         ports: config.ports,
         disks: config.disks,
+        nics: config.nics,
         paths
       })
       const handleOf = (pid: number) =>
