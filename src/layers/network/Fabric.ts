@@ -69,7 +69,9 @@ const ip = (args: ReadonlyArray<string>) =>
 
 /** Already there (a concurrent start made it): fine. */
 const tolerateExisting = <A>(effect: Effect.Effect<A, Permanent>) =>
-  effect.pipe(Effect.catchIf((e) => /File exists|already exists/.test(e.message), () => Effect.void))
+  effect.pipe(
+    Effect.catchIf((e) => /File exists|already exists|already assigned/.test(e.message), () => Effect.void)
+  )
 
 /** The namespaces of one state directory that exist now. */
 export const namespaces = (root: string) =>
