@@ -67,8 +67,8 @@ network:
       "microagent.yaml: setup is not supported by this version of microagent"
     )
     assert.strictEqual(
-      error("network:\n  forwards: []\n"),
-      "microagent.yaml: network.forwards is not supported by this version of microagent"
+      error("network:\n  dns: []\n"),
+      "microagent.yaml: network.dns is not supported by this version of microagent"
     )
   })
 
