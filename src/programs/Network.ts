@@ -108,7 +108,7 @@ export const resolveNetworkFlags = (values: ReadonlyArray<string>) =>
         })
       }
     }
-    return { network: modes[0], networks: names }
+    return { network: modes.at(0), networks: names }
   })
 
 /** Before anything is made: published ports need the user NIC, named networks must exist and be supported. */

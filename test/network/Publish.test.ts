@@ -54,12 +54,16 @@ describe("host port probe", () => {
   it.live("passes a free port and refuses one in use with a Conflict naming it", () =>
     Effect.gen(function*() {
       const server = Net.createServer()
-      yield* Effect.async<void>((resume) => server.listen(0, "127.0.0.1", () => resume(Effect.void)))
+      yield* Effect.async<void>((resume) => {
+        server.listen(0, "127.0.0.1", () => resume(Effect.void))
+      })
       const port = (server.address() as Net.AddressInfo).port
       const busy = yield* Effect.flip(probePorts([ok(`${port}:80`)]))
       assert.strictEqual(busy._tag, "Conflict")
       assert.include(busy.message, `127.0.0.1:${port}`)
-      yield* Effect.async<void>((resume) => server.close(() => resume(Effect.void)))
+      yield* Effect.async<void>((resume) => {
+        server.close(() => resume(Effect.void))
+      })
       yield* probePorts([ok(`${port}:80`)])
       const foreign = yield* Effect.flip(probePorts([ok("192.0.2.1:8080:80")]))
       assert.strictEqual(foreign._tag, "InvalidInput")
