@@ -18,6 +18,7 @@ import {
   requireFabric
 } from "../layers/network/Fabric.ts"
 import { networkNameProblem, reservedNetworkNames } from "../layers/network/NetworksLive.ts"
+import { probePorts } from "../layers/network/Publish.ts"
 import { GuestChannel } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, NicAttachment, VmHandle } from "../services/Hypervisor.ts"
@@ -155,6 +156,12 @@ export const joinNetworks = Effect.fn("joinNetworks")(
 )
 
 // ---------- start and stop ----------
+
+/** What a start checks before it changes anything: published host ports are free, named networks can be plumbed. */
+export const preflightNetworking = Effect.fn("preflightNetworking")(function*(workspace: Workspace) {
+  yield* probePorts(workspace.ports)
+  if (workspace.networks.length > 0) yield* requireFabric
+})
 
 /** The NICs a start needs, with their namespaces and bridges made ready. */
 export const prepareNetworks = Effect.fn("prepareNetworks")(function*(workspace: Workspace) {

@@ -8,13 +8,12 @@ import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { Workspace } from "../domain/Workspace.ts"
-import { probePorts } from "../layers/network/Publish.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
-import { launchWithNetworks } from "./Network.ts"
+import { launchWithNetworks, preflightNetworking } from "./Network.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -29,8 +28,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
-  // A published host port in use fails here, naming it, before anything changes or boots.
-  yield* probePorts(current.ports)
+  // A published host port in use (or named networks this host cannot plumb) fails here, before anything changes or boots.
+  yield* preflightNetworking(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)

@@ -211,6 +211,15 @@ describe("named networks", () => {
     const removeRefused = await ma(["network", "rm", "lab"])
     assert.strictEqual(errorOf(removeRefused).error.kind, "conflict")
 
+    // A member whose QEMU is killed drops out of its peers' /etc/hosts once the runtime notices.
+    const betaPid = json(await ma(["inspect", "beta"])).workspace.vm.pid as number
+    process.kill(betaPid, "SIGKILL")
+    const deadline = Date.now() + 20_000
+    while ((await sh("alpha", "cat /etc/hosts")).includes("beta")) {
+      assert.isBelow(Date.now(), deadline, "alpha's /etc/hosts still lists beta 20 s after its QEMU died")
+      await new Promise((resolve) => setTimeout(resolve, 250))
+    }
+
     // kill -9 of every QEMU, then delete: no tap, no bridge, no namespace.
     for (const pid of qemuProcesses()) process.kill(pid, "SIGKILL")
     for (const name of ["alpha", "beta"]) assert.strictEqual((await ma(["delete", name])).code, 0)
@@ -218,6 +227,37 @@ describe("named networks", () => {
     assert.deepStrictEqual(json(await ma(["network", "inspect", "lab"])).network.members, [])
     assert.strictEqual((await ma(["network", "rm", "lab"])).code, 0)
     assert.deepStrictEqual(json(await ma(["network", "ls"])).networks, [])
+  })
+
+  it("gives an isolated member only its named-network NIC", async () => {
+    const quiet = json(await ma(["network", "create", "quiet"]))
+    const out = json(
+      await ma([
+        "run",
+        "--network",
+        "isolated",
+        "--network",
+        "quiet",
+        image,
+        "--",
+        "sh",
+        "-c",
+        "ls /sys/class/net; ip route"
+      ])
+    )
+    assert.strictEqual(out.result.exitCode, 0, out.result.stderr)
+    const [first, second, ...routes] = out.result.stdout.trim().split("\n")
+    assert.deepStrictEqual([first, second], ["eth0", "lo"])
+    // Its subnet's route and no default route: nothing leaves the segment.
+    assert.strictEqual(routes.length, 1, routes.join("\n"))
+    assert.match(
+      routes[0]!,
+      new RegExp(`^${quiet.subnet.replace(/\./g, "\\.")} dev eth0 .*src ${quiet.gateway.replace(/1$/, "2")}`)
+    )
+    // run deleted the member: its address is free again and the namespace is gone.
+    assert.deepStrictEqual(json(await ma(["network", "inspect", "quiet"])).network.members, [])
+    assert.deepStrictEqual(leftovers(), { namespaces: [], links: [] })
+    assert.strictEqual((await ma(["network", "rm", "quiet"])).code, 0)
   })
 
   it("refuses an unknown network at create, before anything is made", async () => {
