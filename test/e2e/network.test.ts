@@ -260,6 +260,27 @@ describe("named networks", () => {
     assert.strictEqual((await ma(["network", "rm", "quiet"])).code, 0)
   })
 
+  it("leaves no tap, bridge or namespace after kill -9 of the runtime and delete --force", async () => {
+    assert.strictEqual((await ma(["network", "create", "crash"])).code, 0)
+    assert.strictEqual(
+      (await ma(["create", "--network", "crash", "--memory", "256", "--image", image, "gamma"])).code,
+      0
+    )
+    assert.strictEqual((await ma(["start", "gamma"])).code, 0)
+    assert.strictEqual(leftovers().namespaces.length, 1)
+    const runtimePid = Number(
+      NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
+    )
+    process.kill(runtimePid, "SIGKILL")
+    // The VM outlives the runtime (by design), and so does the segment it is on.
+    assert.strictEqual(qemuProcesses().length, 1)
+    assert.strictEqual(leftovers().namespaces.length, 1)
+    assert.strictEqual((await ma(["delete", "--force", "gamma"])).code, 0)
+    assert.deepStrictEqual(qemuProcesses(), [])
+    assert.deepStrictEqual(leftovers(), { namespaces: [], links: [] })
+    assert.strictEqual((await ma(["network", "rm", "crash"])).code, 0)
+  })
+
   it("refuses an unknown network at create, before anything is made", async () => {
     const result = await ma(["create", "--network", "nowhere", "--image", image, "lost"])
     assert.strictEqual(errorOf(result).error.kind, "not_found")

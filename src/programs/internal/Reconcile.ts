@@ -61,7 +61,7 @@ export const reconcile = (workspace: Workspace) =>
       return yield* store.transition(workspace.name, "crashed", {
         patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),
         detail: "the VMM exited"
-      }).pipe(Effect.tap(() => workspace.networks.length > 0 ? Effect.ignore(reapNetworks) : Effect.void))
+      })
     }
     if (workspace.state === "stopping" && ownerGone(workspace)) {
       // The halting process died half way: finish the job so that no VM outlives a stopped record.
@@ -77,6 +77,12 @@ export const reconcile = (workspace: Workspace) =>
     }
     return workspace
   }).pipe(
+    // A member of a named network that is gone may have been the last one on it: its namespace goes too.
+    Effect.tap((after) =>
+      workspace.networks.length > 0 && isLive(workspace.state) && !isLive(after.state)
+        ? Effect.ignore(reapNetworks)
+        : Effect.void
+    ),
     // A concurrent command may have moved it already; what it says now is the truth.
     Effect.catchTag("Conflict", () => StateStore.pipe(Effect.flatMap((store) => store.get(workspace.name))))
   )
