@@ -252,12 +252,15 @@ const hostsFile = (
 
 /**
  * Writes /etc/hosts in every running member of `names` (and in `starting`, which is not recorded as
- * running yet): each lists itself and the running members of all its networks by name and hostname.
- * A member that cannot be reached is skipped; its file is rewritten at the next change.
+ * running yet): each lists itself and the live members of all its networks by name and hostname. A
+ * member still starting is listed already (so two members starting at once see each other: each
+ * one's own push comes after the other is recorded); `gone` is left out (a start that failed). A
+ * member that cannot be reached is skipped; its file is rewritten at the next change.
  */
 const refreshHosts = (
   names: ReadonlyArray<string>,
-  starting?: { readonly name: string; readonly handle: VmHandle }
+  starting?: { readonly name: string; readonly handle: VmHandle },
+  gone?: string
 ) =>
   Effect.gen(function*() {
     const store = yield* StateStore
@@ -265,10 +268,17 @@ const refreshHosts = (
     const channel = yield* GuestChannel
     const all = yield* networks.list
     const records = new Map<string, Workspace>((yield* store.list).map((ws) => [ws.name, ws]))
-    const isUp = (name: string) => name === starting?.name || records.get(name)?.state === "running"
+    const stateOf = (name: string) => records.get(name)?.state
+    const isListed = (name: string) =>
+      name !== gone
+      && (name === starting?.name || ["running", "paused", "starting"].includes(stateOf(name) ?? ""))
+    const isTarget = (name: string) =>
+      name !== gone && (name === starting?.name || stateOf(name) === "running")
     const namesOf = (ws: Workspace) => [...new Set([ws.name, ws.hostname])]
     const targets = new Set(
-      all.filter((n) => names.includes(n.name)).flatMap((n) => n.members.map((m) => m.workspace)).filter(isUp)
+      all.filter((n) => names.includes(n.name)).flatMap((n) => n.members.map((m) => m.workspace)).filter(
+        isTarget
+      )
     )
     for (const target of targets) {
       const ws = records.get(target)
@@ -279,7 +289,7 @@ const refreshHosts = (
       const peers: Array<{ ip: string; names: ReadonlyArray<string> }> = []
       for (const member of mine.flatMap((n) => n.members)) {
         const peer = records.get(member.workspace)
-        if (seen.has(member.workspace) || peer === undefined || !isUp(member.workspace)) continue
+        if (seen.has(member.workspace) || peer === undefined || !isListed(member.workspace)) continue
         seen.add(member.workspace)
         peers.push({ ip: member.ip, names: namesOf(peer) })
       }
@@ -319,5 +329,12 @@ export const launchWithNetworks = <E, R>(
     )
     return handle
   }).pipe(
-    Effect.tapError(() => workspace.networks.length === 0 ? Effect.void : reapNetworks.pipe(Effect.ignore))
+    Effect.tapError(() =>
+      workspace.networks.length === 0
+        ? Effect.void
+        : refreshHosts(workspace.networks, undefined, workspace.name).pipe(
+          Effect.zipRight(reapNetworks),
+          Effect.ignore
+        )
+    )
   )

@@ -181,8 +181,8 @@ describe("named networks", () => {
       { workspace: "alpha", ip: "10.91.0.2" },
       { workspace: "beta", ip: "10.91.0.3" }
     ])
-    for (const name of ["alpha", "beta"]) {
-      const started = await ma(["start", name])
+    // Started at once: each must still end up in the other's /etc/hosts.
+    for (const started of await Promise.all(["alpha", "beta"].map((name) => ma(["start", name])))) {
       assert.strictEqual(started.code, 0, started.stderr)
     }
     // The bridge is in the project's namespace, not on the host stack.
@@ -192,6 +192,7 @@ describe("named networks", () => {
 
     assert.include(await sh("alpha", "ip addr"), "inet 10.91.0.2/24")
     assert.include(await sh("alpha", "cat /etc/hosts"), "10.91.0.3\tbeta")
+    assert.include(await sh("beta", "cat /etc/hosts"), "10.91.0.2\talpha")
     assert.include(await sh("alpha", "ping -c1 -W5 beta"), "1 packets received")
     await sh(
       "beta",
