@@ -28,7 +28,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
-  // A published host port in use (or named networks this host cannot plumb) fails here, before anything changes or boots.
+  // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
