@@ -282,6 +282,14 @@ describe("named networks", () => {
     assert.strictEqual((await ma(["network", "rm", "crash"])).code, 0)
   })
 
+  it("gc removes a namespace of this state directory that no live workspace needs", async () => {
+    const orphan = `${namespacePrefix(NodePath.resolve(stateDir))}orphaned`
+    ip(["netns", "add", orphan])
+    const gc = json(await ma(["gc"]))
+    assert.include(gc.removed, `netns ${orphan}`)
+    assert.deepStrictEqual(leftovers().namespaces, [])
+  })
+
   it("refuses an unknown network at create, before anything is made", async () => {
     const result = await ma(["create", "--network", "nowhere", "--image", image, "lost"])
     assert.strictEqual(errorOf(result).error.kind, "not_found")

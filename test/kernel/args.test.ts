@@ -8,6 +8,7 @@ import {
   cmdlineProblem,
   diskDeviceName,
   kernelCmdline,
+  nicProblem,
   qemuArgs,
   type QemuArgsInput,
   runtimePaths
@@ -159,6 +160,12 @@ describe("QEMU arguments", () => {
       "microagent.net1=52:54:aa:bb:cc:dd,10.89.0.2/24",
       "microagent.net2=52:54:11:22:33:44,10.89.1.5/24"
     ])
+    assert.isUndefined(nicProblem(nics[0]!))
+    const bad = (fields: Partial<NicAttachment>) => nicProblem(new NicAttachment({ ...nics[0]!, ...fields }))
+    assert.include(bad({ tap: "tap,script=/x" }), "tap name")
+    assert.include(bad({ tap: "a-name-longer-than-15" }), "tap name")
+    assert.include(bad({ mac: "52:54:00:00:00" }), "MAC")
+    assert.include(bad({ address: "10.0.0.2/24 init=/bin/sh" }), "address")
   })
 
   it("uses PCI devices on q35 and the host CPU under KVM", () => {

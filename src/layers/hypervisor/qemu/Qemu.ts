@@ -40,7 +40,14 @@ import {
   probeKvmBoot,
   readHostFacts
 } from "./internal/accel.ts"
-import { cmdlineProblem, type Machine, qemuArgs, type RuntimePaths, runtimePaths } from "./internal/args.ts"
+import {
+  cmdlineProblem,
+  type Machine,
+  nicProblem,
+  qemuArgs,
+  type RuntimePaths,
+  runtimePaths
+} from "./internal/args.ts"
 import { qmpExecute, qmpStatus } from "./internal/Qmp.ts"
 
 export interface QemuOptions {
@@ -224,7 +231,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         }
         const problems = [
           cmdlineProblem("the hostname", config.hostname),
-          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint))
+          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint)),
+          ...config.nics.map(nicProblem)
         ].filter((p) => p !== undefined)
         if (problems.length > 0) return yield* new InvalidInput({ message: problems.join("; ") })
         if (config.network !== "user" && config.ports.length > 0) {
