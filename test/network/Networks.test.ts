@@ -27,6 +27,16 @@ describe("Networks on the state store", () => {
       assert.strictEqual((yield* Effect.flip(networks.inspect("missing")))._tag, "NotFound")
     }).pipe(Effect.provide(fakeEnvironment)))
 
+  it.scoped("gives networks created by concurrent fibers distinct subnets", () =>
+    Effect.gen(function*() {
+      const networks = yield* Networks
+      const made = yield* Effect.all(
+        ["n1", "n2", "n3", "n4", "n5", "n6"].map((name) => networks.create(name)),
+        { concurrency: "unbounded" }
+      )
+      assert.strictEqual(new Set(made.map((n) => n.subnet)).size, 6)
+    }).pipe(Effect.provide(fakeEnvironment)))
+
   it.scoped("gives concurrent joiners distinct lowest addresses, stable on re-join, freed on leave", () =>
     Effect.gen(function*() {
       const networks = yield* Networks

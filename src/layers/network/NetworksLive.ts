@@ -100,67 +100,92 @@ export const make = Effect.gen(function*() {
           remediation: "pick another name"
         })
       }
-      const existing = yield* list
-      if (existing.some((n) => n.name === name)) {
-        return yield* new Conflict({
-          message: `network ${name} already exists`,
-          remediation: `pick another name, or remove it first: microagent network rm ${name}`
-        })
-      }
-      const taken = existing.map((n) => parseSubnet(n.subnet)).filter((s): s is Subnet =>
-        typeof s !== "string"
-      )
-      let subnet: Subnet
-      if (subnetText === undefined) {
-        const free = autoSubnet([...taken, slirpSubnet])
-        if (free === undefined) {
-          return yield* new ResourceExhausted({
-            message: "every /24 of 10.89.0.0/16 is taken by a network",
-            remediation: "remove unused networks, or give --subnet"
-          })
-        }
-        subnet = free
-      } else {
-        const parsed = parseSubnet(subnetText)
-        if (typeof parsed === "string") {
-          return yield* new InvalidInput({
-            message: `invalid --subnet: ${parsed}`,
-            remediation: "give a private IPv4 network such as 10.90.0.0/24"
-          })
-        }
-        if (overlaps(parsed, slirpSubnet)) {
-          return yield* new InvalidInput({
-            message: `--subnet ${subnetText} overlaps 10.0.2.0/24, the subnet of user networking`,
-            remediation: "pick another subnet, e.g. 10.90.0.0/24"
-          })
-        }
-        const clash = existing.find((n) => {
-          const other = parseSubnet(n.subnet)
-          return typeof other !== "string" && overlaps(other, parsed)
-        })
-        if (clash !== undefined) {
+      for (;;) {
+        const existing = yield* list
+        if (existing.some((n) => n.name === name)) {
           return yield* new Conflict({
-            message: `--subnet ${subnetText} overlaps network ${clash.name} (${clash.subnet})`,
+            message: `network ${name} already exists`,
+            remediation: `pick another name, or remove it first: microagent network rm ${name}`
+          })
+        }
+        const taken = existing.map((n) => parseSubnet(n.subnet)).filter((s): s is Subnet =>
+          typeof s !== "string"
+        )
+        let subnet: Subnet
+        if (subnetText === undefined) {
+          const free = autoSubnet([...taken, slirpSubnet])
+          if (free === undefined) {
+            return yield* new ResourceExhausted({
+              message: "every /24 of 10.89.0.0/16 is taken by a network",
+              remediation: "remove unused networks, or give --subnet"
+            })
+          }
+          subnet = free
+        } else {
+          const parsed = parseSubnet(subnetText)
+          if (typeof parsed === "string") {
+            return yield* new InvalidInput({
+              message: `invalid --subnet: ${parsed}`,
+              remediation: "give a private IPv4 network such as 10.90.0.0/24"
+            })
+          }
+          if (overlaps(parsed, slirpSubnet)) {
+            return yield* new InvalidInput({
+              message: `--subnet ${subnetText} overlaps 10.0.2.0/24, the subnet of user networking`,
+              remediation: "pick another subnet, e.g. 10.90.0.0/24"
+            })
+          }
+          const clash = existing.find((n) => {
+            const other = parseSubnet(n.subnet)
+            return typeof other !== "string" && overlaps(other, parsed)
+          })
+          if (clash !== undefined) {
+            return yield* new Conflict({
+              message: `--subnet ${subnetText} overlaps network ${clash.name} (${clash.subnet})`,
+              remediation: "pick a subnet no other network uses"
+            })
+          }
+          subnet = parsed
+        }
+        const at = DateTime.formatIso(yield* DateTime.now)
+        const record = yield* Schema.encode(NetworkRecord)({
+          subnet: formatSubnet(subnet),
+          gateway: gatewayOf(subnet)
+        })
+          .pipe(Effect.mapError(storeError))
+        const inserted = yield* sql<{ name: string }>`INSERT INTO networks (name, record, created_at)
+          VALUES (${name}, ${record}, ${at}) ON CONFLICT (name) DO NOTHING RETURNING name`
+        if (inserted.length === 0) {
+          return yield* new Conflict({
+            message: `network ${name} already exists`,
+            remediation: "pick another name"
+          })
+        }
+        // Two creates may have picked overlapping subnets at once: the one inserted first keeps its subnet.
+        const rows = yield* sql<
+          { name: string; record: string; id: number }
+        >`SELECT name, record, rowid AS id FROM networks`
+        const mine = rows.find((r) => r.name === name)!
+        const earlier = yield* Effect.forEach(
+          rows.filter((r) => r.id < mine.id),
+          (r) => Schema.decodeUnknown(NetworkRecord)(r.record).pipe(Effect.mapError(storeError))
+        )
+        if (
+          !earlier.some((r) => {
+            const other = parseSubnet(r.subnet)
+            return typeof other !== "string" && overlaps(other, subnet)
+          })
+        ) {
+          return yield* inspect(name)
+        }
+        yield* sql`DELETE FROM networks WHERE name = ${name}`
+        if (subnetText !== undefined) {
+          return yield* new Conflict({
+            message: `--subnet ${subnetText} overlaps a network created at the same moment`,
             remediation: "pick a subnet no other network uses"
           })
         }
-        subnet = parsed
       }
-      const now = yield* DateTime.now
-      const record = yield* Schema.encode(NetworkRecord)({
-        subnet: formatSubnet(subnet),
-        gateway: gatewayOf(subnet)
-      })
-        .pipe(Effect.mapError(storeError))
-      const inserted = yield* sql<{ name: string }>`INSERT INTO networks (name, record, created_at)
-        VALUES (${name}, ${record}, ${DateTime.formatIso(now)}) ON CONFLICT (name) DO NOTHING RETURNING name`
-      if (inserted.length === 0) {
-        return yield* new Conflict({
-          message: `network ${name} already exists`,
-          remediation: "pick another name"
-        })
-      }
-      return yield* inspect(name)
     }).pipe(Effect.catchTag("SqlError", (e) => Effect.fail(storeError(e))))
 
   const remove = (name: string) =>
