@@ -193,7 +193,11 @@ export const attachNetworks = Effect.fn("attachNetworks")(
   function*(workspace: Workspace, nics: ReadonlyArray<NicAttachment>, handle: VmHandle) {
     if (nics.length === 0) return
     const home = yield* Home
-    for (const nic of nics) yield* attachTap(home.root, nic.network, nic.tap)
+    const store = yield* StateStore
+    for (const nic of nics) {
+      yield* attachTap(home.root, nic.network, nic.tap)
+      yield* store.appendEvent(workspace.name, { type: "network", detail: `${nic.network} ${nic.address}` })
+    }
     yield* refreshHosts(workspace.networks, { name: workspace.name, handle })
   }
 )

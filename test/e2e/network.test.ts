@@ -191,6 +191,10 @@ describe("named networks", () => {
     assert.deepStrictEqual(links, [])
 
     assert.include(await sh("alpha", "ip addr"), "inet 10.91.0.2/24")
+    const events = json(await ma(["events", "alpha"])).events as Array<{ type: string; detail: string }>
+    assert.deepStrictEqual(events.filter((e) => e.type === "network").map((e) => e.detail), [
+      "lab 10.91.0.2/24"
+    ])
     assert.include(await sh("alpha", "cat /etc/hosts"), "10.91.0.3\tbeta")
     assert.include(await sh("beta", "cat /etc/hosts"), "10.91.0.2\talpha")
     assert.include(await sh("alpha", "ping -c1 -W5 beta"), "1 packets received")
