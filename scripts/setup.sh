@@ -8,6 +8,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # VMs: QEMU, the kernel extraction tools, ext4 images, the built-in busybox image
   qemu-system-x86 lz4 zstd xz-utils e2fsprogs busybox-static
+  # Named networks: namespaces, bridges and taps
+  iproute2
   # The guest agent: a static C build
   musl-tools build-essential
 )

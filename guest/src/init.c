@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -26,6 +27,7 @@
 #include "agent.h"
 
 #define MAX_DISKS 16
+#define MAX_NETS 8
 
 typedef struct {
   char root[128];
@@ -38,6 +40,7 @@ typedef struct {
   char hosts[2048];
   char disks[1024];
   char channel[128];
+  char nets[MAX_NETS][64]; /* microagent.netN=MAC,ADDRESS/PREFIX: a NIC on a named network */
 } boot_config;
 
 static boot_config bc;
@@ -144,6 +147,8 @@ static void parse_cmdline(void) {
     else if (!strcmp(key, "hosts")) set_str(bc.hosts, sizeof bc.hosts, v);
     else if (!strcmp(key, "disks")) set_str(bc.disks, sizeof bc.disks, v);
     else if (!strcmp(key, "channel")) set_str(bc.channel, sizeof bc.channel, v);
+    else if (!strncmp(key, "net", 3) && key[3] >= '1' && key[3] < '1' + MAX_NETS && !key[4])
+      set_str(bc.nets[key[3] - '1'], sizeof bc.nets[0], v);
     else if (!strcmp(key, "debug")) ma_debug = !strcmp(v, "1");
   }
 }
@@ -277,6 +282,73 @@ static int set_addr(int s, const char *ifname, unsigned long req, in_addr_t a) {
   return ioctl(s, req, &ifr);
 }
 
+static int parse_addr(const char *text, struct in_addr *addr, in_addr_t *mask) {
+  char ip[64];
+  snprintf(ip, sizeof ip, "%s", text);
+  int prefix = 24;
+  char *slash = strchr(ip, '/');
+  if (slash) {
+    *slash = 0;
+    prefix = atoi(slash + 1);
+  }
+  if (inet_pton(AF_INET, ip, addr) != 1 || prefix < 0 || prefix > 32) return -1;
+  *mask = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
+  return 0;
+}
+
+/* The interface whose MAC is `mac` (lowercase, colon-separated), waiting up to `ms` for it to appear. */
+static int find_by_mac(const char *mac, char *ifname, size_t cap, int ms) {
+  for (int waited = 0;; waited += 20) {
+    DIR *d = opendir("/sys/class/net");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], got[32] = "";
+      snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
+      int fd = open(path, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ssize_t n = read(fd, got, sizeof got - 1);
+      close(fd);
+      got[n > 0 ? n : 0] = 0;
+      got[strcspn(got, "\n")] = 0;
+      if (!strcasecmp(got, mac)) {
+        snprintf(ifname, cap, "%s", e->d_name);
+        closedir(d);
+        return 0;
+      }
+    }
+    if (d) closedir(d);
+    if (waited >= ms) return -1;
+    ma_sleep_ms(20);
+  }
+}
+
+/* NICs on named networks: an address and the subnet route, no gateway (outbound traffic stays on eth0). */
+static void setup_named_nets(int s) {
+  for (int i = 0; i < MAX_NETS; i++) {
+    if (!bc.nets[i][0]) continue;
+    char spec[64], ifname[IFNAMSIZ];
+    snprintf(spec, sizeof spec, "%s", bc.nets[i]);
+    char *comma = strchr(spec, ',');
+    struct in_addr addr;
+    in_addr_t mask;
+    if (!comma || parse_addr(comma + 1, &addr, &mask) < 0) {
+      ma_log("bad microagent.net%d=%s", i + 1, bc.nets[i]);
+      continue;
+    }
+    *comma = 0;
+    if (find_by_mac(spec, ifname, sizeof ifname, 5000) < 0) {
+      ma_log("no interface with MAC %s for microagent.net%d", spec, i + 1);
+      continue;
+    }
+    if (set_addr(s, ifname, SIOCSIFADDR, addr.s_addr) < 0 || set_addr(s, ifname, SIOCSIFNETMASK, mask) < 0 ||
+        set_flags_up(s, ifname) < 0)
+      ma_log("%s %s: %s", ifname, comma + 1, strerror(errno));
+    else
+      ma_dbg("%s is %s", ifname, comma + 1);
+  }
+}
+
 static void setup_network(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) {
@@ -322,6 +394,7 @@ static void setup_network(void) {
       }
     }
   }
+  setup_named_nets(s);
   close(s);
   if (bc.dns[0]) {
     char out[1024] = "", list[256];

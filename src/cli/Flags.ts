@@ -54,9 +54,18 @@ export const workspaceOptions = {
     Options.optional
   ),
   hostname: Options.text("hostname").pipe(Options.withDescription("guest hostname"), Options.optional),
-  network: Options.choice("network", ["user", "isolated"]).pipe(
-    Options.withDescription("user (default): outbound NAT; isolated: no network device"),
-    Options.optional
+  network: Options.text("network").pipe(
+    Options.withDescription(
+      "user (default): outbound NAT; isolated: no network device; NAME: also join named network NAME (repeatable)"
+    ),
+    Options.repeated
+  ),
+  publish: Options.text("publish").pipe(
+    Options.withAlias("p"),
+    Options.withDescription(
+      "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (repeatable)"
+    ),
+    Options.repeated
   ),
   bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
   volume: volumeFlag,

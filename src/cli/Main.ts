@@ -14,6 +14,7 @@ import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
+import { networkCommand } from "./network.ts"
 import { renderError, wantsJson } from "./Output.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
@@ -29,6 +30,7 @@ export const subcommands = [
   kernelCommand,
   volumeCommand,
   secretCommand,
+  networkCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

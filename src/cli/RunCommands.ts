@@ -16,6 +16,7 @@ import { defined } from "../rpc/Rpcs.ts"
 import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
+import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
 import { mountsOf, resolveSecrets, secretRefsOf, secretsForStart } from "./volume.ts"
 
@@ -61,17 +62,19 @@ const workspaceFields = (
     readonly cpus: Option.Option<number>
     readonly sizeMiB: Option.Option<number>
     readonly hostname: Option.Option<string>
-    readonly network: Option.Option<"user" | "isolated">
+    readonly network: ReadonlyArray<string>
+    readonly publish: ReadonlyArray<string>
   },
   spec: Spec
-) => ({
-  profile: orUndefined(options.profile) ?? spec.profile,
-  memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
-  cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
-  sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
-  hostname: orUndefined(options.hostname) ?? spec.hostname,
-  network: orUndefined(options.network) ?? spec.network?.mode
-})
+) =>
+  Effect.map(networkFields(options, spec), (network) => ({
+    profile: orUndefined(options.profile) ?? spec.profile,
+    memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+    cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+    sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+    hostname: orUndefined(options.hostname) ?? spec.hostname,
+    ...network
+  }))
 
 /** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
 const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
@@ -111,11 +114,12 @@ const runCommand = Command.make("run", {
     const mounts = yield* mountsOf(options.volume)
     const secrets = yield* secretRefsOf(options.secret)
     const secretValues = yield* resolveSecrets(secrets ?? [])
+    const fields = yield* workspaceFields(options, spec)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
         command: [...invocation.guestArgv],
-        ...workspaceFields(options, spec),
+        ...fields,
         name: orUndefined(options.name) ?? spec.name,
         env,
         keep: options.keep,
@@ -163,7 +167,7 @@ const createCommand = Command.make("create", {
     yield* resolveSecrets(secrets ?? [])
     const workspace = yield* withNewBackend(create({
       image,
-      ...workspaceFields(options, spec),
+      ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,

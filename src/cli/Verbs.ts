@@ -27,6 +27,8 @@ const workspaceFlags = [
   "--file",
   "--hostname",
   "--network",
+  "-p",
+  "--publish",
   "--restart",
   "--boot-timeout",
   "-v",
@@ -161,6 +163,14 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "resolve secret references without delivering them",
     aliases: ["secrets"],
     subcommands: true
+  },
+  {
+    name: "network",
+    group: "Resources",
+    usage: "microagent network create|ls|inspect|rm ...",
+    summary: "create and manage named networks",
+    subcommands: true,
+    valueFlags: ["--subnet"]
   },
   {
     name: "profiles",

@@ -19,8 +19,17 @@ export const SpecResources = Schema.Struct({
   headroomMiB: Schema.optional(Schema.Int.pipe(Schema.between(0, 1024 * 1024)))
 })
 
+const SpecPort = Schema.Int.pipe(Schema.between(1, 65535))
+
 export const SpecNetwork = Schema.Struct({
-  mode: Schema.optional(NetworkMode)
+  mode: Schema.optional(NetworkMode),
+  /** Published ports, as `-p`: the host address defaults to 127.0.0.1. */
+  forwards: Schema.optional(Schema.Array(Schema.Struct({
+    protocol: Schema.optional(Schema.Literal("tcp")),
+    host: Schema.optional(Schema.String),
+    hostPort: SpecPort,
+    guestPort: SpecPort
+  })))
 })
 
 export const Spec = Schema.Struct({
@@ -43,7 +52,7 @@ export type Spec = typeof Spec.Type
 const known: Record<string, ReadonlyArray<string>> = {
   "": ["name", "image", "profile", "restart", "entrypoint", "hostname", "env", "resources", "network"],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
-  network: ["mode"]
+  network: ["mode", "forwards"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */
@@ -65,7 +74,7 @@ const notYet: Record<string, ReadonlyArray<string>> = {
     "acknowledgeCapabilityRisk",
     "agent"
   ],
-  network: ["forwards", "dns", "routes", "ip", "subnet", "gateway", "ipv6", "ipv6Subnet", "ipv6Gateway"]
+  network: ["dns", "routes", "ip", "subnet", "gateway", "ipv6", "ipv6Subnet", "ipv6Gateway"]
 }
 
 /** Where a field that is misplaced at `section` actually belongs. */

@@ -28,6 +28,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { generateName } from "./internal/Names.ts"
+import { checkNetworking, joinNetworks } from "./Network.ts"
 
 export interface CreateOptions {
   readonly image: string
@@ -87,6 +88,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   })
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
+  yield* checkNetworking(options)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore
@@ -128,6 +130,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       updatedAt: now
     })
     yield* store.create(workspace)
+    yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
     yield* Effect.try({
       try: () => NodeFs.renameSync(staging, workspaceDir),
       catch: (cause) =>

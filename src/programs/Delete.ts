@@ -10,6 +10,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
 import { releaseVolumesOf } from "./internal/Mounts.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
+import { forgetNetworks } from "./Network.ts"
 
 export interface DeleteOptions {
   /** Halt a live workspace gracefully first. */
@@ -50,5 +51,6 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
   yield* store.remove(name)
   // The volumes outlive the workspace; only its claims go.
   yield* releaseVolumesOf(name)
+  yield* forgetNetworks(workspace)
   return { workspace: name, deleted: true }
 })

@@ -5,6 +5,7 @@
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
+import { fabricProblem } from "../layers/network/Fabric.ts"
 
 export interface Check {
   readonly name: string
@@ -83,6 +84,25 @@ const kvmCheck = (): Check => {
   }
 }
 
+/** Named networks need iproute2, /dev/net/tun and CAP_NET_ADMIN; user and isolated networking need none. */
+const namedNetworksCheck = (): Check => {
+  const problem = fabricProblem()
+  return problem === undefined
+    ? {
+      name: "networks",
+      ok: true,
+      required: false,
+      detail: "ip, /dev/net/tun and CAP_NET_ADMIN: named networks work"
+    }
+    : {
+      name: "networks",
+      ok: false,
+      required: false,
+      detail: problem.message,
+      remediation: problem.remediation
+    }
+}
+
 export const doctor = Effect.sync((): { readonly ok: boolean; readonly checks: ReadonlyArray<Check> } => {
   const major = Number(process.versions.node.split(".")[0])
   const checks: Array<Check> = [
@@ -113,7 +133,8 @@ export const doctor = Effect.sync((): { readonly ok: boolean; readonly checks: R
       ...(NodeFs.existsSync("/dev/net/tun")
         ? {}
         : { remediation: "modprobe tun (needed only for named networks)" })
-    }
+    },
+    namedNetworksCheck()
   ]
   return { ok: checks.every((check) => check.ok || !check.required), checks }
 })

@@ -10,6 +10,7 @@ import { isAlive, signal } from "../layers/process/Processes.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile } from "./internal/Reconcile.ts"
+import { reapNetworks } from "./Network.ts"
 
 export interface GcReport {
   readonly reconciled: ReadonlyArray<
@@ -92,5 +93,8 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
     NodeFs.rmSync(path, { recursive: true, force: true })
     removed.push(path)
   }
+  // Namespaces (with their bridges) of named networks no live workspace is on.
+  const namespaces = yield* reapNetworks.pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))
+  removed.push(...namespaces.map((ns) => `netns ${ns}`))
   return { removed, killed }
 })

@@ -8,6 +8,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
+import { detachNetworks } from "./Network.ts"
 
 export interface HaltOptions {
   /** Seconds the guest gets to shut down before the VM is killed. */
@@ -40,7 +41,7 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
       })
     }
     return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
-  })).pipe(Effect.tap(releaseMounts), Effect.uninterruptible)
+  })).pipe(Effect.tap(releaseMounts), Effect.tap(detachNetworks), Effect.uninterruptible)
 })
 
 export const kill = Effect.fn("kill")(function*(name: string) {
@@ -58,7 +59,8 @@ export const kill = Effect.fn("kill")(function*(name: string) {
   return yield* Effect.uninterruptible(
     store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
       Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
-      Effect.tap(releaseMounts)
+      Effect.tap(releaseMounts),
+      Effect.tap(detachNetworks)
     )
   )
 })

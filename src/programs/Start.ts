@@ -10,12 +10,13 @@ import * as NodePath from "node:path"
 import type { SecretRef, Workspace } from "../domain/Workspace.ts"
 import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { Home } from "../services/Home.ts"
-import { Hypervisor, LaunchConfig, type VmHandle } from "../services/Hypervisor.ts"
+import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
+import { launchWithNetworks, preflightNetworking } from "./Network.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -37,6 +38,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
   yield* checkSecretValues(name, secrets, options.secretValues ?? [])
   yield* checkMounts(current)
+  // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
+  yield* preflightNetworking(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
@@ -62,18 +65,26 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     cpus: starting.resources.cpus,
     hostname: starting.hostname,
     network: starting.network,
+    ports: starting.ports.map((p) => new PortForward(p)),
     bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
   })
 
   return yield* Effect.uninterruptibleMask((restore) =>
     Effect.gen(function*() {
+      // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
       const launched = yield* Effect.exit(restore(
         attachMounts(starting, runtimeDir).pipe(
-          Effect.flatMap((disks) => hypervisor.launch(new LaunchConfig({ ...config, disks }))),
-          Effect.tap((handle) =>
-            deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-              Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-            )
+          Effect.flatMap((disks) =>
+            launchWithNetworks(starting, (nics) =>
+              hypervisor.launch(new LaunchConfig({ ...config, disks, nics })).pipe(
+                Effect.tap((handle) =>
+                  deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                    Effect.tapError(() =>
+                      hypervisor.kill(handle).pipe(Effect.ignore)
+                    )
+                  )
+                )
+              ))
           )
         )
       ))

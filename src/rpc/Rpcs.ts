@@ -19,6 +19,7 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { hostRpcs } from "./HostRpcs.ts"
 
@@ -120,6 +121,11 @@ export const ProfilesResult = Schema.Struct({
 
 const named = { name: Schema.String }
 
+export const NetworkInspectResult = Schema.Struct({
+  network: Network,
+  members: Schema.Array(Schema.Struct({ workspace: Schema.String, ip: Schema.String, state: Schema.String }))
+})
+
 /** Drops undefined fields: the payloads' optional fields are exact and do not accept them. */
 export const defined = <A extends Record<string, unknown>>(fields: A) =>
   Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== undefined)) as {
@@ -210,6 +216,19 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("volumeResize", {
     payload: { ...named, sizeMiB: PositiveInt },
     success: Volume,
+    error: MicroagentError
+  }),
+  Rpc.make("networkCreate", {
+    payload: { ...named, subnet: Schema.optional(Schema.String) },
+    success: Network,
+    error: MicroagentError
+  }),
+  Rpc.make("networkList", { success: Schema.Array(Network), error: MicroagentError }),
+  Rpc.make("networkInspect", { payload: named, success: NetworkInspectResult, error: MicroagentError }),
+  /** Refused while the network has members; `force` detaches stopped members first. */
+  Rpc.make("networkRemove", {
+    payload: { ...named, force: Schema.optional(Schema.Boolean) },
+    success: Schema.Struct({ network: Schema.String, removed: Schema.Boolean }),
     error: MicroagentError
   })
 ) {}

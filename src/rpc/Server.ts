@@ -23,6 +23,7 @@ import { remove } from "../programs/Delete.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
+import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
@@ -192,7 +193,11 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     volumeList: () => local(withBackend(undefined, volumeList())),
     volumeInspect: (p) => local(withBackend(undefined, volumeInspect(p.name))),
     volumeRemove: (p) => local(withBackend(undefined, volumeRemove(p.name, { force: p.force }))),
-    volumeResize: (p) => local(withBackend(undefined, volumeResize(p.name, p.sizeMiB)))
+    volumeResize: (p) => local(withBackend(undefined, volumeResize(p.name, p.sizeMiB))),
+    networkCreate: (p) => local(withBackend(undefined, networkCreate(p.name, p.subnet))),
+    networkList: () => local(withBackend(undefined, networkList())),
+    networkInspect: (p) => local(withBackend(undefined, networkInspect(p.name))),
+    networkRemove: (p) => local(withBackend(undefined, networkRemove(p.name, { force: p.force ?? false })))
   })
 }))
 

@@ -19,6 +19,7 @@ import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
+import { detachNetworks } from "../programs/Network.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
 import { Home } from "../services/Home.ts"
@@ -66,7 +67,13 @@ const reconcileAll = Effect.gen(function*() {
   let live = false
   for (const workspace of yield* store.list) {
     if (!isLive(workspace.state)) continue
-    const now = yield* withBackend(workspace.backend, reconcile(workspace)).pipe(
+    const now = yield* withBackend(
+      workspace.backend,
+      // A member of a named network that died drops out of its peers' /etc/hosts.
+      reconcile(workspace).pipe(
+        Effect.tap((after) => isLive(after.state) ? Effect.void : detachNetworks(after))
+      )
+    ).pipe(
       Effect.catchAll(() => Effect.succeed(workspace))
     )
     live ||= isLive(now.state)

@@ -42,6 +42,15 @@ export class PortForward extends Schema.Class<PortForward>("PortForward")({
   protocol: Schema.Literal("tcp")
 }) {}
 
+/** A NIC on a named network: a tap QEMU creates on the host, found by the guest through its MAC. */
+export class NicAttachment extends Schema.Class<NicAttachment>("NicAttachment")({
+  network: Schema.String,
+  tap: Schema.String,
+  mac: Schema.String,
+  /** The guest's address, `A.B.C.D/N`. */
+  address: Schema.String
+}) {}
+
 /** Everything a backend needs to boot one VM. */
 export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   workspace: Schema.String,
@@ -56,6 +65,8 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   network: NetworkMode,
   ports: Schema.optionalWith(Schema.Array(PortForward), { default: () => [] }),
   disks: Schema.optionalWith(Schema.Array(DiskAttachment), { default: () => [] }),
+  /** NICs on named networks, besides the user-mode one. */
+  nics: Schema.optionalWith(Schema.Array(NicAttachment), { default: () => [] }),
   /** Seconds allowed until the guest agent answers. */
   bootTimeoutSeconds: Schema.Number
 }) {}

@@ -61,14 +61,29 @@ network:
     )
   })
 
+  it("decodes network.forwards and refuses non-TCP or out-of-range ports", () => {
+    const spec = ok(
+      "network:\n  forwards:\n    - { hostPort: 8080, guestPort: 80 }\n    - { protocol: tcp, host: 0.0.0.0, hostPort: 2222, guestPort: 22 }\n"
+    )
+    assert.deepStrictEqual(spec.network?.forwards, [
+      { hostPort: 8080, guestPort: 80 },
+      { protocol: "tcp", host: "0.0.0.0", hostPort: 2222, guestPort: 22 }
+    ])
+    assert.include(
+      error("network:\n  forwards:\n    - { protocol: udp, hostPort: 53, guestPort: 53 }\n"),
+      "protocol"
+    )
+    assert.include(error("network:\n  forwards:\n    - { hostPort: 0, guestPort: 80 }\n"), "hostPort")
+  })
+
   it("refuses fields this version does not act on", () => {
     assert.strictEqual(
       error("setup:\n  - apt-get update\n"),
       "microagent.yaml: setup is not supported by this version of microagent"
     )
     assert.strictEqual(
-      error("network:\n  forwards: []\n"),
-      "microagent.yaml: network.forwards is not supported by this version of microagent"
+      error("network:\n  dns: []\n"),
+      "microagent.yaml: network.dns is not supported by this version of microagent"
     )
   })
 

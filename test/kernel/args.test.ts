@@ -8,11 +8,12 @@ import {
   cmdlineProblem,
   diskDeviceName,
   kernelCmdline,
+  nicProblem,
   qemuArgs,
   type QemuArgsInput,
   runtimePaths
 } from "../../src/layers/hypervisor/qemu/internal/args.ts"
-import { DiskAttachment, PortForward } from "../../src/services/Hypervisor.ts"
+import { DiskAttachment, NicAttachment, PortForward } from "../../src/services/Hypervisor.ts"
 
 const base: QemuArgsInput = {
   workspace: "ws1",
@@ -126,6 +127,45 @@ describe("QEMU arguments", () => {
       "virtio-blk-device,drive=disk2"
     ])
     assert.include(values(args, "-device"), "virtio-net-device,netdev=net0")
+  })
+
+  it("adds a non-persistent tap NIC per named network after the user NIC, and tells the agent its MAC", () => {
+    const nics = [
+      new NicAttachment({
+        network: "lab",
+        tap: "mtabcdef1234567",
+        mac: "52:54:aa:bb:cc:dd",
+        address: "10.89.0.2/24"
+      }),
+      new NicAttachment({
+        network: "db",
+        tap: "mtabcdef7654321",
+        mac: "52:54:11:22:33:44",
+        address: "10.89.1.5/24"
+      })
+    ]
+    const input = { ...base, network: "user" as const, nics }
+    assert.deepStrictEqual(values(qemuArgs(input), "-netdev"), [
+      "user,id=net0,restrict=off",
+      "tap,id=nic1,ifname=mtabcdef1234567,script=no,downscript=no",
+      "tap,id=nic2,ifname=mtabcdef7654321,script=no,downscript=no"
+    ])
+    assert.deepStrictEqual(values(qemuArgs(input), "-device").filter((d) => d.startsWith("virtio-net")), [
+      "virtio-net-device,netdev=net0",
+      "virtio-net-device,netdev=nic1,mac=52:54:aa:bb:cc:dd",
+      "virtio-net-device,netdev=nic2,mac=52:54:11:22:33:44"
+    ])
+    const cmdline = kernelCmdline(input).split(" ")
+    assert.includeMembers(cmdline, [
+      "microagent.net1=52:54:aa:bb:cc:dd,10.89.0.2/24",
+      "microagent.net2=52:54:11:22:33:44,10.89.1.5/24"
+    ])
+    assert.isUndefined(nicProblem(nics[0]!))
+    const bad = (fields: Partial<NicAttachment>) => nicProblem(new NicAttachment({ ...nics[0]!, ...fields }))
+    assert.include(bad({ tap: "tap,script=/x" }), "tap name")
+    assert.include(bad({ tap: "a-name-longer-than-15" }), "tap name")
+    assert.include(bad({ mac: "52:54:00:00:00" }), "MAC")
+    assert.include(bad({ address: "10.0.0.2/24 init=/bin/sh" }), "address")
   })
 
   it("uses PCI devices on q35 and the host CPU under KVM", () => {

@@ -14,6 +14,7 @@ import { Home as HomeTag } from "../../services/Home.ts"
 import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
 import type { KernelCache } from "../../services/KernelCache.ts"
+import type { Networks } from "../../services/Networks.ts"
 import { AgentChannel } from "../guest/AgentChannel.ts"
 import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
 import { FakeHypervisor } from "../hypervisor/fake/FakeHypervisor.ts"
@@ -21,10 +22,11 @@ import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
 import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
 import { ImageStoreLive } from "../image/ImageStoreLive.ts"
 import { FileKernelCache } from "../kernel/FileKernelCache.ts"
+import { NetworksLive } from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
 import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
 
-export type BackendServices = Hypervisor | GuestChannel | ImageStore | KernelCache
+export type BackendServices = Hypervisor | GuestChannel | ImageStore | KernelCache | Networks
 
 export const defaultBackend = (): Backend => {
   const fromEnv = process.env.MICROAGENT_BACKEND
@@ -34,17 +36,17 @@ export const defaultBackend = (): Backend => {
 export const backendLayer = (
   backend: Backend
 ): Layer.Layer<
-  Hypervisor | GuestChannel | ImageStore | KernelCache,
+  BackendServices,
   Unsupported,
   Home | SqlClient.SqlClient
 > => {
   switch (backend) {
     case "fake":
       // The fake backend boots no kernel: programs see no KernelCache and launch without one.
-      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore) as Layer.Layer<
-        Hypervisor | GuestChannel | ImageStore | KernelCache,
+      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive) as Layer.Layer<
+        BackendServices,
         never,
-        never
+        SqlClient.SqlClient
       >
     case "qemu":
       return qemuLayer
@@ -65,7 +67,7 @@ const qemuLayer = Layer.unwrapEffect(
   Effect.map(
     HomeTag,
     (home) =>
-      Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer()).pipe(
+      Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer(), NetworksLive).pipe(
         Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
         Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
       )

@@ -9,6 +9,7 @@ import type { Workspace } from "../../domain/Workspace.ts"
 import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
 import { StateStore } from "../../services/StateStore.ts"
+import { reapNetworks } from "../Network.ts"
 
 export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
   workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
@@ -76,6 +77,12 @@ export const reconcile = (workspace: Workspace) =>
     }
     return workspace
   }).pipe(
+    // A member of a named network that is gone may have been the last one on it: its namespace goes too.
+    Effect.tap((after) =>
+      workspace.networks.length > 0 && isLive(workspace.state) && !isLive(after.state)
+        ? Effect.ignore(reapNetworks)
+        : Effect.void
+    ),
     // A concurrent command may have moved it already; what it says now is the truth.
     Effect.catchTag("Conflict", () => StateStore.pipe(Effect.flatMap((store) => store.get(workspace.name))))
   )

@@ -40,7 +40,14 @@ import {
   probeKvmBoot,
   readHostFacts
 } from "./internal/accel.ts"
-import { cmdlineProblem, type Machine, qemuArgs, type RuntimePaths, runtimePaths } from "./internal/args.ts"
+import {
+  cmdlineProblem,
+  type Machine,
+  nicProblem,
+  qemuArgs,
+  type RuntimePaths,
+  runtimePaths
+} from "./internal/args.ts"
 import { qmpExecute, qmpStatus } from "./internal/Qmp.ts"
 
 export interface QemuOptions {
@@ -78,6 +85,7 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "PauseResume",
   "LiveFileCopy",
   "NetworkPublish",
+  "NamedNetworks",
   "Volumes",
   "Secrets"
 ])
@@ -223,7 +231,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         }
         const problems = [
           cmdlineProblem("the hostname", config.hostname),
-          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint))
+          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint)),
+          ...config.nics.map(nicProblem)
         ].filter((p) => p !== undefined)
         if (problems.length > 0) return yield* new InvalidInput({ message: problems.join("; ") })
         if (config.network !== "user" && config.ports.length > 0) {
@@ -316,6 +325,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         network: config.network,
         ports: config.ports,
         disks: config.disks,
+        nics: config.nics,
         paths
       })
       const handleOf = (pid: number) =>

@@ -3,7 +3,7 @@
  * needs is in the input, so the construction is tested without booting anything.
  */
 import * as NodePath from "node:path"
-import type { DiskAttachment, PortForward } from "../../../../services/Hypervisor.ts"
+import type { DiskAttachment, NicAttachment, PortForward } from "../../../../services/Hypervisor.ts"
 
 export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
@@ -43,6 +43,7 @@ export interface QemuArgsInput {
   readonly network: "user" | "isolated"
   readonly ports: ReadonlyArray<PortForward>
   readonly disks: ReadonlyArray<DiskAttachment>
+  readonly nics?: ReadonlyArray<NicAttachment>
   readonly paths: RuntimePaths
   readonly extraCmdline?: ReadonlyArray<string>
 }
@@ -61,6 +62,16 @@ export const cmdlineProblem = (what: string, value: string): string | undefined 
     ? `${what} is empty`
     : /[\s,:"]/.test(value) || /[^\x21-\x7e]/.test(value)
     ? `${what} "${value}" contains a space, comma, colon, quote or non-ASCII character`
+    : undefined
+
+/** What would make a named-network NIC break QEMU's option syntax, the kernel command line or IFNAMSIZ. */
+export const nicProblem = (nic: NicAttachment): string | undefined =>
+  !/^[A-Za-z0-9_-]{1,15}$/.test(nic.tap)
+    ? `the tap name "${nic.tap}" is not 1-15 letters, digits, '_' or '-'`
+    : !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)
+    ? `the MAC "${nic.mac}" is not six lowercase hex pairs`
+    : !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(nic.address)
+    ? `the address "${nic.address}" is not A.B.C.D/N`
     : undefined
 
 export const kernelCmdline = (input: QemuArgsInput): string => {
@@ -87,6 +98,8 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
         }`
       ]
       : []),
+    // Named networks: the agent configures the NIC with this MAC (`microagent.net1=MAC,ADDRESS/N`).
+    ...(input.nics ?? []).map((nic, i) => `microagent.net${i + 1}=${nic.mac},${nic.address}`),
     ...(input.extraCmdline ?? [])
   ]
   return words.join(" ")
@@ -152,6 +165,13 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     ...(input.network === "user"
       ? ["-netdev", `user,id=net0,restrict=off${hostfwd}`, "-device", `${device("net")},netdev=net0`]
       : []),
+    // Non-persistent taps (script=no): the kernel removes each when QEMU exits, however it exits.
+    ...(input.nics ?? []).flatMap((nic, i) => [
+      "-netdev",
+      `tap,id=nic${i + 1},ifname=${nic.tap},script=no,downscript=no`,
+      "-device",
+      `${device("net")},netdev=nic${i + 1},mac=${nic.mac}`
+    ]),
     "-daemonize",
     "-pidfile",
     input.paths.pidFile
