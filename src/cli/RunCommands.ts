@@ -11,6 +11,7 @@ import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
+import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
@@ -18,7 +19,7 @@ import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
-import { mountsOf, resolveSecrets, secretRefsOf, secretsForStart } from "./volume.ts"
+import { mountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>

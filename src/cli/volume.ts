@@ -2,18 +2,16 @@
  * `microagent volume create|ls|inspect|rm|resize` (`list` for ls, `delete` for rm), run in this
  * process against the store like `create`; and the `-v/--volume` and `--secret` flags of run, create
  * and start. Secrets are resolved here, in the process of the user who typed the command (so `env:`
- * is their environment), and travel to the runtime in memory only.
+ * is their environment: src/rpc/CallerSecrets.ts), and travel to the runtime in memory only.
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
-import type { SecretRef } from "../domain/Workspace.ts"
-import { mergeRefs, parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
-import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
+import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
 import { parseMountFlags } from "../layers/volume/MountFlag.ts"
 import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
+import { secretsForStart as secretsForStartOf } from "../rpc/CallerSecrets.ts"
 import type { MicroagentClient } from "../rpc/Client.ts"
-import { Secrets } from "../services/Secrets.ts"
 import { Volume } from "../services/Volumes.ts"
 import { withNewBackend } from "./Layers.ts"
 import { emit, table } from "./Output.ts"
@@ -41,30 +39,12 @@ export const mountsOf = (texts: ReadonlyArray<string>) =>
 export const secretRefsOf = (texts: ReadonlyArray<string>) =>
   texts.length === 0 ? Effect.succeed(undefined) : parseSecretFlags(texts, process.cwd())
 
-/** Resolves references here, into memory; a secret that cannot be resolved fails before anything starts. */
-export const resolveSecrets = (refs: ReadonlyArray<SecretRef>) =>
-  refs.length === 0
-    ? Effect.succeed(undefined)
-    : Effect.flatMap(Secrets, (secrets) => secrets.resolve(refs)).pipe(Effect.provide(SecretsLive))
-
-/**
- * What `start` sends: the references given to it, and the values of every reference the workspace
- * will have, resolved here, in the caller's environment, at every start.
- */
+/** `start`'s secrets: the `--secret` references given, and the values of all, resolved here. */
 export const secretsForStart = (
   client: MicroagentClient["Type"],
   name: string,
   texts: ReadonlyArray<string>
-) =>
-  Effect.gen(function*() {
-    const given = yield* secretRefsOf(texts)
-    const { workspace } = yield* client.inspect({ name })
-    const secretValues = yield* resolveSecrets(mergeRefs(workspace.secrets, given ?? []))
-    return {
-      ...(given === undefined ? {} : { secrets: given }),
-      ...(secretValues === undefined ? {} : { secretValues })
-    }
-  })
+) => Effect.flatMap(secretRefsOf(texts), (given) => secretsForStartOf(client, name, given))
 
 const withVolumes = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   withNewBackend(Effect.provide(effect, VolumesLive))

@@ -17,9 +17,14 @@ import {
   Workspace,
   WorkspaceName
 } from "../domain/Workspace.ts"
+import { parsePublishes } from "../layers/network/Publish.ts"
+import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
+import { parseMountFlags } from "../layers/volume/MountFlag.ts"
+import { resolveSecrets, secretsForStart } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
 import { hostTools } from "./HostTools.ts"
+import { resourceTools } from "./ResourceTools.ts"
 import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
 
 const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
@@ -52,6 +57,24 @@ const newWorkspace = {
   }),
   hostname: Spec.fields.hostname.annotations({ description: "guest hostname (default: from the name)" }),
   network: optional(NetworkMode, "user (default): outbound NAT; isolated: no network device"),
+  networks: optional(
+    Schema.Array(Schema.String),
+    "named networks to join (see network.create): a second NIC on each, members reach each other by name"
+  ),
+  publish: optional(
+    Schema.Array(Schema.String),
+    "published ports, [hostIp:]hostPort:guestPort[/tcp] (host address default 127.0.0.1)"
+  ),
+  volumes: optional(
+    Schema.Array(Schema.String),
+    "disks, SOURCE:/guest/path[:ro|rw]: a volume name (see volume.create), a .tar/.tar.gz/.tgz bundle or an "
+      + ".ext4/.img image path on the server's host"
+  ),
+  secrets: optional(
+    Schema.Array(Schema.String),
+    "secrets delivered to /run/secrets/NAME (0400, tmpfs), NAME=env:VAR | file:PATH | dotenv:PATH[:KEY], "
+      + "resolved in the MCP server's own environment at every start; only references are recorded"
+  ),
   backend: optional(Backend, "backend of the new workspace (default: the server's)")
 }
 
@@ -81,33 +104,50 @@ const execFields = {
 const encoder = new TextEncoder()
 const stdinOf = (text: string | undefined) => (text === undefined ? {} : { stdin: encoder.encode(text) })
 
-/** The fields of a new workspace, from a tool's arguments. */
-const newWorkspaceFields = (
-  args: {
-    readonly image: string
-    readonly name?: string | undefined
-    readonly profile?: typeof ProfileName.Type | undefined
-    readonly memory_mib?: number | undefined
-    readonly cpus?: number | undefined
-    readonly size_mib?: number | undefined
-    readonly env?: { readonly [key: string]: string } | undefined
-    readonly hostname?: string | undefined
-    readonly network?: typeof NetworkMode.Type | undefined
-    readonly backend?: typeof Backend.Type | undefined
-  },
-  defaultBackend: typeof Backend.Type
-) => ({
-  image: args.image,
-  name: args.name,
-  profile: args.profile,
-  memoryMiB: args.memory_mib,
-  cpus: args.cpus,
-  sizeMiB: args.size_mib,
-  env: args.env,
-  hostname: args.hostname,
-  network: args.network,
-  backend: args.backend ?? defaultBackend
-})
+interface NewWorkspaceArgs {
+  readonly image: string
+  readonly name?: string | undefined
+  readonly profile?: typeof ProfileName.Type | undefined
+  readonly memory_mib?: number | undefined
+  readonly cpus?: number | undefined
+  readonly size_mib?: number | undefined
+  readonly env?: { readonly [key: string]: string } | undefined
+  readonly hostname?: string | undefined
+  readonly network?: typeof NetworkMode.Type | undefined
+  readonly networks?: ReadonlyArray<string> | undefined
+  readonly publish?: ReadonlyArray<string> | undefined
+  readonly volumes?: ReadonlyArray<string> | undefined
+  readonly secrets?: ReadonlyArray<string> | undefined
+  readonly backend?: typeof Backend.Type | undefined
+}
+
+/**
+ * The fields of a new workspace, from a tool's arguments: ports, mounts and secret references parsed
+ * as the CLI parses its flags (relative paths from the server's working directory).
+ */
+const newWorkspaceFields = (args: NewWorkspaceArgs, defaultBackend: typeof Backend.Type) =>
+  Effect.gen(function*() {
+    const cwd = process.cwd()
+    const ports = args.publish === undefined ? undefined : yield* parsePublishes(args.publish)
+    const mounts = args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, cwd)
+    const secrets = args.secrets === undefined ? undefined : yield* parseSecretFlags(args.secrets, cwd)
+    return {
+      image: args.image,
+      name: args.name,
+      profile: args.profile,
+      memoryMiB: args.memory_mib,
+      cpus: args.cpus,
+      sizeMiB: args.size_mib,
+      env: args.env,
+      hostname: args.hostname,
+      network: args.network,
+      networks: args.networks,
+      ports,
+      mounts,
+      secrets,
+      backend: args.backend ?? defaultBackend
+    }
+  })
 
 const WorkspaceSummary = Schema.Struct({
   name: Schema.String,
@@ -192,9 +232,13 @@ export const tools: ReadonlyArray<AnyTool> = [
     ],
     cost: "host_compute_and_storage",
     run: (args, context) =>
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.run(defined({
-          ...newWorkspaceFields(args, context.defaultBackend),
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const fields = yield* newWorkspaceFields(args, context.defaultBackend)
+        const secretValues = yield* resolveSecrets(fields.secrets ?? [])
+        return yield* client.run(defined({
+          ...fields,
+          secretValues,
           command: args.command ?? [],
           cwd: args.cwd,
           user: args.user,
@@ -204,7 +248,8 @@ export const tools: ReadonlyArray<AnyTool> = [
           keep: args.keep,
           bootTimeoutSeconds: args.boot_timeout_seconds,
           ...stdinOf(args.stdin)
-        })))
+        }))
+      })
   }),
   defineTool({
     name: "workspace.create",
@@ -221,12 +266,15 @@ export const tools: ReadonlyArray<AnyTool> = [
     sideEffects: ["pulls the image if missing", "creates a workspace record and its disk"],
     cost: "host_compute_and_storage",
     run: (args, context) =>
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.create(defined({
-          ...newWorkspaceFields(args, context.defaultBackend),
-          restart: args.restart,
-          entrypoint: args.entrypoint
-        })))
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const fields = yield* newWorkspaceFields(args, context.defaultBackend)
+        // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
+        yield* resolveSecrets(fields.secrets ?? [])
+        return yield* client.create(
+          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint })
+        )
+      })
   }),
   defineTool({
     name: "workspace.start",
@@ -237,17 +285,28 @@ export const tools: ReadonlyArray<AnyTool> = [
       boot_timeout_seconds: optional(
         Schema.Number.pipe(Schema.positive()),
         "seconds to wait for the guest (default 60)"
+      ),
+      secrets: optional(
+        Schema.Array(Schema.String),
+        "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
+          + "in the MCP server's environment, and delivered"
       )
     },
     output: Workspace,
     kind: "mutate",
-    sideEffects: ["boots a VM"],
+    sideEffects: ["boots a VM", "delivers the workspace's secrets to its tmpfs"],
     cost: "host_compute_and_storage",
     run: (args) =>
-      Effect.flatMap(
-        MicroagentClient,
-        (client) => client.start(defined({ name: args.name, bootTimeoutSeconds: args.boot_timeout_seconds }))
-      )
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const given = args.secrets === undefined
+          ? undefined
+          : yield* parseSecretFlags(args.secrets, process.cwd())
+        const secrets = yield* secretsForStart(client, args.name, given)
+        return yield* client.start(
+          defined({ name: args.name, bootTimeoutSeconds: args.boot_timeout_seconds, ...secrets })
+        )
+      })
   }),
   defineTool({
     name: "workspace.exec",
@@ -493,5 +552,6 @@ export const tools: ReadonlyArray<AnyTool> = [
     cost: "metadata",
     run: () => Effect.succeed({ profiles })
   }),
+  ...resourceTools,
   ...hostTools
 ]

@@ -5,6 +5,8 @@
  */
 import { Ajv } from "ajv"
 import { spawn } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
 import {
   binPath,
@@ -31,6 +33,15 @@ const expectedTools = [
   "workspace.wait",
   "microagent.profiles",
   "microagent.describe",
+  "network.create",
+  "network.list",
+  "network.inspect",
+  "network.delete",
+  "volume.create",
+  "volume.list",
+  "volume.inspect",
+  "volume.resize",
+  "volume.delete",
   "images.pull",
   "images.list",
   "images.inspect",
@@ -268,6 +279,94 @@ export const describeMcpServer = (target: TestTarget) => {
       for (const check of doctor.result.checks) {
         if (!check.ok) assert.isString(check.remediation, `${check.name} says how to install what is missing`)
       }
+    })
+
+    it("manages volumes and networks, and parses ports, mounts and secrets as the CLI does", async () => {
+      const made = await mcp.call("volume.create", { name: "mcpdata", size_mib: 32, idempotency_key: "v1" })
+      assert.isTrue(made.ok, JSON.stringify(made.error))
+      assert.strictEqual(made.result.sizeMiB, 32)
+      const volumes = await mcp.call("volume.list")
+      assert.deepStrictEqual(volumes.result.volumes.map((v: { name: string }) => v.name), ["mcpdata"])
+      const grown = await mcp.call("volume.resize", { name: "mcpdata", size_mib: 48, idempotency_key: "v2" })
+      assert.strictEqual(grown.result.sizeMiB, 48)
+      const slash = await mcp.call("volume.create", { name: "a/b", idempotency_key: "v3" })
+      assert.isFalse(slash.ok)
+      assert.include(slash.error?.message ?? "", "a/b")
+
+      const net = await mcp.call("network.create", {
+        name: "mcpnet",
+        subnet: "10.93.0.0/24",
+        idempotency_key: "n1"
+      })
+      assert.isTrue(net.ok, JSON.stringify(net.error))
+      assert.strictEqual(net.result.gateway, "10.93.0.1")
+      const overlap = await mcp.call("network.create", {
+        name: "other",
+        subnet: "10.93.0.0/25",
+        idempotency_key: "n2"
+      })
+      assert.strictEqual(overlap.error?.kind, "conflict")
+      const inspected = await mcp.call("network.inspect", { name: "mcpnet" })
+      assert.deepStrictEqual(inspected.result.members, [])
+
+      // Malformed ports, mounts and secrets are refused before anything is created.
+      for (
+        const bad of [
+          { publish: ["8080:80/udp"] },
+          { publish: ["70000:80"] },
+          { volumes: ["mcpdata:relative/path"] },
+          { volumes: ["/etc:/etc"] },
+          { secrets: ["TOKEN=env:MICROAGENT_TEST_UNSET_VARIABLE"] },
+          { secrets: ["TOKEN=vault:x"] }
+        ]
+      ) {
+        const refused = await mcp.call("workspace.create", { image: testImage, name: "never", ...bad })
+        assert.isFalse(refused.ok, JSON.stringify(bad))
+        assert.isString(refused.error?.remediation)
+      }
+      const none = await mcp.call("workspace.list")
+      assert.deepStrictEqual(none.result.workspaces, [], "nothing was created by a refused call")
+
+      const previewVolume = await mcp.call("volume.delete", { name: "mcpdata", preview: true })
+      assert.deepStrictEqual(previewVolume.result.target, "mcpdata")
+      assert.lengthOf(previewVolume.result.actions, 1)
+      const previewNetwork = await mcp.call("network.delete", { name: "mcpnet", preview: true })
+      assert.lengthOf(previewNetwork.result.actions, 1)
+      const ghost = await mcp.call("volume.delete", { name: "ghost", preview: true })
+      assert.strictEqual(ghost.result.wouldFail?.kind, "not_found")
+      assert.isTrue((await mcp.call("volume.inspect", { name: "mcpdata" })).ok, "a preview changes nothing")
+
+      if (testBackend === "qemu") {
+        // Through MCP alone: a secret resolved by the server, a volume written by one run and read by the next.
+        const secretFile = NodePath.join(stateDir, "..", `mcp-secret-${NodePath.basename(stateDir)}`)
+        NodeFs.writeFileSync(secretFile, "s3cr3t-from-mcp", { mode: 0o600 })
+        try {
+          const wrote = await mcp.call("workspace.run", {
+            image: testImage,
+            command: ["sh", "-c", "cat /run/secrets/TOKEN > /data/copy && cat /data/copy"],
+            volumes: ["mcpdata:/data"],
+            secrets: [`TOKEN=file:${secretFile}`],
+            idempotency_key: "r1"
+          })
+          assert.isTrue(wrote.ok, JSON.stringify(wrote.error))
+          assert.strictEqual(wrote.result.result.stdout, "s3cr3t-from-mcp")
+          const read = await mcp.call("workspace.run", {
+            image: testImage,
+            command: ["cat", "/data/copy"],
+            volumes: ["mcpdata:/data:ro"],
+            idempotency_key: "r2"
+          })
+          assert.strictEqual(read.result.result.stdout, "s3cr3t-from-mcp")
+        } finally {
+          NodeFs.rmSync(secretFile, { force: true })
+        }
+      }
+
+      const removed = await mcp.call("volume.delete", { name: "mcpdata", idempotency_key: "v4" })
+      assert.deepStrictEqual(removed.result, { volume: "mcpdata", removed: true })
+      const netRemoved = await mcp.call("network.delete", { name: "mcpnet", idempotency_key: "n3" })
+      assert.deepStrictEqual(netRemoved.result, { network: "mcpnet", removed: true })
+      assert.deepStrictEqual((await mcp.call("network.list")).result.networks, [])
     })
 
     it("previews a destructive call without doing it", async () => {
