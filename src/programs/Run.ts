@@ -32,9 +32,18 @@ export interface RunOptions extends CreateOptions {
 export const run = Effect.fn("run")(function*(options: RunOptions) {
   const store = yield* StateStore
   const acquire = create({ ...options, ephemeral: !options.keep, namePrefix: options.namePrefix ?? "run" })
+  // Volumes and disk images outlive the run: a VM that wrote to one powers off cleanly (the guest syncs)
+  // before it goes, unless the run was interrupted.
+  const keepsData = (options.mounts ?? []).some((m) => !m.readOnly && m.kind !== "bundle")
   const release = (name: string, exit: Exit.Exit<unknown, unknown>) =>
     options.keep && Exit.isSuccess(exit)
       ? halt(name, { reason: "run finished" }).pipe(Effect.ignore)
+      : keepsData && Exit.isSuccess(exit)
+      ? halt(name, { reason: "run finished" }).pipe(
+        Effect.ignore,
+        Effect.zipRight(remove(name, { force: true })),
+        Effect.ignore
+      )
       : remove(name, { force: true }).pipe(Effect.ignore)
 
   return yield* Effect.scoped(Effect.gen(function*() {
