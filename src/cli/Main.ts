@@ -9,6 +9,7 @@ import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
+import { filesGroup } from "./cp.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
@@ -23,6 +24,7 @@ export const subcommands = [
   ...hostGroup,
   ...runGroup,
   ...lifecycleGroup,
+  ...filesGroup,
   imageCommand,
   kernelCommand,
   ...maintenanceGroup,

@@ -11,9 +11,10 @@ import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
+import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
+import { optionalInt, orUndefined, outputOption, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
@@ -92,6 +93,7 @@ const runCommand = Command.make("run", {
   ...execOptions,
   keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
   rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+  outputs: outputOption,
   image: Args.text({ name: "image" }).pipe(Args.withDescription("OCI image reference"), Args.optional)
 }, (options) =>
   Effect.gen(function*() {
@@ -107,6 +109,7 @@ const runCommand = Command.make("run", {
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
+    const outputs = yield* parseOutputs(options.outputs)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
@@ -120,6 +123,7 @@ const runCommand = Command.make("run", {
         user: orUndefined(options.user),
         timeoutSeconds: orUndefined(options.timeout),
         stdin,
+        outputs,
         backend: invocation.backend ?? defaultBackend()
       }))))
     if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
@@ -137,6 +141,7 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(Options.optional),
+  outputs: outputOption,
   positionalName: Args.text({ name: "name" }).pipe(Args.optional)
 }, (options) =>
   Effect.gen(function*() {
@@ -156,6 +161,7 @@ const createCommand = Command.make("create", {
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
+      outputs: yield* parseOutputs(options.outputs),
       env: { ...spec.env, ...(yield* parseEnv(options.env)) }
     }))
     yield* emit(workspace, describeWorkspace)

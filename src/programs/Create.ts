@@ -26,6 +26,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { generateName } from "./internal/Names.ts"
+import { checkOutputs } from "./internal/Outputs.ts"
 
 export interface CreateOptions {
   readonly image: string
@@ -83,6 +84,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
         remediation: "see `microagent profiles`"
       })
   })
+  if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore
