@@ -70,9 +70,9 @@ const fitsOctal = (value: number, width: number) => value < 8 ** (width - 1)
 const paxRecord = (key: string, value: string): Buffer => {
   const body = ` ${key}=${value}\n`
   const bodyLength = Buffer.byteLength(body)
-  let length = bodyLength + String(bodyLength).length
-  if (String(length).length !== String(length - bodyLength).length) length++
-  return Buffer.from(`${length}${body}`)
+  let digits = 1
+  while (String(bodyLength + digits).length !== digits) digits++
+  return Buffer.from(`${bodyLength + digits}${body}`)
 }
 
 const isPortable = (text: string) => /^[\x20-\x7e]*$/.test(text)
