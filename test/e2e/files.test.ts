@@ -74,6 +74,32 @@ const assertSameTree = (expected: string, actual: string) => {
   assert.strictEqual((mode(actual) & 0o777).toString(8), (mode(expected) & 0o777).toString(8))
 }
 
+/** A raw ustar header, for archives a compromised guest might send. */
+const tarHeader = (name: string, type: string, size = 0, linkname = "") => {
+  const block = Buffer.alloc(512)
+  block.write(name, 0, 100)
+  block.write("0000644\0", 100)
+  block.write("0000000\0", 108)
+  block.write("0000000\0", 116)
+  block.write(`${size.toString(8).padStart(11, "0")}\0`, 124)
+  block.write("00000000000\0", 136)
+  block.write("        ", 148)
+  block.write(type, 156)
+  block.write(linkname, 157, 100)
+  block.write("ustar\0", 257)
+  block.write("00", 263)
+  let sum = 0
+  for (const byte of block) sum += byte
+  block.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148)
+  return block
+}
+const tarFile = (name: string, content: string) => {
+  const data = Buffer.from(content)
+  return [tarHeader(name, "0", data.length), data, Buffer.alloc((512 - (data.length % 512)) % 512)]
+}
+const tarArchive = (...parts: Array<Buffer | Array<Buffer>>) =>
+  Buffer.concat([...parts.flat(), Buffer.alloc(1024)])
+
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")
   requireTool("debugfs", "e2fsprogs")
@@ -215,6 +241,56 @@ describe("cp on a running workspace", () => {
     await ok(["cp", "files:/root/out.txt", NodePath.join(inner, "out.txt")])
     assert.strictEqual(NodeFs.readFileSync(victim, "utf8"), "untouched")
     assert.isFalse(NodeFs.lstatSync(NodePath.join(inner, "out.txt")).isSymbolicLink())
+  })
+})
+
+describe("cp from a compromised guest", () => {
+  it("a guest tar stream that tries to climb out of the target writes nothing outside it", async () => {
+    // The guest's own `tar` is replaced (the agent searches /usr/local/bin first) by one that sends
+    // whatever archive we planted: what a compromised guest could send.
+    const fakeTar = NodePath.join(scratch, "fake-tar")
+    NodeFs.writeFileSync(fakeTar, "#!/bin/sh\ncat /root/evil.tar\n")
+    NodeFs.chmodSync(fakeTar, 0o755)
+    await guestSh("files", "mkdir -p /usr/local/bin /srv/victim")
+    await ok(["cp", fakeTar, "files:/usr/local/bin/tar"])
+    const outer = NodeFs.mkdtempSync(NodePath.join(scratch, "evil-"))
+    const inner = NodePath.join(outer, "inner")
+    NodeFs.mkdirSync(inner)
+    const evil = [
+      tarArchive(tarHeader("victim/", "5"), tarFile("victim/../../escaped-a", "x")),
+      tarArchive(
+        tarHeader("victim/", "5"),
+        tarHeader("victim/l", "2", 0, "../../.."),
+        tarFile("victim/l/escaped-b", "x")
+      ),
+      tarArchive(tarHeader("victim/", "5"), tarFile("/tmp/escaped-c", "x")),
+      tarArchive(tarHeader("victim/", "5"), tarHeader("victim/dev", "3"))
+    ]
+    try {
+      for (const [i, archive] of evil.entries()) {
+        const planted = NodePath.join(scratch, `evil-${i}.tar`)
+        NodeFs.writeFileSync(planted, archive)
+        await ok(["cp", planted, "files:/root/evil.tar"])
+        const copied = await ma(["cp", "files:/srv/victim", inner])
+        if (i < 3) {
+          assert.strictEqual(copied.code, 1, `archive ${i}: ${copied.stdout}`)
+          assert.deepStrictEqual(NodeFs.readdirSync(inner), [], `archive ${i} left nothing in the target`)
+        } else {
+          // A device node is never created on the host: the tree arrives without it.
+          assert.strictEqual(copied.code, 0, copied.stderr)
+          assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(inner, "victim")), [])
+          NodeFs.rmSync(NodePath.join(inner, "victim"), { recursive: true })
+        }
+        assert.deepStrictEqual(NodeFs.readdirSync(outer), ["inner"])
+      }
+      for (const name of ["escaped-a", "escaped-b", "escaped-c"]) {
+        for (const dir of [outer, scratch, NodeOs.tmpdir(), "/"]) {
+          assert.isFalse(NodeFs.existsSync(NodePath.join(dir, name)), `${dir}/${name}`)
+        }
+      }
+    } finally {
+      await guestSh("files", "rm -f /usr/local/bin/tar /root/evil.tar")
+    }
   })
 })
 

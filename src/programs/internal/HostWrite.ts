@@ -141,8 +141,12 @@ export const extractHostTree = <E, R>(
             const top_ = stage.ledger.get(top)
             if (top_ === undefined || top_.type !== "directory") {
               throw new Permanent({
-                message: `the workspace's archive has no directory ${top}`,
-                remediation: "check that the guest path is a directory"
+                message: top_?.type === "symlink"
+                  ? `${top} is a symlink in the workspace`
+                  : `the workspace's archive has no directory ${top}`,
+                remediation: top_?.type === "symlink"
+                  ? "copy the path it points to"
+                  : "check that the guest path is a directory"
               })
             }
             NodeFs.renameSync(NodePath.join(staging, top), target)
