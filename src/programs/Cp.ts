@@ -7,7 +7,7 @@
 import { Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Conflict, InvalidInput, NotFound, Permanent, Transient } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
 import type { Workspace } from "../domain/Workspace.ts"
@@ -21,6 +21,7 @@ import {
   GuestRemoteError
 } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
+import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { runningHandle } from "./Exec.ts"
 import { checkGuestPath, guestBasename } from "./internal/CopyPaths.ts"
@@ -54,10 +55,28 @@ const imageError = (name: string) => (error: Debugfs.ImageError | ToolMissing | 
 /** Where the workspace can be reached: over its channel, or offline on its disk. */
 const reach = Effect.fn("cp.reach")(function*(name: string) {
   const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
   const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(workspace)
-  if (workspace.state === "running") return { _tag: "Live" as const, workspace }
-  if (offlineStates.includes(workspace.state)) return { _tag: "Offline" as const, workspace }
+  const needs = (capability: "LiveFileCopy" | "OfflineFileCopy") =>
+    hypervisor.capabilities.has(capability) ? Effect.void : Effect.fail(
+      new Unsupported({
+        message: `the ${workspace.backend} backend cannot copy files ${
+          capability === "LiveFileCopy" ? "into a running workspace" : "to a stopped workspace's disk"
+        }`,
+        remediation: "use a workspace on the qemu backend",
+        backend: workspace.backend,
+        feature: capability
+      })
+    )
+  if (workspace.state === "running") {
+    yield* needs("LiveFileCopy")
+    return { _tag: "Live" as const, workspace }
+  }
+  if (offlineStates.includes(workspace.state)) {
+    yield* needs("OfflineFileCopy")
+    return { _tag: "Offline" as const, workspace }
+  }
   return yield* new Conflict({
     message: `workspace ${name} is ${workspace.state}; files move only while it runs or while it is stopped`,
     remediation: workspace.state === "paused"

@@ -77,6 +77,7 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "Console",
   "PauseResume",
   "LiveFileCopy",
+  "OfflineFileCopy",
   "NetworkPublish",
   "Volumes",
   "Secrets"
