@@ -3,13 +3,15 @@
  * workspace (over the guest channel) and on a halted one (offline, debugfs), trees with modes, nested
  * directories and symlinks, hostile targets, and declared outputs collected by `run`.
  */
+import * as NodeChild from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
-import { pushBusyboxImage } from "../support/images.ts"
+import { hostArchitecture, pushBusyboxImage, pushSpec } from "../support/images.ts"
+import { testCacheDir } from "../support/kernel.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 let registry: TestRegistry
@@ -403,5 +405,56 @@ describe("declared outputs", () => {
       const refused = await ma(["create", "--image", busybox, "--output", bad, "bad-output"])
       assert.strictEqual(refused.code, 2, `${bad}: ${refused.stderr}`)
     }
+  })
+})
+
+/** The bookworm minbase root of test/e2e/debian.test.ts (same cache file, built once per machine). */
+const minbaseTarball = (): string => {
+  const cached = NodePath.join(testCacheDir(), "bookworm-minbase-nodev.tar")
+  if (!NodeFs.existsSync(cached)) {
+    requireTool("mmdebstrap", "mmdebstrap")
+    const temp = `${cached}.${process.pid}.tmp.tar`
+    NodeChild.execFileSync("mmdebstrap", ["--variant=minbase", "--quiet", "--skip=output/dev", "bookworm", temp], {
+      stdio: "inherit"
+    })
+    NodeFs.renameSync(temp, cached)
+  }
+  return cached
+}
+
+describe("cp on a Debian minbase workspace (GNU tar in the guest)", () => {
+  beforeAll(async () => {
+    const minbase = pushSpec(registry, scratch, "debian:minbase", [{
+      layers: [NodeFs.readFileSync(minbaseTarball())],
+      architecture: hostArchitecture,
+      config: { Env: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], Cmd: ["bash"] }
+    }]).ref
+    await ok(["image", "pull", minbase])
+    await ok(["create", "--image", minbase, "deb"])
+    await ok(["start", "deb"])
+  }, 900_000)
+  afterAll(async () => {
+    await ma(["delete", "--force", "deb"])
+  })
+
+  it("copies a tree in and out with modes, nested directories, symlinks and long names", async () => {
+    const tree = NodePath.join(scratch, "debtree")
+    makeTree(tree)
+    const long = `${"l".repeat(80)}/${"m".repeat(80)}/${"n".repeat(110)}`
+    NodeFs.mkdirSync(NodePath.join(tree, NodePath.dirname(long)), { recursive: true })
+    NodeFs.writeFileSync(NodePath.join(tree, long), "long name\n")
+    await ok(["cp", tree, "deb:/srv"])
+    assert.strictEqual(
+      await guestSh("deb", "cd /srv/debtree && stat -c '%n %a %U' sub/deeper sub/deeper/secret && readlink sub/link"),
+      "sub/deeper 750 root\nsub/deeper/secret 600 root\n../top.txt\n"
+    )
+    assert.strictEqual(await guestSh("deb", `cat /srv/debtree/${long}`), "long name\n")
+    const out = NodeFs.mkdtempSync(NodePath.join(scratch, "debout-"))
+    await ok(["cp", "deb:/srv/debtree", out])
+    assertSameTree(tree, NodePath.join(out, "debtree"))
+    // A file out of the Debian userland, with its mode.
+    await ok(["cp", "deb:/etc/debian_version", out])
+    assert.match(NodeFs.readFileSync(NodePath.join(out, "debian_version"), "utf8"), /^12\./)
+    assert.strictEqual(mode(NodePath.join(out, "debian_version")), 0o644)
   })
 })
