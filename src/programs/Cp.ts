@@ -293,6 +293,9 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
   if (reached._tag === "Live") {
     return yield* Effect.scoped(Effect.gen(function*() {
       const connection = yield* connectTo(name)
+      // Where a file would land is settled before the download opens, so a bad target leaves no
+      // half-read stream behind in the agent.
+      const fileTarget = yield* hostDestination(hostPath, base, false)
       const file = yield* connection.getFile(guestPath).pipe(
         Effect.map((f) => ({ _tag: "File" as const, file: f })),
         Effect.catchIf(
@@ -301,16 +304,17 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
         )
       )
       if (file._tag === "File") {
-        // The download is under way: a failure from here on must drain nothing more, the release cancels it.
-        const target = yield* hostDestination(hostPath, base, false)
-        const bytes = yield* writeHostFile(
-          target,
-          (write) =>
-            Stream.runForEach(file.file.data, (chunk) => Effect.sync(() => write(chunk))).pipe(
-              Effect.as(file.file.mode)
-            )
+        let pulled = false
+        const bytes = yield* writeHostFile(fileTarget, (write) => {
+          pulled = true
+          return Stream.runForEach(file.file.data, (chunk) => Effect.sync(() => write(chunk))).pipe(
+            Effect.as(file.file.mode)
+          )
+        }).pipe(
+          // If the sink never opened, the download never ran: running it to its first chunk releases it.
+          Effect.onError(() => (pulled ? Effect.void : Effect.ignore(Stream.runHead(file.file.data))))
         )
-        return done(target, "file", "channel", 1, bytes)
+        return done(fileTarget, "file", "channel", 1, bytes)
       }
       const target = yield* hostDestination(hostPath, base, true)
       const stderr: Array<Uint8Array> = []

@@ -201,6 +201,11 @@ describe("cp on a running workspace", () => {
     const source = NodePath.join(scratch, "hello.sh")
     const noParent = await ma(["cp", source, "files:/no/such/dir/file"])
     assert.strictEqual(errorOf(noParent).error.kind, "not_found")
+    // A host destination whose directory is missing fails before any download opens; the next copy works.
+    const noHostDir = await ma(["cp", "files:/root/hello.sh", NodePath.join(outDir, "no", "such", "x")])
+    assert.strictEqual(errorOf(noHostDir).error.kind, "not_found")
+    await ok(["cp", "files:/root/hello.sh", outDir])
+    assert.deepStrictEqual(NodeFs.readdirSync(outDir), ["hello.sh"])
   })
 
   it("refuses relative and .. guest paths, and a guest tree cannot write outside the target", async () => {
@@ -414,7 +419,13 @@ const minbaseTarball = (): string => {
   if (!NodeFs.existsSync(cached)) {
     requireTool("mmdebstrap", "mmdebstrap")
     const temp = `${cached}.${process.pid}.tmp.tar`
-    NodeChild.execFileSync("mmdebstrap", ["--variant=minbase", "--quiet", "--skip=output/dev", "bookworm", temp], {
+    NodeChild.execFileSync("mmdebstrap", [
+      "--variant=minbase",
+      "--quiet",
+      "--skip=output/dev",
+      "bookworm",
+      temp
+    ], {
       stdio: "inherit"
     })
     NodeFs.renameSync(temp, cached)
@@ -445,7 +456,10 @@ describe("cp on a Debian minbase workspace (GNU tar in the guest)", () => {
     NodeFs.writeFileSync(NodePath.join(tree, long), "long name\n")
     await ok(["cp", tree, "deb:/srv"])
     assert.strictEqual(
-      await guestSh("deb", "cd /srv/debtree && stat -c '%n %a %U' sub/deeper sub/deeper/secret && readlink sub/link"),
+      await guestSh(
+        "deb",
+        "cd /srv/debtree && stat -c '%n %a %U' sub/deeper sub/deeper/secret && readlink sub/link"
+      ),
       "sub/deeper 750 root\nsub/deeper/secret 600 root\n../top.txt\n"
     )
     assert.strictEqual(await guestSh("deb", `cat /srv/debtree/${long}`), "long name\n")
