@@ -126,7 +126,10 @@ const runCommand = Command.make("run", {
         outputs,
         backend: invocation.backend ?? defaultBackend()
       }))))
-    if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
+    // Kept, or with outputs to fetch later: the generated name is needed.
+    if ((options.keep || outputs.length > 0) && !json) {
+      process.stderr.write(`workspace: ${outcome.workspace}\n`)
+    }
     yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
   })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
 

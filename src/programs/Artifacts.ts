@@ -11,6 +11,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { InvalidInput, NotFound, Permanent } from "../domain/Errors.ts"
 import { type CollectedOutput, Manifest } from "../domain/Files.ts"
+import { nameProblem } from "../domain/Workspace.ts"
 import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
@@ -18,6 +19,19 @@ import { copyOut } from "./Cp.ts"
 import { extractHostTree, hostDestination, writeHostFile } from "./internal/HostWrite.ts"
 
 const artifactsRoot = (root: string) => NodePath.join(root, "artifacts")
+
+/** The collection directory of a workspace name; a name that is not one (`..`, `a/b`) never reaches the disk. */
+const collectionDir = (root: string, name: string) => {
+  const problem = nameProblem(name)
+  return problem === undefined
+    ? Effect.succeed(NodePath.join(artifactsRoot(root), name))
+    : Effect.fail(
+      new InvalidInput({
+        message: `invalid workspace name: ${problem}`,
+        remediation: "see `microagent list`"
+      })
+    )
+}
 
 const io = <A>(what: string, f: () => A) =>
   Effect.try({
@@ -40,8 +54,8 @@ export const collectOutputs = Effect.fn("artifacts.collect")(function*(name: str
   const home = yield* Home
   const store = yield* StateStore
   const workspace = yield* store.get(name)
+  const final = yield* collectionDir(home.root, name)
   const root = yield* home.ensureDir(artifactsRoot(home.root))
-  const final = NodePath.join(root, name)
   const staging = yield* home.ensureDir(
     NodePath.join(root, `.collecting-${name}-${process.pid}-${Date.now().toString(36)}`)
   )
@@ -84,8 +98,9 @@ export const collectOutputs = Effect.fn("artifacts.collect")(function*(name: str
 export const listArtifacts = Effect.fn("artifacts.list")(function*(name: string) {
   const home = yield* Home
   const store = yield* StateStore
+  const dir = yield* collectionDir(home.root, name)
   const found = yield* store.find(name)
-  const manifest = yield* readManifest(NodePath.join(artifactsRoot(home.root), name))
+  const manifest = yield* readManifest(dir)
   if (Option.isNone(found) && Option.isNone(manifest)) {
     return yield* new NotFound({
       message: `no workspace and no collected artifacts named ${name}`,
@@ -136,7 +151,7 @@ export const getArtifact = Effect.fn("artifacts.get")(
         remediation: "pass an absolute path"
       })
     }
-    const source = NodePath.join(artifactsRoot(home.root), name, "files", artifact)
+    const source = NodePath.join(yield* collectionDir(home.root, name), "files", artifact)
     const base = NodePath.posix.basename(entry.path)
     const target = yield* hostDestination(hostPath, base, entry.kind === "directory")
     const written = entry.kind === "file"
@@ -175,7 +190,7 @@ export const getArtifact = Effect.fn("artifacts.get")(
 /** Removes a workspace's collected artifacts; idempotent. */
 export const removeArtifacts = Effect.fn("artifacts.remove")(function*(name: string) {
   const home = yield* Home
-  const dir = NodePath.join(artifactsRoot(home.root), name)
+  const dir = yield* collectionDir(home.root, name)
   const existed = NodeFs.existsSync(dir)
   yield* io(`cannot remove ${dir}`, () => NodeFs.rmSync(dir, { recursive: true, force: true }))
   return { workspace: name, removed: existed }

@@ -34,6 +34,12 @@ describe("cp and artifacts on the fake backend", () => {
       const result = await ma(args)
       assert.strictEqual(result.code, 2, `${args.join(" ")}: ${result.stderr}`)
     }
+    // A name that is not a workspace name never reaches the disk.
+    for (const verb of ["ls", "rm"]) {
+      const climbing = await ma(["artifacts", verb, ".."])
+      assert.strictEqual(climbing.code, 2, climbing.stderr)
+    }
+    assert.isTrue(NodeFs.existsSync(NodePath.join(stateDir, "state.db")))
     const missing = await ma(["cp", "/etc/hostname", "nobody:/tmp"])
     assert.strictEqual(errorOf(missing).error.kind, "not_found")
   })
