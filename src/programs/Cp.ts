@@ -85,6 +85,24 @@ const reach = Effect.fn("cp.reach")(function*(name: string) {
   })
 })
 
+/**
+ * Offline, only the root disk is read and written: a path under an attached disk's mountpoint would
+ * silently reach the directory beneath it.
+ */
+export const onRootDisk = (workspace: Workspace, guestPath: string) => {
+  const mount = workspace.mounts.find((m) =>
+    guestPath === m.target || guestPath.startsWith(`${m.target.replace(/\/$/, "")}/`)
+  )
+  return mount === undefined ? Effect.void : Effect.fail(
+    new Unsupported({
+      message:
+        `workspace ${workspace.name}: ${guestPath} is on the disk attached at ${mount.target}, which offline copies do not reach`,
+      remediation: `start the workspace and copy over the channel: microagent start ${workspace.name}`,
+      feature: "OfflineFileCopy"
+    })
+  )
+}
+
 /** Runs a helper command in the guest as root; fails with its stderr unless it exits 0. */
 const guestCommand = (
   connection: GuestConnection,
@@ -213,6 +231,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
   }
 
   return yield* Effect.scoped(Effect.gen(function*() {
+    yield* onRootDisk(reached.workspace, guestPath)
     const image = reached.workspace.rootfsPath
     yield* Debugfs.fsck(image)
     const at = yield* Debugfs.statPath(image, guestPath)
@@ -348,6 +367,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
   }
 
   return yield* Effect.scoped(Effect.gen(function*() {
+    yield* onRootDisk(reached.workspace, guestPath)
     const image = reached.workspace.rootfsPath
     yield* Debugfs.fsck(image)
     const at = yield* Debugfs.statPath(image, guestPath)

@@ -8,6 +8,8 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterEach, assert, describe, it } from "vitest"
 import { InvalidInput } from "../../src/domain/Errors.ts"
+import { Mount, type Workspace } from "../../src/domain/Workspace.ts"
+import { onRootDisk } from "../../src/programs/Cp.ts"
 import {
   checkGuestPath,
   guestBasename,
@@ -166,5 +168,25 @@ describe("host destinations", () => {
     assert.deepStrictEqual(NodeFs.readdirSync(outer), ["good"])
     assert.strictEqual(NodeFs.readFileSync(NodePath.join(outer, "good", "f"), "utf8"), "inside")
     assert.strictEqual(NodeFs.readlinkSync(NodePath.join(outer, "good", "out")), "/etc/passwd")
+  })
+})
+
+describe("offline copies", () => {
+  it("refuse paths on attached disks, which only the running guest sees", async () => {
+    const workspace = {
+      name: "ws",
+      mounts: [new Mount({ kind: "volume", source: "data", target: "/data", readOnly: false })]
+    } as unknown as Workspace
+    for (const path of ["/data", "/data/x", "/data/deep/er"]) {
+      const refused = await Effect.runPromise(Effect.either(onRootDisk(workspace, path)))
+      assert.strictEqual(refused._tag === "Left" && refused.left._tag, "Unsupported", path)
+    }
+    for (const path of ["/", "/database", "/root/data"]) {
+      assert.strictEqual(
+        (await Effect.runPromise(Effect.either(onRootDisk(workspace, path))))._tag,
+        "Right",
+        path
+      )
+    }
   })
 })
