@@ -267,7 +267,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
         skipped: []
       }
     const lines = yield* Effect.try({
-      try: () => Debugfs.writeTreeScript(named, target, existing),
+      try: () => Debugfs.writeTreeScript(named, target, existing !== undefined),
       catch: (cause) =>
         cause instanceof Debugfs.DebugfsFailed ? cause : new Debugfs.DebugfsFailed({ detail: String(cause) })
     })

@@ -94,35 +94,20 @@ const typeBits = { file: 0o100000, directory: 0o040000, symlink: 0o120000 } as c
 
 /**
  * The batch that writes a host tree at `target` (its first entry lands there, the rest below it), each
- * entry owned by root with its host permission bits. `existing` is what is at `target` now: a file or
- * symlink there is replaced; a directory there is merged into (only a file entry replaces it; refused).
+ * entry owned by root with its host permission bits and mtime. `replace` removes the file or symlink at
+ * `target` first (the caller refuses to write over a directory).
  */
-export const writeTreeScript = (
-  tree: HostTree,
-  target: string,
-  existing: ImageStat | undefined
-): Array<string> => {
+export const writeTreeScript = (tree: HostTree, target: string, replace: boolean): Array<string> => {
   if (/[\n\r]/.test(target) || tree.entries.some((entry) => /[\n\r]/.test(entry.name))) {
     throw new DebugfsFailed({ detail: "a path contains a newline" })
   }
-  const lines: Array<string> = []
+  const lines: Array<string> = replace ? [`rm ${quote(target)}`] : []
   const top = tree.entries[0]?.name ?? ""
   for (const entry of tree.entries) {
-    const rest = entry.name.slice(top.length)
-    const path = `${target === "/" ? "" : target}${rest}` || "/"
+    const path = `${target}${entry.name.slice(top.length)}`
     const dir = NodePath.posix.dirname(path)
     const base = NodePath.posix.basename(path)
     const q = quote(path)
-    if (rest === "" && existing !== undefined) {
-      if (entry.type === "directory" && existing.type === "directory") {
-        lines.push(`sif ${q} mode 0${(typeBits.directory | entry.mode).toString(8)}`)
-        continue
-      }
-      if (existing.type === "directory") {
-        throw new DebugfsFailed({ detail: `${path} is a directory in the workspace` })
-      }
-      lines.push(`rm ${q}`)
-    }
     // debugfs 1.47 makes entries by name in the current directory.
     lines.push(`cd ${quote(dir)}`)
     if (entry.type === "directory") lines.push(`mkdir ${quote(base)}`)

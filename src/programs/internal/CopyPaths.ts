@@ -90,11 +90,3 @@ export const guestBasename = (path: string): string | InvalidInput => {
     ? invalid("cannot copy the guest's root directory itself", "name a directory below /")
     : base
 }
-
-/** The guest path a host file or tree lands at: inside `guestPath` when that is a directory. */
-export const guestTarget = (guestPath: string, hostPath: string, isDirectory: boolean): string =>
-  isDirectory ? NodePath.posix.join(guestPath, NodePath.basename(hostPath)) : guestPath
-
-/** The host path a guest file or tree lands at: inside `hostPath` when that is a directory. */
-export const hostTarget = (hostPath: string, guestPath: string, isDirectory: boolean): string =>
-  isDirectory ? NodePath.join(hostPath, NodePath.posix.basename(guestPath)) : hostPath
