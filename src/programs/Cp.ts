@@ -44,6 +44,14 @@ const guestError = (name: string, path: string) => (error: GuestError) =>
     ? new NotFound({ message: `workspace ${name}: ${error.message}`, remediation: `check the path ${path}` })
     : new Permanent({ message: `workspace ${name}: ${error.message}`, remediation: `check the path ${path}` })
 
+const isGuestError = (error: { readonly _tag: string }): error is GuestError =>
+  error._tag === "GuestUnreachable" || error._tag === "GuestProtocolError"
+  || error._tag === "GuestRemoteError"
+
+/** The classified form of what the channel reported; the program's own errors pass through. */
+const overChannel = (name: string, path: string) => <E extends { readonly _tag: string }>(error: E) =>
+  isGuestError(error) ? guestError(name, path)(error) : (error as Exclude<E, GuestError>)
+
 const imageError = (name: string) => (error: Debugfs.ImageError | ToolMissing | ToolFailed) =>
   error._tag === "ToolMissing"
     ? new Permanent({ message: error.message, remediation: error.remediation })
@@ -220,14 +228,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
         yield* guestCommand(connection, ["tar", "-x", "-f", "-", "-C", parent], archive)
       }
       return result(target, "channel")
-    })).pipe(
-      Effect.mapError((
-        e
-      ) => (e._tag === "GuestUnreachable" || e._tag === "GuestProtocolError" || e._tag === "GuestRemoteError"
-        ? guestError(name, guestPath)(e)
-        : e)
-      )
-    )
+    })).pipe(Effect.mapError(overChannel(name, guestPath)))
   }
 
   return yield* Effect.scoped(Effect.gen(function*() {
@@ -238,6 +239,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     const target = at?.type === "directory"
       ? NodePath.posix.join(guestPath, NodePath.basename(hostPath))
       : guestPath
+    yield* onRootDisk(reached.workspace, target)
     const parent = yield* Debugfs.statPath(image, NodePath.posix.dirname(target))
     if (parent?.type !== "directory") {
       return yield* new NotFound({
@@ -356,14 +358,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
           })
         )))
       return done(target, "directory", "channel", written.entries, written.bytes)
-    })).pipe(
-      Effect.mapError((
-        e
-      ) => (e._tag === "GuestUnreachable" || e._tag === "GuestProtocolError" || e._tag === "GuestRemoteError"
-        ? guestError(name, guestPath)(e)
-        : e)
-      )
-    )
+    })).pipe(Effect.mapError(overChannel(name, guestPath)))
   }
 
   return yield* Effect.scoped(Effect.gen(function*() {
