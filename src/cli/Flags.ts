@@ -33,6 +33,12 @@ export const parseEnv = (pairs: ReadonlyArray<string>) =>
     return env
   })
 
+/** `--output NAME=/guest/path` (repeatable): outputs collected as artifacts (see docs/files.md). */
+export const outputOption = Options.text("output").pipe(
+  Options.withDescription("declare an output, NAME=/guest/path, collected as an artifact (repeatable)"),
+  Options.repeated
+)
+
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 

@@ -9,6 +9,8 @@ import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
+import { artifactsGroup } from "./artifacts.ts"
+import { cpGroup } from "./cp.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
@@ -26,6 +28,8 @@ export const subcommands = [
   ...hostGroup,
   ...runGroup,
   ...lifecycleGroup,
+  ...cpGroup,
+  ...artifactsGroup,
   imageCommand,
   kernelCommand,
   volumeCommand,

@@ -11,10 +11,11 @@ import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
+import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { optionalInt, orUndefined, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
+import { optionalInt, orUndefined, outputOption, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { networkFields } from "./network.ts"
@@ -97,6 +98,7 @@ const runCommand = Command.make("run", {
   ...execOptions,
   keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
   rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+  outputs: outputOption,
   image: Args.text({ name: "image" }).pipe(Args.withDescription("OCI image reference"), Args.optional)
 }, (options) =>
   Effect.gen(function*() {
@@ -116,6 +118,7 @@ const runCommand = Command.make("run", {
     const secrets = yield* secretRefsOf(options.secret)
     const secretValues = yield* resolveSecrets(secrets ?? [])
     const fields = yield* workspaceFields(options, spec)
+    const outputs = yield* parseOutputs(options.outputs)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
@@ -132,9 +135,13 @@ const runCommand = Command.make("run", {
         mounts,
         secrets,
         secretValues,
+        outputs,
         backend: invocation.backend ?? defaultBackend()
       }))))
-    if (options.keep && !json) process.stderr.write(`workspace: ${outcome.workspace}\n`)
+    // Kept, or with outputs to fetch later: the generated name is needed.
+    if ((options.keep || outputs.length > 0) && !json) {
+      process.stderr.write(`workspace: ${outcome.workspace}\n`)
+    }
     yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
   })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
 
@@ -149,6 +156,7 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(Options.optional),
+  outputs: outputOption,
   positionalName: Args.text({ name: "name" }).pipe(Args.optional)
 }, (options) =>
   Effect.gen(function*() {
@@ -174,7 +182,8 @@ const createCommand = Command.make("create", {
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
       env: { ...spec.env, ...(yield* parseEnv(options.env)) },
       mounts,
-      secrets
+      secrets,
+      outputs: yield* parseOutputs(options.outputs)
     }))
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))

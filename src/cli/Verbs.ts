@@ -33,7 +33,8 @@ const workspaceFlags = [
   "--boot-timeout",
   "-v",
   "--volume",
-  "--secret"
+  "--secret",
+  "--output"
 ]
 const execFlags = [
   "-e",
@@ -84,6 +85,12 @@ export const verbs: ReadonlyArray<Verb> = [
     guestArgv: true
   },
   {
+    name: "cp",
+    group: "Run",
+    usage: "microagent cp SRC DST  (one of them WORKSPACE:/absolute/path)",
+    summary: "copy files and directories between the host and a workspace"
+  },
+  {
     name: "inspect",
     group: "Lifecycle",
     usage: "microagent inspect NAME",
@@ -132,6 +139,14 @@ export const verbs: ReadonlyArray<Verb> = [
     group: "Observe",
     usage: "microagent events [--follow] NAME",
     summary: "show a workspace's lifecycle events"
+  },
+  {
+    name: "artifacts",
+    group: "Observe",
+    usage: "microagent artifacts ls|get|rm WORKSPACE ...",
+    summary: "list, fetch and remove a workspace's declared outputs",
+    aliases: ["artifact"],
+    subcommands: true
   },
   {
     name: "image",

@@ -28,6 +28,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { generateName } from "./internal/Names.ts"
+import { checkOutputs } from "./internal/Outputs.ts"
 import { checkNetworking, joinNetworks } from "./Network.ts"
 
 export interface CreateOptions {
@@ -89,6 +90,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
   yield* checkNetworking(options)
+  if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore

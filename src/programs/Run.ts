@@ -7,6 +7,7 @@ import { Effect, Exit, type Stream } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { GuestError } from "../services/GuestChannel.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { collectOutputs } from "./Artifacts.ts"
 import { create, type CreateOptions } from "./Create.ts"
 import { remove } from "./Delete.ts"
 import { exec } from "./Exec.ts"
@@ -63,6 +64,8 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
     const latest = yield* store.get(workspace.name)
     const request = execRequestFor(latest, argv as [string, ...Array<string>], options.exec)
     const result = yield* exec(workspace.name, request, options.stdin)
+    // Declared outputs outlive the one-shot workspace; a failed collection is recorded, not fatal.
+    if (latest.outputs.length > 0) yield* collectOutputs(workspace.name).pipe(Effect.ignoreLogged)
     return { workspace: workspace.name, kept: options.keep ?? false, result }
   }))
 })

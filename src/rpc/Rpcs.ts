@@ -8,6 +8,7 @@ import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import {
   Backend,
   Mount,
@@ -229,6 +230,32 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("networkRemove", {
     payload: { ...named, force: Schema.optional(Schema.Boolean) },
     success: Schema.Struct({ network: Schema.String, removed: Schema.Boolean }),
+    error: MicroagentError
+  }),
+  /**
+   * Copies between a host path and a workspace path, either way; the server reads or writes the host
+   * path itself (it runs as the same user), so no file bytes cross the socket.
+   */
+  Rpc.make("cp", {
+    payload: {
+      ...named,
+      direction: Schema.Literal("in", "out"),
+      /** Absolute. */
+      hostPath: Schema.String,
+      guestPath: Schema.String
+    },
+    success: CopyResult,
+    error: MicroagentError
+  }),
+  Rpc.make("artifactsList", { payload: named, success: ArtifactList, error: MicroagentError }),
+  Rpc.make("artifactsGet", {
+    payload: { ...named, artifact: Schema.String, hostPath: Schema.String },
+    success: ArtifactCopy,
+    error: MicroagentError
+  }),
+  Rpc.make("artifactsRemove", {
+    payload: named,
+    success: Schema.Struct({ workspace: Schema.String, removed: Schema.Boolean }),
     error: MicroagentError
   })
 ) {}

@@ -18,6 +18,8 @@ import {
   withWorkspaceBackend,
   WorkspaceBackends
 } from "../layers/backends/WorkspaceBackends.ts"
+import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
+import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
 import { exec, execStream } from "../programs/Exec.ts"
@@ -64,6 +66,13 @@ const requestFor = (
   Effect.map(
     Effect.flatMap(StateStore, (store) => store.get(payload.name)),
     (workspace) => execRequestFor(workspace, payload.argv, overridesOf(payload))
+  )
+
+/** The workspace's backend while it exists; the default one (unused) once only its collection is left. */
+const withArtifactBackend = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(
+    Effect.flatMap(StateStore, (store) => store.find(name)),
+    (found) => withBackend(found._tag === "Some" ? found.value.backend : undefined, effect)
   )
 
 /** The handlers of every procedure; they need the state store and the backends of this process. */
@@ -197,7 +206,18 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     networkCreate: (p) => local(withBackend(undefined, networkCreate(p.name, p.subnet))),
     networkList: () => local(withBackend(undefined, networkList())),
     networkInspect: (p) => local(withBackend(undefined, networkInspect(p.name))),
-    networkRemove: (p) => local(withBackend(undefined, networkRemove(p.name, { force: p.force ?? false })))
+    networkRemove: (p) => local(withBackend(undefined, networkRemove(p.name, { force: p.force ?? false }))),
+    cp: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        p.direction === "in"
+          ? copyIn(p.name, p.hostPath, p.guestPath)
+          : copyOut(p.name, p.guestPath, p.hostPath)
+      )),
+    artifactsList: (p) => local(listArtifacts(p.name)),
+    // A collection outlives its workspace, so only a live one needs its backend.
+    artifactsGet: (p) => local(withArtifactBackend(p.name, getArtifact(p.name, p.artifact, p.hostPath))),
+    artifactsRemove: (p) => local(removeArtifacts(p.name))
   })
 }))
 

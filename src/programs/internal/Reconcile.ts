@@ -57,6 +57,8 @@ export const reconcile = (workspace: Workspace) =>
       })
     }
     const status = yield* hypervisor.inspect(handle.value)
+    // A VMM that exits while a live process halts it has powered off: that process records `halted`.
+    if (status === "exited" && workspace.state === "stopping" && !ownerGone(workspace)) return workspace
     if (status === "exited") {
       return yield* store.transition(workspace.name, "crashed", {
         patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),

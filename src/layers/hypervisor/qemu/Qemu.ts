@@ -84,6 +84,7 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "Console",
   "PauseResume",
   "LiveFileCopy",
+  "OfflineFileCopy",
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
