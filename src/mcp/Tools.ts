@@ -20,9 +20,11 @@ import {
 import { parsePublishes } from "../layers/network/Publish.ts"
 import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
 import { parseMountFlags } from "../layers/volume/MountFlag.ts"
+import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets, secretsForStart } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { fileTools } from "./FileTools.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
 import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
@@ -75,6 +77,10 @@ const newWorkspace = {
     "secrets delivered to /run/secrets/NAME (0400, tmpfs), NAME=env:VAR | file:PATH | dotenv:PATH[:KEY], "
       + "resolved in the MCP server's own environment at every start; only references are recorded"
   ),
+  outputs: optional(
+    Schema.Array(Schema.String),
+    "declared outputs, NAME=/guest/path: collected after a run's command, fetched with artifacts.get"
+  ),
   backend: optional(Backend, "backend of the new workspace (default: the server's)")
 }
 
@@ -118,6 +124,7 @@ interface NewWorkspaceArgs {
   readonly publish?: ReadonlyArray<string> | undefined
   readonly volumes?: ReadonlyArray<string> | undefined
   readonly secrets?: ReadonlyArray<string> | undefined
+  readonly outputs?: ReadonlyArray<string> | undefined
   readonly backend?: typeof Backend.Type | undefined
 }
 
@@ -131,6 +138,7 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, defaultBackend: typeof Backe
     const ports = args.publish === undefined ? undefined : yield* parsePublishes(args.publish)
     const mounts = args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, cwd)
     const secrets = args.secrets === undefined ? undefined : yield* parseSecretFlags(args.secrets, cwd)
+    const outputs = args.outputs === undefined ? undefined : yield* parseOutputs(args.outputs)
     return {
       image: args.image,
       name: args.name,
@@ -145,6 +153,7 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, defaultBackend: typeof Backe
       ports,
       mounts,
       secrets,
+      outputs,
       backend: args.backend ?? defaultBackend
     }
   })
@@ -552,6 +561,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     cost: "metadata",
     run: () => Effect.succeed({ profiles })
   }),
+  ...fileTools,
   ...resourceTools,
   ...hostTools
 ]

@@ -33,6 +33,9 @@ const expectedTools = [
   "workspace.wait",
   "microagent.profiles",
   "microagent.describe",
+  "workspace.cp",
+  "artifacts.list",
+  "artifacts.get",
   "network.create",
   "network.list",
   "network.inspect",
@@ -367,6 +370,85 @@ export const describeMcpServer = (target: TestTarget) => {
       const netRemoved = await mcp.call("network.delete", { name: "mcpnet", idempotency_key: "n3" })
       assert.deepStrictEqual(netRemoved.result, { network: "mcpnet", removed: true })
       assert.deepStrictEqual((await mcp.call("network.list")).result.networks, [])
+    })
+
+    it("copies files and fetches declared outputs", async () => {
+      const scratch = NodeFs.mkdtempSync(NodePath.join(NodePath.dirname(stateDir), "mcp-files-"))
+      try {
+        const relative = await mcp.call("workspace.cp", {
+          source: NodePath.join(scratch, "x"),
+          target: "w:relative/path",
+          idempotency_key: "c0"
+        })
+        assert.isFalse(relative.ok)
+        assert.strictEqual(relative.error?.kind, "permanent")
+        const both = await mcp.call("workspace.cp", { source: "a:/x", target: "b:/y", idempotency_key: "c1" })
+        assert.isFalse(both.ok)
+        if (testBackend !== "qemu") {
+          // The fake backend's guest is the host itself: copies are refused, not done on host paths.
+          await mcp.call("workspace.create", { image: testImage, name: "f1", idempotency_key: "c2" })
+          NodeFs.writeFileSync(NodePath.join(scratch, "in.txt"), "hello")
+          const refused = await mcp.call("workspace.cp", {
+            source: NodePath.join(scratch, "in.txt"),
+            target: "f1:/tmp/in.txt",
+            idempotency_key: "c3"
+          })
+          assert.strictEqual(refused.error?.kind, "unsupported")
+          await mcp.call("workspace.delete", { name: "f1", idempotency_key: "c4" })
+          return
+        }
+        NodeFs.writeFileSync(NodePath.join(scratch, "in.txt"), "hello from the host\n", { mode: 0o640 })
+        const created = await mcp.call("workspace.create", {
+          image: testImage,
+          name: "f1",
+          idempotency_key: "c2"
+        })
+        assert.isTrue(created.ok, JSON.stringify(created.error))
+        // Prepared: written offline on its disk.
+        const offline = await mcp.call("workspace.cp", {
+          source: NodePath.join(scratch, "in.txt"),
+          target: "f1:/root/in.txt",
+          idempotency_key: "c3"
+        })
+        assert.isTrue(offline.ok, JSON.stringify(offline.error))
+        await mcp.call("workspace.start", { name: "f1", idempotency_key: "c5" })
+        const seen = await mcp.call("workspace.exec", {
+          name: "f1",
+          argv: ["sh", "-c", "cat /root/in.txt; stat -c %a /root/in.txt; echo made > /root/out.txt"],
+          idempotency_key: "c6"
+        })
+        assert.strictEqual(seen.result.stdout, "hello from the host\n640\n")
+        const out = await mcp.call("workspace.cp", {
+          source: "f1:/root/out.txt",
+          target: scratch,
+          idempotency_key: "c7"
+        })
+        assert.isTrue(out.ok, JSON.stringify(out.error))
+        assert.strictEqual(NodeFs.readFileSync(NodePath.join(scratch, "out.txt"), "utf8"), "made\n")
+        await mcp.call("workspace.delete", { name: "f1", force: true, idempotency_key: "c8" })
+
+        const ran = await mcp.call("workspace.run", {
+          image: testImage,
+          name: "withoutputs",
+          command: ["sh", "-c", "mkdir -p /out && echo report > /out/report.txt"],
+          outputs: ["report=/out/report.txt"],
+          idempotency_key: "c9"
+        })
+        assert.isTrue(ran.ok, JSON.stringify(ran.error))
+        const listed = await mcp.call("artifacts.list", { name: "withoutputs" })
+        assert.isTrue(listed.ok, JSON.stringify(listed.error))
+        assert.strictEqual(JSON.stringify(listed.result).includes("report"), true)
+        const got = await mcp.call("artifacts.get", {
+          name: "withoutputs",
+          artifact: "report",
+          target: NodePath.join(scratch, "report.txt"),
+          idempotency_key: "c10"
+        })
+        assert.isTrue(got.ok, JSON.stringify(got.error))
+        assert.strictEqual(NodeFs.readFileSync(NodePath.join(scratch, "report.txt"), "utf8"), "report\n")
+      } finally {
+        NodeFs.rmSync(scratch, { recursive: true, force: true })
+      }
     })
 
     it("previews a destructive call without doing it", async () => {
