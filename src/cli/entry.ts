@@ -18,5 +18,3 @@ if (args.length === 1 && (args[0] === "--version" || args[0] === "-v" || args[0]
 } else {
   await loadCli()
 }
-
-export {}
