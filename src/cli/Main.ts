@@ -9,6 +9,7 @@ import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
 import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
+import { connectCommand } from "./connect.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
@@ -22,6 +23,7 @@ import { verbs } from "./Verbs.ts"
 export const subcommands = [
   ...hostGroup,
   ...runGroup,
+  connectCommand,
   ...lifecycleGroup,
   imageCommand,
   kernelCommand,

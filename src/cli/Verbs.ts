@@ -79,6 +79,14 @@ export const verbs: ReadonlyArray<Verb> = [
     guestArgv: true
   },
   {
+    name: "connect",
+    group: "Run",
+    usage: "microagent connect [--detach-keys KEYS] NAME [-- CMD [ARG...]]",
+    summary: "an interactive shell in a running workspace (detach: Ctrl-])",
+    valueFlags: ["--detach-keys", "-e", "--env"],
+    guestArgv: true
+  },
+  {
     name: "inspect",
     group: "Lifecycle",
     usage: "microagent inspect NAME",

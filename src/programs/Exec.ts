@@ -9,7 +9,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, requireBackend, vmHandleOf } from "./internal/Reconcile.ts"
 
-const guestFailure = (name: string) => (error: GuestError) =>
+export const guestFailure = (name: string) => (error: GuestError) =>
   error._tag === "GuestUnreachable"
     ? new Transient({
       message: `workspace ${name}: the guest agent is unreachable: ${error.message}`,

@@ -19,6 +19,7 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -174,5 +175,14 @@ export class Rpcs extends RpcGroup.make(
     success: Workspace,
     error: MicroagentError
   }),
-  Rpc.make("profiles", { success: ProfilesResult })
+  Rpc.make("profiles", { success: ProfilesResult }),
+  /** An interactive session; its input and resizes go by `connectInput` / `connectResize`. */
+  Rpc.make("connect", {
+    payload: ConnectPayload,
+    success: ConnectOutput,
+    error: MicroagentError,
+    stream: true
+  }),
+  Rpc.make("connectInput", { payload: ConnectInputPayload, error: MicroagentError }),
+  Rpc.make("connectResize", { payload: ConnectResizePayload, error: MicroagentError })
 ) {}

@@ -26,6 +26,7 @@ import { type ExecOverrides, execRequestFor } from "../programs/internal/Request
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
+import { makeConnectHandlers } from "../runtime/ConnectSessions.ts"
 import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { version } from "../Version.ts"
@@ -173,7 +174,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         p.name,
         wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
       )),
-    profiles: () => Effect.succeed({ profiles })
+    profiles: () => Effect.succeed({ profiles }),
+    ...makeConnectHandlers(localStream)
   })
 }))
 
