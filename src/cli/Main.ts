@@ -16,6 +16,7 @@ import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { renderError, wantsJson } from "./Output.ts"
+import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { serve } from "./ServeCommands.ts"
 import { verbs } from "./Verbs.ts"
@@ -27,6 +28,7 @@ export const subcommands = [
   ...lifecycleGroup,
   imageCommand,
   kernelCommand,
+  perfCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

@@ -158,6 +158,14 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "show the resource profiles"
   },
   {
+    name: "perf",
+    group: "Maintenance",
+    usage: "microagent perf boot [--runs N] [IMAGE] | microagent perf footprint [NAME]",
+    summary: "measure boot phases and host footprint",
+    valueFlags: ["--runs", "--network"],
+    subcommands: true
+  },
+  {
     name: "runtime",
     group: "Maintenance",
     usage: "microagent runtime [--idle-seconds S]",

@@ -20,6 +20,7 @@ import {
   Workspace
 } from "../domain/Workspace.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
+import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "./PerfSchemas.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -184,5 +185,13 @@ export class Rpcs extends RpcGroup.make(
     stream: true
   }),
   Rpc.make("connectInput", { payload: ConnectInputPayload, error: MicroagentError }),
-  Rpc.make("connectResize", { payload: ConnectResizePayload, error: MicroagentError })
+  Rpc.make("connectResize", { payload: ConnectResizePayload, error: MicroagentError }),
+  /** Boots disposable workspaces and times each boot's phases. */
+  Rpc.make("perfBoot", { payload: PerfBootPayload, success: PerfBootResult, error: MicroagentError }),
+  /** Host memory of the runtime and of a workspace's (or every running one's) VMM; rootfs disk use. */
+  Rpc.make("perfFootprint", {
+    payload: { name: Schema.optional(Schema.String) },
+    success: PerfFootprintResult,
+    error: MicroagentError
+  })
 ) {}

@@ -24,6 +24,7 @@ import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
 import { makeConnectHandlers } from "../runtime/ConnectSessions.ts"
@@ -175,7 +176,14 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
       )),
     profiles: () => Effect.succeed({ profiles }),
-    ...makeConnectHandlers(localStream)
+    ...makeConnectHandlers(localStream),
+    perfBoot: (p) => local(withBackend(p.backend, perfBoot(p))),
+    perfFootprint: (p) =>
+      local(
+        p.name === undefined
+          ? withBackend(undefined, perfFootprint())
+          : withWorkspaceBackend(p.name, perfFootprint(p.name))
+      )
   })
 }))
 
