@@ -3,6 +3,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import type { PerfBootResult, PerfFootprintResult } from "../rpc/PerfSchemas.ts"
@@ -55,10 +56,17 @@ const boot = Command.make("boot", {
 }, (options) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
+    const runs = orUndefined(options.runs)
+    if (runs !== undefined && (runs < 1 || runs > 100)) {
+      return yield* new InvalidInput({
+        message: `--runs ${runs} is out of range`,
+        remediation: "give 1 to 100"
+      })
+    }
     const report = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.perfBoot(defined({
         image: orUndefined(options.image),
-        runs: orUndefined(options.runs),
+        runs,
         network: orUndefined(options.network),
         backend: invocation.backend ?? defaultBackend()
       }))))
