@@ -6,7 +6,19 @@
  * starts the runtime: reported as `cold_first_run_ms`). Then `perf boot` says where the CLI path's time
  * goes. Target ratio <= 1.25. Prints one JSON object on stdout. BENCH_N sets the iterations (default 5).
  */
-import { cleanup, cli, loadAverage, log, median, must, probeRawQemu, rawBoot, rawInstance, stateDir, summary } from "./lib.ts"
+import {
+  cleanup,
+  cli,
+  loadAverage,
+  log,
+  median,
+  must,
+  probeRawQemu,
+  rawBoot,
+  rawInstance,
+  stateDir,
+  summary
+} from "./lib.ts"
 
 const iterations = Number(process.env.BENCH_N ?? 5)
 const image = process.env.BENCH_IMAGE ?? "microagent.local/busybox:latest"
@@ -29,7 +41,10 @@ try {
       cliTimes.push(run.ms)
       rawTimes.push(rawMs)
     }
-    log("boot", `${i < 0 ? "warm-up" : `#${i + 1}`}: cli run ${run.ms.toFixed(0)} ms, raw ${rawMs.toFixed(0)} ms`)
+    log(
+      "boot",
+      `${i < 0 ? "warm-up" : `#${i + 1}`}: cli run ${run.ms.toFixed(0)} ms, raw ${rawMs.toFixed(0)} ms`
+    )
   }
   const phases = JSON.parse(
     (await must(state, ["perf", "boot", "--runs", "3", "--network", "isolated", image])).stdout
@@ -46,7 +61,9 @@ try {
     cold_first_run_ms: Math.round(cold),
     // Where the CLI path's time goes: medians of the edges, ms since `run` began (inside the runtime).
     phases_median_ms: Object.fromEntries(
-      Object.entries(phases).filter(([, v]) => typeof v === "object").map(([k, v]) => [k, (v as { median: number }).median])
+      Object.entries(phases).filter(([, v]) => typeof v === "object").map((
+        [k, v]
+      ) => [k, (v as { median: number }).median])
     )
   }
   process.stdout.write(`${JSON.stringify(result)}\n`)

@@ -31,7 +31,8 @@ export const summary = (xs: ReadonlyArray<number>) => ({
 })
 export const loadAverage = () => NodeOs.loadavg().map((x) => Number(x.toFixed(2)))
 
-export const stateDir = (prefix: string) => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), `ma-${prefix}-bench-`))
+export const stateDir = (prefix: string) =>
+  NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), `ma-${prefix}-bench-`))
 
 export interface Timed {
   readonly code: number
@@ -59,19 +60,27 @@ export const cli = (state: string, args: ReadonlyArray<string>, env: Record<stri
     let stderr = ""
     child.stdout.on("data", (d) => (stdout += d))
     child.stderr.on("data", (d) => (stderr += d))
-    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr, ms: performance.now() - started }))
+    child.on(
+      "close",
+      (code) => resolve({ code: code ?? -1, stdout, stderr, ms: performance.now() - started })
+    )
   })
 
 export const must = async (state: string, args: ReadonlyArray<string>, env?: Record<string, string>) => {
   const result = await cli(state, args, env)
-  if (result.code !== 0) throw new Error(`microagent ${args.join(" ")} exited ${result.code}: ${result.stderr}`)
+  if (result.code !== 0) {
+    throw new Error(`microagent ${args.join(" ")} exited ${result.code}: ${result.stderr}`)
+  }
   return result
 }
 
 /** Stops the state directory's runtime, if one runs. */
 export const stopRuntime = (state: string) => {
   try {
-    process.kill(Number(NodeFs.readFileSync(NodePath.join(state, "run", "runtime.pid"), "utf8").split(" ")[0]), "SIGTERM")
+    process.kill(
+      Number(NodeFs.readFileSync(NodePath.join(state, "run", "runtime.pid"), "utf8").split(" ")[0]),
+      "SIGTERM"
+    )
   } catch {
     // None runs.
   }
@@ -109,7 +118,9 @@ export const probeRawQemu = async (state: string, createArgs: ReadonlyArray<stri
   NodeChild.execFileSync("cp", ["--sparse=always", "--reflink=auto", prepared.rootfsPath, rootfs])
   await must(state, ["start", "probe"])
   const running = JSON.parse((await must(state, ["inspect", "probe"])).stdout).workspace
-  const argv = NodeFs.readFileSync(`/proc/${running.vm.pid}/cmdline`, "utf8").split("\0").filter((a) => a !== "")
+  const argv = NodeFs.readFileSync(`/proc/${running.vm.pid}/cmdline`, "utf8").split("\0").filter((a) =>
+    a !== ""
+  )
   await must(state, ["delete", "--force", "probe"])
   const runtimeDir: string = running.runtimeDir
   const args: Array<string> = []
@@ -135,7 +146,9 @@ export const rawInstance = (state: string, raw: RawQemu, id: string) => {
     args: raw.args.map((a) => a.split("%ROOTFS%").join(rootfs).split("%DIR%").join(dir)),
     agentSocket: NodePath.join(dir, "agent.sock"),
     reset: () => {
-      for (const f of NodeFs.readdirSync(dir)) if (f !== "rootfs") NodeFs.rmSync(NodePath.join(dir, f), { force: true })
+      for (const f of NodeFs.readdirSync(dir)) {
+        if (f !== "rootfs") NodeFs.rmSync(NodePath.join(dir, f), { force: true })
+      }
       NodeChild.execFileSync("cp", ["--sparse=always", "--reflink=auto", raw.rootfs, rootfs])
     }
   }
@@ -172,7 +185,9 @@ const helloAndShutdown = () => {
 export const rawBoot = (instance: { readonly args: ReadonlyArray<string>; readonly agentSocket: string }) =>
   new Promise<number>((resolve, reject) => {
     const started = performance.now()
-    const child = NodeChild.spawn("qemu-system-x86_64", [...instance.args], { stdio: ["ignore", "ignore", "inherit"] })
+    const child = NodeChild.spawn("qemu-system-x86_64", [...instance.args], {
+      stdio: ["ignore", "ignore", "inherit"]
+    })
     const timer = setTimeout(() => {
       child.kill("SIGKILL")
       reject(new Error("raw QEMU boot took over 120 s"))
