@@ -19,7 +19,7 @@ const full = { MICROAGENT_NO_FAST_PATH: "1" }
 /** Durations differ from run to run. */
 const normal = (r: CliResult) => ({
   code: r.code,
-  stdout: r.stdout.replace(/"durationMs":[0-9.]+/g, '"durationMs":0'),
+  stdout: r.stdout.replace(/"durationMs":[0-9.]+/g, '"durationMs":0').replace(/"run-[a-z0-9-]+"/g, '"run-*"'),
   stderr: r.stderr
 })
 
@@ -70,6 +70,86 @@ afterAll(async () => {
   NodeFs.rmSync(loneDir, { recursive: true, force: true })
 })
 
+describe("the run fast path", () => {
+  it("serves a plain run by itself", async () => {
+    const text = await lone([
+      "run",
+      "--backend",
+      "fake",
+      "alpine",
+      "--",
+      "sh",
+      "-c",
+      "echo out; echo err >&2; exit 4"
+    ], {
+      MICROAGENT_OUTPUT: "text"
+    })
+    assert.deepStrictEqual(text, { code: 4, stdout: "out\n", stderr: "err\n" })
+    const kept = await lone([
+      "run",
+      "--json",
+      "--backend",
+      "fake",
+      "--keep",
+      "--name",
+      "kept1",
+      "alpine",
+      "true"
+    ])
+    assert.strictEqual(kept.code, 0, kept.stderr)
+    assert.deepStrictEqual([JSON.parse(kept.stdout).workspace, JSON.parse(kept.stdout).kept], ["kept1", true])
+    const keptText = await lone(["run", "--backend", "fake", "--keep", "--name", "kept2", "alpine", "true"], {
+      MICROAGENT_OUTPUT: "text"
+    })
+    assert.deepStrictEqual(keptText, { code: 0, stdout: "", stderr: "workspace: kept2\n" })
+    await cliAsync(["delete", "--force", "kept1", "kept2"], { stateDir })
+  })
+
+  it("answers as the full CLI, flags and errors included", { timeout: 180_000 }, async () => {
+    for (const output of ["text", "json"]) {
+      const env = { MICROAGENT_OUTPUT: output, MICROAGENT_BACKEND: "fake" }
+      await both(["run", "alpine", "--", "sh", "-c", "echo hi; exit 7"], env)
+      await both(
+        [
+          "run",
+          "--network",
+          "isolated",
+          "--memory",
+          "256",
+          "--cpus",
+          "1",
+          "-e",
+          "A=1",
+          "--profile",
+          "tiny",
+          "--rm",
+          "alpine",
+          "sh",
+          "-c",
+          "echo $A"
+        ],
+        env
+      )
+      await both(["run", "--timeout", "1", "alpine", "--", "sleep", "5"], env)
+      await both(["run", "Not A Ref!", "--", "true"], env)
+    }
+  })
+
+  it("leaves what it does not handle to the full CLI", { timeout: 180_000 }, async () => {
+    for (
+      const args of [
+        ["run", "--backend", "fake"],
+        ["run", "--backend", "fake", "--keep", "--rm", "alpine", "true"],
+        ["run", "--backend", "fake", "--file", "/nonexistent.yaml", "alpine", "true"],
+        ["run", "--backend", "fake", "--memory", "lots", "alpine", "true"]
+      ]
+    ) {
+      await both(args, { MICROAGENT_OUTPUT: "json" })
+      assert.include((await lone(args)).stderr, "microagent-main.mjs", args.join(" "))
+    }
+  })
+})
+
 describe("the exec fast path", () => {
   it("serves a plain exec by itself: output, stderr and the guest's exit code", async () => {
     const text = await lone(["exec", "w1", "--", "sh", "-c", "echo out; echo err >&2; exit 3"], {
@@ -81,7 +161,7 @@ describe("the exec fast path", () => {
     assert.strictEqual(JSON.parse(json.stdout).result.status, "exited")
   })
 
-  it("answers as the full CLI in text and JSON, flags included", async () => {
+  it("answers as the full CLI in text and JSON, flags included", { timeout: 180_000 }, async () => {
     for (const output of ["text", "json"]) {
       const env = { MICROAGENT_OUTPUT: output }
       assert.strictEqual(
@@ -110,7 +190,7 @@ describe("the exec fast path", () => {
     await both(["exec", "--output=text", "w1", "--", "echo", "x"])
   })
 
-  it("reports classified errors with the same shape and exit code", async () => {
+  it("reports classified errors with the same shape and exit code", { timeout: 180_000 }, async () => {
     for (const output of ["text", "json"]) {
       const env = { MICROAGENT_OUTPUT: output }
       const missing = await both(["exec", "nope", "--", "true"], env)
@@ -124,7 +204,7 @@ describe("the exec fast path", () => {
     assert.strictEqual(JSON.parse(served.stderr).error.kind, "not_found")
   })
 
-  it("leaves what it does not handle to the full CLI", async () => {
+  it("leaves what it does not handle to the full CLI", { timeout: 180_000 }, async () => {
     // Usage errors (exit 2), flags it does not know, --stream and --stdin.
     for (
       const args of [

@@ -1,8 +1,8 @@
 /**
- * The fast path of `microagent exec`: when the state directory's runtime is up, the first stage speaks
- * @effect/rpc's ndjson protocol to it directly (node:net only), so a one-off exec costs node's start-up
- * plus one round trip instead of loading Effect and the RPC client (0.3-0.45 s). It handles only the
- * plain form of the command and answers exactly as the full CLI does (output, exit-code passthrough,
+ * The fast path of `microagent exec` and `microagent run`: when the state directory's runtime is up,
+ * the first stage speaks @effect/rpc's ndjson protocol to it directly (node:net only), so a one-off
+ * command costs node's start-up plus one round trip instead of loading Effect and the RPC client
+ * (0.3-0.45 s, and CPU that parallel runs take from the VMs). It handles only the plain form of a command and answers exactly as the full CLI does (output, exit-code passthrough,
  * the classified error shape, exit codes 1/2/75, --json); anything else — a flag it does not know, a
  * value it would have to validate, no runtime listening — returns `undefined` and the full CLI runs.
  *
@@ -12,31 +12,39 @@ import * as Net from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 
-interface ExecCall {
+interface FastCall {
+  readonly verb: "exec" | "run"
   readonly stateDir: string | undefined
   readonly json: boolean | undefined
-  readonly payload: {
-    readonly name: string
-    readonly argv: ReadonlyArray<string>
-    readonly env: Record<string, string>
-    readonly cwd?: string
-    readonly user?: string
-    readonly timeoutSeconds?: number
-  }
+  /** `run --keep`: the workspace's name is printed first. */
+  readonly keep: boolean
+  readonly payload: Record<string, unknown>
 }
 
 const envKey = /^[A-Za-z_][A-Za-z0-9_]*$/
+const positiveInt = (text: string | undefined) =>
+  text !== undefined && /^[0-9]+$/.test(text) && Number(text) > 0 ? Number(text) : undefined
 
-/** The command line of a plain `exec`, or undefined when the full CLI must handle it. */
-export const parseFastExec = (argv: ReadonlyArray<string>): ExecCall | undefined => {
+/** As `defaultBackend` in src/layers/backends/Backends.ts. */
+const defaultBackend = () => {
+  const fromEnv = process.env.MICROAGENT_BACKEND
+  return fromEnv === "fake" || fromEnv === "qemu" || fromEnv === "firecracker" ? fromEnv : "qemu"
+}
+
+/**
+ * The command line of a plain `exec` or `run`, or undefined when the full CLI must handle it. Global
+ * flags are accepted anywhere before the guest's argv, as src/cli/Argv.ts does.
+ */
+export const parseFast = (argv: ReadonlyArray<string>): FastCall | undefined => {
   let json: boolean | undefined
   let stateDir: string | undefined
-  let verb: string | undefined
-  let name: string | undefined
+  let backend: string | undefined
+  let verb: "exec" | "run" | undefined
+  let target: string | undefined
+  let keep = false
+  let rm = false
   const env: Record<string, string> = {}
-  let cwd: string | undefined
-  let user: string | undefined
-  let timeoutSeconds: number | undefined
+  const fields: Record<string, unknown> = {}
   let guest: ReadonlyArray<string> = []
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!
@@ -65,19 +73,30 @@ export const parseFastExec = (argv: ReadonlyArray<string>): ExecCall | undefined
         continue
       }
       case "--backend": {
-        // Irrelevant to exec (the workspace's own backend is used), but it must be a valid one.
-        const backend = value()
+        backend = value()
         if (backend !== "qemu" && backend !== "fake") return undefined
         continue
       }
     }
     if (verb === undefined) {
-      if (arg !== "exec") return undefined
+      if (arg !== "exec" && arg !== "run") return undefined
       verb = arg
       continue
     }
     // The inline form of a verb's flag (`--env=K=V`) is parsed by @effect/cli with quirks of its own.
     if (eq > 0) return undefined
+    const number = (field: string) => {
+      const n = positiveInt(value())
+      if (n === undefined) return false
+      fields[field] = n
+      return true
+    }
+    const text = (field: string) => {
+      const v = value()
+      if (v === undefined) return false
+      fields[field] = v
+      return true
+    }
     switch (flag) {
       case "-e":
       case "--env": {
@@ -89,39 +108,69 @@ export const parseFastExec = (argv: ReadonlyArray<string>): ExecCall | undefined
         continue
       }
       case "--cwd":
-        cwd = value()
-        if (cwd === undefined) return undefined
+        if (!text("cwd")) return undefined
         continue
       case "--user":
-        user = value()
-        if (user === undefined) return undefined
+        if (!text("user")) return undefined
         continue
-      case "--timeout": {
-        const seconds = value()
-        if (seconds === undefined || !/^[0-9]+$/.test(seconds) || Number(seconds) <= 0) return undefined
-        timeoutSeconds = Number(seconds)
+      case "--timeout":
+        if (!number("timeoutSeconds")) return undefined
         continue
+    }
+    if (verb === "run") {
+      switch (flag) {
+        case "--name":
+          if (!text("name")) return undefined
+          continue
+        case "--memory":
+          if (!number("memoryMiB")) return undefined
+          continue
+        case "--cpus":
+          if (!number("cpus")) return undefined
+          continue
+        case "--boot-timeout":
+          if (!number("bootTimeoutSeconds")) return undefined
+          continue
+        case "--network": {
+          const mode = value()
+          if (mode !== "user" && mode !== "isolated") return undefined
+          fields.network = mode
+          continue
+        }
+        case "--profile": {
+          const profile = value()
+          if (profile !== "tiny" && profile !== "small" && profile !== "medium" && profile !== "large") {
+            return undefined
+          }
+          fields.profile = profile
+          continue
+        }
+        case "--keep":
+          keep = true
+          continue
+        case "--rm":
+          rm = true
+          continue
       }
     }
-    // --stdin, --stream, --help and anything unknown: the full CLI.
+    // --stdin, --stream, --file, --help and anything unknown: the full CLI.
     if (arg.startsWith("-")) return undefined
-    name = arg
+    target = arg
     const after = argv.slice(i + 1)
     guest = after[0] === "--" ? after.slice(1) : after
     break
   }
-  if (verb === undefined || name === undefined || guest.length === 0) return undefined
+  if (verb === undefined || target === undefined || (keep && rm)) return undefined
+  if (verb === "exec") {
+    if (guest.length === 0) return undefined
+    return { verb, stateDir, json, keep, payload: { name: target, argv: guest, env, ...fields } }
+  }
   return {
+    verb,
     stateDir,
     json,
-    payload: {
-      name,
-      argv: guest,
-      env,
-      ...(cwd === undefined ? {} : { cwd }),
-      ...(user === undefined ? {} : { user }),
-      ...(timeoutSeconds === undefined ? {} : { timeoutSeconds })
-    }
+    keep,
+    payload: { image: target, command: guest, env, keep, ...fields, backend: backend ?? defaultBackend() }
   }
 }
 
@@ -193,8 +242,8 @@ interface WireResult {
 }
 
 /** `reportResult` of RunCommands.ts. */
-const reportResult = (name: string, result: WireResult, json: boolean): number => {
-  if (json) process.stdout.write(`${JSON.stringify({ workspace: name, result })}\n`)
+const reportResult = (extra: Record<string, unknown>, result: WireResult, json: boolean): number => {
+  if (json) process.stdout.write(`${JSON.stringify({ ...extra, result })}\n`)
   else {
     process.stdout.write(result.stdout)
     if (result.stderr.length > 0) process.stderr.write(result.stderr)
@@ -207,21 +256,37 @@ const reportResult = (name: string, result: WireResult, json: boolean): number =
 }
 
 type Exit =
-  | { readonly _tag: "Success"; readonly value: WireResult }
+  | {
+    readonly _tag: "Success"
+    readonly value: WireResult & {
+      readonly workspace?: string
+      readonly kept?: boolean
+      readonly result?: WireResult
+    }
+  }
   | { readonly _tag: "Failure"; readonly cause: { readonly _tag: string; readonly error?: WireError } }
 
+/** What the full CLI prints for a successful call; the exit code. */
+const reportSuccess = (call: FastCall, value: Extract<Exit, { _tag: "Success" }>["value"], json: boolean) => {
+  if (call.verb === "exec") return reportResult({ workspace: call.payload.name }, value, json)
+  if (call.keep && !json) process.stderr.write(`workspace: ${value.workspace}\n`)
+  return reportResult({ workspace: value.workspace, kept: value.kept }, value.result!, json)
+}
+
 /**
- * Runs a plain `exec` against a listening runtime; resolves with the exit code, or `undefined` (before
- * anything was sent) when the full CLI must handle it.
+ * Runs a plain `exec` or `run` against a listening runtime; resolves with the exit code, or
+ * `undefined` (before anything was sent) when the full CLI must handle it. Ctrl-C interrupts the call
+ * (the runtime tears down what it started, as for the full CLI) and exits 130.
  */
-export const fastExec = (argv: ReadonlyArray<string>): Promise<number | undefined> => {
-  const call = parseFastExec(argv)
+export const fastPath = (argv: ReadonlyArray<string>): Promise<number | undefined> => {
+  const call = parseFast(argv)
   if (call === undefined) return Promise.resolve(undefined)
   const json = wantsJson(call.json)
   return new Promise((resolve) => {
     const socket = Net.createConnection({ path: runtimeSocketOf(call.stateDir) })
     let sent = false
     let settled = false
+    let interrupted = false
     let buffered = ""
     const finish = (code: number | undefined) => {
       if (settled) return
@@ -232,8 +297,16 @@ export const fastExec = (argv: ReadonlyArray<string>): Promise<number | undefine
     socket.once("connect", () => {
       sent = true
       socket.write(
-        `${JSON.stringify({ _tag: "Request", id: "1", tag: "exec", payload: call.payload, headers: [] })}\n`
+        `${
+          JSON.stringify({ _tag: "Request", id: "1", tag: call.verb, payload: call.payload, headers: [] })
+        }\n`
       )
+      process.on("SIGINT", () => {
+        // A second Ctrl-C does not wait for the runtime's teardown.
+        if (interrupted) process.exit(130)
+        interrupted = true
+        socket.write(`${JSON.stringify({ _tag: "Interrupt", requestId: "1" })}\n`)
+      })
     })
     // Decodes UTF-8 across chunk boundaries.
     socket.setEncoding("utf8")
@@ -246,7 +319,8 @@ export const fastExec = (argv: ReadonlyArray<string>): Promise<number | undefine
         const message = JSON.parse(line) as { _tag: string; requestId?: string; exit?: Exit }
         if (message._tag !== "Exit" || message.requestId !== "1" || message.exit === undefined) continue
         const exit = message.exit
-        if (exit._tag === "Success") return finish(reportResult(call.payload.name, exit.value, json))
+        if (interrupted) return finish(130)
+        if (exit._tag === "Success") return finish(reportSuccess(call, exit.value, json))
         const error = exit.cause.error
         if (exit.cause._tag === "Fail" && error !== undefined && kinds[error._tag] !== undefined) {
           return finish(reportError(error, json))
@@ -259,6 +333,7 @@ export const fastExec = (argv: ReadonlyArray<string>): Promise<number | undefine
     const lost = (reason: string) => {
       if (settled) return
       if (!sent) return finish(undefined)
+      if (interrupted) return finish(130)
       finish(reportError({
         _tag: "Transient",
         message: `lost the connection to the runtime: ${reason}`,
