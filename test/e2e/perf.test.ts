@@ -119,4 +119,22 @@ describe("perf on QEMU", () => {
     })
     assert.deepStrictEqual([text.code, text.stdout], [9, "out\n"])
   })
+
+  it("the run fast path answers as the full CLI on a real VM", async () => {
+    const args = [
+      "run",
+      "--network",
+      "isolated",
+      "microagent.local/busybox:latest",
+      "--",
+      "sh",
+      "-c",
+      "uname -s; exit 3"
+    ]
+    const fast = await ma(args, { MICROAGENT_OUTPUT: "text" })
+    const full = await ma(args, { MICROAGENT_OUTPUT: "text", MICROAGENT_NO_FAST_PATH: "1" })
+    assert.deepStrictEqual(fast, full)
+    assert.deepStrictEqual([fast.code, fast.stdout], [3, "Linux\n"])
+    assert.deepStrictEqual(qemuProcesses().length, 1, "only the measured workspace's VM remains")
+  })
 })
