@@ -139,7 +139,7 @@ export const connectCommand = Command.make("connect", {
     Options.optional
   ),
   env: envOption,
-  name: Args.text({ name: "workspace" })
+  name: Args.text({ name: "workspace" }).pipe(Args.withDescription("a running workspace"))
 }, (options) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation

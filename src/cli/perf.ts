@@ -99,7 +99,10 @@ const footprintText = (report: PerfFootprintResult) =>
 const footprint = Command.make(
   "footprint",
   {
-    name: Args.text({ name: "workspace" }).pipe(Args.optional)
+    name: Args.text({ name: "workspace" }).pipe(
+      Args.withDescription("a running workspace (default: every running one)"),
+      Args.optional
+    )
   },
   (options) =>
     withRuntime(
