@@ -316,7 +316,13 @@ export const fastPath = (argv: ReadonlyArray<string>): Promise<number | undefine
         const line = buffered.slice(0, nl)
         buffered = buffered.slice(nl + 1)
         if (line.length === 0) continue
-        const message = JSON.parse(line) as { _tag: string; requestId?: string; exit?: Exit }
+        let message: { _tag: string; requestId?: string; exit?: Exit }
+        try {
+          message = JSON.parse(line)
+        } catch {
+          process.stderr.write(`microagent: internal error: the runtime sent a malformed line\n`)
+          return finish(1)
+        }
         if (message._tag !== "Exit" || message.requestId !== "1" || message.exit === undefined) continue
         const exit = message.exit
         if (interrupted) return finish(130)
