@@ -196,11 +196,28 @@ export const rawBoot = (instance: { readonly args: ReadonlyArray<string>; readon
       clearTimeout(timer)
       resolve(performance.now() - started)
     })
+    let answered = false
+    let exited = false
+    child.on("exit", () => (exited = true))
+    // What the host writes before the guest opens its port can be lost: without an answer within a
+    // second, connect again and repeat (the agent takes a new HELLO on a new connection).
     const connect = () => {
+      if (exited) return
       const socket = NodeNet.createConnection({ path: instance.agentSocket })
-      socket.on("connect", () => socket.write(helloAndShutdown()))
-      socket.on("data", () => {})
-      socket.on("error", () => setTimeout(connect, 5))
+      let retry: ReturnType<typeof setTimeout> | undefined
+      socket.on("connect", () => {
+        socket.write(helloAndShutdown())
+        retry = setTimeout(() => {
+          if (answered || exited) return
+          socket.destroy()
+          connect()
+        }, 1000)
+      })
+      socket.on("data", () => (answered = true))
+      socket.on("error", () => {
+        if (retry !== undefined) clearTimeout(retry)
+        if (!answered) setTimeout(connect, 5)
+      })
     }
     connect()
   })
