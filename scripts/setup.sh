@@ -16,6 +16,8 @@ packages=(
 if [ "${1:-}" = "--test" ]; then
   # The test tiers: a loopback OCI registry and image tools, fuzzing, networking helpers
   packages+=(docker-registry skopeo umoci apache2-utils clang libclang-rt-14-dev socat passt mmdebstrap)
+  # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
+  packages+=(python3)
 fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

@@ -10,6 +10,7 @@ import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
+import { connectCommand } from "./connect.ts"
 import { cpGroup } from "./cp.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
@@ -18,6 +19,7 @@ import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { networkCommand } from "./network.ts"
 import { renderError, wantsJson } from "./Output.ts"
+import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
@@ -27,6 +29,7 @@ import { volumeCommand } from "./volume.ts"
 export const subcommands = [
   ...hostGroup,
   ...runGroup,
+  connectCommand,
   ...lifecycleGroup,
   ...cpGroup,
   ...artifactsGroup,
@@ -35,6 +38,7 @@ export const subcommands = [
   volumeCommand,
   secretCommand,
   networkCommand,
+  perfCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

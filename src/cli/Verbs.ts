@@ -91,6 +91,14 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "copy files and directories between the host and a workspace"
   },
   {
+    name: "connect",
+    group: "Run",
+    usage: "microagent connect [--detach-keys KEYS] NAME [-- CMD [ARG...]]",
+    summary: "an interactive shell in a running workspace (detach: Ctrl-])",
+    valueFlags: ["--detach-keys", "-e", "--env"],
+    guestArgv: true
+  },
+  {
     name: "inspect",
     group: "Lifecycle",
     usage: "microagent inspect NAME",
@@ -192,6 +200,14 @@ export const verbs: ReadonlyArray<Verb> = [
     group: "Resources",
     usage: "microagent profiles",
     summary: "show the resource profiles"
+  },
+  {
+    name: "perf",
+    group: "Maintenance",
+    usage: "microagent perf boot [--runs N] [IMAGE] | microagent perf footprint [NAME]",
+    summary: "measure boot phases and host footprint",
+    valueFlags: ["--runs", "--network"],
+    subcommands: true
   },
   {
     name: "runtime",

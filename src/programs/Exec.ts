@@ -5,11 +5,10 @@ import { Effect, Option, Stream } from "effect"
 import { Conflict, Permanent, Transient } from "../domain/Errors.ts"
 import type { ExecRequest } from "../domain/Exec.ts"
 import { GuestChannel, type GuestError } from "../services/GuestChannel.ts"
-import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, requireBackend, vmHandleOf } from "./internal/Reconcile.ts"
 
-const guestFailure = (name: string) => (error: GuestError) =>
+export const guestFailure = (name: string) => (error: GuestError) =>
   error._tag === "GuestUnreachable"
     ? new Transient({
       message: `workspace ${name}: the guest agent is unreachable: ${error.message}`,
@@ -26,7 +25,6 @@ const guestFailure = (name: string) => (error: GuestError) =>
 /** The running workspace's VM handle, or a clear reason why there is none. */
 export const runningHandle = Effect.fn("runningHandle")(function*(name: string) {
   const store = yield* StateStore
-  const hypervisor = yield* Hypervisor
   const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(workspace)
   const handle = vmHandleOf(workspace)
@@ -38,7 +36,8 @@ export const runningHandle = Effect.fn("runningHandle")(function*(name: string) 
         : `start it first: microagent start ${name}`
     })
   }
-  return yield* hypervisor.attach(handle.value)
+  // Reconciling asked the VMM already (alive, and its status): a second query would cost a round trip.
+  return handle.value
 })
 
 const recordExec = (name: string, request: ExecRequest, outcome: string) =>

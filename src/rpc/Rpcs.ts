@@ -22,7 +22,9 @@ import {
 } from "../domain/Workspace.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
+import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
 import { hostRpcs } from "./HostRpcs.ts"
+import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "./PerfSchemas.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -256,6 +258,23 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("artifactsRemove", {
     payload: named,
     success: Schema.Struct({ workspace: Schema.String, removed: Schema.Boolean }),
+    error: MicroagentError
+  }),
+  /** An interactive session; its input and resizes go by `connectInput` / `connectResize`. */
+  Rpc.make("connect", {
+    payload: ConnectPayload,
+    success: ConnectOutput,
+    error: MicroagentError,
+    stream: true
+  }),
+  Rpc.make("connectInput", { payload: ConnectInputPayload, error: MicroagentError }),
+  Rpc.make("connectResize", { payload: ConnectResizePayload, error: MicroagentError }),
+  /** Boots disposable workspaces and times each boot's phases. */
+  Rpc.make("perfBoot", { payload: PerfBootPayload, success: PerfBootResult, error: MicroagentError }),
+  /** Host memory of the runtime and of a workspace's (or every running one's) VMM; rootfs disk use. */
+  Rpc.make("perfFootprint", {
+    payload: { name: Schema.optional(Schema.String) },
+    success: PerfFootprintResult,
     error: MicroagentError
   })
 ) {}

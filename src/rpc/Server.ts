@@ -27,9 +27,11 @@ import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { run } from "../programs/Run.ts"
 import { start } from "../programs/Start.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
+import { makeConnectHandlers } from "../runtime/ConnectSessions.ts"
 import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import type { Volumes } from "../services/Volumes.ts"
@@ -217,7 +219,15 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     artifactsList: (p) => local(listArtifacts(p.name)),
     // A collection outlives its workspace, so only a live one needs its backend.
     artifactsGet: (p) => local(withArtifactBackend(p.name, getArtifact(p.name, p.artifact, p.hostPath))),
-    artifactsRemove: (p) => local(removeArtifacts(p.name))
+    artifactsRemove: (p) => local(removeArtifacts(p.name)),
+    ...makeConnectHandlers(localStream),
+    perfBoot: (p) => local(withBackend(p.backend, perfBoot(p))),
+    perfFootprint: (p) =>
+      local(
+        p.name === undefined
+          ? withBackend(undefined, perfFootprint())
+          : withWorkspaceBackend(p.name, perfFootprint(p.name))
+      )
   })
 }))
 

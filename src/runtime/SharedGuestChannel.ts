@@ -36,8 +36,8 @@ export const make = Effect.gen(function*() {
     return {
       ...(connection.agent === undefined ? {} : { agent: connection.agent }),
       exec: (request, stdin) => onFailure(connection.exec(request, stdin)),
-      execStream: (request, stdin) =>
-        connection.execStream(request, stdin).pipe(
+      execStream: (request, stdin, controls) =>
+        connection.execStream(request, stdin, controls).pipe(
           Stream.tapError((error) => (transportFailure(error) ? drop(key, connection) : Effect.void))
         ),
       putFile: (file) => onFailure(connection.putFile(file)),

@@ -1,0 +1,197 @@
+/**
+ * `perf`: what a boot costs, phase by phase, and what a running workspace costs the host.
+ *
+ * `perfBoot` creates disposable workspaces as `run` does and times each to its first command's result;
+ * the edges are taken from outside the backend (the console log appearing, the guest's own uptime when
+ * its agent announced itself) so the measured path is the real one. `perfFootprint` reads /proc.
+ */
+import { Clock, Effect, Fiber, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Conflict } from "../domain/Errors.ts"
+import { isLive } from "../domain/State.ts"
+import type { Workspace } from "../domain/Workspace.ts"
+import { defaultImage } from "../layers/image/BuiltinImages.ts"
+import type { BootRun, PerfBootResult, PerfFootprintResult, ProcessMemory } from "../rpc/PerfSchemas.ts"
+import { Hypervisor } from "../services/Hypervisor.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { create } from "./Create.ts"
+import { remove } from "./Delete.ts"
+import { exec } from "./Exec.ts"
+import { reconcile, vmHandleOf } from "./internal/Reconcile.ts"
+import { execRequestFor } from "./internal/Requests.ts"
+import { start } from "./Start.ts"
+
+export interface PerfBootOptions {
+  readonly image?: string | undefined
+  readonly runs?: number | undefined
+  readonly command?: ReadonlyArray<string> | undefined
+  readonly network?: "user" | "isolated" | undefined
+}
+
+const now = Clock.currentTimeMillis
+
+/** The guest's uptime when the agent said it was ready, from the console. */
+const readyUptimeMs = (consoleLog: string): number | undefined => {
+  const text = NodeFs.readFileSync(consoleLog, { encoding: "utf8", flag: "r" })
+  const match = /ready at ([0-9.]+)s uptime/.exec(text)
+  return match === null ? undefined : Math.round(Number(match[1]) * 1000)
+}
+
+/** Polls for `path` to appear; resolves with the time it did. */
+const appearance = (path: string) =>
+  Effect.async<number>((resume) => {
+    const timer = setInterval(() => {
+      if (NodeFs.existsSync(path)) {
+        clearInterval(timer)
+        resume(Effect.succeed(Date.now()))
+      }
+    }, 2)
+    return Effect.sync(() => clearInterval(timer))
+  })
+
+const oneBoot = (options: PerfBootOptions, command: readonly [string, ...Array<string>]) =>
+  Effect.scoped(Effect.gen(function*() {
+    const began = yield* now
+    const since = (t: number) => t - began
+    const edges: { -readonly [K in keyof BootRun]: BootRun[K] } = { ok: false }
+    const workspace = yield* Effect.acquireRelease(
+      create({
+        image: options.image ?? defaultImage,
+        ephemeral: true,
+        namePrefix: "perf",
+        ...(options.network === undefined ? {} : { network: options.network })
+      }),
+      (ws) => remove(ws.name, { force: true }).pipe(Effect.ignore)
+    )
+    edges.createdMs = since(yield* now)
+    const consoleLog = NodePath.join(workspace.runtimeDir, "console.log")
+    const vmm = yield* Effect.fork(appearance(consoleLog))
+    yield* start(workspace.name)
+    const ready = yield* now
+    edges.agentReadyMs = since(ready)
+    const vmmAt = yield* Fiber.interrupt(vmm).pipe(
+      Effect.map((exit) => (exit._tag === "Success" ? exit.value : undefined))
+    )
+    if (vmmAt !== undefined) edges.vmmStartedMs = since(vmmAt)
+    const latest = yield* Effect.flatMap(StateStore, (store) => store.get(workspace.name))
+    const result = yield* exec(workspace.name, execRequestFor(latest, command))
+    edges.firstExecMs = since(yield* now)
+    edges.exitCode = result.exitCode
+    edges.ok = result.exitCode === 0
+    if (!edges.ok) edges.error = `the command exited ${result.exitCode}`
+    const uptime = yield* Effect.sync(() =>
+      readyUptimeMs(
+        Option.match(vmHandleOf(latest), { onNone: () => consoleLog, onSome: (vm) => vm.consoleLog })
+      )
+    ).pipe(
+      Effect.orElseSucceed(() => undefined)
+    )
+    if (uptime !== undefined) {
+      edges.guestUptimeAtReadyMs = uptime
+      edges.kernelStartedMs = since(ready - uptime)
+    }
+    return edges as BootRun
+  }))
+
+const stat = (values: ReadonlyArray<number | undefined>) => {
+  const xs = values.filter((v): v is number => v !== undefined).sort((a, b) => a - b)
+  if (xs.length === 0) return undefined
+  const mid = Math.floor(xs.length / 2)
+  const median = xs.length % 2 === 1 ? xs[mid]! : (xs[mid - 1]! + xs[mid]!) / 2
+  return { min: xs[0]!, median, max: xs.at(-1)! }
+}
+
+const describe = (cause: unknown) =>
+  typeof cause === "object" && cause !== null && "message" in cause ? String(cause.message) : String(cause)
+
+export const perfBoot = Effect.fn("perfBoot")(function*(options: PerfBootOptions) {
+  const hypervisor = yield* Hypervisor
+  const command = (options.command !== undefined && options.command.length > 0
+    ? options.command
+    : ["true"]) as [string, ...Array<string>]
+  const runs: Array<BootRun> = []
+  for (let i = 0; i < (options.runs ?? 1); i++) {
+    runs.push(
+      yield* oneBoot(options, command).pipe(
+        Effect.catchAll((error) => Effect.succeed<BootRun>({ ok: false, error: describe(error) }))
+      )
+    )
+  }
+  const good = runs.filter((run) => run.ok)
+  const summary: Record<string, unknown> = { count: runs.length, failures: runs.length - good.length }
+  for (
+    const edge of ["createdMs", "vmmStartedMs", "kernelStartedMs", "agentReadyMs", "firstExecMs"] as const
+  ) {
+    const s = stat(good.map((run) => run[edge]))
+    if (s !== undefined) summary[edge] = s
+  }
+  return {
+    image: options.image ?? defaultImage,
+    backend: hypervisor.backend,
+    command,
+    runs,
+    summary: summary as PerfBootResult["summary"]
+  } satisfies PerfBootResult
+})
+
+const kib = (text: string, field: string) => {
+  const match = new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(text)
+  return match === null ? undefined : Number(match[1])
+}
+
+/** RSS from /proc/PID/status, PSS from /proc/PID/smaps_rollup; undefined when the process is gone. */
+export const processMemory = (pid: number): ProcessMemory | undefined => {
+  try {
+    const rss = kib(NodeFs.readFileSync(`/proc/${pid}/status`, "utf8"), "VmRSS")
+    if (rss === undefined) return undefined
+    let pss: number | undefined
+    try {
+      pss = kib(NodeFs.readFileSync(`/proc/${pid}/smaps_rollup`, "utf8"), "Pss")
+    } catch {
+      pss = undefined
+    }
+    return { pid, rssKiB: rss, ...(pss === undefined ? {} : { pssKiB: pss }) }
+  } catch {
+    return undefined
+  }
+}
+
+const footprintOf = (workspace: Workspace) => {
+  const stat = NodeFs.statSync(workspace.rootfsPath, { throwIfNoEntry: false })
+  const vmm = Option.match(vmHandleOf(workspace), {
+    onNone: () => undefined,
+    onSome: (handle) => processMemory(handle.pid)
+  })
+  return {
+    workspace: workspace.name,
+    backend: workspace.backend,
+    ...(vmm === undefined ? {} : { vmm }),
+    rootfs: {
+      path: workspace.rootfsPath,
+      apparentBytes: stat?.size ?? 0,
+      allocatedBytes: stat === undefined ? 0 : stat.blocks * 512
+    }
+  }
+}
+
+/** The host memory of this process and of the named (or every running) workspace's VMM; disk use. */
+export const perfFootprint = Effect.fn("perfFootprint")(function*(name?: string) {
+  const store = yield* StateStore
+  const workspaces = name === undefined
+    ? (yield* store.list).filter((ws) => isLive(ws.state))
+    : [yield* store.get(name).pipe(Effect.flatMap(reconcile))]
+  for (const ws of workspaces) {
+    if (name !== undefined && ws.state !== "running") {
+      return yield* new Conflict({
+        message: `workspace ${ws.name} is ${ws.state}, not running`,
+        remediation: `start it first: microagent start ${ws.name}`
+      })
+    }
+  }
+  const self = processMemory(process.pid) ?? { pid: process.pid, rssKiB: 0 }
+  return {
+    runtime: { ...self, heapUsedBytes: process.memoryUsage().heapUsed },
+    workspaces: workspaces.map(footprintOf)
+  } satisfies PerfFootprintResult
+})

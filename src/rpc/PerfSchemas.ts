@@ -1,0 +1,83 @@
+/**
+ * The results of `perf boot` and `perf footprint`.
+ */
+import { Schema } from "effect"
+import { Backend, NetworkMode } from "../domain/Workspace.ts"
+
+const Ms = Schema.Number
+
+/** One boot, as edges in milliseconds since the run began (the timer stops before teardown). */
+export const BootRun = Schema.Struct({
+  ok: Schema.Boolean,
+  error: Schema.optional(Schema.String),
+  /** Image ensured, private rootfs made, record written. */
+  createdMs: Schema.optional(Ms),
+  /** The VMM process is up (its console log opened). */
+  vmmStartedMs: Schema.optional(Ms),
+  /** The guest kernel began: agent-ready minus the guest's uptime when the agent announced itself. */
+  kernelStartedMs: Schema.optional(Ms),
+  /** The guest agent answered the handshake (`start` returned). */
+  agentReadyMs: Schema.optional(Ms),
+  /** The first command's result arrived. */
+  firstExecMs: Schema.optional(Ms),
+  /** The guest's own uptime when its agent was ready (from the console). */
+  guestUptimeAtReadyMs: Schema.optional(Ms),
+  exitCode: Schema.optional(Schema.Int)
+})
+export type BootRun = typeof BootRun.Type
+
+const Stat = Schema.Struct({ min: Ms, median: Ms, max: Ms })
+
+export const PerfBootPayload = Schema.Struct({
+  image: Schema.optional(Schema.String),
+  runs: Schema.optional(Schema.Int.pipe(Schema.between(1, 100))),
+  command: Schema.optional(Schema.Array(Schema.String)),
+  network: Schema.optional(NetworkMode),
+  backend: Schema.optional(Backend)
+})
+
+export const PerfBootResult = Schema.Struct({
+  image: Schema.String,
+  backend: Backend,
+  command: Schema.Array(Schema.String),
+  runs: Schema.Array(BootRun),
+  /** Per edge, over the successful runs. */
+  summary: Schema.Struct({
+    count: Schema.Int,
+    failures: Schema.Int,
+    createdMs: Schema.optional(Stat),
+    vmmStartedMs: Schema.optional(Stat),
+    kernelStartedMs: Schema.optional(Stat),
+    agentReadyMs: Schema.optional(Stat),
+    firstExecMs: Schema.optional(Stat)
+  })
+})
+export type PerfBootResult = typeof PerfBootResult.Type
+
+/** Host memory of a process, from /proc (PSS when smaps_rollup is readable). */
+export const ProcessMemory = Schema.Struct({
+  pid: Schema.Int,
+  rssKiB: Schema.Int,
+  pssKiB: Schema.optional(Schema.Int)
+})
+export type ProcessMemory = typeof ProcessMemory.Type
+
+export const WorkspaceFootprint = Schema.Struct({
+  workspace: Schema.String,
+  backend: Backend,
+  vmm: Schema.optional(ProcessMemory),
+  rootfs: Schema.Struct({
+    path: Schema.String,
+    /** The disk's size as its file says. */
+    apparentBytes: Schema.Int,
+    /** What it takes on the host's disk (sparse files and reflink clones take less). */
+    allocatedBytes: Schema.Int
+  })
+})
+
+export const PerfFootprintResult = Schema.Struct({
+  /** The process that holds the VMs (the runtime, when called through it). */
+  runtime: Schema.extend(ProcessMemory, Schema.Struct({ heapUsedBytes: Schema.Int })),
+  workspaces: Schema.Array(WorkspaceFootprint)
+})
+export type PerfFootprintResult = typeof PerfFootprintResult.Type
