@@ -658,6 +658,8 @@ static void exec_stop(stream *s, int timed_out) {
   if (timed_out) s->timed_out = 1;
   else s->cancelled = 1;
   if (s->kill_at_ms) return;
+  /* A terminal session is hung up, as a closed terminal would be: interactive shells ignore TERM. */
+  if (s->pty) exec_signal_group(s, SIGHUP);
   exec_signal_group(s, SIGTERM);
   s->kill_at_ms = ma_now_ms() + s->grace_ms;
   if (s->kill_at_ms == 0) s->kill_at_ms = 1;
