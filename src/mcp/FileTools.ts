@@ -9,10 +9,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { planCopy } from "../programs/internal/CopyPaths.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { type AnyTool, defineTool } from "./Tool.ts"
-
-const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  schema.annotations({ description }) as S
+import { type AnyTool, defineTool, described } from "./Tool.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 

@@ -9,13 +9,7 @@ import { DoctorResult, ImageRemoveResult } from "../rpc/HostRpcs.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import type { ImageRecord } from "../services/ImageStore.ts"
 import { formatPlatform } from "../services/Registry.ts"
-import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
-
-const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  schema.annotations({ description }) as S
-
-const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  Schema.optional(described(schema, description))
+import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
 
 const imageRef = {
   image: described(

@@ -8,13 +8,7 @@ import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, NetworkInspectResult } from "../rpc/Rpcs.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
-import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
-
-const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  schema.annotations({ description }) as S
-
-const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  Schema.optional(described(schema, description))
+import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
 
 const networkName = { name: described(Schema.String, "the network's name") }
 const volumeName = {

@@ -60,6 +60,14 @@ export interface AnyTool {
   ) => Effect.Effect<PreviewResult, Failure, MicroagentClient>
 }
 
+/** A Schema with the description a tool's input schema shows for it. */
+export const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
+  schema.annotations({ description }) as S
+
+/** An optional, described input field. */
+export const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
+  Schema.optional(described(schema, description))
+
 export const defineTool = <F extends Schema.Struct.Fields, A, I>(
   definition: ToolDefinition<F, A, I>
 ): AnyTool => definition as unknown as AnyTool

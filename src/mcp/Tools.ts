@@ -1,6 +1,7 @@
 /**
- * The MCP tool table: one entry per operation. Adding a tool (images, kernels, volumes, networks, cp as
- * they land) is one more `defineTool` in `tools`; `microagent.describe` and `tools/list` follow from it.
+ * The MCP tool table: one entry per operation. The workspace tools are here; files (FileTools.ts),
+ * networks and volumes (ResourceTools.ts) and the host (HostTools.ts) have files of their own. Adding
+ * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import { Conflict, toErrorBody } from "../domain/Errors.ts"
@@ -27,13 +28,7 @@ import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from 
 import { fileTools } from "./FileTools.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
-import { type AnyTool, defineTool, type PreviewResult } from "./Tool.ts"
-
-const described = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  schema.annotations({ description }) as S
-
-const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
-  Schema.optional(described(schema, description))
+import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 

@@ -8,7 +8,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { binPath, cliAsync, stopRuntime } from "../support/cli.ts"
-import { requireTool } from "../support/kernel.ts"
+import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 import { runInPty } from "../support/pty.ts"
 
 let stateDir: string
@@ -26,15 +26,7 @@ const ma = (args: ReadonlyArray<string>, input?: string) =>
 const connectArgv = (...args: Array<string>) => [process.execPath, binPath, "connect", ...args]
 
 /** QEMU processes whose command line mentions this test's state directory. */
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 /** The guest's processes running /bin/sh (the sessions' shells). */
 const guestShells = async () => {

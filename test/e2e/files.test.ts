@@ -11,7 +11,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { hostArchitecture, pushBusyboxImage, pushSpec } from "../support/images.ts"
-import { testCacheDir } from "../support/kernel.ts"
+import { qemuProcessesMentioning, testCacheDir } from "../support/kernel.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 let registry: TestRegistry
@@ -32,15 +32,8 @@ const ok = async (args: ReadonlyArray<string>) => {
 const guestSh = async (workspace: string, script: string) =>
   (await ok(["exec", workspace, "--", "sh", "-c", script])).result.stdout as string
 
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+/** QEMU processes whose command line mentions this test's state directory. */
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 const mode = (path: string) => NodeFs.lstatSync(path).mode & 0o7777
 const sha = (path: string) => createHash("sha256").update(NodeFs.readFileSync(path)).digest("hex")

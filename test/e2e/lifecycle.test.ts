@@ -9,6 +9,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cli, cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { busyboxLayers, hostArchitecture, pushBusyboxImage, pushSpec } from "../support/images.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 let registry: TestRegistry
@@ -29,15 +30,7 @@ const json = (result: CliResult) => {
 const cliSync = (args: ReadonlyArray<string>) => cli(args, { stateDir })
 
 /** QEMU processes whose command line mentions this test's state directory. */
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 const waitFor = async (what: string, condition: () => boolean, timeoutMs = 60_000) => {
   const deadline = Date.now() + timeoutMs

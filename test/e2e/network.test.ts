@@ -13,7 +13,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { namespacePrefix, stateTag } from "../../src/layers/network/Addressing.ts"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
-import { requireTool } from "../support/kernel.ts"
+import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 import { freePort } from "../support/registry.ts"
 
 const image = "microagent.local/busybox:latest"
@@ -36,15 +36,8 @@ const sh = async (workspace: string, script: string) => {
   return out.result.stdout as string
 }
 
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+/** QEMU processes whose command line mentions this test's state directory. */
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 const ip = (args: ReadonlyArray<string>) => NodeChild.execFileSync("ip", [...args], { encoding: "utf8" })
 

@@ -7,7 +7,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
-import { requireTool } from "../support/kernel.ts"
+import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 
 let stateDir: string
 const workspace = "measured"
@@ -18,15 +18,8 @@ const ma = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
     env: { MICROAGENT_BACKEND: "qemu", MICROAGENT_RUNTIME_IDLE_SECONDS: "30", ...env }
   })
 
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+/** QEMU processes whose command line mentions this test's state directory. */
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")

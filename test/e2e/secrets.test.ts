@@ -9,7 +9,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
-import { requireTool } from "../support/kernel.ts"
+import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 
 let stateDir: string
 let scratch: string
@@ -38,15 +38,8 @@ const ok = async (args: ReadonlyArray<string>, env: Record<string, string> = {})
   return result
 }
 
-const qemuProcesses = (): Array<number> =>
-  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
-    try {
-      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-      return cmdline.includes("qemu-system") && cmdline.includes(stateDir) ? [Number(pid)] : []
-    } catch {
-      return []
-    }
-  })
+/** QEMU processes whose command line mentions this test's state directory. */
+const qemuProcesses = (): Array<number> => qemuProcessesMentioning(stateDir)
 
 const runtimePid = () =>
   Number(NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0])

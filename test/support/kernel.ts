@@ -50,6 +50,17 @@ export const requireVmTools = () => {
   }
 }
 
+/** Pids of the QEMU processes whose command line mentions `path` (a state or runtime directory). */
+export const qemuProcessesMentioning = (path: string): Array<number> =>
+  NodeFs.readdirSync("/proc").filter((entry) => /^\d+$/.test(entry)).flatMap((pid) => {
+    try {
+      const cmdline = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
+      return cmdline.includes("qemu-system") && cmdline.includes(path) ? [Number(pid)] : []
+    } catch {
+      return []
+    }
+  })
+
 /** Survives across test files and runs (a machine-wide cache; set MICROAGENT_TEST_CACHE to move it). */
 export const testCacheDir = (): string => {
   const dir = process.env.MICROAGENT_TEST_CACHE ?? NodePath.join(NodeOs.tmpdir(), "microagent-test-cache")
