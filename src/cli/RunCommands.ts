@@ -4,6 +4,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { Spec } from "../domain/Spec.ts"
@@ -11,7 +12,7 @@ import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
-import { parseOutputs } from "../programs/internal/Outputs.ts"
+import { allOutputsOf } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
@@ -20,7 +21,7 @@ import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
-import { mountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
+import { allMountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>
@@ -55,6 +56,13 @@ const execOptions = {
     Options.optional
   )
 }
+
+/** Where a spec's relative paths start: its own directory (our working directory without a spec). */
+const specDirOf = (file: Option.Option<string>) =>
+  Option.match(file, {
+    onNone: () => process.cwd(),
+    onSome: (path) => NodePath.dirname(NodePath.resolve(path))
+  })
 
 /** What shapes a new workspace: each flag, else the spec's field. */
 const workspaceFields = (
@@ -114,11 +122,11 @@ const runCommand = Command.make("run", {
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
     const stdin = yield* stdinBytes(options.stdin)
-    const mounts = yield* mountsOf(options.volume)
+    const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
     const secrets = yield* secretRefsOf(options.secret)
     const secretValues = yield* resolveSecrets(secrets ?? [])
     const fields = yield* workspaceFields(options, spec)
-    const outputs = yield* parseOutputs(options.outputs)
+    const outputs = yield* allOutputsOf(spec, options.outputs)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
@@ -170,7 +178,7 @@ const createCommand = Command.make("create", {
         remediation: "give one"
       })
     }
-    const mounts = yield* mountsOf(options.volume)
+    const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
     const secrets = yield* secretRefsOf(options.secret)
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
@@ -183,7 +191,7 @@ const createCommand = Command.make("create", {
       env: { ...spec.env, ...(yield* parseEnv(options.env)) },
       mounts,
       secrets,
-      outputs: yield* parseOutputs(options.outputs)
+      outputs: yield* allOutputsOf(spec, options.outputs)
     }))
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))

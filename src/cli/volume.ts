@@ -6,8 +6,11 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
+import { InvalidInput } from "../domain/Errors.ts"
+import type { Spec } from "../domain/Spec.ts"
+import type { Mount } from "../domain/Workspace.ts"
 import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
-import { parseMountFlags } from "../layers/volume/MountFlag.ts"
+import { parseMountFlag, parseMountFlags, validateMounts } from "../layers/volume/MountFlag.ts"
 import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import { secretsForStart as secretsForStartOf } from "../rpc/CallerSecrets.ts"
@@ -38,6 +41,52 @@ export const mountsOf = (texts: ReadonlyArray<string>) =>
 /** The references of `--secret` flags. */
 export const secretRefsOf = (texts: ReadonlyArray<string>) =>
   texts.length === 0 ? Effect.succeed(undefined) : parseSecretFlags(texts, process.cwd())
+
+/**
+ * The `disks` and `bundles` of a spec as mounts, their relative paths taken from the spec's directory;
+ * each must be what its list says (an ext4 image, a tar bundle).
+ */
+export const specMountsOf = (spec: Spec, specDir: string) =>
+  Effect.gen(function*() {
+    const entries = [
+      ...(spec.disks ?? []).map((disk, i) => ({ ...disk, at: `disks[${i}]`, kind: "image" as const })),
+      ...(spec.bundles ?? []).map((bundle, i) => ({
+        ...bundle,
+        at: `bundles[${i}]`,
+        kind: "bundle" as const
+      }))
+    ]
+    const mounts: Array<Mount> = []
+    for (const entry of entries) {
+      const mount = yield* parseMountFlag(
+        `${entry.path}:${entry.mountpoint}${entry.mode === undefined ? "" : `:${entry.mode}`}`,
+        specDir
+      ).pipe(
+        Effect.mapError((error) =>
+          new InvalidInput({ ...error, message: `spec ${entry.at}: ${error.message}` })
+        )
+      )
+      if (mount.kind !== entry.kind) {
+        return yield* new InvalidInput({
+          message: `spec ${entry.at}: ${entry.path} is not ${
+            entry.kind === "image" ? "an ext4 image (.ext4, .img)" : "a tar bundle (.tar, .tar.gz, .tgz)"
+          }`,
+          remediation:
+            "disks are .ext4/.img files, bundles .tar/.tar.gz/.tgz files; a named volume goes with -v NAME:/path"
+        })
+      }
+      mounts.push(mount)
+    }
+    return mounts
+  })
+
+/** A spec's mounts and those of `-v`, checked as one set (no guest path twice). */
+export const allMountsOf = (spec: Spec, specDir: string, texts: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const mounts = [...(yield* specMountsOf(spec, specDir)), ...((yield* mountsOf(texts)) ?? [])]
+    yield* validateMounts(mounts)
+    return mounts.length === 0 ? undefined : mounts
+  })
 
 /** `start`'s secrets: the `--secret` references given, and the values of all, resolved here. */
 export const secretsForStart = (

@@ -32,6 +32,20 @@ export const SpecNetwork = Schema.Struct({
   })))
 })
 
+/** An ext4 image (`disks`) or a tar bundle (`bundles`) attached at `mountpoint`, as `-v path:mountpoint`. */
+export const SpecDisk = Schema.Struct({
+  name: Schema.optional(Schema.String),
+  /** Relative paths are taken from the spec file's directory. */
+  path: Schema.NonEmptyTrimmedString,
+  mountpoint: Schema.NonEmptyTrimmedString,
+  mode: Schema.optional(Schema.Literal("ro", "rw"))
+})
+
+export const SpecOutput = Schema.Struct({
+  name: Schema.NonEmptyTrimmedString,
+  path: Schema.NonEmptyTrimmedString
+})
+
 export const Spec = Schema.Struct({
   name: Schema.optional(WorkspaceName),
   image: Schema.optional(Schema.NonEmptyTrimmedString),
@@ -45,12 +59,28 @@ export const Spec = Schema.Struct({
   ),
   env: Schema.optional(Schema.Record({ key: EnvName, value: Schema.String })),
   resources: Schema.optional(SpecResources),
-  network: Schema.optional(SpecNetwork)
+  network: Schema.optional(SpecNetwork),
+  disks: Schema.optional(Schema.Array(SpecDisk)),
+  bundles: Schema.optional(Schema.Array(SpecDisk)),
+  outputs: Schema.optional(Schema.Array(SpecOutput))
 })
 export type Spec = typeof Spec.Type
 
 const known: Record<string, ReadonlyArray<string>> = {
-  "": ["name", "image", "profile", "restart", "entrypoint", "hostname", "env", "resources", "network"],
+  "": [
+    "name",
+    "image",
+    "profile",
+    "restart",
+    "entrypoint",
+    "hostname",
+    "env",
+    "resources",
+    "network",
+    "disks",
+    "bundles",
+    "outputs"
+  ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"]
 }
@@ -68,9 +98,6 @@ const notYet: Record<string, ReadonlyArray<string>> = {
     "modelMediation",
     "mediation",
     "health",
-    "disks",
-    "bundles",
-    "outputs",
     "acknowledgeCapabilityRisk",
     "agent"
   ],

@@ -76,6 +76,25 @@ network:
     assert.include(error("network:\n  forwards:\n    - { hostPort: 0, guestPort: 80 }\n"), "hostPort")
   })
 
+  it("decodes disks, bundles and outputs, and refuses what they do not take", () => {
+    const spec = ok(
+      "disks:\n  - { name: data, path: ./data.ext4, mountpoint: /data, mode: ro }\n"
+        + "bundles:\n  - { path: src.tar.gz, mountpoint: /src }\n"
+        + "outputs:\n  - { name: report, path: /out/report.txt }\n"
+    )
+    assert.deepStrictEqual(spec.disks, [{
+      name: "data",
+      path: "./data.ext4",
+      mountpoint: "/data",
+      mode: "ro"
+    }])
+    assert.deepStrictEqual(spec.bundles, [{ path: "src.tar.gz", mountpoint: "/src" }])
+    assert.deepStrictEqual(spec.outputs, [{ name: "report", path: "/out/report.txt" }])
+    assert.include(error("disks:\n  - { path: a.ext4, mountpoint: /a, mode: rwx }\n"), "disks.0.mode")
+    assert.include(error("disks:\n  - { path: a.ext4 }\n"), "mountpoint")
+    assert.include(error("outputs:\n  - { name: r, path: /r, extra: 1 }\n"), "extra")
+  })
+
   it("refuses fields this version does not act on", () => {
     assert.strictEqual(
       error("setup:\n  - apt-get update\n"),

@@ -199,6 +199,67 @@ describe("volumes on real microVMs", () => {
     await ok(["volume", "rm", "bootfail"])
   })
 
+  it("takes disks, bundles and outputs from a spec file, its relative paths from the spec's directory", async () => {
+    const specDir = NodeFs.mkdtempSync(NodePath.join(scratch, "spec-"))
+    const tree = NodeFs.mkdtempSync(NodePath.join(scratch, "spec-tree-"))
+    NodeFs.writeFileSync(NodePath.join(tree, "hello"), "from the bundle\n")
+    NodeChild.execFileSync("tar", ["-cf", NodePath.join(specDir, "src.tar"), "-C", tree, "."])
+    const seed = NodeFs.mkdtempSync(NodePath.join(scratch, "spec-seed-"))
+    NodeFs.writeFileSync(NodePath.join(seed, "seed"), "from the disk\n")
+    NodeChild.execFileSync("mke2fs", [
+      "-q",
+      "-t",
+      "ext4",
+      "-d",
+      seed,
+      NodePath.join(specDir, "data.ext4"),
+      "16M"
+    ])
+    NodeFs.writeFileSync(
+      NodePath.join(specDir, "microagent.yaml"),
+      "disks:\n  - { name: data, path: data.ext4, mountpoint: /data, mode: ro }\n"
+        + "bundles:\n  - { path: ./src.tar, mountpoint: /src }\n"
+        + "outputs:\n  - { name: report, path: /out/report.txt }\n"
+    )
+    const ran = json(
+      await ok([
+        "run",
+        "--file",
+        NodePath.join(specDir, "microagent.yaml"),
+        "--",
+        "sh",
+        "-c",
+        "cat /src/hello /data/seed; mkdir -p /out; echo done > /out/report.txt; touch /data/x 2>/dev/null || echo ro"
+      ])
+    )
+    assert.strictEqual(ran.result.stdout, "from the bundle\nfrom the disk\nro\n")
+    const fetched = NodePath.join(scratch, "spec-report.txt")
+    await ok(["artifacts", "get", ran.workspace, "report", fetched])
+    assert.strictEqual(NodeFs.readFileSync(fetched, "utf8"), "done\n")
+    await ok(["artifacts", "rm", ran.workspace])
+
+    // A disk entry must be an image, and a mount point given by the spec and by -v is refused.
+    NodeFs.writeFileSync(
+      NodePath.join(specDir, "wrong.yaml"),
+      "disks:\n  - { path: src.tar, mountpoint: /src }\n"
+    )
+    const wrong = await ma(["run", "--file", NodePath.join(specDir, "wrong.yaml"), "--", "true"])
+    assert.strictEqual(wrong.code, 2, wrong.stderr)
+    assert.include(errorOf(wrong).error.message, "disks[0]")
+    const twice = await ma([
+      "run",
+      "--file",
+      NodePath.join(specDir, "microagent.yaml"),
+      "-v",
+      `${NodePath.join(specDir, "src.tar")}:/data`,
+      "--",
+      "true"
+    ])
+    assert.strictEqual(twice.code, 2, twice.stderr)
+    assert.include(errorOf(twice).error.message, "/data")
+    assert.deepStrictEqual(await leftovers(), { workspaces: [], run: [], dirs: [], qemu: 0 })
+  })
+
   it("mounts a tar bundle as a one-shot disk, removed at stop, and refuses one that escapes its root", async () => {
     const tree = NodePath.join(scratch, "tree")
     NodeFs.mkdirSync(NodePath.join(tree, "sub"), { recursive: true })

@@ -62,3 +62,17 @@ export const parseOutputs = (texts: ReadonlyArray<string>) =>
     yield* checkOutputs(outputs)
     return outputs
   })
+
+/** A spec's `outputs` and the `--output` flags, checked as one set. */
+export const allOutputsOf = (
+  spec: { readonly outputs?: ReadonlyArray<{ name: string; path: string }> | undefined },
+  texts: ReadonlyArray<string>
+) =>
+  Effect.gen(function*() {
+    const outputs = [
+      ...(spec.outputs ?? []).map((o) => new OutputDecl({ name: o.name, path: o.path })),
+      ...(yield* parseOutputs(texts))
+    ]
+    yield* checkOutputs(outputs)
+    return outputs
+  })
