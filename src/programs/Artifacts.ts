@@ -1,9 +1,9 @@
 /**
  * Declared outputs (`--output NAME=/guest/path`) and their artifacts. `run` collects every declared
  * output after its command exits and before the workspace is torn down, into
- * `<state>/artifacts/<workspace>/` (0700; `manifest.json` 0600; content keeps the guest's permission
- * bits, without set-id, inside that private directory), so `artifacts get` works after the workspace is
- * gone. A collection stays until `artifacts rm`; deleting the workspace does not remove it, because `run`
+ * `<state>/artifacts/<workspace>/`, so `artifacts get` works after the workspace is gone. Like the rest of
+ * the state directory, what is kept there is 0600 (directories 0700); the guest's permission bits
+ * (without set-id) are kept beside, in `modes/<output>.json`, and given back by `artifacts get`. A collection stays until `artifacts rm`; deleting the workspace does not remove it, because `run`
  * deletes its workspace itself.
  */
 import { Effect, Option, Schema } from "effect"
@@ -43,6 +43,28 @@ const io = <A>(what: string, f: () => A) =>
       })
   })
 
+/** Permission bits by path relative to an output's top ("" for the top itself). */
+type Modes = Record<string, number>
+
+/** Records the modes of a collected output and makes it private: files 0600, directories 0700. */
+const privatize = (top: string): Modes => {
+  const modes: Modes = {}
+  for (const entry of walkHost(top, "x").entries) {
+    if (entry.type === "symlink") continue
+    modes[NodePath.relative(top, entry.source)] = entry.mode
+    NodeFs.chmodSync(entry.source, entry.type === "directory" ? 0o700 : 0o600)
+  }
+  return modes
+}
+
+const readModes = (dir: string, artifact: string): Modes => {
+  try {
+    return JSON.parse(NodeFs.readFileSync(NodePath.join(dir, "modes", `${artifact}.json`), "utf8")) as Modes
+  } catch {
+    return {}
+  }
+}
+
 const readManifest = (dir: string) =>
   io(`cannot read ${dir}/manifest.json`, () => {
     const text = NodeFs.readFileSync(NodePath.join(dir, "manifest.json"), { encoding: "utf8", flag: "r" })
@@ -60,10 +82,23 @@ export const collectOutputs = Effect.fn("artifacts.collect")(function*(name: str
     NodePath.join(root, `.collecting-${name}-${process.pid}-${Date.now().toString(36)}`)
   )
   const files = yield* home.ensureDir(NodePath.join(staging, "files"))
+  const modes = yield* home.ensureDir(NodePath.join(staging, "modes"))
   return yield* Effect.gen(function*() {
     const outputs: Array<CollectedOutput> = []
     for (const output of workspace.outputs) {
-      const copied = yield* Effect.either(copyOut(name, output.path, NodePath.join(files, output.name)))
+      const top = NodePath.join(files, output.name)
+      const copied = yield* Effect.either(
+        copyOut(name, output.path, top).pipe(
+          Effect.tap(() =>
+            io(`cannot record the modes of ${output.name}`, () =>
+              NodeFs.writeFileSync(
+                NodePath.join(modes, `${output.name}.json`),
+                JSON.stringify(privatize(top)),
+                { mode: 0o600 }
+              ))
+          )
+        )
+      )
       outputs.push(
         copied._tag === "Right"
           ? {
@@ -151,7 +186,9 @@ export const getArtifact = Effect.fn("artifacts.get")(
         remediation: "pass an absolute path"
       })
     }
-    const source = NodePath.join(yield* collectionDir(home.root, name), "files", artifact)
+    const dir = yield* collectionDir(home.root, name)
+    const source = NodePath.join(dir, "files", artifact)
+    const modes = readModes(dir, artifact)
     const base = NodePath.posix.basename(entry.path)
     const target = yield* hostDestination(hostPath, base, entry.kind === "directory")
     const written = entry.kind === "file"
@@ -165,12 +202,18 @@ export const getArtifact = Effect.fn("artifacts.get")(
               write(buffer.subarray(0, n))
             }
             NodeFs.closeSync(fd)
-            return NodeFs.statSync(source).mode
+            return modes[""] ?? NodeFs.statSync(source).mode
           }))
       }
       : yield* extractHostTree(target, base, (sink) =>
         Effect.promise(async () => {
-          for await (const chunk of tarStream(walkHost(source, base))) sink.write(chunk)
+          const tree = walkHost(source, base)
+          // The guest's modes, not the private ones the collection keeps.
+          const entries = tree.entries.map((entry) => ({
+            ...entry,
+            mode: modes[NodePath.relative(source, entry.source)] ?? entry.mode
+          }))
+          for await (const chunk of tarStream({ ...tree, entries })) sink.write(chunk)
         }))
     return {
       workspace: name,

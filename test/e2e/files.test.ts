@@ -352,7 +352,7 @@ describe("declared outputs", () => {
       "--",
       "sh",
       "-c",
-      "echo result > /root/report.txt; chmod 640 /root/report.txt; mkdir -p /root/logs/a; echo one > /root/logs/a/1.log"
+      "echo result > /root/report.txt; chmod 640 /root/report.txt; mkdir -p /root/logs/a; echo one > /root/logs/a/1.log; chmod 755 /root/logs/a/1.log"
     ])
     assert.strictEqual(result.result.exitCode, 0)
     assert.notInclude((await ok(["list"])).workspaces.map((w: { name: string }) => w.name), "producer")
@@ -367,6 +367,19 @@ describe("declared outputs", () => {
     const collection = NodePath.join(stateDir, "artifacts", "producer")
     assert.strictEqual(mode(collection), 0o700)
     assert.strictEqual(mode(NodePath.join(collection, "manifest.json")), 0o600)
+    // Everything the state directory keeps is private; the guest's modes come back with `get`.
+    const kept: Array<string> = []
+    const walk = (path: string) => {
+      const stat = NodeFs.lstatSync(path)
+      kept.push(`${NodePath.relative(collection, path)} ${(stat.mode & 0o7777).toString(8)}`)
+      if (stat.isDirectory()) {
+        for (const child of NodeFs.readdirSync(path)) {
+          walk(NodePath.join(path, child))
+        }
+      }
+    }
+    walk(collection)
+    for (const line of kept) assert.match(line, / (600|700)$/, line)
     const dest = NodeFs.mkdtempSync(NodePath.join(scratch, "artifacts-"))
     const got = await ok(["artifacts", "get", "producer", "report", dest])
     assert.strictEqual(got.from, "collection")
@@ -374,6 +387,7 @@ describe("declared outputs", () => {
     assert.strictEqual(mode(NodePath.join(dest, "report.txt")), 0o640)
     await ok(["artifacts", "get", "producer", "logs", dest])
     assert.strictEqual(NodeFs.readFileSync(NodePath.join(dest, "logs", "a", "1.log"), "utf8"), "one\n")
+    assert.strictEqual(mode(NodePath.join(dest, "logs", "a", "1.log")), 0o755)
     const absent = await ma(["artifacts", "get", "producer", "absent", dest])
     assert.strictEqual(errorOf(absent).error.kind, "not_found")
     const unknown = await ma(["artifacts", "get", "producer", "nope", dest])
