@@ -9,7 +9,9 @@ export default defineConfig({
           name: "fast",
           include: ["test/**/*.test.ts"],
           exclude: ["test/e2e/**"],
-          testTimeout: 30_000
+          testTimeout: 30_000,
+          // Clean-up hooks run real CLI processes (delete --force, runtime stop), slow on a loaded host.
+          hookTimeout: 30_000
         }
       },
       {
