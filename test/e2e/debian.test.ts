@@ -3,14 +3,12 @@
  * machine), pushed to a loopback registry and booted as a real microVM: a full distribution userland,
  * owners and modes as dpkg set them.
  */
-import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
-import { hostArchitecture, pushSpec } from "../support/images.ts"
-import { testCacheDir } from "../support/kernel.ts"
+import { hostArchitecture, minbaseTarball, pushSpec } from "../support/images.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 let registry: TestRegistry
@@ -20,28 +18,6 @@ let minbase: string
 
 const ma = (args: ReadonlyArray<string>): Promise<CliResult> =>
   cliAsync(args, { stateDir, env: { MICROAGENT_BACKEND: "qemu" } })
-
-/** A bookworm minbase root as a tarball, built once per machine. */
-const minbaseTarball = (): string => {
-  const cached = NodePath.join(testCacheDir(), "bookworm-minbase-nodev.tar")
-  if (!NodeFs.existsSync(cached)) {
-    requireTool("mmdebstrap", "mmdebstrap")
-    // mmdebstrap picks its output format from the name: keep the .tar ending.
-    const temp = `${cached}.${process.pid}.tmp.tar`
-    // No device nodes: the guest mounts its own /dev, and images with devices need --allow-devices.
-    NodeChild.execFileSync("mmdebstrap", [
-      "--variant=minbase",
-      "--quiet",
-      "--skip=output/dev",
-      "bookworm",
-      temp
-    ], {
-      stdio: "inherit"
-    })
-    NodeFs.renameSync(temp, cached)
-  }
-  return cached
-}
 
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")

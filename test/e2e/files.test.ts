@@ -3,16 +3,16 @@
  * workspace (over the guest channel) and on a halted one (offline, debugfs), trees with modes, nested
  * directories and symlinks, hostile targets, and declared outputs collected by `run`.
  */
-import * as NodeChild from "node:child_process"
 import { createHash, randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
-import { hostArchitecture, pushBusyboxImage, pushSpec } from "../support/images.ts"
-import { qemuProcessesMentioning, testCacheDir } from "../support/kernel.ts"
+import { hostArchitecture, minbaseTarball, pushBusyboxImage, pushSpec } from "../support/images.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
+import { tarArchive, tarFile, tarHeader } from "../support/tar.ts"
 
 let registry: TestRegistry
 let stateDir: string
@@ -68,32 +68,6 @@ const assertSameTree = (expected: string, actual: string) => {
   assert.deepStrictEqual(walk(actual), walk(expected))
   assert.strictEqual((mode(actual) & 0o777).toString(8), (mode(expected) & 0o777).toString(8))
 }
-
-/** A raw ustar header, for archives a compromised guest might send. */
-const tarHeader = (name: string, type: string, size = 0, linkname = "") => {
-  const block = Buffer.alloc(512)
-  block.write(name, 0, 100)
-  block.write("0000644\0", 100)
-  block.write("0000000\0", 108)
-  block.write("0000000\0", 116)
-  block.write(`${size.toString(8).padStart(11, "0")}\0`, 124)
-  block.write("00000000000\0", 136)
-  block.write("        ", 148)
-  block.write(type, 156)
-  block.write(linkname, 157, 100)
-  block.write("ustar\0", 257)
-  block.write("00", 263)
-  let sum = 0
-  for (const byte of block) sum += byte
-  block.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148)
-  return block
-}
-const tarFile = (name: string, content: string) => {
-  const data = Buffer.from(content)
-  return [tarHeader(name, "0", data.length), data, Buffer.alloc((512 - (data.length % 512)) % 512)]
-}
-const tarArchive = (...parts: Array<Buffer | Array<Buffer>>) =>
-  Buffer.concat([...parts.flat(), Buffer.alloc(1024)])
 
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")
@@ -419,26 +393,6 @@ describe("declared outputs", () => {
     }
   })
 })
-
-/** The bookworm minbase root of test/e2e/debian.test.ts (same cache file, built once per machine). */
-const minbaseTarball = (): string => {
-  const cached = NodePath.join(testCacheDir(), "bookworm-minbase-nodev.tar")
-  if (!NodeFs.existsSync(cached)) {
-    requireTool("mmdebstrap", "mmdebstrap")
-    const temp = `${cached}.${process.pid}.tmp.tar`
-    NodeChild.execFileSync("mmdebstrap", [
-      "--variant=minbase",
-      "--quiet",
-      "--skip=output/dev",
-      "bookworm",
-      temp
-    ], {
-      stdio: "inherit"
-    })
-    NodeFs.renameSync(temp, cached)
-  }
-  return cached
-}
 
 describe("cp on a Debian minbase workspace (GNU tar in the guest)", () => {
   beforeAll(async () => {

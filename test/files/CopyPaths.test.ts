@@ -18,6 +18,7 @@ import {
 } from "../../src/programs/internal/CopyPaths.ts"
 import { extractHostTree, hostDestination } from "../../src/programs/internal/HostWrite.ts"
 import { parseOutput, parseOutputs } from "../../src/programs/internal/Outputs.ts"
+import { tarArchive, tarFile, tarHeader } from "../support/tar.ts"
 
 const dirs: Array<string> = []
 const temp = () => {
@@ -28,32 +29,6 @@ const temp = () => {
 afterEach(() => {
   for (const dir of dirs.splice(0)) NodeFs.rmSync(dir, { recursive: true, force: true })
 })
-
-/** A raw ustar header for hand-made hostile archives. */
-const header = (name: string, type: string, size = 0, linkname = "") => {
-  const block = Buffer.alloc(512)
-  block.write(name, 0, 100)
-  block.write("0000644\0", 100)
-  block.write("0000000\0", 108)
-  block.write("0000000\0", 116)
-  block.write(`${size.toString(8).padStart(11, "0")}\0`, 124)
-  block.write("00000000000\0", 136)
-  block.write("        ", 148)
-  block.write(type, 156)
-  block.write(linkname, 157, 100)
-  block.write("ustar\0", 257)
-  block.write("00", 263)
-  let sum = 0
-  for (const byte of block) sum += byte
-  block.write(`${sum.toString(8).padStart(6, "0")}\0 `, 148)
-  return block
-}
-const file = (name: string, content: string) => {
-  const data = Buffer.from(content)
-  return [header(name, "0", data.length), data, Buffer.alloc((512 - (data.length % 512)) % 512)]
-}
-const archive = (...parts: Array<Buffer | Array<Buffer>>) =>
-  Buffer.concat([...parts.flat(), Buffer.alloc(1024)])
 
 const extract = (target: string, top: string, bytes: Buffer) =>
   Effect.runPromise(
@@ -133,9 +108,13 @@ describe("host destinations", () => {
   it("extracts a tree inside its target only: .., absolute names and symlinked parents are refused", async () => {
     const outer = temp()
     const hostile = [
-      archive(header("top/", "5"), file("top/../escaped", "x")),
-      archive(header("top/", "5"), file("/top/abs", "x")),
-      archive(header("top/", "5"), header("top/link", "2", 0, "../.."), file("top/link/escaped", "x"))
+      tarArchive(tarHeader("top/", "5"), tarFile("top/../escaped", "x")),
+      tarArchive(tarHeader("top/", "5"), tarFile("/top/abs", "x")),
+      tarArchive(
+        tarHeader("top/", "5"),
+        tarHeader("top/link", "2", 0, "../.."),
+        tarFile("top/link/escaped", "x")
+      )
     ]
     for (const [i, bytes] of hostile.entries()) {
       const target = NodePath.join(outer, `t${i}`)
@@ -147,7 +126,11 @@ describe("host destinations", () => {
     const rooted = await extract(
       NodePath.join(outer, "rooted"),
       "top",
-      archive(header("top/", "5"), header("top/link", "2", 0, "/"), file("top/link/ma-cp-escaped", "x"))
+      tarArchive(
+        tarHeader("top/", "5"),
+        tarHeader("top/link", "2", 0, "/"),
+        tarFile("top/link/ma-cp-escaped", "x")
+      )
     )
     assert.strictEqual(rooted._tag, "Right")
     assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(outer, "rooted")), ["link"])
@@ -157,11 +140,11 @@ describe("host destinations", () => {
     const ok = await extract(
       NodePath.join(outer, "good"),
       "top",
-      archive(
-        header("top/", "5"),
-        file("top/f", "inside"),
-        header("top/out", "2", 0, "/etc/passwd"),
-        file("other", "dropped")
+      tarArchive(
+        tarHeader("top/", "5"),
+        tarFile("top/f", "inside"),
+        tarHeader("top/out", "2", 0, "/etc/passwd"),
+        tarFile("other", "dropped")
       )
     )
     assert.strictEqual(ok._tag, "Right")

@@ -9,6 +9,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { busyboxConfig, busyboxLayers } from "../../src/layers/image/BuiltinImages.ts"
 import { type ImageSpec, writeOciLayout } from "../../src/layers/image/OciWriter.ts"
+import { testCacheDir } from "./kernel.ts"
 import { pushImage, requireTool, type TestRegistry } from "./registry.ts"
 
 export { busyboxConfig, busyboxLayers } from "../../src/layers/image/BuiltinImages.ts"
@@ -222,4 +223,26 @@ export const umociUnpack = (layout: string, tag: string, bundle: string): Map<st
     stdio: "pipe"
   })
   return readUmociTree(bundle)
+}
+
+/** A bookworm minbase root as a tarball, built once per machine. */
+export const minbaseTarball = (): string => {
+  const cached = NodePath.join(testCacheDir(), "bookworm-minbase-nodev.tar")
+  if (!NodeFs.existsSync(cached)) {
+    requireTool("mmdebstrap", "mmdebstrap")
+    // mmdebstrap picks its output format from the name: keep the .tar ending.
+    const temp = `${cached}.${process.pid}.tmp.tar`
+    // No device nodes: the guest mounts its own /dev, and images with devices need --allow-devices.
+    NodeChild.execFileSync("mmdebstrap", [
+      "--variant=minbase",
+      "--quiet",
+      "--skip=output/dev",
+      "bookworm",
+      temp
+    ], {
+      stdio: "inherit"
+    })
+    NodeFs.renameSync(temp, cached)
+  }
+  return cached
 }
