@@ -22,6 +22,8 @@ export type Parsed =
 const usage = (message: string, remediation = "run `microagent help` for the list of commands") =>
   Either.left(new InvalidInput({ message, remediation }))
 
+const isFormat = (word: string | undefined) => word === "json" || word === "text"
+
 export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, InvalidInput> => {
   let json: boolean | undefined
   let stateDir: string | undefined
@@ -123,8 +125,20 @@ export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, In
     }
     positionals++
     if (verb.guestArgv && positionals === 1) {
-      // Everything after the image (run) or the workspace (exec) belongs to the guest, verbatim.
-      const after = argv.slice(i + 1)
+      // Everything after the image (run) or the workspace (exec, connect) belongs to the guest,
+      // verbatim, except output flags typed right after it (`connect web --json`): no guest command
+      // starts with those, so they are microagent's.
+      let next = i + 1
+      for (; next < argv.length; next++) {
+        const word = argv[next]!
+        const inlineFormat = word.startsWith("--output=") ? word.slice("--output=".length) : undefined
+        if (word === "--json") json = true
+        else if (word === "--no-color") noColor = true
+        else if (isFormat(inlineFormat)) json = inlineFormat === "json"
+        else if (word === "--output" && isFormat(argv[next + 1])) json = argv[++next] === "json"
+        else break
+      }
+      const after = argv.slice(next)
       guestArgv = after[0] === "--" ? after.slice(1) : after
       break
     }

@@ -50,8 +50,15 @@ const runtimeCommand = Command.make("runtime", {
       idleSeconds: orUndefined(idleSeconds) ?? defaultIdleSeconds(),
       defaultBackend: invocation.backend
     }).pipe(
-      // Another runtime won the race to serve this directory: nothing to do.
-      Effect.catchTag("Conflict", () => Effect.void),
+      // Another runtime serves this directory (or won the race to): nothing to do, but say so.
+      Effect.catchTag("Conflict", (conflict) =>
+        Effect.sync(() => {
+          process.stderr.write(
+            `microagent runtime: ${conflict.message} (${
+              Home.resolveRoot(invocation.stateDir)
+            }); nothing to do\n`
+          )
+        })),
       Effect.provide(Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)))
     )
   })).pipe(

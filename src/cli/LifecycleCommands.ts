@@ -13,6 +13,7 @@ import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalInt } from "./Flags.ts"
+import { Invocation } from "./Invocation.ts"
 import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
 import { emit, jsonMode, table, writeStdout } from "./Output.ts"
 
@@ -172,13 +173,16 @@ const logsCommand = Command.make(
   { follow, name: nameArg },
   ({ follow, name }) =>
     Effect.gen(function*() {
-      const json = yield* jsonMode
-      if (json && follow) {
+      const invocation = yield* Invocation
+      // A followed log is a text stream: piping it (`logs -f | grep …`) keeps it text; only an explicit
+      // `--json`/`--output json` asks for the one-document form, which cannot follow.
+      if (follow && invocation.json === true) {
         return yield* new InvalidInput({
           message: "--follow cannot be combined with JSON output",
-          remediation: "drop --json or --follow"
+          remediation: "drop --json (or --output json), or drop --follow"
         })
       }
+      const json = follow ? false : yield* jsonMode
       const stream = logs(name, { follow })
       if (json) {
         const chunks = yield* withWorkspaceBackend(name, Stream.runCollect(stream))

@@ -65,7 +65,7 @@ export const networkRemove = Effect.fn("networkRemove")(
       if (live.length > 0) {
         return yield* new Conflict({
           message: `network ${name} has running members: ${live.join(", ")}`,
-          remediation: `halt them first: microagent halt ${live.join(" ")}`
+          remediation: `halt them first: ${live.map((ws) => `microagent halt ${ws}`).join("; ")}`
         })
       }
       for (const member of network.members) {

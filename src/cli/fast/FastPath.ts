@@ -157,6 +157,10 @@ export const parseFast = (argv: ReadonlyArray<string>): FastCall | undefined => 
     if (arg.startsWith("-")) return undefined
     target = arg
     const after = argv.slice(i + 1)
+    // Output flags right after the target are microagent's (src/cli/Argv.ts lifts them): the full CLI.
+    if (after[0] === "--json" || after[0] === "--no-color" || after[0]?.startsWith("--output")) {
+      return undefined
+    }
     guest = after[0] === "--" ? after.slice(1) : after
     break
   }
