@@ -31,3 +31,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 npm ci --no-audit --no-fund
+
+# Put `microagent` on the PATH: a global link to this checkout (its bin is the bundle npm ci built).
+# Without write access to npm's global prefix, `npx microagent` from the checkout works the same.
+if [ -w "$(npm prefix -g)" ]; then
+  npm link --ignore-scripts --no-audit --no-fund >/dev/null
+  echo "microagent is on the PATH: $(command -v microagent || echo "$(npm prefix -g)/bin/microagent")"
+else
+  echo "npm's global prefix is not writable: use 'npx microagent' from this checkout, or 'sudo npm link'" >&2
+fi

@@ -22,8 +22,20 @@ export const answers = (socket: string) =>
     connection.once("error", () => resume(Effect.succeed(false)))
   })
 
-/** The script that runs the CLI (the main bundle), which has the hidden `runtime` verb. */
-const cliScript = () => process.argv[1] ?? ""
+/**
+ * The command that starts a runtime (the CLI's hidden `runtime` verb). From the CLI itself that is the
+ * running script. A host application that uses the library runs its own script, so it uses
+ * `$MICROAGENT_CLI` when set, else the `microagent` command on the PATH (the README's set-up links it).
+ */
+export const runtimeCommand = (): { readonly command: string; readonly args: ReadonlyArray<string> } => {
+  const script = process.argv[1] ?? ""
+  const fromEnv = process.env.MICROAGENT_CLI
+  if (fromEnv !== undefined && fromEnv !== "") return { command: process.execPath, args: [fromEnv] }
+  if (/^microagent(-main)?\.mjs$/.test(NodePath.basename(script))) {
+    return { command: process.execPath, args: [script] }
+  }
+  return { command: "microagent", args: [] }
+}
 
 export const runtimeLogPath = (home: HomeShape) => NodePath.join(home.root, "run", "runtime.log")
 
@@ -33,10 +45,18 @@ export const ensureRuntime = (home: HomeShape, options: { readonly timeout?: Dur
     if (yield* answers(home.runtimeSocket)) return
     yield* Effect.sync(() => {
       const log = NodeFs.openSync(runtimeLogPath(home), "a", 0o600)
-      const child = spawn(process.execPath, [cliScript(), "runtime", "--state-dir", home.root], {
+      const { args, command } = runtimeCommand()
+      const child = spawn(command, [...args, "runtime", "--state-dir", home.root], {
         detached: true,
         stdio: ["ignore", log, log],
         env: { ...process.env, MICROAGENT_OUTPUT: "json" }
+      })
+      // Not found: the wait below fails naming the log, where this line says what to do.
+      child.once("error", (error) => {
+        NodeFs.appendFileSync(
+          runtimeLogPath(home),
+          `cannot start the runtime with \`${command}\`: ${error.message}; put microagent on the PATH (scripts/setup.sh links it) or set MICROAGENT_CLI to its bin/microagent.mjs\n`
+        )
       })
       child.unref()
       NodeFs.closeSync(log)
