@@ -57,7 +57,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "run",
     group: "Run",
-    usage: "microagent run [flags] IMAGE [--] [CMD [ARG...]]",
+    usage: "microagent run [flags] [IMAGE] [--] [CMD [ARG...]]",
     summary: "boot a one-shot workspace, run a command, tear it down",
     valueFlags: [...workspaceFlags, "--timeout", "--stdin", "--cwd", "--user"],
     guestArgv: true
