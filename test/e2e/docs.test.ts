@@ -2,7 +2,8 @@
  * The docs' shell examples, run as a reader would paste them: each page's `sh` blocks in order, in one
  * working directory and state directory, with this checkout's `microagent` first on the PATH, on real
  * QEMU microVMs. A block marked `<!-- docs-test: skip: REASON -->` is not run (the reason says why).
- * Every block must exit 0 under `bash -e -o pipefail`; afterwards nothing of the page may still run.
+ * Every block must exit 0 under `bash -e -o pipefail`, and a command written `CMD   # → WORD` must print
+ * WORD (output is text, as on a terminal); afterwards nothing of the page may still run.
  */
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -20,6 +21,17 @@ import {
 afterAll(cleanupTempDirs)
 
 const pages = ["quickstart.md", "files.md", "volumes.md", "secrets.md", "networking.md"]
+
+/** The block as a script: continuation lines joined, and each `CMD   # → WORD` checked for WORD. */
+const scriptOf = (code: string): string =>
+  code.replace(/\\\n\s*/g, " ").split("\n").map((line) => {
+    const shown = /^(.*\S)\s+# → (\S+)/.exec(line)
+    if (shown === null) return line
+    const word = shown[2]!.replaceAll("'", "'\\''")
+    return `out=$(${
+      shown[1]
+    }); printf '%s\\n' "$out"; case "$out" in *'${word}'*) ;; *) echo "expected the output to show '${word}'" >&2; exit 1 ;; esac`
+  }).join("\n")
 
 const bash = (code: string, cwd: string, env: NodeJS.ProcessEnv) =>
   new Promise<{ code: number; output: string }>((resolve) => {
@@ -53,6 +65,7 @@ describe("the docs' shell examples run as written", () => {
         MICROAGENT_HOME: home,
         MICROAGENT_BACKEND: "qemu",
         MICROAGENT_RUNTIME_IDLE_SECONDS: "2",
+        MICROAGENT_OUTPUT: "text",
         NO_COLOR: "1"
       }
       try {
@@ -61,7 +74,7 @@ describe("the docs' shell examples run as written", () => {
             console.log(`docs/${page}:${block.line}: skipped (${block.skip})`)
             continue
           }
-          const result = await bash(block.code, cwd, env)
+          const result = await bash(scriptOf(block.code), cwd, env)
           assert.strictEqual(
             result.code,
             0,
