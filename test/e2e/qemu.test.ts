@@ -255,17 +255,20 @@ describe("qemu backend", () => {
       assert.isFalse(isAlive(handle.pid, handle.pidStartTime))
     }).pipe(Effect.provide(hypervisorLayer({ machine: "q35" }))), 120_000)
 
-  it.live("rules out this host's KVM for stock kernels", () =>
-    Effect.gen(function*() {
-      const reason = kvmDisqualifier(readHostFacts())
-      if (reason === undefined) return // a host with working hardware KVM: nothing to rule out
-      // The probe boot itself, bounded: a PVM-backed /dev/kvm never gets the stock kernel to panic in time.
-      const verdict = yield* probeKvmBoot("qemu-system-x86_64", boot.kernelPath, stateDir, 3_000)
-      assert.isFalse(verdict.kvm)
-      const cached = JSON.parse(NodeFs.readFileSync(NodePath.join(stateDir, "qemu-host.json"), "utf8"))
-      assert.isFalse(cached.kvm)
-      assert.isAbove(cached.tscKhz, 100_000)
-    }), 60_000)
+  // On a host whose KVM runs stock kernels there is nothing to rule out: the test is skipped, visibly.
+  it.live.skipIf(kvmDisqualifier(readHostFacts()) === undefined)(
+    "rules out this host's KVM for stock kernels",
+    () =>
+      Effect.gen(function*() {
+        // The probe boot itself, bounded: a PVM-backed /dev/kvm never gets the stock kernel to panic in time.
+        const verdict = yield* probeKvmBoot("qemu-system-x86_64", boot.kernelPath, stateDir, 3_000)
+        assert.isFalse(verdict.kvm)
+        const cached = JSON.parse(NodeFs.readFileSync(NodePath.join(stateDir, "qemu-host.json"), "utf8"))
+        assert.isFalse(cached.kvm)
+        assert.isAbove(cached.tscKhz, 100_000)
+      }),
+    60_000
+  )
 
   it.live(
     "installs a kernel from a URL with its sha256 and refuses a wrong one",

@@ -13,7 +13,6 @@ import type { Home } from "../../services/Home.ts"
 import { Home as HomeTag } from "../../services/Home.ts"
 import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
-import type { KernelCache } from "../../services/KernelCache.ts"
 import type { Networks } from "../../services/Networks.ts"
 import { AgentChannel } from "../guest/AgentChannel.ts"
 import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
@@ -26,7 +25,11 @@ import { NetworksLive } from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
 import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
 
-export type BackendServices = Hypervisor | GuestChannel | ImageStore | KernelCache | Networks
+/**
+ * What every backend provides. A kernel cache is not among them: the fake backend boots no kernel, so
+ * `start` looks for `KernelCache` as an optional service, and the QEMU backend provides one beside these.
+ */
+export type BackendServices = Hypervisor | GuestChannel | ImageStore | Networks
 
 export const defaultBackend = (): Backend => {
   const fromEnv = process.env.MICROAGENT_BACKEND
@@ -42,12 +45,7 @@ export const backendLayer = (
 > => {
   switch (backend) {
     case "fake":
-      // The fake backend boots no kernel: programs see no KernelCache and launch without one.
-      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive) as Layer.Layer<
-        BackendServices,
-        never,
-        SqlClient.SqlClient
-      >
+      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive)
     case "qemu":
       return qemuLayer
     default:
