@@ -5,13 +5,17 @@
 import { Effect, Layer, Option } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
-import { backendLayer, type BackendServices, defaultBackend } from "../layers/backends/Backends.ts"
+import { type BackendServices, defaultBackend } from "../layers/backends/Backends.ts"
+import {
+  withBackend as onBackend,
+  withWorkspaceBackend as onWorkspaceBackend,
+  WorkspaceBackends
+} from "../layers/backends/WorkspaceBackends.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { ensureRuntime } from "../runtime/Launcher.ts"
 import { Home } from "../services/Home.ts"
-import { StateStore } from "../services/StateStore.ts"
 import { Invocation } from "./Invocation.ts"
 
 const storeFor = (stateDir: string | undefined) => {
@@ -24,28 +28,36 @@ const storeFor = (stateDir: string | undefined) => {
 export const withStore = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(Invocation, (invocation) => Effect.provide(effect, storeFor(invocation.stateDir)))
 
-/** Runs an effect against a named backend. */
-export const withBackend = <A, E, R>(backend: Backend, effect: Effect.Effect<A, E, R>) =>
-  withStore(Effect.provide(effect, backendLayer(backend)))
-
-/** Runs an effect against a backend chosen for a new workspace: `--backend`, then the spec, then the default. */
-export const withNewBackend = <A, E, R>(effect: Effect.Effect<A, E, R>, fromSpec?: Backend) =>
+/**
+ * The library's `WorkspaceBackends` for one invocation: its default backend is `--backend` or the
+ * environment's, over the invocation's store. The CLI's helpers below are the library's
+ * (`src/layers/backends/WorkspaceBackends.ts`) with that provided.
+ */
+const withInvocationBackends = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   withStore(Effect.flatMap(Invocation, (invocation) =>
     Effect.provide(
       effect,
-      backendLayer(invocation.backend ?? fromSpec ?? defaultBackend())
+      WorkspaceBackends.layer({ defaultBackend: invocation.backend ?? defaultBackend() })
     )))
+
+/** Runs an effect against a named backend. */
+export const withBackend = <A, E, R>(backend: Backend, effect: Effect.Effect<A, E, R>) =>
+  withInvocationBackends(onBackend(backend, effect))
+
+/** Runs an effect against a backend chosen for a new workspace: `--backend`, then the spec, then the default. */
+export const withNewBackend = <A, E, R>(effect: Effect.Effect<A, E, R>, fromSpec?: Backend) =>
+  withInvocationBackends(
+    Effect.flatMap(
+      Invocation,
+      (invocation) => onBackend(invocation.backend ?? fromSpec ?? defaultBackend(), effect)
+    )
+  )
 
 /** Runs an effect against the backend a workspace was created on; an unknown name is `NotFound`. */
 export const withWorkspaceBackend = <A, E, R>(
   name: string,
   effect: Effect.Effect<A, E, R | BackendServices>
-) =>
-  withStore(Effect.gen(function*() {
-    const store = yield* StateStore
-    const workspace = yield* store.get(name)
-    return yield* Effect.provide(effect, backendLayer(workspace.backend))
-  }))
+) => withInvocationBackends(onWorkspaceBackend(name, effect))
 
 /** The transport's own failures (socket gone, runtime killed): worth a retry. */
 const isTransportFailure = (error: unknown) => {
