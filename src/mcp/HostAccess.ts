@@ -178,14 +178,20 @@ export class HostAccess extends Context.Tag("microagent/mcp/HostAccess")<HostAcc
 
 const errno = (cause: unknown) => (cause as NodeJS.ErrnoException | undefined)?.code
 
+/** Where resolving a host path got: its real path, or how far it got before a component was missing. */
+export type Resolution =
+  | { readonly _tag: "Resolved"; readonly path: string; readonly symlink: boolean }
+  | { readonly _tag: "Missing"; readonly near: string }
+
 /**
  * The real path of `raw` for `mode`, walking one component at a time; no containment check yet.
  * A read needs the whole path to exist; a write needs its parent, and its last component may not be a
- * symlink.
+ * symlink (`symlink: true` says it is one). A missing component gives where the walk got (the real path
+ * so far and the rest as written), so that the caller can tell "outside the roots" before "missing".
  */
 export const resolveHostPath = (raw: string, mode: HostAccessMode, cwd: string) =>
   Effect.try({
-    try: () => {
+    try: (): Resolution => {
       if (raw.includes("\0")) {
         throw new InvalidInput({ message: "the host path contains NUL", remediation: "" })
       }
@@ -200,35 +206,39 @@ export const resolveHostPath = (raw: string, mode: HostAccessMode, cwd: string) 
           continue
         }
         const next = NodePath.join(current, part)
+        const missing = (): Resolution => ({
+          _tag: "Missing",
+          near: NodePath.resolve(current, ...parts.slice(i))
+        })
         let stat: NodeFs.Stats
         try {
           stat = NodeFs.lstatSync(next)
         } catch (cause) {
-          if (errno(cause) === "ENOENT" && last && mode === "write") return { path: next, symlink: false }
-          throw cause
+          if (errno(cause) !== "ENOENT" && errno(cause) !== "ENOTDIR") throw cause
+          return last && mode === "write" ? { _tag: "Resolved", path: next, symlink: false } : missing()
         }
         if (stat.isSymbolicLink()) {
-          if (last && mode === "write") return { path: next, symlink: true }
-          current = NodeFs.realpathSync.native(next)
-        } else {
-          if (!last && !stat.isDirectory()) {
-            throw Object.assign(new Error(`${next} is not a directory`), { code: "ENOTDIR" })
+          if (last && mode === "write") return { _tag: "Resolved", path: next, symlink: true }
+          try {
+            current = NodeFs.realpathSync.native(next)
+          } catch (cause) {
+            if (errno(cause) === "ENOENT" || errno(cause) === "ENOTDIR") {
+              // A dangling link: where it points decides, as far as it can be known.
+              const target = NodePath.resolve(current, NodeFs.readlinkSync(next))
+              return { _tag: "Missing", near: NodePath.resolve(target, ...parts.slice(i + 1)) }
+            }
+            throw cause
           }
+        } else {
+          if (!last && !stat.isDirectory()) return missing()
           current = next
         }
       }
-      return { path: current, symlink: false }
+      return { _tag: "Resolved", path: current, symlink: false }
     },
     catch: (cause) =>
       cause instanceof InvalidInput
         ? cause
-        : errno(cause) === "ENOENT" || errno(cause) === "ENOTDIR"
-        ? new NotFound({
-          message: `host path ${raw} does not exist${mode === "write" ? " (or its directory does not)" : ""}`,
-          remediation: mode === "write"
-            ? "create the directory first, or name an existing one"
-            : "check the path"
-        })
         : new Permanent({
           message: `cannot resolve host path ${raw}: ${
             cause instanceof Error ? cause.message : String(cause)
@@ -323,7 +333,27 @@ export const make = (grants: HostGrants) =>
               "add one of the server's roots (or a directory below it) to the client's roots"
             )
         }
-        const resolved = yield* resolveHostPath(raw, mode, process.cwd())
+        const resolution = yield* resolveHostPath(raw, mode, process.cwd())
+        const outside = (path: string) =>
+          deny(
+            context,
+            `host path ${raw}${
+              path === raw ? "" : ` (${path})`
+            } is outside the host roots granted to this MCP `
+              + `client (${roots.join(", ")})`,
+            `use a path inside ${roots.join(" or ")}; to grant more, ${grantAdvice}`
+          )
+        if (resolution._tag === "Missing") {
+          // Outside the roots, whether something is there is nobody's business.
+          if (!roots.some((root) => isWithin(root, resolution.near))) return yield* outside(resolution.near)
+          return yield* new NotFound({
+            message: `host path ${raw} does not exist${mode === "write" ? " (nor does its directory)" : ""}`,
+            remediation: mode === "write"
+              ? "create the directory first, or name an existing one"
+              : "check the path"
+          })
+        }
+        const resolved = resolution
         if (resolved.symlink) {
           return yield* deny(
             context,
@@ -331,14 +361,7 @@ export const make = (grants: HostGrants) =>
             "name the real path (inside a root), or a directory to write into"
           )
         }
-        if (!roots.some((root) => isWithin(root, resolved.path))) {
-          return yield* deny(
-            context,
-            `host path ${raw}${resolved.path === raw ? "" : ` (${resolved.path})`} is outside the host roots `
-              + `granted to this MCP client (${roots.join(", ")})`,
-            `use a path inside ${roots.join(" or ")}; to grant more, ${grantAdvice}`
-          )
-        }
+        if (!roots.some((root) => isWithin(root, resolved.path))) return yield* outside(resolved.path)
         return resolved.path as ConfinedHostPath
       })
 

@@ -247,6 +247,13 @@ export const makeStdioProtocol = (options: StdioOptions) =>
             // Notifications get no answer, known or not.
             if (!notificationTags.has(method)) return Effect.void
             if (method === "notifications/roots/list_changed") options.observer?.onRootsChanged?.()
+            if (method === "notifications/cancelled" && params !== undefined) {
+              // The client names its own id; the server knows the request by ours.
+              const cancelled = params.requestId
+              const ours = [...ids.entries()].find(([, theirs]) => theirs === cancelled)?.[0]
+              if (ours === undefined) return Effect.void
+              params = { ...params, requestId: Number(ours) }
+            }
             return dispatch(0, { _tag: "Request", id: "", tag: method, payload: params, headers: [] })
           }
           const rpc = requests.get(method)

@@ -26,6 +26,7 @@ import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
 import { fileTools } from "./FileTools.ts"
+import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
 import {
@@ -133,6 +134,20 @@ interface NewWorkspaceArgs {
 }
 
 /**
+ * Host paths among `volumes` are checked before the mount parser looks at them at all, so that its
+ * answers ("not a file", "a directory") say nothing about paths outside the roots. The client then
+ * checks each mount again, for the access it needs (Confined.ts).
+ */
+const checkVolumeSources = (volumes: ReadonlyArray<string>, context: ToolContext, denial: DenialContext) =>
+  Effect.forEach(volumes, (text) => {
+    const rest = text.replace(/:(ro|rw)$/, "")
+    const at = rest.lastIndexOf(":/")
+    const source = at > 0 ? rest.slice(0, at) : rest
+    const isPath = /[/.~]/.test(source)
+    return isPath ? Effect.asVoid(context.host.check(source, "read", denial)) : Effect.void
+  }, { discard: true })
+
+/**
  * The fields of a new workspace, from a tool's arguments: ports, mounts and secret references parsed
  * as the CLI parses its flags (relative paths from the server's working directory).
  */
@@ -140,6 +155,9 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
   Effect.gen(function*() {
     const cwd = process.cwd()
     const ports = args.publish === undefined ? undefined : yield* parsePublishes(args.publish)
+    if (args.volumes !== undefined) {
+      yield* checkVolumeSources(args.volumes, context, { tool, workspace: args.name })
+    }
     const mounts = args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, cwd)
     const secrets = args.secrets === undefined
       ? undefined
