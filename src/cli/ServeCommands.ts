@@ -49,7 +49,9 @@ starts it. Configure your client with, for example:
 
   {"mcpServers": {"microagent": {"command": "microagent", "args": ["serve", "mcp"]}}}
 
-See docs/mcp.md for the tools.
+Its tools reach no host files and no secrets unless granted: add "--host-root", "DIR" to "args" for host
+files below DIR, "--allow-secret", "NAME" for the variable NAME. See docs/mcp.md for the tools and the
+host-access policy.
 `
 
 const mcpCommand = Command.make("mcp", {

@@ -115,7 +115,8 @@ const rules = [
   "host paths are resolved component by component (realpath) and must lie inside an effective root",
   "writes never follow a symlink at the last component of the host path",
   "symlinks inside a directory copied into a workspace are copied as symlinks, never followed",
-  "file: and dotenv: secret references must lie inside an effective root",
+  "file: and dotenv: secret references must lie inside an effective root (unless the operator bound "
+  + "the name to that reference with --allow-secret NAME=REF)",
   "env: secret references must name a variable the operator allowed (--allow-secret, --allow-secret-env)"
 ]
 

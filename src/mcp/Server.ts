@@ -328,8 +328,12 @@ export const registerTools = (options: McpOptions) =>
             const outcome = yield* idempotency.once(
               { tool: tool.name, key, args: raw },
               execute(tool, args, false),
-              // A retryable failure is not kept: the retry should run.
-              (envelope) => (envelope as Body).ok || !(envelope as { error: ErrorBody }).error.retryable
+              // A retryable failure is not kept: the retry should run. Nor is a denial: once the operator or
+              // the client grants the path, the same call should run.
+              (envelope) =>
+                (envelope as Body).ok
+                || !((envelope as { error: ErrorBody }).error.retryable
+                  || (envelope as { error: ErrorBody }).error.kind === "policy_denied")
             ).pipe(
               Effect.catchAll((error) => Effect.succeed({ envelope: failed(error), replayed: false }))
             )

@@ -229,8 +229,8 @@ describe("serve mcp host access", () => {
 
     clientRoots = [NodePath.join(root, "other")]
     await mcp.client.sendRootsListChanged()
-    // The notification is handled before the next request on the same stream.
-    passed(await cp("other", "k4"), "after the change")
+    // The notification is handled before the next request on the same stream; a denial is not replayed.
+    passed(await cp("other", "k2"), "after the change, with the key of the denied call")
     denied(await cp("sub", "k5"), "no longer a client root")
 
     clientRoots = [outside]
