@@ -19,6 +19,7 @@ import { fileURLToPath } from "node:url"
 import { InvalidInput, NotFound, Permanent, PolicyDenied } from "../domain/Errors.ts"
 import {
   type ConfinedHostPath,
+  envPatternProblem,
   grantAdvice,
   type HostAccessMode,
   type HostAccessPolicy,
@@ -100,9 +101,10 @@ export const parseGrants = (options: {
       }
     }
     for (const pattern of options.allowSecretEnv) {
-      if (!/^[A-Za-z_*][A-Za-z0-9_*]*$/.test(pattern)) {
+      const problem = envPatternProblem(pattern)
+      if (problem !== undefined) {
         return yield* new InvalidInput({
-          message: `invalid --allow-secret-env "${pattern}"`,
+          message: `invalid --allow-secret-env: ${problem}`,
           remediation: "write a variable name or a pattern with '*', e.g. --allow-secret-env 'APP_*'"
         })
       }

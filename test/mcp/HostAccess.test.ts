@@ -6,6 +6,7 @@
  * copies (`unsupported`): a call that gets that far passed the host check; the copies themselves are in
  * test/e2e/mcp-roots.test.ts.
  */
+import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -13,6 +14,7 @@ import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { confinedProcedures } from "../../src/mcp/Confined.ts"
 import { Rpcs } from "../../src/rpc/Rpcs.ts"
 import {
+  binPath,
   connect,
   type Connected,
   type Envelope,
@@ -239,6 +241,32 @@ describe("serve mcp host access", () => {
     denied(none, "no root in common")
     assert.include(none.error?.message ?? "", "client declared")
     await mcp.call("workspace.delete", { name: "c1", idempotency_key: "k9" })
+  })
+
+  it("refuses to start with a root that does not exist or a malformed grant", () => {
+    for (
+      const [args, says] of [
+        [["--host-root", NodePath.join(base, "nope")], "does not exist"],
+        [["--host-root", NodePath.join(root, "in.txt")], "not a directory"],
+        [["--allow-secret", "not a name"], "--allow-secret"],
+        [["--allow-secret-env", "A.B"], "--allow-secret-env"]
+      ] as const
+    ) {
+      const started = spawnSync(process.execPath, [
+        binPath,
+        "serve",
+        "mcp",
+        "--backend",
+        target.backend,
+        ...args
+      ], {
+        env: { ...process.env, MICROAGENT_HOME: stateDir },
+        input: "",
+        encoding: "utf8"
+      })
+      assert.strictEqual(started.status, 2, `${args.join(" ")}: ${started.stderr}`)
+      assert.include(started.stderr, says, args.join(" "))
+    }
   })
 
   it("MICROAGENT_MCP_HOST_ROOTS grants roots like --host-root", async () => {
