@@ -31,6 +31,8 @@ export class FrameReader {
   private buffer: Buffer = Buffer.alloc(0)
   /** Bytes still to drop: the rest of an oversized line (-1: up to the next newline) or body. */
   private skipping = 0
+  /** Whether a message was read: until then, a client whose first line was garbage may still use lines. */
+  private framed = false
 
   push(chunk: Uint8Array): Array<Frame> {
     this.buffer = this.buffer.length === 0 ? Buffer.from(chunk) : Buffer.concat([this.buffer, chunk])
@@ -47,6 +49,7 @@ export class FrameReader {
       const frame = this.framing === "lines" ? this.nextLine() : this.nextBody()
       if (frame === undefined) return frames
       if (frame !== null) frames.push(frame)
+      if (frame?._tag === "Message") this.framed = true
     }
   }
 
@@ -91,6 +94,22 @@ export class FrameReader {
     let i = 0
     while (i < this.buffer.length && isSpace(this.buffer[i]!)) i++
     this.buffer = this.buffer.subarray(i)
+    if (this.buffer.length === 0) return undefined
+    if (!this.framed && (this.buffer[0] === 0x7b || this.buffer[0] === 0x5b)) {
+      // The first bytes were garbage, not headers; the client speaks lines.
+      this.framing = "lines"
+      return null
+    }
+    const newline = this.buffer.indexOf(0x0a)
+    const firstLine = this.buffer.subarray(0, newline === -1 ? this.buffer.length : newline).toString(
+      "latin1"
+    )
+    if ((newline !== -1 || firstLine.includes(":")) && !/^[A-Za-z0-9-]+:/.test(firstLine)) {
+      // Not a header: drop the line, so that the next message can be read.
+      if (newline === -1) return undefined
+      this.buffer = this.buffer.subarray(newline + 1)
+      return { _tag: "Malformed", reason: "a line that is neither a header nor a JSON message" }
+    }
     const crlf = this.buffer.indexOf("\r\n\r\n")
     const lf = this.buffer.indexOf("\n\n")
     const end = crlf !== -1 && (lf === -1 || crlf < lf) ? crlf : lf

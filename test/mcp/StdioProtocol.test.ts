@@ -88,6 +88,15 @@ describe("FrameReader", () => {
     assert.deepStrictEqual(reader.end(), [{ _tag: "Message", text: '{"c":3}' }])
   })
 
+  it("a garbage first line is one malformed frame; JSON lines after it are read as lines", () => {
+    const reader = new FrameReader()
+    assert.deepStrictEqual(reader.push(Buffer.from('hello there\n{"a":1}\n')), [
+      { _tag: "Malformed", reason: "a line that is neither a header nor a JSON message" },
+      { _tag: "Message", text: '{"a":1}' }
+    ])
+    assert.strictEqual(reader.framing, "lines")
+  })
+
   it("reads Content-Length frames byte-exact (multi-byte text too), and a header without length", () => {
     const reader = new FrameReader()
     const body = '{"text":"héllo ✓"}'
