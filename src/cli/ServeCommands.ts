@@ -10,6 +10,8 @@ import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
+import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import { HostAccess, hostRootsVariable, parseGrants } from "../mcp/HostAccess.ts"
 import { Idempotency } from "../mcp/Idempotency.ts"
 import { serveStdio } from "../mcp/Server.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -47,10 +49,29 @@ starts it. Configure your client with, for example:
 
   {"mcpServers": {"microagent": {"command": "microagent", "args": ["serve", "mcp"]}}}
 
-See docs/mcp.md for the tools.
+Its tools reach no host files and no secrets unless granted: add "--host-root", "DIR" to "args" for host
+files below DIR, "--allow-secret", "NAME" for the variable NAME. See docs/mcp.md for the tools and the
+host-access policy.
 `
 
-const mcpCommand = Command.make("mcp", {}, () =>
+const mcpCommand = Command.make("mcp", {
+  hostRoots: Options.text("host-root").pipe(
+    Options.repeated,
+    Options.withDescription(
+      `a host directory MCP clients may read and write below (repeatable; also $${hostRootsVariable}); none: no host file access`
+    )
+  ),
+  allowSecret: Options.text("allow-secret").pipe(
+    Options.repeated,
+    Options.withDescription(
+      "a secret MCP clients may use: NAME (this environment's variable NAME) or NAME=REF"
+    )
+  ),
+  allowSecretEnv: Options.text("allow-secret-env").pipe(
+    Options.repeated,
+    Options.withDescription("environment variables env: references may name, e.g. 'APP_*' (repeatable)")
+  )
+}, ({ allowSecret, allowSecretEnv, hostRoots }) =>
   Effect.gen(function*() {
     if (process.stdin.isTTY) {
       process.stderr.write(mcpGuidance)
@@ -61,9 +82,19 @@ const mcpCommand = Command.make("mcp", {}, () =>
     }
     const invocation = yield* Invocation
     const root = Home.resolveRoot(invocation.stateDir)
-    const idempotency = Idempotency.layer.pipe(Layer.provide(DatabaseLive), Layer.provide(Home.layer(root)))
+    const grants = yield* parseGrants({
+      roots: hostRoots,
+      allowSecret,
+      allowSecretEnv,
+      env: process.env[hostRootsVariable],
+      cwd: process.cwd()
+    })
+    const database = DatabaseLive.pipe(Layer.provide(Home.layer(root)))
+    const idempotency = Idempotency.layer.pipe(Layer.provide(database))
+    // The store only records denials in the events of the workspace they concern.
+    const access = HostAccess.layer(grants).pipe(Layer.provide(SqliteStateStore), Layer.provide(database))
     yield* serveStdio({ defaultBackend: invocation.backend ?? defaultBackend() }).pipe(
-      Effect.provide(Layer.merge(MicroagentClient.layerRuntime(root), idempotency))
+      Effect.provide(Layer.mergeAll(MicroagentClient.layerRuntime(root), idempotency, access))
     )
   }).pipe(Effect.provide(stderrLogger))).pipe(
     Command.withDescription("serve MCP on stdio (started by an MCP client; exits when it closes stdin)")

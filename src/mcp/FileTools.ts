@@ -1,7 +1,8 @@
 /**
  * MCP tools for files: `workspace.cp` between the server's host and a workspace, and the declared
  * outputs of a workspace (`artifacts.*`). Host paths are the MCP server's: relative ones are taken
- * from its working directory, and the runtime reads or writes them itself.
+ * from its working directory. The client these tools call confines them to the host roots (Confined.ts)
+ * and hands the runtime, which reads or writes them itself, their resolved real paths.
  */
 import { Effect, Schema } from "effect"
 import * as NodePath from "node:path"
@@ -20,7 +21,8 @@ export const fileTools: ReadonlyArray<AnyTool> = [
     description: "Copy a file or a directory tree (modes kept) between the server's host and a workspace. "
       + "Exactly one of source and target is WORKSPACE:/absolute/path. A running workspace copies over "
       + "its guest channel; a prepared, halted or stopped one is written or read offline on its disk. "
-      + "Copying to a host directory keeps the basename; nothing is written outside the target named.",
+      + "Copying to a host directory keeps the basename; nothing is written outside the target named. "
+      + "The host path must lie inside the server's host roots (see hostAccess in microagent.describe).",
     input: {
       source: described(Schema.NonEmptyString, "host path, or WORKSPACE:/absolute/path"),
       target: described(Schema.NonEmptyString, "host path, or WORKSPACE:/absolute/path")
@@ -57,8 +59,8 @@ export const fileTools: ReadonlyArray<AnyTool> = [
   defineTool({
     name: "artifacts.get",
     title: "Fetch a declared output",
-    description: "Copy one declared output to a host path: from the collection a run made, or from the "
-      + "workspace itself (live when running, offline when stopped).",
+    description: "Copy one declared output to a host path inside the server's host roots: from the "
+      + "collection a run made, or from the workspace itself (live when running, offline when stopped).",
     input: {
       ...workspaceName,
       artifact: described(Schema.NonEmptyString, "the output's name"),

@@ -4,26 +4,23 @@
  * (`{ok, result | error, meta}`), replays keyed mutations, and previews destructive ones on request.
  * Nothing but protocol goes to stdout.
  */
-import { CallToolResult, Tool as McpTool, ToolAnnotations } from "@effect/ai/McpSchema"
+import { CallToolResult, McpServerClient, Tool as McpTool, ToolAnnotations } from "@effect/ai/McpSchema"
 import * as McpServer from "@effect/ai/McpServer"
 import * as NodeSink from "@effect/platform-node/NodeSink"
 import * as NodeStream from "@effect/platform-node/NodeStream"
-import { RpcSerialization, RpcServer } from "@effect/rpc"
+import { RpcServer } from "@effect/rpc"
 import {
   Cause,
   Clock,
-  Context,
   Deferred,
   Effect,
   Either,
-  Fiber,
   JSONSchema,
   Layer,
   ParseResult,
   Ref,
   Schedule,
-  Schema,
-  Stream
+  Schema
 } from "effect"
 import {
   type ErrorBody,
@@ -35,10 +32,14 @@ import {
   toErrorBody,
   Transient
 } from "../domain/Errors.ts"
+import { HostAccessPolicy } from "../domain/HostAccess.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { version } from "../Version.ts"
+import { confineClient, type HostGate } from "./Confined.ts"
+import { HostAccess } from "./HostAccess.ts"
 import { Idempotency } from "./Idempotency.ts"
+import { makeStdioProtocol } from "./StdioProtocol.ts"
 import { type AnyTool, defineTool, Envelope, PreviewResult, type ToolContext } from "./Tool.ts"
 import { describeTool, tools } from "./Tools.ts"
 
@@ -123,6 +124,8 @@ const Manifest = Schema.Struct({
   version: Schema.String,
   transport: Schema.Literal("mcp_stdio"),
   defaultBackend: Schema.String,
+  /** What MCP clients may touch on the server's host: roots, secrets, and the rules. */
+  hostAccess: HostAccessPolicy,
   envelope: Schema.Unknown,
   operations: Schema.Array(Operation)
 })
@@ -132,18 +135,20 @@ const describeEntry = (all: () => ReadonlyArray<AnyTool>) =>
     name: describeTool,
     title: "Describe microagent's operations",
     description: "Every operation of this server with its input and output JSON Schema, side effects, "
-      + "idempotency and cost class, and the envelope every result comes in.",
+      + "idempotency and cost class, the envelope every result comes in, and the host-access policy in "
+      + "force (the host roots and secrets MCP clients may use).",
     input: {},
     output: Manifest,
     kind: "read",
     sideEffects: [],
     cost: "metadata",
     run: (_args, context: ToolContext) =>
-      Effect.succeed({
+      Effect.map(context.policy, (hostAccess) => ({
         service: "microagent" as const,
         version,
         transport: "mcp_stdio" as const,
         defaultBackend: context.defaultBackend,
+        hostAccess,
         envelope: jsonSchemaOf(Envelope),
         operations: all().map((tool) => ({
           name: tool.name,
@@ -158,11 +163,25 @@ const describeEntry = (all: () => ReadonlyArray<AnyTool>) =>
           costClass: tool.cost,
           errors: ErrorKind.literals
         }))
-      })
+      }))
   })
 
 /** Every tool this server offers: the table, and `microagent.describe` over it. */
 export const allTools: ReadonlyArray<AnyTool> = [...tools, describeEntry(() => allTools)]
+
+/** The arguments a tool takes, common ones included. */
+const argumentNames = (tool: AnyTool): ReadonlyArray<string> => [
+  ...Object.keys(tool.input),
+  ...(tool.kind === "read" ? [] : Object.keys(idempotencyField)),
+  ...(tool.kind === "destructive" ? Object.keys(previewField) : [])
+]
+
+/** Arguments given that the tool does not take. */
+const unknownArguments = (tool: AnyTool, payload: unknown): ReadonlyArray<string> => {
+  if (typeof payload !== "object" || payload === null || Array.isArray(payload)) return []
+  const known = new Set(argumentNames(tool))
+  return Object.keys(payload).filter((key) => !known.has(key))
+}
 
 /** One line per offending argument. */
 const formatIssues = (error: ParseResult.ParseError): string =>
@@ -209,9 +228,35 @@ export const registerTools = (options: McpOptions) =>
     const client = yield* MicroagentClient
     const idempotency = yield* Idempotency
     const inFlight = yield* InFlight
-    const context: ToolContext = { defaultBackend: options.defaultBackend }
+    const access = yield* HostAccess
 
-    const execute = (tool: AnyTool, args: unknown, preview: boolean): Effect.Effect<Body> => {
+    const execute = (tool: AnyTool, args: unknown, preview: boolean) =>
+      Effect.gen(function*() {
+        // The host checks ask this call's MCP client for its roots when it declares them.
+        const peer = yield* McpServerClient
+        const gate: HostGate = {
+          check: (path, mode, denial) =>
+            Effect.provideService(access.check(path, mode, denial), McpServerClient, peer),
+          secretRefs: (texts, denial) =>
+            Effect.provideService(access.secretRefs(texts, denial), McpServerClient, peer),
+          checkRefs: (refs, denial) =>
+            Effect.provideService(access.checkRefs(refs, denial), McpServerClient, peer)
+        }
+        const context: ToolContext = {
+          defaultBackend: options.defaultBackend,
+          host: gate,
+          policy: Effect.provideService(access.policy, McpServerClient, peer)
+        }
+        return yield* run(tool, args, preview, context, confineClient(client, gate, tool.name))
+      })
+
+    const run = (
+      tool: AnyTool,
+      args: unknown,
+      preview: boolean,
+      context: ToolContext,
+      confined: typeof client
+    ): Effect.Effect<Body> => {
       const work = preview && tool.preview !== undefined
         ? tool.preview(args, context)
         : tool.run(args, context)
@@ -219,7 +264,7 @@ export const registerTools = (options: McpOptions) =>
       return work.pipe(
         Effect.flatMap((result) => Schema.encodeUnknown(schema)(result)),
         Effect.map((result): Body => ({ ok: true, result })),
-        Effect.provideService(MicroagentClient, client),
+        Effect.provideService(MicroagentClient, confined),
         Effect.catchAllCause((cause) =>
           Cause.isInterruptedOnly(cause)
             ? Effect.failCause(cause as Cause.Cause<never>)
@@ -243,9 +288,22 @@ export const registerTools = (options: McpOptions) =>
         })(
           payload ?? {}
         )
+        // An empty Struct accepts any object, so a tool without arguments checks for extra ones itself.
+        const excess = unknownArguments(tool, payload)
         let body: Body
         const extra: { idempotencyReplay?: boolean; preview?: boolean } = {}
-        if (Either.isLeft(decoded)) {
+        if (excess.length > 0) {
+          body = failed(
+            new InvalidInput({
+              message: `${tool.name}: invalid arguments: ${
+                excess.map((key) => `${key}: is unexpected`).join("; ")
+              } (${tool.name} takes ${
+                argumentNames(tool).length === 0 ? "no arguments" : argumentNames(tool).join(", ")
+              })`,
+              remediation: `see the input schema of ${tool.name} in tools/list or microagent.describe`
+            })
+          )
+        } else if (Either.isLeft(decoded)) {
           body = failed(
             new InvalidInput({
               message: `${tool.name}: invalid arguments: ${formatIssues(decoded.left)}`,
@@ -270,8 +328,12 @@ export const registerTools = (options: McpOptions) =>
             const outcome = yield* idempotency.once(
               { tool: tool.name, key, args: raw },
               execute(tool, args, false),
-              // A retryable failure is not kept: the retry should run.
-              (envelope) => (envelope as Body).ok || !(envelope as { error: ErrorBody }).error.retryable
+              // A retryable failure is not kept: the retry should run. Nor is a denial: once the operator or
+              // the client grants the path, the same call should run.
+              (envelope) =>
+                (envelope as Body).ok
+                || !((envelope as { error: ErrorBody }).error.retryable
+                  || (envelope as { error: ErrorBody }).error.kind === "policy_denied")
             ).pipe(
               Effect.catchAll((error) => Effect.succeed({ envelope: failed(error), replayed: false }))
             )
@@ -327,47 +389,22 @@ class InFlight extends Effect.Service<InFlight>()("microagent/mcp/InFlight", {
 }) {}
 
 /**
- * MCP lets `tools/call` leave out `arguments` for a tool that takes none, which the McpServer's schema
- * does not: such calls get `{}`.
- */
-const withDefaultArguments = (context: Context.Context<RpcServer.Protocol>) => {
-  const protocol = Context.get(context, RpcServer.Protocol)
-  return Context.make(
-    RpcServer.Protocol,
-    RpcServer.Protocol.of({
-      ...protocol,
-      run: (handle) =>
-        protocol.run((clientId, message) => {
-          if (message._tag === "Request" && message.tag === "tools/call") {
-            const payload = message.payload as { arguments?: unknown } | undefined
-            if (payload !== undefined && payload !== null && payload.arguments === undefined) {
-              return handle(clientId, { ...message, payload: { ...payload, arguments: {} } })
-            }
-          }
-          return handle(clientId, message)
-        })
-    })
-  )
-}
-
-/**
  * Serves MCP on this process's stdin and stdout until the client closes stdin, then finishes the calls
- * under way and returns.
+ * under way and returns. Bad input is answered and never ends the server (StdioProtocol.ts).
  */
 export const serveStdio = (options: McpOptions) =>
   Effect.scoped(Effect.gen(function*() {
     const scope = yield* Effect.scope
     const closed = yield* Deferred.make<void>()
-    const stdin = NodeStream.stdin.pipe(Stream.ensuring(Deferred.succeed(closed, undefined)))
-    // Built in a fiber of its own: the stdio protocol interrupts the fiber that built it when stdin ends,
-    // and this one is gone by then, so the calls under way get to finish.
-    const protocol = yield* Layer.buildWithScope(
-      RpcServer.layerProtocolStdio({ stdin, stdout: NodeSink.stdout }),
-      scope
-    ).pipe(Effect.provide(RpcSerialization.layerNdJsonRpc()), Effect.fork, Effect.flatMap(Fiber.join))
+    const access = yield* HostAccess
+    const protocol = yield* makeStdioProtocol({
+      stdin: NodeStream.stdin,
+      stdout: NodeSink.stdout,
+      onEnd: Deferred.succeed(closed, undefined).pipe(Effect.asVoid),
+      observer: { onInitialize: access.initialized, onRootsChanged: access.rootsChanged }
+    })
     const inFlight = yield* InFlight
-    const patched = withDefaultArguments(protocol)
-    // Tools are registered before the server reads its first message, so `initialize` sees them.
+    // Tools are registered before the server handles its first message, so `initialize` sees them.
     const registry = McpServer.McpServer.layer
     const running = Layer.scopedDiscard(Effect.forkScoped(McpServer.run({ name: "microagent", version })))
     yield* Layer.buildWithScope(
@@ -375,7 +412,7 @@ export const serveStdio = (options: McpOptions) =>
         Layer.provide(Layer.effectDiscard(registerTools(options)).pipe(Layer.provideMerge(registry)))
       ),
       scope
-    ).pipe(Effect.provide(patched), Effect.provideService(InFlight, inFlight))
+    ).pipe(Effect.provideService(RpcServer.Protocol, protocol), Effect.provideService(InFlight, inFlight))
     yield* Deferred.await(closed)
     yield* inFlight.idle
     // Let the last replies drain to stdout.

@@ -6,8 +6,10 @@
 import type { RpcClientError } from "@effect/rpc"
 import { type Effect, Schema } from "effect"
 import { ErrorKind, type MicroagentError } from "../domain/Errors.ts"
+import type { HostAccessPolicy } from "../domain/HostAccess.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import type { MicroagentClient } from "../rpc/Client.ts"
+import type { HostGate } from "./Confined.ts"
 
 /** `read`: no side effects; `mutate`: changes state, takes `idempotency_key`; `destructive`: also `preview`. */
 export type ToolKind = "read" | "mutate" | "destructive"
@@ -18,6 +20,10 @@ export type CostClass = "host_compute_and_storage" | "host_io" | "metadata"
 export interface ToolContext {
   /** The backend of new workspaces when the call names none. */
   readonly defaultBackend: Backend
+  /** Host paths and secret references, checked against what the operator granted (HostAccess). */
+  readonly host: HostGate
+  /** The host-access policy in force for this call. */
+  readonly policy: Effect.Effect<HostAccessPolicy>
 }
 
 type Failure = MicroagentError | RpcClientError.RpcClientError

@@ -19,16 +19,24 @@ import {
   WorkspaceName
 } from "../domain/Workspace.ts"
 import { parsePublishes } from "../layers/network/Publish.ts"
-import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
+import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { parseMountFlags } from "../layers/volume/MountFlag.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
-import { resolveSecrets, secretsForStart } from "../rpc/CallerSecrets.ts"
+import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
 import { fileTools } from "./FileTools.ts"
+import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
-import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
+import {
+  type AnyTool,
+  defineTool,
+  described,
+  optional,
+  type PreviewResult,
+  type ToolContext
+} from "./Tool.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 
@@ -65,12 +73,14 @@ const newWorkspace = {
   volumes: optional(
     Schema.Array(Schema.String),
     "disks, SOURCE:/guest/path[:ro|rw]: a volume name (see volume.create), a .tar/.tar.gz/.tgz bundle or an "
-      + ".ext4/.img image path on the server's host"
+      + ".ext4/.img image path on the server's host, inside its host roots"
   ),
   secrets: optional(
     Schema.Array(Schema.String),
-    "secrets delivered to /run/secrets/NAME (0400, tmpfs), NAME=env:VAR | file:PATH | dotenv:PATH[:KEY], "
-      + "resolved in the MCP server's own environment at every start; only references are recorded"
+    "secrets delivered to /run/secrets/NAME (0400, tmpfs): NAME (a name the server's operator granted), or "
+      + "NAME=env:VAR | file:PATH | dotenv:PATH[:KEY] where the operator allows that variable or path "
+      + "(see hostAccess in microagent.describe); resolved by the MCP server at every start; only "
+      + "references are recorded"
   ),
   outputs: optional(
     Schema.Array(Schema.String),
@@ -124,15 +134,34 @@ interface NewWorkspaceArgs {
 }
 
 /**
+ * Host paths among `volumes` are checked before the mount parser looks at them at all, so that its
+ * answers ("not a file", "a directory") say nothing about paths outside the roots. The client then
+ * checks each mount again, for the access it needs (Confined.ts).
+ */
+const checkVolumeSources = (volumes: ReadonlyArray<string>, context: ToolContext, denial: DenialContext) =>
+  Effect.forEach(volumes, (text) => {
+    const rest = text.replace(/:(ro|rw)$/, "")
+    const at = rest.lastIndexOf(":/")
+    const source = at > 0 ? rest.slice(0, at) : rest
+    const isPath = /[/.~]/.test(source)
+    return isPath ? Effect.asVoid(context.host.check(source, "read", denial)) : Effect.void
+  }, { discard: true })
+
+/**
  * The fields of a new workspace, from a tool's arguments: ports, mounts and secret references parsed
  * as the CLI parses its flags (relative paths from the server's working directory).
  */
-const newWorkspaceFields = (args: NewWorkspaceArgs, defaultBackend: typeof Backend.Type) =>
+const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: string) =>
   Effect.gen(function*() {
     const cwd = process.cwd()
     const ports = args.publish === undefined ? undefined : yield* parsePublishes(args.publish)
+    if (args.volumes !== undefined) {
+      yield* checkVolumeSources(args.volumes, context, { tool, workspace: args.name })
+    }
     const mounts = args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, cwd)
-    const secrets = args.secrets === undefined ? undefined : yield* parseSecretFlags(args.secrets, cwd)
+    const secrets = args.secrets === undefined
+      ? undefined
+      : yield* context.host.secretRefs(args.secrets, { tool, workspace: args.name })
     const outputs = args.outputs === undefined ? undefined : yield* parseOutputs(args.outputs)
     return {
       image: args.image,
@@ -149,7 +178,7 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, defaultBackend: typeof Backe
       mounts,
       secrets,
       outputs,
-      backend: args.backend ?? defaultBackend
+      backend: args.backend ?? context.defaultBackend
     }
   })
 
@@ -238,7 +267,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context.defaultBackend)
+        const fields = yield* newWorkspaceFields(args, context, "workspace.run")
         const secretValues = yield* resolveSecrets(fields.secrets ?? [])
         return yield* client.run(defined({
           ...fields,
@@ -272,7 +301,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context.defaultBackend)
+        const fields = yield* newWorkspaceFields(args, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
         return yield* client.create(
@@ -300,15 +329,24 @@ export const tools: ReadonlyArray<AnyTool> = [
     kind: "mutate",
     sideEffects: ["boots a VM", "delivers the workspace's secrets to its tmpfs"],
     cost: "host_compute_and_storage",
-    run: (args) =>
+    run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
+        const denial = { tool: "workspace.start", workspace: args.name }
         const given = args.secrets === undefined
           ? undefined
-          : yield* parseSecretFlags(args.secrets, process.cwd())
-        const secrets = yield* secretsForStart(client, args.name, given)
+          : yield* context.host.secretRefs(args.secrets, denial)
+        // Every reference the workspace will have is resolved here, so each must still be allowed.
+        const { workspace } = yield* client.inspect({ name: args.name })
+        const all = yield* context.host.checkRefs(mergeRefs(workspace.secrets, given ?? []), denial)
+        const secretValues = yield* resolveSecrets(all)
         return yield* client.start(
-          defined({ name: args.name, bootTimeoutSeconds: args.boot_timeout_seconds, ...secrets })
+          defined({
+            name: args.name,
+            bootTimeoutSeconds: args.boot_timeout_seconds,
+            secrets: given,
+            secretValues
+          })
         )
       })
   }),

@@ -4,10 +4,12 @@
  */
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
+import { ListRootsRequestSchema } from "@modelcontextprotocol/sdk/types.js"
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import { pathToFileURL } from "node:url"
 import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
 export const binPath = NodePath.resolve(import.meta.dirname, "../../bin/microagent.mjs")
@@ -93,14 +95,28 @@ export const removeStateDir = async (stateDir: string) => {
 /** Runtimes started by the tests exit soon after they are left alone. */
 export const runtimeEnv = { MICROAGENT_RUNTIME_IDLE_SECONDS: "2" }
 
-export const connect = async (stateDir: string, target: TestTarget): Promise<Connected> => {
+export interface ConnectOptions {
+  /** More arguments of `serve mcp` (`--host-root DIR`, `--allow-secret NAME`, …). */
+  readonly args?: ReadonlyArray<string>
+  /** More environment for the server process. */
+  readonly env?: Readonly<Record<string, string>>
+  /** Makes the client declare the roots capability and answer roots/list with these directories. */
+  readonly roots?: () => ReadonlyArray<string>
+}
+
+export const connect = async (
+  stateDir: string,
+  target: TestTarget,
+  options: ConnectOptions = {}
+): Promise<Connected> => {
   const transport = new StdioClientTransport({
     command: process.execPath,
-    args: [binPath, "serve", "mcp", "--backend", target.backend],
+    args: [binPath, "serve", "mcp", "--backend", target.backend, ...(options.args ?? [])],
     env: {
       ...getDefaultEnvironment(),
       ...runtimeEnv,
       ...target.env,
+      ...options.env,
       MICROAGENT_HOME: stateDir,
       NO_COLOR: "1"
     },
@@ -109,7 +125,16 @@ export const connect = async (stateDir: string, target: TestTarget): Promise<Con
   let stderr = ""
   transport.stderr?.on("data", (data) => (stderr += data))
   const transportErrors: Array<Error> = []
-  const client = new Client({ name: "microagent-tests", version: "1.0.0" })
+  const roots = options.roots
+  const client = new Client(
+    { name: "microagent-tests", version: "1.0.0" },
+    roots === undefined ? {} : { capabilities: { roots: { listChanged: true } } }
+  )
+  if (roots !== undefined) {
+    client.setRequestHandler(ListRootsRequestSchema, () => ({
+      roots: roots().map((dir) => ({ uri: pathToFileURL(dir).href, name: NodePath.basename(dir) }))
+    }))
+  }
   await client.connect(transport)
   transport.onerror = (error) => transportErrors.push(error)
   const call = async (name: string, args: Record<string, unknown> = {}): Promise<Envelope> => {

@@ -62,11 +62,14 @@ export const describeMcpServer = (target: TestTarget) => {
 
   describe(`serve mcp (${testBackend} backend)`, () => {
     let stateDir: string
+    /** The one host directory the server grants (`--host-root`). */
+    let hostRoot: string
     let mcp: Connected
 
     beforeEach(async () => {
       stateDir = await makeStateDir(target)
-      mcp = await connect(stateDir, target)
+      hostRoot = NodeFs.mkdtempSync(NodePath.join(NodePath.dirname(stateDir), "mcp-root-"))
+      mcp = await connect(stateDir, target, { args: ["--host-root", hostRoot] })
     })
     afterEach(async () => {
       await mcp.close()
@@ -76,6 +79,7 @@ export const describeMcpServer = (target: TestTarget) => {
         "the server wrote something that is not protocol"
       )
       await removeStateDir(stateDir)
+      NodeFs.rmSync(hostRoot, { recursive: true, force: true })
     })
 
     it("lists every tool, each with a valid JSON Schema object as input", async () => {
@@ -167,7 +171,7 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.include(other.error?.message ?? "", "idempotency_key")
       // The keys are in the state store: a new server process replays the same result.
       await mcp.close()
-      mcp = await connect(stateDir, target)
+      mcp = await connect(stateDir, target, { args: ["--host-root", hostRoot] })
       const afterRestart = await mcp.call("workspace.create", args)
       assert.isTrue(afterRestart.meta.idempotencyReplay)
       assert.deepStrictEqual(afterRestart.result, first.result)
@@ -341,7 +345,7 @@ export const describeMcpServer = (target: TestTarget) => {
 
       if (testBackend === "qemu") {
         // Through MCP alone: a secret resolved by the server, a volume written by one run and read by the next.
-        const secretFile = NodePath.join(stateDir, "..", `mcp-secret-${NodePath.basename(stateDir)}`)
+        const secretFile = NodePath.join(hostRoot, "mcp-secret")
         NodeFs.writeFileSync(secretFile, "s3cr3t-from-mcp", { mode: 0o600 })
         try {
           const wrote = await mcp.call("workspace.run", {
@@ -373,7 +377,7 @@ export const describeMcpServer = (target: TestTarget) => {
     })
 
     it("copies files and fetches declared outputs", async () => {
-      const scratch = NodeFs.mkdtempSync(NodePath.join(NodePath.dirname(stateDir), "mcp-files-"))
+      const scratch = NodeFs.mkdtempSync(NodePath.join(hostRoot, "mcp-files-"))
       try {
         const relative = await mcp.call("workspace.cp", {
           source: NodePath.join(scratch, "x"),
