@@ -51,7 +51,9 @@ const expectedTools = [
   "images.delete",
   "kernel.list",
   "kernel.verify",
-  "doctor.check"
+  "doctor.check",
+  "state.check",
+  "state.backup"
 ]
 
 const ajv = new Ajv({ allErrors: true })
