@@ -11,7 +11,7 @@ import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
-import { sqliteFailureOf } from "./StoreFailure.ts"
+import { type SqliteFailure, sqliteFailureOf } from "./StoreFailure.ts"
 
 /** How many backups are kept: `MICROAGENT_STATE_BACKUPS`, default 5. */
 export const backupsToKeep = (): number => {
@@ -75,6 +75,8 @@ export interface FileCheck {
   readonly problems: ReadonlyArray<string>
   /** The schema version (`user_version`) when it could be read. */
   readonly schemaVersion?: number
+  /** SQLite's error when the check could not run at all (damage, or a busy or unreadable file). */
+  readonly failure?: SqliteFailure
 }
 
 /** Opens a database file, runs `fn` and closes it; SQLite's failures come back as values. */

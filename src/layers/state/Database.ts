@@ -24,7 +24,7 @@ import {
 } from "./Backups.ts"
 import { manifestPath } from "./Manifest.ts"
 import { type Migration, migrations as releasedMigrations } from "./Migrations.ts"
-import { storeFailure, unusableDatabase } from "./StoreFailure.ts"
+import { isDamage, storeFailure, unusableDatabase } from "./StoreFailure.ts"
 
 const openFailure = (database: string) =>
   storeFailure({
@@ -88,6 +88,17 @@ export const preflight = (home: HomeShape, expectRecords = true): Effect.Effect<
       return yield* unusableDatabase(database, `cannot be read and written: ${access}`)
     }
     const check = checkFile(database)
+    if (check.failure !== undefined && !isDamage(check.failure)) {
+      // Busy, locked, unreadable: the file may well be sound.
+      const busy = check.failure.code?.startsWith("SQLITE_BUSY")
+        || check.failure.code?.startsWith("SQLITE_LOCKED")
+      return yield* busy
+        ? new Permanent({
+          message: `state database ${database} stayed busy for 5 s: ${check.failure.message}`,
+          remediation: "retry; another process holds a long write transaction on it"
+        })
+        : openFailure(database)(check.failure)
+    }
     if (!check.ok) {
       return yield* unusableDatabase(database, `is damaged: ${check.problems.slice(0, 3).join("; ")}`)
     }
