@@ -8,6 +8,7 @@ import Sqlite from "better-sqlite3"
 import { Cause, DateTime, Effect, Exit, Layer, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { Permanent } from "../../src/domain/Errors.ts"
 import { ImageInfo, Resources, Workspace, type WorkspaceName } from "../../src/domain/Workspace.ts"
 import { backupsDirOf, checkFile, listBackups, takeBackup } from "../../src/layers/state/Backups.ts"
 import { databaseLayer } from "../../src/layers/state/Database.ts"
@@ -111,7 +112,7 @@ describe("the state database", () => {
       )
       assert.include(listed.message, `state database ${database} is damaged`)
       assert.include(listed.message, "malformed")
-      assert.include(listed.remediation, "microagent state restore")
+      assert.include((listed as Permanent).remediation, "microagent state restore")
 
       const notADatabase = storeFailure({ prefix: "x", remediation: "y", database })({
         message: "Failed to execute statement",
