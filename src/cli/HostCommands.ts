@@ -3,33 +3,42 @@
  */
 import { Command } from "@effect/cli"
 import { Effect, Logger } from "effect"
-import { doctor } from "../programs/Doctor.ts"
+import { doctorWithState } from "../programs/Doctor.ts"
 import { serveRuntime } from "../runtime/Runtime.ts"
 import { Home } from "../services/Home.ts"
 import { optionalInt, orUndefined } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { emit } from "./Output.ts"
 
-const doctorCommand = Command.make("doctor", {}, () =>
-  doctor.pipe(
-    Effect.tap((report) => Effect.sync(() => (process.exitCode = report.ok ? 0 : 1))),
-    Effect.flatMap((report) =>
-      emit(report, (r) =>
-        [
-          ...r.checks.map((check) =>
-            `${check.ok ? "ok  " : check.required ? "FAIL" : "WARN"} ${
-              check.name.padEnd(14)
-            } ${check.detail}${
-              check.remediation && !check.ok ? `\n     ${"".padEnd(14)} fix: ${check.remediation}` : ""
-            }`
-          ),
-          "",
-          r.ok
-            ? "This host can run microagent."
-            : "Install what is marked FAIL, then run `microagent doctor` again."
-        ].join("\n"))
+const doctorCommand = Command.make(
+  "doctor",
+  {},
+  () =>
+    Effect.flatMap(
+      Invocation,
+      (invocation) => doctorWithState(Home.layout(Home.resolveRoot(invocation.stateDir)))
+    ).pipe(
+      Effect.tap((report) => Effect.sync(() => (process.exitCode = report.ok ? 0 : 1))),
+      Effect.flatMap((report) =>
+        emit(report, (r) =>
+          [
+            ...r.checks.map((check) =>
+              `${check.ok ? "ok  " : check.required ? "FAIL" : "WARN"} ${
+                check.name.padEnd(14)
+              } ${check.detail}${
+                check.remediation && !check.ok ? `\n     ${"".padEnd(14)} fix: ${check.remediation}` : ""
+              }`
+            ),
+            "",
+            r.ok
+              ? "This host can run microagent."
+              : "Fix what is marked FAIL, then run `microagent doctor` again."
+          ].join("\n"))
+      )
     )
-  )).pipe(Command.withDescription("check this host: QEMU, acceleration, e2fsprogs, kernel tools, networking"))
+).pipe(Command.withDescription(
+  "check this host (QEMU, acceleration, e2fsprogs, kernel tools, networking) and the state database"
+))
 
 export const hostGroup = [doctorCommand] as const
 

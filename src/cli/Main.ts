@@ -23,6 +23,7 @@ import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
+import { stateCommand } from "./state.ts"
 import { verbs } from "./Verbs.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -39,6 +40,7 @@ export const subcommands = [
   secretCommand,
   networkCommand,
   perfCommand,
+  stateCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
   serve

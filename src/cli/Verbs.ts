@@ -216,6 +216,14 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "serve this state directory's runtime (started on demand)",
     valueFlags: ["--idle-seconds"]
   },
+  {
+    name: "state",
+    group: "Maintenance",
+    usage: "microagent state check | microagent state backup [--to FILE] | microagent state restore [BACKUP]",
+    summary: "check, back up and restore the state database",
+    valueFlags: ["--to"],
+    subcommands: true
+  },
   { name: "gc", group: "Maintenance", usage: "microagent gc", summary: "reap what a crash left behind" },
   {
     name: "serve",

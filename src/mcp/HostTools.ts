@@ -4,6 +4,7 @@
  */
 import { DateTime, Effect, Schema } from "effect"
 import { NotFound, toErrorBody } from "../domain/Errors.ts"
+import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { DoctorResult, ImageRemoveResult } from "../rpc/HostRpcs.ts"
 import { defined } from "../rpc/Rpcs.ts"
@@ -210,5 +211,33 @@ export const hostTools: ReadonlyArray<AnyTool> = [
     sideEffects: [],
     cost: "metadata",
     run: () => Effect.flatMap(MicroagentClient, (client) => client.doctor())
+  }),
+  defineTool({
+    name: "state.check",
+    title: "Check the state database",
+    description: "Run SQLite's full integrity_check on the state database (state.db) and list its backups. "
+      + "When it is damaged, the remediation names the command that recovers it (`microagent state restore`, "
+      + "run on the host: a restore stops the runtime that serves this server).",
+    input: {},
+    output: StateCheckResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "host_io",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.stateCheck())
+  }),
+  defineTool({
+    name: "state.backup",
+    title: "Back up the state database",
+    description: "Take a consistent online backup of the state database into the state directory's "
+      + "backups/ (the newest few are kept).",
+    input: {},
+    output: StateBackup,
+    kind: "mutate",
+    sideEffects: [
+      "writes a backup file under the state directory",
+      "removes the oldest backups beyond the kept number"
+    ],
+    cost: "host_io",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.stateBackup({}))
   })
 ]

@@ -22,6 +22,7 @@ import {
   type WorkspaceName
 } from "../domain/Workspace.ts"
 import { validateSecretRefs } from "../layers/secrets/SecretRefs.ts"
+import { writeManifest } from "../layers/state/Manifest.ts"
 import { validateMounts } from "../layers/volume/MountFlag.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
@@ -132,6 +133,8 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       updatedAt: now
     })
     yield* store.create(workspace)
+    // The first manifest goes with the disk, so that the directory is never without one.
+    yield* writeManifest(staging, workspace)
     yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
     yield* Effect.try({
       try: () => NodeFs.renameSync(staging, workspaceDir),

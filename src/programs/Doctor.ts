@@ -6,6 +6,9 @@ import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import { fabricProblem } from "../layers/network/Fabric.ts"
+import { evidenceOfRecords } from "../layers/state/Database.ts"
+import type { HomeShape } from "../services/Home.ts"
+import { checkStateFile } from "./State.ts"
 
 export interface Check {
   readonly name: string
@@ -102,6 +105,38 @@ const namedNetworksCheck = (): Check => {
       remediation: problem.remediation
     }
 }
+
+/** The state database of `home`: a full integrity check (reads only; a missing database is fine when new). */
+export const stateCheck = (home: HomeShape): Check => {
+  const result = checkStateFile(home.database, evidenceOfRecords(home))
+  if (result.ok) {
+    const newest = result.backups[0]
+    return {
+      name: "state",
+      ok: true,
+      required: true,
+      detail: result.exists
+        ? `${home.database}: integrity ok, schema ${result.schemaVersion ?? "?"}; ${
+          newest === undefined ? "no backups yet" : `newest backup ${newest.createdAt}`
+        }`
+        : `${home.database} does not exist yet (made by the first command that records something)`
+    }
+  }
+  return {
+    name: "state",
+    ok: false,
+    required: true,
+    detail: `${home.database}: ${result.problems.slice(0, 3).join("; ")}`,
+    ...(result.remediation === undefined ? {} : { remediation: result.remediation })
+  }
+}
+
+/** `doctor` with the state check of `home` after the host checks. */
+export const doctorWithState = (home: HomeShape) =>
+  Effect.map(doctor, (report) => {
+    const checks = [...report.checks, stateCheck(home)]
+    return { ok: checks.every((check) => check.ok || !check.required), checks }
+  })
 
 export const doctor = Effect.sync((): { readonly ok: boolean; readonly checks: ReadonlyArray<Check> } => {
   const major = Number(process.versions.node.split(".")[0])

@@ -10,7 +10,8 @@ import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
-import { doctor } from "../programs/Doctor.ts"
+import { doctorWithState } from "../programs/Doctor.ts"
+import { backupState, checkState } from "../programs/State.ts"
 import { Home } from "../services/Home.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 
@@ -56,6 +57,9 @@ export const makeHostHandlers = Effect.gen(function*() {
         Effect.flatMap(kernels, (cache) => cache.verify),
         (files) => ({ ok: files.every((file) => file.ok), files })
       ),
-    doctor: () => doctor
+    doctor: () => doctorWithState(home),
+    stateCheck: () => Effect.provideService(checkState(), Home, home),
+    stateBackup: (p: { readonly to?: string | undefined }) =>
+      Effect.provideService(backupState({ to: p.to }), Home, home)
   }
 })

@@ -6,6 +6,7 @@
 import { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
+import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { ImageRecord } from "../services/ImageStore.ts"
 import { KernelEntry, VerifyResultSchema } from "../services/KernelCache.ts"
 
@@ -59,5 +60,17 @@ export const hostRpcs = [
     success: Schema.Struct({ ok: Schema.Boolean, files: Schema.Array(VerifyResultSchema) }),
     error: MicroagentError
   }),
-  Rpc.make("doctor", { success: DoctorResult })
+  Rpc.make("doctor", { success: DoctorResult }),
+  /** The full integrity check of the runtime's state.db, and its backups. */
+  Rpc.make("stateCheck", { success: StateCheckResult, error: MicroagentError }),
+  /**
+   * A consistent backup of state.db into `<state>/backups/`, or to `to` (a host path that must not exist).
+   * There is no `stateRestore`: a restore replaces the database under the runtime, so it runs without one
+   * (`microagent state restore`, or `restoreState` in src/runtime/StateRestore.ts).
+   */
+  Rpc.make("stateBackup", {
+    payload: { to: Schema.optional(Schema.String) },
+    success: StateBackup,
+    error: MicroagentError
+  })
 ] as const

@@ -15,6 +15,7 @@ import type { Backend } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { withBackend, WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
 import { startTimeOf } from "../layers/process/Processes.ts"
+import { backupIfDue } from "../layers/state/Backups.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
@@ -62,7 +63,7 @@ const countingConnections = (activity: Ref.Ref<Activity>) =>
   )
 
 /** Brings every live record in line with its VMM; true if any workspace is still live. */
-const reconcileAll = Effect.gen(function*() {
+export const reconcileAll = Effect.gen(function*() {
   const store = yield* StateStore
   let live = false
   for (const workspace of yield* store.list) {
@@ -116,6 +117,7 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
     // Idle when nothing runs and nobody has been connected for `idleSeconds`.
     let liveUntil = Date.now()
     for (;;) {
+      yield* backupIfDue(home.database)
       // A failed pass (a busy store, say) must not take the runtime down: count it as live, retry.
       const live = yield* reconcileAll.pipe(
         Effect.provide(context),

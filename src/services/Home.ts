@@ -34,39 +34,44 @@ export class Home extends Context.Tag("microagent/Home")<Home, HomeShape>() {
       explicit ?? process.env.MICROAGENT_HOME ?? NodePath.join(NodeOs.homedir(), ".microagent")
     )
 
+  /** The layout of `root`, creating nothing (for read-only checks such as `doctor`). */
+  static readonly layout = (root: string): HomeShape => {
+    const ensureDir = (path: string) =>
+      Effect.try({
+        try: () => {
+          NodeFs.mkdirSync(path, { recursive: true, mode: 0o700 })
+          NodeFs.chmodSync(path, 0o700)
+          return path
+        },
+        catch: (cause) =>
+          new Permanent({
+            message: `cannot create directory ${path}: ${String(cause)}`,
+            remediation: "check that the state directory is writable, or pick another with --state-dir"
+          })
+      })
+    return {
+      root,
+      database: NodePath.join(root, "state.db"),
+      images: NodePath.join(root, "images"),
+      blobs: NodePath.join(root, "images", "blobs"),
+      kernels: NodePath.join(root, "kernels"),
+      volumes: NodePath.join(root, "volumes"),
+      workspaces: NodePath.join(root, "workspaces"),
+      workspaceDir: (name) => NodePath.join(root, "workspaces", name),
+      runtimeDir: (name) => NodePath.join(root, "run", name),
+      runtimeSocket: NodePath.join(root, "run", "runtime.sock"),
+      tmp: NodePath.join(root, "tmp"),
+      ensureDir
+    }
+  }
+
   static readonly make = (root: string): Effect.Effect<HomeShape, Permanent> =>
     Effect.gen(function*() {
-      const ensureDir = (path: string) =>
-        Effect.try({
-          try: () => {
-            NodeFs.mkdirSync(path, { recursive: true, mode: 0o700 })
-            NodeFs.chmodSync(path, 0o700)
-            return path
-          },
-          catch: (cause) =>
-            new Permanent({
-              message: `cannot create directory ${path}: ${String(cause)}`,
-              remediation: "check that the state directory is writable, or pick another with --state-dir"
-            })
-        })
-      const home: HomeShape = {
-        root,
-        database: NodePath.join(root, "state.db"),
-        images: NodePath.join(root, "images"),
-        blobs: NodePath.join(root, "images", "blobs"),
-        kernels: NodePath.join(root, "kernels"),
-        volumes: NodePath.join(root, "volumes"),
-        workspaces: NodePath.join(root, "workspaces"),
-        workspaceDir: (name) => NodePath.join(root, "workspaces", name),
-        runtimeDir: (name) => NodePath.join(root, "run", name),
-        runtimeSocket: NodePath.join(root, "run", "runtime.sock"),
-        tmp: NodePath.join(root, "tmp"),
-        ensureDir
-      }
-      yield* ensureDir(root)
-      yield* ensureDir(NodePath.join(root, "run"))
-      yield* ensureDir(home.workspaces)
-      yield* ensureDir(home.tmp)
+      const home = Home.layout(root)
+      yield* home.ensureDir(root)
+      yield* home.ensureDir(NodePath.join(root, "run"))
+      yield* home.ensureDir(home.workspaces)
+      yield* home.ensureDir(home.tmp)
       return home
     })
 

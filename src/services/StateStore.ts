@@ -38,6 +38,11 @@ export interface StateStoreShape {
   ) => Effect.Effect<Workspace, NotFound | StoreError>
   /** Removes the record and its events. Returns whether there was one. */
   readonly remove: (name: string) => Effect.Effect<boolean, StoreError>
+  /**
+   * Writes a record as it is, whatever is stored under its name (recovery of `state.db`: re-registering
+   * a workspace from its manifest, marking one whose disk is gone `failed`), with a `recovered` event.
+   */
+  readonly recover: (workspace: Workspace, detail: string) => Effect.Effect<Workspace, StoreError>
   readonly appendEvent: (name: string, event: EventInput) => Effect.Effect<void, StoreError>
   readonly events: (
     name: string,

@@ -51,7 +51,9 @@ const expectedTools = [
   "images.delete",
   "kernel.list",
   "kernel.verify",
-  "doctor.check"
+  "doctor.check",
+  "state.check",
+  "state.backup"
 ]
 
 const ajv = new Ajv({ allErrors: true })
@@ -286,6 +288,19 @@ export const describeMcpServer = (target: TestTarget) => {
       for (const check of doctor.result.checks) {
         if (!check.ok) assert.isString(check.remediation, `${check.name} says how to install what is missing`)
       }
+      assert.isTrue(doctor.result.checks.find((c: { name: string }) => c.name === "state").ok)
+    })
+
+    it("checks and backs up the state database", async () => {
+      const backup = await mcp.call("state.backup", { idempotency_key: "b1" })
+      assert.isTrue(backup.ok, JSON.stringify(backup.error))
+      assert.strictEqual(NodeFs.statSync(backup.result.path).mode & 0o777, 0o600)
+      assert.strictEqual(NodePath.dirname(backup.result.path), NodePath.join(stateDir, "backups"))
+      const check = await mcp.call("state.check")
+      assert.isTrue(check.ok, JSON.stringify(check.error))
+      assert.isTrue(check.result.ok)
+      assert.strictEqual(check.result.database, NodePath.join(stateDir, "state.db"))
+      assert.include(check.result.backups.map((b: { path: string }) => b.path), backup.result.path)
     })
 
     it("manages volumes and networks, and parses ports, mounts and secrets as the CLI does", async () => {

@@ -113,6 +113,22 @@ export const describeRpcServer = (target: TestTarget) => {
         assert.deepStrictEqual(yield* client.delete({ name: "r1" }), { workspace: "r1", deleted: false })
       })))
 
+    it.scopedLive("checks and backs up the state database; a backup never overwrites a file", () =>
+      withClient(Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const to = NodePath.join(server.stateDir, "copy.db")
+        const backup = yield* client.stateBackup({ to })
+        assert.strictEqual(backup.path, to)
+        assert.strictEqual(NodeFs.statSync(to).mode & 0o777, 0o600)
+        const again = yield* Effect.flip(client.stateBackup({ to }))
+        assert.strictEqual(again._tag, "Permanent")
+        const rotated = yield* client.stateBackup({})
+        const check = yield* client.stateCheck()
+        assert.isTrue(check.ok, check.problems.join("; "))
+        assert.strictEqual(check.database, NodePath.join(server.stateDir, "state.db"))
+        assert.include(check.backups.map((b) => b.path), rotated.path)
+      })))
+
     it.scopedLive("carries classified errors", () =>
       withClient(Effect.gen(function*() {
         const client = yield* MicroagentClient

@@ -42,7 +42,9 @@ import {
 import { RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { removeStaleWork, scopedWorkDir } from "../rootfs/RootfsBuilderLive.ts"
 import { runTool } from "../rootfs/Tools.ts"
+import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 import { isBuiltinImage, MissingBuiltinTool, writeBuiltinLayout } from "./BuiltinImages.ts"
+import { removeImageRecordFile, writeImageRecordFile } from "./ImageRecordFiles.ts"
 import { openLocalSource } from "./LocalSource.ts"
 
 const MiB = 1024 * 1024
@@ -167,6 +169,12 @@ const removeStalePartials = (dir: string) =>
 export const makeImageStore = Effect.gen(function*() {
   const home = yield* Home
   const sql = yield* SqlClient.SqlClient
+  const sqlError = (what: string) =>
+    storeFailure({
+      prefix: `image store: ${what}`,
+      remediation: "check the state directory; `microagent state check` reports on the database",
+      database: databaseFileOf(sql)
+    })
   const registry = yield* Registry
   const builder = yield* RootfsBuilder
 
@@ -190,7 +198,7 @@ export const makeImageStore = Effect.gen(function*() {
   ])
 
   const readAll = sql<{ ref: string; record: string }>`SELECT ref, record FROM images ORDER BY ref`.pipe(
-    Effect.mapError(storeError("reading records")),
+    Effect.mapError(sqlError("reading records")),
     Effect.map((rows) =>
       rows.flatMap((row) => {
         const decoded = decodeRecord(row.record)
@@ -205,13 +213,14 @@ export const makeImageStore = Effect.gen(function*() {
       DateTime.formatIso(record.createdAt)
     })
         ON CONFLICT (ref) DO UPDATE SET digest = excluded.digest, record = excluded.record`.pipe(
-      Effect.mapError(storeError(`recording ${record.ref}`)),
+      Effect.mapError(sqlError(`recording ${record.ref}`)),
+      Effect.tap(() => writeImageRecordFile(home.images, record)),
       Effect.as(record)
     )
 
   const findExact = (ref: string) =>
     sql<{ record: string }>`SELECT record FROM images WHERE ref = ${ref}`.pipe(
-      Effect.mapError(storeError("reading records")),
+      Effect.mapError(sqlError("reading records")),
       Effect.map((rows) => {
         const decoded = rows[0] === undefined ? undefined : decodeRecord(rows[0].record)
         return decoded !== undefined && Either.isRight(decoded) ? decoded.right : undefined
@@ -616,7 +625,10 @@ export const makeImageStore = Effect.gen(function*() {
     })
 
   const deleteRecord = (ref: string) =>
-    sql`DELETE FROM images WHERE ref = ${ref}`.pipe(Effect.mapError(storeError(`removing ${ref}`)))
+    sql`DELETE FROM images WHERE ref = ${ref}`.pipe(
+      Effect.mapError(sqlError(`removing ${ref}`)),
+      Effect.tap(() => removeImageRecordFile(home.images, ref))
+    )
 
   const remove = Effect.fn("ImageStore.remove")(
     function*(refs: ReadonlyArray<string>, options?: { readonly purge?: boolean }) {

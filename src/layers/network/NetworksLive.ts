@@ -5,8 +5,9 @@
  */
 import { SqlClient } from "@effect/sql"
 import { DateTime, Effect, Layer, Schema } from "effect"
-import { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, ResourceExhausted } from "../../domain/Errors.ts"
 import { Network, Networks, type NetworksShape } from "../../services/Networks.ts"
+import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 import {
   autoSubnet,
   formatSubnet,
@@ -17,12 +18,6 @@ import {
   slirpSubnet,
   type Subnet
 } from "./Addressing.ts"
-
-const storeError = (cause: unknown) =>
-  new Permanent({
-    message: `state store: ${cause instanceof Error ? cause.message : String(cause)}`,
-    remediation: "check the state directory; `microagent doctor` reports what is wrong"
-  })
 
 /** What `--network` means besides a name. */
 export const reservedNetworkNames: ReadonlyArray<string> = ["user", "isolated", "none", "host", "default"]
@@ -58,6 +53,11 @@ const notFound = (name: string) =>
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  const storeError = storeFailure({
+    prefix: "state store",
+    remediation: "check the state directory; `microagent state check` reports on the database",
+    database: databaseFileOf(sql)
+  })
 
   const toNetwork = (row: NetworkRow, members: ReadonlyArray<MemberRow>) =>
     Effect.gen(function*() {

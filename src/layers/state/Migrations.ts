@@ -3,7 +3,13 @@
  * The version is SQLite's `user_version`; each migration runs in its own IMMEDIATE transaction, so
  * concurrent processes opening a fresh store apply it exactly once.
  */
-export const migrations: ReadonlyArray<{ readonly name: string; readonly sql: string }> = [
+export interface Migration {
+  readonly name: string
+  /** Statements separated by `;`, run in one IMMEDIATE transaction. */
+  readonly sql: string
+}
+
+export const migrations: ReadonlyArray<Migration> = [
   {
     name: "initial",
     sql: `

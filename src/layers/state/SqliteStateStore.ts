@@ -4,11 +4,14 @@
  */
 import { SqlClient } from "@effect/sql"
 import { DateTime, Effect, Either, Layer, Option, Schema } from "effect"
-import { Conflict, NotFound, Permanent } from "../../domain/Errors.ts"
+import { Conflict, NotFound, type Permanent } from "../../domain/Errors.ts"
 import { maxEventsPerWorkspace, WorkspaceEvent } from "../../domain/Event.ts"
 import { transition as applyTransition } from "../../domain/State.ts"
 import { Workspace } from "../../domain/Workspace.ts"
+import { Home } from "../../services/Home.ts"
 import { StateStore, type StateStoreShape } from "../../services/StateStore.ts"
+import { removeManifest, writeManifest } from "./Manifest.ts"
+import { databaseFileOf, storeFailure } from "./StoreFailure.ts"
 
 interface Row {
   readonly name: string
@@ -16,12 +19,6 @@ interface Row {
   readonly record: string
   readonly version: number
 }
-
-const storeError = (cause: unknown) =>
-  new Permanent({
-    message: `state store: ${cause instanceof Error ? cause.message : String(cause)}`,
-    remediation: "check the state directory; `microagent doctor` reports what is wrong"
-  })
 
 const encode = Schema.encodeSync(Schema.parseJson(Workspace))
 const decode = Schema.decodeUnknown(Schema.parseJson(Workspace))
@@ -34,6 +31,19 @@ const notFound = (name: string) =>
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  const storeError = storeFailure({
+    prefix: "state store",
+    remediation:
+      "check the state directory; `microagent state check` and `microagent doctor` report what is wrong",
+    database: databaseFileOf(sql)
+  })
+  // With a Home, every write of a record is mirrored into the workspace's manifest (see Manifest.ts).
+  const home = yield* Effect.serviceOption(Home)
+  const mirror = (workspace: Workspace) =>
+    Option.match(home, {
+      onNone: () => Effect.void,
+      onSome: (h) => writeManifest(h.workspaceDir(workspace.name), workspace)
+    })
 
   const readRow = (name: string) =>
     sql<Row>`SELECT name, state, record, version FROM workspaces WHERE name = ${name}`.pipe(
@@ -70,7 +80,10 @@ export const make = Effect.gen(function*() {
               updated_at = ${DateTime.formatIso(after.updatedAt)}
           WHERE name = ${name} AND version = ${row.value.version}
           RETURNING name`.pipe(Effect.mapError(storeError))
-        if (written.length === 1) return { before, after }
+        if (written.length === 1) {
+          yield* mirror(after)
+          return { before, after }
+        }
       }
     })
 
@@ -94,6 +107,7 @@ export const make = Effect.gen(function*() {
           state: workspace.state,
           detail: workspace.image.ref
         })
+        yield* mirror(workspace)
         return workspace
       }),
     get: (name) =>
@@ -134,12 +148,27 @@ export const make = Effect.gen(function*() {
       ),
     remove: (name) =>
       Effect.gen(function*() {
+        // The manifest goes first: a manifest without a record would bring a deleted workspace back.
+        if (Option.isSome(home)) yield* removeManifest(home.value.workspaceDir(name))
         const removed = yield* sql<
           { name: string }
         >`DELETE FROM workspaces WHERE name = ${name} RETURNING name`
         yield* sql`DELETE FROM events WHERE workspace = ${name}`
         return removed.length > 0
       }).pipe(Effect.mapError(storeError)),
+    recover: (workspace, detail) =>
+      Effect.gen(function*() {
+        yield* sql`INSERT INTO workspaces (name, state, record, version, updated_at)
+          VALUES (${workspace.name}, ${workspace.state}, ${encode(workspace)}, 1,
+                  ${DateTime.formatIso(workspace.updatedAt)})
+          ON CONFLICT (name) DO UPDATE SET state = excluded.state, record = excluded.record,
+            version = workspaces.version + 1, updated_at = excluded.updated_at`.pipe(
+          Effect.mapError(storeError)
+        )
+        yield* appendEvent(workspace.name, { type: "recovered", state: workspace.state, detail })
+        yield* mirror(workspace)
+        return workspace
+      }),
     appendEvent,
     events: (name, options) =>
       sql<WorkspaceEvent>`SELECT id, workspace, at, type, state, detail FROM events

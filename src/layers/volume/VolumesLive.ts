@@ -12,6 +12,7 @@ import { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "
 import { Home } from "../../services/Home.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
 import { runTool, runToolOk, type ToolFailed, type ToolMissing } from "../rootfs/Tools.ts"
+import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 import { invalidVolumeName, volumeNameProblem } from "./MountFlag.ts"
 
 const MiB = 1024 * 1024
@@ -36,12 +37,6 @@ const Stored = Schema.parseJson(Schema.Struct({
 }))
 const encodeStored = Schema.encodeSync(Stored)
 const decodeStored = Schema.decodeUnknown(Stored)
-
-const storeError = (cause: unknown) =>
-  new Permanent({
-    message: `volume store: ${cause instanceof Error ? cause.message : String(cause)}`,
-    remediation: "check the state directory; `microagent doctor` reports what is wrong"
-  })
 
 const toolError = (what: string) => (error: ToolMissing | ToolFailed) =>
   error._tag === "ToolMissing"
@@ -99,6 +94,11 @@ const check = (path: string, name: string) =>
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
+  const storeError = storeFailure({
+    prefix: "volume store",
+    remediation: "check the state directory; `microagent state check` reports on the database",
+    database: databaseFileOf(sql)
+  })
   const home = yield* Home
 
   const pathOf = (name: string) => NodePath.join(home.volumes, `${name}.ext4`)
