@@ -5,6 +5,7 @@
 import { Client } from "@modelcontextprotocol/sdk/client/index.js"
 import { getDefaultEnvironment, StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js"
 import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
 import { afterAll, assert, describe, it } from "vitest"
 import { stopRuntime } from "../support/cli.ts"
 import { allDocs, microagentOnPath } from "../support/docs.ts"
@@ -46,9 +47,14 @@ describe("the documented MCP configuration", () => {
   for (const [i, { doc, server }] of found.entries()) {
     it(`${doc} #${i + 1}: the server starts and initializes`, { timeout: 60_000 }, async () => {
       const home = tempDir("microagent-mcp-config-")
+      // A host root in an example is the reader's own project directory: stand in a temporary one when
+      // the named directory does not exist here (the server refuses a missing root at start-up).
+      const args = (server.args ?? []).map((arg, n, all) =>
+        all[n - 1] === "--host-root" && !NodeFs.existsSync(arg) ? tempDir("microagent-mcp-root-") : arg
+      )
       const transport = new StdioClientTransport({
         command: server.command,
-        args: [...(server.args ?? [])],
+        args,
         env: {
           ...getDefaultEnvironment(),
           // This checkout's bundle under the documented command name.
