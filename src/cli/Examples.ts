@@ -104,7 +104,5 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   gc: ["microagent gc", "microagent gc --json"],
   serve: ["microagent serve mcp", "microagent serve rpc --socket /run/user/1000/microagent.sock"],
   "serve rpc": ["microagent serve rpc --socket ./microagent.sock"],
-  "serve mcp": ["microagent serve mcp"],
-  version: ["microagent version", "microagent --version"],
-  help: ["microagent help", "microagent help run", "microagent help all"]
+  "serve mcp": ["microagent serve mcp"]
 }

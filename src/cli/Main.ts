@@ -63,7 +63,7 @@ export const commandSpecs = (): ReadonlyArray<
 const specOf = (verb: string) => commandSpecs().find((spec) => spec.name === verb)
 
 /** A command's flags that take a value, in every spelling: where `run`'s guest argv begins depends on them. */
-const valueFlagsOf = (verb: string): ReadonlyArray<string> =>
+export const valueFlagsOf = (verb: string): ReadonlyArray<string> =>
   (specOf(verb)?.flags ?? []).filter((flag) => flag.kind !== "bool").flatMap(spellingsOf)
 
 /** The text `microagent help [all | COMMAND [SUBCOMMAND]]` prints, or the usage error it is. */
