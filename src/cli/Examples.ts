@@ -7,9 +7,9 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   doctor: ["microagent doctor", "microagent doctor --json"],
   run: [
     "microagent run alpine:3.20 -- echo hello",
-    "microagent run -e GREETING=hi --memory 1024 debian:12 -- sh -c 'echo $GREETING'",
+    "microagent run -e NAME=hi --memory 1024 debian:12 -- sh -c 'echo $NAME'",
     "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
-    "microagent run --output report=/tmp/report.json --keep alpine -- sh -c 'echo {} > /tmp/report.json'"
+    "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
   ],
   create: [
     "microagent create --image alpine:3.20 dev",
@@ -19,7 +19,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   exec: [
     "microagent exec dev -- uname -a",
     "microagent exec --cwd /work -e DEBUG=1 dev -- make test",
-    "microagent exec --stream dev -- sh -c 'for i in 1 2 3; do echo $i; sleep 1; done'"
+    "microagent exec --stream dev -- sh -c 'while sleep 1; do date; done'"
   ],
   cp: ["microagent cp ./data dev:/work/data", "microagent cp dev:/var/log/app.log ."],
   connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
@@ -62,7 +62,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "kernel list": ["microagent kernel list --json"],
   "kernel install": [
     "microagent kernel install",
-    "microagent kernel install --path ./vmlinuz --modules-dir ./lib/modules/6.1.0-28-cloud-amd64"
+    "microagent kernel install --path ./vmlinuz --modules-dir ./modules/6.1.0-28"
   ],
   "kernel verify": ["microagent kernel verify"],
   "kernel ensure": ["microagent kernel ensure", "microagent kernel ensure --machine q35"],

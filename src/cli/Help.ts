@@ -205,8 +205,7 @@ export const usageLine = (path: ReadonlyArray<string>, spec: CommandSpec): strin
   return words.join(" ")
 }
 
-const globalFlagsLine =
-  "Global flags: --json, --output json|text, --state-dir DIR, --backend qemu|fake, --no-color (see `microagent help`)."
+const globalFlagsLine = "Global flags: --json --state-dir --backend --no-color (`microagent help`)"
 
 // ---------- command help ----------
 
@@ -443,8 +442,12 @@ export const markdownReference = (path: ReadonlyArray<string>, spec: CommandSpec
       for (const a of described) out.push(`| \`${mdCell(argUsage(a))}\` | ${mdCell(a.description)} |`)
     }
     if (s.flags.length > 0) {
+      const groups = groupFlags(s.flags)
       out.push("", "| flag | description |", "|---|---|")
-      for (const f of s.flags) out.push(`| \`${mdCell(flagSynopsis(f))}\` | ${mdCell(flagDescription(f))} |`)
+      for (const [title, flags] of groups) {
+        if (groups.length > 1) out.push(`| **${title}** | |`)
+        for (const f of flags) out.push(`| \`${mdCell(flagSynopsis(f))}\` | ${mdCell(flagDescription(f))} |`)
+      }
     }
     const shown = examples[p.join(" ")] ?? []
     if (shown.length > 0) out.push("", "```sh", ...shown, "```")
