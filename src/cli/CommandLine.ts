@@ -5,6 +5,7 @@
  * without a subcommand asks for its help.
  */
 import { Either } from "effect"
+import * as NodeFs from "node:fs"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { CommandSpec, FlagSpec } from "./Describe.ts"
 import { usageLine, visibleSubcommands } from "./Help.ts"
@@ -51,6 +52,22 @@ const badValue = (flag: FlagSpec, value: string): string | undefined => {
       return booleanWords.includes(value)
         ? undefined
         : `${flag.name} takes no value (or true/false), not "${value}"`
+    case "path": {
+      const stat = NodeFs.statSync(value, { throwIfNoEntry: false })
+      if (stat === undefined) {
+        return flag.path?.exists === "yes"
+          ? `${flag.name}: ${value} does not exist`
+          : undefined
+      }
+      if (flag.path?.exists === "no") return `${flag.name}: ${value} exists already`
+      if (flag.path?.type === "file" && stat.isDirectory()) {
+        return `${flag.name} takes a file; ${value} is a directory`
+      }
+      if (flag.path?.type === "directory" && !stat.isDirectory()) {
+        return `${flag.name} takes a directory; ${value} is not one`
+      }
+      return undefined
+    }
     default:
       return undefined
   }

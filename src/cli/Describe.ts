@@ -20,6 +20,8 @@ export interface FlagSpec {
   /** What the value looks like in help (`KEY=VALUE`, `N`, `tiny|small`); undefined for a switch. */
   readonly placeholder: string | undefined
   readonly choices: ReadonlyArray<string>
+  /** For a path: what it must name, and whether it must exist already. */
+  readonly path?: { readonly type: "file" | "directory" | "either"; readonly exists: "yes" | "no" | "either" }
   readonly description: string
   readonly repeated: boolean
   readonly required: boolean
@@ -167,6 +169,9 @@ const flagsOf = (options: Node, mods: FlagMods): Array<FlagSpec> => {
         kind,
         placeholder: kind === "bool" ? undefined : pseudoName(options) ?? placeholderFor(kind, choices, name),
         choices,
+        ...(kind === "path"
+          ? { path: { type: options.primitiveType.pathType, exists: options.primitiveType.pathExists } }
+          : {}),
         description: docText(options.description),
         repeated: mods.repeated,
         required: mods.required,

@@ -198,6 +198,11 @@ describe("usage errors are structured (kind permanent, exit 2) and name what is 
     ],
     [["run", "--memory", "--json"], /--memory needs a value \(MIB\)/, /usage: microagent run/],
     [["create", "--profile", "huge"], /--profile takes one of tiny, small, medium, large/, /--help/],
+    [
+      ["create", "--file", NodeOs.tmpdir()],
+      /--file takes a file; .* is a directory/,
+      /microagent create --help/
+    ],
     [["inspect"], /missing argument NAME/, /usage: microagent inspect NAME/],
     [["wait", "a", "b"], /unexpected argument "b"/, /usage: microagent wait/],
     [["wait", "--timeout", "1", "--timeout", "2", "w"], /--timeout is given more than once/, /give it once/],
