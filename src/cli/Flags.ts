@@ -37,7 +37,7 @@ export const parseEnv = (pairs: ReadonlyArray<string>) =>
 /** `--output NAME=/guest/path` (repeatable): outputs collected as artifacts (see docs/files.md). */
 export const outputOption = Options.text("output").pipe(
   Options.withPseudoName("NAME=/PATH"),
-  Options.withDescription("declare an output collected as an artifact (repeatable)"),
+  Options.withDescription("collect a guest path as an artifact NAME (repeatable)"),
   Options.repeated
 )
 
@@ -61,7 +61,7 @@ export const workspaceOptions = {
     Options.optional
   ),
   cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
-  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: image content plus headroom)"),
+  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: the image's content plus room)"),
   file: Options.file("file").pipe(
     Options.withPseudoName("SPEC"),
     Options.withDescription("a microagent.yaml workspace spec; flags override its fields"),
@@ -75,7 +75,7 @@ export const workspaceOptions = {
   network: Options.text("network").pipe(
     Options.withPseudoName("MODE"),
     Options.withDescription(
-      "user (default): outbound NAT; isolated: no network device; NAME: also join that named network (repeatable)"
+      "user (default, outbound NAT), isolated (no network), or a named network to join too (repeatable)"
     ),
     Options.repeated
   ),

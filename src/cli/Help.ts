@@ -126,8 +126,9 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
   ["Workspace", ["--name", "--image", "--file", "--hostname", "--entrypoint", "--restart", "--keep", "--rm"]],
   ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout"]],
   ["Network", ["--network", "--publish"]],
-  ["Storage", ["--volume", "--secret", "--output"]],
-  ["Command", ["--env", "--cwd", "--user", "--timeout", "--stdin", "--stream"]]
+  ["Storage", ["--volume", "--secret"]],
+  ["Command", ["--env", "--cwd", "--user", "--timeout", "--stdin"]],
+  ["Output", ["--output", "--stream"]]
 ]
 
 /** A command with more flags than this shows them grouped. */
@@ -224,6 +225,13 @@ const descriptionOf = (path: ReadonlyArray<string>, spec: CommandSpec): string =
   return sentence(verbOf(path)?.summary ?? "")
 }
 
+/**
+ * Where descriptions start: after the longest left part that fits (up to 22 columns); longer ones
+ * (`-p, --publish [IP:]HOST:GUEST`) put their description on the next line.
+ */
+const columnFor = (lefts: ReadonlyArray<string>): number =>
+  Math.max(12, ...lefts.map((left) => left.length).filter((n) => n <= 22).map((n) => n + 4))
+
 const section = (title: string, body: ReadonlyArray<string>, style: Style): Array<string> =>
   body.length === 0 ? [] : ["", heading(`${title}:`, style), ...body]
 
@@ -243,14 +251,7 @@ export const commandHelp = (
   const aliases = aliasesOf(path, spec, parent)
   if (aliases.length > 0) lines.push(...paragraph(`Aliases: ${aliases.join(", ")}`, style.width))
   const described = spec.args.filter((a) => a.description.length > 0)
-  const column = Math.min(
-    30,
-    Math.max(
-      ...spec.flags.map((f) => flagSynopsis(f).length + 4),
-      ...described.map((a) => a.name.length + 4),
-      12
-    )
-  )
+  const column = columnFor([...spec.flags.map(flagSynopsis), ...described.map((a) => a.name)])
   lines.push(...section(
     "Arguments",
     described.flatMap((a) => hanging(`  ${a.name}`, a.description, column, style.width)),
@@ -289,7 +290,14 @@ export const groupHelp = (path: ReadonlyArray<string>, spec: CommandSpec, style:
   if (spec.flags.length > 0) {
     lines.push(...section(
       "Flags",
-      spec.flags.flatMap((f) => hanging(`  ${flagSynopsis(f)}`, flagDescription(f), 30, style.width)),
+      spec.flags.flatMap((f) =>
+        hanging(
+          `  ${flagSynopsis(f)}`,
+          flagDescription(f),
+          columnFor(spec.flags.map(flagSynopsis)),
+          style.width
+        )
+      ),
       style
     ))
   }

@@ -55,10 +55,10 @@ const execOptions = {
     Options.withDescription("user in the guest, a name or UID[:GID]"),
     Options.optional
   ),
-  timeout: optionalInt("timeout", "seconds before the command is stopped (TERM, then KILL)"),
+  timeout: optionalInt("timeout", "seconds until the command is stopped (TERM, then KILL)"),
   stdin: Options.text("stdin").pipe(
     Options.withPseudoName("FILE|-"),
-    Options.withDescription("feed the command's stdin from a file, or - for microagent's own"),
+    Options.withDescription("the command's stdin: a file, or - for microagent's own"),
     Options.optional
   )
 }
@@ -114,7 +114,7 @@ const runCommand = Command.make("run", {
   rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
   outputs: outputOption,
   image: Args.text({ name: "image" }).pipe(
-    Args.withDescription("OCI image reference (default: the built-in busybox image)"),
+    Args.withDescription("OCI image (default: the built-in busybox image)"),
     Args.optional
   )
 }, (options) =>

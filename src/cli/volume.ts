@@ -23,7 +23,7 @@ export const volumeFlag = Options.text("volume").pipe(
   Options.withAlias("v"),
   Options.withPseudoName("SRC:/PATH[:ro]"),
   Options.withDescription(
-    "attach a disk at /PATH: SRC is a volume name, a .tar/.tar.gz/.tgz bundle or an .ext4/.img image (repeatable)"
+    "attach a disk at /PATH: SRC is a volume, a .tar/.tgz bundle or an .ext4/.img image (repeatable)"
   ),
   Options.repeated
 )
@@ -31,7 +31,7 @@ export const volumeFlag = Options.text("volume").pipe(
 export const secretFlag = Options.text("secret").pipe(
   Options.withPseudoName("NAME=SOURCE"),
   Options.withDescription(
-    "deliver a secret to /run/secrets/NAME; SOURCE is env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
+    "a secret at /run/secrets/NAME from env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
   ),
   Options.repeated
 )

@@ -130,7 +130,9 @@ describe("--help of every command and group", () => {
   it("run --help fits one screen: at most 60 lines, flags grouped", async () => {
     const help = (await run(["run", "--help"])).stdout
     assert.isAtMost(help.trimEnd().split("\n").length, 60)
-    for (const group of ["Workspace:", "Resources:", "Network:", "Storage:", "Command:", "Examples:"]) {
+    for (
+      const group of ["Workspace:", "Resources:", "Network:", "Storage:", "Command:", "Output:", "Examples:"]
+    ) {
       assert.include(help, `\n${group}\n`)
     }
     assert.match(help, /^ {2}-e, --env KEY=VALUE +set a guest environment variable \(repeatable\)$/m)
