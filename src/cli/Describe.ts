@@ -266,9 +266,10 @@ const describeDescriptor = (descriptor: Node): CommandSpec => {
   }
 }
 
-/** The plain model of a command and its subcommands. */
-export const describeCommand = (command: Command.Command<string, any, any, any>): CommandSpec =>
-  describeDescriptor(command.descriptor as unknown as Node)
+/** The plain model of a command (any `Command.Command`: only its descriptor is read) and its subcommands. */
+export const describeCommand = (
+  command: Pick<Command.Command<string, never, never, unknown>, "descriptor">
+): CommandSpec => describeDescriptor(command.descriptor as unknown as Node)
 
 /** Every spelling of a flag. */
 export const spellingsOf = (flag: FlagSpec): ReadonlyArray<string> => [flag.name, ...flag.aliases]

@@ -54,11 +54,10 @@ export const rootCommand = Command.make("microagent").pipe(
 
 /** The command tree as data (src/cli/Describe.ts), read once, when first needed. */
 let specs: ReadonlyArray<CommandSpec> | undefined
-export const commandSpecs = (): ReadonlyArray<
-  CommandSpec
-> => (specs ??= (subcommands as unknown as ReadonlyArray<Command.Command<string, never, never, unknown>>).map(
-  describeCommand
-))
+export const commandSpecs = (): ReadonlyArray<CommandSpec> => {
+  specs ??= subcommands.map((command) => describeCommand(command))
+  return specs
+}
 
 const specOf = (verb: string) => commandSpecs().find((spec) => spec.name === verb)
 

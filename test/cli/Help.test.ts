@@ -3,7 +3,7 @@
  * escape sequences when piped, every flag the parser accepts (as @effect/cli's own help lists it),
  * examples that parse, and structured usage errors naming the flag or argument at fault.
  */
-import { CliConfig, type Command, CommandDescriptor, HelpDoc } from "@effect/cli"
+import { Args, CliConfig, Command, CommandDescriptor, HelpDoc, Options } from "@effect/cli"
 import { Effect, Either, HashMap } from "effect"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -12,9 +12,9 @@ import * as NodePath from "node:path"
 import { afterEach, assert, beforeEach, describe, it } from "vitest"
 import { parseArgv } from "../../src/cli/Argv.ts"
 import { checkCommandLine } from "../../src/cli/CommandLine.ts"
-import type { CommandSpec } from "../../src/cli/Describe.ts"
+import { type CommandSpec, describeCommand } from "../../src/cli/Describe.ts"
 import { examples } from "../../src/cli/Examples.ts"
-import { allCommands, visibleSubcommands } from "../../src/cli/Help.ts"
+import { allCommands, commandHelp, groupHelp, visibleSubcommands } from "../../src/cli/Help.ts"
 import { commandSpecs, main, subcommands, valueFlagsOf } from "../../src/cli/Main.ts"
 import { verbs } from "../../src/cli/Verbs.ts"
 import { binPath, cli } from "../support/cli.ts"
@@ -186,6 +186,72 @@ describe("--help of every command and group", () => {
         `${spec.name} has ${count} examples (add 2-4 to src/cli/Examples.ts)`
       )
     }
+  })
+})
+
+describe("a command added to the tree", () => {
+  // As another noun would be added: nothing but its Command.make.
+  const backup = Command.make("backup", {
+    to: Options.file("to").pipe(Options.withDescription("where the backup goes")),
+    compress: Options.boolean("compress").pipe(Options.withAlias("z"), Options.withDescription("gzip it")),
+    level: Options.integer("level").pipe(Options.withDefault(3)),
+    label: Options.keyValueMap("label").pipe(Options.optional),
+    only: Options.choice("only", ["db", "files"]).pipe(Options.repeated),
+    allowSecret: Options.text("allow-secret").pipe(Options.withPseudoName("NAME"), Options.optional),
+    name: Args.text({ name: "name" }).pipe(Args.withDescription("backup name"))
+  }, () => Effect.void).pipe(Command.withDescription("copy the state directory aside"))
+  const state = Command.make("state").pipe(
+    Command.withDescription("check, back up and restore the state directory"),
+    Command.withSubcommands([backup, Command.make("check", {}, () => Effect.void)])
+  )
+  const spec = describeCommand(state)
+
+  it("has help listing every flag, with placeholders, defaults and repeatability", () => {
+    const help = commandHelp(["state", "backup"], spec.subcommands[0]!, spec)
+    assert.match(help, /^Usage: microagent state backup --to PATH \[flags\] NAME$/m)
+    assert.match(help, /^ {2}-z, --compress +gzip it$/m)
+    assert.match(help, /^ {2}--level N +\(no description\) \(default 3\)$/m)
+    assert.match(help, /^ {2}--label KEY=VALUE /m)
+    assert.match(help, /^ {2}--only db\|files +\(no description\) \(repeatable\)$/m)
+    assert.match(help, /^ {2}--allow-secret NAME /m)
+    assert.match(help, /^ {2}NAME +backup name$/m)
+    const group = groupHelp(["state"], spec)
+    assert.match(group, /^ {2}backup +copy the state directory aside$/m)
+    assert.match(group, /^ {2}check/m)
+  })
+
+  it("is checked: its group alone asks for help, mistakes name the flag", () => {
+    assert.deepStrictEqual(
+      checkCommandLine(["state"], spec, []),
+      Either.right({ _tag: "GroupHelp", path: ["state"], spec })
+    )
+    const bad = checkCommandLine(["state"], spec, ["backup", "--to", "x", "--level", "high", "n"])
+    assert.isTrue(Either.isLeft(bad) && bad.left.message === `--level takes a whole number, not "high"`)
+    const only = checkCommandLine(["state"], spec, [
+      "backup",
+      "--to",
+      "x",
+      "--only",
+      "db",
+      "--only",
+      "logs",
+      "n"
+    ])
+    assert.isTrue(Either.isLeft(only) && only.left.message.startsWith("--only takes one of db, files"))
+    const fine = checkCommandLine(["state"], spec, [
+      "backup",
+      "-z",
+      "--to",
+      "x",
+      "--only",
+      "db",
+      "--only",
+      "files",
+      "n"
+    ])
+    assert.deepStrictEqual(fine, Either.right({ _tag: "Ok" }))
+    const missing = checkCommandLine(["state"], spec, ["backup", "n"])
+    assert.isTrue(Either.isLeft(missing) && missing.left.message === "--to is required")
   })
 })
 
