@@ -226,11 +226,11 @@ const descriptionOf = (path: ReadonlyArray<string>, spec: CommandSpec): string =
 }
 
 /**
- * Where descriptions start: after the longest left part that fits (up to 22 columns); longer ones
+ * Where descriptions start: after the longest left part that fits (up to 24 columns); longer ones
  * (`-p, --publish [IP:]HOST:GUEST`) put their description on the next line.
  */
 const columnFor = (lefts: ReadonlyArray<string>): number =>
-  Math.max(12, ...lefts.map((left) => left.length).filter((n) => n <= 22).map((n) => n + 4))
+  Math.max(12, ...lefts.map((left) => left.length).filter((n) => n <= 24).map((n) => n + 4))
 
 const section = (title: string, body: ReadonlyArray<string>, style: Style): Array<string> =>
   body.length === 0 ? [] : ["", heading(`${title}:`, style), ...body]
