@@ -88,7 +88,10 @@ const cliConfig = CliConfig.make({ showBuiltIns: false, showTypes: false })
 
 const cli = Command.run(rootCommand, { name: "microagent", version })
 
-/** @effect/cli prints its parse failures with Console.error; they are reported as structured errors instead. */
+/**
+ * @effect/cli prints its parse failures with `Console.error`; they are reported as structured errors
+ * instead. Loggers write through `console.unsafe`, which stays as it was (the runtime's and serve's logs).
+ */
 const quietParser = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(
     Effect.console,
