@@ -174,7 +174,6 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "help",
     group: "Misc",
-    usage: "microagent help [all | COMMAND [SUBCOMMAND]]",
     summary: "show help for a command; `help all` lists every command"
   }
 ]
