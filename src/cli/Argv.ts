@@ -24,7 +24,14 @@ const usage = (message: string, remediation = "run `microagent help` for the lis
 
 const isFormat = (word: string | undefined) => word === "json" || word === "text"
 
-export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, InvalidInput> => {
+/**
+ * `valueFlagsOf(verb)`: the verb's flags that take a value, in every spelling (read from its
+ * descriptor by the caller), so that `run --name x IMAGE CMD` finds IMAGE.
+ */
+export const parseArgv = (
+  argv: ReadonlyArray<string>,
+  valueFlagsOf: (verb: string) => ReadonlyArray<string> = () => []
+): Either.Either<Parsed, InvalidInput> => {
   let json: boolean | undefined
   let stateDir: string | undefined
   let backend: Backend | undefined
@@ -93,15 +100,22 @@ export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, In
       }
       verbName = verb.name
       if (verb.name === "help") {
-        const topic = argv.slice(i + 1).find((word) => !word.startsWith("-"))
+        const [topic, subcommand] = argv.slice(i + 1).filter((word) => !word.startsWith("-"))
+        if (topic === "all") return Either.right({ _tag: "Help", topic: "all" })
         const target = topic === undefined ? undefined : findVerb(topic)
         if (topic !== undefined && target === undefined) {
           const suggestion = suggestVerb(topic)
-          return usage(`unknown command "${topic}"`, suggestion ? `did you mean \`${suggestion}\`?` : "")
+          return usage(
+            `unknown command "${topic}"`,
+            suggestion
+              ? `did you mean \`microagent help ${suggestion}\`?`
+              : "`microagent help all` lists every command"
+          )
         }
+        if (target === undefined || target.name === "help") return Either.right({ _tag: "Help" })
         return Either.right(
-          target === undefined || target.name === "help"
-            ? { _tag: "Help" }
+          subcommand !== undefined && target.subcommands
+            ? { _tag: "Help", topic: target.name, subcommand }
             : { _tag: "Help", topic: target.name }
         )
       }
@@ -120,11 +134,12 @@ export const parseArgv = (argv: ReadonlyArray<string>): Either.Either<Parsed, In
     }
     rest.push(arg)
     if (arg.startsWith("-") && arg !== "-") {
-      if (inline === undefined && verb.valueFlags?.includes(arg) && i + 1 < argv.length) rest.push(argv[++i]!)
+      const takesValue = verb.valueFlags?.includes(arg) || valueFlagsOf(verb.name).includes(arg)
+      if (inline === undefined && takesValue && i + 1 < argv.length) rest.push(argv[++i]!)
       continue
     }
     positionals++
-    if (verb.guestArgv && positionals === 1) {
+    if (verb.guestArgs !== undefined && positionals === 1) {
       // Everything after the image (run) or the workspace (exec, connect) belongs to the guest,
       // verbatim, except output flags typed right after it (`connect web --json`): no guest command
       // starts with those, so they are microagent's.

@@ -11,7 +11,8 @@ import { secretFlag, volumeFlag } from "./volume.ts"
 
 export const envOption = Options.text("env").pipe(
   Options.withAlias("e"),
-  Options.withDescription("set a guest environment variable, KEY=VALUE (repeatable)"),
+  Options.withPseudoName("KEY=VALUE"),
+  Options.withDescription("set a guest environment variable (repeatable)"),
   Options.repeated
 )
 
@@ -35,7 +36,8 @@ export const parseEnv = (pairs: ReadonlyArray<string>) =>
 
 /** `--output NAME=/guest/path` (repeatable): outputs collected as artifacts (see docs/files.md). */
 export const outputOption = Options.text("output").pipe(
-  Options.withDescription("declare an output, NAME=/guest/path, collected as an artifact (repeatable)"),
+  Options.withPseudoName("NAME=/PATH"),
+  Options.withDescription("collect a guest path as an artifact NAME (repeatable)"),
   Options.repeated
 )
 
@@ -44,33 +46,43 @@ export const optionalInt = (name: string, description: string) =>
 
 export const workspaceOptions = {
   name: Options.text("name").pipe(
+    Options.withPseudoName("NAME"),
     Options.withDescription("workspace name (default: generated)"),
     Options.optional
   ),
   env: envOption,
   profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
-    Options.withDescription("resource profile (see `microagent profiles`)"),
+    Options.withDescription("resource profile: tiny, small, medium or large (see `microagent profiles`)"),
     Options.optional
   ),
-  memory: optionalInt("memory", "guest memory in MiB (default 512)"),
+  memory: Options.integer("memory").pipe(
+    Options.withPseudoName("MIB"),
+    Options.withDescription("guest memory in MiB (default 512)"),
+    Options.optional
+  ),
   cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
-  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: image content plus headroom)"),
+  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: the image's content plus room)"),
   file: Options.file("file").pipe(
-    Options.withDescription("a microagent.yaml workspace spec"),
+    Options.withPseudoName("SPEC"),
+    Options.withDescription("a microagent.yaml workspace spec; flags override its fields"),
     Options.optional
   ),
-  hostname: Options.text("hostname").pipe(Options.withDescription("guest hostname"), Options.optional),
+  hostname: Options.text("hostname").pipe(
+    Options.withPseudoName("NAME"),
+    Options.withDescription("guest hostname (default: the workspace name)"),
+    Options.optional
+  ),
   network: Options.text("network").pipe(
+    Options.withPseudoName("MODE"),
     Options.withDescription(
-      "user (default): outbound NAT; isolated: no network device; NAME: also join named network NAME (repeatable)"
+      "user (default, outbound NAT), isolated (no network), or a named network to join too (repeatable)"
     ),
     Options.repeated
   ),
   publish: Options.text("publish").pipe(
     Options.withAlias("p"),
-    Options.withDescription(
-      "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (repeatable)"
-    ),
+    Options.withPseudoName("[IP:]HOST:GUEST"),
+    Options.withDescription("publish a guest TCP port on the host (repeatable)"),
     Options.repeated
   ),
   bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),

@@ -1,30 +1,33 @@
 /**
- * The command tree and the top-level flow of the CLI: split the command line, print grouped help,
- * run the command with @effect/cli, and turn failures into a message and an exit code
+ * The command tree and the top-level flow of the CLI: split the command line, answer help, check the
+ * command line against the tree, run the command with @effect/cli, and turn failures into a message
+ * and an exit code
  * (0 ok, 1 failed, 2 usage, 75 retryable; `run` and `exec` pass the guest's exit code through).
  */
-import { CliConfig, Command, CommandDescriptor, HelpDoc, ValidationError } from "@effect/cli"
+import { CliConfig, Command, ValidationError } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
-import { Cause, Effect, Either, HashMap, HashSet, Option } from "effect"
-import { ExitCode, exitCodeFor, isMicroagentError } from "../domain/Errors.ts"
+import { Cause, Effect, Either, Option } from "effect"
+import { ExitCode, exitCodeFor, InvalidInput, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
+import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
 import { connectCommand } from "./connect.ts"
 import { cpGroup } from "./cp.ts"
+import { type CommandSpec, describeCommand, docText, spellingsOf } from "./Describe.ts"
+import { allCommandsHelp, commandHelp, groupHelp, type Style, terminalStyle, topLevelHelp } from "./Help.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { networkCommand } from "./network.ts"
-import { renderError, wantsJson } from "./Output.ts"
+import { renderError, stdoutClosed, wantsJson } from "./Output.ts"
 import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { stateCommand } from "./state.ts"
-import { verbs } from "./Verbs.ts"
 import { volumeCommand } from "./volume.ts"
 
 export const subcommands = [
@@ -51,87 +54,100 @@ export const rootCommand = Command.make("microagent").pipe(
   Command.withSubcommands(subcommands)
 )
 
-const groups = ["Getting started", "Run", "Lifecycle", "Observe", "Resources", "Maintenance", "Misc"] as const
+/** The command tree as data (src/cli/Describe.ts), read once, when first needed. */
+let specs: ReadonlyArray<CommandSpec> | undefined
+export const commandSpecs = (): ReadonlyArray<CommandSpec> => {
+  specs ??= subcommands.map((command) => describeCommand(command))
+  return specs
+}
 
-export const topLevelHelp = (): string => {
-  const lines = [
-    `microagent ${version} — AI-agent workspaces in microVMs, booted from OCI images`,
-    "",
-    "Usage: microagent [global flags] COMMAND [flags] [args]",
-    ""
-  ]
-  for (const group of groups) {
-    lines.push(`${group}:`)
-    for (const verb of verbs.filter((v) => v.group === group)) {
-      const aliases = verb.aliases?.length ? ` (alias: ${verb.aliases.join(", ")})` : ""
-      lines.push(`  ${verb.name.padEnd(10)} ${verb.summary}${aliases}`)
-    }
-    lines.push("")
+const specOf = (verb: string) => commandSpecs().find((spec) => spec.name === verb)
+
+/** A command's flags that take a value, in every spelling: where `run`'s guest argv begins depends on them. */
+export const valueFlagsOf = (verb: string): ReadonlyArray<string> =>
+  (specOf(verb)?.flags ?? []).filter((flag) => flag.kind !== "bool").flatMap(spellingsOf)
+
+/** The text `microagent help [all | COMMAND [SUBCOMMAND]]` prints, or the usage error it is. */
+export const helpFor = (
+  topic: string | undefined,
+  subcommand: string | undefined,
+  style: Style
+): Either.Either<string, InvalidInput> => {
+  if (topic === undefined) return Either.right(topLevelHelp(version, style))
+  if (topic === "all") return Either.right(allCommandsHelp(commandSpecs(), style))
+  const spec = specOf(topic)
+  if (spec === undefined) return Either.right(topLevelHelp(version, style))
+  if (subcommand === undefined || spec.subcommands.length === 0) {
+    return Either.right(commandHelp([topic], spec, undefined, style))
   }
-  lines.push(
-    "Global flags (before or after the command):",
-    "  --json, --output json|text   output format (default: text on a terminal, JSON otherwise)",
-    "  --state-dir DIR              state directory (default: $MICROAGENT_HOME or ~/.microagent)",
-    "  --backend qemu|fake          backend for new workspaces (default: $MICROAGENT_BACKEND or qemu)",
-    "  --no-color                   no colour",
-    "",
-    "`microagent help COMMAND` or `microagent COMMAND --help` shows a command's flags."
-  )
-  return `${lines.join("\n")}\n`
+  const child = spec.subcommands.find((c) => c.name === subcommand)
+  if (child === undefined) return Either.left(unknownSubcommand([topic], spec, subcommand))
+  return Either.right(commandHelp([topic, subcommand], child, spec, style))
 }
 
-/** Help without @effect/cli's built-in options and type hints: only what the command itself takes. */
+/** @effect/cli's own help is never shown (src/cli/Help.ts writes it); this keeps its built-ins out of parsing. */
 const cliConfig = CliConfig.make({ showBuiltIns: false, showTypes: false })
-
-const stripAnsi = (text: string) => text.replace(new RegExp(`${String.fromCharCode(27)}\\[[0-9;]*m`, "g"), "")
-
-/** A command's own help: its usage, flags and arguments; plain text unless on a colour terminal. */
-export const commandHelp = (verb: string, color: boolean, subcommand?: string): string => {
-  // The commands differ in their handlers' types; only their descriptors matter here.
-  const commands = subcommands as unknown as ReadonlyArray<Command.Command<string, never, never, unknown>>
-  const group = commands.find((c) => HashSet.has(Command.getNames(c), verb))
-  if (group === undefined) return topLevelHelp()
-  const child = subcommand === undefined
-    ? undefined
-    : Command.getSubcommands(group).pipe(HashMap.get(subcommand), Option.getOrUndefined)
-  const usage = child === undefined
-    ? verbs.find((v) => v.name === verb)?.usage ?? `microagent ${verb}`
-    : `microagent ${verb} ${subcommand} [flags] [args]`
-  const text = `Usage: ${usage}\n${
-    HelpDoc.toAnsiText(
-      child === undefined ? Command.getHelp(group, cliConfig) : CommandDescriptor.getHelp(child, cliConfig)
-    )
-  }`
-  return color ? text : stripAnsi(text)
-}
 
 const cli = Command.run(rootCommand, { name: "microagent", version })
 
+/**
+ * @effect/cli prints its parse failures with `Console.error`; they are reported as structured errors
+ * instead. Loggers write through `console.unsafe`, which stays as it was (the runtime's and serve's logs).
+ */
+const quietParser = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(
+    Effect.console,
+    (console) => Effect.withConsole(effect, { ...console, error: () => Effect.void, unsafe: console.unsafe })
+  )
+
+/** A parse failure the checks of CommandLine.ts let through, as a usage error. */
+const fromValidationError = (verb: string, error: ValidationError.ValidationError) =>
+  new InvalidInput({
+    message: ("error" in error ? docText(error.error as never) : "") || "invalid command line",
+    remediation: `\`microagent ${verb} --help\` shows its flags and examples`
+  })
+
+const explicitJson = (argv: ReadonlyArray<string>) =>
+  argv.includes("--json") || argv.some((word, i) => word === "--output" && argv[i + 1] === "json")
+    || argv.includes("--output=json")
+    ? true
+    : undefined
+
 /** Runs the CLI on `argv` (without node and script); resolves with the process exit code. */
 export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
-  const parsed = parseArgv(argv)
-  const json = wantsJson(argv.includes("--json") ? true : undefined)
-  if (Either.isLeft(parsed)) {
-    process.stderr.write(renderError(parsed.left, json))
+  const parsed = parseArgv(argv, valueFlagsOf)
+  const json = wantsJson(explicitJson(argv))
+  const usageError = (error: InvalidInput) => {
+    process.stderr.write(renderError(error, json))
     return Effect.succeed(ExitCode.usage)
   }
+  if (Either.isLeft(parsed)) return usageError(parsed.left)
   const request = parsed.right
   if (request._tag === "Version") {
     process.stdout.write(`${version}\n`)
     return Effect.succeed(ExitCode.ok)
   }
-  if (request._tag === "Help" && request.topic === undefined) {
-    process.stdout.write(topLevelHelp())
-    return Effect.succeed(ExitCode.ok)
-  }
   if (request._tag === "Help") {
-    process.stdout.write(
-      commandHelp(request.topic!, process.stdout.isTTY === true && !process.env.NO_COLOR, request.subcommand)
-    )
+    const noColor = argv.includes("--no-color")
+    const text = helpFor(request.topic, request.subcommand, terminalStyle(noColor))
+    if (Either.isLeft(text)) return usageError(text.left)
+    process.stdout.write(text.right)
     return Effect.succeed(ExitCode.ok)
   }
   const invocation = request.invocation
-  return cli(["node", "microagent", request.verb, ...request.args]).pipe(
+  const spec = specOf(request.verb)
+  if (spec !== undefined) {
+    const checked = checkCommandLine([request.verb], spec, request.args)
+    if (Either.isLeft(checked)) return usageError(checked.left)
+    if (checked.right._tag === "GroupHelp") {
+      process.stdout.write(
+        groupHelp(checked.right.path, checked.right.spec, terminalStyle(invocation.noColor))
+      )
+      return Effect.succeed(ExitCode.ok)
+    }
+  }
+  const command = cli(["node", "microagent", request.verb, ...request.args]).pipe(
+    quietParser,
     Effect.provideService(Invocation, invocation),
     Effect.provide(CliConfig.layer(cliConfig)),
     Effect.provide(NodeContext.layer),
@@ -145,7 +161,9 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
           return Effect.succeed(exitCodeFor(error))
         }
         if (ValidationError.isValidationError(error)) {
-          // @effect/cli has printed the problem already.
+          process.stderr.write(
+            renderError(fromValidationError(request.verb, error), wantsJson(invocation.json))
+          )
           return Effect.succeed(ExitCode.usage)
         }
       }
@@ -154,4 +172,6 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
       return Effect.succeed(ExitCode.failed)
     })
   )
+  // A reader that goes away (`| head`) ends the command: what it holds is released as on Ctrl-C.
+  return Effect.raceFirst(command, Effect.promise(() => stdoutClosed))
 }

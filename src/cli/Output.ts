@@ -14,6 +14,26 @@ export const wantsJson = (explicit: boolean | undefined): boolean => {
   return !process.stdout.isTTY
 }
 
+/**
+ * The exit code once our stdout's reader has gone (`microagent run … | head`): 141, as a process
+ * ended by SIGPIPE, with nothing printed, as coreutils do. Any other failure to write stdout ends
+ * the command with 1 and a one-line message. `watchPipes` must run before the first write.
+ */
+let stdoutGone: (code: number) => void = () => {}
+export const stdoutClosed: Promise<number> = new Promise((resolve) => {
+  stdoutGone = resolve
+})
+
+export const watchPipes = (): void => {
+  process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+    if (error.code === "EPIPE" || error.code === "ERR_STREAM_DESTROYED") return stdoutGone(141)
+    process.stderr.write(`microagent: cannot write to stdout: ${error.message}\n`)
+    stdoutGone(1)
+  })
+  // Nowhere is left to report a closed stderr.
+  process.stderr.on("error", () => {})
+}
+
 export const jsonMode = Invocation.pipe(Effect.map((invocation) => wantsJson(invocation.json)))
 
 const writeOut = (text: string | Uint8Array) =>

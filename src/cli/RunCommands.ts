@@ -45,14 +45,20 @@ const stdinBytes = (source: Option.Option<string>) =>
 
 const execOptions = {
   env: workspaceOptions.env,
-  cwd: Options.text("cwd").pipe(Options.withDescription("working directory in the guest"), Options.optional),
-  user: Options.text("user").pipe(
-    Options.withDescription("user (name or uid[:gid]) in the guest"),
+  cwd: Options.text("cwd").pipe(
+    Options.withPseudoName("DIR"),
+    Options.withDescription("working directory in the guest"),
     Options.optional
   ),
-  timeout: optionalInt("timeout", "seconds before the command is stopped (TERM, then KILL)"),
+  user: Options.text("user").pipe(
+    Options.withPseudoName("USER"),
+    Options.withDescription("user in the guest, a name or UID[:GID]"),
+    Options.optional
+  ),
+  timeout: optionalInt("timeout", "seconds until the command is stopped (TERM, then KILL)"),
   stdin: Options.text("stdin").pipe(
-    Options.withDescription("feed the command's stdin from a file, or - for ours"),
+    Options.withPseudoName("FILE|-"),
+    Options.withDescription("the command's stdin: a file, or - for microagent's own"),
     Options.optional
   )
 }
@@ -107,7 +113,10 @@ const runCommand = Command.make("run", {
   keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
   rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
   outputs: outputOption,
-  image: Args.text({ name: "image" }).pipe(Args.withDescription("OCI image reference"), Args.optional)
+  image: Args.text({ name: "image" }).pipe(
+    Args.withDescription("OCI image (default: the built-in busybox image)"),
+    Args.optional
+  )
 }, (options) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
@@ -158,14 +167,25 @@ const describeWorkspace = (ws: Workspace) =>
 
 const createCommand = Command.make("create", {
   ...workspaceOptions,
-  imageFlag: Options.text("image").pipe(Options.withDescription("OCI image reference"), Options.optional),
+  imageFlag: Options.text("image").pipe(
+    Options.withPseudoName("REF"),
+    Options.withDescription("OCI image reference (default: the built-in busybox image)"),
+    Options.optional
+  ),
   entrypoint: Options.text("entrypoint").pipe(
+    Options.withPseudoName("CMD"),
     Options.withDescription("shell command each start runs"),
     Options.optional
   ),
-  restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(Options.optional),
+  restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(
+    Options.withDescription("restart policy, recorded"),
+    Options.optional
+  ),
   outputs: outputOption,
-  positionalName: Args.text({ name: "name" }).pipe(Args.optional)
+  positionalName: Args.text({ name: "name" }).pipe(
+    Args.withDescription("workspace name (or --name; default: generated)"),
+    Args.optional
+  )
 }, (options) =>
   Effect.gen(function*() {
     const spec = yield* readSpec(options.file)
@@ -222,7 +242,7 @@ const execCommand = Command.make("exec", {
   stream: Options.boolean("stream").pipe(
     Options.withDescription("stream output as it comes (JSON lines when piped)")
   ),
-  name: Args.text({ name: "workspace" })
+  name: Args.text({ name: "workspace" }).pipe(Args.withDescription("a running workspace"))
 }, (options) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
@@ -269,6 +289,6 @@ const execCommand = Command.make("exec", {
         })
       ))
     }))
-  })).pipe(Command.withDescription("run a command in a running workspace: exec NAME [flags] -- CMD [ARG...]"))
+  })).pipe(Command.withDescription("run a command (argv, no shell) in a running workspace"))
 
 export const runGroup = [runCommand, createCommand, startCommand, execCommand] as const

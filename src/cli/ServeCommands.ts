@@ -24,6 +24,7 @@ const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleErro
 
 const rpcCommand = Command.make("rpc", {
   socket: Options.text("socket").pipe(
+    Options.withPseudoName("PATH"),
     Options.withDescription("unix socket to listen on (made 0600, its directory 0700)")
   )
 }, ({ socket }) =>

@@ -4,9 +4,11 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Exit } from "effect"
 import { main } from "./Main.ts"
+import { watchPipes } from "./Output.ts"
 
 // Everything the CLI writes under the state directory is private to the user.
 process.umask(0o077)
+watchPipes()
 
 NodeRuntime.runMain(main(process.argv.slice(2)), {
   disableErrorReporting: true,

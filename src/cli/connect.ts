@@ -135,6 +135,7 @@ const sendInputs = (client: MicroagentClient["Type"], sessionId: string, inputs:
 
 export const connectCommand = Command.make("connect", {
   detachKeys: Options.text("detach-keys").pipe(
+    Options.withPseudoName("KEYS"),
     Options.withDescription("keys that detach, leaving the VM running (default ctrl-]; e.g. ctrl-p,ctrl-q)"),
     Options.optional
   ),
@@ -198,5 +199,5 @@ export const connectCommand = Command.make("connect", {
       }
     })))
   })).pipe(
-    Command.withDescription("an interactive shell (or CMD) in a running workspace: connect NAME [-- CMD...]")
+    Command.withDescription("an interactive shell (or CMD) in a running workspace; detach with ctrl-]")
   )

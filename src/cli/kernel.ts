@@ -65,6 +65,7 @@ const install = Command.make(
       Options.optional
     ),
     modulesDir: Options.text("modules-dir").pipe(
+      Options.withPseudoName("DIR"),
       Options.withDescription("with --path to a bare kernel: its lib/modules/<version> directory"),
       Options.optional
     ),

@@ -21,15 +21,17 @@ import { emit, table } from "./Output.ts"
 
 export const volumeFlag = Options.text("volume").pipe(
   Options.withAlias("v"),
+  Options.withPseudoName("SRC:/PATH[:ro]"),
   Options.withDescription(
-    "attach a disk, SOURCE:/guest/path[:ro|rw]: a volume name, a .tar/.tar.gz/.tgz bundle or an .ext4/.img image (repeatable)"
+    "attach a disk at /PATH: SRC is a volume, a .tar/.tgz bundle or an .ext4/.img image (repeatable)"
   ),
   Options.repeated
 )
 
 export const secretFlag = Options.text("secret").pipe(
+  Options.withPseudoName("NAME=SOURCE"),
   Options.withDescription(
-    "deliver a secret to /run/secrets/NAME: NAME=env:VAR, NAME=file:PATH or NAME=dotenv:PATH[:KEY] (repeatable)"
+    "a secret at /run/secrets/NAME from env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
   ),
   Options.repeated
 )

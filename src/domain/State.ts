@@ -84,7 +84,8 @@ const remedies: Partial<Record<State, string>> = {
   running: "it is already running; use `exec`, `halt` or `kill`",
   starting: "another command is starting it; wait for it with `microagent wait`",
   stopping: "it is being halted; wait for it with `microagent wait`",
-  paused: "resume it with `microagent resume`",
+  paused:
+    "it is paused; `microagent halt` stops it (or `microagent kill`), then `microagent start` boots it again",
   quarantined: "a quarantined workspace is held for inspection and cannot change"
 }
 

@@ -207,10 +207,10 @@ const classify = (cause: Cause.Cause<unknown>): MicroagentError => {
       typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
     ) {
       return new Transient({
-        message: `lost the connection to the microagent server: ${
+        message: `lost the connection to the microagent runtime: ${
           String((error as { message?: unknown }).message)
         }`,
-        remediation: "retry; the server restarts on demand",
+        remediation: "retry; the runtime restarts on demand",
         retryAfterMs: 1000
       })
     }

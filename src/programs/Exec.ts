@@ -32,7 +32,7 @@ export const runningHandle = Effect.fn("runningHandle")(function*(name: string) 
     return yield* new Conflict({
       message: `workspace ${name} is ${workspace.state}, not running`,
       remediation: workspace.state === "paused"
-        ? `resume it first: microagent resume ${name}`
+        ? `nothing resumes a paused workspace from the CLI; \`microagent halt ${name}\` stops it, then \`microagent start ${name}\``
         : `start it first: microagent start ${name}`
     })
   }

@@ -165,6 +165,7 @@ describe("the microagent CLI on the fake backend", () => {
     assert.deepStrictEqual(JSON.parse(settled.stdout), { workspace: "busy", state: "stopped", ok: true })
   })
 
+  // Thirteen CLI processes: slow on a loaded host.
   it("help never performs the operation, wherever it stands", async () => {
     await cliAsync(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })
     await cliAsync(["start", "keepme"], { stateDir })
@@ -187,7 +188,7 @@ describe("the microagent CLI on the fake backend", () => {
     assert.isFalse(NodeFs.existsSync(fresh), "help must not open the state directory")
     const top = (await cliAsync(["help"], { stateDir })).stdout
     for (const group of ["Run:", "Lifecycle:", "Observe:"]) assert.include(top, group)
-  })
+  }, 120_000)
 
   it("two starts of one workspace from two processes: one wins, the other gets conflict", async () => {
     await cliAsync(["create", "--backend", "fake", "--image", "alpine", "race"], { stateDir })

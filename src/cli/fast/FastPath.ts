@@ -300,6 +300,15 @@ export const fastPath = (argv: ReadonlyArray<string>): Promise<number | undefine
     }
     socket.once("connect", () => {
       sent = true
+      // Output is written once the call has finished (the runtime has torn down what it started): a
+      // reader that has gone (`| head`) ends us quietly with 141, as SIGPIPE would, as coreutils do.
+      process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+        if (error.code !== "EPIPE") {
+          process.stderr.write(`microagent: cannot write to stdout: ${error.message}\n`)
+        }
+        process.exit(error.code === "EPIPE" ? 141 : 1)
+      })
+      process.stderr.on("error", () => {})
       socket.write(
         `${
           JSON.stringify({ _tag: "Request", id: "1", tag: call.verb, payload: call.payload, headers: [] })

@@ -52,7 +52,7 @@ export const backendLayer = (
       return Layer.fail(
         new Unsupported({
           message: `the ${backend} backend is not available in this build`,
-          remediation: "use --backend fake",
+          remediation: "use --backend qemu (the default)",
           backend,
           feature: "launch"
         })

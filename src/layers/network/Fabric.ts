@@ -39,7 +39,7 @@ export const fabricProblem = (): { readonly message: string; readonly remediatio
   if (!hasNetAdmin()) {
     return {
       message: "named networks need root or CAP_NET_ADMIN (network namespaces, bridges and taps)",
-      remediation: "run microagent as root, or use --network user"
+      remediation: "run as root, or use --network user"
     }
   }
   return undefined

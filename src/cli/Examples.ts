@@ -1,0 +1,115 @@
+/**
+ * Examples shown at the end of a command's help and in docs/cli.md, by command path ("run",
+ * "image pull"). Each must parse: test/cli/Help.test.ts checks every example against the command's
+ * flags and arguments, so an example cannot outlive a flag it uses. Top-level commands carry 2-4.
+ */
+export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
+  doctor: ["microagent doctor", "microagent doctor --json"],
+  run: [
+    "microagent run alpine:3.20 -- echo hello",
+    "microagent run -e NAME=hi --memory 1024 debian:12 -- sh -c 'echo $NAME'",
+    "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
+    "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
+  ],
+  create: [
+    "microagent create --image alpine:3.20 dev",
+    "microagent create --file microagent.yaml --profile medium -p 8080:80 web"
+  ],
+  start: ["microagent start dev", "microagent start --secret token=env:API_TOKEN dev"],
+  exec: [
+    "microagent exec dev -- uname -a",
+    "microagent exec --cwd /work -e DEBUG=1 dev -- make test",
+    "microagent exec --stream dev -- sh -c 'while sleep 1; do date; done'"
+  ],
+  cp: ["microagent cp ./data dev:/work/data", "microagent cp dev:/var/log/app.log ."],
+  connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
+  inspect: ["microagent inspect dev", "microagent inspect dev --json"],
+  wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
+  halt: ["microagent halt dev", "microagent halt --timeout 5 --reason maintenance dev"],
+  kill: ["microagent kill dev", "microagent kill dev --json"],
+  delete: ["microagent delete dev", "microagent delete --force dev scratch"],
+  list: ["microagent list", "microagent list --json"],
+  ps: ["microagent ps", "microagent ps --json"],
+  logs: ["microagent logs dev", "microagent logs --follow dev"],
+  events: ["microagent events dev", "microagent events --follow --json dev"],
+  artifacts: [
+    "microagent artifacts ls run-quiet-otter-1a2b",
+    "microagent artifacts get run-quiet-otter-1a2b report ./out/",
+    "microagent artifacts rm run-quiet-otter-1a2b"
+  ],
+  "artifacts ls": ["microagent artifacts ls dev"],
+  "artifacts get": ["microagent artifacts get dev report ./report.json"],
+  "artifacts rm": ["microagent artifacts rm dev"],
+  image: [
+    "microagent image pull alpine:3.20",
+    "microagent image import ./layout --tag local/tool:1",
+    "microagent image ls",
+    "microagent image rm --purge alpine:3.20"
+  ],
+  "image pull": [
+    "microagent image pull alpine:3.20",
+    "microagent image pull --platform linux/arm64 debian:12"
+  ],
+  "image import": ["microagent image import ./image.tar --tag local/tool:1"],
+  "image list": ["microagent image list --json"],
+  "image ls": ["microagent image ls"],
+  "image inspect": ["microagent image inspect alpine:3.20"],
+  "image tag": ["microagent image tag alpine:3.20 base:latest"],
+  "image rm": ["microagent image rm alpine:3.20", "microagent image rm --purge alpine:3.20 debian:12"],
+  "image delete": ["microagent image delete alpine:3.20"],
+  "image prune": ["microagent image prune", "microagent image prune --purge"],
+  kernel: ["microagent kernel ensure", "microagent kernel list", "microagent kernel verify"],
+  "kernel list": ["microagent kernel list --json"],
+  "kernel install": [
+    "microagent kernel install",
+    "microagent kernel install --path ./vmlinuz --modules-dir ./modules/6.1.0-28"
+  ],
+  "kernel verify": ["microagent kernel verify"],
+  "kernel ensure": ["microagent kernel ensure", "microagent kernel ensure --machine q35"],
+  volume: [
+    "microagent volume create --size-mib 2048 cache",
+    "microagent run -v cache:/cache alpine -- du -sh /cache",
+    "microagent volume resize --size-mib 4096 cache"
+  ],
+  "volume create": ["microagent volume create cache", "microagent volume create --size-mib 4096 data"],
+  "volume ls": ["microagent volume ls"],
+  "volume list": ["microagent volume list --json"],
+  "volume inspect": ["microagent volume inspect cache"],
+  "volume rm": ["microagent volume rm cache", "microagent volume rm --force cache"],
+  "volume delete": ["microagent volume delete cache"],
+  "volume resize": ["microagent volume resize --size-mib 4096 cache"],
+  secret: [
+    "microagent secret check token=env:API_TOKEN",
+    "microagent secret check db=dotenv:.env:DB_PASSWORD key=file:./id_ed25519"
+  ],
+  "secret check": ["microagent secret check token=env:API_TOKEN"],
+  network: [
+    "microagent network create backend",
+    "microagent run --network backend --name api alpine -- sleep 600",
+    "microagent network inspect backend"
+  ],
+  "network create": [
+    "microagent network create backend",
+    "microagent network create --subnet 10.90.0.0/24 lab"
+  ],
+  "network ls": ["microagent network ls"],
+  "network list": ["microagent network list --json"],
+  "network inspect": ["microagent network inspect backend"],
+  "network rm": ["microagent network rm backend", "microagent network rm --force backend"],
+  profiles: ["microagent profiles", "microagent run --profile large debian:12 -- nproc"],
+  perf: ["microagent perf boot --runs 5", "microagent perf footprint"],
+  "perf boot": ["microagent perf boot", "microagent perf boot --runs 10 --network isolated alpine:3.20"],
+  "perf footprint": ["microagent perf footprint", "microagent perf footprint dev"],
+  runtime: ["microagent runtime", "microagent runtime --idle-seconds 600"],
+  gc: ["microagent gc", "microagent gc --json"],
+  state: ["microagent state check", "microagent state backup", "microagent state restore"],
+  "state check": ["microagent state check", "microagent state check --json"],
+  "state backup": ["microagent state backup", "microagent state backup --to ./state-copy.db"],
+  "state restore": ["microagent state restore", "microagent state restore state-20261204T101500Z-manual.db"],
+  serve: ["microagent serve mcp", "microagent serve rpc --socket /run/user/1000/microagent.sock"],
+  "serve rpc": ["microagent serve rpc --socket ./microagent.sock"],
+  "serve mcp": [
+    "microagent serve mcp",
+    "microagent serve mcp --host-root ./project --allow-secret GITHUB_TOKEN"
+  ]
+}
