@@ -11,10 +11,11 @@ import { Home } from "../services/Home.ts"
 import { Invocation } from "./Invocation.ts"
 import { emit, table } from "./Output.ts"
 
+/** The state directory's layout, creating nothing: `check` only reads, and `backup` makes its own directory. */
 const withHome = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(
     Invocation,
-    (invocation) => Effect.provide(effect, Home.layer(Home.resolveRoot(invocation.stateDir)))
+    (invocation) => Effect.provideService(effect, Home, Home.layout(Home.resolveRoot(invocation.stateDir)))
   )
 
 const describeCheck = (r: StateCheckResult) => {

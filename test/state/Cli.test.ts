@@ -141,6 +141,16 @@ describe("state.db lost and restored (CLI, fake backend)", () => {
     await restoreAndVerify()
   }, 300_000)
 
+  it("state check and doctor read a state directory without creating anything", async () => {
+    const fresh = NodePath.join(stateDir, "not-yet")
+    const check = await cliAsync(["state", "check"], { stateDir: fresh, env })
+    assert.strictEqual(check.code, 0, check.stderr)
+    assert.deepStrictEqual(JSON.parse(check.stdout).exists, false)
+    const doctor = await cliAsync(["doctor"], { stateDir: fresh, env })
+    assert.isTrue(JSON.parse(doctor.stdout).checks.find((c: { name: string }) => c.name === "state").ok)
+    assert.isFalse(NodeFs.existsSync(fresh))
+  }, 120_000)
+
   it("restore stops a runtime that serves the directory; its running workspace is re-adopted", async () => {
     ok(await run(["create", "--image", "alpine", "busy"]), "create")
     ok(await run(["state", "backup"]), "backup")
