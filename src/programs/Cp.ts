@@ -11,6 +11,7 @@ import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } f
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
 import type { Workspace } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import * as Debugfs from "../layers/rootfs/Debugfs.ts"
 import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
 import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
@@ -185,6 +186,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     })
   }
   const reached = yield* reach(name)
+  yield* faultPoint("cp.reached")
   const tree = kind === "directory"
     ? yield* Effect.try({
       try: () => walkHost(hostPath, "top"),
@@ -294,6 +296,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     })
   }
   const reached = yield* reach(name)
+  yield* faultPoint("cp.reached")
   const done = (
     target: string,
     kind: CopyResult["kind"],

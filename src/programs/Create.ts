@@ -21,6 +21,7 @@ import {
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { validateSecretRefs } from "../layers/secrets/SecretRefs.ts"
 import { validateMounts } from "../layers/volume/MountFlag.ts"
 import { Home } from "../services/Home.ts"
@@ -132,6 +133,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       updatedAt: now
     })
     yield* store.create(workspace)
+    yield* faultPoint("create.recorded")
     yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
     yield* Effect.try({
       try: () => NodeFs.renameSync(staging, workspaceDir),
