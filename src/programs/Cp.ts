@@ -7,6 +7,7 @@
 import { Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { classifyNoSpace } from "../domain/DiskFull.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
@@ -278,11 +279,16 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     const workDir = yield* privateWorkDir
     yield* Debugfs.writeBatch(image, lines, workDir)
     return result(target, "offline")
-  })).pipe(Effect.catchTags({
-    DebugfsFailed: imageError(name),
-    ToolMissing: imageError(name),
-    ToolFailed: imageError(name)
-  }))
+  })).pipe(
+    Effect.catchTags({
+      DebugfsFailed: imageError(name),
+      ToolMissing: imageError(name),
+      ToolFailed: imageError(name)
+    }),
+    Effect.mapError(
+      classifyNoSpace(`copying ${hostPath} into workspace ${name}`, reached.workspace.rootfsPath)
+    )
+  )
 })
 
 /** Workspace → host. A directory at `hostPath` receives the source under its guest basename. */

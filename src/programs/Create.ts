@@ -30,6 +30,7 @@ import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
+import { stagingName } from "./internal/Staging.ts"
 import { checkNetworking, joinNetworks } from "./Network.ts"
 
 export interface CreateOptions {
@@ -104,7 +105,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   const workspaceDir = home.workspaceDir(name)
   // The disk is prepared in a staging directory and renamed into place once the name is ours.
   const staging = yield* home.ensureDir(
-    NodePath.join(home.workspaces, `.staging-${randomBytes(6).toString("hex")}`)
+    NodePath.join(home.workspaces, stagingName(randomBytes(6).toString("hex")))
   )
   return yield* Effect.gen(function*() {
     yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)

@@ -3,13 +3,16 @@
  * directories and staging directories that no record owns are removed, and every VMM of this state
  * directory that no live record owns is killed. Disks of recorded workspaces are never touched.
  */
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { isLive } from "../domain/State.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { Volume, Volumes } from "../services/Volumes.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
+import { stagingInUse } from "./internal/Staging.ts"
 import { reapNetworks } from "./Network.ts"
 
 export interface GcReport {
@@ -65,7 +68,10 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
   const now = Date.now()
   for (const name of entries(home.workspaces)) {
     const dir = NodePath.join(home.workspaces, name)
-    if (known.has(name) || (name.startsWith(".staging-") && !isStale(dir, now))) continue
+    // Staging of a create still under way is left alone: its process lives (or, for old names, it is recent).
+    if (known.has(name) || (name.startsWith(".staging-") && stagingInUse(name) && !isStale(dir, now))) {
+      continue
+    }
     // A create may have finished since the list was read.
     if ((yield* store.find(name))._tag === "Some") continue
     // Staging directories of interrupted creates, and directories whose record is gone.
@@ -77,6 +83,20 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
     if (!isStale(path, now)) continue
     NodeFs.rmSync(path, { recursive: true, force: true })
     removed.push(path)
+  }
+  // Volume claims of workspaces that are no longer live (their VM died without a halt or kill).
+  const volumes = yield* Effect.serviceOption(Volumes)
+  if (Option.isSome(volumes)) {
+    const liveNow = new Set<string>((yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name))
+    const all = yield* volumes.value.list.pipe(Effect.orElseSucceed((): ReadonlyArray<Volume> => []))
+    const stale = new Set(
+      all.flatMap((v) => [...(v.attachedTo === undefined ? [] : [v.attachedTo]), ...v.readers])
+        .filter((holder) => !holder.startsWith("!") && !liveNow.has(holder))
+    )
+    for (const holder of stale) {
+      yield* volumes.value.release(holder).pipe(Effect.ignore)
+      removed.push(`volume claims of ${holder}`)
+    }
   }
   // Namespaces (with their bridges) of named networks no live workspace is on.
   const namespaces = yield* reapNetworks.pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))

@@ -21,6 +21,7 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
 import { detachNetworks } from "../programs/Network.ts"
@@ -76,6 +77,8 @@ const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
         workspace.backend,
         // A member of a named network that died drops out of its peers' /etc/hosts.
         reconcile(workspace).pipe(
+          // A VM that died releases its volume claims as a halt would.
+          Effect.tap((after) => isLive(after.state) ? Effect.void : releaseMounts(after)),
           Effect.tap((after) => isLive(after.state) ? Effect.void : detachNetworks(after))
         )
       ).pipe(

@@ -4,7 +4,7 @@
  * asks for it; nothing in normal operation sets these variables.
  *
  * With `MICROAGENT_FAULT_PAUSE` listing step names (comma-separated) and `MICROAGENT_FAULT_DIR` naming
- * a directory, the process that reaches a listed step writes its pid to `DIR/STEP` and waits until
+ * a directory, the process that reaches a listed step appends its pid to `DIR/STEP` and waits until
  * that file is removed, then carries on. The variables are read when the step is reached, so a
  * runtime started by a command carries the command's environment.
  */
@@ -33,7 +33,8 @@ export const faultPoint = (step: FaultStep): Effect.Effect<void> =>
   Effect.suspend(() => {
     const marker = armed(step)
     if (marker === undefined) return Effect.void
-    NodeFs.writeFileSync(marker, `${process.pid}\n`)
+    // One line per arrival: a test can wait for several requests to reach the same step.
+    NodeFs.appendFileSync(marker, `${process.pid}\n`)
     return Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.fail("paused" as const) : Effect.void)
       .pipe(
         Effect.retry(Schedule.spaced(Duration.millis(20))),
