@@ -241,11 +241,10 @@ const problems = async (): Promise<Array<string>> => {
 const recovered = async (): Promise<{ readonly outcome: string; readonly problems: Array<string> }> => {
   const deadline = Date.now() + 10_000
   let left = await problems()
-  // Let the next runtime's reconcile (or the surviving process) finish on its own first.
-  while (left.length > 0 && Date.now() < deadline - 4000) {
-    await sleep(500)
-    left = await problems()
-  }
+  if (left.length === 0) return { outcome: "clean", problems: [] }
+  // The next runtime's reconcile may still be at work: one short look, then the one gc.
+  await sleep(1000)
+  left = await problems()
   if (left.length === 0) return { outcome: "clean", problems: [] }
   const gc = await ma(["gc"])
   if (gc.code !== 0) return { outcome: "gc failed", problems: [gc.stderr] }

@@ -2,9 +2,9 @@
  * Finding the VMM processes of a state directory without trusting the store: a VMM is ours when its
  * process name is a VMM's and its command line names a runtime directory of this state directory
  * (`ROOT/run/NAME/…`: the pid file, sockets and console log all live there). The pid files VMMs
- * leave behind are read too, but only as candidates: every candidate is checked the same way, and
- * its identity (pid plus start time) is taken at the scan and checked again before any signal, so a
- * recycled pid is never killed.
+ * leave behind are read too: a bare pid only as a candidate checked the same way, a pid with its
+ * start time as an identity of its own. The identity (pid plus start time) is taken at the scan and
+ * checked again before any signal, so a recycled pid is never killed.
  */
 import { Duration, Effect } from "effect"
 import * as NodeFs from "node:fs"
@@ -67,8 +67,14 @@ const identify = (pid: number, runRoot: string): VmmProcess | undefined => {
     : { pid, startTime, runtimeDir, workspace: NodePath.basename(runtimeDir) }
 }
 
-/** Pids that VMMs wrote into the runtime directories (`qemu.pid`, `vmm.pid`). */
-const pidFileCandidates = (runRoot: string): ReadonlyArray<number> => {
+/**
+ * What VMMs left in the runtime directories: `qemu.pid` (QEMU's own, a bare pid: only a candidate)
+ * and `vmm.pid` ("PID STARTTIME", written by a backend that launched a process with no telling name,
+ * such as the fake one: the start time is its identity).
+ */
+const pidFiles = (
+  runRoot: string
+): ReadonlyArray<{ pid: number; startTime?: string; runtimeDir: string }> => {
   let names: Array<string>
   try {
     names = NodeFs.readdirSync(runRoot)
@@ -78,10 +84,17 @@ const pidFileCandidates = (runRoot: string): ReadonlyArray<number> => {
   return names.flatMap((name) =>
     ["qemu.pid", "vmm.pid"].flatMap((file) => {
       try {
-        const pid = Number(
-          NodeFs.readFileSync(NodePath.join(runRoot, name, file), "utf8").trim().split(/\s+/)[0]
+        const [pid, startTime] = NodeFs.readFileSync(NodePath.join(runRoot, name, file), "utf8").trim().split(
+          /\s+/
         )
-        return Number.isInteger(pid) && pid > 0 ? [pid] : []
+        const number = Number(pid)
+        if (!Number.isInteger(number) || number <= 0) return []
+        const runtimeDir = NodePath.join(runRoot, name)
+        return [
+          file === "vmm.pid" && startTime !== undefined
+            ? { pid: number, startTime, runtimeDir }
+            : { pid: number, runtimeDir }
+        ]
       } catch {
         return []
       }
@@ -102,8 +115,20 @@ export const vmmsOf = (root: string): ReadonlyArray<VmmProcess> => {
     pids = []
   }
   const found = new Map<number, VmmProcess>()
-  for (const pid of new Set([...pidFileCandidates(runRoot), ...pids])) {
-    if (pid === process.pid) continue
+  const files = pidFiles(runRoot)
+  for (const file of files) {
+    if (file.startTime === undefined || file.pid === process.pid || !isAlive(file.pid, file.startTime)) {
+      continue
+    }
+    found.set(file.pid, {
+      pid: file.pid,
+      startTime: file.startTime,
+      runtimeDir: file.runtimeDir,
+      workspace: NodePath.basename(file.runtimeDir)
+    })
+  }
+  for (const pid of new Set([...files.map((f) => f.pid), ...pids])) {
+    if (pid === process.pid || found.has(pid)) continue
     const vmm = identify(pid, runRoot)
     if (vmm !== undefined) found.set(pid, vmm)
   }
