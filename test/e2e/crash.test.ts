@@ -678,6 +678,10 @@ describe("faults", () => {
       }
     }
     assert.isTrue(alive(vmm!), "the VM outlives the runtime")
+    // A caller that lost its runtime before it was served may have started another one with the
+    // step armed: replace it, so the next command runs unpaused.
+    NodeFs.rmSync(marker(step), { force: true })
+    await freshRuntime()
     assert.strictEqual(json(await ok(["exec", "w", "--", "echo", "again"])).result.stdout, "again\n")
   })
 
