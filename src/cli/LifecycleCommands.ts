@@ -8,6 +8,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { profiles, type Workspace } from "../domain/Workspace.ts"
+import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -246,7 +247,7 @@ const gcCommand = Command.make("gc", {}, () =>
     // Each workspace is reconciled against its own backend; the sweep needs only the store.
     const backends = [...new Set(all.map((ws) => ws.backend))]
     const reconciled = yield* Effect.forEach(backends, (backend) => withBackend(backend, gcReconcile()))
-    const swept = yield* withStore(gcSweep())
+    const swept = yield* withStore(Effect.provide(gcSweep(), VolumesLive))
     const report: GcReport = { reconciled: reconciled.flat(), ...swept }
     yield* emit(report, (r) =>
       [

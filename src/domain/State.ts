@@ -43,7 +43,8 @@ export const transitions: Record<Transition, { readonly from: ReadonlyArray<Stat
   halt: { from: ["running", "paused"], to: "stopping" },
   halted: { from: ["stopping"], to: "halted" },
   haltTimedOut: { from: ["stopping"], to: "failed" },
-  kill: { from: live, to: "stopped" },
+  /** From `failed` too: a VMM its record lost track of may still run, and kill ends it. */
+  kill: { from: [...live, "failed"], to: "stopped" },
   /** The guest powered off by itself. */
   exited: { from: ["running", "stopping"], to: "stopped" },
   /** The VMM died or the runtime found it gone. */

@@ -7,10 +7,12 @@
 import { Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { classifyNoSpace } from "../domain/DiskFull.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
 import type { Workspace } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import * as Debugfs from "../layers/rootfs/Debugfs.ts"
 import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
 import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
@@ -185,6 +187,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     })
   }
   const reached = yield* reach(name)
+  yield* faultPoint("cp.reached")
   const tree = kind === "directory"
     ? yield* Effect.try({
       try: () => walkHost(hostPath, "top"),
@@ -276,11 +279,16 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     const workDir = yield* privateWorkDir
     yield* Debugfs.writeBatch(image, lines, workDir)
     return result(target, "offline")
-  })).pipe(Effect.catchTags({
-    DebugfsFailed: imageError(name),
-    ToolMissing: imageError(name),
-    ToolFailed: imageError(name)
-  }))
+  })).pipe(
+    Effect.catchTags({
+      DebugfsFailed: imageError(name),
+      ToolMissing: imageError(name),
+      ToolFailed: imageError(name)
+    }),
+    Effect.mapError(
+      classifyNoSpace(`copying ${hostPath} into workspace ${name}`, reached.workspace.rootfsPath)
+    )
+  )
 })
 
 /** Workspace → host. A directory at `hostPath` receives the source under its guest basename. */
@@ -294,6 +302,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     })
   }
   const reached = yield* reach(name)
+  yield* faultPoint("cp.reached")
   const done = (
     target: string,
     kind: CopyResult["kind"],

@@ -21,6 +21,7 @@ import {
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { validateSecretRefs } from "../layers/secrets/SecretRefs.ts"
 import { writeManifest } from "../layers/state/Manifest.ts"
 import { validateMounts } from "../layers/volume/MountFlag.ts"
@@ -30,6 +31,7 @@ import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
+import { stagingName } from "./internal/Staging.ts"
 import { checkNetworking, joinNetworks } from "./Network.ts"
 
 export interface CreateOptions {
@@ -104,7 +106,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   const workspaceDir = home.workspaceDir(name)
   // The disk is prepared in a staging directory and renamed into place once the name is ours.
   const staging = yield* home.ensureDir(
-    NodePath.join(home.workspaces, `.staging-${randomBytes(6).toString("hex")}`)
+    NodePath.join(home.workspaces, stagingName(randomBytes(6).toString("hex")))
   )
   return yield* Effect.gen(function*() {
     yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)
@@ -135,6 +137,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
     yield* store.create(workspace)
     // The first manifest goes with the disk, so that the directory is never without one.
     yield* writeManifest(staging, workspace)
+    yield* faultPoint("create.recorded")
     yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
     yield* Effect.try({
       try: () => NodeFs.renameSync(staging, workspaceDir),

@@ -1,14 +1,17 @@
 /**
- * `delete`: idempotent; a live workspace needs `yes` (halt first) or `force` (kill first).
+ * `delete`: idempotent; a live workspace needs `yes` (halt first) or `force` (kill first). A VMM of
+ * the workspace that its record does not own (see internal/Orphans.ts) is ended before the files go.
  */
 import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import { Conflict, Permanent } from "../domain/Errors.ts"
 import { isDeletable } from "../domain/State.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
 import { releaseVolumesOf } from "./internal/Mounts.ts"
+import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 import { forgetNetworks } from "./Network.ts"
 
@@ -36,6 +39,8 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
       })
     }
   }
+  // A VMM the record lost track of (its start died half way) must not keep writing to the disk below.
+  yield* reapOrphanVmms({ workspace: name })
   yield* Effect.try({
     try: () => {
       for (const dir of [home.workspaceDir(name), workspace.runtimeDir]) {
@@ -48,6 +53,7 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
         remediation: "fix the permissions and run delete again; the record is kept until its files are gone"
       })
   })
+  yield* faultPoint("delete.files-removed")
   yield* store.remove(name)
   // The volumes outlive the workspace; only its claims go.
   yield* releaseVolumesOf(name)

@@ -4,6 +4,7 @@
 import { Effect, Option, Stream } from "effect"
 import { Conflict, Permanent, Transient } from "../domain/Errors.ts"
 import type { ExecRequest } from "../domain/Exec.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { GuestChannel, type GuestError } from "../services/GuestChannel.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, requireBackend, vmHandleOf } from "./internal/Reconcile.ts"
@@ -56,7 +57,10 @@ export const exec = Effect.fn("exec")(function*(
   const handle = yield* runningHandle(name)
   const channel = yield* GuestChannel
   const result = yield* Effect.scoped(
-    channel.connect(handle.channel).pipe(Effect.flatMap((connection) => connection.exec(request, stdin)))
+    channel.connect(handle.channel).pipe(
+      Effect.tap(() => faultPoint("exec.connected")),
+      Effect.flatMap((connection) => connection.exec(request, stdin))
+    )
   ).pipe(Effect.mapError(guestFailure(name)))
   yield* recordExec(name, request, `${result.status} ${result.exitCode}`)
   return result

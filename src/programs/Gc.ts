@@ -1,15 +1,18 @@
 /**
  * `gc`: reaps what a crash left behind. Live records are reconciled with their VMMs; runtime
- * directories and staging directories that no record owns are removed, and a VMM still running for
- * such a directory is killed. Disks of recorded workspaces are never touched.
+ * directories and staging directories that no record owns are removed, and every VMM of this state
+ * directory that no live record owns is killed. Disks of recorded workspaces are never touched.
  */
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { isAlive, signal } from "../layers/process/Processes.ts"
+import { isLive } from "../domain/State.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { Volume, Volumes } from "../services/Volumes.ts"
+import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
+import { stagingInUse } from "./internal/Staging.ts"
 import { reapNetworks } from "./Network.ts"
 
 export interface GcReport {
@@ -32,17 +35,6 @@ const isStale = (path: string, now: number) => {
   }
 }
 
-/** A VMM pid left in a runtime directory (`vmm.pid`: "PID STARTTIME"), if it is still alive. */
-const livePidIn = (dir: string): number | undefined => {
-  try {
-    const [pid, startTime] = NodeFs.readFileSync(NodePath.join(dir, "vmm.pid"), "utf8").trim().split(/\s+/)
-    const number = Number(pid)
-    return Number.isInteger(number) && isAlive(number, startTime) ? number : undefined
-  } catch {
-    return undefined
-  }
-}
-
 /** Reconciles the live workspaces of the provided backend with their VMMs; reports what changed. */
 export const gcReconcile = Effect.fn("gcReconcile")(function*() {
   const store = yield* StateStore
@@ -56,31 +48,30 @@ export const gcReconcile = Effect.fn("gcReconcile")(function*() {
   return reconciled
 })
 
-/** Removes runtime and staging directories no record owns, killing any VMM left running for them. */
+/** Kills VMMs no live record owns; removes runtime and staging directories no record owns. */
 export const gcSweep = Effect.fn("gcSweep")(function*() {
   const store = yield* StateStore
   const home = yield* Home
   const workspaces = yield* store.list
   const known = new Set<string>(workspaces.map((ws) => ws.name))
   const removed: Array<string> = []
-  const killed: Array<number> = []
+  // VMMs no live record owns, whatever their records say (a start whose runtime died, a deleted record).
+  const killed = [...yield* reapOrphanVmms()]
   const runRoot = NodePath.join(home.root, "run")
   for (const name of entries(runRoot)) {
     const dir = NodePath.join(runRoot, name)
     if (known.has(name) || !NodeFs.statSync(dir).isDirectory()) continue
     if ((yield* store.find(name))._tag === "Some") continue
-    const pid = livePidIn(dir)
-    if (pid !== undefined) {
-      signal(pid, "SIGKILL")
-      killed.push(pid)
-    }
     NodeFs.rmSync(dir, { recursive: true, force: true })
     removed.push(dir)
   }
   const now = Date.now()
   for (const name of entries(home.workspaces)) {
     const dir = NodePath.join(home.workspaces, name)
-    if (known.has(name) || (name.startsWith(".staging-") && !isStale(dir, now))) continue
+    // Staging of a create still under way is left alone: its process lives (or, for old names, it is recent).
+    if (known.has(name) || (name.startsWith(".staging-") && stagingInUse(name) && !isStale(dir, now))) {
+      continue
+    }
     // A create may have finished since the list was read.
     if ((yield* store.find(name))._tag === "Some") continue
     // Staging directories of interrupted creates, and directories whose record is gone.
@@ -92,6 +83,20 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
     if (!isStale(path, now)) continue
     NodeFs.rmSync(path, { recursive: true, force: true })
     removed.push(path)
+  }
+  // Volume claims of workspaces that are no longer live (their VM died without a halt or kill).
+  const volumes = yield* Effect.serviceOption(Volumes)
+  if (Option.isSome(volumes)) {
+    const liveNow = new Set<string>((yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name))
+    const all = yield* volumes.value.list.pipe(Effect.orElseSucceed((): ReadonlyArray<Volume> => []))
+    const stale = new Set(
+      all.flatMap((v) => [...(v.attachedTo === undefined ? [] : [v.attachedTo]), ...v.readers])
+        .filter((holder) => !holder.startsWith("!") && !liveNow.has(holder))
+    )
+    for (const holder of stale) {
+      yield* volumes.value.release(holder).pipe(Effect.ignore)
+      removed.push(`volume claims of ${holder}`)
+    }
   }
   // Namespaces (with their bridges) of named networks no live workspace is on.
   const namespaces = yield* reapNetworks.pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))

@@ -1,12 +1,15 @@
 /**
- * `halt` (graceful, bounded, then forced) and `kill` (at once).
+ * `halt` (graceful, bounded, then forced) and `kill` (at once; also from `failed`, to end a VMM the
+ * record lost track of).
  */
 import { Effect, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
+import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 import { detachNetworks } from "./Network.ts"
 
@@ -29,6 +32,7 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   // Once stopping, finish the job even if interrupted, so the record and the VMM agree; once stopped,
   // its volumes are released and its bundle disks removed.
   return yield* Effect.uninterruptible(Effect.gen(function*() {
+    yield* faultPoint("halt.stopping")
     if (Option.isNone(handle)) {
       return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
     }
@@ -59,6 +63,8 @@ export const kill = Effect.fn("kill")(function*(name: string) {
   return yield* Effect.uninterruptible(
     store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
       Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
+      // Now stopped, the record owns no VMM: any still running for it (a start that died) goes too.
+      Effect.tap(() => reapOrphanVmms({ workspace: name })),
       Effect.tap(releaseMounts),
       Effect.tap(detachNetworks)
     )

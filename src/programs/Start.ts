@@ -14,6 +14,7 @@ import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../service
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
+import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchWithNetworks, preflightNetworking } from "./Network.ts"
@@ -35,6 +36,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  // A VMM left by an earlier start that died half way holds the disk: it goes before a new one boots.
+  yield* reapOrphanVmms({ workspace: name })
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
   yield* checkSecretValues(name, secrets, options.secretValues ?? [])
   yield* checkMounts(current)

@@ -3,7 +3,8 @@
  * RPC API on the state directory's socket (0600), holds the guest connection of every running VM (a
  * VM's channel takes one client at a time), keeps the store in line with the VMMs, and exits once no
  * workspace runs and no client has been connected for a while. VMMs run detached: if the runtime dies
- * they keep running, and the next runtime picks them up from the store.
+ * they keep running, and the next runtime picks them up from the store; a VMM no live record owns is
+ * ended (internal/Orphans.ts). A runtime whose state directory is removed ends its VMMs and exits.
  */
 import * as SocketServer from "@effect/platform/SocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
@@ -14,11 +15,15 @@ import { isLive } from "../domain/State.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { withBackend, WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import { fabricProblem, namespaces, removeNamespace } from "../layers/network/Fabric.ts"
 import { startTimeOf } from "../layers/process/Processes.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
+import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { DatabaseLive } from "../layers/state/Database.ts"
 import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import { releaseMounts } from "../programs/internal/Mounts.ts"
+import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
 import { detachNetworks } from "../programs/Network.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
@@ -63,24 +68,75 @@ const countingConnections = (activity: Ref.Ref<Activity>) =>
   )
 
 /** Brings every live record in line with its VMM; true if any workspace is still live. */
-export const reconcileAll = Effect.gen(function*() {
-  const store = yield* StateStore
-  let live = false
-  for (const workspace of yield* store.list) {
-    if (!isLive(workspace.state)) continue
-    const now = yield* withBackend(
-      workspace.backend,
-      // A member of a named network that died drops out of its peers' /etc/hosts.
-      reconcile(workspace).pipe(
-        Effect.tap((after) => isLive(after.state) ? Effect.void : detachNetworks(after))
+export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore
+    let live = false
+    for (const workspace of yield* store.list) {
+      if (!isLive(workspace.state)) continue
+      const now = yield* withBackend(
+        workspace.backend,
+        // A member of a named network that died drops out of its peers' /etc/hosts.
+        reconcile(workspace).pipe(
+          // A VM that died releases its volume claims as a halt would.
+          Effect.tap((after) => isLive(after.state) ? Effect.void : releaseMounts(after)),
+          Effect.tap((after) => isLive(after.state) ? Effect.void : detachNetworks(after))
+        )
+      ).pipe(
+        Effect.catchAll(() => Effect.succeed(workspace))
       )
-    ).pipe(
-      Effect.catchAll(() => Effect.succeed(workspace))
-    )
-    live ||= isLive(now.state)
+      live ||= isLive(now.state)
+    }
+    if (options.reapOrphans) {
+      // After the records are repaired: a VMM whose start died with the previous runtime is owned by nobody.
+      const killed = yield* reapOrphanVmms()
+      if (killed.length > 0) yield* Effect.logWarning(`ended VMMs no live record owns: ${killed.join(", ")}`)
+    }
+    return live
+  })
+
+/** What identifies the state directory this runtime serves: if it changes, the directory was removed. */
+interface DirectoryIdentity {
+  readonly root: string
+  readonly rootIno: number
+  readonly rootDev: number
+  readonly lockIno: number
+}
+
+const identityOf = (root: string, lock: string): DirectoryIdentity | undefined => {
+  try {
+    const dir = NodeFs.statSync(root)
+    return { root, rootIno: dir.ino, rootDev: dir.dev, lockIno: NodeFs.statSync(lock).ino }
+  } catch {
+    return undefined
   }
-  return live
-})
+}
+
+const sameDirectory = (a: DirectoryIdentity, b: DirectoryIdentity | undefined) =>
+  b !== undefined && a.rootIno === b.rootIno && a.rootDev === b.rootDev && a.lockIno === b.lockIno
+
+/**
+ * The state directory was removed (or replaced) under a running runtime: its records and disks are
+ * gone, so its VMMs can never be reached again. End them, and the namespaces of its networks, so that
+ * nothing of it lives on; the runtime then exits.
+ */
+const abandonDirectory = (root: string) =>
+  Effect.gen(function*() {
+    const vmms = vmmsOf(root)
+    yield* Effect.forEach(vmms, endVmm, { discard: true })
+    if (fabricProblem() === undefined) {
+      const left = yield* namespaces(root).pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))
+      yield* Effect.forEach(left, (ns) => Effect.ignore(removeNamespace(ns)), { discard: true })
+    }
+    yield* Effect.logWarning(
+      `state directory ${root} was removed: ended ${vmms.length} VMM(s) (${
+        vmms.map((v) => v.pid).join(", ")
+      }) and exiting`
+    )
+  })
+
+/** How often the runtime looks for VMMs no live record owns (a scan of /proc). */
+const orphanScanMs = 5000
 
 /** Serves until idle; fails with `Conflict` when another runtime already serves this directory. */
 export const serveRuntime = (root: string, options: RuntimeOptions) =>
@@ -112,14 +168,22 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
       Layer.provideMerge(services)
     )
     const context = yield* Layer.build(server)
+    const identity = identityOf(home.root, files.lock)
     yield* Effect.logInfo(`runtime ${process.pid} serving ${home.runtimeSocket}`)
 
     // Idle when nothing runs and nobody has been connected for `idleSeconds`.
     let liveUntil = Date.now()
+    let lastOrphanScan = 0
     for (;;) {
+      if (identity !== undefined && !sameDirectory(identity, identityOf(home.root, files.lock))) {
+        yield* abandonDirectory(home.root)
+        return
+      }
+      const reapOrphans = Date.now() - lastOrphanScan >= orphanScanMs
+      if (reapOrphans) lastOrphanScan = Date.now()
       yield* backupIfDue(home.database)
       // A failed pass (a busy store, say) must not take the runtime down: count it as live, retry.
-      const live = yield* reconcileAll.pipe(
+      const live = yield* reconcileAll({ reapOrphans }).pipe(
         Effect.provide(context),
         Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("reconcile failed", cause), true))
       )

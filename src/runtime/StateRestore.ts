@@ -149,7 +149,7 @@ export const restoreState = (root: string, options: RestoreOptions = {}) =>
       const disk = yield* reconcileWithDisk
       const stateStore = yield* StateStore
       const before = (yield* stateStore.list).filter((ws) => isLive(ws.state))
-      yield* reconcileAll
+      yield* reconcileAll({ reapOrphans: false }) // restore ends nothing; gc and the runtime reap orphans
       const vms: Array<{ workspace: string; from: string; to: string }> = []
       for (const workspace of before) {
         const after = yield* stateStore.get(workspace.name)

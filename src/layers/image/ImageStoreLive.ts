@@ -11,6 +11,7 @@ import { DateTime, Deferred, Effect, Either, Layer, Schema } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { classifyNoSpace } from "../../domain/DiskFull.ts"
 import {
   Conflict,
   InvalidInput,
@@ -546,6 +547,7 @@ export const makeImageStore = Effect.gen(function*() {
           ? new Permanent({ message: e.message })
           : e
       ),
+      Effect.mapError(classifyNoSpace("copying the image's root disk", NodePath.dirname(destination))),
       Effect.onExit(() => Effect.sync(() => NodeFs.rmSync(partial, { force: true })))
     )
   })

@@ -14,12 +14,14 @@ import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
 import { Data, Duration, Effect, Layer, Schedule, Stream } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import {
   InvalidInput,
   type MicroagentError,
   NotFound,
   Permanent,
   PolicyDenied,
+  ResourceExhausted,
   Transient
 } from "../../domain/Errors.ts"
 import { type ImageRef, isLoopbackRegistry } from "../../domain/ImageRef.ts"
@@ -44,7 +46,7 @@ import {
   lookupCredential
 } from "./Credentials.ts"
 
-type FailureKind = "transient" | "permanent" | "not_found" | "auth" | "digest" | "unsupported"
+type FailureKind = "transient" | "permanent" | "not_found" | "auth" | "digest" | "unsupported" | "no_space"
 
 export class RegistryFailure extends Data.TaggedError("RegistryFailure")<{
   readonly kind: FailureKind
@@ -120,6 +122,24 @@ const retryPolicy = Schedule.exponential(Duration.millis(200), 2).pipe(
 const retryTransient = <A, R>(effect: Effect.Effect<A, RegistryFailure, R>) =>
   Effect.retry(effect, { schedule: retryPolicy, while: (e) => e.kind === "transient" })
 
+/**
+ * How long a registry may go silent (no response headers, or no body bytes) before the attempt is
+ * abandoned and retried: a stalled connection must not hang a pull. `MICROAGENT_REGISTRY_STALL_SECONDS`
+ * changes it (a very slow link may need more).
+ */
+const stallTimeout = (): Duration.Duration => {
+  const seconds = Number(process.env.MICROAGENT_REGISTRY_STALL_SECONDS)
+  return Duration.seconds(Number.isFinite(seconds) && seconds > 0 ? seconds : 30)
+}
+
+/** What a caller should wait before retrying a pull the registry or network failed. */
+const defaultRetryAfterMs = 5000
+
+const isNoSpace = (cause: unknown) => {
+  const code = (cause as { readonly code?: unknown } | undefined)?.code
+  return code === "ENOSPC" || code === "EDQUOT"
+}
+
 /** Maps an adapter failure to the classified errors callers see. */
 export const toMicroagentError = (ref: ImageRef) => (failure: RegistryFailure): MicroagentError => {
   switch (failure.kind) {
@@ -127,7 +147,13 @@ export const toMicroagentError = (ref: ImageRef) => (failure: RegistryFailure): 
       return new Transient({
         message: `registry ${ref.registry}: ${failure.message}`,
         remediation: "the registry or the network failed; try again",
-        retryAfterMs: failure.retryAfterMs
+        retryAfterMs: failure.retryAfterMs ?? defaultRetryAfterMs
+      })
+    case "no_space":
+      return new ResourceExhausted({
+        message: failure.message,
+        remediation:
+          "free space on that file system (`microagent image prune`, `microagent gc`), then pull again"
       })
     case "not_found":
       return new NotFound({
@@ -324,7 +350,17 @@ const readDocument = (
       return yield* new RegistryFailure({ kind: "permanent", message: `${what} is over ${bound} bytes` })
     }
     return { bytes, contentType: response.headers["content-type"] ?? "" }
-  })
+  }).pipe(
+    // Documents are small: the whole exchange gets the stall bound.
+    Effect.timeoutFail({
+      duration: stallTimeout(),
+      onTimeout: () =>
+        new RegistryFailure({
+          kind: "transient",
+          message: `${what}: no answer within ${Duration.format(stallTimeout())}`
+        })
+    })
+  )
 
 interface ManifestDoc {
   readonly schemaVersion?: number
@@ -512,7 +548,16 @@ const fetchBlobWith = (session: Session) =>
           }
           const attempt = Effect.gen(function*() {
             const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {}
-            const response = yield* authorizedGet(session, ref, url, headers)
+            const response = yield* authorizedGet(session, ref, url, headers).pipe(
+              Effect.timeoutFail({
+                duration: stallTimeout(),
+                onTimeout: () =>
+                  new RegistryFailure({
+                    kind: "transient",
+                    message: `blob ${descriptor.digest}: no answer within ${Duration.format(stallTimeout())}`
+                  })
+              })
+            )
             if (response.status === 200) {
               if (offset > 0) yield* Effect.sync(reset)
             } else if (response.status === 206) {
@@ -532,6 +577,15 @@ const fetchBlobWith = (session: Session) =>
               return yield* statusFailure(response, `blob ${descriptor.digest}`, yield* drain(response))
             }
             yield* response.stream.pipe(
+              Stream.timeoutFail(
+                () =>
+                  new RegistryFailure({
+                    kind: "transient",
+                    message:
+                      `blob ${descriptor.digest}: the transfer stalled at ${offset} of ${descriptor.size} bytes`
+                  }),
+                stallTimeout()
+              ),
               Stream.runForEachChunk((chunk) =>
                 Effect.sync(() => {
                   for (const piece of chunk) {
@@ -561,6 +615,15 @@ const fetchBlobWith = (session: Session) =>
               Effect.catchAllDefect((defect) =>
                 defect instanceof RegistryFailure
                   ? Effect.fail(defect)
+                  : isNoSpace(defect)
+                  ? Effect.fail(
+                    new RegistryFailure({
+                      kind: "no_space",
+                      message: `the file system holding ${
+                        NodePath.dirname(partial)
+                      } is full: cannot store blob ${descriptor.digest} (${descriptor.size} bytes)`
+                    })
+                  )
                   : Effect.fail(
                     new RegistryFailure({ kind: "permanent", message: `writing ${partial}: ${defect}` })
                   )

@@ -8,6 +8,7 @@ import { Effect, Layer } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { classifyNoSpace } from "../../domain/DiskFull.ts"
 import {
   InvalidInput,
   type MicroagentError,
@@ -184,7 +185,7 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
       setuidStripped: [...stage.setuidStripped].sort(),
       setuidPolicy: request.allowGuestSetuid === true ? "keep" : "strip"
     } satisfies BuildResult
-  }))
+  })).pipe(Effect.mapError(classifyNoSpace("building a root filesystem image", tmp)))
 
 export const RootfsBuilderLive: Layer.Layer<RootfsBuilder, never, Home> = Layer.effect(
   RootfsBuilder,

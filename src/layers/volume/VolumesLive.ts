@@ -8,6 +8,7 @@ import { DateTime, Effect, Layer, Option, Schema } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { classifyNoSpace } from "../../domain/DiskFull.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
@@ -223,7 +224,10 @@ export const make = Effect.gen(function*() {
           Effect.tapError(() => sql`DELETE FROM volumes WHERE name = ${name}`.pipe(Effect.ignore))
         )
         return new Volume(stored)
-      }).pipe(Effect.ensuring(Effect.sync(() => NodeFs.rmSync(staging, { force: true }))))
+      }).pipe(
+        Effect.mapError(classifyNoSpace(`making volume ${name} (${sizeMiB} MiB, sparse)`, home.volumes)),
+        Effect.ensuring(Effect.sync(() => NodeFs.rmSync(staging, { force: true })))
+      )
     })
 
   const resize: VolumesShape["resize"] = (name, sizeMiB) =>

@@ -31,6 +31,7 @@ import {
   VmHandle,
   type VmStatus
 } from "../../../services/Hypervisor.ts"
+import { faultPoint } from "../../process/FaultPoint.ts"
 import { isAlive, startTimeOf, waitGone } from "../../process/Processes.ts"
 import {
   type AccelVerdict,
@@ -370,6 +371,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
                   }
                 }
               }).pipe(
+                Effect.zipRight(faultPoint("vmm.booting")),
                 Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
                 Effect.mapError(bootFailed)
               )

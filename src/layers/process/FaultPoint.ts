@@ -1,0 +1,43 @@
+/**
+ * TEST-ONLY fault injection: named points in the lifecycle where a crash test can stop a process and
+ * kill it (or another) at a known step instead of guessing with sleeps. Inert unless the environment
+ * asks for it; nothing in normal operation sets these variables.
+ *
+ * With `MICROAGENT_FAULT_PAUSE` listing step names (comma-separated) and `MICROAGENT_FAULT_DIR` naming
+ * a directory, the process that reaches a listed step appends its pid to `DIR/STEP` and waits until
+ * that file is removed, then carries on. The variables are read when the step is reached, so a
+ * runtime started by a command carries the command's environment.
+ */
+import { Duration, Effect, Schedule } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+
+/** The steps that exist (documented so the tests and the code name the same ones). */
+export type FaultStep =
+  | "create.recorded" // the record is written, the staged disk not yet moved into place
+  | "vmm.booting" // the VMM runs, the guest agent has not been asked yet
+  | "exec.connected" // the guest channel is open, the request not yet sent
+  | "halt.stopping" // the record says stopping, the guest has not been asked to power off
+  | "delete.files-removed" // the workspace's files are gone, its record not yet
+  | "cp.reached" // the workspace is reached (channel or disk), no byte copied yet
+
+const armed = (step: FaultStep): string | undefined => {
+  const steps = process.env.MICROAGENT_FAULT_PAUSE
+  const dir = process.env.MICROAGENT_FAULT_DIR
+  if (steps === undefined || dir === undefined || !steps.split(",").includes(step)) return undefined
+  return NodePath.join(dir, step)
+}
+
+/** Pauses at `step` when a test armed it (see the module comment); otherwise does nothing. */
+export const faultPoint = (step: FaultStep): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    const marker = armed(step)
+    if (marker === undefined) return Effect.void
+    // One line per arrival: a test can wait for several requests to reach the same step.
+    NodeFs.appendFileSync(marker, `${process.pid}\n`)
+    return Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.fail("paused" as const) : Effect.void)
+      .pipe(
+        Effect.retry(Schedule.spaced(Duration.millis(20))),
+        Effect.orDie
+      )
+  })

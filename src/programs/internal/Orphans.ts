@@ -1,0 +1,52 @@
+/**
+ * The one rule for VMMs that outlive their record: whatever a record says, a VMM of this state
+ * directory that no live record owns is ended. `gc`, `delete`, `kill` and the runtime's reconcile all
+ * go through `reapOrphanVmms`, so they agree on what "owned" means.
+ *
+ * A record owns a VMM when it is live and either names that very process (pid and start time) or is
+ * `starting` under a process that is still alive (the launch is under way and the handle is not
+ * recorded yet). The VMMs are listed before the records are read: a VMM that a concurrent start
+ * launches after the listing is not in the list, and one it launched before is covered by its
+ * `starting` record.
+ */
+import { Effect, Option } from "effect"
+import { isLive } from "../../domain/State.ts"
+import type { Workspace } from "../../domain/Workspace.ts"
+import { isAlive } from "../../layers/process/Processes.ts"
+import { endVmm, type VmmProcess, vmmsOf } from "../../layers/process/Vmms.ts"
+import { Home } from "../../services/Home.ts"
+import { StateStore } from "../../services/StateStore.ts"
+import { vmHandleOf } from "./Reconcile.ts"
+
+export const ownsVmm = (workspace: Workspace, vmm: VmmProcess): boolean => {
+  if (!isLive(workspace.state) || workspace.runtimeDir !== vmm.runtimeDir) return false
+  const handle = vmHandleOf(workspace)
+  if (Option.isSome(handle)) {
+    return handle.value.pid === vmm.pid
+      && (handle.value.pidStartTime === undefined || handle.value.pidStartTime === vmm.startTime)
+  }
+  const owner = workspace.owner
+  return workspace.state === "starting" && owner !== undefined
+    && (owner.pid === process.pid || isAlive(owner.pid, owner.startTime || undefined))
+}
+
+/**
+ * Ends every VMM of the state directory (or only those of `workspace`) that no live record owns;
+ * returns their pids.
+ */
+export const reapOrphanVmms = Effect.fn("reapOrphanVmms")(function*(
+  options: { readonly workspace?: string | undefined } = {}
+) {
+  const home = yield* Home
+  const store = yield* StateStore
+  const vmms = vmmsOf(home.root).filter((vmm) =>
+    options.workspace === undefined || vmm.workspace === options.workspace
+  )
+  const killed: Array<number> = []
+  for (const vmm of vmms) {
+    const record = yield* store.find(vmm.workspace)
+    if (Option.isSome(record) && ownsVmm(record.value, vmm)) continue
+    if (yield* endVmm(vmm)) killed.push(vmm.pid)
+  }
+  return killed as ReadonlyArray<number>
+})
