@@ -64,6 +64,8 @@ export class InitramfsEntry extends Schema.Class<InitramfsEntry>("InitramfsEntry
   machine: Machine,
   /** Module names in load order, as written to /lib/modules/load.list. */
   modules: Schema.Array(Schema.String),
+  /** Each module's load class (`boot`, `net`, `vsock`), parallel to `modules`; absent in older builds. */
+  loadClasses: Schema.optional(Schema.Array(Schema.String)),
   compression: Schema.Literal("gzip", "none")
 }) {}
 
