@@ -41,6 +41,8 @@ export const fastBootOptions = (machine: Machine): ReadonlyArray<string> => [
   "audit=0",
   // The clocksource watchdog marks the TSC unstable when the emulated guest is descheduled.
   "tsc=reliable",
+  // With one vCPU the kernel would rewrite every LOCK prefix in its text, slow under emulation.
+  "noreplace-smp",
   // microvm has no PCI bus; q35 needs it.
   ...(machine === "microvm" ? ["pci=off"] : [])
 ]
