@@ -543,6 +543,28 @@ static void mount_disks(void) {
   }
 }
 
+/* ---------- CPUs ---------- */
+
+/* Brings up every CPU the kernel left offline: the host may boot the kernel on one CPU
+ * (maxcpus=1), which under emulation spares the rest of the boot its cross-CPU work, and hand the
+ * others over here, before any workload runs. */
+static void online_cpus(void) {
+  DIR *d = opendir("/sys/devices/system/cpu");
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (strncmp(e->d_name, "cpu", 3) != 0 || e->d_name[3] < '0' || e->d_name[3] > '9') continue;
+    char path[300], state = '1';
+    snprintf(path, sizeof path, "/sys/devices/system/cpu/%s/online", e->d_name);
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0) continue; /* cpu0, or no hotplug */
+    if (read(fd, &state, 1) == 1 && state == '0' && pwrite(fd, "1", 1, 0) != 1)
+      ma_log("%s online: %s", e->d_name, strerror(errno));
+    close(fd);
+  }
+  closedir(d);
+}
+
 /* ---------- power off ---------- */
 
 static int reap_all(int ms) {
@@ -610,6 +632,7 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
+  online_cpus();
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

@@ -24,6 +24,7 @@ import {
   type VerifyResult
 } from "../../services/KernelCache.ts"
 import { findAgent } from "./internal/agent.ts"
+import { hzBesideKernel } from "./internal/config.ts"
 import {
   defaultDebianPackage,
   downloadPackage,
@@ -426,6 +427,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           ? { modules: [], builtinModules: [] }
           : yield* storeModules(modulesDir, dir)
         const blob = yield* putBlob(kernel.bytes)
+        const hz = hzBesideKernel(kernelFile, kernel.version)
         const entry = new KernelEntry({
           version: kernel.version,
           arch: kernel.arch,
@@ -436,6 +438,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           format: kernel.format,
           modules,
           builtinModules,
+          ...(hz === undefined ? {} : { hz }),
           installedAt: new Date().toISOString()
         })
         // The newest install of an architecture is the default: keep it last.
@@ -529,13 +532,19 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         ? cached.value
         : yield* installFrom({}, arch)
       const initramfs = yield* ensureInitramfs(kernel, ensureOptions?.machine ?? "microvm")
+      // Installs from before `hz` was recorded: a path source may still have its configuration beside it.
+      const hz = kernel.hz
+        ?? (kernel.source.startsWith("path:")
+          ? hzBesideKernel(kernel.source.slice(5), kernel.version)
+          : undefined)
       return new BootArtifacts({
         kernelPath: kernel.path,
         kernelSha256: kernel.sha256,
         initrdPath: initramfs.path,
         initrdSha256: initramfs.sha256,
         kernelVersion: kernel.version,
-        cmdline: []
+        cmdline: [],
+        ...(hz === undefined ? {} : { kernelHz: hz })
       })
     }, Effect.mapError(toPublic))
 

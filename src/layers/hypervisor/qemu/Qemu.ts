@@ -349,7 +349,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         disks: config.disks,
         nics: config.nics,
         paths,
-        bootProfile
+        bootProfile,
+        kernelHz: config.kernelHz
       })
       const handleOf = (pid: number) =>
         new VmHandle({

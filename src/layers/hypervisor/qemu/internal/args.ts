@@ -87,7 +87,25 @@ export interface QemuArgsInput {
   readonly extraCmdline?: ReadonlyArray<string>
   /** Default `fast`. */
   readonly bootProfile?: BootProfile
+  /** The guest kernel's CONFIG_HZ, when known. */
+  readonly kernelHz?: number | undefined
 }
+
+/**
+ * The `fast` profile's options that depend on the VM. Under TCG: the delay-loop constant from the
+ * TSC frequency (loops per jiffy = TSC Hz / CONFIG_HZ), which the kernel otherwise measures on every
+ * CPU it brings up, waiting on timer ticks (its own value for the first CPU is the same, taken
+ * from the TSC); and booting on one CPU (`maxcpus=1`), the agent bringing the others online before
+ * it serves: the rest of the boot then has no cross-CPU work (IPIs, TLB shootdowns, RCU grace
+ * periods), which under emulation costs more than bringing a CPU up once the kernel is ready.
+ */
+export const fastVmOptions = (input: QemuArgsInput): ReadonlyArray<string> =>
+  input.accel !== "tcg" ? [] : [
+    ...(input.tscKhz !== undefined && input.kernelHz !== undefined && input.kernelHz > 0
+      ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
+      : []),
+    ...(input.cpus > 1 ? ["maxcpus=1"] : [])
+  ]
 
 /** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
 export const diskDeviceName = (index: number): string => {
@@ -123,7 +141,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     ...(input.accel === "tcg" && input.tscKhz !== undefined ? [`tsc_early_khz=${input.tscKhz}`] : []),
     // compat: the agent loads every module of the initramfs, as it did before it learnt to skip some.
     ...((input.bootProfile ?? "fast") === "fast"
-      ? fastBootOptions(input.machine)
+      ? [...fastBootOptions(input.machine), ...fastVmOptions(input)]
       : ["microagent.modules=all"]),
     "microagent.root=/dev/vda",
     `microagent.channel=virtio:${agentPortName}`,
