@@ -565,6 +565,15 @@ static void online_cpus(void) {
   closedir(d);
 }
 
+pid_t ma_settle_pid;
+
+void ma_settle(void) {
+  if (ma_settle_pid <= 0) return;
+  while (waitpid(ma_settle_pid, NULL, 0) < 0 && errno == EINTR) {
+  }
+  ma_settle_pid = 0;
+}
+
 /* ---------- power off ---------- */
 
 static int reap_all(int ms) {
@@ -632,7 +641,15 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
-  online_cpus();
+  /* CPUs come online in a child while the channel answers the host; the first exec, file or
+   * secrets request waits for it (ma_settle), so no workload ever sees fewer CPUs. */
+  pid_t cpus = fork();
+  if (cpus == 0) {
+    online_cpus();
+    _exit(0);
+  }
+  if (cpus > 0) ma_settle_pid = cpus;
+  else online_cpus();
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

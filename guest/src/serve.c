@@ -1035,6 +1035,8 @@ static void handle_frame(conn *c, const ma_header *h, const uint8_t *payload) {
       send_error(c, h->stream, "unsupported", "shutting down", 0);
     } else {
       c->max_seen = h->stream;
+      /* Work that a workload could see waits until the boot has finished in the background. */
+      if (h->type != MA_SHUTDOWN) ma_settle();
       switch (h->type) {
       case MA_EXEC: exec_start(c, h->stream, &m.u.exec); break;
       case MA_FILE_PUT: put_start(c, h->stream, &m.u.put); break;
@@ -1238,10 +1240,12 @@ static void open_port(void) {
   char dev[300];
   static int misses;
   if (find_virtio_port(dev, sizeof dev) < 0) {
-    if (++misses == 100)
+    /* The port shows up shortly after virtio_console loads: look again soon, so that a boot does
+     * not wait longer than it must, then settle to a slower pace. */
+    if (++misses == 200)
       ma_log("virtio port %s not found after 10 s (is virtio_console in /lib/modules/load.list?)",
              cfg->virtio_name);
-    port_retry_at = ma_now_ms() + 100;
+    port_retry_at = ma_now_ms() + (misses <= 100 ? 10 : 90);
     return;
   }
   int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
@@ -1307,6 +1311,7 @@ static void reap(void) {
     int st;
     pid_t pid = waitpid(-1, &st, WNOHANG);
     if (pid <= 0) return;
+    if (pid == ma_settle_pid) ma_settle_pid = 0;
     for (conn *c = conns; c; c = c->next)
       for (stream *s = c->streams; s; s = s->next)
         if (s->kind == S_EXEC && s->pid == pid && !s->exited) {
