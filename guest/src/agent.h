@@ -38,10 +38,6 @@ typedef struct {
 int ma_serve(const ma_serve_config *cfg, uint32_t *grace_ms);
 
 /* PID 1 duties (init.c). */
-/* A child finishing the boot in the background (bringing CPUs online), or 0. */
-extern pid_t ma_settle_pid;
-/* Waits for that child: called before anything a workload could observe. */
-void ma_settle(void);
 void ma_init_main(void) __attribute__((noreturn));
 void ma_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 

@@ -543,37 +543,6 @@ static void mount_disks(void) {
   }
 }
 
-/* ---------- CPUs ---------- */
-
-/* Brings up every CPU the kernel left offline: the host may boot the kernel on one CPU
- * (maxcpus=1), which under emulation spares the rest of the boot its cross-CPU work, and hand the
- * others over here, before any workload runs. */
-static void online_cpus(void) {
-  DIR *d = opendir("/sys/devices/system/cpu");
-  if (!d) return;
-  struct dirent *e;
-  while ((e = readdir(d))) {
-    if (strncmp(e->d_name, "cpu", 3) != 0 || e->d_name[3] < '0' || e->d_name[3] > '9') continue;
-    char path[300], state = '1';
-    snprintf(path, sizeof path, "/sys/devices/system/cpu/%s/online", e->d_name);
-    int fd = open(path, O_RDWR | O_CLOEXEC);
-    if (fd < 0) continue; /* cpu0, or no hotplug */
-    if (read(fd, &state, 1) == 1 && state == '0' && pwrite(fd, "1", 1, 0) != 1)
-      ma_log("%s online: %s", e->d_name, strerror(errno));
-    close(fd);
-  }
-  closedir(d);
-}
-
-pid_t ma_settle_pid;
-
-void ma_settle(void) {
-  if (ma_settle_pid <= 0) return;
-  while (waitpid(ma_settle_pid, NULL, 0) < 0 && errno == EINTR) {
-  }
-  ma_settle_pid = 0;
-}
-
 /* ---------- power off ---------- */
 
 static int reap_all(int ms) {
@@ -641,15 +610,6 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
-  /* CPUs come online in a child while the channel answers the host; the first exec, file or
-   * secrets request waits for it (ma_settle), so no workload ever sees fewer CPUs. */
-  pid_t cpus = fork();
-  if (cpus == 0) {
-    online_cpus();
-    _exit(0);
-  }
-  if (cpus > 0) ma_settle_pid = cpus;
-  else online_cpus();
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

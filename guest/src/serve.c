@@ -1035,8 +1035,6 @@ static void handle_frame(conn *c, const ma_header *h, const uint8_t *payload) {
       send_error(c, h->stream, "unsupported", "shutting down", 0);
     } else {
       c->max_seen = h->stream;
-      /* Work that a workload could see waits until the boot has finished in the background. */
-      if (h->type != MA_SHUTDOWN) ma_settle();
       switch (h->type) {
       case MA_EXEC: exec_start(c, h->stream, &m.u.exec); break;
       case MA_FILE_PUT: put_start(c, h->stream, &m.u.put); break;
@@ -1311,7 +1309,6 @@ static void reap(void) {
     int st;
     pid_t pid = waitpid(-1, &st, WNOHANG);
     if (pid <= 0) return;
-    if (pid == ma_settle_pid) ma_settle_pid = 0;
     for (conn *c = conns; c; c = c->next)
       for (stream *s = c->streams; s; s = s->next)
         if (s->kind == S_EXEC && s->pid == pid && !s->exited) {

@@ -94,17 +94,14 @@ export interface QemuArgsInput {
 /**
  * The `fast` profile's options that depend on the VM. Under TCG: the delay-loop constant from the
  * TSC frequency (loops per jiffy = TSC Hz / CONFIG_HZ), which the kernel otherwise measures on every
- * CPU it brings up, waiting on timer ticks (its own value for the first CPU is the same, taken
- * from the TSC); and booting on one CPU (`maxcpus=1`), the agent bringing the others online before
- * it serves: the rest of the boot then has no cross-CPU work (IPIs, TLB shootdowns, RCU grace
- * periods), which under emulation costs more than bringing a CPU up once the kernel is ready.
+ * CPU after the first, waiting on timer ticks (its own value for the first CPU is the same, taken
+ * from the TSC).
  */
 export const fastVmOptions = (input: QemuArgsInput): ReadonlyArray<string> =>
   input.accel !== "tcg" ? [] : [
     ...(input.tscKhz !== undefined && input.kernelHz !== undefined && input.kernelHz > 0
       ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
-      : []),
-    ...(input.cpus > 1 ? ["maxcpus=1"] : [])
+      : [])
   ]
 
 /** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
