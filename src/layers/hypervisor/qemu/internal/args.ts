@@ -98,11 +98,9 @@ export interface QemuArgsInput {
  * from the TSC).
  */
 export const fastVmOptions = (input: QemuArgsInput): ReadonlyArray<string> =>
-  input.accel !== "tcg" ? [] : [
-    ...(input.tscKhz !== undefined && input.kernelHz !== undefined && input.kernelHz > 0
-      ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
-      : [])
-  ]
+  input.accel === "tcg" && input.tscKhz !== undefined && input.kernelHz !== undefined && input.kernelHz > 0
+    ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
+    : []
 
 /** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
 export const diskDeviceName = (index: number): string => {
