@@ -41,6 +41,7 @@ typedef struct {
   char disks[1024];
   char channel[128];
   char nets[MAX_NETS][64]; /* microagent.netN=MAC,ADDRESS/PREFIX: a NIC on a named network */
+  int all_modules;         /* microagent.modules=all: load every module, whatever the boot uses */
 } boot_config;
 
 static boot_config bc;
@@ -48,6 +49,16 @@ static char disk_mounts[MAX_DISKS][256];
 static int ndisk_mounts;
 
 static void power_off(int action) __attribute__((noreturn));
+
+/* Powers the machine off. Without ACPI (QEMU microvm with acpi=off, Firecracker) the kernel has no
+ * way to do that and would only halt, so a reset is used instead: these VMMs run with -no-reboot or
+ * treat a guest reset as its end. A reboot request is always a reset. */
+static void machine_off(int action) {
+  struct stat st;
+  int acpi = stat("/sys/firmware/acpi", &st) == 0;
+  if (action == 1 || !acpi) reboot(RB_AUTOBOOT);
+  else reboot(RB_POWER_OFF);
+}
 
 void ma_fatal(const char *fmt, ...) {
   char msg[768];
@@ -59,7 +70,7 @@ void ma_fatal(const char *fmt, ...) {
   if (getpid() != 1) exit(1);
   ma_log("powering off");
   sync();
-  reboot(RB_POWER_OFF);
+  machine_off(0);
   for (;;) pause(); /* reboot() failed: never return, never exit */
 }
 
@@ -78,40 +89,105 @@ static void setup_console(void) {
   if (fd > 2) close(fd);
 }
 
+/* The guest's uptime as /proc/uptime prints it ("1.23"); the host reads the boot's phases from the
+ * console lines that carry it. */
+static const char *uptime(char *buf, size_t cap) {
+  snprintf(buf, cap, "?");
+  int fd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return buf;
+  ssize_t n = read(fd, buf, cap - 1);
+  close(fd);
+  buf[n > 0 ? n : 0] = 0;
+  buf[strcspn(buf, " \n")] = 0;
+  return buf;
+}
+
 /* ---------- kernel modules ---------- */
 
-static void load_modules(void) {
+/* The parameters the kernel command line gives a module ("virtio_mmio.device=..." and so on), as
+ * modprobe would pass them: finit_module() does not look at the command line itself. '-' and '_'
+ * are the same in module names. */
+static void module_params(const char *module, char *out, size_t cap) {
+  out[0] = 0;
+  int fd = open("/proc/cmdline", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  static char buf[8192];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  size_t ml = strlen(module), used = 0;
+  for (char *tok = strtok(buf, " \t\n"); tok; tok = strtok(NULL, " \t\n")) {
+    if (!strcmp(tok, "--")) break; /* the rest belongs to init */
+    size_t i = 0;
+    for (; i < ml && tok[i]; i++) {
+      char a = module[i] == '-' ? '_' : module[i], b = tok[i] == '-' ? '_' : tok[i];
+      if (a != b) break;
+    }
+    if (i != ml || tok[ml] != '.' || !tok[ml + 1]) continue;
+    int w = snprintf(out + used, cap - used, "%s%s", used ? " " : "", tok + ml + 1);
+    if (w < 0 || (size_t)w >= cap - used) {
+      ma_log("module %s: parameters too long, some dropped", module);
+      out[used] = 0;
+      return;
+    }
+    used += (size_t)w;
+  }
+}
+
+static int load_module(const char *file) {
+  char path[600];
+  snprintf(path, sizeof path, "/lib/modules/%s", file);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    ma_log("module %s: %s", file, strerror(errno));
+    return -1;
+  }
+  char name[256];
+  snprintf(name, sizeof name, "%s", file);
+  name[strcspn(name, ".")] = 0;
+  static char params[4096];
+  module_params(name, params, sizeof params);
+  size_t nl = strlen(file);
+  int compressed = (nl > 3 && (!strcmp(file + nl - 3, ".xz") || !strcmp(file + nl - 3, ".gz"))) ||
+                   (nl > 4 && !strcmp(file + nl - 4, ".zst"));
+  long r = syscall(SYS_finit_module, fd, params, compressed ? 4 /* MODULE_INIT_COMPRESSED_FILE */ : 0);
+  if (r < 0 && errno == ENOSYS && !compressed) {
+    /* Old kernels: hand the image over in memory instead. */
+    struct stat st;
+    void *buf = NULL;
+    if (fstat(fd, &st) == 0 && (buf = malloc((size_t)st.st_size)) &&
+        read(fd, buf, (size_t)st.st_size) == st.st_size)
+      r = syscall(SYS_init_module, buf, (unsigned long)st.st_size, params);
+    free(buf);
+  }
+  if (r < 0 && errno != EEXIST) ma_log("module %s: %s", file, strerror(errno));
+  else ma_dbg("module %s loaded%s%s", file, params[0] ? " with " : "", params);
+  close(fd);
+  return 0;
+}
+
+/* Loads the modules of /lib/modules/load.list (dependencies first) whose class is `wanted`. A line is
+ * "FILE.ko" (class "boot": what the root disk and the channel need) or "FILE.ko CLASS" ("net": only
+ * when the guest has a NIC to configure; "vsock": only for a vsock channel), so a guest never pays
+ * for drivers it does not use. NULL loads every class. */
+static void load_modules(const char *wanted) {
   FILE *f = fopen("/lib/modules/load.list", "re");
   if (!f) return;
   char line[512];
   while (fgets(line, sizeof line, f)) {
-    line[strcspn(line, "\r\n")] = 0;
-    char *name = line;
-    while (*name == ' ' || *name == '\t') name++;
-    if (!*name || *name == '#') continue;
-    char path[600];
-    snprintf(path, sizeof path, "/lib/modules/%s", name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-      ma_log("module %s: %s", name, strerror(errno));
-      continue;
+    line[strcspn(line, "\r\n#")] = 0;
+    char *file = line;
+    while (*file == ' ' || *file == '\t') file++;
+    if (!*file) continue;
+    char *cls = file + strcspn(file, " \t");
+    if (*cls) {
+      *cls++ = 0;
+      while (*cls == ' ' || *cls == '\t') cls++;
+      cls[strcspn(cls, " \t")] = 0;
     }
-    size_t nl = strlen(name);
-    int compressed = (nl > 3 && (!strcmp(name + nl - 3, ".xz") || !strcmp(name + nl - 3, ".gz"))) ||
-                     (nl > 4 && !strcmp(name + nl - 4, ".zst"));
-    long r = syscall(SYS_finit_module, fd, "", compressed ? 4 /* MODULE_INIT_COMPRESSED_FILE */ : 0);
-    if (r < 0 && errno == ENOSYS && !compressed) {
-      /* Old kernels: hand the image over in memory instead. */
-      struct stat st;
-      void *buf = NULL;
-      if (fstat(fd, &st) == 0 && (buf = malloc((size_t)st.st_size)) &&
-          read(fd, buf, (size_t)st.st_size) == st.st_size)
-        r = syscall(SYS_init_module, buf, (unsigned long)st.st_size, "");
-      free(buf);
-    }
-    if (r < 0 && errno != EEXIST) ma_log("module %s: %s", name, strerror(errno));
-    else ma_dbg("module %s loaded", name);
-    close(fd);
+    if (wanted && strcmp(*cls ? cls : "boot", wanted) != 0) continue;
+    load_module(file);
   }
   fclose(f);
 }
@@ -149,6 +225,7 @@ static void parse_cmdline(void) {
     else if (!strcmp(key, "channel")) set_str(bc.channel, sizeof bc.channel, v);
     else if (!strncmp(key, "net", 3) && key[3] >= '1' && key[3] < '1' + MAX_NETS && !key[4])
       set_str(bc.nets[key[3] - '1'], sizeof bc.nets[0], v);
+    else if (!strcmp(key, "modules")) bc.all_modules = !strcmp(v, "all");
     else if (!strcmp(key, "debug")) ma_debug = !strcmp(v, "1");
   }
 }
@@ -492,7 +569,7 @@ static void power_off(int action) {
   mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
   sync();
   ma_log(action == 1 ? "rebooting" : "powering off");
-  reboot(action == 1 ? RB_AUTOBOOT : RB_POWER_OFF);
+  machine_off(action);
   ma_fatal("reboot: %s", strerror(errno));
 }
 
@@ -504,8 +581,18 @@ void ma_init_main(void) {
   try_mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
   reboot(RB_DISABLE_CAD); /* Ctrl-Alt-Del becomes SIGINT: a clean shutdown */
   parse_cmdline();
-  ma_log("starting (microagent-agent %s)", MA_AGENT_VERSION);
-  load_modules();
+  char up0[32];
+  ma_log("starting at %ss uptime (microagent-agent %s)", uptime(up0, sizeof up0), MA_AGENT_VERSION);
+  /* Everything is loaded before switch_root, which frees the initramfs. */
+  if (bc.all_modules) {
+    load_modules(NULL);
+  } else {
+    load_modules("boot");
+    if (!strncmp(bc.channel, "vsock:", 6)) load_modules("vsock");
+    int nics = bc.ip[0] != 0;
+    for (int i = 0; i < MAX_NETS; i++) nics |= bc.nets[i][0] != 0;
+    if (nics) load_modules("net");
+  }
   switch_root();
   setup_mounts();
   if (bc.hostname[0] && sethostname(bc.hostname, strlen(bc.hostname)) < 0)
@@ -523,15 +610,8 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
-  char up[32] = "?";
-  int ufd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
-  if (ufd >= 0) {
-    ssize_t n = read(ufd, up, sizeof up - 1);
-    close(ufd);
-    up[n > 0 ? n : 0] = 0;
-    up[strcspn(up, " \n")] = 0;
-  }
-  ma_log("ready at %ss uptime, serving %s", up, bc.channel);
+  char up[32];
+  ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;
   int action = ma_serve(&sc, &grace);
   power_off(action);

@@ -1238,10 +1238,12 @@ static void open_port(void) {
   char dev[300];
   static int misses;
   if (find_virtio_port(dev, sizeof dev) < 0) {
-    if (++misses == 100)
+    /* The port shows up shortly after virtio_console loads: look again soon, so that a boot does
+     * not wait longer than it must, then settle to a slower pace. */
+    if (++misses == 200)
       ma_log("virtio port %s not found after 10 s (is virtio_console in /lib/modules/load.list?)",
              cfg->virtio_name);
-    port_retry_at = ma_now_ms() + 100;
+    port_retry_at = ma_now_ms() + (misses <= 100 ? 10 : 90);
     return;
   }
   int fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);

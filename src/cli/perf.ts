@@ -17,6 +17,7 @@ const edges = [
   ["createdMs", "created"],
   ["vmmStartedMs", "vmm"],
   ["kernelStartedMs", "kernel"],
+  ["initStartedMs", "init"],
   ["agentReadyMs", "agent"],
   ["firstExecMs", "exec"]
 ] as const
@@ -34,12 +35,18 @@ const bootText = (report: PerfBootResult) => {
   for (const which of ["min", "median", "max"] as const) {
     rows.push([which, "", ...edges.map(([edge]) => ms(summary[edge]?.[which]))])
   }
+  const phases = summary.phases
   return [
     `perf boot ${report.image} (${report.backend}), ${summary.count} run(s), ${summary.failures} failed; `
     + `command: ${report.command.join(" ")}`,
     "milliseconds since the run began: created (image + rootfs), vmm (process up), kernel (guest kernel",
-    "started, from its uptime), agent (handshake), exec (first result)",
-    table(header, rows)
+    "started, from its uptime), init (the agent started as /init), agent (handshake), exec (first result)",
+    table(header, rows),
+    ...(phases === undefined ? [] : [
+      `phases (median ms): firmware/loader ${ms(phases.firmwareMs.median)}, kernel to /init `
+      + `${ms(phases.kernelMs.median)}, /init to agent ready ${ms(phases.initMs.median)}, first exec `
+      + `${ms(phases.execMs.median)}`
+    ])
   ].join("\n")
 }
 

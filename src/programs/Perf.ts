@@ -2,8 +2,10 @@
  * `perf`: what a boot costs, phase by phase, and what a running workspace costs the host.
  *
  * `perfBoot` creates disposable workspaces as `run` does and times each to its first command's result;
- * the edges are taken from outside the backend (the console log appearing, the guest's own uptime when
- * its agent announced itself) so the measured path is the real one. `perfFootprint` reads /proc.
+ * the edges are taken from outside the backend (the console log appearing, the agent's first line
+ * appearing in it, the guest's own uptime it prints) so the measured path is the real one, and split
+ * into phases: firmware/loader, kernel to /init, /init to agent ready, first exec. `perfFootprint`
+ * reads /proc.
  */
 import { Clock, Effect, Fiber, Option } from "effect"
 import * as NodeFs from "node:fs"
@@ -31,24 +33,45 @@ export interface PerfBootOptions {
 
 const now = Clock.currentTimeMillis
 
-/** The guest's uptime when the agent said it was ready, from the console. */
-const readyUptimeMs = (consoleLog: string): number | undefined => {
-  const text = NodeFs.readFileSync(consoleLog, { encoding: "utf8", flag: "r" })
-  const match = /ready at ([0-9.]+)s uptime/.exec(text)
-  return match === null ? undefined : Math.round(Number(match[1]) * 1000)
+/** The guest's uptimes in the agent's console lines ("starting at 0.81s uptime", "ready at 0.95s uptime"). */
+export const consoleUptimes = (text: string): { readonly initMs?: number; readonly readyMs?: number } => {
+  const init = /starting at ([0-9.]+)s uptime/.exec(text)
+  const ready = /ready at ([0-9.]+)s uptime/.exec(text)
+  return {
+    ...(init === null ? {} : { initMs: Math.round(Number(init[1]) * 1000) }),
+    ...(ready === null ? {} : { readyMs: Math.round(Number(ready[1]) * 1000) })
+  }
 }
 
-/** Polls for `path` to appear; resolves with the time it did. */
-const appearance = (path: string) =>
-  Effect.async<number>((resume) => {
+const readText = (path: string) => {
+  try {
+    return NodeFs.readFileSync(path, "utf8")
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Watches a console log from outside: resolves with when the file appeared (the VMM is up) and
+ * records when the agent's "starting" line showed up in it (the kernel ran /init).
+ */
+const watchConsole = (path: string) => {
+  const seen: { vmmAt?: number; initAt?: number } = {}
+  const fiber = Effect.async<void>((resume) => {
     const timer = setInterval(() => {
-      if (NodeFs.existsSync(path)) {
+      const text = readText(path)
+      if (text === undefined) return
+      seen.vmmAt ??= Date.now()
+      if (/starting at [0-9.]+s uptime/.test(text)) {
+        seen.initAt = Date.now()
         clearInterval(timer)
-        resume(Effect.succeed(Date.now()))
+        resume(Effect.void)
       }
     }, 2)
     return Effect.sync(() => clearInterval(timer))
   })
+  return { seen, fiber }
+}
 
 const oneBoot = (options: PerfBootOptions, command: readonly [string, ...Array<string>]) =>
   Effect.scoped(Effect.gen(function*() {
@@ -66,30 +89,42 @@ const oneBoot = (options: PerfBootOptions, command: readonly [string, ...Array<s
     )
     edges.createdMs = since(yield* now)
     const consoleLog = NodePath.join(workspace.runtimeDir, "console.log")
-    const vmm = yield* Effect.fork(appearance(consoleLog))
+    const watch = watchConsole(consoleLog)
+    const watcher = yield* Effect.fork(watch.fiber)
     yield* start(workspace.name)
     const ready = yield* now
     edges.agentReadyMs = since(ready)
-    const vmmAt = yield* Fiber.interrupt(vmm).pipe(
-      Effect.map((exit) => (exit._tag === "Success" ? exit.value : undefined))
-    )
-    if (vmmAt !== undefined) edges.vmmStartedMs = since(vmmAt)
+    yield* Fiber.interrupt(watcher)
+    if (watch.seen.vmmAt !== undefined) edges.vmmStartedMs = since(watch.seen.vmmAt)
     const latest = yield* Effect.flatMap(StateStore, (store) => store.get(workspace.name))
     const result = yield* exec(workspace.name, execRequestFor(latest, command))
     edges.firstExecMs = since(yield* now)
     edges.exitCode = result.exitCode
     edges.ok = result.exitCode === 0
     if (!edges.ok) edges.error = `the command exited ${result.exitCode}`
-    const uptime = yield* Effect.sync(() =>
-      readyUptimeMs(
-        Option.match(vmHandleOf(latest), { onNone: () => consoleLog, onSome: (vm) => vm.consoleLog })
-      )
-    ).pipe(
-      Effect.orElseSucceed(() => undefined)
+    const uptimes = consoleUptimes(
+      readText(Option.match(vmHandleOf(latest), { onNone: () => consoleLog, onSome: (vm) => vm.consoleLog }))
+        ?? readText(consoleLog) ?? ""
     )
-    if (uptime !== undefined) {
-      edges.guestUptimeAtReadyMs = uptime
-      edges.kernelStartedMs = since(ready - uptime)
+    if (uptimes.readyMs !== undefined) edges.guestUptimeAtReadyMs = uptimes.readyMs
+    if (uptimes.initMs !== undefined) edges.guestUptimeAtInitMs = uptimes.initMs
+    if (watch.seen.initAt !== undefined) edges.initStartedMs = since(watch.seen.initAt)
+    // The kernel's start on the host's clock: when /init announced itself, less the guest's uptime then.
+    if (edges.initStartedMs !== undefined && uptimes.initMs !== undefined) {
+      edges.kernelStartedMs = Math.max(edges.vmmStartedMs ?? 0, edges.initStartedMs - uptimes.initMs)
+    } else if (uptimes.readyMs !== undefined) {
+      edges.kernelStartedMs = since(ready - uptimes.readyMs)
+    }
+    if (
+      edges.vmmStartedMs !== undefined && edges.kernelStartedMs !== undefined
+      && edges.initStartedMs !== undefined
+    ) {
+      edges.phases = {
+        firmwareMs: edges.kernelStartedMs - edges.vmmStartedMs,
+        kernelMs: edges.initStartedMs - edges.kernelStartedMs,
+        initMs: edges.agentReadyMs - edges.initStartedMs,
+        execMs: edges.firstExecMs - edges.agentReadyMs
+      }
     }
     return edges as BootRun
   }))
@@ -121,10 +156,26 @@ export const perfBoot = Effect.fn("perfBoot")(function*(options: PerfBootOptions
   const good = runs.filter((run) => run.ok)
   const summary: Record<string, unknown> = { count: runs.length, failures: runs.length - good.length }
   for (
-    const edge of ["createdMs", "vmmStartedMs", "kernelStartedMs", "agentReadyMs", "firstExecMs"] as const
+    const edge of [
+      "createdMs",
+      "vmmStartedMs",
+      "kernelStartedMs",
+      "initStartedMs",
+      "agentReadyMs",
+      "firstExecMs"
+    ] as const
   ) {
     const s = stat(good.map((run) => run[edge]))
     if (s !== undefined) summary[edge] = s
+  }
+  const phased = good.flatMap((run) => run.phases === undefined ? [] : [run.phases])
+  if (phased.length > 0) {
+    summary.phases = {
+      firmwareMs: stat(phased.map((p) => p.firmwareMs)),
+      kernelMs: stat(phased.map((p) => p.kernelMs)),
+      initMs: stat(phased.map((p) => p.initMs)),
+      execMs: stat(phased.map((p) => p.execMs))
+    }
   }
   return {
     image: options.image ?? defaultImage,

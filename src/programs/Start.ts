@@ -48,7 +48,11 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const kernels = yield* Effect.serviceOption(KernelCache)
   const boot = Option.isSome(kernels)
     ? yield* kernels.value.ensure(process.arch === "arm64" ? "aarch64" : "x86_64").pipe(
-      Effect.map((artifacts) => ({ kernelPath: artifacts.kernelPath, initrdPath: artifacts.initrdPath }))
+      Effect.map((artifacts) => ({
+        kernelPath: artifacts.kernelPath,
+        initrdPath: artifacts.initrdPath,
+        ...(artifacts.kernelHz === undefined ? {} : { kernelHz: artifacts.kernelHz })
+      }))
     )
     : {}
   const starting = yield* store.transition(name, "start", {

@@ -6,6 +6,24 @@ import { Backend, NetworkMode } from "../domain/Workspace.ts"
 
 const Ms = Schema.Number
 
+/**
+ * Where a boot's time went, in milliseconds; together they span VMM start to the first result.
+ * The kernel phase is the guest's own uptime when its agent started, so it is measured by the
+ * guest's clock, which under emulation stands still while the early kernel runs with interrupts
+ * off: that time shows up in `firmwareMs` instead.
+ */
+export const BootPhases = Schema.Struct({
+  /** VMM start to the guest kernel's first instruction (QEMU set-up, firmware, kernel loading). */
+  firmwareMs: Ms,
+  /** The kernel's own boot, up to running /init (the agent). */
+  kernelMs: Ms,
+  /** /init to agent ready: modules, root switch, mounts, network, then the channel's handshake. */
+  initMs: Ms,
+  /** Agent ready to the first command's result. */
+  execMs: Ms
+})
+export type BootPhases = typeof BootPhases.Type
+
 /** One boot, as edges in milliseconds since the run began (the timer stops before teardown). */
 export const BootRun = Schema.Struct({
   ok: Schema.Boolean,
@@ -14,14 +32,19 @@ export const BootRun = Schema.Struct({
   createdMs: Schema.optional(Ms),
   /** The VMM process is up (its console log opened). */
   vmmStartedMs: Schema.optional(Ms),
-  /** The guest kernel began: agent-ready minus the guest's uptime when the agent announced itself. */
+  /** The guest kernel began: when the agent's first console line appeared minus the guest's uptime in it. */
   kernelStartedMs: Schema.optional(Ms),
+  /** The agent started as /init (its first console line appeared). */
+  initStartedMs: Schema.optional(Ms),
   /** The guest agent answered the handshake (`start` returned). */
   agentReadyMs: Schema.optional(Ms),
   /** The first command's result arrived. */
   firstExecMs: Schema.optional(Ms),
   /** The guest's own uptime when its agent was ready (from the console). */
   guestUptimeAtReadyMs: Schema.optional(Ms),
+  /** The guest's own uptime when its agent started as /init (from the console). */
+  guestUptimeAtInitMs: Schema.optional(Ms),
+  phases: Schema.optional(BootPhases),
   exitCode: Schema.optional(Schema.Int)
 })
 export type BootRun = typeof BootRun.Type
@@ -48,8 +71,16 @@ export const PerfBootResult = Schema.Struct({
     createdMs: Schema.optional(Stat),
     vmmStartedMs: Schema.optional(Stat),
     kernelStartedMs: Schema.optional(Stat),
+    initStartedMs: Schema.optional(Stat),
     agentReadyMs: Schema.optional(Stat),
-    firstExecMs: Schema.optional(Stat)
+    firstExecMs: Schema.optional(Stat),
+    /** Per phase, over the successful runs that have all four. */
+    phases: Schema.optional(Schema.Struct({
+      firmwareMs: Stat,
+      kernelMs: Stat,
+      initMs: Stat,
+      execMs: Stat
+    }))
   })
 })
 export type PerfBootResult = typeof PerfBootResult.Type

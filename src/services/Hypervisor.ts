@@ -59,6 +59,8 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   rootfsPath: Schema.String,
   kernelPath: Schema.optional(Schema.String),
   initrdPath: Schema.optional(Schema.String),
+  /** The kernel's CONFIG_HZ when known (lets the backend preset the guest's delay-loop constant). */
+  kernelHz: Schema.optional(Schema.Int),
   memoryMiB: Schema.Int,
   cpus: Schema.Int,
   hostname: Schema.String,

@@ -24,7 +24,9 @@ export class BootArtifacts extends Schema.Class<BootArtifacts>("BootArtifacts")(
   initrdSha256: Schema.String,
   kernelVersion: Schema.String,
   /** Extra kernel command-line words this kernel needs beyond what the backend passes (usually none). */
-  cmdline: Schema.Array(Schema.String)
+  cmdline: Schema.Array(Schema.String),
+  /** The kernel's CONFIG_HZ, when its build configuration was found at install. */
+  kernelHz: Schema.optional(Schema.Int)
 }) {}
 
 export const KernelFormat = Schema.Literal("elf", "bzImage", "Image")
@@ -52,6 +54,8 @@ export class KernelEntry extends Schema.Class<KernelEntry>("KernelEntry")({
   modules: Schema.optionalWith(Schema.Array(KernelModule), { default: () => [] }),
   /** Names of wanted modules that this kernel builds in (nothing to load for those). */
   builtinModules: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** CONFIG_HZ from the build configuration beside the kernel (`boot/config-<version>`), if there was one. */
+  hz: Schema.optional(Schema.Int),
   installedAt: Schema.optional(Schema.String)
 }) {}
 
@@ -64,6 +68,8 @@ export class InitramfsEntry extends Schema.Class<InitramfsEntry>("InitramfsEntry
   machine: Machine,
   /** Module names in load order, as written to /lib/modules/load.list. */
   modules: Schema.Array(Schema.String),
+  /** Each module's load class (`boot`, `net`, `vsock`), parallel to `modules`; absent in older builds. */
+  loadClasses: Schema.optional(Schema.Array(Schema.String)),
   compression: Schema.Literal("gzip", "none")
 }) {}
 

@@ -41,7 +41,14 @@ describe("perf on QEMU", () => {
     assert.strictEqual(report.backend, "qemu")
     for (const run of report.runs) {
       assert.isTrue(run.ok, run.error)
-      const edges = [run.createdMs, run.vmmStartedMs, run.kernelStartedMs, run.agentReadyMs, run.firstExecMs]
+      const edges = [
+        run.createdMs,
+        run.vmmStartedMs,
+        run.kernelStartedMs,
+        run.initStartedMs,
+        run.agentReadyMs,
+        run.firstExecMs
+      ]
       for (const edge of edges) assert.isNumber(edge, JSON.stringify(run))
       assert.deepStrictEqual(
         edges,
@@ -49,8 +56,23 @@ describe("perf on QEMU", () => {
         `edges in order: ${JSON.stringify(run)}`
       )
       assert.isAbove(run.guestUptimeAtReadyMs, 0, "the guest's own uptime at agent-ready")
+      assert.isAbove(run.guestUptimeAtInitMs, 0, "the guest's own uptime when /init started")
+      assert.isAtMost(run.guestUptimeAtInitMs, run.guestUptimeAtReadyMs)
+      // The phases split VMM start to first result, on the host's clock, without gaps.
+      const { execMs, firmwareMs, initMs, kernelMs } = run.phases
+      for (const phase of [firmwareMs, kernelMs, initMs, execMs]) {
+        assert.isAtLeast(phase, 0, JSON.stringify(run))
+      }
+      assert.strictEqual(firmwareMs + kernelMs + initMs + execMs, run.firstExecMs - run.vmmStartedMs)
     }
     assert.strictEqual(report.summary.failures, 0)
+    assert.hasAllKeys(report.summary.phases, ["firmwareMs", "kernelMs", "initMs", "execMs"])
+    const text = await ma(["perf", "boot", "--network", "isolated"], { MICROAGENT_OUTPUT: "text" })
+    assert.strictEqual(text.code, 0, text.stderr)
+    assert.match(
+      text.stdout,
+      /phases \(median ms\): firmware\/loader \d+, kernel to \/init \d+, \/init to agent/
+    )
     assert.deepStrictEqual(qemuProcesses(), [], "every measured VM is gone")
     assert.deepStrictEqual(JSON.parse((await ma(["list", "--json"])).stdout).workspaces, [])
   })

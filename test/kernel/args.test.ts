@@ -7,12 +7,14 @@ import {
 import {
   cmdlineProblem,
   diskDeviceName,
+  fastBootOptions,
   kernelCmdline,
   nicProblem,
   qemuArgs,
   type QemuArgsInput,
   runtimePaths
 } from "../../src/layers/hypervisor/qemu/internal/args.ts"
+import { resolveBootProfile } from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { DiskAttachment, NicAttachment, PortForward } from "../../src/services/Hypervisor.ts"
 
 const base: QemuArgsInput = {
@@ -37,12 +39,56 @@ const values = (args: ReadonlyArray<string>, flag: string) =>
   args.flatMap((arg, i) => (arg === flag ? [args[i + 1]!] : []))
 
 describe("kernel command line", () => {
-  it("is exactly the agent's contract for an isolated VM", () => {
+  it("is exactly the agent's contract for an isolated VM, with the compat profile's line", () => {
     assert.strictEqual(
-      kernelCmdline(base),
-      "console=ttyS0 quiet panic=-1 tsc_early_khz=2596122 microagent.root=/dev/vda "
+      kernelCmdline({ ...base, bootProfile: "compat" }),
+      "console=ttyS0 quiet panic=-1 tsc_early_khz=2596122 microagent.modules=all microagent.root=/dev/vda "
         + "microagent.channel=virtio:microagent.agent microagent.hostname=box"
     )
+  })
+
+  it("adds the fast profile's kernel options by default, keeping the TSC frequency", () => {
+    const words = kernelCmdline(base).split(" ")
+    for (
+      const option of [
+        "mitigations=off",
+        "cryptomgr.notests",
+        "tsc=reliable",
+        "noreplace-smp",
+        "pci=off",
+        "tsc_early_khz=2596122"
+      ]
+    ) {
+      assert.include(words, option)
+    }
+    assert.notInclude(words, "microagent.modules=all", "the agent loads only the drivers the boot uses")
+    assert.deepStrictEqual(words.slice(0, 3), ["console=ttyS0", "quiet", "panic=-1"])
+    assert.deepStrictEqual(kernelCmdline({ ...base, bootProfile: "fast" }), kernelCmdline(base))
+  })
+
+  it("presets the delay loop from the TSC and CONFIG_HZ, under TCG and in the fast profile only", () => {
+    const words = kernelCmdline({ ...base, kernelHz: 250 }).split(" ")
+    assert.include(words, `lpj=${Math.round((2596122 * 1000) / 250)}`)
+    assert.notInclude(kernelCmdline(base), "lpj=", "no lpj without the kernel's HZ")
+    assert.notInclude(kernelCmdline({ ...base, accel: "kvm", kernelHz: 250 }), "lpj=")
+    assert.notInclude(kernelCmdline({ ...base, kernelHz: 250, bootProfile: "compat" }), "lpj=")
+  })
+
+  it("keeps PCI on q35 in the fast profile", () => {
+    assert.notInclude(fastBootOptions("q35"), "pci=off")
+    assert.include(fastBootOptions("microvm"), "pci=off")
+    assert.notInclude(kernelCmdline({ ...base, machine: "q35" }).split(" "), "pci=off")
+  })
+
+  it("takes the boot profile from the options, then MICROAGENT_BOOT_PROFILE, else fast", () => {
+    assert.strictEqual(resolveBootProfile(undefined, undefined), "fast")
+    assert.strictEqual(resolveBootProfile(undefined, ""), "fast")
+    assert.strictEqual(resolveBootProfile(undefined, "compat"), "compat")
+    assert.strictEqual(resolveBootProfile("fast", "compat"), "fast")
+    const bad = resolveBootProfile(undefined, "turbo")
+    assert.notStrictEqual(typeof bad, "string")
+    assert.strictEqual(typeof bad === "string" ? "" : bad._tag, "InvalidInput")
+    assert.include(typeof bad === "string" ? "" : bad.message, "MICROAGENT_BOOT_PROFILE=turbo")
   })
 
   it("adds slirp addressing for user networking and the disk list in attachment order", () => {

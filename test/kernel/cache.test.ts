@@ -78,11 +78,17 @@ describe("FileKernelCache", () => {
       assert.strictEqual(microvm.kernelVersion, "6.1.0-test")
       const files = cpioList(microvm.initrdPath)
       assert.includeMembers(files, ["init", "dev", "proc", "sys", "newroot", "lib/modules/load.list"])
-      const order = cpioFile(microvm.initrdPath, "lib/modules/load.list").trim().split("\n")
+      const lines = cpioFile(microvm.initrdPath, "lib/modules/load.list").trim().split("\n")
+      const order = lines.map((line) => line.split(" ")[0]!)
       assert.isBelow(order.indexOf("virtio_ring.ko"), order.indexOf("virtio_mmio.ko"))
       assert.isBelow(order.indexOf("virtio.ko"), order.indexOf("virtio_mmio.ko"))
       assert.isBelow(order.indexOf("net_failover.ko"), order.indexOf("virtio_net.ko"))
       assert.notInclude(order, "virtio_pci.ko")
+      // The disk and channel drivers load on every boot, the NIC driver only when a NIC is configured.
+      assert.include(lines, "virtio_blk.ko")
+      assert.include(lines, "virtio_console.ko")
+      assert.include(lines, "virtio_net.ko net")
+      assert.isBelow(order.indexOf("virtio_console.ko"), order.indexOf("failover.ko"))
       for (const module of order) assert.include(files, `lib/modules/${module}`)
       assert.strictEqual(cpioFile(microvm.initrdPath, "init"), "#!agent v1\n")
 

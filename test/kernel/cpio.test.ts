@@ -81,7 +81,11 @@ describe("cpio newc writer", () => {
     requireBusybox()
     const input = {
       agent: Buffer.from("agent"),
-      modules: [{ name: "virtio_ring", data: Buffer.from("r") }, { name: "virtio", data: Buffer.from("v") }]
+      modules: [
+        { name: "virtio_ring", data: Buffer.from("r") },
+        { name: "virtio", data: Buffer.from("v"), loadClass: "boot" as const },
+        { name: "virtio_net", data: Buffer.from("n"), loadClass: "net" as const }
+      ]
     }
     const plain = buildInitramfs({ ...input, compression: "none" })
     const gzipped = buildInitramfs({ ...input, compression: "gzip" })
@@ -96,6 +100,7 @@ describe("cpio newc writer", () => {
       "init",
       "lib/modules/virtio_ring.ko",
       "lib/modules/virtio.ko",
+      "lib/modules/virtio_net.ko",
       "lib/modules/load.list"
     ])
     withTemp((dir) => {
@@ -106,7 +111,7 @@ describe("cpio newc writer", () => {
       })
       assert.strictEqual(
         NodeFs.readFileSync(NodePath.join(dir, "lib/modules/load.list"), "utf8"),
-        "virtio_ring.ko\nvirtio.ko\n"
+        "virtio_ring.ko\nvirtio.ko\nvirtio_net.ko net\n"
       )
       assert.strictEqual(NodeFs.statSync(NodePath.join(dir, "init")).mode & 0o777, 0o755)
     })

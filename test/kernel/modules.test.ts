@@ -7,6 +7,7 @@ import {
   type ModuleSource,
   optionalModules,
   requiredModules,
+  resolveModuleClasses,
   resolveModules
 } from "../../src/layers/kernel/internal/modules.ts"
 import { debianKernelTree } from "../support/kernel.ts"
@@ -102,6 +103,37 @@ describe("modules of the Debian cloud kernel", () => {
     before("vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport")
     assert.notInclude(order, "virtio_pci")
     assert.strictEqual(new Set(order).size, order.length)
+  })
+
+  it("loads the disk and channel drivers on every boot, the NIC and vsock ones only by class", () => {
+    const order = resolveModuleClasses(source, "microvm")
+    const classOf = new Map(order.map((m) => [m.name, m.loadClass]))
+    for (const name of ["virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console"]) {
+      assert.strictEqual(classOf.get(name), "boot", name)
+    }
+    for (const name of ["failover", "net_failover", "virtio_net"]) {
+      assert.strictEqual(classOf.get(name), "net", name)
+    }
+    for (const name of ["vsock", "vmw_vsock_virtio_transport_common", "vmw_vsock_virtio_transport"]) {
+      assert.strictEqual(classOf.get(name), "vsock", name)
+    }
+    // Same modules as the unclassified order, each once, every dependency loaded no later than its user.
+    assert.sameMembers(
+      order.map((m) => m.name),
+      names(resolveModules(source, requiredModules("microvm"), optionalModules))
+    )
+    const rank = { boot: 0, net: 1, vsock: 2 }
+    order.forEach((m, i) => {
+      for (const dependency of source.depends(found.get(m.name)!)) {
+        const at = order.findIndex((d) => d.name === dependency)
+        assert.isBelow(at, i, `${dependency} before ${m.name}`)
+        assert.isAtMost(
+          rank[order[at]!.loadClass],
+          rank[m.loadClass],
+          `${dependency} loads with or before ${m.name}`
+        )
+      }
+    })
   })
 
   it("adds the PCI transport for q35", () => {

@@ -24,6 +24,7 @@ import {
   type VerifyResult
 } from "../../services/KernelCache.ts"
 import { findAgent } from "./internal/agent.ts"
+import { hzBesideKernel } from "./internal/config.ts"
 import {
   defaultDebianPackage,
   downloadPackage,
@@ -39,6 +40,7 @@ import {
   type ModuleSource,
   optionalModules,
   requiredModules,
+  resolveModuleClasses,
   resolveModules
 } from "./internal/modules.ts"
 import {
@@ -425,6 +427,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           ? { modules: [], builtinModules: [] }
           : yield* storeModules(modulesDir, dir)
         const blob = yield* putBlob(kernel.bytes)
+        const hz = hzBesideKernel(kernelFile, kernel.version)
         const entry = new KernelEntry({
           version: kernel.version,
           arch: kernel.arch,
@@ -435,6 +438,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           format: kernel.format,
           modules,
           builtinModules,
+          ...(hz === undefined ? {} : { hz }),
           installedAt: new Date().toISOString()
         })
         // The newest install of an architecture is the default: keep it last.
@@ -450,16 +454,15 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         try: () => {
           if (kernel.modules.length === 0) return [] // a bare kernel: its drivers must be built in
           const byName = new Map(kernel.modules.map((m) => [m.name, m]))
-          const order = resolveModules(
+          const order = resolveModuleClasses(
             {
               locate: (name) => byName.get(name)?.path,
               builtin: new Set(kernel.builtinModules),
               depends: (path) => kernel.modules.find((m) => m.path === path)?.depends ?? []
             },
-            requiredModules(machine),
-            optionalModules
+            machine
           )
-          return order.map((m) => byName.get(m.name)!)
+          return order.map((m) => ({ module: byName.get(m.name)!, loadClass: m.loadClass }))
         },
         catch: (cause) =>
           new KernelCacheFailure({
@@ -481,18 +484,25 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         const agent = yield* io(`reading ${agentPath}`, () => NodeFs.readFileSync(agentPath))
         const agentSha256 = sha256Hex(agent)
         const modules = yield* moduleOrder(kernel, machine)
-        const names = modules.map((m) => m.name)
+        const names = modules.map((m) => m.module.name)
+        const loadClasses = modules.map((m) => m.loadClass)
         const index = yield* readIndex
         const cached = index.initramfs.find((entry) =>
           entry.kernelSha256 === kernel.sha256 && entry.agentSha256 === agentSha256
           && entry.machine === machine
           && entry.compression === compression && sameStrings(entry.modules, names)
+          && sameStrings(entry.loadClasses ?? [], loadClasses)
           && NodeFs.statSync(entry.path, { throwIfNoEntry: false })?.size === entry.sizeBytes
         )
         if (cached !== undefined) return cached
         const moduleData = yield* Effect.forEach(
           modules,
-          (m) => io(`reading module ${m.name}`, () => ({ name: m.name, data: NodeFs.readFileSync(m.path) }))
+          ({ loadClass, module }) =>
+            io(`reading module ${module.name}`, () => ({
+              name: module.name,
+              loadClass,
+              data: NodeFs.readFileSync(module.path)
+            }))
         )
         const bytes = buildInitramfs({ agent, modules: moduleData, compression })
         const blob = yield* putBlob(bytes)
@@ -504,6 +514,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           agentSha256,
           machine,
           modules: names,
+          loadClasses,
           compression
         })
         yield* updateIndex((current) => ({
@@ -521,13 +532,19 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         ? cached.value
         : yield* installFrom({}, arch)
       const initramfs = yield* ensureInitramfs(kernel, ensureOptions?.machine ?? "microvm")
+      // Installs from before `hz` was recorded: a path source may still have its configuration beside it.
+      const hz = kernel.hz
+        ?? (kernel.source.startsWith("path:")
+          ? hzBesideKernel(kernel.source.slice(5), kernel.version)
+          : undefined)
       return new BootArtifacts({
         kernelPath: kernel.path,
         kernelSha256: kernel.sha256,
         initrdPath: initramfs.path,
         initrdSha256: initramfs.sha256,
         kernelVersion: kernel.version,
-        cmdline: []
+        cmdline: [],
+        ...(hz === undefined ? {} : { kernelHz: hz })
       })
     }, Effect.mapError(toPublic))
 

@@ -42,6 +42,8 @@ import {
   readHostFacts
 } from "./internal/accel.ts"
 import {
+  type BootProfile,
+  bootProfiles,
   cmdlineProblem,
   type Machine,
   nicProblem,
@@ -58,6 +60,23 @@ export interface QemuOptions {
   readonly binary?: string
   /** Bound of the KVM probe boot. */
   readonly kvmProbeTimeoutMs?: number
+  /** Kernel options and module set; default `$MICROAGENT_BOOT_PROFILE`, else `fast` (see args.ts). */
+  readonly bootProfile?: BootProfile
+}
+
+/** The boot profile from the options, else from `MICROAGENT_BOOT_PROFILE`; an unknown name is an error. */
+export const resolveBootProfile = (
+  fromOptions: BootProfile | undefined,
+  fromEnv: string | undefined = process.env.MICROAGENT_BOOT_PROFILE
+): BootProfile | InvalidInput => {
+  if (fromOptions !== undefined) return fromOptions
+  if (fromEnv === undefined || fromEnv === "") return "fast"
+  return (bootProfiles as ReadonlyArray<string>).includes(fromEnv)
+    ? fromEnv as BootProfile
+    : new InvalidInput({
+      message: `MICROAGENT_BOOT_PROFILE=${fromEnv} is not a boot profile`,
+      remediation: `use one of: ${bootProfiles.join(", ")} (or leave it unset for fast)`
+    })
 }
 
 /**
@@ -237,6 +256,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           ...config.nics.map(nicProblem)
         ].filter((p) => p !== undefined)
         if (problems.length > 0) return yield* new InvalidInput({ message: problems.join("; ") })
+        const bootProfile = resolveBootProfile(options.bootProfile)
+        if (typeof bootProfile !== "string") return yield* bootProfile
         if (config.network !== "user" && config.ports.length > 0) {
           return yield* unsupported(
             "published ports without user networking",
@@ -253,7 +274,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         ) {
           if (!NodeFs.existsSync(file)) return yield* new NotFound({ message: `${file} does not exist` })
         }
-        return { kernelPath: config.kernelPath, initrdPath: config.initrdPath }
+        return { kernelPath: config.kernelPath, initrdPath: config.initrdPath, bootProfile }
       })
 
     /** Ends a VMM at once and removes its sockets and pid file. */
@@ -295,7 +316,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     }
 
     const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
-      const { initrdPath, kernelPath } = yield* validate(config)
+      const { bootProfile, initrdPath, kernelPath } = yield* validate(config)
       const paths = runtimePaths(config.runtimeDir)
       yield* Effect.try({
         try: () => {
@@ -328,7 +349,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         ports: config.ports,
         disks: config.disks,
         nics: config.nics,
-        paths
+        paths,
+        bootProfile,
+        kernelHz: config.kernelHz
       })
       const handleOf = (pid: number) =>
         new VmHandle({

@@ -17,6 +17,41 @@ export const requiredModules = (machine: Machine): ReadonlyArray<string> => [
 /** Loaded when the kernel has them; the guest works without. */
 export const optionalModules: ReadonlyArray<string> = ["vmw_vsock_virtio_transport"]
 
+/**
+ * When the agent loads each group (see initramfs.ts): the root disk and the channel on every boot,
+ * the NIC driver only when the boot configures a NIC, vsock only for a vsock channel.
+ */
+export const moduleClasses = (machine: Machine): ReadonlyArray<{
+  readonly loadClass: "boot" | "net" | "vsock"
+  readonly required: ReadonlyArray<string>
+  readonly optional: ReadonlyArray<string>
+}> => [
+  {
+    loadClass: "boot",
+    required: [...(machine === "microvm" ? ["virtio_mmio"] : ["virtio_pci"]), "virtio_blk", "virtio_console"],
+    optional: []
+  },
+  { loadClass: "net", required: ["virtio_net"], optional: [] },
+  { loadClass: "vsock", required: [], optional: optionalModules }
+]
+
+/**
+ * The modules to load by class, dependencies first; a module shared with an earlier class is
+ * loaded with that class (so `boot` never waits on anything of `net`).
+ */
+export const resolveModuleClasses = (source: ModuleSource, machine: Machine) => {
+  const taken = new Set<string>()
+  const order: Array<ResolvedModule & { readonly loadClass: "boot" | "net" | "vsock" }> = []
+  for (const group of moduleClasses(machine)) {
+    for (const m of resolveModules(source, group.required, group.optional)) {
+      if (taken.has(m.name)) continue
+      taken.add(m.name)
+      order.push({ ...m, loadClass: group.loadClass })
+    }
+  }
+  return order
+}
+
 /** Module names treat '-' and '_' alike; the canonical form uses '_'. */
 export const canonicalModuleName = (name: string): string => name.replace(/\.ko$/, "").replace(/-/g, "_")
 

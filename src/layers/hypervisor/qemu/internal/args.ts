@@ -8,6 +8,45 @@ import type { DiskAttachment, NicAttachment, PortForward } from "../../../../ser
 export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
 
+/**
+ * `fast` (the default) adds kernel options that shorten the guest kernel's boot and lets the agent
+ * skip drivers the boot does not use; `compat` is the earlier command line, for comparison and as a
+ * fallback (`MICROAGENT_BOOT_PROFILE=compat`). docs/kernels.md says what each option gives up.
+ */
+export type BootProfile = "fast" | "compat"
+export const bootProfiles: ReadonlyArray<BootProfile> = ["fast", "compat"]
+
+/**
+ * The `fast` profile's kernel options. Each one gives up something only inside the guest (the
+ * host's protection comes from the VMM boundary, not from the guest kernel); see docs/kernels.md.
+ */
+export const fastBootOptions = (machine: Machine): ReadonlyArray<string> => [
+  // Speculative-execution mitigations protect guest processes from each other, never the host.
+  "mitigations=off",
+  // PVH boot already skips the decompressor's text randomisation; this also fixes the memory layout.
+  "nokaslr",
+  // One serial port (the console) instead of probing four.
+  "8250.nr_uarts=1",
+  // Skips the IO-APIC timer check, which waits for timer ticks.
+  "no_timer_check",
+  // The machine has no PS/2 controller: no PnP lookup, no AUX/MUX probing.
+  "i8042.noaux",
+  "i8042.nomux",
+  "i8042.nopnp",
+  "i8042.dumbkbd",
+  // Crypto self-tests at boot (and the SP800-108 KDF's) check the kernel's own implementations.
+  "cryptomgr.notests",
+  "initcall_blacklist=crypto_kdf108_init,init_kprobe_trace",
+  // No audit daemon runs in a workspace.
+  "audit=0",
+  // The clocksource watchdog marks the TSC unstable when the emulated guest is descheduled.
+  "tsc=reliable",
+  // With one vCPU the kernel would rewrite every LOCK prefix in its text, slow under emulation.
+  "noreplace-smp",
+  // microvm has no PCI bus; q35 needs it.
+  ...(machine === "microvm" ? ["pci=off"] : [])
+]
+
 /** The virtio-serial port name the agent looks for (`microagent.channel=virtio:<name>`). */
 export const agentPortName = "microagent.agent"
 
@@ -46,7 +85,22 @@ export interface QemuArgsInput {
   readonly nics?: ReadonlyArray<NicAttachment>
   readonly paths: RuntimePaths
   readonly extraCmdline?: ReadonlyArray<string>
+  /** Default `fast`. */
+  readonly bootProfile?: BootProfile
+  /** The guest kernel's CONFIG_HZ, when known. */
+  readonly kernelHz?: number | undefined
 }
+
+/**
+ * The `fast` profile's options that depend on the VM. Under TCG: the delay-loop constant from the
+ * TSC frequency (loops per jiffy = TSC Hz / CONFIG_HZ), which the kernel otherwise measures on every
+ * CPU after the first, waiting on timer ticks (its own value for the first CPU is the same, taken
+ * from the TSC).
+ */
+export const fastVmOptions = (input: QemuArgsInput): ReadonlyArray<string> =>
+  input.accel === "tcg" && input.tscKhz !== undefined && input.kernelHz !== undefined && input.kernelHz > 0
+    ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
+    : []
 
 /** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
 export const diskDeviceName = (index: number): string => {
@@ -80,6 +134,10 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     "quiet",
     "panic=-1",
     ...(input.accel === "tcg" && input.tscKhz !== undefined ? [`tsc_early_khz=${input.tscKhz}`] : []),
+    // compat: the agent loads every module of the initramfs, as it did before it learnt to skip some.
+    ...((input.bootProfile ?? "fast") === "fast"
+      ? [...fastBootOptions(input.machine), ...fastVmOptions(input)]
+      : ["microagent.modules=all"]),
     "microagent.root=/dev/vda",
     `microagent.channel=virtio:${agentPortName}`,
     `microagent.hostname=${input.hostname}`,
