@@ -2,9 +2,9 @@
  * Host commands: `doctor`, and `runtime` (the per-state-directory process the CLI starts on demand).
  */
 import { Command } from "@effect/cli"
-import { Effect, Logger } from "effect"
+import { Effect } from "effect"
 import { doctor } from "../programs/Doctor.ts"
-import { serveRuntime } from "../runtime/Runtime.ts"
+import { runRuntime } from "../runtime/RuntimeMain.ts"
 import { Home } from "../services/Home.ts"
 import { optionalInt, orUndefined } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
@@ -33,11 +33,6 @@ const doctorCommand = Command.make("doctor", {}, () =>
 
 export const hostGroup = [doctorCommand] as const
 
-const defaultIdleSeconds = () => {
-  const fromEnv = Number(process.env.MICROAGENT_RUNTIME_IDLE_SECONDS)
-  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30
-}
-
 const runtimeCommand = Command.make("runtime", {
   idleSeconds: optionalInt(
     "idle-seconds",
@@ -46,14 +41,10 @@ const runtimeCommand = Command.make("runtime", {
 }, ({ idleSeconds }) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
-    yield* serveRuntime(Home.resolveRoot(invocation.stateDir), {
-      idleSeconds: orUndefined(idleSeconds) ?? defaultIdleSeconds(),
+    yield* runRuntime(Home.resolveRoot(invocation.stateDir), {
+      idleSeconds: orUndefined(idleSeconds),
       defaultBackend: invocation.backend
-    }).pipe(
-      // Another runtime won the race to serve this directory: nothing to do.
-      Effect.catchTag("Conflict", () => Effect.void),
-      Effect.provide(Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)))
-    )
+    })
   })).pipe(
     Command.withDescription(
       "serve this state directory's runtime in the foreground (commands start it on demand)"

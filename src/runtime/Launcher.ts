@@ -8,6 +8,7 @@ import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
+import * as NodeUrl from "node:url"
 import { Transient } from "../domain/Errors.ts"
 import type { HomeShape } from "../services/Home.ts"
 
@@ -22,8 +23,35 @@ export const answers = (socket: string) =>
     connection.once("error", () => resume(Effect.succeed(false)))
   })
 
-/** The script that runs the CLI (the main bundle), which has the hidden `runtime` verb. */
+/** The script that runs the CLI (the main bundle), which has the `runtime` verb. */
 const cliScript = () => process.argv[1] ?? ""
+
+/**
+ * The runtime's own bundle, beside this module once built (bin/microagent-runtime.mjs): it loads only
+ * the runtime, not the CLI. Run from source, there is none, and the CLI's `runtime` verb serves.
+ */
+const runtimeScript = (): string | undefined => {
+  const path = NodePath.join(
+    NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url)),
+    "microagent-runtime.mjs"
+  )
+  return NodeFs.existsSync(path) ? path : undefined
+}
+
+/**
+ * V8 flags of the runtime process: --expose-gc lets it return the Buffers of a boot or a build to the
+ * system once they are garbage (RuntimeMain.ts), and one-MiB semi-spaces keep the young generation from
+ * growing to 32 MiB of mostly empty pages in a process that allocates little between requests.
+ */
+export const runtimeNodeFlags = ["--expose-gc", "--max-semi-space-size=1"] as const
+
+/** The command line that starts a runtime for `root`. */
+export const runtimeCommand = (root: string): ReadonlyArray<string> => {
+  const own = runtimeScript()
+  return own === undefined
+    ? [...runtimeNodeFlags, cliScript(), "runtime", "--state-dir", root]
+    : [...runtimeNodeFlags, own, "--state-dir", root]
+}
 
 export const runtimeLogPath = (home: HomeShape) => NodePath.join(home.root, "run", "runtime.log")
 
@@ -33,7 +61,7 @@ export const ensureRuntime = (home: HomeShape, options: { readonly timeout?: Dur
     if (yield* answers(home.runtimeSocket)) return
     yield* Effect.sync(() => {
       const log = NodeFs.openSync(runtimeLogPath(home), "a", 0o600)
-      const child = spawn(process.execPath, [cliScript(), "runtime", "--state-dir", home.root], {
+      const child = spawn(process.execPath, runtimeCommand(home.root), {
         detached: true,
         stdio: ["ignore", log, log],
         env: { ...process.env, MICROAGENT_OUTPUT: "json" }
