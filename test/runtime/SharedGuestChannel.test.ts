@@ -8,7 +8,7 @@ import { make } from "../../src/runtime/SharedGuestChannel.ts"
 import { GuestChannel, type GuestConnection } from "../../src/services/GuestChannel.ts"
 
 /** An inner channel whose connections close when the test says so; counts connects and releases. */
-const innerChannel = Effect.gen(function*() {
+const innerChannel = Effect.sync(() => {
   const closers: Array<Deferred.Deferred<void>> = []
   let released = 0
   const layer = Layer.succeed(
