@@ -2,7 +2,8 @@
  * Footprint benchmark: host memory the runtime adds per extra running workspace, beyond its VMM.
  * Runtime RSS (and PSS) with 1 and with 5 workspaces running, each having run a few execs (so its
  * guest connection is open); (rss5 - rss1) / 4 against a target of <= 8 MiB, and against the VMM's own
- * RSS in the same run (ratio). Prints one JSON object on stdout.
+ * RSS in the same run (ratio); the runtime's RSS with one workspace against <= 120 MiB. Prints one JSON
+ * object on stdout.
  */
 import { cleanup, loadAverage, log, must, stateDir } from "./lib.ts"
 
@@ -52,6 +53,10 @@ try {
     load_average: { before: loadBefore, after: loadAverage() },
     guest_memory_mib: Number(memoryMiB),
     runtime_rss_kib: { one: one.runtime.rssKiB, five: five.runtime.rssKiB },
+    // The runtime's own resident memory with one idle workspace, against a target of <= 120 MiB.
+    runtime_rss_mib_one_workspace: Number((one.runtime.rssKiB / 1024).toFixed(1)),
+    target_runtime_rss_mib: 120,
+    runtime_rss_vs_target: Number((one.runtime.rssKiB / 1024 / 120).toFixed(3)),
     runtime_pss_kib: { one: one.runtime.pssKiB, five: five.runtime.pssKiB },
     runtime_heap_bytes: { one: one.runtime.heapUsedBytes, five: five.runtime.heapUsedBytes },
     per_extra_workspace_mib: Number((perExtraKiB / 1024).toFixed(2)),

@@ -1,4 +1,5 @@
-// Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI).
+// Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
+// bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server).
 import { build } from "esbuild"
 import { chmodSync, readFileSync } from "node:fs"
 
@@ -14,10 +15,7 @@ const common = {
   logLevel: "warning"
 }
 
-await build({
-  ...common,
-  entryPoints: ["src/cli/bin.ts"],
-  outfile: "bin/microagent-main.mjs",
+const withSqlite = {
   // better-sqlite3 is a native addon: resolved from node_modules at run time.
   external: ["better-sqlite3"],
   banner: {
@@ -26,6 +24,14 @@ await build({
       "const require = __microagentRequire(import.meta.url);"
     ].join("\n")
   }
+}
+
+await build({ ...common, ...withSqlite, entryPoints: ["src/cli/bin.ts"], outfile: "bin/microagent-main.mjs" })
+await build({
+  ...common,
+  ...withSqlite,
+  entryPoints: ["src/runtime/bin.ts"],
+  outfile: "bin/microagent-runtime.mjs"
 })
 
 await build({

@@ -44,6 +44,13 @@ export const outputOption = Options.text("output").pipe(
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 
+/** `--refuse-devices`: fail on an image whose layers hold character or block devices. */
+export const refuseDevicesOption = Options.boolean("refuse-devices").pipe(
+  Options.withDescription(
+    "refuse images whose layers hold character or block devices (accepted by default: they are created only inside the guest's disk)"
+  )
+)
+
 export const workspaceOptions = {
   name: Options.text("name").pipe(
     Options.withPseudoName("NAME"),
@@ -87,7 +94,8 @@ export const workspaceOptions = {
   ),
   bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
   volume: volumeFlag,
-  secret: secretFlag
+  secret: secretFlag,
+  refuseDevices: refuseDevicesOption
 }
 
 export const readSpec = (file: Option.Option<string>) =>

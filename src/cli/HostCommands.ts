@@ -2,9 +2,9 @@
  * Host commands: `doctor`, and `runtime` (the per-state-directory process the CLI starts on demand).
  */
 import { Command } from "@effect/cli"
-import { Effect, Logger } from "effect"
+import { Effect } from "effect"
 import { doctorWithState } from "../programs/Doctor.ts"
-import { serveRuntime } from "../runtime/Runtime.ts"
+import { runRuntime } from "../runtime/RuntimeMain.ts"
 import { Home } from "../services/Home.ts"
 import { optionalInt, orUndefined } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
@@ -42,11 +42,6 @@ const doctorCommand = Command.make(
 
 export const hostGroup = [doctorCommand] as const
 
-const defaultIdleSeconds = () => {
-  const fromEnv = Number(process.env.MICROAGENT_RUNTIME_IDLE_SECONDS)
-  return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30
-}
-
 const runtimeCommand = Command.make("runtime", {
   idleSeconds: optionalInt(
     "idle-seconds",
@@ -55,21 +50,10 @@ const runtimeCommand = Command.make("runtime", {
 }, ({ idleSeconds }) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
-    yield* serveRuntime(Home.resolveRoot(invocation.stateDir), {
-      idleSeconds: orUndefined(idleSeconds) ?? defaultIdleSeconds(),
+    yield* runRuntime(Home.resolveRoot(invocation.stateDir), {
+      idleSeconds: orUndefined(idleSeconds),
       defaultBackend: invocation.backend
-    }).pipe(
-      // Another runtime serves this directory (or won the race to): nothing to do, but say so.
-      Effect.catchTag("Conflict", (conflict) =>
-        Effect.sync(() => {
-          process.stderr.write(
-            `microagent runtime: ${conflict.message} (${
-              Home.resolveRoot(invocation.stateDir)
-            }); nothing to do\n`
-          )
-        })),
-      Effect.provide(Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger)))
-    )
+    })
   })).pipe(
     Command.withDescription(
       "serve this state directory's runtime in the foreground (commands start it on demand)"

@@ -80,6 +80,7 @@ const workspaceFields = (
     readonly hostname: Option.Option<string>
     readonly network: ReadonlyArray<string>
     readonly publish: ReadonlyArray<string>
+    readonly refuseDevices: boolean
   },
   spec: Spec
 ) =>
@@ -89,6 +90,7 @@ const workspaceFields = (
     cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
     sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
     hostname: orUndefined(options.hostname) ?? spec.hostname,
+    ...(options.refuseDevices ? { refuseDevices: true } : {}),
     ...network
   }))
 

@@ -12,6 +12,7 @@ import { imageDependencies } from "../layers/image/Stack.ts"
 import { Home } from "../services/Home.ts"
 import type { EnsureOptions, ImageRecord, ImageStoreAdmin, RemoveResult } from "../services/ImageStore.ts"
 import { formatPlatform } from "../services/Registry.ts"
+import { refuseDevicesOption } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { emit, table } from "./Output.ts"
 
@@ -130,8 +131,9 @@ const buildOptions = {
   allowGuestSetuid: Options.boolean("allow-guest-setuid").pipe(
     Options.withDescription("keep setuid/setgid bits of image files (stripped by default)")
   ),
+  refuseDevices: refuseDevicesOption,
   allowDevices: Options.boolean("allow-devices").pipe(
-    Options.withDescription("accept device nodes in layers (created inside the image only)")
+    Options.withDescription("no effect: device nodes are accepted by default (kept for older scripts)")
   )
 }
 
@@ -140,14 +142,14 @@ const toEnsure = (
     readonly platform: Option.Option<string>
     readonly sizeMiB: Option.Option<number>
     readonly allowGuestSetuid: boolean
-    readonly allowDevices: boolean
+    readonly refuseDevices: boolean
   },
   onProgress: EnsureOptions["onProgress"]
 ): EnsureOptions => ({
   ...(Option.isSome(o.platform) ? { platform: o.platform.value } : {}),
   ...(Option.isSome(o.sizeMiB) ? { baselineSizeMiB: o.sizeMiB.value } : {}),
   allowGuestSetuid: o.allowGuestSetuid,
-  allowDevices: o.allowDevices,
+  ...(o.refuseDevices ? { refuseDevices: true } : {}),
   ...(onProgress !== undefined ? { onProgress } : {})
 })
 

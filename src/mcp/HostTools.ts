@@ -72,7 +72,11 @@ export const hostTools: ReadonlyArray<AnyTool> = [
     input: {
       ...imageRef,
       platform: optional(Schema.String, "platform, e.g. linux/amd64 or linux/arm64/v8 (default: the host's)"),
-      insecure_registry: optional(Schema.Boolean, "allow plain http to a registry that is not on loopback")
+      insecure_registry: optional(Schema.Boolean, "allow plain http to a registry that is not on loopback"),
+      refuse_devices: optional(
+        Schema.Boolean,
+        "refuse layers holding character or block devices (accepted by default: created only in the image)"
+      )
     },
     output: ImageSummary,
     kind: "mutate",
@@ -83,7 +87,8 @@ export const hostTools: ReadonlyArray<AnyTool> = [
         client.imagePull(defined({
           ref: args.image,
           platform: args.platform,
-          insecureRegistry: args.insecure_registry
+          insecureRegistry: args.insecure_registry,
+          refuseDevices: args.refuse_devices
         }))).pipe(Effect.map(summary))
   }),
   defineTool({

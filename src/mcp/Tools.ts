@@ -86,7 +86,11 @@ const newWorkspace = {
     Schema.Array(Schema.String),
     "declared outputs, NAME=/guest/path: collected after a run's command, fetched with artifacts.get"
   ),
-  backend: optional(Backend, "backend of the new workspace (default: the server's)")
+  backend: optional(Backend, "backend of the new workspace (default: the server's)"),
+  refuse_devices: optional(
+    Schema.Boolean,
+    "refuse an image whose layers hold character or block devices (accepted by default: created only in the guest's disk)"
+  )
 }
 
 const execFields = {
@@ -131,6 +135,7 @@ interface NewWorkspaceArgs {
   readonly secrets?: ReadonlyArray<string> | undefined
   readonly outputs?: ReadonlyArray<string> | undefined
   readonly backend?: typeof Backend.Type | undefined
+  readonly refuse_devices?: boolean | undefined
 }
 
 /**
@@ -178,7 +183,8 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       mounts,
       secrets,
       outputs,
-      backend: args.backend ?? context.defaultBackend
+      backend: args.backend ?? context.defaultBackend,
+      ...(args.refuse_devices === true ? { refuseDevices: true } : {})
     }
   })
 

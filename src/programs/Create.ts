@@ -54,6 +54,8 @@ export interface CreateOptions {
   readonly mounts?: ReadonlyArray<Mount> | undefined
   readonly secrets?: ReadonlyArray<SecretRef> | undefined
   readonly outputs?: ReadonlyArray<OutputDecl> | undefined
+  /** Refuse an image whose layers hold character or block devices (accepted by default). */
+  readonly refuseDevices?: boolean | undefined
 }
 
 /** Hostnames are the workspace name made DNS-safe. */
@@ -99,10 +101,10 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   const images = yield* ImageStore
   const hypervisor = yield* Hypervisor
 
-  const image = yield* images.ensure(
-    options.image,
-    resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB }
-  )
+  const image = yield* images.ensure(options.image, {
+    ...(resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB }),
+    ...(options.refuseDevices === true ? { refuseDevices: true } : {})
+  })
   const workspaceDir = home.workspaceDir(name)
   // The disk is prepared in a staging directory and renamed into place once the name is ours.
   const staging = yield* home.ensureDir(

@@ -38,13 +38,15 @@ export const makeHostHandlers = Effect.gen(function*() {
       readonly refresh?: boolean | undefined
       readonly insecureRegistry?: boolean | undefined
       readonly allowGuestSetuid?: boolean | undefined
+      readonly refuseDevices?: boolean | undefined
     }) =>
       Effect.flatMap(images, (store) =>
         store.ensure(p.ref, {
           refresh: p.refresh ?? true,
           ...(p.platform === undefined ? {} : { platform: p.platform }),
           ...(p.insecureRegistry === undefined ? {} : { insecureRegistry: p.insecureRegistry }),
-          ...(p.allowGuestSetuid === undefined ? {} : { allowGuestSetuid: p.allowGuestSetuid })
+          ...(p.allowGuestSetuid === undefined ? {} : { allowGuestSetuid: p.allowGuestSetuid }),
+          ...(p.refuseDevices === undefined ? {} : { refuseDevices: p.refuseDevices })
         })),
     imageList: () => Effect.map(Effect.flatMap(images, (store) => store.list), (list) => ({ images: list })),
     imageInspect: (p: { readonly ref: string }) => Effect.flatMap(images, (store) => store.inspect(p.ref)),

@@ -18,7 +18,9 @@ export const ImagePullPayload = Schema.Struct({
   refresh: Schema.optional(Schema.Boolean),
   /** Plain http to a registry that is not on loopback. */
   insecureRegistry: Schema.optional(Schema.Boolean),
-  allowGuestSetuid: Schema.optional(Schema.Boolean)
+  allowGuestSetuid: Schema.optional(Schema.Boolean),
+  /** Refuse layers holding character or block devices (accepted by default). */
+  refuseDevices: Schema.optional(Schema.Boolean)
 })
 
 export const ImageRemoveResult = Schema.Struct({

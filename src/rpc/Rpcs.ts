@@ -58,7 +58,9 @@ export const WorkspaceFields = {
   secrets: Schema.optional(Schema.Array(SecretRef)),
   outputs: Schema.optional(Schema.Array(OutputDecl)),
   /** The backend of the new workspace; the server's default when absent. */
-  backend: Schema.optional(Backend)
+  backend: Schema.optional(Backend),
+  /** Refuse an image whose layers hold character or block devices (accepted by default). */
+  refuseDevices: Schema.optional(Schema.Boolean)
 }
 
 const { tty: _tty, ...execRequestFields } = ExecRequest.fields

@@ -108,6 +108,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           mounts: p.mounts,
           secrets: p.secrets,
           outputs: p.outputs,
+          refuseDevices: p.refuseDevices,
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secretValues: p.secretValues,
@@ -139,6 +140,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           mounts: p.mounts,
           secrets: p.secrets,
           outputs: p.outputs,
+          refuseDevices: p.refuseDevices,
           restart: p.restart,
           entrypoint: p.entrypoint
         })

@@ -8,6 +8,7 @@ import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
+import * as NodeUrl from "node:url"
 import { Transient } from "../domain/Errors.ts"
 import type { HomeShape } from "../services/Home.ts"
 
@@ -22,19 +23,49 @@ export const answers = (socket: string) =>
     connection.once("error", () => resume(Effect.succeed(false)))
   })
 
-/**
- * The command that starts a runtime (the CLI's hidden `runtime` verb). From the CLI itself that is the
- * running script. A host application that uses the library runs its own script, so it uses
- * `$MICROAGENT_CLI` when set, else the `microagent` command on the PATH (the README's set-up links it).
- */
-export const runtimeCommand = (): { readonly command: string; readonly args: ReadonlyArray<string> } => {
+/** The script that runs the CLI when it is the running one (the bundle, or its first stage). */
+const cliScript = (): string | undefined => {
   const script = process.argv[1] ?? ""
-  const fromEnv = process.env.MICROAGENT_CLI
-  if (fromEnv !== undefined && fromEnv !== "") return { command: process.execPath, args: [fromEnv] }
-  if (/^microagent(-main)?\.mjs$/.test(NodePath.basename(script))) {
-    return { command: process.execPath, args: [script] }
+  return /^microagent(-main)?\.mjs$/.test(NodePath.basename(script)) ? script : undefined
+}
+
+/**
+ * The runtime's own bundle, beside this module once built (bin/microagent-runtime.mjs): it loads only
+ * the runtime, not the CLI. Run from source, there is none, and the CLI's `runtime` verb serves.
+ */
+const runtimeScript = (): string | undefined => {
+  const path = NodePath.join(
+    NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url)),
+    "microagent-runtime.mjs"
+  )
+  return NodeFs.existsSync(path) ? path : undefined
+}
+
+/**
+ * V8 flags of the runtime process: --expose-gc lets it return the Buffers of a boot or a build to the
+ * system once they are garbage (RuntimeMain.ts), and one-MiB semi-spaces keep the young generation from
+ * growing to 32 MiB of mostly empty pages in a process that allocates little between requests.
+ */
+export const runtimeNodeFlags = ["--expose-gc", "--max-semi-space-size=1"] as const
+
+/**
+ * The command that starts a runtime for `root`: the runtime's own bundle when this module is part of
+ * the built package; else the CLI's `runtime` verb, from the running CLI, from `$MICROAGENT_CLI`, or
+ * (a host application running its own script) the `microagent` command on the PATH, which the README's
+ * set-up links.
+ */
+export const runtimeCommand = (
+  root: string
+): { readonly command: string; readonly args: ReadonlyArray<string> } => {
+  const own = runtimeScript()
+  if (own !== undefined) {
+    return { command: process.execPath, args: [...runtimeNodeFlags, own, "--state-dir", root] }
   }
-  return { command: "microagent", args: [] }
+  const fromEnv = process.env.MICROAGENT_CLI
+  const cli = fromEnv !== undefined && fromEnv !== "" ? fromEnv : cliScript()
+  return cli === undefined
+    ? { command: "microagent", args: ["runtime", "--state-dir", root] }
+    : { command: process.execPath, args: [...runtimeNodeFlags, cli, "runtime", "--state-dir", root] }
 }
 
 export const runtimeLogPath = (home: HomeShape) => NodePath.join(home.root, "run", "runtime.log")
@@ -45,8 +76,8 @@ export const ensureRuntime = (home: HomeShape, options: { readonly timeout?: Dur
     if (yield* answers(home.runtimeSocket)) return
     yield* Effect.sync(() => {
       const log = NodeFs.openSync(runtimeLogPath(home), "a", 0o600)
-      const { args, command } = runtimeCommand()
-      const child = spawn(command, [...args, "runtime", "--state-dir", home.root], {
+      const { args, command } = runtimeCommand(home.root)
+      const child = spawn(command, args, {
         detached: true,
         stdio: ["ignore", log, log],
         env: { ...process.env, MICROAGENT_OUTPUT: "json" }

@@ -63,6 +63,12 @@ export const make = Effect.gen(function*() {
       )
       const shared = guarded(key, connection)
       open.set(key, { raw: connection, shared, scope: child })
+      // A VM torn down without a shutdown (a `run`'s teardown, a kill, a crash) closes the socket:
+      // let go of its connection then, or every such VM would leave one behind (its 1 MiB read buffer
+      // and socket) for as long as the runtime lives.
+      if (connection.closed !== undefined) {
+        yield* Effect.forkIn(Effect.zipRight(connection.closed, drop(key, connection)), scope)
+      }
       return shared
     }))
 

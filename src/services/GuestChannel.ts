@@ -87,6 +87,11 @@ export interface GuestConnection {
   readonly ping: Effect.Effect<void, GuestError>
   /** Asks PID 1 to stop workloads, sync and power off. */
   readonly shutdown: Effect.Effect<void, GuestError>
+  /**
+   * Completes once the transport is gone (the VMM exited, the socket failed or was closed), so a
+   * holder of long-lived connections can let go of those whose VM went away by other means.
+   */
+  readonly closed?: Effect.Effect<void>
 }
 
 export interface GuestChannelShape {

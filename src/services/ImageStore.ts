@@ -54,8 +54,11 @@ export interface EnsureOptions {
   /** The baseline's size (`image pull --size-mib`); default content plus headroom. */
   readonly baselineSizeMiB?: number
   readonly allowGuestSetuid?: boolean
-  /** Accept device nodes in layers (created only inside the image). */
-  readonly allowDevices?: boolean
+  /**
+   * Refuse layers holding character or block devices (`--refuse-devices`). By default they are accepted:
+   * recorded in the ledger and created only inside the image, never on the host.
+   */
+  readonly refuseDevices?: boolean
   readonly insecureRegistry?: boolean
   /** `linux/amd64`, `linux/arm64/v8`…; default the host's. */
   readonly platform?: string

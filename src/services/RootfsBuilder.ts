@@ -28,7 +28,8 @@ export interface BuildRequest {
   /** Fixed size; fails with the size needed when the content does not fit. Default: content plus headroom. */
   readonly sizeMiB?: number | undefined
   readonly allowGuestSetuid?: boolean | undefined
-  readonly allowDevices?: boolean | undefined
+  /** Refuse character and block devices (accepted by default: they are created only inside the image). */
+  readonly refuseDevices?: boolean | undefined
   readonly onProgress?: ((progress: BuildProgress) => void) | undefined
 }
 

@@ -44,6 +44,13 @@ const snapshot = (dir: string): Record<string, string> => {
   return out
 }
 
+/** Device nodes, FIFOs and sockets anywhere under a directory. */
+const specialFiles = (dir: string): Array<string> =>
+  NodeFs.readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((rel) => {
+    const st = NodeFs.lstatSync(NodePath.join(dir, rel))
+    return st.isCharacterDevice() || st.isBlockDevice() || st.isFIFO() || st.isSocket()
+  })
+
 let counter = 0
 const writeLayers = (layers: ReadonlyArray<ReadonlyArray<TarSpec>>) =>
   layers.map((entries, i) => {
@@ -57,21 +64,25 @@ const tmp = () => NodePath.join(scratch, "home", "tmp")
 
 const buildLayers = (
   layers: ReadonlyArray<ReadonlyArray<TarSpec>>,
-  options: { allowDevices?: boolean } = {}
+  options: { refuseDevices?: boolean } = {}
 ) => {
   const output = NodePath.join(scratch, `out-${++counter}.ext4`)
   return build(tmp(), {
     layers: writeLayers(layers),
     output,
-    allowDevices: options.allowDevices
+    refuseDevices: options.refuseDevices
   }).pipe(Effect.map((result) => ({ result, output })))
 }
 
 /** Builds, expects a refusal naming `reason`, and checks nothing outside the stage changed. */
-const expectRefused = (layers: ReadonlyArray<ReadonlyArray<TarSpec>>, reason: RegExp) =>
+const expectRefused = (
+  layers: ReadonlyArray<ReadonlyArray<TarSpec>>,
+  reason: RegExp,
+  options: { refuseDevices?: boolean } = {}
+) =>
   Effect.gen(function*() {
     const before = snapshot(scratch)
-    const error = yield* buildLayers(layers).pipe(Effect.flip)
+    const error = yield* buildLayers(layers, options).pipe(Effect.flip)
     assert.strictEqual(error._tag, "PolicyDenied", error.message)
     assert.match(error.message, reason)
     const after = snapshot(scratch)
@@ -134,13 +145,17 @@ describe("hostile layers", () => {
   it.effect("refuses hard links to files that are not in the image", () =>
     expectRefused([[{ path: "x", type: "hardlink", linkname: "not/there" }]], /does not exist/))
 
-  it.effect("refuses device nodes unless allowed", () =>
-    expectRefused([[{ path: "dev/", type: "dir" }, {
-      path: "dev/sda",
-      type: "block",
-      devmajor: 8,
-      devminor: 0
-    }]], /device/))
+  it.effect("refuses device nodes with --refuse-devices, naming the entry", () =>
+    expectRefused(
+      [[{ path: "dev/", type: "dir" }, {
+        path: "dev/sda",
+        type: "block",
+        devmajor: 8,
+        devminor: 0
+      }]],
+      /"dev\/sda" is a block device \(8:0\).*--refuse-devices/,
+      { refuseDevices: true }
+    ))
 
   it.effect("refuses whiteouts that escape", () =>
     expectRefused([[{ path: "up", type: "symlink", linkname: "../../../../../../../.." }, {
@@ -173,14 +188,14 @@ describe("hostile layers", () => {
       assert.strictEqual(content, "inside")
     }))
 
-  it.effect("creates allowed device nodes and FIFOs inside the image only", () =>
+  it.effect("creates device nodes and FIFOs by default, inside the image only", () =>
     Effect.gen(function*() {
       const { output } = yield* buildLayers([[
         { path: "dev/", type: "dir" },
         { path: "dev/null", type: "char", devmajor: 1, devminor: 3, mode: 0o666 },
         { path: "dev/vda", type: "block", devmajor: 254, devminor: 0, mode: 0o660, gid: 6 },
         { path: "dev/pipe", type: "fifo", mode: 0o600, uid: 7 }
-      ]], { allowDevices: true })
+      ]])
       const stat = (path: string) =>
         NodeChild.execFileSync("debugfs", ["-R", `stat ${path}`, output], { encoding: "utf8", stdio: "pipe" })
       assert.match(stat("/dev/null"), /Type: character special\s+Mode:\s+0666/)
@@ -189,5 +204,7 @@ describe("hostile layers", () => {
       assert.match(stat("/dev/vda"), /Group:\s+6/)
       assert.match(stat("/dev/pipe"), /Type: FIFO\s+Mode:\s+0600/)
       assert.match(stat("/dev/pipe"), /User:\s+7/)
+      // Nothing but the image itself was made on the host: no device node or FIFO anywhere in scratch.
+      assert.deepStrictEqual(specialFiles(scratch), [])
     }))
 })

@@ -154,6 +154,7 @@ class Connection {
   private nextStream = 1
   private failure: GuestError | undefined
   private helloWaiter: ((r: Either.Either<AgentInfo, GuestError>) => void) | undefined
+  private readonly closeWaiters = new Set<() => void>()
   agentWindow = 256 * 1024
   info: AgentInfo | undefined
 
@@ -215,6 +216,16 @@ class Connection {
     this.fail(new GuestUnreachable({ message: "guest connection closed by the host" }))
   }
 
+  /** Completes once the connection has failed or closed. */
+  readonly closed: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.failure) return resume(Effect.void)
+    const waiter = () => resume(Effect.void)
+    this.closeWaiters.add(waiter)
+    return Effect.sync(() => {
+      this.closeWaiters.delete(waiter)
+    })
+  })
+
   private fail(error: GuestError): void {
     if (this.failure) return
     this.failure = error
@@ -224,6 +235,9 @@ class Connection {
     hw?.(Either.left(error))
     for (const st of this.streams.values()) st.push({ _tag: "Failed", error })
     this.streams.clear()
+    const waiters = [...this.closeWaiters]
+    this.closeWaiters.clear()
+    for (const waiter of waiters) waiter()
   }
 
   private onData(chunk: Uint8Array): void {
@@ -632,7 +646,17 @@ const makeConnection = (conn: Connection): GuestConnection => {
     yield* awaitOk(st)
   }).pipe(Effect.scoped, Effect.withSpan("GuestChannel.shutdown"))
 
-  return { exec, execStream, putFile, getFile, deliverSecrets, ping, shutdown, agent: conn.info! }
+  return {
+    exec,
+    execStream,
+    putFile,
+    getFile,
+    deliverSecrets,
+    ping,
+    shutdown,
+    closed: conn.closed,
+    agent: conn.info!
+  }
 }
 
 /**

@@ -267,7 +267,8 @@ export const makeImageStore = Effect.gen(function*() {
 
   const baselineFor = (digest: string, options: EnsureOptions | undefined) => {
     const parts = [hexOf(digest), options?.allowGuestSetuid === true ? "setuid" : "nosetuid"]
-    if (options?.allowDevices === true) parts.push("dev")
+    // A refusing build must not reuse a baseline that was built with the image's devices.
+    if (options?.refuseDevices === true) parts.push("nodev")
     if (options?.baselineSizeMiB !== undefined) parts.push(`${options.baselineSizeMiB}m`)
     return NodePath.join(rootfsDir, `${parts.join("-")}.ext4`)
   }
@@ -344,7 +345,7 @@ export const makeImageStore = Effect.gen(function*() {
             output: baseline,
             sizeMiB: options?.baselineSizeMiB,
             allowGuestSetuid: options?.allowGuestSetuid,
-            allowDevices: options?.allowDevices,
+            refuseDevices: options?.refuseDevices,
             onProgress: (p) =>
               progress(
                 p.phase === "extract-layers"

@@ -271,7 +271,7 @@ export const openLocalSource = (
     }
     const root = NodePath.join(scratch, "archive")
     const stage = yield* Effect.try({
-      try: () => new Stage(root, { ...defaultStageOptions, allowDevices: false }),
+      try: () => new Stage(root, { ...defaultStageOptions, refuseDevices: true }),
       catch: (cause) => fail(String(cause))
     })
     yield* applyLayer(stage, path, NodePath.basename(path)).pipe(

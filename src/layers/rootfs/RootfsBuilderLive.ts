@@ -116,7 +116,7 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
         new Stage(NodePath.join(stageWork, "stage"), {
           ...defaultStageOptions,
           allowSetuid: request.allowGuestSetuid === true,
-          allowDevices: request.allowDevices === true
+          refuseDevices: request.refuseDevices === true
         }),
       catch: (cause) => permanent(`cannot create the stage directory: ${cause}`)
     })
@@ -136,7 +136,7 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
             ? new PolicyDenied({
               message: `refusing image: ${error.message}`,
               remediation: error.reason.includes("device")
-                ? "device nodes are refused by default; allow them with --allow-devices if the image really needs them"
+                ? "the image holds device nodes and devices were refused; leave out --refuse-devices to accept them (they are created only inside the guest's disk)"
                 : "the layer tries to write outside its root filesystem; do not use this image"
             })
             : permanent(

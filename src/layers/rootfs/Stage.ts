@@ -35,8 +35,11 @@ export class UnsafeLayerError extends Error {
 export interface StageOptions {
   /** Keep setuid/setgid bits on files (`--allow-guest-setuid`). */
   readonly allowSetuid: boolean
-  /** Accept character and block device entries (created only inside the ext4 image, never on the host). */
-  readonly allowDevices: boolean
+  /**
+   * Refuse character and block device entries (`--refuse-devices`). Accepted by default: like FIFOs they
+   * live only in the ledger and are created inside the ext4 image, never on the host.
+   */
+  readonly refuseDevices: boolean
   /** Bound on the expanded bytes of all layers. */
   readonly maxBytes: number
   /** Bound on entries across all layers. */
@@ -45,7 +48,7 @@ export interface StageOptions {
 
 export const defaultStageOptions: StageOptions = {
   allowSetuid: false,
-  allowDevices: false,
+  refuseDevices: false,
   maxBytes: 32 * 1024 * 1024 * 1024,
   maxEntries: 2_000_000
 }
@@ -319,9 +322,9 @@ export class Stage {
       return undefined
     }
     const type = entry.type
-    if ((type === "char" || type === "block") && !this.options.allowDevices) {
+    if ((type === "char" || type === "block") && this.options.refuseDevices) {
       throw new UnsafeLayerError(
-        `${what} is a ${type} device (${entry.devmajor}:${entry.devminor}); device nodes are refused unless allowed`
+        `${what} is a ${type} device (${entry.devmajor}:${entry.devminor}); device nodes are refused (--refuse-devices)`
       )
     }
     const perm = this.policyPerm(rel, type, entry.mode)

@@ -128,7 +128,7 @@ export const extractHostTree = <E, R>(
     }),
     (staging) =>
       Effect.gen(function*() {
-        const stage = new Stage(staging, { ...defaultStageOptions, allowDevices: true })
+        const stage = new Stage(staging, { ...defaultStageOptions, refuseDevices: false })
         const handler = stage.layer()
         const reader = new TarReader(handler)
         yield* fill({

@@ -11,16 +11,29 @@ export class QmpError extends Data.TaggedError("QmpError")<{
   readonly message: string
 }> {}
 
-/** One QMP conversation per socket at a time within this process. */
-const conversations = new Map<string, Effect.Semaphore>()
-const conversationLock = (socketPath: string) => {
-  let lock = conversations.get(socketPath)
-  if (lock === undefined) {
-    lock = Effect.unsafeMakeSemaphore(1)
-    conversations.set(socketPath, lock)
-  }
-  return lock
-}
+/**
+ * One QMP conversation per socket at a time within this process. An entry lives only while someone
+ * uses or waits for its socket: every workspace has its own socket path, and a long-lived runtime
+ * would otherwise keep one lock per workspace it ever ran.
+ */
+const conversations = new Map<string, { readonly lock: Effect.Semaphore; users: number }>()
+const withConversationLock = <A, E>(socketPath: string, effect: Effect.Effect<A, E>): Effect.Effect<A, E> =>
+  Effect.acquireUseRelease(
+    Effect.sync(() => {
+      let entry = conversations.get(socketPath)
+      if (entry === undefined) {
+        entry = { lock: Effect.unsafeMakeSemaphore(1), users: 0 }
+        conversations.set(socketPath, entry)
+      }
+      entry.users++
+      return entry
+    }),
+    (entry) => entry.lock.withPermits(1)(effect),
+    (entry) =>
+      Effect.sync(() => {
+        if (--entry.users === 0) conversations.delete(socketPath)
+      })
+  )
 
 /**
  * Runs one QMP command. Conversations on a socket are serialized here; a socket busy with another
@@ -32,7 +45,8 @@ export const qmpExecute = (
   args?: Record<string, unknown>,
   timeout: Duration.DurationInput = Duration.seconds(5)
 ): Effect.Effect<unknown, QmpError> =>
-  conversationLock(socketPath).withPermits(1)(
+  withConversationLock(
+    socketPath,
     qmpConversation(socketPath, command, args, timeout).pipe(
       Effect.retry({
         while: (error) => error.reason === "Unreachable" && /EAGAIN|ECONNREFUSED/.test(error.message),
