@@ -9,9 +9,9 @@ export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
 
 /**
- * `fast` (the default) adds kernel options that shorten the guest kernel's boot and lets the agent
- * skip drivers the boot does not use; `compat` is the earlier command line, for comparison and as a
- * fallback (`MICROAGENT_BOOT_PROFILE=compat`). docs/kernels.md says what each option gives up.
+ * `fast` adds kernel options that shorten the guest kernel's boot and lets the agent skip drivers the
+ * boot does not use (opt-in: `MICROAGENT_BOOT_PROFILE=fast`); `compat`, the earlier command line, is
+ * what a launch uses by default (resolveBootProfile). docs/kernels.md says what each option gives up.
  */
 export type BootProfile = "fast" | "compat"
 export const bootProfiles: ReadonlyArray<BootProfile> = ["fast", "compat"]
