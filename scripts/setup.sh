@@ -18,6 +18,8 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(docker-registry skopeo umoci apache2-utils clang libclang-rt-14-dev socat passt mmdebstrap)
   # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
   packages+=(python3)
+  # the completion scripts are loaded in each shell they are written for
+  packages+=(zsh fish)
 fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

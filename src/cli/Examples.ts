@@ -106,6 +106,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "state check": ["microagent state check", "microagent state check --json"],
   "state backup": ["microagent state backup", "microagent state backup --to ./state-copy.db"],
   "state restore": ["microagent state restore", "microagent state restore state-20261204T101500Z-manual.db"],
+  completion: [
+    "microagent completion bash",
+    "microagent completion zsh",
+    "microagent completion fish"
+  ],
   serve: ["microagent serve mcp", "microagent serve rpc --socket /run/user/1000/microagent.sock"],
   "serve rpc": ["microagent serve rpc --socket ./microagent.sock"],
   "serve mcp": [

@@ -16,7 +16,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { optionalInt } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
-import { emit, jsonMode, table, writeStdout } from "./Output.ts"
+import { emit, emitList, jsonMode, quietOption, table, writeStdout } from "./Output.ts"
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
 
@@ -144,7 +144,7 @@ const listRows = (workspaces: ReadonlyArray<Workspace>) => ({
 })
 
 /** Lists every backend's workspaces; each is reconciled against its own backend. */
-const listAll = (runningOnly: boolean) =>
+const listAll = (runningOnly: boolean, quiet: boolean) =>
   withStore(Effect.flatMap(StateStore, (store) => store.list)).pipe(
     Effect.flatMap((all) =>
       Effect.forEach(all, (ws) =>
@@ -154,13 +154,15 @@ const listAll = (runningOnly: boolean) =>
         ))
     ),
     Effect.map((found) => found.flat().filter((ws) => !runningOnly || isLive(ws.state))),
-    Effect.flatMap((workspaces) => emit(listRows(workspaces), () => listTable(workspaces)))
+    Effect.flatMap((workspaces) =>
+      emitList(quiet, workspaces.map((ws) => ws.name), listRows(workspaces), () => listTable(workspaces))
+    )
   )
 
-const listCommand = Command.make("list", {}, () => listAll(false)).pipe(
+const listCommand = Command.make("list", { quiet: quietOption }, ({ quiet }) => listAll(false, quiet)).pipe(
   Command.withDescription("list workspaces (alias: ls)")
 )
-const psCommand = Command.make("ps", {}, () => listAll(true)).pipe(
+const psCommand = Command.make("ps", { quiet: quietOption }, ({ quiet }) => listAll(true, quiet)).pipe(
   Command.withDescription("list running workspaces")
 )
 

@@ -12,6 +12,7 @@ import { version } from "../Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
+import { completionCommand } from "./Completion.ts"
 import { connectCommand } from "./connect.ts"
 import { cpGroup } from "./cp.ts"
 import { type CommandSpec, describeCommand, docText, spellingsOf } from "./Describe.ts"
@@ -46,7 +47,9 @@ export const subcommands = [
   stateCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
-  serve
+  serve,
+  // The scripts are generated from this very tree, read when the command runs.
+  completionCommand(() => commandSpecs())
 ] as const
 
 export const rootCommand = Command.make("microagent").pipe(

@@ -176,6 +176,7 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "serve the RPC API on a unix socket, or MCP on stdio",
     subcommands: true
   },
+  { name: "completion", group: "Misc", summary: "print a shell completion script (bash, zsh, fish)" },
   { name: "version", group: "Misc", summary: "print the version" },
   {
     name: "help",
