@@ -13,7 +13,7 @@ import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { optionalInt } from "./Flags.ts"
+import { optionalDuration } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
 import { emit, emitList, jsonMode, quietOption, table, writeStdout } from "./Output.ts"
@@ -53,12 +53,16 @@ const inspectCommand = Command.make(
 ).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
 
 const waitCommand = Command.make("wait", {
-  timeout: optionalInt("timeout", "give up after this many seconds (exit 75)"),
+  timeout: optionalDuration("timeout", "give up after this long (exit 75)"),
+  interval: optionalDuration("interval", "how often to look (default 250ms)"),
   name: nameArg
-}, ({ name, timeout }) =>
+}, ({ interval, name, timeout }) =>
   withWorkspaceBackend(
     name,
-    wait(name, timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {})
+    wait(name, {
+      ...(timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {}),
+      ...(interval._tag === "Some" ? { interval: Duration.seconds(interval.value) } : {})
+    })
   ).pipe(
     Effect.flatMap((ws) => {
       const ok = ws.state !== "failed" && ws.state !== "quarantined"
@@ -70,7 +74,10 @@ const waitCommand = Command.make("wait", {
 const haltCommand = Command.make(
   "halt",
   {
-    timeout: optionalInt("timeout", "seconds the guest gets to shut down before it is killed (default 15)"),
+    timeout: optionalDuration(
+      "timeout",
+      "how long the guest gets to shut down before it is killed (default 15s)"
+    ),
     reason: Options.text("reason").pipe(Options.withDescription("recorded in the events"), Options.optional),
     name: nameArg
   },

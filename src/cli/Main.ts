@@ -127,7 +127,14 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
   if (Either.isLeft(parsed)) return usageError(parsed.left)
   const request = parsed.right
   if (request._tag === "Version") {
-    process.stdout.write(`${version}\n`)
+    // Plain unless JSON is asked for: `v=$(microagent version)` is the common use.
+    process.stdout.write(
+      (explicitJson(argv) ?? process.env.MICROAGENT_OUTPUT === "json")
+        ? `${
+          JSON.stringify({ version, node: process.version, platform: `${process.platform}/${process.arch}` })
+        }\n`
+        : `${version}\n`
+    )
     return Effect.succeed(ExitCode.ok)
   }
   if (request._tag === "Help") {

@@ -571,6 +571,10 @@ export const tools: ReadonlyArray<AnyTool> = [
       timeout_seconds: optional(
         Schema.Number.pipe(Schema.positive()),
         "give up after this many seconds (default 60)"
+      ),
+      interval_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "how often to look, in seconds (default 0.25)"
       )
     },
     output: WaitResult,
@@ -580,7 +584,12 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.wait({ name: args.name, timeoutSeconds: args.timeout_seconds ?? 60 })
+        (client) =>
+          client.wait(defined({
+            name: args.name,
+            timeoutSeconds: args.timeout_seconds ?? 60,
+            intervalSeconds: args.interval_seconds
+          }))
       ).pipe(
         Effect.map((ws) => ({
           workspace: ws.name,

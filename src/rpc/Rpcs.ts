@@ -199,7 +199,12 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Blocks until the workspace settles; running out of time is `Transient`. */
   Rpc.make("wait", {
-    payload: { ...named, timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())) },
+    payload: {
+      ...named,
+      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+      /** How often the workspace is looked at; 0.25 s when absent. */
+      intervalSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+    },
     success: Workspace,
     error: MicroagentError
   }),

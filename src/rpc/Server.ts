@@ -198,7 +198,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     wait: (p) =>
       local(withWorkspaceBackend(
         p.name,
-        wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
+        wait(p.name, {
+          ...(p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) }),
+          ...(p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) })
+        })
       )),
     profiles: () => Effect.succeed({ profiles }),
     // Holders are checked against the default backend (the runtime reconciles every backend anyway).
