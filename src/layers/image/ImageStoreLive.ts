@@ -11,7 +11,7 @@ import { DateTime, Deferred, Effect, Either, Layer, Schema } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { classifyNoSpace } from "../../domain/DiskFull.ts"
+import { classifyNoSpace, diskFull, isNoSpace } from "../../domain/DiskFull.ts"
 import {
   Conflict,
   InvalidInput,
@@ -446,14 +446,16 @@ export const makeImageStore = Effect.gen(function*() {
         Effect.try({
           try: () => writeBuiltinLayout(ref, layout),
           catch: (cause) =>
-            new ResourceExhausted({
-              message: `cannot build the built-in image ${ref}: ${
-                cause instanceof Error ? cause.message : String(cause)
-              }`,
-              remediation: cause instanceof MissingBuiltinTool
-                ? "install the package named above"
-                : "see `microagent doctor`"
-            })
+            isNoSpace(cause)
+              ? diskFull(`building the built-in image ${ref}`, home.tmp)
+              : new ResourceExhausted({
+                message: `cannot build the built-in image ${ref}: ${
+                  cause instanceof Error ? cause.message : String(cause)
+                }`,
+                remediation: cause instanceof MissingBuiltinTool
+                  ? "install the package named above"
+                  : "see `microagent doctor`"
+              })
         }).pipe(Effect.zipRight(importImage(layout, { ...options, tag: ref }))),
       (layout) => Effect.sync(() => NodeFs.rmSync(layout, { recursive: true, force: true }))
     )
@@ -548,7 +550,13 @@ export const makeImageStore = Effect.gen(function*() {
           ? new Permanent({ message: e.message })
           : e
       ),
-      Effect.mapError(classifyNoSpace("copying the image's root disk", NodePath.dirname(destination))),
+      // A workspace's disk is made in a staging directory renamed into place: name where it lives.
+      Effect.mapError(classifyNoSpace(
+        `copying the root disk of ${image.ref}`,
+        NodePath.basename(NodePath.dirname(destination)).startsWith(".staging")
+          ? NodePath.dirname(NodePath.dirname(destination))
+          : NodePath.dirname(destination)
+      )),
       Effect.onExit(() => Effect.sync(() => NodeFs.rmSync(partial, { force: true })))
     )
   })

@@ -8,7 +8,7 @@ import { Effect, Layer } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { classifyNoSpace } from "../../domain/DiskFull.ts"
+import { classifyNoSpace, diskFull } from "../../domain/DiskFull.ts"
 import {
   InvalidInput,
   type MicroagentError,
@@ -163,6 +163,8 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
               remediation:
                 `use --size-mib ${error.neededMiB} or more, or leave the size out to size it to the content`
             })
+          case "HostFull":
+            return diskFull("building a root filesystem image", work)
           case "ToolMissing":
             return permanent(error.message, error.remediation)
           default:
