@@ -4,7 +4,7 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
-import { Conflict, toErrorBody } from "../domain/Errors.ts"
+import { Conflict, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { Spec, SpecResources } from "../domain/Spec.ts"
@@ -231,7 +231,13 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
         preview: true,
         workspace: name,
         actions: [],
-        wouldFail: toErrorBody(new Conflict({ message: `workspace ${name} not found`, remediation: "" }))
+        // As the call itself would fail.
+        wouldFail: toErrorBody(
+          new NotFound({
+            message: `workspace ${name} not found`,
+            remediation: "`microagent list` shows the workspaces of this state directory"
+          })
+        )
       }
     }
     const next = transition(name, state.value, t)
