@@ -20,6 +20,7 @@ export {
 export { ExecRequest, ExecResult } from "./domain/Exec.ts"
 export type { ExecOutput } from "./domain/Exec.ts"
 export { Workspace } from "./domain/Workspace.ts"
+export { defaultImage } from "./layers/image/BuiltinImages.ts"
 
 export { copyIn, copyOut } from "./programs/Cp.ts"
 export { create } from "./programs/Create.ts"

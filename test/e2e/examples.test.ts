@@ -1,0 +1,136 @@
+/**
+ * The examples as their users get them: the package is packed (`npm pack`, which builds it), installed
+ * from the tarball into copies of examples/effect-host and examples/promise-host, type-checked by their
+ * own `tsc`, and run on the fake backend and on QEMU. Dependencies come from the local npm cache
+ * (`--prefer-offline`); better-sqlite3's native addon is taken from this checkout's build instead of
+ * compiled again, when the versions match.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { qemuProcessesMentioning, repoRoot } from "../support/kernel.ts"
+import { requireTool } from "../support/registry.ts"
+
+const scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-examples-"))
+let tarball: string
+
+const npm = (args: ReadonlyArray<string>, cwd: string, env: Record<string, string> = {}) => {
+  const result = NodeChild.spawnSync("npm", [...args], {
+    cwd,
+    encoding: "utf8",
+    env: { ...process.env, npm_config_update_notifier: "false", ...env },
+    timeout: 900_000
+  })
+  assert.strictEqual(result.status, 0, `npm ${args.join(" ")} in ${cwd}:\n${result.stdout}\n${result.stderr}`)
+  return result.stdout
+}
+
+/** The checkout's compiled better-sqlite3, if the installed copy is the same version. */
+const reuseSqliteAddon = (dir: string) => {
+  const ours = NodePath.join(repoRoot, "node_modules/better-sqlite3")
+  const theirs = NodePath.join(dir, "node_modules/better-sqlite3")
+  const version = (d: string) =>
+    JSON.parse(NodeFs.readFileSync(NodePath.join(d, "package.json"), "utf8")).version
+  if (version(ours) === version(theirs) && NodeFs.existsSync(NodePath.join(ours, "build/Release"))) {
+    NodeFs.cpSync(NodePath.join(ours, "build/Release"), NodePath.join(theirs, "build/Release"), {
+      recursive: true
+    })
+  } else {
+    npm(["rebuild", "better-sqlite3"], dir)
+  }
+}
+
+/** A fresh copy of an example with the packed package installed. */
+const install = (example: string) => {
+  const dir = NodePath.join(scratch, example)
+  NodeFs.cpSync(NodePath.join(repoRoot, "examples", example), dir, {
+    recursive: true,
+    filter: (source) => !/\/(node_modules|dist)$/.test(source)
+  })
+  npm(["install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts", tarball], dir)
+  reuseSqliteAddon(dir)
+  return dir
+}
+
+const runOn = (dir: string, script: string, backend: "fake" | "qemu") => {
+  const home = NodeFs.mkdtempSync(NodePath.join(scratch, `home-${backend}-`))
+  return {
+    home,
+    stdout: npm(["run", "--silent", script], dir, { MICROAGENT_BACKEND: backend, MICROAGENT_HOME: home })
+  }
+}
+
+beforeAll(() => {
+  requireTool("npm", "npm")
+  npm(["pack", "--pack-destination", scratch], repoRoot)
+  tarball = NodePath.join(scratch, "microagent-0.1.0.tgz")
+  assert.isTrue(NodeFs.existsSync(tarball))
+}, 900_000)
+
+afterAll(() => NodeFs.rmSync(scratch, { recursive: true, force: true }))
+
+describe("the packed package", () => {
+  it("exposes the public modules and hides the internals", () => {
+    const listing = NodeChild.execFileSync("tar", ["-tzf", tarball], { encoding: "utf8" }).split("\n")
+    for (
+      const file of ["dist/index.js", "dist/index.d.ts", "dist/Microagent.d.ts", "dist/promise/index.d.ts"]
+    ) {
+      assert.include(listing, `package/${file}`)
+    }
+    assert.include(listing, "package/bin/microagent.mjs")
+    assert.include(listing, "package/guest/build/microagent-agent")
+    assert.notInclude(listing.join("\n"), "package/src/")
+    const manifest = JSON.parse(
+      NodeChild.execFileSync("tar", ["-xzOf", tarball, "package/package.json"], { encoding: "utf8" })
+    )
+    assert.isUndefined(manifest.private)
+    assert.isNull(manifest.exports["./internal/*"])
+  })
+})
+
+describe("examples/effect-host", () => {
+  let dir: string
+  beforeAll(() => {
+    dir = install("effect-host")
+  }, 900_000)
+
+  it("type-checks and runs its own test on the fake backend", () => {
+    assert.match(runOn(dir, "test", "fake").stdout, /agentStep: ok/)
+  })
+
+  it("runs on the fake backend", () => {
+    assert.match(runOn(dir, "start", "fake").stdout, /hello from sh/)
+  })
+
+  it("runs on QEMU", () => {
+    requireTool("qemu-system-x86_64", "qemu-system-x86")
+    const { home, stdout } = runOn(dir, "start", "qemu")
+    assert.match(stdout, /hello from sh/)
+    assert.deepStrictEqual(qemuProcessesMentioning(home), [])
+  })
+})
+
+describe("examples/promise-host", () => {
+  let dir: string
+  beforeAll(() => {
+    dir = install("promise-host")
+  }, 900_000)
+
+  it("type-checks and runs on the fake backend", () => {
+    const { stdout } = runOn(dir, "start", "fake")
+    assert.match(stdout, /exit 3: hello from sh/)
+    assert.match(stdout, /line 1\nline 2\nline 3\nstream exit 0/)
+    assert.match(stdout, /files: unsupported/)
+  })
+
+  it("runs on QEMU", () => {
+    requireTool("qemu-system-x86_64", "qemu-system-x86")
+    const { home, stdout } = runOn(dir, "start", "qemu")
+    assert.match(stdout, /exit 3: hello from sh/)
+    assert.match(stdout, /stream exit 0/)
+    assert.match(stdout, /read back: summarise this/)
+    assert.deepStrictEqual(qemuProcessesMentioning(home), [])
+  })
+})
