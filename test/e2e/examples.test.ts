@@ -10,6 +10,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning, repoRoot } from "../support/kernel.ts"
 import { requireTool } from "../support/registry.ts"
 
@@ -102,6 +103,13 @@ describe("examples/effect-host", () => {
 
   it("runs on the fake backend", () => {
     assert.match(runOn(dir, "start", "fake").stdout, /hello from sh/)
+  })
+
+  it("drives the runtime through the RPC client, on the fake backend", () => {
+    const { home, stdout } = runOn(dir, "client", "fake")
+    assert.match(stdout, /3 hi\n1\n2\n3\nexit 0/)
+    // The runtime it started is the package's own bundle.
+    assert.match(NodeFs.readFileSync(NodePath.join(home, "run", "runtime.log"), "utf8"), /serving/)
   })
 
   it("runs on QEMU", () => {
