@@ -22,3 +22,14 @@ const rewrite = (dir) => {
   }
 }
 rewrite("dist")
+
+// The bundles get the version from esbuild's `define`; the compiled library from here.
+const pkg = JSON.parse(readFileSync("package.json", "utf8"))
+const versionModule = join("dist", "domain", "Version.js")
+writeFileSync(
+  versionModule,
+  readFileSync(versionModule, "utf8").replace(
+    "process.env.MICROAGENT_BUILD_VERSION",
+    JSON.stringify(pkg.version)
+  )
+)

@@ -12,7 +12,7 @@ import {
 } from "../layers/backends/WorkspaceBackends.ts"
 import * as Microagent from "../Microagent.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { ensureRuntime } from "../runtime/Launcher.ts"
+import { ensureRuntime } from "../rpc/Launcher.ts"
 import { Home } from "../services/Home.ts"
 import { Invocation } from "./Invocation.ts"
 

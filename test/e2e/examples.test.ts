@@ -57,9 +57,11 @@ const install = (example: string) => {
 
 const runOn = (dir: string, script: string, backend: "fake" | "qemu") => {
   const home = NodeFs.mkdtempSync(NodePath.join(scratch, `home-${backend}-`))
-  return {
-    home,
-    stdout: npm(["run", "--silent", script], dir, { MICROAGENT_BACKEND: backend, MICROAGENT_HOME: home })
+  try {
+    const env = { MICROAGENT_BACKEND: backend, MICROAGENT_HOME: home, MICROAGENT_RUNTIME_IDLE_SECONDS: "2" }
+    return { home, stdout: npm(["run", "--silent", script], dir, env) }
+  } finally {
+    stopRuntime(home) // the RPC client's example starts the state directory's runtime
   }
 }
 
