@@ -17,19 +17,23 @@ import { requireTool } from "../support/registry.ts"
 const scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-examples-"))
 let tarball: string
 
-const npm = (args: ReadonlyArray<string>, cwd: string, env: Record<string, string> = {}) => {
-  const result = NodeChild.spawnSync("npm", [...args], {
-    cwd,
-    encoding: "utf8",
-    env: { ...process.env, npm_config_update_notifier: "false", ...env },
-    timeout: 900_000
+/** Runs npm asynchronously: a synchronous spawn would stall the test worker for minutes. */
+const npm = (args: ReadonlyArray<string>, cwd: string, env: Record<string, string> = {}) =>
+  new Promise<string>((resolve, reject) => {
+    NodeChild.execFile("npm", [...args], {
+      cwd,
+      encoding: "utf8",
+      env: { ...process.env, npm_config_update_notifier: "false", ...env },
+      timeout: 900_000,
+      maxBuffer: 64 * 1024 * 1024
+    }, (error, stdout, stderr) =>
+      error === null
+        ? resolve(stdout)
+        : reject(new Error(`npm ${args.join(" ")} in ${cwd}: ${error.message}\n${stdout}\n${stderr}`)))
   })
-  assert.strictEqual(result.status, 0, `npm ${args.join(" ")} in ${cwd}:\n${result.stdout}\n${result.stderr}`)
-  return result.stdout
-}
 
 /** The checkout's compiled better-sqlite3, if the installed copy is the same version. */
-const reuseSqliteAddon = (dir: string) => {
+const reuseSqliteAddon = async (dir: string) => {
   const ours = NodePath.join(repoRoot, "node_modules/better-sqlite3")
   const theirs = NodePath.join(dir, "node_modules/better-sqlite3")
   const version = (d: string) =>
@@ -39,35 +43,35 @@ const reuseSqliteAddon = (dir: string) => {
       recursive: true
     })
   } else {
-    npm(["rebuild", "better-sqlite3"], dir)
+    await npm(["rebuild", "better-sqlite3"], dir)
   }
 }
 
 /** A fresh copy of an example with the packed package installed. */
-const install = (example: string) => {
+const install = async (example: string) => {
   const dir = NodePath.join(scratch, example)
   NodeFs.cpSync(NodePath.join(repoRoot, "examples", example), dir, {
     recursive: true,
     filter: (source) => !/\/(node_modules|dist)$/.test(source)
   })
-  npm(["install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts", tarball], dir)
-  reuseSqliteAddon(dir)
+  await npm(["install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts", tarball], dir)
+  await reuseSqliteAddon(dir)
   return dir
 }
 
-const runOn = (dir: string, script: string, backend: "fake" | "qemu") => {
+const runOn = async (dir: string, script: string, backend: "fake" | "qemu") => {
   const home = NodeFs.mkdtempSync(NodePath.join(scratch, `home-${backend}-`))
   try {
     const env = { MICROAGENT_BACKEND: backend, MICROAGENT_HOME: home, MICROAGENT_RUNTIME_IDLE_SECONDS: "2" }
-    return { home, stdout: npm(["run", "--silent", script], dir, env) }
+    return { home, stdout: await npm(["run", "--silent", script], dir, env) }
   } finally {
     stopRuntime(home) // the RPC client's example starts the state directory's runtime
   }
 }
 
-beforeAll(() => {
+beforeAll(async () => {
   requireTool("npm", "npm")
-  npm(["pack", "--pack-destination", scratch], repoRoot)
+  await npm(["pack", "--pack-destination", scratch], repoRoot)
   tarball = NodePath.join(scratch, "microagent-0.1.0.tgz")
   assert.isTrue(NodeFs.existsSync(tarball))
 }, 900_000)
@@ -95,28 +99,28 @@ describe("the packed package", () => {
 
 describe("examples/effect-host", () => {
   let dir: string
-  beforeAll(() => {
-    dir = install("effect-host")
+  beforeAll(async () => {
+    dir = await install("effect-host")
   }, 900_000)
 
-  it("type-checks and runs its own test on the fake backend", () => {
-    assert.match(runOn(dir, "test", "fake").stdout, /agentStep: ok/)
+  it("type-checks and runs its own test on the fake backend", async () => {
+    assert.match((await runOn(dir, "test", "fake")).stdout, /agentStep: ok/)
   })
 
-  it("runs on the fake backend", () => {
-    assert.match(runOn(dir, "start", "fake").stdout, /hello from sh/)
+  it("runs on the fake backend", async () => {
+    assert.match((await runOn(dir, "start", "fake")).stdout, /hello from sh/)
   })
 
-  it("drives the runtime through the RPC client, on the fake backend", () => {
-    const { home, stdout } = runOn(dir, "client", "fake")
+  it("drives the runtime through the RPC client, on the fake backend", async () => {
+    const { home, stdout } = await runOn(dir, "client", "fake")
     assert.match(stdout, /3 hi\n1\n2\n3\nexit 0/)
     // The runtime it started is the package's own bundle.
     assert.match(NodeFs.readFileSync(NodePath.join(home, "run", "runtime.log"), "utf8"), /serving/)
   })
 
-  it("runs on QEMU", () => {
+  it("runs on QEMU", async () => {
     requireTool("qemu-system-x86_64", "qemu-system-x86")
-    const { home, stdout } = runOn(dir, "start", "qemu")
+    const { home, stdout } = await runOn(dir, "start", "qemu")
     assert.match(stdout, /hello from sh/)
     assert.deepStrictEqual(qemuProcessesMentioning(home), [])
   })
@@ -124,20 +128,20 @@ describe("examples/effect-host", () => {
 
 describe("examples/promise-host", () => {
   let dir: string
-  beforeAll(() => {
-    dir = install("promise-host")
+  beforeAll(async () => {
+    dir = await install("promise-host")
   }, 900_000)
 
-  it("type-checks and runs on the fake backend", () => {
-    const { stdout } = runOn(dir, "start", "fake")
+  it("type-checks and runs on the fake backend", async () => {
+    const { stdout } = await runOn(dir, "start", "fake")
     assert.match(stdout, /exit 3: hello from sh/)
     assert.match(stdout, /line 1\nline 2\nline 3\nstream exit 0/)
     assert.match(stdout, /files: unsupported/)
   })
 
-  it("runs on QEMU", () => {
+  it("runs on QEMU", async () => {
     requireTool("qemu-system-x86_64", "qemu-system-x86")
-    const { home, stdout } = runOn(dir, "start", "qemu")
+    const { home, stdout } = await runOn(dir, "start", "qemu")
     assert.match(stdout, /exit 3: hello from sh/)
     assert.match(stdout, /stream exit 0/)
     assert.match(stdout, /read back: summarise this/)
