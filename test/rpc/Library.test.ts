@@ -20,12 +20,15 @@ import { layerInProcessClient } from "../../src/rpc/Server.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor } from "../../src/services/Hypervisor.ts"
 
-/** A workspace that is deleted (its VM killed first) when the scope closes, however it closes. */
+/**
+ * A running workspace that is deleted (its VM killed first) when the scope closes, however it closes.
+ * Only the creation is the acquisition: booting stays interruptible, and a failed boot is deleted too.
+ */
 const workspace = (image: string, name: string) =>
   Effect.acquireRelease(
-    create({ image, name }).pipe(Effect.tap((ws) => start(ws.name))),
+    create({ image, name }),
     (ws) => remove(ws.name, { force: true }).pipe(Effect.ignore)
-  )
+  ).pipe(Effect.tap((ws) => start(ws.name)))
 
 const task = Effect.scoped(Effect.gen(function*() {
   const ws = yield* workspace("alpine:3.20", "agent-1")

@@ -1,12 +1,15 @@
 import { Effect } from "effect"
 import { create, defaultImage, exec, ExecRequest, remove, start } from "microagent"
 
-/** A workspace that is deleted (its VM killed first) when the scope closes, however it closes. */
+/**
+ * A running workspace that is deleted (its VM killed first) when the scope closes, however it closes.
+ * Only the creation is the acquisition: booting stays interruptible, and a failed boot is deleted too.
+ */
 const workspace = (image: string, name: string) =>
   Effect.acquireRelease(
-    create({ image, name }).pipe(Effect.tap((ws) => start(ws.name))),
+    create({ image, name }),
     (ws) => remove(ws.name, { force: true }).pipe(Effect.ignore)
-  )
+  ).pipe(Effect.tap((ws) => start(ws.name)))
 
 /** The application's step: boot a workspace, run a command in it, return what it printed. */
 export const agentStep = Effect.scoped(Effect.gen(function*() {
