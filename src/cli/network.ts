@@ -4,9 +4,9 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer } from "effect"
+import { defaultHostIp, parsePublishes } from "../domain/Publish.ts"
 import type { Spec } from "../domain/Spec.ts"
 import { NetworksLive } from "../layers/network/NetworksLive.ts"
-import { defaultHostIp, parsePublishes } from "../layers/network/Publish.ts"
 import {
   networkCreate,
   networkInspect,

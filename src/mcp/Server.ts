@@ -33,9 +33,9 @@ import {
   Transient
 } from "../domain/Errors.ts"
 import { HostAccessPolicy } from "../domain/HostAccess.ts"
+import { version } from "../domain/Version.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { version } from "../Version.ts"
 import {
   aliasFields,
   aliasTools,

@@ -4,9 +4,12 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
-import { Conflict, toErrorBody } from "../domain/Errors.ts"
+import { Conflict, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { parseMountFlags } from "../domain/MountFlag.ts"
+import { parsePublishes } from "../domain/Publish.ts"
+import { mergeRefs } from "../domain/SecretRefs.ts"
 import { Spec, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import {
@@ -18,9 +21,6 @@ import {
   Workspace,
   WorkspaceName
 } from "../domain/Workspace.ts"
-import { parsePublishes } from "../layers/network/Publish.ts"
-import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
-import { parseMountFlags } from "../layers/volume/MountFlag.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -231,7 +231,13 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
         preview: true,
         workspace: name,
         actions: [],
-        wouldFail: toErrorBody(new Conflict({ message: `workspace ${name} not found`, remediation: "" }))
+        // As the call itself would fail.
+        wouldFail: toErrorBody(
+          new NotFound({
+            message: `workspace ${name} not found`,
+            remediation: "`microagent list` shows the workspaces of this state directory"
+          })
+        )
       }
     }
     const next = transition(name, state.value, t)

@@ -9,6 +9,7 @@ import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
+import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import {
   Backend,
   Mount,
@@ -24,7 +25,6 @@ import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
 import { hostRpcs } from "./HostRpcs.ts"
-import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "./PerfSchemas.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64

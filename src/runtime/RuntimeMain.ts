@@ -6,7 +6,7 @@
  */
 import { Duration, Effect, Logger, Schedule } from "effect"
 import type { Backend } from "../domain/Workspace.ts"
-import { dropRuntimeMallocSetting } from "./Launcher.ts"
+import { dropRuntimeMallocSetting } from "../rpc/Launcher.ts"
 import { serveRuntime } from "./Runtime.ts"
 
 export const defaultIdleSeconds = () => {

@@ -498,6 +498,13 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.strictEqual(haltAgain.result.wouldFail.kind, "conflict")
       const nothing = await mcp.call("workspace.delete", { name: "ghost", preview: true })
       assert.deepStrictEqual(nothing.result.actions, [])
+      // A preview of a missing workspace fails as the call itself would: not_found, not conflict.
+      for (const tool of ["workspace.halt", "workspace.kill"]) {
+        const ghostPreview = await mcp.call(tool, { name: "ghost", preview: true })
+        assert.strictEqual(ghostPreview.result.wouldFail.kind, "not_found", tool)
+        const ghostCall = await mcp.call(tool, { name: "ghost" })
+        assert.strictEqual(ghostCall.error?.kind, "not_found", tool)
+      }
       await mcp.call("workspace.delete", { name: "p1" })
     })
 

@@ -6,7 +6,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, describe, it } from "vitest"
-import { runtimeEnvironment } from "../../src/runtime/Launcher.ts"
+import { runtimeEnvironment } from "../../src/rpc/Launcher.ts"
 import { cliAsync, stopRuntime } from "../support/cli.ts"
 
 const environOf = (pid: number): Record<string, string> =>

@@ -30,15 +30,18 @@ const cliScript = (): string | undefined => {
 }
 
 /**
- * The runtime's own bundle, beside this module once built (bin/microagent-runtime.mjs): it loads only
- * the runtime, not the CLI. Run from source, there is none, and the CLI's `runtime` verb serves.
+ * The runtime's own bundle, beside this module once built (bin/microagent-runtime.mjs), or in the
+ * package's bin/ when this module is the package's compiled library: it loads only the runtime, not the
+ * CLI. Run from source, there is none, and the CLI's `runtime` verb serves.
  */
 const runtimeScript = (): string | undefined => {
-  const path = NodePath.join(
-    NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url)),
-    "microagent-runtime.mjs"
-  )
-  return NodeFs.existsSync(path) ? path : undefined
+  const here = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
+  const candidates = [NodePath.join(here, "microagent-runtime.mjs")]
+  // The installed package's compiled library (dist/runtime/): the bundle ships in the package's bin/.
+  if (NodePath.basename(NodePath.dirname(here)) === "dist") {
+    candidates.push(NodePath.join(here, "..", "..", "bin", "microagent-runtime.mjs"))
+  }
+  return candidates.find((path) => NodeFs.existsSync(path))
 }
 
 /**
