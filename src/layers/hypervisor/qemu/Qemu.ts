@@ -126,6 +126,22 @@ const consoleTail = (path: string, lines = 12): string => {
   }
 }
 
+/**
+ * Where each vCPU is when a boot times out (`vCPU0 RIP=… vCPU1 RIP=…; `), read over QMP before the VM
+ * is killed: with `quiet` the console stops at the last error-level message, so the instruction
+ * pointers (stable under `nokaslr`, mapped with the kernel's System.map) tell a hang from a slow boot.
+ * Empty when QEMU does not answer.
+ */
+const vcpuWhereabouts = (qmpSocket: string) =>
+  qmpExecute(qmpSocket, "human-monitor-command", { "command-line": "info registers -a" }, Duration.seconds(2))
+    .pipe(
+      Effect.map((out) => {
+        const rips = typeof out === "string" ? [...out.matchAll(/RIP=([0-9a-f]+)/g)].map((m) => m[1]) : []
+        return rips.length === 0 ? "" : `${rips.map((rip, i) => `vCPU${i} RIP=${rip}`).join(" ")}; `
+      }),
+      Effect.orElseSucceed(() => "")
+    )
+
 const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
   Effect.sync(() => {
     for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile]) {
@@ -363,12 +379,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           consoleLog: paths.consoleLog,
           controlSocket: paths.qmpSocket
         })
-      const bootFailed = (failure: BootFailure) => {
+      const bootFailed = (failure: BootFailure, vcpus: string) => {
         const tail = consoleTail(paths.consoleLog)
         return failure.reason === "Timeout"
           ? new Transient({
             message:
-              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
+              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; ${vcpus}console tail:\n${tail}`,
             remediation:
               "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
           })
@@ -397,7 +413,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
               }).pipe(
                 Effect.zipRight(faultPoint("vmm.booting")),
                 Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
-                Effect.mapError(bootFailed)
+                Effect.catchAll((failure) =>
+                  Effect.flatMap(
+                    failure.reason === "Timeout" ? vcpuWhereabouts(paths.qmpSocket) : Effect.succeed(""),
+                    (vcpus) => Effect.fail(bootFailed(failure, vcpus))
+                  )
+                )
               )
             ).pipe(
               Effect.onError(() => destroy(handle, true)),
