@@ -28,6 +28,7 @@ import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
+import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -41,6 +42,7 @@ export const subcommands = [
   imageCommand,
   kernelCommand,
   volumeCommand,
+  snapshotCommand,
   secretCommand,
   networkCommand,
   perfCommand,

@@ -135,6 +135,13 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "snapshot",
+    group: "Resources",
+    summary: "capture, list and delete workspace snapshots",
+    aliases: ["snapshots"],
+    subcommands: true
+  },
+  {
     name: "secret",
     group: "Resources",
     summary: "resolve secret references without delivering them",

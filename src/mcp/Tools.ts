@@ -29,6 +29,7 @@ import { fileTools } from "./FileTools.ts"
 import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
+import { snapshotTools } from "./SnapshotTools.ts"
 import {
   type AnyTool,
   defineTool,
@@ -617,5 +618,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   }),
   ...fileTools,
   ...resourceTools,
+  ...snapshotTools,
   ...hostTools
 ]

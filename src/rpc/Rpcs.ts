@@ -10,6 +10,7 @@ import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
+import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
   Mount,
@@ -167,6 +168,22 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
+  Rpc.make("snapshotCreate", {
+    payload: { ...named, tag: Schema.optional(Schema.String) },
+    success: SnapshotManifest,
+    error: MicroagentError
+  }),
+  Rpc.make("snapshotList", {
+    payload: named,
+    success: Schema.Array(SnapshotManifest),
+    error: MicroagentError
+  }),
+  Rpc.make("snapshotDelete", {
+    payload: { ...named, tag: Schema.String },
+    success: SnapshotDeleted,
+    error: MicroagentError
+  }),
   /** Idempotent: deleting what is not there answers `deleted: false`. */
   Rpc.make("delete", {
     payload: {

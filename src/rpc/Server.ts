@@ -30,6 +30,7 @@ import { networkCreate, networkInspect, networkList, networkRemove } from "../pr
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { run } from "../programs/Run.ts"
+import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import type { Home } from "../services/Home.ts"
@@ -169,6 +170,9 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
       ),
     kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
+    snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
+    snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>
       local(
         withWorkspaceBackend(p.name, remove(p.name, { yes: p.yes, force: p.force })).pipe(

@@ -109,7 +109,8 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
-  "Secrets"
+  "Secrets",
+  "Snapshot"
 ])
 
 class BootFailure extends Data.TaggedError("BootFailure")<{
@@ -544,6 +545,59 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       yield* qmp(handle, "cont")
     })
 
+    /** Polls `query-migrate` until the stream is complete; QEMU leaves the VM paused (postmigrate). */
+    const awaitMigration = (handle: VmHandle, deadline: number): Effect.Effect<void, MicroagentError> =>
+      qmpExecute(controlSocket(handle), "query-migrate").pipe(
+        Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
+        Effect.flatMap((info) => {
+          const { status, "error-desc": errorDesc } = (info ?? {}) as {
+            status?: string
+            "error-desc"?: string
+          }
+          if (status === "completed") return Effect.void
+          if (status === "failed" || status === "cancelled") {
+            return Effect.fail(
+              new Permanent({
+                message: `saving the VM state of pid ${handle.pid} ${status}: ${errorDesc ?? "no detail"}`
+              })
+            )
+          }
+          if (Date.now() > deadline) {
+            return qmpExecute(controlSocket(handle), "migrate_cancel").pipe(
+              Effect.ignore,
+              Effect.zipRight(Effect.fail(
+                new Transient({
+                  message: `saving the VM state of pid ${handle.pid} did not finish (status ${status})`,
+                  remediation: "retry when the host is less loaded"
+                })
+              ))
+            )
+          }
+          return Effect.sleep(Duration.millis(50)).pipe(
+            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline)))
+          )
+        })
+      )
+
+    const saveState = Effect.fn("Hypervisor.saveState")(function*(handle: VmHandle, file: string) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "save the VM state")
+      // The path goes through QEMU's `exec:` (sh -c): only plain paths are accepted.
+      if (!/^[A-Za-z0-9_./+-]+$/.test(file)) {
+        return yield* new InvalidInput({
+          message: `cannot save VM state to ${file}: unusual characters in path`
+        })
+      }
+      // The file is created by QEMU's shell: make it private first.
+      yield* Effect.sync(() => NodeFs.writeFileSync(file, "", { mode: 0o600 }))
+      yield* qmpExecute(controlSocket(handle), "migrate", { uri: `exec:cat > ${file}` }).pipe(
+        Effect.mapError((error) =>
+          new Transient({ message: `QMP migrate on pid ${handle.pid} failed: ${error.message}` })
+        )
+      )
+      yield* awaitMigration(handle, Date.now() + 300_000)
+    })
+
     return Hypervisor.of(
       {
         backend: "qemu",
@@ -554,7 +608,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         halt,
         kill,
         pause,
-        resume
+        resume,
+        saveState
       } satisfies HypervisorShape
     )
   })
