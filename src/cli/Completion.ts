@@ -74,6 +74,11 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   "perf boot": [names("images")],
   "perf footprint": [names("workspaces")],
   "state restore": [files],
+  "snapshot create": [names("workspaces")],
+  "snapshot list": [names("workspaces")],
+  "snapshot ls": [names("workspaces")],
+  "snapshot delete": [names("workspaces"), nothing],
+  "snapshot rm": [names("workspaces"), nothing],
   completion: [words(shells)]
 }
 

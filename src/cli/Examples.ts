@@ -66,6 +66,19 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   "kernel verify": ["microagent kernel verify"],
   "kernel ensure": ["microagent kernel ensure", "microagent kernel ensure --machine q35"],
+  snapshot: [
+    "microagent snapshot create --tag before-upgrade dev",
+    "microagent snapshot list dev",
+    "microagent snapshot delete dev before-upgrade"
+  ],
+  "snapshot create": [
+    "microagent snapshot create dev",
+    "microagent snapshot create --tag before-upgrade dev"
+  ],
+  "snapshot list": ["microagent snapshot list dev", "microagent snapshot list dev --json"],
+  "snapshot ls": ["microagent snapshot ls dev"],
+  "snapshot delete": ["microagent snapshot delete dev before-upgrade"],
+  "snapshot rm": ["microagent snapshot rm dev before-upgrade"],
   volume: [
     "microagent volume create --size-mib 2048 cache",
     "microagent run -v cache:/cache alpine -- du -sh /cache",

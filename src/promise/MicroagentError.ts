@@ -66,7 +66,7 @@ export const fromCause = (cause: Cause.Cause<unknown>, signal?: AbortSignal): un
     kind: "permanent",
     tag: "Defect",
     message: squashed instanceof Error ? squashed.message : String(squashed),
-    remediation: "this is a bug in microagent or its environment; the cause holds the details",
+    remediation: "this is a bug (in this library or its environment); the cause holds the details",
     cause: squashed
   })
 }
