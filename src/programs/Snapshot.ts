@@ -17,6 +17,7 @@ import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../dom
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
+import { isAlive } from "../layers/process/Processes.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -47,14 +48,8 @@ const checkTag = (tag: string) =>
       })
     )
 
-const pidAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
+/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
+const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
 
 /** Removes staging and deleting directories whose process is gone (what a crash left). */
 const sweepLeftovers = (dir: string) =>

@@ -41,6 +41,7 @@ import {
   Registry
 } from "../../services/Registry.ts"
 import { RootfsBuilder } from "../../services/RootfsBuilder.ts"
+import { isAlive } from "../process/Processes.ts"
 import { removeStaleWork, scopedWorkDir } from "../rootfs/RootfsBuilderLive.ts"
 import { runTool } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
@@ -141,14 +142,8 @@ const copyVerified = (
     catch: (cause) => cause instanceof Permanent ? cause : storeError(`copying ${from}`)(cause)
   })
 
-const pidAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (cause) {
-    return (cause as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
+/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
+const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
 
 /** Removes partial downloads whose process is gone. */
 const removeStalePartials = (dir: string) =>
