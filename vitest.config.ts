@@ -20,8 +20,10 @@ export default defineConfig({
           include: ["test/e2e/**/*.test.ts"],
           testTimeout: 300_000,
           hookTimeout: 300_000,
+          // Two files at a time: a TCG guest mostly waits once booted, so two lanes fill both cores.
+          // Each file has its own state directory, and its checks name only the VMMs under it.
           pool: "forks",
-          poolOptions: { forks: { singleFork: true } }
+          poolOptions: { forks: { minForks: 1, maxForks: 2 } }
         }
       }
     ]
