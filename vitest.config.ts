@@ -3,6 +3,10 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     globalSetup: ["test/support/globalSetup.ts"],
+    // The real tier (the only project on forks) runs two files at a time: a TCG guest mostly waits once
+    // booted, so two lanes fill both cores. Each file has its own state directory, and its checks name
+    // only the VMMs under it.
+    poolOptions: { forks: { minForks: 1, maxForks: 2 } },
     projects: [
       {
         test: {
@@ -20,10 +24,7 @@ export default defineConfig({
           include: ["test/e2e/**/*.test.ts"],
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          // Two files at a time: a TCG guest mostly waits once booted, so two lanes fill both cores.
-          // Each file has its own state directory, and its checks name only the VMMs under it.
-          pool: "forks",
-          poolOptions: { forks: { minForks: 1, maxForks: 2 } }
+          pool: "forks"
         }
       }
     ]
