@@ -13,9 +13,10 @@ export default defineConfig({
           name: "fast",
           include: ["test/**/*.test.ts"],
           exclude: ["test/e2e/**"],
-          testTimeout: 30_000,
-          // Clean-up hooks run real CLI processes (delete --force, runtime stop), slow on a loaded host.
-          hookTimeout: 30_000
+          // Tests and clean-up hooks run real CLI processes (a Node start each), which take several
+          // times longer while the real tier's two guests hold both cores: a bound, not a speed check.
+          testTimeout: 120_000,
+          hookTimeout: 120_000
         }
       },
       {
