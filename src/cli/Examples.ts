@@ -52,7 +52,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   "image push": [
     "microagent image push 127.0.0.1:5000/team/tool:1",
-    "microagent image push alpine:3.20 --to registry.example:5000/mirror/alpine:3.20",
+    "microagent image push alpine:3.20 --to registry.example/mirror/alpine:3.20",
     "microagent image push --insecure-registry lab.internal:5000/tools/app:2 --json"
   ],
   registry: [

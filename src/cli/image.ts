@@ -372,5 +372,5 @@ const push = Command.make("push", {
 
 export const imageCommand = Command.make("image").pipe(
   Command.withDescription("pull, import, push, list, inspect, tag and remove images (alias: images)"),
-  Command.withSubcommands([pull, importCmd, push, list, ls, inspect, tag, rm, del, prune])
+  Command.withSubcommands([pull, importCmd, list, ls, inspect, tag, push, rm, del, prune])
 )
