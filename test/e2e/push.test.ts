@@ -6,6 +6,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { Host } from "../../src/promise/index.ts"
 import { cliAsync, type CliResult, errorOf } from "../support/cli.ts"
 import { inspectImage, requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
 
@@ -101,6 +102,26 @@ describe("image push", () => {
     const bad = await ma(["image", "push", builtin, "--to", "UPPER/Case:1"], home)
     assert.strictEqual(bad.code, 2)
   }, 60_000)
+})
+
+describe("the Promise facade", () => {
+  it(
+    "host.pushImage pushes (and skips what the registry has); host.registryLogins lists without secrets",
+    async () => {
+      await using host = Host.open({ home })
+      const target = `${open.host}/promise/busybox:1`
+      const first = await host.pushImage(builtin, { to: target })
+      assert.strictEqual(first.digest, localDigest)
+      assert.strictEqual(first.pushed.length, 3)
+      const second = await host.pushImage(builtin, { to: target })
+      assert.deepStrictEqual(second.pushed, [])
+      assert.strictEqual(second.skipped.length, 3)
+      const missing = await host.pushImage("nothing/here:1", { to: target }).then(() => undefined, (e) => e)
+      assert.strictEqual(missing?.kind, "not_found")
+      assert.isArray(await host.registryLogins())
+    },
+    180_000
+  )
 })
 
 describe("registry login, logout, list, and pushes with the saved login", () => {
