@@ -80,7 +80,7 @@ export const saveLogin = (file: string, host: string, username: string, password
     try: () => {
       const key = normalizeAuthKey(host)
       const document = readDocument(file)
-      const auths = { ...(document.auths ?? {}) }
+      const auths: Record<string, unknown> = { ...document.auths }
       for (const old of keysFor(auths, key)) delete auths[old]
       auths[key] = { auth: Buffer.from(`${username}:${password}`).toString("base64") }
       writeAtomically(file, { ...document, auths })
@@ -95,7 +95,7 @@ export const removeLogin = (file: string, host: string) =>
       try: () => {
         const key = normalizeAuthKey(host)
         const document = readDocument(file)
-        const auths = { ...(document.auths ?? {}) }
+        const auths: Record<string, unknown> = { ...document.auths }
         const found = keysFor(auths, key)
         if (found.length === 0) return false
         for (const old of found) delete auths[old]
