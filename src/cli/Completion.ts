@@ -59,6 +59,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   "image pull": [nothing],
   "image import": [files],
   "image push": [names("images")],
+  "image save": [names("images")],
   "registry login": [nothing],
   "registry logout": [nothing],
   "image inspect": [names("images")],

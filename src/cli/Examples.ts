@@ -55,6 +55,10 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent image push alpine:3.20 --to registry.example/mirror/alpine:3.20",
     "microagent image push --insecure-registry lab.internal:5000/tools/app:2 --json"
   ],
+  "image save": [
+    "microagent image save alpine:3.20 -o alpine.tar",
+    "microagent image save --output ./busybox.tar microagent.local/busybox:latest"
+  ],
   registry: [
     "microagent registry login ghcr.io -u me --password-stdin",
     "microagent registry list",

@@ -370,7 +370,20 @@ const push = Command.make("push", {
       )
     )).pipe(Command.withDescription("push an image of the store to a registry"))
 
+const save = Command.make("save", {
+  output: Options.file("output").pipe(
+    Options.withAlias("o"),
+    Options.withDescription("the OCI archive to write (must not exist)")
+  ),
+  ref: Args.text({ name: "ref" }).pipe(
+    Args.withDescription("image in the store: reference, digest or prefix")
+  )
+}, ({ output, ref }) =>
+  withImages((store) => store.save(ref, NodePath.resolve(output))).pipe(
+    Effect.flatMap((r) => emit(r, () => `${r.ref} ${r.digest} -> ${r.file} (${human(r.bytes)})`))
+  )).pipe(Command.withDescription("write an image of the store as an OCI archive"))
+
 export const imageCommand = Command.make("image").pipe(
   Command.withDescription("pull, import, push, list, inspect, tag and remove images (alias: images)"),
-  Command.withSubcommands([pull, importCmd, list, ls, inspect, tag, push, rm, del, prune])
+  Command.withSubcommands([pull, importCmd, list, ls, inspect, tag, push, save, rm, del, prune])
 )

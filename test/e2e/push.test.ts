@@ -8,7 +8,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { Host } from "../../src/promise/index.ts"
 import { cliAsync, type CliResult, errorOf } from "../support/cli.ts"
-import { inspectImage, requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
+import { inspectImage, requireTool, skopeo, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 const builtin = "microagent.local/busybox:latest"
 const password = "pa55-w0rd-not-in-output"
@@ -102,6 +102,25 @@ describe("image push", () => {
     const bad = await ma(["image", "push", builtin, "--to", "UPPER/Case:1"], home)
     assert.strictEqual(bad.code, 2)
   }, 60_000)
+})
+
+describe("image save", () => {
+  it("writes an OCI archive that skopeo and image import read back with the same digest", async () => {
+    const archive = NodePath.join(scratch, "busybox.tar")
+    const saved = json<{ digest: string; file: string }>(
+      await ma(["image", "save", builtin, "-o", archive], home)
+    )
+    assert.deepStrictEqual([saved.digest, saved.file], [localDigest, archive])
+    const inspected = JSON.parse(skopeo(["inspect", `oci-archive:${archive}`])) as { Digest: string }
+    assert.strictEqual(inspected.Digest, localDigest)
+    const imported = json<{ ref: string; digest: string }>(
+      await ma(["image", "import", archive], NodePath.join(scratch, "imported"))
+    )
+    assert.deepStrictEqual([imported.ref, imported.digest], [builtin, localDigest])
+    const again = await ma(["image", "save", builtin, "-o", archive], home)
+    assert.strictEqual(again.code, 1)
+    assert.strictEqual(errorOf(again).error.kind, "conflict")
+  }, 180_000)
 })
 
 describe("the Promise facade", () => {
