@@ -117,7 +117,8 @@ const pushBlobOnce = (
     const head = yield* send(session, ref, mountFrom, blobUrl, (u) =>
       HttpClientRequest.head(u), `HEAD ${blobUrl}`)
     yield* drain(head)
-    if (head.status === 200) {
+    // A redirect (to blob storage) is only given for a blob the registry holds.
+    if (head.status === 200 || [301, 302, 303, 307, 308].includes(head.status)) {
       return "skipped"
     }
     if (head.status !== 404) {
