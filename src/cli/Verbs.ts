@@ -117,7 +117,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "image",
     group: "Resources",
-    summary: "pull, import and manage OCI images",
+    summary: "pull, import, push and manage OCI images",
     aliases: ["images"],
     subcommands: true
   },
@@ -152,6 +152,12 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "network",
     group: "Resources",
     summary: "create and manage named networks",
+    subcommands: true
+  },
+  {
+    name: "registry",
+    group: "Resources",
+    summary: "log in to registries for image pull and push",
     subcommands: true
   },
   {

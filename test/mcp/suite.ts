@@ -8,6 +8,7 @@ import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
+import { startRegistry } from "../support/registry.ts"
 import {
   binPath,
   connect,
@@ -54,6 +55,8 @@ const expectedTools = [
   "images.delete",
   "images.tag",
   "images.prune",
+  "images.push",
+  "registry.list",
   "microagent.ping",
   "cp",
   "profiles.list",
@@ -577,6 +580,31 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.isTrue(pruned.ok, JSON.stringify(pruned.error))
       const listed = await mcp.call("images.list")
       assert.include(listed.result.images.map((i: { ref: string }) => i.ref), "microagent.local/tagged:1")
+
+      // Push to a loopback registry; logins are listed (never with a password) but not managed over MCP.
+      const registry = await startRegistry()
+      try {
+        const target = `${registry.host}/mcp/busybox:1`
+        const pushed = await mcp.call("images.push", { image: builtin, to: target })
+        assert.isTrue(pushed.ok, JSON.stringify(pushed.error))
+        assert.strictEqual(pushed.result.ref, target)
+        assert.strictEqual(pushed.result.digest, tagged.result.digest)
+        assert.strictEqual(pushed.result.pushed.length, 3)
+        const again = await mcp.call("images.push", { image: builtin, to: target })
+        assert.deepStrictEqual(again.result.pushed, [])
+        assert.strictEqual(again.result.skipped.length, 3)
+      } finally {
+        await registry.stop()
+      }
+      const logins = await mcp.call("registry.list")
+      assert.isTrue(logins.ok, JSON.stringify(logins.error))
+      assert.deepStrictEqual(
+        logins.result.logins.filter((l: { source: string }) => l.source.startsWith(stateDir)),
+        []
+      )
+      const names = (await mcp.client.listTools()).tools.map((t) => t.name)
+      assert.notInclude(names, "registry.login")
+      assert.notInclude(names, "registry.logout")
     })
 
     it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {
