@@ -14,6 +14,7 @@ import { Spec, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import {
   Backend,
+  EntrypointResult,
   NetworkMode,
   ProfileName,
   profiles,
@@ -604,6 +605,33 @@ export const tools: ReadonlyArray<AnyTool> = [
           ok: ws.state !== "failed" && ws.state !== "quarantined"
         }))
       )
+  }),
+  defineTool({
+    name: "workspace.result",
+    title: "The result of a workspace's entrypoint",
+    description: "The outcome of the entrypoint the latest start ran: status (running, exited, start_failed, "
+      + "lost), exit code, stdout and stderr (1 MiB each, truncation flagged), startError when it never ran, "
+      + "and its times. With wait, blocks until it has finished; running out of time is transient. A "
+      + "workspace that has not run an entrypoint is not_found.",
+    input: {
+      ...workspaceName,
+      wait: optional(Schema.Boolean, "block until the entrypoint has finished"),
+      timeout_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "with wait: give up after this many seconds (default 60)"
+      )
+    },
+    output: EntrypointResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.result(defined({
+          name: args.name,
+          wait: args.wait,
+          timeoutSeconds: args.wait === true ? args.timeout_seconds ?? 60 : undefined
+        })))
   }),
   defineTool({
     name: "microagent.profiles",

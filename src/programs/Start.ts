@@ -13,6 +13,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { launchEntrypoint } from "./Entrypoint.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
@@ -115,5 +116,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       )
       return running
     })
+  ).pipe(
+    // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
+    Effect.flatMap((running) =>
+      running.entrypoint === undefined ? Effect.succeed(running) : launchEntrypoint(running)
+    )
   )
 })

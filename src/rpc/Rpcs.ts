@@ -13,6 +13,7 @@ import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/
 import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
+  EntrypointResult,
   Mount,
   NetworkMode,
   OutputDecl,
@@ -197,6 +198,18 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("inspect", { payload: named, success: InspectResult, error: MicroagentError }),
+  /** The entrypoint's result of the latest start that ran one; `NotFound` before any. */
+  Rpc.make("result", {
+    payload: {
+      ...named,
+      /** Block until the entrypoint has finished. */
+      wait: Schema.optional(Schema.Boolean),
+      /** With `wait`: give up after this long (`Transient`). */
+      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+    },
+    success: EntrypointResult,
+    error: MicroagentError
+  }),
   Rpc.make("list", {
     payload: { runningOnly: Schema.optional(Schema.Boolean) },
     success: Schema.Array(Workspace),

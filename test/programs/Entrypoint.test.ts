@@ -1,0 +1,82 @@
+/**
+ * The entrypoint and its result on the fake backend (commands run as host processes in the
+ * workspace's scratch root): launch, collection, replacement by the next start, `lost`, `wait`.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Effect, Exit, Option } from "effect"
+import { create } from "../../src/programs/Create.ts"
+import { firstProgram, result } from "../../src/programs/Entrypoint.ts"
+import { halt, kill } from "../../src/programs/Halt.ts"
+import { wait } from "../../src/programs/Observe.ts"
+import { start } from "../../src/programs/Start.ts"
+import { StateStore } from "../../src/services/StateStore.ts"
+import { fakeEnvironment } from "../support/fakeEnvironment.ts"
+
+const failureTag = (exit: Exit.Exit<unknown, { readonly _tag: string }>) =>
+  Exit.isFailure(exit) ? Option.getOrThrow(Cause.failureOption(exit.cause))._tag : "success"
+
+describe("entrypoint and result", () => {
+  it("looks up a leading plain program only", () => {
+    assert.strictEqual(firstProgram("python3 agent.py"), "python3")
+    assert.strictEqual(firstProgram("  /usr/bin/env x"), "/usr/bin/env")
+    assert.strictEqual(firstProgram("X=1 run"), "")
+    assert.strictEqual(firstProgram("(cd /w && make)"), "")
+    assert.strictEqual(firstProgram("$TOOL go"), "")
+  })
+
+  it.scopedLive("each start runs it; the result has its exit code and output and is replaced by the next", () =>
+    Effect.gen(function*() {
+      yield* create({
+        image: "alpine",
+        name: "agent",
+        entrypoint: "echo out-$N; echo err >&2; exit 3",
+        env: { N: "1" }
+      })
+      assert.strictEqual(failureTag(yield* Effect.exit(result("agent"))), "NotFound")
+      const running = yield* start("agent")
+      const first = yield* result("agent", { wait: true, timeoutSeconds: 30 })
+      assert.strictEqual(first.status, "exited")
+      assert.strictEqual(first.exitCode, 3)
+      assert.strictEqual(first.stdout, "out-1\n")
+      assert.strictEqual(first.stderr, "err\n")
+      assert.strictEqual(first.sessionId, running.sessionId)
+      assert.isDefined(first.startedAt)
+      assert.isDefined(first.finishedAt)
+      // `wait` returns once the entrypoint has ended, with the VM still running.
+      const waited = yield* wait("agent")
+      assert.strictEqual(waited.state, "running")
+      yield* halt("agent")
+      // Collected before the halt: the result outlives the VM.
+      assert.strictEqual((yield* result("agent")).exitCode, 3)
+      const store = yield* StateStore
+      yield* store.update("agent", (ws) => ({ ...ws, env: { N: "2" } }) as typeof ws)
+      const second = yield* start("agent")
+      const next = yield* result("agent", { wait: true, timeoutSeconds: 30 })
+      assert.strictEqual(next.sessionId, second.sessionId)
+      assert.strictEqual(next.stdout, "out-2\n")
+      const events = yield* store.events("agent")
+      assert.isTrue(events.some((e) => e.type === "entrypoint" && e.detail === "exited 3"))
+      yield* kill("agent")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("a program that is not there is a start error; a VM gone before the end is lost", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "missing", entrypoint: "no-such-program-xyz --flag" })
+      yield* start("missing")
+      const missing = yield* result("missing", { wait: true, timeoutSeconds: 30 })
+      assert.strictEqual(missing.status, "start_failed")
+      assert.strictEqual(missing.exitCode, 127)
+      assert.match(missing.startError ?? "", /no-such-program-xyz: not found/)
+      yield* kill("missing")
+
+      yield* create({ image: "alpine", name: "slow", entrypoint: "sleep 5" })
+      yield* start("slow")
+      assert.strictEqual((yield* result("slow")).status, "running")
+      const timedOut = yield* Effect.exit(result("slow", { wait: true, timeoutSeconds: 0.5 }))
+      assert.strictEqual(failureTag(timedOut), "Transient")
+      yield* kill("slow")
+      const lost = yield* result("slow")
+      assert.strictEqual(lost.status, "lost")
+      assert.match(lost.error ?? "", /stopped before its entrypoint finished/)
+    }).pipe(Effect.provide(fakeEnvironment)))
+})
