@@ -2,6 +2,7 @@
  * Workspaces: names, resource profiles, the persisted record.
  */
 import { Schema } from "effect"
+import { FileCopy } from "./FileCopy.ts"
 import { State } from "./State.ts"
 
 /** Names that collide with directories of the state root. */
@@ -158,6 +159,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   outputs: Schema.optionalWith(Schema.Array(OutputDecl), { default: () => [] }),
   /** Shell command each `start` runs and reports as the workspace's result. */
   entrypoint: Schema.optional(Schema.String),
+  /** Host files copied into the guest at every start, before the entrypoint. */
+  files: Schema.optionalWith(Schema.Array(FileCopy), { default: () => [] }),
   /** The entrypoint's outcome for the latest start that ran one. */
   result: Schema.optional(EntrypointResult),
   /** One-shot workspaces made by `run` (deleted afterwards unless kept). */

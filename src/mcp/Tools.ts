@@ -4,9 +4,10 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
-import { Conflict, NotFound, toErrorBody } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
@@ -306,7 +307,12 @@ export const tools: ReadonlyArray<AnyTool> = [
     input: {
       ...newWorkspace,
       restart: optional(RestartPolicy, "restart policy (default never)"),
-      entrypoint: optional(Schema.String, "shell command each start runs")
+      entrypoint: optional(Schema.String, "shell command each start runs"),
+      files: optional(
+        Schema.Array(Schema.String),
+        "host files copied into the guest at every start, before the entrypoint: SRC:DST[:MODE], SRC an absolute "
+          + "host path under the host roots, DST an absolute guest path named once, MODE octal like 0755"
+      )
     },
     output: Workspace,
     kind: "mutate",
@@ -318,8 +324,19 @@ export const tools: ReadonlyArray<AnyTool> = [
         const fields = yield* newWorkspaceFields(args, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
+        const files = args.files === undefined
+          ? undefined
+          : yield* Effect.forEach(args.files, (text) =>
+            text.startsWith("/")
+              ? parseFileCopy(text, "/")
+              : Effect.fail(
+                new InvalidInput({
+                  message: `files: ${JSON.stringify(text)}: the source must be an absolute host path`,
+                  remediation: "give SRC:DST[:MODE] with an absolute SRC"
+                })
+              ))
         return yield* client.create(
-          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint })
+          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files })
         )
       })
   }),

@@ -14,6 +14,7 @@ import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../service
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
+import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
@@ -42,6 +43,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
   yield* checkSecretValues(name, secrets, options.secretValues ?? [])
   yield* checkMounts(current)
+  yield* checkFileSources(current.files)
   // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
@@ -87,6 +89,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
               hypervisor.launch(new LaunchConfig({ ...config, disks, nics })).pipe(
                 Effect.tap((handle) =>
                   deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                    // Files land before anything of the workspace's own runs.
+                    Effect.zipRight(deliverFiles(name, handle, starting.files)),
                     Effect.tapError(() =>
                       hypervisor.kill(handle).pipe(Effect.ignore)
                     )

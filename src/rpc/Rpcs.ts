@@ -8,6 +8,7 @@ import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
@@ -78,7 +79,9 @@ export const ExecFields = {
 export const CreatePayload = Schema.Struct({
   ...WorkspaceFields,
   restart: Schema.optional(RestartPolicy),
-  entrypoint: Schema.optional(Schema.String)
+  entrypoint: Schema.optional(Schema.String),
+  /** Host files (read by the runtime) copied into the guest at every start. */
+  files: Schema.optional(Schema.Array(FileCopy))
 })
 
 export const RunPayload = Schema.Struct({

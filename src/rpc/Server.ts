@@ -144,7 +144,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           outputs: p.outputs,
           refuseDevices: p.refuseDevices,
           restart: p.restart,
-          entrypoint: p.entrypoint
+          entrypoint: p.entrypoint,
+          files: p.files
         })
       )),
     start: (p) =>

@@ -97,4 +97,57 @@ describe("entrypoint and result on real microVMs", () => {
     })
     await ok(["kill", "missing"])
   })
+
+  it("files land with their modes before the entrypoint reads them; bad targets are refused before boot", async () => {
+    const dir = NodePath.join(scratch, "agent")
+    NodeFs.mkdirSync(dir)
+    NodeFs.writeFileSync(NodePath.join(dir, "input.json"), '{"task":"hello"}\n', { mode: 0o640 })
+    NodeFs.writeFileSync(
+      NodePath.join(dir, "agent.sh"),
+      '#!/bin/sh\necho "agent read $(cat /work/input.json)"\n'
+    )
+    NodeFs.writeFileSync(NodePath.join(dir, "extra.txt"), "extra\n")
+    const spec = NodePath.join(dir, "microagent.yaml")
+    NodeFs.writeFileSync(
+      spec,
+      [
+        "image: " + defaultImage,
+        "entrypoint: /usr/local/bin/agent; stat -c '%a %n' /work/input.json /usr/local/bin/agent /etc/extra.txt",
+        "files:",
+        "  - { src: input.json, dst: /work/input.json }",
+        '  - { src: agent.sh, dst: /usr/local/bin/agent, mode: "0755" }'
+      ].join("\n") + "\n"
+    )
+    const relative = await ma([
+      "create",
+      "--file",
+      spec,
+      "--file-copy",
+      `${dir}/extra.txt:etc/extra.txt`,
+      "bad"
+    ])
+    assert.strictEqual(errorOf(relative).error.kind, "permanent")
+    assert.include(errorOf(relative).error.message, "not an absolute guest path")
+    const repeated = await ma([
+      "create",
+      "--file",
+      spec,
+      "--file-copy",
+      `${dir}/extra.txt:/work/input.json`,
+      "bad"
+    ])
+    assert.include(errorOf(repeated).error.message, "/work/input.json is given more than once")
+    assert.strictEqual((await ma(["inspect", "bad"])).code, 1, "nothing was created")
+
+    await ok(["create", "--file", spec, "--file-copy", `${dir}/extra.txt:/etc/extra.txt:0600`, "files"])
+    await ok(["start", "files"])
+    const delivered = json(await ok(["result", "--wait", "--timeout", "120", "files"]))
+    assert.deepInclude(delivered, {
+      status: "exited",
+      exitCode: 0,
+      stdout:
+        'agent read {"task":"hello"}\n640 /work/input.json\n755 /usr/local/bin/agent\n600 /etc/extra.txt\n'
+    })
+    await ok(["kill", "files"])
+  })
 })

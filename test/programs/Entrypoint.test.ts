@@ -4,6 +4,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, Effect, Exit, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { FileCopy } from "../../src/domain/FileCopy.ts"
 import { create } from "../../src/programs/Create.ts"
 import { firstProgram, result } from "../../src/programs/Entrypoint.ts"
 import { halt, kill } from "../../src/programs/Halt.ts"
@@ -57,6 +61,61 @@ describe("entrypoint and result", () => {
       const events = yield* store.events("agent")
       assert.isTrue(events.some((e) => e.type === "entrypoint" && e.detail === "exited 3"))
       yield* kill("agent")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("files land with their modes before the entrypoint reads them, at every start; bad ones are refused", () =>
+    Effect.gen(function*() {
+      const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-files-"))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const input = NodePath.join(dir, "input.txt")
+      NodeFs.writeFileSync(input, "first\n", { mode: 0o640 })
+      const tool = NodePath.join(dir, "tool.sh")
+      NodeFs.writeFileSync(tool, "#!/bin/sh\necho tool\n")
+      const ws = yield* create({
+        image: "alpine",
+        name: "files",
+        // Relative to the scratch root that stands for the guest's / on the fake backend.
+        entrypoint: "cat data/in/input.txt; ls -l data/bin/tool | cut -c1-10",
+        files: [
+          new FileCopy({ source: input, target: "/data/in/input.txt" }),
+          new FileCopy({ source: tool, target: "/data/bin/tool", mode: 0o750 })
+        ]
+      })
+      // The mode of a file given without one is the source's, masked to 0644.
+      assert.deepStrictEqual(ws.files.map((f) => f.mode), [0o640, 0o750])
+      yield* start("files")
+      const first = yield* result("files", { wait: true, timeoutSeconds: 30 })
+      assert.strictEqual(first.stdout, "first\n-rwxr-x---\n")
+      yield* halt("files")
+      // Delivered again at the next start: a changed host file shows.
+      NodeFs.writeFileSync(input, "second\n")
+      yield* start("files")
+      assert.strictEqual(
+        (yield* result("files", { wait: true, timeoutSeconds: 30 })).stdout,
+        "second\n-rwxr-x---\n"
+      )
+      yield* kill("files")
+      // A source that went away fails the start before anything boots.
+      NodeFs.rmSync(input)
+      const gone = yield* Effect.exit(start("files"))
+      assert.strictEqual(failureTag(gone), "InvalidInput")
+      const store = yield* StateStore
+      assert.strictEqual((yield* store.get("files")).state, "stopped")
+
+      for (const target of ["relative/path", "/data/bin/tool"]) {
+        const refused = yield* Effect.exit(create({
+          image: "alpine",
+          name: "refused",
+          files: [
+            new FileCopy({ source: tool, target: "/data/bin/tool" }),
+            new FileCopy({ source: tool, target })
+          ]
+        }))
+        assert.strictEqual(failureTag(refused), "InvalidInput")
+      }
+      assert.isTrue(Option.isNone(yield* store.find("refused")), "nothing created")
     }).pipe(Effect.provide(fakeEnvironment)))
 
   it.scopedLive("a program that is not there is a start error; a VM gone before the end is lost", () =>
