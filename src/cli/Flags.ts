@@ -50,6 +50,12 @@ export const fileCopyOption = Options.text("file-copy").pipe(
   Options.repeated
 )
 
+export const setupOption = Options.text("setup").pipe(
+  Options.withPseudoName("CMD"),
+  Options.withDescription("shell command run once, before the first start's entrypoint (repeatable)"),
+  Options.repeated
+)
+
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 

@@ -25,6 +25,7 @@ import {
   outputOption,
   parseEnv,
   readSpec,
+  setupOption,
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
@@ -98,6 +99,26 @@ const filesOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<s
     ]
   )
 
+/** The spec's `setup` (a `{file}` read now), then its `setupFiles`, then the `--setup` flags. */
+const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+  Effect.try({
+    try: () => {
+      const read = (path: string) => NodeFs.readFileSync(NodePath.resolve(specDirOf(file), path), "utf8")
+      return [
+        ...(spec.setup ?? []).map((step) =>
+          typeof step === "string" ? step : "run" in step ? step.run : read(step.file)
+        ),
+        ...(spec.setupFiles ?? []).map(read),
+        ...flags
+      ]
+    },
+    catch: (cause) =>
+      new InvalidInput({
+        message: `a setup file cannot be read: ${cause instanceof Error ? cause.message : String(cause)}`,
+        remediation: "setup files are relative to the spec file's directory"
+      })
+  })
+
 const specDirOf = (file: Option.Option<string>) =>
   Option.match(file, {
     onNone: () => process.cwd(),
@@ -163,7 +184,9 @@ const runCommand = Command.make("run", {
         remediation: "pick one"
       })
     }
-    if ((spec.files ?? []).length > 0) {
+    if (
+      (spec.files ?? []).length > 0 || (spec.setup ?? []).length > 0 || (spec.setupFiles ?? []).length > 0
+    ) {
       return yield* new InvalidInput({
         message:
           "the spec's files are delivered at the starts of a persistent workspace; run does not take them",
@@ -228,6 +251,7 @@ const createCommand = Command.make("create", {
   ),
   outputs: outputOption,
   fileCopy: fileCopyOption,
+  setup: setupOption,
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
     Args.optional
@@ -249,9 +273,11 @@ const createCommand = Command.make("create", {
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
+    const setup = yield* setupOf(spec, options.file, options.setup)
     const workspace = yield* withNewBackend(create({
       image,
       files,
+      setup,
       ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,

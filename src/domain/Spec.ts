@@ -75,7 +75,15 @@ export const Spec = Schema.Struct({
   disks: Schema.optional(Schema.Array(SpecDisk)),
   bundles: Schema.optional(Schema.Array(SpecDisk)),
   outputs: Schema.optional(Schema.Array(SpecOutput)),
-  files: Schema.optional(Schema.Array(SpecFile))
+  files: Schema.optional(Schema.Array(SpecFile)),
+  /** Run once before the first start: commands, or `{run}` / `{file}` (a file whose text is one command). */
+  setup: Schema.optional(Schema.Array(Schema.Union(
+    Schema.NonEmptyTrimmedString,
+    Schema.Struct({ run: Schema.NonEmptyTrimmedString }),
+    Schema.Struct({ file: Schema.NonEmptyTrimmedString })
+  ))),
+  /** Files whose text each runs as one setup command, after `setup`. */
+  setupFiles: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString))
 })
 export type Spec = typeof Spec.Type
 
@@ -93,7 +101,9 @@ const known: Record<string, ReadonlyArray<string>> = {
     "disks",
     "bundles",
     "outputs",
-    "files"
+    "files",
+    "setup",
+    "setupFiles"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"]
@@ -104,8 +114,6 @@ const notYet: Record<string, ReadonlyArray<string>> = {
   "": [
     "service",
     "shell",
-    "setup",
-    "setupFiles",
     "model",
     "modelRunner",
     "modelMediation",

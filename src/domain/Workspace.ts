@@ -161,6 +161,10 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   entrypoint: Schema.optional(Schema.String),
   /** Host files copied into the guest at every start, before the entrypoint. */
   files: Schema.optionalWith(Schema.Array(FileCopy), { default: () => [] }),
+  /** Shell commands run once, in order, before the first start's entrypoint. */
+  setup: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** When setup succeeded; absent while it is pending (the next start runs it). */
+  setupDone: Schema.optional(Schema.DateTimeUtc),
   /** The entrypoint's outcome for the latest start that ran one. */
   result: Schema.optional(EntrypointResult),
   /** One-shot workspaces made by `run` (deleted afterwards unless kept). */

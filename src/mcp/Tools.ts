@@ -312,6 +312,10 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Array(Schema.String),
         "host files copied into the guest at every start, before the entrypoint: SRC:DST[:MODE], SRC an absolute "
           + "host path under the host roots, DST an absolute guest path named once, MODE octal like 0755"
+      ),
+      setup: optional(
+        Schema.Array(Schema.String),
+        "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
       )
     },
     output: Workspace,
@@ -336,7 +340,7 @@ export const tools: ReadonlyArray<AnyTool> = [
                 })
               ))
         return yield* client.create(
-          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files })
+          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files, setup: args.setup })
         )
       })
   }),

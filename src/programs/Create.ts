@@ -50,6 +50,8 @@ export interface CreateOptions {
   readonly entrypoint?: string | undefined
   /** Host files copied into the guest at every start, before the entrypoint. */
   readonly files?: ReadonlyArray<FileCopy> | undefined
+  /** Shell commands run once, before the first start's entrypoint. */
+  readonly setup?: ReadonlyArray<string> | undefined
   /** One-shot workspaces of `run`. */
   readonly ephemeral?: boolean | undefined
   readonly namePrefix?: string | undefined
@@ -136,6 +138,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       outputs: options.outputs ?? [],
       ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
       files,
+      setup: options.setup ?? [],
       ephemeral: options.ephemeral ?? false,
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),

@@ -14,12 +14,14 @@ import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../service
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
+import { kill } from "./Halt.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchWithNetworks, preflightNetworking } from "./Network.ts"
+import { runSetup } from "./Setup.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -121,6 +123,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       return running
     })
   ).pipe(
+    // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
+    Effect.flatMap((running) =>
+      runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+    ),
     // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
     Effect.flatMap((running) =>
       running.entrypoint === undefined ? Effect.succeed(running) : launchEntrypoint(running)

@@ -81,7 +81,9 @@ export const CreatePayload = Schema.Struct({
   restart: Schema.optional(RestartPolicy),
   entrypoint: Schema.optional(Schema.String),
   /** Host files (read by the runtime) copied into the guest at every start. */
-  files: Schema.optional(Schema.Array(FileCopy))
+  files: Schema.optional(Schema.Array(FileCopy)),
+  /** Shell commands run once, before the first start's entrypoint. */
+  setup: Schema.optional(Schema.Array(Schema.String))
 })
 
 export const RunPayload = Schema.Struct({

@@ -145,7 +145,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           refuseDevices: p.refuseDevices,
           restart: p.restart,
           entrypoint: p.entrypoint,
-          files: p.files
+          files: p.files,
+          setup: p.setup
         })
       )),
     start: (p) =>

@@ -118,6 +118,41 @@ describe("entrypoint and result", () => {
       assert.isTrue(Option.isNone(yield* store.find("refused")), "nothing created")
     }).pipe(Effect.provide(fakeEnvironment)))
 
+  it.scopedLive("setup runs once before the entrypoint; a failing step fails the start and the next start retries", () =>
+    Effect.gen(function*() {
+      const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-setup-"))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const log = NodePath.join(dir, "log")
+      yield* create({
+        image: "alpine",
+        name: "setup",
+        setup: [`echo step1 >> ${log}`, `test -e ${dir}/allow || { echo not yet; exit 4; }`],
+        entrypoint: `echo entry >> ${log}`
+      })
+      const failed = yield* Effect.exit(start("setup"))
+      assert.strictEqual(failureTag(failed), "Permanent")
+      assert.include(Exit.isFailure(failed) ? Cause.pretty(failed.cause) : "", "not yet")
+      const store = yield* StateStore
+      const pending = yield* store.get("setup")
+      assert.strictEqual(pending.state, "stopped")
+      assert.isUndefined(pending.setupDone)
+      assert.strictEqual(NodeFs.readFileSync(log, "utf8"), "step1\n", "no entrypoint after a failed setup")
+      NodeFs.writeFileSync(NodePath.join(dir, "allow"), "")
+      yield* start("setup")
+      yield* result("setup", { wait: true, timeoutSeconds: 30 })
+      assert.isDefined((yield* store.get("setup")).setupDone)
+      yield* halt("setup")
+      yield* start("setup")
+      yield* result("setup", { wait: true, timeoutSeconds: 30 })
+      assert.strictEqual(NodeFs.readFileSync(log, "utf8"), "step1\nstep1\nentry\nentry\n")
+      const details = (yield* store.events("setup")).filter((e) => e.type === "setup").map((e) => e.detail)
+      assert.strictEqual(details.length, 4)
+      assert.match(details[1]!, /^setup 2\/2 failed \(exited 4\): .*\nnot yet$/)
+      yield* kill("setup")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
   it.scopedLive("a program that is not there is a start error; a VM gone before the end is lost", () =>
     Effect.gen(function*() {
       yield* create({ image: "alpine", name: "missing", entrypoint: "no-such-program-xyz --flag" })
