@@ -150,4 +150,41 @@ describe("entrypoint and result on real microVMs", () => {
     })
     await ok(["kill", "files"])
   })
+
+  it("setup runs once before the entrypoint; a failing step fails the start and the next start retries it", async () => {
+    const gate = NodePath.join(scratch, "gate")
+    NodeFs.writeFileSync(gate, "closed\n")
+    await ok([
+      "create",
+      "--image",
+      defaultImage,
+      "--file-copy",
+      `${gate}:/etc/gate`,
+      "--setup",
+      "echo ran >> /root/setup.log; sync",
+      "--setup",
+      "grep -q open /etc/gate || { echo gate closed; exit 4; }",
+      "--entrypoint",
+      "cat /root/setup.log",
+      "setup"
+    ])
+    const refused = await ma(["start", "setup"])
+    assert.strictEqual(refused.code, 1)
+    assert.include(errorOf(refused).error.message, "setup 2/2 failed (exited 4)")
+    assert.include(errorOf(refused).error.message, "gate closed")
+    // The files are delivered again at the next start: the gate is open, setup runs again, then once only.
+    NodeFs.writeFileSync(gate, "open\n")
+    await ok(["start", "setup"])
+    assert.deepInclude(json(await ok(["result", "--wait", "--timeout", "120", "setup"])), {
+      stdout: "ran\nran\n"
+    })
+    await ok(["halt", "setup"])
+    await ok(["start", "setup"])
+    assert.deepInclude(json(await ok(["result", "--wait", "--timeout", "120", "setup"])), {
+      stdout: "ran\nran\n"
+    })
+    const inspected = json(await ok(["inspect", "setup", "--json"]))
+    assert.isString(inspected.workspace.setupDone)
+    await ok(["kill", "setup"])
+  })
 })

@@ -53,7 +53,7 @@ const bytesOf = (path: string): Stream.Stream<Uint8Array, GuestError> =>
   )
 
 /**
- * Puts the files into the guest, making their parent directories (as root; relative to `/`, so that the
+ * Puts the files into the guest, replacing the previous start's copies and making their parent directories (as root; relative to `/`, so that the
  * fake backend keeps them in its scratch root).
  */
 export const deliverFiles = Effect.fn("deliverFiles")(function*(
@@ -63,11 +63,24 @@ export const deliverFiles = Effect.fn("deliverFiles")(function*(
 ) {
   if (files.length === 0) return
   const channel = yield* GuestChannel
-  const parents = [...new Set(files.map((f) => NodePath.posix.dirname(f.target).replace(/^\/+/, "") || "."))]
+  const targets = files.map((f) => NodePath.posix.normalize(f.target).replace(/^\/+/, ""))
   yield* Effect.scoped(Effect.gen(function*() {
     const connection = yield* channel.connect(handle.channel)
     const made = yield* connection.exec(
-      new ExecRequest({ argv: ["mkdir", "-p", ...parents], user: "0", cwd: "/", timeoutSeconds: 30 })
+      // The previous start's copy goes first, with any temporary file of the agent's that a VM killed
+      // mid-copy left on the disk (its name repeats across boots, and the agent will not overwrite it).
+      new ExecRequest({
+        argv: [
+          "/bin/sh",
+          "-c",
+          `for t in "$@"; do rm -f "$t" "$t".ma-*; mkdir -p "$(dirname "$t")" || exit 1; done`,
+          "microagent",
+          ...targets
+        ],
+        user: "0",
+        cwd: "/",
+        timeoutSeconds: 30
+      })
     )
     if (made.exitCode !== 0) {
       return yield* new GuestRemoteError({
