@@ -47,6 +47,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   connect: [names("workspaces")],
   inspect: [names("workspaces")],
   wait: [names("workspaces")],
+  result: [names("workspaces")],
   halt: [names("workspaces")],
   kill: [names("workspaces")],
   delete: [names("workspaces")],

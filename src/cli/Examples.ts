@@ -25,6 +25,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],
   wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
+  result: [
+    "microagent result dev",
+    "microagent result --wait --timeout 10m dev",
+    "microagent result dev --json"
+  ],
   halt: ["microagent halt dev", "microagent halt --timeout 5 --reason maintenance dev"],
   kill: ["microagent kill dev", "microagent kill dev --json"],
   delete: ["microagent delete dev", "microagent delete --force dev scratch"],

@@ -78,6 +78,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "block until a workspace settles"
   },
   {
+    name: "result",
+    group: "Lifecycle",
+    summary: "show the result of a workspace's entrypoint"
+  },
+  {
     name: "halt",
     group: "Lifecycle",
     summary: "shut a workspace down gracefully (bounded, then forced)",

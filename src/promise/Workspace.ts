@@ -12,7 +12,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
-import type { Backend, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
   withBackend,
@@ -21,6 +21,7 @@ import {
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
+import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
@@ -31,7 +32,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
-export type { Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
 export interface CreateOptions {
   /** An OCI image reference (`alpine:3.20`, `registry/name@sha256:…`) or a built-in image. */
@@ -48,6 +49,8 @@ export interface CreateOptions {
   readonly network?: CreateProgramOptions["network"]
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
+  /** A shell command each start runs in the background; its outcome is `result()`. */
+  readonly entrypoint?: string | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
   readonly start?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
@@ -160,7 +163,8 @@ export class Workspace implements AsyncDisposable {
           memoryMiB: options.memoryMiB,
           sizeMiB: options.sizeMiB,
           env: options.env,
-          network: options.network
+          network: options.network,
+          entrypoint: options.entrypoint
         })
       ),
       { signal: options.signal }
@@ -247,6 +251,26 @@ export class Workspace implements AsyncDisposable {
   ): Promise<void> {
     await this.host.run(
       withWorkspaceBackend(this.name, start(this.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * The outcome of the entrypoint the latest start ran (`status` `running` until it ends); with
+   * `wait`, resolves once it has ended. Rejects `not_found` before any start ran one.
+   */
+  async result(
+    options: {
+      readonly wait?: boolean | undefined
+      readonly timeoutSeconds?: number | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<EntrypointResult> {
+    return await this.host.run(
+      withWorkspaceBackend(
+        this.name,
+        result(this.name, { wait: options.wait, timeoutSeconds: options.timeoutSeconds })
+      ),
       { signal: options.signal }
     )
   }

@@ -32,6 +32,7 @@ const expectedTools = [
   "workspace.logs",
   "workspace.events",
   "workspace.wait",
+  "workspace.result",
   "microagent.profiles",
   "microagent.describe",
   "workspace.cp",
@@ -130,7 +131,8 @@ export const describeMcpServer = (target: TestTarget) => {
       const created = await mcp.call("workspace.create", {
         image: testImage,
         name: "m1",
-        env: { WHO: "mcp" }
+        env: { WHO: "mcp" },
+        entrypoint: 'echo "agent $WHO"; exit 2'
       })
       assert.isTrue(created.ok, JSON.stringify(created.error))
       assert.strictEqual(created.result.name, "m1")
@@ -140,6 +142,11 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.isNumber(created.meta.durationMs)
       const started = await mcp.call("workspace.start", { name: "m1" })
       assert.strictEqual(started.result.state, "running")
+      const agent = await mcp.call("workspace.result", { name: "m1", wait: true, timeout_seconds: 60 })
+      assert.isTrue(agent.ok, JSON.stringify(agent.error))
+      assert.strictEqual(agent.result.status, "exited")
+      assert.strictEqual(agent.result.exitCode, 2)
+      assert.strictEqual(agent.result.stdout, "agent mcp\n")
       const ran = await mcp.call("workspace.exec", {
         name: "m1",
         argv: ["sh", "-c", 'read x; echo "$x $WHO"; exit 5'],
@@ -153,7 +160,11 @@ export const describeMcpServer = (target: TestTarget) => {
       const listed = await mcp.call("workspace.list")
       assert.deepStrictEqual(listed.result.workspaces.map((w: { name: string }) => w.name), ["m1"])
       const events = await mcp.call("workspace.events", { name: "m1" })
-      assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), ["created", "exec"])
+      assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), [
+        "created",
+        "entrypoint",
+        "exec"
+      ])
       const newer = await mcp.call("workspace.events", { name: "m1", after_id: events.result.nextAfterId })
       assert.deepStrictEqual(newer.result.events, [])
       const logs = await mcp.call("workspace.logs", { name: "m1", tail_lines: 1 })
