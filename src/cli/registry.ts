@@ -64,7 +64,11 @@ const login = Command.make("login", {
     }
     const password = Option.isSome(o.password) ? o.password.value : yield* readStdin
     if (password.length === 0) {
-      return yield* new InvalidInput({ message: "the password is empty" })
+      return yield* new InvalidInput({
+        message: "the password is empty",
+        remediation:
+          "pipe it in: printf '%s' \"$PASSWORD\" | microagent registry login HOST -u USER --password-stdin"
+      })
     }
     const saved = yield* withRegistry(
       registryLogin(o.registry, { username: o.username, password }, { insecureRegistry: o.insecureRegistry })
