@@ -53,6 +53,8 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   delete: [names("workspaces")],
   logs: [names("workspaces")],
   events: [names("workspaces")],
+  stats: [names("workspaces")],
+  resize: [names("workspaces")],
   cp: [files, files],
   "artifacts ls": [names("workspaces")],
   "artifacts get": [names("workspaces"), nothing, files],

@@ -13,16 +13,28 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   create: [
     "microagent create --image alpine:3.20 dev",
+    "microagent create --ttl 7d --image alpine:3.20 scratch",
     "microagent create --file microagent.yaml --profile medium -p 8080:80 web"
   ],
-  start: ["microagent start dev", "microagent start --secret token=env:API_TOKEN dev"],
+  start: [
+    "microagent start dev",
+    "microagent start --secret token=env:API_TOKEN dev",
+    "microagent start --wait --wait-timeout 10m --memory 2048 job",
+    "microagent start --ttl 8h dev"
+  ],
   exec: [
     "microagent exec dev -- uname -a",
     "microagent exec --cwd /work -e DEBUG=1 dev -- make test",
     "microagent exec --stream dev -- sh -c 'while sleep 1; do date; done'"
   ],
   cp: ["microagent cp ./data dev:/work/data", "microagent cp dev:/var/log/app.log ."],
-  connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
+  connect: [
+    "microagent connect dev",
+    "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash",
+    "microagent connect --send 'uname -a' --timeout 10s dev"
+  ],
+  stats: ["microagent stats dev", "microagent stats -f --interval 2s dev", "microagent stats dev --json"],
+  resize: ["microagent resize --size-mib 4096 dev", "microagent resize dev --size-mib 2048 --json"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],
   wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
   result: [

@@ -86,6 +86,24 @@ export const optionalDuration = (name: string, description: string) =>
     Options.optional
   )
 
+/** `--ttl`: a lease as a duration (`30m`, `7d`) or seconds; 0 means no lease. */
+export const ttlOption = Options.text("ttl").pipe(
+  Options.withPseudoName("DURATION"),
+  Options.withDescription("a lease: past it `gc` stops the workspace (30m, 7d; 0: none)"),
+  Options.mapEffect((text) =>
+    Either.match(parseDuration(text), {
+      onLeft: (reason) =>
+        Effect.fail(
+          ValidationError.invalidValue(
+            HelpDoc.p(`invalid --ttl "${text}": ${reason}; write a duration such as 30m, 12h or 7d, or 0`)
+          )
+        ),
+      onRight: (seconds) => Effect.succeed(seconds)
+    })
+  ),
+  Options.optional
+)
+
 /** A byte count flag (`--stdout-limit 65536`). */
 export const optionalBytes = (name: string, description: string) =>
   Options.integer(name).pipe(
@@ -148,6 +166,7 @@ export const workspaceOptions = {
     Options.repeated
   ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
+  ttl: ttlOption,
   volume: volumeFlag,
   secret: secretFlag,
   refuseDevices: refuseDevicesOption

@@ -3,13 +3,13 @@
  * `events`, and `profiles`.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Duration, Effect, Stream } from "effect"
+import { DateTime, Duration, Effect, Option, Stream } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
-import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
+import { expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
@@ -21,6 +21,8 @@ import { emit, emitList, jsonMode, quietOption, table, writeStdout } from "./Out
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
 
 const stateLine = (ws: Workspace) => `${ws.name}: ${ws.state}`
+
+const expired = (ws: Workspace) => ws.expiresAt !== undefined && ws.expiresAt.epochMillis < Date.now()
 
 const inspectCommand = Command.make(
   "inspect",
@@ -44,6 +46,9 @@ const inspectCommand = Command.make(
             ),
             ...ws.secrets.map((r) => `secret:    ${r.name} from ${r.source}`),
             `created:   ${ws.createdAt.toJSON()}`,
+            ...(ws.expiresAt === undefined
+              ? []
+              : [`expires:   ${DateTime.formatIso(ws.expiresAt)}${expired(ws) ? " (expired)" : ""}`]),
             ...(lastEvent
               ? [`last:      ${lastEvent.at} ${lastEvent.type} ${lastEvent.detail}`.trimEnd()]
               : [])
@@ -52,11 +57,14 @@ const inspectCommand = Command.make(
     )
 ).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
 
-const waitCommand = Command.make("wait", {
-  timeout: optionalDuration("timeout", "give up after this long (exit 75)"),
-  interval: optionalDuration("interval", "how often to look (default 250ms)"),
-  name: nameArg
-}, ({ interval, name, timeout }) =>
+/**
+ * Blocks until the workspace settles or its entrypoint has finished, prints `{workspace, state, ok}`
+ * (with the entrypoint's outcome) and sets the exit code: 0 when it ended well, 1 otherwise.
+ */
+export const waitAndReport = (
+  name: string,
+  options: { readonly timeout?: number | undefined; readonly interval?: number | undefined }
+) =>
   Effect.gen(function*() {
     const recorded = yield* withStore(Effect.flatMap(StateStore, (store) => store.get(name)))
     // The runtime is what copies a finished entrypoint's outcome into the record: it must be up.
@@ -64,8 +72,8 @@ const waitCommand = Command.make("wait", {
     const ws = yield* withWorkspaceBackend(
       name,
       wait(name, {
-        ...(timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {}),
-        ...(interval._tag === "Some" ? { interval: Duration.seconds(interval.value) } : {})
+        ...(options.timeout === undefined ? {} : { timeout: Duration.seconds(options.timeout) }),
+        ...(options.interval === undefined ? {} : { interval: Duration.seconds(options.interval) })
       })
     )
     const entrypoint = entrypointDone(ws) ? ws.result : undefined
@@ -86,11 +94,25 @@ const waitCommand = Command.make("wait", {
             entrypoint.exitCode === undefined ? "" : ` ${entrypoint.exitCode}`
           })`
     )
-  })).pipe(
-    Command.withDescription(
-      "block until a workspace is stopped, halted, failed or prepared, or its entrypoint has finished"
-    )
+  })
+
+const waitCommand = Command.make(
+  "wait",
+  {
+    timeout: optionalDuration("timeout", "give up after this long (exit 75)"),
+    interval: optionalDuration("interval", "how often to look (default 250ms)"),
+    name: nameArg
+  },
+  ({ interval, name, timeout }) =>
+    waitAndReport(name, {
+      timeout: Option.getOrUndefined(timeout),
+      interval: Option.getOrUndefined(interval)
+    })
+).pipe(
+  Command.withDescription(
+    "block until a workspace is stopped, halted, failed or prepared, or its entrypoint has finished"
   )
+)
 
 const resultLines = (r: EntrypointResult) =>
   [
@@ -316,16 +338,40 @@ const gcCommand = Command.make("gc", {}, () =>
     // Each workspace is reconciled against its own backend; the sweep needs only the store.
     const backends = [...new Set(all.map((ws) => ws.backend))]
     const reconciled = yield* Effect.forEach(backends, (backend) => withBackend(backend, gcReconcile()))
+    // Live workspaces past their lease are halted (killed when the halt fails); their disks stay.
+    const due = yield* withStore(expiredLive())
+    const expired = yield* Effect.forEach(due, (ws) =>
+      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.halt({ name: ws.name, reason: "lease expired (gc)" }).pipe(
+          Effect.as("halted"),
+          Effect.orElse(() =>
+            Effect.as(client.kill({ name: ws.name }), "killed")
+          )
+        ))).pipe(
+          Effect.map((action) => ({ workspace: ws.name, action })),
+          Effect.catchAll((error) =>
+            Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
+          )
+        ))
     const swept = yield* withStore(Effect.provide(gcSweep(), VolumesLive))
-    const report: GcReport = { reconciled: reconciled.flat(), ...swept }
+    const report: GcReport & { readonly expired: typeof expired } = {
+      reconciled: reconciled.flat(),
+      expired,
+      ...swept
+    }
     yield* emit(report, (r) =>
       [
-        ...r.reconciled.map((x) => `reconciled ${x.workspace}: ${x.from} -> ${x.to}`),
+        ...r.reconciled.map((x) =>
+          `reconciled ${x.workspace}: ${x.from} -> ${x.to}`
+        ),
+        ...r.expired.map((x) => `lease expired ${x.workspace}: ${x.action}`),
         ...r.killed.map((pid) => `killed orphaned VMM ${pid}`),
         ...r.removed.map((path) => `removed ${path}`)
       ].join("\n") || "nothing to do")
   })).pipe(
-    Command.withDescription("reap what a crash left behind; never deletes a recorded workspace's disk")
+    Command.withDescription(
+      "reap what a crash left behind and stop workspaces past their lease (--ttl); never deletes a disk"
+    )
   )
 
 export const maintenanceGroup = [gcCommand] as const

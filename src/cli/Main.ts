@@ -31,6 +31,7 @@ import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
+import { usageGroup } from "./usage.ts"
 import { volumeCommand } from "./volume.ts"
 
 export const subcommands = [
@@ -38,6 +39,7 @@ export const subcommands = [
   ...runGroup,
   connectCommand,
   ...lifecycleGroup,
+  ...usageGroup,
   ...cpGroup,
   ...artifactsGroup,
   imageCommand,

@@ -21,15 +21,18 @@ import {
   fileCopyOption,
   optionalBytes,
   optionalDuration,
+  optionalInt,
   orUndefined,
   outputOption,
   parseEnv,
   readSpec,
   setupOption,
+  ttlOption,
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
+import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
 import { allMountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
@@ -136,6 +139,7 @@ const workspaceFields = (
     readonly network: ReadonlyArray<string>
     readonly publish: ReadonlyArray<string>
     readonly refuseDevices: boolean
+    readonly ttl: Option.Option<number>
   },
   spec: Spec
 ) =>
@@ -146,6 +150,7 @@ const workspaceFields = (
     sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
     hostname: orUndefined(options.hostname) ?? spec.hostname,
     ...(options.refuseDevices ? { refuseDevices: true } : {}),
+    ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
     ...network
   }))
 
@@ -295,20 +300,51 @@ const startCommand = Command.make(
   {
     bootTimeout: workspaceOptions.bootTimeout,
     secret: workspaceOptions.secret,
+    profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
+      Options.withDescription("this start only: a profile's memory and vCPUs (see `microagent profiles`)"),
+      Options.optional
+    ),
+    memory: Options.integer("memory").pipe(
+      Options.withPseudoName("MIB"),
+      Options.withDescription("this start only: guest memory in MiB"),
+      Options.optional
+    ),
+    cpus: optionalInt("cpus", "this start only: virtual CPUs"),
+    ttl: ttlOption,
+    wait: Options.boolean("wait").pipe(
+      Options.withDescription("then block until the entrypoint has finished or the workspace settles")
+    ),
+    waitTimeout: optionalDuration("wait-timeout", "with --wait: give up after this long (exit 75)"),
     name: Args.text({ name: "name" })
   },
   (options) =>
-    withRuntime(
-      Effect.flatMap(MicroagentClient, (client) =>
-        Effect.flatMap(secretsForStart(client, options.name, options.secret), (secrets) =>
-          client.start(
-            defined({ name: options.name, bootTimeoutSeconds: orUndefined(options.bootTimeout), ...secrets })
-          )))
-    ).pipe(
-      Effect.flatMap((workspace) =>
-        emit(workspace, describeWorkspace)
+    Effect.gen(function*() {
+      const ttlSeconds = orUndefined(options.ttl)
+      const workspace = yield* withRuntime(
+        Effect.flatMap(MicroagentClient, (client) =>
+          Effect.flatMap(secretsForStart(client, options.name, options.secret), (secrets) =>
+            client.start(
+              defined({
+                name: options.name,
+                bootTimeoutSeconds: orUndefined(options.bootTimeout),
+                profile: orUndefined(options.profile),
+                memoryMiB: orUndefined(options.memory),
+                cpus: orUndefined(options.cpus),
+                ttlSeconds,
+                ...secrets
+              })
+            )))
       )
-    )
+      yield* emit(workspace, describeWorkspace)
+      if (options.wait) {
+        yield* waitAndReport(options.name, { timeout: orUndefined(options.waitTimeout) })
+      } else if (Option.isSome(options.waitTimeout)) {
+        return yield* new InvalidInput({
+          message: "--wait-timeout needs --wait",
+          remediation: `microagent start --wait --wait-timeout ${options.waitTimeout.value}s ${options.name}`
+        })
+      }
+    })
 ).pipe(Command.withDescription("boot a workspace from its disk"))
 
 const execCommand = Command.make("exec", {

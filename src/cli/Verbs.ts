@@ -99,6 +99,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "delete workspaces and their disks",
     aliases: ["rm"]
   },
+  {
+    name: "resize",
+    group: "Lifecycle",
+    summary: "grow or shrink a stopped workspace's root disk"
+  },
   { name: "list", group: "Observe", summary: "list workspaces", aliases: ["ls"] },
   { name: "ps", group: "Observe", summary: "list running workspaces" },
   {
@@ -111,6 +116,11 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "events",
     group: "Observe",
     summary: "show a workspace's lifecycle events"
+  },
+  {
+    name: "stats",
+    group: "Observe",
+    summary: "CPU, memory, I/O and disk use of a running workspace"
   },
   {
     name: "artifacts",

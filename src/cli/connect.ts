@@ -5,12 +5,12 @@
  * pipe (no raw mode, no detach keys). The guest command's exit code becomes ours.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Chunk, Deferred, Effect, Queue, Stream } from "effect"
+import { Chunk, Deferred, Duration, Effect, Option, Queue, Stream } from "effect"
 import { randomUUID } from "node:crypto"
-import { InvalidInput } from "../domain/Errors.ts"
+import { InvalidInput, Transient } from "../domain/Errors.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { envOption, orUndefined, parseEnv } from "./Flags.ts"
+import { envOption, optionalDuration, orUndefined, parseEnv } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withRuntime } from "./Layers.ts"
 
@@ -140,6 +140,17 @@ export const connectCommand = Command.make("connect", {
     Options.optional
   ),
   env: envOption,
+  send: Options.text("send").pipe(
+    Options.withPseudoName("LINE"),
+    Options.withDescription(
+      "send one line to the shell instead of the keyboard, print what comes back, exit with the shell"
+    ),
+    Options.optional
+  ),
+  timeout: optionalDuration(
+    "timeout",
+    "with --send: give up waiting for the shell after this long (default 5s)"
+  ),
   name: Args.text({ name: "workspace" }).pipe(Args.withDescription("a running workspace"))
 }, (options) =>
   Effect.gen(function*() {
@@ -152,7 +163,15 @@ export const connectCommand = Command.make("connect", {
     }
     const detachKeys = yield* parseDetachKeys(orUndefined(options.detachKeys) ?? "ctrl-]")
     const env = yield* parseEnv(options.env)
-    const interactive = process.stdin.isTTY === true
+    const send = orUndefined(options.send)
+    if (send === undefined && Option.isSome(options.timeout)) {
+      return yield* new InvalidInput({
+        message: "--timeout needs --send",
+        remediation: `microagent connect --send 'CMD' --timeout ${options.timeout.value}s ${options.name}`
+      })
+    }
+    // With --send the shell reads that one line, then end of input, so it exits once the line ran.
+    const interactive = send === undefined && process.stdin.isTTY === true
     const sessionId = randomUUID()
 
     yield* withRuntime(Effect.scoped(Effect.gen(function*() {
@@ -165,7 +184,14 @@ export const connectCommand = Command.make("connect", {
           () => Effect.sync(() => process.stdin.setRawMode(false))
         )
       }
-      yield* readStdin(inputs, detached, interactive ? detachScanner(detachKeys) : undefined)
+      if (send === undefined) {
+        yield* readStdin(inputs, detached, interactive ? detachScanner(detachKeys) : undefined)
+      } else {
+        yield* Queue.offerAll(inputs, [
+          { _tag: "Data", data: new TextEncoder().encode(`${send}\n`) },
+          { _tag: "Eof" }
+        ])
+      }
       const session = client.connect(defined({
         name: options.name,
         sessionId,
@@ -189,6 +215,21 @@ export const connectCommand = Command.make("connect", {
           }
         })
       )
+      if (send !== undefined) {
+        const seconds = orUndefined(options.timeout) ?? 5
+        return yield* session.pipe(
+          Effect.timeoutFail({
+            duration: Duration.seconds(seconds),
+            onTimeout: () =>
+              new Transient({
+                message:
+                  `the shell of ${options.name} did not finish within ${seconds}s (output so far printed)`,
+                remediation: "give a longer --timeout, or use `microagent exec` for long commands",
+                retryAfterMs: 1000
+              })
+          })
+        )
+      }
       const outcome = yield* Effect.raceFirst(
         Effect.as(session, "exited" as const),
         Effect.as(Deferred.await(detached), "detached" as const)

@@ -2,7 +2,7 @@
  * `perf boot` and `perf footprint`: measurements through the runtime, which boots and holds the VMs.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Effect } from "effect"
+import { Effect, Option } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
@@ -52,7 +52,13 @@ const bootText = (report: PerfBootResult) => {
 
 const boot = Command.make("boot", {
   runs: Options.integer("runs").pipe(
+    Options.withAlias("iterations"),
     Options.withDescription("boots to measure (default 1)"),
+    Options.optional
+  ),
+  exec: Options.text("exec").pipe(
+    Options.withPseudoName("CMD"),
+    Options.withDescription("the shell command each boot is timed to (default: true)"),
     Options.optional
   ),
   network: Options.choice("network", ["user", "isolated"]).pipe(
@@ -74,6 +80,7 @@ const boot = Command.make("boot", {
       client.perfBoot(defined({
         image: orUndefined(options.image),
         runs,
+        command: Option.isSome(options.exec) ? ["sh", "-c", options.exec.value] : undefined,
         network: orUndefined(options.network),
         backend: invocation.backend ?? defaultBackend()
       }))))

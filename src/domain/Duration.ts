@@ -1,6 +1,7 @@
 /**
  * Durations as people type them on a command line: `30s`, `5m`, `1h30m`, `500ms`, `1.5h` (the units
- * of Go's duration syntax, which scripts written for the original use), or a bare number of seconds.
+ * of Go's duration syntax, which scripts written for the original use, and `d` for days), or a bare
+ * number of seconds.
  */
 import { Either } from "effect"
 
@@ -11,10 +12,11 @@ const unitSeconds: Record<string, number> = {
   ms: 1e-3,
   s: 1,
   m: 60,
-  h: 3600
+  h: 3600,
+  d: 86400
 }
 
-const term = /(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h)/y
+const term = /(\d+(?:\.\d+)?|\.\d+)(ns|us|µs|ms|s|m|h|d)/y
 
 /** Seconds, or why the text is not a duration. */
 export const parseDuration = (text: string): Either.Either<number, string> => {
@@ -32,7 +34,7 @@ export const parseDuration = (text: string): Either.Either<number, string> => {
       const unit = /^(?:\d+(?:\.\d+)?|\.\d+)(\D*)/.exec(rest)
       if (unit === null) return Either.left(`"${rest}" is not a number with a unit`)
       return Either.left(
-        unit[1] === "" ? `"${rest}" has no unit` : `"${unit[1]}" is not a unit (ns, us, ms, s, m or h)`
+        unit[1] === "" ? `"${rest}" has no unit` : `"${unit[1]}" is not a unit (ns, us, ms, s, m, h or d)`
       )
     }
     seconds += Number(match[1]) * unitSeconds[match[2]!]!

@@ -167,6 +167,11 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   setupDone: Schema.optional(Schema.DateTimeUtc),
   /** The entrypoint's outcome for the latest start that ran one. */
   result: Schema.optional(EntrypointResult),
+  /**
+   * The end of the workspace's lease (`--ttl`): past it, `gc` stops the workspace and `start` refuses
+   * it unless given a new lease. Absent: no lease (it lives until deleted).
+   */
+  expiresAt: Schema.optional(Schema.DateTimeUtc),
   /** One-shot workspaces made by `run` (deleted afterwards unless kept). */
   ephemeral: Schema.Boolean,
   rootfsPath: Schema.String,

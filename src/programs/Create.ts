@@ -1,7 +1,7 @@
 /**
  * `create`: a persistent workspace with its own root disk, in state `prepared`.
  */
-import { DateTime, Effect } from "effect"
+import { DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -62,6 +62,8 @@ export interface CreateOptions {
   readonly outputs?: ReadonlyArray<OutputDecl> | undefined
   /** Refuse an image whose layers hold character or block devices (accepted by default). */
   readonly refuseDevices?: boolean | undefined
+  /** A lease: the workspace expires this many seconds after it is created (see `expiresAt`). */
+  readonly ttlSeconds?: number | undefined
 }
 
 /** Hostnames are the workspace name made DNS-safe. */
@@ -77,6 +79,17 @@ export const resolveResources = (options: CreateOptions) => {
     ...(sizeMiB === undefined ? {} : { sizeMiB })
   })
 }
+
+/** A lease is a non-negative number of seconds; 0 means none. */
+export const checkTtl = (ttlSeconds: number | undefined) =>
+  ttlSeconds === undefined || (Number.isFinite(ttlSeconds) && ttlSeconds >= 0)
+    ? Effect.void
+    : Effect.fail(
+      new InvalidInput({
+        message: `invalid --ttl ${ttlSeconds}: a lease is a duration (30m, 7d) or a number of seconds`,
+        remediation: "give --ttl 30m, --ttl 7d, or --ttl 0 for no lease"
+      })
+    )
 
 const removeTree = (path: string) => Effect.sync(() => NodeFs.rmSync(path, { recursive: true, force: true }))
 
@@ -98,6 +111,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
         remediation: "see `microagent profiles`"
       })
   })
+  yield* checkTtl(options.ttlSeconds)
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
   yield* checkNetworking(options)
@@ -139,6 +153,9 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
       files,
       setup: options.setup ?? [],
+      ...(options.ttlSeconds === undefined || options.ttlSeconds === 0
+        ? {}
+        : { expiresAt: DateTime.addDuration(now, Duration.seconds(options.ttlSeconds)) }),
       ephemeral: options.ephemeral ?? false,
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),

@@ -3,7 +3,7 @@
  * directories and staging directories that no record owns are removed, and every VMM of this state
  * directory that no live record owns is killed. Disks of recorded workspaces are never touched.
  */
-import { Effect, Option } from "effect"
+import { DateTime, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
@@ -46,6 +46,18 @@ export const gcReconcile = Effect.fn("gcReconcile")(function*() {
     }
   }
   return reconciled
+})
+
+/**
+ * Live workspaces whose lease (`--ttl`) has run out, for `gc` to stop. Leases are enforced by `gc`
+ * only: nothing stops a workspace the moment its lease ends.
+ */
+export const expiredLive = Effect.fn("gcExpired")(function*() {
+  const store = yield* StateStore
+  const now = yield* DateTime.now
+  return (yield* store.list).filter((ws) =>
+    isLive(ws.state) && ws.expiresAt !== undefined && DateTime.lessThan(ws.expiresAt, now)
+  )
 })
 
 /** Kills VMMs no live record owns; removes runtime and staging directories no record owns. */

@@ -3,12 +3,13 @@
  * concurrent starts, one wins and the other gets `Conflict`. Failure or interruption at any point
  * kills whatever was launched and records `failed`; the store never says `running` for a VM that is not.
  */
-import { Effect, Exit, Option } from "effect"
+import { DateTime, Duration, Effect, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { Conflict, InvalidInput } from "../domain/Errors.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import type { SecretRef, Workspace } from "../domain/Workspace.ts"
+import { type ProfileName, profiles, type SecretRef, type Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -29,6 +30,51 @@ export interface StartOptions {
   readonly secrets?: ReadonlyArray<SecretRef> | undefined
   /** The values of every secret the workspace references, resolved by the caller; in memory only. */
   readonly secretValues?: SecretValues | undefined
+  /** For this start only: a profile's memory and vCPUs, or these (the record keeps its own). */
+  readonly profile?: ProfileName | undefined
+  readonly memoryMiB?: number | undefined
+  readonly cpus?: number | undefined
+  /** A new lease, counted from now (0: none); without it an expired lease refuses the start. */
+  readonly ttlSeconds?: number | undefined
+}
+
+/** An expired lease stops a start, unless the start brings a new one. */
+const checkLease = (workspace: Workspace, ttlSeconds: number | undefined) =>
+  Effect.gen(function*() {
+    if (ttlSeconds !== undefined && !(Number.isFinite(ttlSeconds) && ttlSeconds >= 0)) {
+      return yield* new InvalidInput({
+        message: `invalid --ttl ${ttlSeconds}`,
+        remediation: "give a duration such as 30m or 7d, or 0 for no lease"
+      })
+    }
+    const now = yield* DateTime.now
+    if (
+      ttlSeconds === undefined && workspace.expiresAt !== undefined
+      && DateTime.lessThan(workspace.expiresAt, now)
+    ) {
+      return yield* new Conflict({
+        message: `workspace ${workspace.name}'s lease expired at ${DateTime.formatIso(workspace.expiresAt)}`,
+        remediation: `give it a new lease: microagent start --ttl 1h ${workspace.name} (or --ttl 0 for none)`
+      })
+    }
+    if (ttlSeconds === undefined) return undefined
+    return ttlSeconds === 0 ? null : DateTime.addDuration(now, Duration.seconds(ttlSeconds))
+  })
+
+/** The memory and vCPUs of this start: the overrides over the record's. */
+const launchResources = (workspace: Workspace, options: StartOptions) => {
+  const profile = options.profile === undefined ? undefined : profiles[options.profile]
+  const memoryMiB = options.memoryMiB ?? profile?.memoryMiB ?? workspace.resources.memoryMiB
+  const cpus = options.cpus ?? profile?.cpus ?? workspace.resources.cpus
+  if (!Number.isInteger(memoryMiB) || memoryMiB < 64 || !Number.isInteger(cpus) || cpus < 1 || cpus > 256) {
+    return Effect.fail(
+      new InvalidInput({
+        message: `invalid resources for this start: ${memoryMiB} MiB, ${cpus} vCPU`,
+        remediation: "give --memory 64 or more (MiB) and --cpus from 1 to 256"
+      })
+    )
+  }
+  return Effect.succeed({ memoryMiB, cpus })
 }
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -40,6 +86,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
 
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  const lease = yield* checkLease(current, options.ttlSeconds)
+  const resources = yield* launchResources(current, options)
   // A VMM left by an earlier start that died half way holds the disk: it goes before a new one boots.
   yield* reapOrphanVmms({ workspace: name })
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
@@ -61,7 +109,16 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     )
     : {}
   const starting = yield* store.transition(name, "start", {
-    patch: (ws) => ownedByMe({ ...ws, secrets, sessionId: randomUUID(), vm: undefined } as Workspace),
+    patch: (ws) =>
+      ownedByMe(
+        {
+          ...ws,
+          secrets,
+          sessionId: randomUUID(),
+          vm: undefined,
+          ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
+        } as Workspace
+      ),
     detail: `backend ${hypervisor.backend}`
   })
   const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
@@ -73,8 +130,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     workspace: starting.name,
     runtimeDir,
     rootfsPath: starting.rootfsPath,
-    memoryMiB: starting.resources.memoryMiB,
-    cpus: starting.resources.cpus,
+    memoryMiB: resources.memoryMiB,
+    cpus: resources.cpus,
     hostname: starting.hostname,
     network: starting.network,
     ports: starting.ports.map((p) => new PortForward(p)),

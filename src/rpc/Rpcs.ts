@@ -28,6 +28,7 @@ import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
 import { hostRpcs } from "./HostRpcs.ts"
+import { usageRpcs } from "./UsageRpcs.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -63,7 +64,9 @@ export const WorkspaceFields = {
   /** The backend of the new workspace; the server's default when absent. */
   backend: Schema.optional(Backend),
   /** Refuse an image whose layers hold character or block devices (accepted by default). */
-  refuseDevices: Schema.optional(Schema.Boolean)
+  refuseDevices: Schema.optional(Schema.Boolean),
+  /** A lease in seconds (0: none): past it `gc` stops the workspace. */
+  ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
 }
 
 const { tty: _tty, ...execRequestFields } = ExecRequest.fields
@@ -147,6 +150,7 @@ export const defined = <A extends Record<string, unknown>>(fields: A) =>
 export class Rpcs extends RpcGroup.make(
   Rpc.make("version", { success: Schema.Struct({ version: Schema.String }) }),
   ...hostRpcs,
+  ...usageRpcs,
   /** Create, boot, run one command, tear down (or keep, halted). */
   Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
   Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
@@ -156,7 +160,13 @@ export class Rpcs extends RpcGroup.make(
       bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
       /** References to record before this start, replacing those of the same name. */
       secrets: Schema.optional(Schema.Array(SecretRef)),
-      secretValues: Schema.optional(SecretValues)
+      secretValues: Schema.optional(SecretValues),
+      /** For this start only (the record keeps its own). */
+      profile: Schema.optional(ProfileName),
+      memoryMiB: Schema.optional(PositiveInt),
+      cpus: Schema.optional(PositiveInt),
+      /** A new lease in seconds, from now (0: none). */
+      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
     },
     success: Workspace,
     error: MicroagentError

@@ -19,6 +19,7 @@ import {
   withWorkspaceBackend,
   WorkspaceBackends
 } from "../layers/backends/WorkspaceBackends.ts"
+import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
@@ -30,9 +31,11 @@ import { type ExecOverrides, execRequestFor } from "../programs/internal/Request
 import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
+import { resize, resizePlan } from "../programs/Resize.ts"
 import { run } from "../programs/Run.ts"
 import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
+import { stats } from "../programs/Stats.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
@@ -111,6 +114,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           secrets: p.secrets,
           outputs: p.outputs,
           refuseDevices: p.refuseDevices,
+          ttlSeconds: p.ttlSeconds,
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secretValues: p.secretValues,
@@ -143,6 +147,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           secrets: p.secrets,
           outputs: p.outputs,
           refuseDevices: p.refuseDevices,
+          ttlSeconds: p.ttlSeconds,
           restart: p.restart,
           entrypoint: p.entrypoint,
           files: p.files,
@@ -155,7 +160,11 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         start(p.name, {
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secrets: p.secrets,
-          secretValues: p.secretValues
+          secretValues: p.secretValues,
+          profile: p.profile,
+          memoryMiB: p.memoryMiB,
+          cpus: p.cpus,
+          ttlSeconds: p.ttlSeconds
         })
       )),
     exec: (p) =>
@@ -235,6 +244,25 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     artifactsGet: (p) => local(withArtifactBackend(p.name, getArtifact(p.name, p.artifact, p.hostPath))),
     artifactsRemove: (p) => local(removeArtifacts(p.name)),
     ...makeConnectHandlers(localStream),
+    stats: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        stats(
+          p.name,
+          p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) }
+        )
+      )),
+    resize: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        p.preview === true
+          ? Effect.map(resizePlan(p.name, p.sizeMiB), (plan) => ({
+            workspace: p.name,
+            from_size_mib: plan.fromMiB,
+            to_size_mib: p.sizeMiB
+          }))
+          : Effect.provide(resize(p.name, p.sizeMiB), Ext4Disks)
+      )),
     perfBoot: (p) => local(withBackend(p.backend, perfBoot(p))),
     perfFootprint: (p) =>
       local(

@@ -21,11 +21,11 @@ describe("parseDuration", () => {
   })
 
   it("says what is wrong with what it cannot read", () => {
-    assert.strictEqual(reason("5x"), `"x" is not a unit (ns, us, ms, s, m or h)`)
+    assert.strictEqual(reason("5x"), `"x" is not a unit (ns, us, ms, s, m, h or d)`)
     assert.strictEqual(reason("1h5"), `"5" has no unit`)
     assert.strictEqual(reason("-3s"), "it is negative")
     assert.strictEqual(reason(""), "it is empty")
     assert.strictEqual(reason("soon"), `"soon" is not a number with a unit`)
-    assert.strictEqual(reason("5 m"), `" m" is not a unit (ns, us, ms, s, m or h)`)
+    assert.strictEqual(reason("5 m"), `" m" is not a unit (ns, us, ms, s, m, h or d)`)
   })
 })

@@ -35,6 +35,7 @@ export const toolPackages: Record<string, string> = {
   "debugfs": "e2fsprogs",
   "e2fsck": "e2fsprogs",
   "resize2fs": "e2fsprogs",
+  "dumpe2fs": "e2fsprogs",
   "zstd": "zstd",
   "cp": "coreutils"
 }

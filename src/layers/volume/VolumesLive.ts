@@ -9,11 +9,12 @@ import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace } from "../../domain/DiskFull.ts"
-import { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, Permanent } from "../../domain/Errors.ts"
 import { invalidVolumeName, volumeNameProblem } from "../../domain/MountFlag.ts"
 import { Home } from "../../services/Home.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
-import { runTool, runToolOk, type ToolFailed, type ToolMissing } from "../rootfs/Tools.ts"
+import { resizeExt4 } from "../rootfs/Ext4Resize.ts"
+import { runToolOk, type ToolFailed, type ToolMissing } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 
 const MiB = 1024 * 1024
@@ -75,23 +76,6 @@ const fsStep = <A>(what: string, step: () => A) =>
         remediation: "check the state directory's permissions and free space"
       })
   })
-
-/** e2fsck in preen mode: 0 clean, 1 fixed, anything else means a human should look. */
-const check = (path: string, name: string) =>
-  runTool("e2fsck", ["-f", "-p", path]).pipe(
-    Effect.mapError(toolError(`checking volume ${name}`)),
-    Effect.flatMap((result) =>
-      result.code === 0 || result.code === 1
-        ? Effect.void
-        : Effect.fail(
-          new Permanent({
-            message:
-              `volume ${name} has filesystem errors e2fsck cannot fix on its own (exit ${result.code})`,
-            remediation: `inspect it by hand: e2fsck -f ${path}`
-          })
-        )
-    )
-  )
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
@@ -242,50 +226,7 @@ export const make = Effect.gen(function*() {
         return yield* heldBy(name, (yield* inspect(name)).attachedTo ?? "?")
       }
       return yield* Effect.gen(function*() {
-        yield* check(volume.path, name)
-        if (sizeMiB > volume.sizeMiB) {
-          yield* fsStep(`cannot grow ${volume.path}`, () => NodeFs.truncateSync(volume.path, sizeMiB * MiB))
-          yield* runTool("resize2fs", [volume.path, `${sizeMiB}M`]).pipe(
-            Effect.mapError(toolError(`cannot grow volume ${name}`)),
-            Effect.flatMap((result) =>
-              result.code === 0
-                ? Effect.void
-                : Effect.fail(
-                  new Permanent({
-                    message: `cannot grow volume ${name}: resize2fs: ${result.stderr.trim()}`,
-                    remediation: "the file was enlarged; retry the resize"
-                  })
-                )
-            )
-          )
-        } else {
-          const minimum = yield* runTool("resize2fs", ["-P", volume.path]).pipe(
-            Effect.mapError(toolError(`cannot measure volume ${name}`))
-          )
-          const blocks = Number(/minimum size of the filesystem:\s*(\d+)/i.exec(minimum.stdout)?.[1] ?? NaN)
-          // resize2fs -P counts filesystem blocks: 4 KiB, as volumes are made.
-          const neededMiB = Number.isFinite(blocks) ? Math.ceil((blocks * 4096) / MiB) : undefined
-          if (neededMiB === undefined || sizeMiB < neededMiB) {
-            return yield* new ResourceExhausted({
-              message: `volume ${name} cannot shrink to ${sizeMiB} MiB: its content needs ${
-                neededMiB ?? "more"
-              } MiB`,
-              remediation: `give --size-mib ${neededMiB ?? volume.sizeMiB} or more, or remove files first`
-            })
-          }
-          const shrunk = yield* runTool("resize2fs", [volume.path, `${sizeMiB}M`]).pipe(
-            Effect.mapError(toolError(`cannot shrink volume ${name}`))
-          )
-          if (shrunk.code !== 0) {
-            return yield* new ResourceExhausted({
-              message: `volume ${name} cannot shrink to ${sizeMiB} MiB: ${
-                shrunk.stderr.trim().split("\n").at(-1)
-              }`,
-              remediation: "give a larger --size-mib, or remove files first"
-            })
-          }
-          yield* fsStep(`cannot shrink ${volume.path}`, () => NodeFs.truncateSync(volume.path, sizeMiB * MiB))
-        }
+        yield* resizeExt4(volume.path, sizeMiB, `volume ${name}`)
         const resized = new Volume({ ...volume, sizeMiB, attachedTo: undefined, readers: [] })
         yield* sql`UPDATE volumes SET record = ${
           encodeStored({ name, path: volume.path, sizeMiB, createdAt: volume.createdAt })
