@@ -32,6 +32,7 @@ import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
 import { snapshotTools } from "./SnapshotTools.ts"
+import { usageTools } from "./UsageTools.ts"
 import {
   type AnyTool,
   defineTool,
@@ -668,5 +669,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   ...fileTools,
   ...resourceTools,
   ...snapshotTools,
+  ...usageTools,
   ...hostTools
 ]

@@ -66,7 +66,9 @@ const expectedTools = [
   "kernel.verify",
   "doctor.check",
   "state.check",
-  "state.backup"
+  "state.backup",
+  "workspace.stats",
+  "workspace.resize"
 ]
 
 const ajv = new Ajv({ allErrors: true })
@@ -157,6 +159,15 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.strictEqual(ran.result.stdout, "hello mcp\n")
       const inspected = await mcp.call("workspace.inspect", { name: "m1" })
       assert.strictEqual(inspected.result.workspace.state, "running")
+      const sample = await mcp.call("workspace.stats", { name: "m1", interval_seconds: 0.1 })
+      assert.isTrue(sample.ok, JSON.stringify(sample.error))
+      assert.strictEqual(sample.result.workspace, "m1")
+      assert.isAbove(sample.result.pid, 0)
+      assert.isAbove(sample.result.memoryBytes, 0)
+      const plan = await mcp.call("workspace.resize", { name: "m1", size_mib: 512, preview: true })
+      assert.strictEqual(plan.result.wouldFail?.kind, "conflict", JSON.stringify(plan))
+      const resized = await mcp.call("workspace.resize", { name: "m1", size_mib: 512 })
+      assert.strictEqual(resized.error?.kind, "conflict", "a running workspace's disk is resized offline")
       const listed = await mcp.call("workspace.list")
       assert.deepStrictEqual(listed.result.workspaces.map((w: { name: string }) => w.name), ["m1"])
       const events = await mcp.call("workspace.events", { name: "m1" })
