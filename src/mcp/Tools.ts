@@ -32,7 +32,6 @@ import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
 import { snapshotTools } from "./SnapshotTools.ts"
-import { usageTools } from "./UsageTools.ts"
 import {
   type AnyTool,
   defineTool,
@@ -41,6 +40,7 @@ import {
   type PreviewResult,
   type ToolContext
 } from "./Tool.ts"
+import { usageTools } from "./UsageTools.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 

@@ -50,10 +50,11 @@ export const usageTools: ReadonlyArray<AnyTool> = [
     sideEffects: ["resizes the workspace's root disk file and filesystem"],
     cost: "host_io",
     run: (args) =>
-      Effect.flatMap(MicroagentClient, (client) => client.resize({ name: args.name, sizeMiB: args.size_mib })).pipe(
-        // Without preview the procedure answers with the full result.
-        Effect.map((r) => r as ResizeResult)
-      ),
+      Effect.flatMap(MicroagentClient, (client) => client.resize({ name: args.name, sizeMiB: args.size_mib }))
+        .pipe(
+          // Without preview the procedure answers with the full result.
+          Effect.map((r) => r as ResizeResult)
+        ),
     preview: (args) =>
       Effect.flatMap(
         MicroagentClient,
@@ -66,7 +67,9 @@ export const usageTools: ReadonlyArray<AnyTool> = [
             ? []
             : [
               `check the filesystem of ${args.name}'s root disk (e2fsck)`,
-              `${plan.to_size_mib > plan.from_size_mib ? "grow" : "shrink"} it from ${plan.from_size_mib} MiB to ${plan.to_size_mib} MiB (resize2fs)`
+              `${
+                plan.to_size_mib > plan.from_size_mib ? "grow" : "shrink"
+              } it from ${plan.from_size_mib} MiB to ${plan.to_size_mib} MiB (resize2fs)`
             ]
         })),
         Effect.catchIf(isMicroagentError, (error) =>

@@ -7,7 +7,7 @@
  *
  * `await using` (or `ws[Symbol.asyncDispose]()`) deletes the workspace, killing its VM first.
  */
-import { Effect, Stream } from "effect"
+import { Duration, Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
@@ -18,6 +18,8 @@ import {
   withBackend,
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
+import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
+import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
@@ -26,12 +28,15 @@ import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
+import { resize } from "../programs/Resize.ts"
 import { start } from "../programs/Start.ts"
+import { stats } from "../programs/Stats.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
+export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
 export interface CreateOptions {
@@ -51,6 +56,8 @@ export interface CreateOptions {
   readonly backend?: Backend | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
   readonly entrypoint?: string | undefined
+  /** A lease in seconds: past it `microagent gc` stops the workspace (0 or absent: none). */
+  readonly ttlSeconds?: number | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
   readonly start?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
@@ -164,7 +171,8 @@ export class Workspace implements AsyncDisposable {
           sizeMiB: options.sizeMiB,
           env: options.env,
           network: options.network,
-          entrypoint: options.entrypoint
+          entrypoint: options.entrypoint,
+          ttlSeconds: options.ttlSeconds
         })
       ),
       { signal: options.signal }
@@ -244,14 +252,50 @@ export class Workspace implements AsyncDisposable {
     )
   }
 
-  /** Boots a prepared or halted workspace from its disk and waits for its guest. */
+  /**
+   * Boots a prepared or halted workspace from its disk and waits for its guest. `memoryMiB` and `cpus`
+   * apply to this start only; `ttlSeconds` gives a new lease from now.
+   */
   async start(
-    options: { readonly bootTimeoutSeconds?: number | undefined; readonly signal?: AbortSignal | undefined } =
-      {}
+    options: {
+      readonly bootTimeoutSeconds?: number | undefined
+      readonly memoryMiB?: number | undefined
+      readonly cpus?: number | undefined
+      readonly ttlSeconds?: number | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
   ): Promise<void> {
     await this.host.run(
-      withWorkspaceBackend(this.name, start(this.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })),
+      withWorkspaceBackend(
+        this.name,
+        start(this.name, {
+          bootTimeoutSeconds: options.bootTimeoutSeconds,
+          memoryMiB: options.memoryMiB,
+          cpus: options.cpus,
+          ttlSeconds: options.ttlSeconds
+        })
+      ),
       { signal: options.signal }
+    )
+  }
+
+  /** One sample of the running workspace's VMM (CPU, memory, I/O) and its root disk's use, from the host. */
+  async stats(options: { readonly intervalMs?: number | undefined } = {}): Promise<WorkspaceStats> {
+    return await this.host.run(
+      withWorkspaceBackend(
+        this.name,
+        stats(
+          this.name,
+          options.intervalMs === undefined ? {} : { interval: Duration.millis(options.intervalMs) }
+        )
+      )
+    )
+  }
+
+  /** Grows (or shrinks, down to its content) the root disk of the workspace while it is not running. */
+  async resize(sizeMiB: number): Promise<ResizeResult> {
+    return await this.host.run(
+      withWorkspaceBackend(this.name, Effect.provide(resize(this.name, sizeMiB), Ext4Disks))
     )
   }
 
