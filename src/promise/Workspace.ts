@@ -12,13 +12,13 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
   withBackend,
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
-import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
