@@ -89,7 +89,7 @@ export const optionalDuration = (name: string, description: string) =>
 /** `--ttl`: a lease as a duration (`30m`, `7d`) or seconds; 0 means no lease. */
 export const ttlOption = Options.text("ttl").pipe(
   Options.withPseudoName("DURATION"),
-  Options.withDescription("a lease: past it `gc` stops the workspace (30m, 7d; 0: none)"),
+  Options.withDescription("a lease: past it, `gc` stops it (30m, 7d; 0: none)"),
   Options.mapEffect((text) =>
     Either.match(parseDuration(text), {
       onLeft: (reason) =>

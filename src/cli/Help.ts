@@ -134,7 +134,8 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--restart",
       "--keep",
       "--rm",
-      "--refuse-devices"
+      "--refuse-devices",
+      "--ttl"
     ]
   ],
   ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout"]],

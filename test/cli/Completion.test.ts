@@ -124,7 +124,7 @@ describe("completion scripts", () => {
   })
 
   it("bash completes verbs, subcommands, flags, values and the store's names", () => {
-    assert.deepStrictEqual(bash("microagent", "sta"), ["start", "status", "state"])
+    assert.deepStrictEqual(bash("microagent", "sta"), ["start", "status", "stats", "state"])
     assert.includeMembers([...bash("microagent", "image", "")], ["pull", "list", "inspect", "prune"])
     assert.deepStrictEqual(bash("microagent", "run", "--profile", ""), ["tiny", "small", "medium", "large"])
     assert.deepStrictEqual(bash("microagent", "start", ""), ["alpha", "beta"])
