@@ -80,6 +80,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   "network rm": [names("networks")],
   "perf boot": [names("images")],
   "perf footprint": [names("workspaces")],
+  "perf steady": [names("workspaces")],
   "state restore": [files],
   "snapshot create": [names("workspaces")],
   "snapshot list": [names("workspaces")],

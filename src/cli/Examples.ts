@@ -149,8 +149,16 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "network rm": ["microagent network rm backend", "microagent network rm --force backend"],
   profiles: ["microagent profiles", "microagent run --profile large debian:12 -- nproc"],
   perf: ["microagent perf boot --runs 5", "microagent perf footprint"],
-  "perf boot": ["microagent perf boot", "microagent perf boot --runs 10 --network isolated alpine:3.20"],
+  "perf boot": [
+    "microagent perf boot",
+    "microagent perf boot --runs 10 --network isolated alpine:3.20",
+    "microagent perf boot --iterations 3 --exec 'uname -r'"
+  ],
   "perf footprint": ["microagent perf footprint", "microagent perf footprint dev"],
+  "perf steady": [
+    "microagent perf steady dev",
+    "microagent perf steady --duration 1m --interval 5s dev --json"
+  ],
   runtime: ["microagent runtime", "microagent runtime --idle-seconds 600"],
   gc: ["microagent gc", "microagent gc --json"],
   state: ["microagent state check", "microagent state backup", "microagent state restore"],

@@ -2,15 +2,16 @@
  * `perf boot` and `perf footprint`: measurements through the runtime, which boots and holds the VMs.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Effect, Option } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
+import { perfSteady } from "../programs/Perf.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { orUndefined } from "./Flags.ts"
+import { optionalDuration, orUndefined } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withRuntime } from "./Layers.ts"
+import { withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { emit, table } from "./Output.ts"
 
 const edges = [
@@ -131,7 +132,39 @@ const footprint = Command.make(
   Command.withDescription("host memory of the runtime and of VMMs (RSS/PSS), disk use of root filesystems")
 )
 
+type SteadyReport = Effect.Effect.Success<ReturnType<typeof perfSteady>>
+
+const steadyText = (report: SteadyReport) =>
+  [
+    table(
+      ["MS", "RSS", "PSS"],
+      report.samples.map((s) => [String(s.atMs), mib(s.rssKiB), mib(s.pssKiB)])
+    ),
+    `${report.workspace} (VMM pid ${report.pid}): ${report.summary.count} sample(s) over ${report.durationMs} ms`
+    + (report.summary.minRssKiB === undefined
+      ? ""
+      : `; rss min ${mib(report.summary.minRssKiB)}, mean ${mib(report.summary.meanRssKiB)}, max ${
+        mib(report.summary.maxRssKiB)
+      }, growth ${mib(report.summary.growthKiB)}`)
+    + (report.summary.stopped ? "; the workspace stopped" : "")
+  ].join("\n")
+
+const steady = Command.make("steady", {
+  duration: optionalDuration("duration", "how long to sample (default 10s)"),
+  interval: optionalDuration("interval", "time between samples (default 1s)"),
+  name: Args.text({ name: "workspace" }).pipe(Args.withDescription("a running workspace"))
+}, ({ duration, interval, name }) =>
+  withWorkspaceBackend(
+    name,
+    perfSteady(name, {
+      duration: Option.isSome(duration) ? Duration.seconds(duration.value) : undefined,
+      interval: Option.isSome(interval) ? Duration.seconds(interval.value) : undefined
+    })
+  ).pipe(Effect.flatMap((report) => emit(report, steadyText)))).pipe(
+    Command.withDescription("sample a running workspace's VMM memory (RSS/PSS) over a while, with a summary")
+  )
+
 export const perfCommand = Command.make("perf").pipe(
   Command.withDescription("measure boots and footprints"),
-  Command.withSubcommands([boot, footprint])
+  Command.withSubcommands([boot, footprint, steady])
 )

@@ -7,7 +7,7 @@
  * into phases: firmware/loader, kernel to /init, /init to agent ready, first exec. `perfFootprint`
  * reads /proc.
  */
-import { Clock, Effect, Fiber, Option } from "effect"
+import { Clock, Duration, Effect, Fiber, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict } from "../domain/Errors.ts"
@@ -245,4 +245,66 @@ export const perfFootprint = Effect.fn("perfFootprint")(function*(name?: string)
     runtime: { ...self, heapUsedBytes: process.memoryUsage().heapUsed },
     workspaces: workspaces.map(footprintOf)
   } satisfies PerfFootprintResult
+})
+
+export interface PerfSteadyOptions {
+  /** How long to sample (default 10 s). */
+  readonly duration?: Duration.DurationInput | undefined
+  /** Time between samples (default 1 s). */
+  readonly interval?: Duration.DurationInput | undefined
+}
+
+/**
+ * The resident memory of a running workspace's VMM sampled over a while: whether it holds steady
+ * once booted, or creeps. Samples stop early (the summary says so) when the workspace stops.
+ */
+export const perfSteady = Effect.fn("perfSteady")(function*(name: string, options: PerfSteadyOptions = {}) {
+  const store = yield* StateStore
+  const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  const handle = vmHandleOf(workspace)
+  if (workspace.state !== "running" || Option.isNone(handle)) {
+    return yield* new Conflict({
+      message: `workspace ${name} is ${workspace.state}, not running`,
+      remediation: `start it first: microagent start ${name}`
+    })
+  }
+  const durationMs = Duration.toMillis(Duration.decode(options.duration ?? Duration.seconds(10)))
+  const intervalMs = Math.max(10, Duration.toMillis(Duration.decode(options.interval ?? Duration.seconds(1))))
+  const began = yield* now
+  const samples: Array<{ readonly atMs: number; readonly rssKiB: number; readonly pssKiB?: number }> = []
+  let stopped = false
+  while (true) {
+    const at = (yield* now) - began
+    const memory = processMemory(handle.value.pid)
+    if (memory === undefined) {
+      stopped = true
+      break
+    }
+    samples.push({
+      atMs: at,
+      rssKiB: memory.rssKiB,
+      ...(memory.pssKiB === undefined ? {} : { pssKiB: memory.pssKiB })
+    })
+    if (at + intervalMs > durationMs) break
+    yield* Effect.sleep(Duration.millis(intervalMs))
+  }
+  const rss = samples.map((s) => s.rssKiB)
+  return {
+    workspace: name,
+    pid: handle.value.pid,
+    durationMs: samples.length === 0 ? 0 : samples.at(-1)!.atMs,
+    intervalMs,
+    samples,
+    summary: {
+      count: samples.length,
+      stopped,
+      ...(rss.length === 0 ? {} : {
+        minRssKiB: Math.min(...rss),
+        maxRssKiB: Math.max(...rss),
+        meanRssKiB: Math.round(rss.reduce((a, b) => a + b, 0) / rss.length),
+        /** Last minus first: growth over the window. */
+        growthKiB: rss.at(-1)! - rss[0]!
+      })
+    }
+  }
 })

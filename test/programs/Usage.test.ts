@@ -8,6 +8,7 @@ import { Ext4Disks } from "../../src/layers/rootfs/Ext4Resize.ts"
 import { create } from "../../src/programs/Create.ts"
 import { expiredLive } from "../../src/programs/Gc.ts"
 import { kill } from "../../src/programs/Halt.ts"
+import { perfSteady } from "../../src/programs/Perf.ts"
 import { resize, resizePlan } from "../../src/programs/Resize.ts"
 import { start } from "../../src/programs/Start.ts"
 import { stats } from "../../src/programs/Stats.ts"
@@ -50,8 +51,17 @@ describe("stats, resize and leases (fake backend)", () => {
       assert.isAtLeast(sample.cpuPercent, 0)
       assert.isAtLeast(sample.intervalMs, 50)
       assert.strictEqual(sample.disk.path, running.rootfsPath)
+      const steady = yield* perfSteady("s1", {
+        duration: Duration.millis(120),
+        interval: Duration.millis(50)
+      })
+      assert.strictEqual(steady.summary.count, 3, "samples at 0, 50 and 100 ms")
+      assert.isFalse(steady.summary.stopped)
+      assert.isAbove(steady.summary.minRssKiB!, 0)
+      assert.strictEqual(steady.summary.growthKiB, steady.samples.at(-1)!.rssKiB - steady.samples[0]!.rssKiB)
       yield* kill("s1")
       assert.strictEqual(failureTag(yield* Effect.exit(stats("s1"))), "Conflict")
+      assert.strictEqual(failureTag(yield* Effect.exit(perfSteady("s1"))), "Conflict")
     }).pipe(Effect.provide(fakeEnvironment)))
 
   it.scopedLive("resize grows a stopped workspace's ext4 root disk, shrinks it to its content, no further", () =>
