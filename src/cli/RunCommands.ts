@@ -319,6 +319,12 @@ const startCommand = Command.make(
   },
   (options) =>
     Effect.gen(function*() {
+      if (!options.wait && Option.isSome(options.waitTimeout)) {
+        return yield* new InvalidInput({
+          message: "--wait-timeout needs --wait",
+          remediation: `microagent start --wait --wait-timeout ${options.waitTimeout.value}s ${options.name}`
+        })
+      }
       const ttlSeconds = orUndefined(options.ttl)
       const workspace = yield* withRuntime(
         Effect.flatMap(MicroagentClient, (client) =>
@@ -338,11 +344,6 @@ const startCommand = Command.make(
       yield* emit(workspace, describeWorkspace)
       if (options.wait) {
         yield* waitAndReport(options.name, { timeout: orUndefined(options.waitTimeout) })
-      } else if (Option.isSome(options.waitTimeout)) {
-        return yield* new InvalidInput({
-          message: "--wait-timeout needs --wait",
-          remediation: `microagent start --wait --wait-timeout ${options.waitTimeout.value}s ${options.name}`
-        })
       }
     })
 ).pipe(Command.withDescription("boot a workspace from its disk"))
