@@ -168,6 +168,12 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   /** The entrypoint's outcome for the latest start that ran one. */
   result: Schema.optional(EntrypointResult),
   /**
+   * The memory and vCPUs the running VM was given when a start overrode the record's (`start
+   * --memory`, `--cpus`, `--profile`); absent when it runs with `resources`. A memory snapshot
+   * records these, as they are what its memory holds.
+   */
+  launched: Schema.optional(Resources),
+  /**
    * The end of the workspace's lease (`--ttl`): past it, `gc` stops the workspace and `start` refuses
    * it unless given a new lease. Absent: no lease (it lives until deleted).
    */

@@ -275,6 +275,8 @@ export const perfSteady = Effect.fn("perfSteady")(function*(name: string, option
   let stopped = false
   while (true) {
     const at = (yield* now) - began
+    // A sleep that overran the window ends it: every sample lies within the duration.
+    if (samples.length > 0 && at > durationMs) break
     const memory = processMemory(handle.value.pid)
     if (memory === undefined) {
       stopped = true

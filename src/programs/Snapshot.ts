@@ -223,7 +223,8 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       ...(Option.isSome(boot)
         ? { kernelSha256: boot.value.kernelSha256, initrdSha256: boot.value.initrdSha256 }
         : {}),
-      resources: workspace.resources,
+      // A live capture holds the memory the VM was launched with, which a one-start override changes.
+      resources: live ? workspace.launched ?? workspace.resources : workspace.resources,
       hostname: workspace.hostname,
       network: workspace.network,
       ports: workspace.ports,

@@ -9,7 +9,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput } from "../domain/Errors.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import { type ProfileName, profiles, type SecretRef, type Workspace } from "../domain/Workspace.ts"
+import { type ProfileName, profiles, Resources, type SecretRef, type Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -116,6 +116,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
           secrets,
           sessionId: randomUUID(),
           vm: undefined,
+          launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
+            ? undefined
+            : new Resources({ ...ws.resources, ...resources }),
           ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
         } as Workspace
       ),
