@@ -50,6 +50,8 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   result: [names("workspaces")],
   halt: [names("workspaces")],
   kill: [names("workspaces")],
+  pause: [names("workspaces")],
+  resume: [names("workspaces")],
   delete: [names("workspaces")],
   logs: [names("workspaces")],
   events: [names("workspaces")],

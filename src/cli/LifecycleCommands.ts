@@ -184,6 +184,43 @@ const killCommand = Command.make(
   Command.withDescription("stop a workspace's VM at once")
 )
 
+const reasonOption = Options.text("reason").pipe(
+  Options.withDescription("recorded in the events"),
+  Options.optional
+)
+
+const pauseCommand = Command.make(
+  "pause",
+  { reason: reasonOption, name: nameArg },
+  ({ name, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.pause({ name, ...(reason._tag === "Some" ? { reason: reason.value } : {}) }))
+    ).pipe(
+      Effect.flatMap((ws) =>
+        emit(ws, stateLine)
+      )
+    )
+).pipe(
+  Command.withDescription("freeze a running workspace's vCPUs; memory, disk and network are kept")
+)
+
+const resumeCommand = Command.make(
+  "resume",
+  { reason: reasonOption, name: nameArg },
+  ({ name, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.resume({ name, ...(reason._tag === "Some" ? { reason: reason.value } : {}) }))
+    ).pipe(
+      Effect.flatMap((ws) =>
+        emit(ws, stateLine)
+      )
+    )
+).pipe(
+  Command.withDescription("let a paused workspace run on")
+)
+
 const deleteCommand = Command.make(
   "delete",
   {
@@ -324,6 +361,8 @@ export const lifecycleGroup = [
   resultCommand,
   haltCommand,
   killCommand,
+  pauseCommand,
+  resumeCommand,
   deleteCommand,
   listCommand,
   psCommand,

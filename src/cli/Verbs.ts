@@ -94,6 +94,16 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "stop a workspace's VM at once"
   },
   {
+    name: "pause",
+    group: "Lifecycle",
+    summary: "freeze a running workspace (memory, disk and network kept)"
+  },
+  {
+    name: "resume",
+    group: "Lifecycle",
+    summary: "let a paused workspace run on"
+  },
+  {
     name: "delete",
     group: "Lifecycle",
     summary: "delete workspaces and their disks",

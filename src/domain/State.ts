@@ -85,8 +85,7 @@ const remedies: Partial<Record<State, string>> = {
   running: "it is already running; use `exec`, `halt` or `kill`",
   starting: "another command is starting it; wait for it with `microagent wait`",
   stopping: "it is being halted; wait for it with `microagent wait`",
-  paused:
-    "it is paused; `microagent halt` stops it (or `microagent kill`), then `microagent start` boots it again",
+  paused: "it is paused; `microagent resume` lets it run on, `microagent halt` or `kill` stops it",
   quarantined: "a quarantined workspace is held for inspection and cannot change"
 }
 

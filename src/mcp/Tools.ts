@@ -442,6 +442,39 @@ export const tools: ReadonlyArray<AnyTool> = [
       ])
   }),
   defineTool({
+    name: "workspace.pause",
+    title: "Pause a workspace",
+    description:
+      "Freeze a running workspace's vCPUs. Memory, disk and network are kept; exec, connect and cp "
+      + "are refused until workspace.resume. Pausing a paused workspace changes nothing.",
+    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    output: Workspace,
+    kind: "mutate",
+    sideEffects: ["freezes the guest (its clocks stop; connections may time out)"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.pause(defined({ name: args.name, reason: args.reason }))
+      )
+  }),
+  defineTool({
+    name: "workspace.resume",
+    title: "Resume a workspace",
+    description:
+      "Let a paused workspace run on where it stopped. Resuming a running workspace changes nothing.",
+    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    output: Workspace,
+    kind: "mutate",
+    sideEffects: ["the guest runs again"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.resume(defined({ name: args.name, reason: args.reason }))
+      )
+  }),
+  defineTool({
     name: "workspace.kill",
     title: "Kill a workspace",
     description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",

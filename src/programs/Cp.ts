@@ -90,7 +90,7 @@ const reach = Effect.fn("cp.reach")(function*(name: string) {
   return yield* new Conflict({
     message: `workspace ${name} is ${workspace.state}; files move only while it runs or while it is stopped`,
     remediation: workspace.state === "paused"
-      ? `nothing resumes a paused workspace from the CLI; \`microagent halt ${name}\` stops it, then \`microagent start ${name}\``
+      ? `it is paused: \`microagent resume ${name}\` lets it run on`
       : "wait for it to settle, then retry"
   })
 })

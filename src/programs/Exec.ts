@@ -33,7 +33,7 @@ export const runningHandle = Effect.fn("runningHandle")(function*(name: string) 
     return yield* new Conflict({
       message: `workspace ${name} is ${workspace.state}, not running`,
       remediation: workspace.state === "paused"
-        ? `nothing resumes a paused workspace from the CLI; \`microagent halt ${name}\` stops it, then \`microagent start ${name}\``
+        ? `it is paused: \`microagent resume ${name}\` lets it run on`
         : `start it first: microagent start ${name}`
     })
   }

@@ -28,6 +28,7 @@ import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
+import { pause, resume } from "../programs/Pause.ts"
 import { resize } from "../programs/Resize.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
@@ -322,6 +323,16 @@ export class Workspace implements AsyncDisposable {
   /** Shuts the guest down (killing the VM after `timeoutSeconds`, default 15); the disk is kept. */
   async halt(options: { readonly timeoutSeconds?: number | undefined } = {}): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, halt(this.name, options)))
+  }
+
+  /** Freezes the guest's vCPUs (memory, disk and network kept); exec and files are refused until `resume`. */
+  async pause(): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, pause(this.name)))
+  }
+
+  /** Lets a paused guest run on. */
+  async resume(): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, resume(this.name)))
   }
 
   /** Kills the VM at once; the disk is kept. */

@@ -184,6 +184,17 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  /** Freeze and thaw the vCPUs of a running workspace. */
+  Rpc.make("pause", {
+    payload: { ...named, reason: Schema.optional(Schema.String) },
+    success: Workspace,
+    error: MicroagentError
+  }),
+  Rpc.make("resume", {
+    payload: { ...named, reason: Schema.optional(Schema.String) },
+    success: Workspace,
+    error: MicroagentError
+  }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
   Rpc.make("snapshotCreate", {
     payload: { ...named, tag: Schema.optional(Schema.String) },

@@ -30,6 +30,7 @@ import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { pause, resume } from "../programs/Pause.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { resize, resizePlan } from "../programs/Resize.ts"
 import { run } from "../programs/Run.ts"
@@ -182,6 +183,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
       ),
     kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
+    resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
     snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
     snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),

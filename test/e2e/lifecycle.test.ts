@@ -124,13 +124,44 @@ describe("real microVMs through the CLI", () => {
     assert.strictEqual(overridden.result.stdout, "hi 65534 /srv\n")
   })
 
-  it("keeps the disk across halt and start", async () => {
+  it("pauses and resumes, and keeps the disk across halt and start", async () => {
     assert.strictEqual((await ma(["create", "--image", busybox, "keeper"])).code, 0)
     assert.strictEqual((await ma(["start", "keeper"])).code, 0)
     const wrote = await ma(["exec", "keeper", "--", "sh", "-c", "echo persisted > /root/note && sync"])
     assert.strictEqual(wrote.code, 0, wrote.stderr)
+    // Paused, the guest's clocks stand still: its uptime moves by much less than the host's time.
+    const uptime = async () =>
+      Number(json(await ma(["exec", "keeper", "--", "cut", "-d", " ", "-f1", "/proc/uptime"])).result.stdout)
+    const guestBefore = await uptime()
+    const hostBefore = Date.now()
+    assert.strictEqual(json(await ma(["pause", "keeper"])).state, "paused")
+    const refused = await ma(["exec", "keeper", "--", "true"])
+    assert.strictEqual(refused.code, 1, refused.stderr)
+    assert.strictEqual(errorOf(refused).error.kind, "conflict")
+    assert.include(errorOf(refused).error.remediation, "microagent resume keeper")
+    assert.strictEqual(json(await ma(["pause", "keeper"])).state, "paused", "pausing twice changes nothing")
+    await new Promise((resolve) => setTimeout(resolve, 4000))
+    const pausedMs = Date.now() - hostBefore
+    assert.strictEqual(json(await ma(["resume", "keeper"])).state, "running")
+    const guestDelta = (await uptime()) - guestBefore
+    const hostDelta = (Date.now() - hostBefore) / 1000
+    assert.isBelow(
+      guestDelta,
+      hostDelta - 3,
+      `guest ${guestDelta} s, host ${hostDelta} s, paused ${pausedMs} ms`
+    )
+    // Halting a paused workspace lets it run first, so the guest shuts down cleanly.
+    assert.strictEqual(json(await ma(["pause", "keeper"])).state, "paused")
     const halted = json(await ma(["halt", "keeper"]))
     assert.strictEqual(halted.state, "halted")
+    assert.isTrue(
+      json(await ma(["events", "keeper"])).events.some((e: { detail: string }) =>
+        e.detail === "guest powered off"
+      ),
+      "the guest powered off by itself"
+    )
+    const notPaused = await ma(["resume", "keeper"])
+    assert.strictEqual(errorOf(notPaused).error.kind, "conflict")
     assert.deepStrictEqual(qemuProcesses(), [])
     assert.strictEqual((await ma(["start", "keeper"])).code, 0)
     const read = json(await ma(["exec", "keeper", "--", "cat", "/root/note"]))

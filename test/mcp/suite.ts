@@ -26,6 +26,8 @@ const expectedTools = [
   "workspace.exec",
   "workspace.halt",
   "workspace.kill",
+  "workspace.pause",
+  "workspace.resume",
   "workspace.delete",
   "workspace.inspect",
   "workspace.list",

@@ -45,6 +45,26 @@ describe("the Promise API (fake backend)", () => {
     assert.strictEqual((missing as MicroagentError).kind, "not_found")
   })
 
+  it("pauses and resumes: exec is refused while paused, both are idempotent, halt works from paused", async () => {
+    await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-pause", host })
+    await ws.pause()
+    assert.strictEqual((await ws.inspect()).state, "paused")
+    await ws.pause()
+    const refused = await ws.exec(["true"]).catch((e: unknown) => e)
+    assert.instanceOf(refused, MicroagentError)
+    assert.strictEqual((refused as MicroagentError).kind, "conflict")
+    assert.include((refused as MicroagentError).remediation ?? "", "microagent resume p-pause")
+    await ws.resume()
+    await ws.resume()
+    assert.strictEqual((await ws.inspect()).state, "running")
+    assert.strictEqual((await ws.exec(["echo", "on"])).stdout, "on\n")
+    await ws.pause()
+    await ws.halt()
+    assert.strictEqual((await ws.inspect()).state, "halted")
+    const notPaused = await ws.resume().catch((e: unknown) => e)
+    assert.strictEqual((notPaused as MicroagentError).kind, "conflict")
+  })
+
   it("`await using` deletes the workspace, however the block ends", async () => {
     const name = "p-dispose"
     const failure = await (async () => {

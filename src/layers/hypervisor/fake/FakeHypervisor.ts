@@ -4,7 +4,7 @@
  * "guest" runs commands on the host inside the workspace's scratch directory. It honours the same
  * capability table and lifecycle contract as a real backend.
  */
-import { Effect, Layer } from "effect"
+import { Duration, Effect, Layer, Schedule } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -110,11 +110,37 @@ export const make: HypervisorShape = {
       signal(handle.pid, "SIGKILL")
       yield* waitGone(handle.pid, handle.pidStartTime, "5 seconds")
     }),
-  pause: (handle) => Effect.sync(() => signal(handle.pid, "SIGSTOP")),
-  resume: (handle) => Effect.sync(() => signal(handle.pid, "SIGCONT")),
+  // A signal is delivered asynchronously: like QMP's `stop` and `cont`, these return once it has been.
+  pause: (handle) =>
+    Effect.sync(() => signal(handle.pid, "SIGSTOP")).pipe(
+      Effect.zipRight(untilState(handle, (state) => state === "T"))
+    ),
+  resume: (handle) =>
+    Effect.sync(() => signal(handle.pid, "SIGCONT")).pipe(
+      Effect.zipRight(untilState(handle, (state) => state !== "T"))
+    ),
   // No memory to capture: the fake records which VM the state came from.
   saveState: (handle, file) =>
     Effect.sync(() => NodeFs.writeFileSync(file, `fake vm state of pid ${handle.pid}\n`, { mode: 0o600 }))
 }
+
+/** Waits (up to 5 s) until the process's state letter satisfies `wanted`, or it is gone. */
+const untilState = (handle: VmHandle, wanted: (state: string | undefined) => boolean) =>
+  Effect.suspend(() =>
+    !isAlive(handle.pid, handle.pidStartTime) || wanted(stateOf(handle.pid))
+      ? Effect.void
+      : Effect.fail("not yet")
+  ).pipe(
+    Effect.retry(Schedule.spaced(Duration.millis(5))),
+    Effect.timeout(Duration.seconds(5)),
+    Effect.catchAll(() =>
+      Effect.fail(
+        new Transient({
+          message: `the fake VM (pid ${handle.pid}) did not change state`,
+          remediation: "retry"
+        })
+      )
+    )
+  )
 
 export const FakeHypervisor = Layer.succeed(Hypervisor, make)
