@@ -54,6 +54,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   logs: [names("workspaces")],
   events: [names("workspaces")],
   cp: [files, files],
+  commit: [names("workspaces"), nothing],
   "artifacts ls": [names("workspaces")],
   "artifacts get": [names("workspaces"), nothing, files],
   "artifacts rm": [names("workspaces")],

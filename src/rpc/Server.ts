@@ -19,7 +19,9 @@ import {
   withWorkspaceBackend,
   WorkspaceBackends
 } from "../layers/backends/WorkspaceBackends.ts"
+import { RegistryHttp } from "../layers/registry/Http.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
+import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
@@ -34,7 +36,7 @@ import { run } from "../programs/Run.ts"
 import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
-import type { Home } from "../services/Home.ts"
+import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import type { Volumes } from "../services/Volumes.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
@@ -174,6 +176,18 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       ),
     kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
+    workspaceCommit: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        Effect.flatMap(Home, (home) =>
+          workspaceCommit(p.name, p.ref, {
+            push: p.push,
+            diff: p.diff,
+            message: p.message,
+            author: p.author,
+            insecureRegistry: p.insecureRegistry
+          }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
+      )),
     snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
     snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>
