@@ -24,7 +24,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   cp: ["microagent cp ./data dev:/work/data", "microagent cp dev:/var/log/app.log ."],
   commit: [
     "microagent commit dev localhost/team/dev:1",
-    "microagent commit --diff --push -m 'tools installed' dev registry.example:5000/team/dev:1"
+    "microagent commit --diff --push -m 'tools added' dev 127.0.0.1:5000/team/dev:1"
   ],
   connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],

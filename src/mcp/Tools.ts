@@ -27,6 +27,7 @@ import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { commitTools } from "./CommitTools.ts"
 import { fileTools } from "./FileTools.ts"
 import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
@@ -668,5 +669,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   ...fileTools,
   ...resourceTools,
   ...snapshotTools,
+  ...commitTools,
   ...hostTools
 ]

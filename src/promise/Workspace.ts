@@ -18,6 +18,7 @@ import {
   withBackend,
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
+import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
@@ -29,7 +30,7 @@ import { inspect, list } from "../programs/Observe.ts"
 import { start } from "../programs/Start.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { defaultHost, type Host } from "./Host.ts"
+import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
@@ -278,6 +279,24 @@ export class Workspace implements AsyncDisposable {
   /** Shuts the guest down (killing the VM after `timeoutSeconds`, default 15); the disk is kept. */
   async halt(options: { readonly timeoutSeconds?: number | undefined } = {}): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, halt(this.name, options)))
+  }
+
+  /**
+   * Saves the root filesystem of this halted, stopped or prepared workspace as image `ref` in the store
+   * (one squashed layer, or `diff` for the base's layers plus one of the changes); `push` sends it to
+   * its registry afterwards. The same content gives the same digest.
+   */
+  async commit(
+    ref: string,
+    options: CommitOptions & { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<CommitResult> {
+    const { signal, ...commitOptions } = options
+    return await this.host.run(
+      withWorkspaceBackend(this.name, workspaceCommit(this.name, ref, commitOptions)).pipe(
+        Effect.provide(registryOnHome)
+      ),
+      { signal }
+    )
   }
 
   /** Kills the VM at once; the disk is kept. */
