@@ -13,6 +13,7 @@ import * as NodePath from "node:path"
 import * as NodeZlib from "node:zlib"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
+import { umociUnpack } from "../support/images.ts"
 import { inspectImage, requireTool, skopeo, startRegistry, type TestRegistry } from "../support/registry.ts"
 
 const builtin = "microagent.local/busybox:latest"
@@ -158,28 +159,28 @@ describe("commit", () => {
     assert.deepStrictEqual(inspected.Layers, [committed.layer.digest])
     const layout = NodePath.join(scratch, "layout")
     skopeo(["copy", "--src-tls-verify=false", `docker://${target()}`, `oci:${layout}:cw`])
-    const bundle = NodePath.join(scratch, "bundle")
-    // As root umoci applies owners and modes as they are; a rootless unpack could not chown.
-    const asRoot = process.getuid?.() === 0
-    NodeChild.execFileSync(
-      "umoci",
-      ["unpack", ...(asRoot ? [] : ["--rootless"]), "--image", `${layout}:cw`, bundle],
-      { stdio: "pipe" }
-    )
-    const rootfs = NodePath.join(bundle, "rootfs")
+    const tree = umociUnpack(layout, "cw", NodePath.join(scratch, "bundle"))
+    const rootfs = NodePath.join(scratch, "bundle", "rootfs")
     assert.strictEqual(NodeFs.readFileSync(NodePath.join(rootfs, "root/added.txt"), "utf8"), "added\n")
     assert.strictEqual(
       NodeFs.statSync(NodePath.join(rootfs, "root/hardlink")).ino,
       NodeFs.statSync(NodePath.join(rootfs, "root/added.txt")).ino
     )
-    assert.strictEqual(NodeFs.readlinkSync(NodePath.join(rootfs, "root/symlink")), "/root/added.txt")
-    assert.isFalse(NodeFs.existsSync(NodePath.join(rootfs, "etc/hostname")))
-    if (asRoot) {
-      const owned = NodeFs.statSync(NodePath.join(rootfs, "home/owned"))
-      assert.deepStrictEqual([owned.uid, owned.gid, owned.mode & 0o7777], [1000, 1000, 0o640])
-      assert.strictEqual(NodeFs.statSync(NodePath.join(rootfs, "usr/bin/suid-tool")).mode & 0o7777, 0o4755)
-      assert.strictEqual(NodeFs.statSync(NodePath.join(rootfs, "srv")).mode & 0o7777, 0o1777)
+    assert.deepStrictEqual(tree.get("/root/symlink"), {
+      type: "symlink",
+      mode: 0o777,
+      uid: 0,
+      gid: 0,
+      link: "/root/added.txt"
+    })
+    assert.isUndefined(tree.get("/etc/hostname"))
+    const owners = (path: string) => {
+      const e = tree.get(path)
+      return e === undefined ? undefined : [e.type, e.mode, e.uid, e.gid]
     }
+    assert.deepStrictEqual(owners("/home/owned"), ["file", 0o640, 1000, 1000])
+    assert.deepStrictEqual(owners("/usr/bin/suid-tool"), ["file", 0o4755, 0, 0])
+    assert.deepStrictEqual(owners("/srv"), ["dir", 0o1777, 0, 0])
   }, 300_000)
 
   it("pulls into a fresh state directory and runs with every change", async () => {
