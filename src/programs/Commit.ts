@@ -3,8 +3,9 @@
  * `run REF`, `create --image REF` and `image push REF` use it like any other image.
  *
  * The disk is copied first (reflink or sparse copy) and read from the copy, without root and without
- * mounting (e2fsck, then debugfs); the workspace's record must be unchanged across the copy, so a start
- * racing the commit makes it fail with `conflict` instead of reading a disk being written. The layer keeps
+ * mounting (e2fsck, then debugfs). The copy holds the disk's claim (internal/DiskClaim.ts), which offline
+ * `cp` holds too, and the workspace's record must be unchanged across the copy, so a start racing the
+ * commit makes it fail with `conflict` instead of reading a disk being written. The layer keeps
  * owners, modes with setuid/setgid/sticky bits, symlinks, hard links, device nodes, FIFOs and xattrs; what
  * the runtime wrote for its own use is not committed (see layers/image/CommitLayer.ts). Config comes from
  * the base image (Env, WorkingDir, User, Entrypoint, Cmd, labels, ports…), with one history entry.
@@ -40,6 +41,7 @@ import { type ImageRecord, ImageStore } from "../services/ImageStore.ts"
 import { type Descriptor, hostPlatform, type ImageConfigFile, MediaTypes } from "../services/Registry.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { imagePush, PushResult } from "./Image.ts"
+import { claimDisk } from "./internal/DiskClaim.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 
 export interface CommitOptions {
@@ -158,7 +160,8 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
   const committed = yield* Effect.scoped(Effect.gen(function*() {
     const work = yield* scopedWorkDir(home.tmp, "commit-")
     const disk = NodePath.join(work, "disk.ext4")
-    yield* copyDisk(workspace.rootfsPath, disk)
+    // Held only while copying: what follows reads the copy.
+    yield* Effect.scoped(Effect.zipRight(claimDisk(name, "a commit"), copyDisk(workspace.rootfsPath, disk)))
     const after = yield* store.get(name)
     if (
       after.state !== workspace.state || after.sessionId !== workspace.sessionId
@@ -183,8 +186,9 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
       ]
       yield* dumpInodes(baseline!, inos, baseTree, NodePath.join(work, "base"))
     }
+    const comparable = new Map(toCompare.map((c) => [c.path, c]))
     const sameContent = (path: string) => {
-      const pair = toCompare.find((c) => c.path === path)
+      const pair = comparable.get(path)
       if (pair === undefined || baseTree === undefined) return false
       return NodeFs.readFileSync(tree.dataFile(pair.workspaceIno)).equals(
         NodeFs.readFileSync(baseTree.dataFile(pair.baseIno))
