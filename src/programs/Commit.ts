@@ -29,7 +29,9 @@ import {
   layerTar,
   needsContentCheck,
   planTree,
+  restoreSpecialBits,
   runtimePaths,
+  specialBitsIn,
   writeLayer
 } from "../layers/image/CommitLayer.ts"
 import * as Debugfs from "../layers/rootfs/Debugfs.ts"
@@ -177,7 +179,26 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const baseTree: Ext4Tree | undefined = baseline === undefined
       ? undefined
       : yield* readExt4Tree(baseline, NodePath.join(work, "base"), { withData: false })
-    const planned = planTree(tree.entries, baseTree?.entries, runtimePaths(workspace))
+    const blobOf = (digest: string) => NodePath.join(home.blobs, "sha256", hexOf(digest))
+    const initial = planTree(tree.entries, baseTree?.entries, runtimePaths(workspace))
+    // A squashed commit replaces the base's layers: the bits the store stripped from them come back.
+    const stripped = new Set(baseRecord?.setuidStripped ?? [])
+    const planned = options.diff === true || baseTree === undefined || stripped.size === 0
+      ? initial
+      : restoreSpecialBits(
+        initial,
+        baseTree.entries,
+        yield* Effect.tryPromise({
+          try: () => specialBitsIn(baseRecord!.layers.map(blobOf), stripped),
+          catch: (cause) =>
+            new Permanent({
+              message: `reading the base image's layers failed: ${
+                cause instanceof Error ? cause.message : String(cause)
+              }`,
+              remediation: `pull the base image again (microagent image pull ${workspace.image.ref})`
+            })
+        })
+      )
     const toCompare = baseTree === undefined ? [] : needsContentCheck(planned, baseTree.entries)
     if (baseTree !== undefined) {
       const inos = [
@@ -207,7 +228,6 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
         })
     })
 
-    const blobOf = (digest: string) => NodePath.join(home.blobs, "sha256", hexOf(digest))
     const baseConfig: ConfigDoc = baseRecord?.configDigest !== undefined
       ? yield* readJsonBlob<ConfigDoc>(blobOf(baseRecord.configDigest), "base image's config")
       : {}

@@ -16,7 +16,9 @@ import {
   layerTar,
   type Planned,
   planTree,
+  restoreSpecialBits,
   runtimePaths,
+  specialBitsIn,
   writeLayer
 } from "../../src/layers/image/CommitLayer.ts"
 import {
@@ -199,6 +201,42 @@ describe("--diff", () => {
     assert.deepStrictEqual(items.map((i) => [i.entry.name, i.entry.type, i.entry.linkname]), [
       ["a", "file", ""],
       ["b", "hardlink", "a"]
+    ])
+  })
+})
+
+describe("setuid bits the store stripped", () => {
+  it("come back from the base's layers for files the workspace left untouched", async () => {
+    const su = entry("/usr/bin/su", { mode: 0o755 })
+    const passwd = entry("/usr/bin/passwd", { mode: 0o755 })
+    const layer = (n: number, items: ReadonlyArray<Ext4Entry>) =>
+      writeLayer(
+        layerTar(
+          layerEntries(items.map((e) => ({ entry: { ...e, size: 0 }, origin: "workspace" as const }))),
+          {
+            workspace: { entries: [], dataFile: () => "/dev/null" }
+          }
+        ),
+        NodePath.join(scratch, `base-${n}.tar.gz`),
+        items.length
+      )
+    await layer(1, [{ ...su, mode: 0o4755 }, { ...passwd, mode: 0o2755 }])
+    await layer(2, [{ ...passwd, mode: 0o4755 }])
+    const bits = await specialBitsIn(
+      [NodePath.join(scratch, "base-1.tar.gz"), NodePath.join(scratch, "base-2.tar.gz")],
+      new Set(["/usr/bin/su", "/usr/bin/passwd"])
+    )
+    assert.deepStrictEqual([...bits].sort(), [["/usr/bin/passwd", 0o4000], ["/usr/bin/su", 0o4000]])
+    const base = [su, passwd]
+    // passwd was chmodded in the workspace (its inode changed): it keeps the workspace's mode.
+    const planned = [{ entry: su, origin: "workspace" as const }, {
+      entry: { ...passwd, ctime: "1800000000:0" },
+      origin: "workspace" as const
+    }]
+    const restored = restoreSpecialBits(planned, base, bits)
+    assert.deepStrictEqual(restored.map((p) => [p.entry.path, p.entry.mode]), [
+      ["/usr/bin/su", 0o4755],
+      ["/usr/bin/passwd", 0o755]
     ])
   })
 })

@@ -14,6 +14,7 @@ import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeZlib from "node:zlib"
 import { comparePaths, type Ext4Entry, type Ext4Tree } from "../rootfs/Ext4Tree.ts"
+import { TarReader } from "../rootfs/Tar.ts"
 import { endOfArchive, type LayerEntry, layerEntryHeader, padding } from "../rootfs/TarWriter.ts"
 
 /** Paths the runtime writes; see the module comment. */
@@ -284,4 +285,65 @@ export const writeLayer = async (tar: AsyncIterable<Uint8Array>, output: string,
     size,
     entries
   } satisfies WrittenLayer
+}
+
+/**
+ * The setuid/setgid bits the base image's layers give the paths the store stripped when it built the
+ * baseline (`wanted`), read from gzip or plain layer blobs, bottom first (the top layer's entry wins).
+ * zstd layers are not read: their paths keep the stripped mode.
+ */
+export const specialBitsIn = async (
+  layers: ReadonlyArray<string>,
+  wanted: ReadonlySet<string>
+): Promise<Map<string, number>> => {
+  const bits = new Map<string, number>()
+  if (wanted.size === 0) return bits
+  for (const file of layers) {
+    const head = Buffer.alloc(4)
+    const fd = NodeFs.openSync(file, "r")
+    try {
+      NodeFs.readSync(fd, head, 0, 4, 0)
+    } finally {
+      NodeFs.closeSync(fd)
+    }
+    if (head.readUInt32LE(0) === 0xfd2fb528) continue
+    const gzip = head[0] === 0x1f && head[1] === 0x8b
+    const reader = new TarReader({
+      entry: (entry) => {
+        const path = `/${entry.path.replace(/^(\.\/)+/, "").replace(/\/+$/, "")}`
+        if (wanted.has(path) && entry.type !== "directory") bits.set(path, entry.mode & 0o6000)
+      },
+      data: () => {},
+      end: () => {}
+    })
+    const source = NodeFs.createReadStream(file, { highWaterMark: 256 * 1024 })
+    const stream = gzip ? source.pipe(NodeZlib.createGunzip()) : source
+    for await (const chunk of stream) {
+      reader.write(chunk as Buffer)
+      if (reader.finished) break
+    }
+    source.destroy()
+  }
+  return bits
+}
+
+/**
+ * Gives back the bits the store stripped from base files the workspace left untouched (same inode and
+ * change time as in the baseline), so that a squashed commit keeps what the base image had.
+ */
+export const restoreSpecialBits = (
+  planned: ReadonlyArray<Planned>,
+  base: ReadonlyArray<Ext4Entry>,
+  bits: ReadonlyMap<string, number>
+): Array<Planned> => {
+  const baseByPath = new Map(base.map((e) => [e.path, e]))
+  return planned.map((p) => {
+    const wanted = bits.get(p.entry.path)
+    const b = baseByPath.get(p.entry.path)
+    if (
+      wanted === undefined || wanted === 0 || b === undefined || b.ino !== p.entry.ino
+      || b.ctime !== p.entry.ctime
+    ) return p
+    return { ...p, entry: { ...p.entry, mode: p.entry.mode | wanted } }
+  })
 }
