@@ -12,6 +12,8 @@
  */
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
+import { Writable } from "node:stream"
+import * as NodeStream from "node:stream/promises"
 import * as NodeZlib from "node:zlib"
 import { comparePaths, type Ext4Entry, type Ext4Tree } from "../rootfs/Ext4Tree.ts"
 import { TarReader } from "../rootfs/Tar.ts"
@@ -316,13 +318,21 @@ export const specialBitsIn = async (
       data: () => {},
       end: () => {}
     })
+    // A pipeline, read to the end: a stream torn down half way would report its error to nobody.
+    const sink = new Writable({
+      write(chunk: Buffer, _encoding, callback) {
+        try {
+          if (!reader.finished) reader.write(chunk)
+          callback()
+        } catch (cause) {
+          callback(cause instanceof Error ? cause : new Error(String(cause)))
+        }
+      }
+    })
     const source = NodeFs.createReadStream(file, { highWaterMark: 256 * 1024 })
-    const stream = gzip ? source.pipe(NodeZlib.createGunzip()) : source
-    for await (const chunk of stream) {
-      reader.write(chunk as Buffer)
-      if (reader.finished) break
-    }
-    source.destroy()
+    await (gzip
+      ? NodeStream.pipeline(source, NodeZlib.createGunzip(), sink)
+      : NodeStream.pipeline(source, sink))
   }
   return bits
 }
