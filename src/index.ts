@@ -22,6 +22,7 @@ export type { ExecOutput } from "./domain/Exec.ts"
 export { EntrypointResult, Workspace } from "./domain/Workspace.ts"
 export { defaultImage } from "./layers/image/BuiltinImages.ts"
 
+export { type CommitOptions, CommitResult, workspaceCommit } from "./programs/Commit.ts"
 export { copyIn, copyOut } from "./programs/Cp.ts"
 export { create } from "./programs/Create.ts"
 export { remove } from "./programs/Delete.ts"

@@ -58,6 +58,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   stats: [names("workspaces")],
   resize: [names("workspaces")],
   cp: [files, files],
+  commit: [names("workspaces"), nothing],
   "artifacts ls": [names("workspaces")],
   "artifacts get": [names("workspaces"), nothing, files],
   "artifacts rm": [names("workspaces")],

@@ -28,6 +28,10 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent exec --stream dev -- sh -c 'while sleep 1; do date; done'"
   ],
   cp: ["microagent cp ./data dev:/work/data", "microagent cp dev:/var/log/app.log ."],
+  commit: [
+    "microagent commit dev localhost/team/dev:1",
+    "microagent commit --diff --push -m 'tools added' dev 127.0.0.1:5000/team/dev:1"
+  ],
   connect: [
     "microagent connect dev",
     "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash",

@@ -12,6 +12,7 @@ import { version } from "../domain/Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
+import { commitCommand } from "./commit.ts"
 import { completionCommand } from "./Completion.ts"
 import { connectCommand } from "./connect.ts"
 import { cpGroup } from "./cp.ts"
@@ -41,6 +42,7 @@ export const subcommands = [
   ...lifecycleGroup,
   ...usageGroup,
   ...cpGroup,
+  commitCommand,
   ...artifactsGroup,
   imageCommand,
   kernelCommand,

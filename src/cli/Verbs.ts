@@ -61,6 +61,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "copy files and directories between the host and a workspace"
   },
   {
+    name: "commit",
+    group: "Run",
+    summary: "save a stopped workspace's root filesystem as an image"
+  },
+  {
     name: "connect",
     group: "Run",
     summary: "an interactive shell in a running workspace (detach: Ctrl-])",

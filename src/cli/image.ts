@@ -324,7 +324,7 @@ const pushProgress = () => {
   }
 }
 
-const pushJson = (r: PushResult) => ({
+export const pushJson = (r: PushResult) => ({
   ref: r.ref,
   digest: r.digest,
   pushed: r.pushed,

@@ -27,6 +27,7 @@ import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
+import { commitTools } from "./CommitTools.ts"
 import { fileTools } from "./FileTools.ts"
 import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
@@ -703,5 +704,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   ...resourceTools,
   ...snapshotTools,
   ...usageTools,
+  ...commitTools,
   ...hostTools
 ]

@@ -125,7 +125,8 @@ export class Host implements AsyncDisposable {
 }
 
 /** The HTTP registry client reading this Home's auth.json among the credential sources. */
-const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
+/** The registry client of the host's state directory (its auth file). */
+export const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
 
 let shared: Host | undefined
 

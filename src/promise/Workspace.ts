@@ -20,6 +20,7 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
@@ -34,7 +35,7 @@ import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { defaultHost, type Host } from "./Host.ts"
+import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
 export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
@@ -333,6 +334,24 @@ export class Workspace implements AsyncDisposable {
   /** Lets a paused guest run on. */
   async resume(): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, resume(this.name)))
+  }
+
+  /**
+   * Saves the root filesystem of this halted, stopped or prepared workspace as image `ref` in the store
+   * (one squashed layer, or `diff` for the base's layers plus one of the changes); `push` sends it to
+   * its registry afterwards. The same content gives the same digest.
+   */
+  async commit(
+    ref: string,
+    options: CommitOptions & { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<CommitResult> {
+    const { signal, ...commitOptions } = options
+    return await this.host.run(
+      withWorkspaceBackend(this.name, workspaceCommit(this.name, ref, commitOptions)).pipe(
+        Effect.provide(registryOnHome)
+      ),
+      { signal }
+    )
   }
 
   /** Kills the VM at once; the disk is kept. */

@@ -2,6 +2,7 @@
  * The Promise API of microagent (`microagent/promise`): workspaces for applications that do not use
  * Effect, over the same programs as the Effect API.
  */
+export type { CommitOptions, CommitResult } from "../programs/Commit.ts"
 export { Host, type HostOptions } from "./Host.ts"
 export { type ErrorKind, MicroagentError } from "./MicroagentError.ts"
 export {

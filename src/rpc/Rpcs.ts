@@ -24,6 +24,7 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { CommitResult } from "../programs/Commit.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
@@ -199,6 +200,23 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("snapshotCreate", {
     payload: { ...named, tag: Schema.optional(Schema.String) },
     success: SnapshotManifest,
+    error: MicroagentError
+  }),
+  /**
+   * A stopped workspace's root filesystem as an image of the store (one squashed layer, or with `diff`
+   * the base's layers plus one of the changes), pushed afterwards with `push`.
+   */
+  Rpc.make("workspaceCommit", {
+    payload: {
+      ...named,
+      ref: Schema.String,
+      push: Schema.optional(Schema.Boolean),
+      diff: Schema.optional(Schema.Boolean),
+      message: Schema.optional(Schema.String),
+      author: Schema.optional(Schema.String),
+      insecureRegistry: Schema.optional(Schema.Boolean)
+    },
+    success: CommitResult,
     error: MicroagentError
   }),
   Rpc.make("snapshotList", {

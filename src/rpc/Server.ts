@@ -19,8 +19,10 @@ import {
   withWorkspaceBackend,
   WorkspaceBackends
 } from "../layers/backends/WorkspaceBackends.ts"
+import { RegistryHttp } from "../layers/registry/Http.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
+import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
@@ -38,7 +40,7 @@ import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapsh
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
-import type { Home } from "../services/Home.ts"
+import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import type { Volumes } from "../services/Volumes.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
@@ -186,6 +188,18 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
+    workspaceCommit: (p) =>
+      local(withWorkspaceBackend(
+        p.name,
+        Effect.flatMap(Home, (home) =>
+          workspaceCommit(p.name, p.ref, {
+            push: p.push,
+            diff: p.diff,
+            message: p.message,
+            author: p.author,
+            insecureRegistry: p.insecureRegistry
+          }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
+      )),
     snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
     snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>

@@ -41,6 +41,13 @@ describe("the Promise API (qemu backend)", () => {
       assert.strictEqual((await ws.inspect()).state, "halted")
       // Offline, on the halted workspace's disk.
       assert.strictEqual(await ws.files.readText("/root/note.txt"), "written by the host\n")
+      const committed = await ws.commit("localhost/promise/note:1", { message: "from the Promise API" })
+      assert.deepStrictEqual([committed.ref, committed.layers, committed.diff], [
+        "localhost/promise/note:1",
+        1,
+        false
+      ])
+      assert.match(committed.digest, /^sha256:[0-9a-f]{64}$/)
       await ws.start()
       assert.strictEqual((await ws.exec(["cat", "/root/reply.txt"])).stdout, "from the guest\n")
     }

@@ -52,6 +52,7 @@ const expectedTools = [
   "snapshot.create",
   "snapshot.list",
   "snapshot.delete",
+  "workspace.commit",
   "images.pull",
   "images.list",
   "images.inspect",
@@ -242,6 +243,18 @@ export const describeMcpServer = (target: TestTarget) => {
       const badName = await mcp.call("workspace.create", { image: testImage, name: "no/slashes" })
       assert.isFalse(badName.ok)
       assert.strictEqual(badName.error?.kind, "permanent")
+      // An agent may not commit over a name others pull, unless it says so; nor to another architecture.
+      const shadow = await mcp.call("workspace.commit", { name: "x", image: "docker.io/library/alpine:3" })
+      assert.strictEqual(shadow.error?.kind, "policy_denied", JSON.stringify(shadow))
+      assert.include(shadow.error?.remediation ?? "", "allow_registry_shadow")
+      const arch = await mcp.call("workspace.commit", { name: "x", image: "local/app:1", arch: "riscv64" })
+      assert.strictEqual(arch.error?.kind, "unsupported", JSON.stringify(arch))
+      const absent = await mcp.call("workspace.commit", {
+        name: "no-such-workspace",
+        image: "registry.example/app:1",
+        allow_registry_shadow: true
+      })
+      assert.strictEqual(absent.error?.kind, "not_found", JSON.stringify(absent))
       const missing = await mcp.call("workspace.start", {})
       assert.include(missing.error?.message ?? "", "name")
       // Still serving.

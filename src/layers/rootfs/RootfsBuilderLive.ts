@@ -48,7 +48,7 @@ export const removeStaleWork = (tmp: string): Effect.Effect<ReadonlyArray<string
         continue
       }
       for (const name of names) {
-        const match = /^(?:rootfs-build|rootfs-stage|image-pull|image-import)-(\d+)-/.exec(name)
+        const match = /^(?:rootfs-build|rootfs-stage|image-pull|image-import|commit)-(\d+)-/.exec(name)
         if (match === null || pidAlive(Number(match[1]))) continue
         NodeFs.rmSync(NodePath.join(dir, name), { recursive: true, force: true })
         removed.push(NodePath.join(dir, name))

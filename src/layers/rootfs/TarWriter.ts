@@ -98,13 +98,19 @@ const header = (
     mtime: number
     typeflag: string
     linkname: string
+    uid?: number
+    gid?: number
+    uname?: string
+    gname?: string
+    devmajor?: number
+    devminor?: number
   }
 ): Buffer => {
   const block = Buffer.alloc(BLOCK)
   block.write(fields.name, 0, 100, "utf8")
   block.write(octal(fields.mode, 8), 100, 8, "latin1")
-  block.write(octal(0, 8), 108, 8, "latin1")
-  block.write(octal(0, 8), 116, 8, "latin1")
+  block.write(octal(fitsOctal(fields.uid ?? 0, 8) ? fields.uid ?? 0 : 0, 8), 108, 8, "latin1")
+  block.write(octal(fitsOctal(fields.gid ?? 0, 8) ? fields.gid ?? 0 : 0, 8), 116, 8, "latin1")
   block.write(octal(fitsOctal(fields.size, 12) ? fields.size : 0, 12), 124, 12, "latin1")
   block.write(octal(fitsOctal(fields.mtime, 12) ? fields.mtime : 0, 12), 136, 12, "latin1")
   block.write("        ", 148, 8, "latin1")
@@ -112,8 +118,10 @@ const header = (
   block.write(fields.linkname, 157, 100, "utf8")
   block.write("ustar\0", 257, 6, "latin1")
   block.write("00", 263, 2, "latin1")
-  block.write("root", 265, 32, "latin1")
-  block.write("root", 297, 32, "latin1")
+  block.write(fields.uname ?? "root", 265, 32, "latin1")
+  block.write(fields.gname ?? "root", 297, 32, "latin1")
+  if (fields.devmajor !== undefined) block.write(octal(fields.devmajor, 8), 329, 8, "latin1")
+  if (fields.devminor !== undefined) block.write(octal(fields.devminor, 8), 337, 8, "latin1")
   block.write(fields.prefix, 345, 155, "utf8")
   let sum = 0
   for (let i = 0; i < BLOCK; i++) sum += block[i]!
@@ -121,7 +129,7 @@ const header = (
   return block
 }
 
-const padding = (size: number) => Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK)
+export const padding = (size: number) => Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK)
 
 /** The header blocks of one entry (a pax header first when ustar cannot hold it). */
 export const entryHeader = (entry: HostEntry): Buffer => {
@@ -187,3 +195,98 @@ export async function* tarStream(tree: HostTree): AsyncGenerator<Uint8Array> {
   }
   yield Buffer.alloc(BLOCK * 2)
 }
+
+/** A pax record whose value is raw bytes (xattr values need not be text). */
+const paxRecordBytes = (key: string, value: Uint8Array): Buffer => {
+  const fixed = Buffer.byteLength(` ${key}=`) + value.length + 1
+  let digits = 1
+  while (String(fixed + digits).length !== digits) digits++
+  return Buffer.concat([Buffer.from(`${fixed + digits} ${key}=`), value, Buffer.from("\n")])
+}
+
+/** One entry of an image layer: owners, special files, hard links and xattrs kept. */
+export interface LayerEntry {
+  /** Relative name (`etc/passwd`); directories without a trailing slash. */
+  readonly name: string
+  readonly type: "file" | "directory" | "symlink" | "hardlink" | "char" | "block" | "fifo"
+  /** Permission and special bits (07777). */
+  readonly mode: number
+  readonly uid: number
+  readonly gid: number
+  readonly size: number
+  readonly mtime: number
+  /** A symlink's target, or a hard link's first name. */
+  readonly linkname: string
+  readonly devMajor: number
+  readonly devMinor: number
+  readonly xattrs: ReadonlyArray<{ readonly name: string; readonly value: Uint8Array }>
+}
+
+const layerTypeflags: Record<LayerEntry["type"], string> = {
+  file: "0",
+  hardlink: "1",
+  symlink: "2",
+  char: "3",
+  block: "4",
+  directory: "5",
+  fifo: "6"
+}
+
+/**
+ * The header blocks of one layer entry. Owners are numeric only (no user or group names, which would
+ * depend on the host's databases); pax records carry what ustar cannot hold, and xattrs as
+ * `SCHILY.xattr.NAME`, the form Docker, containerd and umoci read.
+ */
+export const layerEntryHeader = (entry: LayerEntry): Buffer => {
+  const name = entry.type === "directory" ? `${entry.name}/` : entry.name
+  const split = splitName(name)
+  const linkFits = isPortable(entry.linkname) && entry.linkname.length <= 100
+  const size = entry.type === "file" ? entry.size : 0
+  const records: Array<Buffer> = []
+  if (!linkFits) records.push(paxRecord("linkpath", entry.linkname))
+  if (split === undefined) records.push(paxRecord("path", name))
+  if (!fitsOctal(size, 12)) records.push(paxRecord("size", String(size)))
+  if (!fitsOctal(entry.uid, 8)) records.push(paxRecord("uid", String(entry.uid)))
+  if (!fitsOctal(entry.gid, 8)) records.push(paxRecord("gid", String(entry.gid)))
+  for (const xattr of [...entry.xattrs].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    records.push(paxRecordBytes(`SCHILY.xattr.${xattr.name}`, xattr.value))
+  }
+  const special = entry.type === "char" || entry.type === "block"
+  const main = header({
+    name: split?.name ?? name.slice(-100).replace(/[^\x20-\x7e]/g, "_"),
+    prefix: split?.prefix ?? "",
+    mode: entry.mode,
+    size,
+    mtime: entry.mtime,
+    typeflag: layerTypeflags[entry.type],
+    linkname: linkFits ? entry.linkname : "",
+    uid: entry.uid,
+    gid: entry.gid,
+    uname: "",
+    gname: "",
+    ...(special ? { devmajor: entry.devMajor, devminor: entry.devMinor } : {})
+  })
+  if (records.length === 0) return main
+  const pax = Buffer.concat(records)
+  return Buffer.concat([
+    header({
+      name: "PaxHeader",
+      prefix: "",
+      mode: 0o644,
+      size: pax.length,
+      mtime: entry.mtime,
+      typeflag: "x",
+      linkname: "",
+      uid: 0,
+      gid: 0,
+      uname: "",
+      gname: ""
+    }),
+    pax,
+    padding(pax.length),
+    main
+  ])
+}
+
+/** The end-of-archive marker. */
+export const endOfArchive = (): Buffer => Buffer.alloc(BLOCK * 2)

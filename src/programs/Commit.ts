@@ -1,0 +1,343 @@
+/**
+ * `commit W REF`: a stopped workspace's root filesystem as an OCI image in the local store, so that
+ * `run REF`, `create --image REF` and `image push REF` use it like any other image.
+ *
+ * The disk is copied first (reflink or sparse copy) and read from the copy, without root and without
+ * mounting (e2fsck, then debugfs). The copy holds the disk's claim (internal/DiskClaim.ts), which offline
+ * `cp` holds too, and the workspace's record must be unchanged across the copy, so a start racing the
+ * commit makes it fail with `conflict` instead of reading a disk being written. The layer keeps
+ * owners, modes with setuid/setgid/sticky bits, symlinks, hard links, device nodes, FIFOs and xattrs; what
+ * the runtime wrote for its own use is not committed (see layers/image/CommitLayer.ts). Config comes from
+ * the base image (Env, WorkingDir, User, Entrypoint, Cmd, labels, ports…), with one history entry.
+ *
+ * Reproducible: the same disk content gives the same digest. The tar is sorted and deterministic, mtimes
+ * come from the inodes, and the image's `created` is the newest modification time in the committed tree.
+ */
+import { Effect, Either, Schema } from "effect"
+import * as NodeChild from "node:child_process"
+import * as NodeCrypto from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { classifyNoSpace } from "../domain/DiskFull.ts"
+import { Conflict, InvalidInput, type MicroagentError, NotFound, Permanent } from "../domain/Errors.ts"
+import { parseImageRef } from "../domain/ImageRef.ts"
+import type { State } from "../domain/State.ts"
+import {
+  createdOf,
+  diffTree,
+  layerEntries,
+  layerTar,
+  needsContentCheck,
+  planTree,
+  restoreSpecialBits,
+  runtimePaths,
+  specialBitsIn,
+  writeLayer
+} from "../layers/image/CommitLayer.ts"
+import * as Debugfs from "../layers/rootfs/Debugfs.ts"
+import { dumpInodes, type Ext4Tree, readExt4Tree } from "../layers/rootfs/Ext4Tree.ts"
+import { scopedWorkDir } from "../layers/rootfs/RootfsBuilderLive.ts"
+import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
+import { Home } from "../services/Home.ts"
+import { type ImageRecord, ImageStore } from "../services/ImageStore.ts"
+import { type Descriptor, hostPlatform, type ImageConfigFile, MediaTypes } from "../services/Registry.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { imagePush, PushResult } from "./Image.ts"
+import { claimDisk } from "./internal/DiskClaim.ts"
+import { reconcile } from "./internal/Reconcile.ts"
+
+export interface CommitOptions {
+  /** Push the image after committing it (same credentials as pulls). */
+  readonly push?: boolean | undefined
+  /** One layer of what changed against the base image, on top of the base's layers. */
+  readonly diff?: boolean | undefined
+  /** The history entry's comment. */
+  readonly message?: string | undefined
+  readonly author?: string | undefined
+  /** Plain http to a registry that is not on loopback (with `push`). */
+  readonly insecureRegistry?: boolean | undefined
+}
+
+export const CommitResult = Schema.Struct({
+  workspace: Schema.String,
+  ref: Schema.String,
+  /** The manifest digest (the same for the same content). */
+  digest: Schema.String,
+  /** The base image the workspace was created from. */
+  base: Schema.String,
+  diff: Schema.Boolean,
+  layers: Schema.Number,
+  /** The new layer: its blob digest, size and number of entries. */
+  layer: Schema.Struct({ digest: Schema.String, size: Schema.Number, entries: Schema.Number }),
+  created: Schema.String,
+  push: Schema.optional(PushResult)
+})
+export type CommitResult = typeof CommitResult.Type
+
+/** States with no VM: the disk is at rest. */
+const committable: ReadonlyArray<State> = ["prepared", "halted", "stopped"]
+
+const hexOf = (digest: string) => digest.replace(/^sha256:/, "")
+
+const imageError = (name: string) => (error: Debugfs.ImageError | ToolMissing | ToolFailed) =>
+  error._tag === "ToolMissing"
+    ? new Permanent({ message: error.message, remediation: error.remediation })
+    : new Permanent({
+      message: `workspace ${name}: reading its disk failed: ${error.message}`,
+      remediation: "check the disk with `e2fsck -fn`; start and halt the workspace once to repair it"
+    })
+
+const copyDisk = (from: string, to: string) =>
+  Effect.async<void, Permanent>((resume) => {
+    NodeChild.execFile("cp", ["--reflink=auto", "--sparse=always", from, to], (error, _stdout, stderr) => {
+      if (error === null) return resume(Effect.void)
+      resume(
+        Effect.fail(new Permanent({ message: `copying the disk ${from} failed: ${String(stderr).trim()}` }))
+      )
+    })
+  })
+
+const sha256 = (bytes: Uint8Array) => `sha256:${NodeCrypto.createHash("sha256").update(bytes).digest("hex")}`
+
+interface ManifestDoc {
+  readonly layers?: ReadonlyArray<Descriptor>
+}
+
+interface ConfigDoc extends ImageConfigFile {
+  readonly history?: ReadonlyArray<unknown>
+}
+
+const readJsonBlob = <A>(file: string, what: string) =>
+  Effect.try({
+    try: () => JSON.parse(NodeFs.readFileSync(file, "utf8")) as A,
+    catch: (cause) =>
+      new NotFound({
+        message: `the ${what} is not readable in the store: ${
+          cause instanceof Error ? cause.message : String(cause)
+        }`,
+        remediation: "pull the base image again (microagent image pull REF), then retry"
+      })
+  })
+
+/** Commits a stopped workspace's root filesystem as image `ref` in the local store (and pushes it). */
+export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
+  name: string,
+  ref: string,
+  options: CommitOptions = {}
+) {
+  const store = yield* StateStore
+  const images = yield* ImageStore
+  const home = yield* Home
+  const target = yield* Either.match(parseImageRef(ref), {
+    onLeft: (e) =>
+      Effect.fail(new InvalidInput({ message: e.message, remediation: "for example: localhost/team/app:1" })),
+    onRight: Effect.succeed
+  })
+  const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  if (!committable.includes(workspace.state)) {
+    return yield* new Conflict({
+      message: `cannot commit workspace ${name} while it is ${workspace.state}`,
+      remediation: workspace.state === "failed"
+        ? `\`microagent kill ${name}\` makes sure no VM is left, then commit`
+        : `halt it first: microagent halt ${name}`
+    })
+  }
+  const baseRecord: ImageRecord | undefined = yield* images.inspect(
+    workspace.image.digest ?? workspace.image.ref
+  )
+    .pipe(
+      Effect.orElse(() => images.inspect(workspace.image.ref)),
+      Effect.catchTag("NotFound", () => Effect.succeed(undefined))
+    )
+  const baseline = baseRecord?.baselinePath !== undefined && NodeFs.existsSync(baseRecord.baselinePath)
+    ? baseRecord.baselinePath
+    : undefined
+  if (options.diff === true && (baseRecord === undefined || baseline === undefined)) {
+    return yield* new NotFound({
+      message: `the base image ${workspace.image.ref} of workspace ${name} is not in the store`,
+      remediation: `pull it (microagent image pull ${workspace.image.ref}) or commit without --diff`
+    })
+  }
+  yield* home.ensureDir(home.tmp)
+  const committed = yield* Effect.scoped(Effect.gen(function*() {
+    const work = yield* scopedWorkDir(home.tmp, "commit-")
+    const disk = NodePath.join(work, "disk.ext4")
+    // Held only while copying: what follows reads the copy.
+    yield* Effect.scoped(Effect.zipRight(claimDisk(name, "a commit"), copyDisk(workspace.rootfsPath, disk)))
+    const after = yield* store.get(name)
+    if (
+      after.state !== workspace.state || after.sessionId !== workspace.sessionId
+      || after.updatedAt.epochMillis !== workspace.updatedAt.epochMillis
+    ) {
+      return yield* new Conflict({
+        message: `workspace ${name} changed while its disk was being copied (now ${after.state})`,
+        remediation: `retry once it is halted: microagent halt ${name}`
+      })
+    }
+    yield* Debugfs.fsck(disk)
+    const tree = yield* readExt4Tree(disk, NodePath.join(work, "ws"))
+    const baseTree: Ext4Tree | undefined = baseline === undefined
+      ? undefined
+      : yield* readExt4Tree(baseline, NodePath.join(work, "base"), { withData: false })
+    const blobOf = (digest: string) => NodePath.join(home.blobs, "sha256", hexOf(digest))
+    const initial = planTree(tree.entries, baseTree?.entries, runtimePaths(workspace))
+    // A squashed commit replaces the base's layers: the bits the store stripped from them come back.
+    const stripped = new Set(baseRecord?.setuidStripped ?? [])
+    const planned = options.diff === true || baseTree === undefined || stripped.size === 0
+      ? initial
+      : restoreSpecialBits(
+        initial,
+        baseTree.entries,
+        yield* Effect.tryPromise({
+          try: () => specialBitsIn(baseRecord!.layers.map(blobOf), stripped),
+          catch: (cause) =>
+            new Permanent({
+              message: `reading the base image's layers failed: ${
+                cause instanceof Error ? cause.message : String(cause)
+              }`,
+              remediation: `pull the base image again (microagent image pull ${workspace.image.ref})`
+            })
+        })
+      )
+    const toCompare = baseTree === undefined ? [] : needsContentCheck(planned, baseTree.entries)
+    if (baseTree !== undefined) {
+      const inos = [
+        ...planned.filter((p) => p.origin === "base" && p.entry.type === "file").map((p) => p.entry.ino),
+        ...(options.diff === true ? toCompare.map((c) => c.baseIno) : [])
+      ]
+      yield* dumpInodes(baseline!, inos, baseTree, NodePath.join(work, "base"))
+    }
+    const comparable = new Map(toCompare.map((c) => [c.path, c]))
+    const sameContent = (path: string) => {
+      const pair = comparable.get(path)
+      if (pair === undefined || baseTree === undefined) return false
+      return NodeFs.readFileSync(tree.dataFile(pair.workspaceIno)).equals(
+        NodeFs.readFileSync(baseTree.dataFile(pair.baseIno))
+      )
+    }
+    const diff = options.diff === true ? diffTree(planned, baseTree!.entries, sameContent) : undefined
+    const items = diff === undefined ? layerEntries(planned) : layerEntries(diff.changed, diff.deleted)
+    const layerFile = NodePath.join(work, "layer.tar.gz")
+    const layer = yield* Effect.tryPromise({
+      try: () => writeLayer(layerTar(items, { workspace: tree, base: baseTree }), layerFile, items.length),
+      catch: (cause) =>
+        new Permanent({
+          message: `workspace ${name}: writing the layer failed: ${
+            cause instanceof Error ? cause.message : String(cause)
+          }`
+        })
+    })
+
+    const baseConfig: ConfigDoc = baseRecord?.configDigest !== undefined
+      ? yield* readJsonBlob<ConfigDoc>(blobOf(baseRecord.configDigest), "base image's config")
+      : {}
+    const baseLayers: ReadonlyArray<Descriptor> = diff === undefined
+      ? []
+      : ((yield* readJsonBlob<ManifestDoc>(blobOf(baseRecord!.digest), "base image's manifest")).layers ?? [])
+        .map((l) =>
+          l.mediaType === MediaTypes.dockerLayerGzip ? { ...l, mediaType: MediaTypes.ociLayerGzip } : l
+        )
+    const baseDiffIds = baseConfig.rootfs?.diff_ids ?? []
+    if (diff !== undefined && baseDiffIds.length !== baseLayers.length) {
+      return yield* new Permanent({
+        message: `the base image ${
+          baseRecord!.ref
+        } has ${baseLayers.length} layers but ${baseDiffIds.length} diff_ids`,
+        remediation: "commit without --diff"
+      })
+    }
+    const created = createdOf(planned, 0)
+    const host = hostPlatform()
+    const historyEntry = {
+      created,
+      created_by: "microagent commit",
+      ...(options.author !== undefined ? { author: options.author } : {}),
+      ...(options.message !== undefined ? { comment: options.message } : {})
+    }
+    const config = {
+      created,
+      ...(options.author !== undefined ? { author: options.author } : {}),
+      architecture: baseConfig.architecture ?? host.architecture,
+      os: baseConfig.os ?? host.os,
+      ...(baseConfig.variant !== undefined ? { variant: baseConfig.variant } : {}),
+      config: baseConfig.config ?? {},
+      rootfs: { type: "layers", diff_ids: [...(diff === undefined ? [] : baseDiffIds), layer.diffId] },
+      history: [...(diff === undefined ? [] : baseConfig.history ?? []), historyEntry]
+    }
+    const configBytes = Buffer.from(JSON.stringify(config))
+    const layerDescriptor = { mediaType: MediaTypes.ociLayerGzip, digest: layer.digest, size: layer.size }
+    const manifest = {
+      schemaVersion: 2,
+      mediaType: MediaTypes.ociManifest,
+      config: { mediaType: MediaTypes.ociConfig, digest: sha256(configBytes), size: configBytes.length },
+      layers: [
+        ...baseLayers.map((l) => ({ mediaType: l.mediaType, digest: l.digest, size: l.size })),
+        layerDescriptor
+      ]
+    }
+    const manifestBytes = Buffer.from(JSON.stringify(manifest))
+    const digest = sha256(manifestBytes)
+    const layout = NodePath.join(work, "layout")
+    yield* Effect.try({
+      try: () => {
+        const blobs = NodePath.join(layout, "blobs", "sha256")
+        NodeFs.mkdirSync(blobs, { recursive: true, mode: 0o700 })
+        NodeFs.writeFileSync(
+          NodePath.join(layout, "oci-layout"),
+          JSON.stringify({ imageLayoutVersion: "1.0.0" })
+        )
+        NodeFs.writeFileSync(
+          NodePath.join(layout, "index.json"),
+          JSON.stringify({
+            schemaVersion: 2,
+            manifests: [{
+              mediaType: MediaTypes.ociManifest,
+              digest,
+              size: manifestBytes.length,
+              annotations: { "io.containerd.image.name": target.toString() }
+            }]
+          })
+        )
+        NodeFs.writeFileSync(NodePath.join(blobs, hexOf(digest)), manifestBytes)
+        NodeFs.writeFileSync(NodePath.join(blobs, hexOf(manifest.config.digest)), configBytes)
+        NodeFs.renameSync(layerFile, NodePath.join(blobs, hexOf(layer.digest)))
+        for (const l of baseLayers) {
+          NodeFs.symlinkSync(blobOf(l.digest), NodePath.join(blobs, hexOf(l.digest)))
+        }
+      },
+      catch: (cause) =>
+        new Permanent({
+          message: `writing the image layout failed: ${
+            cause instanceof Error ? cause.message : String(cause)
+          }`
+        })
+    })
+    const record = yield* images.ensure(`oci:${layout}`)
+    return { record, layer, created, layers: manifest.layers.length }
+  })).pipe(
+    Effect.catchTags({
+      DebugfsFailed: imageError(name),
+      ToolMissing: imageError(name),
+      ToolFailed: imageError(name)
+    }),
+    Effect.mapError((e): MicroagentError => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
+  )
+  yield* store.appendEvent(name, {
+    type: "commit",
+    detail: `${committed.record.ref} ${committed.record.digest}`
+  })
+  const pushed = options.push === true
+    ? yield* imagePush(committed.record.ref, { insecureRegistry: options.insecureRegistry })
+    : undefined
+  return {
+    workspace: name,
+    ref: committed.record.ref,
+    digest: committed.record.digest,
+    base: workspace.image.ref,
+    diff: options.diff === true,
+    layers: committed.layers,
+    layer: { digest: committed.layer.digest, size: committed.layer.size, entries: committed.layer.entries },
+    created: committed.created,
+    ...(pushed !== undefined ? { push: pushed } : {})
+  } satisfies CommitResult
+})

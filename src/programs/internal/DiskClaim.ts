@@ -1,0 +1,64 @@
+/**
+ * Offline operations on a stopped workspace's disk (`cp` to or from it, `commit`) hold it through a
+ * claim file, `<workspace dir>/disk.claim`, created exclusively and naming the holder's pid, so that two
+ * of them never read and write the same disk at once, whichever process (runtime, library, CLI) runs
+ * them. A claim whose process is gone is taken over; a live one makes the second operation a `conflict`.
+ */
+import { Effect } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Conflict } from "../../domain/Errors.ts"
+import { isAlive } from "../../layers/process/Processes.ts"
+import { Home } from "../../services/Home.ts"
+
+const holderOf = (file: string): { readonly pid: number; readonly what: string } | undefined => {
+  try {
+    const [pid, ...what] = NodeFs.readFileSync(file, "utf8").trim().split(" ")
+    return { pid: Number(pid), what: what.join(" ") }
+  } catch {
+    return undefined
+  }
+}
+
+/** Holds workspace `name`'s disk for the scope; `what` names the operation for whoever finds it held. */
+export const claimDisk = (name: string, what: string) =>
+  Effect.flatMap(Home, (home) =>
+    Effect.acquireRelease(
+      Effect.suspend(() => {
+        const file = NodePath.join(home.workspaceDir(name), "disk.claim")
+        for (let attempt = 0; attempt < 2; attempt++) {
+          try {
+            NodeFs.writeFileSync(file, `${process.pid} ${what}\n`, { flag: "wx", mode: 0o600 })
+            return Effect.succeed(file)
+          } catch (cause) {
+            if ((cause as NodeJS.ErrnoException).code !== "EEXIST") {
+              // No workspace directory (a fake backend's, say): nothing to hold.
+              return Effect.succeed(undefined)
+            }
+            const holder = holderOf(file)
+            if (holder !== undefined && holder.pid !== process.pid && isAlive(holder.pid, undefined)) {
+              return Effect.fail(
+                new Conflict({
+                  message:
+                    `workspace ${name}'s disk is held by another operation (${holder.what}, pid ${holder.pid})`,
+                  remediation: "retry once it has finished"
+                })
+              )
+            }
+            if (holder !== undefined && holder.pid === process.pid) {
+              return Effect.fail(
+                new Conflict({
+                  message: `workspace ${name}'s disk is held by another operation (${holder.what})`,
+                  remediation: "retry once it has finished"
+                })
+              )
+            }
+            NodeFs.rmSync(file, { force: true })
+          }
+        }
+        return Effect.fail(
+          new Conflict({ message: `workspace ${name}'s disk could not be claimed`, remediation: "retry" })
+        )
+      }),
+      (file) => Effect.sync(() => file !== undefined && NodeFs.rmSync(file, { force: true }))
+    ))
