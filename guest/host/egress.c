@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/types.h>
@@ -561,11 +562,45 @@ static void handle_udp_sink(int fd) {
     audit("egress_udp_deny", "\"proto\":\"udp\",\"dst\":\"%s:%d\",\"signal\":\"%s\"", dst_s, port, signal);
 }
 
+/* The mediator lives as long as the VM: once the VMM named by the pid file is gone (or never came
+ * within the grace period), it removes the namespace's name and exits, and the namespace with the
+ * tap in it goes with the last reference. */
+static const char *vmm_pidfile, *netns_path;
+static time_t started_at;
+static pid_t vmm_pid;
+
+static void finish(void) {
+  if (netns_path && strncmp(netns_path, "/run/netns/", 11) == 0) {
+    umount2(netns_path, MNT_DETACH);
+    unlink(netns_path);
+  }
+  audit("egress_mediator_stop", "");
+  /* Open flows end with the VM (the children share the mediator's process group). */
+  signal(SIGTERM, SIG_IGN);
+  kill(0, SIGTERM);
+  exit(0);
+}
+
+static void watch_vmm(void) {
+  if (!vmm_pidfile) return;
+  if (vmm_pid == 0) {
+    FILE *f = fopen(vmm_pidfile, "r");
+    if (f) {
+      long pid = 0;
+      if (fscanf(f, "%ld", &pid) == 1 && pid > 0) vmm_pid = (pid_t)pid;
+      fclose(f);
+    }
+    if (vmm_pid == 0 && time(NULL) - started_at > 600) finish();
+    return;
+  }
+  if (kill(vmm_pid, 0) != 0 && errno == ESRCH) finish();
+}
+
 static void usage(void) {
   fprintf(stderr,
           "usage: microagent-egress --netns PATH --workspace NAME --gateway IP --guest IP --log FILE\n"
           "       [--tcp-port N] [--udp-port N] [--dns-upstream IP[:PORT]] [--allow SPEC]... [--lock-allowlist]\n"
-          "       [--publish HOSTIP:HOSTPORT:GUESTPORT]... [--max-conns N] [--max-total-bytes N]\n");
+          "       [--publish HOSTIP:HOSTPORT:GUESTPORT]... [--max-conns N] [--max-total-bytes N] [--vmm-pidfile FILE]\n");
   exit(2);
 }
 
@@ -602,6 +637,7 @@ int main(int argc, char **argv) {
     if (!v) usage();
     i++;
     if (!strcmp(a, "--netns")) netns = v;
+    else if (!strcmp(a, "--vmm-pidfile")) vmm_pidfile = v;
     else if (!strcmp(a, "--workspace")) workspace = v;
     else if (!strcmp(a, "--log")) log_path = v;
     else if (!strcmp(a, "--gateway")) gateway = v;
@@ -634,6 +670,8 @@ int main(int argc, char **argv) {
     } else usage();
   }
   if (!netns || !log_path || !gateway || !guest) usage();
+  netns_path = netns;
+  started_at = time(NULL);
   gateway_ip = inet_addr(gateway);
   guest_ip = inet_addr(guest);
   srand((unsigned)(time(NULL) ^ getpid()));
@@ -668,7 +706,9 @@ int main(int argc, char **argv) {
     p[2] = (struct pollfd){.fd = up_fd, .events = POLLIN};
     p[3] = (struct pollfd){.fd = sink_fd, .events = POLLIN};
     for (int i = 0; i < npublish; i++) p[4 + i] = (struct pollfd){.fd = publishes[i].fd, .events = POLLIN};
-    if (poll(p, (nfds_t)(4 + npublish), -1) < 0) {
+    int ready = poll(p, (nfds_t)(4 + npublish), 1000);
+    watch_vmm();
+    if (ready < 0) {
       if (errno == EINTR) continue;
       die("poll");
     }

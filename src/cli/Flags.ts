@@ -92,6 +92,22 @@ export const workspaceOptions = {
     Options.withDescription("publish a guest TCP port on the host (repeatable)"),
     Options.repeated
   ),
+  egress: Options.choice("egress", ["broker", "off"]).pipe(
+    Options.withDescription(
+      "egress mediation: broker (default: public internet only, never the host or private ranges) or off (no mediation)"
+    ),
+    Options.optional
+  ),
+  egressAllow: Options.text("egress-allow").pipe(
+    Options.withPseudoName("HOST|.SUFFIX|CIDR[:PORT]"),
+    Options.withDescription("allow a destination, even an inside one (repeatable)"),
+    Options.repeated
+  ),
+  egressLockAllowlist: Options.boolean("egress-lock-allowlist").pipe(
+    Options.withDescription("allow only --egress-allow destinations; other names are answered REFUSED")
+  ),
+  egressMaxConns: optionalInt("egress-max-conns", "concurrent guest connections the mediator admits"),
+  egressMaxTotalBytes: optionalInt("egress-max-total-bytes", "bytes per connection before the mediator cuts it"),
   bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
   volume: volumeFlag,
   secret: secretFlag,

@@ -1,6 +1,7 @@
 /**
  * The Run group: `run`, `create`, `start`, `exec`.
  */
+import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
@@ -81,10 +82,16 @@ const workspaceFields = (
     readonly network: ReadonlyArray<string>
     readonly publish: ReadonlyArray<string>
     readonly refuseDevices: boolean
+    readonly egress: Option.Option<"broker" | "off">
+    readonly egressAllow: ReadonlyArray<string>
+    readonly egressLockAllowlist: boolean
+    readonly egressMaxConns: Option.Option<number>
+    readonly egressMaxTotalBytes: Option.Option<number>
   },
   spec: Spec
 ) =>
   Effect.map(networkFields(options, spec), (network) => ({
+    egress: egressPolicyOf(options, spec),
     profile: orUndefined(options.profile) ?? spec.profile,
     memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
     cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
@@ -93,6 +100,34 @@ const workspaceFields = (
     ...(options.refuseDevices ? { refuseDevices: true } : {}),
     ...network
   }))
+
+/** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */
+const egressPolicyOf = (
+  options: {
+    readonly egress: Option.Option<"broker" | "off">
+    readonly egressAllow: ReadonlyArray<string>
+    readonly egressLockAllowlist: boolean
+    readonly egressMaxConns: Option.Option<number>
+    readonly egressMaxTotalBytes: Option.Option<number>
+  },
+  spec: Spec
+): EgressPolicy => {
+  const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? "broker"
+  if (mode === "off") {
+    process.stderr.write(
+      "microagent: warning: --egress off: the guest's network is not mediated; it reaches the host's loopback services and private networks\n"
+    )
+  }
+  const maxConns = orUndefined(options.egressMaxConns) ?? spec.egress?.maxConns
+  const maxTotalBytes = orUndefined(options.egressMaxTotalBytes) ?? spec.egress?.maxTotalBytes
+  return new EgressPolicy({
+    mode,
+    allow: [...new Set([...(spec.egress?.allow ?? []), ...options.egressAllow].map(normalizeAllow))],
+    lockAllowlist: options.egressLockAllowlist || (spec.egress?.lockAllowlist ?? false),
+    ...(maxConns === undefined ? {} : { maxConns }),
+    ...(maxTotalBytes === undefined ? {} : { maxTotalBytes })
+  })
+}
 
 /** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
 const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>

@@ -3,6 +3,7 @@
  * the classified `MicroagentError` as the failure of every one. It is the whole program surface, so the
  * same group serves host applications, the MCP server and (later) the CLI talking to the runtime.
  */
+import { EgressPolicy } from "../domain/Egress.ts"
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
@@ -53,6 +54,8 @@ export const WorkspaceFields = {
   ports: Schema.optional(Schema.Array(PublishedPort)),
   /** Named networks to join. */
   networks: Schema.optional(Schema.Array(Schema.String)),
+  /** Egress mediation of the user network; `broker` when absent. */
+  egress: Schema.optional(EgressPolicy),
   mounts: Schema.optional(Schema.Array(Mount)),
   /** References only; values are resolved by the caller and sent with each start. */
   secrets: Schema.optional(Schema.Array(SecretRef)),
