@@ -107,7 +107,10 @@ export const workspaceOptions = {
     Options.withDescription("allow only --egress-allow destinations; other names are answered REFUSED")
   ),
   egressMaxConns: optionalInt("egress-max-conns", "concurrent guest connections the mediator admits"),
-  egressMaxTotalBytes: optionalInt("egress-max-total-bytes", "bytes per connection before the mediator cuts it"),
+  egressMaxTotalBytes: optionalInt(
+    "egress-max-total-bytes",
+    "bytes per connection before the mediator cuts it"
+  ),
   bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
   volume: volumeFlag,
   secret: secretFlag,

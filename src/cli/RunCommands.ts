@@ -1,11 +1,11 @@
 /**
  * The Run group: `run`, `create`, `start`, `exec`.
  */
-import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { Spec } from "../domain/Spec.ts"

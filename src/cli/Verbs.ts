@@ -108,6 +108,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "show a workspace's lifecycle events"
   },
   {
+    name: "egress",
+    group: "Observe",
+    summary: "show a workspace's egress audit log"
+  },
+  {
     name: "artifacts",
     group: "Observe",
     summary: "list, fetch and remove a workspace's declared outputs",

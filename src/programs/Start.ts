@@ -7,10 +7,10 @@ import { Effect, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import type { SecretRef, Workspace } from "../domain/Workspace.ts"
-import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { defaultEgress } from "../domain/Egress.ts"
 import { Unsupported } from "../domain/Errors.ts"
+import type { SecretRef, Workspace } from "../domain/Workspace.ts"
+import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
@@ -128,9 +128,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
               ).pipe(
                 Effect.tap((handle) =>
                   deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-                    Effect.tapError(() =>
-                      hypervisor.kill(handle).pipe(Effect.ignore)
-                    )
+                    Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
                   )
                 )
               ))

@@ -3,9 +3,9 @@
  * the classified `MicroagentError` as the failure of every one. It is the whole program surface, so the
  * same group serves host applications, the MCP server and (later) the CLI talking to the runtime.
  */
-import { EgressPolicy } from "../domain/Egress.ts"
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
+import { EgressPolicy, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -197,6 +197,13 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("events", {
     payload: { ...named, follow: Schema.optional(Schema.Boolean) },
     success: WorkspaceEvent,
+    error: MicroagentError,
+    stream: true
+  }),
+  /** The egress audit log, oldest first; with `follow`, new records until the workspace stops. */
+  Rpc.make("egress", {
+    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    success: EgressRecord,
     error: MicroagentError,
     stream: true
   }),

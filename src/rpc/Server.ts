@@ -22,6 +22,7 @@ import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifac
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
+import { egressLog } from "../programs/EgressLog.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
@@ -195,6 +196,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         )
       })),
     logs: (p) => localStream(streamWithWorkspaceBackend(p.name, logs(p.name, { follow: p.follow ?? false }))),
+    egress: (p) =>
+      localStream(streamWithWorkspaceBackend(p.name, egressLog(p.name, { follow: p.follow ?? false }))),
     events: (p) =>
       localStream(streamWithWorkspaceBackend(p.name, events(p.name, { follow: p.follow ?? false }))),
     wait: (p) =>

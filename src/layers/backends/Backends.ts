@@ -67,7 +67,13 @@ const qemuLayer = Layer.unwrapEffect(
   Effect.map(
     HomeTag,
     (home) =>
-      Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer(), NetworksLive, EgressLive).pipe(
+      Layer.mergeAll(
+        QemuHypervisor.layer(),
+        ImageStoreLive,
+        FileKernelCache.layer(),
+        NetworksLive,
+        EgressLive
+      ).pipe(
         Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
         Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
       )

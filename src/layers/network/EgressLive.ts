@@ -42,7 +42,8 @@ const tproxyTable = "100"
 
 /** Namespaces of egress are named apart from named networks' (whose tag follows the prefix directly). */
 export const egressNamespacePrefix = (root: string) => `microagent-egress-${stateTag(root)}-`
-export const egressNamespace = (root: string, workspace: string) => `${egressNamespacePrefix(root)}${workspace}`
+export const egressNamespace = (root: string, workspace: string) =>
+  `${egressNamespacePrefix(root)}${workspace}`
 
 /** "me" + state tag + 7 hex of the workspace name = 15 characters (IFNAMSIZ - 1). */
 export const egressTap = (root: string, workspace: string) =>
@@ -73,7 +74,9 @@ export const mediatorBinary = (): string | undefined => {
 /** CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21, for setns and the namespace mount) in the effective set. */
 const hasCapabilities = (): boolean => {
   try {
-    const line = NodeFs.readFileSync("/proc/self/status", "utf8").split("\n").find((l) => l.startsWith("CapEff:"))
+    const line = NodeFs.readFileSync("/proc/self/status", "utf8").split("\n").find((l) =>
+      l.startsWith("CapEff:")
+    )
     if (line === undefined) return false
     const caps = BigInt(`0x${line.split(/\s+/)[1]}`)
     return (caps & (1n << 12n)) !== 0n && (caps & (1n << 21n)) !== 0n
@@ -82,11 +85,15 @@ const hasCapabilities = (): boolean => {
   }
 }
 
-const optOut = "or run with --egress off to start without mediation (the guest then reaches the host and its networks)"
+const optOut =
+  "or run with --egress off to start without mediation (the guest then reaches the host and its networks)"
 
 export const egressProblem = (): { readonly message: string; readonly remediation: string } | undefined => {
   if (ipBinary() === undefined) {
-    return { message: "egress mediation needs the ip command", remediation: `apt-get install iproute2, ${optOut}` }
+    return {
+      message: "egress mediation needs the ip command",
+      remediation: `apt-get install iproute2, ${optOut}`
+    }
   }
   if (iptablesBinary() === undefined) {
     return { message: "egress mediation needs iptables", remediation: `apt-get install iptables, ${optOut}` }
@@ -102,7 +109,8 @@ export const egressProblem = (): { readonly message: string; readonly remediatio
   }
   if (!hasCapabilities()) {
     return {
-      message: "egress mediation needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN (network namespaces, taps, setns)",
+      message:
+        "egress mediation needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN (network namespaces, taps, setns)",
       remediation: `run as root, ${optOut}`
     }
   }
@@ -115,7 +123,9 @@ const run = (binary: string, args: ReadonlyArray<string>) =>
       if (error === null) return resume(Effect.succeed(stdout))
       resume(Effect.fail(
         new Permanent({
-          message: `${NodePath.basename(binary)} ${args.join(" ")} failed: ${(stderr || error.message).trim()}`,
+          message: `${NodePath.basename(binary)} ${args.join(" ")} failed: ${
+            (stderr || error.message).trim()
+          }`,
           remediation: `check \`microagent doctor\`; \`microagent gc\` removes leftovers; ${optOut}`
         })
       ))
@@ -306,12 +316,30 @@ export const EgressLive = Layer.effect(
         yield* ip(["netns", "add", ns])
         // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
         yield* inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).pipe(
-          Effect.zipRight(inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.default.disable_ipv6=1"])),
+          Effect.zipRight(
+            inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+          ),
           Effect.ignore
         )
         yield* ip(["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
-        yield* ip(["-n", ns, "addr", "add", `${mediatedNetwork.gateway}/${mediatedNetwork.prefix}`, "dev", tap])
-        yield* ip(["-n", ns, "addr", "add", `${mediatedNetwork.resolver}/${mediatedNetwork.prefix}`, "dev", tap])
+        yield* ip([
+          "-n",
+          ns,
+          "addr",
+          "add",
+          `${mediatedNetwork.gateway}/${mediatedNetwork.prefix}`,
+          "dev",
+          tap
+        ])
+        yield* ip([
+          "-n",
+          ns,
+          "addr",
+          "add",
+          `${mediatedNetwork.resolver}/${mediatedNetwork.prefix}`,
+          "dev",
+          tap
+        ])
         yield* ip(["-n", ns, "link", "set", "lo", "up"])
         yield* ip(["-n", ns, "link", "set", tap, "up"])
         yield* ip(["-n", ns, "rule", "add", "fwmark", tproxyMark, "lookup", tproxyTable])

@@ -390,7 +390,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           (config.egress === undefined
             ? startVmm(binary, args, paths)
             // The VMM opens the mediated tap inside the workspace's namespace.
-            : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(Effect.tapError(() => removeFiles(paths, { console: true }))),
+            : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(
+              Effect.tapError(() => removeFiles(paths, { console: true }))
+            ),
           (pid) => {
             const handle = handleOf(pid)
             return restore(

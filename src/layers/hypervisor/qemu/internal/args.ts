@@ -224,7 +224,12 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     `virtserialport,chardev=agent,name=${agentPortName}`,
     ...(input.network === "user" && input.egressTap !== undefined
       // Mediated: the same guest addressing, but the packets go to a tap in the workspace's namespace.
-      ? ["-netdev", `tap,id=net0,ifname=${input.egressTap},script=no,downscript=no`, "-device", `${device("net")},netdev=net0`]
+      ? [
+        "-netdev",
+        `tap,id=net0,ifname=${input.egressTap},script=no,downscript=no`,
+        "-device",
+        `${device("net")},netdev=net0`
+      ]
       : input.network === "user"
       ? ["-netdev", `user,id=net0,restrict=off${hostfwd}`, "-device", `${device("net")},netdev=net0`]
       : []),
