@@ -54,8 +54,16 @@ const files = () =>
     )
   )
 
-const runOnce = async () => {
+/** Runs that failed with a retryable error (a guest that did not boot on a saturated host) and were retried. */
+const retried: Array<string> = []
+
+const runOnce = async (): Promise<number> => {
   const result = await cli(state, ["run", "--network", "isolated", "--memory", "256", image, "--", "true"])
+  if (result.code === 75 && retried.length < 5) {
+    retried.push(result.stderr.trim().split("\n").at(-1) ?? "")
+    log("soak", `retrying a run that failed with a retryable error: ${retried.at(-1)}`)
+    return runOnce()
+  }
   if (result.code !== 0) throw new Error(`run exited ${result.code}: ${result.stderr}`)
   return result.ms
 }
@@ -66,6 +74,7 @@ try {
   const pid = runtimePid()
   const before = files()
   const samples: Array<Sample> = [await sample(pid, 0)]
+  log("soak", `after ${warmUp} warm-up runs: rss ${samples[0]!.rssKiB} KiB, ${samples[0]!.fds} fds`)
   const times: Array<number> = []
   for (let i = 1; i <= runs; i++) {
     times.push(await runOnce())
@@ -102,6 +111,7 @@ try {
     target_rss_growth_mib: 5,
     target_fd_growth: 0,
     within_targets: growthMiB <= 5 && last.fds - first.fds <= 0,
+    retried_runs: retried,
     files_left: [...after].filter((f) => !before.has(f)).sort(),
     files_gone: [...before].filter((f) => !after.has(f)).sort(),
     samples

@@ -1,9 +1,34 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
 // bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server).
 import { build } from "esbuild"
+import { execFileSync } from "node:child_process"
 import { chmodSync, readFileSync } from "node:fs"
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"))
+
+/**
+ * The version stamped into the bundles: the release, and for a build from a git checkout
+ * `RELEASE+COMMITS.SHA.YYYYMMDD[.dirty]` (commit count, short hash and commit date of HEAD), so two
+ * builds of different code never print the same version.
+ */
+const buildVersion = () => {
+  const git = (...args) =>
+    execFileSync("git", args, {
+      cwd: new URL("..", import.meta.url),
+      encoding: "utf8",
+      stdio: ["ignore", "pipe", "ignore"]
+    })
+      .trim()
+  try {
+    const commits = git("rev-list", "--count", "HEAD")
+    const sha = git("rev-parse", "--short=12", "HEAD")
+    const date = git("log", "-1", "--format=%cd", "--date=format:%Y%m%d")
+    const dirty = git("status", "--porcelain", "--untracked-files=no").length > 0 ? ".dirty" : ""
+    return `${pkg.version}+${commits}.${sha}.${date}${dirty}`
+  } catch {
+    return pkg.version
+  }
+}
 
 const common = {
   bundle: true,
@@ -11,7 +36,7 @@ const common = {
   target: "node20",
   format: "esm",
   legalComments: "none",
-  define: { "process.env.MICROAGENT_BUILD_VERSION": JSON.stringify(pkg.version) },
+  define: { "process.env.MICROAGENT_BUILD_VERSION": JSON.stringify(buildVersion()) },
   logLevel: "warning"
 }
 

@@ -10,7 +10,9 @@ packages=(
   qemu-system-x86 lz4 zstd xz-utils e2fsprogs busybox-static
   # Named networks: namespaces, bridges and taps
   iproute2
-  # The guest agent: a static C build
+  # Egress mediation (the default): the rules inside each workspace's namespace
+  iptables
+  # The guest agent and the egress mediator: static C builds
   musl-tools build-essential
 )
 if [ "${1:-}" = "--test" ]; then
@@ -18,6 +20,8 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(docker-registry skopeo umoci apache2-utils clang libclang-rt-14-dev socat passt mmdebstrap)
   # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
   packages+=(python3)
+  # the completion scripts are loaded in each shell they are written for
+  packages+=(zsh fish)
 fi
 missing=()
 for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done

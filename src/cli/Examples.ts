@@ -67,6 +67,19 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   "kernel verify": ["microagent kernel verify"],
   "kernel ensure": ["microagent kernel ensure", "microagent kernel ensure --machine q35"],
+  snapshot: [
+    "microagent snapshot create --tag before-upgrade dev",
+    "microagent snapshot list dev",
+    "microagent snapshot delete dev before-upgrade"
+  ],
+  "snapshot create": [
+    "microagent snapshot create dev",
+    "microagent snapshot create --tag before-upgrade dev"
+  ],
+  "snapshot list": ["microagent snapshot list dev", "microagent snapshot list dev --json"],
+  "snapshot ls": ["microagent snapshot ls dev"],
+  "snapshot delete": ["microagent snapshot delete dev before-upgrade"],
+  "snapshot rm": ["microagent snapshot rm dev before-upgrade"],
   volume: [
     "microagent volume create --size-mib 2048 cache",
     "microagent run -v cache:/cache alpine -- du -sh /cache",
@@ -107,6 +120,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "state check": ["microagent state check", "microagent state check --json"],
   "state backup": ["microagent state backup", "microagent state backup --to ./state-copy.db"],
   "state restore": ["microagent state restore", "microagent state restore state-20261204T101500Z-manual.db"],
+  completion: [
+    "microagent completion bash",
+    "microagent completion zsh",
+    "microagent completion fish"
+  ],
   serve: ["microagent serve mcp", "microagent serve rpc --socket /run/user/1000/microagent.sock"],
   "serve rpc": ["microagent serve rpc --socket ./microagent.sock"],
   "serve mcp": [

@@ -1,10 +1,11 @@
 /**
  * Options shared by several commands, and parsing of values the CLI takes as text.
  */
-import { Options } from "@effect/cli"
+import { HelpDoc, Options, ValidationError } from "@effect/cli"
 import { Effect, Either, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { parseDuration } from "../domain/Duration.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { decodeSpec, type Spec } from "../domain/Spec.ts"
 import { secretFlag, volumeFlag } from "./volume.ts"
@@ -44,10 +45,50 @@ export const outputOption = Options.text("output").pipe(
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 
+/**
+ * A duration flag (`--timeout 30s`, `5m`, `1h30m`, `500ms`, or plain seconds), as seconds. A value
+ * that is not one is a usage error saying how to write it.
+ */
+export const optionalDuration = (name: string, description: string) =>
+  Options.text(name).pipe(
+    Options.withPseudoName("DURATION"),
+    Options.withDescription(description),
+    Options.mapEffect((text) =>
+      Either.match(parseDuration(text), {
+        onLeft: (reason) =>
+          Effect.fail(
+            ValidationError.invalidValue(
+              HelpDoc.p(
+                `invalid --${name} "${text}": ${reason}; write a duration such as 30s, 5m, 1h30m or 500ms`
+              )
+            )
+          ),
+        onRight: (seconds) =>
+          seconds > 0
+            ? Effect.succeed(seconds)
+            : Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name} must be longer than zero`)))
+      })
+    ),
+    Options.optional
+  )
+
+/** A byte count flag (`--stdout-limit 65536`). */
+export const optionalBytes = (name: string, description: string) =>
+  Options.integer(name).pipe(
+    Options.withPseudoName("BYTES"),
+    Options.withDescription(description),
+    Options.mapEffect((n) =>
+      n >= 0
+        ? Effect.succeed(n)
+        : Effect.fail(ValidationError.invalidValue(HelpDoc.p(`--${name} cannot be negative`)))
+    ),
+    Options.optional
+  )
+
 /** `--refuse-devices`: fail on an image whose layers hold character or block devices. */
 export const refuseDevicesOption = Options.boolean("refuse-devices").pipe(
   Options.withDescription(
-    "refuse images whose layers hold character or block devices (accepted by default: they are created only inside the guest's disk)"
+    "refuse images holding device nodes (by default they are made only in the guest's disk)"
   )
 )
 
@@ -107,11 +148,11 @@ export const workspaceOptions = {
     Options.withDescription("allow only --egress-allow destinations; other names are answered REFUSED")
   ),
   egressMaxConns: optionalInt("egress-max-conns", "concurrent guest connections the mediator admits"),
-  egressMaxTotalBytes: optionalInt(
+  egressMaxTotalBytes: optionalBytes(
     "egress-max-total-bytes",
     "bytes per connection before the mediator cuts it"
   ),
-  bootTimeout: optionalInt("boot-timeout", "seconds to wait for the guest agent (default 60)"),
+  bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
   volume: volumeFlag,
   secret: secretFlag,
   refuseDevices: refuseDevicesOption

@@ -123,12 +123,25 @@ export const visibleSubcommands = (
 
 /** Flags of commands with many of them are shown in these groups, in this order. */
 const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
-  ["Workspace", ["--name", "--image", "--file", "--hostname", "--entrypoint", "--restart", "--keep", "--rm"]],
+  [
+    "Workspace",
+    [
+      "--name",
+      "--image",
+      "--file",
+      "--hostname",
+      "--entrypoint",
+      "--restart",
+      "--keep",
+      "--rm",
+      "--refuse-devices"
+    ]
+  ],
   ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout"]],
   ["Network", ["--network", "--publish"]],
   ["Storage", ["--volume", "--secret"]],
   ["Command", ["--env", "--cwd", "--user", "--timeout", "--stdin"]],
-  ["Output", ["--output", "--stream"]]
+  ["Output", ["--output", "--stream", "--stdout-limit", "--stderr-limit"]]
 ]
 
 /** A command with more flags than this shows them grouped. */

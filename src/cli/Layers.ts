@@ -5,28 +5,23 @@
 import { Effect, Layer, Option } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
-import { type BackendServices, defaultBackend } from "../layers/backends/Backends.ts"
+import type { BackendServices } from "../layers/backends/Backends.ts"
 import {
   withBackend as onBackend,
-  withWorkspaceBackend as onWorkspaceBackend,
-  WorkspaceBackends
+  withWorkspaceBackend as onWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
-import { DatabaseLive } from "../layers/state/Database.ts"
-import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import * as Microagent from "../Microagent.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { ensureRuntime } from "../runtime/Launcher.ts"
+import { ensureRuntime } from "../rpc/Launcher.ts"
 import { Home } from "../services/Home.ts"
 import { Invocation } from "./Invocation.ts"
 
-const storeFor = (stateDir: string | undefined) => {
-  const home = Home.layer(Home.resolveRoot(stateDir))
-  const database = DatabaseLive.pipe(Layer.provideMerge(home))
-  return SqliteStateStore.pipe(Layer.provideMerge(database))
-}
-
-/** Runs an effect with the state store (and Home, SqlClient) of this invocation. */
+/** Runs an effect with the state store (and Home, SqlClient, Volumes) of this invocation. */
 export const withStore = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(Invocation, (invocation) => Effect.provide(effect, storeFor(invocation.stateDir)))
+  Effect.flatMap(
+    Invocation,
+    (invocation) => Effect.provide(effect, Microagent.layerStore({ home: invocation.stateDir }))
+  )
 
 /**
  * The library's `WorkspaceBackends` for one invocation: its default backend is `--backend` or the
@@ -34,11 +29,11 @@ export const withStore = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
  * (`src/layers/backends/WorkspaceBackends.ts`) with that provided.
  */
 const withInvocationBackends = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withStore(Effect.flatMap(Invocation, (invocation) =>
+  Effect.flatMap(Invocation, (invocation) =>
     Effect.provide(
       effect,
-      WorkspaceBackends.layer({ defaultBackend: invocation.backend ?? defaultBackend() })
-    )))
+      Microagent.layerBackends({ home: invocation.stateDir, backend: invocation.backend })
+    ))
 
 /** Runs an effect against a named backend. */
 export const withBackend = <A, E, R>(backend: Backend, effect: Effect.Effect<A, E, R>) =>
@@ -49,7 +44,7 @@ export const withNewBackend = <A, E, R>(effect: Effect.Effect<A, E, R>, fromSpec
   withInvocationBackends(
     Effect.flatMap(
       Invocation,
-      (invocation) => onBackend(invocation.backend ?? fromSpec ?? defaultBackend(), effect)
+      (invocation) => onBackend(invocation.backend ?? fromSpec ?? Microagent.defaultBackend(), effect)
     )
   )
 

@@ -15,10 +15,10 @@ import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { optionalInt } from "./Flags.ts"
+import { optionalDuration } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
-import { emit, jsonMode, table, writeStdout } from "./Output.ts"
+import { emit, emitList, jsonMode, quietOption, table, writeStdout } from "./Output.ts"
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
 
@@ -55,12 +55,16 @@ const inspectCommand = Command.make(
 ).pipe(Command.withDescription("show a workspace's record and state (alias: status)"))
 
 const waitCommand = Command.make("wait", {
-  timeout: optionalInt("timeout", "give up after this many seconds (exit 75)"),
+  timeout: optionalDuration("timeout", "give up after this long (exit 75)"),
+  interval: optionalDuration("interval", "how often to look (default 250ms)"),
   name: nameArg
-}, ({ name, timeout }) =>
+}, ({ interval, name, timeout }) =>
   withWorkspaceBackend(
     name,
-    wait(name, timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {})
+    wait(name, {
+      ...(timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {}),
+      ...(interval._tag === "Some" ? { interval: Duration.seconds(interval.value) } : {})
+    })
   ).pipe(
     Effect.flatMap((ws) => {
       const ok = ws.state !== "failed" && ws.state !== "quarantined"
@@ -72,7 +76,10 @@ const waitCommand = Command.make("wait", {
 const haltCommand = Command.make(
   "halt",
   {
-    timeout: optionalInt("timeout", "seconds the guest gets to shut down before it is killed (default 15)"),
+    timeout: optionalDuration(
+      "timeout",
+      "how long the guest gets to shut down before it is killed (default 15s)"
+    ),
     reason: Options.text("reason").pipe(Options.withDescription("recorded in the events"), Options.optional),
     name: nameArg
   },
@@ -146,7 +153,7 @@ const listRows = (workspaces: ReadonlyArray<Workspace>) => ({
 })
 
 /** Lists every backend's workspaces; each is reconciled against its own backend. */
-const listAll = (runningOnly: boolean) =>
+const listAll = (runningOnly: boolean, quiet: boolean) =>
   withStore(Effect.flatMap(StateStore, (store) => store.list)).pipe(
     Effect.flatMap((all) =>
       Effect.forEach(all, (ws) =>
@@ -156,13 +163,15 @@ const listAll = (runningOnly: boolean) =>
         ))
     ),
     Effect.map((found) => found.flat().filter((ws) => !runningOnly || isLive(ws.state))),
-    Effect.flatMap((workspaces) => emit(listRows(workspaces), () => listTable(workspaces)))
+    Effect.flatMap((workspaces) =>
+      emitList(quiet, workspaces.map((ws) => ws.name), listRows(workspaces), () => listTable(workspaces))
+    )
   )
 
-const listCommand = Command.make("list", {}, () => listAll(false)).pipe(
+const listCommand = Command.make("list", { quiet: quietOption }, ({ quiet }) => listAll(false, quiet)).pipe(
   Command.withDescription("list workspaces (alias: ls)")
 )
-const psCommand = Command.make("ps", {}, () => listAll(true)).pipe(
+const psCommand = Command.make("ps", { quiet: quietOption }, ({ quiet }) => listAll(true, quiet)).pipe(
   Command.withDescription("list running workspaces")
 )
 

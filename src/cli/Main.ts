@@ -8,10 +8,11 @@ import { CliConfig, Command, ValidationError } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Effect, Either, Option } from "effect"
 import { ExitCode, exitCodeFor, InvalidInput, isMicroagentError } from "../domain/Errors.ts"
-import { version } from "../Version.ts"
+import { version } from "../domain/Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
+import { completionCommand } from "./Completion.ts"
 import { connectCommand } from "./connect.ts"
 import { cpGroup } from "./cp.ts"
 import { type CommandSpec, describeCommand, docText, spellingsOf } from "./Describe.ts"
@@ -27,6 +28,7 @@ import { perfCommand } from "./perf.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
+import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -40,13 +42,16 @@ export const subcommands = [
   imageCommand,
   kernelCommand,
   volumeCommand,
+  snapshotCommand,
   secretCommand,
   networkCommand,
   perfCommand,
   stateCommand,
   ...maintenanceGroup,
   ...runtimeGroup,
-  serve
+  serve,
+  // The scripts are generated from this very tree, read when the command runs.
+  completionCommand(() => commandSpecs())
 ] as const
 
 export const rootCommand = Command.make("microagent").pipe(
@@ -124,7 +129,14 @@ export const main = (argv: ReadonlyArray<string>): Effect.Effect<number> => {
   if (Either.isLeft(parsed)) return usageError(parsed.left)
   const request = parsed.right
   if (request._tag === "Version") {
-    process.stdout.write(`${version}\n`)
+    // Plain unless JSON is asked for: `v=$(microagent version)` is the common use.
+    process.stdout.write(
+      (explicitJson(argv) ?? process.env.MICROAGENT_OUTPUT === "json")
+        ? `${
+          JSON.stringify({ version, node: process.version, platform: `${process.platform}/${process.arch}` })
+        }\n`
+        : `${version}\n`
+    )
     return Effect.succeed(ExitCode.ok)
   }
   if (request._tag === "Help") {

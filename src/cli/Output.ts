@@ -2,6 +2,7 @@
  * How results and errors reach the user: text on a terminal, JSON when piped or asked for
  * (`--json`, `--output json`, `MICROAGENT_OUTPUT=json`). Progress and errors go to stderr.
  */
+import { Options } from "@effect/cli"
 import { Effect } from "effect"
 import { type MicroagentError, toErrorBody } from "../domain/Errors.ts"
 import { Invocation } from "./Invocation.ts"
@@ -40,6 +41,23 @@ const writeOut = (text: string | Uint8Array) =>
   Effect.async<void>((resume) => {
     process.stdout.write(text, () => resume(Effect.void))
   })
+
+/** `--quiet`/`-q` of the list commands. */
+export const quietOption = Options.boolean("quiet").pipe(
+  Options.withAlias("q"),
+  Options.withDescription("print only the names, one per line")
+)
+
+/**
+ * Prints a listing: only its names, one per line, with `--quiet` (for scripts and shell completion,
+ * in any output mode); otherwise as `emit` does.
+ */
+export const emitList = <A>(
+  quiet: boolean,
+  names: ReadonlyArray<string>,
+  value: A,
+  text: (value: A) => string
+) => quiet ? writeOut(names.map((name) => `${name}\n`).join("")) : emit(value, text)
 
 /** Prints a result: the JSON form when piped, else the text rendering. */
 export const emit = <A>(value: A, text: (value: A) => string) =>

@@ -17,7 +17,15 @@ import { allOutputsOf } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { optionalInt, orUndefined, outputOption, parseEnv, readSpec, workspaceOptions } from "./Flags.ts"
+import {
+  optionalBytes,
+  optionalDuration,
+  orUndefined,
+  outputOption,
+  parseEnv,
+  readSpec,
+  workspaceOptions
+} from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
 import { withNewBackend, withRuntime } from "./Layers.ts"
 import { networkFields } from "./network.ts"
@@ -56,7 +64,15 @@ const execOptions = {
     Options.withDescription("user in the guest, a name or UID[:GID]"),
     Options.optional
   ),
-  timeout: optionalInt("timeout", "seconds until the command is stopped (TERM, then KILL)"),
+  timeout: optionalDuration("timeout", "stop the command after this long (TERM, then KILL)"),
+  stdoutLimit: optionalBytes(
+    "stdout-limit",
+    "keep at most BYTES of stdout (flagged when cut)"
+  ),
+  stderrLimit: optionalBytes(
+    "stderr-limit",
+    "keep at most BYTES of stderr (flagged when cut)"
+  ),
   stdin: Options.text("stdin").pipe(
     Options.withPseudoName("FILE|-"),
     Options.withDescription("the command's stdin: a file, or - for microagent's own"),
@@ -185,6 +201,8 @@ const runCommand = Command.make("run", {
         cwd: orUndefined(options.cwd),
         user: orUndefined(options.user),
         timeoutSeconds: orUndefined(options.timeout),
+        stdoutLimit: orUndefined(options.stdoutLimit),
+        stderrLimit: orUndefined(options.stderrLimit),
         stdin,
         mounts,
         secrets,
@@ -300,6 +318,8 @@ const execCommand = Command.make("exec", {
       cwd: orUndefined(options.cwd),
       user: orUndefined(options.user),
       timeoutSeconds: orUndefined(options.timeout),
+      stdoutLimit: orUndefined(options.stdoutLimit),
+      stderrLimit: orUndefined(options.stderrLimit),
       stdin
     })
     yield* withRuntime(Effect.gen(function*() {

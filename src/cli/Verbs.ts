@@ -140,6 +140,13 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "snapshot",
+    group: "Resources",
+    summary: "capture, list and delete workspace snapshots",
+    aliases: ["snapshots"],
+    subcommands: true
+  },
+  {
     name: "secret",
     group: "Resources",
     summary: "resolve secret references without delivering them",
@@ -181,6 +188,7 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "serve the RPC API on a unix socket, or MCP on stdio",
     subcommands: true
   },
+  { name: "completion", group: "Misc", summary: "print a shell completion script (bash, zsh, fish)" },
   { name: "version", group: "Misc", summary: "print the version" },
   {
     name: "help",

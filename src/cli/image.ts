@@ -14,7 +14,7 @@ import type { EnsureOptions, ImageRecord, ImageStoreAdmin, RemoveResult } from "
 import { formatPlatform } from "../services/Registry.ts"
 import { refuseDevicesOption } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { emit, table } from "./Output.ts"
+import { emit, emitList, quietOption, table } from "./Output.ts"
 
 /** Runs `f` with the admin image store of this invocation's state directory. */
 const withImages = <A, E>(f: (store: ImageStoreAdmin) => Effect.Effect<A, E>) =>
@@ -202,10 +202,10 @@ const importCmd = Command.make("import", {
     Command.withDescription("import an image from an OCI layout or an OCI/docker archive")
   )
 
-const listHandler = () =>
+const listHandler = ({ quiet }: { readonly quiet: boolean }) =>
   withImages((store) => store.list).pipe(
     Effect.flatMap((records) =>
-      emit({ images: records.map(recordJson) }, () =>
+      emitList(quiet, records.map((r) => r.ref), { images: records.map(recordJson) }, () =>
         table(
           ["IMAGE", "DIGEST", "PLATFORM", "SIZE", "LAST USED"],
           records.map((r) => [
@@ -219,10 +219,12 @@ const listHandler = () =>
     )
   )
 
-const list = Command.make("list", {}, listHandler).pipe(
+const list = Command.make("list", { quiet: quietOption }, listHandler).pipe(
   Command.withDescription("list recorded images (alias: ls)")
 )
-const ls = Command.make("ls", {}, listHandler).pipe(Command.withDescription("list recorded images"))
+const ls = Command.make("ls", { quiet: quietOption }, listHandler).pipe(
+  Command.withDescription("list recorded images")
+)
 
 const inspect = Command.make(
   "inspect",

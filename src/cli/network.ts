@@ -4,9 +4,9 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer } from "effect"
+import { defaultHostIp, parsePublishes } from "../domain/Publish.ts"
 import type { Spec } from "../domain/Spec.ts"
 import { NetworksLive } from "../layers/network/NetworksLive.ts"
-import { defaultHostIp, parsePublishes } from "../layers/network/Publish.ts"
 import {
   networkCreate,
   networkInspect,
@@ -16,7 +16,7 @@ import {
 } from "../programs/Network.ts"
 import type { Network } from "../services/Networks.ts"
 import { withStore } from "./Layers.ts"
-import { emit, table } from "./Output.ts"
+import { emit, emitList, quietOption, table } from "./Output.ts"
 
 /** `--network` and `-p` over the spec's `network.mode` and `network.forwards`. */
 export const networkFields = (
@@ -57,18 +57,20 @@ const create = Command.make(
     )
 ).pipe(Command.withDescription("create a named network (a bridge its members share)"))
 
-const listHandler = () =>
+const listHandler = ({ quiet }: { readonly quiet: boolean }) =>
   withNetworks(networkList()).pipe(
     Effect.flatMap((networks) =>
-      emit({ networks }, (r) =>
+      emitList(quiet, networks.map((n) => n.name), { networks }, (r) =>
         table(
           ["NAME", "SUBNET", "GATEWAY", "MEMBERS"],
           r.networks.map((n) => [n.name, n.subnet, n.gateway, n.members.map((m) => m.workspace).join(",")])
         ))
     )
   )
-const ls = Command.make("ls", {}, listHandler).pipe(Command.withDescription("list named networks"))
-const list = Command.make("list", {}, listHandler).pipe(
+const ls = Command.make("ls", { quiet: quietOption }, listHandler).pipe(
+  Command.withDescription("list named networks")
+)
+const list = Command.make("list", { quiet: quietOption }, listHandler).pipe(
   Command.withDescription("list named networks (alias of ls)")
 )
 

@@ -4,7 +4,7 @@
  */
 import { Args, Command } from "@effect/cli"
 import { Effect, Either, Redacted } from "effect"
-import { parseSecretFlag } from "../layers/secrets/SecretRefs.ts"
+import { parseSecretFlag } from "../domain/SecretRefs.ts"
 import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
 import { Secrets } from "../services/Secrets.ts"
 import { emit } from "./Output.ts"

@@ -7,17 +7,17 @@
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
 import { InvalidInput } from "../domain/Errors.ts"
+import { parseMountFlag, parseMountFlags, validateMounts } from "../domain/MountFlag.ts"
+import { parseSecretFlags } from "../domain/SecretRefs.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Mount } from "../domain/Workspace.ts"
-import { parseSecretFlags } from "../layers/secrets/SecretRefs.ts"
-import { parseMountFlag, parseMountFlags, validateMounts } from "../layers/volume/MountFlag.ts"
 import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import { secretsForStart as secretsForStartOf } from "../rpc/CallerSecrets.ts"
 import type { MicroagentClient } from "../rpc/Client.ts"
 import { Volume } from "../services/Volumes.ts"
 import { withNewBackend } from "./Layers.ts"
-import { emit, table } from "./Output.ts"
+import { emit, emitList, quietOption, table } from "./Output.ts"
 
 export const volumeFlag = Options.text("volume").pipe(
   Options.withAlias("v"),
@@ -134,10 +134,12 @@ const create = Command.make(
     )
 ).pipe(Command.withDescription("make an empty ext4 volume that outlives workspaces"))
 
-const listHandler = () =>
+const listHandler = ({ quiet }: { readonly quiet: boolean }) =>
   withVolumes(volumeList()).pipe(
     Effect.flatMap((all) =>
-      emit(
+      emitList(
+        quiet,
+        all.map((v) => v.name),
         { volumes: all.map(encode) },
         () =>
           all.length === 0
@@ -151,10 +153,12 @@ const listHandler = () =>
       )
     )
   )
-const list = Command.make("ls", {}, listHandler).pipe(
+const list = Command.make("ls", { quiet: quietOption }, listHandler).pipe(
   Command.withDescription("list the volumes (alias: list)")
 )
-const listAlias = Command.make("list", {}, listHandler).pipe(Command.withDescription("list the volumes"))
+const listAlias = Command.make("list", { quiet: quietOption }, listHandler).pipe(
+  Command.withDescription("list the volumes")
+)
 
 const inspect = Command.make(
   "inspect",

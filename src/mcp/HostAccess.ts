@@ -27,13 +27,8 @@ import {
   isWithin,
   matchesEnvPattern
 } from "../domain/HostAccess.ts"
+import { formatSource, parseSecretFlag, parseSource, secretNamePattern } from "../domain/SecretRefs.ts"
 import { SecretRef } from "../domain/Workspace.ts"
-import {
-  formatSource,
-  parseSecretFlag,
-  parseSource,
-  secretNamePattern
-} from "../layers/secrets/SecretRefs.ts"
 import { StateStore } from "../services/StateStore.ts"
 
 /** What the operator granted when starting the server. */

@@ -159,6 +159,71 @@ export const hostTools: ReadonlyArray<AnyTool> = [
       )
   }),
   defineTool({
+    name: "images.tag",
+    title: "Tag an image",
+    description: "Record an image under another reference too (both name the same digest and files).",
+    input: {
+      source: described(Schema.NonEmptyTrimmedString, "a recorded reference, digest or digest prefix"),
+      target: described(Schema.NonEmptyTrimmedString, "the new reference, e.g. myapp:dev")
+    },
+    output: ImageSummary,
+    kind: "mutate",
+    sideEffects: ["records the image under target"],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.imageTag({ image: args.source, tag: args.target })
+      )
+        .pipe(Effect.map(summary))
+  }),
+  defineTool({
+    name: "images.prune",
+    title: "Prune images",
+    description: "Drop image records whose baseline disk is gone, and files no record or workspace uses; "
+      + "with delete_files, every record and every unused file. Workspaces keep their own disks.",
+    input: {
+      delete_files: optional(Schema.Boolean, "empty the image store: every record and every unused file")
+    },
+    output: ImageRemoveResult,
+    kind: "destructive",
+    sideEffects: ["removes image records", "deletes unused image files"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.imagePrune(defined({ purge: args.delete_files }))),
+    preview: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.imageList()).pipe(
+        Effect.map((result): PreviewResult => ({
+          preview: true,
+          actions: args.delete_files === true
+            ? [
+              `remove all ${result.images.length} image records`,
+              "delete every image file no workspace uses"
+            ]
+            : ["remove the records whose baseline disk is gone", "delete image files nothing uses"]
+        }))
+      )
+  }),
+  defineTool({
+    name: "microagent.ping",
+    title: "Ping",
+    description:
+      "Answers at once when the server and its runtime are up: the version and the runtime's time.",
+    input: {},
+    output: Schema.Struct({ ok: Schema.Literal(true), version: Schema.String, time: Schema.String }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () =>
+      Effect.flatMap(MicroagentClient, (client) => client.version()).pipe(
+        Effect.map((runtime) => ({
+          ok: true as const,
+          version: runtime.version,
+          time: new Date().toISOString()
+        }))
+      )
+  }),
+  defineTool({
     name: "kernel.list",
     title: "List guest kernels",
     description: "The guest kernels in the cache; the newest of an architecture is the one VMs boot.",

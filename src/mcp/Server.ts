@@ -33,9 +33,17 @@ import {
   Transient
 } from "../domain/Errors.ts"
 import { HostAccessPolicy } from "../domain/HostAccess.ts"
+import { version } from "../domain/Version.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { version } from "../Version.ts"
+import {
+  aliasFields,
+  aliasTools,
+  confirmTokenField,
+  makeConfirmTokens,
+  normalizeArguments,
+  principalField
+} from "./Compat.ts"
 import { confineClient, type HostGate } from "./Confined.ts"
 import { HostAccess } from "./HostAccess.ts"
 import { Idempotency } from "./Idempotency.ts"
@@ -64,21 +72,37 @@ const previewField = {
   )
 }
 
+/** The arguments common to every tool of a kind: `principal`, `idempotency_key`, `preview`, `confirm_token`. */
+const commonFields = (tool: AnyTool) => ({
+  ...principalField,
+  ...(tool.kind === "read" ? {} : idempotencyField),
+  ...(tool.kind === "destructive" ? { ...previewField, ...confirmTokenField } : {})
+})
+
 /** A tool's whole input: its own arguments, and the common ones its kind takes. */
 export const inputSchemaOf = (
   tool: AnyTool
 ): Schema.Schema<Record<string, unknown>, Record<string, unknown>> =>
-  Schema.Struct({
-    ...tool.input,
-    ...(tool.kind === "read" ? {} : idempotencyField),
-    ...(tool.kind === "destructive" ? previewField : {})
-  }) as unknown as Schema.Schema<Record<string, unknown>, Record<string, unknown>>
+  Schema.Struct({ ...tool.input, ...commonFields(tool) }) as unknown as Schema.Schema<
+    Record<string, unknown>,
+    Record<string, unknown>
+  >
 
-/** A tool's input as JSON Schema; always an object schema, even for a tool without arguments. */
+/**
+ * A tool's input as JSON Schema, with the original microagent's names for its arguments (Compat.ts),
+ * which are accepted and converted before the input is decoded.
+ */
 export const inputJsonSchemaOf = (tool: AnyTool): Record<string, unknown> =>
-  Object.keys(tool.input).length === 0 && tool.kind === "read"
-    ? { type: "object", properties: {}, required: [], additionalProperties: false }
-    : jsonSchemaOf(inputSchemaOf(tool))
+  jsonSchemaOf(
+    Schema.Struct({
+      ...tool.input,
+      ...aliasFields(tool.name),
+      ...commonFields(tool)
+    }) as unknown as Schema.Schema<
+      Record<string, unknown>,
+      Record<string, unknown>
+    >
+  )
 
 /** Inlines `$ref`s, since not every MCP client resolves `$defs` (our schemas are not recursive). */
 const inline = (node: unknown, defs: Record<string, unknown>): unknown => {
@@ -166,14 +190,21 @@ const describeEntry = (all: () => ReadonlyArray<AnyTool>) =>
       }))
   })
 
-/** Every tool this server offers: the table, and `microagent.describe` over it. */
-export const allTools: ReadonlyArray<AnyTool> = [...tools, describeEntry(() => allTools)]
+/**
+ * Every tool this server offers: the table, the original's names for some of them, and
+ * `microagent.describe` over all.
+ */
+export const allTools: ReadonlyArray<AnyTool> = [
+  ...tools,
+  ...aliasTools(tools),
+  describeEntry(() => allTools)
+]
 
-/** The arguments a tool takes, common ones included. */
+/** The arguments a tool takes, common ones and the original's names included. */
 const argumentNames = (tool: AnyTool): ReadonlyArray<string> => [
   ...Object.keys(tool.input),
-  ...(tool.kind === "read" ? [] : Object.keys(idempotencyField)),
-  ...(tool.kind === "destructive" ? Object.keys(previewField) : [])
+  ...Object.keys(aliasFields(tool.name)),
+  ...Object.keys(commonFields(tool))
 ]
 
 /** Arguments given that the tool does not take. */
@@ -229,6 +260,7 @@ export const registerTools = (options: McpOptions) =>
     const idempotency = yield* Idempotency
     const inFlight = yield* InFlight
     const access = yield* HostAccess
+    const confirmTokens = makeConfirmTokens()
 
     const execute = (tool: AnyTool, args: unknown, preview: boolean) =>
       Effect.gen(function*() {
@@ -258,7 +290,10 @@ export const registerTools = (options: McpOptions) =>
       confined: typeof client
     ): Effect.Effect<Body> => {
       const work = preview && tool.preview !== undefined
-        ? tool.preview(args, context)
+        ? tool.preview(args, context).pipe(
+          // The token binds a later call to exactly the arguments previewed here.
+          Effect.map((result) => ({ ...result, confirm_token: confirmTokens.issue(tool.name, args) }))
+        )
         : tool.run(args, context)
       const schema: Schema.Schema<any, any, never> = preview ? PreviewResult : tool.output
       return work.pipe(
@@ -282,16 +317,17 @@ export const registerTools = (options: McpOptions) =>
     const call = (tool: AnyTool, payload: unknown) =>
       Effect.gen(function*() {
         const started = yield* Clock.currentTimeMillis
+        const normalized = normalizeArguments(tool.name, payload ?? {})
         const decoded = Schema.decodeUnknownEither(inputSchemaOf(tool), {
           onExcessProperty: "error",
           errors: "all"
         })(
-          payload ?? {}
+          Either.getOrElse(normalized, () => ({}))
         )
         // An empty Struct accepts any object, so a tool without arguments checks for extra ones itself.
         const excess = unknownArguments(tool, payload)
         let body: Body
-        const extra: { idempotencyReplay?: boolean; preview?: boolean } = {}
+        const extra: { idempotencyReplay?: boolean; preview?: boolean; principal?: string } = {}
         if (excess.length > 0) {
           body = failed(
             new InvalidInput({
@@ -303,6 +339,8 @@ export const registerTools = (options: McpOptions) =>
               remediation: `see the input schema of ${tool.name} in tools/list or microagent.describe`
             })
           )
+        } else if (Either.isLeft(normalized)) {
+          body = failed(normalized.left)
         } else if (Either.isLeft(decoded)) {
           body = failed(
             new InvalidInput({
@@ -311,20 +349,28 @@ export const registerTools = (options: McpOptions) =>
             })
           )
         } else {
-          const { idempotency_key: key, preview, ...args } = decoded.right as Record<string, unknown> & {
-            idempotency_key?: string
-            preview?: boolean
-          }
-          if (preview === true) {
+          const { confirm_token: token, idempotency_key: key, preview, principal, ...args } = decoded.right as
+            & Record<string, unknown>
+            & {
+              idempotency_key?: string
+              preview?: boolean
+              principal?: string
+              confirm_token?: string
+            }
+          if (principal !== undefined) extra.principal = principal
+          const confirmed = token === undefined || preview === true
+            ? Either.void
+            : confirmTokens.check(tool.name, args, token)
+          if (Either.isLeft(confirmed)) {
+            body = failed(confirmed.left)
+          } else if (preview === true) {
             extra.preview = true
             body = yield* execute(tool, args, true)
           } else if (key === undefined || tool.kind === "read") {
             body = yield* execute(tool, args, false)
           } else {
-            const { idempotency_key: _key, preview: _preview, ...raw } = (payload ?? {}) as Record<
-              string,
-              unknown
-            >
+            const { idempotency_key: _key, preview: _preview, principal: _principal, ...raw } =
+              (payload ?? {}) as Record<string, unknown>
             const outcome = yield* idempotency.once(
               { tool: tool.name, key, args: raw },
               execute(tool, args, false),

@@ -99,7 +99,9 @@ export const PreviewResult = Schema.Struct({
   /** What the call would do, in order; empty when it would do nothing. */
   actions: Schema.Array(Schema.String),
   /** The error the call would fail with, if it would. */
-  wouldFail: Schema.optional(ErrorBodySchema)
+  wouldFail: Schema.optional(ErrorBodySchema),
+  /** Pass to the call itself (with the same arguments) to have it refused if they changed. */
+  confirm_token: Schema.optional(Schema.String)
 })
 export type PreviewResult = typeof PreviewResult.Type
 
@@ -107,7 +109,9 @@ export const Meta = Schema.Struct({
   tool: Schema.String,
   durationMs: Schema.Number,
   idempotencyReplay: Schema.optional(Schema.Boolean),
-  preview: Schema.optional(Schema.Boolean)
+  preview: Schema.optional(Schema.Boolean),
+  /** The caller's `principal`, when it gave one. */
+  principal: Schema.optional(Schema.String)
 })
 
 /** The envelope of every tool result, success or failure. */

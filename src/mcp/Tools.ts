@@ -5,9 +5,12 @@
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
-import { Conflict, toErrorBody } from "../domain/Errors.ts"
+import { Conflict, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { parseMountFlags } from "../domain/MountFlag.ts"
+import { parsePublishes } from "../domain/Publish.ts"
+import { mergeRefs } from "../domain/SecretRefs.ts"
 import { Spec, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import {
@@ -19,9 +22,6 @@ import {
   Workspace,
   WorkspaceName
 } from "../domain/Workspace.ts"
-import { parsePublishes } from "../layers/network/Publish.ts"
-import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
-import { parseMountFlags } from "../layers/volume/MountFlag.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -30,6 +30,7 @@ import { fileTools } from "./FileTools.ts"
 import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
+import { snapshotTools } from "./SnapshotTools.ts"
 import {
   type AnyTool,
   defineTool,
@@ -259,7 +260,13 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
         preview: true,
         workspace: name,
         actions: [],
-        wouldFail: toErrorBody(new Conflict({ message: `workspace ${name} not found`, remediation: "" }))
+        // As the call itself would fail.
+        wouldFail: toErrorBody(
+          new NotFound({
+            message: `workspace ${name} not found`,
+            remediation: "`microagent list` shows the workspaces of this state directory"
+          })
+        )
       }
     }
     const next = transition(name, state.value, t)
@@ -625,6 +632,10 @@ export const tools: ReadonlyArray<AnyTool> = [
       timeout_seconds: optional(
         Schema.Number.pipe(Schema.positive()),
         "give up after this many seconds (default 60)"
+      ),
+      interval_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "how often to look, in seconds (default 0.25)"
       )
     },
     output: WaitResult,
@@ -634,7 +645,12 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.wait({ name: args.name, timeoutSeconds: args.timeout_seconds ?? 60 })
+        (client) =>
+          client.wait(defined({
+            name: args.name,
+            timeoutSeconds: args.timeout_seconds ?? 60,
+            intervalSeconds: args.interval_seconds
+          }))
       ).pipe(
         Effect.map((ws) => ({
           workspace: ws.name,
@@ -656,5 +672,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   }),
   ...fileTools,
   ...resourceTools,
+  ...snapshotTools,
   ...hostTools
 ]

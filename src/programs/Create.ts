@@ -7,6 +7,8 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
+import { validateMounts } from "../domain/MountFlag.ts"
+import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
   defaultResources,
   ImageInfo,
@@ -23,9 +25,7 @@ import {
   type WorkspaceName
 } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
-import { validateSecretRefs } from "../layers/secrets/SecretRefs.ts"
 import { writeManifest } from "../layers/state/Manifest.ts"
-import { validateMounts } from "../layers/volume/MountFlag.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"

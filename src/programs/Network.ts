@@ -7,6 +7,7 @@
 import { Effect, Option, Schema, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import { Conflict, InvalidInput, NotFound, Unsupported } from "../domain/Errors.ts"
+import { probePorts } from "../domain/Publish.ts"
 import { isLive } from "../domain/State.ts"
 import type { NetworkMode, PublishedPort, Workspace } from "../domain/Workspace.ts"
 import { macAddress, namespacePrefix, tapName } from "../layers/network/Addressing.ts"
@@ -20,7 +21,6 @@ import {
   requireFabric
 } from "../layers/network/Fabric.ts"
 import { networkNameProblem, reservedNetworkNames } from "../layers/network/NetworksLive.ts"
-import { probePorts } from "../layers/network/Publish.ts"
 import { GuestChannel } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, NicAttachment, VmHandle } from "../services/Hypervisor.ts"

@@ -96,12 +96,18 @@ export const events = (name: string, options: { readonly follow?: boolean } = {}
 
 /** Blocks until the workspace is stopped, halted, failed, quarantined or prepared. */
 export const wait = Effect.fn("wait")(
-  function*(name: string, options: { readonly timeout?: Duration.Duration } = {}) {
+  function*(
+    name: string,
+    options: { readonly timeout?: Duration.Duration; readonly interval?: Duration.Duration } = {}
+  ) {
     const store = yield* StateStore
     const settled = store.get(name).pipe(
       Effect.flatMap(reconcile),
       Effect.filterOrFail((ws) => isSettled(ws.state), () => "waiting" as const),
-      Effect.retry({ schedule: Schedule.spaced(Duration.millis(250)), while: (error) => error === "waiting" })
+      Effect.retry({
+        schedule: Schedule.spaced(options.interval ?? Duration.millis(250)),
+        while: (error) => error === "waiting"
+      })
     )
     const limit = options.timeout ?? Duration.infinity
     const result = yield* settled.pipe(

@@ -4,8 +4,8 @@
  * to the runtime in memory only, as `secretValues` of `run` and `start`.
  */
 import { Effect } from "effect"
+import { mergeRefs } from "../domain/SecretRefs.ts"
 import type { SecretRef } from "../domain/Workspace.ts"
-import { mergeRefs } from "../layers/secrets/SecretRefs.ts"
 import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
 import { Secrets } from "../services/Secrets.ts"
 import type { MicroagentClient } from "./Client.ts"

@@ -9,8 +9,8 @@
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
 import { RpcClient, type RpcClientError, type RpcGroup, RpcSerialization } from "@effect/rpc"
 import { Context, Effect, Layer, Stream } from "effect"
-import { ensureRuntime } from "../runtime/Launcher.ts"
 import { Home } from "../services/Home.ts"
+import { ensureRuntime } from "./Launcher.ts"
 import { Rpcs } from "./Rpcs.ts"
 
 export type MicroagentRpcs = RpcGroup.Rpcs<typeof Rpcs>

@@ -52,6 +52,10 @@ export const makeHostHandlers = Effect.gen(function*() {
     imageInspect: (p: { readonly ref: string }) => Effect.flatMap(images, (store) => store.inspect(p.ref)),
     imageRemove: (p: { readonly refs: ReadonlyArray<string>; readonly purge?: boolean | undefined }) =>
       Effect.flatMap(images, (store) => store.remove(p.refs, { purge: p.purge ?? false })),
+    imageTag: (p: { readonly image: string; readonly tag: string }) =>
+      Effect.flatMap(images, (store) => store.tag(p.image, p.tag)),
+    imagePrune: (p: { readonly purge?: boolean | undefined }) =>
+      Effect.flatMap(images, (store) => store.prune({ purge: p.purge ?? false })),
     kernelList: () =>
       Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
     kernelVerify: () =>

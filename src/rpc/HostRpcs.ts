@@ -53,6 +53,18 @@ export const hostRpcs = [
     success: ImageRemoveResult,
     error: MicroagentError
   }),
+  /** Records the image `image` names (reference, digest or prefix) under the reference `tag` too. */
+  Rpc.make("imageTag", {
+    payload: { image: Schema.String, tag: Schema.String },
+    success: ImageRecord,
+    error: MicroagentError
+  }),
+  /** Drops records whose baseline is gone and files nothing uses; with `purge`, every record and file. */
+  Rpc.make("imagePrune", {
+    payload: { purge: Schema.optional(Schema.Boolean) },
+    success: ImageRemoveResult,
+    error: MicroagentError
+  }),
   Rpc.make("kernelList", {
     success: Schema.Struct({ kernels: Schema.Array(KernelEntry) }),
     error: MicroagentError

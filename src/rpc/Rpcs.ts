@@ -10,6 +10,8 @@ import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
+import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
+import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
   Mount,
@@ -25,7 +27,6 @@ import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
 import { hostRpcs } from "./HostRpcs.ts"
-import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "./PerfSchemas.ts"
 
 /** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
 const Bytes = Schema.Uint8ArrayFromBase64
@@ -170,6 +171,22 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
+  Rpc.make("snapshotCreate", {
+    payload: { ...named, tag: Schema.optional(Schema.String) },
+    success: SnapshotManifest,
+    error: MicroagentError
+  }),
+  Rpc.make("snapshotList", {
+    payload: named,
+    success: Schema.Array(SnapshotManifest),
+    error: MicroagentError
+  }),
+  Rpc.make("snapshotDelete", {
+    payload: { ...named, tag: Schema.String },
+    success: SnapshotDeleted,
+    error: MicroagentError
+  }),
   /** Idempotent: deleting what is not there answers `deleted: false`. */
   Rpc.make("delete", {
     payload: {
@@ -209,7 +226,12 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Blocks until the workspace settles; running out of time is `Transient`. */
   Rpc.make("wait", {
-    payload: { ...named, timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())) },
+    payload: {
+      ...named,
+      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
+      /** How often the workspace is looked at; 0.25 s when absent. */
+      intervalSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+    },
     success: Workspace,
     error: MicroagentError
   }),

@@ -11,6 +11,7 @@ import * as Net from "node:net"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
 import { isLive } from "../domain/State.ts"
+import { version } from "../domain/Version.ts"
 import { type Backend, profiles } from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
@@ -30,14 +31,14 @@ import { networkCreate, networkInspect, networkList, networkRemove } from "../pr
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { run } from "../programs/Run.ts"
+import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
-import { makeConnectHandlers } from "../runtime/ConnectSessions.ts"
 import type { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import type { Volumes } from "../services/Volumes.ts"
-import { version } from "../Version.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
+import { makeConnectHandlers } from "./ConnectSessions.ts"
 import { makeHostHandlers } from "./HostHandlers.ts"
 import { Rpcs } from "./Rpcs.ts"
 
@@ -172,6 +173,9 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
       ),
     kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
+    snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
+    snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>
       local(
         withWorkspaceBackend(p.name, remove(p.name, { yes: p.yes, force: p.force })).pipe(
@@ -203,7 +207,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     wait: (p) =>
       local(withWorkspaceBackend(
         p.name,
-        wait(p.name, p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) })
+        wait(p.name, {
+          ...(p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) }),
+          ...(p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) })
+        })
       )),
     profiles: () => Effect.succeed({ profiles }),
     // Holders are checked against the default backend (the runtime reconciles every backend anyway).

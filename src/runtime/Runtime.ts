@@ -13,15 +13,12 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
 import type { Backend } from "../domain/Workspace.ts"
-import { defaultBackend } from "../layers/backends/Backends.ts"
-import { withBackend, WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import { withBackend } from "../layers/backends/WorkspaceBackends.ts"
 import { fabricProblem, namespaces, removeNamespace } from "../layers/network/Fabric.ts"
 import { startTimeOf } from "../layers/process/Processes.ts"
 import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
-import { DatabaseLive } from "../layers/state/Database.ts"
-import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import * as Microagent from "../Microagent.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
@@ -166,14 +163,7 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
       () => Effect.sync(() => NodeFs.rmSync(files.pid, { force: true }))
     )
     const activity = yield* Ref.make<Activity>({ connections: 0, lastChange: Date.now() })
-    const store = Layer.merge(SqliteStateStore, VolumesLive).pipe(
-      Layer.provideMerge(DatabaseLive),
-      Layer.provideMerge(Home.layer(home.root))
-    )
-    const services = WorkspaceBackends.layer({ defaultBackend: options.defaultBackend ?? defaultBackend() })
-      .pipe(
-        Layer.provideMerge(store)
-      )
+    const services = Microagent.layerBackends({ home: home.root, backend: options.defaultBackend })
     const server = RpcServer.layer(Rpcs, { disableFatalDefects: true }).pipe(
       Layer.provide(RpcHandlers),
       Layer.provide(RpcServer.layerProtocolSocketServer),

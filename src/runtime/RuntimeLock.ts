@@ -4,10 +4,10 @@
  * ends, however it ends — so a runtime killed with -9 never leaves a stale lock behind.
  */
 import Sqlite from "better-sqlite3"
-import { Effect } from "effect"
+import { Effect, type Scope } from "effect"
 import { Conflict, Permanent } from "../domain/Errors.ts"
 
-export const acquireRuntimeLock = (path: string) =>
+export const acquireRuntimeLock = (path: string): Effect.Effect<void, Conflict | Permanent, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.try({
       try: () => {
@@ -33,4 +33,4 @@ export const acquireRuntimeLock = (path: string) =>
           })
     }),
     (db) => Effect.sync(() => db.close())
-  )
+  ).pipe(Effect.asVoid)

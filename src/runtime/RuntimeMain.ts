@@ -6,6 +6,7 @@
  */
 import { Duration, Effect, Logger, Schedule } from "effect"
 import type { Backend } from "../domain/Workspace.ts"
+import { dropRuntimeMallocSetting } from "../rpc/Launcher.ts"
 import { serveRuntime } from "./Runtime.ts"
 
 export const defaultIdleSeconds = () => {
@@ -43,6 +44,7 @@ export const runRuntime = (
   options: { readonly idleSeconds?: number | undefined; readonly defaultBackend?: Backend | undefined }
 ) =>
   Effect.scoped(Effect.gen(function*() {
+    yield* Effect.sync(dropRuntimeMallocSetting)
     yield* Effect.forkScoped(collectGarbage)
     yield* serveRuntime(root, {
       idleSeconds: options.idleSeconds ?? defaultIdleSeconds(),

@@ -105,6 +105,11 @@ export interface HypervisorShape {
   readonly kill: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
   readonly pause: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
   readonly resume: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+  /**
+   * Writes the device state and memory of a paused VM to `file` (created 0600). The VM stays paused;
+   * `resume` lets it run on. Backends without the `Snapshot` capability fail with `Unsupported`.
+   */
+  readonly saveState: (handle: VmHandle, file: string) => Effect.Effect<void, MicroagentError>
 }
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}

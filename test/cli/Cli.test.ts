@@ -165,6 +165,78 @@ describe("the microagent CLI on the fake backend", () => {
     assert.deepStrictEqual(JSON.parse(settled.stdout), { workspace: "busy", state: "stopped", ok: true })
   })
 
+  it("takes durations as 30s, 5m, 500ms or seconds, and refuses others naming the flag", async () => {
+    await cliAsync(["create", "--backend", "fake", "--image", "alpine", "clock"], { stateDir })
+    await cliAsync(["start", "clock"], { stateDir })
+    const waited = await cliAsync(["wait", "--timeout", "700ms", "--interval", "100ms", "clock"], {
+      stateDir
+    })
+    assert.strictEqual(waited.code, 75)
+    assert.match(errorOf(waited).error.message, /within 700ms/)
+    const slow = await cliAsync(["exec", "--timeout", "0.5s", "clock", "--", "sleep", "5"], { stateDir })
+    assert.strictEqual(slow.code, 124)
+    assert.strictEqual(JSON.parse(slow.stdout).result.status, "timed_out")
+    for (
+      const [flag, value, says] of [
+        ["--timeout", "5x", `"x" is not a unit`],
+        ["--timeout", "-1s", "negative"],
+        ["--timeout", "0s", "longer than zero"]
+      ] as const
+    ) {
+      const bad = await cliAsync(["exec", flag, value, "clock", "--", "true"], { stateDir })
+      assert.strictEqual(bad.code, 2, bad.stderr)
+      assert.include(errorOf(bad).error.message, says)
+      assert.include(errorOf(bad).error.message, "--timeout")
+    }
+    await cliAsync(["kill", "clock"], { stateDir })
+  })
+
+  it("exec and run keep only --stdout-limit / --stderr-limit bytes and flag the rest", async () => {
+    const out = await cliAsync([
+      "run",
+      "--backend",
+      "fake",
+      "--stdout-limit",
+      "5",
+      "--stderr-limit",
+      "0",
+      "alpine",
+      "--",
+      "sh",
+      "-c",
+      "echo hello world; echo oops >&2"
+    ], { stateDir })
+    assert.strictEqual(out.code, 0, out.stderr)
+    const result = JSON.parse(out.stdout).result
+    assert.strictEqual(result.stdout, "hello")
+    assert.isTrue(result.stdoutTruncated)
+    assert.strictEqual(result.stderr, "")
+    assert.isTrue(result.stderrTruncated)
+    const negative = await cliAsync([
+      "run",
+      "--backend",
+      "fake",
+      "--stdout-limit",
+      "-1",
+      "alpine",
+      "--",
+      "true"
+    ], {
+      stateDir
+    })
+    assert.strictEqual(negative.code, 2)
+    assert.include(errorOf(negative).error.message, "--stdout-limit")
+  })
+
+  it("version prints the release with build metadata, and JSON when asked", async () => {
+    const plain = await cliAsync(["version"], { stateDir })
+    assert.match(plain.stdout, /^\d+\.\d+\.\d+(\+\d+\.[0-9a-f]{12}\.\d{8}(\.dirty)?)?\n$/)
+    const json = await cliAsync(["--json", "version"], { stateDir })
+    const parsed = JSON.parse(json.stdout) as { version: string; node: string; platform: string }
+    assert.strictEqual(`${parsed.version}\n`, plain.stdout)
+    assert.strictEqual(parsed.node, process.version)
+  })
+
   // Thirteen CLI processes: slow on a loaded host.
   it("help never performs the operation, wherever it stands", async () => {
     await cliAsync(["create", "--backend", "fake", "--image", "alpine", "keepme"], { stateDir })

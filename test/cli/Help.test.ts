@@ -261,7 +261,7 @@ describe("usage errors are structured (kind permanent, exit 2) and name what is 
     [["run", "--nmae", "x", "alpine"], /unknown flag --nmae/, /did you mean --name\?/],
     [
       ["wait", "--timeout", "abc", "w"],
-      /--timeout takes a whole number, not "abc"/,
+      /invalid --timeout "abc": "abc" is not a number with a unit; write a duration such as 30s/,
       /microagent wait --help/
     ],
     [["run", "--memory", "--json"], /--memory needs a value \(MIB\)/, /usage: microagent run/],
@@ -302,7 +302,7 @@ describe("usage errors are structured (kind permanent, exit 2) and name what is 
       assert.strictEqual(out.code, 2)
       assert.strictEqual(
         out.stderr,
-        'error: --timeout takes a whole number, not "abc"\n  `microagent wait --help` shows its flags and examples\n'
+        `error: invalid --timeout "abc": "abc" is not a number with a unit; write a duration such as 30s, 5m, 1h30m or 500ms\n  \`microagent wait --help\` shows its flags and examples\n`
       )
     } finally {
       delete process.env.MICROAGENT_OUTPUT

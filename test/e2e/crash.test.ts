@@ -722,6 +722,35 @@ describe("faults", () => {
       disk.free()
       assert.strictEqual((await local(["volume", "create", "--size-mib", "64", "v"])).code, 0)
 
+      // Rootfs build: the layers are in the store, but a baseline built another way (devices refused)
+      // does not fit; then the copy of the image's disk for a new workspace does not fit either.
+      const listing = (dir: string) => NodeFs.readdirSync(NodePath.join(disk.dir, dir)).sort()
+      const baselines = listing(NodePath.join("images", "rootfs"))
+      const nothingHalfWritten = async (what: string) => {
+        assert.deepStrictEqual(JSON.parse((await local(["ls"])).stdout).workspaces, [], `${what}: no record`)
+        assert.deepStrictEqual(
+          listing(NodePath.join("images", "rootfs")),
+          baselines,
+          `${what}: no partial baseline`
+        )
+        assert.deepStrictEqual(listing("tmp"), [], `${what}: no build directory left`)
+        assert.deepStrictEqual(listing("workspaces"), [], `${what}: no workspace directory left`)
+      }
+      disk.fill(1024)
+      const build = await local(["create", "--refuse-devices", "--image", registry.ref, "b"])
+      exhausted(build, "rootfs build")
+      assert.include(lastError(build).error.message, "building a root filesystem image")
+      await nothingHalfWritten("rootfs build")
+      disk.fill(128)
+      const copy = await local(["create", "--image", registry.ref, "c"])
+      exhausted(copy, "workspace disk")
+      assert.include(lastError(copy).error.message, `the file system holding ${disk.dir}/workspaces is full`)
+      await nothingHalfWritten("workspace disk")
+      disk.free()
+      const built = await local(["create", "--refuse-devices", "--image", registry.ref, "b"])
+      assert.strictEqual(built.code, 0, built.stderr)
+      assert.strictEqual((await local(["delete", "b"])).code, 0)
+
       // cp into a stopped workspace's disk: the sparse disk cannot grow.
       assert.strictEqual((await local(["create", "--image", registry.ref, "f"])).code, 0)
       const big = NodePath.join(scratch, "big.bin")

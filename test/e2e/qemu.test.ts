@@ -235,6 +235,8 @@ describe("qemu backend", () => {
         const text = JSON.stringify(exit.cause)
         assert.include(text, "Transient")
         assert.include(text, "console tail")
+        // Where the guest was when time ran out, to tell a hang from a slow boot.
+        assert.match(text, /vCPU0 RIP=[0-9a-f]{16}/)
       }
       assert.deepStrictEqual(filesIn(cfg.runtimeDir), [])
       assert.deepStrictEqual(qemuProcessesFor(cfg.runtimeDir), [])

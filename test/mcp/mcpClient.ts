@@ -45,6 +45,7 @@ export interface Envelope {
     readonly durationMs: number
     readonly idempotencyReplay?: boolean
     readonly preview?: boolean
+    readonly principal?: string
   }
 }
 

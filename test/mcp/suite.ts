@@ -45,10 +45,19 @@ const expectedTools = [
   "volume.inspect",
   "volume.resize",
   "volume.delete",
+  "snapshot.create",
+  "snapshot.list",
+  "snapshot.delete",
   "images.pull",
   "images.list",
   "images.inspect",
   "images.delete",
+  "images.tag",
+  "images.prune",
+  "microagent.ping",
+  "cp",
+  "profiles.list",
+  "host.inspect",
   "kernel.list",
   "kernel.verify",
   "doctor.check",
@@ -492,7 +501,82 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.strictEqual(haltAgain.result.wouldFail.kind, "conflict")
       const nothing = await mcp.call("workspace.delete", { name: "ghost", preview: true })
       assert.deepStrictEqual(nothing.result.actions, [])
+      // A preview of a missing workspace fails as the call itself would: not_found, not conflict.
+      for (const tool of ["workspace.halt", "workspace.kill"]) {
+        const ghostPreview = await mcp.call(tool, { name: "ghost", preview: true })
+        assert.strictEqual(ghostPreview.result.wouldFail.kind, "not_found", tool)
+        const ghostCall = await mcp.call(tool, { name: "ghost" })
+        assert.strictEqual(ghostCall.error?.kind, "not_found", tool)
+      }
       await mcp.call("workspace.delete", { name: "p1" })
+    })
+
+    it("speaks the original's tool and argument names, principal and confirm_token", async () => {
+      const ping = await mcp.call("microagent.ping", { principal: "agent-7" })
+      assert.isTrue(ping.ok, JSON.stringify(ping.error))
+      assert.isTrue(ping.result.ok)
+      assert.strictEqual(ping.meta.principal, "agent-7")
+      const profiles = await mcp.call("profiles.list")
+      assert.deepStrictEqual(profiles.result, (await mcp.call("microagent.profiles")).result)
+      assert.isTrue((await mcp.call("host.inspect")).ok)
+
+      await mcp.call("workspace.create", { image: testImage, name: "c1", principal: "agent-7" })
+      await mcp.call("workspace.start", { name: "c1" })
+      const legacy = await mcp.call("workspace.exec", {
+        name: "c1",
+        command: "echo hello world; echo oops >&2",
+        output_limit_bytes_stdout: 5,
+        output_limit_bytes_stderr: 2,
+        timeout_ms: 20_000
+      })
+      assert.isTrue(legacy.ok, JSON.stringify(legacy.error))
+      assert.strictEqual(legacy.result.stdout, "hello")
+      assert.isTrue(legacy.result.stdoutTruncated)
+      assert.strictEqual(legacy.result.stderr, "oo")
+      const slow = await mcp.call("workspace.exec", { name: "c1", command: ["sleep", "30"], timeout_ms: 500 })
+      assert.strictEqual(slow.result.status, "timed_out")
+      const both = await mcp.call("workspace.exec", { name: "c1", argv: ["true"], command: "true" })
+      assert.strictEqual(both.error?.kind, "permanent")
+      assert.include(both.error?.message, "give either command or argv")
+      const badDuration = await mcp.call("workspace.wait", { name: "c1", timeout: "5x" })
+      assert.strictEqual(badDuration.error?.kind, "permanent")
+      assert.include(badDuration.error?.message, "timeout:")
+      const waited = await mcp.call("workspace.wait", { name: "c1", timeout: "300ms", interval: "100ms" })
+      assert.strictEqual(waited.error?.kind, "transient", "still running: waiting runs out of time")
+
+      // A destructive call with a token is done only with the arguments that were previewed.
+      const preview = await mcp.call("workspace.kill", { name: "c1", preview: true })
+      assert.isString(preview.result.confirm_token)
+      const wrong = await mcp.call("workspace.kill", {
+        name: "c2",
+        confirm_token: preview.result.confirm_token
+      })
+      assert.strictEqual(wrong.error?.kind, "conflict")
+      assert.include(wrong.error?.message, "confirm_token")
+      const forged = await mcp.call("workspace.kill", { name: "c1", confirm_token: "1.abc" })
+      assert.strictEqual(forged.error?.kind, "conflict")
+      assert.strictEqual(
+        (await mcp.call("workspace.inspect", { name: "c1" })).result.workspace.state,
+        "running"
+      )
+      const killed = await mcp.call("workspace.kill", {
+        name: "c1",
+        confirm_token: preview.result.confirm_token
+      })
+      assert.isTrue(killed.ok, JSON.stringify(killed.error))
+      await mcp.call("workspace.delete", { name: "c1" })
+
+      const builtin = "microagent.local/busybox:latest"
+      await mcp.call("images.pull", { image: builtin, arch: "amd64" })
+      const tagged = await mcp.call("images.tag", { source: builtin, target: "microagent.local/tagged:1" })
+      assert.isTrue(tagged.ok, JSON.stringify(tagged.error))
+      assert.strictEqual(tagged.result.ref, "microagent.local/tagged:1")
+      const prunePreview = await mcp.call("images.prune", { preview: true })
+      assert.isAbove(prunePreview.result.actions.length, 0)
+      const pruned = await mcp.call("images.prune", {})
+      assert.isTrue(pruned.ok, JSON.stringify(pruned.error))
+      const listed = await mcp.call("images.list")
+      assert.include(listed.result.images.map((i: { ref: string }) => i.ref), "microagent.local/tagged:1")
     })
 
     it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {

@@ -1,8 +1,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Either, Exit } from "effect"
 import * as Net from "node:net"
+import { parsePublish, parsePublishes, probePorts } from "../../src/domain/Publish.ts"
 import { PublishedPort } from "../../src/domain/Workspace.ts"
-import { parsePublish, parsePublishes, probePorts } from "../../src/layers/network/Publish.ts"
 
 const ok = (text: string) => Either.getOrThrow(parsePublish(text))
 const problem = (text: string) => {

@@ -4,20 +4,12 @@
  * procedures through a `MicroagentClient` that calls the handlers in-process.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Layer, Stream } from "effect"
+import { Context, Effect, Layer, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
-import { backendLayer } from "../../src/layers/backends/Backends.ts"
-import {
-  withBackend,
-  withWorkspaceBackend,
-  WorkspaceBackends
-} from "../../src/layers/backends/WorkspaceBackends.ts"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
-import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
+import * as Microagent from "../../src/Microagent.ts"
 import { create } from "../../src/programs/Create.ts"
 import { remove } from "../../src/programs/Delete.ts"
 import { exec } from "../../src/programs/Exec.ts"
@@ -27,27 +19,16 @@ import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { layerInProcessClient } from "../../src/rpc/Server.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor } from "../../src/services/Hypervisor.ts"
-import { killFakeVmms } from "../support/fakeEnvironment.ts"
 
-// --- docs/library.md: "Composing the layers" ---
-
-/** The state directory, its database and the workspace store. */
-const Store = (root: string) =>
-  SqliteStateStore.pipe(
-    Layer.provideMerge(DatabaseLive),
-    Layer.provideMerge(Home.layer(root))
-  )
-
-/** Everything the programs need, on one backend. */
-const Microagent = (root: string, backend: "qemu" | "fake") =>
-  Layer.provideMerge(backendLayer(backend), Store(root))
-
-/** A workspace that is deleted (its VM killed first) when the scope closes, however it closes. */
+/**
+ * A running workspace that is deleted (its VM killed first) when the scope closes, however it closes.
+ * Only the creation is the acquisition: booting stays interruptible, and a failed boot is deleted too.
+ */
 const workspace = (image: string, name: string) =>
   Effect.acquireRelease(
-    create({ image, name }).pipe(Effect.tap((ws) => start(ws.name))),
+    create({ image, name }),
     (ws) => remove(ws.name, { force: true }).pipe(Effect.ignore)
-  )
+  ).pipe(Effect.tap((ws) => start(ws.name)))
 
 const task = Effect.scoped(Effect.gen(function*() {
   const ws = yield* workspace("alpine:3.20", "agent-1")
@@ -60,49 +41,75 @@ const task = Effect.scoped(Effect.gen(function*() {
 /** A fresh state directory for one test, and no fake VMM left behind. */
 const tempRoot = Effect.acquireRelease(
   Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-lib-"))),
-  (root) =>
-    killFakeVmms(root).pipe(Effect.andThen(() => NodeFs.rmSync(root, { recursive: true, force: true })))
+  (root) => Effect.sync(() => NodeFs.rmSync(root, { recursive: true, force: true }))
 )
 
 describe("the library, as docs/library.md shows it", () => {
   it.scopedLive("a host application drives a workspace through the programs, on the fake backend", () =>
     Effect.gen(function*() {
       const root = yield* tempRoot
-      const stdout = yield* task.pipe(Effect.provide(Microagent(root, "fake")))
+      const stdout = yield* task.pipe(Effect.provide(Microagent.layerTest({ home: root })))
       assert.strictEqual(stdout, "hello from sh\n")
       const oneShot = yield* run({ image: "alpine:3.20", command: ["echo", "once"] }).pipe(
-        Effect.provide(Microagent(root, "fake"))
+        Effect.provide(Microagent.layerTest({ home: root }))
       )
       assert.strictEqual(oneShot.result.stdout, "once\n")
       assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(root, "workspaces")), [])
     }))
 
+  it.scopedLive("the test layer removes its temporary state directory and ends its fake VMMs", () =>
+    Effect.gen(function*() {
+      const seen = yield* Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(Microagent.layerTest())
+        const started = yield* create({ image: "alpine", name: "lib-t" }).pipe(
+          Effect.flatMap((w) => start(w.name)),
+          Effect.provide(context)
+        )
+        const home = Context.get(context, Home)
+        assert.isTrue(NodeFs.existsSync(home.root))
+        return { root: home.root, pid: (started.vm as { readonly pid: number }).pid }
+      }))
+      assert.isFalse(NodeFs.existsSync(seen.root))
+      // The fake VMM (a detached `sleep`) is gone: no process, or a zombie with an empty command line.
+      const cmdline = NodeFs.existsSync(`/proc/${seen.pid}/cmdline`)
+        ? NodeFs.readFileSync(`/proc/${seen.pid}/cmdline`, "utf8")
+        : ""
+      assert.notInclude(cmdline, "sleep")
+    }))
+
   it.scopedLive("a long-lived host builds each backend once and runs each workspace on its own", () =>
     Effect.gen(function*() {
       const root = yield* tempRoot
-      const Runtime = Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" }), Store(root))
+      const Runtime = Microagent.layerBackends({ home: root, backend: "fake" })
       const program = Effect.gen(function*() {
-        yield* withBackend(undefined, create({ image: "alpine", name: "lib-1" }))
-        yield* withWorkspaceBackend("lib-1", start("lib-1"))
-        return yield* withWorkspaceBackend("lib-1", exec("lib-1", new ExecRequest({ argv: ["echo", "ok"] })))
+        yield* Microagent.withBackend(undefined, create({ image: "alpine", name: "lib-1" }))
+        yield* Microagent.withWorkspaceBackend("lib-1", start("lib-1"))
+        return yield* Microagent.withWorkspaceBackend(
+          "lib-1",
+          exec("lib-1", new ExecRequest({ argv: ["echo", "ok"] }))
+        )
       }).pipe(Effect.provide(Runtime))
       const result = yield* program
       assert.strictEqual(result.stdout, "ok\n")
       const backend = yield* Effect.provide(
-        withWorkspaceBackend("lib-1", Effect.flatMap(Hypervisor, (h) => Effect.succeed(h.backend))),
+        Microagent.withWorkspaceBackend(
+          "lib-1",
+          Effect.flatMap(Hypervisor, (h) => Effect.succeed(h.backend))
+        ),
         Runtime
       )
       assert.strictEqual(backend, "fake")
-      yield* Effect.provide(withWorkspaceBackend("lib-1", remove("lib-1", { force: true })), Runtime)
+      yield* Effect.provide(
+        Microagent.withWorkspaceBackend("lib-1", remove("lib-1", { force: true })),
+        Runtime
+      )
     }))
 
   it.scopedLive("the RPC procedures in-process: the same MicroagentClient, no socket", () =>
     Effect.gen(function*() {
       const root = yield* tempRoot
       const InProcess = layerInProcessClient.pipe(
-        Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
-        Layer.provideMerge(VolumesLive),
-        Layer.provideMerge(Store(root))
+        Layer.provideMerge(Microagent.layerTest({ home: root }))
       )
       const chunks = yield* Effect.gen(function*() {
         const client = yield* MicroagentClient

@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Layer, Stream } from "effect"
-import { make } from "../../src/runtime/SharedGuestChannel.ts"
+import { make } from "../../src/layers/guest/SharedGuestChannel.ts"
 import { GuestChannel, type GuestConnection } from "../../src/services/GuestChannel.ts"
 
 /** An inner channel whose connections close when the test says so; counts connects and releases. */

@@ -10,7 +10,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterEach, assert, beforeEach, describe, it } from "vitest"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
-import { answers } from "../../src/runtime/Launcher.ts"
+import { answers } from "../../src/rpc/Launcher.ts"
 import { binPath, cliAsync, stopRuntime } from "../support/cli.ts"
 import { killFakeVmms } from "../support/fakeEnvironment.ts"
 

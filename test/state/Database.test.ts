@@ -6,6 +6,7 @@ import { SqliteClient } from "@effect/sql-sqlite-node"
 import { assert, describe, it } from "@effect/vitest"
 import Sqlite from "better-sqlite3"
 import { Cause, DateTime, Effect, Exit, Layer, Option } from "effect"
+import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { Permanent } from "../../src/domain/Errors.ts"
@@ -241,5 +242,59 @@ describe("the state database", () => {
         Effect.provide(storeOn(root))
       )
       assert.deepStrictEqual(names, ["before"])
+    }))
+
+  it.scoped("a full disk on open is resource_exhausted naming the state directory, not a damaged database", () =>
+    Effect.gen(function*() {
+      // A tmpfs of 4 MiB (needs root, util-linux mount), filled to the last block.
+      const mountPoint = yield* makeTempDir("microagent-state-full")
+      const mounted = NodeChild.spawnSync("mount", [
+        "-t",
+        "tmpfs",
+        "-o",
+        "size=4m,mode=0700",
+        "tmpfs",
+        mountPoint
+      ], {
+        encoding: "utf8"
+      })
+      assert.strictEqual(
+        mounted.status,
+        0,
+        `mounting a tmpfs needs root (util-linux mount): ${mounted.stderr}`
+      )
+      yield* Effect.addFinalizer(() => Effect.sync(() => NodeChild.spawnSync("umount", ["-l", mountPoint])))
+      const filler = NodePath.join(mountPoint, "filler")
+      const fill = () => {
+        const { bavail, bsize } = NodeFs.statfsSync(mountPoint)
+        const made = NodeChild.spawnSync("fallocate", ["-l", String(bavail * bsize), filler], {
+          encoding: "utf8"
+        })
+        assert.strictEqual(made.status, 0, `fallocate (util-linux): ${made.stderr}`)
+      }
+      const existing = NodePath.join(mountPoint, "existing")
+      const fresh = NodePath.join(mountPoint, "fresh")
+      NodeFs.mkdirSync(NodePath.join(existing, "workspaces", "kept"), { recursive: true })
+      yield* Effect.flatMap(StateStore, (store) => store.create(workspace(existing, "kept"))).pipe(
+        Effect.provide(storeOn(existing))
+      )
+      NodeFs.mkdirSync(fresh)
+      fill()
+      // An existing store (its -shm file cannot be made: SQLite says "disk I/O error") and a new one.
+      for (const root of [existing, fresh]) {
+        const error = failureOf(yield* Effect.exit(Effect.provide(StateStore, storeOn(root))))
+        assert.strictEqual(error._tag, "ResourceExhausted", `${root}: ${error.message}`)
+        assert.include(error.message, `the file system holding ${root} is full`)
+        assert.include(error.message, "state database")
+        assert.notInclude(error.remediation, "state restore")
+      }
+      NodeFs.rmSync(filler)
+      // Once space is freed both open, and the existing one kept its record.
+      const names = yield* Effect.flatMap(StateStore, (store) => store.list).pipe(
+        Effect.map((all) => all.map((ws) => ws.name)),
+        Effect.provide(storeOn(existing))
+      )
+      assert.deepStrictEqual(names, ["kept"])
+      yield* Effect.flatMap(StateStore, (store) => store.list).pipe(Effect.provide(storeOn(fresh)))
     }))
 })

@@ -25,8 +25,11 @@ const environment = (options: CliOptions) => ({
   MICROAGENT_HOME: options.stateDir,
   MICROAGENT_OUTPUT: "",
   NO_COLOR: "1",
-  // Runtimes started by tests go away soon after their last workspace.
-  MICROAGENT_RUNTIME_IDLE_SECONDS: "2",
+  // A runtime outlives the gap between a test's commands: with a shorter idle time, on a loaded host
+  // (where starting the CLI alone takes seconds) every command found its runtime gone and waited for a
+  // new one to start, several times the command's own cost. Tests stop the runtimes they start
+  // (`stopRuntime`), and a runtime whose state directory is removed exits by itself.
+  MICROAGENT_RUNTIME_IDLE_SECONDS: "30",
   ...options.env
 })
 

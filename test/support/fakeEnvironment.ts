@@ -2,14 +2,11 @@
  * A complete fast-tier environment: a fresh temporary state directory, the real SQLite store, and the
  * fake backend. The directory is removed, and any fake VMM killed, when the scope closes.
  */
-import { Effect, Layer } from "effect"
+import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { backendLayer } from "../../src/layers/backends/Backends.ts"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
-import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
-import { Home } from "../../src/services/Home.ts"
+import * as Microagent from "../../src/Microagent.ts"
 
 export const makeTempDir = (prefix: string) =>
   Effect.acquireRelease(
@@ -36,12 +33,5 @@ export const killFakeVmms = (root: string) =>
     }
   })
 
-export const fakeEnvironment = Layer.unwrapScoped(
-  Effect.gen(function*() {
-    const root = yield* makeTempDir("microagent-test")
-    yield* Effect.addFinalizer(() => killFakeVmms(root))
-    const home = Home.layer(root)
-    const store = SqliteStateStore.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(home))
-    return Layer.provideMerge(backendLayer("fake"), store)
-  })
-)
+/** The library's own test composition (src/Microagent.ts): fake backend, temporary state directory. */
+export const fakeEnvironment = Microagent.layerTest()

@@ -6,13 +6,13 @@ import { Effect, Either } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { Mount } from "../../src/domain/Workspace.ts"
 import {
   parseMountFlag,
   parseMountFlags,
   validateMounts,
   volumeNameProblem
-} from "../../src/layers/volume/MountFlag.ts"
+} from "../../src/domain/MountFlag.ts"
+import { Mount } from "../../src/domain/Workspace.ts"
 
 const cwd = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-mountflag-"))
 NodeFs.writeFileSync(NodePath.join(cwd, "bundle.tar"), "")

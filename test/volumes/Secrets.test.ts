@@ -7,13 +7,13 @@ import { Effect, Either, Redacted } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { SecretRef } from "../../src/domain/Workspace.ts"
 import {
   mergeRefs,
   parseSecretFlag,
   parseSecretFlags,
   validateSecretRefs
-} from "../../src/layers/secrets/SecretRefs.ts"
+} from "../../src/domain/SecretRefs.ts"
+import { SecretRef } from "../../src/domain/Workspace.ts"
 import { dotenvValue, make } from "../../src/layers/secrets/SecretsLive.ts"
 
 const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-secrets-"))

@@ -11,7 +11,7 @@ import { DateTime, Deferred, Effect, Either, Layer, Schema } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { classifyNoSpace } from "../../domain/DiskFull.ts"
+import { classifyNoSpace, diskFull, isNoSpace } from "../../domain/DiskFull.ts"
 import {
   Conflict,
   InvalidInput,
@@ -41,6 +41,7 @@ import {
   Registry
 } from "../../services/Registry.ts"
 import { RootfsBuilder } from "../../services/RootfsBuilder.ts"
+import { isAlive } from "../process/Processes.ts"
 import { removeStaleWork, scopedWorkDir } from "../rootfs/RootfsBuilderLive.ts"
 import { runTool } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
@@ -141,14 +142,8 @@ const copyVerified = (
     catch: (cause) => cause instanceof Permanent ? cause : storeError(`copying ${from}`)(cause)
   })
 
-const pidAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (cause) {
-    return (cause as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
+/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
+const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
 
 /** Removes partial downloads whose process is gone. */
 const removeStalePartials = (dir: string) =>
@@ -446,14 +441,16 @@ export const makeImageStore = Effect.gen(function*() {
         Effect.try({
           try: () => writeBuiltinLayout(ref, layout),
           catch: (cause) =>
-            new ResourceExhausted({
-              message: `cannot build the built-in image ${ref}: ${
-                cause instanceof Error ? cause.message : String(cause)
-              }`,
-              remediation: cause instanceof MissingBuiltinTool
-                ? "install the package named above"
-                : "see `microagent doctor`"
-            })
+            isNoSpace(cause)
+              ? diskFull(`building the built-in image ${ref}`, home.tmp)
+              : new ResourceExhausted({
+                message: `cannot build the built-in image ${ref}: ${
+                  cause instanceof Error ? cause.message : String(cause)
+                }`,
+                remediation: cause instanceof MissingBuiltinTool
+                  ? "install the package named above"
+                  : "see `microagent doctor`"
+              })
         }).pipe(Effect.zipRight(importImage(layout, { ...options, tag: ref }))),
       (layout) => Effect.sync(() => NodeFs.rmSync(layout, { recursive: true, force: true }))
     )
@@ -548,7 +545,13 @@ export const makeImageStore = Effect.gen(function*() {
           ? new Permanent({ message: e.message })
           : e
       ),
-      Effect.mapError(classifyNoSpace("copying the image's root disk", NodePath.dirname(destination))),
+      // A workspace's disk is made in a staging directory renamed into place: name where it lives.
+      Effect.mapError(classifyNoSpace(
+        `copying the root disk of ${image.ref}`,
+        NodePath.basename(NodePath.dirname(destination)).startsWith(".staging")
+          ? NodePath.dirname(NodePath.dirname(destination))
+          : NodePath.dirname(destination)
+      )),
       Effect.onExit(() => Effect.sync(() => NodeFs.rmSync(partial, { force: true })))
     )
   })

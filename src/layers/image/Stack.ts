@@ -5,7 +5,7 @@
  */
 import type { SqlClient } from "@effect/sql"
 import { Effect, Layer } from "effect"
-import type { Permanent } from "../../domain/Errors.ts"
+import type { Permanent, ResourceExhausted } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
 import type { Registry } from "../../services/Registry.ts"
@@ -18,7 +18,7 @@ import { ImageStoreLive } from "./ImageStoreLive.ts"
 /** Home, SqlClient, Registry and RootfsBuilder for the state directory `root`. */
 export const imageDependencies = (
   root: string
-): Layer.Layer<Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent> =>
+): Layer.Layer<Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent | ResourceExhausted> =>
   Layer.mergeAll(DatabaseLive, RegistryHttp.layer(root), RootfsBuilderLive).pipe(
     Layer.provideMerge(Home.layer(root))
   )
@@ -26,8 +26,10 @@ export const imageDependencies = (
 /** ImageStore and its dependencies for the state directory `root`. */
 export const imageStoreLayer = (
   root: string
-): Layer.Layer<ImageStore | Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent> =>
-  ImageStoreLive.pipe(Layer.provideMerge(imageDependencies(root)))
+): Layer.Layer<
+  ImageStore | Home | SqlClient.SqlClient | Registry | RootfsBuilder,
+  Permanent | ResourceExhausted
+> => ImageStoreLive.pipe(Layer.provideMerge(imageDependencies(root)))
 
 /**
  * ImageStore for a composition that already has Home and SqlClient (the runtime, the lifecycle programs):

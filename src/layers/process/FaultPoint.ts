@@ -20,6 +20,7 @@ export type FaultStep =
   | "halt.stopping" // the record says stopping, the guest has not been asked to power off
   | "delete.files-removed" // the workspace's files are gone, its record not yet
   | "cp.reached" // the workspace is reached (channel or disk), no byte copied yet
+  | "snapshot.capturing" // the VM is paused and its state written into staging, nothing published yet
 
 const armed = (step: FaultStep): string | undefined => {
   const steps = process.env.MICROAGENT_FAULT_PAUSE

@@ -18,6 +18,33 @@ export class TooSmall
   }
 }
 
+/** The host file system holding the image filled up while it was written (not the image being too small). */
+export class HostFull
+  extends Data.TaggedError("HostFull")<{ readonly path: string; readonly detail: string }>
+{
+  override get message(): string {
+    return `No space left on device writing ${this.path}: ${this.detail}`
+  }
+}
+
+/**
+ * mke2fs and debugfs say "Could not allocate block" both when the image is too small for its content
+ * and when the host file system under the sparse image file cannot grow it: when the host has less
+ * free space than the content needs, it is the host that is full.
+ */
+const outOfSpace = (output: string, neededMiB: number, requestedMiB: number, detail: string) => {
+  let free = Number.POSITIVE_INFINITY
+  try {
+    const stats = NodeFs.statfsSync(NodePath.dirname(output))
+    free = stats.bavail * stats.bsize
+  } catch {
+    // Unknown: the image's own size is the likelier cause.
+  }
+  return free < neededMiB * MiB
+    ? new HostFull({ path: output, detail: detail.trim().split("\n")[0] ?? "" })
+    : new TooSmall({ requestedMiB, neededMiB: Math.ceil(neededMiB * 1.1) })
+}
+
 export class LedgerFailed extends Data.TaggedError("LedgerFailed")<{ readonly detail: string }> {
   override get message(): string {
     return `applying ownership and special files to the image failed: ${this.detail}`
@@ -139,7 +166,7 @@ export const buildExt4 = (
   options: Ext4Options
 ): Effect.Effect<
   { readonly sizeBytes: number; readonly neededMiB: number },
-  TooSmall | LedgerFailed | ToolMissing | ToolFailed
+  TooSmall | HostFull | LedgerFailed | ToolMissing | ToolFailed
 > =>
   Effect.gen(function*() {
     const content = stage.measure()
@@ -177,7 +204,7 @@ export const buildExt4 = (
     ])
     if (made.code !== 0) {
       if (/allocate|No space left|Could not allocate|too small/i.test(made.stderr + made.stdout)) {
-        return yield* new TooSmall({ requestedMiB: sizeMiB, neededMiB: Math.ceil(neededMiB * 1.1) })
+        return yield* outOfSpace(options.output, neededMiB, sizeMiB, made.stderr || made.stdout)
       }
       return yield* new ToolFailed({ tool: "mke2fs", code: made.code, stderr: made.stderr || made.stdout })
     }
@@ -193,8 +220,8 @@ export const buildExt4 = (
       // debugfs exits 0 even when commands fail; its errors are the stderr lines after the banner.
       const errors = result.stderr.split("\n").filter((l) => l.trim().length > 0 && !/^debugfs \d/.test(l))
       if (errors.length > 0) {
-        if (errors.some((l) => /No free space|Could not allocate/i.test(l))) {
-          return yield* new TooSmall({ requestedMiB: sizeMiB, neededMiB: Math.ceil(neededMiB * 1.1) })
+        if (errors.some((l) => /No free space|No space left|Could not allocate/i.test(l))) {
+          return yield* outOfSpace(options.output, neededMiB, sizeMiB, errors.join("\n"))
         }
         return yield* new LedgerFailed({ detail: errors.slice(0, 5).join("; ") })
       }

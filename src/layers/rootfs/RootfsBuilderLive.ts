@@ -8,7 +8,7 @@ import { Effect, Layer } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { classifyNoSpace } from "../../domain/DiskFull.ts"
+import { classifyNoSpace, diskFull } from "../../domain/DiskFull.ts"
 import {
   InvalidInput,
   type MicroagentError,
@@ -18,20 +18,15 @@ import {
 } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import { type BuildRequest, type BuildResult, RootfsBuilder } from "../../services/RootfsBuilder.ts"
+import { isAlive } from "../process/Processes.ts"
 import { applyLayer } from "./Apply.ts"
 import { buildExt4 } from "./Ext4.ts"
 import { defaultStageOptions, Stage } from "./Stage.ts"
 
 const workPrefix = "rootfs-build-"
 
-const pidAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (cause) {
-    return (cause as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
+/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
+const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
 
 /** Where stages go when they fit in memory (tmpfs): file creation there is an order of magnitude faster. */
 const memoryStageDir = (): string | undefined => {
@@ -163,6 +158,8 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
               remediation:
                 `use --size-mib ${error.neededMiB} or more, or leave the size out to size it to the content`
             })
+          case "HostFull":
+            return diskFull("building a root filesystem image", work)
           case "ToolMissing":
             return permanent(error.message, error.remediation)
           default:

@@ -6,8 +6,8 @@
 import { Effect, Layer, Redacted } from "effect"
 import * as NodeFs from "node:fs"
 import { InvalidInput } from "../../domain/Errors.ts"
+import { parseSource, secretNameProblem, type SecretSource } from "../../domain/SecretRefs.ts"
 import { Secrets, type SecretsShape } from "../../services/Secrets.ts"
-import { parseSource, secretNameProblem, type SecretSource } from "./SecretRefs.ts"
 
 /** The agent's tmpfs is 16 MiB; one secret may take at most 1 MiB of it. */
 export const maxSecretBytes = 1024 * 1024

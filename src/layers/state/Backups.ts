@@ -106,7 +106,8 @@ export const checkFile = (path: string, options: { readonly full?: boolean } = {
     const failure = sqliteFailureOf(cause)
     return {
       ok: false,
-      problems: [`${failure.message}${failure.code === undefined ? "" : ` (${failure.code})`}`]
+      problems: [`${failure.message}${failure.code === undefined ? "" : ` (${failure.code})`}`],
+      failure
     }
   }
 }

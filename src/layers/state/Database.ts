@@ -11,7 +11,9 @@ import { SqlClient } from "@effect/sql"
 import { SqliteClient } from "@effect/sql-sqlite-node"
 import { Cause, Effect, Layer, Option } from "effect"
 import * as NodeFs from "node:fs"
-import { Permanent } from "../../domain/Errors.ts"
+import * as NodePath from "node:path"
+import { diskFull } from "../../domain/DiskFull.ts"
+import { Permanent, type ResourceExhausted } from "../../domain/Errors.ts"
 import { Home, type HomeShape } from "../../services/Home.ts"
 import {
   type BackupFile,
@@ -24,15 +26,25 @@ import {
 } from "./Backups.ts"
 import { manifestPath } from "./Manifest.ts"
 import { type Migration, migrations as releasedMigrations } from "./Migrations.ts"
-import { isDamage, storeFailure, unusableDatabase } from "./StoreFailure.ts"
+import { isDamage, isFullDisk, sqliteFailureOf, storeFailure, unusableDatabase } from "./StoreFailure.ts"
 
-const openFailure = (database: string) =>
-  storeFailure({
+/**
+ * Why the database could not be opened: a full file system is `resource_exhausted` naming the state
+ * directory (SQLite's own words for it, "disk I/O error", would send the user to a restore they do
+ * not need); anything else is the store's `permanent` error.
+ */
+const openFailure = (database: string) => (cause: unknown): Permanent | ResourceExhausted => {
+  const dir = NodePath.dirname(database)
+  if (!(cause instanceof Permanent) && isFullDisk(sqliteFailureOf(cause), dir)) {
+    return diskFull(`cannot open the state database ${database}`, dir)
+  }
+  return storeFailure({
     prefix: `state store: cannot open ${database}`,
     remediation:
       "check the state directory's permissions and free space; `microagent state check` reports on it",
     database
-  })
+  })(cause)
+}
 
 /**
  * What in the state directory shows that it had records: backups, workspace manifests, volume files.
@@ -71,7 +83,10 @@ const accessProblem = (path: string): string | undefined => {
  * The checks made before the store is opened: the file is there if the directory had records, and
  * it reads clean. Fails with the error that leads to `microagent state restore`.
  */
-export const preflight = (home: HomeShape, expectRecords = true): Effect.Effect<void, Permanent> =>
+export const preflight = (
+  home: HomeShape,
+  expectRecords = true
+): Effect.Effect<void, Permanent | ResourceExhausted> =>
   Effect.gen(function*() {
     const database = home.database
     const exists = NodeFs.existsSync(database)
@@ -200,7 +215,7 @@ const restrictModes = (database: string) =>
  */
 export const databaseLayer = (
   options: { readonly migrations?: ReadonlyArray<Migration>; readonly expectRecords?: boolean } = {}
-): Layer.Layer<SqlClient.SqlClient, Permanent, Home> =>
+): Layer.Layer<SqlClient.SqlClient, Permanent | ResourceExhausted, Home> =>
   Layer.unwrapEffect(
     Effect.gen(function*() {
       const home = yield* Home
@@ -223,4 +238,5 @@ export const databaseLayer = (
   )
 
 /** SqlClient for the state store of the current `Home`, checked and migrated. */
-export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, Permanent, Home> = databaseLayer()
+export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, Permanent | ResourceExhausted, Home> =
+  databaseLayer()

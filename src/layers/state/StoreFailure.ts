@@ -3,7 +3,9 @@
  * kept (not @effect/sql's generic "Failed to execute statement"), and a damaged, unreadable or missing
  * database becomes one `permanent` error that names the file and the command that recovers it.
  */
+import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { isNoSpace } from "../../domain/DiskFull.ts"
 import { Permanent } from "../../domain/Errors.ts"
 
 export interface SqliteFailure {
@@ -31,6 +33,26 @@ export const sqliteFailureOf = (cause: unknown): SqliteFailure => {
 export const isDamage = (failure: SqliteFailure): boolean =>
   failure.code !== undefined
   && (failure.code.startsWith("SQLITE_CORRUPT") || failure.code === "SQLITE_NOTADB")
+
+const freeBytes = (dir: string): number => {
+  try {
+    const stats = NodeFs.statfsSync(dir)
+    return stats.bavail * stats.bsize
+  } catch {
+    return Number.POSITIVE_INFINITY
+  }
+}
+
+/**
+ * Whether a failure of the database in `dir` comes from a full file system. SQLite says SQLITE_FULL
+ * when a page cannot be written, but a -shm or -wal file that cannot be created or grown on open is an
+ * I/O error (SQLITE_IOERR_SHMSIZE, SQLITE_IOERR_WRITE…): that is a full disk too when the directory
+ * has (next to) no space left, and must not read as a damaged database.
+ */
+export const isFullDisk = (failure: SqliteFailure, dir: string): boolean =>
+  failure.code === "SQLITE_FULL"
+  || isNoSpace(failure.message)
+  || (failure.code?.startsWith("SQLITE_IOERR") === true && freeBytes(dir) < 256 * 1024)
 
 /** The file behind an SqlClient of @effect/sql-sqlite-node (the client object carries its config). */
 export const databaseFileOf = (sql: unknown): string | undefined => {

@@ -10,11 +10,11 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace } from "../../domain/DiskFull.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../../domain/Errors.ts"
+import { invalidVolumeName, volumeNameProblem } from "../../domain/MountFlag.ts"
 import { Home } from "../../services/Home.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
 import { runTool, runToolOk, type ToolFailed, type ToolMissing } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
-import { invalidVolumeName, volumeNameProblem } from "./MountFlag.ts"
 
 const MiB = 1024 * 1024
 export const minVolumeMiB = 16

@@ -73,6 +73,14 @@ export const reconcile = (workspace: Workspace) =>
         detail: "the process halting it exited; the VM was killed"
       })
     }
+    if (workspace.state === "paused" && ownerGone(workspace)) {
+      // Paused by a snapshot whose process died mid-capture: nothing else would ever let it run again.
+      yield* hypervisor.resume(handle.value)
+      return yield* store.transition(workspace.name, "resume", {
+        patch: withoutOwner,
+        detail: "the process snapshotting it exited; the VM was resumed"
+      })
+    }
     const expected = status === "paused" ? "paused" : "running"
     if (workspace.state === "paused" && expected === "running") {
       return yield* store.transition(workspace.name, "resume", { detail: "found running" })

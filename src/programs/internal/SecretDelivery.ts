@@ -5,8 +5,8 @@
  */
 import { Effect, Redacted } from "effect"
 import { InvalidInput, Permanent } from "../../domain/Errors.ts"
+import { validateSecretRefs } from "../../domain/SecretRefs.ts"
 import type { SecretRef } from "../../domain/Workspace.ts"
-import { validateSecretRefs } from "../../layers/secrets/SecretRefs.ts"
 import { GuestChannel } from "../../services/GuestChannel.ts"
 import type { VmHandle } from "../../services/Hypervisor.ts"
 

@@ -109,7 +109,8 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
-  "Secrets"
+  "Secrets",
+  "Snapshot"
 ])
 
 class BootFailure extends Data.TaggedError("BootFailure")<{
@@ -125,6 +126,22 @@ const consoleTail = (path: string, lines = 12): string => {
     return "(no console log)"
   }
 }
+
+/**
+ * Where each vCPU is when a boot times out (`vCPU0 RIP=… vCPU1 RIP=…; `), read over QMP before the VM
+ * is killed: with `quiet` the console stops at the last error-level message, so the instruction
+ * pointers (stable under `nokaslr`, mapped with the kernel's System.map) tell a hang from a slow boot.
+ * Empty when QEMU does not answer.
+ */
+const vcpuWhereabouts = (qmpSocket: string) =>
+  qmpExecute(qmpSocket, "human-monitor-command", { "command-line": "info registers -a" }, Duration.seconds(2))
+    .pipe(
+      Effect.map((out) => {
+        const rips = typeof out === "string" ? [...out.matchAll(/RIP=([0-9a-f]+)/g)].map((m) => m[1]) : []
+        return rips.length === 0 ? "" : `${rips.map((rip, i) => `vCPU${i} RIP=${rip}`).join(" ")}; `
+      }),
+      Effect.orElseSucceed(() => "")
+    )
 
 const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
   Effect.sync(() => {
@@ -368,12 +385,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           consoleLog: paths.consoleLog,
           controlSocket: paths.qmpSocket
         })
-      const bootFailed = (failure: BootFailure) => {
+      const bootFailed = (failure: BootFailure, vcpus: string) => {
         const tail = consoleTail(paths.consoleLog)
         return failure.reason === "Timeout"
           ? new Transient({
             message:
-              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; console tail:\n${tail}`,
+              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; ${vcpus}console tail:\n${tail}`,
             remediation:
               "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
           })
@@ -407,7 +424,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
               }).pipe(
                 Effect.zipRight(faultPoint("vmm.booting")),
                 Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
-                Effect.mapError(bootFailed)
+                Effect.catchAll((failure) =>
+                  Effect.flatMap(
+                    failure.reason === "Timeout" ? vcpuWhereabouts(paths.qmpSocket) : Effect.succeed(""),
+                    (vcpus) => Effect.fail(bootFailed(failure, vcpus))
+                  )
+                )
               )
             ).pipe(
               Effect.onError(() => destroy(handle, true)),
@@ -533,6 +555,59 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       yield* qmp(handle, "cont")
     })
 
+    /** Polls `query-migrate` until the stream is complete; QEMU leaves the VM paused (postmigrate). */
+    const awaitMigration = (handle: VmHandle, deadline: number): Effect.Effect<void, MicroagentError> =>
+      qmpExecute(controlSocket(handle), "query-migrate").pipe(
+        Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
+        Effect.flatMap((info) => {
+          const { status, "error-desc": errorDesc } = (info ?? {}) as {
+            status?: string
+            "error-desc"?: string
+          }
+          if (status === "completed") return Effect.void
+          if (status === "failed" || status === "cancelled") {
+            return Effect.fail(
+              new Permanent({
+                message: `saving the VM state of pid ${handle.pid} ${status}: ${errorDesc ?? "no detail"}`
+              })
+            )
+          }
+          if (Date.now() > deadline) {
+            return qmpExecute(controlSocket(handle), "migrate_cancel").pipe(
+              Effect.ignore,
+              Effect.zipRight(Effect.fail(
+                new Transient({
+                  message: `saving the VM state of pid ${handle.pid} did not finish (status ${status})`,
+                  remediation: "retry when the host is less loaded"
+                })
+              ))
+            )
+          }
+          return Effect.sleep(Duration.millis(50)).pipe(
+            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline)))
+          )
+        })
+      )
+
+    const saveState = Effect.fn("Hypervisor.saveState")(function*(handle: VmHandle, file: string) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "save the VM state")
+      // The path goes through QEMU's `exec:` (sh -c): only plain paths are accepted.
+      if (!/^[A-Za-z0-9_./+-]+$/.test(file)) {
+        return yield* new InvalidInput({
+          message: `cannot save VM state to ${file}: unusual characters in path`
+        })
+      }
+      // The file is created by QEMU's shell: make it private first.
+      yield* Effect.sync(() => NodeFs.writeFileSync(file, "", { mode: 0o600 }))
+      yield* qmpExecute(controlSocket(handle), "migrate", { uri: `exec:cat > ${file}` }).pipe(
+        Effect.mapError((error) =>
+          new Transient({ message: `QMP migrate on pid ${handle.pid} failed: ${error.message}` })
+        )
+      )
+      yield* awaitMigration(handle, Date.now() + 300_000)
+    })
+
     return Hypervisor.of(
       {
         backend: "qemu",
@@ -543,7 +618,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         halt,
         kill,
         pause,
-        resume
+        resume,
+        saveState
       } satisfies HypervisorShape
     )
   })

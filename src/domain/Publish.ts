@@ -5,9 +5,8 @@
  */
 import { Effect, Either } from "effect"
 import * as Net from "node:net"
-import { Conflict, InvalidInput } from "../../domain/Errors.ts"
-import { PublishedPort } from "../../domain/Workspace.ts"
-import { parseIp } from "./Addressing.ts"
+import { Conflict, InvalidInput } from "./Errors.ts"
+import { PublishedPort } from "./Workspace.ts"
 
 const usage = "write [IP:]HOSTPORT:GUESTPORT[/tcp], e.g. -p 8080:80 or -p 127.0.0.1:8080:80"
 
@@ -38,7 +37,7 @@ export const parsePublish = (text: string): Either.Either<PublishedPort, Invalid
     return Either.left(invalid(text, "expected two or three ':'-separated parts"))
   }
   const [hostIp, hostPort, guestPort] = parts.length === 3 ? parts : [defaultHostIp, ...parts]
-  if (parseIp(hostIp!) === undefined) {
+  if (!Net.isIPv4(hostIp!)) {
     return Either.left(invalid(text, `the host address "${hostIp}" is not an IPv4 address`))
   }
   return Either.gen(function*() {

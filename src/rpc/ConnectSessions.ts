@@ -9,15 +9,15 @@ import { Effect, Option, Queue, Stream } from "effect"
 import { Conflict, NotFound } from "../domain/Errors.ts"
 import { streamWithWorkspaceBackend, type WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
 import { connect } from "../programs/Connect.ts"
+import type { ExecControl } from "../services/GuestChannel.ts"
+import type { Home } from "../services/Home.ts"
+import type { StateStore } from "../services/StateStore.ts"
 import type {
   ConnectInputPayload,
   ConnectOutput,
   ConnectPayload,
   ConnectResizePayload
-} from "../rpc/ConnectSchemas.ts"
-import type { ExecControl } from "../services/GuestChannel.ts"
-import type { Home } from "../services/Home.ts"
-import type { StateStore } from "../services/StateStore.ts"
+} from "./ConnectSchemas.ts"
 
 interface Session {
   /** `None` ends the command's stdin. */

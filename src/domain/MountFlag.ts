@@ -5,8 +5,8 @@
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { InvalidInput } from "../../domain/Errors.ts"
-import { Mount } from "../../domain/Workspace.ts"
+import { InvalidInput } from "./Errors.ts"
+import { Mount } from "./Workspace.ts"
 
 export const volumeNameRule =
   "1-63 characters: lowercase letters, digits and '-', starting with a letter or digit"

@@ -4,8 +4,8 @@
  */
 import { Effect } from "effect"
 import * as NodePath from "node:path"
-import { InvalidInput } from "../../domain/Errors.ts"
-import { SecretRef } from "../../domain/Workspace.ts"
+import { InvalidInput } from "./Errors.ts"
+import { SecretRef } from "./Workspace.ts"
 
 export const secretNamePattern = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/
 const keyPattern = /^[A-Za-z_][A-Za-z0-9_.-]*$/

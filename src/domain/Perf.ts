@@ -2,7 +2,7 @@
  * The results of `perf boot` and `perf footprint`.
  */
 import { Schema } from "effect"
-import { Backend, NetworkMode } from "../domain/Workspace.ts"
+import { Backend, NetworkMode } from "./Workspace.ts"
 
 const Ms = Schema.Number
 

@@ -6,8 +6,8 @@
  * dropped, and the next caller opens a fresh one.
  */
 import { Effect, ExecutionStrategy, Exit, Layer, Scope, Stream } from "effect"
-import { GuestChannel, type GuestConnection, type GuestError } from "../services/GuestChannel.ts"
-import type { ChannelEndpoint } from "../services/Hypervisor.ts"
+import { GuestChannel, type GuestConnection, type GuestError } from "../../services/GuestChannel.ts"
+import type { ChannelEndpoint } from "../../services/Hypervisor.ts"
 
 const transportFailure = (error: GuestError) =>
   error._tag === "GuestUnreachable" || error._tag === "GuestProtocolError"

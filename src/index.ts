@@ -1,0 +1,45 @@
+/**
+ * microagent for Effect applications: `Microagent` builds the layers; the programs run workspaces
+ * against the service tags. Modules are also importable one by one (`microagent/programs/Exec`,
+ * `microagent/domain/Errors`, `microagent/services/StateStore`, `microagent/rpc/Client`, …); the Promise
+ * API is `microagent/promise`.
+ */
+export * as Microagent from "./Microagent.ts"
+
+export {
+  Conflict,
+  InvalidInput,
+  MicroagentError,
+  NotFound,
+  Permanent,
+  PolicyDenied,
+  ResourceExhausted,
+  Transient,
+  Unsupported
+} from "./domain/Errors.ts"
+export { ExecRequest, ExecResult } from "./domain/Exec.ts"
+export type { ExecOutput } from "./domain/Exec.ts"
+export { Workspace } from "./domain/Workspace.ts"
+export { defaultImage } from "./layers/image/BuiltinImages.ts"
+
+export { copyIn, copyOut } from "./programs/Cp.ts"
+export { create } from "./programs/Create.ts"
+export { remove } from "./programs/Delete.ts"
+export { exec, execStream } from "./programs/Exec.ts"
+export { halt, kill } from "./programs/Halt.ts"
+export { execRequestFor } from "./programs/internal/Requests.ts"
+export { networkCreate, networkInspect, networkList, networkRemove } from "./programs/Network.ts"
+export { events, inspect, list, logs, wait } from "./programs/Observe.ts"
+export { run } from "./programs/Run.ts"
+export { start } from "./programs/Start.ts"
+export { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "./programs/Volume.ts"
+
+export { MicroagentClient } from "./rpc/Client.ts"
+export { GuestChannel } from "./services/GuestChannel.ts"
+export { Home } from "./services/Home.ts"
+export { Hypervisor } from "./services/Hypervisor.ts"
+export { ImageStore } from "./services/ImageStore.ts"
+export { KernelCache } from "./services/KernelCache.ts"
+export { Networks } from "./services/Networks.ts"
+export { StateStore } from "./services/StateStore.ts"
+export { Volumes } from "./services/Volumes.ts"

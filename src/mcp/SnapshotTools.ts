@@ -1,0 +1,88 @@
+/**
+ * MCP tools for snapshots: thin calls into the RPC API, like the workspace tools. Deleting one can be
+ * previewed.
+ */
+import { Effect, Schema } from "effect"
+import { toErrorBody } from "../domain/Errors.ts"
+import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { defined } from "../rpc/Rpcs.ts"
+import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
+
+const workspaceName = { name: described(Schema.String, "the workspace's name") }
+const tag = described(
+  Schema.String,
+  "the snapshot's tag: letters, digits, '.', '_' and '-', starting with a letter or digit (up to 63)"
+)
+
+export const snapshotTools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "snapshot.create",
+    title: "Snapshot a workspace",
+    description: "Capture a workspace: memory, device state and disk of a running or paused one (a running "
+      + "one is paused for the capture and resumed), the disk of a halted or stopped one. Published "
+      + "atomically under a tag (default snap-<time>). Refused for a running workspace holding secrets, "
+      + "attached disks or named networks.",
+    input: { ...workspaceName, tag: optional(tag, "the tag (default snap-<UTC time>)") },
+    output: SnapshotManifest,
+    kind: "mutate",
+    sideEffects: ["pauses a running workspace for the capture", "writes the snapshot's files"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.snapshotCreate(defined({ name: args.name, tag: args.tag }))
+      )
+  }),
+  defineTool({
+    name: "snapshot.list",
+    title: "List a workspace's snapshots",
+    description: "The snapshots of a workspace, oldest first, with their manifests.",
+    input: workspaceName,
+    output: Schema.Struct({ snapshots: Schema.Array(SnapshotManifest) }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.map(
+        Effect.flatMap(MicroagentClient, (client) => client.snapshotList({ name: args.name })),
+        (snapshots) => ({ snapshots })
+      )
+  }),
+  defineTool({
+    name: "snapshot.delete",
+    title: "Delete a snapshot",
+    description: "Remove one snapshot of a workspace and its files.",
+    input: { ...workspaceName, tag },
+    output: SnapshotDeleted,
+    kind: "destructive",
+    sideEffects: ["deletes the snapshot's files"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.snapshotDelete({ name: args.name, tag: args.tag })),
+    preview: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.snapshotList({ name: args.name })).pipe(
+        Effect.map((snapshots): PreviewResult => {
+          const found = snapshots.find((s) => s.tag === args.tag)
+          return found === undefined
+            ? { preview: true, workspace: args.name, target: args.tag, actions: [] }
+            : {
+              preview: true,
+              workspace: args.name,
+              target: args.tag,
+              actions: [
+                `delete snapshot ${args.tag} of ${args.name} (${found.kind}, ${found.allocatedBytes} bytes on disk)`
+              ]
+            }
+        }),
+        Effect.catchTag("NotFound", (error) =>
+          Effect.succeed<PreviewResult>({
+            preview: true,
+            workspace: args.name,
+            target: args.tag,
+            actions: [],
+            wouldFail: toErrorBody(error)
+          }))
+      )
+  })
+]

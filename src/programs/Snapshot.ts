@@ -1,0 +1,343 @@
+/**
+ * `snapshot create|list|delete`. A snapshot lives in `<workspace dir>/snapshots/<tag>/`: `manifest.json`,
+ * `disk.ext4` (a sparse or reflinked copy of the workspace's disk) and, for a live workspace, `vm.state`
+ * (device state and memory as QEMU's migration stream).
+ *
+ * Crash consistency: everything is written into `snapshots/.staging-<tag>-<pid>/`, fsynced, and published
+ * by one rename; a create that dies leaves only a staging directory, which no listing reports and the
+ * next create or list removes once its process is gone. Delete renames before it removes, for the same
+ * reason. A running workspace goes through the store's `pause` and `resume` transitions, so no exec or
+ * halt races the capture.
+ */
+import { Effect, Option, Schema } from "effect"
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
+import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
+import type { Workspace } from "../domain/Workspace.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
+import { isAlive } from "../layers/process/Processes.ts"
+import { Home } from "../services/Home.ts"
+import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
+import { KernelCache } from "../services/KernelCache.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
+
+export interface SnapshotCreateOptions {
+  readonly tag?: string | undefined
+}
+
+const diskFile = "disk.ext4"
+const stateFile = "vm.state"
+const manifestFile = "manifest.json"
+
+const snapshotsDir = (home: { readonly workspaceDir: (name: string) => string }, name: string) =>
+  NodePath.join(home.workspaceDir(name), "snapshots")
+
+const defaultTag = (now: Date) => `snap-${now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}`
+
+const checkTag = (tag: string) =>
+  tagPattern.test(tag)
+    ? Effect.succeed(tag)
+    : Effect.fail(
+      new InvalidInput({
+        message: `"${tag}" is not a snapshot tag`,
+        remediation:
+          "use letters, digits, '.', '_' and '-', starting with a letter or digit, up to 63 characters"
+      })
+    )
+
+/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
+const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
+
+/** Removes staging and deleting directories whose process is gone (what a crash left). */
+const sweepLeftovers = (dir: string) =>
+  Effect.sync(() => {
+    let entries: Array<string> = []
+    try {
+      entries = NodeFs.readdirSync(dir)
+    } catch {
+      return
+    }
+    for (const entry of entries) {
+      const match = /^\.(staging|deleting)-.*-(\d+)$/.exec(entry)
+      if (match === null) continue
+      if (match[1] === "staging" && pidAlive(Number(match[2]))) continue
+      NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
+    }
+  })
+
+const fsyncPath = (path: string) => {
+  const fd = NodeFs.openSync(path, "r")
+  try {
+    NodeFs.fsyncSync(fd)
+  } finally {
+    NodeFs.closeSync(fd)
+  }
+}
+
+const allocatedBytes = (path: string) => {
+  try {
+    return NodeFs.statSync(path).blocks * 512
+  } catch {
+    return 0
+  }
+}
+
+/** A reflink where the filesystem can, else a sparse copy (zero blocks are not stored). */
+const copyDisk = (from: string, to: string) =>
+  Effect.async<void, Permanent>((resume) => {
+    NodeChild.execFile("cp", ["--reflink=auto", "--sparse=always", from, to], (error, _stdout, stderr) => {
+      if (error === null) return resume(Effect.void)
+      resume(
+        Effect.fail(new Permanent({ message: `copying the disk ${from} failed: ${String(stderr).trim()}` }))
+      )
+    })
+  })
+
+const writeManifest = (dir: string, manifest: SnapshotManifest) =>
+  Effect.sync(() => {
+    const file = NodePath.join(dir, manifestFile)
+    NodeFs.writeFileSync(file, JSON.stringify(manifest, null, 2) + "\n", { mode: 0o600 })
+  })
+
+const readManifest = (dir: string) =>
+  Effect.try({
+    try: () => JSON.parse(NodeFs.readFileSync(NodePath.join(dir, manifestFile), "utf8")) as unknown,
+    catch: (cause) => new Permanent({ message: `cannot read the manifest in ${dir}: ${String(cause)}` })
+  }).pipe(
+    Effect.flatMap((json) =>
+      Effect.try({
+        try: () => Schema.decodeUnknownSync(SnapshotManifest)(json),
+        catch: (cause) => new Permanent({ message: `the manifest in ${dir} is not valid: ${String(cause)}` })
+      })
+    )
+  )
+
+/** Why a live workspace cannot have its memory captured (yet), if it cannot. */
+const liveProblem = (workspace: Workspace): Unsupported | undefined => {
+  const refuse = (feature: string, message: string, remediation: string) =>
+    new Unsupported({ message, remediation, backend: workspace.backend, feature })
+  if (workspace.secrets.length > 0) {
+    // Fail closed: a memory image would hold the values of /run/secrets.
+    return refuse(
+      "snapshot of a workspace holding secrets",
+      `workspace ${workspace.name} holds secrets in its memory (${
+        workspace.secrets.map((s) => s.name).join(", ")
+      }); a memory snapshot would contain their values`,
+      `halt it and snapshot its disk only (microagent halt ${workspace.name})`
+    )
+  }
+  if (workspace.mounts.length > 0) {
+    return refuse(
+      "snapshot of a workspace with attached disks",
+      `workspace ${workspace.name} has disks attached (${
+        workspace.mounts.map((m) => m.target).join(", ")
+      }); their contents are not part of a snapshot and a restore would see them changed`,
+      `halt it and snapshot its disk only (microagent halt ${workspace.name})`
+    )
+  }
+  if (workspace.networks.length > 0) {
+    return refuse(
+      "snapshot of a workspace on a named network",
+      `workspace ${workspace.name} is on named networks (${workspace.networks.join(", ")})`,
+      `halt it and snapshot its disk only (microagent halt ${workspace.name})`
+    )
+  }
+  return undefined
+}
+
+export const snapshotCreate = Effect.fn("snapshot.create")(function*(
+  name: string,
+  options: SnapshotCreateOptions = {}
+) {
+  const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
+  const home = yield* Home
+  const tag = yield* checkTag(options.tag ?? defaultTag(new Date()))
+  const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
+  yield* requireBackend(workspace)
+  const live = workspace.state === "running" || workspace.state === "paused"
+  const stopped = workspace.state === "prepared" || workspace.state === "halted"
+    || workspace.state === "stopped"
+  if (!live && !stopped) {
+    return yield* new Conflict({
+      message: `cannot snapshot workspace ${name} while it is ${workspace.state}`,
+      remediation: "wait until it is running, paused, halted or stopped"
+    })
+  }
+  if (live) {
+    if (!hypervisor.capabilities.has("Snapshot")) {
+      return yield* new Unsupported({
+        message: `the ${hypervisor.backend} backend cannot capture a running VM`,
+        remediation: `halt the workspace and snapshot its disk`,
+        backend: hypervisor.backend,
+        feature: "Snapshot"
+      })
+    }
+    const problem = liveProblem(workspace)
+    if (problem !== undefined) return yield* problem
+  }
+  const dir = yield* home.ensureDir(snapshotsDir(home, name))
+  yield* sweepLeftovers(dir)
+  const final = NodePath.join(dir, tag)
+  if (NodeFs.existsSync(final)) {
+    return yield* new Conflict({
+      message: `workspace ${name} already has a snapshot tagged ${tag}`,
+      remediation: `pick another tag, or delete it first (microagent snapshot delete ${name} ${tag})`
+    })
+  }
+  const kernels = yield* Effect.serviceOption(KernelCache)
+  const boot = live && Option.isSome(kernels)
+    ? Option.some(yield* kernels.value.ensure(process.arch === "arm64" ? "aarch64" : "x86_64"))
+    : Option.none()
+
+  const staging = NodePath.join(dir, `.staging-${tag}-${process.pid}`)
+  const capture = Effect.gen(function*() {
+    yield* home.ensureDir(staging)
+    let pausedMs: number | undefined
+    if (live) {
+      const handle = vmHandleOf(workspace)
+      if (Option.isNone(handle)) {
+        return yield* new Conflict({ message: `workspace ${name} has no VM recorded`, remediation: "retry" })
+      }
+      pausedMs = yield* captureLive(name, workspace.state === "running", handle.value, staging)
+    } else {
+      yield* copyDisk(workspace.rootfsPath, NodePath.join(staging, diskFile))
+    }
+    const disk = NodePath.join(staging, diskFile)
+    const state = NodePath.join(staging, stateFile)
+    const manifest = SnapshotManifest.make({
+      formatVersion: 1,
+      workspace: name,
+      tag,
+      kind: live ? "memory" : "disk",
+      createdAt: new Date().toISOString(),
+      sourceState: workspace.state,
+      backend: workspace.backend,
+      image: {
+        ref: workspace.image.ref,
+        ...(workspace.image.digest ? { digest: workspace.image.digest } : {})
+      },
+      ...(Option.isSome(boot)
+        ? { kernelSha256: boot.value.kernelSha256, initrdSha256: boot.value.initrdSha256 }
+        : {}),
+      resources: workspace.resources,
+      hostname: workspace.hostname,
+      network: workspace.network,
+      ports: workspace.ports,
+      // Live captures of workspaces holding secrets are refused above; a disk never holds them (tmpfs).
+      secretsPurged: true,
+      secretNames: workspace.secrets.map((s) => s.name),
+      files: { disk: diskFile, ...(live ? { state: stateFile } : {}) },
+      allocatedBytes: allocatedBytes(disk) + (live ? allocatedBytes(state) : 0),
+      diskBytes: NodeFs.statSync(disk).size,
+      ...(live ? { stateBytes: NodeFs.statSync(state).size } : {}),
+      ...(pausedMs === undefined ? {} : { pausedMs })
+    })
+    yield* writeManifest(staging, manifest)
+    yield* Effect.sync(() => {
+      for (const file of NodeFs.readdirSync(staging)) fsyncPath(NodePath.join(staging, file))
+      fsyncPath(staging)
+    })
+    if (NodeFs.existsSync(final)) {
+      return yield* new Conflict({ message: `workspace ${name} already has a snapshot tagged ${tag}` })
+    }
+    yield* Effect.sync(() => {
+      NodeFs.renameSync(staging, final)
+      fsyncPath(dir)
+    })
+    yield* store.appendEvent(name, { type: "snapshot", detail: `created ${tag} (${manifest.kind})` })
+    return manifest
+  })
+  return yield* capture.pipe(
+    Effect.onError(() => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true })))
+  )
+})
+
+/**
+ * Pauses (through the store, when it was running), writes the VM state and copies the disk while
+ * paused, then resumes; returns how long the guest was held. Resuming is not skipped on failure.
+ */
+const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, staging: string) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore
+    const hypervisor = yield* Hypervisor
+    const workspace = yield* store.get(name)
+    const started = Date.now()
+    const held = Effect.gen(function*() {
+      yield* hypervisor.pause(handle)
+      yield* hypervisor.saveState(handle, NodePath.join(staging, stateFile))
+      yield* faultPoint("snapshot.capturing")
+      yield* copyDisk(workspace.rootfsPath, NodePath.join(staging, diskFile))
+    })
+    if (!wasRunning) {
+      yield* held
+      return Date.now() - started
+    }
+    // Owned while paused: if this process dies mid-capture, the next reader resumes the VM.
+    yield* store.transition(name, "pause", { patch: ownedByMe, detail: "snapshot" })
+    yield* held.pipe(
+      Effect.ensuring(
+        hypervisor.resume(handle).pipe(
+          Effect.zipRight(
+            store.transition(name, "resume", { patch: withoutOwner, detail: "snapshot taken" })
+          ),
+          Effect.ignore
+        )
+      ),
+      Effect.uninterruptible
+    )
+    return Date.now() - started
+  })
+
+export const snapshotList = Effect.fn("snapshot.list")(function*(name: string) {
+  const store = yield* StateStore
+  const home = yield* Home
+  yield* store.get(name)
+  const dir = snapshotsDir(home, name)
+  yield* sweepLeftovers(dir)
+  const entries = yield* Effect.sync(() => {
+    try {
+      return NodeFs.readdirSync(dir).filter((entry) => tagPattern.test(entry)).sort()
+    } catch {
+      return []
+    }
+  })
+  const manifests = yield* Effect.forEach(entries, (entry) =>
+    readManifest(NodePath.join(dir, entry)).pipe(
+      Effect.map(Option.some),
+      // An unreadable manifest is not a snapshot; it is reported by `snapshot create` refusing its tag.
+      Effect.catchAll(() => Effect.succeed(Option.none()))
+    ))
+  return manifests.flatMap((m) => (Option.isSome(m) ? [m.value] : [])).sort((a, b) =>
+    a.createdAt.localeCompare(b.createdAt)
+  )
+})
+
+export const snapshotDelete = Effect.fn("snapshot.delete")(function*(name: string, tag: string) {
+  const store = yield* StateStore
+  const home = yield* Home
+  yield* checkTag(tag)
+  yield* store.get(name)
+  const dir = snapshotsDir(home, name)
+  const final = NodePath.join(dir, tag)
+  if (!NodeFs.existsSync(final)) {
+    return yield* new NotFound({
+      message: `workspace ${name} has no snapshot tagged ${tag}`,
+      remediation: `see microagent snapshot list ${name}`
+    })
+  }
+  const doomed = NodePath.join(dir, `.deleting-${tag}-${process.pid}`)
+  yield* Effect.try({
+    try: () => {
+      NodeFs.renameSync(final, doomed)
+      fsyncPath(dir)
+      NodeFs.rmSync(doomed, { recursive: true, force: true })
+    },
+    catch: (cause) => new Permanent({ message: `cannot delete snapshot ${tag}: ${String(cause)}` })
+  })
+  yield* store.appendEvent(name, { type: "snapshot", detail: `deleted ${tag}` })
+  return new SnapshotDeleted({ workspace: name, tag, deleted: true })
+})

@@ -1,0 +1,83 @@
+/**
+ * A Host is the library running in this process for the Promise API: one `ManagedRuntime` over
+ * `Microagent.layer` (the state directory, its store and the backends), built on first use and shared
+ * by every workspace opened through it. `Workspace.create` without a `host` uses the default Host
+ * (`$MICROAGENT_HOME`, `$MICROAGENT_BACKEND`), which lives as long as the process.
+ */
+import { Effect, Exit, ManagedRuntime, Stream } from "effect"
+import type { Backend } from "../domain/Workspace.ts"
+import * as Microagent from "../Microagent.ts"
+import { fromCause } from "./MicroagentError.ts"
+
+export interface HostOptions {
+  /** The state directory; default `$MICROAGENT_HOME`, else `~/.microagent`. */
+  readonly home?: string | undefined
+  /** The backend of new workspaces; default `$MICROAGENT_BACKEND`, else `qemu`. */
+  readonly backend?: Backend | undefined
+}
+
+export class Host implements AsyncDisposable {
+  readonly #runtime: ManagedRuntime.ManagedRuntime<Microagent.Services, unknown>
+
+  private constructor(runtime: ManagedRuntime.ManagedRuntime<Microagent.Services, unknown>) {
+    this.#runtime = runtime
+  }
+
+  /** The library over a state directory, on a default backend. */
+  static open(options: HostOptions = {}): Host {
+    return new Host(ManagedRuntime.make(Microagent.layer(options)))
+  }
+
+  /**
+   * For an application's tests: the fake backend (guest commands run as host processes in the
+   * workspace's directory) in a temporary state directory, removed with its fake VMMs on `close`.
+   */
+  static openTest(options: { readonly home?: string | undefined } = {}): Host {
+    return new Host(ManagedRuntime.make(Microagent.layerTest(options)))
+  }
+
+  /** Runs a program of the library; failures reject with a `MicroagentError`. */
+  async run<A, E>(
+    effect: Effect.Effect<A, E, Microagent.Services>,
+    options: { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<A> {
+    const exit = await this.#runtime.runPromiseExit(
+      effect,
+      options.signal === undefined ? undefined : { signal: options.signal }
+    )
+    if (Exit.isSuccess(exit)) return exit.value
+    throw fromCause(exit.cause, options.signal)
+  }
+
+  /**
+   * A stream of the library as an async iterable. Leaving the loop early (`break`, `return`, a throw)
+   * interrupts the stream, which stops what feeds it (a guest command, say).
+   */
+  iterate<A, E>(stream: Stream.Stream<A, E, Microagent.Services>): AsyncIterable<A> {
+    const runtimeOf = () => this.run(Effect.runtime<Microagent.Services>())
+    return {
+      async *[Symbol.asyncIterator]() {
+        // Building the runtime here too, so a failure to open the state directory is a MicroagentError.
+        const built = await runtimeOf()
+        yield* Stream.toAsyncIterableRuntime(
+          stream.pipe(Stream.catchAllCause((cause) => Stream.fail(fromCause(cause)))),
+          built
+        )
+      }
+    }
+  }
+
+  /** Releases the state directory's database and the backends. Workspaces keep running. */
+  close(): Promise<void> {
+    return this.#runtime.dispose()
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close()
+  }
+}
+
+let shared: Host | undefined
+
+/** The process's default Host, opened on first use from the environment. */
+export const defaultHost = (): Host => (shared ??= Host.open())

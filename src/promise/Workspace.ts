@@ -1,0 +1,299 @@
+/**
+ * A workspace for applications that do not use Effect: each method is one program of the library
+ * (src/programs/) run on a Host, its failures rejected as `MicroagentError`s with the library's kinds.
+ *
+ *   await using ws = await Workspace.create({ image: "alpine:3.20" })
+ *   const result = await ws.exec(["sh", "-c", "echo hi"])
+ *
+ * `await using` (or `ws[Symbol.asyncDispose]()`) deletes the workspace, killing its VM first.
+ */
+import { Effect, Stream } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
+import { InvalidInput } from "../domain/Errors.ts"
+import type { ExecResult } from "../domain/Exec.ts"
+import type { Backend, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+import {
+  streamWithWorkspaceBackend,
+  withBackend,
+  withWorkspaceBackend
+} from "../layers/backends/WorkspaceBackends.ts"
+import { copyIn, copyOut } from "../programs/Cp.ts"
+import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
+import { remove } from "../programs/Delete.ts"
+import { exec, execStream } from "../programs/Exec.ts"
+import { halt, kill } from "../programs/Halt.ts"
+import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
+import { inspect, list } from "../programs/Observe.ts"
+import { start } from "../programs/Start.ts"
+import { Home } from "../services/Home.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { defaultHost, type Host } from "./Host.ts"
+
+export type { ExecResult } from "../domain/Exec.ts"
+export type { Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+
+export interface CreateOptions {
+  /** An OCI image reference (`alpine:3.20`, `registry/name@sha256:…`) or a built-in image. */
+  readonly image: string
+  /** Default: a generated name. */
+  readonly name?: string | undefined
+  readonly cpus?: number | undefined
+  readonly memoryMiB?: number | undefined
+  /** Size of the root disk. */
+  readonly sizeMiB?: number | undefined
+  /** Environment of every command, over the image's. */
+  readonly env?: Readonly<Record<string, string>> | undefined
+  /** `none` cuts the guest off; default: outbound access through the host. */
+  readonly network?: CreateProgramOptions["network"]
+  /**
+   * Egress mediation of the user network (docs/egress.md). Default `{ mode: "broker" }`: the public
+   * internet only, never the host, loopback or private ranges; `allow` entries are host, .suffix or
+   * A.B.C.D[/N], each with an optional :port.
+   */
+  readonly egress?: {
+    readonly mode?: EgressMode | undefined
+    readonly allow?: ReadonlyArray<string> | undefined
+    readonly lockAllowlist?: boolean | undefined
+    readonly maxConns?: number | undefined
+    readonly maxTotalBytes?: number | undefined
+  } | undefined
+  /** Default: the host's backend. */
+  readonly backend?: Backend | undefined
+  /** Boot it now (default) or leave it prepared until `start()`. */
+  readonly start?: boolean | undefined
+  readonly bootTimeoutSeconds?: number | undefined
+  /** Default: the process's default Host (`$MICROAGENT_HOME`, `$MICROAGENT_BACKEND`). */
+  readonly host?: Host | undefined
+  readonly signal?: AbortSignal | undefined
+}
+
+export interface ExecOptions extends ExecOverrides {
+  /** Bytes (or text) given to the command on its standard input. */
+  readonly stdin?: string | Uint8Array | undefined
+  /** Aborting interrupts the command in the guest; the promise rejects with the signal's reason. */
+  readonly signal?: AbortSignal | undefined
+}
+
+/** A piece of streamed output; the last one is `exit`. */
+export type Output =
+  | { readonly type: "stdout" | "stderr"; readonly data: Uint8Array }
+  | { readonly type: "exit"; readonly result: ExecResult }
+
+const egressPolicy = (egress: CreateOptions["egress"]) =>
+  egress === undefined ? undefined : new EgressPolicy({
+    mode: egress.mode ?? "broker",
+    allow: [...new Set((egress.allow ?? []).map(normalizeAllow))],
+    lockAllowlist: egress.lockAllowlist ?? false,
+    ...(egress.maxConns === undefined ? {} : { maxConns: egress.maxConns }),
+    ...(egress.maxTotalBytes === undefined ? {} : { maxTotalBytes: egress.maxTotalBytes })
+  })
+
+const bytesOf = (
+  data: string | Uint8Array
+) => (typeof data === "string" ? new TextEncoder().encode(data) : data)
+
+const stdinOf = (stdin: string | Uint8Array | undefined) =>
+  stdin === undefined ? undefined : Stream.make(bytesOf(stdin))
+
+/** The workspace's record as stored (no look at its VM). */
+const stored = (name: string) => Effect.flatMap(StateStore, (store) => store.get(name))
+
+/** A private directory under the state directory's tmp/ for one file transfer, removed afterwards. */
+const transferDir = Effect.flatMap(Home, (home) =>
+  Effect.acquireRelease(
+    Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(home.tmp, "files-"))),
+    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+  ))
+
+/** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */
+export class WorkspaceFiles {
+  readonly #workspace: Workspace
+  constructor(workspace: Workspace) {
+    this.#workspace = workspace
+  }
+
+  /** Writes `data` to the absolute guest path `path` (replacing a file there), owned by root, mode 0644. */
+  write(
+    path: string,
+    data: string | Uint8Array,
+    options: { readonly signal?: AbortSignal } = {}
+  ): Promise<void> {
+    const name = this.#workspace.name
+    return this.#workspace.host.run(
+      Effect.scoped(Effect.gen(function*() {
+        const dir = yield* transferDir
+        const file = NodePath.join(dir, NodePath.posix.basename(path) || "file")
+        yield* Effect.sync(() => NodeFs.writeFileSync(file, bytesOf(data), { mode: 0o644 }))
+        yield* withWorkspaceBackend(name, copyIn(name, file, path))
+      })),
+      options
+    )
+  }
+
+  /** The bytes of the guest file at the absolute path `path`. */
+  read(path: string, options: { readonly signal?: AbortSignal } = {}): Promise<Uint8Array> {
+    const name = this.#workspace.name
+    return this.#workspace.host.run(
+      Effect.scoped(Effect.gen(function*() {
+        const dir = yield* transferDir
+        const file = NodePath.join(dir, "out")
+        yield* withWorkspaceBackend(name, copyOut(name, path, file))
+        if (NodeFs.statSync(file).isDirectory()) {
+          return yield* new InvalidInput({
+            message: `${path} in workspace ${name} is a directory`,
+            remediation: "read files one at a time"
+          })
+        }
+        return new Uint8Array(NodeFs.readFileSync(file))
+      })),
+      options
+    )
+  }
+
+  /** The guest file at `path` as UTF-8 text. */
+  async readText(path: string, options: { readonly signal?: AbortSignal } = {}): Promise<string> {
+    return new TextDecoder().decode(await this.read(path, options))
+  }
+}
+
+export class Workspace implements AsyncDisposable {
+  readonly name: string
+  readonly host: Host
+  readonly files: WorkspaceFiles
+
+  private constructor(name: string, host: Host) {
+    this.name = name
+    this.host = host
+    this.files = new WorkspaceFiles(this)
+  }
+
+  /** Creates a workspace from an image and (unless `start: false`) boots it. A failed boot deletes it. */
+  static async create(options: CreateOptions): Promise<Workspace> {
+    const host = options.host ?? defaultHost()
+    const record = await host.run(
+      withBackend(
+        options.backend,
+        create({
+          image: options.image,
+          name: options.name,
+          cpus: options.cpus,
+          memoryMiB: options.memoryMiB,
+          sizeMiB: options.sizeMiB,
+          env: options.env,
+          network: options.network,
+          egress: egressPolicy(options.egress)
+        })
+      ),
+      { signal: options.signal }
+    )
+    const workspace = new Workspace(record.name, host)
+    if (options.start !== false) {
+      await workspace.start({ bootTimeoutSeconds: options.bootTimeoutSeconds, signal: options.signal }).catch(
+        async (error: unknown) => {
+          await workspace.delete().catch(() => undefined)
+          throw error
+        }
+      )
+    }
+    return workspace
+  }
+
+  /** An existing workspace by name; rejects `not_found` if there is none. */
+  static async get(name: string, options: { readonly host?: Host | undefined } = {}): Promise<Workspace> {
+    const host = options.host ?? defaultHost()
+    await host.run(stored(name))
+    return new Workspace(name, host)
+  }
+
+  /** The workspaces of the host's state directory. */
+  static list(options: { readonly host?: Host | undefined } = {}): Promise<ReadonlyArray<WorkspaceRecord>> {
+    return (options.host ?? defaultHost()).run(list())
+  }
+
+  /** The workspace's record: state, image, resources, backend, timestamps. */
+  inspect(): Promise<WorkspaceRecord> {
+    return this.host.run(
+      withWorkspaceBackend(this.name, Effect.map(inspect(this.name), (found) => found.workspace))
+    )
+  }
+
+  /**
+   * Runs a command (no shell) and waits for it. A non-zero exit is a result, not a rejection; the image's
+   * Env, User and WorkingDir are the defaults.
+   */
+  exec(argv: readonly [string, ...Array<string>], options: ExecOptions = {}): Promise<ExecResult> {
+    const name = this.name
+    return this.host.run(
+      withWorkspaceBackend(
+        name,
+        Effect.flatMap(
+          stored(name),
+          (ws) => exec(name, execRequestFor(ws, argv, options), stdinOf(options.stdin))
+        )
+      ),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * Runs a command and yields its output as it comes, then its `exit`. Leaving the loop early stops the
+   * command in the guest.
+   */
+  stream(
+    argv: readonly [string, ...Array<string>],
+    options: Omit<ExecOptions, "signal"> = {}
+  ): AsyncIterable<Output> {
+    const name = this.name
+    return this.host.iterate(
+      Stream.unwrap(
+        Effect.map(
+          stored(name),
+          (ws) =>
+            execStream(name, execRequestFor(ws, argv, options), stdinOf(options.stdin)).pipe(
+              Stream.map((out): Output =>
+                out._tag === "Exit"
+                  ? { type: "exit", result: out.result }
+                  : { type: out._tag === "Stdout" ? "stdout" : "stderr", data: out.data }
+              )
+            )
+        )
+      ).pipe((stream) => streamWithWorkspaceBackend(name, stream))
+    )
+  }
+
+  /** Boots a prepared or halted workspace from its disk and waits for its guest. */
+  async start(
+    options: { readonly bootTimeoutSeconds?: number | undefined; readonly signal?: AbortSignal | undefined } =
+      {}
+  ): Promise<void> {
+    await this.host.run(
+      withWorkspaceBackend(this.name, start(this.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })),
+      { signal: options.signal }
+    )
+  }
+
+  /** Shuts the guest down (killing the VM after `timeoutSeconds`, default 15); the disk is kept. */
+  async halt(options: { readonly timeoutSeconds?: number | undefined } = {}): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, halt(this.name, options)))
+  }
+
+  /** Kills the VM at once; the disk is kept. */
+  async kill(): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, kill(this.name)))
+  }
+
+  /** Deletes the workspace and its disk, killing its VM first if it runs. Deleting it twice is no error. */
+  async delete(): Promise<void> {
+    await this.host.run(
+      withWorkspaceBackend(this.name, remove(this.name, { force: true })).pipe(
+        Effect.catchTag("NotFound", () => Effect.void)
+      )
+    )
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.delete()
+  }
+}

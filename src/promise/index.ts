@@ -1,0 +1,15 @@
+/**
+ * The Promise API of microagent (`microagent/promise`): workspaces for applications that do not use
+ * Effect, over the same programs as the Effect API.
+ */
+export { Host, type HostOptions } from "./Host.ts"
+export { type ErrorKind, MicroagentError } from "./MicroagentError.ts"
+export {
+  type CreateOptions,
+  type ExecOptions,
+  type ExecResult,
+  type Output,
+  Workspace,
+  WorkspaceFiles,
+  type WorkspaceRecord
+} from "./Workspace.ts"

@@ -1,0 +1,210 @@
+/**
+ * Snapshots on real QEMU microVMs through the CLI: a running workspace is captured (memory, device
+ * state, disk) and goes on running with its in-memory state intact; a halted one gives a disk-only
+ * snapshot; tags conflict, delete removes; a workspace holding secrets is refused a memory capture;
+ * kill -9 of the runtime mid-capture publishes nothing and leaves the VM running, not paused.
+ * One booted workspace is shared by the file (the machine is slow).
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
+import { binPath, cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
+import { requireTool } from "../support/registry.ts"
+
+let stateDir: string
+let faultDir: string
+
+const env = { MICROAGENT_BACKEND: "qemu" }
+const ma = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}): Promise<CliResult> =>
+  cliAsync(args, { stateDir, env: { ...env, ...extraEnv } })
+
+const ok = async (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}) => {
+  const result = await ma(args, extraEnv)
+  assert.strictEqual(result.code, 0, `${args.join(" ")}: ${result.stderr}`)
+  return result
+}
+const json = (result: CliResult) => {
+  assert.isAbove(result.stdout.length, 0, `no output; exit ${result.code}; stderr: ${result.stderr}`)
+  return JSON.parse(result.stdout)
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+const waitFor = async (what: string, condition: () => boolean, timeoutMs = 120_000) => {
+  const deadline = Date.now() + timeoutMs
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(20)
+  }
+}
+
+const snapshotsDir = (name: string) => NodePath.join(stateDir, "workspaces", name, "snapshots")
+const entries = (name: string) => {
+  try {
+    return NodeFs.readdirSync(snapshotsDir(name)).sort()
+  } catch {
+    return []
+  }
+}
+
+const runtimePid = (): number | undefined => {
+  try {
+    const pid = Number(
+      NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
+    )
+    process.kill(pid, 0)
+    return pid
+  } catch {
+    return undefined
+  }
+}
+
+beforeAll(async () => {
+  requireTool("qemu-system-x86_64", "qemu-system-x86")
+  requireTool("mke2fs", "e2fsprogs")
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-snap-"))
+  faultDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-snap-fault-"))
+  await ok(["create", "--image", defaultImage, "w"])
+  await ok(["start", "w"])
+}, 600_000)
+
+afterAll(() => {
+  stopRuntime(stateDir)
+  for (const pid of qemuProcessesMentioning(`${stateDir}/`)) process.kill(pid, "SIGKILL")
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+  NodeFs.rmSync(faultDir, { recursive: true, force: true })
+})
+
+describe("snapshots on real microVMs", () => {
+  it("captures a running workspace, which runs on with its memory state", async () => {
+    // State only in memory: a tmpfs file and a process counting in it.
+    await ok(["exec", "w", "--", "sh", "-c", "mkdir -p /run/s && echo 41 > /run/s/counter"])
+    await ok([
+      "exec",
+      "w",
+      "--",
+      "sh",
+      "-c",
+      "(while :; do sleep 1; done) >/dev/null 2>&1 & echo $! > /run/s/pid"
+    ])
+    const manifest = json(await ok(["snapshot", "create", "w", "--tag", "one", "--json"]))
+    assert.strictEqual(manifest.tag, "one")
+    assert.strictEqual(manifest.kind, "memory")
+    assert.strictEqual(manifest.sourceState, "running")
+    assert.strictEqual(manifest.secretsPurged, true)
+    assert.match(manifest.kernelSha256, /^[0-9a-f]{64}$/)
+    assert.strictEqual(manifest.resources.memoryMiB > 0, true)
+    const dir = NodePath.join(snapshotsDir("w"), "one")
+    assert.deepStrictEqual(NodeFs.readdirSync(dir).sort(), ["disk.ext4", "manifest.json", "vm.state"])
+    const state = NodeFs.statSync(NodePath.join(dir, "vm.state"))
+    assert.strictEqual(state.size, manifest.stateBytes)
+    assert.isAbove(state.size, 1024 * 1024, "the state holds the guest's memory")
+    assert.strictEqual(state.mode & 0o777, 0o600)
+    assert.strictEqual(NodeFs.statSync(dir).mode & 0o777, 0o700)
+    // Sparse: the copy stores fewer bytes than its size.
+    assert.isBelow(NodeFs.statSync(NodePath.join(dir, "disk.ext4")).blocks * 512, manifest.diskBytes)
+    // The QEMU stream starts with its magic "QEVM".
+    const head = Buffer.alloc(4)
+    const fd = NodeFs.openSync(NodePath.join(dir, "vm.state"), "r")
+    NodeFs.readSync(fd, head, 0, 4, 0)
+    NodeFs.closeSync(fd)
+    assert.strictEqual(head.toString("latin1"), "QEVM")
+
+    // Resumed: running, same memory state, the background process alive.
+    const inspected = json(await ok(["inspect", "w", "--json"]))
+    assert.strictEqual(inspected.workspace.state, "running")
+    const after = await ok([
+      "exec",
+      "w",
+      "--",
+      "sh",
+      "-c",
+      "cat /run/s/counter; kill -0 $(cat /run/s/pid) && echo alive"
+    ])
+    assert.include(after.stdout, "41")
+    assert.include(after.stdout, "alive")
+  }, 300_000)
+
+  it("lists, refuses a taken tag or a bad one, and deletes", async () => {
+    const listed = json(await ok(["snapshot", "list", "w", "--json"]))
+    assert.deepStrictEqual(listed.map((m: { tag: string }) => m.tag), ["one"])
+    const taken = await ma(["snapshot", "create", "w", "--tag", "one", "--json"])
+    assert.notStrictEqual(taken.code, 0)
+    assert.strictEqual(errorOf(taken).error.kind, "conflict")
+    const bad = await ma(["snapshot", "create", "w", "--tag", "../x", "--json"])
+    assert.notStrictEqual(bad.code, 0)
+    const missing = await ma(["snapshot", "delete", "w", "nope", "--json"])
+    assert.strictEqual(errorOf(missing).error.kind, "not_found")
+    await ok(["snapshot", "create", "w", "--tag", "two"])
+    const deleted = json(await ok(["snapshot", "delete", "w", "two", "--json"]))
+    assert.strictEqual(deleted.deleted, true)
+    assert.deepStrictEqual(entries("w"), ["one"])
+  }, 300_000)
+
+  it("kill -9 of the runtime mid-capture publishes nothing and leaves the VM running", async () => {
+    stopRuntime(stateDir)
+    await waitFor("the runtime to exit", () => runtimePid() === undefined, 30_000)
+    const step = "snapshot.capturing"
+    const child = NodeChild.spawn(process.execPath, [binPath, "snapshot", "create", "w", "--tag", "crash"], {
+      env: {
+        ...process.env,
+        ...env,
+        MICROAGENT_HOME: stateDir,
+        MICROAGENT_FAULT_PAUSE: step,
+        MICROAGENT_FAULT_DIR: faultDir,
+        NO_COLOR: "1"
+      },
+      stdio: ["ignore", "ignore", "ignore"]
+    })
+    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)))
+    const marker = NodePath.join(faultDir, step)
+    await waitFor("the capture to reach its fault point", () => NodeFs.existsSync(marker))
+    const pid = runtimePid()
+    assert.isDefined(pid)
+    process.kill(pid!, "SIGKILL")
+    NodeFs.rmSync(marker, { force: true })
+    assert.notStrictEqual(await done, 0)
+    // Nothing published; the staging directory is swept by the next reader.
+    assert.deepStrictEqual(
+      json(await ok(["snapshot", "list", "w", "--json"])).map((m: { tag: string }) => m.tag),
+      [
+        "one"
+      ]
+    )
+    assert.deepStrictEqual(entries("w"), ["one"])
+    // The VM was paused by the capture; the next reader resumes it.
+    const inspected = json(await ok(["inspect", "w", "--json"]))
+    assert.strictEqual(inspected.workspace.state, "running")
+    const result = await ok(["exec", "w", "--", "cat", "/run/s/counter"])
+    assert.include(result.stdout, "41")
+  }, 300_000)
+
+  it("gives a halted workspace a disk-only snapshot", async () => {
+    await ok(["halt", "w"])
+    const manifest = json(await ok(["snapshot", "create", "w", "--tag", "cold", "--json"]))
+    assert.strictEqual(manifest.kind, "disk")
+    assert.strictEqual(manifest.sourceState, "halted")
+    assert.isUndefined(manifest.files.state)
+    assert.deepStrictEqual(NodeFs.readdirSync(NodePath.join(snapshotsDir("w"), "cold")).sort(), [
+      "disk.ext4",
+      "manifest.json"
+    ])
+  }, 300_000)
+
+  it("refuses a memory capture of a workspace holding secrets", async () => {
+    await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], { SNAP_TOKEN: "s3cr3t-value-for-snapshot" })
+    const refused = await ma(["snapshot", "create", "w", "--tag", "secret", "--json"])
+    assert.strictEqual(errorOf(refused).error.kind, "unsupported")
+    assert.deepStrictEqual(entries("w"), ["cold", "one"])
+    // No snapshot file holds the value.
+    for (const tag of entries("w")) {
+      for (const file of NodeFs.readdirSync(NodePath.join(snapshotsDir("w"), tag))) {
+        const bytes = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), tag, file))
+        assert.strictEqual(bytes.includes("s3cr3t-value-for-snapshot"), false, `${tag}/${file}`)
+      }
+    }
+  }, 300_000)
+})

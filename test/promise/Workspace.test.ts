@@ -1,0 +1,97 @@
+/**
+ * The Promise API on the fast tier: the same programs on the fake backend, through one Host.
+ */
+import * as NodeFs from "node:fs"
+import { afterAll, assert, describe, it } from "vitest"
+import { Host, MicroagentError, Workspace } from "../../src/promise/index.ts"
+
+const host = Host.openTest()
+afterAll(() => host.close())
+
+const text = (data: Uint8Array) => new TextDecoder().decode(data)
+
+describe("the Promise API (fake backend)", () => {
+  it("creates, runs commands, streams output, halts, starts and deletes", async () => {
+    const ws = await Workspace.create({ image: "alpine:3.20", name: "p-1", host })
+    assert.strictEqual((await ws.inspect()).state, "running")
+
+    const result = await ws.exec(["sh", "-c", "echo out; echo err >&2; exit 3"])
+    assert.deepStrictEqual([result.exitCode, result.stdout, result.stderr], [3, "out\n", "err\n"])
+    const echoed = await ws.exec(["cat"], { stdin: "from stdin" })
+    assert.strictEqual(echoed.stdout, "from stdin")
+
+    const seen: Array<string> = []
+    for await (const out of ws.stream(["sh", "-c", "echo a; echo b >&2"])) {
+      seen.push(out.type === "exit" ? `exit ${out.result.exitCode}` : `${out.type} ${text(out.data)}`)
+    }
+    assert.deepInclude(seen, "stdout a\n")
+    assert.deepInclude(seen, "stderr b\n")
+    assert.strictEqual(seen.at(-1), "exit 0")
+
+    // The fake backend moves no files (test/e2e/promise.test.ts covers them on QEMU): the kind says so.
+    const files = await ws.files.write("/tmp/note.txt", "hello file").catch((e: unknown) => e)
+    assert.instanceOf(files, MicroagentError)
+    assert.strictEqual((files as MicroagentError).kind, "unsupported")
+
+    await ws.halt()
+    assert.strictEqual((await ws.inspect()).state, "halted")
+    await ws.start()
+    assert.strictEqual((await ws.inspect()).state, "running")
+
+    await ws.delete()
+    await ws.delete() // twice is no error
+    const missing = await Workspace.get("p-1", { host }).catch((e: unknown) => e)
+    assert.instanceOf(missing, MicroagentError)
+    assert.strictEqual((missing as MicroagentError).kind, "not_found")
+  })
+
+  it("`await using` deletes the workspace, however the block ends", async () => {
+    const name = "p-dispose"
+    const failure = await (async () => {
+      await using ws = await Workspace.create({ image: "alpine:3.20", name, host })
+      assert.strictEqual((await ws.exec(["true"])).exitCode, 0)
+      throw new Error("the application failed")
+    })().catch((e: unknown) => e)
+    assert.strictEqual((failure as Error).message, "the application failed")
+    const names: Array<string> = (await Workspace.list({ host })).map((w) => w.name)
+    assert.notInclude(names, name)
+  })
+
+  it("failures reject with a MicroagentError carrying the library's kind", async () => {
+    await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-errors", host })
+    const taken = await Workspace.create({ image: "alpine:3.20", name: "p-errors", host }).catch((
+      e: unknown
+    ) => e)
+    assert.instanceOf(taken, MicroagentError)
+    assert.strictEqual((taken as MicroagentError).kind, "conflict")
+    assert.strictEqual((taken as MicroagentError).tag, "Conflict")
+    assert.isNotEmpty((taken as MicroagentError).remediation)
+
+    const relative = await ws.files.write("relative/path", "x").catch((e: unknown) => e)
+    assert.instanceOf(relative, MicroagentError)
+    assert.strictEqual((relative as MicroagentError).tag, "InvalidInput")
+    assert.strictEqual((relative as MicroagentError).kind, "permanent")
+
+    await ws.kill()
+    const stopped = await ws.exec(["true"]).catch((e: unknown) => e)
+    assert.strictEqual((stopped as MicroagentError).kind, "conflict", String(stopped))
+  })
+
+  it("an aborted exec stops the command and rejects with the signal's reason", async () => {
+    await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-abort", host })
+    const controller = new AbortController()
+    const running = ws.exec(["sleep", "60"], { signal: controller.signal }).catch((e: unknown) => e)
+    setTimeout(() => controller.abort(new Error("enough")), 300)
+    const outcome = await running
+    assert.strictEqual((outcome as Error).message, "enough")
+    assert.strictEqual((await ws.exec(["echo", "still fine"])).stdout, "still fine\n")
+  })
+
+  it("a Host closes its state directory; a test Host removes its temporary one", async () => {
+    const own = Host.openTest()
+    const ws = await Workspace.create({ image: "alpine:3.20", name: "p-close", host: own })
+    const root = (await ws.inspect()).runtimeDir
+    await own.close()
+    assert.isFalse(NodeFs.existsSync(root))
+  })
+})
