@@ -3,15 +3,20 @@ import { defineConfig } from "vitest/config"
 export default defineConfig({
   test: {
     globalSetup: ["test/support/globalSetup.ts"],
+    // The real tier (the only project on forks) runs two files at a time: a TCG guest mostly waits once
+    // booted, so two lanes fill both cores. Each file has its own state directory, and its checks name
+    // only the VMMs under it.
+    poolOptions: { forks: { minForks: 1, maxForks: 2 } },
     projects: [
       {
         test: {
           name: "fast",
           include: ["test/**/*.test.ts"],
           exclude: ["test/e2e/**"],
-          testTimeout: 30_000,
-          // Clean-up hooks run real CLI processes (delete --force, runtime stop), slow on a loaded host.
-          hookTimeout: 30_000
+          // Tests and clean-up hooks run real CLI processes (a Node start each), which take several
+          // times longer while the real tier's two guests hold both cores: a bound, not a speed check.
+          testTimeout: 120_000,
+          hookTimeout: 120_000
         }
       },
       {
@@ -20,8 +25,7 @@ export default defineConfig({
           include: ["test/e2e/**/*.test.ts"],
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          pool: "forks",
-          poolOptions: { forks: { singleFork: true } }
+          pool: "forks"
         }
       }
     ]

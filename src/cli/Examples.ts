@@ -25,6 +25,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   connect: ["microagent connect dev", "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],
   wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
+  result: [
+    "microagent result dev",
+    "microagent result --wait --timeout 10m dev",
+    "microagent result dev --json"
+  ],
   halt: ["microagent halt dev", "microagent halt --timeout 5 --reason maintenance dev"],
   kill: ["microagent kill dev", "microagent kill dev --json"],
   delete: ["microagent delete dev", "microagent delete --force dev scratch"],
@@ -51,6 +56,27 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent image pull alpine:3.20",
     "microagent image pull --platform linux/arm64 debian:12"
   ],
+  "image push": [
+    "microagent image push 127.0.0.1:5000/team/tool:1",
+    "microagent image push alpine:3.20 --to registry.example/mirror/alpine:3.20",
+    "microagent image push --insecure-registry lab.internal:5000/tools/app:2 --json"
+  ],
+  "image save": [
+    "microagent image save alpine:3.20 -o alpine.tar",
+    "microagent image save --output ./busybox.tar microagent.local/busybox:latest"
+  ],
+  registry: [
+    "microagent registry login ghcr.io -u me --password-stdin",
+    "microagent registry list",
+    "microagent registry logout ghcr.io"
+  ],
+  "registry login": [
+    "microagent registry login ghcr.io -u me --password-stdin",
+    "microagent registry login 127.0.0.1:5000 -u ci -p secret"
+  ],
+  "registry logout": ["microagent registry logout ghcr.io"],
+  "registry list": ["microagent registry list", "microagent registry list --json"],
+  "registry ls": ["microagent registry ls"],
   "image import": ["microagent image import ./image.tar --tag local/tool:1"],
   "image list": ["microagent image list --json"],
   "image ls": ["microagent image ls"],

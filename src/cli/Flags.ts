@@ -42,6 +42,20 @@ export const outputOption = Options.text("output").pipe(
   Options.repeated
 )
 
+export const fileCopyOption = Options.text("file-copy").pipe(
+  Options.withPseudoName("SRC:DST[:MODE]"),
+  Options.withDescription(
+    "copy a host file into the guest at every start, before the entrypoint (MODE octal; repeatable)"
+  ),
+  Options.repeated
+)
+
+export const setupOption = Options.text("setup").pipe(
+  Options.withPseudoName("CMD"),
+  Options.withDescription("shell command run once, before the first start's entrypoint (repeatable)"),
+  Options.repeated
+)
+
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 

@@ -8,11 +8,11 @@ import type { EgressRecord } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
-import { profiles, type Workspace } from "../domain/Workspace.ts"
+import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
-import { events, inspect, logs, wait } from "../programs/Observe.ts"
+import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalDuration } from "./Flags.ts"
@@ -59,19 +59,78 @@ const waitCommand = Command.make("wait", {
   interval: optionalDuration("interval", "how often to look (default 250ms)"),
   name: nameArg
 }, ({ interval, name, timeout }) =>
-  withWorkspaceBackend(
-    name,
-    wait(name, {
-      ...(timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {}),
-      ...(interval._tag === "Some" ? { interval: Duration.seconds(interval.value) } : {})
-    })
-  ).pipe(
-    Effect.flatMap((ws) => {
-      const ok = ws.state !== "failed" && ws.state !== "quarantined"
-      if (!ok) process.exitCode = 1
-      return emit({ workspace: ws.name, state: ws.state, ok }, () => stateLine(ws))
-    })
-  )).pipe(Command.withDescription("block until a workspace is stopped, halted, failed or prepared"))
+  Effect.gen(function*() {
+    const recorded = yield* withStore(Effect.flatMap(StateStore, (store) => store.get(name)))
+    // The runtime is what copies a finished entrypoint's outcome into the record: it must be up.
+    if (recorded.result?.status === "running") yield* withRuntime(Effect.void)
+    const ws = yield* withWorkspaceBackend(
+      name,
+      wait(name, {
+        ...(timeout._tag === "Some" ? { timeout: Duration.seconds(timeout.value) } : {}),
+        ...(interval._tag === "Some" ? { interval: Duration.seconds(interval.value) } : {})
+      })
+    )
+    const entrypoint = entrypointDone(ws) ? ws.result : undefined
+    const ok = ws.state !== "failed" && ws.state !== "quarantined"
+      && (entrypoint === undefined || (entrypoint.status === "exited" && entrypoint.exitCode === 0))
+    if (!ok) process.exitCode = 1
+    return yield* emit(
+      {
+        workspace: ws.name,
+        state: ws.state,
+        ok,
+        ...(entrypoint === undefined ? {} : { entrypoint: entrypoint.status, exitCode: entrypoint.exitCode })
+      },
+      () =>
+        entrypoint === undefined
+          ? stateLine(ws)
+          : `${stateLine(ws)} (entrypoint ${entrypoint.status}${
+            entrypoint.exitCode === undefined ? "" : ` ${entrypoint.exitCode}`
+          })`
+    )
+  })).pipe(
+    Command.withDescription(
+      "block until a workspace is stopped, halted, failed or prepared, or its entrypoint has finished"
+    )
+  )
+
+const resultLines = (r: EntrypointResult) =>
+  [
+    `entrypoint: ${r.command}`,
+    `status:     ${r.status}${r.exitCode === undefined ? "" : ` (exit ${r.exitCode})`}`,
+    ...(r.startError === undefined ? [] : [`start error: ${r.startError}`]),
+    ...(r.error === undefined ? [] : [`error:      ${r.error}`]),
+    ...(r.startedAt === undefined ? [] : [`started:    ${r.startedAt.toJSON()}`]),
+    ...(r.finishedAt === undefined ? [] : [`finished:   ${r.finishedAt.toJSON()}`]),
+    ...(r.stdout === "" ? [] : [`stdout${r.stdoutTruncated ? " (truncated)" : ""}:`, r.stdout.trimEnd()]),
+    ...(r.stderr === "" ? [] : [`stderr${r.stderrTruncated ? " (truncated)" : ""}:`, r.stderr.trimEnd()])
+  ].join("\n")
+
+const resultCommand = Command.make(
+  "result",
+  {
+    wait: Options.boolean("wait").pipe(Options.withDescription("block until the entrypoint has finished")),
+    timeout: optionalDuration("timeout", "with --wait: give up after this long (exit 75)"),
+    name: nameArg
+  },
+  ({ name, timeout, wait: block }) =>
+    withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+      client.result({
+        name,
+        ...(block ? { wait: true } : {}),
+        ...(timeout._tag === "Some" ? { timeoutSeconds: timeout.value } : {})
+      }))).pipe(
+        Effect.flatMap((r) => {
+          // The entrypoint's own failure is this command's failure; a running one is not (yet).
+          if (r.status !== "running" && !(r.status === "exited" && r.exitCode === 0)) process.exitCode = 1
+          return emit(r, resultLines)
+        })
+      )
+).pipe(
+  Command.withDescription(
+    "show the result of the entrypoint of a workspace's latest start (exit code, output, times)"
+  )
+)
 
 const haltCommand = Command.make(
   "halt",
@@ -271,6 +330,7 @@ const profilesCommand = Command.make("profiles", {}, () =>
 export const lifecycleGroup = [
   inspectCommand,
   waitCommand,
+  resultCommand,
   haltCommand,
   killCommand,
   deleteCommand,

@@ -25,6 +25,7 @@ import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
 import { networkCommand } from "./network.ts"
 import { renderError, stdoutClosed, wantsJson } from "./Output.ts"
 import { perfCommand } from "./perf.ts"
+import { registryCommand } from "./registry.ts"
 import { runGroup } from "./RunCommands.ts"
 import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
@@ -45,6 +46,7 @@ export const subcommands = [
   snapshotCommand,
   secretCommand,
   networkCommand,
+  registryCommand,
   perfCommand,
   stateCommand,
   ...maintenanceGroup,

@@ -8,6 +8,7 @@ import * as NodePath from "node:path"
 import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
@@ -18,12 +19,14 @@ import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import {
+  fileCopyOption,
   optionalBytes,
   optionalDuration,
   orUndefined,
   outputOption,
   parseEnv,
   readSpec,
+  setupOption,
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
@@ -81,6 +84,42 @@ const execOptions = {
 }
 
 /** Where a spec's relative paths start: its own directory (our working directory without a spec). */
+/** The spec's files (sources relative to the spec's directory), then the flags' (both appended). */
+const filesOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+  Effect.map(
+    Effect.forEach(flags, (text) => parseFileCopy(text, process.cwd())),
+    (flagged) => [
+      ...(spec.files ?? []).map((f) =>
+        new FileCopy({
+          source: NodePath.resolve(specDirOf(file), f.src),
+          target: f.dst,
+          ...(f.mode === undefined ? {} : { mode: parseMode(f.mode)! })
+        })
+      ),
+      ...flagged
+    ]
+  )
+
+/** The spec's `setup` (a `{file}` read now), then its `setupFiles`, then the `--setup` flags. */
+const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+  Effect.try({
+    try: () => {
+      const read = (path: string) => NodeFs.readFileSync(NodePath.resolve(specDirOf(file), path), "utf8")
+      return [
+        ...(spec.setup ?? []).map((step) =>
+          typeof step === "string" ? step : "run" in step ? step.run : read(step.file)
+        ),
+        ...(spec.setupFiles ?? []).map(read),
+        ...flags
+      ]
+    },
+    catch: (cause) =>
+      new InvalidInput({
+        message: `a setup file cannot be read: ${cause instanceof Error ? cause.message : String(cause)}`,
+        remediation: "setup files are relative to the spec file's directory"
+      })
+  })
+
 const specDirOf = (file: Option.Option<string>) =>
   Option.match(file, {
     onNone: () => process.cwd(),
@@ -180,6 +219,15 @@ const runCommand = Command.make("run", {
         remediation: "pick one"
       })
     }
+    if (
+      (spec.files ?? []).length > 0 || (spec.setup ?? []).length > 0 || (spec.setupFiles ?? []).length > 0
+    ) {
+      return yield* new InvalidInput({
+        message:
+          "the spec's files are delivered at the starts of a persistent workspace; run does not take them",
+        remediation: "microagent create --file SPEC NAME, then microagent start NAME"
+      })
+    }
     const image = orUndefined(options.image) ?? spec.image ?? defaultImage
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
@@ -237,6 +285,8 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   outputs: outputOption,
+  fileCopy: fileCopyOption,
+  setup: setupOption,
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
     Args.optional
@@ -257,8 +307,12 @@ const createCommand = Command.make("create", {
     const secrets = yield* secretRefsOf(options.secret)
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
+    const files = yield* filesOf(spec, options.file, options.fileCopy)
+    const setup = yield* setupOf(spec, options.file, options.setup)
     const workspace = yield* withNewBackend(create({
       image,
+      files,
+      setup,
       ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,

@@ -78,6 +78,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "block until a workspace settles"
   },
   {
+    name: "result",
+    group: "Lifecycle",
+    summary: "show the result of a workspace's entrypoint"
+  },
+  {
     name: "halt",
     group: "Lifecycle",
     summary: "shut a workspace down gracefully (bounded, then forced)",
@@ -122,7 +127,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "image",
     group: "Resources",
-    summary: "pull, import and manage OCI images",
+    summary: "pull, import, push and manage OCI images",
     aliases: ["images"],
     subcommands: true
   },
@@ -157,6 +162,12 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "network",
     group: "Resources",
     summary: "create and manage named networks",
+    subcommands: true
+  },
+  {
+    name: "registry",
+    group: "Resources",
+    summary: "log in to registries for image pull and push",
     subcommands: true
   },
   {

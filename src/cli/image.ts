@@ -1,5 +1,5 @@
 /**
- * `microagent image pull|list|inspect|tag|rm|prune|import` (`ls` for list, `delete` for rm). Each
+ * `microagent image pull|push|list|inspect|tag|rm|prune|import` (`ls` for list, `delete` for rm). Each
  * subcommand opens the store itself, so `--help` touches no database. Progress goes to stderr when it
  * is a terminal; results are text on a terminal and JSON when piped or with `--json`.
  */
@@ -8,7 +8,8 @@ import { DateTime, Effect, Option } from "effect"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
-import { imageDependencies } from "../layers/image/Stack.ts"
+import { imageDependencies, imageStoreLayer } from "../layers/image/Stack.ts"
+import { imagePush, type PushResult } from "../programs/Image.ts"
 import { Home } from "../services/Home.ts"
 import type { EnsureOptions, ImageRecord, ImageStoreAdmin, RemoveResult } from "../services/ImageStore.ts"
 import { formatPlatform } from "../services/Registry.ts"
@@ -299,7 +300,90 @@ const prune = Command.make(
   Command.withDescription("drop records whose baseline is gone and unused files; --purge empties the store")
 )
 
+/** Upload progress on stderr, only on a terminal. */
+const pushProgress = () => {
+  if (process.stderr.isTTY !== true) return { onProgress: undefined, done: () => {} }
+  let last = 0
+  let drawn = false
+  return {
+    onProgress: (event: { readonly phase: string; readonly done?: number; readonly total?: number }) => {
+      const now = Date.now()
+      if (event.phase === "upload" && now - last < 100 && (event.done ?? 0) < (event.total ?? 0)) return
+      last = now
+      const text = event.phase === "upload"
+        ? `uploading ${human(event.done ?? 0)}/${
+          human(event.total ?? 0)
+        } (blobs the registry has are not sent)`
+        : event.phase
+      process.stderr.write(`\r\x1b[2K${text}`)
+      drawn = true
+    },
+    done: () => {
+      if (drawn) process.stderr.write("\r\x1b[2K")
+    }
+  }
+}
+
+const pushJson = (r: PushResult) => ({
+  ref: r.ref,
+  digest: r.digest,
+  pushed: r.pushed,
+  skipped: r.skipped,
+  mounted: r.mounted,
+  bytes: r.bytes,
+  ...(r.rebuiltManifest === true ? { rebuilt_manifest: true } : {})
+})
+
+const push = Command.make("push", {
+  to: Options.text("to").pipe(
+    Options.withDescription("push under this reference instead of the image's own"),
+    Options.optional
+  ),
+  insecureRegistry: Options.boolean("insecure-registry").pipe(
+    Options.withDescription("allow plain http to this registry (loopback registries always may)")
+  ),
+  ref: Args.text({ name: "ref" }).pipe(
+    Args.withDescription("image in the store: reference, digest or prefix")
+  )
+}, (o) =>
+  Effect.flatMap(Invocation, (invocation) =>
+    Effect.suspend(() => {
+      const bar = pushProgress()
+      return imagePush(o.ref, {
+        ...(Option.isSome(o.to) ? { to: o.to.value } : {}),
+        insecureRegistry: o.insecureRegistry,
+        onProgress: bar.onProgress
+      }).pipe(Effect.ensuring(Effect.sync(bar.done)))
+    }).pipe(Effect.provide(imageStoreLayer(Home.resolveRoot(invocation.stateDir))))).pipe(
+      Effect.flatMap((r) =>
+        emit(
+          pushJson(r),
+          () =>
+            `${r.ref} ${r.digest}\npushed ${r.pushed.length} (${
+              human(r.bytes)
+            }), skipped ${r.skipped.length}, mounted ${r.mounted.length}${
+              r.rebuiltManifest === true
+                ? "\n(the store kept no manifest: a rebuilt one was pushed, with a new digest)"
+                : ""
+            }`
+        )
+      )
+    )).pipe(Command.withDescription("push an image of the store to a registry"))
+
+const save = Command.make("save", {
+  output: Options.file("output").pipe(
+    Options.withAlias("o"),
+    Options.withDescription("the OCI archive to write (must not exist)")
+  ),
+  ref: Args.text({ name: "ref" }).pipe(
+    Args.withDescription("image in the store: reference, digest or prefix")
+  )
+}, ({ output, ref }) =>
+  withImages((store) => store.save(ref, NodePath.resolve(output))).pipe(
+    Effect.flatMap((r) => emit(r, () => `${r.ref} ${r.digest} -> ${r.file} (${human(r.bytes)})`))
+  )).pipe(Command.withDescription("write an image of the store as an OCI archive"))
+
 export const imageCommand = Command.make("image").pipe(
-  Command.withDescription("pull, import, list, inspect, tag and remove images (alias: images)"),
-  Command.withSubcommands([pull, importCmd, list, ls, inspect, tag, rm, del, prune])
+  Command.withDescription("pull, import, push, list, inspect, tag and remove images (alias: images)"),
+  Command.withSubcommands([pull, importCmd, list, ls, inspect, tag, push, save, rm, del, prune])
 )

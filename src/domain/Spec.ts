@@ -56,6 +56,18 @@ export const SpecOutput = Schema.Struct({
   path: Schema.NonEmptyTrimmedString
 })
 
+/** A host file delivered into the guest at every start: `dst` absolute and unique, `mode` octal text. */
+export const SpecFile = Schema.Struct({
+  /** Relative paths are taken from the spec file's directory. */
+  src: Schema.NonEmptyTrimmedString,
+  dst: Schema.NonEmptyTrimmedString,
+  mode: Schema.optional(
+    Schema.String.pipe(
+      Schema.pattern(/^0?[0-7]{3,4}$/, { message: () => 'a mode is octal text like "0755"' })
+    )
+  )
+})
+
 export const Spec = Schema.Struct({
   name: Schema.optional(WorkspaceName),
   image: Schema.optional(Schema.NonEmptyTrimmedString),
@@ -73,7 +85,16 @@ export const Spec = Schema.Struct({
   egress: Schema.optional(SpecEgress),
   disks: Schema.optional(Schema.Array(SpecDisk)),
   bundles: Schema.optional(Schema.Array(SpecDisk)),
-  outputs: Schema.optional(Schema.Array(SpecOutput))
+  outputs: Schema.optional(Schema.Array(SpecOutput)),
+  files: Schema.optional(Schema.Array(SpecFile)),
+  /** Run once before the first start: commands, or `{run}` / `{file}` (a file whose text is one command). */
+  setup: Schema.optional(Schema.Array(Schema.Union(
+    Schema.NonEmptyTrimmedString,
+    Schema.Struct({ run: Schema.NonEmptyTrimmedString }),
+    Schema.Struct({ file: Schema.NonEmptyTrimmedString })
+  ))),
+  /** Files whose text each runs as one setup command, after `setup`. */
+  setupFiles: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString))
 })
 export type Spec = typeof Spec.Type
 
@@ -91,7 +112,10 @@ const known: Record<string, ReadonlyArray<string>> = {
     "egress",
     "disks",
     "bundles",
-    "outputs"
+    "outputs",
+    "files",
+    "setup",
+    "setupFiles"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"],
@@ -103,9 +127,6 @@ const notYet: Record<string, ReadonlyArray<string>> = {
   "": [
     "service",
     "shell",
-    "setup",
-    "setupFiles",
-    "files",
     "model",
     "modelRunner",
     "modelMediation",

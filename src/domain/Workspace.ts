@@ -3,6 +3,7 @@
  */
 import { Schema } from "effect"
 import { EgressPolicy } from "./Egress.ts"
+import { FileCopy } from "./FileCopy.ts"
 import { State } from "./State.ts"
 
 /** Names that collide with directories of the state root. */
@@ -110,6 +111,35 @@ export class OutputDecl extends Schema.Class<OutputDecl>("OutputDecl")({
   path: Schema.String
 }) {}
 
+/** How far the entrypoint of one start got. */
+export const EntrypointStatus = Schema.Literal("running", "exited", "start_failed", "lost")
+export type EntrypointStatus = typeof EntrypointStatus.Type
+
+/** Bytes of each of the entrypoint's stdout and stderr kept in its result; the rest is dropped and flagged. */
+export const entrypointOutputLimit = 1024 * 1024
+
+/**
+ * The outcome of the entrypoint that one start ran: `running` until it ends; `exited` with its exit
+ * code; `start_failed` with `startError` when it never ran (program not found, no shell in the image);
+ * `lost` when the VM stopped before it ended. Each start replaces it.
+ */
+export class EntrypointResult extends Schema.Class<EntrypointResult>("EntrypointResult")({
+  /** The start that ran it (the workspace's `sessionId` then). */
+  sessionId: Schema.String,
+  command: Schema.String,
+  status: EntrypointStatus,
+  exitCode: Schema.optional(Schema.Int),
+  stdout: Schema.optionalWith(Schema.String, { default: () => "" }),
+  stderr: Schema.optionalWith(Schema.String, { default: () => "" }),
+  stdoutTruncated: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  stderrTruncated: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  startError: Schema.optional(Schema.String),
+  /** Why the result is incomplete (`lost`). */
+  error: Schema.optional(Schema.String),
+  startedAt: Schema.optional(Schema.DateTimeUtc),
+  finishedAt: Schema.optional(Schema.DateTimeUtc)
+}) {}
+
 /** The persisted record of a workspace. Paths are absolute. */
 export class Workspace extends Schema.Class<Workspace>("Workspace")({
   name: WorkspaceName,
@@ -132,6 +162,14 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   outputs: Schema.optionalWith(Schema.Array(OutputDecl), { default: () => [] }),
   /** Shell command each `start` runs and reports as the workspace's result. */
   entrypoint: Schema.optional(Schema.String),
+  /** Host files copied into the guest at every start, before the entrypoint. */
+  files: Schema.optionalWith(Schema.Array(FileCopy), { default: () => [] }),
+  /** Shell commands run once, in order, before the first start's entrypoint. */
+  setup: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** When setup succeeded; absent while it is pending (the next start runs it). */
+  setupDone: Schema.optional(Schema.DateTimeUtc),
+  /** The entrypoint's outcome for the latest start that ran one. */
+  result: Schema.optional(EntrypointResult),
   /** One-shot workspaces made by `run` (deleted afterwards unless kept). */
   ephemeral: Schema.Boolean,
   rootfsPath: Schema.String,

@@ -7,6 +7,7 @@
  */
 import { Effect } from "effect"
 import type { PolicyDenied } from "../domain/Errors.ts"
+import { FileCopy } from "../domain/FileCopy.ts"
 import type { ConfinedHostPath, HostAccessMode } from "../domain/HostAccess.ts"
 import { Mount, type SecretRef } from "../domain/Workspace.ts"
 import type { MicroagentClientShape } from "../rpc/Client.ts"
@@ -52,6 +53,16 @@ const confineMounts = (
         (source) => new Mount({ ...mount, source })
       ))
 
+/** The runtime reads each file's source at every start. */
+const confineFiles = (gate: HostGate, files: ReadonlyArray<FileCopy> | undefined, context: DenialContext) =>
+  files === undefined
+    ? Effect.succeed(undefined)
+    : Effect.forEach(
+      files,
+      (file) =>
+        Effect.map(gate.check(file.source, "read", context), (source) => new FileCopy({ ...file, source }))
+    )
+
 const confineRefs = (gate: HostGate, refs: ReadonlyArray<SecretRef> | undefined, context: DenialContext) =>
   refs === undefined ? Effect.succeed(undefined) : gate.checkRefs(refs, context)
 
@@ -78,7 +89,8 @@ export const confineClient = (
       Effect.gen(function*() {
         const mounts = yield* confineMounts(gate, payload.mounts, context(payload.name))
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
-        return yield* client.create(withoutUndefined({ ...payload, mounts, secrets }), options)
+        const files = yield* confineFiles(gate, payload.files, context(payload.name))
+        return yield* client.create(withoutUndefined({ ...payload, mounts, secrets, files }), options)
       })) as unknown as MicroagentClientShape["create"],
     run: ((payload: Payload<"run">, options?: Options<"run">) =>
       Effect.gen(function*() {

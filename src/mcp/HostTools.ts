@@ -4,12 +4,13 @@
  */
 import { DateTime, Effect, Schema } from "effect"
 import { NotFound, toErrorBody } from "../domain/Errors.ts"
+import { PushResult } from "../programs/Image.ts"
 import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { DoctorResult, ImageRemoveResult } from "../rpc/HostRpcs.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import type { ImageRecord } from "../services/ImageStore.ts"
-import { formatPlatform } from "../services/Registry.ts"
+import { formatPlatform, RegistryLogin } from "../services/Registry.ts"
 import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
 
 const imageRef = {
@@ -176,6 +177,42 @@ export const hostTools: ReadonlyArray<AnyTool> = [
         (client) => client.imageTag({ image: args.source, tag: args.target })
       )
         .pipe(Effect.map(summary))
+  }),
+  defineTool({
+    name: "images.push",
+    title: "Push an image",
+    description: "Push an image of this state directory's store to a registry, under its own reference "
+      + "or `to`, with the credentials pull uses. Blobs the registry has are not sent again; blobs of the "
+      + "image's source repository on the same registry are mounted. The pushed digest is the local one.",
+    input: {
+      ...imageRef,
+      to: optional(Schema.NonEmptyTrimmedString, "push under this reference, e.g. 127.0.0.1:5000/team/app:1"),
+      insecure_registry: optional(Schema.Boolean, "allow plain http to a registry that is not on loopback")
+    },
+    output: PushResult,
+    kind: "mutate",
+    sideEffects: ["uploads blobs and a manifest to a registry", "moves a tag in that registry"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) =>
+          client.imagePush(
+            defined({ ref: args.image, to: args.to, insecureRegistry: args.insecure_registry })
+          )
+      )
+  }),
+  defineTool({
+    name: "registry.list",
+    title: "List registry logins",
+    description: "The registry logins pull and push can use: hosts, usernames and the file each comes "
+      + "from. Never a password. Logging in and out is for the operator (CLI or RPC), not for agents.",
+    input: {},
+    output: Schema.Struct({ logins: Schema.Array(RegistryLogin) }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.registryList())
   }),
   defineTool({
     name: "images.prune",

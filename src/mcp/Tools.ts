@@ -5,9 +5,10 @@
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
-import { Conflict, NotFound, toErrorBody } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
@@ -15,6 +16,7 @@ import { Spec, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import {
   Backend,
+  EntrypointResult,
   NetworkMode,
   ProfileName,
   profiles,
@@ -333,7 +335,16 @@ export const tools: ReadonlyArray<AnyTool> = [
     input: {
       ...newWorkspace,
       restart: optional(RestartPolicy, "restart policy (default never)"),
-      entrypoint: optional(Schema.String, "shell command each start runs")
+      entrypoint: optional(Schema.String, "shell command each start runs"),
+      files: optional(
+        Schema.Array(Schema.String),
+        "host files copied into the guest at every start, before the entrypoint: SRC:DST[:MODE], SRC an absolute "
+          + "host path under the host roots, DST an absolute guest path named once, MODE octal like 0755"
+      ),
+      setup: optional(
+        Schema.Array(Schema.String),
+        "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
+      )
     },
     output: Workspace,
     kind: "mutate",
@@ -345,8 +356,19 @@ export const tools: ReadonlyArray<AnyTool> = [
         const fields = yield* newWorkspaceFields(args, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
+        const files = args.files === undefined
+          ? undefined
+          : yield* Effect.forEach(args.files, (text) =>
+            text.startsWith("/")
+              ? parseFileCopy(text, "/")
+              : Effect.fail(
+                new InvalidInput({
+                  message: `files: ${JSON.stringify(text)}: the source must be an absolute host path`,
+                  remediation: "give SRC:DST[:MODE] with an absolute SRC"
+                })
+              ))
         return yield* client.create(
-          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint })
+          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files, setup: args.setup })
         )
       })
   }),
@@ -658,6 +680,33 @@ export const tools: ReadonlyArray<AnyTool> = [
           ok: ws.state !== "failed" && ws.state !== "quarantined"
         }))
       )
+  }),
+  defineTool({
+    name: "workspace.result",
+    title: "The result of a workspace's entrypoint",
+    description: "The outcome of the entrypoint the latest start ran: status (running, exited, start_failed, "
+      + "lost), exit code, stdout and stderr (1 MiB each, truncation flagged), startError when it never ran, "
+      + "and its times. With wait, blocks until it has finished; running out of time is transient. A "
+      + "workspace that has not run an entrypoint is not_found.",
+    input: {
+      ...workspaceName,
+      wait: optional(Schema.Boolean, "block until the entrypoint has finished"),
+      timeout_seconds: optional(
+        Schema.Number.pipe(Schema.positive()),
+        "with wait: give up after this many seconds (default 60)"
+      )
+    },
+    output: EntrypointResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.result(defined({
+          name: args.name,
+          wait: args.wait,
+          timeoutSeconds: args.wait === true ? args.timeout_seconds ?? 60 : undefined
+        })))
   }),
   defineTool({
     name: "microagent.profiles",

@@ -7,6 +7,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
+import type { FileCopy } from "../domain/FileCopy.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
@@ -30,6 +31,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { resolveFileCopies } from "./internal/FileDelivery.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
 import { stagingName } from "./internal/Staging.ts"
@@ -47,6 +49,10 @@ export interface CreateOptions {
   readonly network?: NetworkMode | undefined
   readonly restart?: "never" | "on-failure" | "always" | undefined
   readonly entrypoint?: string | undefined
+  /** Host files copied into the guest at every start, before the entrypoint. */
+  readonly files?: ReadonlyArray<FileCopy> | undefined
+  /** Shell commands run once, before the first start's entrypoint. */
+  readonly setup?: ReadonlyArray<string> | undefined
   /** One-shot workspaces of `run`. */
   readonly ephemeral?: boolean | undefined
   readonly namePrefix?: string | undefined
@@ -112,6 +118,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
     })
   }
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
+  const files = yield* resolveFileCopies(options.files)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore
@@ -147,6 +154,8 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       secrets: options.secrets ?? [],
       outputs: options.outputs ?? [],
       ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
+      files,
+      setup: options.setup ?? [],
       ephemeral: options.ephemeral ?? false,
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),

@@ -2,12 +2,13 @@
  * `halt` (graceful, bounded, then forced) and `kill` (at once; also from `failed`, to end a VMM the
  * record lost track of).
  */
-import { Effect, Option } from "effect"
+import { Duration, Effect, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { collectEntrypoint } from "./Entrypoint.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
@@ -26,6 +27,10 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   const hypervisor = yield* Hypervisor
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
+  // An entrypoint that has finished keeps its outcome only in the guest until collected.
+  if (current.state === "running" && current.result?.status === "running") {
+    yield* collectEntrypoint(name).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
+  }
   const stopping = yield* store.transition(name, "halt", { patch: ownedByMe, detail: options.reason ?? "" })
   const handle = vmHandleOf(stopping)
   const timeoutSeconds = options.timeoutSeconds ?? 15

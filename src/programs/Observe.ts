@@ -94,7 +94,14 @@ export const events = (name: string, options: { readonly follow?: boolean } = {}
     return Stream.concat(Stream.fromIterable(first), more)
   }))
 
-/** Blocks until the workspace is stopped, halted, failed, quarantined or prepared. */
+/** Whether the entrypoint the current start launched has ended (its result is in the record). */
+export const entrypointDone = (ws: Workspace) =>
+  ws.result !== undefined && ws.result.sessionId === ws.sessionId && ws.result.status !== "running"
+
+/**
+ * Blocks until the workspace is stopped, halted, failed, quarantined or prepared, or, for a workspace
+ * with an entrypoint, until the entrypoint of its current start has ended (the VM keeps running).
+ */
 export const wait = Effect.fn("wait")(
   function*(
     name: string,
@@ -103,7 +110,7 @@ export const wait = Effect.fn("wait")(
     const store = yield* StateStore
     const settled = store.get(name).pipe(
       Effect.flatMap(reconcile),
-      Effect.filterOrFail((ws) => isSettled(ws.state), () => "waiting" as const),
+      Effect.filterOrFail((ws) => isSettled(ws.state) || entrypointDone(ws), () => "waiting" as const),
       Effect.retry({
         schedule: Schedule.spaced(options.interval ?? Duration.millis(250)),
         while: (error) => error === "waiting"

@@ -16,11 +16,15 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { launchEntrypoint } from "./Entrypoint.ts"
+import { kill } from "./Halt.ts"
+import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchWithNetworks, preflightNetworking } from "./Network.ts"
+import { runSetup } from "./Setup.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -79,6 +83,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
   yield* checkSecretValues(name, secrets, options.secretValues ?? [])
   yield* checkMounts(current)
+  yield* checkFileSources(current.files)
   // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
   yield* preflightEgress(current)
@@ -128,6 +133,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
               ).pipe(
                 Effect.tap((handle) =>
                   deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                    // Files land before anything of the workspace's own runs.
+                    Effect.zipRight(deliverFiles(name, handle, starting.files)),
                     Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
                   )
                 )
@@ -156,5 +163,14 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       )
       return running
     })
+  ).pipe(
+    // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
+    Effect.flatMap((running) =>
+      runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+    ),
+    // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
+    Effect.flatMap((running) =>
+      running.entrypoint === undefined ? Effect.succeed(running) : launchEntrypoint(running)
+    )
   )
 })

@@ -4,9 +4,21 @@
  * by every workspace opened through it. `Workspace.create` without a `host` uses the default Host
  * (`$MICROAGENT_HOME`, `$MICROAGENT_BACKEND`), which lives as long as the process.
  */
-import { Effect, Exit, ManagedRuntime, Stream } from "effect"
+import { Effect, Exit, Layer, ManagedRuntime, Stream } from "effect"
 import type { Backend } from "../domain/Workspace.ts"
+import { ImageStoreOnHome } from "../layers/image/Stack.ts"
+import { RegistryHttp } from "../layers/registry/Http.ts"
 import * as Microagent from "../Microagent.ts"
+import {
+  imagePush,
+  type PushOptions,
+  type PushResult,
+  registryList,
+  registryLogin,
+  registryLogout
+} from "../programs/Image.ts"
+import { Home } from "../services/Home.ts"
+import type { RegistryLogin } from "../services/Registry.ts"
 import { fromCause } from "./MicroagentError.ts"
 
 export interface HostOptions {
@@ -67,6 +79,41 @@ export class Host implements AsyncDisposable {
     }
   }
 
+  /**
+   * Pushes an image of the store to a registry (its own reference, or `options.to`) with the credentials
+   * pulls use. Blobs the registry has are not sent; the pushed digest is the local one.
+   */
+  pushImage(
+    ref: string,
+    options: Omit<PushOptions, "onProgress"> & { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<PushResult> {
+    return this.run(
+      imagePush(ref, { to: options.to, insecureRegistry: options.insecureRegistry }).pipe(
+        Effect.provide(Layer.merge(ImageStoreOnHome, registryOnHome))
+      ),
+      { signal: options.signal }
+    )
+  }
+
+  /** Checks a registry credential and saves it ($REGISTRY_AUTH_FILE, else `<home>/auth.json`, 0600). */
+  registryLogin(
+    registry: string,
+    credential: { readonly username: string; readonly password: string },
+    options: { readonly insecureRegistry?: boolean | undefined } = {}
+  ): Promise<{ readonly registry: string; readonly file: string }> {
+    return this.run(registryLogin(registry, credential, options).pipe(Effect.provide(registryOnHome)))
+  }
+
+  /** Removes a saved registry login. */
+  registryLogout(registry: string): Promise<{ readonly registry: string; readonly file: string }> {
+    return this.run(registryLogout(registry).pipe(Effect.provide(registryOnHome)))
+  }
+
+  /** The saved registry logins: hosts, usernames and their files, never passwords. */
+  async registryLogins(): Promise<ReadonlyArray<RegistryLogin>> {
+    return (await this.run(registryList.pipe(Effect.provide(registryOnHome)))).logins
+  }
+
   /** Releases the state directory's database and the backends. Workspaces keep running. */
   close(): Promise<void> {
     return this.#runtime.dispose()
@@ -76,6 +123,9 @@ export class Host implements AsyncDisposable {
     return this.close()
   }
 }
+
+/** The HTTP registry client reading this Home's auth.json among the credential sources. */
+const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
 
 let shared: Host | undefined
 

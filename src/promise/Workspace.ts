@@ -13,7 +13,7 @@ import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
-import type { Backend, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
   withBackend,
@@ -22,6 +22,7 @@ import {
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
+import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
@@ -32,7 +33,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
-export type { Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
 export interface CreateOptions {
   /** An OCI image reference (`alpine:3.20`, `registry/name@sha256:…`) or a built-in image. */
@@ -61,6 +62,8 @@ export interface CreateOptions {
   } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
+  /** A shell command each start runs in the background; its outcome is `result()`. */
+  readonly entrypoint?: string | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
   readonly start?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
@@ -183,7 +186,8 @@ export class Workspace implements AsyncDisposable {
           sizeMiB: options.sizeMiB,
           env: options.env,
           network: options.network,
-          egress: egressPolicy(options.egress)
+          egress: egressPolicy(options.egress),
+          entrypoint: options.entrypoint
         })
       ),
       { signal: options.signal }
@@ -270,6 +274,26 @@ export class Workspace implements AsyncDisposable {
   ): Promise<void> {
     await this.host.run(
       withWorkspaceBackend(this.name, start(this.name, { bootTimeoutSeconds: options.bootTimeoutSeconds })),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * The outcome of the entrypoint the latest start ran (`status` `running` until it ends); with
+   * `wait`, resolves once it has ended. Rejects `not_found` before any start ran one.
+   */
+  async result(
+    options: {
+      readonly wait?: boolean | undefined
+      readonly timeoutSeconds?: number | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<EntrypointResult> {
+    return await this.host.run(
+      withWorkspaceBackend(
+        this.name,
+        result(this.name, { wait: options.wait, timeoutSeconds: options.timeoutSeconds })
+      ),
       { signal: options.signal }
     )
   }

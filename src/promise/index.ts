@@ -6,6 +6,7 @@ export { Host, type HostOptions } from "./Host.ts"
 export { type ErrorKind, MicroagentError } from "./MicroagentError.ts"
 export {
   type CreateOptions,
+  type EntrypointResult,
   type ExecOptions,
   type ExecResult,
   type Output,

@@ -5,15 +5,18 @@
  */
 import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import { SqlClient } from "@effect/sql"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Redacted } from "effect"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
+import { imagePush, registryList, registryLogin, registryLogout } from "../programs/Image.ts"
 import { backupState, checkState } from "../programs/State.ts"
 import { Home } from "../services/Home.ts"
+import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
+import type { Registry } from "../services/Registry.ts"
 
 export const makeHostHandlers = Effect.gen(function*() {
   const home = yield* Home
@@ -26,6 +29,14 @@ export const makeHostHandlers = Effect.gen(function*() {
       )
     )
   )
+  const registryLayer = RegistryHttp.layer(home.root)
+  const withPushServices = <A, E>(effect: Effect.Effect<A, E, ImageStore | Registry | Home>) =>
+    Effect.flatMap(images, (store) =>
+      effect.pipe(
+        Effect.provideService(ImageStore, store),
+        Effect.provideService(Home, home),
+        Effect.provide(registryLayer)
+      ))
   const kernels = yield* Effect.cached(
     KernelCache.pipe(
       Effect.provide(FileKernelCache.layer().pipe(Layer.provide(Layer.merge(here, FetchHttpClient.layer))))
@@ -56,6 +67,26 @@ export const makeHostHandlers = Effect.gen(function*() {
       Effect.flatMap(images, (store) => store.tag(p.image, p.tag)),
     imagePrune: (p: { readonly purge?: boolean | undefined }) =>
       Effect.flatMap(images, (store) => store.prune({ purge: p.purge ?? false })),
+    imagePush: (p: {
+      readonly ref: string
+      readonly to?: string | undefined
+      readonly insecureRegistry?: boolean | undefined
+    }) => withPushServices(imagePush(p.ref, { to: p.to, insecureRegistry: p.insecureRegistry })),
+    registryLogin: (p: {
+      readonly registry: string
+      readonly username: string
+      readonly password: Redacted.Redacted<string>
+      readonly insecureRegistry?: boolean | undefined
+    }) =>
+      Effect.provide(
+        registryLogin(p.registry, { username: p.username, password: Redacted.value(p.password) }, {
+          insecureRegistry: p.insecureRegistry
+        }),
+        registryLayer
+      ),
+    registryLogout: (p: { readonly registry: string }) =>
+      Effect.provide(registryLogout(p.registry), registryLayer),
+    registryList: () => Effect.provide(registryList, registryLayer),
     kernelList: () =>
       Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
     kernelVerify: () =>

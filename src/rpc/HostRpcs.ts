@@ -6,9 +6,11 @@
 import { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
+import { PushResult } from "../programs/Image.ts"
 import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { ImageRecord } from "../services/ImageStore.ts"
 import { KernelEntry, VerifyResultSchema } from "../services/KernelCache.ts"
+import { RegistryLogin } from "../services/Registry.ts"
 
 export const ImagePullPayload = Schema.Struct({
   ref: Schema.String,
@@ -63,6 +65,43 @@ export const hostRpcs = [
   Rpc.make("imagePrune", {
     payload: { purge: Schema.optional(Schema.Boolean) },
     success: ImageRemoveResult,
+    error: MicroagentError
+  }),
+  /**
+   * Pushes an image of the store to a registry (its own reference, or `to`): blobs the registry has are
+   * not sent, blobs of the image's source repository on the same registry are mounted.
+   */
+  Rpc.make("imagePush", {
+    payload: {
+      ref: Schema.String,
+      to: Schema.optional(Schema.String),
+      insecureRegistry: Schema.optional(Schema.Boolean)
+    },
+    success: PushResult,
+    error: MicroagentError
+  }),
+  /**
+   * Checks a registry credential and saves it in the runtime's auth file ($REGISTRY_AUTH_FILE, else
+   * <state>/auth.json). An operator action: the socket is 0600, and MCP does not offer it.
+   */
+  Rpc.make("registryLogin", {
+    payload: {
+      registry: Schema.String,
+      username: Schema.String,
+      password: Schema.Redacted(Schema.String),
+      insecureRegistry: Schema.optional(Schema.Boolean)
+    },
+    success: Schema.Struct({ registry: Schema.String, file: Schema.String }),
+    error: MicroagentError
+  }),
+  Rpc.make("registryLogout", {
+    payload: { registry: Schema.String },
+    success: Schema.Struct({ registry: Schema.String, file: Schema.String }),
+    error: MicroagentError
+  }),
+  /** Saved registry logins: hosts, usernames and their files, never passwords. */
+  Rpc.make("registryList", {
+    success: Schema.Struct({ logins: Schema.Array(RegistryLogin) }),
     error: MicroagentError
   }),
   Rpc.make("kernelList", {

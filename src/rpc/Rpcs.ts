@@ -9,11 +9,13 @@ import { EgressPolicy, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
+import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
+  EntrypointResult,
   Mount,
   NetworkMode,
   OutputDecl,
@@ -80,7 +82,11 @@ export const ExecFields = {
 export const CreatePayload = Schema.Struct({
   ...WorkspaceFields,
   restart: Schema.optional(RestartPolicy),
-  entrypoint: Schema.optional(Schema.String)
+  entrypoint: Schema.optional(Schema.String),
+  /** Host files (read by the runtime) copied into the guest at every start. */
+  files: Schema.optional(Schema.Array(FileCopy)),
+  /** Shell commands run once, before the first start's entrypoint. */
+  setup: Schema.optional(Schema.Array(Schema.String))
 })
 
 export const RunPayload = Schema.Struct({
@@ -200,6 +206,18 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("inspect", { payload: named, success: InspectResult, error: MicroagentError }),
+  /** The entrypoint's result of the latest start that ran one; `NotFound` before any. */
+  Rpc.make("result", {
+    payload: {
+      ...named,
+      /** Block until the entrypoint has finished. */
+      wait: Schema.optional(Schema.Boolean),
+      /** With `wait`: give up after this long (`Transient`). */
+      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
+    },
+    success: EntrypointResult,
+    error: MicroagentError
+  }),
   Rpc.make("list", {
     payload: { runningOnly: Schema.optional(Schema.Boolean) },
     success: Schema.Array(Workspace),

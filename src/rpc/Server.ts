@@ -24,6 +24,7 @@ import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
 import { egressLog } from "../programs/EgressLog.ts"
+import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
@@ -146,7 +147,9 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           outputs: p.outputs,
           refuseDevices: p.refuseDevices,
           restart: p.restart,
-          entrypoint: p.entrypoint
+          entrypoint: p.entrypoint,
+          files: p.files,
+          setup: p.setup
         })
       )),
     start: (p) =>
@@ -212,6 +215,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           ...(p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) })
         })
       )),
+    result: (p) =>
+      local(withWorkspaceBackend(p.name, result(p.name, { wait: p.wait, timeoutSeconds: p.timeoutSeconds }))),
     profiles: () => Effect.succeed({ profiles }),
     // Holders are checked against the default backend (the runtime reconciles every backend anyway).
     volumeCreate: (p) => local(withBackend(undefined, volumeCreate(p.name, p.sizeMiB))),

@@ -19,6 +19,7 @@ import { startTimeOf } from "../layers/process/Processes.ts"
 import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
+import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
@@ -107,6 +108,16 @@ export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
     return live
   })
 
+/** Copies the outcome of every finished entrypoint into its workspace's record; a slow guest is skipped. */
+const collectFinished = Effect.gen(function*() {
+  for (const workspace of yield* pendingResults) {
+    yield* withBackend(workspace.backend, collectEntrypoint(workspace.name)).pipe(
+      Effect.timeout(Duration.seconds(10)),
+      Effect.ignore
+    )
+  }
+})
+
 /** What identifies the state directory this runtime serves: if it changes, the directory was removed. */
 interface DirectoryIdentity {
   readonly root: string
@@ -191,6 +202,11 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
       const live = yield* reconcileAll({ reapOrphans }).pipe(
         Effect.provide(context),
         Effect.catchAllCause((cause) => Effect.as(Effect.logWarning("reconcile failed", cause), true))
+      )
+      // Finished entrypoints are copied into their records, whoever launched them.
+      yield* collectFinished.pipe(
+        Effect.provide(context),
+        Effect.catchAllCause((cause) => Effect.logWarning("collecting entrypoint results failed", cause))
       )
       const now = Date.now()
       if (live) liveUntil = now

@@ -100,6 +100,17 @@ export interface ImageStoreAdmin extends ImageStoreShape {
    * with `purge`, removes every record and store file no workspace uses.
    */
   readonly prune: (options?: { readonly purge?: boolean }) => Effect.Effect<RemoveResult, MicroagentError>
+  /**
+   * Writes the image as an OCI archive (a tarball of an OCI layout holding its manifest, config and
+   * layers as stored, named by its reference), which `importImage` and `skopeo … oci-archive:` read.
+   */
+  readonly save: (
+    ref: string,
+    output: string
+  ) => Effect.Effect<
+    { readonly ref: string; readonly digest: string; readonly file: string; readonly bytes: number },
+    MicroagentError
+  >
   /** Imports an OCI layout directory or an OCI/Docker archive tarball and builds its baseline. */
   readonly importImage: (
     path: string,

@@ -106,6 +106,33 @@ export interface RegistryOptions {
   readonly platform?: Platform | undefined
 }
 
+/** What happened to one blob of a push. */
+export type BlobPushOutcome = "pushed" | "skipped" | "mounted"
+
+export interface PushOptions {
+  /** Allow plain http for this registry (loopback registries always may). */
+  readonly insecure?: boolean | undefined
+  /** A repository on the same registry that holds the blob: tried as a cross-repository mount first. */
+  readonly mountFrom?: string | undefined
+  readonly onBytes?: ((bytes: number) => void) | undefined
+}
+
+/** A username and password to check against a registry (`registry login`). */
+export interface LoginCredential {
+  readonly username: string
+  readonly password: string
+  /** Where the credential came from, named in errors (never the password). */
+  readonly source: string
+}
+
+export const RegistryLogin = Schema.Struct({
+  registry: Schema.String,
+  username: Schema.optional(Schema.String),
+  /** The file (or credential helper) it comes from. */
+  source: Schema.String
+})
+export type RegistryLogin = typeof RegistryLogin.Type
+
 export interface RegistryShape {
   readonly resolve: (
     ref: ImageRef,
@@ -121,6 +148,39 @@ export interface RegistryShape {
     destination: string,
     options?: RegistryOptions & { readonly onBytes?: ((bytes: number) => void) | undefined }
   ) => Effect.Effect<void, MicroagentError>
+  /**
+   * Puts a blob into `ref`'s repository from a local file: nothing is sent when the registry has it, a
+   * cross-repository mount is tried when `mountFrom` is given, else a monolithic upload (digest checked).
+   */
+  readonly pushBlob: (
+    ref: ImageRef,
+    descriptor: Descriptor,
+    file: string,
+    options?: PushOptions
+  ) => Effect.Effect<BlobPushOutcome, MicroagentError>
+  /** PUTs a manifest's exact bytes under `ref`'s tag (or digest); returns the digest the registry recorded. */
+  readonly pushManifest: (
+    ref: ImageRef,
+    manifest: Uint8Array,
+    mediaType: string,
+    options?: PushOptions
+  ) => Effect.Effect<string, MicroagentError>
+  /**
+   * `registry login`: checks the credential against the registry (GET /v2/ and its challenge, a token
+   * fetch for bearer) and only then saves it into the auth file the pull and push paths read. A rejected
+   * credential saves nothing and is policy_denied. Returns the file written.
+   */
+  readonly login: (
+    registry: string,
+    credential: LoginCredential,
+    options?: { readonly insecure?: boolean | undefined }
+  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, MicroagentError>
+  /** Removes a saved login (not_found when there is none). Returns the file written. */
+  readonly logout: (
+    registry: string
+  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, MicroagentError>
+  /** The saved logins the client can read: hosts, usernames and their files, never passwords. */
+  readonly logins: Effect.Effect<ReadonlyArray<RegistryLogin>, MicroagentError>
 }
 
 export class Registry extends Context.Tag("microagent/Registry")<Registry, RegistryShape>() {}

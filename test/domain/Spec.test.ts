@@ -95,10 +95,22 @@ network:
     assert.include(error("outputs:\n  - { name: r, path: /r, extra: 1 }\n"), "extra")
   })
 
+  it("decodes files; a mode that is not octal text is refused", () => {
+    const spec = ok(
+      'files:\n  - { src: agent.py, dst: /app/agent.py, mode: "0755" }\n  - { src: b, dst: /b }\n'
+    )
+    assert.deepStrictEqual(spec.files, [{ src: "agent.py", dst: "/app/agent.py", mode: "0755" }, {
+      src: "b",
+      dst: "/b"
+    }])
+    assert.include(error('files:\n  - { src: a, dst: /a, mode: "rwx" }\n'), "octal")
+    assert.include(error("files:\n  - { src: a }\n"), "dst")
+  })
+
   it("refuses fields this version does not act on", () => {
     assert.strictEqual(
-      error("setup:\n  - apt-get update\n"),
-      "microagent.yaml: setup is not supported by this version of microagent"
+      error("service: ./serve\n"),
+      "microagent.yaml: service is not supported by this version of microagent"
     )
     assert.strictEqual(
       error("network:\n  dns: []\n"),

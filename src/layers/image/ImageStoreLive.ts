@@ -48,6 +48,7 @@ import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 import { isBuiltinImage, MissingBuiltinTool, writeBuiltinLayout } from "./BuiltinImages.ts"
 import { removeImageRecordFile, writeImageRecordFile } from "./ImageRecordFiles.ts"
 import { openLocalSource } from "./LocalSource.ts"
+import { writeOciArchive } from "./OciWriter.ts"
 
 const MiB = 1024 * 1024
 const RecordJson = Schema.parseJson(ImageRecord)
@@ -689,8 +690,66 @@ export const makeImageStore = Effect.gen(function*() {
     return { removed, ...files } satisfies RemoveResult
   })
 
+  const save = Effect.fn("ImageStore.save")(function*(text: string, output: string) {
+    const image = yield* inspect(text)
+    const target = NodePath.resolve(output)
+    if (NodeFs.existsSync(target)) {
+      return yield* new Conflict({
+        message: `${target} already exists`,
+        remediation: "remove it or pick another name"
+      })
+    }
+    const manifestFile = blobPath(image.digest)
+    const missing = [
+      image.digest,
+      ...(image.configDigest !== undefined ? [image.configDigest] : []),
+      ...image.layers
+    ]
+      .filter((digest) => !NodeFs.existsSync(blobPath(digest)))
+    if (image.configDigest === undefined || missing.length > 0) {
+      return yield* new NotFound({
+        message: `the store lacks blobs of ${image.ref}: ${missing.join(", ") || "its config"}`,
+        remediation: `pull or import it again: microagent image pull ${image.ref}`
+      })
+    }
+    const manifest = NodeFs.readFileSync(manifestFile)
+    const mediaType = (JSON.parse(manifest.toString("utf8")) as { mediaType?: string }).mediaType
+      ?? "application/vnd.oci.image.manifest.v1+json"
+    const index = Buffer.from(JSON.stringify({
+      schemaVersion: 2,
+      mediaType: "application/vnd.oci.image.index.v1+json",
+      manifests: [{
+        mediaType,
+        digest: image.digest,
+        size: manifest.length,
+        ...(image.platform !== undefined ? { platform: image.platform } : {}),
+        annotations: {
+          "org.opencontainers.image.ref.name": image.ref,
+          "io.containerd.image.name": image.ref
+        }
+      }]
+    }))
+    yield* Effect.try({
+      try: () =>
+        writeOciArchive(
+          target,
+          index,
+          [image.digest, image.configDigest, ...image.layers].map((digest) => ({
+            digest: digest!,
+            file: blobPath(digest!)
+          }))
+        ),
+      catch: (cause) =>
+        isNoSpace(cause)
+          ? diskFull(`writing ${target}`, NodePath.dirname(target))
+          : storeError(`writing ${target}`)(cause)
+    })
+    return { ref: image.ref, digest: image.digest, file: target, bytes: NodeFs.statSync(target).size }
+  })
+
   return {
     ensure,
+    save,
     cloneRootfs,
     list,
     inspect,

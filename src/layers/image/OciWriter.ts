@@ -220,3 +220,71 @@ export const writeOciLayout = (layout: string, images: ReadonlyArray<ImageSpec>,
   )
   return top.digest
 }
+
+/**
+ * Writes an OCI archive (a tar of an OCI image layout: `oci-layout`, `index.json`, `blobs/sha256/…`)
+ * streaming each blob from its file, into a temporary file renamed to `output` once complete.
+ */
+export const writeOciArchive = (
+  output: string,
+  index: Uint8Array,
+  blobs: ReadonlyArray<{ readonly digest: string; readonly file: string }>
+): void => {
+  const partial = `${output}.partial-${process.pid}-${Date.now().toString(36)}`
+  const fd = NodeFs.openSync(partial, "wx", 0o644)
+  const common = { uid: 0, gid: 0, mtime: 0, devmajor: 0, devminor: 0, linkname: "" }
+  const write = (bytes: Uint8Array) => {
+    let done = 0
+    while (done < bytes.length) done += NodeFs.writeSync(fd, bytes, done, bytes.length - done)
+  }
+  try {
+    const small = (name: string, content: Uint8Array) => {
+      write(header(name, { ...common, mode: 0o644, size: content.length, flag: "0" }))
+      write(content)
+      write(pad(content.length))
+    }
+    small("oci-layout", Buffer.from(JSON.stringify({ imageLayoutVersion: "1.0.0" })))
+    small("index.json", index)
+    for (const dir of ["blobs/", "blobs/sha256/"]) {
+      write(header(dir, { ...common, mode: 0o755, size: 0, flag: "5" }))
+    }
+    const buffer = Buffer.allocUnsafe(1024 * 1024)
+    for (const blob of new Map(blobs.map((b) => [b.digest, b])).values()) {
+      const size = NodeFs.statSync(blob.file).size
+      write(
+        header(`blobs/sha256/${blob.digest.replace(/^sha256:/, "")}`, {
+          ...common,
+          mode: 0o644,
+          size,
+          flag: "0"
+        })
+      )
+      const input = NodeFs.openSync(blob.file, "r")
+      try {
+        let copied = 0
+        for (;;) {
+          const n = NodeFs.readSync(input, buffer, 0, buffer.length, null)
+          if (n === 0) break
+          write(buffer.subarray(0, n))
+          copied += n
+        }
+        if (copied !== size) throw new Error(`${blob.file} changed while it was archived`)
+      } finally {
+        NodeFs.closeSync(input)
+      }
+      write(pad(size))
+    }
+    write(Buffer.alloc(1024))
+    NodeFs.fsyncSync(fd)
+    NodeFs.closeSync(fd)
+    NodeFs.renameSync(partial, output)
+  } catch (cause) {
+    try {
+      NodeFs.closeSync(fd)
+    } catch {
+      // Already closed.
+    }
+    NodeFs.rmSync(partial, { force: true })
+    throw cause
+  }
+}

@@ -8,23 +8,12 @@
  */
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import * as HttpClient from "@effect/platform/HttpClient"
-import type * as HttpClientError from "@effect/platform/HttpClientError"
-import * as HttpClientRequest from "@effect/platform/HttpClientRequest"
-import type * as HttpClientResponse from "@effect/platform/HttpClientResponse"
-import { Data, Duration, Effect, Layer, Schedule, Stream } from "effect"
+import { Duration, Effect, Layer, Stream } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import {
-  InvalidInput,
-  type MicroagentError,
-  NotFound,
-  Permanent,
-  PolicyDenied,
-  ResourceExhausted,
-  Transient
-} from "../../domain/Errors.ts"
-import { type ImageRef, isLoopbackRegistry } from "../../domain/ImageRef.ts"
+import { InvalidInput, NotFound } from "../../domain/Errors.ts"
+import { ImageRef } from "../../domain/ImageRef.ts"
 import {
   type Descriptor,
   formatPlatform,
@@ -39,20 +28,25 @@ import {
   type RegistryShape,
   type ResolvedImage
 } from "../../services/Registry.ts"
+import { listLogins, loginFile, removeLogin, saveLogin } from "./AuthFile.ts"
+import { type CredentialSources, defaultCredentialSources, normalizeAuthKey } from "./Credentials.ts"
+import { checkLoginWith, pushBlobWith, pushManifestWith } from "./Push.ts"
 import {
-  type Credential,
-  type CredentialSources,
-  defaultCredentialSources,
-  lookupCredential
-} from "./Credentials.ts"
+  apiUrl,
+  authorizedGet,
+  drain,
+  isNoSpace,
+  RegistryFailure,
+  retryTransient,
+  type Session,
+  sha256Hex,
+  stallTimeout,
+  statusFailure,
+  toMicroagentError,
+  transport
+} from "./Session.ts"
 
-type FailureKind = "transient" | "permanent" | "not_found" | "auth" | "digest" | "unsupported" | "no_space"
-
-export class RegistryFailure extends Data.TaggedError("RegistryFailure")<{
-  readonly kind: FailureKind
-  readonly message: string
-  readonly retryAfterMs?: number | undefined
-}> {}
+export { parseChallenge, RegistryFailure, sha256Hex, toMicroagentError } from "./Session.ts"
 
 const maxManifestBytes = 4 * 1024 * 1024
 const maxConfigBytes = 4 * 1024 * 1024
@@ -62,267 +56,6 @@ const acceptManifests = [
   MediaTypes.dockerManifestList,
   MediaTypes.dockerManifest
 ].join(", ")
-
-export const sha256Hex = (data: Uint8Array): string =>
-  NodeCrypto.createHash("sha256").update(data).digest("hex")
-
-/** Parses `Bearer realm="…",service="…",scope="…"` (and `Basic realm="…"`). */
-export const parseChallenge = (
-  header: string
-): { readonly scheme: string; readonly params: Readonly<Record<string, string>> } | undefined => {
-  const match = /^\s*(\w+)\s*(.*)$/s.exec(header)
-  if (match === null) return undefined
-  const params: Record<string, string> = {}
-  const re = /(\w+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s]*))/g
-  for (let m = re.exec(match[2]!); m !== null; m = re.exec(match[2]!)) {
-    params[m[1]!.toLowerCase()] = (m[2] ?? m[3] ?? "").replace(/\\(.)/g, "$1")
-  }
-  return { scheme: match[1]!.toLowerCase(), params }
-}
-
-const retryAfter = (response: HttpClientResponse.HttpClientResponse): number | undefined => {
-  const value = response.headers["retry-after"]
-  if (value === undefined) return undefined
-  const seconds = Number(value)
-  return Number.isFinite(seconds) ? seconds * 1000 : undefined
-}
-
-const statusFailure = (response: HttpClientResponse.HttpClientResponse, what: string, body: string) => {
-  const detail = (() => {
-    try {
-      const parsed = JSON.parse(body) as { errors?: Array<{ code?: string; message?: string }> }
-      return parsed.errors?.map((e) => `${e.code ?? ""} ${e.message ?? ""}`.trim()).join("; ")
-        ?? body.slice(0, 200)
-    } catch {
-      return body.slice(0, 200)
-    }
-  })()
-  const status = response.status
-  const kind: FailureKind = status === 404
-    ? "not_found"
-    : status === 401 || status === 403
-    ? "auth"
-    : status === 429 || status >= 500
-    ? "transient"
-    : "permanent"
-  return new RegistryFailure({
-    kind,
-    message: `${what}: HTTP ${status}${detail ? ` (${detail})` : ""}`,
-    retryAfterMs: retryAfter(response)
-  })
-}
-
-const transport = (what: string) => (error: HttpClientError.HttpClientError) =>
-  new RegistryFailure({ kind: "transient", message: `${what}: ${error.message}` })
-
-const retryPolicy = Schedule.exponential(Duration.millis(200), 2).pipe(
-  Schedule.intersect(Schedule.recurs(4))
-)
-
-const retryTransient = <A, R>(effect: Effect.Effect<A, RegistryFailure, R>) =>
-  Effect.retry(effect, { schedule: retryPolicy, while: (e) => e.kind === "transient" })
-
-/**
- * How long a registry may go silent (no response headers, or no body bytes) before the attempt is
- * abandoned and retried: a stalled connection must not hang a pull. `MICROAGENT_REGISTRY_STALL_SECONDS`
- * changes it (a very slow link may need more).
- */
-const stallTimeout = (): Duration.Duration => {
-  const seconds = Number(process.env.MICROAGENT_REGISTRY_STALL_SECONDS)
-  return Duration.seconds(Number.isFinite(seconds) && seconds > 0 ? seconds : 30)
-}
-
-/** What a caller should wait before retrying a pull the registry or network failed. */
-const defaultRetryAfterMs = 5000
-
-const isNoSpace = (cause: unknown) => {
-  const code = (cause as { readonly code?: unknown } | undefined)?.code
-  return code === "ENOSPC" || code === "EDQUOT"
-}
-
-/** Maps an adapter failure to the classified errors callers see. */
-export const toMicroagentError = (ref: ImageRef) => (failure: RegistryFailure): MicroagentError => {
-  switch (failure.kind) {
-    case "transient":
-      return new Transient({
-        message: `registry ${ref.registry}: ${failure.message}`,
-        remediation: "the registry or the network failed; try again",
-        retryAfterMs: failure.retryAfterMs ?? defaultRetryAfterMs
-      })
-    case "no_space":
-      return new ResourceExhausted({
-        message: failure.message,
-        remediation:
-          "free space on that file system (`microagent image prune`, `microagent gc`), then pull again"
-      })
-    case "not_found":
-      return new NotFound({
-        message: `${ref.toString()}: ${failure.message}`,
-        remediation: "check the image name and tag (`skopeo inspect docker://…` lists what exists)"
-      })
-    case "auth":
-      return new PolicyDenied({
-        message: `registry ${ref.registry} refused access: ${failure.message}`,
-        remediation:
-          "log in (credentials are read from $REGISTRY_AUTH_FILE, <state-dir>/auth.json or ~/.docker/config.json) or check the repository name"
-      })
-    case "digest":
-      return new Permanent({
-        message: failure.message,
-        remediation: "the registry served content that does not match its digest; nothing was recorded"
-      })
-    case "unsupported":
-      return new InvalidInput({ message: failure.message })
-    default:
-      return new Permanent({ message: `registry ${ref.registry}: ${failure.message}` })
-  }
-}
-
-interface Session {
-  readonly client: HttpClient.HttpClient
-  readonly sources: CredentialSources
-  /** Authorization header values by `registry|repository`. */
-  readonly authorizations: Map<string, string>
-}
-
-const drain = (response: HttpClientResponse.HttpClientResponse) =>
-  response.text.pipe(Effect.orElseSucceed(() => ""))
-
-const useHttp = (ref: ImageRef, options: RegistryOptions | undefined): boolean =>
-  options?.insecure === true || isLoopbackRegistry(ref.registry)
-
-const apiUrl = (ref: ImageRef, options: RegistryOptions | undefined, path: string) =>
-  `${useHttp(ref, options) ? "http" : "https"}://${ref.apiHost}/v2/${ref.repository}/${path}`
-
-/** GET with redirects followed by hand; the Authorization header only goes to the original host. */
-const getFollowing = (
-  session: Session,
-  url: string,
-  headers: Record<string, string>,
-  authorization: string | undefined
-): Effect.Effect<HttpClientResponse.HttpClientResponse, RegistryFailure> =>
-  Effect.gen(function*() {
-    const origin = new URL(url).host
-    let current = url
-    for (let hop = 0; hop < 6; hop++) {
-      const sameHost = new URL(current).host === origin
-      const request = HttpClientRequest.get(current).pipe(
-        HttpClientRequest.setHeaders(
-          sameHost && authorization !== undefined ? { ...headers, authorization } : headers
-        )
-      )
-      const response = yield* session.client.execute(request).pipe(
-        Effect.mapError(transport(`GET ${current}`))
-      )
-      if ([301, 302, 303, 307, 308].includes(response.status) && response.headers.location !== undefined) {
-        yield* drain(response)
-        current = new URL(response.headers.location, current).toString()
-        continue
-      }
-      return response
-    }
-    return yield* new RegistryFailure({ kind: "permanent", message: `too many redirects from ${url}` })
-  })
-
-const fetchToken = (
-  session: Session,
-  ref: ImageRef,
-  params: Readonly<Record<string, string>>,
-  credential: Credential | undefined
-): Effect.Effect<string, RegistryFailure> =>
-  Effect.gen(function*() {
-    const realm = params.realm
-    if (realm === undefined) {
-      return yield* new RegistryFailure({ kind: "auth", message: "bearer challenge without a realm" })
-    }
-    const scope = params.scope ?? `repository:${ref.repository}:pull`
-    const query: Record<string, string> = { scope }
-    if (params.service !== undefined) query.service = params.service
-    let response: HttpClientResponse.HttpClientResponse
-    if (credential?.identityToken !== undefined) {
-      // An identity token is an OAuth2 refresh token: exchanged with a POST (Docker's protocol).
-      const request = HttpClientRequest.post(realm).pipe(
-        HttpClientRequest.bodyUrlParams({
-          ...query,
-          grant_type: "refresh_token",
-          client_id: "microagent",
-          refresh_token: credential.identityToken
-        })
-      )
-      response = yield* session.client.execute(request).pipe(Effect.mapError(transport(`POST ${realm}`)))
-    } else {
-      const url = new URL(realm)
-      for (const [k, v] of Object.entries(query)) url.searchParams.set(k, v)
-      const basic = credential !== undefined
-        ? `Basic ${Buffer.from(`${credential.username}:${credential.password}`).toString("base64")}`
-        : undefined
-      response = yield* getFollowing(session, url.toString(), {}, basic)
-    }
-    if (response.status !== 200) {
-      const body = yield* drain(response)
-      return yield* statusFailure(response, `token from ${realm}`, body)
-    }
-    const body = yield* response.json.pipe(
-      Effect.mapError(() =>
-        new RegistryFailure({ kind: "permanent", message: `token from ${realm}: not JSON` })
-      )
-    )
-    const token = (body as { token?: string; access_token?: string }).token
-      ?? (body as { access_token?: string }).access_token
-    if (typeof token !== "string" || token.length === 0) {
-      return yield* new RegistryFailure({
-        kind: "auth",
-        message: `token endpoint ${realm} returned no token`
-      })
-    }
-    return token
-  })
-
-/** A GET against the registry API that answers authentication challenges. */
-const authorizedGet = (
-  session: Session,
-  ref: ImageRef,
-  url: string,
-  headers: Record<string, string>
-): Effect.Effect<HttpClientResponse.HttpClientResponse, RegistryFailure> =>
-  Effect.gen(function*() {
-    const key = `${ref.registry}|${ref.repository}`
-    const first = yield* getFollowing(session, url, headers, session.authorizations.get(key))
-    if (first.status !== 401) return first
-    const challengeHeader = first.headers["www-authenticate"]
-    yield* drain(first)
-    const challenge = challengeHeader !== undefined ? parseChallenge(challengeHeader) : undefined
-    const credential = yield* lookupCredential(ref.registry, session.sources).pipe(
-      Effect.mapError((e) => new RegistryFailure({ kind: "permanent", message: e.message }))
-    )
-    let authorization: string
-    if (challenge?.scheme === "bearer") {
-      authorization = `Bearer ${yield* fetchToken(session, ref, challenge.params, credential)}`
-    } else if (challenge?.scheme === "basic" && credential !== undefined) {
-      authorization = `Basic ${
-        Buffer.from(`${credential.username}:${credential.password}`).toString("base64")
-      }`
-    } else {
-      return yield* new RegistryFailure({
-        kind: "auth",
-        message: credential === undefined
-          ? "authentication required and no credentials found"
-          : "authentication required"
-      })
-    }
-    session.authorizations.set(key, authorization)
-    const second = yield* getFollowing(session, url, headers, authorization)
-    if (second.status === 401) {
-      yield* drain(second)
-      return yield* new RegistryFailure({
-        kind: "auth",
-        message: credential === undefined
-          ? "authentication required and no credentials found"
-          : `the credentials from ${credential.source} were rejected`
-      })
-    }
-    return second
-  })
 
 /** Reads a small document (manifest, config) and checks its size bound and digest. */
 const readDocument = (
@@ -674,6 +407,9 @@ export const makeRegistry = (
   const session: Session = { client, sources, authorizations: new Map() }
   const resolve = resolveWith(session)
   const fetchBlob = fetchBlobWith(session)
+  const pushBlob = pushBlobWith(session)
+  const pushManifest = pushManifestWith(session)
+  const checkLogin = checkLoginWith(session)
   return Registry.of({
     resolve: Effect.fn("Registry.resolve")(function*(ref: ImageRef, options?: RegistryOptions) {
       return yield* resolve(ref, options).pipe(Effect.mapError(toMicroagentError(ref)))
@@ -682,7 +418,45 @@ export const makeRegistry = (
       return yield* fetchBlob(ref, descriptor, destination, options).pipe(
         Effect.mapError(toMicroagentError(ref))
       )
-    })
+    }),
+    pushBlob: Effect.fn("Registry.pushBlob")(function*(ref, descriptor, file, options) {
+      return yield* pushBlob(ref, descriptor, file, options).pipe(Effect.mapError(toMicroagentError(ref)))
+    }),
+    pushManifest: Effect.fn("Registry.pushManifest")(function*(ref, manifest, mediaType, options) {
+      return yield* pushManifest(ref, manifest, mediaType, options).pipe(
+        Effect.mapError(toMicroagentError(ref))
+      )
+    }),
+    login: Effect.fn("Registry.login")(function*(registry, credential, options) {
+      const host = normalizeAuthKey(registry)
+      const file = loginFile(sources)
+      if (file === undefined) {
+        return yield* new InvalidInput({
+          message: "no auth file to write: set REGISTRY_AUTH_FILE or use a state directory"
+        })
+      }
+      if (credential.username.length === 0 || credential.username.includes(":")) {
+        return yield* new InvalidInput({
+          message: "the username must be non-empty and hold no colon",
+          remediation: "microagent registry login HOST -u USER --password-stdin"
+        })
+      }
+      yield* checkLogin(host, credential, options).pipe(
+        Effect.mapError(toMicroagentError(new ImageRef({ registry: host, repository: "-" })))
+      )
+      yield* saveLogin(file, host, credential.username, credential.password)
+      return { registry: host, file }
+    }),
+    logout: Effect.fn("Registry.logout")(function*(registry) {
+      const host = normalizeAuthKey(registry)
+      const file = loginFile(sources)
+      if (file === undefined) {
+        return yield* new NotFound({ message: `no credential for ${host}: no auth file` })
+      }
+      yield* removeLogin(file, host)
+      return { registry: host, file }
+    }),
+    logins: listLogins(sources).pipe(Effect.withSpan("Registry.logins"))
   })
 }
 
