@@ -102,7 +102,7 @@ export const optionalBytes = (name: string, description: string) =>
 /** `--refuse-devices`: fail on an image whose layers hold character or block devices. */
 export const refuseDevicesOption = Options.boolean("refuse-devices").pipe(
   Options.withDescription(
-    "refuse images holding device nodes (by default they are made only in the guest's disk)"
+    "refuse images that hold device nodes"
   )
 )
 
@@ -114,7 +114,7 @@ export const workspaceOptions = {
   ),
   env: envOption,
   profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
-    Options.withDescription("resource profile: tiny, small, medium or large (see `microagent profiles`)"),
+    Options.withDescription("tiny, small, medium or large (`microagent profiles`)"),
     Options.optional
   ),
   memory: Options.integer("memory").pipe(
@@ -123,10 +123,10 @@ export const workspaceOptions = {
     Options.optional
   ),
   cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
-  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: the image's content plus room)"),
+  sizeMiB: optionalInt("size-mib", "root disk size (default: the content plus room)"),
   file: Options.file("file").pipe(
     Options.withPseudoName("SPEC"),
-    Options.withDescription("a microagent.yaml workspace spec; flags override its fields"),
+    Options.withDescription("a microagent.yaml spec; flags override its fields"),
     Options.optional
   ),
   hostname: Options.text("hostname").pipe(
@@ -149,7 +149,7 @@ export const workspaceOptions = {
   ),
   egress: Options.choice("egress", ["broker", "off"]).pipe(
     Options.withDescription(
-      "egress mediation: broker (default: public internet only, never the host or private ranges) or off (no mediation)"
+      "broker (default: public internet only) or off"
     ),
     Options.optional
   ),
@@ -159,7 +159,7 @@ export const workspaceOptions = {
     Options.repeated
   ),
   egressLockAllowlist: Options.boolean("egress-lock-allowlist").pipe(
-    Options.withDescription("allow only --egress-allow destinations; other names are answered REFUSED")
+    Options.withDescription("reach only --egress-allow destinations")
   ),
   egressMaxConns: optionalInt("egress-max-conns", "concurrent guest connections the mediator admits"),
   egressMaxTotalBytes: optionalBytes(

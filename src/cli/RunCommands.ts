@@ -78,7 +78,7 @@ const execOptions = {
   ),
   stdin: Options.text("stdin").pipe(
     Options.withPseudoName("FILE|-"),
-    Options.withDescription("the command's stdin: a file, or - for microagent's own"),
+    Options.withDescription("stdin from a file, or - for microagent's own"),
     Options.optional
   )
 }
