@@ -10,7 +10,9 @@ packages=(
   qemu-system-x86 lz4 zstd xz-utils e2fsprogs busybox-static
   # Named networks: namespaces, bridges and taps
   iproute2
-  # The guest agent: a static C build
+  # Egress mediation (the default): the rules inside each workspace's namespace
+  iptables
+  # The guest agent and the egress mediator: static C builds
   musl-tools build-essential
 )
 if [ "${1:-}" = "--test" ]; then

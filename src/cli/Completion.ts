@@ -57,6 +57,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   events: [names("workspaces")],
   stats: [names("workspaces")],
   resize: [names("workspaces")],
+  egress: [names("workspaces")],
   cp: [files, files],
   commit: [names("workspaces"), nothing],
   "artifacts ls": [names("workspaces")],

@@ -55,6 +55,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ps: ["microagent ps", "microagent ps --json"],
   logs: ["microagent logs dev", "microagent logs --follow dev"],
   events: ["microagent events dev", "microagent events --follow --json dev"],
+  egress: ["microagent egress dev", "microagent egress -f dev"],
   artifacts: [
     "microagent artifacts ls run-quiet-otter-1a2b",
     "microagent artifacts get run-quiet-otter-1a2b report ./out/",

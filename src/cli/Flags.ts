@@ -120,7 +120,7 @@ export const optionalBytes = (name: string, description: string) =>
 /** `--refuse-devices`: fail on an image whose layers hold character or block devices. */
 export const refuseDevicesOption = Options.boolean("refuse-devices").pipe(
   Options.withDescription(
-    "refuse images holding device nodes (by default they are made only in the guest's disk)"
+    "refuse images that hold device nodes"
   )
 )
 
@@ -132,7 +132,7 @@ export const workspaceOptions = {
   ),
   env: envOption,
   profile: Options.choice("profile", ["tiny", "small", "medium", "large"]).pipe(
-    Options.withDescription("resource profile: tiny, small, medium or large (see `microagent profiles`)"),
+    Options.withDescription("tiny, small, medium or large (`microagent profiles`)"),
     Options.optional
   ),
   memory: Options.integer("memory").pipe(
@@ -141,10 +141,10 @@ export const workspaceOptions = {
     Options.optional
   ),
   cpus: optionalInt("cpus", "virtual CPUs (default 2)"),
-  sizeMiB: optionalInt("size-mib", "root disk size in MiB (default: the image's content plus room)"),
+  sizeMiB: optionalInt("size-mib", "root disk size (default: the content plus room)"),
   file: Options.file("file").pipe(
     Options.withPseudoName("SPEC"),
-    Options.withDescription("a microagent.yaml workspace spec; flags override its fields"),
+    Options.withDescription("a microagent.yaml spec; flags override its fields"),
     Options.optional
   ),
   hostname: Options.text("hostname").pipe(
@@ -164,6 +164,25 @@ export const workspaceOptions = {
     Options.withPseudoName("[IP:]HOST:GUEST"),
     Options.withDescription("publish a guest TCP port on the host (repeatable)"),
     Options.repeated
+  ),
+  egress: Options.choice("egress", ["broker", "off"]).pipe(
+    Options.withDescription(
+      "broker (default: public internet only) or off"
+    ),
+    Options.optional
+  ),
+  egressAllow: Options.text("egress-allow").pipe(
+    Options.withPseudoName("DEST"),
+    Options.withDescription("allow HOST, .SUFFIX or CIDR[:PORT] (repeatable)"),
+    Options.repeated
+  ),
+  egressLockAllowlist: Options.boolean("egress-lock-allowlist").pipe(
+    Options.withDescription("reach only --egress-allow destinations")
+  ),
+  egressMaxConns: optionalInt("egress-max-conns", "concurrent guest connections the mediator admits"),
+  egressMaxTotalBytes: optionalBytes(
+    "egress-max-total-bytes",
+    "bytes per connection before the mediator cuts it"
   ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
   ttl: ttlOption,

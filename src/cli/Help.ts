@@ -139,7 +139,18 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
     ]
   ],
   ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout"]],
-  ["Network", ["--network", "--publish"]],
+  [
+    "Network",
+    [
+      "--network",
+      "--publish",
+      "--egress",
+      "--egress-allow",
+      "--egress-lock-allowlist",
+      "--egress-max-conns",
+      "--egress-max-total-bytes"
+    ]
+  ],
   ["Storage", ["--volume", "--secret"]],
   ["Command", ["--env", "--cwd", "--user", "--timeout", "--stdin"]],
   ["Output", ["--output", "--stream", "--stdout-limit", "--stderr-limit"]]

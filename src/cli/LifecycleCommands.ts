@@ -4,11 +4,13 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Duration, Effect, Option, Stream } from "effect"
+import type { EgressRecord } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import { egressLog } from "../programs/EgressLog.ts"
 import { expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -345,6 +347,35 @@ const eventsCommand = Command.make(
     })
 ).pipe(Command.withDescription("show a workspace's lifecycle events, oldest first"))
 
+/** `ts  event  dst/name  signal`: one line per audit record. */
+const egressLine = (record: EgressRecord) => {
+  const fields = record as Record<string, unknown>
+  const what = [fields.dst, fields.name, fields.host].filter((v) => typeof v === "string").join(" ")
+  const signal = typeof fields.signal === "string" ? `  signal=${fields.signal}` : ""
+  return `${record.ts}  ${record.event.padEnd(24)} ${what}${signal}`
+}
+
+const egressCommand = Command.make(
+  "egress",
+  { follow, name: nameArg },
+  ({ follow, name }) =>
+    Effect.gen(function*() {
+      const json = yield* jsonMode
+      const stream = egressLog(name, { follow })
+      if (json && !follow) {
+        const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
+        return yield* emit({ workspace: name, records: [...all] }, () => "")
+      }
+      yield* withWorkspaceBackend(
+        name,
+        Stream.runForEach(stream, (record) =>
+          writeStdout(`${json ? JSON.stringify(record) : egressLine(record)}\n`))
+      )
+    })
+).pipe(
+  Command.withDescription("show a workspace's egress audit log (allowed and denied flows, DNS), oldest first")
+)
+
 const profilesCommand = Command.make("profiles", {}, () =>
   emit(
     { profiles },
@@ -368,6 +399,7 @@ export const lifecycleGroup = [
   psCommand,
   logsCommand,
   eventsCommand,
+  egressCommand,
   profilesCommand
 ] as const
 

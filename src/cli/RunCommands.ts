@@ -5,6 +5,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
@@ -80,7 +81,7 @@ const execOptions = {
   ),
   stdin: Options.text("stdin").pipe(
     Options.withPseudoName("FILE|-"),
-    Options.withDescription("the command's stdin: a file, or - for microagent's own"),
+    Options.withDescription("stdin from a file, or - for microagent's own"),
     Options.optional
   )
 }
@@ -140,10 +141,16 @@ const workspaceFields = (
     readonly publish: ReadonlyArray<string>
     readonly refuseDevices: boolean
     readonly ttl: Option.Option<number>
+    readonly egress: Option.Option<"broker" | "off">
+    readonly egressAllow: ReadonlyArray<string>
+    readonly egressLockAllowlist: boolean
+    readonly egressMaxConns: Option.Option<number>
+    readonly egressMaxTotalBytes: Option.Option<number>
   },
   spec: Spec
 ) =>
   Effect.map(networkFields(options, spec), (network) => ({
+    egress: egressPolicyOf(options, spec),
     profile: orUndefined(options.profile) ?? spec.profile,
     memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
     cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
@@ -153,6 +160,34 @@ const workspaceFields = (
     ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
     ...network
   }))
+
+/** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */
+const egressPolicyOf = (
+  options: {
+    readonly egress: Option.Option<"broker" | "off">
+    readonly egressAllow: ReadonlyArray<string>
+    readonly egressLockAllowlist: boolean
+    readonly egressMaxConns: Option.Option<number>
+    readonly egressMaxTotalBytes: Option.Option<number>
+  },
+  spec: Spec
+): EgressPolicy => {
+  const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? "broker"
+  if (mode === "off") {
+    process.stderr.write(
+      "microagent: warning: --egress off: the guest's network is not mediated; it reaches the host's loopback services and private networks\n"
+    )
+  }
+  const maxConns = orUndefined(options.egressMaxConns) ?? spec.egress?.maxConns
+  const maxTotalBytes = orUndefined(options.egressMaxTotalBytes) ?? spec.egress?.maxTotalBytes
+  return new EgressPolicy({
+    mode,
+    allow: [...new Set([...(spec.egress?.allow ?? []), ...options.egressAllow].map(normalizeAllow))],
+    lockAllowlist: options.egressLockAllowlist || (spec.egress?.lockAllowlist ?? false),
+    ...(maxConns === undefined ? {} : { maxConns }),
+    ...(maxTotalBytes === undefined ? {} : { maxTotalBytes })
+  })
+}
 
 /** Text mode: the guest's output goes to our stdout and stderr; JSON mode: the whole result. The guest's exit code becomes ours. */
 const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>

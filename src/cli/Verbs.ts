@@ -138,6 +138,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "CPU, memory, I/O and disk use of a running workspace"
   },
   {
+    name: "egress",
+    group: "Observe",
+    summary: "show a workspace's egress audit log"
+  },
+  {
     name: "artifacts",
     group: "Observe",
     summary: "list, fetch and remove a workspace's declared outputs",

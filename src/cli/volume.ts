@@ -23,7 +23,7 @@ export const volumeFlag = Options.text("volume").pipe(
   Options.withAlias("v"),
   Options.withPseudoName("SRC:/PATH[:ro]"),
   Options.withDescription(
-    "attach a disk at /PATH: SRC is a volume, a .tar/.tgz bundle or an .ext4/.img image (repeatable)"
+    "a volume, .tar/.tgz or .ext4 at /PATH (repeatable)"
   ),
   Options.repeated
 )

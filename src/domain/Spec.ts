@@ -4,6 +4,7 @@
  */
 import { Either, ParseResult, Schema } from "effect"
 import * as Yaml from "yaml"
+import { EgressMode } from "./Egress.ts"
 import { InvalidInput } from "./Errors.ts"
 import { NetworkMode, ProfileName, RestartPolicy, WorkspaceName } from "./Workspace.ts"
 
@@ -30,6 +31,15 @@ export const SpecNetwork = Schema.Struct({
     hostPort: SpecPort,
     guestPort: SpecPort
   })))
+})
+
+/** Egress mediation, as `--egress`, `--egress-allow`, `--egress-lock-allowlist` and the caps. */
+export const SpecEgress = Schema.Struct({
+  mode: Schema.optional(EgressMode),
+  allow: Schema.optional(Schema.Array(Schema.String)),
+  lockAllowlist: Schema.optional(Schema.Boolean),
+  maxConns: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+  maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
 })
 
 /** An ext4 image (`disks`) or a tar bundle (`bundles`) attached at `mountpoint`, as `-v path:mountpoint`. */
@@ -72,6 +82,7 @@ export const Spec = Schema.Struct({
   env: Schema.optional(Schema.Record({ key: EnvName, value: Schema.String })),
   resources: Schema.optional(SpecResources),
   network: Schema.optional(SpecNetwork),
+  egress: Schema.optional(SpecEgress),
   disks: Schema.optional(Schema.Array(SpecDisk)),
   bundles: Schema.optional(Schema.Array(SpecDisk)),
   outputs: Schema.optional(Schema.Array(SpecOutput)),
@@ -98,6 +109,7 @@ const known: Record<string, ReadonlyArray<string>> = {
     "env",
     "resources",
     "network",
+    "egress",
     "disks",
     "bundles",
     "outputs",
@@ -106,7 +118,8 @@ const known: Record<string, ReadonlyArray<string>> = {
     "setupFiles"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
-  network: ["mode", "forwards"]
+  network: ["mode", "forwards"],
+  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */

@@ -2,6 +2,7 @@
  * Workspaces: names, resource profiles, the persisted record.
  */
 import { Schema } from "effect"
+import { EgressPolicy } from "./Egress.ts"
 import { FileCopy } from "./FileCopy.ts"
 import { State } from "./State.ts"
 
@@ -154,6 +155,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   ports: Schema.optionalWith(Schema.Array(PublishedPort), { default: () => [] }),
   /** Named networks this workspace is a member of (its address on each is in the store). */
   networks: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** Egress mediation of the user network; absent means the default (`broker`). */
+  egress: Schema.optional(EgressPolicy),
   mounts: Schema.optionalWith(Schema.Array(Mount), { default: () => [] }),
   secrets: Schema.optionalWith(Schema.Array(SecretRef), { default: () => [] }),
   outputs: Schema.optionalWith(Schema.Array(OutputDecl), { default: () => [] }),

@@ -4,6 +4,7 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
+import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -71,6 +72,18 @@ const newWorkspace = {
     Schema.Array(Schema.String),
     "named networks to join (see network.create): a second NIC on each, members reach each other by name"
   ),
+  egress: optional(
+    EgressMode,
+    "egress mediation: broker (default; the public internet only, never the host, loopback or private ranges) or off"
+  ),
+  egress_allow: optional(
+    Schema.Array(Schema.String),
+    "destinations allowed even if inside: host, .suffix (apex and subdomains) or A.B.C.D[/N], with an optional :port"
+  ),
+  egress_lock_allowlist: optional(
+    Schema.Boolean,
+    "only egress_allow destinations; other names answer REFUSED"
+  ),
   publish: optional(
     Schema.Array(Schema.String),
     "published ports, [hostIp:]hostPort:guestPort[/tcp] (host address default 127.0.0.1)"
@@ -135,6 +148,9 @@ interface NewWorkspaceArgs {
   readonly hostname?: string | undefined
   readonly network?: typeof NetworkMode.Type | undefined
   readonly networks?: ReadonlyArray<string> | undefined
+  readonly egress?: typeof EgressMode.Type | undefined
+  readonly egress_allow?: ReadonlyArray<string> | undefined
+  readonly egress_lock_allowlist?: boolean | undefined
   readonly publish?: ReadonlyArray<string> | undefined
   readonly volumes?: ReadonlyArray<string> | undefined
   readonly secrets?: ReadonlyArray<string> | undefined
@@ -184,6 +200,11 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       hostname: args.hostname,
       network: args.network,
       networks: args.networks,
+      egress: new EgressPolicy({
+        mode: args.egress ?? "broker",
+        allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
+        lockAllowlist: args.egress_lock_allowlist ?? false
+      }),
       ports,
       mounts,
       secrets,
@@ -210,6 +231,13 @@ const LogsResult = Schema.Struct({
   logs: Schema.String,
   /** Whether earlier lines were left out (`tail_lines`). */
   truncated: Schema.Boolean
+})
+
+const EgressResult = Schema.Struct({
+  workspace: Schema.String,
+  records: Schema.Array(EgressRecord),
+  /** Pass as `after` to get only newer records. */
+  next: Schema.Int
 })
 
 const EventsResult = Schema.Struct({
@@ -601,6 +629,32 @@ export const tools: ReadonlyArray<AnyTool> = [
           }
         })
       )
+  }),
+  defineTool({
+    name: "workspace.egress",
+    title: "Read a workspace's egress audit log",
+    description:
+      "Allowed and denied network flows and DNS answers of a workspace, oldest first (records egress_allow, "
+      + "egress_close, egress_deny, egress_internal_deny, egress_dns_allow, egress_dns_deny, egress_udp_deny, …). "
+      + "Poll with after = the previous call's next.",
+    input: {
+      ...workspaceName,
+      after: optional(Schema.Int.pipe(Schema.nonNegative()), "skip this many records (default 0)"),
+      limit: optional(Schema.Int.pipe(Schema.between(1, 1024)), "at most this many records (default 100)")
+    },
+    output: EgressResult,
+    kind: "read",
+    sideEffects: [],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => Stream.runCollect(client.egress({ name: args.name })))
+        .pipe(
+          Effect.map((all) => {
+            const after = args.after ?? 0
+            const records = [...all].slice(after, after + (args.limit ?? 100))
+            return { workspace: args.name, records, next: after + records.length }
+          })
+        )
   }),
   defineTool({
     name: "workspace.events",

@@ -5,6 +5,7 @@ import { DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import type { FileCopy } from "../domain/FileCopy.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
@@ -57,6 +58,8 @@ export interface CreateOptions {
   readonly namePrefix?: string | undefined
   readonly ports?: ReadonlyArray<PublishedPort> | undefined
   readonly networks?: ReadonlyArray<string> | undefined
+  /** Egress mediation of the user network (default `broker`). */
+  readonly egress?: EgressPolicy | undefined
   readonly mounts?: ReadonlyArray<Mount> | undefined
   readonly secrets?: ReadonlyArray<SecretRef> | undefined
   readonly outputs?: ReadonlyArray<OutputDecl> | undefined
@@ -115,6 +118,19 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
   yield* checkNetworking(options)
+  const badAllow = (options.egress?.allow ?? []).map(allowProblem).filter((p) => p !== undefined)
+  if (badAllow.length > 0) {
+    return yield* new InvalidInput({
+      message: `invalid --egress-allow: ${badAllow.join("; ")}`,
+      remediation: "use host, .suffix (apex and subdomains) or A.B.C.D[/N], each with an optional :port"
+    })
+  }
+  if (options.egress?.mode === "off" && (options.egress.allow.length > 0 || options.egress.lockAllowlist)) {
+    return yield* new InvalidInput({
+      message: "--egress off has no allowlist: --egress-allow and --egress-lock-allowlist need mediation",
+      remediation: "drop --egress off, or the allowlist flags"
+    })
+  }
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   const files = yield* resolveFileCopies(options.files)
   const home = yield* Home
@@ -147,6 +163,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       restart: options.restart ?? "never",
       ports: options.ports ?? [],
       networks: options.networks ?? [],
+      ...(options.egress === undefined ? {} : { egress: new EgressPolicy(options.egress) }),
       mounts: options.mounts ?? [],
       secrets: options.secrets ?? [],
       outputs: options.outputs ?? [],

@@ -7,6 +7,7 @@ import { DateTime, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
+import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
@@ -113,5 +114,12 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
   // Namespaces (with their bridges) of named networks no live workspace is on.
   const namespaces = yield* reapNetworks.pipe(Effect.orElseSucceed((): ReadonlyArray<string> => []))
   removed.push(...namespaces.map((ns) => `netns ${ns}`))
+  // Egress mediators and namespaces of workspaces that no longer run (the mediator normally goes with its VM).
+  const egress = yield* Effect.serviceOption(Egress)
+  if (Option.isSome(egress)) {
+    const running = (yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name)
+    const reaped = yield* egress.value.reap(running)
+    removed.push(...reaped.map((ws) => `egress mediation of ${ws}`))
+  }
   return { removed, killed }
 })

@@ -5,11 +5,13 @@
  * namespace of this state directory that no live workspace needs (after a crash, at gc and delete).
  */
 import { Effect, Option, Schema, Stream } from "effect"
+import * as NodeFs from "node:fs"
 import { Conflict, InvalidInput, NotFound, Unsupported } from "../domain/Errors.ts"
 import { probePorts } from "../domain/Publish.ts"
 import { isLive } from "../domain/State.ts"
 import type { NetworkMode, PublishedPort, Workspace } from "../domain/Workspace.ts"
 import { macAddress, namespacePrefix, tapName } from "../layers/network/Addressing.ts"
+import { egressNamespace } from "../layers/network/EgressLive.ts"
 import {
   attachTap,
   ensureBridge,
@@ -194,8 +196,10 @@ export const attachNetworks = Effect.fn("attachNetworks")(
     if (nics.length === 0) return
     const home = yield* Home
     const store = yield* StateStore
+    const egressNs = egressNamespace(home.root, workspace.name)
+    const from = NodeFs.existsSync(`/run/netns/${egressNs}`) ? egressNs : undefined
     for (const nic of nics) {
-      yield* attachTap(home.root, nic.network, nic.tap)
+      yield* attachTap(home.root, nic.network, nic.tap, from)
       yield* store.appendEvent(workspace.name, { type: "network", detail: `${nic.network} ${nic.address}` })
     }
     yield* refreshHosts(workspace.networks, { name: workspace.name, handle })

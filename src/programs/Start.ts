@@ -7,9 +7,11 @@ import { DateTime, Duration, Effect, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Conflict, InvalidInput } from "../domain/Errors.ts"
+import { defaultEgress } from "../domain/Egress.ts"
+import { Conflict, InvalidInput, Unsupported } from "../domain/Errors.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { type ProfileName, profiles, Resources, type SecretRef, type Workspace } from "../domain/Workspace.ts"
+import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -77,6 +79,41 @@ const launchResources = (workspace: Workspace, options: StartOptions) => {
   return Effect.succeed({ memoryMiB, cpus })
 }
 
+/**
+ * The egress mediation a start needs, made ready (namespace, tap, rules, mediator), or undefined for
+ * a workspace that is not mediated. A real backend without the Egress service fails closed.
+ */
+const prepareEgress = (workspace: Workspace, backend: string) =>
+  Effect.gen(function*() {
+    const egress = yield* Effect.serviceOption(Egress)
+    if (Option.isSome(egress)) return yield* egress.value.prepare(workspace)
+    const policy = workspace.egress ?? defaultEgress
+    if (backend === "fake" || workspace.network !== "user" || policy.mode === "off") return undefined
+    return yield* new Unsupported({
+      message: `the ${backend} backend has no egress mediation here`,
+      remediation: "start with --egress off to run without mediation",
+      backend,
+      feature: "egress mediation"
+    })
+  })
+
+/** Before anything changes: a mediated workspace on a host that cannot mediate fails here. */
+const preflightEgress = (workspace: Workspace) =>
+  Effect.gen(function*() {
+    const egress = yield* Effect.serviceOption(Egress)
+    const policy = workspace.egress ?? defaultEgress
+    if (Option.isNone(egress) || workspace.network !== "user" || policy.mode === "off") return
+    const problem = yield* egress.value.problem
+    if (problem !== undefined) {
+      return yield* new Unsupported({ ...problem, feature: "egress mediation" })
+    }
+  })
+
+const releaseEgress = (workspace: string) =>
+  Effect.serviceOption(Egress).pipe(
+    Effect.flatMap((egress) => Option.isSome(egress) ? egress.value.release(workspace) : Effect.void)
+  )
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 export const start = Effect.fn("start")(function*(name: string, options: StartOptions = {}) {
@@ -96,6 +133,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   yield* checkFileSources(current.files)
   // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
+  yield* preflightEgress(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
@@ -146,16 +184,17 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
       const launched = yield* Effect.exit(restore(
         attachMounts(starting, runtimeDir).pipe(
-          Effect.flatMap((disks) =>
+          Effect.zip(prepareEgress(starting, hypervisor.backend)),
+          Effect.flatMap(([disks, egress]) =>
             launchWithNetworks(starting, (nics) =>
-              hypervisor.launch(new LaunchConfig({ ...config, disks, nics })).pipe(
+              hypervisor.launch(
+                new LaunchConfig({ ...config, disks, nics, ...(egress === undefined ? {} : { egress }) })
+              ).pipe(
                 Effect.tap((handle) =>
                   deliverSecrets(name, handle, options.secretValues ?? []).pipe(
                     // Files land before anything of the workspace's own runs.
                     Effect.zipRight(deliverFiles(name, handle, starting.files)),
-                    Effect.tapError(() =>
-                      hypervisor.kill(handle).pipe(Effect.ignore)
-                    )
+                    Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
                   )
                 )
               ))
@@ -164,6 +203,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       ))
       if (Exit.isFailure(launched)) {
         yield* releaseMounts(starting)
+        yield* releaseEgress(name)
         yield* store.transition(name, "bootFailed", {
           patch: withoutOwner,
           detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)

@@ -10,6 +10,7 @@
 import { Duration, Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
@@ -54,6 +55,18 @@ export interface CreateOptions {
   readonly env?: Readonly<Record<string, string>> | undefined
   /** `none` cuts the guest off; default: outbound access through the host. */
   readonly network?: CreateProgramOptions["network"]
+  /**
+   * Egress mediation of the user network (docs/egress.md). Default `{ mode: "broker" }`: the public
+   * internet only, never the host, loopback or private ranges; `allow` entries are host, .suffix or
+   * A.B.C.D[/N], each with an optional :port.
+   */
+  readonly egress?: {
+    readonly mode?: EgressMode | undefined
+    readonly allow?: ReadonlyArray<string> | undefined
+    readonly lockAllowlist?: boolean | undefined
+    readonly maxConns?: number | undefined
+    readonly maxTotalBytes?: number | undefined
+  } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
@@ -79,6 +92,15 @@ export interface ExecOptions extends ExecOverrides {
 export type Output =
   | { readonly type: "stdout" | "stderr"; readonly data: Uint8Array }
   | { readonly type: "exit"; readonly result: ExecResult }
+
+const egressPolicy = (egress: CreateOptions["egress"]) =>
+  egress === undefined ? undefined : new EgressPolicy({
+    mode: egress.mode ?? "broker",
+    allow: [...new Set((egress.allow ?? []).map(normalizeAllow))],
+    lockAllowlist: egress.lockAllowlist ?? false,
+    ...(egress.maxConns === undefined ? {} : { maxConns: egress.maxConns }),
+    ...(egress.maxTotalBytes === undefined ? {} : { maxTotalBytes: egress.maxTotalBytes })
+  })
 
 const bytesOf = (
   data: string | Uint8Array
@@ -174,7 +196,8 @@ export class Workspace implements AsyncDisposable {
           env: options.env,
           network: options.network,
           entrypoint: options.entrypoint,
-          ttlSeconds: options.ttlSeconds
+          ttlSeconds: options.ttlSeconds,
+          egress: egressPolicy(options.egress)
         })
       ),
       { signal: options.signal }

@@ -5,6 +5,7 @@
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
+import { EgressPolicy, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -58,6 +59,8 @@ export const WorkspaceFields = {
   ports: Schema.optional(Schema.Array(PublishedPort)),
   /** Named networks to join. */
   networks: Schema.optional(Schema.Array(Schema.String)),
+  /** Egress mediation of the user network; `broker` when absent. */
+  egress: Schema.optional(EgressPolicy),
   mounts: Schema.optional(Schema.Array(Mount)),
   /** References only; values are resolved by the caller and sent with each start. */
   secrets: Schema.optional(Schema.Array(SecretRef)),
@@ -268,6 +271,13 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("events", {
     payload: { ...named, follow: Schema.optional(Schema.Boolean) },
     success: WorkspaceEvent,
+    error: MicroagentError,
+    stream: true
+  }),
+  /** The egress audit log, oldest first; with `follow`, new records until the workspace stops. */
+  Rpc.make("egress", {
+    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    success: EgressRecord,
     error: MicroagentError,
     stream: true
   }),

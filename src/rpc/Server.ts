@@ -26,6 +26,7 @@ import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
+import { egressLog } from "../programs/EgressLog.ts"
 import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
 import { halt, kill } from "../programs/Halt.ts"
@@ -113,6 +114,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           network: p.network,
           ports: p.ports,
           networks: p.networks,
+          egress: p.egress,
           mounts: p.mounts,
           secrets: p.secrets,
           outputs: p.outputs,
@@ -146,6 +148,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           network: p.network,
           ports: p.ports,
           networks: p.networks,
+          egress: p.egress,
           mounts: p.mounts,
           secrets: p.secrets,
           outputs: p.outputs,
@@ -226,6 +229,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         )
       })),
     logs: (p) => localStream(streamWithWorkspaceBackend(p.name, logs(p.name, { follow: p.follow ?? false }))),
+    egress: (p) =>
+      localStream(streamWithWorkspaceBackend(p.name, egressLog(p.name, { follow: p.follow ?? false }))),
     events: (p) =>
       localStream(streamWithWorkspaceBackend(p.name, events(p.name, { follow: p.follow ?? false }))),
     wait: (p) =>

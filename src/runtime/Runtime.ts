@@ -8,7 +8,7 @@
  */
 import * as SocketServer from "@effect/platform/SocketServer"
 import { RpcSerialization, RpcServer } from "@effect/rpc"
-import { Duration, Effect, Layer, Ref } from "effect"
+import { Duration, Effect, Layer, Option, Ref } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
@@ -26,6 +26,7 @@ import { reconcile } from "../programs/internal/Reconcile.ts"
 import { detachNetworks } from "../programs/Network.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
+import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { acquireRuntimeLock } from "./RuntimeLock.ts"
@@ -65,6 +66,19 @@ const countingConnections = (activity: Ref.Ref<Activity>) =>
       }))
   )
 
+/** Egress mediators and namespaces left by workspaces that no longer run (normally they go with the VM). */
+const reapEgress = withBackend(
+  "qemu",
+  Effect.gen(function*() {
+    const egress = yield* Effect.serviceOption(Egress)
+    if (Option.isNone(egress)) return
+    const store = yield* StateStore
+    const running = (yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name)
+    const reaped = yield* egress.value.reap(running)
+    if (reaped.length > 0) yield* Effect.logWarning(`removed egress mediation of ${reaped.join(", ")}`)
+  })
+).pipe(Effect.ignore)
+
 /** Brings every live record in line with its VMM; true if any workspace is still live. */
 export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
   Effect.gen(function*() {
@@ -89,6 +103,7 @@ export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
       // After the records are repaired: a VMM whose start died with the previous runtime is owned by nobody.
       const killed = yield* reapOrphanVmms()
       if (killed.length > 0) yield* Effect.logWarning(`ended VMMs no live record owns: ${killed.join(", ")}`)
+      yield* reapEgress
     }
     return live
   })

@@ -70,7 +70,12 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   /** NICs on named networks, besides the user-mode one. */
   nics: Schema.optionalWith(Schema.Array(NicAttachment), { default: () => [] }),
   /** Seconds allowed until the guest agent answers. */
-  bootTimeoutSeconds: Schema.Number
+  bootTimeoutSeconds: Schema.Number,
+  /**
+   * The user network behind the egress mediator: the VMM runs in this network namespace and uses
+   * the tap made there instead of its own user-mode NAT (which would reach the host's loopback).
+   */
+  egress: Schema.optional(Schema.Struct({ netns: Schema.String, tap: Schema.String }))
 }) {}
 
 /** A launched VMM, persisted in the store so that any later process can re-attach to it. */

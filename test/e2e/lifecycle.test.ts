@@ -256,8 +256,10 @@ describe("real microVMs through the CLI", () => {
     })
     const [cliPid] = NodeFs.readdirSync("/proc").filter((e) => /^\d+$/.test(e)).filter((pid) => {
       try {
-        const cmd = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8")
-        return cmd.includes("microagent") && cmd.includes("interrupted") && !cmd.includes("events")
+        // The CLI itself, not the egress mediator or QEMU, whose command lines name the workspace too.
+        const argv = NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0")
+        return argv[1]?.endsWith("microagent.mjs") === true && argv[2] === "run"
+          && argv.includes("interrupted")
       } catch {
         return false
       }

@@ -35,6 +35,7 @@ const expectedTools = [
   "workspace.events",
   "workspace.wait",
   "workspace.result",
+  "workspace.egress",
   "microagent.profiles",
   "microagent.describe",
   "workspace.cp",

@@ -21,13 +21,15 @@ import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
 import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
 import { ImageStoreLive } from "../image/ImageStoreLive.ts"
 import { FileKernelCache } from "../kernel/FileKernelCache.ts"
+import { EgressLive } from "../network/EgressLive.ts"
 import { NetworksLive } from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
 import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
 
 /**
  * What every backend provides. A kernel cache is not among them: the fake backend boots no kernel, so
- * `start` looks for `KernelCache` as an optional service, and the QEMU backend provides one beside these.
+ * `start` looks for `KernelCache` as an optional service, and the QEMU backend provides one beside these;
+ * likewise `Egress` (egress mediation), which `start` requires for a mediated workspace on a real backend.
  */
 export type BackendServices = Hypervisor | GuestChannel | ImageStore | Networks
 
@@ -65,7 +67,13 @@ const qemuLayer = Layer.unwrapEffect(
   Effect.map(
     HomeTag,
     (home) =>
-      Layer.mergeAll(QemuHypervisor.layer(), ImageStoreLive, FileKernelCache.layer(), NetworksLive).pipe(
+      Layer.mergeAll(
+        QemuHypervisor.layer(),
+        ImageStoreLive,
+        FileKernelCache.layer(),
+        NetworksLive,
+        EgressLive
+      ).pipe(
         Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
         Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
       )

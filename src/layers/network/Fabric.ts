@@ -98,9 +98,15 @@ export const ensureBridge = Effect.fn("Fabric.ensureBridge")(
 )
 
 /** Moves QEMU's tap into the network's namespace and plugs it into the bridge. */
-export const attachTap = Effect.fn("Fabric.attachTap")(function*(root: string, network: string, tap: string) {
+export const attachTap = Effect.fn("Fabric.attachTap")(function*(
+  root: string,
+  network: string,
+  tap: string,
+  /** The namespace QEMU runs in, when not the host's (egress mediation): its taps are made there. */
+  from?: string
+) {
   const ns = namespaceName(root, network)
-  yield* ip(["link", "set", tap, "netns", ns])
+  yield* ip([...(from === undefined ? [] : ["-n", from]), "link", "set", tap, "netns", ns])
   yield* ip(["-n", ns, "link", "set", tap, "master", bridgeName(root), "up"])
 })
 

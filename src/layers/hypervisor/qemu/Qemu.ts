@@ -162,6 +162,10 @@ const unsupported = (feature: string, remediation = "") =>
   })
 
 /** Starts QEMU, which daemonizes once its sockets listen; resolves to the daemon's pid. */
+/** iproute2's ip, which runs the VMM inside a mediated workspace's network namespace. */
+const ipCommand = () =>
+  ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].find((path) => NodeFs.existsSync(path)) ?? "ip"
+
 const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePaths) =>
   Effect.async<number, MicroagentError>((resume) => {
     // Sockets and the console log are created by QEMU: make them private from the start.
@@ -367,6 +371,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         ports: config.ports,
         disks: config.disks,
         nics: config.nics,
+        egressTap: config.egress?.tap,
         paths,
         bootProfile,
         kernelHz: config.kernelHz
@@ -399,7 +404,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       // it and removes its files: a failed launch leaves nothing behind.
       const handle = yield* Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(
-          startVmm(binary, args, paths).pipe(Effect.tapError(() => removeFiles(paths, { console: true }))),
+          (config.egress === undefined
+            ? startVmm(binary, args, paths)
+            // The VMM opens the mediated tap inside the workspace's namespace.
+            : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(
+              Effect.tapError(() => removeFiles(paths, { console: true }))
+            ),
           (pid) => {
             const handle = handleOf(pid)
             return restore(

@@ -89,6 +89,8 @@ export interface QemuArgsInput {
   readonly bootProfile?: BootProfile
   /** The guest kernel's CONFIG_HZ, when known. */
   readonly kernelHz?: number | undefined
+  /** The user network through this tap (made by the egress mediation) instead of QEMU's NAT. */
+  readonly egressTap?: string | undefined
 }
 
 /**
@@ -220,7 +222,15 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     `socket,id=agent,path=${escapeOption(input.paths.agentSocket)},server=on,wait=off`,
     "-device",
     `virtserialport,chardev=agent,name=${agentPortName}`,
-    ...(input.network === "user"
+    ...(input.network === "user" && input.egressTap !== undefined
+      // Mediated: the same guest addressing, but the packets go to a tap in the workspace's namespace.
+      ? [
+        "-netdev",
+        `tap,id=net0,ifname=${input.egressTap},script=no,downscript=no`,
+        "-device",
+        `${device("net")},netdev=net0`
+      ]
+      : input.network === "user"
       ? ["-netdev", `user,id=net0,restrict=off${hostfwd}`, "-device", `${device("net")},netdev=net0`]
       : []),
     // Non-persistent taps (script=no): the kernel removes each when QEMU exits, however it exits.

@@ -1,0 +1,410 @@
+/**
+ * Egress mediation with a network namespace per workspace, driven with iproute2 and iptables inside
+ * that namespace only (the host's own firewall and routes are never touched):
+ *
+ * - the guest's NIC is a tap created in the namespace, holding the addresses the guest already
+ *   expects of QEMU's user network (gateway 10.0.2.2, resolver 10.0.2.3; the guest is 10.0.2.15);
+ * - every guest TCP flow is REDIRECTed to the mediator, other UDP is TPROXYed to it (so refused
+ *   datagrams are audited with their real destination), DNS to 10.0.2.3 reaches its resolver, and
+ *   everything else (ICMP, IPv6, forwarding) is dropped; the namespace has no route anywhere;
+ * - the mediator (guest/host/egress.c) opens those sockets inside the namespace and dials upstream
+ *   from the host's namespace, classifying the address actually dialled.
+ *
+ * The mediator watches the VMM's pid file and removes the namespace when the VM is gone, so nothing
+ * outlives the VM even when no process of ours is there to clean up; `reap` covers crashes.
+ */
+import { Effect, Layer, Schema } from "effect"
+import * as NodeChild from "node:child_process"
+import { createHash } from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import * as NodeUrl from "node:url"
+import { defaultEgress, EgressRecord } from "../../domain/Egress.ts"
+import { Permanent, Unsupported } from "../../domain/Errors.ts"
+import type { Workspace } from "../../domain/Workspace.ts"
+import { Egress, type EgressAttachment } from "../../services/Egress.ts"
+import { Home } from "../../services/Home.ts"
+import { isAlive } from "../process/Processes.ts"
+import { stateTag } from "./Addressing.ts"
+
+/** The addresses the guest sees, the same as QEMU's user network gives it. */
+export const mediatedNetwork = {
+  guest: "10.0.2.15",
+  gateway: "10.0.2.2",
+  resolver: "10.0.2.3",
+  prefix: 24
+} as const
+
+const tcpPort = 15001
+const udpPort = 15002
+const tproxyMark = "0x1/0x1"
+const tproxyTable = "100"
+
+/** Namespaces of egress are named apart from named networks' (whose tag follows the prefix directly). */
+export const egressNamespacePrefix = (root: string) => `microagent-egress-${stateTag(root)}-`
+export const egressNamespace = (root: string, workspace: string) =>
+  `${egressNamespacePrefix(root)}${workspace}`
+
+/** "me" + state tag + 7 hex of the workspace name = 15 characters (IFNAMSIZ - 1). */
+export const egressTap = (root: string, workspace: string) =>
+  `me${stateTag(root)}${createHash("sha256").update(workspace).digest("hex").slice(0, 7)}`
+
+const binaryOf = (candidates: ReadonlyArray<string>) => candidates.find((path) => NodeFs.existsSync(path))
+const ipBinary = () => binaryOf(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])
+const iptablesBinary = () => binaryOf(["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"])
+const ip6tablesBinary = () => binaryOf(["/usr/sbin/ip6tables", "/sbin/ip6tables", "/usr/bin/ip6tables"])
+
+/** `$MICROAGENT_EGRESS_BINARY`, else guest/build or libexec beside an ancestor of this module. */
+export const mediatorBinary = (): string | undefined => {
+  const explicit = process.env.MICROAGENT_EGRESS_BINARY
+  if (explicit !== undefined && explicit !== "") return NodePath.resolve(explicit)
+  let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
+  for (let i = 0; i < 8; i++) {
+    for (const candidate of ["guest/build/microagent-egress", "libexec/microagent-egress"]) {
+      const path = NodePath.join(dir, candidate)
+      if (NodeFs.existsSync(path)) return path
+    }
+    const parent = NodePath.dirname(dir)
+    if (parent === dir) break
+    dir = parent
+  }
+  return undefined
+}
+
+/** CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21, for setns and the namespace mount) in the effective set. */
+const hasCapabilities = (): boolean => {
+  try {
+    const line = NodeFs.readFileSync("/proc/self/status", "utf8").split("\n").find((l) =>
+      l.startsWith("CapEff:")
+    )
+    if (line === undefined) return false
+    const caps = BigInt(`0x${line.split(/\s+/)[1]}`)
+    return (caps & (1n << 12n)) !== 0n && (caps & (1n << 21n)) !== 0n
+  } catch {
+    return false
+  }
+}
+
+const optOut =
+  "or run with --egress off to start without mediation (the guest then reaches the host and its networks)"
+
+export const egressProblem = (): { readonly message: string; readonly remediation: string } | undefined => {
+  if (ipBinary() === undefined) {
+    return {
+      message: "egress mediation needs the ip command",
+      remediation: `apt-get install iproute2, ${optOut}`
+    }
+  }
+  if (iptablesBinary() === undefined) {
+    return { message: "egress mediation needs iptables", remediation: `apt-get install iptables, ${optOut}` }
+  }
+  if (!NodeFs.existsSync("/dev/net/tun")) {
+    return { message: "egress mediation needs /dev/net/tun", remediation: `modprobe tun, ${optOut}` }
+  }
+  if (mediatorBinary() === undefined) {
+    return {
+      message: "the egress mediator binary (microagent-egress) is missing",
+      remediation: `build it with \`make -C guest\`, ${optOut}`
+    }
+  }
+  if (!hasCapabilities()) {
+    return {
+      message:
+        "egress mediation needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN (network namespaces, taps, setns)",
+      remediation: `run as root, ${optOut}`
+    }
+  }
+  return undefined
+}
+
+const run = (binary: string, args: ReadonlyArray<string>) =>
+  Effect.async<string, Permanent>((resume) => {
+    NodeChild.execFile(binary, [...args], { timeout: 15_000 }, (error, stdout, stderr) => {
+      if (error === null) return resume(Effect.succeed(stdout))
+      resume(Effect.fail(
+        new Permanent({
+          message: `${NodePath.basename(binary)} ${args.join(" ")} failed: ${
+            (stderr || error.message).trim()
+          }`,
+          remediation: `check \`microagent doctor\`; \`microagent gc\` removes leftovers; ${optOut}`
+        })
+      ))
+    })
+  })
+
+const ip = (args: ReadonlyArray<string>) => run(ipBinary() ?? "ip", args)
+const inNamespace = (ns: string, binary: string | undefined, args: ReadonlyArray<string>) =>
+  ip(["netns", "exec", ns, binary ?? "false", ...args])
+
+/** The rules of one namespace: everything from the guest goes to the mediator or is dropped (counted). */
+export const namespaceRules = (tap: string): ReadonlyArray<ReadonlyArray<string>> => [
+  ["-t", "nat", "-A", "PREROUTING", "-i", tap, "-p", "tcp", "-j", "REDIRECT", "--to-ports", String(tcpPort)],
+  [
+    "-t",
+    "mangle",
+    "-A",
+    "PREROUTING",
+    "-i",
+    tap,
+    "-p",
+    "udp",
+    "-d",
+    mediatedNetwork.resolver,
+    "--dport",
+    "53",
+    "-j",
+    "RETURN"
+  ],
+  [
+    "-t",
+    "mangle",
+    "-A",
+    "PREROUTING",
+    "-i",
+    tap,
+    "-p",
+    "udp",
+    "-j",
+    "TPROXY",
+    "--on-port",
+    String(udpPort),
+    "--on-ip",
+    "0.0.0.0",
+    "--tproxy-mark",
+    tproxyMark
+  ],
+  ["-P", "INPUT", "DROP"],
+  ["-P", "FORWARD", "DROP"],
+  ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
+  ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
+  ["-A", "INPUT", "-i", tap, "-p", "tcp", "--dport", String(tcpPort), "-j", "ACCEPT"],
+  ["-A", "INPUT", "-i", tap, "-p", "udp", "-d", mediatedNetwork.resolver, "--dport", "53", "-j", "ACCEPT"],
+  ["-A", "INPUT", "-i", tap, "-p", "udp", "-m", "mark", "--mark", tproxyMark, "-j", "ACCEPT"],
+  // The policy drops the rest; this rule only counts it (`iptables -L -v` in the namespace).
+  ["-A", "INPUT", "-j", "DROP"]
+]
+
+const mediatorPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress.pid")
+
+const isMediator = (pid: number): boolean => {
+  try {
+    return NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("microagent-egress")
+  } catch {
+    return false
+  }
+}
+
+const stopMediator = (runtimeDir: string) =>
+  Effect.sync(() => {
+    const file = mediatorPidFile(runtimeDir)
+    let pid: number | undefined
+    try {
+      pid = Number.parseInt(NodeFs.readFileSync(file, "utf8"), 10)
+    } catch {
+      return
+    }
+    if (pid !== undefined && Number.isInteger(pid) && pid > 0 && isAlive(pid, undefined) && isMediator(pid)) {
+      try {
+        // Its own process group: the mediator and its per-connection children.
+        process.kill(-pid, "SIGKILL")
+      } catch {
+        // Gone in between.
+      }
+    }
+    NodeFs.rmSync(file, { force: true })
+  })
+
+/** Starts the mediator detached (it outlives this process, like the VMM) and waits for its "ready". */
+const startMediator = (binary: string, args: ReadonlyArray<string>, runtimeDir: string) =>
+  Effect.async<number, Permanent>((resume) => {
+    const errors = NodePath.join(runtimeDir, "egress.err")
+    const umask = process.umask(0o077)
+    let errFd: number
+    let child: NodeChild.ChildProcess
+    try {
+      errFd = NodeFs.openSync(errors, "w", 0o600)
+      child = NodeChild.spawn(binary, [...args], { detached: true, stdio: ["ignore", "pipe", errFd] })
+    } finally {
+      process.umask(umask)
+    }
+    NodeFs.closeSync(errFd)
+    let settled = false
+    const fail = (why: string) => {
+      if (settled) return
+      settled = true
+      let detail = ""
+      try {
+        detail = NodeFs.readFileSync(errors, "utf8").trim()
+      } catch {
+        // No stderr.
+      }
+      resume(Effect.fail(
+        new Permanent({
+          message: `the egress mediator did not start: ${why}${detail === "" ? "" : `: ${detail}`}`,
+          remediation: optOut
+        })
+      ))
+    }
+    child.on("error", (error) => fail(error.message))
+    child.on("exit", (code) => fail(`exit ${code}`))
+    child.stdout?.on("data", (chunk: Buffer) => {
+      if (settled || !chunk.toString("utf8").includes("ready")) return
+      settled = true
+      child.stdout?.destroy()
+      child.removeAllListeners("exit")
+      child.unref()
+      resume(Effect.succeed(child.pid!))
+    })
+    return Effect.sync(() => {
+      if (!settled) child.kill("SIGKILL")
+    })
+  })
+
+const readRecords = (path: string) =>
+  Effect.try({
+    try: () => (NodeFs.existsSync(path) ? NodeFs.readFileSync(path, "utf8") : ""),
+    catch: (cause) => new Permanent({ message: `cannot read ${path}: ${String(cause)}` })
+  }).pipe(
+    Effect.map((text) =>
+      text.split("\n").flatMap((line) => {
+        if (line.trim() === "") return []
+        try {
+          const decoded = Schema.decodeUnknownOption(EgressRecord)(JSON.parse(line))
+          return decoded._tag === "Some" ? [decoded.value] : []
+        } catch {
+          // A torn last line (the mediator is writing it): read next time.
+          return []
+        }
+      })
+    )
+  )
+
+export const EgressLive = Layer.effect(
+  Egress,
+  Effect.gen(function*() {
+    const home = yield* Home
+    const logPath = (workspace: string) => NodePath.join(home.workspaceDir(workspace), "egress.jsonl")
+
+    const release = (workspace: string) =>
+      stopMediator(home.runtimeDir(workspace)).pipe(
+        Effect.zipRight(
+          ip(["netns", "delete", egressNamespace(home.root, workspace)]).pipe(Effect.ignore)
+        )
+      )
+
+    const prepare = Effect.fn("Egress.prepare")(function*(workspace: Workspace) {
+      const policy = workspace.egress ?? defaultEgress
+      if (workspace.network !== "user" || policy.mode === "off") return undefined
+      const problem = egressProblem()
+      if (problem !== undefined) {
+        return yield* new Unsupported({ ...problem, backend: "qemu", feature: "egress mediation" })
+      }
+      if (workspace.ports.some((p) => p.protocol !== "tcp")) {
+        return yield* new Unsupported({
+          message: "only TCP ports can be published under egress mediation",
+          remediation: optOut,
+          feature: "egress mediation"
+        })
+      }
+      const ns = egressNamespace(home.root, workspace.name)
+      const tap = egressTap(home.root, workspace.name)
+      const runtimeDir = yield* home.ensureDir(home.runtimeDir(workspace.name))
+      yield* home.ensureDir(home.workspaceDir(workspace.name))
+      // Whatever an earlier session left goes first.
+      yield* release(workspace.name)
+      const setUp = Effect.gen(function*() {
+        yield* ip(["netns", "add", ns])
+        // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
+        yield* inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).pipe(
+          Effect.zipRight(
+            inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
+          ),
+          Effect.ignore
+        )
+        yield* ip(["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
+        yield* ip([
+          "-n",
+          ns,
+          "addr",
+          "add",
+          `${mediatedNetwork.gateway}/${mediatedNetwork.prefix}`,
+          "dev",
+          tap
+        ])
+        yield* ip([
+          "-n",
+          ns,
+          "addr",
+          "add",
+          `${mediatedNetwork.resolver}/${mediatedNetwork.prefix}`,
+          "dev",
+          tap
+        ])
+        yield* ip(["-n", ns, "link", "set", "lo", "up"])
+        yield* ip(["-n", ns, "link", "set", tap, "up"])
+        yield* ip(["-n", ns, "rule", "add", "fwmark", tproxyMark, "lookup", tproxyTable])
+        yield* ip(["-n", ns, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", tproxyTable])
+        for (const rule of namespaceRules(tap)) yield* inNamespace(ns, iptablesBinary(), ["-w", ...rule])
+        const v6 = ip6tablesBinary()
+        if (v6 !== undefined) {
+          for (const chain of ["INPUT", "FORWARD"]) {
+            yield* inNamespace(ns, v6, ["-w", "-P", chain, "DROP"]).pipe(Effect.ignore)
+          }
+        }
+        const upstream = process.env.MICROAGENT_EGRESS_DNS_UPSTREAM
+        const args = [
+          "--netns",
+          `/run/netns/${ns}`,
+          "--workspace",
+          workspace.name,
+          "--gateway",
+          mediatedNetwork.resolver,
+          "--guest",
+          mediatedNetwork.guest,
+          "--log",
+          logPath(workspace.name),
+          "--tcp-port",
+          String(tcpPort),
+          "--udp-port",
+          String(udpPort),
+          "--vmm-pidfile",
+          NodePath.join(runtimeDir, "qemu.pid"),
+          ...(upstream !== undefined && upstream !== "" ? ["--dns-upstream", upstream] : []),
+          ...(policy.lockAllowlist ? ["--lock-allowlist"] : []),
+          ...policy.allow.flatMap((entry) => ["--allow", entry]),
+          ...(policy.maxConns === undefined ? [] : ["--max-conns", String(policy.maxConns)]),
+          ...(policy.maxTotalBytes === undefined ? [] : ["--max-total-bytes", String(policy.maxTotalBytes)]),
+          ...workspace.ports.flatMap((p) => ["--publish", `${p.hostIp}:${p.hostPort}:${p.guestPort}`])
+        ]
+        // A stale pid file would end the new mediator at once: the VMM's own file is written at launch.
+        NodeFs.rmSync(NodePath.join(runtimeDir, "qemu.pid"), { force: true })
+        const pid = yield* startMediator(mediatorBinary()!, args, runtimeDir)
+        NodeFs.writeFileSync(mediatorPidFile(runtimeDir), `${pid}\n`, { mode: 0o600 })
+      })
+      yield* setUp.pipe(Effect.tapError(() => release(workspace.name)))
+      return { netns: ns, tap } satisfies EgressAttachment
+    })
+
+    const reap = (keep: ReadonlyArray<string>) =>
+      ip(["netns", "list"]).pipe(
+        Effect.map((out) =>
+          out.split("\n").map((line) => line.trim().split(/\s+/)[0] ?? "").filter((n) =>
+            n.startsWith(egressNamespacePrefix(home.root))
+          ).map((n) => n.slice(egressNamespacePrefix(home.root).length))
+        ),
+        Effect.orElseSucceed(() => [] as Array<string>),
+        Effect.flatMap((present) =>
+          Effect.forEach(present.filter((ws) => !keep.includes(ws)), (ws) => release(ws).pipe(Effect.as(ws)))
+        )
+      )
+
+    return Egress.of({
+      problem: Effect.sync(egressProblem),
+      prepare,
+      release,
+      reap,
+      logPath,
+      read: (workspace) => readRecords(logPath(workspace))
+    })
+  })
+)

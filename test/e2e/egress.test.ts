@@ -1,0 +1,213 @@
+/**
+ * Egress mediation on real QEMU microVMs, through the CLI. Two workspaces boot once: `eg` in the
+ * default mode (`broker`) and `lk` with a locked allowlist and a byte cap. The mediator resolves through
+ * a test DNS server on the host's loopback, and a test host with a public-looking address lives in a
+ * network namespace (test/support/egressHosts.ts). Checked: a server on the host's 127.0.0.1 is
+ * unreachable through the gateway (10.0.2.2), each of the host's own addresses, the metadata address and
+ * a name that resolves to the gateway (rebinding), each attempt audited as an inside denial; the test host
+ * is reachable by name in `broker` mode; under the locked allowlist only the allowlisted name resolves
+ * (others are answered REFUSED), an address never resolved is refused, and the byte cap cuts a flow;
+ * a foreign resolver is refused with its signal; `microagent egress` reads the log; the namespaces and
+ * mediators go away with the VMs.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeNet from "node:net"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { egressNamespacePrefix } from "../../src/layers/network/EgressLive.ts"
+import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { type DnsServer, startDnsServer, startTestHost, type TestHost } from "../support/egressHosts.ts"
+import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
+
+const image = "microagent.local/busybox:latest"
+let stateDir: string
+let server: NodeNet.Server
+let port: number
+let hits = 0
+let dns: DnsServer
+let testHost: TestHost
+
+const ma = (args: ReadonlyArray<string>): Promise<CliResult> =>
+  cliAsync(args, {
+    stateDir,
+    env: { MICROAGENT_BACKEND: "qemu", MICROAGENT_EGRESS_DNS_UPSTREAM: `127.0.0.1:${dns.port}` }
+  })
+
+const sh = async (workspace: string, script: string) => {
+  const result = await ma(["exec", workspace, "--json", "--", "sh", "-c", script])
+  assert.strictEqual(result.code, 0, result.stderr)
+  return JSON.parse(result.stdout).result.stdout as string
+}
+
+/** An HTTP GET with busybox `nc` (the image's busybox `wget` crashes), printing the whole response. */
+const httpGet = (url: string) => {
+  const { hostname, pathname, port: p } = new URL(url)
+  return `printf 'GET ${pathname} HTTP/1.0\\r\\n\\r\\n' | nc -w 5 ${hostname} ${p}`
+}
+
+const egressRecords = async (workspace: string) => {
+  const log = await ma(["egress", workspace, "--json"])
+  assert.strictEqual(log.code, 0, log.stderr)
+  return JSON.parse(log.stdout).records as Array<Record<string, unknown>>
+}
+
+const egressNamespaces = () =>
+  NodeChild.execFileSync("ip", ["netns", "list"], { encoding: "utf8" }).split("\n").filter((l) =>
+    l.startsWith(egressNamespacePrefix(NodePath.resolve(stateDir)))
+  )
+
+/** Every IPv4 address of the host except loopback (loopback is tried through 10.0.2.2). */
+const hostAddresses = () =>
+  Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).filter((a) =>
+    a.family === "IPv4" && !a.internal
+  ).map((a) => a.address)
+
+beforeAll(async () => {
+  requireTool("qemu-system-x86_64", "qemu-system-x86")
+  requireTool("ip", "iproute2")
+  requireTool("iptables", "iptables")
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-egress-"))
+  // A server on the host's loopback only, counting every connection it gets.
+  server = NodeNet.createServer((socket) => {
+    hits++
+    socket.end("HTTP/1.0 200 OK\r\n\r\nsecret\n")
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  port = (server.address() as NodeNet.AddressInfo).port
+  dns = await startDnsServer({
+    "rebind.test": "10.0.2.2",
+    "pub.test": "198.51.100.10",
+    "allowed.test": "198.51.100.10"
+  })
+  testHost = await startTestHost(`ma-eg-test-host-${process.pid}`)
+  const boot = async (name: string, flags: ReadonlyArray<string>) => {
+    const created = await ma(["create", "--image", image, ...flags, name])
+    assert.strictEqual(created.code, 0, created.stderr)
+    const started = await ma(["start", name])
+    assert.strictEqual(started.code, 0, started.stderr)
+  }
+  await Promise.all([
+    boot("eg", []),
+    boot("lk", [
+      "--egress-lock-allowlist",
+      "--egress-allow",
+      "allowed.test",
+      "--egress-max-total-bytes",
+      "50000"
+    ])
+  ])
+}, 600_000)
+
+afterAll(async () => {
+  await ma(["kill", "eg"])
+  await ma(["kill", "lk"])
+  stopRuntime(stateDir)
+  for (const pid of qemuProcessesMentioning(stateDir)) process.kill(pid, "SIGKILL")
+  for (const ns of egressNamespaces()) NodeChild.spawnSync("ip", ["netns", "delete", ns.split(" ")[0]!])
+  server.close()
+  dns?.close()
+  testHost?.close()
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+})
+
+describe("egress mediation (broker, the default)", () => {
+  it(
+    "keeps the host's loopback out of reach through the gateway and every host address, and audits each attempt",
+    async () => {
+      const targets = ["10.0.2.2", ...hostAddresses()]
+      assert.include(targets, testHost.hostSide)
+      const script = targets.map((t) => `echo GET | nc -w 3 ${t} ${port}; echo "${t}:$?"`).join("; ")
+      const out = await sh("eg", script)
+      assert.notInclude(out, "secret", out)
+      assert.strictEqual(hits, 0)
+      const log = await ma(["egress", "eg", "--json"])
+      assert.strictEqual(log.code, 0, log.stderr)
+      const records = JSON.parse(log.stdout).records as Array<Record<string, unknown>>
+      for (const target of targets) {
+        const denial = records.find((r) =>
+          r.event === "egress_internal_deny" && r.dst === `${target}:${port}`
+        )
+        assert.isDefined(denial, `no inside denial for ${target}: ${JSON.stringify(records)}`)
+        assert.strictEqual(denial!.internal, true)
+      }
+    },
+    300_000
+  )
+
+  it("refuses a foreign resolver with its signal", async () => {
+    await sh("eg", "nslookup -timeout=1 example.org 198.51.100.53 >/dev/null 2>&1; true")
+    const log = await ma(["egress", "eg", "--json"])
+    const records = JSON.parse(log.stdout).records as Array<Record<string, unknown>>
+    assert.isDefined(records.find((r) => r.event === "egress_udp_deny" && r.signal === "foreign-resolver"))
+  }, 300_000)
+
+  it("refuses a name that resolves to the host (rebinding) and the metadata address", async () => {
+    const out = await sh(
+      "eg",
+      `echo GET | nc -w 3 rebind.test ${port}; echo "rebind:$?"; echo GET | nc -w 3 169.254.169.254 80; echo "meta:$?"`
+    )
+    assert.notInclude(out, "secret", out)
+    assert.strictEqual(hits, 0)
+    assert.include(dns.asked, "rebind.test")
+    const records = await egressRecords("eg")
+    // The name led to the gateway, which `off` maps to the host's loopback: refused as inside, by name.
+    const rebind = records.find((r) => r.event === "egress_internal_deny" && r.host === "rebind.test")
+    assert.isDefined(rebind, JSON.stringify(records))
+    assert.strictEqual(rebind!.dst, `10.0.2.2:${port}`)
+    const metadata = records.find((r) => r.event === "egress_internal_deny" && r.dst === "169.254.169.254:80")
+    assert.isDefined(metadata, JSON.stringify(records))
+    assert.strictEqual(metadata!.class, "link-local")
+  }, 300_000)
+
+  it("reaches a public-looking host by name, and logs the flow with the name", async () => {
+    const out = await sh("eg", httpGet("http://pub.test:8080/"))
+    assert.include(out, "hello-from-test-host", out)
+    const records = await egressRecords("eg")
+    const allowed = records.find((r) => r.event === "egress_allow" && r.dst === `${testHost.address}:8080`)
+    assert.isDefined(allowed, JSON.stringify(records))
+    assert.strictEqual(allowed!.host, "pub.test")
+  }, 300_000)
+
+  it(
+    "under a locked allowlist: an unresolved address is refused, other names REFUSED, the cap cuts",
+    async () => {
+      // Before any name led to it, the test host's address is one the mediator never resolved.
+      const direct = await sh("lk", `${httpGet(`http://${testHost.address}:8080/`)}; echo "direct:$?"`)
+      assert.notInclude(direct, "hello-from-test-host", direct)
+      const askedBefore = dns.asked.length
+      const refused = await sh("lk", "nslookup pub.test 10.0.2.3 2>&1; true")
+      assert.match(refused, /REFUSED/i, refused)
+      // Refused by the mediator itself: the question never went upstream.
+      assert.notInclude(dns.asked.slice(askedBefore), "pub.test")
+      const ok = await sh("lk", httpGet("http://allowed.test:8080/"))
+      assert.include(ok, "hello-from-test-host", ok)
+      const big = await sh("lk", `${httpGet("http://allowed.test:8080/big")} | wc -c`)
+      assert.isBelow(Number(big.trim()), 200000, big)
+      const records = await egressRecords("lk")
+      const denied = records.find((r) => r.event === "egress_deny" && r.dst === `${testHost.address}:8080`)
+      assert.isDefined(denied, JSON.stringify(records))
+      assert.strictEqual(denied!.signal, "direct-ip-no-sni")
+      assert.isDefined(
+        records.find((r) => r.event === "egress_dns_deny" && r.name === "pub.test"),
+        JSON.stringify(records)
+      )
+      assert.isDefined(records.find((r) => r.event === "egress_cap_exceeded"), JSON.stringify(records))
+    },
+    300_000
+  )
+
+  it("removes the namespaces and the mediators with the VMs", async () => {
+    assert.strictEqual(egressNamespaces().length, 2)
+    for (const name of ["eg", "lk"]) {
+      const killed = await ma(["kill", name])
+      assert.strictEqual(killed.code, 0, killed.stderr)
+    }
+    // The mediator notices its VMM is gone within a second or so; no timing is asserted, only the outcome.
+    for (let i = 0; i < 100 && egressNamespaces().length > 0; i++) {
+      await new Promise((r) => setTimeout(r, 200))
+    }
+    assert.deepStrictEqual(egressNamespaces(), [])
+  }, 300_000)
+})
