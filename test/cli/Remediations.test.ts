@@ -117,7 +117,8 @@ describe("remediations name only what exists", () => {
   })
 
   it("the checker itself catches a command that does not exist, and a flag that does not", () => {
-    assert.strictEqual(problemOf("microagent resume w1"), `no command "resume"`)
+    assert.strictEqual(problemOf("microagent unpause w1"), `no command "unpause"`)
+    assert.isUndefined(problemOf("microagent resume w1"))
     assert.strictEqual(problemOf("microagent image pul x"), `no command "image pul"`)
     assert.strictEqual(problemOf("microagent exec --stream --jsn w1"), `no flag --jsn for "microagent exec"`)
     assert.isUndefined(problemOf("microagent exec --stream --json w1 -- CMD"))
