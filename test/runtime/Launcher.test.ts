@@ -1,12 +1,13 @@
 /**
  * The runtime's process environment: one malloc arena for the runtime itself (its RSS stays flat over a
- * soak of runs), never passed on to the processes it starts (VMMs, tools).
+ * soak of runs), never passed on to the processes it starts (VMMs, tools); and its V8 flags, which bound
+ * the compiled code a long-lived runtime accumulates.
  */
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, describe, it } from "vitest"
-import { runtimeEnvironment } from "../../src/rpc/Launcher.ts"
+import { runtimeEnvironment, runtimeNodeFlags } from "../../src/rpc/Launcher.ts"
 import { cliAsync, stopRuntime } from "../support/cli.ts"
 
 const environOf = (pid: number): Record<string, string> =>
@@ -55,6 +56,9 @@ describe("the runtime's environment", () => {
       NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
     )
     assert.strictEqual(environOf(runtime).MALLOC_ARENA_MAX, "1")
+    // Started with the runtime's V8 flags, the baseline compiler off among them.
+    const argv = NodeFs.readFileSync(`/proc/${runtime}/cmdline`, "utf8").split("\0")
+    assert.includeMembers(argv, [...runtimeNodeFlags, "--no-sparkplug"])
     const vmms = childrenOf(runtime)
     assert.isAbove(vmms.length, 0, "the fake VMM is a child of the runtime")
     for (const vmm of vmms) {
