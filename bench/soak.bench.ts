@@ -46,11 +46,15 @@ const slope = (points: ReadonlyArray<readonly [number, number]>) => {
   return den === 0 ? 0 : num / den
 }
 
-/** Every file under the state directory except the runtime's log (which only grows). */
+/**
+ * Every file under the state directory except the runtime's log (which only grows) and the database
+ * backups (written hourly by the clock, not by runs).
+ */
 const files = () =>
   new Set(
     NodeFs.readdirSync(state, { recursive: true, encoding: "utf8" }).filter((rel) =>
-      rel !== NodePath.join("run", "runtime.log")
+      rel !== NodePath.join("run", "runtime.log") && rel !== "backups"
+      && !rel.startsWith(`backups${NodePath.sep}`)
     )
   )
 
