@@ -14,14 +14,17 @@ import { runTool, type ToolFailed, type ToolMissing } from "./Tools.ts"
 const MiB = 1024 * 1024
 
 /** `what` names the disk in messages: "volume data", "workspace dev". */
-const toolError = (what: string) => (error: ToolMissing | ToolFailed) =>
+export const toolError = (what: string, remediation = "check the disk file and the host's free space") =>
+(
+  error: ToolMissing | ToolFailed
+) =>
   error._tag === "ToolMissing"
     ? new Permanent({ message: error.message, remediation: error.remediation })
     : new Permanent({
       message: `${what}: ${error.tool} exited ${error.code}: ${
         error.stderr.trim().split("\n").slice(-3).join("; ")
       }`,
-      remediation: "check the disk file and the host's free space"
+      remediation
     })
 
 const fsStep = <A>(what: string, step: () => A) =>

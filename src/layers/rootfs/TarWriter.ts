@@ -131,6 +131,32 @@ const header = (
 
 export const padding = (size: number) => Buffer.alloc((BLOCK - (size % BLOCK)) % BLOCK)
 
+/** `main`, preceded by a pax extended header carrying `records` when there are any. */
+const withPax = (
+  main: Buffer,
+  records: ReadonlyArray<Buffer>,
+  mtime: number,
+  owner: Pick<Parameters<typeof header>[0], "uid" | "gid" | "uname" | "gname"> = {}
+): Buffer => {
+  if (records.length === 0) return main
+  const pax = Buffer.concat(records)
+  return Buffer.concat([
+    header({
+      name: "PaxHeader",
+      prefix: "",
+      mode: 0o644,
+      size: pax.length,
+      mtime,
+      typeflag: "x",
+      linkname: "",
+      ...owner
+    }),
+    pax,
+    padding(pax.length),
+    main
+  ])
+}
+
 /** The header blocks of one entry (a pax header first when ustar cannot hold it). */
 export const entryHeader = (entry: HostEntry): Buffer => {
   const typeflag = entry.type === "file" ? "0" : entry.type === "directory" ? "5" : "2"
@@ -151,22 +177,7 @@ export const entryHeader = (entry: HostEntry): Buffer => {
     typeflag,
     linkname: linkFits ? entry.linkname : ""
   })
-  if (records.length === 0) return main
-  const pax = Buffer.concat(records)
-  return Buffer.concat([
-    header({
-      name: "PaxHeader",
-      prefix: "",
-      mode: 0o644,
-      size: pax.length,
-      mtime: entry.mtime,
-      typeflag: "x",
-      linkname: ""
-    }),
-    pax,
-    padding(pax.length),
-    main
-  ])
+  return withPax(main, records, entry.mtime)
 }
 
 /**
@@ -266,26 +277,7 @@ export const layerEntryHeader = (entry: LayerEntry): Buffer => {
     gname: "",
     ...(special ? { devmajor: entry.devMajor, devminor: entry.devMinor } : {})
   })
-  if (records.length === 0) return main
-  const pax = Buffer.concat(records)
-  return Buffer.concat([
-    header({
-      name: "PaxHeader",
-      prefix: "",
-      mode: 0o644,
-      size: pax.length,
-      mtime: entry.mtime,
-      typeflag: "x",
-      linkname: "",
-      uid: 0,
-      gid: 0,
-      uname: "",
-      gname: ""
-    }),
-    pax,
-    padding(pax.length),
-    main
-  ])
+  return withPax(main, records, entry.mtime, { uid: 0, gid: 0, uname: "", gname: "" })
 }
 
 /** The end-of-archive marker. */

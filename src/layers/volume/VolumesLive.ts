@@ -13,8 +13,8 @@ import { Conflict, InvalidInput, NotFound, Permanent } from "../../domain/Errors
 import { invalidVolumeName, volumeNameProblem } from "../../domain/MountFlag.ts"
 import { Home } from "../../services/Home.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
-import { resizeExt4 } from "../rootfs/Ext4Resize.ts"
-import { runToolOk, type ToolFailed, type ToolMissing } from "../rootfs/Tools.ts"
+import { resizeExt4, toolError } from "../rootfs/Ext4Resize.ts"
+import { runToolOk } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 
 const MiB = 1024 * 1024
@@ -39,16 +39,6 @@ const Stored = Schema.parseJson(Schema.Struct({
 }))
 const encodeStored = Schema.encodeSync(Stored)
 const decodeStored = Schema.decodeUnknown(Stored)
-
-const toolError = (what: string) => (error: ToolMissing | ToolFailed) =>
-  error._tag === "ToolMissing"
-    ? new Permanent({ message: error.message, remediation: error.remediation })
-    : new Permanent({
-      message: `${what}: ${error.tool} exited ${error.code}: ${
-        error.stderr.trim().split("\n").slice(-3).join("; ")
-      }`,
-      remediation: "check the volume file and the host's free space"
-    })
 
 const notFound = (name: string) =>
   new NotFound({
@@ -190,7 +180,11 @@ export const make = Effect.gen(function*() {
           "-E",
           "root_owner=0:0,lazy_itable_init=0,lazy_journal_init=1",
           staging
-        ]).pipe(Effect.mapError(toolError(`cannot make volume ${name}`)))
+        ]).pipe(
+          Effect.mapError(
+            toolError(`cannot make volume ${name}`, "check the volume file and the host's free space")
+          )
+        )
         const now = yield* DateTime.now
         const stored = { name, path, sizeMiB, createdAt: now }
         const inserted = yield* sql<
