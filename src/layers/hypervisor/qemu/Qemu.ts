@@ -489,11 +489,16 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       yield* requireQemu(handle)
       if (!isAlive(handle.pid, handle.pidStartTime)) return "exited" as VmStatus
       const status = yield* qmpStatus(controlSocket(handle)).pipe(
-        // It may have exited between the check and the query.
+        // It may have exited between the check and the query, or be exiting: a VMM that powers off
+        // closes its QMP socket a moment before the process ends.
         Effect.catchAll((error) =>
-          isAlive(handle.pid, handle.pidStartTime)
-            ? Effect.fail(new Transient({ message: `QMP query-status failed: ${error.message}` }))
-            : Effect.succeed("shutdown")
+          Effect.flatMap(
+            waitGone(handle.pid, handle.pidStartTime, Duration.seconds(2)),
+            (gone) =>
+              gone
+                ? Effect.succeed("shutdown")
+                : Effect.fail(new Transient({ message: `QMP query-status failed: ${error.message}` }))
+          )
         )
       )
       switch (status) {
