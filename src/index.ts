@@ -19,6 +19,7 @@ export {
 } from "./domain/Errors.ts"
 export { ExecRequest, ExecResult } from "./domain/Exec.ts"
 export type { ExecOutput } from "./domain/Exec.ts"
+export { PlanImage, PlanKernel, planText, RunPlan } from "./domain/Plan.ts"
 export { EntrypointResult, Workspace } from "./domain/Workspace.ts"
 export { defaultImage } from "./layers/image/BuiltinImages.ts"
 
@@ -33,6 +34,7 @@ export { imagePush, PushResult, registryList, registryLogin, registryLogout } fr
 export { execRequestFor } from "./programs/internal/Requests.ts"
 export { networkCreate, networkInspect, networkList, networkRemove } from "./programs/Network.ts"
 export { events, inspect, list, logs, wait } from "./programs/Observe.ts"
+export { plan, type PlanOptions } from "./programs/Plan.ts"
 export { resize } from "./programs/Resize.ts"
 export { run } from "./programs/Run.ts"
 export { start } from "./programs/Start.ts"

@@ -7,7 +7,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   doctor: ["microagent doctor", "microagent doctor --json"],
   run: [
     "microagent run alpine:3.20 -- echo hello",
-    "microagent run -e NAME=hi --memory 1024 debian:12 -- sh -c 'echo $NAME'",
+    "microagent run --image alpine:3.20 --setup 'apk add curl' --exec 'curl -sI https://example.org'",
     "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
     "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
   ],

@@ -155,7 +155,7 @@ export const workspaceOptions = {
   network: Options.text("network").pipe(
     Options.withPseudoName("MODE"),
     Options.withDescription(
-      "user (default, outbound NAT), isolated (no network), or a named network to join too (repeatable)"
+      "user (default), isolated or NETWORK (repeatable)"
     ),
     Options.repeated
   ),

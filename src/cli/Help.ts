@@ -129,6 +129,7 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--name",
       "--image",
       "--file",
+      "--dry-run",
       "--hostname",
       "--entrypoint",
       "--restart",
@@ -152,7 +153,7 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
     ]
   ],
   ["Storage", ["--volume", "--secret"]],
-  ["Command", ["--env", "--cwd", "--user", "--timeout", "--stdin"]],
+  ["Command", ["--exec", "--setup", "--env", "--cwd", "--user", "--timeout", "--stdin"]],
   ["Output", ["--output", "--stream", "--stdout-limit", "--stderr-limit"]]
 ]
 

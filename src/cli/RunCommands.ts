@@ -9,12 +9,14 @@ import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
+import { planText } from "../domain/Plan.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { create } from "../programs/Create.ts"
 import { allOutputsOf } from "../programs/internal/Outputs.ts"
+import { plan } from "../programs/Plan.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
@@ -204,16 +206,65 @@ const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
     process.exitCode = result.exitCode
   })
 
+/** `run --setup`: in the one-shot boot, before the command. */
+const runSetupOption = Options.text("setup").pipe(
+  Options.withPseudoName("CMD"),
+  Options.withDescription("shell command run before the command (repeatable)"),
+  Options.repeated
+)
+
+/**
+ * What `run` runs: the argv after the image (or after `--`), or `--exec`'s shell command; the image
+ * from the first argument or `--image`. Giving either twice is a usage error.
+ */
+const runTarget = (
+  options: { readonly image: Option.Option<string>; readonly imageFlag: Option.Option<string> },
+  exec: Option.Option<string>,
+  guestArgv: ReadonlyArray<string>
+) =>
+  Effect.gen(function*() {
+    if (Option.isSome(options.image) && Option.isSome(options.imageFlag)) {
+      return yield* new InvalidInput({
+        message: `two images given: --image ${options.imageFlag.value} and ${options.image.value}`,
+        remediation:
+          `with --image, put the command after --: microagent run --image ${options.imageFlag.value} -- ${
+            [options.image.value, ...guestArgv].join(" ")
+          } (or use --exec "CMD")`
+      })
+    }
+    if (Option.isSome(exec) && guestArgv.length > 0) {
+      return yield* new InvalidInput({
+        message: "two commands given: --exec and an argv after the image",
+        remediation: 'give one: --exec "CMD" (run with sh -c), or IMAGE -- CMD [ARG...]'
+      })
+    }
+    return {
+      image: Option.orElse(options.imageFlag, () => options.image),
+      command: Option.match(exec, { onNone: () => [...guestArgv], onSome: (cmd) => ["/bin/sh", "-c", cmd] })
+    }
+  })
+
 const runCommand = Command.make("run", {
   ...workspaceOptions,
   ...execOptions,
   keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
   rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+  dryRun: Options.boolean("dry-run").pipe(
+    Options.withDescription("print the plan and boot nothing")
+  ),
+  imageFlag: Options.text("image").pipe(
+    Options.withPseudoName("REF"),
+    Options.withDescription("OCI image (or as IMAGE; default: built-in busybox)"),
+    Options.optional
+  ),
+  exec: Options.text("exec").pipe(
+    Options.withPseudoName("CMD"),
+    Options.withDescription("a shell command (sh -c) instead of CMD [ARG...]"),
+    Options.optional
+  ),
+  setup: runSetupOption,
   outputs: outputOption,
-  image: Args.text({ name: "image" }).pipe(
-    Args.withDescription("OCI image (default: the built-in busybox image)"),
-    Args.optional
-  )
+  image: Args.text({ name: "image" }).pipe(Args.optional)
 }, (options) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
@@ -224,28 +275,40 @@ const runCommand = Command.make("run", {
         remediation: "pick one"
       })
     }
-    if (
-      (spec.files ?? []).length > 0 || (spec.setup ?? []).length > 0 || (spec.setupFiles ?? []).length > 0
-    ) {
-      return yield* new InvalidInput({
-        message:
-          "the spec's files are delivered at the starts of a persistent workspace; run does not take them",
-        remediation: "microagent create --file SPEC NAME, then microagent start NAME"
-      })
-    }
-    const image = orUndefined(options.image) ?? spec.image ?? defaultImage
+    const target = yield* runTarget(options, options.exec, invocation.guestArgv)
+    const image = orUndefined(target.image) ?? spec.image ?? defaultImage
     const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
     const json = yield* jsonMode
-    const stdin = yield* stdinBytes(options.stdin)
     const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
     const secrets = yield* secretRefsOf(options.secret)
-    const secretValues = yield* resolveSecrets(secrets ?? [])
     const fields = yield* workspaceFields(options, spec)
     const outputs = yield* allOutputsOf(spec, options.outputs)
+    const files = yield* filesOf(spec, options.file, [])
+    const setup = yield* setupOf(spec, options.file, options.setup)
+    const secretValues = yield* resolveSecrets(secrets ?? [])
+    if (options.dryRun) {
+      const planned = yield* withNewBackend(plan(defined({
+        kind: "run" as const,
+        image,
+        command: target.command,
+        setup,
+        files,
+        ...fields,
+        name: orUndefined(options.name) ?? spec.name,
+        env,
+        mounts,
+        secrets,
+        outputs
+      })))
+      return yield* emit(planned, planText)
+    }
+    const stdin = yield* stdinBytes(options.stdin)
     const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
       client.run(defined({
         image,
-        command: [...invocation.guestArgv],
+        command: target.command,
+        setup,
+        files,
         ...fields,
         name: orUndefined(options.name) ?? spec.name,
         env,
@@ -291,6 +354,9 @@ const createCommand = Command.make("create", {
   ),
   outputs: outputOption,
   fileCopy: fileCopyOption,
+  dryRun: Options.boolean("dry-run").pipe(
+    Options.withDescription("print the plan and create nothing")
+  ),
   setup: setupOption,
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
@@ -314,7 +380,7 @@ const createCommand = Command.make("create", {
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
     const setup = yield* setupOf(spec, options.file, options.setup)
-    const workspace = yield* withNewBackend(create({
+    const createOptions = {
       image,
       files,
       setup,
@@ -326,7 +392,11 @@ const createCommand = Command.make("create", {
       mounts,
       secrets,
       outputs: yield* allOutputsOf(spec, options.outputs)
-    }))
+    }
+    if (options.dryRun) {
+      return yield* emit(yield* withNewBackend(plan({ ...createOptions, kind: "create" })), planText)
+    }
+    const workspace = yield* withNewBackend(create(createOptions))
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
 

@@ -10,6 +10,7 @@ import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
+import { RunPlan } from "../domain/Plan.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { Spec, SpecResources } from "../domain/Spec.ts"
@@ -294,13 +295,22 @@ export const tools: ReadonlyArray<AnyTool> = [
         "the command and its arguments, run without a shell (default: the image's Entrypoint and Cmd)"
       ),
       ...execFields,
+      setup: optional(
+        Schema.Array(Schema.String),
+        "shell commands run in order in the same boot, before the command; a failing one fails the call with its output"
+      ),
       keep: optional(Schema.Boolean, "keep the workspace, halted, instead of deleting it"),
       boot_timeout_seconds: optional(
         Schema.Number.pipe(Schema.positive()),
         "seconds to wait for the guest (default 60)"
+      ),
+      dry_run: optional(
+        Schema.Boolean,
+        "answer the plan (image and its digest if already pulled, kernel, resources, mounts, network, setup, "
+          + "command) without pulling, booting or writing anything"
       )
     },
-    output: RunResult,
+    output: Schema.Union(RunResult, RunPlan),
     kind: "mutate",
     sideEffects: [
       "creates a workspace and its disk",
@@ -314,10 +324,16 @@ export const tools: ReadonlyArray<AnyTool> = [
         const client = yield* MicroagentClient
         const fields = yield* newWorkspaceFields(args, context, "workspace.run")
         const secretValues = yield* resolveSecrets(fields.secrets ?? [])
+        if (args.dry_run === true) {
+          return yield* client.plan(
+            defined({ ...fields, kind: "run" as const, command: args.command ?? [], setup: args.setup })
+          )
+        }
         return yield* client.run(defined({
           ...fields,
           secretValues,
           command: args.command ?? [],
+          setup: args.setup,
           cwd: args.cwd,
           user: args.user,
           timeoutSeconds: args.timeout_seconds,
@@ -346,9 +362,14 @@ export const tools: ReadonlyArray<AnyTool> = [
       setup: optional(
         Schema.Array(Schema.String),
         "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
+      ),
+      dry_run: optional(
+        Schema.Boolean,
+        "answer the plan (image and its digest if already pulled, kernel, resources, network, setup, files, "
+          + "entrypoint) without pulling or creating anything"
       )
     },
-    output: Workspace,
+    output: Schema.Union(Workspace, RunPlan),
     kind: "mutate",
     sideEffects: ["pulls the image if missing", "creates a workspace record and its disk"],
     cost: "host_compute_and_storage",
@@ -369,9 +390,16 @@ export const tools: ReadonlyArray<AnyTool> = [
                   remediation: "give SRC:DST[:MODE] with an absolute SRC"
                 })
               ))
-        return yield* client.create(
-          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files, setup: args.setup })
-        )
+        const payload = defined({
+          ...fields,
+          restart: args.restart,
+          entrypoint: args.entrypoint,
+          files,
+          setup: args.setup
+        })
+        return yield* args.dry_run === true
+          ? client.plan({ ...payload, kind: "create" })
+          : client.create(payload)
       })
   }),
   defineTool({

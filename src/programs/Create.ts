@@ -96,7 +96,11 @@ export const checkTtl = (ttlSeconds: number | undefined) =>
 
 const removeTree = (path: string) => Effect.sync(() => NodeFs.rmSync(path, { recursive: true, force: true }))
 
-export const create = Effect.fn("create")(function*(options: CreateOptions) {
+/**
+ * Everything `create` checks before it touches anything: the name, resources, lease, mounts, secrets,
+ * networking, egress, outputs and host files (`run --dry-run` checks the same).
+ */
+export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOptions) {
   const name = options.name ?? generateName(options.namePrefix ?? "ws")
   const problem = nameProblem(name)
   if (problem !== undefined) {
@@ -133,6 +137,11 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   }
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   const files = yield* resolveFileCopies(options.files)
+  return { name, resources, files }
+})
+
+export const create = Effect.fn("create")(function*(options: CreateOptions) {
+  const { files, name, resources } = yield* checkCreate(options)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore

@@ -13,6 +13,7 @@ import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { RunPlan } from "../domain/Plan.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
@@ -31,6 +32,7 @@ import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
+import { plan } from "../programs/Plan.ts"
 import { resize } from "../programs/Resize.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
@@ -39,6 +41,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
+export type { RunPlan } from "../domain/Plan.ts"
 export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
@@ -212,6 +215,34 @@ export class Workspace implements AsyncDisposable {
       )
     }
     return workspace
+  }
+
+  /**
+   * What `create` would do with these options (the image and its digest if the local store has it,
+   * the kernel, resources, network, entrypoint), checked as `create` checks them; nothing is pulled,
+   * booted or written.
+   */
+  static plan(options: CreateOptions): Promise<RunPlan> {
+    const host = options.host ?? defaultHost()
+    return host.run(
+      withBackend(
+        options.backend,
+        plan({
+          kind: "create",
+          image: options.image,
+          name: options.name,
+          cpus: options.cpus,
+          memoryMiB: options.memoryMiB,
+          sizeMiB: options.sizeMiB,
+          env: options.env,
+          network: options.network,
+          entrypoint: options.entrypoint,
+          ttlSeconds: options.ttlSeconds,
+          egress: egressPolicy(options.egress)
+        })
+      ),
+      { signal: options.signal }
+    )
   }
 
   /** An existing workspace by name; rejects `not_found` if there is none. */

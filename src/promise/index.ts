@@ -11,6 +11,7 @@ export {
   type ExecOptions,
   type ExecResult,
   type Output,
+  type RunPlan,
   Workspace,
   WorkspaceFiles,
   type WorkspaceRecord

@@ -12,6 +12,7 @@ import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
+import { RunPlan } from "../domain/Plan.ts"
 import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
@@ -97,6 +98,10 @@ export const RunPayload = Schema.Struct({
   ...WorkspaceFields,
   /** The command; the image's Entrypoint and Cmd when empty. */
   command: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** Shell commands run in the same boot before the command; a failing one fails the run. */
+  setup: Schema.optional(Schema.Array(Schema.String)),
+  /** Host files (read by the runtime) copied into the guest before setup and the command. */
+  files: Schema.optional(Schema.Array(FileCopy)),
   cwd: Schema.optional(Schema.String),
   user: Schema.optional(Schema.String),
   timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
@@ -107,6 +112,13 @@ export const RunPayload = Schema.Struct({
   keep: Schema.optional(Schema.Boolean),
   bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
   secretValues: Schema.optional(SecretValues)
+})
+
+/** `run`/`create` with `dryRun`: what they would do; nothing is pulled, booted or written. */
+export const PlanPayload = Schema.Struct({
+  ...CreatePayload.fields,
+  kind: Schema.Literal("run", "create"),
+  command: Schema.optional(Schema.Array(Schema.String))
 })
 
 export const RunResult = Schema.Struct({
@@ -158,6 +170,8 @@ export class Rpcs extends RpcGroup.make(
   /** Create, boot, run one command, tear down (or keep, halted). */
   Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
   Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
+  /** The plan of a `run` or `create`, without pulling, booting or writing anything. */
+  Rpc.make("plan", { payload: PlanPayload, success: RunPlan, error: MicroagentError }),
   Rpc.make("start", {
     payload: {
       ...named,

@@ -35,6 +35,7 @@ import { networkCreate, networkInspect, networkList, networkRemove } from "../pr
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
+import { plan } from "../programs/Plan.ts"
 import { resize, resizePlan } from "../programs/Resize.ts"
 import { run } from "../programs/Run.ts"
 import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
@@ -104,6 +105,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
         run({
           image: p.image,
           command: p.command,
+          setup: p.setup,
+          files: p.files,
           name: p.name,
           profile: p.profile,
           memoryMiB: p.memoryMiB,
@@ -137,6 +140,35 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       local(withBackend(
         p.backend,
         create({
+          image: p.image,
+          name: p.name,
+          profile: p.profile,
+          memoryMiB: p.memoryMiB,
+          cpus: p.cpus,
+          sizeMiB: p.sizeMiB,
+          env: p.env,
+          hostname: p.hostname,
+          network: p.network,
+          ports: p.ports,
+          networks: p.networks,
+          egress: p.egress,
+          mounts: p.mounts,
+          secrets: p.secrets,
+          outputs: p.outputs,
+          refuseDevices: p.refuseDevices,
+          ttlSeconds: p.ttlSeconds,
+          restart: p.restart,
+          entrypoint: p.entrypoint,
+          files: p.files,
+          setup: p.setup
+        })
+      )),
+    plan: (p) =>
+      local(withBackend(
+        p.backend,
+        plan({
+          kind: p.kind,
+          command: p.command,
           image: p.image,
           name: p.name,
           profile: p.profile,
