@@ -40,8 +40,10 @@ export const listCommandOf: Record<Store, ReadonlyArray<string>> = {
  * positionals is listed (a test holds the table to the tree), so a new one is a decision, not a guess.
  */
 export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
+  init: [nothing],
   run: [names("images")],
   create: [nothing],
+  apply: [names("workspaces")],
   start: [names("workspaces")],
   exec: [names("workspaces")],
   connect: [names("workspaces")],

@@ -11,10 +11,20 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
     "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
   ],
+  init: [
+    "microagent init my-agent",
+    "microagent init --provider openai --dir ~/agents reviewer",
+    "microagent init my-agent --force --json"
+  ],
+  apply: [
+    "microagent apply --file microagent.yaml",
+    "microagent apply --file microagent.yaml --dry-run agent"
+  ],
   create: [
     "microagent create --image alpine:3.20 dev",
     "microagent create --ttl 7d --image alpine:3.20 scratch",
-    "microagent create --file microagent.yaml --profile medium -p 8080:80 web"
+    "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
+    "microagent create --dry-run --file microagent.yaml web"
   ],
   start: [
     "microagent start dev",

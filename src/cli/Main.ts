@@ -9,6 +9,7 @@ import * as NodeContext from "@effect/platform-node/NodeContext"
 import { Cause, Effect, Either, Option } from "effect"
 import { ExitCode, exitCodeFor, InvalidInput, isMicroagentError } from "../domain/Errors.ts"
 import { version } from "../domain/Version.ts"
+import { applyCommand } from "./apply.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
@@ -20,6 +21,7 @@ import { type CommandSpec, describeCommand, docText, spellingsOf } from "./Descr
 import { allCommandsHelp, commandHelp, groupHelp, type Style, terminalStyle, topLevelHelp } from "./Help.ts"
 import { hostGroup, runtimeGroup } from "./HostCommands.ts"
 import { imageCommand } from "./image.ts"
+import { initCommand } from "./init.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
@@ -37,9 +39,11 @@ import { volumeCommand } from "./volume.ts"
 
 export const subcommands = [
   ...hostGroup,
+  initCommand,
   ...runGroup,
   connectCommand,
   ...lifecycleGroup,
+  applyCommand,
   ...usageGroup,
   ...cpGroup,
   commitCommand,

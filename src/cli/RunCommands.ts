@@ -88,9 +88,8 @@ const execOptions = {
   )
 }
 
-/** Where a spec's relative paths start: its own directory (our working directory without a spec). */
 /** The spec's files (sources relative to the spec's directory), then the flags' (both appended). */
-const filesOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+export const filesOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
   Effect.map(
     Effect.forEach(flags, (text) => parseFileCopy(text, process.cwd())),
     (flagged) => [
@@ -106,7 +105,7 @@ const filesOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<s
   )
 
 /** The spec's `setup` (a `{file}` read now), then its `setupFiles`, then the `--setup` flags. */
-const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+export const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
   Effect.try({
     try: () => {
       const read = (path: string) => NodeFs.readFileSync(NodePath.resolve(specDirOf(file), path), "utf8")
@@ -125,7 +124,8 @@ const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<s
       })
   })
 
-const specDirOf = (file: Option.Option<string>) =>
+/** Where a spec's relative paths start: its own directory (our working directory without a spec). */
+export const specDirOf = (file: Option.Option<string>) =>
   Option.match(file, {
     onNone: () => process.cwd(),
     onSome: (path) => NodePath.dirname(NodePath.resolve(path))
@@ -164,7 +164,7 @@ const workspaceFields = (
   }))
 
 /** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */
-const egressPolicyOf = (
+export const egressPolicyOf = (
   options: {
     readonly egress: Option.Option<"broker" | "off">
     readonly egressAllow: ReadonlyArray<string>

@@ -34,6 +34,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "check what this host has and lacks"
   },
   {
+    name: "init",
+    group: "Getting started",
+    summary: "write an agent scaffold (spec, agent script, README, demo input)"
+  },
+  {
     name: "run",
     group: "Run",
     summary: "boot a one-shot workspace, run a command, tear it down",
@@ -86,6 +91,11 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "result",
     group: "Lifecycle",
     summary: "show the result of a workspace's entrypoint"
+  },
+  {
+    name: "apply",
+    group: "Lifecycle",
+    summary: "change a workspace's record to match a spec, without a rebuild"
   },
   {
     name: "halt",

@@ -37,7 +37,7 @@ type Payload<K extends keyof MicroagentClientShape> = Parameters<MicroagentClien
 type Options<K extends keyof MicroagentClientShape> = Parameters<MicroagentClientShape[K]>[1]
 
 /** The procedures that take host paths or secret references; every other one passes through. */
-export const confinedProcedures = ["cp", "artifactsGet", "create", "plan", "run", "start"] as const
+export const confinedProcedures = ["cp", "artifactsGet", "apply", "create", "plan", "run", "start"] as const
 
 const confineMounts = (
   gate: HostGate,
@@ -99,6 +99,12 @@ export const confineClient = (
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
         return yield* client.run(withoutUndefined({ ...payload, mounts, secrets, files }), options)
       })) as unknown as MicroagentClientShape["run"],
+    apply: ((payload: Payload<"apply">, options?: Options<"apply">) =>
+      Effect.gen(function*() {
+        const mounts = yield* confineMounts(gate, payload.mounts, context(payload.name))
+        const files = yield* confineFiles(gate, payload.files, context(payload.name))
+        return yield* client.apply(withoutUndefined({ ...payload, mounts, files }), options)
+      })) as unknown as MicroagentClientShape["apply"],
     // A plan looks at the same host paths as the call it plans.
     plan: ((payload: Payload<"plan">, options?: Options<"plan">) =>
       Effect.gen(function*() {

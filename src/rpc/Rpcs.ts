@@ -26,6 +26,7 @@ import {
   SecretRef,
   Workspace
 } from "../domain/Workspace.ts"
+import { ApplyResult } from "../programs/Apply.ts"
 import { CommitResult } from "../programs/Commit.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
@@ -121,6 +122,29 @@ export const PlanPayload = Schema.Struct({
   command: Schema.optional(Schema.Array(Schema.String))
 })
 
+/** `apply`: the fields a spec names (absent ones are kept); `dryRun` reports the changes and writes nothing. */
+export const ApplyPayload = Schema.Struct({
+  name: Schema.String,
+  dryRun: Schema.optional(Schema.Boolean),
+  image: Schema.optional(Schema.String),
+  profile: Schema.optional(ProfileName),
+  memoryMiB: Schema.optional(PositiveInt),
+  cpus: Schema.optional(PositiveInt),
+  sizeMiB: Schema.optional(PositiveInt),
+  hostname: Schema.optional(Schema.String),
+  restart: Schema.optional(RestartPolicy),
+  /** Empty: no entrypoint. */
+  entrypoint: Schema.optional(Schema.String),
+  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
+  network: Schema.optional(NetworkMode),
+  ports: Schema.optional(Schema.Array(PublishedPort)),
+  egress: Schema.optional(EgressPolicy),
+  mounts: Schema.optional(Schema.Array(Mount)),
+  outputs: Schema.optional(Schema.Array(OutputDecl)),
+  files: Schema.optional(Schema.Array(FileCopy)),
+  setup: Schema.optional(Schema.Array(Schema.String))
+})
+
 export const RunResult = Schema.Struct({
   workspace: Schema.String,
   kept: Schema.Boolean,
@@ -172,6 +196,8 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
   /** The plan of a `run` or `create`, without pulling, booting or writing anything. */
   Rpc.make("plan", { payload: PlanPayload, success: RunPlan, error: MicroagentError }),
+  /** Brings a workspace's record in line with a spec's fields, or refuses (conflict) and writes nothing. */
+  Rpc.make("apply", { payload: ApplyPayload, success: ApplyResult, error: MicroagentError }),
   Rpc.make("start", {
     payload: {
       ...named,

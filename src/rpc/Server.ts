@@ -21,6 +21,7 @@ import {
 } from "../layers/backends/WorkspaceBackends.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { apply } from "../programs/Apply.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
 import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
@@ -192,6 +193,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           setup: p.setup
         })
       )),
+    apply: ({ dryRun, name, ...fields }) => local(apply(name, fields, { dryRun })),
     start: (p) =>
       local(withWorkspaceBackend(
         p.name,
