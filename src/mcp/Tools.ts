@@ -25,6 +25,7 @@ import {
   Workspace,
   WorkspaceName
 } from "../domain/Workspace.ts"
+import { ApplyResult } from "../programs/Apply.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -770,6 +771,91 @@ export const tools: ReadonlyArray<AnyTool> = [
           wait: args.wait,
           timeoutSeconds: args.wait === true ? args.timeout_seconds ?? 60 : undefined
         })))
+  }),
+  defineTool({
+    name: "workspace.apply",
+    title: "Change a workspace to match a spec",
+    description: "Bring an existing workspace's record in line with the given fields (those left out are kept), "
+      + "without a rebuild. Entrypoint, env, files, setup (a changed setup runs again), outputs, restart, egress, "
+      + "hostname, memory and vCPUs are recorded now and take effect at the next start; network, publish and "
+      + "volumes only while it is not running; image, size_mib and name are refused. Any refused field refuses "
+      + "the call (conflict, naming each) and nothing is written. Identical values: changed false.",
+    input: {
+      ...workspaceName,
+      image: optional(Schema.String, "the image it was created from (a different one is refused)"),
+      profile: newWorkspace.profile,
+      memory_mib: newWorkspace.memory_mib,
+      cpus: newWorkspace.cpus,
+      size_mib: newWorkspace.size_mib,
+      env: newWorkspace.env,
+      hostname: newWorkspace.hostname,
+      network: newWorkspace.network,
+      egress: newWorkspace.egress,
+      egress_allow: newWorkspace.egress_allow,
+      egress_lock_allowlist: newWorkspace.egress_lock_allowlist,
+      publish: newWorkspace.publish,
+      volumes: newWorkspace.volumes,
+      outputs: newWorkspace.outputs,
+      restart: optional(RestartPolicy, "restart policy"),
+      entrypoint: optional(Schema.String, "shell command each start runs; empty: none"),
+      files: optional(
+        Schema.Array(Schema.String),
+        "host files copied in at every start, SRC:DST[:MODE] with SRC an absolute host path under the host roots"
+      ),
+      setup: optional(Schema.Array(Schema.String), "setup commands; a changed list runs again at the next start"),
+      dry_run: optional(Schema.Boolean, "answer the changes without writing them")
+    },
+    output: ApplyResult,
+    kind: "mutate",
+    sideEffects: ["changes the workspace's record (seen by the guest at its next start)"],
+    cost: "metadata",
+    run: (args, context) =>
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const tool = "workspace.apply"
+        if (args.volumes !== undefined) {
+          yield* checkVolumeSources(args.volumes, context, { tool, workspace: args.name })
+        }
+        const egressGiven = args.egress !== undefined || args.egress_allow !== undefined
+          || args.egress_lock_allowlist !== undefined
+        const files = args.files === undefined
+          ? undefined
+          : yield* Effect.forEach(args.files, (text) =>
+            text.startsWith("/")
+              ? parseFileCopy(text, "/")
+              : Effect.fail(
+                new InvalidInput({
+                  message: `files: ${JSON.stringify(text)}: the source must be an absolute host path`,
+                  remediation: "give SRC:DST[:MODE] with an absolute SRC"
+                })
+              ))
+        return yield* client.apply(defined({
+          name: args.name,
+          dryRun: args.dry_run,
+          image: args.image,
+          profile: args.profile,
+          memoryMiB: args.memory_mib,
+          cpus: args.cpus,
+          sizeMiB: args.size_mib,
+          env: args.env,
+          hostname: args.hostname,
+          network: args.network,
+          restart: args.restart,
+          entrypoint: args.entrypoint,
+          setup: args.setup,
+          files,
+          ports: args.publish === undefined ? undefined : yield* parsePublishes(args.publish),
+          mounts: args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, process.cwd()),
+          outputs: args.outputs === undefined ? undefined : yield* parseOutputs(args.outputs),
+          egress: egressGiven
+            ? new EgressPolicy({
+              mode: args.egress ?? "broker",
+              allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
+              lockAllowlist: args.egress_lock_allowlist ?? false
+            })
+            : undefined
+        }))
+      })
   }),
   defineTool({
     name: "microagent.profiles",

@@ -35,6 +35,7 @@ const expectedTools = [
   "workspace.events",
   "workspace.wait",
   "workspace.result",
+  "workspace.apply",
   "workspace.egress",
   "microagent.profiles",
   "microagent.describe",
@@ -192,6 +193,54 @@ export const describeMcpServer = (target: TestTarget) => {
       const missing = await mcp.call("workspace.inspect", { name: "m1" })
       assert.strictEqual(missing.error?.kind, "not_found")
       assert.isFalse(missing.error?.retryable)
+    })
+
+    it("plans a run without booting (dry_run), and applies a spec's fields to a workspace", async () => {
+      const planned = await mcp.call("workspace.run", {
+        image: testImage,
+        name: "dry",
+        command: ["echo", "hi"],
+        setup: ["echo prepare"],
+        publish: ["8089:80"],
+        dry_run: true
+      })
+      assert.isTrue(planned.ok, JSON.stringify(planned.error))
+      assert.deepInclude(planned.result, {
+        kind: "run",
+        name: "dry",
+        backend: testBackend,
+        setup: ["echo prepare"],
+        command: ["echo", "hi"]
+      })
+      assert.strictEqual(planned.result.image.ref, testImage)
+      assert.deepStrictEqual(planned.result.network.ports.map((p: { hostPort: number }) => p.hostPort), [8089])
+      assert.strictEqual((await mcp.call("workspace.inspect", { name: "dry" })).error?.kind, "not_found")
+
+      const created = await mcp.call("workspace.create", { image: testImage, name: "ap", entrypoint: "echo one" })
+      assert.isTrue(created.ok, JSON.stringify(created.error))
+      const preview = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two", dry_run: true })
+      assert.deepStrictEqual(preview.result.changes, [
+        { field: "entrypoint", from: "echo one", to: "echo two", effect: "next start" }
+      ])
+      assert.strictEqual(
+        (await mcp.call("workspace.inspect", { name: "ap" })).result.workspace.entrypoint,
+        "echo one"
+      )
+      const applied = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two", restart: "always" })
+      assert.isTrue(applied.ok, JSON.stringify(applied.error))
+      assert.deepStrictEqual(applied.result.changes.map((c: { field: string }) => c.field), ["restart", "entrypoint"])
+      const record = (await mcp.call("workspace.inspect", { name: "ap" })).result.workspace
+      assert.deepInclude(record, { entrypoint: "echo two", restart: "always" })
+      const again = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two" })
+      assert.deepInclude(again.result, { changed: false, changes: [] })
+      const refused = await mcp.call("workspace.apply", { name: "ap", image: "other:1", entrypoint: "echo three" })
+      assert.strictEqual(refused.error?.kind, "conflict")
+      assert.include(refused.error?.message, "image")
+      assert.strictEqual(
+        (await mcp.call("workspace.inspect", { name: "ap" })).result.workspace.entrypoint,
+        "echo two"
+      )
+      await mcp.call("workspace.delete", { name: "ap", force: true })
     })
 
     it("replays a repeated idempotent call, across a restart too, and refuses the key with other arguments", async () => {
