@@ -775,7 +775,8 @@ export const tools: ReadonlyArray<AnyTool> = [
   defineTool({
     name: "workspace.apply",
     title: "Change a workspace to match a spec",
-    description: "Bring an existing workspace's record in line with the given fields (those left out are kept), "
+    description:
+      "Bring an existing workspace's record in line with the given fields (those left out are kept), "
       + "without a rebuild. Entrypoint, env, files, setup (a changed setup runs again), outputs, restart, egress, "
       + "hostname, memory and vCPUs are recorded now and take effect at the next start; network, publish and "
       + "volumes only while it is not running; image, size_mib and name are refused. Any refused field refuses "
@@ -802,7 +803,10 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Array(Schema.String),
         "host files copied in at every start, SRC:DST[:MODE] with SRC an absolute host path under the host roots"
       ),
-      setup: optional(Schema.Array(Schema.String), "setup commands; a changed list runs again at the next start"),
+      setup: optional(
+        Schema.Array(Schema.String),
+        "setup commands; a changed list runs again at the next start"
+      ),
       dry_run: optional(Schema.Boolean, "answer the changes without writing them")
     },
     output: ApplyResult,
@@ -845,7 +849,9 @@ export const tools: ReadonlyArray<AnyTool> = [
           setup: args.setup,
           files,
           ports: args.publish === undefined ? undefined : yield* parsePublishes(args.publish),
-          mounts: args.volumes === undefined ? undefined : yield* parseMountFlags(args.volumes, process.cwd()),
+          mounts: args.volumes === undefined
+            ? undefined
+            : yield* parseMountFlags(args.volumes, process.cwd()),
           outputs: args.outputs === undefined ? undefined : yield* parseOutputs(args.outputs),
           egress: egressGiven
             ? new EgressPolicy({

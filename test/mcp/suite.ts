@@ -213,10 +213,16 @@ export const describeMcpServer = (target: TestTarget) => {
         command: ["echo", "hi"]
       })
       assert.strictEqual(planned.result.image.ref, testImage)
-      assert.deepStrictEqual(planned.result.network.ports.map((p: { hostPort: number }) => p.hostPort), [8089])
+      assert.deepStrictEqual(planned.result.network.ports.map((p: { hostPort: number }) => p.hostPort), [
+        8089
+      ])
       assert.strictEqual((await mcp.call("workspace.inspect", { name: "dry" })).error?.kind, "not_found")
 
-      const created = await mcp.call("workspace.create", { image: testImage, name: "ap", entrypoint: "echo one" })
+      const created = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "ap",
+        entrypoint: "echo one"
+      })
       assert.isTrue(created.ok, JSON.stringify(created.error))
       const preview = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two", dry_run: true })
       assert.deepStrictEqual(preview.result.changes, [
@@ -226,14 +232,25 @@ export const describeMcpServer = (target: TestTarget) => {
         (await mcp.call("workspace.inspect", { name: "ap" })).result.workspace.entrypoint,
         "echo one"
       )
-      const applied = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two", restart: "always" })
+      const applied = await mcp.call("workspace.apply", {
+        name: "ap",
+        entrypoint: "echo two",
+        restart: "always"
+      })
       assert.isTrue(applied.ok, JSON.stringify(applied.error))
-      assert.deepStrictEqual(applied.result.changes.map((c: { field: string }) => c.field), ["restart", "entrypoint"])
+      assert.deepStrictEqual(applied.result.changes.map((c: { field: string }) => c.field), [
+        "restart",
+        "entrypoint"
+      ])
       const record = (await mcp.call("workspace.inspect", { name: "ap" })).result.workspace
       assert.deepInclude(record, { entrypoint: "echo two", restart: "always" })
       const again = await mcp.call("workspace.apply", { name: "ap", entrypoint: "echo two" })
       assert.deepInclude(again.result, { changed: false, changes: [] })
-      const refused = await mcp.call("workspace.apply", { name: "ap", image: "other:1", entrypoint: "echo three" })
+      const refused = await mcp.call("workspace.apply", {
+        name: "ap",
+        image: "other:1",
+        entrypoint: "echo three"
+      })
       assert.strictEqual(refused.error?.kind, "conflict")
       assert.include(refused.error?.message, "image")
       assert.strictEqual(

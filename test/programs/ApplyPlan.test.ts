@@ -29,7 +29,9 @@ describe("apply", () => {
   it.scopedLive("identical fields are a no-op; start-time fields are recorded; others refused, nothing written", () =>
     Effect.gen(function*() {
       const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-apply-"))
-      yield* Effect.addFinalizer(() => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true })))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+      )
       const input = NodePath.join(dir, "input.txt")
       NodeFs.writeFileSync(input, "x\n", { mode: 0o640 })
       yield* create({
@@ -50,7 +52,13 @@ describe("apply", () => {
         setup: ["echo setup"],
         files: [new FileCopy({ source: input, target: "/work/input.txt" })]
       })
-      assert.deepStrictEqual(same, { workspace: "ap", state: "prepared", changed: false, dryRun: false, changes: [] })
+      assert.deepStrictEqual(same, {
+        workspace: "ap",
+        state: "prepared",
+        changed: false,
+        dryRun: false,
+        changes: []
+      })
       assert.deepStrictEqual((yield* recordOf("ap")).updatedAt, before.updatedAt)
 
       // A dry run reports and writes nothing.
@@ -88,7 +96,9 @@ describe("apply", () => {
       assert.strictEqual(after.resources.memoryMiB, 1024)
       assert.deepStrictEqual(after.egress?.allow, ["api.example.com"])
       const store = yield* StateStore
-      assert.isTrue((yield* store.events("ap")).some((e) => e.type === "apply" && e.detail?.includes("entrypoint")))
+      assert.isTrue(
+        (yield* store.events("ap")).some((e) => e.type === "apply" && e.detail?.includes("entrypoint"))
+      )
 
       // Refused: the image, the disk size, and (while running) the published ports; none of the rest lands.
       const refused = failureOf(

@@ -1,0 +1,148 @@
+/**
+ * The agent commands through the CLI on the fake backend: `run --setup`, `--image`, `--exec` and their
+ * usage errors, `run`/`create --dry-run`, and `init` then `create --file` then `apply` (unchanged,
+ * a dry run, a change, a refusal).
+ */
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterEach, assert, beforeEach, describe, it } from "vitest"
+import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
+
+let stateDir: string
+let scratch: string
+
+const ma = (args: ReadonlyArray<string>, env: Record<string, string> = {}): Promise<CliResult> =>
+  cliAsync(args, { stateDir, env: { MICROAGENT_BACKEND: "fake", ...env } })
+
+const names = async () =>
+  (JSON.parse((await ma(["list", "--json"])).stdout) as { workspaces: Array<{ name: string }> }).workspaces
+    .map(
+      (w) => w.name
+    )
+
+beforeEach(() => {
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-agentcli-"))
+  scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-agentcli-scratch-"))
+})
+afterEach(async () => {
+  await ma(["delete", "--force", ...(await names())])
+  stopRuntime(stateDir)
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+  NodeFs.rmSync(scratch, { recursive: true, force: true })
+})
+
+describe("run --setup, --image, --exec, --dry-run", () => {
+  it("runs setup steps before the command in the same boot; a failing step fails the run with its output", async () => {
+    const ok = await ma(
+      [
+        "run",
+        "--image",
+        "alpine",
+        "--setup",
+        "echo one > marker",
+        "--setup",
+        "echo two >> marker",
+        "--exec",
+        "cat marker"
+      ],
+      { MICROAGENT_OUTPUT: "text" }
+    )
+    assert.strictEqual(ok.code, 0, ok.stderr)
+    assert.strictEqual(ok.stdout, "one\ntwo\n")
+    const failed = await ma(["run", "--setup", "echo broken >&2; exit 4", "alpine", "--", "echo", "never"])
+    assert.strictEqual(failed.code, 1)
+    assert.include(errorOf(failed).error.message, "setup 1/1 failed (exited 4)")
+    assert.include(errorOf(failed).error.message, "broken")
+    assert.notInclude(failed.stdout, "never")
+    assert.deepStrictEqual(await names(), [])
+  })
+
+  it("refuses two images or two commands as usage errors", async () => {
+    const images = await ma(["run", "--image", "alpine", "echo", "hi"])
+    assert.strictEqual(images.code, 2)
+    assert.include(errorOf(images).error.message, "two images given")
+    assert.include(errorOf(images).error.remediation, "microagent run --image alpine -- echo hi")
+    const commands = await ma(["run", "--exec", "echo hi", "alpine", "--", "echo", "again"])
+    assert.strictEqual(commands.code, 2)
+    assert.include(errorOf(commands).error.message, "two commands given")
+  })
+
+  it("--dry-run prints the plan and creates nothing", async () => {
+    const planned = await ma([
+      "run",
+      "--dry-run",
+      "--json",
+      "--image",
+      "alpine:3.20",
+      "--name",
+      "dry",
+      "--setup",
+      "echo s",
+      "-p",
+      "8080:80",
+      "--cpus",
+      "3",
+      "--exec",
+      "echo hi"
+    ])
+    assert.strictEqual(planned.code, 0, planned.stderr)
+    const plan = JSON.parse(planned.stdout)
+    assert.deepInclude(plan, {
+      kind: "run",
+      name: "dry",
+      backend: "fake",
+      setup: ["echo s"],
+      command: ["/bin/sh", "-c", "echo hi"]
+    })
+    assert.deepStrictEqual(plan.image, { ref: "alpine:3.20", pulled: false })
+    assert.deepStrictEqual(plan.resources, { memoryMiB: 512, cpus: 3, diskFrom: "unknown" })
+    assert.strictEqual(plan.network.ports[0].hostPort, 8080)
+    const text = await ma(["create", "--dry-run", "--image", "alpine", "--entrypoint", "echo e", "c1"], {
+      MICROAGENT_OUTPUT: "text"
+    })
+    assert.strictEqual(text.code, 0, text.stderr)
+    assert.match(text.stdout, /^plan: +create c1: nothing booted, pulled or written$/m)
+    assert.match(text.stdout, /^image: +alpine \(not pulled: pulled at create\)$/m)
+    assert.match(text.stdout, /^entrypoint: +echo e$/m)
+    assert.deepStrictEqual(await names(), [])
+  })
+})
+
+describe("init, create --file, apply", () => {
+  it("the scaffold creates a workspace; apply: unchanged, --dry-run, a change, a refusal", async () => {
+    const init = await ma(["init", "--dir", scratch, "--provider", "openai", "--json", "bot"])
+    assert.strictEqual(init.code, 0, init.stderr)
+    assert.strictEqual(JSON.parse(init.stdout).directory, NodePath.join(scratch, "bot"))
+    const again = await ma(["init", "--dir", scratch, "bot"])
+    assert.strictEqual(again.code, 1)
+    assert.strictEqual(errorOf(again).error.kind, "conflict")
+    const spec = NodePath.join(scratch, "bot", "microagent.yaml")
+    const created = await ma(["create", "--file", spec])
+    assert.strictEqual(created.code, 0, created.stderr)
+    assert.deepStrictEqual(await names(), ["bot"])
+
+    const unchanged = await ma(["apply", "--file", spec, "--json"])
+    assert.strictEqual(unchanged.code, 0, unchanged.stderr)
+    assert.deepInclude(JSON.parse(unchanged.stdout), { workspace: "bot", changed: false, changes: [] })
+
+    NodeFs.writeFileSync(
+      spec,
+      NodeFs.readFileSync(spec, "utf8").replace("MODEL: gpt-4o-mini", "MODEL: gpt-4o")
+    )
+    const preview = await ma(["apply", "--file", spec, "--dry-run"], { MICROAGENT_OUTPUT: "text" })
+    assert.strictEqual(preview.code, 0, preview.stderr)
+    assert.include(preview.stdout, "bot (prepared): would change 1 field")
+    assert.include(preview.stdout, 'env: {"MODEL":"gpt-4o-mini"} -> {"MODEL":"gpt-4o"}')
+    const applied = await ma(["apply", "--file", spec, "bot", "--json"])
+    assert.deepStrictEqual(JSON.parse(applied.stdout).changes.map((c: { field: string }) => c.field), ["env"])
+    const record = JSON.parse((await ma(["inspect", "bot", "--json"])).stdout).workspace
+    assert.deepStrictEqual(record.env, { MODEL: "gpt-4o" })
+
+    NodeFs.writeFileSync(spec, NodeFs.readFileSync(spec, "utf8").replace(/^image: .*$/m, "image: debian:12"))
+    const refused = await ma(["apply", "--file", spec])
+    assert.strictEqual(refused.code, 1)
+    assert.strictEqual(errorOf(refused).error.kind, "conflict")
+    assert.include(errorOf(refused).error.message, "image")
+  })
+})
