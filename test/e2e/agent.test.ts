@@ -1,7 +1,10 @@
 /**
  * Agent workspaces on real QEMU microVMs, through the CLI: the entrypoint each start runs and its
- * result (across starts, a failing one, one that cannot start, across a runtime restart).
- * The built-in busybox image; one workspace per concern, each booted as few times as the case needs.
+ * result (across starts, a failing one, one that cannot start, across a runtime restart), and the
+ * `init` scaffold run end to end against a stand-in of the provider's API on one of the host's
+ * addresses, reached through egress mediation; `create --dry-run` then reports the stored image's
+ * digest and the kernel. The built-in busybox image; one workspace per concern, each booted as few
+ * times as the case needs.
  */
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -10,6 +13,7 @@ import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
+import { startProviderStandIn, standInReply } from "../support/providerStandIn.ts"
 import { requireTool } from "../support/registry.ts"
 
 let stateDir: string
@@ -186,5 +190,62 @@ describe("entrypoint and result on real microVMs", () => {
     const inspected = json(await ok(["inspect", "setup", "--json"]))
     assert.isString(inspected.workspace.setupDone)
     await ok(["kill", "setup"])
+  })
+
+  it("init's scaffold runs end to end: create --file, cp the input, start, result", async () => {
+    // The guest reaches the stand-in on one of the host's own addresses, which mediation keeps out of
+    // reach unless allowed: the scaffold's README documents the same --egress-allow.
+    const address = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).find((a) =>
+      a.family === "IPv4" && !a.internal
+    )?.address
+    assert.isDefined(address, "this test needs a non-loopback IPv4 address on the host")
+    const standIn = await startProviderStandIn(address)
+    try {
+      await ok(["init", "--dir", scratch, "--provider", "anthropic", "scaffolded"])
+      const dir = NodePath.join(scratch, "scaffolded")
+      const endpoint = `${address}:${standIn.port}`
+      await ok([
+        "create",
+        "--file",
+        NodePath.join(dir, "microagent.yaml"),
+        "--secret",
+        "ANTHROPIC_API_KEY=env:ANTHROPIC_API_KEY",
+        "-e",
+        `ANTHROPIC_BASE_URL=http://${endpoint}`,
+        "--egress-allow",
+        endpoint
+      ])
+      await ok(["cp", NodePath.join(dir, "demo", "input.txt"), "scaffolded:/workspace/input.txt"])
+      const withKey = (args: ReadonlyArray<string>) =>
+        cliAsync(args, {
+          stateDir,
+          env: { MICROAGENT_BACKEND: "qemu", ANTHROPIC_API_KEY: "test-key" }
+        })
+      const started = await withKey(["start", "scaffolded"])
+      assert.strictEqual(started.code, 0, started.stderr)
+      const result = json(await ma(["result", "--wait", "--timeout", "180", "scaffolded"]))
+      const input = NodeFs.readFileSync(NodePath.join(dir, "demo", "input.txt"), "utf8").trim()
+      assert.deepInclude(result, { status: "exited", exitCode: 0, stdout: `${standInReply(input)}\n` }, result.stderr)
+      assert.strictEqual(standIn.requests.length, 1)
+      assert.strictEqual(standIn.requests[0]!.url, "/v1/messages")
+      assert.strictEqual(standIn.requests[0]!.headers["x-api-key"], "test-key")
+      const events = json(await ok(["events", "scaffolded", "--json"])).events as Array<{ type: string; detail: string }>
+      assert.deepStrictEqual(events.filter((e) => e.type === "setup").map((e) => e.detail.split(":")[0]), [
+        "setup 1/2 ok",
+        "setup 2/2 ok"
+      ])
+
+      // The image and the kernel are in the local stores now: a dry run names both, and boots nothing.
+      const plan = json(await ok(["create", "--dry-run", "--json", "--image", defaultImage, "dry"]))
+      assert.strictEqual(plan.image.pulled, true)
+      assert.match(plan.image.digest, /^sha256:[0-9a-f]{64}$/)
+      assert.match(plan.kernel.sha256, /^[0-9a-f]{64}$/)
+      assert.isString(plan.kernel.name)
+      assert.strictEqual(plan.resources.diskFrom, "image")
+      assert.strictEqual((await ma(["inspect", "dry"])).code, 1, "a dry run creates nothing")
+      await ok(["kill", "scaffolded"])
+    } finally {
+      await standIn.close()
+    }
   })
 })
