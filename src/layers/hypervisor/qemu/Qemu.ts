@@ -329,7 +329,10 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         // Retried until the deadline below: an attempt's failure is not the boot's.
         Effect.catchAll(() => Effect.never)
       )
-      return Effect.raceFirst(ready, exited).pipe(
+      // Both sides are interruptible even when the caller's region is not (a start inside an
+      // acquireRelease's acquire): the race ends its loser by interruption, and an uninterruptible
+      // loser would be waited for until the VM exits.
+      return Effect.raceFirst(Effect.interruptible(ready), Effect.interruptible(exited)).pipe(
         Effect.timeoutFail({
           duration: Duration.millis(Math.round(timeoutSeconds * 1000)),
           onTimeout: () => new BootFailure({ reason: "Timeout" })
