@@ -18,6 +18,7 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
 import { kill } from "./Halt.ts"
+import { claimDisk } from "./internal/DiskClaim.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
@@ -146,22 +147,29 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       }))
     )
     : {}
-  const starting = yield* store.transition(name, "start", {
-    patch: (ws) =>
-      ownedByMe(
-        {
-          ...ws,
-          secrets,
-          sessionId: randomUUID(),
-          vm: undefined,
-          launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
-            ? undefined
-            : new Resources({ ...ws.resources, ...resources }),
-          ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
-        } as Workspace
-      ),
-    detail: `backend ${hypervisor.backend}`
-  })
+  // Under the disk's claim: an offline cp, commit or resize running now makes this a conflict, and one
+  // that claims the disk after this sees the workspace starting.
+  const starting = yield* Effect.scoped(
+    Effect.zipRight(
+      claimDisk(name, "a start"),
+      store.transition(name, "start", {
+        patch: (ws) =>
+          ownedByMe(
+            {
+              ...ws,
+              secrets,
+              sessionId: randomUUID(),
+              vm: undefined,
+              launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
+                ? undefined
+                : new Resources({ ...ws.resources, ...resources }),
+              ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
+            } as Workspace
+          ),
+        detail: `backend ${hypervisor.backend}`
+      })
+    )
+  )
   const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
   // A new session starts with a fresh console log.
   NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
