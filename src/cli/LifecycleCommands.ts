@@ -175,20 +175,25 @@ const haltCommand = Command.make(
       )
 ).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
 
-const killCommand = Command.make(
-  "kill",
-  { name: nameArg },
-  ({ name }) =>
-    withRuntime(Effect.flatMap(MicroagentClient, (client) => client.kill({ name }))).pipe(
-      Effect.flatMap((ws) => emit(ws, stateLine))
-    )
-).pipe(
-  Command.withDescription("stop a workspace's VM at once")
-)
-
 const reasonOption = Options.text("reason").pipe(
   Options.withDescription("recorded in the events"),
   Options.optional
+)
+
+const killCommand = Command.make(
+  "kill",
+  { reason: reasonOption, name: nameArg },
+  ({ name, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.kill({ name, ...(reason._tag === "Some" ? { reason: reason.value } : {}) }))
+    ).pipe(
+      Effect.flatMap((ws) =>
+        emit(ws, stateLine)
+      )
+    )
+).pipe(
+  Command.withDescription("stop a workspace's VM at once")
 )
 
 const pauseCommand = Command.make(

@@ -507,12 +507,16 @@ export const tools: ReadonlyArray<AnyTool> = [
     name: "workspace.kill",
     title: "Kill a workspace",
     description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",
-    input: workspaceName,
+    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
     output: Workspace,
     kind: "destructive",
     sideEffects: ["kills the VM (unsynced guest writes may be lost)"],
     cost: "host_io",
-    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.kill({ name: args.name })),
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.kill(defined({ name: args.name, reason: args.reason }))
+      ),
     preview: (args) =>
       transitionPreview(args.name, "kill", (state) => [
         `kill the VM of ${args.name} (${state}) at once`,

@@ -378,8 +378,8 @@ export class Workspace implements AsyncDisposable {
   }
 
   /** Kills the VM at once; the disk is kept. */
-  async kill(): Promise<void> {
-    await this.host.run(withWorkspaceBackend(this.name, kill(this.name)))
+  async kill(options: { readonly reason?: string } = {}): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, kill(this.name, options)))
   }
 
   /** Deletes the workspace and its disk, killing its VM first if it runs. Deleting it twice is no error. */

@@ -187,7 +187,11 @@ export class Rpcs extends RpcGroup.make(
     success: Workspace,
     error: MicroagentError
   }),
-  Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  Rpc.make("kill", {
+    payload: { ...named, reason: Schema.optional(Schema.String) },
+    success: Workspace,
+    error: MicroagentError
+  }),
   /** Freeze and thaw the vCPUs of a running workspace. */
   Rpc.make("pause", {
     payload: { ...named, reason: Schema.optional(Schema.String) },

@@ -187,7 +187,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       local(
         withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
       ),
-    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name, { reason: p.reason }))),
     pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
