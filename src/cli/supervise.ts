@@ -11,7 +11,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { Spec } from "../domain/Spec.ts"
 import { healthCheckOf, serviceCommandOf, supervisorUnit, supervisorUnitName } from "../domain/Supervision.ts"
 import type { HealthCheck } from "../domain/Workspace.ts"
-import { type SuperviseReport, superviseDetail, superviseWith } from "../programs/Supervise.ts"
+import { superviseDetail, type SuperviseReport, superviseWith } from "../programs/Supervise.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
@@ -23,7 +23,9 @@ import { secretsForStart } from "./volume.ts"
 
 export const serviceCommandOption = Options.text("service-command").pipe(
   Options.withPseudoName("CMD"),
-  Options.withDescription("shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s)"),
+  Options.withDescription(
+    "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s)"
+  ),
   Options.optional
 )
 
@@ -44,11 +46,15 @@ export const supervisionOf = (
   const health = spec.health === undefined ? undefined : healthCheckOf(spec.health)
   if (health !== undefined && Either.isLeft(health)) {
     return Effect.fail(
-      new InvalidInput({ message: `spec: ${health.left}`, remediation: "see docs/agents.md for the health fields" })
+      new InvalidInput({
+        message: `spec: ${health.left}`,
+        remediation: "see docs/agents.md for the health fields"
+      })
     )
   }
   return Effect.succeed({
-    service: orUndefined(flags.serviceCommand) ?? (spec.service === undefined ? undefined : serviceCommandOf(spec.service)),
+    service: orUndefined(flags.serviceCommand)
+      ?? (spec.service === undefined ? undefined : serviceCommandOf(spec.service)),
     shell: orUndefined(flags.shell) ?? spec.shell,
     health: health === undefined ? undefined : health.right
   })
@@ -86,7 +92,9 @@ const systemctl = (args: ReadonlyArray<string>): string | undefined => {
   const result = spawnSync("systemctl", ["--user", ...args], { encoding: "utf8", timeout: 20_000 })
   if (result.error !== undefined) return `systemctl: ${result.error.message}`
   if (result.status !== 0) {
-    return (result.stderr.trim() || result.stdout.trim() || `systemctl exited ${result.status}`).split("\n")[0]
+    return (result.stderr.trim() || result.stdout.trim() || `systemctl exited ${result.status}`).split(
+      "\n"
+    )[0]
   }
   return undefined
 }
@@ -152,7 +160,9 @@ export const superviseCommand = Command.make("supervise", {
   interval: optionalDuration("interval", "how often to look at the workspace (default 5s)"),
   maxRestarts: optionalInt("max-restarts", "end supervision after this many restarts (default 0: no limit)"),
   install: Options.boolean("install").pipe(
-    Options.withDescription("write and enable a systemd user unit that supervises the workspace from login on")
+    Options.withDescription(
+      "write and enable a systemd user unit that supervises the workspace from login on"
+    )
   ),
   uninstall: Options.boolean("uninstall").pipe(Options.withDescription("disable and remove that unit")),
   name: Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
@@ -160,7 +170,10 @@ export const superviseCommand = Command.make("supervise", {
   Effect.gen(function*() {
     const invocation = yield* Invocation
     if (options.install && options.uninstall) {
-      return yield* new InvalidInput({ message: "--install and --uninstall contradict each other", remediation: "pick one" })
+      return yield* new InvalidInput({
+        message: "--install and --uninstall contradict each other",
+        remediation: "pick one"
+      })
     }
     const maxRestarts = orUndefined(options.maxRestarts)
     if (maxRestarts !== undefined && maxRestarts < 0) {
@@ -184,12 +197,14 @@ export const superviseCommand = Command.make("supervise", {
       return yield* emit(report, unitLines)
     }
     const report = yield* superviseWith(options.name, {
-      inspect: (name) => withRuntime(Effect.flatMap(MicroagentClient, (client) => client.inspect({ name }))).pipe(
-        Effect.map((r) => r.workspace)
-      ),
+      inspect: (name) =>
+        withRuntime(Effect.flatMap(MicroagentClient, (client) => client.inspect({ name }))).pipe(
+          Effect.map((r) => r.workspace)
+        ),
       start: (name) =>
         withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-          Effect.flatMap(secretsForStart(client, name, []), (secrets) => client.start({ name, ...secrets }))))
+          Effect.flatMap(secretsForStart(client, name, []), (secrets) =>
+            client.start({ name, ...secrets }))))
     }, {
       intervalSeconds: orUndefined(options.interval),
       maxRestarts,
@@ -198,7 +213,9 @@ export const superviseCommand = Command.make("supervise", {
         return withStore(Effect.flatMap(StateStore, (store) =>
           store.appendEvent(event.workspace, { type: "supervise", detail }))).pipe(
             Effect.ignore,
-            Effect.zipRight(Effect.sync(() => process.stderr.write(`supervise ${event.workspace}: ${detail}\n`)))
+            Effect.zipRight(Effect.sync(() =>
+              process.stderr.write(`supervise ${event.workspace}: ${detail}\n`)
+            ))
           )
       }
     })

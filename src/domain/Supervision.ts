@@ -21,7 +21,8 @@ export const nextServiceDelay = (previousDelay: number | undefined, uptimeSecond
     : Math.min(previousDelay * 2, serviceBackoff.maxSeconds)
 
 /** Quotes one word for /bin/sh. */
-export const shellWord = (word: string): string => /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`
+export const shellWord = (word: string): string =>
+  /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`
 
 /** The spec's `service` as one shell command (an argv list is quoted word by word). */
 export const serviceCommandOf = (service: typeof SpecService.Type): string =>
@@ -91,9 +92,14 @@ export const superviseStep = (input: {
     return { _tag: "Stop", reason: `the workspace was ${state === "halted" ? "halted" : "reset"}` }
   }
   const wanted = policy === "always" || (policy === "on-failure" && state === "failed")
-  if (!wanted) return { _tag: "Stop", reason: `the workspace is ${state} and its restart policy is ${policy}` }
+  if (!wanted) {
+    return { _tag: "Stop", reason: `the workspace is ${state} and its restart policy is ${policy}` }
+  }
   if (maxRestarts > 0 && restarts >= maxRestarts) {
-    return { _tag: "Stop", reason: `the workspace is ${state} and it was restarted ${restarts} times (--max-restarts)` }
+    return {
+      _tag: "Stop",
+      reason: `the workspace is ${state} and it was restarted ${restarts} times (--max-restarts)`
+    }
   }
   return { _tag: "Start" }
 }
@@ -102,7 +108,8 @@ export const superviseStep = (input: {
 export const supervisorUnitName = (workspace: string) => `microagent-supervise-${workspace}.service`
 
 /** Quotes one word of a systemd command line. */
-const unitWord = (word: string) => /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `"${word.replace(/(["\\])/g, "\\$1")}"`
+const unitWord = (word: string) =>
+  /^[A-Za-z0-9_@%+=:,./-]+$/.test(word) ? word : `"${word.replace(/(["\\])/g, "\\$1")}"`
 
 /**
  * The unit: `supervise NAME` on the state directory of whoever installed it, started at login and
@@ -120,7 +127,9 @@ export const supervisorUnit = (input: {
     "",
     "[Service]",
     "Type=simple",
-    `ExecStart=${[...input.command, "supervise", input.workspace, "--state-dir", input.stateDir].map(unitWord).join(" ")}`,
+    `ExecStart=${
+      [...input.command, "supervise", input.workspace, "--state-dir", input.stateDir].map(unitWord).join(" ")
+    }`,
     "Restart=on-failure",
     "",
     "[Install]",

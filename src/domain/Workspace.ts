@@ -159,7 +159,12 @@ export class HealthCheck extends Schema.Class<HealthCheck>("HealthCheck")({
 }) {}
 
 /** The reference's defaults: every 30 s, 5 s to answer, 3 failures in a row, no start period. */
-export const healthDefaults = { intervalSeconds: 30, timeoutSeconds: 5, retries: 3, startPeriodSeconds: 0 } as const
+export const healthDefaults = {
+  intervalSeconds: 30,
+  timeoutSeconds: 5,
+  retries: 3,
+  startPeriodSeconds: 0
+} as const
 
 /**
  * What the host last saw of the current start's service: how often the guest restarted it, its last

@@ -13,8 +13,8 @@ import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
-import { healthCheckOf } from "../domain/Supervision.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
+import { healthCheckOf } from "../domain/Supervision.ts"
 import {
   Backend,
   EntrypointResult,
@@ -352,7 +352,10 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.String,
         "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)"
       ),
-      shell: optional(Schema.String, "absolute guest path of the shell workspace.connect runs (default /bin/sh)"),
+      shell: optional(
+        Schema.String,
+        "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
+      ),
       health: optional(
         SpecHealth,
         "health check: exec (argv, healthy on exit 0) or httpGet (path) with port (a published guest port); "
@@ -383,7 +386,10 @@ export const tools: ReadonlyArray<AnyTool> = [
               ))
         const health = args.health === undefined ? undefined : healthCheckOf(args.health)
         if (health !== undefined && Either.isLeft(health)) {
-          return yield* new InvalidInput({ message: health.left, remediation: "see docs/agents.md for the health fields" })
+          return yield* new InvalidInput({
+            message: health.left,
+            remediation: "see docs/agents.md for the health fields"
+          })
         }
         return yield* client.create(
           defined({

@@ -12,6 +12,7 @@ import { validateMounts } from "../domain/MountFlag.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
   defaultResources,
+  type HealthCheck,
   ImageInfo,
   type Mount,
   nameProblem,
@@ -22,7 +23,6 @@ import {
   type PublishedPort,
   Resources,
   type SecretRef,
-  type HealthCheck,
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
@@ -118,7 +118,8 @@ const checkSupervision = (options: CreateOptions) =>
     const httpGet = options.health?.httpGet
     if (httpGet !== undefined && !(options.ports ?? []).some((p) => p.guestPort === httpGet.port)) {
       return yield* new InvalidInput({
-        message: `the HTTP health check probes guest port ${httpGet.port}, which the workspace does not publish`,
+        message:
+          `the HTTP health check probes guest port ${httpGet.port}, which the workspace does not publish`,
         remediation: `publish it: -p ${httpGet.port}:${httpGet.port} (or network.forwards in the spec)`
       })
     }

@@ -61,7 +61,11 @@ export const probe = (workspace: Workspace, check: HealthCheck) =>
     const argv = check.exec as readonly [string, ...Array<string>]
     const outcome = yield* guestRun(
       handle.value,
-      execRequestFor(workspace, argv, { timeoutSeconds: check.timeoutSeconds, stdoutLimit: 4096, stderrLimit: 4096 })
+      execRequestFor(workspace, argv, {
+        timeoutSeconds: check.timeoutSeconds,
+        stdoutLimit: 4096,
+        stderrLimit: 4096
+      })
     ).pipe(
       Effect.timeout(Duration.seconds(check.timeoutSeconds + 10)),
       Effect.either
@@ -107,7 +111,9 @@ export const checkWorkspace = Effect.fn("checkWorkspace")(function*(
   now: number
 ) {
   const check = workspace.health
-  if (check === undefined || workspace.state !== "running" || workspace.sessionId === undefined) return undefined
+  if (check === undefined || workspace.state !== "running" || workspace.sessionId === undefined) {
+    return undefined
+  }
   const store = yield* StateStore
   if (track === undefined || track.sessionId !== workspace.sessionId) {
     return { sessionId: workspace.sessionId, failures: 0, nextAt: now + check.startPeriodSeconds * 1000 }

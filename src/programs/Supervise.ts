@@ -54,7 +54,11 @@ export interface SuperviseOps<E, R> {
 }
 
 /** The loop, over any way of inspecting and starting a workspace. Ends only when the policy says so. */
-export const superviseWith = <E, R>(name: string, ops: SuperviseOps<E, R>, options: SuperviseOptions<R> = {}) =>
+export const superviseWith = <E, R>(
+  name: string,
+  ops: SuperviseOps<E, R>,
+  options: SuperviseOptions<R> = {}
+) =>
   Effect.gen(function*() {
     const interval = Duration.seconds(options.intervalSeconds ?? 5)
     const maxRestarts = options.maxRestarts ?? 0
@@ -62,9 +66,20 @@ export const superviseWith = <E, R>(name: string, ops: SuperviseOps<E, R>, optio
     let first = true
     for (;;) {
       const workspace = yield* ops.inspect(name)
-      const step = superviseStep({ state: workspace.state, policy: workspace.restart, first, restarts, maxRestarts })
+      const step = superviseStep({
+        state: workspace.state,
+        policy: workspace.restart,
+        first,
+        restarts,
+        maxRestarts
+      })
       if (step._tag === "Stop") {
-        return { workspace: name, restarts, state: workspace.state, reason: step.reason } satisfies SuperviseReport
+        return {
+          workspace: name,
+          restarts,
+          state: workspace.state,
+          reason: step.reason
+        } satisfies SuperviseReport
       }
       if (step._tag === "Start") {
         const restart = first ? 0 : restarts + 1
@@ -76,7 +91,9 @@ export const superviseWith = <E, R>(name: string, ops: SuperviseOps<E, R>, optio
             workspace: name,
             restart,
             from: workspace.state,
-            ...(workspace.failure === undefined || workspace.state !== "failed" ? {} : { failure: workspace.failure }),
+            ...(workspace.failure === undefined || workspace.state !== "failed"
+              ? {}
+              : { failure: workspace.failure }),
             ...(error === undefined ? {} : { error })
           })
         }
@@ -122,17 +139,20 @@ const watch = (name: string) =>
  */
 export const supervise = (name: string, options: SuperviseOptions = {}) =>
   Effect.flatMap(StateStore, (store) =>
-    Effect.zipRight(Effect.forkScoped(watch(name)), superviseWith(name, {
-      inspect: (n) => Effect.map(inspect(n), (report) => report.workspace),
-      start: (n) => start(n)
-    }, {
-      ...options,
-      onStart: (event) =>
-        store.appendEvent(name, { type: "supervise", detail: superviseDetail(event) }).pipe(
-          Effect.ignore,
-          Effect.zipRight(options.onStart === undefined ? Effect.void : options.onStart(event))
-        )
-    }))).pipe(Effect.scoped)
+    Effect.zipRight(
+      Effect.forkScoped(watch(name)),
+      superviseWith(name, {
+        inspect: (n) => Effect.map(inspect(n), (report) => report.workspace),
+        start: (n) => start(n)
+      }, {
+        ...options,
+        onStart: (event) =>
+          store.appendEvent(name, { type: "supervise", detail: superviseDetail(event) }).pipe(
+            Effect.ignore,
+            Effect.zipRight(options.onStart === undefined ? Effect.void : options.onStart(event))
+          )
+      })
+    )).pipe(Effect.scoped)
 
 /** One start as an event's text. */
 export const superviseDetail = (event: SuperviseStart) =>

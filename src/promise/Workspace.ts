@@ -138,7 +138,8 @@ const healthOf = (health: typeof SpecHealth.Type | undefined) =>
   health === undefined
     ? Effect.succeed(undefined)
     : Either.match(healthCheckOf(health), {
-      onLeft: (message) => Effect.fail(new InvalidInput({ message, remediation: "see docs/agents.md for the health fields" })),
+      onLeft: (message) =>
+        Effect.fail(new InvalidInput({ message, remediation: "see docs/agents.md for the health fields" })),
       onRight: (check) => Effect.succeed(check)
     })
 
@@ -211,22 +212,22 @@ export class Workspace implements AsyncDisposable {
       withBackend(
         options.backend,
         Effect.flatMap(healthOf(options.health), (health) =>
-        create({
-          image: options.image,
-          name: options.name,
-          cpus: options.cpus,
-          memoryMiB: options.memoryMiB,
-          sizeMiB: options.sizeMiB,
-          env: options.env,
-          network: options.network,
-          entrypoint: options.entrypoint,
-          restart: options.restart,
-          service: options.service,
-          shell: options.shell,
-          health,
-          ttlSeconds: options.ttlSeconds,
-          egress: egressPolicy(options.egress)
-        }))
+          create({
+            image: options.image,
+            name: options.name,
+            cpus: options.cpus,
+            memoryMiB: options.memoryMiB,
+            sizeMiB: options.sizeMiB,
+            env: options.env,
+            network: options.network,
+            entrypoint: options.entrypoint,
+            restart: options.restart,
+            service: options.service,
+            shell: options.shell,
+            health,
+            ttlSeconds: options.ttlSeconds,
+            egress: egressPolicy(options.egress)
+          }))
       ),
       { signal: options.signal }
     )

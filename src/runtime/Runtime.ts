@@ -137,13 +137,19 @@ const superviseRunning = (tracks: HealthTracks) =>
       const next = new Map<string, HealthTrack>()
       yield* Effect.forEach(running.filter((ws) => ws.health !== undefined), (ws) =>
         withBackend(ws.backend, checkWorkspace(ws, known.get(ws.name), now)).pipe(
-          Effect.tap((track) => Effect.sync(() => track === undefined ? undefined : next.set(ws.name, track))),
+          Effect.tap((track) =>
+            Effect.sync(() =>
+              track === undefined ? undefined : next.set(ws.name, track)
+            )
+          ),
           Effect.catchAllCause((cause) => Effect.logWarning(`health check of ${ws.name} failed`, cause))
         ), { concurrency: "unbounded", discard: true })
       yield* Ref.set(tracks, next)
       if (now - lastServicePass >= serviceScanMs) {
         lastServicePass = now
-        const services = yield* supervisedServices.pipe(Effect.orElseSucceed((): ReadonlyArray<Workspace> => []))
+        const services = yield* supervisedServices.pipe(
+          Effect.orElseSucceed((): ReadonlyArray<Workspace> => [])
+        )
         for (const workspace of services) {
           yield* withBackend(workspace.backend, collectService(workspace.name)).pipe(
             Effect.timeout(Duration.seconds(10)),

@@ -129,7 +129,10 @@ network:
       ok("health:\n  exec: [test, -e, /tmp/ok]\n  intervalSeconds: 2\n  retries: 2\n").health,
       { exec: ["test", "-e", "/tmp/ok"], intervalSeconds: 2, retries: 2 }
     )
-    assert.deepStrictEqual(ok("health:\n  httpGet: /healthz\n  port: 8080\n").health, { httpGet: "/healthz", port: 8080 })
+    assert.deepStrictEqual(ok("health:\n  httpGet: /healthz\n  port: 8080\n").health, {
+      httpGet: "/healthz",
+      port: 8080
+    })
     assert.strictEqual(
       error("health:\n  exec: [true]\n  every: 3\n"),
       'microagent.yaml: unknown field in health "every"'

@@ -4,6 +4,7 @@
  */
 import { Either } from "effect"
 import { assert, describe, it } from "vitest"
+import type { State } from "../../src/domain/State.ts"
 import {
   healthCheckOf,
   nextServiceDelay,
@@ -12,7 +13,6 @@ import {
   supervisorUnit,
   supervisorUnitName
 } from "../../src/domain/Supervision.ts"
-import type { State } from "../../src/domain/State.ts"
 
 describe("service back-off", () => {
   it("starts at 1 s, doubles to 30 s, and is back to 1 s after 30 s up", () => {
@@ -30,7 +30,10 @@ describe("service back-off", () => {
 
   it("quotes an argv service word by word", () => {
     assert.strictEqual(serviceCommandOf("./serve"), "./serve")
-    assert.strictEqual(serviceCommandOf({ command: ["sh", "-c", "echo 'hi' $HOME"] }), `sh -c 'echo '\\''hi'\\'' $HOME'`)
+    assert.strictEqual(
+      serviceCommandOf({ command: ["sh", "-c", "echo 'hi' $HOME"] }),
+      `sh -c 'echo '\\''hi'\\'' $HOME'`
+    )
   })
 })
 
@@ -48,7 +51,10 @@ describe("health checks from the spec", () => {
   })
 
   it("needs exactly one probe, and a port for httpGet", () => {
-    assert.include(Either.getLeft(healthCheckOf({})).pipe((o) => o._tag === "Some" ? o.value : ""), "exactly one")
+    assert.include(
+      Either.getLeft(healthCheckOf({})).pipe((o) => o._tag === "Some" ? o.value : ""),
+      "exactly one"
+    )
     assert.include(
       Either.getLeft(healthCheckOf({ exec: ["true"], httpGet: "/", port: 1 })).pipe((o) =>
         o._tag === "Some" ? o.value : ""
@@ -60,15 +66,22 @@ describe("health checks from the spec", () => {
       "health.port"
     )
     assert.include(
-      Either.getLeft(healthCheckOf({ httpGet: "healthz", port: 1 })).pipe((o) => o._tag === "Some" ? o.value : ""),
+      Either.getLeft(healthCheckOf({ httpGet: "healthz", port: 1 })).pipe((o) =>
+        o._tag === "Some" ? o.value : ""
+      ),
       'start with "/"'
     )
   })
 })
 
 describe("supervise decisions", () => {
-  const step = (state: State, policy: "never" | "on-failure" | "always", first = false, restarts = 0, max = 0) =>
-    superviseStep({ state, policy, first, restarts, maxRestarts: max })._tag
+  const step = (
+    state: State,
+    policy: "never" | "on-failure" | "always",
+    first = false,
+    restarts = 0,
+    max = 0
+  ) => superviseStep({ state, policy, first, restarts, maxRestarts: max })._tag
 
   it("leaves a live workspace alone and starts a stopped one the first time, whatever the policy", () => {
     for (const state of ["starting", "running", "paused", "stopping"] as const) {
@@ -102,7 +115,11 @@ describe("the systemd user unit", () => {
   it("has the reference's content", () => {
     assert.strictEqual(supervisorUnitName("web"), "microagent-supervise-web.service")
     assert.strictEqual(
-      supervisorUnit({ workspace: "web", command: ["/usr/bin/node", "/opt/ma/bin/microagent.mjs"], stateDir: "/home/u/.microagent" }),
+      supervisorUnit({
+        workspace: "web",
+        command: ["/usr/bin/node", "/opt/ma/bin/microagent.mjs"],
+        stateDir: "/home/u/.microagent"
+      }),
       [
         "[Unit]",
         "Description=microagent supervise web",

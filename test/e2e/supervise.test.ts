@@ -124,8 +124,13 @@ describe("services, health checks and supervise on real microVMs", () => {
     assert.include(json(report).reason, "--max-restarts")
     const failed = await record("keeper")
     assert.strictEqual(failed.state, "failed")
-    assert.match(failed.failure, /^health check failed 2 times in a row: sh -c test ! -e \/root\/sick: exit 1/)
-    const events = json(await ok(["events", "keeper", "--json"])).events as Array<{ type: string; detail: string }>
+    assert.match(
+      failed.failure,
+      /^health check failed 2 times in a row: sh -c test ! -e \/root\/sick: exit 1/
+    )
+    const events = json(await ok(["events", "keeper", "--json"])).events as Array<
+      { type: string; detail: string }
+    >
     assert.strictEqual(events.filter((e) => e.type === "crashed" && e.detail === failed.failure).length, 3)
     assert.deepStrictEqual(
       events.filter((e) => e.type === "supervise").map((e) => e.detail.replace(/ \(.*\)$/, "")),
@@ -138,7 +143,14 @@ describe("services, health checks and supervise on real microVMs", () => {
     const spec = NodePath.join(scratch, "once.yaml")
     NodeFs.writeFileSync(
       spec,
-      [`image: ${defaultImage}`, "restart: never", "health:", "  exec: ['false']", "  intervalSeconds: 1", "  retries: 1"]
+      [
+        `image: ${defaultImage}`,
+        "restart: never",
+        "health:",
+        "  exec: ['false']",
+        "  intervalSeconds: 1",
+        "  retries: 1"
+      ]
         .join("\n") + "\n"
     )
     await ok(["create", "--file", spec, "once"])

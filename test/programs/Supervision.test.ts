@@ -57,7 +57,10 @@ describe("services", () => {
       ])
       // Collected once: a second look adds nothing.
       assert.strictEqual((yield* collectService("svc")).serviceStatus?.restarts, 3)
-      assert.strictEqual(NodeFs.readFileSync(NodePath.join(running.rootfsPath, "svc.log"), "utf8"), "ran\n".repeat(3))
+      assert.strictEqual(
+        NodeFs.readFileSync(NodePath.join(running.rootfsPath, "svc.log"), "utf8"),
+        "ran\n".repeat(3)
+      )
       // The supervisor goes with the VM.
       const supervisor = Number(NodeFs.readFileSync(NodePath.join(dir, "supervisor"), "utf8"))
       assert.isTrue(alive(supervisor))
@@ -142,7 +145,9 @@ describe("supervise", () => {
       assert.deepInclude(report, { workspace: "flaky", restarts: 2, state: "failed" })
       assert.include(report.reason, "--max-restarts")
       const store = yield* StateStore
-      const details = (yield* store.events("flaky")).filter((e) => e.type === "supervise").map((e) => e.detail)
+      const details = (yield* store.events("flaky")).filter((e) => e.type === "supervise").map((e) =>
+        e.detail
+      )
       assert.deepStrictEqual(details.map((d) => d.replace(/ \(.*\)$/, "")), [
         "started from prepared",
         "restart 1 from failed",

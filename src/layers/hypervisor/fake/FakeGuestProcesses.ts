@@ -19,7 +19,9 @@ const alive = (pgid: number) => {
 
 const read = (root: string): Array<number> => {
   try {
-    return NodeFs.readFileSync(listOf(root), "utf8").split("\n").map(Number).filter((n) => Number.isInteger(n) && n > 1)
+    return NodeFs.readFileSync(listOf(root), "utf8").split("\n").map(Number).filter((n) =>
+      Number.isInteger(n) && n > 1
+    )
   } catch {
     return []
   }

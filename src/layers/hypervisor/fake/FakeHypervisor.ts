@@ -10,8 +10,8 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
 import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
-import { endGroups } from "./FakeGuestProcesses.ts"
 import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
+import { endGroups } from "./FakeGuestProcesses.ts"
 
 const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
