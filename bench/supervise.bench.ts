@@ -40,13 +40,20 @@ const main = async () => {
     await must(state, ["start", name])
     await untilExec(state)
     supervisor = NodeChild.spawn(process.execPath, [
-      process.env.MICROAGENT_REPO === undefined ? "bin/microagent.mjs" : `${process.env.MICROAGENT_REPO}/bin/microagent.mjs`,
+      process.env.MICROAGENT_REPO === undefined
+        ? "bin/microagent.mjs"
+        : `${process.env.MICROAGENT_REPO}/bin/microagent.mjs`,
       "supervise",
       name,
       "--interval",
       "1"
     ], {
-      env: { ...process.env, MICROAGENT_HOME: state, MICROAGENT_BACKEND: "qemu", MICROAGENT_RUNTIME_IDLE_SECONDS: "120" },
+      env: {
+        ...process.env,
+        MICROAGENT_HOME: state,
+        MICROAGENT_BACKEND: "qemu",
+        MICROAGENT_RUNTIME_IDLE_SECONDS: "120"
+      },
       stdio: "ignore"
     })
     const restarted: Array<number> = []
