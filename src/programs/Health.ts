@@ -2,7 +2,7 @@
  * Health checks of running workspaces, run by the runtime: `exec` runs an argv in the guest over the
  * VM's channel (healthy on exit 0); `httpGet` is a GET from the host to the workspace's published port
  * for that guest port (healthy on a status below 400), so it needs nothing in the image. After the
- * start period, one probe every interval; `retries` failures in a row kill the VM and record the
+ * start period (counted from the end of the start: setup, service, entrypoint launched), one probe every interval; `retries` failures in a row kill the VM and record the
  * workspace `failed`, with the reason in its events and in `failure` (what `supervise` restarts under
  * `on-failure` and `always`).
  *
@@ -102,6 +102,16 @@ export const failUnhealthy = Effect.fn("failUnhealthy")(function*(name: string, 
 })
 
 /**
+ * Whether the start of the running session has got through setup, the service's launch and the
+ * entrypoint's: checks begin (with the start period) only then, so a long first setup is not killed
+ * for being unhealthy.
+ */
+export const startFinished = (workspace: Workspace): boolean =>
+  !(workspace.setup.length > 0 && workspace.setupDone === undefined)
+  && (workspace.service === undefined || workspace.serviceStatus?.sessionId === workspace.sessionId)
+  && (workspace.entrypoint === undefined || workspace.result?.sessionId === workspace.sessionId)
+
+/**
  * One pass over one workspace: probes it when due and acts on the outcome. Answers its track
  * afterwards (undefined once it is no longer checked).
  */
@@ -115,7 +125,7 @@ export const checkWorkspace = Effect.fn("checkWorkspace")(function*(
     return undefined
   }
   const store = yield* StateStore
-  if (track === undefined || track.sessionId !== workspace.sessionId) {
+  if (track === undefined || track.sessionId !== workspace.sessionId || !startFinished(workspace)) {
     return { sessionId: workspace.sessionId, failures: 0, nextAt: now + check.startPeriodSeconds * 1000 }
   }
   if (now < track.nextAt) return track

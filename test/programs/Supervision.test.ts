@@ -91,6 +91,12 @@ describe("health checks", () => {
       let track: HealthTrack | undefined = yield* checkWorkspace(running, undefined, t0)
       assert.deepStrictEqual(track, { sessionId: running.sessionId!, failures: 0, nextAt: t0 + 60_000 })
       NodeFs.writeFileSync(marker, "")
+      // While the start is still at its setup, nothing is probed and the start period has not begun.
+      const inSetup = { ...running, setup: ["sleep 600"], setupDone: undefined } as typeof running
+      assert.deepStrictEqual(
+        yield* checkWorkspace(inSetup, track, t0 + 500_000),
+        { sessionId: running.sessionId!, failures: 0, nextAt: t0 + 560_000 }
+      )
       // Within the start period: no probe.
       track = yield* checkWorkspace(running, track, t0 + 59_000)
       assert.strictEqual(track?.failures, 0)
