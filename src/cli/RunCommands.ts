@@ -288,7 +288,7 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(
-    Options.withDescription("restart policy, recorded"),
+    Options.withDescription("what `supervise` does when the VM stops"),
     Options.optional
   ),
   outputs: outputOption,
