@@ -6,12 +6,13 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Schedule } from "effect"
 import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { HealthCheck } from "../../src/domain/Workspace.ts"
+import { HealthCheck, PublishedPort } from "../../src/domain/Workspace.ts"
 import { create } from "../../src/programs/Create.ts"
 import { kill } from "../../src/programs/Halt.ts"
-import { checkWorkspace, type HealthTrack } from "../../src/programs/Health.ts"
+import { checkWorkspace, type HealthTrack, probe } from "../../src/programs/Health.ts"
 import { collectService, serviceDir } from "../../src/programs/Service.ts"
 import { start } from "../../src/programs/Start.ts"
 import { supervise } from "../../src/programs/Supervise.ts"
@@ -132,6 +133,52 @@ describe("health checks", () => {
       // The next start clears the reason.
       assert.isUndefined((yield* start("checked")).failure)
       yield* kill("checked")
+    }).pipe(Effect.provide(fakeEnvironment)))
+})
+
+describe("HTTP health checks", () => {
+  it.scopedLive("GET the published port of the guest port from the host; create refuses a port that is not published", () =>
+    Effect.gen(function*() {
+      let status = 200
+      const server = NodeHttp.createServer((request, response) => {
+        response.statusCode = request.url === "/healthz" ? status : 404
+        response.end()
+      })
+      const port = yield* Effect.async<number>((resume) => {
+        server.listen(
+          0,
+          "127.0.0.1",
+          () => resume(Effect.succeed((server.address() as { port: number }).port))
+        )
+      })
+      yield* Effect.addFinalizer(() => Effect.sync(() => server.close()))
+      const check = new HealthCheck({
+        httpGet: { path: "/healthz", port: 8080 },
+        intervalSeconds: 1,
+        timeoutSeconds: 2,
+        retries: 1,
+        startPeriodSeconds: 0
+      })
+      const refused = yield* Effect.flip(create({ image: "alpine", name: "web", health: check }))
+      assert.include(refused.message, "guest port 8080, which the workspace does not publish")
+      // The fake backend publishes no ports: the record is given one that leads to the test's server.
+      yield* create({ image: "alpine", name: "web" })
+      const running = yield* start("web")
+      const published = {
+        ...running,
+        health: check,
+        ports: [new PublishedPort({ hostIp: "127.0.0.1", hostPort: port, guestPort: 8080, protocol: "tcp" })]
+      } as typeof running
+      assert.isUndefined(yield* probe(published, check))
+      status = 503
+      assert.strictEqual(yield* probe(published, check), "GET /healthz answered 503")
+      assert.strictEqual(
+        yield* probe(published, new HealthCheck({ ...check, httpGet: { path: "/healthz", port: 9090 } })),
+        "guest port 9090 is not published"
+      )
+      server.close()
+      assert.include(yield* probe(published, check), "GET /healthz: connect ECONNREFUSED")
+      yield* kill("web")
     }).pipe(Effect.provide(fakeEnvironment)))
 })
 
