@@ -36,12 +36,15 @@ export const makeHealthTracks = Ref.make<ReadonlyMap<string, HealthTrack>>(new M
 /** A GET to host:port/path; undefined when healthy, else why not. */
 const httpProbe = (host: string, port: number, path: string, timeoutSeconds: number) =>
   Effect.async<string | undefined>((resume) => {
-    const request = // A fresh connection each time (no keep-alive): each probe tests that the port accepts one.
-      NodeHttp.get({ host, port, path, timeout: timeoutSeconds * 1000, agent: false }, (response) => {
+    // A fresh connection each time (no keep-alive): each probe tests that the port accepts one.
+    const request = NodeHttp.get(
+      { host, port, path, timeout: timeoutSeconds * 1000, agent: false },
+      (response) => {
         response.resume()
         const status = response.statusCode ?? 0
         resume(Effect.succeed(status >= 200 && status < 400 ? undefined : `GET ${path} answered ${status}`))
-      })
+      }
+    )
     request.on("timeout", () => request.destroy(new Error(`no answer within ${timeoutSeconds}s`)))
     request.on("error", (error) => resume(Effect.succeed(`GET ${path}: ${error.message}`)))
     return Effect.sync(() => request.destroy())
