@@ -4,7 +4,7 @@
  * fails the workspace, and the supervise loop under each policy.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Schedule } from "effect"
+import { Effect, Fiber, Schedule } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
@@ -207,6 +207,30 @@ describe("supervise", () => {
         "restart 2 from failed"
       ])
       assert.include(details[1]!, "health check failed 1 times in a row: false: exit 1")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("on-failure: a VMM that dies is noticed and the workspace started again", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore
+      yield* create({ image: "alpine", name: "crashy", restart: "on-failure" })
+      const supervised = yield* Effect.fork(supervise("crashy", { intervalSeconds: 1, maxRestarts: 1 }))
+      const killVmm = (not?: number) =>
+        store.get("crashy").pipe(
+          Effect.map((
+            ws
+          ) => (ws.state === "running" ? (ws.vm as { pid?: number } | undefined)?.pid : undefined)),
+          Effect.filterOrFail((pid): pid is number => pid !== undefined && pid !== not, () => "not yet"),
+          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 200 }),
+          Effect.tap((pid) => Effect.sync(() => process.kill(pid, "SIGKILL")))
+        )
+      const first = yield* killVmm()
+      yield* killVmm(first)
+      const report = yield* Fiber.join(supervised)
+      assert.deepInclude(report, { restarts: 1, state: "failed" })
+      const details = (yield* store.events("crashy")).filter((e) => e.type === "supervise").map((e) =>
+        e.detail
+      )
+      assert.deepStrictEqual(details, ["started from prepared", "restart 1 from failed"])
     }).pipe(Effect.provide(fakeEnvironment)))
 
   it.scopedLive("never: does not restart; a running workspace is left running when the loop ends", () =>
