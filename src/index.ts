@@ -19,7 +19,7 @@ export {
 } from "./domain/Errors.ts"
 export { ExecRequest, ExecResult } from "./domain/Exec.ts"
 export type { ExecOutput } from "./domain/Exec.ts"
-export { EntrypointResult, Workspace } from "./domain/Workspace.ts"
+export { EntrypointResult, HealthCheck, ServiceStatus, Workspace } from "./domain/Workspace.ts"
 export { defaultImage } from "./layers/image/BuiltinImages.ts"
 
 export { type CommitOptions, CommitResult, workspaceCommit } from "./programs/Commit.ts"
@@ -37,6 +37,13 @@ export { resize } from "./programs/Resize.ts"
 export { run } from "./programs/Run.ts"
 export { start } from "./programs/Start.ts"
 export { stats } from "./programs/Stats.ts"
+export {
+  supervise,
+  type SuperviseOptions,
+  type SuperviseReport,
+  type SuperviseStart,
+  superviseWith
+} from "./programs/Supervise.ts"
 export { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "./programs/Volume.ts"
 
 export { ResizeResult, WorkspaceStats } from "./domain/Usage.ts"

@@ -48,6 +48,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   inspect: [names("workspaces")],
   wait: [names("workspaces")],
   result: [names("workspaces")],
+  supervise: [names("workspaces")],
   halt: [names("workspaces")],
   kill: [names("workspaces")],
   pause: [names("workspaces")],

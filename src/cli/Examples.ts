@@ -41,6 +41,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   resize: ["microagent resize --size-mib 4096 dev", "microagent resize dev --size-mib 2048 --json"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],
   wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
+  supervise: [
+    "microagent supervise web",
+    "microagent supervise --interval 10s --max-restarts 5 web",
+    "microagent supervise --install web"
+  ],
   result: [
     "microagent result dev",
     "microagent result --wait --timeout 10m dev",

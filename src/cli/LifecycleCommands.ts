@@ -47,6 +47,20 @@ const inspectCommand = Command.make(
               `mount:     ${m.source}:${m.target}${m.readOnly ? ":ro" : ""} (${m.kind})`
             ),
             ...ws.secrets.map((r) => `secret:    ${r.name} from ${r.source}`),
+            ...(ws.service === undefined ? [] : [
+              `service:   ${ws.service}${
+                ws.serviceStatus === undefined ? "" : ` (restarts: ${ws.serviceStatus.restarts})`
+              }`
+            ]),
+            ...(ws.health === undefined ? [] : [
+              `health:    ${
+                ws.health.exec !== undefined
+                  ? ws.health.exec.join(" ")
+                  : `GET ${ws.health.httpGet?.path} on guest port ${ws.health.httpGet?.port}`
+              } every ${ws.health.intervalSeconds}s`
+            ]),
+            ...(ws.failure === undefined ? [] : [`failure:   ${ws.failure}`]),
+            `restart:   ${ws.restart}`,
             `created:   ${ws.createdAt.toJSON()}`,
             ...(ws.expiresAt === undefined
               ? []

@@ -32,6 +32,7 @@ import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
+import { superviseCommand } from "./supervise.ts"
 import { usageGroup } from "./usage.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -40,6 +41,7 @@ export const subcommands = [
   ...runGroup,
   connectCommand,
   ...lifecycleGroup,
+  superviseCommand,
   ...usageGroup,
   ...cpGroup,
   commitCommand,

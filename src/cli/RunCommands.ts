@@ -36,6 +36,7 @@ import { withNewBackend, withRuntime } from "./Layers.ts"
 import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
+import { refuseSupervisionInRun, serviceCommandOption, shellOption, supervisionOf } from "./supervise.ts"
 import { allMountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
@@ -218,6 +219,7 @@ const runCommand = Command.make("run", {
   Effect.gen(function*() {
     const invocation = yield* Invocation
     const spec = yield* readSpec(options.file)
+    yield* refuseSupervisionInRun(spec)
     if (options.keep && options.rm) {
       return yield* new InvalidInput({
         message: "--keep and --rm contradict each other",
@@ -286,12 +288,14 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(
-    Options.withDescription("restart policy, recorded"),
+    Options.withDescription("what `supervise` does when the VM stops"),
     Options.optional
   ),
   outputs: outputOption,
   fileCopy: fileCopyOption,
   setup: setupOption,
+  serviceCommand: serviceCommandOption,
+  shell: shellOption,
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
     Args.optional
@@ -314,10 +318,12 @@ const createCommand = Command.make("create", {
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
     const setup = yield* setupOf(spec, options.file, options.setup)
+    const supervision = yield* supervisionOf(spec, options)
     const workspace = yield* withNewBackend(create({
       image,
       files,
       setup,
+      ...supervision,
       ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,

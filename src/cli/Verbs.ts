@@ -88,6 +88,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "show the result of a workspace's entrypoint"
   },
   {
+    name: "supervise",
+    group: "Lifecycle",
+    summary: "keep a workspace up per its restart policy (foreground; --install for a systemd unit)"
+  },
+  {
     name: "halt",
     group: "Lifecycle",
     summary: "shut a workspace down gracefully (bounded, then forced)",

@@ -12,8 +12,9 @@ import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import { Spec, SpecResources } from "../domain/Spec.ts"
+import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
+import { healthCheckOf } from "../domain/Supervision.ts"
 import {
   Backend,
   EntrypointResult,
@@ -346,6 +347,20 @@ export const tools: ReadonlyArray<AnyTool> = [
       setup: optional(
         Schema.Array(Schema.String),
         "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
+      ),
+      service: optional(
+        Schema.String,
+        "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)"
+      ),
+      shell: optional(
+        Schema.String,
+        "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
+      ),
+      health: optional(
+        SpecHealth,
+        "health check: exec (argv, healthy on exit 0) or httpGet (path) with port (a published guest port); "
+          + "intervalSeconds (30), timeoutSeconds (5), retries (3), startPeriodSeconds (0); after retries failures "
+          + "in a row the VM is killed and the workspace is failed"
       )
     },
     output: Workspace,
@@ -369,8 +384,24 @@ export const tools: ReadonlyArray<AnyTool> = [
                   remediation: "give SRC:DST[:MODE] with an absolute SRC"
                 })
               ))
+        const health = args.health === undefined ? undefined : healthCheckOf(args.health)
+        if (health !== undefined && Either.isLeft(health)) {
+          return yield* new InvalidInput({
+            message: health.left,
+            remediation: "see docs/agents.md for the health fields"
+          })
+        }
         return yield* client.create(
-          defined({ ...fields, restart: args.restart, entrypoint: args.entrypoint, files, setup: args.setup })
+          defined({
+            ...fields,
+            restart: args.restart,
+            entrypoint: args.entrypoint,
+            files,
+            setup: args.setup,
+            service: args.service,
+            shell: args.shell,
+            health: health?.right
+          })
         )
       })
   }),

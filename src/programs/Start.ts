@@ -25,6 +25,7 @@ import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchWithNetworks, preflightNetworking } from "./Network.ts"
+import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 
 export interface StartOptions {
@@ -160,6 +161,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
               secrets,
               sessionId: randomUUID(),
               vm: undefined,
+              failure: undefined,
+              serviceStatus: undefined,
               launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
                 ? undefined
                 : new Resources({ ...ws.resources, ...resources }),
@@ -234,6 +237,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
     Effect.flatMap((running) =>
       runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+    ),
+    // The service next, so that the entrypoint finds it; a service that cannot be launched stops the VM.
+    Effect.flatMap((running) =>
+      launchService(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
     ),
     // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
     Effect.flatMap((running) =>

@@ -7,12 +7,14 @@
  *
  * `await using` (or `ws[Symbol.asyncDispose]()`) deletes the workspace, killing its VM first.
  */
-import { Duration, Effect, Stream } from "effect"
+import { Duration, Effect, Either, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { SpecHealth } from "../domain/Spec.ts"
+import { healthCheckOf } from "../domain/Supervision.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
@@ -34,6 +36,7 @@ import { pause, resume } from "../programs/Pause.ts"
 import { resize } from "../programs/Resize.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
+import { supervise, type SuperviseReport } from "../programs/Supervise.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
@@ -71,6 +74,17 @@ export interface CreateOptions {
   readonly backend?: Backend | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
   readonly entrypoint?: string | undefined
+  /** What `supervise()` does when the VM stops: `never` (default), `on-failure`, `always`. */
+  readonly restart?: "never" | "on-failure" | "always" | undefined
+  /** A shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s). */
+  readonly service?: string | undefined
+  /** The absolute guest path of the shell `connect` runs (default /bin/sh). */
+  readonly shell?: string | undefined
+  /**
+   * A health check, as the spec's `health:` (`exec` argv or `httpGet` with `port`; the timing fields
+   * default to 30 s, 5 s, 3 retries, no start period). Checked while `supervise()` runs.
+   */
+  readonly health?: typeof SpecHealth.Type | undefined
   /** A lease in seconds: past it `microagent gc` stops the workspace (0 or absent: none). */
   readonly ttlSeconds?: number | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
@@ -118,6 +132,16 @@ const transferDir = Effect.flatMap(Home, (home) =>
     Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(home.tmp, "files-"))),
     (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
   ))
+
+/** The spec-shaped health check of `create()`, checked like the spec's. */
+const healthOf = (health: typeof SpecHealth.Type | undefined) =>
+  health === undefined
+    ? Effect.succeed(undefined)
+    : Either.match(healthCheckOf(health), {
+      onLeft: (message) =>
+        Effect.fail(new InvalidInput({ message, remediation: "see docs/agents.md for the health fields" })),
+      onRight: (check) => Effect.succeed(check)
+    })
 
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */
 export class WorkspaceFiles {
@@ -187,18 +211,23 @@ export class Workspace implements AsyncDisposable {
     const record = await host.run(
       withBackend(
         options.backend,
-        create({
-          image: options.image,
-          name: options.name,
-          cpus: options.cpus,
-          memoryMiB: options.memoryMiB,
-          sizeMiB: options.sizeMiB,
-          env: options.env,
-          network: options.network,
-          entrypoint: options.entrypoint,
-          ttlSeconds: options.ttlSeconds,
-          egress: egressPolicy(options.egress)
-        })
+        Effect.flatMap(healthOf(options.health), (health) =>
+          create({
+            image: options.image,
+            name: options.name,
+            cpus: options.cpus,
+            memoryMiB: options.memoryMiB,
+            sizeMiB: options.sizeMiB,
+            env: options.env,
+            network: options.network,
+            entrypoint: options.entrypoint,
+            restart: options.restart,
+            service: options.service,
+            shell: options.shell,
+            health,
+            ttlSeconds: options.ttlSeconds,
+            egress: egressPolicy(options.egress)
+          }))
       ),
       { signal: options.signal }
     )
@@ -339,6 +368,27 @@ export class Workspace implements AsyncDisposable {
       withWorkspaceBackend(
         this.name,
         result(this.name, { wait: options.wait, timeoutSeconds: options.timeoutSeconds })
+      ),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * Keeps the workspace up until its restart policy says otherwise (or `maxRestarts` restarts, or the
+   * signal aborts): starts it if it is not running, restarts it per `restart`, runs its health checks.
+   * Ending it leaves a running VM running.
+   */
+  async supervise(
+    options: {
+      readonly intervalSeconds?: number | undefined
+      readonly maxRestarts?: number | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<SuperviseReport> {
+    return await this.host.run(
+      withWorkspaceBackend(
+        this.name,
+        supervise(this.name, { intervalSeconds: options.intervalSeconds, maxRestarts: options.maxRestarts })
       ),
       { signal: options.signal }
     )

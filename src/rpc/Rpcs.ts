@@ -16,6 +16,7 @@ import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
 import {
   Backend,
   EntrypointResult,
+  HealthCheck,
   Mount,
   NetworkMode,
   OutputDecl,
@@ -90,7 +91,12 @@ export const CreatePayload = Schema.Struct({
   /** Host files (read by the runtime) copied into the guest at every start. */
   files: Schema.optional(Schema.Array(FileCopy)),
   /** Shell commands run once, before the first start's entrypoint. */
-  setup: Schema.optional(Schema.Array(Schema.String))
+  setup: Schema.optional(Schema.Array(Schema.String)),
+  /** A shell command the guest keeps running, restarted with back-off. */
+  service: Schema.optional(Schema.String),
+  /** The absolute guest path of the shell `connect` runs. */
+  shell: Schema.optional(Schema.String),
+  health: Schema.optional(HealthCheck)
 })
 
 export const RunPayload = Schema.Struct({

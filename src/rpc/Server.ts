@@ -157,7 +157,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           restart: p.restart,
           entrypoint: p.entrypoint,
           files: p.files,
-          setup: p.setup
+          setup: p.setup,
+          service: p.service,
+          shell: p.shell,
+          health: p.health
         })
       )),
     start: (p) =>

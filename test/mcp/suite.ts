@@ -138,10 +138,29 @@ export const describeMcpServer = (target: TestTarget) => {
         image: testImage,
         name: "m1",
         env: { WHO: "mcp" },
-        entrypoint: 'echo "agent $WHO"; exit 2'
+        entrypoint: 'echo "agent $WHO"; exit 2',
+        service: "sleep 100000",
+        shell: "/bin/sh",
+        health: { exec: ["true"], intervalSeconds: 1 }
       })
       assert.isTrue(created.ok, JSON.stringify(created.error))
       assert.strictEqual(created.result.name, "m1")
+      assert.strictEqual(created.result.service, "sleep 100000")
+      assert.strictEqual(created.result.shell, "/bin/sh")
+      assert.deepStrictEqual(created.result.health, {
+        exec: ["true"],
+        intervalSeconds: 1,
+        timeoutSeconds: 5,
+        retries: 3,
+        startPeriodSeconds: 0
+      })
+      const noPort = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "m0",
+        health: { httpGet: "/" }
+      })
+      assert.strictEqual(noPort.error?.kind, "permanent", JSON.stringify(noPort))
+      assert.include(noPort.error?.message, "health.port")
       assert.strictEqual(created.result.state, "prepared")
       assert.strictEqual(created.result.backend, testBackend)
       assert.strictEqual(created.meta.tool, "workspace.create")
@@ -177,6 +196,7 @@ export const describeMcpServer = (target: TestTarget) => {
       const events = await mcp.call("workspace.events", { name: "m1" })
       assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), [
         "created",
+        "service",
         "entrypoint",
         "exec"
       ])

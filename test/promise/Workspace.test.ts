@@ -45,6 +45,29 @@ describe("the Promise API (fake backend)", () => {
     assert.strictEqual((missing as MicroagentError).kind, "not_found")
   })
 
+  it("supervises: a failing health check fails the workspace, and on-failure restarts it up to maxRestarts", async () => {
+    const ws = await Workspace.create({
+      image: "alpine:3.20",
+      name: "p-supervised",
+      restart: "on-failure",
+      service: "sleep 600",
+      health: { exec: ["false"], intervalSeconds: 1, retries: 1 },
+      start: false,
+      host
+    })
+    const record = await ws.inspect()
+    assert.deepInclude(record, { restart: "on-failure", service: "sleep 600" })
+    const report = await ws.supervise({ intervalSeconds: 1, maxRestarts: 1 })
+    assert.deepInclude(report, { workspace: "p-supervised", restarts: 1, state: "failed" })
+    assert.include((await ws.inspect()).failure ?? "", "health check failed 1 times in a row: false: exit 1")
+    const bad = await Workspace.create({ image: "alpine:3.20", name: "p-bad", health: {}, host }).catch((
+      e: unknown
+    ) => e)
+    assert.instanceOf(bad, MicroagentError)
+    assert.include((bad as MicroagentError).message, "exactly one of exec")
+    await ws.delete()
+  })
+
   it("pauses and resumes: exec is refused while paused, both are idempotent, halt works from paused", async () => {
     await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-pause", host })
     await ws.pause()

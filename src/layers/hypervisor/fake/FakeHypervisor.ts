@@ -11,6 +11,7 @@ import * as NodePath from "node:path"
 import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
 import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
 import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
+import { endGroups } from "./FakeGuestProcesses.ts"
 
 const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
@@ -20,6 +21,12 @@ const capabilities: ReadonlySet<Capability> = new Set<Capability>([
 
 const appendConsole = (handle: { consoleLog: string }, line: string) =>
   Effect.sync(() => NodeFs.appendFileSync(handle.consoleLog, `${line}\n`, { mode: 0o600 }))
+
+/** What the fake guest left running ends with its VM. */
+const endFakeGuest = (handle: VmHandle) => {
+  const channel = handle.channel as { readonly _tag: string; readonly root?: string }
+  if (channel._tag === "HostDirectory" && channel.root !== undefined) endGroups(channel.root)
+}
 
 export const make: HypervisorShape = {
   backend: "fake",
@@ -102,10 +109,12 @@ export const make: HypervisorShape = {
           remediation: "use `microagent kill` to stop it at once"
         })
       }
+      endFakeGuest(handle)
       yield* appendConsole(handle, "fake: powered off")
     }),
   kill: (handle) =>
     Effect.gen(function*() {
+      endFakeGuest(handle)
       if (!isAlive(handle.pid, handle.pidStartTime)) return
       signal(handle.pid, "SIGKILL")
       yield* waitGone(handle.pid, handle.pidStartTime, "5 seconds")
