@@ -346,6 +346,13 @@ const startCommand = Command.make(
     ),
     cpus: optionalInt("cpus", "this start only: virtual CPUs"),
     ttl: ttlOption,
+    fromSnapshot: Options.text("from-snapshot").pipe(
+      Options.withPseudoName("TAG"),
+      Options.withDescription(
+        "roll back to this snapshot of the workspace first (a memory snapshot resumes instead of booting)"
+      ),
+      Options.optional
+    ),
     wait: Options.boolean("wait").pipe(
       Options.withDescription("then block until the entrypoint has finished or the workspace settles")
     ),
@@ -372,6 +379,7 @@ const startCommand = Command.make(
                 memoryMiB: orUndefined(options.memory),
                 cpus: orUndefined(options.cpus),
                 ttlSeconds,
+                fromSnapshot: orUndefined(options.fromSnapshot),
                 ...secrets
               })
             )))

@@ -12,6 +12,7 @@ import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
+import { SnapshotTag } from "../domain/Snapshot.ts"
 import { Spec, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import {
@@ -388,6 +389,11 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
           + "in the MCP server's environment, and delivered"
+      ),
+      from_snapshot: optional(
+        SnapshotTag,
+        "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
+          + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
       )
     },
     output: Workspace,
@@ -410,7 +416,8 @@ export const tools: ReadonlyArray<AnyTool> = [
             name: args.name,
             bootTimeoutSeconds: args.boot_timeout_seconds,
             secrets: given,
-            secretValues
+            secretValues,
+            fromSnapshot: args.from_snapshot
           })
         )
       })

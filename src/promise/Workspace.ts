@@ -279,7 +279,8 @@ export class Workspace implements AsyncDisposable {
 
   /**
    * Boots a prepared or halted workspace from its disk and waits for its guest. `memoryMiB` and `cpus`
-   * apply to this start only; `ttlSeconds` gives a new lease from now.
+   * apply to this start only; `ttlSeconds` gives a new lease from now; `fromSnapshot` rolls the
+   * workspace back to one of its snapshots first (a memory snapshot resumes instead of booting).
    */
   async start(
     options: {
@@ -287,6 +288,8 @@ export class Workspace implements AsyncDisposable {
       readonly memoryMiB?: number | undefined
       readonly cpus?: number | undefined
       readonly ttlSeconds?: number | undefined
+      /** Roll back to this snapshot tag first (see docs/snapshots.md). */
+      readonly fromSnapshot?: string | undefined
       readonly signal?: AbortSignal | undefined
     } = {}
   ): Promise<void> {
@@ -297,7 +300,8 @@ export class Workspace implements AsyncDisposable {
           bootTimeoutSeconds: options.bootTimeoutSeconds,
           memoryMiB: options.memoryMiB,
           cpus: options.cpus,
-          ttlSeconds: options.ttlSeconds
+          ttlSeconds: options.ttlSeconds,
+          fromSnapshot: options.fromSnapshot
         })
       ),
       { signal: options.signal }

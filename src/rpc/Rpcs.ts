@@ -12,7 +12,7 @@ import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
-import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, SnapshotTag } from "../domain/Snapshot.ts"
 import {
   Backend,
   EntrypointResult,
@@ -170,7 +170,9 @@ export class Rpcs extends RpcGroup.make(
       memoryMiB: Schema.optional(PositiveInt),
       cpus: Schema.optional(PositiveInt),
       /** A new lease in seconds, from now (0: none). */
-      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
+      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
+      /** Roll back to this snapshot (tag) of the workspace first. */
+      fromSnapshot: Schema.optional(SnapshotTag)
     },
     success: Workspace,
     error: MicroagentError

@@ -170,7 +170,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           profile: p.profile,
           memoryMiB: p.memoryMiB,
           cpus: p.cpus,
-          ttlSeconds: p.ttlSeconds
+          ttlSeconds: p.ttlSeconds,
+          fromSnapshot: p.fromSnapshot
         })
       )),
     exec: (p) =>
