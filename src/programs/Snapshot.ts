@@ -13,10 +13,12 @@ import { Effect, Option, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
+import { ExecRequest } from "../domain/Exec.ts"
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { isAlive } from "../layers/process/Processes.ts"
+import { GuestChannel } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -246,6 +248,13 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
   )
 })
 
+const syncGuest = (handle: VmHandle) =>
+  handle.channel._tag === "HostDirectory" ? Effect.void : Effect.scoped(Effect.gen(function*() {
+    const channel = yield* GuestChannel
+    const connection = yield* channel.connect(handle.channel, { timeout: "5 seconds" })
+    yield* connection.exec(new ExecRequest({ argv: ["sync"], env: {}, timeoutSeconds: 30 }))
+  })).pipe(Effect.timeout("35 seconds"), Effect.ignore)
+
 /**
  * Pauses (through the store, when it was running), writes the VM state and copies the disk while
  * paused, then resumes; returns how long the guest was held. Resuming is not skipped on failure.
@@ -266,6 +275,10 @@ const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, stagin
       yield* held
       return Date.now() - started
     }
+    // The disk copy is taken while the guest is held: what the guest wrote but did not flush yet would
+    // be missing from it when it boots cold (`create --from-snapshot`). Best effort: a guest whose
+    // agent does not answer is still captured.
+    yield* syncGuest(handle)
     // Owned while paused: if this process dies mid-capture, the next reader resumes the VM.
     yield* store.transition(name, "pause", { patch: ownedByMe, detail: "snapshot" })
     yield* held.pipe(

@@ -12,7 +12,7 @@ import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
-import { SnapshotDeleted, SnapshotManifest, SnapshotTag } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
 import {
   Backend,
   EntrypointResult,
@@ -222,6 +222,18 @@ export class Rpcs extends RpcGroup.make(
       insecureRegistry: Schema.optional(Schema.Boolean)
     },
     success: CommitResult,
+    error: MicroagentError
+  }),
+  /** A prepared, halted or stopped workspace copied to a new one with its own identity. */
+  Rpc.make("clone", {
+    payload: { source: Schema.String, target: Schema.String },
+    success: WorkspaceCopy,
+    error: MicroagentError
+  }),
+  /** A new workspace whose disk is a snapshot's (`WORKSPACE:TAG`); it boots cold. */
+  Rpc.make("createFromSnapshot", {
+    payload: { ...named, snapshot: Schema.String },
+    success: WorkspaceCopy,
     error: MicroagentError
   }),
   Rpc.make("snapshotList", {
