@@ -334,9 +334,19 @@ export const tools: ReadonlyArray<AnyTool> = [
     name: "workspace.create",
     title: "Create a workspace",
     description: "Create a persistent workspace from an image, with its own root disk; it is `prepared` "
-      + "until workspace.start boots it.",
+      + "until workspace.start boots it. With from_snapshot (WORKSPACE:TAG) instead of image, its disk is "
+      + "that snapshot's and its configuration that workspace's, with its own identity; it boots cold.",
     input: {
       ...newWorkspace,
+      image: optional(
+        Schema.NonEmptyTrimmedString,
+        "OCI image reference, e.g. alpine:3.20 or docker.io/library/debian:12 (required unless from_snapshot)"
+      ),
+      from_snapshot: optional(
+        Schema.String,
+        "WORKSPACE:TAG: the new workspace's disk is this snapshot's, its configuration that workspace's; "
+          + "only name may be given with it"
+      ),
       restart: optional(RestartPolicy, "restart policy (default never)"),
       entrypoint: optional(Schema.String, "shell command each start runs"),
       files: optional(
@@ -356,7 +366,29 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context, "workspace.create")
+        if (args.from_snapshot !== undefined) {
+          const { from_snapshot, name, ...rest } = args
+          const others = Object.entries(rest).filter(([, value]) => value !== undefined).map(([key]) => key)
+          if (others.length > 0 || name === undefined) {
+            return yield* new InvalidInput({
+              message: name === undefined
+                ? "from_snapshot needs the new workspace's name"
+                : `from_snapshot takes the snapshot's workspace's configuration; other fields were given (${
+                  others.join(", ")
+                })`,
+              remediation: "give only name and from_snapshot"
+            })
+          }
+          const copy = yield* client.createFromSnapshot({ name, snapshot: from_snapshot })
+          return copy.workspace
+        }
+        if (args.image === undefined) {
+          return yield* new InvalidInput({
+            message: "workspace.create needs image (or from_snapshot)",
+            remediation: "give an OCI image reference, e.g. alpine:3.20"
+          })
+        }
+        const fields = yield* newWorkspaceFields({ ...args, image: args.image }, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
         const files = args.files === undefined

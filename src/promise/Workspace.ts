@@ -7,12 +7,14 @@
  *
  * `await using` (or `ws[Symbol.asyncDispose]()`) deletes the workspace, killing its VM first.
  */
-import { Duration, Effect, Stream } from "effect"
+import { Duration, Effect, Either, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { WorkspaceCopy } from "../domain/Snapshot.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
@@ -21,6 +23,7 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
@@ -214,6 +217,27 @@ export class Workspace implements AsyncDisposable {
     return workspace
   }
 
+  /**
+   * A new prepared workspace whose disk is a snapshot's (`snapshot` is `WORKSPACE:TAG`), configured
+   * like that workspace, with its own identity; `start()` boots it cold. Rejects `not_found` for an
+   * unknown workspace or tag.
+   */
+  static async fromSnapshot(
+    name: string,
+    snapshot: string,
+    options: { readonly host?: Host | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<Workspace> {
+    const host = options.host ?? defaultHost()
+    const copy = await host.run(
+      Either.match(parseSnapshotRef(snapshot), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(name, snapshot))
+      }),
+      { signal: options.signal }
+    )
+    return new Workspace(copy.workspace.name, host)
+  }
+
   /** An existing workspace by name; rejects `not_found` if there is none. */
   static async get(name: string, options: { readonly host?: Host | undefined } = {}): Promise<Workspace> {
     const host = options.host ?? defaultHost()
@@ -306,6 +330,21 @@ export class Workspace implements AsyncDisposable {
       ),
       { signal: options.signal }
     )
+  }
+
+  /**
+   * Copies this prepared, halted or stopped workspace (disk and configuration) to a new prepared one
+   * named `target`, with its own identity. Read-write volumes and image files are not carried over
+   * (`droppedMounts`). Rejects `conflict` while this one runs.
+   */
+  async clone(
+    target: string,
+    options: { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<{ readonly workspace: Workspace; readonly droppedMounts: WorkspaceCopy["droppedMounts"] }> {
+    const copy = await this.host.run(withWorkspaceBackend(this.name, clone(this.name, target)), {
+      signal: options.signal
+    })
+    return { workspace: new Workspace(copy.workspace.name, this.host), droppedMounts: copy.droppedMounts }
   }
 
   /** One sample of the running workspace's VMM (CPU, memory, I/O) and its root disk's use, from the host. */

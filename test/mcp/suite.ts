@@ -51,6 +51,7 @@ const expectedTools = [
   "volume.resize",
   "volume.delete",
   "snapshot.create",
+  "workspace.clone",
   "snapshot.list",
   "snapshot.delete",
   "workspace.commit",
