@@ -21,7 +21,6 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent start dev",
     "microagent start --secret token=env:API_TOKEN dev",
     "microagent start --wait --wait-timeout 10m --memory 2048 job",
-    "microagent start --ttl 8h dev",
     "microagent start --from-snapshot before-upgrade dev"
   ],
   exec: [
