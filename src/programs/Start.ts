@@ -19,7 +19,7 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
 import { kill } from "./Halt.ts"
-import { copyDisk, pendingDiskPath, removePath, replaceDisk } from "./internal/DiskCopy.ts"
+import { copyDisk, pendingDiskPath, removePath, replaceDisk, sweepPendingDisks } from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
@@ -174,6 +174,7 @@ const prepareRollback = (
       }
     }
     const pending = pendingDiskPath(workspace.rootfsPath, `restore-${manifest.tag}`)
+    yield* sweepPendingDisks(workspace.rootfsPath)
     yield* removePath(pending)
     yield* copyDisk(snapshot.disk, pending)
     return pending

@@ -5,6 +5,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Redacted } from "effect"
+import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
@@ -67,11 +68,15 @@ describe("start --from-snapshot", () => {
       assert.strictEqual(yield* read("w"), "after\n")
       yield* halt("w")
 
+      // What a restore killed between its copy and its rename left (its process is gone).
+      const home = yield* Home
+      const dead = spawnSync("true").pid
+      const leftover = NodePath.join(home.workspaceDir("w"), `.rootfs.restore-cold-${dead}`)
+      NodeFs.mkdirSync(leftover)
       const restored = yield* start("w", { fromSnapshot: "cold" })
       assert.strictEqual(restored.state, "running")
       assert.strictEqual(yield* read("w"), "before\n")
-      // No leftover copy beside the disk.
-      const home = yield* Home
+      // No copy left beside the disk: neither this restore's nor the dead one's.
       assert.deepStrictEqual(
         NodeFs.readdirSync(home.workspaceDir("w")).filter((entry) => entry.startsWith(".")),
         []

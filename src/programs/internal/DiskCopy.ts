@@ -8,6 +8,7 @@ import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
+import { isAlive } from "../../layers/process/Processes.ts"
 
 /**
  * Copies a disk image (a file), or a directory tree (the fake backend's "disk"), to `to`, which must
@@ -41,6 +42,28 @@ export const copyDisk = (from: string, to: string) =>
 /** Where a replacement disk for `target` is written before it is renamed into place. */
 export const pendingDiskPath = (target: string, purpose: string) =>
   NodePath.join(NodePath.dirname(target), `.${NodePath.basename(target)}.${purpose}-${process.pid}`)
+
+/**
+ * Removes replacement disks beside `target` whose process is gone: a restore killed between its copy
+ * and its rename (kill -9 leaves no finalizer) would otherwise keep a full disk copy forever.
+ */
+export const sweepPendingDisks = (target: string) =>
+  Effect.sync(() => {
+    const dir = NodePath.dirname(target)
+    const prefix = `.${NodePath.basename(target)}.`
+    let entries: Array<string> = []
+    try {
+      entries = NodeFs.readdirSync(dir)
+    } catch {
+      return
+    }
+    for (const entry of entries) {
+      if (!entry.startsWith(prefix)) continue
+      const pid = /-(\d+)(\.old)?$/.exec(entry)
+      if (pid === null || isAlive(Number(pid[1]), undefined)) continue
+      NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
+    }
+  })
 
 const fsyncPath = (path: string) => {
   const fd = NodeFs.openSync(path, "r")
