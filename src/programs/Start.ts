@@ -229,137 +229,136 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       resources,
       hasSecrets: secrets.length > 0
     })
-  return yield* startAdmitted().pipe(
-    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk))
-  )
+  // Admitted (the `start` transition) from here: every failure records `failed` and stops the VM.
+  const admitted = Effect.gen(function*() {
+    const starting = yield* store.transition(name, "start", {
+      patch: (ws) =>
+        ownedByMe(
+          {
+            ...ws,
+            secrets,
+            sessionId: randomUUID(),
+            vm: undefined,
+            launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
+              ? undefined
+              : new Resources({ ...ws.resources, ...resources }),
+            ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
+          } as Workspace
+        ),
+      detail: `backend ${hypervisor.backend}`
+    })
+    const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
+    // A new session starts with a fresh console log.
+    NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
 
-  function startAdmitted() {
-    return Effect.gen(function*() {
-      const starting = yield* store.transition(name, "start", {
-        patch: (ws) =>
-          ownedByMe(
-            {
-              ...ws,
-              secrets,
-              sessionId: randomUUID(),
-              vm: undefined,
-              launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
-                ? undefined
-                : new Resources({ ...ws.resources, ...resources }),
-              ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
-            } as Workspace
-          ),
-        detail: `backend ${hypervisor.backend}`
-      })
-      const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
-      // A new session starts with a fresh console log.
-      NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
+    const config = new LaunchConfig({
+      ...boot,
+      workspace: starting.name,
+      runtimeDir,
+      rootfsPath: starting.rootfsPath,
+      memoryMiB: resources.memoryMiB,
+      cpus: resources.cpus,
+      hostname: starting.hostname,
+      network: starting.network,
+      ports: starting.ports.map((p) => new PortForward(p)),
+      bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
+    })
 
-      const config = new LaunchConfig({
-        ...boot,
-        workspace: starting.name,
-        runtimeDir,
-        rootfsPath: starting.rootfsPath,
-        memoryMiB: resources.memoryMiB,
-        cpus: resources.cpus,
-        hostname: starting.hostname,
-        network: starting.network,
-        ports: starting.ports.map((p) => new PortForward(p)),
-        bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
-      })
-
-      return yield* Effect.uninterruptibleMask((restore) =>
-        Effect.gen(function*() {
-          // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
-          let freshened: Freshened | undefined
-          const launched = yield* Effect.exit(restore(
-            (pendingDisk === undefined ? Effect.void : replaceDisk(pendingDisk, starting.rootfsPath)).pipe(
-              Effect.zipRight(attachMounts(starting, runtimeDir)),
-              Effect.zip(prepareEgress(starting, hypervisor.backend)),
-              Effect.flatMap(([disks, egress]) =>
-                launchWithNetworks(starting, (nics) => {
-                  const full = new LaunchConfig({
-                    ...config,
-                    disks,
-                    nics,
-                    ...(egress === undefined ? {} : { egress })
-                  })
-                  return (memoryRestore && snapshot.state !== undefined
-                    ? hypervisor.restore(full, snapshot.state).pipe(
-                      // The resumed guest gets the host's clock and fresh entropy before it counts as running.
-                      Effect.tap((handle) =>
-                        freshenGuest(name, handle).pipe(
-                          Effect.tap((result) => (freshened = result)),
-                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                        )
-                      )
-                    )
-                    : hypervisor.launch(full)).pipe(
-                      Effect.tap((handle) =>
-                        deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-                          // Files land before anything of the workspace's own runs; a resumed guest's
-                          // processes already run, with the files they had when it was captured.
-                          Effect.zipRight(
-                            memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
-                          ),
-                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                        )
-                      )
-                    )
+    return yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
+        let freshened: Freshened | undefined
+        const launched = yield* Effect.exit(restore(
+          (pendingDisk === undefined ? Effect.void : replaceDisk(pendingDisk, starting.rootfsPath)).pipe(
+            Effect.zipRight(attachMounts(starting, runtimeDir)),
+            Effect.zip(prepareEgress(starting, hypervisor.backend)),
+            Effect.flatMap(([disks, egress]) =>
+              launchWithNetworks(starting, (nics) => {
+                const full = new LaunchConfig({
+                  ...config,
+                  disks,
+                  nics,
+                  ...(egress === undefined ? {} : { egress })
                 })
-              )
-            )
-          ))
-          if (Exit.isFailure(launched)) {
-            yield* releaseMounts(starting)
-            yield* releaseEgress(name)
-            yield* store.transition(name, "bootFailed", {
-              patch: withoutOwner,
-              detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
-            }).pipe(Effect.ignore)
-            return yield* Effect.failCause(launched.cause)
-          }
-          const handle: VmHandle = launched.value
-          const running = yield* store.transition(name, "booted", {
-            patch: (ws) => withoutOwner({ ...ws, vm: handle } as Workspace),
-            detail: snapshot === undefined
-              ? `pid ${handle.pid}`
-              : `pid ${handle.pid}, ${
-                memoryRestore ? "resumed" : "booted"
-              } from snapshot ${snapshot.manifest.tag}`
-          }).pipe(
-            // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
-            Effect.tapError(() =>
-              hypervisor.kill(handle).pipe(Effect.ignore, Effect.zipRight(releaseMounts(starting)))
+                return (memoryRestore && snapshot.state !== undefined
+                  ? hypervisor.restore(full, snapshot.state).pipe(
+                    // The resumed guest gets the host's clock and fresh entropy before it counts as running.
+                    Effect.tap((handle) =>
+                      freshenGuest(name, handle).pipe(
+                        Effect.tap((result) => (freshened = result)),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
+                  )
+                  : hypervisor.launch(full)).pipe(
+                    Effect.tap((handle) =>
+                      deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                        // Files land before anything of the workspace's own runs; a resumed guest's
+                        // processes already run, with the files they had when it was captured.
+                        Effect.zipRight(
+                          memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
+                        ),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
+                  )
+              })
             )
           )
-          if (snapshot !== undefined) {
-            yield* store.appendEvent(name, {
-              type: "snapshot",
-              detail: `restored ${snapshot.manifest.tag} (${snapshot.manifest.kind})${
-                freshened === undefined
-                  ? ""
-                  : `; clock ${freshened.clock ? "set" : "not set"}, rng ${
-                    freshened.rng ? "reseeded" : "not reseeded"
-                  }${freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`}`
-              }`
-            }).pipe(Effect.ignore)
-          }
-          return running
-        })
-      ).pipe(
-        // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
-        Effect.flatMap((running) =>
-          runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
-        ),
-        // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
-        // A resumed guest's entrypoint is already running (or done): it is in the captured memory.
-        Effect.flatMap((running) =>
-          running.entrypoint === undefined || memoryRestore
-            ? Effect.succeed(running)
-            : launchEntrypoint(running)
+        ))
+        if (Exit.isFailure(launched)) {
+          yield* releaseMounts(starting)
+          yield* releaseEgress(name)
+          yield* store.transition(name, "bootFailed", {
+            patch: withoutOwner,
+            detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
+          }).pipe(Effect.ignore)
+          return yield* Effect.failCause(launched.cause)
+        }
+        const handle: VmHandle = launched.value
+        const running = yield* store.transition(name, "booted", {
+          patch: (ws) => withoutOwner({ ...ws, vm: handle } as Workspace),
+          detail: snapshot === undefined
+            ? `pid ${handle.pid}`
+            : `pid ${handle.pid}, ${
+              memoryRestore ? "resumed" : "booted"
+            } from snapshot ${snapshot.manifest.tag}`
+        }).pipe(
+          // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
+          Effect.tapError(() =>
+            hypervisor.kill(handle).pipe(Effect.ignore, Effect.zipRight(releaseMounts(starting)))
+          )
         )
+        if (snapshot !== undefined) {
+          yield* store.appendEvent(name, {
+            type: "snapshot",
+            detail: `restored ${snapshot.manifest.tag} (${snapshot.manifest.kind})${
+              freshened === undefined
+                ? ""
+                : `; clock ${freshened.clock ? "set" : "not set"}, rng ${
+                  freshened.rng ? "reseeded" : "not reseeded"
+                }${freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`}`
+            }`
+          }).pipe(Effect.ignore)
+        }
+        return running
+      })
+    ).pipe(
+      // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
+      Effect.flatMap((running) =>
+        runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+      ),
+      // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
+      // A resumed guest's entrypoint is already running (or done): it is in the captured memory.
+      Effect.flatMap((running) =>
+        running.entrypoint === undefined || memoryRestore
+          ? Effect.succeed(running)
+          : launchEntrypoint(running)
       )
-    })
-  }
+    )
+  })
+
+  return yield* admitted.pipe(
+    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk))
+  )
 })
