@@ -19,7 +19,14 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
 import { kill } from "./Halt.ts"
-import { copyDisk, pendingDiskPath, removePath, replaceDisk, sweepPendingDisks } from "./internal/DiskCopy.ts"
+import {
+  copyDisk,
+  pendingDiskPath,
+  putBack,
+  removePath,
+  replaceDisk,
+  sweepPendingDisks
+} from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
@@ -268,45 +275,54 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       Effect.gen(function*() {
         // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
         let freshened: Freshened | undefined
+        let previousDisk: string | undefined
         const launched = yield* Effect.exit(restore(
-          (pendingDisk === undefined ? Effect.void : replaceDisk(pendingDisk, starting.rootfsPath)).pipe(
-            Effect.zipRight(attachMounts(starting, runtimeDir)),
-            Effect.zip(prepareEgress(starting, hypervisor.backend)),
-            Effect.flatMap(([disks, egress]) =>
-              launchWithNetworks(starting, (nics) => {
-                const full = new LaunchConfig({
-                  ...config,
-                  disks,
-                  nics,
-                  ...(egress === undefined ? {} : { egress })
+          (pendingDisk === undefined
+            ? Effect.void
+            : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
+              Effect.tap((previous) => (previousDisk = previous))
+            )).pipe(
+              Effect.zipRight(attachMounts(starting, runtimeDir)),
+              Effect.zip(prepareEgress(starting, hypervisor.backend)),
+              Effect.flatMap(([disks, egress]) =>
+                launchWithNetworks(starting, (nics) => {
+                  const full = new LaunchConfig({
+                    ...config,
+                    disks,
+                    nics,
+                    ...(egress === undefined ? {} : { egress })
+                  })
+                  return (memoryRestore && snapshot.state !== undefined
+                    ? hypervisor.restore(full, snapshot.state).pipe(
+                      // The resumed guest gets the host's clock and fresh entropy before it counts as running.
+                      Effect.tap((handle) =>
+                        freshenGuest(name, handle).pipe(
+                          Effect.tap((result) => (freshened = result)),
+                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                        )
+                      )
+                    )
+                    : hypervisor.launch(full)).pipe(
+                      Effect.tap((handle) =>
+                        deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                          // Files land before anything of the workspace's own runs; a resumed guest's
+                          // processes already run, with the files they had when it was captured.
+                          Effect.zipRight(
+                            memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
+                          ),
+                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                        )
+                      )
+                    )
                 })
-                return (memoryRestore && snapshot.state !== undefined
-                  ? hypervisor.restore(full, snapshot.state).pipe(
-                    // The resumed guest gets the host's clock and fresh entropy before it counts as running.
-                    Effect.tap((handle) =>
-                      freshenGuest(name, handle).pipe(
-                        Effect.tap((result) => (freshened = result)),
-                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                      )
-                    )
-                  )
-                  : hypervisor.launch(full)).pipe(
-                    Effect.tap((handle) =>
-                      deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-                        // Files land before anything of the workspace's own runs; a resumed guest's
-                        // processes already run, with the files they had when it was captured.
-                        Effect.zipRight(
-                          memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
-                        ),
-                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                      )
-                    )
-                  )
-              })
+              )
             )
-          )
         ))
         if (Exit.isFailure(launched)) {
+          // A roll back that did not start gives the workspace its disk back.
+          if (previousDisk !== undefined) {
+            yield* putBack(previousDisk, starting.rootfsPath).pipe(Effect.ignore)
+          }
           yield* releaseMounts(starting)
           yield* releaseEgress(name)
           yield* store.transition(name, "bootFailed", {
@@ -326,9 +342,19 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         }).pipe(
           // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
           Effect.tapError(() =>
-            hypervisor.kill(handle).pipe(Effect.ignore, Effect.zipRight(releaseMounts(starting)))
+            hypervisor.kill(handle).pipe(
+              Effect.ignore,
+              Effect.zipRight(releaseMounts(starting)),
+              Effect.zipRight(
+                previousDisk === undefined
+                  ? Effect.void
+                  : putBack(previousDisk, starting.rootfsPath).pipe(Effect.ignore)
+              )
+            )
           )
         )
+        // Running on the restored disk: the previous one goes.
+        if (previousDisk !== undefined) yield* removePath(previousDisk)
         if (snapshot !== undefined) {
           yield* store.appendEvent(name, {
             type: "snapshot",

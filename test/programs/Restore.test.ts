@@ -9,7 +9,7 @@ import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
-import { Mount, SecretRef } from "../../src/domain/Workspace.ts"
+import { Mount, PublishedPort, SecretRef } from "../../src/domain/Workspace.ts"
 import { clone, createFromSnapshot } from "../../src/programs/Clone.ts"
 import { create } from "../../src/programs/Create.ts"
 import { exec } from "../../src/programs/Exec.ts"
@@ -79,6 +79,35 @@ describe("start --from-snapshot", () => {
       // No copy left beside the disk: neither this restore's nor the dead one's.
       assert.deepStrictEqual(
         NodeFs.readdirSync(home.workspaceDir("w")).filter((entry) => entry.startsWith(".")),
+        []
+      )
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("a roll back whose VM does not start gives the workspace its disk back", () =>
+    Effect.gen(function*() {
+      // The fake backend cannot publish ports: its launch fails after the disk was swapped.
+      yield* create({
+        image: "alpine",
+        name: "p",
+        ports: [
+          new PublishedPort({
+            hostIp: "127.0.0.1",
+            hostPort: 40000 + (process.pid % 20000),
+            guestPort: 80,
+            protocol: "tcp"
+          })
+        ]
+      })
+      const home = yield* Home
+      const file = NodePath.join(home.workspaceDir("p"), "rootfs", "tmp", "file")
+      NodeFs.writeFileSync(file, "snapshotted\n")
+      yield* snapshotCreate("p", { tag: "s" })
+      NodeFs.writeFileSync(file, "current\n")
+      const failed = yield* Effect.flip(start("p", { fromSnapshot: "s" }))
+      assert.strictEqual(failed._tag, "Unsupported")
+      assert.strictEqual(NodeFs.readFileSync(file, "utf8"), "current\n")
+      assert.deepStrictEqual(
+        NodeFs.readdirSync(home.workspaceDir("p")).filter((entry) => entry.startsWith(".")),
         []
       )
     }).pipe(Effect.provide(fakeEnvironment)))

@@ -59,7 +59,7 @@ export const sweepPendingDisks = (target: string) =>
     }
     for (const entry of entries) {
       if (!entry.startsWith(prefix)) continue
-      const pid = /-(\d+)(\.old)?$/.exec(entry)
+      const pid = /-(\d+)$/.exec(entry)
       if (pid === null || isAlive(Number(pid[1]), undefined)) continue
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
@@ -75,27 +75,46 @@ const fsyncPath = (path: string) => {
 }
 
 /**
- * Puts the disk at `pending` in place of `target`: one rename for a file. A directory (the fake
- * backend) cannot be renamed over a non-empty one, so the old one is moved aside first.
+ * Puts the disk at `pending` in place of `target` with one rename, keeping the previous disk beside it
+ * (a hard link to it, or for a directory, the fake backend's disk, the directory moved aside) until
+ * the caller knows whether the start that needs the new disk worked: `putBack` undoes the swap,
+ * `removePath` of the returned path drops the old disk. Returns where the previous disk is.
  */
 export const replaceDisk = (pending: string, target: string) =>
   Effect.try({
     try: () => {
+      const previous = pendingDiskPath(target, "previous")
+      NodeFs.rmSync(previous, { recursive: true, force: true })
       if (NodeFs.statSync(pending).isFile()) {
         fsyncPath(pending)
+        NodeFs.linkSync(target, previous)
         NodeFs.renameSync(pending, target)
       } else {
-        const aside = `${pending}.old`
-        NodeFs.renameSync(target, aside)
+        NodeFs.renameSync(target, previous)
         NodeFs.renameSync(pending, target)
-        NodeFs.rmSync(aside, { recursive: true, force: true })
       }
       fsyncPath(NodePath.dirname(target))
+      return previous
     },
     catch: (cause) =>
       new Permanent({
         message: `cannot put the restored disk in place of ${target}: ${String(cause)}`,
         remediation: "the workspace's disk was not changed; retry"
+      })
+  })
+
+/** Undoes `replaceDisk`: the previous disk is the workspace's again. */
+export const putBack = (previous: string, target: string) =>
+  Effect.try({
+    try: () => {
+      if (!NodeFs.existsSync(previous)) return
+      if (NodeFs.statSync(previous).isDirectory()) NodeFs.rmSync(target, { recursive: true, force: true })
+      NodeFs.renameSync(previous, target)
+      fsyncPath(NodePath.dirname(target))
+    },
+    catch: (cause) =>
+      new Permanent({
+        message: `cannot put the previous disk ${previous} back at ${target}: ${String(cause)}`
       })
   })
 
