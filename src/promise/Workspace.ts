@@ -13,7 +13,7 @@ import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
-import type { WorkspaceCopy } from "../domain/Snapshot.ts"
+import type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
@@ -35,6 +35,7 @@ import { type ExecOverrides, execRequestFor } from "../programs/internal/Request
 import { inspect, list } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { resize } from "../programs/Resize.ts"
+import { snapshotCreate } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
 import { Home } from "../services/Home.ts"
@@ -42,6 +43,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
+export type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
@@ -328,6 +330,20 @@ export class Workspace implements AsyncDisposable {
           fromSnapshot: options.fromSnapshot
         })
       ),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * Captures the workspace under `tag` (default `snap-<UTC time>`): memory, device state and disk when
+   * it runs (it is paused for the capture and resumed), its disk when it is stopped. `start({
+   * fromSnapshot })` rolls back to it; `Workspace.fromSnapshot` makes a new workspace of it.
+   */
+  async snapshot(
+    options: { readonly tag?: string | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<SnapshotManifest> {
+    return await this.host.run(
+      withWorkspaceBackend(this.name, snapshotCreate(this.name, { tag: options.tag })),
       { signal: options.signal }
     )
   }
