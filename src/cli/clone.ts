@@ -12,7 +12,11 @@ import { emit, jsonMode } from "./Output.ts"
 export const describeCopy = (copy: WorkspaceCopy) =>
   `${copy.workspace.name}  ${copy.workspace.state}  from ${
     copy.snapshot === undefined ? copy.source : `${copy.source}:${copy.snapshot}`
-  }  hostname=${copy.workspace.hostname}  (its first start boots from the copied disk)`
+  }  hostname=${copy.workspace.hostname}  (${
+    copy.firstStart === "resume"
+      ? "its first start resumes the snapshot's VM as this workspace"
+      : "its first start boots from the copied disk"
+  })`
 
 /** Prints the copy; disks left out are said on stderr too, where a script's reader sees them. */
 export const reportCopy = (copy: WorkspaceCopy) =>

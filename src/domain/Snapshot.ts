@@ -76,6 +76,9 @@ export class WorkspaceCopy extends Schema.Class<WorkspaceCopy>("WorkspaceCopy")(
    * workspaces must not share.
    */
   droppedMounts: Schema.Array(Mount),
-  /** What the copy's first start does (`boot`: a cold boot from the copied disk). */
-  firstStart: Schema.Literal("boot")
+  /**
+   * What the copy's first start does: `boot`, a cold boot from the copied disk; `resume`, the captured
+   * VM of a memory snapshot resumed with this workspace's identity.
+   */
+  firstStart: Schema.Literal("boot", "resume")
 }) {}

@@ -22,7 +22,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { hostnameFor } from "./Create.ts"
-import { copyDisk, removePath } from "./internal/DiskCopy.ts"
+import { copyDisk, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 import { stagingName } from "./internal/Staging.ts"
 import { joinNetworks } from "./Network.ts"
@@ -42,8 +42,20 @@ const checkName = (name: string) => {
   )
 }
 
+/** A memory snapshot whose VM the copy resumes on its first start. */
+interface Resumable {
+  readonly state: string
+  readonly pending: NonNullable<Workspace["pendingResume"]>
+}
+
 /** Records `name` as a copy of `source` over a copy of `disk`; see the module comment. */
-const copyWorkspace = (source: Workspace, name: string, disk: string, snapshot: string | undefined) =>
+const copyWorkspace = (
+  source: Workspace,
+  name: string,
+  disk: string,
+  snapshot: string | undefined,
+  resumable?: Resumable
+) =>
   Effect.gen(function*() {
     const home = yield* Home
     const store = yield* StateStore
@@ -60,11 +72,13 @@ const copyWorkspace = (source: Workspace, name: string, disk: string, snapshot: 
     )
     return yield* Effect.gen(function*() {
       yield* copyDisk(disk, NodePath.join(staging, "rootfs"))
+      if (resumable !== undefined) yield* copyDisk(resumable.state, NodePath.join(staging, resumeStateFile))
       const now = yield* DateTime.now
       const dropped = source.mounts.filter(shared)
       const {
         expiresAt: _lease,
         launched: _launched,
+        pendingResume: _pending,
         owner: _owner,
         result: _result,
         sessionId: _session,
@@ -78,6 +92,7 @@ const copyWorkspace = (source: Workspace, name: string, disk: string, snapshot: 
         hostname: hostnameFor(name),
         mounts: source.mounts.filter((m) => !shared(m)),
         ephemeral: false,
+        ...(resumable === undefined ? {} : { pendingResume: resumable.pending }),
         rootfsPath: NodePath.join(workspaceDir, "rootfs"),
         runtimeDir: home.runtimeDir(name),
         createdAt: now,
@@ -106,7 +121,7 @@ const copyWorkspace = (source: Workspace, name: string, disk: string, snapshot: 
         source: source.name,
         ...(snapshot === undefined ? {} : { snapshot }),
         droppedMounts: dropped,
-        firstStart: "boot"
+        firstStart: resumable === undefined ? "boot" : "resume"
       })
     }).pipe(Effect.ensuring(removePath(staging)))
   })
@@ -146,5 +161,21 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name
     hasSecrets: false
   })
   if (Either.isLeft(refusal)) return yield* refusal.left
-  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag)
+  const { manifest } = snapshot
+  // A memory snapshot is resumed by the copy's first start when nothing it holds would be wrong in
+  // the copy: no secrets to deliver into captured memory, no attached disks or named networks (those
+  // are refused at capture, but the record may have changed since). Otherwise the copy boots cold.
+  const resumable = manifest.kind === "memory" && snapshot.state !== undefined && source.secrets.length === 0
+      && source.mounts.length === 0 && source.networks.length === 0 && manifest.secretsPurged
+    ? {
+      state: snapshot.state,
+      pending: {
+        snapshot: `${ref.workspace}:${ref.tag}`,
+        hostname: manifest.hostname,
+        resources: manifest.resources,
+        ...(manifest.kernelSha256 === undefined ? {} : { kernelSha256: manifest.kernelSha256 })
+      }
+    }
+    : undefined
+  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable)
 })

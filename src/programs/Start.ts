@@ -25,6 +25,7 @@ import {
   putBack,
   removePath,
   replaceDisk,
+  resumeStateFile,
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
@@ -187,6 +188,61 @@ const prepareRollback = (
     return pending
   })
 
+/** A copy's pending resume: the same checks as a roll back to a memory snapshot (restoreRefusal). */
+const checkResume = (
+  workspace: Workspace,
+  resume: NonNullable<Workspace["pendingResume"]>,
+  stateFile: string | undefined,
+  target: {
+    readonly backend: string
+    readonly kernelSha256: string | undefined
+    readonly resources: { readonly memoryMiB: number; readonly cpus: number }
+    readonly hasSecrets: boolean
+  }
+) =>
+  Effect.gen(function*() {
+    const remediation =
+      `delete it and create it again from a disk snapshot, or boot its disk as it is: microagent clone ${workspace.name} NEW`
+    if (stateFile === undefined || !NodeFs.existsSync(stateFile)) {
+      return yield* new Permanent({
+        message: `workspace ${workspace.name} should resume ${resume.snapshot}, and its VM state is missing`,
+        remediation
+      })
+    }
+    if (
+      resume.kernelSha256 !== undefined && target.kernelSha256 !== undefined
+      && resume.kernelSha256 !== target.kernelSha256
+    ) {
+      return yield* new Unsupported({
+        message: `workspace ${workspace.name} resumes ${resume.snapshot}, whose guest ran kernel sha256 ${
+          resume.kernelSha256.slice(0, 12)
+        }…; this host would run ${target.kernelSha256.slice(0, 12)}…`,
+        remediation,
+        backend: target.backend,
+        feature: "memory restore across kernels"
+      })
+    }
+    if (
+      target.resources.memoryMiB !== resume.resources.memoryMiB
+      || target.resources.cpus !== resume.resources.cpus
+    ) {
+      return yield* new Conflict({
+        message:
+          `workspace ${workspace.name} resumes a VM of ${resume.resources.memoryMiB} MiB and ${resume.resources.cpus} vCPUs; this start asks for ${target.resources.memoryMiB} MiB and ${target.resources.cpus}`,
+        remediation: "start it without --memory, --cpus or --profile"
+      })
+    }
+    if (target.hasSecrets || workspace.mounts.length > 0 || workspace.networks.length > 0) {
+      return yield* new Unsupported({
+        message:
+          `workspace ${workspace.name} resumes a memory snapshot and now has secrets, attached disks or named networks, which that memory does not hold`,
+        remediation,
+        backend: target.backend,
+        feature: "memory restore with secrets, attached disks or named networks"
+      })
+    }
+  })
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 export const start = Effect.fn("start")(function*(name: string, options: StartOptions = {}) {
@@ -200,12 +256,22 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const snapshot = options.fromSnapshot === undefined
     ? undefined
     : yield* loadSnapshot(name, options.fromSnapshot)
-  const memoryRestore = snapshot !== undefined && snapshot.manifest.kind === "memory"
+  // A copy made by `create --from-snapshot` of a memory snapshot resumes that VM on its first start.
+  const resume = snapshot === undefined ? current.pendingResume : undefined
+  const memoryRestore = (snapshot !== undefined && snapshot.manifest.kind === "memory")
+    || resume !== undefined
   const resources = yield* launchResources(
     current,
     options,
-    memoryRestore ? snapshot.manifest.resources : undefined
+    snapshot !== undefined && snapshot.manifest.kind === "memory"
+      ? snapshot.manifest.resources
+      : resume?.resources
   )
+  const stateFile = snapshot !== undefined
+    ? snapshot.state
+    : resume === undefined
+    ? undefined
+    : NodePath.join(home.workspaceDir(name), resumeStateFile)
   // A VMM left by an earlier start that died half way holds the disk: it goes before a new one boots.
   yield* reapOrphanVmms({ workspace: name })
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
@@ -228,6 +294,14 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   }
   // Before anything changes: a snapshot this host cannot resume is refused, and its disk is copied
   // beside the workspace's (the current disk is replaced only once the start is admitted).
+  if (resume !== undefined) {
+    yield* checkResume(current, resume, stateFile, {
+      backend: hypervisor.backend,
+      kernelSha256: artifacts?.kernelSha256,
+      resources,
+      hasSecrets: secrets.length > 0
+    })
+  }
   const pendingDisk = snapshot === undefined
     ? undefined
     : yield* prepareRollback(current, snapshot, {
@@ -292,11 +366,20 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                     nics,
                     ...(egress === undefined ? {} : { egress })
                   })
-                  return (memoryRestore && snapshot.state !== undefined
-                    ? hypervisor.restore(full, snapshot.state).pipe(
-                      // The resumed guest gets the host's clock and fresh entropy before it counts as running.
+                  return (memoryRestore && stateFile !== undefined
+                    // The captured VM was booted with its own hostname on the kernel command line.
+                    ? hypervisor.restore(
+                      resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
+                      stateFile
+                    ).pipe(
+                      // The resumed guest gets the host's clock and fresh entropy before it counts as
+                      // running, and a copy its own hostname and machine-id.
                       Effect.tap((handle) =>
-                        freshenGuest(name, handle).pipe(
+                        freshenGuest(
+                          name,
+                          handle,
+                          resume === undefined ? undefined : { hostname: starting.hostname }
+                        ).pipe(
                           Effect.tap((result) => (freshened = result)),
                           Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
                         )
@@ -333,8 +416,11 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         }
         const handle: VmHandle = launched.value
         const running = yield* store.transition(name, "booted", {
-          patch: (ws) => withoutOwner({ ...ws, vm: handle } as Workspace),
-          detail: snapshot === undefined
+          // A resume is used once: the next start boots from the disk.
+          patch: (ws) => withoutOwner({ ...ws, vm: handle, pendingResume: undefined } as Workspace),
+          detail: resume !== undefined
+            ? `pid ${handle.pid}, resumed from snapshot ${resume.snapshot}`
+            : snapshot === undefined
             ? `pid ${handle.pid}`
             : `pid ${handle.pid}, ${
               memoryRestore ? "resumed" : "booted"
@@ -353,12 +439,17 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
             )
           )
         )
-        // Running on the restored disk: the previous one goes.
+        // Running on the restored disk: the previous one goes; so does a used resume state.
         if (previousDisk !== undefined) yield* removePath(previousDisk)
-        if (snapshot !== undefined) {
+        if (resume !== undefined && stateFile !== undefined) yield* removePath(stateFile)
+        if (snapshot !== undefined || resume !== undefined) {
           yield* store.appendEvent(name, {
             type: "snapshot",
-            detail: `restored ${snapshot.manifest.tag} (${snapshot.manifest.kind})${
+            detail: `restored ${
+              resume !== undefined
+                ? `${resume.snapshot} (memory, as ${starting.hostname})`
+                : `${snapshot!.manifest.tag} (${snapshot!.manifest.kind})`
+            }${
               freshened === undefined
                 ? ""
                 : `; clock ${freshened.clock ? "set" : "not set"}, rng ${

@@ -252,6 +252,7 @@ describe("snapshots on real microVMs", () => {
     assert.strictEqual(copy.workspace.hostname, "wc")
     const fromSnapshot = json(await ok(["create", "ws", "--from-snapshot", "w:one", "--json"]))
     assert.strictEqual(fromSnapshot.snapshot, "one")
+    assert.strictEqual(fromSnapshot.firstStart, "resume")
     // A running source cannot be cloned; a reference without a tag is not one.
     await Promise.all([ok(["start", "wc"]), ok(["start", "ws"])])
     const running = await ma(["clone", "wc", "wd", "--json"])

@@ -207,13 +207,35 @@ describe("clone and create --from-snapshot", () => {
       yield* snapshotCreate("w", { tag: "t1" })
       yield* exec("w", sh("echo later > tmp/file"))
 
+      // A memory snapshot: the copy's first start resumes its VM (the fake backend says so in its
+      // console), once; the state file goes with it.
       const copy = yield* createFromSnapshot("n", "w:t1")
       assert.strictEqual(copy.snapshot, "t1")
       assert.strictEqual(copy.workspace.hostname, "n")
-      assert.strictEqual(copy.firstStart, "boot")
-      yield* start("n")
+      assert.strictEqual(copy.firstStart, "resume")
+      assert.strictEqual(copy.workspace.pendingResume?.snapshot, "w:t1")
+      const home = yield* Home
+      const state = NodePath.join(home.workspaceDir("n"), "vm.state")
+      assert.isTrue(NodeFs.existsSync(state))
+      // The resumed VM has the captured size: another one is refused before anything changes.
+      assert.strictEqual((yield* Effect.flip(start("n", { memoryMiB: 1024 })))._tag, "Conflict")
+      const resumed = yield* start("n")
+      assert.isUndefined(resumed.pendingResume)
+      assert.isFalse(NodeFs.existsSync(state))
+      const console = () => NodeFs.readFileSync(NodePath.join(resumed.runtimeDir, "console.log"), "utf8")
+      assert.include(console(), "fake: restored from")
       assert.strictEqual(yield* read("n"), "snap\n")
       assert.strictEqual(yield* read("w"), "later\n")
+      yield* halt("n")
+      yield* start("n")
+      assert.notInclude(console(), "fake: restored from")
+
+      // A disk snapshot: the copy boots.
+      yield* halt("w")
+      yield* snapshotCreate("w", { tag: "cold" })
+      const cold = yield* createFromSnapshot("c", "w:cold")
+      assert.strictEqual(cold.firstStart, "boot")
+      assert.isUndefined(cold.workspace.pendingResume)
 
       assert.strictEqual((yield* Effect.flip(createFromSnapshot("x", "w")))._tag, "InvalidInput")
       assert.strictEqual((yield* Effect.flip(createFromSnapshot("x", "w:nope")))._tag, "NotFound")

@@ -39,6 +39,9 @@ export const copyDisk = (from: string, to: string) =>
     })
   })
 
+/** Where a copy made from a memory snapshot keeps the VM state its first start resumes (then removed). */
+export const resumeStateFile = "vm.state"
+
 /** Where a replacement disk for `target` is written before it is renamed into place. */
 export const pendingDiskPath = (target: string, purpose: string) =>
   NodePath.join(NodePath.dirname(target), `.${NodePath.basename(target)}.${purpose}-${process.pid}`)

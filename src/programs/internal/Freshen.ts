@@ -9,7 +9,7 @@ import { Effect, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { Permanent } from "../../domain/Errors.ts"
 import { ExecRequest } from "../../domain/Exec.ts"
-import { GuestChannel } from "../../services/GuestChannel.ts"
+import { GuestChannel, GuestRemoteError } from "../../services/GuestChannel.ts"
 import type { VmHandle } from "../../services/Hypervisor.ts"
 
 export interface Freshened {
@@ -23,9 +23,20 @@ export interface Freshened {
 
 const entropyBytes = 512
 
+/**
+ * Sets the guest's hostname (and /etc/hostname, and a new /etc/machine-id where the image has them):
+ * a copy resumed from another workspace's memory would otherwise answer to that one's name.
+ */
+const identityScript = [
+  'hostname "$1"',
+  'if [ -e /etc/hostname ]; then echo "$1" > /etc/hostname; fi',
+  "if [ -e /etc/machine-id ]; then tr -d - < /proc/sys/kernel/random/uuid > /etc/machine-id; fi"
+].join(" && ")
+
 export const freshenGuest = (
   workspace: string,
-  handle: VmHandle
+  handle: VmHandle,
+  identity?: { readonly hostname: string }
 ): Effect.Effect<Freshened, Permanent, GuestChannel> =>
   // The fake backend runs "guest" commands on the host: there is no guest clock or RNG to set.
   handle.channel._tag === "HostDirectory"
@@ -70,6 +81,25 @@ export const freshenGuest = (
           return false
         })
       )
+      if (identity !== undefined) {
+        // After the reseed, so the new machine-id comes from this guest's own randomness.
+        const renamed = yield* connection.exec(
+          new ExecRequest({
+            argv: ["sh", "-c", identityScript, "sh", identity.hostname],
+            env: {},
+            timeoutSeconds: 10,
+            stdoutLimit: 4096,
+            stderrLimit: 4096
+          })
+        )
+        // Unlike the clock, a copy that answers to another workspace's name must not count as running.
+        if (renamed.status !== "exited" || renamed.exitCode !== 0) {
+          return yield* new GuestRemoteError({
+            message:
+              `setting the hostname ${identity.hostname} failed (exit ${renamed.exitCode}): ${renamed.stderr.trim()}`
+          })
+        }
+      }
       return { clock, rng, problems } satisfies Freshened
     })).pipe(
       Effect.mapError((error) =>
