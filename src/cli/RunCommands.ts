@@ -335,7 +335,7 @@ const createCommand = Command.make("create", {
   fromSnapshot: Options.text("from-snapshot").pipe(
     Options.withPseudoName("WORKSPACE:TAG"),
     Options.withDescription(
-      "a new workspace whose disk is this snapshot's, configured like its workspace; it boots cold"
+      "a new workspace from this snapshot, configured like its workspace (a memory snapshot's VM is resumed)"
     ),
     Options.optional
   ),

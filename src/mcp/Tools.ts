@@ -335,7 +335,8 @@ export const tools: ReadonlyArray<AnyTool> = [
     title: "Create a workspace",
     description: "Create a persistent workspace from an image, with its own root disk; it is `prepared` "
       + "until workspace.start boots it. With from_snapshot (WORKSPACE:TAG) instead of image, its disk is "
-      + "that snapshot's and its configuration that workspace's, with its own identity; it boots cold.",
+      + "that snapshot's and its configuration that workspace's, with its own identity; from a memory "
+      + "snapshot its first workspace.start resumes the captured VM (processes, tmpfs), else it boots.",
     input: {
       ...newWorkspace,
       image: optional(

@@ -2,8 +2,9 @@
  * New workspaces from existing disks: `clone SRC DST` copies a stopped workspace, and
  * `create NAME --from-snapshot W:T` takes a snapshot's disk. Either way the copy is a new record with the
  * source's configuration and its own identity (name, hostname, named-network addresses and MACs), in
- * state `prepared`; its first start boots cold from the copied disk (a memory snapshot's processes are
- * not carried over). Read-write volumes and image files are not shared between two workspaces: they
+ * state `prepared`. Its first start boots cold from the copied disk, except for a copy of a memory
+ * snapshot, which carries the captured VM state too and resumes it (see Start.ts: `pendingResume`).
+ * Read-write volumes and image files are not shared between two workspaces: they
  * are left out of the copy and reported.
  *
  * The disk is copied (reflink or sparse) into a staging directory that is renamed into place once the
@@ -142,7 +143,10 @@ export const clone = Effect.fn("clone")(function*(source: string, target: string
   return yield* copyWorkspace(original, target, original.rootfsPath, undefined)
 })
 
-/** `create NAME --from-snapshot W:T`: a new workspace whose disk is the snapshot's; it boots cold. */
+/**
+ * `create NAME --from-snapshot W:T`: a new workspace whose disk is the snapshot's; from a memory
+ * snapshot its first start resumes the captured VM, from a disk snapshot it boots.
+ */
 export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name: string, reference: string) {
   yield* checkName(name)
   const ref = yield* Either.match(parseSnapshotRef(reference), {
@@ -154,7 +158,7 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name
   const source = yield* store.get(ref.workspace)
   yield* requireBackend(source)
   const snapshot = yield* loadSnapshot(ref.workspace, ref.tag)
-  // Disk semantics whatever the kind: the copy boots, so only the backend must match.
+  // Only the backend is checked here; a resume's kernel and size are checked by the start that does it.
   const refusal = restoreRefusal({ ...snapshot.manifest, kind: "disk" }, {
     backend: hypervisor.backend,
     memoryMiB: snapshot.manifest.resources.memoryMiB,

@@ -230,7 +230,10 @@ export class Rpcs extends RpcGroup.make(
     success: WorkspaceCopy,
     error: MicroagentError
   }),
-  /** A new workspace whose disk is a snapshot's (`WORKSPACE:TAG`); it boots cold. */
+  /**
+   * A new workspace whose disk is a snapshot's (`WORKSPACE:TAG`); from a memory snapshot its first
+   * start resumes the captured VM under the new identity, from a disk snapshot it boots.
+   */
   Rpc.make("createFromSnapshot", {
     payload: { ...named, snapshot: Schema.String },
     success: WorkspaceCopy,

@@ -247,36 +247,42 @@ describe("snapshots on real microVMs", () => {
     ])
   }, 300_000)
 
-  it("clone and create --from-snapshot boot copies with their own identity and the copied disk", async () => {
-    const copy = json(await ok(["clone", "w", "wc", "--json"]))
-    assert.strictEqual(copy.workspace.hostname, "wc")
-    const fromSnapshot = json(await ok(["create", "ws", "--from-snapshot", "w:one", "--json"]))
-    assert.strictEqual(fromSnapshot.snapshot, "one")
-    assert.strictEqual(fromSnapshot.firstStart, "resume")
-    // A running source cannot be cloned; a reference without a tag is not one.
-    await Promise.all([ok(["start", "wc"]), ok(["start", "ws"])])
-    const running = await ma(["clone", "wc", "wd", "--json"])
-    assert.strictEqual(errorOf(running).error.kind, "conflict")
-    const bad = await ma(["create", "wd", "--from-snapshot", "w", "--json"])
-    assert.strictEqual(errorOf(bad).error.kind, "permanent")
-    const [cloned, created] = await Promise.all(
-      ["wc", "ws"].map((name) =>
-        ok([
-          "exec",
-          name,
-          "--",
-          "sh",
-          "-c",
-          "hostname; cat /root/disk-file; cat /run/s/counter 2>/dev/null || echo cold"
-        ])
+  it(
+    "clone boots a copy of the disk; create --from-snapshot resumes the captured VM; each its own hostname",
+    async () => {
+      const copy = json(await ok(["clone", "w", "wc", "--json"]))
+      assert.strictEqual(copy.workspace.hostname, "wc")
+      const fromSnapshot = json(await ok(["create", "ws", "--from-snapshot", "w:one", "--json"]))
+      assert.strictEqual(fromSnapshot.snapshot, "one")
+      assert.strictEqual(fromSnapshot.firstStart, "resume")
+      // A running source cannot be cloned; a reference without a tag is not one.
+      await Promise.all([ok(["start", "wc"]), ok(["start", "ws"])])
+      const running = await ma(["clone", "wc", "wd", "--json"])
+      assert.strictEqual(errorOf(running).error.kind, "conflict")
+      const bad = await ma(["create", "wd", "--from-snapshot", "w", "--json"])
+      assert.strictEqual(errorOf(bad).error.kind, "permanent")
+      const [cloned, created] = await Promise.all(
+        ["wc", "ws"].map((name) =>
+          ok([
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "hostname; cat /root/disk-file; cat /run/s/counter 2>/dev/null || echo cold; "
+            + "kill -0 $(cat /run/s/pid 2>/dev/null) 2>/dev/null && echo alive || echo none"
+          ])
+        )
       )
-    )
-    // The clone has the halted workspace's disk (rolled back to "old"); the copy of the memory snapshot
-    // boots cold from its disk: the file the guest wrote before the capture is there, its tmpfs is not.
-    assert.deepStrictEqual(json(cloned!).result.stdout.trim().split("\n"), ["wc", "old", "cold"])
-    assert.deepStrictEqual(json(created!).result.stdout.trim().split("\n"), ["ws", "old", "cold"])
-    await Promise.all([ok(["delete", "--force", "wc"]), ok(["delete", "--force", "ws"])])
-  }, 300_000)
+      // The clone has the halted workspace's disk (rolled back to "old") and boots cold; the copy of the
+      // memory snapshot resumes the captured VM under its own hostname: its tmpfs and the process
+      // started before the capture are there.
+      assert.deepStrictEqual(json(cloned!).result.stdout.trim().split("\n"), ["wc", "old", "cold", "none"])
+      assert.deepStrictEqual(json(created!).result.stdout.trim().split("\n"), ["ws", "old", "41", "alive"])
+      await Promise.all([ok(["delete", "--force", "wc"]), ok(["delete", "--force", "ws"])])
+    },
+    300_000
+  )
 
   it("refuses a memory capture of a workspace holding secrets", async () => {
     await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], { SNAP_TOKEN: "s3cr3t-value-for-snapshot" })
