@@ -441,7 +441,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         )
         // Running on the restored disk: the previous one goes; so does a used resume state.
         if (previousDisk !== undefined) yield* removePath(previousDisk)
-        if (resume !== undefined && stateFile !== undefined) yield* removePath(stateFile)
+        // (A roll back also ends a pending resume, which the `booted` patch cleared.)
+        if (current.pendingResume !== undefined) {
+          yield* removePath(NodePath.join(home.workspaceDir(name), resumeStateFile))
+        }
         if (snapshot !== undefined || resume !== undefined) {
           yield* store.appendEvent(name, {
             type: "snapshot",
