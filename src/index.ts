@@ -22,6 +22,8 @@ export type { ExecOutput } from "./domain/Exec.ts"
 export { EntrypointResult, HealthCheck, ServiceStatus, Workspace } from "./domain/Workspace.ts"
 export { defaultImage } from "./layers/image/BuiltinImages.ts"
 
+export { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "./domain/Snapshot.ts"
+export { clone, createFromSnapshot } from "./programs/Clone.ts"
 export { type CommitOptions, CommitResult, workspaceCommit } from "./programs/Commit.ts"
 export { copyIn, copyOut } from "./programs/Cp.ts"
 export { create } from "./programs/Create.ts"
@@ -35,6 +37,7 @@ export { networkCreate, networkInspect, networkList, networkRemove } from "./pro
 export { events, inspect, list, logs, wait } from "./programs/Observe.ts"
 export { resize } from "./programs/Resize.ts"
 export { run } from "./programs/Run.ts"
+export { snapshotCreate, snapshotDelete, snapshotList } from "./programs/Snapshot.ts"
 export { start } from "./programs/Start.ts"
 export { stats } from "./programs/Stats.ts"
 export {

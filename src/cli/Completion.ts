@@ -61,6 +61,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   egress: [names("workspaces")],
   cp: [files, files],
   commit: [names("workspaces"), nothing],
+  clone: [names("workspaces"), nothing],
   "artifacts ls": [names("workspaces")],
   "artifacts get": [names("workspaces"), nothing, files],
   "artifacts rm": [names("workspaces")],

@@ -14,13 +14,14 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   create: [
     "microagent create --image alpine:3.20 dev",
     "microagent create --ttl 7d --image alpine:3.20 scratch",
-    "microagent create --file microagent.yaml --profile medium -p 8080:80 web"
+    "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
+    "microagent create dev2 --from-snapshot dev:before-upgrade"
   ],
   start: [
     "microagent start dev",
     "microagent start --secret token=env:API_TOKEN dev",
     "microagent start --wait --wait-timeout 10m --memory 2048 job",
-    "microagent start --ttl 8h dev"
+    "microagent start --from-snapshot before-upgrade dev"
   ],
   exec: [
     "microagent exec dev -- uname -a",
@@ -32,6 +33,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent commit dev localhost/team/dev:1",
     "microagent commit --diff --push -m 'tools added' dev 127.0.0.1:5000/team/dev:1"
   ],
+  clone: ["microagent clone dev dev-copy", "microagent clone dev dev-copy --json"],
   connect: [
     "microagent connect dev",
     "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash",

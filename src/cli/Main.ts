@@ -11,6 +11,7 @@ import { ExitCode, exitCodeFor, InvalidInput, isMicroagentError } from "../domai
 import { version } from "../domain/Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
+import { cloneCommand } from "./clone.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
 import { commitCommand } from "./commit.ts"
 import { completionCommand } from "./Completion.ts"
@@ -50,6 +51,7 @@ export const subcommands = [
   kernelCommand,
   volumeCommand,
   snapshotCommand,
+  cloneCommand,
   secretCommand,
   networkCommand,
   registryCommand,

@@ -2,22 +2,25 @@
  * The Run group: `run`, `create`, `start`, `exec`.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Effect, Option, Stream } from "effect"
+import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
+import { createFromSnapshot } from "../programs/Clone.ts"
 import { create } from "../programs/Create.ts"
 import { allOutputsOf } from "../programs/internal/Outputs.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
+import { reportCopy } from "./clone.ts"
 import {
   fileCopyOption,
   optionalBytes,
@@ -32,7 +35,7 @@ import {
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withNewBackend, withRuntime } from "./Layers.ts"
+import { withNewBackend, withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
@@ -275,6 +278,43 @@ const runCommand = Command.make("run", {
 const describeWorkspace = (ws: Workspace) =>
   `${ws.name}  ${ws.state}  image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
 
+/**
+ * `create NAME --from-snapshot W:T`: the configuration is the snapshot's workspace's, so any other flag
+ * would be silently ignored; it is refused instead.
+ */
+const createFromSnapshotCli = (options: Record<string, unknown>, reference: string) =>
+  Effect.gen(function*() {
+    const given = Object.entries(options).filter(([key, value]) =>
+      !["fromSnapshot", "positionalName", "name"].includes(key)
+      && (Option.isOption(value)
+        ? Option.isSome(value)
+        : Array.isArray(value)
+        ? value.length > 0
+        : value === true)
+    ).map(([key]) => key)
+    if (given.length > 0) {
+      return yield* new InvalidInput({
+        message: `--from-snapshot takes the snapshot's workspace's configuration; other options were given (${
+          given.join(", ")
+        })`,
+        remediation: "create it from the snapshot alone, then change what you need"
+      })
+    }
+    const positional = options.positionalName as Option.Option<string>
+    const flagged = options.name as Option.Option<string>
+    const name = Option.getOrUndefined(positional) ?? Option.getOrUndefined(flagged)
+    if (name === undefined) {
+      return yield* new InvalidInput({
+        message: "create --from-snapshot needs the new workspace's name",
+        remediation: `microagent create NAME --from-snapshot ${reference}`
+      })
+    }
+    const ref = parseSnapshotRef(reference)
+    if (Either.isLeft(ref)) return yield* ref.left
+    const copy = yield* withWorkspaceBackend(ref.right.workspace, createFromSnapshot(name, reference))
+    yield* reportCopy(copy)
+  })
+
 const createCommand = Command.make("create", {
   ...workspaceOptions,
   imageFlag: Options.text("image").pipe(
@@ -296,12 +336,22 @@ const createCommand = Command.make("create", {
   setup: setupOption,
   serviceCommand: serviceCommandOption,
   shell: shellOption,
+  fromSnapshot: Options.text("from-snapshot").pipe(
+    Options.withPseudoName("WORKSPACE:TAG"),
+    Options.withDescription(
+      "a new workspace from this snapshot, configured like its workspace (a memory snapshot's VM is resumed)"
+    ),
+    Options.optional
+  ),
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
     Args.optional
   )
 }, (options) =>
   Effect.gen(function*() {
+    if (Option.isSome(options.fromSnapshot)) {
+      return yield* createFromSnapshotCli(options, options.fromSnapshot.value)
+    }
     const spec = yield* readSpec(options.file)
     const image = orUndefined(options.imageFlag) ?? spec.image ?? defaultImage
     const positional = orUndefined(options.positionalName)
@@ -352,6 +402,13 @@ const startCommand = Command.make(
     ),
     cpus: optionalInt("cpus", "this start only: virtual CPUs"),
     ttl: ttlOption,
+    fromSnapshot: Options.text("from-snapshot").pipe(
+      Options.withPseudoName("TAG"),
+      Options.withDescription(
+        "roll back to this snapshot of the workspace first (a memory snapshot resumes instead of booting)"
+      ),
+      Options.optional
+    ),
     wait: Options.boolean("wait").pipe(
       Options.withDescription("then block until the entrypoint has finished or the workspace settles")
     ),
@@ -378,6 +435,7 @@ const startCommand = Command.make(
                 memoryMiB: orUndefined(options.memory),
                 cpus: orUndefined(options.cpus),
                 ttlSeconds,
+                fromSnapshot: orUndefined(options.fromSnapshot),
                 ...secrets
               })
             )))

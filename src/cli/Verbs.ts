@@ -66,6 +66,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "save a stopped workspace's root filesystem as an image"
   },
   {
+    name: "clone",
+    group: "Run",
+    summary: "copy a stopped workspace to a new one with its own identity"
+  },
+  {
     name: "connect",
     group: "Run",
     summary: "an interactive shell in a running workspace (detach: Ctrl-])",

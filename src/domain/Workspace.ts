@@ -224,6 +224,19 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
    */
   launched: Schema.optional(Resources),
   /**
+   * Set by `create --from-snapshot` from a memory snapshot: the next start resumes the captured VM
+   * (its state copied into the workspace's directory as `vm.state`) instead of booting, then gives
+   * the guest this workspace's identity. Cleared once a start has used it.
+   */
+  pendingResume: Schema.optional(Schema.Struct({
+    /** `WORKSPACE:TAG` it came from. */
+    snapshot: Schema.String,
+    /** The hostname the captured guest was booted with (its kernel command line must match). */
+    hostname: Schema.String,
+    resources: Resources,
+    kernelSha256: Schema.optional(Schema.String)
+  })),
+  /**
    * The end of the workspace's lease (`--ttl`): past it, `gc` stops the workspace and `start` refuses
    * it unless given a new lease. Absent: no lease (it lives until deleted).
    */

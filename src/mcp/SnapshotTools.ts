@@ -4,7 +4,7 @@
  */
 import { Effect, Schema } from "effect"
 import { toErrorBody } from "../domain/Errors.ts"
-import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
@@ -16,6 +16,24 @@ const tag = described(
 )
 
 export const snapshotTools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "workspace.clone",
+    title: "Clone a stopped workspace",
+    description: "Copy a prepared, halted or stopped workspace (its disk, reflinked or sparse, and its "
+      + "configuration) to a new prepared workspace with its own identity: hostname, addresses on named "
+      + "networks. Read-write volumes and image files are not shared: they are left out and listed in "
+      + "droppedMounts. Refused (conflict) while the source runs.",
+    input: {
+      source: described(Schema.String, "the workspace to copy"),
+      target: described(Schema.String, "the new workspace's name")
+    },
+    output: WorkspaceCopy,
+    kind: "mutate",
+    sideEffects: ["creates a workspace record and a copy of the disk"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.clone({ source: args.source, target: args.target }))
+  }),
   defineTool({
     name: "snapshot.create",
     title: "Snapshot a workspace",

@@ -12,6 +12,7 @@ import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
+import { SnapshotTag } from "../domain/Snapshot.ts"
 import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import { healthCheckOf } from "../domain/Supervision.ts"
@@ -334,9 +335,20 @@ export const tools: ReadonlyArray<AnyTool> = [
     name: "workspace.create",
     title: "Create a workspace",
     description: "Create a persistent workspace from an image, with its own root disk; it is `prepared` "
-      + "until workspace.start boots it.",
+      + "until workspace.start boots it. With from_snapshot (WORKSPACE:TAG) instead of image, its disk is "
+      + "that snapshot's and its configuration that workspace's, with its own identity; from a memory "
+      + "snapshot its first workspace.start resumes the captured VM (processes, tmpfs), else it boots.",
     input: {
       ...newWorkspace,
+      image: optional(
+        Schema.NonEmptyTrimmedString,
+        "OCI image reference, e.g. alpine:3.20 or docker.io/library/debian:12 (required unless from_snapshot)"
+      ),
+      from_snapshot: optional(
+        Schema.String,
+        "WORKSPACE:TAG: the new workspace's disk is this snapshot's, its configuration that workspace's; "
+          + "only name may be given with it"
+      ),
       restart: optional(RestartPolicy, "restart policy (default never)"),
       entrypoint: optional(Schema.String, "shell command each start runs"),
       files: optional(
@@ -370,7 +382,29 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context, "workspace.create")
+        if (args.from_snapshot !== undefined) {
+          const { from_snapshot, name, ...rest } = args
+          const others = Object.entries(rest).filter(([, value]) => value !== undefined).map(([key]) => key)
+          if (others.length > 0 || name === undefined) {
+            return yield* new InvalidInput({
+              message: name === undefined
+                ? "from_snapshot needs the new workspace's name"
+                : `from_snapshot takes the snapshot's workspace's configuration; other fields were given (${
+                  others.join(", ")
+                })`,
+              remediation: "give only name and from_snapshot"
+            })
+          }
+          const copy = yield* client.createFromSnapshot({ name, snapshot: from_snapshot })
+          return copy.workspace
+        }
+        if (args.image === undefined) {
+          return yield* new InvalidInput({
+            message: "workspace.create needs image (or from_snapshot)",
+            remediation: "give an OCI image reference, e.g. alpine:3.20"
+          })
+        }
+        const fields = yield* newWorkspaceFields({ ...args, image: args.image }, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
         const files = args.files === undefined
@@ -419,6 +453,11 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
           + "in the MCP server's environment, and delivered"
+      ),
+      from_snapshot: optional(
+        SnapshotTag,
+        "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
+          + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
       )
     },
     output: Workspace,
@@ -441,7 +480,8 @@ export const tools: ReadonlyArray<AnyTool> = [
             name: args.name,
             bootTimeoutSeconds: args.boot_timeout_seconds,
             secrets: given,
-            secretValues
+            secretValues,
+            fromSnapshot: args.from_snapshot
           })
         )
       })

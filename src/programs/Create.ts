@@ -76,7 +76,7 @@ export interface CreateOptions {
 }
 
 /** Hostnames are the workspace name made DNS-safe. */
-const hostnameFor = (name: string) =>
+export const hostnameFor = (name: string) =>
   name.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "").slice(0, 63) || "workspace"
 
 export const resolveResources = (options: CreateOptions) => {

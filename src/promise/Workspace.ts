@@ -13,6 +13,8 @@ import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { SpecHealth } from "../domain/Spec.ts"
 import { healthCheckOf } from "../domain/Supervision.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
@@ -23,6 +25,7 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
@@ -34,6 +37,7 @@ import { type ExecOverrides, execRequestFor } from "../programs/internal/Request
 import { inspect, list } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { resize } from "../programs/Resize.ts"
+import { snapshotCreate } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
 import { supervise, type SuperviseReport } from "../programs/Supervise.ts"
@@ -42,6 +46,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
+export type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
@@ -243,6 +248,27 @@ export class Workspace implements AsyncDisposable {
     return workspace
   }
 
+  /**
+   * A new prepared workspace whose disk is a snapshot's (`snapshot` is `WORKSPACE:TAG`), configured
+   * like that workspace, with its own identity; `start()` boots it cold. Rejects `not_found` for an
+   * unknown workspace or tag.
+   */
+  static async fromSnapshot(
+    name: string,
+    snapshot: string,
+    options: { readonly host?: Host | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<Workspace> {
+    const host = options.host ?? defaultHost()
+    const copy = await host.run(
+      Either.match(parseSnapshotRef(snapshot), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(name, snapshot))
+      }),
+      { signal: options.signal }
+    )
+    return new Workspace(copy.workspace.name, host)
+  }
+
   /** An existing workspace by name; rejects `not_found` if there is none. */
   static async get(name: string, options: { readonly host?: Host | undefined } = {}): Promise<Workspace> {
     const host = options.host ?? defaultHost()
@@ -308,7 +334,8 @@ export class Workspace implements AsyncDisposable {
 
   /**
    * Boots a prepared or halted workspace from its disk and waits for its guest. `memoryMiB` and `cpus`
-   * apply to this start only; `ttlSeconds` gives a new lease from now.
+   * apply to this start only; `ttlSeconds` gives a new lease from now; `fromSnapshot` rolls the
+   * workspace back to one of its snapshots first (a memory snapshot resumes instead of booting).
    */
   async start(
     options: {
@@ -316,6 +343,8 @@ export class Workspace implements AsyncDisposable {
       readonly memoryMiB?: number | undefined
       readonly cpus?: number | undefined
       readonly ttlSeconds?: number | undefined
+      /** Roll back to this snapshot tag first (see docs/snapshots.md). */
+      readonly fromSnapshot?: string | undefined
       readonly signal?: AbortSignal | undefined
     } = {}
   ): Promise<void> {
@@ -326,11 +355,41 @@ export class Workspace implements AsyncDisposable {
           bootTimeoutSeconds: options.bootTimeoutSeconds,
           memoryMiB: options.memoryMiB,
           cpus: options.cpus,
-          ttlSeconds: options.ttlSeconds
+          ttlSeconds: options.ttlSeconds,
+          fromSnapshot: options.fromSnapshot
         })
       ),
       { signal: options.signal }
     )
+  }
+
+  /**
+   * Captures the workspace under `tag` (default `snap-<UTC time>`): memory, device state and disk when
+   * it runs (it is paused for the capture and resumed), its disk when it is stopped. `start({
+   * fromSnapshot })` rolls back to it; `Workspace.fromSnapshot` makes a new workspace of it.
+   */
+  async snapshot(
+    options: { readonly tag?: string | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<SnapshotManifest> {
+    return await this.host.run(
+      withWorkspaceBackend(this.name, snapshotCreate(this.name, { tag: options.tag })),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * Copies this prepared, halted or stopped workspace (disk and configuration) to a new prepared one
+   * named `target`, with its own identity. Read-write volumes and image files are not carried over
+   * (`droppedMounts`). Rejects `conflict` while this one runs.
+   */
+  async clone(
+    target: string,
+    options: { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<{ readonly workspace: Workspace; readonly droppedMounts: WorkspaceCopy["droppedMounts"] }> {
+    const copy = await this.host.run(withWorkspaceBackend(this.name, clone(this.name, target)), {
+      signal: options.signal
+    })
+    return { workspace: new Workspace(copy.workspace.name, this.host), droppedMounts: copy.droppedMounts }
   }
 
   /** One sample of the running workspace's VMM (CPU, memory, I/O) and its root disk's use, from the host. */

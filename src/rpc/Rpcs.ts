@@ -12,7 +12,7 @@ import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
-import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
 import {
   Backend,
   EntrypointResult,
@@ -176,7 +176,9 @@ export class Rpcs extends RpcGroup.make(
       memoryMiB: Schema.optional(PositiveInt),
       cpus: Schema.optional(PositiveInt),
       /** A new lease in seconds, from now (0: none). */
-      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
+      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
+      /** Roll back to this snapshot (tag) of the workspace first. */
+      fromSnapshot: Schema.optional(SnapshotTag)
     },
     success: Workspace,
     error: MicroagentError
@@ -230,6 +232,21 @@ export class Rpcs extends RpcGroup.make(
       insecureRegistry: Schema.optional(Schema.Boolean)
     },
     success: CommitResult,
+    error: MicroagentError
+  }),
+  /** A prepared, halted or stopped workspace copied to a new one with its own identity. */
+  Rpc.make("clone", {
+    payload: { source: Schema.String, target: Schema.String },
+    success: WorkspaceCopy,
+    error: MicroagentError
+  }),
+  /**
+   * A new workspace whose disk is a snapshot's (`WORKSPACE:TAG`); from a memory snapshot its first
+   * start resumes the captured VM under the new identity, from a disk snapshot it boots.
+   */
+  Rpc.make("createFromSnapshot", {
+    payload: { ...named, snapshot: Schema.String },
+    success: WorkspaceCopy,
     error: MicroagentError
   }),
   Rpc.make("snapshotList", {

@@ -5,11 +5,12 @@
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { type Rpc, RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
-import { Duration, Effect, Layer, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import { isLive } from "../domain/State.ts"
 import { version } from "../domain/Version.ts"
 import { type Backend, profiles } from "../domain/Workspace.ts"
@@ -22,6 +23,7 @@ import {
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
+import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
@@ -173,7 +175,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           profile: p.profile,
           memoryMiB: p.memoryMiB,
           cpus: p.cpus,
-          ttlSeconds: p.ttlSeconds
+          ttlSeconds: p.ttlSeconds,
+          fromSnapshot: p.fromSnapshot
         })
       )),
     exec: (p) =>
@@ -206,6 +209,14 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
             insecureRegistry: p.insecureRegistry
           }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
       )),
+    clone: (p) => local(withWorkspaceBackend(p.source, clone(p.source, p.target))),
+    createFromSnapshot: (p) =>
+      local(
+        Either.match(parseSnapshotRef(p.snapshot), {
+          onLeft: (error) => Effect.fail(error),
+          onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(p.name, p.snapshot))
+        })
+      ),
     snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
     snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>

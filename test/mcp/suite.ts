@@ -51,6 +51,7 @@ const expectedTools = [
   "volume.resize",
   "volume.delete",
   "snapshot.create",
+  "workspace.clone",
   "snapshot.list",
   "snapshot.delete",
   "workspace.commit",
@@ -706,7 +707,9 @@ export const describeMcpServer = (target: TestTarget) => {
         return envelope.result
       }
       const create = byName.get("workspace.create")!
-      assert.deepStrictEqual(create.inputSchema.required, ["image"])
+      // image, or from_snapshot: neither is required on its own.
+      assert.deepStrictEqual(create.inputSchema.required ?? [], [])
+      assert.containsAllKeys(create.inputSchema.properties ?? {}, ["image", "from_snapshot"])
       const workspace = await call("workspace.create", { image: testImage })
       const name = workspace.name as string
       await call("workspace.start", { name })
@@ -716,6 +719,24 @@ export const describeMcpServer = (target: TestTarget) => {
       })
       assert.strictEqual(result.exitCode, 0)
       assert.match(result.stdout, /^hello from /)
+      // Copies of the stopped workspace: a clone and one from its snapshot, each with its own hostname.
+      await call("workspace.halt", { name })
+      await call("snapshot.create", { name, tag: "t1" })
+      const unknownTag = await mcp.call("workspace.start", { name, from_snapshot: "nope" })
+      assert.strictEqual(unknownTag.error?.kind, "not_found")
+      const cloned = await call("workspace.clone", { source: name, target: "cloned" })
+      assert.strictEqual(cloned.workspace.hostname, "cloned")
+      assert.deepStrictEqual(cloned.droppedMounts, [])
+      const copied = await call("workspace.create", { name: "copied", from_snapshot: `${name}:t1` })
+      assert.strictEqual(copied.hostname, "copied")
+      assert.strictEqual(copied.state, "prepared")
+      const mixed = await mcp.call("workspace.create", {
+        name: "mixed",
+        from_snapshot: `${name}:t1`,
+        image: testImage
+      })
+      assert.strictEqual(mixed.error?.kind, "permanent")
+      for (const copy of ["cloned", "copied"]) await call("workspace.delete", { name: copy })
       await call("workspace.delete", { name, force: true })
       const listed = await call("workspace.list", {})
       assert.deepStrictEqual(listed.workspaces, [])
