@@ -52,6 +52,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   halt: [names("workspaces")],
   kill: [names("workspaces")],
   pause: [names("workspaces")],
+  quarantine: [names("workspaces")],
   resume: [names("workspaces")],
   delete: [names("workspaces")],
   logs: [names("workspaces")],

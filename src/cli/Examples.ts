@@ -56,6 +56,10 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   halt: ["microagent halt dev", "microagent halt --timeout 5 --reason maintenance dev"],
   kill: ["microagent kill dev", "microagent kill dev --json"],
   pause: ["microagent pause dev", "microagent pause dev --reason 'inspect memory'"],
+  quarantine: [
+    "microagent quarantine dev --reason 'exfiltration attempt'",
+    "microagent quarantine --no-capture dev"
+  ],
   resume: ["microagent resume dev", "microagent resume dev --json"],
   delete: ["microagent delete dev", "microagent delete --force dev scratch"],
   list: ["microagent list", "microagent list --json"],

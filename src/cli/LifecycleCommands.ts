@@ -13,6 +13,7 @@ import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
+import type { QuarantineResult } from "../programs/Quarantine.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalDuration } from "./Flags.ts"
@@ -226,6 +227,37 @@ const pauseCommand = Command.make(
   Command.withDescription("freeze a running workspace's vCPUs; memory, disk and network are kept")
 )
 
+const quarantineLine = (r: QuarantineResult) =>
+  `${r.workspace}: quarantined (${
+    r.captured ? "memory and disk captured" : "logs only"
+  }); custody in ${r.custody}`
+
+const quarantineCommand = Command.make(
+  "quarantine",
+  {
+    reason: reasonOption,
+    noCapture: Options.boolean("no-capture").pipe(
+      Options.withDescription(
+        "keep only the logs: no memory or disk capture (when capture fails or is unwanted)"
+      )
+    ),
+    name: nameArg
+  },
+  ({ name, noCapture, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.quarantine({
+          name,
+          ...(reason._tag === "Some" ? { reason: reason.value } : {}),
+          ...(noCapture ? { capture: false } : {})
+        }))
+    ).pipe(Effect.flatMap((r) => emit(r, quarantineLine)))
+).pipe(
+  Command.withDescription(
+    "cut a workspace's network, freeze it, capture the evidence and stop it into custody (start refused after)"
+  )
+)
+
 const resumeCommand = Command.make(
   "resume",
   { reason: reasonOption, name: nameArg },
@@ -413,6 +445,7 @@ export const lifecycleGroup = [
   killCommand,
   pauseCommand,
   resumeCommand,
+  quarantineCommand,
   deleteCommand,
   listCommand,
   psCommand,

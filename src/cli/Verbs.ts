@@ -114,6 +114,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "freeze a running workspace (memory, disk and network kept)"
   },
   {
+    name: "quarantine",
+    group: "Lifecycle",
+    summary: "cut off, freeze, capture and stop a workspace into custody"
+  },
+  {
     name: "resume",
     group: "Lifecycle",
     summary: "let a paused workspace run on"

@@ -27,6 +27,7 @@ import {
   WorkspaceName
 } from "../domain/Workspace.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
+import { QuarantineResult } from "../programs/Quarantine.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
@@ -592,6 +593,37 @@ export const tools: ReadonlyArray<AnyTool> = [
       transitionPreview(args.name, "kill", (state) => [
         `kill the VM of ${args.name} (${state}) at once`,
         `record ${args.name} as stopped (its disk is kept)`
+      ])
+  }),
+  defineTool({
+    name: "workspace.quarantine",
+    title: "Quarantine a workspace",
+    description: "Contain a running or paused workspace: cut its network, freeze its vCPUs, capture its "
+      + "console, events, egress log, memory and disk into a custody record, and stop it. Start is refused "
+      + "afterwards; workspace.delete needs force to remove it.",
+    input: {
+      ...workspaceName,
+      reason: described(Schema.NonEmptyTrimmedString, "why: recorded in the events and the custody record"),
+      no_capture: optional(Schema.Boolean, "keep only the logs: no memory or disk capture")
+    },
+    output: QuarantineResult,
+    kind: "destructive",
+    sideEffects: ["cuts the network and stops the VM", "writes a custody record beside the workspace"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.quarantine(defined({
+          name: args.name,
+          reason: args.reason,
+          capture: args.no_capture === true ? false : undefined
+        }))),
+    preview: (args) =>
+      transitionPreview(args.name, "quarantine", (state) => [
+        `cut the network of ${args.name} (${state}) and freeze its vCPUs`,
+        args.no_capture === true
+          ? "capture its console, events and egress log"
+          : "capture its console, events, egress log, memory and disk",
+        `stop its VM and record ${args.name} as quarantined (start refused afterwards)`
       ])
   }),
   defineTool({

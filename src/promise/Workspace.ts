@@ -36,6 +36,7 @@ import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
+import { quarantine } from "../programs/Quarantine.ts"
 import { resize } from "../programs/Resize.ts"
 import { snapshotCreate } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
@@ -459,6 +460,15 @@ export class Workspace implements AsyncDisposable {
   }
 
   /** Freezes the guest's vCPUs (memory, disk and network kept); exec and files are refused until `resume`. */
+  /**
+   * Fences the network, freezes the vCPUs, captures console, events, egress log and (unless
+   * `capture: false`) memory and disk into a custody record, and stops the VM. Start is refused
+   * afterwards; `delete({ force: true })` removes the record.
+   */
+  async quarantine(options: { readonly reason?: string; readonly capture?: boolean } = {}) {
+    return await this.host.run(withWorkspaceBackend(this.name, quarantine(this.name, options)))
+  }
+
   async pause(): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, pause(this.name)))
   }

@@ -27,6 +27,7 @@ import {
   Workspace
 } from "../domain/Workspace.ts"
 import { CommitResult } from "../programs/Commit.ts"
+import { QuarantineResult } from "../programs/Quarantine.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
@@ -209,6 +210,12 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("resume", {
     payload: { ...named, reason: Schema.optional(Schema.String) },
     success: Workspace,
+    error: MicroagentError
+  }),
+  /** Fence, freeze, capture and stop a running or paused workspace into custody (Quarantine.ts). */
+  Rpc.make("quarantine", {
+    payload: { ...named, reason: Schema.optional(Schema.String), capture: Schema.optional(Schema.Boolean) },
+    success: QuarantineResult,
     error: MicroagentError
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */

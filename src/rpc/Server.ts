@@ -37,6 +37,7 @@ import { networkCreate, networkInspect, networkList, networkRemove } from "../pr
 import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
+import { quarantine } from "../programs/Quarantine.ts"
 import { resize, resizePlan } from "../programs/Resize.ts"
 import { run } from "../programs/Run.ts"
 import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
@@ -195,6 +196,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       ),
     kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name, { reason: p.reason }))),
     pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
+    quarantine: (p) =>
+      local(withWorkspaceBackend(p.name, quarantine(p.name, { reason: p.reason, capture: p.capture }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
     workspaceCommit: (p) =>

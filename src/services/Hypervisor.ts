@@ -117,6 +117,11 @@ export interface HypervisorShape {
    * vCPUs, devices). Backends without the `Snapshot` capability fail with `Unsupported`.
    */
   readonly restore: (config: LaunchConfig, stateFile: string) => Effect.Effect<VmHandle, MicroagentError>
+  /**
+   * Cuts every network link of the VM at once, in the VMM (the guest's NICs lose carrier; nothing it
+   * sends leaves, nothing reaches it), whatever the network behind them. Used by quarantine.
+   */
+  readonly sever: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
 }
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}

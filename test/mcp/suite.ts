@@ -27,6 +27,7 @@ const expectedTools = [
   "workspace.halt",
   "workspace.kill",
   "workspace.pause",
+  "workspace.quarantine",
   "workspace.resume",
   "workspace.delete",
   "workspace.inspect",

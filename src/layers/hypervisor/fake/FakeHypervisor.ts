@@ -141,7 +141,9 @@ export const make: HypervisorShape = {
       const handle = yield* launch(config)
       yield* appendConsole(handle, `fake: restored from ${stateFile}`)
       return handle
-    })
+    }),
+  // No network to cut.
+  sever: () => Effect.void
 }
 
 /** Waits (up to 5 s) until the process's state letter satisfies `wanted`, or it is gone. */

@@ -671,6 +671,25 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       yield* awaitMigration(handle, Date.now() + 300_000, "saving")
     })
 
+    /** `set_link … up=false` on each netdev the launch arguments name: `net0`, then `nic1`, `nic2`, … */
+    const sever = Effect.fn("Hypervisor.sever")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "cut the network of")
+      const down = (name: string) =>
+        qmpExecute(controlSocket(handle), "set_link", { name, up: false }).pipe(
+          Effect.as(true),
+          // A netdev the VM does not have is a command error; anything else is a real failure.
+          Effect.catchIf((error) => error.reason === "Command", () => Effect.succeed(false)),
+          Effect.mapError((error) =>
+            new Transient({ message: `QMP set_link ${name} on pid ${handle.pid} failed: ${error.message}` })
+          )
+        )
+      yield* down("net0")
+      for (let i = 1; i <= 64; i++) {
+        if (!(yield* down(`nic${i}`))) break
+      }
+    })
+
     return Hypervisor.of(
       {
         backend: "qemu",
@@ -683,7 +702,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         pause,
         resume,
         saveState,
-        restore
+        restore,
+        sever
       } satisfies HypervisorShape
     )
   })
