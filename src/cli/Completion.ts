@@ -63,6 +63,7 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   cp: [files, files],
   commit: [names("workspaces"), nothing],
   clone: [names("workspaces"), nothing],
+  fork: [names("workspaces")],
   "artifacts ls": [names("workspaces")],
   "artifacts get": [names("workspaces"), nothing, files],
   "artifacts rm": [names("workspaces")],

@@ -34,6 +34,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent commit --diff --push -m 'tools added' dev 127.0.0.1:5000/team/dev:1"
   ],
   clone: ["microagent clone dev dev-copy", "microagent clone dev dev-copy --json"],
+  fork: ["microagent fork dev", "microagent fork dev --count 3 --name-prefix try"],
   connect: [
     "microagent connect dev",
     "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash",

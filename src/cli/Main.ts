@@ -11,7 +11,7 @@ import { ExitCode, exitCodeFor, InvalidInput, isMicroagentError } from "../domai
 import { version } from "../domain/Version.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
-import { cloneCommand } from "./clone.ts"
+import { cloneCommand, forkCommand } from "./clone.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
 import { commitCommand } from "./commit.ts"
 import { completionCommand } from "./Completion.ts"
@@ -52,6 +52,7 @@ export const subcommands = [
   volumeCommand,
   snapshotCommand,
   cloneCommand,
+  forkCommand,
   secretCommand,
   networkCommand,
   registryCommand,

@@ -71,6 +71,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "copy a stopped workspace to a new one with its own identity"
   },
   {
+    name: "fork",
+    group: "Run",
+    summary: "running copies of a running workspace, from one capture of it"
+  },
+  {
     name: "connect",
     group: "Run",
     summary: "an interactive shell in a running workspace (detach: Ctrl-])",

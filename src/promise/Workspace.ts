@@ -32,6 +32,7 @@ import { create, type CreateOptions as CreateProgramOptions } from "../programs/
 import { remove } from "../programs/Delete.ts"
 import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
+import { fork } from "../programs/Fork.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
@@ -391,6 +392,24 @@ export class Workspace implements AsyncDisposable {
       signal: options.signal
     })
     return { workspace: new Workspace(copy.workspace.name, this.host), droppedMounts: copy.droppedMounts }
+  }
+
+  /**
+   * `count` (default 1) running children of this running workspace, each resuming one memory capture
+   * of it under its own name (`namePrefix-1` …), hostname and machine-id. All or nothing.
+   */
+  async fork(
+    options: {
+      readonly count?: number
+      readonly namePrefix?: string
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<ReadonlyArray<Workspace>> {
+    const { signal, ...forkOptions } = options
+    const result = await this.host.run(withWorkspaceBackend(this.name, fork(this.name, forkOptions)), {
+      signal
+    })
+    return result.children.map((child) => new Workspace(child.name, this.host))
   }
 
   /** One sample of the running workspace's VMM (CPU, memory, I/O) and its root disk's use, from the host. */

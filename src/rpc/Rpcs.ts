@@ -27,6 +27,7 @@ import {
   Workspace
 } from "../domain/Workspace.ts"
 import { CommitResult } from "../programs/Commit.ts"
+import { ForkResult } from "../programs/Fork.ts"
 import { QuarantineResult } from "../programs/Quarantine.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
@@ -239,6 +240,16 @@ export class Rpcs extends RpcGroup.make(
       insecureRegistry: Schema.optional(Schema.Boolean)
     },
     success: CommitResult,
+    error: MicroagentError
+  }),
+  /** N running children of a running workspace, each resumed from one memory capture (Fork.ts). */
+  Rpc.make("fork", {
+    payload: {
+      ...named,
+      count: Schema.optional(Schema.Number),
+      namePrefix: Schema.optional(Schema.String)
+    },
+    success: ForkResult,
     error: MicroagentError
   }),
   /** A prepared, halted or stopped workspace copied to a new one with its own identity. */

@@ -31,6 +31,7 @@ import { remove } from "../programs/Delete.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
+import { fork } from "../programs/Fork.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
@@ -213,6 +214,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
       )),
     clone: (p) => local(withWorkspaceBackend(p.source, clone(p.source, p.target))),
+    fork: (p) =>
+      local(withWorkspaceBackend(p.name, fork(p.name, { count: p.count, namePrefix: p.namePrefix }))),
     createFromSnapshot: (p) =>
       local(
         Either.match(parseSnapshotRef(p.snapshot), {

@@ -235,6 +235,43 @@ describe("snapshots on real microVMs", () => {
     300_000
   )
 
+  it("fork makes running children that resume the parent's memory, each under its own name", async () => {
+    const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
+    assert.strictEqual(forked.source, "w")
+    assert.deepStrictEqual(
+      forked.children.map((c: { name: string; state: string }) => [c.name, c.state]),
+      [["kid-1", "running"], ["kid-2", "running"]]
+    )
+    assert.strictEqual(
+      json(await ok(["inspect", "w", "--json"])).workspace.state,
+      "running",
+      "the parent runs on"
+    )
+    const outputs = await Promise.all(
+      ["kid-1", "kid-2"].map((name) =>
+        ok([
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          "hostname; cat /run/s/counter; kill -0 $(cat /run/s/pid) && echo alive; echo $$ > /run/s/mine; cat /run/s/mine"
+        ])
+      )
+    )
+    const [one, two] = outputs.map((out) => json(out).result.stdout.trim().split("\n"))
+    assert.deepStrictEqual(one!.slice(0, 3), ["kid-1", "41", "alive"])
+    assert.deepStrictEqual(two!.slice(0, 3), ["kid-2", "41", "alive"])
+    // Each child's memory is its own from the fork on.
+    const parent = json(await ok(["exec", "w", "--", "sh", "-c", "cat /run/s/mine 2>/dev/null || echo none"]))
+    assert.strictEqual(parent.result.stdout.trim(), "none")
+    // The capture it was made from is gone; a name taken refuses the whole fork.
+    assert.isFalse(entries("w").some((tag) => tag.startsWith("fork-")), entries("w").join(","))
+    const taken = await ma(["fork", "w", "--name-prefix", "kid", "--json"])
+    assert.strictEqual(errorOf(taken).error.kind, "conflict")
+    await Promise.all([ok(["delete", "--force", "kid-1"]), ok(["delete", "--force", "kid-2"])])
+  }, 300_000)
+
   it("gives a halted workspace a disk-only snapshot", async () => {
     await ok(["halt", "w"])
     const manifest = json(await ok(["snapshot", "create", "w", "--tag", "cold", "--json"]))

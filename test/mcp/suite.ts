@@ -26,6 +26,7 @@ const expectedTools = [
   "workspace.exec",
   "workspace.halt",
   "workspace.kill",
+  "workspace.fork",
   "workspace.pause",
   "workspace.quarantine",
   "workspace.resume",
