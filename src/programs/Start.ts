@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { defaultEgress } from "../domain/Egress.ts"
-import { Conflict, InvalidInput, Permanent, Unsupported } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, type MicroagentError, Permanent, Unsupported } from "../domain/Errors.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { type ProfileName, profiles, Resources, type SecretRef, type Workspace } from "../domain/Workspace.ts"
@@ -359,12 +359,15 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
         let freshened: Freshened | undefined
         let previousDisk: string | undefined
+        // One type for both branches: a union here left the pipe below to inference that failed.
+        const swapDisk: Effect.Effect<void, MicroagentError> = pendingDisk === undefined
+          ? Effect.void
+          : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
+            Effect.tap((previous) => (previousDisk = previous)),
+            Effect.asVoid
+          )
         const launched = yield* Effect.exit(restore(
-          (pendingDisk === undefined
-            ? Effect.void
-            : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
-              Effect.tap((previous) => (previousDisk = previous))
-            )).pipe(
+          swapDisk.pipe(
               Effect.zipRight(attachMounts(starting, runtimeDir)),
               Effect.zip(prepareEgress(starting, hypervisor.backend)),
               Effect.flatMap(([disks, egress]) =>
