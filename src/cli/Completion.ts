@@ -41,6 +41,7 @@ export const listCommandOf: Record<Store, ReadonlyArray<string>> = {
  */
 export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   run: [names("images")],
+  dispatch: [names("images")],
   create: [nothing],
   start: [names("workspaces")],
   exec: [names("workspaces")],

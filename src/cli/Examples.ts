@@ -5,6 +5,10 @@
  */
 export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   doctor: ["microagent doctor", "microagent doctor --json"],
+  dispatch: [
+    "microagent dispatch -- sh -c 'nc -w 2 example.com 80 </dev/null'",
+    "microagent dispatch --json --egress-lock-allowlist -- nslookup example.com"
+  ],
   run: [
     "microagent run alpine:3.20 -- echo hello",
     "microagent run -e NAME=hi --memory 1024 debian:12 -- sh -c 'echo $NAME'",

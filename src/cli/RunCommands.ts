@@ -5,7 +5,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
+import { EgressPolicy, type EgressReceipt, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
@@ -208,72 +208,109 @@ const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
     process.exitCode = result.exitCode
   })
 
-const runCommand = Command.make("run", {
-  ...workspaceOptions,
-  ...execOptions,
-  keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
-  rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
-  outputs: outputOption,
-  image: Args.text({ name: "image" }).pipe(
-    Args.withDescription("OCI image (default: the built-in busybox image)"),
-    Args.optional
+/** `run`, and `dispatch` (a run that answers with its egress receipt): one flag set, one handler. */
+const oneShotCommand = (verb: "run" | "dispatch") =>
+  Command.make(verb, {
+    ...workspaceOptions,
+    ...execOptions,
+    keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
+    rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+    outputs: outputOption,
+    image: Args.text({ name: "image" }).pipe(
+      Args.withDescription("OCI image (default: the built-in busybox image)"),
+      Args.optional
+    )
+  }, (options) =>
+    Effect.gen(function*() {
+      const invocation = yield* Invocation
+      const spec = yield* readSpec(options.file)
+      yield* refuseSupervisionInRun(spec)
+      if (options.keep && options.rm) {
+        return yield* new InvalidInput({
+          message: "--keep and --rm contradict each other",
+          remediation: "pick one"
+        })
+      }
+      if (
+        (spec.files ?? []).length > 0 || (spec.setup ?? []).length > 0 || (spec.setupFiles ?? []).length > 0
+      ) {
+        return yield* new InvalidInput({
+          message:
+            "the spec's files are delivered at the starts of a persistent workspace; run does not take them",
+          remediation: "microagent create --file SPEC NAME, then microagent start NAME"
+        })
+      }
+      const image = orUndefined(options.image) ?? spec.image ?? defaultImage
+      const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
+      const json = yield* jsonMode
+      const stdin = yield* stdinBytes(options.stdin)
+      const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
+      const secrets = yield* secretRefsOf(options.secret)
+      const secretValues = yield* resolveSecrets(secrets ?? [])
+      const fields = yield* workspaceFields(options, spec)
+      const outputs = yield* allOutputsOf(spec, options.outputs)
+      const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.run(defined({
+          image,
+          command: [...invocation.guestArgv],
+          ...fields,
+          name: orUndefined(options.name) ?? spec.name,
+          env,
+          keep: options.keep,
+          bootTimeoutSeconds: orUndefined(options.bootTimeout),
+          cwd: orUndefined(options.cwd),
+          user: orUndefined(options.user),
+          timeoutSeconds: orUndefined(options.timeout),
+          stdoutLimit: orUndefined(options.stdoutLimit),
+          stderrLimit: orUndefined(options.stderrLimit),
+          stdin,
+          mounts,
+          secrets,
+          secretValues,
+          outputs,
+          backend: invocation.backend ?? defaultBackend(),
+          ...(verb === "dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
+        }))))
+      // Kept, or with outputs to fetch later: the generated name is needed.
+      if ((options.keep || outputs.length > 0) && !json) {
+        process.stderr.write(`workspace: ${outcome.workspace}\n`)
+      }
+      // The receipt goes to stderr in text mode, so that stdout stays the command's.
+      if (outcome.receipt !== undefined && !json) process.stderr.write(receiptText(outcome.receipt))
+      yield* reportResult(outcome.result, {
+        workspace: outcome.workspace,
+        kept: outcome.kept,
+        ...(outcome.receipt === undefined ? {} : { receipt: outcome.receipt })
+      })
+    }))
+
+const runCommand = oneShotCommand("run").pipe(
+  Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down")
+)
+
+const dispatchCommand = oneShotCommand("dispatch").pipe(
+  Command.withDescription(
+    "run, answering with a receipt of the run's network activity from the egress mediator's audit log"
   )
-}, (options) =>
-  Effect.gen(function*() {
-    const invocation = yield* Invocation
-    const spec = yield* readSpec(options.file)
-    yield* refuseSupervisionInRun(spec)
-    if (options.keep && options.rm) {
-      return yield* new InvalidInput({
-        message: "--keep and --rm contradict each other",
-        remediation: "pick one"
-      })
-    }
-    if (
-      (spec.files ?? []).length > 0 || (spec.setup ?? []).length > 0 || (spec.setupFiles ?? []).length > 0
-    ) {
-      return yield* new InvalidInput({
-        message:
-          "the spec's files are delivered at the starts of a persistent workspace; run does not take them",
-        remediation: "microagent create --file SPEC NAME, then microagent start NAME"
-      })
-    }
-    const image = orUndefined(options.image) ?? spec.image ?? defaultImage
-    const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
-    const json = yield* jsonMode
-    const stdin = yield* stdinBytes(options.stdin)
-    const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-    const secrets = yield* secretRefsOf(options.secret)
-    const secretValues = yield* resolveSecrets(secrets ?? [])
-    const fields = yield* workspaceFields(options, spec)
-    const outputs = yield* allOutputsOf(spec, options.outputs)
-    const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-      client.run(defined({
-        image,
-        command: [...invocation.guestArgv],
-        ...fields,
-        name: orUndefined(options.name) ?? spec.name,
-        env,
-        keep: options.keep,
-        bootTimeoutSeconds: orUndefined(options.bootTimeout),
-        cwd: orUndefined(options.cwd),
-        user: orUndefined(options.user),
-        timeoutSeconds: orUndefined(options.timeout),
-        stdoutLimit: orUndefined(options.stdoutLimit),
-        stderrLimit: orUndefined(options.stderrLimit),
-        stdin,
-        mounts,
-        secrets,
-        secretValues,
-        outputs,
-        backend: invocation.backend ?? defaultBackend()
-      }))))
-    // Kept, or with outputs to fetch later: the generated name is needed.
-    if ((options.keep || outputs.length > 0) && !json) {
-      process.stderr.write(`workspace: ${outcome.workspace}\n`)
-    }
-    yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
-  })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
+)
+
+/** The receipt as a few lines for a terminal: totals, then each destination (sorted). */
+export const receiptText = (r: EgressReceipt) => {
+  const hosts = (counts: Readonly<Record<string, number>>) =>
+    Object.entries(counts).map(([host, n]) => `  ${host} ${n}`)
+  const signals = Object.entries(r.signals).map(([signal, n]) => `${signal} ${n}`).join(", ")
+  return [
+    `egress receipt (${r.mode}): ${r.decisionCount} decisions, ${
+      Object.values(r.allowByHost).reduce((a, b) => a + b, 0)
+    } connections allowed, ${
+      Object.values(r.denyByHost).reduce((a, b) => a + b, 0)
+    } denied, ${r.bytesOut} bytes out, ${r.bytesIn} in`,
+    ...(Object.keys(r.allowByHost).length > 0 ? ["allowed:", ...hosts(r.allowByHost)] : []),
+    ...(Object.keys(r.denyByHost).length > 0 ? ["denied:", ...hosts(r.denyByHost)] : []),
+    ...(signals === "" ? [] : [`signals: ${signals}`]),
+    ""
+  ].join("\n")
+}
 
 const describeWorkspace = (ws: Workspace) =>
   `${ws.name}  ${ws.state}  image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
@@ -503,4 +540,4 @@ const execCommand = Command.make("exec", {
     }))
   })).pipe(Command.withDescription("run a command (argv, no shell) in a running workspace"))
 
-export const runGroup = [runCommand, createCommand, startCommand, execCommand] as const
+export const runGroup = [runCommand, dispatchCommand, createCommand, startCommand, execCommand] as const

@@ -40,6 +40,12 @@ export const verbs: ReadonlyArray<Verb> = [
     guestArgs: "[--] [CMD [ARG...]]"
   },
   {
+    name: "dispatch",
+    group: "Run",
+    summary: "run, with a receipt of its network activity",
+    guestArgs: "[--] [CMD [ARG...]]"
+  },
+  {
     name: "create",
     group: "Run",
     summary: "create a persistent workspace (state: prepared)"

@@ -284,12 +284,19 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
 
 export const describeTool = "microagent.describe"
 
-export const tools: ReadonlyArray<AnyTool> = [
+/** `workspace.run` and `workspace.dispatch`: one input, one call; dispatch asks for the receipt too. */
+const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
   defineTool({
-    name: "workspace.run",
-    title: "Run a command in a fresh workspace",
+    name,
+    title: name === "workspace.run"
+      ? "Run a command in a fresh workspace"
+      : "Run a command in a fresh workspace, with an egress receipt",
     description: "Create a one-shot workspace from an image, boot it, run one command, and delete it "
-      + "(or keep it halted with keep: true). A non-zero exit is a result, not an error.",
+      + "(or keep it halted with keep: true). A non-zero exit is a result, not an error."
+      + (name === "workspace.run"
+        ? ""
+        : " The result carries a receipt of the run's network activity (allowed and denied destinations, "
+          + "bytes, signals), summed from the egress mediator's audit log."),
     input: {
       ...newWorkspace,
       command: optional(
@@ -315,7 +322,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context, "workspace.run")
+        const fields = yield* newWorkspaceFields(args, context, name)
         const secretValues = yield* resolveSecrets(fields.secrets ?? [])
         return yield* client.run(defined({
           ...fields,
@@ -328,10 +335,15 @@ export const tools: ReadonlyArray<AnyTool> = [
           stderrLimit: args.stderr_limit,
           keep: args.keep,
           bootTimeoutSeconds: args.boot_timeout_seconds,
-          ...stdinOf(args.stdin)
+          ...stdinOf(args.stdin),
+          ...(name === "workspace.dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))
       })
-  }),
+  })
+
+export const tools: ReadonlyArray<AnyTool> = [
+  oneShotTool("workspace.run"),
+  oneShotTool("workspace.dispatch"),
   defineTool({
     name: "workspace.create",
     title: "Create a workspace",

@@ -368,50 +368,50 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
           )
         const launched = yield* Effect.exit(restore(
           swapDisk.pipe(
-              Effect.zipRight(attachMounts(starting, runtimeDir)),
-              Effect.zip(prepareEgress(starting, hypervisor.backend)),
-              Effect.flatMap(([disks, egress]) =>
-                launchWithNetworks(starting, (nics) => {
-                  const full = new LaunchConfig({
-                    ...config,
-                    disks,
-                    nics,
-                    ...(egress === undefined ? {} : { egress })
-                  })
-                  return (memoryRestore && stateFile !== undefined
-                    // The captured VM was booted with its own hostname on the kernel command line.
-                    ? hypervisor.restore(
-                      resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
-                      stateFile
-                    ).pipe(
-                      // The resumed guest gets the host's clock and fresh entropy before it counts as
-                      // running, and a copy its own hostname and machine-id.
-                      Effect.tap((handle) =>
-                        freshenGuest(
-                          name,
-                          handle,
-                          resume === undefined ? undefined : { hostname: starting.hostname }
-                        ).pipe(
-                          Effect.tap((result) => (freshened = result)),
-                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                        )
-                      )
-                    )
-                    : hypervisor.launch(full)).pipe(
-                      Effect.tap((handle) =>
-                        deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-                          // Files land before anything of the workspace's own runs; a resumed guest's
-                          // processes already run, with the files they had when it was captured.
-                          Effect.zipRight(
-                            memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
-                          ),
-                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                        )
-                      )
-                    )
+            Effect.zipRight(attachMounts(starting, runtimeDir)),
+            Effect.zip(prepareEgress(starting, hypervisor.backend)),
+            Effect.flatMap(([disks, egress]) =>
+              launchWithNetworks(starting, (nics) => {
+                const full = new LaunchConfig({
+                  ...config,
+                  disks,
+                  nics,
+                  ...(egress === undefined ? {} : { egress })
                 })
-              )
+                return (memoryRestore && stateFile !== undefined
+                  // The captured VM was booted with its own hostname on the kernel command line.
+                  ? hypervisor.restore(
+                    resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
+                    stateFile
+                  ).pipe(
+                    // The resumed guest gets the host's clock and fresh entropy before it counts as
+                    // running, and a copy its own hostname and machine-id.
+                    Effect.tap((handle) =>
+                      freshenGuest(
+                        name,
+                        handle,
+                        resume === undefined ? undefined : { hostname: starting.hostname }
+                      ).pipe(
+                        Effect.tap((result) => (freshened = result)),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
+                  )
+                  : hypervisor.launch(full)).pipe(
+                    Effect.tap((handle) =>
+                      deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                        // Files land before anything of the workspace's own runs; a resumed guest's
+                        // processes already run, with the files they had when it was captured.
+                        Effect.zipRight(
+                          memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
+                        ),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
+                  )
+              })
             )
+          )
         ))
         if (Exit.isFailure(launched)) {
           // A roll back that did not start gives the workspace its disk back.

@@ -5,7 +5,7 @@
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
-import { EgressPolicy, EgressRecord } from "../domain/Egress.ts"
+import { EgressPolicy, EgressReceipt, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -114,13 +114,18 @@ export const RunPayload = Schema.Struct({
   /** Keep the workspace (halted) afterwards instead of deleting it. */
   keep: Schema.optional(Schema.Boolean),
   bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-  secretValues: Schema.optional(SecretValues)
+  secretValues: Schema.optional(SecretValues),
+  /** `dispatch`: answer with the egress receipt too. */
+  receipt: Schema.optional(Schema.Boolean),
+  /** A generated name starts with this (default `run`). */
+  namePrefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9-]{0,15}$/)))
 })
 
 export const RunResult = Schema.Struct({
   workspace: Schema.String,
   kept: Schema.Boolean,
-  result: ExecResult
+  result: ExecResult,
+  receipt: Schema.optional(EgressReceipt)
 })
 
 export const ExecPayload = Schema.Struct({ name: Schema.String, ...ExecFields })

@@ -127,6 +127,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secretValues: p.secretValues,
+          receipt: p.receipt,
+          namePrefix: p.namePrefix,
           exec: {
             cwd: p.cwd,
             user: p.user,

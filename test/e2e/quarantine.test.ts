@@ -1,7 +1,8 @@
 /**
- * `quarantine` on a real QEMU microVM behind egress mediation, through the CLI: the custody record
- * holds the console, events, memory and disk; nothing of the VM (VMM, mediator, namespace) is left;
- * start is refused and only `delete --force` removes it.
+ * Containment on real QEMU microVMs behind egress mediation, through the CLI. `quarantine`: the custody
+ * record holds the console, events, memory and disk; nothing of the VM (VMM, mediator, namespace) is
+ * left; start is refused and only `delete --force` removes it. `dispatch`: the run's receipt counts
+ * what the mediator refused, and nothing of the run is left.
  */
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -85,5 +86,24 @@ describe("quarantine on a real microVM", () => {
     assert.strictEqual(errorOf(plain).error.kind, "conflict")
     assert.isTrue(NodeFs.existsSync(result.custody))
     assert.deepInclude(await ok(["delete", "--force", "q"]), { deleted: true })
+  })
+
+  it("dispatch answers with the run's egress receipt, written by the mediator", async () => {
+    const dispatched = await ok([
+      "dispatch",
+      "--",
+      "sh",
+      "-c",
+      "nc -w 2 10.0.2.2 9 </dev/null; nc -w 2 169.254.169.254 80 </dev/null; nslookup example.com; echo done"
+    ])
+    assert.match(dispatched.workspace, /^dispatch-/)
+    assert.strictEqual(dispatched.result.stdout.trim().split("\n").at(-1), "done")
+    assert.strictEqual(dispatched.receipt.mode, "broker")
+    assert.deepStrictEqual(dispatched.receipt.denyByHost, { "10.0.2.2:9": 1, "169.254.169.254:80": 1 })
+    assert.strictEqual(dispatched.receipt.signals.denied, 2)
+    assert.isAtLeast(dispatched.receipt.dnsAllowed, 1)
+    assert.deepStrictEqual(dispatched.receipt.allowByHost, {})
+    assert.deepStrictEqual((await ok(["list"])).workspaces, [], "the one-shot workspace is gone")
+    assert.deepStrictEqual(qemuProcessesMentioning(stateDir), [])
   })
 })

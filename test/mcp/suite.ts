@@ -21,6 +21,7 @@ import {
 
 const expectedTools = [
   "workspace.run",
+  "workspace.dispatch",
   "workspace.create",
   "workspace.start",
   "workspace.exec",
