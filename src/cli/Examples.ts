@@ -143,7 +143,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   "model pull": [
     "microagent model pull hf.co/ggml-org/models@main/tinyllamas/stories260K.gguf",
-    "HF_TOKEN=hf_xxx microagent model pull hf.co/org/private-repo/model.Q4_K_M.gguf"
+    "microagent model pull --token hf_xxx hf.co/org/private-repo/model.Q4_K_M.gguf"
   ],
   "model list": ["microagent model list --json"],
   "model ls": ["microagent model ls"],
