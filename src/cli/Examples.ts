@@ -147,7 +147,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   "model list": ["microagent model list --json"],
   "model ls": ["microagent model ls"],
-  "model inspect": ["microagent model inspect hf.co/ggml-org/models/tinyllamas/stories260K.gguf --json"],
+  "model inspect": ["microagent model inspect --json hf.co/org/repo/model.Q4_K_M.gguf"],
   "model delete": ["microagent model delete hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
   "model rm": ["microagent model rm hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
   "model prune": ["microagent model prune"],
