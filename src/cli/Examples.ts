@@ -152,6 +152,21 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "volume rm": ["microagent volume rm cache", "microagent volume rm --force cache"],
   "volume delete": ["microagent volume delete cache"],
   "volume resize": ["microagent volume resize --size-mib 4096 cache"],
+  model: [
+    "microagent model pull hf.co/ggml-org/models/tinyllamas/stories260K.gguf",
+    "microagent model list",
+    "microagent model inspect hf.co/ggml-org/models/tinyllamas/stories260K.gguf"
+  ],
+  "model pull": [
+    "microagent model pull hf.co/ggml-org/models@main/tinyllamas/stories260K.gguf",
+    "microagent model pull --token hf_xxx hf.co/org/private-repo/model.Q4_K_M.gguf"
+  ],
+  "model list": ["microagent model list --json"],
+  "model ls": ["microagent model ls"],
+  "model inspect": ["microagent model inspect --json hf.co/org/repo/model.Q4_K_M.gguf"],
+  "model delete": ["microagent model delete hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
+  "model rm": ["microagent model rm hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
+  "model prune": ["microagent model prune"],
   secret: [
     "microagent secret check token=env:API_TOKEN",
     "microagent secret check db=dotenv:.env:DB_PASSWORD key=file:./id_ed25519"

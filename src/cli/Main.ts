@@ -24,6 +24,7 @@ import { imageCommand } from "./image.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
+import { modelCommand } from "./model.ts"
 import { networkCommand } from "./network.ts"
 import { renderError, stdoutClosed, wantsJson } from "./Output.ts"
 import { perfCommand } from "./perf.ts"
@@ -50,6 +51,7 @@ export const subcommands = [
   imageCommand,
   kernelCommand,
   volumeCommand,
+  modelCommand,
   snapshotCommand,
   cloneCommand,
   forkCommand,

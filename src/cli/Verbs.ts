@@ -196,6 +196,13 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "model",
+    group: "Resources",
+    summary: "pull and manage local GGUF models",
+    aliases: ["models"],
+    subcommands: true
+  },
+  {
     name: "snapshot",
     group: "Resources",
     summary: "capture, list and delete workspace snapshots",
