@@ -23,7 +23,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { copyDisk } from "./internal/DiskCopy.ts"
+import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
 export interface SnapshotCreateOptions {
@@ -69,15 +69,6 @@ const sweepLeftovers = (dir: string) =>
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
   })
-
-const fsyncPath = (path: string) => {
-  const fd = NodeFs.openSync(path, "r")
-  try {
-    NodeFs.fsyncSync(fd)
-  } finally {
-    NodeFs.closeSync(fd)
-  }
-}
 
 const allocatedBytes = (path: string) => {
   try {

@@ -68,7 +68,8 @@ export const sweepPendingDisks = (target: string) =>
     }
   })
 
-const fsyncPath = (path: string) => {
+/** Flushes a file or a directory (its entries) to disk. */
+export const fsyncPath = (path: string) => {
   const fd = NodeFs.openSync(path, "r")
   try {
     NodeFs.fsyncSync(fd)
