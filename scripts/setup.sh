@@ -17,7 +17,7 @@ packages=(
 )
 if [ "${1:-}" = "--test" ]; then
   # The test tiers: a loopback OCI registry and image tools, fuzzing, networking helpers
-  packages+=(docker-registry skopeo umoci apache2-utils clang libclang-rt-14-dev socat passt mmdebstrap)
+  packages+=(docker-registry skopeo umoci apache2-utils openssl clang libclang-rt-14-dev socat passt mmdebstrap)
   # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
   packages+=(python3)
   # the completion scripts are loaded in each shell they are written for

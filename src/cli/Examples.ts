@@ -5,6 +5,10 @@
  */
 export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   doctor: ["microagent doctor", "microagent doctor --json"],
+  dispatch: [
+    "microagent dispatch -- sh -c 'nc -w 2 example.com 80 </dev/null'",
+    "microagent dispatch --json --egress-lock-allowlist -- nslookup example.com"
+  ],
   run: [
     "microagent run alpine:3.20 -- echo hello",
     "microagent run --image alpine:3.20 --setup 'apk add curl' --exec 'curl -sI https://example.org'",
@@ -24,13 +28,14 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent create --image alpine:3.20 dev",
     "microagent create --ttl 7d --image alpine:3.20 scratch",
     "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
-    "microagent create --dry-run --file microagent.yaml web"
+    "microagent create --dry-run --file microagent.yaml web",
+    "microagent create dev2 --from-snapshot dev:before-upgrade"
   ],
   start: [
     "microagent start dev",
     "microagent start --secret token=env:API_TOKEN dev",
     "microagent start --wait --wait-timeout 10m --memory 2048 job",
-    "microagent start --ttl 8h dev"
+    "microagent start --from-snapshot before-upgrade dev"
   ],
   exec: [
     "microagent exec dev -- uname -a",
@@ -42,6 +47,8 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent commit dev localhost/team/dev:1",
     "microagent commit --diff --push -m 'tools added' dev 127.0.0.1:5000/team/dev:1"
   ],
+  clone: ["microagent clone dev dev-copy", "microagent clone dev dev-copy --json"],
+  fork: ["microagent fork dev", "microagent fork dev --count 3 --name-prefix try"],
   connect: [
     "microagent connect dev",
     "microagent connect --detach-keys ctrl-p,ctrl-q dev -- bash",
@@ -51,6 +58,11 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   resize: ["microagent resize --size-mib 4096 dev", "microagent resize dev --size-mib 2048 --json"],
   inspect: ["microagent inspect dev", "microagent inspect dev --json"],
   wait: ["microagent wait dev", "microagent wait --timeout 30 dev"],
+  supervise: [
+    "microagent supervise web",
+    "microagent supervise --interval 10s --max-restarts 5 web",
+    "microagent supervise --install web"
+  ],
   result: [
     "microagent result dev",
     "microagent result --wait --timeout 10m dev",
@@ -59,6 +71,10 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   halt: ["microagent halt dev", "microagent halt --timeout 5 --reason maintenance dev"],
   kill: ["microagent kill dev", "microagent kill dev --json"],
   pause: ["microagent pause dev", "microagent pause dev --reason 'inspect memory'"],
+  quarantine: [
+    "microagent quarantine dev --reason 'exfiltration attempt'",
+    "microagent quarantine --no-capture dev"
+  ],
   resume: ["microagent resume dev", "microagent resume dev --json"],
   delete: ["microagent delete dev", "microagent delete --force dev scratch"],
   list: ["microagent list", "microagent list --json"],
@@ -146,6 +162,21 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "volume rm": ["microagent volume rm cache", "microagent volume rm --force cache"],
   "volume delete": ["microagent volume delete cache"],
   "volume resize": ["microagent volume resize --size-mib 4096 cache"],
+  model: [
+    "microagent model pull hf.co/ggml-org/models/tinyllamas/stories260K.gguf",
+    "microagent model list",
+    "microagent model inspect hf.co/ggml-org/models/tinyllamas/stories260K.gguf"
+  ],
+  "model pull": [
+    "microagent model pull hf.co/ggml-org/models@main/tinyllamas/stories260K.gguf",
+    "microagent model pull --token hf_xxx hf.co/org/private-repo/model.Q4_K_M.gguf"
+  ],
+  "model list": ["microagent model list --json"],
+  "model ls": ["microagent model ls"],
+  "model inspect": ["microagent model inspect --json hf.co/org/repo/model.Q4_K_M.gguf"],
+  "model delete": ["microagent model delete hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
+  "model rm": ["microagent model rm hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
+  "model prune": ["microagent model prune"],
   secret: [
     "microagent secret check token=env:API_TOKEN",
     "microagent secret check db=dotenv:.env:DB_PASSWORD key=file:./id_ed25519"

@@ -13,6 +13,7 @@ import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
+import type { QuarantineResult } from "../programs/Quarantine.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalDuration } from "./Flags.ts"
@@ -47,6 +48,20 @@ const inspectCommand = Command.make(
               `mount:     ${m.source}:${m.target}${m.readOnly ? ":ro" : ""} (${m.kind})`
             ),
             ...ws.secrets.map((r) => `secret:    ${r.name} from ${r.source}`),
+            ...(ws.service === undefined ? [] : [
+              `service:   ${ws.service}${
+                ws.serviceStatus === undefined ? "" : ` (restarts: ${ws.serviceStatus.restarts})`
+              }`
+            ]),
+            ...(ws.health === undefined ? [] : [
+              `health:    ${
+                ws.health.exec !== undefined
+                  ? ws.health.exec.join(" ")
+                  : `GET ${ws.health.httpGet?.path} on guest port ${ws.health.httpGet?.port}`
+              } every ${ws.health.intervalSeconds}s`
+            ]),
+            ...(ws.failure === undefined ? [] : [`failure:   ${ws.failure}`]),
+            `restart:   ${ws.restart}`,
             `created:   ${ws.createdAt.toJSON()}`,
             ...(ws.expiresAt === undefined
               ? []
@@ -175,20 +190,25 @@ const haltCommand = Command.make(
       )
 ).pipe(Command.withDescription("shut a workspace down gracefully, forced after a timeout (alias: stop)"))
 
-const killCommand = Command.make(
-  "kill",
-  { name: nameArg },
-  ({ name }) =>
-    withRuntime(Effect.flatMap(MicroagentClient, (client) => client.kill({ name }))).pipe(
-      Effect.flatMap((ws) => emit(ws, stateLine))
-    )
-).pipe(
-  Command.withDescription("stop a workspace's VM at once")
-)
-
 const reasonOption = Options.text("reason").pipe(
   Options.withDescription("recorded in the events"),
   Options.optional
+)
+
+const killCommand = Command.make(
+  "kill",
+  { reason: reasonOption, name: nameArg },
+  ({ name, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.kill({ name, ...(reason._tag === "Some" ? { reason: reason.value } : {}) }))
+    ).pipe(
+      Effect.flatMap((ws) =>
+        emit(ws, stateLine)
+      )
+    )
+).pipe(
+  Command.withDescription("stop a workspace's VM at once")
 )
 
 const pauseCommand = Command.make(
@@ -205,6 +225,37 @@ const pauseCommand = Command.make(
     )
 ).pipe(
   Command.withDescription("freeze a running workspace's vCPUs; memory, disk and network are kept")
+)
+
+const quarantineLine = (r: QuarantineResult) =>
+  `${r.workspace}: quarantined (${
+    r.captured ? "memory and disk captured" : "logs only"
+  }); custody in ${r.custody}`
+
+const quarantineCommand = Command.make(
+  "quarantine",
+  {
+    reason: reasonOption,
+    noCapture: Options.boolean("no-capture").pipe(
+      Options.withDescription(
+        "keep only the logs: no memory or disk capture (when capture fails or is unwanted)"
+      )
+    ),
+    name: nameArg
+  },
+  ({ name, noCapture, reason }) =>
+    withRuntime(
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.quarantine({
+          name,
+          ...(reason._tag === "Some" ? { reason: reason.value } : {}),
+          ...(noCapture ? { capture: false } : {})
+        }))
+    ).pipe(Effect.flatMap((r) => emit(r, quarantineLine)))
+).pipe(
+  Command.withDescription(
+    "cut a workspace's network, freeze it, capture the evidence and stop it into custody (start refused after)"
+  )
 )
 
 const resumeCommand = Command.make(
@@ -394,6 +445,7 @@ export const lifecycleGroup = [
   killCommand,
   pauseCommand,
   resumeCommand,
+  quarantineCommand,
   deleteCommand,
   listCommand,
   psCommand,

@@ -12,6 +12,7 @@ import { version } from "../domain/Version.ts"
 import { applyCommand } from "./apply.ts"
 import { parseArgv } from "./Argv.ts"
 import { artifactsGroup } from "./artifacts.ts"
+import { cloneCommand, forkCommand } from "./clone.ts"
 import { checkCommandLine, unknownSubcommand } from "./CommandLine.ts"
 import { commitCommand } from "./commit.ts"
 import { completionCommand } from "./Completion.ts"
@@ -25,6 +26,7 @@ import { initCommand } from "./init.ts"
 import { Invocation } from "./Invocation.ts"
 import { kernelCommand } from "./kernel.ts"
 import { lifecycleGroup, maintenanceGroup } from "./LifecycleCommands.ts"
+import { modelCommand } from "./model.ts"
 import { networkCommand } from "./network.ts"
 import { renderError, stdoutClosed, wantsJson } from "./Output.ts"
 import { perfCommand } from "./perf.ts"
@@ -34,6 +36,7 @@ import { secretCommand } from "./secret.ts"
 import { serve } from "./ServeCommands.ts"
 import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
+import { superviseCommand } from "./supervise.ts"
 import { usageGroup } from "./usage.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -44,6 +47,7 @@ export const subcommands = [
   connectCommand,
   ...lifecycleGroup,
   applyCommand,
+  superviseCommand,
   ...usageGroup,
   ...cpGroup,
   commitCommand,
@@ -51,7 +55,10 @@ export const subcommands = [
   imageCommand,
   kernelCommand,
   volumeCommand,
+  modelCommand,
   snapshotCommand,
+  cloneCommand,
+  forkCommand,
   secretCommand,
   networkCommand,
   registryCommand,

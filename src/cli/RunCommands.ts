@@ -2,24 +2,27 @@
  * The Run group: `run`, `create`, `start`, `exec`.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Effect, Option, Stream } from "effect"
+import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
+import { EgressPolicy, type EgressReceipt, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
 import { planText } from "../domain/Plan.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
+import { createFromSnapshot } from "../programs/Clone.ts"
 import { create } from "../programs/Create.ts"
 import { allOutputsOf } from "../programs/internal/Outputs.ts"
 import { plan } from "../programs/Plan.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
+import { reportCopy } from "./clone.ts"
 import {
   fileCopyOption,
   optionalBytes,
@@ -34,10 +37,11 @@ import {
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withNewBackend, withRuntime } from "./Layers.ts"
+import { withNewBackend, withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
+import { refuseSupervisionInRun, serviceCommandOption, shellOption, supervisionOf } from "./supervise.ts"
 import { allMountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
@@ -244,97 +248,175 @@ const runTarget = (
     }
   })
 
-const runCommand = Command.make("run", {
-  ...workspaceOptions,
-  ...execOptions,
-  keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
-  rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
-  dryRun: Options.boolean("dry-run").pipe(
-    Options.withDescription("print the plan and boot nothing")
-  ),
-  imageFlag: Options.text("image").pipe(
-    Options.withPseudoName("REF"),
-    Options.withDescription("OCI image (or as IMAGE; default: built-in busybox)"),
-    Options.optional
-  ),
-  exec: Options.text("exec").pipe(
-    Options.withPseudoName("CMD"),
-    Options.withDescription("a shell command (sh -c) instead of CMD [ARG...]"),
-    Options.optional
-  ),
-  setup: runSetupOption,
-  outputs: outputOption,
-  image: Args.text({ name: "image" }).pipe(Args.optional)
-}, (options) =>
-  Effect.gen(function*() {
-    const invocation = yield* Invocation
-    const spec = yield* readSpec(options.file)
-    if (options.keep && options.rm) {
-      return yield* new InvalidInput({
-        message: "--keep and --rm contradict each other",
-        remediation: "pick one"
+/** `run`, and `dispatch` (a run that answers with its egress receipt): one flag set, one handler. */
+const oneShotCommand = (verb: "run" | "dispatch") =>
+  Command.make(verb, {
+    ...workspaceOptions,
+    ...execOptions,
+    keep: Options.boolean("keep").pipe(Options.withDescription("keep the workspace (halted) afterwards")),
+    rm: Options.boolean("rm").pipe(Options.withDescription("remove the workspace afterwards (the default)")),
+    dryRun: Options.boolean("dry-run").pipe(
+      Options.withDescription("print the plan and boot nothing")
+    ),
+    imageFlag: Options.text("image").pipe(
+      Options.withPseudoName("REF"),
+      Options.withDescription("OCI image (or as IMAGE; default: built-in busybox)"),
+      Options.optional
+    ),
+    exec: Options.text("exec").pipe(
+      Options.withPseudoName("CMD"),
+      Options.withDescription("a shell command (sh -c) instead of CMD [ARG...]"),
+      Options.optional
+    ),
+    setup: runSetupOption,
+    outputs: outputOption,
+    image: Args.text({ name: "image" }).pipe(
+      Args.withDescription("OCI image (default: the built-in busybox image)"),
+      Args.optional
+    )
+  }, (options) =>
+    Effect.gen(function*() {
+      const invocation = yield* Invocation
+      const spec = yield* readSpec(options.file)
+      yield* refuseSupervisionInRun(spec)
+      if (options.keep && options.rm) {
+        return yield* new InvalidInput({
+          message: "--keep and --rm contradict each other",
+          remediation: "pick one"
+        })
+      }
+      const target = yield* runTarget(options, options.exec, invocation.guestArgv)
+      const image = orUndefined(target.image) ?? spec.image ?? defaultImage
+      const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
+      const json = yield* jsonMode
+      const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
+      const secrets = yield* secretRefsOf(options.secret)
+      const fields = yield* workspaceFields(options, spec)
+      const outputs = yield* allOutputsOf(spec, options.outputs)
+      const files = yield* filesOf(spec, options.file, [])
+      const setup = yield* setupOf(spec, options.file, options.setup)
+      const secretValues = yield* resolveSecrets(secrets ?? [])
+      if (options.dryRun) {
+        const planned = yield* withNewBackend(plan(defined({
+          kind: "run" as const,
+          image,
+          command: target.command,
+          setup,
+          files,
+          ...fields,
+          name: orUndefined(options.name) ?? spec.name,
+          env,
+          mounts,
+          secrets,
+          outputs
+        })))
+        return yield* emit(planned, planText)
+      }
+      const stdin = yield* stdinBytes(options.stdin)
+      const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.run(defined({
+          image,
+          command: target.command,
+          setup,
+          files,
+          ...fields,
+          name: orUndefined(options.name) ?? spec.name,
+          env,
+          keep: options.keep,
+          bootTimeoutSeconds: orUndefined(options.bootTimeout),
+          cwd: orUndefined(options.cwd),
+          user: orUndefined(options.user),
+          timeoutSeconds: orUndefined(options.timeout),
+          stdoutLimit: orUndefined(options.stdoutLimit),
+          stderrLimit: orUndefined(options.stderrLimit),
+          stdin,
+          mounts,
+          secrets,
+          secretValues,
+          outputs,
+          backend: invocation.backend ?? defaultBackend(),
+          ...(verb === "dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
+        }))))
+      // Kept, or with outputs to fetch later: the generated name is needed.
+      if ((options.keep || outputs.length > 0) && !json) {
+        process.stderr.write(`workspace: ${outcome.workspace}\n`)
+      }
+      // The receipt goes to stderr in text mode, so that stdout stays the command's.
+      if (outcome.receipt !== undefined && !json) process.stderr.write(receiptText(outcome.receipt))
+      yield* reportResult(outcome.result, {
+        workspace: outcome.workspace,
+        kept: outcome.kept,
+        ...(outcome.receipt === undefined ? {} : { receipt: outcome.receipt })
       })
-    }
-    const target = yield* runTarget(options, options.exec, invocation.guestArgv)
-    const image = orUndefined(target.image) ?? spec.image ?? defaultImage
-    const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
-    const json = yield* jsonMode
-    const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-    const secrets = yield* secretRefsOf(options.secret)
-    const fields = yield* workspaceFields(options, spec)
-    const outputs = yield* allOutputsOf(spec, options.outputs)
-    const files = yield* filesOf(spec, options.file, [])
-    const setup = yield* setupOf(spec, options.file, options.setup)
-    const secretValues = yield* resolveSecrets(secrets ?? [])
-    if (options.dryRun) {
-      const planned = yield* withNewBackend(plan(defined({
-        kind: "run" as const,
-        image,
-        command: target.command,
-        setup,
-        files,
-        ...fields,
-        name: orUndefined(options.name) ?? spec.name,
-        env,
-        mounts,
-        secrets,
-        outputs
-      })))
-      return yield* emit(planned, planText)
-    }
-    const stdin = yield* stdinBytes(options.stdin)
-    const outcome = yield* withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-      client.run(defined({
-        image,
-        command: target.command,
-        setup,
-        files,
-        ...fields,
-        name: orUndefined(options.name) ?? spec.name,
-        env,
-        keep: options.keep,
-        bootTimeoutSeconds: orUndefined(options.bootTimeout),
-        cwd: orUndefined(options.cwd),
-        user: orUndefined(options.user),
-        timeoutSeconds: orUndefined(options.timeout),
-        stdoutLimit: orUndefined(options.stdoutLimit),
-        stderrLimit: orUndefined(options.stderrLimit),
-        stdin,
-        mounts,
-        secrets,
-        secretValues,
-        outputs,
-        backend: invocation.backend ?? defaultBackend()
-      }))))
-    // Kept, or with outputs to fetch later: the generated name is needed.
-    if ((options.keep || outputs.length > 0) && !json) {
-      process.stderr.write(`workspace: ${outcome.workspace}\n`)
-    }
-    yield* reportResult(outcome.result, { workspace: outcome.workspace, kept: outcome.kept })
-  })).pipe(Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down"))
+    }))
+
+const runCommand = oneShotCommand("run").pipe(
+  Command.withDescription("boot a one-shot workspace from IMAGE, run a command in it, tear it down")
+)
+
+const dispatchCommand = oneShotCommand("dispatch").pipe(
+  Command.withDescription(
+    "run, answering with a receipt of the run's network activity from the egress mediator's audit log"
+  )
+)
+
+/** The receipt as a few lines for a terminal: totals, then each destination (sorted). */
+export const receiptText = (r: EgressReceipt) => {
+  const hosts = (counts: Readonly<Record<string, number>>) =>
+    Object.entries(counts).map(([host, n]) => `  ${host} ${n}`)
+  const signals = Object.entries(r.signals).map(([signal, n]) => `${signal} ${n}`).join(", ")
+  return [
+    `egress receipt (${r.mode}): ${r.decisionCount} decisions, ${
+      Object.values(r.allowByHost).reduce((a, b) => a + b, 0)
+    } connections allowed, ${
+      Object.values(r.denyByHost).reduce((a, b) => a + b, 0)
+    } denied, ${r.bytesOut} bytes out, ${r.bytesIn} in`,
+    ...(Object.keys(r.allowByHost).length > 0 ? ["allowed:", ...hosts(r.allowByHost)] : []),
+    ...(Object.keys(r.denyByHost).length > 0 ? ["denied:", ...hosts(r.denyByHost)] : []),
+    ...(signals === "" ? [] : [`signals: ${signals}`]),
+    ""
+  ].join("\n")
+}
 
 const describeWorkspace = (ws: Workspace) =>
   `${ws.name}  ${ws.state}  image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
+
+/**
+ * `create NAME --from-snapshot W:T`: the configuration is the snapshot's workspace's, so any other flag
+ * would be silently ignored; it is refused instead.
+ */
+const createFromSnapshotCli = (options: Record<string, unknown>, reference: string) =>
+  Effect.gen(function*() {
+    const given = Object.entries(options).filter(([key, value]) =>
+      !["fromSnapshot", "positionalName", "name"].includes(key)
+      && (Option.isOption(value)
+        ? Option.isSome(value)
+        : Array.isArray(value)
+        ? value.length > 0
+        : value === true)
+    ).map(([key]) => key)
+    if (given.length > 0) {
+      return yield* new InvalidInput({
+        message: `--from-snapshot takes the snapshot's workspace's configuration; other options were given (${
+          given.join(", ")
+        })`,
+        remediation: "create it from the snapshot alone, then change what you need"
+      })
+    }
+    const positional = options.positionalName as Option.Option<string>
+    const flagged = options.name as Option.Option<string>
+    const name = Option.getOrUndefined(positional) ?? Option.getOrUndefined(flagged)
+    if (name === undefined) {
+      return yield* new InvalidInput({
+        message: "create --from-snapshot needs the new workspace's name",
+        remediation: `microagent create NAME --from-snapshot ${reference}`
+      })
+    }
+    const ref = parseSnapshotRef(reference)
+    if (Either.isLeft(ref)) return yield* ref.left
+    const copy = yield* withWorkspaceBackend(ref.right.workspace, createFromSnapshot(name, reference))
+    yield* reportCopy(copy)
+  })
 
 const createCommand = Command.make("create", {
   ...workspaceOptions,
@@ -349,7 +431,7 @@ const createCommand = Command.make("create", {
     Options.optional
   ),
   restart: Options.choice("restart", ["never", "on-failure", "always"]).pipe(
-    Options.withDescription("restart policy, recorded"),
+    Options.withDescription("what `supervise` does when the VM stops"),
     Options.optional
   ),
   outputs: outputOption,
@@ -358,12 +440,24 @@ const createCommand = Command.make("create", {
     Options.withDescription("print the plan and create nothing")
   ),
   setup: setupOption,
+  serviceCommand: serviceCommandOption,
+  shell: shellOption,
+  fromSnapshot: Options.text("from-snapshot").pipe(
+    Options.withPseudoName("WORKSPACE:TAG"),
+    Options.withDescription(
+      "a new workspace from this snapshot, configured like its workspace (a memory snapshot's VM is resumed)"
+    ),
+    Options.optional
+  ),
   positionalName: Args.text({ name: "name" }).pipe(
     Args.withDescription("workspace name (or --name; default: generated)"),
     Args.optional
   )
 }, (options) =>
   Effect.gen(function*() {
+    if (Option.isSome(options.fromSnapshot)) {
+      return yield* createFromSnapshotCli(options, options.fromSnapshot.value)
+    }
     const spec = yield* readSpec(options.file)
     const image = orUndefined(options.imageFlag) ?? spec.image ?? defaultImage
     const positional = orUndefined(options.positionalName)
@@ -380,10 +474,12 @@ const createCommand = Command.make("create", {
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
     const setup = yield* setupOf(spec, options.file, options.setup)
+    const supervision = yield* supervisionOf(spec, options)
     const createOptions = {
       image,
       files,
       setup,
+      ...supervision,
       ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
@@ -416,6 +512,13 @@ const startCommand = Command.make(
     ),
     cpus: optionalInt("cpus", "this start only: virtual CPUs"),
     ttl: ttlOption,
+    fromSnapshot: Options.text("from-snapshot").pipe(
+      Options.withPseudoName("TAG"),
+      Options.withDescription(
+        "roll back to this snapshot of the workspace first (a memory snapshot resumes instead of booting)"
+      ),
+      Options.optional
+    ),
     wait: Options.boolean("wait").pipe(
       Options.withDescription("then block until the entrypoint has finished or the workspace settles")
     ),
@@ -442,6 +545,7 @@ const startCommand = Command.make(
                 memoryMiB: orUndefined(options.memory),
                 cpus: orUndefined(options.cpus),
                 ttlSeconds,
+                fromSnapshot: orUndefined(options.fromSnapshot),
                 ...secrets
               })
             )))
@@ -509,4 +613,4 @@ const execCommand = Command.make("exec", {
     }))
   })).pipe(Command.withDescription("run a command (argv, no shell) in a running workspace"))
 
-export const runGroup = [runCommand, createCommand, startCommand, execCommand] as const
+export const runGroup = [runCommand, dispatchCommand, createCommand, startCommand, execCommand] as const

@@ -45,6 +45,12 @@ export const verbs: ReadonlyArray<Verb> = [
     guestArgs: "[--] [CMD [ARG...]]"
   },
   {
+    name: "dispatch",
+    group: "Run",
+    summary: "run, with a receipt of its network activity",
+    guestArgs: "[--] [CMD [ARG...]]"
+  },
+  {
     name: "create",
     group: "Run",
     summary: "create a persistent workspace (state: prepared)"
@@ -69,6 +75,16 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "commit",
     group: "Run",
     summary: "save a stopped workspace's root filesystem as an image"
+  },
+  {
+    name: "clone",
+    group: "Run",
+    summary: "copy a stopped workspace to a new one with its own identity"
+  },
+  {
+    name: "fork",
+    group: "Run",
+    summary: "running copies of a running workspace, from one capture of it"
   },
   {
     name: "connect",
@@ -98,6 +114,11 @@ export const verbs: ReadonlyArray<Verb> = [
     summary: "change a workspace's record to match a spec, without a rebuild"
   },
   {
+    name: "supervise",
+    group: "Lifecycle",
+    summary: "keep a workspace up per its restart policy (foreground; --install for a systemd unit)"
+  },
+  {
     name: "halt",
     group: "Lifecycle",
     summary: "shut a workspace down gracefully (bounded, then forced)",
@@ -112,6 +133,11 @@ export const verbs: ReadonlyArray<Verb> = [
     name: "pause",
     group: "Lifecycle",
     summary: "freeze a running workspace (memory, disk and network kept)"
+  },
+  {
+    name: "quarantine",
+    group: "Lifecycle",
+    summary: "cut off, freeze, capture and stop a workspace into custody"
   },
   {
     name: "resume",
@@ -177,6 +203,13 @@ export const verbs: ReadonlyArray<Verb> = [
     group: "Resources",
     summary: "create and manage named volumes",
     aliases: ["volumes"],
+    subcommands: true
+  },
+  {
+    name: "model",
+    group: "Resources",
+    summary: "pull and manage local GGUF models",
+    aliases: ["models"],
     subcommands: true
   },
   {

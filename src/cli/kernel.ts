@@ -3,7 +3,6 @@
  * subcommand builds its own layers, so `--help` opens nothing.
  */
 import { Command, Options } from "@effect/cli"
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import { Effect, Layer, Option } from "effect"
 import { InvalidInput, type MicroagentError, Permanent } from "../domain/Errors.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
@@ -18,9 +17,7 @@ const withKernels = <A>(f: (cache: KernelCache["Type"]) => Effect.Effect<A, Micr
     Effect.flatMap(KernelCache, f).pipe(
       Effect.provide(
         FileKernelCache.layer().pipe(
-          Layer.provide(
-            Layer.mergeAll(Home.layer(Home.resolveRoot(invocation.stateDir)), FetchHttpClient.layer)
-          )
+          Layer.provide(Home.layer(Home.resolveRoot(invocation.stateDir)))
         )
       )
     ))

@@ -57,3 +57,87 @@ export const EgressRecord = Schema.Struct({
   workspace: Schema.String
 }, Schema.Record({ key: Schema.String, value: Schema.Unknown }))
 export type EgressRecord = typeof EgressRecord.Type
+
+/**
+ * What a one-shot run reached and was refused, summed from its audit log (which the mediator writes,
+ * outside the guest's control): `dispatch`'s receipt.
+ */
+export class EgressReceipt extends Schema.Class<EgressReceipt>("EgressReceipt")({
+  /** The workspace's mediation: `broker`, `off` (nothing mediated, nothing recorded) or `none` (no NIC). */
+  mode: Schema.Literal("broker", "off", "none"),
+  /** Audit records of the run, every kind. */
+  decisionCount: Schema.Number,
+  /** Connections let through, by destination (the name it was resolved from, else `ip:port`). */
+  allowByHost: Schema.Record({ key: Schema.String, value: Schema.Number }),
+  /** Refused connections, datagrams and lookups, by destination. */
+  denyByHost: Schema.Record({ key: Schema.String, value: Schema.Number }),
+  /** How often each signal (`denied`, `foreign-resolver`, `quic-udp443`, …) was raised. */
+  signals: Schema.Record({ key: Schema.String, value: Schema.Number }),
+  dnsAllowed: Schema.Number,
+  dnsDenied: Schema.Number,
+  bytesOut: Schema.Number,
+  bytesIn: Schema.Number,
+  /** Flows a cap tore down. */
+  capExceeded: Schema.Number
+}) {}
+
+const countInto = (into: Record<string, number>, key: string) => {
+  into[key] = (into[key] ?? 0) + 1
+}
+
+/** Sums audit records into a receipt; records of kinds it does not know only count as decisions. */
+export const receiptOf = (
+  mode: EgressReceipt["mode"],
+  records: ReadonlyArray<EgressRecord>
+): EgressReceipt => {
+  const allowByHost: Record<string, number> = {}
+  const denyByHost: Record<string, number> = {}
+  const signals: Record<string, number> = {}
+  let dnsAllowed = 0
+  let dnsDenied = 0
+  let bytesOut = 0
+  let bytesIn = 0
+  let capExceeded = 0
+  const text = (value: unknown) => (typeof value === "string" && value !== "" ? value : undefined)
+  const number = (value: unknown) => (typeof value === "number" && Number.isFinite(value) ? value : 0)
+  for (const record of records) {
+    const where = text(record.host) ?? text(record.name) ?? text(record.dst) ?? "?"
+    const signal = text(record.signal)
+    if (signal !== undefined) countInto(signals, signal)
+    switch (record.event) {
+      case "egress_allow":
+        countInto(allowByHost, where)
+        break
+      case "egress_close":
+        bytesOut += number(record.bytes_out)
+        bytesIn += number(record.bytes_in)
+        break
+      case "egress_dns_allow":
+        dnsAllowed++
+        break
+      case "egress_dns_deny":
+        dnsDenied++
+        countInto(denyByHost, where)
+        break
+      case "egress_cap_exceeded":
+        capExceeded++
+        break
+      default:
+        if (record.event.endsWith("deny")) countInto(denyByHost, where)
+    }
+  }
+  const sorted = (counts: Record<string, number>) =>
+    Object.fromEntries(Object.entries(counts).sort(([a], [b]) => a.localeCompare(b)))
+  return new EgressReceipt({
+    mode,
+    decisionCount: records.length,
+    allowByHost: sorted(allowByHost),
+    denyByHost: sorted(denyByHost),
+    signals: sorted(signals),
+    dnsAllowed,
+    dnsDenied,
+    bytesOut,
+    bytesIn,
+    capExceeded
+  })
+}

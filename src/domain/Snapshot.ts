@@ -2,7 +2,7 @@
  * A workspace snapshot: its manifest (what was captured and from what), shared by the CLI, RPC and MCP.
  */
 import { Schema } from "effect"
-import { Backend, NetworkMode, PublishedPort, Resources } from "./Workspace.ts"
+import { Backend, Mount, NetworkMode, PublishedPort, Resources, Workspace } from "./Workspace.ts"
 
 /** Tags name a snapshot within its workspace (and its directory). */
 export const tagPattern = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/
@@ -59,4 +59,26 @@ export class SnapshotDeleted extends Schema.Class<SnapshotDeleted>("SnapshotDele
   workspace: Schema.String,
   tag: Schema.String,
   deleted: Schema.Boolean
+}) {}
+
+/**
+ * A workspace made from another (`clone`) or from a snapshot (`create --from-snapshot`): a new record
+ * with its own identity (name, hostname, addresses) over a copy of the disk.
+ */
+export class WorkspaceCopy extends Schema.Class<WorkspaceCopy>("WorkspaceCopy")({
+  workspace: Workspace,
+  /** The workspace it was copied from. */
+  source: Schema.String,
+  /** The snapshot tag whose disk it got; absent for a clone. */
+  snapshot: Schema.optional(Schema.String),
+  /**
+   * Disks of the source that were not carried over: read-write volumes and image files, which two
+   * workspaces must not share.
+   */
+  droppedMounts: Schema.Array(Mount),
+  /**
+   * What the copy's first start does: `boot`, a cold boot from the copied disk; `resume`, the captured
+   * VM of a memory snapshot resumed with this workspace's identity.
+   */
+  firstStart: Schema.Literal("boot", "resume")
 }) {}

@@ -68,6 +68,28 @@ export const SpecFile = Schema.Struct({
   )
 })
 
+/** `service`: a shell command, or `{command}` as a shell command or an argv list. */
+export const SpecService = Schema.Union(
+  Schema.NonEmptyTrimmedString,
+  Schema.Struct({ command: Schema.Union(Schema.NonEmptyTrimmedString, Schema.NonEmptyArray(Schema.String)) })
+)
+
+const seconds = (min: number) => Schema.optional(Schema.Int.pipe(Schema.between(min, 86400)))
+
+/** `health`: `exec` (argv) or `httpGet` (a path, with `port`, or `{path, port}`), and its timing. */
+export const SpecHealth = Schema.Struct({
+  exec: Schema.optional(Schema.NonEmptyArray(Schema.String)),
+  httpGet: Schema.optional(Schema.Union(
+    Schema.String,
+    Schema.Struct({ path: Schema.String, port: SpecPort })
+  )),
+  port: Schema.optional(SpecPort),
+  intervalSeconds: seconds(1),
+  timeoutSeconds: seconds(1),
+  retries: Schema.optional(Schema.Int.pipe(Schema.between(1, 1000))),
+  startPeriodSeconds: seconds(0)
+})
+
 export const Spec = Schema.Struct({
   name: Schema.optional(WorkspaceName),
   image: Schema.optional(Schema.NonEmptyTrimmedString),
@@ -94,7 +116,14 @@ export const Spec = Schema.Struct({
     Schema.Struct({ file: Schema.NonEmptyTrimmedString })
   ))),
   /** Files whose text each runs as one setup command, after `setup`. */
-  setupFiles: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString))
+  setupFiles: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString)),
+  /** A command the guest keeps running (restarted with back-off). */
+  service: Schema.optional(SpecService),
+  /** The absolute guest path of the shell `connect` runs. */
+  shell: Schema.optional(Schema.String.pipe(
+    Schema.pattern(/^\/\S*$/, { message: () => "shell is an absolute guest path like /bin/bash" })
+  )),
+  health: Schema.optional(SpecHealth)
 })
 export type Spec = typeof Spec.Type
 
@@ -115,23 +144,24 @@ const known: Record<string, ReadonlyArray<string>> = {
     "outputs",
     "files",
     "setup",
-    "setupFiles"
+    "setupFiles",
+    "service",
+    "shell",
+    "health"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"],
-  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes"]
+  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes"],
+  health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */
 const notYet: Record<string, ReadonlyArray<string>> = {
   "": [
-    "service",
-    "shell",
     "model",
     "modelRunner",
     "modelMediation",
     "mediation",
-    "health",
     "acknowledgeCapabilityRisk",
     "agent"
   ],

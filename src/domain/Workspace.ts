@@ -140,6 +140,44 @@ export class EntrypointResult extends Schema.Class<EntrypointResult>("Entrypoint
   finishedAt: Schema.optional(Schema.DateTimeUtc)
 }) {}
 
+/**
+ * A health check of a running workspace: `exec` (argv run in the guest, healthy on exit 0) or `httpGet`
+ * (a GET from the host to the published port of guest `port`, healthy on a status below 400). After
+ * `startPeriodSeconds`, probed every `intervalSeconds`; `retries` failures in a row kill the VM and
+ * record it `failed`.
+ */
+export class HealthCheck extends Schema.Class<HealthCheck>("HealthCheck")({
+  exec: Schema.optional(Schema.NonEmptyArray(Schema.String)),
+  httpGet: Schema.optional(Schema.Struct({
+    path: Schema.String.pipe(Schema.startsWith("/")),
+    port: Schema.Int.pipe(Schema.between(1, 65535))
+  })),
+  intervalSeconds: Schema.Int.pipe(Schema.between(1, 86400)),
+  timeoutSeconds: Schema.Int.pipe(Schema.between(1, 3600)),
+  retries: Schema.Int.pipe(Schema.between(1, 1000)),
+  startPeriodSeconds: Schema.Int.pipe(Schema.between(0, 86400))
+}) {}
+
+/** The reference's defaults: every 30 s, 5 s to answer, 3 failures in a row, no start period. */
+export const healthDefaults = {
+  intervalSeconds: 30,
+  timeoutSeconds: 5,
+  retries: 3,
+  startPeriodSeconds: 0
+} as const
+
+/**
+ * What the host last saw of the current start's service: how often the guest restarted it, its last
+ * exit code and the delay before its latest restart (reset with each start).
+ */
+export class ServiceStatus extends Schema.Class<ServiceStatus>("ServiceStatus")({
+  sessionId: Schema.String,
+  restarts: Schema.Int,
+  lastExitCode: Schema.optional(Schema.Int),
+  lastDelaySeconds: Schema.optional(Schema.Int),
+  lastRestartAt: Schema.optional(Schema.DateTimeUtc)
+}) {}
+
 /** The persisted record of a workspace. Paths are absolute. */
 export class Workspace extends Schema.Class<Workspace>("Workspace")({
   name: WorkspaceName,
@@ -166,6 +204,15 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   files: Schema.optionalWith(Schema.Array(FileCopy), { default: () => [] }),
   /** Shell commands run once, in order, before the first start's entrypoint. */
   setup: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** Shell command the guest keeps running, restarting it with back-off (see Service.ts). */
+  service: Schema.optional(Schema.String),
+  /** The service as the host last saw it. */
+  serviceStatus: Schema.optional(ServiceStatus),
+  /** The absolute guest path of the shell `connect` runs (default /bin/sh). */
+  shell: Schema.optional(Schema.String),
+  health: Schema.optional(HealthCheck),
+  /** Why the VM was last killed by the host (a failing health check); cleared by the next start. */
+  failure: Schema.optional(Schema.String),
   /** When setup succeeded; absent while it is pending (the next start runs it). */
   setupDone: Schema.optional(Schema.DateTimeUtc),
   /** The entrypoint's outcome for the latest start that ran one. */
@@ -176,6 +223,19 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
    * records these, as they are what its memory holds.
    */
   launched: Schema.optional(Resources),
+  /**
+   * Set by `create --from-snapshot` from a memory snapshot: the next start resumes the captured VM
+   * (its state copied into the workspace's directory as `vm.state`) instead of booting, then gives
+   * the guest this workspace's identity. Cleared once a start has used it.
+   */
+  pendingResume: Schema.optional(Schema.Struct({
+    /** `WORKSPACE:TAG` it came from. */
+    snapshot: Schema.String,
+    /** The hostname the captured guest was booted with (its kernel command line must match). */
+    hostname: Schema.String,
+    resources: Resources,
+    kernelSha256: Schema.optional(Schema.String)
+  })),
   /**
    * The end of the workspace's lease (`--ttl`): past it, `gc` stops the workspace and `start` refuses
    * it unless given a new lease. Absent: no lease (it lives until deleted).

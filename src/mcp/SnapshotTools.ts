@@ -4,7 +4,8 @@
  */
 import { Effect, Schema } from "effect"
 import { toErrorBody } from "../domain/Errors.ts"
-import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
+import { ForkResult } from "../programs/Fork.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
@@ -16,6 +17,46 @@ const tag = described(
 )
 
 export const snapshotTools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "workspace.clone",
+    title: "Clone a stopped workspace",
+    description: "Copy a prepared, halted or stopped workspace (its disk, reflinked or sparse, and its "
+      + "configuration) to a new prepared workspace with its own identity: hostname, addresses on named "
+      + "networks. Read-write volumes and image files are not shared: they are left out and listed in "
+      + "droppedMounts. Refused (conflict) while the source runs.",
+    input: {
+      source: described(Schema.String, "the workspace to copy"),
+      target: described(Schema.String, "the new workspace's name")
+    },
+    output: WorkspaceCopy,
+    kind: "mutate",
+    sideEffects: ["creates a workspace record and a copy of the disk"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.clone({ source: args.source, target: args.target }))
+  }),
+  defineTool({
+    name: "workspace.fork",
+    title: "Fork a running workspace",
+    description: "Make count (1-16) running children of a running workspace in one call: it is captured "
+      + "once (paused for the capture, then running on) and each child resumes that capture under its own "
+      + "name, hostname and machine-id, named name_prefix-1 … (default NAME-fork-1 …). All or nothing. "
+      + "Refused for a workspace holding secrets, attached disks or named networks, as snapshots are.",
+    input: {
+      ...workspaceName,
+      count: optional(Schema.Number, "how many children (default 1, at most 16)"),
+      name_prefix: optional(Schema.String, "children are named PREFIX-1 … PREFIX-N")
+    },
+    output: ForkResult,
+    kind: "mutate",
+    sideEffects: ["pauses the workspace for a moment", "creates and starts count workspaces"],
+    cost: "host_compute_and_storage",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.fork(defined({ name: args.name, count: args.count, namePrefix: args.name_prefix }))
+      )
+  }),
   defineTool({
     name: "snapshot.create",
     title: "Snapshot a workspace",

@@ -13,8 +13,10 @@ import { parseMountFlags } from "../domain/MountFlag.ts"
 import { RunPlan } from "../domain/Plan.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import { Spec, SpecResources } from "../domain/Spec.ts"
+import { SnapshotTag } from "../domain/Snapshot.ts"
+import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
+import { healthCheckOf } from "../domain/Supervision.ts"
 import {
   Backend,
   EntrypointResult,
@@ -27,6 +29,7 @@ import {
 } from "../domain/Workspace.ts"
 import { ApplyResult } from "../programs/Apply.ts"
 import { parseOutputs } from "../programs/internal/Outputs.ts"
+import { QuarantineResult } from "../programs/Quarantine.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined, DeleteResult, InspectResult, ProfilesResult, RunResult } from "../rpc/Rpcs.ts"
@@ -283,12 +286,19 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
 
 export const describeTool = "microagent.describe"
 
-export const tools: ReadonlyArray<AnyTool> = [
+/** `workspace.run` and `workspace.dispatch`: one input, one call; dispatch asks for the receipt too. */
+const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
   defineTool({
-    name: "workspace.run",
-    title: "Run a command in a fresh workspace",
+    name,
+    title: name === "workspace.run"
+      ? "Run a command in a fresh workspace"
+      : "Run a command in a fresh workspace, with an egress receipt",
     description: "Create a one-shot workspace from an image, boot it, run one command, and delete it "
-      + "(or keep it halted with keep: true). A non-zero exit is a result, not an error.",
+      + "(or keep it halted with keep: true). A non-zero exit is a result, not an error."
+      + (name === "workspace.run"
+        ? ""
+        : " The result carries a receipt of the run's network activity (allowed and denied destinations, "
+          + "bytes, signals), summed from the egress mediator's audit log."),
     input: {
       ...newWorkspace,
       command: optional(
@@ -323,7 +333,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context, "workspace.run")
+        const fields = yield* newWorkspaceFields(args, context, name)
         const secretValues = yield* resolveSecrets(fields.secrets ?? [])
         if (args.dry_run === true) {
           return yield* client.plan(
@@ -342,17 +352,33 @@ export const tools: ReadonlyArray<AnyTool> = [
           stderrLimit: args.stderr_limit,
           keep: args.keep,
           bootTimeoutSeconds: args.boot_timeout_seconds,
-          ...stdinOf(args.stdin)
+          ...stdinOf(args.stdin),
+          ...(name === "workspace.dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))
       })
-  }),
+  })
+
+export const tools: ReadonlyArray<AnyTool> = [
+  oneShotTool("workspace.run"),
+  oneShotTool("workspace.dispatch"),
   defineTool({
     name: "workspace.create",
     title: "Create a workspace",
     description: "Create a persistent workspace from an image, with its own root disk; it is `prepared` "
-      + "until workspace.start boots it.",
+      + "until workspace.start boots it. With from_snapshot (WORKSPACE:TAG) instead of image, its disk is "
+      + "that snapshot's and its configuration that workspace's, with its own identity; from a memory "
+      + "snapshot its first workspace.start resumes the captured VM (processes, tmpfs), else it boots.",
     input: {
       ...newWorkspace,
+      image: optional(
+        Schema.NonEmptyTrimmedString,
+        "OCI image reference, e.g. alpine:3.20 or docker.io/library/debian:12 (required unless from_snapshot)"
+      ),
+      from_snapshot: optional(
+        Schema.String,
+        "WORKSPACE:TAG: the new workspace's disk is this snapshot's, its configuration that workspace's; "
+          + "only name may be given with it"
+      ),
       restart: optional(RestartPolicy, "restart policy (default never)"),
       entrypoint: optional(Schema.String, "shell command each start runs"),
       files: optional(
@@ -368,6 +394,20 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, network, setup, files, "
           + "entrypoint) without pulling or creating anything"
+      ),
+      service: optional(
+        Schema.String,
+        "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)"
+      ),
+      shell: optional(
+        Schema.String,
+        "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
+      ),
+      health: optional(
+        SpecHealth,
+        "health check: exec (argv, healthy on exit 0) or httpGet (path) with port (a published guest port); "
+          + "intervalSeconds (30), timeoutSeconds (5), retries (3), startPeriodSeconds (0); after retries failures "
+          + "in a row the VM is killed and the workspace is failed"
       )
     },
     output: Schema.Union(Workspace, RunPlan),
@@ -377,7 +417,29 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args, context) =>
       Effect.gen(function*() {
         const client = yield* MicroagentClient
-        const fields = yield* newWorkspaceFields(args, context, "workspace.create")
+        if (args.from_snapshot !== undefined) {
+          const { from_snapshot, name, ...rest } = args
+          const others = Object.entries(rest).filter(([, value]) => value !== undefined).map(([key]) => key)
+          if (others.length > 0 || name === undefined) {
+            return yield* new InvalidInput({
+              message: name === undefined
+                ? "from_snapshot needs the new workspace's name"
+                : `from_snapshot takes the snapshot's workspace's configuration; other fields were given (${
+                  others.join(", ")
+                })`,
+              remediation: "give only name and from_snapshot"
+            })
+          }
+          const copy = yield* client.createFromSnapshot({ name, snapshot: from_snapshot })
+          return copy.workspace
+        }
+        if (args.image === undefined) {
+          return yield* new InvalidInput({
+            message: "workspace.create needs image (or from_snapshot)",
+            remediation: "give an OCI image reference, e.g. alpine:3.20"
+          })
+        }
+        const fields = yield* newWorkspaceFields({ ...args, image: args.image }, context, "workspace.create")
         // Resolved once, so that a secret the server cannot read fails now rather than at the first start.
         yield* resolveSecrets(fields.secrets ?? [])
         const files = args.files === undefined
@@ -391,12 +453,22 @@ export const tools: ReadonlyArray<AnyTool> = [
                   remediation: "give SRC:DST[:MODE] with an absolute SRC"
                 })
               ))
+        const health = args.health === undefined ? undefined : healthCheckOf(args.health)
+        if (health !== undefined && Either.isLeft(health)) {
+          return yield* new InvalidInput({
+            message: health.left,
+            remediation: "see docs/agents.md for the health fields"
+          })
+        }
         const payload = defined({
           ...fields,
           restart: args.restart,
           entrypoint: args.entrypoint,
           files,
-          setup: args.setup
+          setup: args.setup,
+          service: args.service,
+          shell: args.shell,
+          health: health?.right
         })
         return yield* args.dry_run === true
           ? client.plan({ ...payload, kind: "create" })
@@ -417,6 +489,11 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
           + "in the MCP server's environment, and delivered"
+      ),
+      from_snapshot: optional(
+        SnapshotTag,
+        "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
+          + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
       )
     },
     output: Workspace,
@@ -439,7 +516,8 @@ export const tools: ReadonlyArray<AnyTool> = [
             name: args.name,
             bootTimeoutSeconds: args.boot_timeout_seconds,
             secrets: given,
-            secretValues
+            secretValues,
+            fromSnapshot: args.from_snapshot
           })
         )
       })
@@ -536,16 +614,51 @@ export const tools: ReadonlyArray<AnyTool> = [
     name: "workspace.kill",
     title: "Kill a workspace",
     description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",
-    input: workspaceName,
+    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
     output: Workspace,
     kind: "destructive",
     sideEffects: ["kills the VM (unsynced guest writes may be lost)"],
     cost: "host_io",
-    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.kill({ name: args.name })),
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) => client.kill(defined({ name: args.name, reason: args.reason }))
+      ),
     preview: (args) =>
       transitionPreview(args.name, "kill", (state) => [
         `kill the VM of ${args.name} (${state}) at once`,
         `record ${args.name} as stopped (its disk is kept)`
+      ])
+  }),
+  defineTool({
+    name: "workspace.quarantine",
+    title: "Quarantine a workspace",
+    description: "Contain a running or paused workspace: cut its network, freeze its vCPUs, capture its "
+      + "console, events, egress log, memory and disk into a custody record, and stop it. Start is refused "
+      + "afterwards; workspace.delete needs force to remove it.",
+    input: {
+      ...workspaceName,
+      reason: described(Schema.NonEmptyTrimmedString, "why: recorded in the events and the custody record"),
+      no_capture: optional(Schema.Boolean, "keep only the logs: no memory or disk capture")
+    },
+    output: QuarantineResult,
+    kind: "destructive",
+    sideEffects: ["cuts the network and stops the VM", "writes a custody record beside the workspace"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.quarantine(defined({
+          name: args.name,
+          reason: args.reason,
+          capture: args.no_capture === true ? false : undefined
+        }))),
+    preview: (args) =>
+      transitionPreview(args.name, "quarantine", (state) => [
+        `cut the network of ${args.name} (${state}) and freeze its vCPUs`,
+        args.no_capture === true
+          ? "capture its console, events and egress log"
+          : "capture its console, events, egress log, memory and disk",
+        `stop its VM and record ${args.name} as quarantined (start refused afterwards)`
       ])
   }),
   defineTool({

@@ -11,7 +11,7 @@ import { guestFailure, runningHandle } from "./Exec.ts"
 import { execRequestFor } from "./internal/Requests.ts"
 
 export interface ConnectOptions {
-  /** The command; the workspace's shell (/bin/sh) when empty. */
+  /** The command; the workspace's shell (its `shell`, default /bin/sh) when empty. */
   readonly argv: ReadonlyArray<string>
   /** The caller's terminal size: a PTY when given, pipes otherwise. */
   readonly tty?: { readonly rows: number; readonly cols: number } | undefined
@@ -29,7 +29,10 @@ export const connect = (name: string, options: ConnectOptions) =>
       const workspace = yield* Effect.flatMap(StateStore, (store) => store.get(name))
       const channel = yield* GuestChannel
       const connection = yield* channel.connect(handle.channel).pipe(Effect.mapError(guestFailure(name)))
-      const argv = (options.argv.length > 0 ? options.argv : defaultShell) as [string, ...Array<string>]
+      const argv = (options.argv.length > 0 ? options.argv : [workspace.shell ?? defaultShell[0]]) as [
+        string,
+        ...Array<string>
+      ]
       const base = execRequestFor(workspace, argv, { env: options.env })
       const request = options.tty === undefined ? base : { ...base, tty: options.tty }
       yield* Effect.flatMap(StateStore, (store) =>

@@ -27,11 +27,9 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { runningHandle } from "./Exec.ts"
 import { checkGuestPath, guestBasename } from "./internal/CopyPaths.ts"
-import { claimDisk } from "./internal/DiskClaim.ts"
+import { claimStoppedDisk, offlineStates } from "./internal/DiskClaim.ts"
 import { extractHostTree, hostDestination, writeHostFile } from "./internal/HostWrite.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
-
-const offlineStates: ReadonlyArray<Workspace["state"]> = ["prepared", "halted", "stopped", "failed"]
 
 const orFail = <A>(value: A | InvalidInput) =>
   value instanceof InvalidInput ? Effect.fail(value) : Effect.succeed(value)
@@ -237,7 +235,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
 
   return yield* Effect.scoped(Effect.gen(function*() {
     yield* onRootDisk(reached.workspace, guestPath)
-    yield* claimDisk(name, "an offline cp")
+    yield* claimStoppedDisk(name, "an offline cp")
     const image = reached.workspace.rootfsPath
     yield* Debugfs.fsck(image)
     const at = yield* Debugfs.statPath(image, guestPath)
@@ -374,7 +372,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
 
   return yield* Effect.scoped(Effect.gen(function*() {
     yield* onRootDisk(reached.workspace, guestPath)
-    yield* claimDisk(name, "an offline cp")
+    yield* claimStoppedDisk(name, "an offline cp")
     const image = reached.workspace.rootfsPath
     yield* Debugfs.fsck(image)
     const at = yield* Debugfs.statPath(image, guestPath)

@@ -12,6 +12,7 @@ import { validateMounts } from "../domain/MountFlag.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
   defaultResources,
+  type HealthCheck,
   ImageInfo,
   type Mount,
   nameProblem,
@@ -53,6 +54,11 @@ export interface CreateOptions {
   readonly files?: ReadonlyArray<FileCopy> | undefined
   /** Shell commands run once, before the first start's entrypoint. */
   readonly setup?: ReadonlyArray<string> | undefined
+  /** A shell command the guest keeps running, restarted with back-off. */
+  readonly service?: string | undefined
+  /** The absolute guest path of the shell `connect` runs. */
+  readonly shell?: string | undefined
+  readonly health?: HealthCheck | undefined
   /** One-shot workspaces of `run`. */
   readonly ephemeral?: boolean | undefined
   readonly namePrefix?: string | undefined
@@ -70,7 +76,7 @@ export interface CreateOptions {
 }
 
 /** Hostnames are the workspace name made DNS-safe. */
-const hostnameFor = (name: string) =>
+export const hostnameFor = (name: string) =>
   name.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "").slice(0, 63) || "workspace"
 
 export const resolveResources = (options: CreateOptions) => {
@@ -93,6 +99,31 @@ export const checkTtl = (ttlSeconds: number | undefined) =>
         remediation: "give --ttl 30m, --ttl 7d, or --ttl 0 for no lease"
       })
     )
+
+/** A service and a shell are non-empty; an HTTP health check probes a port the workspace publishes. */
+const checkSupervision = (options: CreateOptions) =>
+  Effect.gen(function*() {
+    if (options.service !== undefined && options.service.trim() === "") {
+      return yield* new InvalidInput({
+        message: "the service command is empty",
+        remediation: "give a shell command: --service-command 'python3 -m http.server 8080'"
+      })
+    }
+    if (options.shell !== undefined && !/^\/\S*$/.test(options.shell)) {
+      return yield* new InvalidInput({
+        message: `the shell ${JSON.stringify(options.shell)} is not an absolute guest path`,
+        remediation: "give one like /bin/bash"
+      })
+    }
+    const httpGet = options.health?.httpGet
+    if (httpGet !== undefined && !(options.ports ?? []).some((p) => p.guestPort === httpGet.port)) {
+      return yield* new InvalidInput({
+        message:
+          `the HTTP health check probes guest port ${httpGet.port}, which the workspace does not publish`,
+        remediation: `publish it: -p ${httpGet.port}:${httpGet.port} (or network.forwards in the spec)`
+      })
+    }
+  })
 
 const removeTree = (path: string) => Effect.sync(() => NodeFs.rmSync(path, { recursive: true, force: true }))
 
@@ -136,6 +167,7 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
     })
   }
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
+  yield* checkSupervision(options)
   const files = yield* resolveFileCopies(options.files)
   return { name, resources, files }
 })
@@ -179,6 +211,9 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ...(options.entrypoint === undefined ? {} : { entrypoint: options.entrypoint }),
       files,
       setup: options.setup ?? [],
+      ...(options.service === undefined ? {} : { service: options.service }),
+      ...(options.shell === undefined ? {} : { shell: options.shell }),
+      ...(options.health === undefined ? {} : { health: options.health }),
       ...(options.ttlSeconds === undefined || options.ttlSeconds === 0
         ? {}
         : { expiresAt: DateTime.addDuration(now, Duration.seconds(options.ttlSeconds)) }),

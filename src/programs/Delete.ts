@@ -28,7 +28,16 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
   const found = yield* store.find(name)
   if (Option.isNone(found)) return { workspace: name, deleted: false }
   const workspace = yield* reconcile(found.value)
-  if (!isDeletable(workspace.state)) {
+  if (workspace.state === "quarantined") {
+    // Its VM is stopped already; what a delete would lose is the custody record.
+    if (!options.force) {
+      return yield* new Conflict({
+        message: `workspace ${name} is quarantined: it and its custody record (console, events, egress `
+          + `log, memory and disk) are held for inspection`,
+        remediation: `copy what you need from ${home.workspaceDir(name)}/custody, then delete --force ${name}`
+      })
+    }
+  } else if (!isDeletable(workspace.state)) {
     yield* requireBackend(workspace)
     if (options.force) yield* kill(name)
     else if (options.yes) yield* halt(name)

@@ -53,7 +53,12 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   })).pipe(Effect.tap(releaseMounts), Effect.tap(detachNetworks), Effect.uninterruptible)
 })
 
-export const kill = Effect.fn("kill")(function*(name: string) {
+export interface KillOptions {
+  /** Why: recorded in the workspace's events. */
+  readonly reason?: string | undefined
+}
+
+export const kill = Effect.fn("kill")(function*(name: string, options: KillOptions = {}) {
   const store = yield* StateStore
   const hypervisor = yield* Hypervisor
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
@@ -66,7 +71,10 @@ export const kill = Effect.fn("kill")(function*(name: string) {
     })
   }
   return yield* Effect.uninterruptible(
-    store.transition(name, "kill", { patch: detached, detail: "killed" }).pipe(
+    store.transition(name, "kill", {
+      patch: detached,
+      detail: options.reason === undefined || options.reason === "" ? "killed" : `killed: ${options.reason}`
+    }).pipe(
       Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
       // Now stopped, the record owns no VMM: any still running for it (a start that died) goes too.
       Effect.tap(() => reapOrphanVmms({ workspace: name })),

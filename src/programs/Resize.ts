@@ -1,7 +1,8 @@
 /**
  * `resize`: grows (or shrinks, down to its content) a workspace's root disk, offline. Refused while
  * the workspace's VM may be alive, and while it has snapshots (a snapshot's memory expects the disk
- * it was taken with).
+ * it was taken with). It holds the disk's claim (internal/DiskClaim.ts) while it changes it, so a start
+ * or an offline cp or commit cannot run on the disk at the same time.
  */
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
@@ -11,6 +12,7 @@ import type { ResizeResult } from "../domain/Usage.ts"
 import { Resources, type Workspace } from "../domain/Workspace.ts"
 import { Disks } from "../services/Disks.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { claimStoppedDisk } from "./internal/DiskClaim.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 import { snapshotList } from "./Snapshot.ts"
 
@@ -64,7 +66,9 @@ export const resize = Effect.fn("resize")(function*(name: string, sizeMiB: numbe
   const store = yield* StateStore
   const what = `workspace ${name}'s root disk`
   if (sizeMiB !== fromMiB) {
-    yield* disks.resize(workspace.rootfsPath, sizeMiB, what)
+    yield* Effect.scoped(
+      Effect.zipRight(claimStoppedDisk(name, "a resize"), disks.resize(workspace.rootfsPath, sizeMiB, what))
+    )
     yield* store.update(name, (ws) =>
       ({
         ...ws,

@@ -3,15 +3,17 @@
  * scoped resource: failure or interruption (Ctrl-C) kills the VM and removes every file and record,
  * unless `keep` asks to keep it (halted) for inspection.
  */
-import { Effect, Exit, type Stream } from "effect"
+import { Effect, Exit, Option, type Stream } from "effect"
+import { defaultEgress, receiptOf } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
+import { Egress } from "../services/Egress.ts"
 import type { GuestError } from "../services/GuestChannel.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { collectOutputs } from "./Artifacts.ts"
 import { create, type CreateOptions } from "./Create.ts"
 import { remove } from "./Delete.ts"
 import { exec } from "./Exec.ts"
-import { halt } from "./Halt.ts"
+import { halt, kill } from "./Halt.ts"
 import { type ExecOverrides, execRequestFor, imageCommand } from "./internal/Requests.ts"
 import type { SecretValues } from "./internal/SecretDelivery.ts"
 import { start } from "./Start.ts"
@@ -28,6 +30,11 @@ export interface RunOptions extends CreateOptions {
   readonly stdin?: Stream.Stream<Uint8Array, GuestError> | undefined
   /** Called once the workspace has a name (the CLI prints it with `keep`). */
   readonly onCreated?: ((name: string) => Effect.Effect<void>) | undefined
+  /**
+   * `dispatch`: stop the VM once the command is done and sum its egress audit log into a receipt
+   * (the mediator's record of what it reached and was refused) before the workspace goes.
+   */
+  readonly receipt?: boolean | undefined
 }
 
 export const run = Effect.fn("run")(function*(options: RunOptions) {
@@ -66,6 +73,18 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
     const result = yield* exec(workspace.name, request, options.stdin)
     // Declared outputs outlive the one-shot workspace; a failed collection is recorded, not fatal.
     if (latest.outputs.length > 0) yield* collectOutputs(workspace.name).pipe(Effect.ignoreLogged)
-    return { workspace: workspace.name, kept: options.keep ?? false, result }
+    if (!options.receipt) return { workspace: workspace.name, kept: options.keep ?? false, result }
+    // Stopped first, so that the mediator has written its last records.
+    if (options.keep) yield* halt(workspace.name, { reason: "dispatch finished" })
+    else yield* kill(workspace.name)
+    const mode = latest.network === "user" ? (latest.egress ?? defaultEgress).mode : "none"
+    const egress = yield* Effect.serviceOption(Egress)
+    const records = mode === "broker" && Option.isSome(egress) ? yield* egress.value.read(workspace.name) : []
+    return {
+      workspace: workspace.name,
+      kept: options.keep ?? false,
+      result,
+      receipt: receiptOf(mode, records)
+    }
   }))
 })

@@ -10,18 +10,20 @@
  * halt races the capture.
  */
 import { Effect, Option, Schema } from "effect"
-import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
+import { ExecRequest } from "../domain/Exec.ts"
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { isAlive } from "../layers/process/Processes.ts"
+import { GuestChannel } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
 export interface SnapshotCreateOptions {
@@ -32,7 +34,7 @@ const diskFile = "disk.ext4"
 const stateFile = "vm.state"
 const manifestFile = "manifest.json"
 
-const snapshotsDir = (home: { readonly workspaceDir: (name: string) => string }, name: string) =>
+export const snapshotsDir = (home: { readonly workspaceDir: (name: string) => string }, name: string) =>
   NodePath.join(home.workspaceDir(name), "snapshots")
 
 const defaultTag = (now: Date) => `snap-${now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}`
@@ -68,15 +70,6 @@ const sweepLeftovers = (dir: string) =>
     }
   })
 
-const fsyncPath = (path: string) => {
-  const fd = NodeFs.openSync(path, "r")
-  try {
-    NodeFs.fsyncSync(fd)
-  } finally {
-    NodeFs.closeSync(fd)
-  }
-}
-
 const allocatedBytes = (path: string) => {
   try {
     return NodeFs.statSync(path).blocks * 512
@@ -84,17 +77,6 @@ const allocatedBytes = (path: string) => {
     return 0
   }
 }
-
-/** A reflink where the filesystem can, else a sparse copy (zero blocks are not stored). */
-const copyDisk = (from: string, to: string) =>
-  Effect.async<void, Permanent>((resume) => {
-    NodeChild.execFile("cp", ["--reflink=auto", "--sparse=always", from, to], (error, _stdout, stderr) => {
-      if (error === null) return resume(Effect.void)
-      resume(
-        Effect.fail(new Permanent({ message: `copying the disk ${from} failed: ${String(stderr).trim()}` }))
-      )
-    })
-  })
 
 const writeManifest = (dir: string, manifest: SnapshotManifest) =>
   Effect.sync(() => {
@@ -257,6 +239,13 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
   )
 })
 
+const syncGuest = (handle: VmHandle) =>
+  handle.channel._tag === "HostDirectory" ? Effect.void : Effect.scoped(Effect.gen(function*() {
+    const channel = yield* GuestChannel
+    const connection = yield* channel.connect(handle.channel, { timeout: "5 seconds" })
+    yield* connection.exec(new ExecRequest({ argv: ["sync"], env: {}, timeoutSeconds: 30 }))
+  })).pipe(Effect.timeout("35 seconds"), Effect.ignore)
+
 /**
  * Pauses (through the store, when it was running), writes the VM state and copies the disk while
  * paused, then resumes; returns how long the guest was held. Resuming is not skipped on failure.
@@ -277,6 +266,10 @@ const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, stagin
       yield* held
       return Date.now() - started
     }
+    // The disk copy is taken while the guest is held: what the guest wrote but did not flush yet would
+    // be missing from it when it boots cold (`create --from-snapshot`). Best effort: a guest whose
+    // agent does not answer is still captured.
+    yield* syncGuest(handle)
     // Owned while paused: if this process dies mid-capture, the next reader resumes the VM.
     yield* store.transition(name, "pause", { patch: ownedByMe, detail: "snapshot" })
     yield* held.pipe(
@@ -292,6 +285,47 @@ const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, stagin
     )
     return Date.now() - started
   })
+
+/** One snapshot of a workspace: its manifest and the absolute paths of its files. */
+export interface LoadedSnapshot {
+  readonly manifest: SnapshotManifest
+  readonly dir: string
+  readonly disk: string
+  readonly state: string | undefined
+}
+
+/** Reads a published snapshot; an unknown tag is `NotFound`. */
+export const loadSnapshot = Effect.fn("snapshot.load")(function*(name: string, tag: string) {
+  const home = yield* Home
+  yield* checkTag(tag)
+  const dir = NodePath.join(snapshotsDir(home, name), tag)
+  if (!NodeFs.existsSync(NodePath.join(dir, manifestFile))) {
+    return yield* new NotFound({
+      message: `workspace ${name} has no snapshot tagged ${tag}`,
+      remediation: `see microagent snapshot list ${name}`
+    })
+  }
+  const manifest = yield* readManifest(dir)
+  const inside = (file: string) => {
+    // The manifest names files of its own directory; anything else is not ours to read.
+    const path = NodePath.resolve(dir, file)
+    return NodePath.dirname(path) === dir ? path : undefined
+  }
+  const disk = inside(manifest.files.disk)
+  const state = manifest.files.state === undefined ? undefined : inside(manifest.files.state)
+  if (disk === undefined || (manifest.files.state !== undefined && state === undefined)) {
+    return yield* new Permanent({ message: `the manifest of snapshot ${name}:${tag} names files outside it` })
+  }
+  for (const file of [disk, ...(state === undefined ? [] : [state])]) {
+    if (!NodeFs.existsSync(file)) {
+      return yield* new Permanent({
+        message: `snapshot ${name}:${tag} is missing ${NodePath.basename(file)}`,
+        remediation: `delete it (microagent snapshot delete ${name} ${tag})`
+      })
+    }
+  }
+  return { manifest, dir, disk, state } satisfies LoadedSnapshot
+})
 
 export const snapshotList = Effect.fn("snapshot.list")(function*(name: string) {
   const store = yield* StateStore

@@ -3,13 +3,14 @@
  * concurrent starts, one wins and the other gets `Conflict`. Failure or interruption at any point
  * kills whatever was launched and records `failed`; the store never says `running` for a VM that is not.
  */
-import { DateTime, Duration, Effect, Exit, Option } from "effect"
+import { DateTime, Duration, Effect, Either, Exit, Option } from "effect"
 import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { defaultEgress } from "../domain/Egress.ts"
-import { Conflict, InvalidInput, Unsupported } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, type MicroagentError, Permanent, Unsupported } from "../domain/Errors.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
+import { restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { type ProfileName, profiles, Resources, type SecretRef, type Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
@@ -18,13 +19,26 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
 import { kill } from "./Halt.ts"
+import { claimDisk } from "./internal/DiskClaim.ts"
+import {
+  copyDisk,
+  pendingDiskPath,
+  putBack,
+  removePath,
+  replaceDisk,
+  resumeStateFile,
+  sweepPendingDisks
+} from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
+import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchWithNetworks, preflightNetworking } from "./Network.ts"
+import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
+import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -38,6 +52,11 @@ export interface StartOptions {
   readonly cpus?: number | undefined
   /** A new lease, counted from now (0: none); without it an expired lease refuses the start. */
   readonly ttlSeconds?: number | undefined
+  /**
+   * Roll back to this snapshot of the workspace first: its disk replaces the workspace's, and a
+   * memory snapshot resumes the captured VM instead of booting (see docs/snapshots.md).
+   */
+  readonly fromSnapshot?: string | undefined
 }
 
 /** An expired lease stops a start, unless the start brings a new one. */
@@ -63,11 +82,15 @@ const checkLease = (workspace: Workspace, ttlSeconds: number | undefined) =>
     return ttlSeconds === 0 ? null : DateTime.addDuration(now, Duration.seconds(ttlSeconds))
   })
 
-/** The memory and vCPUs of this start: the overrides over the record's. */
-const launchResources = (workspace: Workspace, options: StartOptions) => {
+/**
+ * The memory and vCPUs of this start: the overrides over the record's, or over the captured ones when
+ * it resumes a memory snapshot (whose memory only fits the machine it came from).
+ */
+const launchResources = (workspace: Workspace, options: StartOptions, captured?: Resources) => {
   const profile = options.profile === undefined ? undefined : profiles[options.profile]
-  const memoryMiB = options.memoryMiB ?? profile?.memoryMiB ?? workspace.resources.memoryMiB
-  const cpus = options.cpus ?? profile?.cpus ?? workspace.resources.cpus
+  const base = captured ?? workspace.resources
+  const memoryMiB = options.memoryMiB ?? profile?.memoryMiB ?? base.memoryMiB
+  const cpus = options.cpus ?? profile?.cpus ?? base.cpus
   if (!Number.isInteger(memoryMiB) || memoryMiB < 64 || !Number.isInteger(cpus) || cpus < 1 || cpus > 256) {
     return Effect.fail(
       new InvalidInput({
@@ -114,6 +137,114 @@ const releaseEgress = (workspace: string) =>
     Effect.flatMap((egress) => Option.isSome(egress) ? egress.value.release(workspace) : Effect.void)
   )
 
+/**
+ * Checks that `snapshot` can be restored onto this workspace here (restoreRefusal), then copies its
+ * disk beside the workspace's; returns the copy's path, renamed over the disk once the start is
+ * admitted. The workspace's own disk is untouched until then.
+ */
+const prepareRollback = (
+  workspace: Workspace,
+  snapshot: LoadedSnapshot,
+  target: {
+    readonly backend: string
+    readonly kernelSha256: string | undefined
+    readonly resources: { readonly memoryMiB: number; readonly cpus: number }
+    readonly hasSecrets: boolean
+  }
+) =>
+  Effect.gen(function*() {
+    const { manifest } = snapshot
+    const refusal = restoreRefusal(manifest, {
+      backend: target.backend,
+      kernelSha256: target.kernelSha256,
+      memoryMiB: target.resources.memoryMiB,
+      hasSecrets: target.hasSecrets
+    })
+    if (Either.isLeft(refusal)) return yield* refusal.left
+    if (manifest.kind === "memory") {
+      if (snapshot.state === undefined) {
+        return yield* new Permanent({ message: `memory snapshot ${manifest.tag} has no VM state file` })
+      }
+      if (target.resources.cpus !== manifest.resources.cpus) {
+        return yield* new Conflict({
+          message:
+            `snapshot ${manifest.workspace}:${manifest.tag} was captured with ${manifest.resources.cpus} vCPUs, this start asks for ${target.resources.cpus}`,
+          remediation: `start it with --cpus ${manifest.resources.cpus} (the captured count)`
+        })
+      }
+      // Attached disks and named networks are refused at capture; the record may have changed since.
+      if (workspace.mounts.length > 0 || workspace.networks.length > 0) {
+        return yield* new Unsupported({
+          message:
+            `workspace ${workspace.name} has attached disks or named networks, which its memory snapshot ${manifest.tag} did not capture`,
+          remediation: "restore a disk snapshot instead (taken while halted)",
+          backend: target.backend,
+          feature: "memory restore with attached disks or named networks"
+        })
+      }
+    }
+    const pending = pendingDiskPath(workspace.rootfsPath, `restore-${manifest.tag}`)
+    yield* sweepPendingDisks(workspace.rootfsPath)
+    yield* removePath(pending)
+    yield* copyDisk(snapshot.disk, pending)
+    return pending
+  })
+
+/** A copy's pending resume: the same checks as a roll back to a memory snapshot (restoreRefusal). */
+const checkResume = (
+  workspace: Workspace,
+  resume: NonNullable<Workspace["pendingResume"]>,
+  stateFile: string | undefined,
+  target: {
+    readonly backend: string
+    readonly kernelSha256: string | undefined
+    readonly resources: { readonly memoryMiB: number; readonly cpus: number }
+    readonly hasSecrets: boolean
+  }
+) =>
+  Effect.gen(function*() {
+    const remediation =
+      `delete it and create it again from a disk snapshot, or boot its disk as it is: microagent clone ${workspace.name} NEW`
+    if (stateFile === undefined || !NodeFs.existsSync(stateFile)) {
+      return yield* new Permanent({
+        message: `workspace ${workspace.name} should resume ${resume.snapshot}, and its VM state is missing`,
+        remediation
+      })
+    }
+    if (
+      resume.kernelSha256 !== undefined && target.kernelSha256 !== undefined
+      && resume.kernelSha256 !== target.kernelSha256
+    ) {
+      return yield* new Unsupported({
+        message: `workspace ${workspace.name} resumes ${resume.snapshot}, whose guest ran kernel sha256 ${
+          resume.kernelSha256.slice(0, 12)
+        }…; this host would run ${target.kernelSha256.slice(0, 12)}…`,
+        remediation,
+        backend: target.backend,
+        feature: "memory restore across kernels"
+      })
+    }
+    if (
+      target.resources.memoryMiB !== resume.resources.memoryMiB
+      || target.resources.cpus !== resume.resources.cpus
+    ) {
+      return yield* new Conflict({
+        message:
+          `workspace ${workspace.name} resumes a VM of ${resume.resources.memoryMiB} MiB and ${resume.resources.cpus} vCPUs; this start asks for ${target.resources.memoryMiB} MiB and ${target.resources.cpus}`,
+        remediation: "start it without --memory, --cpus or --profile"
+      })
+    }
+    if (target.hasSecrets || workspace.mounts.length > 0 || workspace.networks.length > 0) {
+      return yield* new Unsupported({
+        message:
+          `workspace ${workspace.name} resumes a memory snapshot and now has secrets, attached disks or named networks, which that memory does not hold`,
+        remediation,
+        backend: target.backend,
+        feature: "memory restore with secrets, attached disks or named networks"
+      })
+    }
+  })
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 export const start = Effect.fn("start")(function*(name: string, options: StartOptions = {}) {
@@ -124,7 +255,25 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   const current = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(current)
   const lease = yield* checkLease(current, options.ttlSeconds)
-  const resources = yield* launchResources(current, options)
+  const snapshot = options.fromSnapshot === undefined
+    ? undefined
+    : yield* loadSnapshot(name, options.fromSnapshot)
+  // A copy made by `create --from-snapshot` of a memory snapshot resumes that VM on its first start.
+  const resume = snapshot === undefined ? current.pendingResume : undefined
+  const memoryRestore = (snapshot !== undefined && snapshot.manifest.kind === "memory")
+    || resume !== undefined
+  const resources = yield* launchResources(
+    current,
+    options,
+    snapshot !== undefined && snapshot.manifest.kind === "memory"
+      ? snapshot.manifest.resources
+      : resume?.resources
+  )
+  const stateFile = snapshot !== undefined
+    ? snapshot.state
+    : resume === undefined
+    ? undefined
+    : NodePath.join(home.workspaceDir(name), resumeStateFile)
   // A VMM left by an earlier start that died half way holds the disk: it goes before a new one boots.
   yield* reapOrphanVmms({ workspace: name })
   const secrets = mergeRefs(current.secrets, options.secrets ?? [])
@@ -137,99 +286,218 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
-  const boot = Option.isSome(kernels)
-    ? yield* kernels.value.ensure(process.arch === "arm64" ? "aarch64" : "x86_64").pipe(
-      Effect.map((artifacts) => ({
-        kernelPath: artifacts.kernelPath,
-        initrdPath: artifacts.initrdPath,
-        ...(artifacts.kernelHz === undefined ? {} : { kernelHz: artifacts.kernelHz })
-      }))
-    )
-    : {}
-  const starting = yield* store.transition(name, "start", {
-    patch: (ws) =>
-      ownedByMe(
-        {
-          ...ws,
-          secrets,
-          sessionId: randomUUID(),
-          vm: undefined,
-          launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
-            ? undefined
-            : new Resources({ ...ws.resources, ...resources }),
-          ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
-        } as Workspace
-      ),
-    detail: `backend ${hypervisor.backend}`
-  })
-  const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
-  // A new session starts with a fresh console log.
-  NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
+  const artifacts = Option.isSome(kernels)
+    ? yield* kernels.value.ensure(process.arch === "arm64" ? "aarch64" : "x86_64")
+    : undefined
+  const boot = artifacts === undefined ? {} : {
+    kernelPath: artifacts.kernelPath,
+    initrdPath: artifacts.initrdPath,
+    ...(artifacts.kernelHz === undefined ? {} : { kernelHz: artifacts.kernelHz })
+  }
+  // Before anything changes: a snapshot this host cannot resume is refused, and its disk is copied
+  // beside the workspace's (the current disk is replaced only once the start is admitted).
+  if (resume !== undefined) {
+    yield* checkResume(current, resume, stateFile, {
+      backend: hypervisor.backend,
+      kernelSha256: artifacts?.kernelSha256,
+      resources,
+      hasSecrets: secrets.length > 0
+    })
+  }
+  const pendingDisk = snapshot === undefined
+    ? undefined
+    : yield* prepareRollback(current, snapshot, {
+      backend: hypervisor.backend,
+      kernelSha256: artifacts?.kernelSha256,
+      resources,
+      hasSecrets: secrets.length > 0
+    })
+  // Admitted (the `start` transition) from here: every failure records `failed` and stops the VM.
+  const admitted = Effect.gen(function*() {
+    // Under the disk's claim: an offline cp, commit or resize running now makes this a conflict, and
+    // one that claims the disk after this sees the workspace starting.
+    const starting = yield* Effect.scoped(Effect.zipRight(
+      claimDisk(name, "a start"),
+      store.transition(name, "start", {
+        patch: (ws) =>
+          ownedByMe(
+            {
+              ...ws,
+              secrets,
+              sessionId: randomUUID(),
+              vm: undefined,
+              failure: undefined,
+              serviceStatus: undefined,
+              launched: resources.memoryMiB === ws.resources.memoryMiB && resources.cpus === ws.resources.cpus
+                ? undefined
+                : new Resources({ ...ws.resources, ...resources }),
+              ...(lease === undefined ? {} : { expiresAt: lease ?? undefined })
+            } as Workspace
+          ),
+        detail: `backend ${hypervisor.backend}`
+      })
+    ))
+    const runtimeDir = yield* home.ensureDir(starting.runtimeDir)
+    // A new session starts with a fresh console log.
+    NodeFs.rmSync(NodePath.join(runtimeDir, "console.log"), { force: true })
 
-  const config = new LaunchConfig({
-    ...boot,
-    workspace: starting.name,
-    runtimeDir,
-    rootfsPath: starting.rootfsPath,
-    memoryMiB: resources.memoryMiB,
-    cpus: resources.cpus,
-    hostname: starting.hostname,
-    network: starting.network,
-    ports: starting.ports.map((p) => new PortForward(p)),
-    bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
-  })
+    const config = new LaunchConfig({
+      ...boot,
+      workspace: starting.name,
+      runtimeDir,
+      rootfsPath: starting.rootfsPath,
+      memoryMiB: resources.memoryMiB,
+      cpus: resources.cpus,
+      hostname: starting.hostname,
+      network: starting.network,
+      ports: starting.ports.map((p) => new PortForward(p)),
+      bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
+    })
 
-  return yield* Effect.uninterruptibleMask((restore) =>
-    Effect.gen(function*() {
-      // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
-      const launched = yield* Effect.exit(restore(
-        attachMounts(starting, runtimeDir).pipe(
-          Effect.zip(prepareEgress(starting, hypervisor.backend)),
-          Effect.flatMap(([disks, egress]) =>
-            launchWithNetworks(starting, (nics) =>
-              hypervisor.launch(
-                new LaunchConfig({ ...config, disks, nics, ...(egress === undefined ? {} : { egress }) })
-              ).pipe(
-                Effect.tap((handle) =>
-                  deliverSecrets(name, handle, options.secretValues ?? []).pipe(
-                    // Files land before anything of the workspace's own runs.
-                    Effect.zipRight(deliverFiles(name, handle, starting.files)),
-                    Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+    return yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
+        let freshened: Freshened | undefined
+        let previousDisk: string | undefined
+        // One type for both branches: a union here left the pipe below to inference that failed.
+        const swapDisk: Effect.Effect<void, MicroagentError> = pendingDisk === undefined
+          ? Effect.void
+          : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
+            Effect.tap((previous) => (previousDisk = previous)),
+            Effect.asVoid
+          )
+        const launched = yield* Effect.exit(restore(
+          swapDisk.pipe(
+            Effect.zipRight(attachMounts(starting, runtimeDir)),
+            Effect.zip(prepareEgress(starting, hypervisor.backend)),
+            Effect.flatMap(([disks, egress]) =>
+              launchWithNetworks(starting, (nics) => {
+                const full = new LaunchConfig({
+                  ...config,
+                  disks,
+                  nics,
+                  ...(egress === undefined ? {} : { egress })
+                })
+                return (memoryRestore && stateFile !== undefined
+                  // The captured VM was booted with its own hostname on the kernel command line.
+                  ? hypervisor.restore(
+                    resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
+                    stateFile
+                  ).pipe(
+                    // The resumed guest gets the host's clock and fresh entropy before it counts as
+                    // running, and a copy its own hostname and machine-id.
+                    Effect.tap((handle) =>
+                      freshenGuest(
+                        name,
+                        handle,
+                        resume === undefined ? undefined : { hostname: starting.hostname }
+                      ).pipe(
+                        Effect.tap((result) => (freshened = result)),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
                   )
-                )
-              ))
+                  : hypervisor.launch(full)).pipe(
+                    Effect.tap((handle) =>
+                      deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                        // Files land before anything of the workspace's own runs; a resumed guest's
+                        // processes already run, with the files they had when it was captured.
+                        Effect.zipRight(
+                          memoryRestore ? Effect.void : deliverFiles(name, handle, starting.files)
+                        ),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    )
+                  )
+              })
+            )
+          )
+        ))
+        if (Exit.isFailure(launched)) {
+          // A roll back that did not start gives the workspace its disk back.
+          if (previousDisk !== undefined) {
+            yield* putBack(previousDisk, starting.rootfsPath).pipe(Effect.ignore)
+          }
+          yield* releaseMounts(starting)
+          yield* releaseEgress(name)
+          yield* store.transition(name, "bootFailed", {
+            patch: withoutOwner,
+            detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
+          }).pipe(Effect.ignore)
+          return yield* Effect.failCause(launched.cause)
+        }
+        const handle: VmHandle = launched.value
+        const running = yield* store.transition(name, "booted", {
+          // A resume is used once: the next start boots from the disk.
+          patch: (ws) => withoutOwner({ ...ws, vm: handle, pendingResume: undefined } as Workspace),
+          detail: resume !== undefined
+            ? `pid ${handle.pid}, resumed from snapshot ${resume.snapshot}`
+            : snapshot === undefined
+            ? `pid ${handle.pid}`
+            : `pid ${handle.pid}, ${
+              memoryRestore ? "resumed" : "booted"
+            } from snapshot ${snapshot.manifest.tag}`
+        }).pipe(
+          // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
+          Effect.tapError(() =>
+            hypervisor.kill(handle).pipe(
+              Effect.ignore,
+              Effect.zipRight(releaseMounts(starting)),
+              Effect.zipRight(
+                previousDisk === undefined
+                  ? Effect.void
+                  : putBack(previousDisk, starting.rootfsPath).pipe(Effect.ignore)
+              )
+            )
           )
         )
-      ))
-      if (Exit.isFailure(launched)) {
-        yield* releaseMounts(starting)
-        yield* releaseEgress(name)
-        yield* store.transition(name, "bootFailed", {
-          patch: withoutOwner,
-          detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
-        }).pipe(Effect.ignore)
-        return yield* Effect.failCause(launched.cause)
-      }
-      const handle: VmHandle = launched.value
-      const running = yield* store.transition(name, "booted", {
-        patch: (ws) => withoutOwner({ ...ws, vm: handle } as Workspace),
-        detail: `pid ${handle.pid}`
-      }).pipe(
-        // Someone else moved the workspace (a kill, say) while it booted: this VM must not outlive that.
-        Effect.tapError(() =>
-          hypervisor.kill(handle).pipe(Effect.ignore, Effect.zipRight(releaseMounts(starting)))
-        )
+        // Running on the restored disk: the previous one goes; so does a used resume state.
+        if (previousDisk !== undefined) yield* removePath(previousDisk)
+        // (A roll back also ends a pending resume, which the `booted` patch cleared.)
+        if (current.pendingResume !== undefined) {
+          yield* removePath(NodePath.join(home.workspaceDir(name), resumeStateFile))
+        }
+        if (snapshot !== undefined || resume !== undefined) {
+          yield* store.appendEvent(name, {
+            type: "snapshot",
+            detail: `restored ${
+              resume !== undefined
+                ? `${resume.snapshot} (memory, as ${starting.hostname})`
+                : `${snapshot!.manifest.tag} (${snapshot!.manifest.kind})`
+            }${
+              freshened === undefined
+                ? ""
+                : `; clock ${freshened.clock ? "set" : "not set"}, rng ${
+                  freshened.rng ? "reseeded" : "not reseeded"
+                }${freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`}`
+            }`
+          }).pipe(Effect.ignore)
+        }
+        return running
+      })
+    ).pipe(
+      // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
+      Effect.flatMap((running) =>
+        runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+      ),
+      // The service next, so that the entrypoint finds it; a service that cannot be launched stops the
+      // VM. A resumed guest's service loop is in the captured memory, running already.
+      Effect.flatMap((running) =>
+        memoryRestore
+          ? Effect.succeed(running)
+          : launchService(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+      ),
+      // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
+      // A resumed guest's entrypoint is already running (or done): it is in the captured memory.
+      Effect.flatMap((running) =>
+        running.entrypoint === undefined || memoryRestore
+          ? Effect.succeed(running)
+          : launchEntrypoint(running)
       )
-      return running
-    })
-  ).pipe(
-    // Pending setup first; a failing step stops the VM (setup stays pending) and fails this start.
-    Effect.flatMap((running) =>
-      runSetup(running).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
-    ),
-    // In the background: the start is done once the entrypoint is launched (see Entrypoint.ts).
-    Effect.flatMap((running) =>
-      running.entrypoint === undefined ? Effect.succeed(running) : launchEntrypoint(running)
     )
+  })
+
+  return yield* admitted.pipe(
+    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk))
   )
 })

@@ -7,13 +7,17 @@
  *
  * `await using` (or `ws[Symbol.asyncDispose]()`) deletes the workspace, killing its VM first.
  */
-import { Duration, Effect, Stream } from "effect"
+import { Duration, Effect, Either, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { RunPlan } from "../domain/Plan.ts"
+import type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
+import type { SpecHealth } from "../domain/Spec.ts"
+import { healthCheckOf } from "../domain/Supervision.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 import {
@@ -22,26 +26,32 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create, type CreateOptions as CreateProgramOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
 import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
+import { fork } from "../programs/Fork.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { inspect, list } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { plan } from "../programs/Plan.ts"
+import { quarantine } from "../programs/Quarantine.ts"
 import { resize } from "../programs/Resize.ts"
+import { snapshotCreate } from "../programs/Snapshot.ts"
 import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
+import { supervise, type SuperviseReport } from "../programs/Supervise.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
 export type { ExecResult } from "../domain/Exec.ts"
 export type { RunPlan } from "../domain/Plan.ts"
+export type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 export type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
 export type { EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
 
@@ -74,6 +84,17 @@ export interface CreateOptions {
   readonly backend?: Backend | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
   readonly entrypoint?: string | undefined
+  /** What `supervise()` does when the VM stops: `never` (default), `on-failure`, `always`. */
+  readonly restart?: "never" | "on-failure" | "always" | undefined
+  /** A shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s). */
+  readonly service?: string | undefined
+  /** The absolute guest path of the shell `connect` runs (default /bin/sh). */
+  readonly shell?: string | undefined
+  /**
+   * A health check, as the spec's `health:` (`exec` argv or `httpGet` with `port`; the timing fields
+   * default to 30 s, 5 s, 3 retries, no start period). Checked while `supervise()` runs.
+   */
+  readonly health?: typeof SpecHealth.Type | undefined
   /** A lease in seconds: past it `microagent gc` stops the workspace (0 or absent: none). */
   readonly ttlSeconds?: number | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
@@ -121,6 +142,16 @@ const transferDir = Effect.flatMap(Home, (home) =>
     Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(home.tmp, "files-"))),
     (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
   ))
+
+/** The spec-shaped health check of `create()`, checked like the spec's. */
+const healthOf = (health: typeof SpecHealth.Type | undefined) =>
+  health === undefined
+    ? Effect.succeed(undefined)
+    : Either.match(healthCheckOf(health), {
+      onLeft: (message) =>
+        Effect.fail(new InvalidInput({ message, remediation: "see docs/agents.md for the health fields" })),
+      onRight: (check) => Effect.succeed(check)
+    })
 
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */
 export class WorkspaceFiles {
@@ -190,18 +221,23 @@ export class Workspace implements AsyncDisposable {
     const record = await host.run(
       withBackend(
         options.backend,
-        create({
-          image: options.image,
-          name: options.name,
-          cpus: options.cpus,
-          memoryMiB: options.memoryMiB,
-          sizeMiB: options.sizeMiB,
-          env: options.env,
-          network: options.network,
-          entrypoint: options.entrypoint,
-          ttlSeconds: options.ttlSeconds,
-          egress: egressPolicy(options.egress)
-        })
+        Effect.flatMap(healthOf(options.health), (health) =>
+          create({
+            image: options.image,
+            name: options.name,
+            cpus: options.cpus,
+            memoryMiB: options.memoryMiB,
+            sizeMiB: options.sizeMiB,
+            env: options.env,
+            network: options.network,
+            entrypoint: options.entrypoint,
+            restart: options.restart,
+            service: options.service,
+            shell: options.shell,
+            health,
+            ttlSeconds: options.ttlSeconds,
+            egress: egressPolicy(options.egress)
+          }))
       ),
       { signal: options.signal }
     )
@@ -243,6 +279,27 @@ export class Workspace implements AsyncDisposable {
       ),
       { signal: options.signal }
     )
+  }
+
+  /**
+   * A new prepared workspace whose disk is a snapshot's (`snapshot` is `WORKSPACE:TAG`), configured
+   * like that workspace, with its own identity; `start()` boots it cold. Rejects `not_found` for an
+   * unknown workspace or tag.
+   */
+  static async fromSnapshot(
+    name: string,
+    snapshot: string,
+    options: { readonly host?: Host | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<Workspace> {
+    const host = options.host ?? defaultHost()
+    const copy = await host.run(
+      Either.match(parseSnapshotRef(snapshot), {
+        onLeft: (error) => Effect.fail(error),
+        onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(name, snapshot))
+      }),
+      { signal: options.signal }
+    )
+    return new Workspace(copy.workspace.name, host)
   }
 
   /** An existing workspace by name; rejects `not_found` if there is none. */
@@ -310,7 +367,8 @@ export class Workspace implements AsyncDisposable {
 
   /**
    * Boots a prepared or halted workspace from its disk and waits for its guest. `memoryMiB` and `cpus`
-   * apply to this start only; `ttlSeconds` gives a new lease from now.
+   * apply to this start only; `ttlSeconds` gives a new lease from now; `fromSnapshot` rolls the
+   * workspace back to one of its snapshots first (a memory snapshot resumes instead of booting).
    */
   async start(
     options: {
@@ -318,6 +376,8 @@ export class Workspace implements AsyncDisposable {
       readonly memoryMiB?: number | undefined
       readonly cpus?: number | undefined
       readonly ttlSeconds?: number | undefined
+      /** Roll back to this snapshot tag first (see docs/snapshots.md). */
+      readonly fromSnapshot?: string | undefined
       readonly signal?: AbortSignal | undefined
     } = {}
   ): Promise<void> {
@@ -328,11 +388,59 @@ export class Workspace implements AsyncDisposable {
           bootTimeoutSeconds: options.bootTimeoutSeconds,
           memoryMiB: options.memoryMiB,
           cpus: options.cpus,
-          ttlSeconds: options.ttlSeconds
+          ttlSeconds: options.ttlSeconds,
+          fromSnapshot: options.fromSnapshot
         })
       ),
       { signal: options.signal }
     )
+  }
+
+  /**
+   * Captures the workspace under `tag` (default `snap-<UTC time>`): memory, device state and disk when
+   * it runs (it is paused for the capture and resumed), its disk when it is stopped. `start({
+   * fromSnapshot })` rolls back to it; `Workspace.fromSnapshot` makes a new workspace of it.
+   */
+  async snapshot(
+    options: { readonly tag?: string | undefined; readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<SnapshotManifest> {
+    return await this.host.run(
+      withWorkspaceBackend(this.name, snapshotCreate(this.name, { tag: options.tag })),
+      { signal: options.signal }
+    )
+  }
+
+  /**
+   * Copies this prepared, halted or stopped workspace (disk and configuration) to a new prepared one
+   * named `target`, with its own identity. Read-write volumes and image files are not carried over
+   * (`droppedMounts`). Rejects `conflict` while this one runs.
+   */
+  async clone(
+    target: string,
+    options: { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<{ readonly workspace: Workspace; readonly droppedMounts: WorkspaceCopy["droppedMounts"] }> {
+    const copy = await this.host.run(withWorkspaceBackend(this.name, clone(this.name, target)), {
+      signal: options.signal
+    })
+    return { workspace: new Workspace(copy.workspace.name, this.host), droppedMounts: copy.droppedMounts }
+  }
+
+  /**
+   * `count` (default 1) running children of this running workspace, each resuming one memory capture
+   * of it under its own name (`namePrefix-1` …), hostname and machine-id. All or nothing.
+   */
+  async fork(
+    options: {
+      readonly count?: number
+      readonly namePrefix?: string
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<ReadonlyArray<Workspace>> {
+    const { signal, ...forkOptions } = options
+    const result = await this.host.run(withWorkspaceBackend(this.name, fork(this.name, forkOptions)), {
+      signal
+    })
+    return result.children.map((child) => new Workspace(child.name, this.host))
   }
 
   /** One sample of the running workspace's VMM (CPU, memory, I/O) and its root disk's use, from the host. */
@@ -375,12 +483,42 @@ export class Workspace implements AsyncDisposable {
     )
   }
 
+  /**
+   * Keeps the workspace up until its restart policy says otherwise (or `maxRestarts` restarts, or the
+   * signal aborts): starts it if it is not running, restarts it per `restart`, runs its health checks.
+   * Ending it leaves a running VM running.
+   */
+  async supervise(
+    options: {
+      readonly intervalSeconds?: number | undefined
+      readonly maxRestarts?: number | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
+  ): Promise<SuperviseReport> {
+    return await this.host.run(
+      withWorkspaceBackend(
+        this.name,
+        supervise(this.name, { intervalSeconds: options.intervalSeconds, maxRestarts: options.maxRestarts })
+      ),
+      { signal: options.signal }
+    )
+  }
+
   /** Shuts the guest down (killing the VM after `timeoutSeconds`, default 15); the disk is kept. */
   async halt(options: { readonly timeoutSeconds?: number | undefined } = {}): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, halt(this.name, options)))
   }
 
   /** Freezes the guest's vCPUs (memory, disk and network kept); exec and files are refused until `resume`. */
+  /**
+   * Fences the network, freezes the vCPUs, captures console, events, egress log and (unless
+   * `capture: false`) memory and disk into a custody record, and stops the VM. Start is refused
+   * afterwards; `delete({ force: true })` removes the record.
+   */
+  async quarantine(options: { readonly reason?: string; readonly capture?: boolean } = {}) {
+    return await this.host.run(withWorkspaceBackend(this.name, quarantine(this.name, options)))
+  }
+
   async pause(): Promise<void> {
     await this.host.run(withWorkspaceBackend(this.name, pause(this.name)))
   }
@@ -409,8 +547,8 @@ export class Workspace implements AsyncDisposable {
   }
 
   /** Kills the VM at once; the disk is kept. */
-  async kill(): Promise<void> {
-    await this.host.run(withWorkspaceBackend(this.name, kill(this.name)))
+  async kill(options: { readonly reason?: string } = {}): Promise<void> {
+    await this.host.run(withWorkspaceBackend(this.name, kill(this.name, options)))
   }
 
   /** Deletes the workspace and its disk, killing its VM first if it runs. Deleting it twice is no error. */

@@ -3,6 +3,7 @@
  * Effect, over the same programs as the Effect API.
  */
 export type { CommitOptions, CommitResult } from "../programs/Commit.ts"
+export type { SuperviseReport } from "../programs/Supervise.ts"
 export { Host, type HostOptions } from "./Host.ts"
 export { type ErrorKind, MicroagentError } from "./MicroagentError.ts"
 export {

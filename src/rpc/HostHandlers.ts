@@ -3,7 +3,6 @@
  * cache and `doctor`. The store and the cache are built once, on first use, for the server's state
  * directory, whatever backend its workspaces use: images and kernels are the same files for all.
  */
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted } from "effect"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
@@ -39,7 +38,7 @@ export const makeHostHandlers = Effect.gen(function*() {
       ))
   const kernels = yield* Effect.cached(
     KernelCache.pipe(
-      Effect.provide(FileKernelCache.layer().pipe(Layer.provide(Layer.merge(here, FetchHttpClient.layer))))
+      Effect.provide(FileKernelCache.layer().pipe(Layer.provide(here)))
     )
   )
   return {

@@ -48,12 +48,20 @@ const runtimeScript = (): string | undefined => {
  * V8 flags of the runtime process: --expose-gc lets it return the Buffers of a boot or a build to the
  * system once they are garbage (RuntimeMain.ts), and one-MiB semi-spaces keep the young generation from
  * growing to 32 MiB of mostly empty pages in a process that allocates little between requests.
- * --no-sparkplug skips V8's baseline compiler: in a long-lived runtime it compiled machine code for
- * every warm function, which with the optimised code that replaced much of it was most of the growth
- * of RSS over a soak of `run`s (no JavaScript object count grows); the runtime waits on guests and
- * sockets, so the interpreter serves those functions at no measurable cost in CPU time.
+ * --jitless keeps V8 from compiling machine code at all (the interpreter runs every function): in a
+ * long-lived runtime its compilers' code (baseline, then optimised) was most of the growth of RSS over
+ * a soak of `run`s, which no JavaScript object count explains, and with it RSS stays flat; the runtime
+ * waits on guests and sockets, so interpreting costs it ~15% more CPU time per `run` and no time a
+ * caller sees. --jitless turns WebAssembly off (--no-expose-wasm says so, which spares the log V8's
+ * warning), so the runtime must not use `fetch` (undici's HTTP parser is WebAssembly, and failing to
+ * load it ends the process): its HTTP clients are node's own.
  */
-export const runtimeNodeFlags = ["--expose-gc", "--max-semi-space-size=1", "--no-sparkplug"] as const
+export const runtimeNodeFlags = [
+  "--expose-gc",
+  "--max-semi-space-size=1",
+  "--jitless",
+  "--no-expose-wasm"
+] as const
 
 /** Set (to "1") beside MALLOC_ARENA_MAX when the launcher chose that value, so the runtime can drop it. */
 const arenaMarker = "MICROAGENT_RUNTIME_MALLOC_ARENA"

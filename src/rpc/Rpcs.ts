@@ -5,7 +5,7 @@
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
-import { EgressPolicy, EgressRecord } from "../domain/Egress.ts"
+import { EgressPolicy, EgressReceipt, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -13,10 +13,11 @@ import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { RunPlan } from "../domain/Plan.ts"
-import { SnapshotDeleted, SnapshotManifest } from "../domain/Snapshot.ts"
+import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
 import {
   Backend,
   EntrypointResult,
+  HealthCheck,
   Mount,
   NetworkMode,
   OutputDecl,
@@ -28,6 +29,8 @@ import {
 } from "../domain/Workspace.ts"
 import { ApplyResult } from "../programs/Apply.ts"
 import { CommitResult } from "../programs/Commit.ts"
+import { ForkResult } from "../programs/Fork.ts"
+import { QuarantineResult } from "../programs/Quarantine.ts"
 import { Network } from "../services/Networks.ts"
 import { Volume } from "../services/Volumes.ts"
 import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayload } from "./ConnectSchemas.ts"
@@ -92,7 +95,12 @@ export const CreatePayload = Schema.Struct({
   /** Host files (read by the runtime) copied into the guest at every start. */
   files: Schema.optional(Schema.Array(FileCopy)),
   /** Shell commands run once, before the first start's entrypoint. */
-  setup: Schema.optional(Schema.Array(Schema.String))
+  setup: Schema.optional(Schema.Array(Schema.String)),
+  /** A shell command the guest keeps running, restarted with back-off. */
+  service: Schema.optional(Schema.String),
+  /** The absolute guest path of the shell `connect` runs. */
+  shell: Schema.optional(Schema.String),
+  health: Schema.optional(HealthCheck)
 })
 
 export const RunPayload = Schema.Struct({
@@ -112,7 +120,11 @@ export const RunPayload = Schema.Struct({
   /** Keep the workspace (halted) afterwards instead of deleting it. */
   keep: Schema.optional(Schema.Boolean),
   bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-  secretValues: Schema.optional(SecretValues)
+  secretValues: Schema.optional(SecretValues),
+  /** `dispatch`: answer with the egress receipt too. */
+  receipt: Schema.optional(Schema.Boolean),
+  /** A generated name starts with this (default `run`). */
+  namePrefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9-]{0,15}$/)))
 })
 
 /** `run`/`create` with `dryRun`: what they would do; nothing is pulled, booted or written. */
@@ -148,7 +160,8 @@ export const ApplyPayload = Schema.Struct({
 export const RunResult = Schema.Struct({
   workspace: Schema.String,
   kept: Schema.Boolean,
-  result: ExecResult
+  result: ExecResult,
+  receipt: Schema.optional(EgressReceipt)
 })
 
 export const ExecPayload = Schema.Struct({ name: Schema.String, ...ExecFields })
@@ -210,7 +223,9 @@ export class Rpcs extends RpcGroup.make(
       memoryMiB: Schema.optional(PositiveInt),
       cpus: Schema.optional(PositiveInt),
       /** A new lease in seconds, from now (0: none). */
-      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
+      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
+      /** Roll back to this snapshot (tag) of the workspace first. */
+      fromSnapshot: Schema.optional(SnapshotTag)
     },
     success: Workspace,
     error: MicroagentError
@@ -227,7 +242,11 @@ export class Rpcs extends RpcGroup.make(
     success: Workspace,
     error: MicroagentError
   }),
-  Rpc.make("kill", { payload: named, success: Workspace, error: MicroagentError }),
+  Rpc.make("kill", {
+    payload: { ...named, reason: Schema.optional(Schema.String) },
+    success: Workspace,
+    error: MicroagentError
+  }),
   /** Freeze and thaw the vCPUs of a running workspace. */
   Rpc.make("pause", {
     payload: { ...named, reason: Schema.optional(Schema.String) },
@@ -237,6 +256,12 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("resume", {
     payload: { ...named, reason: Schema.optional(Schema.String) },
     success: Workspace,
+    error: MicroagentError
+  }),
+  /** Fence, freeze, capture and stop a running or paused workspace into custody (Quarantine.ts). */
+  Rpc.make("quarantine", {
+    payload: { ...named, reason: Schema.optional(Schema.String), capture: Schema.optional(Schema.Boolean) },
+    success: QuarantineResult,
     error: MicroagentError
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
@@ -260,6 +285,31 @@ export class Rpcs extends RpcGroup.make(
       insecureRegistry: Schema.optional(Schema.Boolean)
     },
     success: CommitResult,
+    error: MicroagentError
+  }),
+  /** N running children of a running workspace, each resumed from one memory capture (Fork.ts). */
+  Rpc.make("fork", {
+    payload: {
+      ...named,
+      count: Schema.optional(Schema.Number),
+      namePrefix: Schema.optional(Schema.String)
+    },
+    success: ForkResult,
+    error: MicroagentError
+  }),
+  /** A prepared, halted or stopped workspace copied to a new one with its own identity. */
+  Rpc.make("clone", {
+    payload: { source: Schema.String, target: Schema.String },
+    success: WorkspaceCopy,
+    error: MicroagentError
+  }),
+  /**
+   * A new workspace whose disk is a snapshot's (`WORKSPACE:TAG`); from a memory snapshot its first
+   * start resumes the captured VM under the new identity, from a disk snapshot it boots.
+   */
+  Rpc.make("createFromSnapshot", {
+    payload: { ...named, snapshot: Schema.String },
+    success: WorkspaceCopy,
     error: MicroagentError
   }),
   Rpc.make("snapshotList", {

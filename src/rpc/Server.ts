@@ -5,11 +5,12 @@
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { type Rpc, RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
-import { Duration, Effect, Layer, Stream } from "effect"
+import { Duration, Effect, Either, Layer, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import { isLive } from "../domain/State.ts"
 import { version } from "../domain/Version.ts"
 import { type Backend, profiles } from "../domain/Workspace.ts"
@@ -23,6 +24,7 @@ import { RegistryHttp } from "../layers/registry/Http.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
 import { apply } from "../programs/Apply.ts"
 import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
+import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
 import { create } from "../programs/Create.ts"
@@ -30,6 +32,7 @@ import { remove } from "../programs/Delete.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { result } from "../programs/Entrypoint.ts"
 import { exec, execStream } from "../programs/Exec.ts"
+import { fork } from "../programs/Fork.ts"
 import { halt, kill } from "../programs/Halt.ts"
 import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
 import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
@@ -37,6 +40,7 @@ import { events, inspect, logs, wait } from "../programs/Observe.ts"
 import { pause, resume } from "../programs/Pause.ts"
 import { perfBoot, perfFootprint } from "../programs/Perf.ts"
 import { plan } from "../programs/Plan.ts"
+import { quarantine } from "../programs/Quarantine.ts"
 import { resize, resizePlan } from "../programs/Resize.ts"
 import { run } from "../programs/Run.ts"
 import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
@@ -127,6 +131,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secretValues: p.secretValues,
+          receipt: p.receipt,
+          namePrefix: p.namePrefix,
           exec: {
             cwd: p.cwd,
             user: p.user,
@@ -161,7 +167,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           restart: p.restart,
           entrypoint: p.entrypoint,
           files: p.files,
-          setup: p.setup
+          setup: p.setup,
+          service: p.service,
+          shell: p.shell,
+          health: p.health
         })
       )),
     plan: (p) =>
@@ -204,7 +213,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           profile: p.profile,
           memoryMiB: p.memoryMiB,
           cpus: p.cpus,
-          ttlSeconds: p.ttlSeconds
+          ttlSeconds: p.ttlSeconds,
+          fromSnapshot: p.fromSnapshot
         })
       )),
     exec: (p) =>
@@ -221,8 +231,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       local(
         withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
       ),
-    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name))),
+    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name, { reason: p.reason }))),
     pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
+    quarantine: (p) =>
+      local(withWorkspaceBackend(p.name, quarantine(p.name, { reason: p.reason, capture: p.capture }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
     workspaceCommit: (p) =>
@@ -237,6 +249,16 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
             insecureRegistry: p.insecureRegistry
           }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
       )),
+    clone: (p) => local(withWorkspaceBackend(p.source, clone(p.source, p.target))),
+    fork: (p) =>
+      local(withWorkspaceBackend(p.name, fork(p.name, { count: p.count, namePrefix: p.namePrefix }))),
+    createFromSnapshot: (p) =>
+      local(
+        Either.match(parseSnapshotRef(p.snapshot), {
+          onLeft: (error) => Effect.fail(error),
+          onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(p.name, p.snapshot))
+        })
+      ),
     snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
     snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
     delete: (p) =>

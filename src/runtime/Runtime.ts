@@ -12,7 +12,7 @@ import { Duration, Effect, Layer, Option, Ref } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
-import type { Backend } from "../domain/Workspace.ts"
+import type { Backend, Workspace } from "../domain/Workspace.ts"
 import { withBackend } from "../layers/backends/WorkspaceBackends.ts"
 import { fabricProblem, namespaces, removeNamespace } from "../layers/network/Fabric.ts"
 import { startTimeOf } from "../layers/process/Processes.ts"
@@ -20,10 +20,12 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
 import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
+import { checkWorkspace, type HealthTrack, type HealthTracks, makeHealthTracks } from "../programs/Health.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
 import { detachNetworks } from "../programs/Network.ts"
+import { collectService, supervisedServices } from "../programs/Service.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
 import { Egress } from "../services/Egress.ts"
@@ -118,6 +120,50 @@ const collectFinished = Effect.gen(function*() {
   }
 })
 
+/**
+ * Health checks and service restarts, beside the main loop (a probe may take its timeout): every
+ * second the checks that are due, every few seconds the service restarts the guests logged.
+ */
+const superviseRunning = (tracks: HealthTracks) =>
+  Effect.gen(function*() {
+    let lastServicePass = 0
+    for (;;) {
+      const store = yield* StateStore
+      // A busy store skips a pass rather than ending the loop.
+      const running = (yield* store.list.pipe(Effect.orElseSucceed((): ReadonlyArray<Workspace> => [])))
+        .filter((ws) => ws.state === "running")
+      const known = yield* Ref.get(tracks)
+      const now = Date.now()
+      const next = new Map<string, HealthTrack>()
+      yield* Effect.forEach(running.filter((ws) => ws.health !== undefined), (ws) =>
+        withBackend(ws.backend, checkWorkspace(ws, known.get(ws.name), now)).pipe(
+          Effect.tap((track) =>
+            Effect.sync(() =>
+              track === undefined ? undefined : next.set(ws.name, track)
+            )
+          ),
+          Effect.catchAllCause((cause) => Effect.logWarning(`health check of ${ws.name} failed`, cause))
+        ), { concurrency: "unbounded", discard: true })
+      yield* Ref.set(tracks, next)
+      if (now - lastServicePass >= serviceScanMs) {
+        lastServicePass = now
+        const services = yield* supervisedServices.pipe(
+          Effect.orElseSucceed((): ReadonlyArray<Workspace> => [])
+        )
+        for (const workspace of services) {
+          yield* withBackend(workspace.backend, collectService(workspace.name)).pipe(
+            Effect.timeout(Duration.seconds(10)),
+            Effect.ignore
+          )
+        }
+      }
+      yield* Effect.sleep(Duration.seconds(1))
+    }
+  })
+
+/** How often the runtime copies a service's restarts from its guest. */
+const serviceScanMs = 2000
+
 /** What identifies the state directory this runtime serves: if it changes, the directory was removed. */
 interface DirectoryIdentity {
   readonly root: string
@@ -185,6 +231,12 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
     )
     const context = yield* Layer.build(server)
     const identity = identityOf(home.root, files.lock)
+    const tracks = yield* makeHealthTracks
+    yield* superviseRunning(tracks).pipe(
+      Effect.provide(context),
+      Effect.catchAllCause((cause) => Effect.logWarning("health checks and services stopped", cause)),
+      Effect.forkScoped
+    )
     yield* Effect.logInfo(`runtime ${process.pid} serving ${home.runtimeSocket}`)
 
     // Idle when nothing runs and nobody has been connected for `idleSeconds`.

@@ -110,6 +110,18 @@ export interface HypervisorShape {
    * `resume` lets it run on. Backends without the `Snapshot` capability fail with `Unsupported`.
    */
   readonly saveState: (handle: VmHandle, file: string) => Effect.Effect<void, MicroagentError>
+  /**
+   * Starts a VMM with the machine of `config` and loads the device state and memory that `saveState`
+   * wrote to `stateFile` instead of booting, lets it run, and waits until its guest agent answers
+   * (bounded by `bootTimeoutSeconds`). The config must describe the machine that was saved (memory,
+   * vCPUs, devices). Backends without the `Snapshot` capability fail with `Unsupported`.
+   */
+  readonly restore: (config: LaunchConfig, stateFile: string) => Effect.Effect<VmHandle, MicroagentError>
+  /**
+   * Cuts every network link of the VM at once, in the VMM (the guest's NICs lose carrier; nothing it
+   * sends leaves, nothing reaches it), whatever the network behind them. Used by quarantine.
+   */
+  readonly sever: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
 }
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}

@@ -57,7 +57,11 @@ describe("the original's verbs (fake backend)", () => {
     const resizing = ma(["resize", "--size-mib", "512", "p1"])
     assert.strictEqual(resizing.code, 1)
     assert.strictEqual(errorOf(resizing).error.kind, "conflict")
-    assert.strictEqual(ma(["kill", "p1"]).code, 0)
+    assert.strictEqual(ma(["kill", "--reason", "runaway loop", "p1"]).code, 0)
+    const { events } = JSON.parse(ma(["events", "p1"]).stdout) as {
+      events: Array<{ type: string; detail: string }>
+    }
+    assert.deepInclude(events.at(-1), { type: "kill", detail: "killed: runaway loop" })
     const missing = ma(["stats", "nope"])
     assert.strictEqual(errorOf(missing).error.kind, "not_found")
   }, 120_000)

@@ -109,12 +109,38 @@ network:
 
   it("refuses fields this version does not act on", () => {
     assert.strictEqual(
-      error("service: ./serve\n"),
-      "microagent.yaml: service is not supported by this version of microagent"
+      error("model: org/repo:file.gguf\n"),
+      "microagent.yaml: model is not supported by this version of microagent"
     )
     assert.strictEqual(
       error("network:\n  dns: []\n"),
       "microagent.yaml: network.dns is not supported by this version of microagent"
+    )
+  })
+
+  it("decodes service, shell and health; misplaced or malformed ones are refused", () => {
+    assert.strictEqual(ok("service: ./serve --port 8080\n").service, "./serve --port 8080")
+    assert.deepStrictEqual(ok("service:\n  command: [python3, -m, http.server]\n").service, {
+      command: ["python3", "-m", "http.server"]
+    })
+    assert.strictEqual(ok("shell: /bin/bash\n").shell, "/bin/bash")
+    assert.include(error("shell: bash\n"), "absolute guest path")
+    assert.deepStrictEqual(
+      ok("health:\n  exec: [test, -e, /tmp/ok]\n  intervalSeconds: 2\n  retries: 2\n").health,
+      { exec: ["test", "-e", "/tmp/ok"], intervalSeconds: 2, retries: 2 }
+    )
+    assert.deepStrictEqual(ok("health:\n  httpGet: /healthz\n  port: 8080\n").health, {
+      httpGet: "/healthz",
+      port: 8080
+    })
+    assert.strictEqual(
+      error("health:\n  exec: [true]\n  every: 3\n"),
+      'microagent.yaml: unknown field in health "every"'
+    )
+    assert.include(error("health:\n  retries: 0\n  exec: [true]\n"), "health.retries")
+    assert.strictEqual(
+      error("service: ''\n").startsWith("microagent.yaml: service"),
+      true
     )
   })
 

@@ -1,6 +1,7 @@
 /**
  * `image push` and `registry login|logout|list` end to end, through the CLI bundle, against Debian's
- * docker-registry on loopback (one open, one behind htpasswd), cross-checked with skopeo. No VM boots.
+ * docker-registry on loopback (one open, one behind htpasswd, one behind bearer tokens), cross-checked
+ * with skopeo, and a push killed half way. No VM boots.
  */
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -220,4 +221,158 @@ describe("registry login, logout, list, and pushes with the saved login", () => 
       [secured.host, file]
     ])
   }, 120_000)
+})
+
+describe("a registry behind bearer tokens (distribution's token auth, Docker Hub's scheme)", () => {
+  it(
+    "anonymous and wrong logins are policy_denied; a saved login gets a push-scoped token and pushes",
+    async () => {
+      const tokened = await startRegistry({ token: { username: "robot", password } })
+      try {
+        const own = NodePath.join(scratch, "token-home")
+        json(await ma(["image", "pull", builtin], own))
+        const target = `${tokened.host}/team/busybox:1`
+        const anonymous = await ma(["image", "push", builtin, "--to", target], own)
+        assert.strictEqual(errorOf(anonymous).error.kind, "policy_denied")
+
+        const wrong = await ma(["registry", "login", tokened.host, "-u", "robot", "--password-stdin"], own, {
+          input: "not-the-password\n"
+        })
+        assert.strictEqual(errorOf(wrong).error.kind, "policy_denied")
+        json(
+          await ma(["registry", "login", tokened.host, "-u", "robot", "--password-stdin"], own, {
+            input: `${password}\n`
+          })
+        )
+
+        const pushed = json<Pushed>(await ma(["image", "push", builtin, "--to", target], own))
+        assert.strictEqual(pushed.digest, localDigest)
+        assert.strictEqual(pushed.pushed.length, 3)
+        const granted = tokened.tokens!.requests.filter((r) => r.user === "robot")
+        assert.isTrue(
+          granted.some((r) => r.scopes.some((scope) => /^repository:team\/busybox:.*push/.test(scope))),
+          JSON.stringify(tokened.tokens!.requests)
+        )
+        // Pulled back into a fresh state directory with the saved login. Not with skopeo: its synchronous
+        // run would block this process, which serves the tokens.
+        const pulled = json<{ digest: string; source: string }>(
+          await ma(["image", "pull", target], NodePath.join(scratch, "token-fresh"), {
+            env: { REGISTRY_AUTH_FILE: NodePath.join(own, "auth.json") }
+          })
+        )
+        assert.deepStrictEqual([pulled.digest, pulled.source], [localDigest, "registry"])
+      } finally {
+        await tokened.stop()
+      }
+    },
+    240_000
+  )
+})
+
+/**
+ * A TCP relay that passes what the client sends at most `bytesPerSecond` and counts it: a push through it
+ * is slow enough to be killed half way through a blob.
+ */
+const startThrottle = async (upstreamPort: number, bytesPerSecond: number) => {
+  const NodeNet = await import("node:net")
+  const state = { forwarded: 0 }
+  const sockets = new Set<import("node:net").Socket>()
+  const server = NodeNet.createServer((client) => {
+    const upstream = NodeNet.connect(upstreamPort, "127.0.0.1")
+    for (const socket of [client, upstream]) {
+      sockets.add(socket)
+      socket.on("error", () => {
+        client.destroy()
+        upstream.destroy()
+      })
+      socket.on("close", () => sockets.delete(socket))
+    }
+    upstream.pipe(client)
+    client.on("data", (chunk: Buffer) => {
+      state.forwarded += chunk.length
+      upstream.write(chunk)
+      client.pause()
+      setTimeout(() => client.resume(), (chunk.length / bytesPerSecond) * 1000)
+    })
+    client.on("end", () => upstream.end())
+  })
+  const port = await new Promise<number>((resolve) =>
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as import("node:net").AddressInfo).port))
+  )
+  return {
+    host: `127.0.0.1:${port}`,
+    state,
+    stop: () => {
+      for (const socket of sockets) socket.destroy()
+      return new Promise((resolve) => server.close(resolve))
+    }
+  }
+}
+
+describe("a push killed half way", () => {
+  it("leaves no image behind, and the next push sends it whole", async () => {
+    const { hostArchitecture, busyboxConfig, busyboxLayers, writeOciLayout } = await import(
+      "../support/images.ts"
+    )
+    const NodeChild = await import("node:child_process")
+    const NodeCrypto = await import("node:crypto")
+    const { binPath } = await import("../support/cli.ts")
+    const layout = NodePath.join(scratch, "big-layout")
+    // 16 MiB that no compression shrinks: the push spends seconds on this blob behind the relay.
+    const big = NodeCrypto.randomBytes(16 * 1024 * 1024)
+    writeOciLayout(layout, [{
+      layers: [...busyboxLayers(), [{ path: "data/big.bin", content: big }]],
+      architecture: hostArchitecture,
+      config: busyboxConfig
+    }], "latest")
+    const own = NodePath.join(scratch, "interrupted-home")
+    const imported = json<{ ref: string; digest: string }>(
+      await ma(["image", "import", layout, "--tag", "localhost/big/data:1"], own)
+    )
+    const relay = await startThrottle(open.port, 2 * 1024 * 1024)
+    try {
+      const child = NodeChild.spawn(process.execPath, [
+        binPath,
+        "image",
+        "push",
+        imported.ref,
+        "--to",
+        `${relay.host}/big/data:1`
+      ], {
+        env: { ...process.env, MICROAGENT_HOME: own, MICROAGENT_OUTPUT: "json", NO_COLOR: "1" },
+        stdio: "ignore"
+      })
+      const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+        child.once("exit", (_, signal) => resolve(signal))
+      )
+      // Killed once a few MiB of the big layer are through, long before its 16 MiB are.
+      const deadline = Date.now() + 120_000
+      while (relay.state.forwarded < 4 * 1024 * 1024 && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      assert.isAtLeast(relay.state.forwarded, 4 * 1024 * 1024, "the push got under way")
+      child.kill("SIGKILL")
+      assert.strictEqual(await exited, "SIGKILL")
+    } finally {
+      await relay.stop()
+    }
+    // No manifest was written: the tag does not exist.
+    const absent = await ma(["image", "pull", `${open.host}/big/data:1`], NodePath.join(scratch, "absent"))
+    assert.strictEqual(errorOf(absent).error.kind, "not_found")
+
+    const pushed = json<Pushed>(
+      await ma(["image", "push", imported.ref, "--to", `${open.host}/big/data:1`], own)
+    )
+    assert.strictEqual(pushed.digest, imported.digest)
+    assert.isAbove(pushed.bytes, big.length, "the big layer was sent whole")
+    assert.strictEqual((inspectImage(open, "big/data:1") as { Digest: string }).Digest, imported.digest)
+    // Every blob reads back whole: skopeo verifies each digest as it copies.
+    skopeo([
+      "copy",
+      "--quiet",
+      "--src-tls-verify=false",
+      `docker://${open.host}/big/data:1`,
+      `oci:${NodePath.join(scratch, "big-copy")}:latest`
+    ])
+  }, 240_000)
 })

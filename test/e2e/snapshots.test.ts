@@ -81,7 +81,14 @@ afterAll(() => {
 describe("snapshots on real microVMs", () => {
   it("captures a running workspace, which runs on with its memory state", async () => {
     // State only in memory: a tmpfs file and a process counting in it.
-    await ok(["exec", "w", "--", "sh", "-c", "mkdir -p /run/s && echo 41 > /run/s/counter"])
+    await ok([
+      "exec",
+      "w",
+      "--",
+      "sh",
+      "-c",
+      "mkdir -p /run/s && echo 41 > /run/s/counter && echo old > /root/disk-file"
+    ])
     await ok([
       "exec",
       "w",
@@ -182,6 +189,89 @@ describe("snapshots on real microVMs", () => {
     assert.include(result.stdout, "41")
   }, 300_000)
 
+  it(
+    "start --from-snapshot resumes the captured memory: processes, tmpfs, disk, and the host's clock",
+    async () => {
+      // Changed after the capture, in memory and on disk.
+      await ok([
+        "exec",
+        "w",
+        "--",
+        "sh",
+        "-c",
+        "echo 99 > /run/s/counter && echo new > /root/disk-file && sync"
+      ])
+      await ok(["halt", "w"])
+      // The guest's clock stood still since the capture; make sure the gap is worth stepping.
+      const captured = Date.parse(json(await ok(["snapshot", "list", "w", "--json"]))[0].createdAt)
+      if (Date.now() - captured < 10_000) await sleep(10_000 - (Date.now() - captured))
+      const started = json(await ok(["start", "w", "--from-snapshot", "one", "--json"]))
+      assert.strictEqual(started.state, "running")
+      const result = await ok([
+        "exec",
+        "w",
+        "--",
+        "sh",
+        "-c",
+        "cat /run/s/counter /root/disk-file; kill -0 $(cat /run/s/pid) && echo alive; date +%s"
+      ])
+      const hostNow = Date.now() / 1000
+      const [counter, disk, alive, guestNow] = json(result).result.stdout.trim().split("\n")
+      assert.strictEqual(counter, "41", "the tmpfs is the captured one")
+      assert.strictEqual(disk, "old", "the disk is the captured one")
+      assert.strictEqual(alive, "alive", "a process started before the capture runs on")
+      assert.isBelow(Math.abs(Number(guestNow) - hostNow), 5, `guest clock ${guestNow}, host ${hostNow}`)
+      const log = json(await ok(["events", "w", "--json"]))
+      const restored = (log.events as Array<{ type: string; detail?: string }>).filter((e) =>
+        e.type === "snapshot" && e.detail?.startsWith("restored one")
+      )
+      assert.strictEqual(restored.length, 1)
+      assert.include(restored[0]!.detail, "clock set, rng reseeded")
+      // A tag that does not exist, or another workspace's, is refused and the workspace keeps running.
+      const unknown = await ma(["start", "w", "--from-snapshot", "nope", "--json"])
+      assert.strictEqual(errorOf(unknown).error.kind, "not_found")
+      assert.strictEqual(json(await ok(["inspect", "w", "--json"])).workspace.state, "running")
+    },
+    300_000
+  )
+
+  it("fork makes running children that resume the parent's memory, each under its own name", async () => {
+    const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
+    assert.strictEqual(forked.source, "w")
+    assert.deepStrictEqual(
+      forked.children.map((c: { name: string; state: string }) => [c.name, c.state]),
+      [["kid-1", "running"], ["kid-2", "running"]]
+    )
+    assert.strictEqual(
+      json(await ok(["inspect", "w", "--json"])).workspace.state,
+      "running",
+      "the parent runs on"
+    )
+    const outputs = await Promise.all(
+      ["kid-1", "kid-2"].map((name) =>
+        ok([
+          "exec",
+          name,
+          "--",
+          "sh",
+          "-c",
+          "hostname; cat /run/s/counter; kill -0 $(cat /run/s/pid) && echo alive; echo $$ > /run/s/mine; cat /run/s/mine"
+        ])
+      )
+    )
+    const [one, two] = outputs.map((out) => json(out).result.stdout.trim().split("\n"))
+    assert.deepStrictEqual(one!.slice(0, 3), ["kid-1", "41", "alive"])
+    assert.deepStrictEqual(two!.slice(0, 3), ["kid-2", "41", "alive"])
+    // Each child's memory is its own from the fork on.
+    const parent = json(await ok(["exec", "w", "--", "sh", "-c", "cat /run/s/mine 2>/dev/null || echo none"]))
+    assert.strictEqual(parent.result.stdout.trim(), "none")
+    // The capture it was made from is gone; a name taken refuses the whole fork.
+    assert.isFalse(entries("w").some((tag) => tag.startsWith("fork-")), entries("w").join(","))
+    const taken = await ma(["fork", "w", "--name-prefix", "kid", "--json"])
+    assert.strictEqual(errorOf(taken).error.kind, "conflict")
+    await Promise.all([ok(["delete", "--force", "kid-1"]), ok(["delete", "--force", "kid-2"])])
+  }, 300_000)
+
   it("gives a halted workspace a disk-only snapshot", async () => {
     await ok(["halt", "w"])
     const manifest = json(await ok(["snapshot", "create", "w", "--tag", "cold", "--json"]))
@@ -193,6 +283,43 @@ describe("snapshots on real microVMs", () => {
       "manifest.json"
     ])
   }, 300_000)
+
+  it(
+    "clone boots a copy of the disk; create --from-snapshot resumes the captured VM; each its own hostname",
+    async () => {
+      const copy = json(await ok(["clone", "w", "wc", "--json"]))
+      assert.strictEqual(copy.workspace.hostname, "wc")
+      const fromSnapshot = json(await ok(["create", "ws", "--from-snapshot", "w:one", "--json"]))
+      assert.strictEqual(fromSnapshot.snapshot, "one")
+      assert.strictEqual(fromSnapshot.firstStart, "resume")
+      // A running source cannot be cloned; a reference without a tag is not one.
+      await Promise.all([ok(["start", "wc"]), ok(["start", "ws"])])
+      const running = await ma(["clone", "wc", "wd", "--json"])
+      assert.strictEqual(errorOf(running).error.kind, "conflict")
+      const bad = await ma(["create", "wd", "--from-snapshot", "w", "--json"])
+      assert.strictEqual(errorOf(bad).error.kind, "permanent")
+      const [cloned, created] = await Promise.all(
+        ["wc", "ws"].map((name) =>
+          ok([
+            "exec",
+            name,
+            "--",
+            "sh",
+            "-c",
+            "hostname; cat /root/disk-file; cat /run/s/counter 2>/dev/null || echo cold; "
+            + "kill -0 $(cat /run/s/pid 2>/dev/null) 2>/dev/null && echo alive || echo none"
+          ])
+        )
+      )
+      // The clone has the halted workspace's disk (rolled back to "old") and boots cold; the copy of the
+      // memory snapshot resumes the captured VM under its own hostname: its tmpfs and the process
+      // started before the capture are there.
+      assert.deepStrictEqual(json(cloned!).result.stdout.trim().split("\n"), ["wc", "old", "cold", "none"])
+      assert.deepStrictEqual(json(created!).result.stdout.trim().split("\n"), ["ws", "old", "41", "alive"])
+      await Promise.all([ok(["delete", "--force", "wc"]), ok(["delete", "--force", "ws"])])
+    },
+    300_000
+  )
 
   it("refuses a memory capture of a workspace holding secrets", async () => {
     await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], { SNAP_TOKEN: "s3cr3t-value-for-snapshot" })

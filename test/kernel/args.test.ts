@@ -215,6 +215,16 @@ describe("QEMU arguments", () => {
     assert.include(bad({ address: "10.0.0.2/24 init=/bin/sh" }), "address")
   })
 
+  it("waits for a migration stream instead of booting only when restoring, with the same machine", () => {
+    const boot = qemuArgs(base)
+    const restore = qemuArgs({ ...base, incoming: true })
+    assert.notInclude(boot, "-incoming")
+    const at = restore.indexOf("-incoming")
+    assert.strictEqual(restore[at + 1], "defer")
+    // Everything else (machine, memory, devices, their order) is the boot's: the stream only fits it.
+    assert.deepStrictEqual(restore.filter((_, i) => i !== at && i !== at + 1), boot)
+  })
+
   it("uses PCI devices on q35 and the host CPU under KVM", () => {
     const args = qemuArgs({ ...base, machine: "q35", accel: "kvm", network: "user" })
     assert.deepStrictEqual(values(args, "-M"), ["q35"])

@@ -2,11 +2,16 @@ import { Command } from "@effect/cli"
 import * as NodeContext from "@effect/platform-node/NodeContext"
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit } from "effect"
+import * as NodeChild from "node:child_process"
+import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { Invocation } from "../../src/cli/Invocation.ts"
 import { kernelCommand } from "../../src/cli/kernel.ts"
+import { runtimeNodeFlags } from "../../src/rpc/Launcher.ts"
+import { binPath } from "../support/cli.ts"
 import { cleanupTempDirs, tempDir } from "../support/kernel.ts"
 import { fakeVmlinux } from "./fixtures.ts"
 
@@ -78,5 +83,44 @@ describe("microagent kernel", () => {
       const help = yield* run(state, ["install", "--help"])
       assert.isTrue(Exit.isSuccess(help.exit))
       assert.isFalse(NodeFs.existsSync(state))
+    }))
+
+  // The runtime runs with V8's compilers off (--jitless), where WebAssembly does not exist: `fetch`
+  // (whose HTTP parser is WebAssembly) ended the whole process the first time it was called.
+  it.live("installs from a URL in a process with the runtime's V8 flags", () =>
+    Effect.gen(function*() {
+      const state = tempDir("microagent-kcli-url-")
+      const body = fakeVmlinux({ version: "6.6.7-url" })
+      const sha256 = NodeCrypto.createHash("sha256").update(body).digest("hex")
+      const server = NodeHttp.createServer((_, response) => {
+        response.writeHead(200, { "content-type": "application/octet-stream" })
+        response.end(body)
+      })
+      yield* Effect.async<void>((resume) => {
+        server.listen(0, "127.0.0.1", () => resume(Effect.void))
+      })
+      const url = `http://127.0.0.1:${(server.address() as { port: number }).port}/vmlinux`
+      const result = yield* Effect.async<{ code: number | null; stdout: string; stderr: string }>(
+        (resume) => {
+          const child = NodeChild.spawn(
+            process.execPath,
+            [...runtimeNodeFlags, binPath, "kernel", "install", "--url", url, "--sha256", sha256],
+            {
+              env: { ...process.env, MICROAGENT_HOME: state, MICROAGENT_OUTPUT: "json" },
+              stdio: ["ignore", "pipe", "pipe"]
+            }
+          )
+          let stdout = ""
+          let stderr = ""
+          child.stdout.on("data", (d) => (stdout += d))
+          child.stderr.on("data", (d) => (stderr += d))
+          child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
+        }
+      ).pipe(Effect.ensuring(Effect.sync(() => server.close())))
+      assert.strictEqual(result.code, 0, result.stderr)
+      const entry = JSON.parse(result.stdout)
+      assert.strictEqual(entry.version, "6.6.7-url")
+      assert.strictEqual(entry.source, `url:${url}`)
+      assert.strictEqual(entry.sha256, sha256)
     }))
 })

@@ -82,9 +82,12 @@ describe("serve mcp host access", () => {
 
   it("confines every procedure that carries a host path or secret references", () => {
     // A procedure added to the RPC API with a host path must be confined for MCP tools too.
+    // Fields whose names look like host paths but hold workspace names.
+    const workspaceNames: Record<string, ReadonlyArray<string>> = { clone: ["source", "target"] }
     const payloadFields = [...Rpcs.requests.values()].flatMap((rpc) => {
       const fields = (rpc.payloadSchema as unknown as { fields?: Record<string, unknown> }).fields ?? {}
       return Object.keys(fields).filter((f) => /path|mounts|secrets|file|dir|source|target/i.test(f))
+        .filter((f) => !(workspaceNames[rpc._tag] ?? []).includes(f))
         .map((f) => [rpc._tag, f] as const)
     })
     const carrying = [...new Set(payloadFields.map(([tag]) => tag))].sort()

@@ -21,12 +21,15 @@ import {
 
 const expectedTools = [
   "workspace.run",
+  "workspace.dispatch",
   "workspace.create",
   "workspace.start",
   "workspace.exec",
   "workspace.halt",
   "workspace.kill",
+  "workspace.fork",
   "workspace.pause",
+  "workspace.quarantine",
   "workspace.resume",
   "workspace.delete",
   "workspace.inspect",
@@ -52,6 +55,7 @@ const expectedTools = [
   "volume.resize",
   "volume.delete",
   "snapshot.create",
+  "workspace.clone",
   "snapshot.list",
   "snapshot.delete",
   "workspace.commit",
@@ -139,10 +143,29 @@ export const describeMcpServer = (target: TestTarget) => {
         image: testImage,
         name: "m1",
         env: { WHO: "mcp" },
-        entrypoint: 'echo "agent $WHO"; exit 2'
+        entrypoint: 'echo "agent $WHO"; exit 2',
+        service: "sleep 100000",
+        shell: "/bin/sh",
+        health: { exec: ["true"], intervalSeconds: 1 }
       })
       assert.isTrue(created.ok, JSON.stringify(created.error))
       assert.strictEqual(created.result.name, "m1")
+      assert.strictEqual(created.result.service, "sleep 100000")
+      assert.strictEqual(created.result.shell, "/bin/sh")
+      assert.deepStrictEqual(created.result.health, {
+        exec: ["true"],
+        intervalSeconds: 1,
+        timeoutSeconds: 5,
+        retries: 3,
+        startPeriodSeconds: 0
+      })
+      const noPort = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "m0",
+        health: { httpGet: "/" }
+      })
+      assert.strictEqual(noPort.error?.kind, "permanent", JSON.stringify(noPort))
+      assert.include(noPort.error?.message, "health.port")
       assert.strictEqual(created.result.state, "prepared")
       assert.strictEqual(created.result.backend, testBackend)
       assert.strictEqual(created.meta.tool, "workspace.create")
@@ -178,6 +201,7 @@ export const describeMcpServer = (target: TestTarget) => {
       const events = await mcp.call("workspace.events", { name: "m1" })
       assert.includeMembers(events.result.events.map((e: { type: string }) => e.type), [
         "created",
+        "service",
         "entrypoint",
         "exec"
       ])
@@ -752,7 +776,9 @@ export const describeMcpServer = (target: TestTarget) => {
         return envelope.result
       }
       const create = byName.get("workspace.create")!
-      assert.deepStrictEqual(create.inputSchema.required, ["image"])
+      // image, or from_snapshot: neither is required on its own.
+      assert.deepStrictEqual(create.inputSchema.required ?? [], [])
+      assert.containsAllKeys(create.inputSchema.properties ?? {}, ["image", "from_snapshot"])
       const workspace = await call("workspace.create", { image: testImage })
       const name = workspace.name as string
       await call("workspace.start", { name })
@@ -762,6 +788,24 @@ export const describeMcpServer = (target: TestTarget) => {
       })
       assert.strictEqual(result.exitCode, 0)
       assert.match(result.stdout, /^hello from /)
+      // Copies of the stopped workspace: a clone and one from its snapshot, each with its own hostname.
+      await call("workspace.halt", { name })
+      await call("snapshot.create", { name, tag: "t1" })
+      const unknownTag = await mcp.call("workspace.start", { name, from_snapshot: "nope" })
+      assert.strictEqual(unknownTag.error?.kind, "not_found")
+      const cloned = await call("workspace.clone", { source: name, target: "cloned" })
+      assert.strictEqual(cloned.workspace.hostname, "cloned")
+      assert.deepStrictEqual(cloned.droppedMounts, [])
+      const copied = await call("workspace.create", { name: "copied", from_snapshot: `${name}:t1` })
+      assert.strictEqual(copied.hostname, "copied")
+      assert.strictEqual(copied.state, "prepared")
+      const mixed = await mcp.call("workspace.create", {
+        name: "mixed",
+        from_snapshot: `${name}:t1`,
+        image: testImage
+      })
+      assert.strictEqual(mixed.error?.kind, "permanent")
+      for (const copy of ["cloned", "copied"]) await call("workspace.delete", { name: copy })
       await call("workspace.delete", { name, force: true })
       const listed = await call("workspace.list", {})
       assert.deepStrictEqual(listed.workspaces, [])

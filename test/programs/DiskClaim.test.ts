@@ -1,14 +1,19 @@
 /**
  * The claim offline operations (`cp` on a stopped disk, `commit`) hold on a workspace's disk: one holder
- * at a time, a dead holder's claim taken over, released with the scope.
+ * at a time, a dead holder's claim taken over, released with the scope; `start` takes it too.
  */
+import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Either } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { afterAll, assert, describe, it } from "vitest"
-import { claimDisk } from "../../src/programs/internal/DiskClaim.ts"
+import { create } from "../../src/programs/Create.ts"
+import { kill } from "../../src/programs/Halt.ts"
+import { claimDisk, claimStoppedDisk } from "../../src/programs/internal/DiskClaim.ts"
+import { start } from "../../src/programs/Start.ts"
 import { Home } from "../../src/services/Home.ts"
+import { StateStore } from "../../src/services/StateStore.ts"
+import { fakeEnvironment } from "../support/fakeEnvironment.ts"
 
 const root = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-disk-claim-"))
 afterAll(() => NodeFs.rmSync(root, { recursive: true, force: true }))
@@ -45,4 +50,38 @@ describe("claimDisk", () => {
     )
     assert.deepStrictEqual(taken, Either.right(`${process.pid} an offline cp\n`))
   })
+})
+
+describe("the disk's claim against start", () => {
+  const held = (name: string) =>
+    Effect.gen(function*() {
+      const home = yield* Home
+      NodeFs.mkdirSync(home.workspaceDir(name), { recursive: true })
+      return NodePath.join(home.workspaceDir(name), "disk.claim")
+    })
+
+  it.scopedLive("start is refused while an offline operation holds the disk, and boots once it is let go", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "claimed" })
+      yield* held("claimed")
+      const refused = yield* Effect.scoped(
+        Effect.zipRight(claimDisk("claimed", "an offline cp"), Effect.either(start("claimed")))
+      )
+      assert.isTrue(Either.isLeft(refused) && refused.left._tag === "Conflict")
+      if (Either.isLeft(refused)) assert.include(refused.left.message, "an offline cp")
+      assert.strictEqual((yield* (yield* StateStore).get("claimed")).state, "prepared", "nothing changed")
+      assert.strictEqual((yield* start("claimed")).state, "running")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("an offline operation that claims the disk after a start is a conflict", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "raced" })
+      const claim = yield* held("raced")
+      yield* start("raced")
+      const late = yield* Effect.either(Effect.scoped(claimStoppedDisk("raced", "an offline cp")))
+      assert.isTrue(Either.isLeft(late) && late.left._tag === "Conflict")
+      if (Either.isLeft(late)) assert.include(late.left.message, "is running now")
+      assert.isFalse(NodeFs.existsSync(claim), "the claim is let go with the refusal")
+      yield* kill("raced")
+    }).pipe(Effect.provide(fakeEnvironment)))
 })

@@ -45,6 +45,56 @@ describe("the Promise API (fake backend)", () => {
     assert.strictEqual((missing as MicroagentError).kind, "not_found")
   })
 
+  it("supervises: a failing health check fails the workspace, and on-failure restarts it up to maxRestarts", async () => {
+    const ws = await Workspace.create({
+      image: "alpine:3.20",
+      name: "p-supervised",
+      restart: "on-failure",
+      service: "sleep 600",
+      health: { exec: ["false"], intervalSeconds: 1, retries: 1 },
+      start: false,
+      host
+    })
+    const record = await ws.inspect()
+    assert.deepInclude(record, { restart: "on-failure", service: "sleep 600" })
+    const report = await ws.supervise({ intervalSeconds: 1, maxRestarts: 1 })
+    assert.deepInclude(report, { workspace: "p-supervised", restarts: 1, state: "failed" })
+    assert.include((await ws.inspect()).failure ?? "", "health check failed 1 times in a row: false: exit 1")
+    const bad = await Workspace.create({ image: "alpine:3.20", name: "p-bad", health: {}, host }).catch((
+      e: unknown
+    ) => e)
+    assert.instanceOf(bad, MicroagentError)
+    assert.include((bad as MicroagentError).message, "exactly one of exec")
+    await ws.delete()
+  })
+
+  it("snapshots, rolls back, clones and creates from a snapshot", async () => {
+    await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-snap", host })
+    await ws.exec(["sh", "-c", "echo before > tmp/file"])
+    const manifest = await ws.snapshot({ tag: "t1" })
+    assert.strictEqual(manifest.kind, "memory")
+    await ws.exec(["sh", "-c", "echo after > tmp/file"])
+    await ws.halt()
+    await ws.start({ fromSnapshot: "t1" })
+    assert.strictEqual((await ws.exec(["cat", "tmp/file"])).stdout, "before\n")
+    const unknown = await ws.start({ fromSnapshot: "nope" }).catch((e: unknown) => e)
+    assert.strictEqual((unknown as MicroagentError).kind, "not_found")
+
+    const running = await ws.clone("p-clone").catch((e: unknown) => e)
+    assert.strictEqual((running as MicroagentError).kind, "conflict")
+    await ws.halt()
+    const cloned = await ws.clone("p-clone")
+    assert.deepStrictEqual(cloned.droppedMounts, [])
+    assert.strictEqual((await cloned.workspace.inspect()).hostname, "p-clone")
+    await using copy = await Workspace.fromSnapshot("p-copy", "p-snap:t1", { host })
+    assert.strictEqual((await copy.inspect()).state, "prepared")
+    await copy.start()
+    assert.strictEqual((await copy.exec(["cat", "tmp/file"])).stdout, "before\n")
+    const bad = await Workspace.fromSnapshot("p-bad", "p-snap", { host }).catch((e: unknown) => e)
+    assert.strictEqual((bad as MicroagentError).kind, "permanent")
+    await cloned.workspace.delete()
+  })
+
   it("pauses and resumes: exec is refused while paused, both are idempotent, halt works from paused", async () => {
     await using ws = await Workspace.create({ image: "alpine:3.20", name: "p-pause", host })
     await ws.pause()

@@ -56,9 +56,9 @@ describe("the runtime's environment", () => {
       NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
     )
     assert.strictEqual(environOf(runtime).MALLOC_ARENA_MAX, "1")
-    // Started with the runtime's V8 flags, the baseline compiler off among them.
+    // Started with the runtime's V8 flags, without V8's compilers among them.
     const argv = NodeFs.readFileSync(`/proc/${runtime}/cmdline`, "utf8").split("\0")
-    assert.includeMembers(argv, [...runtimeNodeFlags, "--no-sparkplug"])
+    assert.includeMembers(argv, [...runtimeNodeFlags, "--jitless"])
     const vmms = childrenOf(runtime)
     assert.isAbove(vmms.length, 0, "the fake VMM is a child of the runtime")
     for (const vmm of vmms) {

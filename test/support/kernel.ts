@@ -3,7 +3,6 @@
  * package), the guest agent built from source, a shared kernel cache filled once per machine, and
  * small ext4 root filesystems.
  */
-import { FetchHttpClient } from "@effect/platform"
 import { Effect, Layer } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -85,8 +84,7 @@ export const agentBinary = (): string => {
 
 export const kernelCacheLayer = (stateDir: string, agentPath?: string) =>
   FileKernelCache.layer(agentPath === undefined ? {} : { agentPath }).pipe(
-    Layer.provideMerge(Home.layer(stateDir)),
-    Layer.provide(FetchHttpClient.layer)
+    Layer.provideMerge(Home.layer(stateDir))
   )
 
 /**

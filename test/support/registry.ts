@@ -60,15 +60,124 @@ const waitForPort = async (port: number, child: NodeChild.ChildProcess, log: () 
   throw new Error(`docker-registry did not listen on ${port}: ${log()}`)
 }
 
-/** Starts a registry; with `auth`, every request needs basic credentials. */
+/** The scopes a token server was asked for, and the user it issued each token to ("" for anonymous). */
+export interface TokenLog {
+  readonly requests: Array<{ readonly scopes: ReadonlyArray<string>; readonly user: string }>
+}
+
+const base64url = (data: Buffer | string) => Buffer.from(data).toString("base64url")
+
+/**
+ * A token server as distribution's `auth: token` expects one: basic credentials in, an RS256 JWT out,
+ * signed by a key whose self-signed certificate (made with openssl) the registry trusts and carried in
+ * the token's `x5c` header. It grants every requested action to the configured user, nothing to anyone
+ * else (the registry then refuses with 401), and refuses wrong credentials with 401 itself.
+ */
+const startTokenServer = async (
+  root: string,
+  login: { readonly username: string; readonly password: string },
+  service: string,
+  issuer: string
+) => {
+  requireTool("openssl", "openssl")
+  const keyFile = NodePath.join(root, "token.key")
+  const certFile = NodePath.join(root, "token.crt")
+  NodeChild.execFileSync("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "rsa:2048",
+    "-nodes",
+    "-keyout",
+    keyFile,
+    "-out",
+    certFile,
+    "-days",
+    "1",
+    "-subj",
+    "/CN=microagent-test-token-issuer"
+  ], { stdio: "ignore" })
+  const key = NodeFs.readFileSync(keyFile, "utf8")
+  const der = NodeFs.readFileSync(certFile, "utf8").replace(/-----[^-]+-----/g, "").replace(/\s+/g, "")
+  const log: TokenLog = { requests: [] }
+  const NodeHttp = await import("node:http")
+  const NodeCrypto = await import("node:crypto")
+  const expected = `Basic ${Buffer.from(`${login.username}:${login.password}`).toString("base64")}`
+  const server = NodeHttp.createServer((req, res) => {
+    const url = new URL(req.url ?? "/", "http://127.0.0.1")
+    const basic = req.headers.authorization
+    if (url.pathname !== "/token" || (basic !== undefined && basic !== expected)) {
+      res.writeHead(401, { "content-type": "application/json" })
+      res.end(JSON.stringify({ errors: [{ code: "UNAUTHORIZED", message: "bad credentials" }] }))
+      return
+    }
+    const user = basic === undefined ? "" : login.username
+    const scopes = url.searchParams.getAll("scope")
+    log.requests.push({ scopes, user })
+    const access = user === "" ? [] : scopes.flatMap((scope) => {
+      const match = /^repository:(.+):([a-z,*]+)$/.exec(scope)
+      return match === null ? [] : [{ type: "repository", name: match[1], actions: match[2]!.split(",") }]
+    })
+    const now = Math.floor(Date.now() / 1000)
+    const header = base64url(JSON.stringify({ typ: "JWT", alg: "RS256", x5c: [der] }))
+    const claims = base64url(JSON.stringify({
+      iss: issuer,
+      sub: user,
+      aud: service,
+      exp: now + 300,
+      nbf: now - 10,
+      iat: now,
+      jti: NodeCrypto.randomBytes(8).toString("hex"),
+      access
+    }))
+    const signature = NodeCrypto.sign("RSA-SHA256", Buffer.from(`${header}.${claims}`), key).toString(
+      "base64url"
+    )
+    const token = `${header}.${claims}.${signature}`
+    res.writeHead(200, { "content-type": "application/json" })
+    res.end(JSON.stringify({ token, access_token: token, expires_in: 300 }))
+  })
+  const port = await freePort()
+  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
+  return {
+    realm: `http://127.0.0.1:${port}/token`,
+    certFile,
+    log,
+    stop: async () => {
+      server.closeAllConnections()
+      await new Promise((r) => server.close(r))
+    }
+  }
+}
+
+/**
+ * Starts a registry; with `auth`, every request needs basic credentials; with `token`, bearer tokens
+ * from a token server this starts beside it (Docker Hub's scheme), whose requests `tokens` records.
+ */
 export const startRegistry = async (
-  options: { readonly auth?: { readonly username: string; readonly password: string } } = {}
-): Promise<TestRegistry> => {
+  options: {
+    readonly auth?: { readonly username: string; readonly password: string }
+    readonly token?: { readonly username: string; readonly password: string }
+  } = {}
+): Promise<TestRegistry & { readonly tokens?: TokenLog }> => {
   const binary = requireTool("docker-registry", "docker-registry")
   const root = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-registry-"))
   const port = await freePort()
   let authBlock = ""
-  if (options.auth !== undefined) {
+  const tokenServer = options.token === undefined
+    ? undefined
+    : await startTokenServer(root, options.token, "microagent-test-registry", "microagent-test-issuer")
+  if (tokenServer !== undefined) {
+    authBlock = [
+      "auth:",
+      "  token:",
+      `    realm: ${tokenServer.realm}`,
+      "    service: microagent-test-registry",
+      "    issuer: microagent-test-issuer",
+      `    rootcertbundle: ${tokenServer.certFile}`,
+      ""
+    ].join("\n")
+  } else if (options.auth !== undefined) {
     requireTool("htpasswd", "apache2-utils")
     const line = NodeChild.execFileSync("htpasswd", ["-Bbn", options.auth.username, options.auth.password], {
       encoding: "utf8"
@@ -105,8 +214,10 @@ export const startRegistry = async (
     host: `127.0.0.1:${port}`,
     port,
     root,
-    credentials: options.auth,
+    credentials: options.auth ?? options.token,
+    ...(tokenServer === undefined ? {} : { tokens: tokenServer.log }),
     stop: async () => {
+      await tokenServer?.stop()
       if (child.exitCode === null) {
         const exited = new Promise((r) => child.once("exit", r))
         child.kill("SIGTERM")

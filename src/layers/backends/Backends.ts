@@ -1,7 +1,6 @@
 /**
  * Which layers make up each backend: the Hypervisor, the guest channel and the image store it boots from.
  */
-import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import type { SqlClient } from "@effect/sql"
 import { Layer } from "effect"
 import { Effect } from "effect"
@@ -75,7 +74,7 @@ const qemuLayer = Layer.unwrapEffect(
         EgressLive
       ).pipe(
         Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
-        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive, FetchHttpClient.layer))
+        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive))
       )
   )
 )

@@ -4,6 +4,7 @@
  * file, so concurrent CLI processes never lose an entry).
  */
 import { HttpClient, HttpClientRequest } from "@effect/platform"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Duration, Effect, Layer, Option, Schedule, Schema, Stream } from "effect"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
@@ -581,6 +582,11 @@ export const make = (options: FileKernelCacheOptions = {}) =>
   })
 
 export const FileKernelCache = {
-  /** Needs Home and an HttpClient (`FetchHttpClient.layer` suffices; the URL source is the only user). */
-  layer: (options: FileKernelCacheOptions = {}) => Layer.effect(KernelCache, make(options))
+  /**
+   * Needs Home. URL sources are fetched with node's own HTTP client, not `fetch`: the runtime runs
+   * with --jitless (Launcher.ts), where `fetch` cannot load its WebAssembly HTTP parser and the
+   * failure ends the process.
+   */
+  layer: (options: FileKernelCacheOptions = {}) =>
+    Layer.effect(KernelCache, make(options)).pipe(Layer.provide(NodeHttpClient.layer))
 } as const

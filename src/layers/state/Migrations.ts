@@ -95,5 +95,17 @@ export const migrations: ReadonlyArray<Migration> = [
       );
       CREATE INDEX volume_readers_by_workspace ON volume_readers (workspace);
     `
+  },
+  {
+    name: "models",
+    sql: `
+      CREATE TABLE models (
+        ref TEXT PRIMARY KEY,
+        digest TEXT NOT NULL,
+        record TEXT NOT NULL,
+        created_at TEXT NOT NULL
+      );
+      CREATE INDEX models_by_digest ON models (digest);
+    `
   }
 ]

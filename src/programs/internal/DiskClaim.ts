@@ -3,13 +3,17 @@
  * claim file, `<workspace dir>/disk.claim`, created exclusively and naming the holder's pid, so that two
  * of them never read and write the same disk at once, whichever process (runtime, library, CLI) runs
  * them. A claim whose process is gone is taken over; a live one makes the second operation a `conflict`.
+ * `start` holds the claim too, while it moves the record to `starting`: an offline operation that claims
+ * the disk and then still finds the workspace stopped cannot have a VM boot the disk under it.
  */
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict } from "../../domain/Errors.ts"
+import { transitions } from "../../domain/State.ts"
 import { isAlive } from "../../layers/process/Processes.ts"
 import { Home } from "../../services/Home.ts"
+import { StateStore } from "../../services/StateStore.ts"
 
 const holderOf = (file: string): { readonly pid: number; readonly what: string } | undefined => {
   try {
@@ -62,3 +66,23 @@ export const claimDisk = (name: string, what: string) =>
       }),
       (file) => Effect.sync(() => file !== undefined && NodeFs.rmSync(file, { force: true }))
     ))
+
+/** The states whose disk no VM uses: those a start may leave. */
+export const offlineStates = transitions.start.from
+
+/**
+ * Holds a stopped workspace's disk for the scope, then reads its record again: a start that moved it on
+ * between the caller's first look and the claim makes this a `conflict`, and nothing touched the disk.
+ */
+export const claimStoppedDisk = (name: string, what: string) =>
+  Effect.gen(function*() {
+    yield* claimDisk(name, what)
+    const workspace = yield* Effect.flatMap(StateStore, (store) => store.get(name))
+    if (!offlineStates.includes(workspace.state)) {
+      return yield* new Conflict({
+        message:
+          `workspace ${name} is ${workspace.state} now; ${what} works only on a stopped workspace's disk`,
+        remediation: `halt it first (microagent halt ${name}), then retry`
+      })
+    }
+  })

@@ -18,16 +18,21 @@ import { Home } from "../../services/Home.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { vmHandleOf } from "./Reconcile.ts"
 
+const ownerAlive = (workspace: Workspace) =>
+  workspace.owner !== undefined
+  && (workspace.owner.pid === process.pid
+    || isAlive(workspace.owner.pid, workspace.owner.startTime || undefined))
+
 export const ownsVmm = (workspace: Workspace, vmm: VmmProcess): boolean => {
-  if (!isLive(workspace.state) || workspace.runtimeDir !== vmm.runtimeDir) return false
+  // A quarantine holds its frozen VM while it captures evidence, as long as its process lives.
+  const holds = isLive(workspace.state) || (workspace.state === "quarantined" && ownerAlive(workspace))
+  if (!holds || workspace.runtimeDir !== vmm.runtimeDir) return false
   const handle = vmHandleOf(workspace)
   if (Option.isSome(handle)) {
     return handle.value.pid === vmm.pid
       && (handle.value.pidStartTime === undefined || handle.value.pidStartTime === vmm.startTime)
   }
-  const owner = workspace.owner
-  return workspace.state === "starting" && owner !== undefined
-    && (owner.pid === process.pid || isAlive(owner.pid, owner.startTime || undefined))
+  return workspace.state === "starting" && ownerAlive(workspace)
 }
 
 /**

@@ -14,6 +14,7 @@ import {
   GuestRemoteError,
   GuestUnreachable
 } from "../../../services/GuestChannel.ts"
+import { rememberGroup } from "./FakeGuestProcesses.ts"
 
 const defaultLimit = 16 * 1024 * 1024
 
@@ -54,6 +55,7 @@ const execStream = (
           detached: true,
           stdio: ["pipe", "pipe", "pipe"]
         })
+        if (child.pid !== undefined) rememberGroup(root, child.pid)
         const take = (which: "stdout" | "stderr") => (data: Buffer) => {
           const room = Math.max(0, limits[which] - seen[which])
           seen[which] += data.length

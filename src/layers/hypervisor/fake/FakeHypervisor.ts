@@ -11,6 +11,7 @@ import * as NodePath from "node:path"
 import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
 import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
 import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
+import { endGroups } from "./FakeGuestProcesses.ts"
 
 const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
@@ -21,57 +22,64 @@ const capabilities: ReadonlySet<Capability> = new Set<Capability>([
 const appendConsole = (handle: { consoleLog: string }, line: string) =>
   Effect.sync(() => NodeFs.appendFileSync(handle.consoleLog, `${line}\n`, { mode: 0o600 }))
 
+/** What the fake guest left running ends with its VM. */
+const endFakeGuest = (handle: VmHandle) => {
+  const channel = handle.channel as { readonly _tag: string; readonly root?: string }
+  if (channel._tag === "HostDirectory" && channel.root !== undefined) endGroups(channel.root)
+}
+const launch: HypervisorShape["launch"] = (config) =>
+  Effect.gen(function*() {
+    if (config.ports.length > 0 || config.disks.length > 0) {
+      return yield* new Unsupported({
+        message: "the fake backend does not publish ports or attach disks",
+        remediation: "use --backend qemu",
+        backend: "fake",
+        feature: config.ports.length > 0 ? "NetworkPublish" : "Volumes"
+      })
+    }
+    if (!NodeFs.existsSync(config.rootfsPath)) {
+      return yield* new Permanent({
+        message: `root filesystem ${config.rootfsPath} is missing`,
+        remediation: "delete and re-create the workspace"
+      })
+    }
+    const consoleLog = NodePath.join(config.runtimeDir, "console.log")
+    // A process that lives until it is signalled, detached from our process group and stdio.
+    const child = yield* Effect.try({
+      try: () => {
+        const proc = spawn("sleep", ["2147483647"], { detached: true, stdio: "ignore" })
+        proc.unref()
+        return proc
+      },
+      catch: (cause) =>
+        new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
+    })
+    const pid = child.pid
+    if (pid === undefined) {
+      return yield* new Transient({ message: "fake VMM did not start", remediation: "retry" })
+    }
+    const handle = new VmHandle({
+      backend: "fake",
+      pid,
+      pidStartTime: startTimeOf(pid) ?? "",
+      channel: { _tag: "HostDirectory", root: config.rootfsPath },
+      consoleLog
+    })
+    // Like a real VMM's pid file: lets `gc` find the process even if the record is lost.
+    NodeFs.writeFileSync(NodePath.join(config.runtimeDir, "vmm.pid"), `${pid} ${handle.pidStartTime}\n`, {
+      mode: 0o600
+    })
+    yield* appendConsole(
+      handle,
+      `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`
+    )
+    return handle
+  })
+
 export const make: HypervisorShape = {
   backend: "fake",
   capabilities,
-  launch: (config) =>
-    Effect.gen(function*() {
-      if (config.ports.length > 0 || config.disks.length > 0) {
-        return yield* new Unsupported({
-          message: "the fake backend does not publish ports or attach disks",
-          remediation: "use --backend qemu",
-          backend: "fake",
-          feature: config.ports.length > 0 ? "NetworkPublish" : "Volumes"
-        })
-      }
-      if (!NodeFs.existsSync(config.rootfsPath)) {
-        return yield* new Permanent({
-          message: `root filesystem ${config.rootfsPath} is missing`,
-          remediation: "delete and re-create the workspace"
-        })
-      }
-      const consoleLog = NodePath.join(config.runtimeDir, "console.log")
-      // A process that lives until it is signalled, detached from our process group and stdio.
-      const child = yield* Effect.try({
-        try: () => {
-          const proc = spawn("sleep", ["2147483647"], { detached: true, stdio: "ignore" })
-          proc.unref()
-          return proc
-        },
-        catch: (cause) =>
-          new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
-      })
-      const pid = child.pid
-      if (pid === undefined) {
-        return yield* new Transient({ message: "fake VMM did not start", remediation: "retry" })
-      }
-      const handle = new VmHandle({
-        backend: "fake",
-        pid,
-        pidStartTime: startTimeOf(pid) ?? "",
-        channel: { _tag: "HostDirectory", root: config.rootfsPath },
-        consoleLog
-      })
-      // Like a real VMM's pid file: lets `gc` find the process even if the record is lost.
-      NodeFs.writeFileSync(NodePath.join(config.runtimeDir, "vmm.pid"), `${pid} ${handle.pidStartTime}\n`, {
-        mode: 0o600
-      })
-      yield* appendConsole(
-        handle,
-        `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`
-      )
-      return handle
-    }),
+  launch,
   attach: (handle) =>
     isAlive(handle.pid, handle.pidStartTime)
       ? Effect.succeed(handle)
@@ -102,10 +110,12 @@ export const make: HypervisorShape = {
           remediation: "use `microagent kill` to stop it at once"
         })
       }
+      endFakeGuest(handle)
       yield* appendConsole(handle, "fake: powered off")
     }),
   kill: (handle) =>
     Effect.gen(function*() {
+      endFakeGuest(handle)
       if (!isAlive(handle.pid, handle.pidStartTime)) return
       signal(handle.pid, "SIGKILL")
       yield* waitGone(handle.pid, handle.pidStartTime, "5 seconds")
@@ -121,7 +131,19 @@ export const make: HypervisorShape = {
     ),
   // No memory to capture: the fake records which VM the state came from.
   saveState: (handle, file) =>
-    Effect.sync(() => NodeFs.writeFileSync(file, `fake vm state of pid ${handle.pid}\n`, { mode: 0o600 }))
+    Effect.sync(() => NodeFs.writeFileSync(file, `fake vm state of pid ${handle.pid}\n`, { mode: 0o600 })),
+  // Nothing to load: a fresh "VM" that says in its console which state it came from.
+  restore: (config, stateFile) =>
+    Effect.gen(function*() {
+      if (!NodeFs.existsSync(stateFile)) {
+        return yield* new Permanent({ message: `VM state ${stateFile} is missing`, remediation: "" })
+      }
+      const handle = yield* launch(config)
+      yield* appendConsole(handle, `fake: restored from ${stateFile}`)
+      return handle
+    }),
+  // No network to cut.
+  sever: () => Effect.void
 }
 
 /** Waits (up to 5 s) until the process's state letter satisfies `wanted`, or it is gone. */

@@ -329,7 +329,10 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         // Retried until the deadline below: an attempt's failure is not the boot's.
         Effect.catchAll(() => Effect.never)
       )
-      return Effect.raceFirst(ready, exited).pipe(
+      // Both sides are interruptible even when the caller's region is not (a start inside an
+      // acquireRelease's acquire): the race ends its loser by interruption, and an uninterruptible
+      // loser would be waited for until the VM exits.
+      return Effect.raceFirst(Effect.interruptible(ready), Effect.interruptible(exited)).pipe(
         Effect.timeoutFail({
           duration: Duration.millis(Math.round(timeoutSeconds * 1000)),
           onTimeout: () => new BootFailure({ reason: "Timeout" })
@@ -337,108 +340,159 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       )
     }
 
-    const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
-      const { bootProfile, initrdPath, kernelPath } = yield* validate(config)
-      const paths = runtimePaths(config.runtimeDir)
-      yield* Effect.try({
-        try: () => {
-          NodeFs.mkdirSync(config.runtimeDir, { recursive: true, mode: 0o700 })
-          NodeFs.chmodSync(config.runtimeDir, 0o700)
-        },
-        catch: (cause) => new Permanent({ message: `cannot create ${config.runtimeDir}: ${String(cause)}` })
-      })
-      const previous = readPid(paths.pidFile)
-      if (previous !== undefined && isAlive(previous, undefined) && isQemu(previous)) {
-        return yield* new Conflict({
-          message: `a VMM (pid ${previous}) already runs in ${config.runtimeDir}`,
-          remediation: "halt or kill the workspace first"
-        })
-      }
-      yield* removeFiles(paths, { console: true })
-      const host = yield* hostVerdict(kernelPath)
-      const args = qemuArgs({
-        workspace: config.workspace,
-        machine,
-        accel: host.kvm ? "kvm" : "tcg",
-        tscKhz: host.tscKhz,
-        kernelPath,
-        initrdPath,
-        rootfsPath: config.rootfsPath,
-        memoryMiB: config.memoryMiB,
-        cpus: config.cpus,
-        hostname: config.hostname,
-        network: config.network,
-        ports: config.ports,
-        disks: config.disks,
-        nics: config.nics,
-        egressTap: config.egress?.tap,
-        paths,
-        bootProfile,
-        kernelHz: config.kernelHz
-      })
-      const handleOf = (pid: number) =>
-        new VmHandle({
-          backend: "qemu",
-          pid,
-          pidStartTime: startTimeOf(pid),
-          channel: { _tag: "UnixSocket", path: paths.agentSocket },
-          consoleLog: paths.consoleLog,
-          controlSocket: paths.qmpSocket
-        })
-      const bootFailed = (failure: BootFailure, vcpus: string) => {
-        const tail = consoleTail(paths.consoleLog)
-        return failure.reason === "Timeout"
-          ? new Transient({
-            message:
-              `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; ${vcpus}console tail:\n${tail}`,
-            remediation:
-              "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
-          })
-          : new Permanent({
-            message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
-            remediation:
-              "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
-          })
-      }
-      // From the moment the VMM exists until it answers, any failure or interruption (Ctrl-C) kills
-      // it and removes its files: a failed launch leaves nothing behind.
-      const handle = yield* Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(
-          (config.egress === undefined
-            ? startVmm(binary, args, paths)
-            // The VMM opens the mediated tap inside the workspace's namespace.
-            : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(
-              Effect.tapError(() => removeFiles(paths, { console: true }))
-            ),
-          (pid) => {
-            const handle = handleOf(pid)
-            return restore(
-              Effect.sync(() => {
-                for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
-                  try {
-                    NodeFs.chmodSync(file, 0o600)
-                  } catch {
-                    // Not there (yet): the directory is 0700 anyway.
-                  }
-                }
-              }).pipe(
-                Effect.zipRight(faultPoint("vmm.booting")),
-                Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
-                Effect.catchAll((failure) =>
-                  Effect.flatMap(
-                    failure.reason === "Timeout" ? vcpuWhereabouts(paths.qmpSocket) : Effect.succeed(""),
-                    (vcpus) => Effect.fail(bootFailed(failure, vcpus))
-                  )
-                )
-              )
-            ).pipe(
-              Effect.onError(() => destroy(handle, true)),
-              Effect.as(handle)
-            )
-          }
+    /** The path goes through QEMU's `exec:` (sh -c): only plain paths are accepted. */
+    const plainPath = (file: string, action: string) =>
+      /^[A-Za-z0-9_./+-]+$/.test(file)
+        ? Effect.void
+        : Effect.fail(new InvalidInput({ message: `cannot ${action} ${file}: unusual characters in path` }))
+
+    /**
+     * Loads a saved state into a VMM started with `-incoming defer`, then lets it run. QEMU 7.2 has no
+     * `file:` URI: the stream is read through `exec:cat`.
+     */
+    const loadState = (handle: VmHandle, stateFile: string) =>
+      Effect.gen(function*() {
+        yield* qmpExecute(controlSocket(handle), "migrate-incoming", { uri: `exec:cat ${stateFile}` }).pipe(
+          Effect.mapError((error) =>
+            new Transient({ message: `QMP migrate-incoming on pid ${handle.pid} failed: ${error.message}` })
+          )
         )
-      )
-      return handle
+        yield* awaitMigration(handle, Date.now() + 300_000, "loading")
+        yield* qmp(handle, "cont")
+      })
+
+    /** Boots a VMM, or with `stateFile` restores one from a saved state; then waits for its agent. */
+    const start = (config: LaunchConfig, stateFile: string | undefined) =>
+      Effect.gen(function*() {
+        const { bootProfile, initrdPath, kernelPath } = yield* validate(config)
+        if (stateFile !== undefined) {
+          yield* plainPath(stateFile, "restore the VM state from")
+          if (!NodeFs.existsSync(stateFile)) {
+            return yield* new NotFound({ message: `VM state ${stateFile} does not exist` })
+          }
+        }
+        const paths = runtimePaths(config.runtimeDir)
+        yield* Effect.try({
+          try: () => {
+            NodeFs.mkdirSync(config.runtimeDir, { recursive: true, mode: 0o700 })
+            NodeFs.chmodSync(config.runtimeDir, 0o700)
+          },
+          catch: (cause) => new Permanent({ message: `cannot create ${config.runtimeDir}: ${String(cause)}` })
+        })
+        const previous = readPid(paths.pidFile)
+        if (previous !== undefined && isAlive(previous, undefined) && isQemu(previous)) {
+          return yield* new Conflict({
+            message: `a VMM (pid ${previous}) already runs in ${config.runtimeDir}`,
+            remediation: "halt or kill the workspace first"
+          })
+        }
+        yield* removeFiles(paths, { console: true })
+        const host = yield* hostVerdict(kernelPath)
+        const args = qemuArgs({
+          workspace: config.workspace,
+          machine,
+          accel: host.kvm ? "kvm" : "tcg",
+          tscKhz: host.tscKhz,
+          kernelPath,
+          initrdPath,
+          rootfsPath: config.rootfsPath,
+          memoryMiB: config.memoryMiB,
+          cpus: config.cpus,
+          hostname: config.hostname,
+          network: config.network,
+          ports: config.ports,
+          disks: config.disks,
+          nics: config.nics,
+          egressTap: config.egress?.tap,
+          paths,
+          bootProfile,
+          kernelHz: config.kernelHz,
+          incoming: stateFile !== undefined
+        })
+        const handleOf = (pid: number) =>
+          new VmHandle({
+            backend: "qemu",
+            pid,
+            pidStartTime: startTimeOf(pid),
+            channel: { _tag: "UnixSocket", path: paths.agentSocket },
+            consoleLog: paths.consoleLog,
+            controlSocket: paths.qmpSocket
+          })
+        const bootFailed = (failure: BootFailure, vcpus: string) => {
+          const tail = consoleTail(paths.consoleLog)
+          return failure.reason === "Timeout"
+            ? new Transient({
+              message:
+                `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; ${vcpus}console tail:\n${tail}`,
+              remediation:
+                "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
+            })
+            : new Permanent({
+              message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
+              remediation:
+                "check that the root filesystem is an ext4 image and the kernel matches the initramfs"
+            })
+        }
+        // From the moment the VMM exists until it answers, any failure or interruption (Ctrl-C) kills
+        // it and removes its files: a failed launch leaves nothing behind.
+        const handle = yield* Effect.uninterruptibleMask((restore) =>
+          Effect.flatMap(
+            (config.egress === undefined
+              ? startVmm(binary, args, paths)
+              // The VMM opens the mediated tap inside the workspace's namespace.
+              : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(
+                Effect.tapError(() => removeFiles(paths, { console: true }))
+              ),
+            (pid) => {
+              const handle = handleOf(pid)
+              return restore(
+                Effect.sync(() => {
+                  for (const file of [paths.qmpSocket, paths.agentSocket, paths.consoleLog, paths.pidFile]) {
+                    try {
+                      NodeFs.chmodSync(file, 0o600)
+                    } catch {
+                      // Not there (yet): the directory is 0700 anyway.
+                    }
+                  }
+                }).pipe(
+                  Effect.zipRight(faultPoint("vmm.booting")),
+                  Effect.zipRight(
+                    stateFile === undefined ? Effect.void : loadState(handle, stateFile).pipe(
+                      // QEMU exits when a stream does not load: its stderr went with the daemon, so
+                      // say what is known.
+                      Effect.mapError((error) =>
+                        isAlive(handle.pid, handle.pidStartTime) ? error : new Permanent({
+                          message:
+                            `${config.workspace}: QEMU could not load the VM state ${stateFile} (the VMM exited): ${error.message}`,
+                          remediation:
+                            "the state must come from this QEMU version with the same machine, memory, vCPUs and devices"
+                        })
+                      )
+                    )
+                  ),
+                  Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
+                  Effect.catchTag("BootFailure", (failure) =>
+                    Effect.flatMap(
+                      failure.reason === "Timeout" ? vcpuWhereabouts(paths.qmpSocket) : Effect.succeed(""),
+                      (vcpus) => Effect.fail(bootFailed(failure, vcpus))
+                    ))
+                )
+              ).pipe(
+                Effect.onError(() => destroy(handle, true)),
+                Effect.as(handle)
+              )
+            }
+          )
+        )
+        return handle
+      })
+
+    const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
+      return yield* start(config, undefined)
+    })
+
+    const restore = Effect.fn("Hypervisor.restore")(function*(config: LaunchConfig, stateFile: string) {
+      return yield* start(config, stateFile)
     })
 
     const requireQemu = (handle: VmHandle) =>
@@ -561,7 +615,11 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     })
 
     /** Polls `query-migrate` until the stream is complete; QEMU leaves the VM paused (postmigrate). */
-    const awaitMigration = (handle: VmHandle, deadline: number): Effect.Effect<void, MicroagentError> =>
+    const awaitMigration = (
+      handle: VmHandle,
+      deadline: number,
+      verb: "saving" | "loading"
+    ): Effect.Effect<void, MicroagentError> =>
       qmpExecute(controlSocket(handle), "query-migrate").pipe(
         Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
         Effect.flatMap((info) => {
@@ -573,7 +631,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           if (status === "failed" || status === "cancelled") {
             return Effect.fail(
               new Permanent({
-                message: `saving the VM state of pid ${handle.pid} ${status}: ${errorDesc ?? "no detail"}`
+                message: `${verb} the VM state of pid ${handle.pid} ${status}: ${errorDesc ?? "no detail"}`
               })
             )
           }
@@ -582,14 +640,14 @@ export const make = (options: QemuOptions, control: GuestControl) =>
               Effect.ignore,
               Effect.zipRight(Effect.fail(
                 new Transient({
-                  message: `saving the VM state of pid ${handle.pid} did not finish (status ${status})`,
+                  message: `${verb} the VM state of pid ${handle.pid} did not finish (status ${status})`,
                   remediation: "retry when the host is less loaded"
                 })
               ))
             )
           }
           return Effect.sleep(Duration.millis(50)).pipe(
-            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline)))
+            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline, verb)))
           )
         })
       )
@@ -610,7 +668,26 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           new Transient({ message: `QMP migrate on pid ${handle.pid} failed: ${error.message}` })
         )
       )
-      yield* awaitMigration(handle, Date.now() + 300_000)
+      yield* awaitMigration(handle, Date.now() + 300_000, "saving")
+    })
+
+    /** `set_link … up=false` on each netdev the launch arguments name: `net0`, then `nic1`, `nic2`, … */
+    const sever = Effect.fn("Hypervisor.sever")(function*(handle: VmHandle) {
+      yield* requireQemu(handle)
+      yield* requireAlive(handle, "cut the network of")
+      const down = (name: string) =>
+        qmpExecute(controlSocket(handle), "set_link", { name, up: false }).pipe(
+          Effect.as(true),
+          // A netdev the VM does not have is a command error; anything else is a real failure.
+          Effect.catchIf((error) => error.reason === "Command", () => Effect.succeed(false)),
+          Effect.mapError((error) =>
+            new Transient({ message: `QMP set_link ${name} on pid ${handle.pid} failed: ${error.message}` })
+          )
+        )
+      yield* down("net0")
+      for (let i = 1; i <= 64; i++) {
+        if (!(yield* down(`nic${i}`))) break
+      }
     })
 
     return Hypervisor.of(
@@ -624,7 +701,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         kill,
         pause,
         resume,
-        saveState
+        saveState,
+        restore,
+        sever
       } satisfies HypervisorShape
     )
   })

@@ -91,6 +91,8 @@ export interface QemuArgsInput {
   readonly kernelHz?: number | undefined
   /** The user network through this tap (made by the egress mediation) instead of QEMU's NAT. */
   readonly egressTap?: string | undefined
+  /** Wait for a migration stream (`migrate-incoming` over QMP) instead of booting: a restore. */
+  readonly incoming?: boolean | undefined
 }
 
 /**
@@ -240,6 +242,7 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
       "-device",
       `${device("net")},netdev=nic${i + 1},mac=${nic.mac}`
     ]),
+    ...(input.incoming === true ? ["-incoming", "defer"] : []),
     "-daemonize",
     "-pidfile",
     input.paths.pidFile

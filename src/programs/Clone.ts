@@ -1,0 +1,185 @@
+/**
+ * New workspaces from existing disks: `clone SRC DST` copies a stopped workspace, and
+ * `create NAME --from-snapshot W:T` takes a snapshot's disk. Either way the copy is a new record with the
+ * source's configuration and its own identity (name, hostname, named-network addresses and MACs), in
+ * state `prepared`. Its first start boots cold from the copied disk, except for a copy of a memory
+ * snapshot, which carries the captured VM state too and resumes it (see Start.ts: `pendingResume`).
+ * Read-write volumes and image files are not shared between two workspaces: they
+ * are left out of the copy and reported.
+ *
+ * The disk is copied (reflink or sparse) into a staging directory that is renamed into place once the
+ * record exists, as `create` does: a failure leaves neither a record nor a directory behind.
+ */
+import { DateTime, Effect, Either } from "effect"
+import { randomBytes } from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Conflict, InvalidInput, Permanent } from "../domain/Errors.ts"
+import { WorkspaceCopy } from "../domain/Snapshot.ts"
+import { parseSnapshotRef, restoreRefusal } from "../domain/SnapshotRestore.ts"
+import { type Mount, nameProblem, Workspace, type WorkspaceName } from "../domain/Workspace.ts"
+import { writeManifest } from "../layers/state/Manifest.ts"
+import { Home } from "../services/Home.ts"
+import { Hypervisor } from "../services/Hypervisor.ts"
+import { StateStore } from "../services/StateStore.ts"
+import { hostnameFor } from "./Create.ts"
+import { copyDisk, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
+import { reconcile, requireBackend } from "./internal/Reconcile.ts"
+import { stagingName } from "./internal/Staging.ts"
+import { joinNetworks } from "./Network.ts"
+import { loadSnapshot } from "./Snapshot.ts"
+
+/** Disks two workspaces must not both write: read-write volumes and image files. Bundles are per start. */
+const shared = (mount: Mount) => !mount.readOnly && mount.kind !== "bundle"
+
+const checkName = (name: string) => {
+  const problem = nameProblem(name)
+  return problem === undefined ? Effect.void : Effect.fail(
+    new InvalidInput({
+      message: `invalid workspace name: ${problem}`,
+      remediation:
+        "names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
+    })
+  )
+}
+
+/** A memory snapshot whose VM the copy resumes on its first start. */
+interface Resumable {
+  readonly state: string
+  readonly pending: NonNullable<Workspace["pendingResume"]>
+}
+
+/** Records `name` as a copy of `source` over a copy of `disk`; see the module comment. */
+const copyWorkspace = (
+  source: Workspace,
+  name: string,
+  disk: string,
+  snapshot: string | undefined,
+  resumable?: Resumable
+) =>
+  Effect.gen(function*() {
+    const home = yield* Home
+    const store = yield* StateStore
+    const taken = yield* store.find(name)
+    if (taken._tag === "Some") {
+      return yield* new Conflict({
+        message: `workspace ${name} already exists`,
+        remediation: "pick another name, or delete it first"
+      })
+    }
+    const workspaceDir = home.workspaceDir(name)
+    const staging = yield* home.ensureDir(
+      NodePath.join(home.workspaces, stagingName(randomBytes(6).toString("hex")))
+    )
+    return yield* Effect.gen(function*() {
+      yield* copyDisk(disk, NodePath.join(staging, "rootfs"))
+      if (resumable !== undefined) yield* copyDisk(resumable.state, NodePath.join(staging, resumeStateFile))
+      const now = yield* DateTime.now
+      const dropped = source.mounts.filter(shared)
+      const {
+        expiresAt: _lease,
+        launched: _launched,
+        pendingResume: _pending,
+        owner: _owner,
+        result: _result,
+        sessionId: _session,
+        vm: _vm,
+        ...config
+      } = source
+      const workspace = new Workspace({
+        ...config,
+        name: name as WorkspaceName,
+        state: "prepared",
+        hostname: hostnameFor(name),
+        mounts: source.mounts.filter((m) => !shared(m)),
+        ephemeral: false,
+        ...(resumable === undefined ? {} : { pendingResume: resumable.pending }),
+        rootfsPath: NodePath.join(workspaceDir, "rootfs"),
+        runtimeDir: home.runtimeDir(name),
+        createdAt: now,
+        updatedAt: now
+      })
+      yield* store.create(workspace)
+      yield* writeManifest(staging, workspace)
+      // New addresses (and MACs) on the source's named networks.
+      yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
+      yield* Effect.try({
+        try: () => NodeFs.renameSync(staging, workspaceDir),
+        catch: (cause) =>
+          new Permanent({
+            message: `cannot move the copied disk into ${workspaceDir}: ${String(cause)}`,
+            remediation: "remove the stale directory, or run `microagent gc`"
+          })
+      }).pipe(Effect.tapError(() => store.remove(name)))
+      yield* store.appendEvent(name, {
+        type: "snapshot",
+        detail: snapshot === undefined
+          ? `cloned from ${source.name}`
+          : `created from snapshot ${source.name}:${snapshot}`
+      }).pipe(Effect.ignore)
+      return new WorkspaceCopy({
+        workspace,
+        source: source.name,
+        ...(snapshot === undefined ? {} : { snapshot }),
+        droppedMounts: dropped,
+        firstStart: resumable === undefined ? "boot" : "resume"
+      })
+    }).pipe(Effect.ensuring(removePath(staging)))
+  })
+
+/** `clone SOURCE TARGET`: a prepared, halted or stopped workspace copied to a new one. */
+export const clone = Effect.fn("clone")(function*(source: string, target: string) {
+  yield* checkName(target)
+  const store = yield* StateStore
+  const original = yield* store.get(source).pipe(Effect.flatMap(reconcile))
+  yield* requireBackend(original)
+  if (!(original.state === "prepared" || original.state === "halted" || original.state === "stopped")) {
+    return yield* new Conflict({
+      message: `cannot clone workspace ${source} while it is ${original.state}: its disk is in use`,
+      remediation:
+        `halt it first (microagent halt ${source}), or snapshot it and create from the snapshot (microagent snapshot create ${source}; microagent create ${target} --from-snapshot ${source}:TAG)`
+    })
+  }
+  return yield* copyWorkspace(original, target, original.rootfsPath, undefined)
+})
+
+/**
+ * `create NAME --from-snapshot W:T`: a new workspace whose disk is the snapshot's; from a memory
+ * snapshot its first start resumes the captured VM, from a disk snapshot it boots.
+ */
+export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name: string, reference: string) {
+  yield* checkName(name)
+  const ref = yield* Either.match(parseSnapshotRef(reference), {
+    onLeft: (error) => Effect.fail(error),
+    onRight: (value) => Effect.succeed(value)
+  })
+  const store = yield* StateStore
+  const hypervisor = yield* Hypervisor
+  const source = yield* store.get(ref.workspace)
+  yield* requireBackend(source)
+  const snapshot = yield* loadSnapshot(ref.workspace, ref.tag)
+  // Only the backend is checked here; a resume's kernel and size are checked by the start that does it.
+  const refusal = restoreRefusal({ ...snapshot.manifest, kind: "disk" }, {
+    backend: hypervisor.backend,
+    memoryMiB: snapshot.manifest.resources.memoryMiB,
+    hasSecrets: false
+  })
+  if (Either.isLeft(refusal)) return yield* refusal.left
+  const { manifest } = snapshot
+  // A memory snapshot is resumed by the copy's first start when nothing it holds would be wrong in
+  // the copy: no secrets to deliver into captured memory, no attached disks or named networks (those
+  // are refused at capture, but the record may have changed since). Otherwise the copy boots cold.
+  const resumable = manifest.kind === "memory" && snapshot.state !== undefined && source.secrets.length === 0
+      && source.mounts.length === 0 && source.networks.length === 0 && manifest.secretsPurged
+    ? {
+      state: snapshot.state,
+      pending: {
+        snapshot: `${ref.workspace}:${ref.tag}`,
+        hostname: manifest.hostname,
+        resources: manifest.resources,
+        ...(manifest.kernelSha256 === undefined ? {} : { kernelSha256: manifest.kernelSha256 })
+      }
+    }
+    : undefined
+  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable)
+})

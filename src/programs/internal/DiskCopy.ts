@@ -1,0 +1,126 @@
+/**
+ * Copies of a workspace's root disk for snapshots, restores and clones: a reflink where the filesystem
+ * can, else a sparse copy (zero blocks are not stored). A disk is replaced by writing the copy beside
+ * it and renaming it over the old one, so a failure at any point leaves the old disk as it was.
+ */
+import { Effect } from "effect"
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { Permanent } from "../../domain/Errors.ts"
+import { isAlive } from "../../layers/process/Processes.ts"
+
+/**
+ * Copies a disk image (a file), or a directory tree (the fake backend's "disk"), to `to`, which must
+ * not exist yet.
+ */
+export const copyDisk = (from: string, to: string) =>
+  Effect.async<void, Permanent>((resume) => {
+    let directory = false
+    try {
+      directory = NodeFs.statSync(from).isDirectory()
+    } catch (cause) {
+      return resume(Effect.fail(new Permanent({ message: `cannot read the disk ${from}: ${String(cause)}` })))
+    }
+    const args = directory
+      ? ["-a", "--reflink=auto", from, to]
+      : ["--reflink=auto", "--sparse=always", from, to]
+    NodeChild.execFile("cp", args, (error, _stdout, stderr) => {
+      if (error === null) return resume(Effect.void)
+      NodeFs.rmSync(to, { recursive: true, force: true })
+      resume(
+        Effect.fail(
+          new Permanent({
+            message: `copying the disk ${from} failed: ${String(stderr).trim() || error.message}`,
+            remediation: "check the free space of the state directory's filesystem"
+          })
+        )
+      )
+    })
+  })
+
+/** Where a copy made from a memory snapshot keeps the VM state its first start resumes (then removed). */
+export const resumeStateFile = "vm.state"
+
+/** Where a replacement disk for `target` is written before it is renamed into place. */
+export const pendingDiskPath = (target: string, purpose: string) =>
+  NodePath.join(NodePath.dirname(target), `.${NodePath.basename(target)}.${purpose}-${process.pid}`)
+
+/**
+ * Removes replacement disks beside `target` whose process is gone: a restore killed between its copy
+ * and its rename (kill -9 leaves no finalizer) would otherwise keep a full disk copy forever.
+ */
+export const sweepPendingDisks = (target: string) =>
+  Effect.sync(() => {
+    const dir = NodePath.dirname(target)
+    const prefix = `.${NodePath.basename(target)}.`
+    let entries: Array<string> = []
+    try {
+      entries = NodeFs.readdirSync(dir)
+    } catch {
+      return
+    }
+    for (const entry of entries) {
+      if (!entry.startsWith(prefix)) continue
+      const pid = /-(\d+)$/.exec(entry)
+      if (pid === null || isAlive(Number(pid[1]), undefined)) continue
+      NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
+    }
+  })
+
+/** Flushes a file or a directory (its entries) to disk. */
+export const fsyncPath = (path: string) => {
+  const fd = NodeFs.openSync(path, "r")
+  try {
+    NodeFs.fsyncSync(fd)
+  } finally {
+    NodeFs.closeSync(fd)
+  }
+}
+
+/**
+ * Puts the disk at `pending` in place of `target` with one rename, keeping the previous disk beside it
+ * (a hard link to it, or for a directory, the fake backend's disk, the directory moved aside) until
+ * the caller knows whether the start that needs the new disk worked: `putBack` undoes the swap,
+ * `removePath` of the returned path drops the old disk. Returns where the previous disk is.
+ */
+export const replaceDisk = (pending: string, target: string) =>
+  Effect.try({
+    try: () => {
+      const previous = pendingDiskPath(target, "previous")
+      NodeFs.rmSync(previous, { recursive: true, force: true })
+      if (NodeFs.statSync(pending).isFile()) {
+        fsyncPath(pending)
+        NodeFs.linkSync(target, previous)
+        NodeFs.renameSync(pending, target)
+      } else {
+        NodeFs.renameSync(target, previous)
+        NodeFs.renameSync(pending, target)
+      }
+      fsyncPath(NodePath.dirname(target))
+      return previous
+    },
+    catch: (cause) =>
+      new Permanent({
+        message: `cannot put the restored disk in place of ${target}: ${String(cause)}`,
+        remediation: "the workspace's disk was not changed; retry"
+      })
+  })
+
+/** Undoes `replaceDisk`: the previous disk is the workspace's again. */
+export const putBack = (previous: string, target: string) =>
+  Effect.try({
+    try: () => {
+      if (!NodeFs.existsSync(previous)) return
+      if (NodeFs.statSync(previous).isDirectory()) NodeFs.rmSync(target, { recursive: true, force: true })
+      NodeFs.renameSync(previous, target)
+      fsyncPath(NodePath.dirname(target))
+    },
+    catch: (cause) =>
+      new Permanent({
+        message: `cannot put the previous disk ${previous} back at ${target}: ${String(cause)}`
+      })
+  })
+
+export const removePath = (path: string) =>
+  Effect.sync(() => NodeFs.rmSync(path, { recursive: true, force: true }))

@@ -1,0 +1,65 @@
+/**
+ * `fork` on the fake backend: N running children from one capture, all or nothing, and the refusals
+ * that leave nothing behind.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Effect, Exit, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
+import { ExecRequest } from "../../src/domain/Exec.ts"
+import { create } from "../../src/programs/Create.ts"
+import { exec } from "../../src/programs/Exec.ts"
+import { halt } from "../../src/programs/Halt.ts"
+import { start } from "../../src/programs/Start.ts"
+// After the programs it is made of: its inferred type needs theirs.
+import { fork } from "../../src/programs/Fork.ts"
+import { Home } from "../../src/services/Home.ts"
+import { StateStore } from "../../src/services/StateStore.ts"
+import { fakeEnvironment } from "../support/fakeEnvironment.ts"
+
+const failureTag = (exit: Exit.Exit<unknown, { readonly _tag: string }>) =>
+  Exit.isFailure(exit) ? Option.getOrThrow(Cause.failureOption(exit.cause))._tag : "success"
+
+const snapshotsOf = (name: string) =>
+  Effect.map(Home, (home) => {
+    const dir = NodePath.join(home.workspaceDir(name), "snapshots")
+    return NodeFs.existsSync(dir) ? NodeFs.readdirSync(dir) : []
+  })
+
+describe("fork", () => {
+  it.scopedLive("makes running children with the parent's disk, and removes the capture", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "parent" })
+      yield* start("parent")
+      yield* exec("parent", new ExecRequest({ argv: ["sh", "-c", "echo from-parent > tmp/file"] }))
+      const result = yield* fork("parent", { count: 2, namePrefix: "kid" })
+      assert.deepStrictEqual(result.children.map((c) => [c.name, c.state, c.hostname]), [
+        ["kid-1", "running", "kid-1"],
+        ["kid-2", "running", "kid-2"]
+      ])
+      for (const kid of ["kid-1", "kid-2"]) {
+        const read = yield* exec(kid, new ExecRequest({ argv: ["cat", "tmp/file"] }))
+        assert.strictEqual(read.stdout, "from-parent\n")
+      }
+      const store = yield* StateStore
+      assert.strictEqual((yield* store.get("parent")).state, "running")
+      assert.deepStrictEqual(yield* snapshotsOf("parent"), [])
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("refuses a taken child name, a stopped parent and a bad count, with nothing made", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "p2" })
+      yield* start("p2")
+      yield* create({ image: "alpine", name: "p2-fork-2" })
+      const store = yield* StateStore
+      const before = (yield* store.list).length
+      assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { count: 2 }))), "Conflict")
+      assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { count: 0 }))), "InvalidInput")
+      assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { count: 17 }))), "InvalidInput")
+      assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { namePrefix: "bad*" }))), "InvalidInput")
+      assert.strictEqual((yield* store.list).length, before, "no child was made")
+      assert.deepStrictEqual(yield* snapshotsOf("p2"), [], "nothing was captured")
+      yield* halt("p2")
+      assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { namePrefix: "other" }))), "Conflict")
+    }).pipe(Effect.provide(fakeEnvironment)))
+})
