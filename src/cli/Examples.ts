@@ -11,7 +11,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   run: [
     "microagent run alpine:3.20 -- echo hello",
-    "microagent run --image alpine:3.20 --setup 'apk add curl' --exec 'curl -sI https://example.org'",
+    "microagent run --image alpine --setup 'apk add git' --exec 'git --version'",
     "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
     "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
   ],
@@ -26,7 +26,6 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   create: [
     "microagent create --image alpine:3.20 dev",
-    "microagent create --ttl 7d --image alpine:3.20 scratch",
     "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
     "microagent create --dry-run --file microagent.yaml web",
     "microagent create dev2 --from-snapshot dev:before-upgrade"

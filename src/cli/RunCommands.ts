@@ -270,10 +270,8 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
     ),
     setup: runSetupOption,
     outputs: outputOption,
-    image: Args.text({ name: "image" }).pipe(
-      Args.withDescription("OCI image (default: the built-in busybox image)"),
-      Args.optional
-    )
+    // Described by --image (the Usage line names IMAGE), which keeps `run --help` to one screen.
+    image: Args.text({ name: "image" }).pipe(Args.optional)
   }, (options) =>
     Effect.gen(function*() {
       const invocation = yield* Invocation

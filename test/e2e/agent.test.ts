@@ -13,7 +13,7 @@ import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
-import { startProviderStandIn, standInReply } from "../support/providerStandIn.ts"
+import { standInReply, startProviderStandIn } from "../support/providerStandIn.ts"
 import { requireTool } from "../support/registry.ts"
 
 let stateDir: string
@@ -225,11 +225,17 @@ describe("entrypoint and result on real microVMs", () => {
       assert.strictEqual(started.code, 0, started.stderr)
       const result = json(await ma(["result", "--wait", "--timeout", "180", "scaffolded"]))
       const input = NodeFs.readFileSync(NodePath.join(dir, "demo", "input.txt"), "utf8").trim()
-      assert.deepInclude(result, { status: "exited", exitCode: 0, stdout: `${standInReply(input)}\n` }, result.stderr)
+      assert.deepInclude(
+        result,
+        { status: "exited", exitCode: 0, stdout: `${standInReply(input)}\n` },
+        result.stderr
+      )
       assert.strictEqual(standIn.requests.length, 1)
       assert.strictEqual(standIn.requests[0]!.url, "/v1/messages")
       assert.strictEqual(standIn.requests[0]!.headers["x-api-key"], "test-key")
-      const events = json(await ok(["events", "scaffolded", "--json"])).events as Array<{ type: string; detail: string }>
+      const events = json(await ok(["events", "scaffolded", "--json"])).events as Array<
+        { type: string; detail: string }
+      >
       assert.deepStrictEqual(events.filter((e) => e.type === "setup").map((e) => e.detail.split(":")[0]), [
         "setup 1/2 ok",
         "setup 2/2 ok"
