@@ -204,7 +204,12 @@ describe("entrypoint and result on real microVMs", () => {
       await ok(["init", "--dir", scratch, "--provider", "anthropic", "scaffolded"])
       const dir = NodePath.join(scratch, "scaffolded")
       const endpoint = `${address}:${standIn.port}`
-      await ok([
+      const withKey = (args: ReadonlyArray<string>) =>
+        cliAsync(args, {
+          stateDir,
+          env: { MICROAGENT_BACKEND: "qemu", ANTHROPIC_API_KEY: "test-key" }
+        })
+      const created = await withKey([
         "create",
         "--file",
         NodePath.join(dir, "microagent.yaml"),
@@ -215,12 +220,8 @@ describe("entrypoint and result on real microVMs", () => {
         "--egress-allow",
         endpoint
       ])
+      assert.strictEqual(created.code, 0, created.stderr)
       await ok(["cp", NodePath.join(dir, "demo", "input.txt"), "scaffolded:/workspace/input.txt"])
-      const withKey = (args: ReadonlyArray<string>) =>
-        cliAsync(args, {
-          stateDir,
-          env: { MICROAGENT_BACKEND: "qemu", ANTHROPIC_API_KEY: "test-key" }
-        })
       const started = await withKey(["start", "scaffolded"])
       assert.strictEqual(started.code, 0, started.stderr)
       const result = json(await ma(["result", "--wait", "--timeout", "180", "scaffolded"]))

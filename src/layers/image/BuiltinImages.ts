@@ -29,7 +29,10 @@ const findBusybox = (): string => {
   throw new MissingBuiltinTool("the built-in image needs busybox: apt-get install busybox-static")
 }
 
-/** Layers of a busybox image from Debian's busybox-static: /bin/busybox, applet links, passwd and group. */
+/**
+ * Layers of a busybox image from Debian's busybox-static: /bin/busybox, applet links, passwd and group,
+ * and an empty /workspace.
+ */
 export const busyboxLayers = (): Array<Array<TarSpec>> => {
   const busybox = findBusybox()
   const applets = NodeChild.execFileSync(busybox, ["--list-full"], { encoding: "utf8" }).split("\n")
@@ -49,7 +52,10 @@ export const busyboxLayers = (): Array<Array<TarSpec>> => {
     "run",
     "var",
     "var/tmp",
-    "home"
+    "home",
+    // The working directory of agent workspaces (`init`'s scaffold): there before the first start, so
+    // that an input copied in offline (`cp FILE W:/workspace/…`) has its directory.
+    "workspace"
   ])
   for (const applet of applets) dirs.add(NodePath.posix.dirname(applet))
   const base: Array<TarSpec> = [...dirs].sort().map((dir) => ({
