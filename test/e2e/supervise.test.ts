@@ -1,10 +1,12 @@
 /**
  * Keeping agent workspaces up on real QEMU microVMs, through the CLI: a service the guest restarts
  * with back-off, a health check that fails the workspace, `supervise` restarting it under
- * `on-failure` until `--max-restarts` and not under `never`, and `supervise --install`'s unit.
- * One workspace carries the service, the health check and the restarts; a second one, `never`.
+ * `on-failure` until `--max-restarts` and not under `never`, an `httpGet` check against a published
+ * port, and `supervise --install`'s unit. One workspace carries the service, the exec check and the
+ * restarts; a second one, `never`; a third, the HTTP check.
  */
 import * as NodeFs from "node:fs"
+import * as NodeNet from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
@@ -158,6 +160,52 @@ describe("services, health checks and supervise on real microVMs", () => {
     assert.deepInclude(report, { workspace: "once", restarts: 0, state: "failed" })
     assert.include(report.reason, "restart policy is never")
     assert.deepStrictEqual(await eventsOf("once", "supervise"), ["started from prepared"])
+  })
+
+  it("an httpGet check probes the published port from the host; a page that turns 404 gets the VM killed", async () => {
+    const hostPort = await new Promise<number>((resolve, reject) => {
+      const server = NodeNet.createServer().listen(0, "127.0.0.1", () => {
+        const { port } = server.address() as NodeNet.AddressInfo
+        server.close(() => resolve(port))
+      }).on("error", reject)
+    })
+    const spec = NodePath.join(scratch, "web.yaml")
+    NodeFs.writeFileSync(
+      spec,
+      [
+        `image: ${defaultImage}`,
+        "restart: never",
+        "service: mkdir -p /www && echo up > /www/healthz && exec httpd -f -p 8080 -h /www",
+        "health:",
+        "  httpGet: { path: /healthz, port: 8080 }",
+        "  intervalSeconds: 1",
+        "  timeoutSeconds: 5",
+        "  retries: 2"
+      ].join("\n") + "\n"
+    )
+    await ok(["create", "--file", spec, "-p", `127.0.0.1:${hostPort}:8080`, "web"])
+    await ok(["start", "web"])
+    // Healthy: the page answers on the host through the published port, and the workspace runs on.
+    const page = await until("the page on the published port", async () => {
+      const response = await fetch(`http://127.0.0.1:${hostPort}/healthz`).catch(() => undefined)
+      return response?.status === 200 ? await response.text() : undefined
+    })
+    assert.strictEqual(page, "up\n")
+    await sleep(3000)
+    assert.strictEqual((await record("web")).state, "running")
+    assert.deepStrictEqual(await eventsOf("web", "crashed"), [])
+
+    await ok(["exec", "web", "--", "rm", "/www/healthz"])
+    const failed = await until("the failing HTTP check to fail the workspace", async () => {
+      const ws = await record("web")
+      return ws.state === "failed" ? ws : undefined
+    })
+    assert.match(failed.failure, /^health check failed 2 times in a row: GET \/healthz .*404/)
+    await until(
+      "the VM to be gone",
+      async () =>
+        qemuProcessesMentioning(NodePath.join(stateDir, "workspaces", "web")).length === 0 ? true : undefined
+    )
   })
 
   it("--install writes the systemd user unit and reports whether it could be enabled; --uninstall removes it", async () => {
