@@ -178,7 +178,7 @@ export const egressPolicyOf = (
   },
   spec: Spec
 ): EgressPolicy => {
-  const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? "broker"
+  const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? spec.agent?.egress ?? "broker"
   if (mode === "off") {
     process.stderr.write(
       "microagent: warning: --egress off: the guest's network is not mediated; it reaches the host's loopback services and private networks\n"
@@ -188,7 +188,13 @@ export const egressPolicyOf = (
   const maxTotalBytes = orUndefined(options.egressMaxTotalBytes) ?? spec.egress?.maxTotalBytes
   return new EgressPolicy({
     mode,
-    allow: [...new Set([...(spec.egress?.allow ?? []), ...options.egressAllow].map(normalizeAllow))],
+    allow: [
+      ...new Set(
+        [...(spec.egress?.allow ?? []), ...(spec.agent?.allow ?? []), ...options.egressAllow].map(
+          normalizeAllow
+        )
+      )
+    ],
     lockAllowlist: options.egressLockAllowlist || (spec.egress?.lockAllowlist ?? false),
     ...(maxConns === undefined ? {} : { maxConns }),
     ...(maxTotalBytes === undefined ? {} : { maxTotalBytes })
@@ -218,13 +224,15 @@ const runSetupOption = Options.text("setup").pipe(
 )
 
 /**
- * What `run` runs: the argv after the image (or after `--`), or `--exec`'s shell command; the image
- * from the first argument or `--image`. Giving either twice is a usage error.
+ * What `run` runs: the argv after the image (or after `--`), `--exec`'s shell command, or else an
+ * Agentfile's `agent.entry` (run with sh -c); the image from the first argument or `--image`. Giving
+ * either twice is a usage error.
  */
 const runTarget = (
   options: { readonly image: Option.Option<string>; readonly imageFlag: Option.Option<string> },
   exec: Option.Option<string>,
-  guestArgv: ReadonlyArray<string>
+  guestArgv: ReadonlyArray<string>,
+  entry: string | undefined
 ) =>
   Effect.gen(function*() {
     if (Option.isSome(options.image) && Option.isSome(options.imageFlag)) {
@@ -242,9 +250,16 @@ const runTarget = (
         remediation: 'give one: --exec "CMD" (run with sh -c), or IMAGE -- CMD [ARG...]'
       })
     }
+    // An Agentfile's `agent.entry` is the command when none is given.
+    const command = Option.orElse(exec, () =>
+      guestArgv.length === 0 ? Option.fromNullable(entry) : Option.none())
     return {
-      image: Option.orElse(options.imageFlag, () => options.image),
-      command: Option.match(exec, { onNone: () => [...guestArgv], onSome: (cmd) => ["/bin/sh", "-c", cmd] })
+      image: Option.orElse(options.imageFlag, () =>
+        options.image),
+      command: Option.match(command, {
+        onNone: () => [...guestArgv],
+        onSome: (cmd) => ["/bin/sh", "-c", cmd]
+      })
     }
   })
 
@@ -283,7 +298,7 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
           remediation: "pick one"
         })
       }
-      const target = yield* runTarget(options, options.exec, invocation.guestArgv)
+      const target = yield* runTarget(options, options.exec, invocation.guestArgv, spec.agent?.entry)
       const image = orUndefined(target.image) ?? spec.image ?? defaultImage
       const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
       const json = yield* jsonMode
@@ -481,7 +496,7 @@ const createCommand = Command.make("create", {
       ...(yield* workspaceFields(options, spec)),
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
-      entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint,
+      entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint ?? spec.agent?.entry,
       env: { ...spec.env, ...(yield* parseEnv(options.env)) },
       mounts,
       secrets,

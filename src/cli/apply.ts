@@ -34,13 +34,15 @@ const fieldsOf = (spec: Spec, file: Option.Option<string>) =>
       sizeMiB: spec.resources?.sizeMiB,
       hostname: spec.hostname,
       restart: spec.restart,
-      entrypoint: spec.entrypoint,
+      entrypoint: spec.entrypoint ?? spec.agent?.entry,
       env: spec.env,
       network: spec.network?.mode,
       ports: forwards === undefined ? undefined : yield* parsePublishes(
         forwards.map((f) => `${f.host ?? "127.0.0.1"}:${f.hostPort}:${f.guestPort}/${f.protocol ?? "tcp"}`)
       ),
-      egress: spec.egress === undefined ? undefined : egressPolicyOf(noFlags, spec),
+      egress: spec.egress === undefined && spec.agent?.egress === undefined && spec.agent?.allow === undefined
+        ? undefined
+        : egressPolicyOf(noFlags, spec),
       mounts: spec.disks === undefined && spec.bundles === undefined
         ? undefined
         : (yield* allMountsOf(spec, specDirOf(file), [])) ?? [],
@@ -68,7 +70,7 @@ const describeApply = (r: ApplyResult) =>
 export const applyCommand = Command.make("apply", {
   file: Options.file("file").pipe(
     Options.withPseudoName("SPEC"),
-    Options.withDescription("the microagent.yaml to apply (required)")
+    Options.withDescription("the microagent.yaml to apply")
   ),
   dryRun: Options.boolean("dry-run").pipe(Options.withDescription("show the changes and write nothing")),
   name: Args.text({ name: "workspace" }).pipe(

@@ -90,6 +90,17 @@ export const SpecHealth = Schema.Struct({
   startPeriodSeconds: seconds(0)
 })
 
+/**
+ * `agent:`, which makes a spec an Agentfile: the one-shot command `run --file` and `dispatch --file`
+ * run when given none (`--exec` or an argv wins), and the egress envelope it runs under (`egress` and
+ * `allow` join the spec's `egress:` and the `--egress*` flags; flags win, allowlists are unioned).
+ */
+export const SpecAgent = Schema.Struct({
+  entry: Schema.optional(Schema.NonEmptyTrimmedString),
+  egress: Schema.optional(EgressMode),
+  allow: Schema.optional(Schema.Array(Schema.String))
+})
+
 export const Spec = Schema.Struct({
   name: Schema.optional(WorkspaceName),
   image: Schema.optional(Schema.NonEmptyTrimmedString),
@@ -123,7 +134,8 @@ export const Spec = Schema.Struct({
   shell: Schema.optional(Schema.String.pipe(
     Schema.pattern(/^\/\S*$/, { message: () => "shell is an absolute guest path like /bin/bash" })
   )),
-  health: Schema.optional(SpecHealth)
+  health: Schema.optional(SpecHealth),
+  agent: Schema.optional(SpecAgent)
 })
 export type Spec = typeof Spec.Type
 
@@ -147,12 +159,14 @@ const known: Record<string, ReadonlyArray<string>> = {
     "setupFiles",
     "service",
     "shell",
-    "health"
+    "health",
+    "agent"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"],
   egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes"],
-  health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"]
+  health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"],
+  agent: ["entry", "egress", "allow"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */
@@ -162,9 +176,10 @@ const notYet: Record<string, ReadonlyArray<string>> = {
     "modelRunner",
     "modelMediation",
     "mediation",
-    "acknowledgeCapabilityRisk",
-    "agent"
+    "acknowledgeCapabilityRisk"
   ],
+  // The credential broker's fields (an Agentfile's brokers and credential swap).
+  agent: ["cred-swap", "broker", "brokers"],
   network: ["dns", "routes", "ip", "subnet", "gateway", "ipv6", "ipv6Subnet", "ipv6Gateway"]
 }
 

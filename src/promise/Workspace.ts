@@ -13,6 +13,7 @@ import * as NodePath from "node:path"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
+import { FileCopy } from "../domain/FileCopy.ts"
 import type { RunPlan } from "../domain/Plan.ts"
 import type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
@@ -84,6 +85,15 @@ export interface CreateOptions {
   readonly backend?: Backend | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
   readonly entrypoint?: string | undefined
+  /** Shell commands run once, in order, before the first start's entrypoint (a failing one fails that start and is retried by the next). */
+  readonly setup?: ReadonlyArray<string> | undefined
+  /**
+   * Host files copied into the guest at every start, before setup and the entrypoint: `source` an
+   * absolute host path, `target` an absolute guest path named once, `mode` its permission bits.
+   */
+  readonly files?:
+    | ReadonlyArray<{ readonly source: string; readonly target: string; readonly mode?: number | undefined }>
+    | undefined
   /** What `supervise()` does when the VM stops: `never` (default), `on-failure`, `always`. */
   readonly restart?: "never" | "on-failure" | "always" | undefined
   /** A shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s). */
@@ -231,6 +241,14 @@ export class Workspace implements AsyncDisposable {
             env: options.env,
             network: options.network,
             entrypoint: options.entrypoint,
+            setup: options.setup,
+            files: options.files?.map((f) =>
+              new FileCopy({
+                source: f.source,
+                target: f.target,
+                ...(f.mode === undefined ? {} : { mode: f.mode })
+              })
+            ),
             restart: options.restart,
             service: options.service,
             shell: options.shell,

@@ -68,6 +68,28 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     assert.include(errorOf(commands).error.message, "two commands given")
   })
 
+  it("an Agentfile's agent block gives run its command and egress envelope; --exec wins over agent.entry", async () => {
+    const file = NodePath.join(scratch, "agent.yaml")
+    NodeFs.writeFileSync(
+      file,
+      "image: alpine\nsetup:\n  - echo set > /marker\nagent:\n  entry: cat /marker; echo ran\n  allow: [api.example.com]\n"
+    )
+    const ran = await ma(["run", "--file", file], { MICROAGENT_OUTPUT: "text" })
+    assert.strictEqual(ran.code, 0, ran.stderr)
+    assert.strictEqual(ran.stdout, "set\nran\n")
+    const plan = JSON.parse(
+      (await ma(["run", "--dry-run", "--json", "--file", file, "--egress-allow", "b.example"])).stdout
+    )
+    assert.deepStrictEqual(plan.command, ["/bin/sh", "-c", "cat /marker; echo ran"])
+    assert.deepStrictEqual(plan.network.egress.allow, ["api.example.com", "b.example"])
+    const overridden = await ma(["run", "--file", file, "--exec", "echo mine"], { MICROAGENT_OUTPUT: "text" })
+    assert.strictEqual(overridden.stdout, "mine\n")
+    NodeFs.writeFileSync(file, "agent:\n  entry: x\n  brokers: []\n")
+    const refused = await ma(["run", "--file", file])
+    assert.strictEqual(refused.code, 2)
+    assert.include(errorOf(refused).error.message, "agent.brokers is not supported by this version")
+  })
+
   it("--dry-run prints the plan and creates nothing", async () => {
     const planned = await ma([
       "run",

@@ -116,6 +116,26 @@ network:
       error("network:\n  dns: []\n"),
       "microagent.yaml: network.dns is not supported by this version of microagent"
     )
+    assert.strictEqual(
+      error("agent:\n  entry: ./run\n  cred-swap: [anthropic]\n"),
+      "microagent.yaml: agent.cred-swap is not supported by this version of microagent"
+    )
+  })
+
+  it("decodes an Agentfile's agent block: entry, egress and allow; unknown agent fields are refused", () => {
+    assert.deepStrictEqual(
+      ok("agent:\n  entry: python3 /app/agent.py\n  egress: off\n  allow: [api.example.com]\n").agent,
+      {
+        entry: "python3 /app/agent.py",
+        egress: "off",
+        allow: ["api.example.com"]
+      }
+    )
+    assert.include(error("agent:\n  egress: sideways\n"), "egress")
+    assert.strictEqual(
+      error("agent:\n  entrypoint: x\n"),
+      'microagent.yaml: unknown field in agent "entrypoint"; it belongs at the top level'
+    )
   })
 
   it("decodes service, shell and health; misplaced or malformed ones are refused", () => {

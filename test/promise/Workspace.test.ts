@@ -2,8 +2,10 @@
  * The Promise API on the fast tier: the same programs on the fake backend, through one Host.
  */
 import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
 import { afterAll, assert, describe, it } from "vitest"
-import { Host, MicroagentError, Workspace } from "../../src/promise/index.ts"
+import { Host, init, MicroagentError, Workspace } from "../../src/promise/index.ts"
 
 const host = Host.openTest()
 afterAll(() => host.close())
@@ -43,6 +45,33 @@ describe("the Promise API (fake backend)", () => {
     const missing = await Workspace.get("p-1", { host }).catch((e: unknown) => e)
     assert.instanceOf(missing, MicroagentError)
     assert.strictEqual((missing as MicroagentError).kind, "not_found")
+  })
+
+  it("init writes a scaffold (refusing to overwrite it); setup then the entrypoint run at start, and result() answers", async () => {
+    const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-promise-init-"))
+    try {
+      const written = await init({ name: "helper", provider: "openai", dir })
+      assert.deepInclude(written, { name: "helper", provider: "openai", apiKeyEnv: "OPENAI_API_KEY" })
+      assert.include(written.files, "microagent.yaml")
+      assert.isTrue(NodeFs.existsSync(NodePath.join(dir, "helper", "microagent.yaml")))
+      const again = await init({ name: "helper", dir }).catch((e: unknown) => e)
+      assert.instanceOf(again, MicroagentError)
+      assert.strictEqual((again as MicroagentError).kind, "conflict")
+    } finally {
+      NodeFs.rmSync(dir, { recursive: true, force: true })
+    }
+
+    const ws = await Workspace.create({
+      image: "alpine:3.20",
+      name: "p-agent",
+      setup: ["echo prepared > marker"],
+      entrypoint: "cat marker; echo answered",
+      host
+    })
+    const result = await ws.result({ wait: true, timeoutSeconds: 30 })
+    assert.deepInclude(result, { status: "exited", exitCode: 0, stdout: "prepared\nanswered\n" })
+    assert.isDefined((await ws.inspect()).setupDone)
+    await ws.delete()
   })
 
   it("supervises: a failing health check fails the workspace, and on-failure restarts it up to maxRestarts", async () => {
