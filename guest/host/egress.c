@@ -82,6 +82,7 @@ static uint32_t gateway_ip, guest_ip;
 static struct sockaddr_in upstream_dns;
 static long max_conns;
 static long long max_total_bytes;
+static long long max_bps; /* bytes per second, each direction of each flow; 0 = no cap */
 
 static void die(const char *what) {
   fprintf(stderr, "microagent-egress: %s: %s\n", what, strerror(errno));
@@ -260,9 +261,33 @@ static int bind_udp(uint32_t ip_n, int port, int transparent) {
   return fd;
 }
 
-/* Copies both ways until both sides are done; returns bytes guest->upstream and back. */
-static void splice_fds(int a, int b, long long *a_to_b, long long *b_to_a, int *capped) {
+static double seconds_since(const struct timespec *t0) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* Shaping to max_bps: after `sent` bytes one way since t0, waits until they fit the rate. The sender
+   is slowed (TCP's window closes behind the unread socket buffer), never cut off. */
+static int shape(const struct timespec *t0, long long sent) {
+  if (max_bps <= 0) return 0;
+  double due = (double)sent / (double)max_bps - seconds_since(t0);
+  if (due <= 0) return 0;
+  struct timespec d = {.tv_sec = (time_t)due, .tv_nsec = (long)((due - (double)(time_t)due) * 1e9)};
+  while (nanosleep(&d, &d) != 0 && errno == EINTR) {
+  }
+  return 1;
+}
+
+/* Copies both ways until both sides are done; returns bytes guest->upstream and back. `throttled` is
+   set once a direction had to wait for max_bps. */
+static void splice_fds(int a, int b, long long *a_to_b, long long *b_to_a, int *capped, int *throttled) {
   char buf[65536];
+  /* Under a low rate cap, a read is at most a quarter second's worth, so each wait is short. */
+  size_t chunk = sizeof buf;
+  if (max_bps > 0 && max_bps / 4 < (long long)chunk) chunk = max_bps / 4 > 512 ? (size_t)(max_bps / 4) : 512;
+  struct timespec t0;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
   int a_open = 1, b_open = 1;
   while (a_open || b_open) {
     struct pollfd p[2] = {{.fd = a, .events = a_open ? POLLIN : 0}, {.fd = b, .events = b_open ? POLLIN : 0}};
@@ -273,7 +298,7 @@ static void splice_fds(int a, int b, long long *a_to_b, long long *b_to_a, int *
     for (int i = 0; i < 2; i++) {
       if (!(p[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
       int from = i == 0 ? a : b, to = i == 0 ? b : a;
-      ssize_t n = read(from, buf, sizeof buf);
+      ssize_t n = read(from, buf, chunk);
       if (n <= 0) {
         shutdown(to, SHUT_WR);
         if (i == 0) a_open = 0;
@@ -288,6 +313,7 @@ static void splice_fds(int a, int b, long long *a_to_b, long long *b_to_a, int *
       }
       if (i == 0) *a_to_b += n;
       else *b_to_a += n;
+      if (shape(&t0, i == 0 ? *a_to_b : *b_to_a)) *throttled = 1;
       if (max_total_bytes > 0 && *a_to_b + *b_to_a > max_total_bytes) {
         *capped = 1;
         return;
@@ -357,13 +383,17 @@ static void serve_guest_tcp(int client) {
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   long long out = 0, in = 0;
-  int capped = 0;
-  splice_fds(client, upstream, &out, &in, &capped);
+  int capped = 0, throttled = 0;
+  splice_fds(client, upstream, &out, &in, &capped, &throttled);
   clock_gettime(CLOCK_MONOTONIC, &t1);
   long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
   if (capped)
     audit("egress_cap_exceeded", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s,\"cap\":\"max-total-bytes\",\"limit\":%lld",
           dst_s, port, host_field, max_total_bytes);
+  if (throttled)
+    audit("egress_cap_exceeded",
+          "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s,\"cap\":\"max-bps\",\"limit\":%lld,\"action\":\"throttled\"", dst_s,
+          port, host_field, max_bps);
   audit("egress_close", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s,\"bytes_out\":%lld,\"bytes_in\":%lld,\"duration_ms\":%ld",
         dst_s, port, host_field, out, in, ms);
   _exit(0);
@@ -376,11 +406,11 @@ static void serve_publish(int client, int ns_fd, int host_ns_fd, int guest_port)
   set_ns(host_ns_fd);
   if (fd < 0) _exit(0);
   long long a = 0, b = 0;
-  int capped = 0;
-  long long saved = max_total_bytes;
-  max_total_bytes = 0; /* inbound publishing is not egress */
-  splice_fds(client, fd, &a, &b, &capped);
-  max_total_bytes = saved;
+  int capped = 0, throttled = 0;
+  /* Inbound publishing is not egress: no caps (this is the flow's own child, so nothing is restored). */
+  max_total_bytes = 0;
+  max_bps = 0;
+  splice_fds(client, fd, &a, &b, &capped, &throttled);
   _exit(0);
 }
 
@@ -600,7 +630,8 @@ static void usage(void) {
   fprintf(stderr,
           "usage: microagent-egress --netns PATH --workspace NAME --gateway IP --guest IP --log FILE\n"
           "       [--tcp-port N] [--udp-port N] [--dns-upstream IP[:PORT]] [--allow SPEC]... [--lock-allowlist]\n"
-          "       [--publish HOSTIP:HOSTPORT:GUESTPORT]... [--max-conns N] [--max-total-bytes N] [--vmm-pidfile FILE]\n");
+          "       [--publish HOSTIP:HOSTPORT:GUESTPORT]... [--max-conns N] [--max-total-bytes N] [--max-bps N]\n"
+          "       [--vmm-pidfile FILE]\n");
   exit(2);
 }
 
@@ -647,6 +678,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--allow")) parse_allow(v);
     else if (!strcmp(a, "--max-conns")) max_conns = atol(v);
     else if (!strcmp(a, "--max-total-bytes")) max_total_bytes = atoll(v);
+    else if (!strcmp(a, "--max-bps")) max_bps = atoll(v);
     else if (!strcmp(a, "--dns-upstream")) {
       char buf[64];
       snprintf(buf, sizeof buf, "%s", v);

@@ -161,8 +161,8 @@ export const workspaceOptions = {
   ),
   publish: Options.text("publish").pipe(
     Options.withAlias("p"),
-    Options.withPseudoName("[IP:]HOST:GUEST"),
-    Options.withDescription("publish a guest TCP port on the host (repeatable)"),
+    Options.withPseudoName("[IP:]H:G"),
+    Options.withDescription("publish guest TCP port G on host port H (repeatable)"),
     Options.repeated
   ),
   egress: Options.choice("egress", ["broker", "off"]).pipe(
@@ -183,6 +183,12 @@ export const workspaceOptions = {
   egressMaxTotalBytes: optionalBytes(
     "egress-max-total-bytes",
     "bytes per connection before the mediator cuts it"
+  ),
+  egressMaxBps: optionalBytes("egress-max-bps", "bytes/s each way of a connection (slowed, not cut)"),
+  egressPolicy: Options.text("egress-policy").pipe(
+    Options.withPseudoName("FILE"),
+    Options.withDescription("YAML/JSON with allow and passthrough lists"),
+    Options.optional
   ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
   ttl: ttlOption,

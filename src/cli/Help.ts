@@ -149,7 +149,9 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--egress-allow",
       "--egress-lock-allowlist",
       "--egress-max-conns",
-      "--egress-max-total-bytes"
+      "--egress-max-total-bytes",
+      "--egress-max-bps",
+      "--egress-policy"
     ]
   ],
   ["Storage", ["--volume", "--secret"]],
@@ -253,7 +255,7 @@ const descriptionOf = (path: ReadonlyArray<string>, spec: CommandSpec): string =
 
 /**
  * Where descriptions start: after the longest left part that fits (up to 24 columns); longer ones
- * (`-p, --publish [IP:]HOST:GUEST`) put their description on the next line.
+ * (`--egress-max-total-bytes BYTES`) put their description on the next line.
  */
 const columnFor = (lefts: ReadonlyArray<string>): number =>
   Math.max(12, ...lefts.map((left) => left.length).filter((n) => n <= 24).map((n) => n + 4))

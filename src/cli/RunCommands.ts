@@ -5,7 +5,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { EgressPolicy, type EgressReceipt, normalizeAllow } from "../domain/Egress.ts"
+import { decodeEgressPolicyFile, EgressPolicy, type EgressReceipt, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
@@ -152,20 +152,51 @@ const workspaceFields = (
     readonly egressLockAllowlist: boolean
     readonly egressMaxConns: Option.Option<number>
     readonly egressMaxTotalBytes: Option.Option<number>
+    readonly egressMaxBps: Option.Option<number>
+    readonly egressPolicy: Option.Option<string>
   },
   spec: Spec
 ) =>
-  Effect.map(networkFields(options, spec), (network) => ({
-    egress: egressPolicyOf(options, spec),
-    profile: orUndefined(options.profile) ?? spec.profile,
-    memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
-    cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
-    sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
-    hostname: orUndefined(options.hostname) ?? spec.hostname,
-    ...(options.refuseDevices ? { refuseDevices: true } : {}),
-    ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
-    ...network
-  }))
+  Effect.map(
+    Effect.all([networkFields(options, spec), egressPolicyFileOf(options)]),
+    ([network, fileAllow]) => ({
+      egress: egressPolicyOf(options, spec, fileAllow),
+      profile: orUndefined(options.profile) ?? spec.profile,
+      memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
+      cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
+      sizeMiB: orUndefined(options.sizeMiB) ?? spec.resources?.sizeMiB,
+      hostname: orUndefined(options.hostname) ?? spec.hostname,
+      ...(options.refuseDevices ? { refuseDevices: true } : {}),
+      ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
+      ...network
+    })
+  )
+
+/** `--egress-policy FILE`: its destinations, checked; refused with `--egress off` (nothing to apply them). */
+const egressPolicyFileOf = (
+  options: { readonly egress: Option.Option<"broker" | "off">; readonly egressPolicy: Option.Option<string> }
+) =>
+  Option.match(options.egressPolicy, {
+    onNone: () => Effect.succeed<ReadonlyArray<string>>([]),
+    onSome: (path) =>
+      Effect.gen(function*() {
+        if (Option.getOrUndefined(options.egress) === "off") {
+          return yield* new InvalidInput({
+            message: "--egress-policy with --egress off: with mediation off there is nothing to apply it",
+            remediation: "drop --egress off (broker is the default) or the policy"
+          })
+        }
+        const text = yield* Effect.try({
+          try: () => NodeFs.readFileSync(path, "utf8"),
+          catch: (cause) =>
+            new InvalidInput({
+              message: `--egress-policy ${path}: ${cause instanceof Error ? cause.message : String(cause)}`,
+              remediation: "give a readable YAML or JSON file"
+            })
+        })
+        return yield* decodeEgressPolicyFile(text, path)
+      })
+  })
 
 /** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */
 export const egressPolicyOf = (
@@ -175,8 +206,10 @@ export const egressPolicyOf = (
     readonly egressLockAllowlist: boolean
     readonly egressMaxConns: Option.Option<number>
     readonly egressMaxTotalBytes: Option.Option<number>
+    readonly egressMaxBps?: Option.Option<number>
   },
-  spec: Spec
+  spec: Spec,
+  fileAllow: ReadonlyArray<string> = []
 ): EgressPolicy => {
   const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? spec.agent?.egress ?? "broker"
   if (mode === "off") {
@@ -186,18 +219,20 @@ export const egressPolicyOf = (
   }
   const maxConns = orUndefined(options.egressMaxConns) ?? spec.egress?.maxConns
   const maxTotalBytes = orUndefined(options.egressMaxTotalBytes) ?? spec.egress?.maxTotalBytes
+  const maxBps = (options.egressMaxBps === undefined ? undefined : orUndefined(options.egressMaxBps))
+    ?? spec.egress?.maxBps
   return new EgressPolicy({
     mode,
     allow: [
       ...new Set(
-        [...(spec.egress?.allow ?? []), ...(spec.agent?.allow ?? []), ...options.egressAllow].map(
-          normalizeAllow
-        )
+        [...(spec.egress?.allow ?? []), ...(spec.agent?.allow ?? []), ...options.egressAllow, ...fileAllow]
+          .map(normalizeAllow)
       )
     ],
     lockAllowlist: options.egressLockAllowlist || (spec.egress?.lockAllowlist ?? false),
     ...(maxConns === undefined ? {} : { maxConns }),
-    ...(maxTotalBytes === undefined ? {} : { maxTotalBytes })
+    ...(maxTotalBytes === undefined ? {} : { maxTotalBytes }),
+    ...(maxBps === undefined ? {} : { maxBps })
   })
 }
 

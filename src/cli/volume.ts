@@ -21,9 +21,9 @@ import { emit, emitList, quietOption, table } from "./Output.ts"
 
 export const volumeFlag = Options.text("volume").pipe(
   Options.withAlias("v"),
-  Options.withPseudoName("SRC:/PATH[:ro]"),
+  Options.withPseudoName("SRC:DST"),
   Options.withDescription(
-    "a volume, .tar/.tgz or .ext4 at /PATH (repeatable)"
+    "volume, .tar/.tgz or .ext4 at DST (:ro; repeatable)"
   ),
   Options.repeated
 )

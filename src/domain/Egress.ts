@@ -2,7 +2,9 @@
  * Egress mediation: the per-workspace policy (persisted in the record and the spec file) and the
  * audit records the mediator writes. `broker` is the default; `off` is the explicit opt-out.
  */
-import { Schema } from "effect"
+import { Either, ParseResult, Schema } from "effect"
+import * as Yaml from "yaml"
+import { InvalidInput } from "./Errors.ts"
 
 export const EgressMode = Schema.Literal("broker", "off")
 export type EgressMode = typeof EgressMode.Type
@@ -44,8 +46,48 @@ export class EgressPolicy extends Schema.Class<EgressPolicy>("EgressPolicy")({
   /** Concurrent guest connections; 0 = no cap. */
   maxConns: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   /** Bytes per connection (both ways) before the mediator tears it down; 0 = no cap. */
-  maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
+  maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+  /** Bytes per second each way of each connection; faster senders are slowed, not cut; 0 = no cap. */
+  maxBps: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
 }) {}
+
+/**
+ * An `--egress-policy FILE` (YAML or JSON): `allow` and `passthrough` destinations, in the allowlist's
+ * grammar, unioned with `--egress-allow`. Nothing is intercepted in `broker` mode, so a passthrough
+ * destination is simply allowed. Decoded strictly: any other key is an error.
+ */
+export const EgressPolicyFile = Schema.Struct({
+  allow: Schema.optional(Schema.Array(Schema.String)),
+  passthrough: Schema.optional(Schema.Array(Schema.String))
+})
+
+/** The destinations of a policy file's text, checked; `source` names the file in messages. */
+export const decodeEgressPolicyFile = (
+  text: string,
+  source: string
+): Either.Either<ReadonlyArray<string>, InvalidInput> => {
+  const invalid = (detail: string) =>
+    new InvalidInput({
+      message: `${source}: ${detail}`,
+      remediation:
+        "an egress policy holds `allow` and `passthrough` lists of host, .suffix or A.B.C.D[/N][:port]"
+    })
+  const document = Yaml.parseDocument(text, { uniqueKeys: true })
+  if (document.errors.length > 0) {
+    return Either.left(invalid(`not valid YAML or JSON: ${document.errors[0]!.message.split("\n")[0]}`))
+  }
+  return Schema.decodeUnknownEither(EgressPolicyFile, { onExcessProperty: "error" })(document.toJS() ?? {})
+    .pipe(
+      Either.mapLeft((error) =>
+        invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" "))
+      ),
+      Either.flatMap((file) => {
+        const entries = [...(file.allow ?? []), ...(file.passthrough ?? [])].map(normalizeAllow)
+        const problem = entries.map(allowProblem).find((p) => p !== undefined)
+        return problem === undefined ? Either.right(entries) : Either.left(invalid(problem))
+      })
+    )
+}
 
 /** What a record without an `egress` field (or a `create` without flags) gets. */
 export const defaultEgress = new EgressPolicy({ mode: "broker", allow: [], lockAllowlist: false })

@@ -39,7 +39,8 @@ export const SpecEgress = Schema.Struct({
   allow: Schema.optional(Schema.Array(Schema.String)),
   lockAllowlist: Schema.optional(Schema.Boolean),
   maxConns: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
-  maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
+  maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
+  maxBps: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
 })
 
 /** An ext4 image (`disks`) or a tar bundle (`bundles`) attached at `mountpoint`, as `-v path:mountpoint`. */
@@ -164,7 +165,7 @@ const known: Record<string, ReadonlyArray<string>> = {
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards"],
-  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes"],
+  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes", "maxBps"],
   health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"],
   agent: ["entry", "egress", "allow"]
 }

@@ -89,6 +89,18 @@ const newWorkspace = {
     Schema.Boolean,
     "only egress_allow destinations; other names answer REFUSED"
   ),
+  egress_max_conns: optional(
+    Schema.Int.pipe(Schema.nonNegative()),
+    "concurrent guest connections the mediator admits (0: no cap)"
+  ),
+  egress_max_total_bytes: optional(
+    Schema.Int.pipe(Schema.nonNegative()),
+    "bytes per connection, both ways, before the mediator cuts it (0: no cap)"
+  ),
+  egress_max_bps: optional(
+    Schema.Int.pipe(Schema.nonNegative()),
+    "bytes per second each way of each connection; faster senders are slowed, not cut (0: no cap)"
+  ),
   publish: optional(
     Schema.Array(Schema.String),
     "published ports, [hostIp:]hostPort:guestPort[/tcp] (host address default 127.0.0.1)"
@@ -156,6 +168,9 @@ interface NewWorkspaceArgs {
   readonly egress?: typeof EgressMode.Type | undefined
   readonly egress_allow?: ReadonlyArray<string> | undefined
   readonly egress_lock_allowlist?: boolean | undefined
+  readonly egress_max_conns?: number | undefined
+  readonly egress_max_total_bytes?: number | undefined
+  readonly egress_max_bps?: number | undefined
   readonly publish?: ReadonlyArray<string> | undefined
   readonly volumes?: ReadonlyArray<string> | undefined
   readonly secrets?: ReadonlyArray<string> | undefined
@@ -208,7 +223,10 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       egress: new EgressPolicy({
         mode: args.egress ?? "broker",
         allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
-        lockAllowlist: args.egress_lock_allowlist ?? false
+        lockAllowlist: args.egress_lock_allowlist ?? false,
+        ...(args.egress_max_conns === undefined ? {} : { maxConns: args.egress_max_conns }),
+        ...(args.egress_max_total_bytes === undefined ? {} : { maxTotalBytes: args.egress_max_total_bytes }),
+        ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
       }),
       ports,
       mounts,

@@ -80,6 +80,8 @@ export interface CreateOptions {
     readonly lockAllowlist?: boolean | undefined
     readonly maxConns?: number | undefined
     readonly maxTotalBytes?: number | undefined
+    /** Bytes per second each way of each connection; faster senders are slowed, not cut. */
+    readonly maxBps?: number | undefined
   } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
@@ -133,7 +135,8 @@ const egressPolicy = (egress: CreateOptions["egress"]) =>
     allow: [...new Set((egress.allow ?? []).map(normalizeAllow))],
     lockAllowlist: egress.lockAllowlist ?? false,
     ...(egress.maxConns === undefined ? {} : { maxConns: egress.maxConns }),
-    ...(egress.maxTotalBytes === undefined ? {} : { maxTotalBytes: egress.maxTotalBytes })
+    ...(egress.maxTotalBytes === undefined ? {} : { maxTotalBytes: egress.maxTotalBytes }),
+    ...(egress.maxBps === undefined ? {} : { maxBps: egress.maxBps })
   })
 
 const bytesOf = (

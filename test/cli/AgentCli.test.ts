@@ -90,6 +90,46 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     assert.include(errorOf(refused).error.message, "agent.brokers is not supported by this version")
   })
 
+  it("--egress-policy FILE joins --egress-allow; caps reach the plan; the policy is refused with --egress off", async () => {
+    const policy = NodePath.join(scratch, "policy.yaml")
+    NodeFs.writeFileSync(policy, "allow: [api.example.com]\npassthrough: [.pypi.org]\n")
+    const planned = await ma([
+      "create",
+      "--dry-run",
+      "--json",
+      "--image",
+      "alpine",
+      "--egress-policy",
+      policy,
+      "--egress-allow",
+      "b.example",
+      "--egress-max-bps",
+      "1048576",
+      "p1"
+    ])
+    assert.strictEqual(planned.code, 0, planned.stderr)
+    const egress = JSON.parse(planned.stdout).network.egress
+    assert.deepStrictEqual(egress.allow, ["b.example", "api.example.com", ".pypi.org"])
+    assert.strictEqual(egress.maxBps, 1048576)
+    const off = await ma([
+      "create",
+      "--dry-run",
+      "--image",
+      "alpine",
+      "--egress",
+      "off",
+      "--egress-policy",
+      policy,
+      "p2"
+    ])
+    assert.strictEqual(off.code, 2)
+    assert.include(errorOf(off).error.message, "--egress-policy with --egress off")
+    NodeFs.writeFileSync(policy, "allow: [a.example]\ndeny: [b.example]\n")
+    const strict = await ma(["create", "--dry-run", "--image", "alpine", "--egress-policy", policy, "p3"])
+    assert.strictEqual(strict.code, 2)
+    assert.include(errorOf(strict).error.message, "deny")
+  })
+
   it("--dry-run prints the plan and creates nothing", async () => {
     const planned = await ma([
       "run",

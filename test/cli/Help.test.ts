@@ -350,9 +350,9 @@ describe("the shipped executable", () => {
       if (!line.startsWith("  microagent ")) assert.isAtMost(line.length, 60, line)
     }
     // A description that wraps continues under its own column.
-    const volume = narrow.split("\n").findIndex((line) => line.startsWith("  -v, --volume"))
-    const column = narrow.split("\n")[volume + 1]!.search(/\S/)
+    const secret = narrow.split("\n").findIndex((line) => line.startsWith("  --secret"))
+    const column = narrow.split("\n")[secret + 1]!.search(/\S/)
     assert.isAbove(column, 10)
-    assert.strictEqual(narrow.split("\n")[volume + 2]!.search(/\S/), column)
+    assert.strictEqual(narrow.split("\n")[secret + 2]!.search(/\S/), column)
   })
 })

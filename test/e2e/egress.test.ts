@@ -1,12 +1,13 @@
 /**
  * Egress mediation on real QEMU microVMs, through the CLI. Two workspaces boot once: `eg` in the
- * default mode (`broker`) and `lk` with a locked allowlist and a byte cap. The mediator resolves through
+ * default mode (`broker`) and `lk` with a locked allowlist, a byte cap and a rate cap. The mediator resolves through
  * a test DNS server on the host's loopback, and a test host with a public-looking address lives in a
  * network namespace (test/support/egressHosts.ts). Checked: a server on the host's 127.0.0.1 is
  * unreachable through the gateway (10.0.2.2), each of the host's own addresses, the metadata address and
  * a name that resolves to the gateway (rebinding), each attempt audited as an inside denial; the test host
  * is reachable by name in `broker` mode; under the locked allowlist only the allowlisted name resolves
- * (others are answered REFUSED), an address never resolved is refused, and the byte cap cuts a flow;
+ * (others are answered REFUSED), an address never resolved is refused, the rate cap slows a download
+ * and the byte cap cuts it;
  * a foreign resolver is refused with its signal; `microagent egress` reads the log; the namespaces and
  * mediators go away with the VMs.
  */
@@ -22,6 +23,8 @@ import { type DnsServer, startDnsServer, startTestHost, type TestHost } from "..
 import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 
 const image = "microagent.local/busybox:latest"
+/** `lk`'s rate cap: the 50000 bytes its byte cap lets through take at least 2.5 s. */
+const maxBps = 20000
 let stateDir: string
 let server: NodeNet.Server
 let port: number
@@ -95,7 +98,9 @@ beforeAll(async () => {
       "--egress-allow",
       "allowed.test",
       "--egress-max-total-bytes",
-      "50000"
+      "50000",
+      "--egress-max-bps",
+      String(maxBps)
     ])
   ])
 }, 600_000)
@@ -171,7 +176,7 @@ describe("egress mediation (broker, the default)", () => {
   }, 300_000)
 
   it(
-    "under a locked allowlist: an unresolved address is refused, other names REFUSED, the cap cuts",
+    "under a locked allowlist: an unresolved address is refused, other names REFUSED, the rate cap slows, the byte cap cuts",
     async () => {
       // Before any name led to it, the test host's address is one the mediator never resolved.
       const direct = await sh("lk", `${httpGet(`http://${testHost.address}:8080/`)}; echo "direct:$?"`)
@@ -183,8 +188,13 @@ describe("egress mediation (broker, the default)", () => {
       assert.notInclude(dns.asked.slice(askedBefore), "pub.test")
       const ok = await sh("lk", httpGet("http://allowed.test:8080/"))
       assert.include(ok, "hello-from-test-host", ok)
+      // Slowed to the rate cap (a lower bound on the time, which load can only lengthen), then cut.
+      const before = Date.now()
       const big = await sh("lk", `${httpGet("http://allowed.test:8080/big")} | wc -c`)
+      const seconds = (Date.now() - before) / 1000
       assert.isBelow(Number(big.trim()), 200000, big)
+      assert.isAbove(Number(big.trim()), 40000, big)
+      assert.isAtLeast(seconds, (40000 / maxBps) * 0.9, `${big.trim()} bytes in ${seconds} s`)
       const records = await egressRecords("lk")
       const denied = records.find((r) => r.event === "egress_deny" && r.dst === `${testHost.address}:8080`)
       assert.isDefined(denied, JSON.stringify(records))
@@ -193,7 +203,17 @@ describe("egress mediation (broker, the default)", () => {
         records.find((r) => r.event === "egress_dns_deny" && r.name === "pub.test"),
         JSON.stringify(records)
       )
-      assert.isDefined(records.find((r) => r.event === "egress_cap_exceeded"), JSON.stringify(records))
+      assert.isDefined(
+        records.find((r) => r.event === "egress_cap_exceeded" && r.cap === "max-total-bytes"),
+        JSON.stringify(records)
+      )
+      assert.isDefined(
+        records.find((r) =>
+          r.event === "egress_cap_exceeded" && r.cap === "max-bps" && r.action === "throttled"
+          && r.limit === maxBps
+        ),
+        JSON.stringify(records)
+      )
     },
     300_000
   )

@@ -374,6 +374,7 @@ export const EgressLive = Layer.effect(
           ...policy.allow.flatMap((entry) => ["--allow", entry]),
           ...(policy.maxConns === undefined ? [] : ["--max-conns", String(policy.maxConns)]),
           ...(policy.maxTotalBytes === undefined ? [] : ["--max-total-bytes", String(policy.maxTotalBytes)]),
+          ...(policy.maxBps === undefined ? [] : ["--max-bps", String(policy.maxBps)]),
           ...workspace.ports.flatMap((p) => ["--publish", `${p.hostIp}:${p.hostPort}:${p.guestPort}`])
         ]
         // A stale pid file would end the new mediator at once: the VMM's own file is written at launch.
