@@ -15,27 +15,32 @@ const tagArg = Args.text({ name: "tag" }).pipe(Args.withDescription("snapshot ta
 const mib = (bytes: number) => `${(bytes / (1024 * 1024)).toFixed(1)}`
 
 const describeSnapshot = (m: SnapshotManifest) =>
-  `${m.workspace}:${m.tag} (${m.kind}, ${mib(m.allocatedBytes)} MiB on disk${
-    m.pausedMs === undefined ? "" : `, paused ${m.pausedMs} ms`
-  })`
+  `${m.workspace}:${m.tag} (${m.kind}${m.forensic === true ? ", forensic" : ""}, ${
+    mib(m.allocatedBytes)
+  } MiB on disk${m.pausedMs === undefined ? "" : `, paused ${m.pausedMs} ms`})`
 
 const create = Command.make(
   "create",
   {
     tag: Options.text("tag").pipe(
-      Options.withDescription("the snapshot's tag (default snap-<UTC time>)"),
+      Options.withDescription("the snapshot's tag (default snap-<UTC time>, forensic-<UTC time>)"),
       Options.optional
+    ),
+    forensic: Options.boolean("forensic").pipe(
+      Options.withDescription("keep everything as evidence (secrets, disks, networks); never restorable")
     ),
     name: nameArg
   },
-  ({ name, tag }) =>
+  ({ forensic, name, tag }) =>
     withRuntime(
       Effect.flatMap(MicroagentClient, (client) =>
-        client.snapshotCreate({ name, ...(tag._tag === "Some" ? { tag: tag.value } : {}) }))
+        client.snapshotCreate({
+          name,
+          ...(tag._tag === "Some" ? { tag: tag.value } : {}),
+          ...(forensic ? { forensic: true } : {})
+        }))
     ).pipe(
-      Effect.flatMap((manifest) =>
-        emit(manifest, describeSnapshot)
-      )
+      Effect.flatMap((manifest) => emit(manifest, describeSnapshot))
     )
 ).pipe(
   Command.withDescription(

@@ -52,7 +52,9 @@ export class SnapshotManifest extends Schema.Class<SnapshotManifest>("SnapshotMa
   diskBytes: Schema.Number,
   stateBytes: Schema.optional(Schema.Number),
   /** Milliseconds the VM was held paused for the capture (memory snapshots). */
-  pausedMs: Schema.optional(Schema.Number)
+  pausedMs: Schema.optional(Schema.Number),
+  /** Kept as evidence (secrets and all); restores refuse it. */
+  forensic: Schema.optional(Schema.Boolean)
 }) {}
 
 export class SnapshotDeleted extends Schema.Class<SnapshotDeleted>("SnapshotDeleted")({

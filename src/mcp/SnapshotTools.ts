@@ -63,8 +63,16 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
     description: "Capture a workspace: memory, device state and disk of a running or paused one (a running "
       + "one is paused for the capture and resumed), the disk of a halted or stopped one. Published "
       + "atomically under a tag (default snap-<time>). Refused for a running workspace holding secrets, "
-      + "attached disks or named networks.",
-    input: { ...workspaceName, tag: optional(tag, "the tag (default snap-<UTC time>)") },
+      + "attached disks or named networks, unless forensic: a forensic capture keeps everything as "
+      + "evidence and is never restored.",
+    input: {
+      ...workspaceName,
+      tag: optional(tag, "the tag (default snap-<UTC time>, or forensic-<UTC time>)"),
+      forensic: optional(
+        Schema.Boolean,
+        "keep everything as evidence (secrets in memory, attached disks, networks); restores refuse it"
+      )
+    },
     output: SnapshotManifest,
     kind: "mutate",
     sideEffects: ["pauses a running workspace for the capture", "writes the snapshot's files"],
@@ -72,7 +80,8 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.snapshotCreate(defined({ name: args.name, tag: args.tag }))
+        (client) =>
+          client.snapshotCreate(defined({ name: args.name, tag: args.tag, forensic: args.forensic }))
       )
   }),
   defineTool({

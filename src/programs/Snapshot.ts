@@ -28,6 +28,11 @@ import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "
 
 export interface SnapshotCreateOptions {
   readonly tag?: string | undefined
+  /**
+   * Keep everything as evidence: the memory with any secrets in it, whatever disks and networks the
+   * workspace has. Never restored (restores refuse it); the default tag is `forensic-<time>`.
+   */
+  readonly forensic?: boolean | undefined
 }
 
 const diskFile = "disk.ext4"
@@ -37,7 +42,8 @@ const manifestFile = "manifest.json"
 export const snapshotsDir = (home: { readonly workspaceDir: (name: string) => string }, name: string) =>
   NodePath.join(home.workspaceDir(name), "snapshots")
 
-const defaultTag = (now: Date) => `snap-${now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}`
+const defaultTag = (now: Date, prefix: "snap" | "forensic") =>
+  `${prefix}-${now.toISOString().replace(/[-:]/g, "").replace(/\.\d+Z$/, "Z")}`
 
 const checkTag = (tag: string) =>
   tagPattern.test(tag)
@@ -137,7 +143,8 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
   const store = yield* StateStore
   const hypervisor = yield* Hypervisor
   const home = yield* Home
-  const tag = yield* checkTag(options.tag ?? defaultTag(new Date()))
+  const forensic = options.forensic === true
+  const tag = yield* checkTag(options.tag ?? defaultTag(new Date(), forensic ? "forensic" : "snap"))
   const workspace = yield* store.get(name).pipe(Effect.flatMap(reconcile))
   yield* requireBackend(workspace)
   const live = workspace.state === "running" || workspace.state === "paused"
@@ -158,7 +165,8 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
         feature: "Snapshot"
       })
     }
-    const problem = liveProblem(workspace)
+    // What makes a capture unsafe to restore is what a forensic capture is for.
+    const problem = forensic ? undefined : liveProblem(workspace)
     if (problem !== undefined) return yield* problem
   }
   const dir = yield* home.ensureDir(snapshotsDir(home, name))
@@ -210,8 +218,10 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       hostname: workspace.hostname,
       network: workspace.network,
       ports: workspace.ports,
-      // Live captures of workspaces holding secrets are refused above; a disk never holds them (tmpfs).
-      secretsPurged: true,
+      // Live captures of workspaces holding secrets are refused above, unless forensic; a disk never
+      // holds them (tmpfs).
+      secretsPurged: !(live && forensic && workspace.secrets.length > 0),
+      ...(forensic ? { forensic: true } : {}),
       secretNames: workspace.secrets.map((s) => s.name),
       files: { disk: diskFile, ...(live ? { state: stateFile } : {}) },
       allocatedBytes: allocatedBytes(disk) + (live ? allocatedBytes(state) : 0),
@@ -231,7 +241,10 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       NodeFs.renameSync(staging, final)
       fsyncPath(dir)
     })
-    yield* store.appendEvent(name, { type: "snapshot", detail: `created ${tag} (${manifest.kind})` })
+    yield* store.appendEvent(name, {
+      type: "snapshot",
+      detail: `created ${tag} (${manifest.kind}${forensic ? ", forensic" : ""})`
+    })
     return manifest
   })
   return yield* capture.pipe(
@@ -294,7 +307,7 @@ export interface LoadedSnapshot {
   readonly state: string | undefined
 }
 
-/** Reads a published snapshot; an unknown tag is `NotFound`. */
+/** Reads a published snapshot to restore from; an unknown tag is `NotFound`, a forensic one `Conflict`. */
 export const loadSnapshot = Effect.fn("snapshot.load")(function*(name: string, tag: string) {
   const home = yield* Home
   yield* checkTag(tag)
@@ -306,6 +319,12 @@ export const loadSnapshot = Effect.fn("snapshot.load")(function*(name: string, t
     })
   }
   const manifest = yield* readManifest(dir)
+  if (manifest.forensic === true) {
+    return yield* new Conflict({
+      message: `snapshot ${name}:${tag} is forensic: evidence, never restored`,
+      remediation: `read its files in ${dir}, or take an ordinary snapshot to restore from`
+    })
+  }
   const inside = (file: string) => {
     // The manifest names files of its own directory; anything else is not ours to read.
     const path = NodePath.resolve(dir, file)

@@ -423,10 +423,18 @@ export class Workspace implements AsyncDisposable {
    * fromSnapshot })` rolls back to it; `Workspace.fromSnapshot` makes a new workspace of it.
    */
   async snapshot(
-    options: { readonly tag?: string | undefined; readonly signal?: AbortSignal | undefined } = {}
+    options: {
+      readonly tag?: string | undefined
+      /** Keep everything as evidence (secrets, disks, networks); restores refuse it. */
+      readonly forensic?: boolean | undefined
+      readonly signal?: AbortSignal | undefined
+    } = {}
   ): Promise<SnapshotManifest> {
     return await this.host.run(
-      withWorkspaceBackend(this.name, snapshotCreate(this.name, { tag: options.tag })),
+      withWorkspaceBackend(
+        this.name,
+        snapshotCreate(this.name, { tag: options.tag, forensic: options.forensic })
+      ),
       { signal: options.signal }
     )
   }

@@ -266,7 +266,7 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
   Rpc.make("snapshotCreate", {
-    payload: { ...named, tag: Schema.optional(Schema.String) },
+    payload: { ...named, tag: Schema.optional(Schema.String), forensic: Schema.optional(Schema.Boolean) },
     success: SnapshotManifest,
     error: MicroagentError
   }),

@@ -236,7 +236,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
     quarantine: (p) =>
       local(withWorkspaceBackend(p.name, quarantine(p.name, { reason: p.reason, capture: p.capture }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
-    snapshotCreate: (p) => local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag }))),
+    snapshotCreate: (p) =>
+      local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag, forensic: p.forensic }))),
     workspaceCommit: (p) =>
       local(withWorkspaceBackend(
         p.name,

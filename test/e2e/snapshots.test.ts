@@ -321,17 +321,41 @@ describe("snapshots on real microVMs", () => {
     300_000
   )
 
-  it("refuses a memory capture of a workspace holding secrets", async () => {
-    await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], { SNAP_TOKEN: "s3cr3t-value-for-snapshot" })
-    const refused = await ma(["snapshot", "create", "w", "--tag", "secret", "--json"])
-    assert.strictEqual(errorOf(refused).error.kind, "unsupported")
-    assert.deepStrictEqual(entries("w"), ["cold", "one"])
-    // No snapshot file holds the value.
-    for (const tag of entries("w")) {
-      for (const file of NodeFs.readdirSync(NodePath.join(snapshotsDir("w"), tag))) {
-        const bytes = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), tag, file))
-        assert.strictEqual(bytes.includes("s3cr3t-value-for-snapshot"), false, `${tag}/${file}`)
+  it(
+    "refuses a memory capture of a workspace holding secrets, unless forensic, which is never restored",
+    async () => {
+      await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], {
+        SNAP_TOKEN: "s3cr3t-value-for-snapshot"
+      })
+      const refused = await ma(["snapshot", "create", "w", "--tag", "secret", "--json"])
+      assert.strictEqual(errorOf(refused).error.kind, "unsupported")
+      assert.deepStrictEqual(entries("w"), ["cold", "one"])
+      // No snapshot file holds the value.
+      for (const tag of entries("w")) {
+        for (const file of NodeFs.readdirSync(NodePath.join(snapshotsDir("w"), tag))) {
+          const bytes = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), tag, file))
+          assert.strictEqual(bytes.includes("s3cr3t-value-for-snapshot"), false, `${tag}/${file}`)
+        }
       }
-    }
-  }, 300_000)
+
+      // A forensic capture keeps everything, the secret in memory included, and is never restored.
+      const forensic = json(await ok(["snapshot", "create", "w", "--forensic", "--json"]))
+      assert.match(forensic.tag, /^forensic-\d{8}T\d{6}Z$/)
+      assert.deepInclude(forensic, { kind: "memory", forensic: true, secretsPurged: false })
+      const memory = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), forensic.tag, forensic.files.state))
+      assert.isTrue(
+        memory.includes("s3cr3t-value-for-snapshot"),
+        "the forensic memory holds the guest's tmpfs"
+      )
+      const rollback = await ma(["start", "w", "--from-snapshot", forensic.tag, "--json"], {
+        SNAP_TOKEN: "s3cr3t-value-for-snapshot"
+      })
+      assert.strictEqual(errorOf(rollback).error.kind, "conflict", errorOf(rollback).error.message)
+      assert.include(errorOf(rollback).error.message, "is forensic")
+      const copy = await ma(["create", "wf", "--from-snapshot", `w:${forensic.tag}`, "--json"])
+      assert.strictEqual(errorOf(copy).error.kind, "conflict", errorOf(copy).error.message)
+      assert.strictEqual((await ma(["inspect", "wf"])).code, 1)
+    },
+    300_000
+  )
 })

@@ -1,11 +1,11 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Exit } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { stateOf } from "../../src/layers/process/Processes.ts"
 import { create } from "../../src/programs/Create.ts"
-import { snapshotList } from "../../src/programs/Snapshot.ts"
+import { loadSnapshot, snapshotCreate, snapshotList } from "../../src/programs/Snapshot.ts"
 import { Home } from "../../src/services/Home.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
 
@@ -35,5 +35,26 @@ describe("snapshot leftovers", () => {
       NodeFs.mkdirSync(NodePath.join(dir, `.staging-live-${process.pid}`), { recursive: true })
       assert.deepStrictEqual(yield* snapshotList("w"), [])
       assert.deepStrictEqual(NodeFs.readdirSync(dir), [`.staging-live-${process.pid}`])
+    }).pipe(Effect.provide(fakeEnvironment)))
+})
+
+describe("forensic snapshots", () => {
+  it.scopedLive("are tagged forensic-<time>, marked in the manifest, and refused to every restore", () =>
+    Effect.gen(function*() {
+      yield* create({ image: "alpine", name: "f" })
+      const manifest = yield* snapshotCreate("f", { forensic: true })
+      assert.match(manifest.tag, /^forensic-\d{8}T\d{6}Z$/)
+      assert.strictEqual(manifest.forensic, true)
+      assert.strictEqual(manifest.kind, "disk")
+      const ordinary = yield* snapshotCreate("f", { tag: "plain" })
+      assert.isUndefined(ordinary.forensic)
+      assert.deepStrictEqual(
+        (yield* snapshotList("f")).map((m) => m.tag).sort(),
+        [manifest.tag, "plain"].sort()
+      )
+      const refused = yield* Effect.exit(loadSnapshot("f", manifest.tag))
+      assert.isTrue(Exit.isFailure(refused))
+      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "is forensic")
+      assert.strictEqual((yield* loadSnapshot("f", "plain")).manifest.tag, "plain")
     }).pipe(Effect.provide(fakeEnvironment)))
 })
