@@ -1,12 +1,15 @@
 /**
  * A Debian minbase image, built in the test setup from Debian's packages with mmdebstrap (cached per
  * machine), pushed to a loopback registry and booted as a real microVM: a full distribution userland,
- * owners and modes as dpkg set them.
+ * owners and modes as dpkg set them; and setup that installs a Debian package with apt from a flat
+ * repository the test serves on one of the host's addresses (reached through egress mediation): it
+ * runs once, a failing step leaves it pending, and the next start runs it again.
  */
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { type AptRepo, debianPackages, startAptRepo } from "../support/aptRepo.ts"
 import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
 import { hostArchitecture, minbaseTarball, pushSpec } from "../support/images.ts"
 import { requireTool, startRegistry, type TestRegistry } from "../support/registry.ts"
@@ -15,6 +18,7 @@ let registry: TestRegistry
 let stateDir: string
 let scratch: string
 let minbase: string
+let repo: AptRepo | undefined
 
 const ma = (args: ReadonlyArray<string>): Promise<CliResult> =>
   cliAsync(args, { stateDir, env: { MICROAGENT_BACKEND: "qemu" } })
@@ -34,6 +38,8 @@ beforeAll(async () => {
 }, 900_000)
 
 afterAll(async () => {
+  await ma(["kill", "aptly"])
+  await repo?.close()
   stopRuntime(stateDir)
   await registry?.stop()
   NodeFs.rmSync(stateDir, { recursive: true, force: true })
@@ -59,5 +65,71 @@ describe("a Debian minbase image", () => {
     assert.strictEqual(lines[2], "root 2775")
     assert.strictEqual(lines[3], "root 755")
     assert.strictEqual(lines[4], "65534")
+  })
+
+  it("runs setup that installs a package with apt once; a failing step leaves it pending for the next start", async () => {
+    const address = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).find((a) =>
+      a.family === "IPv4" && !a.internal
+    )?.address
+    assert.isDefined(address, "this test needs a non-loopback IPv4 address on the host")
+    repo = await startAptRepo(address, debianPackages(["hello"]))
+    // The package answers 404 at first: the install step fails, and with it the first start.
+    repo.serving = false
+    const endpoint = `${address}:${repo.port}`
+    const created = await ma([
+      "create",
+      "--image",
+      minbase,
+      "--egress-allow",
+      endpoint,
+      "--setup",
+      `rm -f /etc/apt/sources.list.d/*; echo 'deb [trusted=yes] ${repo.url} ./' > /etc/apt/sources.list`,
+      "--setup",
+      "apt-get update -q",
+      "--setup",
+      "apt-get install -y -q --no-install-recommends hello",
+      "aptly"
+    ])
+    assert.strictEqual(created.code, 0, created.stderr)
+    const setupEvents = async () =>
+      (JSON.parse((await ma(["events", "aptly", "--json"])).stdout).events as Array<
+        { type: string; detail: string }
+      >)
+        .filter((e) => e.type === "setup").map((e) => e.detail.split(":")[0])
+
+    const failed = await ma(["start", "aptly"])
+    assert.notStrictEqual(failed.code, 0, failed.stdout)
+    assert.include(failed.stderr, "setup 3/3 failed")
+    assert.include(failed.stderr, "404")
+    assert.isUndefined(JSON.parse((await ma(["inspect", "aptly", "--json"])).stdout).workspace.setupDone)
+    assert.deepStrictEqual(await setupEvents(), [
+      "setup 1/3 ok",
+      "setup 2/3 ok",
+      "setup 3/3 failed (exited 100)"
+    ])
+
+    // Served now: the next start runs the whole setup again, and it installs the package.
+    repo.serving = true
+    const started = await ma(["start", "aptly"])
+    assert.strictEqual(started.code, 0, started.stderr)
+    const hello = async () => {
+      const out = await ma(["exec", "aptly", "--", "sh", "-c", "hello; dpkg -s hello | grep ^Status"])
+      assert.strictEqual(out.code, 0, out.stderr)
+      return JSON.parse(out.stdout).result.stdout
+    }
+    assert.strictEqual(await hello(), "Hello, world!\nStatus: install ok installed\n")
+    assert.include(repo.requests, "/Packages")
+    assert.isTrue(repo.requests.some((path) => /^\/hello_.*\.deb$/.test(path)), repo.requests.join(" "))
+    const done = await setupEvents()
+    assert.deepStrictEqual(done.slice(3), ["setup 1/3 ok", "setup 2/3 ok", "setup 3/3 ok"])
+
+    // Recorded as done: a later start does not run it again, and the package is on the disk.
+    assert.strictEqual((await ma(["halt", "aptly"])).code, 0)
+    const asked = repo.requests.length
+    const again = await ma(["start", "aptly"])
+    assert.strictEqual(again.code, 0, again.stderr)
+    assert.strictEqual(await hello(), "Hello, world!\nStatus: install ok installed\n")
+    assert.deepStrictEqual(await setupEvents(), done)
+    assert.strictEqual(repo.requests.length, asked)
   })
 })
