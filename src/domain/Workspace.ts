@@ -179,6 +179,27 @@ export class ServiceStatus extends Schema.Class<ServiceStatus>("ServiceStatus")(
 }) {}
 
 /** The persisted record of a workspace. Paths are absolute. */
+/**
+ * The verification baseline setup records on success: the root disk's SHA-256 with the guest's writes
+ * flushed and the VM held still while it is read, and the boot configuration it was made under.
+ */
+export const SetupBaseline = Schema.Struct({
+  recordedAt: Schema.DateTimeUtc,
+  /** SHA-256 of the root disk image (every byte of its apparent size); absent where the backend has no disk file. */
+  rootfsSha256: Schema.optional(Schema.String),
+  rootfsBytes: Schema.optional(Schema.Number),
+  boot: Schema.Struct({
+    imageDigest: Schema.optional(Schema.String),
+    kernelSha256: Schema.optional(Schema.String),
+    initrdSha256: Schema.optional(Schema.String),
+    memoryMiB: Schema.Number,
+    cpus: Schema.Number,
+    hostname: Schema.String,
+    network: Schema.String
+  })
+})
+export type SetupBaseline = typeof SetupBaseline.Type
+
 export class Workspace extends Schema.Class<Workspace>("Workspace")({
   name: WorkspaceName,
   state: State,
@@ -215,6 +236,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   failure: Schema.optional(Schema.String),
   /** When setup succeeded; absent while it is pending (the next start runs it). */
   setupDone: Schema.optional(Schema.DateTimeUtc),
+  /** What setup left: the verification baseline recorded when it succeeded (Setup.ts). */
+  setupBaseline: Schema.optional(SetupBaseline),
   /** The entrypoint's outcome for the latest start that ran one. */
   result: Schema.optional(EntrypointResult),
   /**

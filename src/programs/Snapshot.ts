@@ -13,17 +13,17 @@ import { Effect, Option, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
-import { ExecRequest } from "../domain/Exec.ts"
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { isAlive } from "../layers/process/Processes.ts"
-import { GuestChannel } from "../services/GuestChannel.ts"
+
 import { Home } from "../services/Home.ts"
 import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
+import { syncGuest } from "./internal/GuestSync.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
 export interface SnapshotCreateOptions {
@@ -251,13 +251,6 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
     Effect.onError(() => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true })))
   )
 })
-
-const syncGuest = (handle: VmHandle) =>
-  handle.channel._tag === "HostDirectory" ? Effect.void : Effect.scoped(Effect.gen(function*() {
-    const channel = yield* GuestChannel
-    const connection = yield* channel.connect(handle.channel, { timeout: "5 seconds" })
-    yield* connection.exec(new ExecRequest({ argv: ["sync"], env: {}, timeoutSeconds: 30 }))
-  })).pipe(Effect.timeout("35 seconds"), Effect.ignore)
 
 /**
  * Pauses (through the store, when it was running), writes the VM state and copies the disk while

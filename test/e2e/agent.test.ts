@@ -189,6 +189,20 @@ describe("entrypoint and result on real microVMs", () => {
     })
     const inspected = json(await ok(["inspect", "setup", "--json"]))
     assert.isString(inspected.workspace.setupDone)
+    // The verification baseline of the successful setup: the disk's digest, read with the VM held
+    // still, and the boot configuration, whose kernel is the one a plan names.
+    const baseline = inspected.workspace.setupBaseline
+    assert.strictEqual(baseline.recordedAt, inspected.workspace.setupDone)
+    assert.match(baseline.rootfsSha256, /^[0-9a-f]{64}$/)
+    assert.strictEqual(baseline.rootfsBytes, NodeFs.statSync(inspected.workspace.rootfsPath).size)
+    const plan = json(await ok(["create", "--dry-run", "--json", "--image", defaultImage, "planned"]))
+    assert.strictEqual(baseline.boot.kernelSha256, plan.kernel.sha256)
+    assert.deepInclude(baseline.boot, { memoryMiB: 512, hostname: "setup", network: "user" })
+    const baselineEvents = (json(await ok(["events", "setup", "--json"])).events as Array<
+      { type: string; detail: string }
+    >).filter((e) => e.type === "baseline")
+    assert.lengthOf(baselineEvents, 1)
+    assert.include(baselineEvents[0]!.detail, `rootfs sha256:${baseline.rootfsSha256.slice(0, 12)}`)
     await ok(["kill", "setup"])
   })
 

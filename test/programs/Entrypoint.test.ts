@@ -142,7 +142,12 @@ describe("entrypoint and result", () => {
       NodeFs.writeFileSync(NodePath.join(dir, "allow"), "")
       yield* start("setup")
       yield* result("setup", { wait: true, timeoutSeconds: 30 })
-      assert.isDefined((yield* store.get("setup")).setupDone)
+      const done = yield* store.get("setup")
+      assert.isDefined(done.setupDone)
+      // The fake keeps no disk image: the baseline is the boot configuration alone.
+      assert.deepStrictEqual(done.setupBaseline?.recordedAt, done.setupDone)
+      assert.isUndefined(done.setupBaseline?.rootfsSha256)
+      assert.deepInclude(done.setupBaseline?.boot, { memoryMiB: done.resources.memoryMiB, hostname: "setup" })
       yield* halt("setup")
       yield* start("setup")
       yield* result("setup", { wait: true, timeoutSeconds: 30 })
