@@ -166,6 +166,29 @@ const healthOf = (health: typeof SpecHealth.Type | undefined) =>
       onRight: (check) => Effect.succeed(check)
     })
 
+/** The options of the `create` program (and of a plan of one), the health check decoded. */
+const programOptions = (options: CreateOptions) =>
+  Effect.map(healthOf(options.health), (health) => ({
+    image: options.image,
+    name: options.name,
+    cpus: options.cpus,
+    memoryMiB: options.memoryMiB,
+    sizeMiB: options.sizeMiB,
+    env: options.env,
+    network: options.network,
+    entrypoint: options.entrypoint,
+    setup: options.setup,
+    files: options.files?.map((f) =>
+      new FileCopy({ source: f.source, target: f.target, ...(f.mode === undefined ? {} : { mode: f.mode }) })
+    ),
+    restart: options.restart,
+    service: options.service,
+    shell: options.shell,
+    health,
+    ttlSeconds: options.ttlSeconds,
+    egress: egressPolicy(options.egress)
+  }))
+
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */
 export class WorkspaceFiles {
   readonly #workspace: Workspace
@@ -234,31 +257,7 @@ export class Workspace implements AsyncDisposable {
     const record = await host.run(
       withBackend(
         options.backend,
-        Effect.flatMap(healthOf(options.health), (health) =>
-          create({
-            image: options.image,
-            name: options.name,
-            cpus: options.cpus,
-            memoryMiB: options.memoryMiB,
-            sizeMiB: options.sizeMiB,
-            env: options.env,
-            network: options.network,
-            entrypoint: options.entrypoint,
-            setup: options.setup,
-            files: options.files?.map((f) =>
-              new FileCopy({
-                source: f.source,
-                target: f.target,
-                ...(f.mode === undefined ? {} : { mode: f.mode })
-              })
-            ),
-            restart: options.restart,
-            service: options.service,
-            shell: options.shell,
-            health,
-            ttlSeconds: options.ttlSeconds,
-            egress: egressPolicy(options.egress)
-          }))
+        Effect.flatMap(programOptions(options), create)
       ),
       { signal: options.signal }
     )
@@ -284,19 +283,7 @@ export class Workspace implements AsyncDisposable {
     return host.run(
       withBackend(
         options.backend,
-        plan({
-          kind: "create",
-          image: options.image,
-          name: options.name,
-          cpus: options.cpus,
-          memoryMiB: options.memoryMiB,
-          sizeMiB: options.sizeMiB,
-          env: options.env,
-          network: options.network,
-          entrypoint: options.entrypoint,
-          ttlSeconds: options.ttlSeconds,
-          egress: egressPolicy(options.egress)
-        })
+        Effect.flatMap(programOptions(options), (checked) => plan({ ...checked, kind: "create" }))
       ),
       { signal: options.signal }
     )

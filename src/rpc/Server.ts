@@ -27,7 +27,7 @@ import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifac
 import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
-import { create } from "../programs/Create.ts"
+import { create, type CreateOptions } from "../programs/Create.ts"
 import { remove } from "../programs/Delete.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { result } from "../programs/Entrypoint.ts"
@@ -53,7 +53,7 @@ import type { Volumes } from "../services/Volumes.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
 import { makeConnectHandlers } from "./ConnectSessions.ts"
 import { makeHostHandlers } from "./HostHandlers.ts"
-import { Rpcs } from "./Rpcs.ts"
+import { type CreatePayload, Rpcs } from "./Rpcs.ts"
 
 type ExecFieldsOf<P> = P & {
   readonly env?: { readonly [key: string]: string } | undefined
@@ -93,6 +93,34 @@ const withArtifactBackend = <A, E, R>(name: string, effect: Effect.Effect<A, E, 
   )
 
 /** The handlers of every procedure; they need the state store and the backends of this process. */
+/** A create (or a plan of one) from its payload: the fields the program takes, named alike. */
+const createOptionsOf = (p: typeof CreatePayload.Type): CreateOptions => ({
+  image: p.image,
+  name: p.name,
+  profile: p.profile,
+  memoryMiB: p.memoryMiB,
+  cpus: p.cpus,
+  sizeMiB: p.sizeMiB,
+  env: p.env,
+  hostname: p.hostname,
+  network: p.network,
+  ports: p.ports,
+  networks: p.networks,
+  egress: p.egress,
+  mounts: p.mounts,
+  secrets: p.secrets,
+  outputs: p.outputs,
+  refuseDevices: p.refuseDevices,
+  ttlSeconds: p.ttlSeconds,
+  restart: p.restart,
+  entrypoint: p.entrypoint,
+  files: p.files,
+  setup: p.setup,
+  service: p.service,
+  shell: p.shell,
+  health: p.health
+})
+
 export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
   const context = yield* Effect.context<WorkspaceBackends | StateStore | Home | Volumes>()
   const host = yield* makeHostHandlers
@@ -143,65 +171,9 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           stdin: stdinOf(p.stdin)
         })
       )),
-    create: (p) =>
-      local(withBackend(
-        p.backend,
-        create({
-          image: p.image,
-          name: p.name,
-          profile: p.profile,
-          memoryMiB: p.memoryMiB,
-          cpus: p.cpus,
-          sizeMiB: p.sizeMiB,
-          env: p.env,
-          hostname: p.hostname,
-          network: p.network,
-          ports: p.ports,
-          networks: p.networks,
-          egress: p.egress,
-          mounts: p.mounts,
-          secrets: p.secrets,
-          outputs: p.outputs,
-          refuseDevices: p.refuseDevices,
-          ttlSeconds: p.ttlSeconds,
-          restart: p.restart,
-          entrypoint: p.entrypoint,
-          files: p.files,
-          setup: p.setup,
-          service: p.service,
-          shell: p.shell,
-          health: p.health
-        })
-      )),
+    create: (p) => local(withBackend(p.backend, create(createOptionsOf(p)))),
     plan: (p) =>
-      local(withBackend(
-        p.backend,
-        plan({
-          kind: p.kind,
-          command: p.command,
-          image: p.image,
-          name: p.name,
-          profile: p.profile,
-          memoryMiB: p.memoryMiB,
-          cpus: p.cpus,
-          sizeMiB: p.sizeMiB,
-          env: p.env,
-          hostname: p.hostname,
-          network: p.network,
-          ports: p.ports,
-          networks: p.networks,
-          egress: p.egress,
-          mounts: p.mounts,
-          secrets: p.secrets,
-          outputs: p.outputs,
-          refuseDevices: p.refuseDevices,
-          ttlSeconds: p.ttlSeconds,
-          restart: p.restart,
-          entrypoint: p.entrypoint,
-          files: p.files,
-          setup: p.setup
-        })
-      )),
+      local(withBackend(p.backend, plan({ ...createOptionsOf(p), kind: p.kind, command: p.command }))),
     apply: ({ dryRun, name, ...fields }) => local(apply(name, fields, { dryRun })),
     start: (p) =>
       local(withWorkspaceBackend(
