@@ -37,6 +37,7 @@ typedef struct {
   char ip[64];
   char gateway[64];
   char dns[256];
+  char routes[512]; /* microagent.routes=DST/N@GW,...: extra routes on eth0 */
   char hosts[2048];
   char disks[1024];
   char channel[128];
@@ -220,6 +221,7 @@ static void parse_cmdline(void) {
     else if (!strcmp(key, "ip")) set_str(bc.ip, sizeof bc.ip, v);
     else if (!strcmp(key, "gateway")) set_str(bc.gateway, sizeof bc.gateway, v);
     else if (!strcmp(key, "dns")) set_str(bc.dns, sizeof bc.dns, v);
+    else if (!strcmp(key, "routes")) set_str(bc.routes, sizeof bc.routes, v);
     else if (!strcmp(key, "hosts")) set_str(bc.hosts, sizeof bc.hosts, v);
     else if (!strcmp(key, "disks")) set_str(bc.disks, sizeof bc.disks, v);
     else if (!strcmp(key, "channel")) set_str(bc.channel, sizeof bc.channel, v);
@@ -426,6 +428,37 @@ static void setup_named_nets(int s) {
   }
 }
 
+/* Adds a route on eth0 to DST/N through GW (a host route when N is 32, the default one when 0). */
+static void add_route(int s, const char *spec) {
+  char buf[96];
+  snprintf(buf, sizeof buf, "%s", spec);
+  char *at = strchr(buf, '@'), *slash = strchr(buf, '/');
+  struct in_addr dst, gw;
+  int prefix = slash ? atoi(slash + 1) : 32;
+  if (!at || (slash && slash > at)) {
+    ma_log("bad route %s (DST/N@GW)", spec);
+    return;
+  }
+  *at = 0;
+  if (slash) *slash = 0;
+  if (inet_pton(AF_INET, buf, &dst) != 1 || inet_pton(AF_INET, at + 1, &gw) != 1 || prefix < 0 || prefix > 32) {
+    ma_log("bad route %s (DST/N@GW)", spec);
+    return;
+  }
+  struct rtentry rt;
+  memset(&rt, 0, sizeof rt);
+  struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst;
+  struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+  struct sockaddr_in *m = (struct sockaddr_in *)&rt.rt_genmask;
+  d->sin_family = g->sin_family = m->sin_family = AF_INET;
+  m->sin_addr.s_addr = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
+  d->sin_addr.s_addr = dst.s_addr & m->sin_addr.s_addr;
+  g->sin_addr = gw;
+  rt.rt_flags = RTF_UP | RTF_GATEWAY | (prefix == 32 ? RTF_HOST : 0);
+  rt.rt_dev = (char *)"eth0";
+  if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST) ma_log("route %s: %s", spec, strerror(errno));
+}
+
 static void setup_network(void) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) {
@@ -468,6 +501,12 @@ static void setup_network(void) {
           if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST)
             ma_log("default route via %s: %s", bc.gateway, strerror(errno));
         }
+      }
+      if (bc.routes[0]) {
+        char list[sizeof bc.routes];
+        snprintf(list, sizeof list, "%s", bc.routes);
+        char *save = NULL;
+        for (char *r = strtok_r(list, ",", &save); r; r = strtok_r(NULL, ",", &save)) add_route(s, r);
       }
     }
   }

@@ -29,10 +29,13 @@ export const networkFields = (
       `${f.host ?? defaultHostIp}:${f.hostPort}:${f.guestPort}/${f.protocol ?? "tcp"}`
     )
     const ports = yield* parsePublishes(options.publish.length > 0 ? options.publish : forwards)
+    const { dns, gateway, ip, routes, subnet } = spec.network ?? {}
+    const addressing = { ip, subnet, gateway, dns, routes }
     return {
       network: resolved.network ?? spec.network?.mode,
       ...(resolved.networks.length > 0 ? { networks: resolved.networks } : {}),
-      ...(ports.length > 0 ? { ports } : {})
+      ...(ports.length > 0 ? { ports } : {}),
+      ...(Object.values(addressing).some((v) => v !== undefined) ? { addressing } : {})
     }
   })
 

@@ -4,6 +4,7 @@
  * resources, disks, network and what runs in the guest.
  */
 import { Schema } from "effect"
+import { Addressing } from "./Addressing.ts"
 import { EgressPolicy } from "./Egress.ts"
 import { FileCopy } from "./FileCopy.ts"
 import { Backend, Mount, NetworkMode, OutputDecl, PublishedPort, RestartPolicy } from "./Workspace.ts"
@@ -51,7 +52,9 @@ export class RunPlan extends Schema.Class<RunPlan>("RunPlan")({
     mode: NetworkMode,
     networks: Schema.Array(Schema.String),
     egress: EgressPolicy,
-    ports: Schema.Array(PublishedPort)
+    ports: Schema.Array(PublishedPort),
+    /** The guest's own addressing, when it has one. */
+    addressing: Schema.optional(Addressing)
   }),
   setup: Schema.Array(Schema.String),
   files: Schema.Array(FileCopy),
@@ -107,7 +110,15 @@ export const planText = (plan: RunPlan): string => {
     "network",
     `${plan.network.mode}${
       plan.network.networks.length > 0 ? ` + ${plan.network.networks.join(", ")}` : ""
-    }${egress}; ports ${list(plan.network.ports.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}/tcp`))}`
+    }${egress}; ports ${
+      list(plan.network.ports.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}/tcp`))
+    }${
+      plan.network.addressing === undefined
+        ? ""
+        : `; address ${plan.network.addressing.ip} via ${plan.network.addressing.gateway}${
+          plan.network.addressing.routes.map((r) => `, ${r.destination} via ${r.via}`).join("")
+        }`
+    }`
   )
   row("setup", plan.setup.length === 0 ? "none" : "")
   plan.setup.forEach((step, i) =>

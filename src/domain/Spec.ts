@@ -24,6 +24,13 @@ const SpecPort = Schema.Int.pipe(Schema.between(1, 65535))
 
 export const SpecNetwork = Schema.Struct({
   mode: Schema.optional(NetworkMode),
+  /** The guest's own IPv4 addressing (Addressing.ts checks them together). */
+  ip: Schema.optional(Schema.String),
+  subnet: Schema.optional(Schema.String),
+  gateway: Schema.optional(Schema.String),
+  dns: Schema.optional(Schema.Array(Schema.String)),
+  /** `A.B.C.D/N via A.B.C.D`. */
+  routes: Schema.optional(Schema.Array(Schema.String)),
   /** Published ports, as `-p`: the host address defaults to 127.0.0.1. */
   forwards: Schema.optional(Schema.Array(Schema.Struct({
     protocol: Schema.optional(Schema.Literal("tcp")),
@@ -164,7 +171,7 @@ const known: Record<string, ReadonlyArray<string>> = {
     "agent"
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
-  network: ["mode", "forwards"],
+  network: ["mode", "forwards", "ip", "subnet", "gateway", "dns", "routes"],
   egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes", "maxBps"],
   health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"],
   agent: ["entry", "egress", "allow"]
@@ -181,7 +188,7 @@ const notYet: Record<string, ReadonlyArray<string>> = {
   ],
   // The credential broker's fields (an Agentfile's brokers and credential swap).
   agent: ["cred-swap", "broker", "brokers"],
-  network: ["dns", "routes", "ip", "subnet", "gateway", "ipv6", "ipv6Subnet", "ipv6Gateway"]
+  network: ["ipv6", "ipv6Subnet", "ipv6Gateway"]
 }
 
 /** Where a field that is misplaced at `section` actually belongs. */

@@ -2,6 +2,7 @@
  * Workspaces: names, resource profiles, the persisted record.
  */
 import { Schema } from "effect"
+import { Addressing } from "./Addressing.ts"
 import { EgressPolicy } from "./Egress.ts"
 import { FileCopy } from "./FileCopy.ts"
 import { State } from "./State.ts"
@@ -210,6 +211,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   env: Schema.Record({ key: Schema.String, value: Schema.String }),
   hostname: Schema.String,
   network: NetworkMode,
+  /** The guest's own addressing on the user network; absent: QEMU's 10.0.2.15/24 through 10.0.2.2. */
+  addressing: Schema.optional(Addressing),
   restart: RestartPolicy,
   ports: Schema.optionalWith(Schema.Array(PublishedPort), { default: () => [] }),
   /** Named networks this workspace is a member of (its address on each is in the store). */

@@ -4,6 +4,7 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
+import { AddressingRequest } from "../domain/Addressing.ts"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
@@ -89,6 +90,11 @@ const newWorkspace = {
     Schema.Boolean,
     "only egress_allow destinations; other names answer REFUSED"
   ),
+  addressing: optional(
+    AddressingRequest,
+    "the guest's own IPv4 addressing on the user network: ip (A.B.C.D/N), subnet, gateway, dns (resolvers; "
+      + 'only with egress off), routes ("A.B.C.D/N via A.B.C.D")'
+  ),
   egress_max_conns: optional(
     Schema.Int.pipe(Schema.nonNegative()),
     "concurrent guest connections the mediator admits (0: no cap)"
@@ -168,6 +174,7 @@ interface NewWorkspaceArgs {
   readonly egress?: typeof EgressMode.Type | undefined
   readonly egress_allow?: ReadonlyArray<string> | undefined
   readonly egress_lock_allowlist?: boolean | undefined
+  readonly addressing?: typeof AddressingRequest.Type | undefined
   readonly egress_max_conns?: number | undefined
   readonly egress_max_total_bytes?: number | undefined
   readonly egress_max_bps?: number | undefined
@@ -228,6 +235,7 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
         ...(args.egress_max_total_bytes === undefined ? {} : { maxTotalBytes: args.egress_max_total_bytes }),
         ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
       }),
+      ...(args.addressing === undefined ? {} : { addressing: args.addressing }),
       ports,
       mounts,
       secrets,

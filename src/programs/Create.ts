@@ -5,6 +5,7 @@ import { DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { addressingOf, type AddressingRequest } from "../domain/Addressing.ts"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import type { FileCopy } from "../domain/FileCopy.ts"
@@ -66,6 +67,8 @@ export interface CreateOptions {
   readonly networks?: ReadonlyArray<string> | undefined
   /** Egress mediation of the user network (default `broker`). */
   readonly egress?: EgressPolicy | undefined
+  /** The guest's own addressing on the user network (checked by `addressingOf`). */
+  readonly addressing?: AddressingRequest | undefined
   readonly mounts?: ReadonlyArray<Mount> | undefined
   readonly secrets?: ReadonlyArray<SecretRef> | undefined
   readonly outputs?: ReadonlyArray<OutputDecl> | undefined
@@ -168,12 +171,16 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
   }
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   yield* checkSupervision(options)
+  const addressing = yield* addressingOf(options.addressing, {
+    network: options.network ?? "user",
+    egress: options.egress?.mode ?? "broker"
+  })
   const files = yield* resolveFileCopies(options.files)
-  return { name, resources, files }
+  return { name, resources, files, addressing }
 })
 
 export const create = Effect.fn("create")(function*(options: CreateOptions) {
-  const { files, name, resources } = yield* checkCreate(options)
+  const { addressing, files, name, resources } = yield* checkCreate(options)
   const home = yield* Home
   const store = yield* StateStore
   const images = yield* ImageStore
@@ -205,6 +212,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ports: options.ports ?? [],
       networks: options.networks ?? [],
       ...(options.egress === undefined ? {} : { egress: new EgressPolicy(options.egress) }),
+      ...(addressing === undefined ? {} : { addressing }),
       mounts: options.mounts ?? [],
       secrets: options.secrets ?? [],
       outputs: options.outputs ?? [],

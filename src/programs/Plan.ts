@@ -42,7 +42,7 @@ const plannedKernel = Effect.gen(function*() {
 })
 
 export const plan = Effect.fn("plan")(function*(options: PlanOptions) {
-  const { files, resources } = yield* checkCreate(options)
+  const { addressing, files, resources } = yield* checkCreate(options)
   const store = yield* StateStore
   const images = yield* ImageStore
   const hypervisor = yield* Hypervisor
@@ -94,7 +94,8 @@ export const plan = Effect.fn("plan")(function*(options: PlanOptions) {
       mode: options.network ?? "user",
       networks: options.networks ?? [],
       egress: options.egress === undefined ? defaultEgress : new EgressPolicy(options.egress),
-      ports: options.ports ?? []
+      ports: options.ports ?? [],
+      ...(addressing === undefined ? {} : { addressing })
     },
     setup: options.setup ?? [],
     files,

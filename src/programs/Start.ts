@@ -350,6 +350,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       cpus: resources.cpus,
       hostname: starting.hostname,
       network: starting.network,
+      ...(starting.addressing === undefined ? {} : { addressing: starting.addressing }),
       ports: starting.ports.map((p) => new PortForward(p)),
       bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
     })

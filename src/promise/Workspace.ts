@@ -10,6 +10,7 @@
 import { Duration, Effect, Either, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { AddressingRequest } from "../domain/Addressing.ts"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
@@ -85,6 +86,11 @@ export interface CreateOptions {
   } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
+  /**
+   * The guest's own IPv4 addressing on the user network: `ip` (`A.B.C.D/N`), `subnet`, `gateway`,
+   * `dns` (its resolvers; only with egress `off`), `routes` (`"A.B.C.D/N via A.B.C.D"`).
+   */
+  readonly addressing?: AddressingRequest | undefined
   /** A shell command each start runs in the background; its outcome is `result()`. */
   readonly entrypoint?: string | undefined
   /** Shell commands run once, in order, before the first start's entrypoint (a failing one fails that start and is retried by the next). */
@@ -176,6 +182,7 @@ const programOptions = (options: CreateOptions) =>
     sizeMiB: options.sizeMiB,
     env: options.env,
     network: options.network,
+    addressing: options.addressing,
     entrypoint: options.entrypoint,
     setup: options.setup,
     files: options.files?.map((f) =>

@@ -5,6 +5,7 @@
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
+import { AddressingRequest } from "../domain/Addressing.ts"
 import { EgressPolicy, EgressReceipt, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
@@ -66,6 +67,8 @@ export const WorkspaceFields = {
   networks: Schema.optional(Schema.Array(Schema.String)),
   /** Egress mediation of the user network; `broker` when absent. */
   egress: Schema.optional(EgressPolicy),
+  /** The guest's own addressing on the user network: ip, subnet, gateway, dns, routes. */
+  addressing: Schema.optional(AddressingRequest),
   mounts: Schema.optional(Schema.Array(Mount)),
   /** References only; values are resolved by the caller and sent with each start. */
   secrets: Schema.optional(Schema.Array(SecretRef)),

@@ -3,6 +3,7 @@
  * each declares what it can do, and refuses the rest with `Unsupported`.
  */
 import { Context, type Effect, Schema } from "effect"
+import { Addressing } from "../domain/Addressing.ts"
 import type { MicroagentError } from "../domain/Errors.ts"
 import { Backend, NetworkMode } from "../domain/Workspace.ts"
 
@@ -65,6 +66,8 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   cpus: Schema.Int,
   hostname: Schema.String,
   network: NetworkMode,
+  /** The guest's own addressing on the user network (absent: QEMU's usual one). */
+  addressing: Schema.optional(Addressing),
   ports: Schema.optionalWith(Schema.Array(PortForward), { default: () => [] }),
   disks: Schema.optionalWith(Schema.Array(DiskAttachment), { default: () => [] }),
   /** NICs on named networks, besides the user-mode one. */

@@ -113,13 +113,29 @@ network:
       "microagent.yaml: model is not supported by this version of microagent"
     )
     assert.strictEqual(
-      error("network:\n  dns: []\n"),
-      "microagent.yaml: network.dns is not supported by this version of microagent"
+      error("network:\n  ipv6: fd00::5/64\n"),
+      "microagent.yaml: network.ipv6 is not supported by this version of microagent"
     )
     assert.strictEqual(
       error("agent:\n  entry: ./run\n  cred-swap: [anthropic]\n"),
       "microagent.yaml: agent.cred-swap is not supported by this version of microagent"
     )
+  })
+
+  it("decodes the guest's own addressing under network", () => {
+    assert.deepInclude(
+      ok(
+        "network:\n  ip: 10.77.0.20/24\n  gateway: 10.77.0.1\n  dns: [10.77.0.1]\n  routes: ['203.0.113.0/24 via 10.77.0.254']\n"
+      )
+        .network,
+      {
+        ip: "10.77.0.20/24",
+        gateway: "10.77.0.1",
+        dns: ["10.77.0.1"],
+        routes: ["203.0.113.0/24 via 10.77.0.254"]
+      }
+    )
+    assert.include(error("ip: 10.0.0.1/24\n"), "it belongs under network:")
   })
 
   it("decodes an Agentfile's agent block: entry, egress and allow; unknown agent fields are refused", () => {

@@ -7,7 +7,8 @@
  * a name that resolves to the gateway (rebinding), each attempt audited as an inside denial; the test host
  * is reachable by name in `broker` mode; under the locked allowlist only the allowlisted name resolves
  * (others are answered REFUSED), an address never resolved is refused, the rate cap slows a download
- * and the byte cap cuts it;
+ * and the byte cap cuts it; `ad`, with its own addressing from a spec (10.77.0.20/24, a route), asks
+ * the mediator at its gateway and reaches the test host through it;
  * a foreign resolver is refused with its signal; `microagent egress` reads the log; the namespaces and
  * mediators go away with the VMs.
  */
@@ -91,8 +92,14 @@ beforeAll(async () => {
     const started = await ma(["start", name])
     assert.strictEqual(started.code, 0, started.stderr)
   }
+  const spec = NodePath.join(stateDir, "addressed.yaml")
+  NodeFs.writeFileSync(
+    spec,
+    "network:\n  ip: 10.77.0.20/24\n  routes: ['203.0.113.0/24 via 10.77.0.254']\n"
+  )
   await Promise.all([
     boot("eg", []),
+    boot("ad", ["--file", spec]),
     boot("lk", [
       "--egress-lock-allowlist",
       "--egress-allow",
@@ -108,6 +115,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await ma(["kill", "eg"])
   await ma(["kill", "lk"])
+  await ma(["kill", "ad"])
   stopRuntime(stateDir)
   for (const pid of qemuProcessesMentioning(stateDir)) process.kill(pid, "SIGKILL")
   for (const ns of egressNamespaces()) NodeChild.spawnSync("ip", ["netns", "delete", ns.split(" ")[0]!])
@@ -176,6 +184,35 @@ describe("egress mediation (broker, the default)", () => {
   }, 300_000)
 
   it(
+    "gives a guest its own addressing: the mediator answers at its gateway and carries its flows",
+    async () => {
+      const out = await sh(
+        "ad",
+        "ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | sort; cat /etc/resolv.conf; "
+          + `nslookup pub.test 2>&1 | grep -c 198.51.100.10; ${httpGet("http://pub.test:8080/")}; `
+          + `echo GET | nc -w 3 10.77.0.1 ${port}; echo "gateway:$?"`
+      )
+      assert.include(out, "inet 10.77.0.20/24", out)
+      assert.include(out, "default via 10.77.0.1 dev eth0", out)
+      assert.include(out, "203.0.113.0/24 via 10.77.0.254 dev eth0", out)
+      assert.include(out, "nameserver 10.77.0.1", out)
+      assert.include(out, "hello-from-test-host", out)
+      assert.notInclude(out, "secret", out)
+      const records = await egressRecords("ad")
+      assert.isDefined(
+        records.find((r) => r.event === "egress_allow" && r.host === "pub.test"),
+        JSON.stringify(records)
+      )
+      // The gateway is the host's side, and the host's loopback stays out of reach through it.
+      assert.isDefined(
+        records.find((r) => r.event === "egress_internal_deny" && r.dst === `10.77.0.1:${port}`),
+        JSON.stringify(records)
+      )
+    },
+    300_000
+  )
+
+  it(
     "under a locked allowlist: an unresolved address is refused, other names REFUSED, the rate cap slows, the byte cap cuts",
     async () => {
       // Before any name led to it, the test host's address is one the mediator never resolved.
@@ -219,8 +256,8 @@ describe("egress mediation (broker, the default)", () => {
   )
 
   it("removes the namespaces and the mediators with the VMs", async () => {
-    assert.strictEqual(egressNamespaces().length, 2)
-    for (const name of ["eg", "lk"]) {
+    assert.strictEqual(egressNamespaces().length, 3)
+    for (const name of ["eg", "lk", "ad"]) {
       const killed = await ma(["kill", name])
       assert.strictEqual(killed.code, 0, killed.stderr)
     }

@@ -105,6 +105,34 @@ describe("kernel command line", () => {
     assert.isTrue(line.endsWith(" microagent.disks=vdb:/data:rw,vdc:/ro:ro"))
   })
 
+  it("gives the guest its own addressing: resolvers, routes, and the mediator at the gateway", () => {
+    const addressing = {
+      ip: "10.77.0.20/24",
+      gateway: "10.77.0.1",
+      dns: [],
+      routes: [{ destination: "203.0.113.0/24", via: "10.77.0.254" }]
+    }
+    const mediated = kernelCmdline({ ...base, network: "user", addressing, egressTap: "tap0" })
+    assert.include(
+      mediated,
+      " microagent.ip=10.77.0.20/24 microagent.gateway=10.77.0.1 microagent.dns=10.77.0.1"
+        + " microagent.routes=203.0.113.0/24@10.77.0.254"
+    )
+    // Egress off: slirp serves the same network, with its resolver at the network's third address.
+    const direct = { ...base, network: "user" as const, addressing: { ...addressing, routes: [] } }
+    assert.include(kernelCmdline(direct), " microagent.dns=10.77.0.3")
+    assert.notInclude(kernelCmdline(direct), "microagent.routes")
+    assert.include(
+      values(qemuArgs(direct), "-netdev")[0],
+      "user,id=net0,restrict=off,net=10.77.0.0/24,host=10.77.0.1,dns=10.77.0.3"
+    )
+    const own = kernelCmdline({
+      ...direct,
+      addressing: { ...direct.addressing, dns: ["192.0.2.53", "192.0.2.54"] }
+    })
+    assert.include(own, " microagent.dns=192.0.2.53,192.0.2.54")
+  })
+
   it("leaves tsc_early_khz out under KVM", () => {
     assert.notInclude(kernelCmdline({ ...base, accel: "kvm" }), "tsc_early_khz")
   })

@@ -35,6 +35,17 @@ export const mediatedNetwork = {
   prefix: 24
 } as const
 
+/**
+ * A workspace's mediated addresses: QEMU's usual ones, or its own addressing, where the mediator
+ * answers DNS at the gateway's address (its guest is told so on its command line).
+ */
+export const mediatedAddresses = (workspace: Workspace) => {
+  const a = workspace.addressing
+  if (a === undefined) return mediatedNetwork
+  const [guest, prefix] = a.ip.split("/")
+  return { guest: guest!, gateway: a.gateway, resolver: a.gateway, prefix: Number(prefix) }
+}
+
 const tcpPort = 15001
 const udpPort = 15002
 const tproxyMark = "0x1/0x1"
@@ -137,7 +148,10 @@ const inNamespace = (ns: string, binary: string | undefined, args: ReadonlyArray
   ip(["netns", "exec", ns, binary ?? "false", ...args])
 
 /** The rules of one namespace: everything from the guest goes to the mediator or is dropped (counted). */
-export const namespaceRules = (tap: string): ReadonlyArray<ReadonlyArray<string>> => [
+export const namespaceRules = (
+  tap: string,
+  resolver: string = mediatedNetwork.resolver
+): ReadonlyArray<ReadonlyArray<string>> => [
   ["-t", "nat", "-A", "PREROUTING", "-i", tap, "-p", "tcp", "-j", "REDIRECT", "--to-ports", String(tcpPort)],
   [
     "-t",
@@ -149,7 +163,7 @@ export const namespaceRules = (tap: string): ReadonlyArray<ReadonlyArray<string>
     "-p",
     "udp",
     "-d",
-    mediatedNetwork.resolver,
+    resolver,
     "--dport",
     "53",
     "-j",
@@ -178,7 +192,7 @@ export const namespaceRules = (tap: string): ReadonlyArray<ReadonlyArray<string>
   ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
   ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
   ["-A", "INPUT", "-i", tap, "-p", "tcp", "--dport", String(tcpPort), "-j", "ACCEPT"],
-  ["-A", "INPUT", "-i", tap, "-p", "udp", "-d", mediatedNetwork.resolver, "--dport", "53", "-j", "ACCEPT"],
+  ["-A", "INPUT", "-i", tap, "-p", "udp", "-d", resolver, "--dport", "53", "-j", "ACCEPT"],
   ["-A", "INPUT", "-i", tap, "-p", "udp", "-m", "mark", "--mark", tproxyMark, "-j", "ACCEPT"],
   // The policy drops the rest; this rule only counts it (`iptables -L -v` in the namespace).
   ["-A", "INPUT", "-j", "DROP"]
@@ -308,6 +322,7 @@ export const EgressLive = Layer.effect(
       }
       const ns = egressNamespace(home.root, workspace.name)
       const tap = egressTap(home.root, workspace.name)
+      const addresses = mediatedAddresses(workspace)
       const runtimeDir = yield* home.ensureDir(home.runtimeDir(workspace.name))
       yield* home.ensureDir(home.workspaceDir(workspace.name))
       // Whatever an earlier session left goes first.
@@ -322,29 +337,16 @@ export const EgressLive = Layer.effect(
           Effect.ignore
         )
         yield* ip(["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
-        yield* ip([
-          "-n",
-          ns,
-          "addr",
-          "add",
-          `${mediatedNetwork.gateway}/${mediatedNetwork.prefix}`,
-          "dev",
-          tap
-        ])
-        yield* ip([
-          "-n",
-          ns,
-          "addr",
-          "add",
-          `${mediatedNetwork.resolver}/${mediatedNetwork.prefix}`,
-          "dev",
-          tap
-        ])
+        for (const address of new Set([addresses.gateway, addresses.resolver])) {
+          yield* ip(["-n", ns, "addr", "add", `${address}/${addresses.prefix}`, "dev", tap])
+        }
         yield* ip(["-n", ns, "link", "set", "lo", "up"])
         yield* ip(["-n", ns, "link", "set", tap, "up"])
         yield* ip(["-n", ns, "rule", "add", "fwmark", tproxyMark, "lookup", tproxyTable])
         yield* ip(["-n", ns, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", tproxyTable])
-        for (const rule of namespaceRules(tap)) yield* inNamespace(ns, iptablesBinary(), ["-w", ...rule])
+        for (const rule of namespaceRules(tap, addresses.resolver)) {
+          yield* inNamespace(ns, iptablesBinary(), ["-w", ...rule])
+        }
         const v6 = ip6tablesBinary()
         if (v6 !== undefined) {
           for (const chain of ["INPUT", "FORWARD"]) {
@@ -358,9 +360,9 @@ export const EgressLive = Layer.effect(
           "--workspace",
           workspace.name,
           "--gateway",
-          mediatedNetwork.resolver,
+          addresses.resolver,
           "--guest",
-          mediatedNetwork.guest,
+          addresses.guest,
           "--log",
           logPath(workspace.name),
           "--tcp-port",

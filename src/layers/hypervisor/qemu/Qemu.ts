@@ -400,6 +400,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           cpus: config.cpus,
           hostname: config.hostname,
           network: config.network,
+          addressing: config.addressing,
           ports: config.ports,
           disks: config.disks,
           nics: config.nics,

@@ -3,6 +3,7 @@
  * needs is in the input, so the construction is tested without booting anything.
  */
 import * as NodePath from "node:path"
+import { type Addressing, slirpNetwork } from "../../../../domain/Addressing.ts"
 import type { DiskAttachment, NicAttachment, PortForward } from "../../../../services/Hypervisor.ts"
 
 export type Machine = "microvm" | "q35"
@@ -80,6 +81,8 @@ export interface QemuArgsInput {
   readonly cpus: number
   readonly hostname: string
   readonly network: "user" | "isolated"
+  /** The guest's own addressing on the user network (absent: slirp's). */
+  readonly addressing?: Addressing | undefined
   readonly ports: ReadonlyArray<PortForward>
   readonly disks: ReadonlyArray<DiskAttachment>
   readonly nics?: ReadonlyArray<NicAttachment>
@@ -132,6 +135,40 @@ export const nicProblem = (nic: NicAttachment): string | undefined =>
     ? `the address "${nic.address}" is not A.B.C.D/N`
     : undefined
 
+/**
+ * The guest's user-network addressing on its command line: its own (`addressing`) or slirp's. Under
+ * egress mediation without its own resolvers the guest asks the mediator, which answers at the gateway
+ * of a custom network (at slirp's 10.0.2.3 otherwise); with egress off, slirp's resolver of that net.
+ */
+const userNetworkCmdline = (input: QemuArgsInput): ReadonlyArray<string> => {
+  const a = input.addressing
+  if (a === undefined) {
+    return [
+      `microagent.ip=${userNetwork.ip}`,
+      `microagent.gateway=${userNetwork.gateway}`,
+      `microagent.dns=${userNetwork.dns}`
+    ]
+  }
+  const dns = a.dns.length > 0
+    ? a.dns
+    : [input.egressTap !== undefined ? a.gateway : slirpNetwork(a).resolver]
+  return [
+    `microagent.ip=${a.ip}`,
+    `microagent.gateway=${a.gateway}`,
+    `microagent.dns=${dns.join(",")}`,
+    ...(a.routes.length > 0
+      ? [`microagent.routes=${a.routes.map((r) => `${r.destination}@${r.via}`).join(",")}`]
+      : [])
+  ]
+}
+
+/** QEMU's user NAT serving a custom addressing's network: its net, the gateway and a resolver in it. */
+const slirpAddressing = (a: Addressing | undefined) => {
+  if (a === undefined) return ""
+  const slirp = slirpNetwork(a)
+  return `,net=${slirp.net},host=${slirp.host},dns=${slirp.resolver}`
+}
+
 export const kernelCmdline = (input: QemuArgsInput): string => {
   const words = [
     "console=ttyS0",
@@ -145,13 +182,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     "microagent.root=/dev/vda",
     `microagent.channel=virtio:${agentPortName}`,
     `microagent.hostname=${input.hostname}`,
-    ...(input.network === "user"
-      ? [
-        `microagent.ip=${userNetwork.ip}`,
-        `microagent.gateway=${userNetwork.gateway}`,
-        `microagent.dns=${userNetwork.dns}`
-      ]
-      : []),
+    ...(input.network === "user" ? userNetworkCmdline(input) : []),
     ...(input.disks.length > 0
       ? [
         `microagent.disks=${
@@ -233,7 +264,12 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
         `${device("net")},netdev=net0`
       ]
       : input.network === "user"
-      ? ["-netdev", `user,id=net0,restrict=off${hostfwd}`, "-device", `${device("net")},netdev=net0`]
+      ? [
+        "-netdev",
+        `user,id=net0,restrict=off${slirpAddressing(input.addressing)}${hostfwd}`,
+        "-device",
+        `${device("net")},netdev=net0`
+      ]
       : []),
     // Non-persistent taps (script=no): the kernel removes each when QEMU exits, however it exits.
     ...(input.nics ?? []).flatMap((nic, i) => [
