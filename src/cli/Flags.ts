@@ -56,6 +56,12 @@ export const setupOption = Options.text("setup").pipe(
   Options.repeated
 )
 
+export const setupFileOption = Options.text("setup-file").pipe(
+  Options.withPseudoName("FILE"),
+  Options.withDescription("a file whose text is one setup command, after --setup (repeatable)"),
+  Options.repeated
+)
+
 export const optionalInt = (name: string, description: string) =>
   Options.integer(name).pipe(Options.withDescription(description), Options.optional)
 

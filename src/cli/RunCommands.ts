@@ -32,6 +32,7 @@ import {
   outputOption,
   parseEnv,
   readSpec,
+  setupFileOption,
   setupOption,
   ttlOption,
   workspaceOptions
@@ -108,8 +109,16 @@ export const filesOf = (spec: Spec, file: Option.Option<string>, flags: Readonly
     ]
   )
 
-/** The spec's `setup` (a `{file}` read now), then its `setupFiles`, then the `--setup` flags. */
-export const setupOf = (spec: Spec, file: Option.Option<string>, flags: ReadonlyArray<string>) =>
+/**
+ * The spec's `setup` (a `{file}` read now), then its `setupFiles`, then the `--setup` flags, then the
+ * `--setup-file` flags' files (relative to our working directory).
+ */
+export const setupOf = (
+  spec: Spec,
+  file: Option.Option<string>,
+  flags: ReadonlyArray<string>,
+  fileFlags: ReadonlyArray<string> = []
+) =>
   Effect.try({
     try: () => {
       const read = (path: string) => NodeFs.readFileSync(NodePath.resolve(specDirOf(file), path), "utf8")
@@ -118,13 +127,14 @@ export const setupOf = (spec: Spec, file: Option.Option<string>, flags: Readonly
           typeof step === "string" ? step : "run" in step ? step.run : read(step.file)
         ),
         ...(spec.setupFiles ?? []).map(read),
-        ...flags
+        ...flags,
+        ...fileFlags.map((path) => NodeFs.readFileSync(NodePath.resolve(path), "utf8"))
       ]
     },
     catch: (cause) =>
       new InvalidInput({
         message: `a setup file cannot be read: ${cause instanceof Error ? cause.message : String(cause)}`,
-        remediation: "setup files are relative to the spec file's directory"
+        remediation: "a spec's setup files are relative to its directory; --setup-file to the current one"
       })
   })
 
@@ -488,6 +498,7 @@ const createCommand = Command.make("create", {
     Options.withDescription("print the plan and create nothing")
   ),
   setup: setupOption,
+  setupFile: setupFileOption,
   serviceCommand: serviceCommandOption,
   shell: shellOption,
   fromSnapshot: Options.text("from-snapshot").pipe(
@@ -521,7 +532,7 @@ const createCommand = Command.make("create", {
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
-    const setup = yield* setupOf(spec, options.file, options.setup)
+    const setup = yield* setupOf(spec, options.file, options.setup, options.setupFile)
     const supervision = yield* supervisionOf(spec, options)
     const createOptions = {
       image,

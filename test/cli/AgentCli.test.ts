@@ -130,6 +130,38 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     assert.include(errorOf(strict).error.message, "deny")
   })
 
+  it("create --setup-file adds a file's text as one step after --setup; an unreadable one is refused", async () => {
+    const step = NodePath.join(scratch, "step.sh")
+    NodeFs.writeFileSync(step, "echo from a file\necho second line\n")
+    const planned = await ma([
+      "create",
+      "--dry-run",
+      "--json",
+      "--image",
+      "alpine",
+      "--setup",
+      "echo flag",
+      "--setup-file",
+      step,
+      "s1"
+    ])
+    assert.strictEqual(planned.code, 0, planned.stderr)
+    assert.deepStrictEqual(JSON.parse(planned.stdout).setup, [
+      "echo flag",
+      "echo from a file\necho second line\n"
+    ])
+    const missing = await ma([
+      "create",
+      "--image",
+      "alpine",
+      "--setup-file",
+      NodePath.join(scratch, "nope"),
+      "s2"
+    ])
+    assert.strictEqual(missing.code, 2)
+    assert.include(errorOf(missing).error.message, "a setup file cannot be read")
+  })
+
   it("--dry-run prints the plan and creates nothing", async () => {
     const planned = await ma([
       "run",
