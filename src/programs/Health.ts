@@ -87,23 +87,28 @@ export const probe = (workspace: Workspace, check: HealthCheck) =>
  * Kills a workspace whose checks failed and records it `failed` with the reason (in the record's
  * `failure` and the transition's event).
  */
-export const failUnhealthy = Effect.fn("failUnhealthy")(function*(name: string, reason: string) {
-  const store = yield* StateStore
-  const hypervisor = yield* Hypervisor
-  const current = yield* store.get(name)
-  const handle = vmHandleOf(current)
-  return yield* Effect.uninterruptible(
-    store.transition(name, "crashed", {
-      patch: (ws) => withoutOwner({ ...ws, vm: undefined, failure: reason } as Workspace),
-      detail: reason
-    }).pipe(
-      Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
-      Effect.tap(() => reapOrphanVmms({ workspace: name })),
-      Effect.tap(releaseMounts),
-      Effect.tap(detachNetworks)
+export const failUnhealthy = Effect.fn("failUnhealthy")(
+  function*(name: string, reason: string, session: string) {
+    const store = yield* StateStore
+    const hypervisor = yield* Hypervisor
+    const current = yield* store.get(name)
+    const handle = vmHandleOf(current)
+    // Two checkers (the runtime's and a supervising process's) may both reach the verdict; the second,
+    // or one that lost a race with a restart, must not kill the VM of the next start.
+    return yield* Effect.uninterruptible(
+      store.transition(name, "crashed", {
+        patch: (ws) => withoutOwner({ ...ws, vm: undefined, failure: reason } as Workspace),
+        detail: reason,
+        session
+      }).pipe(
+        Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
+        Effect.tap(() => reapOrphanVmms({ workspace: name })),
+        Effect.tap(releaseMounts),
+        Effect.tap(detachNetworks)
+      )
     )
-  )
-})
+  }
+)
 
 /**
  * Whether the start of the running session has got through setup, the service's launch and the
@@ -152,7 +157,11 @@ export const checkWorkspace = Effect.fn("checkWorkspace")(function*(
   if (latest.state !== "running" || latest.sessionId !== workspace.sessionId) return undefined
   yield* failUnhealthy(
     workspace.name,
-    `health check failed ${failures} times in a row: ${problem}`
+    `health check failed ${failures} times in a row: ${problem}`,
+    workspace.sessionId
+  ).pipe(
+    // Someone else got there first (the other checker, or a restart): nothing left to do here.
+    Effect.catchTag("Conflict", () => Effect.void)
   )
   return undefined
 })

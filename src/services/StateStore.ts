@@ -29,7 +29,15 @@ export interface StateStoreShape {
   readonly transition: (
     name: string,
     transition: Transition,
-    options?: { readonly patch?: (workspace: Workspace) => Workspace; readonly detail?: string }
+    options?: {
+      readonly patch?: (workspace: Workspace) => Workspace
+      readonly detail?: string
+      /**
+       * Only while the record is still this start's (its `sessionId`): a decision taken about one VM
+       * is not applied to the next one a restart made meanwhile. Otherwise `Conflict`, and nothing changes.
+       */
+      readonly session?: string
+    }
   ) => Effect.Effect<Workspace, Conflict | NotFound | StoreError>
   /** Changes fields other than the state. */
   readonly update: (

@@ -4,7 +4,7 @@
  * fails the workspace, and the supervise loop under each policy.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Schedule } from "effect"
+import { Effect, Exit, Fiber, Schedule } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
@@ -12,7 +12,7 @@ import * as NodePath from "node:path"
 import { HealthCheck, PublishedPort } from "../../src/domain/Workspace.ts"
 import { create } from "../../src/programs/Create.ts"
 import { kill } from "../../src/programs/Halt.ts"
-import { checkWorkspace, type HealthTrack, probe } from "../../src/programs/Health.ts"
+import { checkWorkspace, failUnhealthy, type HealthTrack, probe } from "../../src/programs/Health.ts"
 import { collectService, serviceDir } from "../../src/programs/Service.ts"
 import { start } from "../../src/programs/Start.ts"
 import { supervise } from "../../src/programs/Supervise.ts"
@@ -131,7 +131,15 @@ describe("health checks", () => {
       )
       assert.strictEqual(events.at(-1)?.detail, failed.failure)
       // The next start clears the reason.
-      assert.isUndefined((yield* start("checked")).failure)
+      const restarted = yield* start("checked")
+      assert.isUndefined(restarted.failure)
+      // A verdict about the earlier start, arriving late (a second checker), leaves the new one alone.
+      const late = yield* Effect.exit(failUnhealthy("checked", "late verdict", running.sessionId!))
+      assert.isTrue(Exit.isFailure(late) && String(late.cause).includes("was started again"))
+      const still = yield* store.get("checked")
+      assert.deepInclude(still, { state: "running", sessionId: restarted.sessionId })
+      assert.isDefined(still.vm)
+      assert.isFalse((yield* store.events("checked")).some((e) => e.detail === "late verdict"))
       yield* kill("checked")
     }).pipe(Effect.provide(fakeEnvironment)))
 })

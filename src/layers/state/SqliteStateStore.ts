@@ -130,10 +130,17 @@ export const make = Effect.gen(function*() {
     ),
     transition: (name, t, options) =>
       compareAndSet(name, (current) =>
-        Either.map(applyTransition(name, current.state, t), (state) => {
-          const patched = options?.patch ? options.patch(current) : current
-          return new Workspace({ ...patched, state })
-        })).pipe(
+        options?.session !== undefined && current.sessionId !== options.session
+          ? Either.left(
+            new Conflict({
+              message: `workspace ${name} was started again (${t} was for an earlier start)`,
+              remediation: "nothing to do: the new start is left as it is"
+            })
+          )
+          : Either.map(applyTransition(name, current.state, t), (state) => {
+            const patched = options?.patch ? options.patch(current) : current
+            return new Workspace({ ...patched, state })
+          })).pipe(
           Effect.tap(({ after }) =>
             appendEvent(name, { type: t, state: after.state, detail: options?.detail ?? "" })
           ),
