@@ -216,7 +216,7 @@ export const egressPolicyOf = (
     readonly egressLockAllowlist: boolean
     readonly egressMaxConns: Option.Option<number>
     readonly egressMaxTotalBytes: Option.Option<number>
-    readonly egressMaxBps?: Option.Option<number>
+    readonly egressMaxBps: Option.Option<number>
   },
   spec: Spec,
   fileAllow: ReadonlyArray<string> = []
@@ -229,8 +229,7 @@ export const egressPolicyOf = (
   }
   const maxConns = orUndefined(options.egressMaxConns) ?? spec.egress?.maxConns
   const maxTotalBytes = orUndefined(options.egressMaxTotalBytes) ?? spec.egress?.maxTotalBytes
-  const maxBps = (options.egressMaxBps === undefined ? undefined : orUndefined(options.egressMaxBps))
-    ?? spec.egress?.maxBps
+  const maxBps = orUndefined(options.egressMaxBps) ?? spec.egress?.maxBps
   return new EgressPolicy({
     mode,
     allow: [

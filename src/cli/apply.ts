@@ -19,7 +19,8 @@ const noFlags = {
   egressAllow: [],
   egressLockAllowlist: false,
   egressMaxConns: Option.none<number>(),
-  egressMaxTotalBytes: Option.none<number>()
+  egressMaxTotalBytes: Option.none<number>(),
+  egressMaxBps: Option.none<number>()
 }
 
 /** The fields the spec names, resolved as `create --file` resolves them; the workspace named on the command line wins over the spec's `name`. */

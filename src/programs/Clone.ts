@@ -12,21 +12,18 @@
  */
 import { DateTime, Effect, Either } from "effect"
 import { randomBytes } from "node:crypto"
-import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Conflict, InvalidInput, Permanent } from "../domain/Errors.ts"
+import { Conflict, InvalidInput } from "../domain/Errors.ts"
 import { WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef, restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { type Mount, nameProblem, Workspace, type WorkspaceName } from "../domain/Workspace.ts"
-import { writeManifest } from "../layers/state/Manifest.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { hostnameFor } from "./Create.ts"
+import { hostnameFor, publishWorkspace } from "./Create.ts"
 import { copyDisk, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 import { stagingName } from "./internal/Staging.ts"
-import { joinNetworks } from "./Network.ts"
 import { loadSnapshot } from "./Snapshot.ts"
 
 /** Disks two workspaces must not both write: read-write volumes and image files. Bundles are per start. */
@@ -99,18 +96,8 @@ const copyWorkspace = (
         createdAt: now,
         updatedAt: now
       })
-      yield* store.create(workspace)
-      yield* writeManifest(staging, workspace)
       // New addresses (and MACs) on the source's named networks.
-      yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
-      yield* Effect.try({
-        try: () => NodeFs.renameSync(staging, workspaceDir),
-        catch: (cause) =>
-          new Permanent({
-            message: `cannot move the copied disk into ${workspaceDir}: ${String(cause)}`,
-            remediation: "remove the stale directory, or run `microagent gc`"
-          })
-      }).pipe(Effect.tapError(() => store.remove(name)))
+      yield* publishWorkspace(workspace, staging, workspaceDir)
       yield* store.appendEvent(name, {
         type: "snapshot",
         detail: snapshot === undefined

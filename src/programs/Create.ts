@@ -182,7 +182,6 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
 export const create = Effect.fn("create")(function*(options: CreateOptions) {
   const { addressing, files, name, resources } = yield* checkCreate(options)
   const home = yield* Home
-  const store = yield* StateStore
   const images = yield* ImageStore
   const hypervisor = yield* Hypervisor
 
@@ -231,8 +230,21 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       createdAt: now,
       updatedAt: now
     })
+    yield* publishWorkspace(workspace, staging, workspaceDir)
+    return workspace
+  }).pipe(Effect.ensuring(removeTree(staging)))
+})
+
+/**
+ * A new workspace's last steps, once its disk is ready in `staging`: the record, its manifest beside
+ * the disk (so the directory is never without one), its addresses on its named networks, and the
+ * directory renamed into place. A failure after the record removes it again.
+ */
+export const publishWorkspace = (workspace: Workspace, staging: string, workspaceDir: string) =>
+  Effect.gen(function*() {
+    const store = yield* StateStore
+    const name = workspace.name
     yield* store.create(workspace)
-    // The first manifest goes with the disk, so that the directory is never without one.
     yield* writeManifest(staging, workspace)
     yield* faultPoint("create.recorded")
     yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
@@ -244,6 +256,4 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
           remediation: "remove the stale directory, or run `microagent gc`"
         })
     }).pipe(Effect.tapError(() => store.remove(name)))
-    return workspace
-  }).pipe(Effect.ensuring(removeTree(staging)))
-})
+  })

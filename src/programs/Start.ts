@@ -137,6 +137,14 @@ const releaseEgress = (workspace: string) =>
     Effect.flatMap((egress) => Option.isSome(egress) ? egress.value.release(workspace) : Effect.void)
   )
 
+/** What a restore is checked against: this host's backend and kernel, and the start's resources and secrets. */
+interface RestoreTarget {
+  readonly backend: string
+  readonly kernelSha256: string | undefined
+  readonly resources: { readonly memoryMiB: number; readonly cpus: number }
+  readonly hasSecrets: boolean
+}
+
 /**
  * Checks that `snapshot` can be restored onto this workspace here (restoreRefusal), then copies its
  * disk beside the workspace's; returns the copy's path, renamed over the disk once the start is
@@ -145,12 +153,7 @@ const releaseEgress = (workspace: string) =>
 const prepareRollback = (
   workspace: Workspace,
   snapshot: LoadedSnapshot,
-  target: {
-    readonly backend: string
-    readonly kernelSha256: string | undefined
-    readonly resources: { readonly memoryMiB: number; readonly cpus: number }
-    readonly hasSecrets: boolean
-  }
+  target: RestoreTarget
 ) =>
   Effect.gen(function*() {
     const { manifest } = snapshot
@@ -195,12 +198,7 @@ const checkResume = (
   workspace: Workspace,
   resume: NonNullable<Workspace["pendingResume"]>,
   stateFile: string | undefined,
-  target: {
-    readonly backend: string
-    readonly kernelSha256: string | undefined
-    readonly resources: { readonly memoryMiB: number; readonly cpus: number }
-    readonly hasSecrets: boolean
-  }
+  target: RestoreTarget
 ) =>
   Effect.gen(function*() {
     const remediation =

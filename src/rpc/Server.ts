@@ -92,9 +92,15 @@ const withArtifactBackend = <A, E, R>(name: string, effect: Effect.Effect<A, E, 
     (found) => withBackend(found._tag === "Some" ? found.value.backend : undefined, effect)
   )
 
-/** The handlers of every procedure; they need the state store and the backends of this process. */
-/** A create (or a plan of one) from its payload: the fields the program takes, named alike. */
-const createOptionsOf = (p: typeof CreatePayload.Type): CreateOptions => ({
+/** What a create keeps for supervision; a run's payload has none of it. */
+type SupervisionField = "restart" | "entrypoint" | "service" | "shell" | "health"
+
+/** A create, a plan of one, or a run's workspace, from its payload: the fields the program takes, named alike. */
+const createOptionsOf = (
+  p:
+    & Omit<typeof CreatePayload.Type, SupervisionField>
+    & Partial<Pick<typeof CreatePayload.Type, SupervisionField>>
+): CreateOptions => ({
   image: p.image,
   name: p.name,
   profile: p.profile,
@@ -122,6 +128,7 @@ const createOptionsOf = (p: typeof CreatePayload.Type): CreateOptions => ({
   health: p.health
 })
 
+/** The handlers of every procedure; they need the state store and the backends of this process. */
 export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
   const context = yield* Effect.context<WorkspaceBackends | StateStore | Home | Volumes>()
   const host = yield* makeHostHandlers
@@ -137,27 +144,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       local(withBackend(
         p.backend,
         run({
-          image: p.image,
+          ...createOptionsOf(p),
           command: p.command,
-          setup: p.setup,
-          files: p.files,
-          name: p.name,
-          profile: p.profile,
-          memoryMiB: p.memoryMiB,
-          cpus: p.cpus,
-          sizeMiB: p.sizeMiB,
-          env: p.env,
-          hostname: p.hostname,
-          network: p.network,
-          ports: p.ports,
-          networks: p.networks,
-          egress: p.egress,
-          addressing: p.addressing,
-          mounts: p.mounts,
-          secrets: p.secrets,
-          outputs: p.outputs,
-          refuseDevices: p.refuseDevices,
-          ttlSeconds: p.ttlSeconds,
           keep: p.keep,
           bootTimeoutSeconds: p.bootTimeoutSeconds,
           secretValues: p.secretValues,
