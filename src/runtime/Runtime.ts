@@ -15,6 +15,7 @@ import { isLive } from "../domain/State.ts"
 import type { Backend, Workspace } from "../domain/Workspace.ts"
 import { withBackend } from "../layers/backends/WorkspaceBackends.ts"
 import { fabricProblem, namespaces, removeNamespace } from "../layers/network/Fabric.ts"
+import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { startTimeOf } from "../layers/process/Processes.ts"
 import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
@@ -67,6 +68,19 @@ const countingConnections = (activity: Ref.Ref<Activity>) =>
           )
       }))
   )
+
+/**
+ * Leaving when idle without dropping a client: a CLI may have found the socket just as the runtime
+ * decided to go, and its connection would be cut by the exit. So the socket's name goes first (later
+ * clients start a new runtime, which waits for this one's lock), pending connections get a moment to
+ * be accepted, and whatever did connect is served to its end before the runtime exits.
+ */
+const leaveWhenIdle = (socket: string, activity: Ref.Ref<Activity>) =>
+  Effect.gen(function*() {
+    yield* Effect.sync(() => NodeFs.rmSync(socket, { force: true }))
+    yield* Effect.sleep(Duration.millis(200))
+    while ((yield* Ref.get(activity)).connections > 0) yield* Effect.sleep(Duration.millis(100))
+  })
 
 /** Egress mediators and namespaces left by workspaces that no longer run (normally they go with the VM). */
 const reapEgress = withBackend(
@@ -264,7 +278,11 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
       if (live) liveUntil = now
       const { connections, lastChange } = yield* Ref.get(activity)
       const quietSince = Math.max(liveUntil, lastChange)
-      if (connections === 0 && now - quietSince >= options.idleSeconds * 1000) break
+      if (connections === 0 && now - quietSince >= options.idleSeconds * 1000) {
+        yield* faultPoint("runtime.leaving")
+        yield* leaveWhenIdle(home.runtimeSocket, activity)
+        break
+      }
       yield* Effect.sleep(Duration.millis(Math.min(1000, Math.max(100, options.idleSeconds * 250))))
     }
     yield* Effect.logInfo(`runtime ${process.pid} idle: exiting`)

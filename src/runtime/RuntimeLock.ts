@@ -1,17 +1,21 @@
 /**
  * The runtime's lock: at most one runtime per state directory. It is an exclusive SQLite (fcntl) lock
  * on `run/runtime.lock`, held for the process's life and released by the kernel when the process
- * ends, however it ends — so a runtime killed with -9 never leaves a stale lock behind.
+ * ends, however it ends — so a runtime killed with -9 never leaves a stale lock behind. A new runtime
+ * waits a few seconds for it: one that is leaving when idle holds it until its last client is served.
  */
 import Sqlite from "better-sqlite3"
 import { Effect, type Scope } from "effect"
 import { Conflict, Permanent } from "../domain/Errors.ts"
 
+/** How long a starting runtime waits for the lock of one that is leaving. */
+const lockWaitMs = 3000
+
 export const acquireRuntimeLock = (path: string): Effect.Effect<void, Conflict | Permanent, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.try({
       try: () => {
-        const db = new Sqlite(path, { timeout: 0 })
+        const db = new Sqlite(path, { timeout: lockWaitMs })
         try {
           db.pragma("journal_mode = DELETE")
           db.exec("BEGIN EXCLUSIVE")

@@ -21,6 +21,7 @@ export type FaultStep =
   | "delete.files-removed" // the workspace's files are gone, its record not yet
   | "cp.reached" // the workspace is reached (channel or disk), no byte copied yet
   | "snapshot.capturing" // the VM is paused and its state written into staging, nothing published yet
+  | "runtime.leaving" // the runtime found itself idle and is about to go, its socket still there
 
 const armed = (step: FaultStep): string | undefined => {
   const steps = process.env.MICROAGENT_FAULT_PAUSE
