@@ -226,7 +226,7 @@ export const serveRuntime = (root: string, options: RuntimeOptions) =>
   Effect.scoped(Effect.gen(function*() {
     const home = yield* Home.make(root)
     const files = runtimeFiles(home.root)
-    yield* acquireRuntimeLock(files.lock)
+    yield* acquireRuntimeLock(files.lock, home.runtimeSocket)
     yield* Effect.acquireRelease(
       Effect.sync(() =>
         NodeFs.writeFileSync(files.pid, `${process.pid} ${startTimeOf(process.pid) ?? ""}\n`, { mode: 0o600 })
