@@ -2,7 +2,7 @@
  * Layers provided per command (so `--help` opens no database): the state store of the chosen state
  * directory, and the backend of the workspace at hand.
  */
-import { Effect, Layer, Option } from "effect"
+import { Cause, Effect, Layer, Option } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import type { BackendServices } from "../layers/backends/Backends.ts"
@@ -67,6 +67,14 @@ const lostRuntime = (error: unknown) =>
     retryAfterMs: 1000
   })
 
+/** The runtime stopped (SIGTERM, state directory removed) while it served the call. */
+export const runtimeStopped = () =>
+  new Transient({
+    message: "the runtime stopped before it finished this request",
+    remediation: "retry; a new runtime starts and picks the VMs up (`microagent gc` repairs leftovers)",
+    retryAfterMs: 1000
+  })
+
 /**
  * Runs an effect against the state directory's runtime (started on demand): the commands that boot,
  * drive or stop VMs go through it, because it holds the VMs' guest connections.
@@ -83,5 +91,10 @@ export const withRuntime = <A, E, R>(effect: Effect.Effect<A, E, R | MicroagentC
       // The RPC client reports a socket that died under it as a defect.
       Effect.catchSomeDefect((defect) =>
         isTransportFailure(defect) ? Option.some(Effect.fail(lostRuntime(defect))) : Option.none()
+      ),
+      // The runtime ended the call (it was stopped while serving it); our own Ctrl-C is not caught
+      // here, an interrupted fiber runs no recovery.
+      Effect.catchAllCause((cause) =>
+        Cause.isInterruptedOnly(cause) ? Effect.fail(runtimeStopped()) : Effect.failCause(cause)
       )
     ))

@@ -268,7 +268,28 @@ type Exit =
       readonly result?: WireResult
     }
   }
-  | { readonly _tag: "Failure"; readonly cause: { readonly _tag: string; readonly error?: WireError } }
+  | { readonly _tag: "Failure"; readonly cause: WireCause & { readonly error?: WireError } }
+
+interface WireCause {
+  readonly _tag: string
+  readonly left?: WireCause
+  readonly right?: WireCause
+}
+
+/** An encoded cause made only of interruptions (the runtime ended the call), as `Cause.isInterruptedOnly`. */
+const interruptedOnly = (cause: WireCause): boolean => {
+  const walk = (c: WireCause): { interrupted: boolean; other: boolean } => {
+    if (c._tag === "Interrupt") return { interrupted: true, other: false }
+    if (c._tag === "Empty") return { interrupted: false, other: false }
+    if ((c._tag === "Sequential" || c._tag === "Parallel") && c.left !== undefined && c.right !== undefined) {
+      const [l, r] = [walk(c.left), walk(c.right)]
+      return { interrupted: l.interrupted || r.interrupted, other: l.other || r.other }
+    }
+    return { interrupted: false, other: true }
+  }
+  const { interrupted, other } = walk(cause)
+  return interrupted && !other
+}
 
 /** What the full CLI prints for a successful call; the exit code. */
 const reportSuccess = (call: FastCall, value: Extract<Exit, { _tag: "Success" }>["value"], json: boolean) => {
@@ -343,6 +364,15 @@ export const fastPath = (argv: ReadonlyArray<string>): Promise<number | undefine
         const error = exit.cause.error
         if (exit.cause._tag === "Fail" && error !== undefined && kinds[error._tag] !== undefined) {
           return finish(reportError(error, json))
+        }
+        if (interruptedOnly(exit.cause)) {
+          return finish(reportError({
+            _tag: "Transient",
+            message: "the runtime stopped before it finished this request",
+            remediation:
+              "retry; a new runtime starts and picks the VMs up (`microagent gc` repairs leftovers)",
+            retryAfterMs: 1000
+          }, json))
         }
         process.stderr.write(`microagent: internal error: ${JSON.stringify(exit.cause)}\n`)
         return finish(1)
