@@ -38,6 +38,7 @@ import { commitTools } from "./CommitTools.ts"
 import { fileTools } from "./FileTools.ts"
 import type { DenialContext } from "./HostAccess.ts"
 import { hostTools } from "./HostTools.ts"
+import { modelTools } from "./ModelTools.ts"
 import { resourceTools } from "./ResourceTools.ts"
 import { snapshotTools } from "./SnapshotTools.ts"
 import {
@@ -1018,5 +1019,6 @@ export const tools: ReadonlyArray<AnyTool> = [
   ...snapshotTools,
   ...usageTools,
   ...commitTools,
-  ...hostTools
+  ...hostTools,
+  ...modelTools
 ]

@@ -7,6 +7,7 @@
 import { Effect, Exit, Layer, ManagedRuntime, Stream } from "effect"
 import type { Backend } from "../domain/Workspace.ts"
 import { ImageStoreOnHome } from "../layers/image/Stack.ts"
+import { ModelsLive } from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import * as Microagent from "../Microagent.ts"
 import {
@@ -17,7 +18,9 @@ import {
   registryLogin,
   registryLogout
 } from "../programs/Image.ts"
+import { modelInspect, modelList, modelPrune, modelPull, modelRemove } from "../programs/Model.ts"
 import { Home } from "../services/Home.ts"
+import type { ModelRecord, PruneResult, PullOptions } from "../services/Models.ts"
 import type { RegistryLogin } from "../services/Registry.ts"
 import { fromCause } from "./MicroagentError.ts"
 
@@ -114,6 +117,43 @@ export class Host implements AsyncDisposable {
     return (await this.run(registryList.pipe(Effect.provide(registryOnHome)))).logins
   }
 
+  /**
+   * Downloads a GGUF model (`hf.co/ORG/REPO[@REV]/FILE.gguf` or a resolve URL) from the hub
+   * (`MICROAGENT_HF_ENDPOINT`, else huggingface.co), verified against its LFS sha256 while it streams;
+   * nothing is recorded on a mismatch. `token` defaults to HF_TOKEN, then HUGGING_FACE_HUB_TOKEN.
+   */
+  pullModel(
+    ref: string,
+    options: PullOptions & { readonly signal?: AbortSignal | undefined } = {}
+  ): Promise<ModelRecord> {
+    return this.run(
+      modelPull(ref, { token: options.token, onProgress: options.onProgress }).pipe(
+        Effect.provide(ModelsLive)
+      ),
+      { signal: options.signal }
+    )
+  }
+
+  /** The pulled models. */
+  models(): Promise<ReadonlyArray<ModelRecord>> {
+    return this.run(modelList().pipe(Effect.provide(ModelsLive)))
+  }
+
+  /** One pulled model, its GGUF header read again from the stored file. */
+  inspectModel(ref: string): Promise<ModelRecord> {
+    return this.run(modelInspect(ref).pipe(Effect.provide(ModelsLive)))
+  }
+
+  /** Drops a model's record, and its file when no other record uses it. */
+  removeModel(ref: string): Promise<ModelRecord> {
+    return this.run(modelRemove(ref).pipe(Effect.provide(ModelsLive)))
+  }
+
+  /** Removes partial downloads and model files no record uses. */
+  pruneModels(): Promise<PruneResult> {
+    return this.run(modelPrune().pipe(Effect.provide(ModelsLive)))
+  }
+
   /** Releases the state directory's database and the backends. Workspaces keep running. */
   close(): Promise<void> {
     return this.#runtime.dispose()
@@ -124,7 +164,6 @@ export class Host implements AsyncDisposable {
   }
 }
 
-/** The HTTP registry client reading this Home's auth.json among the credential sources. */
 /** The registry client of the host's state directory (its auth file). */
 export const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
 

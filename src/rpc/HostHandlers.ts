@@ -1,12 +1,13 @@
 /**
- * Handlers of the host-level procedures (HostRpcs.ts): thin calls into the image store, the kernel
- * cache and `doctor`. The store and the cache are built once, on first use, for the server's state
+ * Handlers of the host-level procedures (HostRpcs.ts): thin calls into the image store, the model
+ * store, the kernel cache and `doctor`. The stores and the cache are built once, on first use, for the server's state
  * directory, whatever backend its workspaces use: images and kernels are the same files for all.
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted } from "effect"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
+import { ModelsLive } from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
@@ -15,6 +16,7 @@ import { backupState, checkState } from "../programs/State.ts"
 import { Home } from "../services/Home.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
+import { Models } from "../services/Models.ts"
 import type { Registry } from "../services/Registry.ts"
 
 export const makeHostHandlers = Effect.gen(function*() {
@@ -41,6 +43,7 @@ export const makeHostHandlers = Effect.gen(function*() {
       Effect.provide(FileKernelCache.layer().pipe(Layer.provide(here)))
     )
   )
+  const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
   return {
     imagePull: (p: {
       readonly ref: string
@@ -86,6 +89,15 @@ export const makeHostHandlers = Effect.gen(function*() {
     registryLogout: (p: { readonly registry: string }) =>
       Effect.provide(registryLogout(p.registry), registryLayer),
     registryList: () => Effect.provide(registryList, registryLayer),
+    modelPull: (p: { readonly ref: string; readonly token?: Redacted.Redacted<string> | undefined }) =>
+      Effect.flatMap(
+        models,
+        (store) => store.pull(p.ref, { token: p.token === undefined ? undefined : Redacted.value(p.token) })
+      ),
+    modelList: () => Effect.map(Effect.flatMap(models, (store) => store.list), (list) => ({ models: list })),
+    modelInspect: (p: { readonly ref: string }) => Effect.flatMap(models, (store) => store.inspect(p.ref)),
+    modelRemove: (p: { readonly ref: string }) => Effect.flatMap(models, (store) => store.remove(p.ref)),
+    modelPrune: () => Effect.flatMap(models, (store) => store.prune),
     kernelList: () =>
       Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
     kernelVerify: () =>

@@ -1,5 +1,6 @@
 /**
- * The host-level procedures of the RPC API: the image store, the kernel cache and the host check. They
+ * The host-level procedures of the RPC API: the image store, the model store, the kernel cache and the
+ * host check. They
  * touch no VM, but they run in the runtime like everything else, so the MCP server and host
  * applications reach them over the same socket.
  */
@@ -10,6 +11,7 @@ import { PushResult } from "../programs/Image.ts"
 import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { ImageRecord } from "../services/ImageStore.ts"
 import { KernelEntry, VerifyResultSchema } from "../services/KernelCache.ts"
+import { ModelRecord } from "../services/Models.ts"
 import { RegistryLogin } from "../services/Registry.ts"
 
 export const ImagePullPayload = Schema.Struct({
@@ -102,6 +104,28 @@ export const hostRpcs = [
   /** Saved registry logins: hosts, usernames and their files, never passwords. */
   Rpc.make("registryList", {
     success: Schema.Struct({ logins: Schema.Array(RegistryLogin) }),
+    error: MicroagentError
+  }),
+  /**
+   * Downloads a GGUF model from the hub (`MICROAGENT_HF_ENDPOINT`), verified against its LFS sha256.
+   * `token` defaults to the runtime's HF_TOKEN, then HUGGING_FACE_HUB_TOKEN; it is never stored.
+   */
+  Rpc.make("modelPull", {
+    payload: { ref: Schema.String, token: Schema.optional(Schema.Redacted(Schema.String)) },
+    success: ModelRecord,
+    error: MicroagentError
+  }),
+  Rpc.make("modelList", {
+    success: Schema.Struct({ models: Schema.Array(ModelRecord) }),
+    error: MicroagentError
+  }),
+  /** The record, with its GGUF header read again from the stored file. */
+  Rpc.make("modelInspect", { payload: { ref: Schema.String }, success: ModelRecord, error: MicroagentError }),
+  /** Drops the record; the file goes too when no other record uses it. */
+  Rpc.make("modelRemove", { payload: { ref: Schema.String }, success: ModelRecord, error: MicroagentError }),
+  /** Removes partial downloads and model files no record uses. */
+  Rpc.make("modelPrune", {
+    success: Schema.Struct({ partials: Schema.Array(Schema.String), blobs: Schema.Array(Schema.String) }),
     error: MicroagentError
   }),
   Rpc.make("kernelList", {

@@ -77,7 +77,12 @@ const expectedTools = [
   "state.check",
   "state.backup",
   "workspace.stats",
-  "workspace.resize"
+  "workspace.resize",
+  "models.pull",
+  "models.list",
+  "models.inspect",
+  "models.remove",
+  "models.prune"
 ]
 
 const ajv = new Ajv({ allErrors: true })

@@ -6,9 +6,14 @@
  * `models/partial/sha256-<hex>` while hashing, resume a partial with `Range`, then check the digest
  * and the GGUF header and only then rename into `models/blobs/sha256-<hex>` and record it. A failed
  * check removes the partial and records nothing; a cut connection keeps the partial for the next pull.
+ *
+ * HTTP goes through node's own client (`NodeHttpClient`), not `fetch`: the runtime runs without
+ * WebAssembly (`--jitless`), which `fetch`'s parser needs.
  */
+import { HttpClient, HttpClientRequest, type HttpClientResponse } from "@effect/platform"
+import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { SqlClient } from "@effect/sql"
-import { Config, Effect, Layer, Schema } from "effect"
+import { Config, Effect, Layer, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -125,7 +130,7 @@ const hashExisting = (path: string) =>
 
 /** Streams the body into the file (appending), hashing as it goes. */
 const streamInto = (
-  response: Response,
+  response: HttpClientResponse.HttpClientResponse,
   path: string,
   append: boolean,
   hash: ReturnType<typeof createHash>,
@@ -133,32 +138,33 @@ const streamInto = (
   total: number,
   onProgress: PullOptions["onProgress"]
 ) =>
-  Effect.tryPromise({
-    try: async () => {
-      const fd = NodeFs.openSync(path, append ? "a" : "w", 0o600)
+  Effect.acquireUseRelease(
+    fsTry(`opening ${path}`, () => NodeFs.openSync(path, append ? "a" : "w", 0o600)),
+    (fd) => {
       let done = start
-      try {
-        if (response.body === null) return done
-        for await (const chunk of response.body) {
-          const bytes = chunk as Uint8Array
-          NodeFs.writeSync(fd, bytes)
-          hash.update(bytes)
-          done += bytes.length
-          onProgress?.(done, total)
-        }
-        NodeFs.fsyncSync(fd)
-        return done
-      } finally {
-        NodeFs.closeSync(fd)
-      }
+      return response.stream.pipe(
+        Stream.mapError(networkFailure("the download was interrupted")),
+        Stream.runForEach((bytes) =>
+          fsTry(`writing ${path}`, () => {
+            NodeFs.writeSync(fd, bytes)
+            hash.update(bytes)
+            done += bytes.length
+            onProgress?.(done, total)
+          })
+        ),
+        Effect.flatMap(() => fsTry(`writing ${path}`, () => NodeFs.fsyncSync(fd))),
+        Effect.map(() => done)
+      )
     },
-    catch: networkFailure("the download was interrupted")
-  })
+    (fd) => Effect.sync(() => NodeFs.closeSync(fd))
+  )
 
 export const ModelsLive = Layer.effect(
   Models,
   Effect.gen(function*() {
     const home = yield* Home
+    // The hub sends files to a CDN: redirects are followed.
+    const http = HttpClient.followRedirects(yield* HttpClient.HttpClient, 10)
     const sql = yield* SqlClient.SqlClient
     const endpoint = yield* Config.string("MICROAGENT_HF_ENDPOINT").pipe(
       Config.withDefault("https://huggingface.co"),
@@ -188,18 +194,16 @@ export const ModelsLive = Layer.effect(
     const expectedDigest = Effect.fn("Models.expectedDigest")(
       function*(ref: ModelRef, token: string | undefined) {
         const what = `paths-info for ${canonicalModelRef(ref)}`
-        const response = yield* Effect.tryPromise({
-          try: (signal) =>
-            fetch(pathsInfoUrl(endpoint, ref), {
-              method: "POST",
-              headers: headers(token, { "content-type": "application/x-www-form-urlencoded" }),
-              body: new URLSearchParams({ paths: ref.path, expand: "false" }).toString(),
-              signal
-            }),
-          catch: networkFailure(what)
-        })
-        if (!response.ok) return yield* Effect.fail(httpFailure(what, response.status))
-        const body = yield* Effect.tryPromise({ try: () => response.json(), catch: networkFailure(what) })
+        const response = yield* http.execute(
+          HttpClientRequest.post(pathsInfoUrl(endpoint, ref)).pipe(
+            HttpClientRequest.setHeaders(headers(token)),
+            HttpClientRequest.bodyUrlParams({ paths: ref.path, expand: "false" })
+          )
+        ).pipe(Effect.mapError(networkFailure(what)))
+        if (response.status < 200 || response.status > 299) {
+          return yield* Effect.fail(httpFailure(what, response.status))
+        }
+        const body = yield* response.json.pipe(Effect.mapError(networkFailure(what)))
         const entries = yield* decodePathsInfo(body).pipe(
           Effect.mapError(() =>
             new Permanent({ message: `${what}: the hub's answer is not a paths-info list` })
@@ -241,15 +245,13 @@ export const ModelsLive = Layer.effect(
       if (!NodeFs.existsSync(final)) {
         const existing = yield* hashExisting(partial)
         const what = `download of ${canonical}`
-        const response = yield* Effect.tryPromise({
-          try: (signal) =>
-            fetch(url, {
-              headers: headers(token, existing.size > 0 ? { range: `bytes=${existing.size}-` } : {}),
-              redirect: "follow",
-              signal
-            }),
-          catch: networkFailure(what)
-        })
+        const response = yield* http.execute(
+          HttpClientRequest.get(url).pipe(
+            HttpClientRequest.setHeaders(
+              headers(token, existing.size > 0 ? { range: `bytes=${existing.size}-` } : {})
+            )
+          )
+        ).pipe(Effect.mapError(networkFailure(what)))
         if (response.status === 416 && existing.size > 0) {
           // The partial already holds every byte (or more): start over rather than trust it.
           yield* fsTry("removing the partial download", () => NodeFs.rmSync(partial, { force: true }))
@@ -260,7 +262,9 @@ export const ModelsLive = Layer.effect(
             })
           )
         }
-        if (!response.ok) return yield* Effect.fail(httpFailure(what, response.status))
+        if (response.status < 200 || response.status > 299) {
+          return yield* Effect.fail(httpFailure(what, response.status))
+        }
         const resumed = response.status === 206 && existing.size > 0
         const hash = resumed ? existing.hash : createHash("sha256")
         const size = yield* streamInto(
@@ -363,4 +367,4 @@ export const ModelsLive = Layer.effect(
 
     return Models.of({ pull, list, inspect, remove, prune })
   })
-)
+).pipe(Layer.provide(NodeHttpClient.layer))

@@ -1,0 +1,109 @@
+/**
+ * MCP tools for the local model store: GGUF files pulled from a Hugging Face-compatible hub, verified
+ * against the hub's sha256. Thin calls into the RPC API. The hub token is the runtime's (HF_TOKEN,
+ * HUGGING_FACE_HUB_TOKEN): an agent never handles it.
+ */
+import { Effect, Schema } from "effect"
+import type { NotFound } from "../domain/Errors.ts"
+import { toErrorBody } from "../domain/Errors.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
+import { ModelRecord } from "../services/Models.ts"
+import { type AnyTool, defineTool, described, type PreviewResult } from "./Tool.ts"
+
+const modelRef = {
+  ref: described(
+    Schema.NonEmptyTrimmedString,
+    "hf.co/ORG/REPO[@REV]/FILE.gguf or a https://huggingface.co/ORG/REPO/resolve/REV/FILE URL"
+  )
+}
+const PruneResult = Schema.Struct({
+  partials: Schema.Array(Schema.String),
+  blobs: Schema.Array(Schema.String)
+})
+
+export const modelTools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "models.pull",
+    title: "Pull a model",
+    description: "Download a GGUF model file from the hub, verified against the hub's LFS sha256 while it "
+      + "streams and refused (nothing recorded) on a mismatch or a file that is not GGUF. A cut download "
+      + "resumes on the next pull.",
+    input: modelRef,
+    output: ModelRecord,
+    kind: "mutate",
+    sideEffects: ["downloads the model file", "records the model"],
+    cost: "host_compute_and_storage",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.modelPull({ ref: args.ref }))
+  }),
+  defineTool({
+    name: "models.list",
+    title: "List models",
+    description:
+      "Every pulled model: reference, digest, size and GGUF header (architecture, context length).",
+    input: {},
+    output: Schema.Struct({ models: Schema.Array(ModelRecord) }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.modelList())
+  }),
+  defineTool({
+    name: "models.inspect",
+    title: "Inspect a model",
+    description: "One pulled model, its GGUF header read again from the stored file.",
+    input: modelRef,
+    output: ModelRecord,
+    kind: "read",
+    sideEffects: [],
+    cost: "host_io",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.modelInspect({ ref: args.ref }))
+  }),
+  defineTool({
+    name: "models.remove",
+    title: "Remove a model",
+    description: "Drop a pulled model's record, and its file when no other reference uses it.",
+    input: modelRef,
+    output: ModelRecord,
+    kind: "destructive",
+    sideEffects: ["removes the model record", "deletes its file when no other record uses it"],
+    cost: "host_io",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.modelRemove({ ref: args.ref })),
+    preview: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.modelInspect({ ref: args.ref })).pipe(
+        Effect.map((record): PreviewResult => ({
+          preview: true,
+          target: record.ref,
+          actions: [
+            `remove the record of ${record.ref} (${record.digest})`,
+            "delete its file unless another record uses it"
+          ]
+        })),
+        Effect.catchTag(
+          "NotFound",
+          (error: NotFound) =>
+            Effect.succeed<PreviewResult>({
+              preview: true,
+              target: args.ref,
+              actions: [],
+              wouldFail: toErrorBody(error)
+            })
+        )
+      )
+  }),
+  defineTool({
+    name: "models.prune",
+    title: "Prune models",
+    description: "Remove partial downloads and model files no record uses.",
+    input: {},
+    output: PruneResult,
+    kind: "destructive",
+    sideEffects: ["deletes partial downloads", "deletes unused model files"],
+    cost: "host_io",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.modelPrune()),
+    preview: () =>
+      Effect.succeed<PreviewResult>({
+        preview: true,
+        actions: ["delete every partial download", "delete model files no record uses"]
+      })
+  })
+]

@@ -1,0 +1,105 @@
+/**
+ * The model store from the surfaces other than the CLI: MCP (a real MCP client driving `serve mcp`,
+ * whose calls run in the runtime — a process without WebAssembly, so the store's HTTP must not need
+ * `fetch`) and the Promise API's Host. Both against a loopback hub: a pull that resumes after a cut,
+ * a refused digest that records nothing, list, inspect, a previewed and a real remove, prune.
+ */
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { Host, MicroagentError } from "../../src/promise/index.ts"
+import { connect, stopRuntime } from "../mcp/mcpClient.ts"
+import { tinyGguf } from "../support/gguf.ts"
+import { type Hub, startHub } from "../support/hfHub.ts"
+
+let hub: Hub
+const dirs: Array<string> = []
+const tempDir = (prefix: string) => {
+  const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), prefix))
+  dirs.push(dir)
+  return dir
+}
+
+beforeAll(async () => {
+  hub = await startHub()
+  hub.token = "tok"
+  hub.files.set("org/repo/main/m.gguf", { bytes: tinyGguf({ padTo: 256 * 1024 }) })
+  hub.files.set("org/repo/main/wrong.gguf", { bytes: tinyGguf(), sha256: "ab".repeat(32) })
+})
+afterAll(async () => {
+  await hub.close()
+  for (const dir of dirs) NodeFs.rmSync(dir, { recursive: true, force: true })
+})
+
+describe("the model store over MCP", () => {
+  it("pulls (resuming a cut download), lists, inspects, previews and removes, prunes", async () => {
+    const stateDir = tempDir("ma-model-mcp-")
+    const mcp = await connect(stateDir, {
+      backend: "fake",
+      image: "alpine",
+      env: { MICROAGENT_HF_ENDPOINT: hub.endpoint, HF_TOKEN: "tok", HUGGING_FACE_HUB_TOKEN: "" }
+    })
+    try {
+      hub.cutNextAfter = 100 * 1024
+      const cut = await mcp.call("models.pull", { ref: "hf.co/org/repo/m.gguf" })
+      assert.isFalse(cut.ok)
+      assert.strictEqual(cut.error?.kind, "transient", cut.error?.message)
+      const pulled = await mcp.call("models.pull", { ref: "hf.co/org/repo/m.gguf" })
+      assert.isTrue(pulled.ok, JSON.stringify(pulled.error))
+      assert.strictEqual(pulled.result.ref, "hf.co/org/repo@main/m.gguf")
+      assert.strictEqual(pulled.result.gguf.architecture, "llama")
+      assert.match(hub.ranges.at(-1) ?? "", /^bytes=\d+-$/, "the second pull resumed with Range")
+
+      const wrong = await mcp.call("models.pull", { ref: "hf.co/org/repo/wrong.gguf" })
+      assert.strictEqual(wrong.error?.kind, "permanent")
+      assert.include(wrong.error?.message, "refused")
+
+      const listed = await mcp.call("models.list", {})
+      assert.deepStrictEqual(listed.result.models.map((m: { ref: string }) => m.ref), [pulled.result.ref])
+      const inspected = await mcp.call("models.inspect", { ref: "hf.co/org/repo/m.gguf" })
+      assert.strictEqual(inspected.result.gguf.contextLength, 256)
+
+      const preview = await mcp.call("models.remove", { ref: "hf.co/org/repo/m.gguf", preview: true })
+      assert.strictEqual(preview.result.target, pulled.result.ref)
+      assert.isTrue(NodeFs.existsSync(pulled.result.path), "a preview removes nothing")
+      const removed = await mcp.call("models.remove", { ref: "hf.co/org/repo/m.gguf" })
+      assert.isTrue(removed.ok, JSON.stringify(removed.error))
+      assert.isFalse(NodeFs.existsSync(pulled.result.path))
+      const missing = await mcp.call("models.inspect", { ref: "hf.co/org/repo/m.gguf" })
+      assert.strictEqual(missing.error?.kind, "not_found")
+
+      NodeFs.writeFileSync(NodePath.join(stateDir, "models", "partial", "sha256-half"), "x")
+      const pruned = await mcp.call("models.prune", {})
+      assert.deepStrictEqual(pruned.result, { partials: ["sha256-half"], blobs: [] })
+    } finally {
+      await mcp.close()
+      await stopRuntime(stateDir)
+    }
+  }, 120_000)
+})
+
+describe("the model store from the Promise API", () => {
+  it("pulls, lists, removes and rejects with typed errors", async () => {
+    const saved = process.env.MICROAGENT_HF_ENDPOINT
+    process.env.MICROAGENT_HF_ENDPOINT = hub.endpoint
+    const host = Host.openTest({ home: tempDir("ma-model-promise-") })
+    try {
+      const denied = await host.pullModel("hf.co/org/repo/m.gguf", { token: "nope" }).catch((e: unknown) => e)
+      assert.instanceOf(denied, MicroagentError)
+      assert.strictEqual((denied as MicroagentError).kind, "policy_denied")
+      const record = await host.pullModel("hf.co/org/repo/m.gguf", { token: "tok" })
+      assert.match(record.digest, /^sha256:[0-9a-f]{64}$/)
+      assert.deepStrictEqual((await host.models()).map((m) => m.ref), [record.ref])
+      assert.strictEqual((await host.inspectModel(record.ref)).gguf.architecture, "llama")
+      assert.strictEqual((await host.removeModel(record.ref)).ref, record.ref)
+      const gone = await host.inspectModel(record.ref).catch((e: unknown) => e)
+      assert.strictEqual((gone as MicroagentError).kind, "not_found")
+      assert.deepStrictEqual(await host.pruneModels(), { partials: [], blobs: [] })
+    } finally {
+      await host.close()
+      if (saved === undefined) delete process.env.MICROAGENT_HF_ENDPOINT
+      else process.env.MICROAGENT_HF_ENDPOINT = saved
+    }
+  }, 60_000)
+})
