@@ -1,5 +1,6 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
-// bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server).
+// bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server),
+// and bin/microagent-model-runner.mjs, the embedded model runner.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { chmodSync, readFileSync } from "node:fs"
@@ -57,6 +58,14 @@ await build({
   ...withSqlite,
   entryPoints: ["src/runtime/bin.ts"],
   outfile: "bin/microagent-runtime.mjs"
+})
+
+// The embedded model runner's process: node-llama-cpp (native binaries) resolved at run time.
+await build({
+  ...common,
+  entryPoints: ["src/runner/bin.ts"],
+  outfile: "bin/microagent-model-runner.mjs",
+  external: ["node-llama-cpp"]
 })
 
 await build({

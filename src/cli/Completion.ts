@@ -89,6 +89,8 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   "model inspect": [nothing],
   "model delete": [nothing],
   "model rm": [nothing],
+  "model serve": [nothing],
+  "model stop": [nothing],
   "secret check": [nothing],
   "network create": [nothing],
   "network inspect": [names("networks")],

@@ -176,6 +176,13 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "model delete": ["microagent model delete hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
   "model rm": ["microagent model rm hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
   "model prune": ["microagent model prune"],
+  "model serve": [
+    "microagent model serve hf.co/ggml-org/models/tinyllamas/stories260K.gguf",
+    "microagent model serve --ctx 2048 --port 11434 hf.co/org/repo/model.Q4_0.gguf",
+    "microagent model serve --runner custom --runner-command './r {model} {port}' M"
+  ],
+  "model stop": ["microagent model stop hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
+  "model runners": ["microagent model runners", "microagent model runners --json"],
   secret: [
     "microagent secret check token=env:API_TOKEN",
     "microagent secret check db=dotenv:.env:DB_PASSWORD key=file:./id_ed25519"

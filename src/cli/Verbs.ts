@@ -208,7 +208,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "model",
     group: "Resources",
-    summary: "pull and manage local GGUF models",
+    summary: "pull, manage and serve local GGUF models",
     aliases: ["models"],
     subcommands: true
   },

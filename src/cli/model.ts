@@ -4,15 +4,32 @@
  * and only sent to the hub.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { Effect, Option, Schema } from "effect"
+import { Effect, Layer, Option, Schema } from "effect"
+import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
 import { ModelsLive } from "../layers/model/ModelsLive.ts"
-import { modelInspect, modelList, modelPrune, modelPull, modelRemove } from "../programs/Model.ts"
+import {
+  modelInspect,
+  modelList,
+  modelPrune,
+  modelPull,
+  modelRemove,
+  modelRunners,
+  modelServe,
+  modelStop
+} from "../programs/Model.ts"
+import { RunnerRecord } from "../services/ModelRunners.ts"
 import { ModelRecord } from "../services/Models.ts"
 import { withNewBackend } from "./Layers.ts"
 import { emit, emitList, quietOption } from "./Output.ts"
 
 const withModels = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   withNewBackend(Effect.provide(effect, ModelsLive))
+
+const withRunners = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  withNewBackend(Effect.provide(effect, ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))))
+
+const encodeRunner = Schema.encodeSync(RunnerRecord)
+const runnerLine = (r: RunnerRecord) => `${r.ref}\t${r.url}\t${r.runner}\t${r.pid}`
 
 const encodeRecord = Schema.encodeSync(ModelRecord)
 const encode = (m: ModelRecord) => encodeRecord(m)
@@ -102,7 +119,73 @@ const prune = Command.make("prune", {}, () =>
     )
   )).pipe(Command.withDescription("remove partial downloads and model files no record uses"))
 
+const serve = Command.make(
+  "serve",
+  {
+    runner: Options.choice("runner", ["llamacpp", "custom"]).pipe(
+      Options.withDescription(
+        "llamacpp: llama-server if installed, else the embedded runner; custom: --runner-command"
+      ),
+      Options.optional
+    ),
+    runnerCommand: Options.text("runner-command").pipe(
+      Options.withPseudoName("TEMPLATE"),
+      Options.withDescription(
+        "the custom runner's command line; {model}, {port}, {host} and {ref} are replaced"
+      ),
+      Options.optional
+    ),
+    runnerArg: Options.text("runner-arg").pipe(
+      Options.withPseudoName("ARG"),
+      Options.withDescription(
+        "a value appended to the runner's command line (repeatable; flags go in TEMPLATE)"
+      ),
+      Options.repeated
+    ),
+    port: Options.integer("port").pipe(
+      Options.withDescription("loopback port (default: a free one)"),
+      Options.withSchema(Schema.Int.pipe(Schema.between(1, 65535))),
+      Options.optional
+    ),
+    ctx: Options.integer("ctx").pipe(
+      Options.withDescription("context size in tokens (default 4096, capped at the model's)"),
+      Options.withSchema(Schema.Int.pipe(Schema.between(16, 1048576))),
+      Options.optional
+    ),
+    ref: refArg
+  },
+  ({ ctx, port, ref, runner, runnerArg, runnerCommand }) =>
+    withRunners(modelServe(ref, {
+      runner: Option.getOrUndefined(runner),
+      runnerCommand: Option.getOrUndefined(runnerCommand),
+      runnerArgs: runnerArg,
+      port: Option.getOrUndefined(port),
+      contextSize: Option.getOrUndefined(ctx)
+    })).pipe(Effect.flatMap((r) => emit(encodeRunner(r), () => runnerLine(r))))
+).pipe(Command.withDescription("serve a pulled model on loopback with the OpenAI-compatible API"))
+
+const stop = Command.make("stop", { ref: refArg }, ({ ref }) =>
+  withRunners(modelStop(ref)).pipe(
+    Effect.flatMap((r) => emit({ stopped: r.ref, pid: r.pid }, () => `stopped ${r.ref} (pid ${r.pid})`))
+  )).pipe(Command.withDescription("stop the runner serving a model"))
+
+const runners = Command.make(
+  "runners",
+  { quiet: quietOption },
+  ({ quiet }) =>
+    withRunners(modelRunners()).pipe(
+      Effect.flatMap((all) =>
+        emitList(
+          quiet,
+          all.map((r) => r.ref),
+          { runners: all.map((r) => encodeRunner(r)) },
+          () => all.map(runnerLine).join("\n")
+        )
+      )
+    )
+).pipe(Command.withDescription("list the running model runners: ref, URL, runner, pid"))
+
 export const modelCommand = Command.make("model").pipe(
-  Command.withDescription("pull, list, inspect and remove local GGUF models (alias: models)"),
-  Command.withSubcommands([pull, list, ls, inspect, del, rm, prune])
+  Command.withDescription("pull, inspect, remove and serve local GGUF models (alias: models)"),
+  Command.withSubcommands([pull, list, ls, inspect, del, rm, prune, serve, stop, runners])
 )

@@ -1,0 +1,351 @@
+/**
+ * Model runners as detached host processes, recorded in `<state>/run/models/<id>.json` (0600) with their
+ * pid, start time, port and command; their output goes to `<id>.log` beside it.
+ *
+ * `serve`: a live, answering runner of the model is returned as it is; a dead one is dropped; otherwise
+ * the runner is chosen (`custom` with the user's template; else `llama-server` from
+ * `MICROAGENT_LLAMA_SERVER` or the PATH; else the embedded runner, bin/microagent-model-runner.mjs on
+ * node-llama-cpp), started on a free loopback port, and probed with `GET /v1/models` until it answers
+ * (a runner that exits or does not answer in time is ended and reported with its log's tail).
+ */
+import { Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
+import * as NodeChild from "node:child_process"
+import { createHash } from "node:crypto"
+import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
+import * as NodeNet from "node:net"
+import * as NodePath from "node:path"
+import * as NodeUrl from "node:url"
+import { type MicroagentError, NotFound, Permanent, Transient } from "../../domain/Errors.ts"
+import { Home } from "../../services/Home.ts"
+import {
+  ModelRunners,
+  type ModelRunnersShape,
+  RunnerRecord,
+  type ServeOptions
+} from "../../services/ModelRunners.ts"
+import { Models } from "../../services/Models.ts"
+import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
+
+const decodeRecord = Schema.decodeUnknownOption(Schema.parseJson(RunnerRecord))
+const encodeRecord = Schema.encodeSync(Schema.parseJson(RunnerRecord))
+
+/** How long a starting runner has to answer (loading a large model from a cold disk takes a while). */
+const readyTimeoutMs = 120_000
+
+const which = (name: string): string | undefined =>
+  (process.env.PATH ?? "").split(":").filter((d) => d !== "").map((d) => NodePath.join(d, name)).find((p) => {
+    try {
+      NodeFs.accessSync(p, NodeFs.constants.X_OK)
+      return true
+    } catch {
+      return false
+    }
+  })
+
+/** `$MICROAGENT_MODEL_RUNNER_SCRIPT`, else the bundle beside this module or in an ancestor's bin/. */
+const embeddedScript = (): string | undefined => {
+  const explicit = process.env.MICROAGENT_MODEL_RUNNER_SCRIPT
+  if (explicit !== undefined && explicit !== "") return NodePath.resolve(explicit)
+  let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
+  for (let i = 0; i < 8; i++) {
+    for (const candidate of ["microagent-model-runner.mjs", "bin/microagent-model-runner.mjs"]) {
+      const path = NodePath.join(dir, candidate)
+      if (NodeFs.existsSync(path)) return path
+    }
+    const parent = NodePath.dirname(dir)
+    if (parent === dir) break
+    dir = parent
+  }
+  return undefined
+}
+
+const freePort = (): Promise<number> =>
+  new Promise((resolve, reject) => {
+    const server = NodeNet.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const port = (server.address() as NodeNet.AddressInfo).port
+      server.close(() => resolve(port))
+    })
+  })
+
+/** Whether `GET url/models` answers 200 within two seconds. */
+const answers = (url: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const request = NodeHttp.get(`${url}/models`, { timeout: 2000 }, (response) => {
+      response.resume()
+      resolve(response.statusCode === 200)
+    })
+    request.once("timeout", () => request.destroy())
+    request.once("error", () => resolve(false))
+  })
+
+/** Splits a command template on whitespace, honouring single and double quotes. */
+export const splitCommand = (template: string): Array<string> => {
+  const words: Array<string> = []
+  let current = ""
+  let quote: string | undefined
+  let started = false
+  for (const char of template) {
+    if (quote !== undefined) {
+      if (char === quote) quote = undefined
+      else current += char
+    } else if (char === "'" || char === '"') {
+      quote = char
+      started = true
+    } else if (/\s/.test(char)) {
+      if (started) words.push(current)
+      current = ""
+      started = false
+    } else {
+      current += char
+      started = true
+    }
+  }
+  if (started) words.push(current)
+  return words
+}
+
+const tailOf = (path: string) => {
+  try {
+    return NodeFs.readFileSync(path, "utf8").trim().split("\n").slice(-5).join("\n")
+  } catch {
+    return ""
+  }
+}
+
+export const ModelRunnersLive = Layer.effect(
+  ModelRunners,
+  Effect.gen(function*() {
+    const home = yield* Home
+    const models = yield* Models
+    const dir = NodePath.join(home.root, "run", "models")
+    const idOf = (ref: string) => createHash("sha256").update(ref).digest("hex").slice(0, 16)
+    const recordPath = (ref: string) => NodePath.join(dir, `${idOf(ref)}.json`)
+
+    const io = <A>(what: string, f: () => A) =>
+      Effect.try({
+        try: f,
+        catch: (cause) =>
+          new Permanent({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}` })
+      })
+
+    const read = (path: string): Option.Option<RunnerRecord> => {
+      try {
+        return decodeRecord(NodeFs.readFileSync(path, "utf8"))
+      } catch {
+        return Option.none()
+      }
+    }
+
+    /** The record of a live runner; a dead runner's record is removed. */
+    const live = (path: string): Option.Option<RunnerRecord> => {
+      const record = read(path)
+      if (Option.isNone(record)) return record
+      if (isAlive(record.value.pid, record.value.startTime)) return record
+      NodeFs.rmSync(path, { force: true })
+      return Option.none()
+    }
+
+    const commandFor = (
+      modelPath: string,
+      ref: string,
+      port: number,
+      options: ServeOptions
+    ): Effect.Effect<
+      { readonly kind: RunnerRecord["runner"]; readonly argv: Array<string> },
+      MicroagentError
+    > => {
+      const extra = [...(options.runnerArgs ?? [])]
+      const context = String(options.contextSize ?? 4096)
+      if (options.runner === "custom") {
+        if (options.runnerCommand === undefined || options.runnerCommand.trim() === "") {
+          return Effect.fail(
+            new Permanent({
+              message: "--runner custom needs --runner-command TEMPLATE",
+              remediation: "e.g. --runner-command 'llama-server -m {model} --port {port}'"
+            })
+          )
+        }
+        const argv = splitCommand(options.runnerCommand).map((word) =>
+          word.replaceAll("{model}", modelPath).replaceAll("{port}", String(port)).replaceAll(
+            "{host}",
+            "127.0.0.1"
+          )
+            .replaceAll("{ref}", ref)
+        )
+        return Effect.succeed({ kind: "custom", argv: [...argv, ...extra] })
+      }
+      const server = process.env.MICROAGENT_LLAMA_SERVER || which("llama-server")
+      if (server !== undefined) {
+        return Effect.succeed({
+          kind: "llama-server",
+          argv: [
+            server,
+            "-m",
+            modelPath,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            String(port),
+            "-c",
+            context,
+            ...extra
+          ]
+        })
+      }
+      const script = embeddedScript()
+      if (script === undefined) {
+        return Effect.fail(
+          new Permanent({
+            message: "no model runner: llama-server is not installed and the embedded runner is missing",
+            remediation:
+              "install llama.cpp's llama-server (or set MICROAGENT_LLAMA_SERVER), or use --runner custom"
+          })
+        )
+      }
+      return Effect.succeed({
+        kind: "embedded",
+        argv: [
+          process.execPath,
+          script,
+          "--model",
+          modelPath,
+          "--id",
+          ref,
+          "--port",
+          String(port),
+          "--ctx",
+          context,
+          ...extra
+        ]
+      })
+    }
+
+    const stopProcess = (record: RunnerRecord) =>
+      Effect.gen(function*() {
+        signal(record.pid, "SIGTERM")
+        const gone = yield* Effect.sync(() => !isAlive(record.pid, record.startTime)).pipe(
+          Effect.repeat({
+            schedule: Schedule.spaced(Duration.millis(100)),
+            until: (dead) => dead,
+            times: 50
+          })
+        )
+        if (!gone) signal(record.pid, "SIGKILL")
+      })
+
+    const serve: ModelRunnersShape["serve"] = Effect.fn("ModelRunners.serve")(function*(ref, options = {}) {
+      const model = yield* models.inspect(ref)
+      yield* home.ensureDir(dir)
+      const path = recordPath(model.ref)
+      const existing = live(path)
+      if (Option.isSome(existing)) {
+        if (yield* Effect.promise(() => answers(existing.value.url))) return existing.value
+        // Alive but not answering: replace it.
+        yield* stopProcess(existing.value)
+        NodeFs.rmSync(path, { force: true })
+      }
+      const port = options.port ?? (yield* Effect.promise(freePort))
+      const { argv, kind } = yield* commandFor(model.path, model.ref, port, options)
+      const log = NodePath.join(dir, `${idOf(model.ref)}.log`)
+      const child = yield* io(`starting the model runner ${argv[0]}`, () => {
+        const fd = NodeFs.openSync(log, "w", 0o600)
+        try {
+          const spawned = NodeChild.spawn(argv[0]!, argv.slice(1), {
+            detached: true,
+            stdio: ["ignore", fd, fd]
+          })
+          spawned.unref()
+          return spawned
+        } finally {
+          NodeFs.closeSync(fd)
+        }
+      })
+      const pid = yield* Effect.async<number, MicroagentError>((resume) => {
+        if (child.pid !== undefined) return resume(Effect.succeed(child.pid))
+        child.once(
+          "error",
+          (error) =>
+            resume(
+              Effect.fail(
+                new Permanent({ message: `cannot start the model runner ${argv[0]}: ${error.message}` })
+              )
+            )
+        )
+      })
+      const record = new RunnerRecord({
+        ref: model.ref,
+        digest: model.digest,
+        runner: kind,
+        pid,
+        startTime: startTimeOf(pid),
+        port,
+        url: `http://127.0.0.1:${port}/v1`,
+        command: argv,
+        pinned: true,
+        startedAt: new Date().toISOString(),
+        log
+      })
+      yield* io(
+        "recording the model runner",
+        () => NodeFs.writeFileSync(path, encodeRecord(record), { mode: 0o600 })
+      )
+      const deadline = Date.now() + readyTimeoutMs
+      for (;;) {
+        if (yield* Effect.promise(() => answers(record.url))) return record
+        const exited = !isAlive(pid, record.startTime)
+        if (exited || Date.now() > deadline) {
+          yield* stopProcess(record)
+          NodeFs.rmSync(path, { force: true })
+          const tail = tailOf(log)
+          return yield* Effect.fail(
+            exited
+              ? new Permanent({
+                message: `the model runner for ${model.ref} exited before it answered${
+                  tail === "" ? "" : `:\n${tail}`
+                }`,
+                remediation: `its output is in ${log}`
+              })
+              : new Transient({
+                message: `the model runner for ${model.ref} did not answer within ${readyTimeoutMs / 1000} s`,
+                remediation: `its output is in ${log}; serve again once the host is less busy`
+              })
+          )
+        }
+        yield* Effect.sleep(Duration.millis(200))
+      }
+    })
+
+    const stop: ModelRunnersShape["stop"] = Effect.fn("ModelRunners.stop")(function*(ref) {
+      const wanted = yield* models.inspect(ref).pipe(
+        Effect.map((m) => m.ref),
+        Effect.catchTag("NotFound", () => Effect.succeed(ref))
+      )
+      const path = recordPath(wanted)
+      const record = live(path)
+      if (Option.isNone(record)) {
+        return yield* Effect.fail(
+          new NotFound({
+            message: `no runner serves ${wanted}`,
+            remediation: "`microagent model runners` lists the running ones"
+          })
+        )
+      }
+      yield* stopProcess(record.value)
+      yield* io("removing the runner's record", () => NodeFs.rmSync(path, { force: true }))
+      return record.value
+    })
+
+    const list: ModelRunnersShape["list"] = Effect.sync(() => {
+      if (!NodeFs.existsSync(dir)) return []
+      return NodeFs.readdirSync(dir).filter((name) => name.endsWith(".json")).flatMap((name) => {
+        const record = live(NodePath.join(dir, name))
+        return Option.isSome(record) ? [record.value] : []
+      }).sort((a, b) => a.ref.localeCompare(b.ref))
+    }).pipe(Effect.withSpan("ModelRunners.list"))
+
+    return ModelRunners.of({ serve, stop, list })
+  })
+)

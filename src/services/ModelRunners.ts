@@ -1,0 +1,53 @@
+/**
+ * Model runners: host processes serving a pulled model over the OpenAI-compatible HTTP API on loopback
+ * (`llama-server` when installed, else the embedded runner, or a command of the user's). Each runner is
+ * recorded in the state directory so any process finds it; a runner that died is dropped when seen and
+ * started again by the next `serve`.
+ */
+import { Context, type Effect, Schema } from "effect"
+import type { MicroagentError } from "../domain/Errors.ts"
+
+export const RunnerKind = Schema.Literal("llama-server", "embedded", "custom")
+export type RunnerKind = typeof RunnerKind.Type
+
+export class RunnerRecord extends Schema.Class<RunnerRecord>("RunnerRecord")({
+  /** The model's canonical reference. */
+  ref: Schema.String,
+  digest: Schema.String,
+  runner: RunnerKind,
+  pid: Schema.Number,
+  /** The process's start time (from /proc), so a reused pid is not taken for the runner. */
+  startTime: Schema.optional(Schema.String),
+  port: Schema.Number,
+  /** The OpenAI-compatible base URL, `http://127.0.0.1:PORT/v1`. */
+  url: Schema.String,
+  command: Schema.Array(Schema.String),
+  /** Started by `serve` (kept until `stop`), rather than held for workspaces only. */
+  pinned: Schema.Boolean,
+  startedAt: Schema.String,
+  log: Schema.String
+}) {}
+
+export interface ServeOptions {
+  /** `llamacpp` (default: llama-server if installed, else embedded) or `custom`. */
+  readonly runner?: "llamacpp" | "custom" | undefined
+  /** For `custom`: the command line, with `{model}`, `{port}`, `{host}` and `{ref}` replaced. */
+  readonly runnerCommand?: string | undefined
+  /** Appended to the runner's command line. */
+  readonly runnerArgs?: ReadonlyArray<string> | undefined
+  /** The loopback port; default a free one. */
+  readonly port?: number | undefined
+  /** Context size for the llama.cpp runners (default 4096, capped at the model's). */
+  readonly contextSize?: number | undefined
+}
+
+export interface ModelRunnersShape {
+  /** The model's runner, started (and health-probed) unless a live one serves it already. */
+  readonly serve: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
+  /** Stops the model's runner. */
+  readonly stop: (ref: string) => Effect.Effect<RunnerRecord, MicroagentError>
+  /** The live runners; dead ones are dropped from the records. */
+  readonly list: Effect.Effect<ReadonlyArray<RunnerRecord>, MicroagentError>
+}
+
+export class ModelRunners extends Context.Tag("microagent/ModelRunners")<ModelRunners, ModelRunnersShape>() {}
