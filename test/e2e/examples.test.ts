@@ -54,7 +54,20 @@ const install = async (example: string) => {
     recursive: true,
     filter: (source) => !/\/(node_modules|dist)$/.test(source)
   })
-  await npm(["install", "--prefer-offline", "--no-audit", "--no-fund", "--ignore-scripts", tarball], dir)
+  // The examples serve no model: the embedded runner's llama.cpp binaries (an optional dependency of
+  // several hundred MiB) are left out.
+  await npm(
+    [
+      "install",
+      "--prefer-offline",
+      "--no-audit",
+      "--no-fund",
+      "--ignore-scripts",
+      "--omit=optional",
+      tarball
+    ],
+    dir
+  )
   await reuseSqliteAddon(dir)
   return dir
 }
