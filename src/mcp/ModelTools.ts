@@ -1,14 +1,16 @@
 /**
  * MCP tools for the local model store: GGUF files pulled from a Hugging Face-compatible hub, verified
- * against the hub's sha256. Thin calls into the RPC API. The hub token is the runtime's (HF_TOKEN,
- * HUGGING_FACE_HUB_TOKEN): an agent never handles it.
+ * against the hub's sha256, and the runners serving them. Thin calls into the RPC API. The hub token is
+ * the runtime's (HF_TOKEN, HUGGING_FACE_HUB_TOKEN): an agent never handles it; nor does it choose the
+ * runner's command line (no custom runners here: that would be a host command of the agent's choosing).
  */
 import { Effect, Schema } from "effect"
 import type { NotFound } from "../domain/Errors.ts"
 import { toErrorBody } from "../domain/Errors.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
+import { RunnerRecord } from "../services/ModelRunners.ts"
 import { ModelRecord } from "../services/Models.ts"
-import { type AnyTool, defineTool, described, type PreviewResult } from "./Tool.ts"
+import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
 
 const modelRef = {
   ref: described(
@@ -89,6 +91,58 @@ export const modelTools: ReadonlyArray<AnyTool> = [
             })
         )
       )
+  }),
+  defineTool({
+    name: "models.serve",
+    title: "Serve a model",
+    description:
+      "Start (or find) the runner serving a pulled model on host loopback with the OpenAI-compatible "
+      + "API (/v1/models, /v1/completions, /v1/chat/completions): llama-server when installed, else the "
+      + "embedded llama.cpp runner. Answers once the runner does, with its URL.",
+    input: {
+      ...modelRef,
+      context_size: optional(
+        Schema.Int.pipe(Schema.between(16, 1048576)),
+        "context size in tokens (default 4096, capped at the model's)"
+      )
+    },
+    output: RunnerRecord,
+    kind: "mutate",
+    sideEffects: ["starts a model runner process on the host (until models.stop)"],
+    cost: "host_compute_and_storage",
+    run: (args) =>
+      Effect.flatMap(
+        MicroagentClient,
+        (client) =>
+          client.modelServe(
+            args.context_size === undefined ? { ref: args.ref } : {
+              ref: args.ref,
+              contextSize: args.context_size
+            }
+          )
+      )
+  }),
+  defineTool({
+    name: "models.stop",
+    title: "Stop a model runner",
+    description: "Stop the runner serving a model.",
+    input: modelRef,
+    output: RunnerRecord,
+    kind: "mutate",
+    sideEffects: ["ends the model runner process"],
+    cost: "metadata",
+    run: (args) => Effect.flatMap(MicroagentClient, (client) => client.modelStop({ ref: args.ref }))
+  }),
+  defineTool({
+    name: "models.runners",
+    title: "List model runners",
+    description: "The running model runners: model, URL, runner kind, pid. Dead runners are dropped.",
+    input: {},
+    output: Schema.Struct({ runners: Schema.Array(RunnerRecord) }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () => Effect.flatMap(MicroagentClient, (client) => client.modelRunners())
   }),
   defineTool({
     name: "models.prune",

@@ -7,6 +7,7 @@
 import { Effect, Exit, Layer, ManagedRuntime, Stream } from "effect"
 import type { Backend } from "../domain/Workspace.ts"
 import { ImageStoreOnHome } from "../layers/image/Stack.ts"
+import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
 import { ModelsLive } from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import * as Microagent from "../Microagent.ts"
@@ -18,8 +19,18 @@ import {
   registryLogin,
   registryLogout
 } from "../programs/Image.ts"
-import { modelInspect, modelList, modelPrune, modelPull, modelRemove } from "../programs/Model.ts"
+import {
+  modelInspect,
+  modelList,
+  modelPrune,
+  modelPull,
+  modelRemove,
+  modelRunners,
+  modelServe,
+  modelStop
+} from "../programs/Model.ts"
 import { Home } from "../services/Home.ts"
+import type { RunnerRecord, ServeOptions } from "../services/ModelRunners.ts"
 import type { ModelRecord, PruneResult, PullOptions } from "../services/Models.ts"
 import type { RegistryLogin } from "../services/Registry.ts"
 import { fromCause } from "./MicroagentError.ts"
@@ -154,6 +165,24 @@ export class Host implements AsyncDisposable {
     return this.run(modelPrune().pipe(Effect.provide(ModelsLive)))
   }
 
+  /**
+   * The runner serving a pulled model on loopback with the OpenAI-compatible API (`record.url` is the
+   * base URL): started and health-probed, or the live one already serving it. It outlives the Host.
+   */
+  serveModel(ref: string, options: ServeOptions = {}): Promise<RunnerRecord> {
+    return this.run(modelServe(ref, options).pipe(Effect.provide(runnersLayer)))
+  }
+
+  /** Stops the runner serving a model. */
+  stopModel(ref: string): Promise<RunnerRecord> {
+    return this.run(modelStop(ref).pipe(Effect.provide(runnersLayer)))
+  }
+
+  /** The live model runners. */
+  modelRunners(): Promise<ReadonlyArray<RunnerRecord>> {
+    return this.run(modelRunners().pipe(Effect.provide(runnersLayer)))
+  }
+
   /** Releases the state directory's database and the backends. Workspaces keep running. */
   close(): Promise<void> {
     return this.#runtime.dispose()
@@ -166,6 +195,8 @@ export class Host implements AsyncDisposable {
 
 /** The registry client of the host's state directory (its auth file). */
 export const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
+
+const runnersLayer = ModelRunnersLive.pipe(Layer.provide(ModelsLive))
 
 let shared: Host | undefined
 

@@ -4,6 +4,7 @@
  */
 export type { CommitOptions, CommitResult } from "../programs/Commit.ts"
 export type { SuperviseReport } from "../programs/Supervise.ts"
+export type { RunnerRecord, ServeOptions } from "../services/ModelRunners.ts"
 export type { ModelRecord, PruneResult as ModelPruneResult } from "../services/Models.ts"
 export { Host, type HostOptions } from "./Host.ts"
 export { init, type InitOptions, type InitResult } from "./Init.ts"

@@ -7,6 +7,7 @@ import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted } from "effect"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
+import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
 import { ModelsLive } from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
@@ -16,6 +17,7 @@ import { backupState, checkState } from "../programs/State.ts"
 import { Home } from "../services/Home.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
+import { ModelRunners, type ServeOptions } from "../services/ModelRunners.ts"
 import { Models } from "../services/Models.ts"
 import type { Registry } from "../services/Registry.ts"
 
@@ -44,6 +46,11 @@ export const makeHostHandlers = Effect.gen(function*() {
     )
   )
   const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
+  const runners = yield* Effect.cached(
+    ModelRunners.pipe(
+      Effect.provide(ModelRunnersLive.pipe(Layer.provide(ModelsLive), Layer.provide(here)))
+    )
+  )
   return {
     imagePull: (p: {
       readonly ref: string
@@ -98,6 +105,10 @@ export const makeHostHandlers = Effect.gen(function*() {
     modelInspect: (p: { readonly ref: string }) => Effect.flatMap(models, (store) => store.inspect(p.ref)),
     modelRemove: (p: { readonly ref: string }) => Effect.flatMap(models, (store) => store.remove(p.ref)),
     modelPrune: () => Effect.flatMap(models, (store) => store.prune),
+    modelServe: (p: ServeOptions & { readonly ref: string }) =>
+      Effect.flatMap(runners, (r) => r.serve(p.ref, p)),
+    modelStop: (p: { readonly ref: string }) => Effect.flatMap(runners, (r) => r.stop(p.ref)),
+    modelRunners: () => Effect.map(Effect.flatMap(runners, (r) => r.list), (list) => ({ runners: list })),
     kernelList: () =>
       Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
     kernelVerify: () =>

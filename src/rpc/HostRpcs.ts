@@ -11,6 +11,7 @@ import { PushResult } from "../programs/Image.ts"
 import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { ImageRecord } from "../services/ImageStore.ts"
 import { KernelEntry, VerifyResultSchema } from "../services/KernelCache.ts"
+import { RunnerRecord } from "../services/ModelRunners.ts"
 import { ModelRecord } from "../services/Models.ts"
 import { RegistryLogin } from "../services/Registry.ts"
 
@@ -126,6 +127,27 @@ export const hostRpcs = [
   /** Removes partial downloads and model files no record uses. */
   Rpc.make("modelPrune", {
     success: Schema.Struct({ partials: Schema.Array(Schema.String), blobs: Schema.Array(Schema.String) }),
+    error: MicroagentError
+  }),
+  /**
+   * Starts (or finds) the runner serving a pulled model on loopback with the OpenAI-compatible API. The
+   * socket is 0600, so a custom `runnerCommand` is the operator's; MCP does not offer it.
+   */
+  Rpc.make("modelServe", {
+    payload: {
+      ref: Schema.String,
+      runner: Schema.optional(Schema.Literal("llamacpp", "custom")),
+      runnerCommand: Schema.optional(Schema.String),
+      runnerArgs: Schema.optional(Schema.Array(Schema.String)),
+      port: Schema.optional(Schema.Int.pipe(Schema.between(1, 65535))),
+      contextSize: Schema.optional(Schema.Int.pipe(Schema.between(16, 1048576)))
+    },
+    success: RunnerRecord,
+    error: MicroagentError
+  }),
+  Rpc.make("modelStop", { payload: { ref: Schema.String }, success: RunnerRecord, error: MicroagentError }),
+  Rpc.make("modelRunners", {
+    success: Schema.Struct({ runners: Schema.Array(RunnerRecord) }),
     error: MicroagentError
   }),
   Rpc.make("kernelList", {

@@ -82,7 +82,10 @@ const expectedTools = [
   "models.list",
   "models.inspect",
   "models.remove",
-  "models.prune"
+  "models.prune",
+  "models.serve",
+  "models.stop",
+  "models.runners"
 ]
 
 const ajv = new Ajv({ allErrors: true })
