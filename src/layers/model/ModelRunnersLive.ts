@@ -15,7 +15,6 @@ import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
-import * as NodeUrl from "node:url"
 import { type MicroagentError, NotFound, Permanent, Transient } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import {
@@ -25,6 +24,7 @@ import {
   type ServeOptions
 } from "../../services/ModelRunners.ts"
 import { Models } from "../../services/Models.ts"
+import { installedFile } from "../process/Installed.ts"
 import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
 
 const decodeRecord = Schema.decodeUnknownOption(Schema.parseJson(RunnerRecord))
@@ -44,21 +44,11 @@ const which = (name: string): string | undefined =>
   })
 
 /** `$MICROAGENT_MODEL_RUNNER_SCRIPT`, else the bundle beside this module or in an ancestor's bin/. */
-const embeddedScript = (): string | undefined => {
-  const explicit = process.env.MICROAGENT_MODEL_RUNNER_SCRIPT
-  if (explicit !== undefined && explicit !== "") return NodePath.resolve(explicit)
-  let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
-  for (let i = 0; i < 8; i++) {
-    for (const candidate of ["microagent-model-runner.mjs", "bin/microagent-model-runner.mjs"]) {
-      const path = NodePath.join(dir, candidate)
-      if (NodeFs.existsSync(path)) return path
-    }
-    const parent = NodePath.dirname(dir)
-    if (parent === dir) break
-    dir = parent
-  }
-  return undefined
-}
+const embeddedScript = (): string | undefined =>
+  installedFile("MICROAGENT_MODEL_RUNNER_SCRIPT", [
+    "microagent-model-runner.mjs",
+    "bin/microagent-model-runner.mjs"
+  ])
 
 const freePort = (): Promise<number> =>
   new Promise((resolve, reject) => {

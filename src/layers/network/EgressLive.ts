@@ -18,12 +18,12 @@ import * as NodeChild from "node:child_process"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import * as NodeUrl from "node:url"
 import { defaultEgress, EgressRecord } from "../../domain/Egress.ts"
 import { Permanent, Unsupported } from "../../domain/Errors.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
 import { Egress, type EgressAttachment } from "../../services/Egress.ts"
 import { Home } from "../../services/Home.ts"
+import { installedFile } from "../process/Installed.ts"
 import { isAlive } from "../process/Processes.ts"
 import { stateTag } from "./Addressing.ts"
 
@@ -66,21 +66,8 @@ const iptablesBinary = () => binaryOf(["/usr/sbin/iptables", "/sbin/iptables", "
 const ip6tablesBinary = () => binaryOf(["/usr/sbin/ip6tables", "/sbin/ip6tables", "/usr/bin/ip6tables"])
 
 /** `$MICROAGENT_EGRESS_BINARY`, else guest/build or libexec beside an ancestor of this module. */
-export const mediatorBinary = (): string | undefined => {
-  const explicit = process.env.MICROAGENT_EGRESS_BINARY
-  if (explicit !== undefined && explicit !== "") return NodePath.resolve(explicit)
-  let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
-  for (let i = 0; i < 8; i++) {
-    for (const candidate of ["guest/build/microagent-egress", "libexec/microagent-egress"]) {
-      const path = NodePath.join(dir, candidate)
-      if (NodeFs.existsSync(path)) return path
-    }
-    const parent = NodePath.dirname(dir)
-    if (parent === dir) break
-    dir = parent
-  }
-  return undefined
-}
+export const mediatorBinary = (): string | undefined =>
+  installedFile("MICROAGENT_EGRESS_BINARY", ["guest/build/microagent-egress", "libexec/microagent-egress"])
 
 /** CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21, for setns and the namespace mount) in the effective set. */
 const hasCapabilities = (): boolean => {

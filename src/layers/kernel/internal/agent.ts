@@ -5,24 +5,14 @@
  */
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import * as NodeUrl from "node:url"
+import { besideAncestors } from "../../process/Installed.ts"
 
 export const agentCandidates = (): ReadonlyArray<string> => {
-  const out: Array<string> = []
-  if (process.env.MICROAGENT_AGENT !== undefined && process.env.MICROAGENT_AGENT !== "") {
-    out.push(NodePath.resolve(process.env.MICROAGENT_AGENT))
-  }
-  let dir = NodePath.dirname(NodeUrl.fileURLToPath(import.meta.url))
-  for (let i = 0; i < 8; i++) {
-    out.push(
-      NodePath.join(dir, "guest/build/microagent-agent"),
-      NodePath.join(dir, "libexec/microagent-agent")
-    )
-    const parent = NodePath.dirname(dir)
-    if (parent === dir) break
-    dir = parent
-  }
-  return out
+  const explicit = process.env.MICROAGENT_AGENT
+  return [
+    ...(explicit !== undefined && explicit !== "" ? [NodePath.resolve(explicit)] : []),
+    ...besideAncestors(["guest/build/microagent-agent", "libexec/microagent-agent"])
+  ]
 }
 
 export const findAgent = (explicit: string | undefined): string | undefined =>
