@@ -19,14 +19,13 @@ import {
 } from "../programs/Model.ts"
 import { RunnerRecord } from "../services/ModelRunners.ts"
 import { ModelRecord } from "../services/Models.ts"
-import { withNewBackend } from "./Layers.ts"
+import { withStore } from "./Layers.ts"
 import { emit, emitList, quietOption } from "./Output.ts"
 
-const withModels = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withNewBackend(Effect.provide(effect, ModelsLive))
+const withModels = <A, E, R>(effect: Effect.Effect<A, E, R>) => withStore(Effect.provide(effect, ModelsLive))
 
 const withRunners = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withNewBackend(Effect.provide(effect, ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))))
+  withStore(Effect.provide(effect, ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))))
 
 const encodeRunner = Schema.encodeSync(RunnerRecord)
 const runnerLine = (r: RunnerRecord) => `${r.ref}\t${r.url}\t${r.runner}\t${r.pid}`

@@ -30,13 +30,16 @@ export const GgufLimits = {
 /** Why a header is refused (the caller maps it to an error kind). */
 export class GgufInvalid extends Error {}
 
+/** The header runs past the bytes given: a longer prefix may parse. */
+export class GgufTruncated extends GgufInvalid {}
+
 type Scalar = string | number | bigint | boolean
 
 class Cursor {
   offset = 0
   constructor(readonly view: DataView, readonly bytes: Uint8Array) {}
   need(n: number) {
-    if (this.offset + n > this.view.byteLength) throw new GgufInvalid("header is truncated")
+    if (this.offset + n > this.view.byteLength) throw new GgufTruncated("header is truncated")
   }
   u8() {
     this.need(1)

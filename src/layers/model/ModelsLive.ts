@@ -18,7 +18,7 @@ import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { type MicroagentError, NotFound, Permanent, PolicyDenied, Transient } from "../../domain/Errors.ts"
-import { type GgufInfo, GgufInvalid, parseGgufHeader } from "../../domain/Gguf.ts"
+import { type GgufInfo, GgufInvalid, GgufTruncated, parseGgufHeader } from "../../domain/Gguf.ts"
 import {
   canonicalModelRef,
   type ModelRef,
@@ -88,13 +88,20 @@ const fsTry = <A>(what: string, f: () => A) =>
       new Permanent({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}` })
   })
 
+/** Parses the header from a prefix of the file: 1 MiB first, four times more while it runs past it. */
 const readHead = (path: string): GgufInfo => {
   const fd = NodeFs.openSync(path, "r")
   try {
-    const size = Math.min(NodeFs.fstatSync(fd).size, headerBytes)
-    const buf = Buffer.alloc(size)
-    NodeFs.readSync(fd, buf, 0, size, 0)
-    return parseGgufHeader(buf)
+    const limit = Math.min(NodeFs.fstatSync(fd).size, headerBytes)
+    for (let size = Math.min(limit, 1024 * 1024);; size = Math.min(limit, size * 4)) {
+      const buf = Buffer.alloc(size)
+      NodeFs.readSync(fd, buf, 0, size, 0)
+      try {
+        return parseGgufHeader(buf)
+      } catch (error) {
+        if (!(error instanceof GgufTruncated) || size >= limit) throw error
+      }
+    }
   } finally {
     NodeFs.closeSync(fd)
   }
@@ -242,6 +249,8 @@ export const ModelsLive = Layer.effect(
       const partial = NodePath.join(partials, `sha256-${expected.hex}`)
       const url = resolveUrl(endpoint, ref)
       const final = blobPath(expected.hex)
+      // The header is checked once: on the download before it is published, or on the stored file.
+      let checked: GgufInfo | undefined
       if (!NodeFs.existsSync(final)) {
         const existing = yield* hashExisting(partial)
         const what = `download of ${canonical}`
@@ -289,13 +298,13 @@ export const ModelsLive = Layer.effect(
             })
           )
         }
-        yield* checkHeader(partial, canonical).pipe(Effect.tapError(() => discard))
+        checked = yield* checkHeader(partial, canonical).pipe(Effect.tapError(() => discard))
         yield* fsTry("publishing the model blob", () => {
           NodeFs.chmodSync(partial, 0o600)
           NodeFs.renameSync(partial, final)
         })
       }
-      const gguf = yield* checkHeader(final, canonical)
+      const gguf = checked ?? (yield* checkHeader(final, canonical))
       const record = new ModelRecord({
         ref: canonical,
         resolvedUrl: url,
