@@ -114,8 +114,11 @@ describe("model runners", () => {
     const after = await ok("model", "serve", ref, "--ctx", "256")
     assert.notStrictEqual(after.pid, before.pid)
     assert.strictEqual((await fetch(`${after.url}/models`)).status, 200)
+    // A model deleted while served: its runner is still found and stopped by the reference.
+    await ok("model", "delete", ref)
     const stopped = await ok("model", "stop", ref)
     assert.strictEqual(stopped.pid, after.pid)
+    await ok("model", "pull", ref)
     assert.isFalse(alive(after.pid))
     assert.strictEqual(errorOf(await run("model", "stop", ref, "--json")).error.kind, "not_found")
   }, 180_000)

@@ -16,6 +16,7 @@ import * as NodeHttp from "node:http"
 import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
 import { type MicroagentError, NotFound, Permanent, Transient } from "../../domain/Errors.ts"
+import { canonicalModelRef, parseModelRef } from "../../domain/ModelRef.ts"
 import { Home } from "../../services/Home.ts"
 import {
   ModelRunners,
@@ -309,10 +310,8 @@ export const ModelRunnersLive = Layer.effect(
     })
 
     const stop: ModelRunnersShape["stop"] = Effect.fn("ModelRunners.stop")(function*(ref) {
-      const wanted = yield* models.inspect(ref).pipe(
-        Effect.map((m) => m.ref),
-        Effect.catchTag("NotFound", () => Effect.succeed(ref))
-      )
+      // By the canonical reference, so a runner of a model deleted since is still found.
+      const wanted = canonicalModelRef(yield* parseModelRef(ref))
       const path = recordPath(wanted)
       const record = live(path)
       if (Option.isNone(record)) {
