@@ -6,6 +6,7 @@ import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
 import { fabricProblem } from "../layers/network/Fabric.ts"
+import { onPath } from "../layers/process/Installed.ts"
 import { evidenceOfRecords } from "../layers/state/Database.ts"
 import type { HomeShape } from "../services/Home.ts"
 import { checkStateFile } from "./State.ts"
@@ -28,19 +29,6 @@ const firstLine = (command: string, args: ReadonlyArray<string>): string => {
   })
   return `${result.stdout ?? ""}${result.stderr ?? ""}`.split("\n").find((line) => line.trim().length > 0)
     ?.trim() ?? ""
-}
-
-const onPath = (command: string): string | undefined => {
-  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":").concat(["/usr/sbin", "/sbin"])) {
-    const path = `${dir}/${command}`
-    try {
-      NodeFs.accessSync(path, NodeFs.constants.X_OK)
-      return path
-    } catch {
-      // Not here.
-    }
-  }
-  return undefined
 }
 
 const tool = (

@@ -48,7 +48,7 @@ export const makeHostHandlers = Effect.gen(function*() {
   const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
   const runners = yield* Effect.cached(
     ModelRunners.pipe(
-      Effect.provide(ModelRunnersLive.pipe(Layer.provide(ModelsLive), Layer.provide(here)))
+      Effect.provide(ModelRunnersLive.pipe(Layer.provide(Layer.effect(Models, models)), Layer.provide(here)))
     )
   )
   return {

@@ -25,7 +25,7 @@ import {
   type ServeOptions
 } from "../../services/ModelRunners.ts"
 import { Models } from "../../services/Models.ts"
-import { installedFile } from "../process/Installed.ts"
+import { installedFile, onPath } from "../process/Installed.ts"
 import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
 
 const decodeRecord = Schema.decodeUnknownOption(Schema.parseJson(RunnerRecord))
@@ -33,16 +33,6 @@ const encodeRecord = Schema.encodeSync(Schema.parseJson(RunnerRecord))
 
 /** How long a starting runner has to answer (loading a large model from a cold disk takes a while). */
 const readyTimeoutMs = 120_000
-
-const which = (name: string): string | undefined =>
-  (process.env.PATH ?? "").split(":").filter((d) => d !== "").map((d) => NodePath.join(d, name)).find((p) => {
-    try {
-      NodeFs.accessSync(p, NodeFs.constants.X_OK)
-      return true
-    } catch {
-      return false
-    }
-  })
 
 /** `$MICROAGENT_MODEL_RUNNER_SCRIPT`, else the bundle beside this module or in an ancestor's bin/. */
 const embeddedScript = (): string | undefined =>
@@ -168,7 +158,7 @@ export const ModelRunnersLive = Layer.effect(
         )
         return Effect.succeed({ kind: "custom", argv: [...argv, ...extra] })
       }
-      const server = process.env.MICROAGENT_LLAMA_SERVER || which("llama-server")
+      const server = process.env.MICROAGENT_LLAMA_SERVER || onPath("llama-server")
       if (server !== undefined) {
         return Effect.succeed({
           kind: "llama-server",

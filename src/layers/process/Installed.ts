@@ -1,6 +1,6 @@
 /**
  * Where the files microagent ships beside its code are found (the guest agent, the egress mediator, the
- * model runner): a path relative to this module's directory or to one of its ancestors, which covers
+ * model runner), and host commands on the PATH: a shipped file is a path relative to this module's directory or to one of its ancestors, which covers
  * the source tree, the bundles in bin/ and the compiled library in an installed package's dist/.
  */
 import * as NodeFs from "node:fs"
@@ -25,4 +25,19 @@ export const installedFile = (variable: string, relatives: ReadonlyArray<string>
   const explicit = process.env[variable]
   if (explicit !== undefined && explicit !== "") return NodePath.resolve(explicit)
   return besideAncestors(relatives).find((path) => NodeFs.existsSync(path))
+}
+
+/** The first executable `command` on the PATH (then /usr/sbin and /sbin), if any. */
+export const onPath = (command: string): string | undefined => {
+  for (const dir of (process.env.PATH ?? "/usr/bin:/bin").split(":").concat(["/usr/sbin", "/sbin"])) {
+    if (dir === "") continue
+    const path = NodePath.join(dir, command)
+    try {
+      NodeFs.accessSync(path, NodeFs.constants.X_OK)
+      return path
+    } catch {
+      // Not here.
+    }
+  }
+  return undefined
 }
