@@ -1,6 +1,6 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
 // bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server),
-// and bin/microagent-model-runner.mjs, the embedded model runner.
+// bin/microagent-model-runner.mjs, the embedded model runner, and bin/microagent-model-bridge.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { chmodSync, readFileSync } from "node:fs"
@@ -67,6 +67,9 @@ await build({
   outfile: "bin/microagent-model-runner.mjs",
   external: ["node-llama-cpp"]
 })
+
+// A paired workspace's model bridge (one detached process per running workspace).
+await build({ ...common, entryPoints: ["src/bridge/bin.ts"], outfile: "bin/microagent-model-bridge.mjs" })
 
 await build({
   ...common,

@@ -37,6 +37,10 @@ typedef struct {
  * and grace in ms. Only returns in host mode or to let PID 1 power off. */
 int ma_serve(const ma_serve_config *cfg, uint32_t *grace_ms);
 
+/* The model forwarder (modelfwd.c): forks a child serving guest 127.0.0.1:tcp_port over the
+ * virtio-serial port named port_name. */
+void ma_modelfwd_start(const char *port_name, unsigned tcp_port);
+
 /* PID 1 duties (init.c). */
 void ma_init_main(void) __attribute__((noreturn));
 void ma_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

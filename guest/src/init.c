@@ -43,6 +43,7 @@ typedef struct {
   char channel[128];
   char nets[MAX_NETS][64]; /* microagent.netN=MAC,ADDRESS/PREFIX: a NIC on a named network */
   int all_modules;         /* microagent.modules=all: load every module, whatever the boot uses */
+  unsigned model_port;     /* microagent.model=PORT: forward guest 127.0.0.1:PORT to the host's model */
 } boot_config;
 
 static boot_config bc;
@@ -228,6 +229,7 @@ static void parse_cmdline(void) {
     else if (!strncmp(key, "net", 3) && key[3] >= '1' && key[3] < '1' + MAX_NETS && !key[4])
       set_str(bc.nets[key[3] - '1'], sizeof bc.nets[0], v);
     else if (!strcmp(key, "modules")) bc.all_modules = !strcmp(v, "all");
+    else if (!strcmp(key, "model")) bc.model_port = (unsigned)strtoul(v, NULL, 10) & 0xffffu;
     else if (!strcmp(key, "debug")) ma_debug = !strcmp(v, "1");
   }
 }
@@ -649,6 +651,7 @@ void ma_init_main(void) {
   } else {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
+  if (bc.model_port) ma_modelfwd_start("microagent.model", bc.model_port);
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

@@ -196,6 +196,21 @@ export const workspaceOptions = {
     Options.withDescription("YAML/JSON with allow and passthrough lists"),
     Options.optional
   ),
+  model: Options.text("model").pipe(
+    Options.withPseudoName("REF"),
+    Options.withDescription("a GGUF model the guest reaches at $OPENAI_BASE_URL"),
+    Options.optional
+  ),
+  modelMediation: Options.choice("model-mediation", ["off", "local-allow", "policy"]).pipe(
+    Options.withPseudoName("MODE"),
+    Options.withDescription("off (default), local-allow or policy (audited)"),
+    Options.optional
+  ),
+  modelPolicyFile: Options.text("model-policy-file").pipe(
+    Options.withPseudoName("FILE"),
+    Options.withDescription("the model policy for --model-mediation policy"),
+    Options.optional
+  ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
   ttl: ttlOption,
   volume: volumeFlag,

@@ -164,11 +164,14 @@ const workspaceFields = (
     readonly egressMaxTotalBytes: Option.Option<number>
     readonly egressMaxBps: Option.Option<number>
     readonly egressPolicy: Option.Option<string>
+    readonly model: Option.Option<string>
+    readonly modelMediation: Option.Option<"off" | "local-allow" | "policy">
+    readonly modelPolicyFile: Option.Option<string>
   },
   spec: Spec
 ) =>
   Effect.map(
-    Effect.all([networkFields(options, spec), egressPolicyFileOf(options)]),
+    Effect.all([networkFields(options, spec), egressPolicyFileOf(options), modelFlagsAlone(options)]),
     ([network, fileAllow]) => ({
       egress: egressPolicyOf(options, spec, fileAllow),
       profile: orUndefined(options.profile) ?? spec.profile,
@@ -178,9 +181,42 @@ const workspaceFields = (
       hostname: orUndefined(options.hostname) ?? spec.hostname,
       ...(options.refuseDevices ? { refuseDevices: true } : {}),
       ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
+      ...modelOf(options),
       ...network
     })
   )
+
+const modelFlagsAlone = (options: {
+  readonly model: Option.Option<string>
+  readonly modelMediation: Option.Option<string>
+  readonly modelPolicyFile: Option.Option<string>
+}) =>
+  Option.isNone(options.model)
+    && (Option.isSome(options.modelMediation) || Option.isSome(options.modelPolicyFile))
+    ? Effect.fail(
+      new InvalidInput({
+        message: "--model-mediation and --model-policy-file need --model REF",
+        remediation: "add --model with the model's reference (`microagent model list`)"
+      })
+    )
+    : Effect.void
+
+/** `--model REF [--model-mediation MODE] [--model-policy-file FILE]`; the mediation flags need a model. */
+const modelOf = (options: {
+  readonly model: Option.Option<string>
+  readonly modelMediation: Option.Option<"off" | "local-allow" | "policy">
+  readonly modelPolicyFile: Option.Option<string>
+}) =>
+  Option.match(options.model, {
+    onNone: () => ({}),
+    onSome: (model) => ({
+      model: {
+        model,
+        mediation: orUndefined(options.modelMediation),
+        policyFile: orUndefined(options.modelPolicyFile)
+      }
+    })
+  })
 
 /** `--egress-policy FILE`: its destinations, checked; refused with `--egress off` (nothing to apply them). */
 const egressPolicyFileOf = (

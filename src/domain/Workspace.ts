@@ -5,6 +5,7 @@ import { Schema } from "effect"
 import { Addressing } from "./Addressing.ts"
 import { EgressPolicy } from "./Egress.ts"
 import { FileCopy } from "./FileCopy.ts"
+import { ModelMediation } from "./ModelPolicy.ts"
 import { State } from "./State.ts"
 
 /** Names that collide with directories of the state root. */
@@ -217,6 +218,15 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   ports: Schema.optionalWith(Schema.Array(PublishedPort), { default: () => [] }),
   /** Named networks this workspace is a member of (its address on each is in the store). */
   networks: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /**
+   * The model the guest reaches at http://127.0.0.1:11434/v1 (`--model`): its canonical reference, how
+   * its requests are mediated, and for `policy` the policy file (read again at each start).
+   */
+  model: Schema.optional(Schema.Struct({
+    ref: Schema.String,
+    mediation: ModelMediation,
+    policyFile: Schema.optional(Schema.String)
+  })),
   /** Egress mediation of the user network; absent means the default (`broker`). */
   egress: Schema.optional(EgressPolicy),
   mounts: Schema.optionalWith(Schema.Array(Mount), { default: () => [] }),

@@ -34,6 +34,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { resolveFileCopies } from "./internal/FileDelivery.ts"
+import { modelEnv, type PairingRequest, resolvePairing } from "./internal/ModelPairing.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
 import { stagingName } from "./internal/Staging.ts"
@@ -67,6 +68,8 @@ export interface CreateOptions {
   readonly networks?: ReadonlyArray<string> | undefined
   /** Egress mediation of the user network (default `broker`). */
   readonly egress?: EgressPolicy | undefined
+  /** A model the guest reaches at http://127.0.0.1:11434/v1 (pulled if it is not in the store). */
+  readonly model?: PairingRequest | undefined
   /** The guest's own addressing on the user network (checked by `addressingOf`). */
   readonly addressing?: AddressingRequest | undefined
   readonly mounts?: ReadonlyArray<Mount> | undefined
@@ -185,6 +188,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
   const images = yield* ImageStore
   const hypervisor = yield* Hypervisor
 
+  const model = options.model === undefined ? undefined : yield* resolvePairing(options.model)
   const image = yield* images.ensure(options.image, {
     ...(resources.sizeMiB === undefined ? {} : { sizeMiB: resources.sizeMiB }),
     ...(options.refuseDevices === true ? { refuseDevices: true } : {})
@@ -204,13 +208,14 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ...(options.profile === undefined ? {} : { profile: options.profile }),
       resources,
       image: new ImageInfo({ ...image.config, ref: image.ref, digest: image.digest }),
-      env: { ...options.env },
+      env: { ...(model === undefined ? {} : modelEnv), ...options.env },
       hostname: options.hostname ?? hostnameFor(name),
       network: options.network ?? "user",
       restart: options.restart ?? "never",
       ports: options.ports ?? [],
       networks: options.networks ?? [],
       ...(options.egress === undefined ? {} : { egress: new EgressPolicy(options.egress) }),
+      ...(model === undefined ? {} : { model }),
       ...(addressing === undefined ? {} : { addressing }),
       mounts: options.mounts ?? [],
       secrets: options.secrets ?? [],

@@ -9,6 +9,7 @@ import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { collectEntrypoint } from "./Entrypoint.ts"
+import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
@@ -50,7 +51,12 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
       })
     }
     return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })
-  })).pipe(Effect.tap(releaseMounts), Effect.tap(detachNetworks), Effect.uninterruptible)
+  })).pipe(
+    Effect.tap(releaseMounts),
+    Effect.tap(detachNetworks),
+    Effect.tap(releaseModel),
+    Effect.uninterruptible
+  )
 })
 
 export interface KillOptions {
@@ -79,7 +85,8 @@ export const kill = Effect.fn("kill")(function*(name: string, options: KillOptio
       // Now stopped, the record owns no VMM: any still running for it (a start that died) goes too.
       Effect.tap(() => reapOrphanVmms({ workspace: name })),
       Effect.tap(releaseMounts),
-      Effect.tap(detachNetworks)
+      Effect.tap(detachNetworks),
+      Effect.tap(releaseModel)
     )
   )
 })

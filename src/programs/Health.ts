@@ -15,6 +15,7 @@ import type { HealthCheck, Workspace } from "../domain/Workspace.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { guestRun } from "./Entrypoint.ts"
+import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
@@ -104,6 +105,7 @@ export const failUnhealthy = Effect.fn("failUnhealthy")(
         Effect.tap(() => Option.isSome(handle) ? hypervisor.kill(handle.value) : Effect.void),
         Effect.tap(() => reapOrphanVmms({ workspace: name })),
         Effect.tap(releaseMounts),
+        Effect.tap(releaseModel),
         Effect.tap(detachNetworks)
       )
     )

@@ -23,6 +23,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { copyDisk } from "./internal/DiskCopy.ts"
+import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
@@ -191,6 +192,7 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
     yield* reapOrphanVmms({ workspace: name })
     const stopped = yield* store.update(name, (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace))
     yield* releaseMounts(stopped)
+    yield* releaseModel(stopped)
     yield* detachNetworks(stopped)
     yield* store.appendEvent(name, {
       type: "custody",

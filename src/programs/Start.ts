@@ -31,6 +31,7 @@ import {
 } from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
+import { attachModel, ensureModelRunner } from "./internal/ModelPairing.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
@@ -281,6 +282,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
   yield* preflightEgress(current)
+  // A paired model's runner is up before the VM boots (pulling the model if the store lost it).
+  const modelChannel = yield* ensureModelRunner(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
   // before the workspace changes state, so a slow first install leaves nothing half-started.
   const kernels = yield* Effect.serviceOption(KernelCache)
@@ -350,7 +353,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       network: starting.network,
       ...(starting.addressing === undefined ? {} : { addressing: starting.addressing }),
       ports: starting.ports.map((p) => new PortForward(p)),
-      bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60
+      bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60,
+      ...(modelChannel ? { modelChannel: true } : {})
     })
 
     return yield* Effect.uninterruptibleMask((restore) =>
@@ -450,6 +454,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
             )
           )
         )
+        // The model bridge holds the runner while the VM runs; without it the start fails.
+        yield* attachModel(running, handle).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
         // Running on the restored disk: the previous one goes; so does a used resume state.
         if (previousDisk !== undefined) yield* removePath(previousDisk)
         // (A roll back also ends a pending resume, which the `booted` patch cleared.)

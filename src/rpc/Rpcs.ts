@@ -12,6 +12,7 @@ import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
+import { ModelMediation } from "../domain/ModelPolicy.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { RunPlan } from "../domain/Plan.ts"
 import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
@@ -78,7 +79,16 @@ export const WorkspaceFields = {
   /** Refuse an image whose layers hold character or block devices (accepted by default). */
   refuseDevices: Schema.optional(Schema.Boolean),
   /** A lease in seconds (0: none): past it `gc` stops the workspace. */
-  ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative()))
+  ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
+  /**
+   * A model the guest reaches at http://127.0.0.1:11434/v1, how its requests are mediated, and for
+   * `policy` the policy file (a host path, read by the runtime).
+   */
+  model: Schema.optional(Schema.Struct({
+    model: Schema.String,
+    mediation: Schema.optional(ModelMediation),
+    policyFile: Schema.optional(Schema.String)
+  }))
 }
 
 const { tty: _tty, ...execRequestFields } = ExecRequest.fields

@@ -119,6 +119,7 @@ const createOptionsOf = (
   outputs: p.outputs,
   refuseDevices: p.refuseDevices,
   ttlSeconds: p.ttlSeconds,
+  model: p.model,
   restart: p.restart,
   entrypoint: p.entrypoint,
   files: p.files,

@@ -78,7 +78,12 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
    * The user network behind the egress mediator: the VMM runs in this network namespace and uses
    * the tap made there instead of its own user-mode NAT (which would reach the host's loopback).
    */
-  egress: Schema.optional(Schema.Struct({ netns: Schema.String, tap: Schema.String }))
+  egress: Schema.optional(Schema.Struct({ netns: Schema.String, tap: Schema.String })),
+  /**
+   * A model channel (the workspace is paired with a model): the guest's 127.0.0.1:11434 is carried over
+   * a second guest channel to `model.sock` in the runtime directory, where the model bridge serves it.
+   */
+  modelChannel: Schema.optional(Schema.Boolean)
 }) {}
 
 /** A launched VMM, persisted in the store so that any later process can re-attach to it. */

@@ -24,6 +24,10 @@ export class RunnerRecord extends Schema.Class<RunnerRecord>("RunnerRecord")({
   command: Schema.Array(Schema.String),
   /** Started by `serve` (kept until `stop`), rather than held for workspaces only. */
   pinned: Schema.Boolean,
+  /** Started by `serve --dedicated`: exclusive to its caller, never shared with workspaces. */
+  dedicated: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** The workspaces holding it (paired and running); filled in by `list`. */
+  holders: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   startedAt: Schema.String,
   log: Schema.String
 }) {}
@@ -39,13 +43,48 @@ export interface ServeOptions {
   readonly port?: number | undefined
   /** Context size for the llama.cpp runners (default 4096, capped at the model's). */
   readonly contextSize?: number | undefined
+  /** A runner of its own, not shared with workspaces or other `serve` calls. */
+  readonly dedicated?: boolean | undefined
+}
+
+/** How a paired workspace's model bridge treats the guest's requests (see domain/ModelPolicy.ts). */
+export interface BridgeOptions {
+  readonly workspace: string
+  /** The model's canonical reference. */
+  readonly ref: string
+  /** QEMU's end of the model channel. */
+  readonly socket: string
+  /** The VMM; the bridge ends with it. */
+  readonly vmmPid: number
+  readonly vmmStartTime?: string | undefined
+  readonly mediation: "off" | "local-allow" | "policy"
+  /** For `policy`: the policy file (validated before). */
+  readonly policyFile?: string | undefined
+  /** Where the mediator appends its audit (JSON lines). */
+  readonly auditLog: string
+}
+
+/** A hold let go: the runner, and whether it stopped for want of holders. */
+export interface Released {
+  readonly ref: string
+  readonly pid: number
+  readonly stopped: boolean
 }
 
 export interface ModelRunnersShape {
   /** The model's runner, started (and health-probed) unless a live one serves it already. */
   readonly serve: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
-  /** Stops the model's runner. */
+  /** Stops the model's runners (the shared one and any dedicated ones); returns the first. */
   readonly stop: (ref: string) => Effect.Effect<RunnerRecord, MicroagentError>
+  /**
+   * The runner a paired workspace uses: the model's shared runner, started unpinned (it stops with its
+   * last holder) unless one runs already.
+   */
+  readonly ensureShared: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
+  /** Starts the workspace's model bridge on its VMM's model channel and records the workspace as a holder. */
+  readonly attach: (options: BridgeOptions) => Effect.Effect<{ readonly bridgePid: number }, MicroagentError>
+  /** Lets go of the workspace's holds (ending its bridge); unpinned runners left unheld stop. */
+  readonly release: (workspace: string) => Effect.Effect<ReadonlyArray<Released>, MicroagentError>
   /** The live runners; dead ones are dropped from the records. */
   readonly list: Effect.Effect<ReadonlyArray<RunnerRecord>, MicroagentError>
 }

@@ -20,6 +20,8 @@ import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
 import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
 import { ImageStoreLive } from "../image/ImageStoreLive.ts"
 import { FileKernelCache } from "../kernel/FileKernelCache.ts"
+import { ModelRunnersLive } from "../model/ModelRunnersLive.ts"
+import { ModelsLive } from "../model/ModelsLive.ts"
 import { EgressLive } from "../network/EgressLive.ts"
 import { NetworksLive } from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
@@ -71,7 +73,9 @@ const qemuLayer = Layer.unwrapEffect(
         ImageStoreLive,
         FileKernelCache.layer(),
         NetworksLive,
-        EgressLive
+        EgressLive,
+        // Models and their runners, for workspaces paired with a model (`--model`).
+        ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))
       ).pipe(
         Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
         Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive))

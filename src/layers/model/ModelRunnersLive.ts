@@ -10,7 +10,6 @@
  */
 import { Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import * as NodeChild from "node:child_process"
-import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeNet from "node:net"
@@ -21,15 +20,37 @@ import { Home } from "../../services/Home.ts"
 import {
   ModelRunners,
   type ModelRunnersShape,
+  type Released,
   RunnerRecord,
   type ServeOptions
 } from "../../services/ModelRunners.ts"
 import { Models } from "../../services/Models.ts"
 import { installedFile, onPath } from "../process/Installed.ts"
 import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
+import {
+  addHolder,
+  dropHolder,
+  endProcess,
+  liveHolders,
+  readRecord,
+  recordPath,
+  removeRunnerFiles,
+  runnerId,
+  runnerIds,
+  runnersDir,
+  stopIfUnheld,
+  tryLock,
+  unlock
+} from "./RunnerFiles.ts"
 
-const decodeRecord = Schema.decodeUnknownOption(Schema.parseJson(RunnerRecord))
 const encodeRecord = Schema.encodeSync(Schema.parseJson(RunnerRecord))
+
+/** `$MICROAGENT_MODEL_BRIDGE_SCRIPT`, else the bundle beside this module or in an ancestor's bin/. */
+const bridgeScript = (): string | undefined =>
+  installedFile("MICROAGENT_MODEL_BRIDGE_SCRIPT", [
+    "microagent-model-bridge.mjs",
+    "bin/microagent-model-bridge.mjs"
+  ])
 
 /** How long a starting runner has to answer (loading a large model from a cold disk takes a while). */
 const readyTimeoutMs = 120_000
@@ -101,9 +122,7 @@ export const ModelRunnersLive = Layer.effect(
   Effect.gen(function*() {
     const home = yield* Home
     const models = yield* Models
-    const dir = NodePath.join(home.root, "run", "models")
-    const idOf = (ref: string) => createHash("sha256").update(ref).digest("hex").slice(0, 16)
-    const recordPath = (ref: string) => NodePath.join(dir, `${idOf(ref)}.json`)
+    const dir = runnersDir(home.root)
 
     const io = <A>(what: string, f: () => A) =>
       Effect.try({
@@ -112,20 +131,12 @@ export const ModelRunnersLive = Layer.effect(
           new Permanent({ message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}` })
       })
 
-    const read = (path: string): Option.Option<RunnerRecord> => {
-      try {
-        return decodeRecord(NodeFs.readFileSync(path, "utf8"))
-      } catch {
-        return Option.none()
-      }
-    }
-
-    /** The record of a live runner; a dead runner's record is removed. */
-    const live = (path: string): Option.Option<RunnerRecord> => {
-      const record = read(path)
+    /** The record of a live runner; a dead runner's files are removed. */
+    const live = (id: string): Option.Option<RunnerRecord> => {
+      const record = readRecord(recordPath(dir, id))
       if (Option.isNone(record)) return record
       if (isAlive(record.value.pid, record.value.startTime)) return record
-      NodeFs.rmSync(path, { force: true })
+      removeRunnerFiles(dir, id)
       return Option.none()
     }
 
@@ -217,94 +228,150 @@ export const ModelRunnersLive = Layer.effect(
         if (!gone) signal(record.pid, "SIGKILL")
       })
 
-    const serve: ModelRunnersShape["serve"] = Effect.fn("ModelRunners.serve")(function*(ref, options = {}) {
-      const model = yield* models.inspect(ref)
-      yield* home.ensureDir(dir)
-      const path = recordPath(model.ref)
-      const existing = live(path)
-      if (Option.isSome(existing)) {
-        if (yield* Effect.promise(() => answers(existing.value.url))) return existing.value
-        // Alive but not answering: replace it.
-        yield* stopProcess(existing.value)
-        NodeFs.rmSync(path, { force: true })
-      }
-      const port = options.port ?? (yield* Effect.promise(freePort))
-      const { argv, kind } = yield* commandFor(model.path, model.ref, port, options)
-      const log = NodePath.join(dir, `${idOf(model.ref)}.log`)
-      const child = yield* io(`starting the model runner ${argv[0]}`, () => {
-        const fd = NodeFs.openSync(log, "w", 0o600)
-        try {
-          const spawned = NodeChild.spawn(argv[0]!, argv.slice(1), {
-            detached: true,
-            stdio: ["ignore", fd, fd]
-          })
-          spawned.unref()
-          return spawned
-        } finally {
-          NodeFs.closeSync(fd)
-        }
-      })
-      const pid = yield* Effect.async<number, MicroagentError>((resume) => {
-        if (child.pid !== undefined) return resume(Effect.succeed(child.pid))
-        child.once(
-          "error",
-          (error) =>
-            resume(
-              Effect.fail(
-                new Permanent({ message: `cannot start the model runner ${argv[0]}: ${error.message}` })
-              )
+    /**
+     * The model's runner: a live, answering one is returned (pinned if `pinned`); otherwise one is
+     * started. A dedicated runner is always a new one.
+     */
+    const ensure = Effect.fn("ModelRunners.ensure")(
+      function*(ref: string, options: ServeOptions, pinned: boolean) {
+        const model = yield* models.inspect(ref)
+        yield* home.ensureDir(dir)
+        const dedicated = options.dedicated === true
+        const id = runnerId(model.ref, dedicated)
+        const path = recordPath(dir, id)
+        const existing = dedicated ? Option.none() : live(id)
+        if (Option.isSome(existing)) {
+          if (yield* Effect.promise(() => answers(existing.value.url))) {
+            if (!pinned || existing.value.pinned) return existing.value
+            const repinned = new RunnerRecord({ ...existing.value, pinned: true })
+            yield* io(
+              "recording the model runner",
+              () => NodeFs.writeFileSync(path, encodeRecord(repinned), { mode: 0o600 })
             )
-        )
-      })
-      const record = new RunnerRecord({
-        ref: model.ref,
-        digest: model.digest,
-        runner: kind,
-        pid,
-        startTime: startTimeOf(pid),
-        port,
-        url: `http://127.0.0.1:${port}/v1`,
-        command: argv,
-        pinned: true,
-        startedAt: new Date().toISOString(),
-        log
-      })
-      yield* io(
-        "recording the model runner",
-        () => NodeFs.writeFileSync(path, encodeRecord(record), { mode: 0o600 })
-      )
-      const deadline = Date.now() + readyTimeoutMs
-      for (;;) {
-        if (yield* Effect.promise(() => answers(record.url))) return record
-        const exited = !isAlive(pid, record.startTime)
-        if (exited || Date.now() > deadline) {
-          yield* stopProcess(record)
+            return repinned
+          }
+          // Alive but not answering: replace it.
+          yield* stopProcess(existing.value)
           NodeFs.rmSync(path, { force: true })
-          const tail = tailOf(log)
-          return yield* Effect.fail(
-            exited
-              ? new Permanent({
-                message: `the model runner for ${model.ref} exited before it answered${
-                  tail === "" ? "" : `:\n${tail}`
-                }`,
-                remediation: `its output is in ${log}`
-              })
-              : new Transient({
-                message: `the model runner for ${model.ref} did not answer within ${readyTimeoutMs / 1000} s`,
-                remediation: `its output is in ${log}; serve again once the host is less busy`
-              })
-          )
         }
-        yield* Effect.sleep(Duration.millis(200))
+        const port = options.port ?? (yield* Effect.promise(freePort))
+        const { argv, kind } = yield* commandFor(model.path, model.ref, port, options)
+        const log = NodePath.join(dir, `${id}.log`)
+        const child = yield* io(`starting the model runner ${argv[0]}`, () => {
+          const fd = NodeFs.openSync(log, "w", 0o600)
+          try {
+            const spawned = NodeChild.spawn(argv[0]!, argv.slice(1), {
+              detached: true,
+              stdio: ["ignore", fd, fd]
+            })
+            spawned.unref()
+            return spawned
+          } finally {
+            NodeFs.closeSync(fd)
+          }
+        })
+        const pid = yield* Effect.async<number, MicroagentError>((resume) => {
+          if (child.pid !== undefined) {
+            return resume(Effect.succeed(child.pid))
+          }
+          child.once(
+            "error",
+            (error) =>
+              resume(
+                Effect.fail(
+                  new Permanent({ message: `cannot start the model runner ${argv[0]}: ${error.message}` })
+                )
+              )
+          )
+        })
+        const record = new RunnerRecord({
+          ref: model.ref,
+          digest: model.digest,
+          runner: kind,
+          pid,
+          startTime: startTimeOf(pid),
+          port,
+          url: `http://127.0.0.1:${port}/v1`,
+          command: argv,
+          pinned,
+          dedicated,
+          startedAt: new Date().toISOString(),
+          log
+        })
+        yield* io(
+          "recording the model runner",
+          () => NodeFs.writeFileSync(path, encodeRecord(record), { mode: 0o600 })
+        )
+        // Interrupted before the runner answers (Ctrl-C on `model serve`): the runner goes too.
+        return yield* Effect.onInterrupt(
+          waitReady(record, path, log),
+          () =>
+            stopProcess(record).pipe(Effect.zipRight(Effect.sync(() => NodeFs.rmSync(path, { force: true }))))
+        )
       }
-    })
+    )
+
+    const waitReady = (record: RunnerRecord, path: string, log: string) =>
+      Effect.gen(function*() {
+        const pid = record.pid
+        const deadline = Date.now() + readyTimeoutMs
+        for (;;) {
+          if (yield* Effect.promise(() => answers(record.url))) return record
+          const exited = !isAlive(pid, record.startTime)
+          if (exited || Date.now() > deadline) {
+            yield* stopProcess(record)
+            NodeFs.rmSync(path, { force: true })
+            const tail = tailOf(log)
+            return yield* Effect.fail(
+              exited
+                ? new Permanent({
+                  message: `the model runner for ${record.ref} exited before it answered${
+                    tail === "" ? "" : `:\n${tail}`
+                  }`,
+                  remediation: `its output is in ${log}`
+                })
+                : new Transient({
+                  message: `the model runner for ${record.ref} did not answer within ${
+                    readyTimeoutMs / 1000
+                  } s`,
+                  remediation: `its output is in ${log}; serve again once the host is less busy`
+                })
+            )
+          }
+          yield* Effect.sleep(Duration.millis(200))
+        }
+      })
+
+    /**
+     * One start of a model's shared runner at a time, across processes: a lock file holding the
+     * locker's pid (a lock whose process is gone is taken over).
+     */
+    const locked = <A, E, R>(ref: string, effect: Effect.Effect<A, E, R>) => {
+      const id = runnerId(ref)
+      const acquire = Effect.sync(() => tryLock(dir, id)).pipe(
+        Effect.repeat({ schedule: Schedule.spaced(Duration.millis(100)), until: (taken) => taken })
+      )
+      return Effect.acquireUseRelease(acquire, () => effect, () => Effect.sync(() => unlock(dir, id)))
+    }
+
+    const serve: ModelRunnersShape["serve"] = (ref, options = {}) =>
+      options.dedicated === true ? ensure(ref, options, true) : locked(ref, ensure(ref, options, true))
+    const ensureShared: ModelRunnersShape["ensureShared"] = (ref, options = {}) =>
+      locked(ref, ensure(ref, { ...options, dedicated: false }, false))
+
+    const withHolders = (id: string, record: RunnerRecord) =>
+      new RunnerRecord({ ...record, holders: liveHolders(dir, id).map((h) => h.workspace) })
 
     const stop: ModelRunnersShape["stop"] = Effect.fn("ModelRunners.stop")(function*(ref) {
       // By the canonical reference, so a runner of a model deleted since is still found.
       const wanted = canonicalModelRef(yield* parseModelRef(ref))
-      const path = recordPath(wanted)
-      const record = live(path)
-      if (Option.isNone(record)) {
+      const found = runnerIds(dir).flatMap((id) => {
+        const record = live(id)
+        return Option.isSome(record) && record.value.ref === wanted
+          ? [{ id, record: withHolders(id, record.value) }]
+          : []
+      })
+      if (found.length === 0) {
         return yield* Effect.fail(
           new NotFound({
             message: `no runner serves ${wanted}`,
@@ -312,19 +379,72 @@ export const ModelRunnersLive = Layer.effect(
           })
         )
       }
-      yield* stopProcess(record.value)
-      yield* io("removing the runner's record", () => NodeFs.rmSync(path, { force: true }))
-      return record.value
+      for (const { id, record } of found) {
+        yield* stopProcess(record)
+        yield* io("removing the runner's record", () => removeRunnerFiles(dir, id))
+      }
+      return found[0]!.record
     })
 
-    const list: ModelRunnersShape["list"] = Effect.sync(() => {
-      if (!NodeFs.existsSync(dir)) return []
-      return NodeFs.readdirSync(dir).filter((name) => name.endsWith(".json")).flatMap((name) => {
-        const record = live(NodePath.join(dir, name))
-        return Option.isSome(record) ? [record.value] : []
+    const list: ModelRunnersShape["list"] = Effect.sync(() =>
+      runnerIds(dir).flatMap((id) => {
+        const record = live(id)
+        return Option.isSome(record) ? [withHolders(id, record.value)] : []
       }).sort((a, b) => a.ref.localeCompare(b.ref))
-    }).pipe(Effect.withSpan("ModelRunners.list"))
+    ).pipe(Effect.withSpan("ModelRunners.list"))
 
-    return ModelRunners.of({ serve, stop, list })
+    const attach: ModelRunnersShape["attach"] = Effect.fn("ModelRunners.attach")(function*(options) {
+      const script = bridgeScript()
+      if (script === undefined) {
+        return yield* new Permanent({
+          message: "the model bridge (microagent-model-bridge.mjs) is missing",
+          remediation: "reinstall microagent, or set MICROAGENT_MODEL_BRIDGE_SCRIPT"
+        })
+      }
+      const id = runnerId(options.ref)
+      // An earlier session's hold (its bridge gone or going) is replaced.
+      yield* release(options.workspace)
+      const log = NodePath.join(NodePath.dirname(options.auditLog), "model-bridge.log")
+      const child = yield* io("starting the model bridge", () => {
+        const fd = NodeFs.openSync(log, "a", 0o600)
+        try {
+          const spawned = NodeChild.spawn(
+            process.execPath,
+            [script, JSON.stringify({ ...options, dir, runnerId: id })],
+            { detached: true, stdio: ["ignore", fd, fd] }
+          )
+          spawned.unref()
+          return spawned
+        } finally {
+          NodeFs.closeSync(fd)
+        }
+      })
+      const pid = child.pid
+      if (pid === undefined) {
+        return yield* new Permanent({ message: "the model bridge did not start", remediation: `see ${log}` })
+      }
+      yield* io("recording the workspace's hold on its model runner", () =>
+        addHolder(dir, id, {
+          workspace: options.workspace,
+          pid,
+          startTime: startTimeOf(pid),
+          since: new Date().toISOString()
+        }))
+      return { bridgePid: pid }
+    })
+
+    const release: ModelRunnersShape["release"] = Effect.fn("ModelRunners.release")(function*(workspace) {
+      const dropped = dropHolder(dir, workspace)
+      const released: Array<Released> = []
+      for (const { holder, id } of dropped) {
+        yield* Effect.promise(() => endProcess(holder.pid, holder.startTime, 2000))
+        const record = readRecord(recordPath(dir, id))
+        const stopped = yield* Effect.promise(() => stopIfUnheld(dir, id))
+        if (Option.isSome(record)) released.push({ ref: record.value.ref, pid: record.value.pid, stopped })
+      }
+      return released
+    })
+
+    return ModelRunners.of({ serve, stop, list, ensureShared, attach, release })
   })
 )

@@ -145,7 +145,7 @@ const vcpuWhereabouts = (qmpSocket: string) =>
 
 const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
   Effect.sync(() => {
-    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile]) {
+    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile, paths.modelSocket]) {
       NodeFs.rmSync(file, { force: true })
     }
     if (options.console) NodeFs.rmSync(paths.consoleLog, { force: true })
@@ -408,7 +408,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           paths,
           bootProfile,
           kernelHz: config.kernelHz,
-          incoming: stateFile !== undefined
+          incoming: stateFile !== undefined,
+          modelChannel: config.modelChannel
         })
         const handleOf = (pid: number) =>
           new VmHandle({

@@ -59,14 +59,21 @@ export interface RuntimePaths {
   readonly agentSocket: string
   readonly consoleLog: string
   readonly pidFile: string
+  /** The model channel's socket (see modelPortName). */
+  readonly modelSocket: string
 }
 
 export const runtimePaths = (runtimeDir: string): RuntimePaths => ({
   qmpSocket: NodePath.join(runtimeDir, "qmp.sock"),
   agentSocket: NodePath.join(runtimeDir, "agent.sock"),
   consoleLog: NodePath.join(runtimeDir, "console.log"),
-  pidFile: NodePath.join(runtimeDir, "qemu.pid")
+  pidFile: NodePath.join(runtimeDir, "qemu.pid"),
+  modelSocket: NodePath.join(runtimeDir, "model.sock")
 })
+
+/** The virtio-serial port the guest's model forwarder uses, and the guest TCP port it serves. */
+export const modelPortName = "microagent.model"
+export const guestModelPort = 11434
 
 export interface QemuArgsInput {
   readonly workspace: string
@@ -96,6 +103,8 @@ export interface QemuArgsInput {
   readonly egressTap?: string | undefined
   /** Wait for a migration stream (`migrate-incoming` over QMP) instead of booting: a restore. */
   readonly incoming?: boolean | undefined
+  /** A model channel: guest 127.0.0.1:11434 forwarded over a second virtio-serial port. */
+  readonly modelChannel?: boolean | undefined
 }
 
 /**
@@ -193,6 +202,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
       : []),
     // Named networks: the agent configures the NIC with this MAC (`microagent.net1=MAC,ADDRESS/N`).
     ...(input.nics ?? []).map((nic, i) => `microagent.net${i + 1}=${nic.mac},${nic.address}`),
+    ...(input.modelChannel === true ? [`microagent.model=${guestModelPort}`] : []),
     ...(input.extraCmdline ?? [])
   ]
   return words.join(" ")
@@ -255,6 +265,14 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     `socket,id=agent,path=${escapeOption(input.paths.agentSocket)},server=on,wait=off`,
     "-device",
     `virtserialport,chardev=agent,name=${agentPortName}`,
+    ...(input.modelChannel === true
+      ? [
+        "-chardev",
+        `socket,id=model,path=${escapeOption(input.paths.modelSocket)},server=on,wait=off`,
+        "-device",
+        `virtserialport,chardev=model,name=${modelPortName}`
+      ]
+      : []),
     ...(input.network === "user" && input.egressTap !== undefined
       // Mediated: the same guest addressing, but the packets go to a tap in the workspace's namespace.
       ? [
