@@ -12,8 +12,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   run: [
     "microagent run alpine:3.20 -- echo hello",
     "microagent run --image alpine --setup 'apk add git' --exec 'git --version'",
-    "microagent run -v ./src:/work:ro --cwd /work --timeout 60 node:20 -- npm test",
-    "microagent run --keep --output out=/tmp/out alpine -- sh -c 'date > /tmp/out'"
+    "microagent run --model org/repo/model.gguf -- sh -c 'env | grep OPENAI'"
   ],
   init: [
     "microagent init my-agent",
@@ -28,7 +27,8 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
     "microagent create --image alpine:3.20 dev",
     "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
     "microagent create --dry-run --file microagent.yaml web",
-    "microagent create dev2 --from-snapshot dev:before-upgrade"
+    "microagent create dev2 --from-snapshot dev:before-upgrade",
+    "microagent create --model org/repo/m.gguf --model-mediation local-allow ai"
   ],
   start: [
     "microagent start dev",
@@ -179,10 +179,21 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "model serve": [
     "microagent model serve hf.co/ggml-org/models/tinyllamas/stories260K.gguf",
     "microagent model serve --ctx 2048 --port 11434 hf.co/org/repo/model.Q4_0.gguf",
-    "microagent model serve --runner custom --runner-command './r {model} {port}' M"
+    "microagent model serve --runner custom --runner-command './r {model} {port}' M",
+    "microagent model serve --dedicated --port 8081 hf.co/org/repo/model.Q4_0.gguf"
   ],
   "model stop": ["microagent model stop hf.co/ggml-org/models/tinyllamas/stories260K.gguf"],
   "model runners": ["microagent model runners", "microagent model runners --json"],
+  "model policy": [
+    "microagent model policy validate policy.json",
+    "microagent model policy evaluate --max-tokens 500 --expect deny policy.json"
+  ],
+  "model policy validate": ["microagent model policy validate policy.json"],
+  "model policy evaluate": [
+    "microagent model policy evaluate --path /v1/models --method GET policy.json",
+    "microagent model policy evaluate --max-tokens 500 --expect deny policy.json"
+  ],
+  "model policy eval": ["microagent model policy eval --stream --tool shell policy.json"],
   secret: [
     "microagent secret check token=env:API_TOKEN",
     "microagent secret check db=dotenv:.env:DB_PASSWORD key=file:./id_ed25519"

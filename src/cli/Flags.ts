@@ -130,6 +130,20 @@ export const refuseDevicesOption = Options.boolean("refuse-devices").pipe(
   )
 )
 
+/** `create`'s model mediation flags (`run` takes $MICROAGENT_MODEL_MEDIATION and $MICROAGENT_MODEL_POLICY_FILE). */
+export const modelMediationOptions = {
+  modelMediation: Options.choice("model-mediation", ["off", "local-allow", "policy"]).pipe(
+    Options.withPseudoName("MODE"),
+    Options.withDescription("off (default), local-allow or policy (audited)"),
+    Options.optional
+  ),
+  modelPolicyFile: Options.text("model-policy-file").pipe(
+    Options.withPseudoName("FILE"),
+    Options.withDescription("the model policy for --model-mediation policy"),
+    Options.optional
+  )
+}
+
 export const workspaceOptions = {
   name: Options.text("name").pipe(
     Options.withPseudoName("NAME"),
@@ -199,16 +213,6 @@ export const workspaceOptions = {
   model: Options.text("model").pipe(
     Options.withPseudoName("REF"),
     Options.withDescription("a GGUF model the guest reaches at $OPENAI_BASE_URL"),
-    Options.optional
-  ),
-  modelMediation: Options.choice("model-mediation", ["off", "local-allow", "policy"]).pipe(
-    Options.withPseudoName("MODE"),
-    Options.withDescription("off (default), local-allow or policy (audited)"),
-    Options.optional
-  ),
-  modelPolicyFile: Options.text("model-policy-file").pipe(
-    Options.withPseudoName("FILE"),
-    Options.withDescription("the model policy for --model-mediation policy"),
     Options.optional
   ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),

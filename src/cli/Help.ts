@@ -151,7 +151,10 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--egress-max-conns",
       "--egress-max-total-bytes",
       "--egress-max-bps",
-      "--egress-policy"
+      "--egress-policy",
+      "--model",
+      "--model-mediation",
+      "--model-policy-file"
     ]
   ],
   ["Storage", ["--volume", "--secret"]],

@@ -25,6 +25,7 @@ import { defined } from "../rpc/Rpcs.ts"
 import { reportCopy } from "./clone.ts"
 import {
   fileCopyOption,
+  modelMediationOptions,
   optionalBytes,
   optionalDuration,
   optionalInt,
@@ -165,14 +166,14 @@ const workspaceFields = (
     readonly egressMaxBps: Option.Option<number>
     readonly egressPolicy: Option.Option<string>
     readonly model: Option.Option<string>
-    readonly modelMediation: Option.Option<"off" | "local-allow" | "policy">
-    readonly modelPolicyFile: Option.Option<string>
+    readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
+    readonly modelPolicyFile?: Option.Option<string>
   },
   spec: Spec
 ) =>
   Effect.map(
-    Effect.all([networkFields(options, spec), egressPolicyFileOf(options), modelFlagsAlone(options)]),
-    ([network, fileAllow]) => ({
+    Effect.all([networkFields(options, spec), egressPolicyFileOf(options), modelOf(options)]),
+    ([network, fileAllow, model]) => ({
       egress: egressPolicyOf(options, spec, fileAllow),
       profile: orUndefined(options.profile) ?? spec.profile,
       memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
@@ -181,41 +182,53 @@ const workspaceFields = (
       hostname: orUndefined(options.hostname) ?? spec.hostname,
       ...(options.refuseDevices ? { refuseDevices: true } : {}),
       ...(Option.isSome(options.ttl) ? { ttlSeconds: options.ttl.value } : {}),
-      ...modelOf(options),
+      ...model,
       ...network
     })
   )
 
-const modelFlagsAlone = (options: {
-  readonly model: Option.Option<string>
-  readonly modelMediation: Option.Option<string>
-  readonly modelPolicyFile: Option.Option<string>
+/** The mediation of a paired model: `create`'s flags, else $MICROAGENT_MODEL_MEDIATION and $MICROAGENT_MODEL_POLICY_FILE. */
+const modelMediationOf = (options: {
+  readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
+  readonly modelPolicyFile?: Option.Option<string>
 }) =>
-  Option.isNone(options.model)
-    && (Option.isSome(options.modelMediation) || Option.isSome(options.modelPolicyFile))
-    ? Effect.fail(
-      new InvalidInput({
-        message: "--model-mediation and --model-policy-file need --model REF",
-        remediation: "add --model with the model's reference (`microagent model list`)"
+  Effect.gen(function*() {
+    const fromEnv = process.env.MICROAGENT_MODEL_MEDIATION
+    if (fromEnv !== undefined && fromEnv !== "" && !["off", "local-allow", "policy"].includes(fromEnv)) {
+      return yield* new InvalidInput({
+        message: `MICROAGENT_MODEL_MEDIATION=${fromEnv} is not one of off, local-allow, policy`
       })
-    )
-    : Effect.void
+    }
+    const policyEnv = process.env.MICROAGENT_MODEL_POLICY_FILE
+    return {
+      mediation: Option.getOrUndefined(options.modelMediation ?? Option.none())
+        ?? (fromEnv === "" ? undefined : fromEnv as "off" | "local-allow" | "policy" | undefined),
+      policyFile: Option.getOrUndefined(options.modelPolicyFile ?? Option.none())
+        ?? (policyEnv === "" ? undefined : policyEnv)
+    }
+  })
 
-/** `--model REF [--model-mediation MODE] [--model-policy-file FILE]`; the mediation flags need a model. */
+/** `--model REF` with its mediation; mediation flags without a model are refused. */
 const modelOf = (options: {
   readonly model: Option.Option<string>
-  readonly modelMediation: Option.Option<"off" | "local-allow" | "policy">
-  readonly modelPolicyFile: Option.Option<string>
+  readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
+  readonly modelPolicyFile?: Option.Option<string>
 }) =>
-  Option.match(options.model, {
-    onNone: () => ({}),
-    onSome: (model) => ({
-      model: {
-        model,
-        mediation: orUndefined(options.modelMediation),
-        policyFile: orUndefined(options.modelPolicyFile)
+  Effect.gen(function*() {
+    if (Option.isNone(options.model)) {
+      if (
+        Option.isSome(options.modelMediation ?? Option.none())
+        || Option.isSome(options.modelPolicyFile ?? Option.none())
+      ) {
+        return yield* new InvalidInput({
+          message: "--model-mediation and --model-policy-file need --model REF",
+          remediation: "add --model with the model's reference (`microagent model list`)"
+        })
       }
-    })
+      return {}
+    }
+    const { mediation, policyFile } = yield* modelMediationOf(options)
+    return { model: { model: options.model.value, mediation, policyFile } }
   })
 
 /** `--egress-policy FILE`: its destinations, checked; refused with `--egress off` (nothing to apply them). */
@@ -513,6 +526,7 @@ const createFromSnapshotCli = (options: Record<string, unknown>, reference: stri
 
 const createCommand = Command.make("create", {
   ...workspaceOptions,
+  ...modelMediationOptions,
   imageFlag: Options.text("image").pipe(
     Options.withPseudoName("REF"),
     Options.withDescription("OCI image reference (default: the built-in busybox image)"),

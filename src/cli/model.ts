@@ -10,6 +10,8 @@ import { ModelsLive } from "../layers/model/ModelsLive.ts"
 import {
   modelInspect,
   modelList,
+  modelPolicyEvaluate,
+  modelPolicyValidate,
   modelPrune,
   modelPull,
   modelRemove,
@@ -28,7 +30,10 @@ const withRunners = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   withStore(Effect.provide(effect, ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))))
 
 const encodeRunner = Schema.encodeSync(RunnerRecord)
-const runnerLine = (r: RunnerRecord) => `${r.ref}\t${r.url}\t${r.runner}\t${r.pid}`
+const runnerLine = (r: RunnerRecord) =>
+  `${r.ref}\t${r.url}\t${r.runner}\t${r.pid}\t${r.dedicated ? "dedicated" : r.pinned ? "pinned" : "held"}${
+    r.holders.length > 0 ? `\t${r.holders.join(",")}` : ""
+  }`
 
 const encodeRecord = Schema.encodeSync(ModelRecord)
 const encode = (m: ModelRecord) => encodeRecord(m)
@@ -151,10 +156,14 @@ const serve = Command.make(
       Options.withSchema(Schema.Int.pipe(Schema.between(16, 1048576))),
       Options.optional
     ),
+    dedicated: Options.boolean("dedicated").pipe(
+      Options.withDescription("a runner of its own, never shared with workspaces")
+    ),
     ref: refArg
   },
-  ({ ctx, port, ref, runner, runnerArg, runnerCommand }) =>
+  ({ ctx, dedicated, port, ref, runner, runnerArg, runnerCommand }) =>
     withRunners(modelServe(ref, {
+      dedicated,
       runner: Option.getOrUndefined(runner),
       runnerCommand: Option.getOrUndefined(runnerCommand),
       runnerArgs: runnerArg,
@@ -184,7 +193,100 @@ const runners = Command.make(
     )
 ).pipe(Command.withDescription("list the running model runners: ref, URL, runner, pid"))
 
+const policyFileArg = Args.text({ name: "file" }).pipe(
+  Args.withDescription("a model policy (JSON, schema microagent.model_policy.v1)")
+)
+
+const policyValidate = Command.make(
+  "validate",
+  { file: policyFileArg },
+  ({ file }) =>
+    modelPolicyValidate(file).pipe(
+      Effect.flatMap((r) =>
+        emit(r, () => `${file}: valid (default ${r.default}; rules ${r.rules.join(", ") || "none"})`)
+      )
+    )
+).pipe(Command.withDescription("check a model policy file"))
+
+const count = (name: string, description: string) =>
+  Options.integer(name).pipe(
+    Options.withDescription(description),
+    Options.withSchema(Schema.Int.pipe(Schema.nonNegative())),
+    Options.optional
+  )
+
+const evaluateOptions = {
+  method: Options.text("method").pipe(
+    Options.withDescription("HTTP method (default POST)"),
+    Options.optional
+  ),
+  path: Options.text("path").pipe(
+    Options.withDescription("request path (default /v1/chat/completions)"),
+    Options.optional
+  ),
+  model: Options.text("model").pipe(Options.withDescription("the request's model field"), Options.optional),
+  workspace: Options.text("workspace").pipe(
+    Options.withDescription("the asking workspace"),
+    Options.optional
+  ),
+  maxTokens: count("max-tokens", "the request's max_tokens"),
+  stream: Options.boolean("stream").pipe(Options.withDescription("a streamed request")),
+  tool: Options.text("tool").pipe(
+    Options.withDescription("a tool name the request offers (repeatable)"),
+    Options.repeated
+  ),
+  textBytes: count("text-bytes", "bytes of prompt and message text"),
+  messages: count("messages", "number of messages"),
+  requestBytes: count("request-bytes", "size of the request body"),
+  expect: Options.choice("expect", ["allow", "deny"]).pipe(
+    Options.withDescription("fail unless the policy decides this"),
+    Options.optional
+  ),
+  file: policyFileArg
+}
+
+const evaluateHandler = (o: {
+  readonly method: Option.Option<string>
+  readonly path: Option.Option<string>
+  readonly model: Option.Option<string>
+  readonly workspace: Option.Option<string>
+  readonly maxTokens: Option.Option<number>
+  readonly stream: boolean
+  readonly tool: ReadonlyArray<string>
+  readonly textBytes: Option.Option<number>
+  readonly messages: Option.Option<number>
+  readonly requestBytes: Option.Option<number>
+  readonly expect: Option.Option<"allow" | "deny">
+  readonly file: string
+}) =>
+  modelPolicyEvaluate(o.file, {
+    method: Option.getOrUndefined(o.method),
+    path: Option.getOrUndefined(o.path),
+    model: Option.getOrUndefined(o.model),
+    workspaceId: Option.getOrUndefined(o.workspace),
+    maxTokens: Option.getOrUndefined(o.maxTokens),
+    stream: o.stream,
+    tools: o.tool,
+    textBytes: Option.getOrUndefined(o.textBytes),
+    messages: Option.getOrUndefined(o.messages),
+    requestBytes: Option.getOrUndefined(o.requestBytes)
+  }, Option.getOrUndefined(o.expect)).pipe(
+    Effect.flatMap((r) => emit(r, () => `${r.decision}\t${r.rule ?? "(default)"}\t${r.reason}`))
+  )
+
+const policyEvaluate = Command.make("evaluate", evaluateOptions, evaluateHandler).pipe(
+  Command.withDescription("the decision a model policy makes for a request (alias: eval)")
+)
+const policyEval = Command.make("eval", evaluateOptions, evaluateHandler).pipe(
+  Command.withDescription("alias of evaluate")
+)
+
+const policy = Command.make("policy").pipe(
+  Command.withDescription("check model mediation policies"),
+  Command.withSubcommands([policyValidate, policyEvaluate, policyEval])
+)
+
 export const modelCommand = Command.make("model").pipe(
   Command.withDescription("pull, inspect, remove and serve local GGUF models (alias: models)"),
-  Command.withSubcommands([pull, list, ls, inspect, del, rm, prune, serve, stop, runners])
+  Command.withSubcommands([pull, list, ls, inspect, del, rm, prune, serve, stop, runners, policy])
 )

@@ -31,7 +31,7 @@ export const volumeFlag = Options.text("volume").pipe(
 export const secretFlag = Options.text("secret").pipe(
   Options.withPseudoName("NAME=SOURCE"),
   Options.withDescription(
-    "a secret at /run/secrets/NAME from env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
+    "/run/secrets/NAME from env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
   ),
   Options.repeated
 )

@@ -90,7 +90,11 @@ export const parseModelPolicy = (text: string): Either.Either<ModelPolicy, strin
     return Either.left(`not JSON: ${cause instanceof Error ? cause.message : String(cause)}`)
   }
   return Schema.decodeUnknownEither(ModelPolicy, { onExcessProperty: "error" })(json).pipe(
-    Either.mapLeft((error) => ParseResult.TreeFormatter.formatErrorSync(error))
+    Either.mapLeft((error) =>
+      ParseResult.ArrayFormatter.formatErrorSync(error).map((issue) =>
+        `${issue.path.length === 0 ? "(top)" : issue.path.join(".")}: ${issue.message}`
+      ).join("\n")
+    )
   )
 }
 
