@@ -26,7 +26,6 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   create: [
     "microagent create --image alpine:3.20 dev",
     "microagent create --file microagent.yaml --profile medium -p 8080:80 web",
-    "microagent create --dry-run --file microagent.yaml web",
     "microagent create dev2 --from-snapshot dev:before-upgrade",
     "microagent create --model org/repo/m.gguf --model-mediation local-allow ai"
   ],

@@ -37,7 +37,17 @@ type Payload<K extends keyof MicroagentClientShape> = Parameters<MicroagentClien
 type Options<K extends keyof MicroagentClientShape> = Parameters<MicroagentClientShape[K]>[1]
 
 /** The procedures that take host paths or secret references; every other one passes through. */
-export const confinedProcedures = ["cp", "artifactsGet", "apply", "create", "plan", "run", "start"] as const
+export const confinedProcedures = [
+  "cp",
+  "artifactsGet",
+  "apply",
+  "create",
+  "plan",
+  "run",
+  "start",
+  "modelPolicyValidate",
+  "modelPolicyEvaluate"
+] as const
 
 const confineMounts = (
   gate: HostGate,
@@ -66,6 +76,16 @@ const confineFiles = (gate: HostGate, files: ReadonlyArray<FileCopy> | undefined
 const confineRefs = (gate: HostGate, refs: ReadonlyArray<SecretRef> | undefined, context: DenialContext) =>
   refs === undefined ? Effect.succeed(undefined) : gate.checkRefs(refs, context)
 
+/** The runtime reads a paired model's policy file at every start. */
+const confineModel = <M extends { readonly policyFile?: string | undefined }>(
+  gate: HostGate,
+  model: M | undefined,
+  context: DenialContext
+) =>
+  model?.policyFile === undefined
+    ? Effect.succeed(model)
+    : Effect.map(gate.check(model.policyFile, "read", context), (policyFile) => ({ ...model, policyFile }))
+
 export const confineClient = (
   client: MicroagentClientShape,
   gate: HostGate,
@@ -90,14 +110,16 @@ export const confineClient = (
         const mounts = yield* confineMounts(gate, payload.mounts, context(payload.name))
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
-        return yield* client.create(withoutUndefined({ ...payload, mounts, secrets, files }), options)
+        const model = yield* confineModel(gate, payload.model, context(payload.name))
+        return yield* client.create(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
       })) as unknown as MicroagentClientShape["create"],
     run: ((payload: Payload<"run">, options?: Options<"run">) =>
       Effect.gen(function*() {
         const mounts = yield* confineMounts(gate, payload.mounts, context(payload.name))
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
-        return yield* client.run(withoutUndefined({ ...payload, mounts, secrets, files }), options)
+        const model = yield* confineModel(gate, payload.model, context(payload.name))
+        return yield* client.run(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
       })) as unknown as MicroagentClientShape["run"],
     apply: ((payload: Payload<"apply">, options?: Options<"apply">) =>
       Effect.gen(function*() {
@@ -111,8 +133,21 @@ export const confineClient = (
         const mounts = yield* confineMounts(gate, payload.mounts, context(payload.name))
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
-        return yield* client.plan(withoutUndefined({ ...payload, mounts, secrets, files }), options)
+        const model = yield* confineModel(gate, payload.model, context(payload.name))
+        return yield* client.plan(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
       })) as unknown as MicroagentClientShape["plan"],
+    modelPolicyValidate:
+      ((payload: Payload<"modelPolicyValidate">, options?: Options<"modelPolicyValidate">) =>
+        Effect.flatMap(
+          gate.check(payload.file, "read", context()),
+          (file) => client.modelPolicyValidate({ ...payload, file }, options)
+        )) as unknown as MicroagentClientShape["modelPolicyValidate"],
+    modelPolicyEvaluate:
+      ((payload: Payload<"modelPolicyEvaluate">, options?: Options<"modelPolicyEvaluate">) =>
+        Effect.flatMap(
+          gate.check(payload.file, "read", context()),
+          (file) => client.modelPolicyEvaluate({ ...payload, file }, options)
+        )) as unknown as MicroagentClientShape["modelPolicyEvaluate"],
     start: ((payload: Payload<"start">, options?: Options<"start">) =>
       Effect.gen(function*() {
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))

@@ -23,7 +23,82 @@ const PruneResult = Schema.Struct({
   blobs: Schema.Array(Schema.String)
 })
 
+const policyFile = {
+  policy_file: described(
+    Schema.NonEmptyTrimmedString,
+    "a model policy (JSON, schema microagent.model_policy.v1): a path on the server's host, inside its host roots"
+  )
+}
+const Decision = Schema.Literal("allow", "deny")
+
 export const modelTools: ReadonlyArray<AnyTool> = [
+  defineTool({
+    name: "models.policy.validate",
+    title: "Validate a model policy",
+    description:
+      "Check a model mediation policy file; an invalid one fails with what is wrong, field by field.",
+    input: policyFile,
+    output: Schema.Struct({
+      file: Schema.String,
+      valid: Schema.Literal(true),
+      default: Decision,
+      rules: Schema.Array(Schema.String)
+    }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.modelPolicyValidate({ file: args.policy_file }))
+  }),
+  defineTool({
+    name: "models.policy.evaluate",
+    title: "Evaluate a model policy",
+    description: "The decision a model policy makes for a request with these measures (the first matching "
+      + "rule decides; an allow whose limits are exceeded denies). With expect, another decision fails.",
+    input: {
+      ...policyFile,
+      method: optional(Schema.String, "HTTP method (default POST)"),
+      request_path: optional(Schema.String, "request path (default /v1/chat/completions)"),
+      model: optional(Schema.String, "the request's model field"),
+      workspace_id: optional(Schema.String, "the asking workspace"),
+      capability: optional(Schema.String, "the capability asserted"),
+      worker_id: optional(Schema.String, "the worker asserted"),
+      request_bytes: optional(Schema.NonNegativeInt, "size of the request body"),
+      text_bytes: optional(Schema.NonNegativeInt, "bytes of prompt and message text"),
+      messages: optional(Schema.NonNegativeInt, "number of messages"),
+      max_tokens: optional(Schema.NonNegativeInt, "the request's max_tokens"),
+      stream: optional(Schema.Boolean, "a streamed request"),
+      tools: optional(Schema.Array(Schema.String), "tool names the request offers"),
+      expect: optional(Decision, "fail unless the policy decides this")
+    },
+    output: Schema.Struct({
+      decision: Decision,
+      rule: Schema.optional(Schema.String),
+      reason: Schema.String,
+      expect: Schema.optional(Decision)
+    }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.modelPolicyEvaluate({
+          file: args.policy_file,
+          method: args.method,
+          path: args.request_path,
+          model: args.model,
+          workspaceId: args.workspace_id,
+          capability: args.capability,
+          workerId: args.worker_id,
+          requestBytes: args.request_bytes,
+          textBytes: args.text_bytes,
+          messages: args.messages,
+          maxTokens: args.max_tokens,
+          stream: args.stream,
+          tools: args.tools,
+          expect: args.expect
+        }))
+  }),
   defineTool({
     name: "models.pull",
     title: "Pull a model",
@@ -104,7 +179,8 @@ export const modelTools: ReadonlyArray<AnyTool> = [
       context_size: optional(
         Schema.Int.pipe(Schema.between(16, 1048576)),
         "context size in tokens (default 4096, capped at the model's)"
-      )
+      ),
+      dedicated: optional(Schema.Boolean, "a runner of its own, never shared with workspaces")
     },
     output: RunnerRecord,
     kind: "mutate",
@@ -114,12 +190,11 @@ export const modelTools: ReadonlyArray<AnyTool> = [
       Effect.flatMap(
         MicroagentClient,
         (client) =>
-          client.modelServe(
-            args.context_size === undefined ? { ref: args.ref } : {
-              ref: args.ref,
-              contextSize: args.context_size
-            }
-          )
+          client.modelServe({
+            ref: args.ref,
+            ...(args.context_size === undefined ? {} : { contextSize: args.context_size }),
+            ...(args.dedicated === undefined ? {} : { dedicated: args.dedicated })
+          })
       )
   }),
   defineTool({

@@ -108,6 +108,21 @@ const newWorkspace = {
     Schema.Int.pipe(Schema.nonNegative()),
     "bytes per second each way of each connection; faster senders are slowed, not cut (0: no cap)"
   ),
+  model: optional(
+    Schema.String,
+    "a pulled (or pullable) GGUF model the guest reaches at $OPENAI_BASE_URL (http://127.0.0.1:11434/v1) "
+      + "over its guest channel, with or without a network"
+  ),
+  model_mediation: optional(
+    Schema.Literal("off", "local-allow", "policy"),
+    "how the guest's model requests are treated: off (forwarded), local-allow (audited) or policy "
+      + "(decided by model_policy_file and audited; prompts are never logged)"
+  ),
+  model_policy_file: optional(
+    Schema.String,
+    "the model policy (schema microagent.model_policy.v1) for model_mediation policy: a path on the "
+      + "server's host, inside its host roots"
+  ),
   publish: optional(
     Schema.Array(Schema.String),
     "published ports, [hostIp:]hostPort:guestPort[/tcp] (host address default 127.0.0.1)"
@@ -179,6 +194,9 @@ interface NewWorkspaceArgs {
   readonly egress_max_conns?: number | undefined
   readonly egress_max_total_bytes?: number | undefined
   readonly egress_max_bps?: number | undefined
+  readonly model?: string | undefined
+  readonly model_mediation?: "off" | "local-allow" | "policy" | undefined
+  readonly model_policy_file?: string | undefined
   readonly publish?: ReadonlyArray<string> | undefined
   readonly volumes?: ReadonlyArray<string> | undefined
   readonly secrets?: ReadonlyArray<string> | undefined
@@ -237,6 +255,13 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
         ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
       }),
       ...(args.addressing === undefined ? {} : { addressing: args.addressing }),
+      ...(args.model === undefined ? {} : {
+        model: {
+          model: args.model,
+          ...(args.model_mediation === undefined ? {} : { mediation: args.model_mediation }),
+          ...(args.model_policy_file === undefined ? {} : { policyFile: args.model_policy_file })
+        }
+      }),
       ports,
       mounts,
       secrets,

@@ -22,6 +22,8 @@ import {
 import {
   modelInspect,
   modelList,
+  modelPolicyEvaluate,
+  modelPolicyValidate,
   modelPrune,
   modelPull,
   modelRemove,
@@ -176,6 +178,20 @@ export class Host implements AsyncDisposable {
   /** Stops the runner serving a model. */
   stopModel(ref: string): Promise<RunnerRecord> {
     return this.run(modelStop(ref).pipe(Effect.provide(runnersLayer)))
+  }
+
+  /** Checks a model mediation policy file (schema microagent.model_policy.v1). */
+  validateModelPolicy(file: string) {
+    return this.run(modelPolicyValidate(file))
+  }
+
+  /** The decision a model policy makes for a request with these measures; `expect` fails on another. */
+  evaluateModelPolicy(
+    file: string,
+    request: Parameters<typeof modelPolicyEvaluate>[1] = {},
+    expect?: "allow" | "deny"
+  ) {
+    return this.run(modelPolicyEvaluate(file, request, expect))
   }
 
   /** The live model runners. */

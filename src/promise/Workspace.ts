@@ -115,6 +115,15 @@ export interface CreateOptions {
   readonly health?: typeof SpecHealth.Type | undefined
   /** A lease in seconds: past it `microagent gc` stops the workspace (0 or absent: none). */
   readonly ttlSeconds?: number | undefined
+  /**
+   * A GGUF model the guest reaches at $OPENAI_BASE_URL (http://127.0.0.1:11434/v1), pulled if needed,
+   * with its mediation (`off` by default; `policy` needs `policyFile`). docs/models.md.
+   */
+  readonly model?: {
+    readonly ref: string
+    readonly mediation?: "off" | "local-allow" | "policy" | undefined
+    readonly policyFile?: string | undefined
+  } | undefined
   /** Boot it now (default) or leave it prepared until `start()`. */
   readonly start?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
@@ -193,7 +202,10 @@ const programOptions = (options: CreateOptions) =>
     shell: options.shell,
     health,
     ttlSeconds: options.ttlSeconds,
-    egress: egressPolicy(options.egress)
+    egress: egressPolicy(options.egress),
+    model: options.model === undefined
+      ? undefined
+      : { model: options.model.ref, mediation: options.model.mediation, policyFile: options.model.policyFile }
   }))
 
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */

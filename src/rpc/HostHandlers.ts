@@ -13,6 +13,7 @@ import { RegistryHttp } from "../layers/registry/Http.ts"
 import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
 import { imagePush, registryList, registryLogin, registryLogout } from "../programs/Image.ts"
+import { modelPolicyEvaluate, modelPolicyValidate } from "../programs/Model.ts"
 import { backupState, checkState } from "../programs/State.ts"
 import { Home } from "../services/Home.ts"
 import { ImageStore } from "../services/ImageStore.ts"
@@ -20,6 +21,23 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { ModelRunners, type ServeOptions } from "../services/ModelRunners.ts"
 import { Models } from "../services/Models.ts"
 import type { Registry } from "../services/Registry.ts"
+
+interface PolicyEvaluatePayload {
+  readonly file: string
+  readonly expect?: "allow" | "deny" | undefined
+  readonly method?: string | undefined
+  readonly path?: string | undefined
+  readonly model?: string | undefined
+  readonly workspaceId?: string | undefined
+  readonly capability?: string | undefined
+  readonly workerId?: string | undefined
+  readonly requestBytes?: number | undefined
+  readonly textBytes?: number | undefined
+  readonly messages?: number | undefined
+  readonly maxTokens?: number | undefined
+  readonly stream?: boolean | undefined
+  readonly tools?: ReadonlyArray<string> | undefined
+}
 
 export const makeHostHandlers = Effect.gen(function*() {
   const home = yield* Home
@@ -109,6 +127,9 @@ export const makeHostHandlers = Effect.gen(function*() {
       Effect.flatMap(runners, (r) => r.serve(p.ref, p)),
     modelStop: (p: { readonly ref: string }) => Effect.flatMap(runners, (r) => r.stop(p.ref)),
     modelRunners: () => Effect.map(Effect.flatMap(runners, (r) => r.list), (list) => ({ runners: list })),
+    modelPolicyValidate: (p: { readonly file: string }) => modelPolicyValidate(p.file),
+    modelPolicyEvaluate: ({ expect, file, ...request }: PolicyEvaluatePayload) =>
+      modelPolicyEvaluate(file, request, expect),
     kernelList: () =>
       Effect.map(Effect.flatMap(kernels, (cache) => cache.list), (list) => ({ kernels: list })),
     kernelVerify: () =>

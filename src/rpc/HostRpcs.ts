@@ -140,7 +140,8 @@ export const hostRpcs = [
       runnerCommand: Schema.optional(Schema.String),
       runnerArgs: Schema.optional(Schema.Array(Schema.String)),
       port: Schema.optional(Schema.Int.pipe(Schema.between(1, 65535))),
-      contextSize: Schema.optional(Schema.Int.pipe(Schema.between(16, 1048576)))
+      contextSize: Schema.optional(Schema.Int.pipe(Schema.between(16, 1048576))),
+      dedicated: Schema.optional(Schema.Boolean)
     },
     success: RunnerRecord,
     error: MicroagentError
@@ -148,6 +149,43 @@ export const hostRpcs = [
   Rpc.make("modelStop", { payload: { ref: Schema.String }, success: RunnerRecord, error: MicroagentError }),
   Rpc.make("modelRunners", {
     success: Schema.Struct({ runners: Schema.Array(RunnerRecord) }),
+    error: MicroagentError
+  }),
+  /** Checks a model policy file (a host path the runtime reads). */
+  Rpc.make("modelPolicyValidate", {
+    payload: { file: Schema.String },
+    success: Schema.Struct({
+      file: Schema.String,
+      valid: Schema.Literal(true),
+      default: Schema.Literal("allow", "deny"),
+      rules: Schema.Array(Schema.String)
+    }),
+    error: MicroagentError
+  }),
+  /** The decision a model policy makes for a request with these measures; `expect` fails on another. */
+  Rpc.make("modelPolicyEvaluate", {
+    payload: {
+      file: Schema.String,
+      method: Schema.optional(Schema.String),
+      path: Schema.optional(Schema.String),
+      model: Schema.optional(Schema.String),
+      workspaceId: Schema.optional(Schema.String),
+      capability: Schema.optional(Schema.String),
+      workerId: Schema.optional(Schema.String),
+      requestBytes: Schema.optional(Schema.NonNegativeInt),
+      textBytes: Schema.optional(Schema.NonNegativeInt),
+      messages: Schema.optional(Schema.NonNegativeInt),
+      maxTokens: Schema.optional(Schema.NonNegativeInt),
+      stream: Schema.optional(Schema.Boolean),
+      tools: Schema.optional(Schema.Array(Schema.String)),
+      expect: Schema.optional(Schema.Literal("allow", "deny"))
+    },
+    success: Schema.Struct({
+      decision: Schema.Literal("allow", "deny"),
+      rule: Schema.optional(Schema.String),
+      reason: Schema.String,
+      expect: Schema.optional(Schema.Literal("allow", "deny"))
+    }),
     error: MicroagentError
   }),
   Rpc.make("kernelList", {

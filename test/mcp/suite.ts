@@ -85,7 +85,9 @@ const expectedTools = [
   "models.prune",
   "models.serve",
   "models.stop",
-  "models.runners"
+  "models.runners",
+  "models.policy.validate",
+  "models.policy.evaluate"
 ]
 
 const ajv = new Ajv({ allErrors: true })
