@@ -66,7 +66,13 @@ export class RunPlan extends Schema.Class<RunPlan>("RunPlan")({
   secrets: Schema.Array(Schema.String),
   outputs: Schema.Array(OutputDecl),
   restart: Schema.optional(RestartPolicy),
-  ttlSeconds: Schema.optional(Schema.Number)
+  ttlSeconds: Schema.optional(Schema.Number),
+  /** The paired model (as given; a real create pulls it if the store lacks it) and its mediation. */
+  model: Schema.optional(Schema.Struct({
+    ref: Schema.String,
+    mediation: Schema.String,
+    policyFile: Schema.optional(Schema.String)
+  }))
 }) {}
 
 const modeText = (mode: number | undefined) =>
@@ -140,5 +146,13 @@ export const planText = (plan: RunPlan): string => {
   if (plan.outputs.length > 0) row("outputs", plan.outputs.map((o) => `${o.name}=${o.path}`).join(", "))
   if (plan.restart !== undefined) row("restart", plan.restart)
   if (plan.ttlSeconds !== undefined && plan.ttlSeconds > 0) row("ttl", `${plan.ttlSeconds} s`)
+  if (plan.model !== undefined) {
+    row(
+      "model",
+      `${plan.model.ref} at http://127.0.0.1:11434/v1 (mediation ${plan.model.mediation}${
+        plan.model.policyFile === undefined ? "" : `, policy ${plan.model.policyFile}`
+      })`
+    )
+  }
   return lines.join("\n")
 }

@@ -5,6 +5,7 @@
  */
 import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { defaultEgress, EgressPolicy } from "../domain/Egress.ts"
 import { Conflict } from "../domain/Errors.ts"
 import { PlanImage, PlanKernel, RunPlan } from "../domain/Plan.ts"
@@ -107,6 +108,15 @@ export const plan = Effect.fn("plan")(function*(options: PlanOptions) {
     secrets: (options.secrets ?? []).map((s) => `${s.name}=${s.source}`),
     outputs: options.outputs ?? [],
     ...(options.kind === "create" ? { restart: options.restart ?? "never" } : {}),
-    ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds })
+    ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds }),
+    ...(options.model === undefined ? {} : {
+      model: {
+        ref: options.model.model,
+        mediation: options.model.mediation ?? "off",
+        ...(options.model.policyFile === undefined
+          ? {}
+          : { policyFile: NodePath.resolve(options.model.policyFile) })
+      }
+    })
   })
 })

@@ -156,19 +156,29 @@ describe("workspaces paired with a model", () => {
     assert.strictEqual(decisions[2].max_tokens, 100)
     assert.match(decisions[2].reason, /max_tokens 100 is over the limit 8/)
 
+    // The runner killed behind the bridge's back: the next request starts it again, on the same port.
+    process.kill(runner!.pid, "SIGKILL")
+    const again = await guest('wget -q -O - "$OPENAI_BASE_URL/models"')
+    assert.deepStrictEqual(JSON.parse(again).data.map((m: { id: string }) => m.id), [canonical])
+    const [restarted] = await runners()
+    assert.notStrictEqual(restarted?.pid, runner!.pid)
+    assert.deepStrictEqual(restarted?.holders, ["paired"])
+    const events = NodeFs.readFileSync(
+      NodePath.join(stateDir, "workspaces", "paired", "model-audit.jsonl"),
+      "utf8"
+    )
+      .trim().split("\n").map((line) => JSON.parse(line).event)
+    assert.includeMembers(events, ["mediator_start", "runner_restarted", "upstream_target_changed"])
+
     await ok("halt", "paired")
     await eventually(async () => (await runners()).length === 0, "the unpinned runner to stop")
-    assert.isFalse(
-      NodeFs.existsSync(`/proc/${runner!.pid}`)
-        && !NodeFs.readFileSync(`/proc/${runner!.pid}/stat`, "utf8").includes(") Z")
-    )
-    const events = await ok("events", "paired")
-    const details = (events.events ?? events).map((e: { detail: string }) => e.detail).join("\n")
+    const recorded = await ok("events", "paired")
+    const details = (recorded.events ?? recorded).map((e: { detail: string }) => e.detail).join("\n")
     assert.match(details, /model_worker=attached hf\.co\/org\/tiny@main\/llama\.gguf/)
     assert.match(details, /model_worker=released hf\.co\/org\/tiny@main\/llama\.gguf: runner pid \d+ stopped/)
   })
 
-  it("run --model: a one-shot guest reaches the model without mediation, and the runner goes with the run", async () => {
+  it("run --model: a one-shot guest reaches the model without mediation; a held runner goes with the run, a pinned one stays", async () => {
     const result = await run(
       "run",
       "--model",
@@ -181,6 +191,24 @@ describe("workspaces paired with a model", () => {
     assert.strictEqual(result.code, 0, result.stderr + result.stdout)
     assert.include(result.stdout, canonical)
     await eventually(async () => (await runners()).length === 0, "the run's runner to stop")
+
+    // Pinned by `model serve` before the run: the run holds it and lets go; it stays up.
+    const pinned = await ok("model", "serve", ref)
+    const second = await run(
+      "run",
+      "--model",
+      ref,
+      "--network",
+      "isolated",
+      "--exec",
+      'wget -q -O - "$OPENAI_BASE_URL/models"'
+    )
+    assert.strictEqual(second.code, 0, second.stderr + second.stdout)
+    const [kept] = await runners()
+    assert.strictEqual(kept?.pid, pinned.pid)
+    assert.strictEqual(kept?.pinned, true)
+    assert.deepStrictEqual(kept?.holders, [])
+    await ok("model", "stop", ref)
   })
 
   it("refuses mediation flags without a model, and a policy file that is not valid", async () => {

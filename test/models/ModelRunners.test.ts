@@ -145,4 +145,32 @@ describe("model runners", () => {
     assert.strictEqual(errorOf(missing).error.kind, "permanent")
     assert.include(errorOf(missing).error.message, "--runner-command")
   }, 180_000)
+
+  it(
+    "serve --dedicated starts a runner of its own each time; stop ends every runner of the model",
+    async () => {
+      const shared = await ok("model", "serve", ref, "--ctx", "128")
+      const first = await ok("model", "serve", ref, "--ctx", "128", "--dedicated")
+      const second = await ok("model", "serve", ref, "--ctx", "128", "--dedicated")
+      assert.isFalse(shared.dedicated)
+      assert.isTrue(first.dedicated && second.dedicated)
+      assert.strictEqual(new Set([shared.pid, first.pid, second.pid]).size, 3)
+      assert.strictEqual(new Set([shared.port, first.port, second.port]).size, 3)
+      // A plain serve finds the shared runner, never a dedicated one.
+      assert.strictEqual((await ok("model", "serve", ref)).pid, shared.pid)
+      const listed = (await ok("model", "runners")).runners as Array<
+        { pid: number; dedicated: boolean; pinned: boolean }
+      >
+      assert.deepStrictEqual(listed.map((r) => r.pid).sort(), [shared.pid, first.pid, second.pid].sort())
+      const text = await cliAsync(["model", "runners"], {
+        stateDir,
+        env: { MICROAGENT_HF_ENDPOINT: hub.endpoint, MICROAGENT_OUTPUT: "text" }
+      })
+      assert.strictEqual(text.stdout.split("\n").filter((l) => l.includes("\tdedicated")).length, 2)
+      await ok("model", "stop", ref)
+      assert.deepStrictEqual((await ok("model", "runners")).runners, [])
+      for (const pid of [shared.pid, first.pid, second.pid]) assert.isFalse(alive(pid))
+    },
+    180_000
+  )
 })
