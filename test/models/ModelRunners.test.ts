@@ -4,6 +4,7 @@
  * (node-llama-cpp): `/v1/models`, a chat completion, a streamed one and a plain completion; a runner
  * killed behind our back dropped and started again by the next serve; a custom runner template; stop.
  */
+import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -170,6 +171,42 @@ describe("model runners", () => {
       await ok("model", "stop", ref)
       assert.deepStrictEqual((await ok("model", "runners")).runners, [])
       for (const pid of [shared.pid, first.pid, second.pid]) assert.isFalse(alive(pid))
+    },
+    180_000
+  )
+
+  it(
+    "an interrupted serve (Ctrl-C before the runner answers) ends the runner and leaves no record",
+    async () => {
+      const dir = NodePath.join(stateDir, "run", "models")
+      const child = NodeChild.spawn(process.execPath, [
+        binPath,
+        "model",
+        "serve",
+        ref,
+        "--runner",
+        "custom",
+        "--runner-command",
+        "sleep 300"
+      ], {
+        env: { ...process.env, MICROAGENT_HOME: stateDir, MICROAGENT_HF_ENDPOINT: hub.endpoint },
+        stdio: "ignore"
+      })
+      const recordOf = () =>
+        NodeFs.existsSync(dir)
+          ? NodeFs.readdirSync(dir).filter((f) => f.endsWith(".json")).map((f) =>
+            JSON.parse(NodeFs.readFileSync(NodePath.join(dir, f), "utf8")) as { pid: number; runner: string }
+          ).find((r) => r.runner === "custom")
+          : undefined
+      const deadline = Date.now() + 60_000
+      while (recordOf() === undefined && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      const record = recordOf()!
+      assert.isTrue(alive(record.pid))
+      const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)))
+      child.kill("SIGINT")
+      assert.strictEqual(await exited, 130)
+      assert.isUndefined(recordOf())
+      assert.isFalse(alive(record.pid))
     },
     180_000
   )
