@@ -140,4 +140,55 @@ describe("the model store from the Promise API", () => {
       else process.env.MICROAGENT_HF_ENDPOINT = saved
     }
   }, 60_000)
+
+  it("model policies: validated and evaluated over MCP (inside the host roots only) and the Promise API", async () => {
+    const stateDir = tempDir("ma-model-policy-")
+    const roots = tempDir("ma-model-policy-roots-")
+    const policy = NodePath.join(roots, "policy.json")
+    NodeFs.writeFileSync(
+      policy,
+      JSON.stringify({
+        schema_version: "microagent.model_policy.v1",
+        default: "deny",
+        rules: [{ id: "chat", effect: "allow", limits: { max_tokens: 64 } }]
+      })
+    )
+    const outside = NodePath.join(tempDir("ma-model-policy-out-"), "policy.json")
+    NodeFs.copyFileSync(policy, outside)
+    const mcp = await connect(stateDir, { backend: "fake", image: "alpine" }, {
+      args: ["--host-root", roots]
+    })
+    try {
+      const valid = await mcp.call("models.policy.validate", { policy_file: policy })
+      assert.isTrue(valid.ok, JSON.stringify(valid.error))
+      assert.deepStrictEqual(valid.result.rules, ["chat"])
+      const denied = await mcp.call("models.policy.evaluate", { policy_file: policy, max_tokens: 65 })
+      assert.strictEqual(denied.result.decision, "deny")
+      assert.match(denied.result.reason, /max_tokens 65 is over the limit 64/)
+      const expected = await mcp.call("models.policy.evaluate", {
+        policy_file: policy,
+        max_tokens: 65,
+        expect: "allow"
+      })
+      assert.strictEqual(expected.error?.kind, "permanent")
+      const confined = await mcp.call("models.policy.validate", { policy_file: outside })
+      assert.isFalse(confined.ok)
+      assert.strictEqual(confined.error?.kind, "policy_denied", JSON.stringify(confined.error))
+    } finally {
+      await mcp.close()
+      stopRuntime(stateDir)
+    }
+
+    const host = Host.openTest({ home: tempDir("ma-model-policy-promise-") })
+    try {
+      assert.strictEqual((await host.evaluateModelPolicy(policy, { maxTokens: 10 })).decision, "allow")
+      const bad = NodePath.join(roots, "bad.json")
+      NodeFs.writeFileSync(bad, "{}")
+      const error = await host.validateModelPolicy(bad).catch((e: unknown) => e)
+      assert.instanceOf(error, MicroagentError)
+      assert.include((error as MicroagentError).message, "schema_version")
+    } finally {
+      await host.close()
+    }
+  })
 })
