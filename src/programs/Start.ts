@@ -31,7 +31,7 @@ import {
 } from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
-import { attachModel, ensureModelRunner } from "./internal/ModelPairing.ts"
+import { attachModel, ensureModelRunner, releaseModel } from "./internal/ModelPairing.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
@@ -423,6 +423,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
           }
           yield* releaseMounts(starting)
           yield* releaseEgress(name)
+          yield* releaseModel(starting)
           yield* store.transition(name, "bootFailed", {
             patch: withoutOwner,
             detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)

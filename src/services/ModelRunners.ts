@@ -83,8 +83,14 @@ export interface ModelRunnersShape {
   readonly ensureShared: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
   /** Starts the workspace's model bridge on its VMM's model channel and records the workspace as a holder. */
   readonly attach: (options: BridgeOptions) => Effect.Effect<{ readonly bridgePid: number }, MicroagentError>
-  /** Lets go of the workspace's holds (ending its bridge); unpinned runners left unheld stop. */
-  readonly release: (workspace: string) => Effect.Effect<ReadonlyArray<Released>, MicroagentError>
+  /**
+   * Lets go of the workspace's holds (ending its bridge); unpinned runners left unheld stop. With `ref`,
+   * that model's shared runner stops too if nobody holds it (a start that failed before its bridge ran).
+   */
+  readonly release: (
+    workspace: string,
+    ref?: string
+  ) => Effect.Effect<ReadonlyArray<Released>, MicroagentError>
   /** The live runners; dead ones are dropped from the records. */
   readonly list: Effect.Effect<ReadonlyArray<RunnerRecord>, MicroagentError>
 }

@@ -433,17 +433,27 @@ export const ModelRunnersLive = Layer.effect(
       return { bridgePid: pid }
     })
 
-    const release: ModelRunnersShape["release"] = Effect.fn("ModelRunners.release")(function*(workspace) {
-      const dropped = dropHolder(dir, workspace)
-      const released: Array<Released> = []
-      for (const { holder, id } of dropped) {
-        yield* Effect.promise(() => endProcess(holder.pid, holder.startTime, 2000))
-        const record = readRecord(recordPath(dir, id))
-        const stopped = yield* Effect.promise(() => stopIfUnheld(dir, id))
-        if (Option.isSome(record)) released.push({ ref: record.value.ref, pid: record.value.pid, stopped })
+    const release: ModelRunnersShape["release"] = Effect.fn("ModelRunners.release")(
+      function*(workspace, ref) {
+        const dropped = dropHolder(dir, workspace)
+        if (dropped.length === 0 && ref !== undefined) {
+          const id = runnerId(ref)
+          const record = readRecord(recordPath(dir, id))
+          const stopped = yield* Effect.promise(() => stopIfUnheld(dir, id))
+          return Option.isSome(record) && stopped
+            ? [{ ref: record.value.ref, pid: record.value.pid, stopped }]
+            : []
+        }
+        const released: Array<Released> = []
+        for (const { holder, id } of dropped) {
+          yield* Effect.promise(() => endProcess(holder.pid, holder.startTime, 2000))
+          const record = readRecord(recordPath(dir, id))
+          const stopped = yield* Effect.promise(() => stopIfUnheld(dir, id))
+          if (Option.isSome(record)) released.push({ ref: record.value.ref, pid: record.value.pid, stopped })
+        }
+        return released
       }
-      return released
-    })
+    )
 
     return ModelRunners.of({ serve, stop, list, ensureShared, attach, release })
   })

@@ -143,7 +143,14 @@ export const releaseModel = (workspace: Workspace) =>
     const runners = yield* Effect.serviceOption(ModelRunners)
     if (Option.isNone(runners)) return
     const store = yield* StateStore
-    const released = yield* runners.value.release(workspace.name)
+    const released = yield* runners.value.release(workspace.name, workspace.model.ref)
+    if (released.length === 0) {
+      yield* store.appendEvent(workspace.name, {
+        type: "model",
+        detail:
+          `model_worker=released ${workspace.model.ref}: no hold left (the bridge let go when the VM stopped)`
+      }).pipe(Effect.ignore)
+    }
     for (const r of released) {
       yield* store.appendEvent(workspace.name, {
         type: "model",
