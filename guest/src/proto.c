@@ -449,6 +449,10 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         s->items[s->count].value_len = vlen;
         s->count++;
         pending = NULL;
+      } else if (tag == 3) {
+        uint64_t v;
+        if (ma_get_uint(val, vlen, 1, &v) < 0) goto bad;
+        s->purge = (uint8_t)v;
       }
     }
     if (pending) goto bad;
@@ -554,6 +558,7 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
       ma_put_str(&w, 1, m->u.secrets->items[i].name);
       ma_put_bytes(&w, 2, m->u.secrets->items[i].value, m->u.secrets->items[i].value_len);
     }
+    if (m->u.secrets->purge) ma_put_u8(&w, 3, 1);
     break;
   case MA_SHUTDOWN:
     ma_put_u8(&w, 1, m->u.shutdown.action);

@@ -177,6 +177,7 @@ typedef struct {
 typedef struct {
   ma_secret items[MA_MAX_SECRETS];
   uint32_t count;
+  uint8_t purge; /* tag 3: wipe every secret already delivered (overwritten, then removed) first */
 } ma_secrets;
 
 typedef struct {

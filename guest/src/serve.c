@@ -939,8 +939,58 @@ static int ensure_secrets_dir(int *err) {
   return 0;
 }
 
+/* Zeroes memory the compiler may not skip (the values must not linger in the agent's heap). */
+static void wipe(volatile void *p, size_t n) {
+  volatile uint8_t *b = p;
+  while (n--) *b++ = 0;
+}
+
+/* Overwrites every file of the secrets directory with zeros in place (the tmpfs pages that held the
+ * values are the ones overwritten, not freed with the values in them), then removes it. For a memory
+ * snapshot: the captured memory must not hold a secret. */
+static int purge_secrets(int *err) {
+  DIR *d = opendir(cfg->secrets_dir);
+  if (!d) return errno == ENOENT ? 0 : (*err = errno, -1);
+  static const uint8_t zeros[4096];
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", cfg->secrets_dir, e->d_name);
+    int fd = open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd >= 0) {
+      struct stat st;
+      if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+        for (off_t off = 0; off < st.st_size;) {
+          size_t n = (size_t)(st.st_size - off) < sizeof zeros ? (size_t)(st.st_size - off) : sizeof zeros;
+          ssize_t w = pwrite(fd, zeros, n, off);
+          if (w <= 0) break;
+          off += w;
+        }
+        fsync(fd);
+      }
+      close(fd);
+    }
+    if (unlink(path) < 0 && errno != ENOENT) {
+      *err = errno;
+      closedir(d);
+      return -1;
+    }
+  }
+  closedir(d);
+  return 0;
+}
+
 static void deliver_secrets(conn *c, uint32_t id, const ma_secrets *sec) {
   int e = 0;
+  if (sec->purge && purge_secrets(&e) < 0) {
+    send_errno(c, id, cfg->secrets_dir, e);
+    return;
+  }
+  if (sec->count == 0) {
+    send_empty(c, MA_OK, id);
+    return;
+  }
   if (ensure_secrets_dir(&e) < 0) {
     send_errno(c, id, cfg->secrets_dir, e);
     return;
@@ -1039,7 +1089,13 @@ static void handle_frame(conn *c, const ma_header *h, const uint8_t *payload) {
       case MA_EXEC: exec_start(c, h->stream, &m.u.exec); break;
       case MA_FILE_PUT: put_start(c, h->stream, &m.u.put); break;
       case MA_FILE_GET: get_start(c, h->stream, m.u.get_path); break;
-      case MA_SECRETS: deliver_secrets(c, h->stream, m.u.secrets); break;
+      case MA_SECRETS:
+        deliver_secrets(c, h->stream, m.u.secrets);
+        /* Neither the decoded copies nor the frame's bytes keep the values. */
+        for (uint32_t i = 0; i < m.u.secrets->count; i++)
+          wipe((void *)m.u.secrets->items[i].value, m.u.secrets->items[i].value_len);
+        wipe((void *)payload, h->length);
+        break;
       case MA_SHUTDOWN:
         shutdown_requested = 1;
         shutdown_action = m.u.shutdown.action;

@@ -157,6 +157,7 @@ static char *summarize(const ma_msg *m) {
       sb_pct(&b, "name", m->u.secrets->items[i].name);
       sb_hex(&b, "value", m->u.secrets->items[i].value, m->u.secrets->items[i].value_len);
     }
+    if (m->u.secrets->purge) sb_add(&b, " purge=%u", m->u.secrets->purge);
     break;
   case MA_SHUTDOWN:
     sb_add(&b, " action=%u", m->u.shutdown.action);

@@ -8,6 +8,7 @@ import { Effect } from "effect"
 import type { WorkspaceCopy } from "../domain/Snapshot.ts"
 import { clone } from "../programs/Clone.ts"
 import { type ForkResult, maxForkCount } from "../programs/Fork.ts"
+import { workspaceSecretValues } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { emit, jsonMode } from "./Output.ts"
@@ -57,12 +58,16 @@ export const forkCommand = Command.make(
   },
   ({ count, name, namePrefix }) =>
     withRuntime(
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.fork({
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const secretValues = yield* workspaceSecretValues(client, name)
+        return yield* client.fork({
           name,
           count,
-          ...(namePrefix._tag === "Some" ? { namePrefix: namePrefix.value } : {})
-        }))
+          ...(namePrefix._tag === "Some" ? { namePrefix: namePrefix.value } : {}),
+          ...(secretValues === undefined ? {} : { secretValues })
+        })
+      })
     ).pipe(Effect.flatMap((r) => emit(r, forkLine)))
 ).pipe(
   Command.withDescription("running copies of a running workspace, each resumed from one capture of it")

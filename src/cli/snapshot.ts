@@ -5,6 +5,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { Effect } from "effect"
 import type { SnapshotManifest } from "../domain/Snapshot.ts"
+import { workspaceSecretValues } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { withRuntime } from "./Layers.ts"
 import { emit, table } from "./Output.ts"
@@ -33,12 +34,17 @@ const create = Command.make(
   },
   ({ forensic, name, tag }) =>
     withRuntime(
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.snapshotCreate({
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        // Resolved here like a start's: the capture wipes them from the guest and delivers them again.
+        const secretValues = forensic ? undefined : yield* workspaceSecretValues(client, name)
+        return yield* client.snapshotCreate({
           name,
           ...(tag._tag === "Some" ? { tag: tag.value } : {}),
-          ...(forensic ? { forensic: true } : {})
-        }))
+          ...(forensic ? { forensic: true } : {}),
+          ...(secretValues === undefined ? {} : { secretValues })
+        })
+      })
     ).pipe(
       Effect.flatMap((manifest) => emit(manifest, describeSnapshot))
     )

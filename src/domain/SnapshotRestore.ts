@@ -43,8 +43,6 @@ export interface RestoreTarget {
   /** sha256 of the kernel the target would boot; undefined when unknown. */
   readonly kernelSha256?: string | undefined
   readonly memoryMiB: number
-  /** Whether the target workspace has secrets that would be delivered into the guest. */
-  readonly hasSecrets: boolean
 }
 
 /**
@@ -94,13 +92,14 @@ export const restoreRefusal = (
       })
     )
   }
-  if (!manifest.secretsPurged || target.hasSecrets) {
+  if (!manifest.secretsPurged) {
     return Either.left(
       new Unsupported({
-        message: `snapshot ${name} would put secret values back into guest memory`,
-        remediation: "memory snapshots of workspaces with secrets are not restorable; use a disk snapshot",
+        message: `snapshot ${name} holds secret values in its memory`,
+        remediation:
+          "a capture whose secrets were not wiped (forensic) is not restorable; use another snapshot",
         backend: target.backend,
-        feature: "memory restore with secrets"
+        feature: "restore of a forensic capture"
       })
     )
   }

@@ -6,15 +6,37 @@ import { Effect, Schema } from "effect"
 import { toErrorBody } from "../domain/Errors.ts"
 import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { ForkResult } from "../programs/Fork.ts"
+import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
-import { type AnyTool, defineTool, described, optional, type PreviewResult } from "./Tool.ts"
+import {
+  type AnyTool,
+  defineTool,
+  described,
+  optional,
+  type PreviewResult,
+  type ToolContext
+} from "./Tool.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 const tag = described(
   Schema.String,
   "the snapshot's tag: letters, digits, '.', '_' and '-', starting with a letter or digit (up to 63)"
 )
+
+/** The workspace's secret values, resolved by this server for a capture; each reference must still be allowed. */
+const mcpSecretValues = (
+  client: MicroagentClient["Type"],
+  context: ToolContext,
+  tool: string,
+  name: string
+) =>
+  Effect.gen(function*() {
+    const { workspace } = yield* client.inspect({ name })
+    if (workspace.secrets.length === 0) return undefined
+    const refs = yield* context.host.checkRefs(workspace.secrets, { tool, workspace: name })
+    return yield* resolveSecrets(refs)
+  })
 
 export const snapshotTools: ReadonlyArray<AnyTool> = [
   defineTool({
@@ -41,7 +63,8 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
     description: "Make count (1-16) running children of a running workspace in one call: it is captured "
       + "once (paused for the capture, then running on) and each child resumes that capture under its own "
       + "name, hostname and machine-id, named name_prefix-1 … (default NAME-fork-1 …). All or nothing. "
-      + "Refused for a workspace holding secrets, attached disks or named networks, as snapshots are.",
+      + "Its secrets are wiped before the capture and delivered again to it and to each child. Refused "
+      + "for a workspace with attached disks or named networks, as snapshots are.",
     input: {
       ...workspaceName,
       count: optional(Schema.Number, "how many children (default 1, at most 16)"),
@@ -51,20 +74,24 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
     kind: "mutate",
     sideEffects: ["pauses the workspace for a moment", "creates and starts count workspaces"],
     cost: "host_compute_and_storage",
-    run: (args) =>
-      Effect.flatMap(
-        MicroagentClient,
-        (client) => client.fork(defined({ name: args.name, count: args.count, namePrefix: args.name_prefix }))
-      )
+    run: (args, context) =>
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const secretValues = yield* mcpSecretValues(client, context, "workspace.fork", args.name)
+        return yield* client.fork(
+          defined({ name: args.name, count: args.count, namePrefix: args.name_prefix, secretValues })
+        )
+      })
   }),
   defineTool({
     name: "snapshot.create",
     title: "Snapshot a workspace",
     description: "Capture a workspace: memory, device state and disk of a running or paused one (a running "
       + "one is paused for the capture and resumed), the disk of a halted or stopped one. Published "
-      + "atomically under a tag (default snap-<time>). Refused for a running workspace holding secrets, "
-      + "attached disks or named networks, unless forensic: a forensic capture keeps everything as "
-      + "evidence and is never restored.",
+      + "atomically under a tag (default snap-<time>). A workspace's secrets are wiped from the guest "
+      + "before the capture (the memory holds no value) and delivered again after; restores deliver them "
+      + "too. Refused for a workspace with attached disks or named networks, unless forensic: a forensic "
+      + "capture keeps everything as evidence and is never restored.",
     input: {
       ...workspaceName,
       tag: optional(tag, "the tag (default snap-<UTC time>, or forensic-<UTC time>)"),
@@ -77,12 +104,16 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
     kind: "mutate",
     sideEffects: ["pauses a running workspace for the capture", "writes the snapshot's files"],
     cost: "host_io",
-    run: (args) =>
-      Effect.flatMap(
-        MicroagentClient,
-        (client) =>
-          client.snapshotCreate(defined({ name: args.name, tag: args.tag, forensic: args.forensic }))
-      )
+    run: (args, context) =>
+      Effect.gen(function*() {
+        const client = yield* MicroagentClient
+        const secretValues = args.forensic === true
+          ? undefined
+          : yield* mcpSecretValues(client, context, "snapshot.create", args.name)
+        return yield* client.snapshotCreate(
+          defined({ name: args.name, tag: args.tag, forensic: args.forensic, secretValues })
+        )
+      })
   }),
   defineTool({
     name: "snapshot.list",

@@ -148,15 +148,15 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name
   // Only the backend is checked here; a resume's kernel and size are checked by the start that does it.
   const refusal = restoreRefusal({ ...snapshot.manifest, kind: "disk" }, {
     backend: hypervisor.backend,
-    memoryMiB: snapshot.manifest.resources.memoryMiB,
-    hasSecrets: false
+    memoryMiB: snapshot.manifest.resources.memoryMiB
   })
   if (Either.isLeft(refusal)) return yield* refusal.left
   const { manifest } = snapshot
   // A memory snapshot is resumed by the copy's first start when nothing it holds would be wrong in
-  // the copy: no secrets to deliver into captured memory, no attached disks or named networks (those
-  // are refused at capture, but the record may have changed since). Otherwise the copy boots cold.
-  const resumable = manifest.kind === "memory" && snapshot.state !== undefined && source.secrets.length === 0
+  // the copy: no attached disks or named networks (those are refused at capture, but the record may
+  // have changed since), and no secret values left in the captured memory (its secrets were wiped
+  // before the capture; the copy's starts deliver them again). Otherwise the copy boots cold.
+  const resumable = manifest.kind === "memory" && snapshot.state !== undefined
       && source.mounts.length === 0 && source.networks.length === 0 && manifest.secretsPurged
     ? {
       state: snapshot.state,

@@ -15,6 +15,7 @@ import { StateStore } from "../services/StateStore.ts"
 import { createFromSnapshot } from "./Clone.ts"
 import { remove } from "./Delete.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
+import type { SecretValues } from "./internal/SecretDelivery.ts"
 import { snapshotCreate, snapshotDelete } from "./Snapshot.ts"
 import { start } from "./Start.ts"
 
@@ -25,6 +26,8 @@ export interface ForkOptions {
   readonly count?: number | undefined
   /** Children are named PREFIX-1 … PREFIX-N (default: the parent's name and `-fork`). */
   readonly namePrefix?: string | undefined
+  /** The parent's secret values (resolved by the caller): delivered again to it and to each child. */
+  readonly secretValues?: SecretValues | undefined
 }
 
 export class ForkResult extends Schema.Class<ForkResult>("ForkResult")({
@@ -90,12 +93,12 @@ export const fork: (
   }
 
   const tag = `fork-${Date.now().toString(36)}-${process.pid.toString(36)}`
-  const manifest = yield* snapshotCreate(name, { tag })
+  const manifest = yield* snapshotCreate(name, { tag, secretValues: options.secretValues })
   const made: Array<string> = []
   const children = yield* Effect.forEach(names, (child) =>
     createFromSnapshot(child, `${name}:${tag}`).pipe(
       Effect.tap(() => Effect.sync(() => made.push(child))),
-      Effect.zipRight(start(child))
+      Effect.zipRight(start(child, { secretValues: options.secretValues }))
     )).pipe(
       // All or nothing: what was made of the children goes with the failure.
       Effect.tapErrorCause(() =>

@@ -25,6 +25,12 @@ import { StateStore } from "../services/StateStore.ts"
 import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
+import {
+  checkSecretValues,
+  deliverSecrets,
+  purgeSecrets,
+  type SecretValues
+} from "./internal/SecretDelivery.ts"
 
 export interface SnapshotCreateOptions {
   readonly tag?: string | undefined
@@ -33,6 +39,11 @@ export interface SnapshotCreateOptions {
    * workspace has. Never restored (restores refuse it); the default tag is `forensic-<time>`.
    */
   readonly forensic?: boolean | undefined
+  /**
+   * The values of the workspace's secrets, resolved by the caller (as for `start`): a live capture of
+   * a workspace holding secrets wipes them from the guest first and delivers these again afterwards.
+   */
+  readonly secretValues?: SecretValues | undefined
 }
 
 const diskFile = "disk.ext4"
@@ -107,14 +118,14 @@ const readManifest = (dir: string) =>
 const liveProblem = (workspace: Workspace): Unsupported | undefined => {
   const refuse = (feature: string, message: string, remediation: string) =>
     new Unsupported({ message, remediation, backend: workspace.backend, feature })
-  if (workspace.secrets.length > 0) {
-    // Fail closed: a memory image would hold the values of /run/secrets.
+  if (workspace.secrets.length > 0 && workspace.state !== "running") {
+    // Fail closed: the secrets can only be wiped from a running guest, and the image would hold them.
     return refuse(
-      "snapshot of a workspace holding secrets",
-      `workspace ${workspace.name} holds secrets in its memory (${
+      "snapshot of a paused workspace holding secrets",
+      `workspace ${workspace.name} is paused and holds secrets (${
         workspace.secrets.map((s) => s.name).join(", ")
-      }); a memory snapshot would contain their values`,
-      `halt it and snapshot its disk only (microagent halt ${workspace.name})`
+      }); they cannot be wiped from it before the capture`,
+      `resume it first (microagent resume ${workspace.name}), or halt it and snapshot its disk only`
     )
   }
   if (workspace.mounts.length > 0) {
@@ -169,6 +180,9 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
     const problem = forensic ? undefined : liveProblem(workspace)
     if (problem !== undefined) return yield* problem
   }
+  // The secrets are wiped before the capture and delivered again after it: their values come first.
+  const purge = live && !forensic && workspace.secrets.length > 0
+  if (purge) yield* checkSecretValues(name, workspace.secrets, options.secretValues ?? [])
   const dir = yield* home.ensureDir(snapshotsDir(home, name))
   yield* sweepLeftovers(dir)
   const final = NodePath.join(dir, tag)
@@ -192,7 +206,13 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       if (Option.isNone(handle)) {
         return yield* new Conflict({ message: `workspace ${name} has no VM recorded`, remediation: "retry" })
       }
-      pausedMs = yield* captureLive(name, workspace.state === "running", handle.value, staging)
+      pausedMs = purge
+        ? yield* purgeSecrets(name, handle.value).pipe(
+          Effect.zipRight(captureLive(name, workspace.state === "running", handle.value, staging)),
+          // Whatever the capture did, the running guest gets its secrets back.
+          Effect.ensuring(deliverSecrets(name, handle.value, options.secretValues ?? []).pipe(Effect.ignore))
+        )
+        : yield* captureLive(name, workspace.state === "running", handle.value, staging)
     } else {
       yield* copyDisk(workspace.rootfsPath, NodePath.join(staging, diskFile))
     }
@@ -218,8 +238,7 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       hostname: workspace.hostname,
       network: workspace.network,
       ports: workspace.ports,
-      // Live captures of workspaces holding secrets are refused above, unless forensic; a disk never
-      // holds them (tmpfs).
+      // A live capture wiped the secrets first, unless forensic; a disk never holds them (tmpfs).
       secretsPurged: !(live && forensic && workspace.secrets.length > 0),
       ...(forensic ? { forensic: true } : {}),
       secretNames: workspace.secrets.map((s) => s.name),

@@ -138,12 +138,11 @@ const releaseEgress = (workspace: string) =>
     Effect.flatMap((egress) => Option.isSome(egress) ? egress.value.release(workspace) : Effect.void)
   )
 
-/** What a restore is checked against: this host's backend and kernel, and the start's resources and secrets. */
+/** What a restore is checked against: this host's backend and kernel, and the start's resources. */
 interface RestoreTarget {
   readonly backend: string
   readonly kernelSha256: string | undefined
   readonly resources: { readonly memoryMiB: number; readonly cpus: number }
-  readonly hasSecrets: boolean
 }
 
 /**
@@ -161,8 +160,7 @@ const prepareRollback = (
     const refusal = restoreRefusal(manifest, {
       backend: target.backend,
       kernelSha256: target.kernelSha256,
-      memoryMiB: target.resources.memoryMiB,
-      hasSecrets: target.hasSecrets
+      memoryMiB: target.resources.memoryMiB
     })
     if (Either.isLeft(refusal)) return yield* refusal.left
     if (manifest.kind === "memory") {
@@ -233,13 +231,15 @@ const checkResume = (
         remediation: "start it without --memory, --cpus or --profile"
       })
     }
-    if (target.hasSecrets || workspace.mounts.length > 0 || workspace.networks.length > 0) {
+    // Secrets are fine: the captured memory holds none (wiped before the capture), and they are
+    // delivered after the resume like after a boot.
+    if (workspace.mounts.length > 0 || workspace.networks.length > 0) {
       return yield* new Unsupported({
         message:
-          `workspace ${workspace.name} resumes a memory snapshot and now has secrets, attached disks or named networks, which that memory does not hold`,
+          `workspace ${workspace.name} resumes a memory snapshot and now has attached disks or named networks, which that memory does not hold`,
         remediation,
         backend: target.backend,
-        feature: "memory restore with secrets, attached disks or named networks"
+        feature: "memory restore with attached disks or named networks"
       })
     }
   })
@@ -301,8 +301,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     yield* checkResume(current, resume, stateFile, {
       backend: hypervisor.backend,
       kernelSha256: artifacts?.kernelSha256,
-      resources,
-      hasSecrets: secrets.length > 0
+      resources
     })
   }
   const pendingDisk = snapshot === undefined
@@ -310,8 +309,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     : yield* prepareRollback(current, snapshot, {
       backend: hypervisor.backend,
       kernelSha256: artifacts?.kernelSha256,
-      resources,
-      hasSecrets: secrets.length > 0
+      resources
     })
   // Admitted (the `start` transition) from here: every failure records `failed` and stops the VM.
   const admitted = Effect.gen(function*() {

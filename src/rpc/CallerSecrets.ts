@@ -33,3 +33,13 @@ export const secretsForStart = (
       ...(secretValues === undefined ? {} : { secretValues })
     }
   })
+
+/**
+ * The values of the secrets a workspace references, resolved here: what a memory capture (`snapshot
+ * create`, `fork`) delivers again after wiping them from the guest. Undefined when it has none.
+ */
+export const workspaceSecretValues = (client: MicroagentClient["Type"], name: string) =>
+  Effect.gen(function*() {
+    const { workspace } = yield* client.inspect({ name })
+    return yield* resolveSecrets(workspace.secrets)
+  })

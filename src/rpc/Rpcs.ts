@@ -279,7 +279,13 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
   Rpc.make("snapshotCreate", {
-    payload: { ...named, tag: Schema.optional(Schema.String), forensic: Schema.optional(Schema.Boolean) },
+    payload: {
+      ...named,
+      tag: Schema.optional(Schema.String),
+      forensic: Schema.optional(Schema.Boolean),
+      /** The workspace's secret values: wiped from the guest before the capture, delivered again after. */
+      secretValues: Schema.optional(SecretValues)
+    },
     success: SnapshotManifest,
     error: MicroagentError
   }),
@@ -305,7 +311,9 @@ export class Rpcs extends RpcGroup.make(
     payload: {
       ...named,
       count: Schema.optional(Schema.Number),
-      namePrefix: Schema.optional(Schema.String)
+      namePrefix: Schema.optional(Schema.String),
+      /** The workspace's secret values: delivered again to the parent and to every child. */
+      secretValues: Schema.optional(SecretValues)
     },
     success: ForkResult,
     error: MicroagentError

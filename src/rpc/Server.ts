@@ -200,7 +200,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       local(withWorkspaceBackend(p.name, quarantine(p.name, { reason: p.reason, capture: p.capture }))),
     resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
     snapshotCreate: (p) =>
-      local(withWorkspaceBackend(p.name, snapshotCreate(p.name, { tag: p.tag, forensic: p.forensic }))),
+      local(withWorkspaceBackend(
+        p.name,
+        snapshotCreate(p.name, { tag: p.tag, forensic: p.forensic, secretValues: p.secretValues })
+      )),
     workspaceCommit: (p) =>
       local(withWorkspaceBackend(
         p.name,
@@ -215,7 +218,10 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
       )),
     clone: (p) => local(withWorkspaceBackend(p.source, clone(p.source, p.target))),
     fork: (p) =>
-      local(withWorkspaceBackend(p.name, fork(p.name, { count: p.count, namePrefix: p.namePrefix }))),
+      local(withWorkspaceBackend(
+        p.name,
+        fork(p.name, { count: p.count, namePrefix: p.namePrefix, secretValues: p.secretValues })
+      )),
     createFromSnapshot: (p) =>
       local(
         Either.match(parseSnapshotRef(p.snapshot), {

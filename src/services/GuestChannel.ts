@@ -79,11 +79,14 @@ export interface GuestConnection {
   ) => Stream.Stream<ExecOutput, GuestError>
   readonly putFile: (file: PutFile) => Effect.Effect<void, GuestError>
   readonly getFile: (path: string) => Effect.Effect<GuestFile, GuestError>
-  /** Secrets land in a tmpfs at /run/secrets, one 0400 file each. */
-  readonly deliverSecrets: (secrets: ReadonlyArray<{ name: string; value: Uint8Array }>) => Effect.Effect<
-    void,
-    GuestError
-  >
+  /**
+   * Secrets land in a tmpfs at /run/secrets, one 0400 file each. With `purge`, every secret delivered
+   * before is first overwritten with zeros in place and removed (before a memory snapshot).
+   */
+  readonly deliverSecrets: (
+    secrets: ReadonlyArray<{ name: string; value: Uint8Array }>,
+    options?: { readonly purge?: boolean | undefined }
+  ) => Effect.Effect<void, GuestError>
   readonly ping: Effect.Effect<void, GuestError>
   /** Asks PID 1 to stop workloads, sync and power off. */
   readonly shutdown: Effect.Effect<void, GuestError>

@@ -27,7 +27,7 @@ const manifest = (overrides: Partial<ConstructorParameters<typeof SnapshotManife
     ...overrides
   })
 
-const target = { backend: "qemu", kernelSha256: "a".repeat(64), memoryMiB: 512, hasSecrets: false }
+const target = { backend: "qemu", kernelSha256: "a".repeat(64), memoryMiB: 512 }
 const refusal = (m: SnapshotManifest, t = target) => Either.flip(restoreRefusal(m, t)).pipe(Either.getOrThrow)
 
 describe("parseSnapshotRef", () => {
@@ -59,6 +59,5 @@ describe("restoreRefusal", () => {
     assert.strictEqual(memory.kind, "conflict")
     assert.match(memory.remediation, /512 MiB/)
     assert.strictEqual(refusal(manifest({ secretsPurged: false })).kind, "unsupported")
-    assert.strictEqual(refusal(manifest(), { ...target, hasSecrets: true }).kind, "unsupported")
   })
 })

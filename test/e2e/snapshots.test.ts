@@ -1,7 +1,7 @@
 /**
  * Snapshots on real QEMU microVMs through the CLI: a running workspace is captured (memory, device
  * state, disk) and goes on running with its in-memory state intact; a halted one gives a disk-only
- * snapshot; tags conflict, delete removes; a workspace holding secrets is refused a memory capture;
+ * snapshot; tags conflict, delete removes; a workspace's secrets are wiped before a memory capture;
  * kill -9 of the runtime mid-capture publishes nothing and leaves the VM running, not paused.
  * One booted workspace is shared by the file (the machine is slow).
  */
@@ -322,21 +322,44 @@ describe("snapshots on real microVMs", () => {
   )
 
   it(
-    "refuses a memory capture of a workspace holding secrets, unless forensic, which is never restored",
+    "a memory capture wipes the secrets first: no snapshot file holds them, the workspace and a resumed copy read them again; forensic keeps them and is never restored",
     async () => {
-      await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], {
-        SNAP_TOKEN: "s3cr3t-value-for-snapshot"
-      })
-      const refused = await ma(["snapshot", "create", "w", "--tag", "secret", "--json"])
-      assert.strictEqual(errorOf(refused).error.kind, "unsupported")
-      assert.deepStrictEqual(entries("w"), ["cold", "one"])
+      const value = "s3cr3t-value-for-snapshot"
+      await ok(["start", "w", "--secret", "TOKEN=env:SNAP_TOKEN"], { SNAP_TOKEN: value })
+      const captured = json(
+        await ok(["snapshot", "create", "w", "--tag", "secret", "--json"], { SNAP_TOKEN: value })
+      )
+      assert.deepInclude(captured, { kind: "memory", secretsPurged: true })
       // No snapshot file holds the value.
       for (const tag of entries("w")) {
         for (const file of NodeFs.readdirSync(NodePath.join(snapshotsDir("w"), tag))) {
           const bytes = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), tag, file))
-          assert.strictEqual(bytes.includes("s3cr3t-value-for-snapshot"), false, `${tag}/${file}`)
+          assert.strictEqual(bytes.includes(value), false, `${tag}/${file}`)
         }
       }
+      const read = "cat /run/secrets/TOKEN; echo; ls /run/secrets"
+      const again = json(await ok(["exec", "w", "--", "sh", "-c", read]))
+      assert.deepStrictEqual(again.result.stdout.trim().split("\n"), [value, "TOKEN"])
+      // A copy resumes the capture and gets the secret delivered by its start.
+      await ok(["create", "wsec", "--from-snapshot", "w:secret"])
+      await ok(["start", "wsec"], { SNAP_TOKEN: value })
+      const copied = json(await ok(["exec", "wsec", "--", "sh", "-c", read]))
+      assert.deepStrictEqual(copied.result.stdout.trim().split("\n"), [value, "TOKEN"])
+      await ok(["delete", "--force", "wsec"])
+      await ok(["snapshot", "delete", "w", "secret"])
+      // Each child of a fork reads the secret (delivered by its start); the parent keeps it.
+      const forked = json(
+        await ok(["fork", "w", "--count", "2", "--name-prefix", "sec", "--json"], { SNAP_TOKEN: value })
+      )
+      for (const child of forked.children as Array<{ name: string }>) {
+        const got = json(await ok(["exec", child.name, "--", "sh", "-c", read]))
+        assert.deepStrictEqual(got.result.stdout.trim().split("\n"), [value, "TOKEN"], child.name)
+        await ok(["delete", "--force", child.name])
+      }
+      assert.strictEqual(
+        json(await ok(["exec", "w", "--", "cat", "/run/secrets/TOKEN"])).result.stdout,
+        value
+      )
 
       // A forensic capture keeps everything, the secret in memory included, and is never restored.
       const forensic = json(await ok(["snapshot", "create", "w", "--forensic", "--json"]))

@@ -123,6 +123,7 @@ export const summarize = (stream: number, m: Message): string => {
         s("name", x.name)
         parts.push(`value=${hex(x.value)}`)
       }
+      if (m.purge === true) n("purge", 1)
       break
     case "Shutdown":
       n("action", m.action === "reboot" ? 1 : 0)

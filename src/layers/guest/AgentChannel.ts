@@ -610,7 +610,8 @@ const makeConnection = (conn: Connection): GuestConnection => {
   })
 
   const deliverSecrets = Effect.fn("GuestChannel.deliverSecrets")(function*(
-    secrets: ReadonlyArray<{ name: string; value: Uint8Array }>
+    secrets: ReadonlyArray<{ name: string; value: Uint8Array }>,
+    options?: { readonly purge?: boolean | undefined }
   ) {
     const invalid = secrets.find((s) => !Schema.is(SecretName)(s.name))
     if (invalid) {
@@ -627,18 +628,31 @@ const makeConnection = (conn: Connection): GuestConnection => {
       })
     }
     const st = yield* scopedStream(conn)
-    yield* conn.sendRequest(st, { _tag: "Secrets", secrets })
+    yield* conn.sendRequest(st, {
+      _tag: "Secrets",
+      secrets,
+      ...(options?.purge === true ? { purge: true } : {})
+    })
     yield* awaitOk(st)
+    if (options?.purge === true) {
+      // The guest kernel keeps what arrived on the port in its receive buffers (a ring of pages, reused,
+      // never cleared): 16 MiB of zeros through them overwrites every one that held a SECRETS frame
+      // (2 MiB did not, here; the test reads every snapshot file for the value).
+      const zeros = new Uint8Array(256 * 1024)
+      for (let i = 0; i < 64; i++) yield* pingWith(zeros)
+    }
   }, Effect.scoped)
 
-  const ping = Effect.gen(function*() {
-    const st = yield* scopedStream(conn)
-    conn.send(st.id, { _tag: "Ping", data: new Uint8Array(0) })
-    const m = yield* takeOrFail(st)
-    if (m._tag !== "Pong") {
-      return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering PING` })
-    }
-  }).pipe(Effect.scoped, Effect.withSpan("GuestChannel.ping"))
+  const pingWith = (data: Uint8Array) =>
+    Effect.gen(function*() {
+      const st = yield* scopedStream(conn)
+      conn.send(st.id, { _tag: "Ping", data })
+      const m = yield* takeOrFail(st)
+      if (m._tag !== "Pong") {
+        return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering PING` })
+      }
+    }).pipe(Effect.scoped)
+  const ping = pingWith(new Uint8Array(0)).pipe(Effect.withSpan("GuestChannel.ping"))
 
   const shutdown = Effect.gen(function*() {
     const st = yield* scopedStream(conn)

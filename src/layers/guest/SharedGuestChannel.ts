@@ -42,7 +42,7 @@ export const make = Effect.gen(function*() {
         ),
       putFile: (file) => onFailure(connection.putFile(file)),
       getFile: (path) => onFailure(connection.getFile(path)),
-      deliverSecrets: (secrets) => onFailure(connection.deliverSecrets(secrets)),
+      deliverSecrets: (secrets, options) => onFailure(connection.deliverSecrets(secrets, options)),
       ping: onFailure(connection.ping),
       shutdown: onFailure(connection.shutdown).pipe(
         // After a shutdown the VM is going away; the next boot gets a new connection.

@@ -60,3 +60,22 @@ export const deliverSecrets = (workspace: string, handle: VmHandle, values: Secr
       })
     )
   )
+
+/**
+ * Wipes the guest's secrets before a memory capture: every file in /run/secrets is overwritten with
+ * zeros in place and removed (the agent also zeroes its own copies), so the captured memory holds no
+ * value. Fails closed: a guest that does not confirm is not captured.
+ */
+export const purgeSecrets = (workspace: string, handle: VmHandle) =>
+  Effect.scoped(Effect.gen(function*() {
+    const channel = yield* GuestChannel
+    const connection = yield* channel.connect(handle.channel, { timeout: "30 seconds" })
+    yield* connection.deliverSecrets([], { purge: true })
+  })).pipe(
+    Effect.mapError((error) =>
+      new Permanent({
+        message: `workspace ${workspace}: cannot wipe its secrets before the capture: ${error.message}`,
+        remediation: "nothing was captured; retry once the guest answers (`microagent exec` works)"
+      })
+    )
+  )

@@ -100,7 +100,9 @@ export const Secrets = Schema.TaggedStruct("Secrets", {
     Schema.filter((items) => new Set(items.map((s) => s.name)).size === items.length, {
       message: () => "duplicate secret names"
     })
-  )
+  ),
+  /** Wipe every secret delivered before (overwritten in place, then removed) first. */
+  purge: Schema.optional(Schema.Boolean)
 })
 export const Shutdown = Schema.TaggedStruct("Shutdown", {
   action: Schema.Literal("poweroff", "reboot"),
@@ -311,6 +313,8 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
           if (pending === undefined) failure ??= "Secrets: value without name"
           else secrets.push({ name: pending, value: f.value })
           pending = undefined
+        } else if (f.tag === 3) {
+          if (u(f.value, 1, "purge") === 1) o.purge = true
         }
       }
       if (pending !== undefined) failure ??= "Secrets: name without value"
@@ -411,6 +415,7 @@ export const encodeMessage = (m: Message): { type: number; payload: Uint8Array }
       break
     case "Secrets":
       for (const s of m.secrets) w.string(1, s.name).bytes(2, s.value)
+      if (m.purge === true) w.uint(3, 1, 1)
       break
     case "Shutdown":
       w.uint(1, m.action === "reboot" ? 1 : 0, 1)

@@ -176,10 +176,11 @@ const connection = (root: string): GuestConnection => ({
       },
       catch: (cause) => new GuestRemoteError({ message: String(cause) })
     }),
-  deliverSecrets: (secrets) =>
+  deliverSecrets: (secrets, options) =>
     Effect.try({
       try: () => {
         const dir = hostPath(root, "/run/secrets")
+        if (options?.purge === true) NodeFs.rmSync(dir, { recursive: true, force: true })
         NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
         for (const secret of secrets) {
           NodeFs.writeFileSync(NodePath.join(dir, secret.name), secret.value, { mode: 0o400 })
