@@ -178,7 +178,7 @@ describe("workspaces paired with a model", () => {
     assert.match(details, /model_worker=released hf\.co\/org\/tiny@main\/llama\.gguf: runner pid \d+ stopped/)
   })
 
-  it("run --model: a one-shot guest reaches the model without mediation; a held runner goes with the run, a pinned one stays", async () => {
+  it("run --model: a one-shot guest reaches the model without mediation; a held runner goes with the run, a pinned one stays (under egress mediation too)", async () => {
     const result = await run(
       "run",
       "--model",
@@ -192,14 +192,13 @@ describe("workspaces paired with a model", () => {
     assert.include(result.stdout, canonical)
     await eventually(async () => (await runners()).length === 0, "the run's runner to stop")
 
-    // Pinned by `model serve` before the run: the run holds it and lets go; it stays up.
+    // Pinned by `model serve` before the run: the run holds it and lets go; it stays up. This run is on
+    // the user network under egress mediation (the default), which the model channel does not go through.
     const pinned = await ok("model", "serve", ref)
     const second = await run(
       "run",
       "--model",
       ref,
-      "--network",
-      "isolated",
       "--exec",
       'wget -q -O - "$OPENAI_BASE_URL/models"'
     )
