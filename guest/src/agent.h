@@ -20,6 +20,9 @@ int ma_set_nonblock(int fd);
 /* Writes everything or fails; for regular files and small blocking writes. */
 int ma_write_all(int fd, const void *p, size_t n);
 void ma_sleep_ms(int ms);
+/* The /dev node of the virtio-serial port whose name (in /sys/class/virtio-ports/ * /name) is `name`;
+ * 0 found, -1 not (yet) there. */
+int ma_find_virtio_port(const char *name, char *dev, size_t cap);
 
 enum ma_channel_kind { MA_CH_UNIX, MA_CH_VSOCK, MA_CH_VIRTIO };
 

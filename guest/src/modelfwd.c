@@ -9,7 +9,6 @@
  * more; CLOSE ends the connection at once, both ways. A connection made while no host is connected
  * waits (up to MF_PENDING_MS) for one, so a guest may connect the moment its VM is up. */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -54,31 +53,6 @@ static int host_connected;
 static uint8_t inbuf[MF_HEADER + MF_MAX_PAYLOAD];
 static size_t in_len;
 
-static int find_port(const char *name, char *dev, size_t cap) {
-  DIR *d = opendir("/sys/class/virtio-ports");
-  if (!d) return -1;
-  struct dirent *e;
-  int found = -1;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char p[512], got[256];
-    snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, got, sizeof got - 1);
-    close(fd);
-    if (n <= 0) continue;
-    got[n] = 0;
-    got[strcspn(got, "\n")] = 0;
-    if (!strcmp(got, name)) {
-      snprintf(dev, cap, "/dev/%s", e->d_name);
-      found = 0;
-      break;
-    }
-  }
-  closedir(d);
-  return found;
-}
 
 /* Writes a whole frame to the port, waiting while it is full. -1: the host went away. */
 static int port_send(uint8_t type, uint32_t id, const void *p, uint32_t len) {
@@ -285,7 +259,7 @@ static void run(const char *port_name, unsigned tcp_port) {
   for (int i = 0; i < MF_MAX_CONNS; i++) conns[i].fd = -1;
   for (int tries = 0; port_fd < 0; tries++) {
     char dev[300];
-    if (find_port(port_name, dev, sizeof dev) == 0)
+    if (ma_find_virtio_port(port_name, dev, sizeof dev) == 0)
       port_fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (port_fd < 0) {
       if (tries == 500) ma_log("model channel: virtio port %s not found", port_name);

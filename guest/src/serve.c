@@ -1264,36 +1264,11 @@ static conn *new_conn(int fd, int is_port) {
   return c;
 }
 
-static int find_virtio_port(char *dev, size_t devlen) {
-  DIR *d = opendir("/sys/class/virtio-ports");
-  if (!d) return -1;
-  struct dirent *e;
-  int found = -1;
-  while ((e = readdir(d))) {
-    if (e->d_name[0] == '.') continue;
-    char p[512], name[256];
-    snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
-    int fd = open(p, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ssize_t n = read(fd, name, sizeof name - 1);
-    close(fd);
-    if (n <= 0) continue;
-    name[n] = 0;
-    name[strcspn(name, "\n")] = 0;
-    if (strcmp(name, cfg->virtio_name) == 0) {
-      snprintf(dev, devlen, "/dev/%s", e->d_name);
-      found = 0;
-      break;
-    }
-  }
-  closedir(d);
-  return found;
-}
 
 static void open_port(void) {
   char dev[300];
   static int misses;
-  if (find_virtio_port(dev, sizeof dev) < 0) {
+  if (ma_find_virtio_port(cfg->virtio_name, dev, sizeof dev) < 0) {
     /* The port shows up shortly after virtio_console loads: look again soon, so that a boot does
      * not wait longer than it must, then settle to a slower pace. */
     if (++misses == 200)

@@ -1,4 +1,5 @@
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -58,4 +59,30 @@ void ma_sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
   }
+}
+
+int ma_find_virtio_port(const char *name, char *dev, size_t cap) {
+  DIR *d = opendir("/sys/class/virtio-ports");
+  if (!d) return -1;
+  struct dirent *e;
+  int found = -1;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char p[512], got[256];
+    snprintf(p, sizeof p, "/sys/class/virtio-ports/%s/name", e->d_name);
+    int fd = open(p, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ssize_t n = read(fd, got, sizeof got - 1);
+    close(fd);
+    if (n <= 0) continue;
+    got[n] = 0;
+    got[strcspn(got, "\n")] = 0;
+    if (!strcmp(got, name)) {
+      snprintf(dev, cap, "/dev/%s", e->d_name);
+      found = 0;
+      break;
+    }
+  }
+  closedir(d);
+  return found;
 }

@@ -30,6 +30,7 @@ import {
   liveHolders,
   readRecord,
   recordPath,
+  runnerAnswers,
   stopIfUnheld,
   tryLock,
   unlock
@@ -55,17 +56,6 @@ export type BridgeConfig = typeof BridgeConfig.Type
 
 /** Request bodies larger than this are refused (413) by the mediating modes. */
 const maxBody = 8 * 1024 * 1024
-
-/** Answers `GET /v1/models` within two seconds. */
-const answers = (port: number): Promise<boolean> =>
-  new Promise((resolve) => {
-    const request = NodeHttp.get(`http://127.0.0.1:${port}/v1/models`, { timeout: 2000 }, (response) => {
-      response.resume()
-      resolve(response.statusCode === 200)
-    })
-    request.once("timeout", () => request.destroy())
-    request.once("error", () => resolve(false))
-  })
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -137,7 +127,7 @@ export const runBridge = (config: BridgeConfig) => {
       audit("runner_restarted", { pid: record.pid, port: record.port })
       const deadline = Date.now() + 120_000
       while (Date.now() < deadline && isAlive(record.pid, record.startTime)) {
-        if (await answers(record.port)) return record
+        if (await runnerAnswers(record.url)) return record
         await sleep(200)
       }
       return undefined

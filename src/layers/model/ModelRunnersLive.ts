@@ -11,7 +11,6 @@
 import { Duration, Effect, Layer, Option, Schedule, Schema } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodeHttp from "node:http"
 import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
 import { type MicroagentError, NotFound, Permanent, Transient } from "../../domain/Errors.ts"
@@ -35,6 +34,7 @@ import {
   readRecord,
   recordPath,
   removeRunnerFiles,
+  runnerAnswers,
   runnerId,
   runnerIds,
   runnersDir,
@@ -70,17 +70,6 @@ const freePort = (): Promise<number> =>
       const port = (server.address() as NodeNet.AddressInfo).port
       server.close(() => resolve(port))
     })
-  })
-
-/** Whether `GET url/models` answers 200 within two seconds. */
-const answers = (url: string): Promise<boolean> =>
-  new Promise((resolve) => {
-    const request = NodeHttp.get(`${url}/models`, { timeout: 2000 }, (response) => {
-      response.resume()
-      resolve(response.statusCode === 200)
-    })
-    request.once("timeout", () => request.destroy())
-    request.once("error", () => resolve(false))
   })
 
 /** Splits a command template on whitespace, honouring single and double quotes. */
@@ -241,7 +230,7 @@ export const ModelRunnersLive = Layer.effect(
         const path = recordPath(dir, id)
         const existing = dedicated ? Option.none() : live(id)
         if (Option.isSome(existing)) {
-          if (yield* Effect.promise(() => answers(existing.value.url))) {
+          if (yield* Effect.promise(() => runnerAnswers(existing.value.url))) {
             if (!pinned || existing.value.pinned) return existing.value
             const repinned = new RunnerRecord({ ...existing.value, pinned: true })
             yield* io(
@@ -316,7 +305,7 @@ export const ModelRunnersLive = Layer.effect(
         const pid = record.pid
         const deadline = Date.now() + readyTimeoutMs
         for (;;) {
-          if (yield* Effect.promise(() => answers(record.url))) return record
+          if (yield* Effect.promise(() => runnerAnswers(record.url))) return record
           const exited = !isAlive(pid, record.startTime)
           if (exited || Date.now() > deadline) {
             yield* stopProcess(record)

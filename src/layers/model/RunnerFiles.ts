@@ -12,6 +12,7 @@
 import { Option, Schema } from "effect"
 import { createHash, randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
 import * as NodePath from "node:path"
 import { RunnerRecord } from "../../services/ModelRunners.ts"
 import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
@@ -170,3 +171,14 @@ export const tryLock = (dir: string, id: string): boolean => {
 
 export const unlock = (dir: string, id: string) =>
   NodeFs.rmSync(NodePath.join(dir, `${id}.lock`), { force: true })
+
+/** Whether the runner at this OpenAI base URL answers `GET url/models` with 200 within two seconds. */
+export const runnerAnswers = (url: string): Promise<boolean> =>
+  new Promise((resolve) => {
+    const request = NodeHttp.get(`${url}/models`, { timeout: 2000 }, (response) => {
+      response.resume()
+      resolve(response.statusCode === 200)
+    })
+    request.once("timeout", () => request.destroy())
+    request.once("error", () => resolve(false))
+  })
