@@ -44,13 +44,17 @@ export class SnapshotManifest extends Schema.Class<SnapshotManifest>("SnapshotMa
   /** Files of the snapshot, relative to its directory. */
   files: Schema.Struct({
     disk: Schema.String,
-    state: Schema.optional(Schema.String)
+    state: Schema.optional(Schema.String),
+    /** The guest's RAM as a sparse file, mapped copy-on-write by restores (else it is in `state`). */
+    memory: Schema.optional(Schema.String)
   }),
   /** Bytes the snapshot's files occupy on the host (sparse: zero blocks are not stored). */
   allocatedBytes: Schema.Number,
   /** Apparent size of the disk copy. */
   diskBytes: Schema.Number,
   stateBytes: Schema.optional(Schema.Number),
+  /** Apparent size of the memory file (the guest's RAM size). */
+  memoryBytes: Schema.optional(Schema.Number),
   /** Milliseconds the VM was held paused for the capture (memory snapshots). */
   pausedMs: Schema.optional(Schema.Number),
   /** Kept as evidence (secrets and all); restores refuse it. */

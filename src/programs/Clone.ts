@@ -21,7 +21,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { hostnameFor, publishWorkspace } from "./Create.ts"
-import { copyDisk, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
+import { copyDisk, copyState, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 import { stagingName } from "./internal/Staging.ts"
 import { loadSnapshot } from "./Snapshot.ts"
@@ -70,7 +70,7 @@ const copyWorkspace = (
     )
     return yield* Effect.gen(function*() {
       yield* copyDisk(disk, NodePath.join(staging, "rootfs"))
-      if (resumable !== undefined) yield* copyDisk(resumable.state, NodePath.join(staging, resumeStateFile))
+      if (resumable !== undefined) yield* copyState(resumable.state, NodePath.join(staging, resumeStateFile))
       const now = yield* DateTime.now
       const dropped = source.mounts.filter(shared)
       const {

@@ -20,7 +20,7 @@ import { Conflict } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
-import { Hypervisor } from "../services/Hypervisor.ts"
+import { Hypervisor, memoryFileOf } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { copyDisk } from "./internal/DiskCopy.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
@@ -159,6 +159,7 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
       yield* hypervisor.saveState(handle.value, state)
     }
     keep("vm.state")(true)
+    if (NodeFs.existsSync(memoryFileOf(state))) keep(NodePath.basename(memoryFileOf(state)))(true)
     const disk = NodePath.join(custody, "disk.ext4")
     if (!NodeFs.existsSync(disk)) yield* copyDisk(marked.rootfsPath, disk)
     keep("disk.ext4")(true)

@@ -19,7 +19,7 @@ import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 
 import { Home } from "../services/Home.ts"
-import { Hypervisor, type VmHandle } from "../services/Hypervisor.ts"
+import { Hypervisor, memoryFileOf, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
@@ -218,6 +218,7 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
     }
     const disk = NodePath.join(staging, diskFile)
     const state = NodePath.join(staging, stateFile)
+    const memory = NodeFs.existsSync(memoryFileOf(state)) ? memoryFileOf(state) : undefined
     const manifest = SnapshotManifest.make({
       formatVersion: 1,
       workspace: name,
@@ -242,10 +243,16 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       secretsPurged: !(live && forensic && workspace.secrets.length > 0),
       ...(forensic ? { forensic: true } : {}),
       secretNames: workspace.secrets.map((s) => s.name),
-      files: { disk: diskFile, ...(live ? { state: stateFile } : {}) },
-      allocatedBytes: allocatedBytes(disk) + (live ? allocatedBytes(state) : 0),
+      files: {
+        disk: diskFile,
+        ...(live ? { state: stateFile } : {}),
+        ...(memory !== undefined ? { memory: NodePath.basename(memory) } : {})
+      },
+      allocatedBytes: allocatedBytes(disk) + (live ? allocatedBytes(state) : 0)
+        + (memory !== undefined ? allocatedBytes(memory) : 0),
       diskBytes: NodeFs.statSync(disk).size,
       ...(live ? { stateBytes: NodeFs.statSync(state).size } : {}),
+      ...(memory !== undefined ? { memoryBytes: NodeFs.statSync(memory).size } : {}),
       ...(pausedMs === undefined ? {} : { pausedMs })
     })
     yield* writeManifest(staging, manifest)

@@ -25,6 +25,7 @@ import {
   pendingDiskPath,
   putBack,
   removePath,
+  removeState,
   replaceDisk,
   resumeStateFile,
   sweepPendingDisks
@@ -459,7 +460,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         if (previousDisk !== undefined) yield* removePath(previousDisk)
         // (A roll back also ends a pending resume, which the `booted` patch cleared.)
         if (current.pendingResume !== undefined) {
-          yield* removePath(NodePath.join(home.workspaceDir(name), resumeStateFile))
+          yield* removeState(NodePath.join(home.workspaceDir(name), resumeStateFile))
         }
         if (snapshot !== undefined || resume !== undefined) {
           yield* store.appendEvent(name, {

@@ -114,8 +114,9 @@ export interface HypervisorShape {
   readonly pause: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
   readonly resume: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
   /**
-   * Writes the device state and memory of a paused VM to `file` (created 0600). The VM stays paused;
-   * `resume` lets it run on. Backends without the `Snapshot` capability fail with `Unsupported`.
+   * Writes the device state and memory of a paused VM to `file` (created 0600), the memory either in
+   * the stream or as its own file (`memoryFileOf(file)`, sparse, 0600). The VM stays paused; `resume`
+   * lets it run on. Backends without the `Snapshot` capability fail with `Unsupported`.
    */
   readonly saveState: (handle: VmHandle, file: string) => Effect.Effect<void, MicroagentError>
   /**
@@ -131,5 +132,12 @@ export interface HypervisorShape {
    */
   readonly sever: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
 }
+
+/**
+ * The guest memory file `saveState` may write beside the state file: the migration stream then holds
+ * only device state, and `restore` maps this file (copy-on-write) instead of reading RAM from the
+ * stream. Whoever copies or removes a state file handles its memory file with it.
+ */
+export const memoryFileOf = (stateFile: string): string => `${stateFile}.mem`
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}

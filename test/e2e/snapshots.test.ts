@@ -105,11 +105,24 @@ describe("snapshots on real microVMs", () => {
     assert.match(manifest.kernelSha256, /^[0-9a-f]{64}$/)
     assert.strictEqual(manifest.resources.memoryMiB > 0, true)
     const dir = NodePath.join(snapshotsDir("w"), "one")
-    assert.deepStrictEqual(NodeFs.readdirSync(dir).sort(), ["disk.ext4", "manifest.json", "vm.state"])
+    assert.deepStrictEqual(NodeFs.readdirSync(dir).sort(), [
+      "disk.ext4",
+      "manifest.json",
+      "vm.state",
+      "vm.state.mem"
+    ])
+    assert.deepInclude(manifest.files, { state: "vm.state", memory: "vm.state.mem" })
     const state = NodeFs.statSync(NodePath.join(dir, "vm.state"))
     assert.strictEqual(state.size, manifest.stateBytes)
-    assert.isAbove(state.size, 1024 * 1024, "the state holds the guest's memory")
+    // Device state only: the guest's RAM is the memory file, as large as the guest's memory, sparse.
+    assert.isBelow(state.size, 4 * 1024 * 1024, "the stream holds no RAM")
     assert.strictEqual(state.mode & 0o777, 0o600)
+    const memory = NodeFs.statSync(NodePath.join(dir, "vm.state.mem"))
+    assert.strictEqual(memory.size, manifest.resources.memoryMiB * 1024 * 1024)
+    assert.strictEqual(memory.size, manifest.memoryBytes)
+    assert.isAbove(memory.blocks * 512, 1024 * 1024, "the memory file holds what the guest touched")
+    assert.isBelow(memory.blocks * 512, memory.size, "untouched pages are holes")
+    assert.strictEqual(memory.mode & 0o777, 0o600)
     assert.strictEqual(NodeFs.statSync(dir).mode & 0o777, 0o700)
     // Sparse: the copy stores fewer bytes than its size.
     assert.isBelow(NodeFs.statSync(NodePath.join(dir, "disk.ext4")).blocks * 512, manifest.diskBytes)
@@ -365,7 +378,9 @@ describe("snapshots on real microVMs", () => {
       const forensic = json(await ok(["snapshot", "create", "w", "--forensic", "--json"]))
       assert.match(forensic.tag, /^forensic-\d{8}T\d{6}Z$/)
       assert.deepInclude(forensic, { kind: "memory", forensic: true, secretsPurged: false })
-      const memory = NodeFs.readFileSync(NodePath.join(snapshotsDir("w"), forensic.tag, forensic.files.state))
+      const memory = NodeFs.readFileSync(
+        NodePath.join(snapshotsDir("w"), forensic.tag, forensic.files.memory)
+      )
       assert.isTrue(
         memory.includes("s3cr3t-value-for-snapshot"),
         "the forensic memory holds the guest's tmpfs"

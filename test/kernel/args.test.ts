@@ -253,6 +253,25 @@ describe("QEMU arguments", () => {
     assert.deepStrictEqual(restore.filter((_, i) => i !== at && i !== at + 1), boot)
   })
 
+  it("names guest RAM `mem`: a shared memfd on boot, a saved file mapped privately on restore", () => {
+    const boot = qemuArgs({ ...base, memory: { _tag: "Memfd" } })
+    assert.deepStrictEqual(values(boot, "-M"), ["microvm,memory-backend=mem"])
+    assert.deepStrictEqual(values(boot, "-object"), ["memory-backend-memfd,id=mem,size=512M,share=on"])
+    const mapped = qemuArgs({
+      ...base,
+      incoming: true,
+      memory: { _tag: "MappedFile", path: "/s/a,b/vm.state.mem" }
+    })
+    assert.deepStrictEqual(values(mapped, "-object"), [
+      "memory-backend-file,id=mem,size=512M,mem-path=/s/a,,b/vm.state.mem,share=off"
+    ])
+    const stream = qemuArgs({ ...base, incoming: true, memory: { _tag: "Anonymous" } })
+    assert.deepStrictEqual(values(stream, "-object"), ["memory-backend-ram,id=mem,size=512M"])
+    // A stream saved before RAM had a name restores into the machine's default RAM.
+    assert.deepStrictEqual(values(qemuArgs({ ...base, incoming: true }), "-object"), [])
+    assert.deepStrictEqual(values(qemuArgs({ ...base, incoming: true }), "-M"), ["microvm"])
+  })
+
   it("uses PCI devices on q35 and the host CPU under KVM", () => {
     const args = qemuArgs({ ...base, machine: "q35", accel: "kvm", network: "user" })
     assert.deepStrictEqual(values(args, "-M"), ["q35"])

@@ -28,6 +28,7 @@ import {
   Hypervisor,
   type HypervisorShape,
   type LaunchConfig,
+  memoryFileOf,
   VmHandle,
   type VmStatus
 } from "../../../services/Hypervisor.ts"
@@ -45,6 +46,7 @@ import {
   type BootProfile,
   bootProfiles,
   cmdlineProblem,
+  type GuestMemory,
   type Machine,
   nicProblem,
   qemuArgs,
@@ -350,8 +352,10 @@ export const make = (options: QemuOptions, control: GuestControl) =>
      * Loads a saved state into a VMM started with `-incoming defer`, then lets it run. QEMU 7.2 has no
      * `file:` URI: the stream is read through `exec:cat`.
      */
-    const loadState = (handle: VmHandle, stateFile: string) =>
+    const loadState = (handle: VmHandle, stateFile: string, memory: GuestMemory | undefined) =>
       Effect.gen(function*() {
+        // A stream saved beside its memory file says so in its RAM section, which must be read alike.
+        yield* ignoreSharedMemory(handle, memory?._tag === "MappedFile")
         yield* qmpExecute(controlSocket(handle), "migrate-incoming", { uri: `exec:cat ${stateFile}` }).pipe(
           Effect.mapError((error) =>
             new Transient({ message: `QMP migrate-incoming on pid ${handle.pid} failed: ${error.message}` })
@@ -371,6 +375,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
             return yield* new NotFound({ message: `VM state ${stateFile} does not exist` })
           }
         }
+        const memory = stateFile === undefined ? memfd : guestMemoryFor(stateFile)
         const paths = runtimePaths(config.runtimeDir)
         yield* Effect.try({
           try: () => {
@@ -409,7 +414,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           bootProfile,
           kernelHz: config.kernelHz,
           incoming: stateFile !== undefined,
-          modelChannel: config.modelChannel
+          modelChannel: config.modelChannel,
+          memory
         })
         const handleOf = (pid: number) =>
           new VmHandle({
@@ -459,7 +465,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
                 }).pipe(
                   Effect.zipRight(faultPoint("vmm.booting")),
                   Effect.zipRight(
-                    stateFile === undefined ? Effect.void : loadState(handle, stateFile).pipe(
+                    stateFile === undefined ? Effect.void : loadState(handle, stateFile, memory).pipe(
                       // QEMU exits when a stream does not load: its stderr went with the daemon, so
                       // say what is known.
                       Effect.mapError((error) =>
@@ -654,6 +660,18 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         })
       )
 
+    /** Sets QMP's `x-ignore-shared`: with it a migration stream leaves out shared RAM (the memfd). */
+    const ignoreSharedMemory = (handle: VmHandle, on: boolean) =>
+      qmpExecute(controlSocket(handle), "migrate-set-capabilities", {
+        capabilities: [{ capability: "x-ignore-shared", state: on }]
+      }).pipe(
+        Effect.mapError((error) =>
+          new Transient({
+            message: `QMP migrate-set-capabilities on pid ${handle.pid} failed: ${error.message}`
+          })
+        )
+      )
+
     const saveState = Effect.fn("Hypervisor.saveState")(function*(handle: VmHandle, file: string) {
       yield* requireQemu(handle)
       yield* requireAlive(handle, "save the VM state")
@@ -663,6 +681,10 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           message: `cannot save VM state to ${file}: unusual characters in path`
         })
       }
+      // A booted VM's RAM is a shared memfd: copied out as a file, and left out of the stream. A
+      // restored VM maps its memory privately, so its RAM goes into the stream.
+      const memfd = sharedMemoryOf(handle.pid)
+      yield* ignoreSharedMemory(handle, memfd !== undefined)
       // The file is created by QEMU's shell: make it private first.
       yield* Effect.sync(() => NodeFs.writeFileSync(file, "", { mode: 0o600 }))
       yield* qmpExecute(controlSocket(handle), "migrate", { uri: `exec:cat > ${file}` }).pipe(
@@ -671,6 +693,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         )
       )
       yield* awaitMigration(handle, Date.now() + 300_000, "saving")
+      if (memfd !== undefined) yield* copyMemory(memfd, memoryFileOf(file))
     })
 
     /** `set_link … up=false` on each netdev the launch arguments name: `net0`, then `nic1`, `nic2`, … */
@@ -708,6 +731,75 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         sever
       } satisfies HypervisorShape
     )
+  })
+
+const memfd: GuestMemory = { _tag: "Memfd" }
+
+/**
+ * How a saved state's RAM is restored: its memory file mapped copy-on-write; else from the stream into
+ * private memory; a stream from before the memory backend had a name (its RAM block is the machine's own,
+ * `microvm.ram` or `pc.ram`) into QEMU's default RAM, as it was saved.
+ */
+const guestMemoryFor = (stateFile: string): GuestMemory | undefined => {
+  const memoryFile = memoryFileOf(stateFile)
+  if (NodeFs.existsSync(memoryFile)) return { _tag: "MappedFile", path: memoryFile }
+  return streamHasLegacyRam(stateFile) ? undefined : { _tag: "Anonymous" }
+}
+
+/** The RAM section, with its block names, opens the stream. */
+const streamHasLegacyRam = (stateFile: string): boolean => {
+  let fd: number | undefined
+  try {
+    fd = NodeFs.openSync(stateFile, "r")
+    const head = Buffer.alloc(64 * 1024)
+    const n = NodeFs.readSync(fd, head, 0, head.length, 0)
+    const start = head.subarray(0, n)
+    return start.includes("\x0bmicrovm.ram", 0, "latin1") || start.includes("\x06pc.ram", 0, "latin1")
+  } catch {
+    return false
+  } finally {
+    if (fd !== undefined) NodeFs.closeSync(fd)
+  }
+}
+
+/** The `/proc` path of the VMM's shared guest-memory memfd, if its RAM is one. */
+const sharedMemoryOf = (pid: number): string | undefined => {
+  const dir = `/proc/${pid}/fd`
+  try {
+    for (const fd of NodeFs.readdirSync(dir)) {
+      const path = NodePath.join(dir, fd)
+      try {
+        if (NodeFs.readlinkSync(path).startsWith("/memfd:memory-backend-memfd")) return path
+      } catch {
+        // Closed meanwhile.
+      }
+    }
+  } catch {
+    return undefined
+  }
+  return undefined
+}
+
+/** A sparse copy (pages the guest never touched are holes), 0600 from the start. */
+const copyMemory = (from: string, to: string) =>
+  Effect.async<void, Permanent>((resume) => {
+    try {
+      NodeFs.writeFileSync(to, "", { mode: 0o600 })
+    } catch (cause) {
+      return resume(Effect.fail(new Permanent({ message: `cannot create ${to}: ${String(cause)}` })))
+    }
+    NodeChild.execFile("cp", ["--sparse=always", from, to], (error, _stdout, stderr) => {
+      if (error === null) return resume(Effect.void)
+      NodeFs.rmSync(to, { force: true })
+      resume(
+        Effect.fail(
+          new Permanent({
+            message: `copying the guest memory to ${to} failed: ${String(stderr).trim() || error.message}`,
+            remediation: "check the free space of the state directory's filesystem"
+          })
+        )
+      )
+    })
   })
 
 const readPid = (file: string): number | undefined => {

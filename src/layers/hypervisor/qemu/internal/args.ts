@@ -105,7 +105,33 @@ export interface QemuArgsInput {
   readonly incoming?: boolean | undefined
   /** A model channel: guest 127.0.0.1:11434 forwarded over a second virtio-serial port. */
   readonly modelChannel?: boolean | undefined
+  /** Where guest RAM lives (absent: QEMU's anonymous `pc.ram`, as states saved before `mem` existed). */
+  readonly memory?: GuestMemory | undefined
 }
+
+/**
+ * Guest RAM as a named backend `mem`: a shared memfd (booted VMs: a capture copies it out as a plain
+ * file, and the migration stream then holds only device state); a saved memory file mapped privately
+ * (restores: pages are read on first touch and copied on first write, so VMs restored from one file
+ * share what they have not changed); or private anonymous memory (restores of a stream that holds the
+ * RAM: pages the stream leaves zero stay unallocated, which a memfd would allocate).
+ */
+export type GuestMemory =
+  | { readonly _tag: "Memfd" }
+  | { readonly _tag: "MappedFile"; readonly path: string }
+  | { readonly _tag: "Anonymous" }
+
+/** The backend's id, which is also the RAM block's name in a migration stream. */
+export const guestMemoryId = "mem"
+
+const memoryBackend = (memory: GuestMemory, memoryMiB: number): string =>
+  memory._tag === "Memfd"
+    ? `memory-backend-memfd,id=${guestMemoryId},size=${memoryMiB}M,share=on`
+    : memory._tag === "Anonymous"
+    ? `memory-backend-ram,id=${guestMemoryId},size=${memoryMiB}M`
+    : `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${
+      escapeOption(memory.path)
+    },share=off`
 
 /**
  * The `fast` profile's options that depend on the VM. Under TCG: the delay-loop constant from the
@@ -227,7 +253,8 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     "-name",
     escapeOption(`microagent-${input.workspace}`),
     "-M",
-    input.machine,
+    input.memory === undefined ? input.machine : `${input.machine},memory-backend=${guestMemoryId}`,
+    ...(input.memory === undefined ? [] : ["-object", memoryBackend(input.memory, input.memoryMiB)]),
     ...(input.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"]),
     "-m",
     String(input.memoryMiB),
