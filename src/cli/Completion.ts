@@ -104,6 +104,9 @@ export const positionalKinds: Record<string, ReadonlyArray<Kind>> = {
   "snapshot ls": [names("workspaces")],
   "snapshot delete": [names("workspaces"), nothing],
   "snapshot rm": [names("workspaces"), nothing],
+  "template list": [],
+  "template ls": [],
+  "template prune": [],
   completion: [words(shells)]
 }
 

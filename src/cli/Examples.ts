@@ -11,8 +11,7 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   ],
   run: [
     "microagent run alpine:3.20 -- echo hello",
-    "microagent run --image alpine --setup 'apk add git' --exec 'git --version'",
-    "microagent run --model org/repo/model.gguf -- sh -c 'env | grep OPENAI'"
+    "microagent run --image alpine --setup 'apk add git' --exec 'git --version'"
   ],
   init: [
     "microagent init my-agent",
@@ -148,6 +147,10 @@ export const examples: Readonly<Record<string, ReadonlyArray<string>>> = {
   "snapshot ls": ["microagent snapshot ls dev"],
   "snapshot delete": ["microagent snapshot delete dev before-upgrade"],
   "snapshot rm": ["microagent snapshot rm dev before-upgrade"],
+  template: ["microagent template list", "microagent template prune"],
+  "template list": ["microagent template list", "microagent template list --json"],
+  "template ls": ["microagent template ls"],
+  "template prune": ["microagent template prune", "microagent template prune --all"],
   volume: [
     "microagent volume create --size-mib 2048 cache",
     "microagent run -v cache:/cache alpine -- du -sh /cache",

@@ -139,7 +139,7 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--ttl"
     ]
   ],
-  ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout"]],
+  ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout", "--cold"]],
   [
     "Network",
     [

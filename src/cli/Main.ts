@@ -37,6 +37,7 @@ import { serve } from "./ServeCommands.ts"
 import { snapshotCommand } from "./snapshot.ts"
 import { stateCommand } from "./state.ts"
 import { superviseCommand } from "./supervise.ts"
+import { templateCommand } from "./template.ts"
 import { usageGroup } from "./usage.ts"
 import { volumeCommand } from "./volume.ts"
 
@@ -57,6 +58,7 @@ export const subcommands = [
   volumeCommand,
   modelCommand,
   snapshotCommand,
+  templateCommand,
   cloneCommand,
   forkCommand,
   secretCommand,

@@ -309,6 +309,11 @@ const reportResult = (result: ExecResult, extra: Record<string, unknown>) =>
     process.exitCode = result.exitCode
   })
 
+/** `--cold` on `run` and `start`: no warm start (docs/snapshots.md, "Warm starts"). */
+const coldOption = Options.boolean("cold").pipe(
+  Options.withDescription("boot, even where a warm template could be restored")
+)
+
 /** `run --setup`: in the one-shot boot, before the command. */
 const runSetupOption = Options.text("setup").pipe(
   Options.withPseudoName("CMD"),
@@ -378,6 +383,7 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
     ),
     setup: runSetupOption,
     outputs: outputOption,
+    cold: coldOption,
     // Described by --image (the Usage line names IMAGE), which keeps `run --help` to one screen.
     image: Args.text({ name: "image" }).pipe(Args.optional)
   }, (options) =>
@@ -441,6 +447,7 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
           secretValues,
           outputs,
           backend: invocation.backend ?? defaultBackend(),
+          cold: options.cold || undefined,
           ...(verb === "dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))))
       // Kept, or with outputs to fetch later: the generated name is needed.
@@ -631,6 +638,7 @@ const startCommand = Command.make(
       Options.withDescription("then block until the entrypoint has finished or the workspace settles")
     ),
     waitTimeout: optionalDuration("wait-timeout", "with --wait: give up after this long (exit 75)"),
+    cold: coldOption,
     name: Args.text({ name: "name" })
   },
   (options) =>
@@ -654,6 +662,7 @@ const startCommand = Command.make(
                 cpus: orUndefined(options.cpus),
                 ttlSeconds,
                 fromSnapshot: orUndefined(options.fromSnapshot),
+                cold: options.cold || undefined,
                 ...secrets
               })
             )))

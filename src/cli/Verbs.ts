@@ -220,6 +220,13 @@ export const verbs: ReadonlyArray<Verb> = [
     subcommands: true
   },
   {
+    name: "template",
+    group: "Resources",
+    summary: "list and prune warm-start templates",
+    aliases: ["templates"],
+    subcommands: true
+  },
+  {
     name: "secret",
     group: "Resources",
     summary: "resolve secret references without delivering them",

@@ -5,6 +5,7 @@
 import { Effect, Schema } from "effect"
 import { toErrorBody } from "../domain/Errors.ts"
 import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
+import { TemplateEntry, TemplatesPruned } from "../domain/Template.ts"
 import { ForkResult } from "../programs/Fork.ts"
 import { resolveSecrets } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -164,6 +165,46 @@ export const snapshotTools: ReadonlyArray<AnyTool> = [
             actions: [],
             wouldFail: toErrorBody(error)
           }))
+      )
+  }),
+  defineTool({
+    name: "templates.list",
+    title: "List warm-start templates",
+    description:
+      "The saved template VMs a workspace's first start restores instead of booting (one per image, kernel and machine shape), each with whether its image and kernel are still there.",
+    input: {},
+    output: Schema.Struct({ templates: Schema.Array(TemplateEntry) }),
+    kind: "read",
+    sideEffects: [],
+    cost: "metadata",
+    run: () =>
+      Effect.map(
+        Effect.flatMap(MicroagentClient, (client) => client.templateList()),
+        (templates) => ({ templates })
+      )
+  }),
+  defineTool({
+    name: "templates.prune",
+    title: "Prune warm-start templates",
+    description:
+      "Remove templates whose image or kernel is gone, or every template with all=true. Running workspaces keep working; the next first start builds a template again.",
+    input: { all: optional(Schema.Boolean, "remove every template, not only stale ones") },
+    output: TemplatesPruned,
+    kind: "destructive",
+    sideEffects: ["deletes template files"],
+    cost: "host_io",
+    run: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.templatePrune(defined({ all: args.all }))),
+    preview: (args) =>
+      Effect.flatMap(MicroagentClient, (client) => client.templateList()).pipe(
+        Effect.map((templates): PreviewResult => ({
+          preview: true,
+          actions: templates
+            .filter((t) => args.all === true || t.stale !== undefined)
+            .map((t) =>
+              `remove template ${t.manifest.key} of ${t.manifest.imageRef} (${t.manifest.allocatedBytes} bytes on disk)`
+            )
+        }))
       )
   })
 ]

@@ -53,6 +53,11 @@ import { usageTools } from "./UsageTools.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 
+const coldInput = optional(
+  Schema.Boolean,
+  "boot even when a warm start is possible (a first start on the image's disk otherwise restores a saved template VM)"
+)
+
 const newWorkspace = {
   image: described(
     Schema.NonEmptyTrimmedString,
@@ -367,6 +372,7 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
         Schema.Number.pipe(Schema.positive()),
         "seconds to wait for the guest (default 60)"
       ),
+      cold: coldInput,
       dry_run: optional(
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, mounts, network, setup, "
@@ -404,6 +410,7 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
           stderrLimit: args.stderr_limit,
           keep: args.keep,
           bootTimeoutSeconds: args.boot_timeout_seconds,
+          cold: args.cold,
           ...stdinOf(args.stdin),
           ...(name === "workspace.dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))
@@ -537,6 +544,7 @@ export const tools: ReadonlyArray<AnyTool> = [
         Schema.Number.pipe(Schema.positive()),
         "seconds to wait for the guest (default 60)"
       ),
+      cold: coldInput,
       secrets: optional(
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
@@ -569,7 +577,8 @@ export const tools: ReadonlyArray<AnyTool> = [
             bootTimeoutSeconds: args.boot_timeout_seconds,
             secrets: given,
             secretValues,
-            fromSnapshot: args.from_snapshot
+            fromSnapshot: args.from_snapshot,
+            cold: args.cold
           })
         )
       })

@@ -35,6 +35,8 @@ export interface RunOptions extends CreateOptions {
    * (the mediator's record of what it reached and was refused) before the workspace goes.
    */
   readonly receipt?: boolean | undefined
+  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
+  readonly cold?: boolean | undefined
 }
 
 export const run = Effect.fn("run")(function*(options: RunOptions) {
@@ -66,7 +68,8 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
     }
     yield* start(workspace.name, {
       bootTimeoutSeconds: options.bootTimeoutSeconds,
-      secretValues: options.secretValues
+      secretValues: options.secretValues,
+      cold: options.cold
     })
     const latest = yield* store.get(workspace.name)
     const request = execRequestFor(latest, argv as [string, ...Array<string>], options.exec)

@@ -41,6 +41,7 @@ import { launchWithNetworks, preflightNetworking } from "./Network.ts"
 import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
+import { planWarmStart } from "./Templates.ts"
 
 export interface StartOptions {
   readonly bootTimeoutSeconds?: number | undefined
@@ -59,6 +60,8 @@ export interface StartOptions {
    * memory snapshot resumes the captured VM instead of booting (see docs/snapshots.md).
    */
   readonly fromSnapshot?: string | undefined
+  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
+  readonly cold?: boolean | undefined
 }
 
 /** An expired lease stops a start, unless the start brings a new one. */
@@ -245,6 +248,23 @@ const checkResume = (
     }
   })
 
+const describeFreshened = (freshened: Freshened | undefined) =>
+  freshened === undefined
+    ? "guest not freshened"
+    : `clock ${freshened.clock ? "set" : "not set"}, rng ${freshened.rng ? "reseeded" : "not reseeded"}${
+      freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`
+    }`
+
+/** A copy of the template's disk beside the workspace's, renamed over it once the start is admitted. */
+const prepareWarmDisk = (workspace: Workspace, disk: string) =>
+  Effect.gen(function*() {
+    const pending = pendingDiskPath(workspace.rootfsPath, "warm")
+    yield* sweepPendingDisks(workspace.rootfsPath)
+    yield* removePath(pending)
+    yield* copyDisk(disk, pending)
+    return pending
+  })
+
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
 export const start = Effect.fn("start")(function*(name: string, options: StartOptions = {}) {
@@ -305,8 +325,19 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       resources
     })
   }
+  // A first start on the image's disk restores a template instead of booting, when one fits (built
+  // now if missing); its disk, the one the template's guest had mounted, replaces the workspace's.
+  const warm = snapshot === undefined && resume === undefined
+    ? yield* planWarmStart(current, {
+      cold: options.cold === true,
+      resources,
+      artifacts,
+      modelChannel
+    })
+    : undefined
+  const template = warm?._tag === "Warm" ? warm.template : undefined
   const pendingDisk = snapshot === undefined
-    ? undefined
+    ? template === undefined ? undefined : yield* prepareWarmDisk(current, template.disk)
     : yield* prepareRollback(current, snapshot, {
       backend: hypervisor.backend,
       kernelSha256: artifacts?.kernelSha256,
@@ -360,6 +391,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       Effect.gen(function*() {
         // Secrets go in as soon as the guest answers; a VM that did not get them does not stay up.
         let freshened: Freshened | undefined
+        let warmFailed = false
         let previousDisk: string | undefined
         // One type for both branches: a union here left the pipe below to inference that failed.
         const swapDisk: Effect.Effect<void, MicroagentError> = pendingDisk === undefined
@@ -380,7 +412,28 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   nics,
                   ...(egress === undefined ? {} : { egress })
                 })
-                return (memoryRestore && stateFile !== undefined
+                return (template !== undefined
+                  // Warm: the template's guest, made this workspace's before it counts as running.
+                  ? hypervisor.restore(full, template.state).pipe(
+                    Effect.tap((handle) =>
+                      freshenGuest(name, handle, { hostname: starting.hostname }).pipe(
+                        Effect.tap((result) => (freshened = result)),
+                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                      )
+                    ),
+                    // A template that does not restore costs only the warm start: its disk boots.
+                    Effect.catchAll((error) =>
+                      store.appendEvent(name, {
+                        type: "warm",
+                        detail: `template ${template.manifest.key} did not restore, booting: ${error.message}`
+                      }).pipe(
+                        Effect.ignore,
+                        Effect.zipRight(Effect.sync(() => (warmFailed = true))),
+                        Effect.zipRight(hypervisor.launch(full))
+                      )
+                    )
+                  )
+                  : memoryRestore && stateFile !== undefined
                   // The captured VM was booted with its own hostname on the kernel command line.
                   ? hypervisor.restore(
                     resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
@@ -462,6 +515,14 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         if (current.pendingResume !== undefined) {
           yield* removeState(NodePath.join(home.workspaceDir(name), resumeStateFile))
         }
+        if (template !== undefined && !warmFailed) {
+          yield* store.appendEvent(name, {
+            type: "warm",
+            detail: `restored template ${template.manifest.key}${
+              warm?._tag === "Warm" && warm.built ? " (built by this start)" : ""
+            }; ${describeFreshened(freshened)}`
+          }).pipe(Effect.ignore)
+        }
         if (snapshot !== undefined || resume !== undefined) {
           yield* store.appendEvent(name, {
             type: "snapshot",
@@ -469,13 +530,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
               resume !== undefined
                 ? `${resume.snapshot} (memory, as ${starting.hostname})`
                 : `${snapshot!.manifest.tag} (${snapshot!.manifest.kind})`
-            }${
-              freshened === undefined
-                ? ""
-                : `; clock ${freshened.clock ? "set" : "not set"}, rng ${
-                  freshened.rng ? "reseeded" : "not reseeded"
-                }${freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`}`
-            }`
+            }${freshened === undefined ? "" : `; ${describeFreshened(freshened)}`}`
           }).pipe(Effect.ignore)
         }
         return running

@@ -5,6 +5,7 @@
  * (`$MICROAGENT_HOME`, `$MICROAGENT_BACKEND`), which lives as long as the process.
  */
 import { Effect, Exit, Layer, ManagedRuntime, Stream } from "effect"
+import type { TemplateEntry, TemplatesPruned } from "../domain/Template.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { ImageStoreOnHome } from "../layers/image/Stack.ts"
 import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
@@ -31,6 +32,7 @@ import {
   modelServe,
   modelStop
 } from "../programs/Model.ts"
+import { listTemplates, pruneTemplates } from "../programs/Templates.ts"
 import { Home } from "../services/Home.ts"
 import type { RunnerRecord, ServeOptions } from "../services/ModelRunners.ts"
 import type { ModelRecord, PruneResult, PullOptions } from "../services/Models.ts"
@@ -165,6 +167,16 @@ export class Host implements AsyncDisposable {
   /** Removes partial downloads and model files no record uses. */
   pruneModels(): Promise<PruneResult> {
     return this.run(modelPrune().pipe(Effect.provide(ModelsLive)))
+  }
+
+  /** The warm-start templates, each with whether its image and kernel are still there. */
+  templates(): Promise<ReadonlyArray<TemplateEntry>> {
+    return this.run(listTemplates())
+  }
+
+  /** Removes stale warm-start templates (image or kernel gone), or every one with `all`. */
+  pruneTemplates(options: { readonly all?: boolean | undefined } = {}): Promise<TemplatesPruned> {
+    return this.run(pruneTemplates({ all: options.all === true }))
   }
 
   /**

@@ -127,6 +127,8 @@ export interface CreateOptions {
   /** Boot it now (default) or leave it prepared until `start()`. */
   readonly start?: boolean | undefined
   readonly bootTimeoutSeconds?: number | undefined
+  /** Boot even when a warm start (a saved template restored instead of a boot) is possible. */
+  readonly cold?: boolean | undefined
   /** Default: the process's default Host (`$MICROAGENT_HOME`, `$MICROAGENT_BACKEND`). */
   readonly host?: Host | undefined
   readonly signal?: AbortSignal | undefined
@@ -282,7 +284,11 @@ export class Workspace implements AsyncDisposable {
     )
     const workspace = new Workspace(record.name, host)
     if (options.start !== false) {
-      await workspace.start({ bootTimeoutSeconds: options.bootTimeoutSeconds, signal: options.signal }).catch(
+      await workspace.start({
+        bootTimeoutSeconds: options.bootTimeoutSeconds,
+        cold: options.cold,
+        signal: options.signal
+      }).catch(
         async (error: unknown) => {
           await workspace.delete().catch(() => undefined)
           throw error
@@ -405,6 +411,8 @@ export class Workspace implements AsyncDisposable {
       readonly ttlSeconds?: number | undefined
       /** Roll back to this snapshot tag first (see docs/snapshots.md). */
       readonly fromSnapshot?: string | undefined
+      /** Boot even when a warm start is possible (see docs/snapshots.md, "Warm starts"). */
+      readonly cold?: boolean | undefined
       readonly signal?: AbortSignal | undefined
     } = {}
   ): Promise<void> {
@@ -416,7 +424,8 @@ export class Workspace implements AsyncDisposable {
           memoryMiB: options.memoryMiB,
           cpus: options.cpus,
           ttlSeconds: options.ttlSeconds,
-          fromSnapshot: options.fromSnapshot
+          fromSnapshot: options.fromSnapshot,
+          cold: options.cold
         })
       ),
       { signal: options.signal }

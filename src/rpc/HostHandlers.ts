@@ -15,6 +15,7 @@ import { doctorWithState } from "../programs/Doctor.ts"
 import { imagePush, registryList, registryLogin, registryLogout } from "../programs/Image.ts"
 import { modelPolicyEvaluate, modelPolicyValidate } from "../programs/Model.ts"
 import { backupState, checkState } from "../programs/State.ts"
+import { listTemplates, pruneTemplates } from "../programs/Templates.ts"
 import { Home } from "../services/Home.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -63,6 +64,13 @@ export const makeHostHandlers = Effect.gen(function*() {
       Effect.provide(FileKernelCache.layer().pipe(Layer.provide(here)))
     )
   )
+  const withTemplateServices = <A, E>(effect: Effect.Effect<A, E, ImageStore | KernelCache | Home>) =>
+    Effect.flatMap(Effect.zip(images, kernels), ([store, cache]) =>
+      effect.pipe(
+        Effect.provideService(ImageStore, store),
+        Effect.provideService(KernelCache, cache),
+        Effect.provideService(Home, home)
+      ))
   const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
   const runners = yield* Effect.cached(
     ModelRunners.pipe(
@@ -86,6 +94,9 @@ export const makeHostHandlers = Effect.gen(function*() {
           ...(p.allowGuestSetuid === undefined ? {} : { allowGuestSetuid: p.allowGuestSetuid }),
           ...(p.refuseDevices === undefined ? {} : { refuseDevices: p.refuseDevices })
         })),
+    templateList: () => withTemplateServices(listTemplates()),
+    templatePrune: (p: { readonly all?: boolean | undefined }) =>
+      withTemplateServices(pruneTemplates({ all: p.all === true })),
     imageList: () => Effect.map(Effect.flatMap(images, (store) => store.list), (list) => ({ images: list })),
     imageInspect: (p: { readonly ref: string }) => Effect.flatMap(images, (store) => store.inspect(p.ref)),
     imageRemove: (p: { readonly refs: ReadonlyArray<string>; readonly purge?: boolean | undefined }) =>

@@ -7,6 +7,7 @@
 import { Rpc } from "@effect/rpc"
 import { Schema } from "effect"
 import { MicroagentError } from "../domain/Errors.ts"
+import { TemplateEntry, TemplatesPruned } from "../domain/Template.ts"
 import { PushResult } from "../programs/Image.ts"
 import { StateBackup, StateCheckResult } from "../programs/State.ts"
 import { ImageRecord } from "../services/ImageStore.ts"
@@ -45,6 +46,14 @@ export const DoctorCheck = Schema.Struct({
 export const DoctorResult = Schema.Struct({ ok: Schema.Boolean, checks: Schema.Array(DoctorCheck) })
 
 export const hostRpcs = [
+  /** Warm-start templates in the store, each with whether its image and kernel are still there. */
+  Rpc.make("templateList", { success: Schema.Array(TemplateEntry), error: MicroagentError }),
+  /** Removes stale templates (image or kernel gone), or all with `all`. */
+  Rpc.make("templatePrune", {
+    payload: { all: Schema.optional(Schema.Boolean) },
+    success: TemplatesPruned,
+    error: MicroagentError
+  }),
   Rpc.make("imagePull", { payload: ImagePullPayload, success: ImageRecord, error: MicroagentError }),
   Rpc.make("imageList", {
     success: Schema.Struct({ images: Schema.Array(ImageRecord) }),

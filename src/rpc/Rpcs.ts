@@ -136,6 +136,8 @@ export const RunPayload = Schema.Struct({
   secretValues: Schema.optional(SecretValues),
   /** `dispatch`: answer with the egress receipt too. */
   receipt: Schema.optional(Schema.Boolean),
+  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
+  cold: Schema.optional(Schema.Boolean),
   /** A generated name starts with this (default `run`). */
   namePrefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9-]{0,15}$/)))
 })
@@ -238,7 +240,9 @@ export class Rpcs extends RpcGroup.make(
       /** A new lease in seconds, from now (0: none). */
       ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
       /** Roll back to this snapshot (tag) of the workspace first. */
-      fromSnapshot: Schema.optional(SnapshotTag)
+      fromSnapshot: Schema.optional(SnapshotTag),
+      /** Boot even when a warm start (a template restored instead of a boot) is possible. */
+      cold: Schema.optional(Schema.Boolean)
     },
     success: Workspace,
     error: MicroagentError

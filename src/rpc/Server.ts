@@ -152,6 +152,7 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           secretValues: p.secretValues,
           receipt: p.receipt,
           namePrefix: p.namePrefix,
+          cold: p.cold,
           exec: {
             cwd: p.cwd,
             user: p.user,
@@ -177,7 +178,8 @@ export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
           memoryMiB: p.memoryMiB,
           cpus: p.cpus,
           ttlSeconds: p.ttlSeconds,
-          fromSnapshot: p.fromSnapshot
+          fromSnapshot: p.fromSnapshot,
+          cold: p.cold
         })
       )),
     exec: (p) =>

@@ -83,7 +83,12 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
    * A model channel (the workspace is paired with a model): the guest's 127.0.0.1:11434 is carried over
    * a second guest channel to `model.sock` in the runtime directory, where the model bridge serves it.
    */
-  modelChannel: Schema.optional(Schema.Boolean)
+  modelChannel: Schema.optional(Schema.Boolean),
+  /**
+   * The user network's NIC with nothing behind it (no NAT, no tap): a VM saved so has no network
+   * backend state in its stream, and restores onto either backend (warm-start templates).
+   */
+  unpluggedNic: Schema.optional(Schema.Boolean)
 }) {}
 
 /** A launched VMM, persisted in the store so that any later process can re-attach to it. */

@@ -58,6 +58,8 @@ const expectedTools = [
   "workspace.clone",
   "snapshot.list",
   "snapshot.delete",
+  "templates.list",
+  "templates.prune",
   "workspace.commit",
   "images.pull",
   "images.list",

@@ -15,7 +15,7 @@ import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodePath from "node:path"
 import { RunnerRecord } from "../../services/ModelRunners.ts"
-import { isAlive, signal, startTimeOf } from "../process/Processes.ts"
+import { isAlive, releasePidLock, signal, tryPidLock } from "../process/Processes.ts"
 
 const decodeRecord = Schema.decodeUnknownOption(Schema.parseJson(RunnerRecord))
 
@@ -144,33 +144,13 @@ export const removeRunnerFiles = (dir: string, id: string) => {
   NodeFs.rmSync(holdersDir(dir, id), { recursive: true, force: true })
 }
 
-/**
- * Takes the runner's start lock (one start of a shared runner at a time, across processes) if free;
- * a lock whose process is gone is taken over. The lock file holds the locker's pid and start time.
- */
+/** The runner's start lock (one start of a shared runner at a time, across processes); see tryPidLock. */
 export const tryLock = (dir: string, id: string): boolean => {
-  const lock = NodePath.join(dir, `${id}.lock`)
-  try {
-    NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-    const fd = NodeFs.openSync(lock, "wx", 0o600)
-    NodeFs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid) ?? ""}`)
-    NodeFs.closeSync(fd)
-    return true
-  } catch {
-    let text = ""
-    try {
-      text = NodeFs.readFileSync(lock, "utf8")
-    } catch {
-      return false
-    }
-    const [pid, startTime] = text.split(" ")
-    if (!isAlive(Number(pid), startTime === "" ? undefined : startTime)) NodeFs.rmSync(lock, { force: true })
-    return false
-  }
+  NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+  return tryPidLock(NodePath.join(dir, `${id}.lock`))
 }
 
-export const unlock = (dir: string, id: string) =>
-  NodeFs.rmSync(NodePath.join(dir, `${id}.lock`), { force: true })
+export const unlock = (dir: string, id: string) => releasePidLock(NodePath.join(dir, `${id}.lock`))
 
 /** Whether the runner at this OpenAI base URL answers `GET url/models` with 200 within two seconds. */
 export const runnerAnswers = (url: string): Promise<boolean> =>

@@ -50,3 +50,28 @@ export const waitGone = (pid: number, startTime: string | undefined, timeout: Du
     Effect.as(true),
     Effect.catchAll(() => Effect.succeed(false))
   )
+
+/**
+ * Takes a lock file if free (created exclusively, 0600, holding this process's pid and start time); a
+ * lock whose process is gone is removed, so the next attempt takes it. Never waits.
+ */
+export const tryPidLock = (lock: string): boolean => {
+  try {
+    const fd = NodeFs.openSync(lock, "wx", 0o600)
+    NodeFs.writeSync(fd, `${process.pid} ${startTimeOf(process.pid) ?? ""}`)
+    NodeFs.closeSync(fd)
+    return true
+  } catch {
+    let text = ""
+    try {
+      text = NodeFs.readFileSync(lock, "utf8")
+    } catch {
+      return false
+    }
+    const [pid, startTime] = text.split(" ")
+    if (!isAlive(Number(pid), startTime === "" ? undefined : startTime)) NodeFs.rmSync(lock, { force: true })
+    return false
+  }
+}
+
+export const releasePidLock = (lock: string) => NodeFs.rmSync(lock, { force: true })

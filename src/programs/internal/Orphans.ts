@@ -17,6 +17,7 @@ import { endVmm, type VmmProcess, vmmsOf } from "../../layers/process/Vmms.ts"
 import { Home } from "../../services/Home.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { vmHandleOf } from "./Reconcile.ts"
+import { templateBuildRunning } from "./TemplateFiles.ts"
 
 const ownerAlive = (workspace: Workspace) =>
   workspace.owner !== undefined
@@ -51,6 +52,8 @@ export const reapOrphanVmms = Effect.fn("reapOrphanVmms")(function*(
   for (const vmm of vmms) {
     const record = yield* store.find(vmm.workspace)
     if (Option.isSome(record) && ownsVmm(record.value, vmm)) continue
+    // A warm-start template's VM belongs to its build while the build runs.
+    if (templateBuildRunning(home.root, vmm.workspace)) continue
     if (yield* endVmm(vmm)) killed.push(vmm.pid)
   }
   return killed as ReadonlyArray<number>

@@ -415,6 +415,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           kernelHz: config.kernelHz,
           incoming: stateFile !== undefined,
           modelChannel: config.modelChannel,
+          unpluggedNic: config.unpluggedNic,
           memory
         })
         const handleOf = (pid: number) =>

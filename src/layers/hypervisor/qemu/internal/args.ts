@@ -105,6 +105,8 @@ export interface QemuArgsInput {
   readonly incoming?: boolean | undefined
   /** A model channel: guest 127.0.0.1:11434 forwarded over a second virtio-serial port. */
   readonly modelChannel?: boolean | undefined
+  /** The user network's NIC without a netdev behind it (see LaunchConfig.unpluggedNic). */
+  readonly unpluggedNic?: boolean | undefined
   /** Where guest RAM lives (absent: QEMU's anonymous `pc.ram`, as states saved before `mem` existed). */
   readonly memory?: GuestMemory | undefined
 }
@@ -300,7 +302,9 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
         `virtserialport,chardev=model,name=${modelPortName}`
       ]
       : []),
-    ...(input.network === "user" && input.egressTap !== undefined
+    ...(input.network === "user" && input.unpluggedNic === true
+      ? ["-device", device("net")]
+      : input.network === "user" && input.egressTap !== undefined
       // Mediated: the same guest addressing, but the packets go to a tap in the workspace's namespace.
       ? [
         "-netdev",

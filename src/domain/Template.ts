@@ -1,0 +1,111 @@
+/**
+ * Warm-start templates: a VM booted once per image, kernel and machine shape and saved the moment its
+ * agent answered, which the first start of a matching workspace restores instead of booting (see
+ * docs/snapshots.md, "Warm starts"). Pure: the key, the manifest, and which starts may use one.
+ */
+import { Schema } from "effect"
+import { createHash } from "node:crypto"
+
+/** Everything the saved guest depends on; equal shapes give the same template. */
+export const TemplateShape = Schema.Struct({
+  backend: Schema.String,
+  imageDigest: Schema.String,
+  /** Apparent size of the root disk (an image cloned to another size is another disk). */
+  diskBytes: Schema.Number,
+  kernelSha256: Schema.String,
+  /** The initramfs, which carries the guest agent. */
+  initrdSha256: Schema.String,
+  memoryMiB: Schema.Int,
+  cpus: Schema.Int,
+  network: Schema.Literal("user", "isolated")
+})
+export type TemplateShape = typeof TemplateShape.Type
+
+/** The template's name in the store: a digest of its shape, fields in a fixed order. */
+export const templateKey = (shape: TemplateShape): string =>
+  createHash("sha256")
+    .update(
+      JSON.stringify([
+        shape.backend,
+        shape.imageDigest,
+        shape.diskBytes,
+        shape.kernelSha256,
+        shape.initrdSha256,
+        shape.memoryMiB,
+        shape.cpus,
+        shape.network
+      ])
+    )
+    .digest("hex")
+    .slice(0, 24)
+
+export class TemplateManifest extends Schema.Class<TemplateManifest>("TemplateManifest")({
+  formatVersion: Schema.Literal(1),
+  key: Schema.String,
+  /** The reference the image was known by when the template was built (informative). */
+  imageRef: Schema.String,
+  shape: TemplateShape,
+  createdAt: Schema.String,
+  /** Milliseconds from the build's start to the saved template (boot, capture, publish). */
+  buildMs: Schema.Number,
+  /** Bytes its files occupy on the host (sparse). */
+  allocatedBytes: Schema.Number
+}) {}
+
+export class TemplateEntry extends Schema.Class<TemplateEntry>("TemplateEntry")({
+  manifest: TemplateManifest,
+  /** Why it can no longer be used (its image or kernel is gone), if so. */
+  stale: Schema.optional(Schema.String)
+}) {}
+
+export class TemplatesPruned extends Schema.Class<TemplatesPruned>("TemplatesPruned")({
+  removed: Schema.Array(Schema.String),
+  kept: Schema.Number,
+  freedBytes: Schema.Number
+}) {}
+
+/** What a start knows when it decides between a warm and a cold start. */
+export interface WarmFacts {
+  /** `--cold` (or MICROAGENT_WARM=0). */
+  readonly cold: boolean
+  /** The workspace has never been started. */
+  readonly firstStart: boolean
+  /** Its disk is untouched since `create` cloned the image (no offline cp, resize, setup). */
+  readonly diskPristine: boolean
+  readonly imageDigest: string | undefined
+  /** Read-write or read-only disks and volumes attached at start. */
+  readonly mounts: number
+  readonly namedNetworks: number
+  /** Its own user-network addressing (the template's guest was configured with slirp's). */
+  readonly customAddressing: boolean
+  /** A paired model (a second guest channel the template's machine does not have). */
+  readonly model: boolean
+  /** The backend can save and restore VMs and a kernel is in use. */
+  readonly restorable: boolean
+}
+
+/**
+ * Why this start must boot, or undefined when it may restore a template. A template holds a guest that
+ * booted on the image's disk with no attachments; anything that changes the machine or the disk the
+ * guest saw at boot needs a real boot.
+ */
+export const warmRefusal = (facts: WarmFacts): string | undefined =>
+  facts.cold
+    ? "--cold"
+    : !facts.restorable
+    ? "the backend cannot restore a saved VM"
+    : !facts.firstStart
+    ? "not the first start (the disk has a life of its own)"
+    : !facts.diskPristine
+    ? "the disk changed since create"
+    : facts.imageDigest === undefined
+    ? "the image has no digest"
+    : facts.mounts > 0
+    ? "disks or volumes are attached"
+    : facts.namedNetworks > 0
+    ? "named networks are attached"
+    : facts.customAddressing
+    ? "the workspace has its own addressing"
+    : facts.model
+    ? "a model is paired"
+    : undefined

@@ -1,0 +1,67 @@
+import { assert, describe, it } from "vitest"
+import { templateKey, type TemplateShape, type WarmFacts, warmRefusal } from "../../src/domain/Template.ts"
+
+const shape: TemplateShape = {
+  backend: "qemu",
+  imageDigest: `sha256:${"a".repeat(64)}`,
+  diskBytes: 335544320,
+  kernelSha256: "b".repeat(64),
+  initrdSha256: "c".repeat(64),
+  memoryMiB: 512,
+  cpus: 2,
+  network: "user"
+}
+
+const facts: WarmFacts = {
+  cold: false,
+  restorable: true,
+  firstStart: true,
+  diskPristine: true,
+  imageDigest: shape.imageDigest,
+  mounts: 0,
+  namedNetworks: 0,
+  customAddressing: false,
+  model: false
+}
+
+describe("warm-start templates", () => {
+  it("key a template by everything its saved guest depends on, and nothing else", () => {
+    const key = templateKey(shape)
+    assert.match(key, /^[0-9a-f]{24}$/)
+    assert.strictEqual(templateKey({ ...shape }), key)
+    const variants: ReadonlyArray<Partial<TemplateShape>> = [
+      { backend: "firecracker" },
+      { imageDigest: `sha256:${"d".repeat(64)}` },
+      { diskBytes: 1 },
+      { kernelSha256: "e".repeat(64) },
+      { initrdSha256: "f".repeat(64) },
+      { memoryMiB: 1024 },
+      { cpus: 1 },
+      { network: "isolated" }
+    ]
+    const keys = variants.map((v) => templateKey({ ...shape, ...v }))
+    assert.strictEqual(new Set([key, ...keys]).size, variants.length + 1)
+  })
+
+  it("let only a first start on the image's untouched disk, with nothing attached, be warm", () => {
+    assert.isUndefined(warmRefusal(facts))
+    const refusals: ReadonlyArray<[Partial<WarmFacts>, string]> = [
+      [{ cold: true }, "--cold"],
+      [{ restorable: false }, "cannot restore"],
+      [{ firstStart: false }, "not the first start"],
+      [{ diskPristine: false }, "disk changed"],
+      [{ imageDigest: undefined }, "no digest"],
+      [{ mounts: 1 }, "volumes"],
+      [{ namedNetworks: 1 }, "named networks"],
+      [{ customAddressing: true }, "addressing"],
+      [{ model: true }, "model"]
+    ]
+    for (const [change, words] of refusals) {
+      const reason = warmRefusal({ ...facts, ...change })
+      assert.isString(reason, JSON.stringify(change))
+      assert.include(reason, words)
+    }
+    // --cold wins over every other reason.
+    assert.strictEqual(warmRefusal({ ...facts, cold: true, mounts: 2, firstStart: false }), "--cold")
+  })
+})
