@@ -47,7 +47,16 @@ const bootText = (report: PerfBootResult) => {
       `phases (median ms): firmware/loader ${ms(phases.firmwareMs.median)}, kernel to /init `
       + `${ms(phases.kernelMs.median)}, /init to agent ready ${ms(phases.initMs.median)}, first exec `
       + `${ms(phases.execMs.median)}`
-    ])
+    ]),
+    ...(summary.warmPhases === undefined ? [] : [
+      `warm phases (median ms): template and disk ${ms(summary.warmPhases.prepareMs.median)}, restore to `
+      + `agent ready ${ms(summary.warmPhases.restoreMs.median)}, first exec ${
+        ms(summary.warmPhases.execMs.median)
+      }`
+    ]),
+    ...(report.runs.some((run) => run.templateBuilt === true)
+      ? ["(a run that built its template is left out of the warm phases)"]
+      : [])
   ].join("\n")
 }
 
@@ -66,6 +75,9 @@ const boot = Command.make("boot", {
     Options.withDescription("the workspaces' network (default user)"),
     Options.optional
   ),
+  warm: Options.boolean("warm").pipe(
+    Options.withDescription("time warm starts (a template restored) instead of cold boots")
+  ),
   image: Args.text({ name: "image" }).pipe(Args.withDescription("OCI image reference"), Args.optional)
 }, (options) =>
   Effect.gen(function*() {
@@ -83,6 +95,7 @@ const boot = Command.make("boot", {
         runs,
         command: Option.isSome(options.exec) ? ["sh", "-c", options.exec.value] : undefined,
         network: orUndefined(options.network),
+        warm: options.warm || undefined,
         backend: invocation.backend ?? defaultBackend()
       }))))
     yield* emit(report, bootText)

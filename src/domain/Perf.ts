@@ -24,6 +24,17 @@ export const BootPhases = Schema.Struct({
 })
 export type BootPhases = typeof BootPhases.Type
 
+/** Where a warm start's time went (a template restored instead of a boot), in milliseconds. */
+export const WarmPhases = Schema.Struct({
+  /** `start` called to the VMM up: the template found (or built) and its disk copied. */
+  prepareMs: Ms,
+  /** VMM up to `start` done: device state loaded, memory mapped, agent answered, the guest made this workspace's. */
+  restoreMs: Ms,
+  /** Agent ready to the first command's result. */
+  execMs: Ms
+})
+export type WarmPhases = typeof WarmPhases.Type
+
 /** One boot, as edges in milliseconds since the run began (the timer stops before teardown). */
 export const BootRun = Schema.Struct({
   ok: Schema.Boolean,
@@ -45,6 +56,13 @@ export const BootRun = Schema.Struct({
   /** The guest's own uptime when its agent started as /init (from the console). */
   guestUptimeAtInitMs: Schema.optional(Ms),
   phases: Schema.optional(BootPhases),
+  /** A template was restored instead of a boot (`--warm`); the boot phases then do not apply. */
+  warm: Schema.optional(Schema.Boolean),
+  /** This run built the template it restored (the first warm start of its shape). */
+  templateBuilt: Schema.optional(Schema.Boolean),
+  /** When the run started `start` (edges above are from the run's beginning). */
+  startCalledMs: Schema.optional(Ms),
+  warmPhases: Schema.optional(WarmPhases),
   exitCode: Schema.optional(Schema.Int)
 })
 export type BootRun = typeof BootRun.Type
@@ -56,7 +74,9 @@ export const PerfBootPayload = Schema.Struct({
   runs: Schema.optional(Schema.Int.pipe(Schema.between(1, 100))),
   command: Schema.optional(Schema.Array(Schema.String)),
   network: Schema.optional(NetworkMode),
-  backend: Schema.optional(Backend)
+  backend: Schema.optional(Backend),
+  /** Time warm starts (templates restored) instead of cold boots. */
+  warm: Schema.optional(Schema.Boolean)
 })
 
 export const PerfBootResult = Schema.Struct({
@@ -79,6 +99,12 @@ export const PerfBootResult = Schema.Struct({
       firmwareMs: Stat,
       kernelMs: Stat,
       initMs: Stat,
+      execMs: Stat
+    })),
+    /** Per warm phase, over the successful warm runs that did not build their template. */
+    warmPhases: Schema.optional(Schema.Struct({
+      prepareMs: Stat,
+      restoreMs: Stat,
       execMs: Stat
     }))
   })

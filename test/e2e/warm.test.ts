@@ -1,0 +1,197 @@
+/**
+ * Warm starts on real QEMU microVMs through the CLI: the first start of a shape builds a template, the
+ * next ones restore it instead of booting. A warm workspace is its own (hostname, RNG, disk), gets its
+ * secrets, files and published ports, reaches the egress mediator; `--cold` and anything the template
+ * cannot hold boot; templates are listed and pruned, and a pruned one is built again.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeNet from "node:net"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
+import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
+import { freePort, requireTool } from "../support/registry.ts"
+
+let stateDir: string
+
+const env = { MICROAGENT_BACKEND: "qemu" }
+const ma = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}): Promise<CliResult> =>
+  cliAsync(args, { stateDir, env: { ...env, ...extraEnv } })
+const ok = async (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}) => {
+  const result = await ma(args, extraEnv)
+  assert.strictEqual(result.code, 0, `${args.join(" ")}: ${result.stderr}`)
+  return result
+}
+const json = (result: CliResult) => JSON.parse(result.stdout)
+const sh = async (name: string, script: string) =>
+  json(await ok(["exec", name, "--", "sh", "-c", script])).result.stdout as string
+
+const warmEvent = async (name: string): Promise<string | undefined> => {
+  const { events } = json(await ok(["events", name, "--json"])) as {
+    events: Array<{ type: string; detail: string }>
+  }
+  return events.find((e) => e.type === "warm")?.detail
+}
+
+const templates = async () =>
+  json(await ok(["template", "list", "--json"])) as Array<{
+    manifest: { key: string; imageRef: string; shape: { network: string; memoryMiB: number } }
+    stale?: string
+  }>
+
+beforeAll(() => {
+  requireTool("qemu-system-x86_64", "qemu-system-x86")
+  requireTool("mke2fs", "e2fsprogs")
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-warm-"))
+})
+
+afterAll(() => {
+  stopRuntime(stateDir)
+  for (const pid of qemuProcessesMentioning(`${stateDir}/`)) process.kill(pid, "SIGKILL")
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+})
+
+describe("warm starts on real microVMs", () => {
+  it(
+    "the first start builds the template, the next restore it, each workspace its own",
+    async () => {
+      assert.deepStrictEqual(await templates(), [])
+      await ok(["create", "--image", defaultImage, "--egress", "off", "w1"])
+      await ok(["start", "w1"])
+      assert.match((await warmEvent("w1")) ?? "", /^restored template [0-9a-f]{24} \(built by this start\)/)
+      const [template] = await templates()
+      assert.strictEqual(template?.manifest.imageRef, defaultImage)
+      assert.strictEqual(template?.manifest.shape.network, "user")
+      assert.isUndefined(template?.stale)
+      // Nothing of the build is left running: only w1's VMM.
+      assert.lengthOf(qemuProcessesMentioning(`${stateDir}/`), 1)
+
+      const port = await freePort()
+      await ok([
+        "create",
+        "--image",
+        defaultImage,
+        "--egress",
+        "off",
+        "-p",
+        `127.0.0.1:${port}:8080`,
+        "--secret",
+        "TOKEN=env:WARM_TOKEN",
+        "w2"
+      ], { WARM_TOKEN: "warm-secret" })
+      await ok(["start", "w2"], { WARM_TOKEN: "warm-secret" })
+      assert.strictEqual(
+        await warmEvent("w2"),
+        `restored template ${template!.manifest.key}; clock set, rng reseeded`
+      )
+      // Its own name, its secret, a clock within seconds of the host's.
+      assert.strictEqual((await sh("w2", "hostname")).trim(), "w2")
+      assert.strictEqual(await sh("w2", "cat /run/secrets/TOKEN"), "warm-secret")
+      const guestNow = Number((await sh("w2", "date +%s")).trim())
+      assert.isBelow(Math.abs(guestNow - Date.now() / 1000), 5)
+      // Random numbers differ between restores of the same memory.
+      const random = [
+        await sh("w1", "head -c 16 /dev/urandom | od -An -tx1"),
+        await sh("w2", "head -c 16 /dev/urandom | od -An -tx1")
+      ]
+      assert.notStrictEqual(random[0], random[1])
+      // Disks are independent.
+      await sh("w1", "echo one > /root/mine && sync")
+      assert.strictEqual((await sh("w2", "cat /root/mine 2>/dev/null || echo absent")).trim(), "absent")
+      // The published port reaches a server in the restored guest.
+      await sh("w2", "(nc -l -p 8080 -e echo served-warm >/dev/null 2>&1 &)")
+      const served = await new Promise<string>((resolve, reject) => {
+        const attempt = (left: number) => {
+          const socket = NodeNet.connect(port, "127.0.0.1")
+          let data = ""
+          socket.on("data", (chunk) => (data += chunk.toString()))
+          socket.on("end", () => resolve(data))
+          socket.on("error", (error) => left > 0 ? setTimeout(() => attempt(left - 1), 200) : reject(error))
+        }
+        attempt(25)
+      })
+      assert.strictEqual(served.trim(), "served-warm")
+      await ok(["delete", "--force", "w1", "w2"])
+    },
+    300_000
+  )
+
+  it(
+    "a mediated run is warm and reaches the mediator; --cold, volumes and a second start boot",
+    async () => {
+      // Default egress (the mediator's tap): the template, saved with no network behind its NIC, fits.
+      const run = json(
+        await ok([
+          "run",
+          "--json",
+          defaultImage,
+          "--",
+          "sh",
+          "-c",
+          "hostname; nslookup example.com 2>&1; true"
+        ])
+      )
+      assert.strictEqual(run.result.exitCode, 0)
+      assert.match(run.result.stdout, /^run-/)
+      // The mediator answered (a refusal or an address), rather than the query timing out.
+      assert.notInclude(run.result.stdout, "timed out")
+      assert.match(run.result.stdout, /Server:|server can't find|Can't find|Address/)
+
+      await ok(["create", "--image", defaultImage, "--egress", "off", "c1"])
+      await ok(["start", "--cold", "c1"])
+      assert.isUndefined(await warmEvent("c1"))
+      await ok(["halt", "c1"])
+      await ok(["start", "c1"])
+      assert.isUndefined(await warmEvent("c1"), "a second start boots the workspace's own disk")
+
+      const volume = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-warm-vol-"))
+      NodeFs.writeFileSync(NodePath.join(volume, "in.txt"), "from the host\n")
+      const bundle = NodePath.join(volume, "in.tar")
+      NodeChild.execFileSync("tar", ["-cf", bundle, "-C", volume, "in.txt"])
+      const withVolume = json(
+        await ok([
+          "run",
+          "--json",
+          "--egress",
+          "off",
+          "-v",
+          `${bundle}:/data:ro`,
+          defaultImage,
+          "--",
+          "cat",
+          "/data/in.txt"
+        ])
+      )
+      assert.strictEqual(withVolume.result.stdout, "from the host\n")
+      NodeFs.rmSync(volume, { recursive: true, force: true })
+      await ok(["delete", "--force", "c1"])
+    },
+    300_000
+  )
+
+  it(
+    "templates are pruned (all, or the stale ones) and built again by the next first start",
+    async () => {
+      const before = await templates()
+      assert.isAbove(before.length, 0)
+      const stale = json(await ok(["template", "prune", "--json"]))
+      assert.deepStrictEqual(stale.removed, [], "nothing is stale while image and kernel are there")
+      const pruned = json(await ok(["template", "prune", "--all", "--json"]))
+      assert.strictEqual(pruned.removed.length, before.length)
+      assert.isAbove(pruned.freedBytes, 0)
+      assert.deepStrictEqual(await templates(), [])
+      assert.deepStrictEqual(
+        NodeFs.readdirSync(NodePath.join(stateDir, "templates")).filter((f) => !f.endsWith(".lock")),
+        []
+      )
+      await ok(["create", "--image", defaultImage, "--egress", "off", "again"])
+      await ok(["start", "again"])
+      assert.include((await warmEvent("again")) ?? "", "built by this start")
+      await ok(["delete", "--force", "again"])
+    },
+    300_000
+  )
+})
