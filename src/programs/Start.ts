@@ -414,7 +414,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                 })
                 return (template !== undefined
                   // Warm: the template's guest, made this workspace's before it counts as running.
-                  ? hypervisor.restore(full, template.state).pipe(
+                  ? hypervisor.restore(full, template.state, { ownMemory: true }).pipe(
                     Effect.tap((handle) =>
                       freshenGuest(name, handle, { hostname: starting.hostname }).pipe(
                         Effect.tap((result) => (freshened = result)),

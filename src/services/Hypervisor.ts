@@ -130,12 +130,25 @@ export interface HypervisorShape {
    * (bounded by `bootTimeoutSeconds`). The config must describe the machine that was saved (memory,
    * vCPUs, devices). Backends without the `Snapshot` capability fail with `Unsupported`.
    */
-  readonly restore: (config: LaunchConfig, stateFile: string) => Effect.Effect<VmHandle, MicroagentError>
+  readonly restore: (
+    config: LaunchConfig,
+    stateFile: string,
+    options?: RestoreOptions
+  ) => Effect.Effect<VmHandle, MicroagentError>
   /**
    * Cuts every network link of the VM at once, in the VMM (the guest's NICs lose carrier; nothing it
    * sends leaves, nothing reaches it), whatever the network behind them. Used by quarantine.
    */
   readonly sever: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+}
+
+export interface RestoreOptions {
+  /**
+   * Give the VM its own copy of a saved memory file instead of mapping the file copy-on-write: pages
+   * are not shared with other restores, but the VM's own captures save memory as a file again (warm
+   * starts, which are ordinary workspaces afterwards).
+   */
+  readonly ownMemory?: boolean | undefined
 }
 
 /**

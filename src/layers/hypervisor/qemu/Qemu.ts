@@ -9,6 +9,7 @@
  */
 import { Data, Duration, Effect, Layer, Schedule } from "effect"
 import * as NodeChild from "node:child_process"
+import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import {
@@ -29,6 +30,7 @@ import {
   type HypervisorShape,
   type LaunchConfig,
   memoryFileOf,
+  type RestoreOptions,
   VmHandle,
   type VmStatus
 } from "../../../services/Hypervisor.ts"
@@ -355,7 +357,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const loadState = (handle: VmHandle, stateFile: string, memory: GuestMemory | undefined) =>
       Effect.gen(function*() {
         // A stream saved beside its memory file says so in its RAM section, which must be read alike.
-        yield* ignoreSharedMemory(handle, memory?._tag === "MappedFile")
+        yield* ignoreSharedMemory(handle, memory?._tag === "MappedFile" || memory?._tag === "SharedFile")
         yield* qmpExecute(controlSocket(handle), "migrate-incoming", { uri: `exec:cat ${stateFile}` }).pipe(
           Effect.mapError((error) =>
             new Transient({ message: `QMP migrate-incoming on pid ${handle.pid} failed: ${error.message}` })
@@ -366,7 +368,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       })
 
     /** Boots a VMM, or with `stateFile` restores one from a saved state; then waits for its agent. */
-    const start = (config: LaunchConfig, stateFile: string | undefined) =>
+    const start = (config: LaunchConfig, stateFile: string | undefined, ownMemory = false) =>
       Effect.gen(function*() {
         const { bootProfile, initrdPath, kernelPath } = yield* validate(config)
         if (stateFile !== undefined) {
@@ -375,7 +377,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
             return yield* new NotFound({ message: `VM state ${stateFile} does not exist` })
           }
         }
-        const memory = stateFile === undefined ? memfd : guestMemoryFor(stateFile)
+        const saved = stateFile === undefined ? memfd : guestMemoryFor(stateFile)
+        const memory = ownMemory && saved?._tag === "MappedFile" ? yield* ownCopyOf(saved.path) : saved
         const paths = runtimePaths(config.runtimeDir)
         yield* Effect.try({
           try: () => {
@@ -450,7 +453,13 @@ export const make = (options: QemuOptions, control: GuestControl) =>
               ? startVmm(binary, args, paths)
               // The VMM opens the mediated tap inside the workspace's namespace.
               : startVmm(ipCommand(), ["netns", "exec", config.egress.netns, binary, ...args], paths)).pipe(
-                Effect.tapError(() => removeFiles(paths, { console: true }))
+                Effect.tapError(() => removeFiles(paths, { console: true })),
+                // The VMM has mapped its memory copy: the name goes, the memory stays with the VMM.
+                Effect.ensuring(
+                  memory?._tag === "SharedFile"
+                    ? Effect.sync(() => NodeFs.rmSync(memory.path, { force: true }))
+                    : Effect.void
+                )
               ),
             (pid) => {
               const handle = handleOf(pid)
@@ -500,9 +509,11 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       return yield* start(config, undefined)
     })
 
-    const restore = Effect.fn("Hypervisor.restore")(function*(config: LaunchConfig, stateFile: string) {
-      return yield* start(config, stateFile)
-    })
+    const restore = Effect.fn("Hypervisor.restore")(
+      function*(config: LaunchConfig, stateFile: string, options?: RestoreOptions) {
+        return yield* start(config, stateFile, options?.ownMemory === true)
+      }
+    )
 
     const requireQemu = (handle: VmHandle) =>
       handle.backend === "qemu"
@@ -770,7 +781,13 @@ const sharedMemoryOf = (pid: number): string | undefined => {
     for (const fd of NodeFs.readdirSync(dir)) {
       const path = NodePath.join(dir, fd)
       try {
-        if (NodeFs.readlinkSync(path).startsWith("/memfd:memory-backend-memfd")) return path
+        const target = NodeFs.readlinkSync(path)
+        if (
+          target.startsWith("/memfd:memory-backend-memfd")
+          || target.startsWith(`${sharedMemoryDir}/microagent-`)
+        ) {
+          return path
+        }
       } catch {
         // Closed meanwhile.
       }
@@ -780,6 +797,34 @@ const sharedMemoryOf = (pid: number): string | undefined => {
   }
   return undefined
 }
+
+/** Where a restore's own copy of saved memory is made: a tmpfs, so that shared RAM stays in memory. */
+const sharedMemoryDir = "/dev/shm"
+
+/**
+ * A restore's own copy of a saved memory file, shared like a booted VM's memfd (so that its captures
+ * save memory as a file again). Without a writable tmpfs the file is mapped copy-on-write instead.
+ * Copies left by processes that died before their VMM mapped them are removed first.
+ */
+const ownCopyOf = (path: string): Effect.Effect<GuestMemory, Permanent> =>
+  Effect.suspend(() => {
+    try {
+      NodeFs.accessSync(sharedMemoryDir, NodeFs.constants.W_OK)
+    } catch {
+      return Effect.succeed<GuestMemory>({ _tag: "MappedFile", path })
+    }
+    for (const entry of NodeFs.readdirSync(sharedMemoryDir)) {
+      const owner = /^microagent-(\d+)-[0-9a-f]+\.mem$/.exec(entry)
+      if (owner !== null && !isAlive(Number(owner[1]), undefined)) {
+        NodeFs.rmSync(NodePath.join(sharedMemoryDir, entry), { force: true })
+      }
+    }
+    const copy = NodePath.join(
+      sharedMemoryDir,
+      `microagent-${process.pid}-${randomBytes(6).toString("hex")}.mem`
+    )
+    return copyMemory(path, copy).pipe(Effect.as<GuestMemory>({ _tag: "SharedFile", path: copy }))
+  })
 
 /** A sparse copy (pages the guest never touched are holes), 0600 from the start. */
 const copyMemory = (from: string, to: string) =>

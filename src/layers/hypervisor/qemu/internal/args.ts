@@ -122,6 +122,8 @@ export type GuestMemory =
   | { readonly _tag: "Memfd" }
   | { readonly _tag: "MappedFile"; readonly path: string }
   | { readonly _tag: "Anonymous" }
+  /** A private copy of a saved memory file on a tmpfs, shared like a memfd (removed once mapped). */
+  | { readonly _tag: "SharedFile"; readonly path: string }
 
 /** The backend's id, which is also the RAM block's name in a migration stream. */
 export const guestMemoryId = "mem"
@@ -131,6 +133,8 @@ const memoryBackend = (memory: GuestMemory, memoryMiB: number): string =>
     ? `memory-backend-memfd,id=${guestMemoryId},size=${memoryMiB}M,share=on`
     : memory._tag === "Anonymous"
     ? `memory-backend-ram,id=${guestMemoryId},size=${memoryMiB}M`
+    : memory._tag === "SharedFile"
+    ? `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${escapeOption(memory.path)},share=on`
     : `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${
       escapeOption(memory.path)
     },share=off`
