@@ -95,17 +95,22 @@ export const fork: (
   const tag = `fork-${Date.now().toString(36)}-${process.pid.toString(36)}`
   const manifest = yield* snapshotCreate(name, { tag, secretValues: options.secretValues })
   const made: Array<string> = []
-  const children = yield* Effect.forEach(names, (child) =>
-    createFromSnapshot(child, `${name}:${tag}`).pipe(
-      Effect.tap(() => Effect.sync(() => made.push(child))),
-      Effect.zipRight(start(child, { secretValues: options.secretValues }))
-    )).pipe(
-      // All or nothing: what was made of the children goes with the failure.
-      Effect.tapErrorCause(() =>
-        Effect.forEach(made, (child) => Effect.either(remove(child, { force: true })), { discard: true })
+  // Children are independent: made and started a few at a time (a restore mostly waits on I/O).
+  const children = yield* Effect.forEach(
+    names,
+    (child) =>
+      createFromSnapshot(child, `${name}:${tag}`).pipe(
+        Effect.tap(() => Effect.sync(() => made.push(child))),
+        Effect.zipRight(start(child, { secretValues: options.secretValues }))
       ),
-      Effect.ensuring(Effect.either(snapshotDelete(name, tag)).pipe(Effect.map(Either.isRight)))
-    )
+    { concurrency: 4 }
+  ).pipe(
+    // All or nothing: what was made of the children goes with the failure.
+    Effect.tapErrorCause(() =>
+      Effect.forEach(made, (child) => Effect.either(remove(child, { force: true })), { discard: true })
+    ),
+    Effect.ensuring(Effect.either(snapshotDelete(name, tag)).pipe(Effect.map(Either.isRight)))
+  )
   return new ForkResult({
     source: name,
     children,
