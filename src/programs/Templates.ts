@@ -83,7 +83,8 @@ export type WarmPlan =
 
 const diskPristine = (workspace: Workspace) => {
   try {
-    const mtime = NodeFs.statSync(workspace.rootfsPath).mtimeMs
+    // The record is written after the clone, its time in whole milliseconds.
+    const mtime = Math.floor(NodeFs.statSync(workspace.rootfsPath).mtimeMs)
     return mtime <= workspace.createdAt.epochMillis
   } catch {
     return false
@@ -152,6 +153,7 @@ const ensureTemplate = (shape: TemplateShape, workspace: Workspace, artifacts: B
       // Published between the last look and the lock.
       const raced = readTemplate(dir)
       if (Option.isSome(raced)) return { built: false, template: raced.value }
+      sweepBuilds(root)
       const template = yield* buildTemplate(key, shape, workspace, artifacts, dir)
       yield* dropSuperseded(root, template.manifest)
       return { built: true, template }

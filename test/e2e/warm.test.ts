@@ -194,4 +194,48 @@ describe("warm starts on real microVMs", () => {
     },
     300_000
   )
+
+  it(
+    "fork children outlive their deleted parent; a build killed with its runtime leaves no VMM or half template",
+    async () => {
+      await ok(["create", "--image", defaultImage, "--egress", "off", "p"])
+      await ok(["start", "p"])
+      await sh("p", "echo from-parent > /run/mark")
+      const forked = json(await ok(["fork", "p", "--count", "2", "--json"]))
+      await ok(["delete", "--force", "p"])
+      for (const child of forked.children as Array<{ name: string }>) {
+        assert.strictEqual(await sh(child.name, "cat /run/mark"), "from-parent\n", child.name)
+        await ok(["delete", "--force", child.name])
+      }
+
+      // A first start of a new shape (384 MiB) builds its template; the runtime dies mid-build.
+      await ok(["create", "--image", defaultImage, "--egress", "off", "--memory", "384", "k1"])
+      const starting = ma(["start", "k1"])
+      const templateVmm = () =>
+        qemuProcessesMentioning(`${stateDir}/run/.template-`).filter((pid) =>
+          NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("384")
+        )
+      const deadline = Date.now() + 60_000
+      while (templateVmm().length === 0) {
+        if (Date.now() > deadline) throw new Error("the template build never started its VM")
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      const runtime = Number(
+        NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0]
+      )
+      process.kill(runtime, "SIGKILL")
+      assert.notStrictEqual((await starting).code, 0)
+      // The next first start of that shape ends the dead build's VM and builds the template whole.
+      await ok(["create", "--image", defaultImage, "--egress", "off", "--memory", "384", "k2"])
+      await ok(["start", "k2"])
+      assert.include((await warmEvent("k2")) ?? "", "built by this start")
+      assert.deepStrictEqual(templateVmm(), [])
+      const leftovers = NodeFs.readdirSync(NodePath.join(stateDir, "templates")).filter((f) =>
+        f.includes("staging")
+      )
+      assert.deepStrictEqual(leftovers, [])
+      await ok(["delete", "--force", "k1", "k2"])
+    },
+    300_000
+  )
 })
