@@ -42,7 +42,8 @@ int ma_type_known(uint8_t t) {
   case MA_HELLO: case MA_PING: case MA_PONG: case MA_ERROR: case MA_OK: case MA_WINDOW:
   case MA_EXEC: case MA_STDIN: case MA_EOF: case MA_STDOUT: case MA_STDERR: case MA_EXIT:
   case MA_SIGNAL: case MA_RESIZE: case MA_CANCEL: case MA_STARTED: case MA_FILE_PUT:
-  case MA_FILE_GET: case MA_FILE_INFO: case MA_FILE_DATA: case MA_SECRETS: case MA_SHUTDOWN:
+  case MA_FILE_GET: case MA_FILE_INFO: case MA_FILE_DATA: case MA_SECRETS: case MA_FRESHEN:
+  case MA_SHUTDOWN:
     return 1;
   default: return 0;
   }
@@ -76,6 +77,7 @@ const char *ma_type_name(uint8_t t) {
   case MA_FILE_INFO: return "FILE_INFO";
   case MA_FILE_DATA: return "FILE_DATA";
   case MA_SECRETS: return "SECRETS";
+  case MA_FRESHEN: return "FRESHEN";
   case MA_SHUTDOWN: return "SHUTDOWN";
   default: return "UNKNOWN";
   }
@@ -245,6 +247,19 @@ static int valid_secret_name(const char *s) {
   return 1;
 }
 
+/* The kernel takes any bytes; we take what a hostname is made of, so it is also safe in a shell,
+ * a file and a log line. */
+static int valid_hostname(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > MA_MAX_HOSTNAME) return 0;
+  for (size_t i = 0; i < n; i++) {
+    char c = s[i];
+    if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.'))
+      return 0;
+  }
+  return 1;
+}
+
 int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t len, ma_msg *m) {
   memset(m, 0, sizeof *m);
   m->type = type;
@@ -300,7 +315,17 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
     if (!e->code) goto bad;
     break;
   }
-  case MA_OK: case MA_EOF: case MA_CANCEL: break;
+  case MA_OK: {
+    ma_ok *k = &m->u.ok;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      if (tag < 1 || tag > 2 * MA_STEPS) continue;
+      int step = (tag - 1) / 2;
+      if (tag % 2) { GETU(k->outcome[step], MA_OUT_ABSENT); k->has_outcome[step] = 1; }
+      else { GETU(k->err_no[step], U32MAX); k->has_errno[step] = 1; }
+    }
+    break;
+  }
+  case MA_EOF: case MA_CANCEL: break;
   case MA_WINDOW: {
     int has = 0;
     while (ma_tlv_next(&it, &tag, &val, &vlen) == 1)
@@ -458,6 +483,28 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
     if (pending) goto bad;
     break;
   }
+  case MA_FRESHEN: {
+    ma_freshen *f = &m->u.freshen;
+    while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
+      switch (tag) {
+      case 1: GETU(f->time_sec, (uint64_t)INT64_MAX); f->has_time = 1; break;
+      case 2: GETU(f->time_nsec, 999999999u); f->has_nsec = 1; break;
+      case 3:
+        if (vlen == 0 || vlen > MA_MAX_ENTROPY) goto bad;
+        f->entropy = val;
+        f->entropy_len = vlen;
+        break;
+      case 4:
+        GETS(f->hostname);
+        if (!valid_hostname(f->hostname)) goto bad;
+        break;
+      case 5: GETU(f->machine_id, 1); break;
+      default: break;
+      }
+    }
+    if (f->has_nsec && !f->has_time) goto bad;
+    break;
+  }
   case MA_SHUTDOWN: {
     while (ma_tlv_next(&it, &tag, &val, &vlen) == 1) {
       if (tag == 1) GETU(m->u.shutdown.action, 1);
@@ -504,7 +551,13 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (m->u.error.message) ma_put_str(&w, 2, m->u.error.message);
     if (m->u.error.has_errno) ma_put_u32(&w, 3, m->u.error.err_no);
     break;
-  case MA_OK: case MA_EOF: case MA_CANCEL: break;
+  case MA_OK:
+    for (int i = 0; i < MA_STEPS; i++) {
+      if (m->u.ok.has_outcome[i]) ma_put_u8(&w, (uint16_t)(2 * i + 1), m->u.ok.outcome[i]);
+      if (m->u.ok.has_errno[i]) ma_put_u32(&w, (uint16_t)(2 * i + 2), m->u.ok.err_no[i]);
+    }
+    break;
+  case MA_EOF: case MA_CANCEL: break;
   case MA_WINDOW: ma_put_u32(&w, 1, m->u.window); break;
   case MA_EXEC: {
     const ma_exec *x = &m->u.exec;
@@ -560,6 +613,15 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     }
     if (m->u.secrets->purge) ma_put_u8(&w, 3, 1);
     break;
+  case MA_FRESHEN: {
+    const ma_freshen *f = &m->u.freshen;
+    if (f->has_time) ma_put_u64(&w, 1, f->time_sec);
+    if (f->has_nsec) ma_put_u32(&w, 2, f->time_nsec);
+    if (f->entropy_len) ma_put_bytes(&w, 3, f->entropy, f->entropy_len);
+    if (f->hostname) ma_put_str(&w, 4, f->hostname);
+    if (f->machine_id) ma_put_u8(&w, 5, 1);
+    break;
+  }
   case MA_SHUTDOWN:
     ma_put_u8(&w, 1, m->u.shutdown.action);
     if (m->u.shutdown.has_grace) ma_put_u32(&w, 2, m->u.shutdown.grace_ms);

@@ -35,6 +35,7 @@ enum ma_type {
   MA_FILE_INFO = 0x22,
   MA_FILE_DATA = 0x23,
   MA_SECRETS = 0x30,
+  MA_FRESHEN = 0x31,
   MA_SHUTDOWN = 0x40
 };
 
@@ -116,6 +117,8 @@ void ma_put_u64(ma_writer *w, uint16_t tag, uint64_t v);
 #define MA_MAX_ENV 4096
 #define MA_MAX_CAPS 64
 #define MA_MAX_SECRETS 256
+#define MA_MAX_ENTROPY 4096 /* FRESHEN entropy bytes */
+#define MA_MAX_HOSTNAME 64  /* the kernel's limit (__NEW_UTS_LEN) */
 
 typedef struct {
   uint32_t version;
@@ -180,6 +183,27 @@ typedef struct {
   uint8_t purge; /* tag 3: wipe every secret already delivered (overwritten, then removed) first */
 } ma_secrets;
 
+/* FRESHEN: what a guest resumed from a memory snapshot needs to be its own (docs/protocol.md §5). */
+typedef struct {
+  uint64_t time_sec;
+  uint32_t time_nsec;
+  int has_time, has_nsec;
+  const uint8_t *entropy; /* points into the caller's payload (not copied, so one wipe clears it) */
+  uint32_t entropy_len;   /* 0: absent */
+  const char *hostname;
+  uint8_t machine_id; /* 1: write a new /etc/machine-id where there is one */
+} ma_freshen;
+
+/* The steps of a FRESHEN, as reported in its OK: step i has its outcome in tag 2i+1 and the errno
+ * of a failure in tag 2i+2. An absent outcome means the step was not asked for. */
+enum { MA_STEP_CLOCK, MA_STEP_RNG, MA_STEP_HOSTNAME, MA_STEP_MACHINE_ID, MA_STEPS };
+enum { MA_OUT_DONE = 0, MA_OUT_SKIPPED = 1, MA_OUT_FAILED = 2, MA_OUT_ABSENT = 3 };
+typedef struct {
+  uint8_t outcome[MA_STEPS];
+  uint32_t err_no[MA_STEPS];
+  uint8_t has_outcome[MA_STEPS], has_errno[MA_STEPS];
+} ma_ok;
+
 typedef struct {
   uint8_t type;
   uint32_t stream;
@@ -202,6 +226,8 @@ typedef struct {
     const char *get_path;
     ma_file_info info;
     ma_secrets *secrets; /* in the arena */
+    ma_freshen freshen;
+    ma_ok ok;
     struct {
       uint8_t action;
       uint32_t grace_ms;

@@ -159,6 +159,23 @@ static char *summarize(const ma_msg *m) {
     }
     if (m->u.secrets->purge) sb_add(&b, " purge=%u", m->u.secrets->purge);
     break;
+  case MA_OK: {
+    static const char *steps[] = {"clock", "rng", "hostname", "machine_id"};
+    for (int i = 0; i < MA_STEPS; i++) {
+      if (m->u.ok.has_outcome[i]) sb_add(&b, " %s=%u", steps[i], m->u.ok.outcome[i]);
+      if (m->u.ok.has_errno[i]) sb_add(&b, " %s_errno=%u", steps[i], m->u.ok.err_no[i]);
+    }
+    break;
+  }
+  case MA_FRESHEN: {
+    const ma_freshen *f = &m->u.freshen;
+    if (f->has_time) sb_add(&b, " time_sec=%llu", (unsigned long long)f->time_sec);
+    if (f->has_nsec) sb_add(&b, " time_nsec=%u", f->time_nsec);
+    if (f->entropy_len) sb_hex(&b, "entropy", f->entropy, f->entropy_len);
+    if (f->hostname) sb_pct(&b, "hostname", f->hostname);
+    if (f->machine_id) sb_add(&b, " machine_id=1");
+    break;
+  }
   case MA_SHUTDOWN:
     sb_add(&b, " action=%u", m->u.shutdown.action);
     if (m->u.shutdown.has_grace) sb_add(&b, " grace_ms=%u", m->u.shutdown.grace_ms);
@@ -258,6 +275,32 @@ static void unit_tests(void) {
     free(copy);
   }
   check(1, "prefixes", "");
+
+  /* FRESHEN at its limits: 4096 bytes of entropy, a 64-byte hostname; one more of either is refused */
+  static uint8_t fb[8192];
+  static uint8_t noise[MA_MAX_ENTROPY + 1];
+  char host[MA_MAX_HOSTNAME + 2];
+  for (size_t len = MA_MAX_ENTROPY; len <= MA_MAX_ENTROPY + 1; len++) {
+    memset(host, 'h', sizeof host);
+    host[len - MA_MAX_ENTROPY + MA_MAX_HOSTNAME] = 0;
+    ma_writer_init(&w, fb, sizeof fb);
+    ma_put_u64(&w, 1, 1767225600);
+    ma_put_bytes(&w, 3, noise, len);
+    ma_put_str(&w, 4, "ok");
+    ma_msg m;
+    int e = ma_decode(MA_FRESHEN, 1, fb, (uint32_t)w.len, &m);
+    check((e == MA_E_OK) == (len == MA_MAX_ENTROPY), "freshen entropy limit", "len %zu: %d", len, e);
+    if (e == MA_E_OK) {
+      check(m.u.freshen.entropy_len == len && m.u.freshen.entropy == fb + 6 + 8 + 6, "freshen entropy in place",
+            "not pointing into the payload");
+      ma_msg_free(&m);
+    }
+    ma_writer_init(&w, fb, sizeof fb);
+    ma_put_str(&w, 4, host);
+    e = ma_decode(MA_FRESHEN, 1, fb, (uint32_t)w.len, &m);
+    check((e == MA_E_OK) == (len == MA_MAX_ENTROPY), "freshen hostname limit", "len %zu: %d", strlen(host), e);
+    if (e == MA_E_OK) ma_msg_free(&m);
+  }
 
   ma_header h;
   uint8_t hdr[12];

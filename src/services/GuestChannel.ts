@@ -24,6 +24,44 @@ export class GuestRemoteError extends Schema.TaggedError<GuestRemoteError>()("Gu
 
 export type GuestError = GuestUnreachable | GuestProtocolError | GuestRemoteError
 
+/**
+ * The agent does not know the operation: it is older than the operation (a guest resumed from a
+ * memory snapshot keeps running the agent it was captured with). The caller can fall back.
+ */
+export class GuestUnsupported extends Schema.TaggedError<GuestUnsupported>()("GuestUnsupported", {
+  message: Schema.String,
+  operation: Schema.String
+}) {}
+
+/** What makes a guest resumed from a memory snapshot its own; every part is optional. */
+export interface FreshenRequest {
+  /** The host's wall clock, for the guest's CLOCK_REALTIME. */
+  readonly time?: { readonly seconds: number; readonly nanoseconds: number }
+  /** 1 to 4096 bytes from the host's CSPRNG, credited to the guest's RNG, which is reseeded at once. */
+  readonly entropy?: Uint8Array
+  /** The guest's new hostname (1 to 64 of `A-Z a-z 0-9 - .`), and /etc/hostname where the image has one. */
+  readonly hostname?: string
+  /** A new /etc/machine-id, from the guest's RNG after the reseed, where the image has one. */
+  readonly newMachineId?: boolean
+}
+
+/**
+ * How a step went: `skipped` by an agent in host test mode (it changes nothing of the host's),
+ * `absent` when the image has nothing to change (no /etc/machine-id), `failed` with the guest's errno.
+ */
+export interface FreshenStep {
+  readonly outcome: "done" | "skipped" | "failed" | "absent"
+  readonly errno?: number
+}
+
+/** One entry per step that was asked for. */
+export interface FreshenResult {
+  readonly clock?: FreshenStep
+  readonly rng?: FreshenStep
+  readonly hostname?: FreshenStep
+  readonly machineId?: FreshenStep
+}
+
 export interface PutFile {
   readonly path: string
   readonly mode: number
@@ -87,6 +125,12 @@ export interface GuestConnection {
     secrets: ReadonlyArray<{ name: string; value: Uint8Array }>,
     options?: { readonly purge?: boolean | undefined }
   ) => Effect.Effect<void, GuestError>
+  /**
+   * Sets the guest's clock, credits host entropy to its RNG and reseeds it, and gives it a hostname
+   * and machine-id, inside the agent (no process is spawned). `GuestUnsupported` when the agent is too
+   * old to know FRESHEN; absent on fakes that have no agent.
+   */
+  readonly freshen?: (request: FreshenRequest) => Effect.Effect<FreshenResult, GuestError | GuestUnsupported>
   readonly ping: Effect.Effect<void, GuestError>
   /** Asks PID 1 to stop workloads, sync and power off. */
   readonly shutdown: Effect.Effect<void, GuestError>

@@ -249,6 +249,18 @@ describe("snapshots on real microVMs", () => {
   )
 
   it("fork makes running children that resume the parent's memory, each under its own name", async () => {
+    // The image has no machine-id; give the parent one, so the children's new ones can be told apart.
+    const parentId = "0123456789abcdef0123456789abcdef"
+    const parentInode = json(
+      await ok([
+        "exec",
+        "w",
+        "--",
+        "sh",
+        "-c",
+        `echo ${parentId} > /etc/machine-id && stat -c %i /etc/machine-id`
+      ])
+    ).result.stdout.trim()
     const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
     assert.strictEqual(forked.source, "w")
     assert.deepStrictEqual(
@@ -268,13 +280,26 @@ describe("snapshots on real microVMs", () => {
           "--",
           "sh",
           "-c",
-          "hostname; cat /run/s/counter; kill -0 $(cat /run/s/pid) && echo alive; echo $$ > /run/s/mine; cat /run/s/mine"
+          "hostname; cat /run/s/counter; kill -0 $(cat /run/s/pid) && echo alive; echo $$ > /run/s/mine; cat /run/s/mine; "
+          + "cat /etc/hostname /etc/machine-id; stat -c %i /etc/machine-id; cat /proc/sys/kernel/random/uuid"
         ])
       )
     )
     const [one, two] = outputs.map((out) => json(out).result.stdout.trim().split("\n"))
     assert.deepStrictEqual(one!.slice(0, 3), ["kid-1", "41", "alive"])
     assert.deepStrictEqual(two!.slice(0, 3), ["kid-2", "41", "alive"])
+    // Each child got its identity from the agent's FRESHEN: /etc/hostname, a new machine-id from its own
+    // (reseeded) RNG, written as a new file renamed over the old one, and random numbers of its own.
+    for (const [name, lines] of [["kid-1", one!], ["kid-2", two!]] as const) {
+      const [etcHostname, machineId, inode] = lines.slice(4, 7)
+      assert.strictEqual(etcHostname, name)
+      assert.match(machineId!, /^[0-9a-f]{12}4[0-9a-f]{3}[89ab][0-9a-f]{15}$/, name)
+      assert.notStrictEqual(machineId, parentId, name)
+      assert.notStrictEqual(inode, parentInode, `${name}: /etc/machine-id replaced, not rewritten in place`)
+    }
+    assert.notStrictEqual(one![5], two![5], "the children's machine-ids differ")
+    assert.match(one![7]!, /^[0-9a-f-]{36}$/)
+    assert.notStrictEqual(one![7], two![7], "the children's random numbers differ")
     // Each child's memory is its own from the fork on.
     const parent = json(await ok(["exec", "w", "--", "sh", "-c", "cat /run/s/mine 2>/dev/null || echo none"]))
     assert.strictEqual(parent.result.stdout.trim(), "none")

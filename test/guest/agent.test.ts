@@ -3,12 +3,14 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Chunk, Deferred, Effect, Either, Exit, Fiber, Option, type Scope, Stream } from "effect"
+import { randomBytes } from "node:crypto"
 import { readFileSync, statSync, writeFileSync } from "node:fs"
+import { hostname } from "node:os"
 import { join } from "node:path"
 import { beforeAll } from "vitest"
 import { ExecRequest } from "../../src/domain/Exec.ts"
 import { AgentChannel } from "../../src/layers/guest/AgentChannel.ts"
-import { encodeHeader, MessageType } from "../../src/layers/guest/internal/wire.ts"
+import { encodeHeader, FieldWriter, MessageType } from "../../src/layers/guest/internal/wire.ts"
 import { GuestChannel } from "../../src/services/GuestChannel.ts"
 import { buildAgent, connectedAgent, exists, guestDir, makeTempDir, RawClient, startAgent } from "./agent.ts"
 
@@ -342,6 +344,115 @@ describe("guest agent over a unix socket", () => {
       const bad = yield* Effect.either(conn.deliverSecrets([{ name: "../escape", value: new Uint8Array() }]))
       assert.isTrue(Either.isLeft(bad) && bad.left._tag === "GuestRemoteError")
     }))
+
+  live(
+    "freshens inside the agent: in host test mode every step is validated and skipped",
+    () =>
+      Effect.gen(function*() {
+        const { conn } = yield* connectedAgent
+        assert.include(conn.agent?.capabilities ?? [], "freshen")
+        const before = { hostname: hostname(), time: Date.now() }
+        const result = yield* conn.freshen!({
+          time: { seconds: 86400, nanoseconds: 999_999_999 }, // 1970: a host clock that obeyed would show it
+          entropy: new Uint8Array(randomBytes(4096)),
+          hostname: "kid-1.example-host",
+          newMachineId: true
+        })
+        assert.deepStrictEqual(result, {
+          clock: { outcome: "skipped" },
+          rng: { outcome: "skipped" },
+          hostname: { outcome: "skipped" },
+          machineId: { outcome: "skipped" }
+        })
+        assert.strictEqual(hostname(), before.hostname)
+        assert.isAtLeast(Date.now(), before.time)
+        // Only what was asked for is reported.
+        assert.deepStrictEqual(yield* conn.freshen!({ entropy: new Uint8Array(64) }), {
+          rng: { outcome: "skipped" }
+        })
+        assert.deepStrictEqual(yield* conn.freshen!({}), {})
+        // The host refuses what the agent would refuse, before sending it.
+        for (
+          const bad of [
+            { hostname: "two words" },
+            { hostname: "h".repeat(65) },
+            { hostname: "" },
+            { entropy: new Uint8Array(4097) },
+            { entropy: new Uint8Array(0) },
+            { time: { seconds: 1, nanoseconds: 1e9 } },
+            { time: { seconds: -1, nanoseconds: 0 } }
+          ]
+        ) {
+          const refused = yield* Effect.either(conn.freshen!(bad))
+          assert.isTrue(
+            Either.isLeft(refused) && refused.left._tag === "GuestRemoteError"
+              && refused.left.code === "invalid_argument",
+            JSON.stringify(bad)
+          )
+        }
+        yield* conn.ping
+      })
+  )
+
+  live(
+    "refuses a malformed FRESHEN with bad_message, and still answers an unknown type as before",
+    () =>
+      Effect.gen(function*() {
+        const { agent } = yield* connectedAgent
+        const raw = yield* Effect.acquireRelease(
+          Effect.promise(() => RawClient.connect(agent.socket)),
+          (c) => Effect.sync(() => c.close())
+        )
+        raw.send(0, { _tag: "Hello", version: 1, capabilities: [] })
+        const hello = yield* Effect.promise(() => raw.next(0))
+        assert.isTrue(hello?._tag === "Hello" && hello.capabilities.includes("freshen"))
+        const freshen = (stream: number, fields: FieldWriter) => {
+          const payload = fields.finish()
+          raw.write(
+            new Uint8Array([...encodeHeader(MessageType.Freshen, stream, payload.length), ...payload])
+          )
+          return Effect.promise(() => raw.next(stream))
+        }
+        const refusals: Array<[string, FieldWriter]> = [
+          ["hostname with a slash", new FieldWriter().string(4, "a/b")],
+          ["hostname of 65 bytes", new FieldWriter().string(4, "h".repeat(65))],
+          ["hostname with NUL", new FieldWriter().string(4, "a\u0000b")],
+          ["entropy of 4097 bytes", new FieldWriter().bytes(3, new Uint8Array(4097))],
+          ["empty entropy", new FieldWriter().bytes(3, new Uint8Array())],
+          ["nanoseconds alone", new FieldWriter().uint(2, 5, 4)],
+          ["nanoseconds of a second", new FieldWriter().uint(1, 5, 8).uint(2, 1e9, 4)],
+          ["machine_id 2", new FieldWriter().uint(5, 2, 1)],
+          ["time of 3 bytes", new FieldWriter().bytes(1, new Uint8Array(3))]
+        ]
+        let stream = 1
+        for (const [name, fields] of refusals) {
+          const answer = yield* freshen(stream++, fields)
+          assert.isTrue(
+            answer?._tag === "Error" && answer.code === "bad_message",
+            `${name}: ${JSON.stringify(answer)}`
+          )
+        }
+        // At the limits, and with an unknown field: accepted.
+        const ok = yield* freshen(
+          stream++,
+          new FieldWriter().uint(1, 1767225600, 8).uint(2, 999_999_999, 4).bytes(3, new Uint8Array(4096))
+            .string(4, "A-z.0-9" + "x".repeat(57)).uint(5, 1, 1).uint(99, 7, 4)
+        )
+        assert.deepStrictEqual(ok, {
+          _tag: "Ok",
+          clock: "skipped",
+          rng: "skipped",
+          hostname: "skipped",
+          machineId: "skipped"
+        })
+        // A type the agent does not know is still a frame-level error on its stream; the connection stays up.
+        raw.write(encodeHeader(0x32, stream, 0))
+        const unknown = yield* Effect.promise(() => raw.next(stream))
+        assert.isTrue(unknown?._tag === "Error" && unknown.code === "unknown_type")
+        raw.send(0, { _tag: "Ping", data: new Uint8Array([1]) })
+        assert.strictEqual((yield* Effect.promise(() => raw.next(0)))?._tag, "Pong")
+      })
+  )
 
   live("answers malformed and oversized frames with errors and stays up", () =>
     Effect.gen(function*() {

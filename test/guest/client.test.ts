@@ -41,11 +41,11 @@ const fakeAgent = (reply: Reply) =>
       })
   )
 
-const hello = (version = 1): Message => ({
+const hello = (version = 1, capabilities: ReadonlyArray<string> = ["exec"]): Message => ({
   _tag: "Hello",
   version,
   software: "fake",
-  capabilities: ["exec"],
+  capabilities,
   maxPayload: 1048576,
   window: 65536
 })
@@ -126,5 +126,44 @@ describe("guest channel client against misbehaving agents", () => {
       )
       const exec = yield* Effect.either(conn.exec(new ExecRequest({ argv: ["true"] })))
       assert.isTrue(Either.isLeft(exec) && exec.left._tag === "GuestProtocolError")
+    }))
+
+  live("tells an agent from before FRESHEN apart, so the caller can fall back", () =>
+    Effect.gen(function*() {
+      const channel = yield* GuestChannel
+      const request = { time: { seconds: 1767225600, nanoseconds: 0 }, entropy: new Uint8Array(64) }
+      // An agent restored from an old snapshot: its handshake does not announce FRESHEN, so it is not sent.
+      const seen: Array<string> = []
+      const old = yield* fakeAgent((stream, m, socket) => {
+        seen.push(m._tag)
+        if (m._tag === "Hello") socket.write(frameBytes(stream, hello()))
+        if (m._tag === "Ping") socket.write(frameBytes(stream, { _tag: "Pong", data: m.data }))
+      })
+      const oldConn = yield* channel.connect({ _tag: "UnixSocket", path: old.path }, { timeout: "5 seconds" })
+      const skipped = yield* Effect.either(oldConn.freshen!(request))
+      assert.isTrue(Either.isLeft(skipped) && skipped.left._tag === "GuestUnsupported")
+      yield* oldConn.ping
+      assert.notInclude(seen, "Freshen")
+
+      // One that announces it but answers as an agent that does not know the type (docs/protocol.md §1).
+      const confused = yield* fakeAgent((stream, m, socket) => {
+        if (m._tag === "Hello") socket.write(frameBytes(stream, hello(1, ["exec", "freshen"])))
+        if (m._tag === "Freshen") {
+          socket.write(
+            frameBytes(stream, { _tag: "Error", code: "unknown_type", message: "unknown message type" })
+          )
+        }
+        if (m._tag === "Ping") socket.write(frameBytes(stream, { _tag: "Pong", data: m.data }))
+      })
+      const conn = yield* channel.connect({ _tag: "UnixSocket", path: confused.path }, {
+        timeout: "5 seconds"
+      })
+      const unknown = yield* Effect.either(conn.freshen!(request))
+      assert.isTrue(
+        Either.isLeft(unknown) && unknown.left._tag === "GuestUnsupported"
+          && unknown.left.operation === "freshen"
+      )
+      // Not a broken connection: it goes on serving.
+      yield* conn.ping
     }))
 })

@@ -37,6 +37,7 @@ const typeNames: Record<Message["_tag"], string> = {
   FileInfo: "FILE_INFO",
   FileData: "FILE_DATA",
   Secrets: "SECRETS",
+  Freshen: "FRESHEN",
   Shutdown: "SHUTDOWN"
 }
 
@@ -129,7 +130,25 @@ export const summarize = (stream: number, m: Message): string => {
       n("action", m.action === "reboot" ? 1 : 0)
       n("grace_ms", m.graceMs)
       break
-    case "Ok":
+    case "Freshen":
+      n("time_sec", m.timeSec)
+      n("time_nsec", m.timeNsec)
+      if (m.entropy !== undefined) parts.push(`entropy=${hex(m.entropy)}`)
+      s("hostname", m.hostname)
+      if (m.machineId === true) n("machine_id", 1)
+      break
+    case "Ok": {
+      const outcomes = ["done", "skipped", "failed", "absent"]
+      const step = (name: string, outcome: string | undefined, errno: number | undefined) => {
+        if (outcome !== undefined) n(name, outcomes.indexOf(outcome))
+        n(`${name}_errno`, errno)
+      }
+      step("clock", m.clock, m.clockErrno)
+      step("rng", m.rng, m.rngErrno)
+      step("hostname", m.hostname, m.hostnameErrno)
+      step("machine_id", m.machineId, m.machineIdErrno)
+      break
+    }
     case "Eof":
     case "Cancel":
       break

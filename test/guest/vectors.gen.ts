@@ -139,6 +139,31 @@ valid("secrets", 8, {
   secrets: [{ name: "API_TOKEN", value: bytes("s3cr3t") }, { name: "_empty", value: new Uint8Array() }]
 })
 valid("secrets none", 8, { _tag: "Secrets", secrets: [] })
+valid("secrets purge", 8, { _tag: "Secrets", secrets: [], purge: true })
+valid("freshen", 11, {
+  _tag: "Freshen",
+  timeSec: 1767225600,
+  timeNsec: 123456789,
+  entropy: new Uint8Array([0x9f, 0x00, 0x3c, 0xff, 0x10, 0x42, 0x77, 0xa5]),
+  hostname: "kid-1.example",
+  machineId: true
+})
+valid("freshen clock only", 11, { _tag: "Freshen", timeSec: 1767225600 })
+valid("ok answering freshen", 11, {
+  _tag: "Ok",
+  clock: "done",
+  rng: "failed",
+  rngErrno: 1,
+  hostname: "done",
+  machineId: "absent"
+})
+valid("ok answering freshen in host test mode", 11, {
+  _tag: "Ok",
+  clock: "skipped",
+  rng: "skipped",
+  hostname: "skipped",
+  machineId: "skipped"
+})
 valid("shutdown", 10, { _tag: "Shutdown", action: "poweroff" })
 valid("shutdown reboot with grace", 10, { _tag: "Shutdown", action: "reboot", graceMs: 2000 })
 
@@ -238,6 +263,39 @@ invalid(
   frame(MessageType.Secrets, 1, tlv().bytes(2, bytes("1")).finish()),
   "bad_message"
 )
+invalid(
+  "freshen hostname with a space",
+  frame(MessageType.Freshen, 1, tlv().string(4, "a b").finish()),
+  "bad_message"
+)
+invalid("freshen empty hostname", frame(MessageType.Freshen, 1, tlv().string(4, "").finish()), "bad_message")
+invalid(
+  "freshen hostname of 65 bytes",
+  frame(MessageType.Freshen, 1, tlv().string(4, "h".repeat(65)).finish()),
+  "bad_message"
+)
+invalid(
+  "freshen entropy of 4097 bytes",
+  frame(MessageType.Freshen, 1, tlv().bytes(3, new Uint8Array(4097).fill(7)).finish()),
+  "bad_message"
+)
+invalid(
+  "freshen empty entropy",
+  frame(MessageType.Freshen, 1, tlv().bytes(3, new Uint8Array()).finish()),
+  "bad_message"
+)
+invalid(
+  "freshen nanoseconds without seconds",
+  frame(MessageType.Freshen, 1, tlv().uint(2, 5, 4).finish()),
+  "bad_message"
+)
+invalid(
+  "freshen nanoseconds of a whole second",
+  frame(MessageType.Freshen, 1, tlv().uint(1, 1, 8).uint(2, 1_000_000_000, 4).finish()),
+  "bad_message"
+)
+invalid("freshen machine_id 2", frame(MessageType.Freshen, 1, tlv().uint(5, 2, 1).finish()), "bad_message")
+invalid("ok outcome 4", frame(MessageType.Ok, 1, tlv().uint(1, 4, 1).finish()), "bad_message")
 invalid("shutdown action 2", frame(MessageType.Shutdown, 1, tlv().uint(1, 2, 1).finish()), "bad_message")
 
 writeFileSync("guest/vectors/frames.jsonl", lines.join("\n") + "\n")

@@ -35,6 +35,7 @@ const vectors: Array<Vector> = readFileSync(join(guestDir, "vectors/frames.jsonl
 const fromJson = (m: any): Message => {
   const b = (h: string) => new Uint8Array(Buffer.from(h, "hex"))
   if ("data" in m) return { ...m, data: b(m.data) }
+  if (m._tag === "Freshen" && m.entropy !== undefined) return { ...m, entropy: b(m.entropy) }
   if (m._tag === "Secrets") {
     return { ...m, secrets: m.secrets.map((s: any) => ({ name: s.name, value: b(s.value) })) }
   }

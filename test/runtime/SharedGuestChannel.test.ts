@@ -3,9 +3,9 @@
  * torn down without a shutdown must not leave its connection, socket and read buffer behind).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Layer, Stream } from "effect"
+import { Deferred, Effect, Either, Layer, Stream } from "effect"
 import { make } from "../../src/layers/guest/SharedGuestChannel.ts"
-import { GuestChannel, type GuestConnection } from "../../src/services/GuestChannel.ts"
+import { GuestChannel, type GuestConnection, GuestUnsupported } from "../../src/services/GuestChannel.ts"
 
 /** An inner channel whose connections close when the test says so; counts connects and releases. */
 const innerChannel = Effect.sync(() => {
@@ -57,5 +57,42 @@ describe("SharedGuestChannel", () => {
       const next = yield* shared.connect(endpoint)
       assert.notStrictEqual(next, first)
       assert.strictEqual(inner.closers.length, 2, "a fresh connection for the next VM")
+    }))
+
+  it.scopedLive("passes FRESHEN through; an agent that does not know it keeps its connection", () =>
+    Effect.gen(function*() {
+      let connects = 0
+      let calls = 0
+      const unused = () => Effect.die("not used here")
+      const inner = Layer.succeed(
+        GuestChannel,
+        GuestChannel.of({
+          connect: () =>
+            Effect.sync((): GuestConnection => {
+              connects++
+              return {
+                exec: unused,
+                execStream: () => Stream.die("not used here"),
+                putFile: unused,
+                getFile: unused,
+                deliverSecrets: unused,
+                freshen: () =>
+                  ++calls === 1
+                    ? Effect.fail(new GuestUnsupported({ operation: "freshen", message: "old agent" }))
+                    : Effect.succeed({ clock: { outcome: "done" } }),
+                ping: Effect.void,
+                shutdown: Effect.void
+              }
+            })
+        })
+      )
+      const shared = yield* make.pipe(Effect.provide(inner))
+      const endpoint = { _tag: "UnixSocket", path: "/nowhere/agent.sock" } as const
+      const first = yield* shared.connect(endpoint)
+      const refused = yield* Effect.either(first.freshen!({}))
+      assert.isTrue(Either.isLeft(refused) && refused.left._tag === "GuestUnsupported")
+      assert.strictEqual(yield* shared.connect(endpoint), first, "not dropped")
+      assert.deepStrictEqual(yield* first.freshen!({}), { clock: { outcome: "done" } })
+      assert.strictEqual(connects, 1)
     }))
 })

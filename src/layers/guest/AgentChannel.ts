@@ -6,23 +6,39 @@
  * bounded by the credit this side grants (`HOST_WINDOW` per stream, topped up as the consumer
  * pulls), outgoing data by the agent's credit, so neither side buffers without bound.
  */
-import { Cause, Chunk, Duration, Effect, Either, Layer, Option, Schedule, Schema, Stream } from "effect"
+import {
+  Cause,
+  Chunk,
+  Duration,
+  Effect,
+  Either,
+  Layer,
+  Option,
+  ParseResult,
+  Schedule,
+  Schema,
+  Stream
+} from "effect"
 import * as Net from "node:net"
 import { type ExecOutput, type ExecRequest, ExecResult } from "../../domain/Exec.ts"
 import {
   type AgentInfo,
   type ConnectOptions,
   type ExecControl,
+  type FreshenRequest,
+  type FreshenResult,
+  type FreshenStep,
   GuestChannel,
   type GuestConnection,
   type GuestError,
   GuestProtocolError,
   GuestRemoteError,
   GuestUnreachable,
+  GuestUnsupported,
   type PutFile
 } from "../../services/GuestChannel.ts"
 import type { ChannelEndpoint } from "../../services/Hypervisor.ts"
-import { decodeMessage, frameBytes, type Message, SecretName } from "./internal/messages.ts"
+import { decodeMessage, frameBytes, Freshen, type Message, SecretName } from "./internal/messages.ts"
 import { FrameDecoder, HEADER_SIZE, MAX_PAYLOAD, PROTOCOL_VERSION, WireError } from "./internal/wire.ts"
 
 /** Credit granted to the agent per stream for stdout/stderr/file data. */
@@ -643,6 +659,43 @@ const makeConnection = (conn: Connection): GuestConnection => {
     }
   }, Effect.scoped)
 
+  const freshen = Effect.fn("GuestChannel.freshen")(function*(request: FreshenRequest) {
+    const unsupported = () =>
+      new GuestUnsupported({
+        operation: "freshen",
+        message: `the guest agent (${conn.info?.software ?? "unknown"}) does not know FRESHEN`
+      })
+    // An agent announces what it knows; one from before FRESHEN is not asked at all.
+    if (conn.info !== undefined && !conn.info.capabilities.includes("freshen")) return yield* unsupported()
+    const message: Message = {
+      _tag: "Freshen",
+      ...(request.time === undefined
+        ? {}
+        : { timeSec: request.time.seconds, timeNsec: request.time.nanoseconds }),
+      ...(request.entropy === undefined ? {} : { entropy: request.entropy }),
+      ...(request.hostname === undefined ? {} : { hostname: request.hostname }),
+      ...(request.newMachineId === true ? { machineId: true } : {})
+    }
+    const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))
+    if (Option.isSome(invalid)) {
+      return yield* new GuestRemoteError({
+        code: "invalid_argument",
+        message: `freshen: ${ParseResult.TreeFormatter.formatErrorSync(invalid.value)}`
+      })
+    }
+    const st = yield* scopedStream(conn)
+    yield* conn.sendRequest(st, message)
+    for (;;) {
+      const m = yield* takeOrFail(st)
+      if (m._tag === "Window") continue
+      if (m._tag === "Ok") return freshenResult(m)
+      // What an agent that does not know the type answers (docs/protocol.md §1).
+      if (m._tag === "Error" && m.code === "unknown_type") return yield* unsupported()
+      if (m._tag === "Error") return yield* errorFromWire(m)
+      return yield* new GuestProtocolError({ message: `unexpected ${m._tag} answering FRESHEN` })
+    }
+  }, Effect.scoped)
+
   const pingWith = (data: Uint8Array) =>
     Effect.gen(function*() {
       const st = yield* scopedStream(conn)
@@ -666,11 +719,29 @@ const makeConnection = (conn: Connection): GuestConnection => {
     putFile,
     getFile,
     deliverSecrets,
+    freshen,
     ping,
     shutdown,
     closed: conn.closed,
     agent: conn.info!
   }
+}
+
+/** The OK that answers FRESHEN: one step per outcome field. */
+const freshenResult = (m: Extract<Message, { _tag: "Ok" }>): FreshenResult => {
+  const steps: { -readonly [K in keyof FreshenResult]?: FreshenStep } = {}
+  const add = (
+    name: keyof FreshenResult,
+    outcome: FreshenStep["outcome"] | undefined,
+    errno: number | undefined
+  ) => {
+    if (outcome !== undefined) steps[name] = errno === undefined ? { outcome } : { outcome, errno }
+  }
+  add("clock", m.clock, m.clockErrno)
+  add("rng", m.rng, m.rngErrno)
+  add("hostname", m.hostname, m.hostnameErrno)
+  add("machineId", m.machineId, m.machineIdErrno)
+  return steps
 }
 
 /**

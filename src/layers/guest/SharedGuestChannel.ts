@@ -33,6 +33,7 @@ export const make = Effect.gen(function*() {
   const guarded = (key: string, connection: GuestConnection): GuestConnection => {
     const onFailure = <A, R>(effect: Effect.Effect<A, GuestError, R>) =>
       effect.pipe(Effect.tapError((error) => (transportFailure(error) ? drop(key, connection) : Effect.void)))
+    const freshen = connection.freshen
     return {
       ...(connection.agent === undefined ? {} : { agent: connection.agent }),
       exec: (request, stdin) => onFailure(connection.exec(request, stdin)),
@@ -43,6 +44,16 @@ export const make = Effect.gen(function*() {
       putFile: (file) => onFailure(connection.putFile(file)),
       getFile: (path) => onFailure(connection.getFile(path)),
       deliverSecrets: (secrets, options) => onFailure(connection.deliverSecrets(secrets, options)),
+      ...(freshen === undefined ? {} : {
+        freshen: (request) =>
+          freshen(request).pipe(
+            Effect.tapError((error) =>
+              error._tag !== "GuestUnsupported" && transportFailure(error)
+                ? drop(key, connection)
+                : Effect.void
+            )
+          )
+      }),
       ping: onFailure(connection.ping),
       shutdown: onFailure(connection.shutdown).pipe(
         // After a shutdown the VM is going away; the next boot gets a new connection.

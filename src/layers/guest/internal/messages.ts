@@ -43,7 +43,22 @@ export const ErrorMessage = Schema.TaggedStruct("Error", {
   message: Schema.optional(WireString),
   errno: Schema.optional(uint(U32))
 })
-export const Ok = Schema.TaggedStruct("Ok", {})
+/** How one step of a FRESHEN went: `skipped` in the agent's host test mode, `absent` when the image
+ * has nothing to change (no /etc/machine-id). */
+export const FreshenOutcome = Schema.Literal("done", "skipped", "failed", "absent")
+const freshenOutcomes = ["done", "skipped", "failed", "absent"] as const
+/** The answer that ends a stream; only an answer to FRESHEN carries fields (each step asked for). */
+export const Ok = Schema.TaggedStruct("Ok", {
+  clock: Schema.optional(FreshenOutcome),
+  clockErrno: Schema.optional(uint(U32)),
+  rng: Schema.optional(FreshenOutcome),
+  rngErrno: Schema.optional(uint(U32)),
+  hostname: Schema.optional(FreshenOutcome),
+  hostnameErrno: Schema.optional(uint(U32)),
+  machineId: Schema.optional(FreshenOutcome),
+  machineIdErrno: Schema.optional(uint(U32))
+})
+const okSteps = ["clock", "rng", "hostname", "machineId"] as const
 export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
 export const Exec = Schema.TaggedStruct("Exec", {
   argv: Schema.NonEmptyArray(WireString),
@@ -104,6 +119,28 @@ export const Secrets = Schema.TaggedStruct("Secrets", {
   /** Wipe every secret delivered before (overwritten in place, then removed) first. */
   purge: Schema.optional(Schema.Boolean)
 })
+/** What the kernel takes as a hostname, narrowed to the characters a hostname is made of. */
+export const Hostname = WireString.pipe(Schema.pattern(/^[A-Za-z0-9.-]{1,64}$/))
+export const MAX_ENTROPY = 4096
+export const Freshen = Schema.TaggedStruct("Freshen", {
+  /** The host's wall clock: seconds since the epoch … */
+  timeSec: Schema.optional(uint(U64)),
+  /** … and nanoseconds (only with `timeSec`). */
+  timeNsec: Schema.optional(Schema.Int.pipe(Schema.between(0, 999_999_999))),
+  /** Host random bytes, credited to the guest's RNG, which is then reseeded. */
+  entropy: Schema.optional(
+    Bytes.pipe(Schema.filter((b) => b.length >= 1 && b.length <= MAX_ENTROPY, {
+      message: () => `entropy must be 1 to ${MAX_ENTROPY} bytes`
+    }))
+  ),
+  hostname: Schema.optional(Hostname),
+  /** Write a new /etc/machine-id where the image has one. */
+  machineId: Schema.optional(Schema.Boolean)
+}).pipe(
+  Schema.filter((m) => m.timeNsec === undefined || m.timeSec !== undefined, {
+    message: () => "Freshen.time_nsec without time_sec"
+  })
+)
 export const Shutdown = Schema.TaggedStruct("Shutdown", {
   action: Schema.Literal("poweroff", "reboot"),
   graceMs: Schema.optional(uint(U32))
@@ -131,6 +168,7 @@ export const Message = Schema.Union(
   FileInfo,
   FileData,
   Secrets,
+  Freshen,
   Shutdown
 )
 export type Message = typeof Message.Type
@@ -330,7 +368,29 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         } else if (f.tag === 2) o.graceMs = u(f.value, U32, "grace_ms")
       }
       break
+    case "Freshen":
+      for (const f of fields) {
+        if (f.tag === 1) o.timeSec = u(f.value, U64, "time_sec")
+        else if (f.tag === 2) o.timeNsec = u(f.value, 999_999_999, "time_nsec")
+        else if (f.tag === 3) o.entropy = f.value
+        else if (f.tag === 4) o.hostname = s(f.value, "hostname")
+        else if (f.tag === 5) {
+          if (u(f.value, 1, "machine_id") === 1) o.machineId = true
+        }
+      }
+      break
     case "Ok":
+      for (const f of fields) {
+        if (f.tag < 1 || f.tag > 2 * okSteps.length) continue
+        const step = okSteps[(f.tag - 1) >> 1]!
+        if (f.tag % 2 === 1) {
+          const n = u(f.value, 3, step)
+          o[step] = n === undefined ? undefined : freshenOutcomes[n]
+        } else {
+          o[`${step}Errno`] = u(f.value, U32, `${step}_errno`)
+        }
+      }
+      break
     case "Eof":
     case "Cancel":
       break
@@ -421,7 +481,21 @@ export const encodeMessage = (m: Message): { type: number; payload: Uint8Array }
       w.uint(1, m.action === "reboot" ? 1 : 0, 1)
       if (m.graceMs !== undefined) w.uint(2, m.graceMs, 4)
       break
+    case "Freshen":
+      if (m.timeSec !== undefined) w.uint(1, m.timeSec, 8)
+      if (m.timeNsec !== undefined) w.uint(2, m.timeNsec, 4)
+      if (m.entropy !== undefined) w.bytes(3, m.entropy)
+      if (m.hostname !== undefined) w.string(4, m.hostname)
+      if (m.machineId === true) w.uint(5, 1, 1)
+      break
     case "Ok":
+      okSteps.forEach((step, i) => {
+        const outcome = m[step]
+        const errno = m[`${step}Errno`]
+        if (outcome !== undefined) w.uint(2 * i + 1, freshenOutcomes.indexOf(outcome), 1)
+        if (errno !== undefined) w.uint(2 * i + 2, errno, 4)
+      })
+      break
     case "Eof":
     case "Cancel":
       break

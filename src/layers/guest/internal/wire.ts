@@ -32,6 +32,7 @@ export const MessageType = {
   FileInfo: 0x22,
   FileData: 0x23,
   Secrets: 0x30,
+  Freshen: 0x31,
   Shutdown: 0x40
 } as const
 export type MessageTag = keyof typeof MessageType
