@@ -70,7 +70,7 @@ export interface WarmFacts {
   readonly cold: boolean
   /** The workspace has never been started. */
   readonly firstStart: boolean
-  /** Its disk is untouched since `create` cloned the image (no offline cp, resize, setup). */
+  /** Its disk is the image's, cloned by `create` and untouched since (no offline cp or resize). */
   readonly diskPristine: boolean
   readonly imageDigest: string | undefined
   /** Read-write or read-only disks and volumes attached at start. */

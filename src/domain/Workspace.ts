@@ -249,6 +249,11 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   failure: Schema.optional(Schema.String),
   /** When setup succeeded; absent while it is pending (the next start runs it). */
   setupDone: Schema.optional(Schema.DateTimeUtc),
+  /**
+   * The disk was cloned from the image by `create` (not copied from another workspace or a snapshot):
+   * until it changes, its first start may restore a warm-start template instead of booting.
+   */
+  diskFromImage: Schema.optional(Schema.Boolean),
   /** What setup left: the verification baseline recorded when it succeeded (Setup.ts). */
   setupBaseline: Schema.optional(SetupBaseline),
   /** The entrypoint's outcome for the latest start that ran one. */

@@ -94,6 +94,8 @@ const copyWorkspace = (
         rootfsPath: NodePath.join(workspaceDir, "rootfs"),
         runtimeDir: home.runtimeDir(name),
         createdAt: now,
+        // Another workspace's disk (or a snapshot's): never a template's.
+        diskFromImage: undefined,
         updatedAt: now
       })
       // New addresses (and MACs) on the source's named networks.

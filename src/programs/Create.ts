@@ -233,6 +233,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),
       createdAt: now,
+      diskFromImage: true,
       updatedAt: now
     })
     yield* publishWorkspace(workspace, staging, workspaceDir)

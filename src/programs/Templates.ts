@@ -82,6 +82,8 @@ export type WarmPlan =
   | { readonly _tag: "Cold"; readonly reason: string }
 
 const diskPristine = (workspace: Workspace) => {
+  // A clone's or a snapshot copy's disk is another workspace's, whatever its times say.
+  if (workspace.diskFromImage !== true) return false
   try {
     // The record is written after the clone, its time in whole milliseconds.
     const mtime = Math.floor(NodeFs.statSync(workspace.rootfsPath).mtimeMs)

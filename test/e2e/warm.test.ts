@@ -146,6 +146,14 @@ describe("warm starts on real microVMs", () => {
       await ok(["halt", "c1"])
       await ok(["start", "c1"])
       assert.isUndefined(await warmEvent("c1"), "a second start boots the workspace's own disk")
+      // A clone's first start boots the disk it copied, never a template's.
+      await sh("c1", "echo kept > /root/kept && sync")
+      await ok(["halt", "c1"])
+      await ok(["clone", "c1", "c2"])
+      await ok(["start", "c2"])
+      assert.isUndefined(await warmEvent("c2"))
+      assert.strictEqual(await sh("c2", "cat /root/kept"), "kept\n")
+      await ok(["delete", "--force", "c2"])
 
       const volume = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-warm-vol-"))
       NodeFs.writeFileSync(NodePath.join(volume, "in.txt"), "from the host\n")

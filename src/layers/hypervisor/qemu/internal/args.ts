@@ -134,7 +134,9 @@ const memoryBackend = (memory: GuestMemory, memoryMiB: number): string =>
     : memory._tag === "Anonymous"
     ? `memory-backend-ram,id=${guestMemoryId},size=${memoryMiB}M`
     : memory._tag === "SharedFile"
-    ? `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${escapeOption(memory.path)},share=on`
+    ? `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${
+      escapeOption(memory.path)
+    },share=on`
     : `memory-backend-file,id=${guestMemoryId},size=${memoryMiB}M,mem-path=${
       escapeOption(memory.path)
     },share=off`
