@@ -638,7 +638,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
     const awaitMigration = (
       handle: VmHandle,
       deadline: number,
-      verb: "saving" | "loading"
+      verb: "saving" | "loading",
+      started = Date.now()
     ): Effect.Effect<void, MicroagentError> =>
       qmpExecute(controlSocket(handle), "query-migrate").pipe(
         Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
@@ -666,8 +667,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
               ))
             )
           }
-          return Effect.sleep(Duration.millis(50)).pipe(
-            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline, verb)))
+          // A device-state stream takes milliseconds: poll closely at first, then every 50 ms.
+          return Effect.sleep(Duration.millis(Date.now() - started < 250 ? 5 : 50)).pipe(
+            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline, verb, started)))
           )
         })
       )
