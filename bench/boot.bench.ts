@@ -32,7 +32,7 @@ try {
   const rawTimes: Array<number> = []
   let cold = 0
   for (let i = -1; i < iterations; i++) {
-    const run = await cli(state, ["run", "--network", "isolated", image, "--", "true"])
+    const run = await cli(state, ["run", "--cold", "--network", "isolated", image, "--", "true"])
     if (run.code !== 0) throw new Error(`run exited ${run.code}: ${run.stderr}`)
     instance.reset()
     const rawMs = await rawBoot(instance)

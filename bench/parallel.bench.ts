@@ -26,7 +26,7 @@ try {
   const loadBefore = loadAverage()
   const raw = await probeRawQemu(state, ["--network", "isolated", "--image", image])
   const instances = Array.from({ length: parallel }, (_, i) => rawInstance(state, raw, String(i)))
-  const warm = await cli(state, ["run", "--network", "isolated", image, "--", "true"])
+  const warm = await cli(state, ["run", "--cold", "--network", "isolated", image, "--", "true"])
   if (warm.code !== 0) throw new Error(`run exited ${warm.code}: ${warm.stderr}`)
   const cliWall: Array<number> = []
   const rawWall: Array<number> = []
@@ -35,7 +35,7 @@ try {
     const runs = await Promise.all(
       Array.from(
         { length: parallel },
-        () => cli(state, ["run", "--network", "isolated", image, "--", "true"])
+        () => cli(state, ["run", "--cold", "--network", "isolated", image, "--", "true"])
       )
     )
     cliWall.push(performance.now() - started)
