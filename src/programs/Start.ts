@@ -34,10 +34,10 @@ import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
 import { attachModel, ensureModelRunner, releaseModel } from "./internal/ModelPairing.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
+import { launchWithNetworks, preflightNetworking } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
 import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
-import { launchWithNetworks, preflightNetworking } from "./Network.ts"
 import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
@@ -336,6 +336,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     })
     : undefined
   const template = warm?._tag === "Warm" ? warm.template : undefined
+  if (warm?._tag === "Cold" && warm.buildFailed === true) {
+    yield* store.appendEvent(name, { type: "warm", detail: `booting: ${warm.reason}` }).pipe(Effect.ignore)
+  }
   const pendingDisk = snapshot === undefined
     ? template === undefined ? undefined : yield* prepareWarmDisk(current, template.disk)
     : yield* prepareRollback(current, snapshot, {

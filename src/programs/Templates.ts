@@ -79,7 +79,7 @@ export interface WarmRequest {
 
 export type WarmPlan =
   | { readonly _tag: "Warm"; readonly template: LoadedTemplate; readonly built: boolean }
-  | { readonly _tag: "Cold"; readonly reason: string }
+  | { readonly _tag: "Cold"; readonly reason: string; readonly buildFailed?: boolean }
 
 const diskPristine = (workspace: Workspace) => {
   // A clone's or a snapshot copy's disk is another workspace's, whatever its times say.
@@ -127,7 +127,7 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
     return yield* ensureTemplate(shape, workspace, request.artifacts).pipe(
       Effect.map(({ built, template }): WarmPlan => ({ _tag: "Warm", template, built })),
       Effect.catchAll((error) =>
-        Effect.succeed<WarmPlan>({ _tag: "Cold", reason: `no template: ${error.message}` })
+        Effect.succeed<WarmPlan>({ _tag: "Cold", reason: `no template: ${error.message}`, buildFailed: true })
       )
     )
   })
