@@ -11,9 +11,9 @@ import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
 import { releaseVolumesOf } from "./internal/Mounts.ts"
+import { forgetNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
-import { forgetNetworks } from "./Network.ts"
 
 export interface DeleteOptions {
   /** Halt a live workspace gracefully first. */

@@ -11,10 +11,10 @@ import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
+import { reapNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 import { stagingInUse } from "./internal/Staging.ts"
-import { reapNetworks } from "./Network.ts"
 
 export interface GcReport {
   readonly reconciled: ReadonlyArray<

@@ -11,9 +11,9 @@ import { StateStore } from "../services/StateStore.ts"
 import { collectEntrypoint } from "./Entrypoint.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
+import { detachNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
-import { detachNetworks } from "./Network.ts"
 
 export interface HaltOptions {
   /** Seconds the guest gets to shut down before the VM is killed. */

@@ -17,10 +17,10 @@ import { StateStore } from "../services/StateStore.ts"
 import { guestRun } from "./Entrypoint.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
+import { detachNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 import { execRequestFor } from "./internal/Requests.ts"
-import { detachNetworks } from "./Network.ts"
 
 /** What the runtime remembers of one workspace's checks. */
 export interface HealthTrack {

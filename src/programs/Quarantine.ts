@@ -25,9 +25,9 @@ import { StateStore } from "../services/StateStore.ts"
 import { copyDisk } from "./internal/DiskCopy.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
+import { detachNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
-import { detachNetworks } from "./Network.ts"
 
 export interface QuarantineOptions {
   /** Why: recorded in the events and in the custody manifest. */

@@ -9,7 +9,7 @@ import type { Workspace } from "../../domain/Workspace.ts"
 import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
 import { StateStore } from "../../services/StateStore.ts"
-import { reapNetworks } from "../Network.ts"
+import { reapNetworks } from "./NetworkPlumbing.ts"
 
 export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
   workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
