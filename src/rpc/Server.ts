@@ -1,325 +1,46 @@
 /**
  * The RPC server: handlers that are thin calls into the lifecycle programs, each run against the
  * backend of its workspace, served on a private unix socket (0600, in a 0700 directory).
+ *
+ * The handlers come in groups: LifecycleHandlers, SnapshotHandlers, ObserveHandlers, StorageHandlers,
+ * HostHandlers (images, kernels, models…) and ConnectSessions; this module puts them together and serves them.
  */
 import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { type Rpc, RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
-import { Duration, Effect, Either, Layer, Stream } from "effect"
+import { Effect, Layer, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as Net from "node:net"
 import * as NodePath from "node:path"
 import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
-import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
-import { isLive } from "../domain/State.ts"
 import { version } from "../domain/Version.ts"
-import { type Backend, profiles } from "../domain/Workspace.ts"
-import {
-  streamWithWorkspaceBackend,
-  withBackend,
-  withWorkspaceBackend,
-  WorkspaceBackends
-} from "../layers/backends/WorkspaceBackends.ts"
-import { RegistryHttp } from "../layers/registry/Http.ts"
-import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
-import { apply } from "../programs/Apply.ts"
-import { getArtifact, listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
-import { clone, createFromSnapshot } from "../programs/Clone.ts"
-import { workspaceCommit } from "../programs/Commit.ts"
-import { copyIn, copyOut } from "../programs/Cp.ts"
-import { create, type CreateOptions } from "../programs/Create.ts"
-import { remove } from "../programs/Delete.ts"
-import { egressLog } from "../programs/EgressLog.ts"
-import { result } from "../programs/Entrypoint.ts"
-import { exec, execStream } from "../programs/Exec.ts"
-import { fork } from "../programs/Fork.ts"
-import { halt, kill } from "../programs/Halt.ts"
-import { type ExecOverrides, execRequestFor } from "../programs/internal/Requests.ts"
-import { networkCreate, networkInspect, networkList, networkRemove } from "../programs/Network.ts"
-import { events, inspect, logs, wait } from "../programs/Observe.ts"
-import { pause, resume } from "../programs/Pause.ts"
-import { perfBoot, perfFootprint } from "../programs/Perf.ts"
-import { plan } from "../programs/Plan.ts"
-import { quarantine } from "../programs/Quarantine.ts"
-import { resize, resizePlan } from "../programs/Resize.ts"
-import { run } from "../programs/Run.ts"
-import { snapshotCreate, snapshotDelete, snapshotList } from "../programs/Snapshot.ts"
-import { start } from "../programs/Start.ts"
-import { stats } from "../programs/Stats.ts"
-import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
-import { Home } from "../services/Home.ts"
-import { StateStore } from "../services/StateStore.ts"
-import type { Volumes } from "../services/Volumes.ts"
+import type { Backend } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
 import { makeConnectHandlers } from "./ConnectSessions.ts"
+import type { HandlerServices } from "./HandlerContext.ts"
 import { makeHostHandlers } from "./HostHandlers.ts"
-import { type CreatePayload, Rpcs } from "./Rpcs.ts"
-
-type ExecFieldsOf<P> = P & {
-  readonly env?: { readonly [key: string]: string } | undefined
-  readonly cwd?: string | undefined
-  readonly user?: string | undefined
-  readonly timeoutSeconds?: number | undefined
-  readonly stdoutLimit?: number | undefined
-  readonly stderrLimit?: number | undefined
-  readonly stdin?: Uint8Array | undefined
-}
-
-const overridesOf = <P>(payload: ExecFieldsOf<P>): ExecOverrides => ({
-  env: payload.env,
-  cwd: payload.cwd,
-  user: payload.user,
-  timeoutSeconds: payload.timeoutSeconds,
-  stdoutLimit: payload.stdoutLimit,
-  stderrLimit: payload.stderrLimit
-})
-
-const stdinOf = (bytes: Uint8Array | undefined) => (bytes === undefined ? undefined : Stream.make(bytes))
-
-/** The exec request for a workspace: the image's and the workspace's defaults under the caller's fields. */
-const requestFor = (
-  payload: ExecFieldsOf<{ readonly name: string; readonly argv: readonly [string, ...Array<string>] }>
-) =>
-  Effect.map(
-    Effect.flatMap(StateStore, (store) => store.get(payload.name)),
-    (workspace) => execRequestFor(workspace, payload.argv, overridesOf(payload))
-  )
-
-/** The workspace's backend while it exists; the default one (unused) once only its collection is left. */
-const withArtifactBackend = <A, E, R>(name: string, effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(
-    Effect.flatMap(StateStore, (store) => store.find(name)),
-    (found) => withBackend(found._tag === "Some" ? found.value.backend : undefined, effect)
-  )
-
-/** What a create keeps for supervision; a run's payload has none of it. */
-type SupervisionField = "restart" | "entrypoint" | "service" | "shell" | "health"
-
-/** A create, a plan of one, or a run's workspace, from its payload: the fields the program takes, named alike. */
-const createOptionsOf = (
-  p:
-    & Omit<typeof CreatePayload.Type, SupervisionField>
-    & Partial<Pick<typeof CreatePayload.Type, SupervisionField>>
-): CreateOptions => ({
-  image: p.image,
-  name: p.name,
-  profile: p.profile,
-  memoryMiB: p.memoryMiB,
-  cpus: p.cpus,
-  sizeMiB: p.sizeMiB,
-  env: p.env,
-  hostname: p.hostname,
-  network: p.network,
-  ports: p.ports,
-  networks: p.networks,
-  egress: p.egress,
-  addressing: p.addressing,
-  mounts: p.mounts,
-  secrets: p.secrets,
-  outputs: p.outputs,
-  refuseDevices: p.refuseDevices,
-  ttlSeconds: p.ttlSeconds,
-  model: p.model,
-  restart: p.restart,
-  entrypoint: p.entrypoint,
-  files: p.files,
-  setup: p.setup,
-  service: p.service,
-  shell: p.shell,
-  health: p.health
-})
+import { makeLifecycleHandlers } from "./LifecycleHandlers.ts"
+import { makeObserveHandlers } from "./ObserveHandlers.ts"
+import { Rpcs } from "./Rpcs.ts"
+import { makeSnapshotHandlers } from "./SnapshotHandlers.ts"
+import { makeStorageHandlers } from "./StorageHandlers.ts"
 
 /** The handlers of every procedure; they need the state store and the backends of this process. */
 export const RpcHandlers = Rpcs.toLayer(Effect.gen(function*() {
-  const context = yield* Effect.context<WorkspaceBackends | StateStore | Home | Volumes>()
+  const context = yield* Effect.context<HandlerServices>()
   const host = yield* makeHostHandlers
-  const local = <A, E>(effect: Effect.Effect<A, E, WorkspaceBackends | StateStore | Home | Volumes>) =>
-    Effect.provide(effect, context)
-  const localStream = <A, E>(stream: Stream.Stream<A, E, WorkspaceBackends | StateStore | Home | Volumes>) =>
+  const local = <A, E>(effect: Effect.Effect<A, E, HandlerServices>) => Effect.provide(effect, context)
+  const localStream = <A, E>(stream: Stream.Stream<A, E, HandlerServices>) =>
     Stream.provideContext(stream, context)
 
   return Rpcs.of({
     version: () => Effect.succeed({ version }),
     ...host,
-    run: (p) =>
-      local(withBackend(
-        p.backend,
-        run({
-          ...createOptionsOf(p),
-          command: p.command,
-          keep: p.keep,
-          bootTimeoutSeconds: p.bootTimeoutSeconds,
-          secretValues: p.secretValues,
-          receipt: p.receipt,
-          namePrefix: p.namePrefix,
-          cold: p.cold,
-          exec: {
-            cwd: p.cwd,
-            user: p.user,
-            timeoutSeconds: p.timeoutSeconds,
-            stdoutLimit: p.stdoutLimit,
-            stderrLimit: p.stderrLimit
-          },
-          stdin: stdinOf(p.stdin)
-        })
-      )),
-    create: (p) => local(withBackend(p.backend, create(createOptionsOf(p)))),
-    plan: (p) =>
-      local(withBackend(p.backend, plan({ ...createOptionsOf(p), kind: p.kind, command: p.command }))),
-    apply: ({ dryRun, name, ...fields }) => local(apply(name, fields, { dryRun })),
-    start: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        start(p.name, {
-          bootTimeoutSeconds: p.bootTimeoutSeconds,
-          secrets: p.secrets,
-          secretValues: p.secretValues,
-          profile: p.profile,
-          memoryMiB: p.memoryMiB,
-          cpus: p.cpus,
-          ttlSeconds: p.ttlSeconds,
-          fromSnapshot: p.fromSnapshot,
-          cold: p.cold
-        })
-      )),
-    exec: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        Effect.flatMap(requestFor(p), (request) => exec(p.name, request, stdinOf(p.stdin)))
-      )),
-    execStream: (p) =>
-      localStream(streamWithWorkspaceBackend(
-        p.name,
-        Stream.unwrap(Effect.map(requestFor(p), (request) => execStream(p.name, request, stdinOf(p.stdin))))
-      )),
-    halt: (p) =>
-      local(
-        withWorkspaceBackend(p.name, halt(p.name, { timeoutSeconds: p.timeoutSeconds, reason: p.reason }))
-      ),
-    kill: (p) => local(withWorkspaceBackend(p.name, kill(p.name, { reason: p.reason }))),
-    pause: (p) => local(withWorkspaceBackend(p.name, pause(p.name, { reason: p.reason }))),
-    quarantine: (p) =>
-      local(withWorkspaceBackend(p.name, quarantine(p.name, { reason: p.reason, capture: p.capture }))),
-    resume: (p) => local(withWorkspaceBackend(p.name, resume(p.name, { reason: p.reason }))),
-    snapshotCreate: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        snapshotCreate(p.name, { tag: p.tag, forensic: p.forensic, secretValues: p.secretValues })
-      )),
-    workspaceCommit: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        Effect.flatMap(Home, (home) =>
-          workspaceCommit(p.name, p.ref, {
-            push: p.push,
-            diff: p.diff,
-            message: p.message,
-            author: p.author,
-            insecureRegistry: p.insecureRegistry
-          }).pipe(Effect.provide(RegistryHttp.layer(home.root))))
-      )),
-    clone: (p) => local(withWorkspaceBackend(p.source, clone(p.source, p.target))),
-    fork: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        fork(p.name, { count: p.count, namePrefix: p.namePrefix, secretValues: p.secretValues })
-      )),
-    createFromSnapshot: (p) =>
-      local(
-        Either.match(parseSnapshotRef(p.snapshot), {
-          onLeft: (error) => Effect.fail(error),
-          onRight: (ref) => withWorkspaceBackend(ref.workspace, createFromSnapshot(p.name, p.snapshot))
-        })
-      ),
-    snapshotList: (p) => local(withWorkspaceBackend(p.name, snapshotList(p.name))),
-    snapshotDelete: (p) => local(withWorkspaceBackend(p.name, snapshotDelete(p.name, p.tag))),
-    delete: (p) =>
-      local(
-        withWorkspaceBackend(p.name, remove(p.name, { yes: p.yes, force: p.force })).pipe(
-          // Deleting what is not there is not an error: delete is idempotent.
-          Effect.catchTag("NotFound", () => Effect.succeed({ workspace: p.name, deleted: false }))
-        )
-      ),
-    inspect: (p) => local(withWorkspaceBackend(p.name, inspect(p.name))),
-    list: (p) =>
-      local(Effect.gen(function*() {
-        const all = yield* Effect.flatMap(StateStore, (store) => store.list)
-        // Each workspace is reconciled against its own backend; one this build lacks is reported as recorded.
-        const found = yield* Effect.forEach(all, (workspace) =>
-          withBackend(workspace.backend, inspect(workspace.name)).pipe(
-            Effect.map((report) => [report.workspace]),
-            Effect.catchTag("NotFound", () =>
-              Effect.succeed([])),
-            Effect.catchTag("Unsupported", () => Effect.succeed([workspace]))
-          ))
-        return found.flat().filter((workspace) =>
-          !p.runningOnly || isLive(workspace.state)
-        )
-      })),
-    logs: (p) => localStream(streamWithWorkspaceBackend(p.name, logs(p.name, { follow: p.follow ?? false }))),
-    egress: (p) =>
-      localStream(streamWithWorkspaceBackend(p.name, egressLog(p.name, { follow: p.follow ?? false }))),
-    events: (p) =>
-      localStream(streamWithWorkspaceBackend(p.name, events(p.name, { follow: p.follow ?? false }))),
-    wait: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        wait(p.name, {
-          ...(p.timeoutSeconds === undefined ? {} : { timeout: Duration.seconds(p.timeoutSeconds) }),
-          ...(p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) })
-        })
-      )),
-    result: (p) =>
-      local(withWorkspaceBackend(p.name, result(p.name, { wait: p.wait, timeoutSeconds: p.timeoutSeconds }))),
-    profiles: () => Effect.succeed({ profiles }),
-    // Holders are checked against the default backend (the runtime reconciles every backend anyway).
-    volumeCreate: (p) => local(withBackend(undefined, volumeCreate(p.name, p.sizeMiB))),
-    volumeList: () => local(withBackend(undefined, volumeList())),
-    volumeInspect: (p) => local(withBackend(undefined, volumeInspect(p.name))),
-    volumeRemove: (p) => local(withBackend(undefined, volumeRemove(p.name, { force: p.force }))),
-    volumeResize: (p) => local(withBackend(undefined, volumeResize(p.name, p.sizeMiB))),
-    networkCreate: (p) => local(withBackend(undefined, networkCreate(p.name, p.subnet))),
-    networkList: () => local(withBackend(undefined, networkList())),
-    networkInspect: (p) => local(withBackend(undefined, networkInspect(p.name))),
-    networkRemove: (p) => local(withBackend(undefined, networkRemove(p.name, { force: p.force ?? false }))),
-    cp: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        p.direction === "in"
-          ? copyIn(p.name, p.hostPath, p.guestPath)
-          : copyOut(p.name, p.guestPath, p.hostPath)
-      )),
-    artifactsList: (p) => local(listArtifacts(p.name)),
-    // A collection outlives its workspace, so only a live one needs its backend.
-    artifactsGet: (p) => local(withArtifactBackend(p.name, getArtifact(p.name, p.artifact, p.hostPath))),
-    artifactsRemove: (p) => local(removeArtifacts(p.name)),
-    ...makeConnectHandlers(localStream),
-    stats: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        stats(
-          p.name,
-          p.intervalSeconds === undefined ? {} : { interval: Duration.seconds(p.intervalSeconds) }
-        )
-      )),
-    resize: (p) =>
-      local(withWorkspaceBackend(
-        p.name,
-        p.preview === true
-          ? Effect.map(resizePlan(p.name, p.sizeMiB), (plan) => ({
-            workspace: p.name,
-            from_size_mib: plan.fromMiB,
-            to_size_mib: p.sizeMiB
-          }))
-          : Effect.provide(resize(p.name, p.sizeMiB), Ext4Disks)
-      )),
-    perfBoot: (p) => local(withBackend(p.backend, perfBoot(p))),
-    perfFootprint: (p) =>
-      local(
-        p.name === undefined
-          ? withBackend(undefined, perfFootprint())
-          : withWorkspaceBackend(p.name, perfFootprint(p.name))
-      )
+    ...makeLifecycleHandlers(local, localStream),
+    ...makeSnapshotHandlers(local),
+    ...makeObserveHandlers(local, localStream),
+    ...makeStorageHandlers(local),
+    ...makeConnectHandlers(localStream)
   })
 }))
 
