@@ -1,0 +1,150 @@
+/* The channel server's FRESHEN: clock, entropy and crng reseed, hostname and machine-id of a
+ * restored guest. */
+#include "serve_internal.h"
+
+/* ---------- freshen ---------- */
+
+/* From <linux/random.h>, which musl's headers do not ship. Both need CAP_SYS_ADMIN. */
+#define MA_RNDADDENTROPY _IOW('R', 0x03, int[2])
+#define MA_RNDRESEEDCRNG _IO('R', 0x07)
+
+/* Mixes the host's bytes into the input pool, credited at 8 bits a byte, then reseeds the crng from
+ * it at once: without the reseed, Linux would go on serving the snapshot's crng state (shared by every
+ * restore of that snapshot) until its next scheduled reseed. */
+static int rng_reseed(const uint8_t *p, uint32_t n) {
+  struct {
+    int entropy_count;
+    int buf_size;
+    uint8_t buf[MA_MAX_ENTROPY];
+  } info;
+  int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return -1;
+  info.entropy_count = (int)(8 * n);
+  info.buf_size = (int)n;
+  memcpy(info.buf, p, n);
+  int r = ioctl(fd, MA_RNDADDENTROPY, &info);
+  int e = errno;
+  wipe(&info, sizeof info);
+  if (r == 0) {
+    r = ioctl(fd, MA_RNDRESEEDCRNG);
+    e = errno;
+  }
+  close(fd);
+  errno = e;
+  return r;
+}
+
+/* Replaces a small file of /etc where the image has one: a new file beside it, with its mode and
+ * owner, renamed over it, so no reader sees it half written. A symlink, or a file bind-mounted over,
+ * cannot be replaced that way and is rewritten in place. 1 written, 0 absent, -1 failed (errno). */
+static int replace_etc_file(const char *path, const char *content) {
+  struct stat st;
+  if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
+  size_t n = strlen(content);
+  int e;
+  if (!S_ISLNK(st.st_mode)) {
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.microagent-new", path);
+    unlink(tmp);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) return -1;
+    if (fchown(fd, st.st_uid, st.st_gid) < 0) ma_dbg("%s: keeping our owner: %s", tmp, strerror(errno));
+    if (ma_write_all(fd, content, n) < 0 || fchmod(fd, st.st_mode & 07777) < 0 || fsync(fd) < 0) {
+      e = errno;
+      close(fd);
+      unlink(tmp);
+      errno = e;
+      return -1;
+    }
+    close(fd);
+    if (rename(tmp, path) == 0) return 1;
+    e = errno;
+    unlink(tmp);
+    errno = e;
+    if (e != EBUSY && e != EXDEV) return -1;
+  }
+  int fd = open(path, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0) return errno == ENOENT ? 0 : -1; /* a dangling symlink: no file there */
+  int r = ma_write_all(fd, content, n) < 0 || fsync(fd) < 0 ? -1 : 1;
+  e = errno;
+  close(fd);
+  errno = e;
+  return r;
+}
+
+/* A new machine-id: 128 bits from the (just reseeded) kernel RNG, shaped as a version 4 UUID the way
+ * systemd makes them, written as 32 lowercase hex digits. */
+static int new_machine_id(void) {
+  uint8_t id[16];
+  if (getrandom(id, sizeof id, GRND_NONBLOCK) != (ssize_t)sizeof id) return -1;
+  id[6] = (uint8_t)((id[6] & 0x0f) | 0x40);
+  id[8] = (uint8_t)((id[8] & 0x3f) | 0x80);
+  char text[34];
+  for (int i = 0; i < 16; i++) snprintf(text + 2 * i, 3, "%02x", id[i]);
+  text[32] = '\n';
+  text[33] = 0;
+  int r = replace_etc_file("/etc/machine-id", text);
+  int e = errno;
+  wipe(id, sizeof id);
+  wipe(text, sizeof text);
+  errno = e;
+  return r;
+}
+
+/* Records a step's outcome: r < 0 failed (errno), 0 nothing there to change, > 0 done. */
+static void step_result(ma_ok *k, int step, int r) {
+  k->has_outcome[step] = 1;
+  if (r < 0) {
+    k->outcome[step] = MA_OUT_FAILED;
+    k->err_no[step] = (uint32_t)errno;
+    k->has_errno[step] = 1;
+  } else {
+    k->outcome[step] = r == 0 ? MA_OUT_ABSENT : MA_OUT_DONE;
+  }
+}
+
+static void step_skipped(ma_ok *k, int step) {
+  k->has_outcome[step] = 1;
+  k->outcome[step] = MA_OUT_SKIPPED;
+}
+
+static int set_hostname(const char *name) {
+  if (sethostname(name, strlen(name)) < 0) return -1;
+  /* The kernel's name is what answers; /etc/hostname follows where the image has one. */
+  char line[MA_MAX_HOSTNAME + 2];
+  snprintf(line, sizeof line, "%s\n", name);
+  return replace_etc_file("/etc/hostname", line) < 0 ? -1 : 1;
+}
+
+/* Every step asked for is tried, whatever the others did; the OK says how each went. In host test
+ * mode nothing of the host's (clock, RNG, hostname, /etc) is touched: the steps are reported skipped. */
+void freshen(conn *c, uint32_t id, const ma_freshen *f) {
+  ma_ok k;
+  memset(&k, 0, sizeof k);
+  int host = !cfg->pid1;
+  if (f->has_time) {
+    struct timespec ts = {.tv_sec = (time_t)f->time_sec, .tv_nsec = (long)f->time_nsec};
+    if (host) step_skipped(&k, MA_STEP_CLOCK);
+    else step_result(&k, MA_STEP_CLOCK, clock_settime(CLOCK_REALTIME, &ts) < 0 ? -1 : 1);
+  }
+  if (f->entropy_len) {
+    if (host) step_skipped(&k, MA_STEP_RNG);
+    else step_result(&k, MA_STEP_RNG, rng_reseed(f->entropy, f->entropy_len) < 0 ? -1 : 1);
+  }
+  if (f->hostname) {
+    if (host) step_skipped(&k, MA_STEP_HOSTNAME);
+    else step_result(&k, MA_STEP_HOSTNAME, set_hostname(f->hostname));
+  }
+  if (f->machine_id) {
+    /* After the reseed: the new id comes from this guest's own randomness. */
+    if (host) step_skipped(&k, MA_STEP_MACHINE_ID);
+    else step_result(&k, MA_STEP_MACHINE_ID, new_machine_id());
+  }
+  ma_dbg("freshen: outcomes clock %d rng %d hostname %d machine-id %d (-1 not asked)",
+         k.has_outcome[0] ? k.outcome[0] : -1, k.has_outcome[1] ? k.outcome[1] : -1,
+         k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1);
+  uint8_t buf[128];
+  ma_msg ok = {.type = MA_OK, .stream = id, .u.ok = k};
+  long len = ma_encode(&ok, buf, sizeof buf);
+  send_frame(c, MA_OK, id, buf, len < 0 ? 0 : (size_t)len);
+}
