@@ -2,10 +2,10 @@
  * The model channel's framing (docs/protocol.md, "Model channel"), the host's half of
  * guest/src/modelfwd.c: magic 0x6d, type, connection id (u32 BE), length (u32 BE), payload.
  */
-export const frameMagic = 0x6d
+const frameMagic = 0x6d
 export const FrameType = { open: 1, data: 2, eof: 3, close: 4 } as const
 export type FrameType = (typeof FrameType)[keyof typeof FrameType]
-export const headerSize = 10
+const headerSize = 10
 export const maxPayload = 64 * 1024
 
 export interface Frame {

@@ -105,7 +105,7 @@ export const runtimeCommand = (
     : { command: process.execPath, args: [...runtimeNodeFlags, cli, "runtime", "--state-dir", root] }
 }
 
-export const runtimeLogPath = (home: HomeShape) => NodePath.join(home.root, "run", "runtime.log")
+const runtimeLogPath = (home: HomeShape) => NodePath.join(home.root, "run", "runtime.log")
 
 /** Ensures a runtime listens on the home's socket, starting one if needed. */
 export const ensureRuntime = (home: HomeShape, options: { readonly timeout?: Duration.DurationInput } = {}) =>

@@ -9,7 +9,7 @@ import type { Backend } from "../domain/Workspace.ts"
 import { dropRuntimeMallocSetting } from "../rpc/Launcher.ts"
 import { serveRuntime } from "./Runtime.ts"
 
-export const defaultIdleSeconds = () => {
+const defaultIdleSeconds = () => {
   const fromEnv = Number(process.env.MICROAGENT_RUNTIME_IDLE_SECONDS)
   return Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 30
 }

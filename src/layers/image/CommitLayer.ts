@@ -89,7 +89,7 @@ const sameXattrs = (a: Ext4Entry, b: Ext4Entry) =>
   )
 
 /** Same metadata (content of regular files is compared separately). */
-export const sameMetadata = (a: Ext4Entry, b: Ext4Entry) =>
+const sameMetadata = (a: Ext4Entry, b: Ext4Entry) =>
   a.type === b.type && a.mode === b.mode && a.uid === b.uid && a.gid === b.gid && a.mtime === b.mtime
   && a.size === b.size && a.linkTarget === b.linkTarget && a.devMajor === b.devMajor
   && a.devMinor === b.devMinor && sameXattrs(a, b)

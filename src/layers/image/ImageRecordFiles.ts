@@ -13,7 +13,7 @@ const RecordJson = Schema.parseJson(ImageRecord)
 const encode = Schema.encodeSync(RecordJson)
 const decode = Schema.decodeUnknownEither(RecordJson)
 
-export const imageRecordsDir = (imagesDir: string) => NodePath.join(imagesDir, "records")
+const imageRecordsDir = (imagesDir: string) => NodePath.join(imagesDir, "records")
 
 const fileFor = (imagesDir: string, ref: string) =>
   NodePath.join(imageRecordsDir(imagesDir), `${createHash("sha256").update(ref).digest("hex")}.json`)

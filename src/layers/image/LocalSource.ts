@@ -84,7 +84,7 @@ const nameOf = (d: Descriptor): string | undefined =>
   d.annotations?.["io.containerd.image.name"] ?? d.annotations?.["org.opencontainers.image.ref.name"]
 
 /** Reads an OCI image layout; `wantedName` picks among several tagged manifests. */
-export const readOciLayout = (
+const readOciLayout = (
   layout: string,
   platform: Platform,
   wantedName: string | undefined,
@@ -185,7 +185,7 @@ const platformOf = (config: ImageConfigFile, platform: Platform): Platform => {
 }
 
 /** Reads an unpacked `docker save` archive, describing it as a Docker v2 manifest. */
-export const readDockerArchive = (
+const readDockerArchive = (
   root: string,
   stage: Stage,
   platform: Platform,

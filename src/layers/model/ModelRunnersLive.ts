@@ -73,7 +73,7 @@ const freePort = (): Promise<number> =>
   })
 
 /** Splits a command template on whitespace, honouring single and double quotes. */
-export const splitCommand = (template: string): Array<string> => {
+const splitCommand = (template: string): Array<string> => {
   const words: Array<string> = []
   let current = ""
   let quote: string | undefined

@@ -10,8 +10,7 @@ export interface Subnet {
   readonly prefix: number
 }
 
-export const formatIp = (n: number): string =>
-  [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".")
+const formatIp = (n: number): string => [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join(".")
 
 /** A dotted quad, or undefined when it is not one (no leading zeros, each part 0-255). */
 export const parseIp = (text: string): number | undefined => {

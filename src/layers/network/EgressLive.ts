@@ -28,7 +28,7 @@ import { isAlive } from "../process/Processes.ts"
 import { stateTag } from "./Addressing.ts"
 
 /** The addresses the guest sees, the same as QEMU's user network gives it. */
-export const mediatedNetwork = {
+const mediatedNetwork = {
   guest: "10.0.2.15",
   gateway: "10.0.2.2",
   resolver: "10.0.2.3",
@@ -39,7 +39,7 @@ export const mediatedNetwork = {
  * A workspace's mediated addresses: QEMU's usual ones, or its own addressing, where the mediator
  * answers DNS at the gateway's address (its guest is told so on its command line).
  */
-export const mediatedAddresses = (workspace: Workspace) => {
+const mediatedAddresses = (workspace: Workspace) => {
   const a = workspace.addressing
   if (a === undefined) return mediatedNetwork
   const [guest, prefix] = a.ip.split("/")
@@ -66,7 +66,7 @@ const iptablesBinary = () => binaryOf(["/usr/sbin/iptables", "/sbin/iptables", "
 const ip6tablesBinary = () => binaryOf(["/usr/sbin/ip6tables", "/sbin/ip6tables", "/usr/bin/ip6tables"])
 
 /** `$MICROAGENT_EGRESS_BINARY`, else guest/build or libexec beside an ancestor of this module. */
-export const mediatorBinary = (): string | undefined =>
+const mediatorBinary = (): string | undefined =>
   installedFile("MICROAGENT_EGRESS_BINARY", ["guest/build/microagent-egress", "libexec/microagent-egress"])
 
 /** CAP_NET_ADMIN (12) and CAP_SYS_ADMIN (21, for setns and the namespace mount) in the effective set. */
@@ -86,7 +86,7 @@ const hasCapabilities = (): boolean => {
 const optOut =
   "or run with --egress off to start without mediation (the guest then reaches the host and its networks)"
 
-export const egressProblem = (): { readonly message: string; readonly remediation: string } | undefined => {
+const egressProblem = (): { readonly message: string; readonly remediation: string } | undefined => {
   if (ipBinary() === undefined) {
     return {
       message: "egress mediation needs the ip command",
@@ -135,7 +135,7 @@ const inNamespace = (ns: string, binary: string | undefined, args: ReadonlyArray
   ip(["netns", "exec", ns, binary ?? "false", ...args])
 
 /** The rules of one namespace: everything from the guest goes to the mediator or is dropped (counted). */
-export const namespaceRules = (
+const namespaceRules = (
   tap: string,
   resolver: string = mediatedNetwork.resolver
 ): ReadonlyArray<ReadonlyArray<string>> => [

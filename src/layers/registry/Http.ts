@@ -400,7 +400,7 @@ const fetchBlobWith = (session: Session) =>
     )
   })
 
-export const makeRegistry = (
+const makeRegistry = (
   client: HttpClient.HttpClient,
   sources: CredentialSources
 ): RegistryShape => {

@@ -166,14 +166,14 @@ export interface Session {
 export const drain = (response: HttpClientResponse.HttpClientResponse) =>
   response.text.pipe(Effect.orElseSucceed(() => ""))
 
-export const useHttp = (ref: ImageRef, options: RegistryOptions | undefined): boolean =>
+const useHttp = (ref: ImageRef, options: RegistryOptions | undefined): boolean =>
   options?.insecure === true || isLoopbackRegistry(ref.registry)
 
 export const apiUrl = (ref: ImageRef, options: RegistryOptions | undefined, path: string) =>
   `${useHttp(ref, options) ? "http" : "https"}://${ref.apiHost}/v2/${ref.repository}/${path}`
 
 /** GET with redirects followed by hand; the Authorization header only goes to the original host. */
-export const getFollowing = (
+const getFollowing = (
   session: Session,
   url: string,
   headers: Record<string, string>,
@@ -206,7 +206,7 @@ export const getFollowing = (
  * A bearer token from the challenge's realm. `scopes` overrides the challenge's scope: a push asks for
  * `repository:<repo>:pull,push` (and pull on a mount's source) up front.
  */
-export const fetchToken = (
+const fetchToken = (
   session: Session,
   ref: ImageRef,
   params: Readonly<Record<string, string>>,

@@ -75,7 +75,7 @@ const journalBytes = (sizeBytes: number): number => {
 const roundUp = (value: number, unit: number) => Math.ceil(value / unit) * unit
 
 /** The smallest image (MiB) that holds the content, with metadata and journal overheads. */
-export const requiredMiB = (content: { readonly bytes: number; readonly inodes: number }): number => {
+const requiredMiB = (content: { readonly bytes: number; readonly inodes: number }): number => {
   const inodes = inodeCount(content, 0)
   let size = content.bytes * 1.04 + inodes * 256 + 8 * MiB
   size += journalBytes(size)
@@ -85,7 +85,7 @@ export const requiredMiB = (content: { readonly bytes: number; readonly inodes: 
 }
 
 /** The default size: content plus room for a workspace to work in, rounded to 64 MiB. */
-export const defaultMiB = (content: { readonly bytes: number; readonly inodes: number }): number => {
+const defaultMiB = (content: { readonly bytes: number; readonly inodes: number }): number => {
   const needed = requiredMiB(content)
   return roundUp(needed + Math.max(256, Math.ceil(needed * 0.5)), 64)
 }
@@ -115,7 +115,7 @@ const stagePerm = (meta: LedgerEntry): number =>
   meta.type === "directory" ? (meta.perm & 0o777) | 0o700 : (meta.perm & 0o777) | 0o400
 
 /** The debugfs batch that makes the image match the ledger. Value files for xattrs go to `workDir`. */
-export const ledgerScript = (stage: Stage, workDir: string, owner: { uid: number; gid: number }): string => {
+const ledgerScript = (stage: Stage, workDir: string, owner: { uid: number; gid: number }): string => {
   const lines: Array<string> = []
   const done = new Set<LedgerEntry>()
   let valueIndex = 0

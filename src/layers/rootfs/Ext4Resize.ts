@@ -38,7 +38,7 @@ const fsStep = <A>(what: string, step: () => A) =>
   })
 
 /** e2fsck in preen mode: 0 clean, 1 fixed, anything else means a human should look. */
-export const checkExt4 = (path: string, what: string) =>
+const checkExt4 = (path: string, what: string) =>
   runTool("e2fsck", ["-f", "-p", path]).pipe(
     Effect.mapError(toolError(`checking ${what}`)),
     Effect.flatMap((result) =>
@@ -76,7 +76,7 @@ const superblock = (path: string, what: string) =>
 const round = (n: number) => Math.round(n * 10) / 10
 
 /** How full the filesystem in an ext4 file is, and what the file takes on the host. */
-export const ext4Usage = (path: string, what: string) =>
+const ext4Usage = (path: string, what: string) =>
   Effect.gen(function*() {
     const sb = yield* superblock(path, what)
     const stat = yield* fsStep(`cannot examine ${path}`, () => NodeFs.statSync(path))

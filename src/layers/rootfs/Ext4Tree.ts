@@ -76,8 +76,6 @@ const typeOfMode = (mode: number): Ext4Type | undefined => {
   }
 }
 
-export const modeType = typeOfMode
-
 /**
  * The entries of one `ls -p` listing, without `.` and `..`. The name is everything between the
  * fourth slash and the size field, so a name holding a slash-free oddity still parses; a line that is

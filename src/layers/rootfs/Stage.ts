@@ -59,7 +59,7 @@ const whiteoutPrefix = ".wh."
 const opaqueMarker = ".wh..wh..opq"
 
 /** Splits a tar name into safe components; refuses absolute paths, `..` and NUL. */
-export const cleanComponents = (name: string, what: string): Array<string> => {
+const cleanComponents = (name: string, what: string): Array<string> => {
   if (name.includes("\0")) throw new UnsafeLayerError(`${what} "${name.replace(/\0/g, "\\0")}" contains NUL`)
   if (name.startsWith("/")) throw new UnsafeLayerError(`${what} "${name}" is absolute`)
   const parts = name.split("/").filter((p) => p.length > 0 && p !== ".")

@@ -10,7 +10,7 @@ import { parseSource, secretNameProblem, type SecretSource } from "../../domain/
 import { Secrets, type SecretsShape } from "../../services/Secrets.ts"
 
 /** The agent's tmpfs is 16 MiB; one secret may take at most 1 MiB of it. */
-export const maxSecretBytes = 1024 * 1024
+const maxSecretBytes = 1024 * 1024
 
 const failed = (name: string, why: string, remediation: string) =>
   new InvalidInput({ message: `secret ${name}: ${why}`, remediation })

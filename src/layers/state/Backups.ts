@@ -14,13 +14,13 @@ import { Permanent } from "../../domain/Errors.ts"
 import { type SqliteFailure, sqliteFailureOf } from "./StoreFailure.ts"
 
 /** How many backups are kept: `MICROAGENT_STATE_BACKUPS`, default 5. */
-export const backupsToKeep = (): number => {
+const backupsToKeep = (): number => {
   const fromEnv = Number(process.env.MICROAGENT_STATE_BACKUPS)
   return Number.isInteger(fromEnv) && fromEnv >= 1 ? fromEnv : 5
 }
 
 /** The least time between two automatic backups: `MICROAGENT_STATE_BACKUP_INTERVAL_SECONDS`, default an hour. */
-export const backupIntervalMs = (): number => {
+const backupIntervalMs = (): number => {
   const fromEnv = Number(process.env.MICROAGENT_STATE_BACKUP_INTERVAL_SECONDS)
   return (Number.isFinite(fromEnv) && fromEnv > 0 ? fromEnv : 3600) * 1000
 }
@@ -198,7 +198,7 @@ const partialName = (dir: string) =>
   NodePath.join(dir, `.partial-${process.pid}-${randomBytes(4).toString("hex")}.db`)
 
 /** Removes all but the newest `keep` backups of `dir`. */
-export const pruneBackups = (dir: string, keep: number = backupsToKeep()): ReadonlyArray<string> => {
+const pruneBackups = (dir: string, keep: number = backupsToKeep()): ReadonlyArray<string> => {
   const removed: Array<string> = []
   for (const old of listBackups(dir).slice(keep)) {
     NodeFs.rmSync(old.path, { force: true })
@@ -266,7 +266,7 @@ export const takeBackup = (
   })
 
 /** The newest backup's age in milliseconds, or undefined when there is none. */
-export const newestBackupAgeMs = (database: string): number | undefined => {
+const newestBackupAgeMs = (database: string): number | undefined => {
   const newest = listBackups(backupsDirOf(database))[0]
   return newest === undefined ? undefined : Date.now() - Date.parse(newest.createdAt)
 }

@@ -83,7 +83,7 @@ const accessProblem = (path: string): string | undefined => {
  * The checks made before the store is opened: the file is there if the directory had records, and
  * it reads clean. Fails with the error that leads to `microagent state restore`.
  */
-export const preflight = (
+const preflight = (
   home: HomeShape,
   expectRecords = true
 ): Effect.Effect<void, Permanent | ResourceExhausted> =>

@@ -11,7 +11,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Workspace } from "../../domain/Workspace.ts"
 
-export const manifestFileName = "workspace.json"
+const manifestFileName = "workspace.json"
 
 export const WorkspaceManifest = Schema.Struct({
   /** Bumped when the file's shape changes incompatibly. */
@@ -30,7 +30,7 @@ export const manifestPath = (workspaceDir: string) => NodePath.join(workspaceDir
  * Writes the manifest into `workspaceDir` if that directory exists (a workspace being created gets its
  * directory only once its record is in; `create` writes the first manifest into the staging directory).
  */
-export const writeManifestSync = (workspaceDir: string, workspace: Workspace): void => {
+const writeManifestSync = (workspaceDir: string, workspace: Workspace): void => {
   if (!NodeFs.existsSync(workspaceDir)) return
   const target = manifestPath(workspaceDir)
   const partial = `${target}.partial-${process.pid}-${randomBytes(4).toString("hex")}`

@@ -18,12 +18,12 @@ import { runToolOk } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 
 const MiB = 1024 * 1024
-export const minVolumeMiB = 16
-export const maxVolumeMiB = 16 * 1024 * 1024
+const minVolumeMiB = 16
+const maxVolumeMiB = 16 * 1024 * 1024
 export const defaultVolumeMiB = 1024
 
 /** The holder a resize puts on a volume while it works, so no workspace attaches it meanwhile. */
-export const resizeHolder = (pid: number) => `!resize:${pid}`
+const resizeHolder = (pid: number) => `!resize:${pid}`
 
 interface Row {
   readonly name: string

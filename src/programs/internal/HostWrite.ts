@@ -52,7 +52,7 @@ export const hostDestination = (hostPath: string, guestBase: string, tree: boole
   })
 
 /** A sink for one file's bytes: a private temporary beside `target`, renamed over it on `commit`. */
-export const openHostFile = (target: string) =>
+const openHostFile = (target: string) =>
   Effect.try({
     try: () => {
       const temp = NodePath.join(

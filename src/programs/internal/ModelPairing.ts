@@ -18,7 +18,7 @@ import { Models } from "../../services/Models.ts"
 import { StateStore } from "../../services/StateStore.ts"
 
 /** The guest's view of its model: what `OPENAI_BASE_URL` and `MICROAGENT_MODEL_URL` say. */
-export const guestModelUrl = "http://127.0.0.1:11434/v1"
+const guestModelUrl = "http://127.0.0.1:11434/v1"
 
 /** The guest environment a paired workspace gets (the user's own values win). */
 export const modelEnv = { MICROAGENT_MODEL_URL: guestModelUrl, OPENAI_BASE_URL: guestModelUrl } as const

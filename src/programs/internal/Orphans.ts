@@ -24,7 +24,7 @@ const ownerAlive = (workspace: Workspace) =>
   && (workspace.owner.pid === process.pid
     || isAlive(workspace.owner.pid, workspace.owner.startTime || undefined))
 
-export const ownsVmm = (workspace: Workspace, vmm: VmmProcess): boolean => {
+const ownsVmm = (workspace: Workspace, vmm: VmmProcess): boolean => {
   // A quarantine holds its frozen VM while it captures evidence, as long as its process lives.
   const holds = isLive(workspace.state) || (workspace.state === "quarantined" && ownerAlive(workspace))
   if (!holds || workspace.runtimeDir !== vmm.runtimeDir) return false

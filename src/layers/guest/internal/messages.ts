@@ -121,7 +121,7 @@ export const Secrets = Schema.TaggedStruct("Secrets", {
 })
 /** What the kernel takes as a hostname, narrowed to the characters a hostname is made of. */
 export const Hostname = WireString.pipe(Schema.pattern(/^[A-Za-z0-9.-]{1,64}$/))
-export const MAX_ENTROPY = 4096
+const MAX_ENTROPY = 4096
 export const Freshen = Schema.TaggedStruct("Freshen", {
   /** The host's wall clock: seconds since the epoch … */
   timeSec: Schema.optional(uint(U64)),
@@ -401,7 +401,7 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
 
 // ---- payload encoding (canonical: tags ascending, widths per the spec) ----
 
-export const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
+const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
   const type = MessageType[m._tag]
   const w = new FieldWriter()
   switch (m._tag) {

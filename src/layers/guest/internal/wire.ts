@@ -6,7 +6,7 @@
 export const PROTOCOL_VERSION = 1
 export const HEADER_SIZE = 12
 export const MAX_PAYLOAD = 1024 * 1024
-export const HARD_LIMIT = 16 * 1024 * 1024
+const HARD_LIMIT = 16 * 1024 * 1024
 const MAGIC0 = 0x4d
 const MAGIC1 = 0x41
 

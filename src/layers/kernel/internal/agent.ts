@@ -7,7 +7,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { besideAncestors } from "../../process/Installed.ts"
 
-export const agentCandidates = (): ReadonlyArray<string> => {
+const agentCandidates = (): ReadonlyArray<string> => {
   const explicit = process.env.MICROAGENT_AGENT
   return [
     ...(explicit !== undefined && explicit !== "" ? [NodePath.resolve(explicit)] : []),

@@ -11,7 +11,7 @@ import { type CpioEntry, writeCpio } from "./cpio.ts"
 /** When the agent loads a module: every boot, or only when the boot has a NIC or a vsock channel. */
 export type LoadClass = "boot" | "net" | "vsock"
 
-export const loadListLine = (name: string, loadClass: LoadClass = "boot") =>
+const loadListLine = (name: string, loadClass: LoadClass = "boot") =>
   `${name}.ko${loadClass === "boot" ? "" : ` ${loadClass}`}\n`
 
 export interface InitramfsInput {
@@ -23,7 +23,7 @@ export interface InitramfsInput {
   readonly compression: "gzip" | "none"
 }
 
-export const initramfsEntries = (input: InitramfsInput): ReadonlyArray<CpioEntry> => [
+const initramfsEntries = (input: InitramfsInput): ReadonlyArray<CpioEntry> => [
   { type: "directory", path: "dev" },
   { type: "directory", path: "proc", mode: 0o555 },
   { type: "directory", path: "sys", mode: 0o555 },

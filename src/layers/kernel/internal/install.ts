@@ -33,7 +33,7 @@ import type { KernelStore } from "./store.ts"
 import { ensurePrivateDir, io, KernelCacheFailure, runTool, type ToolMissing } from "./tools.ts"
 import { unpackKernel } from "./unpack.ts"
 
-export const hostArch = (): Arch | undefined =>
+const hostArch = (): Arch | undefined =>
   process.arch === "x64" ? "x86_64" : process.arch === "arm64" ? "aarch64" : undefined
 
 const ModuleFileSuffix = /\.ko(\.(xz|zst|gz))?$/

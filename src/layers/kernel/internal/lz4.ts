@@ -8,7 +8,7 @@
 const LEGACY_MAGIC = 0x184c2102
 const LEGACY_BLOCK_MAX = 8 * 1024 * 1024
 
-export const isLz4Legacy = (bytes: Uint8Array): boolean =>
+const isLz4Legacy = (bytes: Uint8Array): boolean =>
   bytes.length >= 4 && bytes[0] === 0x02 && bytes[1] === 0x21 && bytes[2] === 0x4c && bytes[3] === 0x18
 
 /** Decodes one LZ4 block into `out` at `outPos`; returns the new output position. */

@@ -21,7 +21,7 @@ export const optionalModules: ReadonlyArray<string> = ["vmw_vsock_virtio_transpo
  * When the agent loads each group (see initramfs.ts): the root disk and the channel on every boot,
  * the NIC driver only when the boot configures a NIC, vsock only for a vsock channel.
  */
-export const moduleClasses = (machine: Machine): ReadonlyArray<{
+const moduleClasses = (machine: Machine): ReadonlyArray<{
   readonly loadClass: "boot" | "net" | "vsock"
   readonly required: ReadonlyArray<string>
   readonly optional: ReadonlyArray<string>
