@@ -24,7 +24,11 @@ interface PerfRun {
 }
 
 const runOnce = async (profile: Profile) => {
-  const run = await cli(states[profile], ["run", "--cold", "--network", network, image, "--", "true"], env(profile))
+  const run = await cli(
+    states[profile],
+    ["run", "--cold", "--network", network, image, "--", "true"],
+    env(profile)
+  )
   if (run.code !== 0) throw new Error(`${profile}: run exited ${run.code}: ${run.stderr}`)
   return run.ms
 }
