@@ -158,4 +158,10 @@ export interface RestoreOptions {
  */
 export const memoryFileOf = (stateFile: string): string => `${stateFile}.mem`
 
+/**
+ * The console log `saveState` keeps beside the state file (what the VM printed until then): a restore's
+ * console log begins with it, so `logs` of a restored VM shows its boot.
+ */
+export const consoleFileOf = (stateFile: string): string => `${stateFile}.console`
+
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}

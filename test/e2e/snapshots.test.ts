@@ -109,6 +109,7 @@ describe("snapshots on real microVMs", () => {
       "disk.ext4",
       "manifest.json",
       "vm.state",
+      "vm.state.console",
       "vm.state.mem"
     ])
     assert.deepInclude(manifest.files, { state: "vm.state", memory: "vm.state.mem" })

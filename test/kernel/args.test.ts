@@ -160,7 +160,7 @@ describe("QEMU arguments", () => {
     assert.deepStrictEqual(values(args, "-initrd"), ["/k/initrd"])
     assert.deepStrictEqual(values(args, "-pidfile"), ["/run/ws1/qemu.pid"])
     assert.deepStrictEqual(values(args, "-chardev"), [
-      "file,id=console,path=/run/ws1/console.log",
+      "file,id=console,path=/run/ws1/console.log,append=on",
       "socket,id=qmp,path=/run/ws1/qmp.sock,server=on,wait=off",
       "socket,id=agent,path=/run/ws1/agent.sock,server=on,wait=off"
     ])

@@ -9,7 +9,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
 import { isAlive } from "../../layers/process/Processes.ts"
-import { memoryFileOf } from "../../services/Hypervisor.ts"
+import { consoleFileOf, memoryFileOf } from "../../services/Hypervisor.ts"
 
 /**
  * Copies a disk image (a file), or a directory tree (the fake backend's "disk"), to `to`, which must
@@ -44,22 +44,22 @@ export const copyDisk = (from: string, to: string) =>
 export const resumeStateFile = "vm.state"
 
 /**
- * Copies a saved VM state with its memory file, if it has one. The memory file is hard-linked where
- * it can be: it is never written after its capture (restores map it privately), so copies share its
- * pages on disk and in the page cache.
+ * Copies a saved VM state with its memory file and console log, if it has them, hard-linked where
+ * they can be: neither is written after its capture (restores map the memory file privately), so
+ * copies share its pages on disk and in the page cache.
  */
 export const copyState = (from: string, to: string) =>
   copyDisk(from, to).pipe(
-    Effect.zipRight(Effect.suspend(() => {
-      const memory = memoryFileOf(from)
-      if (!NodeFs.existsSync(memory)) return Effect.void
-      try {
-        NodeFs.linkSync(memory, memoryFileOf(to))
-        return Effect.void
-      } catch {
-        return copyDisk(memory, memoryFileOf(to))
-      }
-    }))
+    Effect.zipRight(Effect.forEach([memoryFileOf, consoleFileOf], (sidecar) =>
+      Effect.suspend(() => {
+        if (!NodeFs.existsSync(sidecar(from))) return Effect.void
+        try {
+          NodeFs.linkSync(sidecar(from), sidecar(to))
+          return Effect.void
+        } catch {
+          return copyDisk(sidecar(from), sidecar(to))
+        }
+      }), { discard: true }))
   )
 
 /** Removes a saved VM state and its memory file. */
@@ -67,6 +67,7 @@ export const removeState = (path: string) =>
   Effect.sync(() => {
     NodeFs.rmSync(path, { force: true })
     NodeFs.rmSync(memoryFileOf(path), { force: true })
+    NodeFs.rmSync(consoleFileOf(path), { force: true })
   })
 
 /** Where a replacement disk for `target` is written before it is renamed into place. */

@@ -26,6 +26,7 @@ import { Home } from "../../../services/Home.ts"
 import {
   type Capability,
   type ChannelEndpoint,
+  consoleFileOf,
   Hypervisor,
   type HypervisorShape,
   type LaunchConfig,
@@ -395,6 +396,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           })
         }
         yield* removeFiles(paths, { console: true })
+        if (stateFile !== undefined) yield* seedConsole(stateFile, paths.consoleLog)
         const host = yield* hostVerdict(kernelPath)
         const args = qemuArgs({
           workspace: config.workspace,
@@ -708,6 +710,15 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       )
       yield* awaitMigration(handle, Date.now() + 300_000, "saving")
       if (memfd !== undefined) yield* copyMemory(memfd, memoryFileOf(file))
+      // What the guest printed so far, for the restored VM's log (best effort).
+      yield* Effect.sync(() => {
+        try {
+          NodeFs.copyFileSync(pathsOf(handle).consoleLog, consoleFileOf(file))
+          NodeFs.chmodSync(consoleFileOf(file), 0o600)
+        } catch {
+          // No console log: the restored VM's starts empty.
+        }
+      })
     })
 
     /** `set_link … up=false` on each netdev the launch arguments name: `net0`, then `nic1`, `nic2`, … */
@@ -826,6 +837,22 @@ const ownCopyOf = (path: string): Effect.Effect<GuestMemory, Permanent> =>
       `microagent-${process.pid}-${randomBytes(6).toString("hex")}.mem`
     )
     return copyMemory(path, copy).pipe(Effect.as<GuestMemory>({ _tag: "SharedFile", path: copy }))
+  })
+
+/** A restored VM's console log begins with the saved VM's, then says when it was restored. */
+const seedConsole = (stateFile: string, consoleLog: string) =>
+  Effect.sync(() => {
+    try {
+      const saved = NodeFs.readFileSync(consoleFileOf(stateFile))
+      const tail = saved.length > 0 && saved[saved.length - 1] !== 0x0a ? "\n" : ""
+      NodeFs.writeFileSync(
+        consoleLog,
+        Buffer.concat([saved, Buffer.from(`${tail}microagent: restored at ${new Date().toISOString()}\n`)]),
+        { mode: 0o600 }
+      )
+    } catch {
+      // A state saved without its console log: the log starts with what the restored VM prints.
+    }
   })
 
 /** A sparse copy (pages the guest never touched are holes), 0600 from the start. */

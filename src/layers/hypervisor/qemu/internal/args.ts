@@ -281,7 +281,8 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     kernelCmdline(input),
     // The serial console goes to a file so it outlives whoever started the VMM.
     "-chardev",
-    `file,id=console,path=${escapeOption(input.paths.consoleLog)}`,
+    // Appended to: a restore's log begins with the saved VM's (seeded before the VMM starts).
+    `file,id=console,path=${escapeOption(input.paths.consoleLog)},append=on`,
     "-serial",
     "chardev:console",
     "-chardev",
