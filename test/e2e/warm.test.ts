@@ -89,6 +89,10 @@ describe("warm starts on real microVMs", () => {
       )
       // Its own name, its secret, a clock within seconds of the host's.
       assert.strictEqual((await sh("w2", "hostname")).trim(), "w2")
+      // Its log shows the template's boot, then the restore.
+      const log = (await ok(["logs", "w2"])).stdout
+      assert.include(log, "microagent-agent: ready at")
+      assert.match(log, /microagent: restored at \d{4}-/)
       assert.strictEqual(await sh("w2", "cat /run/secrets/TOKEN"), "warm-secret")
       const guestNow = Number((await sh("w2", "date +%s")).trim())
       assert.isBelow(Math.abs(guestNow - Date.now() / 1000), 5)
@@ -108,7 +112,11 @@ describe("warm starts on real microVMs", () => {
           const socket = NodeNet.connect(port, "127.0.0.1")
           let data = ""
           socket.on("data", (chunk) => (data += chunk.toString()))
-          socket.on("end", () => resolve(data))
+          // Until nc listens, the NAT accepts and then closes the connection with nothing sent.
+          socket.on(
+            "end",
+            () => data === "" && left > 0 ? setTimeout(() => attempt(left - 1), 200) : resolve(data)
+          )
           socket.on("error", (error) => left > 0 ? setTimeout(() => attempt(left - 1), 200) : reject(error))
         }
         attempt(25)
