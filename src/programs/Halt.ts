@@ -2,7 +2,7 @@
  * `halt` (graceful, bounded, then forced) and `kill` (at once; also from `failed`, to end a VMM the
  * record lost track of).
  */
-import { Duration, Effect, Option } from "effect"
+import { Cause, Duration, Effect, Exit, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
@@ -42,12 +42,15 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
     if (Option.isNone(handle)) {
       return yield* store.transition(name, "halted", { patch: detached, detail: "no VM was recorded" })
     }
-    const graceful = yield* Effect.either(hypervisor.halt(handle.value, timeoutSeconds))
-    if (graceful._tag === "Left") {
+    // Interruptible inside, so that its own timeouts can end a wait on a VMM that is dying (its
+    // sockets accept but never answer); an interruption (Ctrl-C) there ends in a forced stop.
+    const graceful = yield* Effect.exit(Effect.interruptible(hypervisor.halt(handle.value, timeoutSeconds)))
+    if (Exit.isFailure(graceful)) {
       yield* hypervisor.kill(handle.value)
+      const failure = Cause.failureOption(graceful.cause)
       return yield* store.transition(name, "halted", {
         patch: detached,
-        detail: `forced: ${graceful.left.message}`
+        detail: `forced: ${Option.isSome(failure) ? failure.value.message : "interrupted"}`
       })
     }
     return yield* store.transition(name, "halted", { patch: detached, detail: "guest powered off" })

@@ -69,9 +69,16 @@ const qmpConversation = (
     const finish = (result: Effect.Effect<unknown, QmpError>) => {
       if (settled) return
       settled = true
+      clearTimeout(timer)
       socket.destroy()
       resume(result)
     }
+    // Timed here, not only by an interruption: a VMM that is exiting still accepts on its socket but
+    // never answers, and a caller in an uninterruptible region could not be interrupted out of it.
+    const timer = setTimeout(
+      () => finish(Effect.fail(new QmpError({ reason: "Timeout", message: `QMP ${command} got no answer` }))),
+      Duration.toMillis(Duration.decode(timeout))
+    )
     const send = (message: object) => socket.write(JSON.stringify(message) + "\n")
     socket.setEncoding("utf8")
     socket.on("error", (error) =>
@@ -127,14 +134,10 @@ const qmpConversation = (
     })
     return Effect.sync(() => {
       settled = true
+      clearTimeout(timer)
       socket.destroy()
     })
-  }).pipe(
-    Effect.timeoutFail({
-      duration: timeout,
-      onTimeout: () => new QmpError({ reason: "Timeout", message: `QMP ${command} got no answer` })
-    })
-  )
+  })
 
 /** `query-status`'s run state: running, paused, shutdown, internal-error, … */
 export const qmpStatus = (socketPath: string) =>
