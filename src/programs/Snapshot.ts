@@ -22,7 +22,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, memoryFileOf, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
+import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 import {
@@ -86,14 +86,6 @@ const sweepLeftovers = (dir: string) =>
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
   })
-
-const allocatedBytes = (path: string) => {
-  try {
-    return NodeFs.statSync(path).blocks * 512
-  } catch {
-    return 0
-  }
-}
 
 const writeManifest = (dir: string, manifest: SnapshotManifest) =>
   Effect.sync(() => {

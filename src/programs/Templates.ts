@@ -27,7 +27,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, memoryFileOf } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
-import { copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
+import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { templateLock, templateRuntimeName, templatesDir } from "./internal/TemplateFiles.ts"
 
@@ -59,14 +59,6 @@ const readTemplate = (dir: string): Option.Option<LoadedTemplate> => {
     return Option.none()
   }
   return Option.some({ manifest: manifest.right, dir, disk, state })
-}
-
-const allocated = (path: string) => {
-  try {
-    return NodeFs.statSync(path).blocks * 512
-  } catch {
-    return 0
-  }
 }
 
 /** What a start knows about itself that decides whether it may be warm. */
@@ -223,7 +215,7 @@ const buildTemplate = (
         shape,
         createdAt: new Date().toISOString(),
         buildMs: Date.now() - started,
-        allocatedBytes: allocated(disk) + allocated(state) + allocated(memoryFileOf(state))
+        allocatedBytes: allocatedBytes(disk) + allocatedBytes(state) + allocatedBytes(memoryFileOf(state))
       })
       NodeFs.writeFileSync(
         NodePath.join(staging, manifestFile),

@@ -96,6 +96,15 @@ export const sweepPendingDisks = (target: string) =>
     }
   })
 
+/** Bytes a file occupies on the host (sparse: holes are not counted); 0 when it is not there. */
+export const allocatedBytes = (path: string): number => {
+  try {
+    return NodeFs.statSync(path).blocks * 512
+  } catch {
+    return 0
+  }
+}
+
 /** Flushes a file or a directory (its entries) to disk. */
 export const fsyncPath = (path: string) => {
   const fd = NodeFs.openSync(path, "r")
