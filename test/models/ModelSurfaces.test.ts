@@ -88,7 +88,7 @@ describe("the model store over MCP", () => {
         const chat = await fetch(`${served.result.url}/chat/completions`, {
           method: "POST",
           headers: { "content-type": "application/json" },
-          body: JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 3 })
+          body: JSON.stringify({ messages: [{ role: "user", content: "hi" }], max_tokens: 3, temperature: 0 })
         })
         assert.strictEqual(chat.status, 200)
         assert.isAbove(
