@@ -1,6 +1,7 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
 // bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server),
-// bin/microagent-model-runner.mjs, the embedded model runner, and bin/microagent-model-bridge.mjs.
+// bin/microagent-model-runner.mjs, the embedded model runner, and bin/microagent-model-bridge.mjs
+// and bin/microagent-broker.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { chmodSync, readFileSync } from "node:fs"
@@ -70,6 +71,14 @@ await build({
 
 // A paired workspace's model bridge (one detached process per running workspace).
 await build({ ...common, entryPoints: ["src/bridge/bin.ts"], outfile: "bin/microagent-model-bridge.mjs" })
+
+// A workspace's credential broker (one detached process per running workspace with --broker).
+await build({
+  ...common,
+  banner: withSqlite.banner,
+  entryPoints: ["src/bridge/brokerBin.ts"],
+  outfile: "bin/microagent-broker.mjs"
+})
 
 await build({
   ...common,

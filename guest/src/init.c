@@ -44,6 +44,7 @@ typedef struct {
   char nets[MAX_NETS][64]; /* microagent.netN=MAC,ADDRESS/PREFIX: a NIC on a named network */
   int all_modules;         /* microagent.modules=all: load every module, whatever the boot uses */
   unsigned model_port;     /* microagent.model=PORT: forward guest 127.0.0.1:PORT to the host's model */
+  char brokers[128];       /* microagent.brokers=PORT,...: guest 127.0.0.1:PORT to broker endpoint N */
 } boot_config;
 
 static boot_config bc;
@@ -230,6 +231,7 @@ static void parse_cmdline(void) {
       set_str(bc.nets[key[3] - '1'], sizeof bc.nets[0], v);
     else if (!strcmp(key, "modules")) bc.all_modules = !strcmp(v, "all");
     else if (!strcmp(key, "model")) bc.model_port = (unsigned)strtoul(v, NULL, 10) & 0xffffu;
+    else if (!strcmp(key, "brokers")) set_str(bc.brokers, sizeof bc.brokers, v);
     else if (!strcmp(key, "debug")) ma_debug = !strcmp(v, "1");
   }
 }
@@ -614,6 +616,22 @@ static void power_off(int action) {
   ma_fatal("reboot: %s", strerror(errno));
 }
 
+/* Credential broker endpoints: endpoint N's guest port (the Nth of microagent.brokers) is carried
+ * over the virtio-serial port microagent.broker.N to the host's broker, as the model channel is. */
+static void start_broker_forwarders(void) {
+  char list[sizeof bc.brokers];
+  set_str(list, sizeof list, bc.brokers);
+  char *save = NULL;
+  int n = 0;
+  for (char *tok = strtok_r(list, ",", &save); tok && n < 8; tok = strtok_r(NULL, ",", &save), n++) {
+    unsigned port = (unsigned)strtoul(tok, NULL, 10);
+    if (port == 0 || port > 0xffffu) continue;
+    char name[32];
+    snprintf(name, sizeof name, "microagent.broker.%d", n);
+    ma_modelfwd_start(name, port);
+  }
+}
+
 void ma_init_main(void) {
   mkdir("/dev", 0755);
   mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -652,6 +670,7 @@ void ma_init_main(void) {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
   if (bc.model_port) ma_modelfwd_start("microagent.model", bc.model_port);
+  start_broker_forwarders();
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

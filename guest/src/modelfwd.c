@@ -50,6 +50,7 @@ static mf_conn conns[MF_MAX_CONNS];
 static uint32_t next_id = 1;
 static int port_fd = -1;
 static int host_connected;
+static const char *channel_name = "model channel"; /* for log lines: the virtio port's name */
 static uint8_t inbuf[MF_HEADER + MF_MAX_PAYLOAD];
 static size_t in_len;
 
@@ -233,7 +234,7 @@ static void port_readable(void) {
     id = ntohl(id);
     len = ntohl(len);
     if (h[0] != MF_MAGIC || h[1] < MF_DATA || h[1] > MF_CLOSE || len > MF_MAX_PAYLOAD) {
-      ma_log("model channel: bad frame from the host; dropping its connections");
+      ma_log("%s: bad frame from the host; dropping its connections", channel_name);
       host_gone();
       return;
     }
@@ -253,7 +254,7 @@ static void run(const char *port_name, unsigned tcp_port) {
   struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tcp_port)};
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (lfd < 0 || bind(lfd, (struct sockaddr *)&a, sizeof a) < 0 || listen(lfd, 64) < 0) {
-    ma_log("model channel: cannot listen on 127.0.0.1:%u: %s", tcp_port, strerror(errno));
+    ma_log("%s: cannot listen on 127.0.0.1:%u: %s", channel_name, tcp_port, strerror(errno));
     _exit(1);
   }
   for (int i = 0; i < MF_MAX_CONNS; i++) conns[i].fd = -1;
@@ -262,7 +263,7 @@ static void run(const char *port_name, unsigned tcp_port) {
     if (ma_find_virtio_port(port_name, dev, sizeof dev) == 0)
       port_fd = open(dev, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (port_fd < 0) {
-      if (tries == 500) ma_log("model channel: virtio port %s not found", port_name);
+      if (tries == 500) ma_log("%s: virtio port %s not found", channel_name, port_name);
       ma_sleep_ms(20);
     }
   }
@@ -299,7 +300,7 @@ static void run(const char *port_name, unsigned tcp_port) {
     int r = poll(pf, (nfds_t)n, host_connected ? -1 : 100);
     if (r < 0) {
       if (errno == EINTR) continue;
-      ma_log("model channel: poll: %s", strerror(errno));
+      ma_log("%s: poll: %s", channel_name, strerror(errno));
       _exit(1);
     }
     for (int i = 0; i < n; i++) {
@@ -323,10 +324,11 @@ static void run(const char *port_name, unsigned tcp_port) {
 void ma_modelfwd_start(const char *port_name, unsigned tcp_port) {
   pid_t pid = fork();
   if (pid < 0) {
-    ma_log("model channel: fork: %s", strerror(errno));
+    ma_log("%s: fork: %s", port_name, strerror(errno));
     return;
   }
   if (pid > 0) return;
+  channel_name = port_name;
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, NULL);

@@ -18,7 +18,7 @@ import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeNet from "node:net"
-import { Duplex } from "node:stream"
+import type { Duplex } from "node:stream"
 import {
   evaluateModelPolicy,
   type ModelPolicy,
@@ -37,7 +37,7 @@ import {
 } from "../layers/model/RunnerFiles.ts"
 import { isAlive, startTimeOf } from "../layers/process/Processes.ts"
 import { RunnerRecord } from "../services/ModelRunners.ts"
-import { dataFrames, encodeFrame, FrameReader, FrameType } from "./ModelChannel.ts"
+import { serveChannel } from "./ChannelServer.ts"
 
 export const BridgeConfig = Schema.Struct({
   workspace: Schema.String,
@@ -251,43 +251,8 @@ export const runBridge = (config: BridgeConfig) => {
   })
 
   // ---- the channel ----
-  let socket: NodeNet.Socket | undefined
-  const streams = new Map<number, GuestStream>()
-
-  class GuestStream extends Duplex {
-    ended = false
-    constructor(readonly id: number) {
-      super()
-    }
-    // What the HTTP server asks of a socket (keep-alive timing); the guest's end has no such settings.
-    setTimeout() {
-      return this
-    }
-    setNoDelay() {
-      return this
-    }
-    setKeepAlive() {
-      return this
-    }
-    override _read() {}
-    override _write(chunk: Buffer, _encoding: BufferEncoding, callback: (error?: Error | null) => void) {
-      for (const frame of dataFrames(this.id, chunk)) socket?.write(frame)
-      callback()
-    }
-    override _final(callback: (error?: Error | null) => void) {
-      socket?.write(encodeFrame(FrameType.eof, this.id))
-      callback()
-    }
-    override _destroy(error: Error | null, callback: (error?: Error | null) => void) {
-      if (streams.delete(this.id)) socket?.write(encodeFrame(FrameType.close, this.id))
-      callback(error)
-    }
-  }
-
-  const open = (id: number) => {
-    const guest = new GuestStream(id)
-    streams.set(id, guest)
-    guest.on("error", () => guest.destroy())
+  /** A connection of the guest: to the mediating server, or (no mediation) straight to the runner. */
+  const onConnection = (guest: Duplex) => {
     if (config.mediation !== "off") {
       server.emit("connection", guest)
       return
@@ -302,18 +267,6 @@ export const runBridge = (config: BridgeConfig) => {
       guest.pipe(upstream)
       upstream.pipe(guest)
     })
-  }
-
-  const onFrame = (type: FrameType, id: number, payload: Buffer) => {
-    if (type === FrameType.open) return open(id)
-    const guest = streams.get(id)
-    if (guest === undefined) return
-    if (type === FrameType.data) guest.push(payload)
-    else if (type === FrameType.eof) guest.push(null)
-    else {
-      streams.delete(id)
-      guest.destroy()
-    }
   }
 
   let finishing = false
@@ -331,7 +284,7 @@ export const runBridge = (config: BridgeConfig) => {
   const vmGone = async () => {
     if (finishing) return
     finishing = true
-    socket?.destroy()
+    channel?.stop()
     audit("mediator_stop", { reason: "the VM stopped" })
     const deadline = Date.now() + 3000
     while (
@@ -348,31 +301,16 @@ export const runBridge = (config: BridgeConfig) => {
 
   const vmmAlive = () => isAlive(config.vmmPid, config.vmmStartTime)
 
-  const connect = () => {
-    if (finishing) return
-    if (!vmmAlive()) return void vmGone()
-    const reader = new FrameReader()
-    const s = NodeNet.connect(config.socket)
-    socket = s
-    s.on("data", (bytes: Buffer) => {
-      try {
-        for (const frame of reader.push(bytes)) onFrame(frame.type, frame.id, frame.payload)
-      } catch {
-        audit("channel_reset", { reason: "a malformed frame from the guest" })
-        s.destroy()
-      }
-    })
-    s.on("error", () => {})
-    s.on("close", () => {
-      const open = [...streams.values()]
-      streams.clear()
-      for (const guest of open) guest.destroy()
-      setTimeout(connect, 200)
-    })
-  }
-
   audit("mediator_start", { mediation: config.mediation, pid: process.pid })
-  connect()
+  const channel: { stop: () => void } | undefined = vmmAlive()
+    ? serveChannel({
+      socket: config.socket,
+      vmmAlive,
+      onConnection,
+      onMalformed: () => audit("channel_reset", { reason: "a malformed frame from the guest" })
+    })
+    : undefined
+  if (channel === undefined) void vmGone()
   setInterval(() => {
     if (!vmmAlive()) void vmGone()
   }, 1000)

@@ -215,6 +215,13 @@ export const workspaceOptions = {
     Options.withDescription("a GGUF model the guest reaches at $OPENAI_BASE_URL"),
     Options.optional
   ),
+  broker: Options.text("broker").pipe(
+    Options.withPseudoName("SPEC"),
+    Options.withDescription(
+      "a credential broker endpoint: 'upstream=URL;secret=NAME=SOURCE;base-url-env=KEY' (repeatable)"
+    ),
+    Options.repeated
+  ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),
   ttl: ttlOption,
   volume: volumeFlag,

@@ -47,7 +47,10 @@ const inspectCommand = Command.make(
             ...ws.mounts.map((m) =>
               `mount:     ${m.source}:${m.target}${m.readOnly ? ":ro" : ""} (${m.kind})`
             ),
-            ...ws.secrets.map((r) => `secret:    ${r.name} from ${r.source}`),
+            ...ws.secrets.map((r) =>
+              `secret:    ${r.name} from ${r.source}${r.use === "broker" ? " (held by the broker)" : ""}`
+            ),
+            ...ws.brokers.map((b) => `broker:    127.0.0.1:${b.guestPort} -> ${b.upstream}`),
             ...(ws.service === undefined ? [] : [
               `service:   ${ws.service}${
                 ws.serviceStatus === undefined ? "" : ` (restarts: ${ws.serviceStatus.restarts})`

@@ -44,7 +44,7 @@ import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
 import { refuseSupervisionInRun, serviceCommandOption, shellOption, supervisionOf } from "./supervise.ts"
-import { allMountsOf, secretRefsOf, secretsForStart } from "./volume.ts"
+import { allMountsOf, brokeredSecretsOf, secretRefsOf, secretsForStart } from "./volume.ts"
 
 /** The whole of `--stdin`: a file, or `-` for our own stdin. */
 const stdinBytes = (source: Option.Option<string>) =>
@@ -402,7 +402,10 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
       const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
       const json = yield* jsonMode
       const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-      const secrets = yield* secretRefsOf(options.secret)
+      const { brokers, secrets } = yield* brokeredSecretsOf(
+        options.broker,
+        yield* secretRefsOf(options.secret)
+      )
       const fields = yield* workspaceFields(options, spec)
       const outputs = yield* allOutputsOf(spec, options.outputs)
       const files = yield* filesOf(spec, options.file, [])
@@ -420,6 +423,7 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
           env,
           mounts,
           secrets,
+          brokers,
           outputs
         })))
         return yield* emit(planned, planText)
@@ -444,6 +448,7 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
           stdin,
           mounts,
           secrets,
+          brokers,
           secretValues,
           outputs,
           backend: invocation.backend ?? defaultBackend(),
@@ -584,7 +589,7 @@ const createCommand = Command.make("create", {
       })
     }
     const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-    const secrets = yield* secretRefsOf(options.secret)
+    const { brokers, secrets } = yield* brokeredSecretsOf(options.broker, yield* secretRefsOf(options.secret))
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
@@ -602,6 +607,7 @@ const createCommand = Command.make("create", {
       env: { ...spec.env, ...(yield* parseEnv(options.env)) },
       mounts,
       secrets,
+      brokers,
       outputs: yield* allOutputsOf(spec, options.outputs)
     }
     if (options.dryRun) {

@@ -6,11 +6,12 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
+import { parseBrokers } from "../domain/Broker.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { parseMountFlag, parseMountFlags, validateMounts } from "../domain/MountFlag.ts"
 import { parseSecretFlags } from "../domain/SecretRefs.ts"
 import type { Spec } from "../domain/Spec.ts"
-import type { Mount } from "../domain/Workspace.ts"
+import type { Mount, SecretRef } from "../domain/Workspace.ts"
 import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import { secretsForStart as secretsForStartOf } from "../rpc/CallerSecrets.ts"
@@ -39,6 +40,21 @@ export const secretFlag = Options.text("secret").pipe(
 /** The mounts of `-v` flags, relative paths taken from our working directory. */
 export const mountsOf = (texts: ReadonlyArray<string>) =>
   texts.length === 0 ? Effect.succeed(undefined) : parseMountFlags(texts, process.cwd())
+
+/**
+ * `--broker` endpoints, and all the references a workspace gets: the `--secret` ones and the
+ * endpoints' broker-held ones (relative paths taken from our working directory).
+ */
+export const brokeredSecretsOf = (
+  brokerTexts: ReadonlyArray<string>,
+  secrets: ReadonlyArray<SecretRef> | undefined
+) =>
+  brokerTexts.length === 0
+    ? Effect.succeed({ brokers: undefined, secrets })
+    : Effect.map(parseBrokers(brokerTexts, process.cwd()), (parsed) => ({
+      brokers: parsed.endpoints,
+      secrets: [...(secrets ?? []), ...parsed.secrets]
+    }))
 
 /** The references of `--secret` flags. */
 export const secretRefsOf = (texts: ReadonlyArray<string>) =>

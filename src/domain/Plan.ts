@@ -64,6 +64,8 @@ export class RunPlan extends Schema.Class<RunPlan>("RunPlan")({
   command: Schema.optional(Schema.Array(Schema.String)),
   env: Schema.Array(Schema.String),
   secrets: Schema.Array(Schema.String),
+  /** Credential broker endpoints, as `--broker` texts (their secrets by name). */
+  brokers: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   outputs: Schema.Array(OutputDecl),
   restart: Schema.optional(RestartPolicy),
   ttlSeconds: Schema.optional(Schema.Number),
@@ -143,6 +145,7 @@ export const planText = (plan: RunPlan): string => {
   }
   if (plan.env.length > 0) row("env", plan.env.join(", "))
   if (plan.secrets.length > 0) row("secrets", plan.secrets.join(", "))
+  for (const broker of plan.brokers) row("broker", broker)
   if (plan.outputs.length > 0) row("outputs", plan.outputs.map((o) => `${o.name}=${o.path}`).join(", "))
   if (plan.restart !== undefined) row("restart", plan.restart)
   if (plan.ttlSeconds !== undefined && plan.ttlSeconds > 0) row("ttl", `${plan.ttlSeconds} s`)

@@ -80,6 +80,8 @@ export interface WarmFacts {
   readonly customAddressing: boolean
   /** A paired model (a second guest channel the template's machine does not have). */
   readonly model: boolean
+  /** Credential broker endpoints (a guest channel each, which the template's machine does not have). */
+  readonly brokers: number
   /** The backend can save and restore VMs and a kernel is in use. */
   readonly restorable: boolean
 }
@@ -108,4 +110,6 @@ export const warmRefusal = (facts: WarmFacts): string | undefined =>
     ? "the workspace has its own addressing"
     : facts.model
     ? "a model is paired"
+    : facts.brokers > 0
+    ? "credential broker endpoints are attached"
     : undefined

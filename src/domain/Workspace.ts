@@ -104,7 +104,31 @@ export class Mount extends Schema.Class<Mount>("Mount")({
 /** A secret reference (`NAME=env:VAR`, `file:PATH`, `dotenv:PATH[:KEY]`); never its value. */
 export class SecretRef extends Schema.Class<SecretRef>("SecretRef")({
   name: Schema.String,
-  source: Schema.String
+  source: Schema.String,
+  /**
+   * `broker`: the value stays on the host, with the credential broker, which swaps it in for
+   * `@secret:NAME` in the guest's requests (see Broker.ts); absent: delivered into /run/secrets.
+   */
+  use: Schema.optional(Schema.Literal("broker"))
+}) {}
+
+/**
+ * One endpoint of the credential broker (`--broker`, see Broker.ts): the guest's 127.0.0.1:guestPort
+ * reaches a host-side forward proxy to `upstream`, which swaps the named secrets in.
+ */
+export class BrokerEndpoint extends Schema.Class<BrokerEndpoint>("BrokerEndpoint")({
+  /** `http(s)://host[:port][/prefix]`: the guest's request path is appended. */
+  upstream: Schema.String,
+  /** The broker-held secrets (workspace secrets with `use: broker`) this endpoint may swap in. */
+  secrets: Schema.Array(Schema.String),
+  /** Guest environment variables set to the endpoint's URL, each with an optional path after it. */
+  baseUrlEnv: Schema.Array(Schema.Struct({ name: Schema.String, path: Schema.String })),
+  /** A PEM bundle trusted for the upstream's TLS, besides the usual roots (absolute host path). */
+  ca: Schema.optional(Schema.String),
+  /** Record each request before the swap (path, headers with references, 1 MiB of body). */
+  capture: Schema.Boolean,
+  /** The guest's loopback port (18888 for the first endpoint, one up for each next). */
+  guestPort: Schema.Number
 }) {}
 
 /** A declared output (`--output NAME=/path`), collected as an artifact. */
@@ -229,6 +253,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   })),
   /** Egress mediation of the user network; absent means the default (`broker`). */
   egress: Schema.optional(EgressPolicy),
+  /** Credential broker endpoints (`--broker`), in order: endpoint N is at 127.0.0.1:18888+N. */
+  brokers: Schema.optionalWith(Schema.Array(BrokerEndpoint), { default: () => [] }),
   mounts: Schema.optionalWith(Schema.Array(Mount), { default: () => [] }),
   secrets: Schema.optionalWith(Schema.Array(SecretRef), { default: () => [] }),
   outputs: Schema.optionalWith(Schema.Array(OutputDecl), { default: () => [] }),

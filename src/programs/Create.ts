@@ -6,12 +6,14 @@ import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { addressingOf, type AddressingRequest } from "../domain/Addressing.ts"
+import { brokerEnv, checkBrokers } from "../domain/Broker.ts"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import type { FileCopy } from "../domain/FileCopy.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
+  type BrokerEndpoint,
   defaultResources,
   type HealthCheck,
   ImageInfo,
@@ -73,6 +75,11 @@ export interface CreateOptions {
   /** The guest's own addressing on the user network (checked by `addressingOf`). */
   readonly addressing?: AddressingRequest | undefined
   readonly mounts?: ReadonlyArray<Mount> | undefined
+  /**
+   * Credential broker endpoints (domain/Broker.ts `parseBrokers`); their secrets are in `secrets`,
+   * marked `use: "broker"`, so every caller resolves them at each start as it does the others.
+   */
+  readonly brokers?: ReadonlyArray<BrokerEndpoint> | undefined
   readonly secrets?: ReadonlyArray<SecretRef> | undefined
   readonly outputs?: ReadonlyArray<OutputDecl> | undefined
   /** Refuse an image whose layers hold character or block devices (accepted by default). */
@@ -105,6 +112,21 @@ export const checkTtl = (ttlSeconds: number | undefined) =>
         remediation: "give --ttl 30m, --ttl 7d, or --ttl 0 for no lease"
       })
     )
+
+/** Each endpoint's CA bundle is a readable file now (the broker reads it at every start). */
+const checkBrokerFiles = (brokers: ReadonlyArray<BrokerEndpoint>) =>
+  Effect.forEach(brokers, (endpoint) =>
+    endpoint.ca === undefined ? Effect.void : Effect.try({
+      try: () => {
+        if (!NodeFs.statSync(endpoint.ca!).isFile()) throw new Error("not a regular file")
+        NodeFs.accessSync(endpoint.ca!, NodeFs.constants.R_OK)
+      },
+      catch: (cause) =>
+        new InvalidInput({
+          message: `broker ca=${endpoint.ca}: ${cause instanceof Error ? cause.message : String(cause)}`,
+          remediation: "give a readable PEM file"
+        })
+    }), { discard: true })
 
 /** A service and a shell are non-empty; an HTTP health check probes a port the workspace publishes. */
 const checkSupervision = (options: CreateOptions) =>
@@ -158,6 +180,8 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
   yield* checkTtl(options.ttlSeconds)
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
+  yield* checkBrokers(options.brokers ?? [], options.secrets ?? [])
+  yield* checkBrokerFiles(options.brokers ?? [])
   yield* checkNetworking(options)
   const badAllow = (options.egress?.allow ?? []).map(allowProblem).filter((p) => p !== undefined)
   if (badAllow.length > 0) {
@@ -208,7 +232,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ...(options.profile === undefined ? {} : { profile: options.profile }),
       resources,
       image: new ImageInfo({ ...image.config, ref: image.ref, digest: image.digest }),
-      env: { ...(model === undefined ? {} : modelEnv), ...options.env },
+      env: { ...(model === undefined ? {} : modelEnv), ...brokerEnv(options.brokers ?? []), ...options.env },
       hostname: options.hostname ?? hostnameFor(name),
       network: options.network ?? "user",
       restart: options.restart ?? "never",
@@ -216,6 +240,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       networks: options.networks ?? [],
       ...(options.egress === undefined ? {} : { egress: new EgressPolicy(options.egress) }),
       ...(model === undefined ? {} : { model }),
+      brokers: options.brokers ?? [],
       ...(addressing === undefined ? {} : { addressing }),
       mounts: options.mounts ?? [],
       secrets: options.secrets ?? [],

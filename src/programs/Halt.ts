@@ -9,6 +9,7 @@ import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { collectEntrypoint } from "./Entrypoint.ts"
+import { releaseBroker } from "./internal/Brokering.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { detachNetworks } from "./internal/NetworkPlumbing.ts"
@@ -58,6 +59,7 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
     Effect.tap(releaseMounts),
     Effect.tap(detachNetworks),
     Effect.tap(releaseModel),
+    Effect.tap(releaseBroker),
     Effect.uninterruptible
   )
 })
@@ -89,7 +91,8 @@ export const kill = Effect.fn("kill")(function*(name: string, options: KillOptio
       Effect.tap(() => reapOrphanVmms({ workspace: name })),
       Effect.tap(releaseMounts),
       Effect.tap(detachNetworks),
-      Effect.tap(releaseModel)
+      Effect.tap(releaseModel),
+      Effect.tap(releaseBroker)
     )
   )
 })

@@ -15,6 +15,7 @@ import type { HealthCheck, Workspace } from "../domain/Workspace.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { guestRun } from "./Entrypoint.ts"
+import { releaseBroker } from "./internal/Brokering.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { detachNetworks } from "./internal/NetworkPlumbing.ts"
@@ -106,6 +107,8 @@ export const failUnhealthy = Effect.fn("failUnhealthy")(
         Effect.tap(() => reapOrphanVmms({ workspace: name })),
         Effect.tap(releaseMounts),
         Effect.tap(releaseModel),
+        Effect.tap(releaseBroker),
+        Effect.tap(releaseBroker),
         Effect.tap(detachNetworks)
       )
     )

@@ -6,6 +6,7 @@
 import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { describeBroker } from "../domain/Broker.ts"
 import { defaultEgress, EgressPolicy } from "../domain/Egress.ts"
 import { Conflict } from "../domain/Errors.ts"
 import { PlanImage, PlanKernel, RunPlan } from "../domain/Plan.ts"
@@ -105,7 +106,10 @@ export const plan = Effect.fn("plan")(function*(options: PlanOptions) {
       : {}),
     ...(options.kind === "run" ? { command: command.length > 0 ? command : image.command ?? [] } : {}),
     env: Object.keys(options.env ?? {}),
-    secrets: (options.secrets ?? []).map((s) => `${s.name}=${s.source}`),
+    secrets: (options.secrets ?? []).map((s) =>
+      `${s.name}=${s.source}${s.use === "broker" ? " (broker)" : ""}`
+    ),
+    brokers: (options.brokers ?? []).map(describeBroker),
     outputs: options.outputs ?? [],
     ...(options.kind === "create" ? { restart: options.restart ?? "never" } : {}),
     ...(options.ttlSeconds === undefined ? {} : { ttlSeconds: options.ttlSeconds }),

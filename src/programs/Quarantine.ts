@@ -5,7 +5,8 @@
  * 1. the record moves to `quarantined` first (durable in the store): from then on `start`, `resume`,
  *    `exec`, `cp`, `resize`, `commit`, snapshot restores and a plain `delete` all refuse it;
  * 2. the vCPUs are frozen;
- * 3. every network link is cut in the VMM and the egress mediation (namespace, mediator) is ended;
+ * 3. every network link is cut in the VMM, and the egress mediation (namespace, mediator) and the
+ *    credential broker are ended;
  * 4. evidence is captured into `<workspace dir>/custody/<id>/`: the console log, the events, the egress
  *    audit log and, unless `capture: false`, the VM's memory and device state and a copy of its disk;
  * 5. the VM is stopped; the custody record stays until `delete --force`.
@@ -22,6 +23,7 @@ import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, memoryFileOf } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { releaseBroker } from "./internal/Brokering.ts"
 import { copyDisk } from "./internal/DiskCopy.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
@@ -124,6 +126,8 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
   }
   const egress = yield* Effect.serviceOption(Egress)
   if (Option.isSome(egress)) yield* egress.value.release(name)
+  // The credential broker is a way out too: it ends with the links.
+  yield* releaseBroker(marked)
 
   // 4. Evidence, into a custody directory made once per quarantine.
   const custody = custodyOf(workspaceDir) ?? NodePath.join(
@@ -143,6 +147,10 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
       Effect.map(keep("egress.jsonl"))
     )
   }
+  yield* copyIfThere(
+    NodePath.join(workspaceDir, "broker-access.jsonl"),
+    NodePath.join(custody, "broker-access.jsonl")
+  ).pipe(Effect.map(keep("broker-access.jsonl")))
   const events = yield* store.events(name)
   yield* Effect.sync(() => {
     NodeFs.writeFileSync(

@@ -12,6 +12,7 @@
 import { Effect, Option, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { guestSecrets } from "../domain/Broker.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
@@ -22,6 +23,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, memoryFileOf, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { guestValues } from "./internal/Brokering.ts"
 import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
@@ -110,12 +112,13 @@ const readManifest = (dir: string) =>
 const liveProblem = (workspace: Workspace): Unsupported | undefined => {
   const refuse = (feature: string, message: string, remediation: string) =>
     new Unsupported({ message, remediation, backend: workspace.backend, feature })
-  if (workspace.secrets.length > 0 && workspace.state !== "running") {
+  const inGuest = guestSecrets(workspace.secrets)
+  if (inGuest.length > 0 && workspace.state !== "running") {
     // Fail closed: the secrets can only be wiped from a running guest, and the image would hold them.
     return refuse(
       "snapshot of a paused workspace holding secrets",
       `workspace ${workspace.name} is paused and holds secrets (${
-        workspace.secrets.map((s) => s.name).join(", ")
+        inGuest.map((s) => s.name).join(", ")
       }); they cannot be wiped from it before the capture`,
       `resume it first (microagent resume ${workspace.name}), or halt it and snapshot its disk only`
     )
@@ -173,7 +176,8 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
     if (problem !== undefined) return yield* problem
   }
   // The secrets are wiped before the capture and delivered again after it: their values come first.
-  const purge = live && !forensic && workspace.secrets.length > 0
+  // Broker-held secrets never reach the guest: only the others are wiped and delivered again.
+  const purge = live && !forensic && guestSecrets(workspace.secrets).length > 0
   if (purge) yield* checkSecretValues(name, workspace.secrets, options.secretValues ?? [])
   const dir = yield* home.ensureDir(snapshotsDir(home, name))
   yield* sweepLeftovers(dir)
@@ -202,7 +206,11 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
         ? yield* purgeSecrets(name, handle.value).pipe(
           Effect.zipRight(captureLive(name, workspace.state === "running", handle.value, staging)),
           // Whatever the capture did, the running guest gets its secrets back.
-          Effect.ensuring(deliverSecrets(name, handle.value, options.secretValues ?? []).pipe(Effect.ignore))
+          Effect.ensuring(
+            deliverSecrets(name, handle.value, guestValues(workspace, options.secretValues ?? [])).pipe(
+              Effect.ignore
+            )
+          )
         )
         : yield* captureLive(name, workspace.state === "running", handle.value, staging)
     } else {

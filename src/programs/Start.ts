@@ -19,6 +19,7 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
 import { kill } from "./Halt.ts"
+import { attachBroker, guestValues, preflightBroker, releaseBroker } from "./internal/Brokering.ts"
 import { claimDisk } from "./internal/DiskClaim.ts"
 import {
   copyDisk,
@@ -303,6 +304,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   // A host port in use, or named networks this host cannot plumb, fail here: nothing has changed yet.
   yield* preflightNetworking(current)
   yield* preflightEgress(current)
+  yield* preflightBroker(current)
   // A paired model's runner is up before the VM boots (pulling the model if the store lost it).
   const modelChannel = yield* ensureModelRunner(current)
   // The kernel and the initramfs carrying the guest agent, for backends that boot one; installed
@@ -387,7 +389,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
       ...(starting.addressing === undefined ? {} : { addressing: starting.addressing }),
       ports: starting.ports.map((p) => new PortForward(p)),
       bootTimeoutSeconds: options.bootTimeoutSeconds ?? 60,
-      ...(modelChannel ? { modelChannel: true } : {})
+      ...(modelChannel ? { modelChannel: true } : {}),
+      ...(starting.brokers.length === 0 ? {} : { brokerPorts: starting.brokers.map((b) => b.guestPort) })
     })
 
     return yield* Effect.uninterruptibleMask((restore) =>
@@ -457,7 +460,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   )
                   : hypervisor.launch(full)).pipe(
                     Effect.tap((handle) =>
-                      deliverSecrets(name, handle, options.secretValues ?? []).pipe(
+                      deliverSecrets(name, handle, guestValues(starting, options.secretValues ?? [])).pipe(
                         // Files land before anything of the workspace's own runs; a resumed guest's
                         // processes already run, with the files they had when it was captured.
                         Effect.zipRight(
@@ -479,6 +482,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
           yield* releaseMounts(starting)
           yield* releaseEgress(name)
           yield* releaseModel(starting)
+          yield* releaseBroker(starting)
           yield* store.transition(name, "bootFailed", {
             patch: withoutOwner,
             detail: Exit.isInterrupted(launched) ? "start interrupted" : describe(launched.cause)
@@ -512,6 +516,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         )
         // The model bridge holds the runner while the VM runs; without it the start fails.
         yield* attachModel(running, handle).pipe(Effect.tapError(() => kill(name).pipe(Effect.ignore)))
+        // The broker holds the brokered secrets' values while the VM runs; without it the start fails.
+        yield* attachBroker(running, handle, options.secretValues ?? []).pipe(
+          Effect.tapError(() => kill(name).pipe(Effect.ignore))
+        )
         // Running on the restored disk: the previous one goes; so does a used resume state.
         if (previousDisk !== undefined) yield* removePath(previousDisk)
         // (A roll back also ends a pending resume, which the `booted` patch cleared.)

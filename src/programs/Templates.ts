@@ -101,7 +101,8 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       mounts: workspace.mounts.length,
       namedNetworks: workspace.networks.length,
       customAddressing: workspace.addressing !== undefined,
-      model: request.modelChannel
+      model: request.modelChannel,
+      brokers: workspace.brokers.length
     })
     if (refusal !== undefined || request.artifacts === undefined) {
       return { _tag: "Cold", reason: refusal ?? "no kernel" } satisfies WarmPlan as WarmPlan

@@ -78,6 +78,7 @@ const createOptionsOf = (
   addressing: p.addressing,
   mounts: p.mounts,
   secrets: p.secrets,
+  brokers: p.brokers,
   outputs: p.outputs,
   refuseDevices: p.refuseDevices,
   ttlSeconds: p.ttlSeconds,

@@ -18,6 +18,7 @@ import { RunPlan } from "../domain/Plan.ts"
 import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
 import {
   Backend,
+  BrokerEndpoint,
   EntrypointResult,
   HealthCheck,
   Mount,
@@ -73,6 +74,11 @@ export const WorkspaceFields = {
   mounts: Schema.optional(Schema.Array(Mount)),
   /** References only; values are resolved by the caller and sent with each start. */
   secrets: Schema.optional(Schema.Array(SecretRef)),
+  /**
+   * Credential broker endpoints (`parseBrokers` of the `--broker` texts); their secrets are among
+   * `secrets`, with `use: "broker"`.
+   */
+  brokers: Schema.optional(Schema.Array(BrokerEndpoint)),
   outputs: Schema.optional(Schema.Array(OutputDecl)),
   /** The backend of the new workspace; the server's default when absent. */
   backend: Schema.optional(Backend),

@@ -3,6 +3,7 @@
  * each declares what it can do, and refuses the rest with `Unsupported`.
  */
 import { Context, type Effect, Schema } from "effect"
+import * as NodePath from "node:path"
 import { Addressing } from "../domain/Addressing.ts"
 import type { MicroagentError } from "../domain/Errors.ts"
 import { Backend, NetworkMode } from "../domain/Workspace.ts"
@@ -85,6 +86,11 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
    */
   modelChannel: Schema.optional(Schema.Boolean),
   /**
+   * Credential broker endpoints: the guest's 127.0.0.1 port of each, in order. Endpoint N is carried
+   * over a guest channel of its own to `brokerSocketOf(runtimeDir, N)`, where the broker serves it.
+   */
+  brokerPorts: Schema.optional(Schema.Array(Schema.Number)),
+  /**
    * The user network's NIC with nothing behind it (no NAT, no tap): a VM saved so has no network
    * backend state in its stream, and restores onto either backend (warm-start templates).
    */
@@ -165,3 +171,7 @@ export const memoryFileOf = (stateFile: string): string => `${stateFile}.mem`
 export const consoleFileOf = (stateFile: string): string => `${stateFile}.console`
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}
+
+/** Where the VMM listens for the broker of endpoint `index` (see LaunchConfig.brokerPorts). */
+export const brokerSocketOf = (runtimeDir: string, index: number) =>
+  NodePath.join(runtimeDir, `broker-${index}.sock`)

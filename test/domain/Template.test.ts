@@ -21,7 +21,8 @@ const facts: WarmFacts = {
   mounts: 0,
   namedNetworks: 0,
   customAddressing: false,
-  model: false
+  model: false,
+  brokers: 0
 }
 
 describe("warm-start templates", () => {
@@ -54,7 +55,8 @@ describe("warm-start templates", () => {
       [{ mounts: 1 }, "volumes"],
       [{ namedNetworks: 1 }, "named networks"],
       [{ customAddressing: true }, "addressing"],
-      [{ model: true }, "model"]
+      [{ model: true }, "model"],
+      [{ brokers: 1 }, "broker"]
     ]
     for (const [change, words] of refusals) {
       const reason = warmRefusal({ ...facts, ...change })

@@ -12,6 +12,7 @@ import { Home as HomeTag } from "../../services/Home.ts"
 import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
 import type { Networks } from "../../services/Networks.ts"
+import { CredentialBrokerLive } from "../broker/CredentialBrokerLive.ts"
 import { AgentChannel } from "../guest/AgentChannel.ts"
 import { SharedGuestChannel } from "../guest/SharedGuestChannel.ts"
 import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
@@ -74,6 +75,8 @@ const qemuLayer = Layer.unwrapEffect(
         FileKernelCache.layer(),
         NetworksLive,
         EgressLive,
+        // The credential broker, for workspaces with `--broker` endpoints.
+        CredentialBrokerLive,
         // Models and their runners, for workspaces paired with a model (`--model`).
         ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))
       ).pipe(

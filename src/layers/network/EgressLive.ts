@@ -394,7 +394,14 @@ export const EgressLive = Layer.effect(
       release,
       reap,
       logPath,
-      read: (workspace) => readRecords(logPath(workspace))
+      // The mediator's records and the credential broker's (broker-access.jsonl), oldest first.
+      read: (workspace) =>
+        Effect.zipWith(
+          readRecords(logPath(workspace)),
+          readRecords(NodePath.join(home.workspaceDir(workspace), "broker-access.jsonl")),
+          (mediator, broker) =>
+            broker.length === 0 ? mediator : [...mediator, ...broker].sort((a, b) => a.ts.localeCompare(b.ts))
+        )
     })
   })
 )

@@ -420,6 +420,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           kernelHz: config.kernelHz,
           incoming: stateFile !== undefined,
           modelChannel: config.modelChannel,
+          brokerPorts: config.brokerPorts,
           unpluggedNic: config.unpluggedNic,
           memory
         })

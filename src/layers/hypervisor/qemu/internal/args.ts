@@ -4,7 +4,12 @@
  */
 import * as NodePath from "node:path"
 import { type Addressing, slirpNetwork } from "../../../../domain/Addressing.ts"
-import type { DiskAttachment, NicAttachment, PortForward } from "../../../../services/Hypervisor.ts"
+import {
+  brokerSocketOf,
+  type DiskAttachment,
+  type NicAttachment,
+  type PortForward
+} from "../../../../services/Hypervisor.ts"
 
 export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
@@ -55,6 +60,7 @@ export const agentPortName = "microagent.agent"
 export const userNetwork = { ip: "10.0.2.15/24", gateway: "10.0.2.2", dns: "10.0.2.3" } as const
 
 export interface RuntimePaths {
+  readonly runtimeDir: string
   readonly qmpSocket: string
   readonly agentSocket: string
   readonly consoleLog: string
@@ -64,6 +70,7 @@ export interface RuntimePaths {
 }
 
 export const runtimePaths = (runtimeDir: string): RuntimePaths => ({
+  runtimeDir,
   qmpSocket: NodePath.join(runtimeDir, "qmp.sock"),
   agentSocket: NodePath.join(runtimeDir, "agent.sock"),
   consoleLog: NodePath.join(runtimeDir, "console.log"),
@@ -105,6 +112,8 @@ export interface QemuArgsInput {
   readonly incoming?: boolean | undefined
   /** A model channel: guest 127.0.0.1:11434 forwarded over a second virtio-serial port. */
   readonly modelChannel?: boolean | undefined
+  /** Broker endpoints: guest 127.0.0.1:PORT forwarded over virtio-serial port `microagent.broker.N`. */
+  readonly brokerPorts?: ReadonlyArray<number> | undefined
   /** The user network's NIC without a netdev behind it (see LaunchConfig.unpluggedNic). */
   readonly unpluggedNic?: boolean | undefined
   /** Where guest RAM lives (absent: QEMU's anonymous `pc.ram`, as states saved before `mem` existed). */
@@ -237,6 +246,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     // Named networks: the agent configures the NIC with this MAC (`microagent.net1=MAC,ADDRESS/N`).
     ...(input.nics ?? []).map((nic, i) => `microagent.net${i + 1}=${nic.mac},${nic.address}`),
     ...(input.modelChannel === true ? [`microagent.model=${guestModelPort}`] : []),
+    ...((input.brokerPorts ?? []).length > 0 ? [`microagent.brokers=${input.brokerPorts!.join(",")}`] : []),
     ...(input.extraCmdline ?? [])
   ]
   return words.join(" ")
@@ -309,6 +319,14 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
         `virtserialport,chardev=model,name=${modelPortName}`
       ]
       : []),
+    ...(input.brokerPorts ?? []).flatMap((_port, i) => [
+      "-chardev",
+      `socket,id=broker${i},path=${
+        escapeOption(brokerSocketOf(input.paths.runtimeDir, i))
+      },server=on,wait=off`,
+      "-device",
+      `virtserialport,chardev=broker${i},name=microagent.broker.${i}`
+    ]),
     ...(input.network === "user" && input.unpluggedNic === true
       ? ["-device", device("net")]
       : input.network === "user" && input.egressTap !== undefined

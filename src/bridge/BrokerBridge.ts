@@ -1,0 +1,235 @@
+/**
+ * The credential broker: one detached host process per running workspace with `--broker` endpoints.
+ * Endpoint N's guest port arrives over its own guest channel (ChannelServer.ts); each connection is
+ * served as HTTP. A request's `@secret:NAME` references, in header values and in the path and query,
+ * are swapped for the values this process holds (they came on its stdin from the start that launched
+ * it, and live only in its memory), and the request goes to the endpoint's upstream over a connection
+ * (and TLS) of the broker's own. What the upstream answers goes back to the guest as it comes.
+ *
+ * Refused before anything is sent upstream: a reference to a secret the endpoint does not hold (403,
+ * `unresolved-secret-ref`), a request target that is not a path under the upstream's (400), a request
+ * that is not HTTP (400). Every request is audited in `broker-access.jsonl` with names, never values,
+ * paths, headers or bodies; `capture` endpoints also write the request as the guest sent it (before the
+ * swap) to `broker-capture.jsonl`, owner-only.
+ *
+ * The bridge ends when the VM does (or on SIGTERM from the host).
+ */
+import { Schema } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
+import * as NodeHttps from "node:https"
+import type { Duplex } from "node:stream"
+import * as NodeTls from "node:tls"
+import { swapReferences } from "../domain/Broker.ts"
+import { isAlive } from "../layers/process/Processes.ts"
+import { serveChannel } from "./ChannelServer.ts"
+
+export const BrokerBridgeConfig = Schema.Struct({
+  workspace: Schema.String,
+  vmmPid: Schema.Number,
+  vmmStartTime: Schema.optional(Schema.String),
+  /** `broker-access.jsonl` in the workspace's directory. */
+  auditLog: Schema.String,
+  /** `broker-capture.jsonl`, written only for endpoints with `capture`. */
+  captureLog: Schema.String,
+  endpoints: Schema.Array(Schema.Struct({
+    socket: Schema.String,
+    upstream: Schema.String,
+    secrets: Schema.Array(Schema.String),
+    ca: Schema.optional(Schema.String),
+    capture: Schema.Boolean,
+    guestPort: Schema.Number
+  }))
+})
+export type BrokerBridgeConfig = typeof BrokerBridgeConfig.Type
+
+/** The secrets' values, as the start sends them on stdin: `{ "NAME": "<base64>" }`. */
+export const BrokerSecrets = Schema.Record({ key: Schema.String, value: Schema.String })
+
+/** Headers that belong to one hop, not to the request (RFC 9110 7.6.1), and what the broker sets itself. */
+const hopHeaders = new Set([
+  "connection",
+  "keep-alive",
+  "proxy-authenticate",
+  "proxy-authorization",
+  "proxy-connection",
+  "te",
+  "trailer",
+  "transfer-encoding",
+  "upgrade",
+  "host"
+])
+
+/** Bytes of a captured request body. */
+const captureLimit = 1024 * 1024
+
+const append = (file: string, record: Record<string, unknown>) => {
+  try {
+    NodeFs.appendFileSync(file, `${JSON.stringify(record)}\n`, { mode: 0o600 })
+  } catch {
+    // Best effort once the workspace directory is gone.
+  }
+}
+
+export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<string, string>) => {
+  const audit = (event: string, fields: Record<string, unknown>) =>
+    append(config.auditLog, { ts: new Date().toISOString(), event, workspace: config.workspace, ...fields })
+  const vmmAlive = () => isAlive(config.vmmPid, config.vmmStartTime)
+
+  const serveEndpoint = (endpoint: BrokerBridgeConfig["endpoints"][number], index: number) => {
+    const upstream = new URL(endpoint.upstream)
+    const prefix = upstream.pathname.replace(/\/+$/, "")
+    const held = new Map(endpoint.secrets.flatMap((name) => {
+      const value = values.get(name)
+      return value === undefined ? [] : [[name, value] as const]
+    }))
+    const ca = endpoint.ca === undefined
+      ? undefined
+      : [...NodeTls.rootCertificates, NodeFs.readFileSync(endpoint.ca, "utf8")]
+    const base = { endpoint: index, mode: "terminate", assurance: "trusted-upstream", host: upstream.host }
+
+    const server = NodeHttp.createServer((request, response) => {
+      const started = Date.now()
+      const method = request.method ?? "GET"
+      const deny = (status: number, rule: string, refs: ReadonlyArray<string>, message: string) => {
+        audit("broker_request_deny", { ...base, method, status, rule, secret_refs: refs })
+        request.resume()
+        response.writeHead(status, { "content-type": "application/json", connection: "close" }).end(
+          JSON.stringify({ error: { type: "broker_denied", rule, message } })
+        )
+      }
+      const target = request.url ?? "/"
+      // Origin form only: an absolute or authority form would name another host.
+      if (!target.startsWith("/") || target.startsWith("//")) {
+        return deny(400, "bad-target", [], "the request target must be a path")
+      }
+      const refs = new Set<string>()
+      const unresolved = new Set<string>()
+      const swap = (text: string) => {
+        const result = swapReferences(text, held)
+        result.refs.forEach((r) => refs.add(r))
+        result.unresolved.forEach((r) => unresolved.add(r))
+        return result.text
+      }
+      const path = swap(target)
+      const headers: Record<string, string | Array<string>> = {}
+      for (const [name, value] of Object.entries(request.headers)) {
+        if (value === undefined || hopHeaders.has(name)) continue
+        headers[name] = Array.isArray(value) ? value.map(swap) : swap(value)
+      }
+      if (unresolved.size > 0) {
+        return deny(
+          403,
+          "unresolved-secret-ref",
+          [...refs],
+          `this endpoint holds no secret ${[...unresolved].join(", ")}`
+        )
+      }
+      let url: URL
+      try {
+        url = new URL(`${upstream.origin}${prefix}${path}`)
+      } catch {
+        return deny(400, "bad-target", [...refs], "the request target is not a valid path")
+      }
+      // Dot segments would climb out of the upstream's path.
+      if (url.origin !== upstream.origin || (prefix !== "" && !`${url.pathname}/`.startsWith(`${prefix}/`))) {
+        return deny(400, "bad-target", [...refs], "the request target leaves the upstream's path")
+      }
+      if (endpoint.capture) {
+        const body: Array<Buffer> = []
+        let kept = 0
+        request.on("data", (chunk: Buffer) => {
+          if (kept < captureLimit) body.push(chunk.subarray(0, captureLimit - kept))
+          kept += chunk.length
+        })
+        request.on("end", () =>
+          append(config.captureLog, {
+            ts: new Date().toISOString(),
+            workspace: config.workspace,
+            endpoint: index,
+            method,
+            path: target,
+            headers: request.headers,
+            body: Buffer.concat(body).toString("base64"),
+            bodyBytes: kept
+          }))
+      }
+      let bytesOut = 0
+      request.on("data", (chunk: Buffer) => (bytesOut += chunk.length))
+      const send = url.protocol === "https:" ? NodeHttps.request : NodeHttp.request
+      const outgoing = send(url, {
+        method,
+        headers: { ...headers, host: url.host },
+        ...(ca === undefined ? {} : { ca })
+      }, (answer) => {
+        let bytesIn = 0
+        answer.on("data", (chunk: Buffer) => (bytesIn += chunk.length))
+        answer.on("end", () =>
+          audit("broker_request_allow", {
+            ...base,
+            method,
+            status: answer.statusCode,
+            bytes_out: bytesOut,
+            bytes_in: bytesIn,
+            duration_ms: Date.now() - started,
+            secret_refs: [...refs]
+          }))
+        const back: Record<string, string | Array<string>> = {}
+        for (const [name, value] of Object.entries(answer.headers)) {
+          if (value !== undefined && !hopHeaders.has(name)) back[name] = value
+        }
+        response.writeHead(answer.statusCode ?? 502, back)
+        answer.pipe(response)
+      })
+      outgoing.on("error", (error) => {
+        audit("broker_request_deny", {
+          ...base,
+          method,
+          status: 502,
+          rule: "upstream-error",
+          reason: error.message,
+          secret_refs: [...refs]
+        })
+        if (!response.headersSent) {
+          response.writeHead(502, { "content-type": "application/json", connection: "close" })
+          response.end(
+            JSON.stringify({ error: { type: "upstream", message: `the upstream failed: ${error.message}` } })
+          )
+        } else {
+          response.destroy()
+        }
+      })
+      request.pipe(outgoing)
+    })
+    server.on("clientError", (_error, socket: Duplex) => {
+      audit("broker_request_deny", { ...base, status: 400, rule: "malformed-request", secret_refs: [] })
+      if (socket.writable) {
+        socket.end("HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+      }
+      socket.destroy()
+    })
+    return serveChannel({
+      socket: endpoint.socket,
+      vmmAlive,
+      onConnection: (guest) => server.emit("connection", guest),
+      onMalformed: () =>
+        audit("broker_channel_reset", { ...base, reason: "a malformed frame from the guest" })
+    })
+  }
+
+  const channels = config.endpoints.map(serveEndpoint)
+  audit("broker_start", {
+    pid: process.pid,
+    endpoints: config.endpoints.map((e) => ({ upstream: e.upstream, secrets: e.secrets, port: e.guestPort }))
+  })
+  const stop = (reason: string) => {
+    for (const channel of channels) channel.stop()
+    audit("broker_stop", { reason })
+    process.exit(0)
+  }
+  setInterval(() => {
+    if (!vmmAlive()) stop("the VM stopped")
+  }, 1000)
+  process.on("SIGTERM", () => stop("stopped by the host"))
+  process.on("SIGINT", () => stop("stopped by the host"))
+}

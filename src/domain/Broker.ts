@@ -1,0 +1,268 @@
+/**
+ * The credential broker's endpoints: `--broker 'upstream=URL;secret=NAME=SOURCE;base-url-env=KEY;…'`.
+ *
+ * The guest never holds a brokered credential. It sends `@secret:NAME` where the credential goes (a
+ * header value or the query string) to its endpoint at http://127.0.0.1:PORT; the host-side broker
+ * checks that the endpoint may use NAME, swaps the value in, and makes its own HTTPS request to the
+ * upstream. The endpoint grammar is the original's, `;`-separated:
+ *
+ * - `upstream=URL` (once, required): `http(s)://host[:port][/prefix]`, no credentials, query or fragment;
+ * - `secret=NAME=SOURCE` (repeatable): a secret held by the broker, from `env:`, `file:` or `dotenv:`;
+ * - `base-url-env=KEY` or `KEY=/path` (repeatable): a guest variable set to the endpoint's URL (+ path);
+ * - `ca=PATH`: a PEM bundle trusted for the upstream besides the usual roots;
+ * - `capture`: record each request before the swap (path, headers as sent, 1 MiB of body);
+ * - `assurance=trusted-upstream` (the only one built: a relay that trusts the upstream with the
+ *   credential and with what it answers).
+ *
+ * Not built, and refused by name: `assurance=semantic` with `grant=` files, and `proxy` (CONNECT).
+ */
+import { Effect } from "effect"
+import * as NodePath from "node:path"
+import { InvalidInput } from "./Errors.ts"
+import { parseSecretFlag } from "./SecretRefs.ts"
+import { BrokerEndpoint, SecretRef } from "./Workspace.ts"
+
+/** The guest port of the first endpoint; endpoint N listens on this plus N. */
+export const brokerBasePort = 18888
+/** Endpoints one workspace may have (each is a virtio-serial port of its VM). */
+export const maxBrokers = 8
+
+/** What a `@secret:NAME` reference looks like in a request (the name as in secret names). */
+export const secretReference = /@secret:([A-Za-z_][A-Za-z0-9_]{0,127})/g
+
+const usage =
+  "write --broker 'upstream=https://api.example.com;secret=TOKEN=env:API_TOKEN;base-url-env=API_URL'"
+
+const invalid = (message: string, remediation = usage) => new InvalidInput({ message, remediation })
+
+const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
+
+/** A parsed endpoint: what the workspace records, and the broker-held secret references it declares. */
+export interface ParsedBroker {
+  readonly endpoint: BrokerEndpoint
+  readonly secrets: ReadonlyArray<SecretRef>
+}
+
+const checkUpstream = (text: string) =>
+  Effect.gen(function*() {
+    let url: URL
+    try {
+      url = new URL(text)
+    } catch {
+      return yield* invalid(`broker upstream "${text}" is not a URL`)
+    }
+    if (url.protocol !== "https:" && url.protocol !== "http:") {
+      return yield* invalid(`broker upstream "${text}": only http:// and https:// upstreams are supported`)
+    }
+    if (url.username !== "" || url.password !== "") {
+      return yield* invalid(
+        "a broker upstream holds no credentials",
+        "give the credential as secret=NAME=SOURCE and send @secret:NAME from the guest"
+      )
+    }
+    if (url.search !== "" || url.hash !== "") {
+      return yield* invalid(
+        `broker upstream "${text}" has a query or fragment; give scheme, host and path only`
+      )
+    }
+    return `${url.origin}${url.pathname.replace(/\/+$/, "")}`
+  })
+
+/** Parses the `index`th `--broker` value; relative paths are taken from `cwd`. */
+export const parseBroker = (text: string, index: number, cwd: string) =>
+  Effect.gen(function*() {
+    let upstream: string | undefined
+    const secrets: Array<SecretRef> = []
+    const baseUrlEnv: Array<{ name: string; path: string }> = []
+    let ca: string | undefined
+    let capture = false
+    for (const raw of text.split(";")) {
+      const field = raw.trim()
+      if (field === "") continue
+      const at = field.indexOf("=")
+      const key = at < 0 ? field : field.slice(0, at)
+      const value = at < 0 ? undefined : field.slice(at + 1)
+      const needValue = () =>
+        value === undefined || value === ""
+          ? Effect.fail(invalid(`broker field ${key} needs a value (${key}=…)`))
+          : Effect.succeed(value)
+      switch (key) {
+        case "upstream":
+          if (upstream !== undefined) return yield* invalid("a broker endpoint has one upstream")
+          upstream = yield* checkUpstream(yield* needValue())
+          break
+        case "secret": {
+          const ref = yield* parseSecretFlag(yield* needValue(), cwd).pipe(
+            Effect.mapError((e) => invalid(`broker ${e.message.replace(/--secret/g, "secret=")}`))
+          )
+          if (secrets.some((s) => s.name === ref.name)) {
+            return yield* invalid(`broker secret ${ref.name} is given twice`)
+          }
+          secrets.push(new SecretRef({ name: ref.name, source: ref.source, use: "broker" }))
+          break
+        }
+        case "base-url-env": {
+          const given = yield* needValue()
+          const eq = given.indexOf("=")
+          const name = eq < 0 ? given : given.slice(0, eq)
+          const path = eq < 0 ? "" : given.slice(eq + 1)
+          if (!envName.test(name)) return yield* invalid(`base-url-env: "${name}" is not a variable name`)
+          if (path !== "" && (!path.startsWith("/") || /[\s?#]/.test(path))) {
+            return yield* invalid(`base-url-env ${name}: "${path}" is not a path (it starts with /)`)
+          }
+          baseUrlEnv.push({ name, path })
+          break
+        }
+        case "ca":
+          ca = NodePath.resolve(cwd, yield* needValue())
+          break
+        case "capture":
+          if (value !== undefined) return yield* invalid("capture takes no value")
+          capture = true
+          break
+        case "assurance":
+          if (value === "trusted-upstream") break
+          if (value === "semantic") {
+            return yield* invalid(
+              "assurance=semantic (grant files) is not built: the broker relays to a trusted upstream",
+              "drop assurance=semantic, or keep the credential out of reach of this workload"
+            )
+          }
+          return yield* invalid(`unknown assurance "${value ?? ""}" (trusted-upstream)`)
+        case "grant":
+          return yield* invalid(
+            "grant= files are not built (they go with assurance=semantic)",
+            "drop grant="
+          )
+        case "proxy":
+          return yield* invalid(
+            "the broker's CONNECT proxy is not built: the guest calls its endpoint's URL",
+            "drop proxy, and point the client's base URL at the endpoint (base-url-env=KEY)"
+          )
+        default:
+          return yield* invalid(`unknown broker field "${key}"`)
+      }
+    }
+    if (upstream === undefined) return yield* invalid("a broker endpoint needs upstream=URL")
+    return {
+      endpoint: new BrokerEndpoint({
+        upstream,
+        secrets: secrets.map((s) => s.name),
+        baseUrlEnv,
+        ...(ca === undefined ? {} : { ca }),
+        capture,
+        guestPort: brokerBasePort + index
+      }),
+      secrets
+    } satisfies ParsedBroker
+  })
+
+/** Every `--broker` value of one workspace; names are unique across its endpoints. */
+export const parseBrokers = (texts: ReadonlyArray<string>, cwd: string) =>
+  Effect.gen(function*() {
+    if (texts.length > maxBrokers) {
+      return yield* invalid(`at most ${maxBrokers} broker endpoints per workspace (${texts.length} given)`)
+    }
+    const parsed = yield* Effect.forEach(texts, (text, i) => parseBroker(text, i, cwd))
+    const names = parsed.flatMap((p) => p.secrets.map((s) => s.name))
+    const twice = names.find((name, i) => names.indexOf(name) !== i)
+    if (twice !== undefined) {
+      return yield* invalid(
+        `broker secret ${twice} is declared by two endpoints`,
+        "give each endpoint its own secret names"
+      )
+    }
+    const vars = parsed.flatMap((p) => p.endpoint.baseUrlEnv.map((e) => e.name))
+    const dup = vars.find((name, i) => vars.indexOf(name) !== i)
+    if (dup !== undefined) return yield* invalid(`base-url-env ${dup} is set by two endpoints`)
+    return {
+      endpoints: parsed.map((p) => p.endpoint),
+      secrets: parsed.flatMap((p) => p.secrets)
+    }
+  })
+
+/** The guest's URL of an endpoint. */
+export const brokerUrl = (endpoint: BrokerEndpoint) => `http://127.0.0.1:${endpoint.guestPort}`
+
+/** The guest environment the endpoints give (the user's own values win): base-url-env, and the first's URL. */
+export const brokerEnv = (endpoints: ReadonlyArray<BrokerEndpoint>): Record<string, string> => {
+  const env: Record<string, string> = {}
+  if (endpoints.length > 0) env.MICROAGENT_BROKER_URL = brokerUrl(endpoints[0]!)
+  for (const endpoint of endpoints) {
+    for (const { name, path } of endpoint.baseUrlEnv) env[name] = `${brokerUrl(endpoint)}${path}`
+  }
+  return env
+}
+
+/** The secrets a start delivers into the guest: those the broker does not hold. */
+export const guestSecrets = <A extends { readonly use?: "broker" | undefined }>(refs: ReadonlyArray<A>) =>
+  refs.filter((ref) => ref.use !== "broker")
+
+/** The `--broker` text of a recorded endpoint (its secrets' sources are in the workspace's secrets). */
+export const describeBroker = (endpoint: BrokerEndpoint) =>
+  [
+    `upstream=${endpoint.upstream}`,
+    ...endpoint.secrets.map((name) => `secret=${name}`),
+    ...endpoint.baseUrlEnv.map((e) => `base-url-env=${e.name}${e.path === "" ? "" : `=${e.path}`}`),
+    ...(endpoint.ca === undefined ? [] : [`ca=${endpoint.ca}`]),
+    ...(endpoint.capture ? ["capture"] : [])
+  ].join(";")
+
+/**
+ * Swaps `@secret:NAME` references in `text` for their values: the text, the names referenced, and those
+ * the endpoint does not hold (a request with any of those is refused, never sent with the reference).
+ */
+export const swapReferences = (text: string, values: ReadonlyMap<string, string>) => {
+  const refs: Array<string> = []
+  const unresolved: Array<string> = []
+  const swapped = text.replace(secretReference, (match, name: string) => {
+    if (!refs.includes(name)) refs.push(name)
+    const value = values.get(name)
+    if (value === undefined) {
+      if (!unresolved.includes(name)) unresolved.push(name)
+      return match
+    }
+    return value
+  })
+  return { text: swapped, refs, unresolved }
+}
+
+/**
+ * A workspace's endpoints as given to `create` (from any caller): at most maxBrokers, numbered in
+ * order, each secret one of the workspace's broker-held references, and every such reference used.
+ */
+export const checkBrokers = (
+  endpoints: ReadonlyArray<BrokerEndpoint>,
+  secrets: ReadonlyArray<SecretRef>
+) =>
+  Effect.gen(function*() {
+    if (endpoints.length > maxBrokers) {
+      return yield* invalid(
+        `at most ${maxBrokers} broker endpoints per workspace (${endpoints.length} given)`
+      )
+    }
+    const held = new Set(secrets.filter((s) => s.use === "broker").map((s) => s.name))
+    const used = new Set<string>()
+    for (const [i, endpoint] of endpoints.entries()) {
+      if (endpoint.guestPort !== brokerBasePort + i) {
+        return yield* invalid(
+          `broker endpoint ${i} must listen on ${brokerBasePort + i}, not ${endpoint.guestPort}`
+        )
+      }
+      yield* checkUpstream(endpoint.upstream)
+      for (const name of endpoint.secrets) {
+        if (!held.has(name)) {
+          return yield* invalid(
+            `broker endpoint ${i} swaps in ${name}, which is not a broker-held secret of the workspace`,
+            "declare it in the endpoint: secret=NAME=SOURCE"
+          )
+        }
+        if (used.has(name)) return yield* invalid(`broker secret ${name} is declared by two endpoints`)
+        used.add(name)
+      }
+    }
+    const unused = [...held].filter((name) => !used.has(name))
+    if (unused.length > 0) {
+      return yield* invalid(`broker-held secret ${unused.join(", ")} belongs to no endpoint`)
+    }
+  })
