@@ -9,7 +9,7 @@ import { Effect } from "effect"
 import type { PolicyDenied } from "../domain/Errors.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import type { ConfinedHostPath, HostAccessMode } from "../domain/HostAccess.ts"
-import { Mount, type SecretRef } from "../domain/Workspace.ts"
+import { BrokerEndpoint, Mount, type SecretRef } from "../domain/Workspace.ts"
 import type { MicroagentClientShape } from "../rpc/Client.ts"
 import type { DenialContext, HostAccessShape } from "./HostAccess.ts"
 
@@ -86,6 +86,22 @@ const confineModel = <M extends { readonly policyFile?: string | undefined }>(
     ? Effect.succeed(model)
     : Effect.map(gate.check(model.policyFile, "read", context), (policyFile) => ({ ...model, policyFile }))
 
+/** The runtime reads each broker endpoint's ca= bundle at every start. */
+const confineBrokers = (
+  gate: HostGate,
+  brokers: ReadonlyArray<BrokerEndpoint> | undefined,
+  context: DenialContext
+) =>
+  brokers === undefined
+    ? Effect.succeed(undefined)
+    : Effect.forEach(brokers, (endpoint) =>
+      endpoint.ca === undefined
+        ? Effect.succeed(endpoint)
+        : Effect.map(
+          gate.check(endpoint.ca, "read", context),
+          (ca) => new BrokerEndpoint({ ...endpoint, ca })
+        ))
+
 export const confineClient = (
   client: MicroagentClientShape,
   gate: HostGate,
@@ -111,7 +127,11 @@ export const confineClient = (
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
         const model = yield* confineModel(gate, payload.model, context(payload.name))
-        return yield* client.create(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
+        const brokers = yield* confineBrokers(gate, payload.brokers, context(payload.name))
+        return yield* client.create(
+          withoutUndefined({ ...payload, mounts, secrets, files, model, brokers }),
+          options
+        )
       })) as unknown as MicroagentClientShape["create"],
     run: ((payload: Payload<"run">, options?: Options<"run">) =>
       Effect.gen(function*() {
@@ -119,7 +139,11 @@ export const confineClient = (
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
         const model = yield* confineModel(gate, payload.model, context(payload.name))
-        return yield* client.run(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
+        const brokers = yield* confineBrokers(gate, payload.brokers, context(payload.name))
+        return yield* client.run(
+          withoutUndefined({ ...payload, mounts, secrets, files, model, brokers }),
+          options
+        )
       })) as unknown as MicroagentClientShape["run"],
     apply: ((payload: Payload<"apply">, options?: Options<"apply">) =>
       Effect.gen(function*() {
@@ -134,7 +158,11 @@ export const confineClient = (
         const secrets = yield* confineRefs(gate, payload.secrets, context(payload.name))
         const files = yield* confineFiles(gate, payload.files, context(payload.name))
         const model = yield* confineModel(gate, payload.model, context(payload.name))
-        return yield* client.plan(withoutUndefined({ ...payload, mounts, secrets, files, model }), options)
+        const brokers = yield* confineBrokers(gate, payload.brokers, context(payload.name))
+        return yield* client.plan(
+          withoutUndefined({ ...payload, mounts, secrets, files, model, brokers }),
+          options
+        )
       })) as unknown as MicroagentClientShape["plan"],
     modelPolicyValidate:
       ((payload: Payload<"modelPolicyValidate">, options?: Options<"modelPolicyValidate">) =>

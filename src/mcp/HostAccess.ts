@@ -397,7 +397,8 @@ export const make = (grants: HostGrants) =>
               )
               return new SecretRef({
                 name: ref.name,
-                source: formatSource(source.scheme === "file" ? { ...source, path } : { ...source, path })
+                source: formatSource(source.scheme === "file" ? { ...source, path } : { ...source, path }),
+                ...(ref.use === undefined ? {} : { use: ref.use })
               })
             }
           }

@@ -5,6 +5,7 @@
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import { AddressingRequest } from "../domain/Addressing.ts"
+import { parseBrokers } from "../domain/Broker.ts"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
@@ -25,6 +26,7 @@ import {
   ProfileName,
   profiles,
   RestartPolicy,
+  SecretRef,
   Workspace,
   WorkspaceName
 } from "../domain/Workspace.ts"
@@ -144,6 +146,12 @@ const newWorkspace = {
       + "(see hostAccess in microagent.describe); resolved by the MCP server at every start; only "
       + "references are recorded"
   ),
+  brokers: optional(
+    Schema.Array(Schema.String),
+    "credential broker endpoints, 'upstream=URL;secret=NAME=env:VAR;base-url-env=KEY' each: endpoint N is "
+      + "http://127.0.0.1:18888+N in the guest, which sends @secret:NAME where the credential goes; the "
+      + "value stays on the host (secret references and ca= paths as allowed for secrets, see hostAccess)"
+  ),
   outputs: optional(
     Schema.Array(Schema.String),
     "declared outputs, NAME=/guest/path: collected after a run's command, fetched with artifacts.get"
@@ -205,6 +213,7 @@ interface NewWorkspaceArgs {
   readonly publish?: ReadonlyArray<string> | undefined
   readonly volumes?: ReadonlyArray<string> | undefined
   readonly secrets?: ReadonlyArray<string> | undefined
+  readonly brokers?: ReadonlyArray<string> | undefined
   readonly outputs?: ReadonlyArray<string> | undefined
   readonly backend?: typeof Backend.Type | undefined
   readonly refuse_devices?: boolean | undefined
@@ -225,6 +234,24 @@ const checkVolumeSources = (volumes: ReadonlyArray<string>, context: ToolContext
   }, { discard: true })
 
 /**
+ * Broker endpoints from their texts: the broker-held references pass the same host-access checks as
+ * secrets (a file: or dotenv: path inside the roots, an env: variable the operator allows), and so
+ * does each ca= bundle.
+ */
+const brokersOf = (texts: ReadonlyArray<string>, context: ToolContext, denial: DenialContext) =>
+  Effect.gen(function*() {
+    const parsed = yield* parseBrokers(texts, process.cwd())
+    for (const endpoint of parsed.endpoints) {
+      if (endpoint.ca !== undefined) yield* context.host.check(endpoint.ca, "read", denial)
+    }
+    const checked = yield* context.host.checkRefs(parsed.secrets, denial)
+    return {
+      endpoints: parsed.endpoints,
+      secrets: checked.map((ref) => new SecretRef({ name: ref.name, source: ref.source, use: "broker" }))
+    }
+  })
+
+/**
  * The fields of a new workspace, from a tool's arguments: ports, mounts and secret references parsed
  * as the CLI parses its flags (relative paths from the server's working directory).
  */
@@ -240,6 +267,9 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       ? undefined
       : yield* context.host.secretRefs(args.secrets, { tool, workspace: args.name })
     const outputs = args.outputs === undefined ? undefined : yield* parseOutputs(args.outputs)
+    const brokered = args.brokers === undefined || args.brokers.length === 0
+      ? undefined
+      : yield* brokersOf(args.brokers, context, { tool, workspace: args.name })
     return {
       image: args.image,
       name: args.name,
@@ -269,7 +299,8 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       }),
       ports,
       mounts,
-      secrets,
+      secrets: brokered === undefined ? secrets : [...(secrets ?? []), ...brokered.secrets],
+      ...(brokered === undefined ? {} : { brokers: brokered.endpoints }),
       outputs,
       backend: args.backend ?? context.defaultBackend,
       ...(args.refuse_devices === true ? { refuseDevices: true } : {})

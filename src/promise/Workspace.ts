@@ -11,11 +11,13 @@ import { Duration, Effect, Either, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { AddressingRequest } from "../domain/Addressing.ts"
+import { parseBrokers } from "../domain/Broker.ts"
 import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
 import type { RunPlan } from "../domain/Plan.ts"
+import { parseSecretFlags } from "../domain/SecretRefs.ts"
 import type { SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { SpecHealth } from "../domain/Spec.ts"
@@ -28,6 +30,7 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
+import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
 import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
@@ -48,6 +51,7 @@ import { start } from "../programs/Start.ts"
 import { stats } from "../programs/Stats.ts"
 import { supervise, type SuperviseReport } from "../programs/Supervise.ts"
 import { Home } from "../services/Home.ts"
+import { Secrets } from "../services/Secrets.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { defaultHost, type Host, registryOnHome } from "./Host.ts"
 
@@ -86,6 +90,17 @@ export interface CreateOptions {
   } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
+  /**
+   * Secrets delivered to /run/secrets/NAME at every start, as `NAME=env:VAR`, `NAME=file:PATH` or
+   * `NAME=dotenv:PATH[:KEY]`: only the references are recorded; this process resolves them at each start.
+   */
+  readonly secrets?: ReadonlyArray<string> | undefined
+  /**
+   * Credential broker endpoints, `upstream=URL;secret=NAME=SOURCE;base-url-env=KEY` each (docs/egress.md,
+   * "Credential broker"): the guest sends `@secret:NAME` to http://127.0.0.1:18888+N and never holds
+   * the value, which this process resolves at each start and the host-side broker swaps in.
+   */
+  readonly brokers?: ReadonlyArray<string> | undefined
   /**
    * The guest's own IPv4 addressing on the user network: `ip` (`A.B.C.D/N`), `subnet`, `gateway`,
    * `dns` (its resolvers; only with egress `off`), `routes` (`"A.B.C.D/N via A.B.C.D"`).
@@ -185,7 +200,14 @@ const healthOf = (health: typeof SpecHealth.Type | undefined) =>
 
 /** The options of the `create` program (and of a plan of one), the health check decoded. */
 const programOptions = (options: CreateOptions) =>
-  Effect.map(healthOf(options.health), (health) => ({
+  Effect.gen(function*() {
+    const health = yield* healthOf(options.health)
+    const secrets = yield* parseSecretFlags(options.secrets ?? [], process.cwd())
+    const brokered = yield* parseBrokers(options.brokers ?? [], process.cwd())
+    return { health, secrets: [...secrets, ...brokered.secrets], brokers: brokered.endpoints }
+  }).pipe(Effect.map(({ brokers, health, secrets }) => ({
+    secrets,
+    brokers,
     image: options.image,
     name: options.name,
     cpus: options.cpus,
@@ -208,7 +230,16 @@ const programOptions = (options: CreateOptions) =>
     model: options.model === undefined
       ? undefined
       : { model: options.model.ref, mediation: options.model.mediation, policyFile: options.model.policyFile }
-  }))
+  })))
+
+/** The values of a workspace's secret references, resolved in this process (as every start needs). */
+const secretValuesOf = (name: string) =>
+  Effect.flatMap(stored(name), (workspace) =>
+    workspace.secrets.length === 0
+      ? Effect.succeed(undefined)
+      : Effect.flatMap(Secrets, (secrets) => secrets.resolve(workspace.secrets)).pipe(
+        Effect.provide(SecretsLive)
+      ))
 
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */
 export class WorkspaceFiles {
@@ -419,14 +450,16 @@ export class Workspace implements AsyncDisposable {
     await this.host.run(
       withWorkspaceBackend(
         this.name,
-        start(this.name, {
-          bootTimeoutSeconds: options.bootTimeoutSeconds,
-          memoryMiB: options.memoryMiB,
-          cpus: options.cpus,
-          ttlSeconds: options.ttlSeconds,
-          fromSnapshot: options.fromSnapshot,
-          cold: options.cold
-        })
+        Effect.flatMap(secretValuesOf(this.name), (secretValues) =>
+          start(this.name, {
+            bootTimeoutSeconds: options.bootTimeoutSeconds,
+            memoryMiB: options.memoryMiB,
+            cpus: options.cpus,
+            ttlSeconds: options.ttlSeconds,
+            fromSnapshot: options.fromSnapshot,
+            cold: options.cold,
+            secretValues
+          }))
       ),
       { signal: options.signal }
     )
@@ -448,7 +481,11 @@ export class Workspace implements AsyncDisposable {
     return await this.host.run(
       withWorkspaceBackend(
         this.name,
-        snapshotCreate(this.name, { tag: options.tag, forensic: options.forensic })
+        Effect.flatMap(
+          secretValuesOf(this.name),
+          (secretValues) =>
+            snapshotCreate(this.name, { tag: options.tag, forensic: options.forensic, secretValues })
+        )
       ),
       { signal: options.signal }
     )
@@ -481,9 +518,14 @@ export class Workspace implements AsyncDisposable {
     } = {}
   ): Promise<ReadonlyArray<Workspace>> {
     const { signal, ...forkOptions } = options
-    const result = await this.host.run(withWorkspaceBackend(this.name, fork(this.name, forkOptions)), {
-      signal
-    })
+    const name = this.name
+    const result = await this.host.run(
+      withWorkspaceBackend(
+        name,
+        Effect.flatMap(secretValuesOf(name), (secretValues) => fork(name, { ...forkOptions, secretValues }))
+      ),
+      { signal }
+    )
     return result.children.map((child) => new Workspace(child.name, this.host))
   }
 

@@ -1,0 +1,323 @@
+/**
+ * The credential broker on a real QEMU microVM, through the CLI. One workspace with `--network
+ * isolated` (no NIC: the endpoints ride guest channels) and two endpoints: an HTTPS test upstream with
+ * its own CA (`ca=`), a brokered key and request capture; a plain HTTP one with no secret. The upstreams
+ * record what reaches them on the host and never echo a header back.
+ *
+ * - The upstream receives the real key where the guest wrote `@secret:API_KEY` (a header and the
+ *   query), under the upstream's path; the guest's environment, files, /run/secrets and whole memory
+ *   (QMP `pmemsave`) never hold it, while an ordinary `--secret` is still delivered.
+ * - A reference the endpoint does not hold, a target that climbs out of the upstream's path and a
+ *   request that is not HTTP are refused before anything goes upstream, and the broker goes on serving.
+ * - The audit (`broker-access.jsonl`, also in `egress`) names secrets but never holds a value; the capture
+ *   keeps the request as the guest sent it, owner-only.
+ * - Halt ends the broker; the next start resolves the key again.
+ */
+import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
+import * as NodeHttps from "node:https"
+import * as NodeNet from "node:net"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
+import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
+import { requireTool } from "../support/registry.ts"
+
+let stateDir: string
+let scratch: string
+const key = `brk-${process.pid}-zq7-live-value`
+const plain = `plain-${process.pid}-delivered`
+const env = { MICROAGENT_BACKEND: "qemu", BROKER_TEST_KEY: key, PLAIN_TEST_VALUE: plain }
+const ma = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}): Promise<CliResult> =>
+  cliAsync(args, { stateDir, env: { ...env, ...extraEnv } })
+const ok = async (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}) => {
+  const result = await ma(args, extraEnv)
+  assert.strictEqual(result.code, 0, `${args.join(" ")}: ${result.stderr}`)
+  return result
+}
+const json = (result: CliResult) => JSON.parse(result.stdout)
+const sh = async (script: string) => {
+  const out = json(await ok(["exec", "brk", "--", "sh", "-c", script])).result
+  return `${out.stdout}${out.stderr}` as string
+}
+
+interface Seen {
+  readonly method: string
+  readonly url: string
+  readonly headers: NodeHttp.IncomingHttpHeaders
+}
+const seenTls: Array<Seen> = []
+const seenPlain: Array<Seen> = []
+let tlsServer: NodeHttps.Server
+let plainServer: NodeHttp.Server
+let tlsPort = 0
+let plainPort = 0
+
+/** Records the request; answers with its path only (no header, no query: the guest must not see the key). */
+const recorder =
+  (seen: Array<Seen>) => (request: NodeHttp.IncomingMessage, response: NodeHttp.ServerResponse) => {
+    request.resume()
+    request.on("end", () => {
+      seen.push({ method: request.method ?? "", url: request.url ?? "", headers: request.headers })
+      // The path without the query, which may hold the key.
+      const path = (request.url ?? "").split("?")[0]
+      response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ path }))
+    })
+  }
+
+const listen = (server: NodeNet.Server) =>
+  new Promise<number>((resolve) =>
+    server.listen(0, "127.0.0.1", () => resolve((server.address() as NodeNet.AddressInfo).port))
+  )
+
+/** Guest RAM as the VMM holds it, through QMP `pmemsave` (512 MiB from physical address 0). */
+const guestMemory = async (file: string): Promise<Buffer> => {
+  const socket = NodeNet.connect(NodePath.join(stateDir, "run", "brk", "qmp.sock"))
+  const lines: Array<string> = []
+  let buffered = ""
+  socket.on("data", (d) => {
+    buffered += d.toString("utf8")
+    let nl: number
+    while ((nl = buffered.indexOf("\n")) >= 0) {
+      lines.push(buffered.slice(0, nl))
+      buffered = buffered.slice(nl + 1)
+    }
+  })
+  const waitFor = async (match: (line: string) => boolean) => {
+    const deadline = Date.now() + 60_000
+    while (Date.now() < deadline) {
+      const found = lines.find(match)
+      if (found !== undefined) return found
+      await new Promise((resolve) => setTimeout(resolve, 20))
+    }
+    throw new Error(`QMP: no answer (${lines.join(" | ")})`)
+  }
+  await waitFor((l) => l.includes("QMP"))
+  socket.write(`${JSON.stringify({ execute: "qmp_capabilities" })}\n`)
+  await waitFor((l) => l.includes("return"))
+  lines.length = 0
+  socket.write(
+    `${
+      JSON.stringify({ execute: "pmemsave", arguments: { val: 0, size: 512 * 1024 * 1024, filename: file } })
+    }\n`
+  )
+  const answer = await waitFor((l) => l.includes("return") || l.includes("error"))
+  socket.destroy()
+  assert.include(answer, "return", answer)
+  return NodeFs.readFileSync(file)
+}
+
+beforeAll(async () => {
+  requireTool("qemu-system-x86_64", "qemu-system-x86")
+  requireTool("mke2fs", "e2fsprogs")
+  requireTool("openssl", "openssl")
+  stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-broker-"))
+  scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-broker-scratch-"))
+  const keyFile = NodePath.join(scratch, "upstream.key")
+  const certFile = NodePath.join(scratch, "upstream.pem")
+  NodeChild.execFileSync("openssl", [
+    "req",
+    "-x509",
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=127.0.0.1",
+    "-addext",
+    "subjectAltName=IP:127.0.0.1",
+    "-keyout",
+    keyFile,
+    "-out",
+    certFile
+  ], { stdio: "ignore" })
+  tlsServer = NodeHttps.createServer(
+    { key: NodeFs.readFileSync(keyFile), cert: NodeFs.readFileSync(certFile) },
+    recorder(seenTls)
+  )
+  plainServer = NodeHttp.createServer(recorder(seenPlain))
+  tlsPort = await listen(tlsServer)
+  plainPort = await listen(plainServer)
+})
+
+afterAll(() => {
+  stopRuntime(stateDir)
+  for (const pid of qemuProcessesMentioning(`${stateDir}/`)) process.kill(pid, "SIGKILL")
+  tlsServer?.close()
+  plainServer?.close()
+  NodeFs.rmSync(stateDir, { recursive: true, force: true })
+  NodeFs.rmSync(scratch, { recursive: true, force: true })
+})
+
+const brokerPid = () => {
+  const [pid] = NodeFs.readFileSync(NodePath.join(stateDir, "run", "brk", "broker.pid"), "utf8").split(" ")
+  return Number(pid)
+}
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+describe("the credential broker on a real microVM", () => {
+  it(
+    "swaps the key in on the host, where the guest never holds it, and refuses what it must",
+    async () => {
+      const cert = NodePath.join(scratch, "upstream.pem")
+      const created = json(
+        await ok([
+          "create",
+          "--image",
+          defaultImage,
+          "--network",
+          "isolated",
+          "--secret",
+          "PLAIN=env:PLAIN_TEST_VALUE",
+          "--broker",
+          `upstream=https://127.0.0.1:${tlsPort}/base;secret=API_KEY=env:BROKER_TEST_KEY;base-url-env=API_BASE=/v1;ca=${cert};capture`,
+          "--broker",
+          `upstream=http://127.0.0.1:${plainPort};base-url-env=PLAIN_BASE`,
+          "brk",
+          "--json"
+        ])
+      )
+      assert.deepStrictEqual(
+        created.brokers.map((b: { guestPort: number; secrets: Array<string> }) => [b.guestPort, b.secrets]),
+        [[18888, ["API_KEY"]], [18889, []]]
+      )
+      assert.deepStrictEqual(
+        created.secrets.map((s: { name: string; use?: string }) => [s.name, s.use ?? "guest"]),
+        [["PLAIN", "guest"], ["API_KEY", "broker"]]
+      )
+      await ok(["start", "brk"])
+
+      // The guest's view: endpoint URLs, the ordinary secret, and no key anywhere.
+      const environment = await sh("env")
+      assert.include(environment, "API_BASE=http://127.0.0.1:18888/v1")
+      assert.include(environment, "PLAIN_BASE=http://127.0.0.1:18889")
+      assert.include(environment, "MICROAGENT_BROKER_URL=http://127.0.0.1:18888")
+      assert.strictEqual((await sh("ls /run/secrets")).trim(), "PLAIN")
+      assert.strictEqual(await sh("cat /run/secrets/PLAIN"), plain)
+
+      // Through the broker: the key lands upstream, in the header and the query, under /base.
+      const answer = await sh(
+        `wget -q -O - --header 'Authorization: Bearer @secret:API_KEY' "$API_BASE/models?key=@secret:API_KEY"`
+      )
+      assert.deepStrictEqual(JSON.parse(answer), { path: "/base/v1/models" })
+      assert.strictEqual(seenTls.at(-1)?.url, `/base/v1/models?key=${key}`)
+      assert.strictEqual(seenTls.at(-1)?.headers.authorization, `Bearer ${key}`)
+      assert.strictEqual(seenTls.at(-1)?.headers.host, `127.0.0.1:${tlsPort}`)
+      assert.deepStrictEqual(JSON.parse(await sh(`wget -q -O - "$PLAIN_BASE/ping"`)), { path: "/ping" })
+      assert.strictEqual(seenPlain.length, 1)
+
+      // Refused before anything goes upstream, and the broker goes on serving.
+      const before = seenTls.length
+      assert.include(
+        await sh(`wget -q -O - --header 'X-Key: @secret:PLAIN' "$API_BASE/models" 2>&1; echo " exit=$?"`),
+        "403"
+      )
+      assert.include(
+        await sh(`wget -q -O - --header 'X-Key: @secret:API_KEY' "$PLAIN_BASE/x" 2>&1; echo " exit=$?"`),
+        "403"
+      )
+      const raw = (request: string) =>
+        sh(`printf '${request}' | nc -w 5 127.0.0.1 18888 | head -1`).then((line) => line.trim())
+      assert.match(await raw("GET /../../admin HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"), /^HTTP\/1\.1 400/)
+      assert.match(
+        await raw("GET http://169.254.169.254/ HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n"),
+        /^HTTP\/1\.1 400/
+      )
+      assert.match(await raw("NOT HTTP AT ALL\\r\\n\\r\\n"), /^HTTP\/1\.1 400/)
+      assert.strictEqual(seenTls.length, before)
+      assert.strictEqual(seenPlain.length, 1)
+      assert.deepStrictEqual(JSON.parse(await sh(`wget -q -O - "$API_BASE/again"`)), {
+        path: "/base/v1/again"
+      })
+
+      // Nowhere in the guest: memory (every page), then files (on its disk and tmpfs).
+      const memory = await guestMemory(NodePath.join(scratch, "guest.mem"))
+      assert.isAbove(memory.length, 256 * 1024 * 1024)
+      assert.isTrue(memory.includes(Buffer.from(plain)), "the memory dump holds what the guest was given")
+      assert.isFalse(memory.includes(Buffer.from(key)), "the key is not in guest memory")
+      NodeFs.rmSync(NodePath.join(scratch, "guest.mem"))
+      // (After the memory check: this command line holds the key itself.)
+      assert.strictEqual(
+        (await sh(
+          `for d in /*; do case $d in /proc|/sys|/dev) ;; *) grep -rls '${key}' "$d" ;; esac; done; echo done`
+        )).trim(),
+        "done"
+      )
+
+      // The audit: names, never values; the capture: what the guest sent, owner-only.
+      const auditFile = NodePath.join(stateDir, "workspaces", "brk", "broker-access.jsonl")
+      const audit = NodeFs.readFileSync(auditFile, "utf8")
+      assert.notInclude(audit, key)
+      assert.strictEqual(NodeFs.statSync(auditFile).mode & 0o777, 0o600)
+      const records = audit.trim().split("\n").map((l) => JSON.parse(l))
+      const allowed = records.filter((r) => r.event === "broker_request_allow")
+      assert.deepStrictEqual(allowed.map((r) => [r.endpoint, r.status, r.secret_refs]), [
+        [0, 200, ["API_KEY"]],
+        [1, 200, []],
+        [0, 200, []]
+      ])
+      const denied = records.filter((r) => r.event === "broker_request_deny")
+      assert.deepStrictEqual(denied.map((r) => [r.endpoint, r.status, r.rule]), [
+        [0, 403, "unresolved-secret-ref"],
+        [1, 403, "unresolved-secret-ref"],
+        [0, 400, "bad-target"],
+        [0, 400, "bad-target"],
+        [0, 400, "malformed-request"]
+      ])
+      const egress = json(await ok(["egress", "brk", "--json"]))
+      const events = egress.records.map((r: { event: string }) => r.event)
+      assert.includeMembers(events, ["broker_start", "broker_request_allow", "broker_request_deny"])
+      const captureFile = NodePath.join(stateDir, "workspaces", "brk", "broker-capture.jsonl")
+      const capture = NodeFs.readFileSync(captureFile, "utf8")
+      assert.include(capture, "Bearer @secret:API_KEY")
+      assert.notInclude(capture, key)
+      assert.strictEqual(NodeFs.statSync(captureFile).mode & 0o777, 0o600)
+
+      // Halt ends the broker; the next start resolves the key again (here: a new value).
+      const first = brokerPid()
+      assert.isTrue(alive(first))
+      await ok(["halt", "brk"])
+      const deadline = Date.now() + 10_000
+      while (alive(first) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 100))
+      assert.isFalse(alive(first), "the broker ends with its VM")
+      const rotated = `${key}-rotated`
+      await ok(["start", "brk", "--cold"], { BROKER_TEST_KEY: rotated })
+      await sh(`wget -q -O - --header 'Authorization: Bearer @secret:API_KEY' "$API_BASE/after"`)
+      assert.strictEqual(seenTls.at(-1)?.headers.authorization, `Bearer ${rotated}`)
+      await ok(["delete", "--force", "brk"])
+    },
+    600_000
+  )
+
+  it("refuses what the broker does not do, and a secret without a value, with clear errors", async () => {
+    const bad = async (spec: string, words: string) => {
+      const result = await ma(["create", "--image", defaultImage, "--broker", spec, "nope", "--json"])
+      assert.strictEqual(result.code, 2, result.stderr)
+      assert.include(result.stderr + result.stdout, words)
+    }
+    await bad("upstream=ftp://x", "only http:// and https://")
+    await bad("upstream=https://user:pw@x", "holds no credentials")
+    await bad("secret=A=env:B", "needs upstream=URL")
+    await bad("upstream=https://x;proxy", "CONNECT proxy is not built")
+    await bad("upstream=https://x;assurance=semantic", "not built")
+    await bad("upstream=https://x;secret=A=env:B;secret=A=env:C", "given twice")
+    await bad(`upstream=https://x;ca=${NodePath.join(scratch, "missing.pem")}`, "missing.pem")
+    // The caller resolves the value (at create to check it, at every start to send it): unset fails.
+    await bad("upstream=https://x;secret=K=env:UNSET_VAR_X", "UNSET_VAR_X")
+    const names = json(await ok(["list", "--json"])).workspaces.map((w: { name: string }) => w.name)
+    assert.notInclude(names, "nope")
+  })
+})
