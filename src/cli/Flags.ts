@@ -217,9 +217,7 @@ export const workspaceOptions = {
   ),
   broker: Options.text("broker").pipe(
     Options.withPseudoName("SPEC"),
-    Options.withDescription(
-      "a credential broker endpoint: 'upstream=URL;secret=NAME=SOURCE;base-url-env=KEY' (repeatable)"
-    ),
+    Options.withDescription("proxy with secrets the guest never sees"),
     Options.repeated
   ),
   bootTimeout: optionalDuration("boot-timeout", "how long to wait for the guest agent (default 60s)"),

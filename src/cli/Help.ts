@@ -157,7 +157,7 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--model-policy-file"
     ]
   ],
-  ["Storage", ["--volume", "--secret"]],
+  ["Storage and secrets", ["--volume", "--secret", "--broker"]],
   ["Command", ["--exec", "--setup", "--env", "--cwd", "--user", "--timeout", "--stdin"]],
   ["Output", ["--output", "--stream", "--stdout-limit", "--stderr-limit"]]
 ]

@@ -32,7 +32,7 @@ export const volumeFlag = Options.text("volume").pipe(
 export const secretFlag = Options.text("secret").pipe(
   Options.withPseudoName("NAME=SOURCE"),
   Options.withDescription(
-    "/run/secrets/NAME from env:VAR, file:PATH or dotenv:PATH[:KEY] (repeatable)"
+    "/run/secrets/NAME (env:, file:, dotenv:)"
   ),
   Options.repeated
 )

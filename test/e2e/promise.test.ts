@@ -4,6 +4,8 @@
  * runs and on its disk while it is halted.
  */
 import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
+import type * as NodeNet from "node:net"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, describe, it } from "vitest"
@@ -56,5 +58,39 @@ describe("the Promise API (qemu backend)", () => {
     assert.instanceOf(gone, MicroagentError)
     assert.strictEqual((gone as MicroagentError).kind, "not_found")
     assert.deepStrictEqual(qemuProcessesMentioning(home), [])
+  })
+
+  it("delivers secrets and holds brokered ones on the host, resolved in this process at each start", async () => {
+    const seen: Array<string | undefined> = []
+    const upstream = NodeHttp.createServer((request, response) => {
+      seen.push(request.headers["x-api-key"] as string | undefined)
+      response.end("ok")
+    })
+    await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve))
+    const port = (upstream.address() as NodeNet.AddressInfo).port
+    process.env.PROMISE_TEST_PLAIN = "plain-value"
+    process.env.PROMISE_TEST_KEY = "brokered-value"
+    try {
+      await using host = Host.open({ home, backend: "qemu" })
+      await using ws = await Workspace.create({
+        image: defaultImage,
+        name: "promised-secrets",
+        network: "isolated",
+        secrets: ["PLAIN=env:PROMISE_TEST_PLAIN"],
+        brokers: [`upstream=http://127.0.0.1:${port};secret=KEY=env:PROMISE_TEST_KEY;base-url-env=API`],
+        host
+      })
+      const result = await ws.exec([
+        "sh",
+        "-c",
+        `cat /run/secrets/PLAIN; echo; ls /run/secrets; wget -q -O - --header 'X-Api-Key: @secret:KEY' "$API/x"`
+      ])
+      assert.strictEqual(result.stdout, "plain-value\nPLAIN\nok")
+      assert.deepStrictEqual(seen, ["brokered-value"])
+    } finally {
+      upstream.close()
+      delete process.env.PROMISE_TEST_PLAIN
+      delete process.env.PROMISE_TEST_KEY
+    }
   })
 })

@@ -6,6 +6,8 @@
 import { Ajv } from "ajv"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
+import * as NodeHttp from "node:http"
+import type * as NodeNet from "node:net"
 import * as NodePath from "node:path"
 import { afterAll, afterEach, assert, beforeAll, beforeEach, describe, it } from "vitest"
 import { startRegistry } from "../support/registry.ts"
@@ -491,7 +493,11 @@ export const describeMcpServer = (target: TestTarget) => {
           { volumes: ["mcpdata:relative/path"] },
           { volumes: ["/etc:/etc"] },
           { secrets: ["TOKEN=env:MICROAGENT_TEST_UNSET_VARIABLE"] },
-          { secrets: ["TOKEN=vault:x"] }
+          { secrets: ["TOKEN=vault:x"] },
+          { brokers: ["secret=A=env:B"] },
+          // Broker references and CA bundles pass the same host-access checks as secrets.
+          { brokers: ["upstream=https://h;secret=K=file:/etc/shadow"] },
+          { brokers: ["upstream=https://h;ca=/etc/ssl/certs/ca-certificates.crt"] }
         ]
       ) {
         const refused = await mcp.call("workspace.create", { image: testImage, name: "never", ...bad })
@@ -500,6 +506,25 @@ export const describeMcpServer = (target: TestTarget) => {
       }
       const none = await mcp.call("workspace.list")
       assert.deepStrictEqual(none.result.workspaces, [], "nothing was created by a refused call")
+
+      // A workspace with broker endpoints records them and their references, never a value.
+      const keyFile = NodePath.join(hostRoot, "broker-key")
+      NodeFs.writeFileSync(keyFile, "k3y", { mode: 0o600 })
+      const brokered = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "brokered",
+        brokers: [`upstream=https://api.example.com;secret=KEY=file:${keyFile};base-url-env=API_URL`],
+        idempotency_key: "b1"
+      })
+      assert.isTrue(brokered.ok, JSON.stringify(brokered.error))
+      const record = (await mcp.call("workspace.inspect", { name: "brokered" })).result.workspace
+      assert.deepStrictEqual(record.brokers.map((b: { upstream: string }) => b.upstream), [
+        "https://api.example.com"
+      ])
+      assert.deepStrictEqual(record.secrets, [{ name: "KEY", source: `file:${keyFile}`, use: "broker" }])
+      assert.strictEqual(record.env.API_URL, "http://127.0.0.1:18888")
+      assert.isTrue((await mcp.call("workspace.delete", { name: "brokered", idempotency_key: "b2" })).ok)
+      NodeFs.rmSync(keyFile)
 
       const previewVolume = await mcp.call("volume.delete", { name: "mcpdata", preview: true })
       assert.deepStrictEqual(previewVolume.result.target, "mcpdata")
@@ -531,6 +556,35 @@ export const describeMcpServer = (target: TestTarget) => {
             idempotency_key: "r2"
           })
           assert.strictEqual(read.result.result.stdout, "s3cr3t-from-mcp")
+
+          // The same secret held by a credential broker: the upstream gets it, the guest does not.
+          const seen: Array<string | undefined> = []
+          const upstream = NodeHttp.createServer((request, response) => {
+            seen.push(request.headers.authorization)
+            response.end("pong")
+          })
+          await new Promise<void>((resolve) => upstream.listen(0, "127.0.0.1", resolve))
+          try {
+            const port = (upstream.address() as NodeNet.AddressInfo).port
+            const brokered = await mcp.call("workspace.run", {
+              image: testImage,
+              command: [
+                "sh",
+                "-c",
+                `wget -q -O - --header 'Authorization: @secret:TOKEN' "$API/ping"; ls /run/secrets 2>&1`
+              ],
+              brokers: [`upstream=http://127.0.0.1:${port};secret=TOKEN=file:${secretFile};base-url-env=API`],
+              idempotency_key: "r3"
+            })
+            assert.isTrue(brokered.ok, JSON.stringify(brokered.error))
+            assert.strictEqual(
+              brokered.result.result.stdout,
+              "pongls: /run/secrets: No such file or directory\n"
+            )
+            assert.deepStrictEqual(seen, ["s3cr3t-from-mcp"])
+          } finally {
+            upstream.close()
+          }
         } finally {
           NodeFs.rmSync(secretFile, { force: true })
         }

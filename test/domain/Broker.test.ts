@@ -1,0 +1,122 @@
+/**
+ * The credential broker's endpoint grammar and its rules, without a VM: what `--broker` accepts and
+ * refuses, the guest environment it gives, how references are swapped, and what `create` checks.
+ */
+import { Effect, Either } from "effect"
+import { assert, describe, it } from "vitest"
+import {
+  brokerEnv,
+  checkBrokers,
+  describeBroker,
+  guestSecrets,
+  parseBroker,
+  parseBrokers,
+  swapReferences
+} from "../../src/domain/Broker.ts"
+import { SecretRef } from "../../src/domain/Workspace.ts"
+
+const parse = (text: string, index = 0) => Effect.runSync(Effect.either(parseBroker(text, index, "/work")))
+const problem = (text: string) => {
+  const result = parse(text)
+  assert.isTrue(Either.isLeft(result), text)
+  return Either.isLeft(result) ? result.left.message : ""
+}
+
+describe("credential broker endpoints", () => {
+  it("parse the original's grammar into an endpoint and broker-held references", () => {
+    const parsed = parse(
+      " upstream=https://api.example.com/base/ ; secret=KEY=env:API_KEY;secret=T=file:tok;"
+        + "base-url-env=API_URL;base-url-env=OTHER=/v1;ca=certs/ca.pem;capture;assurance=trusted-upstream",
+      2
+    )
+    assert.isTrue(Either.isRight(parsed))
+    if (Either.isLeft(parsed)) return
+    const { endpoint, secrets } = parsed.right
+    assert.strictEqual(endpoint.upstream, "https://api.example.com/base")
+    assert.deepStrictEqual(endpoint.secrets, ["KEY", "T"])
+    assert.strictEqual(endpoint.guestPort, 18890)
+    assert.strictEqual(endpoint.ca, "/work/certs/ca.pem")
+    assert.isTrue(endpoint.capture)
+    assert.deepStrictEqual(secrets.map((s) => [s.name, s.source, s.use]), [
+      ["KEY", "env:API_KEY", "broker"],
+      ["T", "file:/work/tok", "broker"]
+    ])
+    assert.deepStrictEqual(brokerEnv([endpoint]), {
+      MICROAGENT_BROKER_URL: "http://127.0.0.1:18890",
+      API_URL: "http://127.0.0.1:18890",
+      OTHER: "http://127.0.0.1:18890/v1"
+    })
+    assert.strictEqual(
+      describeBroker(endpoint),
+      "upstream=https://api.example.com/base;secret=KEY;secret=T;base-url-env=API_URL;"
+        + "base-url-env=OTHER=/v1;ca=/work/certs/ca.pem;capture"
+    )
+  })
+
+  it("refuse what is not an endpoint, naming what is wrong", () => {
+    assert.include(problem("secret=A=env:B"), "needs upstream=URL")
+    assert.include(problem("upstream=notaurl"), "is not a URL")
+    assert.include(problem("upstream=file:///etc/passwd"), "only http:// and https://")
+    assert.include(problem("upstream=https://u:p@h"), "holds no credentials")
+    assert.include(problem("upstream=https://h/?q=1"), "query or fragment")
+    assert.include(problem("upstream=https://a;upstream=https://b"), "one upstream")
+    assert.include(problem("upstream=https://h;secret=1A=env:B"), "not a secret name")
+    assert.include(problem("upstream=https://h;secret=A=vault:x"), "unknown source")
+    assert.include(problem("upstream=https://h;secret=A=env:B;secret=A=env:C"), "given twice")
+    assert.include(problem("upstream=https://h;base-url-env=1X"), "not a variable name")
+    assert.include(problem("upstream=https://h;base-url-env=X=v1"), "not a path")
+    assert.include(problem("upstream=https://h;capture=yes"), "takes no value")
+    assert.include(problem("upstream=https://h;assurance=semantic"), "not built")
+    assert.include(problem("upstream=https://h;grant=g.yaml"), "not built")
+    assert.include(problem("upstream=https://h;proxy"), "CONNECT proxy is not built")
+    assert.include(problem("upstream=https://h;bogus=1"), 'unknown broker field "bogus"')
+    assert.include(problem("upstream="), "needs a value")
+  })
+
+  it("number endpoints in order, at most eight, with names unique across them", () => {
+    const many = Array.from({ length: 9 }, () => "upstream=https://h")
+    const tooMany = Effect.runSync(Effect.either(parseBrokers(many, "/")))
+    assert.isTrue(Either.isLeft(tooMany) && tooMany.left.message.includes("at most 8"))
+    const shared = Effect.runSync(Effect.either(parseBrokers([
+      "upstream=https://a;secret=K=env:A",
+      "upstream=https://b;secret=K=env:B"
+    ], "/")))
+    assert.isTrue(Either.isLeft(shared) && shared.left.message.includes("declared by two endpoints"))
+    const two = Effect.runSync(parseBrokers(["upstream=https://a;secret=K=env:A", "upstream=http://b"], "/"))
+    assert.deepStrictEqual(two.endpoints.map((e) => e.guestPort), [18888, 18889])
+
+    // What create checks of endpoints from any caller.
+    const check = (secrets: ReadonlyArray<SecretRef>, endpoints = two.endpoints) =>
+      Effect.runSync(Effect.either(checkBrokers(endpoints, secrets)))
+    assert.isTrue(Either.isRight(check(two.secrets)))
+    const missing = check([])
+    assert.isTrue(Either.isLeft(missing) && missing.left.message.includes("not a broker-held secret"))
+    const unused = check([...two.secrets, new SecretRef({ name: "X", source: "env:X", use: "broker" })])
+    assert.isTrue(Either.isLeft(unused) && unused.left.message.includes("belongs to no endpoint"))
+    const misnumbered = check(two.secrets, [two.endpoints[1]!, two.endpoints[0]!])
+    assert.isTrue(Either.isLeft(misnumbered) && misnumbered.left.message.includes("must listen on 18888"))
+    assert.deepStrictEqual(
+      guestSecrets([...two.secrets, new SecretRef({ name: "G", source: "env:G" })]).map((s) => s.name),
+      ["G"]
+    )
+  })
+
+  it("swap held references, and report the ones the endpoint does not hold", () => {
+    const values = new Map([["KEY", "v4lue"]])
+    assert.deepStrictEqual(swapReferences("Bearer @secret:KEY", values), {
+      text: "Bearer v4lue",
+      refs: ["KEY"],
+      unresolved: []
+    })
+    assert.deepStrictEqual(swapReferences("/x?k=@secret:KEY&o=@secret:OTHER", values), {
+      text: "/x?k=v4lue&o=@secret:OTHER",
+      refs: ["KEY", "OTHER"],
+      unresolved: ["OTHER"]
+    })
+    assert.deepStrictEqual(swapReferences("no reference, @secret: alone", values), {
+      text: "no reference, @secret: alone",
+      refs: [],
+      unresolved: []
+    })
+  })
+})
