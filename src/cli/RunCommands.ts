@@ -404,7 +404,9 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
       const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
       const { brokers, secrets } = yield* brokeredSecretsOf(
         options.broker,
-        yield* secretRefsOf(options.secret)
+        yield* secretRefsOf(options.secret),
+        spec,
+        specDirOf(options.file)
       )
       const fields = yield* workspaceFields(options, spec)
       const outputs = yield* allOutputsOf(spec, options.outputs)
@@ -589,7 +591,12 @@ const createCommand = Command.make("create", {
       })
     }
     const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-    const { brokers, secrets } = yield* brokeredSecretsOf(options.broker, yield* secretRefsOf(options.secret))
+    const { brokers, secrets } = yield* brokeredSecretsOf(
+      options.broker,
+      yield* secretRefsOf(options.secret),
+      spec,
+      specDirOf(options.file)
+    )
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)

@@ -6,7 +6,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
-import { parseBrokers } from "../domain/Broker.ts"
+import { parseBrokers, specBrokerTexts } from "../domain/Broker.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { parseMountFlag, parseMountFlags, validateMounts } from "../domain/MountFlag.ts"
 import { parseSecretFlags } from "../domain/SecretRefs.ts"
@@ -47,14 +47,18 @@ export const mountsOf = (texts: ReadonlyArray<string>) =>
  */
 export const brokeredSecretsOf = (
   brokerTexts: ReadonlyArray<string>,
-  secrets: ReadonlyArray<SecretRef> | undefined
+  secrets: ReadonlyArray<SecretRef> | undefined,
+  spec: Spec = {},
+  specDir: string = process.cwd()
 ) =>
-  brokerTexts.length === 0
-    ? Effect.succeed({ brokers: undefined, secrets })
-    : Effect.map(parseBrokers(brokerTexts, process.cwd()), (parsed) => ({
-      brokers: parsed.endpoints,
-      secrets: [...(secrets ?? []), ...parsed.secrets]
-    }))
+  Effect.gen(function*() {
+    // The flags win outright over an Agentfile's agent.broker(s), whose paths are the spec's directory's.
+    const flags = brokerTexts.length > 0
+    const texts = flags ? brokerTexts : yield* specBrokerTexts(spec)
+    if (texts.length === 0) return { brokers: undefined, secrets }
+    const parsed = yield* parseBrokers(texts, flags ? process.cwd() : specDir)
+    return { brokers: parsed.endpoints, secrets: [...(secrets ?? []), ...parsed.secrets] }
+  })
 
 /** The references of `--secret` flags. */
 export const secretRefsOf = (texts: ReadonlyArray<string>) =>

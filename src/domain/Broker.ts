@@ -20,6 +20,7 @@ import { Effect } from "effect"
 import * as NodePath from "node:path"
 import { InvalidInput } from "./Errors.ts"
 import { parseSecretFlag } from "./SecretRefs.ts"
+import type { SpecBroker } from "./Spec.ts"
 import { BrokerEndpoint, SecretRef } from "./Workspace.ts"
 
 /** The guest port of the first endpoint; endpoint N listens on this plus N. */
@@ -265,4 +266,52 @@ export const checkBrokers = (
     if (unused.length > 0) {
       return yield* invalid(`broker-held secret ${unused.join(", ")} belongs to no endpoint`)
     }
+  })
+
+/**
+ * An Agentfile's endpoints (`agent.broker`, or `agent.brokers`, not both) as `--broker` texts, to be
+ * parsed with the spec file's directory for relative paths. A value holding `;` is refused: it would
+ * split into fields of its own.
+ */
+export const specBrokerTexts = (
+  spec: {
+    readonly agent?: {
+      readonly broker?: SpecBroker | undefined
+      readonly brokers?: ReadonlyArray<SpecBroker> | undefined
+    } | undefined
+  }
+) =>
+  Effect.gen(function*() {
+    const one = spec.agent?.broker
+    const many = spec.agent?.brokers
+    if (one !== undefined && many !== undefined) {
+      return yield* invalid(
+        "agent.broker and agent.brokers are both given",
+        "list every endpoint under agent.brokers"
+      )
+    }
+    const texts: Array<string> = []
+    for (const broker of one === undefined ? many ?? [] : [one]) {
+      const secrets = broker.secret === undefined
+        ? []
+        : typeof broker.secret === "string"
+        ? [broker.secret]
+        : broker.secret
+      const fields = [
+        `upstream=${broker.upstream}`,
+        ...secrets.map((s) => `secret=${s}`),
+        ...(broker.env ?? []).map((e) => `base-url-env=${e}`),
+        ...(broker.ca === undefined ? [] : [`ca=${broker.ca}`]),
+        ...(broker.capture === true ? ["capture"] : []),
+        ...(broker.assurance === undefined ? [] : [`assurance=${broker.assurance}`]),
+        ...(broker.proxy === true ? ["proxy"] : []),
+        ...(broker.grant === undefined ? [] : [`grant=${broker.grant}`])
+      ]
+      const split = fields.find((f) => f.includes(";"))
+      if (split !== undefined) {
+        return yield* invalid(`agent.broker field ${split} holds ';', which separates endpoint fields`)
+      }
+      texts.push(fields.join(";"))
+    }
+    return texts
   })

@@ -99,6 +99,26 @@ export const SpecHealth = Schema.Struct({
 })
 
 /**
+ * A credential broker endpoint in an Agentfile, the `--broker` fields as YAML: `secret` one
+ * `NAME=SOURCE` or a list, `env` the base-url-env variables (`KEY` or `KEY=/path`); relative paths are
+ * taken from the spec file's directory. `proxy` and `grant` are accepted here only to be refused by
+ * name, as `--broker` refuses them.
+ */
+export const SpecBroker = Schema.Struct({
+  upstream: Schema.NonEmptyTrimmedString,
+  secret: Schema.optional(
+    Schema.Union(Schema.NonEmptyTrimmedString, Schema.Array(Schema.NonEmptyTrimmedString))
+  ),
+  env: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString)),
+  ca: Schema.optional(Schema.NonEmptyTrimmedString),
+  capture: Schema.optional(Schema.Boolean),
+  assurance: Schema.optional(Schema.String),
+  proxy: Schema.optional(Schema.Boolean),
+  grant: Schema.optional(Schema.String)
+})
+export type SpecBroker = typeof SpecBroker.Type
+
+/**
  * `agent:`, which makes a spec an Agentfile: the one-shot command `run --file` and `dispatch --file`
  * run when given none (`--exec` or an argv wins), and the egress envelope it runs under (`egress` and
  * `allow` join the spec's `egress:` and the `--egress*` flags; flags win, allowlists are unioned).
@@ -106,7 +126,10 @@ export const SpecHealth = Schema.Struct({
 export const SpecAgent = Schema.Struct({
   entry: Schema.optional(Schema.NonEmptyTrimmedString),
   egress: Schema.optional(EgressMode),
-  allow: Schema.optional(Schema.Array(Schema.String))
+  allow: Schema.optional(Schema.Array(Schema.String)),
+  /** One credential broker endpoint (docs/egress.md); `brokers` for several, not both. */
+  broker: Schema.optional(SpecBroker),
+  brokers: Schema.optional(Schema.Array(SpecBroker))
 })
 
 export const Spec = Schema.Struct({
@@ -174,7 +197,7 @@ const known: Record<string, ReadonlyArray<string>> = {
   network: ["mode", "forwards", "ip", "subnet", "gateway", "dns", "routes"],
   egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes", "maxBps"],
   health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"],
-  agent: ["entry", "egress", "allow"]
+  agent: ["entry", "egress", "allow", "broker", "brokers"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */
@@ -186,8 +209,8 @@ const notYet: Record<string, ReadonlyArray<string>> = {
     "mediation",
     "acknowledgeCapabilityRisk"
   ],
-  // The credential broker's fields (an Agentfile's brokers and credential swap).
-  agent: ["cred-swap", "broker", "brokers"],
+  // Credential swap (it goes with the `mitm` egress mode).
+  agent: ["cred-swap"],
   network: ["ipv6", "ipv6Subnet", "ipv6Gateway"]
 }
 

@@ -84,10 +84,23 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     assert.deepStrictEqual(plan.network.egress.allow, ["api.example.com", "b.example"])
     const overridden = await ma(["run", "--file", file, "--exec", "echo mine"], { MICROAGENT_OUTPUT: "text" })
     assert.strictEqual(overridden.stdout, "mine\n")
-    NodeFs.writeFileSync(file, "agent:\n  entry: x\n  brokers: []\n")
+    NodeFs.writeFileSync(file, "agent:\n  entry: x\n  cred-swap: [openai]\n")
     const refused = await ma(["run", "--file", file])
     assert.strictEqual(refused.code, 2)
-    assert.include(errorOf(refused).error.message, "agent.brokers is not supported by this version")
+    assert.include(errorOf(refused).error.message, "agent.cred-swap is not supported by this version")
+    // An Agentfile's broker endpoints reach the plan; --broker flags replace them.
+    NodeFs.writeFileSync(
+      file,
+      "agent:\n  entry: x\n  broker:\n    upstream: https://api.example.com\n    secret: K=env:HOME\n    env: [API]\n"
+    )
+    const brokered = JSON.parse((await ma(["run", "--dry-run", "--json", "--file", file])).stdout)
+    assert.deepStrictEqual(brokered.brokers, ["upstream=https://api.example.com;secret=K;base-url-env=API"])
+    assert.deepStrictEqual(brokered.secrets, ["K=env:HOME (broker)"])
+    const flagged = JSON.parse(
+      (await ma(["run", "--dry-run", "--json", "--file", file, "--broker", "upstream=http://127.0.0.1:1"]))
+        .stdout
+    )
+    assert.deepStrictEqual(flagged.brokers, ["upstream=http://127.0.0.1:1"])
   })
 
   it("--egress-policy FILE joins --egress-allow; caps reach the plan; the policy is refused with --egress off", async () => {

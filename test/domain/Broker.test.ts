@@ -11,8 +11,10 @@ import {
   guestSecrets,
   parseBroker,
   parseBrokers,
+  specBrokerTexts,
   swapReferences
 } from "../../src/domain/Broker.ts"
+import { decodeSpec } from "../../src/domain/Spec.ts"
 import { SecretRef } from "../../src/domain/Workspace.ts"
 
 const parse = (text: string, index = 0) => Effect.runSync(Effect.either(parseBroker(text, index, "/work")))
@@ -118,5 +120,43 @@ describe("credential broker endpoints", () => {
       refs: [],
       unresolved: []
     })
+  })
+
+  it("come from an Agentfile's agent.broker or agent.brokers, paths from the spec's directory", () => {
+    const spec = Either.getOrThrow(decodeSpec(
+      [
+        "agent:",
+        "  entry: ./agent.sh",
+        "  brokers:",
+        "    - upstream: https://api.example.com",
+        "      secret: KEY=file:keys/api",
+        "      env: [API_URL, OTHER=/v1]",
+        "      ca: certs/ca.pem",
+        "      capture: true",
+        "    - upstream: http://127.0.0.1:9000",
+        ""
+      ].join("\n"),
+      "Agentfile"
+    ))
+    const texts = Effect.runSync(specBrokerTexts(spec))
+    const parsed = Effect.runSync(parseBrokers(texts, "/specs"))
+    assert.deepStrictEqual(parsed.endpoints.map((e) => [e.upstream, e.guestPort, e.ca, e.capture]), [
+      ["https://api.example.com", 18888, "/specs/certs/ca.pem", true],
+      ["http://127.0.0.1:9000", 18889, undefined, false]
+    ])
+    assert.deepStrictEqual(parsed.secrets.map((s) => s.source), ["file:/specs/keys/api"])
+    assert.deepStrictEqual(parsed.endpoints[0]!.baseUrlEnv, [{ name: "API_URL", path: "" }, {
+      name: "OTHER",
+      path: "/v1"
+    }])
+
+    const both = decodeSpec("agent:\n  broker: {upstream: https://a}\n  brokers: []\n", "Agentfile")
+    const conflict = Effect.runSync(Effect.either(specBrokerTexts(Either.getOrThrow(both))))
+    assert.isTrue(Either.isLeft(conflict) && conflict.left.message.includes("both given"))
+    const split = decodeSpec("agent:\n  broker: {upstream: https://a, ca: 'x;proxy'}\n", "Agentfile")
+    const refused = Effect.runSync(Effect.either(specBrokerTexts(Either.getOrThrow(split))))
+    assert.isTrue(Either.isLeft(refused) && refused.left.message.includes("holds ';'"))
+    const unknown = decodeSpec("agent:\n  broker: {upstream: https://a, bogus: 1}\n", "Agentfile")
+    assert.isTrue(Either.isLeft(unknown))
   })
 })
