@@ -175,10 +175,13 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
       })
     }
     yield* Debugfs.fsck(disk)
-    const tree = yield* readExt4Tree(disk, NodePath.join(work, "ws"))
-    const baseTree: Ext4Tree | undefined = baseline === undefined
-      ? undefined
-      : yield* readExt4Tree(baseline, NodePath.join(work, "base"), { withData: false })
+    // The two disks are read side by side.
+    const [tree, baseTree] = yield* Effect.all([
+      readExt4Tree(disk, NodePath.join(work, "ws")),
+      baseline === undefined
+        ? Effect.succeed<Ext4Tree | undefined>(undefined)
+        : readExt4Tree(baseline, NodePath.join(work, "base"), { withData: false })
+    ], { concurrency: 2 })
     const blobOf = (digest: string) => NodePath.join(home.blobs, "sha256", hexOf(digest))
     const initial = planTree(tree.entries, baseTree?.entries, runtimePaths(workspace))
     // A squashed commit replaces the base's layers: the bits the store stripped from them come back.

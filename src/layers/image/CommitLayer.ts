@@ -12,6 +12,7 @@
  */
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
 import { Writable } from "node:stream"
 import * as NodeStream from "node:stream/promises"
 import * as NodeZlib from "node:zlib"
@@ -256,29 +257,59 @@ export async function* layerTar(
  * Writes the gzip tar to `output`. gzip from zlib at a fixed level with no name and a zero mtime in its
  * header, so equal tars compress to equal bytes.
  */
+/** Bytes of the tar each gzip member holds (the last one holds the rest). */
+const memberBytes = 8 * 1024 * 1024
+
+/**
+ * Writes the layer blob: the tar, gzip-compressed, with its digest (of the blob) and diff ID (of the
+ * tar). The tar is cut into 8 MiB pieces, each compressed on its own (zlib level 6, on libuv's
+ * threads, as many at once as the host has cores) and written in order as one gzip member, which is
+ * RFC 1952's multi-member form that every gzip reader decodes as one stream. The cut is at fixed
+ * offsets, so the same tar always gives the same blob.
+ */
 export const writeLayer = async (tar: AsyncIterable<Uint8Array>, output: string, entries: number) => {
   const diffHash = NodeCrypto.createHash("sha256")
   const blobHash = NodeCrypto.createHash("sha256")
-  const gzip = NodeZlib.createGzip({ level: 6 })
+  const parallel = Math.max(1, NodeOs.availableParallelism())
   const fd = NodeFs.openSync(output, "w", 0o600)
   let size = 0
-  const drained = new Promise<void>((resolve, reject) => {
-    gzip.on("data", (chunk: Buffer) => {
-      blobHash.update(chunk)
-      NodeFs.writeSync(fd, chunk)
-      size += chunk.length
-    })
-    gzip.on("end", resolve)
-    gzip.on("error", reject)
-  })
+  const inFlight: Array<Promise<Buffer>> = []
+  const compress = (piece: Buffer) =>
+    new Promise<Buffer>((resolve, reject) =>
+      NodeZlib.gzip(piece, { level: 6 }, (error, out) => (error === null ? resolve(out) : reject(error)))
+    )
+  const writeOldest = async () => {
+    const member = await inFlight.shift()!
+    blobHash.update(member)
+    NodeFs.writeSync(fd, member)
+    size += member.length
+  }
+  const pending: Array<Uint8Array> = []
+  let pendingBytes = 0
+  const cut = async (final: boolean) => {
+    while (pendingBytes >= memberBytes || (final && pendingBytes > 0)) {
+      const all = Buffer.concat(pending, pendingBytes)
+      const piece = all.subarray(0, Math.min(memberBytes, all.length))
+      const rest = all.subarray(piece.length)
+      pending.length = 0
+      pendingBytes = rest.length
+      if (rest.length > 0) pending.push(rest)
+      inFlight.push(compress(piece))
+      if (inFlight.length >= parallel) await writeOldest()
+    }
+  }
   try {
     for await (const chunk of tar) {
       diffHash.update(chunk)
-      if (!gzip.write(chunk)) await new Promise((resolve) => gzip.once("drain", resolve))
+      pending.push(chunk)
+      pendingBytes += chunk.length
+      if (pendingBytes >= memberBytes) await cut(false)
     }
-    gzip.end()
-    await drained
+    await cut(true)
+    while (inFlight.length > 0) await writeOldest()
   } finally {
+    // A failure leaves no compression running behind the closed file.
+    await Promise.allSettled(inFlight)
     NodeFs.closeSync(fd)
   }
   return {

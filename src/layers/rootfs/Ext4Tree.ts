@@ -180,9 +180,10 @@ const chunked = <A>(items: ReadonlyArray<A>): Array<ReadonlyArray<A>> => {
   return out
 }
 
+/** Runs the commands in batches, two debugfs processes at a time (they only read the image). */
 const batches = (image: string, commands: ReadonlyArray<string>, workDir: string) =>
   Effect.map(
-    Effect.forEach(chunked(commands), (part) => batch(image, part, workDir)),
+    Effect.forEach(chunked(commands), (part) => batch(image, part, workDir), { concurrency: 2 }),
     (outputs) => outputs.flat()
   )
 
