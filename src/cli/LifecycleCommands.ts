@@ -11,7 +11,7 @@ import { isLive } from "../domain/State.ts"
 import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
-import { expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
+import { abandonedRuns, expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
 import type { QuarantineResult } from "../programs/Quarantine.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -479,10 +479,21 @@ const gcCommand = Command.make("gc", {}, () =>
             Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
           )
         ))
+    // One-shot workspaces whose run died with its process: nothing else would ever delete them.
+    const orphanedRuns = yield* withStore(abandonedRuns())
+    const abandoned = yield* Effect.forEach(orphanedRuns, (ws) =>
+      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.delete({ name: ws.name, force: true }))).pipe(
+          Effect.map(() => ({ workspace: ws.name, action: "deleted" })),
+          Effect.catchAll((error) =>
+            Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
+          )
+        ))
     const swept = yield* withStore(Effect.provide(gcSweep(), VolumesLive))
-    const report: GcReport & { readonly expired: typeof expired } = {
+    const report: GcReport & { readonly expired: typeof expired; readonly abandoned: typeof abandoned } = {
       reconciled: reconciled.flat(),
       expired,
+      abandoned,
       ...swept
     }
     yield* emit(report, (r) =>
@@ -490,7 +501,12 @@ const gcCommand = Command.make("gc", {}, () =>
         ...r.reconciled.map((x) =>
           `reconciled ${x.workspace}: ${x.from} -> ${x.to}`
         ),
-        ...r.expired.map((x) => `lease expired ${x.workspace}: ${x.action}`),
+        ...r.expired.map((x) =>
+          `lease expired ${x.workspace}: ${x.action}`
+        ),
+        ...r.abandoned.map((x) =>
+          `one-shot ${x.workspace}, its run's process gone: ${x.action}`
+        ),
         ...r.killed.map((pid) => `killed orphaned VMM ${pid}`),
         ...r.removed.map((path) => `removed ${path}`)
       ].join("\n") || "nothing to do")

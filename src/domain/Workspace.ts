@@ -318,6 +318,11 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   vm: Schema.optional(Schema.Unknown),
   /** The process carrying out a start or halt right now; if it dies, the next reader repairs the state. */
   owner: Schema.optional(Schema.Struct({ pid: Schema.Int, startTime: Schema.String })),
+  /**
+   * The process whose one-shot `run` this (ephemeral) workspace is: when it is gone, the run can never
+   * delete the workspace itself, so the runtime and `gc` do (see Gc.ts `reapAbandonedRuns`).
+   */
+  heldBy: Schema.optional(Schema.Struct({ pid: Schema.Int, startTime: Schema.String })),
   createdAt: Schema.DateTimeUtc,
   updatedAt: Schema.DateTimeUtc
 }) {}

@@ -30,6 +30,7 @@ import {
   type WorkspaceName
 } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
+import { startTimeOf } from "../layers/process/Processes.ts"
 import { writeManifest } from "../layers/state/Manifest.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
@@ -255,6 +256,10 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
         ? {}
         : { expiresAt: DateTime.addDuration(now, Duration.seconds(options.ttlSeconds)) }),
       ephemeral: options.ephemeral ?? false,
+      // A one-shot workspace is this process's to delete; if the process dies first, gc does.
+      ...(options.ephemeral === true
+        ? { heldBy: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" } }
+        : {}),
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),
       createdAt: now,

@@ -7,10 +7,12 @@ import { DateTime, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
+import { isAlive } from "../layers/process/Processes.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
+import { remove } from "./Delete.ts"
 import { reapNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
@@ -48,6 +50,26 @@ export const gcReconcile = Effect.fn("gcReconcile")(function*() {
   }
   return reconciled
 })
+
+/**
+ * One-shot workspaces whose `run` died with its process (a runtime killed mid-run, an application
+ * that crashed): nothing else would ever delete them. Their VMs are killed and their records and files
+ * deleted, each through the given backend runner; a workspace whose process lives is left alone.
+ */
+export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
+  const store = yield* StateStore
+  return (yield* store.list).filter((ws) =>
+    ws.ephemeral && ws.heldBy !== undefined
+    && !isAlive(ws.heldBy.pid, ws.heldBy.startTime === "" ? undefined : ws.heldBy.startTime)
+  )
+})
+
+/** Deletes an abandoned one-shot workspace (killing its VM first); answers whether it went. */
+export const reapAbandonedRun = (name: string) =>
+  remove(name, { force: true }).pipe(
+    Effect.map((result) => result.deleted),
+    Effect.catchAll(() => Effect.succeed(false))
+  )
 
 /**
  * Live workspaces whose lease (`--ttl`) has run out, for `gc` to stop. Leases are enforced by `gc`

@@ -21,6 +21,7 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
 import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
+import { abandonedRuns, reapAbandonedRun } from "../programs/Gc.ts"
 import { checkWorkspace, type HealthTrack, type HealthTracks, makeHealthTracks } from "../programs/Health.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { detachNetworks } from "../programs/internal/NetworkPlumbing.ts"
@@ -99,6 +100,15 @@ const reapEgress = withBackend(
 export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
   Effect.gen(function*() {
     const store = yield* StateStore
+    // A one-shot run whose process died (the runtime before this one, say) is deleted, its VM killed.
+    for (const abandoned of yield* abandonedRuns()) {
+      const gone = yield* withBackend(abandoned.backend, reapAbandonedRun(abandoned.name)).pipe(
+        Effect.catchAll(() => Effect.succeed(false))
+      )
+      if (gone) {
+        yield* Effect.logWarning(`deleted one-shot workspace ${abandoned.name}: its run's process is gone`)
+      }
+    }
     let live = false
     for (const workspace of yield* store.list) {
       if (!isLive(workspace.state)) continue

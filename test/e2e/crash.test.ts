@@ -690,6 +690,33 @@ describe("faults", () => {
     assert.strictEqual(json(await ok(["exec", "w", "--", "echo", "again"])).result.stdout, "again\n")
   })
 
+  it("a one-shot run whose runtime is killed mid-command: gc (or the next runtime) deletes it, VM and all", async () => {
+    await freshRuntime()
+    const name = "r-abandoned"
+    const run = ma(["run", "--name", name, defaultImage, "--", "sleep", "600"])
+    // Running, with its command under way in the guest.
+    const deadline = Date.now() + 240_000
+    while (Date.now() < deadline) {
+      const inspected = await ma(["inspect", name])
+      if (inspected.code === 0 && json(inspected).workspace.state === "running") break
+      await sleep(250)
+    }
+    await sleep(1000)
+    const [vmm] = qemuProcessesMentioning(`${stateDir}/run/${name}/`)
+    assert.isDefined(vmm, "the run's VM runs")
+    process.kill(runtimePid()!, "SIGKILL")
+    const lost = await run
+    assert.strictEqual(lost.code, 75, lost.stderr)
+    // Nothing else will ever delete it: gc does (and so does the next runtime, which gc starts).
+    const report = json(await ok(["gc"]))
+    assert.deepStrictEqual(report.abandoned, [{ workspace: name, action: "deleted" }])
+    await waitFor("the abandoned run's VM to end", () => !alive(vmm!), 30_000)
+    assert.isFalse(NodeFs.existsSync(NodePath.join(stateDir, "workspaces", name)))
+    const names = json(await ok(["list"])).workspaces.map((w: { name: string }) => w.name)
+    assert.notInclude(names, name)
+    assert.include(names, "w", "a workspace that is not a one-shot run is left alone")
+  })
+
   it("a full disk: resource_exhausted naming what filled up, nothing half-written, and the next command works", async () => {
     const disk = smallDisk(96)
     const layout = NodePath.join(scratch, "full-layout")
