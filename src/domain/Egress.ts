@@ -164,6 +164,12 @@ export const receiptOf = (
       case "egress_cap_exceeded":
         capExceeded++
         break
+      // The credential broker's requests count with the flows, under the upstream's host:port.
+      case "broker_request_allow":
+        countInto(allowByHost, where)
+        bytesOut += number(record.bytes_out)
+        bytesIn += number(record.bytes_in)
+        break
       default:
         if (record.event.endsWith("deny")) countInto(denyByHost, where)
     }

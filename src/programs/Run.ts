@@ -82,7 +82,10 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
     else yield* kill(workspace.name)
     const mode = latest.network === "user" ? (latest.egress ?? defaultEgress).mode : "none"
     const egress = yield* Effect.serviceOption(Egress)
-    const records = mode === "broker" && Option.isSome(egress) ? yield* egress.value.read(workspace.name) : []
+    // The mediator's records, and the credential broker's (which any network mode may have).
+    const records = (mode === "broker" || latest.brokers.length > 0) && Option.isSome(egress)
+      ? yield* egress.value.read(workspace.name)
+      : []
     return {
       workspace: workspace.name,
       kept: options.keep ?? false,

@@ -36,6 +36,17 @@ describe("receiptOf", () => {
     assert.deepStrictEqual(receipt.signals, { denied: 2, "foreign-resolver": 1 })
   })
 
+  it("counts the credential broker's requests with the flows, under the upstream's host", () => {
+    const receipt = receiptOf("none", [
+      record("broker_start"),
+      record("broker_request_allow", { host: "api.example.com", bytes_out: 50, bytes_in: 700, status: 200 }),
+      record("broker_request_deny", { host: "api.example.com", rule: "unresolved-secret-ref", status: 403 })
+    ])
+    assert.deepStrictEqual(receipt.allowByHost, { "api.example.com": 1 })
+    assert.deepStrictEqual(receipt.denyByHost, { "api.example.com": 1 })
+    assert.deepInclude(receipt, { decisionCount: 3, bytesOut: 50, bytesIn: 700 })
+  })
+
   it("is empty for a run that reached nothing", () => {
     assert.deepInclude(receiptOf("none", []), { mode: "none", decisionCount: 0, bytesOut: 0 })
   })
