@@ -339,7 +339,10 @@ static int dial(uint32_t ip_n, int port) {
   return fd;
 }
 
-static volatile long active_conns;
+/* Guest connections being served (children of serve_guest_tcp), counted by the main loop only. */
+static long active_conns;
+/* A published port's child exits with this, so its end does not count as a guest connection's. */
+#define PUBLISH_EXIT 42
 
 /* A guest connection, in its own child: classify, dial from the host, splice, audit the close. */
 static void serve_guest_tcp(int client) {
@@ -401,17 +404,17 @@ static void serve_guest_tcp(int client) {
 
 /* A published port: the host side accepted; the guest side is dialled from inside the namespace. */
 static void serve_publish(int client, int ns_fd, int host_ns_fd, int guest_port) {
-  if (set_ns(ns_fd) != 0) _exit(1);
+  if (set_ns(ns_fd) != 0) _exit(PUBLISH_EXIT);
   int fd = dial(guest_ip, guest_port);
   set_ns(host_ns_fd);
-  if (fd < 0) _exit(0);
+  if (fd < 0) _exit(PUBLISH_EXIT);
   long long a = 0, b = 0;
   int capped = 0, throttled = 0;
   /* Inbound publishing is not egress: no caps (this is the flow's own child, so nothing is restored). */
   max_total_bytes = 0;
   max_bps = 0;
   splice_fds(client, fd, &a, &b, &capped, &throttled);
-  _exit(0);
+  _exit(PUBLISH_EXIT);
 }
 
 /* ---------- DNS ---------- */
@@ -647,10 +650,17 @@ static void default_upstream(void) {
   fclose(f);
 }
 
+/* Only wakes the main loop's poll (EINTR); the children are reaped there. Counting in the handler
+ * lost decrements that landed inside the loop's `active_conns++` (a read-modify-write), so after a
+ * flood of connections the count stayed above --max-conns and every later connection was refused. */
 static void on_child(int sig) {
   (void)sig;
-  int saved = errno;
-  while (waitpid(-1, NULL, WNOHANG) > 0) active_conns--;
+}
+
+static void reap_children(void) {
+  int saved = errno, status;
+  while (waitpid(-1, &status, WNOHANG) > 0)
+    if (!(WIFEXITED(status) && WEXITSTATUS(status) == PUBLISH_EXIT)) active_conns--;
   errno = saved;
 }
 
@@ -739,6 +749,7 @@ int main(int argc, char **argv) {
     p[3] = (struct pollfd){.fd = sink_fd, .events = POLLIN};
     for (int i = 0; i < npublish; i++) p[4 + i] = (struct pollfd){.fd = publishes[i].fd, .events = POLLIN};
     int ready = poll(p, (nfds_t)(4 + npublish), 1000);
+    reap_children();
     watch_vmm();
     if (ready < 0) {
       if (errno == EINTR) continue;
