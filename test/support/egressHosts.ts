@@ -74,10 +74,15 @@ export interface TestHost {
 const ip = (...args: Array<string>) => NodeChild.execFileSync("ip", args, { stdio: "pipe" })
 
 /**
- * A namespace `name` reachable from the host at 198.51.100.10, the host being 198.51.100.1, with an
- * HTTP server on port 8080: `/` answers `hello-from-test-host`, `/big` 200000 bytes.
+ * A namespace `name` reachable from the host at `${prefix}.10`, the host being `${prefix}.1` (`prefix`
+ * 198.51.100 unless given), with an HTTP server on port 8080: `/` answers `hello-from-test-host`, `/big`
+ * 200000 bytes, `/bytes/N` N bytes (streamed, with a content-length).
  */
-export const startTestHost = async (name: string): Promise<TestHost> => {
+export const startTestHost = async (
+  name: string,
+  options: { readonly prefix?: string } = {}
+): Promise<TestHost> => {
+  const prefix = options.prefix ?? "198.51.100"
   const tag = name.slice(-8)
   const hostIf = `th${tag}h`
   const nsIf = `th${tag}n`
@@ -86,9 +91,9 @@ export const startTestHost = async (name: string): Promise<TestHost> => {
   ip("netns", "add", name)
   ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
   ip("link", "set", nsIf, "netns", name)
-  ip("addr", "add", "198.51.100.1/24", "dev", hostIf)
+  ip("addr", "add", `${prefix}.1/24`, "dev", hostIf)
   ip("link", "set", hostIf, "up")
-  ip("-n", name, "addr", "add", "198.51.100.10/24", "dev", nsIf)
+  ip("-n", name, "addr", "add", `${prefix}.10/24`, "dev", nsIf)
   ip("-n", name, "link", "set", nsIf, "up")
   ip("-n", name, "link", "set", "lo", "up")
   const server = NodeChild.spawn("ip", [
@@ -97,16 +102,30 @@ export const startTestHost = async (name: string): Promise<TestHost> => {
     name,
     process.execPath,
     "-e",
-    `require("node:http").createServer((q, s) => s.end(q.url === "/big" ? "x".repeat(200000) : "hello-from-test-host\\n"))
-      .listen(8080, "198.51.100.10", () => console.log("ready"))`
+    `const chunk = Buffer.alloc(65536, 120)
+    require("node:http").createServer((q, s) => {
+      const bytes = /^\\/bytes\\/(\\d+)$/.exec(q.url)
+      if (bytes === null) return s.end(q.url === "/big" ? "x".repeat(200000) : "hello-from-test-host\\n")
+      let left = Number(bytes[1])
+      s.writeHead(200, { "content-length": left })
+      const pump = () => {
+        while (left > 0) {
+          const n = Math.min(left, chunk.length)
+          left -= n
+          if (!s.write(n === chunk.length ? chunk : chunk.subarray(0, n))) return s.once("drain", pump)
+        }
+        s.end()
+      }
+      pump()
+    }).listen(8080, "${prefix}.10", () => console.log("ready"))`
   ], { stdio: ["ignore", "pipe", "inherit"] })
   await new Promise<void>((resolve, reject) => {
     server.stdout.on("data", (d: Buffer) => d.toString().includes("ready") && resolve())
     server.once("exit", (code) => reject(new Error(`the test host's server exited ${code}`)))
   })
   return {
-    address: "198.51.100.10",
-    hostSide: "198.51.100.1",
+    address: `${prefix}.10`,
+    hostSide: `${prefix}.1`,
     port: 8080,
     close: () => {
       server.kill("SIGKILL")
