@@ -135,6 +135,15 @@ static int in_net(uint32_t ip, const char *cidr_net, int bits) {
   return (ip & mask) == (net & mask);
 }
 
+static void collect_host_addrs(void);
+static int64_t host_addrs_at_ms;
+
+static int64_t monotonic_ms(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
+}
+
 /* Why an address is "inside", or NULL for the public internet. ip in network order. */
 static const char *inside_reason(uint32_t ip_n) {
   uint32_t ip = ntohl(ip_n);
@@ -146,6 +155,13 @@ static const char *inside_reason(uint32_t ip_n) {
   if (in_net(ip, "224.0.0.0", 4) || in_net(ip, "240.0.0.0", 4)) return "multicast-or-reserved";
   for (int i = 0; i < nhost; i++)
     if (host_addrs[i] == ip_n) return "host";
+  /* An address the host gained since the list was read (a new interface, a VPN, a test network) is
+   * the host's too: the list is read again (at most every 250 ms) before an address counts as public. */
+  if (monotonic_ms() - host_addrs_at_ms >= 250) {
+    collect_host_addrs();
+    for (int i = 0; i < nhost; i++)
+      if (host_addrs[i] == ip_n) return "host";
+  }
   return NULL;
 }
 
@@ -224,9 +240,12 @@ static void parse_allow(const char *spec) {
   nallow++;
 }
 
+/* Every IPv4 address of the host's namespace (the mediator is back in it once its sockets exist). */
 static void collect_host_addrs(void) {
   struct ifaddrs *list;
+  host_addrs_at_ms = monotonic_ms();
   if (getifaddrs(&list) != 0) return;
+  nhost = 0;
   for (struct ifaddrs *i = list; i && nhost < 256; i = i->ifa_next)
     if (i->ifa_addr && i->ifa_addr->sa_family == AF_INET)
       host_addrs[nhost++] = ((struct sockaddr_in *)i->ifa_addr)->sin_addr.s_addr;

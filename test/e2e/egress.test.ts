@@ -149,6 +149,33 @@ describe("egress mediation (broker, the default)", () => {
     300_000
   )
 
+  it("counts an address the host gains after the mediator started as the host's own", async () => {
+    // A public-looking address added to the host now (on lo): a server on all the host's addresses
+    // answers on it, and the guest must not reach it.
+    const address = "198.18.77.1"
+    const open = NodeNet.createServer((socket) => {
+      hits++
+      socket.end("secret\n")
+    })
+    await new Promise<void>((resolve) => open.listen(0, "0.0.0.0", resolve))
+    const openPort = (open.address() as NodeNet.AddressInfo).port
+    NodeChild.execFileSync("ip", ["addr", "add", `${address}/32`, "dev", "lo"])
+    try {
+      const before = hits
+      const out = await sh("eg", `echo GET | nc -w 3 ${address} ${openPort}; echo "rc=$?"`)
+      assert.notInclude(out, "secret", out)
+      assert.strictEqual(hits, before)
+      const records = JSON.parse((await ma(["egress", "eg", "--json"])).stdout).records as Array<
+        Record<string, unknown>
+      >
+      const denial = records.find((r) => r.dst === `${address}:${openPort}`)
+      assert.deepInclude(denial ?? {}, { event: "egress_internal_deny", internal: true, class: "host" })
+    } finally {
+      NodeChild.spawnSync("ip", ["addr", "delete", `${address}/32`, "dev", "lo"])
+      open.close()
+    }
+  }, 300_000)
+
   it("refuses a foreign resolver with its signal", async () => {
     await sh("eg", "nslookup -timeout=1 example.org 198.51.100.53 >/dev/null 2>&1; true")
     const log = await ma(["egress", "eg", "--json"])
