@@ -41,6 +41,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { egressNamespace, egressNamespacePrefix } from "../../src/layers/network/EgressLive.ts"
 import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { peerNamespace } from "../support/egressHosts.ts"
 import { qemuProcessesMentioning, requireTool } from "../support/kernel.ts"
 
 const image = "microagent.local/busybox:latest"
@@ -225,20 +226,7 @@ interface TickingHost {
  * `conns <open> <most>` when asked (`/conns`).
  */
 const startTickingHost = async (name: string): Promise<TickingHost> => {
-  const tag = name.slice(-6)
-  const hostIf = `thx${tag}h`
-  const nsIf = `thx${tag}n`
-  const ip = (...args: Array<string>) => NodeChild.execFileSync("ip", args, { stdio: "pipe" })
-  NodeChild.spawnSync("ip", ["netns", "delete", name])
-  NodeChild.spawnSync("ip", ["link", "delete", hostIf])
-  ip("netns", "add", name)
-  ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
-  ip("link", "set", nsIf, "netns", name)
-  ip("addr", "add", `${hostNet}.1/24`, "dev", hostIf)
-  ip("link", "set", hostIf, "up")
-  ip("-n", name, "addr", "add", `${testHostIp}/24`, "dev", nsIf)
-  ip("-n", name, "link", "set", nsIf, "up")
-  ip("-n", name, "link", "set", "lo", "up")
+  const peer = peerNamespace(name, hostNet, `thx${name.slice(-6)}`)
   const server = NodeChild.spawn("ip", [
     "netns",
     "exec",
@@ -285,8 +273,7 @@ const startTickingHost = async (name: string): Promise<TickingHost> => {
       }),
     close: () => {
       server.kill("SIGKILL")
-      NodeChild.spawnSync("ip", ["netns", "delete", name])
-      NodeChild.spawnSync("ip", ["link", "delete", hostIf])
+      peer.remove()
     }
   }
 }

@@ -74,6 +74,30 @@ export interface TestHost {
 const ip = (...args: Array<string>) => NodeChild.execFileSync("ip", args, { stdio: "pipe" })
 
 /**
+ * A network namespace `name` joined to the host by a veth pair named after `tag`: the host's side is
+ * `${prefix}.1/24` (so it is one of the host's own addresses), the namespace's `${prefix}.10/24`. What an
+ * earlier run left under these names goes first; `remove` takes both down.
+ */
+export const peerNamespace = (name: string, prefix: string, tag: string) => {
+  const hostIf = `${tag}h`
+  const nsIf = `${tag}n`
+  const remove = () => {
+    NodeChild.spawnSync("ip", ["netns", "delete", name])
+    NodeChild.spawnSync("ip", ["link", "delete", hostIf])
+  }
+  remove()
+  ip("netns", "add", name)
+  ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
+  ip("link", "set", nsIf, "netns", name)
+  ip("addr", "add", `${prefix}.1/24`, "dev", hostIf)
+  ip("link", "set", hostIf, "up")
+  ip("-n", name, "addr", "add", `${prefix}.10/24`, "dev", nsIf)
+  ip("-n", name, "link", "set", nsIf, "up")
+  ip("-n", name, "link", "set", "lo", "up")
+  return { address: `${prefix}.10`, hostSide: `${prefix}.1`, remove }
+}
+
+/**
  * A namespace `name` reachable from the host at `${prefix}.10`, the host being `${prefix}.1` (`prefix`
  * 198.51.100 unless given), with an HTTP server on port 8080: `/` answers `hello-from-test-host`, `/big`
  * 200000 bytes, `/bytes/N` N bytes (streamed, with a content-length).
@@ -83,19 +107,7 @@ export const startTestHost = async (
   options: { readonly prefix?: string } = {}
 ): Promise<TestHost> => {
   const prefix = options.prefix ?? "198.51.100"
-  const tag = name.slice(-8)
-  const hostIf = `th${tag}h`
-  const nsIf = `th${tag}n`
-  NodeChild.spawnSync("ip", ["netns", "delete", name])
-  NodeChild.spawnSync("ip", ["link", "delete", hostIf])
-  ip("netns", "add", name)
-  ip("link", "add", hostIf, "type", "veth", "peer", "name", nsIf)
-  ip("link", "set", nsIf, "netns", name)
-  ip("addr", "add", `${prefix}.1/24`, "dev", hostIf)
-  ip("link", "set", hostIf, "up")
-  ip("-n", name, "addr", "add", `${prefix}.10/24`, "dev", nsIf)
-  ip("-n", name, "link", "set", nsIf, "up")
-  ip("-n", name, "link", "set", "lo", "up")
+  const peer = peerNamespace(name, prefix, `th${name.slice(-8)}`)
   const server = NodeChild.spawn("ip", [
     "netns",
     "exec",
@@ -124,13 +136,12 @@ export const startTestHost = async (
     server.once("exit", (code) => reject(new Error(`the test host's server exited ${code}`)))
   })
   return {
-    address: `${prefix}.10`,
-    hostSide: `${prefix}.1`,
+    address: peer.address,
+    hostSide: peer.hostSide,
     port: 8080,
     close: () => {
       server.kill("SIGKILL")
-      NodeChild.spawnSync("ip", ["netns", "delete", name])
-      NodeChild.spawnSync("ip", ["link", "delete", hostIf])
+      peer.remove()
     }
   }
 }
