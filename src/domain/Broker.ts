@@ -20,16 +20,16 @@ import { Effect } from "effect"
 import * as NodePath from "node:path"
 import { InvalidInput } from "./Errors.ts"
 import { parseSecretFlag } from "./SecretRefs.ts"
-import type { SpecBroker } from "./Spec.ts"
+import type { Spec } from "./Spec.ts"
 import { BrokerEndpoint, SecretRef } from "./Workspace.ts"
 
 /** The guest port of the first endpoint; endpoint N listens on this plus N. */
-export const brokerBasePort = 18888
+const brokerBasePort = 18888
 /** Endpoints one workspace may have (each is a virtio-serial port of its VM). */
-export const maxBrokers = 8
+const maxBrokers = 8
 
 /** What a `@secret:NAME` reference looks like in a request (the name as in secret names). */
-export const secretReference = /@secret:([A-Za-z_][A-Za-z0-9_]{0,127})/g
+const secretReference = /@secret:([A-Za-z_][A-Za-z0-9_]{0,127})/g
 
 const usage =
   "write --broker 'upstream=https://api.example.com;secret=TOKEN=env:API_TOKEN;base-url-env=API_URL'"
@@ -39,7 +39,7 @@ const invalid = (message: string, remediation = usage) => new InvalidInput({ mes
 const envName = /^[A-Za-z_][A-Za-z0-9_]*$/
 
 /** A parsed endpoint: what the workspace records, and the broker-held secret references it declares. */
-export interface ParsedBroker {
+interface ParsedBroker {
   readonly endpoint: BrokerEndpoint
   readonly secrets: ReadonlyArray<SecretRef>
 }
@@ -183,7 +183,7 @@ export const parseBrokers = (texts: ReadonlyArray<string>, cwd: string) =>
   })
 
 /** The guest's URL of an endpoint. */
-export const brokerUrl = (endpoint: BrokerEndpoint) => `http://127.0.0.1:${endpoint.guestPort}`
+const brokerUrl = (endpoint: BrokerEndpoint) => `http://127.0.0.1:${endpoint.guestPort}`
 
 /** The guest environment the endpoints give (the user's own values win): base-url-env, and the first's URL. */
 export const brokerEnv = (endpoints: ReadonlyArray<BrokerEndpoint>): Record<string, string> => {
@@ -273,14 +273,7 @@ export const checkBrokers = (
  * parsed with the spec file's directory for relative paths. A value holding `;` is refused: it would
  * split into fields of its own.
  */
-export const specBrokerTexts = (
-  spec: {
-    readonly agent?: {
-      readonly broker?: SpecBroker | undefined
-      readonly brokers?: ReadonlyArray<SpecBroker> | undefined
-    } | undefined
-  }
-) =>
+export const specBrokerTexts = (spec: Pick<Spec, "agent">) =>
   Effect.gen(function*() {
     const one = spec.agent?.broker
     const many = spec.agent?.brokers

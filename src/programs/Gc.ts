@@ -53,8 +53,8 @@ export const gcReconcile = Effect.fn("gcReconcile")(function*() {
 
 /**
  * One-shot workspaces whose `run` died with its process (a runtime killed mid-run, an application
- * that crashed): nothing else would ever delete them. Their VMs are killed and their records and files
- * deleted, each through the given backend runner; a workspace whose process lives is left alone.
+ * that crashed): nothing else would ever delete them (see `reapAbandonedRun`). A workspace whose
+ * process lives is left alone.
  */
 export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
   const store = yield* StateStore
