@@ -10,7 +10,7 @@ import { isLive } from "../domain/State.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
-import { StateStore } from "../services/StateStore.ts"
+import { StateStore, type StateStoreShape } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
 import { remove } from "./Delete.ts"
 import { reapNetworks } from "./internal/NetworkPlumbing.ts"
@@ -50,6 +50,16 @@ export const gcReconcile = Effect.fn("gcReconcile")(function*() {
   }
   return reconciled
 })
+
+/**
+ * Whether a workspace's record is live now, asked as each leftover comes up rather than from a list
+ * read before: a start admitted meanwhile keeps what it made. An unreadable store keeps everything.
+ */
+export const stillLive = (store: StateStoreShape) => (name: string) =>
+  store.find(name).pipe(
+    Effect.map((found) => Option.isSome(found) && isLive(found.value.state)),
+    Effect.orElseSucceed(() => true)
+  )
 
 /**
  * One-shot workspaces whose `run` died with its process (a runtime killed mid-run, an application
@@ -139,8 +149,7 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
   // Egress mediators and namespaces of workspaces that no longer run (the mediator normally goes with its VM).
   const egress = yield* Effect.serviceOption(Egress)
   if (Option.isSome(egress)) {
-    const running = (yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name)
-    const reaped = yield* egress.value.reap(running)
+    const reaped = yield* egress.value.reap(stillLive(store))
     removed.push(...reaped.map((ws) => `egress mediation of ${ws}`))
   }
   return { removed, killed }

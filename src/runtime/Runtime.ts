@@ -21,7 +21,7 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
 import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
-import { abandonedRuns, reapAbandonedRun } from "../programs/Gc.ts"
+import { abandonedRuns, reapAbandonedRun, stillLive } from "../programs/Gc.ts"
 import { checkWorkspace, type HealthTrack, type HealthTracks, makeHealthTracks } from "../programs/Health.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { detachNetworks } from "../programs/internal/NetworkPlumbing.ts"
@@ -90,8 +90,7 @@ const reapEgress = withBackend(
     const egress = yield* Effect.serviceOption(Egress)
     if (Option.isNone(egress)) return
     const store = yield* StateStore
-    const running = (yield* store.list).filter((ws) => isLive(ws.state)).map((ws) => ws.name)
-    const reaped = yield* egress.value.reap(running)
+    const reaped = yield* egress.value.reap(stillLive(store))
     if (reaped.length > 0) yield* Effect.logWarning(`removed egress mediation of ${reaped.join(", ")}`)
   })
 ).pipe(Effect.ignore)

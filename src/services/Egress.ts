@@ -25,8 +25,13 @@ export interface EgressShape {
   readonly prepare: (workspace: Workspace) => Effect.Effect<EgressAttachment | undefined, MicroagentError>
   /** Ends the mediator and removes the namespace; nothing there is fine. */
   readonly release: (workspace: string) => Effect.Effect<void>
-  /** Ends mediators and namespaces of this state directory whose workspace is not in `keep`. */
-  readonly reap: (keep: ReadonlyArray<string>) => Effect.Effect<ReadonlyArray<string>>
+  /**
+   * Ends the mediators and namespaces of this state directory whose workspace is no longer `wanted`,
+   * asked of each one while no start of that workspace can be setting up its own.
+   */
+  readonly reap: (
+    wanted: (workspace: string) => Effect.Effect<boolean>
+  ) => Effect.Effect<ReadonlyArray<string>>
   /** The workspace's audit log path. */
   readonly logPath: (workspace: string) => string
   /** The audit log's records, oldest first (an empty list when there is no log yet). */

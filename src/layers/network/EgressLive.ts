@@ -293,7 +293,19 @@ export const EgressLive = Layer.effect(
         )
       )
 
-    const prepare = Effect.fn("Egress.prepare")(function*(workspace: Workspace) {
+    // A start's setting up and the runtime's reaping of one workspace never interleave: a reap that
+    // judged a namespace a leftover must not delete the one a start has just made under that name.
+    const locks = new Map<string, Effect.Semaphore>()
+    const exclusive = (workspace: string) => {
+      let lock = locks.get(workspace)
+      if (lock === undefined) {
+        lock = Effect.unsafeMakeSemaphore(1)
+        locks.set(workspace, lock)
+      }
+      return lock.withPermits(1)
+    }
+
+    const prepareUnlocked = Effect.fn("Egress.prepare")(function*(workspace: Workspace) {
       const policy = workspace.egress ?? defaultEgress
       if (workspace.network !== "user" || policy.mode === "off") return undefined
       const problem = egressProblem()
@@ -374,8 +386,9 @@ export const EgressLive = Layer.effect(
       yield* setUp.pipe(Effect.tapError(() => release(workspace.name)))
       return { netns: ns, tap } satisfies EgressAttachment
     })
+    const prepare = (workspace: Workspace) => exclusive(workspace.name)(prepareUnlocked(workspace))
 
-    const reap = (keep: ReadonlyArray<string>) =>
+    const reap = (wanted: (workspace: string) => Effect.Effect<boolean>) =>
       ip(["netns", "list"]).pipe(
         Effect.map((out) =>
           out.split("\n").map((line) => line.trim().split(/\s+/)[0] ?? "").filter((n) =>
@@ -384,7 +397,15 @@ export const EgressLive = Layer.effect(
         ),
         Effect.orElseSucceed(() => [] as Array<string>),
         Effect.flatMap((present) =>
-          Effect.forEach(present.filter((ws) => !keep.includes(ws)), (ws) => release(ws).pipe(Effect.as(ws)))
+          Effect.forEach(present, (ws) =>
+            // Asked again under the lock: a start admitted since the listing keeps its namespace.
+            exclusive(ws)(
+              Effect.flatMap(wanted(ws), (keep) =>
+                keep ? Effect.succeed([]) : release(ws).pipe(Effect.as([ws])))
+            ))
+        ),
+        Effect.map((reaped) =>
+          reaped.flat()
         )
       )
 
