@@ -127,8 +127,6 @@ export const parseImageRef = (input: string): Either.Either<ImageRef, ImageRefEr
 export const normalizeImageRef = (input: string): Either.Either<string, ImageRefError> =>
   Either.map(parseImageRef(input), (ref) => ref.toString())
 
-export const isDigest = (value: string): boolean => digestPattern.test(value)
-
 /** Whether plain http is acceptable without an explicit `--insecure-registry`: loopback only. */
 export const isLoopbackRegistry = (registry: string): boolean => {
   const host = registry.startsWith("[") ? registry.slice(1, registry.indexOf("]")) : registry.split(":")[0]!
