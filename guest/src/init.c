@@ -346,24 +346,6 @@ static void write_etc(const char *path, const char *content) {
 
 /* ---------- network ---------- */
 
-static int set_flags_up(int s, const char *ifname) {
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
-  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) return -1;
-  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-  return ioctl(s, SIOCSIFFLAGS, &ifr);
-}
-
-static int set_addr(int s, const char *ifname, unsigned long req, in_addr_t a) {
-  struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  snprintf(ifr.ifr_name, IFNAMSIZ, "%s", ifname);
-  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
-  sin->sin_family = AF_INET;
-  sin->sin_addr.s_addr = a;
-  return ioctl(s, req, &ifr);
-}
 
 static int parse_addr(const char *text, struct in_addr *addr, in_addr_t *mask) {
   char ip[64];
@@ -424,8 +406,8 @@ static void setup_named_nets(int s) {
       ma_log("no interface with MAC %s for microagent.net%d", spec, i + 1);
       continue;
     }
-    if (set_addr(s, ifname, SIOCSIFADDR, addr.s_addr) < 0 || set_addr(s, ifname, SIOCSIFNETMASK, mask) < 0 ||
-        set_flags_up(s, ifname) < 0)
+    if (ma_if_addr(s, ifname, SIOCSIFADDR, addr.s_addr) < 0 || ma_if_addr(s, ifname, SIOCSIFNETMASK, mask) < 0 ||
+        ma_if_up(s, ifname) < 0)
       ma_log("%s %s: %s", ifname, comma + 1, strerror(errno));
     else
       ma_dbg("%s is %s", ifname, comma + 1);
@@ -469,7 +451,7 @@ static void setup_network(void) {
     ma_log("socket: %s", strerror(errno));
     return;
   }
-  if (set_flags_up(s, "lo") < 0) ma_log("loopback up: %s", strerror(errno));
+  if (ma_if_up(s, "lo") < 0) ma_log("loopback up: %s", strerror(errno));
   if (bc.ip[0]) {
     char ip[64];
     snprintf(ip, sizeof ip, "%s", bc.ip);
@@ -486,23 +468,14 @@ static void setup_network(void) {
       ma_log("eth0 did not appear (is virtio_net in /lib/modules/load.list?)");
     } else {
       in_addr_t mask = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
-      if (set_addr(s, "eth0", SIOCSIFADDR, addr.s_addr) < 0 ||
-          set_addr(s, "eth0", SIOCSIFNETMASK, mask) < 0 || set_flags_up(s, "eth0") < 0)
+      if (ma_if_addr(s, "eth0", SIOCSIFADDR, addr.s_addr) < 0 ||
+          ma_if_addr(s, "eth0", SIOCSIFNETMASK, mask) < 0 || ma_if_up(s, "eth0") < 0)
         ma_log("eth0 %s: %s", bc.ip, strerror(errno));
       if (bc.gateway[0]) {
         if (inet_pton(AF_INET, bc.gateway, &gw) != 1) {
           ma_log("bad microagent.gateway=%s", bc.gateway);
         } else {
-          struct rtentry rt;
-          memset(&rt, 0, sizeof rt);
-          struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
-          struct sockaddr_in *gwa = (struct sockaddr_in *)&rt.rt_gateway;
-          struct sockaddr_in *msk = (struct sockaddr_in *)&rt.rt_genmask;
-          dst->sin_family = gwa->sin_family = msk->sin_family = AF_INET;
-          gwa->sin_addr = gw;
-          rt.rt_flags = RTF_UP | RTF_GATEWAY;
-          rt.rt_dev = (char *)"eth0";
-          if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST)
+          if (ma_default_route(s, "eth0", gw) < 0)
             ma_log("default route via %s: %s", bc.gateway, strerror(errno));
         }
       }

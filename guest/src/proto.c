@@ -260,6 +260,47 @@ static int valid_hostname(const char *s) {
   return 1;
 }
 
+/* Dotted-quad IPv4 (four decimal parts of 1 to 3 digits, each at most 255); the end at *end. */
+static int ipv4_prefix(const char *s, const char **end) {
+  for (int part = 0; part < 4; part++) {
+    if (part > 0 && *s++ != '.') return 0;
+    unsigned v = 0, digits = 0;
+    while (*s >= '0' && *s <= '9' && digits < 4) v = v * 10 + (unsigned)(*s++ - '0'), digits++;
+    if (digits == 0 || digits > 3 || v > 255) return 0;
+  }
+  *end = s;
+  return 1;
+}
+
+static int valid_ipv4(const char *s) {
+  const char *end;
+  return ipv4_prefix(s, &end) && *end == 0;
+}
+
+/* "A.B.C.D/N", N from 8 to 30: what a guest's own address on its user network may be. */
+static int valid_cidr(const char *s) {
+  const char *end;
+  if (!ipv4_prefix(s, &end) || *end != '/') return 0;
+  end++;
+  if (!(end[0] >= '0' && end[0] <= '9')) return 0;
+  unsigned n = (unsigned)(end[0] - '0');
+  if (end[1] >= '0' && end[1] <= '9') n = n * 10 + (unsigned)(end[1] - '0'), end++;
+  return end[1] == 0 && n >= 8 && n <= 30;
+}
+
+/* Six lowercase or uppercase hex pairs joined by ':'; a unicast address (the first octet even). */
+static int valid_mac(const char *s) {
+  if (strlen(s) != 17) return 0;
+  for (int i = 0; i < 17; i++) {
+    char c = s[i];
+    int hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+    if (i % 3 == 2 ? c != ':' : !hex) return 0;
+  }
+  char c = s[1];
+  int low = c >= '0' && c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10;
+  return (low & 1) == 0;
+}
+
 int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t len, ma_msg *m) {
   memset(m, 0, sizeof *m);
   m->type = type;
@@ -499,6 +540,18 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         if (!valid_hostname(f->hostname)) goto bad;
         break;
       case 5: GETU(f->machine_id, 1); break;
+      case 6:
+        GETS(f->address);
+        if (!valid_cidr(f->address)) goto bad;
+        break;
+      case 7:
+        GETS(f->gateway);
+        if (!valid_ipv4(f->gateway)) goto bad;
+        break;
+      case 8:
+        GETS(f->mac);
+        if (!valid_mac(f->mac)) goto bad;
+        break;
       default: break;
       }
     }
@@ -620,6 +673,9 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (f->entropy_len) ma_put_bytes(&w, 3, f->entropy, f->entropy_len);
     if (f->hostname) ma_put_str(&w, 4, f->hostname);
     if (f->machine_id) ma_put_u8(&w, 5, 1);
+    if (f->address) ma_put_str(&w, 6, f->address);
+    if (f->gateway) ma_put_str(&w, 7, f->gateway);
+    if (f->mac) ma_put_str(&w, 8, f->mac);
     break;
   }
   case MA_SHUTDOWN:

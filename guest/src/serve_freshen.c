@@ -1,5 +1,7 @@
 /* The channel server's FRESHEN: clock, entropy and crng reseed, hostname and machine-id of a
  * restored guest. */
+#include <arpa/inet.h>
+
 #include "serve_internal.h"
 
 /* ---------- freshen ---------- */
@@ -116,6 +118,45 @@ static int set_hostname(const char *name) {
   return replace_etc_file("/etc/hostname", line) < 0 ? -1 : 1;
 }
 
+/* Gives eth0 this guest's own MAC, address and default route (a copy resumes with its source's).
+ * The MAC goes first: changing it also flushes the ARP entries learnt before the capture. */
+static int set_network(const char *address, const char *gateway, const char *mac) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  int r = 1;
+  if (mac && ma_if_mac(s, "eth0", mac) < 0) r = -1;
+  if (r > 0 && address) {
+    char ip[32];
+    snprintf(ip, sizeof ip, "%s", address);
+    char *slash = strchr(ip, '/');
+    int prefix = slash ? atoi(slash + 1) : 24;
+    if (slash) *slash = 0;
+    struct in_addr a;
+    in_addr_t mask = htonl(0xFFFFFFFFu << (32 - prefix));
+    if (inet_pton(AF_INET, ip, &a) != 1) {
+      errno = EINVAL;
+      r = -1;
+    } else if (ma_if_addr(s, "eth0", SIOCSIFADDR, a.s_addr) < 0 || ma_if_addr(s, "eth0", SIOCSIFNETMASK, mask) < 0 ||
+               ma_if_up(s, "eth0") < 0) {
+      r = -1;
+    }
+  }
+  if (r > 0 && gateway) {
+    /* A new address drops the routes through the old one: the default route goes back. */
+    struct in_addr g;
+    if (inet_pton(AF_INET, gateway, &g) != 1) {
+      errno = EINVAL;
+      r = -1;
+    } else if (ma_default_route(s, "eth0", g) < 0) {
+      r = -1;
+    }
+  }
+  int e = errno;
+  close(s);
+  errno = e;
+  return r;
+}
+
 /* Every step asked for is tried, whatever the others did; the OK says how each went. In host test
  * mode nothing of the host's (clock, RNG, hostname, /etc) is touched: the steps are reported skipped. */
 void freshen(conn *c, uint32_t id, const ma_freshen *f) {
@@ -140,9 +181,14 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
     if (host) step_skipped(&k, MA_STEP_MACHINE_ID);
     else step_result(&k, MA_STEP_MACHINE_ID, new_machine_id());
   }
-  ma_dbg("freshen: outcomes clock %d rng %d hostname %d machine-id %d (-1 not asked)",
+  if (f->address || f->gateway || f->mac) {
+    if (host) step_skipped(&k, MA_STEP_NETWORK);
+    else step_result(&k, MA_STEP_NETWORK, set_network(f->address, f->gateway, f->mac));
+  }
+  ma_dbg("freshen: outcomes clock %d rng %d hostname %d machine-id %d network %d (-1 not asked)",
          k.has_outcome[0] ? k.outcome[0] : -1, k.has_outcome[1] ? k.outcome[1] : -1,
-         k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1);
+         k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1,
+         k.has_outcome[4] ? k.outcome[4] : -1);
   uint8_t buf[128];
   ma_msg ok = {.type = MA_OK, .stream = id, .u.ok = k};
   long len = ma_encode(&ok, buf, sizeof buf);

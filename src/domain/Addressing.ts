@@ -167,3 +167,57 @@ export const slirpNetwork = (addressing: Addressing) => {
   const resolver = candidates.find((c) => c !== ipv4Text(address) && c !== addressing.gateway)!
   return { net: `${ipv4Text(network)}/${prefix}`, host: addressing.gateway, resolver }
 }
+
+/** Whether an addressing is QEMU's own network (10.0.2.0/24 through 10.0.2.2), whatever the guest's address. */
+const inDefaultNetwork = (a: Addressing) =>
+  a.gateway === defaultAddressing.gateway && a.ip.startsWith("10.0.2.") && a.ip.endsWith("/24")
+  && a.dns.length === 0 && a.routes.length === 0
+
+/**
+ * Where the egress mediator answers DNS: QEMU's resolver address (10.0.2.3) on QEMU's own network, as
+ * for a guest without addressing of its own, and the gateway's on any other.
+ */
+export const mediatedResolver = (a: Addressing | undefined): string =>
+  a === undefined || inDefaultNetwork(a) ? defaultAddressing.resolver : a.gateway
+
+/** 32-bit FNV-1a of a string's UTF-16 units: a spread, not a secret. */
+const fnv1a = (text: string) => {
+  let h = 0x811c9dc5
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i)
+    h = Math.imul(h, 0x01000193) >>> 0
+  }
+  return h
+}
+
+/**
+ * The MAC of a workspace's user-network NIC: QEMU's 52:54:00 prefix and three bytes drawn from its
+ * name, so that every workspace (and each copy resumed from another's memory) has its own.
+ */
+export const userNicMac = (workspace: string): string => {
+  const h = fnv1a(workspace)
+  return [
+    "52",
+    "54",
+    "00",
+    ...[16, 8, 0].map((shift) => ((h >>> shift) & 0xff).toString(16).padStart(2, "0"))
+  ]
+    .join(":")
+}
+
+/**
+ * The user-network addressing of a copy resumed from `source`'s memory (a fork's child number
+ * `index`, counted from 0, or a `create --from-snapshot`): on QEMU's own network, an address of its own
+ * (10.0.2.16 onwards, never the source's), which the resumed guest takes over from its source's before
+ * it counts as running. Addressing a user chose on another network is kept as it is.
+ */
+export const copyAddressing = (source: Addressing | undefined, index: number): Addressing | undefined => {
+  if (source !== undefined && !inDefaultNetwork(source)) return source
+  const taken = source?.ip ?? defaultAddressing.ip
+  // 10.0.2.16 … 10.0.2.238 without the source's: copy i takes the i-th, so siblings never share one.
+  const free = Array.from({ length: 223 }, (_, i) => `10.0.2.${16 + i}/24`).filter((ip) => ip !== taken)
+  return { ip: free[index % free.length]!, gateway: defaultAddressing.gateway, dns: [], routes: [] }
+}
+
+/** A copy's index when it is not one of a fork's numbered children: a spread drawn from its name. */
+export const copyIndexOf = (name: string): number => fnv1a(name) % 223

@@ -13,6 +13,7 @@
 import { DateTime, Effect, Either } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodePath from "node:path"
+import { copyAddressing, copyIndexOf } from "../domain/Addressing.ts"
 import { Conflict, InvalidInput } from "../domain/Errors.ts"
 import { WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef, restoreRefusal } from "../domain/SnapshotRestore.ts"
@@ -44,6 +45,8 @@ const checkName = (name: string) => {
 interface Resumable {
   readonly state: string
   readonly pending: NonNullable<Workspace["pendingResume"]>
+  /** Which copy this is, for its address (a fork's child number, else drawn from its name). */
+  readonly index: number
 }
 
 /** Records `name` as a copy of `source` over a copy of `disk`; see the module comment. */
@@ -91,6 +94,11 @@ const copyWorkspace = (
         mounts: source.mounts.filter((m) => !shared(m)),
         ephemeral: false,
         ...(resumable === undefined ? {} : { pendingResume: resumable.pending }),
+        // A resumed copy takes over its source's guest: on QEMU's network it gets an address of its
+        // own, which its first start's FRESHEN gives the guest with its MAC.
+        ...(resumable === undefined || config.network !== "user"
+          ? {}
+          : { addressing: copyAddressing(config.addressing, resumable.index) }),
         rootfsPath: NodePath.join(workspaceDir, "rootfs"),
         runtimeDir: home.runtimeDir(name),
         createdAt: now,
@@ -136,7 +144,11 @@ export const clone = Effect.fn("clone")(function*(source: string, target: string
  * `create NAME --from-snapshot W:T`: a new workspace whose disk is the snapshot's; from a memory
  * snapshot its first start resumes the captured VM, from a disk snapshot it boots.
  */
-export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name: string, reference: string) {
+export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(
+  name: string,
+  reference: string,
+  options: { readonly copyIndex?: number | undefined } = {}
+) {
   yield* checkName(name)
   const ref = yield* Either.match(parseSnapshotRef(reference), {
     onLeft: (error) => Effect.fail(error),
@@ -162,6 +174,7 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(name
       && source.mounts.length === 0 && source.networks.length === 0 && manifest.secretsPurged
     ? {
       state: snapshot.state,
+      index: options.copyIndex ?? copyIndexOf(name),
       pending: {
         snapshot: `${ref.workspace}:${ref.tag}`,
         hostname: manifest.hostname,

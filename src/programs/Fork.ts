@@ -98,8 +98,9 @@ export const fork: (
   // Children are independent: made and started a few at a time (a restore mostly waits on I/O).
   const children = yield* Effect.forEach(
     names,
-    (child) =>
-      createFromSnapshot(child, `${name}:${tag}`).pipe(
+    (child, index) =>
+      // Child i's address on QEMU's network is the i-th after the parent's: no two children share one.
+      createFromSnapshot(child, `${name}:${tag}`, { copyIndex: index }).pipe(
         Effect.tap(() => Effect.sync(() => made.push(child))),
         Effect.zipRight(start(child, { secretValues: options.secretValues }))
       ),

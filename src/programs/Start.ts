@@ -32,7 +32,7 @@ import {
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
-import { type Freshened, freshenGuest } from "./internal/Freshen.ts"
+import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
 import { attachModel, ensureModelRunner, releaseModel } from "./internal/ModelPairing.ts"
 import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { launchWithNetworks, preflightNetworking } from "./internal/NetworkPlumbing.ts"
@@ -422,7 +422,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   // Warm: the template's guest, made this workspace's before it counts as running.
                   ? hypervisor.restore(full, template.state, { ownMemory: true }).pipe(
                     Effect.tap((handle) =>
-                      freshenGuest(name, handle, { hostname: starting.hostname }).pipe(
+                      freshenGuest(name, handle, {
+                        hostname: starting.hostname,
+                        network: guestNetworkOf(starting)
+                      }).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
                       )
@@ -451,7 +454,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       freshenGuest(
                         name,
                         handle,
-                        resume === undefined ? undefined : { hostname: starting.hostname }
+                        resume === undefined
+                          ? undefined
+                          : { hostname: starting.hostname, network: guestNetworkOf(starting) }
                       ).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))

@@ -43,6 +43,8 @@ export interface FreshenRequest {
   readonly hostname?: string
   /** A new /etc/machine-id, from the guest's RNG after the reseed, where the image has one. */
   readonly newMachineId?: boolean
+  /** eth0's own MAC, address (`A.B.C.D/N`) and default route (a copy resumes with its source's). */
+  readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string }
 }
 
 /**
@@ -60,6 +62,7 @@ export interface FreshenResult {
   readonly rng?: FreshenStep
   readonly hostname?: FreshenStep
   readonly machineId?: FreshenStep
+  readonly network?: FreshenStep
 }
 
 export interface PutFile {

@@ -4,7 +4,14 @@
  */
 import { Either } from "effect"
 import { assert, describe, it } from "vitest"
-import { addressingOf, type AddressingRequest, slirpNetwork } from "../../src/domain/Addressing.ts"
+import {
+  addressingOf,
+  type AddressingRequest,
+  copyAddressing,
+  mediatedResolver,
+  slirpNetwork,
+  userNicMac
+} from "../../src/domain/Addressing.ts"
 
 type Context = Parameters<typeof addressingOf>[1]
 const broker: Context = { network: "user", egress: "broker" }
@@ -83,5 +90,37 @@ describe("a guest's own addressing", () => {
       resolver: "10.77.0.3"
     })
     assert.strictEqual(slirpNetwork(ok({ ip: "10.77.0.3/24" })!).resolver, "10.77.0.4")
+  })
+})
+
+describe("the identity of a copy resumed from another workspace's memory", () => {
+  it("gives each workspace a MAC of its own under QEMU's prefix, unicast and stable", () => {
+    const macs = ["w", "w-fork-1", "w-fork-2", "kid-1", "kid-2"].map(userNicMac)
+    for (const mac of macs) assert.match(mac, /^52:54:00(:[0-9a-f]{2}){3}$/)
+    assert.strictEqual(new Set(macs).size, macs.length)
+    assert.strictEqual(userNicMac("w"), userNicMac("w"))
+  })
+
+  it("numbers a fork's children from 10.0.2.16, never on the source's address", () => {
+    const ips = Array.from({ length: 16 }, (_, i) => copyAddressing(undefined, i)!.ip)
+    assert.deepStrictEqual(ips.slice(0, 3), ["10.0.2.16/24", "10.0.2.17/24", "10.0.2.18/24"])
+    assert.strictEqual(new Set(ips).size, 16)
+    assert.notInclude(ips, "10.0.2.15/24")
+    // A child of a child: its own children skip its address, and still differ from each other.
+    const parent = copyAddressing(undefined, 0)!
+    const grandchildren = Array.from({ length: 4 }, (_, i) => copyAddressing(parent, i)!.ip)
+    assert.notInclude(grandchildren, parent.ip)
+    assert.strictEqual(new Set(grandchildren).size, 4)
+    for (const a of [parent, copyAddressing(parent, 3)!]) {
+      assert.deepStrictEqual([a.gateway, a.dns, a.routes], ["10.0.2.2", [], []])
+      assert.strictEqual(mediatedResolver(a), "10.0.2.3")
+    }
+  })
+
+  it("keeps an addressing the user chose on a network of their own", () => {
+    const own = { ip: "10.77.0.20/24", gateway: "10.77.0.1", dns: [], routes: [] }
+    assert.strictEqual(copyAddressing(own, 2), own)
+    assert.strictEqual(mediatedResolver(own), "10.77.0.1")
+    assert.strictEqual(mediatedResolver(undefined), "10.0.2.3")
   })
 })

@@ -10,6 +10,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { userNicMac } from "../../src/domain/Addressing.ts"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { binPath, cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
@@ -262,6 +263,11 @@ describe("snapshots on real microVMs", () => {
         `echo ${parentId} > /etc/machine-id && stat -c %i /etc/machine-id`
       ])
     ).result.stdout.trim()
+    // The parent has talked to its gateway: its ARP cache holds the gateway's MAC when it is captured.
+    const netOf = "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'; "
+      + "nc -w 3 10.0.2.2 9 </dev/null && echo reached"
+    const parentNet = json(await ok(["exec", "w", "--", "sh", "-c", netOf])).result.stdout.trim().split("\n")
+    assert.deepStrictEqual(parentNet, [userNicMac("w"), "10.0.2.15/24", "reached"])
     const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
     assert.strictEqual(forked.source, "w")
     assert.deepStrictEqual(
@@ -301,6 +307,21 @@ describe("snapshots on real microVMs", () => {
     assert.notStrictEqual(one![5], two![5], "the children's machine-ids differ")
     assert.match(one![7]!, /^[0-9a-f-]{36}$/)
     assert.notStrictEqual(one![7], two![7], "the children's random numbers differ")
+    // Each child has its own MAC and address from its first moment, and reaches its gateway at once
+    // (a stale ARP entry for the parent's gateway would time out).
+    for (const [i, name] of ["kid-1", "kid-2"].entries()) {
+      const net = json(await ok(["exec", name, "--", "sh", "-c", netOf]))
+      assert.deepStrictEqual(net.result.stdout.trim().split("\n"), [
+        userNicMac(name),
+        `10.0.2.${16 + i}/24`,
+        "reached"
+      ])
+      assert.strictEqual(
+        json(await ok(["inspect", name, "--json"])).workspace.addressing.ip,
+        `10.0.2.${16 + i}/24`,
+        name
+      )
+    }
     // Each child's memory is its own from the fork on.
     const parent = json(await ok(["exec", "w", "--", "sh", "-c", "cat /run/s/mine 2>/dev/null || echo none"]))
     assert.strictEqual(parent.result.stdout.trim(), "none")

@@ -136,6 +136,9 @@ export const summarize = (stream: number, m: Message): string => {
       if (m.entropy !== undefined) parts.push(`entropy=${hex(m.entropy)}`)
       s("hostname", m.hostname)
       if (m.machineId === true) n("machine_id", 1)
+      s("address", m.address)
+      s("gateway", m.gateway)
+      s("mac", m.mac)
       break
     case "Ok": {
       const outcomes = ["done", "skipped", "failed", "absent"]
@@ -147,6 +150,7 @@ export const summarize = (stream: number, m: Message): string => {
       step("rng", m.rng, m.rngErrno)
       step("hostname", m.hostname, m.hostnameErrno)
       step("machine_id", m.machineId, m.machineIdErrno)
+      step("network", m.network, m.networkErrno)
       break
     }
     case "Eof":

@@ -149,6 +149,21 @@ valid("freshen", 11, {
   machineId: true
 })
 valid("freshen clock only", 11, { _tag: "Freshen", timeSec: 1767225600 })
+valid("freshen network", 11, {
+  _tag: "Freshen",
+  address: "10.0.2.17/24",
+  gateway: "10.0.2.2",
+  mac: "52:54:00:ab:cd:ef"
+})
+valid("ok answering freshen with network", 11, {
+  _tag: "Ok",
+  clock: "done",
+  rng: "done",
+  hostname: "done",
+  machineId: "done",
+  network: "failed",
+  networkErrno: 16
+})
 valid("ok answering freshen", 11, {
   _tag: "Ok",
   clock: "done",
@@ -266,6 +281,21 @@ invalid(
 invalid(
   "freshen hostname with a space",
   frame(MessageType.Freshen, 1, tlv().string(4, "a b").finish()),
+  "bad_message"
+)
+invalid(
+  "freshen multicast mac",
+  frame(MessageType.Freshen, 1, tlv().string(8, "01:00:5e:00:00:01").finish()),
+  "bad_message"
+)
+invalid(
+  "freshen address with a /31 prefix",
+  frame(MessageType.Freshen, 1, tlv().string(6, "10.0.2.17/31").finish()),
+  "bad_message"
+)
+invalid(
+  "freshen gateway with a fifth part",
+  frame(MessageType.Freshen, 1, tlv().string(7, "10.0.2.2.1").finish()),
   "bad_message"
 )
 invalid("freshen empty hostname", frame(MessageType.Freshen, 1, tlv().string(4, "").finish()), "bad_message")

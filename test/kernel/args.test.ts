@@ -1,4 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
+import { userNicMac } from "../../src/domain/Addressing.ts"
 import {
   kvmDisqualifier,
   tscKhzFromCpuinfo,
@@ -131,6 +132,22 @@ describe("kernel command line", () => {
       addressing: { ...direct.addressing, dns: ["192.0.2.53", "192.0.2.54"] }
     })
     assert.include(own, " microagent.dns=192.0.2.53,192.0.2.54")
+    // Published ports go to the guest's own address, not slirp's first DHCP one.
+    const ports = [new PortForward({ protocol: "tcp", hostIp: "127.0.0.1", hostPort: 8080, guestPort: 80 })]
+    assert.include(
+      values(qemuArgs({ ...direct, ports }), "-netdev")[0],
+      ",hostfwd=tcp:127.0.0.1:8080-10.77.0.20:80"
+    )
+  })
+
+  it("keeps QEMU's resolver address for a copy's own address on QEMU's network", () => {
+    // A fork's child: 10.0.2.17 in place of 10.0.2.15, the mediator still answering at 10.0.2.3.
+    const addressing = { ip: "10.0.2.17/24", gateway: "10.0.2.2", dns: [], routes: [] }
+    const mediated = kernelCmdline({ ...base, network: "user", addressing, egressTap: "tap0" })
+    assert.include(
+      mediated,
+      " microagent.ip=10.0.2.17/24 microagent.gateway=10.0.2.2 microagent.dns=10.0.2.3"
+    )
   })
 
   it("leaves tsc_early_khz out under KVM", () => {
@@ -201,7 +218,7 @@ describe("QEMU arguments", () => {
       "virtio-blk-device,drive=disk1",
       "virtio-blk-device,drive=disk2"
     ])
-    assert.include(values(args, "-device"), "virtio-net-device,netdev=net0")
+    assert.include(values(args, "-device"), `virtio-net-device,netdev=net0,mac=${userNicMac("ws1")}`)
   })
 
   it("adds a non-persistent tap NIC per named network after the user NIC, and tells the agent its MAC", () => {
@@ -226,7 +243,7 @@ describe("QEMU arguments", () => {
       "tap,id=nic2,ifname=mtabcdef7654321,script=no,downscript=no"
     ])
     assert.deepStrictEqual(values(qemuArgs(input), "-device").filter((d) => d.startsWith("virtio-net")), [
-      "virtio-net-device,netdev=net0",
+      `virtio-net-device,netdev=net0,mac=${userNicMac("ws1")}`,
       "virtio-net-device,netdev=nic1,mac=52:54:aa:bb:cc:dd",
       "virtio-net-device,netdev=nic2,mac=52:54:11:22:33:44"
     ])
@@ -281,7 +298,7 @@ describe("QEMU arguments", () => {
     assert.includeMembers(devices, [
       "virtio-blk-pci,drive=root",
       "virtio-serial-pci",
-      "virtio-net-pci,netdev=net0"
+      `virtio-net-pci,netdev=net0,mac=${userNicMac("ws1")}`
     ])
   })
 })

@@ -18,6 +18,7 @@ import * as NodeChild from "node:child_process"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { mediatedResolver } from "../../domain/Addressing.ts"
 import { defaultEgress, EgressRecord } from "../../domain/Egress.ts"
 import { Permanent, Unsupported } from "../../domain/Errors.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
@@ -37,14 +38,18 @@ const mediatedNetwork = {
 
 /**
  * A workspace's mediated addresses: QEMU's usual ones, or its own addressing, where the mediator
- * answers DNS at the gateway's address (its guest is told so on its command line).
+ * answers DNS at `mediatedResolver`'s address (its guest is told so on its command line): QEMU's
+ * 10.0.2.3 on QEMU's network, so a copy resumed from another workspace's memory keeps its resolver.
  */
 const mediatedAddresses = (workspace: Workspace) => {
   const a = workspace.addressing
   if (a === undefined) return mediatedNetwork
   const [guest, prefix] = a.ip.split("/")
-  return { guest: guest!, gateway: a.gateway, resolver: a.gateway, prefix: Number(prefix) }
+  return { guest: guest!, gateway: a.gateway, resolver: mediatedResolver(a), prefix: Number(prefix) }
 }
+
+/** The mediated gateway's MAC (locally administered), the same in every namespace. */
+const gatewayMac = "02:6d:61:00:02:02"
 
 const tcpPort = 15001
 const udpPort = 15002
@@ -336,6 +341,9 @@ export const EgressLive = Layer.effect(
           Effect.ignore
         )
         yield* ip(["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
+        // The same gateway MAC in every namespace: a guest resumed from a memory capture (a fork, a
+        // restore, a warm start) keeps its ARP entry for the gateway, which must still answer.
+        yield* ip(["-n", ns, "link", "set", "dev", tap, "address", gatewayMac])
         for (const address of new Set([addresses.gateway, addresses.resolver])) {
           yield* ip(["-n", ns, "addr", "add", `${address}/${addresses.prefix}`, "dev", tap])
         }

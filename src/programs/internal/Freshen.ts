@@ -10,8 +10,10 @@
 import { Effect, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { constants as osConstants } from "node:os"
+import { defaultAddressing, userNicMac } from "../../domain/Addressing.ts"
 import { Permanent } from "../../domain/Errors.ts"
 import { ExecRequest } from "../../domain/Exec.ts"
+import type { Workspace } from "../../domain/Workspace.ts"
 import {
   type FreshenResult,
   type FreshenStep,
@@ -33,7 +35,17 @@ export interface Freshened {
 
 interface Identity {
   readonly hostname: string
+  /** eth0's MAC, address and gateway on the user network (a copy resumes with its source's). */
+  readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string } | undefined
 }
+
+/** What a workspace's guest answers to on the user network; undefined when it has no user NIC. */
+export const guestNetworkOf = (workspace: Workspace): Identity["network"] =>
+  workspace.network !== "user" ? undefined : {
+    address: workspace.addressing?.ip ?? defaultAddressing.ip,
+    gateway: workspace.addressing?.gateway ?? defaultAddressing.gateway,
+    mac: userNicMac(workspace.name)
+  }
 
 /** Enough for the crng's 256-bit key several times over; FRESHEN takes up to 4096. */
 const entropyBytes = 512
@@ -60,7 +72,8 @@ const viaAgent = (
     freshen({
       time: hostTime(),
       entropy: new Uint8Array(randomBytes(entropyBytes)),
-      ...(identity === undefined ? {} : { hostname: identity.hostname, newMachineId: true })
+      ...(identity === undefined ? {} : { hostname: identity.hostname, newMachineId: true }),
+      ...(identity?.network === undefined ? {} : { network: identity.network })
     })
   ).pipe(Effect.flatMap((result: FreshenResult) => {
     const problems: Array<string> = []
@@ -73,10 +86,18 @@ const viaAgent = (
     const rng = done("rng", result.rng)
     if (identity !== undefined) {
       // Unlike the clock, a copy that answers to another workspace's name (or id) must not count as running.
-      const steps = [["hostname", result.hostname], ["machine-id", result.machineId]] as const
+      const steps = [
+        ["hostname", result.hostname],
+        ["machine-id", result.machineId],
+        ...(identity.network === undefined ? [] : [["network", result.network] as const])
+      ] as const
       for (const [name, step] of steps) {
         if (step === undefined || step.outcome === "failed") {
-          const what = name === "hostname" ? `the hostname ${identity.hostname}` : "a new machine-id"
+          const what = name === "hostname"
+            ? `the hostname ${identity.hostname}`
+            : name === "network"
+            ? `the address ${identity.network?.address} and MAC ${identity.network?.mac}`
+            : "a new machine-id"
           return Effect.fail(
             new GuestRemoteError({
               message: `setting ${what} failed: ${
@@ -134,6 +155,9 @@ const viaCommands = (
         return false
       })
     )
+    if (identity?.network !== undefined) {
+      problems.push("network: the guest's agent predates FRESHEN and keeps its source's address and MAC")
+    }
     if (identity !== undefined) {
       // After the RNG, so the new machine-id comes from this guest's own randomness.
       const renamed = yield* connection.exec(quietExec(["sh", "-c", identityScript, "sh", identity.hostname]))

@@ -63,7 +63,10 @@ export const controlOperations = (conn: Connection) => {
         : { timeSec: request.time.seconds, timeNsec: request.time.nanoseconds }),
       ...(request.entropy === undefined ? {} : { entropy: request.entropy }),
       ...(request.hostname === undefined ? {} : { hostname: request.hostname }),
-      ...(request.newMachineId === true ? { machineId: true } : {})
+      ...(request.newMachineId === true ? { machineId: true } : {}),
+      ...(request.network === undefined
+        ? {}
+        : { address: request.network.address, gateway: request.network.gateway, mac: request.network.mac })
     }
     const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))
     if (Option.isSome(invalid)) {
@@ -118,5 +121,6 @@ const freshenResult = (m: Extract<Message, { _tag: "Ok" }>): FreshenResult => {
   add("rng", m.rng, m.rngErrno)
   add("hostname", m.hostname, m.hostnameErrno)
   add("machineId", m.machineId, m.machineIdErrno)
+  add("network", m.network, m.networkErrno)
   return steps
 }

@@ -56,9 +56,11 @@ export const Ok = Schema.TaggedStruct("Ok", {
   hostname: Schema.optional(FreshenOutcome),
   hostnameErrno: Schema.optional(uint(U32)),
   machineId: Schema.optional(FreshenOutcome),
-  machineIdErrno: Schema.optional(uint(U32))
+  machineIdErrno: Schema.optional(uint(U32)),
+  network: Schema.optional(FreshenOutcome),
+  networkErrno: Schema.optional(uint(U32))
 })
-const okSteps = ["clock", "rng", "hostname", "machineId"] as const
+const okSteps = ["clock", "rng", "hostname", "machineId", "network"] as const
 export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
 export const Exec = Schema.TaggedStruct("Exec", {
   argv: Schema.NonEmptyArray(WireString),
@@ -121,6 +123,9 @@ export const Secrets = Schema.TaggedStruct("Secrets", {
 })
 /** What the kernel takes as a hostname, narrowed to the characters a hostname is made of. */
 export const Hostname = WireString.pipe(Schema.pattern(/^[A-Za-z0-9.-]{1,64}$/))
+const octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]|0[0-9]{1,2})"
+const ipv4Pattern = new RegExp(`^${octet}(\\.${octet}){3}$`)
+const cidrPattern = new RegExp(`^${octet}(\\.${octet}){3}/([89]|[12][0-9]|30)$`)
 const MAX_ENTROPY = 4096
 export const Freshen = Schema.TaggedStruct("Freshen", {
   /** The host's wall clock: seconds since the epoch … */
@@ -135,7 +140,13 @@ export const Freshen = Schema.TaggedStruct("Freshen", {
   ),
   hostname: Schema.optional(Hostname),
   /** Write a new /etc/machine-id where the image has one. */
-  machineId: Schema.optional(Schema.Boolean)
+  machineId: Schema.optional(Schema.Boolean),
+  /** eth0's new address, `A.B.C.D/N` (N from 8 to 30). */
+  address: Schema.optional(WireString.pipe(Schema.pattern(cidrPattern))),
+  /** The new default route's gateway, `A.B.C.D`. */
+  gateway: Schema.optional(WireString.pipe(Schema.pattern(ipv4Pattern))),
+  /** eth0's new MAC, six hex pairs joined by `:`, unicast. */
+  mac: Schema.optional(WireString.pipe(Schema.pattern(/^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/)))
 }).pipe(
   Schema.filter((m) => m.timeNsec === undefined || m.timeSec !== undefined, {
     message: () => "Freshen.time_nsec without time_sec"
@@ -376,7 +387,9 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         else if (f.tag === 4) o.hostname = s(f.value, "hostname")
         else if (f.tag === 5) {
           if (u(f.value, 1, "machine_id") === 1) o.machineId = true
-        }
+        } else if (f.tag === 6) o.address = s(f.value, "address")
+        else if (f.tag === 7) o.gateway = s(f.value, "gateway")
+        else if (f.tag === 8) o.mac = s(f.value, "mac")
       }
       break
     case "Ok":
@@ -487,6 +500,9 @@ const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
       if (m.entropy !== undefined) w.bytes(3, m.entropy)
       if (m.hostname !== undefined) w.string(4, m.hostname)
       if (m.machineId === true) w.uint(5, 1, 1)
+      if (m.address !== undefined) w.string(6, m.address)
+      if (m.gateway !== undefined) w.string(7, m.gateway)
+      if (m.mac !== undefined) w.string(8, m.mac)
       break
     case "Ok":
       okSteps.forEach((step, i) => {

@@ -3,7 +3,7 @@
  * needs is in the input, so the construction is tested without booting anything.
  */
 import * as NodePath from "node:path"
-import { type Addressing, slirpNetwork } from "../../../../domain/Addressing.ts"
+import { type Addressing, mediatedResolver, slirpNetwork, userNicMac } from "../../../../domain/Addressing.ts"
 import {
   brokerSocketOf,
   type DiskAttachment,
@@ -203,7 +203,7 @@ const userNetworkCmdline = (input: QemuArgsInput): ReadonlyArray<string> => {
   }
   const dns = a.dns.length > 0
     ? a.dns
-    : [input.egressTap !== undefined ? a.gateway : slirpNetwork(a).resolver]
+    : [input.egressTap !== undefined ? mediatedResolver(a) : slirpNetwork(a).resolver]
   return [
     `microagent.ip=${a.ip}`,
     `microagent.gateway=${a.gateway}`,
@@ -265,7 +265,11 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     { id: "root", path: input.rootfsPath, readOnly: false },
     ...input.disks.map((d, i) => ({ id: `disk${i + 1}`, path: d.path, readOnly: d.readOnly }))
   ]
-  const hostfwd = input.ports.map((p) => `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-:${p.guestPort}`)
+  // To the guest's own address where it has one: slirp's default is its first DHCP address (.15).
+  const guestIp = input.addressing?.ip.split("/")[0] ?? ""
+  const hostfwd = input.ports.map((p) =>
+    `,hostfwd=${p.protocol}:${p.hostIp}:${p.hostPort}-${guestIp}:${p.guestPort}`
+  )
     .join("")
   return [
     "-name",
@@ -335,14 +339,14 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
         "-netdev",
         `tap,id=net0,ifname=${input.egressTap},script=no,downscript=no`,
         "-device",
-        `${device("net")},netdev=net0`
+        `${device("net")},netdev=net0,mac=${userNicMac(input.workspace)}`
       ]
       : input.network === "user"
       ? [
         "-netdev",
         `user,id=net0,restrict=off${slirpAddressing(input.addressing)}${hostfwd}`,
         "-device",
-        `${device("net")},netdev=net0`
+        `${device("net")},netdev=net0,mac=${userNicMac(input.workspace)}`
       ]
       : []),
     // Non-persistent taps (script=no): the kernel removes each when QEMU exits, however it exits.

@@ -1,0 +1,77 @@
+/* Interface configuration through the classic ioctls (no netlink, no ip(8) in the guest): used by
+ * /init for the boot-time addresses and by FRESHEN to give a resumed guest its own. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <net/if.h>
+#include <net/if_arp.h>
+#include <net/route.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+#include "agent.h"
+
+static void ifreq_for(struct ifreq *ifr, const char *ifname) {
+  memset(ifr, 0, sizeof *ifr);
+  snprintf(ifr->ifr_name, IFNAMSIZ, "%s", ifname);
+}
+
+int ma_if_up(int s, const char *ifname) {
+  struct ifreq ifr;
+  ifreq_for(&ifr, ifname);
+  if (ioctl(s, SIOCGIFFLAGS, &ifr) < 0) return -1;
+  ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+  return ioctl(s, SIOCSIFFLAGS, &ifr);
+}
+
+int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a) {
+  struct ifreq ifr;
+  ifreq_for(&ifr, ifname);
+  struct sockaddr_in *sin = (struct sockaddr_in *)&ifr.ifr_addr;
+  sin->sin_family = AF_INET;
+  sin->sin_addr.s_addr = a;
+  return ioctl(s, req, &ifr);
+}
+
+int ma_default_route(int s, const char *ifname, struct in_addr gw) {
+  struct rtentry rt;
+  memset(&rt, 0, sizeof rt);
+  struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
+  struct sockaddr_in *gwa = (struct sockaddr_in *)&rt.rt_gateway;
+  struct sockaddr_in *msk = (struct sockaddr_in *)&rt.rt_genmask;
+  dst->sin_family = gwa->sin_family = msk->sin_family = AF_INET;
+  gwa->sin_addr = gw;
+  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  rt.rt_dev = (char *)ifname;
+  return ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+int ma_if_mac(int s, const char *ifname, const char *mac) {
+  unsigned b[6];
+  if (sscanf(mac, "%2x:%2x:%2x:%2x:%2x:%2x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
+    errno = EINVAL;
+    return -1;
+  }
+  struct ifreq ifr;
+  ifreq_for(&ifr, ifname);
+  ifr.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+  for (int i = 0; i < 6; i++) ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
+  if (ioctl(s, SIOCSIFHWADDR, &ifr) == 0) return 0;
+  if (errno != EBUSY) return -1;
+  /* A driver without live address changes takes it while the link is down. */
+  struct ifreq flags;
+  ifreq_for(&flags, ifname);
+  if (ioctl(s, SIOCGIFFLAGS, &flags) < 0) return -1;
+  short up = flags.ifr_flags;
+  flags.ifr_flags &= (short)~IFF_UP;
+  if (ioctl(s, SIOCSIFFLAGS, &flags) < 0) return -1;
+  int r = ioctl(s, SIOCSIFHWADDR, &ifr);
+  int e = errno;
+  flags.ifr_flags = up;
+  ioctl(s, SIOCSIFFLAGS, &flags);
+  errno = e;
+  return r;
+}
