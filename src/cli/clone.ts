@@ -40,7 +40,13 @@ const forkLine = (r: ForkResult) =>
     `${r.source}: ${r.children.length} ${r.children.length === 1 ? "child" : "children"}${
       r.pausedMs === undefined ? "" : ` (paused ${r.pausedMs} ms for the capture)`
     }`,
-    ...r.children.map((child) => `${child.name}  ${child.state}  hostname=${child.hostname}`)
+    ...r.children.map((child) =>
+      [
+        `${child.name}  ${child.state}  hostname=${child.hostname}`,
+        ...(child.addressing === undefined ? [] : [`ip=${child.addressing.ip}`]),
+        ...child.ports.map((p) => `${p.hostIp}:${p.hostPort}->${p.guestPort}`)
+      ].join("  ")
+    )
   ].join("\n")
 
 export const forkCommand = Command.make(

@@ -102,3 +102,30 @@ export const probePorts = Effect.fn("probePorts")(function*(ports: ReadonlyArray
     })
   }
 })
+
+/**
+ * The same publications on host ports the kernel picks free now (each listener held until all are
+ * picked, so no two are the same): for a fork's children, which cannot share their parent's host ports.
+ */
+export const freshHostPorts = (ports: ReadonlyArray<PublishedPort>) =>
+  Effect.scoped(Effect.forEach(ports, (p) =>
+    Effect.acquireRelease(
+      Effect.async<{ readonly server: Net.Server; readonly port: PublishedPort }, Conflict>((resume) => {
+        const server = Net.createServer()
+        server.once("error", (error: NodeJS.ErrnoException) =>
+          resume(Effect.fail(
+            new Conflict({
+              message: `no free host port on ${p.hostIp} for guest port ${p.guestPort}: ${
+                error.code ?? error.message
+              }`,
+              remediation: "free some host ports, or fork a workspace that publishes none"
+            })
+          )))
+        server.listen({ host: p.hostIp, port: 0, exclusive: true }, () => {
+          const address = server.address()
+          const hostPort = typeof address === "object" && address !== null ? address.port : 0
+          resume(Effect.succeed({ server, port: new PublishedPort({ ...p, hostPort }) }))
+        })
+      }),
+      (held) => Effect.async<void>((resume) => void held.server.close(() => resume(Effect.void)))
+    ).pipe(Effect.map((held) => held.port))))

@@ -15,6 +15,7 @@ import { randomBytes } from "node:crypto"
 import * as NodePath from "node:path"
 import { copyAddressing, copyIndexOf } from "../domain/Addressing.ts"
 import { Conflict, InvalidInput } from "../domain/Errors.ts"
+import { freshHostPorts } from "../domain/Publish.ts"
 import { WorkspaceCopy } from "../domain/Snapshot.ts"
 import { parseSnapshotRef, restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { type Mount, nameProblem, Workspace, type WorkspaceName } from "../domain/Workspace.ts"
@@ -55,7 +56,8 @@ const copyWorkspace = (
   name: string,
   disk: string,
   snapshot: string | undefined,
-  resumable?: Resumable
+  resumable?: Resumable,
+  freshPorts = false
 ) =>
   Effect.gen(function*() {
     const home = yield* Home
@@ -76,6 +78,8 @@ const copyWorkspace = (
       if (resumable !== undefined) yield* copyState(resumable.state, NodePath.join(staging, resumeStateFile))
       const now = yield* DateTime.now
       const dropped = source.mounts.filter(shared)
+      // A fork's children run beside their parent: each publishes on host ports of its own.
+      const ports = freshPorts && source.ports.length > 0 ? yield* freshHostPorts(source.ports) : source.ports
       const {
         expiresAt: _lease,
         launched: _launched,
@@ -92,6 +96,7 @@ const copyWorkspace = (
         state: "prepared",
         hostname: hostnameFor(name),
         mounts: source.mounts.filter((m) => !shared(m)),
+        ports,
         ephemeral: false,
         ...(resumable === undefined ? {} : { pendingResume: resumable.pending }),
         // A resumed copy takes over its source's guest: on QEMU's network it gets an address of its
@@ -147,7 +152,12 @@ export const clone = Effect.fn("clone")(function*(source: string, target: string
 export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(
   name: string,
   reference: string,
-  options: { readonly copyIndex?: number | undefined } = {}
+  options: {
+    /** Which copy this is, for its own address (a fork's child number; default: drawn from the name). */
+    readonly copyIndex?: number | undefined
+    /** Publish the source's guest ports on host ports picked free now (a fork's children). */
+    readonly freshPorts?: boolean | undefined
+  } = {}
 ) {
   yield* checkName(name)
   const ref = yield* Either.match(parseSnapshotRef(reference), {
@@ -183,5 +193,5 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(
       }
     }
     : undefined
-  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable)
+  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable, options.freshPorts === true)
 })

@@ -100,7 +100,7 @@ export const fork: (
     names,
     (child, index) =>
       // Child i's address on QEMU's network is the i-th after the parent's: no two children share one.
-      createFromSnapshot(child, `${name}:${tag}`, { copyIndex: index }).pipe(
+      createFromSnapshot(child, `${name}:${tag}`, { copyIndex: index, freshPorts: true }).pipe(
         Effect.tap(() => Effect.sync(() => made.push(child))),
         Effect.zipRight(start(child, { secretValues: options.secretValues }))
       ),

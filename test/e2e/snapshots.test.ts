@@ -14,7 +14,7 @@ import { userNicMac } from "../../src/domain/Addressing.ts"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { binPath, cliAsync, type CliResult, errorOf, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
-import { requireTool } from "../support/registry.ts"
+import { freePort, requireTool } from "../support/registry.ts"
 
 let stateDir: string
 let faultDir: string
@@ -330,6 +330,33 @@ describe("snapshots on real microVMs", () => {
     const taken = await ma(["fork", "w", "--name-prefix", "kid", "--json"])
     assert.strictEqual(errorOf(taken).error.kind, "conflict")
     await Promise.all([ok(["delete", "--force", "kid-1"]), ok(["delete", "--force", "kid-2"])])
+  }, 300_000)
+
+  it("gives a fork's children host ports of their own for the parent's published ports", async () => {
+    const port = await freePort()
+    await ok(["create", "--image", defaultImage, "-p", `127.0.0.1:${port}:8080`, "web"])
+    await ok(["start", "web"])
+    const serve = "mkdir -p /www && hostname > /www/index.html && httpd -p 8080 -h /www"
+    await ok(["exec", "web", "--", "sh", "-c", serve])
+    const page = async (hostPort: number) => {
+      const response = await fetch(`http://127.0.0.1:${hostPort}/`, { signal: AbortSignal.timeout(10_000) })
+      return (await response.text()).trim()
+    }
+    assert.strictEqual(await page(port), "web")
+    const forked = json(await ok(["fork", "web", "--count", "2", "--name-prefix", "web", "--json"]))
+    const children = forked.children as Array<
+      { name: string; ports: Array<{ hostPort: number; guestPort: number }> }
+    >
+    const hostPorts = children.map((c) => c.ports[0]!.hostPort)
+    assert.deepStrictEqual(children.map((c) => c.ports[0]!.guestPort), [8080, 8080])
+    assert.strictEqual(new Set([port, ...hostPorts]).size, 3, `host ports ${port}, ${hostPorts.join(", ")}`)
+    // The server the parent started runs on in each child; each child now serves a page of its own.
+    for (const [i, child] of children.entries()) {
+      await ok(["exec", child.name, "--", "sh", "-c", "hostname > /www/index.html"])
+      assert.strictEqual(await page(hostPorts[i]!), child.name)
+    }
+    assert.strictEqual(await page(port), "web")
+    await Promise.all(["web", "web-1", "web-2"].map((name) => ok(["delete", "--force", name])))
   }, 300_000)
 
   it("gives a halted workspace a disk-only snapshot", async () => {
