@@ -173,7 +173,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: mount.source,
             path: volume.path,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "volume"
           })
         )
       } else if (mount.kind === "bundle") {
@@ -184,7 +185,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: `bundle-${index}`,
             path,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "bundle"
           })
         )
       } else {
@@ -193,7 +195,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: NodePath.basename(mount.source),
             path: mount.source,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "image"
           })
         )
       }
