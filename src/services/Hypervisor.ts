@@ -17,6 +17,8 @@ export const Capability = Schema.Literal(
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
+  /** Attaches tar bundles (built into one-shot disks) and ext4 image files, besides named volumes. */
+  "DiskImages",
   "Secrets",
   "Snapshot",
   /**

@@ -115,6 +115,17 @@ export const checkMounts = (workspace: Workspace) =>
       })
     }
     for (const mount of workspace.mounts) {
+      if (mount.kind !== "volume" && !hypervisor.capabilities.has("DiskImages")) {
+        return yield* new Unsupported({
+          message:
+            `the ${hypervisor.backend} backend attaches named volumes only, not the ${mount.kind} ${mount.source} of workspace ${workspace.name}`,
+          remediation: "use the qemu backend, or put the files in a named volume",
+          backend: hypervisor.backend,
+          feature: "DiskImages"
+        })
+      }
+    }
+    for (const mount of workspace.mounts) {
       if (mount.kind === "volume") yield* claimable(workspace.name, mount)
       else if (!NodeFs.statSync(mount.source, { throwIfNoEntry: false })?.isFile()) {
         return yield* new NotFound({
