@@ -1,8 +1,10 @@
 /**
  * `cp`: files and directory trees between the host and a workspace, either way. A running workspace is
  * reached over its guest channel (files with the agent's put/get, trees as tar streams through the
- * image's own `tar`); a stopped or prepared one offline, on its ext4 disk with e2fsck and debugfs. The
- * host side is read and written by this process (the runtime), so bytes never cross the RPC socket.
+ * image's own `tar`); a stopped or prepared one offline, on its ext4 disk with e2fsck and debugfs. A disk
+ * that is a host directory (the `DirectoryDisk` capability: the fake backend) is read and written
+ * directly, running or not (internal/DirectoryCopy.ts). The host side is read and written by this
+ * process (the runtime), so bytes never cross the RPC socket.
  */
 import { Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
