@@ -10,6 +10,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
+import { FileCopy } from "../../src/domain/FileCopy.ts"
 import { Mount, SecretRef } from "../../src/domain/Workspace.ts"
 import { isAlive } from "../../src/layers/process/Processes.ts"
 import { create } from "../../src/programs/Create.ts"
@@ -82,6 +83,44 @@ describe("named volumes on the fake backend", () => {
       yield* volumeRemove("data")
       assert.isFalse(NodeFs.existsSync(data), "the fake's data goes with the volume")
       assert.isFalse(NodeFs.existsSync(created.path))
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("files delivered at start land on the mounted volume, and a guest's symlink keeps them in its root", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore
+      const host = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-files-"))
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => NodeFs.rmSync(host, { recursive: true, force: true }))
+      )
+      const source = NodePath.join(host, "conf")
+      NodeFs.writeFileSync(source, "setting=1\n")
+      const outside = NodePath.join(host, "outside")
+      NodeFs.mkdirSync(outside)
+      const created = yield* volumeCreate("conf", 16)
+      yield* create({
+        image: "alpine",
+        name: "files",
+        mounts: [volume("conf", "/data")],
+        files: [
+          new FileCopy({ source, target: "/data/app/conf" }),
+          new FileCopy({ source, target: "/link/conf" })
+        ]
+      })
+      // A symlink in the guest to an absolute path names the guest's own directory of that name.
+      const root = (yield* store.get("files")).rootfsPath
+      NodeFs.symlinkSync(outside, NodePath.join(root, "link"))
+      NodeFs.mkdirSync(NodePath.join(root, outside.slice(1)), { recursive: true })
+      yield* start("files")
+      assert.strictEqual(
+        NodeFs.readFileSync(NodePath.join(volumeDirectoryOf(created.path), "app", "conf"), "utf8"),
+        "setting=1\n"
+      )
+      assert.strictEqual(
+        NodeFs.readFileSync(NodePath.join(root, outside.slice(1), "conf"), "utf8"),
+        "setting=1\n"
+      )
+      assert.deepStrictEqual(NodeFs.readdirSync(outside), [])
+      yield* remove("files", { force: true })
     }).pipe(Effect.provide(fakeEnvironment)))
 
   it.scopedLive("a mountpoint with files in it is refused at launch: failed, volume released, files untouched", () =>

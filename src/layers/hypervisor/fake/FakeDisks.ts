@@ -20,6 +20,10 @@ const listOf = (root: string) => `${root}.fake-mounts`
 interface Mounted {
   /** The mountpoint's host path inside the root. */
   readonly at: string
+  /** The mountpoint, as the guest names it. */
+  readonly mountpoint?: string | undefined
+  /** The directory mounted there. */
+  readonly source?: string | undefined
   /** A read-only copy made for this VM, removed with the mount. */
   readonly copy?: string | undefined
 }
@@ -51,6 +55,22 @@ export const unmountAll = (root: string) => {
     if (mounted.copy !== undefined) removeCopy(mounted.copy)
   }
   NodeFs.rmSync(listOf(root), { force: true })
+}
+
+/**
+ * The host path of `guestPath` in the fake guest rooted at `root`, as its kernel would resolve it: inside
+ * the disk mounted there, if any, else inside the root (`resolveInRoot`: `..` and symlinks cannot lead
+ * out). Throws `RootedPathLoop` on a symlink loop.
+ */
+export const hostPathIn = (root: string, guestPath: string): string => {
+  const normal = NodePath.posix.normalize(`/${guestPath}`)
+  const mounted = read(root)
+    .filter((m) => m.mountpoint !== undefined && m.source !== undefined)
+    .sort((a, b) => b.mountpoint!.length - a.mountpoint!.length)
+    .find((m) => normal === m.mountpoint || normal.startsWith(`${m.mountpoint}/`))
+  return mounted === undefined
+    ? resolveInRoot(root, guestPath)
+    : resolveInRoot(mounted.source!, normal.slice(mounted.mountpoint!.length))
 }
 
 const removeCopy = (copy: string) => {
@@ -139,7 +159,12 @@ export const mountDisks = (config: LaunchConfig): Effect.Effect<void, Microagent
           NodeFs.mkdirSync(NodePath.dirname(at), { recursive: true, mode: 0o755 })
           const source = sourceOf(config, disk, index)
           NodeFs.symlinkSync(source, at)
-          remember(root, { at, ...(disk.readOnly ? { copy: source } : {}) })
+          remember(root, {
+            at,
+            mountpoint: disk.mountpoint,
+            source,
+            ...(disk.readOnly ? { copy: source } : {})
+          })
         }
       },
       catch: (cause): MicroagentError =>

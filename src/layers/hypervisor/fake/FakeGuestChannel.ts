@@ -18,12 +18,22 @@ import {
   GuestRemoteError,
   GuestUnreachable
 } from "../../../services/GuestChannel.ts"
+import { hostPathIn } from "./FakeDisks.ts"
 import { rememberGroup } from "./FakeGuestProcesses.ts"
 
 const defaultLimit = 16 * 1024 * 1024
 
-/** Resolves a guest path inside the scratch root; `..` cannot climb out of it. */
-const hostPath = (root: string, guestPath: string) => NodePath.join(root, NodePath.resolve("/", guestPath))
+/** Resolves a guest path inside the scratch root (or a disk mounted in it); `..` and symlinks cannot climb out. */
+const hostPath = (root: string, guestPath: string) => hostPathIn(root, guestPath)
+
+/** A command's working directory; one that cannot be resolved (a symlink loop) is left for spawn to refuse. */
+const workingDirectory = (root: string, guestPath: string) => {
+  try {
+    return hostPath(root, guestPath)
+  } catch {
+    return NodePath.join(root, NodePath.resolve("/", guestPath))
+  }
+}
 
 /** Where the secrets of the fake guest rooted at `root` were delivered (the host directory). */
 const secretsRecordOf = (root: string) => `${root}.fake-secrets`
@@ -93,7 +103,7 @@ const execStream = (
         let timedOut = false
         let finished = false
         const child = spawn(request.argv[0], request.argv.slice(1), {
-          cwd: hostPath(root, request.cwd ?? "/"),
+          cwd: workingDirectory(root, request.cwd ?? "/"),
           env: {
             PATH: process.env.PATH ?? "/usr/bin:/bin",
             HOME: root,
@@ -187,6 +197,13 @@ const execStream = (
         })
     ), { bufferSize: "unbounded" })
 
+/** What the agent would answer: a missing path is `not_found`. */
+const remoteError = (cause: unknown) =>
+  new GuestRemoteError({
+    message: String(cause),
+    ...((cause as NodeJS.ErrnoException).code === "ENOENT" ? { code: "not_found" } : {})
+  })
+
 const connection = (root: string): GuestConnection => ({
   exec: (request, stdin) =>
     execStream(root, request, stdin).pipe(
@@ -208,7 +225,7 @@ const connection = (root: string): GuestConnection => ({
           NodeFs.writeFileSync(target, Buffer.concat(Chunk.toArray(chunks)), { mode: file.mode })
           NodeFs.chmodSync(target, file.mode)
         },
-        catch: (cause) => new GuestRemoteError({ message: String(cause) })
+        catch: remoteError
       })
     }),
   getFile: (path) =>
@@ -222,7 +239,7 @@ const connection = (root: string): GuestConnection => ({
           data: Stream.make(new Uint8Array(data))
         }
       },
-      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+      catch: remoteError
     }),
   deliverSecrets: (secrets, options) =>
     Effect.try({
@@ -242,7 +259,7 @@ const connection = (root: string): GuestConnection => ({
           NodeFs.writeFileSync(file, secret.value, { mode: 0o400, flag: "wx" })
         }
       },
-      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+      catch: remoteError
     }),
   ping: Effect.void,
   shutdown: Effect.void
