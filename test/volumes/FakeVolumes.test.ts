@@ -218,4 +218,63 @@ describe("named volumes on the fake backend", () => {
       const events = (yield* store.events("cut")).map((e) => e.detail)
       assert.isTrue(events.some((detail) => detail.includes("start interrupted")), events.join("\n"))
     }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("a start interrupted after the launch, while files are delivered, kills the fake VMM and releases the volume", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore
+      const host = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-late-"))
+      const source = NodePath.join(host, "conf")
+      NodeFs.writeFileSync(source, "x\n")
+      // The delivery's helper command finds this `dirname` first on the PATH: it says it runs, then hangs.
+      const bin = NodePath.join(host, "bin")
+      const marker = NodePath.join(host, "delivering")
+      NodeFs.mkdirSync(bin)
+      NodeFs.writeFileSync(NodePath.join(bin, "dirname"), `#!/bin/sh\ntouch ${marker}\nexec sleep 60\n`, {
+        mode: 0o755
+      })
+      const path = process.env.PATH
+      yield* Effect.acquireRelease(
+        Effect.sync(() => (process.env.PATH = `${bin}:${path}`)),
+        () =>
+          Effect.sync(() => {
+            process.env.PATH = path
+            NodeFs.rmSync(host, { recursive: true, force: true })
+          })
+      )
+      yield* volumeCreate("late", 16)
+      yield* create({
+        image: "alpine",
+        name: "late",
+        mounts: [volume("late", "/data")],
+        files: [new FileCopy({ source, target: "/etc/app/conf" })]
+      })
+      const fiber = yield* Effect.fork(start("late"))
+      yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
+        Effect.retry({ times: 1000 }),
+        Effect.delay(Duration.millis(10)),
+        Effect.orDie
+      )
+      const starting = yield* store.get("late")
+      const pid = vmmPid(starting.runtimeDir)
+      assert.isTrue(isAlive(pid, undefined), "the fake VMM was launched")
+
+      const exit = yield* Fiber.interrupt(fiber)
+      assert.isTrue(Exit.isInterrupted(exit))
+      const after = yield* store.get("late")
+      assert.strictEqual(after.state, "failed")
+      assert.isUndefined(after.vm)
+      assert.isFalse(isAlive(pid, undefined), `fake VMM ${pid} is gone`)
+      assert.isUndefined((yield* volumeInspect("late")).attachedTo)
+      assert.isFalse(
+        NodeFs.lstatSync(NodePath.join(starting.rootfsPath, "data")).isSymbolicLink(),
+        "unmounted"
+      )
+      process.env.PATH = path
+      yield* start("late")
+      assert.strictEqual(
+        NodeFs.readFileSync(NodePath.join(after.rootfsPath, "etc", "app", "conf"), "utf8"),
+        "x\n"
+      )
+      yield* remove("late", { force: true })
+    }).pipe(Effect.provide(fakeEnvironment)))
 })
