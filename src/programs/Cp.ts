@@ -1,8 +1,10 @@
 /**
  * `cp`: files and directory trees between the host and a workspace, either way. A running workspace is
  * reached over its guest channel (files with the agent's put/get, trees as tar streams through the
- * image's own `tar`); a stopped or prepared one offline, on its ext4 disk with e2fsck and debugfs. The
- * host side is read and written by this process (the runtime), so bytes never cross the RPC socket.
+ * image's own `tar`); a stopped or prepared one offline, on its ext4 disk with e2fsck and debugfs. A disk
+ * that is a host directory (the `DirectoryDisk` capability: the fake backend) is read and written
+ * directly, running or not (internal/DirectoryCopy.ts). The host side is read and written by this
+ * process (the runtime), so bytes never cross the RPC socket.
  */
 import { Effect, Stream } from "effect"
 import * as NodeFs from "node:fs"
@@ -27,6 +29,7 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { runningHandle } from "./Exec.ts"
 import { checkGuestPath, guestBasename } from "./internal/CopyPaths.ts"
+import { copyInDirectory, copyOutDirectory } from "./internal/DirectoryCopy.ts"
 import { claimStoppedDisk, offlineStates } from "./internal/DiskClaim.ts"
 import { extractHostTree, hostDestination, writeHostFile } from "./internal/HostWrite.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
@@ -78,13 +81,15 @@ const reach = Effect.fn("cp.reach")(function*(name: string) {
         feature: capability
       })
     )
+  // A disk that is a host directory (the fake backend) is read and written directly, running or not.
+  const directory = hypervisor.capabilities.has("DirectoryDisk")
   if (workspace.state === "running") {
     yield* needs("LiveFileCopy")
-    return { _tag: "Live" as const, workspace }
+    return { _tag: "Live" as const, workspace, directory }
   }
   if (offlineStates.includes(workspace.state)) {
     yield* needs("OfflineFileCopy")
-    return { _tag: "Offline" as const, workspace }
+    return { _tag: "Offline" as const, workspace, directory }
   }
   return yield* new Conflict({
     message: `workspace ${name} is ${workspace.state}; files move only while it runs or while it is stopped`,
@@ -210,6 +215,18 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     bytes
   })
 
+  if (reached.directory) {
+    const live = reached._tag === "Live"
+    return yield* Effect.scoped(Effect.gen(function*() {
+      if (!live) {
+        yield* onRootDisk(reached.workspace, guestPath)
+        yield* claimStoppedDisk(name, "an offline cp")
+      }
+      const target = yield* copyInDirectory(reached.workspace, live, hostPath, guestPath)
+      return result(target, live ? "channel" : "offline")
+    }))
+  }
+
   if (reached._tag === "Live") {
     return yield* Effect.scoped(Effect.gen(function*() {
       const connection = yield* connectTo(name)
@@ -319,6 +336,18 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     entries,
     bytes
   })
+
+  if (reached.directory) {
+    const live = reached._tag === "Live"
+    return yield* Effect.scoped(Effect.gen(function*() {
+      if (!live) {
+        yield* onRootDisk(reached.workspace, guestPath)
+        yield* claimStoppedDisk(name, "an offline cp")
+      }
+      const copied = yield* copyOutDirectory(reached.workspace, live, guestPath, hostPath, base)
+      return done(copied.target, copied.kind, live ? "channel" : "offline", copied.entries, copied.bytes)
+    }))
+  }
 
   if (reached._tag === "Live") {
     return yield* Effect.scoped(Effect.gen(function*() {

@@ -399,6 +399,11 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         let freshened: Freshened | undefined
         let warmFailed = false
         let previousDisk: string | undefined
+        // The VMM as soon as one runs: an interruption before the start ends (which no tapError sees)
+        // must not leave it behind a record that says `failed`.
+        let vmm: VmHandle | undefined
+        const holding = <E, R>(launching: Effect.Effect<VmHandle, E, R>) =>
+          Effect.tap(launching, (handle) => Effect.sync(() => (vmm = handle)))
         // One type for both branches: a union here left the pipe below to inference that failed.
         const swapDisk: Effect.Effect<void, MicroagentError> = pendingDisk === undefined
           ? Effect.void
@@ -420,7 +425,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                 })
                 return (template !== undefined
                   // Warm: the template's guest, made this workspace's before it counts as running.
-                  ? hypervisor.restore(full, template.state, { ownMemory: true }).pipe(
+                  ? holding(hypervisor.restore(full, template.state, { ownMemory: true })).pipe(
                     Effect.tap((handle) =>
                       freshenGuest(name, handle, {
                         hostname: starting.hostname,
@@ -438,16 +443,16 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       }).pipe(
                         Effect.ignore,
                         Effect.zipRight(Effect.sync(() => (warmFailed = true))),
-                        Effect.zipRight(hypervisor.launch(full))
+                        Effect.zipRight(holding(hypervisor.launch(full)))
                       )
                     )
                   )
                   : memoryRestore && stateFile !== undefined
                   // The captured VM was booted with its own hostname on the kernel command line.
-                  ? hypervisor.restore(
+                  ? holding(hypervisor.restore(
                     resume === undefined ? full : new LaunchConfig({ ...full, hostname: resume.hostname }),
                     stateFile
-                  ).pipe(
+                  )).pipe(
                     // The resumed guest gets the host's clock and fresh entropy before it counts as
                     // running, and a copy its own hostname and machine-id.
                     Effect.tap((handle) =>
@@ -463,7 +468,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       )
                     )
                   )
-                  : hypervisor.launch(full)).pipe(
+                  : holding(hypervisor.launch(full))).pipe(
                     Effect.tap((handle) =>
                       deliverSecrets(name, handle, guestValues(starting, options.secretValues ?? [])).pipe(
                         // Files land before anything of the workspace's own runs; a resumed guest's
@@ -480,6 +485,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
           )
         ))
         if (Exit.isFailure(launched)) {
+          // Already killed on a failure; not on an interruption after the launch.
+          if (vmm !== undefined) yield* hypervisor.kill(vmm).pipe(Effect.ignore)
           // A roll back that did not start gives the workspace its disk back.
           if (previousDisk !== undefined) {
             yield* putBack(previousDisk, starting.rootfsPath).pipe(Effect.ignore)

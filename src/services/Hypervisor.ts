@@ -17,8 +17,15 @@ export const Capability = Schema.Literal(
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
+  /** Attaches tar bundles (built into one-shot disks) and ext4 image files, besides named volumes. */
+  "DiskImages",
   "Secrets",
-  "Snapshot"
+  "Snapshot",
+  /**
+   * The workspace's disk is a host directory (`rootfsPath`) standing for the guest's root, not a disk
+   * image: `cp` reads and writes it directly, running or stopped (the fake backend).
+   */
+  "DirectoryDisk"
 )
 export type Capability = typeof Capability.Type
 
@@ -34,8 +41,16 @@ export class DiskAttachment extends Schema.Class<DiskAttachment>("DiskAttachment
   name: Schema.String,
   path: Schema.String,
   mountpoint: Schema.String,
-  readOnly: Schema.Boolean
+  readOnly: Schema.Boolean,
+  /** What the disk is: a named volume, a bundle's one-shot disk, or an ext4 image file attached as it is. */
+  kind: Schema.optional(Schema.Literal("volume", "bundle", "image"))
 }) {}
+
+/**
+ * Where a backend without block devices (the fake) keeps a named volume's data: a directory beside the
+ * volume's ext4 file, which such a backend never reads or writes. It goes with the volume.
+ */
+export const volumeDirectoryOf = (volumePath: string): string => `${volumePath.replace(/\.ext4$/, "")}.fake.d`
 
 export class PortForward extends Schema.Class<PortForward>("PortForward")({
   hostIp: Schema.String,

@@ -149,7 +149,7 @@ describe("examples/promise-host", () => {
     const { stdout } = await runOn(dir, "start", "fake")
     assert.match(stdout, /exit 3: hello from sh/)
     assert.match(stdout, /line 1\nline 2\nline 3\nstream exit 0/)
-    assert.match(stdout, /files: unsupported/)
+    assert.match(stdout, /read back: summarise this/)
   })
 
   it("runs on QEMU", async () => {

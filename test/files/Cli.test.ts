@@ -1,7 +1,7 @@
 /**
- * `cp`, `artifacts` and `--output` through the CLI on the fake backend: usage errors, the backend's
- * missing file-copy capabilities reported as `unsupported` (its "guest" is the host), declared outputs
- * recorded, listed and (when they cannot be collected) recorded as not collected by `run`.
+ * `cp`, `artifacts` and `--output` through the CLI on the fake backend: usage errors, copies on its
+ * directory disk (test/files/FakeCopy.test.ts has the rules), declared outputs recorded, listed, fetched
+ * and (when they cannot be collected) recorded as not collected by `run`.
  */
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -44,7 +44,7 @@ describe("cp and artifacts on the fake backend", () => {
     assert.strictEqual(errorOf(missing).error.kind, "not_found")
   })
 
-  it("records declared outputs, lists them, and says the fake backend cannot copy", async () => {
+  it("records declared outputs, lists them, and copies on the fake backend's directory disk", async () => {
     const created = await ma([
       "create",
       "--backend",
@@ -71,10 +71,24 @@ describe("cp and artifacts on the fake backend", () => {
         { name: "logs", path: "/var/log/app", collected: false }
       ]
     })
-    const copy = await ma(["cp", "/etc/hostname", "w1:/tmp"])
-    assert.strictEqual(errorOf(copy).error.kind, "unsupported", copy.stderr)
-    const get = await ma(["artifacts", "get", "w1", "report", stateDir])
-    assert.strictEqual(errorOf(get).error.kind, "unsupported", get.stderr)
+    const source = NodePath.join(stateDir, "report-source.txt")
+    NodeFs.writeFileSync(source, "the report\n")
+    const copy = await ma(["cp", source, "w1:/root/report.txt"])
+    assert.strictEqual(copy.code, 0, copy.stderr)
+    assert.strictEqual(JSON.parse(copy.stdout).via, "offline")
+    assert.strictEqual(
+      NodeFs.readFileSync(
+        NodePath.join(stateDir, "workspaces", "w1", "rootfs", "root", "report.txt"),
+        "utf8"
+      ),
+      "the report\n"
+    )
+    const fetched = NodeFs.mkdtempSync(NodePath.join(stateDir, "fetched-"))
+    const get = await ma(["artifacts", "get", "w1", "report", fetched])
+    assert.strictEqual(get.code, 0, get.stderr)
+    assert.strictEqual(NodeFs.readFileSync(NodePath.join(fetched, "report.txt"), "utf8"), "the report\n")
+    const absent = await ma(["artifacts", "get", "w1", "logs", fetched])
+    assert.strictEqual(errorOf(absent).error.kind, "not_found", absent.stderr)
     const unknown = await ma(["artifacts", "get", "w1", "nope", stateDir])
     assert.strictEqual(errorOf(unknown).error.kind, "not_found")
     assert.deepStrictEqual(JSON.parse((await ma(["artifacts", "rm", "w1"])).stdout), {
@@ -101,7 +115,7 @@ describe("cp and artifacts on the fake backend", () => {
     assert.isFalse(listed.exists)
     assert.strictEqual(listed.artifacts.length, 1)
     assert.isFalse(listed.artifacts[0].collected)
-    assert.match(listed.artifacts[0].error, /fake backend cannot copy/)
+    assert.match(listed.artifacts[0].error, /\/root\/x does not exist/)
     const collection = NodePath.join(stateDir, "artifacts", "r1")
     assert.strictEqual(NodeFs.statSync(collection).mode & 0o777, 0o700)
     assert.strictEqual(NodeFs.statSync(NodePath.join(collection, "manifest.json")).mode & 0o777, 0o600)

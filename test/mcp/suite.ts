@@ -610,15 +610,22 @@ export const describeMcpServer = (target: TestTarget) => {
         const both = await mcp.call("workspace.cp", { source: "a:/x", target: "b:/y", idempotency_key: "c1" })
         assert.isFalse(both.ok)
         if (testBackend !== "qemu") {
-          // The fake backend's guest is the host itself: copies are refused, not done on host paths.
+          // The fake backend's disk is a host directory: copies go in and out of it, never to host paths.
           await mcp.call("workspace.create", { image: testImage, name: "f1", idempotency_key: "c2" })
           NodeFs.writeFileSync(NodePath.join(scratch, "in.txt"), "hello")
-          const refused = await mcp.call("workspace.cp", {
+          const copied = await mcp.call("workspace.cp", {
             source: NodePath.join(scratch, "in.txt"),
             target: "f1:/tmp/in.txt",
             idempotency_key: "c3"
           })
-          assert.strictEqual(refused.error?.kind, "unsupported")
+          assert.isTrue(copied.ok, JSON.stringify(copied.error))
+          const back = await mcp.call("workspace.cp", {
+            source: "f1:/tmp/in.txt",
+            target: NodePath.join(scratch, "back.txt"),
+            idempotency_key: "c3b"
+          })
+          assert.isTrue(back.ok, JSON.stringify(back.error))
+          assert.strictEqual(NodeFs.readFileSync(NodePath.join(scratch, "back.txt"), "utf8"), "hello")
           await mcp.call("workspace.delete", { name: "f1", idempotency_key: "c4" })
           return
         }

@@ -30,10 +30,12 @@ describe("the Promise API (fake backend)", () => {
     assert.deepInclude(seen, "stderr b\n")
     assert.strictEqual(seen.at(-1), "exit 0")
 
-    // The fake backend moves no files (test/e2e/promise.test.ts covers them on QEMU): the kind says so.
-    const files = await ws.files.write("/tmp/note.txt", "hello file").catch((e: unknown) => e)
-    assert.instanceOf(files, MicroagentError)
-    assert.strictEqual((files as MicroagentError).kind, "unsupported")
+    // Files move on the fake backend's directory disk (test/e2e/promise.test.ts covers them on QEMU).
+    await ws.files.write("/tmp/note.txt", "hello file")
+    assert.strictEqual(await ws.files.readText("/tmp/note.txt"), "hello file")
+    const missingFile = await ws.files.read("/tmp/none").catch((e: unknown) => e)
+    assert.instanceOf(missingFile, MicroagentError)
+    assert.strictEqual((missingFile as MicroagentError).kind, "not_found")
 
     await ws.halt()
     assert.strictEqual((await ws.inspect()).state, "halted")

@@ -1,6 +1,6 @@
 /**
  * What `start` checks before the workspace changes state, on the fake backend: the secret values
- * match the references, the backend attaches disks, the volumes exist. A refusal leaves the
+ * match the references, the backend attaches such disks, the volumes exist. A refusal leaves the
  * workspace as it was; delivered secrets land in the guest's /run/secrets.
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -63,7 +63,7 @@ describe("start's checks before boot", () => {
       yield* remove("s2", { force: true })
     }).pipe(Effect.provide(environment)))
 
-  it.scopedLive("mounts on a backend without disks are unsupported, before any state change", () =>
+  it.scopedLive("a bundle or image mount on a backend that attaches named volumes only is unsupported, before any state change", () =>
     Effect.gen(function*() {
       const store = yield* StateStore
       const image = NodePath.join(yield* Effect.sync(() => NodeFs.mkdtempSync("/tmp/ma-start-")), "d.ext4")

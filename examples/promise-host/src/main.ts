@@ -16,7 +16,7 @@ try {
   await ws.files.write("/root/task.txt", "summarise this\n")
   console.log(`read back: ${(await ws.files.readText("/root/task.txt")).trim()}`)
 } catch (error) {
-  // Every failure is a MicroagentError with the library's kind; the fake backend moves no files.
+  // Every failure is a MicroagentError with the library's kind (`unsupported`: the backend cannot).
   if (!(error instanceof MicroagentError) || error.kind !== "unsupported") throw error
   console.log(`files: ${error.kind}: ${error.message}`)
 }

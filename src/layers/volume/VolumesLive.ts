@@ -12,6 +12,7 @@ import { classifyNoSpace } from "../../domain/DiskFull.ts"
 import { Conflict, InvalidInput, NotFound, Permanent } from "../../domain/Errors.ts"
 import { invalidVolumeName, volumeNameProblem } from "../../domain/MountFlag.ts"
 import { Home } from "../../services/Home.ts"
+import { volumeDirectoryOf } from "../../services/Hypervisor.ts"
 import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
 import { resizeExt4, toolError } from "../rootfs/Ext4Resize.ts"
 import { runToolOk } from "../rootfs/Tools.ts"
@@ -251,7 +252,11 @@ export const make = Effect.gen(function*() {
           })
         }
         yield* sql`DELETE FROM volume_readers WHERE volume = ${name}`.pipe(Effect.mapError(storeError))
-        yield* fsStep(`cannot remove ${volume.path}`, () => NodeFs.rmSync(volume.path, { force: true }))
+        yield* fsStep(`cannot remove ${volume.path}`, () => {
+          NodeFs.rmSync(volume.path, { force: true })
+          // The data the fake backend kept for the volume, if it was ever attached there.
+          NodeFs.rmSync(volumeDirectoryOf(volume.path), { recursive: true, force: true })
+        })
       }),
     resize,
     attach: (name, workspace, options) =>

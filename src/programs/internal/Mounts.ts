@@ -115,6 +115,17 @@ export const checkMounts = (workspace: Workspace) =>
       })
     }
     for (const mount of workspace.mounts) {
+      if (mount.kind !== "volume" && !hypervisor.capabilities.has("DiskImages")) {
+        return yield* new Unsupported({
+          message:
+            `the ${hypervisor.backend} backend attaches named volumes only, not the ${mount.kind} ${mount.source} of workspace ${workspace.name}`,
+          remediation: "use the qemu backend, or put the files in a named volume",
+          backend: hypervisor.backend,
+          feature: "DiskImages"
+        })
+      }
+    }
+    for (const mount of workspace.mounts) {
       if (mount.kind === "volume") yield* claimable(workspace.name, mount)
       else if (!NodeFs.statSync(mount.source, { throwIfNoEntry: false })?.isFile()) {
         return yield* new NotFound({
@@ -173,7 +184,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: mount.source,
             path: volume.path,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "volume"
           })
         )
       } else if (mount.kind === "bundle") {
@@ -184,7 +196,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: `bundle-${index}`,
             path,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "bundle"
           })
         )
       } else {
@@ -193,7 +206,8 @@ export const attachMounts = (workspace: Workspace, runtimeDir: string) =>
             name: NodePath.basename(mount.source),
             path: mount.source,
             mountpoint: mount.target,
-            readOnly: mount.readOnly
+            readOnly: mount.readOnly,
+            kind: "image"
           })
         )
       }

@@ -1,12 +1,16 @@
 /**
  * The fake backend's guest channel: runs commands as host processes inside the workspace's scratch
- * directory (guest `/` is that directory for `cwd` and files). For the fast test tier only.
+ * directory (guest `/` is that directory for `cwd` and files; a command's own absolute paths are the
+ * host's). Secrets are files under the root's `run/secrets` (0700, each 0400), which a command reads
+ * relative to its working directory (`cat run/secrets/NAME` from `/`), or through
+ * `$MICROAGENT_SECRETS_DIR`; they are removed when the fake VM stops. For the fast test tier only.
  */
 import { Chunk, Effect, Layer, Stream } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { type ExecOutput, type ExecRequest, ExecResult } from "../../../domain/Exec.ts"
+import { resolveInRoot } from "../../../domain/RootedPath.ts"
 import {
   GuestChannel,
   type GuestConnection,
@@ -14,12 +18,61 @@ import {
   GuestRemoteError,
   GuestUnreachable
 } from "../../../services/GuestChannel.ts"
+import { hostPathIn } from "./FakeDisks.ts"
 import { rememberGroup } from "./FakeGuestProcesses.ts"
 
 const defaultLimit = 16 * 1024 * 1024
 
-/** Resolves a guest path inside the scratch root; `..` cannot climb out of it. */
-const hostPath = (root: string, guestPath: string) => NodePath.join(root, NodePath.resolve("/", guestPath))
+/** Resolves a guest path inside the scratch root (or a disk mounted in it); `..` and symlinks cannot climb out. */
+const hostPath = (root: string, guestPath: string) => hostPathIn(root, guestPath)
+
+/** A command's working directory; one that cannot be resolved (a symlink loop) is left for spawn to refuse. */
+const workingDirectory = (root: string, guestPath: string) => {
+  try {
+    return hostPath(root, guestPath)
+  } catch {
+    return NodePath.join(root, NodePath.resolve("/", guestPath))
+  }
+}
+
+/** Where the secrets of the fake guest rooted at `root` were delivered (the host directory). */
+const secretsRecordOf = (root: string) => `${root}.fake-secrets`
+
+/** The host directory of the guest's /run/secrets, resolved inside the root (symlinks cannot lead out). */
+const secretsDirOf = (root: string) => resolveInRoot(root, "/run/secrets")
+
+/** Removes the fake guest's secrets, wherever they were delivered (its "tmpfs" goes with the VM). Never throws. */
+export const removeSecrets = (root: string) => {
+  const dirs = new Set<string>()
+  try {
+    dirs.add(NodeFs.readFileSync(secretsRecordOf(root), "utf8").trim())
+  } catch {
+    // None delivered.
+  }
+  try {
+    dirs.add(secretsDirOf(root))
+  } catch {
+    // A symlink loop: nothing of ours can be there.
+  }
+  for (const dir of dirs) {
+    if (dir.length === 0 || !dir.startsWith(`${root}/`)) continue
+    try {
+      if (NodeFs.lstatSync(dir, { throwIfNoEntry: false })?.isDirectory()) {
+        for (const entry of NodeFs.readdirSync(dir)) {
+          const file = NodePath.join(dir, entry)
+          // Overwritten before it goes, like the agent's purge.
+          if (NodeFs.lstatSync(file).isFile()) {
+            NodeFs.writeFileSync(file, Buffer.alloc(NodeFs.statSync(file).size))
+          }
+        }
+        NodeFs.rmSync(dir, { recursive: true, force: true })
+      }
+    } catch {
+      // Gone already.
+    }
+  }
+  NodeFs.rmSync(secretsRecordOf(root), { force: true })
+}
 
 const signalNumbers: Record<string, number> = {
   SIGHUP: 1,
@@ -50,8 +103,13 @@ const execStream = (
         let timedOut = false
         let finished = false
         const child = spawn(request.argv[0], request.argv.slice(1), {
-          cwd: hostPath(root, request.cwd ?? "/"),
-          env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: root, ...request.env },
+          cwd: workingDirectory(root, request.cwd ?? "/"),
+          env: {
+            PATH: process.env.PATH ?? "/usr/bin:/bin",
+            HOME: root,
+            MICROAGENT_SECRETS_DIR: NodePath.join(root, "run", "secrets"),
+            ...request.env
+          },
           detached: true,
           stdio: ["pipe", "pipe", "pipe"]
         })
@@ -139,6 +197,13 @@ const execStream = (
         })
     ), { bufferSize: "unbounded" })
 
+/** What the agent would answer: a missing path is `not_found`. */
+const remoteError = (cause: unknown) =>
+  new GuestRemoteError({
+    message: String(cause),
+    ...((cause as NodeJS.ErrnoException).code === "ENOENT" ? { code: "not_found" } : {})
+  })
+
 const connection = (root: string): GuestConnection => ({
   exec: (request, stdin) =>
     execStream(root, request, stdin).pipe(
@@ -160,7 +225,7 @@ const connection = (root: string): GuestConnection => ({
           NodeFs.writeFileSync(target, Buffer.concat(Chunk.toArray(chunks)), { mode: file.mode })
           NodeFs.chmodSync(target, file.mode)
         },
-        catch: (cause) => new GuestRemoteError({ message: String(cause) })
+        catch: remoteError
       })
     }),
   getFile: (path) =>
@@ -174,19 +239,27 @@ const connection = (root: string): GuestConnection => ({
           data: Stream.make(new Uint8Array(data))
         }
       },
-      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+      catch: remoteError
     }),
   deliverSecrets: (secrets, options) =>
     Effect.try({
       try: () => {
-        const dir = hostPath(root, "/run/secrets")
-        if (options?.purge === true) NodeFs.rmSync(dir, { recursive: true, force: true })
+        if (options?.purge === true) removeSecrets(root)
+        // Resolved inside the root: a guest's symlink at run or run/secrets cannot send them elsewhere.
+        const dir = secretsDirOf(root)
         NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
+        const stat = NodeFs.lstatSync(dir)
+        if (!stat.isDirectory()) throw new Error(`${dir} is not a directory`)
+        NodeFs.chmodSync(dir, 0o700)
+        NodeFs.writeFileSync(secretsRecordOf(root), `${dir}\n`, { mode: 0o600 })
         for (const secret of secrets) {
-          NodeFs.writeFileSync(NodePath.join(dir, secret.name), secret.value, { mode: 0o400 })
+          const file = NodePath.join(dir, secret.name)
+          NodeFs.rmSync(file, { force: true })
+          // O_EXCL: a name the guest made a symlink meanwhile is not followed.
+          NodeFs.writeFileSync(file, secret.value, { mode: 0o400, flag: "wx" })
         }
       },
-      catch: (cause) => new GuestRemoteError({ message: String(cause) })
+      catch: remoteError
     }),
   ping: Effect.void,
   shutdown: Effect.void

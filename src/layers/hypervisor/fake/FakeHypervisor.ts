@@ -2,39 +2,58 @@
  * The fake backend, for the fast test tier only: the "VMM" is a detached host process that stands for
  * the VM's lifetime (so state survives across CLI processes, like a real detached VMM), and the
  * "guest" runs commands on the host inside the workspace's scratch directory. It honours the same
- * capability table and lifecycle contract as a real backend.
+ * capability table and lifecycle contract as a real backend. Named volumes are host directories
+ * mounted as symlinks in that directory (FakeDisks.ts), secrets files under its `run/secrets`
+ * (FakeGuestChannel.ts), and `cp` reads and writes the directory itself (the `DirectoryDisk` capability).
  */
-import { Duration, Effect, Layer, Schedule } from "effect"
+import { Duration, Effect, Exit, Layer, Schedule } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent, Transient, Unsupported } from "../../../domain/Errors.ts"
 import { type Capability, Hypervisor, type HypervisorShape, VmHandle } from "../../../services/Hypervisor.ts"
+import { faultPoint } from "../../process/FaultPoint.ts"
 import { isAlive, signal, startTimeOf, stateOf, waitGone } from "../../process/Processes.ts"
+import { mountDisks, unmountAll } from "./FakeDisks.ts"
+import { removeSecrets } from "./FakeGuestChannel.ts"
 import { endGroups } from "./FakeGuestProcesses.ts"
 
 const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
   "PauseResume",
-  "Snapshot"
+  "Snapshot",
+  "Volumes",
+  "Secrets",
+  "LiveFileCopy",
+  "OfflineFileCopy",
+  "DirectoryDisk"
 ])
 
 const appendConsole = (handle: { consoleLog: string }, line: string) =>
   Effect.sync(() => NodeFs.appendFileSync(handle.consoleLog, `${line}\n`, { mode: 0o600 }))
 
-/** What the fake guest left running ends with its VM. */
+/**
+ * What the fake guest left running ends with its VM; its disks are unmounted and its secrets removed,
+ * as a real VM's go with its tmpfs and its block devices.
+ */
 const endFakeGuest = (handle: VmHandle) => {
   const channel = handle.channel as { readonly _tag: string; readonly root?: string }
-  if (channel._tag === "HostDirectory" && channel.root !== undefined) endGroups(channel.root)
+  if (channel._tag === "HostDirectory" && channel.root !== undefined) endGuestIn(channel.root)
+}
+
+const endGuestIn = (root: string) => {
+  endGroups(root)
+  removeSecrets(root)
+  unmountAll(root)
 }
 const launch: HypervisorShape["launch"] = (config) =>
   Effect.gen(function*() {
-    if (config.ports.length > 0 || config.disks.length > 0) {
+    if (config.ports.length > 0) {
       return yield* new Unsupported({
-        message: "the fake backend does not publish ports or attach disks",
+        message: "the fake backend does not publish ports",
         remediation: "use --backend qemu",
         backend: "fake",
-        feature: config.ports.length > 0 ? "NetworkPublish" : "Volumes"
+        feature: "NetworkPublish"
       })
     }
     if (!NodeFs.existsSync(config.rootfsPath)) {
@@ -43,37 +62,53 @@ const launch: HypervisorShape["launch"] = (config) =>
         remediation: "delete and re-create the workspace"
       })
     }
+    // What a VM that died without a halt left in its root (secrets, mounts) goes before this one boots.
+    endGuestIn(config.rootfsPath)
     const consoleLog = NodePath.join(config.runtimeDir, "console.log")
-    // A process that lives until it is signalled, detached from our process group and stdio.
-    const child = yield* Effect.try({
-      try: () => {
-        const proc = spawn("sleep", ["2147483647"], { detached: true, stdio: "ignore" })
-        proc.unref()
-        return proc
-      },
-      catch: (cause) =>
-        new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
-    })
-    const pid = child.pid
-    if (pid === undefined) {
-      return yield* new Transient({ message: "fake VMM did not start", remediation: "retry" })
-    }
-    const handle = new VmHandle({
-      backend: "fake",
-      pid,
-      pidStartTime: startTimeOf(pid) ?? "",
-      channel: { _tag: "HostDirectory", root: config.rootfsPath },
-      consoleLog
-    })
-    // Like a real VMM's pid file: lets `gc` find the process even if the record is lost.
-    NodeFs.writeFileSync(NodePath.join(config.runtimeDir, "vmm.pid"), `${pid} ${handle.pidStartTime}\n`, {
-      mode: 0o600
-    })
-    yield* appendConsole(
-      handle,
-      `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB)`
+    return yield* Effect.uninterruptibleMask((restore) =>
+      Effect.gen(function*() {
+        // A process that lives until it is signalled, detached from our process group and stdio.
+        const child = yield* Effect.try({
+          try: () => {
+            const proc = spawn("sleep", ["2147483647"], { detached: true, stdio: "ignore" })
+            proc.unref()
+            return proc
+          },
+          catch: (cause) =>
+            new Transient({ message: `fake VMM did not start: ${String(cause)}`, remediation: "" })
+        })
+        const pid = child.pid
+        if (pid === undefined) {
+          return yield* new Transient({ message: "fake VMM did not start", remediation: "retry" })
+        }
+        const handle = new VmHandle({
+          backend: "fake",
+          pid,
+          pidStartTime: startTimeOf(pid) ?? "",
+          channel: { _tag: "HostDirectory", root: config.rootfsPath },
+          consoleLog
+        })
+        // Like a real VMM's pid file: lets `gc` find the process even if the record is lost.
+        NodeFs.writeFileSync(NodePath.join(config.runtimeDir, "vmm.pid"), `${pid} ${handle.pidStartTime}\n`, {
+          mode: 0o600
+        })
+        // Like a real launch, one that fails or is interrupted from here on leaves no VMM behind.
+        yield* restore(
+          mountDisks(config).pipe(
+            Effect.zipRight(faultPoint("vmm.booting")),
+            Effect.zipRight(appendConsole(
+              handle,
+              `fake: booted ${config.hostname} (${config.cpus} vCPU, ${config.memoryMiB} MiB${
+                config.disks.length === 0 ? "" : `, ${config.disks.length} disk(s)`
+              })`
+            ))
+          )
+        ).pipe(
+          Effect.onExit((exit) => Exit.isSuccess(exit) ? Effect.void : make.kill(handle).pipe(Effect.ignore))
+        )
+        return handle
+      })
     )
-    return handle
   })
 
 export const make: HypervisorShape = {

@@ -114,6 +114,7 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "NetworkPublish",
   "NamedNetworks",
   "Volumes",
+  "DiskImages",
   "Secrets",
   "Snapshot"
 ])
