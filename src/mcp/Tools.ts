@@ -14,8 +14,15 @@ import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { RunPlan } from "../domain/Plan.ts"
 import { parsePublishes } from "../domain/Publish.ts"
+import {
+  DeleteRequest,
+  ExecSettings,
+  HaltRequest,
+  KillRequest,
+  RunRequest,
+  StartRequest
+} from "../domain/Requests.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import { SnapshotTag } from "../domain/Snapshot.ts"
 import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import { healthCheckOf } from "../domain/Supervision.ts"
@@ -49,16 +56,12 @@ import {
   described,
   optional,
   type PreviewResult,
+  requestInput,
   type ToolContext
 } from "./Tool.ts"
 import { usageTools } from "./UsageTools.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
-
-const coldInput = optional(
-  Schema.Boolean,
-  "boot even when a warm start is possible (a first start on the image's disk otherwise restores a saved template VM)"
-)
 
 const newWorkspace = {
   image: described(
@@ -163,26 +166,18 @@ const newWorkspace = {
   )
 }
 
+/** How a command runs (`exec`, and `run`'s command). */
+const execSettings = requestInput(ExecSettings.fields, {
+  env: "environment variables, over the image's and the workspace's",
+  cwd: "working directory in the guest (default: the image's)",
+  user: "user, name or uid[:gid] (default: the image's)",
+  timeoutSeconds: "seconds before the command is stopped (TERM, then KILL); the result says timed_out",
+  stdoutLimit: "bytes of stdout kept (default 10 MiB)",
+  stderrLimit: "bytes of stderr kept (default 10 MiB)"
+})
+
 const execFields = {
-  env: optional(
-    Schema.Record({ key: Schema.String, value: Schema.String }),
-    "environment variables, over the image's and the workspace's"
-  ),
-  cwd: ExecRequest.fields.cwd.annotations({
-    description: "working directory in the guest (default: the image's)"
-  }),
-  user: ExecRequest.fields.user.annotations({
-    description: "user, name or uid[:gid] (default: the image's)"
-  }),
-  timeout_seconds: ExecRequest.fields.timeoutSeconds.annotations({
-    description: "seconds before the command is stopped (TERM, then KILL); the result says timed_out"
-  }),
-  stdout_limit: ExecRequest.fields.stdoutLimit.annotations({
-    description: "bytes of stdout kept (default 10 MiB)"
-  }),
-  stderr_limit: ExecRequest.fields.stderrLimit.annotations({
-    description: "bytes of stderr kept (default 10 MiB)"
-  }),
+  ...execSettings.fields,
   stdin: optional(Schema.String, "text fed to the command's stdin (closed at once when absent)")
 }
 
@@ -374,6 +369,20 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
 
 export const describeTool = "microagent.describe"
 
+const coldDescription =
+  "boot even when a warm start is possible (a first start on the image's disk otherwise restores a saved template VM)"
+
+const bootTimeoutDescription = "seconds to wait for the guest (default 60)"
+
+/** A one-shot run's own settings. */
+const runSettings = requestInput(RunRequest.fields, {
+  setup:
+    "shell commands run in order in the same boot, before the command; a failing one fails the call with its output",
+  keep: "keep the workspace, halted, instead of deleting it",
+  bootTimeoutSeconds: bootTimeoutDescription,
+  cold: coldDescription
+})
+
 /** `workspace.run` and `workspace.dispatch`: one input, one call; dispatch asks for the receipt too. */
 const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
   defineTool({
@@ -394,16 +403,7 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
         "the command and its arguments, run without a shell (default: the image's Entrypoint and Cmd)"
       ),
       ...execFields,
-      setup: optional(
-        Schema.Array(Schema.String),
-        "shell commands run in order in the same boot, before the command; a failing one fails the call with its output"
-      ),
-      keep: optional(Schema.Boolean, "keep the workspace, halted, instead of deleting it"),
-      boot_timeout_seconds: optional(
-        Schema.Number.pipe(Schema.positive()),
-        "seconds to wait for the guest (default 60)"
-      ),
-      cold: coldInput,
+      ...runSettings.fields,
       dry_run: optional(
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, mounts, network, setup, "
@@ -430,23 +430,36 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
           )
         }
         return yield* client.run(defined({
+          ...execSettings.from(args),
           ...fields,
           secretValues,
           command: args.command ?? [],
-          setup: args.setup,
-          cwd: args.cwd,
-          user: args.user,
-          timeoutSeconds: args.timeout_seconds,
-          stdoutLimit: args.stdout_limit,
-          stderrLimit: args.stderr_limit,
-          keep: args.keep,
-          bootTimeoutSeconds: args.boot_timeout_seconds,
-          cold: args.cold,
+          ...runSettings.from(args),
           ...stdinOf(args.stdin),
           ...(name === "workspace.dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))
       })
   })
+
+const startSettings = requestInput(StartRequest.fields, {
+  bootTimeoutSeconds: bootTimeoutDescription,
+  cold: coldDescription
+})
+
+const startSnapshot = requestInput(StartRequest.fields, {
+  fromSnapshot:
+    "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
+    + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
+})
+
+const haltSettings = requestInput(HaltRequest.fields, {
+  timeoutSeconds: "seconds the guest gets (default 15)",
+  reason: "recorded in the workspace's events"
+})
+
+const deleteSettings = requestInput(DeleteRequest.fields, { force: "kill a live workspace first" })
+
+const reasonInput = requestInput(KillRequest.fields, { reason: "recorded in the workspace's events" })
 
 export const tools: ReadonlyArray<AnyTool> = [
   oneShotTool("workspace.run"),
@@ -571,21 +584,13 @@ export const tools: ReadonlyArray<AnyTool> = [
     description: "Boot a prepared, halted, stopped or failed workspace from its disk and wait for its guest.",
     input: {
       ...workspaceName,
-      boot_timeout_seconds: optional(
-        Schema.Number.pipe(Schema.positive()),
-        "seconds to wait for the guest (default 60)"
-      ),
-      cold: coldInput,
+      ...startSettings.fields,
       secrets: optional(
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
           + "in the MCP server's environment, and delivered"
       ),
-      from_snapshot: optional(
-        SnapshotTag,
-        "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
-          + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
-      )
+      ...startSnapshot.fields
     },
     output: Workspace,
     kind: "mutate",
@@ -605,11 +610,10 @@ export const tools: ReadonlyArray<AnyTool> = [
         return yield* client.start(
           defined({
             name: args.name,
-            bootTimeoutSeconds: args.boot_timeout_seconds,
+            ...startSettings.from(args),
             secrets: given,
             secretValues,
-            fromSnapshot: args.from_snapshot,
-            cold: args.cold
+            ...startSnapshot.from(args)
           })
         )
       })
@@ -629,18 +633,16 @@ export const tools: ReadonlyArray<AnyTool> = [
     sideEffects: ["runs a command in the guest"],
     cost: "host_compute_and_storage",
     run: (args) =>
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.exec(defined({
-          name: args.name,
-          argv: args.argv,
-          env: args.env,
-          cwd: args.cwd,
-          user: args.user,
-          timeoutSeconds: args.timeout_seconds,
-          stdoutLimit: args.stdout_limit,
-          stderrLimit: args.stderr_limit,
-          ...stdinOf(args.stdin)
-        })))
+      Effect.flatMap(
+        MicroagentClient,
+        (client) =>
+          client.exec({
+            name: args.name,
+            argv: args.argv,
+            ...execSettings.from(args),
+            ...stdinOf(args.stdin)
+          })
+      )
   }),
   defineTool({
     name: "workspace.halt",
@@ -649,8 +651,7 @@ export const tools: ReadonlyArray<AnyTool> = [
       + "off in time. The disk is kept; workspace.start boots it again.",
     input: {
       ...workspaceName,
-      timeout_seconds: optional(Schema.Number.pipe(Schema.positive()), "seconds the guest gets (default 15)"),
-      reason: optional(Schema.String, "recorded in the workspace's events")
+      ...haltSettings.fields
     },
     output: Workspace,
     kind: "destructive",
@@ -659,8 +660,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) =>
-          client.halt(defined({ name: args.name, timeoutSeconds: args.timeout_seconds, reason: args.reason }))
+        (client) => client.halt({ name: args.name, ...haltSettings.from(args) })
       ),
     preview: (args) =>
       transitionPreview(args.name, "halt", (state) => [
@@ -675,7 +675,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     description:
       "Freeze a running workspace's vCPUs. Memory, disk and network are kept; exec, connect and cp "
       + "are refused until workspace.resume. Pausing a paused workspace changes nothing.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "mutate",
     sideEffects: ["freezes the guest (its clocks stop; connections may time out)"],
@@ -683,7 +683,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.pause(defined({ name: args.name, reason: args.reason }))
+        (client) => client.pause({ name: args.name, ...reasonInput.from(args) })
       )
   }),
   defineTool({
@@ -691,7 +691,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     title: "Resume a workspace",
     description:
       "Let a paused workspace run on where it stopped. Resuming a running workspace changes nothing.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "mutate",
     sideEffects: ["the guest runs again"],
@@ -699,14 +699,14 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.resume(defined({ name: args.name, reason: args.reason }))
+        (client) => client.resume({ name: args.name, ...reasonInput.from(args) })
       )
   }),
   defineTool({
     name: "workspace.kill",
     title: "Kill a workspace",
     description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "destructive",
     sideEffects: ["kills the VM (unsynced guest writes may be lost)"],
@@ -714,7 +714,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.kill(defined({ name: args.name, reason: args.reason }))
+        (client) => client.kill({ name: args.name, ...reasonInput.from(args) })
       ),
     preview: (args) =>
       transitionPreview(args.name, "kill", (state) => [
@@ -760,7 +760,7 @@ export const tools: ReadonlyArray<AnyTool> = [
       + "answers deleted: false. A live workspace needs force: true (it is killed first).",
     input: {
       ...workspaceName,
-      force: optional(Schema.Boolean, "kill a live workspace first")
+      ...deleteSettings.fields
     },
     output: DeleteResult,
     kind: "destructive",
@@ -769,7 +769,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.delete(defined({ name: args.name, force: args.force }))
+        (client) => client.delete({ name: args.name, ...deleteSettings.from(args) })
       ),
     preview: (args) =>
       Effect.map(currentState(args.name), (state): PreviewResult => {
