@@ -4,7 +4,6 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
-import { AddressingRequest } from "../domain/Addressing.ts"
 import { parseBrokers } from "../domain/Broker.ts"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
@@ -15,6 +14,7 @@ import { parseMountFlags } from "../domain/MountFlag.ts"
 import { RunPlan } from "../domain/Plan.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import {
+  CreateRequest,
   DeleteRequest,
   ExecSettings,
   HaltRequest,
@@ -63,6 +63,17 @@ import { usageTools } from "./UsageTools.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 
+/** A new workspace's settings that the tools take as the request has them. */
+const workspaceSettings = requestInput(CreateRequest.fields, {
+  profile: "resource profile (see microagent.profiles)",
+  network: "user (default): outbound NAT; isolated: no network device",
+  networks:
+    "named networks to join (see network.create): a second NIC on each, members reach each other by name",
+  addressing:
+    "the guest's own IPv4 addressing on the user network: ip (A.B.C.D/N), subnet, gateway, dns (resolvers; "
+    + 'only with egress off), routes ("A.B.C.D/N via A.B.C.D")'
+})
+
 const newWorkspace = {
   image: described(
     Schema.NonEmptyTrimmedString,
@@ -72,7 +83,7 @@ const newWorkspace = {
     WorkspaceName.annotations({ jsonSchema: { pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" } }),
     "workspace name (default: generated); 1-63 letters, digits, '.', '_' and '-'"
   ),
-  profile: optional(ProfileName, "resource profile (see microagent.profiles)"),
+  ...workspaceSettings.fields,
   memory_mib: SpecResources.fields.memoryMiB.annotations({
     description: "guest memory in MiB (default 512)"
   }),
@@ -84,11 +95,6 @@ const newWorkspace = {
     description: "environment variables of every command in the workspace"
   }),
   hostname: Spec.fields.hostname.annotations({ description: "guest hostname (default: from the name)" }),
-  network: optional(NetworkMode, "user (default): outbound NAT; isolated: no network device"),
-  networks: optional(
-    Schema.Array(Schema.String),
-    "named networks to join (see network.create): a second NIC on each, members reach each other by name"
-  ),
   egress: optional(
     EgressMode,
     "egress mediation: broker (default; the public internet only, never the host, loopback or private ranges) or off"
@@ -100,11 +106,6 @@ const newWorkspace = {
   egress_lock_allowlist: optional(
     Schema.Boolean,
     "only egress_allow destinations; other names answer REFUSED"
-  ),
-  addressing: optional(
-    AddressingRequest,
-    "the guest's own IPv4 addressing on the user network: ip (A.B.C.D/N), subnet, gateway, dns (resolvers; "
-      + 'only with egress off), routes ("A.B.C.D/N via A.B.C.D")'
   ),
   egress_max_conns: optional(
     Schema.Int.pipe(Schema.nonNegative()),
@@ -184,35 +185,7 @@ const execFields = {
 const encoder = new TextEncoder()
 const stdinOf = (text: string | undefined) => (text === undefined ? {} : { stdin: encoder.encode(text) })
 
-interface NewWorkspaceArgs {
-  readonly image: string
-  readonly name?: string | undefined
-  readonly profile?: typeof ProfileName.Type | undefined
-  readonly memory_mib?: number | undefined
-  readonly cpus?: number | undefined
-  readonly size_mib?: number | undefined
-  readonly env?: { readonly [key: string]: string } | undefined
-  readonly hostname?: string | undefined
-  readonly network?: typeof NetworkMode.Type | undefined
-  readonly networks?: ReadonlyArray<string> | undefined
-  readonly egress?: typeof EgressMode.Type | undefined
-  readonly egress_allow?: ReadonlyArray<string> | undefined
-  readonly egress_lock_allowlist?: boolean | undefined
-  readonly addressing?: typeof AddressingRequest.Type | undefined
-  readonly egress_max_conns?: number | undefined
-  readonly egress_max_total_bytes?: number | undefined
-  readonly egress_max_bps?: number | undefined
-  readonly model?: string | undefined
-  readonly model_mediation?: "off" | "local-allow" | "policy" | undefined
-  readonly model_policy_file?: string | undefined
-  readonly publish?: ReadonlyArray<string> | undefined
-  readonly volumes?: ReadonlyArray<string> | undefined
-  readonly secrets?: ReadonlyArray<string> | undefined
-  readonly brokers?: ReadonlyArray<string> | undefined
-  readonly outputs?: ReadonlyArray<string> | undefined
-  readonly backend?: typeof Backend.Type | undefined
-  readonly refuse_devices?: boolean | undefined
-}
+type NewWorkspaceArgs = Schema.Struct.Type<typeof newWorkspace>
 
 /**
  * Host paths among `volumes` are checked before the mount parser looks at them at all, so that its
@@ -268,14 +241,12 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
     return {
       image: args.image,
       name: args.name,
-      profile: args.profile,
+      ...workspaceSettings.from(args),
       memoryMiB: args.memory_mib,
       cpus: args.cpus,
       sizeMiB: args.size_mib,
       env: args.env,
       hostname: args.hostname,
-      network: args.network,
-      networks: args.networks,
       egress: new EgressPolicy({
         mode: args.egress ?? "broker",
         allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
@@ -284,7 +255,6 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
         ...(args.egress_max_total_bytes === undefined ? {} : { maxTotalBytes: args.egress_max_total_bytes }),
         ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
       }),
-      ...(args.addressing === undefined ? {} : { addressing: args.addressing }),
       ...(args.model === undefined ? {} : {
         model: {
           model: args.model,
@@ -441,6 +411,17 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
       })
   })
 
+/** What a persistent workspace keeps and runs, as the request has it. */
+const createSettings = requestInput(CreateRequest.fields, {
+  restart: "restart policy (default never)",
+  entrypoint: "shell command each start runs",
+  setup:
+    "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next",
+  service:
+    "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)",
+  shell: "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
+})
+
 const startSettings = requestInput(StartRequest.fields, {
   bootTimeoutSeconds: bootTimeoutDescription,
   cold: coldDescription
@@ -482,29 +463,16 @@ export const tools: ReadonlyArray<AnyTool> = [
         "WORKSPACE:TAG: the new workspace's disk is this snapshot's, its configuration that workspace's; "
           + "only name may be given with it"
       ),
-      restart: optional(RestartPolicy, "restart policy (default never)"),
-      entrypoint: optional(Schema.String, "shell command each start runs"),
+      ...createSettings.fields,
       files: optional(
         Schema.Array(Schema.String),
         "host files copied into the guest at every start, before the entrypoint: SRC:DST[:MODE], SRC an absolute "
           + "host path under the host roots, DST an absolute guest path named once, MODE octal like 0755"
       ),
-      setup: optional(
-        Schema.Array(Schema.String),
-        "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
-      ),
       dry_run: optional(
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, network, setup, files, "
           + "entrypoint) without pulling or creating anything"
-      ),
-      service: optional(
-        Schema.String,
-        "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)"
-      ),
-      shell: optional(
-        Schema.String,
-        "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
       ),
       health: optional(
         SpecHealth,
@@ -563,16 +531,7 @@ export const tools: ReadonlyArray<AnyTool> = [
             remediation: "see docs/agents.md for the health fields"
           })
         }
-        const payload = defined({
-          ...fields,
-          restart: args.restart,
-          entrypoint: args.entrypoint,
-          files,
-          setup: args.setup,
-          service: args.service,
-          shell: args.shell,
-          health: health?.right
-        })
+        const payload = defined({ ...fields, ...createSettings.from(args), files, health: health?.right })
         return yield* args.dry_run === true
           ? client.plan({ ...payload, kind: "create" })
           : client.create(payload)
