@@ -1,8 +1,8 @@
 /**
  * The RPC API: one procedure per lifecycle program, with the domain Schemas as payloads and results (the
  * operations' requests of domain/Requests.ts, as they are) and the classified `MicroagentError` as the
- * failure of every one. It is the whole program surface, so the
- * same group serves host applications, the MCP server and (later) the CLI talking to the runtime.
+ * failure of every one. It is the whole program surface, so the same group serves host applications,
+ * the MCP server and (later) the CLI talking to the runtime.
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
