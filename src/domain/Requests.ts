@@ -1,8 +1,8 @@
 /**
  * The requests of the workspace operations, one Schema each: what `create`, `run`, `exec`, `start`,
- * `halt`, `delete`, `cp` and the others take. The programs' options are their types, the RPC API
- * sends them as they are, the MCP tools name their fields in snake_case, and the CLI builds them from
- * its flags. Names are checked by the programs, which explain what is wrong.
+ * `halt`, `delete`, `cp`, `snapshotCreate`, `wait` and the others take. The programs' options are their
+ * types, the RPC API sends them as they are, the MCP tools name their fields in snake_case, and the CLI
+ * builds them from its flags. Names are checked by the programs, which explain what is wrong.
  */
 import { Schema } from "effect"
 import { AddressingRequest } from "./Addressing.ts"
@@ -267,3 +267,69 @@ export const CpRequest = Schema.Struct({
   guestPath: Schema.String
 })
 export type CpRequest = typeof CpRequest.Type
+
+/** `snapshotCreate`: memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
+export const SnapshotCreateRequest = Schema.Struct({
+  name: Schema.String,
+  tag: Schema.optional(Schema.String),
+  forensic: Schema.optional(Schema.Boolean),
+  /** The workspace's secret values: wiped from the guest before the capture, delivered again after. */
+  secretValues: Schema.optional(SecretValues)
+})
+export type SnapshotCreateRequest = typeof SnapshotCreateRequest.Type
+
+/**
+ * `workspaceCommit`: a stopped workspace's root filesystem as an image of the store (one squashed layer,
+ * or with `diff` the base's layers plus one of the changes), pushed afterwards with `push`.
+ */
+export const CommitRequest = Schema.Struct({
+  name: Schema.String,
+  ref: Schema.String,
+  push: Schema.optional(Schema.Boolean),
+  diff: Schema.optional(Schema.Boolean),
+  message: Schema.optional(Schema.String),
+  author: Schema.optional(Schema.String),
+  insecureRegistry: Schema.optional(Schema.Boolean)
+})
+export type CommitRequest = typeof CommitRequest.Type
+
+/** `fork`: N running children of a running workspace, each resumed from one memory capture. */
+export const ForkRequest = Schema.Struct({
+  name: Schema.String,
+  count: Schema.optional(Schema.Number),
+  namePrefix: Schema.optional(Schema.String),
+  /** The workspace's secret values: delivered again to the parent and to every child. */
+  secretValues: Schema.optional(SecretValues)
+})
+export type ForkRequest = typeof ForkRequest.Type
+
+/** `clone`: a prepared, halted or stopped workspace copied to a new one with its own identity. */
+export const CloneRequest = Schema.Struct({ source: Schema.String, target: Schema.String })
+export type CloneRequest = typeof CloneRequest.Type
+
+/** `createFromSnapshot`: a new workspace (`name`) whose disk is a snapshot's (`WORKSPACE:TAG`). */
+export const CreateFromSnapshotRequest = Schema.Struct({ name: Schema.String, snapshot: Schema.String })
+export type CreateFromSnapshotRequest = typeof CreateFromSnapshotRequest.Type
+
+/** `result`: the entrypoint's result of the latest start that ran one. */
+export const ResultRequest = Schema.Struct({
+  name: Schema.String,
+  /** Block until the entrypoint has finished. */
+  wait: Schema.optional(Schema.Boolean),
+  /** With `wait`: give up after this long (`Transient`). */
+  timeoutSeconds: Schema.optional(Seconds)
+})
+export type ResultRequest = typeof ResultRequest.Type
+
+/** `logs`, `events` and `egress`: what there is, and with `follow` what comes until the workspace stops. */
+export const FollowRequest = Schema.Struct({ name: Schema.String, follow: Schema.optional(Schema.Boolean) })
+export type FollowRequest = typeof FollowRequest.Type
+
+/** `wait`: block until the workspace settles; running out of time is `Transient`. */
+export const WaitRequest = Schema.Struct({
+  name: Schema.String,
+  timeoutSeconds: Schema.optional(Seconds),
+  /** How often the workspace is looked at; 0.25 s when absent. */
+  intervalSeconds: Schema.optional(Seconds)
+})
+export type WaitRequest = typeof WaitRequest.Type

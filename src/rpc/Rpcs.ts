@@ -16,17 +16,24 @@ import { RunPlan } from "../domain/Plan.ts"
 import {
   ApplyRequest,
   Bytes,
+  CloneRequest,
+  CommitRequest,
   CpRequest,
+  CreateFromSnapshotRequest,
   CreateRequest,
   DeleteRequest,
   ExecCommand,
+  FollowRequest,
+  ForkRequest,
   HaltRequest,
   KillRequest,
   PlanRequest,
   QuarantineRequest,
+  ResultRequest,
   RunRequest,
-  SecretValues,
-  StartRequest
+  SnapshotCreateRequest,
+  StartRequest,
+  WaitRequest
 } from "../domain/Requests.ts"
 import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
 import { EntrypointResult, ProfileName, Workspace } from "../domain/Workspace.ts"
@@ -131,13 +138,7 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
   Rpc.make("snapshotCreate", {
-    payload: {
-      ...named,
-      tag: Schema.optional(Schema.String),
-      forensic: Schema.optional(Schema.Boolean),
-      /** The workspace's secret values: wiped from the guest before the capture, delivered again after. */
-      secretValues: Schema.optional(SecretValues)
-    },
+    payload: SnapshotCreateRequest,
     success: SnapshotManifest,
     error: MicroagentError
   }),
@@ -146,33 +147,19 @@ export class Rpcs extends RpcGroup.make(
    * the base's layers plus one of the changes), pushed afterwards with `push`.
    */
   Rpc.make("workspaceCommit", {
-    payload: {
-      ...named,
-      ref: Schema.String,
-      push: Schema.optional(Schema.Boolean),
-      diff: Schema.optional(Schema.Boolean),
-      message: Schema.optional(Schema.String),
-      author: Schema.optional(Schema.String),
-      insecureRegistry: Schema.optional(Schema.Boolean)
-    },
+    payload: CommitRequest,
     success: CommitResult,
     error: MicroagentError
   }),
   /** N running children of a running workspace, each resumed from one memory capture (Fork.ts). */
   Rpc.make("fork", {
-    payload: {
-      ...named,
-      count: Schema.optional(Schema.Number),
-      namePrefix: Schema.optional(Schema.String),
-      /** The workspace's secret values: delivered again to the parent and to every child. */
-      secretValues: Schema.optional(SecretValues)
-    },
+    payload: ForkRequest,
     success: ForkResult,
     error: MicroagentError
   }),
   /** A prepared, halted or stopped workspace copied to a new one with its own identity. */
   Rpc.make("clone", {
-    payload: { source: Schema.String, target: Schema.String },
+    payload: CloneRequest,
     success: WorkspaceCopy,
     error: MicroagentError
   }),
@@ -181,7 +168,7 @@ export class Rpcs extends RpcGroup.make(
    * start resumes the captured VM under the new identity, from a disk snapshot it boots.
    */
   Rpc.make("createFromSnapshot", {
-    payload: { ...named, snapshot: Schema.String },
+    payload: CreateFromSnapshotRequest,
     success: WorkspaceCopy,
     error: MicroagentError
   }),
@@ -204,13 +191,7 @@ export class Rpcs extends RpcGroup.make(
   Rpc.make("inspect", { payload: named, success: InspectResult, error: MicroagentError }),
   /** The entrypoint's result of the latest start that ran one; `NotFound` before any. */
   Rpc.make("result", {
-    payload: {
-      ...named,
-      /** Block until the entrypoint has finished. */
-      wait: Schema.optional(Schema.Boolean),
-      /** With `wait`: give up after this long (`Transient`). */
-      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
-    },
+    payload: ResultRequest,
     success: EntrypointResult,
     error: MicroagentError
   }),
@@ -220,32 +201,27 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("logs", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: Bytes,
     error: MicroagentError,
     stream: true
   }),
   Rpc.make("events", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: WorkspaceEvent,
     error: MicroagentError,
     stream: true
   }),
   /** The egress audit log, oldest first; with `follow`, new records until the workspace stops. */
   Rpc.make("egress", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: EgressRecord,
     error: MicroagentError,
     stream: true
   }),
   /** Blocks until the workspace settles; running out of time is `Transient`. */
   Rpc.make("wait", {
-    payload: {
-      ...named,
-      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-      /** How often the workspace is looked at; 0.25 s when absent. */
-      intervalSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
-    },
+    payload: WaitRequest,
     success: Workspace,
     error: MicroagentError
   }),
