@@ -2,6 +2,7 @@
  * Layers provided per command (so `--help` opens no database): the state store of the chosen state
  * directory, and the backend of the workspace at hand.
  */
+import * as Socket from "@effect/platform/Socket"
 import { Cause, Effect, Layer, Option } from "effect"
 import { Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
@@ -11,7 +12,7 @@ import {
   withWorkspaceBackend as onWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import * as Microagent from "../Microagent.ts"
-import { MicroagentClient } from "../rpc/Client.ts"
+import { isRpcClientError, MicroagentClient } from "../rpc/Client.ts"
 import { ensureRuntime } from "../rpc/Launcher.ts"
 import { Home } from "../services/Home.ts"
 import { Invocation } from "./Invocation.ts"
@@ -55,10 +56,7 @@ export const withWorkspaceBackend = <A, E, R>(
 ) => withInvocationBackends(onWorkspaceBackend(name, effect))
 
 /** The transport's own failures (socket gone, runtime killed): worth a retry. */
-const isTransportFailure = (error: unknown) => {
-  const tag = (error as { readonly _tag?: unknown } | undefined)?._tag
-  return tag === "RpcClientError" || tag === "SocketError"
-}
+const isTransportFailure = (error: unknown) => isRpcClientError(error) || Socket.isSocketError(error)
 
 const lostRuntime = (error: unknown) =>
   new Transient({

@@ -10,6 +10,7 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
 import { planText } from "../domain/Plan.ts"
+import type { CreateRequest, ExecCommand } from "../domain/Requests.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Workspace } from "../domain/Workspace.ts"
@@ -602,7 +603,7 @@ const createCommand = Command.make("create", {
     const files = yield* filesOf(spec, options.file, options.fileCopy)
     const setup = yield* setupOf(spec, options.file, options.setup, options.setupFile)
     const supervision = yield* supervisionOf(spec, options)
-    const createOptions = {
+    const createOptions: CreateRequest = {
       image,
       files,
       setup,
@@ -706,7 +707,7 @@ const execCommand = Command.make("exec", {
     const env = yield* parseEnv(options.env)
     const stdin = yield* stdinBytes(options.stdin)
     const json = yield* jsonMode
-    const payload = defined({
+    const payload: ExecCommand = defined({
       name: options.name,
       argv: [first, ...rest] as [string, ...Array<string>],
       env,

@@ -35,7 +35,7 @@ import {
 import { HostAccessPolicy } from "../domain/HostAccess.ts"
 import { version } from "../domain/Version.ts"
 import type { Backend } from "../domain/Workspace.ts"
-import { MicroagentClient } from "../rpc/Client.ts"
+import { isRpcClientError, MicroagentClient } from "../rpc/Client.ts"
 import {
   aliasFields,
   aliasTools,
@@ -234,13 +234,9 @@ const classify = (cause: Cause.Cause<unknown>): MicroagentError => {
   if (failure._tag === "Some") {
     const error = failure.value
     if (isMicroagentError(error)) return error
-    if (
-      typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
-    ) {
+    if (isRpcClientError(error)) {
       return new Transient({
-        message: `lost the connection to the microagent runtime: ${
-          String((error as { message?: unknown }).message)
-        }`,
+        message: `lost the connection to the microagent runtime: ${error.message}`,
         remediation: "retry; the runtime restarts on demand",
         retryAfterMs: 1000
       })

@@ -74,6 +74,42 @@ export const described = <S extends Schema.Schema.Any>(schema: S, description: s
 export const optional = <S extends Schema.Schema.Any>(schema: S, description: string) =>
   Schema.optional(described(schema, description))
 
+/** `timeoutSeconds` → `timeout_seconds`, as the type of a name. */
+export type SnakeCase<S extends string> = S extends `${infer Head}${infer Tail}`
+  ? `${Head extends Lowercase<Head> ? Head : `_${Lowercase<Head>}`}${SnakeCase<Tail>}`
+  : S
+
+/** `timeoutSeconds` → `timeout_seconds`: a request field's name as the MCP tools spell it. */
+export const snakeCase = <S extends string>(name: S): SnakeCase<S> =>
+  name.replace(/[A-Z]/g, (letter) => `_${letter.toLowerCase()}`) as SnakeCase<S>
+
+/**
+ * Fields of an operation's request (domain/Requests.ts) as a tool's input: `fields` under their
+ * snake_case names, each with the description the tool shows and otherwise the request's own Schema;
+ * `from` takes a tool's arguments back to the request's names (absent ones left out).
+ */
+export const requestInput = <F extends Schema.Struct.Fields, K extends keyof F & string>(
+  fields: F,
+  descriptions: { readonly [P in K]: string }
+): {
+  readonly fields: { readonly [P in K as SnakeCase<P>]: F[P] }
+  readonly from: (
+    args: { readonly [P in K as SnakeCase<P>]?: unknown }
+  ) => { readonly [P in K & keyof Schema.Struct.Type<F>]?: Schema.Struct.Type<F>[P] }
+} => {
+  const keys = Object.keys(descriptions) as Array<K>
+  return {
+    fields: Object.fromEntries(
+      keys.map((key) => [snakeCase(key), fields[key]!.annotations({ description: descriptions[key] })])
+    ) as never,
+    from: (args) =>
+      Object.fromEntries(keys.flatMap((key) => {
+        const value = (args as Record<string, unknown>)[snakeCase(key)]
+        return value === undefined ? [] : [[key, value]]
+      })) as never
+  }
+}
+
 export const defineTool = <F extends Schema.Struct.Fields, A, I>(
   definition: ToolDefinition<F, A, I>
 ): AnyTool => definition as unknown as AnyTool

@@ -4,7 +4,6 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
-import { AddressingRequest } from "../domain/Addressing.ts"
 import { parseBrokers } from "../domain/Broker.ts"
 import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
@@ -14,8 +13,16 @@ import { parseFileCopy } from "../domain/FileCopy.ts"
 import { parseMountFlags } from "../domain/MountFlag.ts"
 import { RunPlan } from "../domain/Plan.ts"
 import { parsePublishes } from "../domain/Publish.ts"
+import {
+  CreateRequest,
+  DeleteRequest,
+  ExecSettings,
+  HaltRequest,
+  KillRequest,
+  RunRequest,
+  StartRequest
+} from "../domain/Requests.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
-import { SnapshotTag } from "../domain/Snapshot.ts"
 import { Spec, SpecHealth, SpecResources } from "../domain/Spec.ts"
 import { isDeletable, State, type Transition, transition } from "../domain/State.ts"
 import { healthCheckOf } from "../domain/Supervision.ts"
@@ -49,16 +56,23 @@ import {
   described,
   optional,
   type PreviewResult,
+  requestInput,
   type ToolContext
 } from "./Tool.ts"
 import { usageTools } from "./UsageTools.ts"
 
 const workspaceName = { name: described(Schema.String, "the workspace's name") }
 
-const coldInput = optional(
-  Schema.Boolean,
-  "boot even when a warm start is possible (a first start on the image's disk otherwise restores a saved template VM)"
-)
+/** A new workspace's settings that the tools take as the request has them. */
+const workspaceSettings = requestInput(CreateRequest.fields, {
+  profile: "resource profile (see microagent.profiles)",
+  network: "user (default): outbound NAT; isolated: no network device",
+  networks:
+    "named networks to join (see network.create): a second NIC on each, members reach each other by name",
+  addressing:
+    "the guest's own IPv4 addressing on the user network: ip (A.B.C.D/N), subnet, gateway, dns (resolvers; "
+    + 'only with egress off), routes ("A.B.C.D/N via A.B.C.D")'
+})
 
 const newWorkspace = {
   image: described(
@@ -69,7 +83,7 @@ const newWorkspace = {
     WorkspaceName.annotations({ jsonSchema: { pattern: "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$" } }),
     "workspace name (default: generated); 1-63 letters, digits, '.', '_' and '-'"
   ),
-  profile: optional(ProfileName, "resource profile (see microagent.profiles)"),
+  ...workspaceSettings.fields,
   memory_mib: SpecResources.fields.memoryMiB.annotations({
     description: "guest memory in MiB (default 512)"
   }),
@@ -81,11 +95,6 @@ const newWorkspace = {
     description: "environment variables of every command in the workspace"
   }),
   hostname: Spec.fields.hostname.annotations({ description: "guest hostname (default: from the name)" }),
-  network: optional(NetworkMode, "user (default): outbound NAT; isolated: no network device"),
-  networks: optional(
-    Schema.Array(Schema.String),
-    "named networks to join (see network.create): a second NIC on each, members reach each other by name"
-  ),
   egress: optional(
     EgressMode,
     "egress mediation: broker (default; the public internet only, never the host, loopback or private ranges) or off"
@@ -97,11 +106,6 @@ const newWorkspace = {
   egress_lock_allowlist: optional(
     Schema.Boolean,
     "only egress_allow destinations; other names answer REFUSED"
-  ),
-  addressing: optional(
-    AddressingRequest,
-    "the guest's own IPv4 addressing on the user network: ip (A.B.C.D/N), subnet, gateway, dns (resolvers; "
-      + 'only with egress off), routes ("A.B.C.D/N via A.B.C.D")'
   ),
   egress_max_conns: optional(
     Schema.Int.pipe(Schema.nonNegative()),
@@ -163,61 +167,25 @@ const newWorkspace = {
   )
 }
 
+/** How a command runs (`exec`, and `run`'s command). */
+const execSettings = requestInput(ExecSettings.fields, {
+  env: "environment variables, over the image's and the workspace's",
+  cwd: "working directory in the guest (default: the image's)",
+  user: "user, name or uid[:gid] (default: the image's)",
+  timeoutSeconds: "seconds before the command is stopped (TERM, then KILL); the result says timed_out",
+  stdoutLimit: "bytes of stdout kept (default 10 MiB)",
+  stderrLimit: "bytes of stderr kept (default 10 MiB)"
+})
+
 const execFields = {
-  env: optional(
-    Schema.Record({ key: Schema.String, value: Schema.String }),
-    "environment variables, over the image's and the workspace's"
-  ),
-  cwd: ExecRequest.fields.cwd.annotations({
-    description: "working directory in the guest (default: the image's)"
-  }),
-  user: ExecRequest.fields.user.annotations({
-    description: "user, name or uid[:gid] (default: the image's)"
-  }),
-  timeout_seconds: ExecRequest.fields.timeoutSeconds.annotations({
-    description: "seconds before the command is stopped (TERM, then KILL); the result says timed_out"
-  }),
-  stdout_limit: ExecRequest.fields.stdoutLimit.annotations({
-    description: "bytes of stdout kept (default 10 MiB)"
-  }),
-  stderr_limit: ExecRequest.fields.stderrLimit.annotations({
-    description: "bytes of stderr kept (default 10 MiB)"
-  }),
+  ...execSettings.fields,
   stdin: optional(Schema.String, "text fed to the command's stdin (closed at once when absent)")
 }
 
 const encoder = new TextEncoder()
 const stdinOf = (text: string | undefined) => (text === undefined ? {} : { stdin: encoder.encode(text) })
 
-interface NewWorkspaceArgs {
-  readonly image: string
-  readonly name?: string | undefined
-  readonly profile?: typeof ProfileName.Type | undefined
-  readonly memory_mib?: number | undefined
-  readonly cpus?: number | undefined
-  readonly size_mib?: number | undefined
-  readonly env?: { readonly [key: string]: string } | undefined
-  readonly hostname?: string | undefined
-  readonly network?: typeof NetworkMode.Type | undefined
-  readonly networks?: ReadonlyArray<string> | undefined
-  readonly egress?: typeof EgressMode.Type | undefined
-  readonly egress_allow?: ReadonlyArray<string> | undefined
-  readonly egress_lock_allowlist?: boolean | undefined
-  readonly addressing?: typeof AddressingRequest.Type | undefined
-  readonly egress_max_conns?: number | undefined
-  readonly egress_max_total_bytes?: number | undefined
-  readonly egress_max_bps?: number | undefined
-  readonly model?: string | undefined
-  readonly model_mediation?: "off" | "local-allow" | "policy" | undefined
-  readonly model_policy_file?: string | undefined
-  readonly publish?: ReadonlyArray<string> | undefined
-  readonly volumes?: ReadonlyArray<string> | undefined
-  readonly secrets?: ReadonlyArray<string> | undefined
-  readonly brokers?: ReadonlyArray<string> | undefined
-  readonly outputs?: ReadonlyArray<string> | undefined
-  readonly backend?: typeof Backend.Type | undefined
-  readonly refuse_devices?: boolean | undefined
-}
+type NewWorkspaceArgs = Schema.Struct.Type<typeof newWorkspace>
 
 /**
  * Host paths among `volumes` are checked before the mount parser looks at them at all, so that its
@@ -273,14 +241,12 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
     return {
       image: args.image,
       name: args.name,
-      profile: args.profile,
+      ...workspaceSettings.from(args),
       memoryMiB: args.memory_mib,
       cpus: args.cpus,
       sizeMiB: args.size_mib,
       env: args.env,
       hostname: args.hostname,
-      network: args.network,
-      networks: args.networks,
       egress: new EgressPolicy({
         mode: args.egress ?? "broker",
         allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
@@ -289,7 +255,6 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
         ...(args.egress_max_total_bytes === undefined ? {} : { maxTotalBytes: args.egress_max_total_bytes }),
         ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
       }),
-      ...(args.addressing === undefined ? {} : { addressing: args.addressing }),
       ...(args.model === undefined ? {} : {
         model: {
           model: args.model,
@@ -374,6 +339,20 @@ const transitionPreview = (name: string, t: Transition, action: (state: State) =
 
 export const describeTool = "microagent.describe"
 
+const coldDescription =
+  "boot even when a warm start is possible (a first start on the image's disk otherwise restores a saved template VM)"
+
+const bootTimeoutDescription = "seconds to wait for the guest (default 60)"
+
+/** A one-shot run's own settings. */
+const runSettings = requestInput(RunRequest.fields, {
+  setup:
+    "shell commands run in order in the same boot, before the command; a failing one fails the call with its output",
+  keep: "keep the workspace, halted, instead of deleting it",
+  bootTimeoutSeconds: bootTimeoutDescription,
+  cold: coldDescription
+})
+
 /** `workspace.run` and `workspace.dispatch`: one input, one call; dispatch asks for the receipt too. */
 const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
   defineTool({
@@ -394,16 +373,7 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
         "the command and its arguments, run without a shell (default: the image's Entrypoint and Cmd)"
       ),
       ...execFields,
-      setup: optional(
-        Schema.Array(Schema.String),
-        "shell commands run in order in the same boot, before the command; a failing one fails the call with its output"
-      ),
-      keep: optional(Schema.Boolean, "keep the workspace, halted, instead of deleting it"),
-      boot_timeout_seconds: optional(
-        Schema.Number.pipe(Schema.positive()),
-        "seconds to wait for the guest (default 60)"
-      ),
-      cold: coldInput,
+      ...runSettings.fields,
       dry_run: optional(
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, mounts, network, setup, "
@@ -430,23 +400,47 @@ const oneShotTool = (name: "workspace.run" | "workspace.dispatch") =>
           )
         }
         return yield* client.run(defined({
+          ...execSettings.from(args),
           ...fields,
           secretValues,
           command: args.command ?? [],
-          setup: args.setup,
-          cwd: args.cwd,
-          user: args.user,
-          timeoutSeconds: args.timeout_seconds,
-          stdoutLimit: args.stdout_limit,
-          stderrLimit: args.stderr_limit,
-          keep: args.keep,
-          bootTimeoutSeconds: args.boot_timeout_seconds,
-          cold: args.cold,
+          ...runSettings.from(args),
           ...stdinOf(args.stdin),
           ...(name === "workspace.dispatch" ? { receipt: true, namePrefix: "dispatch" } : {})
         }))
       })
   })
+
+/** What a persistent workspace keeps and runs, as the request has it. */
+const createSettings = requestInput(CreateRequest.fields, {
+  restart: "restart policy (default never)",
+  entrypoint: "shell command each start runs",
+  setup:
+    "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next",
+  service:
+    "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)",
+  shell: "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
+})
+
+const startSettings = requestInput(StartRequest.fields, {
+  bootTimeoutSeconds: bootTimeoutDescription,
+  cold: coldDescription
+})
+
+const startSnapshot = requestInput(StartRequest.fields, {
+  fromSnapshot:
+    "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
+    + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
+})
+
+const haltSettings = requestInput(HaltRequest.fields, {
+  timeoutSeconds: "seconds the guest gets (default 15)",
+  reason: "recorded in the workspace's events"
+})
+
+const deleteSettings = requestInput(DeleteRequest.fields, { force: "kill a live workspace first" })
+
+const reasonInput = requestInput(KillRequest.fields, { reason: "recorded in the workspace's events" })
 
 export const tools: ReadonlyArray<AnyTool> = [
   oneShotTool("workspace.run"),
@@ -469,29 +463,16 @@ export const tools: ReadonlyArray<AnyTool> = [
         "WORKSPACE:TAG: the new workspace's disk is this snapshot's, its configuration that workspace's; "
           + "only name may be given with it"
       ),
-      restart: optional(RestartPolicy, "restart policy (default never)"),
-      entrypoint: optional(Schema.String, "shell command each start runs"),
+      ...createSettings.fields,
       files: optional(
         Schema.Array(Schema.String),
         "host files copied into the guest at every start, before the entrypoint: SRC:DST[:MODE], SRC an absolute "
           + "host path under the host roots, DST an absolute guest path named once, MODE octal like 0755"
       ),
-      setup: optional(
-        Schema.Array(Schema.String),
-        "shell commands run once, in order, before the first start's entrypoint; a failing one fails that start and is retried by the next"
-      ),
       dry_run: optional(
         Schema.Boolean,
         "answer the plan (image and its digest if already pulled, kernel, resources, network, setup, files, "
           + "entrypoint) without pulling or creating anything"
-      ),
-      service: optional(
-        Schema.String,
-        "shell command the guest keeps running, restarted with back-off (1 s doubling to 30 s, reset after 30 s up)"
-      ),
-      shell: optional(
-        Schema.String,
-        "absolute guest path of the shell workspace.connect runs (default /bin/sh)"
       ),
       health: optional(
         SpecHealth,
@@ -550,16 +531,7 @@ export const tools: ReadonlyArray<AnyTool> = [
             remediation: "see docs/agents.md for the health fields"
           })
         }
-        const payload = defined({
-          ...fields,
-          restart: args.restart,
-          entrypoint: args.entrypoint,
-          files,
-          setup: args.setup,
-          service: args.service,
-          shell: args.shell,
-          health: health?.right
-        })
+        const payload = defined({ ...fields, ...createSettings.from(args), files, health: health?.right })
         return yield* args.dry_run === true
           ? client.plan({ ...payload, kind: "create" })
           : client.create(payload)
@@ -571,21 +543,13 @@ export const tools: ReadonlyArray<AnyTool> = [
     description: "Boot a prepared, halted, stopped or failed workspace from its disk and wait for its guest.",
     input: {
       ...workspaceName,
-      boot_timeout_seconds: optional(
-        Schema.Number.pipe(Schema.positive()),
-        "seconds to wait for the guest (default 60)"
-      ),
-      cold: coldInput,
+      ...startSettings.fields,
       secrets: optional(
         Schema.Array(Schema.String),
         "secret references to add or replace (NAME=SOURCE); every recorded reference is resolved again, "
           + "in the MCP server's environment, and delivered"
       ),
-      from_snapshot: optional(
-        SnapshotTag,
-        "roll back to this snapshot tag of the workspace first: its disk replaces the workspace's, and a "
-          + "memory snapshot resumes the captured VM (processes, tmpfs) instead of booting"
-      )
+      ...startSnapshot.fields
     },
     output: Workspace,
     kind: "mutate",
@@ -605,11 +569,10 @@ export const tools: ReadonlyArray<AnyTool> = [
         return yield* client.start(
           defined({
             name: args.name,
-            bootTimeoutSeconds: args.boot_timeout_seconds,
+            ...startSettings.from(args),
             secrets: given,
             secretValues,
-            fromSnapshot: args.from_snapshot,
-            cold: args.cold
+            ...startSnapshot.from(args)
           })
         )
       })
@@ -629,18 +592,16 @@ export const tools: ReadonlyArray<AnyTool> = [
     sideEffects: ["runs a command in the guest"],
     cost: "host_compute_and_storage",
     run: (args) =>
-      Effect.flatMap(MicroagentClient, (client) =>
-        client.exec(defined({
-          name: args.name,
-          argv: args.argv,
-          env: args.env,
-          cwd: args.cwd,
-          user: args.user,
-          timeoutSeconds: args.timeout_seconds,
-          stdoutLimit: args.stdout_limit,
-          stderrLimit: args.stderr_limit,
-          ...stdinOf(args.stdin)
-        })))
+      Effect.flatMap(
+        MicroagentClient,
+        (client) =>
+          client.exec({
+            name: args.name,
+            argv: args.argv,
+            ...execSettings.from(args),
+            ...stdinOf(args.stdin)
+          })
+      )
   }),
   defineTool({
     name: "workspace.halt",
@@ -649,8 +610,7 @@ export const tools: ReadonlyArray<AnyTool> = [
       + "off in time. The disk is kept; workspace.start boots it again.",
     input: {
       ...workspaceName,
-      timeout_seconds: optional(Schema.Number.pipe(Schema.positive()), "seconds the guest gets (default 15)"),
-      reason: optional(Schema.String, "recorded in the workspace's events")
+      ...haltSettings.fields
     },
     output: Workspace,
     kind: "destructive",
@@ -659,8 +619,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) =>
-          client.halt(defined({ name: args.name, timeoutSeconds: args.timeout_seconds, reason: args.reason }))
+        (client) => client.halt({ name: args.name, ...haltSettings.from(args) })
       ),
     preview: (args) =>
       transitionPreview(args.name, "halt", (state) => [
@@ -675,7 +634,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     description:
       "Freeze a running workspace's vCPUs. Memory, disk and network are kept; exec, connect and cp "
       + "are refused until workspace.resume. Pausing a paused workspace changes nothing.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "mutate",
     sideEffects: ["freezes the guest (its clocks stop; connections may time out)"],
@@ -683,7 +642,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.pause(defined({ name: args.name, reason: args.reason }))
+        (client) => client.pause({ name: args.name, ...reasonInput.from(args) })
       )
   }),
   defineTool({
@@ -691,7 +650,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     title: "Resume a workspace",
     description:
       "Let a paused workspace run on where it stopped. Resuming a running workspace changes nothing.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "mutate",
     sideEffects: ["the guest runs again"],
@@ -699,14 +658,14 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.resume(defined({ name: args.name, reason: args.reason }))
+        (client) => client.resume({ name: args.name, ...reasonInput.from(args) })
       )
   }),
   defineTool({
     name: "workspace.kill",
     title: "Kill a workspace",
     description: "Stop a workspace's VM at once, without a guest shutdown. The disk is kept.",
-    input: { ...workspaceName, reason: optional(Schema.String, "recorded in the workspace's events") },
+    input: { ...workspaceName, ...reasonInput.fields },
     output: Workspace,
     kind: "destructive",
     sideEffects: ["kills the VM (unsynced guest writes may be lost)"],
@@ -714,7 +673,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.kill(defined({ name: args.name, reason: args.reason }))
+        (client) => client.kill({ name: args.name, ...reasonInput.from(args) })
       ),
     preview: (args) =>
       transitionPreview(args.name, "kill", (state) => [
@@ -760,7 +719,7 @@ export const tools: ReadonlyArray<AnyTool> = [
       + "answers deleted: false. A live workspace needs force: true (it is killed first).",
     input: {
       ...workspaceName,
-      force: optional(Schema.Boolean, "kill a live workspace first")
+      ...deleteSettings.fields
     },
     output: DeleteResult,
     kind: "destructive",
@@ -769,7 +728,7 @@ export const tools: ReadonlyArray<AnyTool> = [
     run: (args) =>
       Effect.flatMap(
         MicroagentClient,
-        (client) => client.delete(defined({ name: args.name, force: args.force }))
+        (client) => client.delete({ name: args.name, ...deleteSettings.from(args) })
       ),
     preview: (args) =>
       Effect.map(currentState(args.name), (state): PreviewResult => {

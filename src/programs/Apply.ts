@@ -9,43 +9,18 @@
 import { Effect, Either, Schema } from "effect"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { Conflict, InvalidInput } from "../domain/Errors.ts"
-import type { FileCopy } from "../domain/FileCopy.ts"
 import { normalizeImageRef } from "../domain/ImageRef.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
-import {
-  type Mount,
-  type NetworkMode,
-  type OutputDecl,
-  type ProfileName,
-  profiles,
-  type PublishedPort,
-  Resources,
-  type Workspace
-} from "../domain/Workspace.ts"
+import type { ApplyRequest } from "../domain/Requests.ts"
+import { profiles, Resources, type Workspace } from "../domain/Workspace.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { resolveFileCopies } from "./internal/FileDelivery.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
 
 /** The desired values of the fields a spec names; an absent field is left as it is. */
-export interface ApplyFields {
+export interface ApplyFields extends Omit<ApplyRequest, "name" | "dryRun"> {
+  /** The spec's name: a workspace is never renamed, so a different one is refused. */
   readonly name?: string | undefined
-  readonly image?: string | undefined
-  readonly profile?: ProfileName | undefined
-  readonly memoryMiB?: number | undefined
-  readonly cpus?: number | undefined
-  readonly sizeMiB?: number | undefined
-  readonly hostname?: string | undefined
-  readonly restart?: Workspace["restart"] | undefined
-  /** An empty command removes the entrypoint. */
-  readonly entrypoint?: string | undefined
-  readonly env?: Readonly<Record<string, string>> | undefined
-  readonly network?: NetworkMode | undefined
-  readonly ports?: ReadonlyArray<PublishedPort> | undefined
-  readonly egress?: EgressPolicy | undefined
-  readonly mounts?: ReadonlyArray<Mount> | undefined
-  readonly outputs?: ReadonlyArray<OutputDecl> | undefined
-  readonly files?: ReadonlyArray<FileCopy> | undefined
-  readonly setup?: ReadonlyArray<string> | undefined
 }
 
 export const ApplyChange = Schema.Struct({

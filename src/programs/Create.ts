@@ -5,27 +5,20 @@ import { DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { addressingOf, type AddressingRequest } from "../domain/Addressing.ts"
+import { addressingOf } from "../domain/Addressing.ts"
 import { brokerEnv, checkBrokers } from "../domain/Broker.ts"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
-import type { FileCopy } from "../domain/FileCopy.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
+import type { CreateRequest } from "../domain/Requests.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
   type BrokerEndpoint,
   defaultResources,
-  type HealthCheck,
   ImageInfo,
-  type Mount,
   nameProblem,
-  type NetworkMode,
-  type OutputDecl,
-  type ProfileName,
   profiles,
-  type PublishedPort,
   Resources,
-  type SecretRef,
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
@@ -37,56 +30,18 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { resolveFileCopies } from "./internal/FileDelivery.ts"
-import { modelEnv, type PairingRequest, resolvePairing } from "./internal/ModelPairing.ts"
+import { modelEnv, resolvePairing } from "./internal/ModelPairing.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
 import { stagingName } from "./internal/Staging.ts"
 import { checkNetworking, joinNetworks } from "./Network.ts"
 
-export interface CreateOptions {
-  readonly image: string
-  readonly name?: string | undefined
-  readonly profile?: ProfileName | undefined
-  readonly memoryMiB?: number | undefined
-  readonly cpus?: number | undefined
-  readonly sizeMiB?: number | undefined
-  readonly env?: Readonly<Record<string, string>> | undefined
-  readonly hostname?: string | undefined
-  readonly network?: NetworkMode | undefined
-  readonly restart?: "never" | "on-failure" | "always" | undefined
-  readonly entrypoint?: string | undefined
-  /** Host files copied into the guest at every start, before the entrypoint. */
-  readonly files?: ReadonlyArray<FileCopy> | undefined
-  /** Shell commands run once, before the first start's entrypoint. */
-  readonly setup?: ReadonlyArray<string> | undefined
-  /** A shell command the guest keeps running, restarted with back-off. */
-  readonly service?: string | undefined
-  /** The absolute guest path of the shell `connect` runs. */
-  readonly shell?: string | undefined
-  readonly health?: HealthCheck | undefined
+/** A create's request (domain/Requests.ts), and what `run` adds to it. */
+export interface CreateOptions extends CreateRequest {
   /** One-shot workspaces of `run`. */
   readonly ephemeral?: boolean | undefined
+  /** A generated name starts with this (default `ws`). */
   readonly namePrefix?: string | undefined
-  readonly ports?: ReadonlyArray<PublishedPort> | undefined
-  readonly networks?: ReadonlyArray<string> | undefined
-  /** Egress mediation of the user network (default `broker`). */
-  readonly egress?: EgressPolicy | undefined
-  /** A model the guest reaches at http://127.0.0.1:11434/v1 (pulled if it is not in the store). */
-  readonly model?: PairingRequest | undefined
-  /** The guest's own addressing on the user network (checked by `addressingOf`). */
-  readonly addressing?: AddressingRequest | undefined
-  readonly mounts?: ReadonlyArray<Mount> | undefined
-  /**
-   * Credential broker endpoints (domain/Broker.ts `parseBrokers`); their secrets are in `secrets`,
-   * marked `use: "broker"`, so every caller resolves them at each start as it does the others.
-   */
-  readonly brokers?: ReadonlyArray<BrokerEndpoint> | undefined
-  readonly secrets?: ReadonlyArray<SecretRef> | undefined
-  readonly outputs?: ReadonlyArray<OutputDecl> | undefined
-  /** Refuse an image whose layers hold character or block devices (accepted by default). */
-  readonly refuseDevices?: boolean | undefined
-  /** A lease: the workspace expires this many seconds after it is created (see `expiresAt`). */
-  readonly ttlSeconds?: number | undefined
 }
 
 /** Hostnames are the workspace name made DNS-safe. */

@@ -5,6 +5,7 @@
 import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import { Conflict, Permanent } from "../domain/Errors.ts"
+import type { DeleteRequest } from "../domain/Requests.ts"
 import { isDeletable } from "../domain/State.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Home } from "../services/Home.ts"
@@ -15,12 +16,8 @@ import { forgetNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 
-export interface DeleteOptions {
-  /** Halt a live workspace gracefully first. */
-  readonly yes?: boolean | undefined
-  /** Kill a live workspace first. */
-  readonly force?: boolean | undefined
-}
+/** A delete's request (domain/Requests.ts) without the name. */
+export type DeleteOptions = Omit<DeleteRequest, "name">
 
 export const remove = Effect.fn("delete")(function*(name: string, options: DeleteOptions = {}) {
   const store = yield* StateStore

@@ -4,6 +4,7 @@
  */
 import { Cause, Duration, Effect, Exit, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
+import type { HaltRequest, KillRequest } from "../domain/Requests.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { faultPoint } from "../layers/process/FaultPoint.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
@@ -16,11 +17,8 @@ import { detachNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
-export interface HaltOptions {
-  /** Seconds the guest gets to shut down before the VM is killed. */
-  readonly timeoutSeconds?: number | undefined
-  readonly reason?: string | undefined
-}
+/** A halt's request (domain/Requests.ts) without the name. */
+export type HaltOptions = Omit<HaltRequest, "name">
 
 const detached = (workspace: Workspace) => withoutOwner({ ...workspace, vm: undefined } as Workspace)
 
@@ -64,10 +62,8 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   )
 })
 
-export interface KillOptions {
-  /** Why: recorded in the workspace's events. */
-  readonly reason?: string | undefined
-}
+/** A kill's request (domain/Requests.ts) without the name. */
+export type KillOptions = Omit<KillRequest, "name">
 
 export const kill = Effect.fn("kill")(function*(name: string, options: KillOptions = {}) {
   const store = yield* StateStore

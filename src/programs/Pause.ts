@@ -6,15 +6,14 @@
  */
 import { Effect, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
+import type { KillRequest } from "../domain/Requests.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, requireBackend, vmHandleOf } from "./internal/Reconcile.ts"
 
-export interface PauseOptions {
-  /** Recorded with the event. */
-  readonly reason?: string | undefined
-}
+/** A pause's or resume's request (domain/Requests.ts) without the name. */
+export type PauseOptions = Omit<KillRequest, "name">
 
 const current = (name: string) =>
   Effect.gen(function*() {

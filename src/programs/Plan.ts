@@ -10,17 +10,15 @@ import { describeBroker } from "../domain/Broker.ts"
 import { defaultEgress, EgressPolicy } from "../domain/Egress.ts"
 import { Conflict } from "../domain/Errors.ts"
 import { PlanImage, PlanKernel, RunPlan } from "../domain/Plan.ts"
+import type { PlanRequest } from "../domain/Requests.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
-import { checkCreate, type CreateOptions } from "./Create.ts"
+import { checkCreate } from "./Create.ts"
 
-export interface PlanOptions extends CreateOptions {
-  readonly kind: "run" | "create"
-  /** `run`: the command; the image's Entrypoint and Cmd when empty. */
-  readonly command?: ReadonlyArray<string> | undefined
-}
+/** A plan's request (domain/Requests.ts): a create's, with the kind of call and a run's command. */
+export type PlanOptions = PlanRequest
 
 const mib = 1024 * 1024
 

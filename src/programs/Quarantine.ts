@@ -18,6 +18,7 @@ import { Effect, Option, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict } from "../domain/Errors.ts"
+import type { QuarantineRequest } from "../domain/Requests.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
@@ -31,12 +32,8 @@ import { detachNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 
-export interface QuarantineOptions {
-  /** Why: recorded in the events and in the custody manifest. */
-  readonly reason?: string | undefined
-  /** Capture memory, device state and disk (default true); false keeps only the logs. */
-  readonly capture?: boolean | undefined
-}
+/** A quarantine's request (domain/Requests.ts) without the name. */
+export type QuarantineOptions = Omit<QuarantineRequest, "name">
 
 /** What a quarantine did, step by step, and where its evidence is. */
 export class QuarantineResult extends Schema.Class<QuarantineResult>("QuarantineResult")({

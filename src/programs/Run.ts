@@ -6,37 +6,26 @@
 import { Effect, Exit, Option, type Stream } from "effect"
 import { defaultEgress, receiptOf } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
+import type { RunRequest } from "../domain/Requests.ts"
 import { Egress } from "../services/Egress.ts"
 import type { GuestError } from "../services/GuestChannel.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { collectOutputs } from "./Artifacts.ts"
-import { create, type CreateOptions } from "./Create.ts"
+import { create } from "./Create.ts"
 import { remove } from "./Delete.ts"
 import { exec } from "./Exec.ts"
 import { halt, kill } from "./Halt.ts"
-import { type ExecOverrides, execRequestFor, imageCommand } from "./internal/Requests.ts"
-import type { SecretValues } from "./internal/SecretDelivery.ts"
+import { execRequestFor, imageCommand } from "./internal/Requests.ts"
 import { start } from "./Start.ts"
 
-export interface RunOptions extends CreateOptions {
-  /** The command; the image's Entrypoint and Cmd when empty. */
-  readonly command: ReadonlyArray<string>
-  readonly exec?: ExecOverrides | undefined
-  /** Keep the workspace (halted) afterwards instead of deleting it. */
-  readonly keep?: boolean | undefined
-  readonly bootTimeoutSeconds?: number | undefined
-  /** The values of `secrets`, resolved by the caller; delivered before the command runs. */
-  readonly secretValues?: SecretValues | undefined
+/**
+ * A run's request (domain/Requests.ts), with its stdin as a stream, and a hook the CLI and the library
+ * use to learn the generated name.
+ */
+export interface RunOptions extends Omit<RunRequest, "stdin"> {
   readonly stdin?: Stream.Stream<Uint8Array, GuestError> | undefined
   /** Called once the workspace has a name (the CLI prints it with `keep`). */
   readonly onCreated?: ((name: string) => Effect.Effect<void>) | undefined
-  /**
-   * `dispatch`: stop the VM once the command is done and sum its egress audit log into a receipt
-   * (the mediator's record of what it reached and was refused) before the workspace goes.
-   */
-  readonly receipt?: boolean | undefined
-  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
-  readonly cold?: boolean | undefined
 }
 
 export const run = Effect.fn("run")(function*(options: RunOptions) {
@@ -72,7 +61,14 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
       cold: options.cold
     })
     const latest = yield* store.get(workspace.name)
-    const request = execRequestFor(latest, argv as [string, ...Array<string>], options.exec)
+    const { cwd, stderrLimit, stdoutLimit, timeoutSeconds, user } = options
+    const request = execRequestFor(latest, argv as [string, ...Array<string>], {
+      cwd,
+      user,
+      timeoutSeconds,
+      stdoutLimit,
+      stderrLimit
+    })
     const result = yield* exec(workspace.name, request, options.stdin)
     // Declared outputs outlive the one-shot workspace; a failed collection is recorded, not fatal.
     if (latest.outputs.length > 0) yield* collectOutputs(workspace.name).pipe(Effect.ignoreLogged)

@@ -9,9 +9,10 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { defaultEgress } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, type MicroagentError, Permanent, Unsupported } from "../domain/Errors.ts"
+import type { StartRequest } from "../domain/Requests.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { restoreRefusal } from "../domain/SnapshotRestore.ts"
-import { type ProfileName, profiles, Resources, type SecretRef, type Workspace } from "../domain/Workspace.ts"
+import { profiles, Resources, type Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
@@ -38,32 +39,14 @@ import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { launchWithNetworks, preflightNetworking } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
-import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
+import { checkSecretValues, deliverSecrets } from "./internal/SecretDelivery.ts"
 import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
 import { planWarmStart } from "./Templates.ts"
 
-export interface StartOptions {
-  readonly bootTimeoutSeconds?: number | undefined
-  /** References to record before this start (replacing those of the same name). */
-  readonly secrets?: ReadonlyArray<SecretRef> | undefined
-  /** The values of every secret the workspace references, resolved by the caller; in memory only. */
-  readonly secretValues?: SecretValues | undefined
-  /** For this start only: a profile's memory and vCPUs, or these (the record keeps its own). */
-  readonly profile?: ProfileName | undefined
-  readonly memoryMiB?: number | undefined
-  readonly cpus?: number | undefined
-  /** A new lease, counted from now (0: none); without it an expired lease refuses the start. */
-  readonly ttlSeconds?: number | undefined
-  /**
-   * Roll back to this snapshot of the workspace first: its disk replaces the workspace's, and a
-   * memory snapshot resumes the captured VM instead of booting (see docs/snapshots.md).
-   */
-  readonly fromSnapshot?: string | undefined
-  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
-  readonly cold?: boolean | undefined
-}
+/** A start's request (domain/Requests.ts) without the name. */
+export type StartOptions = Omit<StartRequest, "name">
 
 /** An expired lease stops a start, unless the start brings a new one. */
 const checkLease = (workspace: Workspace, ttlSeconds: number | undefined) =>

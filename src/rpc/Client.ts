@@ -7,8 +7,8 @@
  * uses it (a `Layer`, `Effect.scoped` over the whole program), not around each call.
  */
 import * as NodeSocket from "@effect/platform-node/NodeSocket"
-import { RpcClient, type RpcClientError, type RpcGroup, RpcSerialization } from "@effect/rpc"
-import { Context, Effect, Layer, Stream } from "effect"
+import { RpcClient, RpcClientError, type RpcGroup, RpcSerialization } from "@effect/rpc"
+import { Context, Effect, Layer, Predicate, Stream } from "effect"
 import { Home } from "../services/Home.ts"
 import { ensureRuntime } from "./Launcher.ts"
 import { Rpcs } from "./Rpcs.ts"
@@ -17,15 +17,19 @@ export type MicroagentRpcs = RpcGroup.Rpcs<typeof Rpcs>
 
 export type MicroagentClientShape = RpcClient.RpcClient<MicroagentRpcs, RpcClientError.RpcClientError>
 
-const isClientError = (error: unknown) =>
-  typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
+/**
+ * A failure of the connection rather than of the call (the socket went away, a frame did not decode):
+ * `RpcClientError`, recognised by its type id, which holds across copies of @effect/rpc in one process.
+ */
+export const isRpcClientError = (error: unknown): error is RpcClientError.RpcClientError =>
+  Predicate.hasProperty(error, RpcClientError.TypeId)
 
 /** The same client, running `onLost` whenever a call fails because the connection did. */
 const onConnectionLost = (
   client: MicroagentClientShape,
   onLost: Effect.Effect<void>
 ): MicroagentClientShape => {
-  const tap = (error: unknown) => (isClientError(error) ? onLost : Effect.void)
+  const tap = (error: unknown) => (isRpcClientError(error) ? onLost : Effect.void)
   const wrapped: Record<string, unknown> = {}
   for (
     const [tag, call] of Object.entries(client as unknown as Record<string, (...args: Array<any>) => any>)

@@ -1,35 +1,42 @@
 /**
- * The RPC API: one procedure per lifecycle program, with the domain Schemas as payloads and results and
- * the classified `MicroagentError` as the failure of every one. It is the whole program surface, so the
- * same group serves host applications, the MCP server and (later) the CLI talking to the runtime.
+ * The RPC API: one procedure per lifecycle program, with the domain Schemas as payloads and results (the
+ * operations' requests of domain/Requests.ts, as they are) and the classified `MicroagentError` as the
+ * failure of every one. It is the whole program surface, so the same group serves host applications,
+ * the MCP server and (later) the CLI talking to the runtime.
  */
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
-import { AddressingRequest } from "../domain/Addressing.ts"
-import { EgressPolicy, EgressReceipt, EgressRecord } from "../domain/Egress.ts"
+import { EgressReceipt, EgressRecord } from "../domain/Egress.ts"
 import { MicroagentError } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
-import { ExecRequest, ExecResult } from "../domain/Exec.ts"
-import { FileCopy } from "../domain/FileCopy.ts"
+import { ExecResult } from "../domain/Exec.ts"
 import { ArtifactCopy, ArtifactList, CopyResult } from "../domain/Files.ts"
-import { ModelMediation } from "../domain/ModelPolicy.ts"
 import { PerfBootPayload, PerfBootResult, PerfFootprintResult } from "../domain/Perf.ts"
 import { RunPlan } from "../domain/Plan.ts"
-import { SnapshotDeleted, SnapshotManifest, SnapshotTag, WorkspaceCopy } from "../domain/Snapshot.ts"
 import {
-  Backend,
-  BrokerEndpoint,
-  EntrypointResult,
-  HealthCheck,
-  Mount,
-  NetworkMode,
-  OutputDecl,
-  ProfileName,
-  PublishedPort,
-  RestartPolicy,
-  SecretRef,
-  Workspace
-} from "../domain/Workspace.ts"
+  ApplyRequest,
+  Bytes,
+  CloneRequest,
+  CommitRequest,
+  CpRequest,
+  CreateFromSnapshotRequest,
+  CreateRequest,
+  DeleteRequest,
+  ExecCommand,
+  FollowRequest,
+  ForkRequest,
+  HaltRequest,
+  KillRequest,
+  PlanRequest,
+  QuarantineRequest,
+  ResultRequest,
+  RunRequest,
+  SnapshotCreateRequest,
+  StartRequest,
+  WaitRequest
+} from "../domain/Requests.ts"
+import { SnapshotDeleted, SnapshotManifest, WorkspaceCopy } from "../domain/Snapshot.ts"
+import { EntrypointResult, ProfileName, Workspace } from "../domain/Workspace.ts"
 import { ApplyResult } from "../programs/Apply.ts"
 import { CommitResult } from "../programs/Commit.ts"
 import { ForkResult } from "../programs/Fork.ts"
@@ -40,143 +47,7 @@ import { ConnectInputPayload, ConnectOutput, ConnectPayload, ConnectResizePayloa
 import { hostRpcs } from "./HostRpcs.ts"
 import { usageRpcs } from "./UsageRpcs.ts"
 
-/** Bytes travel as base64 text, so the wire stays newline-delimited JSON. */
-const Bytes = Schema.Uint8ArrayFromBase64
-
 const PositiveInt = Schema.Int.pipe(Schema.positive())
-
-/**
- * Secret values the caller resolved in its own process (`env:` is the caller's environment), sent in
- * memory over the private socket; `Redacted`, so they never print.
- */
-export const SecretValues = Schema.Array(
-  Schema.Struct({ name: Schema.String, value: Schema.Redacted(Bytes) })
-)
-
-/** What shapes a new workspace (names are checked by the program, which explains what is wrong). */
-export const WorkspaceFields = {
-  image: Schema.String,
-  name: Schema.optional(Schema.String),
-  profile: Schema.optional(ProfileName),
-  memoryMiB: Schema.optional(PositiveInt),
-  cpus: Schema.optional(PositiveInt),
-  sizeMiB: Schema.optional(PositiveInt),
-  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
-  hostname: Schema.optional(Schema.String),
-  network: Schema.optional(NetworkMode),
-  ports: Schema.optional(Schema.Array(PublishedPort)),
-  /** Named networks to join. */
-  networks: Schema.optional(Schema.Array(Schema.String)),
-  /** Egress mediation of the user network; `broker` when absent. */
-  egress: Schema.optional(EgressPolicy),
-  /** The guest's own addressing on the user network: ip, subnet, gateway, dns, routes. */
-  addressing: Schema.optional(AddressingRequest),
-  mounts: Schema.optional(Schema.Array(Mount)),
-  /** References only; values are resolved by the caller and sent with each start. */
-  secrets: Schema.optional(Schema.Array(SecretRef)),
-  /**
-   * Credential broker endpoints (`parseBrokers` of the `--broker` texts); their secrets are among
-   * `secrets`, with `use: "broker"`.
-   */
-  brokers: Schema.optional(Schema.Array(BrokerEndpoint)),
-  outputs: Schema.optional(Schema.Array(OutputDecl)),
-  /** The backend of the new workspace; the server's default when absent. */
-  backend: Schema.optional(Backend),
-  /** Refuse an image whose layers hold character or block devices (accepted by default). */
-  refuseDevices: Schema.optional(Schema.Boolean),
-  /** A lease in seconds (0: none): past it `gc` stops the workspace. */
-  ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
-  /**
-   * A model the guest reaches at http://127.0.0.1:11434/v1, how its requests are mediated, and for
-   * `policy` the policy file (a host path, read by the runtime).
-   */
-  model: Schema.optional(Schema.Struct({
-    model: Schema.String,
-    mediation: Schema.optional(ModelMediation),
-    policyFile: Schema.optional(Schema.String)
-  }))
-}
-
-const { tty: _tty, ...execRequestFields } = ExecRequest.fields
-
-/** An exec: the request fields, merged over the image's and the workspace's defaults by the server. */
-export const ExecFields = {
-  ...execRequestFields,
-  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
-  /** The whole of the command's stdin; closed at once when absent. */
-  stdin: Schema.optional(Bytes)
-}
-
-export const CreatePayload = Schema.Struct({
-  ...WorkspaceFields,
-  restart: Schema.optional(RestartPolicy),
-  entrypoint: Schema.optional(Schema.String),
-  /** Host files (read by the runtime) copied into the guest at every start. */
-  files: Schema.optional(Schema.Array(FileCopy)),
-  /** Shell commands run once, before the first start's entrypoint. */
-  setup: Schema.optional(Schema.Array(Schema.String)),
-  /** A shell command the guest keeps running, restarted with back-off. */
-  service: Schema.optional(Schema.String),
-  /** The absolute guest path of the shell `connect` runs. */
-  shell: Schema.optional(Schema.String),
-  health: Schema.optional(HealthCheck)
-})
-
-export const RunPayload = Schema.Struct({
-  ...WorkspaceFields,
-  /** The command; the image's Entrypoint and Cmd when empty. */
-  command: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
-  /** Shell commands run in the same boot before the command; a failing one fails the run. */
-  setup: Schema.optional(Schema.Array(Schema.String)),
-  /** Host files (read by the runtime) copied into the guest before setup and the command. */
-  files: Schema.optional(Schema.Array(FileCopy)),
-  cwd: Schema.optional(Schema.String),
-  user: Schema.optional(Schema.String),
-  timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-  stdoutLimit: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
-  stderrLimit: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
-  stdin: Schema.optional(Bytes),
-  /** Keep the workspace (halted) afterwards instead of deleting it. */
-  keep: Schema.optional(Schema.Boolean),
-  bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-  secretValues: Schema.optional(SecretValues),
-  /** `dispatch`: answer with the egress receipt too. */
-  receipt: Schema.optional(Schema.Boolean),
-  /** Boot even when a warm start (a template restored instead of a boot) is possible. */
-  cold: Schema.optional(Schema.Boolean),
-  /** A generated name starts with this (default `run`). */
-  namePrefix: Schema.optional(Schema.String.pipe(Schema.pattern(/^[a-z][a-z0-9-]{0,15}$/)))
-})
-
-/** `run`/`create` with `dryRun`: what they would do; nothing is pulled, booted or written. */
-export const PlanPayload = Schema.Struct({
-  ...CreatePayload.fields,
-  kind: Schema.Literal("run", "create"),
-  command: Schema.optional(Schema.Array(Schema.String))
-})
-
-/** `apply`: the fields a spec names (absent ones are kept); `dryRun` reports the changes and writes nothing. */
-export const ApplyPayload = Schema.Struct({
-  name: Schema.String,
-  dryRun: Schema.optional(Schema.Boolean),
-  image: Schema.optional(Schema.String),
-  profile: Schema.optional(ProfileName),
-  memoryMiB: Schema.optional(PositiveInt),
-  cpus: Schema.optional(PositiveInt),
-  sizeMiB: Schema.optional(PositiveInt),
-  hostname: Schema.optional(Schema.String),
-  restart: Schema.optional(RestartPolicy),
-  /** Empty: no entrypoint. */
-  entrypoint: Schema.optional(Schema.String),
-  env: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String })),
-  network: Schema.optional(NetworkMode),
-  ports: Schema.optional(Schema.Array(PublishedPort)),
-  egress: Schema.optional(EgressPolicy),
-  mounts: Schema.optional(Schema.Array(Mount)),
-  outputs: Schema.optional(Schema.Array(OutputDecl)),
-  files: Schema.optional(Schema.Array(FileCopy)),
-  setup: Schema.optional(Schema.Array(Schema.String))
-})
 
 export const RunResult = Schema.Struct({
   workspace: Schema.String,
@@ -184,8 +55,6 @@ export const RunResult = Schema.Struct({
   result: ExecResult,
   receipt: Schema.optional(EgressReceipt)
 })
-
-export const ExecPayload = Schema.Struct({ name: Schema.String, ...ExecFields })
 
 /** A piece of streamed exec output; the last one is `Exit`. */
 export const ExecOutput = Schema.Union(
@@ -226,76 +95,50 @@ export class Rpcs extends RpcGroup.make(
   ...hostRpcs,
   ...usageRpcs,
   /** Create, boot, run one command, tear down (or keep, halted). */
-  Rpc.make("run", { payload: RunPayload, success: RunResult, error: MicroagentError }),
-  Rpc.make("create", { payload: CreatePayload, success: Workspace, error: MicroagentError }),
+  Rpc.make("run", { payload: RunRequest, success: RunResult, error: MicroagentError }),
+  Rpc.make("create", { payload: CreateRequest, success: Workspace, error: MicroagentError }),
   /** The plan of a `run` or `create`, without pulling, booting or writing anything. */
-  Rpc.make("plan", { payload: PlanPayload, success: RunPlan, error: MicroagentError }),
+  Rpc.make("plan", { payload: PlanRequest, success: RunPlan, error: MicroagentError }),
   /** Brings a workspace's record in line with a spec's fields, or refuses (conflict) and writes nothing. */
-  Rpc.make("apply", { payload: ApplyPayload, success: ApplyResult, error: MicroagentError }),
+  Rpc.make("apply", { payload: ApplyRequest, success: ApplyResult, error: MicroagentError }),
   Rpc.make("start", {
-    payload: {
-      ...named,
-      bootTimeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-      /** References to record before this start, replacing those of the same name. */
-      secrets: Schema.optional(Schema.Array(SecretRef)),
-      secretValues: Schema.optional(SecretValues),
-      /** For this start only (the record keeps its own). */
-      profile: Schema.optional(ProfileName),
-      memoryMiB: Schema.optional(PositiveInt),
-      cpus: Schema.optional(PositiveInt),
-      /** A new lease in seconds, from now (0: none). */
-      ttlSeconds: Schema.optional(Schema.Number.pipe(Schema.nonNegative())),
-      /** Roll back to this snapshot (tag) of the workspace first. */
-      fromSnapshot: Schema.optional(SnapshotTag),
-      /** Boot even when a warm start (a template restored instead of a boot) is possible. */
-      cold: Schema.optional(Schema.Boolean)
-    },
+    payload: StartRequest,
     success: Workspace,
     error: MicroagentError
   }),
-  Rpc.make("exec", { payload: ExecPayload, success: ExecResult, error: MicroagentError }),
+  Rpc.make("exec", { payload: ExecCommand, success: ExecResult, error: MicroagentError }),
   /** Output as it comes; interrupting the stream stops the guest command. */
-  Rpc.make("execStream", { payload: ExecPayload, success: ExecOutput, error: MicroagentError, stream: true }),
+  Rpc.make("execStream", { payload: ExecCommand, success: ExecOutput, error: MicroagentError, stream: true }),
   Rpc.make("halt", {
-    payload: {
-      ...named,
-      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-      reason: Schema.optional(Schema.String)
-    },
+    payload: HaltRequest,
     success: Workspace,
     error: MicroagentError
   }),
   Rpc.make("kill", {
-    payload: { ...named, reason: Schema.optional(Schema.String) },
+    payload: KillRequest,
     success: Workspace,
     error: MicroagentError
   }),
   /** Freeze and thaw the vCPUs of a running workspace. */
   Rpc.make("pause", {
-    payload: { ...named, reason: Schema.optional(Schema.String) },
+    payload: KillRequest,
     success: Workspace,
     error: MicroagentError
   }),
   Rpc.make("resume", {
-    payload: { ...named, reason: Schema.optional(Schema.String) },
+    payload: KillRequest,
     success: Workspace,
     error: MicroagentError
   }),
   /** Fence, freeze, capture and stop a running or paused workspace into custody (Quarantine.ts). */
   Rpc.make("quarantine", {
-    payload: { ...named, reason: Schema.optional(Schema.String), capture: Schema.optional(Schema.Boolean) },
+    payload: QuarantineRequest,
     success: QuarantineResult,
     error: MicroagentError
   }),
   /** Memory, device state and disk of a running or paused workspace; the disk of a stopped one. */
   Rpc.make("snapshotCreate", {
-    payload: {
-      ...named,
-      tag: Schema.optional(Schema.String),
-      forensic: Schema.optional(Schema.Boolean),
-      /** The workspace's secret values: wiped from the guest before the capture, delivered again after. */
-      secretValues: Schema.optional(SecretValues)
-    },
+    payload: SnapshotCreateRequest,
     success: SnapshotManifest,
     error: MicroagentError
   }),
@@ -304,33 +147,19 @@ export class Rpcs extends RpcGroup.make(
    * the base's layers plus one of the changes), pushed afterwards with `push`.
    */
   Rpc.make("workspaceCommit", {
-    payload: {
-      ...named,
-      ref: Schema.String,
-      push: Schema.optional(Schema.Boolean),
-      diff: Schema.optional(Schema.Boolean),
-      message: Schema.optional(Schema.String),
-      author: Schema.optional(Schema.String),
-      insecureRegistry: Schema.optional(Schema.Boolean)
-    },
+    payload: CommitRequest,
     success: CommitResult,
     error: MicroagentError
   }),
   /** N running children of a running workspace, each resumed from one memory capture (Fork.ts). */
   Rpc.make("fork", {
-    payload: {
-      ...named,
-      count: Schema.optional(Schema.Number),
-      namePrefix: Schema.optional(Schema.String),
-      /** The workspace's secret values: delivered again to the parent and to every child. */
-      secretValues: Schema.optional(SecretValues)
-    },
+    payload: ForkRequest,
     success: ForkResult,
     error: MicroagentError
   }),
   /** A prepared, halted or stopped workspace copied to a new one with its own identity. */
   Rpc.make("clone", {
-    payload: { source: Schema.String, target: Schema.String },
+    payload: CloneRequest,
     success: WorkspaceCopy,
     error: MicroagentError
   }),
@@ -339,7 +168,7 @@ export class Rpcs extends RpcGroup.make(
    * start resumes the captured VM under the new identity, from a disk snapshot it boots.
    */
   Rpc.make("createFromSnapshot", {
-    payload: { ...named, snapshot: Schema.String },
+    payload: CreateFromSnapshotRequest,
     success: WorkspaceCopy,
     error: MicroagentError
   }),
@@ -355,26 +184,14 @@ export class Rpcs extends RpcGroup.make(
   }),
   /** Idempotent: deleting what is not there answers `deleted: false`. */
   Rpc.make("delete", {
-    payload: {
-      ...named,
-      /** Halt a live workspace first. */
-      yes: Schema.optional(Schema.Boolean),
-      /** Kill a live workspace first. */
-      force: Schema.optional(Schema.Boolean)
-    },
+    payload: DeleteRequest,
     success: DeleteResult,
     error: MicroagentError
   }),
   Rpc.make("inspect", { payload: named, success: InspectResult, error: MicroagentError }),
   /** The entrypoint's result of the latest start that ran one; `NotFound` before any. */
   Rpc.make("result", {
-    payload: {
-      ...named,
-      /** Block until the entrypoint has finished. */
-      wait: Schema.optional(Schema.Boolean),
-      /** With `wait`: give up after this long (`Transient`). */
-      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
-    },
+    payload: ResultRequest,
     success: EntrypointResult,
     error: MicroagentError
   }),
@@ -384,32 +201,27 @@ export class Rpcs extends RpcGroup.make(
     error: MicroagentError
   }),
   Rpc.make("logs", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: Bytes,
     error: MicroagentError,
     stream: true
   }),
   Rpc.make("events", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: WorkspaceEvent,
     error: MicroagentError,
     stream: true
   }),
   /** The egress audit log, oldest first; with `follow`, new records until the workspace stops. */
   Rpc.make("egress", {
-    payload: { ...named, follow: Schema.optional(Schema.Boolean) },
+    payload: FollowRequest,
     success: EgressRecord,
     error: MicroagentError,
     stream: true
   }),
   /** Blocks until the workspace settles; running out of time is `Transient`. */
   Rpc.make("wait", {
-    payload: {
-      ...named,
-      timeoutSeconds: Schema.optional(Schema.Number.pipe(Schema.positive())),
-      /** How often the workspace is looked at; 0.25 s when absent. */
-      intervalSeconds: Schema.optional(Schema.Number.pipe(Schema.positive()))
-    },
+    payload: WaitRequest,
     success: Workspace,
     error: MicroagentError
   }),
@@ -451,13 +263,7 @@ export class Rpcs extends RpcGroup.make(
    * path itself (it runs as the same user), so no file bytes cross the socket.
    */
   Rpc.make("cp", {
-    payload: {
-      ...named,
-      direction: Schema.Literal("in", "out"),
-      /** Absolute. */
-      hostPath: Schema.String,
-      guestPath: Schema.String
-    },
+    payload: CpRequest,
     success: CopyResult,
     error: MicroagentError
   }),

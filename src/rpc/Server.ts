@@ -15,7 +15,7 @@ import * as NodePath from "node:path"
 import { Conflict, InvalidInput, Permanent, Transient } from "../domain/Errors.ts"
 import { version } from "../domain/Version.ts"
 import type { Backend } from "../domain/Workspace.ts"
-import { MicroagentClient, type MicroagentRpcs } from "./Client.ts"
+import { isRpcClientError, MicroagentClient, type MicroagentRpcs } from "./Client.ts"
 import { makeConnectHandlers } from "./ConnectSessions.ts"
 import type { HandlerServices } from "./HandlerContext.ts"
 import { makeHostHandlers } from "./HostHandlers.ts"
@@ -124,9 +124,9 @@ export const layerServer = (options: { readonly socket: string }) =>
 
 /** A lost connection to the server a call was forwarded to: worth a retry. */
 const lostUpstream = <E>(error: E) =>
-  typeof error === "object" && error !== null && (error as { _tag?: unknown })._tag === "RpcClientError"
+  isRpcClientError(error)
     ? new Transient({
-      message: `lost the connection to the runtime: ${String((error as { message?: unknown }).message)}`,
+      message: `lost the connection to the runtime: ${error.message}`,
       remediation: "retry; the runtime is started again on demand",
       retryAfterMs: 1000
     })

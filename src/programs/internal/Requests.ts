@@ -3,16 +3,11 @@
  * defaults, the workspace's env overrides the image's, and the request's overrides both.
  */
 import { ExecRequest } from "../../domain/Exec.ts"
+import type { ExecSettings } from "../../domain/Requests.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
 
-export interface ExecOverrides {
-  readonly env?: Readonly<Record<string, string>> | undefined
-  readonly cwd?: string | undefined
-  readonly user?: string | undefined
-  readonly timeoutSeconds?: number | undefined
-  readonly stdoutLimit?: number | undefined
-  readonly stderrLimit?: number | undefined
-}
+/** The caller's settings of a command (domain/Requests.ts `ExecSettings`), over the defaults. */
+export type ExecOverrides = ExecSettings
 
 const imageEnv = (workspace: Workspace): Record<string, string> => {
   const env: Record<string, string> = {}
