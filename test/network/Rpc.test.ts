@@ -5,6 +5,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { WorkspaceBackends } from "../../src/layers/backends/WorkspaceBackends.ts"
+import { HostServicesLive } from "../../src/layers/host/HostServices.ts"
 import { DatabaseLive } from "../../src/layers/state/Database.ts"
 import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
@@ -22,6 +23,7 @@ describe("network procedures", () => {
       const InProcess = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
         Layer.provideMerge(VolumesLive),
+        Layer.provideMerge(HostServicesLive),
         Layer.provideMerge(
           SqliteStateStore.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(Home.layer(root)))
         )
