@@ -16,7 +16,8 @@ import { endGroups } from "./FakeGuestProcesses.ts"
 const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
   "PauseResume",
-  "Snapshot"
+  "Snapshot",
+  "NamedNetworks" // simulated: FakeNetworkFabric.ts
 ])
 
 const appendConsole = (handle: { consoleLog: string }, line: string) =>
