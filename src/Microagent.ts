@@ -18,6 +18,7 @@ import type { Permanent, ResourceExhausted, Unsupported } from "./domain/Errors.
 import type { Backend } from "./domain/Workspace.ts"
 import { type BackendServices, defaultBackend } from "./layers/backends/Backends.ts"
 import { WorkspaceBackends } from "./layers/backends/WorkspaceBackends.ts"
+import { type HostServices, HostServicesLive } from "./layers/host/HostServices.ts"
 import { endVmm, vmmsOf } from "./layers/process/Vmms.ts"
 import { DatabaseLive } from "./layers/state/Database.ts"
 import { SqliteStateStore } from "./layers/state/SqliteStateStore.ts"
@@ -35,8 +36,13 @@ export {
   WorkspaceBackends
 } from "./layers/backends/WorkspaceBackends.ts"
 
-/** The state directory and what lives in it: its database, the workspace store, the named volumes. */
-export type StoreServices = Home | SqlClient.SqlClient | StateStore | Volumes
+export type { HostServices } from "./layers/host/HostServices.ts"
+
+/**
+ * The state directory and what lives in it (its database, the workspace store, the named volumes), and
+ * the host's services the programs use beside them (processes, fault points).
+ */
+export type StoreServices = Home | SqlClient.SqlClient | StateStore | Volumes | HostServices
 
 /** What `layer` provides: the store, every backend on demand, and the default backend's services. */
 export type Services = StoreServices | WorkspaceBackends | BackendServices
@@ -51,11 +57,11 @@ export interface Options extends StoreOptions {
   readonly backend?: Backend | undefined
 }
 
-/** The state directory, its database (checked and migrated on open), the store and the volumes. */
+/** The state directory, its database (checked and migrated on open), the store, the volumes, the host's services. */
 export const layerStore = (
   options: StoreOptions = {}
 ): Layer.Layer<StoreServices, Permanent | ResourceExhausted> =>
-  Layer.merge(SqliteStateStore, VolumesLive).pipe(
+  Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive).pipe(
     Layer.provideMerge(DatabaseLive),
     Layer.provideMerge(Home.layer(Home.resolveRoot(options.home)))
   )

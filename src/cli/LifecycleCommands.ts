@@ -3,12 +3,13 @@
  * `events`, and `profiles`.
  */
 import { Args, Command, Options } from "@effect/cli"
-import { DateTime, Duration, Effect, Option, Stream } from "effect"
+import { DateTime, Duration, Effect, Layer, Option, Stream } from "effect"
 import type { EgressRecord } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
+import { NetworkFabricLive } from "../layers/network/NetworkFabricLive.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import { abandonedRuns, expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
@@ -489,7 +490,8 @@ const gcCommand = Command.make("gc", {}, () =>
             Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
           )
         ))
-    const swept = yield* withStore(Effect.provide(gcSweep(), VolumesLive))
+    // The host's named-network plumbing is swept whatever the backend: it is the live fabric's.
+    const swept = yield* withStore(Effect.provide(gcSweep(), Layer.merge(VolumesLive, NetworkFabricLive)))
     const report: GcReport & { readonly expired: typeof expired; readonly abandoned: typeof abandoned } = {
       reconciled: reconciled.flat(),
       expired,

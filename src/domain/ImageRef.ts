@@ -5,6 +5,9 @@
  */
 import { Data, Either, Schema } from "effect"
 
+/** The image `run` and `create` use when none is given (built on the host: layers/image/BuiltinImages.ts). */
+export const defaultImage = "microagent.local/busybox:latest"
+
 export const defaultRegistry = "docker.io"
 /** Docker Hub's API lives on another host than the name users type. */
 export const dockerHubApiHost = "registry-1.docker.io"

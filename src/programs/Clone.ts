@@ -21,6 +21,7 @@ import { parseSnapshotRef, restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { type Mount, nameProblem, Workspace, type WorkspaceName } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
+import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { hostnameFor, publishWorkspace } from "./Create.ts"
 import { copyDisk, copyState, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
@@ -71,7 +72,7 @@ const copyWorkspace = (
     }
     const workspaceDir = home.workspaceDir(name)
     const staging = yield* home.ensureDir(
-      NodePath.join(home.workspaces, stagingName(randomBytes(6).toString("hex")))
+      NodePath.join(home.workspaces, stagingName((yield* Processes).self, randomBytes(6).toString("hex")))
     )
     return yield* Effect.gen(function*() {
       yield* copyDisk(disk, NodePath.join(staging, "rootfs"))

@@ -14,10 +14,10 @@ import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } f
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import { faultPoint } from "../layers/process/FaultPoint.ts"
 import * as Debugfs from "../layers/rootfs/Debugfs.ts"
 import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
 import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
+import { faultPoint } from "../services/Faults.ts"
 import {
   GuestChannel,
   type GuestConnection,

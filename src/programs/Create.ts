@@ -22,12 +22,12 @@ import {
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
-import { faultPoint } from "../layers/process/FaultPoint.ts"
-import { startTimeOf } from "../layers/process/Processes.ts"
 import { writeManifest } from "../layers/state/Manifest.ts"
+import { faultPoint } from "../services/Faults.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
+import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { resolveFileCopies } from "./internal/FileDelivery.ts"
 import { modelEnv, resolvePairing } from "./internal/ModelPairing.ts"
@@ -174,9 +174,10 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
     ...(options.refuseDevices === true ? { refuseDevices: true } : {})
   })
   const workspaceDir = home.workspaceDir(name)
+  const self = (yield* Processes).self
   // The disk is prepared in a staging directory and renamed into place once the name is ours.
   const staging = yield* home.ensureDir(
-    NodePath.join(home.workspaces, stagingName(randomBytes(6).toString("hex")))
+    NodePath.join(home.workspaces, stagingName(self, randomBytes(6).toString("hex")))
   )
   return yield* Effect.gen(function*() {
     yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)
@@ -213,7 +214,7 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
       ephemeral: options.ephemeral ?? false,
       // A one-shot workspace is this process's to delete; if the process dies first, gc does.
       ...(options.ephemeral === true
-        ? { heldBy: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" } }
+        ? { heldBy: { pid: self.pid, startTime: self.startTime ?? "" } }
         : {}),
       rootfsPath: NodePath.join(workspaceDir, "rootfs"),
       runtimeDir: home.runtimeDir(name),

@@ -4,7 +4,7 @@
 import { Effect, Option, Stream } from "effect"
 import { Conflict, Permanent, Transient } from "../domain/Errors.ts"
 import type { ExecRequest } from "../domain/Exec.ts"
-import { faultPoint } from "../layers/process/FaultPoint.ts"
+import { faultPoint } from "../services/Faults.ts"
 import { GuestChannel, type GuestError } from "../services/GuestChannel.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, requireBackend, vmHandleOf } from "./internal/Reconcile.ts"

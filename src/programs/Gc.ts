@@ -7,9 +7,9 @@ import { DateTime, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
-import { isAlive } from "../layers/process/Processes.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
+import { Processes } from "../services/Processes.ts"
 import { StateStore, type StateStoreShape } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
 import { remove } from "./Delete.ts"
@@ -68,9 +68,11 @@ export const stillLive = (store: StateStoreShape) => (name: string) =>
  */
 export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
   const store = yield* StateStore
-  return (yield* store.list).filter((ws) =>
-    ws.ephemeral && ws.heldBy !== undefined
-    && !isAlive(ws.heldBy.pid, ws.heldBy.startTime === "" ? undefined : ws.heldBy.startTime)
+  const processes = yield* Processes
+  return yield* Effect.filter(
+    (yield* store.list).filter((ws) => ws.ephemeral && ws.heldBy !== undefined),
+    (ws) =>
+      Effect.map(processes.isAlive(ws.heldBy!.pid, ws.heldBy!.startTime || undefined), (alive) => !alive)
   )
 })
 
@@ -114,7 +116,9 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
   for (const name of entries(home.workspaces)) {
     const dir = NodePath.join(home.workspaces, name)
     // Staging of a create still under way is left alone: its process lives (or, for old names, it is recent).
-    if (known.has(name) || (name.startsWith(".staging-") && stagingInUse(name) && !isStale(dir, now))) {
+    if (
+      known.has(name) || (name.startsWith(".staging-") && (yield* stagingInUse(name)) && !isStale(dir, now))
+    ) {
       continue
     }
     // A create may have finished since the list was read.

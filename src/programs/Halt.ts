@@ -6,7 +6,7 @@ import { Cause, Duration, Effect, Exit, Option } from "effect"
 import { Conflict } from "../domain/Errors.ts"
 import type { HaltRequest, KillRequest } from "../domain/Requests.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import { faultPoint } from "../layers/process/FaultPoint.ts"
+import { faultPoint } from "../services/Faults.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { collectEntrypoint } from "./Entrypoint.ts"
@@ -31,7 +31,10 @@ export const halt = Effect.fn("halt")(function*(name: string, options: HaltOptio
   if (current.state === "running" && current.result?.status === "running") {
     yield* collectEntrypoint(name).pipe(Effect.timeout(Duration.seconds(10)), Effect.ignore)
   }
-  const stopping = yield* store.transition(name, "halt", { patch: ownedByMe, detail: options.reason ?? "" })
+  const stopping = yield* store.transition(name, "halt", {
+    patch: yield* ownedByMe,
+    detail: options.reason ?? ""
+  })
   const handle = vmHandleOf(stopping)
   const timeoutSeconds = options.timeoutSeconds ?? 15
   // Once stopping, finish the job even if interrupted, so the record and the VMM agree; once stopped,

@@ -6,9 +6,9 @@
  */
 import { Effect, Option } from "effect"
 import { Conflict, InvalidInput, Unsupported } from "../domain/Errors.ts"
+import { networkNameProblem, reservedNetworkNames } from "../domain/NetworkName.ts"
 import { isLive } from "../domain/State.ts"
 import type { NetworkMode, PublishedPort, Workspace } from "../domain/Workspace.ts"
-import { networkNameProblem, reservedNetworkNames } from "../layers/network/NetworksLive.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { Networks } from "../services/Networks.ts"
 import { StateStore } from "../services/StateStore.ts"

@@ -109,7 +109,7 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
     }
     const reason = options.reason ?? ""
     marked = yield* store.transition(name, "quarantine", {
-      patch: ownedByMe,
+      patch: yield* ownedByMe,
       detail: reason === "" ? "quarantined" : `quarantined: ${reason}`
     })
   }

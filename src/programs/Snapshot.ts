@@ -16,12 +16,12 @@ import { guestSecrets } from "../domain/Broker.ts"
 import { Conflict, InvalidInput, NotFound, Permanent, Unsupported } from "../domain/Errors.ts"
 import { SnapshotDeleted, SnapshotManifest, tagPattern } from "../domain/Snapshot.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import { faultPoint } from "../layers/process/FaultPoint.ts"
-import { isAlive } from "../layers/process/Processes.ts"
 
+import { faultPoint } from "../services/Faults.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, memoryFileOf, type VmHandle } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
+import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { guestValues } from "./internal/Brokering.ts"
 import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
@@ -69,12 +69,13 @@ const checkTag = (tag: string) =>
       })
     )
 
-/** A zombie (a killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive. */
-const pidAlive = (pid: number): boolean => isAlive(pid, undefined)
-
-/** Removes staging and deleting directories whose process is gone (what a crash left). */
+/**
+ * Removes staging and deleting directories whose process is gone (what a crash left). A zombie (a
+ * killed process nobody reaped yet) counts as gone: `kill(pid, 0)` would say alive.
+ */
 const sweepLeftovers = (dir: string) =>
-  Effect.sync(() => {
+  Effect.gen(function*() {
+    const processes = yield* Processes
     let entries: Array<string> = []
     try {
       entries = NodeFs.readdirSync(dir)
@@ -84,7 +85,7 @@ const sweepLeftovers = (dir: string) =>
     for (const entry of entries) {
       const match = /^\.(staging|deleting)-.*-(\d+)$/.exec(entry)
       if (match === null) continue
-      if (match[1] === "staging" && pidAlive(Number(match[2]))) continue
+      if (match[1] === "staging" && (yield* processes.isAlive(Number(match[2])))) continue
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
   })
@@ -303,7 +304,7 @@ const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, stagin
     // agent does not answer is still captured.
     yield* syncGuest(handle)
     // Owned while paused: if this process dies mid-capture, the next reader resumes the VM.
-    yield* store.transition(name, "pause", { patch: ownedByMe, detail: "snapshot" })
+    yield* store.transition(name, "pause", { patch: yield* ownedByMe, detail: "snapshot" })
     yield* held.pipe(
       Effect.ensuring(
         hypervisor.resume(handle).pipe(

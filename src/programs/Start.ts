@@ -333,13 +333,14 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
     })
   // Admitted (the `start` transition) from here: every failure records `failed` and stops the VM.
   const admitted = Effect.gen(function*() {
+    const owned = yield* ownedByMe
     // Under the disk's claim: an offline cp, commit or resize running now makes this a conflict, and
     // one that claims the disk after this sees the workspace starting.
     const starting = yield* Effect.scoped(Effect.zipRight(
       claimDisk(name, "a start"),
       store.transition(name, "start", {
         patch: (ws) =>
-          ownedByMe(
+          owned(
             {
               ...ws,
               secrets,

@@ -21,12 +21,11 @@ import {
   warmRefusal
 } from "../domain/Template.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import { isAlive, releasePidLock, tryPidLock } from "../layers/process/Processes.ts"
-import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor, LaunchConfig, memoryFileOf } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
+import { Processes } from "../services/Processes.ts"
 import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { templateLock, templateRuntimeName, templatesDir } from "./internal/TemplateFiles.ts"
@@ -133,12 +132,13 @@ const ensureTemplate = (shape: TemplateShape, workspace: Workspace, artifacts: B
     const key = templateKey(shape)
     const dir = NodePath.join(root, key)
     const lock = templateLock(home.root, key)
+    const processes = yield* Processes
     // One build per shape: a start that finds another building waits for its result (bounded).
     const deadline = Date.now() + 180_000
     while (true) {
       const published = readTemplate(dir)
       if (Option.isSome(published)) return { built: false, template: published.value }
-      if (tryPidLock(lock)) break
+      if (yield* processes.tryLock(lock)) break
       if (Date.now() > deadline) {
         return yield* new Permanent({ message: `template ${key} is still being built by another process` })
       }
@@ -148,11 +148,11 @@ const ensureTemplate = (shape: TemplateShape, workspace: Workspace, artifacts: B
       // Published between the last look and the lock.
       const raced = readTemplate(dir)
       if (Option.isSome(raced)) return { built: false, template: raced.value }
-      sweepBuilds(root)
+      yield* sweepBuilds(root)
       const template = yield* buildTemplate(key, shape, workspace, artifacts, dir)
       yield* dropSuperseded(root, template.manifest)
       return { built: true, template }
-    }).pipe(Effect.ensuring(Effect.sync(() => releasePidLock(lock))))
+    }).pipe(Effect.ensuring(processes.releaseLock(lock)))
   })
 
 /**
@@ -170,13 +170,14 @@ const buildTemplate = (
   Effect.gen(function*() {
     const home = yield* Home
     const hypervisor = yield* Hypervisor
+    const processes = yield* Processes
     const started = Date.now()
     const staging = `${dir}.staging-${process.pid}`
     const runtimeDir = home.runtimeDir(templateRuntimeName(key))
     const build = Effect.gen(function*() {
       // Under the build lock: a VMM left there is a dead build's (kill -9 of its process).
-      for (const vmm of vmmsOf(home.root)) {
-        if (vmm.workspace === templateRuntimeName(key)) yield* endVmm(vmm)
+      for (const vmm of yield* processes.vmms(home.root)) {
+        if (vmm.workspace === templateRuntimeName(key)) yield* processes.endVmm(vmm)
       }
       NodeFs.rmSync(staging, { recursive: true, force: true })
       yield* home.ensureDir(staging)
@@ -261,20 +262,22 @@ const templateDirs = (root: string): Array<string> => {
 }
 
 /** Leftovers of builds whose process died (kill -9): staging directories and locks. */
-const sweepBuilds = (root: string) => {
-  let entries: Array<string> = []
-  try {
-    entries = NodeFs.readdirSync(root)
-  } catch {
-    return
-  }
-  for (const entry of entries) {
-    const staging = /\.staging-(\d+)$/.exec(entry)
-    if (staging !== null && !isAlive(Number(staging[1]), undefined)) {
-      NodeFs.rmSync(NodePath.join(root, entry), { recursive: true, force: true })
+const sweepBuilds = (root: string) =>
+  Effect.gen(function*() {
+    const processes = yield* Processes
+    let entries: Array<string> = []
+    try {
+      entries = NodeFs.readdirSync(root)
+    } catch {
+      return
     }
-  }
-}
+    for (const entry of entries) {
+      const staging = /\.staging-(\d+)$/.exec(entry)
+      if (staging !== null && !(yield* processes.isAlive(Number(staging[1])))) {
+        NodeFs.rmSync(NodePath.join(root, entry), { recursive: true, force: true })
+      }
+    }
+  })
 
 /** The templates in the store, each with whether its image and kernel are still there. */
 export const listTemplates = Effect.fn("templates.list")(function*() {
@@ -309,7 +312,7 @@ export const pruneTemplates = Effect.fn("templates.prune")(
   function*(options: { readonly all?: boolean } = {}) {
     const home = yield* Home
     const root = templatesDir(home.root)
-    sweepBuilds(root)
+    yield* sweepBuilds(root)
     const entries = yield* listTemplates()
     const removed: Array<string> = []
     let freedBytes = 0

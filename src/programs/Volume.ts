@@ -4,8 +4,7 @@
  */
 import { Effect } from "effect"
 import { Conflict } from "../domain/Errors.ts"
-import { defaultVolumeMiB } from "../layers/volume/VolumesLive.ts"
-import { Volume, Volumes } from "../services/Volumes.ts"
+import { defaultVolumeMiB, Volume, Volumes } from "../services/Volumes.ts"
 import { holderIsLive } from "./internal/Mounts.ts"
 
 /** The volume with only its live holder and readers. */

@@ -8,6 +8,7 @@
 import { Effect, Option, Queue, Stream } from "effect"
 import { Conflict, NotFound } from "../domain/Errors.ts"
 import { streamWithWorkspaceBackend, type WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import type { HostServices } from "../layers/host/HostServices.ts"
 import { connect } from "../programs/Connect.ts"
 import type { ExecControl } from "../services/GuestChannel.ts"
 import type { Home } from "../services/Home.ts"
@@ -25,7 +26,7 @@ interface Session {
   readonly resizes: Queue.Queue<ExecControl>
 }
 
-type Services = WorkspaceBackends | StateStore | Home
+type Services = WorkspaceBackends | StateStore | Home | HostServices
 
 const gone = (sessionId: string) =>
   new NotFound({

@@ -5,13 +5,14 @@
 import type { Rpc, RpcGroup } from "@effect/rpc"
 import type { Effect, Stream } from "effect"
 import type { WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import type { HostServices } from "../layers/host/HostServices.ts"
 import type { Home } from "../services/Home.ts"
 import type { StateStore } from "../services/StateStore.ts"
 import type { Volumes } from "../services/Volumes.ts"
 import type { Rpcs } from "./Rpcs.ts"
 
 /** The services of this process that every handler may use. */
-export type HandlerServices = WorkspaceBackends | StateStore | Home | Volumes
+export type HandlerServices = WorkspaceBackends | StateStore | Home | Volumes | HostServices
 
 /** Runs one call's effect with this process's services. */
 export type Local = <A, E>(effect: Effect.Effect<A, E, HandlerServices>) => Effect.Effect<A, E>

@@ -21,6 +21,7 @@ import { ImageStore } from "../services/ImageStore.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { ModelRunners, type ServeOptions } from "../services/ModelRunners.ts"
 import { Models } from "../services/Models.ts"
+import { Processes } from "../services/Processes.ts"
 import type { Registry } from "../services/Registry.ts"
 
 interface PolicyEvaluatePayload {
@@ -64,12 +65,16 @@ export const makeHostHandlers = Effect.gen(function*() {
       Effect.provide(FileKernelCache.layer().pipe(Layer.provide(here)))
     )
   )
-  const withTemplateServices = <A, E>(effect: Effect.Effect<A, E, ImageStore | KernelCache | Home>) =>
+  const processes = yield* Processes
+  const withTemplateServices = <A, E>(
+    effect: Effect.Effect<A, E, ImageStore | KernelCache | Home | Processes>
+  ) =>
     Effect.flatMap(Effect.zip(images, kernels), ([store, cache]) =>
       effect.pipe(
         Effect.provideService(ImageStore, store),
         Effect.provideService(KernelCache, cache),
-        Effect.provideService(Home, home)
+        Effect.provideService(Home, home),
+        Effect.provideService(Processes, processes)
       ))
   const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
   const runners = yield* Effect.cached(

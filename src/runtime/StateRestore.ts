@@ -17,6 +17,7 @@ import { NotFound, Permanent } from "../domain/Errors.ts"
 import { isLive } from "../domain/State.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
+import { HostServicesLive } from "../layers/host/HostServices.ts"
 import { isAlive, signal } from "../layers/process/Processes.ts"
 import { backupsDirOf, checkFile, listBackups, replaceWithBackup, setAside } from "../layers/state/Backups.ts"
 import { databaseLayer } from "../layers/state/Database.ts"
@@ -138,7 +139,7 @@ export const restoreState = (root: string, options: RestoreOptions = {}) =>
       setAsideFiles = yield* setAside(database)
     }
 
-    const store = Layer.merge(SqliteStateStore, VolumesLive).pipe(
+    const store = Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive).pipe(
       Layer.provideMerge(databaseLayer({ expectRecords: false })),
       Layer.provideMerge(Layer.succeed(Home, home))
     )

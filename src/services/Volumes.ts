@@ -5,6 +5,9 @@
 import { Context, type Effect, Schema } from "effect"
 import type { MicroagentError } from "../domain/Errors.ts"
 
+/** The size of a volume made without one (MiB). */
+export const defaultVolumeMiB = 1024
+
 export class Volume extends Schema.Class<Volume>("Volume")({
   name: Schema.String,
   path: Schema.String,

@@ -77,7 +77,7 @@ describe("Networks on the state store", () => {
 })
 
 describe("creating networked workspaces", () => {
-  it.scoped("refuses --publish on an isolated workspace and named networks on the fake backend, making nothing", () =>
+  it.scoped("refuses --publish on an isolated workspace and a network that does not exist, making nothing", () =>
     Effect.gen(function*() {
       const store = yield* StateStore
       const ports = [
@@ -87,9 +87,8 @@ describe("creating networked workspaces", () => {
         create({ image: "alpine", name: "iso", network: "isolated", ports })
       )
       assert.strictEqual(isolated._tag, "InvalidInput")
-      yield* (yield* Networks).create("lab")
-      const named = yield* Effect.flip(create({ image: "alpine", name: "named", networks: ["lab"] }))
-      assert.strictEqual(named._tag, "Unsupported")
+      const named = yield* Effect.flip(create({ image: "alpine", name: "named", networks: ["nowhere"] }))
+      assert.strictEqual(named._tag, "NotFound")
       assert.deepStrictEqual(yield* store.list, [])
       const published = yield* create({ image: "alpine", name: "web", ports })
       assert.deepStrictEqual(published.ports, ports)

@@ -5,6 +5,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { WorkspaceBackends } from "../../src/layers/backends/WorkspaceBackends.ts"
+import { HostServicesLive } from "../../src/layers/host/HostServices.ts"
 import { DatabaseLive } from "../../src/layers/state/Database.ts"
 import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
@@ -22,6 +23,7 @@ describe("network procedures", () => {
       const InProcess = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
         Layer.provideMerge(VolumesLive),
+        Layer.provideMerge(HostServicesLive),
         Layer.provideMerge(
           SqliteStateStore.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(Home.layer(root)))
         )
@@ -34,10 +36,13 @@ describe("network procedures", () => {
         assert.deepStrictEqual((yield* client.networkInspect({ name: "lab" })).members, [])
         const clash = yield* Effect.flip(client.networkCreate({ name: "other", subnet: "10.92.0.0/25" }))
         assert.strictEqual(clash._tag, "Conflict")
-        const created = yield* Effect.flip(
-          client.create({ image: "alpine", name: "member", networks: ["lab"] })
-        )
-        assert.strictEqual(created._tag, "Unsupported")
+        // The fake backend simulates named networks: the member joins at create.
+        const created = yield* client.create({ image: "alpine", name: "member", networks: ["lab"] })
+        assert.deepStrictEqual(created.networks, ["lab"])
+        const members = (yield* client.networkInspect({ name: "lab" })).members
+        assert.deepStrictEqual(members.map((m) => [m.workspace, m.ip]), [["member", "10.92.0.2"]])
+        assert.strictEqual((yield* Effect.flip(client.networkRemove({ name: "lab" })))._tag, "Conflict")
+        yield* client.delete({ name: "member" })
         assert.deepStrictEqual(yield* client.networkRemove({ name: "lab" }), {
           network: "lab",
           removed: true

@@ -3,23 +3,25 @@
  * at a time, a dead holder's claim taken over, released with the scope; `start` takes it too.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
-import { Effect, Either } from "effect"
+import { Effect, Either, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import { ProcessesLive } from "../../src/layers/process/ProcessesLive.ts"
 import { create } from "../../src/programs/Create.ts"
 import { kill } from "../../src/programs/Halt.ts"
 import { claimDisk, claimStoppedDisk } from "../../src/programs/internal/DiskClaim.ts"
 import { start } from "../../src/programs/Start.ts"
 import { Home } from "../../src/services/Home.ts"
+import type { Processes } from "../../src/services/Processes.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
 
 const root = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-disk-claim-"))
 afterAll(() => NodeFs.rmSync(root, { recursive: true, force: true }))
 
-const run = <A, E>(effect: Effect.Effect<A, E, Home>) =>
-  Effect.runPromise(Effect.either(effect).pipe(Effect.provide(Home.layer(root))))
+const run = <A, E>(effect: Effect.Effect<A, E, Home | Processes>) =>
+  Effect.runPromise(Effect.either(effect).pipe(Effect.provide(Layer.merge(Home.layer(root), ProcessesLive))))
 
 describe("claimDisk", () => {
   const dir = NodePath.join(root, "workspaces", "w")

@@ -97,7 +97,7 @@ describe("orphan VMMs", () => {
       yield* store.transition("failed-one", "start")
       yield* store.transition("failed-one", "bootFailed")
       yield* create({ image: "alpine", name: "booting" })
-      yield* store.transition("booting", "start", { patch: ownedByMe })
+      yield* store.transition("booting", "start", { patch: yield* ownedByMe })
       yield* create({ image: "alpine", name: "running" })
       const orphan = yield* qemuIn(home.runtimeDir("failed-one"))
       const unrecorded = yield* qemuIn(home.runtimeDir("nobody"))

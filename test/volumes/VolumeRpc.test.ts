@@ -6,6 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Either, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import { WorkspaceBackends } from "../../src/layers/backends/WorkspaceBackends.ts"
+import { HostServicesLive } from "../../src/layers/host/HostServices.ts"
 import { DatabaseLive } from "../../src/layers/state/Database.ts"
 import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
 import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
@@ -23,7 +24,7 @@ describe("volume procedures", () => {
       yield* Effect.addFinalizer(() => killFakeVmms(root))
       const layer = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
-        Layer.provideMerge(Layer.merge(SqliteStateStore, VolumesLive)),
+        Layer.provideMerge(Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive)),
         Layer.provideMerge(DatabaseLive),
         Layer.provideMerge(Home.layer(root))
       )

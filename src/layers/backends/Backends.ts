@@ -1,5 +1,6 @@
 /**
- * Which layers make up each backend: the Hypervisor, the guest channel and the image store it boots from.
+ * Which layers make up each backend: the Hypervisor, the guest channel, the image store it boots from,
+ * named networks' records and the fabric its members are plugged into.
  */
 import type { SqlClient } from "@effect/sql"
 import { Layer } from "effect"
@@ -11,6 +12,7 @@ import type { Home } from "../../services/Home.ts"
 import { Home as HomeTag } from "../../services/Home.ts"
 import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
+import type { NetworkFabric } from "../../services/NetworkFabric.ts"
 import type { Networks } from "../../services/Networks.ts"
 import { CredentialBrokerLive } from "../broker/CredentialBrokerLive.ts"
 import { AgentChannel } from "../guest/AgentChannel.ts"
@@ -18,12 +20,14 @@ import { SharedGuestChannel } from "../guest/SharedGuestChannel.ts"
 import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
 import { FakeHypervisor } from "../hypervisor/fake/FakeHypervisor.ts"
 import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
+import { FakeNetworkFabric } from "../hypervisor/fake/FakeNetworkFabric.ts"
 import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
 import { ImageStoreLive } from "../image/ImageStoreLive.ts"
 import { FileKernelCache } from "../kernel/FileKernelCache.ts"
 import { ModelRunnersLive } from "../model/ModelRunnersLive.ts"
 import { ModelsLive } from "../model/ModelsLive.ts"
 import { EgressLive } from "../network/EgressLive.ts"
+import { NetworkFabricLive } from "../network/NetworkFabricLive.ts"
 import { NetworksLive } from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
 import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
@@ -33,7 +37,7 @@ import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
  * `start` looks for `KernelCache` as an optional service, and the QEMU backend provides one beside these;
  * likewise `Egress` (egress mediation), which `start` requires for a mediated workspace on a real backend.
  */
-export type BackendServices = Hypervisor | GuestChannel | ImageStore | Networks
+export type BackendServices = Hypervisor | GuestChannel | ImageStore | Networks | NetworkFabric
 
 export const defaultBackend = (): Backend => {
   const fromEnv = process.env.MICROAGENT_BACKEND
@@ -49,7 +53,7 @@ export const backendLayer = (
 > => {
   switch (backend) {
     case "fake":
-      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive)
+      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive, FakeNetworkFabric)
     case "qemu":
       return qemuLayer
     default:
@@ -74,6 +78,7 @@ const qemuLayer = Layer.unwrapEffect(
         ImageStoreLive,
         FileKernelCache.layer(),
         NetworksLive,
+        NetworkFabricLive,
         EgressLive,
         // The credential broker, for workspaces with `--broker` endpoints.
         CredentialBrokerLive,

@@ -6,10 +6,10 @@
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { defaultImage } from "../../domain/ImageRef.ts"
 import { type ImageSpec, type TarSpec, writeOciLayout } from "./OciWriter.ts"
 
-/** The image `run` and `create` use when none is given. */
-export const defaultImage = "microagent.local/busybox:latest"
+export { defaultImage } from "../../domain/ImageRef.ts"
 
 export class MissingBuiltinTool extends Error {}
 

@@ -6,6 +6,7 @@
 import { SqlClient } from "@effect/sql"
 import { DateTime, Effect, Layer, Schema } from "effect"
 import { Conflict, InvalidInput, NotFound, ResourceExhausted } from "../../domain/Errors.ts"
+import { networkNameProblem } from "../../domain/NetworkName.ts"
 import { Network, Networks, type NetworksShape } from "../../services/Networks.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 import {
@@ -19,17 +20,7 @@ import {
   type Subnet
 } from "./Addressing.ts"
 
-/** What `--network` means besides a name. */
-export const reservedNetworkNames: ReadonlyArray<string> = ["user", "isolated", "none", "host", "default"]
-
-/** Network names end up in namespace names and /etc/hosts comments: short and plain. */
-export const networkNameProblem = (name: string): string | undefined => {
-  if (!/^[a-z0-9][a-z0-9_-]{0,31}$/.test(name)) {
-    return `"${name}" must be 1-32 lowercase letters, digits, '_' and '-', starting with a letter or digit`
-  }
-  if (reservedNetworkNames.includes(name)) return `"${name}" is reserved (--network ${name} means a mode)`
-  return undefined
-}
+export { networkNameProblem, reservedNetworkNames } from "../../domain/NetworkName.ts"
 
 const NetworkRecord = Schema.parseJson(Schema.Struct({ subnet: Schema.String, gateway: Schema.String }))
 

@@ -8,20 +8,12 @@
  * that file is removed, then carries on. The variables are read when the step is reached, so a
  * runtime started by a command carries the command's environment.
  */
-import { Duration, Effect, Schedule } from "effect"
+import { Duration, Effect, Layer, Schedule } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import { Faults, type FaultStep } from "../../services/Faults.ts"
 
-/** The steps that exist (documented so the tests and the code name the same ones). */
-export type FaultStep =
-  | "create.recorded" // the record is written, the staged disk not yet moved into place
-  | "vmm.booting" // the VMM runs, the guest agent has not been asked yet
-  | "exec.connected" // the guest channel is open, the request not yet sent
-  | "halt.stopping" // the record says stopping, the guest has not been asked to power off
-  | "delete.files-removed" // the workspace's files are gone, its record not yet
-  | "cp.reached" // the workspace is reached (channel or disk), no byte copied yet
-  | "snapshot.capturing" // the VM is paused and its state written into staging, nothing published yet
-  | "runtime.leaving" // the runtime found itself idle and is about to go, its socket still there
+export type { FaultStep } from "../../services/Faults.ts"
 
 const armed = (step: FaultStep): string | undefined => {
   const steps = process.env.MICROAGENT_FAULT_PAUSE
@@ -43,3 +35,6 @@ export const faultPoint = (step: FaultStep): Effect.Effect<void> =>
         Effect.orDie
       )
   })
+
+/** `Faults` from the environment, as described above. */
+export const FaultsLive = Layer.succeed(Faults, Faults.of({ point: faultPoint }))

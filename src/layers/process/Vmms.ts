@@ -9,16 +9,10 @@
 import { Duration, Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { VmmProcess } from "../../services/Processes.ts"
 import { isAlive, signal, startTimeOf, waitGone } from "./Processes.ts"
 
-export interface VmmProcess {
-  readonly pid: number
-  readonly startTime: string
-  /** The runtime directory its command line names (`ROOT/run/NAME`). */
-  readonly runtimeDir: string
-  /** NAME: the workspace that runtime directory belongs to. */
-  readonly workspace: string
-}
+export type { VmmProcess } from "../../services/Processes.ts"
 
 /** Process names (`/proc/PID/comm`, at most 15 characters) of the VMMs the backends start. */
 const isVmmName = (comm: string) => comm.startsWith("qemu-system") || comm === "firecracker"

@@ -13,7 +13,7 @@ import { Conflict, InvalidInput, NotFound, Permanent } from "../../domain/Errors
 import { invalidVolumeName, volumeNameProblem } from "../../domain/MountFlag.ts"
 import { Home } from "../../services/Home.ts"
 import { volumeDirectoryOf } from "../../services/Hypervisor.ts"
-import { Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
+import { defaultVolumeMiB, Volume, Volumes, type VolumesShape } from "../../services/Volumes.ts"
 import { resizeExt4, toolError } from "../rootfs/Ext4Resize.ts"
 import { runToolOk } from "../rootfs/Tools.ts"
 import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
@@ -21,7 +21,7 @@ import { databaseFileOf, storeFailure } from "../state/StoreFailure.ts"
 const MiB = 1024 * 1024
 const minVolumeMiB = 16
 const maxVolumeMiB = 16 * 1024 * 1024
-export const defaultVolumeMiB = 1024
+export { defaultVolumeMiB } from "../../services/Volumes.ts"
 
 /** The holder a resize puts on a volume while it works, so no workspace attaches it meanwhile. */
 const resizeHolder = (pid: number) => `!resize:${pid}`

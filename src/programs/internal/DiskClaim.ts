@@ -11,8 +11,8 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict } from "../../domain/Errors.ts"
 import { transitions } from "../../domain/State.ts"
-import { isAlive } from "../../layers/process/Processes.ts"
 import { Home } from "../../services/Home.ts"
+import { Processes } from "../../services/Processes.ts"
 import { StateStore } from "../../services/StateStore.ts"
 
 const holderOf = (file: string): { readonly pid: number; readonly what: string } | undefined => {
@@ -26,43 +26,40 @@ const holderOf = (file: string): { readonly pid: number; readonly what: string }
 
 /** Holds workspace `name`'s disk for the scope; `what` names the operation for whoever finds it held. */
 export const claimDisk = (name: string, what: string) =>
-  Effect.flatMap(Home, (home) =>
+  Effect.flatMap(Effect.all([Home, Processes]), ([home, processes]) =>
     Effect.acquireRelease(
-      Effect.suspend(() => {
+      Effect.gen(function*() {
         const file = NodePath.join(home.workspaceDir(name), "disk.claim")
         for (let attempt = 0; attempt < 2; attempt++) {
           try {
             NodeFs.writeFileSync(file, `${process.pid} ${what}\n`, { flag: "wx", mode: 0o600 })
-            return Effect.succeed(file)
+            return file
           } catch (cause) {
             if ((cause as NodeJS.ErrnoException).code !== "EEXIST") {
               // No workspace directory (a fake backend's, say): nothing to hold.
-              return Effect.succeed(undefined)
+              return undefined
             }
-            const holder = holderOf(file)
-            if (holder !== undefined && holder.pid !== process.pid && isAlive(holder.pid, undefined)) {
-              return Effect.fail(
-                new Conflict({
-                  message:
-                    `workspace ${name}'s disk is held by another operation (${holder.what}, pid ${holder.pid})`,
-                  remediation: "retry once it has finished"
-                })
-              )
-            }
-            if (holder !== undefined && holder.pid === process.pid) {
-              return Effect.fail(
-                new Conflict({
-                  message: `workspace ${name}'s disk is held by another operation (${holder.what})`,
-                  remediation: "retry once it has finished"
-                })
-              )
-            }
-            NodeFs.rmSync(file, { force: true })
           }
+          const holder = holderOf(file)
+          if (holder !== undefined && holder.pid !== process.pid && (yield* processes.isAlive(holder.pid))) {
+            return yield* new Conflict({
+              message:
+                `workspace ${name}'s disk is held by another operation (${holder.what}, pid ${holder.pid})`,
+              remediation: "retry once it has finished"
+            })
+          }
+          if (holder !== undefined && holder.pid === process.pid) {
+            return yield* new Conflict({
+              message: `workspace ${name}'s disk is held by another operation (${holder.what})`,
+              remediation: "retry once it has finished"
+            })
+          }
+          NodeFs.rmSync(file, { force: true })
         }
-        return Effect.fail(
-          new Conflict({ message: `workspace ${name}'s disk could not be claimed`, remediation: "retry" })
-        )
+        return yield* new Conflict({
+          message: `workspace ${name}'s disk could not be claimed`,
+          remediation: "retry"
+        })
       }),
       (file) => Effect.sync(() => file !== undefined && NodeFs.rmSync(file, { force: true }))
     ))

@@ -8,8 +8,8 @@ import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
-import { isAlive } from "../../layers/process/Processes.ts"
 import { consoleFileOf, memoryFileOf } from "../../services/Hypervisor.ts"
+import { Processes } from "../../services/Processes.ts"
 
 /**
  * Copies a disk image (a file), or a directory tree (the fake backend's "disk"), to `to`, which must
@@ -79,7 +79,8 @@ export const pendingDiskPath = (target: string, purpose: string) =>
  * and its rename (kill -9 leaves no finalizer) would otherwise keep a full disk copy forever.
  */
 export const sweepPendingDisks = (target: string) =>
-  Effect.sync(() => {
+  Effect.gen(function*() {
+    const processes = yield* Processes
     const dir = NodePath.dirname(target)
     const prefix = `.${NodePath.basename(target)}.`
     let entries: Array<string> = []
@@ -91,7 +92,7 @@ export const sweepPendingDisks = (target: string) =>
     for (const entry of entries) {
       if (!entry.startsWith(prefix)) continue
       const pid = /-(\d+)$/.exec(entry)
-      if (pid === null || isAlive(Number(pid[1]), undefined)) continue
+      if (pid === null || (yield* processes.isAlive(Number(pid[1])))) continue
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
   })

@@ -11,10 +11,10 @@ import { Conflict, type MicroagentError, NotFound, PolicyDenied, Unsupported } f
 import { validateMounts } from "../../domain/MountFlag.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Mount, Workspace } from "../../domain/Workspace.ts"
-import { isAlive } from "../../layers/process/Processes.ts"
 import { build } from "../../layers/rootfs/RootfsBuilderLive.ts"
 import { Home } from "../../services/Home.ts"
 import { DiskAttachment, Hypervisor } from "../../services/Hypervisor.ts"
+import { Processes } from "../../services/Processes.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { Volumes } from "../../services/Volumes.ts"
 import { reconcile } from "./Reconcile.ts"
@@ -23,7 +23,7 @@ import { reconcile } from "./Reconcile.ts"
 export const holderIsLive = (holder: string) =>
   Effect.gen(function*() {
     const resizing = /^!resize:(\d+)$/.exec(holder)
-    if (resizing !== null) return isAlive(Number(resizing[1]), undefined)
+    if (resizing !== null) return yield* (yield* Processes).isAlive(Number(resizing[1]))
     const store = yield* StateStore
     const found = yield* store.find(holder)
     if (Option.isNone(found) || !isLive(found.value.state)) return false

@@ -5,24 +5,13 @@
  * a crash, at gc and delete).
  */
 import { Effect, Option, Schema, Stream } from "effect"
-import * as NodeFs from "node:fs"
 import { NotFound } from "../../domain/Errors.ts"
 import { probePorts } from "../../domain/Publish.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
-import { macAddress, namespacePrefix, tapName } from "../../layers/network/Addressing.ts"
-import { egressNamespace } from "../../layers/network/EgressLive.ts"
-import {
-  attachTap,
-  ensureBridge,
-  fabricProblem,
-  namespaces,
-  removeNamespace,
-  requireFabric
-} from "../../layers/network/Fabric.ts"
 import { GuestChannel } from "../../services/GuestChannel.ts"
-import { Home } from "../../services/Home.ts"
-import { Hypervisor, NicAttachment, VmHandle } from "../../services/Hypervisor.ts"
+import { Hypervisor, type NicAttachment, VmHandle } from "../../services/Hypervisor.ts"
+import { NetworkFabric } from "../../services/NetworkFabric.ts"
 import { Networks } from "../../services/Networks.ts"
 import { StateStore } from "../../services/StateStore.ts"
 
@@ -32,14 +21,14 @@ const vmHandleOf = (workspace: Workspace) => Schema.decodeUnknownOption(VmHandle
 /** What a start checks before it changes anything: published host ports are free, named networks can be plumbed. */
 export const preflightNetworking = Effect.fn("preflightNetworking")(function*(workspace: Workspace) {
   yield* probePorts(workspace.ports)
-  if (workspace.networks.length > 0) yield* requireFabric
+  if (workspace.networks.length > 0) yield* (yield* NetworkFabric).require
 })
 
 /** The NICs a start needs, with their namespaces and bridges made ready. */
 export const prepareNetworks = Effect.fn("prepareNetworks")(function*(workspace: Workspace) {
   if (workspace.networks.length === 0) return [] as ReadonlyArray<NicAttachment>
-  yield* requireFabric
-  const home = yield* Home
+  const fabric = yield* NetworkFabric
+  yield* fabric.require
   const networks = yield* Networks
   return yield* Effect.forEach(workspace.networks, (name) =>
     Effect.gen(function*() {
@@ -50,13 +39,7 @@ export const prepareNetworks = Effect.fn("prepareNetworks")(function*(workspace:
             remediation: `create it again: microagent network create ${name}`
           }))
       )
-      yield* ensureBridge(home.root, name, address.gateway, address.prefix)
-      return new NicAttachment({
-        network: name,
-        tap: tapName(home.root, name, workspace.name),
-        mac: macAddress(home.root, name, workspace.name),
-        address: `${address.ip}/${address.prefix}`
-      })
+      return yield* fabric.prepare({ network: name, workspace: workspace.name, ...address })
     }))
 })
 
@@ -64,12 +47,10 @@ export const prepareNetworks = Effect.fn("prepareNetworks")(function*(workspace:
 export const attachNetworks = Effect.fn("attachNetworks")(
   function*(workspace: Workspace, nics: ReadonlyArray<NicAttachment>, handle: VmHandle) {
     if (nics.length === 0) return
-    const home = yield* Home
+    const fabric = yield* NetworkFabric
     const store = yield* StateStore
-    const egressNs = egressNamespace(home.root, workspace.name)
-    const from = NodeFs.existsSync(`/run/netns/${egressNs}`) ? egressNs : undefined
     for (const nic of nics) {
-      yield* attachTap(home.root, nic.network, nic.tap, from)
+      yield* fabric.attach(workspace.name, nic)
       yield* store.appendEvent(workspace.name, { type: "network", detail: `${nic.network} ${nic.address}` })
     }
     yield* refreshHosts(workspace.networks, { name: workspace.name, handle })
@@ -99,21 +80,20 @@ export const forgetNetworks = (workspace: Workspace) =>
     })
 
 /**
- * Removes every namespace of this state directory whose network no live workspace is on. The
- * namespaces are listed before the records are read, so a namespace made by a start that began
+ * Removes what the fabric holds for every network of this state directory that no live workspace is
+ * on. The fabric lists what it holds before the records are read, so a network a start began making
  * after the listing is never taken for an orphan.
  */
 export const reapNetworks = Effect.gen(function*() {
-  const home = yield* Effect.serviceOption(Home)
-  if (Option.isNone(home) || fabricProblem() !== undefined) return [] as ReadonlyArray<string>
-  const existing = yield* namespaces(home.value.root)
-  if (existing.length === 0) return []
+  const fabric = yield* Effect.serviceOption(NetworkFabric)
+  if (Option.isNone(fabric)) return [] as ReadonlyArray<string>
   const store = yield* StateStore
-  const needed = new Set((yield* store.list).filter((ws) => isLive(ws.state)).flatMap((ws) => ws.networks))
-  const prefix = namespacePrefix(home.value.root)
-  const orphans = existing.filter((ns) => !needed.has(ns.slice(prefix.length)))
-  yield* Effect.forEach(orphans, removeNamespace)
-  return orphans
+  return yield* fabric.value.reap(
+    Effect.map(
+      store.list,
+      (all) => new Set(all.filter((ws) => isLive(ws.state)).flatMap((ws) => ws.networks))
+    )
+  )
 }).pipe(Effect.withSpan("reapNetworks"))
 
 // ---------- /etc/hosts ----------

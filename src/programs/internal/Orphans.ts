@@ -12,29 +12,32 @@
 import { Effect, Option } from "effect"
 import { isLive } from "../../domain/State.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
-import { isAlive } from "../../layers/process/Processes.ts"
-import { endVmm, type VmmProcess, vmmsOf } from "../../layers/process/Vmms.ts"
 import { Home } from "../../services/Home.ts"
+import { Processes, type ProcessesShape, type VmmProcess } from "../../services/Processes.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { vmHandleOf } from "./Reconcile.ts"
 import { templateBuildRunning } from "./TemplateFiles.ts"
 
-const ownerAlive = (workspace: Workspace) =>
-  workspace.owner !== undefined
-  && (workspace.owner.pid === process.pid
-    || isAlive(workspace.owner.pid, workspace.owner.startTime || undefined))
+const ownerAlive = (processes: ProcessesShape, workspace: Workspace) =>
+  workspace.owner === undefined
+    ? Effect.succeed(false)
+    : workspace.owner.pid === process.pid
+    ? Effect.succeed(true)
+    : processes.isAlive(workspace.owner.pid, workspace.owner.startTime || undefined)
 
-const ownsVmm = (workspace: Workspace, vmm: VmmProcess): boolean => {
-  // A quarantine holds its frozen VM while it captures evidence, as long as its process lives.
-  const holds = isLive(workspace.state) || (workspace.state === "quarantined" && ownerAlive(workspace))
-  if (!holds || workspace.runtimeDir !== vmm.runtimeDir) return false
-  const handle = vmHandleOf(workspace)
-  if (Option.isSome(handle)) {
-    return handle.value.pid === vmm.pid
-      && (handle.value.pidStartTime === undefined || handle.value.pidStartTime === vmm.startTime)
-  }
-  return workspace.state === "starting" && ownerAlive(workspace)
-}
+const ownsVmm = (processes: ProcessesShape, workspace: Workspace, vmm: VmmProcess) =>
+  Effect.gen(function*() {
+    // A quarantine holds its frozen VM while it captures evidence, as long as its process lives.
+    const holds = isLive(workspace.state)
+      || (workspace.state === "quarantined" && (yield* ownerAlive(processes, workspace)))
+    if (!holds || workspace.runtimeDir !== vmm.runtimeDir) return false
+    const handle = vmHandleOf(workspace)
+    if (Option.isSome(handle)) {
+      return handle.value.pid === vmm.pid
+        && (handle.value.pidStartTime === undefined || handle.value.pidStartTime === vmm.startTime)
+    }
+    return workspace.state === "starting" && (yield* ownerAlive(processes, workspace))
+  })
 
 /**
  * Ends every VMM of the state directory (or only those of `workspace`) that no live record owns;
@@ -45,16 +48,17 @@ export const reapOrphanVmms = Effect.fn("reapOrphanVmms")(function*(
 ) {
   const home = yield* Home
   const store = yield* StateStore
-  const vmms = vmmsOf(home.root).filter((vmm) =>
+  const processes = yield* Processes
+  const vmms = (yield* processes.vmms(home.root)).filter((vmm) =>
     options.workspace === undefined || vmm.workspace === options.workspace
   )
   const killed: Array<number> = []
   for (const vmm of vmms) {
     const record = yield* store.find(vmm.workspace)
-    if (Option.isSome(record) && ownsVmm(record.value, vmm)) continue
+    if (Option.isSome(record) && (yield* ownsVmm(processes, record.value, vmm))) continue
     // A warm-start template's VM belongs to its build while the build runs.
-    if (templateBuildRunning(home.root, vmm.workspace)) continue
-    if (yield* endVmm(vmm)) killed.push(vmm.pid)
+    if (yield* templateBuildRunning(home.root, vmm.workspace)) continue
+    if (yield* processes.endVmm(vmm)) killed.push(vmm.pid)
   }
   return killed as ReadonlyArray<number>
 })

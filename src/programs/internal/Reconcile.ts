@@ -6,20 +6,23 @@ import { Effect, Option, Schema } from "effect"
 import { Conflict } from "../../domain/Errors.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
-import { isAlive, startTimeOf } from "../../layers/process/Processes.ts"
 import { Hypervisor, VmHandle } from "../../services/Hypervisor.ts"
+import { Processes, type ProcessIdentity } from "../../services/Processes.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { reapNetworks } from "./NetworkPlumbing.ts"
 
 export const vmHandleOf = (workspace: Workspace): Option.Option<VmHandle> =>
   workspace.vm === undefined ? Option.none() : Schema.decodeUnknownOption(VmHandle)(workspace.vm)
 
-/** Marks the calling process as the one carrying out a start or halt. */
-export const ownedByMe = (workspace: Workspace): Workspace =>
+/** Marks `owner` (the calling process: `Processes.self`) as the one carrying out a start or halt. */
+export const ownedBy = (owner: ProcessIdentity) => (workspace: Workspace): Workspace =>
   ({
     ...workspace,
-    owner: { pid: process.pid, startTime: startTimeOf(process.pid) ?? "" }
+    owner: { pid: owner.pid, startTime: owner.startTime ?? "" }
   }) as Workspace
+
+/** `ownedBy` this process. */
+export const ownedByMe = Effect.map(Processes, (processes) => ownedBy(processes.self))
 
 export const withoutOwner = (workspace: Workspace): Workspace =>
   ({ ...workspace, owner: undefined }) as Workspace
@@ -38,8 +41,16 @@ export const requireBackend = (workspace: Workspace) =>
   })
 
 const ownerGone = (workspace: Workspace) =>
-  workspace.owner !== undefined && workspace.owner.pid !== process.pid
-  && !isAlive(workspace.owner.pid, workspace.owner.startTime || undefined)
+  workspace.owner === undefined || workspace.owner.pid === process.pid
+    ? Effect.succeed(false)
+    : Effect.flatMap(
+      Processes,
+      (processes) =>
+        Effect.map(
+          processes.isAlive(workspace.owner!.pid, workspace.owner!.startTime || undefined),
+          (alive) => !alive
+        )
+    )
 
 /** Returns the workspace with a state that matches its VMM. */
 export const reconcile = (workspace: Workspace) =>
@@ -50,7 +61,7 @@ export const reconcile = (workspace: Workspace) =>
     const handle = vmHandleOf(workspace)
     if (Option.isNone(handle)) {
       // Starting, with no VMM recorded yet: only stale if the starting process died.
-      if (!ownerGone(workspace)) return workspace
+      if (!(yield* ownerGone(workspace))) return workspace
       return yield* store.transition(workspace.name, "crashed", {
         patch: withoutOwner,
         detail: "the process starting it exited before the VM booted"
@@ -58,14 +69,16 @@ export const reconcile = (workspace: Workspace) =>
     }
     const status = yield* hypervisor.inspect(handle.value)
     // A VMM that exits while a live process halts it has powered off: that process records `halted`.
-    if (status === "exited" && workspace.state === "stopping" && !ownerGone(workspace)) return workspace
+    if (
+      status === "exited" && workspace.state === "stopping" && !(yield* ownerGone(workspace))
+    ) return workspace
     if (status === "exited") {
       return yield* store.transition(workspace.name, "crashed", {
         patch: (ws) => withoutOwner({ ...ws, vm: undefined } as Workspace),
         detail: "the VMM exited"
       })
     }
-    if (workspace.state === "stopping" && ownerGone(workspace)) {
+    if (workspace.state === "stopping" && (yield* ownerGone(workspace))) {
       // The halting process died half way: finish the job so that no VM outlives a stopped record.
       yield* hypervisor.kill(handle.value)
       return yield* store.transition(workspace.name, "kill", {
@@ -73,7 +86,7 @@ export const reconcile = (workspace: Workspace) =>
         detail: "the process halting it exited; the VM was killed"
       })
     }
-    if (workspace.state === "paused" && ownerGone(workspace)) {
+    if (workspace.state === "paused" && (yield* ownerGone(workspace))) {
       // Paused by a snapshot whose process died mid-capture: nothing else would ever let it run again.
       yield* hypervisor.resume(handle.value)
       return yield* store.transition(workspace.name, "resume", {

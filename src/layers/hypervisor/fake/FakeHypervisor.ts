@@ -26,7 +26,8 @@ const capabilities: ReadonlySet<Capability> = new Set<Capability>([
   "Secrets",
   "LiveFileCopy",
   "OfflineFileCopy",
-  "DirectoryDisk"
+  "DirectoryDisk",
+  "NamedNetworks" // simulated: FakeNetworkFabric.ts
 ])
 
 const appendConsole = (handle: { consoleLog: string }, line: string) =>
