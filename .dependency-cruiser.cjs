@@ -12,7 +12,6 @@ const top = "^src/[^/]+[.]ts$" // src/Microagent.ts, src/index.ts, src/Version.t
 const programsNotYetOnServices = [
   "State",
   "Doctor",
-  "Create",
   "Cp",
   "Commit",
   "Artifacts",

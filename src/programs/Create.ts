@@ -22,7 +22,6 @@ import {
   Workspace,
   type WorkspaceName
 } from "../domain/Workspace.ts"
-import { writeManifest } from "../layers/state/Manifest.ts"
 import { faultPoint } from "../services/Faults.ts"
 import { Home } from "../services/Home.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
@@ -237,7 +236,7 @@ export const publishWorkspace = (workspace: Workspace, staging: string, workspac
     const store = yield* StateStore
     const name = workspace.name
     yield* store.create(workspace)
-    yield* writeManifest(staging, workspace)
+    yield* store.writeManifest(staging, workspace)
     yield* faultPoint("create.recorded")
     yield* joinNetworks(name, workspace.networks).pipe(Effect.tapError(() => store.remove(name)))
     yield* Effect.try({

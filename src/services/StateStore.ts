@@ -51,6 +51,12 @@ export interface StateStoreShape {
    * a workspace from its manifest, marking one whose disk is gone `failed`), with a `recovered` event.
    */
   readonly recover: (workspace: Workspace, detail: string) => Effect.Effect<Workspace, StoreError>
+  /**
+   * Writes `workspace`'s manifest (the copy of its record kept beside its disk) into `workspaceDir`, if
+   * that directory exists: `create` writes the first one into its staging directory. A failure is logged,
+   * not raised (the next write of the record rewrites it).
+   */
+  readonly writeManifest: (workspaceDir: string, workspace: Workspace) => Effect.Effect<void>
   readonly appendEvent: (name: string, event: EventInput) => Effect.Effect<void, StoreError>
   readonly events: (
     name: string,

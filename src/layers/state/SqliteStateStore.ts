@@ -88,6 +88,7 @@ export const make = Effect.gen(function*() {
     })
 
   const store: StateStoreShape = {
+    writeManifest,
     create: (workspace) =>
       Effect.gen(function*() {
         const inserted = yield* sql<
