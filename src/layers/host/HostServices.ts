@@ -1,13 +1,21 @@
 /**
- * The services the programs use on this host whatever the backend: its processes and fault points.
- * `Microagent.layerStore` provides them beside the store, so every composition of the library has them.
+ * The services the programs use on this host whatever the backend: its processes, fault points, and the
+ * rootfs builder (bundle disks are built on the host). `Microagent.layerStore` provides them beside the
+ * store, so every composition of the library has them.
  */
 import { Layer } from "effect"
 import type { Faults } from "../../services/Faults.ts"
+import type { Home } from "../../services/Home.ts"
 import type { Processes } from "../../services/Processes.ts"
+import type { RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { FaultsLive } from "../process/FaultPoint.ts"
 import { ProcessesLive } from "../process/ProcessesLive.ts"
+import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
 
-export type HostServices = Processes | Faults
+export type HostServices = Processes | Faults | RootfsBuilder
 
-export const HostServicesLive: Layer.Layer<HostServices> = Layer.mergeAll(ProcessesLive, FaultsLive)
+export const HostServicesLive: Layer.Layer<HostServices, never, Home> = Layer.mergeAll(
+  ProcessesLive,
+  FaultsLive,
+  RootfsBuilderLive
+)

@@ -11,10 +11,9 @@ import { Conflict, type MicroagentError, NotFound, PolicyDenied, Unsupported } f
 import { validateMounts } from "../../domain/MountFlag.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Mount, Workspace } from "../../domain/Workspace.ts"
-import { build } from "../../layers/rootfs/RootfsBuilderLive.ts"
-import { Home } from "../../services/Home.ts"
 import { DiskAttachment, Hypervisor } from "../../services/Hypervisor.ts"
 import { Processes } from "../../services/Processes.ts"
+import { RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { Volumes } from "../../services/Volumes.ts"
 import { reconcile } from "./Reconcile.ts"
@@ -143,10 +142,10 @@ const bundleMiB = 64
 
 const buildBundle = (source: string, output: string) =>
   Effect.gen(function*() {
-    const home = yield* Home
+    const builder = yield* RootfsBuilder
     NodeFs.rmSync(output, { force: true })
     const request = (sizeMiB: number | undefined) =>
-      build(home.tmp, {
+      builder.build({
         layers: [{ digest: `bundle ${source}`, blob: Effect.succeed(source) }],
         output,
         sizeMiB
