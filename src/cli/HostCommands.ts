@@ -3,6 +3,7 @@
  */
 import { Command } from "@effect/cli"
 import { Effect } from "effect"
+import { HostChecksLive } from "../layers/host/HostChecks.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
 import { runRuntime } from "../runtime/RuntimeMain.ts"
 import { Home } from "../services/Home.ts"
@@ -18,6 +19,7 @@ const doctorCommand = Command.make(
       Invocation,
       (invocation) => doctorWithState(Home.layout(Home.resolveRoot(invocation.stateDir)))
     ).pipe(
+      Effect.provide(HostChecksLive),
       Effect.tap((report) => Effect.sync(() => (process.exitCode = report.ok ? 0 : 1))),
       Effect.flatMap((report) =>
         emit(report, (r) =>

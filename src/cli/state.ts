@@ -5,17 +5,25 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
+import { StateDatabaseLive } from "../layers/host/HostChecks.ts"
 import { backupState, checkState, type StateCheckResult } from "../programs/State.ts"
 import { type RestoreReport, restoreState } from "../runtime/StateRestore.ts"
 import { Home } from "../services/Home.ts"
 import { Invocation } from "./Invocation.ts"
 import { emit, table } from "./Output.ts"
 
-/** The state directory's layout, creating nothing: `check` only reads, and `backup` makes its own directory. */
+/**
+ * The state directory's layout, creating nothing (`check` only reads, and `backup` makes its own
+ * directory), and the state database as a file.
+ */
 const withHome = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.flatMap(
     Invocation,
-    (invocation) => Effect.provideService(effect, Home, Home.layout(Home.resolveRoot(invocation.stateDir)))
+    (invocation) =>
+      effect.pipe(
+        Effect.provideService(Home, Home.layout(Home.resolveRoot(invocation.stateDir))),
+        Effect.provide(StateDatabaseLive)
+      )
   )
 
 const describeCheck = (r: StateCheckResult) => {

@@ -5,10 +5,9 @@
 import { Effect } from "effect"
 import { spawnSync } from "node:child_process"
 import * as NodeFs from "node:fs"
-import { fabricProblem } from "../layers/network/Fabric.ts"
-import { onPath } from "../layers/process/Installed.ts"
-import { evidenceOfRecords } from "../layers/state/Database.ts"
 import type { HomeShape } from "../services/Home.ts"
+import { HostProbes, type HostProbesShape } from "../services/HostProbes.ts"
+import { StateDatabase, type StateDatabaseShape } from "../services/StateDatabase.ts"
 import { checkStateFile } from "./State.ts"
 
 export interface Check {
@@ -31,14 +30,15 @@ const firstLine = (command: string, args: ReadonlyArray<string>): string => {
     ?.trim() ?? ""
 }
 
-const tool = (
+const toolOn = (probes: HostProbesShape) =>
+(
   name: string,
   command: string,
   versionArgs: ReadonlyArray<string>,
   pkg: string,
   required = true
 ): Check => {
-  const path = onPath(command)
+  const path = probes.onPath(command)
   if (path === undefined) {
     return {
       name,
@@ -76,8 +76,8 @@ const kvmCheck = (): Check => {
 }
 
 /** Named networks need iproute2, /dev/net/tun and CAP_NET_ADMIN; user and isolated networking need none. */
-const namedNetworksCheck = (): Check => {
-  const problem = fabricProblem()
+const namedNetworksCheck = (probes: HostProbesShape): Check => {
+  const problem = probes.fabricProblem()
   return problem === undefined
     ? {
       name: "networks",
@@ -95,8 +95,8 @@ const namedNetworksCheck = (): Check => {
 }
 
 /** The state database of `home`: a full integrity check (reads only; a missing database is fine when new). */
-export const stateCheck = (home: HomeShape): Check => {
-  const result = checkStateFile(home.database, evidenceOfRecords(home))
+export const stateCheck = (db: StateDatabaseShape, home: HomeShape): Check => {
+  const result = checkStateFile(db, home.database, db.evidenceOfRecords(home))
   if (result.ok) {
     const newest = result.backups[0]
     return {
@@ -121,43 +121,47 @@ export const stateCheck = (home: HomeShape): Check => {
 
 /** `doctor` with the state check of `home` after the host checks. */
 export const doctorWithState = (home: HomeShape) =>
-  Effect.map(doctor, (report) => {
-    const checks = [...report.checks, stateCheck(home)]
+  Effect.zipWith(doctor, StateDatabase, (report, db) => {
+    const checks = [...report.checks, stateCheck(db, home)]
     return { ok: checks.every((check) => check.ok || !check.required), checks }
   })
 
-export const doctor = Effect.sync((): { readonly ok: boolean; readonly checks: ReadonlyArray<Check> } => {
-  const major = Number(process.versions.node.split(".")[0])
-  const checks: Array<Check> = [
-    {
-      name: "node",
-      ok: major >= 20,
-      required: true,
-      detail: `node ${process.versions.node}`,
-      ...(major >= 20 ? {} : { remediation: "install Node.js 20 or newer" })
-    },
-    tool("qemu", qemuBinary, ["--version"], qemuPackage),
-    kvmCheck(),
-    tool("mke2fs", "mke2fs", ["-V"], "e2fsprogs"),
-    tool("debugfs", "debugfs", ["-V"], "e2fsprogs"),
-    tool("e2fsck", "e2fsck", ["-V"], "e2fsprogs"),
-    tool("resize2fs", "resize2fs", [], "e2fsprogs", false),
-    tool("lz4", "lz4", ["--version"], "lz4"),
-    tool("zstd", "zstd", ["--version"], "zstd"),
-    tool("xz", "xz", ["--version"], "xz-utils", false),
-    tool("apt-get", "apt-get", ["--version"], "apt", false),
-    tool("dpkg-deb", "dpkg-deb", ["--version"], "dpkg", false),
-    tool("busybox", "busybox", ["--help"], "busybox-static", false),
-    {
-      name: "/dev/net/tun",
-      ok: NodeFs.existsSync("/dev/net/tun"),
-      required: false,
-      detail: NodeFs.existsSync("/dev/net/tun") ? "present (named networks can use tap devices)" : "absent",
-      ...(NodeFs.existsSync("/dev/net/tun")
-        ? {}
-        : { remediation: "modprobe tun (needed only for named networks)" })
-    },
-    namedNetworksCheck()
-  ]
-  return { ok: checks.every((check) => check.ok || !check.required), checks }
-})
+export const doctor = Effect.map(
+  HostProbes,
+  (probes): { readonly ok: boolean; readonly checks: ReadonlyArray<Check> } => {
+    const tool = toolOn(probes)
+    const major = Number(process.versions.node.split(".")[0])
+    const checks: Array<Check> = [
+      {
+        name: "node",
+        ok: major >= 20,
+        required: true,
+        detail: `node ${process.versions.node}`,
+        ...(major >= 20 ? {} : { remediation: "install Node.js 20 or newer" })
+      },
+      tool("qemu", qemuBinary, ["--version"], qemuPackage),
+      kvmCheck(),
+      tool("mke2fs", "mke2fs", ["-V"], "e2fsprogs"),
+      tool("debugfs", "debugfs", ["-V"], "e2fsprogs"),
+      tool("e2fsck", "e2fsck", ["-V"], "e2fsprogs"),
+      tool("resize2fs", "resize2fs", [], "e2fsprogs", false),
+      tool("lz4", "lz4", ["--version"], "lz4"),
+      tool("zstd", "zstd", ["--version"], "zstd"),
+      tool("xz", "xz", ["--version"], "xz-utils", false),
+      tool("apt-get", "apt-get", ["--version"], "apt", false),
+      tool("dpkg-deb", "dpkg-deb", ["--version"], "dpkg", false),
+      tool("busybox", "busybox", ["--help"], "busybox-static", false),
+      {
+        name: "/dev/net/tun",
+        ok: NodeFs.existsSync("/dev/net/tun"),
+        required: false,
+        detail: NodeFs.existsSync("/dev/net/tun") ? "present (named networks can use tap devices)" : "absent",
+        ...(NodeFs.existsSync("/dev/net/tun")
+          ? {}
+          : { remediation: "modprobe tun (needed only for named networks)" })
+      },
+      namedNetworksCheck(probes)
+    ]
+    return { ok: checks.every((check) => check.ok || !check.required), checks }
+  }
+)

@@ -7,11 +7,8 @@
 import { Effect, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import type { Permanent } from "../domain/Errors.ts"
-import { backupsDirOf, checkFile, listBackups, takeBackup } from "../layers/state/Backups.ts"
-import { evidenceOfRecords } from "../layers/state/Database.ts"
-import { migrations } from "../layers/state/Migrations.ts"
-import { recoveryRemediation } from "../layers/state/StoreFailure.ts"
 import { Home } from "../services/Home.ts"
+import { StateDatabase, type StateDatabaseShape } from "../services/StateDatabase.ts"
 
 export const StateBackup = Schema.Struct({
   path: Schema.String,
@@ -43,9 +40,13 @@ const modeProblem = (path: string): string | undefined => {
 }
 
 /** The full `integrity_check` of the state database of `root`, and its backups. Reads only. */
-export const checkStateFile = (database: string, evidence: ReadonlyArray<string>): StateCheckResult => {
-  const backups = listBackups(backupsDirOf(database))
-  const base = { database, currentSchemaVersion: migrations.length, backups }
+export const checkStateFile = (
+  db: StateDatabaseShape,
+  database: string,
+  evidence: ReadonlyArray<string>
+): StateCheckResult => {
+  const backups = db.backups(database)
+  const base = { database, currentSchemaVersion: db.currentSchemaVersion, backups }
   if (!NodeFs.existsSync(database)) {
     return evidence.length === 0
       ? { ...base, ok: true, exists: false, problems: [] }
@@ -54,7 +55,7 @@ export const checkStateFile = (database: string, evidence: ReadonlyArray<string>
         ok: false,
         exists: false,
         problems: [`the database is missing, but this state directory has ${evidence.join(", ")}`],
-        remediation: recoveryRemediation(database)
+        remediation: db.recoveryRemediation(database)
       }
   }
   const sizeBytes = NodeFs.statSync(database).size
@@ -63,7 +64,7 @@ export const checkStateFile = (database: string, evidence: ReadonlyArray<string>
       ok: evidence.length === 0,
       problems: evidence.length === 0 ? [] : ["the database file is empty (truncated)"]
     }
-    : checkFile(database, { full: true })
+    : db.checkFile(database)
   const problems = [...check.problems]
   const mode = modeProblem(database)
   if (mode !== undefined) problems.push(mode)
@@ -79,14 +80,15 @@ export const checkStateFile = (database: string, evidence: ReadonlyArray<string>
     problems,
     ...(ok
       ? {}
-      : { remediation: check.ok ? `chmod 600 ${database}` : recoveryRemediation(database) })
+      : { remediation: check.ok ? `chmod 600 ${database}` : db.recoveryRemediation(database) })
   }
 }
 
 /** `state check` for the current Home. */
 export const checkState = Effect.fn("State.check")(function*() {
   const home = yield* Home
-  return checkStateFile(home.database, evidenceOfRecords(home))
+  const db = yield* StateDatabase
+  return checkStateFile(db, home.database, db.evidenceOfRecords(home))
 })
 
 /**
@@ -96,8 +98,9 @@ export const checkState = Effect.fn("State.check")(function*() {
 export const backupState = Effect.fn("State.backup")(
   function*(
     options: { readonly to?: string | undefined } = {}
-  ): Effect.fn.Return<StateBackup, Permanent, Home> {
+  ): Effect.fn.Return<StateBackup, Permanent, Home | StateDatabase> {
     const home = yield* Home
-    return yield* takeBackup(home.database, { reason: "manual", to: options.to })
+    const db = yield* StateDatabase
+    return yield* db.backup(home.database, { reason: "manual", to: options.to })
   }
 )

@@ -5,6 +5,7 @@
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted } from "effect"
+import { HostChecksLive } from "../layers/host/HostChecks.ts"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
 import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
@@ -153,9 +154,9 @@ export const makeHostHandlers = Effect.gen(function*() {
         Effect.flatMap(kernels, (cache) => cache.verify),
         (files) => ({ ok: files.every((file) => file.ok), files })
       ),
-    doctor: () => doctorWithState(home),
-    stateCheck: () => Effect.provideService(checkState(), Home, home),
+    doctor: () => Effect.provide(doctorWithState(home), HostChecksLive),
+    stateCheck: () => checkState().pipe(Effect.provideService(Home, home), Effect.provide(HostChecksLive)),
     stateBackup: (p: { readonly to?: string | undefined }) =>
-      Effect.provideService(backupState({ to: p.to }), Home, home)
+      backupState({ to: p.to }).pipe(Effect.provideService(Home, home), Effect.provide(HostChecksLive))
   }
 })
