@@ -12,8 +12,8 @@ import * as NodePath from "node:path"
 import { InvalidInput, NotFound, Permanent } from "../domain/Errors.ts"
 import { type CollectedOutput, Manifest } from "../domain/Files.ts"
 import { nameProblem } from "../domain/Workspace.ts"
-import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
 import { Home } from "../services/Home.ts"
+import { HostTrees, type HostTreesShape } from "../services/HostTrees.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { copyOut } from "./Cp.ts"
 import { extractHostTree, hostDestination, writeHostFile } from "./internal/HostWrite.ts"
@@ -47,9 +47,9 @@ const io = <A>(what: string, f: () => A) =>
 type Modes = Record<string, number>
 
 /** Records the modes of a collected output and makes it private: files 0600, directories 0700. */
-const privatize = (top: string): Modes => {
+const privatize = (trees: HostTreesShape, top: string): Modes => {
   const modes: Modes = {}
-  for (const entry of walkHost(top, "x").entries) {
+  for (const entry of trees.walk(top, "x").entries) {
     if (entry.type === "symlink") continue
     modes[NodePath.relative(top, entry.source)] = entry.mode
     NodeFs.chmodSync(entry.source, entry.type === "directory" ? 0o700 : 0o600)
@@ -74,6 +74,7 @@ const readManifest = (dir: string) =>
 /** Copies every declared output of a running workspace into its collection, replacing an older one. */
 export const collectOutputs = Effect.fn("artifacts.collect")(function*(name: string) {
   const home = yield* Home
+  const trees = yield* HostTrees
   const store = yield* StateStore
   const workspace = yield* store.get(name)
   const final = yield* collectionDir(home.root, name)
@@ -93,7 +94,7 @@ export const collectOutputs = Effect.fn("artifacts.collect")(function*(name: str
             io(`cannot record the modes of ${output.name}`, () =>
               NodeFs.writeFileSync(
                 NodePath.join(modes, `${output.name}.json`),
-                JSON.stringify(privatize(top)),
+                JSON.stringify(privatize(trees, top)),
                 { mode: 0o600 }
               ))
           )
@@ -161,6 +162,7 @@ export const listArtifacts = Effect.fn("artifacts.list")(function*(name: string)
 export const getArtifact = Effect.fn("artifacts.get")(
   function*(name: string, artifact: string, hostPath: string) {
     const home = yield* Home
+    const trees = yield* HostTrees
     const store = yield* StateStore
     const listed = yield* listArtifacts(name)
     const entry = listed.artifacts.find((a) => a.name === artifact)
@@ -207,13 +209,13 @@ export const getArtifact = Effect.fn("artifacts.get")(
       }
       : yield* extractHostTree(target, base, (sink) =>
         Effect.promise(async () => {
-          const tree = walkHost(source, base)
+          const tree = trees.walk(source, base)
           // The guest's modes, not the private ones the collection keeps.
           const entries = tree.entries.map((entry) => ({
             ...entry,
             mode: modes[NodePath.relative(source, entry.source)] ?? entry.mode
           }))
-          for await (const chunk of tarStream({ ...tree, entries })) sink.write(chunk)
+          for await (const chunk of trees.tar({ ...tree, entries })) sink.write(chunk)
         }))
     return {
       workspace: name,

@@ -7,28 +7,12 @@
  */
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { HostEntry, HostTree } from "../../services/HostTrees.ts"
 
 const BLOCK = 512
 const CHUNK = 1024 * 1024
 
-export interface HostEntry {
-  /** The entry's name in the archive, relative (`top`, `top/sub/file`). */
-  readonly name: string
-  readonly type: "file" | "directory" | "symlink"
-  /** The host path to read the data (files) from. */
-  readonly source: string
-  /** Permission and special bits (07777). */
-  readonly mode: number
-  readonly size: number
-  readonly mtime: number
-  readonly linkname: string
-}
-
-export interface HostTree {
-  readonly entries: ReadonlyArray<HostEntry>
-  /** Host paths left out (sockets, FIFOs, devices). */
-  readonly skipped: ReadonlyArray<string>
-}
+export type { HostEntry, HostTree } from "../../services/HostTrees.ts"
 
 /**
  * Lists a host path as archive entries under `name`. The top is followed if it is a symlink (as `cp`

@@ -10,18 +10,19 @@ import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Conflict, NotFound, Permanent } from "../../domain/Errors.ts"
-import { defaultStageOptions, Stage, UnsafeLayerError } from "../../layers/rootfs/Stage.ts"
-import { TarFormatError, TarReader } from "../../layers/rootfs/Tar.ts"
+import { HostTrees } from "../../services/HostTrees.ts"
 
-const hostFailure = (what: string) => (cause: unknown) =>
-  cause instanceof Conflict || cause instanceof NotFound || cause instanceof Permanent
-    ? cause
-    : new Permanent({
-      message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
-      remediation: cause instanceof UnsafeLayerError || cause instanceof TarFormatError
-        ? "the workspace sent an unsafe or malformed tree; nothing was written to the target"
-        : "check the host path and its permissions"
-    })
+/** `unsafeArchive`: whether the cause says a workspace's archive was unsafe or malformed (extraction only). */
+const hostFailure =
+  (what: string, unsafeArchive: (cause: unknown) => boolean = () => false) => (cause: unknown) =>
+    cause instanceof Conflict || cause instanceof NotFound || cause instanceof Permanent
+      ? cause
+      : new Permanent({
+        message: `${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
+        remediation: unsafeArchive(cause)
+          ? "the workspace sent an unsafe or malformed tree; nothing was written to the target"
+          : "check the host path and its permissions"
+      })
 
 /**
  * Where a copy out lands: inside `hostPath` when it is a directory (keeping the guest basename), else
@@ -120,59 +121,55 @@ export const extractHostTree = <E, R>(
   top: string,
   fill: (sink: TreeSink) => Effect.Effect<void, E, R>
 ) =>
-  Effect.acquireUseRelease(
-    Effect.try({
-      try: () =>
-        NodeFs.mkdtempSync(NodePath.join(NodePath.dirname(target), `.${NodePath.basename(target)}.ma-`)),
-      catch: hostFailure(`cannot create a staging directory beside ${target}`)
-    }),
-    (staging) =>
-      Effect.gen(function*() {
-        const stage = new Stage(staging, { ...defaultStageOptions, refuseDevices: false })
-        const handler = stage.layer()
-        const reader = new TarReader(handler)
-        yield* fill({
-          write: (chunk) => reader.write(Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length))
-        })
-        return yield* Effect.try({
-          try: () => {
-            reader.finish()
-            stage.finish()
-            const top_ = stage.ledger.get(top)
-            if (top_ === undefined || top_.type !== "directory") {
-              throw new Permanent({
-                message: top_?.type === "symlink"
-                  ? `${top} is a symlink in the workspace`
-                  : `the workspace's archive has no directory ${top}`,
-                remediation: top_?.type === "symlink"
-                  ? "copy the path it points to"
-                  : "check that the guest path is a directory"
-              })
-            }
-            NodeFs.renameSync(NodePath.join(staging, top), target)
-            let entries = 0
-            let bytes = 0
-            const skipped: Array<string> = []
-            // Exact modes once everything is in place: a read-only directory would have refused its children.
-            const placed = [...stage.ledger.entries()].filter(([rel]) =>
-              rel === top || rel.startsWith(`${top}/`)
-            )
-            placed.sort((a, b) => b[0].length - a[0].length)
-            for (const [rel, meta] of placed) {
-              const path = NodePath.join(target, rel.slice(top.length))
-              entries++
-              if (meta.type === "file") {
-                bytes += meta.size
-                NodeFs.chmodSync(path, meta.perm & 0o777)
-              } else if (meta.type === "directory") NodeFs.chmodSync(path, meta.perm & 0o777)
-              else if (meta.type !== "symlink") skipped.push(`/${rel}`)
-            }
-            return { entries, bytes, skipped }
-          },
-          catch: hostFailure(`cannot extract to ${target}`)
-        })
-      }).pipe(
-        Effect.catchAllDefect((defect) => Effect.fail(hostFailure(`cannot extract to ${target}`)(defect)))
-      ),
-    (staging) => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true }))
-  )
+  Effect.flatMap(HostTrees, (trees) =>
+    Effect.acquireUseRelease(
+      Effect.try({
+        try: () =>
+          NodeFs.mkdtempSync(NodePath.join(NodePath.dirname(target), `.${NodePath.basename(target)}.ma-`)),
+        catch: hostFailure(`cannot create a staging directory beside ${target}`, trees.isUnsafeArchive)
+      }),
+      (staging) =>
+        Effect.gen(function*() {
+          const extraction = trees.extract(staging)
+          yield* fill({ write: extraction.write })
+          return yield* Effect.try({
+            try: () => {
+              const ledger = extraction.finish()
+              const top_ = ledger.get(top)
+              if (top_ === undefined || top_.type !== "directory") {
+                throw new Permanent({
+                  message: top_?.type === "symlink"
+                    ? `${top} is a symlink in the workspace`
+                    : `the workspace's archive has no directory ${top}`,
+                  remediation: top_?.type === "symlink"
+                    ? "copy the path it points to"
+                    : "check that the guest path is a directory"
+                })
+              }
+              NodeFs.renameSync(NodePath.join(staging, top), target)
+              let entries = 0
+              let bytes = 0
+              const skipped: Array<string> = []
+              // Exact modes once everything is in place: a read-only directory would have refused its children.
+              const placed = [...ledger.entries()].filter(([rel]) => rel === top || rel.startsWith(`${top}/`))
+              placed.sort((a, b) => b[0].length - a[0].length)
+              for (const [rel, meta] of placed) {
+                const path = NodePath.join(target, rel.slice(top.length))
+                entries++
+                if (meta.type === "file") {
+                  bytes += meta.size
+                  NodeFs.chmodSync(path, meta.perm & 0o777)
+                } else if (meta.type === "directory") NodeFs.chmodSync(path, meta.perm & 0o777)
+                else if (meta.type !== "symlink") skipped.push(`/${rel}`)
+              }
+              return { entries, bytes, skipped }
+            },
+            catch: hostFailure(`cannot extract to ${target}`, trees.isUnsafeArchive)
+          })
+        }).pipe(
+          Effect.catchAllDefect((defect) =>
+            Effect.fail(hostFailure(`cannot extract to ${target}`, trees.isUnsafeArchive)(defect))
+          )
+        ),
+      (staging) => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true }))
+    ))
