@@ -10,7 +10,6 @@ const top = "^src/[^/]+[.]ts$" // src/Microagent.ts, src/index.ts, src/Version.t
 
 /** Programs that still import concrete layers (state maintenance, host probes, ext4 and tar tools). */
 const programsNotYetOnServices = [
-  "Cp",
   "Commit"
 ].map((name) => `^src/programs/${name}[.]ts$`).join("|")
 

@@ -14,9 +14,7 @@ import { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } f
 import { ExecRequest } from "../domain/Exec.ts"
 import type { CopyResult } from "../domain/Files.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import * as Debugfs from "../layers/rootfs/Debugfs.ts"
-import { tarStream, walkHost } from "../layers/rootfs/TarWriter.ts"
-import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
+import { DiskFiles, type DiskFilesFailed } from "../services/DiskFiles.ts"
 import { faultPoint } from "../services/Faults.ts"
 import {
   GuestChannel,
@@ -25,6 +23,7 @@ import {
   GuestRemoteError
 } from "../services/GuestChannel.ts"
 import { Home } from "../services/Home.ts"
+import { HostTrees } from "../services/HostTrees.ts"
 import { Hypervisor } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { runningHandle } from "./Exec.ts"
@@ -56,8 +55,8 @@ const isGuestError = (error: { readonly _tag: string }): error is GuestError =>
 const overChannel = (name: string, path: string) => <E extends { readonly _tag: string }>(error: E) =>
   isGuestError(error) ? guestError(name, path)(error) : (error as Exclude<E, GuestError>)
 
-const imageError = (name: string) => (error: Debugfs.ImageError | ToolMissing | ToolFailed) =>
-  error._tag === "ToolMissing"
+const imageError = (name: string) => (error: DiskFilesFailed) =>
+  error.remediation !== undefined
     ? new Permanent({ message: error.message, remediation: error.remediation })
     : new Permanent({
       message: `workspace ${name}: offline copy failed: ${error.message}`,
@@ -181,6 +180,8 @@ const privateWorkDir = Effect.flatMap(Home, (home) =>
 
 /** Host → workspace. A directory at `guestPath` receives the source under its own basename. */
 export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: string, rawGuestPath: string) {
+  const trees = yield* HostTrees
+  const disk = yield* DiskFiles
   const guestPath = yield* orFail(checkGuestPath(rawGuestPath))
   const source = yield* hostSource(hostPath)
   const kind = source.isDirectory() ? "directory" as const : "file" as const
@@ -194,7 +195,7 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
   yield* faultPoint("cp.reached")
   const tree = kind === "directory"
     ? yield* Effect.try({
-      try: () => walkHost(hostPath, "top"),
+      try: () => trees.walk(hostPath, "top"),
       catch: (cause) =>
         new Permanent({
           message: `cannot read ${hostPath}: ${String(cause)}`,
@@ -239,9 +240,9 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
       if (kind === "file") {
         yield* connection.putFile({ path: target, mode: source.mode & 0o7777, data: fileBytes(hostPath) })
       } else {
-        const named = walkHost(hostPath, NodePath.posix.basename(target))
+        const named = trees.walk(hostPath, NodePath.posix.basename(target))
         const archive = Stream.fromAsyncIterable(
-          tarStream(named),
+          trees.tar(named),
           (cause) => new GuestRemoteError({ message: `reading ${hostPath}: ${String(cause)}` })
         )
         yield* guestCommand(connection, ["tar", "-x", "-f", "-", "-C", parent], archive)
@@ -254,20 +255,20 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
     yield* onRootDisk(reached.workspace, guestPath)
     yield* claimStoppedDisk(name, "an offline cp")
     const image = reached.workspace.rootfsPath
-    yield* Debugfs.fsck(image)
-    const at = yield* Debugfs.statPath(image, guestPath)
+    yield* disk.repair(image)
+    const at = yield* disk.stat(image, guestPath)
     const target = at?.type === "directory"
       ? NodePath.posix.join(guestPath, NodePath.basename(hostPath))
       : guestPath
     yield* onRootDisk(reached.workspace, target)
-    const parent = yield* Debugfs.statPath(image, NodePath.posix.dirname(target))
+    const parent = yield* disk.stat(image, NodePath.posix.dirname(target))
     if (parent?.type !== "directory") {
       return yield* new NotFound({
         message: `workspace ${name}: ${NodePath.posix.dirname(target)}: no such directory`,
         remediation: "create it first, or name an existing directory"
       })
     }
-    const existing = target === guestPath ? at : yield* Debugfs.statPath(image, target)
+    const existing = target === guestPath ? at : yield* disk.stat(image, target)
     if (existing?.type === "directory") {
       return yield* new Conflict({
         message: `workspace ${name}: ${target} already exists and is a directory`,
@@ -288,20 +289,11 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
         }],
         skipped: []
       }
-    const lines = yield* Effect.try({
-      try: () => Debugfs.writeTreeScript(named, target, existing !== undefined),
-      catch: (cause) =>
-        cause instanceof Debugfs.DebugfsFailed ? cause : new Debugfs.DebugfsFailed({ detail: String(cause) })
-    })
     const workDir = yield* privateWorkDir
-    yield* Debugfs.writeBatch(image, lines, workDir)
+    yield* disk.writeTree(image, named, target, { replace: existing !== undefined, workDir })
     return result(target, "offline")
   })).pipe(
-    Effect.catchTags({
-      DebugfsFailed: imageError(name),
-      ToolMissing: imageError(name),
-      ToolFailed: imageError(name)
-    }),
+    Effect.catchTag("DiskFilesFailed", imageError(name)),
     Effect.mapError(
       classifyNoSpace(`copying ${hostPath} into workspace ${name}`, reached.workspace.rootfsPath)
     )
@@ -310,6 +302,8 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
 
 /** Workspace → host. A directory at `hostPath` receives the source under its guest basename. */
 export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath: string, hostPath: string) {
+  const trees = yield* HostTrees
+  const disk = yield* DiskFiles
   const guestPath = yield* orFail(checkGuestPath(rawGuestPath))
   const base = yield* orFail(guestBasename(guestPath))
   if (!NodePath.isAbsolute(hostPath)) {
@@ -403,8 +397,8 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     yield* onRootDisk(reached.workspace, guestPath)
     yield* claimStoppedDisk(name, "an offline cp")
     const image = reached.workspace.rootfsPath
-    yield* Debugfs.fsck(image)
-    const at = yield* Debugfs.statPath(image, guestPath)
+    yield* disk.repair(image)
+    const at = yield* disk.stat(image, guestPath)
     if (at === undefined) {
       return yield* new NotFound({
         message: `workspace ${name}: ${guestPath} does not exist`,
@@ -423,7 +417,7 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     if (at.type === "file") {
       const target = yield* hostDestination(hostPath, base, false)
       const dumped = NodePath.join(workDir, "file")
-      yield* Debugfs.dumpFile(image, guestPath, dumped)
+      yield* disk.dumpFile(image, guestPath, dumped)
       const bytes = yield* writeHostFile(target, (write) =>
         Effect.sync(() => {
           const fd = NodeFs.openSync(dumped, "r")
@@ -438,15 +432,11 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
     }
     // rdump writes into a private directory; the tree then reaches the target through the safe extractor.
     const target = yield* hostDestination(hostPath, base, true)
-    yield* Debugfs.rdump(image, guestPath, workDir)
+    yield* disk.dumpTree(image, guestPath, workDir)
     const written = yield* extractHostTree(target, base, (sink) =>
       Effect.promise(async () => {
-        for await (const chunk of tarStream(walkHost(NodePath.join(workDir, base), base))) sink.write(chunk)
+        for await (const chunk of trees.tar(trees.walk(NodePath.join(workDir, base), base))) sink.write(chunk)
       }))
     return done(target, "directory", "offline", written.entries, written.bytes)
-  })).pipe(Effect.catchTags({
-    DebugfsFailed: imageError(name),
-    ToolMissing: imageError(name),
-    ToolFailed: imageError(name)
-  }))
+  })).pipe(Effect.catchTag("DiskFilesFailed", imageError(name)))
 })
