@@ -3,12 +3,12 @@
  * domain and services only (tags, never the layers that implement them); rpc, mcp, runtime, cli, the
  * Promise API and the package's entry modules on top, never importing each other in circles. `npm run
  * check` runs it. The one list of exceptions is `programsNotYetOnServices`: the programs that still
- * import concrete layers, each to be removed from it when it moves behind a service.
+ * import concrete layers (now only Commit), each to be removed from it when it moves behind a service.
  */
 const folder = (name) => `^src/${name}/`
 const top = "^src/[^/]+[.]ts$" // src/Microagent.ts, src/index.ts, src/Version.ts
 
-/** Programs that still import concrete layers (state maintenance, host probes, ext4 and tar tools). */
+/** Programs that still import concrete layers (Commit: the ext4 tree reader and the layer writer). */
 const programsNotYetOnServices = [
   "Commit"
 ].map((name) => `^src/programs/${name}[.]ts$`).join("|")
