@@ -19,6 +19,7 @@ import type { Backend } from "./domain/Workspace.ts"
 import { type BackendServices, defaultBackend } from "./layers/backends/Backends.ts"
 import { WorkspaceBackends } from "./layers/backends/WorkspaceBackends.ts"
 import { type HostServices, HostServicesLive } from "./layers/host/HostServices.ts"
+import { endGroups } from "./layers/hypervisor/fake/FakeGuestProcesses.ts"
 import { endVmm, vmmsOf } from "./layers/process/Vmms.ts"
 import { DatabaseLive } from "./layers/state/Database.ts"
 import { SqliteStateStore } from "./layers/state/SqliteStateStore.ts"
@@ -90,8 +91,20 @@ export const layer = (
 const endVmms = (root: string) => Effect.forEach(vmmsOf(root), endVmm, { discard: true })
 
 /**
+ * Ends what the fake guests of a state directory left running (an entrypoint, a service's
+ * supervisor): their VMMs' ends do it only through a halt or kill, which a failed test may never reach.
+ */
+const endFakeGuests = (root: string) =>
+  Effect.sync(() => {
+    const workspaces = NodePath.join(root, "workspaces")
+    const names = NodeFs.existsSync(workspaces) ? NodeFs.readdirSync(workspaces) : []
+    for (const name of names) endGroups(NodePath.join(workspaces, name, "rootfs"))
+  })
+
+/**
  * `layer` on the fake backend, for tests: a fresh temporary state directory unless `home` names one.
- * When the scope closes, every fake VMM of the directory is ended, and a temporary directory removed.
+ * When the scope closes, every fake VMM of the directory is ended with what its guest left running,
+ * and a temporary directory removed.
  */
 export const layerTest = (
   options: StoreOptions = {}
@@ -101,6 +114,8 @@ export const layerTest = (
       Effect.sync(() => NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-test-"))),
       (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
     ))
-    yield* Effect.addFinalizer(() => Effect.suspend(() => endVmms(root)))
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => Effect.zipRight(endFakeGuests(root), endVmms(root)))
+    )
     return layer({ home: root, backend: "fake" })
   }))

@@ -4,7 +4,7 @@
  * procedures through a `MicroagentClient` that calls the handlers in-process.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Effect, Layer, Stream } from "effect"
+import { Context, Effect, Layer, Schedule, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -14,6 +14,7 @@ import { create } from "../../src/programs/Create.ts"
 import { remove } from "../../src/programs/Delete.ts"
 import { exec } from "../../src/programs/Exec.ts"
 import { run } from "../../src/programs/Run.ts"
+import { serviceDir } from "../../src/programs/Service.ts"
 import { start } from "../../src/programs/Start.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { layerInProcessClient } from "../../src/rpc/Server.ts"
@@ -44,6 +45,15 @@ const tempRoot = Effect.acquireRelease(
   (root) => Effect.sync(() => NodeFs.rmSync(root, { recursive: true, force: true }))
 )
 
+/** A live process (a zombie, gone but not yet reaped, counts as ended). */
+const running = (pid: number) => {
+  try {
+    return !NodeFs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1]!.startsWith("Z")
+  } catch {
+    return false
+  }
+}
+
 describe("the library, as docs/library.md shows it", () => {
   it.scopedLive("a host application drives a workspace through the programs, on the fake backend", () =>
     Effect.gen(function*() {
@@ -61,15 +71,22 @@ describe("the library, as docs/library.md shows it", () => {
     Effect.gen(function*() {
       const seen = yield* Effect.scoped(Effect.gen(function*() {
         const context = yield* Layer.build(Microagent.layerTest())
-        const started = yield* create({ image: "alpine", name: "lib-t" }).pipe(
+        const started = yield* create({ image: "alpine", name: "lib-t", service: "sleep 600" }).pipe(
           Effect.flatMap((w) => start(w.name)),
           Effect.provide(context)
         )
         const home = Context.get(context, Home)
         assert.isTrue(NodeFs.existsSync(home.root))
-        return { root: home.root, pid: (started.vm as { readonly pid: number }).pid }
+        // What the fake guest left running: its service's supervisor, never halted or killed here.
+        const supervisorFile = NodePath.join(started.rootfsPath, serviceDir, "supervisor")
+        const supervisor = yield* Effect.sync(() => Number(NodeFs.readFileSync(supervisorFile, "utf8"))).pipe(
+          Effect.retry({ schedule: Schedule.spaced("100 millis"), times: 50 })
+        )
+        assert.isTrue(running(supervisor), "the service's supervisor runs")
+        return { root: home.root, pid: (started.vm as { readonly pid: number }).pid, supervisor }
       }))
       assert.isFalse(NodeFs.existsSync(seen.root))
+      assert.isFalse(running(seen.supervisor), "the fake guest's service supervisor ended with the layer")
       // The fake VMM (a detached `sleep`) is gone: no process, or a zombie with an empty command line.
       const cmdline = NodeFs.existsSync(`/proc/${seen.pid}/cmdline`)
         ? NodeFs.readFileSync(`/proc/${seen.pid}/cmdline`, "utf8")
