@@ -21,10 +21,12 @@ int ma_set_nonblock(int fd);
 /* Writes everything or fails; for regular files and small blocking writes. */
 int ma_write_all(int fd, const void *p, size_t n);
 void ma_sleep_ms(int ms);
-/* netconf.c: an interface up, its IPv4 address or netmask (SIOCSIFADDR/SIOCSIFNETMASK), a default
- * route through `gw` (one already there is fine), its MAC. -1 with errno on failure. */
+/* netconf.c: an interface up, its IPv4 address or netmask (SIOCSIFADDR/SIOCSIFNETMASK), a route to
+ * dst/prefix or the default route through `gw` (one already there is fine), its MAC. -1 with errno
+ * on failure. */
 int ma_if_up(int s, const char *ifname);
 int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a);
+int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, struct in_addr gw);
 int ma_default_route(int s, const char *ifname, struct in_addr gw);
 int ma_if_mac(int s, const char *ifname, const char *mac);
 /* The /dev node of the virtio-serial port whose name (in /sys/class/virtio-ports/ * /name) is `name`;

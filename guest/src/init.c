@@ -7,7 +7,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
-#include <net/route.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -431,18 +430,7 @@ static void add_route(int s, const char *spec) {
     ma_log("bad route %s (DST/N@GW)", spec);
     return;
   }
-  struct rtentry rt;
-  memset(&rt, 0, sizeof rt);
-  struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst;
-  struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
-  struct sockaddr_in *m = (struct sockaddr_in *)&rt.rt_genmask;
-  d->sin_family = g->sin_family = m->sin_family = AF_INET;
-  m->sin_addr.s_addr = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
-  d->sin_addr.s_addr = dst.s_addr & m->sin_addr.s_addr;
-  g->sin_addr = gw;
-  rt.rt_flags = RTF_UP | RTF_GATEWAY | (prefix == 32 ? RTF_HOST : 0);
-  rt.rt_dev = (char *)"eth0";
-  if (ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST) ma_log("route %s: %s", spec, strerror(errno));
+  if (ma_add_route(s, "eth0", dst, prefix, gw) < 0) ma_log("route %s: %s", spec, strerror(errno));
 }
 
 static void setup_network(void) {

@@ -36,17 +36,24 @@ int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a) {
   return ioctl(s, req, &ifr);
 }
 
-int ma_default_route(int s, const char *ifname, struct in_addr gw) {
+int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, struct in_addr gw) {
   struct rtentry rt;
   memset(&rt, 0, sizeof rt);
-  struct sockaddr_in *dst = (struct sockaddr_in *)&rt.rt_dst;
-  struct sockaddr_in *gwa = (struct sockaddr_in *)&rt.rt_gateway;
-  struct sockaddr_in *msk = (struct sockaddr_in *)&rt.rt_genmask;
-  dst->sin_family = gwa->sin_family = msk->sin_family = AF_INET;
-  gwa->sin_addr = gw;
-  rt.rt_flags = RTF_UP | RTF_GATEWAY;
+  struct sockaddr_in *d = (struct sockaddr_in *)&rt.rt_dst;
+  struct sockaddr_in *g = (struct sockaddr_in *)&rt.rt_gateway;
+  struct sockaddr_in *m = (struct sockaddr_in *)&rt.rt_genmask;
+  d->sin_family = g->sin_family = m->sin_family = AF_INET;
+  m->sin_addr.s_addr = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
+  d->sin_addr.s_addr = dst.s_addr & m->sin_addr.s_addr;
+  g->sin_addr = gw;
+  rt.rt_flags = RTF_UP | RTF_GATEWAY | (prefix == 32 ? RTF_HOST : 0);
   rt.rt_dev = (char *)ifname;
   return ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+int ma_default_route(int s, const char *ifname, struct in_addr gw) {
+  struct in_addr any = {.s_addr = 0};
+  return ma_add_route(s, ifname, any, 0, gw);
 }
 
 int ma_if_mac(int s, const char *ifname, const char *mac) {
