@@ -121,8 +121,11 @@ export const launchEntrypoint = Effect.fn("launchEntrypoint")(function*(workspac
   const user = workspace.image.user ?? ""
   // The directory is made as root (the image's user may not write to /run), then given to that user;
   // it exists before the record says `running`, so a collector never finds a running one without it.
+  // An earlier boot's outcome goes first: a VM's /run is a fresh tmpfs, but the fake backend's "guest"
+  // keeps it, and a collector must not read that `exit` beside the new command's output.
   const prepare = asRoot(
-    `mkdir -p "$1" && if [ -n "$2" ]; then chown "\${2%%:*}" "$1"; fi && cd "$1" && pwd`,
+    `mkdir -p "$1" && cd "$1" && rm -f exit exit.new finished started start-error stdout stderr`
+      + ` && if [ -n "$2" ]; then chown "\${2%%:*}" .; fi && pwd`,
     entrypointDir,
     user
   )
