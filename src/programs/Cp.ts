@@ -99,6 +99,25 @@ const reach = Effect.fn("cp.reach")(function*(name: string) {
 })
 
 /**
+ * A copy on a disk that is a host directory (the fake backend's), running or not: a stopped one is
+ * claimed as an offline cp claims an image, and only its root disk is reached.
+ */
+const onDirectoryDisk = <A, E, R>(
+  name: string,
+  reached: Effect.Effect.Success<ReturnType<typeof reach>>,
+  guestPath: string,
+  copy: (live: boolean) => Effect.Effect<A, E, R>
+) =>
+  Effect.scoped(Effect.gen(function*() {
+    const live = reached._tag === "Live"
+    if (!live) {
+      yield* onRootDisk(reached.workspace, guestPath)
+      yield* claimStoppedDisk(name, "an offline cp")
+    }
+    return yield* copy(live)
+  }))
+
+/**
  * Offline, only the root disk is read and written: a path under an attached disk's mountpoint would
  * silently reach the directory beneath it.
  */
@@ -217,15 +236,11 @@ export const copyIn = Effect.fn("cp.in")(function*(name: string, hostPath: strin
   })
 
   if (reached.directory) {
-    const live = reached._tag === "Live"
-    return yield* Effect.scoped(Effect.gen(function*() {
-      if (!live) {
-        yield* onRootDisk(reached.workspace, guestPath)
-        yield* claimStoppedDisk(name, "an offline cp")
-      }
-      const target = yield* copyInDirectory(reached.workspace, live, hostPath, guestPath)
-      return result(target, live ? "channel" : "offline")
-    }))
+    return yield* onDirectoryDisk(name, reached, guestPath, (live) =>
+      Effect.map(
+        copyInDirectory(reached.workspace, live, hostPath, guestPath),
+        (target) => result(target, live ? "channel" : "offline")
+      ))
   }
 
   if (reached._tag === "Live") {
@@ -332,15 +347,12 @@ export const copyOut = Effect.fn("cp.out")(function*(name: string, rawGuestPath:
   })
 
   if (reached.directory) {
-    const live = reached._tag === "Live"
-    return yield* Effect.scoped(Effect.gen(function*() {
-      if (!live) {
-        yield* onRootDisk(reached.workspace, guestPath)
-        yield* claimStoppedDisk(name, "an offline cp")
-      }
-      const copied = yield* copyOutDirectory(reached.workspace, live, guestPath, hostPath, base)
-      return done(copied.target, copied.kind, live ? "channel" : "offline", copied.entries, copied.bytes)
-    }))
+    return yield* onDirectoryDisk(name, reached, guestPath, (live) =>
+      Effect.map(
+        copyOutDirectory(reached.workspace, live, guestPath, hostPath, base),
+        (copied) =>
+          done(copied.target, copied.kind, live ? "channel" : "offline", copied.entries, copied.bytes)
+      ))
   }
 
   if (reached._tag === "Live") {
