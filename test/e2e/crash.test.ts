@@ -117,7 +117,7 @@ const armed = (args: ReadonlyArray<string>, step: Step) => {
   const done = new Promise<CliResult>((resolve) =>
     child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }))
   )
-  return { pid: child.pid!, done }
+  return { pid: child.pid!, done, output: () => ({ stdout, stderr }) }
 }
 
 const marker = (step: Step) => NodePath.join(faultDir, step)
@@ -675,7 +675,28 @@ describe("faults", () => {
     // A caller that lost its runtime before it was served may start another one, which carries the
     // armed step and pauses there again: the step stays disarmed until every caller has answered.
     const disarm = setInterval(() => NodeFs.rmSync(marker(step), { force: true }), 20)
-    const results = await Promise.all(execs.map((e) => e.done)).finally(() => clearInterval(disarm))
+    // Bounded, so that a caller that never answers fails the case with what it and the host show.
+    let bound: NodeJS.Timeout | undefined
+    const stuck = new Promise<never>((_, reject) => {
+      bound = setTimeout(() => {
+        const report = execs.map((e, i) => ({ i, pid: e.pid, alive: alive(e.pid), ...e.output() }))
+          .filter((e) => e.alive)
+        for (const e of report) process.kill(e.pid, "SIGKILL")
+        reject(
+          new Error(
+            `callers still waiting 120 s after the runtime was killed: ${JSON.stringify(report)}; runtime ${
+              runtimePid() ?? "none"
+            }; marker ${
+              NodeFs.existsSync(marker(step)) ? NodeFs.readFileSync(marker(step), "utf8") : "absent"
+            }`
+          )
+        )
+      }, 120_000)
+    })
+    const results = await Promise.race([Promise.all(execs.map((e) => e.done)), stuck]).finally(() => {
+      clearInterval(disarm)
+      clearTimeout(bound)
+    })
     for (const [i, result] of results.entries()) {
       if (result.code === 0) assert.strictEqual(json(result).result.stdout, `n${i}\n`)
       else {
