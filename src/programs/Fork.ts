@@ -106,8 +106,9 @@ export const fork: (
       ),
     { concurrency: 4 }
   ).pipe(
-    // All or nothing: what was made of the children goes with the failure.
-    Effect.tapErrorCause(() =>
+    // All or nothing: what was made of the children goes with a failure, and with an interruption (a
+    // caller's Ctrl-C), which error handlers never see.
+    Effect.onError(() =>
       Effect.forEach(made, (child) => Effect.either(remove(child, { force: true })), { discard: true })
     ),
     Effect.ensuring(Effect.either(snapshotDelete(name, tag)).pipe(Effect.map(Either.isRight)))

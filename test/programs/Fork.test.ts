@@ -3,8 +3,9 @@
  * that leave nothing behind.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Option } from "effect"
+import { Cause, Effect, Exit, Fiber, Option, Schedule } from "effect"
 import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
 import { create } from "../../src/programs/Create.ts"
@@ -61,5 +62,37 @@ describe("fork", () => {
       assert.deepStrictEqual(yield* snapshotsOf("p2"), [], "nothing was captured")
       yield* halt("p2")
       assert.strictEqual(failureTag(yield* Effect.exit(fork("p2", { namePrefix: "other" }))), "Conflict")
+    }).pipe(Effect.provide(fakeEnvironment)))
+
+  it.scopedLive("an interrupted fork (a caller's Ctrl-C) takes the children it made with it", () =>
+    Effect.gen(function*() {
+      const store = yield* StateStore
+      yield* create({ image: "alpine", name: "p3" })
+      yield* start("p3")
+      const faultDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-fault-"))
+      const marker = NodePath.join(faultDir, "vmm.booting")
+      // The children's starts pause once their fake VMMs run (see FaultPoint.ts).
+      yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          process.env.MICROAGENT_FAULT_PAUSE = "vmm.booting"
+          process.env.MICROAGENT_FAULT_DIR = faultDir
+        }),
+        () =>
+          Effect.sync(() => {
+            delete process.env.MICROAGENT_FAULT_PAUSE
+            delete process.env.MICROAGENT_FAULT_DIR
+            NodeFs.rmSync(faultDir, { recursive: true, force: true })
+          })
+      )
+      const fiber = yield* Effect.fork(fork("p3", { count: 3, namePrefix: "cut" }))
+      yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
+        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("10 seconds"))),
+        Effect.orDie
+      )
+      assert.isTrue((yield* store.list).some((w) => w.name.startsWith("cut-")), "a child was made")
+      assert.isTrue(Exit.isInterrupted(yield* Fiber.interrupt(fiber)))
+      assert.deepStrictEqual((yield* store.list).map((w) => w.name), ["p3"], "no child is left")
+      assert.deepStrictEqual(yield* snapshotsOf("p3"), [], "the capture is gone")
+      assert.strictEqual((yield* store.get("p3")).state, "running")
     }).pipe(Effect.provide(fakeEnvironment)))
 })
