@@ -29,6 +29,7 @@
 #include <strings.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -616,13 +617,20 @@ static void handle_udp_sink(int fd) {
 
 /* The mediator lives as long as the VM: once the VMM named by the pid file is gone (or never came
  * within the grace period), it removes the namespace's name and exits, and the namespace with the
- * tap in it goes with the last reference. */
+ * tap in it goes with the last reference. The name is removed only while it still names this
+ * mediator's namespace: a later start of the same workspace may have made a new one under it. */
 static const char *vmm_pidfile, *netns_path;
 static time_t started_at;
 static pid_t vmm_pid;
+static struct stat own_ns;
+
+static int names_own_namespace(void) {
+  struct stat now;
+  return stat(netns_path, &now) == 0 && now.st_dev == own_ns.st_dev && now.st_ino == own_ns.st_ino;
+}
 
 static void finish(void) {
-  if (netns_path && strncmp(netns_path, "/run/netns/", 11) == 0) {
+  if (netns_path && strncmp(netns_path, "/run/netns/", 11) == 0 && names_own_namespace()) {
     umount2(netns_path, MNT_DETACH);
     unlink(netns_path);
   }
@@ -631,6 +639,21 @@ static void finish(void) {
   signal(SIGTERM, SIG_IGN);
   kill(0, SIGTERM);
   exit(0);
+}
+
+/* Gone, or a zombie nobody reaped yet (an init that does not reap keeps a killed VMM's entry). */
+static int vmm_gone(pid_t pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  char path[64], buf[512];
+  snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+  FILE *f = fopen(path, "r");
+  if (!f) return 1;
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  /* The state follows the command name's closing parenthesis. */
+  char *end = strrchr(buf, ')');
+  return end != NULL && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X');
 }
 
 static void watch_vmm(void) {
@@ -645,7 +668,7 @@ static void watch_vmm(void) {
     if (vmm_pid == 0 && time(NULL) - started_at > 600) finish();
     return;
   }
-  if (kill(vmm_pid, 0) != 0 && errno == ESRCH) finish();
+  if (vmm_gone(vmm_pid)) finish();
 }
 
 static void usage(void) {
@@ -742,7 +765,7 @@ int main(int argc, char **argv) {
 
   int host_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
   int ns = open(netns, O_RDONLY | O_CLOEXEC);
-  if (host_ns < 0 || ns < 0) die("open namespace");
+  if (host_ns < 0 || ns < 0 || fstat(ns, &own_ns) != 0) die("open namespace");
   for (int i = 0; i < npublish; i++) publishes[i].fd = listen_tcp(publishes[i].host_ip, publishes[i].host_port);
   int up_fd = bind_udp(INADDR_ANY, 0, 0);
   if (set_ns(ns) != 0) die("setns into the workspace namespace");

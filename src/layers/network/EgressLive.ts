@@ -25,7 +25,6 @@ import type { Workspace } from "../../domain/Workspace.ts"
 import { Egress, type EgressAttachment } from "../../services/Egress.ts"
 import { Home } from "../../services/Home.ts"
 import { installedFile } from "../process/Installed.ts"
-import { isAlive } from "../process/Processes.ts"
 import { stateTag } from "./Addressing.ts"
 
 /** The addresses the guest sees, the same as QEMU's user network gives it. */
@@ -192,32 +191,40 @@ const namespaceRules = (
 
 const mediatorPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress.pid")
 
-const isMediator = (pid: number): boolean => {
-  try {
-    return NodeFs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("microagent-egress")
-  } catch {
-    return false
+/** The mediators serving namespace `ns`, found by their arguments: a runtime directory removed with its pid file (a delete, a gc) does not hide one. */
+const mediatorsOf = (ns: string): ReadonlyArray<number> => {
+  const wanted = `\0--netns\0/run/netns/${ns}\0`
+  const found: Array<number> = []
+  for (const entry of NodeFs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const argv = NodeFs.readFileSync(`/proc/${entry}/cmdline`, "utf8")
+      if (argv.split("\0", 1)[0]!.endsWith("microagent-egress") && argv.includes(wanted)) {
+        found.push(Number(entry))
+      }
+    } catch {
+      // Gone in between.
+    }
   }
+  return found
 }
 
-const stopMediator = (runtimeDir: string) =>
+const stopMediator = (runtimeDir: string, ns: string) =>
   Effect.sync(() => {
-    const file = mediatorPidFile(runtimeDir)
-    let pid: number | undefined
-    try {
-      pid = Number.parseInt(NodeFs.readFileSync(file, "utf8"), 10)
-    } catch {
-      return
-    }
-    if (pid !== undefined && Number.isInteger(pid) && pid > 0 && isAlive(pid, undefined) && isMediator(pid)) {
+    for (const pid of mediatorsOf(ns)) {
       try {
         // Its own process group: the mediator and its per-connection children.
         process.kill(-pid, "SIGKILL")
       } catch {
-        // Gone in between.
+        // A per-connection child (its group is the mediator's), or gone in between.
+        try {
+          process.kill(pid, "SIGKILL")
+        } catch {
+          // Gone.
+        }
       }
     }
-    NodeFs.rmSync(file, { force: true })
+    NodeFs.rmSync(mediatorPidFile(runtimeDir), { force: true })
   })
 
 /** Starts the mediator detached (it outlives this process, like the VMM) and waits for its "ready". */
@@ -292,7 +299,7 @@ export const EgressLive = Layer.effect(
     const logPath = (workspace: string) => NodePath.join(home.workspaceDir(workspace), "egress.jsonl")
 
     const release = (workspace: string) =>
-      stopMediator(home.runtimeDir(workspace)).pipe(
+      stopMediator(home.runtimeDir(workspace), egressNamespace(home.root, workspace)).pipe(
         Effect.zipRight(
           ip(["netns", "delete", egressNamespace(home.root, workspace)]).pipe(Effect.ignore)
         )
