@@ -12,7 +12,14 @@ import { type EntrypointResult, profiles, type Workspace } from "../domain/Works
 import { NetworkFabricLive } from "../layers/network/NetworkFabricLive.ts"
 import { VolumesLive } from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
-import { abandonedRuns, expiredLive, gcReconcile, type GcReport, gcSweep } from "../programs/Gc.ts"
+import {
+  abandonedForks,
+  abandonedRuns,
+  expiredLive,
+  gcReconcile,
+  type GcReport,
+  gcSweep
+} from "../programs/Gc.ts"
 import { entrypointDone, events, inspect, logs, wait } from "../programs/Observe.ts"
 import type { QuarantineResult } from "../programs/Quarantine.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
@@ -490,12 +497,39 @@ const gcCommand = Command.make("gc", {}, () =>
             Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
           )
         ))
+    // Forks whose process died half way: undone whole, as the fork would have done.
+    const forks = yield* withStore(abandonedForks())
+    const forkChildren = yield* Effect.forEach(forks.children, (ws) =>
+      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.delete({ name: ws.name, force: true }))).pipe(
+          Effect.map(() => ({ workspace: ws.name, action: "deleted" })),
+          Effect.catchAll((error) =>
+            Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
+          )
+        ))
+    const forkCaptures = yield* Effect.forEach(forks.captures, (capture) =>
+      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
+        client.snapshotDelete({ name: capture.workspace, tag: capture.tag }))).pipe(
+          Effect.map(() => ({ workspace: `${capture.workspace}:${capture.tag}`, action: "deleted" })),
+          Effect.catchAll((error) =>
+            Effect.succeed({
+              workspace: `${capture.workspace}:${capture.tag}`,
+              action: `failed: ${error.message}`
+            })
+          )
+        ))
+    const unfinishedForks = [...forkChildren, ...forkCaptures]
     // The host's named-network plumbing is swept whatever the backend: it is the live fabric's.
     const swept = yield* withStore(Effect.provide(gcSweep(), Layer.merge(VolumesLive, NetworkFabricLive)))
-    const report: GcReport & { readonly expired: typeof expired; readonly abandoned: typeof abandoned } = {
+    const report: GcReport & {
+      readonly expired: typeof expired
+      readonly abandoned: typeof abandoned
+      readonly unfinishedForks: typeof unfinishedForks
+    } = {
       reconciled: reconciled.flat(),
       expired,
       abandoned,
+      unfinishedForks,
       ...swept
     }
     yield* emit(report, (r) =>
@@ -509,8 +543,15 @@ const gcCommand = Command.make("gc", {}, () =>
         ...r.abandoned.map((x) =>
           `one-shot ${x.workspace}, its run's process gone: ${x.action}`
         ),
-        ...r.killed.map((pid) => `killed orphaned VMM ${pid}`),
-        ...r.removed.map((path) => `removed ${path}`)
+        ...r.unfinishedForks.map((x) =>
+          `${x.workspace}, of a fork whose process is gone: ${x.action}`
+        ),
+        ...r.killed.map((pid) =>
+          `killed orphaned VMM ${pid}`
+        ),
+        ...r.removed.map((path) =>
+          `removed ${path}`
+        )
       ].join("\n") || "nothing to do")
   })).pipe(
     Command.withDescription(

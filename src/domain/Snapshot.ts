@@ -58,7 +58,12 @@ export class SnapshotManifest extends Schema.Class<SnapshotManifest>("SnapshotMa
   /** Milliseconds the VM was held paused for the capture (memory snapshots). */
   pausedMs: Schema.optional(Schema.Number),
   /** Kept as evidence (secrets and all); restores refuse it. */
-  forensic: Schema.optional(Schema.Boolean)
+  forensic: Schema.optional(Schema.Boolean),
+  /**
+   * The capture of a fork under way, made by this process: the fork deletes it when it ends, and the
+   * runtime and `gc` delete one whose process died (Gc.ts `abandonedForks`).
+   */
+  forkedBy: Schema.optional(Schema.Struct({ pid: Schema.Int, startTime: Schema.String }))
 }) {}
 
 export class SnapshotDeleted extends Schema.Class<SnapshotDeleted>("SnapshotDeleted")({

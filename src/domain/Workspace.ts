@@ -323,6 +323,14 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
    * delete the workspace itself, so the runtime and `gc` do (see Gc.ts `reapAbandonedRuns`).
    */
   heldBy: Schema.optional(Schema.Struct({ pid: Schema.Int, startTime: Schema.String })),
+  /**
+   * A child of a fork still under way: the process making the fork and the capture (`W:TAG`) it comes
+   * from. Cleared when the fork ends; a fork whose process died is undone whole by the runtime and `gc`
+   * (Gc.ts `abandonedForks`), as the fork itself would have undone it.
+   */
+  forkedBy: Schema.optional(
+    Schema.Struct({ pid: Schema.Int, startTime: Schema.String, snapshot: Schema.String })
+  ),
   createdAt: Schema.DateTimeUtc,
   updatedAt: Schema.DateTimeUtc
 }) {}

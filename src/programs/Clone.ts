@@ -58,7 +58,10 @@ const copyWorkspace = (
   disk: string,
   snapshot: string | undefined,
   resumable?: Resumable,
-  freshPorts = false
+  options: {
+    readonly freshPorts?: boolean
+    readonly forkedBy?: Workspace["forkedBy"]
+  } = {}
 ) =>
   Effect.gen(function*() {
     const home = yield* Home
@@ -80,12 +83,16 @@ const copyWorkspace = (
       const now = yield* DateTime.now
       const dropped = source.mounts.filter(shared)
       // A fork's children run beside their parent: each publishes on host ports of its own.
-      const ports = freshPorts && source.ports.length > 0 ? yield* freshHostPorts(source.ports) : source.ports
+      const ports = options.freshPorts === true && source.ports.length > 0
+        ? yield* freshHostPorts(source.ports)
+        : source.ports
       const {
         expiresAt: _lease,
         launched: _launched,
         pendingResume: _pending,
         owner: _owner,
+        heldBy: _heldBy,
+        forkedBy: _forkedBy,
         result: _result,
         sessionId: _session,
         vm: _vm,
@@ -99,6 +106,7 @@ const copyWorkspace = (
         mounts: source.mounts.filter((m) => !shared(m)),
         ports,
         ephemeral: false,
+        ...(options.forkedBy === undefined ? {} : { forkedBy: options.forkedBy }),
         ...(resumable === undefined ? {} : { pendingResume: resumable.pending }),
         // A resumed copy takes over its source's guest: on QEMU's network it gets an address of its
         // own, which its first start's FRESHEN gives the guest with its MAC.
@@ -158,6 +166,8 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(
     readonly copyIndex?: number | undefined
     /** Publish the source's guest ports on host ports picked free now (a fork's children). */
     readonly freshPorts?: boolean | undefined
+    /** A fork's child: the fork's process, recorded until the fork ends (see `Workspace.forkedBy`). */
+    readonly forkedBy?: { readonly pid: number; readonly startTime: string } | undefined
   } = {}
 ) {
   yield* checkName(name)
@@ -194,5 +204,10 @@ export const createFromSnapshot = Effect.fn("createFromSnapshot")(function*(
       }
     }
     : undefined
-  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable, options.freshPorts === true)
+  return yield* copyWorkspace(source, name, snapshot.disk, ref.tag, resumable, {
+    freshPorts: options.freshPorts === true,
+    forkedBy: options.forkedBy === undefined
+      ? undefined
+      : { ...options.forkedBy, snapshot: `${ref.workspace}:${ref.tag}` }
+  })
 })

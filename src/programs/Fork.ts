@@ -11,6 +11,8 @@
 import { Effect, Either, Schema } from "effect"
 import { Conflict, InvalidInput, type MicroagentError } from "../domain/Errors.ts"
 import { nameProblem, Workspace } from "../domain/Workspace.ts"
+import { faultPoint, type Faults } from "../services/Faults.ts"
+import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { createFromSnapshot } from "./Clone.ts"
 import { remove } from "./Delete.ts"
@@ -44,6 +46,8 @@ type ForkServices =
   | Effect.Effect.Context<ReturnType<typeof snapshotCreate>>
   | Effect.Effect.Context<ReturnType<typeof createFromSnapshot>>
   | Effect.Effect.Context<ReturnType<typeof remove>>
+  | Processes
+  | Faults
 
 // Annotated: inferred through four other programs, the type came out `unknown` where a module that
 // imports them all was checked first.
@@ -92,20 +96,32 @@ export const fork: (
     }
   }
 
+  // This process's mark on the capture and on each child until the fork ends: if it dies half way, the
+  // runtime and gc undo the fork whole (Gc.ts `abandonedForks`).
+  const self = (yield* Processes).self
+  const forkedBy = { pid: self.pid, startTime: self.startTime ?? "" }
   const tag = `fork-${Date.now().toString(36)}-${process.pid.toString(36)}`
-  const manifest = yield* snapshotCreate(name, { tag, secretValues: options.secretValues })
+  const manifest = yield* snapshotCreate(name, { tag, secretValues: options.secretValues, forkedBy })
   const made: Array<string> = []
   // Children are independent: made and started a few at a time (a restore mostly waits on I/O).
   const children = yield* Effect.forEach(
     names,
     (child, index) =>
       // Child i's address on QEMU's network is the i-th after the parent's: no two children share one.
-      createFromSnapshot(child, `${name}:${tag}`, { copyIndex: index, freshPorts: true }).pipe(
+      createFromSnapshot(child, `${name}:${tag}`, { copyIndex: index, freshPorts: true, forkedBy }).pipe(
         Effect.tap(() => Effect.sync(() => made.push(child))),
-        Effect.zipRight(start(child, { secretValues: options.secretValues }))
+        Effect.zipRight(start(child, { secretValues: options.secretValues })),
+        Effect.tap(() => faultPoint("fork.child-started"))
       ),
     { concurrency: 4 }
   ).pipe(
+    // Whole: the children are ordinary workspaces from here.
+    Effect.flatMap((started) =>
+      Effect.forEach(
+        started,
+        (child) => store.update(child.name, (ws) => new Workspace({ ...ws, forkedBy: undefined }))
+      )
+    ),
     // All or nothing: what was made of the children goes with a failure, and with an interruption (a
     // caller's Ctrl-C), which error handlers never see.
     Effect.onError(() =>

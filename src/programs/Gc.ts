@@ -7,6 +7,7 @@ import { DateTime, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { isLive } from "../domain/State.ts"
+import type { Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import { Processes } from "../services/Processes.ts"
@@ -17,6 +18,7 @@ import { reapNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 import { stagingInUse } from "./internal/Staging.ts"
+import { snapshotList } from "./Snapshot.ts"
 
 export interface GcReport {
   readonly reconciled: ReadonlyArray<
@@ -76,12 +78,54 @@ export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
   )
 })
 
-/** Deletes an abandoned one-shot workspace (killing its VM first); answers whether it went. */
+/**
+ * Deletes a workspace its maker abandoned (a one-shot run, a fork's child), killing its VM first;
+ * answers whether it went.
+ */
 export const reapAbandonedRun = (name: string) =>
   remove(name, { force: true }).pipe(
     Effect.map((result) => result.deleted),
     Effect.catchAll(() => Effect.succeed(false))
   )
+
+/** A fork's children and its capture, left by a process that died before the fork ended. */
+export interface AbandonedFork {
+  /** The children made so far (each still carries the fork's mark). */
+  readonly children: ReadonlyArray<Workspace>
+  /** Captures (`workspace`, `tag`) whose fork's process is gone. */
+  readonly captures: ReadonlyArray<{ readonly workspace: string; readonly tag: string }>
+}
+
+/**
+ * What forks whose process died half way (a runtime killed mid-fork) left: the children, by the mark
+ * each carries until its fork ends, and the captures, by the mark in their manifests. A fork that
+ * lived would have undone itself (all or nothing); these are undone for it. `withCaptures: false`
+ * looks at the records only (cheap, for every pass of the runtime); captures need the snapshots read.
+ */
+export const abandonedForks = Effect.fn("gcAbandonedForks")(function*(
+  options: { readonly withCaptures: boolean } = { withCaptures: true }
+) {
+  const store = yield* StateStore
+  const processes = yield* Processes
+  const gone = (mark: { readonly pid: number; readonly startTime: string }) =>
+    Effect.map(processes.isAlive(mark.pid, mark.startTime || undefined), (alive) => !alive)
+  const all = yield* store.list
+  const children = yield* Effect.filter(
+    all,
+    (ws) => ws.forkedBy === undefined ? Effect.succeed(false) : gone(ws.forkedBy)
+  )
+  const captures: Array<AbandonedFork["captures"][number]> = []
+  if (options.withCaptures) {
+    for (const ws of all) {
+      for (const manifest of yield* snapshotList(ws.name).pipe(Effect.orElseSucceed(() => []))) {
+        if (manifest.forkedBy !== undefined && (yield* gone(manifest.forkedBy))) {
+          captures.push({ workspace: ws.name, tag: manifest.tag })
+        }
+      }
+    }
+  }
+  return { children, captures } satisfies AbandonedFork
+})
 
 /**
  * Live workspaces whose lease (`--ttl`) has run out, for `gc` to stop. Leases are enforced by `gc`

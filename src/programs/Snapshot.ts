@@ -46,6 +46,8 @@ export interface SnapshotCreateOptions {
    * a workspace holding secrets wipes them from the guest first and delivers these again afterwards.
    */
   readonly secretValues?: SecretValues | undefined
+  /** A fork's capture: the fork's process (see `SnapshotManifest.forkedBy`). */
+  readonly forkedBy?: { readonly pid: number; readonly startTime: string } | undefined
 }
 
 const diskFile = "disk.ext4"
@@ -243,6 +245,7 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
       // A live capture wiped the secrets first, unless forensic; a disk never holds them (tmpfs).
       secretsPurged: !(live && forensic && workspace.secrets.length > 0),
       ...(forensic ? { forensic: true } : {}),
+      ...(options.forkedBy === undefined ? {} : { forkedBy: options.forkedBy }),
       secretNames: workspace.secrets.map((s) => s.name),
       files: {
         disk: diskFile,

@@ -21,13 +21,14 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
 import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
-import { abandonedRuns, reapAbandonedRun, stillLive } from "../programs/Gc.ts"
+import { abandonedForks, abandonedRuns, reapAbandonedRun, stillLive } from "../programs/Gc.ts"
 import { checkWorkspace, type HealthTrack, type HealthTracks, makeHealthTracks } from "../programs/Health.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { detachNetworks } from "../programs/internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "../programs/internal/Orphans.ts"
 import { reconcile } from "../programs/internal/Reconcile.ts"
 import { collectService, supervisedServices } from "../programs/Service.ts"
+import { snapshotDelete } from "../programs/Snapshot.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { RpcHandlers, unixSocketServer } from "../rpc/Server.ts"
 import { Egress } from "../services/Egress.ts"
@@ -107,6 +108,21 @@ export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
       if (gone) {
         yield* Effect.logWarning(`deleted one-shot workspace ${abandoned.name}: its run's process is gone`)
       }
+    }
+    // A fork whose process died (the runtime before this one) is undone whole, as it would have undone
+    // itself: its children go, and its capture (captures are looked for on the slower orphan pass).
+    const forks = yield* abandonedForks({ withCaptures: options.reapOrphans })
+    for (const child of forks.children) {
+      const gone = yield* withBackend(child.backend, reapAbandonedRun(child.name))
+      if (gone) yield* Effect.logWarning(`deleted ${child.name}: the fork that made it did not end`)
+    }
+    for (const capture of forks.captures) {
+      yield* snapshotDelete(capture.workspace, capture.tag).pipe(
+        Effect.zipRight(
+          Effect.logWarning(`deleted ${capture.workspace}:${capture.tag}: its fork did not end`)
+        ),
+        Effect.ignore
+      )
     }
     let live = false
     for (const workspace of yield* store.list) {

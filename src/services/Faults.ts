@@ -14,6 +14,7 @@ export type FaultStep =
   | "delete.files-removed" // the workspace's files are gone, its record not yet
   | "cp.reached" // the workspace is reached (channel or disk), no byte copied yet
   | "snapshot.capturing" // the VM is paused and its state written into staging, nothing published yet
+  | "fork.child-started" // a fork's child runs, the fork not yet ended (its capture and marks still there)
   | "runtime.leaving" // the runtime found itself idle and is about to go, its socket still there
 
 export interface FaultsShape {

@@ -359,6 +359,53 @@ describe("snapshots on real microVMs", () => {
     await Promise.all(["web", "web-1", "web-2"].map((name) => ok(["delete", "--force", name])))
   }, 300_000)
 
+  it(
+    "kill -9 of the runtime mid-fork: the next runtime undoes the fork, children, VMs and capture",
+    async () => {
+      stopRuntime(stateDir)
+      await waitFor("the runtime to exit", () => runtimePid() === undefined, 30_000)
+      const step = "fork.child-started"
+      const child = NodeChild.spawn(
+        process.execPath,
+        [binPath, "fork", "w", "--count", "2", "--name-prefix", "cut"],
+        {
+          env: {
+            ...process.env,
+            ...env,
+            MICROAGENT_HOME: stateDir,
+            MICROAGENT_FAULT_PAUSE: step,
+            MICROAGENT_FAULT_DIR: faultDir,
+            NO_COLOR: "1"
+          },
+          stdio: ["ignore", "ignore", "ignore"]
+        }
+      )
+      const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)))
+      const marker = NodePath.join(faultDir, step)
+      await waitFor("a child to be started", () => NodeFs.existsSync(marker))
+      const pid = runtimePid()
+      assert.isDefined(pid)
+      process.kill(pid!, "SIGKILL")
+      NodeFs.rmSync(marker, { force: true })
+      assert.notStrictEqual(await done, 0)
+      assert.isTrue(entries("w").some((tag) => tag.startsWith("fork-")), "the capture was left")
+      // The next runtime (started by a command it serves) undoes the fork whole, as the fork would have.
+      const result = await ok(["exec", "w", "--", "echo", "parent"])
+      assert.include(result.stdout, "parent")
+      const names = async () =>
+        json(await ok(["list", "--json"])).workspaces.map((ws: { name: string }) => ws.name)
+      for (let i = 0; i < 150 && (await names()).some((n: string) => n.startsWith("cut-")); i++) {
+        await sleep(
+          200
+        )
+      }
+      assert.deepStrictEqual((await names()).filter((n: string) => n.startsWith("cut-")), [])
+      await waitFor("the capture to go", () => !entries("w").some((tag) => tag.startsWith("fork-")), 30_000)
+      assert.deepStrictEqual(qemuProcessesMentioning(`${stateDir}/run/cut-`), [], "no child's VMM is left")
+    },
+    300_000
+  )
+
   it("gives a halted workspace a disk-only snapshot", async () => {
     await ok(["halt", "w"])
     const manifest = json(await ok(["snapshot", "create", "w", "--tag", "cold", "--json"]))
