@@ -2,16 +2,10 @@
  * The one-way module graph of src/ (docs/architecture.md): domain <- services <- layers; programs on
  * domain and services only (tags, never the layers that implement them); rpc, mcp, runtime, cli, the
  * Promise API and the package's entry modules on top, never importing each other in circles. `npm run
- * check` runs it. The one list of exceptions is `programsNotYetOnServices`: the programs that still
- * import concrete layers (now only Commit), each to be removed from it when it moves behind a service.
+ * check` runs it.
  */
 const folder = (name) => `^src/${name}/`
 const top = "^src/[^/]+[.]ts$" // src/Microagent.ts, src/index.ts, src/Version.ts
-
-/** Programs that still import concrete layers (Commit: the ext4 tree reader and the layer writer). */
-const programsNotYetOnServices = [
-  "Commit"
-].map((name) => `^src/programs/${name}[.]ts$`).join("|")
 
 /** A rule: modules under `from` import nothing under any of `to`. */
 const forbid = (name, comment, from, to) => ({
@@ -55,13 +49,12 @@ module.exports = {
       folder("programs"),
       `^src/(rpc|mcp|cli|runtime|promise)/|${top}`
     ),
-    {
-      name: "programs-use-services",
-      comment: "programs/ reach what they need through service tags; layers/ implement them and the composition provides them",
-      severity: "error",
-      from: { path: folder("programs"), pathNot: programsNotYetOnServices },
-      to: { path: folder("layers") }
-    },
+    forbid(
+      "programs-use-services",
+      "programs/ reach what they need through service tags; layers/ implement them and the composition provides them",
+      folder("programs"),
+      folder("layers")
+    ),
     forbid(
       "rpc-below-runtime-and-clients",
       "the RPC group, client and handlers are what the runtime, the MCP server and the CLI build on",

@@ -7,14 +7,13 @@
  * `cp` holds too, and the workspace's record must be unchanged across the copy, so a start racing the
  * commit makes it fail with `conflict` instead of reading a disk being written. The layer keeps
  * owners, modes with setuid/setgid/sticky bits, symlinks, hard links, device nodes, FIFOs and xattrs; what
- * the runtime wrote for its own use is not committed (see layers/image/CommitLayer.ts). Config comes from
+ * the runtime wrote for its own use is not committed (see internal/CommitPlan.ts). Config comes from
  * the base image (Env, WorkingDir, User, Entrypoint, Cmd, labels, ports…), with one history entry.
  *
  * Reproducible: the same disk content gives the same digest. The tar is sorted and deterministic, mtimes
  * come from the inodes, and the image's `created` is the newest modification time in the committed tree.
  */
 import { Effect, Either, Schema } from "effect"
-import * as NodeChild from "node:child_process"
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -22,27 +21,22 @@ import { classifyNoSpace } from "../domain/DiskFull.ts"
 import { Conflict, InvalidInput, type MicroagentError, NotFound, Permanent } from "../domain/Errors.ts"
 import { parseImageRef } from "../domain/ImageRef.ts"
 import type { State } from "../domain/State.ts"
-import {
-  createdOf,
-  diffTree,
-  layerEntries,
-  layerTar,
-  needsContentCheck,
-  planTree,
-  restoreSpecialBits,
-  runtimePaths,
-  specialBitsIn,
-  writeLayer
-} from "../layers/image/CommitLayer.ts"
-import * as Debugfs from "../layers/rootfs/Debugfs.ts"
-import { dumpInodes, type Ext4Tree, readExt4Tree } from "../layers/rootfs/Ext4Tree.ts"
-import { scopedWorkDir } from "../layers/rootfs/RootfsBuilderLive.ts"
-import type { ToolFailed, ToolMissing } from "../layers/rootfs/Tools.ts"
+import { DiskFiles, type DiskFilesFailed } from "../services/DiskFiles.ts"
+import { DiskTrees, type DiskTreesFailed, type Ext4Tree } from "../services/DiskTrees.ts"
 import { Home } from "../services/Home.ts"
 import { type ImageRecord, ImageStore } from "../services/ImageStore.ts"
 import { type Descriptor, hostPlatform, type ImageConfigFile, MediaTypes } from "../services/Registry.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { imagePush, PushResult } from "./Image.ts"
+import {
+  createdOf,
+  diffTree,
+  layerEntries,
+  needsContentCheck,
+  planTree,
+  restoreSpecialBits,
+  runtimePaths
+} from "./internal/CommitPlan.ts"
 import { claimDisk } from "./internal/DiskClaim.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 
@@ -79,23 +73,26 @@ const committable: ReadonlyArray<State> = ["prepared", "halted", "stopped"]
 
 const hexOf = (digest: string) => digest.replace(/^sha256:/, "")
 
-const imageError = (name: string) => (error: Debugfs.ImageError | ToolMissing | ToolFailed) =>
-  error._tag === "ToolMissing"
+/** A failure of the disk tools while repairing or reading a disk; a missing tool names its package. */
+const readFailed = (name: string) => (error: DiskFilesFailed | DiskTreesFailed) =>
+  error.remediation !== undefined
     ? new Permanent({ message: error.message, remediation: error.remediation })
     : new Permanent({
       message: `workspace ${name}: reading its disk failed: ${error.message}`,
       remediation: "check the disk with `e2fsck -fn`; start and halt the workspace once to repair it"
     })
 
-const copyDisk = (from: string, to: string) =>
-  Effect.async<void, Permanent>((resume) => {
-    NodeChild.execFile("cp", ["--reflink=auto", "--sparse=always", from, to], (error, _stdout, stderr) => {
-      if (error === null) return resume(Effect.void)
-      resume(
-        Effect.fail(new Permanent({ message: `copying the disk ${from} failed: ${String(stderr).trim()}` }))
-      )
-    })
-  })
+/** A private directory under `tmp`, removed with its content when the scope closes. */
+const scopedWorkDir = (tmp: string, prefix: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      NodeFs.mkdirSync(tmp, { recursive: true, mode: 0o700 })
+      const dir = NodePath.join(tmp, `${prefix}${process.pid}-${NodeCrypto.randomBytes(6).toString("hex")}`)
+      NodeFs.mkdirSync(dir, { mode: 0o700 })
+      return dir
+    }),
+    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+  )
 
 const sha256 = (bytes: Uint8Array) => `sha256:${NodeCrypto.createHash("sha256").update(bytes).digest("hex")}`
 
@@ -128,6 +125,8 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
   const store = yield* StateStore
   const images = yield* ImageStore
   const home = yield* Home
+  const files = yield* DiskFiles
+  const trees = yield* DiskTrees
   const target = yield* Either.match(parseImageRef(ref), {
     onLeft: (e) =>
       Effect.fail(new InvalidInput({ message: e.message, remediation: "for example: localhost/team/app:1" })),
@@ -163,7 +162,12 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const work = yield* scopedWorkDir(home.tmp, "commit-")
     const disk = NodePath.join(work, "disk.ext4")
     // Held only while copying: what follows reads the copy.
-    yield* Effect.scoped(Effect.zipRight(claimDisk(name, "a commit"), copyDisk(workspace.rootfsPath, disk)))
+    yield* Effect.scoped(Effect.zipRight(
+      claimDisk(name, "a commit"),
+      trees.copy(workspace.rootfsPath, disk).pipe(
+        Effect.mapError((e) => new Permanent({ message: e.message }))
+      )
+    ))
     const after = yield* store.get(name)
     if (
       after.state !== workspace.state || after.sessionId !== workspace.sessionId
@@ -174,14 +178,14 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
         remediation: `retry once it is halted: microagent halt ${name}`
       })
     }
-    yield* Debugfs.fsck(disk)
+    yield* files.repair(disk).pipe(Effect.mapError(readFailed(name)))
     // The two disks are read side by side.
     const [tree, baseTree] = yield* Effect.all([
-      readExt4Tree(disk, NodePath.join(work, "ws")),
+      trees.read(disk, NodePath.join(work, "ws")),
       baseline === undefined
         ? Effect.succeed<Ext4Tree | undefined>(undefined)
-        : readExt4Tree(baseline, NodePath.join(work, "base"), { withData: false })
-    ], { concurrency: 2 })
+        : trees.read(baseline, NodePath.join(work, "base"), { withData: false })
+    ], { concurrency: 2 }).pipe(Effect.mapError(readFailed(name)))
     const blobOf = (digest: string) => NodePath.join(home.blobs, "sha256", hexOf(digest))
     const initial = planTree(tree.entries, baseTree?.entries, runtimePaths(workspace))
     // A squashed commit replaces the base's layers: the bits the store stripped from them come back.
@@ -191,16 +195,14 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
       : restoreSpecialBits(
         initial,
         baseTree.entries,
-        yield* Effect.tryPromise({
-          try: () => specialBitsIn(baseRecord!.layers.map(blobOf), stripped),
-          catch: (cause) =>
+        yield* trees.specialBits(baseRecord!.layers.map(blobOf), stripped).pipe(
+          Effect.mapError((e) =>
             new Permanent({
-              message: `reading the base image's layers failed: ${
-                cause instanceof Error ? cause.message : String(cause)
-              }`,
+              message: `reading the base image's layers failed: ${e.message}`,
               remediation: `pull the base image again (microagent image pull ${workspace.image.ref})`
             })
-        })
+          )
+        )
       )
     const toCompare = baseTree === undefined ? [] : needsContentCheck(planned, baseTree.entries)
     if (baseTree !== undefined) {
@@ -208,7 +210,9 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
         ...planned.filter((p) => p.origin === "base" && p.entry.type === "file").map((p) => p.entry.ino),
         ...(options.diff === true ? toCompare.map((c) => c.baseIno) : [])
       ]
-      yield* dumpInodes(baseline!, inos, baseTree, NodePath.join(work, "base"))
+      yield* trees.dumpInodes(baseline!, inos, baseTree, NodePath.join(work, "base")).pipe(
+        Effect.mapError(readFailed(name))
+      )
     }
     const comparable = new Map(toCompare.map((c) => [c.path, c]))
     const sameContent = (path: string) => {
@@ -221,15 +225,11 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const diff = options.diff === true ? diffTree(planned, baseTree!.entries, sameContent) : undefined
     const items = diff === undefined ? layerEntries(planned) : layerEntries(diff.changed, diff.deleted)
     const layerFile = NodePath.join(work, "layer.tar.gz")
-    const layer = yield* Effect.tryPromise({
-      try: () => writeLayer(layerTar(items, { workspace: tree, base: baseTree }), layerFile, items.length),
-      catch: (cause) =>
-        new Permanent({
-          message: `workspace ${name}: writing the layer failed: ${
-            cause instanceof Error ? cause.message : String(cause)
-          }`
-        })
-    })
+    const layer = yield* trees.writeLayer(items, { workspace: tree, base: baseTree }, layerFile).pipe(
+      Effect.mapError((e) =>
+        new Permanent({ message: `workspace ${name}: writing the layer failed: ${e.message}` })
+      )
+    )
 
     const baseConfig: ConfigDoc = baseRecord?.configDigest !== undefined
       ? yield* readJsonBlob<ConfigDoc>(blobOf(baseRecord.configDigest), "base image's config")
@@ -318,11 +318,6 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const record = yield* images.ensure(`oci:${layout}`)
     return { record, layer, created, layers: manifest.layers.length }
   })).pipe(
-    Effect.catchTags({
-      DebugfsFailed: imageError(name),
-      ToolMissing: imageError(name),
-      ToolFailed: imageError(name)
-    }),
     Effect.mapError((e): MicroagentError => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
   )
   yield* store.appendEvent(name, {

@@ -9,18 +9,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, describe, it } from "vitest"
-import {
-  createdOf,
-  diffTree,
-  layerEntries,
-  layerTar,
-  type Planned,
-  planTree,
-  restoreSpecialBits,
-  runtimePaths,
-  specialBitsIn,
-  writeLayer
-} from "../../src/layers/image/CommitLayer.ts"
+import { layerTar, specialBitsIn, writeLayer } from "../../src/layers/image/CommitLayer.ts"
 import {
   type Ext4Entry,
   parseLsP,
@@ -28,6 +17,15 @@ import {
   readExt4Tree,
   splitBatch
 } from "../../src/layers/rootfs/Ext4Tree.ts"
+import {
+  createdOf,
+  diffTree,
+  layerEntries,
+  type Planned,
+  planTree,
+  restoreSpecialBits,
+  runtimePaths
+} from "../../src/programs/internal/CommitPlan.ts"
 
 const scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-commit-layer-"))
 afterAll(() => NodeFs.rmSync(scratch, { recursive: true, force: true }))

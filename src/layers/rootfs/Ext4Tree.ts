@@ -8,42 +8,11 @@
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { Ext4Entry, Ext4Tree, Ext4Type } from "../../services/DiskTrees.ts"
 import { DebugfsFailed, type ImageError, quote } from "./Debugfs.ts"
 import { runToolOk } from "./Tools.ts"
 
-export type Ext4Type = "file" | "directory" | "symlink" | "char" | "block" | "fifo" | "socket"
-
-export interface Ext4Xattr {
-  readonly name: string
-  readonly value: Uint8Array
-}
-
-export interface Ext4Entry {
-  /** Absolute path in the image (`/`, `/etc/passwd`). */
-  readonly path: string
-  readonly ino: number
-  readonly type: Ext4Type
-  /** Permission and special bits (07777). */
-  readonly mode: number
-  readonly uid: number
-  readonly gid: number
-  readonly size: number
-  /** Seconds since the epoch. */
-  readonly mtime: number
-  /** `seconds:nanoseconds` of the inode change time: unchanged means the inode was not touched. */
-  readonly ctime: string
-  readonly linkTarget: string
-  readonly devMajor: number
-  readonly devMinor: number
-  readonly xattrs: ReadonlyArray<Ext4Xattr>
-}
-
-export interface Ext4Tree {
-  /** Sorted by path, `/` first. */
-  readonly entries: ReadonlyArray<Ext4Entry>
-  /** Where the data of regular files (and slow symlinks) was copied, by inode number. */
-  readonly dataFile: (ino: number) => string
-}
+export type { Ext4Entry, Ext4Tree, Ext4Type, Ext4Xattr } from "../../services/DiskTrees.ts"
 
 /** One line of `ls -p`: `/ino/mode/uid/gid/name/size/` (size empty for directories). */
 export interface ListedEntry {

@@ -7,6 +7,7 @@
  */
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
+import type { LayerEntry } from "../../services/DiskTrees.ts"
 import type { HostEntry, HostTree } from "../../services/HostTrees.ts"
 
 const BLOCK = 512
@@ -197,24 +198,6 @@ const paxRecordBytes = (key: string, value: Uint8Array): Buffer => {
   let digits = 1
   while (String(fixed + digits).length !== digits) digits++
   return Buffer.concat([Buffer.from(`${fixed + digits} ${key}=`), value, Buffer.from("\n")])
-}
-
-/** One entry of an image layer: owners, special files, hard links and xattrs kept. */
-export interface LayerEntry {
-  /** Relative name (`etc/passwd`); directories without a trailing slash. */
-  readonly name: string
-  readonly type: "file" | "directory" | "symlink" | "hardlink" | "char" | "block" | "fifo"
-  /** Permission and special bits (07777). */
-  readonly mode: number
-  readonly uid: number
-  readonly gid: number
-  readonly size: number
-  readonly mtime: number
-  /** A symlink's target, or a hard link's first name. */
-  readonly linkname: string
-  readonly devMajor: number
-  readonly devMinor: number
-  readonly xattrs: ReadonlyArray<{ readonly name: string; readonly value: Uint8Array }>
 }
 
 const layerTypeflags: Record<LayerEntry["type"], string> = {
