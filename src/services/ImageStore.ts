@@ -5,13 +5,13 @@ import { Context, type Effect, Schema } from "effect"
 import type {
   Conflict,
   InvalidInput,
-  MicroagentError,
   NotFound,
   Permanent,
+  PolicyDenied,
   ResourceExhausted
 } from "../domain/Errors.ts"
 import { ImageInfo } from "../domain/Workspace.ts"
-import { Platform } from "./Registry.ts"
+import { Platform, type RegistryError } from "./Registry.ts"
 
 /** Where an image came from. */
 export const ImageSource = Schema.Literal("registry", "oci-layout", "oci-archive", "docker-archive")
@@ -78,10 +78,11 @@ export interface EnsureOptions {
 }
 
 /**
- * What resolving, pulling or importing an image and building its baseline can fail with: nearly every
- * kind (the registry's network, credentials and content, the disk, the rootfs builder's tools).
+ * What resolving, pulling or importing an image and building its baseline can fail with: what a
+ * registry call can (`RegistryError`), and the build's own refusals (a full disk or a size too small, a
+ * layer that writes outside its root, a bad size, a failing tool). Never `Conflict` or `Unsupported`.
  */
-export type EnsureError = MicroagentError
+export type EnsureError = RegistryError | Permanent | PolicyDenied | ResourceExhausted | InvalidInput
 
 export interface ImageStoreShape {
   /** Resolves a reference to a recorded image with a baseline, pulling and building what is missing. */
