@@ -19,7 +19,7 @@ import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace } from "../domain/DiskFull.ts"
-import { Conflict, InvalidInput, type MicroagentError, NotFound, Permanent } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, Permanent } from "../domain/Errors.ts"
 import { parseImageRef } from "../domain/ImageRef.ts"
 import type { State } from "../domain/State.ts"
 import {
@@ -323,7 +323,7 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
       ToolMissing: imageError(name),
       ToolFailed: imageError(name)
     }),
-    Effect.mapError((e): MicroagentError => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
+    Effect.mapError((e) => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
   )
   yield* store.appendEvent(name, {
     type: "commit",
