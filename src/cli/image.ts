@@ -6,7 +6,7 @@
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Option } from "effect"
 import * as NodePath from "node:path"
-import { InvalidInput } from "../domain/Errors.ts"
+import { InvalidInput, type MicroagentError } from "../domain/Errors.ts"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { imageDependencies, imageStoreLayer } from "../layers/image/Stack.ts"
 import { imagePush, type PushResult } from "../programs/Image.ts"
@@ -261,7 +261,9 @@ const purgeOption = Options.boolean("purge").pipe(
   Options.withDescription("also delete files (baselines, blobs) no record or workspace uses")
 )
 
-const rmHandler = ({ refs, purge }: { readonly refs: ReadonlyArray<string>; readonly purge: boolean }) =>
+const rmHandler = (
+  { refs, purge }: { readonly refs: ReadonlyArray<string>; readonly purge: boolean }
+): Effect.Effect<void, MicroagentError, Invocation> =>
   refs.length === 0
     ? Effect.fail(
       new InvalidInput({ message: "name at least one image", remediation: "microagent image rm REF…" })

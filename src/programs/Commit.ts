@@ -18,7 +18,7 @@ import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace } from "../domain/DiskFull.ts"
-import { Conflict, InvalidInput, type MicroagentError, NotFound, Permanent } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, Permanent } from "../domain/Errors.ts"
 import { parseImageRef } from "../domain/ImageRef.ts"
 import type { State } from "../domain/State.ts"
 import { DiskFiles, type DiskFilesFailed } from "../services/DiskFiles.ts"
@@ -318,7 +318,7 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const record = yield* images.ensure(`oci:${layout}`)
     return { record, layer, created, layers: manifest.layers.length }
   })).pipe(
-    Effect.mapError((e): MicroagentError => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
+    Effect.mapError((e) => classifyNoSpace(`committing workspace ${name}`, home.tmp)(e))
   )
   yield* store.appendEvent(name, {
     type: "commit",

@@ -50,7 +50,8 @@ type ForkServices =
   | Faults
 
 // Annotated: inferred through four other programs, the type came out `unknown` where a module that
-// imports them all was checked first.
+// imports them all was checked first. It can fail with every kind (a launch's six, ResourceExhausted
+// and PolicyDenied besides), so it keeps the whole union.
 export const fork: (
   name: string,
   options?: ForkOptions

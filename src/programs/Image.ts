@@ -8,7 +8,7 @@
 import { Effect, Either, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { InvalidInput, type MicroagentError, NotFound, Permanent } from "../domain/Errors.ts"
+import { InvalidInput, NotFound, Permanent } from "../domain/Errors.ts"
 import { parseImageRef } from "../domain/ImageRef.ts"
 import { Home } from "../services/Home.ts"
 import { type ImageRecord, ImageStore } from "../services/ImageStore.ts"
@@ -114,7 +114,7 @@ const manifestOf = (record: ImageRecord, blobPath: (digest: string) => string) =
         rebuilt: true
       }
     },
-    catch: (cause): MicroagentError =>
+    catch: (cause): Permanent | NotFound =>
       cause instanceof Permanent || cause instanceof NotFound
         ? cause
         : new Permanent({

@@ -8,7 +8,7 @@ import { randomUUID } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { defaultEgress } from "../domain/Egress.ts"
-import { Conflict, InvalidInput, type MicroagentError, Permanent, Unsupported } from "../domain/Errors.ts"
+import { Conflict, InvalidInput, Permanent, Unsupported } from "../domain/Errors.ts"
 import type { StartRequest } from "../domain/Requests.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { restoreRefusal } from "../domain/SnapshotRestore.ts"
@@ -389,7 +389,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         const holding = <E, R>(launching: Effect.Effect<VmHandle, E, R>) =>
           Effect.tap(launching, (handle) => Effect.sync(() => (vmm = handle)))
         // One type for both branches: a union here left the pipe below to inference that failed.
-        const swapDisk: Effect.Effect<void, MicroagentError> = pendingDisk === undefined
+        const swapDisk: Effect.Effect<void, Permanent> = pendingDisk === undefined
           ? Effect.void
           : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
             Effect.tap((previous) => (previousDisk = previous)),

@@ -4,7 +4,7 @@
  * secrets' values in its memory only. Backends without guest channels (the fake one) have none.
  */
 import { Context, type Effect, type Redacted } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { Permanent } from "../domain/Errors.ts"
 import type { BrokerEndpoint } from "../domain/Workspace.ts"
 
 export interface BrokerAttachment {
@@ -22,7 +22,7 @@ export interface BrokerAttachment {
 
 export interface CredentialBrokerShape {
   /** Starts the broker of a VM that runs (ending one an earlier session left); it ends with the VM. */
-  readonly attach: (attachment: BrokerAttachment) => Effect.Effect<{ readonly pid: number }, MicroagentError>
+  readonly attach: (attachment: BrokerAttachment) => Effect.Effect<{ readonly pid: number }, Permanent>
   /** Ends the broker of this runtime directory now; none running is fine. */
   readonly release: (runtimeDir: string) => Effect.Effect<void>
 }

@@ -4,7 +4,7 @@
  */
 import { Context, type Effect } from "effect"
 import type { EgressRecord } from "../domain/Egress.ts"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { Permanent, Unsupported } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 
 /** What the VMM needs to put the guest's NIC behind the mediator. */
@@ -22,7 +22,9 @@ export interface EgressShape {
    * Makes the namespace, tap, rules and mediator of a workspace ready (replacing leftovers of an
    * earlier session); undefined when the workspace is not mediated (`--egress off`, no user network).
    */
-  readonly prepare: (workspace: Workspace) => Effect.Effect<EgressAttachment | undefined, MicroagentError>
+  readonly prepare: (
+    workspace: Workspace
+  ) => Effect.Effect<EgressAttachment | undefined, Unsupported | Permanent>
   /** Ends the mediator and removes the namespace; nothing there is fine. */
   readonly release: (workspace: string) => Effect.Effect<void>
   /**
@@ -35,7 +37,7 @@ export interface EgressShape {
   /** The workspace's audit log path. */
   readonly logPath: (workspace: string) => string
   /** The audit log's records, oldest first (an empty list when there is no log yet). */
-  readonly read: (workspace: string) => Effect.Effect<ReadonlyArray<EgressRecord>, MicroagentError>
+  readonly read: (workspace: string) => Effect.Effect<ReadonlyArray<EgressRecord>, Permanent>
 }
 
 export class Egress extends Context.Tag("microagent/Egress")<Egress, EgressShape>() {}

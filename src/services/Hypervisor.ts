@@ -5,7 +5,7 @@
 import { Context, type Effect, Schema } from "effect"
 import * as NodePath from "node:path"
 import { Addressing } from "../domain/Addressing.ts"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
 import { Backend, NetworkMode } from "../domain/Workspace.ts"
 
 export const Capability = Schema.Literal(
@@ -125,26 +125,38 @@ export class VmHandle extends Schema.Class<VmHandle>("VmHandle")({
 
 export type VmStatus = "running" | "paused" | "exited"
 
+/**
+ * What booting a VMM (`launch`, `restore`) can fail with: a bad config or boot profile (`InvalidInput`),
+ * a missing kernel, initramfs or state file (`NotFound`), a VMM already running in the runtime directory
+ * (`Conflict`), a missing binary or a refused start (`Permanent`), a config the backend cannot carry out
+ * (`Unsupported`), a guest agent that does not answer in time (`Transient`). The other methods fail with
+ * `InvalidInput` for a handle of another backend.
+ */
+export type LaunchError = Unsupported | Permanent | InvalidInput | NotFound | Conflict | Transient
+
 export interface HypervisorShape {
   readonly backend: Backend
   readonly capabilities: ReadonlySet<Capability>
   /** Boots a detached VMM and waits until its guest agent answers (bounded by `bootTimeoutSeconds`). */
-  readonly launch: (config: LaunchConfig) => Effect.Effect<VmHandle, MicroagentError>
+  readonly launch: (config: LaunchConfig) => Effect.Effect<VmHandle, LaunchError>
   /** Confirms that a recorded handle still names a live VMM of ours. */
-  readonly attach: (handle: VmHandle) => Effect.Effect<VmHandle, MicroagentError>
-  readonly inspect: (handle: VmHandle) => Effect.Effect<VmStatus, MicroagentError>
+  readonly attach: (handle: VmHandle) => Effect.Effect<VmHandle, Transient | NotFound | InvalidInput>
+  readonly inspect: (handle: VmHandle) => Effect.Effect<VmStatus, Transient | InvalidInput>
   /** Asks the guest to shut down; waits at most `timeoutSeconds`. Fails with `Transient` on overrun. */
-  readonly halt: (handle: VmHandle, timeoutSeconds: number) => Effect.Effect<void, MicroagentError>
+  readonly halt: (handle: VmHandle, timeoutSeconds: number) => Effect.Effect<void, Transient | InvalidInput>
   /** Ends the VMM at once. Idempotent. */
-  readonly kill: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
-  readonly pause: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
-  readonly resume: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+  readonly kill: (handle: VmHandle) => Effect.Effect<void, InvalidInput>
+  readonly pause: (handle: VmHandle) => Effect.Effect<void, Transient | Conflict | InvalidInput>
+  readonly resume: (handle: VmHandle) => Effect.Effect<void, Transient | Conflict | InvalidInput>
   /**
    * Writes the device state and memory of a paused VM to `file` (created 0600), the memory either in
    * the stream or as its own file (`memoryFileOf(file)`, sparse, 0600). The VM stays paused; `resume`
    * lets it run on. Backends without the `Snapshot` capability fail with `Unsupported`.
    */
-  readonly saveState: (handle: VmHandle, file: string) => Effect.Effect<void, MicroagentError>
+  readonly saveState: (
+    handle: VmHandle,
+    file: string
+  ) => Effect.Effect<void, Permanent | Transient | Conflict | InvalidInput>
   /**
    * Starts a VMM with the machine of `config` and loads the device state and memory that `saveState`
    * wrote to `stateFile` instead of booting, lets it run, and waits until its guest agent answers
@@ -155,12 +167,12 @@ export interface HypervisorShape {
     config: LaunchConfig,
     stateFile: string,
     options?: RestoreOptions
-  ) => Effect.Effect<VmHandle, MicroagentError>
+  ) => Effect.Effect<VmHandle, LaunchError>
   /**
    * Cuts every network link of the VM at once, in the VMM (the guest's NICs lose carrier; nothing it
    * sends leaves, nothing reaches it), whatever the network behind them. Used by quarantine.
    */
-  readonly sever: (handle: VmHandle) => Effect.Effect<void, MicroagentError>
+  readonly sever: (handle: VmHandle) => Effect.Effect<void, Transient | Conflict | InvalidInput>
 }
 
 export interface RestoreOptions {

@@ -2,9 +2,16 @@
  * Images: OCI references resolved, pulled, verified and turned into ext4 baselines, recorded in the store.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type {
+  Conflict,
+  InvalidInput,
+  NotFound,
+  Permanent,
+  PolicyDenied,
+  ResourceExhausted
+} from "../domain/Errors.ts"
 import { ImageInfo } from "../domain/Workspace.ts"
-import { Platform } from "./Registry.ts"
+import { Platform, type RegistryError } from "./Registry.ts"
 
 /** Where an image came from. */
 export const ImageSource = Schema.Literal("registry", "oci-layout", "oci-archive", "docker-archive")
@@ -70,17 +77,24 @@ export interface EnsureOptions {
   ) => void
 }
 
+/**
+ * What resolving, pulling or importing an image and building its baseline can fail with: what a
+ * registry call can (`RegistryError`), and the build's own refusals (a full disk or a size too small, a
+ * layer that writes outside its root, a bad size, a failing tool). Never `Conflict` or `Unsupported`.
+ */
+export type EnsureError = RegistryError | Permanent | PolicyDenied | ResourceExhausted | InvalidInput
+
 export interface ImageStoreShape {
   /** Resolves a reference to a recorded image with a baseline, pulling and building what is missing. */
-  readonly ensure: (ref: string, options?: EnsureOptions) => Effect.Effect<ImageRecord, MicroagentError>
+  readonly ensure: (ref: string, options?: EnsureOptions) => Effect.Effect<ImageRecord, EnsureError>
   /** Gives a workspace its private root disk: a sparse or reflink copy of the baseline, never a re-extraction. */
   readonly cloneRootfs: (image: ImageRecord, destination: string, sizeMiB?: number) => Effect.Effect<
     void,
-    MicroagentError
+    Permanent | NotFound | Conflict | ResourceExhausted
   >
-  readonly list: Effect.Effect<ReadonlyArray<ImageRecord>, MicroagentError>
+  readonly list: Effect.Effect<ReadonlyArray<ImageRecord>, Permanent>
   /** Finds a record by reference, full digest or digest prefix (12+ hex digits). */
-  readonly inspect: (ref: string) => Effect.Effect<ImageRecord, MicroagentError>
+  readonly inspect: (ref: string) => Effect.Effect<ImageRecord, Permanent | NotFound | Conflict>
 }
 
 /**
@@ -89,17 +103,20 @@ export interface ImageStoreShape {
  */
 export interface ImageStoreAdmin extends ImageStoreShape {
   /** Records `target` as another name of the image `source` names. */
-  readonly tag: (source: string, target: string) => Effect.Effect<ImageRecord, MicroagentError>
+  readonly tag: (
+    source: string,
+    target: string
+  ) => Effect.Effect<ImageRecord, Permanent | NotFound | Conflict | InvalidInput>
   /** Removes records; with `purge`, deletes their files when no record or workspace uses them. */
   readonly remove: (
     refs: ReadonlyArray<string>,
     options?: { readonly purge?: boolean }
-  ) => Effect.Effect<RemoveResult, MicroagentError>
+  ) => Effect.Effect<RemoveResult, Permanent | NotFound>
   /**
    * Drops records whose baseline vanished and files no record uses (and stale partial downloads);
    * with `purge`, removes every record and store file no workspace uses.
    */
-  readonly prune: (options?: { readonly purge?: boolean }) => Effect.Effect<RemoveResult, MicroagentError>
+  readonly prune: (options?: { readonly purge?: boolean }) => Effect.Effect<RemoveResult, Permanent>
   /**
    * Writes the image as an OCI archive (a tarball of an OCI layout holding its manifest, config and
    * layers as stored, named by its reference), which `importImage` and `skopeo … oci-archive:` read.
@@ -109,13 +126,13 @@ export interface ImageStoreAdmin extends ImageStoreShape {
     output: string
   ) => Effect.Effect<
     { readonly ref: string; readonly digest: string; readonly file: string; readonly bytes: number },
-    MicroagentError
+    Permanent | NotFound | Conflict | ResourceExhausted
   >
   /** Imports an OCI layout directory or an OCI/Docker archive tarball and builds its baseline. */
   readonly importImage: (
     path: string,
     options?: EnsureOptions & { readonly tag?: string }
-  ) => Effect.Effect<ImageRecord, MicroagentError>
+  ) => Effect.Effect<ImageRecord, EnsureError>
 }
 
 export class ImageStore extends Context.Tag("microagent/ImageStore")<ImageStore, ImageStoreShape>() {}

@@ -7,7 +7,7 @@
  * initramfs per (kernel, agent, machine).
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
 
 export const Arch = Schema.Literal("x86_64", "aarch64")
 export type Arch = typeof Arch.Type
@@ -98,12 +98,18 @@ export interface EnsureOptions {
 
 export interface KernelCacheShape {
   /** The kernel and initramfs for an architecture, installing the default kernel when none is cached. */
-  readonly ensure: (arch: Arch, options?: EnsureOptions) => Effect.Effect<BootArtifacts, MicroagentError>
+  readonly ensure: (
+    arch: Arch,
+    options?: EnsureOptions
+  ) => Effect.Effect<BootArtifacts, Permanent | NotFound | Unsupported | Transient>
   /** Adds a kernel to the cache (the newest install of an architecture is the one `ensure` uses). */
-  readonly install: (source: KernelSource, arch?: Arch) => Effect.Effect<KernelEntry, MicroagentError>
-  readonly list: Effect.Effect<ReadonlyArray<KernelEntry>, MicroagentError>
+  readonly install: (
+    source: KernelSource,
+    arch?: Arch
+  ) => Effect.Effect<KernelEntry, Permanent | NotFound | Unsupported | Transient>
+  readonly list: Effect.Effect<ReadonlyArray<KernelEntry>, Permanent | NotFound | Unsupported | Transient>
   /** Recomputes every cached file's sha256 and reports mismatches. */
-  readonly verify: Effect.Effect<ReadonlyArray<VerifyResult>, MicroagentError>
+  readonly verify: Effect.Effect<ReadonlyArray<VerifyResult>, Permanent | NotFound | Unsupported | Transient>
 }
 
 export class KernelCache extends Context.Tag("microagent/KernelCache")<KernelCache, KernelCacheShape>() {}

@@ -5,7 +5,7 @@
  * started again by the next `serve`.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { InvalidInput, NotFound, Permanent, Transient } from "../domain/Errors.ts"
 
 export const RunnerKind = Schema.Literal("llama-server", "embedded", "custom")
 export type RunnerKind = typeof RunnerKind.Type
@@ -73,16 +73,22 @@ export interface Released {
 
 export interface ModelRunnersShape {
   /** The model's runner, started (and health-probed) unless a live one serves it already. */
-  readonly serve: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
+  readonly serve: (
+    ref: string,
+    options?: ServeOptions
+  ) => Effect.Effect<RunnerRecord, Permanent | NotFound | Transient | InvalidInput>
   /** Stops the model's runners (the shared one and any dedicated ones); returns the first. */
-  readonly stop: (ref: string) => Effect.Effect<RunnerRecord, MicroagentError>
+  readonly stop: (ref: string) => Effect.Effect<RunnerRecord, Permanent | NotFound | InvalidInput>
   /**
    * The runner a paired workspace uses: the model's shared runner, started unpinned (it stops with its
    * last holder) unless one runs already.
    */
-  readonly ensureShared: (ref: string, options?: ServeOptions) => Effect.Effect<RunnerRecord, MicroagentError>
+  readonly ensureShared: (
+    ref: string,
+    options?: ServeOptions
+  ) => Effect.Effect<RunnerRecord, Permanent | NotFound | Transient | InvalidInput>
   /** Starts the workspace's model bridge on its VMM's model channel and records the workspace as a holder. */
-  readonly attach: (options: BridgeOptions) => Effect.Effect<{ readonly bridgePid: number }, MicroagentError>
+  readonly attach: (options: BridgeOptions) => Effect.Effect<{ readonly bridgePid: number }, Permanent>
   /**
    * Lets go of the workspace's holds (ending its bridge); unpinned runners left unheld stop. With `ref`,
    * that model's shared runner stops too if nobody holds it (a start that failed before its bridge ran).
@@ -90,9 +96,9 @@ export interface ModelRunnersShape {
   readonly release: (
     workspace: string,
     ref?: string
-  ) => Effect.Effect<ReadonlyArray<Released>, MicroagentError>
+  ) => Effect.Effect<ReadonlyArray<Released>>
   /** The live runners; dead ones are dropped from the records. */
-  readonly list: Effect.Effect<ReadonlyArray<RunnerRecord>, MicroagentError>
+  readonly list: Effect.Effect<ReadonlyArray<RunnerRecord>>
 }
 
 export class ModelRunners extends Context.Tag("microagent/ModelRunners")<ModelRunners, ModelRunnersShape>() {}

@@ -3,7 +3,7 @@
  * only after its sha256 matched the hub's LFS digest and its GGUF header read cleanly.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { InvalidInput, NotFound, Permanent, PolicyDenied, Transient } from "../domain/Errors.ts"
 import { GgufInfo } from "../domain/Gguf.ts"
 
 export class ModelRecord extends Schema.Class<ModelRecord>("ModelRecord")({
@@ -32,14 +32,17 @@ export interface PruneResult {
 }
 
 export interface ModelsShape {
-  readonly pull: (ref: string, options?: PullOptions) => Effect.Effect<ModelRecord, MicroagentError>
-  readonly list: Effect.Effect<ReadonlyArray<ModelRecord>, MicroagentError>
+  readonly pull: (
+    ref: string,
+    options?: PullOptions
+  ) => Effect.Effect<ModelRecord, Permanent | PolicyDenied | NotFound | Transient | InvalidInput>
+  readonly list: Effect.Effect<ReadonlyArray<ModelRecord>, Permanent>
   /** The record, with its header read again from the stored blob. */
-  readonly inspect: (ref: string) => Effect.Effect<ModelRecord, MicroagentError>
+  readonly inspect: (ref: string) => Effect.Effect<ModelRecord, Permanent | NotFound | InvalidInput>
   /** Drops the record; the blob goes too when no other record uses it. */
-  readonly remove: (ref: string) => Effect.Effect<ModelRecord, MicroagentError>
+  readonly remove: (ref: string) => Effect.Effect<ModelRecord, Permanent | NotFound | InvalidInput>
   /** Removes partial downloads and blobs no record uses. */
-  readonly prune: Effect.Effect<PruneResult, MicroagentError>
+  readonly prune: Effect.Effect<PruneResult, Permanent>
 }
 
 export class Models extends Context.Tag("microagent/Models")<Models, ModelsShape>() {}

@@ -5,7 +5,7 @@
  * is written by the programs through the guest channel, the same on every backend.
  */
 import { Context, type Effect } from "effect"
-import type { MicroagentError, Unsupported } from "../domain/Errors.ts"
+import type { Permanent, Unsupported } from "../domain/Errors.ts"
 import type { NicAttachment } from "./Hypervisor.ts"
 
 /** A member's address on a network, as `Networks.join` allocated it. */
@@ -23,16 +23,16 @@ export interface NetworkFabricShape {
   /** `problem` as an `Unsupported` failure, checked before anything changes. */
   readonly require: Effect.Effect<void, Unsupported>
   /** Makes the member's network ready (created if missing) and returns the NIC its VMM is given. */
-  readonly prepare: (member: MemberAddress) => Effect.Effect<NicAttachment, MicroagentError>
+  readonly prepare: (member: MemberAddress) => Effect.Effect<NicAttachment, Permanent>
   /** After the VMM started: plugs the member's NIC into its network. */
-  readonly attach: (workspace: string, nic: NicAttachment) => Effect.Effect<void, MicroagentError>
+  readonly attach: (workspace: string, nic: NicAttachment) => Effect.Effect<void, Permanent>
   /**
    * Removes what this state directory's networks hold on the host for every network not in `needed`
    * (asked after the listing, so a network a start is making now is kept); returns what went.
    */
-  readonly reap: (
-    needed: Effect.Effect<ReadonlySet<string>, MicroagentError>
-  ) => Effect.Effect<ReadonlyArray<string>, MicroagentError>
+  readonly reap: <E>(
+    needed: Effect.Effect<ReadonlySet<string>, E>
+  ) => Effect.Effect<ReadonlyArray<string>, E | Permanent>
 }
 
 export class NetworkFabric

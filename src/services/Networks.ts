@@ -2,7 +2,7 @@
  * Named networks: a bridge with stable per-member IPv4 addresses, members reachable by name.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../domain/Errors.ts"
 
 export class Network extends Schema.Class<Network>("Network")({
   name: Schema.String,
@@ -13,16 +13,22 @@ export class Network extends Schema.Class<Network>("Network")({
 }) {}
 
 export interface NetworksShape {
-  readonly create: (name: string, subnet?: string) => Effect.Effect<Network, MicroagentError>
-  readonly list: Effect.Effect<ReadonlyArray<Network>, MicroagentError>
-  readonly inspect: (name: string) => Effect.Effect<Network, MicroagentError>
-  readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
+  readonly create: (
+    name: string,
+    subnet?: string
+  ) => Effect.Effect<Network, Permanent | Conflict | NotFound | ResourceExhausted | InvalidInput>
+  readonly list: Effect.Effect<ReadonlyArray<Network>, Permanent>
+  readonly inspect: (name: string) => Effect.Effect<Network, Permanent | NotFound>
+  readonly remove: (name: string) => Effect.Effect<void, Permanent | Conflict | NotFound>
   /** Allocates (or returns the persisted) address of a workspace on a network. */
   readonly join: (
     name: string,
     workspace: string
-  ) => Effect.Effect<{ ip: string; gateway: string; prefix: number }, MicroagentError>
-  readonly leave: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
+  ) => Effect.Effect<
+    { ip: string; gateway: string; prefix: number },
+    Permanent | NotFound | ResourceExhausted
+  >
+  readonly leave: (name: string, workspace: string) => Effect.Effect<void, Permanent>
 }
 
 export class Networks extends Context.Tag("microagent/Networks")<Networks, NetworksShape>() {}

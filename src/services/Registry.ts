@@ -3,7 +3,14 @@
  * manifest and its config, and download blobs verified by digest.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type {
+  InvalidInput,
+  NotFound,
+  Permanent,
+  PolicyDenied,
+  ResourceExhausted,
+  Transient
+} from "../domain/Errors.ts"
 import type { ImageRef } from "../domain/ImageRef.ts"
 
 export const MediaTypes = {
@@ -133,11 +140,17 @@ export const RegistryLogin = Schema.Struct({
 })
 export type RegistryLogin = typeof RegistryLogin.Type
 
+/**
+ * What a call to a registry can fail with: the network or the registry (transient), a full disk, an
+ * absent image, refused credentials, content that does not match its digest, an unsupported format.
+ */
+export type RegistryError = Transient | Permanent | NotFound | ResourceExhausted | PolicyDenied | InvalidInput
+
 export interface RegistryShape {
   readonly resolve: (
     ref: ImageRef,
     options?: RegistryOptions
-  ) => Effect.Effect<ResolvedImage, MicroagentError>
+  ) => Effect.Effect<ResolvedImage, RegistryError>
   /**
    * Downloads a blob to `destination` (atomically, verified against its digest), resuming an interrupted
    * transfer with a Range request and retrying transient failures.
@@ -147,7 +160,7 @@ export interface RegistryShape {
     descriptor: Descriptor,
     destination: string,
     options?: RegistryOptions & { readonly onBytes?: ((bytes: number) => void) | undefined }
-  ) => Effect.Effect<void, MicroagentError>
+  ) => Effect.Effect<void, RegistryError>
   /**
    * Puts a blob into `ref`'s repository from a local file: nothing is sent when the registry has it, a
    * cross-repository mount is tried when `mountFrom` is given, else a monolithic upload (digest checked).
@@ -157,14 +170,14 @@ export interface RegistryShape {
     descriptor: Descriptor,
     file: string,
     options?: PushOptions
-  ) => Effect.Effect<BlobPushOutcome, MicroagentError>
+  ) => Effect.Effect<BlobPushOutcome, RegistryError>
   /** PUTs a manifest's exact bytes under `ref`'s tag (or digest); returns the digest the registry recorded. */
   readonly pushManifest: (
     ref: ImageRef,
     manifest: Uint8Array,
     mediaType: string,
     options?: PushOptions
-  ) => Effect.Effect<string, MicroagentError>
+  ) => Effect.Effect<string, RegistryError>
   /**
    * `registry login`: checks the credential against the registry (GET /v2/ and its challenge, a token
    * fetch for bearer) and only then saves it into the auth file the pull and push paths read. A rejected
@@ -174,13 +187,13 @@ export interface RegistryShape {
     registry: string,
     credential: LoginCredential,
     options?: { readonly insecure?: boolean | undefined }
-  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, MicroagentError>
+  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, RegistryError>
   /** Removes a saved login (not_found when there is none). Returns the file written. */
   readonly logout: (
     registry: string
-  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, MicroagentError>
+  ) => Effect.Effect<{ readonly registry: string; readonly file: string }, Permanent | NotFound>
   /** The saved logins the client can read: hosts, usernames and their files, never passwords. */
-  readonly logins: Effect.Effect<ReadonlyArray<RegistryLogin>, MicroagentError>
+  readonly logins: Effect.Effect<ReadonlyArray<RegistryLogin>, Permanent>
 }
 
 export class Registry extends Context.Tag("microagent/Registry")<Registry, RegistryShape>() {}

@@ -3,7 +3,8 @@
  * The output appears atomically (renamed into place) or not at all.
  */
 import { Context, type Effect } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { InvalidInput, Permanent, PolicyDenied, ResourceExhausted } from "../domain/Errors.ts"
+import type { RegistryError } from "./Registry.ts"
 
 export interface BuildProgress {
   readonly phase: "extract-layers" | "build-ext4" | "apply-ledger" | "complete"
@@ -21,7 +22,7 @@ export interface BuildRequest {
     readonly digest: string
     /** Compressed size, used to decide whether the stage fits in memory. */
     readonly size?: number | undefined
-    readonly blob: Effect.Effect<string, MicroagentError>
+    readonly blob: Effect.Effect<string, RegistryError>
   }>
   /** Where the finished image goes; must be on the same filesystem as the Home's tmp dir. */
   readonly output: string
@@ -44,7 +45,9 @@ export interface BuildResult {
 }
 
 export interface RootfsBuilderShape {
-  readonly build: (request: BuildRequest) => Effect.Effect<BuildResult, MicroagentError>
+  readonly build: (
+    request: BuildRequest
+  ) => Effect.Effect<BuildResult, RegistryError | Permanent | PolicyDenied | ResourceExhausted | InvalidInput>
 }
 
 export class RootfsBuilder

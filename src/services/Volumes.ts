@@ -3,7 +3,7 @@
  * workspace at a time; the holder is recorded so that a second claim can be refused.
  */
 import { Context, type Effect, Schema } from "effect"
-import type { MicroagentError } from "../domain/Errors.ts"
+import type { Conflict, InvalidInput, NotFound, Permanent, ResourceExhausted } from "../domain/Errors.ts"
 
 /** The size of a volume made without one (MiB). */
 export const defaultVolumeMiB = 1024
@@ -32,13 +32,19 @@ export interface AttachOptions {
 
 export interface VolumesShape {
   /** Makes an empty ext4 volume; a taken name is a `Conflict`, a bad one `InvalidInput`. */
-  readonly create: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
-  readonly list: Effect.Effect<ReadonlyArray<Volume>, MicroagentError>
-  readonly inspect: (name: string) => Effect.Effect<Volume, MicroagentError>
+  readonly create: (
+    name: string,
+    sizeMiB: number
+  ) => Effect.Effect<Volume, Permanent | Conflict | ResourceExhausted | InvalidInput>
+  readonly list: Effect.Effect<ReadonlyArray<Volume>, Permanent>
+  readonly inspect: (name: string) => Effect.Effect<Volume, Permanent | NotFound | InvalidInput>
   /** Removes the volume and its data; the caller decides whether its holder still runs. */
-  readonly remove: (name: string) => Effect.Effect<void, MicroagentError>
+  readonly remove: (name: string) => Effect.Effect<void, Permanent | Conflict | NotFound | InvalidInput>
   /** Offline: grows the filesystem, or shrinks it when the content fits. Refused while held or read. */
-  readonly resize: (name: string, sizeMiB: number) => Effect.Effect<Volume, MicroagentError>
+  readonly resize: (
+    name: string,
+    sizeMiB: number
+  ) => Effect.Effect<Volume, Permanent | Conflict | NotFound | ResourceExhausted | InvalidInput>
   /**
    * Claims a volume for a workspace. Read-write claims record the holder atomically: a volume held
    * by another workspace (other than `replacing`), or read by one (other than `staleReaders`), is a
@@ -49,11 +55,11 @@ export interface VolumesShape {
     name: string,
     workspace: string,
     options: AttachOptions
-  ) => Effect.Effect<Volume, MicroagentError>
+  ) => Effect.Effect<Volume, Permanent | Conflict | NotFound | InvalidInput>
   /** Releases the claim (read-write or read-only) of `workspace` on the volume, if it has one. */
-  readonly detach: (name: string, workspace: string) => Effect.Effect<void, MicroagentError>
+  readonly detach: (name: string, workspace: string) => Effect.Effect<void, Permanent>
   /** Releases every claim of `workspace`. */
-  readonly release: (workspace: string) => Effect.Effect<void, MicroagentError>
+  readonly release: (workspace: string) => Effect.Effect<void, Permanent>
 }
 
 export class Volumes extends Context.Tag("microagent/Volumes")<Volumes, VolumesShape>() {}

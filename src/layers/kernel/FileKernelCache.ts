@@ -10,7 +10,7 @@ import { HttpClient } from "@effect/platform"
 import * as NodeHttpClient from "@effect/platform-node/NodeHttpClient"
 import { Effect, Layer, Option } from "effect"
 import * as NodeFs from "node:fs"
-import { type MicroagentError, NotFound, Permanent, Transient, Unsupported } from "../../domain/Errors.ts"
+import { NotFound, Permanent, Transient, Unsupported } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import {
   type Arch,
@@ -37,7 +37,9 @@ export interface FileKernelCacheOptions {
   readonly initramfsCompression?: "gzip" | "none"
 }
 /** Maps the adapter's failures to the classified errors every caller sees. */
-const toPublic = (error: KernelCacheFailure | ToolMissing): MicroagentError => {
+const toPublic = (
+  error: KernelCacheFailure | ToolMissing
+): Permanent | NotFound | Unsupported | Transient => {
   if (error._tag === "ToolMissing") {
     return new Permanent({
       message: error.message,

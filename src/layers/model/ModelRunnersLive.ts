@@ -13,7 +13,7 @@ import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
-import { type MicroagentError, NotFound, Permanent, Transient } from "../../domain/Errors.ts"
+import { NotFound, Permanent, Transient } from "../../domain/Errors.ts"
 import { canonicalModelRef, parseModelRef } from "../../domain/ModelRef.ts"
 import { Home } from "../../services/Home.ts"
 import {
@@ -136,7 +136,7 @@ export const ModelRunnersLive = Layer.effect(
       options: ServeOptions
     ): Effect.Effect<
       { readonly kind: RunnerRecord["runner"]; readonly argv: Array<string> },
-      MicroagentError
+      Permanent
     > => {
       const extra = [...(options.runnerArgs ?? [])]
       const context = String(options.contextSize ?? 4096)
@@ -259,7 +259,7 @@ export const ModelRunnersLive = Layer.effect(
             NodeFs.closeSync(fd)
           }
         })
-        const pid = yield* Effect.async<number, MicroagentError>((resume) => {
+        const pid = yield* Effect.async<number, Permanent>((resume) => {
           if (child.pid !== undefined) {
             return resume(Effect.succeed(child.pid))
           }

@@ -17,7 +17,7 @@ import { Config, Effect, Layer, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { type MicroagentError, NotFound, Permanent, PolicyDenied, Transient } from "../../domain/Errors.ts"
+import { NotFound, Permanent, PolicyDenied, Transient } from "../../domain/Errors.ts"
 import { type GgufInfo, GgufInvalid, GgufTruncated, parseGgufHeader } from "../../domain/Gguf.ts"
 import {
   canonicalModelRef,
@@ -49,7 +49,7 @@ const storeError = storeFailure({
   remediation: "`microagent state check` reports on the store"
 })
 
-const httpFailure = (what: string, status: number): MicroagentError =>
+const httpFailure = (what: string, status: number): PolicyDenied | NotFound | Transient | Permanent =>
   status === 401 || status === 403
     ? new PolicyDenied({
       message: `${what}: the hub answered ${status}`,
@@ -182,10 +182,10 @@ export const ModelsLive = Layer.effect(
     const partials = NodePath.join(root, "partial")
     const blobPath = (hex: string) => NodePath.join(blobs, `sha256-${hex}`)
 
-    const findRecord = (ref: string): Effect.Effect<ModelRecord, MicroagentError> =>
+    const findRecord = (ref: string): Effect.Effect<ModelRecord, Permanent | NotFound> =>
       sql<{ record: string }>`SELECT record FROM models WHERE ref = ${ref}`.pipe(
         Effect.mapError(storeError),
-        Effect.flatMap((rows): Effect.Effect<ModelRecord, MicroagentError> =>
+        Effect.flatMap((rows): Effect.Effect<ModelRecord, Permanent | NotFound> =>
           rows.length === 0
             ? Effect.fail(
               new NotFound({

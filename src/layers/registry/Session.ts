@@ -11,7 +11,6 @@ import { Data, Duration, Effect, Schedule } from "effect"
 import * as NodeCrypto from "node:crypto"
 import {
   InvalidInput,
-  type MicroagentError,
   NotFound,
   Permanent,
   PolicyDenied,
@@ -19,7 +18,7 @@ import {
   Transient
 } from "../../domain/Errors.ts"
 import { type ImageRef, isLoopbackRegistry } from "../../domain/ImageRef.ts"
-import type { RegistryOptions } from "../../services/Registry.ts"
+import type { RegistryError, RegistryOptions } from "../../services/Registry.ts"
 import { type Credential, type CredentialSources, lookupCredential } from "./Credentials.ts"
 
 export type FailureKind =
@@ -119,7 +118,7 @@ export const isNoSpace = (cause: unknown) => {
 }
 
 /** Maps an adapter failure to the classified errors callers see. */
-export const toMicroagentError = (ref: ImageRef) => (failure: RegistryFailure): MicroagentError => {
+export const toMicroagentError = (ref: ImageRef) => (failure: RegistryFailure): RegistryError => {
   switch (failure.kind) {
     case "transient":
       return new Transient({

@@ -9,13 +9,7 @@ import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace, diskFull } from "../../domain/DiskFull.ts"
-import {
-  InvalidInput,
-  type MicroagentError,
-  Permanent,
-  PolicyDenied,
-  ResourceExhausted
-} from "../../domain/Errors.ts"
+import { InvalidInput, Permanent, PolicyDenied, ResourceExhausted } from "../../domain/Errors.ts"
 import { Home } from "../../services/Home.ts"
 import { type BuildRequest, type BuildResult, RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { isAlive } from "../process/Processes.ts"
@@ -89,7 +83,7 @@ export const scopedWorkDir = (tmp: string, prefix: string) =>
 
 const permanent = (message: string, remediation = "") => new Permanent({ message, remediation })
 
-export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildResult, MicroagentError> =>
+export const build = (tmp: string, request: BuildRequest) =>
   Effect.scoped(Effect.gen(function*() {
     yield* removeStaleWork(tmp)
     const work = yield* scopedWorkDir(tmp, workPrefix).pipe(
@@ -124,7 +118,7 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
       const applied = yield* applyLayer(stage, blob, layer.digest, (n) => {
         bytes += n
       }).pipe(
-        Effect.mapError((error): MicroagentError =>
+        Effect.mapError((error) =>
           error._tag === "ToolMissing"
             ? permanent(error.message, error.remediation)
             : error.unsafe
@@ -150,7 +144,7 @@ export const build = (tmp: string, request: BuildRequest): Effect.Effect<BuildRe
     progress({ phase: "build-ext4" })
     const image = NodePath.join(work, "rootfs.ext4")
     const built = yield* buildExt4(stage, { output: image, sizeMiB: request.sizeMiB, workDir: work }).pipe(
-      Effect.mapError((error): MicroagentError => {
+      Effect.mapError((error) => {
         switch (error._tag) {
           case "TooSmall":
             return new ResourceExhausted({

@@ -11,21 +11,22 @@
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Conflict, InvalidInput, type MicroagentError, NotFound, Permanent } from "../../domain/Errors.ts"
+import { Conflict, InvalidInput, NotFound, Permanent } from "../../domain/Errors.ts"
 import { resolveInRoot, RootedPathLoop } from "../../domain/RootedPath.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
 import { hostDestination, writeHostFile } from "./HostWrite.ts"
 
-const failure = (name: string, what: string) => (cause: unknown): MicroagentError =>
-  cause instanceof Conflict || cause instanceof NotFound || cause instanceof InvalidInput
-    || cause instanceof Permanent
-    ? cause
-    : cause instanceof RootedPathLoop
-    ? new InvalidInput({ message: `workspace ${name}: ${cause.message}`, remediation: "check the path" })
-    : new Permanent({
-      message: `workspace ${name}: ${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
-      remediation: "check the path and the host's free space"
-    })
+const failure =
+  (name: string, what: string) => (cause: unknown): Conflict | NotFound | InvalidInput | Permanent =>
+    cause instanceof Conflict || cause instanceof NotFound || cause instanceof InvalidInput
+      || cause instanceof Permanent
+      ? cause
+      : cause instanceof RootedPathLoop
+      ? new InvalidInput({ message: `workspace ${name}: ${cause.message}`, remediation: "check the path" })
+      : new Permanent({
+        message: `workspace ${name}: ${what}: ${cause instanceof Error ? cause.message : String(cause)}`,
+        remediation: "check the path and the host's free space"
+      })
 
 /**
  * The host path of `guestPath` in the workspace: inside the disk mounted there while it runs (the

@@ -7,7 +7,7 @@
 import { Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { Conflict, type MicroagentError, NotFound, PolicyDenied, Unsupported } from "../../domain/Errors.ts"
+import { Conflict, NotFound, PolicyDenied, Unsupported } from "../../domain/Errors.ts"
 import { validateMounts } from "../../domain/MountFlag.ts"
 import { isLive } from "../../domain/State.ts"
 import type { Mount, Workspace } from "../../domain/Workspace.ts"
@@ -152,7 +152,7 @@ const buildBundle = (source: string, output: string) =>
       })
     yield* request(bundleMiB).pipe(
       Effect.catchTag("ResourceExhausted", () => request(undefined)),
-      Effect.mapError((error): MicroagentError =>
+      Effect.mapError((error) =>
         error._tag === "PolicyDenied"
           ? new PolicyDenied({
             message: `refusing bundle ${source}: ${error.message.replace(/^refusing image: /, "")}`,

@@ -11,7 +11,7 @@
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { type MicroagentError, Permanent, Unsupported } from "../../../domain/Errors.ts"
+import { Permanent, Unsupported } from "../../../domain/Errors.ts"
 import { resolveInRoot } from "../../../domain/RootedPath.ts"
 import { type DiskAttachment, type LaunchConfig, volumeDirectoryOf } from "../../../services/Hypervisor.ts"
 
@@ -102,7 +102,7 @@ const makeWritable = (path: string) => {
   })
 }
 
-const refuse = (message: string): MicroagentError =>
+const refuse = (message: string): Unsupported =>
   new Unsupported({
     message,
     remediation: "use --backend qemu, which attaches real disks",
@@ -127,7 +127,7 @@ const sourceOf = (config: LaunchConfig, disk: DiskAttachment, index: number): st
  * A disk that is not a named volume, or a mountpoint that is a non-empty directory or a file, is refused;
  * on any failure what was mounted is taken down again.
  */
-export const mountDisks = (config: LaunchConfig): Effect.Effect<void, MicroagentError> =>
+export const mountDisks = (config: LaunchConfig): Effect.Effect<void, Unsupported | Permanent> =>
   Effect.suspend(() => {
     const root = config.rootfsPath
     unmountAll(root)
@@ -167,7 +167,7 @@ export const mountDisks = (config: LaunchConfig): Effect.Effect<void, Microagent
           })
         }
       },
-      catch: (cause): MicroagentError =>
+      catch: (cause): Unsupported | Permanent =>
         cause instanceof Unsupported ? cause : new Permanent({
           message: `the fake backend could not mount the disks of ${config.workspace}: ${String(cause)}`,
           remediation: "check the workspace's mountpoints"

@@ -15,7 +15,6 @@ import * as NodePath from "node:path"
 import {
   Conflict,
   InvalidInput,
-  type MicroagentError,
   NotFound,
   Permanent,
   Transient,
@@ -173,7 +172,7 @@ const ipCommand = () =>
   ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].find((path) => NodeFs.existsSync(path)) ?? "ip"
 
 const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePaths) =>
-  Effect.async<number, MicroagentError>((resume) => {
+  Effect.async<number, Permanent>((resume) => {
     // Sockets and the console log are created by QEMU: make them private from the start.
     const umask = process.umask(0o077)
     let child: NodeChild.ChildProcess
@@ -184,7 +183,7 @@ const startVmm = (binary: string, args: ReadonlyArray<string>, paths: RuntimePat
     }
     const stderr: Array<Buffer> = []
     let settled = false
-    const settle = (result: Effect.Effect<number, MicroagentError>) => {
+    const settle = (result: Effect.Effect<number, Permanent>) => {
       if (settled) return
       settled = true
       resume(result)
@@ -644,7 +643,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       deadline: number,
       verb: "saving" | "loading",
       started = Date.now()
-    ): Effect.Effect<void, MicroagentError> =>
+    ): Effect.Effect<void, Permanent | Transient> =>
       qmpExecute(controlSocket(handle), "query-migrate").pipe(
         Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
         Effect.flatMap((info) => {

@@ -9,17 +9,11 @@ import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace } from "../../../domain/DiskFull.ts"
-import {
-  Conflict,
-  type MicroagentError,
-  NotFound,
-  Permanent,
-  ResourceExhausted
-} from "../../../domain/Errors.ts"
+import { Conflict, NotFound, Permanent, ResourceExhausted } from "../../../domain/Errors.ts"
 import { ImageInfo } from "../../../domain/Workspace.ts"
 import type { HomeShape } from "../../../services/Home.ts"
 import { type EnsureOptions, ImageRecord, type ImageSource } from "../../../services/ImageStore.ts"
-import type { Descriptor, ImageConfigFile, Platform } from "../../../services/Registry.ts"
+import type { Descriptor, ImageConfigFile, Platform, RegistryError } from "../../../services/Registry.ts"
 import type { RootfsBuilderShape } from "../../../services/RootfsBuilder.ts"
 import { removeStaleWork } from "../../rootfs/RootfsBuilderLive.ts"
 import { runTool } from "../../rootfs/Tools.ts"
@@ -47,7 +41,7 @@ export interface Buildable {
     onBytes: (n: number) => void
   ) => Effect.Effect<
     void,
-    MicroagentError
+    RegistryError
   >
 }
 
@@ -134,7 +128,7 @@ export const makeBaselines = (
           }
           const deferreds = yield* Effect.forEach(
             image.layers,
-            () => Deferred.make<string, MicroagentError>()
+            () => Deferred.make<string, RegistryError>()
           )
           const downloads = Effect.forEach(
             image.layers,
@@ -256,7 +250,7 @@ export const makeBaselines = (
       })
     })
     yield* work.pipe(
-      Effect.mapError((e): MicroagentError =>
+      Effect.mapError((e) =>
         e._tag === "ToolMissing"
           ? new Permanent({ message: e.message, remediation: e.remediation })
           : e._tag === "ToolFailed"
