@@ -18,12 +18,13 @@ import type { Permanent, ResourceExhausted, Unsupported } from "./domain/Errors.
 import type { Backend } from "./domain/Workspace.ts"
 import { type BackendServices, defaultBackend } from "./layers/backends/Backends.ts"
 import { WorkspaceBackends } from "./layers/backends/WorkspaceBackends.ts"
-import { type HostServices, HostServicesLive } from "./layers/host/HostServices.ts"
+import { type HostServices } from "./layers/host/HostServices.ts"
+import * as HostServicesLive from "./layers/host/HostServices.ts"
 import { endGroups } from "./layers/hypervisor/fake/FakeGuestProcesses.ts"
 import { endVmm, vmmsOf } from "./layers/process/Vmms.ts"
-import { DatabaseLive } from "./layers/state/Database.ts"
-import { SqliteStateStore } from "./layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "./layers/volume/VolumesLive.ts"
+import * as Database from "./layers/state/Database.ts"
+import * as SqliteStateStore from "./layers/state/SqliteStateStore.ts"
+import * as VolumesLive from "./layers/volume/VolumesLive.ts"
 import { Home } from "./services/Home.ts"
 import type { StateStore } from "./services/StateStore.ts"
 import type { Volumes } from "./services/Volumes.ts"
@@ -62,8 +63,8 @@ export interface Options extends StoreOptions {
 export const layerStore = (
   options: StoreOptions = {}
 ): Layer.Layer<StoreServices, Permanent | ResourceExhausted> =>
-  Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive).pipe(
-    Layer.provideMerge(DatabaseLive),
+  Layer.mergeAll(SqliteStateStore.layer, VolumesLive.layer, HostServicesLive.layer).pipe(
+    Layer.provideMerge(Database.layer),
     Layer.provideMerge(Home.layer(Home.resolveRoot(options.home)))
   )
 

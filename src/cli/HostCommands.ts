@@ -3,7 +3,7 @@
  */
 import { Command } from "@effect/cli"
 import { Effect } from "effect"
-import { HostChecksLive } from "../layers/host/HostChecks.ts"
+import * as HostChecks from "../layers/host/HostChecks.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
 import { runRuntime } from "../runtime/RuntimeMain.ts"
 import { Home } from "../services/Home.ts"
@@ -19,7 +19,7 @@ const doctorCommand = Command.make(
       Invocation,
       (invocation) => doctorWithState(Home.layout(Home.resolveRoot(invocation.stateDir)))
     ).pipe(
-      Effect.provide(HostChecksLive),
+      Effect.provide(HostChecks.layer),
       Effect.tap((report) => Effect.sync(() => (process.exitCode = report.ok ? 0 : 1))),
       Effect.flatMap((report) =>
         emit(report, (r) =>

@@ -9,8 +9,8 @@ import { InvalidInput } from "../domain/Errors.ts"
 import type { WorkspaceEvent } from "../domain/Event.ts"
 import { isLive } from "../domain/State.ts"
 import { type EntrypointResult, profiles, type Workspace } from "../domain/Workspace.ts"
-import { NetworkFabricLive } from "../layers/network/NetworkFabricLive.ts"
-import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import * as NetworkFabricLive from "../layers/network/NetworkFabricLive.ts"
+import * as VolumesLive from "../layers/volume/VolumesLive.ts"
 import { egressLog } from "../programs/EgressLog.ts"
 import {
   abandonedForks,
@@ -520,7 +520,9 @@ const gcCommand = Command.make("gc", {}, () =>
         ))
     const unfinishedForks = [...forkChildren, ...forkCaptures]
     // The host's named-network plumbing is swept whatever the backend: it is the live fabric's.
-    const swept = yield* withStore(Effect.provide(gcSweep(), Layer.merge(VolumesLive, NetworkFabricLive)))
+    const swept = yield* withStore(
+      Effect.provide(gcSweep(), Layer.merge(VolumesLive.layer, NetworkFabricLive.layer))
+    )
     const report: GcReport & {
       readonly expired: typeof expired
       readonly abandoned: typeof abandoned

@@ -9,8 +9,8 @@ import { Effect, Layer, Logger } from "effect"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
-import { DatabaseLive } from "../layers/state/Database.ts"
-import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
+import * as Database from "../layers/state/Database.ts"
+import * as SqliteStateStore from "../layers/state/SqliteStateStore.ts"
 import { HostAccess, hostRootsVariable, parseGrants } from "../mcp/HostAccess.ts"
 import { Idempotency } from "../mcp/Idempotency.ts"
 import { serveStdio } from "../mcp/Server.ts"
@@ -90,10 +90,13 @@ const mcpCommand = Command.make("mcp", {
       env: process.env[hostRootsVariable],
       cwd: process.cwd()
     })
-    const database = DatabaseLive.pipe(Layer.provide(Home.layer(root)))
+    const database = Database.layer.pipe(Layer.provide(Home.layer(root)))
     const idempotency = Idempotency.layer.pipe(Layer.provide(database))
     // The store only records denials in the events of the workspace they concern.
-    const access = HostAccess.layer(grants).pipe(Layer.provide(SqliteStateStore), Layer.provide(database))
+    const access = HostAccess.layer(grants).pipe(
+      Layer.provide(SqliteStateStore.layer),
+      Layer.provide(database)
+    )
     yield* serveStdio({ defaultBackend: invocation.backend ?? defaultBackend() }).pipe(
       Effect.provide(Layer.mergeAll(MicroagentClient.layerRuntime(root), idempotency, access))
     )

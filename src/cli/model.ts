@@ -5,8 +5,8 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer, Option, Schema } from "effect"
-import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
-import { ModelsLive } from "../layers/model/ModelsLive.ts"
+import * as ModelRunnersLive from "../layers/model/ModelRunnersLive.ts"
+import * as ModelsLive from "../layers/model/ModelsLive.ts"
 import {
   modelInspect,
   modelList,
@@ -24,10 +24,11 @@ import { ModelRecord } from "../services/Models.ts"
 import { withStore } from "./Layers.ts"
 import { emit, emitList, quietOption } from "./Output.ts"
 
-const withModels = <A, E, R>(effect: Effect.Effect<A, E, R>) => withStore(Effect.provide(effect, ModelsLive))
+const withModels = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  withStore(Effect.provide(effect, ModelsLive.layer))
 
 const withRunners = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withStore(Effect.provide(effect, ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))))
+  withStore(Effect.provide(effect, ModelRunnersLive.layer.pipe(Layer.provideMerge(ModelsLive.layer))))
 
 const encodeRunner = Schema.encodeSync(RunnerRecord)
 const runnerLine = (r: RunnerRecord) =>

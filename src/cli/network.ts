@@ -6,8 +6,8 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Layer } from "effect"
 import { defaultHostIp, parsePublishes } from "../domain/Publish.ts"
 import type { Spec } from "../domain/Spec.ts"
-import { NetworkFabricLive } from "../layers/network/NetworkFabricLive.ts"
-import { NetworksLive } from "../layers/network/NetworksLive.ts"
+import * as NetworkFabricLive from "../layers/network/NetworkFabricLive.ts"
+import * as NetworksLive from "../layers/network/NetworksLive.ts"
 import {
   networkCreate,
   networkInspect,
@@ -41,7 +41,7 @@ export const networkFields = (
   })
 
 const withNetworks = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withStore(Effect.provide(effect, Layer.fresh(Layer.merge(NetworksLive, NetworkFabricLive))))
+  withStore(Effect.provide(effect, Layer.fresh(Layer.merge(NetworksLive.layer, NetworkFabricLive.layer))))
 
 const describe = (n: Network) =>
   `${n.name}  subnet=${n.subnet}  gateway=${n.gateway}  members=${n.members.length}`

@@ -5,7 +5,7 @@
 import { Args, Command } from "@effect/cli"
 import { Effect, Either, Redacted } from "effect"
 import { parseSecretFlag } from "../domain/SecretRefs.ts"
-import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
+import * as SecretsLive from "../layers/secrets/SecretsLive.ts"
 import { Secrets } from "../services/Secrets.ts"
 import { emit } from "./Output.ts"
 
@@ -40,7 +40,7 @@ const check = Command.make("check", {
   secrets: Args.text({ name: "NAME=SOURCE" }).pipe(Args.atLeast(1))
 }, ({ secrets }) =>
   Effect.gen(function*() {
-    const results = yield* Effect.forEach(secrets, checkOne).pipe(Effect.provide(SecretsLive))
+    const results = yield* Effect.forEach(secrets, checkOne).pipe(Effect.provide(SecretsLive.layer))
     if (results.some((r) => !r.ok)) process.exitCode = 1
     yield* emit(
       results,

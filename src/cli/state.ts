@@ -5,7 +5,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
-import { StateDatabaseLive } from "../layers/host/HostChecks.ts"
+import * as HostChecks from "../layers/host/HostChecks.ts"
 import { backupState, checkState, type StateCheckResult } from "../programs/State.ts"
 import { type RestoreReport, restoreState } from "../runtime/StateRestore.ts"
 import { Home } from "../services/Home.ts"
@@ -22,7 +22,7 @@ const withHome = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     (invocation) =>
       effect.pipe(
         Effect.provideService(Home, Home.layout(Home.resolveRoot(invocation.stateDir))),
-        Effect.provide(StateDatabaseLive)
+        Effect.provide(HostChecks.layerStateDatabase)
       )
   )
 

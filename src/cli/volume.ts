@@ -12,7 +12,8 @@ import { parseMountFlag, parseMountFlags, validateMounts } from "../domain/Mount
 import { parseSecretFlags } from "../domain/SecretRefs.ts"
 import type { Spec } from "../domain/Spec.ts"
 import type { Mount, SecretRef } from "../domain/Workspace.ts"
-import { defaultVolumeMiB, VolumesLive } from "../layers/volume/VolumesLive.ts"
+import { defaultVolumeMiB } from "../layers/volume/VolumesLive.ts"
+import * as VolumesLive from "../layers/volume/VolumesLive.ts"
 import { volumeCreate, volumeInspect, volumeList, volumeRemove, volumeResize } from "../programs/Volume.ts"
 import { secretsForStart as secretsForStartOf } from "../rpc/CallerSecrets.ts"
 import type { MicroagentClient } from "../rpc/Client.ts"
@@ -118,7 +119,7 @@ export const secretsForStart = (
 ) => Effect.flatMap(secretRefsOf(texts), (given) => secretsForStartOf(client, name, given))
 
 const withVolumes = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  withNewBackend(Effect.provide(effect, VolumesLive))
+  withNewBackend(Effect.provide(effect, VolumesLive.layer))
 
 const encodeVolume = Schema.encodeSync(Volume)
 const encode = (volume: Volume) => encodeVolume(volume)

@@ -8,8 +8,8 @@ import { Effect, Exit, Layer, ManagedRuntime, Stream } from "effect"
 import type { TemplateEntry, TemplatesPruned } from "../domain/Template.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import { ImageStoreOnHome } from "../layers/image/Stack.ts"
-import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
-import { ModelsLive } from "../layers/model/ModelsLive.ts"
+import * as ModelRunnersLive from "../layers/model/ModelRunnersLive.ts"
+import * as ModelsLive from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
 import * as Microagent from "../Microagent.ts"
 import {
@@ -143,7 +143,7 @@ export class Host implements AsyncDisposable {
   ): Promise<ModelRecord> {
     return this.run(
       modelPull(ref, { token: options.token, onProgress: options.onProgress }).pipe(
-        Effect.provide(ModelsLive)
+        Effect.provide(ModelsLive.layer)
       ),
       { signal: options.signal }
     )
@@ -151,22 +151,22 @@ export class Host implements AsyncDisposable {
 
   /** The pulled models. */
   models(): Promise<ReadonlyArray<ModelRecord>> {
-    return this.run(modelList().pipe(Effect.provide(ModelsLive)))
+    return this.run(modelList().pipe(Effect.provide(ModelsLive.layer)))
   }
 
   /** One pulled model, its GGUF header read again from the stored file. */
   inspectModel(ref: string): Promise<ModelRecord> {
-    return this.run(modelInspect(ref).pipe(Effect.provide(ModelsLive)))
+    return this.run(modelInspect(ref).pipe(Effect.provide(ModelsLive.layer)))
   }
 
   /** Drops a model's record, and its file when no other record uses it. */
   removeModel(ref: string): Promise<ModelRecord> {
-    return this.run(modelRemove(ref).pipe(Effect.provide(ModelsLive)))
+    return this.run(modelRemove(ref).pipe(Effect.provide(ModelsLive.layer)))
   }
 
   /** Removes partial downloads and model files no record uses. */
   pruneModels(): Promise<PruneResult> {
-    return this.run(modelPrune().pipe(Effect.provide(ModelsLive)))
+    return this.run(modelPrune().pipe(Effect.provide(ModelsLive.layer)))
   }
 
   /** The warm-start templates, each with whether its image and kernel are still there. */
@@ -224,7 +224,7 @@ export class Host implements AsyncDisposable {
 /** The registry client of the host's state directory (its auth file). */
 export const registryOnHome = Layer.unwrapEffect(Effect.map(Home, (home) => RegistryHttp.layer(home.root)))
 
-const runnersLayer = ModelRunnersLive.pipe(Layer.provide(ModelsLive))
+const runnersLayer = ModelRunnersLive.layer.pipe(Layer.provide(ModelsLive.layer))
 
 let shared: Host | undefined
 

@@ -30,7 +30,7 @@ import {
   withWorkspaceBackend
 } from "../layers/backends/WorkspaceBackends.ts"
 import { Ext4Disks } from "../layers/rootfs/Ext4Resize.ts"
-import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
+import * as SecretsLive from "../layers/secrets/SecretsLive.ts"
 import { clone, createFromSnapshot } from "../programs/Clone.ts"
 import { type CommitOptions, type CommitResult, workspaceCommit } from "../programs/Commit.ts"
 import { copyIn, copyOut } from "../programs/Cp.ts"
@@ -238,7 +238,7 @@ const secretValuesOf = (name: string) =>
     workspace.secrets.length === 0
       ? Effect.succeed(undefined)
       : Effect.flatMap(Secrets, (secrets) => secrets.resolve(workspace.secrets)).pipe(
-        Effect.provide(SecretsLive)
+        Effect.provide(SecretsLive.layer)
       ))
 
 /** Files in the workspace, moved through the same transfer as `microagent cp` (running or halted). */

@@ -6,7 +6,7 @@
 import { Effect } from "effect"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import type { SecretRef } from "../domain/Workspace.ts"
-import { SecretsLive } from "../layers/secrets/SecretsLive.ts"
+import * as SecretsLive from "../layers/secrets/SecretsLive.ts"
 import { Secrets } from "../services/Secrets.ts"
 import type { MicroagentClient } from "./Client.ts"
 
@@ -14,7 +14,7 @@ import type { MicroagentClient } from "./Client.ts"
 export const resolveSecrets = (refs: ReadonlyArray<SecretRef>) =>
   refs.length === 0
     ? Effect.succeed(undefined)
-    : Effect.flatMap(Secrets, (secrets) => secrets.resolve(refs)).pipe(Effect.provide(SecretsLive))
+    : Effect.flatMap(Secrets, (secrets) => secrets.resolve(refs)).pipe(Effect.provide(SecretsLive.layer))
 
 /**
  * What `start` sends: the references given to it, and the values of every reference the workspace

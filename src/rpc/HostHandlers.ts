@@ -5,13 +5,13 @@
  */
 import { SqlClient } from "@effect/sql"
 import { Effect, Layer, Redacted } from "effect"
-import { HostChecksLive } from "../layers/host/HostChecks.ts"
+import * as HostChecks from "../layers/host/HostChecks.ts"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { FileKernelCache } from "../layers/kernel/FileKernelCache.ts"
-import { ModelRunnersLive } from "../layers/model/ModelRunnersLive.ts"
-import { ModelsLive } from "../layers/model/ModelsLive.ts"
+import * as ModelRunnersLive from "../layers/model/ModelRunnersLive.ts"
+import * as ModelsLive from "../layers/model/ModelsLive.ts"
 import { RegistryHttp } from "../layers/registry/Http.ts"
-import { RootfsBuilderLive } from "../layers/rootfs/RootfsBuilderLive.ts"
+import * as RootfsBuilderLive from "../layers/rootfs/RootfsBuilderLive.ts"
 import { doctorWithState } from "../programs/Doctor.ts"
 import { imagePush, registryList, registryLogin, registryLogout } from "../programs/Image.ts"
 import { modelPolicyEvaluate, modelPolicyValidate } from "../programs/Model.ts"
@@ -49,7 +49,7 @@ export const makeHostHandlers = Effect.gen(function*() {
   const images = yield* Effect.cached(
     makeImageStore.pipe(
       Effect.provide(
-        Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive).pipe(Layer.provideMerge(here))
+        Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive.layer).pipe(Layer.provideMerge(here))
       )
     )
   )
@@ -77,10 +77,12 @@ export const makeHostHandlers = Effect.gen(function*() {
         Effect.provideService(Home, home),
         Effect.provideService(Processes, processes)
       ))
-  const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.pipe(Layer.provide(here)))))
+  const models = yield* Effect.cached(Models.pipe(Effect.provide(ModelsLive.layer.pipe(Layer.provide(here)))))
   const runners = yield* Effect.cached(
     ModelRunners.pipe(
-      Effect.provide(ModelRunnersLive.pipe(Layer.provide(Layer.effect(Models, models)), Layer.provide(here)))
+      Effect.provide(
+        ModelRunnersLive.layer.pipe(Layer.provide(Layer.effect(Models, models)), Layer.provide(here))
+      )
     )
   )
   return {
@@ -154,9 +156,9 @@ export const makeHostHandlers = Effect.gen(function*() {
         Effect.flatMap(kernels, (cache) => cache.verify),
         (files) => ({ ok: files.every((file) => file.ok), files })
       ),
-    doctor: () => Effect.provide(doctorWithState(home), HostChecksLive),
-    stateCheck: () => checkState().pipe(Effect.provideService(Home, home), Effect.provide(HostChecksLive)),
+    doctor: () => Effect.provide(doctorWithState(home), HostChecks.layer),
+    stateCheck: () => checkState().pipe(Effect.provideService(Home, home), Effect.provide(HostChecks.layer)),
     stateBackup: (p: { readonly to?: string | undefined }) =>
-      backupState({ to: p.to }).pipe(Effect.provideService(Home, home), Effect.provide(HostChecksLive))
+      backupState({ to: p.to }).pipe(Effect.provideService(Home, home), Effect.provide(HostChecks.layer))
   }
 })

@@ -17,13 +17,13 @@ import { NotFound, Permanent } from "../domain/Errors.ts"
 import { isLive } from "../domain/State.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { WorkspaceBackends } from "../layers/backends/WorkspaceBackends.ts"
-import { HostServicesLive } from "../layers/host/HostServices.ts"
+import * as HostServices from "../layers/host/HostServices.ts"
 import { isAlive, signal } from "../layers/process/Processes.ts"
 import { backupsDirOf, checkFile, listBackups, replaceWithBackup, setAside } from "../layers/state/Backups.ts"
 import { databaseLayer } from "../layers/state/Database.ts"
 import { DiskReconcileReport, reconcileWithDisk } from "../layers/state/Recovery.ts"
-import { SqliteStateStore } from "../layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "../layers/volume/VolumesLive.ts"
+import * as SqliteStateStore from "../layers/state/SqliteStateStore.ts"
+import * as VolumesLive from "../layers/volume/VolumesLive.ts"
 import { Home, type HomeShape } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcileAll, runtimeFiles } from "./Runtime.ts"
@@ -139,7 +139,7 @@ export const restoreState = (root: string, options: RestoreOptions = {}) =>
       setAsideFiles = yield* setAside(database)
     }
 
-    const store = Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive).pipe(
+    const store = Layer.mergeAll(SqliteStateStore.layer, VolumesLive.layer, HostServices.layer).pipe(
       Layer.provideMerge(databaseLayer({ expectRecords: false })),
       Layer.provideMerge(Layer.succeed(Home, home))
     )

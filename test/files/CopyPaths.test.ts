@@ -9,7 +9,7 @@ import * as NodePath from "node:path"
 import { afterEach, assert, describe, it } from "vitest"
 import { InvalidInput } from "../../src/domain/Errors.ts"
 import { Mount, type Workspace } from "../../src/domain/Workspace.ts"
-import { HostTreesLive } from "../../src/layers/rootfs/HostTreesLive.ts"
+import * as HostTreesLive from "../../src/layers/rootfs/HostTreesLive.ts"
 import { onRootDisk } from "../../src/programs/Cp.ts"
 import {
   checkGuestPath,
@@ -34,7 +34,7 @@ afterEach(() => {
 const extract = (target: string, top: string, bytes: Buffer) =>
   Effect.runPromise(
     Effect.either(extractHostTree(target, top, (sink) => Effect.sync(() => sink.write(bytes)))).pipe(
-      Effect.provide(HostTreesLive)
+      Effect.provide(HostTreesLive.layer)
     )
   )
 

@@ -5,7 +5,7 @@
 import { SqlClient } from "@effect/sql"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Deferred, Effect, Fiber, Layer, Ref, TestClock } from "effect"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
+import * as Database from "../../src/layers/state/Database.ts"
 import { hashOf, Idempotency, maxKeys } from "../../src/mcp/Idempotency.ts"
 import { Home } from "../../src/services/Home.ts"
 import { makeTempDir } from "../support/fakeEnvironment.ts"
@@ -13,7 +13,7 @@ import { makeTempDir } from "../support/fakeEnvironment.ts"
 const environment = Layer.unwrapScoped(
   Effect.map(
     makeTempDir("microagent-idem"),
-    (root) => Idempotency.layer.pipe(Layer.provideMerge(DatabaseLive), Layer.provide(Home.layer(root)))
+    (root) => Idempotency.layer.pipe(Layer.provideMerge(Database.layer), Layer.provide(Home.layer(root)))
   )
 )
 
@@ -97,7 +97,9 @@ describe("MCP idempotency keys", () => {
       const root = yield* makeTempDir("microagent-idem2")
       // Two instances with their own connections to one store, as two `serve mcp` processes have.
       const server = () =>
-        Layer.build(Idempotency.layer.pipe(Layer.provideMerge(DatabaseLive), Layer.provide(Home.layer(root))))
+        Layer.build(
+          Idempotency.layer.pipe(Layer.provideMerge(Database.layer), Layer.provide(Home.layer(root)))
+        )
       const a = Context.get(yield* server(), Idempotency)
       const b = Context.get(yield* server(), Idempotency)
       const gate = yield* Deferred.make<void>()
@@ -125,7 +127,7 @@ describe("MCP idempotency keys", () => {
     Effect.scoped(Effect.gen(function*() {
       const root = yield* makeTempDir("microagent-idem3")
       const context = yield* Layer.build(
-        Idempotency.layer.pipe(Layer.provideMerge(DatabaseLive), Layer.provide(Home.layer(root)))
+        Idempotency.layer.pipe(Layer.provideMerge(Database.layer), Layer.provide(Home.layer(root)))
       )
       const idempotency = Context.get(context, Idempotency)
       const sql = Context.get(context, SqlClient.SqlClient)

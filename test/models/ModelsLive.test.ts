@@ -7,8 +7,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { ConfigProvider, Effect, Either, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { ModelsLive } from "../../src/layers/model/ModelsLive.ts"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
+import * as ModelsLive from "../../src/layers/model/ModelsLive.ts"
+import * as Database from "../../src/layers/state/Database.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Models } from "../../src/services/Models.ts"
 import { makeTempDir } from "../support/fakeEnvironment.ts"
@@ -22,8 +22,8 @@ const withStore = <A, E>(f: (models: Models["Type"], hub: Hub, root: string) => 
   Effect.scoped(Effect.gen(function*() {
     const root = yield* makeTempDir("ma-models")
     const hub = yield* Effect.acquireRelease(Effect.promise(startHub), (h) => Effect.promise(h.close))
-    const layer = ModelsLive.pipe(
-      Layer.provideMerge(DatabaseLive),
+    const layer = ModelsLive.layer.pipe(
+      Layer.provideMerge(Database.layer),
       Layer.provideMerge(Home.layer(root)),
       Layer.provide(
         Layer.setConfigProvider(ConfigProvider.fromJson({ MICROAGENT_HF_ENDPOINT: hub.endpoint }))

@@ -5,10 +5,10 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { WorkspaceBackends } from "../../src/layers/backends/WorkspaceBackends.ts"
-import { HostServicesLive } from "../../src/layers/host/HostServices.ts"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
-import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
+import * as HostServices from "../../src/layers/host/HostServices.ts"
+import * as Database from "../../src/layers/state/Database.ts"
+import * as SqliteStateStore from "../../src/layers/state/SqliteStateStore.ts"
+import * as VolumesLive from "../../src/layers/volume/VolumesLive.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { layerInProcessClient } from "../../src/rpc/Server.ts"
 import { Home } from "../../src/services/Home.ts"
@@ -22,10 +22,13 @@ describe("network procedures", () => {
       )
       const InProcess = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
-        Layer.provideMerge(VolumesLive),
-        Layer.provideMerge(HostServicesLive),
+        Layer.provideMerge(VolumesLive.layer),
+        Layer.provideMerge(HostServices.layer),
         Layer.provideMerge(
-          SqliteStateStore.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(Home.layer(root)))
+          SqliteStateStore.layer.pipe(
+            Layer.provideMerge(Database.layer),
+            Layer.provideMerge(Home.layer(root))
+          )
         )
       )
       yield* Effect.gen(function*() {

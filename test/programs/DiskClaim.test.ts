@@ -7,7 +7,7 @@ import { Effect, Either, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import { ProcessesLive } from "../../src/layers/process/ProcessesLive.ts"
+import * as ProcessesLive from "../../src/layers/process/ProcessesLive.ts"
 import { create } from "../../src/programs/Create.ts"
 import { kill } from "../../src/programs/Halt.ts"
 import { claimDisk, claimStoppedDisk } from "../../src/programs/internal/DiskClaim.ts"
@@ -21,7 +21,9 @@ const root = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-disk-claim-")
 afterAll(() => NodeFs.rmSync(root, { recursive: true, force: true }))
 
 const run = <A, E>(effect: Effect.Effect<A, E, Home | Processes>) =>
-  Effect.runPromise(Effect.either(effect).pipe(Effect.provide(Layer.merge(Home.layer(root), ProcessesLive))))
+  Effect.runPromise(
+    Effect.either(effect).pipe(Effect.provide(Layer.merge(Home.layer(root), ProcessesLive.layer)))
+  )
 
 describe("claimDisk", () => {
   const dir = NodePath.join(root, "workspaces", "w")

@@ -15,7 +15,7 @@ import { backupsDirOf, checkFile, listBackups, takeBackup } from "../../src/laye
 import { databaseLayer } from "../../src/layers/state/Database.ts"
 import { readManifest } from "../../src/layers/state/Manifest.ts"
 import { migrations } from "../../src/layers/state/Migrations.ts"
-import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
+import * as SqliteStateStore from "../../src/layers/state/SqliteStateStore.ts"
 import { storeFailure } from "../../src/layers/state/StoreFailure.ts"
 import { Home } from "../../src/services/Home.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
@@ -40,7 +40,10 @@ const workspace = (root: string, name: string) =>
   })
 
 const storeOn = (root: string, options: Parameters<typeof databaseLayer>[0] = {}) =>
-  SqliteStateStore.pipe(Layer.provideMerge(databaseLayer(options)), Layer.provideMerge(Home.layer(root)))
+  SqliteStateStore.layer.pipe(
+    Layer.provideMerge(databaseLayer(options)),
+    Layer.provideMerge(Home.layer(root))
+  )
 
 const failureOf = <A, E>(exit: Exit.Exit<A, E>): E => {
   assert.isTrue(Exit.isFailure(exit), "expected a failure")
@@ -107,7 +110,7 @@ describe("the state database", () => {
       assert.notInclude(opened.message, "Failed to execute statement")
 
       // Past the open check (a client opened directly), a statement that meets the damage says the same.
-      const direct = SqliteStateStore.pipe(Layer.provide(SqliteClient.layer({ filename: database })))
+      const direct = SqliteStateStore.layer.pipe(Layer.provide(SqliteClient.layer({ filename: database })))
       const listed = failureOf(
         yield* Effect.exit(Effect.flatMap(StateStore, (s) => s.list).pipe(Effect.provide(direct)))
       )

@@ -9,7 +9,7 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
 import { Mount, SecretRef } from "../../src/domain/Workspace.ts"
-import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
+import * as VolumesLive from "../../src/layers/volume/VolumesLive.ts"
 import { create } from "../../src/programs/Create.ts"
 import { remove } from "../../src/programs/Delete.ts"
 import { exec } from "../../src/programs/Exec.ts"
@@ -17,7 +17,7 @@ import { start } from "../../src/programs/Start.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
 
-const environment = Layer.provideMerge(VolumesLive, fakeEnvironment)
+const environment = Layer.provideMerge(VolumesLive.layer, fakeEnvironment)
 
 const failureTag = (exit: Exit.Exit<unknown, { readonly _tag: string }>) =>
   Exit.isFailure(exit) ? Option.getOrThrow(Cause.failureOption(exit.cause))._tag : "success"

@@ -6,10 +6,10 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect, Either, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import { WorkspaceBackends } from "../../src/layers/backends/WorkspaceBackends.ts"
-import { HostServicesLive } from "../../src/layers/host/HostServices.ts"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
-import { SqliteStateStore } from "../../src/layers/state/SqliteStateStore.ts"
-import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
+import * as HostServices from "../../src/layers/host/HostServices.ts"
+import * as Database from "../../src/layers/state/Database.ts"
+import * as SqliteStateStore from "../../src/layers/state/SqliteStateStore.ts"
+import * as VolumesLive from "../../src/layers/volume/VolumesLive.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { layerInProcessClient } from "../../src/rpc/Server.ts"
 import { Home } from "../../src/services/Home.ts"
@@ -24,8 +24,8 @@ describe("volume procedures", () => {
       yield* Effect.addFinalizer(() => killFakeVmms(root))
       const layer = layerInProcessClient.pipe(
         Layer.provideMerge(WorkspaceBackends.layer({ defaultBackend: "fake" })),
-        Layer.provideMerge(Layer.mergeAll(SqliteStateStore, VolumesLive, HostServicesLive)),
-        Layer.provideMerge(DatabaseLive),
+        Layer.provideMerge(Layer.mergeAll(SqliteStateStore.layer, VolumesLive.layer, HostServices.layer)),
+        Layer.provideMerge(Database.layer),
         Layer.provideMerge(Home.layer(root))
       )
       yield* Effect.gen(function*() {

@@ -7,8 +7,8 @@ import { Effect, Either, Layer } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { DatabaseLive } from "../../src/layers/state/Database.ts"
-import { VolumesLive } from "../../src/layers/volume/VolumesLive.ts"
+import * as Database from "../../src/layers/state/Database.ts"
+import * as VolumesLive from "../../src/layers/volume/VolumesLive.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Volumes } from "../../src/services/Volumes.ts"
 import { makeTempDir } from "../support/fakeEnvironment.ts"
@@ -18,7 +18,10 @@ const withVolumes = <A, E>(f: (volumes: Volumes["Type"], root: string) => Effect
   Effect.scoped(Effect.gen(function*() {
     requireTool("mke2fs", "e2fsprogs")
     const root = yield* makeTempDir("ma-volumes")
-    const layer = VolumesLive.pipe(Layer.provideMerge(DatabaseLive), Layer.provideMerge(Home.layer(root)))
+    const layer = VolumesLive.layer.pipe(
+      Layer.provideMerge(Database.layer),
+      Layer.provideMerge(Home.layer(root))
+    )
     return yield* Effect.provide(Effect.flatMap(Volumes, (volumes) => f(volumes, root)), layer)
   }))
 

@@ -14,24 +14,23 @@ import type { Hypervisor } from "../../services/Hypervisor.ts"
 import type { ImageStore } from "../../services/ImageStore.ts"
 import type { NetworkFabric } from "../../services/NetworkFabric.ts"
 import type { Networks } from "../../services/Networks.ts"
-import { CredentialBrokerLive } from "../broker/CredentialBrokerLive.ts"
+import * as CredentialBrokerLive from "../broker/CredentialBrokerLive.ts"
 import { AgentChannel } from "../guest/AgentChannel.ts"
-import { SharedGuestChannel } from "../guest/SharedGuestChannel.ts"
-import { FakeGuestChannel } from "../hypervisor/fake/FakeGuestChannel.ts"
-import { FakeHypervisor } from "../hypervisor/fake/FakeHypervisor.ts"
-import { FakeImageStore } from "../hypervisor/fake/FakeImageStore.ts"
-import { FakeNetworkFabric } from "../hypervisor/fake/FakeNetworkFabric.ts"
+import * as SharedGuestChannel from "../guest/SharedGuestChannel.ts"
+import * as FakeGuestChannel from "../hypervisor/fake/FakeGuestChannel.ts"
+import * as FakeHypervisor from "../hypervisor/fake/FakeHypervisor.ts"
+import * as FakeImageStore from "../hypervisor/fake/FakeImageStore.ts"
+import * as FakeNetworkFabric from "../hypervisor/fake/FakeNetworkFabric.ts"
 import { QemuHypervisor } from "../hypervisor/qemu/Qemu.ts"
-import { ImageStoreLive } from "../image/ImageStoreLive.ts"
+import * as ImageStoreLive from "../image/ImageStoreLive.ts"
 import { FileKernelCache } from "../kernel/FileKernelCache.ts"
-import { ModelRunnersLive } from "../model/ModelRunnersLive.ts"
-import { ModelsLive } from "../model/ModelsLive.ts"
-import { EgressLive } from "../network/EgressLive.ts"
-import { NetworkFabricLive } from "../network/NetworkFabricLive.ts"
-import { NetworksLive } from "../network/NetworksLive.ts"
+import * as ModelRunnersLive from "../model/ModelRunnersLive.ts"
+import * as ModelsLive from "../model/ModelsLive.ts"
+import * as EgressLive from "../network/EgressLive.ts"
+import * as NetworkFabricLive from "../network/NetworkFabricLive.ts"
+import * as NetworksLive from "../network/NetworksLive.ts"
 import { RegistryHttp } from "../registry/Http.ts"
-import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
-
+import * as RootfsBuilderLive from "../rootfs/RootfsBuilderLive.ts"
 /**
  * What every backend provides. A kernel cache is not among them: the fake backend boots no kernel, so
  * `start` looks for `KernelCache` as an optional service, and the QEMU backend provides one beside these;
@@ -53,7 +52,13 @@ export const backendLayer = (
 > => {
   switch (backend) {
     case "fake":
-      return Layer.mergeAll(FakeHypervisor, FakeGuestChannel, FakeImageStore, NetworksLive, FakeNetworkFabric)
+      return Layer.mergeAll(
+        FakeHypervisor.layer,
+        FakeGuestChannel.layer,
+        FakeImageStore.layer,
+        NetworksLive.layer,
+        FakeNetworkFabric.layer
+      )
     case "qemu":
       return qemuLayer
     default:
@@ -75,18 +80,18 @@ const qemuLayer = Layer.unwrapEffect(
     (home) =>
       Layer.mergeAll(
         QemuHypervisor.layer(),
-        ImageStoreLive,
+        ImageStoreLive.layer,
         FileKernelCache.layer(),
-        NetworksLive,
-        NetworkFabricLive,
-        EgressLive,
+        NetworksLive.layer,
+        NetworkFabricLive.layer,
+        EgressLive.layer,
         // The credential broker, for workspaces with `--broker` endpoints.
-        CredentialBrokerLive,
+        CredentialBrokerLive.layer,
         // Models and their runners, for workspaces paired with a model (`--model`).
-        ModelRunnersLive.pipe(Layer.provideMerge(ModelsLive))
+        ModelRunnersLive.layer.pipe(Layer.provideMerge(ModelsLive.layer))
       ).pipe(
-        Layer.provideMerge(SharedGuestChannel.pipe(Layer.provide(AgentChannel.layer))),
-        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive))
+        Layer.provideMerge(SharedGuestChannel.layer.pipe(Layer.provide(AgentChannel.layer))),
+        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive.layer))
       )
   )
 )

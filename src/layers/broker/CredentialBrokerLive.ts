@@ -118,4 +118,4 @@ const attach: CredentialBrokerShape["attach"] = (attachment) =>
     return { pid }
   })
 
-export const CredentialBrokerLive = Layer.succeed(CredentialBroker, { attach, release })
+export const layer = Layer.succeed(CredentialBroker, { attach, release })

@@ -87,4 +87,4 @@ export const make = Effect.gen(function*() {
 })
 
 /** Shares the connections of the GuestChannel it is given (e.g. `AgentChannel.layer`). */
-export const SharedGuestChannel = Layer.scoped(GuestChannel, make)
+export const layer = Layer.scoped(GuestChannel, make)

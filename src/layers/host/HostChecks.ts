@@ -12,7 +12,7 @@ import { evidenceOfRecords } from "../state/Database.ts"
 import { migrations } from "../state/Migrations.ts"
 import { recoveryRemediation } from "../state/StoreFailure.ts"
 
-export const StateDatabaseLive: Layer.Layer<StateDatabase> = Layer.succeed(
+export const layerStateDatabase: Layer.Layer<StateDatabase> = Layer.succeed(
   StateDatabase,
   StateDatabase.of({
     currentSchemaVersion: migrations.length,
@@ -24,11 +24,11 @@ export const StateDatabaseLive: Layer.Layer<StateDatabase> = Layer.succeed(
   })
 )
 
-export const HostProbesLive: Layer.Layer<HostProbes> = Layer.succeed(
+export const layerHostProbes: Layer.Layer<HostProbes> = Layer.succeed(
   HostProbes,
   HostProbes.of({ onPath, fabricProblem })
 )
 
 export type HostChecks = StateDatabase | HostProbes
 
-export const HostChecksLive: Layer.Layer<HostChecks> = Layer.mergeAll(StateDatabaseLive, HostProbesLive)
+export const layer: Layer.Layer<HostChecks> = Layer.mergeAll(layerStateDatabase, layerHostProbes)

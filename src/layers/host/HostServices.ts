@@ -12,20 +12,19 @@ import type { Home } from "../../services/Home.ts"
 import type { HostTrees } from "../../services/HostTrees.ts"
 import type { Processes } from "../../services/Processes.ts"
 import type { RootfsBuilder } from "../../services/RootfsBuilder.ts"
-import { FaultsLive } from "../process/FaultPoint.ts"
-import { ProcessesLive } from "../process/ProcessesLive.ts"
-import { DiskFilesLive } from "../rootfs/DiskFilesLive.ts"
+import * as FaultPoint from "../process/FaultPoint.ts"
+import * as ProcessesLive from "../process/ProcessesLive.ts"
+import * as DiskFilesLive from "../rootfs/DiskFilesLive.ts"
 import * as DiskTreesLive from "../rootfs/DiskTreesLive.ts"
-import { HostTreesLive } from "../rootfs/HostTreesLive.ts"
-import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
-
+import * as HostTreesLive from "../rootfs/HostTreesLive.ts"
+import * as RootfsBuilderLive from "../rootfs/RootfsBuilderLive.ts"
 export type HostServices = Processes | Faults | RootfsBuilder | HostTrees | DiskFiles | DiskTrees
 
-export const HostServicesLive: Layer.Layer<HostServices, never, Home> = Layer.mergeAll(
-  ProcessesLive,
-  FaultsLive,
-  RootfsBuilderLive,
-  HostTreesLive,
-  DiskFilesLive,
+export const layer: Layer.Layer<HostServices, never, Home> = Layer.mergeAll(
+  ProcessesLive.layer,
+  FaultPoint.layer,
+  RootfsBuilderLive.layer,
+  HostTreesLive.layer,
+  DiskFilesLive.layer,
   DiskTreesLive.layer
 )

@@ -207,7 +207,7 @@ export const makeImageStore = Effect.gen(function*() {
 })
 
 /** ImageStore on the host, for the lifecycle programs. */
-export const ImageStoreLive: Layer.Layer<
+export const layer: Layer.Layer<
   ImageStore,
   never,
   Home | SqlClient.SqlClient | Registry | RootfsBuilder

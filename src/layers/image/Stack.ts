@@ -11,15 +11,14 @@ import type { ImageStore } from "../../services/ImageStore.ts"
 import type { Registry } from "../../services/Registry.ts"
 import type { RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { RegistryHttp } from "../registry/Http.ts"
-import { RootfsBuilderLive } from "../rootfs/RootfsBuilderLive.ts"
-import { DatabaseLive } from "../state/Database.ts"
-import { ImageStoreLive } from "./ImageStoreLive.ts"
-
+import * as RootfsBuilderLive from "../rootfs/RootfsBuilderLive.ts"
+import * as Database from "../state/Database.ts"
+import * as ImageStoreLive from "./ImageStoreLive.ts"
 /** Home, SqlClient, Registry and RootfsBuilder for the state directory `root`. */
 export const imageDependencies = (
   root: string
 ): Layer.Layer<Home | SqlClient.SqlClient | Registry | RootfsBuilder, Permanent | ResourceExhausted> =>
-  Layer.mergeAll(DatabaseLive, RegistryHttp.layer(root), RootfsBuilderLive).pipe(
+  Layer.mergeAll(Database.layer, RegistryHttp.layer(root), RootfsBuilderLive.layer).pipe(
     Layer.provideMerge(Home.layer(root))
   )
 
@@ -29,7 +28,7 @@ export const imageStoreLayer = (
 ): Layer.Layer<
   ImageStore | Home | SqlClient.SqlClient | Registry | RootfsBuilder,
   Permanent | ResourceExhausted
-> => ImageStoreLive.pipe(Layer.provideMerge(imageDependencies(root)))
+> => ImageStoreLive.layer.pipe(Layer.provideMerge(imageDependencies(root)))
 
 /**
  * ImageStore for a composition that already has Home and SqlClient (the runtime, the lifecycle programs):
@@ -38,7 +37,7 @@ export const imageStoreLayer = (
 export const ImageStoreOnHome: Layer.Layer<ImageStore, never, Home | SqlClient.SqlClient> = Layer
   .unwrapEffect(
     Effect.map(Home, (home) =>
-      ImageStoreLive.pipe(
-        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive))
+      ImageStoreLive.layer.pipe(
+        Layer.provide(Layer.mergeAll(RegistryHttp.layer(home.root), RootfsBuilderLive.layer))
       ))
   )

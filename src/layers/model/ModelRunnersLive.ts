@@ -106,7 +106,7 @@ const tailOf = (path: string) => {
   }
 }
 
-export const ModelRunnersLive = Layer.effect(
+export const layer = Layer.effect(
   ModelRunners,
   Effect.gen(function*() {
     const home = yield* Home

@@ -166,7 +166,7 @@ const streamInto = (
     (fd) => Effect.sync(() => NodeFs.closeSync(fd))
   )
 
-export const ModelsLive = Layer.effect(
+export const layer = Layer.effect(
   Models,
   Effect.gen(function*() {
     const home = yield* Home

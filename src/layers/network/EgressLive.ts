@@ -292,7 +292,7 @@ const readRecords = (path: string) =>
     )
   )
 
-export const EgressLive = Layer.effect(
+export const layer = Layer.effect(
   Egress,
   Effect.gen(function*() {
     const home = yield* Home

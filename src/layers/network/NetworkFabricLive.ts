@@ -18,7 +18,7 @@ import {
   requireFabric
 } from "./Fabric.ts"
 
-export const NetworkFabricLive = Layer.effect(
+export const layer = Layer.effect(
   NetworkFabric,
   Effect.map(Home, (home) =>
     NetworkFabric.of({

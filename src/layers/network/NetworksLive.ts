@@ -228,4 +228,4 @@ export const make = Effect.gen(function*() {
 })
 
 /** Needs the state database (`SqlClient`). */
-export const NetworksLive = Layer.effect(Networks, make)
+export const layer = Layer.effect(Networks, make)

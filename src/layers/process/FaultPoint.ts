@@ -37,4 +37,4 @@ export const faultPoint = (step: FaultStep): Effect.Effect<void> =>
   })
 
 /** `Faults` from the environment, as described above. */
-export const FaultsLive = Layer.succeed(Faults, Faults.of({ point: faultPoint }))
+export const layer = Layer.succeed(Faults, Faults.of({ point: faultPoint }))

@@ -8,7 +8,7 @@ import { onPath } from "./Installed.ts"
 import { isAlive, releasePidLock, startTimeOf, tryPidLock } from "./Processes.ts"
 import { endVmm, vmmsOf } from "./Vmms.ts"
 
-export const ProcessesLive = Layer.sync(Processes, () =>
+export const layer = Layer.sync(Processes, () =>
   Processes.of({
     self: { pid: process.pid, startTime: startTimeOf(process.pid) },
     isAlive: (pid, startTime) => Effect.sync(() => isAlive(pid, startTime)),

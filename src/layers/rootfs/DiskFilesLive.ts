@@ -10,7 +10,7 @@ const failed = (error: Debugfs.ImageError) =>
       : { message: error.message }
   )
 
-export const DiskFilesLive: Layer.Layer<DiskFiles> = Layer.succeed(
+export const layer: Layer.Layer<DiskFiles> = Layer.succeed(
   DiskFiles,
   DiskFiles.of({
     repair: (image) => Effect.mapError(Debugfs.fsck(image), failed),

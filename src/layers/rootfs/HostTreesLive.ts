@@ -5,7 +5,7 @@ import { defaultStageOptions, Stage, UnsafeLayerError } from "./Stage.ts"
 import { TarFormatError, TarReader } from "./Tar.ts"
 import { tarStream, walkHost } from "./TarWriter.ts"
 
-export const HostTreesLive: Layer.Layer<HostTrees> = Layer.succeed(
+export const layer: Layer.Layer<HostTrees> = Layer.succeed(
   HostTrees,
   HostTrees.of({
     walk: walkHost,

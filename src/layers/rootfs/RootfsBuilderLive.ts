@@ -178,7 +178,7 @@ export const build = (tmp: string, request: BuildRequest) =>
     } satisfies BuildResult
   })).pipe(Effect.mapError(classifyNoSpace("building a root filesystem image", tmp)))
 
-export const RootfsBuilderLive: Layer.Layer<RootfsBuilder, never, Home> = Layer.effect(
+export const layer: Layer.Layer<RootfsBuilder, never, Home> = Layer.effect(
   RootfsBuilder,
   Effect.gen(function*() {
     const home = yield* Home

@@ -104,4 +104,4 @@ export const make: SecretsShape = {
       }))
 }
 
-export const SecretsLive = Layer.succeed(Secrets, Secrets.of(make))
+export const layer = Layer.succeed(Secrets, Secrets.of(make))

@@ -238,5 +238,4 @@ export const databaseLayer = (
   )
 
 /** SqlClient for the state store of the current `Home`, checked and migrated. */
-export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, Permanent | ResourceExhausted, Home> =
-  databaseLayer()
+export const layer: Layer.Layer<SqlClient.SqlClient, Permanent | ResourceExhausted, Home> = databaseLayer()

@@ -200,4 +200,4 @@ export const make = Effect.gen(function*() {
   return store
 })
 
-export const SqliteStateStore = Layer.effect(StateStore, make)
+export const layer = Layer.effect(StateStore, make)

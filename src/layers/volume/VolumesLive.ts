@@ -303,7 +303,7 @@ export const make = Effect.gen(function*() {
 })
 
 /** Needs the Home and the state database (the `volumes` table of the store). */
-export const VolumesLive: Layer.Layer<Volumes, never, Home | SqlClient.SqlClient> = Layer.effect(
+export const layer: Layer.Layer<Volumes, never, Home | SqlClient.SqlClient> = Layer.effect(
   Volumes,
   make
 )

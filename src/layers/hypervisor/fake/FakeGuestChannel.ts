@@ -265,7 +265,7 @@ const connection = (root: string): GuestConnection => ({
   shutdown: Effect.void
 })
 
-export const FakeGuestChannel = Layer.succeed(GuestChannel, {
+export const layer = Layer.succeed(GuestChannel, {
   connect: (endpoint) =>
     endpoint._tag === "HostDirectory" && NodeFs.existsSync(endpoint.root)
       ? Effect.succeed(connection(endpoint.root))

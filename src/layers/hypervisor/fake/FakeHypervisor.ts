@@ -201,4 +201,4 @@ const untilState = (handle: VmHandle, wanted: (state: string | undefined) => boo
     )
   )
 
-export const FakeHypervisor = Layer.succeed(Hypervisor, make)
+export const layer = Layer.succeed(Hypervisor, make)

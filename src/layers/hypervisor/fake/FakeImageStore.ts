@@ -21,7 +21,7 @@ const record = (ref: string) =>
     createdAt: DateTime.unsafeNow()
   })
 
-export const FakeImageStore = Layer.succeed(ImageStore, {
+export const layer = Layer.succeed(ImageStore, {
   ensure: (ref) =>
     refPattern.test(ref)
       ? Effect.succeed(record(ref))

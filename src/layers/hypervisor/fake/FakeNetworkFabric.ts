@@ -11,7 +11,7 @@ import { NicAttachment } from "../../../services/Hypervisor.ts"
 import { NetworkFabric } from "../../../services/NetworkFabric.ts"
 import { macAddress, tapName } from "../../network/Addressing.ts"
 
-export const FakeNetworkFabric = Layer.effect(
+export const layer = Layer.effect(
   NetworkFabric,
   Effect.map(Home, (home) =>
     NetworkFabric.of({
