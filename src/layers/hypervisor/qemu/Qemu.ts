@@ -9,7 +9,6 @@
  */
 import { Data, Duration, Effect, Layer, Schedule } from "effect"
 import * as NodeChild from "node:child_process"
-import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import {
@@ -24,18 +23,14 @@ import { GuestChannel } from "../../../services/GuestChannel.ts"
 import { Home } from "../../../services/Home.ts"
 import {
   type Capability,
-  type ChannelEndpoint,
-  consoleFileOf,
   Hypervisor,
   type HypervisorShape,
   type LaunchConfig,
-  memoryFileOf,
   type RestoreOptions,
-  VmHandle,
-  type VmStatus
+  VmHandle
 } from "../../../services/Hypervisor.ts"
 import { faultPoint } from "../../process/FaultPoint.ts"
-import { isAlive, startTimeOf, waitGone } from "../../process/Processes.ts"
+import { isAlive, startTimeOf } from "../../process/Processes.ts"
 import {
   type AccelVerdict,
   hostBootId,
@@ -55,7 +50,18 @@ import {
   type RuntimePaths,
   runtimePaths
 } from "./internal/args.ts"
-import { qmpExecute, qmpStatus } from "./internal/Qmp.ts"
+import {
+  awaitMigration,
+  controlSocket,
+  destroy,
+  type GuestControl,
+  ignoreSharedMemory,
+  makeControl,
+  qmp,
+  removeFiles
+} from "./internal/Control.ts"
+import { guestMemoryFor, memfd, ownCopyOf, seedConsole } from "./internal/Memory.ts"
+import { qmpExecute } from "./internal/Qmp.ts"
 
 export interface QemuOptions {
   readonly machine?: Machine
@@ -84,18 +90,6 @@ export const resolveBootProfile = (
     })
 }
 
-/**
- * How the backend knows the guest is up and asks it to stop. The real one uses the guest channel
- * (the agent's answer to HELLO is the readiness signal); tests of the VMM plumbing alone can plug in
- * another (see `QemuHypervisor.layerWithGuestControl`).
- */
-export interface GuestControl {
-  /** One attempt to reach the agent; retried by the backend until the boot deadline. */
-  readonly ready: (channel: ChannelEndpoint) => Effect.Effect<void, unknown>
-  /** Asks the agent to power off; the backend then waits for the VMM to exit. */
-  readonly shutdown: (channel: ChannelEndpoint) => Effect.Effect<void, unknown>
-}
-
 /** The guest channel as readiness probe and shutdown path. */
 export const guestChannelControl = Effect.map(GuestChannel, (channel): GuestControl => ({
   ready: (endpoint) =>
@@ -103,6 +97,8 @@ export const guestChannelControl = Effect.map(GuestChannel, (channel): GuestCont
   shutdown: (endpoint) =>
     Effect.scoped(Effect.flatMap(channel.connect(endpoint), (connection) => connection.shutdown))
 }))
+
+export type { GuestControl } from "./internal/Control.ts"
 
 export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "StructuredExec",
@@ -147,16 +143,6 @@ const vcpuWhereabouts = (qmpSocket: string) =>
       }),
       Effect.orElseSucceed(() => "")
     )
-
-const removeFiles = (paths: RuntimePaths, options: { readonly console: boolean }) =>
-  Effect.sync(() => {
-    for (const file of [paths.qmpSocket, paths.agentSocket, paths.pidFile, paths.modelSocket]) {
-      NodeFs.rmSync(file, { force: true })
-    }
-    if (options.console) NodeFs.rmSync(paths.consoleLog, { force: true })
-  })
-
-const pathsOf = (handle: VmHandle): RuntimePaths => runtimePaths(NodePath.dirname(handle.consoleLog))
 
 const unsupported = (feature: string, remediation = "") =>
   new Unsupported({
@@ -302,22 +288,6 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           if (!NodeFs.existsSync(file)) return yield* new NotFound({ message: `${file} does not exist` })
         }
         return { kernelPath: config.kernelPath, initrdPath: config.initrdPath, bootProfile }
-      })
-
-    /** Ends a VMM at once and removes its sockets and pid file. */
-    const destroy = (handle: VmHandle, removeConsole: boolean) =>
-      Effect.gen(function*() {
-        if (isAlive(handle.pid, handle.pidStartTime)) {
-          yield* Effect.sync(() => {
-            try {
-              process.kill(handle.pid, "SIGKILL")
-            } catch {
-              // Gone in between.
-            }
-          })
-          yield* waitGone(handle.pid, handle.pidStartTime, Duration.seconds(10))
-        }
-        yield* removeFiles(pathsOf(handle), { console: removeConsole })
       })
 
     const awaitBoot = (handle: VmHandle, timeoutSeconds: number) => {
@@ -518,228 +488,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       }
     )
 
-    const requireQemu = (handle: VmHandle) =>
-      handle.backend === "qemu"
-        ? Effect.void
-        : Effect.fail(
-          new InvalidInput({ message: `handle belongs to the ${handle.backend} backend, not qemu` })
-        )
-
-    const controlSocket = (handle: VmHandle) => handle.controlSocket ?? pathsOf(handle).qmpSocket
-
-    const qmp = (handle: VmHandle, command: string) =>
-      qmpExecute(controlSocket(handle), command).pipe(
-        Effect.mapError((error) =>
-          new Transient({
-            message: `QMP ${command} on pid ${handle.pid} failed: ${error.message}`,
-            remediation: "retry; if the VMM is wedged, kill the workspace"
-          })
-        )
-      )
-
-    const requireAlive = (handle: VmHandle, action: string) =>
-      isAlive(handle.pid, handle.pidStartTime)
-        ? Effect.void
-        : Effect.fail(
-          new Conflict({ message: `cannot ${action}: the VMM (pid ${handle.pid}) is not running` })
-        )
-
-    const attach = Effect.fn("Hypervisor.attach")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      if (!isAlive(handle.pid, handle.pidStartTime)) {
-        return yield* new NotFound({
-          message: `the VMM (pid ${handle.pid}) is gone`,
-          remediation: "start the workspace again"
-        })
-      }
-      yield* qmpStatus(controlSocket(handle)).pipe(
-        Effect.mapError((error) =>
-          new Transient({
-            message: `pid ${handle.pid} is alive but its QMP socket does not answer: ${error.message}`
-          })
-        )
-      )
-      return handle
-    })
-
-    const inspect = Effect.fn("Hypervisor.inspect")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      if (!isAlive(handle.pid, handle.pidStartTime)) return "exited" as VmStatus
-      const status = yield* qmpStatus(controlSocket(handle)).pipe(
-        // It may have exited between the check and the query, or be exiting: a VMM that powers off
-        // closes its QMP socket a moment before the process ends.
-        Effect.catchAll((error) =>
-          Effect.flatMap(
-            waitGone(handle.pid, handle.pidStartTime, Duration.seconds(2)),
-            (gone) =>
-              gone
-                ? Effect.succeed("shutdown")
-                : Effect.fail(new Transient({ message: `QMP query-status failed: ${error.message}` }))
-          )
-        )
-      )
-      switch (status) {
-        case "running":
-          return "running" as VmStatus
-        case "shutdown":
-        case "internal-error":
-        case "guest-panicked":
-          return "exited" as VmStatus
-        default:
-          return "paused" as VmStatus
-      }
-    })
-
-    const halt = Effect.fn("Hypervisor.halt")(function*(handle: VmHandle, timeoutSeconds: number) {
-      yield* requireQemu(handle)
-      const paths = pathsOf(handle)
-      if (isAlive(handle.pid, handle.pidStartTime)) {
-        const budget = Duration.millis(Math.round(timeoutSeconds * 1000))
-        // A paused guest cannot hear the request: let it run first.
-        yield* qmpStatus(controlSocket(handle)).pipe(
-          Effect.flatMap((status) =>
-            status === "paused" ? qmpExecute(controlSocket(handle), "cont") : Effect.void
-          ),
-          Effect.ignore
-        )
-        // The agent powers off on SHUTDOWN; system_powerdown is a fallback for guests that listen to ACPI.
-        yield* control.shutdown(handle.channel).pipe(
-          Effect.timeout(Duration.min(budget, Duration.seconds(5))),
-          Effect.catchAllCause(() =>
-            qmpExecute(controlSocket(handle), "system_powerdown").pipe(Effect.ignore)
-          )
-        )
-        const gone = yield* waitGone(handle.pid, handle.pidStartTime, budget)
-        if (!gone) {
-          return yield* new Transient({
-            message: `the VM (pid ${handle.pid}) did not power off within ${timeoutSeconds} s`,
-            remediation: "kill it, or halt again with a longer timeout"
-          })
-        }
-      }
-      yield* removeFiles(paths, { console: false })
-    })
-
-    const kill = Effect.fn("Hypervisor.kill")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      yield* destroy(handle, false)
-    })
-
-    const pause = Effect.fn("Hypervisor.pause")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      yield* requireAlive(handle, "pause")
-      yield* qmp(handle, "stop")
-    })
-
-    const resume = Effect.fn("Hypervisor.resume")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      yield* requireAlive(handle, "resume")
-      yield* qmp(handle, "cont")
-    })
-
-    /** Polls `query-migrate` until the stream is complete; QEMU leaves the VM paused (postmigrate). */
-    const awaitMigration = (
-      handle: VmHandle,
-      deadline: number,
-      verb: "saving" | "loading",
-      started = Date.now()
-    ): Effect.Effect<void, Permanent | Transient> =>
-      qmpExecute(controlSocket(handle), "query-migrate").pipe(
-        Effect.mapError((error) => new Transient({ message: `QMP query-migrate failed: ${error.message}` })),
-        Effect.flatMap((info) => {
-          const { status, "error-desc": errorDesc } = (info ?? {}) as {
-            status?: string
-            "error-desc"?: string
-          }
-          if (status === "completed") return Effect.void
-          if (status === "failed" || status === "cancelled") {
-            return Effect.fail(
-              new Permanent({
-                message: `${verb} the VM state of pid ${handle.pid} ${status}: ${errorDesc ?? "no detail"}`
-              })
-            )
-          }
-          if (Date.now() > deadline) {
-            return qmpExecute(controlSocket(handle), "migrate_cancel").pipe(
-              Effect.ignore,
-              Effect.zipRight(Effect.fail(
-                new Transient({
-                  message: `${verb} the VM state of pid ${handle.pid} did not finish (status ${status})`,
-                  remediation: "retry when the host is less loaded"
-                })
-              ))
-            )
-          }
-          // A device-state stream takes milliseconds: poll closely at first, then every 50 ms.
-          return Effect.sleep(Duration.millis(Date.now() - started < 250 ? 5 : 50)).pipe(
-            Effect.zipRight(Effect.suspend(() => awaitMigration(handle, deadline, verb, started)))
-          )
-        })
-      )
-
-    /** Sets QMP's `x-ignore-shared`: with it a migration stream leaves out shared RAM (the memfd). */
-    const ignoreSharedMemory = (handle: VmHandle, on: boolean) =>
-      qmpExecute(controlSocket(handle), "migrate-set-capabilities", {
-        capabilities: [{ capability: "x-ignore-shared", state: on }]
-      }).pipe(
-        Effect.mapError((error) =>
-          new Transient({
-            message: `QMP migrate-set-capabilities on pid ${handle.pid} failed: ${error.message}`
-          })
-        )
-      )
-
-    const saveState = Effect.fn("Hypervisor.saveState")(function*(handle: VmHandle, file: string) {
-      yield* requireQemu(handle)
-      yield* requireAlive(handle, "save the VM state")
-      // The path goes through QEMU's `exec:` (sh -c): only plain paths are accepted.
-      if (!/^[A-Za-z0-9_./+-]+$/.test(file)) {
-        return yield* new InvalidInput({
-          message: `cannot save VM state to ${file}: unusual characters in path`
-        })
-      }
-      // A booted VM's RAM is a shared memfd: copied out as a file, and left out of the stream. A
-      // restored VM maps its memory privately, so its RAM goes into the stream.
-      const memfd = sharedMemoryOf(handle.pid)
-      yield* ignoreSharedMemory(handle, memfd !== undefined)
-      // The file is created by QEMU's shell: make it private first.
-      yield* Effect.sync(() => NodeFs.writeFileSync(file, "", { mode: 0o600 }))
-      yield* qmpExecute(controlSocket(handle), "migrate", { uri: `exec:cat > ${file}` }).pipe(
-        Effect.mapError((error) =>
-          new Transient({ message: `QMP migrate on pid ${handle.pid} failed: ${error.message}` })
-        )
-      )
-      yield* awaitMigration(handle, Date.now() + 300_000, "saving")
-      if (memfd !== undefined) yield* copyMemory(memfd, memoryFileOf(file))
-      // What the guest printed so far, for the restored VM's log (best effort).
-      yield* Effect.sync(() => {
-        try {
-          NodeFs.copyFileSync(pathsOf(handle).consoleLog, consoleFileOf(file))
-          NodeFs.chmodSync(consoleFileOf(file), 0o600)
-        } catch {
-          // No console log: the restored VM's starts empty.
-        }
-      })
-    })
-
-    /** `set_link … up=false` on each netdev the launch arguments name: `net0`, then `nic1`, `nic2`, … */
-    const sever = Effect.fn("Hypervisor.sever")(function*(handle: VmHandle) {
-      yield* requireQemu(handle)
-      yield* requireAlive(handle, "cut the network of")
-      const down = (name: string) =>
-        qmpExecute(controlSocket(handle), "set_link", { name, up: false }).pipe(
-          Effect.as(true),
-          // A netdev the VM does not have is a command error; anything else is a real failure.
-          Effect.catchIf((error) => error.reason === "Command", () => Effect.succeed(false)),
-          Effect.mapError((error) =>
-            new Transient({ message: `QMP set_link ${name} on pid ${handle.pid} failed: ${error.message}` })
-          )
-        )
-      yield* down("net0")
-      for (let i = 1; i <= 64; i++) {
-        if (!(yield* down(`nic${i}`))) break
-      }
-    })
+    const { attach, halt, inspect, kill, pause, resume, saveState, sever } = makeControl(control)
 
     return Hypervisor.of(
       {
@@ -757,125 +506,6 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         sever
       } satisfies HypervisorShape
     )
-  })
-
-const memfd: GuestMemory = { _tag: "Memfd" }
-
-/**
- * How a saved state's RAM is restored: its memory file mapped copy-on-write; else from the stream into
- * private memory; a stream from before the memory backend had a name (its RAM block is the machine's own,
- * `microvm.ram` or `pc.ram`) into QEMU's default RAM, as it was saved.
- */
-const guestMemoryFor = (stateFile: string): GuestMemory | undefined => {
-  const memoryFile = memoryFileOf(stateFile)
-  if (NodeFs.existsSync(memoryFile)) return { _tag: "MappedFile", path: memoryFile }
-  return streamHasLegacyRam(stateFile) ? undefined : { _tag: "Anonymous" }
-}
-
-/** The RAM section, with its block names, opens the stream. */
-const streamHasLegacyRam = (stateFile: string): boolean => {
-  let fd: number | undefined
-  try {
-    fd = NodeFs.openSync(stateFile, "r")
-    const head = Buffer.alloc(64 * 1024)
-    const n = NodeFs.readSync(fd, head, 0, head.length, 0)
-    const start = head.subarray(0, n)
-    return start.includes("\x0bmicrovm.ram", 0, "latin1") || start.includes("\x06pc.ram", 0, "latin1")
-  } catch {
-    return false
-  } finally {
-    if (fd !== undefined) NodeFs.closeSync(fd)
-  }
-}
-
-/** The `/proc` path of the VMM's shared guest-memory memfd, if its RAM is one. */
-const sharedMemoryOf = (pid: number): string | undefined => {
-  const dir = `/proc/${pid}/fd`
-  try {
-    for (const fd of NodeFs.readdirSync(dir)) {
-      const path = NodePath.join(dir, fd)
-      try {
-        const target = NodeFs.readlinkSync(path)
-        if (
-          target.startsWith("/memfd:memory-backend-memfd")
-          || target.startsWith(`${sharedMemoryDir}/microagent-`)
-        ) {
-          return path
-        }
-      } catch {
-        // Closed meanwhile.
-      }
-    }
-  } catch {
-    return undefined
-  }
-  return undefined
-}
-
-/** Where a restore's own copy of saved memory is made: a tmpfs, so that shared RAM stays in memory. */
-const sharedMemoryDir = "/dev/shm"
-
-/**
- * A restore's own copy of a saved memory file, shared like a booted VM's memfd (so that its captures
- * save memory as a file again). Without a writable tmpfs the file is mapped copy-on-write instead.
- * Copies left by processes that died before their VMM mapped them are removed first.
- */
-const ownCopyOf = (path: string): Effect.Effect<GuestMemory, Permanent> =>
-  Effect.suspend(() => {
-    try {
-      NodeFs.accessSync(sharedMemoryDir, NodeFs.constants.W_OK)
-    } catch {
-      return Effect.succeed<GuestMemory>({ _tag: "MappedFile", path })
-    }
-    for (const entry of NodeFs.readdirSync(sharedMemoryDir)) {
-      const owner = /^microagent-(\d+)-[0-9a-f]+\.mem$/.exec(entry)
-      if (owner !== null && !isAlive(Number(owner[1]), undefined)) {
-        NodeFs.rmSync(NodePath.join(sharedMemoryDir, entry), { force: true })
-      }
-    }
-    const copy = NodePath.join(
-      sharedMemoryDir,
-      `microagent-${process.pid}-${randomBytes(6).toString("hex")}.mem`
-    )
-    return copyMemory(path, copy).pipe(Effect.as<GuestMemory>({ _tag: "SharedFile", path: copy }))
-  })
-
-/** A restored VM's console log begins with the saved VM's, then says when it was restored. */
-const seedConsole = (stateFile: string, consoleLog: string) =>
-  Effect.sync(() => {
-    try {
-      const saved = NodeFs.readFileSync(consoleFileOf(stateFile))
-      const tail = saved.length > 0 && saved[saved.length - 1] !== 0x0a ? "\n" : ""
-      NodeFs.writeFileSync(
-        consoleLog,
-        Buffer.concat([saved, Buffer.from(`${tail}microagent: restored at ${new Date().toISOString()}\n`)]),
-        { mode: 0o600 }
-      )
-    } catch {
-      // A state saved without its console log: the log starts with what the restored VM prints.
-    }
-  })
-
-/** A sparse copy (pages the guest never touched are holes), 0600 from the start. */
-const copyMemory = (from: string, to: string) =>
-  Effect.async<void, Permanent>((resume) => {
-    try {
-      NodeFs.writeFileSync(to, "", { mode: 0o600 })
-    } catch (cause) {
-      return resume(Effect.fail(new Permanent({ message: `cannot create ${to}: ${String(cause)}` })))
-    }
-    NodeChild.execFile("cp", ["--sparse=always", from, to], (error, _stdout, stderr) => {
-      if (error === null) return resume(Effect.void)
-      NodeFs.rmSync(to, { force: true })
-      resume(
-        Effect.fail(
-          new Permanent({
-            message: `copying the guest memory to ${to} failed: ${String(stderr).trim() || error.message}`,
-            remediation: "check the free space of the state directory's filesystem"
-          })
-        )
-      )
-    })
   })
 
 const readPid = (file: string): number | undefined => {
