@@ -29,6 +29,7 @@ int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a);
 int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, struct in_addr gw);
 int ma_default_route(int s, const char *ifname, struct in_addr gw);
 int ma_if_mac(int s, const char *ifname, const char *mac);
+int ma_renew_ipv6(const char *ifname);
 /* The /dev node of the virtio-serial port whose name (in /sys/class/virtio-ports/ * /name) is `name`;
  * 0 found, -1 not (yet) there. */
 int ma_find_virtio_port(const char *name, char *dev, size_t cap);

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <net/route.h>
@@ -11,6 +12,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "agent.h"
 
@@ -79,6 +81,33 @@ int ma_if_mac(int s, const char *ifname, const char *mac) {
   int e = errno;
   flags.ifr_flags = up;
   ioctl(s, SIOCSIFFLAGS, &flags);
+  errno = e;
+  return r;
+}
+
+/* The interface's IPv6 addresses made again from its current MAC: turning IPv6 off on the interface
+ * drops them (the link-local address derived from the old MAC among them) and turning it back on
+ * derives a new link-local address; IPv4 addresses and routes are untouched. No IPv6: nothing to do. */
+int ma_renew_ipv6(const char *ifname) {
+  char path[96];
+  snprintf(path, sizeof path, "/proc/sys/net/ipv6/conf/%s/disable_ipv6", ifname);
+  int fd = open(path, O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT ? 0 : -1;
+  char was = '0';
+  int rfd = open(path, O_RDONLY | O_CLOEXEC);
+  if (rfd >= 0) {
+    if (read(rfd, &was, 1) != 1) was = '0';
+    close(rfd);
+  }
+  /* Disabled by choice: left so. */
+  if (was == '1') {
+    close(fd);
+    return 0;
+  }
+  /* Each value written at the start: a sysctl ignores a write past it. */
+  int r = pwrite(fd, "1", 1, 0) == 1 && pwrite(fd, "0", 1, 0) == 1 ? 0 : -1;
+  int e = errno;
+  close(fd);
   errno = e;
   return r;
 }

@@ -119,12 +119,13 @@ static int set_hostname(const char *name) {
 }
 
 /* Gives eth0 this guest's own MAC, address and default route (a copy resumes with its source's).
- * The MAC goes first: changing it also flushes the ARP entries learnt before the capture. */
+ * The MAC goes first: changing it also flushes the ARP entries learnt before the capture, and the
+ * IPv6 link-local address derived from the old one is made again from the new. */
 static int set_network(const char *address, const char *gateway, const char *mac) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return -1;
   int r = 1;
-  if (mac && ma_if_mac(s, "eth0", mac) < 0) r = -1;
+  if (mac && (ma_if_mac(s, "eth0", mac) < 0 || ma_renew_ipv6("eth0") < 0)) r = -1;
   if (r > 0 && address) {
     char ip[32];
     snprintf(ip, sizeof ip, "%s", address);

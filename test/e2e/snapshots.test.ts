@@ -42,6 +42,14 @@ const waitFor = async (what: string, condition: () => boolean, timeoutMs = 120_0
   }
 }
 
+/** The IPv6 link-local address (EUI-64) the kernel derives from a MAC, as `ip` prints it. */
+const linkLocalOf = (mac: string) => {
+  const b = mac.split(":").map((x) => Number.parseInt(x, 16))
+  const bytes = [b[0]! ^ 0x02, b[1]!, b[2]!, 0xff, 0xfe, b[3]!, b[4]!, b[5]!]
+  const groups = [0, 2, 4, 6].map((i) => ((bytes[i]! << 8) | bytes[i + 1]!).toString(16))
+  return `fe80::${groups.join(":")}/64`
+}
+
 const snapshotsDir = (name: string) => NodePath.join(stateDir, "workspaces", name, "snapshots")
 const entries = (name: string) => {
   try {
@@ -265,9 +273,14 @@ describe("snapshots on real microVMs", () => {
     ).result.stdout.trim()
     // The parent has talked to its gateway: its ARP cache holds the gateway's MAC when it is captured.
     const netOf = "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 | awk '{print $4}'; "
-      + "nc -w 3 10.0.2.2 9 </dev/null && echo reached"
+      + "ip -6 addr show dev eth0 | awk '/inet6 fe80/ {print $2}'; nc -w 3 10.0.2.2 9 </dev/null && echo reached"
     const parentNet = json(await ok(["exec", "w", "--", "sh", "-c", netOf])).result.stdout.trim().split("\n")
-    assert.deepStrictEqual(parentNet, [userNicMac("w"), "10.0.2.15/24", "reached"])
+    assert.deepStrictEqual(parentNet, [
+      userNicMac("w"),
+      "10.0.2.15/24",
+      linkLocalOf(userNicMac("w")),
+      "reached"
+    ])
     const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
     assert.strictEqual(forked.source, "w")
     assert.deepStrictEqual(
@@ -311,9 +324,11 @@ describe("snapshots on real microVMs", () => {
     // (a stale ARP entry for the parent's gateway would time out).
     for (const [i, name] of ["kid-1", "kid-2"].entries()) {
       const net = json(await ok(["exec", name, "--", "sh", "-c", netOf]))
+      // Its IPv6 link-local address too, derived from its own MAC rather than kept from the parent's.
       assert.deepStrictEqual(net.result.stdout.trim().split("\n"), [
         userNicMac(name),
         `10.0.2.${16 + i}/24`,
+        linkLocalOf(userNicMac(name)),
         "reached"
       ])
       assert.strictEqual(
