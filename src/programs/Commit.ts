@@ -23,7 +23,7 @@ import { parseImageRef } from "../domain/ImageRef.ts"
 import type { State } from "../domain/State.ts"
 import { DiskFiles, type DiskFilesFailed } from "../services/DiskFiles.ts"
 import { DiskTrees, type DiskTreesFailed, type Ext4Tree } from "../services/DiskTrees.ts"
-import { Home } from "../services/Home.ts"
+import { Home, scopedWorkDir } from "../services/Home.ts"
 import { type ImageRecord, ImageStore } from "../services/ImageStore.ts"
 import { type Descriptor, hostPlatform, type ImageConfigFile, MediaTypes } from "../services/Registry.ts"
 import { StateStore } from "../services/StateStore.ts"
@@ -81,18 +81,6 @@ const readFailed = (name: string) => (error: DiskFilesFailed | DiskTreesFailed) 
       message: `workspace ${name}: reading its disk failed: ${error.message}`,
       remediation: "check the disk with `e2fsck -fn`; start and halt the workspace once to repair it"
     })
-
-/** A private directory under `tmp`, removed with its content when the scope closes. */
-const scopedWorkDir = (tmp: string, prefix: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      NodeFs.mkdirSync(tmp, { recursive: true, mode: 0o700 })
-      const dir = NodePath.join(tmp, `${prefix}${process.pid}-${NodeCrypto.randomBytes(6).toString("hex")}`)
-      NodeFs.mkdirSync(dir, { mode: 0o700 })
-      return dir
-    }),
-    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
-  )
 
 const sha256 = (bytes: Uint8Array) => `sha256:${NodeCrypto.createHash("sha256").update(bytes).digest("hex")}`
 

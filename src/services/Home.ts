@@ -3,6 +3,7 @@
  * Directories are 0700 and files 0600; everything else in the project asks this service for paths.
  */
 import { Context, Effect, Layer } from "effect"
+import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -77,3 +78,21 @@ export class Home extends Context.Tag("microagent/Home")<Home, HomeShape>() {
 
   static readonly layer = (root: string) => Layer.effect(Home, Home.make(root))
 }
+
+/**
+ * A private directory (0700) under `parent`, named `<prefix><pid>-<random>`, removed with its content
+ * when the scope closes: scratch space for one operation.
+ */
+export const scopedWorkDir = (parent: string, prefix: string) =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      NodeFs.mkdirSync(parent, { recursive: true, mode: 0o700 })
+      const dir = NodePath.join(
+        parent,
+        `${prefix}${process.pid}-${NodeCrypto.randomBytes(6).toString("hex")}`
+      )
+      NodeFs.mkdirSync(dir, { mode: 0o700 })
+      return dir
+    }),
+    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
+  )

@@ -5,12 +5,11 @@
  * the next build.
  */
 import { Effect, Layer } from "effect"
-import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { classifyNoSpace, diskFull } from "../../domain/DiskFull.ts"
 import { InvalidInput, Permanent, PolicyDenied, ResourceExhausted } from "../../domain/Errors.ts"
-import { Home } from "../../services/Home.ts"
+import { Home, scopedWorkDir } from "../../services/Home.ts"
 import { type BuildRequest, type BuildResult, RootfsBuilder } from "../../services/RootfsBuilder.ts"
 import { isAlive } from "../process/Processes.ts"
 import { applyLayer } from "./Apply.ts"
@@ -68,18 +67,6 @@ const stageParentFor = (compressedBytes: number | undefined): string | undefined
     return undefined
   }
 }
-
-/** A private directory under `tmp`, removed with its content when the scope closes. */
-export const scopedWorkDir = (tmp: string, prefix: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      NodeFs.mkdirSync(tmp, { recursive: true, mode: 0o700 })
-      const dir = NodePath.join(tmp, `${prefix}${process.pid}-${NodeCrypto.randomBytes(6).toString("hex")}`)
-      NodeFs.mkdirSync(dir, { mode: 0o700 })
-      return dir
-    }),
-    (dir) => Effect.sync(() => NodeFs.rmSync(dir, { recursive: true, force: true }))
-  )
 
 const permanent = (message: string, remediation = "") => new Permanent({ message, remediation })
 
