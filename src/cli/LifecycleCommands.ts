@@ -466,6 +466,33 @@ export const lifecycleGroup = [
   profilesCommand
 ] as const
 
+/**
+ * One of gc's clean-ups, done by the runtime, as a report line: what it did, `gone already` when
+ * something else (the runtime's own reconcile pass, say) removed it first, or why it failed.
+ */
+const cleanedUp = <A, E extends { readonly _tag: string; readonly message: string }, R>(
+  what: string,
+  call: Effect.Effect<A, E, R | MicroagentClient>,
+  done: (result: A) => string
+) =>
+  withRuntime(call).pipe(
+    Effect.map((result) => ({ workspace: what, action: done(result) })),
+    Effect.catchAll((error) =>
+      Effect.succeed({
+        workspace: what,
+        action: error._tag === "NotFound" ? "gone already" : `failed: ${error.message}`
+      })
+    )
+  )
+
+/** A workspace deleted (`--force`) by the runtime, for gc's report. */
+const deletedByRuntime = (name: string) =>
+  cleanedUp(
+    name,
+    Effect.flatMap(MicroagentClient, (client) => client.delete({ name, force: true })),
+    (result) => (result.deleted ? "deleted" : "gone already")
+  )
+
 const gcCommand = Command.make("gc", {}, () =>
   Effect.gen(function*() {
     const all = yield* withStore(Effect.flatMap(StateStore, (store) => store.list))
@@ -490,34 +517,19 @@ const gcCommand = Command.make("gc", {}, () =>
     // One-shot workspaces whose run died with its process: nothing else would ever delete them.
     const orphanedRuns = yield* withStore(abandonedRuns())
     const abandoned = yield* Effect.forEach(orphanedRuns, (ws) =>
-      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-        client.delete({ name: ws.name, force: true }))).pipe(
-          Effect.map(() => ({ workspace: ws.name, action: "deleted" })),
-          Effect.catchAll((error) =>
-            Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
-          )
-        ))
+      deletedByRuntime(ws.name))
     // Forks whose process died half way: undone whole, as the fork would have done.
     const forks = yield* withStore(abandonedForks())
     const forkChildren = yield* Effect.forEach(forks.children, (ws) =>
-      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-        client.delete({ name: ws.name, force: true }))).pipe(
-          Effect.map(() => ({ workspace: ws.name, action: "deleted" })),
-          Effect.catchAll((error) =>
-            Effect.succeed({ workspace: ws.name, action: `failed: ${error.message}` })
-          )
-        ))
+      deletedByRuntime(ws.name))
     const forkCaptures = yield* Effect.forEach(forks.captures, (capture) =>
-      withRuntime(Effect.flatMap(MicroagentClient, (client) =>
-        client.snapshotDelete({ name: capture.workspace, tag: capture.tag }))).pipe(
-          Effect.map(() => ({ workspace: `${capture.workspace}:${capture.tag}`, action: "deleted" })),
-          Effect.catchAll((error) =>
-            Effect.succeed({
-              workspace: `${capture.workspace}:${capture.tag}`,
-              action: `failed: ${error.message}`
-            })
-          )
-        ))
+      cleanedUp(
+        `${capture.workspace}:${capture.tag}`,
+        Effect.flatMap(MicroagentClient, (client) =>
+          client.snapshotDelete({ name: capture.workspace, tag: capture.tag })),
+        () =>
+          "deleted"
+      ))
     const unfinishedForks = [...forkChildren, ...forkCaptures]
     // The host's named-network plumbing is swept whatever the backend: it is the live fabric's.
     const swept = yield* withStore(
@@ -536,24 +548,12 @@ const gcCommand = Command.make("gc", {}, () =>
     }
     yield* emit(report, (r) =>
       [
-        ...r.reconciled.map((x) =>
-          `reconciled ${x.workspace}: ${x.from} -> ${x.to}`
-        ),
-        ...r.expired.map((x) =>
-          `lease expired ${x.workspace}: ${x.action}`
-        ),
-        ...r.abandoned.map((x) =>
-          `one-shot ${x.workspace}, its run's process gone: ${x.action}`
-        ),
-        ...r.unfinishedForks.map((x) =>
-          `${x.workspace}, of a fork whose process is gone: ${x.action}`
-        ),
-        ...r.killed.map((pid) =>
-          `killed orphaned VMM ${pid}`
-        ),
-        ...r.removed.map((path) =>
-          `removed ${path}`
-        )
+        ...r.reconciled.map((x) => `reconciled ${x.workspace}: ${x.from} -> ${x.to}`),
+        ...r.expired.map((x) => `lease expired ${x.workspace}: ${x.action}`),
+        ...r.abandoned.map((x) => `one-shot ${x.workspace}, its run's process gone: ${x.action}`),
+        ...r.unfinishedForks.map((x) => `${x.workspace}, of a fork whose process is gone: ${x.action}`),
+        ...r.killed.map((pid) => `killed orphaned VMM ${pid}`),
+        ...r.removed.map((path) => `removed ${path}`)
       ].join("\n") || "nothing to do")
   })).pipe(
     Command.withDescription(

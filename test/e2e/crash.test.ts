@@ -730,7 +730,9 @@ describe("faults", () => {
     assert.strictEqual(lost.code, 75, lost.stderr)
     // Nothing else will ever delete it: gc does (and so does the next runtime, which gc starts).
     const report = json(await ok(["gc"]))
-    assert.deepStrictEqual(report.abandoned, [{ workspace: name, action: "deleted" }])
+    // gc's own delete, or the one of the runtime that gc started, which may come first.
+    assert.deepStrictEqual(report.abandoned.map((a: { workspace: string }) => a.workspace), [name])
+    assert.include(["deleted", "gone already"], report.abandoned[0].action)
     await waitFor("the abandoned run's VM to end", () => !alive(vmm!), 30_000)
     assert.isFalse(NodeFs.existsSync(NodePath.join(stateDir, "workspaces", name)))
     const names = json(await ok(["list"])).workspaces.map((w: { name: string }) => w.name)
