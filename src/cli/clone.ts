@@ -7,7 +7,7 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect } from "effect"
 import type { WorkspaceCopy } from "../domain/Snapshot.ts"
 import { clone } from "../programs/Clone.ts"
-import { type ForkResult, maxForkCount } from "../programs/Fork.ts"
+import { checkForkCount, type ForkResult, maxForkCount } from "../programs/Fork.ts"
 import { workspaceSecretValues } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { withRuntime, withWorkspaceBackend } from "./Layers.ts"
@@ -63,7 +63,8 @@ export const forkCommand = Command.make(
     name: Args.text({ name: "name" }).pipe(Args.withDescription("a running workspace"))
   },
   ({ count, name, namePrefix }) =>
-    withRuntime(
+    // A bad count is a usage error whatever the workspace: said before anything is looked up.
+    checkForkCount(count).pipe(Effect.zipRight(withRuntime(
       Effect.gen(function*() {
         const client = yield* MicroagentClient
         const secretValues = yield* workspaceSecretValues(client, name)
@@ -74,7 +75,7 @@ export const forkCommand = Command.make(
           ...(secretValues === undefined ? {} : { secretValues })
         })
       })
-    ).pipe(Effect.flatMap((r) => emit(r, forkLine)))
+    ))).pipe(Effect.flatMap((r) => emit(r, forkLine)))
 ).pipe(
   Command.withDescription("running copies of a running workspace, each resumed from one capture of it")
 )

@@ -23,6 +23,17 @@ import { start } from "./Start.ts"
 
 export const maxForkCount = 16
 
+/** A count a fork can make (1 to 16), else `InvalidInput`: checked before anything is looked up. */
+export const checkForkCount = (count: number) =>
+  Number.isInteger(count) && count >= 1 && count <= maxForkCount
+    ? Effect.void
+    : Effect.fail(
+      new InvalidInput({
+        message: `invalid count ${count}: a fork makes 1 to ${maxForkCount} children`,
+        remediation: "give --count N, e.g. --count 3"
+      })
+    )
+
 export interface ForkOptions {
   /** How many children (1 to 16; default 1). */
   readonly count?: number | undefined
@@ -60,12 +71,7 @@ export const fork: (
   options: ForkOptions = {}
 ) {
   const count = options.count ?? 1
-  if (!Number.isInteger(count) || count < 1 || count > maxForkCount) {
-    return yield* new InvalidInput({
-      message: `invalid count ${count}: a fork makes 1 to ${maxForkCount} children`,
-      remediation: "give --count N, e.g. --count 3"
-    })
-  }
+  yield* checkForkCount(count)
   const prefix = options.namePrefix ?? `${name}-fork`
   const names = Array.from({ length: count }, (_, i) => `${prefix}-${i + 1}`)
   for (const child of names) {

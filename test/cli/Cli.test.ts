@@ -134,6 +134,10 @@ describe("the microagent CLI on the fake backend", () => {
       2
     )
     assert.strictEqual((await cliAsync(["run", "--backend", "nope", "alpine"], { stateDir })).code, 2)
+    // A bad count is said before the workspace is looked up (it does not exist either).
+    const badCount = await cliAsync(["fork", "--count", "17", "ghost"], { stateDir })
+    assert.strictEqual(badCount.code, 2)
+    assert.include(errorOf(badCount).error.message, "a fork makes 1 to 16 children")
     const missing = await cliAsync(["inspect", "ghost"], { stateDir })
     assert.strictEqual(missing.code, 1)
     assert.deepStrictEqual(errorOf(missing).error, {
