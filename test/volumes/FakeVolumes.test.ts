@@ -5,7 +5,7 @@
  * or is interrupted after claiming its volumes releases them, records `failed` and leaves no fake VMM.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Option, Redacted } from "effect"
+import { Cause, Duration, Effect, Exit, Fiber, Option, Redacted, Schedule } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -193,8 +193,8 @@ describe("named volumes on the fake backend", () => {
       )
       const fiber = yield* Effect.fork(start("cut"))
       yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
-        Effect.retry({ times: 500 }),
-        Effect.delay(Duration.millis(10)),
+        // Polled every 10 ms for up to 20 s: under load the launch takes a while.
+        Effect.retry(Schedule.spaced(Duration.millis(10)).pipe(Schedule.upTo(Duration.seconds(20)))),
         Effect.orDie
       )
       const starting = yield* store.get("cut")
@@ -250,8 +250,8 @@ describe("named volumes on the fake backend", () => {
       })
       const fiber = yield* Effect.fork(start("late"))
       yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
-        Effect.retry({ times: 1000 }),
-        Effect.delay(Duration.millis(10)),
+        // Polled every 10 ms for up to 20 s: under load the launch takes a while.
+        Effect.retry(Schedule.spaced(Duration.millis(10)).pipe(Schedule.upTo(Duration.seconds(20)))),
         Effect.orDie
       )
       const starting = yield* store.get("late")
