@@ -65,7 +65,7 @@ export const stillLive = (store: StateStoreShape) => (name: string) =>
 
 /**
  * One-shot workspaces whose `run` died with its process (a runtime killed mid-run, an application
- * that crashed): nothing else would ever delete them (see `reapAbandonedRun`). A workspace whose
+ * that crashed): nothing else would ever delete them (see `reapAbandoned`). A workspace whose
  * process lives is left alone.
  */
 export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
@@ -82,7 +82,7 @@ export const abandonedRuns = Effect.fn("gcAbandonedRuns")(function*() {
  * Deletes a workspace its maker abandoned (a one-shot run, a fork's child), killing its VM first;
  * answers whether it went.
  */
-export const reapAbandonedRun = (name: string) =>
+export const reapAbandoned = (name: string) =>
   remove(name, { force: true }).pipe(
     Effect.map((result) => result.deleted),
     Effect.catchAll(() => Effect.succeed(false))

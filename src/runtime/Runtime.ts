@@ -21,7 +21,7 @@ import { endVmm, vmmsOf } from "../layers/process/Vmms.ts"
 import { backupIfDue } from "../layers/state/Backups.ts"
 import * as Microagent from "../Microagent.ts"
 import { collectEntrypoint, pendingResults } from "../programs/Entrypoint.ts"
-import { abandonedForks, abandonedRuns, reapAbandonedRun, stillLive } from "../programs/Gc.ts"
+import { abandonedForks, abandonedRuns, reapAbandoned, stillLive } from "../programs/Gc.ts"
 import { checkWorkspace, type HealthTrack, type HealthTracks, makeHealthTracks } from "../programs/Health.ts"
 import { releaseMounts } from "../programs/internal/Mounts.ts"
 import { detachNetworks } from "../programs/internal/NetworkPlumbing.ts"
@@ -102,7 +102,7 @@ export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
     const store = yield* StateStore
     // A one-shot run whose process died (the runtime before this one, say) is deleted, its VM killed.
     for (const abandoned of yield* abandonedRuns()) {
-      const gone = yield* withBackend(abandoned.backend, reapAbandonedRun(abandoned.name)).pipe(
+      const gone = yield* withBackend(abandoned.backend, reapAbandoned(abandoned.name)).pipe(
         Effect.catchAll(() => Effect.succeed(false))
       )
       if (gone) {
@@ -113,7 +113,7 @@ export const reconcileAll = (options: { readonly reapOrphans: boolean }) =>
     // itself: its children go, and its capture (captures are looked for on the slower orphan pass).
     const forks = yield* abandonedForks({ withCaptures: options.reapOrphans })
     for (const child of forks.children) {
-      const gone = yield* withBackend(child.backend, reapAbandonedRun(child.name))
+      const gone = yield* withBackend(child.backend, reapAbandoned(child.name))
       if (gone) yield* Effect.logWarning(`deleted ${child.name}: the fork that made it did not end`)
     }
     for (const capture of forks.captures) {

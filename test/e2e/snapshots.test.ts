@@ -71,6 +71,34 @@ const runtimePid = (): number | undefined => {
   }
 }
 
+/**
+ * Runs the CLI with `step` armed on a runtime of its own, kills that runtime with SIGKILL once the
+ * command has paused there, and answers the command's exit code.
+ */
+const runtimeKilledAt = async (step: string, args: ReadonlyArray<string>) => {
+  stopRuntime(stateDir)
+  await waitFor("the runtime to exit", () => runtimePid() === undefined, 30_000)
+  const child = NodeChild.spawn(process.execPath, [binPath, ...args], {
+    env: {
+      ...process.env,
+      ...env,
+      MICROAGENT_HOME: stateDir,
+      MICROAGENT_FAULT_PAUSE: step,
+      MICROAGENT_FAULT_DIR: faultDir,
+      NO_COLOR: "1"
+    },
+    stdio: ["ignore", "ignore", "ignore"]
+  })
+  const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)))
+  const marker = NodePath.join(faultDir, step)
+  await waitFor(`${args.join(" ")} to reach ${step}`, () => NodeFs.existsSync(marker))
+  const pid = runtimePid()
+  assert.isDefined(pid)
+  process.kill(pid!, "SIGKILL")
+  NodeFs.rmSync(marker, { force: true })
+  return done
+}
+
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")
   requireTool("mke2fs", "e2fsprogs")
@@ -175,28 +203,10 @@ describe("snapshots on real microVMs", () => {
   }, 300_000)
 
   it("kill -9 of the runtime mid-capture publishes nothing and leaves the VM running", async () => {
-    stopRuntime(stateDir)
-    await waitFor("the runtime to exit", () => runtimePid() === undefined, 30_000)
-    const step = "snapshot.capturing"
-    const child = NodeChild.spawn(process.execPath, [binPath, "snapshot", "create", "w", "--tag", "crash"], {
-      env: {
-        ...process.env,
-        ...env,
-        MICROAGENT_HOME: stateDir,
-        MICROAGENT_FAULT_PAUSE: step,
-        MICROAGENT_FAULT_DIR: faultDir,
-        NO_COLOR: "1"
-      },
-      stdio: ["ignore", "ignore", "ignore"]
-    })
-    const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)))
-    const marker = NodePath.join(faultDir, step)
-    await waitFor("the capture to reach its fault point", () => NodeFs.existsSync(marker))
-    const pid = runtimePid()
-    assert.isDefined(pid)
-    process.kill(pid!, "SIGKILL")
-    NodeFs.rmSync(marker, { force: true })
-    assert.notStrictEqual(await done, 0)
+    assert.notStrictEqual(
+      await runtimeKilledAt("snapshot.capturing", ["snapshot", "create", "w", "--tag", "crash"]),
+      0
+    )
     // Nothing published; the staging directory is swept by the next reader.
     assert.deepStrictEqual(
       json(await ok(["snapshot", "list", "w", "--json"])).map((m: { tag: string }) => m.tag),
@@ -377,32 +387,10 @@ describe("snapshots on real microVMs", () => {
   it(
     "kill -9 of the runtime mid-fork: the next runtime undoes the fork, children, VMs and capture",
     async () => {
-      stopRuntime(stateDir)
-      await waitFor("the runtime to exit", () => runtimePid() === undefined, 30_000)
-      const step = "fork.child-started"
-      const child = NodeChild.spawn(
-        process.execPath,
-        [binPath, "fork", "w", "--count", "2", "--name-prefix", "cut"],
-        {
-          env: {
-            ...process.env,
-            ...env,
-            MICROAGENT_HOME: stateDir,
-            MICROAGENT_FAULT_PAUSE: step,
-            MICROAGENT_FAULT_DIR: faultDir,
-            NO_COLOR: "1"
-          },
-          stdio: ["ignore", "ignore", "ignore"]
-        }
+      assert.notStrictEqual(
+        await runtimeKilledAt("fork.child-started", ["fork", "w", "--count", "2", "--name-prefix", "cut"]),
+        0
       )
-      const done = new Promise<number>((resolve) => child.on("close", (code) => resolve(code ?? -1)))
-      const marker = NodePath.join(faultDir, step)
-      await waitFor("a child to be started", () => NodeFs.existsSync(marker))
-      const pid = runtimePid()
-      assert.isDefined(pid)
-      process.kill(pid!, "SIGKILL")
-      NodeFs.rmSync(marker, { force: true })
-      assert.notStrictEqual(await done, 0)
       assert.isTrue(entries("w").some((tag) => tag.startsWith("fork-")), "the capture was left")
       // The next runtime (started by a command it serves) undoes the fork whole, as the fork would have.
       const result = await ok(["exec", "w", "--", "echo", "parent"])

@@ -3,10 +3,9 @@
  * that leave nothing behind.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Fiber, Option, Schedule } from "effect"
+import { Cause, Effect, Exit, Fiber, Option } from "effect"
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { ExecRequest } from "../../src/domain/Exec.ts"
 import { Workspace } from "../../src/domain/Workspace.ts"
@@ -22,6 +21,7 @@ import { Home } from "../../src/services/Home.ts"
 import { Processes } from "../../src/services/Processes.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
+import { armFault, untilExists } from "../support/faults.ts"
 
 const failureTag = (exit: Exit.Exit<unknown, { readonly _tag: string }>) =>
   Exit.isFailure(exit) ? Option.getOrThrow(Cause.failureOption(exit.cause))._tag : "success"
@@ -105,26 +105,10 @@ describe("fork", () => {
       const store = yield* StateStore
       yield* create({ image: "alpine", name: "p3" })
       yield* start("p3")
-      const faultDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-fault-"))
-      const marker = NodePath.join(faultDir, "vmm.booting")
       // The children's starts pause once their fake VMMs run (see FaultPoint.ts).
-      yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          process.env.MICROAGENT_FAULT_PAUSE = "vmm.booting"
-          process.env.MICROAGENT_FAULT_DIR = faultDir
-        }),
-        () =>
-          Effect.sync(() => {
-            delete process.env.MICROAGENT_FAULT_PAUSE
-            delete process.env.MICROAGENT_FAULT_DIR
-            NodeFs.rmSync(faultDir, { recursive: true, force: true })
-          })
-      )
+      const marker = yield* armFault("vmm.booting")
       const fiber = yield* Effect.fork(fork("p3", { count: 3, namePrefix: "cut" }))
-      yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
-        Effect.retry(Schedule.spaced("10 millis").pipe(Schedule.upTo("10 seconds"))),
-        Effect.orDie
-      )
+      yield* untilExists(marker)
       assert.isTrue((yield* store.list).some((w) => w.name.startsWith("cut-")), "a child was made")
       assert.isTrue(Exit.isInterrupted(yield* Fiber.interrupt(fiber)))
       assert.deepStrictEqual((yield* store.list).map((w) => w.name), ["p3"], "no child is left")

@@ -5,7 +5,7 @@
  * or is interrupted after claiming its volumes releases them, records `failed` and leaves no fake VMM.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Duration, Effect, Exit, Fiber, Option, Redacted, Schedule } from "effect"
+import { Cause, Effect, Exit, Fiber, Option, Redacted } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -22,6 +22,7 @@ import { volumeCreate, volumeInspect, volumeRemove } from "../../src/programs/Vo
 import { volumeDirectoryOf } from "../../src/services/Hypervisor.ts"
 import { StateStore } from "../../src/services/StateStore.ts"
 import { fakeEnvironment } from "../support/fakeEnvironment.ts"
+import { armFault, untilExists } from "../support/faults.ts"
 
 const sh = (script: string) => new ExecRequest({ argv: ["sh", "-c", script] })
 
@@ -176,27 +177,10 @@ describe("named volumes on the fake backend", () => {
       const store = yield* StateStore
       yield* volumeCreate("held", 16)
       yield* create({ image: "alpine", name: "cut", mounts: [volume("held", "/data")] })
-      const faultDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-fault-"))
-      const marker = NodePath.join(faultDir, "vmm.booting")
       // The launch pauses once its VMM runs and its disks are mounted (see FaultPoint.ts).
-      yield* Effect.acquireRelease(
-        Effect.sync(() => {
-          process.env.MICROAGENT_FAULT_PAUSE = "vmm.booting"
-          process.env.MICROAGENT_FAULT_DIR = faultDir
-        }),
-        () =>
-          Effect.sync(() => {
-            delete process.env.MICROAGENT_FAULT_PAUSE
-            delete process.env.MICROAGENT_FAULT_DIR
-            NodeFs.rmSync(faultDir, { recursive: true, force: true })
-          })
-      )
+      const marker = yield* armFault("vmm.booting")
       const fiber = yield* Effect.fork(start("cut"))
-      yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
-        // Polled every 10 ms for up to 20 s: under load the launch takes a while.
-        Effect.retry(Schedule.spaced(Duration.millis(10)).pipe(Schedule.upTo(Duration.seconds(20)))),
-        Effect.orDie
-      )
+      yield* untilExists(marker)
       const starting = yield* store.get("cut")
       assert.strictEqual(starting.state, "starting")
       const pid = vmmPid(starting.runtimeDir)
@@ -249,11 +233,7 @@ describe("named volumes on the fake backend", () => {
         files: [new FileCopy({ source, target: "/etc/app/conf" })]
       })
       const fiber = yield* Effect.fork(start("late"))
-      yield* Effect.suspend(() => NodeFs.existsSync(marker) ? Effect.void : Effect.fail("not yet")).pipe(
-        // Polled every 10 ms for up to 20 s: under load the launch takes a while.
-        Effect.retry(Schedule.spaced(Duration.millis(10)).pipe(Schedule.upTo(Duration.seconds(20)))),
-        Effect.orDie
-      )
+      yield* untilExists(marker)
       const starting = yield* store.get("late")
       const pid = vmmPid(starting.runtimeDir)
       assert.isTrue(isAlive(pid, undefined), "the fake VMM was launched")

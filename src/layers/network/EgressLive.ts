@@ -189,6 +189,7 @@ const namespaceRules = (
   ["-A", "INPUT", "-j", "DROP"]
 ]
 
+/** The mediator's pid, for inspection (tests, an operator): release finds mediators by their arguments. */
 const mediatorPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress.pid")
 
 /** The mediators serving namespace `ns`, found by their arguments: a runtime directory removed with its pid file (a delete, a gc) does not hide one. */
