@@ -15,7 +15,9 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 const runtimePid = () =>
   Number(NodeFs.readFileSync(NodePath.join(stateDir, "run", "runtime.pid"), "utf8").split(" ")[0])
 
-afterAll(() => {
+afterAll(async () => {
+  // The workspaces' fake VMMs are detached processes: they go with their workspaces, not the directory.
+  for (const name of ["w1", "w2"]) await cliAsync(["delete", "--force", name], { stateDir, env })
   stopRuntime(stateDir)
   NodeFs.rmSync(stateDir, { recursive: true, force: true })
 })
