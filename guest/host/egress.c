@@ -790,7 +790,9 @@ int main(int argc, char **argv) {
     p[2] = (struct pollfd){.fd = up_fd, .events = POLLIN};
     p[3] = (struct pollfd){.fd = sink_fd, .events = POLLIN};
     for (int i = 0; i < npublish; i++) p[4 + i] = (struct pollfd){.fd = publishes[i].fd, .events = POLLIN};
-    int ready = poll(p, (nfds_t)(4 + npublish), 1000);
+    /* Until the VMM's pid is known, looked for every 50 ms: a VM that runs for less than a second (a
+     * short run) takes its pid file with it, and a mediator that never saw it would wait out the grace. */
+    int ready = poll(p, (nfds_t)(4 + npublish), vmm_pidfile && vmm_pid == 0 ? 50 : 1000);
     reap_children();
     watch_vmm();
     if (ready < 0) {

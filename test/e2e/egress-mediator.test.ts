@@ -121,6 +121,26 @@ describe("the egress mediator's end", () => {
     assert.strictEqual(NodeFs.statSync(`/run/netns/${ns}`).ino, replacement)
   }, 60_000)
 
+  it("ends with a VMM that ran for less than a second and took its pid file with it", async () => {
+    makeNamespace()
+    const pidFile = NodePath.join(work, "qemu3.pid")
+    NodeFs.rmSync(pidFile, { force: true })
+    const mediator = await startMediator(pidFile)
+    const exited = new Promise<number | null>((resolve) => mediator.on("exit", resolve))
+    // A short run: the VMM writes its pid file, ends within 300 ms, and its files are removed.
+    const vmm = NodeChild.spawn("sleep", ["120"], { stdio: "ignore" })
+    spawned.push(vmm)
+    NodeFs.writeFileSync(pidFile, `${vmm.pid}\n`)
+    await new Promise((r) => setTimeout(r, 300))
+    vmm.kill("SIGKILL")
+    NodeFs.rmSync(pidFile, { force: true })
+    const code = await Promise.race([
+      exited,
+      new Promise<"still running">((r) => setTimeout(() => r("still running"), 5_000))
+    ])
+    assert.strictEqual(code, 0, "the mediator ends with its VMM rather than waiting out its grace")
+  }, 60_000)
+
   it("removes its own namespace's name when its VMM ends", async () => {
     makeNamespace()
     const vmm = NodeChild.spawn("sleep", ["120"], { stdio: "ignore" })
