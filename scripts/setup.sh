@@ -20,6 +20,8 @@ if [ "${1:-}" = "--test" ]; then
   packages+=(docker-registry skopeo umoci apache2-utils openssl clang libclang-rt-14-dev socat passt mmdebstrap)
   # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
   packages+=(python3)
+  # the cluster tests start their own PostgreSQL
+  packages+=(postgresql)
   # the completion scripts are loaded in each shell they are written for
   packages+=(zsh fish)
 fi

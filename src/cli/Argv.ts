@@ -35,6 +35,7 @@ export const parseArgv = (
   let json: boolean | undefined
   let stateDir: string | undefined
   let backend: Backend | undefined
+  let cluster = process.env.MICROAGENT_CLUSTER === "" ? undefined : process.env.MICROAGENT_CLUSTER
   let noColor = process.env.NO_COLOR !== undefined && process.env.NO_COLOR !== ""
   const rest: Array<string> = []
   let guestArgv: ReadonlyArray<string> = []
@@ -73,6 +74,17 @@ export const parseArgv = (
         const dir = value()
         if (dir === undefined || dir === "") return usage("--state-dir needs a directory")
         stateDir = dir
+        continue
+      }
+      case "--cluster": {
+        const url = value()
+        if (url === undefined || !/^postgres(ql)?:\/\/\S+$/.test(url)) {
+          return usage(
+            "--cluster needs the cluster's PostgreSQL URL",
+            "for example --cluster postgres://microagent@db.internal:5432/microagent"
+          )
+        }
+        cluster = url
         continue
       }
       case "--backend": {
@@ -163,6 +175,6 @@ export const parseArgv = (
     _tag: "Command",
     verb: verbName,
     args: rest,
-    invocation: { json, stateDir, backend, noColor, guestArgv }
+    invocation: { json, stateDir, backend, noColor, guestArgv, cluster }
   })
 }

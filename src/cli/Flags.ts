@@ -224,7 +224,14 @@ export const workspaceOptions = {
   ttl: ttlOption,
   volume: volumeFlag,
   secret: secretFlag,
-  refuseDevices: refuseDevicesOption
+  refuseDevices: refuseDevicesOption,
+  constraint: Options.text("constraint").pipe(
+    Options.withPseudoName("KEY=VALUE"),
+    Options.repeated,
+    Options.withDescription(
+      "with --cluster: only on a runner with this label (repeatable), e.g. backend=qemu"
+    )
+  )
 }
 
 export const readSpec = (file: Option.Option<string>) =>

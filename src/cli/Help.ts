@@ -237,7 +237,7 @@ export const usageLine = (path: ReadonlyArray<string>, spec: CommandSpec): strin
   return words.join(" ")
 }
 
-const globalFlagsLine = "Global flags: --json --state-dir --backend --no-color (`microagent help`)"
+const globalFlagsLine = "Global flags: --json --state-dir --backend --cluster --no-color (`microagent help`)"
 
 // ---------- command help ----------
 
@@ -387,6 +387,12 @@ export const topLevelHelp = (version: string, style: Style = plain): string => {
     ...hanging(
       "  --backend qemu|fake",
       "backend for new workspaces (default: $MICROAGENT_BACKEND or qemu)",
+      31,
+      style.width
+    ),
+    ...hanging(
+      "  --cluster URL",
+      "work through a cluster: its PostgreSQL URL (also $MICROAGENT_CLUSTER; docs/cluster.md)",
       31,
       style.width
     ),

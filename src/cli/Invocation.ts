@@ -9,6 +9,8 @@ export interface InvocationShape {
   readonly json: boolean | undefined
   readonly stateDir: string | undefined
   readonly backend: Backend | undefined
+  /** `--cluster URL` or MICROAGENT_CLUSTER: the PostgreSQL URL of a cluster to work through. */
+  readonly cluster?: string | undefined
   readonly noColor: boolean
   readonly guestArgv: ReadonlyArray<string>
 }

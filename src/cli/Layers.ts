@@ -4,7 +4,8 @@
  */
 import * as Socket from "@effect/platform/Socket"
 import { Cause, Effect, Layer, Option } from "effect"
-import { Transient } from "../domain/Errors.ts"
+import * as ClusterClient from "../cluster/Client.ts"
+import { type Permanent, Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import type { BackendServices } from "../layers/backends/Backends.ts"
 import {
@@ -55,6 +56,27 @@ export const withWorkspaceBackend = <A, E, R>(
   effect: Effect.Effect<A, E, R | BackendServices>
 ) => withInvocationBackends(onWorkspaceBackend(name, effect))
 
+/** Runs an effect against a cluster: the `MicroagentClient` is the cluster's (`--cluster URL`). */
+const withCluster = <A, E, R>(url: string, effect: Effect.Effect<A, E, R | MicroagentClient>) =>
+  Effect.scoped(Effect.gen(function*() {
+    const context = yield* Layer.build(ClusterClient.layer({ url }))
+    return yield* Effect.provide(effect, context)
+  }))
+
+/** `onCluster` through the cluster's client when the invocation names a cluster, else `onHost`. */
+export const clusterOr = <A, E, R, A2, E2, R2>(
+  onCluster: Effect.Effect<A, E, R | MicroagentClient>,
+  onHost: Effect.Effect<A2, E2, R2>
+) =>
+  Effect.flatMap(Invocation, (invocation) => {
+    const chosen: Effect.Effect<
+      A | A2,
+      E | E2 | Transient | Permanent,
+      Exclude<R, MicroagentClient> | R2 | Invocation
+    > = invocation.cluster !== undefined ? withRuntime(onCluster) : onHost
+    return chosen
+  })
+
 /** The transport's own failures (socket gone, runtime killed): worth a retry. */
 const isTransportFailure = (error: unknown) => isRpcClientError(error) || Socket.isSocketError(error)
 
@@ -79,20 +101,22 @@ export const runtimeStopped = () =>
  */
 export const withRuntime = <A, E, R>(effect: Effect.Effect<A, E, R | MicroagentClient>) =>
   Effect.flatMap(Invocation, (invocation) =>
-    Effect.scoped(Effect.gen(function*() {
-      const home = yield* Home.make(Home.resolveRoot(invocation.stateDir))
-      yield* ensureRuntime(home)
-      const context = yield* Layer.build(MicroagentClient.layer({ socket: home.runtimeSocket }))
-      return yield* Effect.provide(effect, context)
-    })).pipe(
-      Effect.mapError((error) => (isTransportFailure(error) ? lostRuntime(error) : error)),
-      // The RPC client reports a socket that died under it as a defect.
-      Effect.catchSomeDefect((defect) =>
-        isTransportFailure(defect) ? Option.some(Effect.fail(lostRuntime(defect))) : Option.none()
-      ),
-      // The runtime ended the call (it was stopped while serving it); our own Ctrl-C is not caught
-      // here, an interrupted fiber runs no recovery.
-      Effect.catchAllCause((cause) =>
-        Cause.isInterruptedOnly(cause) ? Effect.fail(runtimeStopped()) : Effect.failCause(cause)
-      )
-    ))
+    invocation.cluster !== undefined
+      ? withCluster(invocation.cluster, effect)
+      : Effect.scoped(Effect.gen(function*() {
+        const home = yield* Home.make(Home.resolveRoot(invocation.stateDir))
+        yield* ensureRuntime(home)
+        const context = yield* Layer.build(MicroagentClient.layer({ socket: home.runtimeSocket }))
+        return yield* Effect.provide(effect, context)
+      })).pipe(
+        Effect.mapError((error) => (isTransportFailure(error) ? lostRuntime(error) : error)),
+        // The RPC client reports a socket that died under it as a defect.
+        Effect.catchSomeDefect((defect) =>
+          isTransportFailure(defect) ? Option.some(Effect.fail(lostRuntime(defect))) : Option.none()
+        ),
+        // The runtime ended the call (it was stopped while serving it); our own Ctrl-C is not caught
+        // here, an interrupted fiber runs no recovery.
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause) ? Effect.fail(runtimeStopped()) : Effect.failCause(cause)
+        )
+      ))

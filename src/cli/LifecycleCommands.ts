@@ -26,7 +26,7 @@ import { MicroagentClient } from "../rpc/Client.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { optionalDuration } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
+import { clusterOr, withBackend, withRuntime, withStore, withWorkspaceBackend } from "./Layers.ts"
 import { emit, emitList, jsonMode, quietOption, table, writeStdout } from "./Output.ts"
 
 const nameArg = Args.text({ name: "name" }).pipe(Args.withDescription("workspace name"))
@@ -39,12 +39,16 @@ const inspectCommand = Command.make(
   "inspect",
   { name: nameArg },
   ({ name }) =>
-    withWorkspaceBackend(name, inspect(name)).pipe(
+    clusterOr(
+      Effect.flatMap(MicroagentClient, (client) => client.inspect({ name })),
+      withWorkspaceBackend(name, inspect(name))
+    ).pipe(
       Effect.flatMap((report) =>
         emit(report, ({ workspace: ws, lastEvent }) =>
           [
             `name:      ${ws.name}`,
             `state:     ${ws.state}`,
+            ...(ws.host === undefined ? [] : [`host:      ${ws.host}`]),
             `backend:   ${ws.backend}`,
             `image:     ${ws.image.ref}${ws.image.digest ? ` (${ws.image.digest})` : ""}`,
             `resources: ${ws.resources.memoryMiB} MiB, ${ws.resources.cpus} vCPU${
@@ -314,15 +318,29 @@ const deleteCommand = Command.make(
 ).pipe(Command.withDescription("delete workspaces and their disks; idempotent (alias: rm)"))
 
 const listTable = (workspaces: ReadonlyArray<Workspace>) =>
-  table(
-    ["NAME", "STATE", "BACKEND", "PROFILE", "NETWORK", "IMAGE"],
-    workspaces.map((ws) => [ws.name, ws.state, ws.backend, ws.profile ?? "-", ws.network, ws.image.ref])
-  )
+  workspaces.some((ws) => ws.host !== undefined)
+    ? table(
+      ["NAME", "STATE", "HOST", "BACKEND", "PROFILE", "NETWORK", "IMAGE"],
+      workspaces.map((ws) => [
+        ws.name,
+        ws.state,
+        ws.host ?? "-",
+        ws.backend,
+        ws.profile ?? "-",
+        ws.network,
+        ws.image.ref
+      ])
+    )
+    : table(
+      ["NAME", "STATE", "BACKEND", "PROFILE", "NETWORK", "IMAGE"],
+      workspaces.map((ws) => [ws.name, ws.state, ws.backend, ws.profile ?? "-", ws.network, ws.image.ref])
+    )
 
 const listRows = (workspaces: ReadonlyArray<Workspace>) => ({
   workspaces: workspaces.map((ws) => ({
     name: ws.name,
     state: ws.state,
+    ...(ws.host === undefined ? {} : { host: ws.host }),
     backend: ws.backend,
     profile: ws.profile ?? null,
     restart: ws.restart,
@@ -334,15 +352,20 @@ const listRows = (workspaces: ReadonlyArray<Workspace>) => ({
 
 /** Lists every backend's workspaces; each is reconciled against its own backend. */
 const listAll = (runningOnly: boolean, quiet: boolean) =>
-  withStore(Effect.flatMap(StateStore, (store) => store.list)).pipe(
-    Effect.flatMap((all) =>
-      Effect.forEach(all, (ws) =>
-        withWorkspaceBackend(ws.name, inspect(ws.name)).pipe(
-          Effect.map((report) => [report.workspace]),
-          Effect.catchTag("NotFound", () => Effect.succeed([]))
-        ))
-    ),
-    Effect.map((found) => found.flat().filter((ws) => !runningOnly || isLive(ws.state))),
+  clusterOr(
+    Effect.flatMap(MicroagentClient, (client) => client.list({ runningOnly })),
+    withStore(Effect.flatMap(StateStore, (store) => store.list)).pipe(
+      Effect.flatMap((all) =>
+        Effect.forEach(all, (ws) =>
+          withWorkspaceBackend(ws.name, inspect(ws.name)).pipe(
+            Effect.map((report) => [report.workspace]),
+            Effect.catchTag("NotFound", () => Effect.succeed([]))
+          ))
+      ),
+      Effect.map((found) => found.flat())
+    )
+  ).pipe(
+    Effect.map((found) => found.filter((ws) => !runningOnly || isLive(ws.state))),
     Effect.flatMap((workspaces) =>
       emitList(quiet, workspaces.map((ws) => ws.name), listRows(workspaces), () => listTable(workspaces))
     )
@@ -375,6 +398,15 @@ const logsCommand = Command.make(
         })
       }
       const json = follow ? false : yield* jsonMode
+      if (invocation.cluster !== undefined) {
+        const remote = Stream.unwrap(Effect.map(MicroagentClient, (client) => client.logs({ name, follow })))
+        if (json) {
+          const chunks = yield* withRuntime(Stream.runCollect(remote))
+          const text = Buffer.concat([...chunks].map((chunk) => Buffer.from(chunk))).toString("utf8")
+          return yield* emit({ logs: text }, () => "")
+        }
+        return yield* withRuntime(Stream.runForEach(remote, (chunk) => writeStdout(chunk)))
+      }
       const stream = logs(name, { follow })
       if (json) {
         const chunks = yield* withWorkspaceBackend(name, Stream.runCollect(stream))

@@ -9,6 +9,7 @@ import { decodeEgressPolicyFile, EgressPolicy, type EgressReceipt, normalizeAllo
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
+import { parseLabels } from "../domain/Placement.ts"
 import { planText } from "../domain/Plan.ts"
 import type { CreateRequest, ExecCommand } from "../domain/Requests.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
@@ -40,7 +41,7 @@ import {
   workspaceOptions
 } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
-import { withNewBackend, withRuntime, withWorkspaceBackend } from "./Layers.ts"
+import { clusterOr, withNewBackend, withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { waitAndReport } from "./LifecycleCommands.ts"
 import { networkFields } from "./network.ts"
 import { emit, jsonMode, writeStdout } from "./Output.ts"
@@ -169,12 +170,19 @@ const workspaceFields = (
     readonly model: Option.Option<string>
     readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
     readonly modelPolicyFile?: Option.Option<string>
+    readonly constraint: ReadonlyArray<string>
   },
   spec: Spec
 ) =>
   Effect.map(
-    Effect.all([networkFields(options, spec), egressPolicyFileOf(options), modelOf(options)]),
-    ([network, fileAllow, model]) => ({
+    Effect.all([
+      networkFields(options, spec),
+      egressPolicyFileOf(options),
+      modelOf(options),
+      parseLabels(options.constraint.join(","), "--constraint")
+    ]),
+    ([network, fileAllow, model, constraints]) => ({
+      ...(Object.keys(constraints).length > 0 ? { constraints } : {}),
       egress: egressPolicyOf(options, spec, fileAllow),
       profile: orUndefined(options.profile) ?? spec.profile,
       memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
@@ -621,7 +629,10 @@ const createCommand = Command.make("create", {
     if (options.dryRun) {
       return yield* emit(yield* withNewBackend(plan({ ...createOptions, kind: "create" })), planText)
     }
-    const workspace = yield* withNewBackend(create(createOptions))
+    const workspace = yield* clusterOr(
+      Effect.flatMap(MicroagentClient, (client) => client.create(createOptions)),
+      withNewBackend(create(createOptions))
+    )
     yield* emit(workspace, describeWorkspace)
   })).pipe(Command.withDescription("create a persistent workspace from an image (state: prepared)"))
 

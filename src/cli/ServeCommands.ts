@@ -5,9 +5,16 @@
  * `--backend` sets the backend of new workspaces.
  */
 import { Command, Options } from "@effect/cli"
-import { Effect, Layer, Logger } from "effect"
+import { Effect, Layer, Logger, Option } from "effect"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import * as ClusterClient from "../cluster/Client.ts"
+import { redact } from "../cluster/Client.ts"
+import { defaultLockExpiryMs } from "../cluster/ClusterLayers.ts"
+import * as Runner from "../cluster/Runner.ts"
 import { InvalidInput } from "../domain/Errors.ts"
+import { parseCapacity, parseHostPort, parseLabels } from "../domain/Placement.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import * as Database from "../layers/state/Database.ts"
 import * as SqliteStateStore from "../layers/state/SqliteStateStore.ts"
@@ -17,10 +24,16 @@ import { serveStdio } from "../mcp/Server.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { layerForwardingServer } from "../rpc/Server.ts"
 import { Home } from "../services/Home.ts"
-import { Invocation } from "./Invocation.ts"
+import { Invocation, type InvocationShape } from "./Invocation.ts"
 
 /** Logs go to stderr: stdout is the protocol's (MCP) or the caller's. */
 const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleError(Logger.logfmtLogger))
+
+/** The state directory's runtime, or with `--cluster` the cluster. */
+const clientLayer = (invocation: InvocationShape) =>
+  invocation.cluster !== undefined
+    ? ClusterClient.layer({ url: invocation.cluster })
+    : MicroagentClient.layerRuntime(Home.resolveRoot(invocation.stateDir))
 
 const rpcCommand = Command.make("rpc", {
   socket: Options.text("socket").pipe(
@@ -31,7 +44,7 @@ const rpcCommand = Command.make("rpc", {
   Effect.gen(function*() {
     const invocation = yield* Invocation
     const path = NodePath.resolve(socket)
-    const runtime = MicroagentClient.layerRuntime(Home.resolveRoot(invocation.stateDir))
+    const runtime = clientLayer(invocation)
     const server = layerForwardingServer({
       socket: path,
       defaultBackend: invocation.backend ?? defaultBackend()
@@ -98,19 +111,113 @@ const mcpCommand = Command.make("mcp", {
       Layer.provide(database)
     )
     yield* serveStdio({ defaultBackend: invocation.backend ?? defaultBackend() }).pipe(
-      Effect.provide(Layer.mergeAll(MicroagentClient.layerRuntime(root), idempotency, access))
+      Effect.provide(Layer.mergeAll(clientLayer(invocation), idempotency, access))
     )
   }).pipe(Effect.provide(stderrLogger))).pipe(
     Command.withDescription("serve MCP on stdio (started by an MCP client; exits when it closes stdin)")
   )
 
+const hasKvm = () => {
+  try {
+    NodeFs.accessSync("/dev/kvm", NodeFs.constants.R_OK | NodeFs.constants.W_OK)
+    return true
+  } catch {
+    return false
+  }
+}
+
+const runnerCommand = Command.make("runner", {
+  advertise: Options.text("advertise").pipe(
+    Options.withPseudoName("HOST:PORT"),
+    Options.withDescription("the address other runners and clients reach this runner at (it listens there)")
+  ),
+  listen: Options.text("listen").pipe(
+    Options.withPseudoName("HOST:PORT"),
+    Options.optional,
+    Options.withDescription("listen here instead of the advertised address (behind NAT)")
+  ),
+  labels: Options.text("labels").pipe(
+    Options.withPseudoName("K=V,…"),
+    Options.withDefault(""),
+    Options.withDescription("labels placement constraints match; backend, arch and kvm are set for you")
+  ),
+  capacity: Options.text("capacity").pipe(
+    Options.withPseudoName("memory=MiB,cpus=N,workspaces=N"),
+    Options.withDefault(""),
+    Options.withDescription(
+      "what this runner may hold (default: host memory less 1 GiB, 4 vCPUs per core, no cap)"
+    )
+  ),
+  runnerId: Options.text("runner-id").pipe(
+    Options.optional,
+    Options.withDescription(
+      "this runner's id in the cluster, stable across restarts (default: HOSTNAME-PORT)"
+    )
+  ),
+  lockExpiry: Options.integer("lock-expiry").pipe(
+    Options.withPseudoName("SECONDS"),
+    Options.withDefault(defaultLockExpiryMs / 1000),
+    Options.withDescription(
+      "a runner silent this long is lost: its workspaces read lost, restart: always ones move"
+    )
+  )
+}, ({ advertise, capacity, labels, listen, lockExpiry, runnerId }) =>
+  Effect.gen(function*() {
+    const invocation = yield* Invocation
+    if (invocation.cluster === undefined) {
+      return yield* new InvalidInput({
+        message: "serve runner needs the cluster's PostgreSQL URL",
+        remediation:
+          "microagent --cluster postgres://USER@HOST/DB serve runner --advertise HOST:PORT (or set MICROAGENT_CLUSTER)"
+      })
+    }
+    const address = yield* parseHostPort(advertise, "--advertise")
+    const listenAddress = Option.isSome(listen) ? yield* parseHostPort(listen.value, "--listen") : undefined
+    const declared = yield* parseCapacity(capacity)
+    const extra = yield* parseLabels(labels, "--labels")
+    const backend = invocation.backend ?? defaultBackend()
+    const id = Option.getOrElse(runnerId, () => `${NodeOs.hostname().toLowerCase()}-${address.port}`)
+    if (!/^[a-z0-9][a-z0-9.-]{0,62}$/.test(id)) {
+      return yield* new InvalidInput({
+        message: `runner id "${id}" must be lower-case letters, digits, dots and dashes`,
+        remediation: "pass --runner-id"
+      })
+    }
+    if (lockExpiry < 2 || lockExpiry > 3600) {
+      return yield* new InvalidInput({ message: "--lock-expiry must be between 2 and 3600 seconds" })
+    }
+    const root = Home.resolveRoot(invocation.stateDir)
+    const runner = Runner.layer({
+      root,
+      url: invocation.cluster,
+      runnerId: id,
+      advertise: address,
+      listen: listenAddress,
+      labels: { backend, arch: process.arch, kvm: hasKvm() ? "yes" : "no", ...extra },
+      capacity: declared,
+      lockExpiryMs: lockExpiry * 1000
+    })
+    yield* Effect.scoped(Effect.gen(function*() {
+      yield* Layer.build(runner)
+      process.stderr.write(
+        `microagent: runner ${id} joined the cluster at ${
+          redact(invocation.cluster!)
+        }, reachable at ${advertise}\n`
+      )
+      return yield* Effect.never
+    }))
+  }).pipe(Effect.provide(stderrLogger))).pipe(
+    Command.withDescription("serve this host's workspaces to a cluster (with --cluster) until interrupted")
+  )
+
 export const serve = Command.make("serve", {}, () =>
   Effect.fail(
     new InvalidInput({
-      message: "serve needs a subcommand: rpc or mcp",
-      remediation: "microagent serve rpc [--socket PATH], or microagent serve mcp"
+      message: "serve needs a subcommand: rpc, mcp or runner",
+      remediation:
+        "microagent serve rpc [--socket PATH], microagent serve mcp, or microagent --cluster URL serve runner"
     })
   )).pipe(
-    Command.withDescription("serve the RPC API (rpc) or an MCP server (mcp)"),
-    Command.withSubcommands([rpcCommand, mcpCommand])
+    Command.withDescription("serve the RPC API (rpc), an MCP server (mcp) or a cluster runner (runner)"),
+    Command.withSubcommands([rpcCommand, mcpCommand, runnerCommand])
   )

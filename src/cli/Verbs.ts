@@ -271,7 +271,7 @@ export const verbs: ReadonlyArray<Verb> = [
   {
     name: "serve",
     group: "Misc",
-    summary: "serve the RPC API on a unix socket, or MCP on stdio",
+    summary: "serve the RPC API, MCP on stdio, or this host as a cluster runner",
     subcommands: true
   },
   { name: "completion", group: "Misc", summary: "print a shell completion script (bash, zsh, fish)" },

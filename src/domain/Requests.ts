@@ -88,7 +88,12 @@ export const WorkspaceFields = {
    * A model the guest reaches at http://127.0.0.1:11434/v1, how its requests are mediated, and for
    * `policy` the policy file (a host path, read by the runtime).
    */
-  model: Schema.optional(ModelRequest)
+  model: Schema.optional(ModelRequest),
+  /**
+   * In a cluster: labels the chosen runner must carry (`--constraint backend=qemu`); a single host
+   * ignores them.
+   */
+  constraints: Schema.optional(Schema.Record({ key: Schema.String, value: Schema.String }))
 }
 
 /** `create`: a persistent workspace, `prepared` until its first start. */

@@ -13,7 +13,9 @@ export const State = Schema.Literal(
   "halted",
   "quarantined",
   "stopped",
-  "failed"
+  "failed",
+  /** Only in a cluster: the workspace's host stopped heart-beating (its last known record, as it was). */
+  "lost"
 )
 export type State = typeof State.Type
 

@@ -314,6 +314,8 @@ export class Workspace extends Schema.Class<Workspace>("Workspace")({
   runtimeDir: Schema.String,
   /** Identifies one VM execution; new on every start. */
   sessionId: Schema.optional(Schema.String),
+  /** In a cluster: the id of the runner that holds the workspace (set by the cluster, never stored). */
+  host: Schema.optional(Schema.String),
   /** Backend-specific handle of the running VMM (pid, sockets), JSON. */
   vm: Schema.optional(Schema.Unknown),
   /** The process carrying out a start or halt right now; if it dies, the next reader repairs the state. */

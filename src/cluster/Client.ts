@@ -1,0 +1,237 @@
+/**
+ * The cluster as a `MicroagentClient`: the same procedures as a host's runtime, so the CLI, the MCP
+ * server and host applications use a cluster the way they use one host (`--cluster URL`).
+ *
+ * - A workspace's procedures go to the runner the directory names for it, through the cluster's
+ *   sharding (the `MicroagentHost` entity of that runner). A runner that stopped heart-beating is
+ *   reported at once (`Transient`, naming it), not waited for.
+ * - `run` and `create` are placed: the runners are ranked by capacity, labels and cached images
+ *   (Placement.ts) and tried in turn while they refuse for lack of room.
+ * - `list` asks every live runner and adds the workspaces of lost runners as `lost`, from the record
+ *   their runner last reported.
+ * - `cp` carries the files by value (a tar), since the caller's paths are not on the runner.
+ * - The host-wide procedures (images, volumes, networks, models…) belong to each host: they answer
+ *   `Unsupported` here, with the remedy.
+ */
+import { RpcSchema } from "@effect/rpc"
+import { Effect, Layer, Option, Schema, Stream } from "effect"
+import * as NodePath from "node:path"
+import {
+  isMicroagentError,
+  type MicroagentError,
+  NotFound,
+  Transient,
+  Unsupported
+} from "../domain/Errors.ts"
+import { demandOf, place } from "../domain/Placement.ts"
+import type { CpRequest, CreateRequest, RunRequest } from "../domain/Requests.ts"
+import { version } from "../domain/Version.ts"
+import { Workspace } from "../domain/Workspace.ts"
+import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
+import { Rpcs } from "../rpc/Rpcs.ts"
+import { defaultLockExpiryMs, layerClient, layerDatabase } from "./ClusterLayers.ts"
+import { Directory, layer as layerDirectory } from "./Directory.ts"
+import { maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
+import { packPath, unpackTo } from "./Transfer.ts"
+
+/** How many runners placement draws before ranking them (the rest are fallbacks). */
+export const placementSample = 3
+
+/** The cluster's own failures (a full mailbox, storage) are worth a retry. */
+const routingFailure = (error: unknown): MicroagentError =>
+  isMicroagentError(error)
+    ? error
+    : new Transient({
+      message: `the cluster did not deliver the call: ${
+        String((error as { message?: unknown })?.message ?? (error as { _tag?: unknown })?._tag ?? error)
+      }`,
+      retryAfterMs: 1000
+    })
+
+const decode = Schema.decodeUnknown(Workspace)
+
+export const make = Effect.gen(function*() {
+  const directory = yield* Directory
+  const hosts = yield* MicroagentHost.client
+
+  const hostOf = (name: string) =>
+    Effect.gen(function*() {
+      const entry = yield* directory.lookup(name)
+      if (Option.isNone(entry)) {
+        return yield* Effect.fail(
+          new NotFound({
+            message: `no workspace named "${name}" in the cluster`,
+            remediation: "`microagent --cluster URL list` shows the cluster's workspaces"
+          })
+        )
+      }
+      const runners = yield* directory.runners
+      const runner = runners.find((candidate) => candidate.id === entry.value.host)
+      if (runner === undefined || !runner.alive) {
+        return yield* Effect.fail(
+          new Transient({
+            message: `workspace "${name}" is on runner ${entry.value.host}, which is lost${
+              runner === undefined ? "" : ` (no heartbeat for ${Math.round(runner.ageMs / 1000)} s)`
+            }`,
+            remediation: entry.value.restart === "always"
+              ? "it is being moved to another runner (restart: always); retry in a few seconds"
+              : "retry once the runner is back; its disk stays on its host",
+            retryAfterMs: 2000
+          })
+        )
+      }
+      return entry.value.host
+    })
+
+  const call = (host: string, tag: string, payload: unknown): unknown =>
+    (hosts(host) as unknown as Record<string, (payload: unknown) => unknown>)[tag]!(payload)
+
+  const routed = (tag: string, stream: boolean) => (payload: { readonly name: string }) =>
+    stream
+      ? Stream.unwrap(
+        Effect.map(
+          hostOf(payload.name),
+          (host) => call(host, tag, payload) as Stream.Stream<unknown, unknown>
+        )
+      )
+        .pipe(Stream.mapError(routingFailure))
+      : Effect.flatMap(
+        hostOf(payload.name),
+        (host) => call(host, tag, payload) as Effect.Effect<unknown, unknown>
+      ).pipe(
+        Effect.mapError(routingFailure)
+      )
+
+  /** Places a new workspace: tries the ranked runners while they refuse for lack of room. */
+  const placed = (tag: "create" | "run", payload: CreateRequest | RunRequest) =>
+    Effect.gen(function*() {
+      const runners = yield* directory.runners
+      const placement = place(runners, {
+        ...demandOf(payload),
+        image: payload.image,
+        constraints: payload.constraints ?? {}
+      }, { sample: placementSample, random: Math.random })
+      let refused: Array<string> = placement.refused.map(({ id, reason }) => `${id}: ${reason}`)
+      for (const host of placement.order) {
+        const outcome = yield* Effect.either(call(host, tag, payload) as Effect.Effect<unknown, unknown>)
+        if (outcome._tag === "Right") return outcome.right
+        const error = routingFailure(outcome.left)
+        if (error._tag !== "ResourceExhausted") return yield* Effect.fail(error)
+        refused = [...refused, error.message]
+      }
+      return yield* Effect.fail(
+        new Transient({
+          message: `no runner can take the workspace${
+            refused.length > 0 ? `: ${refused.join("; ")}` : " (no runner is alive)"
+          }`,
+          remediation:
+            "start a runner (`microagent serve runner --cluster URL`), free capacity, or relax --constraint",
+          retryAfterMs: 5000
+        })
+      )
+    })
+
+  const list = (payload: { readonly runningOnly?: boolean }) =>
+    Effect.gen(function*() {
+      const runners = yield* directory.runners
+      const alive = runners.filter((runner) => runner.alive)
+      const live = yield* Effect.forEach(
+        alive,
+        (runner) =>
+          (call(runner.id, "list", payload) as Effect.Effect<ReadonlyArray<Workspace>, unknown>).pipe(
+            Effect.timeout("10 seconds"),
+            Effect.orElseSucceed((): ReadonlyArray<Workspace> => [])
+          ),
+        { concurrency: "unbounded" }
+      )
+      const aliveIds = new Set(alive.map((runner) => runner.id))
+      const lost: Array<Workspace> = []
+      if (payload.runningOnly !== true) {
+        for (const entry of yield* directory.entries) {
+          if (aliveIds.has(entry.host) || entry.record === undefined) continue
+          const record = yield* Effect.option(decode(entry.record))
+          if (Option.isSome(record)) {
+            lost.push(new Workspace({ ...record.value, state: "lost", host: entry.host }))
+          }
+        }
+      }
+      return [...live.flat(), ...lost].sort((a, b) => a.name.localeCompare(b.name))
+    }).pipe(Effect.mapError(routingFailure))
+
+  const cp = (payload: CpRequest) =>
+    Effect.gen(function*() {
+      const host = yield* hostOf(payload.name)
+      if (payload.direction === "in") {
+        const tar = yield* packPath(payload.hostPath, maxTransferBytes)
+        const result = yield* (call(host, "cpIn", {
+          name: payload.name,
+          guestPath: payload.guestPath,
+          tar
+        }) as Effect.Effect<
+          { readonly hostPath: string },
+          unknown
+        >)
+        return { ...result, hostPath: NodePath.resolve(payload.hostPath) }
+      }
+      const { result, tar } =
+        yield* (call(host, "cpOut", { name: payload.name, guestPath: payload.guestPath }) as Effect.Effect<
+          { readonly result: { readonly hostPath: string }; readonly tar: Uint8Array },
+          unknown
+        >)
+      const target = yield* unpackTo(
+        tar,
+        payload.hostPath,
+        NodePath.posix.basename(payload.guestPath) || "payload"
+      )
+      return { ...result, hostPath: target }
+    }).pipe(Effect.mapError(routingFailure))
+
+  const client: Record<string, unknown> = {}
+  for (const [tag, rpc] of Rpcs.requests) {
+    const stream = RpcSchema.isStreamSchema(rpc.successSchema)
+    client[tag] = stream
+      ? () =>
+        Stream.fail(
+          new Unsupported({
+            message: `${tag} is not available through the cluster`,
+            remediation: "run it on the runner's host, without --cluster"
+          })
+        )
+      : () =>
+        Effect.fail(
+          new Unsupported({
+            message: `${tag} is not available through the cluster: it acts on one host`,
+            remediation: "run it on the runner's host, without --cluster"
+          })
+        )
+  }
+  for (const tag of routedTags) {
+    client[tag] = routed(tag, RpcSchema.isStreamSchema(Rpcs.requests.get(tag)!.successSchema))
+  }
+  client.create = (payload: CreateRequest) => Effect.mapError(placed("create", payload), routingFailure)
+  client.run = (payload: RunRequest) => Effect.mapError(placed("run", payload), routingFailure)
+  client.list = list
+  client.cp = cp
+  client.version = () => Effect.succeed({ version })
+  return client as unknown as MicroagentClientShape
+})
+
+/** A client of the cluster whose PostgreSQL is at `url`, as a `MicroagentClient`. */
+export const layer = (options: { readonly url: string; readonly lockExpiryMs?: number | undefined }) =>
+  Layer.effect(MicroagentClient, make).pipe(
+    Layer.provide(layerClient({ lockExpiryMs: options.lockExpiryMs ?? defaultLockExpiryMs })),
+    Layer.provide(layerDirectory),
+    Layer.provide(layerDatabase(options.url)),
+    Layer.mapError((error) =>
+      new Transient({
+        message: `could not join the cluster at ${redact(options.url)}: ${
+          String((error as { message?: unknown }).message ?? error)
+        }`,
+        remediation: "check the --cluster URL and that PostgreSQL is up",
+        retryAfterMs: 1000
+      })
+    )
+  )
+
+/** A URL with its password hidden. */
+export const redact = (url: string) => url.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@")

@@ -1,0 +1,84 @@
+/**
+ * The cluster's plumbing from @effect/cluster: sharding over sockets, runners and messages in
+ * PostgreSQL (`SqlRunnerStorage`, `SqlMessageStorage`, shard locks), msgpack on the wire. A runner
+ * listens at its advertised address and holds the shards of its own group (`host-<id>`) and a share of
+ * the `default` group (where the cluster's singletons run); a client holds no shard and only sends.
+ */
+import * as RunnerAddress from "@effect/cluster/RunnerAddress"
+import * as RunnerHealth from "@effect/cluster/RunnerHealth"
+import * as Runners from "@effect/cluster/Runners"
+import * as ShardingConfig from "@effect/cluster/ShardingConfig"
+import * as SocketRunner from "@effect/cluster/SocketRunner"
+import * as SqlMessageStorage from "@effect/cluster/SqlMessageStorage"
+import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
+import { layerClientProtocol, layerSocketServer } from "@effect/platform-node-shared/NodeClusterSocket"
+import * as RpcSerialization from "@effect/rpc/RpcSerialization"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import { Duration, Layer, Option, Redacted } from "effect"
+import { hostGroup } from "./Protocol.ts"
+
+/** Every runner and client of a cluster must agree on it. */
+export const shardsPerGroup = 16
+
+/** How long a silent runner keeps its shards and its workspaces before they read `lost`. */
+export const defaultLockExpiryMs = 30_000
+
+export const layerDatabase = (url: string) =>
+  PgClient.layer({
+    url: Redacted.make(url),
+    applicationName: "microagent",
+    connectTimeout: Duration.seconds(5),
+    maxConnections: 8
+  })
+
+const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Type"]> => ({
+  shardsPerGroup,
+  shardLockExpiration: Duration.millis(lockExpiryMs),
+  shardLockRefreshInterval: Duration.millis(Math.max(500, Math.floor(lockExpiryMs / 3))),
+  refreshAssignmentsInterval: Duration.millis(Math.min(3000, Math.max(250, Math.floor(lockExpiryMs / 6)))),
+  runnerHealthCheckInterval: Duration.millis(Math.max(1000, Math.floor(lockExpiryMs / 2))),
+  entityMessagePollInterval: Duration.seconds(1),
+  entityReplyPollInterval: Duration.millis(100),
+  // A routed call may be a long exec: an entity that is idle is cheap to keep.
+  entityMaxIdleTime: Duration.hours(1)
+})
+
+const storage = Layer.mergeAll(Layer.orDie(SqlMessageStorage.layer), Layer.orDie(SqlRunnerStorage.layer))
+
+/** A runner: sharding with a socket server at `listen` (by default the advertised address). */
+export const layerRunner = (options: {
+  readonly runnerId: string
+  readonly advertise: { readonly host: string; readonly port: number }
+  readonly listen?: { readonly host: string; readonly port: number } | undefined
+  readonly lockExpiryMs: number
+}) => {
+  const config = ShardingConfig.layer({
+    ...common(options.lockExpiryMs),
+    runnerAddress: Option.some(RunnerAddress.make(options.advertise.host, options.advertise.port)),
+    runnerListenAddress: Option.map(
+      Option.fromNullable(options.listen),
+      (listen) => RunnerAddress.make(listen.host, listen.port)
+    ),
+    availableShardGroups: ["default", hostGroup(options.runnerId)],
+    assignedShardGroups: ["default", hostGroup(options.runnerId)]
+  })
+  const health = RunnerHealth.layerPing.pipe(
+    Layer.provide(Runners.layerRpc),
+    Layer.provide(layerClientProtocol)
+  )
+  return SocketRunner.layer.pipe(
+    Layer.provide([layerSocketServer, layerClientProtocol, health]),
+    Layer.provideMerge(storage),
+    Layer.provide(config),
+    Layer.provide(RpcSerialization.layerMsgPack)
+  )
+}
+
+/** A client: sends to runners, holds no shard. */
+export const layerClient = (options: { readonly lockExpiryMs: number }) =>
+  SocketRunner.layerClientOnly.pipe(
+    Layer.provide(layerClientProtocol),
+    Layer.provideMerge(storage),
+    Layer.provide(ShardingConfig.layer({ ...common(options.lockExpiryMs), runnerAddress: Option.none() })),
+    Layer.provide(RpcSerialization.layerMsgPack)
+  )

@@ -1,0 +1,89 @@
+/**
+ * What runners of a cluster say to each other and to clients: the `MicroagentHost` entity, one per
+ * runner, whose procedures are the workspace procedures of the RPC API (`Rpcs`, unchanged) plus file
+ * transfer by value (`cpIn`, `cpOut`: the caller's files are not on the runner's disk) and the runner's
+ * status. Each runner serves the entity whose id is its own runner id, in a shard group of its own
+ * (`host-<id>`), so the cluster's sharding routes a message to the one host that holds the workspace's
+ * VM and disk; the choice of that host for a new workspace is made by placement (Placement.ts).
+ */
+import { ClusterSchema, Entity } from "@effect/cluster"
+import { Rpc, RpcGroup } from "@effect/rpc"
+import { Schema } from "effect"
+import { MicroagentError } from "../domain/Errors.ts"
+import { CopyResult } from "../domain/Files.ts"
+import { Bytes } from "../domain/Requests.ts"
+import type { MicroagentRpcs } from "../rpc/Client.ts"
+import { Rpcs } from "../rpc/Rpcs.ts"
+
+/** A runner id: also its entity id and the suffix of its shard group. */
+export const RunnerId = Schema.String.pipe(
+  Schema.pattern(/^[a-z0-9][a-z0-9.-]{0,62}$/),
+  Schema.annotations({ description: "lower-case letters, digits, dots and dashes, up to 63" })
+)
+
+export const hostGroup = (runnerId: string) => `host-${runnerId}`
+
+/** The procedures of `Rpcs` a workspace's host serves through the cluster, by the workspace's name. */
+export const routedTags = [
+  "run",
+  "create",
+  "start",
+  "exec",
+  "execStream",
+  "halt",
+  "kill",
+  "delete",
+  "inspect",
+  "list",
+  "logs",
+  "events",
+  "wait",
+  "result",
+  "pause",
+  "resume"
+] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
+export type RoutedTag = (typeof routedTags)[number]
+export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag }>
+
+const routedGroup = RpcGroup.make(
+  ...routedTags.map((tag) => Rpcs.requests.get(tag)!)
+) as unknown as RpcGroup.RpcGroup<RoutedRpcs>
+
+/** Resources in use or declared: memory in MiB, vCPUs, workspaces. */
+export const Resources = Schema.Struct({
+  memoryMiB: Schema.Number,
+  cpus: Schema.Number,
+  workspaces: Schema.Number
+})
+export type Resources = typeof Resources.Type
+
+export const RunnerStatus = Schema.Struct({
+  id: Schema.String,
+  capacity: Resources,
+  load: Resources,
+  /** References of the images in the runner's store (tags and digests). */
+  images: Schema.Array(Schema.String)
+})
+export type RunnerStatus = typeof RunnerStatus.Type
+
+/** At most this much travels in one `cpIn` / `cpOut` (a tar of the file or directory). */
+export const maxTransferBytes = 256 * 1024 * 1024
+
+export class HostRpcs extends routedGroup.add(
+  Rpc.make("cpIn", {
+    payload: { name: Schema.String, guestPath: Schema.String, tar: Bytes },
+    success: CopyResult,
+    error: MicroagentError
+  }),
+  Rpc.make("cpOut", {
+    payload: { name: Schema.String, guestPath: Schema.String },
+    success: Schema.Struct({ result: CopyResult, tar: Bytes }),
+    error: MicroagentError
+  }),
+  Rpc.make("status", { success: RunnerStatus, error: MicroagentError })
+) {}
+
+export const MicroagentHost = Entity.fromRpcGroup("MicroagentHost", HostRpcs).annotate(
+  ClusterSchema.ShardGroup,
+  (entityId) => hostGroup(entityId)
+)

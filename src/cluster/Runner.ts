@@ -1,0 +1,488 @@
+/**
+ * `serve runner`: one host's runtime as a runner of the cluster. The runner
+ *
+ * 1. reconciles first: workspaces of its store that the directory moved elsewhere while it was away are
+ *    killed and deleted here; the others are re-adopted (claimed under their name); names the
+ *    directory gives it that its store does not hold (a create cut short) are released;
+ * 2. beats: every quarter of the lock expiry it writes its capacity, load and cached images to the
+ *    directory, and the VMM pids of its movable (`restart: always`) workspaces to its fence file. When
+ *    it cannot beat for half the expiry it kills those VMs itself, before anyone may move them;
+ * 3. serves the `MicroagentHost` entity of its own id: the workspace procedures, forwarded to the
+ *    host's runtime (the same process the local CLI talks to), with admission by declared capacity;
+ * 4. takes part in the `supervisor` singleton, which moves `restart: always` workspaces off lost
+ *    runners.
+ *
+ * A fence process outlives the runner: when the runner dies without a word (`kill -9`), it kills the
+ * VMs listed in the fence file, so a workspace that is moved never runs on two hosts.
+ */
+import { Singleton } from "@effect/cluster"
+import type { Sharding } from "@effect/cluster/Sharding"
+import { Cause, Duration, Effect, Layer, Option, Ref, Schedule, Schema, Stream } from "effect"
+import { spawn } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import {
+  Conflict,
+  InvalidInput,
+  isMicroagentError,
+  type MicroagentError,
+  NotFound,
+  ResourceExhausted,
+  Transient
+} from "../domain/Errors.ts"
+import { type Candidate, demandOf, refusal } from "../domain/Placement.ts"
+import type { CreateRequest, RunRequest } from "../domain/Requests.ts"
+import { isLive } from "../domain/State.ts"
+import { Workspace } from "../domain/Workspace.ts"
+import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
+import { layerDatabase, layerRunner } from "./ClusterLayers.ts"
+import { Directory, layer as layerDirectory } from "./Directory.ts"
+import {
+  maxTransferBytes,
+  MicroagentHost,
+  type Resources,
+  routedTags,
+  type RunnerStatus
+} from "./Protocol.ts"
+import { supervise } from "./Supervisor.ts"
+import { packStaged, stagingDir, unpack } from "./Transfer.ts"
+
+export interface HostPort {
+  readonly host: string
+  readonly port: number
+}
+
+export interface RunnerOptions {
+  /** The state directory whose runtime this runner serves. */
+  readonly root: string
+  readonly url: string
+  readonly runnerId: string
+  readonly advertise: HostPort
+  readonly listen?: HostPort | undefined
+  readonly labels: Readonly<Record<string, string>>
+  /** Declared capacity; what is left out is measured (memory, CPUs) or unlimited (workspaces). */
+  readonly capacity: Partial<Resources>
+  readonly lockExpiryMs: number
+}
+
+const unlimitedWorkspaces = 1_000_000
+
+const encodeWorkspace = Schema.encodeSync(Workspace)
+
+const measuredCapacity = (
+  declared: Partial<Resources>,
+  hostMemoryMiB: number,
+  hostCpus: number
+): Resources => ({
+  memoryMiB: declared.memoryMiB ?? Math.max(256, hostMemoryMiB - 1024),
+  cpus: declared.cpus ?? hostCpus * 4,
+  workspaces: declared.workspaces ?? unlimitedWorkspaces
+})
+
+/** What the workspaces of this store hold: all count as workspaces, the live and prepared ones as load. */
+export const loadOf = (workspaces: ReadonlyArray<Workspace>): Resources => {
+  let memoryMiB = 0
+  let cpus = 0
+  for (const workspace of workspaces) {
+    if (isLive(workspace.state) || workspace.state === "prepared") {
+      memoryMiB += workspace.resources.memoryMiB
+      cpus += workspace.resources.cpus
+    }
+  }
+  return { memoryMiB, cpus, workspaces: workspaces.length }
+}
+
+const randomSuffix = () => Math.random().toString(16).slice(2, 8).padEnd(6, "0")
+
+const vmPid = (workspace: Workspace): { pid: number; startTime: string } | undefined => {
+  const vm = workspace.vm as { pid?: unknown; pidStartTime?: unknown } | undefined
+  return typeof vm?.pid === "number" ? { pid: vm.pid, startTime: String(vm.pidStartTime ?? "") } : undefined
+}
+
+/**
+ * The fence: a shell that waits for the runner to die (a zombie counts as dead), then kills each VMM
+ * of the fence file whose start time still matches (a recycled pid is left alone).
+ */
+const fenceScript = `
+runner=$1; file=$2
+alive() { [ -r /proc/$1/stat ] && ! sed 's/^.*) //' /proc/$1/stat | grep -q '^[ZX]'; }
+while alive "$runner"; do sleep 0.2; done
+[ -r "$file" ] || exit 0
+while read -r pid start; do
+  [ -n "$pid" ] || continue
+  now=$(sed 's/^.*) //' /proc/$pid/stat 2>/dev/null | cut -d' ' -f20)
+  [ -n "$now" ] && { [ -z "$start" ] || [ "$now" = "$start" ]; } && kill -9 "$pid" 2>/dev/null
+done < "$file"
+`
+
+const startFence = (file: string) =>
+  Effect.sync(() => {
+    const child = spawn("/bin/sh", ["-c", fenceScript, "microagent-fence", String(process.pid), file], {
+      detached: true,
+      stdio: "ignore"
+    })
+    child.unref()
+  })
+
+const writeFence = (file: string, workspaces: ReadonlyArray<Workspace>) =>
+  Effect.sync(() => {
+    const lines = workspaces
+      .filter((workspace) => workspace.restart === "always" && isLive(workspace.state))
+      .map(vmPid)
+      .filter((pid) => pid !== undefined)
+      .map(({ pid, startTime }) => `${pid} ${startTime}\n`)
+    NodeFs.writeFileSync(`${file}.tmp`, lines.join(""), { mode: 0o600 })
+    NodeFs.renameSync(`${file}.tmp`, file)
+  })
+
+/** The local runtime's failures as they are; the transport's (the runtime went away) as `Transient`. */
+const localFailure = (error: unknown): MicroagentError =>
+  isMicroagentError(error)
+    ? error
+    : new Transient({ message: `the runner's runtime did not answer: ${String(error)}`, retryAfterMs: 1000 })
+
+const makeHost = (options: RunnerOptions, fenceFile: string) =>
+  Effect.gen(function*() {
+    const local = yield* MicroagentClient
+    const directory = yield* Directory
+    const gate = yield* Effect.makeSemaphore(1)
+    const reserved = yield* Ref.make<Resources>({ memoryMiB: 0, cpus: 0, workspaces: 0 })
+    const capacity = measuredCapacity(
+      options.capacity,
+      Math.floor(NodeOs.totalmem() / 1048576),
+      NodeOs.availableParallelism()
+    )
+    const id = options.runnerId
+
+    const status: Effect.Effect<
+      RunnerStatus & { readonly workspaces: ReadonlyArray<Workspace> },
+      MicroagentError
+    > = Effect.gen(function*() {
+      const workspaces = yield* local.list({})
+      const images = yield* local.imageList().pipe(
+        Effect.map(({ images }) => images.flatMap((image) => [image.ref, image.digest])),
+        Effect.orElseSucceed(() => [])
+      )
+      return { id, capacity, load: loadOf(workspaces), images, workspaces }
+    }).pipe(Effect.mapError(localFailure))
+
+    /** Admits a workspace of `demand` if the declared capacity has room for it, counting admissions in flight. */
+    const admitted = <A, E, R>(
+      demand: { readonly memoryMiB: number; readonly cpus: number },
+      effect: Effect.Effect<A, E, R>
+    ) => {
+      const claim = { ...demand, workspaces: 1 }
+      const add = (sign: number) =>
+        Ref.update(reserved, (held) => ({
+          memoryMiB: held.memoryMiB + sign * claim.memoryMiB,
+          cpus: held.cpus + sign * claim.cpus,
+          workspaces: held.workspaces + sign
+        }))
+      const admit = gate.withPermits(1)(Effect.gen(function*() {
+        const now = yield* status
+        const held = yield* Ref.get(reserved)
+        const candidate: Candidate = {
+          id,
+          alive: true,
+          labels: options.labels,
+          capacity,
+          load: {
+            memoryMiB: now.load.memoryMiB + held.memoryMiB,
+            cpus: now.load.cpus + held.cpus,
+            workspaces: now.load.workspaces + held.workspaces
+          },
+          images: []
+        }
+        const why = refusal(candidate, { ...demand, image: "", constraints: {} })
+        if (why !== undefined) {
+          return yield* Effect.fail(
+            new ResourceExhausted({
+              message: `runner ${id} refused the workspace: ${why}`,
+              remediation: "another runner may have room; raise --capacity or free workspaces"
+            })
+          )
+        }
+        yield* add(1)
+      }))
+      return Effect.acquireUseRelease(admit, () => effect, () => add(-1))
+    }
+
+    /** Claims `name` for this runner; a name the directory already gives this runner (a move) is fine. */
+    const claimHere = (name: string, restart: string, request?: unknown) =>
+      directory.claim({ name, host: id, restart, ...(request === undefined ? {} : { request }) }).pipe(
+        Effect.catchTag("Conflict", (conflict) =>
+          Effect.flatMap(
+            directory.lookup(name),
+            (entry) => Option.isSome(entry) && entry.value.host === id ? Effect.void : Effect.fail(conflict)
+          ))
+      )
+
+    /** Gives the name back unless this store holds the workspace after all. */
+    const releaseUnlessHeld = (name: string) =>
+      local.inspect({ name }).pipe(
+        Effect.matchEffect({
+          onSuccess: () => Effect.void,
+          onFailure: (error) => (error._tag === "NotFound" ? directory.release(name, id) : Effect.void)
+        }),
+        Effect.ignore
+      )
+
+    const create = (payload: CreateRequest) =>
+      Effect.gen(function*() {
+        const name = payload.name ?? `ws-${randomSuffix()}`
+        yield* claimHere(name, payload.restart ?? "never", { ...payload, name })
+        return yield* admitted(demandOf(payload), local.create({ ...payload, name })).pipe(
+          Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
+          Effect.tapError(() => releaseUnlessHeld(name))
+        )
+      }).pipe(Effect.mapError(localFailure))
+
+    const run = (payload: RunRequest) =>
+      Effect.gen(function*() {
+        const name = payload.name ?? `${payload.namePrefix ?? "run"}-${randomSuffix()}`
+        yield* claimHere(name, "never")
+        const result = yield* admitted(demandOf(payload), local.run({ ...payload, name })).pipe(
+          Effect.onExit(() => releaseUnlessHeld(name))
+        )
+        return result
+      }).pipe(Effect.mapError(localFailure))
+
+    const staging = NodePath.join(options.root, "cluster", "transfers")
+
+    const cpIn = (payload: { readonly name: string; readonly guestPath: string; readonly tar: Uint8Array }) =>
+      Effect.scoped(Effect.gen(function*() {
+        if (payload.tar.byteLength > maxTransferBytes) {
+          return yield* Effect.fail(
+            new InvalidInput({ message: `a copy is limited to ${maxTransferBytes} bytes` })
+          )
+        }
+        const source = yield* unpack(staging, payload.tar)
+        const result = yield* local.cp({
+          name: payload.name,
+          direction: "in",
+          hostPath: source,
+          guestPath: payload.guestPath
+        })
+        return result
+      })).pipe(Effect.mapError(localFailure))
+
+    const cpOut = (payload: { readonly name: string; readonly guestPath: string }) =>
+      Effect.scoped(Effect.gen(function*() {
+        const dir = yield* stagingDir(staging)
+        const result = yield* local.cp({
+          name: payload.name,
+          direction: "out",
+          hostPath: NodePath.join(dir, "payload"),
+          guestPath: payload.guestPath
+        })
+        const tar = yield* packStaged(dir, maxTransferBytes)
+        return { result, tar }
+      })).pipe(Effect.mapError(localFailure))
+
+    const forwarded: Record<string, (envelope: { readonly payload: any }) => unknown> = {}
+    for (const tag of routedTags) {
+      const call = (local as unknown as Record<string, (payload: unknown) => unknown>)[tag]!
+      forwarded[tag] = ({ payload }) => {
+        const result = call(payload)
+        return Effect.isEffect(result)
+          ? Effect.mapError(result as Effect.Effect<unknown, unknown>, localFailure)
+          : Stream.mapError(result as Stream.Stream<unknown, unknown>, localFailure)
+      }
+    }
+
+    const handlers = {
+      ...forwarded,
+      create: ({ payload }: { readonly payload: CreateRequest }) => create(payload),
+      run: ({ payload }: { readonly payload: RunRequest }) => run(payload),
+      list: ({ payload }: { readonly payload: { readonly runningOnly?: boolean } }) =>
+        local.list(payload).pipe(
+          Effect.map((workspaces) =>
+            workspaces.map((workspace) => new Workspace({ ...workspace, host: id }))
+          ),
+          Effect.mapError(localFailure)
+        ),
+      inspect: ({ payload }: { readonly payload: { readonly name: string } }) =>
+        local.inspect(payload).pipe(
+          Effect.map((found) => ({ ...found, workspace: new Workspace({ ...found.workspace, host: id }) })),
+          Effect.mapError(localFailure)
+        ),
+      delete: (
+        { payload }: {
+          readonly payload: { readonly name: string; readonly force?: boolean; readonly yes?: boolean }
+        }
+      ) =>
+        local.delete(payload).pipe(
+          Effect.tap(() => directory.release(payload.name, id)),
+          Effect.mapError(localFailure)
+        ),
+      cpIn: (
+        { payload }: {
+          readonly payload: { readonly name: string; readonly guestPath: string; readonly tar: Uint8Array }
+        }
+      ) => cpIn(payload),
+      cpOut: ({ payload }: { readonly payload: { readonly name: string; readonly guestPath: string } }) =>
+        cpOut(payload),
+      status: () => Effect.map(status, ({ workspaces: _, ...rest }) => rest)
+    }
+
+    /** One heartbeat: the directory learns the load, the fence file the movable VMs. */
+    const beat = Effect.gen(function*() {
+      const now = yield* status
+      yield* writeFence(fenceFile, now.workspaces)
+      yield* directory.heartbeat({
+        id,
+        address: `${options.advertise.host}:${options.advertise.port}`,
+        labels: options.labels,
+        capacity: now.capacity,
+        load: now.load,
+        images: now.images,
+        expiryMs: options.lockExpiryMs
+      })
+      yield* Effect.forEach(
+        now.workspaces,
+        (workspace) => directory.remember(workspace.name, id, encodeWorkspace(workspace)),
+        {
+          discard: true
+        }
+      )
+    })
+
+    return { handlers, beat, status, local, directory, id }
+  })
+
+/** Before serving: kill what moved away, adopt what stayed, release what never got here. */
+const reconcile = (
+  local: MicroagentClientShape,
+  directory: typeof Directory.Service,
+  id: string
+) =>
+  Effect.gen(function*() {
+    const workspaces = yield* Effect.mapError(local.list({}), localFailure)
+    const held = new Set<string>(workspaces.map((workspace) => workspace.name))
+    for (const workspace of workspaces) {
+      const entry = yield* directory.lookup(workspace.name)
+      if (Option.isNone(entry)) {
+        yield* directory.claim({ name: workspace.name, host: id, restart: workspace.restart }).pipe(
+          Effect.ignore
+        )
+        continue
+      }
+      if (entry.value.host === id) continue
+      if (entry.value.generation > 1) {
+        yield* Effect.logWarning(
+          `${workspace.name} moved to ${entry.value.host} while this runner was away: removing it here`
+        )
+        yield* local.kill({ name: workspace.name, reason: `moved to runner ${entry.value.host}` }).pipe(
+          Effect.ignore
+        )
+        yield* local.delete({ name: workspace.name, force: true }).pipe(Effect.ignore)
+      } else {
+        yield* Effect.logWarning(
+          `${workspace.name} is also the name of a workspace on ${entry.value.host}: this one is not reachable through the cluster`
+        )
+      }
+    }
+    const entries = yield* directory.entries
+    for (const entry of entries) {
+      if (entry.host === id && !held.has(entry.name)) yield* directory.release(entry.name, id)
+    }
+    // Re-adopted `restart: always` workspaces that are not running start again here.
+    for (const workspace of workspaces) {
+      if (workspace.restart === "always" && !isLive(workspace.state) && workspace.state !== "quarantined") {
+        const entry = yield* directory.lookup(workspace.name)
+        if (Option.isSome(entry) && entry.value.host === id) {
+          yield* local.start({ name: workspace.name }).pipe(
+            Effect.catchAll((error) =>
+              Effect.logWarning(`could not start ${workspace.name} again: ${error.message}`)
+            )
+          )
+        }
+      }
+    }
+  })
+
+/** Beats until the scope closes; after half the expiry without a beat, kills the movable VMs here. */
+const beating = (
+  host: Effect.Effect.Success<ReturnType<typeof makeHost>>,
+  fenceFile: string,
+  lockExpiryMs: number
+) =>
+  Effect.gen(function*() {
+    let lastBeat = Date.now()
+    let fenced = false
+    const every = Duration.millis(Math.max(250, Math.floor(lockExpiryMs / 4)))
+    yield* Effect.gen(function*() {
+      const ok = yield* host.beat.pipe(
+        Effect.timeout(every),
+        Effect.as(true),
+        Effect.catchAllCause((cause) =>
+          Effect.as(Effect.logWarning(`heartbeat failed: ${Cause.pretty(cause)}`), false)
+        )
+      )
+      if (ok) {
+        lastBeat = Date.now()
+        fenced = false
+        return
+      }
+      if (!fenced && Date.now() - lastBeat > lockExpiryMs / 2) {
+        fenced = true
+        yield* Effect.logError(
+          "no heartbeat for half the lock expiry: killing this runner's movable workspaces"
+        )
+        const movable = yield* Effect.sync(() => {
+          try {
+            return NodeFs.readFileSync(fenceFile, "utf8")
+          } catch {
+            return ""
+          }
+        })
+        const workspaces = yield* host.local.list({}).pipe(Effect.orElseSucceed(() => []))
+        yield* Effect.forEach(
+          workspaces.filter((workspace) => workspace.restart === "always" && isLive(workspace.state)),
+          (workspace) =>
+            host.local.kill({ name: workspace.name, reason: "the runner lost the cluster" }).pipe(
+              Effect.ignore
+            ),
+          { discard: true }
+        )
+        yield* Effect.logDebug(`fence file held: ${movable.trim()}`)
+      }
+    }).pipe(Effect.repeat(Schedule.spaced(every)))
+  })
+
+/** The runner as a layer: build it and it serves until its scope closes. */
+export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentError> => {
+  const fenceFile = NodePath.join(options.root, "cluster", "fence")
+  const database = layerDatabase(options.url)
+  const directory = layerDirectory
+  const sharding = layerRunner({
+    runnerId: options.runnerId,
+    advertise: options.advertise,
+    listen: options.listen,
+    lockExpiryMs: options.lockExpiryMs
+  })
+  const serve = Layer.scopedDiscard(Effect.gen(function*() {
+    yield* Effect.sync(() => NodeFs.mkdirSync(NodePath.dirname(fenceFile), { recursive: true, mode: 0o700 }))
+    const host = yield* makeHost(options, fenceFile)
+    yield* reconcile(host.local, host.directory, host.id)
+    yield* host.beat
+    yield* startFence(fenceFile)
+    yield* Effect.forkScoped(beating(host, fenceFile, options.lockExpiryMs))
+    const entity = MicroagentHost.toLayer(host.handlers as never, { concurrency: "unbounded" })
+    const supervisor = Singleton.make("microagent-supervisor", supervise(options.lockExpiryMs))
+    yield* Layer.build(Layer.mergeAll(entity, supervisor) as Layer.Layer<never, never, Sharding | Directory>)
+  }))
+  return serve.pipe(
+    Layer.provide(sharding),
+    Layer.provide(directory),
+    Layer.provide(MicroagentClient.layerRuntime(options.root)),
+    Layer.provide(database),
+    Layer.mapError((error) =>
+      error instanceof Conflict || error instanceof NotFound || error instanceof Transient
+        || error instanceof InvalidInput
+        ? error
+        : new Transient({ message: `the runner could not start: ${String(error)}`, retryAfterMs: 1000 })
+    )
+  ) as unknown as Layer.Layer<never, MicroagentError>
+}
