@@ -61,6 +61,12 @@ module.exports = {
       folder("rpc"),
       `^src/(mcp|cli|runtime|promise)/|${top}`
     ),
+    forbid(
+      "cluster-below-surfaces",
+      "the cluster (runner and client) builds on the RPC API; the CLI and the entry modules use it",
+      folder("cluster"),
+      `^src/(mcp|cli|runtime|promise)/|${top}`
+    ),
     forbid("mcp-below-cli", "the MCP server is a client of the RPC API", folder("mcp"), "^src/(cli|runtime|promise)/"),
     forbid("runtime-below-cli", "the runtime process is started by the CLI", folder("runtime"), "^src/(cli|mcp|promise)/"),
     forbid(

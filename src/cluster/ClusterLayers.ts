@@ -33,6 +33,10 @@ export const layerDatabase = (url: string) =>
 
 const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Type"]> => ({
   shardsPerGroup,
+  // Advisory lock numbers come from a group's index in `availableShardGroups`, which differs between
+  // runners here (each lists its own host group): two runners would fight over the same numbers. The
+  // lock table keys locks by shard id, which is unique.
+  shardLockDisableAdvisory: true,
   shardLockExpiration: Duration.millis(lockExpiryMs),
   shardLockRefreshInterval: Duration.millis(Math.max(500, Math.floor(lockExpiryMs / 3))),
   refreshAssignmentsInterval: Duration.millis(Math.min(3000, Math.max(250, Math.floor(lockExpiryMs / 6)))),

@@ -32,7 +32,7 @@ import {
   Transient
 } from "../domain/Errors.ts"
 import { type Candidate, demandOf, refusal } from "../domain/Placement.ts"
-import type { CreateRequest, RunRequest } from "../domain/Requests.ts"
+import { CreateRequest, type RunRequest, type StartRequest } from "../domain/Requests.ts"
 import { isLive } from "../domain/State.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -69,6 +69,7 @@ export interface RunnerOptions {
 const unlimitedWorkspaces = 1_000_000
 
 const encodeWorkspace = Schema.encodeSync(Workspace)
+const encodeCreate = Schema.encodeSync(CreateRequest)
 
 const measuredCapacity = (
   declared: Partial<Resources>,
@@ -231,7 +232,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
     const create = (payload: CreateRequest) =>
       Effect.gen(function*() {
         const name = payload.name ?? `ws-${randomSuffix()}`
-        yield* claimHere(name, payload.restart ?? "never", { ...payload, name })
+        yield* claimHere(name, payload.restart ?? "never", encodeCreate({ ...payload, name }))
         return yield* admitted(demandOf(payload), local.create({ ...payload, name })).pipe(
           Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
           Effect.tapError(() => releaseUnlessHeld(name))
@@ -291,8 +292,20 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       }
     }
 
+    /** The fence file lists a VM the moment its start returns, not at the next heartbeat. */
+    const refreshFence = Effect.flatMap(local.list({}), (workspaces) => writeFence(fenceFile, workspaces))
+      .pipe(
+        Effect.ignore
+      )
+
     const handlers = {
       ...forwarded,
+      start: ({ payload }: { readonly payload: StartRequest }) =>
+        local.start(payload).pipe(
+          Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
+          Effect.ensuring(refreshFence),
+          Effect.mapError(localFailure)
+        ),
       create: ({ payload }: { readonly payload: CreateRequest }) => create(payload),
       run: ({ payload }: { readonly payload: RunRequest }) => run(payload),
       list: ({ payload }: { readonly payload: { readonly runningOnly?: boolean } }) =>
@@ -323,7 +336,13 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       ) => cpIn(payload),
       cpOut: ({ payload }: { readonly payload: { readonly name: string; readonly guestPath: string } }) =>
         cpOut(payload),
-      status: () => Effect.map(status, ({ workspaces: _, ...rest }) => rest)
+      status: () =>
+        Effect.map(status, (now): RunnerStatus => ({
+          id: now.id,
+          capacity: now.capacity,
+          load: now.load,
+          images: now.images
+        }))
     }
 
     /** One heartbeat: the directory learns the load, the fence file the movable VMs. */

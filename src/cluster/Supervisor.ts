@@ -8,11 +8,13 @@
  * What moves is the workspace's definition, not its disk: the disk stays on the lost host (the cluster
  * replicates no disks), and the workspace starts again from its image.
  */
-import { Duration, Effect, Option, Schedule } from "effect"
+import { Duration, Effect, Option, Schedule, Schema } from "effect"
 import { demandOf, place } from "../domain/Placement.ts"
-import type { CreateRequest } from "../domain/Requests.ts"
+import { CreateRequest } from "../domain/Requests.ts"
 import { Directory } from "./Directory.ts"
 import { MicroagentHost } from "./Protocol.ts"
+
+const decodeCreate = Schema.decodeUnknown(CreateRequest)
 
 export const supervise = (lockExpiryMs: number) =>
   Effect.gen(function*() {
@@ -24,13 +26,14 @@ export const supervise = (lockExpiryMs: number) =>
       const entries = yield* directory.entries
       for (const entry of entries) {
         if (entry.restart !== "always" || alive.has(entry.host)) continue
-        const request = entry.request as CreateRequest | undefined
-        if (request === undefined) {
+        const decoded = yield* Effect.option(decodeCreate(entry.request))
+        if (Option.isNone(decoded)) {
           yield* Effect.logWarning(
             `${entry.name}: lost with ${entry.host}, and no create request to move it with`
           )
           continue
         }
+        const request = decoded.value
         const placement = place(runners, {
           ...demandOf(request),
           image: request.image,

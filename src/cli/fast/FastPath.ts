@@ -36,6 +36,8 @@ const defaultBackend = () => {
  * flags are accepted anywhere before the guest's argv, as src/cli/Argv.ts does.
  */
 export const parseFast = (argv: ReadonlyArray<string>): FastCall | undefined => {
+  // A cluster's calls go through the CLI's cluster client, not to this host's runtime.
+  if ((process.env.MICROAGENT_CLUSTER ?? "") !== "") return undefined
   let json: boolean | undefined
   let stateDir: string | undefined
   let backend: string | undefined

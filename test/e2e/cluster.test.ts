@@ -1,0 +1,283 @@
+/**
+ * Three runners on this machine as one cluster, on real QEMU workspaces and a real PostgreSQL started
+ * here: placement by capacity (a runner declared full gets nothing), exec, cp and logs by name from
+ * another runner's host, one winner when two clients create the same name, `kill -9` of a runner
+ * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
+ * runs beside it, and the runner reconciles when it comes back), and PostgreSQL restarted under load.
+ */
+import { type ChildProcess, spawn } from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodeOs from "node:os"
+import * as NodePath from "node:path"
+import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import { binPath, cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { qemuProcessesMentioning } from "../support/kernel.ts"
+import { type Postgres, startPostgres } from "../support/postgres.ts"
+import { freePort } from "../support/registry.ts"
+
+const lockExpirySeconds = 4
+
+let scratch: string
+let postgres: Postgres
+
+interface TestRunner {
+  readonly id: string
+  readonly stateDir: string
+  readonly port: number
+  readonly capacity: string
+  process?: ChildProcess
+  log: string
+}
+
+const runners: Array<TestRunner> = []
+const runner = (id: string) => runners.find((r) => r.id === id)!
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
+
+const startRunner = async (r: TestRunner) => {
+  r.log = ""
+  const child = spawn(process.execPath, [
+    binPath,
+    "--cluster",
+    postgres.url,
+    "serve",
+    "runner",
+    "--advertise",
+    `127.0.0.1:${r.port}`,
+    "--runner-id",
+    r.id,
+    "--lock-expiry",
+    String(lockExpirySeconds),
+    ...(r.capacity === "" ? [] : ["--capacity", r.capacity])
+  ], {
+    env: {
+      ...process.env,
+      MICROAGENT_HOME: r.stateDir,
+      MICROAGENT_BACKEND: "qemu",
+      MICROAGENT_RUNTIME_IDLE_SECONDS: "30"
+    },
+    stdio: ["ignore", "ignore", "pipe"]
+  })
+  r.process = child
+  child.stderr!.on("data", (data) => (r.log += data))
+  for (let i = 0; i < 600 && !r.log.includes("joined the cluster"); i++) {
+    if (child.exitCode !== null) throw new Error(`runner ${r.id} exited: ${r.log}`)
+    await sleep(100)
+  }
+  assert.include(r.log, "joined the cluster", `runner ${r.id} did not join: ${r.log}`)
+}
+
+/** The CLI through the cluster, as a client on `from`'s host (its state directory). */
+const ma = (args: ReadonlyArray<string>, from = "r1"): Promise<CliResult> =>
+  cliAsync(["--json", ...args], {
+    stateDir: runner(from).stateDir,
+    env: { MICROAGENT_CLUSTER: postgres.url }
+  })
+
+const ok = async (args: ReadonlyArray<string>, from = "r1") => {
+  const result = await ma(args, from)
+  assert.strictEqual(result.code, 0, `${args.join(" ")}: exit ${result.code}; ${result.stderr}`)
+  return result.stdout === "" ? undefined : JSON.parse(result.stdout)
+}
+
+const kindOf = (result: CliResult) =>
+  JSON.parse(result.stderr.trim().split("\n").at(-1)!).error.kind as string
+
+interface Listed {
+  readonly name: string
+  readonly state: string
+  readonly host?: string
+}
+
+const list = async (): Promise<Array<Listed>> => (await ok(["list"])).workspaces
+
+const until = async <A>(what: string, check: () => Promise<A | undefined>, seconds: number): Promise<A> => {
+  const deadline = Date.now() + seconds * 1000
+  while (Date.now() < deadline) {
+    const value = await check()
+    if (value !== undefined) return value
+    await sleep(250)
+  }
+  throw new Error(`gave up waiting ${seconds} s for ${what}`)
+}
+
+beforeAll(async () => {
+  scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-cluster-"))
+  postgres = await startPostgres()
+  for (const [id, capacity] of [["r1", ""], ["r2", ""], ["r3", "workspaces=0"]] as const) {
+    runners.push({ id, stateDir: NodePath.join(scratch, id), port: await freePort(), capacity, log: "" })
+  }
+  await Promise.all(runners.map(startRunner))
+})
+
+afterAll(async () => {
+  for (const r of runners) r.process?.kill("SIGTERM")
+  await sleep(500)
+  for (const r of runners) {
+    r.process?.kill("SIGKILL")
+    const local = await cliAsync(["--json", "list", "--quiet"], { stateDir: r.stateDir })
+    for (const name of local.stdout.split("\n").filter((line) => line !== "")) {
+      await cliAsync(["delete", "--force", name], { stateDir: r.stateDir })
+    }
+    stopRuntime(r.stateDir)
+  }
+  postgres?.stop()
+  NodeFs.rmSync(scratch, { recursive: true, force: true })
+})
+
+describe("a cluster of three runners", () => {
+  const hostOf = new Map<string, string>()
+
+  it("places six workspaces by capacity: the full runner gets none, the others share them", async () => {
+    for (let i = 1; i <= 6; i++) {
+      const workspace = await ok([
+        "create",
+        `w${i}`,
+        "--profile",
+        "tiny",
+        ...(i === 1 ? ["--restart", "always"] : [])
+      ])
+      assert.strictEqual(workspace.name, `w${i}`)
+      hostOf.set(`w${i}`, workspace.host)
+    }
+    const hosts = [...hostOf.values()]
+    assert.notInclude(hosts, "r3", `the full runner got a workspace: ${hosts}`)
+    assert.include(hosts, "r1", `${hosts}`)
+    assert.include(hosts, "r2", `${hosts}`)
+    const listed = await list()
+    assert.deepStrictEqual(
+      listed.map((w) => `${w.name}@${w.host}`).sort(),
+      [...hostOf].map(([name, host]) => `${name}@${host}`).sort()
+    )
+    // Each runner's own store holds exactly its share.
+    for (const r of runners) {
+      const local = await cliAsync(["--json", "list", "--quiet"], { stateDir: r.stateDir })
+      assert.deepStrictEqual(
+        local.stdout.split("\n").filter((line) => line !== "").sort(),
+        [...hostOf].filter(([, host]) => host === r.id).map(([name]) => name).sort()
+      )
+    }
+    // A runner whose capacity is used up refuses, and the client says why.
+    const refused = await ma(["create", "huge", "--memory", String(1024 * 1024)])
+    assert.notStrictEqual(refused.code, 0)
+    assert.match(refused.stderr, /no runner can take the workspace/)
+  })
+
+  it("starts workspaces and reaches them by name from another runner's host: exec, cp, logs", async () => {
+    const onR1 = [...hostOf].find(([, host]) => host === "r1")![0]
+    const onR2 = [...hostOf].find(([, host]) => host === "r2")![0]
+    await Promise.all(
+      ["w1", onR1, onR2].filter((n, i, all) => all.indexOf(n) === i).map((name) => ok(["start", name]))
+    )
+    // A client on r2's host drives a workspace held by r1, and the other way round.
+    for (const [name, from] of [[onR1, "r2"], [onR2, "r1"]] as const) {
+      const exec = await ok(["exec", name, "--", "hostname"], from)
+      assert.strictEqual(exec.result.stdout.trim(), name)
+      const file = NodePath.join(scratch, `in-${name}.txt`)
+      NodeFs.writeFileSync(file, `hello ${name}\n`)
+      await ok(["cp", file, `${name}:/tmp/in.txt`], from)
+      const cat = await ok(["exec", name, "--", "cat", "/tmp/in.txt"], from)
+      assert.strictEqual(cat.result.stdout, `hello ${name}\n`)
+      const out = NodePath.join(scratch, `out-${name}`)
+      NodeFs.mkdirSync(out)
+      await ok(["cp", `${name}:/tmp/in.txt`, out], from)
+      assert.strictEqual(NodeFs.readFileSync(NodePath.join(out, "in.txt"), "utf8"), `hello ${name}\n`)
+      const logs = await ok(["logs", name], from)
+      assert.include(logs.logs, "microagent-agent: ready")
+    }
+    const running = (await list()).filter((w) => w.state === "running").map((w) => w.name).sort()
+    assert.includeMembers(running, ["w1", onR1, onR2])
+  })
+
+  it("two clients creating the same name at once: exactly one wins", async () => {
+    const [a, b] = await Promise.all([
+      ma(["create", "same", "--profile", "tiny"], "r1"),
+      ma(["create", "same", "--profile", "tiny"], "r2")
+    ])
+    const codes = [a.code, b.code].sort()
+    assert.deepStrictEqual(codes.map((code) => code === 0), [true, false], `${a.stderr}\n${b.stderr}`)
+    assert.strictEqual(kindOf(a.code === 0 ? b : a), "conflict")
+    const named = (await list()).filter((w) => w.name === "same")
+    assert.strictEqual(named.length, 1)
+    await ok(["delete", "same"])
+    assert.notInclude((await list()).map((w) => w.name), "same")
+  })
+
+  it("kill -9 of a runner: its workspaces read lost, the restart: always one moves, nothing runs twice", async () => {
+    const dead = runner(hostOf.get("w1")!)
+    const other = dead.id === "r1" ? "r2" : "r1"
+    const oldVm = NodePath.join(dead.stateDir, "run", "w1")
+    assert.isAbove(qemuProcessesMentioning(oldVm).length, 0, "w1 is not running before the kill")
+    const killedAt = Date.now()
+    dead.process!.kill("SIGKILL")
+    // The fence kills the dead runner's movable VM at once, before anyone may move it.
+    await until(
+      "the fence to kill w1's VM",
+      async () => (qemuProcessesMentioning(oldVm).length === 0 ? true : undefined),
+      10
+    )
+    const lost = await until("the dead runner's workspaces to read lost", async () => {
+      const listed = await list()
+      const mine = listed.filter((w) => w.host === dead.id)
+      return mine.length > 0 && mine.every((w) => w.state === "lost") ? mine : undefined
+    }, lockExpirySeconds + 10)
+    assert.isAtMost((Date.now() - killedAt) / 1000, lockExpirySeconds + 10)
+    assert.includeMembers(
+      lost.map((w) => w.name),
+      [...hostOf].filter(([name, host]) => host === dead.id && name !== "w1").map(([name]) => name)
+    )
+    // A call to a lost workspace says so at once, naming the runner.
+    const lostName = lost.find((w) => w.name !== "w1")?.name
+    if (lostName !== undefined) {
+      const refused = await ma(["exec", lostName, "--", "true"], other)
+      assert.strictEqual(kindOf(refused), "transient")
+      assert.include(refused.stderr, dead.id)
+    }
+    // w1 comes up on the live runner that has room (r3 is full).
+    await until("w1 to run on the other runner", async () => {
+      const w1 = (await list()).find((w) => w.name === "w1")
+      return w1?.host === other && w1.state === "running" ? true : undefined
+    }, 120)
+    const exec = await ok(["exec", "w1", "--", "hostname"], other)
+    assert.strictEqual(exec.result.stdout.trim(), "w1")
+    // The dead runner comes back: it removes its stale w1 and adopts the rest.
+    await startRunner(dead)
+    const local = await cliAsync(["--json", "list", "--quiet"], { stateDir: dead.stateDir })
+    assert.notInclude(local.stdout.split("\n"), "w1")
+    const listed = await until("the returned runner's workspaces to be back", async () => {
+      const all = await list()
+      return all.some((w) => w.host === dead.id && w.state === "lost") ? undefined : all
+    }, 30)
+    assert.strictEqual(listed.filter((w) => w.name === "w1").length, 1)
+    assert.strictEqual(qemuProcessesMentioning(oldVm).length, 0, "the stale w1 runs again")
+    assert.strictEqual(qemuProcessesMentioning(NodePath.join(runner(other).stateDir, "run", "w1")).length, 1)
+  })
+
+  it("PostgreSQL restarted under load: calls fail transient, then succeed; no record is lost", async () => {
+    const before = (await list()).map((w) => `${w.name}@${w.host}`).sort()
+    const target = (await list()).find((w) => w.state === "running")!.name
+    const outcomes: Array<string> = []
+    let stop = false
+    const load = (async () => {
+      while (!stop) {
+        const result = await ma(["exec", target, "--", "true"])
+        outcomes.push(result.code === 0 ? "ok" : kindOf(result))
+        await sleep(100)
+      }
+    })()
+    await sleep(1500)
+    await postgres.restart(500)
+    await until("a call to succeed after the restart", async () => {
+      const result = await ma(["exec", target, "--", "true"])
+      return result.code === 0 ? true : undefined
+    }, 60)
+    stop = true
+    await load
+    assert.isTrue(
+      outcomes.every((outcome) => outcome === "ok" || outcome === "transient"),
+      outcomes.join(",")
+    )
+    const after = (await list()).map((w) => `${w.name}@${w.host}`).sort()
+    assert.deepStrictEqual(after, before)
+  })
+})
