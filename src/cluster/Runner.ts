@@ -17,7 +17,7 @@
  */
 import { Singleton } from "@effect/cluster"
 import type { Sharding } from "@effect/cluster/Sharding"
-import { Cause, Duration, Effect, Layer, Option, Ref, Schedule, Schema, Stream } from "effect"
+import { Cause, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Schema, Stream } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -233,9 +233,10 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       Effect.gen(function*() {
         const name = payload.name ?? `ws-${randomSuffix()}`
         yield* claimHere(name, payload.restart ?? "never", encodeCreate({ ...payload, name }))
+        // A failed or interrupted create (the client went away) gives the name back.
         return yield* admitted(demandOf(payload), local.create({ ...payload, name })).pipe(
           Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
-          Effect.tapError(() => releaseUnlessHeld(name))
+          Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : releaseUnlessHeld(name)))
         )
       }).pipe(Effect.mapError(localFailure))
 

@@ -103,10 +103,11 @@ export const place = (
     const j = i + Math.floor(options.random() * (pool.length - i))
     ;[pool[i], pool[j]] = [pool[j]!, pool[i]!]
   }
-  const byScore = (a: Candidate, b: Candidate) =>
-    score(b, demand) - score(a, demand) || a.id.localeCompare(b.id)
+  const byScore = (a: Candidate, b: Candidate) => score(b, demand) - score(a, demand)
+  // Equal scores keep the order they were drawn in (the sort is stable): ties go to chance, not to a
+  // name, so equal runners share the placements.
   const sampled = pool.slice(0, drawn).sort(byScore)
-  const rest = pool.slice(drawn).sort(byScore)
+  const rest = pool.slice(drawn).sort((a, b) => byScore(a, b) || a.id.localeCompare(b.id))
   return { order: [...sampled, ...rest].map((candidate) => candidate.id), refused }
 }
 

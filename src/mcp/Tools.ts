@@ -275,6 +275,8 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
 const WorkspaceSummary = Schema.Struct({
   name: Schema.String,
   state: State,
+  /** In a cluster: the runner that holds it. */
+  host: Schema.optional(Schema.String),
   backend: Backend,
   profile: Schema.optional(ProfileName),
   image: Schema.String,
@@ -773,7 +775,8 @@ export const tools: ReadonlyArray<AnyTool> = [
   defineTool({
     name: "workspace.list",
     title: "List workspaces",
-    description: "Every workspace of this state directory, with its state.",
+    description:
+      "Every workspace of this state directory (or of the cluster, with the runner holding each), with its state.",
     input: { running_only: optional(Schema.Boolean, "only workspaces whose VM is live") },
     output: ListResult,
     kind: "read",
@@ -786,6 +789,7 @@ export const tools: ReadonlyArray<AnyTool> = [
             workspaces: all.map((ws) => ({
               name: ws.name,
               state: ws.state,
+              ...(ws.host === undefined ? {} : { host: ws.host }),
               backend: ws.backend,
               ...(ws.profile === undefined ? {} : { profile: ws.profile }),
               image: ws.image.ref,

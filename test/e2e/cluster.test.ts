@@ -5,11 +5,15 @@
  * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
  * runs beside it, and the runner reconciles when it comes back), and PostgreSQL restarted under load.
  */
+import { Context, Effect, Layer } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
+import * as ClusterClient from "../../src/cluster/Client.ts"
+import { MicroagentClient } from "../../src/rpc/Client.ts"
+import { connect } from "../mcp/mcpClient.ts"
 import { binPath, cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { type Postgres, startPostgres } from "../support/postgres.ts"
@@ -187,6 +191,37 @@ describe("a cluster of three runners", () => {
     }
     const running = (await list()).filter((w) => w.state === "running").map((w) => w.name).sort()
     assert.includeMembers(running, ["w1", onR1, onR2])
+
+    // The library: the cluster as a `MicroagentClient` layer, in this process.
+    const viaLibrary = await Effect.runPromise(
+      Effect.scoped(Effect.gen(function*() {
+        const context = yield* Layer.build(ClusterClient.layer({ url: postgres.url }))
+        const client = Context.get(context, MicroagentClient)
+        const exec = yield* client.exec({ name: onR2, argv: ["hostname"] })
+        const all = yield* client.list({})
+        return { stdout: exec.stdout, hosts: all.map((w) => `${w.name}@${w.host}`) }
+      }))
+    )
+    assert.strictEqual(viaLibrary.stdout.trim(), onR2)
+    assert.include(viaLibrary.hosts, `${onR1}@r1`)
+
+    // MCP: `serve mcp` on r3's host, through the cluster.
+    const mcp = await connect(runner("r3").stateDir, { backend: "qemu", image: "" }, {
+      env: { MICROAGENT_CLUSTER: postgres.url }
+    })
+    try {
+      const listed = await mcp.call("workspace.list")
+      assert.isTrue(listed.ok, JSON.stringify(listed))
+      assert.include(
+        listed.result.workspaces.map((w: { name: string; host: string }) => `${w.name}@${w.host}`),
+        `${onR1}@r1`
+      )
+      const exec = await mcp.call("workspace.exec", { name: onR1, argv: ["hostname"] })
+      assert.isTrue(exec.ok, JSON.stringify(exec))
+      assert.strictEqual(exec.result.stdout.trim(), onR1)
+    } finally {
+      await mcp.close()
+    }
   })
 
   it("two clients creating the same name at once: exactly one wins", async () => {
