@@ -224,15 +224,15 @@ export const workspaceOptions = {
   ttl: ttlOption,
   volume: volumeFlag,
   secret: secretFlag,
-  refuseDevices: refuseDevicesOption,
-  constraint: Options.text("constraint").pipe(
-    Options.withPseudoName("KEY=VALUE"),
-    Options.repeated,
-    Options.withDescription(
-      "with --cluster: only on a runner with this label (repeatable), e.g. backend=qemu"
-    )
-  )
+  refuseDevices: refuseDevicesOption
 }
+
+/** `create --constraint`: with --cluster, labels the chosen runner must carry. */
+export const constraintOption = Options.text("constraint").pipe(
+  Options.withPseudoName("KEY=VALUE"),
+  Options.repeated,
+  Options.withDescription("a runner label to place on (--cluster; repeatable)")
+)
 
 export const readSpec = (file: Option.Option<string>) =>
   Option.match(file, {

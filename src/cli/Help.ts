@@ -139,7 +139,15 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--ttl"
     ]
   ],
-  ["Resources", ["--profile", "--memory", "--cpus", "--size-mib", "--boot-timeout", "--cold"]],
+  ["Resources", [
+    "--profile",
+    "--memory",
+    "--cpus",
+    "--size-mib",
+    "--boot-timeout",
+    "--cold",
+    "--constraint"
+  ]],
   [
     "Network",
     [
@@ -237,7 +245,7 @@ export const usageLine = (path: ReadonlyArray<string>, spec: CommandSpec): strin
   return words.join(" ")
 }
 
-const globalFlagsLine = "Global flags: --json --state-dir --backend --cluster --no-color (`microagent help`)"
+const globalFlagsLine = "Global flags: --json --state-dir --backend --cluster … (`microagent help`)"
 
 // ---------- command help ----------
 

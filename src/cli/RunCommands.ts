@@ -26,6 +26,7 @@ import { MicroagentClient } from "../rpc/Client.ts"
 import { defined } from "../rpc/Rpcs.ts"
 import { reportCopy } from "./clone.ts"
 import {
+  constraintOption,
   fileCopyOption,
   modelMediationOptions,
   optionalBytes,
@@ -170,7 +171,7 @@ const workspaceFields = (
     readonly model: Option.Option<string>
     readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
     readonly modelPolicyFile?: Option.Option<string>
-    readonly constraint: ReadonlyArray<string>
+    readonly constraint?: ReadonlyArray<string>
   },
   spec: Spec
 ) =>
@@ -179,7 +180,7 @@ const workspaceFields = (
       networkFields(options, spec),
       egressPolicyFileOf(options),
       modelOf(options),
-      parseLabels(options.constraint.join(","), "--constraint")
+      parseLabels((options.constraint ?? []).join(","), "--constraint")
     ]),
     ([network, fileAllow, model, constraints]) => ({
       ...(Object.keys(constraints).length > 0 ? { constraints } : {}),
@@ -549,6 +550,7 @@ const createFromSnapshotCli = (options: Record<string, unknown>, reference: stri
 
 const createCommand = Command.make("create", {
   ...workspaceOptions,
+  constraint: constraintOption,
   ...modelMediationOptions,
   imageFlag: Options.text("image").pipe(
     Options.withPseudoName("REF"),

@@ -56,8 +56,8 @@ export const make = Effect.gen(function*() {
 
   const hostOf = (name: string) =>
     Effect.gen(function*() {
-      const entry = yield* directory.lookup(name)
-      if (Option.isNone(entry)) {
+      const found = yield* directory.route(name)
+      if (Option.isNone(found)) {
         return yield* Effect.fail(
           new NotFound({
             message: `no workspace named "${name}" in the cluster`,
@@ -65,22 +65,21 @@ export const make = Effect.gen(function*() {
           })
         )
       }
-      const runners = yield* directory.runners
-      const runner = runners.find((candidate) => candidate.id === entry.value.host)
-      if (runner === undefined || !runner.alive) {
+      const entry = found.value
+      if (!entry.alive) {
         return yield* Effect.fail(
           new Transient({
-            message: `workspace "${name}" is on runner ${entry.value.host}, which is lost${
-              runner === undefined ? "" : ` (no heartbeat for ${Math.round(runner.ageMs / 1000)} s)`
+            message: `workspace "${name}" is on runner ${entry.host}, which is lost${
+              entry.ageMs === undefined ? "" : ` (no heartbeat for ${Math.round(entry.ageMs / 1000)} s)`
             }`,
-            remediation: entry.value.restart === "always"
+            remediation: entry.restart === "always"
               ? "it is being moved to another runner (restart: always); retry in a few seconds"
               : "retry once the runner is back; its disk stays on its host",
             retryAfterMs: 2000
           })
         )
       }
-      return entry.value.host
+      return entry.host
     })
 
   const call = (host: string, tag: string, payload: unknown): unknown =>
@@ -125,7 +124,7 @@ export const make = Effect.gen(function*() {
             refused.length > 0 ? `: ${refused.join("; ")}` : " (no runner is alive)"
           }`,
           remediation:
-            "start a runner (`microagent serve runner --cluster URL`), free capacity, or relax --constraint",
+            "start a runner (`microagent serve runner --advertise HOST:PORT`, with the cluster's URL), free capacity, or relax --constraint",
           retryAfterMs: 5000
         })
       )
@@ -135,16 +134,22 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const runners = yield* directory.runners
       const alive = runners.filter((runner) => runner.alive)
-      const live = yield* Effect.forEach(
+      // A runner that does not answer within 10 s is shown as lost too (its workspaces from the
+      // records it last reported), not left out.
+      const answers = yield* Effect.forEach(
         alive,
         (runner) =>
           (call(runner.id, "list", payload) as Effect.Effect<ReadonlyArray<Workspace>, unknown>).pipe(
             Effect.timeout("10 seconds"),
-            Effect.orElseSucceed((): ReadonlyArray<Workspace> => [])
+            Effect.option,
+            Effect.map((listed) => ({ id: runner.id, listed }))
           ),
         { concurrency: "unbounded" }
       )
-      const aliveIds = new Set(alive.map((runner) => runner.id))
+      const live = answers.flatMap((answer) => Option.getOrElse(answer.listed, () => []))
+      const aliveIds = new Set(
+        answers.filter((answer) => Option.isSome(answer.listed)).map((answer) => answer.id)
+      )
       const lost: Array<Workspace> = []
       if (payload.runningOnly !== true) {
         for (const entry of yield* directory.entries) {
@@ -155,7 +160,7 @@ export const make = Effect.gen(function*() {
           }
         }
       }
-      return [...live.flat(), ...lost].sort((a, b) => a.name.localeCompare(b.name))
+      return [...live, ...lost].sort((a, b) => a.name.localeCompare(b.name))
     }).pipe(Effect.mapError(routingFailure))
 
   const cp = (payload: CpRequest) =>

@@ -52,6 +52,16 @@ export interface DirectoryShape {
     entry: Omit<WorkspaceEntry, "generation" | "record">
   ) => Effect.Effect<void, Transient | Conflict>
   readonly lookup: (name: string) => Effect.Effect<Option.Option<WorkspaceEntry>, Transient>
+  /**
+   * A workspace's entry with its runner's liveness, in one query (the data path's only read): the
+   * runner's age is undefined when it never beat.
+   */
+  readonly route: (
+    name: string
+  ) => Effect.Effect<
+    Option.Option<WorkspaceEntry & { readonly alive: boolean; readonly ageMs?: number }>,
+    Transient
+  >
   readonly entries: Effect.Effect<ReadonlyArray<WorkspaceEntry>, Transient>
   /** Gives the name up, if `host` still holds it. */
   readonly release: (name: string, host: string) => Effect.Effect<void, Transient>
@@ -188,6 +198,25 @@ export const make = Effect.gen(function*() {
       Effect.mapError(unavailable)
     )
 
+  const route: DirectoryShape["route"] = (name) =>
+    sql<WorkspaceRow & { readonly age_ms: number | string | null; readonly expiry_ms: number | null }>`SELECT
+        w.name, w.host, w.restart, NULL::jsonb AS request, w.generation, w.moved_from, NULL::jsonb AS record,
+        r.expiry_ms, (extract(epoch FROM now() - r.last_seen) * 1000)::float8 AS age_ms
+      FROM microagent_workspaces w LEFT JOIN microagent_runners r ON r.id = w.host
+      WHERE w.name = ${name}`.pipe(
+      Effect.map((rows) =>
+        Option.map(Option.fromNullable(rows[0]), (row) => {
+          const ageMs = row.age_ms === null ? undefined : Number(row.age_ms)
+          return {
+            ...toEntry(row),
+            alive: ageMs !== undefined && ageMs < Number(row.expiry_ms),
+            ...(ageMs === undefined ? {} : { ageMs })
+          }
+        })
+      ),
+      Effect.mapError(unavailable)
+    )
+
   const entries: DirectoryShape["entries"] = sql<WorkspaceRow>`SELECT name, host, restart, request,
         generation, moved_from, record FROM microagent_workspaces ORDER BY name`.pipe(
     Effect.map((rows) => rows.map(toEntry)),
@@ -226,6 +255,7 @@ export const make = Effect.gen(function*() {
     runners,
     claim,
     lookup,
+    route,
     entries,
     release,
     move,

@@ -303,8 +303,8 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       ...forwarded,
       start: ({ payload }: { readonly payload: StartRequest }) =>
         local.start(payload).pipe(
+          Effect.tap((workspace) => (workspace.restart === "always" ? refreshFence : Effect.void)),
           Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
-          Effect.ensuring(refreshFence),
           Effect.mapError(localFailure)
         ),
       create: ({ payload }: { readonly payload: CreateRequest }) => create(payload),
