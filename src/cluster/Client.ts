@@ -24,7 +24,7 @@ import {
   Unsupported
 } from "../domain/Errors.ts"
 import { demandOf, place } from "../domain/Placement.ts"
-import type { CpRequest, CreateRequest, RunRequest } from "../domain/Requests.ts"
+import type { CpRequest, CreateRequest, ExecCommand, RunRequest } from "../domain/Requests.ts"
 import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -240,3 +240,17 @@ export const layer = (options: { readonly url: string; readonly lockExpiryMs?: n
 
 /** A URL with its password hidden. */
 export const redact = (url: string) => url.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@")
+
+/** The cluster's workspace operations as Effects over its `MicroagentClient` (for the Promise API). */
+export const operations = {
+  create: (request: CreateRequest) => Effect.flatMap(MicroagentClient, (client) => client.create(request)),
+  run: (request: RunRequest) => Effect.flatMap(MicroagentClient, (client) => client.run(request)),
+  start: (name: string) => Effect.flatMap(MicroagentClient, (client) => client.start({ name })),
+  exec: (command: ExecCommand) => Effect.flatMap(MicroagentClient, (client) => client.exec(command)),
+  halt: (name: string) => Effect.flatMap(MicroagentClient, (client) => client.halt({ name })),
+  delete: (name: string, options: { readonly force?: boolean } = {}) =>
+    Effect.flatMap(MicroagentClient, (client) => client.delete({ name, ...options })),
+  inspect: (name: string) => Effect.flatMap(MicroagentClient, (client) => client.inspect({ name })),
+  list: Effect.flatMap(MicroagentClient, (client) => client.list({})),
+  cp: (request: CpRequest) => Effect.flatMap(MicroagentClient, (client) => client.cp(request))
+}

@@ -12,6 +12,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import * as ClusterClient from "../../src/cluster/Client.ts"
+import { Cluster } from "../../src/promise/Cluster.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { connect } from "../mcp/mcpClient.ts"
 import { binPath, cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
@@ -204,6 +205,21 @@ describe("a cluster of three runners", () => {
     )
     assert.strictEqual(viaLibrary.stdout.trim(), onR2)
     assert.include(viaLibrary.hosts, `${onR1}@r1`)
+
+    // The Promise API.
+    const cluster = Cluster.connect(postgres.url)
+    try {
+      const exec = await cluster.exec(onR1, ["hostname"])
+      assert.strictEqual(exec.stdout.trim(), onR1)
+      assert.include((await cluster.list()).map((w) => `${w.name}@${w.host}`), `${onR2}@r2`)
+      const missing = await cluster.exec("no-such-workspace", ["true"]).then(
+        () => undefined,
+        (error) => error
+      )
+      assert.strictEqual(missing?.kind, "not_found")
+    } finally {
+      await cluster.close()
+    }
 
     // MCP: `serve mcp` on r3's host, through the cluster.
     const mcp = await connect(runner("r3").stateDir, { backend: "qemu", image: "" }, {
