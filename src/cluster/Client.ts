@@ -14,7 +14,7 @@
  *   `Unsupported` here, with the remedy.
  */
 import { RpcSchema } from "@effect/rpc"
-import { Effect, Layer, Option, Schema, Stream } from "effect"
+import { Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
 import {
   isMicroagentError,
@@ -85,21 +85,49 @@ export const make = Effect.gen(function*() {
   const call = (host: string, tag: string, payload: unknown): unknown =>
     (hosts(host) as unknown as Record<string, (payload: unknown) => unknown>)[tag]!(payload)
 
+  /**
+   * Fails once the workspace's runner is lost (or the workspace moved) while a call to it is in
+   * flight: a runner that dies mid-call sends no reply, and the call would wait for ever.
+   */
+  const watch = (host: string, what: string) =>
+    Effect.gen(function*() {
+      while (true) {
+        yield* Effect.sleep(Duration.seconds(1))
+        const runners = yield* Effect.option(directory.runners)
+        if (Option.isNone(runners)) continue
+        const runner = runners.value.find((candidate) => candidate.id === host)
+        if (runner === undefined || !runner.alive) {
+          return yield* Effect.fail(
+            new Transient({
+              message: `runner ${host} was lost while it served ${what}`,
+              remediation:
+                "the call's outcome is unknown: check the workspace (`inspect`, `list`) before retrying",
+              retryAfterMs: 2000
+            })
+          )
+        }
+      }
+    })
+
+  /** A call to `host` that fails if the runner is lost before it answers. */
+  const guarded = (
+    host: string,
+    tag: string,
+    payload: { readonly name?: string | undefined; readonly [field: string]: unknown }
+  ) =>
+    Effect.raceFirst(
+      call(host, tag, payload) as Effect.Effect<unknown, unknown>,
+      watch(host, payload.name === undefined ? tag : `${tag} on "${payload.name}"`)
+    )
+
   const routed = (tag: string, stream: boolean) => (payload: { readonly name: string }) =>
     stream
-      ? Stream.unwrap(
-        Effect.map(
-          hostOf(payload.name),
-          (host) => call(host, tag, payload) as Stream.Stream<unknown, unknown>
-        )
-      )
-        .pipe(Stream.mapError(routingFailure))
-      : Effect.flatMap(
-        hostOf(payload.name),
-        (host) => call(host, tag, payload) as Effect.Effect<unknown, unknown>
-      ).pipe(
-        Effect.mapError(routingFailure)
-      )
+      ? Stream.unwrap(Effect.map(hostOf(payload.name), (host) =>
+        (call(host, tag, payload) as Stream.Stream<unknown, unknown>).pipe(
+          Stream.interruptWhen(watch(host, `${tag} on "${payload.name}"`))
+        ))).pipe(Stream.mapError(routingFailure))
+      : Effect.flatMap(hostOf(payload.name), (host) =>
+        guarded(host, tag, payload)).pipe(Effect.mapError(routingFailure))
 
   /** Places a new workspace: tries the ranked runners while they refuse for lack of room. */
   const placed = (tag: "create" | "run", payload: CreateRequest | RunRequest) =>
@@ -112,7 +140,7 @@ export const make = Effect.gen(function*() {
       }, { sample: placementSample, random: Math.random })
       let refused: Array<string> = placement.refused.map(({ id, reason }) => `${id}: ${reason}`)
       for (const host of placement.order) {
-        const outcome = yield* Effect.either(call(host, tag, payload) as Effect.Effect<unknown, unknown>)
+        const outcome = yield* Effect.either(guarded(host, tag, payload))
         if (outcome._tag === "Right") return outcome.right
         const error = routingFailure(outcome.left)
         if (error._tag !== "ResourceExhausted") return yield* Effect.fail(error)
@@ -168,18 +196,15 @@ export const make = Effect.gen(function*() {
       const host = yield* hostOf(payload.name)
       if (payload.direction === "in") {
         const tar = yield* packPath(payload.hostPath, maxTransferBytes)
-        const result = yield* (call(host, "cpIn", {
+        const result = yield* (guarded(host, "cpIn", {
           name: payload.name,
           guestPath: payload.guestPath,
           tar
-        }) as Effect.Effect<
-          { readonly hostPath: string },
-          unknown
-        >)
+        }) as Effect.Effect<{ readonly hostPath: string }, unknown>)
         return { ...result, hostPath: NodePath.resolve(payload.hostPath) }
       }
       const { result, tar } =
-        yield* (call(host, "cpOut", { name: payload.name, guestPath: payload.guestPath }) as Effect.Effect<
+        yield* (guarded(host, "cpOut", { name: payload.name, guestPath: payload.guestPath }) as Effect.Effect<
           { readonly result: { readonly hostPath: string }; readonly tar: Uint8Array },
           unknown
         >)
@@ -215,6 +240,29 @@ export const make = Effect.gen(function*() {
   }
   client.create = (payload: CreateRequest) => Effect.mapError(placed("create", payload), routingFailure)
   client.run = (payload: RunRequest) => Effect.mapError(placed("run", payload), routingFailure)
+  // A connect session's keystrokes and resizes go to the runner its `connect` went to.
+  const sessions = new Map<string, string>()
+  client.connect = (payload: { readonly name: string; readonly sessionId: string }) =>
+    Stream.unwrapScoped(Effect.gen(function*() {
+      const host = yield* hostOf(payload.name)
+      yield* Effect.acquireRelease(
+        Effect.sync(() => sessions.set(payload.sessionId, host)),
+        () => Effect.sync(() => sessions.delete(payload.sessionId))
+      )
+      return (call(host, "connect", payload) as Stream.Stream<unknown, unknown>).pipe(
+        Stream.interruptWhen(watch(host, `connect on "${payload.name}"`))
+      )
+    })).pipe(Stream.mapError(routingFailure))
+  for (const tag of ["connectInput", "connectResize"] as const) {
+    client[tag] = (payload: { readonly sessionId: string }) => {
+      const host = sessions.get(payload.sessionId)
+      return host === undefined
+        ? Effect.fail(
+          new NotFound({ message: `no connect session ${payload.sessionId} through this client` })
+        )
+        : Effect.mapError(call(host, tag, payload) as Effect.Effect<unknown, unknown>, routingFailure)
+    }
+  }
   client.list = list
   client.cp = cp
   client.version = () => Effect.succeed({ version })

@@ -23,7 +23,10 @@ export const RunnerId = Schema.String.pipe(
 
 export const hostGroup = (runnerId: string) => `host-${runnerId}`
 
-/** The procedures of `Rpcs` a workspace's host serves through the cluster, by the workspace's name. */
+/**
+ * The procedures of `Rpcs` a workspace's host serves through the cluster, by the workspace's name (a
+ * `connect` session's input and resizes go where its `connect` went).
+ */
 export const routedTags = [
   "run",
   "create",
@@ -40,7 +43,10 @@ export const routedTags = [
   "wait",
   "result",
   "pause",
-  "resume"
+  "resume",
+  "connect",
+  "connectInput",
+  "connectResize"
 ] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
 export type RoutedTag = (typeof routedTags)[number]
 export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag }>

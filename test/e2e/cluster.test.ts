@@ -132,6 +132,8 @@ afterAll(async () => {
 
 describe("a cluster of three runners", () => {
   const hostOf = new Map<string, string>()
+  /** A running workspace on each runner, other than w1 where there is one. */
+  const started = new Map<string, string>()
 
   it("places six workspaces by capacity: the full runner gets none, the others share them", async () => {
     for (let i = 1; i <= 6; i++) {
@@ -169,8 +171,12 @@ describe("a cluster of three runners", () => {
   })
 
   it("starts workspaces and reaches them by name from another runner's host: exec, cp, logs", async () => {
-    const onR1 = [...hostOf].find(([, host]) => host === "r1")![0]
-    const onR2 = [...hostOf].find(([, host]) => host === "r2")![0]
+    const onR1 = [...hostOf].find(([name, host]) => host === "r1" && name !== "w1")?.[0]
+      ?? [...hostOf].find(([, host]) => host === "r1")![0]
+    const onR2 = [...hostOf].find(([name, host]) => host === "r2" && name !== "w1")?.[0]
+      ?? [...hostOf].find(([, host]) => host === "r2")![0]
+    started.set("r1", onR1)
+    started.set("r2", onR2)
     await Promise.all(
       ["w1", onR1, onR2].filter((n, i, all) => all.indexOf(n) === i).map((name) => ok(["start", name]))
     )
@@ -189,6 +195,14 @@ describe("a cluster of three runners", () => {
       assert.strictEqual(NodeFs.readFileSync(NodePath.join(out, "in.txt"), "utf8"), `hello ${name}\n`)
       const logs = await ok(["logs", name], from)
       assert.include(logs.logs, "microagent-agent: ready")
+      // An interactive session, its input piped: the keystrokes follow the session to its runner.
+      const session = await cliAsync(["connect", name], {
+        stateDir: runner(from).stateDir,
+        env: { MICROAGENT_CLUSTER: postgres.url },
+        input: "hostname; exit 3\n"
+      })
+      assert.strictEqual(session.code, 3, session.stderr)
+      assert.include(session.stdout, `${name}\n`)
     }
     const running = (await list()).filter((w) => w.state === "running").map((w) => w.name).sort()
     assert.includeMembers(running, ["w1", onR1, onR2])
@@ -259,6 +273,10 @@ describe("a cluster of three runners", () => {
     const other = dead.id === "r1" ? "r2" : "r1"
     const oldVm = NodePath.join(dead.stateDir, "run", "w1")
     assert.isAbove(qemuProcessesMentioning(oldVm).length, 0, "w1 is not running before the kill")
+    // A call in flight on the runner when it dies fails (transient) once the runner is lost.
+    const inFlightOn = started.get(dead.id)!
+    const inFlight = inFlightOn === "w1" ? undefined : ma(["exec", inFlightOn, "--", "sleep", "300"], other)
+    await sleep(1500)
     const killedAt = Date.now()
     dead.process!.kill("SIGKILL")
     // The fence kills the dead runner's movable VM at once, before anyone may move it.
@@ -273,6 +291,12 @@ describe("a cluster of three runners", () => {
       return mine.length > 0 && mine.every((w) => w.state === "lost") ? mine : undefined
     }, lockExpirySeconds + 10)
     assert.isAtMost((Date.now() - killedAt) / 1000, lockExpirySeconds + 10)
+    if (inFlight !== undefined) {
+      const cut = await inFlight
+      assert.strictEqual(kindOf(cut), "transient", cut.stderr)
+      assert.include(cut.stderr, `runner ${dead.id} was lost`)
+      assert.isAtMost((Date.now() - killedAt) / 1000, lockExpirySeconds + 15)
+    }
     assert.includeMembers(
       lost.map((w) => w.name),
       [...hostOf].filter(([name, host]) => host === dead.id && name !== "w1").map(([name]) => name)
