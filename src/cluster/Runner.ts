@@ -27,7 +27,6 @@ import {
   InvalidInput,
   isMicroagentError,
   type MicroagentError,
-  NotFound,
   ResourceExhausted,
   Transient
 } from "../domain/Errors.ts"
@@ -471,6 +470,26 @@ const beating = (
     }).pipe(Effect.repeat(Schedule.spaced(every)))
   })
 
+/** Why a runner could not start, with the remedy: the database, or the address it listens at. */
+const cannotStart = (error: unknown, options: RunnerOptions) => {
+  const tag = String((error as { _tag?: unknown })._tag ?? "")
+  const detail = String((error as { message?: unknown }).message ?? error)
+  const listen = options.listen ?? options.advertise
+  return tag === "SqlError"
+    ? new Transient({
+      message: `the runner could not reach the cluster's database: ${detail}`,
+      remediation: "check the --cluster URL (user, host, port, database) and that PostgreSQL is up",
+      retryAfterMs: 1000
+    })
+    : tag === "SocketServerError"
+    ? new Conflict({
+      message: `the runner could not listen at ${listen.host}:${listen.port}: ${detail}`,
+      remediation:
+        "another process holds that port, or the address is not this host's: choose another --advertise (or --listen)"
+    })
+    : new Transient({ message: `the runner could not start: ${tag} ${detail}`.trim(), retryAfterMs: 1000 })
+}
+
 /** The runner as a layer: build it and it serves until its scope closes. */
 export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentError> => {
   const fenceFile = NodePath.join(options.root, "cluster", "fence")
@@ -485,6 +504,17 @@ export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentErro
   const serve = Layer.scopedDiscard(Effect.gen(function*() {
     yield* Effect.sync(() => NodeFs.mkdirSync(NodePath.dirname(fenceFile), { recursive: true, mode: 0o700 }))
     const host = yield* makeHost(options, fenceFile)
+    // Two runners under one id would both serve its shard group: a live one elsewhere keeps it.
+    const address = `${options.advertise.host}:${options.advertise.port}`
+    const namesake = (yield* host.directory.runners).find((runner) => runner.id === host.id)
+    if (namesake !== undefined && namesake.alive && namesake.address !== address) {
+      return yield* Effect.fail(
+        new Conflict({
+          message: `runner id ${host.id} is in use by a live runner at ${namesake.address}`,
+          remediation: "give this runner its own --runner-id, or stop the other one first"
+        })
+      )
+    }
     yield* reconcile(host.local, host.directory, host.id)
     yield* host.beat
     yield* startFence(fenceFile)
@@ -498,11 +528,6 @@ export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentErro
     Layer.provide(directory),
     Layer.provide(MicroagentClient.layerRuntime(options.root)),
     Layer.provide(database),
-    Layer.mapError((error) =>
-      error instanceof Conflict || error instanceof NotFound || error instanceof Transient
-        || error instanceof InvalidInput
-        ? error
-        : new Transient({ message: `the runner could not start: ${String(error)}`, retryAfterMs: 1000 })
-    )
+    Layer.mapError((error) => isMicroagentError(error) ? error : cannotStart(error, options))
   ) as unknown as Layer.Layer<never, MicroagentError>
 }
