@@ -168,6 +168,13 @@ describe("a cluster of three runners", () => {
     const refused = await ma(["create", "huge", "--memory", String(1024 * 1024)])
     assert.notStrictEqual(refused.code, 0)
     assert.match(refused.stderr, /no runner can take the workspace/)
+    // A second runner under a live runner's id is refused (both would serve its shard group).
+    const twin = await cliAsync(
+      ["--json", "serve", "runner", "--advertise", `127.0.0.1:${await freePort()}`, "--runner-id", "r2"],
+      { stateDir: NodePath.join(scratch, "twin"), env: { MICROAGENT_CLUSTER: postgres.url } }
+    )
+    assert.strictEqual(kindOf(twin), "conflict", twin.stderr)
+    assert.include(twin.stderr, "runner id r2 is in use")
   })
 
   it("starts workspaces and reaches them by name from another runner's host: exec, cp, logs", async () => {
