@@ -126,6 +126,7 @@ afterAll(async () => {
     }
     stopRuntime(r.stateDir)
   }
+  stopRuntime(NodePath.join(scratch, "twin"))
   postgres?.stop()
   NodeFs.rmSync(scratch, { recursive: true, force: true })
 })
