@@ -23,7 +23,7 @@ import {
   Transient,
   Unsupported
 } from "../domain/Errors.ts"
-import { demandOf, place } from "../domain/Placement.ts"
+import { demandOf, place, redact } from "../domain/Placement.ts"
 import type { CpRequest, CreateRequest, ExecCommand, RunRequest } from "../domain/Requests.ts"
 import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
@@ -285,9 +285,6 @@ export const layer = (options: { readonly url: string; readonly lockExpiryMs?: n
       })
     )
   )
-
-/** A URL with its password hidden. */
-export const redact = (url: string) => url.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@")
 
 /** The cluster's workspace operations as Effects over its `MicroagentClient` (for the Promise API). */
 export const operations = {

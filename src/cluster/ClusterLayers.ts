@@ -20,8 +20,7 @@ import { hostGroup } from "./Protocol.ts"
 /** Every runner and client of a cluster must agree on it. */
 export const shardsPerGroup = 16
 
-/** How long a silent runner keeps its shards and its workspaces before they read `lost`. */
-export const defaultLockExpiryMs = 30_000
+export { defaultLockExpiryMs } from "../domain/Placement.ts"
 
 export const layerDatabase = (url: string) =>
   PgClient.layer({

@@ -41,6 +41,12 @@ export interface Demand {
 
 export const cachedImageBonus = 0.5
 
+/** How long a silent runner keeps its shards and its workspaces before they read `lost`. */
+export const defaultLockExpiryMs = 30_000
+
+/** A URL with its password hidden. */
+export const redact = (url: string) => url.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@")
+
 const share = (used: number, total: number) => (total <= 0 ? 1 : Math.min(1, Math.max(0, used / total)))
 
 /** Why a runner cannot take the workspace, or undefined when it can. */
