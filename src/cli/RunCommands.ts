@@ -509,7 +509,9 @@ export const receiptText = (r: EgressReceipt) => {
 }
 
 const describeWorkspace = (ws: Workspace) =>
-  `${ws.name}  ${ws.state}  image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
+  `${ws.name}  ${ws.state}  ${
+    ws.host === undefined ? "" : `host=${ws.host}  `
+  }image=${ws.image.ref}  backend=${ws.backend}  memory=${ws.resources.memoryMiB}MiB cpus=${ws.resources.cpus}`
 
 /**
  * `create NAME --from-snapshot W:T`: the configuration is the snapshot's workspace's, so any other flag
