@@ -45,6 +45,8 @@ export interface Heartbeat {
 
 export interface DirectoryShape {
   readonly heartbeat: (beat: Heartbeat) => Effect.Effect<void, Transient>
+  /** The liveness part of a heartbeat alone: the runner's row is younger. */
+  readonly touch: (id: string) => Effect.Effect<void, Transient>
   /** Every runner that ever beat, alive or not. */
   readonly runners: Effect.Effect<ReadonlyArray<RunnerEntry>, Transient>
   /** Claims a name for a host; `Conflict` when the name is taken anywhere in the cluster. */
@@ -144,6 +146,12 @@ export const make = Effect.gen(function*() {
         ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, labels = EXCLUDED.labels,
           capacity = EXCLUDED.capacity, load = EXCLUDED.load, images = EXCLUDED.images, expiry_ms = EXCLUDED.expiry_ms, last_seen = now()`
       .pipe(Effect.asVoid, Effect.mapError(unavailable))
+
+  const touch: DirectoryShape["touch"] = (id) =>
+    sql`UPDATE microagent_runners SET last_seen = now() WHERE id = ${id}`.pipe(
+      Effect.asVoid,
+      Effect.mapError(unavailable)
+    )
 
   const runners: DirectoryShape["runners"] = sql<
     RunnerRow
@@ -252,6 +260,7 @@ export const make = Effect.gen(function*() {
 
   return Directory.of({
     heartbeat,
+    touch,
     runners,
     claim,
     lookup,

@@ -421,18 +421,46 @@ const reconcile = (
     }
   })
 
-/** Beats until the scope closes; after half the expiry without a beat, kills the movable VMs here. */
-const beating = (
+/** SIGKILLs the VMMs a fence file lists whose start time still matches (a recycled pid is left alone). */
+const killListed = (fenceFile: string) =>
+  Effect.sync(() => {
+    let listed = ""
+    try {
+      listed = NodeFs.readFileSync(fenceFile, "utf8")
+    } catch {
+      return
+    }
+    for (const line of listed.split("\n")) {
+      const [pid, startTime] = line.split(" ")
+      if (pid === undefined || pid === "") continue
+      try {
+        const stat = NodeFs.readFileSync(`/proc/${pid}/stat`, "utf8")
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+        if (startTime === undefined || startTime === "" || fields[19] === startTime) {
+          process.kill(Number(pid), "SIGKILL")
+        }
+      } catch {
+        // Gone already.
+      }
+    }
+  })
+
+/**
+ * Liveness: every quarter of the lock expiry the runner touches its row, which needs the database
+ * only (a runtime slowed by boots must not make its runner read lost). After half the expiry without
+ * a touch it kills its movable VMs itself, before anyone may move them.
+ */
+const living = (
   host: Effect.Effect.Success<ReturnType<typeof makeHost>>,
   fenceFile: string,
   lockExpiryMs: number
 ) =>
   Effect.gen(function*() {
-    let lastBeat = Date.now()
+    let lastTouch = Date.now()
     let fenced = false
     const every = Duration.millis(Math.max(250, Math.floor(lockExpiryMs / 4)))
     yield* Effect.gen(function*() {
-      const ok = yield* host.beat.pipe(
+      const ok = yield* host.directory.touch(host.id).pipe(
         Effect.timeout(every),
         Effect.as(true),
         Effect.catchAllCause((cause) =>
@@ -440,22 +468,16 @@ const beating = (
         )
       )
       if (ok) {
-        lastBeat = Date.now()
+        lastTouch = Date.now()
         fenced = false
         return
       }
-      if (!fenced && Date.now() - lastBeat > lockExpiryMs / 2) {
+      if (!fenced && Date.now() - lastTouch > lockExpiryMs / 2) {
         fenced = true
         yield* Effect.logError(
           "no heartbeat for half the lock expiry: killing this runner's movable workspaces"
         )
-        const movable = yield* Effect.sync(() => {
-          try {
-            return NodeFs.readFileSync(fenceFile, "utf8")
-          } catch {
-            return ""
-          }
-        })
+        yield* killListed(fenceFile)
         const workspaces = yield* host.local.list({}).pipe(Effect.orElseSucceed(() => []))
         yield* Effect.forEach(
           workspaces.filter((workspace) => workspace.restart === "always" && isLive(workspace.state)),
@@ -465,10 +487,18 @@ const beating = (
             ),
           { discard: true }
         )
-        yield* Effect.logDebug(`fence file held: ${movable.trim()}`)
       }
     }).pipe(Effect.repeat(Schedule.spaced(every)))
   })
+
+/** The load, cached images, records and fence file, refreshed as often as liveness; slow is harmless. */
+const reporting = (host: Effect.Effect.Success<ReturnType<typeof makeHost>>, lockExpiryMs: number) =>
+  host.beat.pipe(
+    Effect.catchAllCause((cause) =>
+      Effect.logWarning(`could not report this runner's load: ${Cause.pretty(cause)}`)
+    ),
+    Effect.repeat(Schedule.spaced(Duration.millis(Math.max(1000, Math.floor(lockExpiryMs / 4)))))
+  )
 
 /** Why a runner could not start, with the remedy: the database, or the address it listens at. */
 const cannotStart = (error: unknown, options: RunnerOptions) => {
@@ -518,7 +548,8 @@ export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentErro
     yield* reconcile(host.local, host.directory, host.id)
     yield* host.beat
     yield* startFence(fenceFile)
-    yield* Effect.forkScoped(beating(host, fenceFile, options.lockExpiryMs))
+    yield* Effect.forkScoped(living(host, fenceFile, options.lockExpiryMs))
+    yield* Effect.forkScoped(reporting(host, options.lockExpiryMs))
     const entity = MicroagentHost.toLayer(host.handlers as never, { concurrency: "unbounded" })
     const supervisor = Singleton.make("microagent-supervisor", supervise(options.lockExpiryMs))
     yield* Layer.build(Layer.mergeAll(entity, supervisor) as Layer.Layer<never, never, Sharding | Directory>)

@@ -20,7 +20,7 @@ import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { type Postgres, startPostgres } from "../support/postgres.ts"
 import { freePort } from "../support/registry.ts"
 
-const lockExpirySeconds = 4
+const lockExpirySeconds = 6
 
 let scratch: string
 let postgres: Postgres
