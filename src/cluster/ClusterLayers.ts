@@ -14,7 +14,8 @@ import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
 import { layerClientProtocol, layerSocketServer } from "@effect/platform-node-shared/NodeClusterSocket"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { Duration, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import Pg from "pg"
 import { hostGroup } from "./Protocol.ts"
 
 /** Every runner and client of a cluster must agree on it. */
@@ -22,12 +23,30 @@ export const shardsPerGroup = 16
 
 export { defaultLockExpiryMs } from "../domain/Placement.ts"
 
+/**
+ * The cluster's database. The pool is ours so that every connection has an `error` listener: when
+ * PostgreSQL restarts, `pg` emits errors on idle connections and on ones already given back, and
+ * one without a listener would end the process (a client crashed this way mid-call in a test).
+ * Queries still fail with `SqlError`, which the directory reports as `transient`.
+ */
 export const layerDatabase = (url: string) =>
-  PgClient.layer({
-    url: Redacted.make(url),
-    applicationName: "microagent",
-    connectTimeout: Duration.seconds(5),
-    maxConnections: 8
+  PgClient.layerFromPool({
+    acquire: Effect.acquireRelease(
+      Effect.sync(() => {
+        const pool = new Pg.Pool({
+          connectionString: Redacted.value(Redacted.make(url)),
+          application_name: "microagent",
+          connectionTimeoutMillis: 5000,
+          max: 8
+        })
+        const ignore = () => {}
+        pool.on("error", ignore)
+        pool.on("connect", (client) => client.on("error", ignore))
+        return pool
+      }),
+      (pool) => Effect.tryPromise(() => pool.end()).pipe(Effect.ignore)
+    ),
+    applicationName: "microagent"
   })
 
 const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Type"]> => ({
@@ -46,7 +65,17 @@ const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Ty
   entityMaxIdleTime: Duration.hours(1)
 })
 
-const storage = Layer.mergeAll(Layer.orDie(SqlMessageStorage.layer), Layer.orDie(SqlRunnerStorage.layer))
+/**
+ * The storages create their tables on first use; runners starting together can race each other's
+ * CREATE TABLE (PostgreSQL fails one with a duplicate key in its catalog), so a failed start is tried
+ * again a few times.
+ */
+const migrating = Schedule.intersect(Schedule.recurs(5), Schedule.spaced(Duration.millis(300)))
+
+const storage = Layer.mergeAll(
+  Layer.orDie(Layer.retry(SqlMessageStorage.layer, migrating)),
+  Layer.orDie(Layer.retry(SqlRunnerStorage.layer, migrating))
+)
 
 /** A runner: sharding with a socket server at `listen` (by default the advertised address). */
 export const layerRunner = (options: {

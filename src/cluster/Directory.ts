@@ -117,26 +117,31 @@ const toEntry = (row: WorkspaceRow): WorkspaceEntry => ({
 
 export const make = Effect.gen(function*() {
   const sql = yield* SqlClient.SqlClient
-  yield* sql`CREATE TABLE IF NOT EXISTS microagent_runners (
-      id text PRIMARY KEY,
-      address text NOT NULL,
-      labels jsonb NOT NULL,
-      capacity jsonb NOT NULL,
-      load jsonb NOT NULL,
-      images jsonb NOT NULL,
-      expiry_ms integer NOT NULL,
-      last_seen timestamptz NOT NULL
-    )`
-  yield* sql`CREATE TABLE IF NOT EXISTS microagent_workspaces (
-      name text PRIMARY KEY,
-      host text NOT NULL,
-      restart text NOT NULL,
-      request jsonb,
-      generation integer NOT NULL DEFAULT 1,
-      moved_from text,
-      record jsonb,
-      updated_at timestamptz NOT NULL DEFAULT now()
-    )`
+  // Runners starting together would race their CREATE TABLE IF NOT EXISTS (PostgreSQL can fail one
+  // with a duplicate key in its catalog): a transaction-level lock makes them take turns.
+  yield* Effect.gen(function*() {
+    yield* sql`SELECT pg_advisory_xact_lock(hashtext('microagent directory'))`
+    yield* sql`CREATE TABLE IF NOT EXISTS microagent_runners (
+        id text PRIMARY KEY,
+        address text NOT NULL,
+        labels jsonb NOT NULL,
+        capacity jsonb NOT NULL,
+        load jsonb NOT NULL,
+        images jsonb NOT NULL,
+        expiry_ms integer NOT NULL,
+        last_seen timestamptz NOT NULL
+      )`
+    yield* sql`CREATE TABLE IF NOT EXISTS microagent_workspaces (
+        name text PRIMARY KEY,
+        host text NOT NULL,
+        restart text NOT NULL,
+        request jsonb,
+        generation integer NOT NULL DEFAULT 1,
+        moved_from text,
+        record jsonb,
+        updated_at timestamptz NOT NULL DEFAULT now()
+      )`
+  }).pipe(sql.withTransaction)
 
   const heartbeat: DirectoryShape["heartbeat"] = (beat) =>
     sql`INSERT INTO microagent_runners (id, address, labels, capacity, load, images, expiry_ms, last_seen)

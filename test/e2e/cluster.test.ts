@@ -85,8 +85,14 @@ const ok = async (args: ReadonlyArray<string>, from = "r1") => {
   return result.stdout === "" ? undefined : JSON.parse(result.stdout)
 }
 
-const kindOf = (result: CliResult) =>
-  JSON.parse(result.stderr.trim().split("\n").at(-1)!).error.kind as string
+/** The error kind of a failed command; a crash (no JSON error) shows as its stderr. */
+const kindOf = (result: CliResult): string => {
+  try {
+    return JSON.parse(result.stderr.trim().split("\n").at(-1)!).error.kind
+  } catch {
+    return `crash (exit ${result.code}): ${result.stderr.slice(0, 2000)}`
+  }
+}
 
 interface Listed {
   readonly name: string
