@@ -19,17 +19,17 @@
  * ignores `constraints`, so the very same request goes to both clients.
  */
 import { Context, Duration, Effect, Layer } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
-import * as NodeNet from "node:net"
 import * as NodePath from "node:path"
 import * as ClusterClient from "../src/cluster/Client.ts"
 import { layerDatabase } from "../src/cluster/ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "../src/cluster/Directory.ts"
 import { defaultImage } from "../src/layers/image/BuiltinImages.ts"
 import { MicroagentClient } from "../src/rpc/Client.ts"
+import { type RunnerProcess, startRunner } from "../test/support/clusterRunner.ts"
 import { type Postgres, startPostgres } from "../test/support/postgres.ts"
-import { bin, cleanup, cli, loadAverage, log, median, percentile, stateDir, stopRuntime } from "./lib.ts"
+import { freePort } from "../test/support/registry.ts"
+import { cleanup, cli, loadAverage, log, median, percentile, stateDir, stopRuntime } from "./lib.ts"
 
 const rounds = Number(process.env.BENCH_CLUSTER_ROUNDS ?? 3)
 const execs = Number(process.env.BENCH_CLUSTER_EXECS ?? 100)
@@ -42,57 +42,7 @@ const lockExpirySeconds = 10
 const round = (x: number, digits = 2) => Number(x.toFixed(digits))
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-const freePort = (): Promise<number> =>
-  new Promise((resolve, reject) => {
-    const server = NodeNet.createServer()
-    server.once("error", reject)
-    server.listen(0, "127.0.0.1", () => {
-      const address = server.address() as NodeNet.AddressInfo
-      server.close(() => resolve(address.port))
-    })
-  })
-
-interface BenchRunner {
-  readonly id: string
-  readonly stateDir: string
-  readonly port: number
-  process?: ChildProcess
-  log: string
-}
-
-const runnerEnv = (state: string) => ({
-  ...process.env,
-  MICROAGENT_HOME: state,
-  MICROAGENT_BACKEND: "qemu",
-  MICROAGENT_RUNTIME_IDLE_SECONDS: "300"
-})
-
-const startRunner = async (url: string, r: BenchRunner) => {
-  const child = spawn(process.execPath, [
-    bin,
-    "--cluster",
-    url,
-    "serve",
-    "runner",
-    "--advertise",
-    `127.0.0.1:${r.port}`,
-    "--runner-id",
-    r.id,
-    "--labels",
-    `bench=${r.id}`,
-    "--lock-expiry",
-    String(lockExpirySeconds)
-  ], { env: runnerEnv(r.stateDir), stdio: ["ignore", "ignore", "pipe"] })
-  r.process = child
-  child.stderr!.on("data", (data) => (r.log += data))
-  for (let i = 0; i < 1200 && !r.log.includes("joined the cluster"); i++) {
-    if (child.exitCode !== null) throw new Error(`runner ${r.id} exited: ${r.log}`)
-    await sleep(100)
-  }
-  if (!r.log.includes("joined the cluster")) throw new Error(`runner ${r.id} did not join: ${r.log}`)
-}
-
-const stopRunner = async (r: BenchRunner) => {
+const stopRunner = async (r: RunnerProcess) => {
   const child = r.process
   if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
   const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
@@ -115,7 +65,7 @@ const deleteLeftovers = async (state: string) => {
 }
 
 const scratch = stateDir("cluster")
-const runners: Array<BenchRunner> = []
+const runners: Array<RunnerProcess> = []
 let postgres: Postgres | undefined
 
 try {
@@ -126,11 +76,11 @@ try {
     const id = `r${i}`
     const state = NodePath.join(scratch, id)
     NodeFs.mkdirSync(state, { recursive: true, mode: 0o700 })
-    runners.push({ id, stateDir: state, port: await freePort(), log: "" })
+    runners.push({ id, stateDir: state, port: await freePort(), flags: ["--labels", `bench=${id}`], log: "" })
   }
   // One at a time: each imports nothing yet, but starting runtimes side by side on 2 cores only slows both.
   for (const r of runners) {
-    await startRunner(url, r)
+    await startRunner(r, { url, lockExpirySeconds, env: { MICROAGENT_RUNTIME_IDLE_SECONDS: "300" } })
     log("cluster", `runner ${r.id} joined`)
   }
   const r1 = runners[0]!

@@ -16,13 +16,7 @@
 import { RpcSchema } from "@effect/rpc"
 import { Duration, Effect, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
-import {
-  isMicroagentError,
-  type MicroagentError,
-  NotFound,
-  Transient,
-  Unsupported
-} from "../domain/Errors.ts"
+import { NotFound, Transient, Unsupported } from "../domain/Errors.ts"
 import { demandOf, place, redact } from "../domain/Placement.ts"
 import type { CpRequest, CreateRequest, ExecCommand, RunRequest } from "../domain/Requests.ts"
 import { version } from "../domain/Version.ts"
@@ -31,22 +25,14 @@ import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import { defaultLockExpiryMs, layerClient, layerDatabase } from "./ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "./Directory.ts"
-import { maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
+import { classified, maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
 import { packPath, unpackTo } from "./Transfer.ts"
 
 /** How many runners placement draws before ranking them (the rest are fallbacks). */
 export const placementSample = 3
 
 /** The cluster's own failures (a full mailbox, storage) are worth a retry. */
-const routingFailure = (error: unknown): MicroagentError =>
-  isMicroagentError(error)
-    ? error
-    : new Transient({
-      message: `the cluster did not deliver the call: ${
-        String((error as { message?: unknown })?.message ?? (error as { _tag?: unknown })?._tag ?? error)
-      }`,
-      retryAfterMs: 1000
-    })
+const routingFailure = classified("the cluster did not deliver the call")
 
 const decode = Schema.decodeUnknown(Workspace)
 

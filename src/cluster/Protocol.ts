@@ -9,7 +9,7 @@
 import { ClusterSchema, Entity } from "@effect/cluster"
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
-import { MicroagentError } from "../domain/Errors.ts"
+import { isMicroagentError, MicroagentError, Transient } from "../domain/Errors.ts"
 import { CopyResult } from "../domain/Files.ts"
 import { Bytes } from "../domain/Requests.ts"
 import type { MicroagentRpcs } from "../rpc/Client.ts"
@@ -93,3 +93,17 @@ export const MicroagentHost = Entity.fromRpcGroup("MicroagentHost", HostRpcs).an
   ClusterSchema.ShardGroup,
   (entityId) => hostGroup(entityId)
 )
+
+/**
+ * A failure as the cluster reports it: a `MicroagentError` as it is; anything else (a transport, a
+ * mailbox, the cluster's storage) as `Transient`, after `what`.
+ */
+export const classified = (what: string) => (error: unknown): MicroagentError =>
+  isMicroagentError(error)
+    ? error
+    : new Transient({
+      message: `${what}: ${
+        String((error as { message?: unknown })?.message ?? (error as { _tag?: unknown })?._tag ?? error)
+      }`,
+      retryAfterMs: 1000
+    })

@@ -35,9 +35,11 @@ import { CreateRequest, type RunRequest, type StartRequest } from "../domain/Req
 import { isLive } from "../domain/State.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
+import { VmHandle } from "../services/Hypervisor.ts"
 import { layerDatabase, layerRunner } from "./ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "./Directory.ts"
 import {
+  classified,
   maxTransferBytes,
   MicroagentHost,
   type Resources,
@@ -95,14 +97,11 @@ export const loadOf = (workspaces: ReadonlyArray<Workspace>): Resources => {
 
 const randomSuffix = () => Math.random().toString(16).slice(2, 8).padEnd(6, "0")
 
-const vmPid = (workspace: Workspace): { pid: number; startTime: string } | undefined => {
-  const vm = workspace.vm as { pid?: unknown; pidStartTime?: unknown } | undefined
-  return typeof vm?.pid === "number" ? { pid: vm.pid, startTime: String(vm.pidStartTime ?? "") } : undefined
-}
+const vmHandleOf = (workspace: Workspace) => Schema.decodeUnknownOption(VmHandle)(workspace.vm)
 
 /**
- * The fence: a shell that waits for the runner to die (a zombie counts as dead), then kills each VMM
- * of the fence file whose start time still matches (a recycled pid is left alone).
+ * The fence: a shell that waits for a process to die (a zombie counts as dead; pid 0 is dead at once),
+ * then kills each VMM of the fence file whose start time still matches (a recycled pid is left alone).
  */
 const fenceScript = `
 runner=$1; file=$2
@@ -116,9 +115,9 @@ while read -r pid start; do
 done < "$file"
 `
 
-const startFence = (file: string) =>
+const startFence = (file: string, waitFor: number) =>
   Effect.sync(() => {
-    const child = spawn("/bin/sh", ["-c", fenceScript, "microagent-fence", String(process.pid), file], {
+    const child = spawn("/bin/sh", ["-c", fenceScript, "microagent-fence", String(waitFor), file], {
       detached: true,
       stdio: "ignore"
     })
@@ -129,18 +128,14 @@ const writeFence = (file: string, workspaces: ReadonlyArray<Workspace>) =>
   Effect.sync(() => {
     const lines = workspaces
       .filter((workspace) => workspace.restart === "always" && isLive(workspace.state))
-      .map(vmPid)
-      .filter((pid) => pid !== undefined)
-      .map(({ pid, startTime }) => `${pid} ${startTime}\n`)
+      .flatMap((workspace) => Option.toArray(vmHandleOf(workspace)))
+      .map((handle) => `${handle.pid} ${handle.pidStartTime ?? ""}\n`)
     NodeFs.writeFileSync(`${file}.tmp`, lines.join(""), { mode: 0o600 })
     NodeFs.renameSync(`${file}.tmp`, file)
   })
 
 /** The local runtime's failures as they are; the transport's (the runtime went away) as `Transient`. */
-const localFailure = (error: unknown): MicroagentError =>
-  isMicroagentError(error)
-    ? error
-    : new Transient({ message: `the runner's runtime did not answer: ${String(error)}`, retryAfterMs: 1000 })
+const localFailure = classified("the runner's runtime did not answer")
 
 const makeHost = (options: RunnerOptions, fenceFile: string) =>
   Effect.gen(function*() {
@@ -421,30 +416,6 @@ const reconcile = (
     }
   })
 
-/** SIGKILLs the VMMs a fence file lists whose start time still matches (a recycled pid is left alone). */
-const killListed = (fenceFile: string) =>
-  Effect.sync(() => {
-    let listed = ""
-    try {
-      listed = NodeFs.readFileSync(fenceFile, "utf8")
-    } catch {
-      return
-    }
-    for (const line of listed.split("\n")) {
-      const [pid, startTime] = line.split(" ")
-      if (pid === undefined || pid === "") continue
-      try {
-        const stat = NodeFs.readFileSync(`/proc/${pid}/stat`, "utf8")
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-        if (startTime === undefined || startTime === "" || fields[19] === startTime) {
-          process.kill(Number(pid), "SIGKILL")
-        }
-      } catch {
-        // Gone already.
-      }
-    }
-  })
-
 /**
  * Liveness: every quarter of the lock expiry the runner touches its row, which needs the database
  * only (a runtime slowed by boots must not make its runner read lost). After half the expiry without
@@ -477,7 +448,7 @@ const living = (
         yield* Effect.logError(
           "no heartbeat for half the lock expiry: killing this runner's movable workspaces"
         )
-        yield* killListed(fenceFile)
+        yield* startFence(fenceFile, 0)
         const workspaces = yield* host.local.list({}).pipe(Effect.orElseSucceed(() => []))
         yield* Effect.forEach(
           workspaces.filter((workspace) => workspace.restart === "always" && isLive(workspace.state)),
@@ -547,7 +518,7 @@ export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentErro
     }
     yield* reconcile(host.local, host.directory, host.id)
     yield* host.beat
-    yield* startFence(fenceFile)
+    yield* startFence(fenceFile, process.pid)
     yield* Effect.forkScoped(living(host, fenceFile, options.lockExpiryMs))
     yield* Effect.forkScoped(reporting(host, options.lockExpiryMs))
     const entity = MicroagentHost.toLayer(host.handlers as never, { concurrency: "unbounded" })

@@ -6,7 +6,6 @@
  * runs beside it, and the runner reconciles when it comes back), and PostgreSQL restarted under load.
  */
 import { Context, Effect, Layer } from "effect"
-import { type ChildProcess, spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
@@ -15,7 +14,8 @@ import * as ClusterClient from "../../src/cluster/Client.ts"
 import { Cluster } from "../../src/promise/Cluster.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { connect } from "../mcp/mcpClient.ts"
-import { binPath, cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { type RunnerProcess, startRunner as startRunner_ } from "../support/clusterRunner.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { type Postgres, startPostgres } from "../support/postgres.ts"
 import { freePort } from "../support/registry.ts"
@@ -25,52 +25,13 @@ const lockExpirySeconds = 6
 let scratch: string
 let postgres: Postgres
 
-interface TestRunner {
-  readonly id: string
-  readonly stateDir: string
-  readonly port: number
-  readonly capacity: string
-  process?: ChildProcess
-  log: string
-}
-
-const runners: Array<TestRunner> = []
+const runners: Array<RunnerProcess> = []
 const runner = (id: string) => runners.find((r) => r.id === id)!
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms))
 
-const startRunner = async (r: TestRunner) => {
-  r.log = ""
-  const child = spawn(process.execPath, [
-    binPath,
-    "--cluster",
-    postgres.url,
-    "serve",
-    "runner",
-    "--advertise",
-    `127.0.0.1:${r.port}`,
-    "--runner-id",
-    r.id,
-    "--lock-expiry",
-    String(lockExpirySeconds),
-    ...(r.capacity === "" ? [] : ["--capacity", r.capacity])
-  ], {
-    env: {
-      ...process.env,
-      MICROAGENT_HOME: r.stateDir,
-      MICROAGENT_BACKEND: "qemu",
-      MICROAGENT_RUNTIME_IDLE_SECONDS: "30"
-    },
-    stdio: ["ignore", "ignore", "pipe"]
-  })
-  r.process = child
-  child.stderr!.on("data", (data) => (r.log += data))
-  for (let i = 0; i < 600 && !r.log.includes("joined the cluster"); i++) {
-    if (child.exitCode !== null) throw new Error(`runner ${r.id} exited: ${r.log}`)
-    await sleep(100)
-  }
-  assert.include(r.log, "joined the cluster", `runner ${r.id} did not join: ${r.log}`)
-}
+const startRunner = (r: RunnerProcess) =>
+  startRunner_(r, { url: postgres.url, lockExpirySeconds, env: { MICROAGENT_RUNTIME_IDLE_SECONDS: "30" } })
 
 /** The CLI through the cluster, as a client on `from`'s host (its state directory). */
 const ma = (args: ReadonlyArray<string>, from = "r1"): Promise<CliResult> =>
@@ -116,7 +77,13 @@ beforeAll(async () => {
   scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-cluster-"))
   postgres = await startPostgres()
   for (const [id, capacity] of [["r1", ""], ["r2", ""], ["r3", "workspaces=0"]] as const) {
-    runners.push({ id, stateDir: NodePath.join(scratch, id), port: await freePort(), capacity, log: "" })
+    runners.push({
+      id,
+      stateDir: NodePath.join(scratch, id),
+      port: await freePort(),
+      flags: capacity === "" ? [] : ["--capacity", capacity],
+      log: ""
+    })
   }
   await Promise.all(runners.map(startRunner))
 })
