@@ -42,7 +42,7 @@ const clientLayer = (invocation: InvocationShape) =>
 const rpcCommand = Command.make("rpc", {
   socket: Options.text("socket").pipe(
     Options.withPseudoName("PATH"),
-    Options.withDescription("unix socket to listen on (made 0600, its directory 0700)")
+    Options.withDescription("unix socket to listen on (made 0600; a missing directory is made 0700)")
   )
 }, ({ socket }) =>
   Effect.gen(function*() {

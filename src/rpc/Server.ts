@@ -67,7 +67,7 @@ const fsStep = <A>(what: string, step: () => A) =>
   })
 
 /**
- * A socket server on `path`: the directory is made 0700, a stale socket left by a dead server is
+ * A socket server on `path`: a missing directory is made 0700, a stale socket left by a dead server is
  * replaced, a live one is a `Conflict`, and the socket is 0600 and removed when the scope closes.
  */
 export const unixSocketServer = (path: string) =>
@@ -75,7 +75,10 @@ export const unixSocketServer = (path: string) =>
     SocketServer.SocketServer,
     Effect.gen(function*() {
       const directory = NodePath.dirname(path)
+      // A directory made here is private (0700 whatever the umask); an existing one is the caller's
+      // and keeps its mode: `--socket /tmp/x.sock` made /tmp itself 0700, locking every other user out.
       yield* fsStep(`create ${directory}`, () => {
+        if (NodeFs.existsSync(directory)) return
         NodeFs.mkdirSync(directory, { recursive: true, mode: 0o700 })
         NodeFs.chmodSync(directory, 0o700)
       })

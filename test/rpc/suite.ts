@@ -75,6 +75,17 @@ export const describeRpcServer = (target: TestTarget) => {
       assert.isFalse(NodeFs.existsSync(stale))
     })
 
+    it("leaves the mode of a directory it did not make alone (a socket in /tmp must not lock /tmp)", async () => {
+      const shared = NodePath.join(server.stateDir, "shared")
+      NodeFs.mkdirSync(shared)
+      NodeFs.chmodSync(shared, 0o1777)
+      const socket = NodePath.join(shared, "api.sock")
+      const next = await startServer(target, server.stateDir, socket)
+      assert.strictEqual(NodeFs.statSync(shared).mode & 0o7777, 0o1777)
+      assert.strictEqual(NodeFs.statSync(socket).mode & 0o777, 0o600)
+      await stopServer(next, true)
+    })
+
     it.scopedLive("create, start, exec, inspect, list, events, logs, halt, delete", () =>
       withClient(Effect.gen(function*() {
         const client = yield* MicroagentClient
