@@ -32,7 +32,10 @@ import { packPath, unpackTo } from "./Transfer.ts"
 export const placementSample = 3
 
 /** The cluster's own failures (a full mailbox, storage) are worth a retry. */
-const routingFailure = classified("the cluster did not deliver the call")
+const routingFailure = classified(
+  "the cluster did not deliver the call",
+  "retry; `microagent --cluster URL list` shows whether the workspace's runner is up"
+)
 
 const decode = Schema.decodeUnknown(Workspace)
 

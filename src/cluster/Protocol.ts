@@ -98,12 +98,13 @@ export const MicroagentHost = Entity.fromRpcGroup("MicroagentHost", HostRpcs).an
  * A failure as the cluster reports it: a `MicroagentError` as it is; anything else (a transport, a
  * mailbox, the cluster's storage) as `Transient`, after `what`.
  */
-export const classified = (what: string) => (error: unknown): MicroagentError =>
+export const classified = (what: string, remediation: string) => (error: unknown): MicroagentError =>
   isMicroagentError(error)
     ? error
     : new Transient({
       message: `${what}: ${
         String((error as { message?: unknown })?.message ?? (error as { _tag?: unknown })?._tag ?? error)
       }`,
+      remediation,
       retryAfterMs: 1000
     })

@@ -135,7 +135,10 @@ const writeFence = (file: string, workspaces: ReadonlyArray<Workspace>) =>
   })
 
 /** The local runtime's failures as they are; the transport's (the runtime went away) as `Transient`. */
-const localFailure = classified("the runner's runtime did not answer")
+const localFailure = classified(
+  "the runner's runtime did not answer",
+  "retry: the runner starts its host's runtime again, which picks the VMs up"
+)
 
 const makeHost = (options: RunnerOptions, fenceFile: string) =>
   Effect.gen(function*() {
