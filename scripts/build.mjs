@@ -4,7 +4,7 @@
 // and bin/microagent-broker.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
-import { chmodSync, readFileSync } from "node:fs"
+import { chmodSync, readFileSync, rmSync } from "node:fs"
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"))
 
@@ -53,7 +53,18 @@ const withSqlite = {
   }
 }
 
-await build({ ...common, ...withSqlite, entryPoints: ["src/cli/bin.ts"], outfile: "bin/microagent-main.mjs" })
+// The CLI, split: what only a cluster needs (its modules, PostgreSQL's client) is a chunk of its own
+// under bin/chunks/, loaded by the commands that use a cluster, so the others neither parse nor run it.
+rmSync("bin/chunks", { recursive: true, force: true })
+await build({
+  ...common,
+  ...withSqlite,
+  entryPoints: { "microagent-main": "src/cli/bin.ts" },
+  outdir: "bin",
+  outExtension: { ".js": ".mjs" },
+  splitting: true,
+  chunkNames: "chunks/[name]-[hash]"
+})
 await build({
   ...common,
   ...withSqlite,

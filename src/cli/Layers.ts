@@ -4,7 +4,6 @@
  */
 import * as Socket from "@effect/platform/Socket"
 import { Cause, Effect, Layer, Option } from "effect"
-import * as ClusterClient from "../cluster/Client.ts"
 import { type Permanent, Transient } from "../domain/Errors.ts"
 import type { Backend } from "../domain/Workspace.ts"
 import type { BackendServices } from "../layers/backends/Backends.ts"
@@ -59,6 +58,9 @@ export const withWorkspaceBackend = <A, E, R>(
 /** Runs an effect against a cluster: the `MicroagentClient` is the cluster's (`--cluster URL`). */
 const withCluster = <A, E, R>(url: string, effect: Effect.Effect<A, E, R | MicroagentClient>) =>
   Effect.scoped(Effect.gen(function*() {
+    // Loaded on demand: the cluster's modules (PostgreSQL's client among them) cost every other
+    // command its start-up time.
+    const ClusterClient = yield* Effect.promise(() => import("../cluster/Client.ts"))
     const context = yield* Layer.build(ClusterClient.layer({ url }))
     return yield* Effect.provide(effect, context)
   }))

@@ -9,8 +9,6 @@ import { Effect, Layer, Logger, Option } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
-import * as ClusterClient from "../cluster/Client.ts"
-import * as Runner from "../cluster/Runner.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import {
   defaultLockExpiryMs,
@@ -36,7 +34,10 @@ const stderrLogger = Logger.replace(Logger.defaultLogger, Logger.withConsoleErro
 /** The state directory's runtime, or with `--cluster` the cluster. */
 const clientLayer = (invocation: InvocationShape) =>
   invocation.cluster !== undefined
-    ? ClusterClient.layer({ url: invocation.cluster })
+    ? Layer.unwrapEffect(
+      Effect.map(Effect.promise(() => import("../cluster/Client.ts")), (ClusterClient) =>
+        ClusterClient.layer({ url: invocation.cluster! }))
+    )
     : MicroagentClient.layerRuntime(Home.resolveRoot(invocation.stateDir))
 
 const rpcCommand = Command.make("rpc", {
@@ -191,6 +192,7 @@ const runnerCommand = Command.make("runner", {
       return yield* new InvalidInput({ message: "--lock-expiry must be between 2 and 3600 seconds" })
     }
     const root = Home.resolveRoot(invocation.stateDir)
+    const Runner = yield* Effect.promise(() => import("../cluster/Runner.ts"))
     const runner = Runner.layer({
       root,
       url: invocation.cluster,

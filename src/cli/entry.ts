@@ -7,25 +7,7 @@ import { fastPath } from "./fast/FastPath.ts"
 
 const args = process.argv.slice(2)
 
-/**
- * Without WebAssembly (node --jitless, as the runtime runs), reading node's lazy `navigator` global
- * loads its fetch implementation, which compiles WebAssembly and throws. PostgreSQL's client (the
- * cluster's) reads `navigator` as it loads, so the CLI would die at start-up: a plain value in its
- * place is read instead.
- */
-const shimNavigator = () => {
-  if (typeof (globalThis as { WebAssembly?: unknown }).WebAssembly !== "undefined") return
-  Object.defineProperty(globalThis, "navigator", {
-    value: { userAgent: "node" },
-    configurable: true,
-    writable: true
-  })
-}
-
-const loadCli = () => {
-  shimNavigator()
-  return import(new URL("./microagent-main.mjs", import.meta.url).href)
-}
+const loadCli = () => import(new URL("./microagent-main.mjs", import.meta.url).href)
 
 if (args.length === 1 && (args[0] === "--version" || args[0] === "-v" || args[0] === "version")) {
   process.stdout.write(`${process.env.MICROAGENT_BUILD_VERSION ?? "0.0.0+local"}\n`)

@@ -14,7 +14,8 @@ import * as SqlRunnerStorage from "@effect/cluster/SqlRunnerStorage"
 import { layerClientProtocol, layerSocketServer } from "@effect/platform-node-shared/NodeClusterSocket"
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import * as PgClient from "@effect/sql-pg/PgClient"
-import { Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { SqlError } from "@effect/sql/SqlError"
+import { Cause, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
 import Pg from "pg"
 import { hostGroup } from "./Protocol.ts"
 
@@ -68,13 +69,24 @@ const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Ty
 /**
  * The storages create their tables on first use; runners starting together can race each other's
  * CREATE TABLE (PostgreSQL fails one with a duplicate key in its catalog), so a failed start is tried
- * again a few times.
+ * again a few times. Both storages turn a database that does not answer at their start into a defect;
+ * it is made a failure again here, so that it is retried and, when it persists, reported as
+ * `transient` with its remedy by a runner or a client (a CLI call made while PostgreSQL restarts)
+ * rather than as an internal error.
  */
 const migrating = Schedule.intersect(Schedule.recurs(5), Schedule.spaced(Duration.millis(300)))
 
+const databaseDefectsAsFailures = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
+  Layer.catchAllCause(layer, (cause): Layer.Layer<A, E | SqlError> => {
+    const defect = Cause.dieOption(cause)
+    return Option.isSome(defect) && defect.value instanceof SqlError
+      ? Layer.fail(defect.value)
+      : Layer.failCause(cause)
+  })
+
 const storage = Layer.mergeAll(
-  Layer.orDie(Layer.retry(SqlMessageStorage.layer, migrating)),
-  Layer.orDie(Layer.retry(SqlRunnerStorage.layer, migrating))
+  Layer.retry(databaseDefectsAsFailures(SqlMessageStorage.layer), migrating),
+  Layer.retry(databaseDefectsAsFailures(SqlRunnerStorage.layer), migrating)
 )
 
 /** A runner: sharding with a socket server at `listen` (by default the advertised address). */

@@ -6,7 +6,7 @@
  * The connection lives as long as the layer's scope: build the layer once around everything that
  * uses it (a `Layer`, `Effect.scoped` over the whole program), not around each call.
  */
-import * as NodeSocket from "@effect/platform-node/NodeSocket"
+import * as NodeSocket from "@effect/platform-node-shared/NodeSocket"
 import { RpcClient, RpcClientError, type RpcGroup, RpcSerialization } from "@effect/rpc"
 import { Context, Effect, Layer, Predicate, Stream } from "effect"
 import { Home } from "../services/Home.ts"

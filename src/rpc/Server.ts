@@ -5,7 +5,7 @@
  * The handlers come in groups: LifecycleHandlers, SnapshotHandlers, ObserveHandlers, StorageHandlers,
  * HostHandlers (images, kernels, models…) and ConnectSessions; this module puts them together and serves them.
  */
-import * as NodeSocketServer from "@effect/platform-node/NodeSocketServer"
+import * as NodeSocketServer from "@effect/platform-node-shared/NodeSocketServer"
 import * as SocketServer from "@effect/platform/SocketServer"
 import { type Rpc, RpcClient, RpcSerialization, RpcServer } from "@effect/rpc"
 import { Effect, Layer, Stream } from "effect"
