@@ -23,7 +23,13 @@ import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
-import { defaultLockExpiryMs, layerClient, layerDatabase } from "./ClusterLayers.ts"
+import {
+  databaseDefectAsFailure,
+  databaseDefectsAsFailures,
+  defaultLockExpiryMs,
+  layerClient,
+  layerDatabase
+} from "./ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "./Directory.ts"
 import { classified, maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
 import { packPath, unpackTo } from "./Transfer.ts"
@@ -116,7 +122,7 @@ export const make = Effect.gen(function*() {
           Stream.interruptWhen(watch(host, `${tag} on "${payload.name}"`))
         ))).pipe(Stream.mapError(routingFailure))
       : Effect.flatMap(hostOf(payload.name), (host) =>
-        guarded(host, tag, payload)).pipe(Effect.mapError(routingFailure))
+        guarded(host, tag, payload)).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
 
   /** Places a new workspace: tries the ranked runners while they refuse for lack of room. */
   const placed = (tag: "create" | "run", payload: CreateRequest | RunRequest) =>
@@ -178,7 +184,7 @@ export const make = Effect.gen(function*() {
         }
       }
       return [...live, ...lost].sort((a, b) => a.name.localeCompare(b.name))
-    }).pipe(Effect.mapError(routingFailure))
+    }).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
 
   const cp = (payload: CpRequest) =>
     Effect.gen(function*() {
@@ -203,7 +209,7 @@ export const make = Effect.gen(function*() {
         NodePath.posix.basename(payload.guestPath) || "payload"
       )
       return { ...result, hostPath: target }
-    }).pipe(Effect.mapError(routingFailure))
+    }).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
 
   const client: Record<string, unknown> = {}
   for (const [tag, rpc] of Rpcs.requests) {
@@ -227,8 +233,10 @@ export const make = Effect.gen(function*() {
   for (const tag of routedTags) {
     client[tag] = routed(tag, RpcSchema.isStreamSchema(Rpcs.requests.get(tag)!.successSchema))
   }
-  client.create = (payload: CreateRequest) => Effect.mapError(placed("create", payload), routingFailure)
-  client.run = (payload: RunRequest) => Effect.mapError(placed("run", payload), routingFailure)
+  client.create = (payload: CreateRequest) =>
+    Effect.mapError(databaseDefectAsFailure(placed("create", payload)), routingFailure)
+  client.run = (payload: RunRequest) =>
+    Effect.mapError(databaseDefectAsFailure(placed("run", payload)), routingFailure)
   // A connect session's keystrokes and resizes go to the runner its `connect` went to.
   const sessions = new Map<string, string>()
   client.connect = (payload: { readonly name: string; readonly sessionId: string }) =>
@@ -264,6 +272,7 @@ export const layer = (options: { readonly url: string; readonly lockExpiryMs?: n
     Layer.provide(layerClient({ lockExpiryMs: options.lockExpiryMs ?? defaultLockExpiryMs })),
     Layer.provide(layerDirectory),
     Layer.provide(layerDatabase(options.url)),
+    databaseDefectsAsFailures,
     Layer.mapError((error) =>
       new Transient({
         message: `could not join the cluster at ${redact(options.url)}: ${

@@ -76,13 +76,20 @@ const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Ty
  */
 const migrating = Schedule.intersect(Schedule.recurs(5), Schedule.spaced(Duration.millis(300)))
 
-const databaseDefectsAsFailures = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
+export const databaseDefectsAsFailures = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
   Layer.catchAllCause(layer, (cause): Layer.Layer<A, E | SqlError> => {
     const defect = Cause.dieOption(cause)
     return Option.isSome(defect) && defect.value instanceof SqlError
       ? Layer.fail(defect.value)
       : Layer.failCause(cause)
   })
+
+/** The same for one effect: a `SqlError` the cluster's code turned into a defect fails with it again. */
+export const databaseDefectAsFailure = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.catchSomeDefect(
+    effect,
+    (defect) => defect instanceof SqlError ? Option.some(Effect.fail(defect)) : Option.none()
+  )
 
 const storage = Layer.mergeAll(
   Layer.retry(databaseDefectsAsFailures(SqlMessageStorage.layer), migrating),
