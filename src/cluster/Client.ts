@@ -43,6 +43,10 @@ const routingFailure = classified(
   "retry; `microagent --cluster URL list` shows whether the workspace's runner is up"
 )
 
+/** A call's failures as the cluster reports them, a database defect of the cluster's code included. */
+const reported = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  effect.pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
+
 const decode = Schema.decodeUnknown(Workspace)
 
 export const make = Effect.gen(function*() {
@@ -121,8 +125,8 @@ export const make = Effect.gen(function*() {
         (call(host, tag, payload) as Stream.Stream<unknown, unknown>).pipe(
           Stream.interruptWhen(watch(host, `${tag} on "${payload.name}"`))
         ))).pipe(Stream.mapError(routingFailure))
-      : Effect.flatMap(hostOf(payload.name), (host) =>
-        guarded(host, tag, payload)).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
+      : reported(Effect.flatMap(hostOf(payload.name), (host) =>
+        guarded(host, tag, payload)))
 
   /** Places a new workspace: tries the ranked runners while they refuse for lack of room. */
   const placed = (tag: "create" | "run", payload: CreateRequest | RunRequest) =>
@@ -184,7 +188,7 @@ export const make = Effect.gen(function*() {
         }
       }
       return [...live, ...lost].sort((a, b) => a.name.localeCompare(b.name))
-    }).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
+    }).pipe(reported)
 
   const cp = (payload: CpRequest) =>
     Effect.gen(function*() {
@@ -209,7 +213,7 @@ export const make = Effect.gen(function*() {
         NodePath.posix.basename(payload.guestPath) || "payload"
       )
       return { ...result, hostPath: target }
-    }).pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
+    }).pipe(reported)
 
   const client: Record<string, unknown> = {}
   for (const [tag, rpc] of Rpcs.requests) {
@@ -233,10 +237,8 @@ export const make = Effect.gen(function*() {
   for (const tag of routedTags) {
     client[tag] = routed(tag, RpcSchema.isStreamSchema(Rpcs.requests.get(tag)!.successSchema))
   }
-  client.create = (payload: CreateRequest) =>
-    Effect.mapError(databaseDefectAsFailure(placed("create", payload)), routingFailure)
-  client.run = (payload: RunRequest) =>
-    Effect.mapError(databaseDefectAsFailure(placed("run", payload)), routingFailure)
+  client.create = (payload: CreateRequest) => reported(placed("create", payload))
+  client.run = (payload: RunRequest) => reported(placed("run", payload))
   // A connect session's keystrokes and resizes go to the runner its `connect` went to.
   const sessions = new Map<string, string>()
   client.connect = (payload: { readonly name: string; readonly sessionId: string }) =>
