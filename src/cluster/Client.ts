@@ -14,7 +14,7 @@
  *   `Unsupported` here, with the remedy.
  */
 import { RpcSchema } from "@effect/rpc"
-import { Duration, Effect, Layer, Option, Schema, Stream } from "effect"
+import { Duration, Effect, Fiber, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
 import { NotFound, Transient, Unsupported } from "../domain/Errors.ts"
 import { demandOf, place, redact } from "../domain/Placement.ts"
@@ -108,15 +108,25 @@ export const make = Effect.gen(function*() {
       }
     })
 
-  /** A call to `host` that fails if the runner is lost before it answers. */
+  /**
+   * A call to `host` that fails if the runner is lost before it answers. The call runs in a fiber of
+   * its own that is interrupted, and awaited, whenever this ends without its answer: its interruption
+   * reaches the runner (an `exec`'s command stops) before the caller goes on. A race would interrupt
+   * the losing call without waiting for it, and a CLI interrupted by Ctrl-C then closed the cluster's
+   * client before the interruption was sent.
+   */
   const guarded = (
     host: string,
     tag: string,
     payload: { readonly name?: string | undefined; readonly [field: string]: unknown }
   ) =>
-    Effect.raceFirst(
-      call(host, tag, payload) as Effect.Effect<unknown, unknown>,
-      watch(host, payload.name === undefined ? tag : `${tag} on "${payload.name}"`)
+    Effect.flatMap(
+      Effect.fork(call(host, tag, payload) as Effect.Effect<unknown, unknown>),
+      (fiber) =>
+        Effect.raceFirst(
+          Fiber.join(fiber),
+          watch(host, payload.name === undefined ? tag : `${tag} on "${payload.name}"`)
+        ).pipe(Effect.ensuring(Fiber.interrupt(fiber)))
     )
 
   const routed = (tag: string, stream: boolean) => (payload: { readonly name: string }) =>

@@ -14,7 +14,7 @@ import * as ClusterClient from "../../src/cluster/Client.ts"
 import { Cluster } from "../../src/promise/Cluster.ts"
 import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { connect } from "../mcp/mcpClient.ts"
-import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { cliAsync, cliProcess, type CliResult, stopRuntime } from "../support/cli.ts"
 import { type RunnerProcess, startRunner as startRunner_ } from "../support/clusterRunner.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { type Postgres, startPostgres } from "../support/postgres.ts"
@@ -235,6 +235,35 @@ describe("a cluster of three runners", () => {
     }
   })
 
+  it("Ctrl-C (or kill) of a CLI call through the cluster stops the guest's command on the runner", async () => {
+    const name = started.get("r1")!
+    for (const [signal, stream] of [["SIGINT", false], ["SIGTERM", false], ["SIGINT", true]] as const) {
+      const marker = `sleep 4${signal === "SIGINT" ? 1 : 2}${stream ? 1 : 0}`
+      // Asked from r2's host, so the call crosses the cluster to r1.
+      const call = cliProcess([
+        "exec",
+        ...(stream ? ["--stream"] : []),
+        name,
+        "--",
+        "sh",
+        "-c",
+        `${marker}; true`
+      ], {
+        stateDir: runner("r2").stateDir,
+        env: { MICROAGENT_CLUSTER: postgres.url }
+      })
+      const running = async () => {
+        const ps = await ok(["exec", name, "--", "ps"], "r2")
+        return (ps.result.stdout as string).includes(marker)
+      }
+      await until(`${marker} to run in ${name}`, async () => ((await running()) ? true : undefined), 60)
+      call.child.kill(signal)
+      const ended = await call.result
+      assert.strictEqual(ended.code, 130, `${signal}: ${ended.stderr}`)
+      await until(`${marker} to stop after ${signal}`, async () => ((await running()) ? undefined : true), 10)
+    }
+  })
+
   it("two clients creating the same name at once: exactly one wins", async () => {
     const [a, b] = await Promise.all([
       ma(["create", "same", "--profile", "tiny"], "r1"),
@@ -266,12 +295,15 @@ describe("a cluster of three runners", () => {
       async () => (qemuProcessesMentioning(oldVm).length === 0 ? true : undefined),
       10
     )
+    // Timed from when the `list` that saw them lost was asked (a CLI's start takes seconds on a loaded host).
+    let askedAt = 0
     const lost = await until("the dead runner's workspaces to read lost", async () => {
+      askedAt = Date.now()
       const listed = await list()
       const mine = listed.filter((w) => w.host === dead.id)
       return mine.length > 0 && mine.every((w) => w.state === "lost") ? mine : undefined
-    }, lockExpirySeconds + 10)
-    assert.isAtMost((Date.now() - killedAt) / 1000, lockExpirySeconds + 10)
+    }, lockExpirySeconds + 15)
+    assert.isAtMost((askedAt - killedAt) / 1000, lockExpirySeconds + 10)
     if (inFlight !== undefined) {
       const cut = await inFlight
       assert.strictEqual(kindOf(cut), "transient", cut.stderr)

@@ -49,18 +49,24 @@ export const cli = (args: ReadonlyArray<string>, options: CliOptions): CliResult
  * own heartbeats) and for commands raced against each other.
  */
 export const cliAsync = (args: ReadonlyArray<string>, options: CliOptions): Promise<CliResult> =>
-  new Promise((resolve) => {
-    const child = spawn(process.execPath, [binPath, ...args], {
-      env: environment(options),
-      stdio: ["pipe", "pipe", "pipe"]
-    })
-    child.stdin.end(options.input ?? "")
-    let stdout = ""
-    let stderr = ""
-    child.stdout.on("data", (d) => (stdout += d))
-    child.stderr.on("data", (d) => (stderr += d))
-    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }))
+  cliProcess(args, options).result
+
+/** A CLI process under way: `child` to signal it (Ctrl-C is SIGINT), `result` once it ends. */
+export const cliProcess = (args: ReadonlyArray<string>, options: CliOptions) => {
+  const child = spawn(process.execPath, [binPath, ...args], {
+    env: environment(options),
+    stdio: ["pipe", "pipe", "pipe"]
   })
+  child.stdin.end(options.input ?? "")
+  let stdout = ""
+  let stderr = ""
+  child.stdout.on("data", (d) => (stdout += d))
+  child.stderr.on("data", (d) => (stderr += d))
+  const result = new Promise<CliResult>((resolve) =>
+    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }))
+  )
+  return { child, result, output: () => ({ stdout, stderr }) }
+}
 
 /** Parses the one-line JSON error a failing command writes on stderr. */
 export const errorOf = (result: CliResult) => {
