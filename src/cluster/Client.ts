@@ -25,6 +25,7 @@ import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import {
   databaseDefectAsFailure,
+  databaseDefectAsStreamFailure,
   databaseDefectsAsFailures,
   defaultLockExpiryMs,
   layerClient,
@@ -46,6 +47,10 @@ const routingFailure = classified(
 /** A call's failures as the cluster reports them, a database defect of the cluster's code included. */
 const reported = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   effect.pipe(databaseDefectAsFailure, Effect.mapError(routingFailure))
+
+/** The same for a streamed call. */
+const reportedStream = <A, E, R>(stream: Stream.Stream<A, E, R>) =>
+  stream.pipe(databaseDefectAsStreamFailure, Stream.mapError(routingFailure))
 
 const decode = Schema.decodeUnknown(Workspace)
 
@@ -134,7 +139,7 @@ export const make = Effect.gen(function*() {
       ? Stream.unwrap(Effect.map(hostOf(payload.name), (host) =>
         (call(host, tag, payload) as Stream.Stream<unknown, unknown>).pipe(
           Stream.interruptWhen(watch(host, `${tag} on "${payload.name}"`))
-        ))).pipe(Stream.mapError(routingFailure))
+        ))).pipe(reportedStream)
       : reported(Effect.flatMap(hostOf(payload.name), (host) =>
         guarded(host, tag, payload)))
 
@@ -261,7 +266,7 @@ export const make = Effect.gen(function*() {
       return (call(host, "connect", payload) as Stream.Stream<unknown, unknown>).pipe(
         Stream.interruptWhen(watch(host, `connect on "${payload.name}"`))
       )
-    })).pipe(Stream.mapError(routingFailure))
+    })).pipe(reportedStream)
   for (const tag of ["connectInput", "connectResize"] as const) {
     client[tag] = (payload: { readonly sessionId: string }) => {
       const host = sessions.get(payload.sessionId)

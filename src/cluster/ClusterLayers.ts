@@ -15,7 +15,7 @@ import { layerClientProtocol, layerSocketServer } from "@effect/platform-node-sh
 import * as RpcSerialization from "@effect/rpc/RpcSerialization"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import { SqlError } from "@effect/sql/SqlError"
-import { Cause, Duration, Effect, Layer, Option, Redacted, Schedule } from "effect"
+import { Cause, Duration, Effect, Layer, Option, Redacted, Schedule, Stream } from "effect"
 import Pg from "pg"
 import { hostGroup } from "./Protocol.ts"
 
@@ -90,6 +90,15 @@ export const databaseDefectAsFailure = <A, E, R>(effect: Effect.Effect<A, E, R>)
     effect,
     (defect) => defect instanceof SqlError ? Option.some(Effect.fail(defect)) : Option.none()
   )
+
+/** The same for a stream (`exec --stream`, `connect`, `logs -f`): a cut in the middle fails it. */
+export const databaseDefectAsStreamFailure = <A, E, R>(stream: Stream.Stream<A, E, R>) =>
+  Stream.catchAllCause(stream, (cause): Stream.Stream<never, E | SqlError> => {
+    const defect = Cause.dieOption(cause)
+    return Option.isSome(defect) && defect.value instanceof SqlError
+      ? Stream.fail(defect.value)
+      : Stream.failCause(cause)
+  })
 
 const storage = Layer.mergeAll(
   Layer.retry(databaseDefectsAsFailures(SqlMessageStorage.layer), migrating),
