@@ -5,10 +5,14 @@
  *   against the same client's `version` round trip (RPC transport only) in the same run (ratio);
  * - (e) a fresh CLI process: `microagent --version` against `node -e 0` (target ratio <= 1.3), and
  *   `microagent exec W -- true` (the fast path; target <= 300 ms) against the full CLI
- *   (MICROAGENT_NO_FAST_PATH=1), medians of BENCH_N spawns (default 10).
+ *   (MICROAGENT_NO_FAST_PATH=1), medians of BENCH_N spawns (default 10);
+ * - the full CLI's start-up with V8's code cache against the same without it (MICROAGENT_CODE_CACHE=0):
+ *   `microagent list`, median wall time and CPU time (user + system) of BENCH_N spawns each.
  */
 import { Effect, Layer } from "effect"
 import * as NodeChild from "node:child_process"
+import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { MicroagentClient } from "../src/rpc/Client.ts"
 import { bin, cleanup, cli, loadAverage, log, median, must, percentile, stateDir } from "./lib.ts"
 
@@ -72,6 +76,35 @@ try {
     spawns,
     () => spawnMs([bin, "exec", "w", "--", "true"], { MICROAGENT_NO_FAST_PATH: "1" })
   )
+  // The full CLI with and without its code cache, interleaved; the first run writes the cache.
+  // Each process reports its own CPU time as it exits (a preloaded script), in a file of its own.
+  const preload = NodePath.join(state, "cpu-report.cjs")
+  NodeFs.writeFileSync(
+    preload,
+    "process.on('exit', () => { const u = process.cpuUsage(); require('fs').writeFileSync(process.env.BENCH_CPU_FILE, String((u.user + u.system) / 1000)) })\n"
+  )
+  const measured = async (env: Record<string, string>) => {
+    const file = NodePath.join(state, "cpu-report.txt")
+    const ms = await spawnMs([bin, "list"], {
+      ...env,
+      NODE_OPTIONS: `--require ${preload}`,
+      BENCH_CPU_FILE: file
+    })
+    return { ms, cpu: Number(NodeFs.readFileSync(file, "utf8")) }
+  }
+  const cached: Array<number> = []
+  const uncached: Array<number> = []
+  const cachedCpu: Array<number> = []
+  const uncachedCpu: Array<number> = []
+  await measured({})
+  for (let i = 0; i < spawns; i++) {
+    const withCache = await measured({})
+    const without = await measured({ MICROAGENT_CODE_CACHE: "0" })
+    cached.push(withCache.ms)
+    cachedCpu.push(withCache.cpu)
+    uncached.push(without.ms)
+    uncachedCpu.push(without.cpu)
+  }
   const check = await cli(state, ["exec", "w", "--", "true"])
   if (check.code !== 0) throw new Error(`exec failed: ${check.stderr}`)
 
@@ -93,7 +126,12 @@ try {
     cli_exec_fast_ms: round(median(fast), 1),
     cli_exec_full_ms: round(median(full), 1),
     fast_vs_full_ratio: round(median(fast) / median(full)),
-    target_cli_exec_ms: 300
+    target_cli_exec_ms: 300,
+    cli_list_cached_ms: round(median(cached), 1),
+    cli_list_uncached_ms: round(median(uncached), 1),
+    cli_list_cached_cpu_ms: round(median(cachedCpu), 1),
+    cli_list_uncached_cpu_ms: round(median(uncachedCpu), 1),
+    code_cache_cpu_ratio: round(median(cachedCpu) / median(uncachedCpu))
   }
   process.stdout.write(`${JSON.stringify(result)}\n`)
 } finally {

@@ -1,20 +1,21 @@
-// Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.mjs (the CLI), and
-// bin/microagent-runtime.mjs, the runtime process alone (it loads neither the CLI nor the MCP server),
+// Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.cjs (the CLI), and
+// bin/microagent-runtime.mjs with bin/microagent-runtime.cjs, the runtime process alone (it loads neither the CLI nor the MCP server),
 // bin/microagent-model-runner.mjs, the embedded model runner, and bin/microagent-model-bridge.mjs
 // and bin/microagent-broker.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
+import { createHash } from "node:crypto"
 import {
   chmodSync,
+  existsSync,
   mkdirSync,
-  readdirSync,
   readFileSync,
   renameSync,
   rmSync,
   statSync,
   writeFileSync
 } from "node:fs"
-import { basename, dirname, join, sep } from "node:path"
+import { dirname } from "node:path"
 
 const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8"))
 
@@ -66,41 +67,64 @@ const withSqlite = {
 /**
  * Builds and writes the outputs in place. CLI processes may be starting while this runs (a test packs
  * the package mid-run, which builds again): each file is written under a temporary name and renamed
- * into place, chunks before the files that import them; `mode` is set before the rename.
+ * into place; `mode` is set before the rename. `transform` may rewrite a file's bytes first.
  */
-const emit = async (options, mode = 0o644) => {
+const emit = async (options, mode = 0o644, transform = (contents) => contents) => {
   const result = await build({ ...common, ...options, write: false })
-  const chunk = (file) => Number(file.path.includes(`${sep}chunks${sep}`))
-  const outputs = [...result.outputFiles].sort((a, b) => chunk(b) - chunk(a))
-  for (const file of outputs) {
+  for (const file of result.outputFiles) {
     mkdirSync(dirname(file.path), { recursive: true })
     const temporary = `${file.path}.${process.pid}.tmp`
-    writeFileSync(temporary, file.contents, { mode })
+    writeFileSync(temporary, transform(file.contents), { mode })
     chmodSync(temporary, mode)
     renameSync(temporary, file.path)
   }
-  return outputs
 }
 
-// The CLI, split: what only a cluster needs (its modules, PostgreSQL's client) is a chunk of its own
-// under bin/chunks/, loaded by the commands that use a cluster, so the others neither parse nor run it.
-// A chunk this build did not make is removed once it is an hour old (a CLI started on the previous
-// build may still import it).
-const cli = await emit({
-  ...withSqlite,
-  entryPoints: { "microagent-main": "src/cli/bin.ts" },
-  outdir: "bin",
-  outExtension: { ".js": ".mjs" },
-  splitting: true,
-  chunkNames: "chunks/[name]-[hash]"
-})
-const made = new Set(cli.map((file) => basename(file.path)))
-for (const name of readdirSync("bin/chunks")) {
-  const path = join("bin/chunks", name)
-  if (!made.has(name) && Date.now() - statSync(path).mtimeMs > 3_600_000) rmSync(path, { force: true })
+/**
+ * A bundle for the code cache (src/layers/process/CodeCache.ts):
+ * - in ASCII, so the first stage can read it as Latin-1 (a copy) instead of decoding 5 MB of UTF-8 on
+ *   every start: esbuild escapes strings (`charset`) but leaves comments and regular expressions as
+ *   written, and each character left is written as the `\uXXXX` escape that means the same in a
+ *   string, a regular expression, a template or an identifier (and is inert in a comment);
+ * - with the digest of its content on its first line (`// microagent-build HEX`), which names its cache.
+ */
+const forCodeCache = (contents) => {
+  const text = Buffer.from(contents).toString("utf8")
+  if (/\\[^\x00-\x7f]/.test(text)) throw new Error("a bundle holds an escaped non-ASCII character")
+  const escaped = text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, "0")}`)
+  const digest = createHash("sha256").update(escaped).digest("hex")
+  return Buffer.from(`// microagent-build ${digest}\n${escaped}`, "latin1")
 }
 
-await emit({ ...withSqlite, entryPoints: ["src/runtime/bin.ts"], outfile: "bin/microagent-runtime.mjs" })
+// The CLI: one CommonJS file, which the first stage runs as a script with V8's code cache
+// (src/layers/process/CodeCache.ts); its `import.meta.url` is the URL the first stage gives it. Files of
+// the earlier layout (an ES module and its chunks) are removed once they are an hour old: a CLI
+// started on that build may still be loading them.
+const cjs = {
+  format: "cjs",
+  charset: "ascii",
+  external: ["better-sqlite3"],
+  define: { ...common.define, "import.meta.url": "globalThis.__microagentMainUrl" }
+}
+await emit(
+  { ...cjs, entryPoints: ["src/cli/bin.ts"], outfile: "bin/microagent-main.cjs" },
+  0o644,
+  forCodeCache
+)
+for (const path of ["bin/microagent-main.mjs", "bin/chunks"]) {
+  if (existsSync(path) && Date.now() - statSync(path).mtimeMs > 3_600_000) {
+    rmSync(path, { recursive: true, force: true })
+  }
+}
+
+// The runtime process alone, the same way: a first stage (bin/microagent-runtime.mjs, what the
+// launcher starts) runs bin/microagent-runtime.cjs with the code cache.
+await emit(
+  { ...cjs, entryPoints: ["src/runtime/bin.ts"], outfile: "bin/microagent-runtime.cjs" },
+  0o644,
+  forCodeCache
+)
+await emit({ entryPoints: ["src/runtime/entry.ts"], outfile: "bin/microagent-runtime.mjs" })
 
 // The embedded model runner's process: node-llama-cpp (native binaries) resolved at run time.
 await emit({
@@ -122,6 +146,5 @@ await emit({
 await emit({
   entryPoints: ["src/cli/entry.ts"],
   outfile: "bin/microagent.mjs",
-  external: ["./microagent-main.mjs"],
   banner: { js: "#!/usr/bin/env node" }
 }, 0o755)

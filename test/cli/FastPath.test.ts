@@ -145,7 +145,7 @@ describe("the run fast path", () => {
       ]
     ) {
       await both(args, { MICROAGENT_OUTPUT: "json" })
-      assert.include((await lone(args)).stderr, "microagent-main.mjs", args.join(" "))
+      assert.include((await lone(args)).stderr, "microagent-main.cjs", args.join(" "))
     }
   })
 })
@@ -219,7 +219,7 @@ describe("the exec fast path", () => {
     ) {
       await both(args, { MICROAGENT_OUTPUT: "json" })
       const alone = await lone(args)
-      assert.include(alone.stderr, "microagent-main.mjs", `${args.join(" ")} should need the full CLI`)
+      assert.include(alone.stderr, "microagent-main.cjs", `${args.join(" ")} should need the full CLI`)
     }
     assert.strictEqual((await both(["exec", "w1"], { MICROAGENT_OUTPUT: "json" })).code, 2)
     const piped = await cliAsync(["exec", "--stdin", "-", "w1", "--", "cat"], { stateDir, input: "fed\n" })
@@ -230,7 +230,7 @@ describe("the exec fast path", () => {
     const other = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "microagent-fast-none-"))
     try {
       const alone = await lone(["exec", "--state-dir", other, "w1", "--", "true"])
-      assert.include(alone.stderr, "microagent-main.mjs")
+      assert.include(alone.stderr, "microagent-main.cjs")
       const result = await cliAsync(["exec", "--state-dir", other, "--json", "w1", "--", "true"], {
         stateDir
       })
