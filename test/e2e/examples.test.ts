@@ -99,7 +99,17 @@ describe("the packed package", () => {
     ) {
       assert.include(listing, `package/${file}`)
     }
-    assert.include(listing, "package/bin/microagent.mjs")
+    // The first stages and the bundles they run (with the code cache).
+    for (
+      const file of [
+        "microagent.mjs",
+        "microagent-main.cjs",
+        "microagent-runtime.mjs",
+        "microagent-runtime.cjs"
+      ]
+    ) {
+      assert.include(listing, `package/bin/${file}`)
+    }
     assert.include(listing, "package/guest/build/microagent-agent")
     assert.notInclude(listing.join("\n"), "package/src/")
     const manifest = JSON.parse(
