@@ -125,13 +125,15 @@ export const make = Effect.gen(function*() {
     tag: string,
     payload: { readonly name?: string | undefined; readonly [field: string]: unknown }
   ) =>
-    Effect.flatMap(
-      Effect.fork(call(host, tag, payload) as Effect.Effect<unknown, unknown>),
-      (fiber) =>
-        Effect.raceFirst(
-          Fiber.join(fiber),
-          watch(host, payload.name === undefined ? tag : `${tag} on "${payload.name}"`)
-        ).pipe(Effect.ensuring(Fiber.interrupt(fiber)))
+    Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(
+        Effect.fork(restore(call(host, tag, payload) as Effect.Effect<unknown, unknown>)),
+        (fiber) =>
+          restore(Effect.raceFirst(
+            Fiber.join(fiber),
+            watch(host, payload.name === undefined ? tag : `${tag} on "${payload.name}"`)
+          )).pipe(Effect.ensuring(Fiber.interrupt(fiber)))
+      )
     )
 
   const routed = (tag: string, stream: boolean) => (payload: { readonly name: string }) =>
