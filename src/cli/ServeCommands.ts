@@ -11,6 +11,7 @@ import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { InvalidInput } from "../domain/Errors.ts"
 import {
+  defaultForgetAfterSeconds,
   defaultLockExpiryMs,
   parseCapacity,
   parseHostPort,
@@ -165,8 +166,15 @@ const runnerCommand = Command.make("runner", {
     Options.withDescription(
       "a runner silent this long is lost: its workspaces read lost, restart: always ones move"
     )
+  ),
+  forgetAfter: Options.integer("forget-after").pipe(
+    Options.withPseudoName("SECONDS"),
+    Options.withDefault(defaultForgetAfterSeconds),
+    Options.withDescription(
+      "a runner silent this long that holds no workspace is dropped from the cluster's list (0: never)"
+    )
   )
-}, ({ advertise, capacity, labels, listen, lockExpiry, runnerId }) =>
+}, ({ advertise, capacity, forgetAfter, labels, listen, lockExpiry, runnerId }) =>
   Effect.gen(function*() {
     const invocation = yield* Invocation
     if (invocation.cluster === undefined) {
@@ -189,7 +197,16 @@ const runnerCommand = Command.make("runner", {
       })
     }
     if (lockExpiry < 2 || lockExpiry > 3600) {
-      return yield* new InvalidInput({ message: "--lock-expiry must be between 2 and 3600 seconds" })
+      return yield* new InvalidInput({
+        message: "--lock-expiry must be between 2 and 3600 seconds",
+        remediation: "the default, 30, suits most clusters; give every runner the same"
+      })
+    }
+    if (forgetAfter !== 0 && forgetAfter < lockExpiry) {
+      return yield* new InvalidInput({
+        message: `--forget-after must be 0 (never) or at least the lock expiry (${lockExpiry} s)`,
+        remediation: "the default, 86400, forgets a runner silent for a day; give every runner the same"
+      })
     }
     const root = Home.resolveRoot(invocation.stateDir)
     const Runner = yield* Effect.promise(() => import("../cluster/Runner.ts"))
@@ -201,7 +218,8 @@ const runnerCommand = Command.make("runner", {
       listen: listenAddress,
       labels: { backend, arch: process.arch, kvm: hasKvm() ? "yes" : "no", ...extra },
       capacity: declared,
-      lockExpiryMs: lockExpiry * 1000
+      lockExpiryMs: lockExpiry * 1000,
+      forgetAfterMs: forgetAfter * 1000
     })
     yield* Effect.scoped(Effect.gen(function*() {
       yield* Layer.build(runner)

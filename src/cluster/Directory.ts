@@ -47,8 +47,13 @@ export interface DirectoryShape {
   readonly heartbeat: (beat: Heartbeat) => Effect.Effect<void, Transient>
   /** The liveness part of a heartbeat alone: the runner's row is younger. */
   readonly touch: (id: string) => Effect.Effect<void, Transient>
-  /** Every runner that ever beat, alive or not. */
+  /** Every runner that ever beat, alive or not (until it is forgotten). */
   readonly runners: Effect.Effect<ReadonlyArray<RunnerEntry>, Transient>
+  /**
+   * Removes the runners silent for longer than `silentMs` that hold no workspace, and returns their
+   * ids. One that comes back registers again with its first heartbeat.
+   */
+  readonly forget: (silentMs: number) => Effect.Effect<ReadonlyArray<string>, Transient>
   /** Claims a name for a host; `Conflict` when the name is taken anywhere in the cluster. */
   readonly claim: (
     entry: Omit<WorkspaceEntry, "generation" | "record">
@@ -250,6 +255,15 @@ export const make = Effect.gen(function*() {
       Effect.mapError(unavailable)
     )
 
+  const forget: DirectoryShape["forget"] = (silentMs) =>
+    sql<{ readonly id: string }>`DELETE FROM microagent_runners r
+        WHERE last_seen < now() - ${silentMs} * interval '1 millisecond'
+          AND NOT EXISTS (SELECT 1 FROM microagent_workspaces w WHERE w.host = r.id)
+        RETURNING id`.pipe(
+      Effect.map((rows) => rows.map((row) => row.id)),
+      Effect.mapError(unavailable)
+    )
+
   const written = new Map<string, string>()
   const remember: DirectoryShape["remember"] = (name, host, record) =>
     Effect.suspend(() => {
@@ -267,6 +281,7 @@ export const make = Effect.gen(function*() {
     heartbeat,
     touch,
     runners,
+    forget,
     claim,
     lookup,
     route,

@@ -65,6 +65,8 @@ export interface RunnerOptions {
   /** Declared capacity; what is left out is measured (memory, CPUs) or unlimited (workspaces). */
   readonly capacity: Partial<Resources>
   readonly lockExpiryMs: number
+  /** A runner silent this long that holds no workspace is forgotten (0: never). */
+  readonly forgetAfterMs: number
 }
 
 const unlimitedWorkspaces = 1_000_000
@@ -525,7 +527,10 @@ export const layer = (options: RunnerOptions): Layer.Layer<never, MicroagentErro
     yield* Effect.forkScoped(living(host, fenceFile, options.lockExpiryMs))
     yield* Effect.forkScoped(reporting(host, options.lockExpiryMs))
     const entity = MicroagentHost.toLayer(host.handlers as never, { concurrency: "unbounded" })
-    const supervisor = Singleton.make("microagent-supervisor", supervise(options.lockExpiryMs))
+    const supervisor = Singleton.make(
+      "microagent-supervisor",
+      supervise(options.lockExpiryMs, options.forgetAfterMs)
+    )
     yield* Layer.build(Layer.mergeAll(entity, supervisor) as Layer.Layer<never, never, Sharding | Directory>)
   }))
   return serve.pipe(

@@ -1,6 +1,7 @@
 /**
  * The supervisor, a cluster singleton (one instance runs, on one of the runners): it moves the
- * `restart: always` workspaces of lost runners to live ones. A move is a compare-and-set in the
+ * `restart: always` workspaces of lost runners to live ones, and forgets runners silent for longer
+ * than `forgetAfterMs` that hold no workspace (0: never), so retired hosts leave `list` and placement. A move is a compare-and-set in the
  * directory (from the lost host to the chosen one), so two supervisors, or a supervisor and the
  * returning runner, never both win; then the chosen runner creates the workspace from its create
  * request and starts it. A failed create gives the name back to the lost host for a later round.
@@ -16,11 +17,18 @@ import { MicroagentHost } from "./Protocol.ts"
 
 const decodeCreate = Schema.decodeUnknown(CreateRequest)
 
-export const supervise = (lockExpiryMs: number) =>
+export const supervise = (lockExpiryMs: number, forgetAfterMs: number) =>
   Effect.gen(function*() {
     const directory = yield* Directory
     const hosts = yield* MicroagentHost.client
     const round = Effect.gen(function*() {
+      if (forgetAfterMs > 0) {
+        for (const id of yield* directory.forget(forgetAfterMs)) {
+          yield* Effect.logInfo(
+            `runner ${id}: silent for over ${forgetAfterMs / 1000} s with no workspace; forgotten`
+          )
+        }
+      }
       const runners = yield* directory.runners
       const alive = new Set(runners.filter((runner) => runner.alive).map((runner) => runner.id))
       const entries = yield* directory.entries

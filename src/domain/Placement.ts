@@ -44,6 +44,9 @@ export const cachedImageBonus = 0.5
 /** How long a silent runner keeps its shards and its workspaces before they read `lost`. */
 export const defaultLockExpiryMs = 30_000
 
+/** How long a runner with no workspace may stay silent before the cluster forgets it: a day. */
+export const defaultForgetAfterSeconds = 86_400
+
 /** A URL with its password hidden. */
 export const redact = (url: string) => url.replace(/\/\/([^:/@]+):[^@/]*@/, "//$1:***@")
 

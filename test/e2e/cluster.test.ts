@@ -3,7 +3,8 @@
  * here: placement by capacity (a runner declared full gets nothing), exec, cp and logs by name from
  * another runner's host, one winner when two clients create the same name, `kill -9` of a runner
  * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
- * runs beside it, and the runner reconciles when it comes back), and PostgreSQL restarted under load.
+ * runs beside it, and the runner reconciles when it comes back), PostgreSQL restarted under load, and
+ * a runner silent past --forget-after with no workspace forgotten.
  */
 import { Context, Effect, Layer } from "effect"
 import * as NodeFs from "node:fs"
@@ -21,6 +22,8 @@ import { type Postgres, startPostgres } from "../support/postgres.ts"
 import { freePort } from "../support/registry.ts"
 
 const lockExpirySeconds = 6
+/** Every runner's `--forget-after`: the supervisor, on whichever runner holds it, forgets by it. */
+const forgetAfterSeconds = 8
 
 let scratch: string
 let postgres: Postgres
@@ -81,7 +84,11 @@ beforeAll(async () => {
       id,
       stateDir: NodePath.join(scratch, id),
       port: await freePort(),
-      flags: capacity === "" ? [] : ["--capacity", capacity],
+      flags: [
+        ...(capacity === "" ? [] : ["--capacity", capacity]),
+        "--forget-after",
+        String(forgetAfterSeconds)
+      ],
       log: ""
     })
   }
@@ -367,5 +374,36 @@ describe("a cluster of three runners", () => {
     )
     const after = (await list()).map((w) => `${w.name}@${w.host}`).sort()
     assert.deepStrictEqual(after, before)
+  })
+
+  it("forgets a runner silent past --forget-after that holds no workspace; the others stay", async () => {
+    const ids = () => [...postgres.query("SELECT id FROM microagent_runners ORDER BY id")]
+    const r4: RunnerProcess = {
+      id: "r4",
+      stateDir: NodePath.join(scratch, "r4"),
+      port: await freePort(),
+      flags: ["--capacity", "workspaces=0", "--forget-after", String(forgetAfterSeconds)],
+      log: ""
+    }
+    runners.push(r4)
+    await startRunner(r4)
+    assert.include(ids(), "r4")
+    r4.process!.kill("SIGKILL")
+    const killedAt = Date.now()
+    await until(
+      "r4 to be forgotten",
+      async () => (ids().includes("r4") ? undefined : true),
+      forgetAfterSeconds + 20
+    )
+    assert.isAtLeast(
+      (Date.now() - killedAt) / 1000,
+      forgetAfterSeconds - 1,
+      "forgotten before --forget-after"
+    )
+    // Live runners, the full r3 with no workspace among them, and the ones holding workspaces stay.
+    assert.includeMembers(ids(), ["r1", "r2", "r3"])
+    // A forgotten runner that comes back registers again.
+    await startRunner(r4)
+    assert.include(ids(), "r4")
   })
 })

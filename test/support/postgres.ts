@@ -27,6 +27,8 @@ export interface Postgres {
   readonly stop: () => void
   /** Stops the server and starts it again on the same data and port (`downMs` between). */
   readonly restart: (downMs?: number) => Promise<void>
+  /** Runs one statement with psql on the cluster's database; its rows, a line each, fields `|`-separated. */
+  readonly query: (statement: string) => ReadonlyArray<string>
 }
 
 /** The server's directory is its own (under the system's temporary directory, owned by its user); `stop` removes it. */
@@ -78,6 +80,19 @@ export const startPostgres = async (): Promise<Postgres> => {
       stop()
       await new Promise((resolve) => setTimeout(resolve, downMs))
       start()
-    }
+    },
+    query: (statement) =>
+      execFileSync("psql", [
+        "-h",
+        "127.0.0.1",
+        "-p",
+        String(port),
+        "-U",
+        "microagent",
+        "-d",
+        "microagent",
+        "-Atc",
+        statement
+      ], { encoding: "utf8" }).split("\n").filter((line) => line !== "")
   }
 }
