@@ -76,11 +76,23 @@ const countingConnections = (activity: Ref.Ref<Activity>) =>
  * decided to go, and its connection would be cut by the exit. So the socket's name goes first (later
  * clients start a new runtime, which waits for this one's lock), pending connections get a moment to
  * be accepted, and whatever did connect is served to its end before the runtime exits.
+ *
+ * The moment is counted in turns of the event loop as well as in time: on a loaded host the process can
+ * be off the CPU for longer than the wait, and then the timer and a pending connection are ready at
+ * once. Node runs timers before it accepts, so the runtime saw no connection, left, and the client's
+ * connection was reset ("lost the connection to the runtime"). Each turn waits for the loop's I/O
+ * phase (where connections are accepted) and then for the fibers that count them.
  */
 const leaveWhenIdle = (socket: string, activity: Ref.Ref<Activity>) =>
   Effect.gen(function*() {
     yield* Effect.sync(() => NodeFs.rmSync(socket, { force: true }))
     yield* Effect.sleep(Duration.millis(200))
+    for (let turn = 0; turn < 3; turn++) {
+      yield* Effect.async<void>((resume) => {
+        setImmediate(() => resume(Effect.void))
+      })
+      yield* Effect.sleep(Duration.millis(10))
+    }
     while ((yield* Ref.get(activity)).connections > 0) yield* Effect.sleep(Duration.millis(100))
   })
 
