@@ -1,7 +1,7 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.cjs (the CLI), and
-// bin/microagent-runtime.mjs with bin/microagent-runtime.cjs, the runtime process alone (it loads neither the CLI nor the MCP server),
-// bin/microagent-model-runner.mjs, the embedded model runner, and bin/microagent-model-bridge.mjs
-// and bin/microagent-broker.mjs.
+// bin/microagent-runtime.mjs with bin/microagent-runtime.cjs, the runtime process alone (it loads
+// neither the CLI nor the MCP server), bin/microagent-model-runner.mjs, the embedded model runner, and
+// bin/microagent-model-bridge.mjs and bin/microagent-broker.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { createHash } from "node:crypto"

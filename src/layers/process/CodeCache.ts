@@ -3,8 +3,9 @@
  * (bin/microagent-runtime.cjs). Compiling the CLI's 5 MB was a third of every command's CPU time
  * (~0.3 s of ~0.9 s here), paid again by every call of a script or a test, and the runtime paid the
  * same at each start. The first run of a build compiles as usual and, as it exits, saves what V8
- * compiled; later runs hand that back to V8, which checks it against the source and its own version and
- * flags, and compiles afresh if it does not match (the cache is then saved again).
+ * compiled; later runs hand that back to V8, which checks it against its own version and flags and the
+ * source's length, and compiles afresh if it does not match (the cache is then saved again). The
+ * cache's name carries the bundle's digest, so a cache never meets another build's source.
  *
  * The cache is code: it lives in the user's own cache directory (`$XDG_CACHE_HOME/microagent`, else
  * `~/.cache/microagent`, made 0700), and a file is used only when it belongs to the user and no one
