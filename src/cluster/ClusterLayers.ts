@@ -76,13 +76,16 @@ const common = (lockExpiryMs: number): Partial<ShardingConfig.ShardingConfig["Ty
  */
 const migrating = Schedule.intersect(Schedule.recurs(5), Schedule.spaced(Duration.millis(300)))
 
+/** The `SqlError` a cause died of, if it died of one. */
+const sqlDefect = (cause: Cause.Cause<unknown>): Option.Option<SqlError> =>
+  Option.filter(Cause.dieOption(cause), (defect): defect is SqlError => defect instanceof SqlError)
+
 export const databaseDefectsAsFailures = <A, E, R>(layer: Layer.Layer<A, E, R>) =>
-  Layer.catchAllCause(layer, (cause): Layer.Layer<A, E | SqlError> => {
-    const defect = Cause.dieOption(cause)
-    return Option.isSome(defect) && defect.value instanceof SqlError
-      ? Layer.fail(defect.value)
-      : Layer.failCause(cause)
-  })
+  Layer.catchAllCause(
+    layer,
+    (cause): Layer.Layer<A, E | SqlError> =>
+      Option.match(sqlDefect(cause), { onNone: () => Layer.failCause(cause), onSome: Layer.fail })
+  )
 
 /** The same for one effect: a `SqlError` the cluster's code turned into a defect fails with it again. */
 export const databaseDefectAsFailure = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
@@ -93,12 +96,11 @@ export const databaseDefectAsFailure = <A, E, R>(effect: Effect.Effect<A, E, R>)
 
 /** The same for a stream (`exec --stream`, `connect`, `logs -f`): a cut in the middle fails it. */
 export const databaseDefectAsStreamFailure = <A, E, R>(stream: Stream.Stream<A, E, R>) =>
-  Stream.catchAllCause(stream, (cause): Stream.Stream<never, E | SqlError> => {
-    const defect = Cause.dieOption(cause)
-    return Option.isSome(defect) && defect.value instanceof SqlError
-      ? Stream.fail(defect.value)
-      : Stream.failCause(cause)
-  })
+  Stream.catchAllCause(
+    stream,
+    (cause): Stream.Stream<never, E | SqlError> =>
+      Option.match(sqlDefect(cause), { onNone: () => Stream.failCause(cause), onSome: Stream.fail })
+  )
 
 const storage = Layer.mergeAll(
   Layer.retry(databaseDefectsAsFailures(SqlMessageStorage.layer), migrating),

@@ -22,7 +22,7 @@ import { busyboxConfig, busyboxLayers, defaultImage } from "../../src/layers/ima
 import { writeOciLayout } from "../../src/layers/image/OciWriter.ts"
 import { namespacePrefix, stateTag } from "../../src/layers/network/Addressing.ts"
 import { fabricProblem } from "../../src/layers/network/Fabric.ts"
-import { binPath, cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { cliAsync, cliProcess, type CliResult, stopRuntime } from "../support/cli.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { requireTool } from "../support/registry.ts"
 
@@ -99,25 +99,11 @@ const qemuProcesses = () => qemuProcessesMentioning(`${stateDir}/`)
 
 /** A CLI command started with a step armed; its pid is at hand to kill it. */
 const armed = (args: ReadonlyArray<string>, step: Step) => {
-  const child = NodeChild.spawn(process.execPath, [binPath, ...args], {
-    env: {
-      ...process.env,
-      MICROAGENT_HOME: stateDir,
-      MICROAGENT_OUTPUT: "",
-      NO_COLOR: "1",
-      MICROAGENT_RUNTIME_IDLE_SECONDS: "2",
-      ...env(step)
-    },
-    stdio: ["ignore", "pipe", "pipe"]
+  const { child, output, result } = cliProcess(args, {
+    stateDir,
+    env: { MICROAGENT_RUNTIME_IDLE_SECONDS: "2", ...env(step) }
   })
-  let stdout = ""
-  let stderr = ""
-  child.stdout.on("data", (d) => (stdout += d))
-  child.stderr.on("data", (d) => (stderr += d))
-  const done = new Promise<CliResult>((resolve) =>
-    child.on("close", (code) => resolve({ code: code ?? -1, stdout, stderr }))
-  )
-  return { pid: child.pid!, done, output: () => ({ stdout, stderr }) }
+  return { pid: child.pid!, done: result, output }
 }
 
 const marker = (step: Step) => NodePath.join(faultDir, step)

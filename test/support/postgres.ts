@@ -56,19 +56,17 @@ export const startPostgres = async (): Promise<Postgres> => {
       // Not running.
     }
   }
+  /** psql on `database`, its output as text. */
+  const psql = (database: string, args: ReadonlyArray<string>) =>
+    execFileSync(
+      "psql",
+      ["-h", "127.0.0.1", "-p", String(port), "-U", "microagent", "-d", database, ...args],
+      {
+        encoding: "utf8"
+      }
+    )
   start()
-  execFileSync("psql", [
-    "-h",
-    "127.0.0.1",
-    "-p",
-    String(port),
-    "-U",
-    "microagent",
-    "-d",
-    "postgres",
-    "-qc",
-    "CREATE DATABASE microagent"
-  ])
+  psql("postgres", ["-qc", "CREATE DATABASE microagent"])
   return {
     url: `postgres://microagent@127.0.0.1:${port}/microagent`,
     port,
@@ -81,18 +79,6 @@ export const startPostgres = async (): Promise<Postgres> => {
       await new Promise((resolve) => setTimeout(resolve, downMs))
       start()
     },
-    query: (statement) =>
-      execFileSync("psql", [
-        "-h",
-        "127.0.0.1",
-        "-p",
-        String(port),
-        "-U",
-        "microagent",
-        "-d",
-        "microagent",
-        "-Atc",
-        statement
-      ], { encoding: "utf8" }).split("\n").filter((line) => line !== "")
+    query: (statement) => psql("microagent", ["-Atc", statement]).split("\n").filter((line) => line !== "")
   }
 }
