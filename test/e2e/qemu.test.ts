@@ -4,6 +4,7 @@
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer, Schedule, Schema } from "effect"
+import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeOs from "node:os"
@@ -27,6 +28,7 @@ import {
   VmHandle
 } from "../../src/services/Hypervisor.ts"
 import { type BootArtifacts, KernelCache } from "../../src/services/KernelCache.ts"
+import { cliAsync } from "../support/cli.ts"
 import {
   agentBinary,
   cleanupTempDirs,
@@ -305,4 +307,61 @@ describe("qemu backend", () => {
       }),
     60_000
   )
+})
+
+describe("the user's shared kernel store", () => {
+  const cache = tempDir("microagent-kshare-cache-")
+  const shared = NodePath.join(cache, "microagent", "kernels")
+  /** A PATH holding node alone: a state directory that tried to fetch a kernel would find no apt-get. */
+  const bare = tempDir("microagent-kshare-bin-")
+  NodeFs.symlinkSync(process.execPath, NodePath.join(bare, "node"))
+  const ensure = (env: Record<string, string> = {}) =>
+    cliAsync(["kernel", "ensure"], {
+      stateDir: tempDir("microagent-kshare-state-"),
+      env: { XDG_CACHE_HOME: cache, ...env }
+    })
+  const sharedIndex = () =>
+    JSON.parse(NodeFs.readFileSync(NodePath.join(shared, "index.json"), "utf8")) as {
+      kernels: Array<{ sha256: string; source: string; modules: Array<{ path: string; sha256: string }> }>
+      initramfs: Array<{ kernelSha256: string }>
+    }
+  let kernelSha256: string
+
+  it("keeps the first distribution install, private, for the next state directory", async () => {
+    const first = await ensure()
+    assert.strictEqual(first.code, 0, first.stderr)
+    kernelSha256 = JSON.parse(first.stdout).kernel_sha256
+    const index = sharedIndex()
+    assert.deepStrictEqual(index.kernels.map((k) => k.sha256), [kernelSha256])
+    assert.match(index.kernels[0]!.source, /^debian:/)
+    assert.deepStrictEqual(index.initramfs.map((i) => i.kernelSha256), [kernelSha256])
+    for (const dir of [NodePath.dirname(shared), shared, NodePath.join(shared, "sha256")]) {
+      assert.strictEqual(mode(dir), 0o700, dir)
+    }
+    for (const blob of NodeFs.readdirSync(NodePath.join(shared, "sha256"))) {
+      assert.strictEqual(mode(NodePath.join(shared, "sha256", blob)), 0o600, blob)
+    }
+  }, 240_000)
+
+  it("gives a new state directory the kernel without fetching it", async () => {
+    const second = await ensure({ PATH: bare })
+    assert.strictEqual(second.code, 0, second.stderr)
+    assert.strictEqual(JSON.parse(second.stdout).kernel_sha256, kernelSha256)
+  })
+
+  it("refuses a damaged shared file, installs afresh and mends it; off turns sharing off", async () => {
+    const module = sharedIndex().kernels[0]!.modules[0]!
+    const bytes = NodeFs.readFileSync(module.path)
+    bytes[bytes.length - 1] ^= 0xff
+    NodeFs.writeFileSync(module.path, bytes)
+    const without = await ensure({ PATH: bare })
+    assert.notStrictEqual(without.code, 0, "a damaged shared kernel was used")
+    assert.include(without.stderr + without.stdout, "apt")
+    const mended = await ensure()
+    assert.strictEqual(mended.code, 0, mended.stderr)
+    const hash = NodeCrypto.createHash("sha256").update(NodeFs.readFileSync(module.path)).digest("hex")
+    assert.strictEqual(hash, module.sha256)
+    const off = await ensure({ PATH: bare, MICROAGENT_KERNEL_CACHE: "off" })
+    assert.notStrictEqual(off.code, 0, "MICROAGENT_KERNEL_CACHE=off still imported")
+  }, 240_000)
 })

@@ -90,6 +90,7 @@ describe("microagent kernel", () => {
   it.live("installs from a URL in a process with the runtime's V8 flags", () =>
     Effect.gen(function*() {
       const state = tempDir("microagent-kcli-url-")
+      const cache = tempDir("microagent-kcli-cache-")
       const body = fakeVmlinux({ version: "6.6.7-url" })
       const sha256 = NodeCrypto.createHash("sha256").update(body).digest("hex")
       const server = NodeHttp.createServer((_, response) => {
@@ -106,7 +107,12 @@ describe("microagent kernel", () => {
             process.execPath,
             [...runtimeNodeFlags, binPath, "kernel", "install", "--url", url, "--sha256", sha256],
             {
-              env: { ...process.env, MICROAGENT_HOME: state, MICROAGENT_OUTPUT: "json" },
+              env: {
+                ...process.env,
+                MICROAGENT_HOME: state,
+                MICROAGENT_OUTPUT: "json",
+                XDG_CACHE_HOME: cache
+              },
               stdio: ["ignore", "pipe", "pipe"]
             }
           )
@@ -122,5 +128,8 @@ describe("microagent kernel", () => {
       assert.strictEqual(entry.version, "6.6.7-url")
       assert.strictEqual(entry.source, `url:${url}`)
       assert.strictEqual(entry.sha256, sha256)
+      // Only the distribution's kernel goes to the user's shared store: a URL's stays in its state directory.
+      const shared = NodePath.join(cache, "microagent", "kernels", "index.json")
+      assert.isFalse(NodeFs.existsSync(shared), "a kernel installed from a URL was shared")
     }))
 })

@@ -27,6 +27,7 @@ import { hzBesideKernel } from "./internal/config.ts"
 import { buildInitramfs } from "./internal/initramfs.ts"
 import { makeKernelInstaller } from "./internal/install.ts"
 import { resolveModuleClasses } from "./internal/modules.ts"
+import { makeSharedKernels } from "./internal/shared.ts"
 import { makeKernelStore } from "./internal/store.ts"
 import { io, KernelCacheFailure, sha256Hex, type ToolMissing } from "./internal/tools.ts"
 
@@ -66,9 +67,13 @@ export const make = (options: FileKernelCacheOptions = {}) =>
     const home = yield* Home
     const http = yield* HttpClient.HttpClient
     const compression = options.initramfsCompression ?? "none"
-    const store = makeKernelStore(home)
+    const store = makeKernelStore(home.kernels)
     const { prepare, putBlob, readIndex, updateIndex } = store
     const { installFrom } = makeKernelInstaller(home, http, store)
+    const shared = makeSharedKernels(store)
+    /** An install, copied to the user's shared store when it is the distribution's kernel. */
+    const installShared = (source: KernelSource, arch: Arch | undefined) =>
+      installFrom(source, arch).pipe(Effect.tap(shared.publishKernel))
 
     const moduleOrder = (kernel: KernelEntry, machine: Machine) =>
       Effect.try({
@@ -108,14 +113,16 @@ export const make = (options: FileKernelCacheOptions = {}) =>
         const names = modules.map((m) => m.module.name)
         const loadClasses = modules.map((m) => m.loadClass)
         const index = yield* readIndex
-        const cached = index.initramfs.find((entry) =>
+        const wanted = (entry: InitramfsEntry) =>
           entry.kernelSha256 === kernel.sha256 && entry.agentSha256 === agentSha256
           && entry.machine === machine
           && entry.compression === compression && sameStrings(entry.modules, names)
           && sameStrings(entry.loadClasses ?? [], loadClasses)
           && NodeFs.statSync(entry.path, { throwIfNoEntry: false })?.size === entry.sizeBytes
-        )
+        const cached = index.initramfs.find(wanted)
         if (cached !== undefined) return cached
+        const imported = yield* shared.importInitramfs(wanted)
+        if (Option.isSome(imported)) return imported.value
         const moduleData = yield* Effect.forEach(
           modules,
           ({ loadClass, module }) =>
@@ -142,6 +149,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           ...current,
           initramfs: [...current.initramfs.filter((i) => i.sha256 !== entry.sha256), entry]
         }))
+        yield* shared.publishInitramfs(kernel, entry)
         return entry
       })
 
@@ -151,7 +159,9 @@ export const make = (options: FileKernelCacheOptions = {}) =>
       const cached = Option.fromNullable(index.kernels.filter((k) => k.arch === arch).at(-1))
       const kernel = Option.isSome(cached) && NodeFs.existsSync(cached.value.path)
         ? cached.value
-        : yield* installFrom({}, arch)
+        : yield* shared.importKernel(arch).pipe(
+          Effect.flatMap(Option.match({ onNone: () => installShared({}, arch), onSome: Effect.succeed }))
+        )
       const initramfs = yield* ensureInitramfs(kernel, ensureOptions?.machine ?? "microvm")
       // Installs from before `hz` was recorded: a path source may still have its configuration beside it.
       const hz = kernel.hz
@@ -171,7 +181,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
 
     const install = Effect.fn("KernelCache.install")(
       function*(source: KernelSource, arch?: Arch) {
-        return yield* installFrom(source, arch)
+        return yield* installShared(source, arch)
       },
       Effect.mapError(toPublic)
     )

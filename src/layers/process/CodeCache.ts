@@ -18,10 +18,10 @@
 import * as NodeCrypto from "node:crypto"
 import * as NodeFs from "node:fs"
 import { createRequire } from "node:module"
-import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import { pathToFileURL } from "node:url"
 import { Script } from "node:vm"
+import { trusted, userCacheDirectory } from "../host/UserCache.ts"
 
 declare global {
   /** The bundle's own URL, which its `import.meta.url` reads (scripts/build.mjs defines it so). */
@@ -29,22 +29,8 @@ declare global {
 }
 
 /** The private cache directory, created if missing; undefined when there is none to trust. */
-const cacheDirectory = (): string | undefined => {
-  if (process.env.MICROAGENT_CODE_CACHE === "0") return undefined
-  const base = process.env.XDG_CACHE_HOME || NodePath.join(process.env.HOME || NodeOs.homedir(), ".cache")
-  if (!NodePath.isAbsolute(base)) return undefined
-  const dir = NodePath.join(base, "microagent")
-  try {
-    NodeFs.mkdirSync(dir, { recursive: true, mode: 0o700 })
-    return trusted(NodeFs.statSync(dir)) ? dir : undefined
-  } catch {
-    return undefined
-  }
-}
-
-/** Owned by this user and writable by no one else. */
-const trusted = (stat: NodeFs.Stats) =>
-  (process.getuid === undefined || stat.uid === process.getuid()) && (stat.mode & 0o022) === 0
+const cacheDirectory = (): string | undefined =>
+  process.env.MICROAGENT_CODE_CACHE === "0" ? undefined : userCacheDirectory()
 
 const digest = (text: string) => NodeCrypto.createHash("sha256").update(text).digest("hex").slice(0, 16)
 

@@ -6,7 +6,6 @@
 import { Duration, Effect, Schedule, Schema } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import type { HomeShape } from "../../../services/Home.ts"
 import { InitramfsEntry, KernelEntry, type VerifyResult } from "../../../services/KernelCache.ts"
 import { ensurePrivateDir, io, KernelCacheFailure, sha256File, sha256Hex, writeFileAtomic } from "./tools.ts"
 
@@ -17,9 +16,8 @@ const Index = Schema.Struct({
 export type Index = typeof Index.Type
 const IndexJson = Schema.parseJson(Index)
 
-/** The index and blobs of the kernel cache under `home`. */
-export const makeKernelStore = (home: HomeShape) => {
-  const root = home.kernels
+/** The index and blobs of a kernel store: a state directory's (`home.kernels`) or the user's shared one. */
+export const makeKernelStore = (root: string) => {
   const blobDir = NodePath.join(root, "sha256")
   const indexPath = NodePath.join(root, "index.json")
   const lockPath = NodePath.join(root, "index.lock")
@@ -77,13 +75,15 @@ export const makeKernelStore = (home: HomeShape) => {
       () => Effect.sync(() => NodeFs.rmSync(lockPath, { force: true }))
     )
 
-  /** Stores bytes under their sha256 (a no-op when already there). */
-  const putBlob = (bytes: Uint8Array) =>
+  /** Stores bytes under their sha256 (a no-op when a file of that size is there, unless `rewrite`). */
+  const putBlob = (bytes: Uint8Array, options?: { readonly rewrite?: boolean }) =>
     Effect.gen(function*() {
       const sha256 = sha256Hex(bytes)
       const path = NodePath.join(blobDir, sha256)
       const stat = NodeFs.statSync(path, { throwIfNoEntry: false })
-      if (stat === undefined || stat.size !== bytes.length) yield* writeFileAtomic(path, bytes)
+      if (options?.rewrite === true || stat === undefined || stat.size !== bytes.length) {
+        yield* writeFileAtomic(path, bytes)
+      }
       return { sha256, path, sizeBytes: bytes.length }
     })
 
