@@ -5,9 +5,10 @@
  * a VMM, nothing left on the host (staging, temp files, loop devices, mounts, namespaces, taps),
  * volume claims released, and the workspace usable again.
  *
- * Kill points are deterministic: the test arms a step with MICROAGENT_FAULT_PAUSE (see
+ * Kill points are deterministic: the test arms a step in its fault directory's `armed` file (see
  * src/layers/process/FaultPoint.ts); the process that reaches it writes its pid and waits, the test
- * kills what the case names, then lets the survivors carry on.
+ * disarms the step, kills what the case names, then lets the survivors carry on. A runtime that
+ * outlives a case serves the next one.
  */
 import Sqlite from "better-sqlite3"
 import * as NodeChild from "node:child_process"
@@ -41,7 +42,8 @@ let scratch: string
 
 const env = (step?: Step): Record<string, string> => ({
   MICROAGENT_BACKEND: "qemu",
-  ...(step === undefined ? {} : { MICROAGENT_FAULT_PAUSE: step, MICROAGENT_FAULT_DIR: faultDir })
+  MICROAGENT_FAULT_DIR: faultDir,
+  ...(step === undefined ? {} : { MICROAGENT_FAULT_PAUSE: step })
 })
 
 const ma = (args: ReadonlyArray<string>): Promise<CliResult> => cliAsync(args, { stateDir, env: env() })
@@ -113,9 +115,13 @@ const marker = (step: Step) => NodePath.join(faultDir, step)
  * and returns what the command said.
  */
 const crashAt = async (args: ReadonlyArray<string>, step: Step, victim: Victim, workspace: string) => {
-  await freshRuntime()
-  const command = armed(args, step)
+  const armedFile = NodePath.join(faultDir, "armed")
+  NodeFs.writeFileSync(armedFile, `${step}\n`)
+  const started = cliProcess(args, { stateDir, env: env() })
+  const command = { pid: started.child.pid!, done: started.result }
   await waitFor(`${args.join(" ")} to reach ${step}`, () => NodeFs.existsSync(marker(step)))
+  // Disarmed before anything carries on: a retry or the next command must not pause again.
+  NodeFs.rmSync(armedFile, { force: true })
   const paused = Number(NodeFs.readFileSync(marker(step), "utf8").trim())
   if (victim === "cli") process.kill(command.pid, "SIGKILL")
   if (victim === "runtime") {
@@ -247,7 +253,6 @@ const matrix: Array<{ readonly operation: string; readonly victim: Victim; reado
 /** Checks the rules after a crash, records the outcome, then checks the workspace is usable. */
 const verdict = async (operation: string, victim: Victim, usable: () => Promise<void>) => {
   const { outcome, problems: left } = await recovered()
-  await freshRuntime()
   let usableOutcome = "usable"
   try {
     if (left.length === 0) await usable()

@@ -6,7 +6,9 @@
  * With `MICROAGENT_FAULT_PAUSE` listing step names (comma-separated) and `MICROAGENT_FAULT_DIR` naming
  * a directory, the process that reaches a listed step appends its pid to `DIR/STEP` and waits until
  * that file is removed, then carries on. The variables are read when the step is reached, so a
- * runtime started by a command carries the command's environment.
+ * runtime started by a command carries the command's environment. Without `MICROAGENT_FAULT_PAUSE`,
+ * the steps named in the file `DIR/armed` (one per line) are armed: a test arms and disarms them there
+ * case by case, and one runtime serves every case.
  */
 import { Duration, Effect, Layer, Schedule } from "effect"
 import * as NodeFs from "node:fs"
@@ -15,10 +17,19 @@ import { Faults, type FaultStep } from "../../services/Faults.ts"
 
 export type { FaultStep } from "../../services/Faults.ts"
 
+const armedSteps = (dir: string): ReadonlyArray<string> => {
+  const fromEnv = process.env.MICROAGENT_FAULT_PAUSE
+  if (fromEnv !== undefined) return fromEnv.split(",")
+  try {
+    return NodeFs.readFileSync(NodePath.join(dir, "armed"), "utf8").split("\n")
+  } catch {
+    return []
+  }
+}
+
 const armed = (step: FaultStep): string | undefined => {
-  const steps = process.env.MICROAGENT_FAULT_PAUSE
   const dir = process.env.MICROAGENT_FAULT_DIR
-  if (steps === undefined || dir === undefined || !steps.split(",").includes(step)) return undefined
+  if (dir === undefined || !armedSteps(dir).includes(step)) return undefined
   return NodePath.join(dir, step)
 }
 
