@@ -13,11 +13,6 @@ export default defineConfig({
           name: "fast",
           include: ["test/**/*.test.ts"],
           exclude: ["test/e2e/**"],
-          // A worker keeps its modules from one file to the next: importing Effect and the sources
-          // again for each of the hundred files was most of this tier's CPU time (42 of its files: 112
-          // CPU-seconds isolated, 37 not). A file that changes what another reads (PATH, the
-          // state directory's variables, process.stdout.write) puts it back when it is done.
-          isolate: false,
           // Tests and clean-up hooks run real CLI processes (a Node start each), which take several
           // times longer while the real tier's two guests hold both cores: a bound, not a speed check.
           testTimeout: 120_000,
