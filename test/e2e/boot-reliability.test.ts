@@ -6,10 +6,11 @@
  * through the qemu backend (no CLI, no runtime) and each VM is killed as soon as it answered, so the
  * whole file costs about what the boots themselves cost.
  *
- * With 2 vCPUs the fast profile has a known rare stall (both vCPUs idle at the entry of
- * `sched_clock_idle_wakeup_event`, waiting for an interrupt that never comes: docs/kernels.md): one
- * stalled boot in the run is tolerated and printed with its diagnosis, two fail the test. It is why
- * `fast` is not the default profile. One vCPU must never stall.
+ * With 2 vCPUs the fast profile had a rare stall (both vCPUs idle at the entry of
+ * `sched_clock_idle_wakeup_event`, waiting for an interrupt that never comes: docs/kernels.md), when it
+ * kept the TSC and tickless idle on more than one vCPU; it no longer does. One stalled boot in the run
+ * is still tolerated and printed with its diagnosis, two fail the test. It is why `fast` is not the
+ * default profile yet. One vCPU must never stall.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer } from "effect"

@@ -49,7 +49,7 @@ describe("kernel command line", () => {
   })
 
   it("adds the fast profile's kernel options by default, keeping the TSC frequency", () => {
-    const words = kernelCmdline(base).split(" ")
+    const words = kernelCmdline({ ...base, cpus: 1 }).split(" ")
     for (
       const option of [
         "mitigations=off",
@@ -73,6 +73,12 @@ describe("kernel command line", () => {
     assert.notInclude(kernelCmdline(base), "lpj=", "no lpj without the kernel's HZ")
     assert.notInclude(kernelCmdline({ ...base, accel: "kvm", kernelHz: 250 }), "lpj=")
     assert.notInclude(kernelCmdline({ ...base, kernelHz: 250, bootProfile: "compat" }), "lpj=")
+  })
+
+  it("marks the TSC reliable for one vCPU only: more keep the periodic tick", () => {
+    assert.include(kernelCmdline({ ...base, cpus: 1 }).split(" "), "tsc=reliable")
+    assert.notInclude(kernelCmdline({ ...base, cpus: 2 }).split(" "), "tsc=reliable")
+    assert.notInclude(kernelCmdline({ ...base, cpus: 1, bootProfile: "compat" }).split(" "), "tsc=reliable")
   })
 
   it("keeps PCI on q35 in the fast profile", () => {

@@ -26,7 +26,7 @@ export const bootProfiles: ReadonlyArray<BootProfile> = ["fast", "compat"]
  * The `fast` profile's kernel options. Each one gives up something only inside the guest (the
  * host's protection comes from the VMM boundary, not from the guest kernel); see docs/kernels.md.
  */
-export const fastBootOptions = (machine: Machine): ReadonlyArray<string> => [
+export const fastBootOptions = (machine: Machine, cpus = 1): ReadonlyArray<string> => [
   // Speculative-execution mitigations protect guest processes from each other, never the host.
   "mitigations=off",
   // PVH boot already skips the decompressor's text randomisation; this also fixes the memory layout.
@@ -45,8 +45,10 @@ export const fastBootOptions = (machine: Machine): ReadonlyArray<string> => [
   "initcall_blacklist=crypto_kdf108_init,init_kprobe_trace",
   // No audit daemon runs in a workspace.
   "audit=0",
-  // The clocksource watchdog marks the TSC unstable when the emulated guest is descheduled.
-  "tsc=reliable",
+  // One vCPU: the clocksource watchdog would mark the TSC unstable when the emulated guest is
+  // descheduled. Not with more: the guest then keeps jiffies and its periodic tick, as `compat` does,
+  // because with the TSC, tickless idle lost a wake-up now and then (docs/kernels.md).
+  ...(cpus === 1 ? ["tsc=reliable"] : []),
   // With one vCPU the kernel would rewrite every LOCK prefix in its text, slow under emulation.
   "noreplace-smp",
   // microvm has no PCI bus; q35 needs it.
@@ -229,7 +231,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     ...(input.accel === "tcg" && input.tscKhz !== undefined ? [`tsc_early_khz=${input.tscKhz}`] : []),
     // compat: the agent loads every module of the initramfs, as it did before it learnt to skip some.
     ...((input.bootProfile ?? "fast") === "fast"
-      ? [...fastBootOptions(input.machine), ...fastVmOptions(input)]
+      ? [...fastBootOptions(input.machine, input.cpus), ...fastVmOptions(input)]
       : ["microagent.modules=all"]),
     "microagent.root=/dev/vda",
     `microagent.channel=virtio:${agentPortName}`,
