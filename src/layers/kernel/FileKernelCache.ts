@@ -68,7 +68,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
     const http = yield* HttpClient.HttpClient
     const compression = options.initramfsCompression ?? "none"
     const store = makeKernelStore(home.kernels)
-    const { prepare, putBlob, readIndex, updateIndex } = store
+    const { prepare, putBlob, readIndex } = store
     const { installFrom } = makeKernelInstaller(home, http, store)
     const shared = makeSharedKernels(store)
     /** An install, copied to the user's shared store when it is the distribution's kernel. */
@@ -145,10 +145,7 @@ export const make = (options: FileKernelCacheOptions = {}) =>
           loadClasses,
           compression
         })
-        yield* updateIndex((current) => ({
-          ...current,
-          initramfs: [...current.initramfs.filter((i) => i.sha256 !== entry.sha256), entry]
-        }))
+        yield* store.addInitramfs(entry)
         yield* shared.publishInitramfs(kernel, entry)
         return entry
       })

@@ -92,7 +92,7 @@ const readModule = (
 }
 /** Installs kernels into `store`, fetching URL sources with `http`. */
 export const makeKernelInstaller = (home: HomeShape, http: HttpClient.HttpClient, store: KernelStore) => {
-  const { prepare, putBlob, updateIndex } = store
+  const { addKernel, prepare, putBlob } = store
 
   /** A private scratch directory under the state root's tmp, removed when the scope closes. */
   const scratch = Effect.acquireRelease(
@@ -312,10 +312,7 @@ export const makeKernelInstaller = (home: HomeShape, http: HttpClient.HttpClient
         installedAt: new Date().toISOString()
       })
       // The newest install of an architecture is the default: keep it last.
-      yield* updateIndex((index) => ({
-        ...index,
-        kernels: [...index.kernels.filter((k) => k.sha256 !== entry.sha256), entry]
-      }))
+      yield* addKernel(entry)
       return entry
     }).pipe(Effect.scoped)
 

@@ -96,10 +96,7 @@ export const makeSharedKernels = (local: KernelStore) => {
         if (newest === undefined) return Option.none()
         yield* local.prepare
         const copy = yield* copyKernel(local, newest, false)
-        yield* local.updateIndex((index) => ({
-          ...index,
-          kernels: [...index.kernels.filter((k) => k.sha256 !== copy.sha256), copy]
-        }))
+        yield* local.addKernel(copy)
         return Option.some(copy)
       })
     )
@@ -111,10 +108,7 @@ export const makeSharedKernels = (local: KernelStore) => {
         const found = (yield* store.readIndex).initramfs.filter(wanted).at(-1)
         if (found === undefined) return Option.none()
         const copy = yield* copyInitramfs(local, found, false)
-        yield* local.updateIndex((index) => ({
-          ...index,
-          initramfs: [...index.initramfs.filter((i) => i.sha256 !== copy.sha256), copy]
-        }))
+        yield* local.addInitramfs(copy)
         return Option.some(copy)
       })
     )
@@ -157,10 +151,7 @@ export const makeSharedKernels = (local: KernelStore) => {
         if (!shareable(kernel)) return Option.none()
         yield* store.prepare
         const copy = yield* copyKernel(store, kernel, true)
-        yield* store.updateIndex((index) => ({
-          ...index,
-          kernels: [...index.kernels.filter((k) => k.sha256 !== copy.sha256), copy]
-        }))
+        yield* store.addKernel(copy)
         yield* prune(store)
         return Option.some(copy)
       })
@@ -174,14 +165,11 @@ export const makeSharedKernels = (local: KernelStore) => {
         const index = yield* store.readIndex
         if (!index.kernels.some((k) => k.sha256 === image.kernelSha256)) return Option.none()
         const copy = yield* copyInitramfs(store, image, true)
-        yield* store.updateIndex((current) => ({
-          ...current,
-          initramfs: [...current.initramfs.filter((i) => i.sha256 !== copy.sha256), copy]
-        }))
+        yield* store.addInitramfs(copy)
         yield* prune(store)
         return Option.some(copy)
       })
     )
 
-  return { root, importKernel, importInitramfs, publishKernel, publishInitramfs }
+  return { importKernel, importInitramfs, publishKernel, publishInitramfs }
 }

@@ -75,6 +75,20 @@ export const makeKernelStore = (root: string) => {
       () => Effect.sync(() => NodeFs.rmSync(lockPath, { force: true }))
     )
 
+  /** Indexes `kernel` as the newest of its architecture, replacing an entry of the same sha256. */
+  const addKernel = (kernel: KernelEntry) =>
+    updateIndex((index) => ({
+      ...index,
+      kernels: [...index.kernels.filter((k) => k.sha256 !== kernel.sha256), kernel]
+    }))
+
+  /** Indexes `image`, replacing an entry of the same sha256. */
+  const addInitramfs = (image: InitramfsEntry) =>
+    updateIndex((index) => ({
+      ...index,
+      initramfs: [...index.initramfs.filter((i) => i.sha256 !== image.sha256), image]
+    }))
+
   /** Stores bytes under their sha256 (a no-op when a file of that size is there, unless `rewrite`). */
   const putBlob = (bytes: Uint8Array, options?: { readonly rewrite?: boolean }) =>
     Effect.gen(function*() {
@@ -106,7 +120,7 @@ export const makeKernelStore = (root: string) => {
     )
   })
 
-  return { root, blobDir, prepare, readIndex, updateIndex, putBlob, verify }
+  return { root, blobDir, prepare, readIndex, updateIndex, addKernel, addInitramfs, putBlob, verify }
 }
 
 export type KernelStore = ReturnType<typeof makeKernelStore>
