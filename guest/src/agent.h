@@ -54,6 +54,13 @@ int ma_serve(const ma_serve_config *cfg, uint32_t *grace_ms);
  * virtio-serial port named port_name. */
 void ma_modelfwd_start(const char *port_name, unsigned tcp_port);
 
+/* disks.c: waits up to `ms` for a path to exist (devtmpfs makes block nodes after the probe); mounts a
+ * `dev:mountpoint[:ro|rw],…` list as ext4, each probed again first with `reprobing` (a restored
+ * template's stand-in disks), -1 with errno and `why` on the first failure; unmounts them all. */
+int ma_wait_for_path(const char *path, int ms);
+int ma_mount_disks(const char *disks, int reprobing, char *why, size_t cap);
+void ma_unmount_disks(void);
+
 /* PID 1 duties (init.c). */
 void ma_init_main(void) __attribute__((noreturn));
 void ma_fatal(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));

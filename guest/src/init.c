@@ -25,7 +25,6 @@
 
 #include "agent.h"
 
-#define MAX_DISKS 16
 #define MAX_NETS 8
 
 typedef struct {
@@ -47,8 +46,6 @@ typedef struct {
 } boot_config;
 
 static boot_config bc;
-static char disk_mounts[MAX_DISKS][256];
-static int ndisk_mounts;
 
 static void power_off(int action) __attribute__((noreturn));
 
@@ -235,16 +232,6 @@ static void parse_cmdline(void) {
   }
 }
 
-/* devtmpfs creates block nodes asynchronously after the driver probes. */
-static int wait_for_path(const char *path, int ms) {
-  struct stat st;
-  for (int waited = 0;; waited += 10) {
-    if (stat(path, &st) == 0) return 0;
-    if (waited >= ms) return -1;
-    ma_sleep_ms(10);
-  }
-}
-
 /* ---------- switching root ---------- */
 
 /* Deletes the initramfs contents (it stays in RAM otherwise), never crossing into other mounts. */
@@ -273,7 +260,7 @@ static void remove_tree(int dirfd, dev_t dev) {
 static void switch_root(void) {
   const char *nr = "/newroot";
   mkdir(nr, 0755);
-  if (wait_for_path(bc.root, 10000) < 0)
+  if (ma_wait_for_path(bc.root, 10000) < 0)
     ma_fatal("root device %s did not appear within 10 s (is virtio_blk in /lib/modules/load.list?)", bc.root);
   unsigned long flags = bc.ro ? MS_RDONLY : 0;
   if (mount(bc.root, nr, bc.rootfstype, flags, NULL) < 0)
@@ -452,7 +439,7 @@ static void setup_network(void) {
     struct in_addr addr, gw;
     if (inet_pton(AF_INET, ip, &addr) != 1 || prefix < 0 || prefix > 32) {
       ma_log("bad microagent.ip=%s", bc.ip);
-    } else if (wait_for_path("/sys/class/net/eth0", 5000) < 0) {
+    } else if (ma_wait_for_path("/sys/class/net/eth0", 5000) < 0) {
       ma_log("eth0 did not appear (is virtio_net in /lib/modules/load.list?)");
     } else {
       in_addr_t mask = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
@@ -511,40 +498,11 @@ static void setup_network(void) {
 
 /* ---------- extra disks ---------- */
 
-static void mkdir_p(const char *path) {
-  char p[256];
-  snprintf(p, sizeof p, "%s", path);
-  for (char *s = p + 1; *s; s++)
-    if (*s == '/') {
-      *s = 0;
-      mkdir(p, 0755);
-      *s = '/';
-    }
-  mkdir(p, 0755);
-}
-
+/* A declared disk that fails to mount must stop the boot: the workload would write to root. */
 static void mount_disks(void) {
   if (!bc.disks[0]) return;
-  char list[1024];
-  snprintf(list, sizeof list, "%s", bc.disks);
-  char *save = NULL;
-  for (char *d = strtok_r(list, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
-    char *c1 = strchr(d, ':');
-    char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
-    if (!c1) ma_fatal("bad microagent.disks entry %s", d);
-    *c1 = 0;
-    if (c2) *c2 = 0;
-    const char *mp = c1 + 1, *mode = c2 ? c2 + 1 : "rw";
-    char dev[128];
-    snprintf(dev, sizeof dev, "/dev/%s", d);
-    if (wait_for_path(dev, 5000) < 0) ma_fatal("disk %s for %s did not appear", dev, mp);
-    mkdir_p(mp);
-    int ro = !strcmp(mode, "ro");
-    /* A declared disk that fails to mount must stop the boot: the workload would write to root. */
-    if (mount(dev, mp, "ext4", ro ? MS_RDONLY : 0, ro ? "noload" : NULL) < 0)
-      ma_fatal("mount %s on %s: %s", dev, mp, strerror(errno));
-    if (ndisk_mounts < MAX_DISKS) snprintf(disk_mounts[ndisk_mounts++], 256, "%s", mp);
-  }
+  char why[256];
+  if (ma_mount_disks(bc.disks, 0, why, sizeof why) < 0) ma_fatal("%s", why);
 }
 
 /* ---------- power off ---------- */
@@ -569,7 +527,7 @@ static void power_off(int action) {
     reap_all(1000);
   }
   sync();
-  for (int i = ndisk_mounts - 1; i >= 0; i--) umount2(disk_mounts[i], MNT_DETACH);
+  ma_unmount_disks();
   mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY, NULL);
   sync();
   ma_log(action == 1 ? "rebooting" : "powering off");

@@ -301,6 +301,45 @@ static int valid_mac(const char *s) {
   return (low & 1) == 0;
 }
 
+/* A FRESHEN's disk list: `dev:/mountpoint[:ro|rw]` entries joined by ',', as on the kernel command
+ * line; devices vd + letters, mountpoints absolute, made of letters, digits and `/._-`, no `.` or `..`
+ * component. */
+static int valid_disk(const char *d, const char *end) {
+  if (end - d < 5 || d[0] != 'v' || d[1] != 'd') return 0;
+  const char *p = d + 2;
+  if (!(*p >= 'a' && *p <= 'z')) return 0;
+  while (p < end && *p >= 'a' && *p <= 'z') p++;
+  if (p >= end || *p++ != ':' || p >= end || *p != '/') return 0;
+  const char *mode = memchr(p, ':', (size_t)(end - p));
+  const char *mp_end = mode ? mode : end;
+  if (mode && !(end - mode == 3 && (!memcmp(mode, ":ro", 3) || !memcmp(mode, ":rw", 3)))) return 0;
+  for (const char *c = p; c < mp_end; c++) {
+    int ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || (*c >= '0' && *c <= '9') || *c == '/' ||
+             *c == '.' || *c == '_' || *c == '-';
+    if (!ok) return 0;
+    /* A component that is `.` or `..`. */
+    if (*c == '/' && c + 1 < mp_end && c[1] == '.') {
+      const char *q = c + 2;
+      if (q < mp_end && *q == '.') q++;
+      if (q == mp_end || *q == '/') return 0;
+    }
+  }
+  return 1;
+}
+
+static int valid_disks(const char *s) {
+  size_t n = strlen(s);
+  if (n == 0 || n > 1000) return 0;
+  const char *d = s;
+  for (;;) {
+    const char *comma = strchr(d, ',');
+    const char *end = comma ? comma : s + n;
+    if (!valid_disk(d, end)) return 0;
+    if (!comma) return 1;
+    d = comma + 1;
+  }
+}
+
 int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t len, ma_msg *m) {
   memset(m, 0, sizeof *m);
   m->type = type;
@@ -552,6 +591,10 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         GETS(f->mac);
         if (!valid_mac(f->mac)) goto bad;
         break;
+      case 9:
+        GETS(f->disks);
+        if (!valid_disks(f->disks)) goto bad;
+        break;
       default: break;
       }
     }
@@ -676,6 +719,7 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (f->address) ma_put_str(&w, 6, f->address);
     if (f->gateway) ma_put_str(&w, 7, f->gateway);
     if (f->mac) ma_put_str(&w, 8, f->mac);
+    if (f->disks) ma_put_str(&w, 9, f->disks);
     break;
   }
   case MA_SHUTDOWN:

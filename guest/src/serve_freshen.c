@@ -186,6 +186,19 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
     if (host) step_skipped(&k, MA_STEP_NETWORK);
     else step_result(&k, MA_STEP_NETWORK, set_network(f->address, f->gateway, f->mac));
   }
+  if (f->disks) {
+    /* Last: the workspace's disks take the template's stand-ins' places once the guest is its own. */
+    char why[256];
+    if (host) step_skipped(&k, MA_STEP_DISKS);
+    else if (ma_mount_disks(f->disks, 1, why, sizeof why) < 0) {
+      int e = errno;
+      ma_log("freshen: %s", why);
+      errno = e;
+      step_result(&k, MA_STEP_DISKS, -1);
+    } else {
+      step_result(&k, MA_STEP_DISKS, 1);
+    }
+  }
   ma_dbg("freshen: outcomes clock %d rng %d hostname %d machine-id %d network %d (-1 not asked)",
          k.has_outcome[0] ? k.outcome[0] : -1, k.has_outcome[1] ? k.outcome[1] : -1,
          k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1,

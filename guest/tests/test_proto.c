@@ -160,7 +160,7 @@ static char *summarize(const ma_msg *m) {
     if (m->u.secrets->purge) sb_add(&b, " purge=%u", m->u.secrets->purge);
     break;
   case MA_OK: {
-    static const char *steps[] = {"clock", "rng", "hostname", "machine_id", "network"};
+    static const char *steps[] = {"clock", "rng", "hostname", "machine_id", "network", "disks"};
     for (int i = 0; i < MA_STEPS; i++) {
       if (m->u.ok.has_outcome[i]) sb_add(&b, " %s=%u", steps[i], m->u.ok.outcome[i]);
       if (m->u.ok.has_errno[i]) sb_add(&b, " %s_errno=%u", steps[i], m->u.ok.err_no[i]);
@@ -177,6 +177,7 @@ static char *summarize(const ma_msg *m) {
     if (f->address) sb_pct(&b, "address", f->address);
     if (f->gateway) sb_pct(&b, "gateway", f->gateway);
     if (f->mac) sb_pct(&b, "mac", f->mac);
+    if (f->disks) sb_pct(&b, "disks", f->disks);
     break;
   }
   case MA_SHUTDOWN:

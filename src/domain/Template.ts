@@ -17,7 +17,12 @@ export const TemplateShape = Schema.Struct({
   initrdSha256: Schema.String,
   memoryMiB: Schema.Int,
   cpus: Schema.Int,
-  network: Schema.Literal("user", "isolated")
+  network: Schema.Literal("user", "isolated"),
+  /**
+   * Extra disks (volumes, disk images, bundles): the template's guest booted with as many empty
+   * stand-ins, whose places a restore gives to the workspace's own. Absent: none.
+   */
+  disks: Schema.optional(Schema.Int.pipe(Schema.between(1, 16)))
 })
 export type TemplateShape = typeof TemplateShape.Type
 
@@ -33,7 +38,9 @@ export const templateKey = (shape: TemplateShape): string =>
         shape.initrdSha256,
         shape.memoryMiB,
         shape.cpus,
-        shape.network
+        shape.network,
+        // Only when there are some: the keys of templates without disks stay what they were.
+        ...(shape.disks === undefined ? [] : [shape.disks])
       ])
     )
     .digest("hex")
@@ -64,6 +71,9 @@ export class TemplatesPruned extends Schema.Class<TemplatesPruned>("TemplatesPru
   freedBytes: Schema.Number
 }) {}
 
+/** The most extra disks a template holds stand-ins for. */
+export const maxTemplateDisks = 16
+
 /** What a start knows when it decides between a warm and a cold start. */
 export interface WarmFacts {
   /** `--cold` (or MICROAGENT_WARM=0). */
@@ -73,7 +83,7 @@ export interface WarmFacts {
   /** Its disk is the image's, cloned by `create` and untouched since (no offline cp or resize). */
   readonly diskPristine: boolean
   readonly imageDigest: string | undefined
-  /** Read-write or read-only disks and volumes attached at start. */
+  /** Read-write or read-only disks and volumes attached at start (a template holds up to 16 stand-ins). */
   readonly mounts: number
   readonly namedNetworks: number
   /** Its own user-network addressing (the template's guest was configured with slirp's). */
@@ -88,8 +98,9 @@ export interface WarmFacts {
 
 /**
  * Why this start must boot, or undefined when it may restore a template. A template holds a guest that
- * booted on the image's disk with no attachments; anything that changes the machine or the disk the
- * guest saw at boot needs a real boot.
+ * booted on the image's disk with empty stand-ins for the workspace's extra disks (its agent mounts the
+ * real ones after the restore) and nothing else attached; anything else that changes the machine, or
+ * the disk the guest saw at boot, needs a real boot.
  */
 export const warmRefusal = (facts: WarmFacts): string | undefined =>
   facts.cold
@@ -102,8 +113,8 @@ export const warmRefusal = (facts: WarmFacts): string | undefined =>
     ? "the disk changed since create"
     : facts.imageDigest === undefined
     ? "the image has no digest"
-    : facts.mounts > 0
-    ? "disks or volumes are attached"
+    : facts.mounts > maxTemplateDisks
+    ? `more than ${maxTemplateDisks} disks or volumes are attached`
     : facts.namedNetworks > 0
     ? "named networks are attached"
     : facts.customAddressing

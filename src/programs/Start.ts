@@ -15,7 +15,13 @@ import { restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { profiles, Resources, type Workspace } from "../domain/Workspace.ts"
 import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
-import { Hypervisor, LaunchConfig, PortForward, type VmHandle } from "../services/Hypervisor.ts"
+import {
+  guestDiskList,
+  Hypervisor,
+  LaunchConfig,
+  PortForward,
+  type VmHandle
+} from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { launchEntrypoint } from "./Entrypoint.ts"
@@ -413,7 +419,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                     Effect.tap((handle) =>
                       freshenGuest(name, handle, {
                         hostname: starting.hostname,
-                        network: guestNetworkOf(starting)
+                        network: guestNetworkOf(starting),
+                        disks: guestDiskList(disks)
                       }).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))

@@ -22,7 +22,7 @@ import {
 } from "../domain/Template.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
-import { Hypervisor, LaunchConfig, memoryFileOf } from "../services/Hypervisor.ts"
+import { DiskAttachment, Hypervisor, LaunchConfig, memoryFileOf } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
 import { Processes } from "../services/Processes.ts"
@@ -114,7 +114,8 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       initrdSha256: request.artifacts.initrdSha256,
       memoryMiB: request.resources.memoryMiB,
       cpus: request.resources.cpus,
-      network: workspace.network
+      network: workspace.network,
+      ...(workspace.mounts.length === 0 ? {} : { disks: workspace.mounts.length })
     }
     return yield* ensureTemplate(shape, workspace, request.artifacts).pipe(
       Effect.map(({ built, template }): WarmPlan => ({ _tag: "Warm", template, built })),
@@ -184,6 +185,19 @@ const buildTemplate = (
       const disk = NodePath.join(staging, diskFile)
       yield* copyDisk(workspace.rootfsPath, disk)
       yield* home.ensureDir(runtimeDir)
+      // Empty stand-ins where the workspaces will have their disks: the guest sees as many block devices
+      // (each of size 0, so it reads and caches nothing of them), and mounts the real ones after a restore.
+      const standIns = Array.from({ length: shape.disks ?? 0 }, (_, i) => {
+        const path = NodePath.join(runtimeDir, `stand-in-${i + 1}.img`)
+        NodeFs.writeFileSync(path, new Uint8Array(0), { mode: 0o600 })
+        return new DiskAttachment({
+          name: `stand-in-${i + 1}`,
+          path,
+          mountpoint: "",
+          readOnly: false,
+          kind: "stand-in"
+        })
+      })
       const config = new LaunchConfig({
         kernelPath: artifacts.kernelPath,
         initrdPath: artifacts.initrdPath,
@@ -195,6 +209,7 @@ const buildTemplate = (
         cpus: shape.cpus,
         hostname: "template",
         network: shape.network,
+        disks: standIns,
         // No NAT state in the saved stream: the template then restores behind QEMU's NAT or a tap.
         unpluggedNic: true,
         ports: [],
@@ -248,7 +263,7 @@ const dropSuperseded = (root: string, fresh: TemplateManifest) =>
       const sameMachine = manifest.imageRef === fresh.imageRef
         && manifest.shape.memoryMiB === fresh.shape.memoryMiB
         && manifest.shape.cpus === fresh.shape.cpus && manifest.shape.network === fresh.shape.network
-        && manifest.shape.diskBytes === fresh.shape.diskBytes
+        && manifest.shape.diskBytes === fresh.shape.diskBytes && manifest.shape.disks === fresh.shape.disks
       if (sameMachine) NodeFs.rmSync(other.value.dir, { recursive: true, force: true })
     }
   })

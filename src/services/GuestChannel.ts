@@ -45,6 +45,11 @@ export interface FreshenRequest {
   readonly newMachineId?: boolean
   /** eth0's own MAC, address (`A.B.C.D/N`) and default route (a copy resumes with its source's). */
   readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string }
+  /**
+   * Extra disks (`vdb:/mnt:rw,…`) to probe again and mount: a guest restored from a warm-start template
+   * booted with empty stand-ins where this workspace has its volumes and disks.
+   */
+  readonly disks?: string
 }
 
 /**
@@ -63,6 +68,7 @@ export interface FreshenResult {
   readonly hostname?: FreshenStep
   readonly machineId?: FreshenStep
   readonly network?: FreshenStep
+  readonly disks?: FreshenStep
 }
 
 export interface PutFile {

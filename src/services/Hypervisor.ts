@@ -42,9 +42,32 @@ export class DiskAttachment extends Schema.Class<DiskAttachment>("DiskAttachment
   path: Schema.String,
   mountpoint: Schema.String,
   readOnly: Schema.Boolean,
-  /** What the disk is: a named volume, a bundle's one-shot disk, or an ext4 image file attached as it is. */
-  kind: Schema.optional(Schema.Literal("volume", "bundle", "image"))
+  /**
+   * What the disk is: a named volume, a bundle's one-shot disk, an ext4 image file attached as it is, or
+   * an empty stand-in that the guest does not mount at boot (a warm-start template's, whose restores put
+   * a workspace's disk in its place).
+   */
+  kind: Schema.optional(Schema.Literal("volume", "bundle", "image", "stand-in"))
 }) {}
+
+/** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … (virtio's). */
+export const diskDeviceName = (index: number): string => {
+  // vda … vdz, then vdaa … like the kernel's virtio_blk naming.
+  const letters = (n: number): string =>
+    n < 26 ? String.fromCharCode(97 + n) : letters(Math.floor(n / 26) - 1) + letters(n % 26)
+  return `vd${letters(index)}`
+}
+
+/**
+ * The extra disks the guest's agent mounts, `vdb:/mnt:rw,…` (its kernel command line at boot, FRESHEN
+ * after a template's restore); stand-ins keep their device names but are not mounted. Undefined: none.
+ */
+export const guestDiskList = (disks: ReadonlyArray<DiskAttachment>): string | undefined => {
+  const entries = disks.flatMap((d, i) =>
+    d.kind === "stand-in" ? [] : [`${diskDeviceName(i + 1)}:${d.mountpoint}:${d.readOnly ? "ro" : "rw"}`]
+  )
+  return entries.length === 0 ? undefined : entries.join(",")
+}
 
 /**
  * Where a backend without block devices (the fake) keeps a named volume's data: a directory beside the

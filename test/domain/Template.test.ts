@@ -38,21 +38,26 @@ describe("warm-start templates", () => {
       { initrdSha256: "f".repeat(64) },
       { memoryMiB: 1024 },
       { cpus: 1 },
-      { network: "isolated" }
+      { network: "isolated" },
+      { disks: 1 },
+      { disks: 2 }
     ]
     const keys = variants.map((v) => templateKey({ ...shape, ...v }))
     assert.strictEqual(new Set([key, ...keys]).size, variants.length + 1)
+    // A shape without disks keeps the key it had before templates held stand-ins for them.
+    assert.strictEqual(key, "122cc7951a9e0e872b6c3f25")
   })
 
-  it("let only a first start on the image's untouched disk, with nothing attached, be warm", () => {
+  it("let only a first start on the image's untouched disk, with at most 16 disks attached, be warm", () => {
     assert.isUndefined(warmRefusal(facts))
+    assert.isUndefined(warmRefusal({ ...facts, mounts: 16 }), "volumes and disks take a template's stand-ins")
     const refusals: ReadonlyArray<[Partial<WarmFacts>, string]> = [
       [{ cold: true }, "--cold"],
       [{ restorable: false }, "cannot restore"],
       [{ firstStart: false }, "not the first start"],
       [{ diskPristine: false }, "disk changed"],
       [{ imageDigest: undefined }, "no digest"],
-      [{ mounts: 1 }, "volumes"],
+      [{ mounts: 17 }, "more than 16 disks or volumes"],
       [{ namedNetworks: 1 }, "named networks"],
       [{ customAddressing: true }, "addressing"],
       [{ model: true }, "model"],

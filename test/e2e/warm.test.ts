@@ -1,8 +1,9 @@
 /**
  * Warm starts on real QEMU microVMs through the CLI: the first start of a shape builds a template, the
  * next ones restore it instead of booting. A warm workspace is its own (hostname, RNG, disk), gets its
- * secrets, files and published ports, reaches the egress mediator; `--cold` and anything the template
- * cannot hold boot; templates are listed and pruned, and a pruned one is built again.
+ * secrets, files and published ports, reaches the egress mediator, mounts its own volumes and disks in
+ * place of the template's stand-ins; `--cold` and anything the template cannot hold boot; templates are
+ * listed and pruned, and a pruned one is built again.
  */
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -128,7 +129,7 @@ describe("warm starts on real microVMs", () => {
   )
 
   it(
-    "a mediated run is warm and reaches the mediator; --cold, volumes and a second start boot",
+    "a mediated run is warm and reaches the mediator; --cold, a second start and a clone boot",
     async () => {
       // Default egress (the mediator's tap): the template, saved with no network behind its NIC, fits.
       const run = json(
@@ -184,6 +185,77 @@ describe("warm starts on real microVMs", () => {
       assert.strictEqual(withVolume.result.stdout, "from the host\n")
       NodeFs.rmSync(volume, { recursive: true, force: true })
       await ok(["delete", "--force", "c1"])
+    },
+    300_000
+  )
+
+  it(
+    "volumes and disks are warm: the template's stand-ins give way to each workspace's own disks",
+    async () => {
+      const dir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-warm-disks-"))
+      NodeFs.writeFileSync(NodePath.join(dir, "in.txt"), "from the host\n")
+      const bundle = NodePath.join(dir, "in.tar")
+      NodeChild.execFileSync("tar", ["-cf", bundle, "-C", dir, "in.txt"])
+      await ok(["volume", "create", "--size-mib", "48", "wvol"])
+      const create = (name: string) =>
+        ok([
+          "create",
+          "--image",
+          defaultImage,
+          "--egress",
+          "off",
+          "-v",
+          "wvol:/work",
+          "-v",
+          `${bundle}:/data:ro`,
+          name
+        ])
+
+      await create("d1")
+      await ok(["start", "d1"])
+      assert.match((await warmEvent("d1")) ?? "", /^restored template [0-9a-f]{24} \(built by this start\)/)
+      const withDisks = (await templates()).filter((t) =>
+        (t.manifest.shape as { disks?: number }).disks === 2
+      )
+      assert.lengthOf(withDisks, 1, "a template with two stand-ins, beside the one without")
+      // Mounted as at a cold boot: the volume read-write at its full size, the bundle read-only.
+      const mounts = await sh("d1", "grep -E ' /(work|data) ' /proc/mounts; df -k /work | tail -1")
+      assert.match(mounts, /^\/dev\/vd[bc] \/work ext4 rw/m)
+      assert.match(mounts, /^\/dev\/vd[bc] \/data ext4 ro/m)
+      const blocks = Number(mounts.trim().split("\n").at(-1)!.trim().split(/\s+/)[1])
+      assert.isAbove(blocks, 40 * 1024, `the volume's 48 MiB, not the stand-in's 0: ${mounts}`)
+      assert.strictEqual(await sh("d1", "cat /data/in.txt"), "from the host\n")
+      const denied = await ma(["exec", "d1", "--json", "--", "sh", "-c", "echo x > /data/new"])
+      assert.notStrictEqual(json(denied).result.exitCode, 0, "the read-only bundle refuses writes")
+      await sh("d1", "echo written-by-d1 > /work/f && sync")
+      await ok(["halt", "d1"])
+
+      // The same shape restores the same template, onto the volume as d1 left it.
+      await create("d2")
+      await ok(["start", "d2"])
+      assert.match((await warmEvent("d2")) ?? "", /^restored template [0-9a-f]{24}; /)
+      assert.strictEqual(await sh("d2", "cat /work/f"), "written-by-d1\n")
+      await sh("d2", "echo written-by-d2 >> /work/f && sync")
+      await ok(["halt", "d2"])
+      await ok(["delete", "--force", "d1", "d2"])
+      // And the volume keeps what both wrote, for a cold start too.
+      const cold = json(
+        await ok([
+          "run",
+          "--json",
+          "--cold",
+          "--egress",
+          "off",
+          "-v",
+          "wvol:/w",
+          defaultImage,
+          "--",
+          "cat",
+          "/w/f"
+        ])
+      )
+      assert.strictEqual(cold.result.stdout, "written-by-d1\nwritten-by-d2\n")
+      NodeFs.rmSync(dir, { recursive: true, force: true })
     },
     300_000
   )

@@ -371,6 +371,10 @@ describe("guest agent over a unix socket", () => {
           rng: { outcome: "skipped" }
         })
         assert.deepStrictEqual(yield* conn.freshen!({}), {})
+        // Disks are neither probed nor mounted on the host.
+        assert.deepStrictEqual(yield* conn.freshen!({ disks: "vdb:/work:rw,vdc:/data:ro" }), {
+          disks: { outcome: "skipped" }
+        })
         // The host refuses what the agent would refuse, before sending it.
         for (
           const bad of [
@@ -380,7 +384,11 @@ describe("guest agent over a unix socket", () => {
             { entropy: new Uint8Array(4097) },
             { entropy: new Uint8Array(0) },
             { time: { seconds: 1, nanoseconds: 1e9 } },
-            { time: { seconds: -1, nanoseconds: 0 } }
+            { time: { seconds: -1, nanoseconds: 0 } },
+            { disks: "vdb:/work/../etc:rw" },
+            { disks: "sda:/work" },
+            { disks: "vdb:relative" },
+            { disks: "vdb:/a,,vdc:/b" }
           ]
         ) {
           const refused = yield* Effect.either(conn.freshen!(bad))
@@ -422,7 +430,10 @@ describe("guest agent over a unix socket", () => {
           ["nanoseconds alone", new FieldWriter().uint(2, 5, 4)],
           ["nanoseconds of a second", new FieldWriter().uint(1, 5, 8).uint(2, 1e9, 4)],
           ["machine_id 2", new FieldWriter().uint(5, 2, 1)],
-          ["time of 3 bytes", new FieldWriter().bytes(1, new Uint8Array(3))]
+          ["time of 3 bytes", new FieldWriter().bytes(1, new Uint8Array(3))],
+          ["disks with a parent component", new FieldWriter().string(9, "vdb:/x/..:rw")],
+          ["disks with a trailing comma", new FieldWriter().string(9, "vdb:/x,")],
+          ["disks with an unknown mode", new FieldWriter().string(9, "vdb:/x:wr")]
         ]
         let stream = 1
         for (const [name, fields] of refusals) {

@@ -139,6 +139,7 @@ export const summarize = (stream: number, m: Message): string => {
       s("address", m.address)
       s("gateway", m.gateway)
       s("mac", m.mac)
+      s("disks", m.disks)
       break
     case "Ok": {
       const outcomes = ["done", "skipped", "failed", "absent"]
@@ -151,6 +152,7 @@ export const summarize = (stream: number, m: Message): string => {
       step("hostname", m.hostname, m.hostnameErrno)
       step("machine_id", m.machineId, m.machineIdErrno)
       step("network", m.network, m.networkErrno)
+      step("disks", m.disks, m.disksErrno)
       break
     }
     case "Eof":

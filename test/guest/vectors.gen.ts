@@ -155,6 +155,17 @@ valid("freshen network", 11, {
   gateway: "10.0.2.2",
   mac: "52:54:00:ab:cd:ef"
 })
+valid("freshen disks", 11, {
+  _tag: "Freshen",
+  hostname: "ws-1",
+  disks: "vdb:/work:rw,vdc:/mnt/ref-data.v2:ro"
+})
+valid("ok answering freshen with disks", 11, {
+  _tag: "Ok",
+  hostname: "done",
+  disks: "failed",
+  disksErrno: 19
+})
 valid("ok answering freshen with network", 11, {
   _tag: "Ok",
   clock: "done",
@@ -283,6 +294,23 @@ invalid(
   frame(MessageType.Freshen, 1, tlv().string(4, "a b").finish()),
   "bad_message"
 )
+for (
+  const [what, disks] of [
+    ["a parent component", "vdb:/work/../etc:rw"],
+    ["a dot component", "vdb:/./x"],
+    ["a relative mountpoint", "vdb:work"],
+    ["a device that is not virtio", "sda:/work"],
+    ["an empty entry", "vdb:/a,,vdc:/b"],
+    ["a space", "vdb:/my work"],
+    ["an unknown mode", "vdb:/work:rx"]
+  ]
+) {
+  invalid(
+    `freshen disks with ${what}`,
+    frame(MessageType.Freshen, 1, tlv().string(9, disks!).finish()),
+    "bad_message"
+  )
+}
 invalid(
   "freshen multicast mac",
   frame(MessageType.Freshen, 1, tlv().string(8, "01:00:5e:00:00:01").finish()),

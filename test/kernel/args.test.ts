@@ -112,6 +112,28 @@ describe("kernel command line", () => {
     assert.isTrue(line.endsWith(" microagent.disks=vdb:/data:rw,vdc:/ro:ro"))
   })
 
+  it("attaches a template's stand-in disks without asking the guest to mount them", () => {
+    const standIn = (n: number) =>
+      new DiskAttachment({
+        name: `s${n}`,
+        path: `/t/s${n}.img`,
+        mountpoint: "",
+        readOnly: false,
+        kind: "stand-in"
+      })
+    const input = { ...base, disks: [standIn(1), standIn(2)] }
+    assert.notInclude(kernelCmdline(input), "microagent.disks")
+    const args = qemuArgs(input).join(" ")
+    assert.include(args, "id=disk1,file=/t/s1.img,format=raw,if=none -device virtio-blk-device,drive=disk1")
+    assert.include(args, "id=disk2,file=/t/s2.img,format=raw,if=none -device virtio-blk-device,drive=disk2")
+    // Between real disks, a stand-in keeps its place and the others their device names.
+    const mixed = kernelCmdline({
+      ...base,
+      disks: [new DiskAttachment({ name: "a", path: "/a", mountpoint: "/a", readOnly: false }), standIn(3)]
+    })
+    assert.isTrue(mixed.endsWith(" microagent.disks=vdb:/a:rw"))
+  })
+
   it("gives the guest its own addressing: resolvers, routes, and the mediator at the gateway", () => {
     const addressing = {
       ip: "10.77.0.20/24",

@@ -37,6 +37,11 @@ interface Identity {
   readonly hostname: string
   /** eth0's MAC, address and gateway on the user network (a copy resumes with its source's). */
   readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string } | undefined
+  /**
+   * The workspace's extra disks (`vdb:/mnt:rw,…`), mounted by the agent once it has probed them again: a
+   * guest restored from a warm-start template booted with empty stand-ins in their places.
+   */
+  readonly disks?: string | undefined
 }
 
 /** What a workspace's guest answers to on the user network; undefined when it has no user NIC. */
@@ -73,7 +78,8 @@ const viaAgent = (
       time: hostTime(),
       entropy: new Uint8Array(randomBytes(entropyBytes)),
       ...(identity === undefined ? {} : { hostname: identity.hostname, newMachineId: true }),
-      ...(identity?.network === undefined ? {} : { network: identity.network })
+      ...(identity?.network === undefined ? {} : { network: identity.network }),
+      ...(identity?.disks === undefined ? {} : { disks: identity.disks })
     })
   ).pipe(Effect.flatMap((result: FreshenResult) => {
     const problems: Array<string> = []
@@ -89,7 +95,8 @@ const viaAgent = (
       const steps = [
         ["hostname", result.hostname],
         ["machine-id", result.machineId],
-        ...(identity.network === undefined ? [] : [["network", result.network] as const])
+        ...(identity.network === undefined ? [] : [["network", result.network] as const]),
+        ...(identity.disks === undefined ? [] : [["disks", result.disks] as const])
       ] as const
       for (const [name, step] of steps) {
         if (step === undefined || step.outcome === "failed") {
@@ -97,6 +104,8 @@ const viaAgent = (
             ? `the hostname ${identity.hostname}`
             : name === "network"
             ? `the address ${identity.network?.address} and MAC ${identity.network?.mac}`
+            : name === "disks"
+            ? `the disks ${identity.disks}`
             : "a new machine-id"
           return Effect.fail(
             new GuestRemoteError({
@@ -157,6 +166,11 @@ const viaCommands = (
     )
     if (identity?.network !== undefined) {
       problems.push("network: the guest's agent predates FRESHEN and keeps its source's address and MAC")
+    }
+    if (identity?.disks !== undefined) {
+      return yield* new GuestRemoteError({
+        message: "the guest's agent predates FRESHEN and cannot mount disks"
+      })
     }
     if (identity !== undefined) {
       // After the RNG, so the new machine-id comes from this guest's own randomness.

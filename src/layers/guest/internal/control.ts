@@ -66,7 +66,8 @@ export const controlOperations = (conn: Connection) => {
       ...(request.newMachineId === true ? { machineId: true } : {}),
       ...(request.network === undefined
         ? {}
-        : { address: request.network.address, gateway: request.network.gateway, mac: request.network.mac })
+        : { address: request.network.address, gateway: request.network.gateway, mac: request.network.mac }),
+      ...(request.disks === undefined ? {} : { disks: request.disks })
     }
     const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))
     if (Option.isSome(invalid)) {
@@ -122,5 +123,6 @@ const freshenResult = (m: Extract<Message, { _tag: "Ok" }>): FreshenResult => {
   add("hostname", m.hostname, m.hostnameErrno)
   add("machineId", m.machineId, m.machineIdErrno)
   add("network", m.network, m.networkErrno)
+  add("disks", m.disks, m.disksErrno)
   return steps
 }

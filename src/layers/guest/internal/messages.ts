@@ -58,9 +58,11 @@ export const Ok = Schema.TaggedStruct("Ok", {
   machineId: Schema.optional(FreshenOutcome),
   machineIdErrno: Schema.optional(uint(U32)),
   network: Schema.optional(FreshenOutcome),
-  networkErrno: Schema.optional(uint(U32))
+  networkErrno: Schema.optional(uint(U32)),
+  disks: Schema.optional(FreshenOutcome),
+  disksErrno: Schema.optional(uint(U32))
 })
-const okSteps = ["clock", "rng", "hostname", "machineId", "network"] as const
+const okSteps = ["clock", "rng", "hostname", "machineId", "network", "disks"] as const
 export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
 export const Exec = Schema.TaggedStruct("Exec", {
   argv: Schema.NonEmptyArray(WireString),
@@ -127,6 +129,9 @@ const octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]|0[0-9]{1,2})"
 const ipv4Pattern = new RegExp(`^${octet}(\\.${octet}){3}$`)
 const cidrPattern = new RegExp(`^${octet}(\\.${octet}){3}/([89]|[12][0-9]|30)$`)
 const MAX_ENTROPY = 4096
+/** Mountpoint characters and no `.` or `..` component: what the agent's decoder also checks. */
+const diskEntry = "vd[a-z]+:/(?!\\.\\.?(?:/|:|,|$))(?:[A-Za-z0-9_.-]|/(?!\\.\\.?(?:/|:|,|$)))*(?::r[ow])?"
+const disksPattern = new RegExp(`^${diskEntry}(,${diskEntry})*$`)
 export const Freshen = Schema.TaggedStruct("Freshen", {
   /** The host's wall clock: seconds since the epoch … */
   timeSec: Schema.optional(uint(U64)),
@@ -146,7 +151,9 @@ export const Freshen = Schema.TaggedStruct("Freshen", {
   /** The new default route's gateway, `A.B.C.D`. */
   gateway: Schema.optional(WireString.pipe(Schema.pattern(ipv4Pattern))),
   /** eth0's new MAC, six hex pairs joined by `:`, unicast. */
-  mac: Schema.optional(WireString.pipe(Schema.pattern(/^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/)))
+  mac: Schema.optional(WireString.pipe(Schema.pattern(/^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/))),
+  /** Extra disks to probe again and mount, `vdb:/mnt:rw,…` (a restored template's stand-ins replaced). */
+  disks: Schema.optional(WireString.pipe(Schema.maxLength(1000), Schema.pattern(disksPattern)))
 }).pipe(
   Schema.filter((m) => m.timeNsec === undefined || m.timeSec !== undefined, {
     message: () => "Freshen.time_nsec without time_sec"
@@ -390,6 +397,7 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         } else if (f.tag === 6) o.address = s(f.value, "address")
         else if (f.tag === 7) o.gateway = s(f.value, "gateway")
         else if (f.tag === 8) o.mac = s(f.value, "mac")
+        else if (f.tag === 9) o.disks = s(f.value, "disks")
       }
       break
     case "Ok":
@@ -503,6 +511,7 @@ const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
       if (m.address !== undefined) w.string(6, m.address)
       if (m.gateway !== undefined) w.string(7, m.gateway)
       if (m.mac !== undefined) w.string(8, m.mac)
+      if (m.disks !== undefined) w.string(9, m.disks)
       break
     case "Ok":
       okSteps.forEach((step, i) => {

@@ -265,7 +265,9 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         }
         const problems = [
           cmdlineProblem("the hostname", config.hostname),
-          ...config.disks.map((d) => cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint)),
+          ...config.disks.filter((d) => d.kind !== "stand-in").map((d) =>
+            cmdlineProblem(`the mountpoint of disk ${d.name}`, d.mountpoint)
+          ),
           ...config.nics.map(nicProblem)
         ].filter((p) => p !== undefined)
         if (problems.length > 0) return yield* new InvalidInput({ message: problems.join("; ") })

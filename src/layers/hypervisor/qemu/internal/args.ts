@@ -7,9 +7,13 @@ import { type Addressing, mediatedResolver, slirpNetwork, userNicMac } from "../
 import {
   brokerSocketOf,
   type DiskAttachment,
+  diskDeviceName,
+  guestDiskList,
   type NicAttachment,
   type PortForward
 } from "../../../../services/Hypervisor.ts"
+
+export { diskDeviceName }
 
 export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
@@ -163,14 +167,6 @@ export const fastVmOptions = (input: QemuArgsInput): ReadonlyArray<string> =>
     ? [`lpj=${Math.round((input.tscKhz * 1000) / input.kernelHz)}`]
     : []
 
-/** Guest block device names in attachment order: the root is vda, extra disks vdb, vdc, … */
-export const diskDeviceName = (index: number): string => {
-  // vda … vdz, then vdaa … like the kernel's virtio_blk naming.
-  const letters = (n: number): string =>
-    n < 26 ? String.fromCharCode(97 + n) : letters(Math.floor(n / 26) - 1) + letters(n % 26)
-  return `vd${letters(index)}`
-}
-
 /** Characters that would break the kernel command line or the agent's `name:path:mode` lists. */
 export const cmdlineProblem = (what: string, value: string): string | undefined =>
   value.length === 0
@@ -237,14 +233,7 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     `microagent.channel=virtio:${agentPortName}`,
     `microagent.hostname=${input.hostname}`,
     ...(input.network === "user" ? userNetworkCmdline(input) : []),
-    ...(input.disks.length > 0
-      ? [
-        `microagent.disks=${
-          input.disks.map((d, i) => `${diskDeviceName(i + 1)}:${d.mountpoint}:${d.readOnly ? "ro" : "rw"}`)
-            .join(",")
-        }`
-      ]
-      : []),
+    ...(guestDiskList(input.disks) === undefined ? [] : [`microagent.disks=${guestDiskList(input.disks)}`]),
     // Named networks: the agent configures the NIC with this MAC (`microagent.net1=MAC,ADDRESS/N`).
     ...(input.nics ?? []).map((nic, i) => `microagent.net${i + 1}=${nic.mac},${nic.address}`),
     ...(input.modelChannel === true ? [`microagent.model=${guestModelPort}`] : []),
