@@ -66,8 +66,11 @@ export const egressTap = (root: string, workspace: string) =>
 
 const binaryOf = (candidates: ReadonlyArray<string>) => candidates.find((path) => NodeFs.existsSync(path))
 const ipBinary = () => binaryOf(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])
-const iptablesBinary = () => binaryOf(["/usr/sbin/iptables", "/sbin/iptables", "/usr/bin/iptables"])
-const ip6tablesBinary = () => binaryOf(["/usr/sbin/ip6tables", "/sbin/ip6tables", "/usr/bin/ip6tables"])
+const iptablesRestoreBinary = () =>
+  binaryOf(["/usr/sbin/iptables-restore", "/sbin/iptables-restore", "/usr/bin/iptables-restore"])
+const ip6tablesRestoreBinary = () =>
+  binaryOf(["/usr/sbin/ip6tables-restore", "/sbin/ip6tables-restore", "/usr/bin/ip6tables-restore"])
+const sysctlBinary = () => binaryOf(["/usr/sbin/sysctl", "/sbin/sysctl", "/usr/bin/sysctl"])
 
 /** `$MICROAGENT_EGRESS_BINARY`, else guest/build or libexec beside an ancestor of this module. */
 const mediatorBinary = (): string | undefined =>
@@ -97,7 +100,7 @@ const egressProblem = (): { readonly message: string; readonly remediation: stri
       remediation: `apt-get install iproute2, ${optOut}`
     }
   }
-  if (iptablesBinary() === undefined) {
+  if (iptablesRestoreBinary() === undefined) {
     return { message: "egress mediation needs iptables", remediation: `apt-get install iptables, ${optOut}` }
   }
   if (!NodeFs.existsSync("/dev/net/tun")) {
@@ -119,9 +122,10 @@ const egressProblem = (): { readonly message: string; readonly remediation: stri
   return undefined
 }
 
-const run = (binary: string, args: ReadonlyArray<string>) =>
+/** Runs a command, with `input` on its stdin (a batch, a ruleset) when given. */
+const run = (binary: string, args: ReadonlyArray<string>, input?: string) =>
   Effect.async<string, Permanent>((resume) => {
-    NodeChild.execFile(binary, [...args], { timeout: 15_000 }, (error, stdout, stderr) => {
+    const child = NodeChild.execFile(binary, [...args], { timeout: 15_000 }, (error, stdout, stderr) => {
       if (error === null) return resume(Effect.succeed(stdout))
       resume(Effect.fail(
         new Permanent({
@@ -132,62 +136,62 @@ const run = (binary: string, args: ReadonlyArray<string>) =>
         })
       ))
     })
+    // A command that exits before reading all of it fails above; the pipe's error is not another one.
+    child.stdin?.on("error", () => {})
+    child.stdin?.end(input ?? "")
   })
 
-const ip = (args: ReadonlyArray<string>) => run(ipBinary() ?? "ip", args)
-const inNamespace = (ns: string, binary: string | undefined, args: ReadonlyArray<string>) =>
-  ip(["netns", "exec", ns, binary ?? "false", ...args])
+const ip = (args: ReadonlyArray<string>, input?: string) => run(ipBinary() ?? "ip", args, input)
+const inNamespace = (ns: string, binary: string | undefined, args: ReadonlyArray<string>, input?: string) =>
+  ip(["netns", "exec", ns, binary ?? "false", ...args], input)
 
-/** The rules of one namespace: everything from the guest goes to the mediator or is dropped (counted). */
-const namespaceRules = (
-  tap: string,
-  resolver: string = mediatedNetwork.resolver
-): ReadonlyArray<ReadonlyArray<string>> => [
-  ["-t", "nat", "-A", "PREROUTING", "-i", tap, "-p", "tcp", "-j", "REDIRECT", "--to-ports", String(tcpPort)],
+/**
+ * The rules of one namespace, as one `iptables-restore` input: everything from the guest goes to the
+ * mediator or is dropped (counted).
+ */
+export const namespaceRuleset = (tap: string, resolver: string = mediatedNetwork.resolver): string =>
   [
-    "-t",
-    "mangle",
-    "-A",
-    "PREROUTING",
-    "-i",
-    tap,
-    "-p",
-    "udp",
-    "-d",
-    resolver,
-    "--dport",
-    "53",
-    "-j",
-    "RETURN"
-  ],
-  [
-    "-t",
-    "mangle",
-    "-A",
-    "PREROUTING",
-    "-i",
-    tap,
-    "-p",
-    "udp",
-    "-j",
-    "TPROXY",
-    "--on-port",
-    String(udpPort),
-    "--on-ip",
-    "0.0.0.0",
-    "--tproxy-mark",
-    tproxyMark
-  ],
-  ["-P", "INPUT", "DROP"],
-  ["-P", "FORWARD", "DROP"],
-  ["-A", "INPUT", "-i", "lo", "-j", "ACCEPT"],
-  ["-A", "INPUT", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"],
-  ["-A", "INPUT", "-i", tap, "-p", "tcp", "--dport", String(tcpPort), "-j", "ACCEPT"],
-  ["-A", "INPUT", "-i", tap, "-p", "udp", "-d", resolver, "--dport", "53", "-j", "ACCEPT"],
-  ["-A", "INPUT", "-i", tap, "-p", "udp", "-m", "mark", "--mark", tproxyMark, "-j", "ACCEPT"],
-  // The policy drops the rest; this rule only counts it (`iptables -L -v` in the namespace).
-  ["-A", "INPUT", "-j", "DROP"]
+    "*nat",
+    ":PREROUTING ACCEPT [0:0]",
+    ":INPUT ACCEPT [0:0]",
+    ":OUTPUT ACCEPT [0:0]",
+    ":POSTROUTING ACCEPT [0:0]",
+    `-A PREROUTING -i ${tap} -p tcp -j REDIRECT --to-ports ${tcpPort}`,
+    "COMMIT",
+    "*mangle",
+    ":PREROUTING ACCEPT [0:0]",
+    ":INPUT ACCEPT [0:0]",
+    ":FORWARD ACCEPT [0:0]",
+    ":OUTPUT ACCEPT [0:0]",
+    ":POSTROUTING ACCEPT [0:0]",
+    `-A PREROUTING -i ${tap} -p udp -d ${resolver} --dport 53 -j RETURN`,
+    `-A PREROUTING -i ${tap} -p udp -j TPROXY --on-port ${udpPort} --on-ip 0.0.0.0 --tproxy-mark ${tproxyMark}`,
+    "COMMIT",
+    "*filter",
+    ":INPUT DROP [0:0]",
+    ":FORWARD DROP [0:0]",
+    ":OUTPUT ACCEPT [0:0]",
+    "-A INPUT -i lo -j ACCEPT",
+    "-A INPUT -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    `-A INPUT -i ${tap} -p tcp --dport ${tcpPort} -j ACCEPT`,
+    `-A INPUT -i ${tap} -p udp -d ${resolver} --dport 53 -j ACCEPT`,
+    `-A INPUT -i ${tap} -p udp -m mark --mark ${tproxyMark} -j ACCEPT`,
+    // The policy drops the rest; this rule only counts it (`iptables -L -v` in the namespace).
+    "-A INPUT -j DROP",
+    "COMMIT",
+    ""
+  ].join("\n")
+
+/** IPv6 in the namespace: nothing in or through (the tap has no v6 address; v6 is off there too). */
+const namespaceRuleset6 = [
+  "*filter",
+  ":INPUT DROP [0:0]",
+  ":FORWARD DROP [0:0]",
+  ":OUTPUT ACCEPT [0:0]",
+  "COMMIT",
+  ""
 ]
+  .join("\n")
 
 /** The mediator's pid, for inspection (tests, an operator): release finds mediators by their arguments. */
 const mediatorPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress.pid")
@@ -302,7 +306,10 @@ export const layer = Layer.effect(
     const release = (workspace: string) =>
       stopMediator(home.runtimeDir(workspace), egressNamespace(home.root, workspace)).pipe(
         Effect.zipRight(
-          ip(["netns", "delete", egressNamespace(home.root, workspace)]).pipe(Effect.ignore)
+          // `ip netns add` makes this file first, `ip netns delete` removes it last.
+          NodeFs.existsSync(`/run/netns/${egressNamespace(home.root, workspace)}`)
+            ? ip(["netns", "delete", egressNamespace(home.root, workspace)]).pipe(Effect.ignore)
+            : Effect.void
         )
       )
 
@@ -340,34 +347,34 @@ export const layer = Layer.effect(
       // Whatever an earlier session left goes first.
       yield* release(workspace.name)
       const setUp = Effect.gen(function*() {
+        // A handful of processes, not one per address, link and rule: this is on every start's path.
         yield* ip(["netns", "add", ns])
         // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
-        yield* inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.all.disable_ipv6=1"]).pipe(
-          Effect.zipRight(
-            inNamespace(ns, "/usr/sbin/sysctl", ["-qw", "net.ipv6.conf.default.disable_ipv6=1"])
-          ),
-          Effect.ignore
+        yield* inNamespace(ns, sysctlBinary(), [
+          "-qw",
+          "net.ipv6.conf.all.disable_ipv6=1",
+          "net.ipv6.conf.default.disable_ipv6=1"
+        ]).pipe(Effect.ignore)
+        yield* ip(
+          ["-n", ns, "-batch", "-"],
+          [
+            `tuntap add dev ${tap} mode tap`,
+            // The same gateway MAC in every namespace: a guest resumed from a memory capture (a fork, a
+            // restore, a warm start) keeps its ARP entry for the gateway, which must still answer.
+            `link set dev ${tap} address ${gatewayMac}`,
+            ...[...new Set([addresses.gateway, addresses.resolver])].map((address) =>
+              `addr add ${address}/${addresses.prefix} dev ${tap}`
+            ),
+            "link set lo up",
+            `link set ${tap} up`,
+            `rule add fwmark ${tproxyMark} lookup ${tproxyTable}`,
+            `route add local 0.0.0.0/0 dev lo table ${tproxyTable}`,
+            ""
+          ].join("\n")
         )
-        yield* ip(["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
-        // The same gateway MAC in every namespace: a guest resumed from a memory capture (a fork, a
-        // restore, a warm start) keeps its ARP entry for the gateway, which must still answer.
-        yield* ip(["-n", ns, "link", "set", "dev", tap, "address", gatewayMac])
-        for (const address of new Set([addresses.gateway, addresses.resolver])) {
-          yield* ip(["-n", ns, "addr", "add", `${address}/${addresses.prefix}`, "dev", tap])
-        }
-        yield* ip(["-n", ns, "link", "set", "lo", "up"])
-        yield* ip(["-n", ns, "link", "set", tap, "up"])
-        yield* ip(["-n", ns, "rule", "add", "fwmark", tproxyMark, "lookup", tproxyTable])
-        yield* ip(["-n", ns, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", tproxyTable])
-        for (const rule of namespaceRules(tap, addresses.resolver)) {
-          yield* inNamespace(ns, iptablesBinary(), ["-w", ...rule])
-        }
-        const v6 = ip6tablesBinary()
-        if (v6 !== undefined) {
-          for (const chain of ["INPUT", "FORWARD"]) {
-            yield* inNamespace(ns, v6, ["-w", "-P", chain, "DROP"]).pipe(Effect.ignore)
-          }
-        }
+        yield* inNamespace(ns, iptablesRestoreBinary(), ["-w"], namespaceRuleset(tap, addresses.resolver))
+        const v6 = ip6tablesRestoreBinary()
+        if (v6 !== undefined) yield* inNamespace(ns, v6, ["-w"], namespaceRuleset6).pipe(Effect.ignore)
         const upstream = process.env.MICROAGENT_EGRESS_DNS_UPSTREAM
         const args = [
           "--netns",
