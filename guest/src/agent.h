@@ -28,6 +28,8 @@ int ma_if_up(int s, const char *ifname);
 int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a);
 int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, struct in_addr gw);
 int ma_default_route(int s, const char *ifname, struct in_addr gw);
+/* A route given as `DST/N@GW` (N absent: a host route); EINVAL when it is not one. */
+int ma_route_spec(int s, const char *ifname, const char *spec);
 int ma_if_mac(int s, const char *ifname, const char *mac);
 int ma_renew_ipv6(const char *ifname);
 /* The /dev node of the virtio-serial port whose name (in /sys/class/virtio-ports/ * /name) is `name`;

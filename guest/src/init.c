@@ -402,22 +402,10 @@ static void setup_named_nets(int s) {
 
 /* Adds a route on eth0 to DST/N through GW (a host route when N is 32, the default one when 0). */
 static void add_route(int s, const char *spec) {
-  char buf[96];
-  snprintf(buf, sizeof buf, "%s", spec);
-  char *at = strchr(buf, '@'), *slash = strchr(buf, '/');
-  struct in_addr dst, gw;
-  int prefix = slash ? atoi(slash + 1) : 32;
-  if (!at || (slash && slash > at)) {
-    ma_log("bad route %s (DST/N@GW)", spec);
-    return;
+  if (ma_route_spec(s, "eth0", spec) < 0) {
+    if (errno == EINVAL) ma_log("bad route %s (DST/N@GW)", spec);
+    else ma_log("route %s: %s", spec, strerror(errno));
   }
-  *at = 0;
-  if (slash) *slash = 0;
-  if (inet_pton(AF_INET, buf, &dst) != 1 || inet_pton(AF_INET, at + 1, &gw) != 1 || prefix < 0 || prefix > 32) {
-    ma_log("bad route %s (DST/N@GW)", spec);
-    return;
-  }
-  if (ma_add_route(s, "eth0", dst, prefix, gw) < 0) ma_log("route %s: %s", spec, strerror(errno));
 }
 
 static void setup_network(void) {

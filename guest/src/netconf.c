@@ -9,6 +9,7 @@
 #include <net/route.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -51,6 +52,25 @@ int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, stru
   rt.rt_flags = RTF_UP | RTF_GATEWAY | (prefix == 32 ? RTF_HOST : 0);
   rt.rt_dev = (char *)ifname;
   return ioctl(s, SIOCADDRT, &rt) < 0 && errno != EEXIST ? -1 : 0;
+}
+
+int ma_route_spec(int s, const char *ifname, const char *spec) {
+  char buf[96];
+  snprintf(buf, sizeof buf, "%s", spec);
+  char *at = strchr(buf, '@'), *slash = strchr(buf, '/');
+  struct in_addr dst, gw;
+  int prefix = slash ? atoi(slash + 1) : 32;
+  if (!at || (slash && slash > at)) {
+    errno = EINVAL;
+    return -1;
+  }
+  *at = 0;
+  if (slash) *slash = 0;
+  if (inet_pton(AF_INET, buf, &dst) != 1 || inet_pton(AF_INET, at + 1, &gw) != 1 || prefix < 0 || prefix > 32) {
+    errno = EINVAL;
+    return -1;
+  }
+  return ma_add_route(s, ifname, dst, prefix, gw);
 }
 
 int ma_default_route(int s, const char *ifname, struct in_addr gw) {

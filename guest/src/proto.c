@@ -301,6 +301,32 @@ static int valid_mac(const char *s) {
   return (low & 1) == 0;
 }
 
+/* A FRESHEN's routes: `A.B.C.D/N@A.B.C.D` entries (N from 0 to 32) joined by ',', at most 16. */
+static int valid_routes(const char *s) {
+  if (!*s || strlen(s) > 600) return 0;
+  for (int n = 0;; n++) {
+    const char *end;
+    if (n == 16 || !ipv4_prefix(s, &end) || *end++ != '/') return 0;
+    unsigned prefix = 0, digits = 0;
+    while (*end >= '0' && *end <= '9' && digits < 3) prefix = prefix * 10 + (unsigned)(*end++ - '0'), digits++;
+    if (digits == 0 || prefix > 32 || *end++ != '@' || !ipv4_prefix(end, &end)) return 0;
+    if (*end == 0) return 1;
+    if (*end != ',') return 0;
+    s = end + 1;
+  }
+}
+
+/* A FRESHEN's resolvers: dotted quads joined by ',', at most 4. */
+static int valid_resolvers(const char *s) {
+  for (int n = 0;; n++) {
+    const char *end;
+    if (n == 4 || !ipv4_prefix(s, &end)) return 0;
+    if (*end == 0) return 1;
+    if (*end != ',') return 0;
+    s = end + 1;
+  }
+}
+
 /* A FRESHEN's disk list: `dev:/mountpoint[:ro|rw]` entries joined by ',', as on the kernel command
  * line; devices vd + letters, mountpoints absolute, made of letters, digits and `/._-`, no `.` or `..`
  * component. */
@@ -591,6 +617,14 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         GETS(f->mac);
         if (!valid_mac(f->mac)) goto bad;
         break;
+      case 10:
+        GETS(f->routes);
+        if (!valid_routes(f->routes)) goto bad;
+        break;
+      case 11:
+        GETS(f->dns);
+        if (!valid_resolvers(f->dns)) goto bad;
+        break;
       case 9:
         GETS(f->disks);
         if (!valid_disks(f->disks)) goto bad;
@@ -720,6 +754,8 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (f->gateway) ma_put_str(&w, 7, f->gateway);
     if (f->mac) ma_put_str(&w, 8, f->mac);
     if (f->disks) ma_put_str(&w, 9, f->disks);
+    if (f->routes) ma_put_str(&w, 10, f->routes);
+    if (f->dns) ma_put_str(&w, 11, f->dns);
     break;
   }
   case MA_SHUTDOWN:

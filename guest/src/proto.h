@@ -195,6 +195,8 @@ typedef struct {
   const char *address; /* eth0's new "A.B.C.D/N" (checked by the decoder) */
   const char *gateway; /* the default route's new gateway "A.B.C.D" */
   const char *mac;     /* eth0's new MAC "xx:xx:xx:xx:xx:xx" */
+  const char *routes;  /* extra routes on eth0, "DST/N@GW,…" (checked by the decoder) */
+  const char *dns;     /* the resolvers for /etc/resolv.conf, "A.B.C.D,…" (checked by the decoder) */
   const char *disks;   /* extra disks to probe again and mount, "vdb:/mnt:rw,…" (checked by the decoder) */
 } ma_freshen;
 

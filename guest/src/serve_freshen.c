@@ -118,10 +118,33 @@ static int set_hostname(const char *name) {
   return replace_etc_file("/etc/hostname", line) < 0 ? -1 : 1;
 }
 
-/* Gives eth0 this guest's own MAC, address and default route (a copy resumes with its source's).
- * The MAC goes first: changing it also flushes the ARP entries learnt before the capture, and the
- * IPv6 link-local address derived from the old one is made again from the new. */
-static int set_network(const char *address, const char *gateway, const char *mac) {
+/* /etc/resolv.conf with these resolvers ("A.B.C.D,…", checked by the decoder): replaced where the
+ * image has one, made where it has none, as a boot makes it. */
+static int set_resolvers(const char *list) {
+  char content[256] = "", copy[128];
+  snprintf(copy, sizeof copy, "%s", list);
+  char *save = NULL;
+  for (char *d = strtok_r(copy, ",", &save); d; d = strtok_r(NULL, ",", &save)) {
+    size_t l = strlen(content);
+    snprintf(content + l, sizeof content - l, "nameserver %s\n", d);
+  }
+  int r = replace_etc_file("/etc/resolv.conf", content);
+  if (r != 0) return r;
+  int fd = open("/etc/resolv.conf", O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+  if (fd < 0) return -1;
+  r = ma_write_all(fd, content, strlen(content)) < 0 || fsync(fd) < 0 ? -1 : 1;
+  int e = errno;
+  close(fd);
+  errno = e;
+  return r;
+}
+
+/* Gives eth0 this guest's own MAC, address, default route, other routes and resolvers (a copy resumes
+ * with its source's, a template's restore with the template's). The MAC goes first: changing it also
+ * flushes the ARP entries learnt before the capture, and the IPv6 link-local address derived from the
+ * old one is made again from the new. */
+static int set_network(const char *address, const char *gateway, const char *mac, const char *routes,
+                       const char *dns) {
   int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (s < 0) return -1;
   int r = 1;
@@ -152,9 +175,17 @@ static int set_network(const char *address, const char *gateway, const char *mac
       r = -1;
     }
   }
+  if (r > 0 && routes) {
+    char list[640];
+    snprintf(list, sizeof list, "%s", routes);
+    char *save = NULL;
+    for (char *spec = strtok_r(list, ",", &save); spec && r > 0; spec = strtok_r(NULL, ",", &save))
+      if (ma_route_spec(s, "eth0", spec) < 0) r = -1;
+  }
   int e = errno;
   close(s);
-  errno = e;
+  if (r > 0 && dns && set_resolvers(dns) < 0) r = -1;
+  else errno = e;
   return r;
 }
 
@@ -182,9 +213,9 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
     if (host) step_skipped(&k, MA_STEP_MACHINE_ID);
     else step_result(&k, MA_STEP_MACHINE_ID, new_machine_id());
   }
-  if (f->address || f->gateway || f->mac) {
+  if (f->address || f->gateway || f->mac || f->routes || f->dns) {
     if (host) step_skipped(&k, MA_STEP_NETWORK);
-    else step_result(&k, MA_STEP_NETWORK, set_network(f->address, f->gateway, f->mac));
+    else step_result(&k, MA_STEP_NETWORK, set_network(f->address, f->gateway, f->mac, f->routes, f->dns));
   }
   if (f->disks) {
     /* Last: the workspace's disks take the template's stand-ins' places once the guest is its own. */

@@ -178,6 +178,8 @@ static char *summarize(const ma_msg *m) {
     if (f->gateway) sb_pct(&b, "gateway", f->gateway);
     if (f->mac) sb_pct(&b, "mac", f->mac);
     if (f->disks) sb_pct(&b, "disks", f->disks);
+    if (f->routes) sb_pct(&b, "routes", f->routes);
+    if (f->dns) sb_pct(&b, "dns", f->dns);
     break;
   }
   case MA_SHUTDOWN:

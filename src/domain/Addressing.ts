@@ -180,6 +180,16 @@ const inDefaultNetwork = (a: Addressing) =>
 export const mediatedResolver = (a: Addressing | undefined): string =>
   a === undefined || inDefaultNetwork(a) ? defaultAddressing.resolver : a.gateway
 
+/**
+ * The resolvers a guest with its own addressing is given (its resolv.conf): its own, else the egress
+ * mediator's when its network is mediated, else those of QEMU's NAT on its network.
+ */
+export const guestResolvers = (a: Addressing, mediated: boolean): ReadonlyArray<string> =>
+  a.dns.length > 0 ? a.dns : [mediated ? mediatedResolver(a) : slirpNetwork(a).resolver]
+
+/** A route as the guest's agent takes it: `DST/N@GW`. */
+export const routeSpec = (r: Route): string => `${r.destination}@${r.via}`
+
 /** 32-bit FNV-1a of a string's UTF-16 units: a spread, not a secret. */
 const fnv1a = (text: string) => {
   let h = 0x811c9dc5

@@ -86,8 +86,6 @@ export interface WarmFacts {
   /** Read-write or read-only disks and volumes attached at start (a template holds up to 16 stand-ins). */
   readonly mounts: number
   readonly namedNetworks: number
-  /** Its own user-network addressing (the template's guest was configured with slirp's). */
-  readonly customAddressing: boolean
   /** A paired model (a second guest channel the template's machine does not have). */
   readonly model: boolean
   /** Credential broker endpoints (a guest channel each, which the template's machine does not have). */
@@ -117,8 +115,6 @@ export const warmRefusal = (facts: WarmFacts): string | undefined =>
     ? `more than ${maxTemplateDisks} disks or volumes are attached`
     : facts.namedNetworks > 0
     ? "named networks are attached"
-    : facts.customAddressing
-    ? "the workspace has its own addressing"
     : facts.model
     ? "a model is paired"
     : facts.brokers > 0

@@ -419,7 +419,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                     Effect.tap((handle) =>
                       freshenGuest(name, handle, {
                         hostname: starting.hostname,
-                        network: guestNetworkOf(starting),
+                        network: guestNetworkOf(starting, egress !== undefined),
                         disks: guestDiskList(disks)
                       }).pipe(
                         Effect.tap((result) => (freshened = result)),
@@ -452,7 +452,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                         handle,
                         resume === undefined
                           ? undefined
-                          : { hostname: starting.hostname, network: guestNetworkOf(starting) }
+                          : {
+                            hostname: starting.hostname,
+                            network: guestNetworkOf(starting, egress !== undefined)
+                          }
                       ).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))

@@ -99,7 +99,6 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       imageDigest: workspace.image.digest,
       mounts: workspace.mounts.length,
       namedNetworks: workspace.networks.length,
-      customAddressing: workspace.addressing !== undefined,
       model: request.modelChannel,
       brokers: workspace.brokers.length
     })

@@ -43,8 +43,18 @@ export interface FreshenRequest {
   readonly hostname?: string
   /** A new /etc/machine-id, from the guest's RNG after the reseed, where the image has one. */
   readonly newMachineId?: boolean
-  /** eth0's own MAC, address (`A.B.C.D/N`) and default route (a copy resumes with its source's). */
-  readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string }
+  /**
+   * eth0's own MAC, address (`A.B.C.D/N`) and default route (a copy resumes with its source's); with
+   * `routes` (`DST/N@GW`) and `dns`, its other routes and /etc/resolv.conf (a template's restore resumes
+   * with the template's).
+   */
+  readonly network?: {
+    readonly address: string
+    readonly gateway: string
+    readonly mac: string
+    readonly routes?: ReadonlyArray<string>
+    readonly dns?: ReadonlyArray<string>
+  }
   /**
    * Extra disks (`vdb:/mnt:rw,…`) to probe again and mount: a guest restored from a warm-start template
    * booted with empty stand-ins where this workspace has its volumes and disks.

@@ -20,7 +20,6 @@ const facts: WarmFacts = {
   imageDigest: shape.imageDigest,
   mounts: 0,
   namedNetworks: 0,
-  customAddressing: false,
   model: false,
   brokers: 0
 }
@@ -59,7 +58,6 @@ describe("warm-start templates", () => {
       [{ imageDigest: undefined }, "no digest"],
       [{ mounts: 17 }, "more than 16 disks or volumes"],
       [{ namedNetworks: 1 }, "named networks"],
-      [{ customAddressing: true }, "addressing"],
       [{ model: true }, "model"],
       [{ brokers: 1 }, "broker"]
     ]

@@ -224,6 +224,15 @@ describe("egress mediation (broker, the default)", () => {
       assert.include(out, "203.0.113.0/24 via 10.77.0.254 dev eth0", out)
       assert.include(out, "nameserver 10.77.0.1", out)
       assert.include(out, "hello-from-test-host", out)
+      // All of it after a warm start: the template's guest, booted on QEMU's addressing, took this one.
+      const events = JSON.parse((await ma(["events", "ad", "--json"])).stdout).events as Array<
+        { type: string; detail: string }
+      >
+      assert.match(
+        events.find((e) => e.type === "warm")?.detail ?? "",
+        /^restored template /,
+        JSON.stringify(events)
+      )
       assert.notInclude(out, "secret", out)
       const records = await egressRecords("ad")
       assert.isDefined(

@@ -261,6 +261,38 @@ describe("warm starts on real microVMs", () => {
   )
 
   it(
+    "a workspace with its own addressing is warm: the template's guest takes its address, routes and resolver",
+    async () => {
+      // Behind QEMU's NAT (egress off) on a network of its own; the host's loopback is at its gateway.
+      const server = NodeNet.createServer((socket) => socket.end("hello-through-the-nat\n"))
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      const port = (server.address() as NodeNet.AddressInfo).port
+      const spec = NodePath.join(stateDir, "addressed.yaml")
+      NodeFs.writeFileSync(
+        spec,
+        "network:\n  ip: 10.88.0.20/24\n  gateway: 10.88.0.1\n  routes: ['203.0.113.0/24 via 10.88.0.254']\n"
+      )
+      await ok(["create", "--image", defaultImage, "--egress", "off", "--file", spec, "ad1"])
+      await ok(["start", "ad1"])
+      assert.match((await warmEvent("ad1")) ?? "", /^restored template [0-9a-f]{24}/)
+      const out = await sh(
+        "ad1",
+        `ip -4 addr show eth0 | grep -o 'inet [0-9./]*'; ip route | sort; cat /etc/resolv.conf; nc -w 5 10.88.0.1 ${port} </dev/null`
+      )
+      server.close()
+      assert.include(out, "inet 10.88.0.20/24", out)
+      assert.notInclude(out, "10.0.2.15", out)
+      assert.include(out, "default via 10.88.0.1 dev eth0", out)
+      assert.include(out, "203.0.113.0/24 via 10.88.0.254 dev eth0", out)
+      assert.match(out, /^nameserver 10\.88\.0\.\d+$/m, out)
+      assert.notInclude(out, "nameserver 10.0.2.3", out)
+      assert.include(out, "hello-through-the-nat", out)
+      await ok(["delete", "--force", "ad1"])
+    },
+    300_000
+  )
+
+  it(
     "templates are pruned (all, or the stale ones) and built again by the next first start",
     async () => {
       const before = await templates()

@@ -140,6 +140,8 @@ export const summarize = (stream: number, m: Message): string => {
       s("gateway", m.gateway)
       s("mac", m.mac)
       s("disks", m.disks)
+      s("routes", m.routes)
+      s("dns", m.dns)
       break
     case "Ok": {
       const outcomes = ["done", "skipped", "failed", "absent"]

@@ -155,6 +155,14 @@ valid("freshen network", 11, {
   gateway: "10.0.2.2",
   mac: "52:54:00:ab:cd:ef"
 })
+valid("freshen network with routes and resolvers", 11, {
+  _tag: "Freshen",
+  address: "10.77.0.20/24",
+  gateway: "10.77.0.1",
+  mac: "52:54:00:ab:cd:ef",
+  routes: "203.0.113.0/24@10.77.0.254,198.51.100.7/32@10.77.0.253",
+  dns: "10.77.0.1,192.0.2.53"
+})
 valid("freshen disks", 11, {
   _tag: "Freshen",
   hostname: "ws-1",
@@ -294,6 +302,22 @@ invalid(
   frame(MessageType.Freshen, 1, tlv().string(4, "a b").finish()),
   "bad_message"
 )
+for (
+  const [what, tag, value] of [
+    ["a route without its gateway", 10, "203.0.113.0/24"],
+    ["a route prefix of 33", 10, "203.0.113.0/33@10.77.0.254"],
+    ["a route list with a trailing comma", 10, "203.0.113.0/24@10.77.0.254,"],
+    ["seventeen routes", 10, Array.from({ length: 17 }, (_, i) => `10.9.${i}.0/24@10.77.0.254`).join(",")],
+    ["a resolver that is a name", 11, "dns.example"],
+    ["five resolvers", 11, "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5"]
+  ] as const
+) {
+  invalid(
+    `freshen with ${what}`,
+    frame(MessageType.Freshen, 1, tlv().string(tag, value).finish()),
+    "bad_message"
+  )
+}
 for (
   const [what, disks] of [
     ["a parent component", "vdb:/work/../etc:rw"],

@@ -10,7 +10,7 @@
 import { Effect, Stream } from "effect"
 import { randomBytes } from "node:crypto"
 import { constants as osConstants } from "node:os"
-import { defaultAddressing, userNicMac } from "../../domain/Addressing.ts"
+import { defaultAddressing, guestResolvers, routeSpec, userNicMac } from "../../domain/Addressing.ts"
 import { Permanent } from "../../domain/Errors.ts"
 import { ExecRequest } from "../../domain/Exec.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
@@ -36,7 +36,7 @@ export interface Freshened {
 interface Identity {
   readonly hostname: string
   /** eth0's MAC, address and gateway on the user network (a copy resumes with its source's). */
-  readonly network?: { readonly address: string; readonly gateway: string; readonly mac: string } | undefined
+  readonly network?: GuestNetwork | undefined
   /**
    * The workspace's extra disks (`vdb:/mnt:rw,…`), mounted by the agent once it has probed them again: a
    * guest restored from a warm-start template booted with empty stand-ins in their places.
@@ -44,13 +44,29 @@ interface Identity {
   readonly disks?: string | undefined
 }
 
-/** What a workspace's guest answers to on the user network; undefined when it has no user NIC. */
-export const guestNetworkOf = (workspace: Workspace): Identity["network"] =>
-  workspace.network !== "user" ? undefined : {
-    address: workspace.addressing?.ip ?? defaultAddressing.ip,
-    gateway: workspace.addressing?.gateway ?? defaultAddressing.gateway,
-    mac: userNicMac(workspace.name)
+interface GuestNetwork {
+  readonly address: string
+  readonly gateway: string
+  readonly mac: string
+  /** With addressing of its own: its other routes (`DST/N@GW`) and its resolvers, as a boot sets them. */
+  readonly routes?: ReadonlyArray<string>
+  readonly dns?: ReadonlyArray<string>
+}
+
+/**
+ * What a workspace's guest answers to on the user network (`mediated`: through the egress mediator);
+ * undefined when it has no user NIC.
+ */
+export const guestNetworkOf = (workspace: Workspace, mediated: boolean): GuestNetwork | undefined => {
+  if (workspace.network !== "user") return undefined
+  const a = workspace.addressing
+  return {
+    address: a?.ip ?? defaultAddressing.ip,
+    gateway: a?.gateway ?? defaultAddressing.gateway,
+    mac: userNicMac(workspace.name),
+    ...(a === undefined ? {} : { routes: a.routes.map(routeSpec), dns: guestResolvers(a, mediated) })
   }
+}
 
 /** Enough for the crng's 256-bit key several times over; FRESHEN takes up to 4096. */
 const entropyBytes = 512

@@ -66,7 +66,17 @@ export const controlOperations = (conn: Connection) => {
       ...(request.newMachineId === true ? { machineId: true } : {}),
       ...(request.network === undefined
         ? {}
-        : { address: request.network.address, gateway: request.network.gateway, mac: request.network.mac }),
+        : {
+          address: request.network.address,
+          gateway: request.network.gateway,
+          mac: request.network.mac,
+          ...(request.network.routes === undefined || request.network.routes.length === 0
+            ? {}
+            : { routes: request.network.routes.join(",") }),
+          ...(request.network.dns === undefined || request.network.dns.length === 0
+            ? {}
+            : { dns: request.network.dns.join(",") })
+        }),
       ...(request.disks === undefined ? {} : { disks: request.disks })
     }
     const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))

@@ -129,6 +129,9 @@ const octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9]|0[0-9]{1,2})"
 const ipv4Pattern = new RegExp(`^${octet}(\\.${octet}){3}$`)
 const cidrPattern = new RegExp(`^${octet}(\\.${octet}){3}/([89]|[12][0-9]|30)$`)
 const MAX_ENTROPY = 4096
+const routePattern = `${octet}(\\.${octet}){3}/([0-9]|[12][0-9]|3[0-2])@${octet}(\\.${octet}){3}`
+const routesPattern = new RegExp(`^${routePattern}(,${routePattern}){0,15}$`)
+const resolversPattern = new RegExp(`^${octet}(\\.${octet}){3}(,${octet}(\\.${octet}){3}){0,3}$`)
 /** Mountpoint characters and no `.` or `..` component: what the agent's decoder also checks. */
 const diskEntry = "vd[a-z]+:/(?!\\.\\.?(?:/|:|,|$))(?:[A-Za-z0-9_.-]|/(?!\\.\\.?(?:/|:|,|$)))*(?::r[ow])?"
 const disksPattern = new RegExp(`^${diskEntry}(,${diskEntry})*$`)
@@ -152,6 +155,10 @@ export const Freshen = Schema.TaggedStruct("Freshen", {
   gateway: Schema.optional(WireString.pipe(Schema.pattern(ipv4Pattern))),
   /** eth0's new MAC, six hex pairs joined by `:`, unicast. */
   mac: Schema.optional(WireString.pipe(Schema.pattern(/^[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}$/))),
+  /** Extra routes on eth0, `DST/N@GW` (N from 0 to 32), at most 16: part of the network step. */
+  routes: Schema.optional(WireString.pipe(Schema.maxLength(600), Schema.pattern(routesPattern))),
+  /** The resolvers of /etc/resolv.conf, at most 4 dotted quads: part of the network step. */
+  dns: Schema.optional(WireString.pipe(Schema.pattern(resolversPattern))),
   /** Extra disks to probe again and mount, `vdb:/mnt:rw,…` (a restored template's stand-ins replaced). */
   disks: Schema.optional(WireString.pipe(Schema.maxLength(1000), Schema.pattern(disksPattern)))
 }).pipe(
@@ -398,6 +405,8 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         else if (f.tag === 7) o.gateway = s(f.value, "gateway")
         else if (f.tag === 8) o.mac = s(f.value, "mac")
         else if (f.tag === 9) o.disks = s(f.value, "disks")
+        else if (f.tag === 10) o.routes = s(f.value, "routes")
+        else if (f.tag === 11) o.dns = s(f.value, "dns")
       }
       break
     case "Ok":
@@ -512,6 +521,8 @@ const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
       if (m.gateway !== undefined) w.string(7, m.gateway)
       if (m.mac !== undefined) w.string(8, m.mac)
       if (m.disks !== undefined) w.string(9, m.disks)
+      if (m.routes !== undefined) w.string(10, m.routes)
+      if (m.dns !== undefined) w.string(11, m.dns)
       break
     case "Ok":
       okSteps.forEach((step, i) => {

@@ -3,7 +3,13 @@
  * needs is in the input, so the construction is tested without booting anything.
  */
 import * as NodePath from "node:path"
-import { type Addressing, mediatedResolver, slirpNetwork, userNicMac } from "../../../../domain/Addressing.ts"
+import {
+  type Addressing,
+  guestResolvers,
+  routeSpec,
+  slirpNetwork,
+  userNicMac
+} from "../../../../domain/Addressing.ts"
 import {
   brokerSocketOf,
   type DiskAttachment,
@@ -199,16 +205,11 @@ const userNetworkCmdline = (input: QemuArgsInput): ReadonlyArray<string> => {
       `microagent.dns=${userNetwork.dns}`
     ]
   }
-  const dns = a.dns.length > 0
-    ? a.dns
-    : [input.egressTap !== undefined ? mediatedResolver(a) : slirpNetwork(a).resolver]
   return [
     `microagent.ip=${a.ip}`,
     `microagent.gateway=${a.gateway}`,
-    `microagent.dns=${dns.join(",")}`,
-    ...(a.routes.length > 0
-      ? [`microagent.routes=${a.routes.map((r) => `${r.destination}@${r.via}`).join(",")}`]
-      : [])
+    `microagent.dns=${guestResolvers(a, input.egressTap !== undefined).join(",")}`,
+    ...(a.routes.length > 0 ? [`microagent.routes=${a.routes.map(routeSpec).join(",")}`] : [])
   ]
 }
 
