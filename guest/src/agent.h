@@ -28,6 +28,10 @@ int ma_if_up(int s, const char *ifname);
 int ma_if_addr(int s, const char *ifname, unsigned long req, in_addr_t a);
 int ma_add_route(int s, const char *ifname, struct in_addr dst, int prefix, struct in_addr gw);
 int ma_default_route(int s, const char *ifname, struct in_addr gw);
+/* `A.B.C.D/N` (N absent: 24) as an address and netmask; -1 when it is not one. */
+int ma_parse_addr(const char *text, struct in_addr *addr, in_addr_t *mask);
+/* The interface whose MAC is `mac` (any case, colon-separated), waiting up to `ms` for it to appear. */
+int ma_find_by_mac(const char *mac, char *ifname, size_t cap, int ms);
 /* A route given as `DST/N@GW` (N absent: a host route); EINVAL when it is not one. */
 int ma_route_spec(int s, const char *ifname, const char *spec);
 int ma_if_mac(int s, const char *ifname, const char *mac);

@@ -333,47 +333,6 @@ static void write_etc(const char *path, const char *content) {
 /* ---------- network ---------- */
 
 
-static int parse_addr(const char *text, struct in_addr *addr, in_addr_t *mask) {
-  char ip[64];
-  snprintf(ip, sizeof ip, "%s", text);
-  int prefix = 24;
-  char *slash = strchr(ip, '/');
-  if (slash) {
-    *slash = 0;
-    prefix = atoi(slash + 1);
-  }
-  if (inet_pton(AF_INET, ip, addr) != 1 || prefix < 0 || prefix > 32) return -1;
-  *mask = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
-  return 0;
-}
-
-/* The interface whose MAC is `mac` (lowercase, colon-separated), waiting up to `ms` for it to appear. */
-static int find_by_mac(const char *mac, char *ifname, size_t cap, int ms) {
-  for (int waited = 0;; waited += 20) {
-    DIR *d = opendir("/sys/class/net");
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-      if (e->d_name[0] == '.') continue;
-      char path[300], got[32] = "";
-      snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
-      int fd = open(path, O_RDONLY | O_CLOEXEC);
-      if (fd < 0) continue;
-      ssize_t n = read(fd, got, sizeof got - 1);
-      close(fd);
-      got[n > 0 ? n : 0] = 0;
-      got[strcspn(got, "\n")] = 0;
-      if (!strcasecmp(got, mac)) {
-        snprintf(ifname, cap, "%s", e->d_name);
-        closedir(d);
-        return 0;
-      }
-    }
-    if (d) closedir(d);
-    if (waited >= ms) return -1;
-    ma_sleep_ms(20);
-  }
-}
-
 /* NICs on named networks: an address and the subnet route, no gateway (outbound traffic stays on eth0). */
 static void setup_named_nets(int s) {
   for (int i = 0; i < MAX_NETS; i++) {
@@ -383,12 +342,14 @@ static void setup_named_nets(int s) {
     char *comma = strchr(spec, ',');
     struct in_addr addr;
     in_addr_t mask;
-    if (!comma || parse_addr(comma + 1, &addr, &mask) < 0) {
+    /* Only a MAC: a warm-start template's stand-in, left down for a restore's FRESHEN to configure. */
+    if (!comma) continue;
+    if (ma_parse_addr(comma + 1, &addr, &mask) < 0) {
       ma_log("bad microagent.net%d=%s", i + 1, bc.nets[i]);
       continue;
     }
     *comma = 0;
-    if (find_by_mac(spec, ifname, sizeof ifname, 5000) < 0) {
+    if (ma_find_by_mac(spec, ifname, sizeof ifname, 5000) < 0) {
       ma_log("no interface with MAC %s for microagent.net%d", spec, i + 1);
       continue;
     }

@@ -2,6 +2,7 @@
  * /init for the boot-time addresses and by FRESHEN to give a resumed guest its own. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <net/if.h>
@@ -11,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -130,4 +132,44 @@ int ma_renew_ipv6(const char *ifname) {
   close(fd);
   errno = e;
   return r;
+}
+
+int ma_parse_addr(const char *text, struct in_addr *addr, in_addr_t *mask) {
+  char ip[64];
+  snprintf(ip, sizeof ip, "%s", text);
+  int prefix = 24;
+  char *slash = strchr(ip, '/');
+  if (slash) {
+    *slash = 0;
+    prefix = atoi(slash + 1);
+  }
+  if (inet_pton(AF_INET, ip, addr) != 1 || prefix < 0 || prefix > 32) return -1;
+  *mask = prefix == 0 ? 0 : htonl(0xFFFFFFFFu << (32 - prefix));
+  return 0;
+}
+
+int ma_find_by_mac(const char *mac, char *ifname, size_t cap, int ms) {
+  for (int waited = 0;; waited += 20) {
+    DIR *d = opendir("/sys/class/net");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+      if (e->d_name[0] == '.') continue;
+      char path[300], got[32] = "";
+      snprintf(path, sizeof path, "/sys/class/net/%s/address", e->d_name);
+      int fd = open(path, O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;
+      ssize_t n = read(fd, got, sizeof got - 1);
+      close(fd);
+      got[n > 0 ? n : 0] = 0;
+      got[strcspn(got, "\n")] = 0;
+      if (!strcasecmp(got, mac)) {
+        snprintf(ifname, cap, "%s", e->d_name);
+        closedir(d);
+        return 0;
+      }
+    }
+    if (d) closedir(d);
+    if (waited >= ms) return -1;
+    ma_sleep_ms(20);
+  }
 }

@@ -316,6 +316,31 @@ static int valid_routes(const char *s) {
   }
 }
 
+/* A FRESHEN's named-network NICs: `OLDMAC@NEWMAC@A.B.C.D/N` entries (N from 8 to 30, each MAC
+ * unicast) joined by ',', at most 8. */
+static int valid_nets(const char *s) {
+  for (int n = 0;; n++) {
+    if (n == 8) return 0;
+    char mac[18];
+    for (int k = 0; k < 2; k++) {
+      if (strlen(s) < 18 || s[17] != '@') return 0;
+      memcpy(mac, s, 17);
+      mac[17] = 0;
+      if (!valid_mac(mac)) return 0;
+      s += 18;
+    }
+    const char *comma = strchr(s, ',');
+    size_t len = comma ? (size_t)(comma - s) : strlen(s);
+    char cidr[20];
+    if (len == 0 || len >= sizeof cidr) return 0;
+    memcpy(cidr, s, len);
+    cidr[len] = 0;
+    if (!valid_cidr(cidr)) return 0;
+    if (!comma) return 1;
+    s = comma + 1;
+  }
+}
+
 /* A FRESHEN's resolvers: dotted quads joined by ',', at most 4. */
 static int valid_resolvers(const char *s) {
   for (int n = 0;; n++) {
@@ -625,6 +650,10 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         GETS(f->dns);
         if (!valid_resolvers(f->dns)) goto bad;
         break;
+      case 12:
+        GETS(f->nets);
+        if (!valid_nets(f->nets)) goto bad;
+        break;
       case 9:
         GETS(f->disks);
         if (!valid_disks(f->disks)) goto bad;
@@ -756,6 +785,7 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (f->disks) ma_put_str(&w, 9, f->disks);
     if (f->routes) ma_put_str(&w, 10, f->routes);
     if (f->dns) ma_put_str(&w, 11, f->dns);
+    if (f->nets) ma_put_str(&w, 12, f->nets);
     break;
   }
   case MA_SHUTDOWN:

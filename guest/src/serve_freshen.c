@@ -1,6 +1,7 @@
 /* The channel server's FRESHEN: clock, entropy and crng reseed, hostname and machine-id of a
  * restored guest. */
 #include <arpa/inet.h>
+#include <net/if.h>
 
 #include "serve_internal.h"
 
@@ -189,6 +190,42 @@ static int set_network(const char *address, const char *gateway, const char *mac
   return r;
 }
 
+/* The NICs on named networks of a guest restored from a warm-start template, which booted with
+ * stand-ins left down: each found by the stand-in's MAC, given the workspace's MAC and address, and
+ * brought up (the subnet's route comes with the address). */
+static int set_nets(const char *nets) {
+  char list[512];
+  snprintf(list, sizeof list, "%s", nets);
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  int r = 1;
+  char *save = NULL;
+  for (char *e = strtok_r(list, ",", &save); e && r > 0; e = strtok_r(NULL, ",", &save)) {
+    /* Checked by the decoder: two MACs of 17 characters, each followed by '@', then the address. */
+    e[17] = 0;
+    e[35] = 0;
+    const char *old_mac = e, *new_mac = e + 18, *address = e + 36;
+    char ifname[IF_NAMESIZE];
+    struct in_addr addr;
+    in_addr_t mask;
+    if (ma_find_by_mac(old_mac, ifname, sizeof ifname, 0) < 0) {
+      errno = ENODEV;
+      r = -1;
+    } else if (ma_parse_addr(address, &addr, &mask) < 0) {
+      errno = EINVAL;
+      r = -1;
+    } else if (ma_if_mac(s, ifname, new_mac) < 0 || ma_if_addr(s, ifname, SIOCSIFADDR, addr.s_addr) < 0 ||
+               ma_if_addr(s, ifname, SIOCSIFNETMASK, mask) < 0 || ma_if_up(s, ifname) < 0) {
+      r = -1;
+    }
+    if (r < 0) ma_log("freshen: NIC %s for %s: %s", old_mac, address, strerror(errno));
+  }
+  int e = errno;
+  close(s);
+  errno = e;
+  return r;
+}
+
 /* Every step asked for is tried, whatever the others did; the OK says how each went. In host test
  * mode nothing of the host's (clock, RNG, hostname, /etc) is touched: the steps are reported skipped. */
 void freshen(conn *c, uint32_t id, const ma_freshen *f) {
@@ -217,6 +254,10 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
     if (host) step_skipped(&k, MA_STEP_NETWORK);
     else step_result(&k, MA_STEP_NETWORK, set_network(f->address, f->gateway, f->mac, f->routes, f->dns));
   }
+  if (f->nets) {
+    if (host) step_skipped(&k, MA_STEP_NETS);
+    else step_result(&k, MA_STEP_NETS, set_nets(f->nets));
+  }
   if (f->disks) {
     /* Last: the workspace's disks take the template's stand-ins' places once the guest is its own. */
     char why[256];
@@ -234,7 +275,7 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
          k.has_outcome[0] ? k.outcome[0] : -1, k.has_outcome[1] ? k.outcome[1] : -1,
          k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1,
          k.has_outcome[4] ? k.outcome[4] : -1);
-  uint8_t buf[128];
+  uint8_t buf[192]; /* every step's outcome and errno: 7 × 17 bytes */
   ma_msg ok = {.type = MA_OK, .stream = id, .u.ok = k};
   long len = ma_encode(&ok, buf, sizeof buf);
   send_frame(c, MA_OK, id, buf, len < 0 ? 0 : (size_t)len);

@@ -22,7 +22,12 @@ export const TemplateShape = Schema.Struct({
    * Extra disks (volumes, disk images, bundles): the template's guest booted with as many empty
    * stand-ins, whose places a restore gives to the workspace's own. Absent: none.
    */
-  disks: Schema.optional(Schema.Int.pipe(Schema.between(1, 16)))
+  disks: Schema.optional(Schema.Int.pipe(Schema.between(1, 16))),
+  /**
+   * NICs on named networks: the template's guest booted with as many stand-ins (no tap behind them, left
+   * down), which a restore gives the workspace's taps, MACs and addresses. Absent: none.
+   */
+  nets: Schema.optional(Schema.Int.pipe(Schema.between(1, 8)))
 })
 export type TemplateShape = typeof TemplateShape.Type
 
@@ -39,8 +44,9 @@ export const templateKey = (shape: TemplateShape): string =>
         shape.memoryMiB,
         shape.cpus,
         shape.network,
-        // Only when there are some: the keys of templates without disks stay what they were.
-        ...(shape.disks === undefined ? [] : [shape.disks])
+        // Only when there are some: the keys of templates without disks or NICs stay what they were.
+        ...(shape.disks === undefined ? [] : [`disks=${shape.disks}`]),
+        ...(shape.nets === undefined ? [] : [`nets=${shape.nets}`])
       ])
     )
     .digest("hex")
@@ -71,8 +77,9 @@ export class TemplatesPruned extends Schema.Class<TemplatesPruned>("TemplatesPru
   freedBytes: Schema.Number
 }) {}
 
-/** The most extra disks a template holds stand-ins for. */
+/** The most extra disks, and NICs on named networks, a template holds stand-ins for. */
 export const maxTemplateDisks = 16
+export const maxTemplateNets = 8
 
 /** What a start knows when it decides between a warm and a cold start. */
 export interface WarmFacts {
@@ -85,6 +92,7 @@ export interface WarmFacts {
   readonly imageDigest: string | undefined
   /** Read-write or read-only disks and volumes attached at start (a template holds up to 16 stand-ins). */
   readonly mounts: number
+  /** Named networks joined (a NIC each; a template holds up to 8 stand-ins). */
   readonly namedNetworks: number
   /** A paired model (a second guest channel the template's machine does not have). */
   readonly model: boolean
@@ -96,8 +104,8 @@ export interface WarmFacts {
 
 /**
  * Why this start must boot, or undefined when it may restore a template. A template holds a guest that
- * booted on the image's disk with empty stand-ins for the workspace's extra disks (its agent mounts the
- * real ones after the restore) and nothing else attached; anything else that changes the machine, or
+ * booted on the image's disk with stand-ins for the workspace's extra disks and named-network NICs (its
+ * agent mounts and configures the real ones after the restore) and nothing else attached; anything else that changes the machine, or
  * the disk the guest saw at boot, needs a real boot.
  */
 export const warmRefusal = (facts: WarmFacts): string | undefined =>
@@ -113,8 +121,8 @@ export const warmRefusal = (facts: WarmFacts): string | undefined =>
     ? "the image has no digest"
     : facts.mounts > maxTemplateDisks
     ? `more than ${maxTemplateDisks} disks or volumes are attached`
-    : facts.namedNetworks > 0
-    ? "named networks are attached"
+    : facts.namedNetworks > maxTemplateNets
+    ? `more than ${maxTemplateNets} named networks are attached`
     : facts.model
     ? "a model is paired"
     : facts.brokers > 0

@@ -20,6 +20,7 @@ import {
   Hypervisor,
   LaunchConfig,
   PortForward,
+  standInNicMac,
   type VmHandle
 } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -420,7 +421,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       freshenGuest(name, handle, {
                         hostname: starting.hostname,
                         network: guestNetworkOf(starting, egress !== undefined),
-                        disks: guestDiskList(disks)
+                        disks: guestDiskList(disks),
+                        nets: nics.length === 0
+                          ? undefined
+                          : nics.map((nic, i) => `${standInNicMac(i)}@${nic.mac}@${nic.address}`).join(",")
                       }).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))

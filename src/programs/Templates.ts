@@ -22,7 +22,14 @@ import {
 } from "../domain/Template.ts"
 import type { Workspace } from "../domain/Workspace.ts"
 import { Home } from "../services/Home.ts"
-import { DiskAttachment, Hypervisor, LaunchConfig, memoryFileOf } from "../services/Hypervisor.ts"
+import {
+  DiskAttachment,
+  Hypervisor,
+  LaunchConfig,
+  memoryFileOf,
+  NicAttachment,
+  standInNicMac
+} from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
 import { Processes } from "../services/Processes.ts"
@@ -114,7 +121,8 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       memoryMiB: request.resources.memoryMiB,
       cpus: request.resources.cpus,
       network: workspace.network,
-      ...(workspace.mounts.length === 0 ? {} : { disks: workspace.mounts.length })
+      ...(workspace.mounts.length === 0 ? {} : { disks: workspace.mounts.length }),
+      ...(workspace.networks.length === 0 ? {} : { nets: workspace.networks.length })
     }
     return yield* ensureTemplate(shape, workspace, request.artifacts).pipe(
       Effect.map(({ built, template }): WarmPlan => ({ _tag: "Warm", template, built })),
@@ -209,6 +217,9 @@ const buildTemplate = (
         hostname: "template",
         network: shape.network,
         disks: standIns,
+        // Stand-ins for NICs on named networks: nothing behind them, left down by the guest.
+        nics: Array.from({ length: shape.nets ?? 0 }, (_, i) =>
+          new NicAttachment({ network: "", tap: "", mac: standInNicMac(i), address: "", standIn: true })),
         // No NAT state in the saved stream: the template then restores behind QEMU's NAT or a tap.
         unpluggedNic: true,
         ports: [],
@@ -221,7 +232,8 @@ const buildTemplate = (
             Effect.zipRight(hypervisor.pause(handle)),
             Effect.zipRight(hypervisor.saveState(handle, NodePath.join(staging, stateFile)))
           ),
-        (handle) => hypervisor.kill(handle).pipe(Effect.ignore)
+        (handle) =>
+          hypervisor.kill(handle).pipe(Effect.ignore)
       )
       const state = NodePath.join(staging, stateFile)
       const manifest = TemplateManifest.make({
@@ -238,13 +250,17 @@ const buildTemplate = (
         JSON.stringify(Schema.encodeSync(TemplateManifest)(manifest), null, 2) + "\n",
         { mode: 0o600 }
       )
-      for (const file of NodeFs.readdirSync(staging)) fsyncPath(NodePath.join(staging, file))
+      for (const file of NodeFs.readdirSync(staging)) {
+        fsyncPath(NodePath.join(staging, file))
+      }
       NodeFs.renameSync(staging, dir)
       fsyncPath(NodePath.dirname(dir))
       return { manifest, dir, disk: NodePath.join(dir, diskFile), state: NodePath.join(dir, stateFile) }
     })
     return yield* build.pipe(
-      Effect.ensuring(Effect.sync(() => NodeFs.rmSync(runtimeDir, { recursive: true, force: true }))),
+      Effect.ensuring(Effect.sync(() =>
+        NodeFs.rmSync(runtimeDir, { recursive: true, force: true })
+      )),
       Effect.onError(() => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true })))
     )
   })
@@ -263,6 +279,7 @@ const dropSuperseded = (root: string, fresh: TemplateManifest) =>
         && manifest.shape.memoryMiB === fresh.shape.memoryMiB
         && manifest.shape.cpus === fresh.shape.cpus && manifest.shape.network === fresh.shape.network
         && manifest.shape.diskBytes === fresh.shape.diskBytes && manifest.shape.disks === fresh.shape.disks
+        && manifest.shape.nets === fresh.shape.nets
       if (sameMachine) NodeFs.rmSync(other.value.dir, { recursive: true, force: true })
     }
   })

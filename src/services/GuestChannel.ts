@@ -60,6 +60,11 @@ export interface FreshenRequest {
    * booted with empty stand-ins where this workspace has its volumes and disks.
    */
   readonly disks?: string
+  /**
+   * NICs on named networks (`OLDMAC@NEWMAC@A.B.C.D/N,…`): a template's stand-in, found by its MAC, given
+   * the workspace's MAC and address.
+   */
+  readonly nets?: string
 }
 
 /**
@@ -79,6 +84,7 @@ export interface FreshenResult {
   readonly machineId?: FreshenStep
   readonly network?: FreshenStep
   readonly disks?: FreshenStep
+  readonly nets?: FreshenStep
 }
 
 export interface PutFile {

@@ -88,8 +88,17 @@ export class NicAttachment extends Schema.Class<NicAttachment>("NicAttachment")(
   tap: Schema.String,
   mac: Schema.String,
   /** The guest's address, `A.B.C.D/N`. */
-  address: Schema.String
+  address: Schema.String,
+  /**
+   * A warm-start template's stand-in: a NIC with nothing behind it (no tap) that the guest leaves down,
+   * whose place a restore gives to a workspace's NIC on a named network (`tap` and `address` unused).
+   */
+  standIn: Schema.optional(Schema.Boolean)
 }) {}
+
+/** The MAC of a template's stand-in NIC number `index` (from 0): locally administered, fixed. */
+export const standInNicMac = (index: number): string =>
+  `02:6d:61:ff:00:${(index + 1).toString(16).padStart(2, "0")}`
 
 /** Everything a backend needs to boot one VM. */
 export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({

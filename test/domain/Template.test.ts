@@ -39,7 +39,10 @@ describe("warm-start templates", () => {
       { cpus: 1 },
       { network: "isolated" },
       { disks: 1 },
-      { disks: 2 }
+      { disks: 2 },
+      { nets: 1 },
+      { nets: 2 },
+      { disks: 1, nets: 1 }
     ]
     const keys = variants.map((v) => templateKey({ ...shape, ...v }))
     assert.strictEqual(new Set([key, ...keys]).size, variants.length + 1)
@@ -50,6 +53,7 @@ describe("warm-start templates", () => {
   it("let only a first start on the image's untouched disk, with at most 16 disks attached, be warm", () => {
     assert.isUndefined(warmRefusal(facts))
     assert.isUndefined(warmRefusal({ ...facts, mounts: 16 }), "volumes and disks take a template's stand-ins")
+    assert.isUndefined(warmRefusal({ ...facts, namedNetworks: 8 }), "so do NICs on named networks")
     const refusals: ReadonlyArray<[Partial<WarmFacts>, string]> = [
       [{ cold: true }, "--cold"],
       [{ restorable: false }, "cannot restore"],
@@ -57,7 +61,7 @@ describe("warm-start templates", () => {
       [{ diskPristine: false }, "disk changed"],
       [{ imageDigest: undefined }, "no digest"],
       [{ mounts: 17 }, "more than 16 disks or volumes"],
-      [{ namedNetworks: 1 }, "named networks"],
+      [{ namedNetworks: 9 }, "more than 8 named networks"],
       [{ model: true }, "model"],
       [{ brokers: 1 }, "broker"]
     ]

@@ -195,6 +195,14 @@ describe("named networks", () => {
 
     assert.include(await sh("alpha", "ip addr"), "inet 10.91.0.2/24")
     const events = json(await ma(["events", "alpha"])).events as Array<{ type: string; detail: string }>
+    // Both first starts were warm: a template's stand-in NIC took each member's MAC and address.
+    assert.match(
+      events.find((e) => e.type === "warm")?.detail ?? "",
+      /^restored template /,
+      JSON.stringify(events)
+    )
+    const betaLinks = await sh("beta", "ip link")
+    assert.notInclude(betaLinks, "02:6d:61:ff:00:", `the stand-in's MAC is gone: ${betaLinks}`)
     assert.deepStrictEqual(events.filter((e) => e.type === "network").map((e) => e.detail), [
       "lab 10.91.0.2/24"
     ])

@@ -142,6 +142,7 @@ export const summarize = (stream: number, m: Message): string => {
       s("disks", m.disks)
       s("routes", m.routes)
       s("dns", m.dns)
+      s("nets", m.nets)
       break
     case "Ok": {
       const outcomes = ["done", "skipped", "failed", "absent"]
@@ -155,6 +156,7 @@ export const summarize = (stream: number, m: Message): string => {
       step("machine_id", m.machineId, m.machineIdErrno)
       step("network", m.network, m.networkErrno)
       step("disks", m.disks, m.disksErrno)
+      step("nets", m.nets, m.netsErrno)
       break
     }
     case "Eof":

@@ -163,6 +163,11 @@ valid("freshen network with routes and resolvers", 11, {
   routes: "203.0.113.0/24@10.77.0.254,198.51.100.7/32@10.77.0.253",
   dns: "10.77.0.1,192.0.2.53"
 })
+valid("freshen named-network NICs", 11, {
+  _tag: "Freshen",
+  nets: "02:6d:61:ff:00:01@52:54:00:0a:0b:0c@10.91.0.3/24,02:6d:61:ff:00:02@52:54:00:0a:0b:0d@10.92.0.9/16"
+})
+valid("ok answering freshen with named-network NICs", 11, { _tag: "Ok", nets: "failed", netsErrno: 19 })
 valid("freshen disks", 11, {
   _tag: "Freshen",
   hostname: "ws-1",
@@ -309,7 +314,15 @@ for (
     ["a route list with a trailing comma", 10, "203.0.113.0/24@10.77.0.254,"],
     ["seventeen routes", 10, Array.from({ length: 17 }, (_, i) => `10.9.${i}.0/24@10.77.0.254`).join(",")],
     ["a resolver that is a name", 11, "dns.example"],
-    ["five resolvers", 11, "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5"]
+    ["five resolvers", 11, "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5"],
+    ["a NIC without an address", 12, "02:6d:61:ff:00:01@52:54:00:0a:0b:0c"],
+    ["a NIC with a multicast MAC", 12, "02:6d:61:ff:00:01@01:00:5e:00:00:01@10.91.0.3/24"],
+    ["a NIC with a /31", 12, "02:6d:61:ff:00:01@52:54:00:0a:0b:0c@10.91.0.3/31"],
+    [
+      "nine NICs",
+      12,
+      Array.from({ length: 9 }, (_, i) => `02:6d:61:ff:00:0${i + 1}@52:54:00:0a:0b:0c@10.91.0.3/24`).join(",")
+    ]
   ] as const
 ) {
   invalid(

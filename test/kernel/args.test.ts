@@ -112,6 +112,24 @@ describe("kernel command line", () => {
     assert.isTrue(line.endsWith(" microagent.disks=vdb:/data:rw,vdc:/ro:ro"))
   })
 
+  it("attaches a template's stand-in NICs with nothing behind them, for the guest to leave down", () => {
+    const nic = new NicAttachment({
+      network: "",
+      tap: "",
+      mac: "02:6d:61:ff:00:01",
+      address: "",
+      standIn: true
+    })
+    const input = { ...base, nics: [nic] }
+    assert.include(kernelCmdline(input), " microagent.net1=02:6d:61:ff:00:01")
+    assert.notInclude(kernelCmdline(input), "02:6d:61:ff:00:01,")
+    const args = qemuArgs(input).join(" ")
+    assert.include(args, "-device virtio-blk-device,drive=root")
+    assert.include(args, "-device virtio-net-device,mac=02:6d:61:ff:00:01")
+    assert.notInclude(args, "tap,")
+    assert.isUndefined(nicProblem(nic))
+  })
+
   it("attaches a template's stand-in disks without asking the guest to mount them", () => {
     const standIn = (n: number) =>
       new DiskAttachment({

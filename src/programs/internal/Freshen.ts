@@ -42,6 +42,8 @@ interface Identity {
    * guest restored from a warm-start template booted with empty stand-ins in their places.
    */
   readonly disks?: string | undefined
+  /** Its NICs on named networks in place of a template's stand-ins (`OLDMAC@NEWMAC@A.B.C.D/N,…`). */
+  readonly nets?: string | undefined
 }
 
 interface GuestNetwork {
@@ -95,7 +97,8 @@ const viaAgent = (
       entropy: new Uint8Array(randomBytes(entropyBytes)),
       ...(identity === undefined ? {} : { hostname: identity.hostname, newMachineId: true }),
       ...(identity?.network === undefined ? {} : { network: identity.network }),
-      ...(identity?.disks === undefined ? {} : { disks: identity.disks })
+      ...(identity?.disks === undefined ? {} : { disks: identity.disks }),
+      ...(identity?.nets === undefined ? {} : { nets: identity.nets })
     })
   ).pipe(Effect.flatMap((result: FreshenResult) => {
     const problems: Array<string> = []
@@ -112,6 +115,7 @@ const viaAgent = (
         ["hostname", result.hostname],
         ["machine-id", result.machineId],
         ...(identity.network === undefined ? [] : [["network", result.network] as const]),
+        ...(identity.nets === undefined ? [] : [["nets", result.nets] as const]),
         ...(identity.disks === undefined ? [] : [["disks", result.disks] as const])
       ] as const
       for (const [name, step] of steps) {
@@ -122,6 +126,8 @@ const viaAgent = (
             ? `the address ${identity.network?.address} and MAC ${identity.network?.mac}`
             : name === "disks"
             ? `the disks ${identity.disks}`
+            : name === "nets"
+            ? `the named-network NICs ${identity.nets}`
             : "a new machine-id"
           return Effect.fail(
             new GuestRemoteError({
@@ -183,9 +189,9 @@ const viaCommands = (
     if (identity?.network !== undefined) {
       problems.push("network: the guest's agent predates FRESHEN and keeps its source's address and MAC")
     }
-    if (identity?.disks !== undefined) {
+    if (identity?.disks !== undefined || identity?.nets !== undefined) {
       return yield* new GuestRemoteError({
-        message: "the guest's agent predates FRESHEN and cannot mount disks"
+        message: "the guest's agent predates FRESHEN and cannot mount disks or configure named-network NICs"
       })
     }
     if (identity !== undefined) {

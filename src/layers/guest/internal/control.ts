@@ -77,7 +77,8 @@ export const controlOperations = (conn: Connection) => {
             ? {}
             : { dns: request.network.dns.join(",") })
         }),
-      ...(request.disks === undefined ? {} : { disks: request.disks })
+      ...(request.disks === undefined ? {} : { disks: request.disks }),
+      ...(request.nets === undefined ? {} : { nets: request.nets })
     }
     const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))
     if (Option.isSome(invalid)) {
@@ -134,5 +135,6 @@ const freshenResult = (m: Extract<Message, { _tag: "Ok" }>): FreshenResult => {
   add("machineId", m.machineId, m.machineIdErrno)
   add("network", m.network, m.networkErrno)
   add("disks", m.disks, m.disksErrno)
+  add("nets", m.nets, m.netsErrno)
   return steps
 }

@@ -60,9 +60,11 @@ export const Ok = Schema.TaggedStruct("Ok", {
   network: Schema.optional(FreshenOutcome),
   networkErrno: Schema.optional(uint(U32)),
   disks: Schema.optional(FreshenOutcome),
-  disksErrno: Schema.optional(uint(U32))
+  disksErrno: Schema.optional(uint(U32)),
+  nets: Schema.optional(FreshenOutcome),
+  netsErrno: Schema.optional(uint(U32))
 })
-const okSteps = ["clock", "rng", "hostname", "machineId", "network", "disks"] as const
+const okSteps = ["clock", "rng", "hostname", "machineId", "network", "disks", "nets"] as const
 export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
 export const Exec = Schema.TaggedStruct("Exec", {
   argv: Schema.NonEmptyArray(WireString),
@@ -132,6 +134,9 @@ const MAX_ENTROPY = 4096
 const routePattern = `${octet}(\\.${octet}){3}/([0-9]|[12][0-9]|3[0-2])@${octet}(\\.${octet}){3}`
 const routesPattern = new RegExp(`^${routePattern}(,${routePattern}){0,15}$`)
 const resolversPattern = new RegExp(`^${octet}(\\.${octet}){3}(,${octet}(\\.${octet}){3}){0,3}$`)
+const macText = "[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}"
+const netEntry = `${macText}@${macText}@${octet}(\\.${octet}){3}/([89]|[12][0-9]|30)`
+const netsPattern = new RegExp(`^${netEntry}(,${netEntry}){0,7}$`)
 /** Mountpoint characters and no `.` or `..` component: what the agent's decoder also checks. */
 const diskEntry = "vd[a-z]+:/(?!\\.\\.?(?:/|:|,|$))(?:[A-Za-z0-9_.-]|/(?!\\.\\.?(?:/|:|,|$)))*(?::r[ow])?"
 const disksPattern = new RegExp(`^${diskEntry}(,${diskEntry})*$`)
@@ -159,6 +164,11 @@ export const Freshen = Schema.TaggedStruct("Freshen", {
   routes: Schema.optional(WireString.pipe(Schema.maxLength(600), Schema.pattern(routesPattern))),
   /** The resolvers of /etc/resolv.conf, at most 4 dotted quads: part of the network step. */
   dns: Schema.optional(WireString.pipe(Schema.pattern(resolversPattern))),
+  /**
+   * NICs on named networks, `OLDMAC@NEWMAC@A.B.C.D/N` (at most 8): a restored template's stand-in found
+   * by its MAC, given the workspace's MAC and address, and brought up.
+   */
+  nets: Schema.optional(WireString.pipe(Schema.pattern(netsPattern))),
   /** Extra disks to probe again and mount, `vdb:/mnt:rw,…` (a restored template's stand-ins replaced). */
   disks: Schema.optional(WireString.pipe(Schema.maxLength(1000), Schema.pattern(disksPattern)))
 }).pipe(
@@ -407,6 +417,7 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         else if (f.tag === 9) o.disks = s(f.value, "disks")
         else if (f.tag === 10) o.routes = s(f.value, "routes")
         else if (f.tag === 11) o.dns = s(f.value, "dns")
+        else if (f.tag === 12) o.nets = s(f.value, "nets")
       }
       break
     case "Ok":
@@ -523,6 +534,7 @@ const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
       if (m.disks !== undefined) w.string(9, m.disks)
       if (m.routes !== undefined) w.string(10, m.routes)
       if (m.dns !== undefined) w.string(11, m.dns)
+      if (m.nets !== undefined) w.string(12, m.nets)
       break
     case "Ok":
       okSteps.forEach((step, i) => {

@@ -183,7 +183,11 @@ export const cmdlineProblem = (what: string, value: string): string | undefined 
 
 /** What would make a named-network NIC break QEMU's option syntax, the kernel command line or IFNAMSIZ. */
 export const nicProblem = (nic: NicAttachment): string | undefined =>
-  !/^[A-Za-z0-9_-]{1,15}$/.test(nic.tap)
+  nic.standIn === true
+    ? (/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)
+      ? undefined
+      : `the MAC "${nic.mac}" is not six lowercase hex pairs`)
+    : !/^[A-Za-z0-9_-]{1,15}$/.test(nic.tap)
     ? `the tap name "${nic.tap}" is not 1-15 letters, digits, '_' or '-'`
     : !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)
     ? `the MAC "${nic.mac}" is not six lowercase hex pairs`
@@ -236,7 +240,10 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     ...(input.network === "user" ? userNetworkCmdline(input) : []),
     ...(guestDiskList(input.disks) === undefined ? [] : [`microagent.disks=${guestDiskList(input.disks)}`]),
     // Named networks: the agent configures the NIC with this MAC (`microagent.net1=MAC,ADDRESS/N`).
-    ...(input.nics ?? []).map((nic, i) => `microagent.net${i + 1}=${nic.mac},${nic.address}`),
+    // A stand-in has no address: the agent loads the NIC driver and leaves the NIC down.
+    ...(input.nics ?? []).map((nic, i) =>
+      `microagent.net${i + 1}=${nic.mac}${nic.standIn === true ? "" : `,${nic.address}`}`
+    ),
     ...(input.modelChannel === true ? [`microagent.model=${guestModelPort}`] : []),
     ...((input.brokerPorts ?? []).length > 0 ? [`microagent.brokers=${input.brokerPorts!.join(",")}`] : []),
     ...(input.extraCmdline ?? [])
@@ -342,12 +349,14 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
       ]
       : []),
     // Non-persistent taps (script=no): the kernel removes each when QEMU exits, however it exits.
-    ...(input.nics ?? []).flatMap((nic, i) => [
-      "-netdev",
-      `tap,id=nic${i + 1},ifname=${nic.tap},script=no,downscript=no`,
-      "-device",
-      `${device("net")},netdev=nic${i + 1},mac=${nic.mac}`
-    ]),
+    ...(input.nics ?? []).flatMap((nic, i) =>
+      nic.standIn === true ? ["-device", `${device("net")},mac=${nic.mac}`] : [
+        "-netdev",
+        `tap,id=nic${i + 1},ifname=${nic.tap},script=no,downscript=no`,
+        "-device",
+        `${device("net")},netdev=nic${i + 1},mac=${nic.mac}`
+      ]
+    ),
     ...(input.incoming === true ? ["-incoming", "defer"] : []),
     "-daemonize",
     "-pidfile",
