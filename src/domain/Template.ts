@@ -105,8 +105,8 @@ export interface WarmFacts {
 /**
  * Why this start must boot, or undefined when it may restore a template. A template holds a guest that
  * booted on the image's disk with stand-ins for the workspace's extra disks and named-network NICs (its
- * agent mounts and configures the real ones after the restore) and nothing else attached; anything else that changes the machine, or
- * the disk the guest saw at boot, needs a real boot.
+ * agent mounts and configures the real ones after the restore) and nothing else attached; anything else
+ * that changes the machine, or the disk the guest saw at boot, needs a real boot.
  */
 export const warmRefusal = (facts: WarmFacts): string | undefined =>
   facts.cold

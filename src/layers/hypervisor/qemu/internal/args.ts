@@ -183,15 +183,12 @@ export const cmdlineProblem = (what: string, value: string): string | undefined 
 
 /** What would make a named-network NIC break QEMU's option syntax, the kernel command line or IFNAMSIZ. */
 export const nicProblem = (nic: NicAttachment): string | undefined =>
-  nic.standIn === true
-    ? (/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)
-      ? undefined
-      : `the MAC "${nic.mac}" is not six lowercase hex pairs`)
-    : !/^[A-Za-z0-9_-]{1,15}$/.test(nic.tap)
+  // A template's stand-in has neither tap nor address, only its MAC.
+  nic.standIn !== true && !/^[A-Za-z0-9_-]{1,15}$/.test(nic.tap)
     ? `the tap name "${nic.tap}" is not 1-15 letters, digits, '_' or '-'`
     : !/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/.test(nic.mac)
     ? `the MAC "${nic.mac}" is not six lowercase hex pairs`
-    : !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(nic.address)
+    : nic.standIn !== true && !/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/.test(nic.address)
     ? `the address "${nic.address}" is not A.B.C.D/N`
     : undefined
 
