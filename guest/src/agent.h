@@ -59,6 +59,9 @@ int ma_serve(const ma_serve_config *cfg, uint32_t *grace_ms);
 /* The model forwarder (modelfwd.c): forks a child serving guest 127.0.0.1:tcp_port over the
  * virtio-serial port named port_name. */
 void ma_modelfwd_start(const char *port_name, unsigned tcp_port);
+/* The credential broker endpoints' forwarders: the Nth port of `list` ("PORT,…", at most 8) is served
+ * over the virtio-serial port microagent.broker.N. */
+void ma_broker_forwarders_start(const char *list);
 
 /* disks.c: waits up to `ms` for a path to exist (devtmpfs makes block nodes after the probe); mounts a
  * `dev:mountpoint[:ro|rw],…` list as ext4, each probed again first with `reprobing` (a restored

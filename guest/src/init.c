@@ -484,22 +484,6 @@ static void power_off(int action) {
   ma_fatal("reboot: %s", strerror(errno));
 }
 
-/* Credential broker endpoints: endpoint N's guest port (the Nth of microagent.brokers) is carried
- * over the virtio-serial port microagent.broker.N to the host's broker, as the model channel is. */
-static void start_broker_forwarders(void) {
-  char list[sizeof bc.brokers];
-  set_str(list, sizeof list, bc.brokers);
-  char *save = NULL;
-  int n = 0;
-  for (char *tok = strtok_r(list, ",", &save); tok && n < 8; tok = strtok_r(NULL, ",", &save), n++) {
-    unsigned port = (unsigned)strtoul(tok, NULL, 10);
-    if (port == 0 || port > 0xffffu) continue;
-    char name[32];
-    snprintf(name, sizeof name, "microagent.broker.%d", n);
-    ma_modelfwd_start(name, port);
-  }
-}
-
 void ma_init_main(void) {
   mkdir("/dev", 0755);
   mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID, "mode=0755");
@@ -538,7 +522,7 @@ void ma_init_main(void) {
     ma_fatal("unknown microagent.channel=%s (virtio:NAME or vsock:PORT)", bc.channel);
   }
   if (bc.model_port) ma_modelfwd_start("microagent.model", bc.model_port);
-  start_broker_forwarders();
+  if (bc.brokers[0]) ma_broker_forwarders_start(bc.brokers);
   char up[32];
   ma_log("ready at %ss uptime, serving %s", uptime(up, sizeof up), bc.channel);
   uint32_t grace = 0;

@@ -328,6 +328,9 @@ void ma_modelfwd_start(const char *port_name, unsigned tcp_port) {
     return;
   }
   if (pid > 0) return;
+  /* Nothing of the parent's: started by FRESHEN, the parent is the channel server, whose virtio port
+   * (opened once at a time) and connections must not stay open in here. */
+  for (int fd = 3; fd < 1024; fd++) close(fd);
   channel_name = port_name;
   sigset_t none;
   sigemptyset(&none);
@@ -335,4 +338,18 @@ void ma_modelfwd_start(const char *port_name, unsigned tcp_port) {
   signal(SIGPIPE, SIG_IGN);
   run(port_name, tcp_port);
   _exit(0);
+}
+
+void ma_broker_forwarders_start(const char *list) {
+  char copy[128];
+  snprintf(copy, sizeof copy, "%s", list);
+  char *save = NULL;
+  int n = 0;
+  for (char *tok = strtok_r(copy, ",", &save); tok && n < 8; tok = strtok_r(NULL, ",", &save), n++) {
+    unsigned port = (unsigned)strtoul(tok, NULL, 10);
+    if (port == 0 || port > 0xffffu) continue;
+    char name[32];
+    snprintf(name, sizeof name, "microagent.broker.%d", n);
+    ma_modelfwd_start(name, port);
+  }
 }

@@ -341,6 +341,19 @@ static int valid_nets(const char *s) {
   }
 }
 
+/* A FRESHEN's broker ports: decimal ports from 1 to 65535 (no leading zero) joined by ',', at most 8. */
+static int valid_ports(const char *s) {
+  for (int n = 0;; n++) {
+    if (n == 8 || !(*s >= '1' && *s <= '9')) return 0;
+    unsigned v = 0;
+    int digits = 0;
+    while (*s >= '0' && *s <= '9' && digits < 6) v = v * 10 + (unsigned)(*s++ - '0'), digits++;
+    if (v > 65535) return 0;
+    if (*s == 0) return 1;
+    if (*s++ != ',') return 0;
+  }
+}
+
 /* A FRESHEN's resolvers: dotted quads joined by ',', at most 4. */
 static int valid_resolvers(const char *s) {
   for (int n = 0;; n++) {
@@ -650,6 +663,11 @@ int ma_decode(uint8_t type, uint32_t stream, const uint8_t *payload, uint32_t le
         GETS(f->dns);
         if (!valid_resolvers(f->dns)) goto bad;
         break;
+      case 13: GETU(f->model_port, 65535u); if (f->model_port == 0) goto bad; break;
+      case 14:
+        GETS(f->brokers);
+        if (!valid_ports(f->brokers)) goto bad;
+        break;
       case 12:
         GETS(f->nets);
         if (!valid_nets(f->nets)) goto bad;
@@ -786,6 +804,8 @@ long ma_encode(const ma_msg *m, uint8_t *buf, size_t cap) {
     if (f->routes) ma_put_str(&w, 10, f->routes);
     if (f->dns) ma_put_str(&w, 11, f->dns);
     if (f->nets) ma_put_str(&w, 12, f->nets);
+    if (f->model_port) ma_put_u32(&w, 13, f->model_port);
+    if (f->brokers) ma_put_str(&w, 14, f->brokers);
     break;
   }
   case MA_SHUTDOWN:

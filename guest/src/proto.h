@@ -199,11 +199,13 @@ typedef struct {
   const char *dns;     /* the resolvers for /etc/resolv.conf, "A.B.C.D,…" (checked by the decoder) */
   const char *disks;   /* extra disks to probe again and mount, "vdb:/mnt:rw,…" (checked by the decoder) */
   const char *nets;    /* NICs on named networks, "OLDMAC@NEWMAC@A.B.C.D/N,…" (checked by the decoder) */
+  uint32_t model_port; /* 0: absent; else the guest TCP port the model channel's forwarder serves */
+  const char *brokers; /* the broker endpoints' guest TCP ports, "PORT,…" (checked by the decoder) */
 } ma_freshen;
 
 /* The steps of a FRESHEN, as reported in its OK: step i has its outcome in tag 2i+1 and the errno
  * of a failure in tag 2i+2. An absent outcome means the step was not asked for. */
-enum { MA_STEP_CLOCK, MA_STEP_RNG, MA_STEP_HOSTNAME, MA_STEP_MACHINE_ID, MA_STEP_NETWORK, MA_STEP_DISKS, MA_STEP_NETS, MA_STEPS };
+enum { MA_STEP_CLOCK, MA_STEP_RNG, MA_STEP_HOSTNAME, MA_STEP_MACHINE_ID, MA_STEP_NETWORK, MA_STEP_DISKS, MA_STEP_NETS, MA_STEP_FORWARDERS, MA_STEPS };
 enum { MA_OUT_DONE = 0, MA_OUT_SKIPPED = 1, MA_OUT_FAILED = 2, MA_OUT_ABSENT = 3 };
 typedef struct {
   uint8_t outcome[MA_STEPS];

@@ -258,6 +258,15 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
     if (host) step_skipped(&k, MA_STEP_NETS);
     else step_result(&k, MA_STEP_NETS, set_nets(f->nets));
   }
+  if (f->model_port || f->brokers) {
+    /* A template's guest booted with these channels unserved. */
+    if (host) step_skipped(&k, MA_STEP_FORWARDERS);
+    else {
+      if (f->model_port) ma_modelfwd_start("microagent.model", f->model_port);
+      if (f->brokers) ma_broker_forwarders_start(f->brokers);
+      step_result(&k, MA_STEP_FORWARDERS, 1);
+    }
+  }
   if (f->disks) {
     /* Last: the workspace's disks take the template's stand-ins' places once the guest is its own. */
     char why[256];
@@ -275,7 +284,7 @@ void freshen(conn *c, uint32_t id, const ma_freshen *f) {
          k.has_outcome[0] ? k.outcome[0] : -1, k.has_outcome[1] ? k.outcome[1] : -1,
          k.has_outcome[2] ? k.outcome[2] : -1, k.has_outcome[3] ? k.outcome[3] : -1,
          k.has_outcome[4] ? k.outcome[4] : -1);
-  uint8_t buf[192]; /* every step's outcome and errno: 7 × 17 bytes */
+  uint8_t buf[192]; /* every step's outcome and errno: 8 × 17 bytes */
   ma_msg ok = {.type = MA_OK, .stream = id, .u.ok = k};
   long len = ma_encode(&ok, buf, sizeof buf);
   send_frame(c, MA_OK, id, buf, len < 0 ? 0 : (size_t)len);

@@ -160,7 +160,7 @@ static char *summarize(const ma_msg *m) {
     if (m->u.secrets->purge) sb_add(&b, " purge=%u", m->u.secrets->purge);
     break;
   case MA_OK: {
-    static const char *steps[] = {"clock", "rng", "hostname", "machine_id", "network", "disks", "nets"};
+    static const char *steps[] = {"clock", "rng", "hostname", "machine_id", "network", "disks", "nets", "forwarders"};
     for (int i = 0; i < MA_STEPS; i++) {
       if (m->u.ok.has_outcome[i]) sb_add(&b, " %s=%u", steps[i], m->u.ok.outcome[i]);
       if (m->u.ok.has_errno[i]) sb_add(&b, " %s_errno=%u", steps[i], m->u.ok.err_no[i]);
@@ -181,6 +181,8 @@ static char *summarize(const ma_msg *m) {
     if (f->routes) sb_pct(&b, "routes", f->routes);
     if (f->dns) sb_pct(&b, "dns", f->dns);
     if (f->nets) sb_pct(&b, "nets", f->nets);
+    if (f->model_port) sb_add(&b, " model_port=%u", f->model_port);
+    if (f->brokers) sb_pct(&b, "brokers", f->brokers);
     break;
   }
   case MA_SHUTDOWN:

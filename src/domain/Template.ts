@@ -27,7 +27,13 @@ export const TemplateShape = Schema.Struct({
    * NICs on named networks: the template's guest booted with as many stand-ins (no tap behind them, left
    * down), which a restore gives the workspace's taps, MACs and addresses. Absent: none.
    */
-  nets: Schema.optional(Schema.Int.pipe(Schema.between(1, 8)))
+  nets: Schema.optional(Schema.Int.pipe(Schema.between(1, 8))),
+  /**
+   * A model channel, and credential broker channels: the template's machine has them, and its guest
+   * serves none (a restore has the agent start the forwarders). Absent: none.
+   */
+  model: Schema.optional(Schema.Literal(true)),
+  brokers: Schema.optional(Schema.Int.pipe(Schema.between(1, 8)))
 })
 export type TemplateShape = typeof TemplateShape.Type
 
@@ -46,7 +52,9 @@ export const templateKey = (shape: TemplateShape): string =>
         shape.network,
         // Only when there are some: the keys of templates without disks or NICs stay what they were.
         ...(shape.disks === undefined ? [] : [`disks=${shape.disks}`]),
-        ...(shape.nets === undefined ? [] : [`nets=${shape.nets}`])
+        ...(shape.nets === undefined ? [] : [`nets=${shape.nets}`]),
+        ...(shape.model === undefined ? [] : ["model"]),
+        ...(shape.brokers === undefined ? [] : [`brokers=${shape.brokers}`])
       ])
     )
     .digest("hex")
@@ -80,6 +88,8 @@ export class TemplatesPruned extends Schema.Class<TemplatesPruned>("TemplatesPru
 /** The most extra disks, and NICs on named networks, a template holds stand-ins for. */
 export const maxTemplateDisks = 16
 export const maxTemplateNets = 8
+/** The most broker endpoints a guest serves (the agent's own limit). */
+export const maxTemplateBrokers = 8
 
 /** What a start knows when it decides between a warm and a cold start. */
 export interface WarmFacts {
@@ -94,9 +104,7 @@ export interface WarmFacts {
   readonly mounts: number
   /** Named networks joined (a NIC each; a template holds up to 8 stand-ins). */
   readonly namedNetworks: number
-  /** A paired model (a second guest channel the template's machine does not have). */
-  readonly model: boolean
-  /** Credential broker endpoints (a guest channel each, which the template's machine does not have). */
+  /** Credential broker endpoints (a guest channel each; a template holds up to 8). */
   readonly brokers: number
   /** The backend can save and restore VMs and a kernel is in use. */
   readonly restorable: boolean
@@ -104,9 +112,10 @@ export interface WarmFacts {
 
 /**
  * Why this start must boot, or undefined when it may restore a template. A template holds a guest that
- * booted on the image's disk with stand-ins for the workspace's extra disks and named-network NICs (its
- * agent mounts and configures the real ones after the restore) and nothing else attached; anything else
- * that changes the machine, or the disk the guest saw at boot, needs a real boot.
+ * booted on the image's disk with stand-ins for the workspace's extra disks and named-network NICs and
+ * with its model and broker channels unserved (its agent mounts, configures and serves the real ones
+ * after the restore); anything else that changes the machine, or the disk the guest saw at boot, needs
+ * a real boot.
  */
 export const warmRefusal = (facts: WarmFacts): string | undefined =>
   facts.cold
@@ -123,8 +132,6 @@ export const warmRefusal = (facts: WarmFacts): string | undefined =>
     ? `more than ${maxTemplateDisks} disks or volumes are attached`
     : facts.namedNetworks > maxTemplateNets
     ? `more than ${maxTemplateNets} named networks are attached`
-    : facts.model
-    ? "a model is paired"
-    : facts.brokers > 0
-    ? "credential broker endpoints are attached"
+    : facts.brokers > maxTemplateBrokers
+    ? `more than ${maxTemplateBrokers} credential broker endpoints are attached`
     : undefined

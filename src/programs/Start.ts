@@ -17,6 +17,7 @@ import { Egress } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import {
   guestDiskList,
+  guestModelPort,
   Hypervisor,
   LaunchConfig,
   PortForward,
@@ -424,7 +425,11 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                         disks: guestDiskList(disks),
                         nets: nics.length === 0
                           ? undefined
-                          : nics.map((nic, i) => `${standInNicMac(i)}@${nic.mac}@${nic.address}`).join(",")
+                          : nics.map((nic, i) => `${standInNicMac(i)}@${nic.mac}@${nic.address}`).join(","),
+                        forwarders: !modelChannel && starting.brokers.length === 0 ? undefined : {
+                          ...(modelChannel ? { modelPort: guestModelPort } : {}),
+                          brokerPorts: starting.brokers.map((b) => b.guestPort)
+                        }
                       }).pipe(
                         Effect.tap((result) => (freshened = result)),
                         Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))

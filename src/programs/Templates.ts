@@ -106,7 +106,6 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       imageDigest: workspace.image.digest,
       mounts: workspace.mounts.length,
       namedNetworks: workspace.networks.length,
-      model: request.modelChannel,
       brokers: workspace.brokers.length
     })
     if (refusal !== undefined || request.artifacts === undefined) {
@@ -122,7 +121,9 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       cpus: request.resources.cpus,
       network: workspace.network,
       ...(workspace.mounts.length === 0 ? {} : { disks: workspace.mounts.length }),
-      ...(workspace.networks.length === 0 ? {} : { nets: workspace.networks.length })
+      ...(workspace.networks.length === 0 ? {} : { nets: workspace.networks.length }),
+      ...(request.modelChannel ? { model: true as const } : {}),
+      ...(workspace.brokers.length === 0 ? {} : { brokers: workspace.brokers.length })
     }
     return yield* ensureTemplate(shape, workspace, request.artifacts).pipe(
       Effect.map(({ built, template }): WarmPlan => ({ _tag: "Warm", template, built })),
@@ -220,6 +221,15 @@ const buildTemplate = (
         // Stand-ins for NICs on named networks: nothing behind them, left down by the guest.
         nics: Array.from({ length: shape.nets ?? 0 }, (_, i) =>
           new NicAttachment({ network: "", tap: "", mac: standInNicMac(i), address: "", standIn: true })),
+        // The channels a restore serves (the agent starts their forwarders then), with nothing behind them.
+        ...(shape.model === true ? { modelChannel: true } : {}),
+        ...(shape.brokers === undefined
+          ? {}
+          : {
+            brokerPorts: Array.from({ length: shape.brokers }, (_, i) =>
+              i + 1)
+          }),
+        channelsUnannounced: true,
         // No NAT state in the saved stream: the template then restores behind QEMU's NAT or a tap.
         unpluggedNic: true,
         ports: [],
@@ -258,9 +268,7 @@ const buildTemplate = (
       return { manifest, dir, disk: NodePath.join(dir, diskFile), state: NodePath.join(dir, stateFile) }
     })
     return yield* build.pipe(
-      Effect.ensuring(Effect.sync(() =>
-        NodeFs.rmSync(runtimeDir, { recursive: true, force: true })
-      )),
+      Effect.ensuring(Effect.sync(() => NodeFs.rmSync(runtimeDir, { recursive: true, force: true }))),
       Effect.onError(() => Effect.sync(() => NodeFs.rmSync(staging, { recursive: true, force: true })))
     )
   })
@@ -279,7 +287,8 @@ const dropSuperseded = (root: string, fresh: TemplateManifest) =>
         && manifest.shape.memoryMiB === fresh.shape.memoryMiB
         && manifest.shape.cpus === fresh.shape.cpus && manifest.shape.network === fresh.shape.network
         && manifest.shape.diskBytes === fresh.shape.diskBytes && manifest.shape.disks === fresh.shape.disks
-        && manifest.shape.nets === fresh.shape.nets
+        && manifest.shape.nets === fresh.shape.nets && manifest.shape.model === fresh.shape.model
+        && manifest.shape.brokers === fresh.shape.brokers
       if (sameMachine) NodeFs.rmSync(other.value.dir, { recursive: true, force: true })
     }
   })

@@ -65,6 +65,8 @@ export interface FreshenRequest {
    * the workspace's MAC and address.
    */
   readonly nets?: string
+  /** Start the forwarders of the model channel (its guest port) and of the broker endpoints (theirs). */
+  readonly forwarders?: { readonly modelPort?: number; readonly brokerPorts?: ReadonlyArray<number> }
 }
 
 /**
@@ -85,6 +87,7 @@ export interface FreshenResult {
   readonly network?: FreshenStep
   readonly disks?: FreshenStep
   readonly nets?: FreshenStep
+  readonly forwarders?: FreshenStep
 }
 
 export interface PutFile {

@@ -96,6 +96,9 @@ export class NicAttachment extends Schema.Class<NicAttachment>("NicAttachment")(
   standIn: Schema.optional(Schema.Boolean)
 }) {}
 
+/** The guest port of the model channel: the guest reaches its model at http://127.0.0.1:11434/v1. */
+export const guestModelPort = 11434
+
 /** The MAC of a template's stand-in NIC number `index` (from 0): locally administered, fixed. */
 export const standInNicMac = (index: number): string =>
   `02:6d:61:ff:00:${(index + 1).toString(16).padStart(2, "0")}`
@@ -137,6 +140,11 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
    * over a guest channel of its own to `brokerSocketOf(runtimeDir, N)`, where the broker serves it.
    */
   brokerPorts: Schema.optional(Schema.Array(Schema.Number)),
+  /**
+   * The model and broker channels are attached but the guest is not told to serve them at boot: a
+   * warm-start template's, whose restores have the agent start the forwarders (FRESHEN).
+   */
+  channelsUnannounced: Schema.optional(Schema.Boolean),
   /**
    * The user network's NIC with nothing behind it (no NAT, no tap): a VM saved so has no network
    * backend state in its stream, and restores onto either backend (warm-start templates).

@@ -20,7 +20,6 @@ const facts: WarmFacts = {
   imageDigest: shape.imageDigest,
   mounts: 0,
   namedNetworks: 0,
-  model: false,
   brokers: 0
 }
 
@@ -42,7 +41,10 @@ describe("warm-start templates", () => {
       { disks: 2 },
       { nets: 1 },
       { nets: 2 },
-      { disks: 1, nets: 1 }
+      { disks: 1, nets: 1 },
+      { model: true },
+      { brokers: 1 },
+      { model: true, brokers: 2 }
     ]
     const keys = variants.map((v) => templateKey({ ...shape, ...v }))
     assert.strictEqual(new Set([key, ...keys]).size, variants.length + 1)
@@ -54,6 +56,7 @@ describe("warm-start templates", () => {
     assert.isUndefined(warmRefusal(facts))
     assert.isUndefined(warmRefusal({ ...facts, mounts: 16 }), "volumes and disks take a template's stand-ins")
     assert.isUndefined(warmRefusal({ ...facts, namedNetworks: 8 }), "so do NICs on named networks")
+    assert.isUndefined(warmRefusal({ ...facts, brokers: 8 }), "and broker channels")
     const refusals: ReadonlyArray<[Partial<WarmFacts>, string]> = [
       [{ cold: true }, "--cold"],
       [{ restorable: false }, "cannot restore"],
@@ -62,8 +65,7 @@ describe("warm-start templates", () => {
       [{ imageDigest: undefined }, "no digest"],
       [{ mounts: 17 }, "more than 16 disks or volumes"],
       [{ namedNetworks: 9 }, "more than 8 named networks"],
-      [{ model: true }, "model"],
-      [{ brokers: 1 }, "broker"]
+      [{ brokers: 9 }, "more than 8 credential broker endpoints"]
     ]
     for (const [change, words] of refusals) {
       const reason = warmRefusal({ ...facts, ...change })

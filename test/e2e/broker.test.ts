@@ -199,6 +199,15 @@ describe("the credential broker on a real microVM", () => {
         [["PLAIN", "guest"], ["API_KEY", "broker"]]
       )
       await ok(["start", "brk"])
+      // Warm: the template has both endpoints' channels; the agent started their forwarders after the restore.
+      const { events: startEvents } = json(await ok(["events", "brk", "--json"])) as {
+        events: Array<{ type: string; detail: string }>
+      }
+      assert.match(
+        startEvents.find((e) => e.type === "warm")?.detail ?? "",
+        /^restored template /,
+        JSON.stringify(startEvents)
+      )
 
       // The guest's view: endpoint URLs, the ordinary secret, and no key anywhere.
       const environment = await sh("env")

@@ -103,6 +103,15 @@ describe("workspaces paired with a model", () => {
     )
     assert.deepStrictEqual(created.model, { ref: canonical, mediation: "policy", policyFile: policy })
     await ok("start", "paired")
+    // Warm: the template has the model channel, and the agent started its forwarder after the restore.
+    const { events: startEvents } = await ok("events", "paired") as {
+      events: Array<{ type: string; detail: string }>
+    }
+    assert.match(
+      startEvents.find((e) => e.type === "warm")?.detail ?? "",
+      /^restored template /,
+      JSON.stringify(startEvents)
+    )
     const [runner] = await runners()
     assert.strictEqual(runner?.ref, canonical)
     assert.strictEqual(runner?.pinned, false)

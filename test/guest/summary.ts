@@ -143,6 +143,8 @@ export const summarize = (stream: number, m: Message): string => {
       s("routes", m.routes)
       s("dns", m.dns)
       s("nets", m.nets)
+      n("model_port", m.modelPort)
+      s("brokers", m.brokers)
       break
     case "Ok": {
       const outcomes = ["done", "skipped", "failed", "absent"]
@@ -157,6 +159,7 @@ export const summarize = (stream: number, m: Message): string => {
       step("network", m.network, m.networkErrno)
       step("disks", m.disks, m.disksErrno)
       step("nets", m.nets, m.netsErrno)
+      step("forwarders", m.forwarders, m.forwardersErrno)
       break
     }
     case "Eof":

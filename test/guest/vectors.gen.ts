@@ -168,6 +168,8 @@ valid("freshen named-network NICs", 11, {
   nets: "02:6d:61:ff:00:01@52:54:00:0a:0b:0c@10.91.0.3/24,02:6d:61:ff:00:02@52:54:00:0a:0b:0d@10.92.0.9/16"
 })
 valid("ok answering freshen with named-network NICs", 11, { _tag: "Ok", nets: "failed", netsErrno: 19 })
+valid("freshen forwarders", 11, { _tag: "Freshen", modelPort: 11434, brokers: "18888,65535,1" })
+valid("ok answering freshen with forwarders", 11, { _tag: "Ok", forwarders: "done" })
 valid("freshen disks", 11, {
   _tag: "Freshen",
   hostname: "ws-1",
@@ -315,6 +317,10 @@ for (
     ["seventeen routes", 10, Array.from({ length: 17 }, (_, i) => `10.9.${i}.0/24@10.77.0.254`).join(",")],
     ["a resolver that is a name", 11, "dns.example"],
     ["five resolvers", 11, "1.1.1.1,1.1.1.2,1.1.1.3,1.1.1.4,1.1.1.5"],
+    ["a broker port of 0", 14, "0"],
+    ["a broker port of 65536", 14, "65536"],
+    ["a broker port with a leading zero", 14, "018888"],
+    ["nine broker ports", 14, "1,2,3,4,5,6,7,8,9"],
     ["a NIC without an address", 12, "02:6d:61:ff:00:01@52:54:00:0a:0b:0c"],
     ["a NIC with a multicast MAC", 12, "02:6d:61:ff:00:01@01:00:5e:00:00:01@10.91.0.3/24"],
     ["a NIC with a /31", 12, "02:6d:61:ff:00:01@52:54:00:0a:0b:0c@10.91.0.3/31"],
@@ -348,6 +354,12 @@ for (
     "bad_message"
   )
 }
+invalid("freshen model port 0", frame(MessageType.Freshen, 1, tlv().uint(13, 0, 4).finish()), "bad_message")
+invalid(
+  "freshen model port 65536",
+  frame(MessageType.Freshen, 1, tlv().uint(13, 65536, 4).finish()),
+  "bad_message"
+)
 invalid(
   "freshen multicast mac",
   frame(MessageType.Freshen, 1, tlv().string(8, "01:00:5e:00:00:01").finish()),

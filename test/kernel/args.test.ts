@@ -112,6 +112,19 @@ describe("kernel command line", () => {
     assert.isTrue(line.endsWith(" microagent.disks=vdb:/data:rw,vdc:/ro:ro"))
   })
 
+  it("attaches a template's model and broker channels without telling the guest to serve them", () => {
+    const served = { ...base, modelChannel: true, brokerPorts: [18888] }
+    assert.include(kernelCmdline(served), " microagent.model=11434 microagent.brokers=18888")
+    const unannounced = { ...served, channelsUnannounced: true }
+    assert.notInclude(kernelCmdline(unannounced), "microagent.model")
+    assert.notInclude(kernelCmdline(unannounced), "microagent.brokers")
+    // The same machine either way: a restore of the template has the workspace's channels in their places.
+    assert.deepStrictEqual(
+      qemuArgs(unannounced).filter((a) => !a.startsWith("console=")),
+      qemuArgs(served).filter((a) => !a.startsWith("console="))
+    )
+  })
+
   it("attaches a template's stand-in NICs with nothing behind them, for the guest to leave down", () => {
     const nic = new NicAttachment({
       network: "",

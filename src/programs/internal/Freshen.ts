@@ -44,6 +44,10 @@ interface Identity {
   readonly disks?: string | undefined
   /** Its NICs on named networks in place of a template's stand-ins (`OLDMAC@NEWMAC@A.B.C.D/N,…`). */
   readonly nets?: string | undefined
+  /** The model and broker channels' forwarders to start (a template's guest booted without them). */
+  readonly forwarders?:
+    | { readonly modelPort?: number; readonly brokerPorts?: ReadonlyArray<number> }
+    | undefined
 }
 
 interface GuestNetwork {
@@ -98,7 +102,8 @@ const viaAgent = (
       ...(identity === undefined ? {} : { hostname: identity.hostname, newMachineId: true }),
       ...(identity?.network === undefined ? {} : { network: identity.network }),
       ...(identity?.disks === undefined ? {} : { disks: identity.disks }),
-      ...(identity?.nets === undefined ? {} : { nets: identity.nets })
+      ...(identity?.nets === undefined ? {} : { nets: identity.nets }),
+      ...(identity?.forwarders === undefined ? {} : { forwarders: identity.forwarders })
     })
   ).pipe(Effect.flatMap((result: FreshenResult) => {
     const problems: Array<string> = []
@@ -116,6 +121,7 @@ const viaAgent = (
         ["machine-id", result.machineId],
         ...(identity.network === undefined ? [] : [["network", result.network] as const]),
         ...(identity.nets === undefined ? [] : [["nets", result.nets] as const]),
+        ...(identity.forwarders === undefined ? [] : [["forwarders", result.forwarders] as const]),
         ...(identity.disks === undefined ? [] : [["disks", result.disks] as const])
       ] as const
       for (const [name, step] of steps) {
@@ -128,6 +134,8 @@ const viaAgent = (
             ? `the disks ${identity.disks}`
             : name === "nets"
             ? `the named-network NICs ${identity.nets}`
+            : name === "forwarders"
+            ? "the model and broker channels' forwarders"
             : "a new machine-id"
           return Effect.fail(
             new GuestRemoteError({
@@ -189,9 +197,10 @@ const viaCommands = (
     if (identity?.network !== undefined) {
       problems.push("network: the guest's agent predates FRESHEN and keeps its source's address and MAC")
     }
-    if (identity?.disks !== undefined || identity?.nets !== undefined) {
+    if (identity?.disks !== undefined || identity?.nets !== undefined || identity?.forwarders !== undefined) {
       return yield* new GuestRemoteError({
-        message: "the guest's agent predates FRESHEN and cannot mount disks or configure named-network NICs"
+        message:
+          "the guest's agent predates FRESHEN and cannot mount disks, configure named-network NICs or serve channels"
       })
     }
     if (identity !== undefined) {

@@ -78,7 +78,11 @@ export const controlOperations = (conn: Connection) => {
             : { dns: request.network.dns.join(",") })
         }),
       ...(request.disks === undefined ? {} : { disks: request.disks }),
-      ...(request.nets === undefined ? {} : { nets: request.nets })
+      ...(request.nets === undefined ? {} : { nets: request.nets }),
+      ...(request.forwarders?.modelPort === undefined ? {} : { modelPort: request.forwarders.modelPort }),
+      ...(request.forwarders?.brokerPorts === undefined || request.forwarders.brokerPorts.length === 0
+        ? {}
+        : { brokers: request.forwarders.brokerPorts.join(",") })
     }
     const invalid = Either.getLeft(Schema.validateEither(Freshen)(message))
     if (Option.isSome(invalid)) {
@@ -136,5 +140,6 @@ const freshenResult = (m: Extract<Message, { _tag: "Ok" }>): FreshenResult => {
   add("network", m.network, m.networkErrno)
   add("disks", m.disks, m.disksErrno)
   add("nets", m.nets, m.netsErrno)
+  add("forwarders", m.forwarders, m.forwardersErrno)
   return steps
 }

@@ -62,9 +62,11 @@ export const Ok = Schema.TaggedStruct("Ok", {
   disks: Schema.optional(FreshenOutcome),
   disksErrno: Schema.optional(uint(U32)),
   nets: Schema.optional(FreshenOutcome),
-  netsErrno: Schema.optional(uint(U32))
+  netsErrno: Schema.optional(uint(U32)),
+  forwarders: Schema.optional(FreshenOutcome),
+  forwardersErrno: Schema.optional(uint(U32))
 })
-const okSteps = ["clock", "rng", "hostname", "machineId", "network", "disks", "nets"] as const
+const okSteps = ["clock", "rng", "hostname", "machineId", "network", "disks", "nets", "forwarders"] as const
 export const Window = Schema.TaggedStruct("Window", { increment: Schema.Int.pipe(Schema.between(1, U32)) })
 export const Exec = Schema.TaggedStruct("Exec", {
   argv: Schema.NonEmptyArray(WireString),
@@ -137,6 +139,8 @@ const resolversPattern = new RegExp(`^${octet}(\\.${octet}){3}(,${octet}(\\.${oc
 const macText = "[0-9a-fA-F][02468aceACE](:[0-9a-fA-F]{2}){5}"
 const netEntry = `${macText}@${macText}@${octet}(\\.${octet}){3}/([89]|[12][0-9]|30)`
 const netsPattern = new RegExp(`^${netEntry}(,${netEntry}){0,7}$`)
+const portText = "([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+const portsPattern = new RegExp(`^${portText}(,${portText}){0,7}$`)
 /** Mountpoint characters and no `.` or `..` component: what the agent's decoder also checks. */
 const diskEntry = "vd[a-z]+:/(?!\\.\\.?(?:/|:|,|$))(?:[A-Za-z0-9_.-]|/(?!\\.\\.?(?:/|:|,|$)))*(?::r[ow])?"
 const disksPattern = new RegExp(`^${diskEntry}(,${diskEntry})*$`)
@@ -169,6 +173,10 @@ export const Freshen = Schema.TaggedStruct("Freshen", {
    * by its MAC, given the workspace's MAC and address, and brought up.
    */
   nets: Schema.optional(WireString.pipe(Schema.pattern(netsPattern))),
+  /** The guest TCP port whose connections the model channel's forwarder carries (started now). */
+  modelPort: Schema.optional(Schema.Int.pipe(Schema.between(1, 65535))),
+  /** The broker endpoints' guest TCP ports, in order, whose forwarders start now (at most 8). */
+  brokers: Schema.optional(WireString.pipe(Schema.pattern(portsPattern))),
   /** Extra disks to probe again and mount, `vdb:/mnt:rw,…` (a restored template's stand-ins replaced). */
   disks: Schema.optional(WireString.pipe(Schema.maxLength(1000), Schema.pattern(disksPattern)))
 }).pipe(
@@ -418,6 +426,8 @@ export const decodeMessage = (type: number, payload: Uint8Array): Either.Either<
         else if (f.tag === 10) o.routes = s(f.value, "routes")
         else if (f.tag === 11) o.dns = s(f.value, "dns")
         else if (f.tag === 12) o.nets = s(f.value, "nets")
+        else if (f.tag === 13) o.modelPort = u(f.value, 65535, "model_port")
+        else if (f.tag === 14) o.brokers = s(f.value, "brokers")
       }
       break
     case "Ok":
@@ -535,6 +545,8 @@ const encodeMessage = (m: Message): { type: number; payload: Uint8Array } => {
       if (m.routes !== undefined) w.string(10, m.routes)
       if (m.dns !== undefined) w.string(11, m.dns)
       if (m.nets !== undefined) w.string(12, m.nets)
+      if (m.modelPort !== undefined) w.uint(13, m.modelPort, 4)
+      if (m.brokers !== undefined) w.string(14, m.brokers)
       break
     case "Ok":
       okSteps.forEach((step, i) => {

@@ -393,6 +393,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           incoming: stateFile !== undefined,
           modelChannel: config.modelChannel,
           brokerPorts: config.brokerPorts,
+          channelsUnannounced: config.channelsUnannounced,
           unpluggedNic: config.unpluggedNic,
           memory
         })

@@ -15,6 +15,7 @@ import {
   type DiskAttachment,
   diskDeviceName,
   guestDiskList,
+  guestModelPort,
   type NicAttachment,
   type PortForward
 } from "../../../../services/Hypervisor.ts"
@@ -92,7 +93,7 @@ export const runtimePaths = (runtimeDir: string): RuntimePaths => ({
 
 /** The virtio-serial port the guest's model forwarder uses, and the guest TCP port it serves. */
 export const modelPortName = "microagent.model"
-export const guestModelPort = 11434
+export { guestModelPort }
 
 export interface QemuArgsInput {
   readonly workspace: string
@@ -126,6 +127,8 @@ export interface QemuArgsInput {
   readonly modelChannel?: boolean | undefined
   /** Broker endpoints: guest 127.0.0.1:PORT forwarded over virtio-serial port `microagent.broker.N`. */
   readonly brokerPorts?: ReadonlyArray<number> | undefined
+  /** The channels attached without their `microagent.model`/`.brokers` (see LaunchConfig.channelsUnannounced). */
+  readonly channelsUnannounced?: boolean | undefined
   /** The user network's NIC without a netdev behind it (see LaunchConfig.unpluggedNic). */
   readonly unpluggedNic?: boolean | undefined
   /** Where guest RAM lives (absent: QEMU's anonymous `pc.ram`, as states saved before `mem` existed). */
@@ -241,8 +244,12 @@ export const kernelCmdline = (input: QemuArgsInput): string => {
     ...(input.nics ?? []).map((nic, i) =>
       `microagent.net${i + 1}=${nic.mac}${nic.standIn === true ? "" : `,${nic.address}`}`
     ),
-    ...(input.modelChannel === true ? [`microagent.model=${guestModelPort}`] : []),
-    ...((input.brokerPorts ?? []).length > 0 ? [`microagent.brokers=${input.brokerPorts!.join(",")}`] : []),
+    ...(input.modelChannel === true && input.channelsUnannounced !== true
+      ? [`microagent.model=${guestModelPort}`]
+      : []),
+    ...((input.brokerPorts ?? []).length > 0 && input.channelsUnannounced !== true
+      ? [`microagent.brokers=${input.brokerPorts!.join(",")}`]
+      : []),
     ...(input.extraCmdline ?? [])
   ]
   return words.join(" ")
