@@ -18,10 +18,10 @@ import { Home } from "../services/Home.ts"
 import {
   guestDiskList,
   guestModelPort,
+  guestNicList,
   Hypervisor,
   LaunchConfig,
   PortForward,
-  standInNicMac,
   type VmHandle
 } from "../services/Hypervisor.ts"
 import { KernelCache } from "../services/KernelCache.ts"
@@ -423,9 +423,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                         hostname: starting.hostname,
                         network: guestNetworkOf(starting, egress !== undefined),
                         disks: guestDiskList(disks),
-                        nets: nics.length === 0
-                          ? undefined
-                          : nics.map((nic, i) => `${standInNicMac(i)}@${nic.mac}@${nic.address}`).join(","),
+                        nets: guestNicList(nics),
                         forwarders: !modelChannel && starting.brokers.length === 0 ? undefined : {
                           ...(modelChannel ? { modelPort: guestModelPort } : {}),
                           brokerPorts: starting.brokers.map((b) => b.guestPort)

@@ -260,9 +260,7 @@ const buildTemplate = (
         JSON.stringify(Schema.encodeSync(TemplateManifest)(manifest), null, 2) + "\n",
         { mode: 0o600 }
       )
-      for (const file of NodeFs.readdirSync(staging)) {
-        fsyncPath(NodePath.join(staging, file))
-      }
+      for (const file of NodeFs.readdirSync(staging)) fsyncPath(NodePath.join(staging, file))
       NodeFs.renameSync(staging, dir)
       fsyncPath(NodePath.dirname(dir))
       return { manifest, dir, disk: NodePath.join(dir, diskFile), state: NodePath.join(dir, stateFile) }

@@ -103,6 +103,15 @@ export const guestModelPort = 11434
 export const standInNicMac = (index: number): string =>
   `02:6d:61:ff:00:${(index + 1).toString(16).padStart(2, "0")}`
 
+/**
+ * The NICs on named networks as the agent takes them after a template's restore (FRESHEN's `nets`):
+ * each one's stand-in MAC, its own MAC and its address, `OLDMAC@NEWMAC@A.B.C.D/N,…`. Undefined: none.
+ */
+export const guestNicList = (nics: ReadonlyArray<NicAttachment>): string | undefined =>
+  nics.length === 0
+    ? undefined
+    : nics.map((nic, i) => `${standInNicMac(i)}@${nic.mac}@${nic.address}`).join(",")
+
 /** Everything a backend needs to boot one VM. */
 export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   workspace: Schema.String,

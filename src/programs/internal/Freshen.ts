@@ -15,6 +15,7 @@ import { Permanent } from "../../domain/Errors.ts"
 import { ExecRequest } from "../../domain/Exec.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
 import {
+  type FreshenRequest,
   type FreshenResult,
   type FreshenStep,
   GuestChannel,
@@ -45,19 +46,11 @@ interface Identity {
   /** Its NICs on named networks in place of a template's stand-ins (`OLDMAC@NEWMAC@A.B.C.D/N,…`). */
   readonly nets?: string | undefined
   /** The model and broker channels' forwarders to start (a template's guest booted without them). */
-  readonly forwarders?:
-    | { readonly modelPort?: number; readonly brokerPorts?: ReadonlyArray<number> }
-    | undefined
+  readonly forwarders?: FreshenRequest["forwarders"] | undefined
 }
 
-interface GuestNetwork {
-  readonly address: string
-  readonly gateway: string
-  readonly mac: string
-  /** With addressing of its own: its other routes (`DST/N@GW`) and its resolvers, as a boot sets them. */
-  readonly routes?: ReadonlyArray<string>
-  readonly dns?: ReadonlyArray<string>
-}
+/** eth0's identity; with addressing of its own, also its other routes and resolvers, as a boot sets them. */
+type GuestNetwork = NonNullable<FreshenRequest["network"]>
 
 /**
  * What a workspace's guest answers to on the user network (`mediated`: through the egress mediator);
