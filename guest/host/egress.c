@@ -40,6 +40,7 @@
 #define MAX_PUBLISH 32
 #define MAX_NAMES 4096
 #define MAX_PENDING 256
+#define DNS_UPSTREAM_MS 3000
 
 struct allow {
   char host[256]; /* lowercase name, ".suffix", or empty for a CIDR */
@@ -64,6 +65,10 @@ struct pending {
   struct sockaddr_in guest;
   time_t at;
   char name[256];
+  /* The guest's query up to its question, to answer SERVFAIL when the upstream stays silent. */
+  uint8_t question[512];
+  int question_len;
+  int64_t sent_ms;
 };
 
 static struct allow allows[MAX_ALLOW];
@@ -557,6 +562,9 @@ static void handle_dns_query(int dns_fd, int up_fd) {
   p->guest = from;
   p->at = now;
   snprintf(p->name, sizeof p->name, "%s", name);
+  p->question_len = end < (int)sizeof p->question ? end : (int)sizeof p->question;
+  memcpy(p->question, msg, (size_t)p->question_len);
+  p->sent_ms = monotonic_ms();
   /* The upstream id is the slot, plus random high bits against off-path spoofing. */
   uint16_t id = (uint16_t)(((unsigned)rand() & 0xff00u) | (unsigned)slot);
   msg[0] = (uint8_t)(id >> 8);
@@ -606,6 +614,22 @@ static void handle_dns_reply(int dns_fd, int up_fd) {
   struct sockaddr_in to = p->guest;
   memset(to.sin_zero, 0, sizeof to.sin_zero);
   sendto(dns_fd, msg, (size_t)n, 0, (struct sockaddr *)&to, sizeof to);
+}
+
+/* A query the upstream left unanswered for DNS_UPSTREAM_MS gets SERVFAIL, as a recursive resolver
+ * answers when it gives up, so the guest's resolver moves on instead of waiting out its timeouts. */
+static void expire_dns(int dns_fd) {
+  int64_t now = monotonic_ms();
+  for (int k = 0; k < MAX_PENDING; k++) {
+    struct pending *p = &pendings[k];
+    if (!p->used || now - p->sent_ms < DNS_UPSTREAM_MS) continue;
+    p->used = 0;
+    p->question[0] = (uint8_t)(p->guest_id >> 8);
+    p->question[1] = (uint8_t)(p->guest_id & 0xff);
+    struct sockaddr_in to = p->guest;
+    memset(to.sin_zero, 0, sizeof to.sin_zero);
+    dns_reply_rcode(dns_fd, p->question, p->question_len, p->question_len, &to, 2);
+  }
 }
 
 /* Other UDP (TPROXY): refused, with the reference's signals. */
@@ -840,6 +864,7 @@ int main(int argc, char **argv) {
     if (p[1].revents & POLLIN) handle_dns_query(dns_fd, up_fd);
     if (p[2].revents & POLLIN) handle_dns_reply(dns_fd, up_fd);
     if (p[3].revents & POLLIN) handle_udp_sink(sink_fd);
+    expire_dns(dns_fd);
     for (int i = 0; i < npublish; i++) {
       if (!(p[4 + i].revents & POLLIN)) continue;
       int c = accept4(publishes[i].fd, NULL, NULL, SOCK_CLOEXEC);

@@ -51,7 +51,7 @@ import { checkSecretValues, deliverSecrets } from "./internal/SecretDelivery.ts"
 import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
-import { planWarmStart } from "./Templates.ts"
+import { discardTemplate, planWarmStart } from "./Templates.ts"
 
 /** A start's request (domain/Requests.ts) without the name. */
 export type StartOptions = Omit<StartRequest, "name">
@@ -418,6 +418,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                 return (template !== undefined
                   // Warm: the template's guest, made this workspace's before it counts as running.
                   ? holding(hypervisor.restore(full, template.state, { ownMemory: true })).pipe(
+                    Effect.tapError(() => discardTemplate(template)),
                     Effect.tap((handle) =>
                       freshenGuest(name, handle, {
                         hostname: starting.hostname,
@@ -434,6 +435,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       )
                     ),
                     // A template that does not restore costs only the warm start: its disk boots.
+                    // The mediator watched the restored VMM and leaves with it: the boot gets its own.
                     Effect.catchAll((error) =>
                       store.appendEvent(name, {
                         type: "warm",
@@ -441,7 +443,15 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       }).pipe(
                         Effect.ignore,
                         Effect.zipRight(Effect.sync(() => (warmFailed = true))),
-                        Effect.zipRight(holding(hypervisor.launch(full)))
+                        Effect.zipRight(
+                          egress === undefined ? Effect.succeed(full) : releaseEgress(name).pipe(
+                            Effect.zipRight(prepareEgress(starting, hypervisor.backend)),
+                            Effect.map((again) =>
+                              new LaunchConfig({ ...full, ...(again === undefined ? {} : { egress: again }) })
+                            )
+                          )
+                        ),
+                        Effect.flatMap((booting) => holding(hypervisor.launch(booting)))
                       )
                     )
                   )

@@ -48,6 +48,14 @@ export interface LoadedTemplate {
   readonly state: string
 }
 
+/**
+ * Drops a template whose state the VMM refused (damaged, or written by another version of it), so
+ * the next first start of its shape builds it again instead of failing the same way. A restore under
+ * way keeps the files it opened.
+ */
+export const discardTemplate = (template: LoadedTemplate) =>
+  Effect.sync(() => NodeFs.rmSync(template.dir, { recursive: true, force: true }))
+
 const decodeManifest = Schema.decodeUnknownEither(Schema.parseJson(TemplateManifest))
 
 /** A published template, or none when its directory is missing or incomplete. */

@@ -2,12 +2,15 @@
  * The egress mediator's own end, on the real binary and real network namespaces (no VM): it ends with
  * its VMM even when the VMM is left a zombie (an init that does not reap keeps a killed VMM's entry),
  * and it removes its namespace's name only while that name still names its own namespace: a later
- * start of the same workspace may have made a new one under it.
+ * start of the same workspace may have made a new one under it. Its resolver answers SERVFAIL for
+ * what a silent upstream leaves unanswered.
  */
 import * as NodeChild from "node:child_process"
+import * as NodeDgram from "node:dgram"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
+import { promisify } from "node:util"
 import { afterEach, assert, beforeAll, describe, it } from "vitest"
 import { requireTool } from "../support/kernel.ts"
 
@@ -16,6 +19,7 @@ const ns = `microagent-egress-test-${process.pid}`
 const spawned: Array<NodeChild.ChildProcess> = []
 let work: string
 
+const execFile = promisify(NodeChild.execFile)
 const ip = (...args: Array<string>) => NodeChild.execFileSync("ip", args, { encoding: "utf8" })
 
 /** A fresh namespace under `ns` with the gateway on its loopback, as the mediator expects it. */
@@ -44,7 +48,7 @@ const waitFor = async (what: string, check: () => boolean, ms: number) => {
 }
 
 /** Starts the mediator on `ns`, watching `pidFile`, and waits for its "ready". */
-const startMediator = async (pidFile: string) => {
+const startMediator = async (pidFile: string, extra: ReadonlyArray<string> = []) => {
   const mediator = NodeChild.spawn(binary, [
     "--netns",
     `/run/netns/${ns}`,
@@ -61,7 +65,8 @@ const startMediator = async (pidFile: string) => {
     "--udp-port",
     "15002",
     "--vmm-pidfile",
-    pidFile
+    pidFile,
+    ...extra
   ], { stdio: ["ignore", "pipe", "pipe"], detached: true })
   spawned.push(mediator)
   let stderr = ""
@@ -88,6 +93,62 @@ afterEach(() => {
     }
   }
   NodeChild.spawnSync("ip", ["netns", "delete", ns])
+})
+
+/**
+ * Asks the mediator's resolver (10.0.2.2:53 in `ns`) for `name` from inside the namespace: the reply's
+ * rcode, or "none" after 8 s, and how long it took.
+ */
+const lookUp = async (name: string) => {
+  const script = [
+    "import socket, struct, sys, time",
+    "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(8)",
+    "q = struct.pack('>HHHHHH', 0x4242, 0x0100, 1, 0, 0, 0)",
+    "q += b''.join(bytes([len(p)]) + p.encode() for p in sys.argv[1].split('.')) + b'\\0' + struct.pack('>HH', 1, 1)",
+    "t = time.time(); s.sendto(q, ('10.0.2.2', 53))",
+    "try:",
+    "    r = s.recv(512); print(r[3] & 15 if r[:2] == b'\\x42\\x42' else 'other', int((time.time() - t) * 1000))",
+    "except socket.timeout:",
+    "    print('none', int((time.time() - t) * 1000))"
+  ].join("\n")
+  // Not execFileSync: the upstream answering in this process must not be blocked.
+  const { stdout } = await execFile("ip", ["netns", "exec", ns, "python3", "-c", script, name], {
+    encoding: "utf8"
+  })
+  const [rcode, ms] = stdout.trim().split(" ")
+  return { rcode: rcode!, ms: Number(ms) }
+}
+
+describe("the egress mediator's resolver", () => {
+  it("relays what its upstream answers, and answers SERVFAIL for what it leaves unanswered", async () => {
+    requireTool("python3", "python3")
+    makeNamespace()
+    // The upstream: NXDOMAIN for nx.test, silence for everything else.
+    const upstream = NodeDgram.createSocket("udp4")
+    upstream.on("message", (msg, from) => {
+      if (!msg.includes(Buffer.from("\x02nx\x04test"))) return
+      const reply = Buffer.from(msg)
+      reply[2] = 0x81
+      reply[3] = 0x83
+      upstream.send(reply, from.port, from.address)
+    })
+    await new Promise<void>((resolve) => upstream.bind(0, "127.0.0.1", resolve))
+    try {
+      await startMediator(NodePath.join(work, "qemu4.pid"), [
+        "--dns-upstream",
+        `127.0.0.1:${upstream.address().port}`
+      ])
+      const answered = await lookUp("nx.test")
+      assert.strictEqual(answered.rcode, "3", "the upstream's NXDOMAIN reaches the guest")
+      assert.isBelow(answered.ms, 1_000)
+      const silent = await lookUp("silent.test")
+      assert.strictEqual(silent.rcode, "2", "SERVFAIL, rather than no answer")
+      assert.isAtLeast(silent.ms, 2_500)
+      assert.isBelow(silent.ms, 5_000)
+    } finally {
+      upstream.close()
+    }
+  }, 60_000)
 })
 
 describe("the egress mediator's end", () => {

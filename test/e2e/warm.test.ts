@@ -3,7 +3,8 @@
  * next ones restore it instead of booting. A warm workspace is its own (hostname, RNG, disk), gets its
  * secrets, files and published ports, reaches the egress mediator, mounts its own volumes and disks in
  * place of the template's stand-ins; `--cold` and anything the template cannot hold boot; templates are
- * listed and pruned, and a pruned one is built again.
+ * listed and pruned, and a pruned one is built again; one that does not restore is dropped and the
+ * start boots, mediated as ever.
  */
 import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
@@ -288,6 +289,43 @@ describe("warm starts on real microVMs", () => {
       assert.notInclude(out, "nameserver 10.0.2.3", out)
       assert.include(out, "hello-through-the-nat", out)
       await ok(["delete", "--force", "ad1"])
+    },
+    300_000
+  )
+
+  it(
+    "a template that does not restore is dropped: the start boots with its own mediator, the next builds it again",
+    async () => {
+      // The default shape's template (built now if missing), then its device state damaged: QEMU refuses it.
+      await ok(["create", "--image", defaultImage, "b0"])
+      await ok(["start", "b0"])
+      const key = /^restored template ([0-9a-f]{24})/.exec((await warmEvent("b0")) ?? "")?.[1]
+      assert.isDefined(key, await warmEvent("b0"))
+      await ok(["delete", "--force", "b0"])
+      const before = await templates()
+      NodeFs.writeFileSync(NodePath.join(stateDir, "templates", key!, "vm.state"), "damaged")
+      await ok([
+        "create",
+        "--image",
+        defaultImage,
+        "--egress-lock-allowlist",
+        "--egress-allow",
+        "example.org",
+        "b1"
+      ])
+      await ok(["start", "b1"])
+      assert.match((await warmEvent("b1")) ?? "", new RegExp(`^template ${key} did not restore, booting: `))
+      // The boot's mediator answers (REFUSED for a name off the allowlist): the restore's left with it.
+      const out = await sh("b1", "nslookup example.com 2>&1; true")
+      assert.match(out, /REFUSED/, out)
+      const after = (await templates()).map((t) => t.manifest.key)
+      assert.notInclude(after, key, "the damaged template is gone")
+      assert.strictEqual(after.length, before.length - 1, "the others stay")
+      await ok(["create", "--image", defaultImage, "b2"])
+      await ok(["start", "b2"])
+      assert.include((await warmEvent("b2")) ?? "", "built by this start")
+      assert.strictEqual(await sh("b2", "echo warm-again"), "warm-again\n")
+      await ok(["delete", "--force", "b1", "b2"])
     },
     300_000
   )
