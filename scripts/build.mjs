@@ -1,7 +1,7 @@
 // Bundles the CLI: bin/microagent.mjs (a tiny first stage) and bin/microagent-main.cjs (the CLI), and
 // bin/microagent-runtime.mjs with bin/microagent-runtime.cjs, the runtime process alone (it loads
 // neither the CLI nor the MCP server), bin/microagent-model-runner.mjs, the embedded model runner, and
-// bin/microagent-model-bridge.mjs and bin/microagent-broker.mjs.
+// bin/microagent-model-bridge.mjs, bin/microagent-broker.mjs and bin/microagent-mitm.mjs.
 import { build } from "esbuild"
 import { execFileSync } from "node:child_process"
 import { createHash } from "node:crypto"
@@ -141,6 +141,13 @@ await emit({
   banner: withSqlite.banner,
   entryPoints: ["src/bridge/brokerBin.ts"],
   outfile: "bin/microagent-broker.mjs"
+})
+
+// A mediated workspace's TLS interceptor under --egress mitm (one detached process per workspace).
+await emit({
+  banner: withSqlite.banner,
+  entryPoints: ["src/bridge/mitmBin.ts"],
+  outfile: "bin/microagent-mitm.mjs"
 })
 
 await emit({

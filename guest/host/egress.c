@@ -32,6 +32,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@ struct allow {
   char host[256]; /* lowercase name, ".suffix", or empty for a CIDR */
   uint32_t net, mask; /* host order */
   int port; /* 0: any */
+  int passthrough; /* allowed, and never handed to the TLS interceptor */
 };
 
 struct publish {
@@ -82,6 +84,8 @@ static uint16_t next_id = 1;
 static uint32_t host_addrs[256]; /* every IPv4 address of the host, network order */
 static int nhost;
 static int lock_allowlist;
+/* mitm: the TLS interceptor's socket (a host process); allowed TLS flows go there instead of upstream. */
+static const char *mitm_socket;
 static int log_fd = -1;
 static const char *workspace = "";
 static uint32_t gateway_ip, guest_ip;
@@ -186,9 +190,10 @@ static int name_allowed(const char *name) {
   return 0;
 }
 
-static int addr_allowed(uint32_t ip_n, int port, const char *name) {
+static int addr_listed(uint32_t ip_n, int port, const char *name, int passthrough_only) {
   uint32_t ip = ntohl(ip_n);
   for (int i = 0; i < nallow; i++) {
+    if (passthrough_only && !allows[i].passthrough) continue;
     if (allows[i].port != 0 && allows[i].port != port) continue;
     if (allows[i].host[0]) {
       if (name && name_matches(allows[i].host, name)) return 1;
@@ -198,6 +203,8 @@ static int addr_allowed(uint32_t ip_n, int port, const char *name) {
   }
   return 0;
 }
+
+static int addr_allowed(uint32_t ip_n, int port, const char *name) { return addr_listed(ip_n, port, name, 0); }
 
 static const char *name_of(uint32_t ip_n) {
   for (int i = nnames - 1; i >= 0; i--)
@@ -215,10 +222,11 @@ static void remember(uint32_t ip_n, const char *name) {
   nnames++;
 }
 
-static void parse_allow(const char *spec) {
+static void parse_allow(const char *spec, int passthrough) {
   if (nallow == MAX_ALLOW) return;
   struct allow *a = &allows[nallow];
   memset(a, 0, sizeof *a);
+  a->passthrough = passthrough;
   char buf[300];
   snprintf(buf, sizeof buf, "%s", spec);
   char *colon = strrchr(buf, ':');
@@ -376,6 +384,8 @@ struct flow {
   char dst_s[INET_ADDRSTRLEN];
   int port;
   int listed;
+  int passthrough;
+  char name[256]; /* the name it was looked up by, or "-" */
   char host_field[300];
 };
 
@@ -395,6 +405,8 @@ static int classify_guest_tcp(int client, struct flow *f) {
   const char *name = name_of(f->dst.sin_addr.s_addr);
   f->host_field[0] = 0;
   if (name) snprintf(f->host_field, sizeof f->host_field, ",\"host\":\"%s\"", name);
+  snprintf(f->name, sizeof f->name, "%s", name ? name : "-");
+  f->passthrough = addr_listed(f->dst.sin_addr.s_addr, f->port, name, 1);
   const char *inside = inside_reason(f->dst.sin_addr.s_addr);
   f->listed = addr_allowed(f->dst.sin_addr.s_addr, f->port, name);
   if (inside && !f->listed) {
@@ -415,16 +427,44 @@ static int classify_guest_tcp(int client, struct flow *f) {
   return 1;
 }
 
-/* An allowed guest connection, in its own child: dial from the host, splice, audit the close. */
+/* Whether the guest opens with a TLS handshake record. Clients speak first in TLS and HTTP; a
+ * protocol whose server speaks first (SSH, SMTP) sends nothing for a second and is spliced as it is. */
+static int opens_with_tls(int client) {
+  struct pollfd p = {.fd = client, .events = POLLIN};
+  if (poll(&p, 1, 1000) != 1) return 0;
+  uint8_t first;
+  return recv(client, &first, 1, MSG_PEEK) == 1 && first == 0x16;
+}
+
+/* The TLS interceptor, told which address the guest dialled (it dials exactly that, never a name)
+ * and the name the guest looked up; -1 when it cannot be reached. */
+static int dial_interceptor(const struct flow *f) {
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  snprintf(sa.sun_path, sizeof sa.sun_path, "%s", mitm_socket);
+  char preamble[320];
+  int n = snprintf(preamble, sizeof preamble, "%s %d %s\n", f->dst_s, f->port, f->name);
+  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || write(fd, preamble, (size_t)n) != n) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* An allowed guest connection, in its own child: dial from the host (or, for TLS under mitm, hand it
+ * to the interceptor), splice, audit the close. */
 static void serve_guest_tcp(int client, const struct flow *f) {
-  int upstream = dial(f->dst.sin_addr.s_addr, f->port);
+  int intercepted = mitm_socket && !f->passthrough && opens_with_tls(client);
+  int upstream = intercepted ? dial_interceptor(f) : dial(f->dst.sin_addr.s_addr, f->port);
   if (upstream < 0) {
-    audit("egress_deny", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s,\"signal\":\"denied\",\"reason\":\"dial failed: %s\"",
-          f->dst_s, f->port, f->host_field, strerror(errno));
+    audit("egress_deny", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s,\"signal\":\"denied\",\"reason\":\"%s: %s\"",
+          f->dst_s, f->port, f->host_field, intercepted ? "the TLS interceptor is unreachable" : "dial failed",
+          strerror(errno));
     _exit(0);
   }
-  audit("egress_allow", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s%s", f->dst_s, f->port, f->host_field,
-        f->listed ? "" : ",\"unlisted\":true");
+  audit("egress_allow", "\"proto\":\"tcp\",\"dst\":\"%s:%d\"%s%s%s", f->dst_s, f->port, f->host_field,
+        f->listed ? "" : ",\"unlisted\":true", intercepted ? ",\"mitm\":true" : "");
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   long long out = 0, in = 0;
@@ -717,7 +757,7 @@ static void usage(void) {
           "usage: microagent-egress --netns PATH --workspace NAME --gateway IP --guest IP --log FILE\n"
           "       [--tcp-port N] [--udp-port N] [--dns-upstream IP[:PORT]] [--allow SPEC]... [--lock-allowlist]\n"
           "       [--publish HOSTIP:HOSTPORT:GUESTPORT]... [--max-conns N] [--max-total-bytes N] [--max-bps N]\n"
-          "       [--vmm-pidfile FILE]\n");
+          "       [--vmm-pidfile FILE] [--mitm-socket PATH] [--passthrough SPEC]...\n");
   exit(2);
 }
 
@@ -768,7 +808,9 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--guest")) guest = v;
     else if (!strcmp(a, "--tcp-port")) tcp_port = atoi(v);
     else if (!strcmp(a, "--udp-port")) udp_port = atoi(v);
-    else if (!strcmp(a, "--allow")) parse_allow(v);
+    else if (!strcmp(a, "--allow")) parse_allow(v, 0);
+    else if (!strcmp(a, "--passthrough")) parse_allow(v, 1);
+    else if (!strcmp(a, "--mitm-socket")) mitm_socket = v;
     else if (!strcmp(a, "--max-conns")) max_conns = atol(v);
     else if (!strcmp(a, "--max-total-bytes")) max_total_bytes = atoll(v);
     else if (!strcmp(a, "--max-bps")) max_bps = atoll(v);
@@ -818,8 +860,9 @@ int main(int argc, char **argv) {
   struct sigaction sa = {.sa_handler = on_child, .sa_flags = SA_RESTART | SA_NOCLDSTOP};
   sigaction(SIGCHLD, &sa, NULL);
   signal(SIGPIPE, SIG_IGN);
-  audit("egress_mediator_start", "\"mode\":\"broker\",\"lock_allowlist\":%s,\"allow\":%d", lock_allowlist ? "true" : "false",
-        nallow);
+  audit("egress_mediator_start", "\"mode\":\"%s\",\"lock_allowlist\":%s,\"allow\":%d", mitm_socket ? "mitm" : "broker",
+        lock_allowlist ? "true" : "false", nallow);
+  if (mitm_socket) audit("egress_mitm_enabled", "");
   /* Ready: the parent waits for this line before it starts the VM. */
   printf("ready\n");
   fflush(stdout);

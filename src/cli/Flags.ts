@@ -185,9 +185,9 @@ export const workspaceOptions = {
     Options.withDescription("publish guest TCP port G on host port H (repeatable)"),
     Options.repeated
   ),
-  egress: Options.choice("egress", ["broker", "off"]).pipe(
+  egress: Options.choice("egress", ["broker", "mitm", "off"]).pipe(
     Options.withDescription(
-      "broker (default: public internet only) or off"
+      "broker (default: public internet only), mitm (also intercepts TLS) or off"
     ),
     Options.optional
   ),
@@ -195,6 +195,21 @@ export const workspaceOptions = {
     Options.withPseudoName("DEST"),
     Options.withDescription("allow HOST, .SUFFIX or CIDR[:PORT] (repeatable)"),
     Options.repeated
+  ),
+  egressPassthrough: Options.text("egress-passthrough").pipe(
+    Options.withPseudoName("DEST"),
+    Options.withDescription("mitm: allow DEST, never intercepted (repeatable)"),
+    Options.repeated
+  ),
+  credSwap: Options.text("cred-swap").pipe(
+    Options.withPseudoName("PROVIDER[=REF]"),
+    Options.withDescription("mitm: send PROVIDER's key from the host (repeatable)"),
+    Options.repeated
+  ),
+  egressSwapConfig: Options.text("egress-swap-config").pipe(
+    Options.withPseudoName("FILE"),
+    Options.withDescription("mitm: YAML/JSON credential swaps"),
+    Options.optional
   ),
   egressLockAllowlist: Options.boolean("egress-lock-allowlist").pipe(
     Options.withDescription("reach only --egress-allow destinations")

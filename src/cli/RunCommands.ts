@@ -5,7 +5,16 @@ import { Args, Command, Options } from "@effect/cli"
 import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { decodeEgressPolicyFile, EgressPolicy, type EgressReceipt, normalizeAllow } from "../domain/Egress.ts"
+import {
+  type CredentialSwap,
+  decodeEgressPolicyFile,
+  decodeSwapConfig,
+  EgressMode,
+  EgressPolicy,
+  type EgressReceipt,
+  normalizeAllow,
+  parseCredSwap
+} from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy, parseFileCopy, parseMode } from "../domain/FileCopy.ts"
@@ -14,7 +23,7 @@ import { planText } from "../domain/Plan.ts"
 import type { CreateRequest, ExecCommand } from "../domain/Requests.ts"
 import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { Spec } from "../domain/Spec.ts"
-import type { Workspace } from "../domain/Workspace.ts"
+import { SecretRef, type Workspace } from "../domain/Workspace.ts"
 import { defaultBackend } from "../layers/backends/Backends.ts"
 import { defaultImage } from "../layers/image/BuiltinImages.ts"
 import { createFromSnapshot } from "../programs/Clone.ts"
@@ -161,13 +170,16 @@ const workspaceFields = (
     readonly publish: ReadonlyArray<string>
     readonly refuseDevices: boolean
     readonly ttl: Option.Option<number>
-    readonly egress: Option.Option<"broker" | "off">
+    readonly egress: Option.Option<EgressMode>
     readonly egressAllow: ReadonlyArray<string>
     readonly egressLockAllowlist: boolean
     readonly egressMaxConns: Option.Option<number>
     readonly egressMaxTotalBytes: Option.Option<number>
     readonly egressMaxBps: Option.Option<number>
     readonly egressPolicy: Option.Option<string>
+    readonly egressPassthrough: ReadonlyArray<string>
+    readonly credSwap: ReadonlyArray<string>
+    readonly egressSwapConfig: Option.Option<string>
     readonly model: Option.Option<string>
     readonly modelMediation?: Option.Option<"off" | "local-allow" | "policy">
     readonly modelPolicyFile?: Option.Option<string>
@@ -180,11 +192,16 @@ const workspaceFields = (
       networkFields(options, spec),
       egressPolicyFileOf(options),
       modelOf(options),
-      parseLabels((options.constraint ?? []).join(","), "--constraint")
+      parseLabels((options.constraint ?? []).join(","), "--constraint"),
+      credentialSwapsOf(options, spec)
     ]),
-    ([network, fileAllow, model, constraints]) => ({
+    ([network, file, model, constraints, swaps]) => ({
       ...(Object.keys(constraints).length > 0 ? { constraints } : {}),
-      egress: egressPolicyOf(options, spec, fileAllow),
+      egress: egressPolicyOf(options, spec, file, swaps.map((s) => s.swap)),
+      /** The host-held secrets the swaps read: the caller adds them to the workspace's secrets. */
+      swapSecrets: swaps.map((s) =>
+        new SecretRef({ name: s.secret.name, source: s.secret.source, use: "broker" })
+      ),
       profile: orUndefined(options.profile) ?? spec.profile,
       memoryMiB: orUndefined(options.memory) ?? spec.resources?.memoryMiB,
       cpus: orUndefined(options.cpus) ?? spec.resources?.cpuCount,
@@ -243,10 +260,14 @@ const modelOf = (options: {
 
 /** `--egress-policy FILE`: its destinations, checked; refused with `--egress off` (nothing to apply them). */
 const egressPolicyFileOf = (
-  options: { readonly egress: Option.Option<"broker" | "off">; readonly egressPolicy: Option.Option<string> }
+  options: { readonly egress: Option.Option<EgressMode>; readonly egressPolicy: Option.Option<string> }
 ) =>
   Option.match(options.egressPolicy, {
-    onNone: () => Effect.succeed<ReadonlyArray<string>>([]),
+    onNone: () =>
+      Effect.succeed<{ readonly allow: ReadonlyArray<string>; readonly passthrough: ReadonlyArray<string> }>({
+        allow: [],
+        passthrough: []
+      }),
     onSome: (path) =>
       Effect.gen(function*() {
         if (Option.getOrUndefined(options.egress) === "off") {
@@ -267,18 +288,64 @@ const egressPolicyFileOf = (
       })
   })
 
+/** The workspace's secrets with those its credential swaps read (held on the host, like a broker's). */
+const withSwapSecrets = (
+  secrets: ReadonlyArray<SecretRef> | undefined,
+  swapSecrets: ReadonlyArray<SecretRef>
+) =>
+  swapSecrets.length === 0
+    ? secrets
+    : [...(secrets ?? []).filter((s) => !swapSecrets.some((w) => w.name === s.name)), ...swapSecrets]
+
+/**
+ * The credential swaps of `--cred-swap`, `--egress-swap-config` and the spec's `egress.credSwap` and
+ * `agent.cred-swap`, each with the host-held secret it reads; a later one of the same name wins.
+ */
+const credentialSwapsOf = (
+  options: { readonly credSwap: ReadonlyArray<string>; readonly egressSwapConfig: Option.Option<string> },
+  spec: Spec
+) =>
+  Effect.gen(function*() {
+    const texts = [
+      ...(spec.egress?.credSwap ?? []),
+      ...(spec.agent?.["cred-swap"] ?? []),
+      ...options.credSwap
+    ]
+    const swaps = [...(yield* Effect.forEach(texts, (text) => parseCredSwap(text)))]
+    if (Option.isSome(options.egressSwapConfig)) {
+      const path = options.egressSwapConfig.value
+      const text = yield* Effect.try({
+        try: () => NodeFs.readFileSync(path, "utf8"),
+        catch: (cause) =>
+          new InvalidInput({
+            message: `--egress-swap-config ${path}: ${
+              cause instanceof Error ? cause.message : String(cause)
+            }`,
+            remediation: "give a readable YAML or JSON file"
+          })
+      })
+      swaps.push(...(yield* decodeSwapConfig(text, path)))
+    }
+    return [...new Map(swaps.map((s) => [s.swap.name, s])).values()]
+  })
+
 /** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */
 export const egressPolicyOf = (
   options: {
-    readonly egress: Option.Option<"broker" | "off">
+    readonly egress: Option.Option<EgressMode>
     readonly egressAllow: ReadonlyArray<string>
     readonly egressLockAllowlist: boolean
     readonly egressMaxConns: Option.Option<number>
     readonly egressMaxTotalBytes: Option.Option<number>
     readonly egressMaxBps: Option.Option<number>
+    readonly egressPassthrough?: ReadonlyArray<string>
   },
   spec: Spec,
-  fileAllow: ReadonlyArray<string> = []
+  file: { readonly allow: ReadonlyArray<string>; readonly passthrough: ReadonlyArray<string> } = {
+    allow: [],
+    passthrough: []
+  },
+  swaps: ReadonlyArray<CredentialSwap> = []
 ): EgressPolicy => {
   const mode = orUndefined(options.egress) ?? spec.egress?.mode ?? spec.agent?.egress ?? "broker"
   if (mode === "off") {
@@ -293,10 +360,17 @@ export const egressPolicyOf = (
     mode,
     allow: [
       ...new Set(
-        [...(spec.egress?.allow ?? []), ...(spec.agent?.allow ?? []), ...options.egressAllow, ...fileAllow]
+        [...(spec.egress?.allow ?? []), ...(spec.agent?.allow ?? []), ...options.egressAllow, ...file.allow]
           .map(normalizeAllow)
       )
     ],
+    passthrough: [
+      ...new Set(
+        [...(spec.egress?.passthrough ?? []), ...(options.egressPassthrough ?? []), ...file.passthrough]
+          .map(normalizeAllow)
+      )
+    ],
+    swaps,
     lockAllowlist: options.egressLockAllowlist || (spec.egress?.lockAllowlist ?? false),
     ...(maxConns === undefined ? {} : { maxConns }),
     ...(maxTotalBytes === undefined ? {} : { maxTotalBytes }),
@@ -412,13 +486,15 @@ const oneShotCommand = (verb: "run" | "dispatch") =>
       const env = { ...spec.env, ...(yield* parseEnv(options.env)) }
       const json = yield* jsonMode
       const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-      const { brokers, secrets } = yield* brokeredSecretsOf(
+      const brokered = yield* brokeredSecretsOf(
         options.broker,
         yield* secretRefsOf(options.secret),
         spec,
         specDirOf(options.file)
       )
-      const fields = yield* workspaceFields(options, spec)
+      const { swapSecrets, ...fields } = yield* workspaceFields(options, spec)
+      const { brokers } = brokered
+      const secrets = withSwapSecrets(brokered.secrets, swapSecrets)
       const outputs = yield* allOutputsOf(spec, options.outputs)
       const files = yield* filesOf(spec, options.file, [])
       const setup = yield* setupOf(spec, options.file, options.setup)
@@ -604,12 +680,15 @@ const createCommand = Command.make("create", {
       })
     }
     const mounts = yield* allMountsOf(spec, specDirOf(options.file), options.volume)
-    const { brokers, secrets } = yield* brokeredSecretsOf(
+    const brokered = yield* brokeredSecretsOf(
       options.broker,
       yield* secretRefsOf(options.secret),
       spec,
       specDirOf(options.file)
     )
+    const { swapSecrets, ...fields } = yield* workspaceFields(options, spec)
+    const { brokers } = brokered
+    const secrets = withSwapSecrets(brokered.secrets, swapSecrets)
     // Resolved once so that a secret that cannot be read fails now, not at the first start.
     yield* resolveSecrets(secrets ?? [])
     const files = yield* filesOf(spec, options.file, options.fileCopy)
@@ -620,7 +699,7 @@ const createCommand = Command.make("create", {
       files,
       setup,
       ...supervision,
-      ...(yield* workspaceFields(options, spec)),
+      ...fields,
       name: positional ?? flagged ?? spec.name,
       restart: orUndefined(options.restart) ?? spec.restart,
       entrypoint: orUndefined(options.entrypoint) ?? spec.entrypoint ?? spec.agent?.entry,

@@ -3,6 +3,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { Effect, Option } from "effect"
+import type { EgressMode } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { parsePublishes } from "../domain/Publish.ts"
 import type { Spec } from "../domain/Spec.ts"
@@ -15,7 +16,7 @@ import { egressPolicyOf, filesOf, setupOf, specDirOf } from "./RunCommands.ts"
 import { allMountsOf } from "./volume.ts"
 
 const noFlags = {
-  egress: Option.none<"broker" | "off">(),
+  egress: Option.none<EgressMode>(),
   egressAllow: [],
   egressLockAllowlist: false,
   egressMaxConns: Option.none<number>(),

@@ -234,7 +234,9 @@ export const swapReferences = (text: string, values: ReadonlyMap<string, string>
  */
 export const checkBrokers = (
   endpoints: ReadonlyArray<BrokerEndpoint>,
-  secrets: ReadonlyArray<SecretRef>
+  secrets: ReadonlyArray<SecretRef>,
+  /** Host-held secrets that `mitm`'s credential swaps read rather than an endpoint. */
+  swapped: ReadonlyArray<string> = []
 ) =>
   Effect.gen(function*() {
     if (endpoints.length > maxBrokers) {
@@ -243,7 +245,7 @@ export const checkBrokers = (
       )
     }
     const held = new Set(secrets.filter((s) => s.use === "broker").map((s) => s.name))
-    const used = new Set<string>()
+    const used = new Set<string>(swapped)
     for (const [i, endpoint] of endpoints.entries()) {
       if (endpoint.guestPort !== brokerBasePort + i) {
         return yield* invalid(

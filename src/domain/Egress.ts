@@ -6,9 +6,170 @@ import { Either, ParseResult, Schema } from "effect"
 import * as Yaml from "yaml"
 import { InvalidInput } from "./Errors.ts"
 
-export const EgressMode = Schema.Literal("broker", "off")
+export const EgressMode = Schema.Literal("broker", "mitm", "off")
 export type EgressMode = typeof EgressMode.Type
-export const egressModes: ReadonlyArray<EgressMode> = ["broker", "off"]
+export const egressModes: ReadonlyArray<EgressMode> = ["broker", "mitm", "off"]
+
+/**
+ * A credential swap (`mitm` only): every request the interceptor relays to one of `domains` (a host,
+ * or `.suffix` for the apex and its subdomains) carries `header` set to `format` with `{key}` replaced
+ * by the value of the host-held secret `secret` (a workspace secret with `use: broker`, which never
+ * reaches the guest), whatever the guest sent in it.
+ */
+export class CredentialSwap extends Schema.Class<CredentialSwap>("CredentialSwap")({
+  name: Schema.String,
+  domains: Schema.Array(Schema.String),
+  header: Schema.String,
+  format: Schema.String,
+  secret: Schema.String
+}) {}
+
+/** The built-in `--cred-swap PROVIDER[=REF]` providers: their API host, header and format. */
+export const swapProviders: Record<
+  string,
+  { readonly domain: string; readonly header: string; readonly format: string }
+> = {
+  anthropic: { domain: "api.anthropic.com", header: "x-api-key", format: "{key}" },
+  openai: { domain: "api.openai.com", header: "authorization", format: "Bearer {key}" },
+  gemini: { domain: "generativelanguage.googleapis.com", header: "x-goog-api-key", format: "{key}" },
+  groq: { domain: "api.groq.com", header: "authorization", format: "Bearer {key}" },
+  openrouter: { domain: "openrouter.ai", header: "authorization", format: "Bearer {key}" },
+  deepseek: { domain: "api.deepseek.com", header: "authorization", format: "Bearer {key}" }
+}
+
+/** Where a swap's value comes from: `env:VAR` or `file:PATH` (as a secret's source; literals are refused). */
+const swapRefPattern = /^(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)$/
+
+const swapInvalid = (message: string) =>
+  new InvalidInput({
+    message,
+    remediation: `give PROVIDER[=env:VAR|file:PATH] with PROVIDER one of ${
+      Object.keys(swapProviders).join(", ")
+    }`
+  })
+
+/**
+ * `--cred-swap PROVIDER[=REF]`: the swap and the host-held secret it reads (`<PROVIDER>_API_KEY`, from
+ * `env:<PROVIDER>_API_KEY` unless REF says otherwise).
+ */
+export const parseCredSwap = (
+  text: string
+): Either.Either<
+  { readonly swap: CredentialSwap; readonly secret: { readonly name: string; readonly source: string } },
+  InvalidInput
+> => {
+  const at = text.indexOf("=")
+  const provider = (at < 0 ? text : text.slice(0, at)).trim().toLowerCase()
+  const known = swapProviders[provider]
+  if (known === undefined) {
+    return Either.left(swapInvalid(`--cred-swap ${text}: unknown provider "${provider}"`))
+  }
+  const secret = `${provider.toUpperCase()}_API_KEY`
+  const source = at < 0 ? `env:${secret}` : text.slice(at + 1).trim()
+  if (!swapRefPattern.test(source)) {
+    return Either.left(
+      swapInvalid(`--cred-swap ${text}: the value must come from env:VAR or file:PATH, never be written out`)
+    )
+  }
+  return Either.right({
+    swap: new CredentialSwap({
+      name: provider,
+      domains: [known.domain],
+      header: known.header,
+      format: known.format,
+      secret
+    }),
+    secret: { name: secret, source }
+  })
+}
+
+/**
+ * An `--egress-swap-config FILE` (YAML or JSON): `swaps.<name>: {type: static, domains, header, format,
+ * key_ref}`, decoded strictly. Only `static` swaps are built (`oauth2-cc` and `jwt-bearer` are refused).
+ */
+const SwapConfigFile = Schema.Struct({
+  swaps: Schema.Record({
+    key: Schema.String,
+    value: Schema.Struct({
+      type: Schema.optional(Schema.Literal("static", "oauth2-cc", "jwt-bearer")),
+      domains: Schema.Array(Schema.String).pipe(Schema.minItems(1)),
+      header: Schema.optional(Schema.String),
+      format: Schema.optional(Schema.String),
+      key_ref: Schema.String
+    })
+  })
+})
+
+const headerPattern = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/
+
+/** The swaps of a swap config's text and the secrets they read; `source` names the file in messages. */
+export const decodeSwapConfig = (
+  text: string,
+  source: string
+): Either.Either<
+  ReadonlyArray<
+    { readonly swap: CredentialSwap; readonly secret: { readonly name: string; readonly source: string } }
+  >,
+  InvalidInput
+> => {
+  const invalid = (detail: string) =>
+    new InvalidInput({
+      message: `${source}: ${detail}`,
+      remediation:
+        'a swap config holds `swaps: {NAME: {type: static, domains: [HOST|.SUFFIX], header: H, format: "Bearer {key}", key_ref: env:VAR|file:PATH}}`'
+    })
+  const document = Yaml.parseDocument(text, { uniqueKeys: true })
+  if (document.errors.length > 0) {
+    return Either.left(invalid(`not valid YAML or JSON: ${document.errors[0]!.message.split("\n")[0]}`))
+  }
+  return Schema.decodeUnknownEither(SwapConfigFile, { onExcessProperty: "error" })(document.toJS() ?? {})
+    .pipe(
+      Either.mapLeft((error) =>
+        invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" "))
+      ),
+      Either.flatMap((file) => {
+        const out: Array<{ swap: CredentialSwap; secret: { name: string; source: string } }> = []
+        for (const [name, entry] of Object.entries(file.swaps)) {
+          if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
+            return Either.left(invalid(`swap name "${name}" is not [a-z0-9_-]`))
+          }
+          if ((entry.type ?? "static") !== "static") {
+            return Either.left(
+              invalid(`swap ${name}: type ${entry.type} is not built; only static swaps are`)
+            )
+          }
+          const domains = entry.domains.map(normalizeAllow)
+          const bad = domains.find((d) => d.includes(":") || allowProblem(d) !== undefined || /^\d/.test(d))
+          if (bad !== undefined) {
+            return Either.left(invalid(`swap ${name}: "${bad}" is not a host or .suffix`))
+          }
+          const header = (entry.header ?? "authorization").toLowerCase()
+          if (!headerPattern.test(header)) {
+            return Either.left(invalid(`swap ${name}: "${header}" is not a header name`))
+          }
+          const format = entry.format ?? "Bearer {key}"
+          if (!format.includes("{key}") || /[\r\n]/.test(format)) {
+            return Either.left(invalid(`swap ${name}: the format must hold {key} on one line`))
+          }
+          if (!swapRefPattern.test(entry.key_ref)) {
+            return Either.left(invalid(`swap ${name}: key_ref must be env:VAR or file:PATH, never the value`))
+          }
+          const secret = `SWAP_${name.toUpperCase().replace(/-/g, "_")}`
+          out.push({
+            swap: new CredentialSwap({ name, domains, header, format, secret }),
+            secret: { name: secret, source: entry.key_ref }
+          })
+        }
+        return Either.right(out)
+      })
+    )
+}
+
+/** Whether `host` is one of `domains` (a host, or `.suffix`: the apex and its subdomains). */
+export const hostMatches = (domains: ReadonlyArray<string>, host: string): boolean => {
+  const name = host.toLowerCase().replace(/\.+$/, "")
+  return domains.some((d) => d.startsWith(".") ? name === d.slice(1) || name.endsWith(d) : name === d)
+}
 
 /** `host`, `.suffix` (apex and subdomains) or `A.B.C.D[/N]`, each with an optional `:port`. */
 const allowPattern =
@@ -43,6 +204,10 @@ export class EgressPolicy extends Schema.Class<EgressPolicy>("EgressPolicy")({
   allow: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   /** Only the allowlist is reachable; other names are answered REFUSED. */
   lockAllowlist: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /** `mitm`: destinations allowed but never intercepted (their TLS reaches the guest as it is). */
+  passthrough: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /** `mitm`: credential swaps applied to intercepted requests. */
+  swaps: Schema.optionalWith(Schema.Array(CredentialSwap), { default: () => [] }),
   /** Concurrent guest connections; 0 = no cap. */
   maxConns: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   /** Bytes per connection (both ways) before the mediator tears it down; 0 = no cap. */
@@ -53,8 +218,9 @@ export class EgressPolicy extends Schema.Class<EgressPolicy>("EgressPolicy")({
 
 /**
  * An `--egress-policy FILE` (YAML or JSON): `allow` and `passthrough` destinations, in the allowlist's
- * grammar, unioned with `--egress-allow`. Nothing is intercepted in `broker` mode, so a passthrough
- * destination is simply allowed. Decoded strictly: any other key is an error.
+ * grammar, unioned with `--egress-allow` and `--egress-passthrough`. A passthrough destination is
+ * allowed and, under `mitm`, never intercepted (nothing is in `broker` mode). Decoded strictly: any
+ * other key is an error.
  */
 export const EgressPolicyFile = Schema.Struct({
   allow: Schema.optional(Schema.Array(Schema.String)),
@@ -65,7 +231,10 @@ export const EgressPolicyFile = Schema.Struct({
 export const decodeEgressPolicyFile = (
   text: string,
   source: string
-): Either.Either<ReadonlyArray<string>, InvalidInput> => {
+): Either.Either<
+  { readonly allow: ReadonlyArray<string>; readonly passthrough: ReadonlyArray<string> },
+  InvalidInput
+> => {
   const invalid = (detail: string) =>
     new InvalidInput({
       message: `${source}: ${detail}`,
@@ -82,9 +251,10 @@ export const decodeEgressPolicyFile = (
         invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" "))
       ),
       Either.flatMap((file) => {
-        const entries = [...(file.allow ?? []), ...(file.passthrough ?? [])].map(normalizeAllow)
-        const problem = entries.map(allowProblem).find((p) => p !== undefined)
-        return problem === undefined ? Either.right(entries) : Either.left(invalid(problem))
+        const allow = (file.allow ?? []).map(normalizeAllow)
+        const passthrough = (file.passthrough ?? []).map(normalizeAllow)
+        const problem = [...allow, ...passthrough].map(allowProblem).find((p) => p !== undefined)
+        return problem === undefined ? Either.right({ allow, passthrough }) : Either.left(invalid(problem))
       })
     )
 }
@@ -106,7 +276,7 @@ export type EgressRecord = typeof EgressRecord.Type
  */
 export class EgressReceipt extends Schema.Class<EgressReceipt>("EgressReceipt")({
   /** The workspace's mediation: `broker`, `off` (nothing mediated, nothing recorded) or `none` (no NIC). */
-  mode: Schema.Literal("broker", "off", "none"),
+  mode: Schema.Literal("broker", "mitm", "off", "none"),
   /** Audit records of the run, every kind. */
   decisionCount: Schema.Number,
   /** Connections let through, by destination (the name it was resolved from, else `ip:port`). */

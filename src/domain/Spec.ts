@@ -45,6 +45,10 @@ export const SpecEgress = Schema.Struct({
   mode: Schema.optional(EgressMode),
   allow: Schema.optional(Schema.Array(Schema.String)),
   lockAllowlist: Schema.optional(Schema.Boolean),
+  /** `mitm`: allowed and never intercepted, as `--egress-passthrough`. */
+  passthrough: Schema.optional(Schema.Array(Schema.String)),
+  /** `mitm`: `PROVIDER[=env:VAR|file:PATH]`, as `--cred-swap`. */
+  credSwap: Schema.optional(Schema.Array(Schema.String)),
   maxConns: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   maxTotalBytes: Schema.optional(Schema.Int.pipe(Schema.nonNegative())),
   maxBps: Schema.optional(Schema.Int.pipe(Schema.nonNegative()))
@@ -127,6 +131,8 @@ export const SpecAgent = Schema.Struct({
   entry: Schema.optional(Schema.NonEmptyTrimmedString),
   egress: Schema.optional(EgressMode),
   allow: Schema.optional(Schema.Array(Schema.String)),
+  /** `PROVIDER[=REF]` credential swaps (`mitm`), as `--cred-swap`. */
+  "cred-swap": Schema.optional(Schema.Array(Schema.String)),
   /** One credential broker endpoint (docs/egress.md); `brokers` for several, not both. */
   broker: Schema.optional(SpecBroker),
   brokers: Schema.optional(Schema.Array(SpecBroker))
@@ -195,9 +201,18 @@ const known: Record<string, ReadonlyArray<string>> = {
   ],
   resources: ["memoryMiB", "cpuCount", "sizeMiB", "headroomMiB"],
   network: ["mode", "forwards", "ip", "subnet", "gateway", "dns", "routes"],
-  egress: ["mode", "allow", "lockAllowlist", "maxConns", "maxTotalBytes", "maxBps"],
+  egress: [
+    "mode",
+    "allow",
+    "lockAllowlist",
+    "passthrough",
+    "credSwap",
+    "maxConns",
+    "maxTotalBytes",
+    "maxBps"
+  ],
   health: ["exec", "httpGet", "port", "intervalSeconds", "timeoutSeconds", "retries", "startPeriodSeconds"],
-  agent: ["entry", "egress", "allow", "broker", "brokers"]
+  agent: ["entry", "egress", "allow", "cred-swap", "broker", "brokers"]
 }
 
 /** Fields of the original spec format that this version does not act on yet. */
@@ -209,8 +224,6 @@ const notYet: Record<string, ReadonlyArray<string>> = {
     "mediation",
     "acknowledgeCapabilityRisk"
   ],
-  // Credential swap (it goes with the `mitm` egress mode).
-  agent: ["cred-swap"],
   network: ["ipv6", "ipv6Subnet", "ipv6Gateway"]
 }
 

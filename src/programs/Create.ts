@@ -114,6 +114,46 @@ const removeTree = (path: string) => Effect.sync(() => NodeFs.rmSync(path, { rec
  * Everything `create` checks before it touches anything: the name, resources, lease, mounts, secrets,
  * networking, egress, outputs and host files (`run --dry-run` checks the same).
  */
+/**
+ * Credential swaps and passthrough destinations belong to `--egress mitm`; every swap reads a secret
+ * the workspace holds on the host (`use: broker`), never one delivered into the guest.
+ */
+const checkSwaps = (options: CreateOptions) =>
+  Effect.gen(function*() {
+    const egress = options.egress
+    if (egress === undefined) return
+    if (egress.swaps.length > 0 && egress.mode !== "mitm") {
+      return yield* new InvalidInput({
+        message:
+          `credential swaps (--cred-swap, --egress-swap-config) need --egress mitm, not ${egress.mode}`,
+        remediation: "add --egress mitm, or use --broker (no interception) for the credential"
+      })
+    }
+    if (egress.passthrough.length > 0 && egress.mode === "off") {
+      return yield* new InvalidInput({
+        message: "--egress off has no passthrough: --egress-passthrough needs mediation",
+        remediation: "drop --egress off, or the passthrough destinations"
+      })
+    }
+    const bad = egress.passthrough.map(allowProblem).filter((p) => p !== undefined)
+    if (bad.length > 0) {
+      return yield* new InvalidInput({
+        message: `invalid --egress-passthrough: ${bad.join("; ")}`,
+        remediation: "use host, .suffix (apex and subdomains) or A.B.C.D[/N], each with an optional :port"
+      })
+    }
+    const held = new Set((options.secrets ?? []).filter((s) => s.use === "broker").map((s) => s.name))
+    const unheld = egress.swaps.filter((s) => !held.has(s.secret))
+    if (unheld.length > 0) {
+      return yield* new InvalidInput({
+        message: `credential swap ${
+          unheld.map((s) => `${s.name} reads ${s.secret}`).join(", ")
+        }, which is not a host-held secret of the workspace`,
+        remediation: "give the secret with use: broker (the CLI's --cred-swap does)"
+      })
+    }
+  })
+
 export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOptions) {
   const name = options.name ?? generateName(options.namePrefix ?? "ws")
   const problem = nameProblem(name)
@@ -135,7 +175,11 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
   yield* checkTtl(options.ttlSeconds)
   yield* validateMounts(options.mounts)
   yield* validateSecretRefs(options.secrets)
-  yield* checkBrokers(options.brokers ?? [], options.secrets ?? [])
+  yield* checkBrokers(
+    options.brokers ?? [],
+    options.secrets ?? [],
+    options.egress?.swaps.map((s) => s.secret)
+  )
   yield* checkBrokerFiles(options.brokers ?? [])
   yield* checkNetworking(options)
   const badAllow = (options.egress?.allow ?? []).map(allowProblem).filter((p) => p !== undefined)
@@ -151,6 +195,7 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
       remediation: "drop --egress off, or the allowlist flags"
     })
   }
+  yield* checkSwaps(options)
   if (options.outputs !== undefined) yield* checkOutputs(options.outputs)
   yield* checkSupervision(options)
   const addressing = yield* addressingOf(options.addressing, {

@@ -13,7 +13,7 @@ import type { StartRequest } from "../domain/Requests.ts"
 import { mergeRefs } from "../domain/SecretRefs.ts"
 import { restoreRefusal } from "../domain/SnapshotRestore.ts"
 import { profiles, Resources, type Workspace } from "../domain/Workspace.ts"
-import { Egress } from "../services/Egress.ts"
+import { Egress, type EgressAttachment } from "../services/Egress.ts"
 import { Home } from "../services/Home.ts"
 import {
   guestDiskList,
@@ -40,6 +40,7 @@ import {
   resumeStateFile,
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
+import { installEgressCa } from "./internal/EgressCa.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
 import { attachModel, ensureModelRunner, releaseModel } from "./internal/ModelPairing.ts"
@@ -47,7 +48,7 @@ import { attachMounts, checkMounts, releaseMounts } from "./internal/Mounts.ts"
 import { launchWithNetworks, preflightNetworking } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { ownedByMe, reconcile, requireBackend, withoutOwner } from "./internal/Reconcile.ts"
-import { checkSecretValues, deliverSecrets } from "./internal/SecretDelivery.ts"
+import { checkSecretValues, deliverSecrets, type SecretValues } from "./internal/SecretDelivery.ts"
 import { launchService } from "./Service.ts"
 import { runSetup } from "./Setup.ts"
 import { type LoadedSnapshot, loadSnapshot } from "./Snapshot.ts"
@@ -103,10 +104,10 @@ const launchResources = (workspace: Workspace, options: StartOptions, captured?:
  * The egress mediation a start needs, made ready (namespace, tap, rules, mediator), or undefined for
  * a workspace that is not mediated. A real backend without the Egress service fails closed.
  */
-const prepareEgress = (workspace: Workspace, backend: string) =>
+const prepareEgress = (workspace: Workspace, backend: string, values: SecretValues) =>
   Effect.gen(function*() {
     const egress = yield* Effect.serviceOption(Egress)
-    if (Option.isSome(egress)) return yield* egress.value.prepare(workspace)
+    if (Option.isSome(egress)) return yield* egress.value.prepare(workspace, values)
     const policy = workspace.egress ?? defaultEgress
     if (backend === "fake" || workspace.network !== "user" || policy.mode === "off") return undefined
     return yield* new Unsupported({
@@ -394,6 +395,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         // The VMM as soon as one runs: an interruption before the start ends (which no tapError sees)
         // must not leave it behind a record that says `failed`.
         let vmm: VmHandle | undefined
+        // The egress attachment the running VM has (a boot after a failed restore gets a new one).
+        let attachedEgress: EgressAttachment | undefined
         const holding = <E, R>(launching: Effect.Effect<VmHandle, E, R>) =>
           Effect.tap(launching, (handle) => Effect.sync(() => (vmm = handle)))
         // One type for both branches: a union here left the pipe below to inference that failed.
@@ -406,9 +409,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         const launched = yield* Effect.exit(restore(
           swapDisk.pipe(
             Effect.zipRight(attachMounts(starting, runtimeDir)),
-            Effect.zip(prepareEgress(starting, hypervisor.backend)),
+            Effect.zip(prepareEgress(starting, hypervisor.backend, options.secretValues ?? [])),
             Effect.flatMap(([disks, egress]) =>
               launchWithNetworks(starting, (nics) => {
+                attachedEgress = egress
                 const full = new LaunchConfig({
                   ...config,
                   disks,
@@ -445,7 +449,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                         Effect.zipRight(Effect.sync(() => (warmFailed = true))),
                         Effect.zipRight(
                           egress === undefined ? Effect.succeed(full) : releaseEgress(name).pipe(
-                            Effect.zipRight(prepareEgress(starting, hypervisor.backend)),
+                            Effect.zipRight(
+                              prepareEgress(starting, hypervisor.backend, options.secretValues ?? [])
+                            ),
+                            Effect.tap((again) => (attachedEgress = again)),
                             Effect.map((again) =>
                               new LaunchConfig({ ...full, ...(again === undefined ? {} : { egress: again }) })
                             )
@@ -482,6 +489,8 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   : holding(hypervisor.launch(full))).pipe(
                     Effect.tap((handle) =>
                       deliverSecrets(name, handle, guestValues(starting, options.secretValues ?? [])).pipe(
+                        // Under mitm the guest trusts this start's interceptor before anything runs.
+                        Effect.zipRight(installEgressCa(name, handle, attachedEgress?.caPem)),
                         // Files land before anything of the workspace's own runs; a resumed guest's
                         // processes already run, with the files they had when it was captured.
                         Effect.zipRight(

@@ -1,8 +1,9 @@
 /**
  * Egress mediation on the host side: per workspace, a network namespace holding the guest's NIC,
- * rules inside it that send every guest flow to a mediator process, and the mediator's audit log.
+ * rules inside it that send every guest flow to a mediator process, and the mediator's audit log;
+ * under `mitm`, a TLS interceptor beside the mediator.
  */
-import { Context, type Effect } from "effect"
+import { Context, type Effect, type Redacted } from "effect"
 import type { EgressRecord } from "../domain/Egress.ts"
 import type { Permanent, Unsupported } from "../domain/Errors.ts"
 import type { Workspace } from "../domain/Workspace.ts"
@@ -13,7 +14,14 @@ export interface EgressAttachment {
   readonly netns: string
   /** The tap, already created in that namespace. */
   readonly tap: string
+  /** `mitm`: the certificate (PEM) of the CA the interceptor minted, for the guest's trust stores. */
+  readonly caPem?: string
 }
+
+/** Values of host-held secrets by name (`mitm`'s credential swaps read theirs). */
+export type EgressValues = ReadonlyArray<
+  { readonly name: string; readonly value: Redacted.Redacted<Uint8Array> }
+>
 
 export interface EgressShape {
   /** Why mediation cannot run on this host, or undefined when it can (checked before anything changes). */
@@ -23,7 +31,8 @@ export interface EgressShape {
    * earlier session); undefined when the workspace is not mediated (`--egress off`, no user network).
    */
   readonly prepare: (
-    workspace: Workspace
+    workspace: Workspace,
+    values?: EgressValues
   ) => Effect.Effect<EgressAttachment | undefined, Unsupported | Permanent>
   /** Ends the mediator and removes the namespace; nothing there is fine. */
   readonly release: (workspace: string) => Effect.Effect<void>

@@ -20,13 +20,12 @@ const error = (text: string) => {
 
 describe("egress policy files", () => {
   it("reads allow and passthrough from YAML or JSON, normalised", () => {
-    assert.deepStrictEqual(ok("allow: [API.Example.com., .pypi.org]\npassthrough:\n  - 10.0.0.0/8:443\n"), [
-      "api.example.com",
-      ".pypi.org",
-      "10.0.0.0/8:443"
-    ])
-    assert.deepStrictEqual(ok('{"allow": ["a.example"]}'), ["a.example"])
-    assert.deepStrictEqual(ok(""), [])
+    assert.deepStrictEqual(ok("allow: [API.Example.com., .pypi.org]\npassthrough:\n  - 10.0.0.0/8:443\n"), {
+      allow: ["api.example.com", ".pypi.org"],
+      passthrough: ["10.0.0.0/8:443"]
+    })
+    assert.deepStrictEqual(ok('{"allow": ["a.example"]}'), { allow: ["a.example"], passthrough: [] })
+    assert.deepStrictEqual(ok(""), { allow: [], passthrough: [] })
   })
 
   it("refuses other keys, malformed entries and text that is not YAML", () => {

@@ -5,12 +5,12 @@
  * `broker.pid` in the runtime directory, so a later session ends the one an earlier session left.
  */
 import { Effect, Layer, Redacted } from "effect"
-import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
 import { CredentialBroker, type CredentialBrokerShape } from "../../services/CredentialBroker.ts"
 import { brokerSocketOf } from "../../services/Hypervisor.ts"
+import { startDetached } from "../process/Detached.ts"
 import { installedFile } from "../process/Installed.ts"
 import { isAlive, signal, startTimeOf, waitGone } from "../process/Processes.ts"
 
@@ -67,49 +67,25 @@ const attach: CredentialBrokerShape["attach"] = (attachment) =>
       }))
     }
     const log = NodePath.join(attachment.runtimeDir, "broker.log")
-    const pid = yield* Effect.async<number, Permanent>((resume) => {
-      let settled = false
-      const fd = NodeFs.openSync(log, "a", 0o600)
-      const child = NodeChild.spawn(process.execPath, [script, JSON.stringify(config)], {
-        detached: true,
-        stdio: ["pipe", "pipe", fd]
-      })
-      NodeFs.closeSync(fd)
-      const fail = (why: string) => {
-        if (settled) return
-        settled = true
-        child.kill("SIGKILL")
-        resume(Effect.fail(
-          new Permanent({
-            message: `workspace ${attachment.workspace}: the credential broker did not start: ${why}`,
-            remediation: `see ${log}`
-          })
-        ))
-      }
-      const timer = setTimeout(() => fail("it did not answer within 10 s"), readyTimeoutMs)
-      child.on("error", (error) => fail(error.message))
-      child.on("exit", (code) => fail(`it exited with code ${code}`))
-      child.stdout!.on("data", (chunk: Buffer) => {
-        if (settled || !chunk.toString("utf8").includes("ready")) return
-        settled = true
-        clearTimeout(timer)
-        child.removeAllListeners("exit")
-        child.stdout!.destroy()
-        child.unref()
-        resume(Effect.succeed(child.pid!))
-      })
-      // The values, then end of input: they live in the broker's memory from here on.
-      const values: Record<string, string> = {}
-      for (const { name, value } of attachment.values) {
-        values[name] = Buffer.from(Redacted.value(value)).toString("base64")
-      }
-      child.stdin!.on("error", () => {})
-      child.stdin!.end(JSON.stringify(values))
-      return Effect.sync(() => {
-        clearTimeout(timer)
-        if (!settled) child.kill("SIGKILL")
-      })
-    })
+    // The values, then end of input: they live in the broker's memory from here on.
+    const values: Record<string, string> = {}
+    for (const { name, value } of attachment.values) {
+      values[name] = Buffer.from(Redacted.value(value)).toString("base64")
+    }
+    const pid = yield* startDetached({
+      script,
+      args: [JSON.stringify(config)],
+      input: JSON.stringify(values),
+      log,
+      readyTimeoutMs
+    }).pipe(
+      Effect.mapError((why) =>
+        new Permanent({
+          message: `workspace ${attachment.workspace}: the credential broker did not start: ${why}`,
+          remediation: `see ${log}`
+        })
+      )
+    )
     yield* Effect.sync(() =>
       NodeFs.writeFileSync(pidFile(attachment.runtimeDir), `${pid} ${startTimeOf(pid) ?? ""}\n`, {
         mode: 0o600

@@ -13,7 +13,7 @@
  * The mediator watches the VMM's pid file and removes the namespace when the VM is gone, so nothing
  * outlives the VM even when no process of ours is there to clean up; `reap` covers crashes.
  */
-import { Effect, Layer, Schema } from "effect"
+import { Effect, Layer, Redacted, Schema } from "effect"
 import * as NodeChild from "node:child_process"
 import { createHash } from "node:crypto"
 import * as NodeFs from "node:fs"
@@ -22,9 +22,11 @@ import { mediatedResolver } from "../../domain/Addressing.ts"
 import { defaultEgress, EgressRecord } from "../../domain/Egress.ts"
 import { Permanent, Unsupported } from "../../domain/Errors.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
-import { Egress, type EgressAttachment } from "../../services/Egress.ts"
+import { Egress, type EgressAttachment, type EgressValues } from "../../services/Egress.ts"
 import { Home } from "../../services/Home.ts"
+import { startDetached } from "../process/Detached.ts"
 import { installedFile } from "../process/Installed.ts"
+import { isAlive, startTimeOf } from "../process/Processes.ts"
 import { stateTag } from "./Addressing.ts"
 
 /** The addresses the guest sees, the same as QEMU's user network gives it. */
@@ -193,6 +195,78 @@ const namespaceRuleset6 = [
 ]
   .join("\n")
 
+/** `$MICROAGENT_MITM_SCRIPT`, else the bundle beside this module or in an ancestor's bin/. */
+const mitmScript = (): string | undefined =>
+  installedFile("MICROAGENT_MITM_SCRIPT", ["microagent-mitm.mjs", "bin/microagent-mitm.mjs"])
+
+/** `mitm`: the interceptor's pid and start time, its socket, and the CA certificate it writes. */
+const mitmPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress-mitm.pid")
+const mitmSocket = (runtimeDir: string) => NodePath.join(runtimeDir, "egress-mitm.sock")
+const mitmCaFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress-ca.pem")
+
+const stopInterceptor = (runtimeDir: string) =>
+  Effect.sync(() => {
+    try {
+      const [pid, startTime] = NodeFs.readFileSync(mitmPidFile(runtimeDir), "utf8").trim().split(" ")
+      if (isAlive(Number(pid), startTime || undefined)) process.kill(Number(pid), "SIGKILL")
+    } catch {
+      // None, or gone.
+    }
+    for (const file of [mitmPidFile(runtimeDir), mitmSocket(runtimeDir), mitmCaFile(runtimeDir)]) {
+      NodeFs.rmSync(file, { force: true })
+    }
+  })
+
+/**
+ * Starts the interceptor of a `mitm` workspace (src/bridge/MitmBridge.ts) with its swaps' values on
+ * its stdin, and returns its CA's certificate once it listens.
+ */
+const startInterceptor = (workspace: Workspace, runtimeDir: string, auditLog: string, values: EgressValues) =>
+  Effect.gen(function*() {
+    const script = mitmScript()
+    if (script === undefined) {
+      return yield* new Permanent({
+        message: "the TLS interceptor (microagent-mitm.mjs) is missing",
+        remediation: "reinstall microagent, or set MICROAGENT_MITM_SCRIPT; --egress broker needs none"
+      })
+    }
+    const policy = workspace.egress ?? defaultEgress
+    const upstreamCa = process.env.MICROAGENT_EGRESS_MITM_UPSTREAM_CA
+    const config = {
+      workspace: workspace.name,
+      socket: mitmSocket(runtimeDir),
+      auditLog,
+      caFile: mitmCaFile(runtimeDir),
+      vmmPidFile: NodePath.join(runtimeDir, "qemu.pid"),
+      ...(upstreamCa === undefined || upstreamCa === "" ? {} : { upstreamCa }),
+      swaps: policy.swaps.map((s) => ({ ...s }))
+    }
+    const wanted = new Set(policy.swaps.map((s) => s.secret))
+    const input: Record<string, string> = {}
+    for (const { name, value } of values) {
+      if (wanted.has(name)) input[name] = Buffer.from(Redacted.value(value)).toString("base64")
+    }
+    const log = NodePath.join(runtimeDir, "egress-mitm.log")
+    const pid = yield* startDetached({
+      script,
+      args: [JSON.stringify(config)],
+      input: JSON.stringify(input),
+      log,
+      readyTimeoutMs: 10_000
+    }).pipe(
+      Effect.mapError((why) =>
+        new Permanent({
+          message: `workspace ${workspace.name}: the TLS interceptor did not start: ${why}`,
+          remediation: `see ${log}; --egress broker runs without interception`
+        })
+      )
+    )
+    return yield* Effect.sync(() => {
+      NodeFs.writeFileSync(mitmPidFile(runtimeDir), `${pid} ${startTimeOf(pid) ?? ""}\n`, { mode: 0o600 })
+      return NodeFs.readFileSync(mitmCaFile(runtimeDir), "utf8")
+    })
+  })
+
 /** The mediator's pid, for inspection (tests, an operator): release finds mediators by their arguments. */
 const mediatorPidFile = (runtimeDir: string) => NodePath.join(runtimeDir, "egress.pid")
 
@@ -305,6 +379,7 @@ export const layer = Layer.effect(
 
     const release = (workspace: string) =>
       stopMediator(home.runtimeDir(workspace), egressNamespace(home.root, workspace)).pipe(
+        Effect.zipRight(stopInterceptor(home.runtimeDir(workspace))),
         Effect.zipRight(
           // `ip netns add` makes this file first, `ip netns delete` removes it last.
           NodeFs.existsSync(`/run/netns/${egressNamespace(home.root, workspace)}`)
@@ -325,91 +400,107 @@ export const layer = Layer.effect(
       return lock.withPermits(1)
     }
 
-    const prepareUnlocked = Effect.fn("Egress.prepare")(function*(workspace: Workspace) {
-      const policy = workspace.egress ?? defaultEgress
-      if (workspace.network !== "user" || policy.mode === "off") return undefined
-      const problem = egressProblem()
-      if (problem !== undefined) {
-        return yield* new Unsupported({ ...problem, backend: "qemu", feature: "egress mediation" })
-      }
-      if (workspace.ports.some((p) => p.protocol !== "tcp")) {
-        return yield* new Unsupported({
-          message: "only TCP ports can be published under egress mediation",
-          remediation: optOut,
-          feature: "egress mediation"
+    const prepareUnlocked = Effect.fn("Egress.prepare")(
+      function*(workspace: Workspace, values: EgressValues) {
+        const policy = workspace.egress ?? defaultEgress
+        if (workspace.network !== "user" || policy.mode === "off") return undefined
+        const problem = egressProblem()
+        if (problem !== undefined) {
+          return yield* new Unsupported({ ...problem, backend: "qemu", feature: "egress mediation" })
+        }
+        if (workspace.ports.some((p) => p.protocol !== "tcp")) {
+          return yield* new Unsupported({
+            message: "only TCP ports can be published under egress mediation",
+            remediation: optOut,
+            feature: "egress mediation"
+          })
+        }
+        const ns = egressNamespace(home.root, workspace.name)
+        const tap = egressTap(home.root, workspace.name)
+        const addresses = mediatedAddresses(workspace)
+        const runtimeDir = yield* home.ensureDir(home.runtimeDir(workspace.name))
+        yield* home.ensureDir(home.workspaceDir(workspace.name))
+        // Whatever an earlier session left goes first.
+        yield* release(workspace.name)
+        const setUp = Effect.gen(function*() {
+          // A handful of processes, not one per address, link and rule: this is on every start's path.
+          yield* ip(["netns", "add", ns])
+          // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
+          yield* inNamespace(ns, sysctlBinary(), [
+            "-qw",
+            "net.ipv6.conf.all.disable_ipv6=1",
+            "net.ipv6.conf.default.disable_ipv6=1"
+          ]).pipe(Effect.ignore)
+          yield* ip(
+            ["-n", ns, "-batch", "-"],
+            [
+              `tuntap add dev ${tap} mode tap`,
+              // The same gateway MAC in every namespace: a guest resumed from a memory capture (a fork, a
+              // restore, a warm start) keeps its ARP entry for the gateway, which must still answer.
+              `link set dev ${tap} address ${gatewayMac}`,
+              ...[...new Set([addresses.gateway, addresses.resolver])].map((address) =>
+                `addr add ${address}/${addresses.prefix} dev ${tap}`
+              ),
+              "link set lo up",
+              `link set ${tap} up`,
+              `rule add fwmark ${tproxyMark} lookup ${tproxyTable}`,
+              `route add local 0.0.0.0/0 dev lo table ${tproxyTable}`,
+              ""
+            ].join("\n")
+          )
+          yield* inNamespace(ns, iptablesRestoreBinary(), ["-w"], namespaceRuleset(tap, addresses.resolver))
+          const v6 = ip6tablesRestoreBinary()
+          if (v6 !== undefined) yield* inNamespace(ns, v6, ["-w"], namespaceRuleset6).pipe(Effect.ignore)
+          const upstream = process.env.MICROAGENT_EGRESS_DNS_UPSTREAM
+          const args = [
+            "--netns",
+            `/run/netns/${ns}`,
+            "--workspace",
+            workspace.name,
+            "--gateway",
+            addresses.resolver,
+            "--guest",
+            addresses.guest,
+            "--log",
+            logPath(workspace.name),
+            "--tcp-port",
+            String(tcpPort),
+            "--udp-port",
+            String(udpPort),
+            "--vmm-pidfile",
+            NodePath.join(runtimeDir, "qemu.pid"),
+            ...(upstream !== undefined && upstream !== "" ? ["--dns-upstream", upstream] : []),
+            ...(policy.lockAllowlist ? ["--lock-allowlist"] : []),
+            ...policy.allow.flatMap((entry) => ["--allow", entry]),
+            // Allowed either way; under mitm also never intercepted.
+            ...policy.passthrough.flatMap((
+              entry
+            ) => [policy.mode === "mitm" ? "--passthrough" : "--allow", entry]),
+            ...(caPem === undefined ? [] : ["--mitm-socket", mitmSocket(runtimeDir)]),
+            ...(policy.maxConns === undefined ? [] : ["--max-conns", String(policy.maxConns)]),
+            ...(policy.maxTotalBytes === undefined
+              ? []
+              : ["--max-total-bytes", String(policy.maxTotalBytes)]),
+            ...(policy.maxBps === undefined ? [] : ["--max-bps", String(policy.maxBps)]),
+            ...workspace.ports.flatMap((p) => ["--publish", `${p.hostIp}:${p.hostPort}:${p.guestPort}`])
+          ]
+          const pid = yield* startMediator(mediatorBinary()!, args, runtimeDir)
+          NodeFs.writeFileSync(mediatorPidFile(runtimeDir), `${pid}\n`, { mode: 0o600 })
         })
-      }
-      const ns = egressNamespace(home.root, workspace.name)
-      const tap = egressTap(home.root, workspace.name)
-      const addresses = mediatedAddresses(workspace)
-      const runtimeDir = yield* home.ensureDir(home.runtimeDir(workspace.name))
-      yield* home.ensureDir(home.workspaceDir(workspace.name))
-      // Whatever an earlier session left goes first.
-      yield* release(workspace.name)
-      const setUp = Effect.gen(function*() {
-        // A handful of processes, not one per address, link and rule: this is on every start's path.
-        yield* ip(["netns", "add", ns])
-        // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
-        yield* inNamespace(ns, sysctlBinary(), [
-          "-qw",
-          "net.ipv6.conf.all.disable_ipv6=1",
-          "net.ipv6.conf.default.disable_ipv6=1"
-        ]).pipe(Effect.ignore)
-        yield* ip(
-          ["-n", ns, "-batch", "-"],
-          [
-            `tuntap add dev ${tap} mode tap`,
-            // The same gateway MAC in every namespace: a guest resumed from a memory capture (a fork, a
-            // restore, a warm start) keeps its ARP entry for the gateway, which must still answer.
-            `link set dev ${tap} address ${gatewayMac}`,
-            ...[...new Set([addresses.gateway, addresses.resolver])].map((address) =>
-              `addr add ${address}/${addresses.prefix} dev ${tap}`
-            ),
-            "link set lo up",
-            `link set ${tap} up`,
-            `rule add fwmark ${tproxyMark} lookup ${tproxyTable}`,
-            `route add local 0.0.0.0/0 dev lo table ${tproxyTable}`,
-            ""
-          ].join("\n")
-        )
-        yield* inNamespace(ns, iptablesRestoreBinary(), ["-w"], namespaceRuleset(tap, addresses.resolver))
-        const v6 = ip6tablesRestoreBinary()
-        if (v6 !== undefined) yield* inNamespace(ns, v6, ["-w"], namespaceRuleset6).pipe(Effect.ignore)
-        const upstream = process.env.MICROAGENT_EGRESS_DNS_UPSTREAM
-        const args = [
-          "--netns",
-          `/run/netns/${ns}`,
-          "--workspace",
-          workspace.name,
-          "--gateway",
-          addresses.resolver,
-          "--guest",
-          addresses.guest,
-          "--log",
-          logPath(workspace.name),
-          "--tcp-port",
-          String(tcpPort),
-          "--udp-port",
-          String(udpPort),
-          "--vmm-pidfile",
-          NodePath.join(runtimeDir, "qemu.pid"),
-          ...(upstream !== undefined && upstream !== "" ? ["--dns-upstream", upstream] : []),
-          ...(policy.lockAllowlist ? ["--lock-allowlist"] : []),
-          ...policy.allow.flatMap((entry) => ["--allow", entry]),
-          ...(policy.maxConns === undefined ? [] : ["--max-conns", String(policy.maxConns)]),
-          ...(policy.maxTotalBytes === undefined ? [] : ["--max-total-bytes", String(policy.maxTotalBytes)]),
-          ...(policy.maxBps === undefined ? [] : ["--max-bps", String(policy.maxBps)]),
-          ...workspace.ports.flatMap((p) => ["--publish", `${p.hostIp}:${p.hostPort}:${p.guestPort}`])
-        ]
-        // A stale pid file would end the new mediator at once: the VMM's own file is written at launch.
+        // A stale pid file would end the new mediator (and interceptor) at once: the VMM writes its own.
         NodeFs.rmSync(NodePath.join(runtimeDir, "qemu.pid"), { force: true })
-        const pid = yield* startMediator(mediatorBinary()!, args, runtimeDir)
-        NodeFs.writeFileSync(mediatorPidFile(runtimeDir), `${pid}\n`, { mode: 0o600 })
-      })
-      yield* setUp.pipe(Effect.tapError(() => release(workspace.name)))
-      return { netns: ns, tap } satisfies EgressAttachment
-    })
-    const prepare = (workspace: Workspace) => exclusive(workspace.name)(prepareUnlocked(workspace))
+        // Under mitm the interceptor listens before the mediator can hand it a flow.
+        const caPem = policy.mode === "mitm"
+          ? yield* startInterceptor(workspace, runtimeDir, logPath(workspace.name), values).pipe(
+            Effect.tapError(() => release(workspace.name))
+          )
+          : undefined
+        yield* setUp.pipe(Effect.tapError(() => release(workspace.name)))
+        return { netns: ns, tap, ...(caPem === undefined ? {} : { caPem }) } satisfies EgressAttachment
+      }
+    )
+    const prepare = (workspace: Workspace, values: EgressValues = []) =>
+      exclusive(workspace.name)(prepareUnlocked(workspace, values))
 
     const reap = (wanted: (workspace: string) => Effect.Effect<boolean>) =>
       ip(["netns", "list"]).pipe(

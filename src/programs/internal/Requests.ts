@@ -5,6 +5,7 @@
 import { ExecRequest } from "../../domain/Exec.ts"
 import type { ExecSettings } from "../../domain/Requests.ts"
 import type { Workspace } from "../../domain/Workspace.ts"
+import { guestBundle, guestCaFile } from "./EgressCa.ts"
 
 /** The caller's settings of a command (domain/Requests.ts `ExecSettings`), over the defaults. */
 export type ExecOverrides = ExecSettings
@@ -18,6 +19,15 @@ const imageEnv = (workspace: Workspace): Record<string, string> => {
   return env
 }
 
+/**
+ * Under `--egress mitm`: clients that carry a CA bundle of their own (Node, Python's requests and pip
+ * with certifi) are pointed at the interceptor's CA and the system bundle that holds it (EgressCa.ts).
+ */
+const mitmEnv = (workspace: Workspace): Record<string, string> =>
+  workspace.egress?.mode === "mitm"
+    ? { NODE_EXTRA_CA_CERTS: guestCaFile, REQUESTS_CA_BUNDLE: guestBundle, PIP_CERT: guestBundle }
+    : {}
+
 export const execRequestFor = (
   workspace: Workspace,
   argv: readonly [string, ...Array<string>],
@@ -27,7 +37,7 @@ export const execRequestFor = (
   const user = overrides.user ?? workspace.image.user
   return new ExecRequest({
     argv,
-    env: { ...imageEnv(workspace), ...workspace.env, ...overrides.env },
+    env: { ...mitmEnv(workspace), ...imageEnv(workspace), ...workspace.env, ...overrides.env },
     ...(cwd ? { cwd } : {}),
     ...(user ? { user } : {}),
     ...(overrides.timeoutSeconds === undefined ? {} : { timeoutSeconds: overrides.timeoutSeconds }),
