@@ -38,7 +38,7 @@ export const parseEnv = (pairs: ReadonlyArray<string>) =>
 /** `--output NAME=/guest/path` (repeatable): outputs collected as artifacts (see docs/files.md). */
 export const outputOption = Options.text("output").pipe(
   Options.withPseudoName("NAME=/PATH"),
-  Options.withDescription("collect a guest path as an artifact NAME (repeatable)"),
+  Options.withDescription("a guest path kept as artifact NAME (repeatable)"),
   Options.repeated
 )
 
@@ -187,7 +187,7 @@ export const workspaceOptions = {
   ),
   egress: Options.choice("egress", ["broker", "mitm", "off"]).pipe(
     Options.withDescription(
-      "broker (default: public internet only), mitm (also intercepts TLS) or off"
+      "broker (default), mitm or off (docs/egress.md)"
     ),
     Options.optional
   ),
@@ -197,18 +197,18 @@ export const workspaceOptions = {
     Options.repeated
   ),
   egressPassthrough: Options.text("egress-passthrough").pipe(
-    Options.withPseudoName("DEST"),
-    Options.withDescription("mitm: allow DEST, never intercepted (repeatable)"),
+    Options.withPseudoName("DST"),
+    Options.withDescription("mitm: allow DST, never intercepted (repeatable)"),
     Options.repeated
   ),
   credSwap: Options.text("cred-swap").pipe(
-    Options.withPseudoName("PROVIDER[=REF]"),
-    Options.withDescription("mitm: send PROVIDER's key from the host (repeatable)"),
+    Options.withPseudoName("P[=REF]"),
+    Options.withDescription("mitm: the host sends provider P's key (repeatable)"),
     Options.repeated
   ),
   egressSwapConfig: Options.text("egress-swap-config").pipe(
-    Options.withPseudoName("FILE"),
-    Options.withDescription("mitm: YAML/JSON credential swaps"),
+    Options.withPseudoName("F"),
+    Options.withDescription("mitm: credential swaps, YAML/JSON file F"),
     Options.optional
   ),
   egressLockAllowlist: Options.boolean("egress-lock-allowlist").pipe(

@@ -160,6 +160,9 @@ const flagGroups: ReadonlyArray<readonly [string, ReadonlyArray<string>]> = [
       "--egress-max-total-bytes",
       "--egress-max-bps",
       "--egress-policy",
+      "--egress-passthrough",
+      "--cred-swap",
+      "--egress-swap-config",
       "--model",
       "--model-mediation",
       "--model-policy-file"

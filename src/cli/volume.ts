@@ -33,7 +33,7 @@ export const volumeFlag = Options.text("volume").pipe(
 export const secretFlag = Options.text("secret").pipe(
   Options.withPseudoName("NAME=SOURCE"),
   Options.withDescription(
-    "/run/secrets/NAME (env:, file:, dotenv:)"
+    "/run/secrets/NAME (env:/file:/dotenv:)"
   ),
   Options.repeated
 )

@@ -4,8 +4,16 @@
  * a tool is one more `defineTool`; `microagent.describe` and `tools/list` follow from the table.
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
+import * as NodeFs from "node:fs"
 import { parseBrokers } from "../domain/Broker.ts"
-import { EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
+import {
+  decodeSwapConfig,
+  EgressMode,
+  EgressPolicy,
+  EgressRecord,
+  normalizeAllow,
+  parseCredSwap
+} from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -97,7 +105,21 @@ const newWorkspace = {
   hostname: Spec.fields.hostname.annotations({ description: "guest hostname (default: from the name)" }),
   egress: optional(
     EgressMode,
-    "egress mediation: broker (default; the public internet only, never the host, loopback or private ranges) or off"
+    "egress mediation: broker (default; the public internet only, never the host, loopback or private ranges), "
+      + "mitm (the same reach, TLS intercepted with a per-start CA the guest trusts, for credential swaps) or off"
+  ),
+  egress_passthrough: optional(
+    Schema.Array(Schema.String),
+    "mitm: destinations allowed and never intercepted (host, .suffix or A.B.C.D[/N][:port])"
+  ),
+  cred_swap: optional(
+    Schema.Array(Schema.String),
+    "mitm: PROVIDER[=env:VAR|file:PATH] (anthropic, openai, gemini, groq, openrouter, deepseek): the provider's key "
+      + "is set on requests to its API by the host; the guest never holds it (default env:<PROVIDER>_API_KEY)"
+  ),
+  egress_swap_config: optional(
+    Schema.String,
+    "mitm: a YAML/JSON file of static credential swaps: swaps.NAME {domains, header, format, key_ref}"
   ),
   egress_allow: optional(
     Schema.Array(Schema.String),
@@ -220,6 +242,36 @@ const brokersOf = (texts: ReadonlyArray<string>, context: ToolContext, denial: D
   })
 
 /**
+ * The credential swaps of `cred_swap` and `egress_swap_config`, with the host-held secrets they read;
+ * the file and each reference pass the host-access checks as secrets do.
+ */
+const swapsOf = (args: NewWorkspaceArgs, context: ToolContext, denial: DenialContext) =>
+  Effect.gen(function*() {
+    const parsed = [...(yield* Effect.forEach(args.cred_swap ?? [], (text) => parseCredSwap(text)))]
+    if (args.egress_swap_config !== undefined) {
+      yield* context.host.check(args.egress_swap_config, "read", denial)
+      const path = args.egress_swap_config
+      const text = yield* Effect.try({
+        try: () => NodeFs.readFileSync(path, "utf8"),
+        catch: (cause) =>
+          new InvalidInput({
+            message: `egress_swap_config ${path}: ${cause instanceof Error ? cause.message : String(cause)}`
+          })
+      })
+      parsed.push(...(yield* decodeSwapConfig(text, path)))
+    }
+    const unique = [...new Map(parsed.map((s) => [s.swap.name, s])).values()]
+    const checked = yield* context.host.checkRefs(
+      unique.map((s) => new SecretRef({ name: s.secret.name, source: s.secret.source })),
+      denial
+    )
+    return {
+      swaps: unique.map((s) => s.swap),
+      secrets: checked.map((ref) => new SecretRef({ name: ref.name, source: ref.source, use: "broker" }))
+    }
+  })
+
+/**
  * The fields of a new workspace, from a tool's arguments: ports, mounts and secret references parsed
  * as the CLI parses its flags (relative paths from the server's working directory).
  */
@@ -238,6 +290,7 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
     const brokered = args.brokers === undefined || args.brokers.length === 0
       ? undefined
       : yield* brokersOf(args.brokers, context, { tool, workspace: args.name })
+    const swapped = yield* swapsOf(args, context, { tool, workspace: args.name })
     return {
       image: args.image,
       name: args.name,
@@ -251,6 +304,8 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
         mode: args.egress ?? "broker",
         allow: [...new Set((args.egress_allow ?? []).map(normalizeAllow))],
         lockAllowlist: args.egress_lock_allowlist ?? false,
+        passthrough: [...new Set((args.egress_passthrough ?? []).map(normalizeAllow))],
+        swaps: swapped.swaps,
         ...(args.egress_max_conns === undefined ? {} : { maxConns: args.egress_max_conns }),
         ...(args.egress_max_total_bytes === undefined ? {} : { maxTotalBytes: args.egress_max_total_bytes }),
         ...(args.egress_max_bps === undefined ? {} : { maxBps: args.egress_max_bps })
@@ -264,7 +319,9 @@ const newWorkspaceFields = (args: NewWorkspaceArgs, context: ToolContext, tool: 
       }),
       ports,
       mounts,
-      secrets: brokered === undefined ? secrets : [...(secrets ?? []), ...brokered.secrets],
+      secrets: brokered === undefined && swapped.secrets.length === 0
+        ? secrets
+        : [...(secrets ?? []), ...(brokered?.secrets ?? []), ...swapped.secrets],
       ...(brokered === undefined ? {} : { brokers: brokered.endpoints }),
       outputs,
       backend: args.backend ?? context.defaultBackend,

@@ -191,12 +191,17 @@ export const apply = Effect.fn("apply")(function*(
     })
   }
   if (desired.egress !== undefined) {
+    // Credential swaps come with their host-held secrets at create: a spec without any keeps them.
+    const egress = new EgressPolicy({
+      ...desired.egress,
+      swaps: desired.egress.swaps.length > 0 ? desired.egress.swaps : ws.egress?.swaps ?? []
+    })
     consider({
       field: "egress",
       from: ws.egress,
-      to: desired.egress,
+      to: egress,
       kind: "start",
-      patch: (w) => ({ ...w, egress: new EgressPolicy(desired.egress!) }) as Workspace
+      patch: (w) => ({ ...w, egress }) as Workspace
     })
   }
   simple("network", "network.mode", "stopped", desired.network)

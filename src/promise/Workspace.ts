@@ -12,7 +12,13 @@ import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import type { AddressingRequest } from "../domain/Addressing.ts"
 import { parseBrokers } from "../domain/Broker.ts"
-import { type EgressMode, EgressPolicy, normalizeAllow } from "../domain/Egress.ts"
+import {
+  type CredentialSwap,
+  type EgressMode,
+  EgressPolicy,
+  normalizeAllow,
+  parseCredSwap
+} from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import { FileCopy } from "../domain/FileCopy.ts"
@@ -23,7 +29,12 @@ import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import type { SpecHealth } from "../domain/Spec.ts"
 import { healthCheckOf } from "../domain/Supervision.ts"
 import type { ResizeResult, WorkspaceStats } from "../domain/Usage.ts"
-import type { Backend, EntrypointResult, Workspace as WorkspaceRecord } from "../domain/Workspace.ts"
+import {
+  type Backend,
+  type EntrypointResult,
+  SecretRef,
+  type Workspace as WorkspaceRecord
+} from "../domain/Workspace.ts"
 import {
   streamWithWorkspaceBackend,
   withBackend,
@@ -87,6 +98,14 @@ export interface CreateOptions {
     readonly maxTotalBytes?: number | undefined
     /** Bytes per second each way of each connection; faster senders are slowed, not cut. */
     readonly maxBps?: number | undefined
+    /** `mitm`: destinations allowed and never intercepted. */
+    readonly passthrough?: ReadonlyArray<string> | undefined
+    /**
+     * `mitm`: `PROVIDER[=env:VAR|file:PATH]` credential swaps (anthropic, openai, gemini, groq, openrouter,
+     * deepseek): this process resolves the key at each start and the host sets it on requests to the
+     * provider's API; the guest never holds it.
+     */
+    readonly credSwap?: ReadonlyArray<string> | undefined
   } | undefined
   /** Default: the host's backend. */
   readonly backend?: Backend | undefined
@@ -161,11 +180,13 @@ export type Output =
   | { readonly type: "stdout" | "stderr"; readonly data: Uint8Array }
   | { readonly type: "exit"; readonly result: ExecResult }
 
-const egressPolicy = (egress: CreateOptions["egress"]) =>
+const egressPolicy = (egress: CreateOptions["egress"], swaps: ReadonlyArray<CredentialSwap>) =>
   egress === undefined ? undefined : new EgressPolicy({
     mode: egress.mode ?? "broker",
     allow: [...new Set((egress.allow ?? []).map(normalizeAllow))],
     lockAllowlist: egress.lockAllowlist ?? false,
+    passthrough: [...new Set((egress.passthrough ?? []).map(normalizeAllow))],
+    swaps,
     ...(egress.maxConns === undefined ? {} : { maxConns: egress.maxConns }),
     ...(egress.maxTotalBytes === undefined ? {} : { maxTotalBytes: egress.maxTotalBytes }),
     ...(egress.maxBps === undefined ? {} : { maxBps: egress.maxBps })
@@ -204,8 +225,18 @@ const programOptions = (options: CreateOptions) =>
     const health = yield* healthOf(options.health)
     const secrets = yield* parseSecretFlags(options.secrets ?? [], process.cwd())
     const brokered = yield* parseBrokers(options.brokers ?? [], process.cwd())
-    return { health, secrets: [...secrets, ...brokered.secrets], brokers: brokered.endpoints }
-  }).pipe(Effect.map(({ brokers, health, secrets }) => ({
+    const swapped = yield* Effect.forEach(options.egress?.credSwap ?? [], (text) => parseCredSwap(text))
+    return {
+      health,
+      secrets: [
+        ...secrets,
+        ...brokered.secrets,
+        ...swapped.map((s) => new SecretRef({ name: s.secret.name, source: s.secret.source, use: "broker" }))
+      ],
+      brokers: brokered.endpoints,
+      swaps: swapped.map((s) => s.swap)
+    }
+  }).pipe(Effect.map(({ brokers, health, secrets, swaps }) => ({
     secrets,
     brokers,
     image: options.image,
@@ -226,7 +257,7 @@ const programOptions = (options: CreateOptions) =>
     shell: options.shell,
     health,
     ttlSeconds: options.ttlSeconds,
-    egress: egressPolicy(options.egress),
+    egress: egressPolicy(options.egress, swaps),
     model: options.model === undefined
       ? undefined
       : { model: options.model.ref, mediation: options.model.mediation, policyFile: options.model.policyFile }

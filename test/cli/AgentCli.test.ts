@@ -84,10 +84,17 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     assert.deepStrictEqual(plan.network.egress.allow, ["api.example.com", "b.example"])
     const overridden = await ma(["run", "--file", file, "--exec", "echo mine"], { MICROAGENT_OUTPUT: "text" })
     assert.strictEqual(overridden.stdout, "mine\n")
+    // An Agentfile's credential swaps need mitm; their keys are host-held secrets in the plan.
     NodeFs.writeFileSync(file, "agent:\n  entry: x\n  cred-swap: [openai]\n")
-    const refused = await ma(["run", "--file", file])
+    const refused = await ma(["run", "--file", file], { OPENAI_API_KEY: "k" })
     assert.strictEqual(refused.code, 2)
-    assert.include(errorOf(refused).error.message, "agent.cred-swap is not supported by this version")
+    assert.include(errorOf(refused).error.message, "need --egress mitm")
+    NodeFs.writeFileSync(file, "agent:\n  entry: x\n  egress: mitm\n  cred-swap: [openai]\n")
+    const swapped = JSON.parse(
+      (await ma(["run", "--dry-run", "--json", "--file", file], { OPENAI_API_KEY: "k" })).stdout
+    )
+    assert.deepStrictEqual(swapped.secrets, ["OPENAI_API_KEY=env:OPENAI_API_KEY (broker)"])
+    assert.strictEqual(swapped.network.egress.mode, "mitm")
     // An Agentfile's broker endpoints reach the plan; --broker flags replace them.
     NodeFs.writeFileSync(
       file,
@@ -122,7 +129,8 @@ describe("run --setup, --image, --exec, --dry-run", () => {
     ])
     assert.strictEqual(planned.code, 0, planned.stderr)
     const egress = JSON.parse(planned.stdout).network.egress
-    assert.deepStrictEqual(egress.allow, ["b.example", "api.example.com", ".pypi.org"])
+    assert.deepStrictEqual(egress.allow, ["b.example", "api.example.com"])
+    assert.deepStrictEqual(egress.passthrough, [".pypi.org"])
     assert.strictEqual(egress.maxBps, 1048576)
     const off = await ma([
       "create",

@@ -116,10 +116,6 @@ network:
       error("network:\n  ipv6: fd00::5/64\n"),
       "microagent.yaml: network.ipv6 is not supported by this version of microagent"
     )
-    assert.strictEqual(
-      error("agent:\n  entry: ./run\n  cred-swap: [anthropic]\n"),
-      "microagent.yaml: agent.cred-swap is not supported by this version of microagent"
-    )
   })
 
   it("decodes the guest's own addressing under network", () => {
