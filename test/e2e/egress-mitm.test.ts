@@ -4,8 +4,9 @@
  * certificate of a test CA the interceptor is told to trust (MICROAGENT_EGRESS_MITM_UPSTREAM_CA); its
  * answer echoes what reached it. The guest's client is apt's own HTTPS method (GnuTLS, checking the
  * system bundle), so a download succeeds only if the guest trusts the workspace's CA. Checked: the
- * guest's bundle holds this start's CA; a request to a swap's domain reaches the upstream with the
- * host-held key while the guest never held it; a passthrough name gets the upstream's own certificate
+ * guest's bundle holds this start's CA and no other; a request to a swap's domain (a swap config's,
+ * and `--cred-swap openai`'s api.openai.com, which the test's resolver points at the test host)
+ * reaches the upstream with the host-held key while the guest never held it; a passthrough name gets the upstream's own certificate
  * (so the guest's client refuses it); DNS over HTTPS is refused with its signal; the records say
  * which flows were intercepted; the interceptor goes with the VM.
  */
@@ -24,6 +25,7 @@ import { requireTool, startRegistry, type TestRegistry } from "../support/regist
 /** The test host's network: apart from egress.test's 198.51.100.0/24 (the files run side by side). */
 const prefix = "198.18.40"
 const key = "sk-host-held-0123456789"
+const openaiKey = "sk-openai-host-held-9876"
 let stateDir: string
 let scratch: string
 let registry: TestRegistry
@@ -40,7 +42,8 @@ const ma = (args: ReadonlyArray<string>): Promise<CliResult> =>
       MICROAGENT_BACKEND: "qemu",
       MICROAGENT_EGRESS_DNS_UPSTREAM: `127.0.0.1:${dns.port}`,
       MICROAGENT_EGRESS_MITM_UPSTREAM_CA: NodePath.join(scratch, "upstream-ca.pem"),
-      TEST_SWAP_KEY: key
+      TEST_SWAP_KEY: key,
+      TEST_OPENAI_KEY: openaiKey
     }
   })
 const ok = async (args: ReadonlyArray<string>) => {
@@ -71,12 +74,16 @@ beforeAll(async () => {
   const upstreamCa = mintAuthority("upstream test CA")
   NodeFs.writeFileSync(NodePath.join(scratch, "upstream-ca.pem"), upstreamCa.certPem)
   const leaves = Object.fromEntries(
-    ["swap.test", "pass.test", "doh.test"].map((host) => [host, issueLeaf(upstreamCa, host)])
+    ["swap.test", "pass.test", "doh.test", "api.openai.com"].map((
+      host
+    ) => [host, issueLeaf(upstreamCa, host)])
   )
   dns = await startDnsServer({
     "swap.test": `${prefix}.10`,
     "pass.test": `${prefix}.10`,
-    "doh.test": `${prefix}.10`
+    "doh.test": `${prefix}.10`,
+    // The built-in provider's real name, answered here with the test host (nothing leaves this host).
+    "api.openai.com": `${prefix}.10`
   })
   hostNs = `ma-mitm-host-${process.pid}`
   removePeer = peerNamespace(hostNs, prefix, `tm${String(process.pid).slice(-6)}`).remove
@@ -120,6 +127,8 @@ beforeAll(async () => {
     swaps,
     "--egress-passthrough",
     "pass.test",
+    "--cred-swap",
+    "openai=env:TEST_OPENAI_KEY",
     "mt"
   ])
   await ok(["start", "mt"])
@@ -147,6 +156,8 @@ describe("egress mitm", () => {
         'cat /etc/ssl/certs/ca-certificates.crt; echo; echo "NODE=$NODE_EXTRA_CA_CERTS"'
       )
       assert.include(bundle.stdout, hostCa, "the guest's bundle holds the interceptor's CA")
+      // The image had no bundle: the CA is the one certificate the guest trusts, nothing else new.
+      assert.strictEqual(bundle.stdout.split("BEGIN CERTIFICATE").length - 1, 1, bundle.stdout)
       assert.include(bundle.stdout, "NODE=/usr/local/share/ca-certificates/microagent-egress.crt")
 
       const got = await sh("mt", fetch("https://swap.test/v1/models"))
@@ -170,6 +181,23 @@ describe("egress mitm", () => {
     },
     300_000
   )
+
+  it("--cred-swap openai sets the provider's bearer key on requests to its API", async () => {
+    const got = await sh("mt", fetch("https://api.openai.com/v1/chat/completions"))
+    assert.include(got.stdout, "rc=0", got.stdout)
+    const echoed = JSON.parse(got.stdout.split("\n").find((l) => l.startsWith("{"))!)
+    assert.deepStrictEqual(echoed, {
+      sni: "api.openai.com",
+      path: "/v1/chat/completions",
+      authorization: `Bearer ${openaiKey}`
+    })
+    const leak = await sh("mt", `env | grep -c '${openaiKey}'; true`)
+    assert.strictEqual(leak.stdout.trim(), "0")
+    const request = (await records("mt")).find((r) =>
+      r.event === "egress_mitm_request" && r.host === "api.openai.com"
+    )
+    assert.deepStrictEqual(request?.swaps, ["openai"])
+  }, 300_000)
 
   it("leaves a passthrough name's TLS alone: the guest sees the upstream's own certificate", async () => {
     const got = await sh("mt", fetch("https://pass.test/"))
