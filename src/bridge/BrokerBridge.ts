@@ -12,15 +12,24 @@
  * paths, headers or bodies; `capture` endpoints also write the request as the guest sent it (before the
  * swap) to `broker-capture.jsonl`, owner-only.
  *
+ * CONNECT is answered 405 unless the endpoint is the proxy (`proxy`); then the named destination is
+ * resolved here, an address that is not inside (domain/Inside.ts: loopback, private ranges, the host's
+ * own addresses, …) is dialled exactly, and the tunnel carries bytes as they are (nothing is swapped
+ * in a tunnel). Audited as `broker_request_allow` with `mode: connect`, or denied with its rule.
+ *
  * The bridge ends when the VM does (or on SIGTERM from the host).
  */
 import { Schema } from "effect"
+import * as NodeDns from "node:dns"
 import * as NodeFs from "node:fs"
 import * as NodeHttp from "node:http"
 import * as NodeHttps from "node:https"
+import * as NodeNet from "node:net"
+import * as NodeOs from "node:os"
 import type { Duplex } from "node:stream"
 import * as NodeTls from "node:tls"
 import { swapReferences } from "../domain/Broker.ts"
+import { insideReason } from "../domain/Inside.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { serveChannel } from "./ChannelServer.ts"
 
@@ -38,6 +47,7 @@ export const BrokerBridgeConfig = Schema.Struct({
     secrets: Schema.Array(Schema.String),
     ca: Schema.optional(Schema.String),
     capture: Schema.Boolean,
+    proxy: Schema.optionalWith(Schema.Boolean, { default: () => false }),
     guestPort: Schema.Number
   }))
 })
@@ -200,6 +210,66 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
         }
       })
       request.pipe(outgoing)
+    })
+    server.on("connect", (request: NodeHttp.IncomingMessage, socket: Duplex, head: Buffer) => {
+      const started = Date.now()
+      const target = request.url ?? ""
+      const connectBase = { ...base, mode: "connect", method: "CONNECT", host: target, secret_refs: [] }
+      const refuse = (status: number, reason: string, rule: string, message: string) => {
+        audit("broker_request_deny", {
+          ...connectBase,
+          status,
+          rule,
+          ...(message === "" ? {} : { reason: message })
+        })
+        socket.end(`HTTP/1.1 ${status} ${reason}\r\nconnection: close\r\ncontent-length: 0\r\n\r\n`)
+      }
+      if (!endpoint.proxy) return refuse(405, "Method Not Allowed", "connect-disabled", "")
+      const authority = /^([A-Za-z0-9.-]{1,253}|\d{1,3}(?:\.\d{1,3}){3}):(\d{1,5})$/.exec(target)
+      const port = Number(authority?.[2])
+      if (authority === null || port < 1 || port > 65535) {
+        return refuse(400, "Bad Request", "bad-target", "CONNECT takes host:port")
+      }
+      NodeDns.lookup(authority[1]!, { all: true, family: 4 }, (error, addresses) => {
+        if (error !== null) return refuse(502, "Bad Gateway", "upstream-error", error.message)
+        const own = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).map((a) =>
+          a.address
+        )
+        const outside = addresses.find((a) => insideReason(a.address, own) === undefined)
+        if (outside === undefined) {
+          const reason = insideReason(addresses[0]?.address ?? "", own)
+          return refuse(403, "Forbidden", "inside", `${target} is inside (${reason})`)
+        }
+        const upstream = NodeNet.connect({ host: outside.address, port })
+        let bytesOut = head.length
+        let bytesIn = 0
+        let established = false
+        upstream.once("connect", () => {
+          established = true
+          socket.write("HTTP/1.1 200 Connection Established\r\n\r\n")
+          if (head.length > 0) upstream.write(head)
+          socket.on("data", (chunk: Buffer) => (bytesOut += chunk.length))
+          upstream.on("data", (chunk: Buffer) => (bytesIn += chunk.length))
+          socket.pipe(upstream).pipe(socket)
+        })
+        upstream.once("error", (failure) => {
+          if (!established) refuse(502, "Bad Gateway", "upstream-error", failure.message)
+          else socket.destroy()
+        })
+        socket.on("error", () => upstream.destroy())
+        upstream.once("close", () => {
+          if (!established) return
+          socket.end()
+          audit("broker_request_allow", {
+            ...connectBase,
+            dst: `${outside.address}:${port}`,
+            status: 200,
+            bytes_out: bytesOut,
+            bytes_in: bytesIn,
+            duration_ms: Date.now() - started
+          })
+        })
+      })
     })
     server.on("clientError", (_error, socket: Duplex) => {
       audit("broker_request_deny", { ...base, status: 400, rule: "malformed-request", secret_refs: [] })

@@ -12,9 +12,11 @@
  * - `ca=PATH`: a PEM bundle trusted for the upstream besides the usual roots;
  * - `capture`: record each request before the swap (path, headers as sent, 1 MiB of body);
  * - `assurance=trusted-upstream` (the only one built: a relay that trusts the upstream with the
- *   credential and with what it answers).
+ *   credential and with what it answers);
+ * - `proxy` (one endpoint at most): the endpoint also tunnels CONNECT to public destinations, classified
+ *   on the address dialled (domain/Inside.ts), and the guest's HTTPS_PROXY points at it.
  *
- * Not built, and refused by name: `assurance=semantic` with `grant=` files, and `proxy` (CONNECT).
+ * Not built, and refused by name: `assurance=semantic` with `grant=` files.
  */
 import { Effect } from "effect"
 import * as NodePath from "node:path"
@@ -77,6 +79,7 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
     const baseUrlEnv: Array<{ name: string; path: string }> = []
     let ca: string | undefined
     let capture = false
+    let proxy = false
     for (const raw of text.split(";")) {
       const field = raw.trim()
       if (field === "") continue
@@ -136,10 +139,9 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
             "drop grant="
           )
         case "proxy":
-          return yield* invalid(
-            "the broker's CONNECT proxy is not built: the guest calls its endpoint's URL",
-            "drop proxy, and point the client's base URL at the endpoint (base-url-env=KEY)"
-          )
+          if (value !== undefined) return yield* invalid("proxy takes no value")
+          proxy = true
+          break
         default:
           return yield* invalid(`unknown broker field "${key}"`)
       }
@@ -152,6 +154,7 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
         baseUrlEnv,
         ...(ca === undefined ? {} : { ca }),
         capture,
+        proxy,
         guestPort: brokerBasePort + index
       }),
       secrets
@@ -176,6 +179,9 @@ export const parseBrokers = (texts: ReadonlyArray<string>, cwd: string) =>
     const vars = parsed.flatMap((p) => p.endpoint.baseUrlEnv.map((e) => e.name))
     const dup = vars.find((name, i) => vars.indexOf(name) !== i)
     if (dup !== undefined) return yield* invalid(`base-url-env ${dup} is set by two endpoints`)
+    if (parsed.filter((p) => p.endpoint.proxy).length > 1) {
+      return yield* invalid("only one broker endpoint may be the proxy (HTTPS_PROXY points at one)")
+    }
     return {
       endpoints: parsed.map((p) => p.endpoint),
       secrets: parsed.flatMap((p) => p.secrets)
@@ -191,6 +197,12 @@ export const brokerEnv = (endpoints: ReadonlyArray<BrokerEndpoint>): Record<stri
   if (endpoints.length > 0) env.MICROAGENT_BROKER_URL = brokerUrl(endpoints[0]!)
   for (const endpoint of endpoints) {
     for (const { name, path } of endpoint.baseUrlEnv) env[name] = `${brokerUrl(endpoint)}${path}`
+    if (endpoint.proxy) {
+      // HTTPS only (a CONNECT tunnel): the endpoints' own http:// URLs stay direct even for clients
+      // that ignore NO_PROXY (busybox wget). Both cases, as clients read one or the other.
+      for (const name of ["HTTPS_PROXY", "https_proxy"]) env[name] = brokerUrl(endpoint)
+      env.NO_PROXY = env.no_proxy = "127.0.0.1,localhost"
+    }
   }
   return env
 }
@@ -206,7 +218,8 @@ export const describeBroker = (endpoint: BrokerEndpoint) =>
     ...endpoint.secrets.map((name) => `secret=${name}`),
     ...endpoint.baseUrlEnv.map((e) => `base-url-env=${e.name}${e.path === "" ? "" : `=${e.path}`}`),
     ...(endpoint.ca === undefined ? [] : [`ca=${endpoint.ca}`]),
-    ...(endpoint.capture ? ["capture"] : [])
+    ...(endpoint.capture ? ["capture"] : []),
+    ...(endpoint.proxy ? ["proxy"] : [])
   ].join(";")
 
 /**

@@ -105,8 +105,8 @@ export const SpecHealth = Schema.Struct({
 /**
  * A credential broker endpoint in an Agentfile, the `--broker` fields as YAML: `secret` one
  * `NAME=SOURCE` or a list, `env` the base-url-env variables (`KEY` or `KEY=/path`); relative paths are
- * taken from the spec file's directory. `proxy` and `grant` are accepted here only to be refused by
- * name, as `--broker` refuses them.
+ * taken from the spec file's directory; `proxy: true` as the `proxy` field. `grant` is accepted here
+ * only to be refused by name, as `--broker` refuses it.
  */
 export const SpecBroker = Schema.Struct({
   upstream: Schema.NonEmptyTrimmedString,

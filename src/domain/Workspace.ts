@@ -127,6 +127,11 @@ export class BrokerEndpoint extends Schema.Class<BrokerEndpoint>("BrokerEndpoint
   ca: Schema.optional(Schema.String),
   /** Record each request before the swap (path, headers with references, 1 MiB of body). */
   capture: Schema.Boolean,
+  /**
+   * `proxy`: the endpoint also tunnels CONNECT to public destinations (the guest's HTTPS_PROXY points
+   * at it); without it CONNECT is answered 405.
+   */
+  proxy: Schema.optionalWith(Schema.Boolean, { default: () => false }),
   /** The guest's loopback port (18888 for the first endpoint, one up for each next). */
   guestPort: Schema.Number
 }) {}

@@ -14,6 +14,7 @@ import {
   specBrokerTexts,
   swapReferences
 } from "../../src/domain/Broker.ts"
+import { insideReason } from "../../src/domain/Inside.ts"
 import { decodeSpec } from "../../src/domain/Spec.ts"
 import { SecretRef } from "../../src/domain/Workspace.ts"
 
@@ -23,6 +24,45 @@ const problem = (text: string) => {
   assert.isTrue(Either.isLeft(result), text)
   return Either.isLeft(result) ? result.left.message : ""
 }
+
+describe("the broker's CONNECT proxy", () => {
+  it("is one endpoint at most, whose URL the guest's proxy variables name (the endpoints stay direct)", () => {
+    const parsed = parse("upstream=https://a.example;proxy", 1)
+    if (Either.isLeft(parsed)) return assert.fail(parsed.left.message)
+    const { endpoint } = parsed.right
+    assert.isTrue(endpoint.proxy)
+    assert.notProperty(brokerEnv([endpoint]), "HTTP_PROXY")
+    assert.deepInclude(brokerEnv([endpoint]), {
+      HTTPS_PROXY: "http://127.0.0.1:18889",
+      https_proxy: "http://127.0.0.1:18889",
+      NO_PROXY: "127.0.0.1,localhost"
+    })
+    assert.strictEqual(describeBroker(endpoint), "upstream=https://a.example;proxy")
+    const two = Effect.runSync(
+      Effect.either(parseBrokers(["upstream=https://a;proxy", "upstream=https://b;proxy"], "/"))
+    )
+    assert.isTrue(
+      Either.isLeft(two) && two.left.message.includes("only one broker endpoint may be the proxy")
+    )
+  })
+
+  it("dials only outside addresses: the inside is the mediator's, the host's own addresses included", () => {
+    const own = ["192.0.2.7"]
+    assert.isUndefined(insideReason("198.51.100.10", own))
+    assert.isUndefined(insideReason("8.8.8.8", own))
+    assert.strictEqual(insideReason("192.0.2.7", own), "host")
+    assert.strictEqual(insideReason("127.0.0.1", own), "loopback")
+    assert.strictEqual(insideReason("10.0.2.2", own), "private")
+    assert.strictEqual(insideReason("172.31.255.255", own), "private")
+    assert.isUndefined(insideReason("172.32.0.1", own))
+    assert.strictEqual(insideReason("169.254.169.254", own), "link-local")
+    assert.strictEqual(insideReason("100.127.0.1", own), "cgnat")
+    assert.strictEqual(insideReason("0.1.2.3", own), "this-network")
+    assert.strictEqual(insideReason("239.1.1.1", own), "multicast-or-reserved")
+    assert.strictEqual(insideReason("255.255.255.255", own), "multicast-or-reserved")
+    assert.strictEqual(insideReason("::1", own), "not-ipv4")
+  })
+})
 
 describe("credential broker endpoints", () => {
   it("parse the original's grammar into an endpoint and broker-held references", () => {
@@ -70,7 +110,7 @@ describe("credential broker endpoints", () => {
     assert.include(problem("upstream=https://h;capture=yes"), "takes no value")
     assert.include(problem("upstream=https://h;assurance=semantic"), "not built")
     assert.include(problem("upstream=https://h;grant=g.yaml"), "not built")
-    assert.include(problem("upstream=https://h;proxy"), "CONNECT proxy is not built")
+    assert.include(problem("upstream=https://h;proxy=yes"), "takes no value")
     assert.include(problem("upstream=https://h;bogus=1"), 'unknown broker field "bogus"')
     assert.include(problem("upstream="), "needs a value")
   })

@@ -11,6 +11,9 @@
  *   request that is not HTTP are refused before anything goes upstream, and the broker goes on serving.
  * - The audit (`broker-access.jsonl`, also in `egress`) names secrets but never holds a value; the capture
  *   keeps the request as the guest sent it, owner-only.
+ * - A third endpoint is the proxy: CONNECT through it reaches a public-looking test host (a network
+ *   namespace) and is refused for the host's loopback and the host's own address; the other endpoints
+ *   answer CONNECT with 405.
  * - Halt ends the broker; the next start resolves the key again.
  */
 import * as NodeChild from "node:child_process"
@@ -23,6 +26,7 @@ import * as NodePath from "node:path"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { defaultImage } from "../../src/layers/image/BuiltinImages.ts"
 import { cliAsync, type CliResult, stopRuntime } from "../support/cli.ts"
+import { startTestHost, type TestHost } from "../support/egressHosts.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { requireTool } from "../support/registry.ts"
 
@@ -54,6 +58,8 @@ const seenPlain: Array<Seen> = []
 let tlsServer: NodeHttps.Server
 let plainServer: NodeHttp.Server
 let tlsPort = 0
+/** A public-looking host (a namespace on 198.18.42.0/24) for the proxy endpoint's CONNECT tunnel. */
+let testHost: TestHost
 let plainPort = 0
 
 /** Records the request; answers with its path only (no header, no query: the guest must not see the key). */
@@ -144,9 +150,11 @@ beforeAll(async () => {
   plainServer = NodeHttp.createServer(recorder(seenPlain))
   tlsPort = await listen(tlsServer)
   plainPort = await listen(plainServer)
+  testHost = await startTestHost(`ma-brk-host-${process.pid}`, { prefix: "198.18.42" })
 })
 
 afterAll(() => {
+  testHost?.close()
   stopRuntime(stateDir)
   for (const pid of qemuProcessesMentioning(`${stateDir}/`)) process.kill(pid, "SIGKILL")
   tlsServer?.close()
@@ -186,13 +194,15 @@ describe("the credential broker on a real microVM", () => {
           `upstream=https://127.0.0.1:${tlsPort}/base;secret=API_KEY=env:BROKER_TEST_KEY;base-url-env=API_BASE=/v1;ca=${cert};capture`,
           "--broker",
           `upstream=http://127.0.0.1:${plainPort};base-url-env=PLAIN_BASE`,
+          "--broker",
+          `upstream=http://127.0.0.1:${plainPort};proxy`,
           "brk",
           "--json"
         ])
       )
       assert.deepStrictEqual(
         created.brokers.map((b: { guestPort: number; secrets: Array<string> }) => [b.guestPort, b.secrets]),
-        [[18888, ["API_KEY"]], [18889, []]]
+        [[18888, ["API_KEY"]], [18889, []], [18890, []]]
       )
       assert.deepStrictEqual(
         created.secrets.map((s: { name: string; use?: string }) => [s.name, s.use ?? "guest"]),
@@ -295,6 +305,32 @@ describe("the credential broker on a real microVM", () => {
       assert.notInclude(capture, key)
       assert.strictEqual(NodeFs.statSync(captureFile).mode & 0o777, 0o600)
 
+      // The proxy endpoint tunnels CONNECT to an outside address only; the others answer 405.
+      assert.include(await sh('echo "$HTTPS_PROXY $no_proxy"'), "http://127.0.0.1:18890 127.0.0.1,localhost")
+      const connect = (port: number, target: string, then = "") =>
+        sh(
+          `printf 'CONNECT ${target} HTTP/1.1\\r\\nHost: ${target}\\r\\n\\r\\n${then}' | nc -w 5 127.0.0.1 ${port}; true`
+        )
+      const tunnel = await connect(18890, `${testHost.address}:8080`, "GET / HTTP/1.0\\r\\n\\r\\n")
+      assert.include(tunnel, "200 Connection Established", tunnel)
+      assert.include(tunnel, "hello-from-test-host", tunnel)
+      const inside = await connect(18890, `127.0.0.1:${plainPort}`)
+      assert.include(inside, "403", inside)
+      const hostItself = await connect(18890, `${testHost.hostSide}:${plainPort}`)
+      assert.include(hostItself, "403", hostItself)
+      const notProxy = await connect(18888, `${testHost.address}:8080`)
+      assert.include(notProxy, "405", notProxy)
+      const tunnelled = NodeFs.readFileSync(auditFile, "utf8").trim().split("\n").map((l) => JSON.parse(l))
+        .filter((r) => r.mode === "connect")
+      assert.deepStrictEqual(tunnelled.map((r) => [r.event, r.endpoint, r.status, r.rule ?? null]), [
+        ["broker_request_allow", 2, 200, null],
+        ["broker_request_deny", 2, 403, "inside"],
+        ["broker_request_deny", 2, 403, "inside"],
+        ["broker_request_deny", 0, 405, "connect-disabled"]
+      ])
+      assert.isAbove(tunnelled[0].bytes_in, 20)
+      assert.strictEqual(seenPlain.filter((s) => s.method === "CONNECT").length, 0)
+
       // Halt ends the broker; the next start resolves the key again (here: a new value).
       const first = brokerPid()
       assert.isTrue(alive(first))
@@ -320,7 +356,20 @@ describe("the credential broker on a real microVM", () => {
     await bad("upstream=ftp://x", "only http:// and https://")
     await bad("upstream=https://user:pw@x", "holds no credentials")
     await bad("secret=A=env:B", "needs upstream=URL")
-    await bad("upstream=https://x;proxy", "CONNECT proxy is not built")
+    await bad("upstream=https://x;proxy=on", "takes no value")
+    const twoProxies = await ma([
+      "create",
+      "--image",
+      defaultImage,
+      "--broker",
+      "upstream=https://x;proxy",
+      "--broker",
+      "upstream=https://y;proxy",
+      "nope",
+      "--json"
+    ])
+    assert.strictEqual(twoProxies.code, 2, twoProxies.stderr)
+    assert.include(twoProxies.stderr + twoProxies.stdout, "only one broker endpoint may be the proxy")
     await bad("upstream=https://x;assurance=semantic", "not built")
     await bad("upstream=https://x;secret=A=env:B;secret=A=env:C", "given twice")
     await bad(`upstream=https://x;ca=${NodePath.join(scratch, "missing.pem")}`, "missing.pem")

@@ -63,6 +63,7 @@ const attach: CredentialBrokerShape["attach"] = (attachment) =>
         secrets: endpoint.secrets,
         ...(endpoint.ca === undefined ? {} : { ca: endpoint.ca }),
         capture: endpoint.capture,
+        proxy: endpoint.proxy,
         guestPort: endpoint.guestPort
       }))
     }
