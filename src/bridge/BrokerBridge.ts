@@ -32,6 +32,7 @@ import { swapReferences } from "../domain/Broker.ts"
 import { insideReason } from "../domain/Inside.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { serveChannel } from "./ChannelServer.ts"
+import { answerUpstreamFailure, hopHeaders, relayAnswer } from "./HttpRelay.ts"
 
 export const BrokerBridgeConfig = Schema.Struct({
   workspace: Schema.String,
@@ -52,23 +53,6 @@ export const BrokerBridgeConfig = Schema.Struct({
   }))
 })
 export type BrokerBridgeConfig = typeof BrokerBridgeConfig.Type
-
-/** The secrets' values, as the start sends them on stdin: `{ "NAME": "<base64>" }`. */
-export const BrokerSecrets = Schema.Record({ key: Schema.String, value: Schema.String })
-
-/** Headers that belong to one hop, not to the request (RFC 9110 7.6.1), and what the broker sets itself. */
-const hopHeaders = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade",
-  "host"
-])
 
 /** Bytes of a captured request body. */
 const captureLimit = 1024 * 1024
@@ -124,7 +108,8 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
       const path = swap(target)
       const headers: Record<string, string | Array<string>> = {}
       for (const [name, value] of Object.entries(request.headers)) {
-        if (value === undefined || hopHeaders.has(name)) continue
+        // Host is the broker's to set (the upstream's).
+        if (value === undefined || hopHeaders.has(name) || name === "host") continue
         headers[name] = Array.isArray(value) ? value.map(swap) : swap(value)
       }
       if (unresolved.size > 0) {
@@ -184,12 +169,7 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
             duration_ms: Date.now() - started,
             secret_refs: [...refs]
           }))
-        const back: Record<string, string | Array<string>> = {}
-        for (const [name, value] of Object.entries(answer.headers)) {
-          if (value !== undefined && !hopHeaders.has(name)) back[name] = value
-        }
-        response.writeHead(answer.statusCode ?? 502, back)
-        answer.pipe(response)
+        relayAnswer(answer, response)
       })
       outgoing.on("error", (error) => {
         audit("broker_request_deny", {
@@ -200,14 +180,7 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
           reason: error.message,
           secret_refs: [...refs]
         })
-        if (!response.headersSent) {
-          response.writeHead(502, { "content-type": "application/json", connection: "close" })
-          response.end(
-            JSON.stringify({ error: { type: "upstream", message: `the upstream failed: ${error.message}` } })
-          )
-        } else {
-          response.destroy()
-        }
+        answerUpstreamFailure(response, error)
       })
       request.pipe(outgoing)
     })

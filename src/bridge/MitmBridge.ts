@@ -30,6 +30,7 @@ import * as NodeTls from "node:tls"
 import { hostMatches } from "../domain/Egress.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { issueLeaf, mintAuthority } from "./Certificates.ts"
+import { answerUpstreamFailure, hopHeaders, relayAnswer } from "./HttpRelay.ts"
 
 export const MitmBridgeConfig = Schema.Struct({
   workspace: Schema.String,
@@ -53,9 +54,6 @@ export const MitmBridgeConfig = Schema.Struct({
 })
 export type MitmBridgeConfig = typeof MitmBridgeConfig.Type
 
-/** The swaps' values, as the start sends them on stdin: `{ "NAME": "<base64>" }`. */
-export const MitmSecrets = Schema.Record({ key: Schema.String, value: Schema.String })
-
 /** One intercepted connection: what the mediator said of it, and the name the guest's TLS asked for. */
 interface Flow {
   readonly ip: string
@@ -64,19 +62,6 @@ interface Flow {
   readonly name: string | undefined
   sni: string | undefined
 }
-
-/** Headers that belong to one hop (RFC 9110 7.6.1). */
-const hopHeaders = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade"
-])
 
 /** The preamble's longest line: an address, a port and a name of at most 255 bytes. */
 const preambleLimit = 320
@@ -236,23 +221,11 @@ export const runMitmBridge = (config: MitmBridgeConfig, values: ReadonlyMap<stri
           bytes_in: bytesIn,
           duration_ms: Date.now() - started
         }))
-      const back: Record<string, string | Array<string>> = {}
-      for (const [name, value] of Object.entries(answer.headers)) {
-        if (value !== undefined && !hopHeaders.has(name)) back[name] = value
-      }
-      response.writeHead(answer.statusCode ?? 502, back)
-      answer.pipe(response)
+      relayAnswer(answer, response)
     })
     outgoing.on("error", (error) => {
       audit("egress_mitm_upstream_error", { dst, host, method, error: error.message })
-      if (!response.headersSent) {
-        response.writeHead(502, { "content-type": "application/json", connection: "close" })
-        response.end(
-          JSON.stringify({ error: { type: "upstream", message: `the upstream failed: ${error.message}` } })
-        )
-      } else {
-        response.destroy()
-      }
+      answerUpstreamFailure(response, error)
     })
     request.pipe(outgoing)
   })

@@ -102,6 +102,21 @@ const SwapConfigFile = Schema.Struct({
 
 const headerPattern = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/
 
+/** A YAML or JSON file's text decoded strictly by `schema` (any other key is an error), or `invalid`'s error. */
+const decodeStrictFile = <A, I>(
+  schema: Schema.Schema<A, I>,
+  text: string,
+  invalid: (detail: string) => InvalidInput
+): Either.Either<A, InvalidInput> => {
+  const document = Yaml.parseDocument(text, { uniqueKeys: true })
+  if (document.errors.length > 0) {
+    return Either.left(invalid(`not valid YAML or JSON: ${document.errors[0]!.message.split("\n")[0]}`))
+  }
+  return Schema.decodeUnknownEither(schema, { onExcessProperty: "error" })(document.toJS() ?? {}).pipe(
+    Either.mapLeft((error) => invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" ")))
+  )
+}
+
 /** The swaps of a swap config's text and the secrets they read; `source` names the file in messages. */
 export const decodeSwapConfig = (
   text: string,
@@ -118,51 +133,43 @@ export const decodeSwapConfig = (
       remediation:
         'a swap config holds `swaps: {NAME: {type: static, domains: [HOST|.SUFFIX], header: H, format: "Bearer {key}", key_ref: env:VAR|file:PATH}}`'
     })
-  const document = Yaml.parseDocument(text, { uniqueKeys: true })
-  if (document.errors.length > 0) {
-    return Either.left(invalid(`not valid YAML or JSON: ${document.errors[0]!.message.split("\n")[0]}`))
-  }
-  return Schema.decodeUnknownEither(SwapConfigFile, { onExcessProperty: "error" })(document.toJS() ?? {})
-    .pipe(
-      Either.mapLeft((error) =>
-        invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" "))
-      ),
-      Either.flatMap((file) => {
-        const out: Array<{ swap: CredentialSwap; secret: { name: string; source: string } }> = []
-        for (const [name, entry] of Object.entries(file.swaps)) {
-          if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
-            return Either.left(invalid(`swap name "${name}" is not [a-z0-9_-]`))
-          }
-          if ((entry.type ?? "static") !== "static") {
-            return Either.left(
-              invalid(`swap ${name}: type ${entry.type} is not built; only static swaps are`)
-            )
-          }
-          const domains = entry.domains.map(normalizeAllow)
-          const bad = domains.find((d) => d.includes(":") || allowProblem(d) !== undefined || /^\d/.test(d))
-          if (bad !== undefined) {
-            return Either.left(invalid(`swap ${name}: "${bad}" is not a host or .suffix`))
-          }
-          const header = (entry.header ?? "authorization").toLowerCase()
-          if (!headerPattern.test(header)) {
-            return Either.left(invalid(`swap ${name}: "${header}" is not a header name`))
-          }
-          const format = entry.format ?? "Bearer {key}"
-          if (!format.includes("{key}") || /[\r\n]/.test(format)) {
-            return Either.left(invalid(`swap ${name}: the format must hold {key} on one line`))
-          }
-          if (!swapRefPattern.test(entry.key_ref)) {
-            return Either.left(invalid(`swap ${name}: key_ref must be env:VAR or file:PATH, never the value`))
-          }
-          const secret = `SWAP_${name.toUpperCase().replace(/-/g, "_")}`
-          out.push({
-            swap: new CredentialSwap({ name, domains, header, format, secret }),
-            secret: { name: secret, source: entry.key_ref }
-          })
+  return decodeStrictFile(SwapConfigFile, text, invalid).pipe(
+    Either.flatMap((file) => {
+      const out: Array<{ swap: CredentialSwap; secret: { name: string; source: string } }> = []
+      for (const [name, entry] of Object.entries(file.swaps)) {
+        if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
+          return Either.left(invalid(`swap name "${name}" is not [a-z0-9_-]`))
         }
-        return Either.right(out)
-      })
-    )
+        if ((entry.type ?? "static") !== "static") {
+          return Either.left(
+            invalid(`swap ${name}: type ${entry.type} is not built; only static swaps are`)
+          )
+        }
+        const domains = entry.domains.map(normalizeAllow)
+        const bad = domains.find((d) => d.includes(":") || allowProblem(d) !== undefined || /^\d/.test(d))
+        if (bad !== undefined) {
+          return Either.left(invalid(`swap ${name}: "${bad}" is not a host or .suffix`))
+        }
+        const header = (entry.header ?? "authorization").toLowerCase()
+        if (!headerPattern.test(header)) {
+          return Either.left(invalid(`swap ${name}: "${header}" is not a header name`))
+        }
+        const format = entry.format ?? "Bearer {key}"
+        if (!format.includes("{key}") || /[\r\n]/.test(format)) {
+          return Either.left(invalid(`swap ${name}: the format must hold {key} on one line`))
+        }
+        if (!swapRefPattern.test(entry.key_ref)) {
+          return Either.left(invalid(`swap ${name}: key_ref must be env:VAR or file:PATH, never the value`))
+        }
+        const secret = `SWAP_${name.toUpperCase().replace(/-/g, "_")}`
+        out.push({
+          swap: new CredentialSwap({ name, domains, header, format, secret }),
+          secret: { name: secret, source: entry.key_ref }
+        })
+      }
+      return Either.right(out)
+    })
+  )
 }
 
 /** Whether `host` is one of `domains` (a host, or `.suffix`: the apex and its subdomains). */
@@ -241,22 +248,14 @@ export const decodeEgressPolicyFile = (
       remediation:
         "an egress policy holds `allow` and `passthrough` lists of host, .suffix or A.B.C.D[/N][:port]"
     })
-  const document = Yaml.parseDocument(text, { uniqueKeys: true })
-  if (document.errors.length > 0) {
-    return Either.left(invalid(`not valid YAML or JSON: ${document.errors[0]!.message.split("\n")[0]}`))
-  }
-  return Schema.decodeUnknownEither(EgressPolicyFile, { onExcessProperty: "error" })(document.toJS() ?? {})
-    .pipe(
-      Either.mapLeft((error) =>
-        invalid(ParseResult.TreeFormatter.formatErrorSync(error).split("\n").join(" "))
-      ),
-      Either.flatMap((file) => {
-        const allow = (file.allow ?? []).map(normalizeAllow)
-        const passthrough = (file.passthrough ?? []).map(normalizeAllow)
-        const problem = [...allow, ...passthrough].map(allowProblem).find((p) => p !== undefined)
-        return problem === undefined ? Either.right({ allow, passthrough }) : Either.left(invalid(problem))
-      })
-    )
+  return decodeStrictFile(EgressPolicyFile, text, invalid).pipe(
+    Either.flatMap((file) => {
+      const allow = (file.allow ?? []).map(normalizeAllow)
+      const passthrough = (file.passthrough ?? []).map(normalizeAllow)
+      const problem = [...allow, ...passthrough].map(allowProblem).find((p) => p !== undefined)
+      return problem === undefined ? Either.right({ allow, passthrough }) : Either.left(invalid(problem))
+    })
+  )
 }
 
 /** What a record without an `egress` field (or a `create` without flags) gets. */
