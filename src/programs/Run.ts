@@ -79,9 +79,10 @@ export const run = Effect.fn("run")(function*(options: RunOptions) {
     const mode = latest.network === "user" ? (latest.egress ?? defaultEgress).mode : "none"
     const egress = yield* Effect.serviceOption(Egress)
     // The mediator's records, and the credential broker's (which any network mode may have).
-    const records = (mode === "broker" || latest.brokers.length > 0) && Option.isSome(egress)
-      ? yield* egress.value.read(workspace.name)
-      : []
+    const records =
+      (mode === "broker" || mode === "mitm" || latest.brokers.length > 0) && Option.isSome(egress)
+        ? yield* egress.value.read(workspace.name)
+        : []
     return {
       workspace: workspace.name,
       kept: options.keep ?? false,

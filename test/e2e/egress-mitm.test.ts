@@ -34,6 +34,7 @@ let hostNs: string
 let server: NodeChild.ChildProcess | undefined
 let removePeer: (() => void) | undefined
 let minbase: string
+let swaps: string
 
 const ma = (args: ReadonlyArray<string>): Promise<CliResult> =>
   cliAsync(args, {
@@ -105,7 +106,7 @@ beforeAll(async () => {
     server!.stdout!.on("data", (d) => String(d).includes("listening") && resolve())
     server!.on("exit", (code) => reject(new Error(`the test host's server exited (${code})`)))
   })
-  const swaps = NodePath.join(scratch, "swaps.yaml")
+  swaps = NodePath.join(scratch, "swaps.yaml")
   NodeFs.writeFileSync(
     swaps,
     "swaps:\n  test-api:\n    type: static\n    domains: [swap.test]\n    header: Authorization\n    format: 'Bearer {key}'\n    key_ref: env:TEST_SWAP_KEY\n"
@@ -219,6 +220,29 @@ describe("egress mitm", () => {
     const log = await records("mt")
     const denied = log.find((r) => r.event === "egress_deny" && r.signal === "dns-over-https")
     assert.strictEqual(denied?.host, "doh.test", JSON.stringify(log))
+  }, 300_000)
+
+  it("dispatch under mitm answers with a receipt of the intercepted flows", async () => {
+    const out = JSON.parse(
+      (await ok([
+        "dispatch",
+        "--json",
+        "--egress",
+        "mitm",
+        "--egress-swap-config",
+        swaps,
+        minbase,
+        "--",
+        "bash",
+        "-c",
+        fetch("https://swap.test/receipt")
+      ])).stdout
+    )
+    assert.include(out.result.stdout, "rc=0", out.result.stdout)
+    assert.include(out.result.stdout, `Bearer ${key}`)
+    assert.strictEqual(out.receipt.mode, "mitm")
+    assert.isAbove(out.receipt.allowByHost["swap.test"] ?? 0, 0, JSON.stringify(out.receipt))
+    assert.isAbove(out.receipt.bytesIn, 0)
   }, 300_000)
 
   it("ends the interceptor with the VM", async () => {
