@@ -6,14 +6,13 @@ import { Effect, Either, Option, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import {
+  collectSwaps,
   type CredentialSwap,
   decodeEgressPolicyFile,
-  decodeSwapConfig,
   EgressMode,
   EgressPolicy,
   type EgressReceipt,
-  normalizeAllow,
-  parseCredSwap
+  normalizeAllow
 } from "../domain/Egress.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import type { ExecResult } from "../domain/Exec.ts"
@@ -311,22 +310,17 @@ const credentialSwapsOf = (
       ...(spec.agent?.["cred-swap"] ?? []),
       ...options.credSwap
     ]
-    const swaps = [...(yield* Effect.forEach(texts, (text) => parseCredSwap(text)))]
-    if (Option.isSome(options.egressSwapConfig)) {
-      const path = options.egressSwapConfig.value
-      const text = yield* Effect.try({
-        try: () => NodeFs.readFileSync(path, "utf8"),
-        catch: (cause) =>
-          new InvalidInput({
-            message: `--egress-swap-config ${path}: ${
-              cause instanceof Error ? cause.message : String(cause)
-            }`,
-            remediation: "give a readable YAML or JSON file"
-          })
-      })
-      swaps.push(...(yield* decodeSwapConfig(text, path)))
-    }
-    return [...new Map(swaps.map((s) => [s.swap.name, s])).values()]
+    if (Option.isNone(options.egressSwapConfig)) return yield* collectSwaps(texts)
+    const path = options.egressSwapConfig.value
+    const text = yield* Effect.try({
+      try: () => NodeFs.readFileSync(path, "utf8"),
+      catch: (cause) =>
+        new InvalidInput({
+          message: `--egress-swap-config ${path}: ${cause instanceof Error ? cause.message : String(cause)}`,
+          remediation: "give a readable YAML or JSON file"
+        })
+    })
+    return yield* collectSwaps(texts, { text, source: path })
   })
 
 /** `--egress*` flags over the spec's `egress:`; flags win field by field, allowlists are unioned. */

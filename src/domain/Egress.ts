@@ -48,16 +48,19 @@ const swapInvalid = (message: string) =>
     }`
   })
 
+/** A credential swap with the reference of the host-held secret it reads. */
+export interface HeldSwap {
+  readonly swap: CredentialSwap
+  readonly secret: { readonly name: string; readonly source: string }
+}
+
 /**
  * `--cred-swap PROVIDER[=REF]`: the swap and the host-held secret it reads (`<PROVIDER>_API_KEY`, from
  * `env:<PROVIDER>_API_KEY` unless REF says otherwise).
  */
 export const parseCredSwap = (
   text: string
-): Either.Either<
-  { readonly swap: CredentialSwap; readonly secret: { readonly name: string; readonly source: string } },
-  InvalidInput
-> => {
+): Either.Either<HeldSwap, InvalidInput> => {
   const at = text.indexOf("=")
   const provider = (at < 0 ? text : text.slice(0, at)).trim().toLowerCase()
   const known = swapProviders[provider]
@@ -102,6 +105,10 @@ const SwapConfigFile = Schema.Struct({
 
 const headerPattern = /^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/
 
+/** An error about file `source`, with what such a file holds as the remediation. */
+const fileError = (source: string, holds: string) => (detail: string) =>
+  new InvalidInput({ message: `${source}: ${detail}`, remediation: holds })
+
 /** A YAML or JSON file's text decoded strictly by `schema` (any other key is an error), or `invalid`'s error. */
 const decodeStrictFile = <A, I>(
   schema: Schema.Schema<A, I>,
@@ -121,21 +128,14 @@ const decodeStrictFile = <A, I>(
 export const decodeSwapConfig = (
   text: string,
   source: string
-): Either.Either<
-  ReadonlyArray<
-    { readonly swap: CredentialSwap; readonly secret: { readonly name: string; readonly source: string } }
-  >,
-  InvalidInput
-> => {
-  const invalid = (detail: string) =>
-    new InvalidInput({
-      message: `${source}: ${detail}`,
-      remediation:
-        'a swap config holds `swaps: {NAME: {type: static, domains: [HOST|.SUFFIX], header: H, format: "Bearer {key}", key_ref: env:VAR|file:PATH}}`'
-    })
+): Either.Either<ReadonlyArray<HeldSwap>, InvalidInput> => {
+  const invalid = fileError(
+    source,
+    'a swap config holds `swaps: {NAME: {type: static, domains: [HOST|.SUFFIX], header: H, format: "Bearer {key}", key_ref: env:VAR|file:PATH}}`'
+  )
   return decodeStrictFile(SwapConfigFile, text, invalid).pipe(
     Either.flatMap((file) => {
-      const out: Array<{ swap: CredentialSwap; secret: { name: string; source: string } }> = []
+      const out: Array<HeldSwap> = []
       for (const [name, entry] of Object.entries(file.swaps)) {
         if (!/^[a-z0-9][a-z0-9_-]{0,62}$/.test(name)) {
           return Either.left(invalid(`swap name "${name}" is not [a-z0-9_-]`))
@@ -171,6 +171,21 @@ export const decodeSwapConfig = (
     })
   )
 }
+
+/**
+ * The swaps of `--cred-swap` texts and of a swap config's text (`config`, if any), in that order; a
+ * later swap of a name replaces an earlier one.
+ */
+export const collectSwaps = (
+  texts: ReadonlyArray<string>,
+  config?: { readonly text: string; readonly source: string }
+): Either.Either<ReadonlyArray<HeldSwap>, InvalidInput> =>
+  Either.all([
+    Either.all(texts.map(parseCredSwap)),
+    config === undefined ? Either.right([]) : decodeSwapConfig(config.text, config.source)
+  ]).pipe(
+    Either.map(([flags, file]) => [...new Map([...flags, ...file].map((s) => [s.swap.name, s])).values()])
+  )
 
 /** Whether `host` is one of `domains` (a host, or `.suffix`: the apex and its subdomains). */
 export const hostMatches = (domains: ReadonlyArray<string>, host: string): boolean => {
@@ -242,12 +257,10 @@ export const decodeEgressPolicyFile = (
   { readonly allow: ReadonlyArray<string>; readonly passthrough: ReadonlyArray<string> },
   InvalidInput
 > => {
-  const invalid = (detail: string) =>
-    new InvalidInput({
-      message: `${source}: ${detail}`,
-      remediation:
-        "an egress policy holds `allow` and `passthrough` lists of host, .suffix or A.B.C.D[/N][:port]"
-    })
+  const invalid = fileError(
+    source,
+    "an egress policy holds `allow` and `passthrough` lists of host, .suffix or A.B.C.D[/N][:port]"
+  )
   return decodeStrictFile(EgressPolicyFile, text, invalid).pipe(
     Either.flatMap((file) => {
       const allow = (file.allow ?? []).map(normalizeAllow)

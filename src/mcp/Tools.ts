@@ -6,14 +6,7 @@
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import * as NodeFs from "node:fs"
 import { parseBrokers } from "../domain/Broker.ts"
-import {
-  decodeSwapConfig,
-  EgressMode,
-  EgressPolicy,
-  EgressRecord,
-  normalizeAllow,
-  parseCredSwap
-} from "../domain/Egress.ts"
+import { collectSwaps, EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
 import { WorkspaceEvent } from "../domain/Event.ts"
 import { ExecRequest, ExecResult } from "../domain/Exec.ts"
@@ -247,7 +240,7 @@ const brokersOf = (texts: ReadonlyArray<string>, context: ToolContext, denial: D
  */
 const swapsOf = (args: NewWorkspaceArgs, context: ToolContext, denial: DenialContext) =>
   Effect.gen(function*() {
-    const parsed = [...(yield* Effect.forEach(args.cred_swap ?? [], (text) => parseCredSwap(text)))]
+    let config: { text: string; source: string } | undefined
     if (args.egress_swap_config !== undefined) {
       yield* context.host.check(args.egress_swap_config, "read", denial)
       const path = args.egress_swap_config
@@ -258,9 +251,9 @@ const swapsOf = (args: NewWorkspaceArgs, context: ToolContext, denial: DenialCon
             message: `egress_swap_config ${path}: ${cause instanceof Error ? cause.message : String(cause)}`
           })
       })
-      parsed.push(...(yield* decodeSwapConfig(text, path)))
+      config = { text, source: path }
     }
-    const unique = [...new Map(parsed.map((s) => [s.swap.name, s])).values()]
+    const unique = yield* collectSwaps(args.cred_swap ?? [], config)
     const checked = yield* context.host.checkRefs(
       unique.map((s) => new SecretRef({ name: s.secret.name, source: s.secret.source })),
       denial
