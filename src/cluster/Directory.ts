@@ -72,8 +72,17 @@ export interface DirectoryShape {
   readonly entries: Effect.Effect<ReadonlyArray<WorkspaceEntry>, Transient>
   /** Gives the name up, if `host` still holds it. */
   readonly release: (name: string, host: string) => Effect.Effect<void, Transient>
-  /** Moves a workspace from `from` to `to` if `from` still holds it; false when another move won. */
-  readonly move: (name: string, from: string, to: string) => Effect.Effect<boolean, Transient>
+  /**
+   * Moves a workspace from `from` to `to` if `from` still holds it; false when another move won. With
+   * `fromLost`, only while `from` reads lost at that moment, by the database's clock: a runner whose
+   * touch went through keeps its workspaces, however old the supervisor's view of it.
+   */
+  readonly move: (
+    name: string,
+    from: string,
+    to: string,
+    options?: { readonly fromLost?: boolean }
+  ) => Effect.Effect<boolean, Transient>
   /** Keeps the host's latest record of a workspace (written only when it changed). */
   readonly remember: (name: string, host: string, record: unknown) => Effect.Effect<void, Transient>
 }
@@ -247,10 +256,13 @@ export const make = Effect.gen(function*() {
       Effect.mapError(unavailable)
     )
 
-  const move: DirectoryShape["move"] = (name, from, to) =>
+  const move: DirectoryShape["move"] = (name, from, to, options) =>
     sql<{ readonly name: string }>`UPDATE microagent_workspaces
         SET host = ${to}, moved_from = ${from}, generation = generation + 1, updated_at = now()
-        WHERE name = ${name} AND host = ${from} RETURNING name`.pipe(
+        WHERE name = ${name} AND host = ${from}
+          AND (NOT ${options?.fromLost === true} OR NOT EXISTS (SELECT 1 FROM microagent_runners r
+            WHERE r.id = ${from} AND r.last_seen > now() - r.expiry_ms * interval '1 millisecond'))
+        RETURNING name`.pipe(
       Effect.map((rows) => rows.length === 1),
       Effect.mapError(unavailable)
     )

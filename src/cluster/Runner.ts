@@ -389,13 +389,7 @@ const reconcile = (
       }
       if (entry.value.host === id) continue
       if (entry.value.generation > 1) {
-        yield* Effect.logWarning(
-          `${workspace.name} moved to ${entry.value.host} while this runner was away: removing it here`
-        )
-        yield* local.kill({ name: workspace.name, reason: `moved to runner ${entry.value.host}` }).pipe(
-          Effect.ignore
-        )
-        yield* local.delete({ name: workspace.name, force: true }).pipe(Effect.ignore)
+        yield* removeMoved(local, workspace.name, entry.value.host)
       } else {
         yield* Effect.logWarning(
           `${workspace.name} is also the name of a workspace on ${entry.value.host}: this one is not reachable through the cluster`
@@ -406,17 +400,43 @@ const reconcile = (
     for (const entry of entries) {
       if (entry.host === id && !held.has(entry.name)) yield* directory.release(entry.name, id)
     }
-    // Re-adopted `restart: always` workspaces that are not running start again here.
-    for (const workspace of workspaces) {
-      if (workspace.restart === "always" && !isLive(workspace.state) && workspace.state !== "quarantined") {
-        const entry = yield* directory.lookup(workspace.name)
-        if (Option.isSome(entry) && entry.value.host === id) {
-          yield* local.start({ name: workspace.name }).pipe(
-            Effect.catchAll((error) =>
-              Effect.logWarning(`could not start ${workspace.name} again: ${error.message}`)
-            )
+    yield* restartHeld(local, directory, id)
+  })
+
+/** A workspace whose name moved to another runner while this one was away or fenced: gone from here. */
+const removeMoved = (local: MicroagentClientShape, name: string, host: string) =>
+  Effect.gen(function*() {
+    yield* Effect.logWarning(`${name} moved to ${host} while this runner was away: removing it here`)
+    yield* local.kill({ name, reason: `moved to runner ${host}` }).pipe(Effect.ignore)
+    yield* local.delete({ name, force: true }).pipe(Effect.ignore)
+  })
+
+/**
+ * The `restart: always` workspaces of this host that are not running (re-adopted at the runner's
+ * start, or stopped by its fence while it could not reach the database) start again here, if the
+ * directory still gives them to it after a touch: from then on the runner reads alive, and a
+ * supervisor's move (which needs the runner lost at the moment it writes) fails. One that moved before
+ * is removed here instead.
+ */
+const restartHeld = (local: MicroagentClientShape, directory: typeof Directory.Service, id: string) =>
+  Effect.gen(function*() {
+    const workspaces = yield* Effect.mapError(local.list({}), localFailure)
+    const stopped = workspaces.filter((workspace) =>
+      workspace.restart === "always" && !isLive(workspace.state) && workspace.state !== "quarantined"
+    )
+    if (stopped.length === 0) return
+    yield* directory.touch(id)
+    for (const workspace of stopped) {
+      const entry = yield* directory.lookup(workspace.name)
+      if (Option.isNone(entry)) continue
+      if (entry.value.host === id) {
+        yield* local.start({ name: workspace.name }).pipe(
+          Effect.catchAll((error) =>
+            Effect.logWarning(`could not start ${workspace.name} again: ${error.message}`)
           )
-        }
+        )
+      } else if (entry.value.generation > 1) {
+        yield* removeMoved(local, workspace.name, entry.value.host)
       }
     }
   })
@@ -424,7 +444,9 @@ const reconcile = (
 /**
  * Liveness: every quarter of the lock expiry the runner touches its row, which needs the database
  * only (a runtime slowed by boots must not make its runner read lost). After half the expiry without
- * a touch it kills its movable VMs itself, before anyone may move them.
+ * a touch it kills its movable VMs itself, before anyone may move them; once a touch succeeds again
+ * it starts those the directory still gives it (in a fiber of its own, tried again until it went
+ * through: boots must not hold the touches up).
  */
 const living = (
   host: Effect.Effect.Success<ReturnType<typeof makeHost>>,
@@ -434,6 +456,25 @@ const living = (
   Effect.gen(function*() {
     let lastTouch = Date.now()
     let fenced = false
+    /** Workspaces the fence stopped wait to start again; `resuming` while a fiber does it. */
+    let resumePending = false
+    let resuming = false
+    const resume = restartHeld(host.local, host.directory, host.id).pipe(
+      Effect.zipRight(host.beat),
+      Effect.as(false),
+      Effect.catchAllCause((cause) =>
+        Effect.as(
+          Effect.logWarning(`could not start the fenced workspaces again: ${Cause.pretty(cause)}`),
+          true
+        )
+      ),
+      Effect.flatMap((pending) =>
+        Effect.sync(() => {
+          resumePending = pending
+          resuming = false
+        })
+      )
+    )
     const every = Duration.millis(Math.max(250, Math.floor(lockExpiryMs / 4)))
     yield* Effect.gen(function*() {
       const ok = yield* host.directory.touch(host.id).pipe(
@@ -446,10 +487,16 @@ const living = (
       if (ok) {
         lastTouch = Date.now()
         fenced = false
+        if (resumePending && !resuming) {
+          resuming = true
+          yield* Effect.logInfo("the database answers again: starting the workspaces the fence stopped")
+          yield* Effect.fork(resume)
+        }
         return
       }
       if (!fenced && Date.now() - lastTouch > lockExpiryMs / 2) {
         fenced = true
+        resumePending = true
         yield* Effect.logError(
           "no heartbeat for half the lock expiry: killing this runner's movable workspaces"
         )

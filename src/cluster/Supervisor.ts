@@ -52,7 +52,7 @@ export const supervise = (lockExpiryMs: number, forgetAfterMs: number) =>
           yield* Effect.logWarning(`${entry.name}: lost with ${entry.host}, and no runner can take it`)
           continue
         }
-        if (!(yield* directory.move(entry.name, entry.host, target))) continue
+        if (!(yield* directory.move(entry.name, entry.host, target, { fromLost: true }))) continue
         yield* Effect.logInfo(`${entry.name}: ${entry.host} is lost; moving the workspace to ${target}`)
         const host = hosts(target)
         const moved = yield* host.create({ ...request, name: entry.name }).pipe(

@@ -3,7 +3,8 @@
  * here: placement by capacity (a runner declared full gets nothing), exec, cp and logs by name from
  * another runner's host, one winner when two clients create the same name, `kill -9` of a runner
  * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
- * runs beside it, and the runner reconciles when it comes back), PostgreSQL restarted under load, and
+ * runs beside it, and the runner reconciles when it comes back), PostgreSQL restarted under load (down
+ * long enough for the fence to stop the movable workspace, which runs again once the database is back), and
  * a runner silent past --forget-after with no workspace forgotten.
  */
 import { Context, Effect, Layer } from "effect"
@@ -348,9 +349,13 @@ describe("a cluster of three runners", () => {
     assert.strictEqual(qemuProcessesMentioning(NodePath.join(runner(other).stateDir, "run", "w1")).length, 1)
   })
 
-  it("PostgreSQL restarted under load: calls fail transient, then succeed; no record is lost", async () => {
-    const before = (await list()).map((w) => `${w.name}@${w.host}`).sort()
-    const target = (await list()).find((w) => w.state === "running")!.name
+  it("PostgreSQL restarted under load: calls fail transient, then succeed; the fenced workspace runs again; no record is lost", async () => {
+    const listed = await list()
+    // w1 (restart: always) may move if the runner reads lost by the time the database is back.
+    const before = listed.filter((w) => w.name !== "w1").map((w) => `${w.name}@${w.host}`).sort()
+    const w1Host = listed.find((w) => w.name === "w1")!.host!
+    assert.strictEqual(listed.find((w) => w.name === "w1")!.state, "running")
+    const target = listed.find((w) => w.state === "running" && w.name !== "w1")!.name
     const outcomes: Array<string> = []
     let stop = false
     const load = (async () => {
@@ -361,18 +366,33 @@ describe("a cluster of three runners", () => {
       }
     })()
     await sleep(1500)
-    await postgres.restart(500)
+    // Down for longer than half the lock expiry: w1's runner stops it (the fence from the inside).
+    await postgres.restart(lockExpirySeconds * 1000 * 0.8)
+    let last: CliResult | undefined
     await until("a call to succeed after the restart", async () => {
-      const result = await ma(["exec", target, "--", "true"])
-      return result.code === 0 ? true : undefined
-    }, 60)
+      last = await ma(["exec", target, "--", "true"])
+      return last.code === 0 ? true : undefined
+    }, 60).catch((error: Error) => {
+      // What the last call said and what each runner logged since its start: the diagnosis of a slow recovery.
+      const logs = runners.map((r) => `--- ${r.id}:\n${r.log.slice(-3000)}`).join("\n")
+      throw new Error(`${error.message}; the last call: ${last?.stderr.slice(-1500)}\n${logs}`)
+    })
     stop = true
     await load
     assert.isTrue(
       outcomes.every((outcome) => outcome === "ok" || outcome === "transient"),
       outcomes.join(",")
     )
-    const after = (await list()).map((w) => `${w.name}@${w.host}`).sort()
+    assert.include(runner(w1Host).log, "no heartbeat for half the lock expiry")
+    const w1 = await until("w1 to run again", async () => {
+      const found = (await list()).find((w) => w.name === "w1")
+      return found?.state === "running" ? found : undefined
+    }, 120)
+    const exec = await ok(["exec", "w1", "--", "hostname"])
+    assert.strictEqual(exec.result.stdout.trim(), "w1")
+    const copies = runners.flatMap((r) => qemuProcessesMentioning(NodePath.join(r.stateDir, "run", "w1")))
+    assert.strictEqual(copies.length, 1, `w1 runs ${copies.length} times (now on ${w1.host})`)
+    const after = (await list()).filter((w) => w.name !== "w1").map((w) => `${w.name}@${w.host}`).sort()
     assert.deepStrictEqual(after, before)
   })
 
