@@ -135,6 +135,11 @@ export class LaunchConfig extends Schema.Class<LaunchConfig>("LaunchConfig")({
   /** Seconds allowed until the guest agent answers. */
   bootTimeoutSeconds: Schema.Number,
   /**
+   * Cold boots tried when one stalls or times out (absent: 2, the second on the same disk); 1 lets a
+   * measurement see every stall.
+   */
+  bootAttempts: Schema.optional(Schema.Int.pipe(Schema.between(1, 3))),
+  /**
    * The user network behind the egress mediator: the VMM runs in this network namespace and uses
    * the tap made there instead of its own user-mode NAT (which would reach the host's loopback).
    */

@@ -237,6 +237,8 @@ describe("qemu backend", () => {
         const text = JSON.stringify(exit.cause)
         assert.include(text, "Transient")
         assert.include(text, "console tail")
+        // A cold boot that does not answer in time is booted once more before it fails.
+        assert.include(text, "booted twice, in vain")
         // Where the guest was when time ran out, to tell a hang from a slow boot.
         assert.match(text, /vCPU0 RIP=[0-9a-f]{16}/)
       }

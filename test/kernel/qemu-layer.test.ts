@@ -6,7 +6,12 @@ import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer } from "effect"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
-import { type GuestControl, qemuCapabilities, QemuHypervisor } from "../../src/layers/hypervisor/qemu/Qemu.ts"
+import {
+  type GuestControl,
+  qemuCapabilities,
+  QemuHypervisor,
+  stallSign
+} from "../../src/layers/hypervisor/qemu/Qemu.ts"
 import { Home } from "../../src/services/Home.ts"
 import { Hypervisor, LaunchConfig, PortForward, VmHandle } from "../../src/services/Hypervisor.ts"
 import { cleanupTempDirs, requireTool, tempDir } from "../support/kernel.ts"
@@ -59,6 +64,24 @@ const deadHandle = () =>
 afterAll(cleanupTempDirs)
 
 describe("qemu backend without booting", () => {
+  it("tells a stalled boot by the kernel's own report on the console", () => {
+    // The console of a stalled TCG boot (2 vCPUs, default profile) from a CI run.
+    const stalled = "[    0.547258] PCI: Fatal: No config space access function found\r\n"
+      + "[   28.417897] watchdog: BUG: soft lockup - CPU#1 stuck for 26s! [cryptomgr_test:49]\r\n"
+    assert.strictEqual(stallSign(stalled), "BUG: soft lockup - CPU#1 stuck for 26s!")
+    assert.strictEqual(
+      stallSign("[   61.2] rcu: INFO: rcu_sched self-detected stall on CPU\n"),
+      "rcu: INFO: rcu_sched self-detected stall on CPU"
+    )
+    assert.strictEqual(
+      stallSign("[   61.2] rcu: INFO: rcu_sched detected stalls on CPUs/tasks:\n"),
+      "rcu: INFO: rcu_sched detected stalls on CPUs"
+    )
+    // A healthy boot's console, and one that merely mentions the words.
+    assert.isUndefined(stallSign("[    0.547258] PCI: Fatal: No config space access function found\n"))
+    assert.isUndefined(stallSign("echo soft lockup\n"))
+  })
+
   it.live("declares its capabilities", () =>
     Effect.gen(function*() {
       const hypervisor = yield* Hypervisor

@@ -115,8 +115,27 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
 ])
 
 class BootFailure extends Data.TaggedError("BootFailure")<{
-  readonly reason: "Timeout" | "Exited"
+  readonly reason: "Timeout" | "Exited" | "Stalled"
 }> {}
+
+/** A first cold boot that stalled or timed out: `launch` boots once more before it reports `error`. */
+class StalledBoot extends Data.TaggedError("StalledBoot")<{ readonly error: Transient }> {}
+
+/** Where no second boot follows, a stalled boot is its error. */
+const asBootError = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Effect.catchAll(
+    self,
+    (error): Effect.Effect<never, Transient | Exclude<E, StalledBoot>> =>
+      Effect.fail(error instanceof StalledBoot ? error.error : error as Exclude<E, StalledBoot>)
+  )
+
+/**
+ * The kernel's own report of a stalled boot on its console (a soft lockup, an RCU stall), as seen in
+ * rare TCG boots that never reach the agent: such a boot is killed at once rather than waited out.
+ */
+export const stallSign = (console: string): string | undefined =>
+  /BUG: soft lockup - CPU#\d+ stuck for \d+s!|rcu: INFO: \w+ (?:self-)?detected stalls? on CPUs?|rcu_\w+ self-detected stall/
+    .exec(console)?.[0]
 
 const consoleTail = (path: string, lines = 12): string => {
   try {
@@ -292,7 +311,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         return { kernelPath: config.kernelPath, initrdPath: config.initrdPath, bootProfile }
       })
 
-    const awaitBoot = (handle: VmHandle, timeoutSeconds: number) => {
+    const awaitBoot = (handle: VmHandle, timeoutSeconds: number, watchConsole: boolean) => {
       const exited = Effect.suspend(() =>
         isAlive(handle.pid, handle.pidStartTime) ? Effect.fail("alive" as const) : Effect.void
       ).pipe(
@@ -306,10 +325,22 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         // Retried until the deadline below: an attempt's failure is not the boot's.
         Effect.catchAll(() => Effect.never)
       )
-      // Both sides are interruptible even when the caller's region is not (a start inside an
-      // acquireRelease's acquire): the race ends its loser by interruption, and an uninterruptible
-      // loser would be waited for until the VM exits.
-      return Effect.raceFirst(Effect.interruptible(ready), Effect.interruptible(exited)).pipe(
+      const stalled = Effect.suspend(() =>
+        stallSign(consoleTail(handle.consoleLog, 40)) === undefined
+          ? Effect.fail("booting" as const)
+          : Effect.void
+      ).pipe(
+        Effect.retry(Schedule.spaced(Duration.seconds(1))),
+        Effect.orDie,
+        Effect.zipRight(Effect.fail(new BootFailure({ reason: "Stalled" })))
+      )
+      // Every side is interruptible even when the caller's region is not (a start inside an
+      // acquireRelease's acquire): the race ends its losers by interruption, and an uninterruptible
+      // loser would be waited for until the VM exits. The first to end, failed or not, decides.
+      const ended = watchConsole
+        ? Effect.raceFirst(Effect.interruptible(exited), Effect.interruptible(stalled))
+        : Effect.interruptible(exited)
+      return Effect.raceFirst(Effect.interruptible(ready), ended).pipe(
         Effect.timeoutFail({
           duration: Duration.millis(Math.round(timeoutSeconds * 1000)),
           onTimeout: () => new BootFailure({ reason: "Timeout" })
@@ -340,8 +371,16 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         yield* qmp(handle, "cont")
       })
 
-    /** Boots a VMM, or with `stateFile` restores one from a saved state; then waits for its agent. */
-    const start = (config: LaunchConfig, stateFile: string | undefined, ownMemory = false) =>
+    /**
+     * Boots a VMM, or with `stateFile` restores one from a saved state; then waits for its agent. A
+     * `firstBoot` that stalls or times out fails with `StalledBoot`, for `launch` to boot again.
+     */
+    const start = (
+      config: LaunchConfig,
+      stateFile: string | undefined,
+      ownMemory = false,
+      firstBoot = false
+    ) =>
       Effect.gen(function*() {
         const { bootProfile, initrdPath, kernelPath } = yield* validate(config)
         if (stateFile !== undefined) {
@@ -408,13 +447,16 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           })
         const bootFailed = (failure: BootFailure, vcpus: string) => {
           const tail = consoleTail(paths.consoleLog)
-          return failure.reason === "Timeout"
-            ? new Transient({
-              message:
-                `${config.workspace}: the guest agent did not answer within ${config.bootTimeoutSeconds} s; ${vcpus}console tail:\n${tail}`,
+          const stalled = (what: string) =>
+            new Transient({
+              message: `${config.workspace}: ${what}; ${vcpus}console tail:\n${tail}`,
               remediation:
                 "retry; if it keeps failing, check the kernel, the root filesystem and the console log"
             })
+          return failure.reason === "Stalled"
+            ? stalled(`the guest kernel stalled while booting (${stallSign(tail) ?? "a stall"})`)
+            : failure.reason === "Timeout"
+            ? stalled(`the guest agent did not answer within ${config.bootTimeoutSeconds} s`)
             : new Permanent({
               message: `${config.workspace}: the VM stopped while booting; console tail:\n${tail}`,
               remediation:
@@ -464,11 +506,16 @@ export const make = (options: QemuOptions, control: GuestControl) =>
                       )
                     )
                   ),
-                  Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds)),
+                  Effect.zipRight(awaitBoot(handle, config.bootTimeoutSeconds, stateFile === undefined)),
                   Effect.catchTag("BootFailure", (failure) =>
                     Effect.flatMap(
-                      failure.reason === "Timeout" ? vcpuWhereabouts(paths.qmpSocket) : Effect.succeed(""),
-                      (vcpus) => Effect.fail(bootFailed(failure, vcpus))
+                      failure.reason === "Exited" ? Effect.succeed("") : vcpuWhereabouts(paths.qmpSocket),
+                      (vcpus): Effect.Effect<never, Transient | Permanent | StalledBoot> => {
+                        const error = bootFailed(failure, vcpus)
+                        return firstBoot && error._tag === "Transient"
+                          ? Effect.fail(new StalledBoot({ error }))
+                          : Effect.fail(error)
+                      }
                     ))
                 )
               ).pipe(
@@ -481,13 +528,29 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         return handle
       })
 
+    /**
+     * A cold boot. One that stalls (the kernel reports a lockup on its console) or whose agent does
+     * not answer in time is killed and booted once more on the same disk (unless `bootAttempts` is 1):
+     * rare TCG boots hang in the kernel whatever the workspace, and the next boot does not. The second
+     * failure is the error.
+     */
     const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
-      return yield* start(config, undefined)
+      return yield* start(config, undefined, false, (config.bootAttempts ?? 2) > 1).pipe(
+        Effect.catchTag("StalledBoot", ({ error: first }) =>
+          Effect.logWarning(`${first.message.split("\n")[0]}: booting it once more`).pipe(
+            Effect.zipRight(start(config, undefined).pipe(asBootError)),
+            Effect.mapError((error) =>
+              error._tag === "Transient"
+                ? new Transient({ ...error, message: `booted twice, in vain: ${error.message}` })
+                : error
+            )
+          ))
+      )
     })
 
     const restore = Effect.fn("Hypervisor.restore")(
       function*(config: LaunchConfig, stateFile: string, options?: RestoreOptions) {
-        return yield* start(config, stateFile, options?.ownMemory === true)
+        return yield* start(config, stateFile, options?.ownMemory === true).pipe(asBootError)
       }
     )
 
