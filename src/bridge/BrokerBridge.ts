@@ -15,7 +15,8 @@
  * CONNECT is answered 405 unless the endpoint is the proxy (`proxy`); then the named destination is
  * resolved here, an address that is not inside (domain/Inside.ts: loopback, private ranges, the host's
  * own addresses, …) is dialled exactly, and the tunnel carries bytes as they are (nothing is swapped
- * in a tunnel). Audited as `broker_request_allow` with `mode: connect`, or denied with its rule.
+ * in a tunnel); an endpoint with `connect-allow` tunnels only to the destinations listed. Audited as
+ * `broker_request_allow` with `mode: connect`, or denied with its rule (`inside`, `not-allowlisted`, …).
  *
  * The bridge ends when the VM does (or on SIGTERM from the host).
  */
@@ -29,6 +30,7 @@ import * as NodeOs from "node:os"
 import type { Duplex } from "node:stream"
 import * as NodeTls from "node:tls"
 import { swapReferences } from "../domain/Broker.ts"
+import { connectAllowed } from "../domain/Broker.ts"
 import { insideReason } from "../domain/Inside.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { serveChannel } from "./ChannelServer.ts"
@@ -49,6 +51,7 @@ export const BrokerBridgeConfig = Schema.Struct({
     ca: Schema.optional(Schema.String),
     capture: Schema.Boolean,
     proxy: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+    connectAllow: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
     guestPort: Schema.Number
   }))
 })
@@ -208,10 +211,21 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
         const own = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).map((a) =>
           a.address
         )
-        const outside = addresses.find((a) => insideReason(a.address, own) === undefined)
-        if (outside === undefined) {
+        const public_ = addresses.filter((a) => insideReason(a.address, own) === undefined)
+        if (public_.length === 0) {
           const reason = insideReason(addresses[0]?.address ?? "", own)
           return refuse(403, "Forbidden", "inside", `${target} is inside (${reason})`)
+        }
+        const outside = public_.find((a) =>
+          connectAllowed(endpoint.connectAllow, { host: authority[1]!, address: a.address, port })
+        )
+        if (outside === undefined) {
+          return refuse(
+            403,
+            "Forbidden",
+            "not-allowlisted",
+            `${target} is not on the endpoint's connect-allow`
+          )
         }
         const upstream = NodeNet.connect({ host: outside.address, port })
         let bytesOut = head.length

@@ -417,6 +417,19 @@ const logsCommand = Command.make(
     })
 ).pipe(Command.withDescription("show a workspace's serial console log (alias: log)"))
 
+/**
+ * A log's items (JSON without --follow) collected for one document, or else printed a line each as
+ * they come (undefined then).
+ */
+const collectedOrPrinted = <A, E, R>(
+  stream: Stream.Stream<A, E, R>,
+  collect: boolean,
+  line: (item: A) => string
+): Effect.Effect<Array<A> | undefined, E, R> =>
+  collect
+    ? Effect.map(Stream.runCollect(stream), (all) => [...all])
+    : Effect.as(Stream.runForEach(stream, (item) => writeStdout(`${line(item)}\n`)), undefined)
+
 const eventLine = (event: WorkspaceEvent) =>
   `${event.at}  ${event.type.padEnd(12)} ${event.state ?? ""}${event.detail ? `  ${event.detail}` : ""}`
 
@@ -426,18 +439,17 @@ const eventsCommand = Command.make(
   ({ follow, name }) =>
     Effect.gen(function*() {
       const json = yield* jsonMode
-      const stream = events(name, { follow })
-      if (json && !follow) {
-        const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
-        return yield* emit({ events: [...all] }, () => "")
-      }
-      yield* withWorkspaceBackend(
-        name,
-        Stream.runForEach(
+      const shown = <E, R>(stream: Stream.Stream<WorkspaceEvent, E, R>) =>
+        collectedOrPrinted(
           stream,
-          (event) => writeStdout(`${json ? JSON.stringify(event) : eventLine(event)}\n`)
+          json && !follow,
+          (event) => json ? JSON.stringify(event) : eventLine(event)
         )
+      const collected = yield* clusterOr(
+        shown(Stream.unwrap(Effect.map(MicroagentClient, (client) => client.events({ name, follow })))),
+        withWorkspaceBackend(name, shown(events(name, { follow })))
       )
+      if (collected !== undefined) return yield* emit({ events: collected }, () => "")
     })
 ).pipe(Command.withDescription("show a workspace's lifecycle events, oldest first"))
 
@@ -455,16 +467,18 @@ const egressCommand = Command.make(
   ({ follow, name }) =>
     Effect.gen(function*() {
       const json = yield* jsonMode
-      const stream = egressLog(name, { follow })
-      if (json && !follow) {
-        const all = yield* withWorkspaceBackend(name, Stream.runCollect(stream))
-        return yield* emit({ workspace: name, records: [...all] }, () => "")
-      }
-      yield* withWorkspaceBackend(
-        name,
-        Stream.runForEach(stream, (record) =>
-          writeStdout(`${json ? JSON.stringify(record) : egressLine(record)}\n`))
+      const shown = <E, R>(stream: Stream.Stream<EgressRecord, E, R>) =>
+        collectedOrPrinted(stream, json && !follow, (record) =>
+          json ? JSON.stringify(record) : egressLine(record))
+      const collected = yield* clusterOr(
+        shown(Stream.unwrap(Effect.map(MicroagentClient, (client) =>
+          client.egress({ name, follow })))),
+        withWorkspaceBackend(name, shown(egressLog(name, { follow })))
       )
+      if (collected !== undefined) {
+        return yield* emit({ workspace: name, records: collected }, () =>
+          "")
+      }
     })
 ).pipe(
   Command.withDescription("show a workspace's egress audit log (allowed and denied flows, DNS), oldest first")

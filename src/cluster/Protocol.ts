@@ -46,7 +46,15 @@ export const routedTags = [
   "resume",
   "connect",
   "connectInput",
-  "connectResize"
+  "connectResize",
+  "quarantine",
+  "snapshotCreate",
+  "snapshotList",
+  "snapshotDelete",
+  "workspaceCommit",
+  "egress",
+  "artifactsList",
+  "artifactsRemove"
 ] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
 export type RoutedTag = (typeof routedTags)[number]
 export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag }>

@@ -413,16 +413,22 @@ const removeMoved = (local: MicroagentClientShape, name: string, host: string) =
 
 /**
  * The `restart: always` workspaces of this host that are not running (re-adopted at the runner's
- * start, or stopped by its fence while it could not reach the database) start again here, if the
+ * start, or `only` those its fence stopped while it could not reach the database) start again here, if the
  * directory still gives them to it after a touch: from then on the runner reads alive, and a
  * supervisor's move (which needs the runner lost at the moment it writes) fails. One that moved before
  * is removed here instead.
  */
-const restartHeld = (local: MicroagentClientShape, directory: typeof Directory.Service, id: string) =>
+const restartHeld = (
+  local: MicroagentClientShape,
+  directory: typeof Directory.Service,
+  id: string,
+  only?: ReadonlySet<string>
+) =>
   Effect.gen(function*() {
     const workspaces = yield* Effect.mapError(local.list({}), localFailure)
     const stopped = workspaces.filter((workspace) =>
       workspace.restart === "always" && !isLive(workspace.state) && workspace.state !== "quarantined"
+      && (only === undefined || only.has(workspace.name))
     )
     if (stopped.length === 0) return
     yield* directory.touch(id)
@@ -456,10 +462,12 @@ const living = (
   Effect.gen(function*() {
     let lastTouch = Date.now()
     let fenced = false
-    /** Workspaces the fence stopped wait to start again; `resuming` while a fiber does it. */
+    /** Workspaces the fence stopped wait to start again (those alone); `resuming` while a fiber does it. */
+    const fencedNames = new Set<string>()
     let resumePending = false
     let resuming = false
-    const resume = restartHeld(host.local, host.directory, host.id).pipe(
+    const resume = restartHeld(host.local, host.directory, host.id, fencedNames).pipe(
+      Effect.tap(() => Effect.sync(() => fencedNames.clear())),
       Effect.zipRight(host.beat),
       Effect.as(false),
       Effect.catchAllCause((cause) =>
@@ -500,10 +508,19 @@ const living = (
         yield* Effect.logError(
           "no heartbeat for half the lock expiry: killing this runner's movable workspaces"
         )
+        // Named before the fence kills their VMMs, for the start that follows the database's return
+        // (bounded: a runtime that does not answer must not hold the fence up).
+        const workspaces = yield* host.local.list({}).pipe(
+          Effect.timeout(Duration.seconds(1)),
+          Effect.orElseSucceed(() => [])
+        )
+        const movable = workspaces.filter((workspace) =>
+          workspace.restart === "always" && isLive(workspace.state)
+        )
+        for (const workspace of movable) fencedNames.add(workspace.name)
         yield* startFence(fenceFile, 0)
-        const workspaces = yield* host.local.list({}).pipe(Effect.orElseSucceed(() => []))
         yield* Effect.forEach(
-          workspaces.filter((workspace) => workspace.restart === "always" && isLive(workspace.state)),
+          movable,
           (workspace) =>
             host.local.kill({ name: workspace.name, reason: "the runner lost the cluster" }).pipe(
               Effect.ignore

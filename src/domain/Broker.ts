@@ -14,12 +14,15 @@
  * - `assurance=trusted-upstream` (the only one built: a relay that trusts the upstream with the
  *   credential and with what it answers);
  * - `proxy` (one endpoint at most): the endpoint also tunnels CONNECT to public destinations, classified
- *   on the address dialled (domain/Inside.ts), and the guest's HTTPS_PROXY points at it.
+ *   on the address dialled (domain/Inside.ts), and the guest's HTTPS_PROXY points at it;
+ * - `connect-allow=ENTRY[,ENTRY…]` (with `proxy`, repeatable): only these destinations, each `host`,
+ *   `.suffix` or `A.B.C.D[/N]` with an optional `:port` (as `--egress-allow`), are tunnelled.
  *
  * Not built, and refused by name: `assurance=semantic` with `grant=` files.
  */
 import { Effect } from "effect"
 import * as NodePath from "node:path"
+import { allowProblem, hostMatches, normalizeAllow } from "./Egress.ts"
 import { InvalidInput } from "./Errors.ts"
 import { parseSecretFlag } from "./SecretRefs.ts"
 import type { Spec } from "./Spec.ts"
@@ -80,6 +83,7 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
     let ca: string | undefined
     let capture = false
     let proxy = false
+    const connectAllow: Array<string> = []
     for (const raw of text.split(";")) {
       const field = raw.trim()
       if (field === "") continue
@@ -142,11 +146,21 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
           if (value !== undefined) return yield* invalid("proxy takes no value")
           proxy = true
           break
+        case "connect-allow":
+          for (const entry of (yield* needValue()).split(",").map((e) => e.trim()).filter((e) => e !== "")) {
+            const problem = allowProblem(normalizeAllow(entry))
+            if (problem !== undefined) return yield* invalid(`connect-allow: ${problem}`)
+            connectAllow.push(normalizeAllow(entry))
+          }
+          break
         default:
           return yield* invalid(`unknown broker field "${key}"`)
       }
     }
     if (upstream === undefined) return yield* invalid("a broker endpoint needs upstream=URL")
+    if (connectAllow.length > 0 && !proxy) {
+      return yield* invalid("connect-allow= limits the CONNECT tunnel: it goes with proxy", "add proxy")
+    }
     return {
       endpoint: new BrokerEndpoint({
         upstream,
@@ -155,6 +169,7 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
         ...(ca === undefined ? {} : { ca }),
         capture,
         proxy,
+        connectAllow,
         guestPort: brokerBasePort + index
       }),
       secrets
@@ -219,7 +234,8 @@ export const describeBroker = (endpoint: BrokerEndpoint) =>
     ...endpoint.baseUrlEnv.map((e) => `base-url-env=${e.name}${e.path === "" ? "" : `=${e.path}`}`),
     ...(endpoint.ca === undefined ? [] : [`ca=${endpoint.ca}`]),
     ...(endpoint.capture ? ["capture"] : []),
-    ...(endpoint.proxy ? ["proxy"] : [])
+    ...(endpoint.proxy ? ["proxy"] : []),
+    ...(endpoint.connectAllow.length === 0 ? [] : [`connect-allow=${endpoint.connectAllow.join(",")}`])
   ].join(";")
 
 /**
@@ -313,6 +329,9 @@ export const specBrokerTexts = (spec: Pick<Spec, "agent">) =>
         ...(broker.capture === true ? ["capture"] : []),
         ...(broker.assurance === undefined ? [] : [`assurance=${broker.assurance}`]),
         ...(broker.proxy === true ? ["proxy"] : []),
+        ...(broker.connectAllowlist === undefined
+          ? []
+          : [`connect-allow=${broker.connectAllowlist.join(",")}`]),
         ...(broker.grant === undefined ? [] : [`grant=${broker.grant}`])
       ]
       const split = fields.find((f) => f.includes(";"))
@@ -322,4 +341,34 @@ export const specBrokerTexts = (spec: Pick<Spec, "agent">) =>
       texts.push(fields.join(";"))
     }
     return texts
+  })
+
+/** An IPv4 address as a number, or undefined. */
+const ipv4 = (address: string): number | undefined => {
+  const parts = address.split(".")
+  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) return undefined
+  return parts.reduce((n, p) => n * 256 + Number(p), 0)
+}
+
+/**
+ * Whether a CONNECT to `host:port`, dialled at `address`, is on the endpoint's `connect-allow` list (an
+ * empty list allows any): a name entry matches the name the guest asked for, an address entry the
+ * address dialled.
+ */
+export const connectAllowed = (
+  entries: ReadonlyArray<string>,
+  target: { readonly host: string; readonly address: string; readonly port: number }
+): boolean =>
+  entries.length === 0 || entries.some((entry) => {
+    const portMatch = /:(\d+)$/.exec(entry)
+    if (portMatch !== null && Number(portMatch[1]) !== target.port) return false
+    const pattern = portMatch === null ? entry : entry.slice(0, -portMatch[0].length)
+    const cidr = /^((?:\d{1,3}\.){3}\d{1,3})(?:\/(\d{1,2}))?$/.exec(pattern)
+    if (cidr === null) return hostMatches([pattern], target.host)
+    const bits = cidr[2] === undefined ? 32 : Number(cidr[2])
+    const base = ipv4(cidr[1]!)
+    const dialled = ipv4(target.address)
+    if (base === undefined || dialled === undefined) return false
+    const size = 2 ** (32 - bits)
+    return Math.floor(base / size) === Math.floor(dialled / size)
   })

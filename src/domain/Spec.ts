@@ -105,7 +105,8 @@ export const SpecHealth = Schema.Struct({
 /**
  * A credential broker endpoint in an Agentfile, the `--broker` fields as YAML: `secret` one
  * `NAME=SOURCE` or a list, `env` the base-url-env variables (`KEY` or `KEY=/path`); relative paths are
- * taken from the spec file's directory; `proxy: true` as the `proxy` field. `grant` is accepted here
+ * taken from the spec file's directory; `proxy: true` as the `proxy` field, `connectAllowlist` as
+ * `connect-allow=`. `grant` is accepted here
  * only to be refused by name, as `--broker` refuses it.
  */
 export const SpecBroker = Schema.Struct({
@@ -118,6 +119,8 @@ export const SpecBroker = Schema.Struct({
   capture: Schema.optional(Schema.Boolean),
   assurance: Schema.optional(Schema.String),
   proxy: Schema.optional(Schema.Boolean),
+  /** With `proxy`: the destinations its CONNECT tunnel may reach, as `connect-allow=` lists them. */
+  connectAllowlist: Schema.optional(Schema.Array(Schema.NonEmptyTrimmedString)),
   grant: Schema.optional(Schema.String)
 })
 export type SpecBroker = typeof SpecBroker.Type

@@ -132,6 +132,11 @@ export class BrokerEndpoint extends Schema.Class<BrokerEndpoint>("BrokerEndpoint
    * at it); without it CONNECT is answered 405.
    */
   proxy: Schema.optionalWith(Schema.Boolean, { default: () => false }),
+  /**
+   * With `proxy`: the destinations the tunnel may reach (`host`, `.suffix` or `A.B.C.D[/N]`, each with
+   * an optional `:port`); empty, any public one.
+   */
+  connectAllow: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
   /** The guest's loopback port (18888 for the first endpoint, one up for each next). */
   guestPort: Schema.Number
 }) {}

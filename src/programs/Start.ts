@@ -419,6 +419,15 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   nics,
                   ...(egress === undefined ? {} : { egress })
                 })
+                // The mediator watched the VMM that did not come up and left with it: the next boot
+                // (after a failed restore, or the backend's second boot of a stalled one) gets its own.
+                const egressAgain = egress === undefined ? Effect.succeed(full) : releaseEgress(name).pipe(
+                  Effect.zipRight(prepareEgress(starting, hypervisor.backend, options.secretValues ?? [])),
+                  Effect.tap((again) => (attachedEgress = again)),
+                  Effect.map((again) =>
+                    new LaunchConfig({ ...full, ...(again === undefined ? {} : { egress: again }) })
+                  )
+                )
                 return (template !== undefined
                   // Warm: the template's guest, made this workspace's before it counts as running.
                   ? holding(hypervisor.restore(full, template.state, { ownMemory: true })).pipe(
@@ -439,7 +448,6 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       )
                     ),
                     // A template that does not restore costs only the warm start: its disk boots.
-                    // The mediator watched the restored VMM and leaves with it: the boot gets its own.
                     Effect.catchAll((error) =>
                       store.appendEvent(name, {
                         type: "warm",
@@ -447,18 +455,10 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       }).pipe(
                         Effect.ignore,
                         Effect.zipRight(Effect.sync(() => (warmFailed = true))),
-                        Effect.zipRight(
-                          egress === undefined ? Effect.succeed(full) : releaseEgress(name).pipe(
-                            Effect.zipRight(
-                              prepareEgress(starting, hypervisor.backend, options.secretValues ?? [])
-                            ),
-                            Effect.tap((again) => (attachedEgress = again)),
-                            Effect.map((again) =>
-                              new LaunchConfig({ ...full, ...(again === undefined ? {} : { egress: again }) })
-                            )
-                          )
-                        ),
-                        Effect.flatMap((booting) => holding(hypervisor.launch(booting)))
+                        Effect.zipRight(egressAgain),
+                        Effect.flatMap((booting) =>
+                          holding(hypervisor.launch(booting, { beforeSecondBoot: egressAgain }))
+                        )
                       )
                     )
                   )
@@ -486,7 +486,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                       )
                     )
                   )
-                  : holding(hypervisor.launch(full))).pipe(
+                  : holding(hypervisor.launch(full, { beforeSecondBoot: egressAgain }))).pipe(
                     Effect.tap((handle) =>
                       deliverSecrets(name, handle, guestValues(starting, options.secretValues ?? [])).pipe(
                         // Under mitm the guest trusts this start's interceptor before anything runs.

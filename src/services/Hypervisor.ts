@@ -188,11 +188,20 @@ export type VmStatus = "running" | "paused" | "exited"
  */
 export type LaunchError = Unsupported | Permanent | InvalidInput | NotFound | Conflict | Transient
 
+export interface LaunchOptions {
+  /**
+   * Before a second boot (a backend boots once more when the first stalls: `bootAttempts`), the
+   * config to boot with: host-side attachments that followed the first VMM out (the egress mediator
+   * leaves with it) made again. Absent: the same config.
+   */
+  readonly beforeSecondBoot?: Effect.Effect<LaunchConfig, LaunchError> | undefined
+}
+
 export interface HypervisorShape {
   readonly backend: Backend
   readonly capabilities: ReadonlySet<Capability>
   /** Boots a detached VMM and waits until its guest agent answers (bounded by `bootTimeoutSeconds`). */
-  readonly launch: (config: LaunchConfig) => Effect.Effect<VmHandle, LaunchError>
+  readonly launch: (config: LaunchConfig, options?: LaunchOptions) => Effect.Effect<VmHandle, LaunchError>
   /** Confirms that a recorded handle still names a live VMM of ours. */
   readonly attach: (handle: VmHandle) => Effect.Effect<VmHandle, Transient | NotFound | InvalidInput>
   readonly inspect: (handle: VmHandle) => Effect.Effect<VmStatus, Transient | InvalidInput>

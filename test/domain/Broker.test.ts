@@ -7,6 +7,7 @@ import { assert, describe, it } from "vitest"
 import {
   brokerEnv,
   checkBrokers,
+  connectAllowed,
   describeBroker,
   guestSecrets,
   parseBroker,
@@ -44,6 +45,35 @@ describe("the broker's CONNECT proxy", () => {
     assert.isTrue(
       Either.isLeft(two) && two.left.message.includes("only one broker endpoint may be the proxy")
     )
+  })
+
+  it("tunnels only to its connect-allow list when it has one: names, suffixes, CIDRs, ports", () => {
+    const parsed = parse(
+      "upstream=https://a.example;proxy;connect-allow=API.example.com:443,.pypi.org;connect-allow=198.51.100.0/24"
+    )
+    if (Either.isLeft(parsed)) return assert.fail(parsed.left.message)
+    const { endpoint } = parsed.right
+    assert.deepStrictEqual(endpoint.connectAllow, ["api.example.com:443", ".pypi.org", "198.51.100.0/24"])
+    assert.strictEqual(
+      describeBroker(endpoint),
+      "upstream=https://a.example;proxy;connect-allow=api.example.com:443,.pypi.org,198.51.100.0/24"
+    )
+    const allowed = (host: string, address: string, port: number) =>
+      connectAllowed(endpoint.connectAllow, { host, address, port })
+    assert.isTrue(allowed("api.example.com", "203.0.113.5", 443))
+    assert.isFalse(allowed("api.example.com", "203.0.113.5", 8443), "another port")
+    assert.isTrue(allowed("files.pypi.org", "151.101.0.223", 443))
+    assert.isTrue(allowed("pypi.org", "151.101.0.223", 80))
+    assert.isFalse(allowed("evilpypi.org", "151.101.0.223", 443))
+    // An address entry matches the address dialled, whatever name led there.
+    assert.isTrue(allowed("anything.test", "198.51.100.77", 22))
+    assert.isFalse(allowed("198.51.101.1", "198.51.101.1", 443))
+    // No list: any (public) destination.
+    assert.isTrue(connectAllowed([], { host: "x.test", address: "203.0.113.9", port: 1 }))
+    assert.include(problem("upstream=https://a;connect-allow=x.test"), "goes with proxy")
+    assert.include(problem("upstream=https://a;proxy;connect-allow=1.2.3.4/40"), "prefix over /32")
+    assert.include(problem("upstream=https://a;proxy;connect-allow=a b"), "is not host")
+    assert.include(problem("upstream=https://a;proxy;connect-allow="), "needs a value")
   })
 
   it("dials only outside addresses: the inside is the mediator's, the host's own addresses included", () => {
@@ -174,6 +204,8 @@ describe("credential broker endpoints", () => {
         "      ca: certs/ca.pem",
         "      capture: true",
         "    - upstream: http://127.0.0.1:9000",
+        "      proxy: true",
+        "      connectAllowlist: [.pypi.org, 198.51.100.0/24]",
         ""
       ].join("\n"),
       "Agentfile"
@@ -185,6 +217,7 @@ describe("credential broker endpoints", () => {
       ["http://127.0.0.1:9000", 18889, undefined, false]
     ])
     assert.deepStrictEqual(parsed.secrets.map((s) => s.source), ["file:/specs/keys/api"])
+    assert.deepStrictEqual(parsed.endpoints[1]!.connectAllow, [".pypi.org", "198.51.100.0/24"])
     assert.deepStrictEqual(parsed.endpoints[0]!.baseUrlEnv, [{ name: "API_URL", path: "" }, {
       name: "OTHER",
       path: "/v1"

@@ -1,6 +1,6 @@
 /**
  * The fast boot options against hangs: consecutive boots with the default vCPU count and with one
- * vCPU (40 and 20 in the test suite, which must fit CI's time budget; 100 and 50 with
+ * vCPU (24 and 12 in the test suite, which must fit CI's time budget; 100 and 50 with
  * MICROAGENT_BOOT_RELIABILITY=full), each to agent-ready (the agent's answer to the handshake) within a bounded time.
  * A boot that does not answer in time is a failure carrying its console's tail. Boots go straight
  * through the qemu backend (no CLI, no runtime) and each VM is killed as soon as it answered, so the
@@ -127,8 +127,8 @@ const bootMany = (label: string, count: number, cpus: number, allowedStalls: num
   }).pipe(Effect.provide(hypervisorLayer))
 
 const full = process.env.MICROAGENT_BOOT_RELIABILITY === "full"
-const smpBoots = full ? 100 : 40
-const upBoots = full ? 50 : 20
+const smpBoots = full ? 100 : 24
+const upBoots = full ? 50 : 12
 
 describe("boot reliability", () => {
   it.live(

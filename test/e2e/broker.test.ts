@@ -195,7 +195,7 @@ describe("the credential broker on a real microVM", () => {
           "--broker",
           `upstream=http://127.0.0.1:${plainPort};base-url-env=PLAIN_BASE`,
           "--broker",
-          `upstream=http://127.0.0.1:${plainPort};proxy`,
+          `upstream=http://127.0.0.1:${plainPort};proxy;connect-allow=${testHost.address}:8080`,
           "brk",
           "--json"
         ])
@@ -319,6 +319,9 @@ describe("the credential broker on a real microVM", () => {
       assert.include(inside, "403", inside)
       const hostItself = await connect(18890, `${testHost.hostSide}:${plainPort}`)
       assert.include(hostItself, "403", hostItself)
+      // Public, but not on the endpoint's connect-allow (another port of the same host).
+      const offList = await connect(18890, `${testHost.address}:8081`)
+      assert.include(offList, "403", offList)
       const notProxy = await connect(18888, `${testHost.address}:8080`)
       assert.include(notProxy, "405", notProxy)
       const tunnelled = NodeFs.readFileSync(auditFile, "utf8").trim().split("\n").map((l) => JSON.parse(l))
@@ -327,6 +330,7 @@ describe("the credential broker on a real microVM", () => {
         ["broker_request_allow", 2, 200, null],
         ["broker_request_deny", 2, 403, "inside"],
         ["broker_request_deny", 2, 403, "inside"],
+        ["broker_request_deny", 2, 403, "not-allowlisted"],
         ["broker_request_deny", 0, 405, "connect-disabled"]
       ])
       assert.isAbove(tunnelled[0].bytes_in, 20)

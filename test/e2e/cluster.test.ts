@@ -1,7 +1,7 @@
 /**
  * Three runners on this machine as one cluster, on real QEMU workspaces and a real PostgreSQL started
  * here: placement by capacity (a runner declared full gets nothing), exec, cp and logs by name from
- * another runner's host, one winner when two clients create the same name, `kill -9` of a runner
+ * another runner's host, snapshots, the egress log and quarantine by name, one winner when two clients create the same name, `kill -9` of a runner
  * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
  * runs beside it, and the runner reconciles when it comes back), PostgreSQL restarted under load (down
  * long enough for the fence to stop the movable workspace, which runs again once the database is back), and
@@ -241,6 +241,35 @@ describe("a cluster of three runners", () => {
     } finally {
       await mcp.close()
     }
+  })
+
+  it("snapshots, the egress log and quarantine reach a workspace by name through the cluster", async () => {
+    const created = await ok(["create", "s1", "--profile", "tiny"])
+    const home = runner(created.host)
+    const from = created.host === "r1" ? "r2" : "r1"
+    // A stopped workspace's disk, captured on its runner, listed and deleted from another host.
+    const snapshot = await ok(["snapshot", "create", "--tag", "base", "s1"], from)
+    assert.strictEqual(snapshot.kind, "disk")
+    const snapshotDir = NodePath.join(home.stateDir, "workspaces", "s1", "snapshots", "base")
+    assert.isTrue(NodeFs.existsSync(snapshotDir), `no snapshot at ${snapshotDir}`)
+    assert.deepStrictEqual((await ok(["snapshot", "list", "s1"], from)).map((m: { tag: string }) => m.tag), [
+      "base"
+    ])
+    await ok(["snapshot", "delete", "s1", "base"], from)
+    assert.isFalse(NodeFs.existsSync(snapshotDir))
+    // Running: its egress log (the mediator's start) and quarantine, which refuses a start afterwards.
+    await ok(["start", "s1"], from)
+    const egress = await ok(["egress", "s1"], from)
+    assert.strictEqual(egress.workspace, "s1")
+    assert.isAbove(egress.records.length, 0, JSON.stringify(egress))
+    const events = (await ok(["events", "s1"], from)).events.map((e: { type: string }) => e.type)
+    assert.include(events, "snapshot", JSON.stringify(events))
+    await ok(["quarantine", "--no-capture", "s1"], from)
+    assert.strictEqual((await list()).find((w) => w.name === "s1")?.state, "quarantined")
+    assert.strictEqual(kindOf(await ma(["start", "s1"], from)), "conflict")
+    assert.strictEqual(qemuProcessesMentioning(NodePath.join(home.stateDir, "run", "s1")).length, 0)
+    await ok(["delete", "--force", "s1"], from)
+    assert.isUndefined((await list()).find((w) => w.name === "s1"))
   })
 
   it("Ctrl-C (or kill) of a CLI call through the cluster stops the guest's command on the runner", async () => {

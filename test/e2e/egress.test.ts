@@ -303,4 +303,29 @@ describe("egress mediation (broker, the default)", () => {
     }
     assert.deepStrictEqual(egressNamespaces(), [])
   }, 300_000)
+
+  it(
+    "a boot that does not come up in time is booted once more behind a mediator of its own; the second failure leaves nothing",
+    async () => {
+      const created = await ma(["create", "--image", image, "late"])
+      assert.strictEqual(created.code, 0, created.stderr)
+      // No guest answers in half a second under TCG: both boots run out of time.
+      const started = await ma(["--json", "start", "--cold", "--boot-timeout", "0.5", "late"])
+      assert.strictEqual(started.code, 75, started.stderr)
+      const error = JSON.parse(started.stderr.trim().split("\n").at(-1)!).error
+      // Transient (the boot's time ran out), not a VMM that could not enter a namespace gone with the first.
+      assert.strictEqual(error.kind, "transient", started.stderr)
+      assert.include(error.message, "booted twice, in vain")
+      const starts = (await egressRecords("late")).filter((r) => r.event === "egress_mediator_start")
+      assert.strictEqual(starts.length, 2, "each boot had a mediator")
+      const lateNamespaces = () => egressNamespaces().filter((l) => l.split(" ")[0]!.endsWith("-late"))
+      for (let i = 0; i < 100 && lateNamespaces().length > 0; i++) {
+        await new Promise((r) => setTimeout(r, 200))
+      }
+      assert.deepStrictEqual(lateNamespaces(), [])
+      assert.deepStrictEqual(qemuProcessesMentioning(`${stateDir}/run/late/`), [])
+      assert.strictEqual((await ma(["delete", "late"])).code, 0)
+    },
+    300_000
+  )
 })

@@ -64,6 +64,7 @@ const attach: CredentialBrokerShape["attach"] = (attachment) =>
         ...(endpoint.ca === undefined ? {} : { ca: endpoint.ca }),
         capture: endpoint.capture,
         proxy: endpoint.proxy,
+        connectAllow: endpoint.connectAllow,
         guestPort: endpoint.guestPort
       }))
     }

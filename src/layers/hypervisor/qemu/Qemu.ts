@@ -26,6 +26,7 @@ import {
   Hypervisor,
   type HypervisorShape,
   type LaunchConfig,
+  type LaunchOptions,
   type RestoreOptions,
   VmHandle
 } from "../../../services/Hypervisor.ts"
@@ -534,11 +535,14 @@ export const make = (options: QemuOptions, control: GuestControl) =>
      * rare TCG boots hang in the kernel whatever the workspace, and the next boot does not. The second
      * failure is the error.
      */
-    const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig) {
+    const launch = Effect.fn("Hypervisor.launch")(function*(config: LaunchConfig, options?: LaunchOptions) {
       return yield* start(config, undefined, false, (config.bootAttempts ?? 2) > 1).pipe(
         Effect.catchTag("StalledBoot", ({ error: first }) =>
           Effect.logWarning(`${first.message.split("\n")[0]}: booting it once more`).pipe(
-            Effect.zipRight(start(config, undefined).pipe(asBootError)),
+            Effect.zipRight(options?.beforeSecondBoot ?? Effect.succeed(config)),
+            Effect.flatMap((again) =>
+              start(again, undefined).pipe(asBootError)
+            ),
             Effect.mapError((error) =>
               error._tag === "Transient"
                 ? new Transient({ ...error, message: `booted twice, in vain: ${error.message}` })
