@@ -29,8 +29,7 @@ import * as NodeNet from "node:net"
 import * as NodeOs from "node:os"
 import type { Duplex } from "node:stream"
 import * as NodeTls from "node:tls"
-import { swapReferences } from "../domain/Broker.ts"
-import { connectAllowed } from "../domain/Broker.ts"
+import { connectAllowed, swapReferences } from "../domain/Broker.ts"
 import { insideReason } from "../domain/Inside.ts"
 import { isAlive } from "../layers/process/Processes.ts"
 import { serveChannel } from "./ChannelServer.ts"
@@ -211,12 +210,12 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
         const own = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).map((a) =>
           a.address
         )
-        const public_ = addresses.filter((a) => insideReason(a.address, own) === undefined)
-        if (public_.length === 0) {
+        const outsiders = addresses.filter((a) => insideReason(a.address, own) === undefined)
+        if (outsiders.length === 0) {
           const reason = insideReason(addresses[0]?.address ?? "", own)
           return refuse(403, "Forbidden", "inside", `${target} is inside (${reason})`)
         }
-        const outside = public_.find((a) =>
+        const outside = outsiders.find((a) =>
           connectAllowed(endpoint.connectAllow, { host: authority[1]!, address: a.address, port })
         )
         if (outside === undefined) {
