@@ -44,7 +44,8 @@ export interface AddressingRequest {
 /** QEMU's user network: what a guest without its own addressing gets. */
 export const defaultAddressing = { ip: "10.0.2.15/24", gateway: "10.0.2.2", resolver: "10.0.2.3" } as const
 
-const octets = (text: string): number | undefined => {
+/** `A.B.C.D` as a number, or undefined. */
+export const octets = (text: string): number | undefined => {
   const parts = text.split(".")
   if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) return undefined
   return parts.reduce((n, p) => n * 256 + Number(p), 0)
@@ -66,7 +67,8 @@ const cidr = (text: string, what: string): Either.Either<{ address: number; pref
     : Either.right({ address: n, prefix })
 }
 
-const within = (address: number, network: number, prefix: number) =>
+/** Whether `address` is in `network/prefix` (all numbers). */
+export const within = (address: number, network: number, prefix: number) =>
   ((address & maskOf(prefix)) >>> 0) === ((network & maskOf(prefix)) >>> 0)
 
 /** Ranges a guest network cannot use: this host's loopback, "this network", multicast and reserved. */

@@ -22,6 +22,7 @@
  */
 import { Effect } from "effect"
 import * as NodePath from "node:path"
+import { octets, within } from "./Addressing.ts"
 import { allowProblem, hostMatches, normalizeAllow } from "./Egress.ts"
 import { InvalidInput } from "./Errors.ts"
 import { parseSecretFlag } from "./SecretRefs.ts"
@@ -343,13 +344,6 @@ export const specBrokerTexts = (spec: Pick<Spec, "agent">) =>
     return texts
   })
 
-/** An IPv4 address as a number, or undefined. */
-const ipv4 = (address: string): number | undefined => {
-  const parts = address.split(".")
-  if (parts.length !== 4 || parts.some((p) => !/^\d{1,3}$/.test(p) || Number(p) > 255)) return undefined
-  return parts.reduce((n, p) => n * 256 + Number(p), 0)
-}
-
 /**
  * Whether a CONNECT to `host:port`, dialled at `address`, is on the endpoint's `connect-allow` list (an
  * empty list allows any): a name entry matches the name the guest asked for, an address entry the
@@ -365,10 +359,8 @@ export const connectAllowed = (
     const pattern = portMatch === null ? entry : entry.slice(0, -portMatch[0].length)
     const cidr = /^((?:\d{1,3}\.){3}\d{1,3})(?:\/(\d{1,2}))?$/.exec(pattern)
     if (cidr === null) return hostMatches([pattern], target.host)
-    const bits = cidr[2] === undefined ? 32 : Number(cidr[2])
-    const base = ipv4(cidr[1]!)
-    const dialled = ipv4(target.address)
-    if (base === undefined || dialled === undefined) return false
-    const size = 2 ** (32 - bits)
-    return Math.floor(base / size) === Math.floor(dialled / size)
+    const base = octets(cidr[1]!)
+    const dialled = octets(target.address)
+    return base !== undefined && dialled !== undefined
+      && within(dialled, base, cidr[2] === undefined ? 32 : Number(cidr[2]))
   })
