@@ -1,8 +1,8 @@
 /**
  * The credential broker: one detached host process per running workspace with `--broker` endpoints.
  * Endpoint N's guest port arrives over its own guest channel (ChannelServer.ts); each connection is
- * served as HTTP. A request's `@secret:NAME` references, in header values and in the path and query,
- * are swapped for the values this process holds (they came on its stdin from the start that launched
+ * served as HTTP. A request's `@secret:NAME` references, in header values, in the path and query, and
+ * in the body (BodySwap.ts), are swapped for the values this process holds (they came on its stdin from the start that launched
  * it, and live only in its memory), and the request goes to the endpoint's upstream over a connection
  * (and TLS) of the broker's own. What the upstream answers goes back to the guest as it comes.
  *
@@ -30,10 +30,13 @@ import * as NodeOs from "node:os"
 import type { Duplex } from "node:stream"
 import * as NodeTls from "node:tls"
 import { connectAllowed, swapReferences } from "../domain/Broker.ts"
+import { BrokerGrant } from "../domain/BrokerGrant.ts"
 import { insideReason } from "../domain/Inside.ts"
 import { isAlive } from "../layers/process/Processes.ts"
+import { ReferenceSwap, swapBody } from "./BodySwap.ts"
 import { serveChannel } from "./ChannelServer.ts"
 import { answerUpstreamFailure, hopHeaders, relayAnswer } from "./HttpRelay.ts"
+import { relaySemantic } from "./SemanticRelay.ts"
 
 export const BrokerBridgeConfig = Schema.Struct({
   workspace: Schema.String,
@@ -51,6 +54,11 @@ export const BrokerBridgeConfig = Schema.Struct({
     capture: Schema.Boolean,
     proxy: Schema.optionalWith(Schema.Boolean, { default: () => false }),
     connectAllow: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+    /** `semantic`: only the grant's operations, their answers checked whole (SemanticRelay.ts). */
+    assurance: Schema.optionalWith(Schema.Literal("trusted-upstream", "semantic"), {
+      default: () => "trusted-upstream" as const
+    }),
+    grant: Schema.optional(BrokerGrant),
     guestPort: Schema.Number
   }))
 })
@@ -58,6 +66,8 @@ export type BrokerBridgeConfig = typeof BrokerBridgeConfig.Type
 
 /** Bytes of a captured request body. */
 const captureLimit = 1024 * 1024
+/** A body up to this length goes upstream whole, with its length after the swap. */
+const wholeBodyBytes = 1024 * 1024
 
 const append = (file: string, record: Record<string, unknown>) => {
   try {
@@ -82,7 +92,7 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
     const ca = endpoint.ca === undefined
       ? undefined
       : [...NodeTls.rootCertificates, NodeFs.readFileSync(endpoint.ca, "utf8")]
-    const base = { endpoint: index, mode: "terminate", assurance: "trusted-upstream", host: upstream.host }
+    const base = { endpoint: index, mode: "terminate", assurance: endpoint.assurance, host: upstream.host }
 
     const server = NodeHttp.createServer((request, response) => {
       const started = Date.now()
@@ -151,9 +161,49 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
             bodyBytes: kept
           }))
       }
+      if (endpoint.assurance === "semantic" && endpoint.grant !== undefined) {
+        return void relaySemantic({
+          grant: endpoint.grant,
+          upstream,
+          prefix,
+          ca,
+          held: [...held.values()],
+          request,
+          response,
+          target,
+          swap,
+          swapBody: (body) => swapBody(body, held, refs),
+          deny: (status, denial, operation) => {
+            audit("broker_request_deny", {
+              ...base,
+              method,
+              status,
+              rule: denial.rule,
+              reason: denial.message,
+              ...(operation === undefined ? {} : { operation: operation.name, effect: operation.effect }),
+              secret_refs: [...refs]
+            })
+            request.resume()
+            if (response.headersSent) return void response.destroy()
+            response.writeHead(status, { "content-type": "application/json", connection: "close" }).end(
+              JSON.stringify({ error: { type: "broker_denied", rule: denial.rule, message: denial.message } })
+            )
+          },
+          allowed: (fields) => audit("broker_request_allow", { ...base, ...fields, secret_refs: [...refs] })
+        }).catch(() => response.destroy())
+      }
       let bytesOut = 0
       request.on("data", (chunk: Buffer) => (bytesOut += chunk.length))
       const send = url.protocol === "https:" ? NodeHttps.request : NodeHttp.request
+      // The body's references are swapped as it streams; a body of known length is held whole (up to
+      // a MiB) so that the upstream gets its new length, a longer or chunked one goes chunked.
+      const length = request.headers["content-length"] === undefined
+        ? undefined
+        : Number(request.headers["content-length"])
+      const chunked = request.headers["transfer-encoding"] !== undefined
+      const whole = !chunked && length !== undefined && length <= wholeBodyBytes
+      if (!whole) delete headers["content-length"]
+      const body = request.pipe(new ReferenceSwap(held, refs))
       const outgoing = send(url, {
         method,
         headers: { ...headers, host: url.host },
@@ -184,7 +234,17 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
         })
         answerUpstreamFailure(response, error)
       })
-      request.pipe(outgoing)
+      if (!whole) {
+        body.pipe(outgoing)
+      } else {
+        const chunks: Array<Buffer> = []
+        body.on("data", (chunk: Buffer) => chunks.push(chunk))
+        body.on("end", () => {
+          const swapped = Buffer.concat(chunks)
+          outgoing.setHeader("content-length", swapped.length)
+          outgoing.end(swapped)
+        })
+      }
     })
     server.on("connect", (request: NodeHttp.IncomingMessage, socket: Duplex, head: Buffer) => {
       const started = Date.now()

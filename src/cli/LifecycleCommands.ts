@@ -62,7 +62,13 @@ const inspectCommand = Command.make(
             ...ws.secrets.map((r) =>
               `secret:    ${r.name} from ${r.source}${r.use === "broker" ? " (held by the broker)" : ""}`
             ),
-            ...ws.brokers.map((b) => `broker:    127.0.0.1:${b.guestPort} -> ${b.upstream}`),
+            ...ws.brokers.map((b) =>
+              `broker:    127.0.0.1:${b.guestPort} -> ${b.upstream}${
+                b.assurance === "semantic"
+                  ? ` (semantic: ${b.grant?.operations.map((o) => o.name).join(", ") ?? ""})`
+                  : ""
+              }`
+            ),
             ...(ws.service === undefined ? [] : [
               `service:   ${ws.service}${
                 ws.serviceStatus === undefined ? "" : ` (restarts: ${ws.serviceStatus.restarts})`

@@ -6,6 +6,7 @@
  */
 import { Args, Command, Options } from "@effect/cli"
 import { DateTime, Effect, Schema } from "effect"
+import * as NodeFs from "node:fs"
 import { parseBrokers, specBrokerTexts } from "../domain/Broker.ts"
 import { InvalidInput } from "../domain/Errors.ts"
 import { parseMountFlag, parseMountFlags, validateMounts } from "../domain/MountFlag.ts"
@@ -57,7 +58,11 @@ export const brokeredSecretsOf = (
     const flags = brokerTexts.length > 0
     const texts = flags ? brokerTexts : yield* specBrokerTexts(spec)
     if (texts.length === 0) return { brokers: undefined, secrets }
-    const parsed = yield* parseBrokers(texts, flags ? process.cwd() : specDir)
+    const parsed = yield* parseBrokers(
+      texts,
+      flags ? process.cwd() : specDir,
+      (path) => NodeFs.readFileSync(path, "utf8")
+    )
     return { brokers: parsed.endpoints, secrets: [...(secrets ?? []), ...parsed.secrets] }
   })
 

@@ -11,18 +11,18 @@
  * - `base-url-env=KEY` or `KEY=/path` (repeatable): a guest variable set to the endpoint's URL (+ path);
  * - `ca=PATH`: a PEM bundle trusted for the upstream besides the usual roots;
  * - `capture`: record each request before the swap (path, headers as sent, 1 MiB of body);
- * - `assurance=trusted-upstream` (the only one built: a relay that trusts the upstream with the
- *   credential and with what it answers);
+ * - `assurance=trusted-upstream` (the default: a relay that trusts the upstream with the credential
+ *   and with what it answers) or `assurance=semantic` with `grant=PATH` (HTTPS upstream, no `proxy`:
+ *   only the typed operations of the grant file, and only the answers they allow; domain/BrokerGrant.ts);
  * - `proxy` (one endpoint at most): the endpoint also tunnels CONNECT to public destinations, classified
  *   on the address dialled (domain/Inside.ts), and the guest's HTTPS_PROXY points at it;
  * - `connect-allow=ENTRY[,ENTRY…]` (with `proxy`, repeatable): only these destinations, each `host`,
  *   `.suffix` or `A.B.C.D[/N]` with an optional `:port` (as `--egress-allow`), are tunnelled.
- *
- * Not built, and refused by name: `assurance=semantic` with `grant=` files.
  */
-import { Effect } from "effect"
+import { Effect, Either } from "effect"
 import * as NodePath from "node:path"
 import { octets, within } from "./Addressing.ts"
+import { type BrokerGrant, decodeBrokerGrant, grantProblem } from "./BrokerGrant.ts"
 import { allowProblem, hostMatches, normalizeAllow } from "./Egress.ts"
 import { InvalidInput } from "./Errors.ts"
 import { parseSecretFlag } from "./SecretRefs.ts"
@@ -75,8 +75,11 @@ const checkUpstream = (text: string) =>
     return `${url.origin}${url.pathname.replace(/\/+$/, "")}`
   })
 
+/** Reads a grant file's text (the surfaces give the host's file reader: the domain reads no files). */
+export type ReadGrantFile = (path: string) => string
+
 /** Parses the `index`th `--broker` value; relative paths are taken from `cwd`. */
-export const parseBroker = (text: string, index: number, cwd: string) =>
+export const parseBroker = (text: string, index: number, cwd: string, readFile?: ReadGrantFile) =>
   Effect.gen(function*() {
     let upstream: string | undefined
     const secrets: Array<SecretRef> = []
@@ -85,6 +88,8 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
     let capture = false
     let proxy = false
     const connectAllow: Array<string> = []
+    let assurance: "trusted-upstream" | "semantic" = "trusted-upstream"
+    let grantFile: string | undefined
     for (const raw of text.split(";")) {
       const field = raw.trim()
       if (field === "") continue
@@ -130,19 +135,15 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
           capture = true
           break
         case "assurance":
-          if (value === "trusted-upstream") break
-          if (value === "semantic") {
-            return yield* invalid(
-              "assurance=semantic (grant files) is not built: the broker relays to a trusted upstream",
-              "drop assurance=semantic, or keep the credential out of reach of this workload"
-            )
+          if (value !== "trusted-upstream" && value !== "semantic") {
+            return yield* invalid(`unknown assurance "${value ?? ""}" (semantic or trusted-upstream)`)
           }
-          return yield* invalid(`unknown assurance "${value ?? ""}" (trusted-upstream)`)
+          assurance = value
+          break
         case "grant":
-          return yield* invalid(
-            "grant= files are not built (they go with assurance=semantic)",
-            "drop grant="
-          )
+          if (grantFile !== undefined) return yield* invalid("a broker endpoint has one grant file")
+          grantFile = NodePath.resolve(cwd, yield* needValue())
+          break
         case "proxy":
           if (value !== undefined) return yield* invalid("proxy takes no value")
           proxy = true
@@ -162,6 +163,8 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
     if (connectAllow.length > 0 && !proxy) {
       return yield* invalid("connect-allow= limits the CONNECT tunnel: it goes with proxy", "add proxy")
     }
+    const grant = grantFile === undefined ? undefined : yield* readGrant(grantFile, readFile)
+    yield* semanticProblem({ upstream, assurance, grant, proxy })
     return {
       endpoint: new BrokerEndpoint({
         upstream,
@@ -171,19 +174,80 @@ export const parseBroker = (text: string, index: number, cwd: string) =>
         capture,
         proxy,
         connectAllow,
+        assurance,
+        ...(grant === undefined ? {} : { grant, grantFile }),
         guestPort: brokerBasePort + index
       }),
       secrets
     } satisfies ParsedBroker
   })
 
+const readGrant = (path: string, readFile: ReadGrantFile | undefined) =>
+  Effect.gen(function*() {
+    if (readFile === undefined) {
+      return yield* invalid(
+        `grant=${path}: this caller reads no files`,
+        "give the endpoint from the CLI or MCP"
+      )
+    }
+    let text: string
+    try {
+      text = readFile(path)
+    } catch (cause) {
+      return yield* invalid(
+        `broker grant=${path}: ${cause instanceof Error ? cause.message : String(cause)}`,
+        "give a readable grant file (YAML or JSON)"
+      )
+    }
+    return yield* Either.match(decodeBrokerGrant(text, `broker grant ${path}`), {
+      onLeft: Effect.fail,
+      onRight: Effect.succeed
+    })
+  })
+
+/**
+ * What assurance asks of an endpoint: `semantic` has a grant, an https:// upstream and no CONNECT
+ * tunnel; a grant goes with `semantic` only.
+ */
+const semanticProblem = (endpoint: {
+  readonly upstream: string
+  readonly assurance: "trusted-upstream" | "semantic"
+  readonly grant?: BrokerGrant | undefined
+  readonly proxy: boolean
+}) =>
+  Effect.gen(function*() {
+    if (endpoint.assurance === "trusted-upstream") {
+      if (endpoint.grant !== undefined) {
+        return yield* invalid("a grant= file goes with assurance=semantic", "add assurance=semantic")
+      }
+      return
+    }
+    if (endpoint.grant === undefined) {
+      return yield* invalid(
+        "assurance=semantic needs a grant file: grant=PATH",
+        "write the operations the guest may perform in a grant file (docs/egress.md)"
+      )
+    }
+    const problem = grantProblem(endpoint.grant)
+    if (problem !== undefined) return yield* invalid(`broker grant: ${problem}`)
+    if (!endpoint.upstream.startsWith("https://")) {
+      return yield* invalid("assurance=semantic relays to an https:// upstream only")
+    }
+    if (endpoint.proxy) {
+      return yield* invalid(
+        "assurance=semantic opens no CONNECT tunnel: proxy goes with trusted-upstream",
+        "drop proxy, or give the tunnel its own trusted-upstream endpoint"
+      )
+    }
+  })
+
 /** Every `--broker` value of one workspace; names are unique across its endpoints. */
-export const parseBrokers = (texts: ReadonlyArray<string>, cwd: string) =>
+export const parseBrokers = (texts: ReadonlyArray<string>, cwd: string, readFile?: ReadGrantFile) =>
   Effect.gen(function*() {
     if (texts.length > maxBrokers) {
       return yield* invalid(`at most ${maxBrokers} broker endpoints per workspace (${texts.length} given)`)
     }
-    const parsed = yield* Effect.forEach(texts, (text, i) => parseBroker(text, i, cwd))
+    const parsed = yield* Effect.forEach(texts, (text, i) => parseBroker(text, i, cwd, readFile))
     const names = parsed.flatMap((p) => p.secrets.map((s) => s.name))
     const twice = names.find((name, i) => names.indexOf(name) !== i)
     if (twice !== undefined) {
@@ -236,7 +300,9 @@ export const describeBroker = (endpoint: BrokerEndpoint) =>
     ...(endpoint.ca === undefined ? [] : [`ca=${endpoint.ca}`]),
     ...(endpoint.capture ? ["capture"] : []),
     ...(endpoint.proxy ? ["proxy"] : []),
-    ...(endpoint.connectAllow.length === 0 ? [] : [`connect-allow=${endpoint.connectAllow.join(",")}`])
+    ...(endpoint.connectAllow.length === 0 ? [] : [`connect-allow=${endpoint.connectAllow.join(",")}`]),
+    ...(endpoint.assurance === "semantic" ? ["assurance=semantic"] : []),
+    ...(endpoint.grantFile === undefined ? [] : [`grant=${endpoint.grantFile}`])
   ].join(";")
 
 /**
@@ -283,6 +349,7 @@ export const checkBrokers = (
         )
       }
       yield* checkUpstream(endpoint.upstream)
+      yield* semanticProblem(endpoint)
       for (const name of endpoint.secrets) {
         if (!held.has(name)) {
           return yield* invalid(

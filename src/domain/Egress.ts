@@ -110,7 +110,7 @@ const fileError = (source: string, holds: string) => (detail: string) =>
   new InvalidInput({ message: `${source}: ${detail}`, remediation: holds })
 
 /** A YAML or JSON file's text decoded strictly by `schema` (any other key is an error), or `invalid`'s error. */
-const decodeStrictFile = <A, I>(
+export const decodeStrictFile = <A, I>(
   schema: Schema.Schema<A, I>,
   text: string,
   invalid: (detail: string) => InvalidInput

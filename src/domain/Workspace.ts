@@ -3,6 +3,7 @@
  */
 import { Schema } from "effect"
 import { Addressing } from "./Addressing.ts"
+import { BrokerGrant } from "./BrokerGrant.ts"
 import { EgressPolicy } from "./Egress.ts"
 import { FileCopy } from "./FileCopy.ts"
 import { ModelMediation } from "./ModelPolicy.ts"
@@ -137,6 +138,17 @@ export class BrokerEndpoint extends Schema.Class<BrokerEndpoint>("BrokerEndpoint
    * an optional `:port`); empty, any public one.
    */
   connectAllow: Schema.optionalWith(Schema.Array(Schema.String), { default: () => [] }),
+  /**
+   * `trusted-upstream`: a relay that trusts the upstream with the credential and with what it answers;
+   * `semantic`: only the operations of `grant`, and only the answers they allow (domain/BrokerGrant.ts).
+   */
+  assurance: Schema.optionalWith(Schema.Literal("trusted-upstream", "semantic"), {
+    default: () => "trusted-upstream" as const
+  }),
+  /** A semantic endpoint's grant, as read from its file when the workspace was made. */
+  grant: Schema.optional(BrokerGrant),
+  /** The file the grant was read from (for `inspect`). */
+  grantFile: Schema.optional(Schema.String),
   /** The guest's loopback port (18888 for the first endpoint, one up for each next). */
   guestPort: Schema.Number
 }) {}

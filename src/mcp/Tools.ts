@@ -5,6 +5,7 @@
  */
 import { DateTime, Effect, Either, Option, Schema, Stream } from "effect"
 import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { parseBrokers } from "../domain/Broker.ts"
 import { collectSwaps, EgressMode, EgressPolicy, EgressRecord, normalizeAllow } from "../domain/Egress.ts"
 import { Conflict, InvalidInput, NotFound, toErrorBody } from "../domain/Errors.ts"
@@ -169,7 +170,8 @@ const newWorkspace = {
     Schema.Array(Schema.String),
     "credential broker endpoints, 'upstream=URL;secret=NAME=env:VAR;base-url-env=KEY' each: endpoint N is "
       + "http://127.0.0.1:18888+N in the guest, which sends @secret:NAME where the credential goes; the "
-      + "value stays on the host (secret references and ca= paths as allowed for secrets, see hostAccess)"
+      + "value stays on the host (secret references and ca= paths as allowed for secrets, see hostAccess); "
+      + "'assurance=semantic;grant=PATH' lets through only the grant file's operations and the answers they allow"
   ),
   outputs: optional(
     Schema.Array(Schema.String),
@@ -223,7 +225,19 @@ const checkVolumeSources = (volumes: ReadonlyArray<string>, context: ToolContext
  */
 const brokersOf = (texts: ReadonlyArray<string>, context: ToolContext, denial: DenialContext) =>
   Effect.gen(function*() {
-    const parsed = yield* parseBrokers(texts, process.cwd())
+    // A grant file is read while the endpoint is parsed: only once the policy allowed it.
+    const grants = new Map<string, string>()
+    for (const text of texts) {
+      for (const field of text.split(";").map((f) => f.trim()).filter((f) => f.startsWith("grant="))) {
+        const path = NodePath.resolve(process.cwd(), field.slice("grant=".length))
+        grants.set(path, yield* context.host.check(path, "read", denial))
+      }
+    }
+    const parsed = yield* parseBrokers(texts, process.cwd(), (path) => {
+      const confined = grants.get(path)
+      if (confined === undefined) throw new Error("not a path the host-access policy checked")
+      return NodeFs.readFileSync(confined, "utf8")
+    })
     for (const endpoint of parsed.endpoints) {
       if (endpoint.ca !== undefined) yield* context.host.check(endpoint.ca, "read", denial)
     }

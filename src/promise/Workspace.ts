@@ -224,7 +224,11 @@ const programOptions = (options: CreateOptions) =>
   Effect.gen(function*() {
     const health = yield* healthOf(options.health)
     const secrets = yield* parseSecretFlags(options.secrets ?? [], process.cwd())
-    const brokered = yield* parseBrokers(options.brokers ?? [], process.cwd())
+    const brokered = yield* parseBrokers(
+      options.brokers ?? [],
+      process.cwd(),
+      (path) => NodeFs.readFileSync(path, "utf8")
+    )
     const swapped = yield* Effect.forEach(options.egress?.credSwap ?? [], (text) => parseCredSwap(text))
     return {
       health,

@@ -7,6 +7,8 @@
  * - The upstream receives the real key where the guest wrote `@secret:API_KEY` (a header and the
  *   query), under the upstream's path; the guest's environment, files, /run/secrets and whole memory
  *   (QMP `pmemsave`) never hold it, while an ordinary `--secret` is still delivered.
+ * - A body's references are swapped too, with the body's new length; a name the endpoint does not hold
+ *   stays as written there.
  * - A reference the endpoint does not hold, a target that climbs out of the upstream's path and a
  *   request that is not HTTP are refused before anything goes upstream, and the broker goes on serving.
  * - The audit (`broker-access.jsonl`, also in `egress`) names secrets but never holds a value; the capture
@@ -14,6 +16,11 @@
  * - A third endpoint is the proxy: CONNECT through it reaches a public-looking test host (a network
  *   namespace) and is refused for the host's loopback and the host's own address; the other endpoints
  *   answer CONNECT with 405.
+ * - A fourth endpoint is `assurance=semantic` with a grant file: only the grant's operations go
+ *   upstream (an undeclared query parameter or header, a value off its pattern, a route or a body the
+ *   grant does not describe are refused before anything is sent), and an answer reaches the guest only
+ *   if its operation's `response` allows it and it holds no credential of the endpoint (an upstream
+ *   that echoes the key is refused, and the guest never sees it).
  * - Halt ends the broker; the next start resolves the key again.
  */
 import * as NodeChild from "node:child_process"
@@ -33,8 +40,54 @@ import { requireTool } from "../support/registry.ts"
 let stateDir: string
 let scratch: string
 const key = `brk-${process.pid}-zq7-live-value`
+const granted = `grt-${process.pid}-x4v-live-value`
 const plain = `plain-${process.pid}-delivered`
-const env = { MICROAGENT_BACKEND: "qemu", BROKER_TEST_KEY: key, PLAIN_TEST_VALUE: plain }
+const env = {
+  MICROAGENT_BACKEND: "qemu",
+  BROKER_TEST_KEY: key,
+  BROKER_TEST_GRANTED: granted,
+  PLAIN_TEST_VALUE: plain
+}
+
+/** The semantic endpoint's grant: what the guest may do with GRANTED, and what may come back. */
+const grantYaml = `
+operations:
+  - name: list-models
+    effect: read
+    method: GET
+    route: /v1/models
+    query:
+      - { name: limit, pattern: "[0-9]{1,3}" }
+    headers:
+      - { name: authorization, required: true, values: ["Bearer @secret:GRANTED"] }
+      - { name: user-agent }
+    response:
+      statuses: [200]
+      contentTypes: [application/json]
+      json: { type: object, properties: { path: string }, required: [path], additionalProperties: false }
+  - name: echo
+    effect: read
+    method: GET
+    route: /v1/echo/{word}
+    headers: [{ name: user-agent }]
+  - name: strict
+    effect: read
+    method: GET
+    route: /v1/strict
+    headers: [{ name: user-agent }]
+    response: { json: { type: object, required: [id] } }
+  - name: post-note
+    effect: write
+    method: POST
+    route: /v1/notes
+    headers:
+      - { name: authorization, values: ["Bearer @secret:GRANTED"] }
+      - { name: user-agent }
+    body:
+      maxBytes: 64
+      contentTypes: [application/json]
+      json: { type: object, properties: { text: string }, required: [text], additionalProperties: false }
+`
 const ma = (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}): Promise<CliResult> =>
   cliAsync(args, { stateDir, env: { ...env, ...extraEnv } })
 const ok = async (args: ReadonlyArray<string>, extraEnv: Record<string, string> = {}) => {
@@ -52,6 +105,7 @@ interface Seen {
   readonly method: string
   readonly url: string
   readonly headers: NodeHttp.IncomingHttpHeaders
+  readonly body: string
 }
 const seenTls: Array<Seen> = []
 const seenPlain: Array<Seen> = []
@@ -65,9 +119,15 @@ let plainPort = 0
 /** Records the request; answers with its path only (no header, no query: the guest must not see the key). */
 const recorder =
   (seen: Array<Seen>) => (request: NodeHttp.IncomingMessage, response: NodeHttp.ServerResponse) => {
-    request.resume()
+    const body: Array<Buffer> = []
+    request.on("data", (chunk: Buffer) => body.push(chunk))
     request.on("end", () => {
-      seen.push({ method: request.method ?? "", url: request.url ?? "", headers: request.headers })
+      seen.push({
+        method: request.method ?? "",
+        url: request.url ?? "",
+        headers: request.headers,
+        body: Buffer.concat(body).toString("utf8")
+      })
       // The path without the query, which may hold the key.
       const path = (request.url ?? "").split("?")[0]
       response.writeHead(200, { "content-type": "application/json" }).end(JSON.stringify({ path }))
@@ -181,6 +241,8 @@ describe("the credential broker on a real microVM", () => {
     "swaps the key in on the host, where the guest never holds it, and refuses what it must",
     async () => {
       const cert = NodePath.join(scratch, "upstream.pem")
+      const grantFile = NodePath.join(scratch, "grant.yaml")
+      NodeFs.writeFileSync(grantFile, grantYaml)
       const created = json(
         await ok([
           "create",
@@ -196,17 +258,19 @@ describe("the credential broker on a real microVM", () => {
           `upstream=http://127.0.0.1:${plainPort};base-url-env=PLAIN_BASE`,
           "--broker",
           `upstream=http://127.0.0.1:${plainPort};proxy;connect-allow=${testHost.address}:8080`,
+          "--broker",
+          `upstream=https://127.0.0.1:${tlsPort}/base;secret=GRANTED=env:BROKER_TEST_GRANTED;assurance=semantic;grant=${grantFile};ca=${cert}`,
           "brk",
           "--json"
         ])
       )
       assert.deepStrictEqual(
         created.brokers.map((b: { guestPort: number; secrets: Array<string> }) => [b.guestPort, b.secrets]),
-        [[18888, ["API_KEY"]], [18889, []], [18890, []]]
+        [[18888, ["API_KEY"]], [18889, []], [18890, []], [18891, ["GRANTED"]]]
       )
       assert.deepStrictEqual(
         created.secrets.map((s: { name: string; use?: string }) => [s.name, s.use ?? "guest"]),
-        [["PLAIN", "guest"], ["API_KEY", "broker"]]
+        [["PLAIN", "guest"], ["API_KEY", "broker"], ["GRANTED", "broker"]]
       )
       await ok(["start", "brk"])
       // Warm: the template has both endpoints' channels; the agent started their forwarders after the restore.
@@ -336,6 +400,68 @@ describe("the credential broker on a real microVM", () => {
       assert.isAbove(tunnelled[0].bytes_in, 20)
       assert.strictEqual(seenPlain.filter((s) => s.method === "CONNECT").length, 0)
 
+      // A body's references are swapped too (its length follows); a name the endpoint lacks stays as written.
+      const posted0 = await sh(
+        `wget -q -O - --header 'Content-Type: application/json' --post-data '{"k":"@secret:API_KEY","q":"@secret:NOPE"}' "$API_BASE/bodies"`
+      )
+      assert.deepStrictEqual(JSON.parse(posted0), { path: "/base/v1/bodies" })
+      const bodySeen = seenTls.at(-1)!
+      assert.strictEqual(bodySeen.body, `{"k":"${key}","q":"@secret:NOPE"}`)
+      assert.strictEqual(Number(bodySeen.headers["content-length"]), Buffer.byteLength(bodySeen.body))
+
+      // The semantic endpoint: the grant's operations only, and answers that fit them.
+      const semantic = (args: string) => sh(`wget -q -O - ${args} 2>&1; echo " exit=$?"`)
+      const auth = `--header 'Authorization: Bearer @secret:GRANTED'`
+      const listed = await semantic(`${auth} 'http://127.0.0.1:18891/v1/models?limit=5'`)
+      assert.include(listed, '{"path":"/base/v1/models"}', listed)
+      assert.strictEqual(seenTls.at(-1)?.url, "/base/v1/models?limit=5")
+      assert.strictEqual(seenTls.at(-1)?.headers.authorization, `Bearer ${granted}`)
+      assert.strictEqual(seenTls.at(-1)?.headers["accept-encoding"], "identity")
+      const sentBefore = seenTls.length
+      for (
+        const refused of [
+          `${auth} 'http://127.0.0.1:18891/v1/models?limit=5&debug=1'`,
+          `${auth} 'http://127.0.0.1:18891/v1/models?limit=all'`,
+          `${auth} --header 'X-Extra: 1' 'http://127.0.0.1:18891/v1/models'`,
+          `--header 'Authorization: Bearer literal' 'http://127.0.0.1:18891/v1/models'`,
+          `${auth} 'http://127.0.0.1:18891/v1/admin'`,
+          `${auth} --header 'Content-Type: application/json' --post-data '{"text":"hi","more":1}' http://127.0.0.1:18891/v1/notes`
+        ]
+      ) {
+        assert.include(await semantic(refused), "403", refused)
+      }
+      assert.strictEqual(seenTls.length, sentBefore, "nothing refused went upstream")
+      const posted = await semantic(
+        `${auth} --header 'Content-Type: application/json' --post-data '{"text":"hi"}' http://127.0.0.1:18891/v1/notes`
+      )
+      assert.include(posted, '{"path":"/base/v1/notes"}', posted)
+      // The upstream echoes the key (in its path): the answer is held back, the guest never sees it.
+      const echoed = await semantic(`'http://127.0.0.1:18891/v1/echo/@secret:GRANTED'`)
+      assert.include(echoed, "502", echoed)
+      assert.notInclude(echoed, granted)
+      assert.strictEqual(seenTls.at(-1)?.url, `/base/v1/echo/${granted}`)
+      const strict = await semantic(`'http://127.0.0.1:18891/v1/strict'`)
+      assert.include(strict, "502", strict)
+      const decisions = NodeFs.readFileSync(auditFile, "utf8").trim().split("\n").map((l) => JSON.parse(l))
+        .filter((r) => r.endpoint === 3)
+      assert.notInclude(JSON.stringify(decisions), granted)
+      assert.deepStrictEqual(
+        decisions.map((r) => [r.event, r.status, r.rule ?? r.operation, r.assurance]),
+        [
+          ["broker_request_allow", 200, "list-models", "semantic"],
+          ["broker_request_deny", 403, "query-undeclared", "semantic"],
+          ["broker_request_deny", 403, "query-value", "semantic"],
+          ["broker_request_deny", 403, "header-undeclared", "semantic"],
+          ["broker_request_deny", 403, "header-value", "semantic"],
+          ["broker_request_deny", 403, "no-operation", "semantic"],
+          ["broker_request_deny", 403, "body-schema", "semantic"],
+          ["broker_request_allow", 200, "post-note", "semantic"],
+          ["broker_request_deny", 502, "credential-disclosure", "semantic"],
+          ["broker_request_deny", 502, "response-schema", "semantic"]
+        ]
+      )
+      assert.deepStrictEqual(decisions[7].secret_refs, ["GRANTED"])
+
       // Halt ends the broker; the next start resolves the key again (here: a new value).
       const first = brokerPid()
       assert.isTrue(alive(first))
@@ -375,7 +501,18 @@ describe("the credential broker on a real microVM", () => {
     ])
     assert.strictEqual(twoProxies.code, 2, twoProxies.stderr)
     assert.include(twoProxies.stderr + twoProxies.stdout, "only one broker endpoint may be the proxy")
-    await bad("upstream=https://x;assurance=semantic", "not built")
+    await bad("upstream=https://x;assurance=semantic", "needs a grant file")
+    const grant = NodePath.join(scratch, "bad-grant.yaml")
+    NodeFs.writeFileSync(
+      grant,
+      "operations:\n  - {name: a, effect: read, method: GET, route: /x, extra: 1}\n"
+    )
+    await bad(`upstream=https://x;assurance=semantic;grant=${grant}`, "bad-grant.yaml")
+    const good = NodePath.join(scratch, "good-grant.yaml")
+    NodeFs.writeFileSync(good, "operations:\n  - {name: a, effect: read, method: GET, route: /x}\n")
+    await bad(`upstream=http://x;assurance=semantic;grant=${good}`, "https:// upstream only")
+    await bad(`upstream=https://x;assurance=semantic;grant=${good};proxy`, "no CONNECT tunnel")
+    await bad(`upstream=https://x;grant=${good}`, "goes with assurance=semantic")
     await bad("upstream=https://x;secret=A=env:B;secret=A=env:C", "given twice")
     await bad(`upstream=https://x;ca=${NodePath.join(scratch, "missing.pem")}`, "missing.pem")
     // The caller resolves the value (at create to check it, at every start to send it): unset fails.

@@ -497,7 +497,9 @@ export const describeMcpServer = (target: TestTarget) => {
           { brokers: ["secret=A=env:B"] },
           // Broker references and CA bundles pass the same host-access checks as secrets.
           { brokers: ["upstream=https://h;secret=K=file:/etc/shadow"] },
-          { brokers: ["upstream=https://h;ca=/etc/ssl/certs/ca-certificates.crt"] }
+          { brokers: ["upstream=https://h;ca=/etc/ssl/certs/ca-certificates.crt"] },
+          // So are grant files, before they are read.
+          { brokers: ["upstream=https://h;assurance=semantic;grant=/etc/passwd"] }
         ]
       ) {
         const refused = await mcp.call("workspace.create", { image: testImage, name: "never", ...bad })
@@ -524,6 +526,26 @@ export const describeMcpServer = (target: TestTarget) => {
       assert.deepStrictEqual(record.secrets, [{ name: "KEY", source: `file:${keyFile}`, use: "broker" }])
       assert.strictEqual(record.env.API_URL, "http://127.0.0.1:18888")
       assert.isTrue((await mcp.call("workspace.delete", { name: "brokered", idempotency_key: "b2" })).ok)
+      // A semantic endpoint carries its grant, read from a file under the granted root.
+      const grantFile = NodePath.join(hostRoot, "grant.yaml")
+      NodeFs.writeFileSync(
+        grantFile,
+        "operations: [{name: models, effect: read, method: GET, route: /v1/models}]\n"
+      )
+      const semantic = await mcp.call("workspace.create", {
+        image: testImage,
+        name: "semantic",
+        brokers: [
+          `upstream=https://api.example.com;secret=KEY=file:${keyFile};assurance=semantic;grant=${grantFile}`
+        ],
+        idempotency_key: "b3"
+      })
+      assert.isTrue(semantic.ok, JSON.stringify(semantic.error))
+      const [endpoint] = (await mcp.call("workspace.inspect", { name: "semantic" })).result.workspace.brokers
+      assert.strictEqual(endpoint.assurance, "semantic")
+      assert.deepStrictEqual(endpoint.grant.operations.map((o: { name: string }) => o.name), ["models"])
+      assert.isTrue((await mcp.call("workspace.delete", { name: "semantic", idempotency_key: "b4" })).ok)
+      NodeFs.rmSync(grantFile)
       NodeFs.rmSync(keyFile)
 
       const previewVolume = await mcp.call("volume.delete", { name: "mcpdata", preview: true })

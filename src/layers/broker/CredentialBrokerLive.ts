@@ -65,6 +65,8 @@ const attach: CredentialBrokerShape["attach"] = (attachment) =>
         capture: endpoint.capture,
         proxy: endpoint.proxy,
         connectAllow: endpoint.connectAllow,
+        assurance: endpoint.assurance,
+        ...(endpoint.grant === undefined ? {} : { grant: endpoint.grant }),
         guestPort: endpoint.guestPort
       }))
     }
