@@ -39,9 +39,11 @@ describe("references in a request body", () => {
     // One byte at a time, and binary bytes around them pass unchanged.
     const binary = Buffer.concat([Buffer.from([0, 255, 64]), bytes, Buffer.from([64, 115, 101])])
     const { bytes: out } = await streamed([...binary].map((b) => Buffer.from([b])))
-    assert.deepStrictEqual(
-      [...out],
-      [...Buffer.concat([Buffer.from([0, 255, 64]), Buffer.from(expected), Buffer.from([64, 115, 101])])]
-    )
+    const want = Buffer.concat([
+      Buffer.from([0, 255, 64]),
+      Buffer.from(expected),
+      Buffer.from([64, 115, 101])
+    ])
+    assert.isTrue(out.equals(want), `${out.toString("hex")} != ${want.toString("hex")}`)
   })
 })
