@@ -616,7 +616,11 @@ const createFromSnapshotCli = (options: Record<string, unknown>, reference: stri
     }
     const ref = parseSnapshotRef(reference)
     if (Either.isLeft(ref)) return yield* ref.left
-    const copy = yield* withWorkspaceBackend(ref.right.workspace, createFromSnapshot(name, reference))
+    const copy = yield* clusterOr(
+      // Under --cluster, the runner holding the snapshot makes the copy.
+      Effect.flatMap(MicroagentClient, (client) => client.createFromSnapshot({ name, snapshot: reference })),
+      withWorkspaceBackend(ref.right.workspace, createFromSnapshot(name, reference))
+    )
     yield* reportCopy(copy)
   })
 

@@ -10,7 +10,7 @@ import { clone } from "../programs/Clone.ts"
 import { checkForkCount, type ForkResult, maxForkCount } from "../programs/Fork.ts"
 import { workspaceSecretValues } from "../rpc/CallerSecrets.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
-import { withRuntime, withWorkspaceBackend } from "./Layers.ts"
+import { clusterOr, withRuntime, withWorkspaceBackend } from "./Layers.ts"
 import { emit, jsonMode } from "./Output.ts"
 
 export const describeCopy = (copy: WorkspaceCopy) =>
@@ -88,7 +88,12 @@ export const cloneCommand = Command.make(
     ),
     target: Args.text({ name: "target" }).pipe(Args.withDescription("the new workspace's name"))
   },
-  ({ source, target }) => withWorkspaceBackend(source, clone(source, target)).pipe(Effect.flatMap(reportCopy))
+  ({ source, target }) =>
+    clusterOr(
+      // Under --cluster, the runner holding the source makes the copy.
+      Effect.flatMap(MicroagentClient, (client) => client.clone({ source, target })),
+      withWorkspaceBackend(source, clone(source, target))
+    ).pipe(Effect.flatMap(reportCopy))
 ).pipe(
   Command.withDescription(
     "copy a stopped workspace (disk and configuration) to a new one with its own identity"

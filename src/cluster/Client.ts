@@ -18,7 +18,14 @@ import { Duration, Effect, Fiber, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
 import { NotFound, Transient, Unsupported } from "../domain/Errors.ts"
 import { demandOf, place, redact } from "../domain/Placement.ts"
-import type { CpRequest, CreateRequest, ExecCommand, RunRequest } from "../domain/Requests.ts"
+import type {
+  CloneRequest,
+  CpRequest,
+  CreateFromSnapshotRequest,
+  CreateRequest,
+  ExecCommand,
+  RunRequest
+} from "../domain/Requests.ts"
 import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -254,6 +261,12 @@ export const make = Effect.gen(function*() {
   for (const tag of routedTags) {
     client[tag] = routed(tag, RpcSchema.isStreamSchema(Rpcs.requests.get(tag)!.successSchema))
   }
+  // A copy goes to the runner that holds its source (the disk and memory it copies are there).
+  const byRunnerOf = (tag: string, source: string, payload: { readonly [field: string]: unknown }) =>
+    reported(Effect.flatMap(hostOf(source), (host) => guarded(host, tag, payload)))
+  client.clone = (payload: CloneRequest) => byRunnerOf("clone", payload.source, payload)
+  client.createFromSnapshot = (payload: CreateFromSnapshotRequest) =>
+    byRunnerOf("createFromSnapshot", payload.snapshot.split(":")[0] ?? payload.snapshot, payload)
   client.create = (payload: CreateRequest) => reported(placed("create", payload))
   client.run = (payload: RunRequest) => reported(placed("run", payload))
   // A connect session's keystrokes and resizes go to the runner its `connect` went to.

@@ -54,7 +54,10 @@ export const routedTags = [
   "workspaceCommit",
   "egress",
   "artifactsList",
-  "artifactsRemove"
+  "artifactsRemove",
+  "clone",
+  "createFromSnapshot",
+  "fork"
 ] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
 export type RoutedTag = (typeof routedTags)[number]
 export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag }>

@@ -31,7 +31,15 @@ import {
   Transient
 } from "../domain/Errors.ts"
 import { type Candidate, demandOf, refusal } from "../domain/Placement.ts"
-import { CreateRequest, type RunRequest, type StartRequest } from "../domain/Requests.ts"
+import {
+  type CloneRequest,
+  type CreateFromSnapshotRequest,
+  CreateRequest,
+  forkChildNames,
+  type ForkRequest,
+  type RunRequest,
+  type StartRequest
+} from "../domain/Requests.ts"
 import { isLive } from "../domain/State.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -249,6 +257,56 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
         return result
       }).pipe(Effect.mapError(localFailure))
 
+    /**
+     * A copy of a workspace this runner holds (`clone`, `createFromSnapshot`, `fork`): its names are
+     * claimed first, with the source's restart policy, and given back unless the copy made them.
+     */
+    const copied = <A>(source: string, names: ReadonlyArray<string>, making: Effect.Effect<A, unknown>) =>
+      Effect.gen(function*() {
+        const entry = yield* directory.lookup(source)
+        const restart = Option.match(entry, { onNone: () => "never", onSome: (e) => e.restart })
+        const claimed: Array<string> = []
+        return yield* Effect.forEach(names, (name) =>
+          claimHere(name, restart).pipe(Effect.tap(() => claimed.push(name))), { discard: true }).pipe(
+            Effect.zipRight(making),
+            Effect.onExit((exit) =>
+              Exit.isSuccess(exit)
+                ? Effect.void
+                : Effect.forEach(claimed, releaseUnlessHeld, { discard: true })
+            )
+          )
+      }).pipe(Effect.mapError(localFailure))
+
+    const withHost = (workspace: Workspace) =>
+      new Workspace({ ...workspace, host: id })
+
+    const clone = (payload: CloneRequest) =>
+      copied(
+        payload.source,
+        [payload.target],
+        Effect.map(local.clone(payload), (copy) => ({ ...copy, workspace: withHost(copy.workspace) }))
+      )
+
+    const createFromSnapshot = (payload: CreateFromSnapshotRequest) =>
+      copied(
+        payload.snapshot.split(":")[0] ?? payload.snapshot,
+        [payload.name],
+        Effect.map(
+          local.createFromSnapshot(payload),
+          (copy) => ({ ...copy, workspace: withHost(copy.workspace) })
+        )
+      )
+
+    const fork = (payload: ForkRequest) =>
+      copied(
+        payload.name,
+        forkChildNames(payload.name, payload),
+        local.fork(payload).pipe(
+          Effect.tap(refreshFence),
+          Effect.map((result) => ({ ...result, children: result.children.map(withHost) }))
+        )
+      )
+
     const staging = NodePath.join(options.root, "cluster", "transfers")
 
     const cpIn = (payload: { readonly name: string; readonly guestPath: string; readonly tar: Uint8Array }) =>
@@ -293,7 +351,8 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
     }
 
     /** The fence file lists a VM the moment its start returns, not at the next heartbeat. */
-    const refreshFence = Effect.flatMap(local.list({}), (workspaces) => writeFence(fenceFile, workspaces))
+    const refreshFence = Effect.flatMap(local.list({}), (workspaces) =>
+      writeFence(fenceFile, workspaces))
       .pipe(
         Effect.ignore
       )
@@ -334,6 +393,10 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
           readonly payload: { readonly name: string; readonly guestPath: string; readonly tar: Uint8Array }
         }
       ) => cpIn(payload),
+      clone: ({ payload }: { readonly payload: CloneRequest }) => clone(payload),
+      createFromSnapshot: ({ payload }: { readonly payload: CreateFromSnapshotRequest }) =>
+        createFromSnapshot(payload),
+      fork: ({ payload }: { readonly payload: ForkRequest }) => fork(payload),
       cpOut: ({ payload }: { readonly payload: { readonly name: string; readonly guestPath: string } }) =>
         cpOut(payload),
       status: () =>

@@ -308,6 +308,15 @@ export const ForkRequest = Schema.Struct({
 })
 export type ForkRequest = typeof ForkRequest.Type
 
+/** The names a fork gives its children: `PREFIX-1` … `PREFIX-N`, the prefix `NAME-fork` by default. */
+export const forkChildNames = (
+  name: string,
+  options: { readonly count?: number | undefined; readonly namePrefix?: string | undefined }
+): ReadonlyArray<string> => {
+  const prefix = options.namePrefix ?? `${name}-fork`
+  return Array.from({ length: options.count ?? 1 }, (_, i) => `${prefix}-${i + 1}`)
+}
+
 /** `clone`: a prepared, halted or stopped workspace copied to a new one with its own identity. */
 export const CloneRequest = Schema.Struct({ source: Schema.String, target: Schema.String })
 export type CloneRequest = typeof CloneRequest.Type

@@ -10,6 +10,7 @@
  */
 import { Effect, Either, Schema } from "effect"
 import { Conflict, InvalidInput, type MicroagentError } from "../domain/Errors.ts"
+import { forkChildNames } from "../domain/Requests.ts"
 import { nameProblem, Workspace } from "../domain/Workspace.ts"
 import { faultPoint, type Faults } from "../services/Faults.ts"
 import { Processes } from "../services/Processes.ts"
@@ -72,8 +73,7 @@ export const fork: (
 ) {
   const count = options.count ?? 1
   yield* checkForkCount(count)
-  const prefix = options.namePrefix ?? `${name}-fork`
-  const names = Array.from({ length: count }, (_, i) => `${prefix}-${i + 1}`)
+  const names = forkChildNames(name, { count, namePrefix: options.namePrefix })
   for (const child of names) {
     const problem = nameProblem(child)
     if (problem !== undefined) {

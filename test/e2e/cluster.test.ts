@@ -243,7 +243,7 @@ describe("a cluster of three runners", () => {
     }
   })
 
-  it("snapshots, the egress log and quarantine reach a workspace by name through the cluster", async () => {
+  it("snapshots, copies and forks, the egress log and quarantine reach a workspace by name through the cluster", async () => {
     const created = await ok(["create", "s1", "--profile", "tiny"])
     const home = runner(created.host)
     const from = created.host === "r1" ? "r2" : "r1"
@@ -255,6 +255,22 @@ describe("a cluster of three runners", () => {
     assert.deepStrictEqual((await ok(["snapshot", "list", "s1"], from)).map((m: { tag: string }) => m.tag), [
       "base"
     ])
+    // Copies are made by the runner that holds the source, and are reached by name from then on.
+    const copied = await ok(["create", "c1", "--from-snapshot", "s1:base"], from)
+    assert.strictEqual(copied.workspace.host, created.host)
+    const cloned = await ok(["clone", "s1", "c2"], from)
+    assert.strictEqual(cloned.workspace.host, created.host)
+    const listed = await list()
+    assert.deepStrictEqual(["c1", "c2"].map((n) => listed.find((w) => w.name === n)?.host), [
+      created.host,
+      created.host
+    ])
+    assert.isTrue(NodeFs.existsSync(NodePath.join(home.stateDir, "workspaces", "c2")))
+    // A name the cluster already gives out is refused, and nothing is left of the attempt.
+    assert.strictEqual(kindOf(await ma(["clone", "s1", "c1"], from)), "conflict")
+    assert.strictEqual((await ok(["inspect", "c1"], from)).workspace.host, created.host)
+    await ok(["delete", "--force", "c1"], from)
+    await ok(["delete", "--force", "c2"], from)
     await ok(["snapshot", "delete", "s1", "base"], from)
     assert.isFalse(NodeFs.existsSync(snapshotDir))
     // Running: its egress log (the mediator's start) and quarantine, which refuses a start afterwards.
@@ -264,6 +280,17 @@ describe("a cluster of three runners", () => {
     assert.isAbove(egress.records.length, 0, JSON.stringify(egress))
     const events = (await ok(["events", "s1"], from)).events.map((e: { type: string }) => e.type)
     assert.include(events, "snapshot", JSON.stringify(events))
+    // A fork's children run beside their parent, and answer by name through the cluster.
+    const forked = await ok(["fork", "s1", "--count", "1"], from)
+    assert.deepStrictEqual(forked.children.map((c: Listed) => [c.name, c.host]), [[
+      "s1-fork-1",
+      created.host
+    ]])
+    assert.strictEqual(
+      (await ok(["exec", "s1-fork-1", "--", "echo", "child"], from)).result.stdout,
+      "child\n"
+    )
+    await ok(["delete", "--force", "s1-fork-1"], from)
     await ok(["quarantine", "--no-capture", "s1"], from)
     assert.strictEqual((await list()).find((w) => w.name === "s1")?.state, "quarantined")
     assert.strictEqual(kindOf(await ma(["start", "s1"], from)), "conflict")
