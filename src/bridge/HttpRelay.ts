@@ -3,19 +3,10 @@
  * belong to one hop, passing an upstream's answer back, and answering an upstream that failed.
  */
 import type * as NodeHttp from "node:http"
+import { hopByHopHeaders } from "../domain/BrokerGrant.ts"
 
 /** Headers that belong to one hop, not to the request or answer (RFC 9110 7.6.1). */
-export const hopHeaders: ReadonlySet<string> = new Set([
-  "connection",
-  "keep-alive",
-  "proxy-authenticate",
-  "proxy-authorization",
-  "proxy-connection",
-  "te",
-  "trailer",
-  "transfer-encoding",
-  "upgrade"
-])
+export const hopHeaders = hopByHopHeaders
 
 /** The upstream's answer to the guest as it comes, without its hop-by-hop headers. */
 export const relayAnswer = (answer: NodeHttp.IncomingMessage, response: NodeHttp.ServerResponse) => {

@@ -1,6 +1,7 @@
 /**
  * `artifacts ls|get|rm`: declared outputs and their collections. `ls` and `rm` read the state directory
- * here; `get` goes through the runtime, which may have to reach a running workspace's channel.
+ * here; `get` goes through the runtime, which may have to reach a running workspace's channel. Under
+ * `--cluster` all three go to the runner that holds the workspace.
  */
 import { Args, Command } from "@effect/cli"
 import { Effect } from "effect"
@@ -8,7 +9,7 @@ import * as NodePath from "node:path"
 import { listArtifacts, removeArtifacts } from "../programs/Artifacts.ts"
 import { MicroagentClient } from "../rpc/Client.ts"
 import { describeCopy } from "./cp.ts"
-import { withRuntime, withStore } from "./Layers.ts"
+import { clusterOr, withRuntime, withStore } from "./Layers.ts"
 import { emit, table } from "./Output.ts"
 
 const workspaceArg = Args.text({ name: "workspace" }).pipe(Args.withDescription("workspace name"))
@@ -17,7 +18,10 @@ const lsCommand = Command.make(
   "ls",
   { workspace: workspaceArg },
   ({ workspace }) =>
-    withStore(listArtifacts(workspace)).pipe(
+    clusterOr(
+      Effect.flatMap(MicroagentClient, (client) => client.artifactsList({ name: workspace })),
+      withStore(listArtifacts(workspace))
+    ).pipe(
       Effect.flatMap((listed) =>
         emit(listed, (l) =>
           l.artifacts.length === 0
@@ -58,7 +62,10 @@ const rmCommand = Command.make(
   "rm",
   { workspace: workspaceArg },
   ({ workspace }) =>
-    withStore(removeArtifacts(workspace)).pipe(Effect.flatMap((removed) =>
+    clusterOr(
+      Effect.flatMap(MicroagentClient, (client) => client.artifactsRemove({ name: workspace })),
+      withStore(removeArtifacts(workspace))
+    ).pipe(Effect.flatMap((removed) =>
       emit(removed, (r) => (r.removed
         ? `removed the artifacts of ${r.workspace}`
         : `${r.workspace} has no collected artifacts`))

@@ -226,18 +226,52 @@ export const make = Effect.gen(function*() {
         }) as Effect.Effect<{ readonly hostPath: string }, unknown>)
         return { ...result, hostPath: NodePath.resolve(payload.hostPath) }
       }
-      const { result, tar } =
-        yield* (guarded(host, "cpOut", { name: payload.name, guestPath: payload.guestPath }) as Effect.Effect<
-          { readonly result: { readonly hostPath: string }; readonly tar: Uint8Array },
-          unknown
-        >)
-      const target = yield* unpackTo(
-        tar,
-        payload.hostPath,
-        NodePath.posix.basename(payload.guestPath) || "payload"
+      return yield* broughtBack(
+        host,
+        "cpOut",
+        { name: payload.name, guestPath: payload.guestPath },
+        payload.hostPath
       )
-      return { ...result, hostPath: target }
     }).pipe(reported)
+
+  /**
+   * A copy out of a workspace by value (`cpOut`, `artifactsOut`): the runner answers with the copy's
+   * result and a tar of it, unpacked here at `hostPath` (into it, when it is a directory).
+   */
+  const broughtBack = (
+    host: string,
+    tag: "cpOut" | "artifactsOut",
+    payload: { readonly name: string; readonly [field: string]: unknown },
+    hostPath: string
+  ) =>
+    Effect.gen(function*() {
+      const { result, tar } = yield* (guarded(host, tag, payload) as Effect.Effect<
+        {
+          readonly result: { readonly hostPath: string; readonly guestPath: string }
+          readonly tar: Uint8Array
+        },
+        unknown
+      >)
+      const target = yield* unpackTo(tar, hostPath, NodePath.posix.basename(result.guestPath) || "payload")
+      return { ...result, hostPath: target }
+    })
+
+  /** `artifacts get`: the runner copies the output into a staging tar, unpacked here where asked. */
+  const artifactsGet = (
+    payload: { readonly name: string; readonly artifact: string; readonly hostPath: string }
+  ) =>
+    Effect.flatMap(
+      hostOf(payload.name),
+      (host) =>
+        broughtBack(
+          host,
+          "artifactsOut",
+          { name: payload.name, artifact: payload.artifact },
+          payload.hostPath
+        )
+    ).pipe(
+      reported
+    )
 
   const client: Record<string, unknown> = {}
   for (const [tag, rpc] of Rpcs.requests) {
@@ -294,6 +328,7 @@ export const make = Effect.gen(function*() {
   }
   client.list = list
   client.cp = cp
+  client.artifactsGet = artifactsGet
   client.version = () => Effect.succeed({ version })
   return client as unknown as MicroagentClientShape
 })

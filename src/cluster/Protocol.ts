@@ -1,7 +1,7 @@
 /**
  * What runners of a cluster say to each other and to clients: the `MicroagentHost` entity, one per
  * runner, whose procedures are the workspace procedures of the RPC API (`Rpcs`, unchanged) plus file
- * transfer by value (`cpIn`, `cpOut`: the caller's files are not on the runner's disk) and the runner's
+ * transfer by value (`cpIn`, `cpOut`, `artifactsOut`: the caller's files are not on the runner's disk) and the runner's
  * status. Each runner serves the entity whose id is its own runner id, in a shard group of its own
  * (`host-<id>`), so the cluster's sharding routes a message to the one host that holds the workspace's
  * VM and disk; the choice of that host for a new workspace is made by placement (Placement.ts).
@@ -10,7 +10,7 @@ import { ClusterSchema, Entity } from "@effect/cluster"
 import { Rpc, RpcGroup } from "@effect/rpc"
 import { Schema } from "effect"
 import { isMicroagentError, MicroagentError, Transient } from "../domain/Errors.ts"
-import { CopyResult } from "../domain/Files.ts"
+import { ArtifactCopy, CopyResult } from "../domain/Files.ts"
 import { Bytes } from "../domain/Requests.ts"
 import type { MicroagentRpcs } from "../rpc/Client.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
@@ -95,6 +95,12 @@ export class HostRpcs extends routedGroup.add(
   Rpc.make("cpOut", {
     payload: { name: Schema.String, guestPath: Schema.String },
     success: Schema.Struct({ result: CopyResult, tar: Bytes }),
+    error: MicroagentError
+  }),
+  /** `artifacts get` by value: the declared output, as a tar the client unpacks where it was asked. */
+  Rpc.make("artifactsOut", {
+    payload: { name: Schema.String, artifact: Schema.String },
+    success: Schema.Struct({ result: ArtifactCopy, tar: Bytes }),
     error: MicroagentError
   }),
   Rpc.make("status", { success: RunnerStatus, error: MicroagentError })

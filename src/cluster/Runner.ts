@@ -339,6 +339,18 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
         return { result, tar }
       })).pipe(Effect.mapError(localFailure))
 
+    const artifactsOut = (payload: { readonly name: string; readonly artifact: string }) =>
+      Effect.scoped(Effect.gen(function*() {
+        const dir = yield* stagingDir(staging)
+        const result = yield* local.artifactsGet({
+          name: payload.name,
+          artifact: payload.artifact,
+          hostPath: NodePath.join(dir, "payload")
+        })
+        const tar = yield* packStaged(dir, maxTransferBytes)
+        return { result, tar }
+      })).pipe(Effect.mapError(localFailure))
+
     const forwarded: Record<string, (envelope: { readonly payload: any }) => unknown> = {}
     for (const tag of routedTags) {
       const call = (local as unknown as Record<string, (payload: unknown) => unknown>)[tag]!
@@ -397,6 +409,9 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       createFromSnapshot: ({ payload }: { readonly payload: CreateFromSnapshotRequest }) =>
         createFromSnapshot(payload),
       fork: ({ payload }: { readonly payload: ForkRequest }) => fork(payload),
+      artifactsOut: (
+        { payload }: { readonly payload: { readonly name: string; readonly artifact: string } }
+      ) => artifactsOut(payload),
       cpOut: ({ payload }: { readonly payload: { readonly name: string; readonly guestPath: string } }) =>
         cpOut(payload),
       status: () =>

@@ -172,15 +172,8 @@ export const decodeBrokerGrant = (text: string, source: string): Either.Either<B
   )
 }
 
-/**
- * Headers of the connection rather than of the operation: the broker sets or checks them itself
- * (`content-type` against the body rule), and drops `accept-encoding` so that it reads the answer.
- */
-export const brokerHeaders: ReadonlySet<string> = new Set([
-  "host",
-  "content-length",
-  "content-type",
-  "accept-encoding",
+/** Headers that belong to one hop, not to the request or answer (RFC 9110 7.6.1). */
+export const hopByHopHeaders: ReadonlySet<string> = new Set([
   "connection",
   "keep-alive",
   "proxy-authenticate",
@@ -190,6 +183,18 @@ export const brokerHeaders: ReadonlySet<string> = new Set([
   "trailer",
   "transfer-encoding",
   "upgrade"
+])
+
+/**
+ * Headers of the connection rather than of the operation: the broker sets or checks them itself
+ * (`content-type` against the body rule), and drops `accept-encoding` so that it reads the answer.
+ */
+export const brokerHeaders: ReadonlySet<string> = new Set([
+  "host",
+  "content-length",
+  "content-type",
+  "accept-encoding",
+  ...hopByHopHeaders
 ])
 
 /** A refusal: the rule (for the audit log) and what to tell the guest. */

@@ -244,7 +244,7 @@ describe("a cluster of three runners", () => {
   })
 
   it("snapshots, copies and forks, the egress log and quarantine reach a workspace by name through the cluster", async () => {
-    const created = await ok(["create", "s1", "--profile", "tiny"])
+    const created = await ok(["create", "s1", "--profile", "tiny", "--output", "note=/tmp/note.txt"])
     const home = runner(created.host)
     const from = created.host === "r1" ? "r2" : "r1"
     // A stopped workspace's disk, captured on its runner, listed and deleted from another host.
@@ -280,6 +280,15 @@ describe("a cluster of three runners", () => {
     assert.isAbove(egress.records.length, 0, JSON.stringify(egress))
     const events = (await ok(["events", "s1"], from)).events.map((e: { type: string }) => e.type)
     assert.include(events, "snapshot", JSON.stringify(events))
+    // Its declared outputs, listed and fetched from another host (the file travels back as a tar).
+    await ok(["exec", "s1", "--", "sh", "-c", "echo noted > /tmp/note.txt"], from)
+    const outputs = await ok(["artifacts", "ls", "s1"], from)
+    assert.deepStrictEqual(outputs.artifacts.map((a: { name: string }) => a.name), ["note"])
+    const fetched = NodePath.join(scratch, "fetched-note.txt")
+    const got = await ok(["artifacts", "get", "s1", "note", fetched], from)
+    assert.strictEqual(got.hostPath, fetched)
+    assert.strictEqual(NodeFs.readFileSync(fetched, "utf8"), "noted\n")
+    assert.strictEqual((await ok(["artifacts", "rm", "s1"], from)).removed, false)
     // A fork's children run beside their parent, and answer by name through the cluster.
     const forked = await ok(["fork", "s1", "--count", "1"], from)
     assert.deepStrictEqual(forked.children.map((c: Listed) => [c.name, c.host]), [[
