@@ -97,9 +97,16 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
     const server = NodeHttp.createServer((request, response) => {
       const started = Date.now()
       const method = request.method ?? "GET"
-      const deny = (status: number, rule: string, refs: ReadonlyArray<string>, message: string) => {
-        audit("broker_request_deny", { ...base, method, status, rule, secret_refs: refs })
+      const deny = (
+        status: number,
+        rule: string,
+        refs: ReadonlyArray<string>,
+        message: string,
+        fields: Record<string, unknown> = {}
+      ) => {
+        audit("broker_request_deny", { ...base, method, status, rule, ...fields, secret_refs: refs })
         request.resume()
+        if (response.headersSent) return void response.destroy()
         response.writeHead(status, { "content-type": "application/json", connection: "close" }).end(
           JSON.stringify({ error: { type: "broker_denied", rule, message } })
         )
@@ -173,22 +180,11 @@ export const runBrokerBridge = (config: BrokerBridgeConfig, values: ReadonlyMap<
           target,
           swap,
           swapBody: (body) => swapBody(body, held, refs),
-          deny: (status, denial, operation) => {
-            audit("broker_request_deny", {
-              ...base,
-              method,
-              status,
-              rule: denial.rule,
+          deny: (status, denial, operation) =>
+            deny(status, denial.rule, [...refs], denial.message, {
               reason: denial.message,
-              ...(operation === undefined ? {} : { operation: operation.name, effect: operation.effect }),
-              secret_refs: [...refs]
-            })
-            request.resume()
-            if (response.headersSent) return void response.destroy()
-            response.writeHead(status, { "content-type": "application/json", connection: "close" }).end(
-              JSON.stringify({ error: { type: "broker_denied", rule: denial.rule, message: denial.message } })
-            )
-          },
+              ...(operation === undefined ? {} : { operation: operation.name, effect: operation.effect })
+            }),
           allowed: (fields) => audit("broker_request_allow", { ...base, ...fields, secret_refs: [...refs] })
         }).catch(() => response.destroy())
       }

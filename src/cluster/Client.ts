@@ -14,9 +14,9 @@
  *   `Unsupported` here, with the remedy.
  */
 import { RpcSchema } from "@effect/rpc"
-import { Duration, Effect, Fiber, Layer, Option, Schema, Stream } from "effect"
+import { Duration, Effect, Either, Fiber, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
-import { NotFound, Transient, Unsupported } from "../domain/Errors.ts"
+import { type InvalidInput, NotFound, Transient, Unsupported } from "../domain/Errors.ts"
 import { demandOf, place, redact } from "../domain/Placement.ts"
 import type {
   CloneRequest,
@@ -26,6 +26,7 @@ import type {
   ExecCommand,
   RunRequest
 } from "../domain/Requests.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -296,11 +297,18 @@ export const make = Effect.gen(function*() {
     client[tag] = routed(tag, RpcSchema.isStreamSchema(Rpcs.requests.get(tag)!.successSchema))
   }
   // A copy goes to the runner that holds its source (the disk and memory it copies are there).
-  const byRunnerOf = (tag: string, source: string, payload: { readonly [field: string]: unknown }) =>
-    reported(Effect.flatMap(hostOf(source), (host) => guarded(host, tag, payload)))
-  client.clone = (payload: CloneRequest) => byRunnerOf("clone", payload.source, payload)
+  const byRunnerOf = (
+    tag: string,
+    source: Either.Either<string, InvalidInput>,
+    payload: { readonly [field: string]: unknown }
+  ) => reported(Effect.flatMap(Effect.flatMap(source, hostOf), (host) => guarded(host, tag, payload)))
+  client.clone = (payload: CloneRequest) => byRunnerOf("clone", Either.right(payload.source), payload)
   client.createFromSnapshot = (payload: CreateFromSnapshotRequest) =>
-    byRunnerOf("createFromSnapshot", payload.snapshot.split(":")[0] ?? payload.snapshot, payload)
+    byRunnerOf(
+      "createFromSnapshot",
+      Either.map(parseSnapshotRef(payload.snapshot), (ref) => ref.workspace),
+      payload
+    )
   client.create = (payload: CreateRequest) => reported(placed("create", payload))
   client.run = (payload: RunRequest) => reported(placed("run", payload))
   // A connect session's keystrokes and resizes go to the runner its `connect` went to.

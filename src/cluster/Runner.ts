@@ -17,7 +17,7 @@
  */
 import { Singleton } from "@effect/cluster"
 import type { Sharding } from "@effect/cluster/Sharding"
-import { Cause, Duration, Effect, Exit, Layer, Option, Ref, Schedule, Schema, Stream } from "effect"
+import { Cause, Duration, Effect, Either, Exit, Layer, Option, Ref, Schedule, Schema, Stream } from "effect"
 import { spawn } from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
@@ -40,6 +40,7 @@ import {
   type RunRequest,
   type StartRequest
 } from "../domain/Requests.ts"
+import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import { isLive } from "../domain/State.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
@@ -261,35 +262,41 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
      * A copy of a workspace this runner holds (`clone`, `createFromSnapshot`, `fork`): its names are
      * claimed first, with the source's restart policy, and given back unless the copy made them.
      */
-    const copied = <A>(source: string, names: ReadonlyArray<string>, making: Effect.Effect<A, unknown>) =>
+    const copied = <A>(
+      source: Either.Either<string, InvalidInput>,
+      names: ReadonlyArray<string>,
+      making: Effect.Effect<A, unknown>
+    ) =>
       Effect.gen(function*() {
-        const entry = yield* directory.lookup(source)
+        const entry = yield* directory.lookup(yield* source)
         const restart = Option.match(entry, { onNone: () => "never", onSome: (e) => e.restart })
         const claimed: Array<string> = []
-        return yield* Effect.forEach(names, (name) =>
-          claimHere(name, restart).pipe(Effect.tap(() => claimed.push(name))), { discard: true }).pipe(
-            Effect.zipRight(making),
-            Effect.onExit((exit) =>
-              Exit.isSuccess(exit)
-                ? Effect.void
-                : Effect.forEach(claimed, releaseUnlessHeld, { discard: true })
-            )
+        return yield* Effect.forEach(
+          names,
+          (name) => claimHere(name, restart).pipe(Effect.tap(() => claimed.push(name))),
+          { discard: true }
+        ).pipe(
+          Effect.zipRight(making),
+          Effect.onExit((exit) =>
+            Exit.isSuccess(exit)
+              ? Effect.void
+              : Effect.forEach(claimed, releaseUnlessHeld, { discard: true })
           )
+        )
       }).pipe(Effect.mapError(localFailure))
 
-    const withHost = (workspace: Workspace) =>
-      new Workspace({ ...workspace, host: id })
+    const withHost = (workspace: Workspace) => new Workspace({ ...workspace, host: id })
 
     const clone = (payload: CloneRequest) =>
       copied(
-        payload.source,
+        Either.right(payload.source),
         [payload.target],
         Effect.map(local.clone(payload), (copy) => ({ ...copy, workspace: withHost(copy.workspace) }))
       )
 
     const createFromSnapshot = (payload: CreateFromSnapshotRequest) =>
       copied(
-        payload.snapshot.split(":")[0] ?? payload.snapshot,
+        Either.map(parseSnapshotRef(payload.snapshot), (ref) => ref.workspace),
         [payload.name],
         Effect.map(
           local.createFromSnapshot(payload),
@@ -299,7 +306,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
 
     const fork = (payload: ForkRequest) =>
       copied(
-        payload.name,
+        Either.right(payload.name),
         forkChildNames(payload.name, payload),
         local.fork(payload).pipe(
           Effect.tap(refreshFence),
@@ -326,30 +333,22 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
         return result
       })).pipe(Effect.mapError(localFailure))
 
-    const cpOut = (payload: { readonly name: string; readonly guestPath: string }) =>
+    /** A copy out by value (`cpOut`, `artifactsOut`): made into a staging directory, answered as a tar. */
+    const staged = <A, E>(copy: (hostPath: string) => Effect.Effect<A, E>) =>
       Effect.scoped(Effect.gen(function*() {
         const dir = yield* stagingDir(staging)
-        const result = yield* local.cp({
-          name: payload.name,
-          direction: "out",
-          hostPath: NodePath.join(dir, "payload"),
-          guestPath: payload.guestPath
-        })
+        const result = yield* copy(NodePath.join(dir, "payload"))
         const tar = yield* packStaged(dir, maxTransferBytes)
         return { result, tar }
       })).pipe(Effect.mapError(localFailure))
 
+    const cpOut = (payload: { readonly name: string; readonly guestPath: string }) =>
+      staged((hostPath) =>
+        local.cp({ name: payload.name, direction: "out", hostPath, guestPath: payload.guestPath })
+      )
+
     const artifactsOut = (payload: { readonly name: string; readonly artifact: string }) =>
-      Effect.scoped(Effect.gen(function*() {
-        const dir = yield* stagingDir(staging)
-        const result = yield* local.artifactsGet({
-          name: payload.name,
-          artifact: payload.artifact,
-          hostPath: NodePath.join(dir, "payload")
-        })
-        const tar = yield* packStaged(dir, maxTransferBytes)
-        return { result, tar }
-      })).pipe(Effect.mapError(localFailure))
+      staged((hostPath) => local.artifactsGet({ name: payload.name, artifact: payload.artifact, hostPath }))
 
     const forwarded: Record<string, (envelope: { readonly payload: any }) => unknown> = {}
     for (const tag of routedTags) {
@@ -363,8 +362,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
     }
 
     /** The fence file lists a VM the moment its start returns, not at the next heartbeat. */
-    const refreshFence = Effect.flatMap(local.list({}), (workspaces) =>
-      writeFence(fenceFile, workspaces))
+    const refreshFence = Effect.flatMap(local.list({}), (workspaces) => writeFence(fenceFile, workspaces))
       .pipe(
         Effect.ignore
       )
