@@ -1,8 +1,11 @@
 import { defineConfig } from "vitest/config"
+import { LongestFirst } from "./test/support/sequencer.ts"
 
 export default defineConfig({
   test: {
     globalSetup: ["test/support/globalSetup.ts"],
+    // Longest files first (test/durations.json), so that neither lane runs a long file alone at the end.
+    sequence: { sequencer: LongestFirst },
     // The real tier (the only project on forks) runs two files at a time: a TCG guest mostly waits once
     // booted, so two lanes fill both cores. Each file has its own state directory, and its checks name
     // only the VMMs under it.

@@ -9,8 +9,8 @@
  * With 2 vCPUs the fast profile had a rare stall (both vCPUs idle at the entry of
  * `sched_clock_idle_wakeup_event`, waiting for an interrupt that never comes: docs/kernels.md), when it
  * kept the TSC and tickless idle on more than one vCPU; it no longer does. One stalled boot in the run
- * is still tolerated and printed with its diagnosis, two fail the test. It is why `fast` is not the
- * default profile yet. One vCPU must never stall.
+ * is still tolerated and printed with its diagnosis, two fail the test (the backend boots a stalled
+ * VM once more, so a user sees only the delay). One vCPU must never stall.
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Layer } from "effect"

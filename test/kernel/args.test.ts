@@ -87,9 +87,9 @@ describe("kernel command line", () => {
     assert.notInclude(kernelCmdline({ ...base, machine: "q35" }).split(" "), "pci=off")
   })
 
-  it("takes the boot profile from the options, then MICROAGENT_BOOT_PROFILE, else compat", () => {
-    assert.strictEqual(resolveBootProfile(undefined, undefined), "compat")
-    assert.strictEqual(resolveBootProfile(undefined, ""), "compat")
+  it("takes the boot profile from the options, then MICROAGENT_BOOT_PROFILE, else fast", () => {
+    assert.strictEqual(resolveBootProfile(undefined, undefined), "fast")
+    assert.strictEqual(resolveBootProfile(undefined, ""), "fast")
     assert.strictEqual(resolveBootProfile(undefined, "fast"), "fast")
     assert.strictEqual(resolveBootProfile(undefined, "compat"), "compat")
     assert.strictEqual(resolveBootProfile("fast", "compat"), "fast")

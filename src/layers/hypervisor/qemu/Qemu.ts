@@ -71,7 +71,7 @@ export interface QemuOptions {
   readonly binary?: string
   /** Bound of the KVM probe boot. */
   readonly kvmProbeTimeoutMs?: number
-  /** Kernel options and module set; default `$MICROAGENT_BOOT_PROFILE`, else `compat` (see args.ts). */
+  /** Kernel options and module set; default `$MICROAGENT_BOOT_PROFILE`, else `fast` (see args.ts). */
   readonly bootProfile?: BootProfile
 }
 
@@ -81,13 +81,12 @@ export const resolveBootProfile = (
   fromEnv: string | undefined = process.env.MICROAGENT_BOOT_PROFILE
 ): BootProfile | InvalidInput => {
   if (fromOptions !== undefined) return fromOptions
-  // `fast` is opt-in until it has a clean record: one boot of it stalled in early PCI set-up in CI.
-  if (fromEnv === undefined || fromEnv === "") return "compat"
+  if (fromEnv === undefined || fromEnv === "") return "fast"
   return (bootProfiles as ReadonlyArray<string>).includes(fromEnv)
     ? fromEnv as BootProfile
     : new InvalidInput({
       message: `MICROAGENT_BOOT_PROFILE=${fromEnv} is not a boot profile`,
-      remediation: `use one of: ${bootProfiles.join(", ")} (or leave it unset for compat)`
+      remediation: `use one of: ${bootProfiles.join(", ")} (or leave it unset for fast)`
     })
 }
 

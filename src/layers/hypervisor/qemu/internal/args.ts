@@ -26,9 +26,9 @@ export type Machine = "microvm" | "q35"
 export type Accel = "kvm" | "tcg"
 
 /**
- * `fast` adds kernel options that shorten the guest kernel's boot and lets the agent skip drivers the
- * boot does not use (opt-in: `MICROAGENT_BOOT_PROFILE=fast`); `compat`, the earlier command line, is
- * what a launch uses by default (resolveBootProfile). docs/kernels.md says what each option gives up.
+ * `fast`, the default (resolveBootProfile), adds kernel options that shorten the guest kernel's boot
+ * and lets the agent skip drivers the boot does not use; `compat` (`MICROAGENT_BOOT_PROFILE=compat`)
+ * is the earlier command line. docs/kernels.md says what each option gives up.
  */
 export type BootProfile = "fast" | "compat"
 export const bootProfiles: ReadonlyArray<BootProfile> = ["fast", "compat"]
