@@ -10,11 +10,13 @@ import { InvalidInput, type MicroagentError } from "../domain/Errors.ts"
 import { makeImageStore } from "../layers/image/ImageStoreLive.ts"
 import { imageDependencies, imageStoreLayer } from "../layers/image/Stack.ts"
 import { imagePush, type PushResult } from "../programs/Image.ts"
+import { MicroagentClient } from "../rpc/Client.ts"
 import { Home } from "../services/Home.ts"
 import type { EnsureOptions, ImageRecord, ImageStoreAdmin, RemoveResult } from "../services/ImageStore.ts"
 import { formatPlatform } from "../services/Registry.ts"
 import { refuseDevicesOption } from "./Flags.ts"
 import { Invocation } from "./Invocation.ts"
+import { clusterOr } from "./Layers.ts"
 import { emit, emitList, quietOption, table } from "./Output.ts"
 
 /** Runs `f` with the admin image store of this invocation's state directory. */
@@ -172,17 +174,32 @@ const pull = Command.make(
     )
   },
   (o) =>
-    withProgress((onProgress) =>
-      withImages((store) =>
-        store.ensure(o.ref, {
-          ...toEnsure(o, onProgress),
+    clusterOr(
+      // Through the cluster: on every live runner, so that placement finds it wherever it lands.
+      Effect.flatMap(MicroagentClient, (client) =>
+        client.imagePull({
+          ref: o.ref,
+          refresh: true,
           insecureRegistry: o.insecureRegistry,
-          refresh: true
-        })
+          allowGuestSetuid: o.allowGuestSetuid,
+          ...(Option.isSome(o.platform) ? { platform: o.platform.value } : {}),
+          ...(Option.isSome(o.sizeMiB) ? { baselineSizeMiB: o.sizeMiB.value } : {}),
+          ...(o.refuseDevices ? { refuseDevices: true } : {})
+        })),
+      withProgress((onProgress) =>
+        withImages((store) =>
+          store.ensure(o.ref, {
+            ...toEnsure(o, onProgress),
+            insecureRegistry: o.insecureRegistry,
+            refresh: true
+          })
+        )
       )
     ).pipe(Effect.flatMap((r) => emit(recordJson(r), () => `${r.ref} ${r.digest}`)))
 ).pipe(
-  Command.withDescription("pull an image and build its root filesystem baseline")
+  Command.withDescription(
+    "pull an image and build its root filesystem baseline (with --cluster: on every runner)"
+  )
 )
 
 const importCmd = Command.make("import", {

@@ -10,13 +10,21 @@
  * - `list` asks every live runner and adds the workspaces of lost runners as `lost`, from the record
  *   their runner last reported.
  * - `cp` carries the files by value (a tar), since the caller's paths are not on the runner.
- * - The host-wide procedures (images, volumes, networks, models…) belong to each host: they answer
- *   `Unsupported` here, with the remedy.
+ * - `imagePull` pulls on every live runner at once, so that placement finds the image wherever the
+ *   workspace lands.
+ * - The other host-wide procedures (the image store's other verbs, volumes, networks, models…) belong
+ *   to each host: they answer `Unsupported` here, with the remedy.
  */
 import { RpcSchema } from "@effect/rpc"
 import { Duration, Effect, Either, Fiber, Layer, Option, Schema, Stream } from "effect"
 import * as NodePath from "node:path"
-import { type InvalidInput, NotFound, Transient, Unsupported } from "../domain/Errors.ts"
+import {
+  type InvalidInput,
+  type MicroagentError,
+  NotFound,
+  Transient,
+  Unsupported
+} from "../domain/Errors.ts"
 import { demandOf, place, redact } from "../domain/Placement.ts"
 import type {
   CloneRequest,
@@ -30,6 +38,7 @@ import { parseSnapshotRef } from "../domain/SnapshotRestore.ts"
 import { version } from "../domain/Version.ts"
 import { Workspace } from "../domain/Workspace.ts"
 import { MicroagentClient, type MicroagentClientShape } from "../rpc/Client.ts"
+import type { ImagePullRequest } from "../rpc/HostRpcs.ts"
 import { Rpcs } from "../rpc/Rpcs.ts"
 import {
   databaseDefectAsFailure,
@@ -40,7 +49,7 @@ import {
   layerDatabase
 } from "./ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "./Directory.ts"
-import { classified, maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
+import { classified, type EverywhereTag, maxTransferBytes, MicroagentHost, routedTags } from "./Protocol.ts"
 import { packPath, unpackTo } from "./Transfer.ts"
 
 /** How many runners placement draws before ranking them (the rest are fallbacks). */
@@ -61,6 +70,14 @@ const reportedStream = <A, E, R>(stream: Stream.Stream<A, E, R>) =>
   stream.pipe(databaseDefectAsStreamFailure, Stream.mapError(routingFailure))
 
 const decode = Schema.decodeUnknown(Workspace)
+
+/** A runner's failure, its message prefixed with the runner's id (same kind, same remedy). */
+const onRunner = (id: string) => (error: unknown): MicroagentError => {
+  const reportedError = routingFailure(error)
+  return Object.assign(Object.create(Object.getPrototypeOf(reportedError)), reportedError, {
+    message: `runner ${id}: ${reportedError.message}`
+  })
+}
 
 export const make = Effect.gen(function*() {
   const directory = yield* Directory
@@ -152,6 +169,31 @@ export const make = Effect.gen(function*() {
         ))).pipe(reportedStream)
       : reported(Effect.flatMap(hostOf(payload.name), (host) =>
         guarded(host, tag, payload)))
+
+  /**
+   * On every live runner at once; the answer is the first runner's, and a runner's failure fails the
+   * call, naming that runner (the others' work stands: a pull is whole or absent on each).
+   */
+  const everywhere = (tag: EverywhereTag, payload: { readonly [field: string]: unknown }) =>
+    Effect.gen(function*() {
+      const alive = (yield* directory.runners).filter((runner) => runner.alive)
+      if (alive.length === 0) {
+        return yield* Effect.fail(
+          new Transient({
+            message: `no runner is alive to serve ${tag}`,
+            remediation:
+              "start a runner (`microagent serve runner --advertise HOST:PORT`, with the cluster's URL)",
+            retryAfterMs: 5000
+          })
+        )
+      }
+      const answers = yield* Effect.forEach(
+        alive,
+        (runner) => guarded(runner.id, tag, payload).pipe(Effect.mapError(onRunner(runner.id))),
+        { concurrency: "unbounded" }
+      )
+      return answers[0]
+    }).pipe(reported)
 
   /** Places a new workspace: tries the ranked runners while they refuse for lack of room. */
   const placed = (tag: "create" | "run", payload: CreateRequest | RunRequest) =>
@@ -335,6 +377,7 @@ export const make = Effect.gen(function*() {
     }
   }
   client.list = list
+  client.imagePull = (payload: { readonly ref: string }) => everywhere("imagePull", payload)
   client.cp = cp
   client.artifactsGet = artifactsGet
   client.version = () => Effect.succeed({ version })
@@ -370,5 +413,7 @@ export const operations = {
     Effect.flatMap(MicroagentClient, (client) => client.delete({ name, ...options })),
   inspect: (name: string) => Effect.flatMap(MicroagentClient, (client) => client.inspect({ name })),
   list: Effect.flatMap(MicroagentClient, (client) => client.list({})),
-  cp: (request: CpRequest) => Effect.flatMap(MicroagentClient, (client) => client.cp(request))
+  cp: (request: CpRequest) => Effect.flatMap(MicroagentClient, (client) => client.cp(request)),
+  imagePull: (request: ImagePullRequest) =>
+    Effect.flatMap(MicroagentClient, (client) => client.imagePull(request))
 }

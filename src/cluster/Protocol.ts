@@ -60,10 +60,18 @@ export const routedTags = [
   "fork"
 ] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
 export type RoutedTag = (typeof routedTags)[number]
-export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag }>
+
+/**
+ * The procedures of `Rpcs` a client sends to every live runner: an image pulled through the cluster is
+ * in the store of whichever runner placement later picks (placement prefers runners that hold it).
+ */
+export const everywhereTags = ["imagePull"] as const satisfies ReadonlyArray<MicroagentRpcs["_tag"]>
+export type EverywhereTag = (typeof everywhereTags)[number]
+
+export type RoutedRpcs = Extract<MicroagentRpcs, { readonly _tag: RoutedTag | EverywhereTag }>
 
 const routedGroup = RpcGroup.make(
-  ...routedTags.map((tag) => Rpcs.requests.get(tag)!)
+  ...[...routedTags, ...everywhereTags].map((tag) => Rpcs.requests.get(tag)!)
 ) as unknown as RpcGroup.RpcGroup<RoutedRpcs>
 
 /** Resources in use or declared: memory in MiB, vCPUs, workspaces. */

@@ -49,6 +49,7 @@ import { layerDatabase, layerRunner } from "./ClusterLayers.ts"
 import { Directory, layer as layerDirectory } from "./Directory.ts"
 import {
   classified,
+  everywhereTags,
   maxTransferBytes,
   MicroagentHost,
   type Resources,
@@ -351,7 +352,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       staged((hostPath) => local.artifactsGet({ name: payload.name, artifact: payload.artifact, hostPath }))
 
     const forwarded: Record<string, (envelope: { readonly payload: any }) => unknown> = {}
-    for (const tag of routedTags) {
+    for (const tag of [...routedTags, ...everywhereTags]) {
       const call = (local as unknown as Record<string, (payload: unknown) => unknown>)[tag]!
       forwarded[tag] = ({ payload }) => {
         const result = call(payload)

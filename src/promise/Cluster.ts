@@ -8,6 +8,7 @@ import type * as ClusterClientModule from "../cluster/Client.ts"
 import type { ExecResult } from "../domain/Exec.ts"
 import type { CreateRequest, ExecSettings, RunRequest } from "../domain/Requests.ts"
 import type { Workspace } from "../domain/Workspace.ts"
+import type { ImageRecord } from "../services/ImageStore.ts"
 import { fromCause } from "./MicroagentError.ts"
 
 /** The cluster's modules (PostgreSQL's client among them), loaded by the first cluster opened. */
@@ -74,6 +75,17 @@ export class Cluster implements AsyncDisposable {
   /** Copies a host file or directory into a workspace (`in`) or out of one, by value. */
   cp(name: string, direction: "in" | "out", hostPath: string, guestPath: string) {
     return this.#run((operations) => operations.cp({ name, direction, hostPath, guestPath }))
+  }
+
+  /**
+   * Pulls an image on every live runner (placement then finds it wherever a workspace lands); the
+   * record is the first runner's, and one runner's failure rejects, naming it.
+   */
+  imagePull(
+    ref: string,
+    options: Omit<Parameters<typeof ClusterClientModule.operations.imagePull>[0], "ref"> = {}
+  ): Promise<ImageRecord> {
+    return this.#run((operations) => operations.imagePull({ ...options, ref }))
   }
 
   close(): Promise<void> {

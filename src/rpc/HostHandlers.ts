@@ -93,6 +93,7 @@ export const makeHostHandlers = Effect.gen(function*() {
       readonly insecureRegistry?: boolean | undefined
       readonly allowGuestSetuid?: boolean | undefined
       readonly refuseDevices?: boolean | undefined
+      readonly baselineSizeMiB?: number | undefined
     }) =>
       Effect.flatMap(images, (store) =>
         store.ensure(p.ref, {
@@ -100,7 +101,8 @@ export const makeHostHandlers = Effect.gen(function*() {
           ...(p.platform === undefined ? {} : { platform: p.platform }),
           ...(p.insecureRegistry === undefined ? {} : { insecureRegistry: p.insecureRegistry }),
           ...(p.allowGuestSetuid === undefined ? {} : { allowGuestSetuid: p.allowGuestSetuid }),
-          ...(p.refuseDevices === undefined ? {} : { refuseDevices: p.refuseDevices })
+          ...(p.refuseDevices === undefined ? {} : { refuseDevices: p.refuseDevices }),
+          ...(p.baselineSizeMiB === undefined ? {} : { baselineSizeMiB: p.baselineSizeMiB })
         })),
     templateList: () => withTemplateServices(listTemplates()),
     templatePrune: (p: { readonly all?: boolean | undefined }) =>

@@ -26,8 +26,12 @@ export const ImagePullPayload = Schema.Struct({
   insecureRegistry: Schema.optional(Schema.Boolean),
   allowGuestSetuid: Schema.optional(Schema.Boolean),
   /** Refuse layers holding character or block devices (accepted by default). */
-  refuseDevices: Schema.optional(Schema.Boolean)
+  refuseDevices: Schema.optional(Schema.Boolean),
+  /** The baseline disk's size in MiB (default: the content and some room). */
+  baselineSizeMiB: Schema.optional(Schema.Int.pipe(Schema.positive()))
 })
+
+export type ImagePullRequest = typeof ImagePullPayload.Type
 
 export const ImageRemoveResult = Schema.Struct({
   removed: Schema.Array(Schema.String),

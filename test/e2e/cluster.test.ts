@@ -1,7 +1,7 @@
 /**
  * Three runners on this machine as one cluster, on real QEMU workspaces and a real PostgreSQL started
  * here: placement by capacity (a runner declared full gets nothing), exec, cp and logs by name from
- * another runner's host, snapshots, the egress log and quarantine by name, one winner when two clients create the same name, `kill -9` of a runner
+ * another runner's host, an image pulled into every runner's store, snapshots, the egress log and quarantine by name, one winner when two clients create the same name, `kill -9` of a runner
  * (its workspaces read `lost`, a `restart: always` one comes up elsewhere, the dead runner's copy never
  * runs beside it, and the runner reconciles when it comes back), PostgreSQL restarted under load (down
  * long enough for the fence to stop the movable workspace, which runs again once the database is back), and
@@ -18,6 +18,7 @@ import { MicroagentClient } from "../../src/rpc/Client.ts"
 import { connect } from "../mcp/mcpClient.ts"
 import { cliAsync, cliProcess, type CliResult, stopRuntime } from "../support/cli.ts"
 import { type RunnerProcess, startRunner as startRunner_ } from "../support/clusterRunner.ts"
+import { busyboxConfig, busyboxLayers, hostArchitecture, writeOciLayout } from "../support/images.ts"
 import { qemuProcessesMentioning } from "../support/kernel.ts"
 import { type Postgres, startPostgres } from "../support/postgres.ts"
 import { freePort } from "../support/registry.ts"
@@ -157,6 +158,53 @@ describe("a cluster of three runners", () => {
     )
     assert.strictEqual(kindOf(twin), "conflict", twin.stderr)
     assert.include(twin.stderr, "runner id r2 is in use")
+  })
+
+  it("image pull through the cluster lands in every live runner's store, from the CLI, the Promise API and MCP", async () => {
+    const layout = NodePath.join(scratch, "pulled-layout")
+    const digest = writeOciLayout(layout, [{
+      layers: busyboxLayers(),
+      architecture: hostArchitecture,
+      config: { ...busyboxConfig, Env: ["PULLED=through-the-cluster"] }
+    }], "latest")
+    const ref = `oci:${layout}`
+    const storeOf = async (r: RunnerProcess) => {
+      // The runner's own store, read on its host without --cluster.
+      const local = await cliAsync(["--json", "image", "list"], { stateDir: r.stateDir })
+      assert.strictEqual(local.code, 0, local.stderr)
+      return (JSON.parse(local.stdout).images as Array<{ digest: string }>).map((image) => image.digest)
+    }
+    const everyRunner = runners.filter((r) => r.process?.exitCode === null)
+    for (const r of everyRunner) {
+      assert.notInclude(await storeOf(r), digest, `${r.id} holds it before the pull`)
+    }
+
+    const pulled = await ok(["image", "pull", ref], "r2")
+    assert.strictEqual(pulled.digest, digest)
+    // r3 takes no workspace, but placement may still weigh it and a later capacity change use it.
+    for (const r of everyRunner) assert.include(await storeOf(r), digest, `${r.id} holds the pulled image`)
+
+    // A reference no runner can resolve fails, naming a runner; nothing is recorded.
+    const missing = await ma(["image", "pull", `oci:${NodePath.join(scratch, "no-such-layout")}`], "r1")
+    assert.notStrictEqual(missing.code, 0)
+    assert.match(JSON.parse(missing.stderr.trim().split("\n").at(-1)!).error.message, /^runner r[0-9]: /)
+
+    const cluster = Cluster.connect(postgres.url)
+    try {
+      assert.strictEqual((await cluster.imagePull(ref)).digest, digest)
+    } finally {
+      await cluster.close()
+    }
+    const mcp = await connect(runner("r3").stateDir, { backend: "qemu", image: "" }, {
+      env: { MICROAGENT_CLUSTER: postgres.url }
+    })
+    try {
+      const viaMcp = await mcp.call("images.pull", { image: ref })
+      assert.isTrue(viaMcp.ok, JSON.stringify(viaMcp))
+      assert.strictEqual(viaMcp.result.digest, digest)
+    } finally {
+      await mcp.close()
+    }
   })
 
   it("starts workspaces and reaches them by name from another runner's host: exec, cp, logs", async () => {
