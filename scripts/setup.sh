@@ -1,8 +1,20 @@
 #!/usr/bin/env bash
 # Installs what microagent needs on a fresh Debian or Ubuntu machine (run as root), then the npm
 # dependencies (which also builds the guest agent and the CLI bundle). Safe to run again.
+#   --test       also the packages the test tiers use
+#   --no-npm     the system packages only (CI installs the npm dependencies itself, beside its checks)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+test_packages=false
+npm_install=true
+for arg in "$@"; do
+  case "$arg" in
+    --test) test_packages=true ;;
+    --no-npm) npm_install=false ;;
+    *) echo "setup.sh: unknown option $arg (--test, --no-npm)" >&2; exit 2 ;;
+  esac
+done
 
 export DEBIAN_FRONTEND=noninteractive
 packages=(
@@ -15,7 +27,7 @@ packages=(
   # The guest agent and the egress mediator: static C builds
   musl-tools build-essential
 )
-if [ "${1:-}" = "--test" ]; then
+if [ "$test_packages" = true ]; then
   # The test tiers: a loopback OCI registry and image tools, fuzzing, networking helpers
   packages+=(docker-registry skopeo umoci apache2-utils openssl clang libclang-rt-14-dev socat passt mmdebstrap)
   # connect's tests drive the CLI through a real pseudo-terminal (python3's pty module)
@@ -35,6 +47,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+
+[ "$npm_install" = true ] || exit 0
 
 npm ci --no-audit --no-fund
 
