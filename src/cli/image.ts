@@ -178,13 +178,10 @@ const pull = Command.make(
       // Through the cluster: on every live runner, so that placement finds it wherever it lands.
       Effect.flatMap(MicroagentClient, (client) =>
         client.imagePull({
+          ...toEnsure(o, undefined),
           ref: o.ref,
-          refresh: true,
           insecureRegistry: o.insecureRegistry,
-          allowGuestSetuid: o.allowGuestSetuid,
-          ...(Option.isSome(o.platform) ? { platform: o.platform.value } : {}),
-          ...(Option.isSome(o.sizeMiB) ? { baselineSizeMiB: o.sizeMiB.value } : {}),
-          ...(o.refuseDevices ? { refuseDevices: true } : {})
+          refresh: true
         })),
       withProgress((onProgress) =>
         withImages((store) =>
