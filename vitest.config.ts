@@ -28,7 +28,12 @@ export default defineConfig({
           include: ["test/e2e/**/*.test.ts"],
           testTimeout: 300_000,
           hookTimeout: 300_000,
-          pool: "forks"
+          pool: "forks",
+          // Workspaces that name no vCPU count get one: an idle guest of one vCPU runs tickless and
+          // costs the host a fifth of one of two (docs/kernels.md), and two test files share two cores.
+          // Guests of two vCPUs are booted where a test asks for them, and 24 times by
+          // boot-reliability.test.ts.
+          env: { MICROAGENT_DEFAULT_CPUS: "1" }
         }
       }
     ]

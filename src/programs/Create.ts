@@ -1,7 +1,7 @@
 /**
  * `create`: a persistent workspace with its own root disk, in state `prepared`.
  */
-import { DateTime, Duration, Effect } from "effect"
+import { Config, DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -47,12 +47,28 @@ export interface CreateOptions extends CreateRequest {
 export const hostnameFor = (name: string) =>
   name.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "").slice(0, 63) || "workspace"
 
-export const resolveResources = (options: CreateOptions) => {
+/**
+ * The vCPUs of a workspace that names neither `--cpus` nor a profile: `MICROAGENT_DEFAULT_CPUS` in the
+ * runtime's environment, else 2. Under emulation (no KVM) an idle guest of one vCPU costs the host a
+ * fifth of what one of two does (docs/kernels.md), which a host running many small workspaces may prefer.
+ */
+export const defaultCpus = Config.integer("MICROAGENT_DEFAULT_CPUS").pipe(
+  Config.validate({
+    message: "a whole number of vCPUs from 1 to 256",
+    validation: (n) => n >= 1 && n <= 256
+  }),
+  Config.withDefault(defaultResources.cpus)
+)
+
+export const resolveResources = (
+  options: Pick<CreateOptions, "profile" | "memoryMiB" | "cpus" | "sizeMiB">,
+  fallbackCpus: number = defaultResources.cpus
+) => {
   const profile = options.profile === undefined ? undefined : profiles[options.profile]
   const sizeMiB = options.sizeMiB ?? profile?.sizeMiB
   return new Resources({
     memoryMiB: options.memoryMiB ?? profile?.memoryMiB ?? defaultResources.memoryMiB,
-    cpus: options.cpus ?? profile?.cpus ?? defaultResources.cpus,
+    cpus: options.cpus ?? profile?.cpus ?? fallbackCpus,
     ...(sizeMiB === undefined ? {} : { sizeMiB })
   })
 }
@@ -164,8 +180,16 @@ export const checkCreate = Effect.fn("checkCreate")(function*(options: CreateOpt
         "names are 1-63 characters: letters, digits, '.', '_' and '-', starting with a letter or digit"
     })
   }
+  const fallbackCpus = yield* defaultCpus.pipe(
+    Effect.mapError((error) =>
+      new InvalidInput({
+        message: `invalid MICROAGENT_DEFAULT_CPUS in the runtime's environment: ${String(error)}`,
+        remediation: "set it to a whole number from 1 to 256, or unset it for 2, and start the runtime again"
+      })
+    )
+  )
   const resources = yield* Effect.try({
-    try: () => resolveResources(options),
+    try: () => resolveResources(options, fallbackCpus),
     catch: (cause) =>
       new InvalidInput({
         message: `invalid resources: ${String(cause)}`,

@@ -225,7 +225,10 @@ describe("QEMU arguments", () => {
     const args = qemuArgs(base)
     assert.deepStrictEqual(values(args, "-M"), ["microvm"])
     assert.deepStrictEqual(values(args, "-accel"), ["tcg"])
-    assert.deepStrictEqual(values(args, "-cpu"), [])
+    // fast: the APIC timer that keeps running in idle (tickless guests); compat: QEMU's default CPU.
+    assert.deepStrictEqual(values(args, "-cpu"), ["qemu64,+arat"])
+    assert.deepStrictEqual(values(qemuArgs({ ...base, bootProfile: "compat" }), "-cpu"), [])
+    assert.deepStrictEqual(values(qemuArgs({ ...base, accel: "kvm" }), "-cpu"), ["host"])
     assert.deepStrictEqual(values(args, "-m"), ["512"])
     assert.deepStrictEqual(values(args, "-smp"), ["2"])
     for (const flag of ["-nodefaults", "-no-user-config", "-no-reboot", "-daemonize"]) {

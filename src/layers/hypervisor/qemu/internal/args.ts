@@ -66,6 +66,18 @@ export const fastBootOptions = (machine: Machine, cpus = 1): ReadonlyArray<strin
   ...(machine === "microvm" ? ["pci=off"] : [])
 ]
 
+/**
+ * The `fast` profile's emulated CPU (TCG only; under KVM the guest gets the host's): QEMU's default
+ * `qemu64` plus `arat` (the local APIC timer keeps running in deep idle). Without it the kernel takes
+ * the APIC timer for one that stops in C3 and, microvm having no broadcast timer (no HPET), never leaves
+ * periodic mode: 250 timer interrupts a second per vCPU, each one emulated, idle or not. With it a
+ * guest on the TSC (one vCPU: `tsc=reliable`) runs tickless, and an idle one costs the host about a
+ * fifth of the CPU time (docs/kernels.md). A guest of more vCPUs stays on jiffies and its periodic
+ * tick either way. `compat` keeps QEMU's default CPU.
+ */
+export const tcgCpu = (profile: BootProfile | undefined): ReadonlyArray<string> =>
+  (profile ?? "fast") === "fast" ? ["-cpu", "qemu64,+arat"] : []
+
 /** The virtio-serial port name the agent looks for (`microagent.channel=virtio:<name>`). */
 export const agentPortName = "microagent.agent"
 
@@ -280,7 +292,9 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     "-M",
     input.memory === undefined ? input.machine : `${input.machine},memory-backend=${guestMemoryId}`,
     ...(input.memory === undefined ? [] : ["-object", memoryBackend(input.memory, input.memoryMiB)]),
-    ...(input.accel === "kvm" ? ["-accel", "kvm", "-cpu", "host"] : ["-accel", "tcg"]),
+    ...(input.accel === "kvm"
+      ? ["-accel", "kvm", "-cpu", "host"]
+      : ["-accel", "tcg", ...tcgCpu(input.bootProfile)]),
     "-m",
     String(input.memoryMiB),
     "-smp",
