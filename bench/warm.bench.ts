@@ -9,13 +9,16 @@
  *   (`create --from-snapshot` + `start`), target <= 2; each idle child's host PSS, target <= 48 MiB.
  *
  * Default network (egress mediation) for the runs; `--egress off` for the workspace that is forked.
- * BENCH_N sets the run pairs (default 6).
+ * BENCH_N sets the run pairs (default 6); BENCH_CPUS the vCPUs of every workspace (default: the
+ * runtime's, 2 unless MICROAGENT_DEFAULT_CPUS says): a guest of one vCPU idles tickless, of two on a
+ * periodic tick (docs/kernels.md), which matters to eight idle children.
  */
 import * as NodeFs from "node:fs"
 import { cleanup, loadAverage, log, must, stateDir, summary } from "./lib.ts"
 
 const pairs = Number(process.env.BENCH_N ?? 6)
 const image = process.env.BENCH_IMAGE ?? "microagent.local/busybox:latest"
+const cpus = process.env.BENCH_CPUS === undefined ? [] : ["--cpus", process.env.BENCH_CPUS]
 
 const pssKiB = (pid: number): number | undefined => {
   try {
@@ -34,20 +37,27 @@ const main = async () => {
   const state = stateDir("warm")
   try {
     log("warm", "warm-up: the first run builds the template")
-    const first = await must(state, ["run", image, "--", "true"])
+    const first = await must(state, ["run", ...cpus, image, "--", "true"])
     const warm: Array<number> = []
     const cold: Array<number> = []
     for (let i = 0; i < pairs; i++) {
       const order = i % 2 === 0 ? ["warm", "cold"] : ["cold", "warm"]
       for (const kind of order) {
-        const run = await must(state, ["run", ...(kind === "cold" ? ["--cold"] : []), image, "--", "true"])
+        const run = await must(state, [
+          "run",
+          ...cpus,
+          ...(kind === "cold" ? ["--cold"] : []),
+          image,
+          "--",
+          "true"
+        ])
         ;(kind === "warm" ? warm : cold).push(run.ms)
       }
       log("warm", `pair ${i + 1}: warm ${warm.at(-1)} ms, cold ${cold.at(-1)} ms`)
     }
 
     // A running workspace (warm-started itself) to capture and fork.
-    await must(state, ["create", "--image", image, "--egress", "off", "parent"])
+    await must(state, ["create", ...cpus, "--image", image, "--egress", "off", "parent"])
     await must(state, ["start", "parent"])
     await must(state, ["exec", "parent", "--", "true"])
     const snapshotMs: Array<number> = []
@@ -59,7 +69,7 @@ const main = async () => {
     }
     const coldStartMs: Array<number> = []
     for (let i = 0; i < 3; i++) {
-      await must(state, ["create", "--image", image, "--egress", "off", `cold${i}`])
+      await must(state, ["create", ...cpus, "--image", image, "--egress", "off", `cold${i}`])
       coldStartMs.push((await must(state, ["start", "--cold", `cold${i}`])).ms)
       await must(state, ["delete", "--force", `cold${i}`])
     }
@@ -84,6 +94,7 @@ const main = async () => {
     const result = {
       bench: "warm",
       image,
+      cpus: process.env.BENCH_CPUS === undefined ? "default" : Number(process.env.BENCH_CPUS),
       run_ms: { warm: summary(warm), cold: summary(cold), first_warm_with_build: first.ms },
       ratio: Number((summary(warm).median / summary(cold).median).toFixed(3)),
       target_ratio: 0.25,
