@@ -110,7 +110,10 @@ const runOn = async (dir: string, script: string, backend: "fake" | "qemu") => {
 
 beforeAll(async () => {
   requireTool("npm", "npm")
-  await npm(["pack", "--pack-destination", scratch], repoRoot)
+  // The package's prepack is `build` then `build:lib`: the bundles and the guest agent were built by
+  // `npm test` (and the bundles again by the global set-up), so only the library is compiled here.
+  await npm(["run", "--silent", "build:lib"], repoRoot)
+  await npm(["pack", "--ignore-scripts", "--pack-destination", scratch], repoRoot)
   tarball = NodePath.join(scratch, "microagent-0.1.0.tgz")
   assert.isTrue(NodeFs.existsSync(tarball))
 }, 900_000)
