@@ -33,7 +33,12 @@ export const TemplateShape = Schema.Struct({
    * serves none (a restore has the agent start the forwarders). Absent: none.
    */
   model: Schema.optional(Schema.Literal(true)),
-  brokers: Schema.optional(Schema.Int.pipe(Schema.between(1, 8)))
+  brokers: Schema.optional(Schema.Int.pipe(Schema.between(1, 8))),
+  /**
+   * The backend's guest variant (for QEMU the boot profile and its emulated CPU): a guest booted with
+   * other kernel options or another CPU model is another template. Absent: the backend has none.
+   */
+  variant: Schema.optional(Schema.String)
 })
 export type TemplateShape = typeof TemplateShape.Type
 
@@ -54,7 +59,8 @@ export const templateKey = (shape: TemplateShape): string =>
         ...(shape.disks === undefined ? [] : [`disks=${shape.disks}`]),
         ...(shape.nets === undefined ? [] : [`nets=${shape.nets}`]),
         ...(shape.model === undefined ? [] : ["model"]),
-        ...(shape.brokers === undefined ? [] : [`brokers=${shape.brokers}`])
+        ...(shape.brokers === undefined ? [] : [`brokers=${shape.brokers}`]),
+        ...(shape.variant === undefined ? [] : [`variant=${shape.variant}`])
       ])
     )
     .digest("hex")

@@ -119,6 +119,7 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
     if (refusal !== undefined || request.artifacts === undefined) {
       return { _tag: "Cold", reason: refusal ?? "no kernel" } satisfies WarmPlan as WarmPlan
     }
+    const variant = hypervisor.guestVariant?.()
     const shape: TemplateShape = {
       backend: hypervisor.backend,
       imageDigest: workspace.image.digest!,
@@ -131,7 +132,8 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
       ...(workspace.mounts.length === 0 ? {} : { disks: workspace.mounts.length }),
       ...(workspace.networks.length === 0 ? {} : { nets: workspace.networks.length }),
       ...(request.modelChannel ? { model: true as const } : {}),
-      ...(workspace.brokers.length === 0 ? {} : { brokers: workspace.brokers.length })
+      ...(workspace.brokers.length === 0 ? {} : { brokers: workspace.brokers.length }),
+      ...(variant === undefined ? {} : { variant })
     }
     return yield* ensureTemplate(shape, workspace, request.artifacts).pipe(
       Effect.map(({ built, template }): WarmPlan => ({ _tag: "Warm", template, built })),

@@ -200,6 +200,12 @@ export interface LaunchOptions {
 export interface HypervisorShape {
   readonly backend: Backend
   readonly capabilities: ReadonlySet<Capability>
+  /**
+   * What a booted guest depends on besides its machine shape, kernel and disk, as one word (for QEMU
+   * the boot profile: kernel options and emulated CPU). A warm-start template is kept per variant, so
+   * that a change of profile never restores a guest booted the other way. Undefined: none.
+   */
+  readonly guestVariant?: (() => string | undefined) | undefined
   /** Boots a detached VMM and waits until its guest agent answers (bounded by `bootTimeoutSeconds`). */
   readonly launch: (config: LaunchConfig, options?: LaunchOptions) => Effect.Effect<VmHandle, LaunchError>
   /** Confirms that a recorded handle still names a live VMM of ours. */

@@ -44,7 +44,10 @@ describe("warm-start templates", () => {
       { disks: 1, nets: 1 },
       { model: true },
       { brokers: 1 },
-      { model: true, brokers: 2 }
+      { model: true, brokers: 2 },
+      // QEMU's boot profile and emulated CPU: a guest booted with other options is another template.
+      { variant: "fast:-cpu qemu64,+arat" },
+      { variant: "compat:qemu64" }
     ]
     const keys = variants.map((v) => templateKey({ ...shape, ...v }))
     assert.strictEqual(new Set([key, ...keys]).size, variants.length + 1)

@@ -49,7 +49,8 @@ import {
   nicProblem,
   qemuArgs,
   type RuntimePaths,
-  runtimePaths
+  runtimePaths,
+  tcgCpu
 } from "./internal/args.ts"
 import {
   awaitMigration,
@@ -563,6 +564,12 @@ export const make = (options: QemuOptions, control: GuestControl) =>
       {
         backend: "qemu",
         capabilities: qemuCapabilities,
+        guestVariant: () => {
+          const profile = resolveBootProfile(options.bootProfile)
+          return typeof profile === "string"
+            ? `${profile}:${tcgCpu(profile).join(" ") || "qemu64"}`
+            : undefined
+        },
         launch,
         attach,
         inspect,
