@@ -25,7 +25,7 @@ import {
   Transient,
   Unsupported
 } from "../domain/Errors.ts"
-import { demandOf, place, redact } from "../domain/Placement.ts"
+import { demandOf, place, placementDefaultCpus, redact } from "../domain/Placement.ts"
 import type {
   CloneRequest,
   CpRequest,
@@ -82,6 +82,7 @@ const onRunner = (id: string) => (error: unknown): MicroagentError => {
 export const make = Effect.gen(function*() {
   const directory = yield* Directory
   const hosts = yield* MicroagentHost.client
+  const fallbackCpus = yield* placementDefaultCpus
 
   const hostOf = (name: string) =>
     Effect.gen(function*() {
@@ -200,7 +201,7 @@ export const make = Effect.gen(function*() {
     Effect.gen(function*() {
       const runners = yield* directory.runners
       const placement = place(runners, {
-        ...demandOf(payload),
+        ...demandOf(payload, fallbackCpus),
         image: payload.image,
         constraints: payload.constraints ?? {}
       }, { sample: placementSample, random: Math.random })

@@ -30,7 +30,7 @@ import {
   ResourceExhausted,
   Transient
 } from "../domain/Errors.ts"
-import { type Candidate, demandOf, refusal } from "../domain/Placement.ts"
+import { type Candidate, demandOf, placementDefaultCpus, refusal } from "../domain/Placement.ts"
 import {
   type CloneRequest,
   type CreateFromSnapshotRequest,
@@ -156,6 +156,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
   Effect.gen(function*() {
     const local = yield* MicroagentClient
     const directory = yield* Directory
+    const fallbackCpus = yield* placementDefaultCpus
     const gate = yield* Effect.makeSemaphore(1)
     const reserved = yield* Ref.make<Resources>({ memoryMiB: 0, cpus: 0, workspaces: 0 })
     const capacity = measuredCapacity(
@@ -243,7 +244,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
         const name = payload.name ?? `ws-${randomSuffix()}`
         yield* claimHere(name, payload.restart ?? "never", encodeCreate({ ...payload, name }))
         // A failed or interrupted create (the client went away) gives the name back.
-        return yield* admitted(demandOf(payload), local.create({ ...payload, name })).pipe(
+        return yield* admitted(demandOf(payload, fallbackCpus), local.create({ ...payload, name })).pipe(
           Effect.map((workspace) => new Workspace({ ...workspace, host: id })),
           Effect.onExit((exit) => (Exit.isSuccess(exit) ? Effect.void : releaseUnlessHeld(name)))
         )
@@ -253,7 +254,7 @@ const makeHost = (options: RunnerOptions, fenceFile: string) =>
       Effect.gen(function*() {
         const name = payload.name ?? `${payload.namePrefix ?? "run"}-${randomSuffix()}`
         yield* claimHere(name, "never")
-        const result = yield* admitted(demandOf(payload), local.run({ ...payload, name })).pipe(
+        const result = yield* admitted(demandOf(payload, fallbackCpus), local.run({ ...payload, name })).pipe(
           Effect.onExit(() => releaseUnlessHeld(name))
         )
         return result

@@ -10,7 +10,7 @@
  * replicates no disks), and the workspace starts again from its image.
  */
 import { Duration, Effect, Option, Schedule, Schema } from "effect"
-import { demandOf, place } from "../domain/Placement.ts"
+import { demandOf, place, placementDefaultCpus } from "../domain/Placement.ts"
 import { CreateRequest } from "../domain/Requests.ts"
 import { Directory } from "./Directory.ts"
 import { MicroagentHost } from "./Protocol.ts"
@@ -21,6 +21,7 @@ export const supervise = (lockExpiryMs: number, forgetAfterMs: number) =>
   Effect.gen(function*() {
     const directory = yield* Directory
     const hosts = yield* MicroagentHost.client
+    const fallbackCpus = yield* placementDefaultCpus
     const round = Effect.gen(function*() {
       if (forgetAfterMs > 0) {
         for (const id of yield* directory.forget(forgetAfterMs)) {
@@ -43,7 +44,7 @@ export const supervise = (lockExpiryMs: number, forgetAfterMs: number) =>
         }
         const request = decoded.value
         const placement = place(runners, {
-          ...demandOf(request),
+          ...demandOf(request, fallbackCpus),
           image: request.image,
           constraints: request.constraints ?? {}
         }, { sample: 2, random: Math.random })

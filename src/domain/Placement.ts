@@ -13,9 +13,9 @@
  * the share of the workspace budget in use, plus a bonus when the runner already holds the image (no
  * pull, no conversion to ext4).
  */
-import { Either } from "effect"
+import { Effect, Either } from "effect"
 import { InvalidInput } from "./Errors.ts"
-import { defaultResources, type ProfileName, profiles } from "./Workspace.ts"
+import { defaultCpus, defaultResources, type ProfileName, profiles } from "./Workspace.ts"
 
 export interface Resources {
   readonly memoryMiB: number
@@ -120,17 +120,25 @@ export const place = (
   return { order: [...sampled, ...rest].map((candidate) => candidate.id), refused }
 }
 
+/**
+ * The vCPUs placement counts for a workspace that names none: `MICROAGENT_DEFAULT_CPUS` where it is
+ * valid (the runner's runtime refuses the create where it is not), else 2.
+ */
+export const placementDefaultCpus = Effect.orElseSucceed(defaultCpus, () => defaultResources.cpus)
+
 /** Memory and vCPUs a create or run request asks for: its own figures, its profile's, or the defaults. */
 export const demandOf = (
   request: {
     readonly memoryMiB?: number | undefined
     readonly cpus?: number | undefined
     readonly profile?: ProfileName | undefined
-  }
+  },
+  /** The vCPUs of a workspace that names none (`defaultCpus`). */
+  fallbackCpus: number = defaultResources.cpus
 ) => ({
   memoryMiB: request.memoryMiB
     ?? (request.profile ? profiles[request.profile].memoryMiB : defaultResources.memoryMiB),
-  cpus: request.cpus ?? (request.profile ? profiles[request.profile].cpus : defaultResources.cpus)
+  cpus: request.cpus ?? (request.profile ? profiles[request.profile].cpus : fallbackCpus)
 })
 
 const labelPattern = /^[a-z0-9][a-z0-9._-]{0,62}$/i

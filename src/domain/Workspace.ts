@@ -1,7 +1,7 @@
 /**
  * Workspaces: names, resource profiles, the persisted record.
  */
-import { Schema } from "effect"
+import { Config, Schema } from "effect"
 import { Addressing } from "./Addressing.ts"
 import { BrokerGrant } from "./BrokerGrant.ts"
 import { EgressPolicy } from "./Egress.ts"
@@ -62,6 +62,20 @@ export const profiles: Record<ProfileName, { memoryMiB: number; cpus: number; si
 }
 
 export const defaultResources = { memoryMiB: 512, cpus: 2 } as const
+
+/**
+ * The vCPUs of a workspace that names neither `--cpus` nor a profile: `MICROAGENT_DEFAULT_CPUS` in the
+ * environment (the runtime's, and a cluster runner's or client's for placement), else 2. Under emulation
+ * (no KVM) an idle guest of one vCPU costs the host a fifth of what one of two does (docs/kernels.md),
+ * which a host running many small workspaces may prefer.
+ */
+export const defaultCpus = Config.integer("MICROAGENT_DEFAULT_CPUS").pipe(
+  Config.validate({
+    message: "a whole number of vCPUs from 1 to 256",
+    validation: (n) => n >= 1 && n <= 256
+  }),
+  Config.withDefault(defaultResources.cpus)
+)
 
 export const RestartPolicy = Schema.Literal("never", "on-failure", "always")
 export const NetworkMode = Schema.Literal("user", "isolated")

@@ -1,7 +1,7 @@
 /**
  * `create`: a persistent workspace with its own root disk, in state `prepared`.
  */
-import { Config, DateTime, Duration, Effect } from "effect"
+import { DateTime, Duration, Effect } from "effect"
 import { randomBytes } from "node:crypto"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
@@ -14,6 +14,7 @@ import type { CreateRequest } from "../domain/Requests.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
   type BrokerEndpoint,
+  defaultCpus,
   defaultResources,
   ImageInfo,
   nameProblem,
@@ -46,19 +47,6 @@ export interface CreateOptions extends CreateRequest {
 /** Hostnames are the workspace name made DNS-safe. */
 export const hostnameFor = (name: string) =>
   name.toLowerCase().replace(/[^a-z0-9-]/g, "-").replace(/^-+|-+$/g, "").slice(0, 63) || "workspace"
-
-/**
- * The vCPUs of a workspace that names neither `--cpus` nor a profile: `MICROAGENT_DEFAULT_CPUS` in the
- * runtime's environment, else 2. Under emulation (no KVM) an idle guest of one vCPU costs the host a
- * fifth of what one of two does (docs/kernels.md), which a host running many small workspaces may prefer.
- */
-export const defaultCpus = Config.integer("MICROAGENT_DEFAULT_CPUS").pipe(
-  Config.validate({
-    message: "a whole number of vCPUs from 1 to 256",
-    validation: (n) => n >= 1 && n <= 256
-  }),
-  Config.withDefault(defaultResources.cpus)
-)
 
 export const resolveResources = (
   options: Pick<CreateOptions, "profile" | "memoryMiB" | "cpus" | "sizeMiB">,

@@ -1,6 +1,8 @@
 import { ConfigProvider, Effect } from "effect"
 import { assert, describe, it } from "vitest"
-import { defaultCpus, resolveResources } from "../../src/programs/Create.ts"
+import { demandOf } from "../../src/domain/Placement.ts"
+import { defaultCpus } from "../../src/domain/Workspace.ts"
+import { resolveResources } from "../../src/programs/Create.ts"
 
 const read = (env: Record<string, string>) =>
   Effect.runSync(
@@ -28,5 +30,9 @@ describe("MICROAGENT_DEFAULT_CPUS", () => {
     assert.strictEqual(resolveResources({ cpus: 3 }, 1).cpus, 3)
     assert.strictEqual(resolveResources({ profile: "small" }, 1).cpus, 2)
     assert.strictEqual(resolveResources({}).cpus, 2)
+    // Cluster placement counts the same figure.
+    assert.strictEqual(demandOf({}, 1).cpus, 1)
+    assert.strictEqual(demandOf({ profile: "small" }, 1).cpus, 2)
+    assert.strictEqual(demandOf({}).cpus, 2)
   })
 })
