@@ -10,6 +10,7 @@ import { brokerEnv, checkBrokers } from "../domain/Broker.ts"
 import { allowProblem, EgressPolicy } from "../domain/Egress.ts"
 import { InvalidInput, Permanent } from "../domain/Errors.ts"
 import { validateMounts } from "../domain/MountFlag.ts"
+import { demandOf } from "../domain/Placement.ts"
 import type { CreateRequest } from "../domain/Requests.ts"
 import { validateSecretRefs } from "../domain/SecretRefs.ts"
 import {
@@ -52,11 +53,10 @@ export const resolveResources = (
   options: Pick<CreateOptions, "profile" | "memoryMiB" | "cpus" | "sizeMiB">,
   fallbackCpus: number = defaultResources.cpus
 ) => {
-  const profile = options.profile === undefined ? undefined : profiles[options.profile]
-  const sizeMiB = options.sizeMiB ?? profile?.sizeMiB
+  const sizeMiB = options.sizeMiB
+    ?? (options.profile === undefined ? undefined : profiles[options.profile].sizeMiB)
   return new Resources({
-    memoryMiB: options.memoryMiB ?? profile?.memoryMiB ?? defaultResources.memoryMiB,
-    cpus: options.cpus ?? profile?.cpus ?? fallbackCpus,
+    ...demandOf(options, fallbackCpus),
     ...(sizeMiB === undefined ? {} : { sizeMiB })
   })
 }

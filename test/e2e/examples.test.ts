@@ -17,20 +17,23 @@ import { requireTool } from "../support/registry.ts"
 const scratch = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-examples-"))
 let tarball: string
 
-/** Runs npm asynchronously: a synchronous spawn would stall the test worker for minutes. */
-const npm = (args: ReadonlyArray<string>, cwd: string, env: Record<string, string> = {}) =>
+/** Runs a command asynchronously: a synchronous spawn would stall the test worker for minutes. */
+const exec = (command: string, args: ReadonlyArray<string>, cwd: string, env: Record<string, string>) =>
   new Promise<string>((resolve, reject) => {
-    NodeChild.execFile("npm", [...args], {
+    NodeChild.execFile(command, [...args], {
       cwd,
       encoding: "utf8",
-      env: { ...process.env, npm_config_update_notifier: "false", ...env },
+      env: { ...process.env, ...env },
       timeout: 900_000,
       maxBuffer: 64 * 1024 * 1024
     }, (error, stdout, stderr) =>
       error === null
         ? resolve(stdout)
-        : reject(new Error(`npm ${args.join(" ")} in ${cwd}: ${error.message}\n${stdout}\n${stderr}`)))
+        : reject(new Error(`${command} ${args.join(" ")} in ${cwd}: ${error.message}\n${stdout}\n${stderr}`)))
   })
+
+const npm = (args: ReadonlyArray<string>, cwd: string, env: Record<string, string> = {}) =>
+  exec("npm", args, cwd, { npm_config_update_notifier: "false", ...env })
 
 /** The checkout's compiled better-sqlite3, if the installed copy is the same version. */
 const reuseSqliteAddon = async (dir: string) => {
@@ -46,26 +49,6 @@ const reuseSqliteAddon = async (dir: string) => {
     await npm(["rebuild", "better-sqlite3"], dir)
   }
 }
-
-/** Runs `node` on a built example's script, asynchronously, with `env` added. */
-const node = (script: string, cwd: string, env: Record<string, string>) =>
-  new Promise<string>((resolve, reject) => {
-    NodeChild.execFile(
-      process.execPath,
-      [script],
-      {
-        cwd,
-        encoding: "utf8",
-        env: { ...process.env, ...env },
-        timeout: 600_000,
-        maxBuffer: 64 * 1024 * 1024
-      },
-      (error, stdout, stderr) =>
-        error === null
-          ? resolve(stdout)
-          : reject(new Error(`node ${script} in ${cwd}: ${error.message}\n${stdout}\n${stderr}`))
-    )
-  })
 
 /**
  * A fresh copy of an example with the packed package installed, type-checked and compiled by its own
@@ -102,7 +85,7 @@ const runOn = async (dir: string, script: string, backend: "fake" | "qemu") => {
   const home = NodeFs.mkdtempSync(NodePath.join(scratch, `home-${backend}-`))
   try {
     const env = { MICROAGENT_BACKEND: backend, MICROAGENT_HOME: home, MICROAGENT_RUNTIME_IDLE_SECONDS: "2" }
-    return { home, stdout: await node(NodePath.join("dist", `${script}.js`), dir, env) }
+    return { home, stdout: await exec(process.execPath, [NodePath.join("dist", `${script}.js`)], dir, env) }
   } finally {
     stopRuntime(home) // the RPC client's example starts the state directory's runtime
   }
