@@ -14,6 +14,7 @@
  * periodic tick (docs/kernels.md), which matters to eight idle children.
  */
 import * as NodeFs from "node:fs"
+import * as NodePath from "node:path"
 import { cleanup, loadAverage, log, must, stateDir, summary } from "./lib.ts"
 
 const pairs = Number(process.env.BENCH_N ?? 6)
@@ -91,6 +92,15 @@ const main = async () => {
       if (pss !== undefined) childPss.push(pss / 1024)
     }
     const parentPss = pssKiB(await vmmPid(state, "parent"))
+    // What each child's disk holds on the host: an overlay (or reflink) holds what the child wrote.
+    const childDiskKiB = children.map((child) => {
+      const dir = NodePath.join(state, "workspaces", child)
+      const file = NodeFs.existsSync(NodePath.join(dir, "rootfs")) ? "rootfs" : "rootfs.qcow2"
+      return Math.round(NodeFs.statSync(NodePath.join(dir, file)).blocks / 2)
+    })
+    const parentDiskKiB = Math.round(
+      NodeFs.statSync(NodePath.join(state, "workspaces", "parent", "rootfs")).blocks / 2
+    )
     const result = {
       bench: "warm",
       image,
@@ -115,7 +125,9 @@ const main = async () => {
         target_ratio: 2,
         child_pss_mib: childPss.length > 0 ? summary(childPss.map((x) => Number(x.toFixed(1)))) : undefined,
         target_child_pss_mib: 48,
-        parent_pss_mib: parentPss === undefined ? undefined : Number((parentPss / 1024).toFixed(1))
+        parent_pss_mib: parentPss === undefined ? undefined : Number((parentPss / 1024).toFixed(1)),
+        child_disk_kib: summary(childDiskKiB),
+        parent_disk_kib: parentDiskKiB
       },
       load_average: loadAverage()
     }

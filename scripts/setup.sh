@@ -20,6 +20,8 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
   # VMs: QEMU, the kernel extraction tools, ext4 images, the built-in busybox image
   qemu-system-x86 lz4 zstd xz-utils e2fsprogs busybox-static
+  # Copy-on-write disks for forks and copies of snapshots (qemu-img)
+  qemu-utils
   # Named networks: namespaces, bridges and taps
   iproute2
   # Egress mediation (the default): the rules inside each workspace's namespace

@@ -8,7 +8,8 @@
  * are left out of the copy and reported.
  *
  * The disk is copied (reflink or sparse) into a staging directory that is renamed into place once the
- * record exists, as `create` does: a failure leaves neither a record nor a directory behind.
+ * record exists, as `create` does: a failure leaves neither a record nor a directory behind. A copy of
+ * a snapshot's disk shares it copy-on-write instead where the host allows (internal/DiskOverlay.ts).
  */
 import { DateTime, Effect, Either } from "effect"
 import { randomBytes } from "node:crypto"
@@ -24,7 +25,8 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { hostnameFor, publishWorkspace } from "./Create.ts"
-import { copyDisk, copyState, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
+import { copyState, removePath, resumeStateFile } from "./internal/DiskCopy.ts"
+import { copyDiskFlat, shareDisk } from "./internal/DiskOverlay.ts"
 import { reconcile, requireBackend } from "./internal/Reconcile.ts"
 import { stagingName } from "./internal/Staging.ts"
 import { loadSnapshot } from "./Snapshot.ts"
@@ -78,7 +80,11 @@ const copyWorkspace = (
       NodePath.join(home.workspaces, stagingName((yield* Processes).self, randomBytes(6).toString("hex")))
     )
     return yield* Effect.gen(function*() {
-      yield* copyDisk(disk, NodePath.join(staging, "rootfs"))
+      // A snapshot's disk is never written again: the copy shares it copy-on-write where it can. A
+      // stopped workspace's disk is its own, so a clone of it is a copy of its content.
+      yield* (snapshot === undefined
+        ? copyDiskFlat(disk, NodePath.join(staging, "rootfs"))
+        : shareDisk(disk, NodePath.join(staging, "rootfs")))
       if (resumable !== undefined) yield* copyState(resumable.state, NodePath.join(staging, resumeStateFile))
       const now = yield* DateTime.now
       const dropped = source.mounts.filter(shared)

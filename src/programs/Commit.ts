@@ -38,6 +38,7 @@ import {
   runtimePaths
 } from "./internal/CommitPlan.ts"
 import { claimDisk } from "./internal/DiskClaim.ts"
+import { flattenDisk } from "./internal/DiskOverlay.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 
 export interface CommitOptions {
@@ -151,7 +152,7 @@ export const workspaceCommit = Effect.fn("workspaceCommit")(function*(
     const disk = NodePath.join(work, "disk.ext4")
     // Held only while copying: what follows reads the copy.
     yield* Effect.scoped(Effect.zipRight(
-      claimDisk(name, "a commit"),
+      Effect.zipRight(claimDisk(name, "a commit"), flattenDisk(workspace.rootfsPath)),
       trees.copy(workspace.rootfsPath, disk).pipe(
         Effect.mapError((e) => new Permanent({ message: e.message }))
       )

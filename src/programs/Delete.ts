@@ -11,6 +11,7 @@ import { faultPoint } from "../services/Faults.ts"
 import { Home } from "../services/Home.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { halt, kill } from "./Halt.ts"
+import { sweepBases } from "./internal/DiskOverlay.ts"
 import { releaseVolumesOf } from "./internal/Mounts.ts"
 import { forgetNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
@@ -61,6 +62,8 @@ export const remove = Effect.fn("delete")(function*(name: string, options: Delet
   })
   yield* faultPoint("delete.files-removed")
   yield* store.remove(name)
+  // A base that only this workspace's overlay used goes with it (gc sweeps whatever this leaves).
+  yield* sweepBases.pipe(Effect.ignore)
   // The volumes outlive the workspace; only its claims go.
   yield* releaseVolumesOf(name)
   yield* forgetNetworks(workspace)

@@ -145,6 +145,7 @@ export const doctor = Effect.map(
       tool("debugfs", "debugfs", ["-V"], "e2fsprogs"),
       tool("e2fsck", "e2fsck", ["-V"], "e2fsprogs"),
       tool("resize2fs", "resize2fs", [], "e2fsprogs", false),
+      tool("qemu-img", "qemu-img", ["--version"], "qemu-utils", false),
       tool("lz4", "lz4", ["--version"], "lz4"),
       tool("zstd", "zstd", ["--version"], "zstd"),
       tool("xz", "xz", ["--version"], "xz-utils", false),

@@ -14,6 +14,7 @@ import { Processes } from "../services/Processes.ts"
 import { StateStore, type StateStoreShape } from "../services/StateStore.ts"
 import { Volume, Volumes } from "../services/Volumes.ts"
 import { remove } from "./Delete.ts"
+import { sweepBases } from "./internal/DiskOverlay.ts"
 import { reapNetworks } from "./internal/NetworkPlumbing.ts"
 import { reapOrphanVmms } from "./internal/Orphans.ts"
 import { reconcile } from "./internal/Reconcile.ts"
@@ -171,6 +172,8 @@ export const gcSweep = Effect.fn("gcSweep")(function*() {
     NodeFs.rmSync(dir, { recursive: true, force: true })
     removed.push(dir)
   }
+  // Bases of copy-on-write disks that no overlay names any more.
+  removed.push(...yield* sweepBases.pipe(Effect.orElseSucceed((): ReadonlyArray<string> => [])))
   for (const name of entries(home.tmp)) {
     const path = NodePath.join(home.tmp, name)
     if (!isStale(path, now)) continue

@@ -25,7 +25,7 @@ import { Home } from "../services/Home.ts"
 import { Hypervisor, memoryFileOf } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { releaseBroker } from "./internal/Brokering.ts"
-import { copyDisk } from "./internal/DiskCopy.ts"
+import { copyDiskFlat } from "./internal/DiskOverlay.ts"
 import { releaseModel } from "./internal/ModelPairing.ts"
 import { releaseMounts } from "./internal/Mounts.ts"
 import { detachNetworks } from "./internal/NetworkPlumbing.ts"
@@ -166,7 +166,7 @@ export const quarantine = Effect.fn("quarantine")(function*(name: string, option
     keep("vm.state")(true)
     if (NodeFs.existsSync(memoryFileOf(state))) keep(NodePath.basename(memoryFileOf(state)))(true)
     const disk = NodePath.join(custody, "disk.ext4")
-    if (!NodeFs.existsSync(disk)) yield* copyDisk(marked.rootfsPath, disk)
+    if (!NodeFs.existsSync(disk)) yield* copyDiskFlat(marked.rootfsPath, disk)
     keep("disk.ext4")(true)
     captured = true
   }

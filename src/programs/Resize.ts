@@ -5,7 +5,6 @@
  * or an offline cp or commit cannot run on the disk at the same time.
  */
 import { Effect } from "effect"
-import * as NodeFs from "node:fs"
 import { Conflict, InvalidInput, Unsupported } from "../domain/Errors.ts"
 import { isLive } from "../domain/State.ts"
 import type { ResizeResult } from "../domain/Usage.ts"
@@ -13,6 +12,7 @@ import { Resources, type Workspace } from "../domain/Workspace.ts"
 import { Disks } from "../services/Disks.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { claimStoppedDisk } from "./internal/DiskClaim.ts"
+import { diskSizeOf } from "./internal/DiskOverlay.ts"
 import { reconcile } from "./internal/Reconcile.ts"
 import { snapshotList } from "./Snapshot.ts"
 
@@ -47,8 +47,8 @@ export const resizePlan = Effect.fn("resize.plan")(function*(name: string, sizeM
       remediation: `delete them first (microagent snapshot delete ${name} TAG)`
     })
   }
-  const disk = NodeFs.statSync(workspace.rootfsPath, { throwIfNoEntry: false })
-  if (disk === undefined || !disk.isFile()) {
+  const size = diskSizeOf(workspace.rootfsPath)
+  if (size === undefined) {
     return yield* new Unsupported({
       message: `workspace ${name} has no root disk file to resize (the ${workspace.backend} backend)`,
       remediation: "resize workspaces of a backend that boots from an ext4 disk (qemu)",
@@ -56,7 +56,7 @@ export const resizePlan = Effect.fn("resize.plan")(function*(name: string, sizeM
       feature: "resize"
     })
   }
-  const fromMiB = Math.round(disk.size / MiB)
+  const fromMiB = Math.round(size / MiB)
   return { workspace, fromMiB }
 })
 

@@ -24,7 +24,8 @@ import { KernelCache } from "../services/KernelCache.ts"
 import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { guestValues } from "./internal/Brokering.ts"
-import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
+import { allocatedBytes, fsyncPath } from "./internal/DiskCopy.ts"
+import { copyDiskFlat } from "./internal/DiskOverlay.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { ownedByMe, reconcile, requireBackend, vmHandleOf, withoutOwner } from "./internal/Reconcile.ts"
 import {
@@ -217,7 +218,7 @@ export const snapshotCreate = Effect.fn("snapshot.create")(function*(
         )
         : yield* captureLive(name, workspace.state === "running", handle.value, staging)
     } else {
-      yield* copyDisk(workspace.rootfsPath, NodePath.join(staging, diskFile))
+      yield* copyDiskFlat(workspace.rootfsPath, NodePath.join(staging, diskFile))
     }
     const disk = NodePath.join(staging, diskFile)
     const state = NodePath.join(staging, stateFile)
@@ -296,7 +297,7 @@ const captureLive = (name: string, wasRunning: boolean, handle: VmHandle, stagin
       yield* hypervisor.pause(handle)
       yield* hypervisor.saveState(handle, NodePath.join(staging, stateFile))
       yield* faultPoint("snapshot.capturing")
-      yield* copyDisk(workspace.rootfsPath, NodePath.join(staging, diskFile))
+      yield* copyDiskFlat(workspace.rootfsPath, NodePath.join(staging, diskFile))
     })
     if (!wasRunning) {
       yield* held

@@ -40,6 +40,7 @@ import {
   resumeStateFile,
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
+import { flattenDisk } from "./internal/DiskOverlay.ts"
 import { installEgressCa } from "./internal/EgressCa.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
@@ -182,6 +183,9 @@ const prepareRollback = (
         })
       }
     }
+    // The disk is swapped by a rename that keeps the previous one until the start is known to work:
+    // an overlay (a fork's child) becomes a raw disk first.
+    yield* flattenDisk(workspace.rootfsPath)
     const pending = pendingDiskPath(workspace.rootfsPath, `restore-${manifest.tag}`)
     yield* sweepPendingDisks(workspace.rootfsPath)
     yield* removePath(pending)

@@ -7,6 +7,7 @@ import { Clock, Duration, Effect, Option } from "effect"
 import * as NodeFs from "node:fs"
 import { Conflict } from "../domain/Errors.ts"
 import type { WorkspaceStats } from "../domain/Usage.ts"
+import { rootDiskOf } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { reconcile, vmHandleOf } from "./internal/Reconcile.ts"
 
@@ -75,7 +76,9 @@ export const stats = Effect.fn("stats")(function*(name: string, options: StatsOp
   const io = readOr(`/proc/${pid}/io`)
   const readBytes = field(io, "read_bytes")
   const writeBytes = field(io, "write_bytes")
-  const disk = NodeFs.statSync(workspace.rootfsPath, { throwIfNoEntry: false })
+  // A copy-on-write overlay's figures are what the workspace holds of its own.
+  const root = rootDiskOf(workspace.rootfsPath)
+  const disk = NodeFs.statSync(root.path, { throwIfNoEntry: false })
   const elapsedMs = Math.max(1, ended - began)
   return {
     workspace: name,
@@ -88,7 +91,7 @@ export const stats = Effect.fn("stats")(function*(name: string, options: StatsOp
     ...(readBytes === undefined ? {} : { ioReadBytes: readBytes }),
     ...(writeBytes === undefined ? {} : { ioWriteBytes: writeBytes }),
     disk: {
-      path: workspace.rootfsPath,
+      path: root.path,
       apparentBytes: disk?.size ?? 0,
       allocatedBytes: disk === undefined ? 0 : disk.blocks * 512
     }

@@ -33,7 +33,8 @@ import {
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
 import { Processes } from "../services/Processes.ts"
-import { allocatedBytes, copyDisk, fsyncPath } from "./internal/DiskCopy.ts"
+import { allocatedBytes, fsyncPath } from "./internal/DiskCopy.ts"
+import { copyDiskFlat } from "./internal/DiskOverlay.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { templateLock, templateRuntimeName, templatesDir } from "./internal/TemplateFiles.ts"
 
@@ -201,7 +202,7 @@ const buildTemplate = (
       NodeFs.rmSync(staging, { recursive: true, force: true })
       yield* home.ensureDir(staging)
       const disk = NodePath.join(staging, diskFile)
-      yield* copyDisk(workspace.rootfsPath, disk)
+      yield* copyDiskFlat(workspace.rootfsPath, disk)
       yield* home.ensureDir(runtimeDir)
       // Empty stand-ins where the workspaces will have their disks: the guest sees as many block devices
       // (each of size 0, so it reads and caches nothing of them), and mounts the real ones after a restore.

@@ -3,6 +3,7 @@
  * each declares what it can do, and refuses the rest with `Unsupported`.
  */
 import { Context, type Effect, Schema } from "effect"
+import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Addressing } from "../domain/Addressing.ts"
 import type { Conflict, InvalidInput, NotFound, Permanent, Transient, Unsupported } from "../domain/Errors.ts"
@@ -25,7 +26,12 @@ export const Capability = Schema.Literal(
    * The workspace's disk is a host directory (`rootfsPath`) standing for the guest's root, not a disk
    * image: `cp` reads and writes it directly, running or stopped (the fake backend).
    */
-  "DirectoryDisk"
+  "DirectoryDisk",
+  /**
+   * Boots a root disk that is a qcow2 overlay (`overlayFileOf(rootfsPath)`) over a read-only raw base,
+   * so workspaces made from one snapshot share its disk copy-on-write (see `rootDiskOf`).
+   */
+  "OverlayDisk"
 )
 export type Capability = typeof Capability.Type
 
@@ -265,6 +271,20 @@ export const memoryFileOf = (stateFile: string): string => `${stateFile}.mem`
  * console log begins with it, so `logs` of a restored VM shows its boot.
  */
 export const consoleFileOf = (stateFile: string): string => `${stateFile}.console`
+
+/**
+ * Where a workspace's root disk is a qcow2 overlay instead of a raw image: beside `rootfsPath`, under a
+ * name of the host's choosing. The format is never read from a disk's contents (a guest writes its raw
+ * disk and could make it look like qcow2 naming any host file as its backing): a disk is qcow2 only
+ * when it is this file and no raw disk is at `rootfsPath`.
+ */
+export const overlayFileOf = (rootfsPath: string): string => `${rootfsPath}.qcow2`
+
+/** The file holding a workspace's root disk and its format: the raw image when there is one. */
+export const rootDiskOf = (rootfsPath: string): { readonly path: string; readonly format: "raw" | "qcow2" } =>
+  !NodeFs.existsSync(rootfsPath) && NodeFs.existsSync(overlayFileOf(rootfsPath))
+    ? { path: overlayFileOf(rootfsPath), format: "qcow2" }
+    : { path: rootfsPath, format: "raw" }
 
 export class Hypervisor extends Context.Tag("microagent/Hypervisor")<Hypervisor, HypervisorShape>() {}
 

@@ -99,8 +99,23 @@ const runtimeKilledAt = async (step: string, args: ReadonlyArray<string>) => {
   return done
 }
 
+const MiB = 1024 * 1024
+
+/** The bases of copy-on-write disks in the state directory. */
+const bases = () => {
+  try {
+    return NodeFs.readdirSync(NodePath.join(stateDir, "bases")).filter((name) => name.endsWith(".ext4"))
+  } catch {
+    return []
+  }
+}
+
+/** Bytes a file occupies on the host. */
+const allocated = (path: string) => NodeFs.statSync(path).blocks * 512
+
 beforeAll(async () => {
   requireTool("qemu-system-x86_64", "qemu-system-x86")
+  requireTool("qemu-img", "qemu-utils")
   requireTool("mke2fs", "e2fsprogs")
   stateDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-snap-"))
   faultDir = NodeFs.mkdtempSync(NodePath.join(NodeOs.tmpdir(), "ma-snap-fault-"))
@@ -291,12 +306,29 @@ describe("snapshots on real microVMs", () => {
       linkLocalOf(userNicMac("w")),
       "reached"
     ])
+    // 16 MiB on the parent's disk, which its children share rather than copy.
+    await ok([
+      "exec",
+      "w",
+      "--",
+      "sh",
+      "-c",
+      "dd if=/dev/urandom of=/root/blob bs=1M count=16 2>/dev/null; sync"
+    ])
     const forked = json(await ok(["fork", "w", "--count", "2", "--name-prefix", "kid", "--json"]))
     assert.strictEqual(forked.source, "w")
     assert.deepStrictEqual(
       forked.children.map((c: { name: string; state: string }) => [c.name, c.state]),
       [["kid-1", "running"], ["kid-2", "running"]]
     )
+    // Each child's disk is a qcow2 overlay over one shared base (this filesystem cannot reflink): it
+    // holds what the child wrote, not the parent's 16 MiB.
+    assert.strictEqual(bases().length, 1, bases().join(","))
+    assert.isAbove(allocated(NodePath.join(stateDir, "bases", bases()[0]!)), 16 * MiB)
+    for (const child of ["kid-1", "kid-2"]) {
+      assert.isFalse(NodeFs.existsSync(NodePath.join(stateDir, "workspaces", child, "rootfs")), child)
+      assert.isBelow(allocated(NodePath.join(stateDir, "workspaces", child, "rootfs.qcow2")), 4 * MiB, child)
+    }
     assert.strictEqual(
       json(await ok(["inspect", "w", "--json"])).workspace.state,
       "running",
@@ -355,7 +387,38 @@ describe("snapshots on real microVMs", () => {
     const taken = await ma(["fork", "w", "--name-prefix", "kid", "--json"])
     assert.strictEqual(errorOf(taken).error.kind, "conflict")
     await Promise.all([ok(["delete", "--force", "kid-1"]), ok(["delete", "--force", "kid-2"])])
+    // The base goes with the last overlay that named it.
+    assert.deepStrictEqual(bases(), [])
   }, 300_000)
+
+  it(
+    "flattens a child's overlay for offline work on its disk, and keeps the others on the base",
+    async () => {
+      await ok(["fork", "w", "--count", "2", "--name-prefix", "flat"])
+      await ok(["exec", "flat-1", "--", "sh", "-c", "echo mine > /root/flat.txt; sync"])
+      await ok(["halt", "flat-1"])
+      const dir = NodePath.join(stateDir, "workspaces", "flat-1")
+      assert.isTrue(NodeFs.existsSync(NodePath.join(dir, "rootfs.qcow2")), "a halted child keeps its overlay")
+      // An offline cp needs raw ext4: the overlay becomes the child's own disk, once.
+      const file = NodePath.join(faultDir, "offline.txt")
+      NodeFs.writeFileSync(file, "offline\n")
+      await ok(["cp", file, "flat-1:/root/offline.txt"])
+      assert.isTrue(NodeFs.existsSync(NodePath.join(dir, "rootfs")))
+      assert.isFalse(NodeFs.existsSync(NodePath.join(dir, "rootfs.qcow2")))
+      assert.strictEqual(bases().length, 1, "flat-2 still uses the base")
+      await ok(["start", "flat-1"])
+      const read = json(await ok(["exec", "flat-1", "--", "cat", "/root/flat.txt", "/root/offline.txt"]))
+      assert.deepStrictEqual(read.result.stdout.trim().split("\n"), ["mine", "offline"])
+      const other = json(
+        await ok(["exec", "flat-2", "--", "sh", "-c", "cat /root/flat.txt 2>/dev/null || echo none"])
+      )
+      assert.strictEqual(other.result.stdout.trim(), "none")
+      await ok(["delete", "--force", "flat-2"])
+      assert.deepStrictEqual(bases(), [])
+      await ok(["delete", "--force", "flat-1"])
+    },
+    300_000
+  )
 
   it("gives a fork's children host ports of their own for the parent's published ports", async () => {
     const port = await freePort()
@@ -405,6 +468,7 @@ describe("snapshots on real microVMs", () => {
       assert.deepStrictEqual((await names()).filter((n: string) => n.startsWith("cut-")), [])
       await waitFor("the capture to go", () => !entries("w").some((tag) => tag.startsWith("fork-")), 30_000)
       assert.deepStrictEqual(qemuProcessesMentioning(`${stateDir}/run/cut-`), [], "no child's VMM is left")
+      await waitFor("the children's base to go", () => bases().length === 0, 30_000)
     },
     300_000
   )

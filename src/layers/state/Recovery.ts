@@ -13,6 +13,7 @@ import { volumeNameProblem } from "../../domain/MountFlag.ts"
 import { isLive } from "../../domain/State.ts"
 import { Workspace } from "../../domain/Workspace.ts"
 import { Home } from "../../services/Home.ts"
+import { rootDiskOf } from "../../services/Hypervisor.ts"
 import { ImageRecord } from "../../services/ImageStore.ts"
 import { StateStore } from "../../services/StateStore.ts"
 import { readImageRecordFiles } from "../image/ImageRecordFiles.ts"
@@ -97,7 +98,7 @@ export const reconcileWithDisk = Effect.gen(function*() {
 
   for (const workspace of yield* store.list) {
     if (isLive(workspace.state) || workspace.state === "failed") continue
-    if (NodeFs.existsSync(workspace.rootfsPath)) continue
+    if (NodeFs.existsSync(rootDiskOf(workspace.rootfsPath).path)) continue
     const reason = `its disk ${workspace.rootfsPath} is gone`
     yield* store.recover(unowned(workspace, { state: "failed", vm: undefined }), reason)
     failed.push({ workspace: workspace.name, reason })

@@ -5,6 +5,7 @@
  * them. A claim whose process is gone is taken over; a live one makes the second operation a `conflict`.
  * `start` holds the claim too, while it moves the record to `starting`: an offline operation that claims
  * the disk and then still finds the workspace stopped cannot have a VM boot the disk under it.
+ * `claimStoppedDisk` also flattens a copy-on-write overlay (DiskOverlay.ts) into a raw disk first.
  */
 import { Effect } from "effect"
 import * as NodeFs from "node:fs"
@@ -14,6 +15,7 @@ import { transitions } from "../../domain/State.ts"
 import { Home } from "../../services/Home.ts"
 import { Processes } from "../../services/Processes.ts"
 import { StateStore } from "../../services/StateStore.ts"
+import { flattenDisk } from "./DiskOverlay.ts"
 
 const holderOf = (file: string): { readonly pid: number; readonly what: string } | undefined => {
   try {
@@ -82,4 +84,6 @@ export const claimStoppedDisk = (name: string, what: string) =>
         remediation: `halt it first (microagent halt ${name}), then retry`
       })
     }
+    // The host's tools read and write raw ext4: a copy-on-write overlay becomes the workspace's own disk.
+    yield* flattenDisk(workspace.rootfsPath)
   })

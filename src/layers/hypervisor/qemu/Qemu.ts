@@ -28,6 +28,7 @@ import {
   type LaunchConfig,
   type LaunchOptions,
   type RestoreOptions,
+  rootDiskOf,
   VmHandle
 } from "../../../services/Hypervisor.ts"
 import { faultPoint } from "../../process/FaultPoint.ts"
@@ -112,7 +113,8 @@ export const qemuCapabilities: ReadonlySet<Capability> = new Set<Capability>([
   "Volumes",
   "DiskImages",
   "Secrets",
-  "Snapshot"
+  "Snapshot",
+  "OverlayDisk"
 ])
 
 class BootFailure extends Data.TaggedError("BootFailure")<{
@@ -303,7 +305,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           const file of [
             config.kernelPath,
             config.initrdPath,
-            config.rootfsPath,
+            rootDiskOf(config.rootfsPath).path,
             ...config.disks.map((d) => d.path)
           ]
         ) {
@@ -417,7 +419,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           tscKhz: host.tscKhz,
           kernelPath,
           initrdPath,
-          rootfsPath: config.rootfsPath,
+          rootfsPath: rootDiskOf(config.rootfsPath).path,
+          rootfsFormat: rootDiskOf(config.rootfsPath).format,
           memoryMiB: config.memoryMiB,
           cpus: config.cpus,
           hostname: config.hostname,

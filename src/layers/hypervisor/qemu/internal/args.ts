@@ -116,6 +116,8 @@ export interface QemuArgsInput {
   readonly kernelPath: string
   readonly initrdPath: string
   readonly rootfsPath: string
+  /** `qcow2` for an overlay made by the host over a raw base (`rootDiskOf`); default raw. */
+  readonly rootfsFormat?: "raw" | "qcow2" | undefined
   readonly memoryMiB: number
   readonly cpus: number
   readonly hostname: string
@@ -277,8 +279,8 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
       ? { blk: "virtio-blk-device", serial: "virtio-serial-device", net: "virtio-net-device" }[kind]
       : { blk: "virtio-blk-pci", serial: "virtio-serial-pci", net: "virtio-net-pci" }[kind]
   const drives = [
-    { id: "root", path: input.rootfsPath, readOnly: false },
-    ...input.disks.map((d, i) => ({ id: `disk${i + 1}`, path: d.path, readOnly: d.readOnly }))
+    { id: "root", path: input.rootfsPath, readOnly: false, format: input.rootfsFormat ?? "raw" },
+    ...input.disks.map((d, i) => ({ id: `disk${i + 1}`, path: d.path, readOnly: d.readOnly, format: "raw" }))
   ]
   // To the guest's own address where it has one: slirp's default is its first DHCP address (.15).
   const guestIp = input.addressing?.ip.split("/")[0] ?? ""
@@ -322,7 +324,7 @@ export const qemuArgs = (input: QemuArgsInput): ReadonlyArray<string> => {
     "chardev=qmp,mode=control",
     ...drives.flatMap((d) => [
       "-drive",
-      `id=${d.id},file=${escapeOption(d.path)},format=raw,if=none${d.readOnly ? ",readonly=on" : ""}`,
+      `id=${d.id},file=${escapeOption(d.path)},format=${d.format},if=none${d.readOnly ? ",readonly=on" : ""}`,
       "-device",
       `${device("blk")},drive=${d.id}`
     ]),
