@@ -34,15 +34,6 @@ const qemuImgMissing = {
   remediation: "install qemu-utils (apt-get install qemu-utils)"
 }
 
-let qemuImgChecked: boolean | undefined
-/** Whether `qemu-img` runs here (asked once per process). */
-export const qemuImgAvailable = (): boolean => {
-  if (qemuImgChecked === undefined) {
-    qemuImgChecked = NodeChild.spawnSync("qemu-img", ["--version"], { stdio: "ignore" }).status === 0
-  }
-  return qemuImgChecked
-}
-
 const qemuImg = (args: ReadonlyArray<string>, cwd?: string) =>
   Effect.async<void, Permanent>((resume) => {
     NodeChild.execFile("qemu-img", [...args], { cwd }, (error, _stdout, stderr) => {
@@ -67,49 +58,28 @@ const reflink = (from: string, to: string) =>
   })
 
 /**
- * Runs `effect` holding `bases/.lock` (created exclusively, naming this process): making an overlay and
- * sweeping the bases never interleave, so a sweep cannot take a base whose overlay is being made. A
- * lock whose process is gone is taken over.
+ * Runs `effect` holding `bases/.lock` (`Processes.tryLock`: a lock whose process is gone is taken
+ * over): making an overlay and sweeping the bases never interleave, so a sweep cannot take a base whose
+ * overlay is being made. Waits at most 30 s for another holder.
  */
 const withBasesLock = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.gen(function*() {
     const home = yield* Home
     const processes = yield* Processes
-    const dir = yield* home.ensureDir(basesDirOf(home))
-    const lock = NodePath.join(dir, ".lock")
+    const lock = NodePath.join(yield* home.ensureDir(basesDirOf(home)), ".lock")
     const take = Effect.gen(function*() {
-      for (let attempt = 0;; attempt++) {
-        try {
-          NodeFs.writeFileSync(lock, `${process.pid}\n`, { flag: "wx", mode: 0o600 })
-          return
-        } catch (cause) {
-          if ((cause as NodeJS.ErrnoException).code !== "EEXIST") {
-            return yield* new Permanent({ message: `cannot lock ${dir}: ${String(cause)}` })
-          }
-        }
-        const holder = (() => {
-          try {
-            return Number(NodeFs.readFileSync(lock, "utf8").trim())
-          } catch {
-            return 0
-          }
-        })()
-        if (!Number.isInteger(holder) || holder <= 0 || !(yield* processes.isAlive(holder))) {
-          NodeFs.rmSync(lock, { force: true })
-          continue
-        }
+      for (let attempt = 0; !(yield* processes.tryLock(lock)); attempt++) {
         if (attempt >= 1500) {
           return yield* new Permanent({
-            message: `${dir} stayed locked by pid ${holder} for 30 s`,
+            message: `${lock} stayed held by another process for 30 s`,
             remediation: "retry once that process has finished"
           })
         }
-        yield* Effect.sleep("20 millis")
+        // A failed attempt removes a dead holder's lock, so the first retry comes at once.
+        if (attempt > 0) yield* Effect.sleep("20 millis")
       }
     })
-    return yield* Effect.acquireUseRelease(take, () =>
-      effect, () =>
-      Effect.sync(() => NodeFs.rmSync(lock, { force: true })))
+    return yield* Effect.acquireUseRelease(take, () => effect, () => processes.releaseLock(lock))
   })
 
 /**
@@ -151,12 +121,9 @@ export const shareDisk = (
   Effect.gen(function*() {
     const hypervisor = yield* Hypervisor
     const stat = NodeFs.statSync(disk, { throwIfNoEntry: false })
-    if (stat === undefined || stat.isDirectory() || !hypervisor.capabilities.has("OverlayDisk")) {
-      yield* copyDisk(disk, to)
-      return "copy" as const
-    }
-    if (yield* reflink(disk, to)) return "reflink" as const
-    if (!qemuImgAvailable()) {
+    const overlays = stat !== undefined && stat.isFile() && hypervisor.capabilities.has("OverlayDisk")
+    if (overlays && (yield* reflink(disk, to))) return "reflink"
+    if (!overlays || (yield* (yield* Processes).commandPath("qemu-img")) === undefined) {
       yield* copyDisk(disk, to)
       return "copy"
     }

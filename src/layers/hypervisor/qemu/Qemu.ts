@@ -412,6 +412,7 @@ export const make = (options: QemuOptions, control: GuestControl) =>
         yield* removeFiles(paths, { console: true })
         if (stateFile !== undefined) yield* seedConsole(stateFile, paths.consoleLog)
         const host = yield* hostVerdict(kernelPath)
+        const rootDisk = rootDiskOf(config.rootfsPath)
         const args = qemuArgs({
           workspace: config.workspace,
           machine,
@@ -419,8 +420,8 @@ export const make = (options: QemuOptions, control: GuestControl) =>
           tscKhz: host.tscKhz,
           kernelPath,
           initrdPath,
-          rootfsPath: rootDiskOf(config.rootfsPath).path,
-          rootfsFormat: rootDiskOf(config.rootfsPath).format,
+          rootfsPath: rootDisk.path,
+          rootfsFormat: rootDisk.format,
           memoryMiB: config.memoryMiB,
           cpus: config.cpus,
           hostname: config.hostname,
