@@ -433,39 +433,43 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
                   )
                 )
                 return (template !== undefined
-                  // Warm: the template's guest, made this workspace's before it counts as running.
-                  ? holding(hypervisor.restore(full, template.state, { ownMemory: true })).pipe(
-                    Effect.tapError(() => discardTemplate(template)),
-                    Effect.tap((handle) =>
-                      freshenGuest(name, handle, {
-                        hostname: starting.hostname,
-                        network: guestNetworkOf(starting, egress !== undefined),
-                        disks: guestDiskList(disks),
-                        nets: guestNicList(nics),
-                        forwarders: !modelChannel && starting.brokers.length === 0 ? undefined : {
-                          ...(modelChannel ? { modelPort: guestModelPort } : {}),
-                          brokerPorts: starting.brokers.map((b) => b.guestPort)
-                        }
-                      }).pipe(
-                        Effect.tap((result) => (freshened = result)),
-                        Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
-                      )
-                    ),
-                    // A template that does not restore costs only the warm start: its disk boots.
-                    Effect.catchAll((error) =>
-                      store.appendEvent(name, {
-                        type: "warm",
-                        detail: `template ${template.manifest.key} did not restore, booting: ${error.message}`
-                      }).pipe(
-                        Effect.ignore,
-                        Effect.zipRight(Effect.sync(() => (warmFailed = true))),
-                        Effect.zipRight(egressAgain),
-                        Effect.flatMap((booting) =>
-                          holding(hypervisor.launch(booting, { beforeSecondBoot: egressAgain }))
+                  // Warm: the template's guest, made this workspace's before it counts as running. A
+                  // one-shot run maps the template's memory copy-on-write; a kept workspace copies it
+                  // (its own captures then save memory as a file).
+                  ? holding(hypervisor.restore(full, template.state, { ownMemory: !starting.ephemeral }))
+                    .pipe(
+                      Effect.tapError(() => discardTemplate(template)),
+                      Effect.tap((handle) =>
+                        freshenGuest(name, handle, {
+                          hostname: starting.hostname,
+                          network: guestNetworkOf(starting, egress !== undefined),
+                          disks: guestDiskList(disks),
+                          nets: guestNicList(nics),
+                          forwarders: !modelChannel && starting.brokers.length === 0 ? undefined : {
+                            ...(modelChannel ? { modelPort: guestModelPort } : {}),
+                            brokerPorts: starting.brokers.map((b) => b.guestPort)
+                          }
+                        }).pipe(
+                          Effect.tap((result) => (freshened = result)),
+                          Effect.tapError(() => hypervisor.kill(handle).pipe(Effect.ignore))
+                        )
+                      ),
+                      // A template that does not restore costs only the warm start: its disk boots.
+                      Effect.catchAll((error) =>
+                        store.appendEvent(name, {
+                          type: "warm",
+                          detail:
+                            `template ${template.manifest.key} did not restore, booting: ${error.message}`
+                        }).pipe(
+                          Effect.ignore,
+                          Effect.zipRight(Effect.sync(() => (warmFailed = true))),
+                          Effect.zipRight(egressAgain),
+                          Effect.flatMap((booting) =>
+                            holding(hypervisor.launch(booting, { beforeSecondBoot: egressAgain }))
+                          )
                         )
                       )
                     )
-                  )
                   : memoryRestore && stateFile !== undefined
                   // The captured VM was booted with its own hostname on the kernel command line.
                   ? holding(hypervisor.restore(

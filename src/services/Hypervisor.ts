@@ -254,7 +254,7 @@ export interface RestoreOptions {
   /**
    * Give the VM its own copy of a saved memory file instead of mapping the file copy-on-write: pages
    * are not shared with other restores, but the VM's own captures save memory as a file again (warm
-   * starts, which are ordinary workspaces afterwards).
+   * starts of workspaces that are kept, which are ordinary workspaces afterwards).
    */
   readonly ownMemory?: boolean | undefined
 }

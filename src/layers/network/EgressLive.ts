@@ -72,7 +72,6 @@ const iptablesRestoreBinary = () =>
   binaryOf(["/usr/sbin/iptables-restore", "/sbin/iptables-restore", "/usr/bin/iptables-restore"])
 const ip6tablesRestoreBinary = () =>
   binaryOf(["/usr/sbin/ip6tables-restore", "/sbin/ip6tables-restore", "/usr/bin/ip6tables-restore"])
-const sysctlBinary = () => binaryOf(["/usr/sbin/sysctl", "/sbin/sysctl", "/usr/bin/sysctl"])
 
 /** `$MICROAGENT_EGRESS_BINARY`, else guest/build or libexec beside an ancestor of this module. */
 const mediatorBinary = (): string | undefined =>
@@ -425,12 +424,6 @@ export const layer = Layer.effect(
         const setUp = Effect.gen(function*() {
           // A handful of processes, not one per address, link and rule: this is on every start's path.
           yield* ip(["netns", "add", ns])
-          // IPv6 off before the tap exists, so it never gets an address: v4-only mediation, v6 dropped.
-          yield* inNamespace(ns, sysctlBinary(), [
-            "-qw",
-            "net.ipv6.conf.all.disable_ipv6=1",
-            "net.ipv6.conf.default.disable_ipv6=1"
-          ]).pipe(Effect.ignore)
           yield* ip(
             ["-n", ns, "-batch", "-"],
             [
