@@ -21,6 +21,7 @@ import {
   guestNicList,
   Hypervisor,
   LaunchConfig,
+  overlayFileOf,
   PortForward,
   type VmHandle
 } from "../services/Hypervisor.ts"
@@ -40,7 +41,7 @@ import {
   resumeStateFile,
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
-import { flattenDisk } from "./internal/DiskOverlay.ts"
+import { shareDisk } from "./internal/DiskOverlay.ts"
 import { installEgressCa } from "./internal/EgressCa.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
@@ -183,14 +184,17 @@ const prepareRollback = (
         })
       }
     }
-    // The disk is swapped by a rename that keeps the previous one until the start is known to work:
-    // an overlay (a fork's child) becomes a raw disk first.
-    yield* flattenDisk(workspace.rootfsPath)
+    // The disk is swapped by a rename that keeps the previous one until the start is known to work. The
+    // new one shares the snapshot's blocks as a fork's child does (a reflink, else an overlay over a
+    // base that outlives the snapshot), else it is a copy.
     const pending = pendingDiskPath(workspace.rootfsPath, `restore-${manifest.tag}`)
     yield* sweepPendingDisks(workspace.rootfsPath)
     yield* removePath(pending)
-    yield* copyDisk(snapshot.disk, pending)
-    return pending
+    yield* removePath(overlayFileOf(pending))
+    const kind = yield* shareDisk(snapshot.disk, pending)
+    return kind === "overlay"
+      ? { path: overlayFileOf(pending), format: "qcow2" as const }
+      : { path: pending, format: "raw" as const }
   })
 
 /** A copy's pending resume: the same checks as a roll back to a memory snapshot (restoreRefusal). */
@@ -259,7 +263,7 @@ const prepareWarmDisk = (workspace: Workspace, disk: string) =>
     yield* sweepPendingDisks(workspace.rootfsPath)
     yield* removePath(pending)
     yield* copyDisk(disk, pending)
-    return pending
+    return { path: pending, format: "raw" as const }
   })
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
@@ -406,7 +410,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         // One type for both branches: a union here left the pipe below to inference that failed.
         const swapDisk: Effect.Effect<void, Permanent> = pendingDisk === undefined
           ? Effect.void
-          : replaceDisk(pendingDisk, starting.rootfsPath).pipe(
+          : replaceDisk(pendingDisk.path, starting.rootfsPath, pendingDisk.format).pipe(
             Effect.tap((previous) => (previousDisk = previous)),
             Effect.asVoid
           )
@@ -609,6 +613,6 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   })
 
   return yield* admitted.pipe(
-    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk))
+    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk.path))
   )
 })

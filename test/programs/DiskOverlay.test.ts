@@ -1,7 +1,8 @@
 /**
  * Copy-on-write disks (programs/internal/DiskOverlay.ts) without a VM: which file is a workspace's
  * disk and in which format (never read from a disk's contents), what an overlay's header names, and
- * the sweep of bases no overlay names. The real tier boots overlays (test/e2e/snapshots.test.ts).
+ * the sweep of bases no overlay names, and a disk swapped for one of the other format (a roll back) and
+ * put back. The real tier boots overlays (test/e2e/snapshots.test.ts).
  */
 import { afterAll, assert, describe, it } from "@effect/vitest"
 import { Effect, Layer } from "effect"
@@ -9,6 +10,7 @@ import * as NodeFs from "node:fs"
 import * as NodeOs from "node:os"
 import * as NodePath from "node:path"
 import * as ProcessesLive from "../../src/layers/process/ProcessesLive.ts"
+import { pendingDiskPath, putBack, replaceDisk } from "../../src/programs/internal/DiskCopy.ts"
 import { backingFileOf, basesDirOf, diskSizeOf, sweepBases } from "../../src/programs/internal/DiskOverlay.ts"
 import { Home } from "../../src/services/Home.ts"
 import { overlayFileOf, rootDiskOf } from "../../src/services/Hypervisor.ts"
@@ -92,9 +94,67 @@ describe("sweepBases", () => {
       assert.deepStrictEqual(removed, [NodePath.join(bases, "3-3.ext4")])
       assert.deepStrictEqual(NodeFs.readdirSync(bases).sort(), ["1-1.ext4", "2-2.ext4"])
       assert.isFalse(NodeFs.existsSync(NodePath.join(bases, ".lock")), "the lock is let go")
+      // A roll back's pending overlay and the previous overlay it keeps count too.
+      NodeFs.writeFileSync(NodePath.join(bases, "4-4.ext4"), "")
+      NodeFs.writeFileSync(NodePath.join(bases, "5-5.ext4"), "")
+      const e = workspaceDir("e")
+      NodeFs.writeFileSync(
+        NodePath.join(e, ".rootfs.restore-one-123.qcow2"),
+        qcow2Header("../../bases/4-4.ext4", 1 << 20)
+      )
+      NodeFs.writeFileSync(
+        NodePath.join(e, ".rootfs.qcow2.previous-123"),
+        qcow2Header("../../bases/5-5.ext4", 1 << 20)
+      )
+      // A raw disk is the guest's: whatever it holds names nothing.
+      NodeFs.writeFileSync(NodePath.join(e, "rootfs"), qcow2Header("../../bases/3-3.ext4", 1 << 20))
+      NodeFs.writeFileSync(NodePath.join(bases, "3-3.ext4"), "")
+      assert.deepStrictEqual(yield* sweepBases, [NodePath.join(bases, "3-3.ext4")])
+      NodeFs.rmSync(e, { recursive: true })
+      assert.deepStrictEqual((yield* sweepBases).map((b) => NodePath.basename(b)).sort(), [
+        "4-4.ext4",
+        "5-5.ext4"
+      ])
       // A lock left by a process that is gone is taken over.
       NodeFs.writeFileSync(NodePath.join(bases, ".lock"), "2147483646\n")
       NodeFs.rmSync(NodePath.join(root, "workspaces", "d"), { recursive: true })
       assert.deepStrictEqual(yield* sweepBases, [NodePath.join(bases, "1-1.ext4")])
     }).pipe(Effect.provide(Layer.merge(Home.layer(root), ProcessesLive.layer))))
+})
+
+describe("replaceDisk and putBack across formats", () => {
+  const read = (path: string) => NodeFs.readFileSync(path, "utf8")
+
+  it.effect("swap a raw disk for an overlay and back, and an overlay for a raw disk", () =>
+    Effect.gen(function*() {
+      const rootfs = NodePath.join(workspaceDir("f"), "rootfs")
+      NodeFs.writeFileSync(rootfs, "raw disk")
+      const pendingOverlay = `${pendingDiskPath(rootfs, "restore-one")}.qcow2`
+      NodeFs.writeFileSync(pendingOverlay, "new overlay")
+      const previous = yield* replaceDisk(pendingOverlay, rootfs, "qcow2")
+      assert.deepStrictEqual(rootDiskOf(rootfs), { path: overlayFileOf(rootfs), format: "qcow2" })
+      assert.strictEqual(read(overlayFileOf(rootfs)), "new overlay")
+      assert.isFalse(NodeFs.existsSync(rootfs), "the raw disk's name is gone")
+      assert.strictEqual(read(previous), "raw disk")
+      // The start failed: the raw disk is the workspace's again, the overlay gone.
+      yield* putBack(previous, rootfs)
+      assert.deepStrictEqual(rootDiskOf(rootfs), { path: rootfs, format: "raw" })
+      assert.strictEqual(read(rootfs), "raw disk")
+      assert.isFalse(NodeFs.existsSync(overlayFileOf(rootfs)))
+      assert.isFalse(NodeFs.existsSync(previous))
+
+      // An overlay (a fork's child) swapped for a raw copy, kept, then put back.
+      NodeFs.rmSync(rootfs)
+      NodeFs.writeFileSync(overlayFileOf(rootfs), "child overlay")
+      const pendingRaw = pendingDiskPath(rootfs, "restore-two")
+      NodeFs.writeFileSync(pendingRaw, "raw copy")
+      const kept = yield* replaceDisk(pendingRaw, rootfs, "raw")
+      assert.strictEqual(NodePath.basename(kept), `.rootfs.qcow2.previous-${process.pid}`)
+      assert.deepStrictEqual(rootDiskOf(rootfs), { path: rootfs, format: "raw" })
+      assert.isFalse(NodeFs.existsSync(overlayFileOf(rootfs)), "the overlay's name is gone")
+      yield* putBack(kept, rootfs)
+      assert.deepStrictEqual(rootDiskOf(rootfs), { path: overlayFileOf(rootfs), format: "qcow2" })
+      assert.strictEqual(read(overlayFileOf(rootfs)), "child overlay")
+      assert.isFalse(NodeFs.existsSync(rootfs), "the raw replacement is gone")
+    }))
 })

@@ -8,7 +8,7 @@ import * as NodeChild from "node:child_process"
 import * as NodeFs from "node:fs"
 import * as NodePath from "node:path"
 import { Permanent } from "../../domain/Errors.ts"
-import { consoleFileOf, memoryFileOf } from "../../services/Hypervisor.ts"
+import { consoleFileOf, memoryFileOf, overlayFileOf, rootDiskOf } from "../../services/Hypervisor.ts"
 import { Processes } from "../../services/Processes.ts"
 
 /**
@@ -91,7 +91,8 @@ export const sweepPendingDisks = (target: string) =>
     }
     for (const entry of entries) {
       if (!entry.startsWith(prefix)) continue
-      const pid = /-(\d+)$/.exec(entry)
+      // A pending overlay's name ends in .qcow2 after the pid.
+      const pid = /-(\d+)(\.qcow2)?$/.exec(entry)
       if (pid === null || (yield* processes.isAlive(Number(pid[1])))) continue
       NodeFs.rmSync(NodePath.join(dir, entry), { recursive: true, force: true })
     }
@@ -116,25 +117,37 @@ export const fsyncPath = (path: string) => {
   }
 }
 
+/** The format of a disk a caller made: a raw image, or a qcow2 overlay (never read from the file). */
+export type DiskFormat = "raw" | "qcow2"
+
 /**
- * Puts the disk at `pending` in place of `target` with one rename, keeping the previous disk beside it
- * (a hard link to it, or for a directory, the fake backend's disk, the directory moved aside) until
- * the caller knows whether the start that needs the new disk worked: `putBack` undoes the swap,
- * `removePath` of the returned path drops the old disk. Returns where the previous disk is.
+ * Puts the disk at `pending` (of `format`, as its maker knows it) in place of the workspace's root disk
+ * at `target` with one rename, keeping the previous disk beside it (a hard link to it, or for a
+ * directory, the fake backend's disk, the directory moved aside) until the caller knows whether the
+ * start that needs the new disk worked: `putBack` undoes the swap, `removePath` of the returned path
+ * drops the old disk. Returns where the previous disk is.
+ *
+ * A raw disk goes to `target`, an overlay to `overlayFileOf(target)`. When the format changes, the
+ * previous disk's name is removed after the rename: until then `rootDiskOf` reads the raw one of the
+ * two, so an interruption leaves either disk whole (and `flattenDisk` removes an overlay left beside a
+ * raw disk).
  */
-export const replaceDisk = (pending: string, target: string) =>
+export const replaceDisk = (pending: string, target: string, format: DiskFormat = "raw") =>
   Effect.try({
     try: () => {
-      const previous = pendingDiskPath(target, "previous")
+      const current = rootDiskOf(target)
+      const destination = format === "qcow2" ? overlayFileOf(target) : target
+      const previous = pendingDiskPath(current.path, "previous")
       NodeFs.rmSync(previous, { recursive: true, force: true })
       if (NodeFs.statSync(pending).isFile()) {
         fsyncPath(pending)
-        NodeFs.linkSync(target, previous)
-        NodeFs.renameSync(pending, target)
+        NodeFs.linkSync(current.path, previous)
+        NodeFs.renameSync(pending, destination)
       } else {
-        NodeFs.renameSync(target, previous)
-        NodeFs.renameSync(pending, target)
+        NodeFs.renameSync(current.path, previous)
+        NodeFs.renameSync(pending, destination)
       }
+      if (current.path !== destination) NodeFs.rmSync(current.path, { recursive: true, force: true })
       fsyncPath(NodePath.dirname(target))
       return previous
     },
@@ -145,13 +158,19 @@ export const replaceDisk = (pending: string, target: string) =>
       })
   })
 
-/** Undoes `replaceDisk`: the previous disk is the workspace's again. */
+/**
+ * Undoes `replaceDisk`: the previous disk is the workspace's again, under the name of its format (an
+ * overlay's previous name starts with the overlay's), and a replacement of the other format goes.
+ */
 export const putBack = (previous: string, target: string) =>
   Effect.try({
     try: () => {
       if (!NodeFs.existsSync(previous)) return
+      const overlay = NodePath.basename(previous).startsWith(`.${NodePath.basename(overlayFileOf(target))}.`)
+      const original = overlay ? overlayFileOf(target) : target
       if (NodeFs.statSync(previous).isDirectory()) NodeFs.rmSync(target, { recursive: true, force: true })
-      NodeFs.renameSync(previous, target)
+      NodeFs.renameSync(previous, original)
+      NodeFs.rmSync(overlay ? target : overlayFileOf(target), { recursive: true, force: true })
       fsyncPath(NodePath.dirname(target))
     },
     catch: (cause) =>

@@ -234,8 +234,24 @@ const listBases = (dir: string) => {
 }
 
 /**
+ * The overlays in a workspace's (or staging) directory: its disk, and a roll back's pending or previous
+ * one (`.rootfs.restore-TAG-PID.qcow2`, `.rootfs.qcow2.previous-PID`). Only files the host named so
+ * are read: a raw disk is the guest's to write and could look like anything.
+ */
+const overlaysIn = (dir: string): Array<string> => {
+  try {
+    return NodeFs.readdirSync(dir).filter((name) =>
+      name === "rootfs.qcow2" || name.startsWith(".rootfs.qcow2.previous-")
+      || (name.startsWith(".rootfs.") && name.endsWith(".qcow2"))
+    ).map((name) => NodePath.join(dir, name))
+  } catch {
+    return []
+  }
+}
+
+/**
  * Removes the bases no overlay names any more (the overlays of every workspace and staging directory
- * are read). Returns the paths removed.
+ * are read, a roll back's pending and previous ones among them). Returns the paths removed.
  */
 export const sweepBases: Effect.Effect<ReadonlyArray<string>, Permanent, Home | Processes> = Effect.gen(
   function*() {
@@ -245,8 +261,10 @@ export const sweepBases: Effect.Effect<ReadonlyArray<string>, Permanent, Home | 
     return yield* withBasesLock(Effect.sync(() => {
       const named = new Set<string>()
       for (const entry of NodeFs.readdirSync(home.workspaces)) {
-        const backing = backingFileOf(overlayFileOf(NodePath.join(home.workspaces, entry, "rootfs")))
-        if (backing !== undefined) named.add(NodePath.basename(backing))
+        for (const overlay of overlaysIn(NodePath.join(home.workspaces, entry))) {
+          const backing = backingFileOf(overlay)
+          if (backing !== undefined) named.add(NodePath.basename(backing))
+        }
       }
       const removed: Array<string> = []
       for (const base of listBases(dir)) {
