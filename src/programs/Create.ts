@@ -30,12 +30,15 @@ import { Hypervisor } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { Processes } from "../services/Processes.ts"
 import { StateStore } from "../services/StateStore.ts"
+import { shareLargeDisk } from "./internal/DiskOverlay.ts"
 import { resolveFileCopies } from "./internal/FileDelivery.ts"
 import { modelEnv, resolvePairing } from "./internal/ModelPairing.ts"
 import { generateName } from "./internal/Names.ts"
 import { checkOutputs } from "./internal/Outputs.ts"
 import { stagingName } from "./internal/Staging.ts"
 import { checkNetworking, joinNetworks } from "./Network.ts"
+
+const MiB = 1024 * 1024
 
 /** A create's request (domain/Requests.ts), and what `run` adds to it. */
 export interface CreateOptions extends CreateRequest {
@@ -236,7 +239,15 @@ export const create = Effect.fn("create")(function*(options: CreateOptions) {
     NodePath.join(home.workspaces, stagingName(self, randomBytes(6).toString("hex")))
   )
   return yield* Effect.gen(function*() {
-    yield* images.cloneRootfs(image, NodePath.join(staging, "rootfs"), resources.sizeMiB)
+    // A large image's disk is shared with the image (a reflink, else an overlay over its baseline),
+    // unless it is resized; anything else is the store's copy.
+    const rootfs = NodePath.join(staging, "rootfs")
+    const baseline = image.baselinePath
+    const shared = baseline !== undefined && NodeFs.existsSync(baseline)
+        && (resources.sizeMiB === undefined || resources.sizeMiB * MiB === NodeFs.statSync(baseline).size)
+      ? yield* shareLargeDisk(baseline, rootfs)
+      : undefined
+    if (shared === undefined) yield* images.cloneRootfs(image, rootfs, resources.sizeMiB)
     const now = yield* DateTime.now
     const workspace = new Workspace({
       name: name as WorkspaceName,

@@ -15,7 +15,7 @@ import { defaultImage } from "../domain/ImageRef.ts"
 import type { BootRun, PerfBootResult, PerfFootprintResult, ProcessMemory } from "../domain/Perf.ts"
 import { isLive } from "../domain/State.ts"
 import type { Workspace } from "../domain/Workspace.ts"
-import { Hypervisor } from "../services/Hypervisor.ts"
+import { Hypervisor, rootDiskOf } from "../services/Hypervisor.ts"
 import { StateStore } from "../services/StateStore.ts"
 import { create } from "./Create.ts"
 import { remove } from "./Delete.ts"
@@ -236,7 +236,9 @@ export const processMemory = (pid: number): ProcessMemory | undefined => {
 }
 
 const footprintOf = (workspace: Workspace) => {
-  const stat = NodeFs.statSync(workspace.rootfsPath, { throwIfNoEntry: false })
+  // An overlay's file: what the workspace's disk takes on the host beside its base.
+  const disk = rootDiskOf(workspace.rootfsPath).path
+  const stat = NodeFs.statSync(disk, { throwIfNoEntry: false })
   const vmm = Option.match(vmHandleOf(workspace), {
     onNone: () => undefined,
     onSome: (handle) => processMemory(handle.pid)
@@ -246,7 +248,7 @@ const footprintOf = (workspace: Workspace) => {
     backend: workspace.backend,
     ...(vmm === undefined ? {} : { vmm }),
     rootfs: {
-      path: workspace.rootfsPath,
+      path: disk,
       apparentBytes: stat?.size ?? 0,
       allocatedBytes: stat === undefined ? 0 : stat.blocks * 512
     }

@@ -41,7 +41,7 @@ import {
   resumeStateFile,
   sweepPendingDisks
 } from "./internal/DiskCopy.ts"
-import { shareDisk } from "./internal/DiskOverlay.ts"
+import { shareDisk, shareLargeDisk } from "./internal/DiskOverlay.ts"
 import { installEgressCa } from "./internal/EgressCa.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
@@ -256,14 +256,21 @@ const describeFreshened = (freshened: Freshened | undefined) =>
       freshened.problems.length === 0 ? "" : ` (${freshened.problems.join("; ")})`
     }`
 
-/** A copy of the template's disk beside the workspace's, renamed over it once the start is admitted. */
+/**
+ * The template's disk beside the workspace's, renamed over it once the start is admitted: shared
+ * when it is large (as the image's was at create), else a copy.
+ */
 const prepareWarmDisk = (workspace: Workspace, disk: string) =>
   Effect.gen(function*() {
     const pending = pendingDiskPath(workspace.rootfsPath, "warm")
     yield* sweepPendingDisks(workspace.rootfsPath)
     yield* removePath(pending)
-    yield* copyDisk(disk, pending)
-    return { path: pending, format: "raw" as const }
+    yield* removePath(overlayFileOf(pending))
+    const shared = yield* shareLargeDisk(disk, pending)
+    if (shared === undefined) yield* copyDisk(disk, pending)
+    return shared === "overlay"
+      ? { path: overlayFileOf(pending), format: "qcow2" as const }
+      : { path: pending, format: "raw" as const }
   })
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))

@@ -28,13 +28,14 @@ import {
   LaunchConfig,
   memoryFileOf,
   NicAttachment,
+  rootDiskOf,
   standInNicMac
 } from "../services/Hypervisor.ts"
 import { ImageStore } from "../services/ImageStore.ts"
 import { type BootArtifacts, KernelCache } from "../services/KernelCache.ts"
 import { Processes } from "../services/Processes.ts"
 import { allocatedBytes, fsyncPath } from "./internal/DiskCopy.ts"
-import { copyDiskFlat } from "./internal/DiskOverlay.ts"
+import { copyDiskFlat, diskSizeOf } from "./internal/DiskOverlay.ts"
 import { syncGuest } from "./internal/GuestSync.ts"
 import { templateLock, templateRuntimeName, templatesDir } from "./internal/TemplateFiles.ts"
 
@@ -93,7 +94,7 @@ const diskPristine = (workspace: Workspace) => {
   if (workspace.diskFromImage !== true) return false
   try {
     // The record is written after the clone, its time in whole milliseconds.
-    const mtime = Math.floor(NodeFs.statSync(workspace.rootfsPath).mtimeMs)
+    const mtime = Math.floor(NodeFs.statSync(rootDiskOf(workspace.rootfsPath).path).mtimeMs)
     return mtime <= workspace.createdAt.epochMillis
   } catch {
     return false
@@ -124,7 +125,7 @@ export const planWarmStart = (workspace: Workspace, request: WarmRequest) =>
     const shape: TemplateShape = {
       backend: hypervisor.backend,
       imageDigest: workspace.image.digest!,
-      diskBytes: NodeFs.statSync(workspace.rootfsPath).size,
+      diskBytes: diskSizeOf(workspace.rootfsPath) ?? 0,
       kernelSha256: request.artifacts.kernelSha256,
       initrdSha256: request.artifacts.initrdSha256,
       memoryMiB: request.resources.memoryMiB,

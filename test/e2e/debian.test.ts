@@ -67,6 +67,51 @@ describe("a Debian minbase image", () => {
     assert.strictEqual(lines[4], "65534")
   })
 
+  it("shares the image's disk with a workspace made from it, until the workspace is deleted", async () => {
+    requireTool("qemu-img", "qemu-utils")
+    const bases = () => {
+      try {
+        return NodeFs.readdirSync(NodePath.join(stateDir, "bases")).filter((name) => name.endsWith(".ext4"))
+      } catch {
+        return []
+      }
+    }
+    assert.deepStrictEqual(bases(), [], "the run before left no base behind")
+    const created = await ma(["create", "--image", minbase, "shared"])
+    assert.strictEqual(created.code, 0, created.stderr)
+    // An overlay over the image's baseline (a base in bases/), not a copy of its hundreds of MiB.
+    const dir = NodePath.join(stateDir, "workspaces", "shared")
+    assert.isFalse(NodeFs.existsSync(NodePath.join(dir, "rootfs")))
+    const overlay = NodePath.join(dir, "rootfs.qcow2")
+    assert.isBelow(NodeFs.statSync(overlay).blocks * 512, 4 * 1024 * 1024)
+    assert.strictEqual(bases().length, 1)
+    assert.isAbove(
+      NodeFs.statSync(NodePath.join(stateDir, "bases", bases()[0]!)).blocks * 512,
+      64 * 1024 * 1024
+    )
+    // It boots (warm: the template's disk is shared the same way) and writes only into its overlay.
+    const started = await ma(["start", "shared"])
+    assert.strictEqual(started.code, 0, started.stderr)
+    const wrote = await ma([
+      "exec",
+      "shared",
+      "--",
+      "sh",
+      "-c",
+      "echo mine > /root/mine; sync; cat /etc/debian_version"
+    ])
+    assert.strictEqual(wrote.code, 0, wrote.stderr)
+    assert.match(JSON.parse(wrote.stdout).result.stdout, /^12\.\d+/)
+    assert.isTrue(NodeFs.existsSync(overlay), "still an overlay")
+    assert.strictEqual((await ma(["halt", "shared"])).code, 0)
+    // The next boot is cold, on the same overlay: the file is there.
+    assert.strictEqual((await ma(["start", "shared"])).code, 0)
+    const read = await ma(["exec", "shared", "--", "cat", "/root/mine"])
+    assert.strictEqual(JSON.parse(read.stdout).result.stdout, "mine\n")
+    assert.strictEqual((await ma(["delete", "--force", "shared"])).code, 0)
+    assert.deepStrictEqual(bases(), [], "the bases go with the last overlay")
+  })
+
   it("runs setup that installs a package with apt once; a failing step leaves it pending for the next start", async () => {
     const address = Object.values(NodeOs.networkInterfaces()).flatMap((list) => list ?? []).find((a) =>
       a.family === "IPv4" && !a.internal
