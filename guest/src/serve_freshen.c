@@ -40,8 +40,9 @@ static int rng_reseed(const uint8_t *p, uint32_t n) {
 /* Replaces a small file of /etc where the image has one: a new file beside it, with its mode and
  * owner, renamed over it, so no reader sees it half written. A symlink, or a file bind-mounted over,
  * cannot be replaced that way and is rewritten in place. 1 written, 0 absent, -1 failed (errno).
- * Not synced here: FRESHEN syncs once, after its reply (ext4 commits a rename over a file with the
- * new file's data, so a crash before that leaves the old file or the new one, never an empty one). */
+ * Not synced here: FRESHEN syncs once, after its reply (ext4's auto_da_alloc, on by default, commits
+ * the new data with a rename over a file or a truncate and rewrite, so a crash before that leaves the
+ * old content or the new, not an empty file). */
 static int replace_etc_file(const char *path, const char *content) {
   struct stat st;
   if (lstat(path, &st) < 0) return errno == ENOENT ? 0 : -1;
