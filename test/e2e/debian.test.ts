@@ -92,6 +92,13 @@ describe("a Debian minbase image", () => {
     // It boots (warm: the template's disk is shared the same way) and writes only into its overlay.
     const started = await ma(["start", "shared"])
     assert.strictEqual(started.code, 0, started.stderr)
+    const events = JSON.parse((await ma(["events", "shared", "--json"])).stdout).events as Array<
+      { type: string; detail?: string }
+    >
+    assert.isTrue(
+      events.some((e) => e.type === "warm" && e.detail?.startsWith("restored template")),
+      JSON.stringify(events)
+    )
     const wrote = await ma([
       "exec",
       "shared",
