@@ -21,7 +21,6 @@ import {
   guestNicList,
   Hypervisor,
   LaunchConfig,
-  overlayFileOf,
   PortForward,
   type VmHandle
 } from "../services/Hypervisor.ts"
@@ -33,15 +32,13 @@ import { attachBroker, guestValues, preflightBroker, releaseBroker } from "./int
 import { claimDisk } from "./internal/DiskClaim.ts"
 import {
   copyDisk,
-  pendingDiskPath,
   putBack,
   removePath,
   removeState,
   replaceDisk,
-  resumeStateFile,
-  sweepPendingDisks
+  resumeStateFile
 } from "./internal/DiskCopy.ts"
-import { shareDisk, shareLargeDisk } from "./internal/DiskOverlay.ts"
+import { pendingDisk, shareDisk, shareLargeDisk } from "./internal/DiskOverlay.ts"
 import { installEgressCa } from "./internal/EgressCa.ts"
 import { checkFileSources, deliverFiles } from "./internal/FileDelivery.ts"
 import { type Freshened, freshenGuest, guestNetworkOf } from "./internal/Freshen.ts"
@@ -187,14 +184,8 @@ const prepareRollback = (
     // The disk is swapped by a rename that keeps the previous one until the start is known to work. The
     // new one shares the snapshot's blocks as a fork's child does (a reflink, else an overlay over a
     // base that outlives the snapshot), else it is a copy.
-    const pending = pendingDiskPath(workspace.rootfsPath, `restore-${manifest.tag}`)
-    yield* sweepPendingDisks(workspace.rootfsPath)
-    yield* removePath(pending)
-    yield* removePath(overlayFileOf(pending))
-    const kind = yield* shareDisk(snapshot.disk, pending)
-    return kind === "overlay"
-      ? { path: overlayFileOf(pending), format: "qcow2" as const }
-      : { path: pending, format: "raw" as const }
+    return yield* pendingDisk(workspace.rootfsPath, `restore-${manifest.tag}`, (to) =>
+      shareDisk(snapshot.disk, to))
   })
 
 /** A copy's pending resume: the same checks as a roll back to a memory snapshot (restoreRefusal). */
@@ -261,17 +252,12 @@ const describeFreshened = (freshened: Freshened | undefined) =>
  * when it is large (as the image's was at create), else a copy.
  */
 const prepareWarmDisk = (workspace: Workspace, disk: string) =>
-  Effect.gen(function*() {
-    const pending = pendingDiskPath(workspace.rootfsPath, "warm")
-    yield* sweepPendingDisks(workspace.rootfsPath)
-    yield* removePath(pending)
-    yield* removePath(overlayFileOf(pending))
-    const shared = yield* shareLargeDisk(disk, pending)
-    if (shared === undefined) yield* copyDisk(disk, pending)
-    return shared === "overlay"
-      ? { path: overlayFileOf(pending), format: "qcow2" as const }
-      : { path: pending, format: "raw" as const }
-  })
+  pendingDisk(workspace.rootfsPath, "warm", (to) =>
+    Effect.flatMap(
+      shareLargeDisk(disk, to),
+      (shared) =>
+        shared === undefined ? Effect.as(copyDisk(disk, to), "copy" as const) : Effect.succeed(shared)
+    ))
 
 const describe = (cause: unknown) => (cause instanceof Error ? cause.message : String(cause))
 
@@ -348,7 +334,7 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   if (warm?._tag === "Cold" && warm.buildFailed === true) {
     yield* store.appendEvent(name, { type: "warm", detail: `booting: ${warm.reason}` }).pipe(Effect.ignore)
   }
-  const pendingDisk = snapshot === undefined
+  const pending = snapshot === undefined
     ? template === undefined ? undefined : yield* prepareWarmDisk(current, template.disk)
     : yield* prepareRollback(current, snapshot, {
       backend: hypervisor.backend,
@@ -415,9 +401,9 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
         const holding = <E, R>(launching: Effect.Effect<VmHandle, E, R>) =>
           Effect.tap(launching, (handle) => Effect.sync(() => (vmm = handle)))
         // One type for both branches: a union here left the pipe below to inference that failed.
-        const swapDisk: Effect.Effect<void, Permanent> = pendingDisk === undefined
+        const swapDisk: Effect.Effect<void, Permanent> = pending === undefined
           ? Effect.void
-          : replaceDisk(pendingDisk.path, starting.rootfsPath, pendingDisk.format).pipe(
+          : replaceDisk(pending.path, starting.rootfsPath, pending.format).pipe(
             Effect.tap((previous) => (previousDisk = previous)),
             Effect.asVoid
           )
@@ -620,6 +606,6 @@ export const start = Effect.fn("start")(function*(name: string, options: StartOp
   })
 
   return yield* admitted.pipe(
-    Effect.ensuring(pendingDisk === undefined ? Effect.void : removePath(pendingDisk.path))
+    Effect.ensuring(pending === undefined ? Effect.void : removePath(pending.path))
   )
 })

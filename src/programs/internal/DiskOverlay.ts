@@ -5,8 +5,9 @@
  * shares the source's blocks already and stays a raw image. Elsewhere (ext4), the source disk (never
  * written again) becomes a read-only base under `<state>/bases` (a hard link: the snapshot, image or
  * template may go while copies use it) and the copy's disk is a qcow2 overlay over it
- * (`overlayFileOf`) that holds only the clusters the copy writes. Creating one takes `qemu-img` (Debian: qemu-utils); without it, and on backends that
- * boot only raw disks, the copy is a full sparse copy as before.
+ * (`overlayFileOf`) that holds only the clusters the copy writes. Creating one takes `qemu-img`
+ * (Debian: qemu-utils); without it, and on backends that boot only raw disks, the copy is a full
+ * sparse copy as before.
  *
  * The host tools that work on a stopped disk (offline `cp`, `resize`, `commit`, `start --from-snapshot`)
  * read and write raw ext4: the first of them flattens the overlay into the workspace's own raw disk,
@@ -22,7 +23,14 @@ import { Permanent } from "../../domain/Errors.ts"
 import { Home, type HomeShape } from "../../services/Home.ts"
 import { Hypervisor, overlayFileOf, rootDiskOf } from "../../services/Hypervisor.ts"
 import { Processes } from "../../services/Processes.ts"
-import { allocatedBytes, copyDisk, fsyncPath, pendingDiskPath } from "./DiskCopy.ts"
+import {
+  allocatedBytes,
+  copyDisk,
+  fsyncPath,
+  pendingDiskPath,
+  removePath,
+  sweepPendingDisks
+} from "./DiskCopy.ts"
 
 /** Where the read-only bases of overlays are kept. */
 export const basesDirOf = (home: HomeShape) => NodePath.join(home.root, "bases")
@@ -164,6 +172,26 @@ export const shareLargeDisk = (disk: string, to: string) =>
       return undefined
     }
     return yield* shareDisk(disk, to)
+  })
+
+/**
+ * A replacement for the root disk at `rootfsPath`, written beside it (`.rootfs.PURPOSE-PID`, `.qcow2`
+ * after it for an overlay) for `replaceDisk` to swap in: `make` writes it at the raw name and says
+ * how. Pending disks of processes that are gone are removed first.
+ */
+export const pendingDisk = <E, R>(
+  rootfsPath: string,
+  purpose: string,
+  make: (to: string) => Effect.Effect<ShareKind, E, R>
+) =>
+  Effect.gen(function*() {
+    const pending = pendingDiskPath(rootfsPath, purpose)
+    yield* sweepPendingDisks(rootfsPath)
+    yield* removePath(pending)
+    yield* removePath(overlayFileOf(pending))
+    return (yield* make(pending)) === "overlay"
+      ? { path: overlayFileOf(pending), format: "qcow2" as const }
+      : { path: pending, format: "raw" as const }
   })
 
 /**
